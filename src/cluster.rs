@@ -1,0 +1,284 @@
+//! Our servers as child processes: start, SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restart on the
+//! same address. Used by `demo`, `bench` and the integration tests, so every claim about
+//! the system is made against real processes over real sockets.
+//!
+//! A server prints `listening on ADDR` on stdout once bound; the harness waits for that
+//! line. Each process's stderr (its logs) goes to `<dir>/<name>.log`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Errors of the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("starting {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("{name} exited before it was listening; see {log}")]
+    NoListen { name: String, log: String },
+    #[error("signalling {name}: {source}")]
+    Signal { name: String, source: nix::Error },
+}
+
+/// The `logplayer` binary to run: `$LOGPLAYER_BIN`, else this executable.
+pub fn binary() -> PathBuf {
+    std::env::var_os("LOGPLAYER_BIN")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_exe().ok())
+        .unwrap_or_else(|| PathBuf::from("logplayer"))
+}
+
+/// One child process.
+pub struct Proc {
+    pub name: String,
+    bin: PathBuf,
+    args: Vec<String>,
+    /// `--listen` value for restarts (the address first bound), if it is a server.
+    pub addr: Option<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    pub starts: u32,
+}
+
+impl Proc {
+    /// Starts `bin args...`; for a server, `listen` is passed as `--listen` and the bound
+    /// address is read back.
+    pub async fn start(
+        name: &str,
+        bin: &Path,
+        args: Vec<String>,
+        listen: Option<&str>,
+        log_dir: &Path,
+    ) -> Result<Proc, ClusterError> {
+        let mut p = Proc {
+            name: name.to_owned(),
+            bin: bin.to_owned(),
+            args,
+            addr: listen.map(str::to_owned),
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            starts: 0,
+        };
+        p.spawn().await?;
+        Ok(p)
+    }
+
+    async fn spawn(&mut self) -> Result<(), ClusterError> {
+        let spawn_err = |source| ClusterError::Spawn {
+            name: self.name.clone(),
+            source,
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(spawn_err)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args);
+        if let Some(a) = &self.addr {
+            cmd.args(["--listen", a]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        self.starts += 1;
+        if self.addr.is_some() {
+            let stdout = child.stdout.take();
+            let mut lines = stdout.map(|s| BufReader::new(s).lines());
+            let mut bound = None;
+            if let Some(lines) = lines.as_mut() {
+                let read = tokio::time::timeout(Duration::from_secs(30), async {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if let Some(a) = line.strip_prefix("listening on ") {
+                            return Some(a.trim().to_owned());
+                        }
+                    }
+                    None
+                });
+                bound = read.await.ok().flatten();
+            }
+            match bound {
+                Some(a) => self.addr = Some(a),
+                None => {
+                    let _ = child.start_kill();
+                    return Err(ClusterError::NoListen {
+                        name: self.name.clone(),
+                        log: self.log.display().to_string(),
+                    });
+                }
+            }
+            // Keep draining stdout so the child never blocks on a full pipe.
+            if let Some(mut lines) = lines {
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            }
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .map(|id| Pid::from_raw(id as i32))
+    }
+
+    fn signal(&self, sig: Signal) -> Result<(), ClusterError> {
+        if let Some(pid) = self.pid() {
+            kill(pid, sig).map_err(|source| ClusterError::Signal {
+                name: self.name.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    /// SIGTERM, then wait up to `grace` before SIGKILL. Returns the exit code if it exited.
+    pub async fn terminate(&mut self, grace: Duration) -> Option<i32> {
+        let _ = self.signal(Signal::SIGTERM);
+        let mut c = self.child.take()?;
+        match tokio::time::timeout(grace, c.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+                None
+            }
+        }
+    }
+
+    pub fn stop(&self) -> Result<(), ClusterError> {
+        self.signal(Signal::SIGSTOP)
+    }
+
+    pub fn cont(&self) -> Result<(), ClusterError> {
+        self.signal(Signal::SIGCONT)
+    }
+
+    /// Starts again with the same arguments (and address).
+    pub async fn restart(&mut self) -> Result<(), ClusterError> {
+        self.kill().await;
+        self.spawn().await
+    }
+
+    /// Whether the process has exited (and its code).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        let c = self.child.as_mut()?;
+        c.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or("")
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `n` lines of the process's log (for failure messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// A LogStore, shards and a player on this machine.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub logstore: Proc,
+    pub shards: Vec<Proc>,
+    pub players: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Starts a LogStore and `n` shards (the player separately: see [`Cluster::start_player`]).
+    pub async fn start(dir: &Path, bin: &Path, n: usize) -> Result<Cluster, ClusterError> {
+        let d = |s: &str| dir.join(s).display().to_string();
+        let logstore = Proc::start(
+            "logstore",
+            bin,
+            vec!["logstore".into(), "--data".into(), d("logstore")],
+            Some("127.0.0.1:0"),
+            dir,
+        )
+        .await?;
+        let mut shards = Vec::new();
+        for i in 0..n {
+            let id = format!("s{i}");
+            shards.push(
+                Proc::start(
+                    &format!("shard-{id}"),
+                    bin,
+                    vec!["shard".into(), "--id".into(), id.clone(), "--data".into(), d(&format!("shard-{id}"))],
+                    Some("127.0.0.1:0"),
+                    dir,
+                )
+                .await?,
+            );
+        }
+        Ok(Cluster {
+            dir: dir.to_owned(),
+            bin: bin.to_owned(),
+            logstore,
+            shards,
+            players: Vec::new(),
+        })
+    }
+
+    /// `ID=ADDR` specs of the shards (even slot split).
+    pub fn shard_specs(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("s{i}={}", s.addr()))
+            .collect()
+    }
+
+    pub fn shard_map(&self) -> crate::routing::ShardMap {
+        crate::routing::ShardMap::from_specs(&self.shard_specs())
+            .unwrap_or_else(|e| unreachable!("the harness builds valid maps: {e}"))
+    }
+
+    /// Starts a player with extra arguments.
+    pub async fn start_player(&mut self, extra: &[&str]) -> Result<usize, ClusterError> {
+        let mut args = vec!["player".to_string(), "--logstore".into(), self.logstore.addr().to_owned()];
+        for s in self.shard_specs() {
+            args.push("--shard".into());
+            args.push(s);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let n = self.players.len();
+        let p = Proc::start(&format!("player-{n}"), &self.bin, args, None, &self.dir).await?;
+        self.players.push(p);
+        Ok(n)
+    }
+
+    /// Log tails of every process, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in std::iter::once(&self.logstore).chain(&self.shards).chain(&self.players) {
+            out.push_str(&format!("--- {} ({})\n{}\n", p.name, p.log_path().display(), p.log_tail(15)));
+        }
+        out
+    }
+}

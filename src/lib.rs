@@ -1,0 +1,33 @@
+//! LogPlayer delivers the entries of a write-ahead log to storage shards exactly once and in
+//! order, through shard crashes, player crashes and disconnects.
+//!
+//! # Layout
+//! - [`proto`]: the generated wire protocol (`proto/logplayer.proto`).
+//! - [`model`]: values, op semantics, JSON lines, the state a log implies.
+//! - [`routing`]: key -> slot -> shard.
+//! - [`wal`]: durable segment storage with checksums and torn-tail recovery.
+//! - [`logstore`]: the WAL server (group commit, writer dedup, tailing reads).
+//! - [`shard`]: the delivery target (fencing, dedup, gap refusal, atomic durable apply).
+//! - [`player`]: fetcher, dispatcher, target queues, senders, recovery readers.
+//! - [`grpc`]: what every gRPC edge shares (listeners, windows, health, reflection).
+//! - [`client`], [`workload`], [`check`]: talking to servers, generating non-idempotent
+//!   transactions, and checking every shard against what the log implies.
+//! - [`cluster`]: starting, killing and restarting our servers as child processes (demo,
+//!   bench, tests).
+//! - [`demo`], [`bench`]: the `demo` and `bench` subcommands.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod check;
+pub mod client;
+pub mod cluster;
+pub mod demo;
+pub mod grpc;
+pub mod logstore;
+pub mod model;
+pub mod player;
+pub mod proto;
+pub mod routing;
+pub mod shard;
+pub mod wal;
+pub mod workload;

@@ -1,0 +1,536 @@
+//! The LogStore: the durable write-ahead log that transaction managers append to and
+//! players read from.
+//!
+//! It owns the append path — validation, per-writer sequence deduplication, group commit
+//! (one writer thread takes every append that is waiting, writes them, and fsyncs once),
+//! publication of the durable head — and the read path (a bounded cache of recent entries
+//! in front of the WAL, so tailing readers never touch the disk). Record storage, checksums
+//! and recovery belong to [`crate::wal`]; the gRPC edge is [`service`].
+
+pub mod service;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::proto::{Entry, Mutation, StoredEntry};
+use crate::wal::{Wal, WalConfig, WalError, WalReader};
+
+/// Appends waiting for the writer thread. Past this, appenders wait (back-pressure) instead
+/// of queueing without bound.
+const APPEND_QUEUE: usize = 16 * 1024;
+/// Most entries fsynced as one group: bounds the latency of the first append of a group.
+const MAX_GROUP_ENTRIES: usize = 4096;
+/// Most payload bytes in one group.
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Recent entries kept in memory for tailing readers.
+const TAIL_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Errors of the LogStore.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error(
+        "writer {writer:?} sent sequence {sequence}, below its last sequence {last} (index {index}); sequences of one writer must increase"
+    )]
+    StaleSequence {
+        writer: String,
+        sequence: u64,
+        last: u64,
+        index: u64,
+    },
+    #[error("the log writer has stopped after an earlier IO error; restart the LogStore")]
+    Stopped,
+    #[error("record {index} does not decode: {reason}")]
+    Decode { index: u64, reason: String },
+}
+
+/// Result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub index: u64,
+    pub duplicate: bool,
+}
+
+enum Job {
+    Append {
+        mutations: Vec<Mutation>,
+        writer: Option<(String, u64)>,
+        start_micros: u64,
+        reply: oneshot::Sender<Result<Appended, LogStoreError>>,
+    },
+    Retain {
+        below: u64,
+        reply: oneshot::Sender<Result<(u64, usize), LogStoreError>>,
+    },
+}
+
+#[derive(Default)]
+struct TailCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl TailCache {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+    fn push(&mut self, e: Entry) {
+        self.bytes += e.encoded_len();
+        self.entries.push_back(e);
+        while self.bytes > TAIL_CACHE_BYTES {
+            match self.entries.pop_front() {
+                Some(old) => self.bytes -= old.encoded_len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// What opening the log found, for the startup log line.
+#[derive(Debug, Clone)]
+pub struct OpenSummary {
+    pub first: u64,
+    pub last: u64,
+    pub torn_bytes_truncated: u64,
+    pub writers: usize,
+}
+
+/// A handle to a running LogStore (cheap to clone).
+#[derive(Clone)]
+pub struct LogStore {
+    jobs: mpsc::Sender<Job>,
+    reader: WalReader,
+    head: watch::Receiver<u64>,
+    cache: Arc<RwLock<TailCache>>,
+}
+
+/// Validates an append's mutations, naming the first bad one.
+pub fn validate(mutations: &[Mutation]) -> Result<(), LogStoreError> {
+    if mutations.is_empty() {
+        return Err(LogStoreError::Invalid(
+            "a transaction needs at least one mutation".into(),
+        ));
+    }
+    for (i, m) in mutations.iter().enumerate() {
+        if m.key.is_empty() {
+            return Err(LogStoreError::Invalid(format!("mutation {i} has an empty key")));
+        }
+        if m.op.is_none() {
+            return Err(LogStoreError::Invalid(format!(
+                "mutation {i} (key {:?}) has no op; expected put, delete, add or append",
+                String::from_utf8_lossy(&m.key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn decode_stored(index: u64, bytes: &[u8]) -> Result<StoredEntry, LogStoreError> {
+    let stored = StoredEntry::decode(bytes).map_err(|e| LogStoreError::Decode {
+        index,
+        reason: e.to_string(),
+    })?;
+    match &stored.entry {
+        Some(e) if e.index == index => Ok(stored),
+        Some(e) => Err(LogStoreError::Decode {
+            index,
+            reason: format!("record says it is index {}", e.index),
+        }),
+        None => Err(LogStoreError::Decode {
+            index,
+            reason: "record holds no entry".into(),
+        }),
+    }
+}
+
+impl LogStore {
+    /// Opens the log in `dir` (recovering a torn tail) and starts the writer thread.
+    pub fn open(dir: PathBuf, segment_bytes: Option<u64>) -> Result<(LogStore, OpenSummary), LogStoreError> {
+        let mut config = WalConfig::new(dir);
+        if let Some(b) = segment_bytes {
+            config.segment_bytes = b;
+        }
+        let (wal, report) = Wal::open(config)?;
+        let reader = wal.reader();
+        // Rebuild the writers' last sequences (and check every record decodes).
+        let mut writers: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut cache = TailCache::default();
+        let (first, last) = (reader.first_index(), reader.last_index());
+        let mut pos = first;
+        while pos <= last {
+            let chunk = reader.read_range(pos, last, 8 * 1024 * 1024)?;
+            for (index, bytes) in chunk {
+                let stored = decode_stored(index, &bytes)?;
+                if !stored.writer_id.is_empty() {
+                    writers.insert(stored.writer_id, (stored.sequence, index));
+                }
+                if let Some(e) = stored.entry {
+                    cache.push(e);
+                }
+                pos = index + 1;
+            }
+        }
+        let summary = OpenSummary {
+            first,
+            last,
+            torn_bytes_truncated: report.torn_bytes_truncated,
+            writers: writers.len(),
+        };
+        let (jobs_tx, jobs_rx) = mpsc::channel(APPEND_QUEUE);
+        let (head_tx, head_rx) = watch::channel(last);
+        let cache = Arc::new(RwLock::new(cache));
+        let writer = Writer {
+            wal,
+            writers,
+            cache: cache.clone(),
+            head: head_tx,
+        };
+        std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(jobs_rx))
+            .map_err(|source| {
+                LogStoreError::Wal(WalError::Io {
+                    path: PathBuf::from("wal-writer thread"),
+                    source,
+                })
+            })?;
+        Ok((
+            LogStore {
+                jobs: jobs_tx,
+                reader,
+                head: head_rx,
+                cache,
+            },
+            summary,
+        ))
+    }
+
+    /// Appends one transaction; returns once it is durable.
+    pub async fn append(
+        &self,
+        mutations: Vec<Mutation>,
+        writer: Option<(String, u64)>,
+        start_micros: u64,
+    ) -> Result<Appended, LogStoreError> {
+        validate(&mutations)?;
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Append {
+                mutations,
+                writer,
+                start_micros,
+                reply,
+            })
+            .await
+            .map_err(|_| LogStoreError::Stopped)?;
+        rx.await.map_err(|_| LogStoreError::Stopped)?
+    }
+
+    /// Removes whole segments below `below`; returns the new first index and how many
+    /// segments went.
+    pub async fn retain(&self, below: u64) -> Result<(u64, usize), LogStoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Retain { below, reply })
+            .await
+            .map_err(|_| LogStoreError::Stopped)?;
+        rx.await.map_err(|_| LogStoreError::Stopped)?
+    }
+
+    /// `(first, last)` durable indexes.
+    pub fn bounds(&self) -> (u64, u64) {
+        (self.reader.first_index(), *self.head.borrow())
+    }
+
+    /// A watch of the durable head.
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// Entries `[from, to]` (to clamped to the head), at least one when `from <= head`,
+    /// stopping once `max_bytes` of entries are collected.
+    pub fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
+        let head = *self.head.borrow();
+        let to = to.min(head);
+        if from > to {
+            return Ok(Vec::new());
+        }
+        if let Ok(cache) = self.cache.read()
+            && let Some(first) = cache.first()
+            && from >= first
+            && ((from - first) as usize) < cache.entries.len()
+        {
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for e in cache.entries.range((from - first) as usize..) {
+                if e.index > to || (bytes >= max_bytes && !out.is_empty()) {
+                    break;
+                }
+                bytes += e.encoded_len();
+                out.push(e.clone());
+            }
+            return Ok(out);
+        }
+        let records = self.reader.read_range(from, to, max_bytes)?;
+        records
+            .into_iter()
+            .map(|(index, bytes)| {
+                decode_stored(index, &bytes)?
+                    .entry
+                    .ok_or(LogStoreError::Decode {
+                        index,
+                        reason: "record holds no entry".into(),
+                    })
+            })
+            .collect()
+    }
+}
+
+struct Writer {
+    wal: Wal,
+    writers: HashMap<String, (u64, u64)>,
+    cache: Arc<RwLock<TailCache>>,
+    head: watch::Sender<u64>,
+}
+
+type AppendReply = oneshot::Sender<Result<Appended, LogStoreError>>;
+
+impl Writer {
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut failed: Option<String> = None;
+        while let Some(job) = jobs.blocking_recv() {
+            let mut group = vec![job];
+            let mut bytes = 0usize;
+            while group.len() < MAX_GROUP_ENTRIES && bytes < MAX_GROUP_BYTES {
+                match jobs.try_recv() {
+                    Ok(j) => {
+                        if let Job::Append { mutations, .. } = &j {
+                            bytes += mutations.iter().map(|m| m.encoded_len()).sum::<usize>();
+                        }
+                        group.push(j)
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(reason) = &failed {
+                tracing::debug!(%reason, "refusing jobs after a WAL failure");
+                for job in group {
+                    match job {
+                        Job::Append { reply, .. } => {
+                            let _ = reply.send(Err(LogStoreError::Stopped));
+                        }
+                        Job::Retain { reply, .. } => {
+                            let _ = reply.send(Err(LogStoreError::Stopped));
+                        }
+                    }
+                }
+                continue;
+            }
+            if let Err(e) = self.commit_group(group) {
+                tracing::error!(error = %e, "WAL write failed; the LogStore refuses appends until restarted");
+                failed = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Assigns indexes, writes and fsyncs one group, publishes the head, then replies.
+    fn commit_group(&mut self, group: Vec<Job>) -> Result<(), LogStoreError> {
+        let first = self.wal.last_index() + 1;
+        let mut next = first;
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        // Replies to send after the sync: (reply, index, duplicate).
+        let mut replies: Vec<(AppendReply, Result<Appended, LogStoreError>)> = Vec::new();
+        let mut retains = Vec::new();
+        // Sequences assigned in this group, so a retry inside the same group also dedups.
+        for job in group {
+            match job {
+                Job::Retain { below, reply } => retains.push((below, reply)),
+                Job::Append {
+                    mutations,
+                    writer,
+                    start_micros,
+                    reply,
+                } => {
+                    if let Some((id, seq)) = &writer
+                        && let Some(&(last_seq, last_index)) = self.writers.get(id)
+                    {
+                        if *seq == last_seq {
+                            replies.push((
+                                reply,
+                                Ok(Appended {
+                                    index: last_index,
+                                    duplicate: true,
+                                }),
+                            ));
+                            continue;
+                        }
+                        if *seq < last_seq {
+                            replies.push((
+                                reply,
+                                Err(LogStoreError::StaleSequence {
+                                    writer: id.clone(),
+                                    sequence: *seq,
+                                    last: last_seq,
+                                    index: last_index,
+                                }),
+                            ));
+                            continue;
+                        }
+                    }
+                    let index = next;
+                    next += 1;
+                    let entry = Entry {
+                        index,
+                        mutations,
+                        append_start_micros: start_micros,
+                    };
+                    let (writer_id, sequence) = writer.clone().unwrap_or_default();
+                    if !writer_id.is_empty() {
+                        self.writers.insert(writer_id.clone(), (sequence, index));
+                    }
+                    let stored = StoredEntry {
+                        entry: Some(entry),
+                        writer_id,
+                        sequence,
+                    };
+                    payloads.push(stored.encode_to_vec());
+                    entries.push(stored.entry.unwrap_or_default());
+                    replies.push((
+                        reply,
+                        Ok(Appended {
+                            index,
+                            duplicate: false,
+                        }),
+                    ));
+                }
+            }
+        }
+        if !payloads.is_empty() {
+            let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+            match self.wal.append_batch(&refs) {
+                Ok(assigned) => {
+                    debug_assert_eq!(assigned, first, "WAL assigned an unexpected index");
+                    if assigned != first {
+                        return Err(LogStoreError::Invalid(format!(
+                            "WAL assigned index {assigned}, expected {first}"
+                        )));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(LogStoreError::Invalid(format!(
+                            "append not durable: {msg}"
+                        ))));
+                    }
+                    return Err(e.into());
+                }
+            }
+            if let Ok(mut cache) = self.cache.write() {
+                for e in entries {
+                    cache.push(e);
+                }
+            }
+            let _ = self.head.send(next - 1);
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+        for (below, reply) in retains {
+            let out = self
+                .wal
+                .remove_below(below)
+                .map(|n| (self.wal.first_index(), n))
+                .map_err(LogStoreError::from);
+            if let Ok((first, removed)) = &out
+                && *removed > 0
+            {
+                tracing::info!(below, first, removed, "removed old segments");
+            }
+            let _ = reply.send(out);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mutation::Op;
+
+    fn add(key: &str) -> Vec<Mutation> {
+        vec![Mutation {
+            key: key.as_bytes().to_vec().into(),
+            op: Some(Op::Add(1)),
+        }]
+    }
+
+    #[tokio::test]
+    async fn a_retried_append_with_the_same_sequence_returns_the_original_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        let w = |s| Some(("tm-1".to_string(), s));
+        let a = log.append(add("k"), w(1), 0).await.unwrap();
+        let b = log.append(add("k"), w(1), 0).await.unwrap();
+        assert_eq!((a.index, a.duplicate), (1, false));
+        assert_eq!((b.index, b.duplicate), (1, true));
+        let c = log.append(add("k"), w(2), 0).await.unwrap();
+        assert_eq!(c.index, 2);
+        let stale = log.append(add("k"), w(1), 0).await.unwrap_err();
+        assert!(matches!(stale, LogStoreError::StaleSequence { .. }), "{stale}");
+        assert_eq!(log.bounds(), (1, 2));
+        drop(log);
+        // The writer table survives a restart.
+        let (log, summary) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        assert_eq!(summary.writers, 1);
+        let again = log.append(add("k"), w(2), 0).await.unwrap();
+        assert_eq!((again.index, again.duplicate), (2, true));
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_get_dense_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(add(&format!("k{i}")), None, 0).await })
+            })
+            .collect();
+        let mut indexes = Vec::new();
+        for t in tasks {
+            indexes.push(t.await.unwrap().unwrap().index);
+        }
+        indexes.sort();
+        assert_eq!(indexes, (1..=200).collect::<Vec<_>>());
+        let all = log.read(1, 0, usize::MAX).unwrap();
+        assert!(all.is_empty(), "to=0 is clamped, not 'forever', in read()");
+        let all = log.read(1, 200, usize::MAX).unwrap();
+        assert_eq!(all.len(), 200);
+        assert!(all.iter().enumerate().all(|(i, e)| e.index == i as u64 + 1));
+    }
+
+    #[tokio::test]
+    async fn invalid_appends_name_the_bad_mutation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        let e = log.append(vec![], None, 0).await.unwrap_err();
+        assert!(e.to_string().contains("at least one mutation"), "{e}");
+        let mut m = add("k");
+        m.push(Mutation {
+            key: b"x".to_vec().into(),
+            op: None,
+        });
+        let e = log.append(m, None, 0).await.unwrap_err();
+        assert!(e.to_string().contains("mutation 1"), "{e}");
+        assert_eq!(log.bounds(), (1, 0), "nothing was written");
+    }
+}

@@ -1,0 +1,178 @@
+//! The LogStore's gRPC edge: `Append`, `Read` (tailing and bounded), `Bounds`, `Retain`,
+//! plus health and reflection. Errors become statuses here and nowhere else.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{LogStore, LogStoreError};
+use crate::grpc::{self, GrpcError};
+use crate::proto::log_store_server::{LogStoreServer, LogStore as LogStoreRpc};
+use crate::proto::{
+    AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, ReadRequest, ReadResponse,
+    RetainRequest, RetainResponse,
+};
+use crate::wal::WalError;
+
+/// Default and largest size of one `ReadResponse`.
+const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
+const MAX_READ_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Responses buffered per read stream; a slow reader holds back its own stream only.
+const READ_STREAM_BUFFER: usize = 4;
+
+fn to_status(e: LogStoreError) -> Status {
+    match &e {
+        LogStoreError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        LogStoreError::StaleSequence { .. } => Status::failed_precondition(e.to_string()),
+        LogStoreError::Wal(WalError::Removed { .. }) => Status::out_of_range(e.to_string()),
+        LogStoreError::Stopped => Status::unavailable(e.to_string()),
+        LogStoreError::Wal(WalError::Corruption { .. }) | LogStoreError::Decode { .. } => {
+            Status::data_loss(e.to_string())
+        }
+        LogStoreError::Wal(_) => Status::internal(e.to_string()),
+    }
+}
+
+#[derive(Clone)]
+struct Service {
+    log: LogStore,
+    shutdown: CancellationToken,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl LogStoreRpc for Service {
+    type ReadStream = BoxStream<ReadResponse>;
+
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let r = request.into_inner();
+        let writer = (!r.writer_id.is_empty()).then(|| (r.writer_id, r.sequence));
+        let out = self
+            .log
+            .append(r.mutations, writer, r.append_start_micros)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(AppendResponse {
+            index: out.index,
+            duplicate: out.duplicate,
+        }))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let r = request.into_inner();
+        if r.from == 0 {
+            return Err(Status::invalid_argument("read: `from` must be at least 1"));
+        }
+        if r.to != 0 && r.to < r.from {
+            return Err(Status::invalid_argument(format!(
+                "read: `to` ({}) is below `from` ({})",
+                r.to, r.from
+            )));
+        }
+        let (first, _) = self.log.bounds();
+        if r.from < first {
+            return Err(Status::out_of_range(format!(
+                "read: entries below {first} were removed by retention; asked from {}",
+                r.from
+            )));
+        }
+        let max = match r.max_batch_bytes as usize {
+            0 => DEFAULT_READ_BATCH_BYTES,
+            n => n.min(MAX_READ_BATCH_BYTES),
+        };
+        let (tx, rx) = mpsc::channel(READ_STREAM_BUFFER);
+        let log = self.log.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut head = log.head();
+            let mut pos = r.from;
+            loop {
+                if r.to != 0 && pos > r.to {
+                    return; // bounded read complete: end the stream with OK
+                }
+                let available = *head.borrow_and_update();
+                if pos > available {
+                    tokio::select! {
+                        changed = head.changed() => if changed.is_err() { return },
+                        _ = shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                    }
+                    continue;
+                }
+                let to = if r.to == 0 { available } else { r.to.min(available) };
+                let entries = match log.read(pos, to, max) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                };
+                let Some(last) = entries.last().map(|e| e.index) else {
+                    return;
+                };
+                pos = last + 1;
+                tokio::select! {
+                    sent = tx.send(Ok(ReadResponse { entries })) => if sent.is_err() { return },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn bounds(&self, _r: Request<BoundsRequest>) -> Result<Response<BoundsResponse>, Status> {
+        let (first, last) = self.log.bounds();
+        Ok(Response::new(BoundsResponse { first, last }))
+    }
+
+    async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
+        let (first, removed) = self
+            .log
+            .retain(r.into_inner().below)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RetainResponse {
+            first,
+            segments_removed: removed as u32,
+        }))
+    }
+}
+
+/// Serves the LogStore until `shutdown` is cancelled; then stops accepting, ends the read
+/// streams, lets in-flight appends finish, and returns.
+pub async fn serve(
+    log: LogStore,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcError> {
+    let addr = listener.local_addr().map_err(|source| GrpcError::Bind {
+        addr: "logstore listener".into(),
+        source,
+    })?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("logplayer.v1.LogStore", tonic_health::ServingStatus::Serving)
+        .await;
+    let svc = LogStoreServer::new(Service {
+        log,
+        shutdown: shutdown.clone(),
+    })
+    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    grpc::server()
+        .add_service(health_service)
+        .add_service(grpc::reflection()?)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
+        .await
+        .map_err(|source| GrpcError::Serve { addr, source })
+}

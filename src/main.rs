@@ -1,0 +1,372 @@
+//! The `logplayer` binary: one command per component. Parses flags (each with a default or
+//! required, each with an environment variable), sets up logging, and hands off to the
+//! library. `anyhow` lives here and nowhere else.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use logplayer::{bench, client, cluster, demo, grpc, logstore, player, routing, shard};
+
+#[derive(Parser)]
+#[command(
+    name = "logplayer",
+    version,
+    about = "Exactly-once, in-order delivery of a write-ahead log to storage shards",
+    long_about = "LogPlayer delivers every entry of a write-ahead log to the shards that own its \
+keys, exactly once and in log order per shard, through shard crashes, player crashes and \
+disconnects.\n\nStart here: `logplayer demo` runs everything on this machine and checks it."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the LogStore: the durable write-ahead log server.
+    Logstore(LogstoreArgs),
+    /// Run a shard server (a delivery target), or `shard dump` its state.
+    Shard(ShardArgs),
+    /// Run the player: read the log, deliver to the shards.
+    Player(PlayerArgs),
+    /// Run everything on this machine with faults injected, and check exactly-once.
+    Demo(DemoArgs),
+    /// Append generated transactions to a running LogStore.
+    Load(LoadArgs),
+    /// Measure delivery delays and throughput over shard counts and transaction sizes.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct LogstoreArgs {
+    /// Directory of the WAL segments.
+    #[arg(long, env = "LOGPLAYER_DATA")]
+    data: PathBuf,
+    /// Address to listen on (port 0 picks one; the bound address is printed).
+    #[arg(long, env = "LOGPLAYER_LISTEN", default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// Segment size in bytes before a new segment file is started.
+    #[arg(long, env = "LOGPLAYER_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    segment_bytes: u64,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct ShardArgs {
+    #[command(subcommand)]
+    action: Option<ShardAction>,
+    /// Shard id (as in the player's shard map).
+    #[arg(long, env = "LOGPLAYER_SHARD_ID", required = true)]
+    id: Option<String>,
+    /// Directory of the shard's database.
+    #[arg(long, env = "LOGPLAYER_DATA", required = true)]
+    data: Option<PathBuf>,
+    /// Address to listen on (port 0 picks one; the bound address is printed).
+    #[arg(long, env = "LOGPLAYER_LISTEN", default_value = "127.0.0.1:7100")]
+    listen: String,
+}
+
+#[derive(Subcommand)]
+enum ShardAction {
+    /// Print a shard's state as JSON lines: offline from --data, or online from --addr.
+    Dump {
+        /// A stopped shard's data directory.
+        #[arg(long, conflicts_with = "addr", required_unless_present = "addr")]
+        data: Option<PathBuf>,
+        /// A running shard's address.
+        #[arg(long)]
+        addr: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct PlayerArgs {
+    /// LogStore address.
+    #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
+    logstore: String,
+    /// A shard: ID=ADDR, or ID=ADDR@LO-HI[,LO-HI...] to name its slots (of 16384).
+    /// Repeat per shard; without slots, slots are split evenly in the order given.
+    #[arg(long = "shard", env = "LOGPLAYER_SHARDS", value_delimiter = ' ', conflicts_with = "shard_map")]
+    shards: Vec<String>,
+    /// A YAML shard map file instead of --shard (see the README).
+    #[arg(long, env = "LOGPLAYER_SHARD_MAP")]
+    shard_map: Option<PathBuf>,
+    /// Leader epoch sent to shards (fencing token).
+    #[arg(long, env = "LOGPLAYER_EPOCH", default_value_t = 1)]
+    epoch: u64,
+    /// Most entries per batch.
+    #[arg(long, env = "LOGPLAYER_BATCH_ENTRIES", default_value_t = 512)]
+    batch_entries: usize,
+    /// Most bytes per batch.
+    #[arg(long, env = "LOGPLAYER_BATCH_BYTES", default_value_t = 1024 * 1024)]
+    batch_bytes: usize,
+    /// Most unacknowledged batches per shard.
+    #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = 16)]
+    window: usize,
+    /// Per-shard queue limit in bytes; past it the shard catches up from the log.
+    #[arg(long, env = "LOGPLAYER_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    queue_bytes: usize,
+    /// Watermark interval in entries for idle shards.
+    #[arg(long, env = "LOGPLAYER_WATERMARK_EVERY", default_value_t = 1000)]
+    watermark_every: u64,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Keep data and logs here instead of a temporary directory.
+    #[arg(long, env = "LOGPLAYER_DEMO_DATA")]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Transactions per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Length of the load phase.
+    #[arg(long, default_value_t = 12)]
+    seconds: u64,
+    /// Bytes per transaction.
+    #[arg(long, default_value_t = 1024)]
+    txn_bytes: usize,
+    /// Keys per transaction.
+    #[arg(long, default_value_t = 10)]
+    keys: usize,
+}
+
+#[derive(Args, Clone)]
+struct LoadFlags {
+    /// Transactions per second (0 = as fast as --concurrency appenders can).
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Appenders in flight when --rate is 0.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Keys per transaction.
+    #[arg(long, default_value_t = 10)]
+    keys: usize,
+    /// Distinct keys to draw from.
+    #[arg(long, default_value_t = 100_000)]
+    key_space: usize,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
+    logstore: String,
+    #[command(flatten)]
+    load: LoadFlags,
+    /// Bytes per transaction.
+    #[arg(long, default_value_t = 1024)]
+    txn_bytes: usize,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Shard counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,10,20")]
+    shards: Vec<usize>,
+    /// Transaction sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,10240")]
+    sizes: Vec<usize>,
+    #[command(flatten)]
+    load: LoadFlags,
+    /// Where to keep data and logs (default: a temporary directory).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Write results as CSV here.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels the token on SIGTERM/SIGINT.
+fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        grpc::shutdown_signal().await;
+        t.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Logstore(a) => {
+            let (log, summary) = logstore::LogStore::open(a.data.clone(), Some(a.segment_bytes))
+                .with_context(|| format!("opening the log in {}", a.data.display()))?;
+            tracing::info!(first = summary.first, last = summary.last, torn_bytes = summary.torn_bytes_truncated, writers = summary.writers, "log opened");
+            let (listener, addr) = grpc::bind(&a.listen).await?;
+            println!("listening on {addr}");
+            logstore::service::serve(log, listener, on_signal()).await?;
+        }
+        Command::Shard(a) => match a.action {
+            Some(ShardAction::Dump { data: Some(dir), .. }) => {
+                let store = shard::store::RedbStore::open_existing(&dir)?;
+                let mut out = std::io::stdout().lock();
+                let mut err = None;
+                shard::ShardStore::dump(&store, &mut |k, v| {
+                    if err.is_none() {
+                        err = std::io::Write::write_all(
+                            &mut out,
+                            format!("{}\n", logplayer::model::json_line(k, v)).as_bytes(),
+                        )
+                        .err();
+                    }
+                })?;
+                if let Some(e) = err {
+                    return Err(e.into());
+                }
+            }
+            Some(ShardAction::Dump { addr, .. }) => {
+                let addr = addr.context("give --data DIR or --addr ADDR")?;
+                for line in client::ShardConn::connect(&addr).await?.dump().await? {
+                    println!("{line}");
+                }
+            }
+            None => {
+                let (Some(id), Some(data)) = (a.id, a.data) else {
+                    bail!("shard needs --id and --data");
+                };
+                let store = shard::store::RedbStore::open(&data)
+                    .with_context(|| format!("opening shard store in {}", data.display()))?;
+                let core = shard::ShardCore::open(store)?;
+                let d = core.durable();
+                tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, "shard opened");
+                let (listener, addr) = grpc::bind(&a.listen).await?;
+                println!("listening on {addr}");
+                shard::service::serve(id, core, listener, on_signal()).await?;
+            }
+        },
+        Command::Player(a) => {
+            let map = match (&a.shard_map, a.shards.is_empty()) {
+                (Some(path), _) => routing::ShardMap::from_file(path)?,
+                (None, false) => routing::ShardMap::from_specs(&a.shards)?,
+                (None, true) => bail!("give the shards with --shard ID=ADDR (repeat) or --shard-map FILE"),
+            };
+            let mut config = player::PlayerConfig::new(a.logstore, map);
+            config.epoch = a.epoch;
+            config.batch_entries = a.batch_entries;
+            config.batch_bytes = a.batch_bytes;
+            config.window_batches = a.window;
+            config.queue_bytes = a.queue_bytes;
+            config.watermark_every = a.watermark_every;
+            let stats = std::sync::Arc::new(player::PlayerStats::default());
+            let p = player::Player::start(config, stats, on_signal()).await?;
+            p.run().await?;
+        }
+        Command::Demo(a) => {
+            let pass = demo::run(demo::DemoConfig {
+                data: a.data,
+                shards: a.shards,
+                rate: a.rate,
+                seconds: a.seconds,
+                txn_bytes: a.txn_bytes,
+                keys_per_txn: a.keys,
+            })
+            .await?;
+            if !pass {
+                std::process::exit(1);
+            }
+        }
+        Command::Load(a) => {
+            let log = client::Log::connect(&a.logstore).await?;
+            let spec = load_spec(&a.load, a.txn_bytes);
+            let r = bench::drive(&log, &spec, None).await;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        Command::Bench(a) => run_bench(a).await?,
+    }
+    Ok(())
+}
+
+fn load_spec(l: &LoadFlags, txn_bytes: usize) -> bench::LoadSpec {
+    bench::LoadSpec {
+        rate: l.rate,
+        duration: Duration::from_secs(l.seconds),
+        count: 0,
+        concurrency: l.concurrency,
+        keys_per_txn: l.keys,
+        key_space: l.key_space,
+        txn_bytes,
+        seed: 7,
+    }
+}
+
+async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new().prefix("logplayer-bench-").tempdir()?;
+    let root = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let bin = cluster::binary();
+    let mut rows = Vec::new();
+    println!("{}", bench::BenchRow::csv_header());
+    for &n in &a.shards {
+        for &size in &a.sizes {
+            let dir = root.join(format!("s{n}-b{size}-r{}", a.load.rate));
+            std::fs::create_dir_all(&dir)?;
+            let mut c = cluster::Cluster::start(&dir, &bin, n).await?;
+            c.start_player(&[]).await?;
+            let log = client::Log::connect(c.logstore.addr()).await?;
+            // Warm up (connections, page cache), then measure from clean histograms.
+            let mut warm = load_spec(&a.load, size);
+            warm.duration = Duration::from_secs(1);
+            bench::drive(&log, &warm, None).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut delays = bench::Delays::default();
+            for s in &c.shards {
+                delays.collect(s.addr()).await?;
+            }
+            let mut delays = bench::Delays::default();
+            let spec = load_spec(&a.load, size);
+            let load = bench::drive(&log, &spec, None).await;
+            let map = c.shard_map();
+            let check = logplayer::check::check(&log, &map, Duration::from_secs(60)).await?;
+            for s in &c.shards {
+                delays.collect(s.addr()).await?;
+            }
+            let row = bench::BenchRow::from(n, &spec, &load, &delays);
+            println!("{}", row.csv());
+            if !check.pass {
+                bail!("exactly-once check failed during the bench:\n{check}");
+            }
+            rows.push(row);
+            for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
+                p.terminate(Duration::from_secs(5)).await;
+            }
+            c.logstore.terminate(Duration::from_secs(5)).await;
+        }
+    }
+    if let Some(p) = &a.csv {
+        let mut text = format!("{}\n", bench::BenchRow::csv_header());
+        for r in &rows {
+            text.push_str(&r.csv());
+            text.push('\n');
+        }
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

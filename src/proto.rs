@@ -1,0 +1,10 @@
+//! The generated protobuf messages and gRPC stubs of `proto/logplayer.proto`, and the
+//! descriptor set that server reflection serves. Message types are plain prost structs and
+//! may be used by the protocol logic; the client/server stubs are for the gRPC edges only.
+#![allow(clippy::all, missing_docs)]
+
+tonic::include_proto!("logplayer.v1");
+
+/// Encoded `FileDescriptorSet` of the protocol, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/logplayer_descriptor.bin"));

@@ -1,0 +1,334 @@
+//! The shard's gRPC edge: the `Deliver` stream, `Applied`, `Dump` and `Stats`, plus health
+//! and reflection. It turns [`ShardError`]s into statuses and does nothing else of its own:
+//! the rules live in [`ShardCore`].
+//!
+//! Status codes a sender can rely on:
+//! - `FAILED_PRECONDITION` with metadata `logplayer-error: fenced` — the epoch is below the
+//!   highest this shard has seen; the sender must step down.
+//! - `ABORTED` with `logplayer-error: gap` — an entry's previous index is above what the
+//!   shard applied; the sender must reconnect and recover from the applied index.
+//! - `INVALID_ARGUMENT` — a malformed stream (no hello first, bad indexes).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{FutureExt, Stream};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::stats::Stats;
+use super::{ShardCore, ShardError, ShardStore};
+use crate::grpc::{self, GrpcError};
+use crate::model::{json_line, now_micros};
+use crate::proto::shard_server::{Shard, ShardServer};
+use crate::proto::{
+    Ack, AppliedRequest, AppliedResponse, DeliverRequest, DeliverResponse, DumpRequest,
+    DumpResponse, ShardEntry, StatsRequest, StatsResponse, Welcome, deliver_request,
+    deliver_response,
+};
+
+/// Responses queued per stream before the shard stops reading (acks are tiny and one per
+/// commit, so a handful is plenty).
+const ACK_CHANNEL: usize = 16;
+/// Most entries coalesced into one durable commit: bounds a commit's size and latency.
+const MAX_COALESCED_ENTRIES: usize = 4096;
+/// Metadata key carrying the machine-readable reason of a refusal.
+pub const ERROR_KEY: &str = "logplayer-error";
+
+/// The gRPC service of one shard.
+pub struct ShardService<S: ShardStore> {
+    id: String,
+    core: Arc<Mutex<ShardCore<S>>>,
+    applied: Arc<AtomicU64>,
+    highest_epoch: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+}
+
+impl<S: ShardStore> Clone for ShardService<S> {
+    fn clone(&self) -> Self {
+        ShardService {
+            id: self.id.clone(),
+            core: self.core.clone(),
+            applied: self.applied.clone(),
+            highest_epoch: self.highest_epoch.clone(),
+            stats: self.stats.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+fn with_reason(mut status: Status, reason: &'static str) -> Status {
+    status
+        .metadata_mut()
+        .insert(ERROR_KEY, tonic::metadata::MetadataValue::from_static(reason));
+    status
+}
+
+/// The status a sender sees for a refusal.
+pub fn to_status(e: &ShardError) -> Status {
+    match e {
+        ShardError::Fenced { .. } => {
+            with_reason(Status::failed_precondition(e.to_string()), "fenced")
+        }
+        ShardError::Gap { .. } => with_reason(Status::aborted(e.to_string()), "gap"),
+        ShardError::Malformed(_) => Status::invalid_argument(e.to_string()),
+        ShardError::Store(_) => Status::internal(e.to_string()),
+    }
+}
+
+impl<S: ShardStore> ShardService<S> {
+    pub fn new(id: String, core: ShardCore<S>, shutdown: CancellationToken) -> Self {
+        let d = core.durable();
+        ShardService {
+            id,
+            core: Arc::new(Mutex::new(core)),
+            applied: Arc::new(AtomicU64::new(d.applied)),
+            highest_epoch: Arc::new(AtomicU64::new(d.highest_epoch)),
+            stats: Arc::new(Stats::default()),
+            shutdown,
+        }
+    }
+
+    /// Runs `f` on the core on a blocking thread (commits fsync).
+    async fn with_core<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ShardCore<S>) -> Result<T, ShardError> + Send + 'static,
+    ) -> Result<T, ShardError> {
+        let core = self.core.clone();
+        let applied = self.applied.clone();
+        let highest = self.highest_epoch.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut core = core
+                .lock()
+                .map_err(|_| ShardError::Malformed("shard core lock poisoned".into()))?;
+            let out = f(&mut core);
+            let d = core.durable();
+            applied.store(d.applied, Ordering::Release);
+            highest.store(d.highest_epoch, Ordering::Release);
+            out
+        })
+        .await;
+        joined.unwrap_or_else(|e| Err(ShardError::Malformed(format!("apply task failed: {e}"))))
+    }
+
+    /// Reads batches, commits them (coalescing what has already arrived into one durable
+    /// write), and acks cumulatively. Ends on end of stream, refusal or shutdown.
+    async fn stream_loop(
+        self,
+        mut inbound: Streaming<DeliverRequest>,
+        tx: mpsc::Sender<Result<DeliverResponse, Status>>,
+        epoch: u64,
+    ) {
+        loop {
+            let first = tokio::select! {
+                m = inbound.message() => m,
+                _ = self.shutdown.cancelled() => break,
+            };
+            let mut entries: Vec<ShardEntry> = Vec::new();
+            let mut received: Vec<u64> = Vec::new();
+            let mut next = Some(first);
+            let mut closed = false;
+            while let Some(msg) = next.take() {
+                match msg {
+                    Ok(Some(DeliverRequest {
+                        msg: Some(deliver_request::Msg::Batch(b)),
+                    })) => {
+                        let now = now_micros();
+                        received.extend(std::iter::repeat_n(now, b.entries.len()));
+                        entries.extend(b.entries);
+                    }
+                    Ok(Some(_)) => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "only the first message of a Deliver stream may be a Hello; \
+                                 later messages must be Batches",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Ok(None) => closed = true,
+                    Err(status) => {
+                        tracing::debug!(shard = %self.id, %status, "delivery stream broke");
+                        closed = true;
+                    }
+                }
+                if !closed && entries.len() < MAX_COALESCED_ENTRIES {
+                    next = inbound.message().now_or_never();
+                }
+            }
+            if !entries.is_empty() {
+                let before = self.applied.load(Ordering::Acquire);
+                let batch = std::mem::take(&mut entries);
+                let result = self
+                    .with_core(move |core| {
+                        let out = core.apply(epoch, &batch);
+                        out.map(|a| (a, batch))
+                    })
+                    .await;
+                match result {
+                    Ok((applied, batch)) => {
+                        let durable = now_micros();
+                        let fresh: Vec<usize> = (0..batch.len())
+                            .filter(|&i| batch[i].index > before && batch[i].index <= applied.applied)
+                            .collect();
+                        let recv = fresh.iter().map(|&i| received[i]).max().unwrap_or(durable);
+                        let new: Vec<ShardEntry> =
+                            fresh.into_iter().map(|i| batch[i].clone()).collect();
+                        self.stats.record(&new, recv, durable, applied.skipped);
+                        let ack = DeliverResponse {
+                            msg: Some(deliver_response::Msg::Ack(Ack {
+                                applied_index: applied.applied,
+                            })),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        match &e {
+                            ShardError::Gap { .. } => {
+                                self.stats.gap();
+                                tracing::warn!(shard = %self.id, error = %e, "refused a gap");
+                            }
+                            ShardError::Fenced { .. } => {
+                                tracing::info!(shard = %self.id, error = %e, "fenced a stale sender")
+                            }
+                            ShardError::Store(_) => {
+                                tracing::error!(shard = %self.id, error = %e, "commit failed")
+                            }
+                            ShardError::Malformed(_) => {
+                                tracing::warn!(shard = %self.id, error = %e, "malformed batch")
+                            }
+                        }
+                        // Whatever was valid before the refusal is durable: tell the sender.
+                        let ack = DeliverResponse {
+                            msg: Some(deliver_response::Msg::Ack(Ack {
+                                applied_index: self.applied.load(Ordering::Acquire),
+                            })),
+                        };
+                        let _ = tx.send(Ok(ack)).await;
+                        let _ = tx.send(Err(to_status(&e))).await;
+                        return;
+                    }
+                }
+            }
+            if closed {
+                break;
+            }
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl<S: ShardStore> Shard for ShardService<S> {
+    type DeliverStream = BoxStream<DeliverResponse>;
+    type DumpStream = BoxStream<DumpResponse>;
+
+    async fn deliver(
+        &self,
+        request: Request<Streaming<DeliverRequest>>,
+    ) -> Result<Response<Self::DeliverStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(DeliverRequest {
+                msg: Some(deliver_request::Msg::Hello(h)),
+            }) => h,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a Deliver stream must be a Hello",
+                ));
+            }
+            None => return Err(Status::invalid_argument("stream closed before its Hello")),
+        };
+        let epoch = hello.epoch;
+        let durable = self
+            .with_core(move |core| core.hello(epoch))
+            .await
+            .map_err(|e| {
+                tracing::info!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello");
+                to_status(&e)
+            })?;
+        tracing::info!(shard = %self.id, player = %hello.player_id, epoch, applied = durable.applied, "sender connected");
+        let (tx, rx) = mpsc::channel(ACK_CHANNEL);
+        let welcome = DeliverResponse {
+            msg: Some(deliver_response::Msg::Welcome(Welcome {
+                applied_index: durable.applied,
+                highest_epoch: durable.highest_epoch,
+                shard_id: self.id.clone(),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("sender went away"))?;
+        tokio::spawn(self.clone().stream_loop(inbound, tx, epoch));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn applied(
+        &self,
+        _request: Request<AppliedRequest>,
+    ) -> Result<Response<AppliedResponse>, Status> {
+        Ok(Response::new(AppliedResponse {
+            applied_index: self.applied.load(Ordering::Acquire),
+            highest_epoch: self.highest_epoch.load(Ordering::Acquire),
+            shard_id: self.id.clone(),
+        }))
+    }
+
+    async fn dump(
+        &self,
+        _request: Request<DumpRequest>,
+    ) -> Result<Response<Self::DumpStream>, Status> {
+        let lines = self
+            .with_core(|core| {
+                let mut lines = Vec::new();
+                core.store()
+                    .dump(&mut |k, v| lines.push(json_line(k, v)))?;
+                Ok(lines)
+            })
+            .await
+            .map_err(|e| to_status(&e))?;
+        let stream = tokio_stream::iter(lines.into_iter().map(|json| Ok(DumpResponse { json })));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        Ok(Response::new(self.stats.snapshot(request.get_ref().reset)))
+    }
+}
+
+/// Serves a shard on `listener` until `shutdown` is cancelled; then stops accepting, lets
+/// each stream finish its current commit, and returns.
+pub async fn serve<S: ShardStore>(
+    id: String,
+    core: ShardCore<S>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcError> {
+    let addr = listener.local_addr().map_err(|source| GrpcError::Bind {
+        addr: "shard listener".into(),
+        source,
+    })?;
+    let service = ShardService::new(id, core, shutdown.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("logplayer.v1.Shard", tonic_health::ServingStatus::Serving)
+        .await;
+    let shard = ShardServer::new(service)
+        .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    grpc::server()
+        .add_service(health_service)
+        .add_service(grpc::reflection()?)
+        .add_service(shard)
+        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
+        .await
+        .map_err(|source| GrpcError::Serve { addr, source })
+}

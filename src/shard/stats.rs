@@ -1,0 +1,119 @@
+//! Delay histograms measured at a shard: the paper's LogPlayer delay (player dispatch to
+//! shard receive), its apply delay (append start to shard receive) and our durable apply
+//! delay (append start to the durable commit). All in microseconds, wall clock, so they are
+//! only meaningful when the processes share a machine (or a well-synchronized clock).
+
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+
+use crate::proto::{ShardEntry, StatsResponse};
+
+/// Highest delay a histogram records exactly (60 s); larger values are clamped.
+const MAX_MICROS: u64 = 60_000_000;
+
+fn histogram() -> Histogram<u64> {
+    // Three significant digits; bounds are constants so this cannot fail.
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).unwrap_or_else(|_| Histogram::new(3).unwrap())
+}
+
+/// The three histograms plus counters, shared by every stream of one shard.
+pub struct Stats {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    player: Histogram<u64>,
+    apply: Histogram<u64>,
+    durable: Histogram<u64>,
+    applied: u64,
+    skipped: u64,
+    gaps: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            inner: Mutex::new(Inner {
+                player: histogram(),
+                apply: histogram(),
+                durable: histogram(),
+                applied: 0,
+                skipped: 0,
+                gaps: 0,
+            }),
+        }
+    }
+}
+
+fn rec(h: &mut Histogram<u64>, from: u64, to: u64) {
+    if from > 0 {
+        h.saturating_record(to.saturating_sub(from).clamp(1, MAX_MICROS));
+    }
+}
+
+impl Stats {
+    /// Records entries applied from a batch received at `received` and durable at `durable`.
+    /// Watermarks (no mutations) are not transactions and are not measured.
+    pub fn record(&self, entries: &[ShardEntry], received: u64, durable: u64, skipped: usize) {
+        let Ok(mut s) = self.inner.lock() else { return };
+        for e in entries.iter().filter(|e| !e.mutations.is_empty()) {
+            rec(&mut s.player, e.dispatch_micros, received);
+            rec(&mut s.apply, e.append_start_micros, received);
+            rec(&mut s.durable, e.append_start_micros, durable);
+        }
+        s.applied += entries.len() as u64;
+        s.skipped += skipped as u64;
+    }
+
+    pub fn gap(&self) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.gaps += 1;
+        }
+    }
+
+    /// Serializes the histograms (and clears them when `reset`).
+    pub fn snapshot(&self, reset: bool) -> StatsResponse {
+        let Ok(mut s) = self.inner.lock() else {
+            return StatsResponse::default();
+        };
+        let ser = |h: &Histogram<u64>| {
+            let mut out = Vec::new();
+            let _ = V2Serializer::new().serialize(h, &mut out);
+            out.into()
+        };
+        let resp = StatsResponse {
+            player_delay: ser(&s.player),
+            apply_delay: ser(&s.apply),
+            durable_apply_delay: ser(&s.durable),
+            entries_applied: s.applied,
+            duplicates_skipped: s.skipped,
+            gaps_refused: s.gaps,
+        };
+        if reset {
+            s.player.reset();
+            s.apply.reset();
+            s.durable.reset();
+        }
+        resp
+    }
+}
+
+/// Decodes a serialized histogram (an empty one on malformed input).
+pub fn decode_histogram(bytes: &[u8]) -> Histogram<u64> {
+    let mut cursor = bytes;
+    Deserializer::new()
+        .deserialize(&mut cursor)
+        .unwrap_or_else(|_| histogram())
+}
+
+/// Adds `other` into `into` (for merging shards).
+pub fn merge(into: &mut Histogram<u64>, other: &Histogram<u64>) {
+    let _ = into.add(other);
+}
+
+/// A fresh, empty histogram with the shard's bounds.
+pub fn empty() -> Histogram<u64> {
+    histogram()
+}
