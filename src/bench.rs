@@ -49,13 +49,13 @@ pub struct LoadReport {
 }
 
 /// Appends per `spec`; `progress` (if any) is bumped per durable append.
-pub async fn drive(
-    log: &Log,
-    spec: &LoadSpec,
-    progress: Option<Arc<AtomicU64>>,
-) -> LoadReport {
+pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>) -> LoadReport {
     let mut workload = Workload::new(spec.keys_per_txn, spec.key_space, spec.txn_bytes, spec.seed);
-    let limit = if spec.rate == 0 { spec.concurrency.max(1) } else { MAX_IN_FLIGHT };
+    let limit = if spec.rate == 0 {
+        spec.concurrency.max(1)
+    } else {
+        MAX_IN_FLIGHT
+    };
     let sem = Arc::new(Semaphore::new(limit));
     let hist = Arc::new(std::sync::Mutex::new(stats::empty()));
     let failed = Arc::new(AtomicU64::new(0));
@@ -75,11 +75,18 @@ pub async fn drive(
                 continue;
             }
         }
-        let Ok(permit) = sem.clone().acquire_owned().await else { break };
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
         let txn = workload.next_txn();
         sent += 1;
-        let (log, hist, failed, done, progress) =
-            (log.clone(), hist.clone(), failed.clone(), done.clone(), progress.clone());
+        let (log, hist, failed, done, progress) = (
+            log.clone(),
+            hist.clone(),
+            failed.clone(),
+            done.clone(),
+            progress.clone(),
+        );
         tasks.spawn(async move {
             let t0 = now_micros();
             match log.append(txn, None, t0).await {
@@ -105,7 +112,10 @@ pub async fn drive(
     }
     while tasks.join_next().await.is_some() {}
     let seconds = start.elapsed().as_secs_f64();
-    let h = hist.lock().map(|h| h.clone()).unwrap_or_else(|_| stats::empty());
+    let h = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| stats::empty());
     let appended = done.load(Ordering::Relaxed);
     LoadReport {
         appended,
@@ -141,7 +151,10 @@ impl Delays {
         let s = ShardConn::connect(addr).await?.stats(true).await?;
         stats::merge(&mut self.player, &stats::decode_histogram(&s.player_delay));
         stats::merge(&mut self.apply, &stats::decode_histogram(&s.apply_delay));
-        stats::merge(&mut self.durable, &stats::decode_histogram(&s.durable_apply_delay));
+        stats::merge(
+            &mut self.durable,
+            &stats::decode_histogram(&s.durable_apply_delay),
+        );
         Ok(())
     }
 }

@@ -45,7 +45,11 @@ impl std::fmt::Display for Report {
                 s.id,
                 s.applied,
                 s.keys,
-                if s.mismatches.is_empty() { "ok".to_string() } else { format!("{} MISMATCHES", s.mismatches.len()) }
+                if s.mismatches.is_empty() {
+                    "ok".to_string()
+                } else {
+                    format!("{} MISMATCHES", s.mismatches.len())
+                }
             )?;
             for m in s.mismatches.iter().take(5) {
                 writeln!(f, "    {m}")?;

@@ -35,10 +35,12 @@ pub struct Log {
 
 impl Log {
     pub async fn connect(addr: &str) -> Result<Log, ClientError> {
-        let channel = grpc::connect(addr).await.map_err(|source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
+        let channel = grpc::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
         Ok(Log {
             addr: addr.to_owned(),
             client: LogStoreClient::new(channel)
@@ -121,10 +123,12 @@ pub struct ShardConn {
 
 impl ShardConn {
     pub async fn connect(addr: &str) -> Result<ShardConn, ClientError> {
-        let channel = grpc::connect(addr).await.map_err(|source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
+        let channel = grpc::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
         Ok(ShardConn {
             addr: addr.to_owned(),
             client: ShardClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),

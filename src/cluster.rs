@@ -229,7 +229,13 @@ impl Cluster {
                 Proc::start(
                     &format!("shard-{id}"),
                     bin,
-                    vec!["shard".into(), "--id".into(), id.clone(), "--data".into(), d(&format!("shard-{id}"))],
+                    vec![
+                        "shard".into(),
+                        "--id".into(),
+                        id.clone(),
+                        "--data".into(),
+                        d(&format!("shard-{id}")),
+                    ],
                     Some("127.0.0.1:0"),
                     dir,
                 )
@@ -261,7 +267,11 @@ impl Cluster {
 
     /// Starts a player with extra arguments.
     pub async fn start_player(&mut self, extra: &[&str]) -> Result<usize, ClusterError> {
-        let mut args = vec!["player".to_string(), "--logstore".into(), self.logstore.addr().to_owned()];
+        let mut args = vec![
+            "player".to_string(),
+            "--logstore".into(),
+            self.logstore.addr().to_owned(),
+        ];
         for s in self.shard_specs() {
             args.push("--shard".into());
             args.push(s);
@@ -276,8 +286,16 @@ impl Cluster {
     /// Log tails of every process, for a failure message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for p in std::iter::once(&self.logstore).chain(&self.shards).chain(&self.players) {
-            out.push_str(&format!("--- {} ({})\n{}\n", p.name, p.log_path().display(), p.log_tail(15)));
+        for p in std::iter::once(&self.logstore)
+            .chain(&self.shards)
+            .chain(&self.players)
+        {
+            out.push_str(&format!(
+                "--- {} ({})\n{}\n",
+                p.name,
+                p.log_path().display(),
+                p.log_tail(15)
+            ));
         }
         out
     }

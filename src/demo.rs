@@ -87,7 +87,12 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     let mut faults: Vec<String> = Vec::new();
     let total = cfg.seconds as f64;
     // Fault schedule: fractions of the run.
-    let schedule = [(0.2, "shard"), (0.4, "player"), (0.6, "both"), (0.8, "shard")];
+    let schedule = [
+        (0.2, "shard"),
+        (0.4, "player"),
+        (0.6, "both"),
+        (0.8, "shard"),
+    ];
     let mut next = 0;
     let mut last_print = Instant::now();
     while !load.is_finished() {
@@ -112,7 +117,10 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
                 cluster.players[0].restart().await?;
                 faults.push(format!("t={t:.1}s SIGKILL + restart player"));
             }
-            println!("  fault: {}", faults.last().map(String::as_str).unwrap_or(""));
+            println!(
+                "  fault: {}",
+                faults.last().map(String::as_str).unwrap_or("")
+            );
             next += 1;
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
@@ -120,7 +128,11 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
             let mut applied = Vec::new();
             for s in &cluster.shards {
                 let a = match ShardConn::connect(s.addr()).await {
-                    Ok(c) => c.applied().await.map(|a| a.applied_index.to_string()).unwrap_or("down".into()),
+                    Ok(c) => c
+                        .applied()
+                        .await
+                        .map(|a| a.applied_index.to_string())
+                        .unwrap_or("down".into()),
                     Err(_) => "down".into(),
                 };
                 applied.push(a);
@@ -133,7 +145,7 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
             );
         }
     }
-    let report = load.await.unwrap_or_else(|_| crate::bench::LoadReport {
+    let report = load.await.unwrap_or(crate::bench::LoadReport {
         appended: 0,
         failed: 0,
         seconds: 0.0,
@@ -179,6 +191,9 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         s.terminate(Duration::from_secs(5)).await;
     }
     cluster.logstore.terminate(Duration::from_secs(5)).await;
-    println!("exactly-once: {}", if result.pass { "PASS" } else { "FAIL" });
+    println!(
+        "exactly-once: {}",
+        if result.pass { "PASS" } else { "FAIL" }
+    );
     Ok(result.pass)
 }

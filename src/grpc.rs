@@ -106,7 +106,11 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, GrpcError> {
 pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
     match endpoint(addr) {
         Ok(e) => e.connect().await,
-        Err(_) => Endpoint::from_static("http://invalid.invalid:1").connect().await,
+        Err(_) => {
+            Endpoint::from_static("http://invalid.invalid:1")
+                .connect()
+                .await
+        }
     }
 }
 

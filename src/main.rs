@@ -91,7 +91,12 @@ struct PlayerArgs {
     logstore: String,
     /// A shard: ID=ADDR, or ID=ADDR@LO-HI[,LO-HI...] to name its slots (of 16384).
     /// Repeat per shard; without slots, slots are split evenly in the order given.
-    #[arg(long = "shard", env = "LOGPLAYER_SHARDS", value_delimiter = ' ', conflicts_with = "shard_map")]
+    #[arg(
+        long = "shard",
+        env = "LOGPLAYER_SHARDS",
+        value_delimiter = ' ',
+        conflicts_with = "shard_map"
+    )]
     shards: Vec<String>,
     /// A YAML shard map file instead of --shard (see the README).
     #[arg(long, env = "LOGPLAYER_SHARD_MAP")]
@@ -216,13 +221,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Logstore(a) => {
             let (log, summary) = logstore::LogStore::open(a.data.clone(), Some(a.segment_bytes))
                 .with_context(|| format!("opening the log in {}", a.data.display()))?;
-            tracing::info!(first = summary.first, last = summary.last, torn_bytes = summary.torn_bytes_truncated, writers = summary.writers, "log opened");
+            tracing::info!(
+                first = summary.first,
+                last = summary.last,
+                torn_bytes = summary.torn_bytes_truncated,
+                writers = summary.writers,
+                "log opened"
+            );
             let (listener, addr) = grpc::bind(&a.listen).await?;
             println!("listening on {addr}");
             logstore::service::serve(log, listener, on_signal()).await?;
         }
         Command::Shard(a) => match a.action {
-            Some(ShardAction::Dump { data: Some(dir), .. }) => {
+            Some(ShardAction::Dump {
+                data: Some(dir), ..
+            }) => {
                 let store = shard::store::RedbStore::open_existing(&dir)?;
                 let mut out = std::io::stdout().lock();
                 let mut err = None;
@@ -263,7 +276,9 @@ async fn main() -> anyhow::Result<()> {
             let map = match (&a.shard_map, a.shards.is_empty()) {
                 (Some(path), _) => routing::ShardMap::from_file(path)?,
                 (None, false) => routing::ShardMap::from_specs(&a.shards)?,
-                (None, true) => bail!("give the shards with --shard ID=ADDR (repeat) or --shard-map FILE"),
+                (None, true) => {
+                    bail!("give the shards with --shard ID=ADDR (repeat) or --shard-map FILE")
+                }
             };
             let mut config = player::PlayerConfig::new(a.logstore, map);
             config.epoch = a.epoch;
@@ -315,7 +330,9 @@ fn load_spec(l: &LoadFlags, txn_bytes: usize) -> bench::LoadSpec {
 }
 
 async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("logplayer-bench-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("logplayer-bench-")
+        .tempdir()?;
     let root = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
     let bin = cluster::binary();
     let mut rows = Vec::new();

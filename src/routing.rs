@@ -312,6 +312,11 @@ mod tests {
         let m = ShardMap::from_file(&p).unwrap();
         assert_eq!(m.version, 3);
         std::fs::write(&p, "shards: [").unwrap();
-        assert!(ShardMap::from_file(&p).unwrap_err().to_string().contains("map.yaml"));
+        assert!(
+            ShardMap::from_file(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("map.yaml")
+        );
     }
 }

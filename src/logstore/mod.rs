@@ -120,7 +120,9 @@ pub fn validate(mutations: &[Mutation]) -> Result<(), LogStoreError> {
     }
     for (i, m) in mutations.iter().enumerate() {
         if m.key.is_empty() {
-            return Err(LogStoreError::Invalid(format!("mutation {i} has an empty key")));
+            return Err(LogStoreError::Invalid(format!(
+                "mutation {i} has an empty key"
+            )));
         }
         if m.op.is_none() {
             return Err(LogStoreError::Invalid(format!(
@@ -152,7 +154,10 @@ fn decode_stored(index: u64, bytes: &[u8]) -> Result<StoredEntry, LogStoreError>
 
 impl LogStore {
     /// Opens the log in `dir` (recovering a torn tail) and starts the writer thread.
-    pub fn open(dir: PathBuf, segment_bytes: Option<u64>) -> Result<(LogStore, OpenSummary), LogStoreError> {
+    pub fn open(
+        dir: PathBuf,
+        segment_bytes: Option<u64>,
+    ) -> Result<(LogStore, OpenSummary), LogStoreError> {
         let mut config = WalConfig::new(dir);
         if let Some(b) = segment_bytes {
             config.segment_bytes = b;
@@ -485,7 +490,10 @@ mod tests {
         let c = log.append(add("k"), w(2), 0).await.unwrap();
         assert_eq!(c.index, 2);
         let stale = log.append(add("k"), w(1), 0).await.unwrap_err();
-        assert!(matches!(stale, LogStoreError::StaleSequence { .. }), "{stale}");
+        assert!(
+            matches!(stale, LogStoreError::StaleSequence { .. }),
+            "{stale}"
+        );
         assert_eq!(log.bounds(), (1, 2));
         drop(log);
         // The writer table survives a restart.

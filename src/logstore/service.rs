@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{LogStore, LogStoreError};
 use crate::grpc::{self, GrpcError};
-use crate::proto::log_store_server::{LogStoreServer, LogStore as LogStoreRpc};
+use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
 use crate::proto::{
     AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, ReadRequest, ReadResponse,
     RetainRequest, RetainResponse,
@@ -55,7 +55,7 @@ impl LogStoreRpc for Service {
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
         let r = request.into_inner();
-        let writer = (!r.writer_id.is_empty()).then(|| (r.writer_id, r.sequence));
+        let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
         let out = self
             .log
             .append(r.mutations, writer, r.append_start_micros)
@@ -67,7 +67,10 @@ impl LogStoreRpc for Service {
         }))
     }
 
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         let r = request.into_inner();
         if r.from == 0 {
             return Err(Status::invalid_argument("read: `from` must be at least 1"));
@@ -108,7 +111,11 @@ impl LogStoreRpc for Service {
                     }
                     continue;
                 }
-                let to = if r.to == 0 { available } else { r.to.min(available) };
+                let to = if r.to == 0 {
+                    available
+                } else {
+                    r.to.min(available)
+                };
                 let entries = match log.read(pos, to, max) {
                     Ok(e) => e,
                     Err(e) => {
@@ -160,7 +167,10 @@ pub async fn serve(
     })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_service_status("logplayer.v1.LogStore", tonic_health::ServingStatus::Serving)
+        .set_service_status(
+            "logplayer.v1.LogStore",
+            tonic_health::ServingStatus::Serving,
+        )
         .await;
     let svc = LogStoreServer::new(Service {
         log,

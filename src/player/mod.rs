@@ -112,7 +112,9 @@ pub enum PlayerError {
     Config(String),
     #[error("fenced by shard {shard}: {message}")]
     Fenced { shard: String, message: String },
-    #[error("the log no longer holds index {needed} (first is {first}); shard {shard} cannot be caught up")]
+    #[error(
+        "the log no longer holds index {needed} (first is {first}); shard {shard} cannot be caught up"
+    )]
     Retention {
         shard: String,
         needed: u64,
@@ -468,7 +470,11 @@ impl Shared {
         let applied = match inbound.message().await.map_err(classify)? {
             Some(r) => match r.msg {
                 Some(deliver_response::Msg::Welcome(w)) => w.applied_index,
-                _ => return Err(SessionEnd::Broken("first response was not a Welcome".into())),
+                _ => {
+                    return Err(SessionEnd::Broken(
+                        "first response was not a Welcome".into(),
+                    ));
+                }
             },
             None => return Err(SessionEnd::Broken("stream ended before Welcome".into())),
         };
@@ -677,7 +683,9 @@ impl Player {
         for (s, a) in config.shards.shards.iter().zip(&applied) {
             match a {
                 Some(a) => tracing::info!(shard = %s.id, applied = a, "shard reported"),
-                None => tracing::warn!(shard = %s.id, "shard did not answer at startup; it will catch up when it connects"),
+                None => {
+                    tracing::warn!(shard = %s.id, "shard did not answer at startup; it will catch up when it connects")
+                }
             }
         }
         tracing::info!(start, epoch = config.epoch, "main stream starts");

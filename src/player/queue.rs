@@ -369,7 +369,14 @@ mod tests {
     fn s_to_rf_to_fc_to_n_delivers_catchup_before_normal() {
         let mut q = q();
         let rec = q.resume(3, 6).unwrap();
-        assert_eq!(rec, Recovery { term: 1, from: 4, to: 6 });
+        assert_eq!(
+            rec,
+            Recovery {
+                term: 1,
+                from: 4,
+                to: 6
+            }
+        );
         assert_eq!(q.state(), RecoveryFetching);
         // The main stream goes on above 6 while the recovery reads 4..=6.
         assert_eq!(q.push_normal(e(7)), Push::Queued);
@@ -453,7 +460,14 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        assert_eq!(rec, Recovery { term: 2, from: 2, to: n });
+        assert_eq!(
+            rec,
+            Recovery {
+                term: 2,
+                from: 2,
+                to: n
+            }
+        );
         assert_eq!((q.state(), q.len()), (RecoveryFetching, 0));
         // While recovering, a further overflow extends the running reader.
         let mut m = n + 1;

@@ -257,7 +257,10 @@ mod tests {
         core.apply(1, &[add(1, 0, "k", 1), add(3, 1, "k", 10)])
             .unwrap();
         let out = core
-            .apply(1, &[add(1, 0, "k", 1), add(3, 1, "k", 10), add(4, 3, "k", 100)])
+            .apply(
+                1,
+                &[add(1, 0, "k", 1), add(3, 1, "k", 10), add(4, 3, "k", 100)],
+            )
             .unwrap();
         assert_eq!(
             out,

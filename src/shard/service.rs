@@ -63,9 +63,10 @@ impl<S: ShardStore> Clone for ShardService<S> {
 }
 
 fn with_reason(mut status: Status, reason: &'static str) -> Status {
-    status
-        .metadata_mut()
-        .insert(ERROR_KEY, tonic::metadata::MetadataValue::from_static(reason));
+    status.metadata_mut().insert(
+        ERROR_KEY,
+        tonic::metadata::MetadataValue::from_static(reason),
+    );
     status
 }
 
@@ -174,7 +175,9 @@ impl<S: ShardStore> ShardService<S> {
                     Ok((applied, batch)) => {
                         let durable = now_micros();
                         let fresh: Vec<usize> = (0..batch.len())
-                            .filter(|&i| batch[i].index > before && batch[i].index <= applied.applied)
+                            .filter(|&i| {
+                                batch[i].index > before && batch[i].index <= applied.applied
+                            })
                             .collect();
                         let recv = fresh.iter().map(|&i| received[i]).max().unwrap_or(durable);
                         let new: Vec<ShardEntry> =
@@ -289,8 +292,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
         let lines = self
             .with_core(|core| {
                 let mut lines = Vec::new();
-                core.store()
-                    .dump(&mut |k, v| lines.push(json_line(k, v)))?;
+                core.store().dump(&mut |k, v| lines.push(json_line(k, v)))?;
                 Ok(lines)
             })
             .await
@@ -299,7 +301,10 @@ impl<S: ShardStore> Shard for ShardService<S> {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
         Ok(Response::new(self.stats.snapshot(request.get_ref().reset)))
     }
 }

@@ -75,7 +75,11 @@ impl ShardStore for RedbStore {
         let txn = self.db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         let get = |k| -> Result<u64, StoreError> {
-            Ok(meta.get(k).map_err(backend)?.map(|g| g.value()).unwrap_or(0))
+            Ok(meta
+                .get(k)
+                .map_err(backend)?
+                .map(|g| g.value())
+                .unwrap_or(0))
         };
         Ok(Durable {
             applied: get(APPLIED)?,
@@ -157,7 +161,7 @@ mod tests {
                 ],
                 ..Default::default()
             };
-            s.commit(&[e.clone()], 7).unwrap();
+            s.commit(std::slice::from_ref(&e), 7).unwrap();
             s.commit(&[ShardEntry { index: 8, ..e }], 8).unwrap();
         }
         let s = RedbStore::open_existing(dir.path()).unwrap();
@@ -175,7 +179,10 @@ mod tests {
             rows,
             vec![
                 (b"c".to_vec(), Value::Counter(4)),
-                (b"l".to_vec(), Value::List(vec![b"x".to_vec(), b"x".to_vec()]))
+                (
+                    b"l".to_vec(),
+                    Value::List(vec![b"x".to_vec(), b"x".to_vec()])
+                )
             ]
         );
     }
