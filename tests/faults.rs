@@ -59,11 +59,19 @@ async fn run(victim: Victim, kills: usize) {
     }
     let report = load.await.unwrap();
     assert_eq!(report.failed, 0, "appends failed");
-    assert!(report.appended > 500, "too little load: {}", report.appended);
+    assert!(
+        report.appended > 500,
+        "too little load: {}",
+        report.appended
+    );
     let result = check(&log, &c.shard_map(), Duration::from_secs(60))
         .await
         .unwrap();
-    assert!(result.pass, "exactly-once violated:\n{result}\n{}", c.logs());
+    assert!(
+        result.pass,
+        "exactly-once violated:\n{result}\n{}",
+        c.logs()
+    );
     assert!(result.entries >= report.appended);
 }
 
