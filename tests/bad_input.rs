@@ -1,0 +1,115 @@
+//! Bad input on the wire: a malformed protobuf, an oversized message and an invalid append
+//! each get a clear status, and the server keeps serving afterwards.
+
+use std::time::Duration;
+
+use logplayer::client::Log;
+use logplayer::cluster::Cluster;
+use logplayer::proto::{Mutation, mutation::Op};
+use tonic::codegen::http::uri::PathAndQuery;
+
+/// A codec that sends raw bytes, to put arbitrary garbage in a gRPC frame.
+#[derive(Clone, Default)]
+struct Raw;
+
+struct RawEnc;
+struct RawDec;
+
+impl tonic::codec::Encoder for RawEnc {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut v = vec![0; src.remaining()];
+        src.copy_to_slice(&mut v);
+        Ok(Some(v))
+    }
+}
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEnc;
+    type Decoder = RawDec;
+    fn encoder(&mut self) -> RawEnc {
+        RawEnc
+    }
+    fn decoder(&mut self) -> RawDec {
+        RawDec
+    }
+}
+
+async fn raw_append(addr: &str, body: Vec<u8>) -> tonic::Status {
+    let channel = logplayer::grpc::connect(addr).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        PathAndQuery::from_static("/logplayer.v1.LogStore/Append"),
+        Raw,
+    )
+    .await
+    .unwrap_err()
+}
+
+fn add(key: &str) -> Vec<Mutation> {
+    vec![Mutation {
+        key: key.as_bytes().to_vec().into(),
+        op: Some(Op::Add(1)),
+    }]
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_get_a_clear_status_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"));
+    let mut c = Cluster::start(dir.path(), &bin, 1).await.unwrap();
+    let addr = c.logstore.addr().to_owned();
+
+    // Not a protobuf at all (field 15, wire type 7 does not exist).
+    let status = raw_append(&addr, vec![0xff, 0xff, 0xff, 0xff]).await;
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{status:?}");
+
+    // Over the 16 MiB message limit.
+    let status = raw_append(&addr, vec![0u8; 17 * 1024 * 1024]).await;
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    // Well-formed but invalid: a mutation without an op.
+    let log = Log::connect(&addr).await.unwrap();
+    let bad = vec![Mutation {
+        key: b"k".to_vec().into(),
+        op: None,
+    }];
+    let err = log.append(bad, None, 0).await.unwrap_err().to_string();
+    assert!(err.contains("mutation 0") && err.contains("no op"), "{err}");
+
+    // Still serving, and nothing was written by the bad requests.
+    assert_eq!(log.append(add("k"), None, 0).await.unwrap(), 1);
+    assert_eq!(log.bounds().await.unwrap(), (1, 1));
+
+    // The shard next to it is unaffected.
+    let shard = logplayer::client::ShardConn::connect(c.shards[0].addr())
+        .await
+        .unwrap();
+    assert_eq!(shard.applied().await.unwrap().applied_index, 0);
+    c.logstore.terminate(Duration::from_secs(5)).await;
+}
