@@ -13,11 +13,8 @@ use crate::proto::{
 /// Errors talking to our servers.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] grpc::GrpcError),
     #[error("{what} at {addr}: {status}")]
     Rpc {
         what: &'static str,
@@ -35,12 +32,7 @@ pub struct Log {
 
 impl Log {
     pub async fn connect(addr: &str) -> Result<Log, ClientError> {
-        let channel = grpc::connect(addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
+        let channel = grpc::connect(addr).await?;
         Ok(Log {
             addr: addr.to_owned(),
             client: LogStoreClient::new(channel)
@@ -123,12 +115,7 @@ pub struct ShardConn {
 
 impl ShardConn {
     pub async fn connect(addr: &str) -> Result<ShardConn, ClientError> {
-        let channel = grpc::connect(addr)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
+        let channel = grpc::connect(addr).await?;
         Ok(ShardConn {
             addr: addr.to_owned(),
             client: ShardClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),

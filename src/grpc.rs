@@ -38,6 +38,11 @@ pub enum GrpcError {
         addr: SocketAddr,
         source: tonic::transport::Error,
     },
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -103,15 +108,14 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, GrpcError> {
 }
 
 /// Connects now (fails fast when nothing listens).
-pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    match endpoint(addr) {
-        Ok(e) => e.connect().await,
-        Err(_) => {
-            Endpoint::from_static("http://invalid.invalid:1")
-                .connect()
-                .await
-        }
-    }
+pub async fn connect(addr: &str) -> Result<Channel, GrpcError> {
+    endpoint(addr)?
+        .connect()
+        .await
+        .map_err(|source| GrpcError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT.

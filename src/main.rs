@@ -349,9 +349,10 @@ async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             warm.duration = Duration::from_secs(1);
             bench::drive(&log, &warm, None).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let mut delays = bench::Delays::default();
+            // Reading with reset discards the warm-up samples.
+            let mut warmup = bench::Delays::default();
             for s in &c.shards {
-                delays.collect(s.addr()).await?;
+                warmup.collect(s.addr()).await?;
             }
             let mut delays = bench::Delays::default();
             let spec = load_spec(&a.load, size);

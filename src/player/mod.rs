@@ -367,13 +367,13 @@ impl Shared {
                 if mutations.is_empty() {
                     continue;
                 }
-                let part = ShardEntry {
+                let mut part = Some(ShardEntry {
                     index: entry.index,
                     prev_index: *prev,
                     mutations,
                     append_start_micros: entry.append_start_micros,
                     dispatch_micros: now_micros(),
-                };
+                });
                 // Wait for room (bounded memory), then push.
                 loop {
                     let room = target.room.notified();
@@ -383,7 +383,7 @@ impl Shared {
                     let outcome = {
                         let mut q = lock(&target.queue);
                         if q.catchup_has_room(term) {
-                            Some(q.push_catchup(term, part.clone()))
+                            part.take().map(|p| q.push_catchup(term, p))
                         } else {
                             None
                         }
@@ -517,8 +517,7 @@ impl Shared {
                         tokio::select! {
                             m = inbound.message() => match m {
                                 Ok(Some(r)) => if let Some(deliver_response::Msg::Ack(a)) = r.msg {
-                                    lock(&target.queue).on_ack(a.applied_index);
-                                    while in_flight.front().is_some_and(|&i| i <= a.applied_index) { in_flight.pop_front(); }
+                                    acked(target, &mut in_flight, a.applied_index);
                                 },
                                 _ => break,
                             },
@@ -531,10 +530,7 @@ impl Shared {
                     match m.map_err(classify)? {
                         Some(r) => match r.msg {
                             Some(deliver_response::Msg::Ack(a)) => {
-                                lock(&target.queue).on_ack(a.applied_index);
-                                while in_flight.front().is_some_and(|&i| i <= a.applied_index) {
-                                    in_flight.pop_front();
-                                }
+                                acked(target, &mut in_flight, a.applied_index);
                             }
                             _ => return Err(SessionEnd::Broken("unexpected response".into())),
                         },
@@ -597,6 +593,14 @@ impl Shared {
                 _ = self.shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+/// A cumulative ack: record it and free the window slots of the batches it covers.
+fn acked(target: &Target, in_flight: &mut std::collections::VecDeque<u64>, applied: u64) {
+    lock(&target.queue).on_ack(applied);
+    while in_flight.front().is_some_and(|&last| last <= applied) {
+        in_flight.pop_front();
     }
 }
 

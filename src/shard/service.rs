@@ -174,15 +174,11 @@ impl<S: ShardStore> ShardService<S> {
                 match result {
                     Ok((applied, batch)) => {
                         let durable = now_micros();
-                        let fresh: Vec<usize> = (0..batch.len())
-                            .filter(|&i| {
-                                batch[i].index > before && batch[i].index <= applied.applied
-                            })
-                            .collect();
-                        let recv = fresh.iter().map(|&i| received[i]).max().unwrap_or(durable);
-                        let new: Vec<ShardEntry> =
-                            fresh.into_iter().map(|i| batch[i].clone()).collect();
-                        self.stats.record(&new, recv, durable, applied.skipped);
+                        let fresh = batch
+                            .iter()
+                            .zip(received.iter().copied())
+                            .filter(|(e, _)| e.index > before && e.index <= applied.applied);
+                        self.stats.record(fresh, durable, applied.skipped);
                         let ack = DeliverResponse {
                             msg: Some(deliver_response::Msg::Ack(Ack {
                                 applied_index: applied.applied,

@@ -56,14 +56,23 @@ fn rec(h: &mut Histogram<u64>, from: u64, to: u64) {
 impl Stats {
     /// Records entries applied from a batch received at `received` and durable at `durable`.
     /// Watermarks (no mutations) are not transactions and are not measured.
-    pub fn record(&self, entries: &[ShardEntry], received: u64, durable: u64, skipped: usize) {
+    /// `applied` pairs each newly applied entry with the time its message arrived.
+    pub fn record<'a>(
+        &self,
+        applied: impl Iterator<Item = (&'a ShardEntry, u64)>,
+        durable: u64,
+        skipped: usize,
+    ) {
         let Ok(mut s) = self.inner.lock() else { return };
-        for e in entries.iter().filter(|e| !e.mutations.is_empty()) {
+        for (e, received) in applied {
+            s.applied += 1;
+            if e.mutations.is_empty() {
+                continue;
+            }
             rec(&mut s.player, e.dispatch_micros, received);
             rec(&mut s.apply, e.append_start_micros, received);
             rec(&mut s.durable, e.append_start_micros, durable);
         }
-        s.applied += entries.len() as u64;
         s.skipped += skipped as u64;
     }
 
