@@ -48,7 +48,14 @@ pub struct LoadReport {
     pub append_p99_us: u64,
 }
 
-/// Appends per `spec`; `progress` (if any) is bumped per durable append.
+/// Append streams one driver keeps open (appends are pipelined on each).
+pub const STREAMS: usize = 4;
+
+/// What each stream's response reader needs to account for one request.
+type InFlight = (u64, tokio::sync::OwnedSemaphorePermit);
+
+/// Appends per `spec` over [`STREAMS`] pipelined append streams; `progress` (if any) is
+/// bumped per durable append.
 pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>) -> LoadReport {
     let mut workload = Workload::new(spec.keys_per_txn, spec.key_space, spec.txn_bytes, spec.seed);
     let limit = if spec.rate == 0 {
@@ -60,10 +67,56 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
     let hist = Arc::new(std::sync::Mutex::new(stats::empty()));
     let failed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
+    let mut streams = Vec::new();
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS {
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(limit);
+        let (fifo_tx, mut fifo_rx) = tokio::sync::mpsc::unbounded_channel::<InFlight>();
+        let mut responses = match log.append_stream(req_rx).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not open an append stream");
+                continue;
+            }
+        };
+        streams.push((req_tx, fifo_tx));
+        let (hist, failed, done, progress) =
+            (hist.clone(), failed.clone(), done.clone(), progress.clone());
+        readers.spawn(async move {
+            loop {
+                match responses.message().await {
+                    Ok(Some(_)) => {
+                        let Some((t0, permit)) = fifo_rx.recv().await else {
+                            return;
+                        };
+                        let dt = now_micros().saturating_sub(t0).max(1);
+                        if let Ok(mut h) = hist.lock() {
+                            h.saturating_record(dt);
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = &progress {
+                            p.fetch_add(1, Ordering::Relaxed);
+                        }
+                        drop(permit);
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::warn!(%status, "append stream failed");
+                        break;
+                    }
+                }
+            }
+            // Whatever is still in flight on a broken stream was not acknowledged.
+            fifo_rx.close();
+            while let Some(_unanswered) = fifo_rx.recv().await {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
     let start = Instant::now();
     let mut sent = 0u64;
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
+    let mut next_stream = 0usize;
+    while !streams.is_empty() {
         let elapsed = start.elapsed();
         if elapsed >= spec.duration || (spec.count > 0 && sent >= spec.count) {
             break;
@@ -71,46 +124,36 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
         if spec.rate > 0 {
             let due = (elapsed.as_secs_f64() * spec.rate as f64) as u64;
             if sent >= due {
-                tokio::time::sleep(Duration::from_micros(200)).await;
+                let ahead = (sent + 1) as f64 / spec.rate as f64 - elapsed.as_secs_f64();
+                tokio::time::sleep(Duration::from_secs_f64(ahead.clamp(0.0001, 0.01))).await;
                 continue;
             }
         }
         let Ok(permit) = sem.clone().acquire_owned().await else {
             break;
         };
-        let txn = workload.next_txn();
+        let mutations = workload.next_txn();
         sent += 1;
-        let (log, hist, failed, done, progress) = (
-            log.clone(),
-            hist.clone(),
-            failed.clone(),
-            done.clone(),
-            progress.clone(),
-        );
-        tasks.spawn(async move {
-            let t0 = now_micros();
-            match log.append(txn, None, t0).await {
-                Ok(_) => {
-                    let dt = now_micros().saturating_sub(t0).max(1);
-                    if let Ok(mut h) = hist.lock() {
-                        h.saturating_record(dt);
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                    if let Some(p) = progress {
-                        p.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(e) => {
-                    if failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                        tracing::warn!(error = %e, "append failed");
-                    }
-                }
-            }
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
+        let i = next_stream % streams.len();
+        next_stream += 1;
+        let t0 = now_micros();
+        let (req_tx, fifo_tx) = &streams[i];
+        let request = crate::proto::AppendRequest {
+            mutations,
+            append_start_micros: t0,
+            ..Default::default()
+        };
+        // The FIFO entry goes first so the reader always finds it. If the stream broke, the
+        // reader counts what it never answered (this one included) as failed.
+        if fifo_tx.send((t0, permit)).is_err() {
+            failed.fetch_add(1, Ordering::Relaxed);
+            streams.swap_remove(i);
+        } else if req_tx.send(request).await.is_err() {
+            streams.swap_remove(i);
+        }
     }
-    while tasks.join_next().await.is_some() {}
+    drop(streams); // ends the request streams; the readers finish with the last responses
+    while readers.join_next().await.is_some() {}
     let seconds = start.elapsed().as_secs_f64();
     let h = hist
         .lock()
@@ -170,6 +213,8 @@ pub struct BenchRow {
     pub shards: usize,
     pub txn_bytes: usize,
     pub target_rate: u64,
+    /// Run number from 1, or "median" for the median of the runs of one configuration.
+    pub run: String,
     pub achieved_rate: f64,
     pub transactions: u64,
     pub player_p50_ms: f64,
@@ -178,19 +223,37 @@ pub struct BenchRow {
     pub apply_p99_ms: f64,
     pub durable_p50_ms: f64,
     pub durable_p99_ms: f64,
+    /// Durable append latency seen by the load generator.
+    pub append_p50_ms: f64,
+    pub append_p99_ms: f64,
+    /// The player's peak resident memory (Linux VmHWM).
+    pub player_peak_rss_mib: f64,
+    /// Seconds shard s0 was frozen during the run.
+    pub stall_seconds: u64,
     pub samples: u64,
+}
+
+/// Median of `xs` (the mean of the middle two for an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
 }
 
 impl BenchRow {
     pub fn csv_header() -> &'static str {
-        "shards,txn_bytes,target_rate,achieved_rate,transactions,player_p50_ms,player_p99_ms,apply_p50_ms,apply_p99_ms,durable_p50_ms,durable_p99_ms,samples"
+        "shards,txn_bytes,target_rate,run,achieved_rate,transactions,player_p50_ms,player_p99_ms,apply_p50_ms,apply_p99_ms,durable_p50_ms,durable_p99_ms,append_p50_ms,append_p99_ms,player_peak_rss_mib,stall_seconds,samples"
     }
     pub fn csv(&self) -> String {
         format!(
-            "{},{},{},{:.0},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
+            "{},{},{},{},{:.0},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{},{}",
             self.shards,
             self.txn_bytes,
             self.target_rate,
+            self.run,
             self.achieved_rate,
             self.transactions,
             self.player_p50_ms,
@@ -199,14 +262,28 @@ impl BenchRow {
             self.apply_p99_ms,
             self.durable_p50_ms,
             self.durable_p99_ms,
+            self.append_p50_ms,
+            self.append_p99_ms,
+            self.player_peak_rss_mib,
+            self.stall_seconds,
             self.samples
         )
     }
-    pub fn from(shards: usize, spec: &LoadSpec, load: &LoadReport, d: &Delays) -> BenchRow {
+    #[allow(clippy::too_many_arguments)]
+    pub fn from(
+        shards: usize,
+        spec: &LoadSpec,
+        run: u32,
+        load: &LoadReport,
+        d: &Delays,
+        player_peak_rss_mib: f64,
+        stall_seconds: u64,
+    ) -> BenchRow {
         BenchRow {
             shards,
             txn_bytes: spec.txn_bytes,
             target_rate: spec.rate,
+            run: run.to_string(),
             achieved_rate: load.rate,
             transactions: load.appended,
             player_p50_ms: ms(&d.player, 0.5),
@@ -215,7 +292,45 @@ impl BenchRow {
             apply_p99_ms: ms(&d.apply, 0.99),
             durable_p50_ms: ms(&d.durable, 0.5),
             durable_p99_ms: ms(&d.durable, 0.99),
+            append_p50_ms: load.append_p50_us as f64 / 1000.0,
+            append_p99_ms: load.append_p99_us as f64 / 1000.0,
+            player_peak_rss_mib,
+            stall_seconds,
             samples: d.player.len(),
         }
+    }
+
+    /// The per-column median of several runs of one configuration.
+    pub fn median_of(runs: &[BenchRow]) -> Option<BenchRow> {
+        let first = runs.first()?;
+        let m = |f: fn(&BenchRow) -> f64| median(runs.iter().map(f).collect());
+        Some(BenchRow {
+            run: "median".into(),
+            achieved_rate: m(|r| r.achieved_rate),
+            transactions: m(|r| r.transactions as f64) as u64,
+            player_p50_ms: m(|r| r.player_p50_ms),
+            player_p99_ms: m(|r| r.player_p99_ms),
+            apply_p50_ms: m(|r| r.apply_p50_ms),
+            apply_p99_ms: m(|r| r.apply_p99_ms),
+            durable_p50_ms: m(|r| r.durable_p50_ms),
+            durable_p99_ms: m(|r| r.durable_p99_ms),
+            append_p50_ms: m(|r| r.append_p50_ms),
+            append_p99_ms: m(|r| r.append_p99_ms),
+            player_peak_rss_mib: m(|r| r.player_peak_rss_mib),
+            samples: m(|r| r.samples as f64) as u64,
+            ..first.clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
     }
 }

@@ -70,6 +70,21 @@ impl Log {
         Ok(r.into_inner().index)
     }
 
+    /// Opens a pipelined append stream: requests go in through `requests`; one response
+    /// comes back per request, in order, once it is durable.
+    pub async fn append_stream(
+        &self,
+        requests: tokio::sync::mpsc::Receiver<AppendRequest>,
+    ) -> Result<tonic::Streaming<crate::proto::AppendResponse>, ClientError> {
+        let r = self
+            .client
+            .clone()
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .map_err(self.err("append stream"))?;
+        Ok(r.into_inner())
+    }
+
     /// `(first, last)`.
     pub async fn bounds(&self) -> Result<(u64, u64), ClientError> {
         let b = self

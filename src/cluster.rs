@@ -165,6 +165,21 @@ impl Proc {
         }
     }
 
+    /// Peak resident memory of the running child in MiB (Linux `VmHWM`), if readable.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid()?.as_raw())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
     pub fn stop(&self) -> Result<(), ClusterError> {
         self.signal(Signal::SIGSTOP)
     }
@@ -213,6 +228,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a LogStore and `n` shards (the player separately: see [`Cluster::start_player`]).
     pub async fn start(dir: &Path, bin: &Path, n: usize) -> Result<Cluster, ClusterError> {
+        Self::start_with(dir, bin, n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], passing `shard_extra` to every shard.
+    pub async fn start_with(
+        dir: &Path,
+        bin: &Path,
+        n: usize,
+        shard_extra: &[&str],
+    ) -> Result<Cluster, ClusterError> {
         let d = |s: &str| dir.join(s).display().to_string();
         let logstore = Proc::start(
             "logstore",
@@ -229,13 +254,16 @@ impl Cluster {
                 Proc::start(
                     &format!("shard-{id}"),
                     bin,
-                    vec![
+                    [
                         "shard".into(),
                         "--id".into(),
                         id.clone(),
                         "--data".into(),
                         d(&format!("shard-{id}")),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(shard_extra.iter().map(|s| s.to_string()))
+                    .collect(),
                     Some("127.0.0.1:0"),
                     dir,
                 )

@@ -69,6 +69,10 @@ struct ShardArgs {
     /// Address to listen on (port 0 picks one; the bound address is printed).
     #[arg(long, env = "LOGPLAYER_LISTEN", default_value = "127.0.0.1:7100")]
     listen: String,
+    /// UNSAFE, for benchmarks: commit without fsync. Still atomic and exactly-once, but a
+    /// crash can roll the applied index back (the player then redelivers from the log).
+    #[arg(long)]
+    no_fsync: bool,
 }
 
 #[derive(Subcommand)]
@@ -191,6 +195,16 @@ struct BenchArgs {
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Runs per configuration; with more than one, a median row follows the runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Freeze shard s0 (SIGSTOP) for this many seconds from one second into each run, to
+    /// measure the player's memory and the other shards' delays while one shard stalls.
+    #[arg(long, default_value_t = 0)]
+    stall_seconds: u64,
+    /// Start the shards with --no-fsync (isolates the player's cost from the disk).
+    #[arg(long)]
+    shard_no_fsync: bool,
 }
 
 fn init_tracing() {
@@ -200,6 +214,58 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// One measured run of one bench configuration, on a fresh cluster in `dir`.
+async fn bench_once(
+    a: &BenchArgs,
+    dir: &std::path::Path,
+    bin: &std::path::Path,
+    n: usize,
+    size: usize,
+    run: u32,
+    shard_extra: &[&str],
+) -> anyhow::Result<bench::BenchRow> {
+    let mut c = cluster::Cluster::start_with(dir, bin, n, shard_extra).await?;
+    c.start_player(&[]).await?;
+    let log = client::Log::connect(c.logstore.addr()).await?;
+    // Warm up (connections, page cache), then measure from clean histograms.
+    let mut warm = load_spec(&a.load, size);
+    warm.duration = Duration::from_secs(1);
+    bench::drive(&log, &warm, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reading with reset discards the warm-up samples.
+    let mut warmup = bench::Delays::default();
+    for s in &c.shards {
+        warmup.collect(s.addr()).await?;
+    }
+    let spec = load_spec(&a.load, size);
+    let stall = async {
+        if a.stall_seconds > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.shards[0].stop()?;
+            tokio::time::sleep(Duration::from_secs(a.stall_seconds)).await;
+            c.shards[0].cont()?;
+        }
+        Ok::<_, cluster::ClusterError>(())
+    };
+    let (load, stalled) = tokio::join!(bench::drive(&log, &spec, None), stall);
+    stalled?;
+    let peak = c.players[0].peak_rss_mib().unwrap_or(0.0);
+    let check = logplayer::check::check(&log, &c.shard_map(), Duration::from_secs(120)).await?;
+    let mut delays = bench::Delays::default();
+    for s in &c.shards {
+        delays.collect(s.addr()).await?;
+    }
+    let row = bench::BenchRow::from(n, &spec, run, &load, &delays, peak, a.stall_seconds);
+    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
+        p.terminate(Duration::from_secs(5)).await;
+    }
+    c.logstore.terminate(Duration::from_secs(5)).await;
+    if !check.pass {
+        bail!("exactly-once check failed during the bench:\n{check}");
+    }
+    Ok(row)
 }
 
 /// Cancels the token on SIGTERM/SIGINT.
@@ -262,8 +328,12 @@ async fn main() -> anyhow::Result<()> {
                 let (Some(id), Some(data)) = (a.id, a.data) else {
                     bail!("shard needs --id and --data");
                 };
-                let store = shard::store::RedbStore::open(&data)
+                let mut store = shard::store::RedbStore::open(&data)
                     .with_context(|| format!("opening shard store in {}", data.display()))?;
+                if a.no_fsync {
+                    tracing::warn!("--no-fsync: commits are not durable until a later sync");
+                    store.set_fsync(false);
+                }
                 let core = shard::ShardCore::open(store)?;
                 let d = core.durable();
                 tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, "shard opened");
@@ -336,42 +406,36 @@ async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     let root = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
     let bin = cluster::binary();
     let mut rows = Vec::new();
+    let shard_extra: &[&str] = if a.shard_no_fsync {
+        &["--no-fsync"]
+    } else {
+        &[]
+    };
+    if a.stall_seconds > 0 && a.stall_seconds + 1 >= a.load.seconds {
+        bail!(
+            "--stall-seconds ({}) must end before the run does (--seconds {})",
+            a.stall_seconds,
+            a.load.seconds
+        );
+    }
     println!("{}", bench::BenchRow::csv_header());
     for &n in &a.shards {
         for &size in &a.sizes {
-            let dir = root.join(format!("s{n}-b{size}-r{}", a.load.rate));
-            std::fs::create_dir_all(&dir)?;
-            let mut c = cluster::Cluster::start(&dir, &bin, n).await?;
-            c.start_player(&[]).await?;
-            let log = client::Log::connect(c.logstore.addr()).await?;
-            // Warm up (connections, page cache), then measure from clean histograms.
-            let mut warm = load_spec(&a.load, size);
-            warm.duration = Duration::from_secs(1);
-            bench::drive(&log, &warm, None).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            // Reading with reset discards the warm-up samples.
-            let mut warmup = bench::Delays::default();
-            for s in &c.shards {
-                warmup.collect(s.addr()).await?;
+            let mut runs = Vec::new();
+            for run in 1..=a.runs {
+                let dir = root.join(format!("s{n}-b{size}-r{}-{run}", a.load.rate));
+                std::fs::create_dir_all(&dir)?;
+                let row = bench_once(&a, &dir, &bin, n, size, run, shard_extra).await?;
+                println!("{}", row.csv());
+                runs.push(row);
             }
-            let mut delays = bench::Delays::default();
-            let spec = load_spec(&a.load, size);
-            let load = bench::drive(&log, &spec, None).await;
-            let map = c.shard_map();
-            let check = logplayer::check::check(&log, &map, Duration::from_secs(60)).await?;
-            for s in &c.shards {
-                delays.collect(s.addr()).await?;
+            if runs.len() > 1
+                && let Some(m) = bench::BenchRow::median_of(&runs)
+            {
+                println!("{}", m.csv());
+                runs.push(m);
             }
-            let row = bench::BenchRow::from(n, &spec, &load, &delays);
-            println!("{}", row.csv());
-            if !check.pass {
-                bail!("exactly-once check failed during the bench:\n{check}");
-            }
-            rows.push(row);
-            for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
-                p.terminate(Duration::from_secs(5)).await;
-            }
-            c.logstore.terminate(Duration::from_secs(5)).await;
+            rows.extend(runs);
         }
     }
     if let Some(p) = &a.csv {

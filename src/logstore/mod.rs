@@ -224,6 +224,21 @@ impl LogStore {
         writer: Option<(String, u64)>,
         start_micros: u64,
     ) -> Result<Appended, LogStoreError> {
+        self.submit(mutations, writer, start_micros)
+            .await?
+            .await
+            .map_err(|_| LogStoreError::Stopped)?
+    }
+
+    /// Queues one transaction for the writer and returns at once with a receiver for its
+    /// outcome, so a stream of appends can be pipelined: submissions are written in the
+    /// order they are submitted.
+    pub async fn submit(
+        &self,
+        mutations: Vec<Mutation>,
+        writer: Option<(String, u64)>,
+        start_micros: u64,
+    ) -> Result<oneshot::Receiver<Result<Appended, LogStoreError>>, LogStoreError> {
         validate(&mutations)?;
         let (reply, rx) = oneshot::channel();
         self.jobs
@@ -235,7 +250,7 @@ impl LogStore {
             })
             .await
             .map_err(|_| LogStoreError::Stopped)?;
-        rx.await.map_err(|_| LogStoreError::Stopped)?
+        Ok(rx)
     }
 
     /// Removes whole segments below `below`; returns the new first index and how many

@@ -19,6 +19,8 @@ use crate::proto::{
 };
 use crate::wal::WalError;
 
+/// Appends of one `AppendStream` submitted but not yet answered.
+const APPEND_PIPELINE: usize = 1024;
 /// Default and largest size of one `ReadResponse`.
 const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
 const MAX_READ_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -49,6 +51,61 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl LogStoreRpc for Service {
     type ReadStream = BoxStream<ReadResponse>;
+    type AppendStreamStream = BoxStream<AppendResponse>;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        // Submitted appends awaiting durability, in request order.
+        let (pending_tx, mut pending_rx) = mpsc::channel(APPEND_PIPELINE);
+        let (tx, rx) = mpsc::channel(APPEND_PIPELINE);
+        let log = self.log.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.cancelled() => return,
+                };
+                let submitted = match msg {
+                    Ok(Some(r)) => {
+                        let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
+                        log.submit(r.mutations, writer, r.append_start_micros)
+                            .await
+                            .map_err(to_status)
+                    }
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let refused = submitted.is_err();
+                if pending_tx.send(submitted).await.is_err() || refused {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(submitted) = pending_rx.recv().await {
+                let out = match submitted {
+                    Ok(reply) => match reply.await {
+                        Ok(r) => r.map_err(to_status),
+                        Err(_) => Err(to_status(LogStoreError::Stopped)),
+                    },
+                    Err(status) => Err(status),
+                };
+                let refused = out.is_err();
+                let msg = out.map(|a| AppendResponse {
+                    index: a.index,
+                    duplicate: a.duplicate,
+                });
+                if tx.send(msg).await.is_err() || refused {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn append(
         &self,

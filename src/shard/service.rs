@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::{FutureExt, Stream};
+use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +36,8 @@ use crate::proto::{
 const ACK_CHANNEL: usize = 16;
 /// Most entries coalesced into one durable commit: bounds a commit's size and latency.
 const MAX_COALESCED_ENTRIES: usize = 4096;
+/// Batches read ahead of the committer (the sender's window bounds this in practice).
+const INBOUND_CHANNEL: usize = 64;
 /// Metadata key carrying the machine-readable reason of a refusal.
 pub const ERROR_KEY: &str = "logplayer-error";
 
@@ -117,33 +119,64 @@ impl<S: ShardStore> ShardService<S> {
         joined.unwrap_or_else(|e| Err(ShardError::Malformed(format!("apply task failed: {e}"))))
     }
 
-    /// Reads batches, commits them (coalescing what has already arrived into one durable
-    /// write), and acks cumulatively. Ends on end of stream, refusal or shutdown.
+    /// Reads the stream on its own task, so a message's receive time is when it arrived and
+    /// not when the previous commit finished; hands batches to the committer in order.
+    fn spawn_reader(&self, mut inbound: Streaming<DeliverRequest>) -> mpsc::Receiver<Inbound> {
+        let (tx, rx) = mpsc::channel(INBOUND_CHANNEL);
+        let shutdown = self.shutdown.clone();
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                };
+                let item = match msg {
+                    Ok(Some(DeliverRequest {
+                        msg: Some(deliver_request::Msg::Batch(b)),
+                    })) => Inbound::Batch(b.entries, now_micros()),
+                    Ok(Some(_)) => Inbound::NotABatch,
+                    Ok(None) => Inbound::Closed,
+                    Err(status) => {
+                        tracing::debug!(shard = %id, %status, "delivery stream broke");
+                        Inbound::Closed
+                    }
+                };
+                let last = !matches!(item, Inbound::Batch(..));
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Commits what the reader hands over (coalescing whatever has already arrived into one
+    /// durable write), and acks cumulatively. Ends on end of stream, refusal or shutdown.
     async fn stream_loop(
         self,
-        mut inbound: Streaming<DeliverRequest>,
+        inbound: Streaming<DeliverRequest>,
         tx: mpsc::Sender<Result<DeliverResponse, Status>>,
         epoch: u64,
     ) {
+        let mut rx = self.spawn_reader(inbound);
         loop {
             let first = tokio::select! {
-                m = inbound.message() => m,
+                m = rx.recv() => m,
                 _ = self.shutdown.cancelled() => break,
             };
             let mut entries: Vec<ShardEntry> = Vec::new();
             let mut received: Vec<u64> = Vec::new();
-            let mut next = Some(first);
+            let mut next = first.or(Some(Inbound::Closed));
             let mut closed = false;
-            while let Some(msg) = next.take() {
-                match msg {
-                    Ok(Some(DeliverRequest {
-                        msg: Some(deliver_request::Msg::Batch(b)),
-                    })) => {
-                        let now = now_micros();
-                        received.extend(std::iter::repeat_n(now, b.entries.len()));
-                        entries.extend(b.entries);
+            while let Some(item) = next.take() {
+                match item {
+                    Inbound::Batch(batch, at) => {
+                        received.extend(std::iter::repeat_n(at, batch.len()));
+                        entries.extend(batch);
                     }
-                    Ok(Some(_)) => {
+                    Inbound::NotABatch => {
                         let _ = tx
                             .send(Err(Status::invalid_argument(
                                 "only the first message of a Deliver stream may be a Hello; \
@@ -152,14 +185,10 @@ impl<S: ShardStore> ShardService<S> {
                             .await;
                         return;
                     }
-                    Ok(None) => closed = true,
-                    Err(status) => {
-                        tracing::debug!(shard = %self.id, %status, "delivery stream broke");
-                        closed = true;
-                    }
+                    Inbound::Closed => closed = true,
                 }
                 if !closed && entries.len() < MAX_COALESCED_ENTRIES {
-                    next = inbound.message().now_or_never();
+                    next = rx.try_recv().ok();
                 }
             }
             if !entries.is_empty() {
@@ -221,6 +250,16 @@ impl<S: ShardStore> ShardService<S> {
             }
         }
     }
+}
+
+/// What the reader task hands the committer.
+enum Inbound {
+    /// A batch and the time it arrived.
+    Batch(Vec<ShardEntry>, u64),
+    /// A Hello (or an empty message) after the first message: a protocol error.
+    NotABatch,
+    /// End of stream or a broken connection.
+    Closed,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -26,6 +26,8 @@ pub const DB_FILE: &str = "shard.redb";
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    /// Whether commits fsync (see [`RedbStore::set_fsync`]).
+    fsync: bool,
 }
 
 fn backend(e: impl Into<redb::Error>) -> StoreError {
@@ -44,7 +46,20 @@ impl RedbStore {
             txn.open_table(META).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        Ok(RedbStore { db, path })
+        Ok(RedbStore {
+            db,
+            path,
+            fsync: true,
+        })
+    }
+
+    /// With `false`, data commits skip the fsync (redb `Durability::None`). Still atomic
+    /// and still exactly-once: a crash rolls the data and the applied index back together
+    /// to the last synced commit, and the player redelivers from there (if the log still
+    /// holds those entries). For benchmarks that isolate the player's cost; not for
+    /// production, where an acknowledged index must not go back.
+    pub fn set_fsync(&mut self, fsync: bool) {
+        self.fsync = fsync;
     }
 
     /// Opens an existing database for reading only (offline `shard dump`).
@@ -97,7 +112,11 @@ impl ShardStore for RedbStore {
     }
 
     fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        if !self.fsync {
+            txn.set_durability(redb::Durability::None)
+                .map_err(backend)?;
+        }
         {
             let mut data = txn.open_table(DATA).map_err(backend)?;
             for e in entries {
