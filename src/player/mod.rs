@@ -170,9 +170,26 @@ struct Shared {
 fn split(map: &ShardMap, mutations: &[Mutation]) -> Vec<Vec<Mutation>> {
     let mut parts: Vec<Vec<Mutation>> = vec![Vec::new(); map.len()];
     for m in mutations {
-        parts[map.shard_of(&m.key)].push(m.clone());
+        parts[map.shard_of(&m.key)].push(owned(m));
     }
     parts
+}
+
+/// A copy of `m` that owns its bytes. Decoded `Bytes` fields are slices of the whole
+/// response they came in (up to a MiB); queueing a slice for a stalled shard would pin every
+/// such response, so memory would grow with the log rather than with the shard's share.
+fn owned(m: &Mutation) -> Mutation {
+    use crate::proto::mutation::Op;
+    use bytes::Bytes;
+    let copy = |b: &Bytes| Bytes::copy_from_slice(b);
+    Mutation {
+        key: copy(&m.key),
+        op: m.op.as_ref().map(|op| match op {
+            Op::Put(b) => Op::Put(copy(b)),
+            Op::Append(b) => Op::Append(copy(b)),
+            other => other.clone(),
+        }),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -361,8 +378,9 @@ impl Shared {
             for entry in resp.entries {
                 let mutations: Vec<Mutation> = entry
                     .mutations
-                    .into_iter()
+                    .iter()
                     .filter(|m| self.config.shards.shard_of(&m.key) == t)
+                    .map(owned)
                     .collect();
                 if mutations.is_empty() {
                     continue;

@@ -87,8 +87,13 @@ pub enum ReadDone {
     Stale,
 }
 
+/// Memory an entry holds in a queue: its encoded size plus the in-memory overhead of the
+/// structs and heap allocations around each mutation (measured at roughly 160 bytes), so
+/// the byte limits bound real memory rather than wire bytes.
 fn size(e: &ShardEntry) -> usize {
-    e.encoded_len()
+    const ENTRY_OVERHEAD: usize = 96;
+    const MUTATION_OVERHEAD: usize = 160;
+    e.encoded_len() + ENTRY_OVERHEAD + MUTATION_OVERHEAD * e.mutations.len()
 }
 
 /// One target's queue.
