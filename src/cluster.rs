@@ -311,6 +311,50 @@ impl Cluster {
         Ok(n)
     }
 
+    /// Where replicas started by [`Cluster::start_replicas`] keep their lease and cursors.
+    pub fn lease_path(&self) -> PathBuf {
+        self.dir.join("player.lease")
+    }
+
+    pub fn cursor_path(&self) -> PathBuf {
+        self.dir.join("cursors.json")
+    }
+
+    /// Starts `n` player replicas sharing a file lease and a cursor file; replica `i` has
+    /// identity `player-i`. Short lease settings can be passed in `extra`.
+    pub async fn start_replicas(&mut self, n: usize, extra: &[&str]) -> Result<(), ClusterError> {
+        for _ in 0..n {
+            let i = self.players.len();
+            let (lease, cursors) = (
+                self.lease_path().display().to_string(),
+                self.cursor_path().display().to_string(),
+            );
+            let identity = format!("player-{i}");
+            let mut args: Vec<&str> = vec![
+                "--lease-file",
+                &lease,
+                "--cursor-file",
+                &cursors,
+                "--identity",
+                &identity,
+            ];
+            args.extend_from_slice(extra);
+            self.start_player(&args).await?;
+        }
+        Ok(())
+    }
+
+    /// The current holder of the file lease (as a player index) and its epoch, if the lease
+    /// file is readable and names one of our replicas.
+    pub fn leader(&self) -> Option<(usize, u64)> {
+        let text = std::fs::read_to_string(self.lease_path()).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let holder = v.get("holder")?.as_str()?;
+        let epoch = v.get("epoch")?.as_u64()?;
+        let i: usize = holder.strip_prefix("player-")?.parse().ok()?;
+        (i < self.players.len()).then_some((i, epoch))
+    }
+
     /// Log tails of every process, for a failure message.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -1,7 +1,10 @@
-//! `logplayer demo`: the whole system on one machine. Starts a LogStore, shards and a
-//! player as child processes, drives multi-shard `add`/`append` transactions, SIGKILLs and
-//! restarts a shard, the player, and both at once mid-run, then checks every shard against
-//! the state the log implies and prints a summary ending in `exactly-once: PASS` or `FAIL`.
+//! `logplayer demo`: the whole system on one machine. Starts a LogStore, shards and three
+//! player replicas behind a file lease as child processes, drives multi-shard `add`/`append`
+//! transactions, and mid-run SIGKILLs and restarts shards, SIGKILLs the leader, freezes the
+//! next leader (SIGSTOP past its lease, then SIGCONT so it wakes stale and is fenced), and
+//! kills a shard and the leader at once. It prints each failover's duration and epochs,
+//! checks every shard against the state the log implies, and ends with
+//! `exactly-once: PASS` or `FAIL`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +15,18 @@ use crate::bench::{Delays, LoadSpec, drive, ms};
 use crate::check::check;
 use crate::client::{ClientError, Log, ShardConn};
 use crate::cluster::{Cluster, ClusterError};
+use crate::failover::{Failover, FailoverError, Takedown, take_down_leader, wait_for_leader};
+
+/// Player replicas the demo runs.
+const REPLICAS: usize = 3;
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Shard,
+    KillLeader,
+    StopLeader,
+    ShardAndLeader,
+}
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -33,6 +48,8 @@ pub enum DemoError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Check(#[from] crate::check::CheckError),
+    #[error(transparent)]
+    Failover(#[from] FailoverError),
     #[error("creating the data directory: {0}")]
     Dir(std::io::Error),
 }
@@ -56,9 +73,10 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     println!("LogPlayer demo: data and logs in {}", dir.display());
     let bin = crate::cluster::binary();
     let mut cluster = Cluster::start(&dir, &bin, cfg.shards).await?;
-    cluster.start_player(&[]).await?;
+    cluster.start_replicas(REPLICAS, &[]).await?;
+    let (first_leader, first_epoch) = wait_for_leader(&cluster, Duration::from_secs(30)).await?;
     println!(
-        "started LogStore at {}, {} shards, 1 player; {} s of {} txn/s, {} keys x {} B each",
+        "started LogStore at {}, {} shards, {REPLICAS} player replicas (player-{first_leader} leads, epoch {first_epoch}); {} s of {} txn/s, {} keys x {} B each",
         cluster.logstore.addr(),
         cfg.shards,
         cfg.seconds,
@@ -85,13 +103,15 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     };
     let mut delays = Delays::default();
     let mut faults: Vec<String> = Vec::new();
+    let mut failovers: Vec<Failover> = Vec::new();
     let total = cfg.seconds as f64;
     // Fault schedule: fractions of the run.
     let schedule = [
-        (0.2, "shard"),
-        (0.4, "player"),
-        (0.6, "both"),
-        (0.8, "shard"),
+        (0.15, Fault::Shard),
+        (0.3, Fault::KillLeader),
+        (0.5, Fault::StopLeader),
+        (0.7, Fault::ShardAndLeader),
+        (0.85, Fault::Shard),
     ];
     let mut next = 0;
     let mut last_print = Instant::now();
@@ -99,28 +119,49 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = started.elapsed().as_secs_f64();
         if next < schedule.len() && t >= schedule[next].0 * total {
-            let kind = schedule[next].1;
+            let fault = schedule[next].1;
             let shard = next % cfg.shards;
-            if kind == "shard" || kind == "both" {
+            let hit_shard = matches!(fault, Fault::Shard | Fault::ShardAndLeader);
+            if hit_shard {
                 let _ = delays.collect(cluster.shards[shard].addr()).await;
                 cluster.shards[shard].kill().await;
             }
-            if kind == "player" || kind == "both" {
-                cluster.players[0].kill().await;
+            let takedown = match fault {
+                Fault::KillLeader | Fault::ShardAndLeader => Some(Takedown::Kill),
+                Fault::StopLeader => Some(Takedown::Stop),
+                Fault::Shard => None,
+            };
+            if hit_shard && takedown.is_none() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if kind == "shard" || kind == "both" {
+            if hit_shard {
                 cluster.shards[shard].restart().await?;
                 faults.push(format!("t={t:.1}s SIGKILL + restart shard s{shard}"));
+                println!("  fault: {}", faults[faults.len() - 1]);
             }
-            if kind == "player" || kind == "both" {
-                cluster.players[0].restart().await?;
-                faults.push(format!("t={t:.1}s SIGKILL + restart player"));
+            if let Some(how) = takedown {
+                let f = take_down_leader(&mut cluster, how, Duration::from_secs(30)).await?;
+                let what = format!(
+                    "t={t:.1}s {how} leader player-{} (epoch {}): new leader's first delivery after {:.0} ms, epoch {}",
+                    f.old_leader, f.old_epoch, f.millis, f.new_epoch
+                );
+                if how == Takedown::Stop {
+                    // Let it sleep past its lease, then wake it: it must be fenced.
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    cluster.players[f.old_leader].cont()?;
+                    println!(
+                        "  fault: {what}; SIGCONT player-{} (now stale)",
+                        f.old_leader
+                    );
+                } else {
+                    println!(
+                        "  fault: {what}; restarted player-{} as standby",
+                        f.old_leader
+                    );
+                }
+                faults.push(what);
+                failovers.push(f);
             }
-            println!(
-                "  fault: {}",
-                faults.last().map(String::as_str).unwrap_or("")
-            );
             next += 1;
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
@@ -137,8 +178,12 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
                 };
                 applied.push(a);
             }
+            let leader = cluster
+                .leader()
+                .map(|(i, e)| format!("player-{i} epoch {e}"))
+                .unwrap_or("none".into());
             println!(
-                "  t={:>4.1}s appended {:>7}  shard applied [{}]",
+                "  t={:>4.1}s appended {:>7}  leader {leader}  shard applied [{}]",
                 t,
                 appended.load(Ordering::Relaxed),
                 applied.join(", ")
@@ -179,6 +224,24 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         ms(&delays.durable, 0.5),
         ms(&delays.durable, 0.99)
     );
+    let epochs_increase = failovers.iter().all(|f| f.new_epoch > f.old_epoch);
+    if !failovers.is_empty() {
+        let mut ms: Vec<f64> = failovers.iter().map(|f| f.millis).collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "failovers         {}  (takeover {} ms; epochs {})",
+            failovers.len(),
+            ms.iter()
+                .map(|m| format!("{m:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            std::iter::once(first_epoch)
+                .chain(failovers.iter().map(|f| f.new_epoch))
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+    }
     println!("faults injected   {}", faults.len());
     for f in &faults {
         println!("  {f}");
@@ -191,9 +254,10 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         s.terminate(Duration::from_secs(5)).await;
     }
     cluster.logstore.terminate(Duration::from_secs(5)).await;
-    println!(
-        "exactly-once: {}",
-        if result.pass { "PASS" } else { "FAIL" }
-    );
-    Ok(result.pass)
+    let pass = result.pass && epochs_increase;
+    if !epochs_increase {
+        println!("an epoch did not increase across a failover");
+    }
+    println!("exactly-once: {}", if pass { "PASS" } else { "FAIL" });
+    Ok(pass)
 }

@@ -105,9 +105,46 @@ struct PlayerArgs {
     /// A YAML shard map file instead of --shard (see the README).
     #[arg(long, env = "LOGPLAYER_SHARD_MAP")]
     shard_map: Option<PathBuf>,
-    /// Leader epoch sent to shards (fencing token).
-    #[arg(long, env = "LOGPLAYER_EPOCH", default_value_t = 1)]
+    /// Leader epoch sent to shards (fencing token) when running without a lease. With
+    /// --lease-file or --lease-name, each term's epoch comes from the lease instead.
+    #[arg(long, env = "LOGPLAYER_EPOCH", default_value_t = 1, conflicts_with_all = ["lease_file", "lease_name"])]
     epoch: u64,
+    /// Run as one of several replicas behind a file lease at this path (single machine).
+    #[arg(long, env = "LOGPLAYER_LEASE_FILE", conflicts_with = "lease_name")]
+    lease_file: Option<PathBuf>,
+    /// Run as one of several replicas behind this Kubernetes Lease (coordination.k8s.io/v1)
+    /// in --lease-namespace, using the in-cluster or kubeconfig credentials.
+    #[arg(long, env = "LOGPLAYER_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// Namespace of the Kubernetes Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the lease (default: the pod name, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a lease lasts without renewal; a standby takes over after this.
+    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// A leader that could not renew for this long stops sending (must be below
+    /// --lease-duration, leaving margin for clock skew and scheduling).
+    #[arg(long, env = "LOGPLAYER_RENEW_DEADLINE", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// How often replicas try to acquire or renew the lease.
+    #[arg(long, env = "LOGPLAYER_RETRY_PERIOD", default_value = "250ms", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+    /// Save the shards' ack cursors in this JSON file every checkpoint interval.
+    #[arg(long, env = "LOGPLAYER_CURSOR_FILE")]
+    cursor_file: Option<PathBuf>,
+    /// How often the leader saves the ack cursors.
+    #[arg(long, env = "LOGPLAYER_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    checkpoint_interval: Duration,
+    /// After each checkpoint, let the LogStore remove segments every shard has acknowledged
+    /// (needs --cursor-file). A shard added later can then only start from what is left.
+    #[arg(long, env = "LOGPLAYER_RETAIN_LOG", requires = "cursor_file")]
+    retain_log: bool,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "LOGPLAYER_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Most entries per batch.
     #[arg(long, env = "LOGPLAYER_BATCH_ENTRIES", default_value_t = 512)]
     batch_entries: usize,
@@ -357,9 +394,80 @@ async fn main() -> anyhow::Result<()> {
             config.window_batches = a.window;
             config.queue_bytes = a.queue_bytes;
             config.watermark_every = a.watermark_every;
+            config.checkpoint_interval = a.checkpoint_interval;
+            config.retain_log = a.retain_log;
+            let identity = a.identity.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "player".into());
+                format!("{host}-{}", std::process::id())
+            });
+            config.player_id = identity.clone();
             let stats = std::sync::Arc::new(player::PlayerStats::default());
-            let p = player::Player::start(config, stats, on_signal()).await?;
-            p.run().await?;
+            let shutdown = on_signal();
+            if let Some(addr) = &a.metrics_listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?;
+                tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+                let (m, s) = (stats.metrics.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = logplayer::metrics::serve(m, listener, s).await {
+                        tracing::error!(error = %e, "metrics server failed");
+                    }
+                });
+            }
+            let cursors: Option<std::sync::Arc<dyn logplayer::cursor::CursorStore>> = a
+                .cursor_file
+                .as_ref()
+                .map(|p| std::sync::Arc::new(logplayer::cursor::FileCursors::new(p)) as _);
+            let lease_config = logplayer::lease::LeaseConfig {
+                lease_duration: a.lease_duration,
+                renew_deadline: a.renew_deadline,
+                retry_period: a.retry_period,
+            };
+            let backend: Option<std::sync::Arc<dyn logplayer::lease::LeaseBackend>> =
+                match (&a.lease_file, &a.lease_name) {
+                    (Some(path), _) => Some(std::sync::Arc::new(logplayer::lease::FileLease::new(
+                        path.clone(),
+                        identity.clone(),
+                        a.lease_duration,
+                    )?)),
+                    (None, Some(name)) => {
+                        let client = kube::Client::try_default()
+                            .await
+                            .context("connecting to Kubernetes for the lease")?;
+                        Some(std::sync::Arc::new(logplayer::lease::KubeLease::new(
+                            client,
+                            &a.lease_namespace,
+                            name,
+                            &identity,
+                            a.lease_duration,
+                        )?))
+                    }
+                    (None, None) => None,
+                };
+            match backend {
+                Some(backend) => {
+                    lease_config.validate()?;
+                    let replica = player::replica::ReplicaConfig {
+                        player: config,
+                        lease: lease_config,
+                        cursors,
+                    };
+                    player::replica::run(replica, backend, stats, shutdown).await?;
+                }
+                None => {
+                    stats.metrics.leader.set(1);
+                    stats.metrics.epoch.set(config.epoch as i64);
+                    stats.metrics.set_ready(true);
+                    let mut p = player::Player::start(config, stats, shutdown).await?;
+                    if let Some(c) = cursors {
+                        p = p.with_cursors(c);
+                    }
+                    p.run().await?;
+                }
+            }
         }
         Command::Demo(a) => {
             let pass = demo::run(demo::DemoConfig {

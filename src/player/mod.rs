@@ -12,7 +12,9 @@
 //! range and the main stream can never overlap or leave a hole.
 
 pub mod queue;
+pub mod replica;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::cursor::{CursorStore, Cursors};
 use crate::grpc;
+use crate::metrics::Metrics;
 use crate::model::now_micros;
 use crate::proto::log_store_client::LogStoreClient;
 use crate::proto::shard_client::ShardClient;
 use crate::proto::{
     AppliedRequest, Batch, BoundsRequest, DeliverRequest, Entry, Hello, Mutation, ReadRequest,
-    ShardEntry, deliver_request, deliver_response,
+    RetainRequest, ShardEntry, deliver_request, deliver_response,
 };
 use crate::routing::ShardMap;
 use queue::{Push, QueueLimits, QueueState, ReadDone, Recovery, TargetQueue};
@@ -59,6 +63,10 @@ pub struct PlayerConfig {
     pub backoff_max: Duration,
     /// How long startup waits for shards to report their applied index.
     pub startup_probe: Duration,
+    /// How often the leader saves its ack cursors (when it has a cursor store).
+    pub checkpoint_interval: Duration,
+    /// After each checkpoint, let the LogStore drop segments below the lowest cursor.
+    pub retain_log: bool,
 }
 
 impl PlayerConfig {
@@ -76,7 +84,9 @@ impl PlayerConfig {
             watermark_every: 1000,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
-            startup_probe: Duration::from_secs(2),
+            startup_probe: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(1),
+            retain_log: false,
         }
     }
 
@@ -124,9 +134,10 @@ pub enum PlayerError {
     Grpc(#[from] grpc::GrpcError),
 }
 
-/// Counters for progress output and metrics.
-#[derive(Debug, Default)]
+/// Counters for progress output, and the Prometheus metrics.
+#[derive(Default)]
 pub struct PlayerStats {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub dispatched: AtomicU64,
     pub current_index: AtomicU64,
     pub reconnects: AtomicU64,
@@ -264,6 +275,7 @@ impl Shared {
             .current_index
             .store(d.current_index, Ordering::Relaxed);
         self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+        self.stats.metrics.dispatched.inc();
     }
 
     fn push(self: &Shared, t: usize, part: ShardEntry) -> Push {
@@ -283,6 +295,11 @@ impl Shared {
 
     fn spawn_recovery(&self, t: usize, rec: Recovery) {
         self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .metrics
+            .recoveries
+            .get_or_create(&Metrics::shard(&self.targets[t].id))
+            .inc();
         if let Some(shared) = self.me.upgrade() {
             tokio::spawn(async move { shared.recover(t, rec).await });
         }
@@ -455,6 +472,11 @@ impl Shared {
                 return;
             }
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .metrics
+                .reconnects
+                .get_or_create(&Metrics::shard(&target.id))
+                .inc();
             let wait = backoff(&self.config, attempt);
             attempt = attempt.saturating_add(1);
             tokio::select! {
@@ -508,8 +530,8 @@ impl Shared {
         if let Some(rec) = recovery {
             self.spawn_recovery(t, rec);
         }
-        // (last index of batch) for each batch in flight.
-        let mut in_flight: std::collections::VecDeque<u64> = Default::default();
+        // (last index, earliest dispatch time) of each batch in flight.
+        let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
         loop {
             // Fill the window.
             while in_flight.len() < self.config.window_batches {
@@ -518,8 +540,9 @@ impl Shared {
                 let Some(last) = batch.last().map(|e| e.index) else {
                     break;
                 };
+                let dispatched = batch.iter().map(|e| e.dispatch_micros).min().unwrap_or(0);
                 target.room.notify_waiters();
-                in_flight.push_back(last);
+                in_flight.push_back((last, dispatched));
                 let msg = DeliverRequest {
                     msg: Some(deliver_request::Msg::Batch(Batch { entries: batch })),
                 };
@@ -535,7 +558,7 @@ impl Shared {
                         tokio::select! {
                             m = inbound.message() => match m {
                                 Ok(Some(r)) => if let Some(deliver_response::Msg::Ack(a)) = r.msg {
-                                    acked(target, &mut in_flight, a.applied_index);
+                                    self.acked(target, &mut in_flight, a.applied_index);
                                 },
                                 _ => break,
                             },
@@ -548,7 +571,7 @@ impl Shared {
                     match m.map_err(classify)? {
                         Some(r) => match r.msg {
                             Some(deliver_response::Msg::Ack(a)) => {
-                                acked(target, &mut in_flight, a.applied_index);
+                                self.acked(target, &mut in_flight, a.applied_index);
                             }
                             _ => return Err(SessionEnd::Broken("unexpected response".into())),
                         },
@@ -556,6 +579,129 @@ impl Shared {
                     }
                 }
                 _ = target.ready.notified(), if in_flight.len() < self.config.window_batches => {}
+            }
+        }
+    }
+
+    /// A cumulative ack: record it, observe the delivery delay of the batches it covers,
+    /// and free their window slots.
+    fn acked(
+        &self,
+        target: &Target,
+        in_flight: &mut std::collections::VecDeque<(u64, u64)>,
+        applied: u64,
+    ) {
+        lock(&target.queue).on_ack(applied);
+        let now = now_micros();
+        let delay = self
+            .stats
+            .metrics
+            .delivery_delay
+            .get_or_create(&Metrics::shard(&target.id));
+        while let Some(&(last, dispatched)) = in_flight.front() {
+            if last > applied {
+                break;
+            }
+            if dispatched > 0 {
+                delay.observe(now.saturating_sub(dispatched) as f64 / 1e6);
+            }
+            in_flight.pop_front();
+        }
+    }
+
+    /// Refreshes the per-shard gauges often, and saves the ack cursors (then lets the
+    /// LogStore drop what every shard has acknowledged, if asked) every checkpoint.
+    async fn monitor(self: Arc<Self>, cursors: Option<Arc<dyn CursorStore>>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_checkpoint = tokio::time::Instant::now();
+        let ids: Vec<String> = self.targets.iter().map(|t| t.id.clone()).collect();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            let acked = self.refresh_gauges();
+            if let Some(store) = &cursors
+                && last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                last_checkpoint = tokio::time::Instant::now();
+                self.checkpoint(store.as_ref(), acked, &ids).await;
+            }
+        }
+        // A last checkpoint on the way out, so a successor starts from fresh cursors.
+        if let Some(store) = &cursors {
+            let acked = self.refresh_gauges();
+            self.checkpoint(store.as_ref(), acked, &ids).await;
+        }
+    }
+
+    /// Sets the acked-index and lag gauges; returns the acked indexes that are known.
+    fn refresh_gauges(&self) -> BTreeMap<String, u64> {
+        let m = &self.stats.metrics;
+        let current = lock(&self.dispatch).current_index;
+        m.current_index.set(current as i64);
+        let mut acked = BTreeMap::new();
+        for t in &self.targets {
+            let last = lock(&t.queue).last_ack();
+            let label = Metrics::shard(&t.id);
+            m.acked.get_or_create(&label).set(last as i64);
+            m.lag
+                .get_or_create(&label)
+                .set(current.saturating_sub(last) as i64);
+            if last > 0 {
+                acked.insert(t.id.clone(), last);
+            }
+        }
+        acked
+    }
+
+    async fn checkpoint(
+        &self,
+        store: &dyn CursorStore,
+        acked: BTreeMap<String, u64>,
+        ids: &[String],
+    ) {
+        let cursors = Cursors {
+            epoch: self.config.epoch,
+            acked,
+        };
+        if let Err(e) = store.save(&cursors).await {
+            tracing::warn!(error = %e, "could not save the ack cursors");
+            return;
+        }
+        if !self.config.retain_log {
+            return;
+        }
+        // Only what every shard acknowledged, per the stored (merged) cursors, may go.
+        let lowest = match store.load().await {
+            Ok(saved) => saved.lowest(ids),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the ack cursors back");
+                None
+            }
+        };
+        if let Some(lowest) = lowest
+            && lowest > 0
+        {
+            match self
+                .log
+                .clone()
+                .retain(RetainRequest { below: lowest + 1 })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.segments_removed > 0 {
+                        tracing::info!(
+                            below = lowest + 1,
+                            first = r.first,
+                            removed = r.segments_removed,
+                            "log retention"
+                        );
+                    }
+                }
+                Err(status) => tracing::warn!(%status, "log retention failed"),
             }
         }
     }
@@ -614,14 +760,6 @@ impl Shared {
     }
 }
 
-/// A cumulative ack: record it and free the window slots of the batches it covers.
-fn acked(target: &Target, in_flight: &mut std::collections::VecDeque<u64>, applied: u64) {
-    lock(&target.queue).on_ack(applied);
-    while in_flight.front().is_some_and(|&last| last <= applied) {
-        in_flight.pop_front();
-    }
-}
-
 enum SessionEnd {
     Fenced(String),
     Broken(String),
@@ -652,6 +790,7 @@ pub struct TargetStatus {
 /// A running player.
 pub struct Player {
     shared: Arc<Shared>,
+    cursors: Option<Arc<dyn CursorStore>>,
 }
 
 impl Player {
@@ -743,13 +882,23 @@ impl Player {
             shutdown,
             fatal: Mutex::new(None),
         });
-        Ok(Player { shared })
+        Ok(Player {
+            shared,
+            cursors: None,
+        })
+    }
+
+    /// Saves ack cursors to `store` every checkpoint interval while running.
+    pub fn with_cursors(mut self, store: Arc<dyn CursorStore>) -> Player {
+        self.cursors = Some(store);
+        self
     }
 
     /// Runs until shutdown (or a fatal error such as being fenced).
     pub async fn run(self) -> Result<(), PlayerError> {
         let shared = self.shared.clone();
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(shared.clone().monitor(self.cursors.clone()));
         for t in 0..shared.targets.len() {
             tasks.spawn(shared.clone().sender(t));
         }

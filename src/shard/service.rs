@@ -208,6 +208,9 @@ impl<S: ShardStore> ShardService<S> {
                             .zip(received.iter().copied())
                             .filter(|(e, _)| e.index > before && e.index <= applied.applied);
                         self.stats.record(fresh, durable, applied.skipped);
+                        if applied.applied > before {
+                            self.stats.committed_under(epoch, durable);
+                        }
                         let ack = DeliverResponse {
                             msg: Some(deliver_response::Msg::Ack(Ack {
                                 applied_index: applied.applied,
@@ -224,6 +227,7 @@ impl<S: ShardStore> ShardService<S> {
                                 tracing::warn!(shard = %self.id, error = %e, "refused a gap");
                             }
                             ShardError::Fenced { .. } => {
+                                self.stats.fenced();
                                 tracing::info!(shard = %self.id, error = %e, "fenced a stale sender")
                             }
                             ShardError::Store(_) => {
@@ -290,6 +294,9 @@ impl<S: ShardStore> Shard for ShardService<S> {
             .with_core(move |core| core.hello(epoch))
             .await
             .map_err(|e| {
+                if matches!(e, ShardError::Fenced { .. }) {
+                    self.stats.fenced();
+                }
                 tracing::info!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello");
                 to_status(&e)
             })?;

@@ -30,6 +30,9 @@ struct Inner {
     applied: u64,
     skipped: u64,
     gaps: u64,
+    epoch: u64,
+    epoch_first_commit: u64,
+    fenced: u64,
 }
 
 impl Default for Stats {
@@ -42,6 +45,9 @@ impl Default for Stats {
                 applied: 0,
                 skipped: 0,
                 gaps: 0,
+                epoch: 0,
+                epoch_first_commit: 0,
+                fenced: 0,
             }),
         }
     }
@@ -76,6 +82,22 @@ impl Stats {
         s.skipped += skipped as u64;
     }
 
+    /// A commit under `epoch` that advanced the applied index became durable at `durable`.
+    pub fn committed_under(&self, epoch: u64, durable: u64) {
+        if let Ok(mut s) = self.inner.lock()
+            && epoch > s.epoch
+        {
+            s.epoch = epoch;
+            s.epoch_first_commit = durable;
+        }
+    }
+
+    pub fn fenced(&self) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.fenced += 1;
+        }
+    }
+
     pub fn gap(&self) {
         if let Ok(mut s) = self.inner.lock() {
             s.gaps += 1;
@@ -99,6 +121,9 @@ impl Stats {
             entries_applied: s.applied,
             duplicates_skipped: s.skipped,
             gaps_refused: s.gaps,
+            epoch: s.epoch,
+            epoch_first_commit_micros: s.epoch_first_commit,
+            fenced_refusals: s.fenced,
         };
         if reset {
             s.player.reset();

@@ -1,0 +1,200 @@
+//! Ack cursors: the highest index each shard has durably acknowledged to the leader, saved
+//! every checkpoint interval. The shards' own applied index stays the truth (a new leader
+//! asks them); cursors bound the LogStore's retention, show lag, and survive the player.
+//!
+//! [`CursorStore`] is the seam: [`FileCursors`] keeps them in a local JSON file (written to a
+//! temporary file, fsynced and renamed, so a crash leaves the old or the new version whole);
+//! the operator adds a backend that writes them into each Shard resource's status.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of a cursor store.
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    #[error("cursor file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cursor file {path} is not valid cursor JSON: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cursor store: {0}")]
+    Backend(String),
+}
+
+/// What a checkpoint records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursors {
+    /// Epoch of the leader that wrote them.
+    pub epoch: u64,
+    /// Shard id → highest durably acknowledged index.
+    pub acked: BTreeMap<String, u64>,
+}
+
+impl Cursors {
+    /// The index below which every shard has acknowledged everything, if every shard in
+    /// `shards` has a cursor: retention may remove entries up to it.
+    pub fn lowest(&self, shards: &[String]) -> Option<u64> {
+        shards
+            .iter()
+            .map(|s| self.acked.get(s).copied())
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .min()
+    }
+}
+
+/// Where the leader keeps its cursors.
+#[tonic::async_trait]
+pub trait CursorStore: Send + Sync {
+    /// The saved cursors (empty when none were saved yet).
+    async fn load(&self) -> Result<Cursors, CursorError>;
+    /// Saves `cursors`. A save never moves a shard's cursor backwards: the stored value is the
+    /// maximum of the old and the new (acks are durable, so both are true lower bounds).
+    async fn save(&self, cursors: &Cursors) -> Result<(), CursorError>;
+}
+
+/// Cursors in a local JSON file.
+#[derive(Debug, Clone)]
+pub struct FileCursors {
+    path: PathBuf,
+}
+
+impl FileCursors {
+    pub fn new(path: impl Into<PathBuf>) -> FileCursors {
+        FileCursors { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self) -> impl Fn(std::io::Error) -> CursorError + '_ {
+        |source| CursorError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn read(&self) -> Result<Cursors, CursorError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CursorError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursors::default()),
+            Err(e) => Err(self.io()(e)),
+        }
+    }
+
+    fn write(&self, merged: &Cursors) -> Result<(), CursorError> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(self.io())?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(self.io())?;
+        let json = serde_json::to_vec_pretty(merged).map_err(|e| CursorError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        tmp.write_all(&json).map_err(self.io())?;
+        tmp.as_file().sync_data().map_err(self.io())?;
+        tmp.persist(&self.path).map_err(|e| self.io()(e.error))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io())?;
+        Ok(())
+    }
+}
+
+/// `old` with `new` merged in: per shard the higher cursor, and the higher epoch.
+pub fn merge(old: &Cursors, new: &Cursors) -> Cursors {
+    let mut out = old.clone();
+    out.epoch = old.epoch.max(new.epoch);
+    for (shard, &index) in &new.acked {
+        let e = out.acked.entry(shard.clone()).or_insert(0);
+        *e = (*e).max(index);
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl CursorStore for FileCursors {
+    async fn load(&self) -> Result<Cursors, CursorError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.read())
+            .await
+            .map_err(|e| CursorError::Backend(e.to_string()))?
+    }
+
+    async fn save(&self, cursors: &Cursors) -> Result<(), CursorError> {
+        let (me, new) = (self.clone(), cursors.clone());
+        tokio::task::spawn_blocking(move || {
+            let old = me.read()?;
+            me.write(&merge(&old, &new))
+        })
+        .await
+        .map_err(|e| CursorError::Backend(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursors(epoch: u64, acked: &[(&str, u64)]) -> Cursors {
+        Cursors {
+            epoch,
+            acked: acked.iter().map(|(s, i)| (s.to_string(), *i)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn saves_and_loads_and_never_moves_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileCursors::new(dir.path().join("c.json"));
+        assert_eq!(store.load().await.unwrap(), Cursors::default());
+        store
+            .save(&cursors(2, &[("a", 10), ("b", 5)]))
+            .await
+            .unwrap();
+        // A stale leader's checkpoint cannot pull a cursor or the epoch back.
+        store
+            .save(&cursors(1, &[("a", 7), ("b", 9)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load().await.unwrap(),
+            cursors(2, &[("a", 10), ("b", 9)])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = FileCursors::new(&path).load().await.unwrap_err();
+        assert!(err.to_string().contains("c.json"), "{err}");
+        // And a save refuses to overwrite it rather than resetting the cursors.
+        assert!(
+            FileCursors::new(&path)
+                .save(&Cursors::default())
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn lowest_needs_every_shard() {
+        let c = cursors(1, &[("a", 10), ("b", 5)]);
+        let shards = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(c.lowest(&shards(&["a", "b"])), Some(5));
+        assert_eq!(c.lowest(&shards(&["a", "b", "c"])), None);
+    }
+}

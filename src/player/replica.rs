@@ -1,0 +1,119 @@
+//! One player replica under a lease: hot standby until it wins the lease, then leader with
+//! the lease's epoch as its fencing token, until it loses or cannot renew the lease (it
+//! stops sending at once), is fenced by a shard (it steps down and resigns the lease), or
+//! is asked to shut down (it stops delivering, saves its cursors, then releases the lease
+//! so a standby takes over without waiting for expiry).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Player, PlayerConfig, PlayerError, PlayerStats};
+use crate::cursor::CursorStore;
+use crate::lease::{self, LeaseBackend, LeaseConfig, Role};
+
+/// A replica's settings.
+pub struct ReplicaConfig {
+    /// The delivery settings; `epoch` is replaced by each term's lease epoch.
+    pub player: PlayerConfig,
+    pub lease: LeaseConfig,
+    pub cursors: Option<Arc<dyn CursorStore>>,
+}
+
+/// Waits until `role` is no longer `Leader { epoch }` (or the elector is gone).
+async fn lost(role: &mut watch::Receiver<Role>, epoch: u64) {
+    loop {
+        if *role.borrow_and_update() != (Role::Leader { epoch }) {
+            return;
+        }
+        if role.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs a replica until `shutdown`; returns an error only for a problem no other replica
+/// could get past either (a bad setting, a log that lost entries a shard needs).
+pub async fn run(
+    config: ReplicaConfig,
+    backend: Arc<dyn LeaseBackend>,
+    stats: Arc<PlayerStats>,
+    shutdown: CancellationToken,
+) -> Result<(), PlayerError> {
+    config.player.validate()?;
+    let (role_tx, mut role) = watch::channel(Role::Standby);
+    let elector_stop = CancellationToken::new();
+    let resign = Arc::new(tokio::sync::Notify::new());
+    let elector = tokio::spawn(lease::run_elector_with_resign(
+        backend.clone(),
+        config.lease.clone(),
+        role_tx,
+        elector_stop.clone(),
+        resign.clone(),
+    ));
+    let m = &stats.metrics;
+    let outcome = loop {
+        m.leader.set(0);
+        m.set_ready(true);
+        // Standby: wait for the lease.
+        let epoch = loop {
+            if let Role::Leader { epoch } = *role.borrow_and_update() {
+                break Some(epoch);
+            }
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { break None },
+                _ = shutdown.cancelled() => break None,
+            }
+        };
+        let Some(epoch) = epoch else { break Ok(()) };
+        m.leader.set(1);
+        m.epoch.set(epoch as i64);
+        m.failovers.inc();
+        tracing::info!(epoch, identity = backend.identity(), "leading");
+        let term = shutdown.child_token();
+        let mut player_config = config.player.clone();
+        player_config.epoch = epoch;
+        let player = match Player::start(player_config, stats.clone(), term.clone()).await {
+            Ok(p) => p,
+            Err(e) => break Err(e),
+        };
+        let player = match &config.cursors {
+            Some(c) => player.with_cursors(c.clone()),
+            None => player,
+        };
+        let run = player.run();
+        tokio::pin!(run);
+        let ended = tokio::select! {
+            r = &mut run => Some(r),
+            _ = lost(&mut role, epoch) => None,
+            _ = shutdown.cancelled() => None,
+        };
+        let result = match ended {
+            Some(r) => r,
+            None => {
+                // Lost the lease or shutting down: stop sending now, drain acks briefly.
+                term.cancel();
+                run.await
+            }
+        };
+        m.leader.set(0);
+        match result {
+            Ok(()) if shutdown.is_cancelled() => break Ok(()),
+            Ok(()) => tracing::warn!(epoch, "stepped down: lost the lease"),
+            Err(e @ PlayerError::Fenced { .. }) => {
+                tracing::warn!(epoch, error = %e, "fenced by a newer leader; resigning");
+                resign.notify_one();
+                // Wait until the elector has let go before contending again.
+                lost(&mut role, epoch).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    m.set_ready(false);
+    // Only now (no more sends) give the lease up so a standby takes over at once.
+    elector_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
+    outcome
+}
