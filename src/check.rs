@@ -60,8 +60,25 @@ impl std::fmt::Display for Report {
 }
 
 /// Waits (up to `wait`) for every shard to apply the last entry that touches it, then
-/// compares states.
+/// compares states. The log must be quiet: if it grew while the shards were read (appends
+/// still landing), the comparison would be against a stale expectation, so the check is
+/// repeated until the log's end is the same before and after.
 pub async fn check(log: &Log, map: &ShardMap, wait: Duration) -> Result<Report, CheckError> {
+    let mut attempt = 0;
+    loop {
+        let report = check_once(log, map, wait).await?;
+        let (_, last) = log.bounds().await?;
+        let grew =
+            last != report.entries || report.shards.iter().any(|s| s.applied > report.entries);
+        if !grew || attempt >= 20 {
+            return Ok(report);
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn check_once(log: &Log, map: &ShardMap, wait: Duration) -> Result<Report, CheckError> {
     let (first, last) = log.bounds().await?;
     if first > 1 {
         return Err(CheckError::Truncated(first));

@@ -40,6 +40,34 @@ enum Command {
     Load(LoadArgs),
     /// Measure delivery delays and throughput over shard counts and transaction sizes.
     Bench(BenchArgs),
+    /// Measure failover: take the leader replica down repeatedly under load and report the
+    /// time to the new leader's first delivery (p50/p99), with the default lease settings.
+    FailoverBench(FailoverBenchArgs),
+}
+
+#[derive(Args)]
+struct FailoverBenchArgs {
+    /// Leader takedowns to measure.
+    #[arg(long, default_value_t = 20)]
+    takedowns: usize,
+    /// SIGTERM (graceful: the leader releases its lease) instead of SIGKILL.
+    #[arg(long)]
+    graceful: bool,
+    /// Player replicas.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Shards.
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Background load in transactions per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Extra arguments for every replica (e.g. "--lease-duration 1s"), space separated.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    player_args: String,
+    /// Where to keep data and logs (default: a temporary directory).
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -251,6 +279,75 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
+    use logplayer::failover::{Takedown, take_down_leader, wait_for_leader};
+    let tmp = tempfile::Builder::new()
+        .prefix("logplayer-failover-")
+        .tempdir()?;
+    let dir = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let mut c = cluster::Cluster::start(&dir, &cluster::binary(), a.shards).await?;
+    let extra: Vec<&str> = a.player_args.split_whitespace().collect();
+    c.start_replicas(a.replicas, &extra).await?;
+    wait_for_leader(&c, Duration::from_secs(30)).await?;
+    let log = client::Log::connect(c.logstore.addr()).await?;
+    let mut spec = load_spec(
+        &LoadFlags {
+            rate: a.rate,
+            seconds: 24 * 3600,
+            concurrency: 64,
+            keys: 10,
+            key_space: 10_000,
+        },
+        1024,
+    );
+    spec.seed = 9;
+    let load = {
+        let log = log.clone();
+        tokio::spawn(async move { bench::drive(&log, &spec, None).await })
+    };
+    let how = if a.graceful {
+        Takedown::Term
+    } else {
+        Takedown::Kill
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ms = Vec::new();
+    println!("takedown,old_epoch,new_epoch,takeover_ms");
+    for _ in 0..a.takedowns {
+        let f = take_down_leader(&mut c, how, Duration::from_secs(60)).await?;
+        println!("{how},{},{},{:.1}", f.old_epoch, f.new_epoch, f.millis);
+        if f.new_epoch <= f.old_epoch {
+            bail!("epoch did not increase: {} -> {}", f.old_epoch, f.new_epoch);
+        }
+        ms.push(f.millis);
+        // Let the replaced replica rejoin as a standby before the next takedown.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    load.abort();
+    // Appends the aborted load had in flight may still land; the checker waits for a quiet log.
+    ms.sort_by(f64::total_cmp);
+    let q = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+    println!(
+        "{} {how} takedowns: takeover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    let check = logplayer::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
+    print!("{check}");
+    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
+        p.terminate(Duration::from_secs(5)).await;
+    }
+    c.logstore.terminate(Duration::from_secs(5)).await;
+    if !check.pass {
+        bail!("exactly-once check failed");
+    }
+    println!("exactly-once: PASS");
+    Ok(())
 }
 
 /// One measured run of one bench configuration, on a fresh cluster in `dir`.
@@ -490,6 +587,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Command::Bench(a) => run_bench(a).await?,
+        Command::FailoverBench(a) => run_failover_bench(a).await?,
     }
     Ok(())
 }

@@ -113,9 +113,10 @@ async fn a_frozen_leader_wakes_stale_and_is_fenced_without_applying_anything() {
             .unwrap();
         assert!(
             st.epoch >= f.new_epoch,
-            "shard committed under epoch {}",
+            "shard's newest epoch is {}",
             st.epoch
         );
+        assert_eq!(st.stale_epoch_commits, 0, "a stale leader committed");
     }
     // The stale replica is alive and stood down: it did not crash, and the lease moved on.
     assert!(

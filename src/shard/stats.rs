@@ -33,6 +33,7 @@ struct Inner {
     epoch: u64,
     epoch_first_commit: u64,
     fenced: u64,
+    stale_commits: u64,
 }
 
 impl Default for Stats {
@@ -48,6 +49,7 @@ impl Default for Stats {
                 epoch: 0,
                 epoch_first_commit: 0,
                 fenced: 0,
+                stale_commits: 0,
             }),
         }
     }
@@ -84,11 +86,13 @@ impl Stats {
 
     /// A commit under `epoch` that advanced the applied index became durable at `durable`.
     pub fn committed_under(&self, epoch: u64, durable: u64) {
-        if let Ok(mut s) = self.inner.lock()
-            && epoch > s.epoch
-        {
-            s.epoch = epoch;
-            s.epoch_first_commit = durable;
+        if let Ok(mut s) = self.inner.lock() {
+            if epoch > s.epoch {
+                s.epoch = epoch;
+                s.epoch_first_commit = durable;
+            } else if epoch < s.epoch {
+                s.stale_commits += 1;
+            }
         }
     }
 
@@ -124,6 +128,7 @@ impl Stats {
             epoch: s.epoch,
             epoch_first_commit_micros: s.epoch_first_commit,
             fenced_refusals: s.fenced,
+            stale_epoch_commits: s.stale_commits,
         };
         if reset {
             s.player.reset();
