@@ -48,7 +48,7 @@ pub async fn run(
     let resign = Arc::new(tokio::sync::Notify::new());
     let elector = tokio::spawn(lease::run_elector_with_resign(
         backend.clone(),
-        config.lease.clone(),
+        config.lease,
         role_tx,
         elector_stop.clone(),
         resign.clone(),
