@@ -141,6 +141,12 @@ pub enum LeaseState {
 
 /// A lease store with compare-and-set semantics. Object safe: use it as
 /// `Arc<dyn LeaseBackend>`.
+///
+/// The elector drops calls that overrun their deadline, and on shutdown. An implementation
+/// must make sure that such an orphaned call cannot take effect *after* a later call on the
+/// same instance — above all after [`release`](Self::release). [`FileLease`] runs its calls
+/// one at a time, each to its end; [`KubeLease`] writes only with the `resourceVersion` it
+/// read, so a late write is refused.
 #[async_trait]
 pub trait LeaseBackend: Send + Sync {
     /// Acquire if free or expired, renew if already ours. Never lets two holders win the same
@@ -302,6 +308,11 @@ impl FileRecord {
 #[derive(Clone, Debug)]
 pub struct FileLease {
     inner: Arc<FileInner>,
+    /// Runs this instance's operations one at a time, each to its end: the guard moves into
+    /// the blocking task, so a call whose future was dropped (the elector timed it out or
+    /// shut down) still finishes before the next one starts. Without it such an orphaned
+    /// attempt could take the flock *after* a `release` and re-acquire the lease.
+    serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -360,6 +371,7 @@ impl FileLease {
                 identity,
                 lease_duration_ms,
             }),
+            serial: Arc::default(),
         })
     }
 
@@ -372,13 +384,17 @@ impl FileLease {
         &self,
         f: impl FnOnce(&FileInner) -> Result<T, LeaseError> + Send + 'static,
     ) -> Result<T, LeaseError> {
+        let turn = Arc::clone(&self.serial).lock_owned().await;
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| LeaseError::Io {
-                path: self.inner.path.clone(),
-                source: io::Error::other(format!("lease task failed: {e}")),
-            })?
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            f(&inner)
+        })
+        .await
+        .map_err(|e| LeaseError::Io {
+            path: self.inner.path.clone(),
+            source: io::Error::other(format!("lease task failed: {e}")),
+        })?
     }
 }
 
@@ -1118,6 +1134,36 @@ mod tests {
         }
     }
 
+    /// A call whose future was dropped while it waited for the flock must not land after a
+    /// later `release` on the same instance (it would re-acquire a lease being given up).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_orphaned_attempt_cannot_land_after_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = lease_at(&dir, "a", Duration::from_secs(60));
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(sibling(a.path(), ".lock"))
+            .unwrap();
+        let outside = Flock::lock(lock_file, FlockArg::LockExclusive).unwrap();
+        let orphan = tokio::time::timeout(Duration::from_millis(50), a.try_acquire_or_renew());
+        assert!(orphan.await.is_err(), "should block on the held flock");
+        let releasing = tokio::spawn({
+            let a = a.clone();
+            async move { a.release().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(outside);
+        releasing.await.unwrap().unwrap();
+        let rec = a.inner.read().unwrap();
+        assert_eq!(
+            rec.holder, None,
+            "the orphaned acquire landed after the release"
+        );
+        assert_eq!(rec.epoch, 1);
+    }
+
     /// Every epoch is won by exactly one identity, and the epochs won are exactly
     /// 1..=final: nothing skipped, nothing shared, across tasks and threads.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1253,26 +1299,27 @@ mod tests {
         }
     }
 
-    /// Waits for exactly one of the two to lead, then checks for a while that it stays so.
+    /// Checks for a while that the two never lead at once (an elector steps down at its
+    /// renew deadline, before its lease can expire for the other), then returns which one
+    /// leads and its epoch. Who leads may change in between: a stall of the shared machine
+    /// longer than renew_deadline makes a leader step down, as it should.
     async fn the_one_leader(a: &Replica, b: &Replica) -> (bool, u64) {
         let t0 = Instant::now();
-        let (a_leads, epoch) = loop {
-            match (epoch_of(a), epoch_of(b)) {
-                (Some(_), Some(_)) => panic!("two leaders"),
-                (Some(e), None) => break (true, e),
-                (None, Some(e)) => break (false, e),
-                (None, None) => {}
-            }
-            assert!(t0.elapsed() < Duration::from_secs(2), "no leader");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut seen_leader = false;
+        loop {
             let (ea, eb) = (epoch_of(a), epoch_of(b));
-            assert!(ea.is_none() || eb.is_none(), "two leaders");
-            assert_eq!(if a_leads { ea } else { eb }, Some(epoch), "leader changed");
+            assert!(ea.is_none() || eb.is_none(), "two leaders: {ea:?} {eb:?}");
+            seen_leader |= ea.is_some() || eb.is_some();
+            if seen_leader && t0.elapsed() > Duration::from_millis(500) {
+                match (ea, eb) {
+                    (Some(e), None) => return (true, e),
+                    (None, Some(e)) => return (false, e),
+                    _ => {}
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(3), "no leader");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        (a_leads, epoch)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1289,8 +1336,9 @@ mod tests {
         let new_epoch = wait_leader(&mut standby, Duration::from_secs(2)).await;
         let took = t0.elapsed();
         assert!(new_epoch > epoch, "{new_epoch} <= {epoch}");
-        // Well under lease_duration (300ms): it was released, not left to expire.
-        assert!(took < Duration::from_millis(200), "handover took {took:?}");
+        // Had it been left to expire, the standby would wait at least lease_duration minus
+        // one retry_period since the last renewal (300 - 50 ms): it was released.
+        assert!(took < Duration::from_millis(250), "handover took {took:?}");
         leader.task.await.unwrap().unwrap();
         assert_eq!(*leader.rx.borrow(), Role::Standby);
 
