@@ -228,21 +228,26 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a LogStore and `n` shards (the player separately: see [`Cluster::start_player`]).
     pub async fn start(dir: &Path, bin: &Path, n: usize) -> Result<Cluster, ClusterError> {
-        Self::start_with(dir, bin, n, &[]).await
+        Self::start_with(dir, bin, n, &[], &[]).await
     }
 
-    /// Like [`Cluster::start`], passing `shard_extra` to every shard.
+    /// Like [`Cluster::start`], passing `logstore_extra` to the LogStore and `shard_extra`
+    /// to every shard.
     pub async fn start_with(
         dir: &Path,
         bin: &Path,
         n: usize,
+        logstore_extra: &[&str],
         shard_extra: &[&str],
     ) -> Result<Cluster, ClusterError> {
         let d = |s: &str| dir.join(s).display().to_string();
         let logstore = Proc::start(
             "logstore",
             bin,
-            vec!["logstore".into(), "--data".into(), d("logstore")],
+            ["logstore".into(), "--data".into(), d("logstore")]
+                .into_iter()
+                .chain(logstore_extra.iter().map(|s| s.to_string()))
+                .collect(),
             Some("127.0.0.1:0"),
             dir,
         )

@@ -360,7 +360,7 @@ async fn bench_once(
     run: u32,
     shard_extra: &[&str],
 ) -> anyhow::Result<bench::BenchRow> {
-    let mut c = cluster::Cluster::start_with(dir, bin, n, shard_extra).await?;
+    let mut c = cluster::Cluster::start_with(dir, bin, n, &[], shard_extra).await?;
     c.start_player(&[]).await?;
     let log = client::Log::connect(c.logstore.addr()).await?;
     // Warm up (connections, page cache), then measure from clean histograms.

@@ -1,0 +1,131 @@
+//! The leader's ack cursors drive log retention (never past what every shard acknowledged),
+//! and the player's metrics and health endpoints answer over HTTP.
+
+use std::time::Duration;
+
+use logplayer::bench::{LoadSpec, drive};
+use logplayer::client::{Log, ShardConn};
+use logplayer::cluster::Cluster;
+use logplayer::cursor::{CursorStore, FileCursors};
+use logplayer::failover::wait_for_leader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))
+}
+
+/// `GET path` over plain HTTP/1.0; returns (status code, body).
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (code, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_bound_retention_and_metrics_report_the_leader() {
+    // Small segments so that retention has whole segments to remove.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_with(dir.path(), &bin(), 2, &["--segment-bytes", "65536"], &[])
+        .await
+        .unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    c.start_replicas(
+        1,
+        &[
+            "--retain-log",
+            "--checkpoint-interval",
+            "200ms",
+            "--metrics-listen",
+            &metrics_addr,
+        ],
+    )
+    .await
+    .unwrap();
+    wait_for_leader(&c, Duration::from_secs(20)).await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let spec = LoadSpec {
+        rate: 1000,
+        duration: Duration::from_secs(3),
+        count: 0,
+        concurrency: 32,
+        keys_per_txn: 4,
+        key_space: 100,
+        txn_bytes: 400,
+        seed: 5,
+    };
+    // Freeze shard s1 for most of the load, so that its cursor lags far behind the others:
+    // retention must stop at it.
+    let load = {
+        let (log, spec) = (log.clone(), spec.clone());
+        tokio::spawn(async move { drive(&log, &spec, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.shards[1].stop().unwrap();
+    let report = load.await.unwrap();
+    assert_eq!(report.failed, 0);
+    // A few checkpoints while s1 is still frozen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (first, last) = log.bounds().await.unwrap();
+    let cursors = FileCursors::new(c.cursor_path()).load().await.unwrap();
+    let ids: Vec<String> = (0..2).map(|i| format!("s{i}")).collect();
+    let lowest = cursors.lowest(&ids).expect("a cursor for every shard");
+    assert!(
+        lowest + 1000 < last,
+        "s1's cursor {lowest} should lag the log's end {last}"
+    );
+    assert!(
+        first > 1,
+        "retention removed nothing (first {first}, last {last})"
+    );
+    assert!(
+        first <= lowest + 1,
+        "retention removed entry {} above the lowest cursor {lowest}",
+        first - 1
+    );
+    // The frozen shard wakes and catches up from what the log kept.
+    c.shards[1].cont().unwrap();
+    let conn = ShardConn::connect(c.shards[1].addr()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = conn.applied().await.unwrap().applied_index;
+        if applied + 1000 >= last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s1 stuck at {applied} of {last}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, text) = get(&metrics_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for want in [
+        "logplayer_player_leader 1",
+        "logplayer_shard_acked_index{shard=\"s0\"}",
+        "logplayer_delivery_delay_seconds_bucket",
+        "logplayer_player_failovers_total 1",
+    ] {
+        assert!(text.contains(want), "missing {want} in:\n{text}");
+    }
+    assert_eq!(get(&metrics_addr, "/healthz").await.0, 200);
+    assert_eq!(get(&metrics_addr, "/readyz").await.0, 200);
+}
