@@ -72,6 +72,21 @@ pub async fn run(
         m.epoch.set(epoch as i64);
         m.failovers.inc();
         tracing::info!(epoch, identity = backend.identity(), "leading");
+        // The cursors the last leader saved: they show each shard's progress until it answers
+        // (its own applied index, asked next by `Player::start`, stays the truth).
+        if let Some(store) = &config.cursors {
+            match store.load().await {
+                Ok(saved) => {
+                    tracing::info!(epoch, saved_by_epoch = saved.epoch, cursors = ?saved.acked, "read the ack cursors");
+                    for (shard, index) in &saved.acked {
+                        m.acked
+                            .get_or_create(&crate::metrics::Metrics::shard(shard))
+                            .set(*index as i64);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the ack cursors"),
+            }
+        }
         let term = shutdown.child_token();
         let mut player_config = config.player.clone();
         player_config.epoch = epoch;
