@@ -13,6 +13,7 @@
 //! - [`lease`]: leader leases with a fencing epoch (file and Kubernetes backends).
 //! - [`cursor`]: the leader's persisted ack cursors.
 //! - [`metrics`]: the player's Prometheus metrics and health endpoints.
+//! - [`crd`]: the `LogPlayer` and `Shard` custom resources and their generated CRDs.
 //! - [`grpc`]: what every gRPC edge shares (listeners, windows, health, reflection).
 //! - [`client`], [`workload`], [`check`]: talking to servers, generating non-idempotent
 //!   transactions, and checking every shard against what the log implies.
@@ -26,6 +27,7 @@ pub mod bench;
 pub mod check;
 pub mod client;
 pub mod cluster;
+pub mod crd;
 pub mod cursor;
 pub mod demo;
 pub mod failover;

@@ -43,6 +43,16 @@ enum Command {
     /// Measure failover: take the leader replica down repeatedly under load and report the
     /// time to the new leader's first delivery (p50/p99), with the default lease settings.
     FailoverBench(FailoverBenchArgs),
+    /// Print the LogPlayer and Shard CustomResourceDefinitions as YAML, or write them into
+    /// a directory (`logplayer crd --write crds/` regenerates the committed files).
+    Crd(CrdArgs),
+}
+
+#[derive(Args)]
+struct CrdArgs {
+    /// Write one file per CRD into this directory instead of printing.
+    #[arg(long)]
+    write: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -588,6 +598,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(a) => run_bench(a).await?,
         Command::FailoverBench(a) => run_failover_bench(a).await?,
+        Command::Crd(a) => match a.write {
+            Some(dir) => {
+                for path in logplayer::crd::write_crds(&dir)? {
+                    println!("wrote {}", path.display());
+                }
+            }
+            None => print!("{}", logplayer::crd::crds_yaml()?),
+        },
     }
     Ok(())
 }
