@@ -197,4 +197,178 @@ mod tests {
         assert_eq!(c.lowest(&shards(&["a", "b"])), Some(5));
         assert_eq!(c.lowest(&shards(&["a", "b", "c"])), None);
     }
+
+    mod kube_mock {
+        use super::super::*;
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use serde_json::{Value, json};
+        use tower_test::mock;
+
+        type Handle = mock::Handle<Request<Body>, Response<Body>>;
+        const SHARDS: &str = "/apis/logplayer.io/v1alpha1/namespaces/ns/shards";
+
+        fn shard(name: &str, acked: Option<i64>) -> Value {
+            json!({
+                "apiVersion": "logplayer.io/v1alpha1", "kind": "Shard",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"logPlayer": "lp", "slots": [{"start": 0, "end": 16383}],
+                         "external": {"endpoint": "x:1"}},
+                "status": {"ackedIndex": acked},
+            })
+        }
+
+        fn reply(send: mock::SendResponse<Response<Body>>, body: &Value) {
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(body).unwrap()))
+                    .unwrap(),
+            );
+        }
+
+        async fn list(handle: &mut Handle, items: Vec<Value>) {
+            let (req, send) = handle.next_request().await.expect("a list");
+            assert_eq!(req.method(), Method::GET);
+            assert_eq!(req.uri().path(), SHARDS);
+            reply(
+                send,
+                &json!({"apiVersion": "logplayer.io/v1alpha1", "kind": "ShardList",
+                                "metadata": {}, "items": items}),
+            );
+        }
+
+        #[tokio::test]
+        async fn saves_advanced_cursors_by_server_side_apply_and_never_moves_one_back() {
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let store = KubeCursors::new(kube::Client::new(service, "ns"), "ns");
+            let new = super::cursors(4, &[("a", 7), ("b", 90)]);
+            let server = async {
+                // a is at 10 (ahead of 7: left alone), b at 50 (moves to 90).
+                list(
+                    &mut handle,
+                    vec![shard("a", Some(10)), shard("b", Some(50))],
+                )
+                .await;
+                let (req, send) = handle.next_request().await.expect("a patch");
+                assert_eq!(req.method(), Method::PATCH);
+                assert_eq!(req.uri().path(), format!("{SHARDS}/b/status"));
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                assert!(query.contains("fieldManager=logplayer-player"), "{query}");
+                assert!(query.contains("force=true"), "{query}");
+                let body: Value =
+                    serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+                        .unwrap();
+                assert_eq!(body["status"], json!({"ackedIndex": 90, "ackedEpoch": 4}));
+                reply(send, &shard("b", Some(90)));
+            };
+            let (saved, ()) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                tokio::join!(store.save(&new), server)
+            })
+            .await
+            .expect("client and scripted server disagree");
+            saved.unwrap();
+            // Nothing else was sent.
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_millis(50), handle.next_request())
+                    .await
+                    .is_err()
+            );
+        }
+
+        #[tokio::test]
+        async fn loads_cursors_from_shard_status() {
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let store = KubeCursors::new(kube::Client::new(service, "ns"), "ns");
+            let (loaded, ()) = tokio::join!(store.load(), async {
+                list(&mut handle, vec![shard("a", Some(3)), shard("b", None)]).await
+            });
+            assert_eq!(
+                loaded.unwrap().acked,
+                [("a".to_string(), 3)].into_iter().collect()
+            );
+        }
+    }
+}
+
+/// Cursors in the cluster: each shard's cursor lives in its `Shard` resource's status
+/// (`ackedIndex`, `ackedEpoch`), written by server-side apply under the player's own field
+/// manager, so the player never fights the operator over the fields the operator writes.
+/// Shard ids in the player's map are the `Shard` resource names.
+#[derive(Clone)]
+pub struct KubeCursors {
+    api: kube::Api<crate::crd::Shard>,
+}
+
+/// The field manager the player writes Shard status with.
+pub const PLAYER_FIELD_MANAGER: &str = "logplayer-player";
+
+impl KubeCursors {
+    pub fn new(client: kube::Client, namespace: &str) -> KubeCursors {
+        KubeCursors {
+            api: kube::Api::namespaced(client, namespace),
+        }
+    }
+
+    fn err(e: kube::Error) -> CursorError {
+        CursorError::Backend(format!("Shard status: {e}"))
+    }
+}
+
+#[tonic::async_trait]
+impl CursorStore for KubeCursors {
+    async fn load(&self) -> Result<Cursors, CursorError> {
+        let shards = self
+            .api
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(Self::err)?;
+        let mut out = Cursors::default();
+        for s in shards {
+            let (Some(name), Some(status)) = (s.metadata.name.clone(), s.status.as_ref()) else {
+                continue;
+            };
+            if let Some(index) = status.acked_index.and_then(|i| u64::try_from(i).ok()) {
+                out.acked.insert(name, index);
+            }
+            if let Some(epoch) = status.acked_epoch.and_then(|e| u64::try_from(e).ok()) {
+                out.epoch = out.epoch.max(epoch);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save(&self, cursors: &Cursors) -> Result<(), CursorError> {
+        // Never move a cursor back: merge with what is stored, write only what advanced.
+        let stored = self.load().await?;
+        let merged = merge(&stored, cursors);
+        let params = kube::api::PatchParams::apply(PLAYER_FIELD_MANAGER).force();
+        for (shard, &index) in &merged.acked {
+            if stored.acked.get(shard) == Some(&index) || !cursors.acked.contains_key(shard) {
+                continue;
+            }
+            let patch = serde_json::json!({
+                "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+                "kind": "Shard",
+                "status": {
+                    "ackedIndex": index,
+                    "ackedEpoch": cursors.epoch,
+                }
+            });
+            match self
+                .api
+                .patch_status(shard, &params, &kube::api::Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => {}
+                // A shard in the map without a resource (yet): nothing to record it in.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    tracing::debug!(shard = %shard, "no Shard resource for this cursor")
+                }
+                Err(e) => return Err(Self::err(e)),
+            }
+        }
+        Ok(())
+    }
 }

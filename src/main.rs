@@ -171,14 +171,22 @@ struct PlayerArgs {
     #[arg(long, env = "LOGPLAYER_RETRY_PERIOD", default_value = "250ms", value_parser = humantime::parse_duration)]
     retry_period: Duration,
     /// Save the shards' ack cursors in this JSON file every checkpoint interval.
-    #[arg(long, env = "LOGPLAYER_CURSOR_FILE")]
+    #[arg(
+        long,
+        env = "LOGPLAYER_CURSOR_FILE",
+        conflicts_with = "cursor_shard_status"
+    )]
     cursor_file: Option<PathBuf>,
+    /// Save the ack cursors in each Shard resource's status (`ackedIndex`) in
+    /// --lease-namespace instead (in a cluster; shard ids are the Shard resource names).
+    #[arg(long, env = "LOGPLAYER_CURSOR_SHARD_STATUS")]
+    cursor_shard_status: bool,
     /// How often the leader saves the ack cursors.
     #[arg(long, env = "LOGPLAYER_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     checkpoint_interval: Duration,
     /// After each checkpoint, let the LogStore remove segments every shard has acknowledged
     /// (needs --cursor-file). A shard added later can then only start from what is left.
-    #[arg(long, env = "LOGPLAYER_RETAIN_LOG", requires = "cursor_file")]
+    #[arg(long, env = "LOGPLAYER_RETAIN_LOG")]
     retain_log: bool,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "LOGPLAYER_METRICS_LISTEN")]
@@ -524,10 +532,25 @@ async fn main() -> anyhow::Result<()> {
                     }
                 });
             }
-            let cursors: Option<std::sync::Arc<dyn logplayer::cursor::CursorStore>> = a
-                .cursor_file
-                .as_ref()
-                .map(|p| std::sync::Arc::new(logplayer::cursor::FileCursors::new(p)) as _);
+            if a.retain_log && a.cursor_file.is_none() && !a.cursor_shard_status {
+                bail!("--retain-log needs a cursor store: --cursor-file or --cursor-shard-status");
+            }
+            let cursors: Option<std::sync::Arc<dyn logplayer::cursor::CursorStore>> =
+                match (&a.cursor_file, a.cursor_shard_status) {
+                    (Some(p), _) => {
+                        Some(std::sync::Arc::new(logplayer::cursor::FileCursors::new(p)))
+                    }
+                    (None, true) => {
+                        let client = kube::Client::try_default()
+                            .await
+                            .context("connecting to Kubernetes for the cursor store")?;
+                        Some(std::sync::Arc::new(logplayer::cursor::KubeCursors::new(
+                            client,
+                            &a.lease_namespace,
+                        )))
+                    }
+                    (None, false) => None,
+                };
             let lease_config = logplayer::lease::LeaseConfig {
                 lease_duration: a.lease_duration,
                 renew_deadline: a.renew_deadline,

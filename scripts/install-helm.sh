@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds the helm v3 CLI from its Go module into a cache outside the repository and prints
+# its path. Idempotent: does nothing when the cached binary already reports HELM_VERSION.
+#
+#   scripts/install-helm.sh            # -> ~/.cache/logplayer/bin/helm
+#   HELM_VERSION=v3.16.4 scripts/install-helm.sh
+#
+# Needs only Go (with the module proxy reachable); the first build takes a few minutes.
+# tests/chart.rs looks for helm at $LOGPLAYER_HELM, else at the path printed here.
+set -euo pipefail
+
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+BIN_DIR="${LOGPLAYER_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/logplayer/bin}"
+HELM="$BIN_DIR/helm"
+
+installed_version() {
+    # `helm version --template` prints e.g. v3.22.0; empty if the binary is missing or broken.
+    [ -x "$HELM" ] && "$HELM" version --client --template '{{ .Version }}' 2>/dev/null || true
+}
+
+if [ "$(installed_version)" = "$HELM_VERSION" ]; then
+    echo "$HELM"
+    exit 0
+fi
+
+command -v go >/dev/null 2>&1 || {
+    echo "install-helm.sh: 'go' not found; install Go (https://go.dev/dl/) first" >&2
+    exit 1
+}
+
+mkdir -p "$BIN_DIR"
+echo "install-helm.sh: building helm $HELM_VERSION with $(go version) into $BIN_DIR (takes a few minutes)" >&2
+# Build into a temporary directory and move into place, so an interrupted build never leaves
+# a half-written binary behind. Version metadata is stamped the way helm's Makefile does.
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" go install \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+mv -f "$tmp/helm" "$HELM"
+
+got="$(installed_version)"
+if [ "$got" != "$HELM_VERSION" ]; then
+    echo "install-helm.sh: built $HELM but it reports version '$got', expected $HELM_VERSION" >&2
+    exit 1
+fi
+echo "$HELM"
