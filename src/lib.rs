@@ -36,6 +36,7 @@ pub mod lease;
 pub mod logstore;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod player;
 pub mod proto;
 pub mod routing;

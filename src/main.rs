@@ -46,6 +46,45 @@ enum Command {
     /// Print the LogPlayer and Shard CustomResourceDefinitions as YAML, or write them into
     /// a directory (`logplayer crd --write crds/` regenerates the committed files).
     Crd(CrdArgs),
+    /// Run the Kubernetes operator: reconcile LogPlayer and Shard resources (one replica
+    /// leads behind a Lease; the others stand by).
+    Operator(OperatorArgs),
+}
+
+#[derive(Args)]
+struct OperatorArgs {
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "LOGPLAYER_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: String,
+    /// The Lease the operator replicas elect a leader with.
+    #[arg(
+        long,
+        env = "LOGPLAYER_LEASE_NAME",
+        default_value = "logplayer-operator"
+    )]
+    lease_name: String,
+    /// Namespace of that Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: the pod name, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Image of the player, LogStore and shard pods when a LogPlayer sets no spec.image.
+    #[arg(long, env = "LOGPLAYER_DEFAULT_IMAGE", default_value = concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")))]
+    default_image: String,
+    /// DNS suffix for Service addresses (`<svc>.<ns>.svc.<domain>`); empty relies on the
+    /// pods' DNS search path (`<svc>.<ns>.svc`).
+    #[arg(long, env = "LOGPLAYER_CLUSTER_DOMAIN", default_value = "")]
+    cluster_domain: String,
+    /// How long the operator's Lease lasts without renewal.
+    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// The leader stops reconciling when it could not renew for this long.
+    #[arg(long, env = "LOGPLAYER_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// How often replicas try to acquire or renew the Lease.
+    #[arg(long, env = "LOGPLAYER_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
 }
 
 #[derive(Args)]
@@ -511,12 +550,7 @@ async fn main() -> anyhow::Result<()> {
             config.watermark_every = a.watermark_every;
             config.checkpoint_interval = a.checkpoint_interval;
             config.retain_log = a.retain_log;
-            let identity = a.identity.clone().unwrap_or_else(|| {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_else(|_| "player".into());
-                format!("{host}-{}", std::process::id())
-            });
+            let identity = a.identity.clone().unwrap_or_else(default_identity);
             config.player_id = identity.clone();
             let stats = std::sync::Arc::new(player::PlayerStats::default());
             let shutdown = on_signal();
@@ -629,6 +663,60 @@ async fn main() -> anyhow::Result<()> {
             }
             None => print!("{}", logplayer::crd::crds_yaml()?),
         },
+        Command::Operator(a) => run_operator(a).await?,
+    }
+    Ok(())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "logplayer".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
+    use logplayer::operator;
+    if !(a.retry_period < a.renew_deadline && a.renew_deadline < a.lease_duration) {
+        bail!(
+            "lease timing needs --retry-period < --renew-deadline < --lease-duration, got {} < {} < {}",
+            humantime::format_duration(a.retry_period),
+            humantime::format_duration(a.renew_deadline),
+            humantime::format_duration(a.lease_duration)
+        );
+    }
+    let config = operator::OperatorConfig {
+        lease_name: a.lease_name,
+        lease_namespace: a.lease_namespace,
+        identity: a.identity.unwrap_or_else(default_identity),
+        lease: logplayer::lease::LeaseConfig {
+            lease_duration: a.lease_duration,
+            renew_deadline: a.renew_deadline,
+            retry_period: a.retry_period,
+        },
+        defaults: operator::desired::Defaults {
+            image: a.default_image,
+            cluster_domain: a.cluster_domain,
+        },
+    };
+    let metrics = std::sync::Arc::new(operator::OperatorMetrics::default());
+    let shutdown = on_signal();
+    let listener = tokio::net::TcpListener::bind(&a.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics address {}", a.metrics_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let server = tokio::spawn(logplayer::metrics::serve(
+        metrics.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    tracing::info!(identity = %config.identity, lease = %config.lease_name, namespace = %config.lease_namespace, "operator starting");
+    operator::run(config, metrics, shutdown.clone())
+        .await
+        .context("running the operator")?;
+    shutdown.cancel();
+    if let Ok(Err(e)) = server.await {
+        tracing::warn!(error = %e, "metrics server");
     }
     Ok(())
 }

@@ -147,7 +147,26 @@ impl Metrics {
     }
 }
 
-async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+/// What the HTTP endpoints expose: the player's metrics, or the operator's.
+pub trait Exposition: Send + Sync + 'static {
+    /// The Prometheus text exposition.
+    fn encode(&self) -> String;
+    /// What `/readyz` answers.
+    fn ready(&self) -> bool;
+}
+
+impl Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+type Shared = Arc<dyn Exposition>;
+
+async fn metrics(State(m): State<Shared>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -161,8 +180,8 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if m.ready.load(Ordering::Relaxed) {
+async fn readyz(State(m): State<Shared>) -> (StatusCode, &'static str) {
+    if m.ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -171,22 +190,18 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
 pub async fn serve(
-    metrics: Arc<Metrics>,
+    exposition: Arc<dyn Exposition>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(metrics);
+        .with_state(exposition);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-}
-
-async fn metrics_handler(state: State<Arc<Metrics>>) -> impl IntoResponse {
-    metrics(state).await
 }
 
 #[cfg(test)]

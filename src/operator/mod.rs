@@ -1,0 +1,725 @@
+//! `logplayer operator`: the Kubernetes controllers for `LogPlayer` and `Shard`.
+//!
+//! The operator runs as several replicas behind its own Lease (the same elector the players
+//! use); only the leader reconciles. For a LogPlayer it keeps the objects [`desired`] builds
+//! (player Deployment, ServiceAccount, Role, RoleBinding, shard-map ConfigMap, metrics
+//! Service, a PodDisruptionBudget when replicas > 1, and the managed LogStore StatefulSet and
+//! Service when asked), applied by server-side apply under the field manager
+//! [`FIELD_MANAGER`], owned by the LogPlayer so that deleting it deletes them. It then
+//! observes the Deployment, the players' Lease, the Shards, the LogStore's head and the
+//! player pods, and writes the status [`status`] computes, with Events on condition changes.
+//! For a Shard with a managed server it keeps its StatefulSet and Service. No finalizers:
+//! owner references are all the cleanup there is.
+//!
+//! Pause reconciliation of one LogPlayer with the annotation `logplayer.io/paused: "true"`:
+//! the operator then only reports status (with `ReconciliationPaused`).
+
+pub mod desired;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::crd::{LogPlayer, Shard};
+use crate::lease::{self, LeaseBackend, LeaseConfig, Role as LeaseRole};
+
+/// The field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "logplayer-operator";
+/// Annotation that pauses reconciliation of one LogPlayer.
+pub const PAUSE_ANNOTATION: &str = "logplayer.io/paused";
+/// How often a healthy LogPlayer is looked at again (lag, leader, reachability).
+const RESYNC: Duration = Duration::from_secs(15);
+
+/// Errors of one reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{kind} has no namespace")]
+    NoNamespace { kind: &'static str },
+    #[error("{0}")]
+    Desired(#[from] desired::DesiredError),
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("lease: {0}")]
+    Lease(#[from] crate::lease::LeaseError),
+}
+
+impl OperatorError {
+    /// A short, stable label for metrics.
+    fn reason(&self) -> &'static str {
+        match self {
+            OperatorError::Kube(_) => "KubeApi",
+            OperatorError::NoNamespace { .. } => "NoNamespace",
+            OperatorError::Desired(_) => "InvalidSpec",
+            OperatorError::Serialize { .. } => "Serialize",
+            OperatorError::Lease(_) => "Lease",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    kind: String,
+    reason: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The operator's metrics: reconciliations, errors and durations per kind, and leadership.
+pub struct OperatorMetrics {
+    registry: Registry,
+    reconciliations: Family<KindLabel, Counter>,
+    errors: Family<ErrorLabel, Counter>,
+    durations: Family<KindLabel, Histogram, fn() -> Histogram>,
+    leader: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("logplayer_operator");
+        let reconciliations = Family::<KindLabel, Counter>::default();
+        let errors = Family::<ErrorLabel, Counter>::default();
+        let durations = Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "reconciliations",
+            "Reconciliations run, per kind",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, per kind and reason",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            durations.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the operator lease",
+            leader.clone(),
+        );
+        OperatorMetrics {
+            registry,
+            reconciliations,
+            errors,
+            durations,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl crate::metrics::Exposition for OperatorMetrics {
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub identity: String,
+    pub lease: LeaseConfig,
+    pub defaults: desired::Defaults,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub client: Client,
+    pub defaults: desired::Defaults,
+    pub metrics: Arc<OperatorMetrics>,
+    pub recorder: Recorder,
+}
+
+/// Server-side applies `obj` (namespaced) under [`FIELD_MANAGER`].
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, OperatorError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+}
+
+/// Deletes a namespaced object if it exists (for objects the spec no longer asks for).
+async fn delete_if_present<K>(client: &Client, ns: &str, name: &str) -> Result<(), OperatorError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn paused(lp: &LogPlayer) -> bool {
+    lp.annotations()
+        .get(PAUSE_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// The Shards a LogPlayer drives: same namespace, `spec.logPlayer` naming it, and matching
+/// its `shardSelector`.
+async fn shards_of(client: &Client, lp: &LogPlayer, ns: &str) -> Result<Vec<Shard>, OperatorError> {
+    let api: Api<Shard> = Api::namespaced(client.clone(), ns);
+    let mut params = ListParams::default();
+    if let Ok(selector) = kube::core::Selector::try_from(lp.spec.shard_selector.clone()) {
+        params = params.labels_from(&selector);
+    }
+    let name = lp.name_any();
+    Ok(api
+        .list(&params)
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.spec.log_player == name)
+        .collect())
+}
+
+async fn reconcile_logplayer(
+    lp: Arc<LogPlayer>,
+    ctx: Arc<Context>,
+) -> Result<Action, OperatorError> {
+    let started = Instant::now();
+    let label = KindLabel {
+        kind: "LogPlayer".into(),
+    };
+    ctx.metrics.reconciliations.get_or_create(&label).inc();
+    let result = reconcile_logplayer_inner(&lp, &ctx).await;
+    ctx.metrics
+        .durations
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Action, OperatorError> {
+    let ns = lp
+        .namespace()
+        .ok_or(OperatorError::NoNamespace { kind: "LogPlayer" })?;
+    let shards = shards_of(&ctx.client, lp, &ns).await?;
+    let is_paused = paused(lp);
+    // A spec a user can fix is reported in the status, not retried as an error: what runs
+    // keeps running, and the next change of the LogPlayer or a Shard reconciles again.
+    let spec_problem = match desired::player_objects(lp, &shards, &ctx.defaults) {
+        Ok(objects) => {
+            if !is_paused {
+                apply_player_objects(&ctx.client, &ns, lp, objects).await?;
+            }
+            None
+        }
+        Err(e @ desired::DesiredError::Yaml(_)) => return Err(e.into()),
+        Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
+    };
+    let observed = observe(ctx, lp, &ns, &shards, spec_problem, is_paused).await?;
+    let old = lp.status.clone().unwrap_or_default();
+    let new = status::logplayer_status(&observed, &old, status::now());
+    publish(ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
+    if new != old {
+        let patch = serde_json::json!({
+            "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+            "kind": "LogPlayer",
+            "status": new,
+        });
+        let api: Api<LogPlayer> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &lp.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Publishes the Events for a change of conditions (best effort: a failed Event is logged).
+async fn publish(
+    ctx: &Context,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    for e in status::events_for(old, new) {
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason,
+            note: Some(e.note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, "could not publish an event");
+        }
+    }
+}
+
+async fn apply_player_objects(
+    client: &Client,
+    ns: &str,
+    lp: &LogPlayer,
+    o: desired::PlayerObjects,
+) -> Result<(), OperatorError> {
+    apply(client, ns, &o.service_account).await?;
+    apply(client, ns, &o.role).await?;
+    apply(client, ns, &o.role_binding).await?;
+    apply(client, ns, &o.shard_map).await?;
+    apply(client, ns, &o.metrics_service).await?;
+    if let Some(logstore) = &o.logstore {
+        apply(client, ns, &logstore.service).await?;
+        apply(client, ns, &logstore.stateful_set).await?;
+    }
+    apply(client, ns, &o.deployment).await?;
+    match &o.pdb {
+        Some(pdb) => {
+            apply(client, ns, pdb).await?;
+        }
+        None => {
+            delete_if_present::<PodDisruptionBudget>(client, ns, &desired::player_name(lp)).await?
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile_shard(shard: Arc<Shard>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    let started = Instant::now();
+    let label = KindLabel {
+        kind: "Shard".into(),
+    };
+    ctx.metrics.reconciliations.get_or_create(&label).inc();
+    let result = reconcile_shard_inner(&shard, &ctx).await;
+    ctx.metrics
+        .durations
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, OperatorError> {
+    let ns = shard
+        .namespace()
+        .ok_or(OperatorError::NoNamespace { kind: "Shard" })?;
+    let owner = Api::<LogPlayer>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&shard.spec.log_player)
+        .await?;
+    let image = owner.as_ref().and_then(|lp| lp.spec.image.clone());
+    let paused = owner.as_ref().is_some_and(paused);
+    let spec_problem = match desired::shard_objects(shard, &ctx.defaults, image.as_deref()) {
+        Ok(Some(objects)) => {
+            if !paused {
+                apply(&ctx.client, &ns, &objects.service).await?;
+                apply(&ctx.client, &ns, &objects.stateful_set).await?;
+            }
+            None
+        }
+        Ok(None) => None,
+        Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
+    };
+    let endpoint = desired::shard_endpoint(shard, &ctx.defaults);
+    let probe = match &endpoint {
+        Some(addr) => probe_shard(addr).await,
+        None => status::Probe::Unknown,
+    };
+    let name = shard.name_any();
+    let lag = owner
+        .as_ref()
+        .and_then(|lp| lp.status.as_ref())
+        .and_then(|s| s.shards.iter().find(|p| p.name == name))
+        .map(|p| p.lag);
+    let observed = status::ShardObservation {
+        generation: shard.metadata.generation.unwrap_or(0),
+        endpoint,
+        probe,
+        spec_problem,
+        log_player_found: owner.is_some(),
+        lag,
+    };
+    let old = shard.status.clone().unwrap_or_default();
+    let new = status::shard_status(&observed, &old, status::now());
+    publish(ctx, shard.object_ref(&()), &old.conditions, &new.conditions).await;
+    // Compare only the operator's fields: the player owns ackedIndex and ackedEpoch.
+    let mine = ShardStatusView::of(&old);
+    if ShardStatusView::of(&new) != mine {
+        let patch = serde_json::json!({
+            "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+            "kind": "Shard",
+            "status": new,
+        });
+        let api: Api<Shard> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The fields of a Shard's status the operator writes.
+#[derive(PartialEq)]
+struct ShardStatusView<'a> {
+    observed_generation: Option<i64>,
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    lag: Option<i64>,
+    endpoint: Option<&'a str>,
+    ready: Option<bool>,
+}
+
+impl<'a> ShardStatusView<'a> {
+    fn of(s: &'a crate::crd::ShardStatus) -> Self {
+        ShardStatusView {
+            observed_generation: s.observed_generation,
+            conditions: &s.conditions,
+            lag: s.lag,
+            endpoint: s.endpoint.as_deref(),
+            ready: s.ready,
+        }
+    }
+}
+
+/// Asks a shard server its applied index.
+async fn probe_shard(addr: &str) -> status::Probe {
+    let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let conn = crate::client::ShardConn::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.applied().await.map_err(|e| e.to_string())
+    })
+    .await;
+    match asked {
+        Ok(Ok(_)) => status::Probe::Reachable,
+        Ok(Err(e)) => status::Probe::Unreachable(format!("{addr} does not answer: {e}")),
+        Err(_) => status::Probe::Unreachable(format!(
+            "{addr} did not answer within {}",
+            humantime::format_duration(PROBE_TIMEOUT)
+        )),
+    }
+}
+
+fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &OperatorError, Arc<Context>) -> Action {
+    move |_obj, error, ctx| {
+        tracing::warn!(kind, %error, "reconcile failed");
+        ctx.metrics
+            .errors
+            .get_or_create(&ErrorLabel {
+                kind: kind.into(),
+                reason: error.reason().into(),
+            })
+            .inc();
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+/// Runs both controllers until `stop`.
+async fn run_controllers(ctx: Arc<Context>, stop: CancellationToken) {
+    let client = ctx.client.clone();
+    let lps: Api<LogPlayer> = Api::all(client.clone());
+    let shards: Api<Shard> = Api::all(client.clone());
+    let cfg = watcher::Config::default();
+    let logplayers = Controller::new(lps, cfg.clone())
+        .owns(Api::<Deployment>::all(client.clone()), cfg.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), cfg.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), cfg.clone())
+        .owns(Api::<Service>::all(client.clone()), cfg.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), cfg.clone())
+        .owns(Api::<Role>::all(client.clone()), cfg.clone())
+        .owns(Api::<RoleBinding>::all(client.clone()), cfg.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone())
+        .watches(shards.clone(), cfg.clone(), |s: Shard| {
+            s.namespace()
+                .map(|ns| ObjectRef::<LogPlayer>::new(&s.spec.log_player).within(&ns))
+        })
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile_logplayer, error_policy("LogPlayer"), ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "LogPlayer controller");
+            }
+        });
+    let shard_controller = Controller::new(shards, cfg.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), cfg.clone())
+        .owns(Api::<Service>::all(client.clone()), cfg)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile_shard, error_policy("Shard"), ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "Shard controller");
+            }
+        });
+    tokio::join!(logplayers, shard_controller);
+}
+
+/// Runs the operator: contends for its lease; while leading, runs the controllers.
+pub async fn run(
+    config: OperatorConfig,
+    metrics: Arc<OperatorMetrics>,
+    shutdown: CancellationToken,
+) -> Result<(), OperatorError> {
+    let client = Client::try_default().await?;
+    let backend: Arc<dyn LeaseBackend> = Arc::new(lease::KubeLease::new(
+        client.clone(),
+        &config.lease_namespace,
+        &config.lease_name,
+        &config.identity,
+        config.lease.lease_duration,
+    )?);
+    let (role_tx, mut role) = tokio::sync::watch::channel(LeaseRole::Standby);
+    let elector_stop = CancellationToken::new();
+    let elector = tokio::spawn(lease::run_elector(
+        backend,
+        config.lease,
+        role_tx,
+        elector_stop.clone(),
+    ));
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(config.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        defaults: config.defaults.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client, reporter),
+    });
+    metrics.ready.store(true, Ordering::Relaxed);
+    loop {
+        // Standby until elected.
+        let leading = loop {
+            if matches!(*role.borrow_and_update(), LeaseRole::Leader { .. }) {
+                break true;
+            }
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { break false },
+                _ = shutdown.cancelled() => break false,
+            }
+        };
+        if !leading {
+            break;
+        }
+        metrics.leader.set(1);
+        tracing::info!(identity = %config.identity, "operator leading");
+        let term = shutdown.child_token();
+        let controllers = tokio::spawn(run_controllers(ctx.clone(), term.clone()));
+        loop {
+            if !matches!(*role.borrow_and_update(), LeaseRole::Leader { .. }) {
+                break;
+            }
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { break },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        term.cancel();
+        let _ = controllers.await;
+        metrics.leader.set(0);
+        tracing::info!("operator stopped leading");
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    metrics.ready.store(false, Ordering::Relaxed);
+    elector_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
+    Ok(())
+}
+
+/// How long a probe of a shard or the LogStore may take before it counts as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Looks at everything a LogPlayer's status reports.
+async fn observe(
+    ctx: &Context,
+    lp: &LogPlayer,
+    ns: &str,
+    shards: &[Shard],
+    spec_problem: Option<status::Problem>,
+    paused: bool,
+) -> Result<status::Observed, OperatorError> {
+    let client = &ctx.client;
+    let player = desired::player_name(lp);
+    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(&player)
+        .await?;
+    let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
+    let lease = Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt(&player)
+        .await?
+        .map(|l| lease_info(&l, status::now()));
+    // The LogStore's head, for lag.
+    let (logstore, head_index) = match desired::logstore_endpoint(lp, ns, &ctx.defaults) {
+        Some(addr) => {
+            let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
+                let log = crate::client::Log::connect(&addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                log.bounds().await.map_err(|e| e.to_string())
+            })
+            .await;
+            match asked {
+                Ok(Ok((_, last))) => (status::Probe::Reachable, i64::try_from(last).ok()),
+                Ok(Err(e)) => (
+                    status::Probe::Unreachable(format!("LogStore at {addr} does not answer: {e}")),
+                    None,
+                ),
+                Err(_) => (
+                    status::Probe::Unreachable(format!(
+                        "LogStore at {addr} did not answer within {}",
+                        humantime::format_duration(PROBE_TIMEOUT)
+                    )),
+                    None,
+                ),
+            }
+        }
+        None => (status::Probe::Unknown, None),
+    };
+    let mut sorted: Vec<&Shard> = shards.iter().collect();
+    sorted.sort_by_key(|s| s.name_any());
+    let mut observed_shards = Vec::with_capacity(sorted.len());
+    for s in sorted {
+        let probe = match desired::shard_endpoint(s, &ctx.defaults) {
+            Some(addr) => probe_shard(&addr).await,
+            None => status::Probe::Unknown,
+        };
+        observed_shards.push(status::ShardObserved {
+            name: s.name_any(),
+            acked_index: s.status.as_ref().and_then(|st| st.acked_index),
+            probe,
+        });
+    }
+    let pod_problem = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&desired::player_pod_selector(lp)))
+        .await?
+        .items
+        .iter()
+        .find_map(pod_problem);
+    Ok(status::Observed {
+        generation: lp.metadata.generation.unwrap_or(0),
+        desired_replicas: lp.spec.replicas,
+        replicas: dstatus.replicas.unwrap_or(0),
+        ready_replicas: dstatus.ready_replicas.unwrap_or(0),
+        updated_replicas: dstatus.updated_replicas.unwrap_or(0),
+        lease,
+        shards: observed_shards,
+        head_index,
+        logstore,
+        spec_problem,
+        pod_problem,
+        paused,
+    })
+}
+
+/// Holder, epoch and freshness of the players' Lease at `now`.
+pub fn lease_info(
+    lease: &Lease,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> status::LeaseInfo {
+    let spec = lease.spec.clone().unwrap_or_default();
+    let fresh = match (&spec.renew_time, spec.lease_duration_seconds) {
+        (Some(renewed), Some(secs)) => renewed
+            .0
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                secs,
+            )))
+            .is_ok_and(|until| now.0 <= until),
+        _ => false,
+    };
+    status::LeaseInfo {
+        holder: spec.holder_identity.filter(|h| !h.is_empty()),
+        transitions: i64::from(spec.lease_transitions.unwrap_or(0)),
+        fresh,
+    }
+}
+
+/// A player pod whose container cannot start, as a problem naming the pod and the reason.
+pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = match waiting.reason.as_deref()? {
+            "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" | "ErrImageNeverPull" => {
+                "ImagePullFailed"
+            }
+            "CrashLoopBackOff" => "CrashLoopBackOff",
+            "CreateContainerConfigError" | "CreateContainerError" => "ContainerCannotStart",
+            _ => return None,
+        };
+        Some(status::Problem::new(
+            reason,
+            format!(
+                "pod {} container {} ({}): {}{}",
+                pod.name_any(),
+                c.name,
+                c.image,
+                waiting.reason.as_deref().unwrap_or_default(),
+                waiting
+                    .message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        ))
+    })
+}
