@@ -1887,22 +1887,29 @@ status:
         assert!(e.to_string().contains("not-a-dir"), "{e}");
     }
 
-    /// The committed `crds/` files match the Rust types. Regenerate with
+    /// The committed `crds/` files and the chart's copy match the Rust types. Regenerate with
     /// `LOGPLAYER_UPDATE_CRDS=1 cargo test crd` after changing a type.
     #[test]
     fn committed_crd_files_match_the_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        if std::env::var_os("LOGPLAYER_UPDATE_CRDS").is_some() {
-            write_crds(&dir).expect("regenerated");
-        }
-        for (name, want) in crd_files().expect("generated") {
-            let path = dir.join(&name);
-            let have = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                have == want,
-                "{} is missing or stale; regenerate with `cargo run -- crd --write crds` (or `LOGPLAYER_UPDATE_CRDS=1 cargo test crd`)",
-                path.display()
-            );
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in [
+            root.join("crds"),
+            root.join("charts/logplayer-operator/files/crds"),
+        ] {
+            if std::env::var_os("LOGPLAYER_UPDATE_CRDS").is_some() {
+                write_crds(&dir).expect("regenerated");
+            }
+            for (name, want) in crd_files().expect("generated") {
+                let path = dir.join(&name);
+                let have = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    have == want,
+                    "{} is missing or stale; regenerate with `cargo run -- crd --write crds \
+                     --write charts/logplayer-operator/files/crds` (or \
+                     `LOGPLAYER_UPDATE_CRDS=1 cargo test crd`)",
+                    path.display()
+                );
+            }
         }
     }
 }

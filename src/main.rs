@@ -44,7 +44,8 @@ enum Command {
     /// time to the new leader's first delivery (p50/p99), with the default lease settings.
     FailoverBench(FailoverBenchArgs),
     /// Print the LogPlayer and Shard CustomResourceDefinitions as YAML, or write them into
-    /// a directory (`logplayer crd --write crds/` regenerates the committed files).
+    /// directories (`logplayer crd --write crds --write charts/logplayer-operator/files/crds`
+    /// regenerates the committed copies).
     Crd(CrdArgs),
     /// Run the Kubernetes operator: reconcile LogPlayer and Shard resources (one replica
     /// leads behind a Lease; the others stand by).
@@ -89,9 +90,10 @@ struct OperatorArgs {
 
 #[derive(Args)]
 struct CrdArgs {
-    /// Write one file per CRD into this directory instead of printing.
+    /// Write one file per CRD into this directory instead of printing (repeat for several:
+    /// `--write crds --write charts/logplayer-operator/files/crds` regenerates both copies).
     #[arg(long)]
-    write: Option<PathBuf>,
+    write: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -655,14 +657,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(a) => run_bench(a).await?,
         Command::FailoverBench(a) => run_failover_bench(a).await?,
-        Command::Crd(a) => match a.write {
-            Some(dir) => {
-                for path in logplayer::crd::write_crds(&dir)? {
+        Command::Crd(a) => {
+            if a.write.is_empty() {
+                print!("{}", logplayer::crd::crds_yaml()?);
+            }
+            for dir in &a.write {
+                for path in logplayer::crd::write_crds(dir)? {
                     println!("wrote {}", path.display());
                 }
             }
-            None => print!("{}", logplayer::crd::crds_yaml()?),
-        },
+        }
         Command::Operator(a) => run_operator(a).await?,
     }
     Ok(())

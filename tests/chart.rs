@@ -27,8 +27,8 @@ const CHART_CRDS: &str = "charts/logplayer-operator/files/crds";
 const RELEASE: &str = "logplayer-operator";
 const NAMESPACE: &str = "logplayer-system";
 const KEEP_ANNOTATION: &str = "helm.sh/resource-policy";
-const REGENERATE: &str = "regenerate with `cargo run -- crd --write crds && \
-     cp crds/*.yaml charts/logplayer-operator/files/crds/`";
+const REGENERATE: &str = "regenerate with `cargo run -- crd --write crds \
+     --write charts/logplayer-operator/files/crds`";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

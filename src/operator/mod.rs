@@ -42,6 +42,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::crd::{LogPlayer, Shard};
 use crate::lease::{self, LeaseBackend, LeaseConfig, Role as LeaseRole};
@@ -244,7 +245,18 @@ async fn reconcile_logplayer(
         kind: "LogPlayer".into(),
     };
     ctx.metrics.reconciliations.get_or_create(&label).inc();
-    let result = reconcile_logplayer_inner(&lp, &ctx).await;
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "LogPlayer",
+        name = %lp.name_any(),
+        namespace = lp.namespace().unwrap_or_default()
+    );
+    let result = reconcile_logplayer_inner(&lp, &ctx)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(
+        || tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "reconciled"),
+    );
     ctx.metrics
         .durations
         .get_or_create(&label)
@@ -349,7 +361,18 @@ async fn reconcile_shard(shard: Arc<Shard>, ctx: Arc<Context>) -> Result<Action,
         kind: "Shard".into(),
     };
     ctx.metrics.reconciliations.get_or_create(&label).inc();
-    let result = reconcile_shard_inner(&shard, &ctx).await;
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "Shard",
+        name = %shard.name_any(),
+        namespace = shard.namespace().unwrap_or_default()
+    );
+    let result = reconcile_shard_inner(&shard, &ctx)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(
+        || tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "reconciled"),
+    );
     ctx.metrics
         .durations
         .get_or_create(&label)
