@@ -388,18 +388,20 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         .get_opt(&shard.spec.log_player)
         .await?;
     let image = owner.as_ref().and_then(|lp| lp.spec.image.clone());
+    let pull_policy = owner.as_ref().and_then(|lp| lp.spec.image_pull_policy);
     let paused = owner.as_ref().is_some_and(paused);
-    let spec_problem = match desired::shard_objects(shard, &ctx.defaults, image.as_deref()) {
-        Ok(Some(objects)) => {
-            if !paused {
-                apply(&ctx.client, &ns, &objects.service).await?;
-                apply(&ctx.client, &ns, &objects.stateful_set).await?;
+    let spec_problem =
+        match desired::shard_objects(shard, &ctx.defaults, image.as_deref(), pull_policy) {
+            Ok(Some(objects)) => {
+                if !paused {
+                    apply(&ctx.client, &ns, &objects.service).await?;
+                    apply(&ctx.client, &ns, &objects.stateful_set).await?;
+                }
+                None
             }
-            None
-        }
-        Ok(None) => None,
-        Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
-    };
+            Ok(None) => None,
+            Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
+        };
     let endpoint = desired::shard_endpoint(shard, &ctx.defaults);
     let probe = match &endpoint {
         Some(addr) => probe_shard(addr).await,
