@@ -352,11 +352,8 @@ impl Cluster {
     /// The current holder of the file lease (as a player index) and its epoch, if the lease
     /// file is readable and names one of our replicas.
     pub fn leader(&self) -> Option<(usize, u64)> {
-        let text = std::fs::read_to_string(self.lease_path()).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let holder = v.get("holder")?.as_str()?;
-        let epoch = v.get("epoch")?.as_u64()?;
-        let i: usize = holder.strip_prefix("player-")?.parse().ok()?;
+        let (holder, epoch) = crate::lease::FileLease::current(&self.lease_path()).ok()?;
+        let i: usize = holder?.strip_prefix("player-")?.parse().ok()?;
         (i < self.players.len()).then_some((i, epoch))
     }
 

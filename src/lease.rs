@@ -3,8 +3,8 @@
 //! This module owns who may act as the one leading player, and the *epoch* that proves it:
 //!
 //! - [`LeaseBackend`]: one compare-and-set lease abstraction, with two backends:
-//!   [`FileLease`] (a JSON file on a shared filesystem, serialised by `flock(2)` on a sidecar
-//!   lock file) and [`KubeLease`] (a `coordination.k8s.io/v1` `Lease`, serialised by the API
+//!   [`FileLease`] (versioned JSON files on one filesystem, compare-and-set by `link(2)`,
+//!   no locks) and [`KubeLease`] (a `coordination.k8s.io/v1` `Lease`, serialised by the API
 //!   server's `resourceVersion` optimistic concurrency).
 //! - [`run_elector`] / [`run_elector_with_resign`]: the loop that drives a backend and
 //!   publishes this replica's [`Role`] on a `tokio::sync::watch` channel.
@@ -31,7 +31,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,8 +42,6 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -296,40 +294,45 @@ impl FileRecord {
     }
 }
 
-/// A lease in a JSON file, for replicas sharing a (local or POSIX-locking) filesystem.
+/// A lease in JSON files on one filesystem, for replicas on one machine (`demo`, tests).
 ///
-/// Each operation takes an exclusive `flock(2)` on the sidecar `<path>.lock` (created if
-/// missing, never deleted), reads the file, decides, writes `<path>.tmp` + fsync, renames it
-/// over the file, fsyncs the directory and unlocks. The lock is on a sidecar because the
-/// rename replaces the lease file's inode: a lock on the old inode would not exclude a
-/// process that opened the new one. `flock` locks belong to the open file description, so
-/// two `FileLease`s in one process exclude each other too. A missing file is a free lease at
-/// epoch 0; a file that does not parse is [`LeaseError::Corrupt`], never reset.
+/// Every write is a new *version*: the record goes to a temporary file (fsynced), which is
+/// then hard-linked as `<path>.v<seq>` with `seq` one above the version it was decided on.
+/// `link(2)` fails if that name exists, so of two writers that read the same version exactly
+/// one wins: a compare-and-set with no lock. Readers take the highest version. A writer
+/// whose link succeeded still checks that its version is the highest (a writer that slept
+/// between reading and linking can land below versions already collected); if not, it lost.
+/// Versions more than two below a new one are deleted.
+///
+/// Locks are what this design avoids: a process frozen (SIGSTOP, a VM pause) while holding a
+/// `flock` would block every other replica for as long as it stays frozen; here a frozen
+/// writer blocks nobody, and when it wakes its write lands below the live version or fails.
+/// No version at all is a free lease at epoch 0; a highest version that does not parse is
+/// [`LeaseError::Corrupt`] naming that file, never reset.
 #[derive(Clone, Debug)]
 pub struct FileLease {
     inner: Arc<FileInner>,
     /// Runs this instance's operations one at a time, each to its end: the guard moves into
     /// the blocking task, so a call whose future was dropped (the elector timed it out or
     /// shut down) still finishes before the next one starts. Without it such an orphaned
-    /// attempt could take the flock *after* a `release` and re-acquire the lease.
+    /// attempt could decide on a version read before a later `release` and re-acquire.
     serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
 struct FileInner {
     path: PathBuf,
-    lock_path: PathBuf,
-    tmp_path: PathBuf,
     dir: PathBuf,
+    /// File-name prefix of the versions: `<file name of path>.v`.
+    prefix: String,
     identity: String,
     lease_duration_ms: u64,
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
+/// Digits of a version number in a file name (zero-padded, so names sort as numbers).
+const VERSION_DIGITS: usize = 20;
+/// Versions kept below the newest.
+const VERSIONS_KEPT: u64 = 2;
 
 fn now_micros() -> u64 {
     // A clock before 1970 reads as 0: every lease looks live, so nothing is taken over.
@@ -340,8 +343,8 @@ fn now_micros() -> u64 {
 }
 
 impl FileLease {
-    /// A lease in the file at `path`, held as `identity` for `lease_duration` (rounded up to
-    /// whole milliseconds) after each renewal.
+    /// A lease in the files `<path>.v<seq>`, held as `identity` for `lease_duration`
+    /// (rounded up to whole milliseconds) after each renewal.
     pub fn new(
         path: impl Into<PathBuf>,
         identity: impl Into<String>,
@@ -362,11 +365,19 @@ impl FileLease {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let prefix = match path.file_name().and_then(|n| n.to_str()) {
+            Some(name) => format!("{name}.v"),
+            None => {
+                return Err(LeaseError::InvalidArgument {
+                    what: "path",
+                    reason: format!("{} has no UTF-8 file name", path.display()),
+                });
+            }
+        };
         Ok(Self {
             inner: Arc::new(FileInner {
-                lock_path: sibling(&path, ".lock"),
-                tmp_path: sibling(&path, ".tmp"),
                 dir,
+                prefix,
                 path,
                 identity,
                 lease_duration_ms,
@@ -375,9 +386,16 @@ impl FileLease {
         })
     }
 
-    /// The lease file.
+    /// The lease's base path (versions are `<path>.v<seq>`).
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The holder (if any) and epoch of the file lease at `path`, as its newest version says.
+    pub fn current(path: &Path) -> Result<(Option<String>, u64), LeaseError> {
+        let lease = FileLease::new(path, "reader", Duration::from_secs(1))?;
+        let (_, rec) = lease.inner.latest()?;
+        Ok((rec.holder, rec.epoch))
     }
 
     async fn run_blocking<T: Send + 'static>(
@@ -406,79 +424,128 @@ impl FileInner {
         }
     }
 
-    fn corrupt(&self, reason: impl Into<String>) -> LeaseError {
+    fn corrupt(&self, path: &Path, reason: impl Into<String>) -> LeaseError {
         LeaseError::Corrupt {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             reason: reason.into(),
         }
     }
 
-    /// Takes the exclusive lock; it is released when the returned guard drops.
-    fn lock(&self) -> Result<Flock<File>, LeaseError> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(Self::io_err(&self.lock_path))?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusive) {
-                Ok(guard) => return Ok(guard),
-                Err((f, Errno::EINTR)) => file = f,
-                Err((_, errno)) => {
-                    return Err(LeaseError::Io {
-                        path: self.lock_path.clone(),
-                        source: io::Error::from(errno),
-                    });
-                }
-            }
-        }
+    fn version_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!(
+            "{}{seq:0width$}",
+            self.prefix,
+            width = VERSION_DIGITS
+        ))
     }
 
-    fn read(&self) -> Result<FileRecord, LeaseError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRecord::free()),
-            Err(e) => return Err(Self::io_err(&self.path)(e)),
-        };
-        let mut rec: FileRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(format!("not a lease record: {e}")))?;
+    /// Every version number present, ascending.
+    fn versions(&self) -> Result<Vec<u64>, LeaseError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(Self::io_err(&self.dir))? {
+            let entry = entry.map_err(Self::io_err(&self.dir))?;
+            let name = entry.file_name();
+            let Some(digits) = name.to_str().and_then(|n| n.strip_prefix(&self.prefix)) else {
+                continue;
+            };
+            if digits.len() == VERSION_DIGITS
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && let Ok(seq) = digits.parse()
+            {
+                out.push(seq);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn parse(&self, path: &Path, bytes: &[u8]) -> Result<FileRecord, LeaseError> {
+        let mut rec: FileRecord = serde_json::from_slice(bytes)
+            .map_err(|e| self.corrupt(path, format!("not a lease record: {e}")))?;
         if rec.transitions != rec.epoch {
-            return Err(self.corrupt(format!(
-                "transitions {} differs from epoch {}",
-                rec.transitions, rec.epoch
-            )));
+            return Err(self.corrupt(
+                path,
+                format!(
+                    "transitions {} differs from epoch {}",
+                    rec.transitions, rec.epoch
+                ),
+            ));
         }
         if rec.holder.as_deref() == Some("") {
             rec.holder = None;
         }
         if rec.holder.is_some() && rec.epoch == 0 {
-            return Err(self.corrupt("a holder at epoch 0"));
+            return Err(self.corrupt(path, "a holder at epoch 0"));
         }
         Ok(rec)
     }
 
-    fn write(&self, rec: &FileRecord) -> Result<(), LeaseError> {
+    /// The newest version and its record; `(0, free)` when there is none.
+    fn latest(&self) -> Result<(u64, FileRecord), LeaseError> {
+        // A version can be collected between listing and reading; list again.
+        for _ in 0..16 {
+            let Some(&seq) = self.versions()?.last() else {
+                return Ok((0, FileRecord::free()));
+            };
+            let path = self.version_path(seq);
+            match fs::read(&path) {
+                Ok(bytes) => return Ok((seq, self.parse(&path, &bytes)?)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::io_err(&path)(e)),
+            }
+        }
+        Err(LeaseError::Io {
+            path: self.path.clone(),
+            source: io::Error::other("lease versions kept disappearing while being read"),
+        })
+    }
+
+    /// Writes `rec` as version `seq`; `false` when another writer got there first.
+    fn write(&self, seq: u64, rec: &FileRecord) -> Result<bool, LeaseError> {
+        static TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let json = serde_json::to_vec_pretty(rec).map_err(|e| LeaseError::Io {
             path: self.path.clone(),
             source: io::Error::other(e),
         })?;
-        let tmp_err = Self::io_err(&self.tmp_path);
-        let mut tmp = File::create(&self.tmp_path).map_err(Self::io_err(&self.tmp_path))?;
-        tmp.write_all(&json)
-            .and_then(|()| tmp.write_all(b"\n"))
-            .and_then(|()| tmp.sync_all())
-            .map_err(tmp_err)?;
-        drop(tmp);
-        fs::rename(&self.tmp_path, &self.path).map_err(Self::io_err(&self.path))?;
+        let tmp_path = self.dir.join(format!(
+            "{}tmp-{}-{}",
+            self.prefix,
+            std::process::id(),
+            TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let written = File::create(&tmp_path).and_then(|mut tmp| {
+            tmp.write_all(&json)?;
+            tmp.write_all(b"\n")?;
+            tmp.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(Self::io_err(&tmp_path)(e));
+        }
+        let target = self.version_path(seq);
+        let linked = fs::hard_link(&tmp_path, &target);
+        let _ = fs::remove_file(&tmp_path);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Self::io_err(&target)(e)),
+        }
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(Self::io_err(&self.dir))
+            .map_err(Self::io_err(&self.dir))?;
+        let versions = self.versions()?;
+        for &old in versions
+            .iter()
+            .take_while(|&&v| v.saturating_add(VERSIONS_KEPT) < seq)
+        {
+            let _ = fs::remove_file(self.version_path(old));
+        }
+        // Landed below a newer version (we slept between reading and linking): lost.
+        Ok(versions.last() == Some(&seq))
     }
 
     fn try_acquire_or_renew(&self) -> Result<LeaseState, LeaseError> {
-        let _guard = self.lock()?;
-        let rec = self.read()?;
+        let (seq, rec) = self.latest()?;
         let now = now_micros();
         let epoch = match decide(
             &self.identity,
@@ -490,15 +557,28 @@ impl FileInner {
             Decision::Renew { epoch } => epoch,
             Decision::Acquire { prev_epoch } => prev_epoch
                 .checked_add(1)
-                .ok_or_else(|| self.corrupt("epoch at u64::MAX"))?,
+                .ok_or_else(|| self.corrupt(&self.version_path(seq), "epoch at u64::MAX"))?,
         };
-        self.write(&FileRecord {
-            holder: Some(self.identity.clone()),
-            epoch,
-            renew_time_micros: now,
-            lease_duration_ms: self.lease_duration_ms,
-            transitions: epoch,
-        })?;
+        let next = seq
+            .checked_add(1)
+            .ok_or_else(|| self.corrupt(&self.version_path(seq), "version at u64::MAX"))?;
+        let won = self.write(
+            next,
+            &FileRecord {
+                holder: Some(self.identity.clone()),
+                epoch,
+                renew_time_micros: now,
+                lease_duration_ms: self.lease_duration_ms,
+                transitions: epoch,
+            },
+        )?;
+        if !won {
+            let (_, now_rec) = self.latest()?;
+            return Ok(LeaseState::Other {
+                holder: now_rec.holder.unwrap_or_default(),
+                epoch: now_rec.epoch,
+            });
+        }
         if epoch != rec.epoch {
             tracing::debug!(path = %self.path.display(), identity = %self.identity, epoch, "acquired file lease");
         }
@@ -506,16 +586,23 @@ impl FileInner {
     }
 
     fn release(&self) -> Result<(), LeaseError> {
-        let _guard = self.lock()?;
-        let rec = self.read()?;
+        let (seq, rec) = self.latest()?;
         if rec.holder.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
         }
-        self.write(&FileRecord {
-            holder: None,
-            renew_time_micros: now_micros(),
-            ..rec
-        })
+        let next = seq
+            .checked_add(1)
+            .ok_or_else(|| self.corrupt(&self.version_path(seq), "version at u64::MAX"))?;
+        // Losing the race means someone else changed the lease: nothing left to release.
+        self.write(
+            next,
+            &FileRecord {
+                holder: None,
+                renew_time_micros: now_micros(),
+                ..rec
+            },
+        )
+        .map(|_| ())
     }
 }
 
@@ -1054,9 +1141,10 @@ mod tests {
                 epoch: 1
             }
         );
-        // The file is what the docs say.
+        // The newest version is what the docs say.
+        let newest = *a.inner.versions().unwrap().last().unwrap();
         let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(a.path()).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(a.inner.version_path(newest)).unwrap()).unwrap();
         assert_eq!(v["holder"], "a");
         assert_eq!(v["epoch"], 1);
         assert_eq!(v["transitions"], 1);
@@ -1085,16 +1173,13 @@ mod tests {
         let b = lease_at(&dir, "b", Duration::from_secs(60));
         // Releasing a lease that does not exist, or is not ours, changes nothing.
         a.release().await.unwrap();
-        assert!(!a.path().exists());
+        assert!(a.inner.versions().unwrap().is_empty());
         assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
         b.release().await.unwrap();
         assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
 
         a.release().await.unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(a.path()).unwrap()).unwrap();
-        assert!(v["holder"].is_null());
-        assert_eq!(v["epoch"], 1);
+        assert_eq!(FileLease::current(a.path()).unwrap(), (None, 1));
         assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(2));
         a.release().await.unwrap();
         // A standby takes a released lease at once, long before it would expire.
@@ -1105,63 +1190,97 @@ mod tests {
     async fn file_corrupt_is_an_error_naming_the_path_and_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let a = lease_at(&dir, "a", Duration::from_secs(1));
+        let newest = a.inner.version_path(7);
         for junk in [
             &b"{\"holder\": \"a\", \"epo"[..],
             b"",
             b"{\"holder\":\"a\",\"epoch\":3,\"renew_time_micros\":1,\"lease_duration_ms\":1,\"transitions\":2}",
             b"{\"holder\":\"a\",\"epoch\":0,\"renew_time_micros\":1,\"lease_duration_ms\":1,\"transitions\":0}",
         ] {
-            std::fs::write(a.path(), junk).unwrap();
+            std::fs::write(&newest, junk).unwrap();
             let err = a.try_acquire_or_renew().await.unwrap_err();
             match &err {
-                LeaseError::Corrupt { path, .. } => assert_eq!(path, a.path()),
+                LeaseError::Corrupt { path, .. } => assert_eq!(path, &newest),
                 other => panic!("expected Corrupt, got {other:?}"),
             }
-            assert!(err.to_string().contains(&a.path().display().to_string()));
+            assert!(err.to_string().contains(&newest.display().to_string()));
             assert!(matches!(a.release().await, Err(LeaseError::Corrupt { .. })));
-            assert_eq!(std::fs::read(a.path()).unwrap(), junk, "never reset");
+            assert_eq!(std::fs::read(&newest).unwrap(), junk, "never reset");
+            assert_eq!(a.inner.versions().unwrap(), vec![7], "nothing written past it");
         }
     }
 
     #[tokio::test]
     async fn file_io_error_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("no-such-dir").join("leader.json");
-        let a = FileLease::new(&missing, "a", Duration::from_secs(1)).unwrap();
+        let missing_dir = dir.path().join("no-such-dir");
+        let a =
+            FileLease::new(missing_dir.join("leader.json"), "a", Duration::from_secs(1)).unwrap();
         match a.try_acquire_or_renew().await {
-            Err(LeaseError::Io { path, .. }) => assert_eq!(path, sibling(&missing, ".lock")),
+            Err(LeaseError::Io { path, .. }) => assert_eq!(path, missing_dir),
             other => panic!("expected Io, got {other:?}"),
         }
     }
 
-    /// A call whose future was dropped while it waited for the flock must not land after a
-    /// later `release` on the same instance (it would re-acquire a lease being given up).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn file_orphaned_attempt_cannot_land_after_release() {
+    /// A writer that decided on a version somebody else has since replaced loses, whether
+    /// its version number is taken or was already collected; it never shares an epoch.
+    #[test]
+    fn file_a_writer_that_slept_after_reading_loses() {
         let dir = tempfile::tempdir().unwrap();
         let a = lease_at(&dir, "a", Duration::from_secs(60));
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(sibling(a.path(), ".lock"))
-            .unwrap();
-        let outside = Flock::lock(lock_file, FlockArg::LockExclusive).unwrap();
-        let orphan = tokio::time::timeout(Duration::from_millis(50), a.try_acquire_or_renew());
-        assert!(orphan.await.is_err(), "should block on the held flock");
-        let releasing = tokio::spawn({
-            let a = a.clone();
-            async move { a.release().await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(outside);
-        releasing.await.unwrap().unwrap();
-        let rec = a.inner.read().unwrap();
-        assert_eq!(
-            rec.holder, None,
-            "the orphaned acquire landed after the release"
+        let b = lease_at(&dir, "b", Duration::from_secs(60));
+        assert_eq!(a.inner.try_acquire_or_renew().unwrap(), held(1));
+        // a reads version 1, then "sleeps"; b releases nothing but the lease expires...
+        let (seq, _) = a.inner.latest().unwrap();
+        let stale = FileRecord {
+            holder: Some("a".into()),
+            epoch: 1,
+            renew_time_micros: now_micros(),
+            lease_duration_ms: 60_000,
+            transitions: 1,
+        };
+        // ...and meanwhile b writes the next version: a's link finds it taken.
+        let taken = FileRecord {
+            holder: Some("b".into()),
+            epoch: 2,
+            renew_time_micros: now_micros(),
+            lease_duration_ms: 60_000,
+            transitions: 2,
+        };
+        assert!(b.inner.write(seq + 1, &taken).unwrap());
+        assert!(!a.inner.write(seq + 1, &stale).unwrap(), "version taken");
+        // Several more versions later, a's number is collected: its link succeeds but lands
+        // below the newest, so it still loses and readers never see it.
+        for v in seq + 2..seq + 6 {
+            assert!(b.inner.write(v, &taken).unwrap());
+        }
+        assert!(!a.inner.version_path(seq + 1).exists(), "collected");
+        assert!(
+            !a.inner.write(seq + 1, &stale).unwrap(),
+            "landed below the newest"
         );
-        assert_eq!(rec.epoch, 1);
+        assert_eq!(
+            FileLease::current(a.path()).unwrap(),
+            (Some("b".to_owned()), 2)
+        );
+        assert!(matches!(
+            a.inner.try_acquire_or_renew().unwrap(),
+            LeaseState::Other { holder, epoch: 2 } if holder == "b"
+        ));
+    }
+
+    /// A process frozen at any point (here: one that never finishes its write) blocks
+    /// nobody: there is no lock to hold.
+    #[test]
+    fn file_a_frozen_writer_blocks_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = lease_at(&dir, "a", Duration::from_millis(5));
+        let b = lease_at(&dir, "b", Duration::from_millis(5));
+        assert_eq!(a.inner.try_acquire_or_renew().unwrap(), held(1));
+        // a's half-written temporary file, as if frozen mid-write.
+        std::fs::write(dir.path().join("leader.json.vtmp-1-1"), b"{\"hol").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(b.inner.try_acquire_or_renew().unwrap(), held(2));
     }
 
     /// Every epoch is won by exactly one identity, and the epochs won are exactly
@@ -1236,9 +1355,7 @@ mod tests {
             "too little contention to mean anything: {last} epochs"
         );
         assert!(ids.len() > 3, "only {ids:?} ever won");
-        let probe = FileLease::new(&path, "probe", Duration::from_secs(1)).unwrap();
-        let rec = probe.inner.read().unwrap();
-        assert_eq!(rec.epoch, last);
+        assert_eq!(FileLease::current(&path).unwrap().1, last);
     }
 
     // ---- elector ----
@@ -1345,13 +1462,7 @@ mod tests {
         standby.stop.cancel();
         standby.task.await.unwrap().unwrap();
         assert_eq!(*standby.rx.borrow(), Role::Standby);
-        let rec = FileLease::new(&path, "probe", Duration::from_secs(1))
-            .unwrap()
-            .inner
-            .read()
-            .unwrap();
-        assert_eq!(rec.holder, None);
-        assert_eq!(rec.epoch, new_epoch);
+        assert_eq!(FileLease::current(&path).unwrap(), (None, new_epoch));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
