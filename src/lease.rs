@@ -35,6 +35,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -172,12 +173,18 @@ enum Decision {
     Other { holder: String, epoch: u64 },
 }
 
-/// `holder` is `None` for a free lease; `expired` is judged by the caller's clock.
-fn decide(me: &str, holder: Option<&str>, epoch: u64, expired: bool) -> Decision {
+/// `holder` is `None` for a free lease; `expired` is judged by the caller's clock; `ours` is
+/// the epoch this backend instance holds (0 when none).
+///
+/// Only the instance that won a term renews it. A lease that names our identity but not our
+/// term was held by an earlier incarnation of this replica (a restarted process, a pod whose
+/// container the kubelet restarted with the same name); taking it over is a new term with a
+/// new epoch, so the shards can tell the new process from the old one.
+fn decide(me: &str, holder: Option<&str>, epoch: u64, expired: bool, ours: u64) -> Decision {
     match holder {
         // epoch 0 is never a term, so a holder at epoch 0 (only a foreign writer could leave
         // that) is taken over through an acquisition to epoch 1.
-        Some(h) if h == me && !expired && epoch > 0 => Decision::Renew { epoch },
+        Some(h) if h == me && !expired && epoch > 0 && epoch == ours => Decision::Renew { epoch },
         Some(h) if h != me && !expired => Decision::Other {
             holder: h.to_owned(),
             epoch,
@@ -327,6 +334,8 @@ struct FileInner {
     prefix: String,
     identity: String,
     lease_duration_ms: u64,
+    /// The epoch of the term this instance holds; 0 when it holds none.
+    term: AtomicU64,
 }
 
 /// Digits of a version number in a file name (zero-padded, so names sort as numbers).
@@ -381,6 +390,7 @@ impl FileLease {
                 path,
                 identity,
                 lease_duration_ms,
+                term: AtomicU64::new(0),
             }),
             serial: Arc::default(),
         })
@@ -552,8 +562,12 @@ impl FileInner {
             rec.holder.as_deref(),
             rec.epoch,
             rec.expired(now),
+            self.term.load(Ordering::Acquire),
         ) {
-            Decision::Other { holder, epoch } => return Ok(LeaseState::Other { holder, epoch }),
+            Decision::Other { holder, epoch } => {
+                self.term.store(0, Ordering::Release);
+                return Ok(LeaseState::Other { holder, epoch });
+            }
             Decision::Renew { epoch } => epoch,
             Decision::Acquire { prev_epoch } => prev_epoch
                 .checked_add(1)
@@ -573,6 +587,7 @@ impl FileInner {
             },
         )?;
         if !won {
+            self.term.store(0, Ordering::Release);
             let (_, now_rec) = self.latest()?;
             return Ok(LeaseState::Other {
                 holder: now_rec.holder.unwrap_or_default(),
@@ -582,10 +597,12 @@ impl FileInner {
         if epoch != rec.epoch {
             tracing::debug!(path = %self.path.display(), identity = %self.identity, epoch, "acquired file lease");
         }
+        self.term.store(epoch, Ordering::Release);
         Ok(LeaseState::Held { epoch })
     }
 
     fn release(&self) -> Result<(), LeaseError> {
+        self.term.store(0, Ordering::Release);
         let (seq, rec) = self.latest()?;
         if rec.holder.as_deref() != Some(self.identity.as_str()) {
             return Ok(());
@@ -657,6 +674,8 @@ pub struct KubeLease {
     name: String,
     identity: String,
     duration_secs: i32,
+    /// The epoch of the term this instance holds; 0 when it holds none.
+    term: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for KubeLease {
@@ -701,6 +720,7 @@ impl KubeLease {
             name,
             identity,
             duration_secs,
+            term: Arc::default(),
         })
     }
 
@@ -789,6 +809,7 @@ impl LeaseBackend for KubeLease {
                 {
                     Ok(_) => {
                         tracing::debug!(lease = %self.lease, identity = %self.identity, epoch = 1, "created kubernetes lease");
+                        self.term.store(1, Ordering::Release);
                         return Ok(LeaseState::Held { epoch: 1 });
                     }
                     // AlreadyExists: somebody else created it first; read it and decide again.
@@ -799,8 +820,10 @@ impl LeaseBackend for KubeLease {
             let (holder, seen_epoch) = self.view(&lease)?;
             let expired = Self::expired(lease.spec.as_ref(), now);
             let mut spec = lease.spec.take().unwrap_or_default();
-            let epoch = match decide(&self.identity, holder.as_deref(), seen_epoch, expired) {
+            let ours = self.term.load(Ordering::Acquire);
+            let epoch = match decide(&self.identity, holder.as_deref(), seen_epoch, expired, ours) {
                 Decision::Other { holder, epoch } => {
+                    self.term.store(0, Ordering::Release);
                     return Ok(LeaseState::Other { holder, epoch });
                 }
                 Decision::Renew { epoch } => epoch,
@@ -826,6 +849,7 @@ impl LeaseBackend for KubeLease {
                     if epoch != seen_epoch {
                         tracing::debug!(lease = %self.lease, identity = %self.identity, epoch, "acquired kubernetes lease");
                     }
+                    self.term.store(epoch, Ordering::Release);
                     return Ok(LeaseState::Held { epoch });
                 }
                 // Conflict: somebody wrote since our read; this round is theirs.
@@ -842,6 +866,7 @@ impl LeaseBackend for KubeLease {
     }
 
     async fn release(&self) -> Result<(), LeaseError> {
+        self.term.store(0, Ordering::Release);
         let mut last_conflict = None;
         for _ in 0..KUBE_ATTEMPTS {
             let Some(mut lease) = self.get().await? else {
@@ -1164,6 +1189,21 @@ mod tests {
         // The same identity re-acquiring after its own lease expired is a new term.
         tokio::time::sleep(Duration::from_millis(260)).await;
         assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(3));
+    }
+
+    /// A restarted replica (same identity, new process) never renews its predecessor's
+    /// term: it takes the lease as a new term, so shards can fence the old process.
+    #[tokio::test]
+    async fn file_a_restarted_replica_starts_a_new_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = lease_at(&dir, "a", Duration::from_secs(60));
+        assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(1));
+        assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(1));
+        let after = lease_at(&dir, "a", Duration::from_secs(60));
+        assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
+        assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
+        // The old incarnation, were it still alive, sees its term gone.
+        assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(3));
     }
 
     #[tokio::test]
@@ -1693,6 +1733,8 @@ mod tests {
         #[tokio::test]
         async fn renewing_keeps_transitions_and_acquire_time() {
             let (lease, handle) = backend();
+            // This instance won term 7 earlier.
+            lease.term.store(7, Ordering::Release);
             let state = run(
                 lease,
                 handle,
@@ -1712,6 +1754,30 @@ mod tests {
             )
             .await;
             assert_eq!(state, held(7));
+        }
+
+        /// A live lease naming us that this instance never won (a restarted process with
+        /// the same pod name) is taken over as a new term, never renewed at the old epoch.
+        #[tokio::test]
+        async fn a_live_lease_of_an_earlier_incarnation_is_a_new_term() {
+            let (lease, handle) = backend();
+            let state = run(
+                lease,
+                handle,
+                async |l| l.try_acquire_or_renew().await.unwrap(),
+                async |h| {
+                    let (_, send) = expect(h, Method::GET, PATH).await;
+                    reply(send, 200, &lease_json(Some("me"), 7, &ts(-1), "55"));
+                    let (body, send) = expect(h, Method::PUT, PATH).await;
+                    assert_eq!(body["metadata"]["resourceVersion"], "55");
+                    assert_eq!(body["spec"]["leaseTransitions"], 8);
+                    assert_eq!(body["spec"]["holderIdentity"], "me");
+                    assert_ne!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
+                    reply(send, 200, &body);
+                },
+            )
+            .await;
+            assert_eq!(state, held(8));
         }
 
         #[tokio::test]
