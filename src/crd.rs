@@ -639,7 +639,8 @@ pub struct ShardProgress {
     /// Highest log index the shard has durably applied and acknowledged.
     #[serde(default)]
     pub acked_index: i64,
-    /// Log entries for this shard not yet acknowledged (last log index minus `ackedIndex`).
+    /// Log entries not yet delivered to this shard: the last log index minus the index
+    /// through which the shard has every entry routed to it (`coveredIndex` of the Shard).
     #[serde(default)]
     pub lag: i64,
 }
@@ -912,7 +913,12 @@ pub struct ShardStatus {
     /// Epoch of the leader that checkpointed `ackedIndex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_epoch: Option<i64>,
-    /// Log entries for this shard not yet acknowledged.
+    /// Log index through which every entry for this shard is acknowledged, counting the
+    /// entries that do not touch it (at least `ackedIndex`); lag is measured from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_index: Option<i64>,
+    /// Log entries not yet delivered to this shard (the last log index minus
+    /// `coveredIndex`), as the operator last saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
     /// gRPC address the player uses for this shard (the external endpoint, or the managed

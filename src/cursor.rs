@@ -33,6 +33,12 @@ pub struct Cursors {
     pub epoch: u64,
     /// Shard id → highest durably acknowledged index.
     pub acked: BTreeMap<String, u64>,
+    /// Shard id → the log index through which every entry for the shard is acknowledged,
+    /// entries that do not touch it included (at least `acked`). Lag is measured from here:
+    /// a shard that has everything routed to it has no lag even when the newest entries go
+    /// elsewhere. Informational; retention uses `acked`.
+    #[serde(default)]
+    pub covered: BTreeMap<String, u64>,
 }
 
 impl Cursors {
@@ -120,6 +126,10 @@ pub fn merge(old: &Cursors, new: &Cursors) -> Cursors {
         let e = out.acked.entry(shard.clone()).or_insert(0);
         *e = (*e).max(index);
     }
+    for (shard, &index) in &new.covered {
+        let e = out.covered.entry(shard.clone()).or_insert(0);
+        *e = (*e).max(index);
+    }
     out
 }
 
@@ -149,6 +159,7 @@ mod tests {
 
     fn cursors(epoch: u64, acked: &[(&str, u64)]) -> Cursors {
         Cursors {
+            covered: BTreeMap::new(),
             epoch,
             acked: acked.iter().map(|(s, i)| (s.to_string(), *i)).collect(),
         }
@@ -260,7 +271,10 @@ mod tests {
                 let body: Value =
                     serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
                         .unwrap();
-                assert_eq!(body["status"], json!({"ackedIndex": 90, "ackedEpoch": 4}));
+                assert_eq!(
+                    body["status"],
+                    json!({"ackedIndex": 90, "ackedEpoch": 4, "coveredIndex": 90})
+                );
                 reply(send, &shard("b", Some(90)));
             };
             let (saved, ()) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -329,6 +343,9 @@ impl CursorStore for KubeCursors {
             let (Some(name), Some(status)) = (s.metadata.name.clone(), s.status.as_ref()) else {
                 continue;
             };
+            if let Some(index) = status.covered_index.and_then(|i| u64::try_from(i).ok()) {
+                out.covered.insert(name.clone(), index);
+            }
             if let Some(index) = status.acked_index.and_then(|i| u64::try_from(i).ok()) {
                 out.acked.insert(name, index);
             }
@@ -345,7 +362,16 @@ impl CursorStore for KubeCursors {
         let merged = merge(&stored, cursors);
         let params = kube::api::PatchParams::apply(PLAYER_FIELD_MANAGER).force();
         for (shard, &index) in &merged.acked {
-            if stored.acked.get(shard) == Some(&index) || !cursors.acked.contains_key(shard) {
+            let covered = merged
+                .covered
+                .get(shard)
+                .copied()
+                .unwrap_or(index)
+                .max(index);
+            let stored_acked = stored.acked.get(shard).copied();
+            let stored_covered = stored.covered.get(shard).copied().or(stored_acked);
+            let unchanged = stored_acked == Some(index) && stored_covered == Some(covered);
+            if unchanged || !cursors.acked.contains_key(shard) {
                 continue;
             }
             let patch = serde_json::json!({
@@ -354,6 +380,7 @@ impl CursorStore for KubeCursors {
                 "status": {
                     "ackedIndex": index,
                     "ackedEpoch": cursors.epoch,
+                    "coveredIndex": covered,
                 }
             });
             match self

@@ -1154,9 +1154,11 @@ mod tests {
 
     #[tokio::test]
     async fn file_first_acquire_renew_other_expiry() {
+        // Durations long enough that a loaded machine does not expire a lease between two
+        // back-to-back calls.
         let dir = tempfile::tempdir().unwrap();
-        let a = lease_at(&dir, "a", Duration::from_millis(200));
-        let b = lease_at(&dir, "b", Duration::from_millis(200));
+        let a = lease_at(&dir, "a", Duration::from_millis(1000));
+        let b = lease_at(&dir, "b", Duration::from_millis(1000));
         assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
         assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
         assert_eq!(
@@ -1173,10 +1175,10 @@ mod tests {
         assert_eq!(v["holder"], "a");
         assert_eq!(v["epoch"], 1);
         assert_eq!(v["transitions"], 1);
-        assert_eq!(v["lease_duration_ms"], 200);
+        assert_eq!(v["lease_duration_ms"], 1000);
         assert!(v["renew_time_micros"].as_u64().unwrap() > 0);
 
-        tokio::time::sleep(Duration::from_millis(260)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(2));
         assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(2));
         assert_eq!(
@@ -1187,7 +1189,7 @@ mod tests {
             }
         );
         // The same identity re-acquiring after its own lease expired is a new term.
-        tokio::time::sleep(Duration::from_millis(260)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(3));
     }
 
@@ -1416,7 +1418,10 @@ mod tests {
     }
 
     fn start(path: &Path, id: &str) -> Replica {
-        let cfg = fast_cfg();
+        start_with(path, id, fast_cfg())
+    }
+
+    fn start_with(path: &Path, id: &str, cfg: LeaseConfig) -> Replica {
         let backend: Arc<dyn LeaseBackend> =
             Arc::new(FileLease::new(path, id, cfg.lease_duration).unwrap());
         let (tx, rx) = watch::channel(Role::Standby);
@@ -1483,19 +1488,25 @@ mod tests {
     async fn elector_shutdown_hands_over_quickly_with_higher_epoch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leader.json");
-        let a = start(&path, "a");
-        let b = start(&path, "b");
+        // A long lease, so that a handover well before it could expire proves the release
+        // (without timing the handover itself, which a loaded machine would make flaky).
+        let slow = LeaseConfig {
+            lease_duration: Duration::from_secs(20),
+            renew_deadline: Duration::from_secs(15),
+            retry_period: Duration::from_millis(50),
+        };
+        let a = start_with(&path, "a", slow);
+        let b = start_with(&path, "b", slow);
         let (a_leads, epoch) = the_one_leader(&a, &b).await;
         let (leader, mut standby) = if a_leads { (a, b) } else { (b, a) };
 
         let t0 = Instant::now();
         leader.stop.cancel();
-        let new_epoch = wait_leader(&mut standby, Duration::from_secs(2)).await;
+        let new_epoch = wait_leader(&mut standby, Duration::from_secs(10)).await;
         let took = t0.elapsed();
         assert!(new_epoch > epoch, "{new_epoch} <= {epoch}");
-        // Had it been left to expire, the standby would wait at least lease_duration minus
-        // one retry_period since the last renewal (300 - 50 ms): it was released.
-        assert!(took < Duration::from_millis(250), "handover took {took:?}");
+        // Had it been left to expire, the standby would have waited about 20 s.
+        assert!(took < Duration::from_secs(10), "handover took {took:?}");
         leader.task.await.unwrap().unwrap();
         assert_eq!(*leader.rx.borrow(), Role::Standby);
 

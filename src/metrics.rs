@@ -6,7 +6,8 @@
 //! - `player_leader` (gauge, 1 leader / 0 standby), `player_epoch` (gauge),
 //! - `player_failovers_total` (times this replica became leader),
 //! - `shard_acked_index{shard}`, `shard_lag_entries{shard}` (gauges; lag = the player's
-//!   current index minus the shard's acknowledged index),
+//!   current index minus the index through which the shard has acknowledged every entry
+//!   routed to it, so a caught-up shard has lag 0 even when the newest entries go elsewhere),
 //! - `delivery_delay_seconds{shard}` (histogram: dispatch to the shard's durable ack),
 //! - `shard_reconnects_total{shard}`, `shard_recoveries_total{shard}` (counters),
 //! - `player_current_index` (gauge), `player_dispatched_entries_total` (counter).
@@ -95,7 +96,7 @@ impl Default for Metrics {
         );
         registry.register(
             "shard_lag_entries",
-            "Player's current index minus the shard's acknowledged index",
+            "Player's current index minus the index through which the shard has every entry routed to it",
             m.lag.clone(),
         );
         registry.register(

@@ -671,6 +671,7 @@ async fn observe(
         observed_shards.push(status::ShardObserved {
             name: s.name_any(),
             acked_index: s.status.as_ref().and_then(|st| st.acked_index),
+            covered_index: s.status.as_ref().and_then(|st| st.covered_index),
             probe,
         });
     }

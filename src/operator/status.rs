@@ -84,6 +84,9 @@ pub struct ShardObserved {
     pub name: String,
     /// `status.ackedIndex`, as the leader last checkpointed it.
     pub acked_index: Option<i64>,
+    /// `status.coveredIndex`: through which log index the shard has every entry routed to
+    /// it. Lag is measured from here (from `acked_index` when absent).
+    pub covered_index: Option<i64>,
     /// Whether its server answered.
     pub probe: Probe,
 }
@@ -186,10 +189,11 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
         .iter()
         .map(|s| {
             let acked = s.acked_index.unwrap_or(0);
+            let through = s.covered_index.unwrap_or(acked).max(acked);
             ShardProgress {
                 name: s.name.clone(),
                 acked_index: acked,
-                lag: obs.head_index.map_or(0, |h| (h - acked).max(0)),
+                lag: obs.head_index.map_or(0, |h| (h - through).max(0)),
             }
         })
         .collect();
@@ -486,6 +490,7 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         conditions,
         acked_index: None,
         acked_epoch: None,
+        covered_index: None,
         lag: obs.lag,
         endpoint: obs.endpoint.clone(),
         ready: Some(serving),
@@ -595,6 +600,7 @@ mod tests {
         ShardObserved {
             name: name.into(),
             acked_index: acked,
+            covered_index: None,
             probe,
         }
     }
@@ -624,6 +630,21 @@ mod tests {
             pod_problem: None,
             paused: false,
         }
+    }
+
+    /// A shard whose last entry is below the head but that has everything routed to it
+    /// (its coveredIndex) has no lag; a covered index below its acked index is ignored.
+    #[test]
+    fn lag_is_measured_from_the_covered_index() {
+        let obs = healthy_with(|o| {
+            o.shards[0].covered_index = Some(100);
+            o.shards[1].covered_index = Some(70);
+            o.shards[2].covered_index = Some(5);
+        });
+        let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+        let lags: Vec<(i64, i64)> = st.shards.iter().map(|p| (p.acked_index, p.lag)).collect();
+        assert_eq!(lags, vec![(90, 0), (60, 30), (100, 0)]);
+        assert_eq!(st.lag, Some(30));
     }
 
     fn healthy_with(f: impl FnOnce(&mut Observed)) -> Observed {
@@ -1161,6 +1182,7 @@ mod tests {
                 ],
                 acked_index: None,
                 acked_epoch: None,
+                covered_index: None,
                 lag: Some(12),
                 endpoint: Some(ENDPOINT.into()),
                 ready: Some(true),

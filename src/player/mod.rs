@@ -621,50 +621,66 @@ impl Shared {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => break,
             }
-            let acked = self.refresh_gauges();
+            let known = self.refresh_gauges();
             if let Some(store) = &cursors
                 && last_checkpoint.elapsed() >= self.config.checkpoint_interval
             {
                 last_checkpoint = tokio::time::Instant::now();
-                self.checkpoint(store.as_ref(), acked, &ids).await;
+                self.checkpoint(store.as_ref(), known, &ids).await;
             }
         }
         // A last checkpoint on the way out, so a successor starts from fresh cursors.
         if let Some(store) = &cursors {
-            let acked = self.refresh_gauges();
-            self.checkpoint(store.as_ref(), acked, &ids).await;
+            let known = self.refresh_gauges();
+            self.checkpoint(store.as_ref(), known, &ids).await;
         }
     }
 
-    /// Sets the acked-index and lag gauges; returns the acked indexes that are known.
-    fn refresh_gauges(&self) -> BTreeMap<String, u64> {
+    /// Sets the acked-index and lag gauges; returns the cursors that are known: each shard's
+    /// acknowledged index, and the index through which it has everything routed to it.
+    fn refresh_gauges(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
         let m = &self.stats.metrics;
-        let current = lock(&self.dispatch).current_index;
+        // One snapshot of the dispatcher: the current index and, per shard, the last real
+        // entry dispatched to it up to there.
+        let (current, last_real) = {
+            let d = lock(&self.dispatch);
+            (d.current_index, d.last_real.clone())
+        };
         m.current_index.set(current as i64);
         let mut acked = BTreeMap::new();
-        for t in &self.targets {
+        let mut covered = BTreeMap::new();
+        for (t, &real) in self.targets.iter().zip(&last_real) {
             let last = lock(&t.queue).last_ack();
+            // Everything dispatched to the shard up to `current` is acknowledged: the shard
+            // has every entry for it through `current`.
+            let through = if last >= real {
+                current.max(last)
+            } else {
+                last
+            };
             let label = Metrics::shard(&t.id);
             m.acked.get_or_create(&label).set(last as i64);
             m.lag
                 .get_or_create(&label)
-                .set(current.saturating_sub(last) as i64);
+                .set(current.saturating_sub(through) as i64);
             if last > 0 {
                 acked.insert(t.id.clone(), last);
+                covered.insert(t.id.clone(), through);
             }
         }
-        acked
+        (acked, covered)
     }
 
     async fn checkpoint(
         &self,
         store: &dyn CursorStore,
-        acked: BTreeMap<String, u64>,
+        (acked, covered): (BTreeMap<String, u64>, BTreeMap<String, u64>),
         ids: &[String],
     ) {
         let cursors = Cursors {
             epoch: self.config.epoch,
             acked,
+            covered,
         };
         if let Err(e) = store.save(&cursors).await {
             tracing::warn!(error = %e, "could not save the ack cursors");

@@ -338,6 +338,7 @@ up() {
 	log "etcd ready on 127.0.0.1:$etcd_client"
 
 	mkdir -p "$DIR/apiserver-certs"
+	# shellcheck disable=SC2086 # E2E_CP_APISERVER_ARGS is meant to be word-split
 	start kube-apiserver \
 		--etcd-servers="http://127.0.0.1:$etcd_client" \
 		--bind-address=127.0.0.1 \
@@ -373,6 +374,7 @@ up() {
 
 	local kcmcfg=$DIR/kube-controller-manager.kubeconfig
 	mkdir -p "$DIR/kcm-certs"
+	# shellcheck disable=SC2086 # E2E_CP_KCM_ARGS is meant to be word-split
 	start kube-controller-manager \
 		--kubeconfig="$kcmcfg" \
 		--authentication-kubeconfig="$kcmcfg" \

@@ -117,14 +117,26 @@ log "this takes several minutes from a cold Go cache"
 WORK=$(mktemp -d "$VERSION_DIR/.work.XXXXXX")
 HEARTBEAT_PID=
 cleanup() {
-	[ -n "$HEARTBEAT_PID" ] && kill "$HEARTBEAT_PID" 2>/dev/null || true
+	if [ -n "$HEARTBEAT_PID" ]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 mkdir -p "$WORK/out"
 
-# Print something every minute so CI logs don't look hung.
-( t=0; while sleep 60; do t=$((t + 60)); log "... still building (${t}s)"; done ) &
+# Print something every minute so CI logs don't look hung.  On TERM it also kills
+# its `sleep`, which would otherwise keep our stdout/stderr pipes open for up to a
+# minute after we exit (a caller reading them to EOF would wait that long).
+(
+	trap 'kill "$s" 2>/dev/null; exit 0' TERM
+	t=0
+	while :; do
+		sleep 60 &
+		s=$!
+		wait "$s"
+		t=$((t + 60))
+		log "... still building (${t}s)"
+	done
+) </dev/null &
 HEARTBEAT_PID=$!
 
 TIMINGS=()
