@@ -709,7 +709,7 @@ pub struct ShardSpec {
     #[x_kube(
         validation = Rule::new("self.map(r, r.start).isSorted()")
             .message("slot ranges must be listed in ascending order of start"),
-        validation = Rule::new("self.all(a, self.exists_one(b, b.start <= a.end && a.start <= b.end))")
+        validation = Rule::new("self.all(a, a.start > a.end || self.exists_one(b, b.start <= a.end && a.start <= b.end))")
             .message("slot ranges must not overlap")
     )]
     pub slots: Vec<SlotRange>,

@@ -41,8 +41,19 @@ pub fn installed_binaries() -> Option<PathBuf> {
     {
         return Some(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from)?;
-    let cache = home.join(".cache/logplayer/k8s");
+    // Where tests/e2e/install.sh puts them: ${LOGPLAYER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/logplayer}.
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let base = match var("LOGPLAYER_CACHE") {
+        Some(dir) => dir,
+        None => var("XDG_CACHE_HOME")
+            .or_else(|| var("HOME").map(|h| h.join(".cache")))?
+            .join("logplayer"),
+    };
+    let cache = base.join("k8s");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cache)
         .ok()?
         .filter_map(|e| e.ok())

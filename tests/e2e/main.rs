@@ -10,13 +10,23 @@
 //!    StatefulSets, Deployment, Services, PDB and Lease with owner references, Ready=True,
 //!    and `kubectl get logplayers,shards` shows the status columns;
 //! d. load through the LogStore, SIGKILL the leading player: a standby takes the Lease with
-//!    a higher epoch, the status names it, and every shard holds exactly what the log implies.
+//!    a higher epoch, the status names it, and every shard holds exactly what the log implies;
+//! e. the leader SIGSTOPped past its lease under load: a standby takes over and delivers, and
+//!    once SIGCONTed the old leader steps down to a Ready standby (failover.rs);
+//! f. failover time over repeated SIGKILLs of the leader through the real Lease, from the kill
+//!    to the first entry a shard applies from the new leader (failover.rs);
+//! g. invalid LogPlayers and Shards rejected by the API server; Shards that overlap another
+//!    or do not answer degrade the LogPlayer, and it recovers (resources.rs);
+//! h. deleting the LogPlayer garbage-collects what the operator made; `helm uninstall` removes
+//!    the operator and keeps the CRDs (resources.rs).
 //!
 //! Without the control-plane binaries the test prints why it skipped and passes, unless
 //! `LOGPLAYER_REQUIRE_E2E=1`. `LOGPLAYER_E2E_KEEP=1` keeps the control plane's directory.
 
 mod cluster;
+mod failover;
 mod node;
+mod resources;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -69,12 +79,21 @@ async fn e2e() {
         Err(e) => panic!("setting up: {e:#}"),
     };
     let mut h = h;
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("a. CRDs", |h| Box::pin(crds(h))),
         ("b. Helm chart and operator RBAC", |h| Box::pin(helm(h))),
         ("c. the example LogPlayer", |h| Box::pin(example(h))),
         ("d. leader SIGKILLed under load", |h| Box::pin(failover(h))),
+        ("e. frozen leader", |h| Box::pin(failover::frozen_leader(h))),
+        ("f. failover time over repeated kills", |h| {
+            Box::pin(failover::failover_times(h))
+        }),
+        ("g. invalid resources", |h| {
+            Box::pin(resources::invalid_resources(h))
+        }),
+        ("h. cleanup", |h| Box::pin(resources::cleanup(h))),
     ];
+    let mut durations = Vec::new();
     for (name, f) in scenarios {
         eprintln!("[e2e] ===== scenario {name}");
         let s = Instant::now();
@@ -90,9 +109,14 @@ async fn e2e() {
             panic!("scenario {name} failed after {:.1?}: {e:#}", s.elapsed());
         }
         eprintln!("[e2e] ===== scenario {name} passed in {:.1?}", s.elapsed());
+        durations.push(format!("{name}: {:.1?}", s.elapsed()));
     }
     h.node.shutdown().await;
-    eprintln!("[e2e] all scenarios passed in {:.1?}", t.elapsed());
+    eprintln!(
+        "[e2e] all scenarios passed in {:.1?}:\n  {}",
+        t.elapsed(),
+        durations.join("\n  ")
+    );
 }
 
 async fn setup(cp: ControlPlane) -> anyhow::Result<Harness> {
@@ -256,41 +280,91 @@ fn can_i(h: &Harness, args: &[&str]) -> anyhow::Result<bool> {
     }
 }
 
-async fn helm(h: &Harness) -> anyhow::Result<()> {
+/// Runs helm against the control plane, with its caches in the control plane's directory.
+fn run_helm(h: &Harness, args: &[&str]) -> anyhow::Result<std::process::Output> {
     let helm = helm_bin()?;
-    let t = Instant::now();
-    let out = std::process::Command::new(&helm)
-        .args([
-            "install",
-            "logplayer-operator",
-            "charts/logplayer-operator",
-            "-n",
-            OPERATOR_NS,
-            "--create-namespace",
-            "--set",
-            "image.repository=e2e.invalid/logplayer",
-            "--set",
-            "image.tag=standin",
-            // Scenario a applied crds/ with kubectl; Helm would refuse to adopt them.
-            "--set",
-            "crds.install=false",
-            "--wait=false",
-        ])
+    std::process::Command::new(&helm)
+        .args(args)
         .env("KUBECONFIG", &h.cp.kubeconfig)
         .env("HELM_CACHE_HOME", h.cp.dir().join("helm/cache"))
         .env("HELM_CONFIG_HOME", h.cp.dir().join("helm/config"))
         .env("HELM_DATA_HOME", h.cp.dir().join("helm/data"))
         .current_dir(repo())
+        .stdin(std::process::Stdio::null())
         .output()
-        .context("running helm install")?;
-    ensure!(
-        out.status.success(),
-        "helm install failed ({}):\n{}{}",
-        out.status,
+        .with_context(|| format!("running helm {}", args.join(" ")))
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The CRDs of the chart.
+const CRD_NAMES: [&str; 2] = ["logplayers.logplayer.io", "shards.logplayer.io"];
+
+async fn helm(h: &Harness) -> anyhow::Result<()> {
+    // Scenario a applied crds/ with kubectl, as `kubectl apply -k deploy/` does. A user who
+    // then installs the chart with its default `crds.install=true` is refused: Helm adopts
+    // no object that lacks its ownership label and annotations. Two ways out: install with
+    // `crds.install=false` (kubectl keeps owning the CRDs; `helm upgrade` never updates them),
+    // or let Helm take the CRDs over with `--take-ownership` (Helm >= 3.17), after which the
+    // chart upgrades them and its `helm.sh/resource-policy: keep` leaves them in place on
+    // `helm uninstall`. The second is what the README's Helm path wants (the chart owns the
+    // CRDs), and it lets scenario h test the keep policy, so it is what we do: first the
+    // refusal, then the adoption.
+    let install = [
+        "install",
+        "logplayer-operator",
+        "charts/logplayer-operator",
+        "-n",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--set",
+        "image.repository=e2e.invalid/logplayer",
+        "--set",
+        "image.tag=standin",
+        "--wait=false",
+    ];
+    let out = run_helm(h, &install)?;
+    let text = output_text(&out);
+    ensure!(
+        !out.status.success(),
+        "helm install adopted the CRDs that kubectl created:\n{text}"
+    );
+    ensure!(
+        text.contains("logplayers.logplayer.io") && text.contains("cannot be imported"),
+        "helm install over kubectl's CRDs failed, but not by refusing to adopt them:\n{text}"
+    );
+    let releases = output_text(&run_helm(h, &["list", "-a", "-n", OPERATOR_NS, "-q"])?);
+    ensure!(
+        !releases.contains("logplayer-operator"),
+        "the refused helm install left a release behind: {releases}"
+    );
+
+    let t = Instant::now();
+    let mut adopt = install.to_vec();
+    adopt.push("--take-ownership");
+    let out = run_helm(h, &adopt)?;
+    ensure!(
+        out.status.success(),
+        "helm install --take-ownership failed ({}):\n{}",
+        out.status,
+        output_text(&out)
     );
     eprintln!("[e2e] helm install took {:.1?}", t.elapsed());
+    for crd in CRD_NAMES {
+        let v: Value = serde_json::from_str(&h.cp.kubectl(&["get", "crd", crd, "-o", "json"])?)?;
+        let ann = &v["metadata"]["annotations"];
+        ensure!(
+            ann["helm.sh/resource-policy"] == "keep"
+                && ann["meta.helm.sh/release-name"] == "logplayer-operator",
+            "CRD {crd} after helm install --take-ownership: annotations {ann}"
+        );
+    }
 
     let sel =
         "app.kubernetes.io/instance=logplayer-operator,app.kubernetes.io/name=logplayer-operator";
@@ -593,10 +667,12 @@ async fn lease_of(h: &Harness) -> anyhow::Result<(String, i32)> {
     ))
 }
 
-async fn failover(h: &Harness) -> anyhow::Result<()> {
-    use logplayer::bench::{LoadSpec, drive};
+/// A client of the demo's LogStore (by its Service name, as the players reach it) and the
+/// shard map the operator wrote for the players.
+async fn demo_log(
+    h: &Harness,
+) -> anyhow::Result<(logplayer::client::Log, logplayer::routing::ShardMap)> {
     use logplayer::client::Log;
-
     let ip = h
         .node
         .service_ip(DEMO_NS, "demo-logstore")
@@ -606,7 +682,7 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
     let log = Log::connect("demo-logstore.demo.svc:7000")
         .await
         .context("connecting to the LogStore by its Service name")?;
-    let _ = Log::connect(&addr).await?;
+    Log::connect(&addr).await?;
     let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), DEMO_NS);
     let map_text = cms
         .get("demo-shard-map")
@@ -617,6 +693,14 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
     let map_file = h.cp.dir().join("shard-map.yaml");
     std::fs::write(&map_file, &map_text)?;
     let map = logplayer::routing::ShardMap::from_file(&map_file)?;
+
+    Ok((log, map))
+}
+
+async fn failover(h: &Harness) -> anyhow::Result<()> {
+    use logplayer::bench::{LoadSpec, drive};
+
+    let (log, map) = demo_log(h).await?;
 
     let spec = |seconds, seed| LoadSpec {
         rate: 300,

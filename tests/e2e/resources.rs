@@ -1,0 +1,448 @@
+//! Scenarios g and h: invalid resources (refused by the API server, or accepted and reported
+//! in the LogPlayer's status), and cleanup (garbage collection through owner references,
+//! `helm uninstall` keeping the CRDs).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::Value;
+
+use super::{CRD_NAMES, DEMO_NS, Harness, OPERATOR_NS, SECOND, condition, output_text, run_helm};
+use crate::cluster::wait_for;
+
+/// The namespace of the LogPlayer whose Shard nobody serves.
+const LONELY_NS: &str = "lonely";
+
+/// Writes `yaml` into the control plane's directory and runs `kubectl -n NS apply -f` on it.
+fn apply(h: &Harness, ns: &str, file: &str, yaml: &str) -> anyhow::Result<std::process::Output> {
+    let path = h.cp.dir().join(file);
+    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    let path = path.display().to_string();
+    h.cp.kubectl_raw(&["-n", ns, "apply", "-f", &path])
+}
+
+fn shard_yaml(name: &str, labels: &str, slots: &[(i64, i64)], endpoint: &str) -> String {
+    let slots: String = slots
+        .iter()
+        .map(|(s, e)| format!("    - {{start: {s}, end: {e}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: logplayer.io/v1alpha1\nkind: Shard\nmetadata:\n  name: {name}\n  labels: {{{labels}}}\n\
+         spec:\n  logPlayer: demo\n  slots:\n{slots}  external:\n    endpoint: \"{endpoint}\"\n"
+    )
+}
+
+/// `kubectl get KIND NAME -n NS -o json`, parsed.
+fn get(h: &Harness, ns: &str, kind: &str, name: &str) -> Result<Value, String> {
+    let mut args = vec!["get", kind, name, "-o", "json"];
+    if !ns.is_empty() {
+        args.extend(["-n", ns]);
+    }
+    let out = h.cp.kubectl(&args).map_err(|e| e.to_string())?;
+    serde_json::from_str(&out).map_err(|e| e.to_string())
+}
+
+/// Waits until LogPlayer `ns/name` has condition `ty` with `status` and `reason`, and its
+/// message contains every one of `words`; returns the message.
+async fn wait_condition(
+    h: &Harness,
+    ns: &str,
+    name: &str,
+    ty: &str,
+    (status, reason): (&str, &str),
+    words: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let what = format!("LogPlayer {ns}/{name} {ty}={status} reason {reason} naming {words:?}");
+    wait_for(&what, timeout, SECOND / 2, || async {
+        let lp = get(h, ns, "logplayer", name)?;
+        let c = condition(&lp, ty).unwrap_or_default();
+        let msg = c["message"].as_str().unwrap_or_default().to_owned();
+        if c["status"] == status && c["reason"] == reason && words.iter().all(|w| msg.contains(w)) {
+            Ok(Some(msg))
+        } else {
+            Err(format!("{ty}: {c}"))
+        }
+    })
+    .await
+}
+
+// ---- g. invalid resources ------------------------------------------------------------------
+
+pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
+    let ep = "nobody.invalid:1";
+    let zero = "apiVersion: logplayer.io/v1alpha1\nkind: LogPlayer\nmetadata:\n  name: zero\n\
+                spec:\n  replicas: 0\n  logStore:\n    external:\n      endpoint: \"x:1\"\n";
+    // Refused by the schema or its CEL rules: (what, file, yaml, words of kubectl's error).
+    let refused: Vec<(&str, &str, String, &[&str])> = vec![
+        (
+            "a LogPlayer with replicas 0",
+            "zero.yaml",
+            zero.to_owned(),
+            &["spec.replicas", "greater than or equal to 1"],
+        ),
+        (
+            "a Shard whose range ends before it starts",
+            "bad-reversed.yaml",
+            shard_yaml("bad-reversed", "", &[(100, 50)], ep),
+            &["spec.slots[0]", "start must not be after end"],
+        ),
+        (
+            "a Shard starting past slot 16383",
+            "bad-bounds.yaml",
+            shard_yaml("bad-bounds", "", &[(16384, 16390)], ep),
+            &["spec.slots[0].start", "less than or equal to 16383"],
+        ),
+        (
+            "a Shard with unordered ranges",
+            "bad-order.yaml",
+            shard_yaml("bad-order", "", &[(200, 300), (0, 99)], ep),
+            &["spec.slots", "ascending order of start"],
+        ),
+        (
+            "a Shard with overlapping ranges",
+            "bad-overlap.yaml",
+            shard_yaml("bad-overlap", "", &[(0, 100), (50, 150)], ep),
+            &["spec.slots", "must not overlap"],
+        ),
+    ];
+    for (what, file, yaml, words) in &refused {
+        let out = apply(h, DEMO_NS, file, yaml)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success(),
+            "the API server accepted {what}:\n{}\n{yaml}",
+            output_text(&out)
+        );
+        for w in *words {
+            ensure!(
+                stderr.contains(w),
+                "kubectl's error for {what} does not name {w:?}:\n{stderr}"
+            );
+        }
+        eprintln!("[e2e] refused {what}: {}", stderr.trim());
+    }
+    let names =
+        h.cp.kubectl(&["-n", DEMO_NS, "get", "logplayers,shards", "-o", "name"])?;
+    ensure!(
+        !names.contains("/zero") && !names.contains("/bad-"),
+        "a refused object exists:\n{names}"
+    );
+
+    // Accepted, but it owns slots of s0: the LogPlayer is Degraded naming both shards.
+    let t = Instant::now();
+    let yaml = shard_yaml(
+        "twin",
+        "logplayer.io/instance: demo",
+        &[(100, 200)],
+        "s0-shard.demo.svc:7100",
+    );
+    let out = apply(h, DEMO_NS, "twin.yaml", &yaml)?;
+    ensure!(
+        out.status.success(),
+        "a Shard overlapping another was refused:\n{}",
+        output_text(&out)
+    );
+    let msg = wait_condition(
+        h,
+        DEMO_NS,
+        "demo",
+        "Degraded",
+        ("True", "SlotsOverlap"),
+        &["twin", "s0"],
+        60 * SECOND,
+    )
+    .await?;
+    eprintln!(
+        "[e2e] Degraded SlotsOverlap after {:.1?}: {msg}",
+        t.elapsed()
+    );
+    h.cp.kubectl(&["-n", DEMO_NS, "delete", "shard", "twin"])?;
+    wait_condition(
+        h,
+        DEMO_NS,
+        "demo",
+        "Degraded",
+        ("False", "AsExpected"),
+        &[],
+        60 * SECOND,
+    )
+    .await?;
+    wait_condition(
+        h,
+        DEMO_NS,
+        "demo",
+        "Ready",
+        ("True", "Delivering"),
+        &[],
+        60 * SECOND,
+    )
+    .await?;
+
+    // A Shard nobody listens for, in a LogPlayer of its own (reading the demo's LogStore;
+    // it never trims it: retainLog is false).
+    h.cp.kubectl(&["create", "namespace", LONELY_NS])?;
+    let lonely = "apiVersion: logplayer.io/v1alpha1\nkind: LogPlayer\nmetadata:\n  name: lonely\n\
+                  spec:\n  replicas: 1\n  retainLog: false\n  logStore:\n    external:\n      \
+                  endpoint: \"demo-logstore.demo.svc:7000\"\n  shardSelector:\n    matchLabels:\n      \
+                  logplayer.io/instance: lonely\n---\n"
+        .to_owned()
+        + &shard_yaml(
+            "far",
+            "logplayer.io/instance: lonely",
+            &[(0, 16383)],
+            "127.0.0.1:9",
+        )
+        .replace("logPlayer: demo", "logPlayer: lonely");
+    let out = apply(h, LONELY_NS, "lonely.yaml", &lonely)?;
+    ensure!(
+        out.status.success(),
+        "applying the lonely LogPlayer:\n{}",
+        output_text(&out)
+    );
+    let msg = wait_condition(
+        h,
+        LONELY_NS,
+        "lonely",
+        "Degraded",
+        ("True", "ShardUnreachable"),
+        &["far"],
+        60 * SECOND,
+    )
+    .await?;
+    eprintln!("[e2e] Degraded ShardUnreachable: {msg}");
+    let far = get(h, LONELY_NS, "shard", "far").map_err(anyhow::Error::msg)?;
+    let ready = condition(&far, "Ready").unwrap_or_default();
+    ensure!(
+        ready["status"] == "False" && ready["reason"] == "ShardUnreachable",
+        "Shard lonely/far Ready: {ready}"
+    );
+    h.cp.kubectl(&["delete", "namespace", LONELY_NS, "--wait=false"])?;
+    wait_for(
+        &format!("the namespace {LONELY_NS} to be deleted"),
+        90 * SECOND,
+        SECOND,
+        || async {
+            let out =
+                h.cp.kubectl_raw(&["get", "namespace", LONELY_NS, "-o", "json"])
+                    .map_err(|e| e.to_string())?;
+            if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound") {
+                return Ok(Some(()));
+            }
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Err(format!("status {}", v["status"]))
+        },
+    )
+    .await?;
+    // The demo is untouched.
+    wait_condition(
+        h,
+        DEMO_NS,
+        "demo",
+        "Ready",
+        ("True", "Delivering"),
+        &[],
+        30 * SECOND,
+    )
+    .await?;
+    Ok(())
+}
+
+// ---- h. cleanup ----------------------------------------------------------------------------
+
+/// (kind, name, uid) of every object of `kinds` in `ns` (all namespaces for cluster-scoped
+/// kinds with `ns` empty) that `keep` selects.
+fn objects(
+    h: &Harness,
+    ns: &str,
+    kinds: &str,
+    selector: Option<&str>,
+    keep: impl Fn(&Value) -> bool,
+) -> Result<Vec<(String, String, String)>, String> {
+    let mut args = vec!["get", kinds, "-o", "json"];
+    if !ns.is_empty() {
+        args.extend(["-n", ns]);
+    }
+    if let Some(s) = selector {
+        args.extend(["-l", s]);
+    }
+    let out = h.cp.kubectl(&args).map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    Ok(v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| keep(o))
+        .map(|o| {
+            let s = |p: &str| {
+                o.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (s("/kind"), s("/metadata/name"), s("/metadata/uid"))
+        })
+        .collect())
+}
+
+/// Waits until none of `objs` (by uid) is listed any more.
+async fn wait_gone(
+    h: &Harness,
+    what: &str,
+    ns: &str,
+    kinds: &str,
+    objs: &[(String, String, String)],
+) -> anyhow::Result<()> {
+    wait_for(what, 90 * SECOND, SECOND, || async {
+        let now = objects(h, ns, kinds, None, |_| true)?;
+        let left: Vec<String> = objs
+            .iter()
+            .filter(|o| now.iter().any(|n| n.2 == o.2))
+            .map(|(k, n, _)| format!("{k}/{n}"))
+            .collect();
+        if left.is_empty() {
+            Ok(Some(()))
+        } else {
+            Err(format!("still there: {}", left.join(", ")))
+        }
+    })
+    .await
+}
+
+fn kinds_of(objs: &[(String, String, String)]) -> Vec<&str> {
+    let mut k: Vec<&str> = objs.iter().map(|o| o.0.as_str()).collect();
+    k.sort_unstable();
+    k.dedup();
+    k
+}
+
+pub(crate) async fn cleanup(h: &Harness) -> anyhow::Result<()> {
+    // What the operator made for the demo: everything owned by the LogPlayer or a Shard.
+    let kinds = "deployments,replicasets,statefulsets,services,configmaps,poddisruptionbudgets,\
+                 roles,rolebindings,serviceaccounts,pods";
+    let owned = objects(h, DEMO_NS, kinds, None, |o| {
+        o["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| {
+                r["apiVersion"] == "logplayer.io/v1alpha1"
+                    && (r["kind"] == "LogPlayer" || r["kind"] == "Shard")
+            })
+    })
+    .map_err(anyhow::Error::msg)?;
+    let pods = objects(h, DEMO_NS, "pods", None, |_| true).map_err(anyhow::Error::msg)?;
+    let got = kinds_of(&owned);
+    for want in [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+        "StatefulSet",
+    ] {
+        ensure!(
+            got.contains(&want),
+            "no {want} owned by the LogPlayer or a Shard; owned: {owned:?}"
+        );
+    }
+    eprintln!(
+        "[e2e] {} objects owned by LogPlayer demo and its Shards, {} pods",
+        owned.len(),
+        pods.len()
+    );
+    let t = Instant::now();
+    h.cp.kubectl(&["-n", DEMO_NS, "delete", "logplayer", "demo"])?;
+    h.cp.kubectl(&[
+        "-n",
+        DEMO_NS,
+        "delete",
+        "shards",
+        "-l",
+        "logplayer.io/instance=demo",
+    ])?;
+    let mut all = owned;
+    all.extend(pods);
+    wait_gone(
+        h,
+        "the garbage collector to delete what the operator made for the demo, and its pods",
+        DEMO_NS,
+        kinds,
+        &all,
+    )
+    .await?;
+    eprintln!(
+        "[e2e] the demo's objects were collected {:.1?} after the delete",
+        t.elapsed()
+    );
+
+    // The chart's objects.
+    let sel = "app.kubernetes.io/instance=logplayer-operator";
+    let ns_kinds = "deployments,serviceaccounts,services,poddisruptionbudgets,pods";
+    let cluster_kinds = "clusterroles,clusterrolebindings";
+    let in_ns =
+        objects(h, OPERATOR_NS, ns_kinds, Some(sel), |_| true).map_err(anyhow::Error::msg)?;
+    let cluster = objects(h, "", cluster_kinds, Some(sel), |_| true).map_err(anyhow::Error::msg)?;
+    let mut chart = in_ns.clone();
+    chart.extend(cluster.clone());
+    let got = kinds_of(&chart);
+    for want in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Pod",
+        "Service",
+        "ServiceAccount",
+    ] {
+        ensure!(
+            got.contains(&want),
+            "no {want} of the release before helm uninstall: {chart:?}"
+        );
+    }
+    let t = Instant::now();
+    let out = run_helm(h, &["uninstall", "logplayer-operator", "-n", OPERATOR_NS])?;
+    let text = output_text(&out);
+    ensure!(out.status.success(), "helm uninstall failed:\n{text}");
+    eprintln!("[e2e] helm uninstall: {}", text.trim());
+    for crd in CRD_NAMES {
+        ensure!(
+            text.contains(&format!("[CustomResourceDefinition] {crd}")),
+            "helm uninstall does not list {crd} as kept by the resource policy:\n{text}"
+        );
+    }
+    wait_gone(
+        h,
+        "helm uninstall to remove the operator's namespaced objects and pods",
+        OPERATOR_NS,
+        ns_kinds,
+        &in_ns,
+    )
+    .await?;
+    wait_gone(
+        h,
+        "helm uninstall to remove the operator's ClusterRole and ClusterRoleBinding",
+        "",
+        cluster_kinds,
+        &cluster,
+    )
+    .await?;
+    eprintln!(
+        "[e2e] the release's objects were gone {:.1?} after helm uninstall",
+        t.elapsed()
+    );
+
+    // The CRDs carry helm.sh/resource-policy: keep (the chart's default, adopted in b):
+    // they and the API they serve remain.
+    for crd in CRD_NAMES {
+        let v = get(h, "", "crd", crd).map_err(anyhow::Error::msg)?;
+        ensure!(
+            v["metadata"]["deletionTimestamp"].is_null(),
+            "CRD {crd} is being deleted after helm uninstall"
+        );
+    }
+    h.cp.kubectl(&["get", "logplayers,shards", "-A"])
+        .context("the LogPlayer API after helm uninstall")?;
+    Ok(())
+}
