@@ -240,20 +240,30 @@ async fn reconcile_logplayer(
     lp: Arc<LogPlayer>,
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
+    let (name, namespace) = (lp.name_any(), lp.namespace().unwrap_or_default());
+    measured(
+        &ctx,
+        "LogPlayer",
+        &name,
+        &namespace,
+        reconcile_logplayer_inner(&lp, &ctx),
+    )
+    .await
+}
+
+/// Runs one reconciliation inside a tracing span, counting it and timing it.
+async fn measured(
+    ctx: &Context,
+    kind: &'static str,
+    name: &str,
+    namespace: &str,
+    reconcile: impl std::future::Future<Output = Result<Action, OperatorError>>,
+) -> Result<Action, OperatorError> {
     let started = Instant::now();
-    let label = KindLabel {
-        kind: "LogPlayer".into(),
-    };
+    let label = KindLabel { kind: kind.into() };
     ctx.metrics.reconciliations.get_or_create(&label).inc();
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = "LogPlayer",
-        name = %lp.name_any(),
-        namespace = lp.namespace().unwrap_or_default()
-    );
-    let result = reconcile_logplayer_inner(&lp, &ctx)
-        .instrument(span.clone())
-        .await;
+    let span = tracing::info_span!("reconcile", kind, name, namespace);
+    let result = reconcile.instrument(span.clone()).await;
     span.in_scope(
         || tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "reconciled"),
     );
@@ -356,28 +366,15 @@ async fn apply_player_objects(
 }
 
 async fn reconcile_shard(shard: Arc<Shard>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
-    let started = Instant::now();
-    let label = KindLabel {
-        kind: "Shard".into(),
-    };
-    ctx.metrics.reconciliations.get_or_create(&label).inc();
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = "Shard",
-        name = %shard.name_any(),
-        namespace = shard.namespace().unwrap_or_default()
-    );
-    let result = reconcile_shard_inner(&shard, &ctx)
-        .instrument(span.clone())
-        .await;
-    span.in_scope(
-        || tracing::debug!(elapsed = ?started.elapsed(), ok = result.is_ok(), "reconciled"),
-    );
-    ctx.metrics
-        .durations
-        .get_or_create(&label)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    let (name, namespace) = (shard.name_any(), shard.namespace().unwrap_or_default());
+    measured(
+        &ctx,
+        "Shard",
+        &name,
+        &namespace,
+        reconcile_shard_inner(&shard, &ctx),
+    )
+    .await
 }
 
 async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, OperatorError> {

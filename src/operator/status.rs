@@ -148,6 +148,33 @@ fn cond(
     }
 }
 
+/// `Degraded`: True with the first problem's reason and every problem's message, or False
+/// (`AsExpected`).
+fn degraded_condition(problems: &[Problem], generation: i64, now: &Time) -> Condition {
+    match problems.first() {
+        Some(first) => cond(
+            condition::DEGRADED,
+            true,
+            &first.reason,
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            generation,
+            now,
+        ),
+        None => cond(
+            condition::DEGRADED,
+            false,
+            "AsExpected",
+            String::new(),
+            generation,
+            now,
+        ),
+    }
+}
+
 /// The problems that make a LogPlayer `Degraded`, most fundamental first.
 fn problems(obs: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -263,28 +290,7 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
 
     // Degraded.
     let problems = problems(obs);
-    let degraded = match problems.first() {
-        Some(first) => cond(
-            condition::DEGRADED,
-            true,
-            &first.reason,
-            problems
-                .iter()
-                .map(|p| p.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-            g,
-            &now,
-        ),
-        None => cond(
-            condition::DEGRADED,
-            false,
-            "AsExpected",
-            String::new(),
-            g,
-            &now,
-        ),
-    };
+    let degraded = degraded_condition(&problems, g, &now);
     put(&mut conditions, &old.conditions, degraded);
 
     // Progressing.
@@ -462,28 +468,7 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         ),
     };
     put(&mut conditions, &old.conditions, ready);
-    let degraded = match problems.first() {
-        Some(first) => cond(
-            condition::DEGRADED,
-            true,
-            &first.reason,
-            problems
-                .iter()
-                .map(|p| p.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-            g,
-            &now,
-        ),
-        None => cond(
-            condition::DEGRADED,
-            false,
-            "AsExpected",
-            String::new(),
-            g,
-            &now,
-        ),
-    };
+    let degraded = degraded_condition(&problems, g, &now);
     put(&mut conditions, &old.conditions, degraded);
     ShardStatus {
         observed_generation: Some(g),
