@@ -692,6 +692,33 @@ fn helm_template_follows_values() {
         Some("example.org/player:7"),
         "{id}: --default-image does not follow defaultPlayerImage"
     );
+
+    let tuned = helm.render(&[
+        "clusterDomain=cluster.local",
+        "leaderElection.leaseDuration=30s",
+        "leaderElection.renewDeadline=20s",
+        "leaderElection.retryPeriod=3s",
+    ]);
+    let args: Vec<&str> = at(&tuned[&id], "spec.template.spec.containers").unwrap()[0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        args[args.len() - 8..],
+        [
+            "--cluster-domain",
+            "cluster.local",
+            "--lease-duration",
+            "30s",
+            "--renew-deadline",
+            "20s",
+            "--retry-period",
+            "3s"
+        ],
+        "{id}: args do not follow clusterDomain and leaderElection"
+    );
 }
 
 #[test]
@@ -712,6 +739,14 @@ fn helm_schema_rejects_bad_values() {
         ("metrics.port=0", "metrics.port is out of range"),
         ("metrics.port=http", "metrics.port is not an integer"),
         ("leaseName=Not_A_Name", "leaseName is not a DNS subdomain"),
+        (
+            "leaderElection.leaseDuration=soon",
+            "leaderElection.leaseDuration is not a duration",
+        ),
+        (
+            "clusterDomain=Bad_Domain",
+            "clusterDomain is not a DNS name",
+        ),
     ] {
         match helm.template(&[set]) {
             Ok(_) => panic!(
