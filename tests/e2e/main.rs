@@ -17,6 +17,8 @@
 //!    to the first entry a shard applies from the new leader (failover.rs);
 //! g. invalid LogPlayers and Shards rejected by the API server; Shards that overlap another
 //!    or do not answer degrade the LogPlayer, and it recovers (resources.rs);
+//! i. the leading operator SIGKILLed and held down past its lease: the standby operator takes
+//!    the operator Lease and reconciles a change of the LogPlayer's replicas (operator.rs);
 //! h. deleting the LogPlayer garbage-collects what the operator made; `helm uninstall` removes
 //!    the operator and keeps the CRDs (resources.rs).
 //!
@@ -26,6 +28,7 @@
 mod cluster;
 mod failover;
 mod node;
+mod operator;
 mod resources;
 
 use std::path::PathBuf;
@@ -79,7 +82,7 @@ async fn e2e() {
         Err(e) => panic!("setting up: {e:#}"),
     };
     let mut h = h;
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("a. CRDs", |h| Box::pin(crds(h))),
         ("b. Helm chart and operator RBAC", |h| Box::pin(helm(h))),
         ("c. the example LogPlayer", |h| Box::pin(example(h))),
@@ -90,6 +93,9 @@ async fn e2e() {
         }),
         ("g. invalid resources", |h| {
             Box::pin(resources::invalid_resources(h))
+        }),
+        ("i. operator failover", |h| {
+            Box::pin(operator::operator_failover(h))
         }),
         ("h. cleanup", |h| Box::pin(resources::cleanup(h))),
     ];
