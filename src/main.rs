@@ -681,23 +681,17 @@ fn default_identity() -> String {
 
 async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
     use logplayer::operator;
-    if !(a.retry_period < a.renew_deadline && a.renew_deadline < a.lease_duration) {
-        bail!(
-            "lease timing needs --retry-period < --renew-deadline < --lease-duration, got {} < {} < {}",
-            humantime::format_duration(a.retry_period),
-            humantime::format_duration(a.renew_deadline),
-            humantime::format_duration(a.lease_duration)
-        );
-    }
+    let lease = logplayer::lease::LeaseConfig {
+        lease_duration: a.lease_duration,
+        renew_deadline: a.renew_deadline,
+        retry_period: a.retry_period,
+    };
+    lease.validate()?;
     let config = operator::OperatorConfig {
         lease_name: a.lease_name,
         lease_namespace: a.lease_namespace,
         identity: a.identity.unwrap_or_else(default_identity),
-        lease: logplayer::lease::LeaseConfig {
-            lease_duration: a.lease_duration,
-            renew_deadline: a.renew_deadline,
-            retry_period: a.retry_period,
-        },
+        lease,
         defaults: operator::desired::Defaults {
             image: a.default_image,
             cluster_domain: a.cluster_domain,

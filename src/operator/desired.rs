@@ -208,22 +208,16 @@ pub fn shard_endpoint(shard: &Shard, defaults: &Defaults) -> Option<String> {
 
 /// Labels common to everything the operator creates for `instance` (a LogPlayer name).
 fn labels(instance: &str, component: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "logplayer".to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), instance.to_owned()),
-        (
-            "app.kubernetes.io/component".to_owned(),
-            component.to_owned(),
-        ),
-        (
-            "app.kubernetes.io/part-of".to_owned(),
-            "logplayer".to_owned(),
-        ),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            super::FIELD_MANAGER.to_owned(),
-        ),
-    ])
+    let mut labels = selector_labels(instance, component);
+    labels.insert(
+        "app.kubernetes.io/part-of".to_owned(),
+        "logplayer".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        super::FIELD_MANAGER.to_owned(),
+    );
+    labels
 }
 
 /// The labels that select the pods of one component (a subset of [`labels`]).
@@ -545,11 +539,9 @@ pub fn player_objects(
         }]),
         ..Container::default()
     };
-    let mut pod_labels = player_labels.clone();
-    pod_labels.extend(player_selector.clone());
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(pod_labels),
+            labels: Some(player_labels.clone()),
             annotations: Some(BTreeMap::from([(
                 SHARD_MAP_HASH_ANNOTATION.to_owned(),
                 map_hash(&map),
@@ -717,8 +709,6 @@ fn server_objects(
         }),
         ..Service::default()
     };
-    let mut pod_labels = labels.clone();
-    pod_labels.extend(selector.clone());
     let container = Container {
         name: container_name.to_owned(),
         image: Some(image),
@@ -763,7 +753,7 @@ fn server_objects(
         ..PersistentVolumeClaim::default()
     };
     let stateful_set = StatefulSet {
-        metadata: meta(name.clone(), ns, labels, owner),
+        metadata: meta(name.clone(), ns, labels.clone(), owner),
         spec: Some(StatefulSetSpec {
             // One writer per data directory: the WAL and the shard database are not shared.
             replicas: Some(1),
@@ -774,7 +764,7 @@ fn server_objects(
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
+                    labels: Some(labels.clone()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {

@@ -63,11 +63,6 @@ pub enum OperatorError {
     NoNamespace { kind: &'static str },
     #[error("{0}")]
     Desired(#[from] desired::DesiredError),
-    #[error("serializing {what}: {source}")]
-    Serialize {
-        what: String,
-        source: serde_json::Error,
-    },
     #[error("lease: {0}")]
     Lease(#[from] crate::lease::LeaseError),
 }
@@ -78,8 +73,7 @@ impl OperatorError {
         match self {
             OperatorError::Kube(_) => "KubeApi",
             OperatorError::NoNamespace { .. } => "NoNamespace",
-            OperatorError::Desired(_) => "InvalidSpec",
-            OperatorError::Serialize { .. } => "Serialize",
+            OperatorError::Desired(e) => e.reason(),
             OperatorError::Lease(_) => "Lease",
         }
     }
@@ -195,6 +189,34 @@ where
     Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
 }
 
+/// Server-side applies the status of one of our resources under [`FIELD_MANAGER`].
+async fn apply_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), OperatorError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Deletes a namespaced object if it exists (for objects the spec no longer asks for).
 async fn delete_if_present<K>(client: &Client, ns: &str, name: &str) -> Result<(), OperatorError>
 where
@@ -297,18 +319,7 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
     let new = status::logplayer_status(&observed, &old, status::now());
     publish(ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
     if new != old {
-        let patch = serde_json::json!({
-            "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
-            "kind": "LogPlayer",
-            "status": new,
-        });
-        let api: Api<LogPlayer> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &lp.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        apply_status::<LogPlayer>(&ctx.client, &ns, &lp.name_any(), &new).await?;
     }
     Ok(Action::requeue(RESYNC))
 }
@@ -421,45 +432,18 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let old = shard.status.clone().unwrap_or_default();
     let new = status::shard_status(&observed, &old, status::now());
     publish(ctx, shard.object_ref(&()), &old.conditions, &new.conditions).await;
-    // Compare only the operator's fields: the player owns ackedIndex and ackedEpoch.
-    let mine = ShardStatusView::of(&old);
-    if ShardStatusView::of(&new) != mine {
-        let patch = serde_json::json!({
-            "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
-            "kind": "Shard",
-            "status": new,
-        });
-        let api: Api<Shard> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+    // Compare only the operator's fields: the player owns the cursor fields, which
+    // `shard_status` leaves unset.
+    let mine = crate::crd::ShardStatus {
+        acked_index: None,
+        acked_epoch: None,
+        covered_index: None,
+        ..old.clone()
+    };
+    if new != mine {
+        apply_status::<Shard>(&ctx.client, &ns, &name, &new).await?;
     }
     Ok(Action::requeue(RESYNC))
-}
-
-/// The fields of a Shard's status the operator writes.
-#[derive(PartialEq)]
-struct ShardStatusView<'a> {
-    observed_generation: Option<i64>,
-    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    lag: Option<i64>,
-    endpoint: Option<&'a str>,
-    ready: Option<bool>,
-}
-
-impl<'a> ShardStatusView<'a> {
-    fn of(s: &'a crate::crd::ShardStatus) -> Self {
-        ShardStatusView {
-            observed_generation: s.observed_generation,
-            conditions: &s.conditions,
-            lag: s.lag,
-            endpoint: s.endpoint.as_deref(),
-            ready: s.ready,
-        }
-    }
 }
 
 /// Asks a shard server its applied index.
