@@ -4,9 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use crate::client::{ClientError, Log, ShardConn};
 use crate::model::{State, apply_all, json_line};
+use crate::proto::{Entry, Mutation};
 use crate::routing::ShardMap;
+use crate::workload::token_of;
 
 /// Errors of the checker (not a failed check: that is a [`Report`] with `pass == false`).
 #[derive(Debug, thiserror::Error)]
@@ -84,40 +88,13 @@ async fn check_once(log: &Log, map: &ShardMap, wait: Duration) -> Result<Report,
         return Err(CheckError::Truncated(first));
     }
     let entries = log.read_range(1, last).await?;
-    let mut expected: Vec<State> = vec![State::new(); map.len()];
-    let mut last_touching = vec![0u64; map.len()];
-    for e in &entries {
-        let mut parts: Vec<Vec<crate::proto::Mutation>> = vec![Vec::new(); map.len()];
-        for m in &e.mutations {
-            parts[map.shard_of(&m.key)].push(m.clone());
-        }
-        for (t, p) in parts.into_iter().enumerate() {
-            if !p.is_empty() {
-                apply_all(&mut expected[t], &p);
-                last_touching[t] = e.index;
-            }
-        }
-    }
+    let (expected, last_touching) = expected_states(&entries, map);
     let deadline = Instant::now() + wait;
     let mut shards = Vec::new();
     for (t, spec) in map.shards.iter().enumerate() {
-        let conn = loop {
-            match ShardConn::connect(&spec.addr).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        let applied = loop {
-            let a = conn.applied().await.map(|a| a.applied_index);
-            match a {
-                Ok(a) if a >= last_touching[t] || Instant::now() > deadline => break a,
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let conn = connect_until(&spec.addr, deadline).await?;
+        let applied = applied_at_least(&conn, last_touching[t], deadline).await?;
         let actual = conn.dump().await?;
-        let want: Vec<String> = expected[t].iter().map(|(k, v)| json_line(k, v)).collect();
         let mut mismatches = Vec::new();
         if applied < last_touching[t] {
             mismatches.push(format!(
@@ -125,33 +102,7 @@ async fn check_once(log: &Log, map: &ShardMap, wait: Duration) -> Result<Report,
                 last_touching[t]
             ));
         }
-        let (mut i, mut j) = (0, 0);
-        while i < want.len() || j < actual.len() {
-            match (want.get(i), actual.get(j)) {
-                (Some(w), Some(a)) if w == a => {
-                    i += 1;
-                    j += 1;
-                }
-                (Some(w), Some(a)) if key_of(w) == key_of(a) => {
-                    mismatches.push(format!("expected {w}, found {a}"));
-                    i += 1;
-                    j += 1;
-                }
-                (Some(w), Some(a)) if key_of(w) < key_of(a) => {
-                    mismatches.push(format!("missing {w}"));
-                    i += 1;
-                }
-                (Some(w), None) => {
-                    mismatches.push(format!("missing {w}"));
-                    i += 1;
-                }
-                (_, Some(a)) => {
-                    mismatches.push(format!("unexpected {a}"));
-                    j += 1;
-                }
-                (None, None) => break,
-            }
-        }
+        mismatches.extend(compare(&expected[t], &actual));
         shards.push(ShardReport {
             id: spec.id.clone(),
             applied,
@@ -168,11 +119,193 @@ async fn check_once(log: &Log, map: &ShardMap, wait: Duration) -> Result<Report,
     })
 }
 
-/// The key of a JSON line, for merging sorted lists (keys sort the same as JSON strings
-/// for the workload's UTF-8 keys; a non-UTF-8 key only costs a less precise message).
-fn key_of(line: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| v.get("key").map(|k| k.to_string()))
-        .unwrap_or_default()
+/// The state each shard should hold after `entries`, and the last index that touched it.
+fn expected_states(entries: &[Entry], map: &ShardMap) -> (Vec<State>, Vec<u64>) {
+    let mut expected: Vec<State> = vec![State::new(); map.len()];
+    let mut last_touching = vec![0u64; map.len()];
+    for e in entries {
+        let mut parts: Vec<Vec<Mutation>> = vec![Vec::new(); map.len()];
+        for m in &e.mutations {
+            parts[map.shard_of(&m.key)].push(m.clone());
+        }
+        for (t, p) in parts.into_iter().enumerate() {
+            if !p.is_empty() {
+                apply_all(&mut expected[t], &p);
+                last_touching[t] = e.index;
+            }
+        }
+    }
+    (expected, last_touching)
+}
+
+async fn connect_until(addr: &str, deadline: Instant) -> Result<ShardConn, CheckError> {
+    loop {
+        match ShardConn::connect(addr).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The shard's applied index once it reaches `want` (or whatever it is at the deadline).
+async fn applied_at_least(
+    conn: &ShardConn,
+    want: u64,
+    deadline: Instant,
+) -> Result<u64, CheckError> {
+    loop {
+        match conn.applied().await.map(|a| a.applied_index) {
+            Ok(a) if a >= want || Instant::now() > deadline => return Ok(a),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Key (as its JSON text) to the rest of a dump line.
+type Lines = BTreeMap<String, serde_json::Value>;
+
+fn parse_lines(lines: impl IntoIterator<Item = String>) -> Lines {
+    lines
+        .into_iter()
+        .map(
+            |line| match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(serde_json::Value::Object(mut obj)) => {
+                    let key = obj.remove("key").map(|k| k.to_string()).unwrap_or_default();
+                    (key, serde_json::Value::Object(obj))
+                }
+                _ => (line, serde_json::Value::Null),
+            },
+        )
+        .collect()
+}
+
+/// Every difference between the expected state and a shard's dump, one line each, saying
+/// what it means (a counter off by a delta, a token twice, a list out of order).
+fn compare(want: &State, actual: &[String]) -> Vec<String> {
+    let want = parse_lines(want.iter().map(|(k, v)| json_line(k, v)));
+    let actual = parse_lines(actual.iter().cloned());
+    let mut out = Vec::new();
+    for (key, w) in &want {
+        match actual.get(key) {
+            None => out.push(format!("key {key}: missing (expected {})", short(w))),
+            Some(a) if a != w => out.push(format!("key {key}: {}", describe(w, a))),
+            Some(_) => {}
+        }
+    }
+    for (key, a) in &actual {
+        if !want.contains_key(key) {
+            out.push(format!("key {key}: unexpected {}", short(a)));
+        }
+    }
+    out
+}
+
+/// How an actual value differs from the expected one.
+fn describe(want: &serde_json::Value, actual: &serde_json::Value) -> String {
+    if let (Some(w), Some(a)) = (want["counter"].as_i64(), actual["counter"].as_i64()) {
+        return format!(
+            "counter is {a}, expected {w} (off by {:+}: a duplicate or a gap)",
+            a.wrapping_sub(w)
+        );
+    }
+    let (Some(w), Some(a)) = (want["list"].as_array(), actual["list"].as_array()) else {
+        return format!("expected {}, found {}", short(want), short(actual));
+    };
+    let tokens = |items: &[serde_json::Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i.as_str() {
+                Some(s) => String::from_utf8_lossy(token_of(s.as_bytes())).into_owned(),
+                None => i.to_string(),
+            })
+            .collect()
+    };
+    let (w, a) = (tokens(w), tokens(a));
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = a.iter().find(|t| !seen.insert(*t)) {
+        return format!("token {dup} appears twice (a duplicate delivery)");
+    }
+    let at = w.iter().zip(&a).position(|(x, y)| x != y);
+    match at {
+        Some(i) => format!(
+            "list differs at item {i}: expected token {}, found {} ({} items, expected {})",
+            w[i],
+            a[i],
+            a.len(),
+            w.len()
+        ),
+        None => format!(
+            "list has {} items, expected {} (a gap or an extra entry at the end)",
+            a.len(),
+            w.len()
+        ),
+    }
+}
+
+/// A value shortened for a message.
+fn short(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Value;
+
+    fn state(items: &[(&str, Value)]) -> State {
+        items
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+            .collect()
+    }
+
+    fn dump(s: &State) -> Vec<String> {
+        s.iter().map(|(k, v)| json_line(k, v)).collect()
+    }
+
+    #[test]
+    fn equal_states_have_no_differences() {
+        let s = state(&[
+            ("c-1", Value::Counter(3)),
+            ("l-1", Value::List(vec![b"t1".to_vec()])),
+        ]);
+        assert!(compare(&s, &dump(&s)).is_empty());
+    }
+
+    #[test]
+    fn a_repeated_token_is_named_as_a_duplicate() {
+        let want = state(&[("l-1", Value::List(vec![b"t1~~".to_vec(), b"t2~~".to_vec()]))]);
+        let got = state(&[(
+            "l-1",
+            Value::List(vec![b"t1~~".to_vec(), b"t1~~".to_vec(), b"t2~~".to_vec()]),
+        )]);
+        let d = compare(&want, &dump(&got));
+        assert_eq!(d.len(), 1);
+        assert!(d[0].contains("token t1 appears twice"), "{d:?}");
+    }
+
+    #[test]
+    fn counters_missing_keys_and_extra_keys_are_each_reported() {
+        let want = state(&[("c-1", Value::Counter(3)), ("c-2", Value::Counter(1))]);
+        let got = state(&[("c-1", Value::Counter(5)), ("c-3", Value::Counter(1))]);
+        let d = compare(&want, &dump(&got));
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].contains("off by +2"), "{d:?}");
+        assert!(d[1].contains("missing"), "{d:?}");
+        assert!(d[2].contains("unexpected"), "{d:?}");
+    }
+
+    #[test]
+    fn a_reordered_list_names_the_first_difference() {
+        let want = state(&[("l-1", Value::List(vec![b"a".to_vec(), b"b".to_vec()]))]);
+        let got = state(&[("l-1", Value::List(vec![b"b".to_vec(), b"a".to_vec()]))]);
+        let d = compare(&want, &dump(&got));
+        assert!(d[0].contains("differs at item 0"), "{d:?}");
+    }
 }

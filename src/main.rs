@@ -247,6 +247,11 @@ struct PlayerArgs {
     /// Watermark interval in entries for idle shards.
     #[arg(long, env = "LOGPLAYER_WATERMARK_EVERY", default_value_t = 1000)]
     watermark_every: u64,
+    /// FAULT INJECTION, for tests only: keep delivering after the lease is lost, as a leader
+    /// paused between its lease check and its send would. Only the shards' epoch fencing
+    /// stops such a replica; tests use it to prove that fencing does.
+    #[arg(long, hide = true)]
+    fault_keep_leading: bool,
 }
 
 #[derive(Args)]
@@ -620,6 +625,7 @@ async fn main() -> anyhow::Result<()> {
                         player: config,
                         lease: lease_config,
                         cursors,
+                        keep_leading_after_loss: a.fault_keep_leading,
                     };
                     player::replica::run(replica, backend, stats, shutdown).await?;
                 }

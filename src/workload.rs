@@ -1,59 +1,143 @@
-//! Transactions for demos, benchmarks and tests: each touches several keys with
-//! non-idempotent ops (`add` and `append`), so a duplicate, a gap or a reorder shows in the
-//! final state. Deterministic for a seed.
+//! Transactions for demos, benchmarks and tests, built so that the final state is a witness
+//! of the whole history. Deterministic for a seed.
+//!
+//! Every key has one kind for its whole life, fixed by its number: even-numbered keys
+//! (`c-NNNNNN`) are counters and only ever get `add` of a positive delta; odd-numbered keys
+//! (`l-NNNNNN`) are lists and only ever get `append` of a token unique to the run's seed,
+//! the transaction and the mutation. Nothing ever resets a value, so a duplicate anywhere in
+//! the history adds its delta again or repeats its token, a gap leaves a delta or a token
+//! missing, and a reorder changes a list's order, however early it happened. Every
+//! transaction appends at least one token (its first mutation), so every transaction a
+//! shard receives leaves a mark.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::proto::{Mutation, mutation::Op};
 
+/// What pads a token up to the transaction's size; never part of a token.
+pub const PAD: u8 = b'~';
+
+/// The largest delta one `add` carries.
+const MAX_DELTA: i64 = 1000;
+
 /// Shape of the generated transactions.
 #[derive(Debug, Clone)]
 pub struct Workload {
     /// Mutations per transaction.
     pub keys_per_txn: usize,
-    /// Distinct keys to draw from.
+    /// Distinct keys to draw from (half counters, half lists; at least 2).
     pub key_space: usize,
     /// Approximate transaction size in bytes (padding in the appended values).
     pub txn_bytes: usize,
+    seed: u64,
     rng: StdRng,
     seq: u64,
+}
+
+/// Whether key number `k` is a counter (else a list).
+fn is_counter(k: usize) -> bool {
+    k.is_multiple_of(2)
+}
+
+/// The name of key number `k`.
+pub fn key_name(k: usize) -> String {
+    if is_counter(k) {
+        format!("c-{k:06}")
+    } else {
+        format!("l-{k:06}")
+    }
+}
+
+/// The token an appended value carries, without its padding.
+pub fn token_of(value: &[u8]) -> &[u8] {
+    let end = value.iter().position(|&b| b == PAD).unwrap_or(value.len());
+    &value[..end]
 }
 
 impl Workload {
     pub fn new(keys_per_txn: usize, key_space: usize, txn_bytes: usize, seed: u64) -> Self {
         Workload {
             keys_per_txn: keys_per_txn.max(1),
-            key_space: key_space.max(1),
+            key_space: key_space.max(2),
             txn_bytes,
+            seed,
             rng: StdRng::seed_from_u64(seed),
             seq: 0,
         }
     }
 
-    /// The next transaction: half `add`s, half `append`s of a unique token (plus padding to
-    /// reach `txn_bytes`).
+    /// A key number of the asked kind.
+    fn draw(&mut self, counter: bool) -> usize {
+        let k = self.rng.random_range(0..self.key_space);
+        match (is_counter(k), counter) {
+            (a, b) if a == b => k,
+            // The neighbour has the other kind; wrap at the top (key_space >= 2).
+            _ if k + 1 < self.key_space => k + 1,
+            _ => k - 1,
+        }
+    }
+
+    /// The next transaction: an `append` of a unique token first, then a random mix of
+    /// `add`s and `append`s, each on a key of its kind (plus padding to reach `txn_bytes`).
     pub fn next_txn(&mut self) -> Vec<Mutation> {
         self.seq += 1;
         let per_key = self.txn_bytes / self.keys_per_txn;
         (0..self.keys_per_txn)
             .map(|i| {
-                let k = self.rng.random_range(0..self.key_space);
-                let op = if self.rng.random_bool(0.5) {
-                    Op::Add(self.rng.random_range(1..=1000))
+                let counter = i > 0 && self.rng.random_bool(0.5);
+                let k = self.draw(counter);
+                let op = if counter {
+                    Op::Add(self.rng.random_range(1..=MAX_DELTA))
                 } else {
-                    let token = format!("t{}.{}", self.seq, i);
-                    let mut value = token.into_bytes();
+                    let mut value = format!("t{}.{}.{}", self.seed, self.seq, i).into_bytes();
                     if value.len() < per_key {
-                        value.resize(per_key, b'.');
+                        value.resize(per_key, PAD);
                     }
                     Op::Append(value.into())
                 };
                 Mutation {
-                    key: format!("key-{k:06}").into_bytes().into(),
+                    key: key_name(k).into_bytes().into(),
                     op: Some(op),
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_key_keeps_one_kind_and_every_token_is_unique() {
+        let mut w = Workload::new(6, 50, 300, 7);
+        let mut tokens = HashSet::new();
+        for _ in 0..2000 {
+            let txn = w.next_txn();
+            assert!(matches!(txn[0].op, Some(Op::Append(_))), "no token first");
+            for m in txn {
+                let key = String::from_utf8(m.key.to_vec()).unwrap();
+                match m.op.unwrap() {
+                    Op::Add(d) => {
+                        assert!(key.starts_with("c-"), "{key}");
+                        assert!(d > 0);
+                    }
+                    Op::Append(v) => {
+                        assert!(key.starts_with("l-"), "{key}");
+                        assert!(tokens.insert(token_of(&v).to_vec()), "token repeated");
+                    }
+                    other => panic!("unexpected op {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_keep_tokens_apart() {
+        let a = Workload::new(1, 10, 0, 1).next_txn();
+        let b = Workload::new(1, 10, 0, 2).next_txn();
+        assert_ne!(a[0].op, b[0].op);
     }
 }

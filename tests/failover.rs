@@ -28,9 +28,13 @@ const FAST_LEASE: &[&str] = &[
 const TAKEOVER: Duration = Duration::from_secs(20);
 
 async fn cluster(shards: usize) -> (tempfile::TempDir, Cluster, Log) {
+    cluster_with(shards, FAST_LEASE).await
+}
+
+async fn cluster_with(shards: usize, args: &[&str]) -> (tempfile::TempDir, Cluster, Log) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(dir.path(), &bin(), shards).await.unwrap();
-    c.start_replicas(3, FAST_LEASE).await.unwrap();
+    c.start_replicas(3, args).await.unwrap();
     wait_for_leader(&c, TAKEOVER).await.unwrap();
     let log = Log::connect(c.logstore.addr()).await.unwrap();
     (dir, c, log)
@@ -91,7 +95,11 @@ async fn the_leader_killed_twenty_times_under_load_hands_over_with_rising_epochs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_wakes_stale_and_is_fenced_without_applying_anything() {
-    let (_dir, mut c, log) = cluster(2).await;
+    // The replicas keep delivering after losing the lease (fault injection), as a leader
+    // paused between its lease check and its send would: only the shards' epoch fencing
+    // can stop the stale one. Without it this test fails (no refusal, stale commits).
+    let args = [FAST_LEASE, &["--fault-keep-leading"]].concat();
+    let (_dir, mut c, log) = cluster_with(2, &args).await;
     let running = load(&log, 8, 3);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let f = take_down_leader(&mut c, Takedown::Stop, TAKEOVER)
@@ -103,7 +111,9 @@ async fn a_frozen_leader_wakes_stale_and_is_fenced_without_applying_anything() {
     c.players[f.old_leader].cont().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Nothing was committed under the old epoch after the takeover: each shard's highest
-    // epoch with commits is the new one (or higher), never the stale one.
+    // epoch with commits is the new one (or higher), never the stale one. And the stale
+    // leader did try: a shard refused it, so the check above is not vacuous.
+    let mut refusals = 0;
     for s in &c.shards {
         let st = ShardConn::connect(s.addr())
             .await
@@ -117,7 +127,13 @@ async fn a_frozen_leader_wakes_stale_and_is_fenced_without_applying_anything() {
             st.epoch
         );
         assert_eq!(st.stale_epoch_commits, 0, "a stale leader committed");
+        refusals += st.fenced_refusals;
     }
+    assert!(
+        refusals > 0,
+        "no shard refused the stale leader: fencing was not exercised\n{}",
+        c.logs()
+    );
     // The stale replica is alive and stood down: it did not crash, and the lease moved on.
     assert!(
         c.players[f.old_leader].exited().is_none(),

@@ -20,6 +20,9 @@ pub struct ReplicaConfig {
     pub player: PlayerConfig,
     pub lease: LeaseConfig,
     pub cursors: Option<Arc<dyn CursorStore>>,
+    /// Fault injection for tests: ignore the loss of the lease and keep delivering until a
+    /// shard fences this replica (a leader paused between its lease check and its send).
+    pub keep_leading_after_loss: bool,
 }
 
 /// Waits until `role` is no longer `Leader { epoch }` (or the elector is gone).
@@ -100,9 +103,15 @@ pub async fn run(
         };
         let run = player.run();
         tokio::pin!(run);
+        let lease_lost = async {
+            if config.keep_leading_after_loss {
+                std::future::pending::<()>().await;
+            }
+            lost(&mut role, epoch).await
+        };
         let ended = tokio::select! {
             r = &mut run => Some(r),
-            _ = lost(&mut role, epoch) => None,
+            _ = lease_lost => None,
             _ = shutdown.cancelled() => None,
         };
         let result = match ended {
