@@ -2,36 +2,32 @@
 //! order, through shard crashes, player crashes and disconnects.
 //!
 //! # Layout
+//! The product, in the order data flows through it (see `ARCHITECTURE.md`):
 //! - [`proto`]: the generated wire protocol (`proto/logplayer.proto`).
 //! - [`model`]: values, op semantics, JSON lines, the state a log implies.
-//! - [`routing`]: key -> slot -> shard.
-//! - [`wal`]: durable segment storage with checksums and torn-tail recovery.
-//! - [`logstore`]: the WAL server (group commit, writer dedup, tailing reads).
+//! - [`routing`]: key -> slot -> shard; slot ranges and their coverage rule.
+//! - [`logstore`]: the log: the segment WAL ([`logstore::wal`]), group commit and writer
+//!   dedup, and the LogStore gRPC service.
+//! - [`player`]: fetcher, dispatcher, target queues, senders, recovery readers, replicas
+//!   that lead or stand by under a lease, ack cursors and the player's metrics.
 //! - [`shard`]: the delivery target (fencing, dedup, gap refusal, atomic durable apply).
-//! - [`player`]: fetcher, dispatcher, target queues, senders, recovery readers, and
-//!   replicas that lead or stand by under a lease.
-//! - [`lease`]: leader leases with a fencing epoch (file and Kubernetes backends).
-//! - [`cursor`]: the leader's persisted ack cursors.
-//! - [`metrics`]: the player's Prometheus metrics and health endpoints.
+//! - [`lease`]: leader leases with a fencing epoch (file and Kubernetes backends, elector).
 //! - [`crd`]: the `LogPlayer` and `Shard` custom resources and their generated CRDs.
-//! - [`grpc`]: what every gRPC edge shares (listeners, windows, health, reflection).
-//! - [`client`], [`workload`], [`check`]: talking to servers, generating non-idempotent
-//!   transactions, and checking every shard against what the log implies.
-//! - [`cluster`]: starting, killing and restarting our servers as child processes (demo,
-//!   bench, tests).
-//! - [`failover`]: taking the leader down and timing the takeover.
-//! - [`demo`], [`bench`]: the `demo` and `bench` subcommands.
+//! - [`operator`]: the Kubernetes operator (names, desired objects, apply, observe, status).
+//! - [`grpc`], [`client`], [`metrics`]: what every gRPC edge shares, clients of our
+//!   services, and the `/metrics` `/healthz` `/readyz` endpoints.
+//! - [`cli`]: the `logplayer` command line (one clap definition per component).
+//!
+//! The tooling that drives real processes (never imported by the product):
+//! - [`harness`]: the child-process cluster, workload, exactly-once checker, failover
+//!   timing, demo and bench.
 #![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod check;
+pub mod cli;
 pub mod client;
-pub mod cluster;
 pub mod crd;
-pub mod cursor;
-pub mod demo;
-pub mod failover;
 pub mod grpc;
+pub mod harness;
 pub mod lease;
 pub mod logstore;
 pub mod metrics;
@@ -41,5 +37,3 @@ pub mod player;
 pub mod proto;
 pub mod routing;
 pub mod shard;
-pub mod wal;
-pub mod workload;

@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use logplayer::{bench, client, cluster, demo, grpc, logstore, player, routing, shard};
+use logplayer::harness::{bench, cluster, demo};
+use logplayer::{client, grpc, logstore, player, routing, shard};
 
 #[derive(Parser)]
 #[command(
@@ -346,7 +347,7 @@ fn init_tracing() {
 }
 
 async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
-    use logplayer::failover::{Takedown, take_down_leader, wait_for_leader};
+    use logplayer::harness::failover::{Takedown, take_down_leader, wait_for_leader};
     let tmp = tempfile::Builder::new()
         .prefix("logplayer-failover-")
         .tempdir()?;
@@ -401,7 +402,7 @@ async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
         q(0.99),
         q(1.0)
     );
-    let check = logplayer::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
+    let check = logplayer::harness::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
     print!("{check}");
     for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
         p.terminate(Duration::from_secs(5)).await;
@@ -450,7 +451,7 @@ async fn bench_once(
     let (load, stalled) = tokio::join!(bench::drive(&log, &spec, None), stall);
     stalled?;
     let peak = c.players[0].peak_rss_mib().unwrap_or(0.0);
-    let check = logplayer::check::check(&log, &c.shard_map(), Duration::from_secs(120)).await?;
+    let check = logplayer::harness::check::check(&log, &c.shard_map(), Duration::from_secs(120)).await?;
     let mut delays = bench::Delays::default();
     for s in &c.shards {
         delays.collect(s.addr()).await?;
@@ -576,16 +577,16 @@ async fn main() -> anyhow::Result<()> {
             if a.retain_log && a.cursor_file.is_none() && !a.cursor_shard_status {
                 bail!("--retain-log needs a cursor store: --cursor-file or --cursor-shard-status");
             }
-            let cursors: Option<std::sync::Arc<dyn logplayer::cursor::CursorStore>> =
+            let cursors: Option<std::sync::Arc<dyn logplayer::player::cursor::CursorStore>> =
                 match (&a.cursor_file, a.cursor_shard_status) {
                     (Some(p), _) => {
-                        Some(std::sync::Arc::new(logplayer::cursor::FileCursors::new(p)))
+                        Some(std::sync::Arc::new(logplayer::player::cursor::FileCursors::new(p)))
                     }
                     (None, true) => {
                         let client = kube::Client::try_default()
                             .await
                             .context("connecting to Kubernetes for the cursor store")?;
-                        Some(std::sync::Arc::new(logplayer::cursor::KubeCursors::new(
+                        Some(std::sync::Arc::new(logplayer::player::cursor::KubeCursors::new(
                             client,
                             &a.lease_namespace,
                         )))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use logplayer::client::Log;
-use logplayer::cluster::Cluster;
+use logplayer::harness::cluster::Cluster;
 use logplayer::proto::{Mutation, mutation::Op};
 use tonic::codegen::http::uri::PathAndQuery;
 

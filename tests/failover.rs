@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use logplayer::bench::{LoadReport, LoadSpec, drive};
-use logplayer::check::check;
+use logplayer::harness::bench::{LoadReport, LoadSpec, drive};
+use logplayer::harness::check::check;
 use logplayer::client::{Log, ShardConn};
-use logplayer::cluster::Cluster;
-use logplayer::failover::{Takedown, take_down_leader, wait_for_leader};
+use logplayer::harness::cluster::Cluster;
+use logplayer::harness::failover::{Takedown, take_down_leader, wait_for_leader};
 
 fn bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use logplayer::bench::{LoadSpec, drive};
-use logplayer::check::check;
+use logplayer::harness::bench::{LoadSpec, drive};
+use logplayer::harness::check::check;
 use logplayer::client::Log;
-use logplayer::cluster::Cluster;
+use logplayer::harness::cluster::Cluster;
 
 fn bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use logplayer::bench::{LoadSpec, drive};
+use logplayer::harness::bench::{LoadSpec, drive};
 use logplayer::client::{Log, ShardConn};
-use logplayer::cluster::Cluster;
-use logplayer::cursor::{CursorStore, FileCursors};
-use logplayer::failover::wait_for_leader;
+use logplayer::harness::cluster::Cluster;
+use logplayer::player::cursor::{CursorStore, FileCursors};
+use logplayer::harness::failover::wait_for_leader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bin() -> std::path::PathBuf {

@@ -49,7 +49,7 @@ async fn ack(inbound: &mut tonic::Streaming<logplayer::proto::DeliverResponse>) 
 async fn a_real_shard_skips_resent_entries_refuses_gaps_and_fences_stale_epochs() {
     let dir = tempfile::tempdir().unwrap();
     let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"));
-    let c = logplayer::cluster::Cluster::start(dir.path(), &bin, 1)
+    let c = logplayer::harness::cluster::Cluster::start(dir.path(), &bin, 1)
         .await
         .unwrap();
     let addr = c.shards[0].addr().to_owned();

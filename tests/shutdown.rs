@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use logplayer::bench::{LoadSpec, drive};
-use logplayer::check::check;
+use logplayer::harness::bench::{LoadSpec, drive};
+use logplayer::harness::check::check;
 use logplayer::client::Log;
-use logplayer::cluster::Cluster;
+use logplayer::harness::cluster::Cluster;
 use logplayer::proto::{Mutation, mutation::Op};
 
 fn bin() -> std::path::PathBuf {

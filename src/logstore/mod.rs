@@ -5,9 +5,10 @@
 //! (one writer thread takes every append that is waiting, writes them, and fsyncs once),
 //! publication of the durable head — and the read path (a bounded cache of recent entries
 //! in front of the WAL, so tailing readers never touch the disk). Record storage, checksums
-//! and recovery belong to [`crate::wal`]; the gRPC edge is [`service`].
+//! and recovery belong to [`crate::logstore::wal`]; the gRPC edge is [`service`].
 
 pub mod service;
+pub mod wal;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::proto::{Entry, Mutation, StoredEntry};
-use crate::wal::{Wal, WalConfig, WalError, WalReader};
+use crate::logstore::wal::{Wal, WalConfig, WalError, WalReader};
 
 /// Appends waiting for the writer thread. Past this, appenders wait (back-pressure) instead
 /// of queueing without bound.

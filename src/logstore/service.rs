@@ -17,7 +17,7 @@ use crate::proto::{
     AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, ReadRequest, ReadResponse,
     RetainRequest, RetainResponse,
 };
-use crate::wal::WalError;
+use crate::logstore::wal::WalError;
 
 /// Appends of one `AppendStream` submitted but not yet answered.
 const APPEND_PIPELINE: usize = 1024;

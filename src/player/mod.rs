@@ -11,6 +11,8 @@
 //! keeps up. Resuming a queue and dispatching share one lock (`Dispatch`), so a recovery
 //! range and the main stream can never overlap or leave a hole.
 
+pub mod cursor;
+pub mod metrics;
 pub mod queue;
 pub mod replica;
 
@@ -26,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::cursor::{CursorStore, Cursors};
+use crate::player::cursor::{CursorStore, Cursors};
 use crate::grpc;
-use crate::metrics::Metrics;
+use crate::player::metrics::Metrics;
 use crate::model::now_micros;
 use crate::proto::log_store_client::LogStoreClient;
 use crate::proto::shard_client::ShardClient;
@@ -137,7 +139,7 @@ pub enum PlayerError {
 /// Counters for progress output, and the Prometheus metrics.
 #[derive(Default)]
 pub struct PlayerStats {
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::player::metrics::Metrics>,
     pub dispatched: AtomicU64,
     pub current_index: AtomicU64,
     pub reconnects: AtomicU64,

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Player, PlayerConfig, PlayerError, PlayerStats};
-use crate::cursor::CursorStore;
+use crate::player::cursor::CursorStore;
 use crate::lease::{self, LeaseBackend, LeaseConfig, Role};
 
 /// A replica's settings.
@@ -83,7 +83,7 @@ pub async fn run(
                     tracing::info!(epoch, saved_by_epoch = saved.epoch, cursors = ?saved.acked, "read the ack cursors");
                     for (shard, index) in &saved.acked {
                         m.acked
-                            .get_or_create(&crate::metrics::Metrics::shard(shard))
+                            .get_or_create(&crate::player::metrics::Metrics::shard(shard))
                             .set(*index as i64);
                     }
                 }

@@ -33,7 +33,7 @@ struct Background {
 
 impl Background {
     fn start(log: &Log, seed: u64) -> Background {
-        use logplayer::bench::{LoadSpec, drive};
+        use logplayer::harness::bench::{LoadSpec, drive};
         let stop = Arc::new(AtomicBool::new(false));
         let (log, s) = (log.clone(), stop.clone());
         let task = tokio::spawn(async move {
@@ -149,7 +149,7 @@ async fn restart_count(h: &Harness, name: &str) -> anyhow::Result<i32> {
 
 /// The exactly-once check over the whole log.
 async fn exactly_once(log: &Log, map: &ShardMap, appended: u64) -> anyhow::Result<()> {
-    let result = logplayer::check::check(log, map, Duration::from_secs(60)).await?;
+    let result = logplayer::harness::check::check(log, map, Duration::from_secs(60)).await?;
     eprintln!("[e2e] {} entries checked:\n{result}", result.entries);
     ensure!(result.pass, "exactly-once violated:\n{result}");
     ensure!(

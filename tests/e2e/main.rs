@@ -704,7 +704,7 @@ async fn demo_log(
 }
 
 async fn failover(h: &Harness) -> anyhow::Result<()> {
-    use logplayer::bench::{LoadSpec, drive};
+    use logplayer::harness::bench::{LoadSpec, drive};
 
     let (log, map) = demo_log(h).await?;
 
@@ -767,7 +767,7 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
     let report = running.await?;
     ensure!(report.failed == 0, "{} appends failed", report.failed);
     ensure!(report.appended > 0, "nothing appended");
-    let result = logplayer::check::check(&log, &map, Duration::from_secs(60)).await?;
+    let result = logplayer::harness::check::check(&log, &map, Duration::from_secs(60)).await?;
     eprintln!("[e2e] {} entries checked:\n{result}", result.entries);
     ensure!(result.pass, "exactly-once violated:\n{result}");
     ensure!(result.entries >= report.appended);

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::bench::{Delays, LoadSpec, drive, ms};
-use crate::check::check;
+use crate::harness::bench::{Delays, LoadSpec, drive, ms};
+use crate::harness::check::check;
 use crate::client::{ClientError, Log, ShardConn};
-use crate::cluster::{Cluster, ClusterError};
-use crate::failover::{Failover, FailoverError, Takedown, take_down_leader, wait_for_leader};
+use crate::harness::cluster::{Cluster, ClusterError};
+use crate::harness::failover::{Failover, FailoverError, Takedown, take_down_leader, wait_for_leader};
 
 /// Player replicas the demo runs.
 const REPLICAS: usize = 3;
@@ -47,7 +47,7 @@ pub enum DemoError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
-    Check(#[from] crate::check::CheckError),
+    Check(#[from] crate::harness::check::CheckError),
     #[error(transparent)]
     Failover(#[from] FailoverError),
     #[error("creating the data directory: {0}")]
@@ -71,7 +71,7 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         }
     };
     println!("LogPlayer demo: data and logs in {}", dir.display());
-    let bin = crate::cluster::binary();
+    let bin = crate::harness::cluster::binary();
     let mut cluster = Cluster::start(&dir, &bin, cfg.shards).await?;
     cluster.start_replicas(REPLICAS, &[]).await?;
     let (first_leader, first_epoch) = wait_for_leader(&cluster, Duration::from_secs(30)).await?;
@@ -190,7 +190,7 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
             );
         }
     }
-    let report = load.await.unwrap_or(crate::bench::LoadReport {
+    let report = load.await.unwrap_or(crate::harness::bench::LoadReport {
         appended: 0,
         failed: 0,
         seconds: 0.0,

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, ShardConn};
-use crate::cluster::{Cluster, ClusterError};
+use crate::harness::cluster::{Cluster, ClusterError};
 use crate::model::now_micros;
 
 /// How the leader is taken down.

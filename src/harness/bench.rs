@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::client::{ClientError, Log, ShardConn};
 use crate::model::now_micros;
 use crate::shard::stats;
-use crate::workload::Workload;
+use crate::harness::workload::Workload;
 
 /// Most appends in flight from one driver (bounds memory when the server falls behind).
 pub const MAX_IN_FLIGHT: usize = 4096;

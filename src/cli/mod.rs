@@ -1,0 +1,1 @@
+//! The `logplayer` command line.
