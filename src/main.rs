@@ -402,7 +402,8 @@ async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
         q(0.99),
         q(1.0)
     );
-    let check = logplayer::harness::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
+    let check =
+        logplayer::harness::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
     print!("{check}");
     for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
         p.terminate(Duration::from_secs(5)).await;
@@ -451,7 +452,8 @@ async fn bench_once(
     let (load, stalled) = tokio::join!(bench::drive(&log, &spec, None), stall);
     stalled?;
     let peak = c.players[0].peak_rss_mib().unwrap_or(0.0);
-    let check = logplayer::harness::check::check(&log, &c.shard_map(), Duration::from_secs(120)).await?;
+    let check =
+        logplayer::harness::check::check(&log, &c.shard_map(), Duration::from_secs(120)).await?;
     let mut delays = bench::Delays::default();
     for s in &c.shards {
         delays.collect(s.addr()).await?;
@@ -579,17 +581,16 @@ async fn main() -> anyhow::Result<()> {
             }
             let cursors: Option<std::sync::Arc<dyn logplayer::player::cursor::CursorStore>> =
                 match (&a.cursor_file, a.cursor_shard_status) {
-                    (Some(p), _) => {
-                        Some(std::sync::Arc::new(logplayer::player::cursor::FileCursors::new(p)))
-                    }
+                    (Some(p), _) => Some(std::sync::Arc::new(
+                        logplayer::player::cursor::FileCursors::new(p),
+                    )),
                     (None, true) => {
                         let client = kube::Client::try_default()
                             .await
                             .context("connecting to Kubernetes for the cursor store")?;
-                        Some(std::sync::Arc::new(logplayer::player::cursor::KubeCursors::new(
-                            client,
-                            &a.lease_namespace,
-                        )))
+                        Some(std::sync::Arc::new(
+                            logplayer::player::cursor::KubeCursors::new(client, &a.lease_namespace),
+                        ))
                     }
                     (None, false) => None,
                 };

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use logplayer::client::{Log, ShardConn};
 use logplayer::harness::bench::{LoadReport, LoadSpec, drive};
 use logplayer::harness::check::check;
-use logplayer::client::{Log, ShardConn};
 use logplayer::harness::cluster::Cluster;
 use logplayer::harness::failover::{Takedown, take_down_leader, wait_for_leader};
 

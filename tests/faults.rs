@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use logplayer::client::Log;
 use logplayer::harness::bench::{LoadSpec, drive};
 use logplayer::harness::check::check;
-use logplayer::client::Log;
 use logplayer::harness::cluster::Cluster;
 
 fn bin() -> std::path::PathBuf {

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use logplayer::harness::bench::{LoadSpec, drive};
 use logplayer::client::{Log, ShardConn};
+use logplayer::harness::bench::{LoadSpec, drive};
 use logplayer::harness::cluster::Cluster;
-use logplayer::player::cursor::{CursorStore, FileCursors};
 use logplayer::harness::failover::wait_for_leader;
+use logplayer::player::cursor::{CursorStore, FileCursors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bin() -> std::path::PathBuf {

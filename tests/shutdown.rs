@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use logplayer::client::Log;
 use logplayer::harness::bench::{LoadSpec, drive};
 use logplayer::harness::check::check;
-use logplayer::client::Log;
 use logplayer::harness::cluster::Cluster;
 use logplayer::proto::{Mutation, mutation::Op};
 

@@ -15,9 +15,9 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::client::{ClientError, Log, ShardConn};
+use crate::harness::workload::Workload;
 use crate::model::now_micros;
 use crate::shard::stats;
-use crate::harness::workload::Workload;
 
 /// Most appends in flight from one driver (bounds memory when the server falls behind).
 pub const MAX_IN_FLIGHT: usize = 4096;

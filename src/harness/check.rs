@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use crate::client::{ClientError, Log, ShardConn};
+use crate::harness::workload::token_of;
 use crate::model::{State, apply_all, json_line};
 use crate::proto::{Entry, Mutation};
 use crate::routing::ShardMap;
-use crate::harness::workload::token_of;
 
 /// Errors of the checker (not a failed check: that is a [`Report`] with `pass == false`).
 #[derive(Debug, thiserror::Error)]

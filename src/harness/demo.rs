@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::client::{ClientError, Log, ShardConn};
 use crate::harness::bench::{Delays, LoadSpec, drive, ms};
 use crate::harness::check::check;
-use crate::client::{ClientError, Log, ShardConn};
 use crate::harness::cluster::{Cluster, ClusterError};
-use crate::harness::failover::{Failover, FailoverError, Takedown, take_down_leader, wait_for_leader};
+use crate::harness::failover::{
+    Failover, FailoverError, Takedown, take_down_leader, wait_for_leader,
+};
 
 /// Player replicas the demo runs.
 const REPLICAS: usize = 3;

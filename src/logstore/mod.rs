@@ -17,8 +17,8 @@ use std::sync::{Arc, RwLock};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::proto::{Entry, Mutation, StoredEntry};
 use crate::logstore::wal::{Wal, WalConfig, WalError, WalReader};
+use crate::proto::{Entry, Mutation, StoredEntry};
 
 /// Appends waiting for the writer thread. Past this, appenders wait (back-pressure) instead
 /// of queueing without bound.

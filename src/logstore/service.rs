@@ -12,12 +12,12 @@ use tonic::{Request, Response, Status};
 
 use super::{LogStore, LogStoreError};
 use crate::grpc::{self, GrpcError};
+use crate::logstore::wal::WalError;
 use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
 use crate::proto::{
     AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, ReadRequest, ReadResponse,
     RetainRequest, RetainResponse,
 };
-use crate::logstore::wal::WalError;
 
 /// Appends of one `AppendStream` submitted but not yet answered.
 const APPEND_PIPELINE: usize = 1024;

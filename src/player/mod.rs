@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::player::cursor::{CursorStore, Cursors};
 use crate::grpc;
-use crate::player::metrics::Metrics;
 use crate::model::now_micros;
+use crate::player::cursor::{CursorStore, Cursors};
+use crate::player::metrics::Metrics;
 use crate::proto::log_store_client::LogStoreClient;
 use crate::proto::shard_client::ShardClient;
 use crate::proto::{

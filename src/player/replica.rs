@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Player, PlayerConfig, PlayerError, PlayerStats};
-use crate::player::cursor::CursorStore;
 use crate::lease::{self, LeaseBackend, LeaseConfig, Role};
+use crate::player::cursor::CursorStore;
 
 /// A replica's settings.
 pub struct ReplicaConfig {

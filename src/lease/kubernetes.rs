@@ -1,0 +1,272 @@
+//! The Kubernetes lease: a `coordination.k8s.io/v1` `Lease`, compare-and-set through the
+//! API server's `resourceVersion`; the epoch is `spec.leaseTransitions`.
+
+use super::{Decision, LeaseBackend, LeaseError, LeaseState, check_identity, decide};
+use async_trait::async_trait;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How many read-decide-write rounds one call makes before reporting the race as lost.
+const KUBE_ATTEMPTS: usize = 2;
+
+/// A `coordination.k8s.io/v1` `Lease`, compare-and-set through the API server.
+///
+/// Each round GETs the Lease (creating it, as ours at `leaseTransitions` 1, when it does not
+/// exist), decides like [`FileLease`], and REPLACEs it carrying the `resourceVersion` it read,
+/// so a concurrent writer makes the API server answer 409 Conflict and the round is lost,
+/// never won twice. The epoch is `spec.leaseTransitions`, incremented on every change of
+/// holder; `acquireTime` is set on acquisition, `renewTime` (MicroTime) on every write,
+/// `leaseDurationSeconds` is the duration rounded up to whole seconds. Release clears
+/// `holderIdentity` and keeps `leaseTransitions`. The rules match client-go's Lease lock
+/// (an empty holder is free), except that the first acquisition is transition 1, not 0, so
+/// that no term has epoch 0, and that re-acquiring our own expired lease is a transition.
+///
+/// Hand-written because the crates on crates.io do not fit these rules:
+/// `kube-leader-election` (0.44, on kube 4) writes with merge patches that carry no
+/// `resourceVersion`, so two contenders can both "acquire" an expired lease, and it neither
+/// fences nor returns the transitions count; `kube-lease-manager` (0.13) uses server-side
+/// apply with whole-second durations and reports only a held/not-held boolean, no epoch;
+/// kube-runtime has no leader election.
+#[derive(Clone)]
+pub struct KubeLease {
+    api: Api<Lease>,
+    lease: String,
+    name: String,
+    identity: String,
+    duration_secs: i32,
+    /// The epoch of the term this instance holds; 0 when it holds none.
+    pub(crate) term: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for KubeLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeLease")
+            .field("lease", &self.lease)
+            .field("identity", &self.identity)
+            .field("duration_secs", &self.duration_secs)
+            .finish()
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+impl KubeLease {
+    /// The Lease `namespace/name`, held as `identity` for `lease_duration` (rounded up to
+    /// whole seconds) after each renewal.
+    pub fn new(
+        client: kube::Client,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+        lease_duration: Duration,
+    ) -> Result<Self, LeaseError> {
+        let namespace = namespace.into();
+        let name = name.into();
+        let identity = identity.into();
+        check_identity(&identity)?;
+        let secs = lease_duration.as_nanos().div_ceil(1_000_000_000);
+        let duration_secs = i32::try_from(secs)
+            .ok()
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| LeaseError::InvalidArgument {
+                what: "lease_duration",
+                reason: format!("{lease_duration:?} is zero or too large"),
+            })?;
+        Ok(Self {
+            api: Api::namespaced(client, &namespace),
+            lease: format!("{namespace}/{name}"),
+            name,
+            identity,
+            duration_secs,
+            term: Arc::default(),
+        })
+    }
+
+    fn kube_err(&self, source: kube::Error) -> LeaseError {
+        LeaseError::Kube {
+            lease: self.lease.clone(),
+            source,
+        }
+    }
+
+    fn invalid(&self, reason: impl Into<String>) -> LeaseError {
+        LeaseError::InvalidKubeLease {
+            lease: self.lease.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// `None` when the Lease does not exist.
+    async fn get(&self) -> Result<Option<Lease>, LeaseError> {
+        match self.api.get(&self.name).await {
+            Ok(l) => Ok(Some(l)),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 404 => Ok(None),
+            Err(e) => Err(self.kube_err(e)),
+        }
+    }
+
+    /// (holder, epoch) of a Lease we read; an empty holder is no holder.
+    fn view(&self, lease: &Lease) -> Result<(Option<String>, u64), LeaseError> {
+        if lease.metadata.resource_version.is_none() {
+            // Without it a replace would be unconditional: no compare-and-set.
+            return Err(self.invalid("no metadata.resourceVersion"));
+        }
+        let spec = lease.spec.clone().unwrap_or_default();
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        let epoch = u64::try_from(transitions)
+            .map_err(|_| self.invalid(format!("negative leaseTransitions {transitions}")))?;
+        let holder = spec.holder_identity.filter(|h| !h.is_empty());
+        Ok((holder, epoch))
+    }
+
+    fn expired(spec: Option<&LeaseSpec>, now: Timestamp) -> bool {
+        let Some(spec) = spec else { return true };
+        match (&spec.renew_time, spec.lease_duration_seconds) {
+            (Some(MicroTime(renewed)), Some(secs)) if secs > 0 => renewed
+                .checked_add(SignedDuration::from_secs(i64::from(secs)))
+                .map(|until| now > until)
+                // Past the end of time: cannot expire.
+                .unwrap_or(false),
+            // Without a renew time or duration nobody can claim it is live.
+            _ => true,
+        }
+    }
+
+    fn new_lease(&self, now: Timestamp) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                acquire_time: Some(MicroTime(now)),
+                renew_time: Some(MicroTime(now)),
+                lease_duration_seconds: Some(self.duration_secs),
+                lease_transitions: Some(1),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for KubeLease {
+    async fn try_acquire_or_renew(&self) -> Result<LeaseState, LeaseError> {
+        let mut lost = LeaseState::Other {
+            holder: String::new(),
+            epoch: 0,
+        };
+        for _ in 0..KUBE_ATTEMPTS {
+            let now = Timestamp::now();
+            let Some(mut lease) = self.get().await? else {
+                match self
+                    .api
+                    .create(&PostParams::default(), &self.new_lease(now))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::debug!(lease = %self.lease, identity = %self.identity, epoch = 1, "created kubernetes lease");
+                        self.term.store(1, Ordering::Release);
+                        return Ok(LeaseState::Held { epoch: 1 });
+                    }
+                    // AlreadyExists: somebody else created it first; read it and decide again.
+                    Err(e) if is_status(&e, 409) => continue,
+                    Err(e) => return Err(self.kube_err(e)),
+                }
+            };
+            let (holder, seen_epoch) = self.view(&lease)?;
+            let expired = Self::expired(lease.spec.as_ref(), now);
+            let mut spec = lease.spec.take().unwrap_or_default();
+            let ours = self.term.load(Ordering::Acquire);
+            let epoch = match decide(&self.identity, holder.as_deref(), seen_epoch, expired, ours) {
+                Decision::Other { holder, epoch } => {
+                    self.term.store(0, Ordering::Release);
+                    return Ok(LeaseState::Other { holder, epoch });
+                }
+                Decision::Renew { epoch } => epoch,
+                Decision::Acquire { prev_epoch } => {
+                    let epoch = prev_epoch + 1;
+                    let transitions = i32::try_from(epoch)
+                        .map_err(|_| self.invalid("leaseTransitions would overflow"))?;
+                    spec.holder_identity = Some(self.identity.clone());
+                    spec.lease_transitions = Some(transitions);
+                    spec.acquire_time = Some(MicroTime(now));
+                    epoch
+                }
+            };
+            spec.renew_time = Some(MicroTime(now));
+            spec.lease_duration_seconds = Some(self.duration_secs);
+            lease.spec = Some(spec);
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => {
+                    if epoch != seen_epoch {
+                        tracing::debug!(lease = %self.lease, identity = %self.identity, epoch, "acquired kubernetes lease");
+                    }
+                    self.term.store(epoch, Ordering::Release);
+                    return Ok(LeaseState::Held { epoch });
+                }
+                // Conflict: somebody wrote since our read; this round is theirs.
+                Err(e) if is_status(&e, 409) => {
+                    lost = LeaseState::Other {
+                        holder: holder.unwrap_or_default(),
+                        epoch: seen_epoch,
+                    };
+                }
+                Err(e) => return Err(self.kube_err(e)),
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn release(&self) -> Result<(), LeaseError> {
+        self.term.store(0, Ordering::Release);
+        let mut last_conflict = None;
+        for _ in 0..KUBE_ATTEMPTS {
+            let Some(mut lease) = self.get().await? else {
+                return Ok(());
+            };
+            let (holder, _) = self.view(&lease)?;
+            if holder.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            let mut spec = lease.spec.take().unwrap_or_default();
+            spec.holder_identity = None;
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            lease.spec = Some(spec);
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if is_status(&e, 409) => last_conflict = Some(e),
+                Err(e) => return Err(self.kube_err(e)),
+            }
+        }
+        match last_conflict {
+            Some(e) => Err(self.kube_err(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn lease_duration(&self) -> Duration {
+        Duration::from_secs(u64::from(self.duration_secs.unsigned_abs()))
+    }
+}

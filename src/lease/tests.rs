@@ -1,0 +1,918 @@
+//! Unit tests of the lease rules, both backends and the elector.
+
+use super::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+fn lease_at(dir: &tempfile::TempDir, id: &str, dur: Duration) -> FileLease {
+    FileLease::new(dir.path().join("leader.json"), id, dur).unwrap()
+}
+
+fn held(epoch: u64) -> LeaseState {
+    LeaseState::Held { epoch }
+}
+
+// ---- config ----
+
+#[test]
+fn config_defaults_validate_and_errors_name_values() {
+    let d = LeaseConfig::default();
+    assert_eq!(d.lease_duration, Duration::from_secs(2));
+    assert_eq!(d.renew_deadline, Duration::from_millis(1500));
+    assert_eq!(d.retry_period, Duration::from_millis(250));
+    d.validate().unwrap();
+    let bad = LeaseConfig {
+        renew_deadline: Duration::from_secs(2),
+        ..d
+    };
+    let msg = bad.validate().unwrap_err().to_string();
+    assert!(
+        msg.contains("renew_deadline must be shorter than lease_duration"),
+        "{msg}"
+    );
+    assert!(msg.contains("2s") && msg.contains("250ms"), "{msg}");
+    let bad = LeaseConfig {
+        retry_period: Duration::from_millis(1500),
+        ..d
+    };
+    assert!(matches!(bad.validate(), Err(LeaseError::Config { .. })));
+    let bad = LeaseConfig {
+        retry_period: Duration::ZERO,
+        ..d
+    };
+    assert!(matches!(bad.validate(), Err(LeaseError::Config { .. })));
+}
+
+#[test]
+fn constructor_rejects_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("l.json");
+    assert!(matches!(
+        FileLease::new(&p, "", Duration::from_secs(1)),
+        Err(LeaseError::InvalidArgument {
+            what: "identity",
+            ..
+        })
+    ));
+    assert!(matches!(
+        FileLease::new(&p, "a", Duration::ZERO),
+        Err(LeaseError::InvalidArgument {
+            what: "lease_duration",
+            ..
+        })
+    ));
+    let l = FileLease::new(&p, "a", Duration::from_micros(1500)).unwrap();
+    assert_eq!(l.lease_duration(), Duration::from_millis(2));
+}
+
+// ---- file backend ----
+
+#[tokio::test]
+async fn file_first_acquire_renew_other_expiry() {
+    // Durations long enough that a loaded machine does not expire a lease between two
+    // back-to-back calls.
+    let dir = tempfile::tempdir().unwrap();
+    let a = lease_at(&dir, "a", Duration::from_millis(1000));
+    let b = lease_at(&dir, "b", Duration::from_millis(1000));
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
+    assert_eq!(
+        b.try_acquire_or_renew().await.unwrap(),
+        LeaseState::Other {
+            holder: "a".into(),
+            epoch: 1
+        }
+    );
+    // The newest version is what the docs say.
+    let newest = *a.inner.versions().unwrap().last().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.inner.version_path(newest)).unwrap()).unwrap();
+    assert_eq!(v["holder"], "a");
+    assert_eq!(v["epoch"], 1);
+    assert_eq!(v["transitions"], 1);
+    assert_eq!(v["lease_duration_ms"], 1000);
+    assert!(v["renew_time_micros"].as_u64().unwrap() > 0);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(2));
+    assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(2));
+    assert_eq!(
+        a.try_acquire_or_renew().await.unwrap(),
+        LeaseState::Other {
+            holder: "b".into(),
+            epoch: 2
+        }
+    );
+    // The same identity re-acquiring after its own lease expired is a new term.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(3));
+}
+
+/// A restarted replica (same identity, new process) never renews its predecessor's
+/// term: it takes the lease as a new term, so shards can fence the old process.
+#[tokio::test]
+async fn file_a_restarted_replica_starts_a_new_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = lease_at(&dir, "a", Duration::from_secs(60));
+    assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(1));
+    assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(1));
+    let after = lease_at(&dir, "a", Duration::from_secs(60));
+    assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
+    assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
+    // The old incarnation, were it still alive, sees its term gone.
+    assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(3));
+}
+
+#[tokio::test]
+async fn file_release_then_reacquire_bumps_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = lease_at(&dir, "a", Duration::from_secs(60));
+    let b = lease_at(&dir, "b", Duration::from_secs(60));
+    // Releasing a lease that does not exist, or is not ours, changes nothing.
+    a.release().await.unwrap();
+    assert!(a.inner.versions().unwrap().is_empty());
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
+    b.release().await.unwrap();
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
+
+    a.release().await.unwrap();
+    assert_eq!(FileLease::current(a.path()).unwrap(), (None, 1));
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(2));
+    a.release().await.unwrap();
+    // A standby takes a released lease at once, long before it would expire.
+    assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(3));
+}
+
+#[tokio::test]
+async fn file_corrupt_is_an_error_naming_the_path_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = lease_at(&dir, "a", Duration::from_secs(1));
+    let newest = a.inner.version_path(7);
+    for junk in [
+        &b"{\"holder\": \"a\", \"epo"[..],
+        b"",
+        b"{\"holder\":\"a\",\"epoch\":3,\"renew_time_micros\":1,\"lease_duration_ms\":1,\"transitions\":2}",
+        b"{\"holder\":\"a\",\"epoch\":0,\"renew_time_micros\":1,\"lease_duration_ms\":1,\"transitions\":0}",
+    ] {
+        std::fs::write(&newest, junk).unwrap();
+        let err = a.try_acquire_or_renew().await.unwrap_err();
+        match &err {
+            LeaseError::Corrupt { path, .. } => assert_eq!(path, &newest),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert!(err.to_string().contains(&newest.display().to_string()));
+        assert!(matches!(a.release().await, Err(LeaseError::Corrupt { .. })));
+        assert_eq!(std::fs::read(&newest).unwrap(), junk, "never reset");
+        assert_eq!(a.inner.versions().unwrap(), vec![7], "nothing written past it");
+    }
+}
+
+#[tokio::test]
+async fn file_io_error_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_dir = dir.path().join("no-such-dir");
+    let a = FileLease::new(missing_dir.join("leader.json"), "a", Duration::from_secs(1)).unwrap();
+    match a.try_acquire_or_renew().await {
+        Err(LeaseError::Io { path, .. }) => assert_eq!(path, missing_dir),
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+/// A writer that decided on a version somebody else has since replaced loses, whether
+/// its version number is taken or was already collected; it never shares an epoch.
+#[test]
+fn file_a_writer_that_slept_after_reading_loses() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = lease_at(&dir, "a", Duration::from_secs(60));
+    let b = lease_at(&dir, "b", Duration::from_secs(60));
+    assert_eq!(a.inner.try_acquire_or_renew().unwrap(), held(1));
+    // a reads version 1, then "sleeps"; b releases nothing but the lease expires...
+    let (seq, _) = a.inner.latest().unwrap();
+    let stale = FileRecord {
+        holder: Some("a".into()),
+        epoch: 1,
+        renew_time_micros: now_micros(),
+        lease_duration_ms: 60_000,
+        transitions: 1,
+    };
+    // ...and meanwhile b writes the next version: a's link finds it taken.
+    let taken = FileRecord {
+        holder: Some("b".into()),
+        epoch: 2,
+        renew_time_micros: now_micros(),
+        lease_duration_ms: 60_000,
+        transitions: 2,
+    };
+    assert!(b.inner.write(seq + 1, &taken).unwrap());
+    assert!(!a.inner.write(seq + 1, &stale).unwrap(), "version taken");
+    // Several more versions later, a's number is collected: its link succeeds but lands
+    // below the newest, so it still loses and readers never see it.
+    for v in seq + 2..seq + 6 {
+        assert!(b.inner.write(v, &taken).unwrap());
+    }
+    assert!(!a.inner.version_path(seq + 1).exists(), "collected");
+    assert!(
+        !a.inner.write(seq + 1, &stale).unwrap(),
+        "landed below the newest"
+    );
+    assert_eq!(
+        FileLease::current(a.path()).unwrap(),
+        (Some("b".to_owned()), 2)
+    );
+    assert!(matches!(
+        a.inner.try_acquire_or_renew().unwrap(),
+        LeaseState::Other { holder, epoch: 2 } if holder == "b"
+    ));
+}
+
+/// A process frozen at any point (here: one that never finishes its write) blocks
+/// nobody: there is no lock to hold.
+#[test]
+fn file_a_frozen_writer_blocks_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = lease_at(&dir, "a", Duration::from_millis(5));
+    let b = lease_at(&dir, "b", Duration::from_millis(5));
+    assert_eq!(a.inner.try_acquire_or_renew().unwrap(), held(1));
+    // a's half-written temporary file, as if frozen mid-write.
+    std::fs::write(dir.path().join("leader.json.vtmp-1-1"), b"{\"hol").unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(b.inner.try_acquire_or_renew().unwrap(), held(2));
+}
+
+/// Every epoch is won by at most one identity, across tasks and threads. An epoch can be
+/// skipped, rarely: a writer whose version was superseded before it could confirm it was
+/// the newest reports the round lost (conservatively: it never acts on a term it cannot
+/// confirm), although a reader saw its record and took over from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_concurrent_contenders_never_share_an_epoch() {
+    const TASKS: usize = 8;
+    const THREADS: usize = 3;
+    const ROUNDS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leader.json");
+    let winners: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
+
+    fn record(winners: &Mutex<HashMap<u64, String>>, epoch: u64, id: &str) {
+        let mut w = winners.lock().unwrap();
+        let prev = w.entry(epoch).or_insert_with(|| id.to_owned());
+        assert_eq!(prev, id, "epoch {epoch} won by two identities");
+    }
+
+    async fn contend(lease: FileLease, winners: Arc<Mutex<HashMap<u64, String>>>, seed: usize) {
+        for round in 0..ROUNDS {
+            if let LeaseState::Held { epoch } = lease.try_acquire_or_renew().await.unwrap() {
+                record(&winners, epoch, lease.identity());
+                // Sometimes renew, sometimes hand over, sometimes let it expire.
+                match (round + seed) % 3 {
+                    0 => lease.release().await.unwrap(),
+                    1 => {
+                        let again = lease.try_acquire_or_renew().await.unwrap();
+                        if let LeaseState::Held { epoch: e2 } = again {
+                            record(&winners, e2, lease.identity());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(((round * 7 + seed) % 4) as u64)).await;
+        }
+    }
+
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let lease = FileLease::new(&path, format!("task-{i}"), Duration::from_millis(3)).unwrap();
+        tasks.push(tokio::spawn(contend(lease, Arc::clone(&winners), i)));
+    }
+    let mut threads = Vec::new();
+    for i in 0..THREADS {
+        let lease = FileLease::new(&path, format!("thread-{i}"), Duration::from_millis(3)).unwrap();
+        let winners = Arc::clone(&winners);
+        threads.push(std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(contend(lease, winners, 100 + i));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let w = winners.lock().unwrap();
+    let epochs: BTreeSet<u64> = w.keys().copied().collect();
+    let last = *epochs.last().unwrap();
+    // Nearly every epoch was won by somebody who knew it (skips are the rare race above).
+    assert!(
+        epochs.len() as u64 * 10 >= last * 9,
+        "{} of {last} epochs were won knowingly: {epochs:?}",
+        epochs.len()
+    );
+    let ids: BTreeSet<&String> = w.values().collect();
+    assert!(
+        last > 20,
+        "too little contention to mean anything: {last} epochs"
+    );
+    assert!(ids.len() > 3, "only {ids:?} ever won");
+    assert!(FileLease::current(&path).unwrap().1 >= last);
+}
+
+// ---- elector ----
+
+fn fast_cfg() -> LeaseConfig {
+    LeaseConfig {
+        lease_duration: Duration::from_millis(300),
+        renew_deadline: Duration::from_millis(200),
+        retry_period: Duration::from_millis(50),
+    }
+}
+
+struct Replica {
+    rx: watch::Receiver<Role>,
+    stop: CancellationToken,
+    resign: Arc<Notify>,
+    task: tokio::task::JoinHandle<Result<(), LeaseError>>,
+}
+
+fn start(path: &Path, id: &str) -> Replica {
+    start_with(path, id, fast_cfg())
+}
+
+fn start_with(path: &Path, id: &str, cfg: LeaseConfig) -> Replica {
+    let backend: Arc<dyn LeaseBackend> =
+        Arc::new(FileLease::new(path, id, cfg.lease_duration).unwrap());
+    let (tx, rx) = watch::channel(Role::Standby);
+    let stop = CancellationToken::new();
+    let resign = Arc::new(Notify::new());
+    let task = tokio::spawn(run_elector_with_resign(
+        backend,
+        cfg,
+        tx,
+        stop.clone(),
+        Arc::clone(&resign),
+    ));
+    Replica {
+        rx,
+        stop,
+        resign,
+        task,
+    }
+}
+
+fn epoch_of(r: &Replica) -> Option<u64> {
+    match *r.rx.borrow() {
+        Role::Leader { epoch } => Some(epoch),
+        Role::Standby => None,
+    }
+}
+
+async fn wait_leader(r: &mut Replica, within: Duration) -> u64 {
+    let role = tokio::time::timeout(within, r.rx.wait_for(|r| matches!(r, Role::Leader { .. })))
+        .await
+        .expect("no leader in time")
+        .unwrap();
+    match *role {
+        Role::Leader { epoch } => epoch,
+        Role::Standby => unreachable!(),
+    }
+}
+
+/// Checks for a while that the two never lead at once (an elector steps down at its
+/// renew deadline, before its lease can expire for the other), then returns which one
+/// leads and its epoch. Who leads may change in between: a stall of the shared machine
+/// longer than renew_deadline makes a leader step down, as it should.
+async fn the_one_leader(a: &Replica, b: &Replica) -> (bool, u64) {
+    let t0 = Instant::now();
+    let mut seen_leader = false;
+    loop {
+        let (ea, eb) = (epoch_of(a), epoch_of(b));
+        assert!(ea.is_none() || eb.is_none(), "two leaders: {ea:?} {eb:?}");
+        seen_leader |= ea.is_some() || eb.is_some();
+        if seen_leader && t0.elapsed() > Duration::from_millis(500) {
+            match (ea, eb) {
+                (Some(e), None) => return (true, e),
+                (None, Some(e)) => return (false, e),
+                _ => {}
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "no leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elector_shutdown_hands_over_quickly_with_higher_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leader.json");
+    // A long lease, so that a handover well before it could expire proves the release
+    // (without timing the handover itself, which a loaded machine would make flaky).
+    let slow = LeaseConfig {
+        lease_duration: Duration::from_secs(20),
+        renew_deadline: Duration::from_secs(15),
+        retry_period: Duration::from_millis(50),
+    };
+    let a = start_with(&path, "a", slow);
+    let b = start_with(&path, "b", slow);
+    let (a_leads, epoch) = the_one_leader(&a, &b).await;
+    let (leader, mut standby) = if a_leads { (a, b) } else { (b, a) };
+
+    let t0 = Instant::now();
+    leader.stop.cancel();
+    let new_epoch = wait_leader(&mut standby, Duration::from_secs(10)).await;
+    let took = t0.elapsed();
+    assert!(new_epoch > epoch, "{new_epoch} <= {epoch}");
+    // Had it been left to expire, the standby would have waited about 20 s.
+    assert!(took < Duration::from_secs(10), "handover took {took:?}");
+    leader.task.await.unwrap().unwrap();
+    assert_eq!(*leader.rx.borrow(), Role::Standby);
+
+    standby.stop.cancel();
+    standby.task.await.unwrap().unwrap();
+    assert_eq!(*standby.rx.borrow(), Role::Standby);
+    assert_eq!(FileLease::current(&path).unwrap(), (None, new_epoch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elector_resign_hands_over_and_sits_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leader.json");
+    let a = start(&path, "a");
+    let b = start(&path, "b");
+    let (a_leads, epoch) = the_one_leader(&a, &b).await;
+    let (mut leader, mut standby) = if a_leads { (a, b) } else { (b, a) };
+
+    leader.resign.notify_one();
+    let new_epoch = wait_leader(&mut standby, Duration::from_secs(1)).await;
+    assert!(new_epoch > epoch);
+    assert_eq!(epoch_of(&leader), None);
+
+    // Once the new leader goes away, the resigned one takes over again.
+    standby.stop.cancel();
+    standby.task.await.unwrap().unwrap();
+    let third = wait_leader(&mut leader, Duration::from_secs(2)).await;
+    assert!(third > new_epoch);
+    leader.stop.cancel();
+    leader.task.await.unwrap().unwrap();
+}
+
+/// A backend that grants epoch 1 once, then never answers (a stuck store).
+struct Stuck {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl LeaseBackend for Stuck {
+    async fn try_acquire_or_renew(&self) -> Result<LeaseState, LeaseError> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Ok(held(1))
+        } else {
+            std::future::pending().await
+        }
+    }
+    async fn release(&self) -> Result<(), LeaseError> {
+        std::future::pending().await
+    }
+    fn identity(&self) -> &str {
+        "stuck"
+    }
+    fn lease_duration(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn elector_steps_down_at_renew_deadline_even_if_the_store_hangs() {
+    let cfg = LeaseConfig::default();
+    let (tx, mut rx) = watch::channel(Role::Standby);
+    let stop = CancellationToken::new();
+    let backend = Arc::new(Stuck {
+        calls: Default::default(),
+    });
+    let t0 = Instant::now();
+    let task = tokio::spawn(run_elector(backend, cfg, tx, stop.clone()));
+    rx.wait_for(|r| *r == Role::Leader { epoch: 1 })
+        .await
+        .unwrap();
+    rx.wait_for(|r| *r == Role::Standby).await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= cfg.renew_deadline && took < cfg.renew_deadline + cfg.retry_period,
+        "stepped down after {took:?}"
+    );
+    // Shutdown while a release hangs is still bounded.
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn elector_rejects_renew_deadline_not_below_backend_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn LeaseBackend> = Arc::new(lease_at(&dir, "a", Duration::from_millis(150)));
+    let (tx, _rx) = watch::channel(Role::Standby);
+    let err = run_elector(backend, fast_cfg(), tx, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LeaseError::Config { .. }), "{err}");
+}
+
+// ---- kubernetes backend ----
+
+mod kube_mock {
+    use super::*;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::{self, SendResponse};
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases/lp";
+    const COLLECTION: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+
+    fn backend() -> (KubeLease, Handle) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let lease =
+            KubeLease::new(client, "default", "lp", "me", Duration::from_millis(1500)).unwrap();
+        (lease, handle)
+    }
+
+    fn ts(offset_secs: i64) -> String {
+        Timestamp::now()
+            .checked_add(SignedDuration::from_secs(offset_secs))
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    }
+
+    fn lease_json(holder: Option<&str>, transitions: i32, renewed: &str, rv: &str) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": { "name": "lp", "namespace": "default", "resourceVersion": rv },
+            "spec": {
+                "holderIdentity": holder,
+                "leaseTransitions": transitions,
+                "acquireTime": "2020-01-01T00:00:00.000000Z",
+                "renewTime": renewed,
+                "leaseDurationSeconds": 2,
+            }
+        })
+    }
+
+    fn status(code: u16, reason: &str) -> Value {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": reason, "reason": reason, "code": code,
+        })
+    }
+
+    /// Takes the next request, checks its method and path, returns its JSON body.
+    async fn expect(
+        handle: &mut Handle,
+        method: Method,
+        path: &str,
+    ) -> (Value, SendResponse<Response<Body>>) {
+        let (req, send) = handle.next_request().await.expect("no request");
+        assert_eq!(req.method(), method);
+        assert_eq!(req.uri().path(), path);
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (body, send)
+    }
+
+    fn reply(send: SendResponse<Response<Body>>, code: u16, body: &Value) {
+        let resp = Response::builder()
+            .status(StatusCode::from_u16(code).unwrap())
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap();
+        send.send_response(resp);
+    }
+
+    /// Runs `client` against the scripted `server`. A request the script does not expect
+    /// (the client waits for an answer forever) or one it expects but never gets (the
+    /// script waits forever) ends in the timeout.
+    async fn run<T>(
+        lease: KubeLease,
+        mut handle: Handle,
+        client: impl AsyncFnOnce(&KubeLease) -> T,
+        server: impl AsyncFnOnce(&mut Handle),
+    ) -> T {
+        let (out, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(client(&lease), server(&mut handle))
+        })
+        .await
+        .expect("client and scripted server disagree on the requests");
+        out
+    }
+
+    #[tokio::test]
+    async fn acquiring_a_free_lease_puts_with_resource_version_and_bumps_transitions() {
+        let (lease, handle) = backend();
+        assert_eq!(lease.lease_duration(), Duration::from_secs(2));
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(None, 3, &ts(-1), "100"));
+                let (body, send) = expect(h, Method::PUT, PATH).await;
+                assert_eq!(body["metadata"]["resourceVersion"], "100");
+                assert_eq!(body["spec"]["leaseTransitions"], 4);
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                assert_eq!(body["spec"]["leaseDurationSeconds"], 2);
+                assert_ne!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
+                assert_eq!(body["spec"]["acquireTime"], body["spec"]["renewTime"]);
+                reply(send, 200, &body);
+            },
+        )
+        .await;
+        assert_eq!(state, held(4));
+    }
+
+    #[tokio::test]
+    async fn taking_over_an_expired_lease_bumps_transitions() {
+        let (lease, handle) = backend();
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("old"), 9, &ts(-10), "7"));
+                let (body, send) = expect(h, Method::PUT, PATH).await;
+                assert_eq!(body["metadata"]["resourceVersion"], "7");
+                assert_eq!(body["spec"]["leaseTransitions"], 10);
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                reply(send, 200, &body);
+            },
+        )
+        .await;
+        assert_eq!(state, held(10));
+    }
+
+    #[tokio::test]
+    async fn renewing_keeps_transitions_and_acquire_time() {
+        let (lease, handle) = backend();
+        // This instance won term 7 earlier.
+        lease.term.store(7, Ordering::Release);
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let old_renew = ts(-1);
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("me"), 7, &old_renew, "55"));
+                let (body, send) = expect(h, Method::PUT, PATH).await;
+                assert_eq!(body["metadata"]["resourceVersion"], "55");
+                assert_eq!(body["spec"]["leaseTransitions"], 7);
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                assert_eq!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
+                assert_ne!(body["spec"]["renewTime"], old_renew.as_str());
+                reply(send, 200, &body);
+            },
+        )
+        .await;
+        assert_eq!(state, held(7));
+    }
+
+    /// A live lease naming us that this instance never won (a restarted process with
+    /// the same pod name) is taken over as a new term, never renewed at the old epoch.
+    #[tokio::test]
+    async fn a_live_lease_of_an_earlier_incarnation_is_a_new_term() {
+        let (lease, handle) = backend();
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("me"), 7, &ts(-1), "55"));
+                let (body, send) = expect(h, Method::PUT, PATH).await;
+                assert_eq!(body["metadata"]["resourceVersion"], "55");
+                assert_eq!(body["spec"]["leaseTransitions"], 8);
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                assert_ne!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
+                reply(send, 200, &body);
+            },
+        )
+        .await;
+        assert_eq!(state, held(8));
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_is_only_read() {
+        let (lease, handle) = backend();
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("other"), 4, &ts(0), "1"));
+            },
+        )
+        .await;
+        assert_eq!(
+            state,
+            LeaseState::Other {
+                holder: "other".into(),
+                epoch: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn conflict_on_put_is_not_held() {
+        let (lease, handle) = backend();
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(None, 3, &ts(-1), "100"));
+                let (body, send) = expect(h, Method::PUT, PATH).await;
+                assert_eq!(body["spec"]["leaseTransitions"], 4);
+                reply(send, 409, &status(409, "Conflict"));
+                // The next round reads the winner's write and backs off.
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("other"), 4, &ts(0), "101"));
+            },
+        )
+        .await;
+        assert_eq!(
+            state,
+            LeaseState::Other {
+                holder: "other".into(),
+                epoch: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn conflicts_every_round_are_never_held() {
+        let (lease, handle) = backend();
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                for rv in ["1", "2"] {
+                    let (_, send) = expect(h, Method::GET, PATH).await;
+                    reply(send, 200, &lease_json(Some("me"), 2, &ts(0), rv));
+                    let (body, send) = expect(h, Method::PUT, PATH).await;
+                    assert_eq!(body["metadata"]["resourceVersion"], rv);
+                    reply(send, 409, &status(409, "Conflict"));
+                }
+            },
+        )
+        .await;
+        assert!(matches!(state, LeaseState::Other { .. }), "{state:?}");
+    }
+
+    #[tokio::test]
+    async fn missing_lease_is_created_at_transition_one() {
+        let (lease, handle) = backend();
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 404, &status(404, "NotFound"));
+                let (body, send) = expect(h, Method::POST, COLLECTION).await;
+                assert_eq!(body["metadata"]["name"], "lp");
+                assert_eq!(body["spec"]["leaseTransitions"], 1);
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                assert_eq!(body["spec"]["leaseDurationSeconds"], 2);
+                assert!(body["spec"]["acquireTime"].is_string());
+                assert!(body["spec"]["renewTime"].is_string());
+                let mut created = body.clone();
+                created["metadata"]["resourceVersion"] = json!("1");
+                reply(send, 201, &created);
+            },
+        )
+        .await;
+        assert_eq!(state, held(1));
+    }
+
+    #[tokio::test]
+    async fn losing_the_create_race_observes_the_winner() {
+        let (lease, handle) = backend();
+        let state = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 404, &status(404, "NotFound"));
+                let (_, send) = expect(h, Method::POST, COLLECTION).await;
+                reply(send, 409, &status(409, "AlreadyExists"));
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("other"), 1, &ts(0), "1"));
+            },
+        )
+        .await;
+        assert_eq!(
+            state,
+            LeaseState::Other {
+                holder: "other".into(),
+                epoch: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn release_clears_holder_and_keeps_transitions() {
+        let (lease, handle) = backend();
+        run(
+            lease,
+            handle,
+            async |l| l.release().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("me"), 6, &ts(0), "9"));
+                let (body, send) = expect(h, Method::PUT, PATH).await;
+                assert_eq!(body["metadata"]["resourceVersion"], "9");
+                assert!(
+                    body["spec"]
+                        .get("holderIdentity")
+                        .is_none_or(Value::is_null)
+                );
+                assert_eq!(body["spec"]["leaseTransitions"], 6);
+                reply(send, 200, &body);
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn release_of_anothers_lease_writes_nothing() {
+        let (lease, handle) = backend();
+        run(
+            lease,
+            handle,
+            async |l| l.release().await.unwrap(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(Some("other"), 6, &ts(0), "9"));
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn other_api_errors_are_kube_errors_naming_the_lease() {
+        let (lease, handle) = backend();
+        let err = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap_err(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 403, &status(403, "Forbidden"));
+            },
+        )
+        .await;
+        assert!(matches!(err, LeaseError::Kube { .. }), "{err:?}");
+        assert!(err.to_string().contains("default/lp"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn negative_transitions_are_rejected() {
+        let (lease, handle) = backend();
+        let err = run(
+            lease,
+            handle,
+            async |l| l.try_acquire_or_renew().await.unwrap_err(),
+            async |h| {
+                let (_, send) = expect(h, Method::GET, PATH).await;
+                reply(send, 200, &lease_json(None, -1, &ts(0), "9"));
+            },
+        )
+        .await;
+        assert!(
+            matches!(err, LeaseError::InvalidKubeLease { .. }),
+            "{err:?}"
+        );
+    }
+}
