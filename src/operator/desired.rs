@@ -93,7 +93,7 @@ pub enum DesiredError {
     },
     /// The selected Shards do not own every slot exactly once.
     #[error("{0}")]
-    Coverage(#[source] CrdError),
+    Coverage(#[source] crate::routing::slots::Coverage),
     /// The shard map did not serialize (a bug, not user input).
     #[error("serializing the shard map: {0}")]
     Yaml(#[from] serde_yaml::Error),
@@ -106,7 +106,7 @@ impl DesiredError {
             DesiredError::NoNamespace { .. } => "NoNamespace",
             DesiredError::Spec(_) => "InvalidSpec",
             DesiredError::Shard { .. } => "InvalidShard",
-            DesiredError::Coverage(CrdError::Coverage(issues)) => {
+            DesiredError::Coverage(crate::routing::slots::Coverage(issues)) => {
                 use crate::crd::CoverageIssue as C;
                 if issues.iter().any(|i| matches!(i, C::NoShards)) {
                     "NoShards"
@@ -118,7 +118,6 @@ impl DesiredError {
                     "InvalidShard"
                 }
             }
-            DesiredError::Coverage(_) => "InvalidShard",
             DesiredError::Yaml(_) => "Internal",
         }
     }
@@ -381,7 +380,7 @@ pub fn shard_map_yaml(shards: &[Shard], defaults: &Defaults) -> Result<String, D
             source,
         })?;
         let addr = shard_endpoint(s, defaults).unwrap_or_default();
-        entries.push(crate::routing::ShardSpec {
+        entries.push(crate::routing::MapEntry {
             id: shard,
             addr,
             slots: s.spec.slots.iter().map(|r| r.to_string()).collect(),
@@ -391,13 +390,8 @@ pub fn shard_map_yaml(shards: &[Shard], defaults: &Defaults) -> Result<String, D
         .iter()
         .map(|s| (s.name_any(), s.spec.slots.clone()))
         .collect();
-    crate::crd::check_coverage(&coverage).map_err(DesiredError::Coverage)?;
-    #[derive(serde::Serialize)]
-    struct MapFile {
-        version: u64,
-        shards: Vec<crate::routing::ShardSpec>,
-    }
-    Ok(serde_yaml::to_string(&MapFile {
+    crate::routing::slots::check_coverage(&coverage).map_err(DesiredError::Coverage)?;
+    Ok(serde_yaml::to_string(&crate::routing::MapFile {
         version: 1,
         shards: entries,
     })?)
@@ -847,7 +841,7 @@ pub fn shard_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CoverageIssue, LogPlayerSpec, SlotRange};
+    use crate::crd::{Coverage, CoverageIssue, LogPlayerSpec, SlotRange};
     use crate::routing::{ShardMap, slot};
     use serde_json::{Value, json};
 
@@ -1724,7 +1718,7 @@ mod tests {
         let e = err(&logplayer(managed_spec()), &shards);
         assert_eq!(e.reason(), "SlotsOverlap");
         assert!(
-            matches!(&e, DesiredError::Coverage(CrdError::Coverage(i))
+            matches!(&e, DesiredError::Coverage(Coverage(i))
                 if i == &[CoverageIssue::Overlap { from: 8000, to: 8191, a: "alpha".into(), b: "beta".into() }]),
             "{e:?}"
         );
@@ -1888,13 +1882,11 @@ mod tests {
     fn reasons_of_the_remaining_errors() {
         let yaml = serde_yaml::from_str::<i32>("not a number").expect_err("not an i32");
         assert_eq!(DesiredError::Yaml(yaml).reason(), "Internal");
-        let dup = DesiredError::Coverage(CrdError::Coverage(vec![CoverageIssue::DuplicateShard {
+        let dup = DesiredError::Coverage(Coverage(vec![CoverageIssue::DuplicateShard {
             shard: "a".into(),
         }]));
         assert_eq!(dup.reason(), "InvalidShard");
-        let not_coverage = DesiredError::Coverage(CrdError::ZeroDuration { field: "x" });
-        assert_eq!(not_coverage.reason(), "InvalidShard");
-        let no_shards_first = DesiredError::Coverage(CrdError::Coverage(vec![
+        let no_shards_first = DesiredError::Coverage(Coverage(vec![
             CoverageIssue::Hole { from: 0, to: 1 },
             CoverageIssue::NoShards,
         ]));

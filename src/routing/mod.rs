@@ -1,12 +1,13 @@
 //! Key routing: which shard owns a key.
 //!
-//! Every key hashes to one of [`SLOTS`] slots: `slot(key) = crc32c(key) % 16384`
-//! (CRC-32C, Castagnoli polynomial, as in iSCSI/ext4). Each shard owns one or more
-//! inclusive slot ranges; together the shards must cover every slot exactly once. The map
-//! carries a version so a later change of ownership can be told apart.
+//! The slot model (hashing, ranges, `LO-HI` parsing and the rule that the shards own every
+//! slot exactly once) lives in [`slots`]; this module turns a declared map into a
+//! [`ShardMap`] that answers `shard_of(key)`. The map carries a version so a later change of
+//! ownership can be told apart.
 //!
 //! A map is written on the command line as `ID=ADDR[@LO-HI[,LO-HI...]]` per shard (without
-//! slots, the slots are split evenly in the order given) or as a YAML file:
+//! slots, the slots are split evenly in the order given) or as a YAML file ([`MapFile`]),
+//! which is also what the operator renders into the players' ConfigMap:
 //! ```yaml
 //! version: 1
 //! shards:
@@ -18,17 +19,13 @@
 //!     slots: ["8192-16383"]
 //! ```
 
+pub mod slots;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// Number of hash slots.
-pub const SLOTS: u16 = 16384;
-
-/// The slot of a key.
-pub fn slot(key: &[u8]) -> u16 {
-    (crc32c::crc32c(key) % SLOTS as u32) as u16
-}
+pub use slots::{SLOTS, SlotRange, slot};
 
 /// Errors in a shard map; each names the shard or range at fault.
 #[derive(Debug, thiserror::Error)]
@@ -37,16 +34,15 @@ pub enum RoutingError {
     Empty,
     #[error("shard spec {spec:?}: {reason} (expected ID=ADDR or ID=ADDR@LO-HI[,LO-HI])")]
     BadSpec { spec: String, reason: String },
-    #[error("slot range {range:?} of shard {shard}: {reason}")]
+    #[error("shard {shard}: {source}")]
     BadRange {
         shard: String,
-        range: String,
-        reason: String,
+        source: slots::ParseRangeError,
     },
-    #[error("slot {slot} is owned by both {a} and {b}")]
-    Overlap { slot: u16, a: String, b: String },
-    #[error("slots {from}-{to} are owned by no shard")]
-    Missing { from: u16, to: u16 },
+    #[error("shard {0}: this shard owns no slots while others name theirs")]
+    NoSlots(String),
+    #[error(transparent)]
+    Coverage(#[from] slots::Coverage),
     #[error("shard id {0:?} appears twice")]
     DuplicateId(String),
     #[error("shard id must be non-empty and use only [A-Za-z0-9._-], got {0:?}")]
@@ -63,9 +59,9 @@ pub enum RoutingError {
     },
 }
 
-/// One shard as declared in a map.
+/// One shard as a map declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardSpec {
+pub struct MapEntry {
     pub id: String,
     pub addr: String,
     /// Inclusive ranges as `"LO-HI"` strings (or a single `"N"`).
@@ -73,11 +69,12 @@ pub struct ShardSpec {
     pub slots: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct MapFile {
+/// A shard map file: the YAML form of a map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFile {
     #[serde(default = "one")]
-    version: u64,
-    shards: Vec<ShardSpec>,
+    pub version: u64,
+    pub shards: Vec<MapEntry>,
 }
 
 fn one() -> u64 {
@@ -88,7 +85,7 @@ fn one() -> u64 {
 #[derive(Debug, Clone)]
 pub struct ShardMap {
     pub version: u64,
-    pub shards: Vec<ShardSpec>,
+    pub shards: Vec<MapEntry>,
     /// Owner (index into `shards`) of every slot.
     owner: Vec<u16>,
 }
@@ -111,7 +108,7 @@ impl ShardMap {
             if addr.is_empty() {
                 return Err(bad("empty address"));
             }
-            shards.push(ShardSpec {
+            shards.push(MapEntry {
                 id: id.to_owned(),
                 addr: normalize_addr(addr),
                 slots,
@@ -133,7 +130,7 @@ impl ShardMap {
         let shards = file
             .shards
             .into_iter()
-            .map(|s| ShardSpec {
+            .map(|s| MapEntry {
                 addr: normalize_addr(&s.addr),
                 ..s
             })
@@ -143,63 +140,45 @@ impl ShardMap {
 
     /// Validates ownership. Shards with no slots at all get an even split of the slot space
     /// (allowed only when no shard names slots).
-    pub fn new(version: u64, mut shards: Vec<ShardSpec>) -> Result<ShardMap, RoutingError> {
+    pub fn new(version: u64, mut shards: Vec<MapEntry>) -> Result<ShardMap, RoutingError> {
         if shards.is_empty() {
             return Err(RoutingError::Empty);
         }
-        let mut seen = std::collections::HashSet::new();
-        for s in &shards {
-            if s.id.is_empty()
-                || !s
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
-                return Err(RoutingError::BadId(s.id.clone()));
-            }
-            if !seen.insert(s.id.clone()) {
-                return Err(RoutingError::DuplicateId(s.id.clone()));
-            }
-        }
+        check_ids(&shards)?;
         if shards.iter().all(|s| s.slots.is_empty()) {
-            let n = shards.len() as u32;
+            let count = shards.len() as u32;
             for (i, s) in shards.iter_mut().enumerate() {
-                let lo = (i as u32 * SLOTS as u32) / n;
-                let hi = ((i as u32 + 1) * SLOTS as u32) / n - 1;
+                let lo = (i as u32 * u32::from(SLOTS)) / count;
+                let hi = ((i as u32 + 1) * u32::from(SLOTS)) / count - 1;
                 s.slots = vec![format!("{lo}-{hi}")];
             }
         }
-        const NONE: u16 = u16::MAX;
-        let mut owner = vec![NONE; SLOTS as usize];
-        for (i, s) in shards.iter().enumerate() {
+        let mut ranges = Vec::with_capacity(shards.len());
+        for s in &shards {
             if s.slots.is_empty() {
-                return Err(RoutingError::BadRange {
-                    shard: s.id.clone(),
-                    range: String::new(),
-                    reason: "this shard owns no slots while others name theirs".into(),
-                });
+                return Err(RoutingError::NoSlots(s.id.clone()));
             }
-            for range in &s.slots {
-                let (lo, hi) = parse_range(&s.id, range)?;
-                for slot in lo..=hi {
-                    let o = &mut owner[slot as usize];
-                    if *o != NONE {
-                        return Err(RoutingError::Overlap {
-                            slot,
-                            a: shards[*o as usize].id.clone(),
-                            b: s.id.clone(),
-                        });
-                    }
-                    *o = i as u16;
+            let mut parsed = s
+                .slots
+                .iter()
+                .map(|r| r.parse::<SlotRange>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| RoutingError::BadRange {
+                    shard: s.id.clone(),
+                    source,
+                })?;
+            // A map's ranges may be listed in any order (a Shard resource's may not).
+            parsed.sort_unstable();
+            ranges.push((s.id.clone(), parsed));
+        }
+        slots::check_coverage(&ranges)?;
+        let mut owner = vec![0u16; usize::from(SLOTS)];
+        for (i, (_, rs)) in ranges.iter().enumerate() {
+            for r in rs {
+                for slot in r.start..=r.end {
+                    owner[slot as usize] = i as u16;
                 }
             }
-        }
-        if let Some(first) = owner.iter().position(|&o| o == NONE) {
-            let len = owner[first..].iter().take_while(|&&o| o == NONE).count();
-            return Err(RoutingError::Missing {
-                from: first as u16,
-                to: (first + len - 1) as u16,
-            });
         }
         Ok(ShardMap {
             version,
@@ -222,31 +201,22 @@ impl ShardMap {
     }
 }
 
-fn parse_range(shard: &str, range: &str) -> Result<(u16, u16), RoutingError> {
-    let bad = |reason: String| RoutingError::BadRange {
-        shard: shard.to_owned(),
-        range: range.to_owned(),
-        reason,
-    };
-    let num = |s: &str| {
-        s.trim()
-            .parse::<u16>()
-            .map_err(|e| bad(format!("{s:?} is not a slot number: {e}")))
-    };
-    let (lo, hi) = match range.split_once('-') {
-        Some((a, b)) => (num(a)?, num(b)?),
-        None => {
-            let n = num(range)?;
-            (n, n)
+/// Every id non-empty, of `[A-Za-z0-9._-]`, and unique.
+fn check_ids(shards: &[MapEntry]) -> Result<(), RoutingError> {
+    let mut seen = std::collections::HashSet::new();
+    for s in shards {
+        let valid = !s.id.is_empty()
+            && s.id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !valid {
+            return Err(RoutingError::BadId(s.id.clone()));
         }
-    };
-    if hi >= SLOTS {
-        return Err(bad(format!("slots go from 0 to {}", SLOTS - 1)));
+        if !seen.insert(s.id.clone()) {
+            return Err(RoutingError::DuplicateId(s.id.clone()));
+        }
     }
-    if lo > hi {
-        return Err(bad("the low end is above the high end".into()));
-    }
-    Ok((lo, hi))
+    Ok(())
 }
 
 /// Adds `http://` to a bare `host:port`.
@@ -286,13 +256,28 @@ mod tests {
     #[test]
     fn overlapping_missing_and_malformed_ranges_are_named() {
         let e = ShardMap::from_specs(&["a=h@0-100", "b=h@100-16383"]).unwrap_err();
-        assert_eq!(e.to_string(), "slot 100 is owned by both a and b");
+        assert_eq!(
+            e.to_string(),
+            "shards do not own every slot exactly once: slots 100-100 are owned by both shard \"a\" and shard \"b\""
+        );
         let e = ShardMap::from_specs(&["a=h@0-100", "b=h@200-16383"]).unwrap_err();
-        assert_eq!(e.to_string(), "slots 101-199 are owned by no shard");
+        assert!(
+            e.to_string()
+                .ends_with("slots 101-199 are owned by no shard"),
+            "{e}"
+        );
         let e = ShardMap::from_specs(&["a=h@5-1"]).unwrap_err();
-        assert!(e.to_string().contains("low end is above"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("slot range 5-1 starts after it ends"),
+            "{e}"
+        );
         let e = ShardMap::from_specs(&["a=h@0-16384"]).unwrap_err();
-        assert!(e.to_string().contains("0 to 16383"), "{e}");
+        assert!(e.to_string().contains("slots go from 0 to 16383"), "{e}");
+        let e = ShardMap::from_specs(&["a=h@x-3"]).unwrap_err();
+        assert!(e.to_string().contains("\"x\" is not a slot number"), "{e}");
+        // Ranges of a map may come in any order.
+        ShardMap::from_specs(&["a=h@200-16383,0-99", "b=h@100-199"]).unwrap();
         let e = ShardMap::from_specs(&["a=h", "a=h"]).unwrap_err();
         assert!(matches!(e, RoutingError::DuplicateId(_)));
         let e = ShardMap::from_specs(&["noequals"]).unwrap_err();

@@ -1,0 +1,330 @@
+//! The `LogPlayer` resource: player replicas, image, lease timing, delivery tuning, the
+//! shard selector and the log source, with its status.
+
+use super::{
+    Backend, CrdError, DURATION_PATTERN, ExternalEndpoint, ImagePullPolicy, ManagedStorage,
+    SHORT_STRING_MAX, backend, parse_duration,
+};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Delivers the entries of one LogStore to the Shards it selects, exactly once and in order.
+/// The operator runs `replicas` player pods; one leads (holds the Lease), the others stand by.
+// Several printer columns share `type_ = "integer"`, which clippy's duplicated_attributes
+// mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "logplayer.io",
+    version = "v1alpha1",
+    kind = "LogPlayer",
+    namespaced,
+    shortname = "lp",
+    doc = "A LogPlayer delivers the entries of one LogStore (a write-ahead log) to the Shards it \
+           selects, exactly once and in order, with one leading replica and hot standbys.",
+    status = "LogPlayerStatus",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.leader",
+        description = "Pod that holds the lease"
+    ),
+    printcolumn(
+        name = "Epoch",
+        type_ = "integer",
+        json_path = ".status.epoch",
+        description = "Fencing epoch of the current leader"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Player pods that are ready"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.lag",
+        description = "Largest lag of any shard, in log entries"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LogPlayerSpec {
+    /// Number of player pods (one leader, the rest hot standbys). At least 1; 3 by default.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+    /// Container image of the player; unset uses the operator's own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image pull policy of the player pods; unset leaves Kubernetes' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// CPU and memory for each player container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Timing of the leader lease the replicas contend for.
+    #[serde(default)]
+    pub lease: LeaseSettings,
+    /// How often the leader saves each shard's acknowledged index into the Shard's status
+    /// (a duration such as `1s`). Default `1s`.
+    #[serde(default = "default_checkpoint_interval")]
+    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')")
+        .message("checkpointInterval must be greater than zero"))]
+    pub checkpoint_interval: String,
+    /// After each checkpoint, let the LogStore delete log segments that every shard has
+    /// acknowledged. A shard added later can then only start from what is left. Default false.
+    #[serde(default)]
+    pub retain_log: bool,
+    /// Batching and flow control toward each shard.
+    #[serde(default)]
+    pub delivery: DeliverySettings,
+    /// Which Shard resources in this namespace this LogPlayer drives (a selected Shard must
+    /// also name this LogPlayer in `spec.logPlayer`). Empty selects every such Shard.
+    #[serde(default)]
+    pub shard_selector: LabelSelector,
+    /// The log to deliver: an external LogStore, or one the operator runs.
+    pub log_store: LogSource,
+    /// Port of the player's Prometheus `/metrics`, `/healthz` and `/readyz`. Default 9090.
+    #[serde(default = "default_metrics_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub metrics_port: i32,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+fn default_checkpoint_interval() -> String {
+    "1s".to_owned()
+}
+fn default_metrics_port() -> i32 {
+    9090
+}
+
+impl LogPlayerSpec {
+    /// `checkpointInterval` as a positive duration.
+    pub fn checkpoint_interval(&self) -> Result<Duration, CrdError> {
+        let field = "spec.checkpointInterval";
+        let d = parse_duration(field, &self.checkpoint_interval)?;
+        if d.is_zero() {
+            return Err(CrdError::ZeroDuration { field });
+        }
+        Ok(d)
+    }
+}
+
+/// Leader lease timing. The leader stops sending once it could not renew for
+/// `renewDeadline`; a standby takes over once the lease is `leaseDuration` old; everyone
+/// retries every `retryPeriod`. Needs `0 < retryPeriod < renewDeadline < leaseDuration`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("duration(self.retryPeriod) > duration('0s') && duration(self.retryPeriod) < duration(self.renewDeadline)")
+        .message("lease timing needs 0 < retryPeriod < renewDeadline"),
+    validation = Rule::new("duration(self.renewDeadline) < duration(self.leaseDuration)")
+        .message("lease timing needs renewDeadline < leaseDuration")
+)]
+pub struct LeaseSettings {
+    /// How long a lease lasts without renewal; a standby takes over after this. Default `2s`.
+    #[serde(default = "default_lease_duration")]
+    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    pub lease_duration: String,
+    /// A leader that could not renew for this long stops sending; below `leaseDuration`, the
+    /// difference absorbing clock skew and scheduling delay. Default `1500ms`.
+    #[serde(default = "default_renew_deadline")]
+    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    pub renew_deadline: String,
+    /// How often replicas try to acquire or renew the lease. Default `250ms`.
+    #[serde(default = "default_retry_period")]
+    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    pub retry_period: String,
+}
+
+fn default_lease_duration() -> String {
+    "2s".to_owned()
+}
+fn default_renew_deadline() -> String {
+    "1500ms".to_owned()
+}
+fn default_retry_period() -> String {
+    "250ms".to_owned()
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            lease_duration: default_lease_duration(),
+            renew_deadline: default_renew_deadline(),
+            retry_period: default_retry_period(),
+        }
+    }
+}
+
+/// Lease timing as durations, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// See [`LeaseSettings::lease_duration`].
+    pub lease_duration: Duration,
+    /// See [`LeaseSettings::renew_deadline`].
+    pub renew_deadline: Duration,
+    /// See [`LeaseSettings::retry_period`].
+    pub retry_period: Duration,
+}
+
+impl LeaseSettings {
+    /// Parses the three durations and checks `0 < retryPeriod < renewDeadline < leaseDuration`.
+    pub fn timing(&self) -> Result<LeaseTiming, CrdError> {
+        let t = LeaseTiming {
+            lease_duration: parse_duration("spec.lease.leaseDuration", &self.lease_duration)?,
+            renew_deadline: parse_duration("spec.lease.renewDeadline", &self.renew_deadline)?,
+            retry_period: parse_duration("spec.lease.retryPeriod", &self.retry_period)?,
+        };
+        if t.retry_period.is_zero()
+            || t.retry_period >= t.renew_deadline
+            || t.renew_deadline >= t.lease_duration
+        {
+            return Err(CrdError::LeaseTiming {
+                retry_period: t.retry_period,
+                renew_deadline: t.renew_deadline,
+                lease_duration: t.lease_duration,
+            });
+        }
+        Ok(t)
+    }
+}
+
+/// Batching and flow control toward each shard (the player's `--window`, `--batch-entries`,
+/// `--batch-bytes` and `--queue-bytes`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySettings {
+    /// Most batches in flight (sent, not yet acknowledged) per shard. 1 to 1024; default 16.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub window: i32,
+    /// Most entries in one batch. At least 1; default 512.
+    #[serde(default = "default_batch_entries")]
+    #[schemars(range(min = 1))]
+    pub batch_entries: i32,
+    /// Most bytes in one batch (a single larger entry still goes alone). 1 to 8 MiB (half the
+    /// 16 MiB gRPC message limit); default 1 MiB (1048576).
+    #[serde(default = "default_batch_bytes")]
+    #[schemars(range(min = 1, max = 8388608))]
+    pub batch_bytes: i64,
+    /// Per-shard queue limit in bytes; past it the shard catches up by reading the log
+    /// instead. At least 64 KiB (65536); default 8 MiB (8388608).
+    #[serde(default = "default_queue_bytes")]
+    #[schemars(range(min = 65536))]
+    pub queue_bytes: i64,
+}
+
+fn default_window() -> i32 {
+    16
+}
+fn default_batch_entries() -> i32 {
+    512
+}
+fn default_batch_bytes() -> i64 {
+    1024 * 1024
+}
+fn default_queue_bytes() -> i64 {
+    8 * 1024 * 1024
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            window: default_window(),
+            batch_entries: default_batch_entries(),
+            batch_bytes: default_batch_bytes(),
+            queue_bytes: default_queue_bytes(),
+        }
+    }
+}
+
+/// The LogStore a LogPlayer reads: exactly one of `external` or `managed`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.external) != has(self.managed)")
+    .message("set exactly one of external or managed"))]
+pub struct LogSource {
+    /// Connect to a LogStore someone else runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalEndpoint>,
+    /// Have the operator run the LogStore as a StatefulSet with a persistent volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedStorage>,
+}
+
+impl LogSource {
+    /// The one backend this source names.
+    pub fn backend(&self) -> Result<Backend<'_>, CrdError> {
+        backend(
+            "LogPlayer spec.logStore",
+            self.external.as_ref(),
+            self.managed.as_ref(),
+        )
+    }
+}
+
+/// Observed state of a LogPlayer, written by the operator and the leading player.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogPlayerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded` and `LeaderElected`, with reasons and messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Name of the pod that holds the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Fencing epoch of the current leader; grows with every change of leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// Player pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Player pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Delivery progress of each driven shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub shards: Vec<ShardProgress>,
+    /// Largest lag of any shard, in log entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+/// Delivery progress of one shard.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardProgress {
+    /// Name of the Shard resource.
+    pub name: String,
+    /// Highest log index the shard has durably applied and acknowledged.
+    #[serde(default)]
+    pub acked_index: i64,
+    /// Log entries not yet delivered to this shard: the last log index minus the index
+    /// through which the shard has every entry routed to it (`coveredIndex` of the Shard).
+    #[serde(default)]
+    pub lag: i64,
+}

@@ -1,0 +1,128 @@
+//! The `Shard` resource: the LogPlayer it belongs to, its slot ranges and its backend, with
+//! its status (the operator's conditions and the leading player's `ackedIndex`).
+
+use super::{
+    Backend, CrdError, ExternalEndpoint, ManagedStorage, SlotRange, backend, validate_ranges,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A storage shard: owns some hash slots and applies the log entries for them.
+// Several printer columns share `type_ = "integer"`, which clippy's duplicated_attributes
+// mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "logplayer.io",
+    version = "v1alpha1",
+    kind = "Shard",
+    namespaced,
+    doc = "A Shard owns ranges of the 16384 hash slots and applies, in log order, the entries \
+           of its LogPlayer's log that touch them.",
+    status = "ShardStatus",
+    derive = "PartialEq",
+    selectable = ".spec.logPlayer",
+    printcolumn(
+        name = "LogPlayer",
+        type_ = "string",
+        json_path = ".spec.logPlayer",
+        description = "LogPlayer that delivers to this shard"
+    ),
+    printcolumn(
+        name = "Acked",
+        type_ = "integer",
+        json_path = ".status.ackedIndex",
+        description = "Highest log index the shard has acknowledged"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.lag",
+        description = "Log entries not yet acknowledged"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "boolean",
+        json_path = ".status.ready",
+        description = "Whether the shard server is serving"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.external) != has(self.managed)")
+    .message("set exactly one of external or managed"))]
+pub struct ShardSpec {
+    /// Name of the LogPlayer (in this namespace) that delivers to this shard. Cannot change.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("logPlayer cannot change"))]
+    pub log_player: String,
+    /// Inclusive hash-slot ranges this shard owns, in ascending order and not overlapping
+    /// (1 to 64 ranges). Across the Shards of one LogPlayer, every slot 0-16383 must be owned
+    /// exactly once.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(
+        validation = Rule::new("self.map(r, r.start).isSorted()")
+            .message("slot ranges must be listed in ascending order of start"),
+        validation = Rule::new("self.all(a, a.start > a.end || self.exists_one(b, b.start <= a.end && a.start <= b.end))")
+            .message("slot ranges must not overlap")
+    )]
+    pub slots: Vec<SlotRange>,
+    /// Connect to a shard server someone else runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalEndpoint>,
+    /// Have the operator run the shard server as a StatefulSet with a persistent volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedStorage>,
+}
+
+impl ShardSpec {
+    /// Checks the slot ranges (see [`validate_ranges`]).
+    pub fn validate_slots(&self) -> Result<(), CrdError> {
+        Ok(validate_ranges(&self.slots)?)
+    }
+
+    /// The one backend this shard names.
+    pub fn backend(&self) -> Result<Backend<'_>, CrdError> {
+        backend("Shard spec", self.external.as_ref(), self.managed.as_ref())
+    }
+}
+
+/// Observed state of a Shard, written by the operator and the leading player.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, with reasons and messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The leader's ack cursor: highest log index this shard has durably applied and
+    /// acknowledged, as last checkpointed. A new leader starts from here (then asks the shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_index: Option<i64>,
+    /// Epoch of the leader that checkpointed `ackedIndex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_epoch: Option<i64>,
+    /// Log index through which every entry for this shard is acknowledged, counting the
+    /// entries that do not touch it (at least `ackedIndex`); lag is measured from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_index: Option<i64>,
+    /// Log entries not yet delivered to this shard (the last log index minus
+    /// `coveredIndex`), as the operator last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// gRPC address the player uses for this shard (the external endpoint, or the managed
+    /// server's Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Whether the shard server is serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+}
