@@ -1,0 +1,142 @@
+//! Recovery at open: scanning a segment record by record, checking each checksum, and
+//! telling a torn tail (cut back) from corruption anywhere else (an error naming the file
+//! and byte offset).
+
+use super::{
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, WalError, corruption, io_err, record_crc,
+};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+pub(super) struct Scan {
+    pub(super) offsets: Vec<u32>,
+    /// End of the last good record (0 when the header itself is torn).
+    pub(super) end: u64,
+    pub(super) torn: Option<Torn>,
+}
+
+pub(super) struct Torn {
+    pub(super) file_len: u64,
+    pub(super) reason: String,
+    pub(super) rewrite_header: bool,
+}
+
+/// Verifies a whole segment. A damaged tail of the last segment is reported
+/// as `torn`; any other damage is an error.
+pub(super) fn scan_segment(
+    path: &Path,
+    file: &File,
+    is_last: bool,
+    max: u32,
+) -> Result<Scan, WalError> {
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+
+    if file_len < SEGMENT_HEADER_LEN {
+        let mut partial = vec![0u8; file_len as usize];
+        reader.read_exact(&mut partial).map_err(io_err(path))?;
+        if is_last && SEGMENT_MAGIC.starts_with(&partial) {
+            return Ok(Scan {
+                offsets: Vec::new(),
+                end: 0,
+                torn: Some(Torn {
+                    file_len,
+                    reason: format!("incomplete segment header ({file_len} of 8 bytes)"),
+                    rewrite_header: true,
+                }),
+            });
+        }
+        return Err(corruption(
+            path,
+            0,
+            format!("segment is {file_len} bytes, shorter than its 8-byte header"),
+        ));
+    }
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic).map_err(io_err(path))?;
+    if &magic != SEGMENT_MAGIC {
+        return Err(corruption(
+            path,
+            0,
+            format!("bad segment magic \"{}\"", magic.escape_ascii()),
+        ));
+    }
+
+    let mut offsets = Vec::new();
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut payload = Vec::new();
+    let tail = |offsets: Vec<u32>, pos: u64, reason: String| {
+        if is_last {
+            Ok(Scan {
+                offsets,
+                end: pos,
+                torn: Some(Torn {
+                    file_len,
+                    reason,
+                    rewrite_header: false,
+                }),
+            })
+        } else {
+            Err(corruption(
+                path,
+                pos,
+                format!("{reason} in a non-last segment"),
+            ))
+        }
+    };
+    while pos < file_len {
+        let remaining = file_len - pos;
+        if remaining < RECORD_HEADER_LEN {
+            return tail(
+                offsets,
+                pos,
+                format!("incomplete record header ({remaining} of 8 bytes)"),
+            );
+        }
+        let mut header = [0u8; 8];
+        reader.read_exact(&mut header).map_err(io_err(path))?;
+        let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
+        let len = u32::from_le_bytes(len_bytes);
+        let stored_crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        let end = pos + RECORD_HEADER_LEN + u64::from(len);
+        if end > file_len {
+            return tail(
+                offsets,
+                pos,
+                format!("record of {len} bytes runs past the end of the file ({file_len} bytes)"),
+            );
+        }
+        if len > max {
+            return Err(corruption(
+                path,
+                pos,
+                format!("record length {len} exceeds max_record_bytes {max}"),
+            ));
+        }
+        let offset = u32::try_from(pos)
+            .map_err(|_| corruption(path, pos, "record offset beyond 4 GiB in one segment"))?;
+        payload.resize(len as usize, 0);
+        reader.read_exact(&mut payload).map_err(io_err(path))?;
+        let crc = record_crc(&len_bytes, &payload);
+        if crc != stored_crc {
+            let reason =
+                format!("checksum mismatch (stored {stored_crc:#010x}, computed {crc:#010x})");
+            if end == file_len {
+                return tail(offsets, pos, format!("{reason} in the final record"));
+            }
+            return Err(corruption(
+                path,
+                pos,
+                format!("{reason}; {} more bytes follow", file_len - end),
+            ));
+        }
+        offsets.push(offset);
+        pos = end;
+    }
+    Ok(Scan {
+        offsets,
+        end: pos,
+        torn: None,
+    })
+}

@@ -1,0 +1,664 @@
+//! Unit tests of the WAL: appends, reads, rolling, retention, torn tails, corruption and
+//! injected IO failures.
+
+use super::*;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+fn small_config(dir: &Path) -> WalConfig {
+    WalConfig {
+        segment_bytes: MIN_SEGMENT_BYTES,
+        ..WalConfig::new(dir)
+    }
+}
+
+/// Deterministic payload for index `i`, 1..=300 bytes.
+fn payload(i: u64) -> Vec<u8> {
+    let n = (i * 37 % 300) as usize + 1;
+    (0..n).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+fn record_size(i: u64) -> u64 {
+    RECORD_HEADER_LEN + payload(i).len() as u64
+}
+
+/// Appends payload(i) for i in `from..from + n`, in batches of 1..=batch.
+fn append_range(wal: &mut Wal, from: u64, n: u64, batch: usize) {
+    let mut i = from;
+    let end = from + n;
+    let mut size = 1;
+    while i < end {
+        let k = (size as u64).min(end - i);
+        let owned: Vec<Vec<u8>> = (i..i + k).map(payload).collect();
+        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        assert_eq!(wal.append_batch(&refs).unwrap(), i);
+        i += k;
+        size = size % batch + 1;
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+fn segment_firsts(dir: &Path) -> Vec<u64> {
+    list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect()
+}
+
+fn assert_all_payloads(reader: &WalReader, first: u64, last: u64) {
+    let got = reader.read_range(first, u64::MAX, usize::MAX).unwrap();
+    assert_eq!(got.len() as u64, last + 1 - first);
+    for (k, (index, data)) in got.iter().enumerate() {
+        assert_eq!(*index, first + k as u64);
+        assert_eq!(*data, payload(*index), "payload of {index}");
+    }
+}
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+fn expect_corruption(result: Result<(Wal, OpenReport), WalError>) -> (PathBuf, u64, String) {
+    match result {
+        Err(err @ WalError::Corruption { .. }) => {
+            let text = err.to_string();
+            let WalError::Corruption { path, offset, .. } = err else {
+                unreachable!()
+            };
+            (path, offset, text)
+        }
+        Err(other) => panic!("expected Corruption, got {other}"),
+        Ok(_) => panic!("expected Corruption, open succeeded"),
+    }
+}
+
+/// One segment with records 1..=5; returns the segment path.
+fn five_records(dir: &Path) -> PathBuf {
+    let (mut wal, _) = Wal::open(small_config(dir)).unwrap();
+    append_range(&mut wal, 1, 5, 2);
+    let files = segment_files(dir);
+    assert_eq!(files.len(), 1);
+    files[0].clone()
+}
+
+#[test]
+fn a_fresh_log_starts_at_index_one_and_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/wal");
+    let (mut wal, report) = Wal::open(small_config(&path)).unwrap();
+    assert_eq!(
+        report,
+        OpenReport {
+            entries: 0,
+            first_index: 1,
+            last_index: 0,
+            torn_bytes_truncated: 0,
+            segments: 1
+        }
+    );
+    assert_eq!((wal.first_index(), wal.last_index()), (1, 0));
+    let reader = wal.reader();
+    assert!(reader.read_range(1, 10, usize::MAX).unwrap().is_empty());
+    assert_eq!(wal.append_batch(&[]).unwrap(), 1);
+    let files = segment_files(&path);
+    assert_eq!(files.len(), 1);
+    assert!(files[0].ends_with("00000000000000000001.wal"));
+    assert_eq!(fs::read(&files[0]).unwrap(), SEGMENT_MAGIC);
+    assert_eq!(wal.append_batch(&[b"a", b""]).unwrap(), 1);
+    assert_eq!(reader.read_range(1, 2, usize::MAX).unwrap()[1], (2, vec![]));
+}
+
+#[test]
+fn appends_then_reopen_give_dense_indexes_from_one_and_identical_payloads_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+        append_range(&mut wal, 1, 200, 9);
+        assert_eq!(wal.last_index(), 200);
+        assert_all_payloads(&wal.reader(), 1, 200);
+    }
+    let files = segment_files(dir.path());
+    assert!(
+        files.len() >= 4,
+        "expected several segments, got {}",
+        files.len()
+    );
+    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(
+        report,
+        OpenReport {
+            entries: 200,
+            first_index: 1,
+            last_index: 200,
+            torn_bytes_truncated: 0,
+            segments: files.len()
+        }
+    );
+    assert_all_payloads(&wal.reader(), 1, 200);
+    // Segments are contiguous and each one but the last is full.
+    let firsts = segment_firsts(dir.path());
+    assert_eq!(firsts[0], 1);
+    for path in &files[..files.len() - 1] {
+        assert!(file_len(path) >= MIN_SEGMENT_BYTES);
+    }
+    append_range(&mut wal, 201, 20, 4);
+    drop(wal);
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(report.last_index, 220);
+    assert_all_payloads(&wal.reader(), 1, 220);
+}
+
+#[test]
+fn a_single_record_larger_than_a_segment_is_stored_and_the_next_one_starts_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![7u8; 3 * MIN_SEGMENT_BYTES as usize];
+    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    wal.append_batch(&[b"small", &big, b"after"]).unwrap();
+    assert_eq!(segment_firsts(dir.path()), vec![1, 3]);
+    drop(wal);
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(report.last_index, 3);
+    let got = wal.reader().read_range(1, 3, usize::MAX).unwrap();
+    assert_eq!(got[1].1, big);
+    assert_eq!(got[2].1, b"after");
+}
+
+#[test]
+fn read_range_respects_from_to_and_max_bytes_returns_removed_below_first_and_empty_past_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    append_range(&mut wal, 1, 100, 5);
+    let reader = wal.reader();
+
+    let got = reader.read_range(3, 5, usize::MAX).unwrap();
+    assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(got[0].1, payload(3));
+
+    // `to` beyond the end is clamped; past the end is empty.
+    assert_eq!(reader.read_range(98, 1000, usize::MAX).unwrap().len(), 3);
+    assert!(reader.read_range(101, 200, usize::MAX).unwrap().is_empty());
+    assert!(reader.read_range(5, 4, usize::MAX).unwrap().is_empty());
+
+    // max_bytes: at least one entry; never more than max_bytes otherwise.
+    assert_eq!(reader.read_range(3, 10, 0).unwrap().len(), 1);
+    let two = payload(3).len() + payload(4).len();
+    assert_eq!(reader.read_range(3, 10, two).unwrap().len(), 2);
+    assert_eq!(reader.read_range(3, 10, two - 1).unwrap().len(), 1);
+
+    // A range crossing segment boundaries.
+    let all = reader.read_range(1, 100, usize::MAX).unwrap();
+    assert_eq!(all.len(), 100);
+    let limit = 5000;
+    let some = reader.read_range(1, 100, limit).unwrap();
+    let bytes: usize = some.iter().map(|e| e.1.len()).sum();
+    assert!(bytes <= limit);
+    assert!(bytes + payload(some.len() as u64 + 1).len() > limit);
+
+    let second = segment_firsts(dir.path())[1];
+    assert_eq!(wal.remove_below(second).unwrap(), 1);
+    match reader.read_range(1, 5, usize::MAX) {
+        Err(WalError::Removed { index: 1, first }) => assert_eq!(first, second),
+        other => panic!("expected Removed, got {other:?}"),
+    }
+    assert_eq!(reader.read_range(second, second, 0).unwrap()[0].0, second);
+}
+
+#[test]
+fn torn_tail_cut_mid_record_is_truncated_reported_and_appending_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = five_records(dir.path());
+    let full = file_len(&path);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(full - 3).unwrap();
+    drop(f);
+
+    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(report.torn_bytes_truncated, record_size(5) - 3);
+    assert_eq!((report.last_index, report.entries), (4, 4));
+    assert_eq!(file_len(&path), full - record_size(5));
+    assert_eq!(wal.append_batch(&[&payload(5)]).unwrap(), 5);
+    drop(wal);
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (5, 0));
+    assert_all_payloads(&wal.reader(), 1, 5);
+}
+
+#[test]
+fn torn_tail_of_a_partial_record_header_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = five_records(dir.path());
+    let full = file_len(&path);
+    append_bytes(&path, &[0x10, 0, 0, 0, 0x99]);
+
+    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!((report.torn_bytes_truncated, report.last_index), (5, 5));
+    assert_eq!(file_len(&path), full);
+    assert_eq!(wal.append_batch(&[&payload(6)]).unwrap(), 6);
+    assert_all_payloads(&wal.reader(), 1, 6);
+}
+
+#[test]
+fn torn_tail_whose_header_claims_more_than_the_file_holds_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = five_records(dir.path());
+    append_bytes(&path, &[0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4, 5, 6]);
+    let (_wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!((report.torn_bytes_truncated, report.last_index), (10, 5));
+}
+
+#[test]
+fn torn_tail_with_a_bad_checksum_in_the_final_record_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = five_records(dir.path());
+    let full = file_len(&path);
+    flip_byte(&path, full - 1);
+
+    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(report.torn_bytes_truncated, record_size(5));
+    assert_eq!(report.last_index, 4);
+    assert_eq!(file_len(&path), full - record_size(5));
+    assert_eq!(wal.append_batch(&[&payload(5)]).unwrap(), 5);
+    assert_all_payloads(&wal.reader(), 1, 5);
+}
+
+#[test]
+fn a_zero_length_or_partial_header_last_segment_gets_its_header_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    five_records(dir.path());
+    let empty = segment_path(dir.path(), 6);
+    File::create(&empty).unwrap();
+
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!((report.last_index, report.segments), (5, 2));
+    assert_eq!(report.torn_bytes_truncated, 0);
+    assert_eq!(fs::read(&empty).unwrap(), SEGMENT_MAGIC);
+    drop(wal);
+
+    fs::write(&empty, b"LPW").unwrap();
+    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (5, 3));
+    assert_eq!(wal.append_batch(&[&payload(6)]).unwrap(), 6);
+    assert_eq!(file_len(&empty), SEGMENT_HEADER_LEN + record_size(6));
+    assert_all_payloads(&wal.reader(), 1, 6);
+}
+
+#[test]
+fn a_corrupt_middle_record_fails_open_naming_the_file_and_byte_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = five_records(dir.path());
+    let full = file_len(&path);
+    let record2 = SEGMENT_HEADER_LEN + record_size(1);
+    flip_byte(&path, record2 + RECORD_HEADER_LEN);
+
+    let (err_path, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    assert_eq!(err_path, path);
+    assert_eq!(offset, record2);
+    assert!(text.contains("00000000000000000001.wal"), "{text}");
+    assert!(text.contains(&format!("offset {record2}")), "{text}");
+    assert_eq!(file_len(&path), full, "corruption must not truncate");
+}
+
+#[test]
+fn an_impossible_record_length_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = five_records(dir.path());
+    let mut config = small_config(dir.path());
+    config.max_record_bytes = 100;
+    let (_, offset, text) = expect_corruption(Wal::open(config));
+    assert!(text.contains("max_record_bytes"), "{text}");
+    let first_big = (1..=5).find(|&i| payload(i).len() > 100).unwrap();
+    let expected: u64 = SEGMENT_HEADER_LEN + (1..first_big).map(record_size).sum::<u64>();
+    assert_eq!(offset, expected);
+    assert!(path.exists());
+}
+
+#[test]
+fn a_bad_segment_magic_is_corruption_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = five_records(dir.path());
+    flip_byte(&path, 0);
+    let (err_path, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    assert_eq!((err_path, offset), (path, 0));
+    assert!(text.contains("magic"), "{text}");
+}
+
+#[test]
+fn damage_in_a_non_last_segment_is_corruption_even_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+        append_range(&mut wal, 1, 80, 3);
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    let first = &files[0];
+    let len = file_len(first);
+
+    // A bad checksum in the final record of a non-last segment.
+    flip_byte(first, len - 1);
+    let (err_path, _, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    assert_eq!(&err_path, first);
+    assert!(text.contains("checksum"), "{text}");
+    flip_byte(first, len - 1);
+
+    // A non-last segment cut short.
+    let f = OpenOptions::new().write(true).open(first).unwrap();
+    f.set_len(len - 2).unwrap();
+    let (err_path, _, _) = expect_corruption(Wal::open(small_config(dir.path())));
+    assert_eq!(&err_path, first);
+    assert_eq!(file_len(first), len - 2, "corruption must not truncate");
+}
+
+#[test]
+fn a_missing_middle_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+        append_range(&mut wal, 1, 100, 3);
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    fs::remove_file(&files[1]).unwrap();
+    let (err_path, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    assert_eq!((&err_path, offset), (&files[2], 0));
+    assert!(text.contains("missing segment"), "{text}");
+}
+
+#[test]
+fn remove_below_removes_only_whole_segments_entirely_below_and_never_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    append_range(&mut wal, 1, 200, 6);
+    let firsts = segment_firsts(dir.path());
+    assert!(firsts.len() >= 4);
+
+    assert_eq!(wal.remove_below(1).unwrap(), 0);
+    // Segment 0 holds firsts[0]..firsts[1]-1: all below firsts[1].
+    assert_eq!(wal.remove_below(firsts[1]).unwrap(), 1);
+    assert_eq!(wal.first_index(), firsts[1]);
+    // Segment 1 still holds firsts[2]-1, which is not below itself.
+    assert_eq!(wal.remove_below(firsts[2] - 1).unwrap(), 0);
+    assert_eq!(segment_firsts(dir.path()), firsts[1..]);
+
+    // Everything below: all but the active segment go.
+    let active_first = *firsts.last().unwrap();
+    assert_eq!(wal.remove_below(u64::MAX).unwrap(), firsts.len() - 2);
+    assert_eq!(segment_firsts(dir.path()), vec![active_first]);
+    assert_eq!((wal.first_index(), wal.last_index()), (active_first, 200));
+    assert_all_payloads(&wal.reader(), active_first, 200);
+    drop(wal);
+
+    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!((report.first_index, report.last_index), (active_first, 200));
+    assert_eq!(report.entries, 201 - active_first);
+    assert_eq!(wal.append_batch(&[&payload(201)]).unwrap(), 201);
+    assert_all_payloads(&wal.reader(), active_first, 201);
+}
+
+#[test]
+fn remove_below_on_an_empty_active_segment_leaves_first_index_past_last_index() {
+    let dir = tempfile::tempdir().unwrap();
+    five_records(dir.path());
+    File::create(segment_path(dir.path(), 6)).unwrap();
+    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(wal.remove_below(6).unwrap(), 1);
+    assert_eq!((wal.first_index(), wal.last_index()), (6, 5));
+    assert!(wal.reader().read_range(6, 10, 100).unwrap().is_empty());
+    drop(wal);
+    let (_, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(
+        (report.first_index, report.last_index, report.entries),
+        (6, 5, 0)
+    );
+}
+
+#[test]
+fn a_concurrent_reader_never_sees_beyond_last_index_and_every_payload_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    let reader = wal.reader();
+    const TOTAL: u64 = 400;
+    thread::scope(|scope| {
+        scope.spawn(move || append_range(&mut wal, 1, TOTAL, 7));
+        let mut rounds = 0u64;
+        loop {
+            let before = reader.last_index();
+            let got = reader.read_range(1, u64::MAX, usize::MAX).unwrap();
+            let after = reader.last_index();
+            assert!(got.len() as u64 >= before);
+            assert!(got.len() as u64 <= after);
+            for (k, (index, data)) in got.iter().enumerate() {
+                assert_eq!(*index, k as u64 + 1);
+                assert_eq!(*data, payload(*index));
+            }
+            // Small reads from the moving end too.
+            let tail = reader.read_range(after.max(1), u64::MAX, 1).unwrap();
+            assert!(
+                tail.iter()
+                    .all(|(i, d)| *i <= reader.last_index() && *d == payload(*i))
+            );
+            rounds += 1;
+            if after == TOTAL {
+                break;
+            }
+        }
+        assert!(rounds > 0);
+    });
+}
+
+#[test]
+fn readers_racing_segment_removal_get_data_or_removed_never_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    append_range(&mut wal, 1, 50, 5);
+    let reader = wal.reader();
+    let done = AtomicBool::new(false);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 0..20 {
+                let from = 51 + round * 10;
+                append_range(&mut wal, from, 10, 5);
+                wal.remove_below(from).unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        while !done.load(Ordering::SeqCst) {
+            let first = reader.first_index();
+            match reader.read_range(first, u64::MAX, usize::MAX) {
+                Ok(got) => {
+                    for (index, data) in got {
+                        assert_eq!(data, payload(index));
+                    }
+                }
+                Err(WalError::Removed { .. }) => {}
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn an_invalid_config_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = WalConfig::new(dir.path());
+    config.segment_bytes = MIN_SEGMENT_BYTES - 1;
+    assert!(matches!(
+        Wal::open(config.clone()),
+        Err(WalError::InvalidConfig(_))
+    ));
+    config.segment_bytes = u64::from(u32::MAX) + 1;
+    assert!(matches!(config.validate(), Err(WalError::InvalidConfig(_))));
+    config.segment_bytes = MIN_SEGMENT_BYTES;
+    config.max_record_bytes = 0;
+    assert!(matches!(config.validate(), Err(WalError::InvalidConfig(_))));
+    assert!(WalConfig::new(dir.path()).validate().is_ok());
+    assert!(matches!(
+        WalConfig::new("").validate(),
+        Err(WalError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn a_record_over_max_record_bytes_is_rejected_without_writing_and_the_wal_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path());
+    config.max_record_bytes = 100;
+    let (mut wal, _) = Wal::open(config).unwrap();
+    let big = vec![0u8; 101];
+    match wal.append_batch(&[b"ok", &big]) {
+        Err(WalError::RecordTooLarge { len: 101, max: 100 }) => {}
+        other => panic!("expected RecordTooLarge, got {other:?}"),
+    }
+    assert_eq!(wal.last_index(), 0);
+    assert_eq!(wal.append_batch(&[&big[..100]]).unwrap(), 1);
+}
+
+#[test]
+fn wal_is_send_and_reader_is_send_sync_clone() {
+    fn send<T: Send>() {}
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    send::<Wal>();
+    send_sync_clone::<WalReader>();
+}
+
+/// Test IO seam: injects a failing sync or a half-done write.
+#[derive(Clone, Default)]
+struct FaultyIo {
+    fail_sync: Arc<AtomicBool>,
+    half_write: Arc<AtomicBool>,
+}
+
+impl SegmentIo for FaultyIo {
+    fn write_all_at(&mut self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.half_write.load(Ordering::SeqCst) {
+            file.write_all_at(&buf[..buf.len() / 2], offset)?;
+            return Err(io::Error::other("injected write failure"));
+        }
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&mut self, file: &File) -> io::Result<()> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected sync_data failure"));
+        }
+        file.sync_data()
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        sync_dir(dir)
+    }
+}
+
+#[test]
+fn a_failed_sync_hides_the_batch_from_readers_and_requires_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultyIo::default();
+    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
+    append_range(&mut wal, 1, 3, 3);
+    let reader = wal.reader();
+
+    io.fail_sync.store(true, Ordering::SeqCst);
+    let err = wal.append_batch(&[&payload(4)]).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    assert!(
+        err.to_string().contains("00000000000000000001.wal"),
+        "{err}"
+    );
+    assert_eq!(reader.last_index(), 3);
+    assert!(reader.read_range(4, 4, usize::MAX).unwrap().is_empty());
+
+    io.fail_sync.store(false, Ordering::SeqCst);
+    let again = wal.append_batch(&[&payload(4)]).unwrap_err();
+    assert!(again.to_string().contains("reopened"), "{again}");
+    assert_eq!(reader.last_index(), 3);
+    drop(wal);
+
+    // The record was fully written (only its sync failed), so recovery
+    // keeps it: it was never acknowledged, its fate is up to the disk.
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (4, 0));
+    assert_all_payloads(&wal.reader(), 1, 4);
+}
+
+#[test]
+fn a_half_written_batch_is_invisible_and_cut_as_a_torn_tail_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultyIo::default();
+    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
+    append_range(&mut wal, 1, 3, 3);
+    let reader = wal.reader();
+
+    io.half_write.store(true, Ordering::SeqCst);
+    let batch = [payload(4), payload(5)];
+    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+    assert!(matches!(wal.append_batch(&refs), Err(WalError::Io { .. })));
+    assert_eq!(reader.last_index(), 3);
+    assert_all_payloads(&reader, 1, 3);
+    drop(wal);
+
+    let written = (record_size(4) + record_size(5)) / 2;
+    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let kept = if written >= record_size(4) { 4 } else { 3 };
+    assert_eq!(report.last_index, kept);
+    let expected_cut = written - if kept == 4 { record_size(4) } else { 0 };
+    assert_eq!(report.torn_bytes_truncated, expected_cut);
+    assert_eq!(wal.append_batch(&[&payload(kept + 1)]).unwrap(), kept + 1);
+    assert_all_payloads(&wal.reader(), 1, kept + 1);
+}
+
+#[test]
+fn a_failed_sync_while_rolling_a_segment_leaves_a_log_that_reopens_contiguously() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultyIo::default();
+    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
+    // Fill the first segment to just below the limit.
+    let mut i = 1;
+    while segment_files(dir.path()).len() == 1
+        && file_len(&segment_files(dir.path())[0]) + record_size(i) < MIN_SEGMENT_BYTES
+    {
+        wal.append_batch(&[&payload(i)]).unwrap();
+        i += 1;
+    }
+    io.fail_sync.store(true, Ordering::SeqCst);
+    let batch: Vec<Vec<u8>> = (i..i + 4).map(payload).collect();
+    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+    assert!(wal.append_batch(&refs).is_err());
+    assert_eq!(wal.last_index(), i - 1);
+    // The seal failed before the next segment was created.
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    drop(wal);
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert!(report.last_index >= i - 1);
+    assert_all_payloads(&wal.reader(), 1, report.last_index);
+}
