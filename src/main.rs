@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use logplayer::player::args::PlayerArgs;
 use tokio_util::sync::CancellationToken;
 
 use logplayer::harness::{bench, cluster, demo};
-use logplayer::{client, grpc, logstore, player, routing, shard};
+use logplayer::{client, grpc, logstore, player, shard};
 
 #[derive(Parser)]
 #[command(
@@ -166,93 +167,6 @@ enum ShardAction {
         #[arg(long)]
         addr: Option<String>,
     },
-}
-
-#[derive(Args)]
-struct PlayerArgs {
-    /// LogStore address.
-    #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
-    logstore: String,
-    /// A shard: ID=ADDR, or ID=ADDR@LO-HI[,LO-HI...] to name its slots (of 16384).
-    /// Repeat per shard; without slots, slots are split evenly in the order given.
-    #[arg(
-        long = "shard",
-        env = "LOGPLAYER_SHARDS",
-        value_delimiter = ' ',
-        conflicts_with = "shard_map"
-    )]
-    shards: Vec<String>,
-    /// A YAML shard map file instead of --shard (see the README).
-    #[arg(long, env = "LOGPLAYER_SHARD_MAP")]
-    shard_map: Option<PathBuf>,
-    /// Leader epoch sent to shards (fencing token) when running without a lease. With
-    /// --lease-file or --lease-name, each term's epoch comes from the lease instead.
-    #[arg(long, env = "LOGPLAYER_EPOCH", default_value_t = 1, conflicts_with_all = ["lease_file", "lease_name"])]
-    epoch: u64,
-    /// Run as one of several replicas behind a file lease at this path (single machine).
-    #[arg(long, env = "LOGPLAYER_LEASE_FILE", conflicts_with = "lease_name")]
-    lease_file: Option<PathBuf>,
-    /// Run as one of several replicas behind this Kubernetes Lease (coordination.k8s.io/v1)
-    /// in --lease-namespace, using the in-cluster or kubeconfig credentials.
-    #[arg(long, env = "LOGPLAYER_LEASE_NAME")]
-    lease_name: Option<String>,
-    /// Namespace of the Kubernetes Lease (default: the pod's namespace, else "default").
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    lease_namespace: String,
-    /// This replica's identity in the lease (default: the pod name, else host-pid).
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
-    /// How long a lease lasts without renewal; a standby takes over after this.
-    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
-    lease_duration: Duration,
-    /// A leader that could not renew for this long stops sending (must be below
-    /// --lease-duration, leaving margin for clock skew and scheduling).
-    #[arg(long, env = "LOGPLAYER_RENEW_DEADLINE", default_value = "1500ms", value_parser = humantime::parse_duration)]
-    renew_deadline: Duration,
-    /// How often replicas try to acquire or renew the lease.
-    #[arg(long, env = "LOGPLAYER_RETRY_PERIOD", default_value = "250ms", value_parser = humantime::parse_duration)]
-    retry_period: Duration,
-    /// Save the shards' ack cursors in this JSON file every checkpoint interval.
-    #[arg(
-        long,
-        env = "LOGPLAYER_CURSOR_FILE",
-        conflicts_with = "cursor_shard_status"
-    )]
-    cursor_file: Option<PathBuf>,
-    /// Save the ack cursors in each Shard resource's status (`ackedIndex`) in
-    /// --lease-namespace instead (in a cluster; shard ids are the Shard resource names).
-    #[arg(long, env = "LOGPLAYER_CURSOR_SHARD_STATUS")]
-    cursor_shard_status: bool,
-    /// How often the leader saves the ack cursors.
-    #[arg(long, env = "LOGPLAYER_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    checkpoint_interval: Duration,
-    /// After each checkpoint, let the LogStore remove segments every shard has acknowledged
-    /// (needs --cursor-file). A shard added later can then only start from what is left.
-    #[arg(long, env = "LOGPLAYER_RETAIN_LOG")]
-    retain_log: bool,
-    /// Serve Prometheus /metrics, /healthz and /readyz on this address.
-    #[arg(long, env = "LOGPLAYER_METRICS_LISTEN")]
-    metrics_listen: Option<String>,
-    /// Most entries per batch.
-    #[arg(long, env = "LOGPLAYER_BATCH_ENTRIES", default_value_t = 512)]
-    batch_entries: usize,
-    /// Most bytes per batch.
-    #[arg(long, env = "LOGPLAYER_BATCH_BYTES", default_value_t = 1024 * 1024)]
-    batch_bytes: usize,
-    /// Most unacknowledged batches per shard.
-    #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = 16)]
-    window: usize,
-    /// Per-shard queue limit in bytes; past it the shard catches up from the log.
-    #[arg(long, env = "LOGPLAYER_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
-    queue_bytes: usize,
-    /// Watermark interval in entries for idle shards.
-    #[arg(long, env = "LOGPLAYER_WATERMARK_EVERY", default_value_t = 1000)]
-    watermark_every: u64,
-    /// FAULT INJECTION, for tests only: keep delivering after the lease is lost, as a leader
-    /// paused between its lease check and its send would. Only the shards' epoch fencing
-    /// stops such a replica; tests use it to prove that fencing does.
-    #[arg(long, hide = true)]
-    fault_keep_leading: bool,
 }
 
 #[derive(Args)]
@@ -544,24 +458,8 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Player(a) => {
-            let map = match (&a.shard_map, a.shards.is_empty()) {
-                (Some(path), _) => routing::ShardMap::from_file(path)?,
-                (None, false) => routing::ShardMap::from_specs(&a.shards)?,
-                (None, true) => {
-                    bail!("give the shards with --shard ID=ADDR (repeat) or --shard-map FILE")
-                }
-            };
-            let mut config = player::PlayerConfig::new(a.logstore, map);
-            config.epoch = a.epoch;
-            config.batch_entries = a.batch_entries;
-            config.batch_bytes = a.batch_bytes;
-            config.window_batches = a.window;
-            config.queue_bytes = a.queue_bytes;
-            config.watermark_every = a.watermark_every;
-            config.checkpoint_interval = a.checkpoint_interval;
-            config.retain_log = a.retain_log;
             let identity = a.identity.clone().unwrap_or_else(default_identity);
-            config.player_id = identity.clone();
+            let config = a.player_config(a.shard_map()?, &identity);
             let stats = std::sync::Arc::new(player::PlayerStats::default());
             let shutdown = on_signal();
             if let Some(addr) = &a.metrics_listen {
@@ -594,11 +492,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     (None, false) => None,
                 };
-            let lease_config = logplayer::lease::LeaseConfig {
-                lease_duration: a.lease_duration,
-                renew_deadline: a.renew_deadline,
-                retry_period: a.retry_period,
-            };
+            let lease_config = a.lease_config();
             let backend: Option<std::sync::Arc<dyn logplayer::lease::LeaseBackend>> =
                 match (&a.lease_file, &a.lease_name) {
                     (Some(path), _) => Some(std::sync::Arc::new(logplayer::lease::FileLease::new(

@@ -90,6 +90,14 @@ pub enum CrdError {
         /// Why it did not parse.
         source: humantime::DurationError,
     },
+    /// A count that must not be negative is.
+    #[error("{field} must not be negative, got {value}")]
+    Negative {
+        /// Field path.
+        field: &'static str,
+        /// The value as written.
+        value: i64,
+    },
     /// A duration that must be positive is zero.
     #[error("{field} must be greater than zero")]
     ZeroDuration {

@@ -37,6 +37,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{Backend, CrdError, ImagePullPolicy, LogPlayer, ManagedStorage, Shard};
+use crate::player::args::PlayerArgs;
 
 /// Port of a managed LogStore.
 pub const LOGSTORE_PORT: i32 = 7000;
@@ -94,6 +95,9 @@ pub enum DesiredError {
     /// The selected Shards do not own every slot exactly once.
     #[error("{0}")]
     Coverage(#[source] crate::routing::slots::Coverage),
+    /// The player's args did not parse (a bug, not user input).
+    #[error("building the player's args: {0}")]
+    Args(String),
     /// The shard map did not serialize (a bug, not user input).
     #[error("serializing the shard map: {0}")]
     Yaml(#[from] serde_yaml::Error),
@@ -118,7 +122,7 @@ impl DesiredError {
                     "InvalidShard"
                 }
             }
-            DesiredError::Yaml(_) => "Internal",
+            DesiredError::Yaml(_) | DesiredError::Args(_) => "Internal",
         }
     }
 }
@@ -408,6 +412,44 @@ fn map_hash(text: &str) -> String {
     format!("{h:016x}")
 }
 
+/// The player container's args: the LogPlayer's settings as [`PlayerArgs`], rendered by
+/// the one function that also round-trips them through the player's own parser.
+fn player_args(
+    lp: &LogPlayer,
+    ns: &str,
+    logstore: String,
+    timing: &crate::crd::LeaseTiming,
+    checkpoint: std::time::Duration,
+) -> Result<Vec<String>, DesiredError> {
+    let spec = &lp.spec;
+    let d = &spec.delivery;
+    let count = |field: &'static str, v: i64| {
+        usize::try_from(v).map_err(|_| DesiredError::Spec(CrdError::Negative { field, value: v }))
+    };
+    let mut a = PlayerArgs::parse_without_env([
+        "--shard-map",
+        &format!("{SHARD_MAP_DIR}/{SHARD_MAP_FILE}"),
+    ])
+    .map_err(|e| DesiredError::Args(e.to_string()))?;
+    a.logstore = logstore;
+    a.lease_name = Some(player_name(lp));
+    a.lease_namespace = ns.to_owned();
+    a.lease_duration = timing.lease_duration;
+    a.renew_deadline = timing.renew_deadline;
+    a.retry_period = timing.retry_period;
+    a.cursor_shard_status = true;
+    a.checkpoint_interval = checkpoint;
+    a.retain_log = spec.retain_log;
+    a.metrics_listen = Some(format!("0.0.0.0:{}", spec.metrics_port));
+    a.window = count("spec.delivery.window", i64::from(d.window))?;
+    a.batch_entries = count("spec.delivery.batchEntries", i64::from(d.batch_entries))?;
+    a.batch_bytes = count("spec.delivery.batchBytes", d.batch_bytes)?;
+    a.queue_bytes = count("spec.delivery.queueBytes", d.queue_bytes)?;
+    let mut args = vec!["player".to_owned()];
+    args.extend(a.to_args());
+    Ok(args)
+}
+
 /// The objects for a LogPlayer that drives `shards` (already selected: same namespace,
 /// naming it, matching its selector).
 pub fn player_objects(
@@ -477,38 +519,7 @@ pub fn player_objects(
         ..Service::default()
     };
 
-    let d = &spec.delivery;
-    let mut args: Vec<String> = vec![
-        "player".into(),
-        "--logstore".into(),
-        logstore,
-        "--shard-map".into(),
-        format!("{SHARD_MAP_DIR}/{SHARD_MAP_FILE}"),
-        "--lease-name".into(),
-        player.clone(),
-        "--lease-duration".into(),
-        humantime::format_duration(timing.lease_duration).to_string(),
-        "--renew-deadline".into(),
-        humantime::format_duration(timing.renew_deadline).to_string(),
-        "--retry-period".into(),
-        humantime::format_duration(timing.retry_period).to_string(),
-        "--cursor-shard-status".into(),
-        "--checkpoint-interval".into(),
-        humantime::format_duration(checkpoint).to_string(),
-        "--metrics-listen".into(),
-        format!("0.0.0.0:{}", spec.metrics_port),
-        "--window".into(),
-        d.window.to_string(),
-        "--batch-entries".into(),
-        d.batch_entries.to_string(),
-        "--batch-bytes".into(),
-        d.batch_bytes.to_string(),
-        "--queue-bytes".into(),
-        d.queue_bytes.to_string(),
-    ];
-    if spec.retain_log {
-        args.push("--retain-log".into());
-    }
+    let args = player_args(lp, &ns, logstore, &timing, checkpoint)?;
     let container = Container {
         name: "player".to_owned(),
         image: Some(image.clone()),
@@ -952,6 +963,12 @@ mod tests {
         player_container(o).args.clone().expect("args")
     }
 
+    /// The player container's args parsed by the player's own parser.
+    fn parsed_args(o: &PlayerObjects) -> PlayerArgs {
+        let a = args(o);
+        PlayerArgs::parse_without_env(&a[1..]).unwrap_or_else(|e| panic!("{e}: {a:?}"))
+    }
+
     /// The value following `flag` in `args`.
     fn arg_value<'a>(args: &'a [String], flag: &str) -> &'a str {
         let i = args
@@ -1167,36 +1184,31 @@ mod tests {
             (env[1].name.as_str(), field(1), env[1].value.as_deref()),
             ("POD_NAMESPACE", Some("metadata.namespace"), None)
         );
+        // The args are the player's own flags, parsed back by the player's parser.
+        assert_eq!(args(&o)[0], "player");
+        let p = parsed_args(&o);
+        assert_eq!(p.logstore, "demo-logstore.ns.svc:7000");
         assert_eq!(
-            args(&o),
-            s(&[
-                "player",
-                "--logstore",
-                "demo-logstore.ns.svc:7000",
-                "--shard-map",
-                "/etc/logplayer/shard-map.yaml",
-                "--lease-name",
-                "demo-player",
-                "--lease-duration",
-                "4s",
-                "--renew-deadline",
-                "3s",
-                "--retry-period",
-                "500ms",
-                "--cursor-shard-status",
-                "--checkpoint-interval",
-                "2s",
-                "--metrics-listen",
-                "0.0.0.0:9090",
-                "--window",
-                "32",
-                "--batch-entries",
-                "256",
-                "--batch-bytes",
-                "2097152",
-                "--queue-bytes",
-                "16777216",
-            ])
+            p.shard_map.as_deref(),
+            Some(std::path::Path::new("/etc/logplayer/shard-map.yaml"))
+        );
+        assert_eq!(p.lease_name.as_deref(), Some("demo-player"));
+        assert_eq!(p.lease_namespace, "ns");
+        assert_eq!(p.lease_duration, std::time::Duration::from_secs(4));
+        assert_eq!(p.renew_deadline, std::time::Duration::from_secs(3));
+        assert_eq!(p.retry_period, std::time::Duration::from_millis(500));
+        assert!(p.cursor_shard_status);
+        assert_eq!(p.checkpoint_interval, std::time::Duration::from_secs(2));
+        assert_eq!(p.metrics_listen.as_deref(), Some("0.0.0.0:9090"));
+        assert_eq!(
+            (p.window, p.batch_entries, p.batch_bytes, p.queue_bytes),
+            (32, 256, 2_097_152, 16_777_216)
+        );
+        assert_eq!(p.identity, None, "the pod's POD_NAME names it");
+        assert_eq!(
+            args(&o)[1..],
+            p.to_args()[..],
+            "rendered by PlayerArgs::to_args"
         );
 
         // The metrics port, its probes and its Service.
@@ -1302,28 +1314,15 @@ mod tests {
     #[test]
     fn default_lease_timings_reach_the_players_as_parseable_durations() {
         let o = objects(&logplayer(external_spec()), &four_shards());
-        let a = args(&o);
-        let parsed = |flag| humantime::parse_duration(arg_value(&a, flag)).expect(flag);
+        let p = parsed_args(&o);
+        assert_eq!(p.lease_duration, std::time::Duration::from_secs(2));
+        assert_eq!(p.renew_deadline, std::time::Duration::from_millis(1500));
+        assert_eq!(p.retry_period, std::time::Duration::from_millis(250));
+        assert_eq!(p.checkpoint_interval, std::time::Duration::from_secs(1));
         assert_eq!(
-            parsed("--lease-duration"),
-            std::time::Duration::from_secs(2)
+            (p.window, p.batch_entries, p.batch_bytes, p.queue_bytes),
+            (16, 512, 1_048_576, 8_388_608)
         );
-        assert_eq!(
-            parsed("--renew-deadline"),
-            std::time::Duration::from_millis(1500)
-        );
-        assert_eq!(
-            parsed("--retry-period"),
-            std::time::Duration::from_millis(250)
-        );
-        assert_eq!(
-            parsed("--checkpoint-interval"),
-            std::time::Duration::from_secs(1)
-        );
-        assert_eq!(arg_value(&a, "--window"), "16");
-        assert_eq!(arg_value(&a, "--batch-entries"), "512");
-        assert_eq!(arg_value(&a, "--batch-bytes"), "1048576");
-        assert_eq!(arg_value(&a, "--queue-bytes"), "8388608");
         assert_eq!(
             o.deployment.spec.as_ref().and_then(|s| s.replicas),
             Some(3),

@@ -11,6 +11,7 @@
 //! keeps up. Resuming a queue and dispatching share one lock (`Dispatch`), so a recovery
 //! range and the main stream can never overlap or leave a hole.
 
+pub mod args;
 pub mod cursor;
 pub mod metrics;
 pub mod queue;
