@@ -1,0 +1,107 @@
+//! `logplayer operator` and `logplayer crd`: the Kubernetes operator and the generated
+//! CRDs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{default_identity, on_signal};
+
+#[derive(Args)]
+pub struct OperatorArgs {
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "LOGPLAYER_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: String,
+    /// The Lease the operator replicas elect a leader with.
+    #[arg(
+        long,
+        env = "LOGPLAYER_LEASE_NAME",
+        default_value = "logplayer-operator"
+    )]
+    lease_name: String,
+    /// Namespace of that Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: the pod name, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Image of the player, LogStore and shard pods when a LogPlayer sets no spec.image.
+    #[arg(long, env = "LOGPLAYER_DEFAULT_IMAGE", default_value = concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")))]
+    default_image: String,
+    /// DNS suffix for Service addresses (`<svc>.<ns>.svc.<domain>`); empty relies on the
+    /// pods' DNS search path (`<svc>.<ns>.svc`).
+    #[arg(long, env = "LOGPLAYER_CLUSTER_DOMAIN", default_value = "")]
+    cluster_domain: String,
+    /// How long the operator's Lease lasts without renewal.
+    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// The leader stops reconciling when it could not renew for this long.
+    #[arg(long, env = "LOGPLAYER_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// How often replicas try to acquire or renew the Lease.
+    #[arg(long, env = "LOGPLAYER_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+}
+
+#[derive(Args)]
+pub struct CrdArgs {
+    /// Write one file per CRD into this directory instead of printing (repeat for several:
+    /// `--write crds --write charts/logplayer-operator/files/crds` regenerates both copies).
+    #[arg(long)]
+    write: Vec<PathBuf>,
+}
+
+pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
+    use crate::operator;
+    let lease = crate::lease::LeaseConfig {
+        lease_duration: a.lease_duration,
+        renew_deadline: a.renew_deadline,
+        retry_period: a.retry_period,
+    };
+    lease.validate()?;
+    let config = operator::OperatorConfig {
+        lease_name: a.lease_name,
+        lease_namespace: a.lease_namespace,
+        identity: a.identity.unwrap_or_else(default_identity),
+        lease,
+        defaults: operator::desired::Defaults {
+            image: a.default_image,
+            cluster_domain: a.cluster_domain,
+        },
+    };
+    let metrics = std::sync::Arc::new(operator::OperatorMetrics::default());
+    let shutdown = on_signal();
+    let listener = tokio::net::TcpListener::bind(&a.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics address {}", a.metrics_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let server = tokio::spawn(crate::metrics::serve(
+        metrics.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    tracing::info!(identity = %config.identity, lease = %config.lease_name, namespace = %config.lease_namespace, "operator starting");
+    operator::run(config, metrics, shutdown.clone())
+        .await
+        .context("running the operator")?;
+    shutdown.cancel();
+    if let Ok(Err(e)) = server.await {
+        tracing::warn!(error = %e, "metrics server");
+    }
+    Ok(())
+}
+
+/// Prints the CRDs, or writes them into each `--write` directory.
+pub fn run_crd(a: CrdArgs) -> anyhow::Result<()> {
+    if a.write.is_empty() {
+        print!("{}", crate::crd::crds_yaml()?);
+    }
+    for dir in &a.write {
+        for path in crate::crd::write_crds(dir)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `logplayer player`: one player, alone (a fixed epoch) or as a replica behind a lease,
+//! with its cursor store and metrics endpoint. The flags are [`PlayerArgs`].
+
+use anyhow::{Context, bail};
+
+use super::{default_identity, on_signal};
+use crate::player::{self, args::PlayerArgs};
+
+/// Runs a player until SIGTERM.
+pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
+    let identity = a.identity.clone().unwrap_or_else(default_identity);
+    let config = a.player_config(a.shard_map()?, &identity);
+    let stats = std::sync::Arc::new(player::PlayerStats::default());
+    let shutdown = on_signal();
+    if let Some(addr) = &a.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        let (m, s) = (stats.metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(m, listener, s).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    if a.retain_log && a.cursor_file.is_none() && !a.cursor_shard_status {
+        bail!("--retain-log needs a cursor store: --cursor-file or --cursor-shard-status");
+    }
+    let cursors: Option<std::sync::Arc<dyn crate::player::cursor::CursorStore>> =
+        match (&a.cursor_file, a.cursor_shard_status) {
+            (Some(p), _) => Some(std::sync::Arc::new(
+                crate::player::cursor::FileCursors::new(p),
+            )),
+            (None, true) => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to Kubernetes for the cursor store")?;
+                Some(std::sync::Arc::new(
+                    crate::player::cursor::KubeCursors::new(client, &a.lease_namespace),
+                ))
+            }
+            (None, false) => None,
+        };
+    let lease_config = a.lease_config();
+    let backend: Option<std::sync::Arc<dyn crate::lease::LeaseBackend>> =
+        match (&a.lease_file, &a.lease_name) {
+            (Some(path), _) => Some(std::sync::Arc::new(crate::lease::FileLease::new(
+                path.clone(),
+                identity.clone(),
+                a.lease_duration,
+            )?)),
+            (None, Some(name)) => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to Kubernetes for the lease")?;
+                Some(std::sync::Arc::new(crate::lease::KubeLease::new(
+                    client,
+                    &a.lease_namespace,
+                    name,
+                    &identity,
+                    a.lease_duration,
+                )?))
+            }
+            (None, None) => None,
+        };
+    match backend {
+        Some(backend) => {
+            lease_config.validate()?;
+            let replica = player::replica::ReplicaConfig {
+                player: config,
+                lease: lease_config,
+                cursors,
+                keep_leading_after_loss: a.fault_keep_leading,
+            };
+            player::replica::run(replica, backend, stats, shutdown).await?;
+        }
+        None => {
+            stats.metrics.leader.set(1);
+            stats.metrics.epoch.set(config.epoch as i64);
+            stats.metrics.set_ready(true);
+            let mut p = player::Player::start(config, stats, shutdown).await?;
+            if let Some(c) = cursors {
+                p = p.with_cursors(c);
+            }
+            p.run().await?;
+        }
+    }
+    Ok(())
+}

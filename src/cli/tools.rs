@@ -1,0 +1,334 @@
+//! The tooling commands: `demo`, `load`, `bench` and `failover-bench`. They drive real
+//! processes through [`crate::harness`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::client;
+use crate::harness::{bench, cluster, demo};
+
+#[derive(Args)]
+pub struct FailoverBenchArgs {
+    /// Leader takedowns to measure.
+    #[arg(long, default_value_t = 20)]
+    takedowns: usize,
+    /// SIGTERM (graceful: the leader releases its lease) instead of SIGKILL.
+    #[arg(long)]
+    graceful: bool,
+    /// Player replicas.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Shards.
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Background load in transactions per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Extra arguments for every replica (e.g. "--lease-duration 1s"), space separated.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    player_args: String,
+    /// Where to keep data and logs (default: a temporary directory).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Keep data and logs here instead of a temporary directory.
+    #[arg(long, env = "LOGPLAYER_DEMO_DATA")]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Transactions per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Length of the load phase.
+    #[arg(long, default_value_t = 12)]
+    seconds: u64,
+    /// Bytes per transaction.
+    #[arg(long, default_value_t = 1024)]
+    txn_bytes: usize,
+    /// Keys per transaction.
+    #[arg(long, default_value_t = 10)]
+    keys: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct LoadFlags {
+    /// Transactions per second (0 = as fast as --concurrency appenders can).
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Appenders in flight when --rate is 0.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Keys per transaction.
+    #[arg(long, default_value_t = 10)]
+    keys: usize,
+    /// Distinct keys to draw from.
+    #[arg(long, default_value_t = 100_000)]
+    key_space: usize,
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
+    logstore: String,
+    #[command(flatten)]
+    load: LoadFlags,
+    /// Bytes per transaction.
+    #[arg(long, default_value_t = 1024)]
+    txn_bytes: usize,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Shard counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,10,20")]
+    shards: Vec<usize>,
+    /// Transaction sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,10240")]
+    sizes: Vec<usize>,
+    #[command(flatten)]
+    load: LoadFlags,
+    /// Where to keep data and logs (default: a temporary directory).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Write results as CSV here.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Runs per configuration; with more than one, a median row follows the runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Freeze shard s0 (SIGSTOP) for this many seconds from one second into each run, to
+    /// measure the player's memory and the other shards' delays while one shard stalls.
+    #[arg(long, default_value_t = 0)]
+    stall_seconds: u64,
+    /// Start the shards with --no-fsync (isolates the player's cost from the disk).
+    #[arg(long)]
+    shard_no_fsync: bool,
+}
+
+/// Runs the demo; exits 1 when the exactly-once check fails.
+pub async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
+    let pass = demo::run(demo::DemoConfig {
+        data: a.data,
+        shards: a.shards,
+        rate: a.rate,
+        seconds: a.seconds,
+        txn_bytes: a.txn_bytes,
+        keys_per_txn: a.keys,
+    })
+    .await?;
+    if !pass {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Appends generated transactions and prints what the drive did as JSON.
+pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
+    let log = client::Log::connect(&a.logstore).await?;
+    let spec = load_spec(&a.load, a.txn_bytes);
+    let r = bench::drive(&log, &spec, None).await;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+pub async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
+    use crate::harness::failover::{Takedown, take_down_leader, wait_for_leader};
+    let tmp = tempfile::Builder::new()
+        .prefix("logplayer-failover-")
+        .tempdir()?;
+    let dir = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let mut c = cluster::Cluster::start(&dir, &cluster::binary(), a.shards).await?;
+    let extra: Vec<&str> = a.player_args.split_whitespace().collect();
+    c.start_replicas(a.replicas, &extra).await?;
+    wait_for_leader(&c, Duration::from_secs(30)).await?;
+    let log = client::Log::connect(c.logstore.addr()).await?;
+    let mut spec = load_spec(
+        &LoadFlags {
+            rate: a.rate,
+            seconds: 24 * 3600,
+            concurrency: 64,
+            keys: 10,
+            key_space: 10_000,
+        },
+        1024,
+    );
+    spec.seed = 9;
+    let load = {
+        let log = log.clone();
+        tokio::spawn(async move { bench::drive(&log, &spec, None).await })
+    };
+    let how = if a.graceful {
+        Takedown::Term
+    } else {
+        Takedown::Kill
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ms = Vec::new();
+    println!("takedown,old_epoch,new_epoch,takeover_ms");
+    for _ in 0..a.takedowns {
+        let f = take_down_leader(&mut c, how, Duration::from_secs(60)).await?;
+        println!("{how},{},{},{:.1}", f.old_epoch, f.new_epoch, f.millis);
+        if f.new_epoch <= f.old_epoch {
+            bail!("epoch did not increase: {} -> {}", f.old_epoch, f.new_epoch);
+        }
+        ms.push(f.millis);
+        // Let the replaced replica rejoin as a standby before the next takedown.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    load.abort();
+    // Appends the aborted load had in flight may still land; the checker waits for a quiet log.
+    ms.sort_by(f64::total_cmp);
+    let q = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+    println!(
+        "{} {how} takedowns: takeover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    let check = crate::harness::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
+    print!("{check}");
+    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
+        p.terminate(Duration::from_secs(5)).await;
+    }
+    c.logstore.terminate(Duration::from_secs(5)).await;
+    if !check.pass {
+        bail!("exactly-once check failed");
+    }
+    println!("exactly-once: PASS");
+    Ok(())
+}
+
+/// One measured run of one bench configuration, on a fresh cluster in `dir`.
+async fn bench_once(
+    a: &BenchArgs,
+    dir: &std::path::Path,
+    bin: &std::path::Path,
+    n: usize,
+    size: usize,
+    run: u32,
+    shard_extra: &[&str],
+) -> anyhow::Result<bench::BenchRow> {
+    let mut c = cluster::Cluster::start_with(dir, bin, n, &[], shard_extra).await?;
+    c.start_player(&[]).await?;
+    let log = client::Log::connect(c.logstore.addr()).await?;
+    // Warm up (connections, page cache), then measure from clean histograms.
+    let mut warm = load_spec(&a.load, size);
+    warm.duration = Duration::from_secs(1);
+    bench::drive(&log, &warm, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reading with reset discards the warm-up samples.
+    let mut warmup = bench::Delays::default();
+    for s in &c.shards {
+        warmup.collect(s.addr()).await?;
+    }
+    let spec = load_spec(&a.load, size);
+    let stall = async {
+        if a.stall_seconds > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.shards[0].stop()?;
+            tokio::time::sleep(Duration::from_secs(a.stall_seconds)).await;
+            c.shards[0].cont()?;
+        }
+        Ok::<_, cluster::ClusterError>(())
+    };
+    let (load, stalled) = tokio::join!(bench::drive(&log, &spec, None), stall);
+    stalled?;
+    let peak = c.players[0].peak_rss_mib().unwrap_or(0.0);
+    let check =
+        crate::harness::check::check(&log, &c.shard_map(), Duration::from_secs(120)).await?;
+    let mut delays = bench::Delays::default();
+    for s in &c.shards {
+        delays.collect(s.addr()).await?;
+    }
+    let row = bench::BenchRow::from(n, &spec, run, &load, &delays, peak, a.stall_seconds);
+    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
+        p.terminate(Duration::from_secs(5)).await;
+    }
+    c.logstore.terminate(Duration::from_secs(5)).await;
+    if !check.pass {
+        bail!("exactly-once check failed during the bench:\n{check}");
+    }
+    Ok(row)
+}
+
+/// The load a set of flags asks for.
+fn load_spec(l: &LoadFlags, txn_bytes: usize) -> bench::LoadSpec {
+    bench::LoadSpec {
+        rate: l.rate,
+        duration: Duration::from_secs(l.seconds),
+        count: 0,
+        concurrency: l.concurrency,
+        keys_per_txn: l.keys,
+        key_space: l.key_space,
+        txn_bytes,
+        seed: 7,
+    }
+}
+
+pub async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("logplayer-bench-")
+        .tempdir()?;
+    let root = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let bin = cluster::binary();
+    let mut rows = Vec::new();
+    let shard_extra: &[&str] = if a.shard_no_fsync {
+        &["--no-fsync"]
+    } else {
+        &[]
+    };
+    if a.stall_seconds > 0 && a.stall_seconds + 1 >= a.load.seconds {
+        bail!(
+            "--stall-seconds ({}) must end before the run does (--seconds {})",
+            a.stall_seconds,
+            a.load.seconds
+        );
+    }
+    println!("{}", bench::BenchRow::csv_header());
+    for &n in &a.shards {
+        for &size in &a.sizes {
+            let mut runs = Vec::new();
+            for run in 1..=a.runs {
+                let dir = root.join(format!("s{n}-b{size}-r{}-{run}", a.load.rate));
+                std::fs::create_dir_all(&dir)?;
+                let row = bench_once(&a, &dir, &bin, n, size, run, shard_extra).await?;
+                println!("{}", row.csv());
+                runs.push(row);
+            }
+            if runs.len() > 1
+                && let Some(m) = bench::BenchRow::median_of(&runs)
+            {
+                println!("{}", m.csv());
+                runs.push(m);
+            }
+            rows.extend(runs);
+        }
+    }
+    if let Some(p) = &a.csv {
+        let mut text = format!("{}\n", bench::BenchRow::csv_header());
+        for r in &rows {
+            text.push_str(&r.csv());
+            text.push('\n');
+        }
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
