@@ -15,6 +15,7 @@
 //! the operator then only reports status (with `ReconciliationPaused`).
 
 pub mod desired;
+pub mod names;
 pub mod status;
 
 use std::sync::Arc;

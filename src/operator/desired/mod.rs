@@ -1,0 +1,274 @@
+//! The objects the operator keeps for a `LogPlayer` and a `Shard`: pure functions from a
+//! spec to Kubernetes objects, with no API calls, so every decision is unit-tested.
+//!
+//! For a LogPlayer named `N` in namespace `NS`:
+//! - `N-player`: the players' Deployment (`replicas` pods, spread over nodes), their
+//!   ServiceAccount, Role, RoleBinding and Lease name, and a PodDisruptionBudget
+//!   (`maxUnavailable: 1`) when `replicas > 1`;
+//! - `N-shard-map`: a ConfigMap with the shard map (YAML, as `logplayer player --shard-map`
+//!   reads it) built from the selected Shards; the pods carry a hash of it, so a changed map
+//!   restarts them;
+//! - `N-player-metrics`: a Service in front of the players' `/metrics`;
+//! - with `logStore.managed`: `N-logstore`, a headless Service and a one-pod StatefulSet
+//!   with a PersistentVolumeClaim.
+//!
+//! For a Shard named `S` with `managed`: `S-shard`, a headless Service and a one-pod
+//! StatefulSet with a PersistentVolumeClaim, running `logplayer shard --id S`.
+//!
+//! Every object carries an owner reference to its LogPlayer or Shard (controller, blocking
+//! deletion), so deleting the resource deletes them; PVCs of the StatefulSets stay (the
+//! StatefulSet default), so data outlives a mistaken delete.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, ObjectFieldSelector,
+    PodSecurityContext, Probe, SeccompProfile, SecurityContext, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::crd::{CrdError, ImagePullPolicy};
+
+pub use super::names::*;
+mod player;
+pub use player::*;
+mod servers;
+pub use servers::*;
+#[cfg(test)]
+mod tests;
+
+/// Port of a managed LogStore.
+pub const LOGSTORE_PORT: i32 = 7000;
+/// Port of a managed shard server.
+pub const SHARD_PORT: i32 = 7100;
+/// Where the players find the shard map.
+pub const SHARD_MAP_DIR: &str = "/etc/logplayer";
+/// File name of the shard map in its ConfigMap and in [`SHARD_MAP_DIR`].
+pub const SHARD_MAP_FILE: &str = "shard-map.yaml";
+/// Where managed servers keep their data (the PVC's mount).
+pub const DATA_DIR: &str = "/data";
+/// Pod-template annotation holding a hash of the shard map.
+pub const SHARD_MAP_HASH_ANNOTATION: &str = "logplayer.io/shard-map-hash";
+/// Label naming the Shard a managed shard server's objects belong to.
+pub const SHARD_LABEL: &str = "logplayer.io/shard";
+/// The uid and gid every container runs as (distroless `nonroot`).
+pub const RUN_AS: i64 = 65532;
+
+/// Settings of the operator that fill what a spec leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// Image of the player, LogStore and shard pods when a LogPlayer sets no `image`.
+    pub image: String,
+    /// DNS suffix of Services: `<svc>.<ns>.svc.<cluster_domain>`; empty gives `<svc>.<ns>.svc`,
+    /// which resolves in any cluster through the pods' search path.
+    pub cluster_domain: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            image: concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")).to_owned(),
+            cluster_domain: String::new(),
+        }
+    }
+}
+
+/// Why the objects for a spec cannot be built. Each is something the user can fix, and
+/// [`DesiredError::reason`] is the condition reason that names it.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    /// The resource has no namespace (the CRDs are namespaced, so only a broken object).
+    #[error("{kind} {name} has no namespace")]
+    NoNamespace { kind: &'static str, name: String },
+    /// A field of the LogPlayer spec is invalid (lease timing, durations, log source).
+    #[error("invalid LogPlayer spec: {0}")]
+    Spec(#[source] CrdError),
+    /// A selected Shard's own spec is invalid.
+    #[error("Shard {shard}: {source}")]
+    Shard {
+        shard: String,
+        #[source]
+        source: CrdError,
+    },
+    /// The selected Shards do not own every slot exactly once.
+    #[error("{0}")]
+    Coverage(#[source] crate::routing::slots::Coverage),
+    /// The player's args did not parse (a bug, not user input).
+    #[error("building the player's args: {0}")]
+    Args(String),
+    /// The shard map did not serialize (a bug, not user input).
+    #[error("serializing the shard map: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
+impl DesiredError {
+    /// The condition reason (CamelCase) that names the problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DesiredError::NoNamespace { .. } => "NoNamespace",
+            DesiredError::Spec(_) => "InvalidSpec",
+            DesiredError::Shard { .. } => "InvalidShard",
+            DesiredError::Coverage(crate::routing::slots::Coverage(issues)) => {
+                use crate::crd::CoverageIssue as C;
+                if issues.iter().any(|i| matches!(i, C::NoShards)) {
+                    "NoShards"
+                } else if issues.iter().any(|i| matches!(i, C::Overlap { .. })) {
+                    "SlotsOverlap"
+                } else if issues.iter().any(|i| matches!(i, C::Hole { .. })) {
+                    "SlotsUnowned"
+                } else {
+                    "InvalidShard"
+                }
+            }
+            DesiredError::Yaml(_) | DesiredError::Args(_) => "Internal",
+        }
+    }
+}
+
+/// Everything the operator keeps for one LogPlayer.
+#[derive(Debug, Clone)]
+pub struct PlayerObjects {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub shard_map: ConfigMap,
+    pub metrics_service: Service,
+    /// Only with `logStore.managed`.
+    pub logstore: Option<ServerObjects>,
+    pub deployment: Deployment,
+    /// Only with `replicas > 1`.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// A managed server: its headless Service and its StatefulSet.
+#[derive(Debug, Clone)]
+pub struct ServerObjects {
+    pub service: Service,
+    pub stateful_set: StatefulSet,
+}
+
+fn meta(
+    name: String,
+    ns: &str,
+    labels: BTreeMap<String, String>,
+    owner: &OwnerReference,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(ns.to_owned()),
+        labels: Some(labels),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> OwnerReference {
+    // `controller_owner_ref` is None only without a name or uid; objects read from the API
+    // server always have both, and a spec-only object in a test gets empty strings. It
+    // leaves blockOwnerDeletion unset; set it, so foreground deletion waits for the objects.
+    let mut owner = obj
+        .controller_owner_ref(&())
+        .unwrap_or_else(|| OwnerReference {
+            api_version: K::api_version(&()).into_owned(),
+            kind: K::kind(&()).into_owned(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+            uid: obj.meta().uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        });
+    owner.block_owner_deletion = Some(true);
+    owner
+}
+
+fn env_from_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn pod_env() -> Vec<EnvVar> {
+    vec![
+        env_from_field("POD_NAME", "metadata.name"),
+        env_from_field("POD_NAMESPACE", "metadata.namespace"),
+    ]
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        // Volumes (the PVCs) become writable by the container's group.
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pull_policy_name(p: Option<ImagePullPolicy>) -> Option<String> {
+    p.map(|p| {
+        match p {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+        .to_owned()
+    })
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn grpc_probe(port: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        grpc: Some(GRPCAction {
+            port,
+            service: None,
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}

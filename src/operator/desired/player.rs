@@ -1,0 +1,332 @@
+//! The objects for a LogPlayer: the players' Deployment (with its args rendered from
+//! [`PlayerArgs`]), ServiceAccount, Role and RoleBinding, the shard-map ConfigMap, the
+//! metrics Service, the PodDisruptionBudget, and the managed LogStore's objects.
+
+use super::{
+    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, PlayerObjects, SHARD_MAP_DIR, SHARD_MAP_FILE,
+    SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security, http_probe, labels,
+    logstore_endpoint, logstore_name, meta, metrics_service_name, owner_of, player_name, pod_env,
+    pod_security, pull_policy_name, selector_labels, server_objects, shard_endpoint,
+    shard_map_name,
+};
+use crate::crd::{Backend, CrdError, LogPlayer, Shard};
+use crate::player::args::PlayerArgs;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Volume, VolumeMount, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+/// The shard map YAML for the selected shards (sorted by name), after checking that every
+/// shard's spec is valid and that together they own every slot exactly once.
+pub fn shard_map_yaml(shards: &[Shard], defaults: &Defaults) -> Result<String, DesiredError> {
+    let mut sorted: Vec<&Shard> = shards.iter().collect();
+    sorted.sort_by_key(|s| s.name_any());
+    let mut entries = Vec::with_capacity(sorted.len());
+    for s in &sorted {
+        let shard = s.name_any();
+        s.spec
+            .validate_slots()
+            .map_err(|source| DesiredError::Shard {
+                shard: shard.clone(),
+                source,
+            })?;
+        s.spec.backend().map_err(|source| DesiredError::Shard {
+            shard: shard.clone(),
+            source,
+        })?;
+        let addr = shard_endpoint(s, defaults).unwrap_or_default();
+        entries.push(crate::routing::MapEntry {
+            id: shard,
+            addr,
+            slots: s.spec.slots.iter().map(|r| r.to_string()).collect(),
+        });
+    }
+    let coverage: Vec<_> = sorted
+        .iter()
+        .map(|s| (s.name_any(), s.spec.slots.clone()))
+        .collect();
+    crate::routing::slots::check_coverage(&coverage).map_err(DesiredError::Coverage)?;
+    Ok(serde_yaml::to_string(&crate::routing::MapFile {
+        version: 1,
+        shards: entries,
+    })?)
+}
+
+/// A short, stable hash of the shard map (FNV-1a, hex), put on the pod template so that a
+/// changed map rolls the players.
+pub(super) fn map_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The player container's args: the LogPlayer's settings as [`PlayerArgs`], rendered by
+/// the one function that also round-trips them through the player's own parser.
+fn player_args(
+    lp: &LogPlayer,
+    ns: &str,
+    logstore: String,
+    timing: &crate::crd::LeaseTiming,
+    checkpoint: std::time::Duration,
+) -> Result<Vec<String>, DesiredError> {
+    let spec = &lp.spec;
+    let d = &spec.delivery;
+    let count = |field: &'static str, v: i64| {
+        usize::try_from(v).map_err(|_| DesiredError::Spec(CrdError::Negative { field, value: v }))
+    };
+    let mut a = PlayerArgs::parse_without_env([
+        "--shard-map",
+        &format!("{SHARD_MAP_DIR}/{SHARD_MAP_FILE}"),
+    ])
+    .map_err(|e| DesiredError::Args(e.to_string()))?;
+    a.logstore = logstore;
+    a.lease_name = Some(player_name(lp));
+    a.lease_namespace = ns.to_owned();
+    a.lease_duration = timing.lease_duration;
+    a.renew_deadline = timing.renew_deadline;
+    a.retry_period = timing.retry_period;
+    a.cursor_shard_status = true;
+    a.checkpoint_interval = checkpoint;
+    a.retain_log = spec.retain_log;
+    a.metrics_listen = Some(format!("0.0.0.0:{}", spec.metrics_port));
+    a.window = count("spec.delivery.window", i64::from(d.window))?;
+    a.batch_entries = count("spec.delivery.batchEntries", i64::from(d.batch_entries))?;
+    a.batch_bytes = count("spec.delivery.batchBytes", d.batch_bytes)?;
+    a.queue_bytes = count("spec.delivery.queueBytes", d.queue_bytes)?;
+    let mut args = vec!["player".to_owned()];
+    args.extend(a.to_args());
+    Ok(args)
+}
+
+/// The objects for a LogPlayer that drives `shards` (already selected: same namespace,
+/// naming it, matching its selector).
+pub fn player_objects(
+    lp: &LogPlayer,
+    shards: &[Shard],
+    defaults: &Defaults,
+) -> Result<PlayerObjects, DesiredError> {
+    let name = lp.name_any();
+    let ns = lp.namespace().ok_or_else(|| DesiredError::NoNamespace {
+        kind: "LogPlayer",
+        name: name.clone(),
+    })?;
+    let spec = &lp.spec;
+    let timing = spec.lease.timing().map_err(DesiredError::Spec)?;
+    let checkpoint = spec.checkpoint_interval().map_err(DesiredError::Spec)?;
+    let backend = spec.log_store.backend().map_err(DesiredError::Spec)?;
+    let map = shard_map_yaml(shards, defaults)?;
+    let logstore = logstore_endpoint(lp, &ns, defaults).unwrap_or_default();
+
+    let owner = owner_of(lp);
+    let player = player_name(lp);
+    let player_labels = labels(&name, "player");
+    let player_selector = selector_labels(&name, "player");
+    let image = spec.image.clone().unwrap_or_else(|| defaults.image.clone());
+
+    let service_account = ServiceAccount {
+        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    };
+    let role = Role {
+        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+        rules: Some(player_rules(&player)),
+    };
+    let role_binding = RoleBinding {
+        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: player.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: player.clone(),
+            namespace: Some(ns.clone()),
+            ..Subject::default()
+        }]),
+    };
+    let shard_map = ConfigMap {
+        metadata: meta(shard_map_name(lp), &ns, player_labels.clone(), &owner),
+        data: Some(BTreeMap::from([(SHARD_MAP_FILE.to_owned(), map.clone())])),
+        ..ConfigMap::default()
+    };
+    let metrics_service = Service {
+        metadata: meta(metrics_service_name(lp), &ns, player_labels.clone(), &owner),
+        spec: Some(ServiceSpec {
+            selector: Some(player_selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".to_owned()),
+                port: spec.metrics_port,
+                target_port: Some(IntOrString::String("metrics".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let args = player_args(lp, &ns, logstore, &timing, checkpoint)?;
+    let container = Container {
+        name: "player".to_owned(),
+        image: Some(image.clone()),
+        image_pull_policy: pull_policy_name(spec.image_pull_policy),
+        args: Some(args),
+        env: Some(pod_env()),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".to_owned()),
+            container_port: spec.metrics_port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 2, 2)),
+        resources: spec.resources.clone(),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "shard-map".to_owned(),
+            mount_path: SHARD_MAP_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(player_labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                SHARD_MAP_HASH_ANNOTATION.to_owned(),
+                map_hash(&map),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(player.clone()),
+            security_context: Some(pod_security()),
+            // A standby must be on another node than the leader for a node loss to be
+            // survivable; preferred, so a one-node cluster still runs every replica.
+            affinity: Some(Affinity {
+                pod_anti_affinity: Some(PodAntiAffinity {
+                    preferred_during_scheduling_ignored_during_execution: Some(vec![
+                        WeightedPodAffinityTerm {
+                            weight: 100,
+                            pod_affinity_term: PodAffinityTerm {
+                                label_selector: Some(LabelSelector {
+                                    match_labels: Some(player_selector.clone()),
+                                    ..LabelSelector::default()
+                                }),
+                                topology_key: "kubernetes.io/hostname".to_owned(),
+                                ..PodAffinityTerm::default()
+                            },
+                        },
+                    ]),
+                    ..PodAntiAffinity::default()
+                }),
+                ..Affinity::default()
+            }),
+            // The leader releases its lease on SIGTERM; a few seconds covers the drain.
+            termination_grace_period_seconds: Some(10),
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "shard-map".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: shard_map_name(lp),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
+        }),
+    };
+    let deployment = Deployment {
+        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(player_selector.clone()),
+                ..LabelSelector::default()
+            },
+            template,
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let pdb = (spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(player_selector.clone()),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    });
+    let logstore = match backend {
+        Backend::External(_) => None,
+        Backend::Managed(storage) => Some(server_objects(
+            ServerKind::LogStore,
+            logstore_name(lp),
+            &ns,
+            labels(&name, "logstore"),
+            selector_labels(&name, "logstore"),
+            &owner,
+            storage,
+            image,
+            pull_policy_name(spec.image_pull_policy),
+            vec![
+                "logstore".into(),
+                "--data".into(),
+                DATA_DIR.into(),
+                "--listen".into(),
+                format!("0.0.0.0:{LOGSTORE_PORT}"),
+            ],
+        )),
+    };
+    Ok(PlayerObjects {
+        service_account,
+        role,
+        role_binding,
+        shard_map,
+        metrics_service,
+        logstore,
+        deployment,
+        pdb,
+    })
+}
+
+/// The players' permissions, the least they need: their own Lease (create cannot be limited
+/// to a name), reading Shards (cursors) and patching Shard status (saving cursors).
+pub fn player_rules(lease: &str) -> Vec<PolicyRule> {
+    let rule = |group: &str, resource: &str, names: Option<&str>, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(vec![resource.to_owned()]),
+        resource_names: names.map(|n| vec![n.to_owned()]),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
+    };
+    vec![
+        rule("coordination.k8s.io", "leases", None, &["create"]),
+        rule(
+            "coordination.k8s.io",
+            "leases",
+            Some(lease),
+            &["get", "update"],
+        ),
+        rule(crate::crd::GROUP, "shards", None, &["get", "list", "watch"]),
+        rule(crate::crd::GROUP, "shards/status", None, &["get", "patch"]),
+    ]
+}

@@ -1,0 +1,103 @@
+//! Names and addresses of everything the operator creates, and the labels that select
+//! them: one place, so the controllers, the status and the objects agree.
+
+use super::FIELD_MANAGER;
+use super::desired::{Defaults, LOGSTORE_PORT, SHARD_PORT};
+use crate::crd::{Backend, LogPlayer, Shard};
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+/// Name of the players' Deployment, ServiceAccount, Role, RoleBinding, PDB and Lease.
+pub fn player_name(lp: &LogPlayer) -> String {
+    format!("{}-player", lp.name_any())
+}
+
+/// Name of the players' shard-map ConfigMap.
+pub fn shard_map_name(lp: &LogPlayer) -> String {
+    format!("{}-shard-map", lp.name_any())
+}
+
+/// Name of the players' metrics Service.
+pub fn metrics_service_name(lp: &LogPlayer) -> String {
+    format!("{}-player-metrics", lp.name_any())
+}
+
+/// Name of a managed LogStore's Service and StatefulSet.
+pub fn logstore_name(lp: &LogPlayer) -> String {
+    format!("{}-logstore", lp.name_any())
+}
+
+/// Name of a managed shard server's Service and StatefulSet.
+pub fn shard_server_name(shard: &Shard) -> String {
+    format!("{}-shard", shard.name_any())
+}
+
+fn service_host(name: &str, ns: &str, defaults: &Defaults) -> String {
+    if defaults.cluster_domain.is_empty() {
+        format!("{name}.{ns}.svc")
+    } else {
+        format!("{name}.{ns}.svc.{}", defaults.cluster_domain)
+    }
+}
+
+/// The LogStore address the players use: the external endpoint, or the managed LogStore's
+/// Service. `None` when the spec names both or neither.
+pub fn logstore_endpoint(lp: &LogPlayer, ns: &str, defaults: &Defaults) -> Option<String> {
+    match lp.spec.log_store.backend().ok()? {
+        Backend::External(e) => Some(e.endpoint.clone()),
+        Backend::Managed(_) => Some(format!(
+            "{}:{LOGSTORE_PORT}",
+            service_host(&logstore_name(lp), ns, defaults)
+        )),
+    }
+}
+
+/// The address the players use for a shard: its external endpoint, or the managed server's
+/// Service. `None` when the spec names both or neither.
+pub fn shard_endpoint(shard: &Shard, defaults: &Defaults) -> Option<String> {
+    match shard.spec.backend().ok()? {
+        Backend::External(e) => Some(e.endpoint.clone()),
+        Backend::Managed(_) => {
+            let ns = shard.namespace().unwrap_or_else(|| "default".to_owned());
+            Some(format!(
+                "{}:{SHARD_PORT}",
+                service_host(&shard_server_name(shard), &ns, defaults)
+            ))
+        }
+    }
+}
+
+/// Labels common to everything the operator creates for `instance` (a LogPlayer name).
+pub fn labels(instance: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(instance, component);
+    labels.insert(
+        "app.kubernetes.io/part-of".to_owned(),
+        "logplayer".to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        FIELD_MANAGER.to_owned(),
+    );
+    labels
+}
+
+/// The labels that select the pods of one component (a subset of [`labels`]).
+pub fn selector_labels(instance: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "logplayer".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), instance.to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.to_owned(),
+        ),
+    ])
+}
+
+/// The label selector (as a string) of a LogPlayer's player pods.
+pub fn player_pod_selector(lp: &LogPlayer) -> String {
+    selector_labels(&lp.name_any(), "player")
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
