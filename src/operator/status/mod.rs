@@ -1,0 +1,185 @@
+//! The status the operator reports: pure functions from what it observed (Deployment,
+//! Lease, Shards, probes of the LogStore and the shard servers, player pods) to a
+//! `LogPlayerStatus` or `ShardStatus`, and the Events that go with a change. No API calls
+//! here, so every decision is unit-tested.
+//!
+//! Conditions follow the Kubernetes API conventions: `type`, `status` (`True`, `False`,
+//! `Unknown`), a CamelCase `reason`, a human `message`, `observedGeneration`, and a
+//! `lastTransitionTime` that changes only when `status` does.
+//!
+//! LogPlayer conditions:
+//! - `LeaderElected`: a player holds an unexpired Lease (reasons `LeaseHeld`, `NoLease`,
+//!   `LeaseExpired`, `NoLeader`).
+//! - `Degraded`: something a user must fix or wait for, the first named in the reason:
+//!   a spec problem (`InvalidSpec`, `InvalidShard`, `NoShards`, `SlotsOverlap`,
+//!   `SlotsUnowned`), a pod that cannot start (`ImagePullFailed`, `CrashLoopBackOff`),
+//!   `LogStoreUnreachable`, `ShardUnreachable`; else `AsExpected`.
+//! - `Progressing`: player pods being created or rolled (`RollingOut`), else `Complete`.
+//! - `Ready`: a leader is elected, at least one player pod is ready and nothing is degraded
+//!   (`Delivering`); else the reason of what is missing.
+//! - `ReconciliationPaused`: only while the pause annotation is set (`PauseAnnotation`).
+//!
+//! Shard conditions: `Ready` (the shard server answers: `Serving`, else the problem) and
+//! `Degraded` (`InvalidShard`, `LogPlayerNotFound`, `ShardUnreachable`, `AsExpected`).
+//!
+//! The operator never writes a Shard's `ackedIndex` or `ackedEpoch`: those belong to the
+//! leading player's field manager.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::condition;
+
+mod logplayer;
+pub use logplayer::*;
+mod shard;
+pub use shard::*;
+mod events;
+pub use events::*;
+#[cfg(test)]
+mod tests;
+
+/// Condition type shown while the pause annotation is set.
+pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
+
+/// The current time, as the API's `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A problem a user can fix, with the condition reason that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason, e.g. `SlotsOverlap`.
+    pub reason: String,
+    /// What is wrong, naming the objects and values at fault.
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The outcome of asking a server for something small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// It answered.
+    Reachable,
+    /// It did not, and why (naming the address).
+    Unreachable(String),
+    /// Not asked (no address to ask).
+    Unknown,
+}
+
+/// The players' Lease as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// `holderIdentity`, empty treated as none.
+    pub holder: Option<String>,
+    /// `leaseTransitions`: the players' fencing epoch.
+    pub transitions: i64,
+    /// Renewed within `leaseDurationSeconds`.
+    pub fresh: bool,
+}
+
+/// One driven shard as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardObserved {
+    /// The Shard resource's name.
+    pub name: String,
+    /// `status.ackedIndex`, as the leader last checkpointed it.
+    pub acked_index: Option<i64>,
+    /// `status.coveredIndex`: through which log index the shard has every entry routed to
+    /// it. Lag is measured from here (from `acked_index` when absent).
+    pub covered_index: Option<i64>,
+    /// Whether its server answered.
+    pub probe: Probe,
+}
+
+/// Everything a LogPlayer's status is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// `spec.replicas`.
+    pub desired_replicas: i32,
+    /// Player pods that exist (the Deployment's `status.replicas`).
+    pub replicas: i32,
+    /// Player pods that are ready.
+    pub ready_replicas: i32,
+    /// Player pods running the current template.
+    pub updated_replicas: i32,
+    /// The players' Lease; `None` before any player created it.
+    pub lease: Option<LeaseInfo>,
+    /// The driven shards, in name order.
+    pub shards: Vec<ShardObserved>,
+    /// The LogStore's last index, when it answered.
+    pub head_index: Option<i64>,
+    /// Whether the LogStore answered.
+    pub logstore: Probe,
+    /// A problem with the spec or the selected Shards (from building the desired objects).
+    pub spec_problem: Option<Problem>,
+    /// A player pod that cannot start.
+    pub pod_problem: Option<Problem>,
+    /// The pause annotation is set.
+    pub paused: bool,
+}
+
+/// Sets `new` into `conditions`, keeping `lastTransitionTime` when the status is unchanged.
+fn put(conditions: &mut Vec<Condition>, old: &[Condition], mut new: Condition) {
+    if let Some(prev) = old.iter().find(|c| c.type_ == new.type_)
+        && prev.status == new.status
+    {
+        new.last_transition_time = prev.last_transition_time.clone();
+    }
+    conditions.push(new);
+}
+
+fn cond(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: now.clone(),
+    }
+}
+
+/// `Degraded`: True with the first problem's reason and every problem's message, or False
+/// (`AsExpected`).
+fn degraded_condition(problems: &[Problem], generation: i64, now: &Time) -> Condition {
+    match problems.first() {
+        Some(first) => cond(
+            condition::DEGRADED,
+            true,
+            &first.reason,
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            generation,
+            now,
+        ),
+        None => cond(
+            condition::DEGRADED,
+            false,
+            "AsExpected",
+            String::new(),
+            generation,
+            now,
+        ),
+    }
+}

@@ -1,0 +1,92 @@
+//! A Shard's status: `Ready` and `Degraded` from its spec, its LogPlayer and the probe of
+//! its server; never the leading player's cursor fields.
+
+use super::{Probe, Problem, cond, degraded_condition, put};
+use crate::crd::{ShardStatus, condition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// Everything a Shard's status is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardObservation {
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// The address the players use, when the spec names one.
+    pub endpoint: Option<String>,
+    /// Whether the shard server answered.
+    pub probe: Probe,
+    /// A problem with the Shard's own spec.
+    pub spec_problem: Option<Problem>,
+    /// Whether the LogPlayer named in `spec.logPlayer` exists.
+    pub log_player_found: bool,
+    /// The shard's lag as its LogPlayer last reported it.
+    pub lag: Option<i64>,
+}
+
+/// The operator's part of a Shard's status (never `ackedIndex`/`ackedEpoch`).
+pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> ShardStatus {
+    let g = obs.generation;
+    let mut problems = Vec::new();
+    problems.extend(obs.spec_problem.clone());
+    if !obs.log_player_found {
+        problems.push(Problem::new(
+            "LogPlayerNotFound",
+            "the LogPlayer named in spec.logPlayer does not exist in this namespace, so \
+             nothing is delivered to this shard",
+        ));
+    }
+    if let Probe::Unreachable(why) = &obs.probe {
+        problems.push(Problem::new("ShardUnreachable", why.clone()));
+    }
+    let mut conditions = Vec::new();
+    let serving = obs.probe == Probe::Reachable;
+    let ready = match (&obs.probe, &obs.spec_problem) {
+        (_, Some(p)) => cond(
+            condition::READY,
+            false,
+            &p.reason,
+            p.message.clone(),
+            g,
+            &now,
+        ),
+        (Probe::Reachable, None) => cond(
+            condition::READY,
+            true,
+            "Serving",
+            format!(
+                "the shard server at {} answers",
+                obs.endpoint.as_deref().unwrap_or("?")
+            ),
+            g,
+            &now,
+        ),
+        (Probe::Unreachable(why), None) => cond(
+            condition::READY,
+            false,
+            "ShardUnreachable",
+            why.clone(),
+            g,
+            &now,
+        ),
+        (Probe::Unknown, None) => cond(
+            condition::READY,
+            false,
+            "NotProbed",
+            "the shard server has not been asked yet".into(),
+            g,
+            &now,
+        ),
+    };
+    put(&mut conditions, &old.conditions, ready);
+    let degraded = degraded_condition(&problems, g, &now);
+    put(&mut conditions, &old.conditions, degraded);
+    ShardStatus {
+        observed_generation: Some(g),
+        conditions,
+        acked_index: None,
+        acked_epoch: None,
+        covered_index: None,
+        lag: obs.lag,
+        endpoint: obs.endpoint.clone(),
+        ready: Some(serving),
+    }
+}
