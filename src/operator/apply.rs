@@ -1,0 +1,73 @@
+//! Applying what the operator wants: server-side apply of objects and status under
+//! [`FIELD_MANAGER`], and deleting what it no longer wants.
+
+use super::{FIELD_MANAGER, OperatorError};
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Server-side applies `obj` (namespaced) under [`FIELD_MANAGER`].
+pub(super) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, OperatorError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+}
+
+/// Server-side applies the status of one of our resources under [`FIELD_MANAGER`].
+pub(super) async fn apply_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), OperatorError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes a namespaced object if it exists (for objects the spec no longer asks for).
+pub(super) async fn delete_if_present<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<(), OperatorError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,513 @@
+//! Reconciliations against kube's mock service: a scripted API server answers every
+//! request and records it, and the tests check what was asked, in what order, with
+//! which field manager and body.
+use super::reconcile::{error_policy, reconcile_logplayer, reconcile_shard};
+use super::*;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::crd::{LogPlayer, Shard};
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use tower_test::mock;
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+/// One request the operator sent.
+#[derive(Debug, Clone)]
+struct Sent {
+    method: Method,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// What the scripted API server holds: objects by path (GET answers them, or 404), and
+/// lists by collection path.
+#[derive(Default)]
+struct World {
+    objects: HashMap<String, Value>,
+    lists: HashMap<String, Vec<Value>>,
+}
+
+fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
+            .expect("a response"),
+    );
+}
+
+fn not_found(path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "reason": "NotFound", "code": 404, "message": format!("{path} not found")})
+}
+
+/// Serves until the client is dropped; returns every request.
+async fn serve(mut handle: Handle, world: World) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        sent.push(Sent {
+            method: method.clone(),
+            path: path.clone(),
+            query,
+            content_type,
+            body: body.clone(),
+        });
+        if method == Method::GET {
+            if let Some(items) = world.lists.get(&path) {
+                respond(
+                    send,
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                );
+            } else if let Some(obj) = world.objects.get(&path) {
+                respond(send, StatusCode::OK, obj);
+            } else {
+                respond(send, StatusCode::NOT_FOUND, &not_found(&path));
+            }
+        } else if method == Method::DELETE {
+            respond(send, StatusCode::NOT_FOUND, &not_found(&path));
+        } else if let Some(parent) = path.strip_suffix("/status") {
+            // A status patch answers the whole object with the new status.
+            let mut obj = world.objects.get(parent).cloned().unwrap_or(Value::Null);
+            obj["status"] = body["status"].clone();
+            respond(send, StatusCode::OK, &obj);
+        } else {
+            // Server-side apply and event creation echo what was sent.
+            respond(send, StatusCode::OK, &body);
+        }
+    }
+    sent
+}
+
+const LP_PATH: &str = "/apis/logplayer.io/v1alpha1/namespaces/ns/logplayers/demo";
+const SHARDS_PATH: &str = "/apis/logplayer.io/v1alpha1/namespaces/ns/shards";
+/// Nothing listens here: probes fail at once with "connection refused".
+const DEAD: &str = "127.0.0.1:1";
+
+fn logplayer(replicas: i32, paused: bool) -> Value {
+    let mut annotations = json!({});
+    if paused {
+        annotations[PAUSE_ANNOTATION] = json!("true");
+    }
+    json!({
+        "apiVersion": "logplayer.io/v1alpha1", "kind": "LogPlayer",
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "uid-demo", "generation": 3,
+                     "annotations": annotations},
+        "spec": {"replicas": replicas, "logStore": {"external": {"endpoint": DEAD}}},
+    })
+}
+
+fn shard(name: &str, start: i32, end: i32, managed: bool) -> Value {
+    let backend = if managed {
+        json!({"managed": {"storage": "1Gi"}})
+    } else {
+        json!({"external": {"endpoint": DEAD}})
+    };
+    let mut s = json!({
+        "apiVersion": "logplayer.io/v1alpha1", "kind": "Shard",
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                     "generation": 1},
+        "spec": {"logPlayer": "demo", "slots": [{"start": start, "end": end}]},
+        "status": {"ackedIndex": 40, "ackedEpoch": 2},
+    });
+    if let (Some(spec), Some(b)) = (s["spec"].as_object_mut(), backend.as_object()) {
+        spec.extend(b.clone());
+    }
+    s
+}
+
+fn four_shards() -> Vec<Value> {
+    (0..4)
+        .map(|i| shard(&format!("s{i}"), i * 4096, i * 4096 + 4095, false))
+        .collect()
+}
+
+fn world(lp: &Value, shards: Vec<Value>) -> World {
+    let mut w = World::default();
+    w.objects.insert(LP_PATH.into(), lp.clone());
+    for s in &shards {
+        let name = s["metadata"]["name"].as_str().unwrap_or_default();
+        w.objects.insert(format!("{SHARDS_PATH}/{name}"), s.clone());
+    }
+    w.lists.insert(SHARDS_PATH.into(), shards);
+    w.lists
+        .insert("/api/v1/namespaces/ns/pods".into(), Vec::new());
+    w.objects.insert(
+        "/apis/coordination.k8s.io/v1/namespaces/ns/leases/demo-player".into(),
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "demo-player", "namespace": "ns"},
+                   "spec": {"holderIdentity": "demo-player-abc", "leaseTransitions": 7,
+                            "leaseDurationSeconds": 3600,
+                            "renewTime": status::now()}}),
+    );
+    w.objects.insert(
+        "/apis/apps/v1/namespaces/ns/deployments/demo-player".into(),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "demo-player", "namespace": "ns"},
+                   "spec": {"selector": {}, "template": {}},
+                   "status": {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3}}),
+    );
+    w
+}
+
+fn context(service: mock::Mock<Request<Body>, Response<Body>>) -> Arc<Context> {
+    let client = Client::new(service, "ns");
+    Arc::new(Context {
+        client: client.clone(),
+        defaults: desired::Defaults::default(),
+        metrics: Arc::new(OperatorMetrics::default()),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some("test".into()),
+            },
+        ),
+    })
+}
+
+/// Runs one LogPlayer reconciliation against `world`; returns its result, the
+/// requests and the metrics text.
+async fn reconcile_lp(
+    lp: &Value,
+    world: World,
+) -> (Result<Action, OperatorError>, Vec<Sent>, String) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, world));
+    let ctx = context(service);
+    let metrics = ctx.metrics.clone();
+    let obj: LogPlayer = serde_json::from_value(lp.clone()).expect("a LogPlayer");
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        reconcile_logplayer(Arc::new(obj), ctx),
+    )
+    .await
+    .expect("the reconciliation finishes");
+    let sent = server.await.expect("the scripted server");
+    (
+        result,
+        sent,
+        crate::metrics::Exposition::encode(metrics.as_ref()),
+    )
+}
+
+fn applies(sent: &[Sent]) -> Vec<String> {
+    sent.iter()
+        .filter(|s| s.method == Method::PATCH && !s.path.ends_with("/status"))
+        .map(|s| s.path.clone())
+        .collect()
+}
+
+fn status_patch(sent: &[Sent]) -> &Sent {
+    let patches: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.method == Method::PATCH && s.path.ends_with("/status"))
+        .collect();
+    assert_eq!(patches.len(), 1, "one status patch: {sent:#?}");
+    patches[0]
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn events(sent: &[Sent]) -> Vec<(String, String)> {
+    sent.iter()
+        .filter(|s| s.method == Method::POST && s.path.ends_with("/events"))
+        .map(|s| {
+            (
+                s.body["type"].as_str().unwrap_or_default().to_owned(),
+                s.body["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
+    let lp = logplayer(3, false);
+    let (result, sent, metrics) = reconcile_lp(&lp, world(&lp, four_shards())).await;
+    assert!(result.is_ok(), "{result:?}");
+    let ns = "/namespaces/ns";
+    assert_eq!(
+        applies(&sent),
+        vec![
+            format!("/api/v1{ns}/serviceaccounts/demo-player"),
+            format!("/apis/rbac.authorization.k8s.io/v1{ns}/roles/demo-player"),
+            format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-player"),
+            format!("/api/v1{ns}/configmaps/demo-shard-map"),
+            format!("/api/v1{ns}/services/demo-player-metrics"),
+            format!("/apis/apps/v1{ns}/deployments/demo-player"),
+            format!("/apis/policy/v1{ns}/poddisruptionbudgets/demo-player"),
+        ]
+    );
+    for s in sent.iter().filter(|s| s.method == Method::PATCH) {
+        assert!(
+            s.query.contains("fieldManager=logplayer-operator") && s.query.contains("force=true"),
+            "{} {}",
+            s.path,
+            s.query
+        );
+        assert_eq!(s.content_type, "application/apply-patch+yaml", "{}", s.path);
+    }
+    // Every applied object is owned by the LogPlayer.
+    for s in sent
+        .iter()
+        .filter(|s| s.method == Method::PATCH && !s.path.ends_with("/status"))
+    {
+        assert_eq!(
+            s.body["metadata"]["ownerReferences"][0]["uid"], "uid-demo",
+            "{}",
+            s.path
+        );
+    }
+    // The shards, the LogStore (external, dead) and the Lease were looked at.
+    let st = &status_patch(&sent).body["status"];
+    assert_eq!(st["observedGeneration"], 3);
+    assert_eq!(st["leader"], "demo-player-abc");
+    assert_eq!(st["epoch"], 7);
+    assert_eq!(st["readyReplicas"], 3);
+    assert_eq!(condition(st, "LeaderElected")["status"], "True");
+    let degraded = condition(st, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "LogStoreUnreachable");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(message.contains(DEAD), "{message}");
+    assert!(
+        message.contains("4 of 4 shards do not answer") && message.contains("shard s3"),
+        "{message}"
+    );
+    assert_eq!(condition(st, "Ready")["status"], "False");
+    assert_eq!(condition(st, "Progressing")["reason"], "Complete");
+    assert_eq!(
+        st["shards"][0],
+        json!({"name": "s0", "ackedIndex": 40, "lag": 0})
+    );
+    // The problem and the new leader were announced.
+    let ev = events(&sent);
+    assert!(
+        ev.contains(&("Warning".into(), "LogStoreUnreachable".into())),
+        "{ev:?}"
+    );
+    assert!(
+        ev.contains(&("Normal".into(), "LeaderElected".into())),
+        "{ev:?}"
+    );
+    assert!(
+        metrics.contains("logplayer_operator_reconciliations_total{kind=\"LogPlayer\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn one_replica_has_no_disruption_budget_and_a_managed_log_gets_a_stateful_set() {
+    let mut lp = logplayer(1, false);
+    lp["spec"]["logStore"] = json!({"managed": {"storage": "2Gi"}});
+    let (result, sent, _) = reconcile_lp(&lp, world(&lp, four_shards())).await;
+    assert!(result.is_ok(), "{result:?}");
+    let applied = applies(&sent);
+    assert!(
+        applied.contains(&"/apis/apps/v1/namespaces/ns/statefulsets/demo-logstore".into()),
+        "{applied:?}"
+    );
+    assert!(
+        applied.contains(&"/api/v1/namespaces/ns/services/demo-logstore".into()),
+        "{applied:?}"
+    );
+    assert!(!applied.iter().any(|p| p.contains("poddisruptionbudgets")));
+    // A budget left from when replicas was > 1 is deleted.
+    assert!(sent.iter().any(|s| s.method == Method::DELETE
+        && s.path == "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo-player"));
+}
+
+#[tokio::test]
+async fn overlapping_shards_are_reported_and_nothing_is_applied() {
+    let lp = logplayer(3, false);
+    let mut shards = four_shards();
+    shards.push(shard("extra", 100, 200, false));
+    let (result, sent, _) = reconcile_lp(&lp, world(&lp, shards)).await;
+    assert!(
+        result.is_ok(),
+        "a user's mistake is status, not a retry: {result:?}"
+    );
+    assert_eq!(applies(&sent), Vec::<String>::new());
+    let st = &status_patch(&sent).body["status"];
+    let degraded = condition(st, "Degraded");
+    assert_eq!(degraded["reason"], "SlotsOverlap");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("100-200") && message.contains("\"extra\"") && message.contains("\"s0\""),
+        "{message}"
+    );
+    assert_eq!(condition(st, "Ready")["reason"], "SlotsOverlap");
+    assert!(
+        events(&sent).contains(&("Warning".into(), "SlotsOverlap".into())),
+        "{:?}",
+        events(&sent)
+    );
+}
+
+#[tokio::test]
+async fn missing_slots_are_reported_by_name() {
+    let lp = logplayer(3, false);
+    let shards = four_shards().into_iter().take(3).collect();
+    let (_, sent, _) = reconcile_lp(&lp, world(&lp, shards)).await;
+    let degraded = condition(&status_patch(&sent).body["status"], "Degraded").clone();
+    assert_eq!(degraded["reason"], "SlotsUnowned");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("slots 12288-16383 are owned by no shard"),
+        "{degraded}"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_logplayer_is_only_observed() {
+    let lp = logplayer(3, true);
+    let (result, sent, _) = reconcile_lp(&lp, world(&lp, four_shards())).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(applies(&sent), Vec::<String>::new());
+    assert!(!sent.iter().any(|s| s.method == Method::DELETE));
+    let st = &status_patch(&sent).body["status"];
+    assert_eq!(condition(st, "ReconciliationPaused")["status"], "True");
+    assert_eq!(
+        condition(st, "ReconciliationPaused")["reason"],
+        "PauseAnnotation"
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_written_again() {
+    let lp = logplayer(3, false);
+    let (_, sent, _) = reconcile_lp(&lp, world(&lp, four_shards())).await;
+    let mut lp2 = lp.clone();
+    lp2["status"] = status_patch(&sent).body["status"].clone();
+    let (_, sent2, _) = reconcile_lp(&lp2, world(&lp2, four_shards())).await;
+    assert!(
+        !sent2
+            .iter()
+            .any(|s| s.method == Method::PATCH && s.path.ends_with("/status")),
+        "{sent2:#?}"
+    );
+    assert_eq!(events(&sent2), Vec::<(String, String)>::new());
+}
+
+/// Runs one Shard reconciliation.
+async fn reconcile_one_shard(
+    s: &Value,
+    world: World,
+) -> (Result<Action, OperatorError>, Vec<Sent>) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, world));
+    let ctx = context(service);
+    let obj: Shard = serde_json::from_value(s.clone()).expect("a Shard");
+    let result = tokio::time::timeout(Duration::from_secs(30), reconcile_shard(Arc::new(obj), ctx))
+        .await
+        .expect("the reconciliation finishes");
+    (result, server.await.expect("the scripted server"))
+}
+
+#[tokio::test]
+async fn a_managed_shard_gets_its_server_and_status_without_touching_the_cursor() {
+    let lp = logplayer(3, false);
+    let s0 = shard("s0", 0, 16383, true);
+    let (result, sent) = reconcile_one_shard(&s0, world(&lp, vec![s0.clone()])).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        applies(&sent),
+        vec![
+            "/api/v1/namespaces/ns/services/s0-shard".to_owned(),
+            "/apis/apps/v1/namespaces/ns/statefulsets/s0-shard".to_owned(),
+        ]
+    );
+    let sts = &sent[2].body;
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["uid"], "uid-s0");
+    let patch = status_patch(&sent);
+    assert!(patch.path.ends_with("/shards/s0/status"));
+    let st = &patch.body["status"];
+    assert!(
+        st.get("ackedIndex").is_none() && st.get("ackedEpoch").is_none(),
+        "{st}"
+    );
+    assert_eq!(st["endpoint"], "s0-shard.ns.svc:7100");
+    assert_eq!(st["ready"], false);
+    assert_eq!(condition(st, "Ready")["reason"], "ShardUnreachable");
+}
+
+#[tokio::test]
+async fn a_shard_whose_logplayer_is_missing_says_so() {
+    let s0 = shard("s0", 0, 16383, false);
+    let mut w = world(&logplayer(3, false), vec![s0.clone()]);
+    w.objects.remove(LP_PATH);
+    let (result, sent) = reconcile_one_shard(&s0, w).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(applies(&sent), Vec::<String>::new());
+    let st = &status_patch(&sent).body["status"];
+    let degraded = condition(st, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "LogPlayerNotFound");
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_and_counted() {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    // An API server that answers every request with 500.
+    let server = tokio::spawn(async move {
+        let mut handle = handle;
+        while let Some((_, send)) = handle.next_request().await {
+            respond(
+                send,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "reason": "InternalError", "code": 500,
+                            "message": "etcd is down"}),
+            );
+        }
+    });
+    let ctx = context(service);
+    let lp: LogPlayer = serde_json::from_value(logplayer(3, false)).expect("a LogPlayer");
+    let lp = Arc::new(lp);
+    let error = reconcile_logplayer(lp.clone(), ctx.clone())
+        .await
+        .expect_err("a 500 fails the reconciliation");
+    assert!(error.to_string().contains("etcd is down"), "{error}");
+    let action = error_policy::<LogPlayer>("LogPlayer")(lp, &error, ctx.clone());
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    let text = crate::metrics::Exposition::encode(ctx.metrics.as_ref());
+    assert!(
+        text.contains(
+            "logplayer_operator_reconcile_errors_total{kind=\"LogPlayer\",reason=\"KubeApi\"} 1"
+        ),
+        "{text}"
+    );
+    drop(ctx);
+    let _ = server.await;
+}
