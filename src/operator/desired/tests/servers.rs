@@ -1,0 +1,264 @@
+//! Managed servers: the LogStore's and the shards' Services and StatefulSets.
+
+use super::*;
+
+#[test]
+fn a_managed_logstore_is_a_one_pod_statefulset_behind_a_headless_service() {
+    let o = demo();
+    let ls = o.logstore.as_ref().expect("managed LogStore objects");
+    let svc = ls.service.spec.as_ref().expect("service spec");
+    assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+    let ports = svc.ports.as_deref().expect("ports");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, 7000);
+    assert_eq!(
+        ports[0].target_port,
+        Some(IntOrString::String("grpc".into()))
+    );
+    let sts = ls.stateful_set.spec.as_ref().expect("statefulset spec");
+    assert_eq!(sts.replicas, Some(1));
+    assert_eq!(sts.service_name.as_deref(), Some("demo-logstore"));
+    let selector = sts.selector.match_labels.as_ref().expect("selector");
+    assert_eq!(svc.selector.as_ref(), Some(selector));
+    assert_eq!(
+        selector
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("logstore")
+    );
+    let pod_labels = sts
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .expect("pod labels");
+    for (k, v) in selector {
+        assert_eq!(pod_labels.get(k), Some(v));
+    }
+    let claims = sts.volume_claim_templates.as_deref().expect("claims");
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+    let claim = claims[0].spec.as_ref().expect("claim spec");
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(claim.access_modes, Some(s(&["ReadWriteOnce"])));
+    assert_eq!(
+        claim
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage")),
+        Some(&Quantity("10Gi".into()))
+    );
+    let c = sts_container(&ls.stateful_set);
+    assert_eq!(c.name, "logstore");
+    assert_eq!(
+        c.args,
+        Some(s(&[
+            "logstore",
+            "--data",
+            "/data",
+            "--listen",
+            "0.0.0.0:7000"
+        ]))
+    );
+    assert_eq!(c.image.as_deref(), Some(Defaults::default().image.as_str()));
+    assert_eq!(
+        c.volume_mounts
+            .as_ref()
+            .map(|v| (v[0].name.as_str(), v[0].mount_path.as_str())),
+        Some(("data", "/data"))
+    );
+    assert_eq!(
+        c.ports
+            .as_ref()
+            .map(|p| (p[0].name.as_deref(), p[0].container_port)),
+        Some((Some("grpc"), 7000))
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .and_then(|p| p.grpc.as_ref())
+            .map(|g| g.port),
+        Some(7000)
+    );
+    assert_eq!(
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem),
+        Some(true)
+    );
+}
+
+
+#[test]
+fn an_external_shard_has_no_objects() {
+    let s0 = external_shard("s0", &[(0, 16383)], "shard0.example:7100");
+    assert!(
+        shard_objects(&s0, &Defaults::default(), Some("img:1"), None)
+            .expect("valid")
+            .is_none()
+    );
+}
+
+#[test]
+fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
+    let s0 = shard(
+        "s0",
+        &[(0, 16383)],
+        json!({"managed": {"storage": "5Gi", "storageClassName": "ssd"}}),
+    );
+    let o = shard_objects(&s0, &Defaults::default(), None, None)
+        .expect("valid")
+        .expect("managed shard objects");
+    let sts = &o.stateful_set;
+    for m in [&sts.metadata, &o.service.metadata] {
+        assert_eq!(m.name.as_deref(), Some("s0-shard"));
+        assert_eq!(m.namespace.as_deref(), Some("ns"));
+        let owners = m.owner_references.as_deref().expect("owner");
+        assert_eq!(owners.len(), 1);
+        let r = &owners[0];
+        assert_eq!(
+            (
+                r.api_version.as_str(),
+                r.kind.as_str(),
+                r.name.as_str(),
+                r.uid.as_str()
+            ),
+            ("logplayer.io/v1alpha1", "Shard", "s0", "uid-s0")
+        );
+        assert_eq!(r.controller, Some(true));
+        let labels = m.labels.as_ref().expect("labels");
+        assert_eq!(labels.get(SHARD_LABEL).map(String::as_str), Some("s0"));
+        assert_eq!(
+            labels.get("app.kubernetes.io/instance").map(String::as_str),
+            Some("demo")
+        );
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/component")
+                .map(String::as_str),
+            Some("shard")
+        );
+    }
+    assert_eq!(shard_server_name(&s0), "s0-shard");
+    let spec = sts.spec.as_ref().expect("statefulset spec");
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.service_name.as_deref(), Some("s0-shard"));
+    let selector = spec.selector.match_labels.as_ref().expect("selector");
+    assert_eq!(selector.get(SHARD_LABEL).map(String::as_str), Some("s0"));
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .expect("pod labels");
+    for (k, v) in selector {
+        assert_eq!(pod_labels.get(k), Some(v));
+    }
+    let svc = o.service.spec.as_ref().expect("service spec");
+    assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(svc.selector.as_ref(), Some(selector));
+    assert_eq!(
+        svc.ports.as_ref().map(|p| (p.len(), p[0].port)),
+        Some((1, 7100))
+    );
+    let c = sts_container(sts);
+    assert_eq!(c.name, "shard");
+    assert_eq!(
+        c.args,
+        Some(s(&[
+            "shard",
+            "--id",
+            "s0",
+            "--data",
+            "/data",
+            "--listen",
+            "0.0.0.0:7100"
+        ]))
+    );
+    assert_eq!(c.image.as_deref(), Some(Defaults::default().image.as_str()));
+    let claim = spec
+        .volume_claim_templates
+        .as_ref()
+        .and_then(|c| c[0].spec.as_ref())
+        .expect("claim");
+    assert_eq!(claim.storage_class_name.as_deref(), Some("ssd"));
+    assert_eq!(
+        claim
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage")),
+        Some(&Quantity("5Gi".into()))
+    );
+
+    // Two shards' pods are told apart by their selectors.
+    let s1 = managed_shard("s1", &[(0, 16383)]);
+    let o1 = shard_objects(&s1, &Defaults::default(), None, None)
+        .expect("valid")
+        .expect("managed");
+    assert_ne!(
+        o1.stateful_set.spec.as_ref().map(|s| &s.selector),
+        Some(&spec.selector)
+    );
+}
+
+#[test]
+fn the_image_argument_overrides_the_default_shard_image() {
+    let s0 = managed_shard("s0", &[(0, 16383)]);
+    let defaults = Defaults {
+        image: "example/default:1".into(),
+        ..Defaults::default()
+    };
+    let image = |arg| {
+        let o = shard_objects(&s0, &defaults, arg, None)
+            .expect("valid")
+            .expect("managed");
+        sts_container(&o.stateful_set).image.clone()
+    };
+    assert_eq!(image(None).as_deref(), Some("example/default:1"));
+    assert_eq!(image(Some("example/lp:7")).as_deref(), Some("example/lp:7"));
+}
+
+#[test]
+fn a_shard_with_both_backends_has_no_objects_but_an_invalid_shard_error() {
+    let both = shard(
+        "s0",
+        &[(0, 16383)],
+        json!({"external": {"endpoint": "x:1"}, "managed": {"storage": "1Gi"}}),
+    );
+    let e = shard_objects(&both, &Defaults::default(), None, None).expect_err("both");
+    assert_eq!(e.reason(), "InvalidShard");
+    assert!(e.to_string().starts_with("Shard s0: "), "{e}");
+}
+
+#[test]
+fn shard_endpoints() {
+    let d = Defaults::default();
+    assert_eq!(
+        shard_endpoint(
+            &external_shard("s0", &[(0, 1)], "http://shard0.example:7100"),
+            &d
+        )
+        .as_deref(),
+        Some("http://shard0.example:7100")
+    );
+    assert_eq!(
+        shard_endpoint(&managed_shard("s0", &[(0, 1)]), &d).as_deref(),
+        Some("s0-shard.ns.svc:7100")
+    );
+    let mut other_ns = managed_shard("s9", &[(0, 1)]);
+    other_ns.metadata.namespace = Some("team-b".into());
+    assert_eq!(
+        shard_endpoint(&other_ns, &d).as_deref(),
+        Some("s9-shard.team-b.svc:7100")
+    );
+    assert_eq!(shard_endpoint(&shard("s0", &[(0, 1)], json!({})), &d), None);
+    let both = shard(
+        "s0",
+        &[(0, 1)],
+        json!({"external": {"endpoint": "x:1"}, "managed": {"storage": "1Gi"}}),
+    );
+    assert_eq!(shard_endpoint(&both, &d), None);
+}
+
