@@ -2,6 +2,8 @@
 //! [`PlayerArgs`]), ServiceAccount, Role and RoleBinding, the shard-map ConfigMap, the
 //! metrics Service, the PodDisruptionBudget, and the managed LogStore's objects.
 
+use super::ServerObjects;
+use super::servers::ServerSpec;
 use super::{
     DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, PlayerObjects, SHARD_MAP_DIR, SHARD_MAP_FILE,
     SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security, http_probe, labels,
@@ -9,7 +11,7 @@ use super::{
     pod_security, pull_policy_name, selector_labels, server_objects, shard_endpoint,
     shard_map_name,
 };
-use crate::crd::{Backend, CrdError, LogPlayer, Shard};
+use crate::crd::{Backend, CrdError, LogPlayer, ManagedStorage, Shard};
 use crate::player::args::PlayerArgs;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -19,7 +21,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -63,12 +65,10 @@ pub fn shard_map_yaml(shards: &[Shard], defaults: &Defaults) -> Result<String, D
 /// A short, stable hash of the shard map (FNV-1a, hex), put on the pod template so that a
 /// changed map rolls the players.
 pub(super) fn map_hash(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    use std::hash::Hasher as _;
+    let mut h = fnv::FnvHasher::default();
+    h.write(text.as_bytes());
+    format!("{:016x}", h.finish())
 }
 
 /// The player container's args: the LogPlayer's settings as [`PlayerArgs`], rendered by
@@ -109,6 +109,31 @@ fn player_args(
     Ok(args)
 }
 
+/// What every object of one LogPlayer is built from: names, labels, owner and image.
+struct PlayerContext<'a> {
+    lp: &'a LogPlayer,
+    ns: String,
+    /// The players' Deployment, ServiceAccount, Role, RoleBinding, PDB and Lease name.
+    player: String,
+    labels: BTreeMap<String, String>,
+    selector: BTreeMap<String, String>,
+    owner: OwnerReference,
+    image: String,
+}
+
+impl PlayerContext<'_> {
+    fn meta(&self, name: String) -> ObjectMeta {
+        meta(name, &self.ns, self.labels.clone(), &self.owner)
+    }
+
+    fn selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(self.selector.clone()),
+            ..LabelSelector::default()
+        }
+    }
+}
+
 /// The objects for a LogPlayer that drives `shards` (already selected: same namespace,
 /// naming it, matching its selector).
 pub fn player_objects(
@@ -127,48 +152,70 @@ pub fn player_objects(
     let backend = spec.log_store.backend().map_err(DesiredError::Spec)?;
     let map = shard_map_yaml(shards, defaults)?;
     let logstore = logstore_endpoint(lp, &ns, defaults).unwrap_or_default();
-
-    let owner = owner_of(lp);
-    let player = player_name(lp);
-    let player_labels = labels(&name, "player");
-    let player_selector = selector_labels(&name, "player");
-    let image = spec.image.clone().unwrap_or_else(|| defaults.image.clone());
-
-    let service_account = ServiceAccount {
-        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
-        automount_service_account_token: Some(true),
-        ..ServiceAccount::default()
+    let args = player_args(lp, &ns, logstore, &timing, checkpoint)?;
+    let cx = PlayerContext {
+        lp,
+        player: player_name(lp),
+        labels: labels(&name, "player"),
+        selector: selector_labels(&name, "player"),
+        owner: owner_of(lp),
+        image: spec.image.clone().unwrap_or_else(|| defaults.image.clone()),
+        ns,
     };
-    let role = Role {
-        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
-        rules: Some(player_rules(&player)),
+    let logstore = match backend {
+        Backend::External(_) => None,
+        Backend::Managed(storage) => Some(managed_logstore(&cx, storage)),
     };
-    let role_binding = RoleBinding {
-        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+    Ok(PlayerObjects {
+        service_account: ServiceAccount {
+            metadata: cx.meta(cx.player.clone()),
+            automount_service_account_token: Some(true),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: cx.meta(cx.player.clone()),
+            rules: Some(player_rules(&cx.player)),
+        },
+        role_binding: role_binding(&cx),
+        shard_map: ConfigMap {
+            metadata: cx.meta(shard_map_name(lp)),
+            data: Some(BTreeMap::from([(SHARD_MAP_FILE.to_owned(), map.clone())])),
+            ..ConfigMap::default()
+        },
+        metrics_service: metrics_service(&cx),
+        logstore,
+        deployment: deployment(&cx, args, &map),
+        pdb: (spec.replicas > 1).then(|| pdb(&cx)),
+    })
+}
+
+/// Binds the players' Role to their ServiceAccount.
+fn role_binding(cx: &PlayerContext) -> RoleBinding {
+    RoleBinding {
+        metadata: cx.meta(cx.player.clone()),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_owned(),
             kind: "Role".to_owned(),
-            name: player.clone(),
+            name: cx.player.clone(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_owned(),
-            name: player.clone(),
-            namespace: Some(ns.clone()),
+            name: cx.player.clone(),
+            namespace: Some(cx.ns.clone()),
             ..Subject::default()
         }]),
-    };
-    let shard_map = ConfigMap {
-        metadata: meta(shard_map_name(lp), &ns, player_labels.clone(), &owner),
-        data: Some(BTreeMap::from([(SHARD_MAP_FILE.to_owned(), map.clone())])),
-        ..ConfigMap::default()
-    };
-    let metrics_service = Service {
-        metadata: meta(metrics_service_name(lp), &ns, player_labels.clone(), &owner),
+    }
+}
+
+/// The Service in front of the players' `/metrics`.
+fn metrics_service(cx: &PlayerContext) -> Service {
+    Service {
+        metadata: cx.meta(metrics_service_name(cx.lp)),
         spec: Some(ServiceSpec {
-            selector: Some(player_selector.clone()),
+            selector: Some(cx.selector.clone()),
             ports: Some(vec![ServicePort {
                 name: Some("metrics".to_owned()),
-                port: spec.metrics_port,
+                port: cx.lp.spec.metrics_port,
                 target_port: Some(IntOrString::String("metrics".to_owned())),
                 protocol: Some("TCP".to_owned()),
                 ..ServicePort::default()
@@ -176,12 +223,15 @@ pub fn player_objects(
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    };
+    }
+}
 
-    let args = player_args(lp, &ns, logstore, &timing, checkpoint)?;
-    let container = Container {
+/// The player container.
+fn player_container(cx: &PlayerContext, args: Vec<String>) -> Container {
+    let spec = &cx.lp.spec;
+    Container {
         name: "player".to_owned(),
-        image: Some(image.clone()),
+        image: Some(cx.image.clone()),
         image_pull_policy: pull_policy_name(spec.image_pull_policy),
         args: Some(args),
         env: Some(pod_env()),
@@ -202,47 +252,52 @@ pub fn player_objects(
             ..VolumeMount::default()
         }]),
         ..Container::default()
-    };
+    }
+}
+
+/// A standby must be on another node than the leader for a node loss to be survivable;
+/// preferred, so a one-node cluster still runs every replica.
+fn spread_over_nodes(cx: &PlayerContext) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(cx.selector()),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// The players' Deployment; its pods carry a hash of the shard map, so a new map rolls them.
+fn deployment(cx: &PlayerContext, args: Vec<String>, map: &str) -> Deployment {
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(player_labels.clone()),
+            labels: Some(cx.labels.clone()),
             annotations: Some(BTreeMap::from([(
                 SHARD_MAP_HASH_ANNOTATION.to_owned(),
-                map_hash(&map),
+                map_hash(map),
             )])),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            service_account_name: Some(player.clone()),
+            service_account_name: Some(cx.player.clone()),
             security_context: Some(pod_security()),
-            // A standby must be on another node than the leader for a node loss to be
-            // survivable; preferred, so a one-node cluster still runs every replica.
-            affinity: Some(Affinity {
-                pod_anti_affinity: Some(PodAntiAffinity {
-                    preferred_during_scheduling_ignored_during_execution: Some(vec![
-                        WeightedPodAffinityTerm {
-                            weight: 100,
-                            pod_affinity_term: PodAffinityTerm {
-                                label_selector: Some(LabelSelector {
-                                    match_labels: Some(player_selector.clone()),
-                                    ..LabelSelector::default()
-                                }),
-                                topology_key: "kubernetes.io/hostname".to_owned(),
-                                ..PodAffinityTerm::default()
-                            },
-                        },
-                    ]),
-                    ..PodAntiAffinity::default()
-                }),
-                ..Affinity::default()
-            }),
+            affinity: Some(spread_over_nodes(cx)),
             // The leader releases its lease on SIGTERM; a few seconds covers the drain.
             termination_grace_period_seconds: Some(10),
-            containers: vec![container],
+            containers: vec![player_container(cx, args)],
             volumes: Some(vec![Volume {
                 name: "shard-map".to_owned(),
                 config_map: Some(ConfigMapVolumeSource {
-                    name: shard_map_name(lp),
+                    name: shard_map_name(cx.lp),
                     ..ConfigMapVolumeSource::default()
                 }),
                 ..Volume::default()
@@ -250,62 +305,54 @@ pub fn player_objects(
             ..PodSpec::default()
         }),
     };
-    let deployment = Deployment {
-        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+    Deployment {
+        metadata: cx.meta(cx.player.clone()),
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(player_selector.clone()),
-                ..LabelSelector::default()
-            },
+            replicas: Some(cx.lp.spec.replicas),
+            selector: cx.selector(),
             template,
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
-    };
-    let pdb = (spec.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: meta(player.clone(), &ns, player_labels.clone(), &owner),
+    }
+}
+
+/// At most one player pod down at a time (only with more than one replica).
+fn pdb(cx: &PlayerContext) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: cx.meta(cx.player.clone()),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(player_selector.clone()),
-                ..LabelSelector::default()
-            }),
+            selector: Some(cx.selector()),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
-    });
-    let logstore = match backend {
-        Backend::External(_) => None,
-        Backend::Managed(storage) => Some(server_objects(
-            ServerKind::LogStore,
-            logstore_name(lp),
-            &ns,
-            labels(&name, "logstore"),
-            selector_labels(&name, "logstore"),
-            &owner,
+    }
+}
+
+/// The managed LogStore's Service and StatefulSet.
+fn managed_logstore(cx: &PlayerContext, storage: &ManagedStorage) -> ServerObjects {
+    let instance = cx.lp.name_any();
+    server_objects(
+        &ServerSpec {
+            kind: ServerKind::LogStore,
+            name: logstore_name(cx.lp),
+            ns: &cx.ns,
+            labels: labels(&instance, "logstore"),
+            selector: selector_labels(&instance, "logstore"),
+            owner: &cx.owner,
             storage,
-            image,
-            pull_policy_name(spec.image_pull_policy),
-            vec![
-                "logstore".into(),
-                "--data".into(),
-                DATA_DIR.into(),
-                "--listen".into(),
-                format!("0.0.0.0:{LOGSTORE_PORT}"),
-            ],
-        )),
-    };
-    Ok(PlayerObjects {
-        service_account,
-        role,
-        role_binding,
-        shard_map,
-        metrics_service,
-        logstore,
-        deployment,
-        pdb,
-    })
+            image: cx.image.clone(),
+            image_pull_policy: pull_policy_name(cx.lp.spec.image_pull_policy),
+        },
+        vec![
+            "logstore".into(),
+            "--data".into(),
+            DATA_DIR.into(),
+            "--listen".into(),
+            format!("0.0.0.0:{LOGSTORE_PORT}"),
+        ],
+    )
 }
 
 /// The players' permissions, the least they need: their own Lease (create cannot be limited

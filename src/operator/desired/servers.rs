@@ -24,30 +24,40 @@ pub(super) enum ServerKind {
     Shard,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn server_objects(
-    kind: ServerKind,
-    name: String,
-    ns: &str,
-    labels: BTreeMap<String, String>,
-    selector: BTreeMap<String, String>,
-    owner: &OwnerReference,
-    storage: &ManagedStorage,
-    image: String,
-    image_pull_policy: Option<String>,
-    args: Vec<String>,
-) -> ServerObjects {
-    let (container_name, port) = match kind {
-        ServerKind::LogStore => ("logstore", LOGSTORE_PORT),
-        ServerKind::Shard => ("shard", SHARD_PORT),
-    };
-    let service = Service {
-        metadata: meta(name.clone(), ns, labels.clone(), owner),
+/// What a managed server's objects are built from.
+pub(super) struct ServerSpec<'a> {
+    pub(super) kind: ServerKind,
+    /// Name of the Service and the StatefulSet.
+    pub(super) name: String,
+    pub(super) ns: &'a str,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) selector: BTreeMap<String, String>,
+    pub(super) owner: &'a OwnerReference,
+    pub(super) storage: &'a ManagedStorage,
+    pub(super) image: String,
+    pub(super) image_pull_policy: Option<String>,
+}
+
+impl ServerKind {
+    /// The container's name and gRPC port.
+    fn container(self) -> (&'static str, i32) {
+        match self {
+            ServerKind::LogStore => ("logstore", LOGSTORE_PORT),
+            ServerKind::Shard => ("shard", SHARD_PORT),
+        }
+    }
+}
+
+/// A headless Service in front of the server's one pod: clients dial the pod itself (gRPC
+/// keeps one long connection, which a virtual IP would not balance anyway), and the
+/// StatefulSet's pod gets DNS.
+fn headless_service(s: &ServerSpec) -> Service {
+    let (_, port) = s.kind.container();
+    Service {
+        metadata: meta(s.name.clone(), s.ns, s.labels.clone(), s.owner),
         spec: Some(ServiceSpec {
-            // Headless: clients dial the pod itself (gRPC keeps one long connection, which a
-            // virtual IP would not balance anyway), and the StatefulSet's pod gets DNS.
             cluster_ip: Some("None".to_owned()),
-            selector: Some(selector.clone()),
+            selector: Some(s.selector.clone()),
             ports: Some(vec![ServicePort {
                 name: Some("grpc".to_owned()),
                 port,
@@ -59,11 +69,16 @@ pub(super) fn server_objects(
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    };
-    let container = Container {
+    }
+}
+
+/// The server's container, with its data volume mounted.
+fn server_container(s: &ServerSpec, args: Vec<String>) -> Container {
+    let (container_name, port) = s.kind.container();
+    Container {
         name: container_name.to_owned(),
-        image: Some(image),
-        image_pull_policy,
+        image: Some(s.image.clone()),
+        image_pull_policy: s.image_pull_policy.clone(),
         args: Some(args),
         env: Some(pod_env()),
         ports: Some(vec![ContainerPort {
@@ -74,7 +89,7 @@ pub(super) fn server_objects(
         }]),
         liveness_probe: Some(grpc_probe(port, 10, 3)),
         readiness_probe: Some(grpc_probe(port, 2, 2)),
-        resources: storage.resources.clone(),
+        resources: s.storage.resources.clone(),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_owned(),
@@ -82,11 +97,16 @@ pub(super) fn server_objects(
             ..VolumeMount::default()
         }]),
         ..Container::default()
-    };
+    }
+}
+
+/// The objects of a managed server running `args`.
+pub(super) fn server_objects(s: &ServerSpec, args: Vec<String>) -> ServerObjects {
+    let storage = s.storage;
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some("data".to_owned()),
-            labels: Some(labels.clone()),
+            labels: Some(s.labels.clone()),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -104,18 +124,18 @@ pub(super) fn server_objects(
         ..PersistentVolumeClaim::default()
     };
     let stateful_set = StatefulSet {
-        metadata: meta(name.clone(), ns, labels.clone(), owner),
+        metadata: meta(s.name.clone(), s.ns, s.labels.clone(), s.owner),
         spec: Some(StatefulSetSpec {
             // One writer per data directory: the WAL and the shard database are not shared.
             replicas: Some(1),
-            service_name: Some(name),
+            service_name: Some(s.name.clone()),
             selector: LabelSelector {
-                match_labels: Some(selector),
+                match_labels: Some(s.selector.clone()),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
+                    labels: Some(s.labels.clone()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -123,7 +143,7 @@ pub(super) fn server_objects(
                     automount_service_account_token: Some(false),
                     security_context: Some(pod_security()),
                     termination_grace_period_seconds: Some(30),
-                    containers: vec![container],
+                    containers: vec![server_container(s, args)],
                     ..PodSpec::default()
                 }),
             },
@@ -133,7 +153,7 @@ pub(super) fn server_objects(
         ..StatefulSet::default()
     };
     ServerObjects {
-        service,
+        service: headless_service(s),
         stateful_set,
     }
 }
@@ -173,16 +193,20 @@ pub fn shard_objects(
     labels.insert(SHARD_LABEL.to_owned(), name.clone());
     let mut selector = selector_labels(instance, "shard");
     selector.insert(SHARD_LABEL.to_owned(), name.clone());
-    Ok(Some(server_objects(
-        ServerKind::Shard,
-        shard_server_name(shard),
-        &ns,
+    let owner = owner_of(shard);
+    let server = ServerSpec {
+        kind: ServerKind::Shard,
+        name: shard_server_name(shard),
+        ns: &ns,
         labels,
         selector,
-        &owner_of(shard),
+        owner: &owner,
         storage,
-        image.map_or_else(|| defaults.image.clone(), str::to_owned),
-        pull_policy_name(pull_policy),
+        image: image.map_or_else(|| defaults.image.clone(), str::to_owned),
+        image_pull_policy: pull_policy_name(pull_policy),
+    };
+    Ok(Some(server_objects(
+        &server,
         vec![
             "shard".into(),
             "--id".into(),

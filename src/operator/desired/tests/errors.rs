@@ -184,4 +184,3 @@ fn reasons_of_the_remaining_errors() {
     ]));
     assert_eq!(no_shards_first.reason(), "NoShards");
 }
-

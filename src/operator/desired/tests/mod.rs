@@ -19,7 +19,6 @@ use crate::player::args::PlayerArgs;
 use crate::routing::{ShardMap, slot};
 use serde_json::{Value, json};
 
-
 mod errors;
 mod player;
 mod servers;

@@ -567,4 +567,3 @@ fn the_role_grants_the_least_the_players_need_and_is_bound_to_their_account() {
         Some(true)
     );
 }
-

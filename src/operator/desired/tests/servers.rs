@@ -89,7 +89,6 @@ fn a_managed_logstore_is_a_one_pod_statefulset_behind_a_headless_service() {
     );
 }
 
-
 #[test]
 fn an_external_shard_has_no_objects() {
     let s0 = external_shard("s0", &[(0, 16383)], "shard0.example:7100");
@@ -261,4 +260,3 @@ fn shard_endpoints() {
     );
     assert_eq!(shard_endpoint(&both, &d), None);
 }
-
