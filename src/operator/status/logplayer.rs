@@ -3,7 +3,7 @@
 
 use super::{Observed, Probe, Problem, RECONCILIATION_PAUSED, cond, degraded_condition, put};
 use crate::crd::{LogPlayerStatus, ShardProgress, condition};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// The problems that make a LogPlayer `Degraded`, most fundamental first.
 fn problems(obs: &Observed) -> Vec<Problem> {
@@ -35,12 +35,46 @@ fn problems(obs: &Observed) -> Vec<Problem> {
     out
 }
 
-/// The LogPlayer status for what was observed; `old` supplies transition times.
-pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> LogPlayerStatus {
-    let g = obs.generation;
-    let mut conditions = Vec::new();
+/// A condition's verdict before it is stamped with the generation and time.
+struct Verdict {
+    status: bool,
+    reason: String,
+    message: String,
+}
 
-    // Per-shard progress and lag against the log's head.
+fn verdict(status: bool, reason: &str, message: String) -> Verdict {
+    Verdict {
+        status,
+        reason: reason.to_owned(),
+        message,
+    }
+}
+
+/// The conditions being written: stamps each verdict with the observed generation and the
+/// time, keeping `lastTransitionTime` from `old` when the status did not change.
+struct Conditions<'a> {
+    generation: i64,
+    now: &'a Time,
+    old: &'a [Condition],
+    out: Vec<Condition>,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, type_: &str, v: Verdict) {
+        let c = cond(
+            type_,
+            v.status,
+            &v.reason,
+            v.message,
+            self.generation,
+            self.now,
+        );
+        put(&mut self.out, self.old, c);
+    }
+}
+
+/// Per-shard progress and lag against the log's head, and the largest lag.
+fn progress(obs: &Observed) -> (Vec<ShardProgress>, Option<i64>) {
     let shards: Vec<ShardProgress> = obs
         .shards
         .iter()
@@ -57,166 +91,140 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
     let lag = obs
         .head_index
         .map(|_| shards.iter().map(|s| s.lag).max().unwrap_or(0));
+    (shards, lag)
+}
 
-    // LeaderElected.
-    let (leader, epoch, leader_cond) = match &obs.lease {
-        None => (
-            None,
-            None,
-            cond(
-                condition::LEADER_ELECTED,
-                false,
-                "NoLease",
-                "no player has created its Lease yet".into(),
-                g,
-                &now,
+/// `LeaderElected`, with the leader (when one holds a fresh lease) and the epoch.
+fn leader_elected(obs: &Observed) -> (Option<String>, Option<i64>, Verdict) {
+    let Some(l) = &obs.lease else {
+        let v = verdict(
+            false,
+            "NoLease",
+            "no player has created its Lease yet".into(),
+        );
+        return (None, None, v);
+    };
+    let epoch = Some(l.transitions);
+    match (&l.holder, l.fresh) {
+        (Some(holder), true) => (
+            Some(holder.clone()),
+            epoch,
+            verdict(
+                true,
+                "LeaseHeld",
+                format!("pod {holder} leads with epoch {}", l.transitions),
             ),
         ),
-        Some(l) => match (&l.holder, l.fresh) {
-            (Some(holder), true) => (
-                Some(holder.clone()),
-                Some(l.transitions),
-                cond(
-                    condition::LEADER_ELECTED,
-                    true,
-                    "LeaseHeld",
-                    format!("pod {holder} leads with epoch {}", l.transitions),
-                    g,
-                    &now,
+        (Some(holder), false) => (
+            None,
+            epoch,
+            verdict(
+                false,
+                "LeaseExpired",
+                format!(
+                    "the Lease held by pod {holder} (epoch {}) expired; a standby takes it \
+                     over when one is ready",
+                    l.transitions
                 ),
             ),
-            (Some(holder), false) => (
-                None,
-                Some(l.transitions),
-                cond(
-                    condition::LEADER_ELECTED,
-                    false,
-                    "LeaseExpired",
-                    format!(
-                        "the Lease held by pod {holder} (epoch {}) expired; a standby takes it \
-                         over when one is ready",
-                        l.transitions
-                    ),
-                    g,
-                    &now,
-                ),
+        ),
+        (None, _) => (
+            None,
+            epoch,
+            verdict(
+                false,
+                "NoLeader",
+                "the Lease is released and no player holds it".into(),
             ),
-            (None, _) => (
-                None,
-                Some(l.transitions),
-                cond(
-                    condition::LEADER_ELECTED,
-                    false,
-                    "NoLeader",
-                    "the Lease is released and no player holds it".into(),
-                    g,
-                    &now,
-                ),
-            ),
-        },
-    };
-    let elected = leader_cond.status == "True";
-    put(&mut conditions, &old.conditions, leader_cond);
+        ),
+    }
+}
 
-    // Degraded.
-    let problems = problems(obs);
-    let degraded = degraded_condition(&problems, g, &now);
-    put(&mut conditions, &old.conditions, degraded);
-
-    // Progressing.
+/// `Progressing`: player pods being created or rolled.
+fn progressing(obs: &Observed) -> Verdict {
     let want = obs.desired_replicas;
     let rolling = obs.updated_replicas < want || obs.ready_replicas < want || obs.replicas > want;
-    let progressing = if rolling {
-        cond(
-            condition::PROGRESSING,
+    if rolling {
+        verdict(
             true,
             "RollingOut",
             format!(
                 "{} of {want} player pods ready, {} up to date, {} exist",
                 obs.ready_replicas, obs.updated_replicas, obs.replicas
             ),
-            g,
-            &now,
         )
     } else {
-        cond(
-            condition::PROGRESSING,
+        verdict(
             false,
             "Complete",
             format!("all {want} player pods are ready and up to date"),
-            g,
-            &now,
         )
-    };
-    put(&mut conditions, &old.conditions, progressing);
+    }
+}
 
-    // Ready.
-    let ready = if let Some(first) = problems.first() {
-        cond(
-            condition::READY,
-            false,
-            &first.reason,
-            first.message.clone(),
-            g,
-            &now,
-        )
-    } else if !elected {
-        cond(
-            condition::READY,
+/// `Ready`: the first problem, else a missing leader or ready pod, else delivering.
+fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option<i64>) -> Verdict {
+    if let Some(first) = problems.first() {
+        verdict(false, &first.reason, first.message.clone())
+    } else if leader.is_none() {
+        verdict(
             false,
             "NoLeader",
             "no player leads, so nothing is delivered".into(),
-            g,
-            &now,
         )
     } else if obs.ready_replicas < 1 {
-        cond(
-            condition::READY,
-            false,
-            "NoReadyReplicas",
-            "no player pod is ready".into(),
-            g,
-            &now,
-        )
+        verdict(false, "NoReadyReplicas", "no player pod is ready".into())
     } else {
-        cond(
-            condition::READY,
+        verdict(
             true,
             "Delivering",
             format!(
                 "pod {} delivers to {} shards{}",
-                leader.as_deref().unwrap_or("?"),
+                leader.unwrap_or("?"),
                 obs.shards.len(),
                 lag.map(|l| format!("; largest lag {l} entries"))
                     .unwrap_or_default()
             ),
-            g,
-            &now,
         )
-    };
-    put(&mut conditions, &old.conditions, ready);
+    }
+}
 
+/// The LogPlayer status for what was observed; `old` supplies transition times.
+pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> LogPlayerStatus {
+    let g = obs.generation;
+    let mut c = Conditions {
+        generation: g,
+        now: &now,
+        old: &old.conditions,
+        out: Vec::new(),
+    };
+    let (shards, lag) = progress(obs);
+    let (leader, epoch, elected) = leader_elected(obs);
+    c.set(condition::LEADER_ELECTED, elected);
+    let problems = problems(obs);
+    put(
+        &mut c.out,
+        &old.conditions,
+        degraded_condition(&problems, g, &now),
+    );
+    c.set(condition::PROGRESSING, progressing(obs));
+    c.set(
+        condition::READY,
+        ready(obs, &problems, leader.as_deref(), lag),
+    );
     if obs.paused {
-        put(
-            &mut conditions,
-            &old.conditions,
-            cond(
-                RECONCILIATION_PAUSED,
-                true,
-                "PauseAnnotation",
-                format!(
-                    "annotation {}=true: the operator changes nothing and only reports status",
-                    crate::operator::PAUSE_ANNOTATION
-                ),
-                g,
-                &now,
-            ),
+        let message = format!(
+            "annotation {}=true: the operator changes nothing and only reports status",
+            crate::operator::PAUSE_ANNOTATION
+        );
+        c.set(
+            RECONCILIATION_PAUSED,
+            verdict(true, "PauseAnnotation", message),
         );
     }
-
     LogPlayerStatus {
         observed_generation: Some(g),
-        conditions,
+        conditions: c.out,
         leader,
         epoch,
         ready_replicas: obs.ready_replicas,
