@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, Log, ShardConn};
-use crate::harness::bench::{Delays, LoadSpec, drive, ms};
-use crate::harness::check::check;
+use crate::harness::bench::{Delays, LoadReport, LoadSpec, drive, ms};
+use crate::harness::check::{Report, check};
 use crate::harness::cluster::{Cluster, ClusterError};
 use crate::harness::failover::{
     Failover, FailoverError, Takedown, take_down_leader, wait_for_leader,
@@ -56,26 +56,52 @@ pub enum DemoError {
     Dir(std::io::Error),
 }
 
-/// Runs the demo; returns whether exactly-once held.
-pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
-    let tmp;
-    let dir = match &cfg.data {
+/// The fault schedule, as fractions of the run.
+const SCHEDULE: [(f64, Fault); 5] = [
+    (0.15, Fault::Shard),
+    (0.3, Fault::KillLeader),
+    (0.5, Fault::StopLeader),
+    (0.7, Fault::ShardAndLeader),
+    (0.85, Fault::Shard),
+];
+
+/// What the run has done so far.
+struct Run {
+    cluster: Cluster,
+    delays: Delays,
+    faults: Vec<String>,
+    failovers: Vec<Failover>,
+}
+
+/// Where the demo keeps its data: `--data`, or a temporary directory removed at the end.
+fn data_dir(cfg: &DemoConfig) -> Result<(PathBuf, Option<tempfile::TempDir>), DemoError> {
+    match &cfg.data {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(DemoError::Dir)?;
-            d.clone()
+            Ok((d.clone(), None))
         }
         None => {
-            tmp = tempfile::Builder::new()
+            let tmp = tempfile::Builder::new()
                 .prefix("logplayer-demo-")
                 .tempdir()
                 .map_err(DemoError::Dir)?;
-            tmp.path().to_owned()
+            Ok((tmp.path().to_owned(), Some(tmp)))
         }
-    };
+    }
+}
+
+/// Runs the demo; returns whether exactly-once held.
+pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
+    let (dir, _tmp) = data_dir(&cfg)?;
     println!("LogPlayer demo: data and logs in {}", dir.display());
     let bin = crate::harness::cluster::binary();
     let mut cluster = Cluster::start(&dir, &bin, cfg.shards).await?;
-    cluster.start_replicas(REPLICAS, &[]).await?;
+    // The replicas keep delivering after losing the lease, as a leader paused between its
+    // lease check and its send would: the frozen leader below is stopped by the shards'
+    // fencing alone, and the summary counts the refusals.
+    cluster
+        .start_replicas(REPLICAS, &["--fault-keep-leading"])
+        .await?;
     let (first_leader, first_epoch) = wait_for_leader(&cluster, Duration::from_secs(30)).await?;
     println!(
         "started LogStore at {}, {} shards, {REPLICAS} player replicas (player-{first_leader} leads, epoch {first_epoch}); {} s of {} txn/s, {} keys x {} B each",
@@ -98,168 +124,201 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         seed: 42,
     };
     let appended = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
     let load = {
         let (log, spec, appended) = (log.clone(), spec.clone(), appended.clone());
         tokio::spawn(async move { drive(&log, &spec, Some(appended)).await })
     };
-    let mut delays = Delays::default();
-    let mut faults: Vec<String> = Vec::new();
-    let mut failovers: Vec<Failover> = Vec::new();
-    let total = cfg.seconds as f64;
-    // Fault schedule: fractions of the run.
-    let schedule = [
-        (0.15, Fault::Shard),
-        (0.3, Fault::KillLeader),
-        (0.5, Fault::StopLeader),
-        (0.7, Fault::ShardAndLeader),
-        (0.85, Fault::Shard),
-    ];
+    let mut run = Run {
+        cluster,
+        delays: Delays::default(),
+        faults: Vec::new(),
+        failovers: Vec::new(),
+    };
+    let started = Instant::now();
     let mut next = 0;
     let mut last_print = Instant::now();
     while !load.is_finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = started.elapsed().as_secs_f64();
-        if next < schedule.len() && t >= schedule[next].0 * total {
-            let fault = schedule[next].1;
-            let shard = next % cfg.shards;
-            let hit_shard = matches!(fault, Fault::Shard | Fault::ShardAndLeader);
-            if hit_shard {
-                let _ = delays.collect(cluster.shards[shard].addr()).await;
-                cluster.shards[shard].kill().await;
-            }
-            let takedown = match fault {
-                Fault::KillLeader | Fault::ShardAndLeader => Some(Takedown::Kill),
-                Fault::StopLeader => Some(Takedown::Stop),
-                Fault::Shard => None,
-            };
-            if hit_shard && takedown.is_none() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            if hit_shard {
-                cluster.shards[shard].restart().await?;
-                faults.push(format!("t={t:.1}s SIGKILL + restart shard s{shard}"));
-                println!("  fault: {}", faults[faults.len() - 1]);
-            }
-            if let Some(how) = takedown {
-                let f = take_down_leader(&mut cluster, how, Duration::from_secs(30)).await?;
-                let what = format!(
-                    "t={t:.1}s {how} leader player-{} (epoch {}): new leader's first delivery after {:.0} ms, epoch {}",
-                    f.old_leader, f.old_epoch, f.millis, f.new_epoch
-                );
-                if how == Takedown::Stop {
-                    // Let it sleep past its lease, then wake it: it must be fenced.
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
-                    cluster.players[f.old_leader].cont()?;
-                    println!(
-                        "  fault: {what}; SIGCONT player-{} (now stale)",
-                        f.old_leader
-                    );
-                } else {
-                    println!(
-                        "  fault: {what}; restarted player-{} as standby",
-                        f.old_leader
-                    );
-                }
-                faults.push(what);
-                failovers.push(f);
-            }
+        if next < SCHEDULE.len() && t >= SCHEDULE[next].0 * cfg.seconds as f64 {
+            run.inject(SCHEDULE[next].1, next % cfg.shards, t).await?;
             next += 1;
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
-            let mut applied = Vec::new();
-            for s in &cluster.shards {
-                let a = match ShardConn::connect(s.addr()).await {
-                    Ok(c) => c
-                        .applied()
-                        .await
-                        .map(|a| a.applied_index.to_string())
-                        .unwrap_or("down".into()),
-                    Err(_) => "down".into(),
-                };
-                applied.push(a);
-            }
-            let leader = cluster
-                .leader()
-                .map(|(i, e)| format!("player-{i} epoch {e}"))
-                .unwrap_or("none".into());
-            println!(
-                "  t={:>4.1}s appended {:>7}  leader {leader}  shard applied [{}]",
-                t,
-                appended.load(Ordering::Relaxed),
-                applied.join(", ")
-            );
+            print_progress(&run.cluster, appended.load(Ordering::Relaxed), t).await;
         }
     }
-    let report = load.await.unwrap_or(crate::harness::bench::LoadReport {
-        appended: 0,
-        failed: 0,
-        seconds: 0.0,
-        rate: 0.0,
-        append_p50_us: 0,
-        append_p99_us: 0,
-    });
+    let report = load.await.ok();
     println!("load done; waiting for every shard to catch up and checking...");
-    let result = check(&log, &cluster.shard_map(), Duration::from_secs(60)).await?;
-    for s in &cluster.shards {
-        let _ = delays.collect(s.addr()).await;
-    }
-    println!();
-    println!("entries           {}", result.entries);
-    println!(
-        "throughput        {:.0} txn/s appended durably ({} failed appends)",
-        report.rate, report.failed
-    );
-    println!(
-        "LogPlayer delay   p50 {:.3} ms  p99 {:.3} ms   (dispatch -> shard receive)",
-        ms(&delays.player, 0.5),
-        ms(&delays.player, 0.99)
-    );
-    println!(
-        "apply delay       p50 {:.3} ms  p99 {:.3} ms   (append start -> shard receive)",
-        ms(&delays.apply, 0.5),
-        ms(&delays.apply, 0.99)
-    );
-    println!(
-        "durable apply     p50 {:.3} ms  p99 {:.3} ms   (append start -> durable at shard)",
-        ms(&delays.durable, 0.5),
-        ms(&delays.durable, 0.99)
-    );
-    let epochs_increase = failovers.iter().all(|f| f.new_epoch > f.old_epoch);
-    if !failovers.is_empty() {
-        let mut ms: Vec<f64> = failovers.iter().map(|f| f.millis).collect();
-        ms.sort_by(f64::total_cmp);
-        println!(
-            "failovers         {}  (takeover {} ms; epochs {})",
-            failovers.len(),
-            ms.iter()
-                .map(|m| format!("{m:.0}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            std::iter::once(first_epoch)
-                .chain(failovers.iter().map(|f| f.new_epoch))
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(" -> ")
-        );
-    }
-    println!("faults injected   {}", faults.len());
-    for f in &faults {
-        println!("  {f}");
-    }
-    print!("{result}");
-    for p in cluster.players.iter_mut() {
-        p.terminate(Duration::from_secs(5)).await;
-    }
-    for s in cluster.shards.iter_mut() {
-        s.terminate(Duration::from_secs(5)).await;
-    }
-    cluster.logstore.terminate(Duration::from_secs(5)).await;
+    let result = check(&log, &run.cluster.shard_map(), Duration::from_secs(60)).await?;
+    let refusals = run.collect_stats().await;
+    run.print_summary(&result, report.as_ref(), first_epoch, refusals);
+    run.stop().await;
+    let epochs_increase = run.failovers.iter().all(|f| f.new_epoch > f.old_epoch);
     let pass = result.pass && epochs_increase;
     if !epochs_increase {
         println!("an epoch did not increase across a failover");
     }
     println!("exactly-once: {}", if pass { "PASS" } else { "FAIL" });
     Ok(pass)
+}
+
+/// One line of progress: appended entries, the leader and each shard's applied index.
+async fn print_progress(cluster: &Cluster, appended: u64, t: f64) {
+    let mut applied = Vec::new();
+    for s in &cluster.shards {
+        let a = match ShardConn::connect(s.addr()).await {
+            Ok(c) => c
+                .applied()
+                .await
+                .map(|a| a.applied_index.to_string())
+                .unwrap_or("down".into()),
+            Err(_) => "down".into(),
+        };
+        applied.push(a);
+    }
+    let leader = cluster
+        .leader()
+        .map(|(i, e)| format!("player-{i} epoch {e}"))
+        .unwrap_or("none".into());
+    println!(
+        "  t={t:>4.1}s appended {appended:>7}  leader {leader}  shard applied [{}]",
+        applied.join(", ")
+    );
+}
+
+impl Run {
+    /// Injects one fault at `t` seconds into the run.
+    async fn inject(&mut self, fault: Fault, shard: usize, t: f64) -> Result<(), DemoError> {
+        let hit_shard = matches!(fault, Fault::Shard | Fault::ShardAndLeader);
+        if hit_shard {
+            let _ = self.delays.collect(self.cluster.shards[shard].addr()).await;
+            self.cluster.shards[shard].kill().await;
+        }
+        let takedown = match fault {
+            Fault::KillLeader | Fault::ShardAndLeader => Some(Takedown::Kill),
+            Fault::StopLeader => Some(Takedown::Stop),
+            Fault::Shard => None,
+        };
+        if hit_shard && takedown.is_none() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if hit_shard {
+            self.cluster.shards[shard].restart().await?;
+            let what = format!("t={t:.1}s SIGKILL + restart shard s{shard}");
+            println!("  fault: {what}");
+            self.faults.push(what);
+        }
+        if let Some(how) = takedown {
+            self.take_down_leader(how, t).await?;
+        }
+        Ok(())
+    }
+
+    async fn take_down_leader(&mut self, how: Takedown, t: f64) -> Result<(), DemoError> {
+        let f = take_down_leader(&mut self.cluster, how, Duration::from_secs(30)).await?;
+        let what = format!(
+            "t={t:.1}s {how} leader player-{} (epoch {}): new leader's first delivery after {:.0} ms, epoch {}",
+            f.old_leader, f.old_epoch, f.millis, f.new_epoch
+        );
+        if how == Takedown::Stop {
+            // Let it sleep past its lease, then wake it: it must be fenced.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            self.cluster.players[f.old_leader].cont()?;
+            println!(
+                "  fault: {what}; SIGCONT player-{} (now stale)",
+                f.old_leader
+            );
+        } else {
+            println!(
+                "  fault: {what}; restarted player-{} as standby",
+                f.old_leader
+            );
+        }
+        self.faults.push(what);
+        self.failovers.push(f);
+        Ok(())
+    }
+
+    /// Gathers every shard's delays; returns how often shards refused a stale leader.
+    async fn collect_stats(&mut self) -> u64 {
+        let mut refusals = 0;
+        for s in &self.cluster.shards {
+            let _ = self.delays.collect(s.addr()).await;
+            if let Ok(c) = ShardConn::connect(s.addr()).await
+                && let Ok(st) = c.stats(false).await
+            {
+                refusals += st.fenced_refusals;
+            }
+        }
+        refusals
+    }
+
+    fn print_summary(
+        &self,
+        result: &Report,
+        load: Option<&LoadReport>,
+        first_epoch: u64,
+        refusals: u64,
+    ) {
+        let d = &self.delays;
+        println!();
+        println!("entries           {}", result.entries);
+        if let Some(r) = load {
+            println!(
+                "throughput        {:.0} txn/s appended durably ({} failed appends)",
+                r.rate, r.failed
+            );
+        }
+        println!(
+            "LogPlayer delay   p50 {:.3} ms  p99 {:.3} ms   (dispatch -> shard receive)",
+            ms(&d.player, 0.5),
+            ms(&d.player, 0.99)
+        );
+        println!(
+            "apply delay       p50 {:.3} ms  p99 {:.3} ms   (append start -> shard receive)",
+            ms(&d.apply, 0.5),
+            ms(&d.apply, 0.99)
+        );
+        println!(
+            "durable apply     p50 {:.3} ms  p99 {:.3} ms   (append start -> durable at shard)",
+            ms(&d.durable, 0.5),
+            ms(&d.durable, 0.99)
+        );
+        if !self.failovers.is_empty() {
+            let mut ms: Vec<f64> = self.failovers.iter().map(|f| f.millis).collect();
+            ms.sort_by(f64::total_cmp);
+            let ms: Vec<String> = ms.iter().map(|m| format!("{m:.0}")).collect();
+            let epochs: Vec<String> = std::iter::once(first_epoch)
+                .chain(self.failovers.iter().map(|f| f.new_epoch))
+                .map(|e| e.to_string())
+                .collect();
+            println!(
+                "failovers         {}  (takeover {} ms; epochs {})",
+                self.failovers.len(),
+                ms.join(", "),
+                epochs.join(" -> ")
+            );
+        }
+        println!("fenced            {refusals} stale-leader requests refused by the shards");
+        println!("faults injected   {}", self.faults.len());
+        for f in &self.faults {
+            println!("  {f}");
+        }
+        print!("{result}");
+    }
+
+    async fn stop(&mut self) {
+        for p in self.cluster.players.iter_mut() {
+            p.terminate(Duration::from_secs(5)).await;
+        }
+        for s in self.cluster.shards.iter_mut() {
+            s.terminate(Duration::from_secs(5)).await;
+        }
+        self.cluster
+            .logstore
+            .terminate(Duration::from_secs(5))
+            .await;
+    }
 }
