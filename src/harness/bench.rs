@@ -54,6 +54,79 @@ pub const STREAMS: usize = 4;
 /// What each stream's response reader needs to account for one request.
 type InFlight = (u64, tokio::sync::OwnedSemaphorePermit);
 
+/// What the response readers of one drive count, shared with the sender.
+#[derive(Clone)]
+struct Tally {
+    hist: Arc<std::sync::Mutex<Histogram<u64>>>,
+    failed: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    progress: Option<Arc<AtomicU64>>,
+}
+
+/// One open append stream: where requests go, and the FIFO its reader matches answers to.
+type Stream = (
+    tokio::sync::mpsc::Sender<crate::proto::AppendRequest>,
+    tokio::sync::mpsc::UnboundedSender<InFlight>,
+);
+
+/// Reads one stream's answers in order, timing each against its FIFO entry; whatever is
+/// still in flight when the stream breaks was not acknowledged and counts as failed.
+async fn read_answers(
+    mut responses: tonic::Streaming<crate::proto::AppendResponse>,
+    mut fifo: tokio::sync::mpsc::UnboundedReceiver<InFlight>,
+    tally: Tally,
+) {
+    loop {
+        match responses.message().await {
+            Ok(Some(_)) => {
+                let Some((t0, permit)) = fifo.recv().await else {
+                    return;
+                };
+                let dt = now_micros().saturating_sub(t0).max(1);
+                if let Ok(mut h) = tally.hist.lock() {
+                    h.saturating_record(dt);
+                }
+                tally.done.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &tally.progress {
+                    p.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(permit);
+            }
+            Ok(None) => break,
+            Err(status) => {
+                tracing::warn!(%status, "append stream failed");
+                break;
+            }
+        }
+    }
+    fifo.close();
+    while let Some(_unanswered) = fifo.recv().await {
+        tally.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens up to [`STREAMS`] append streams, each with its reader in `readers`.
+async fn open_streams(
+    log: &Log,
+    limit: usize,
+    tally: &Tally,
+    readers: &mut tokio::task::JoinSet<()>,
+) -> Vec<Stream> {
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(limit);
+        let (fifo_tx, fifo_rx) = tokio::sync::mpsc::unbounded_channel::<InFlight>();
+        match log.append_stream(req_rx).await {
+            Ok(responses) => {
+                streams.push((req_tx, fifo_tx));
+                readers.spawn(read_answers(responses, fifo_rx, tally.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "could not open an append stream"),
+        }
+    }
+    streams
+}
+
 /// Appends per `spec` over [`STREAMS`] pipelined append streams; `progress` (if any) is
 /// bumped per durable append.
 pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>) -> LoadReport {
@@ -64,55 +137,14 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
         MAX_IN_FLIGHT
     };
     let sem = Arc::new(Semaphore::new(limit));
-    let hist = Arc::new(std::sync::Mutex::new(stats::empty()));
-    let failed = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut streams = Vec::new();
+    let tally = Tally {
+        hist: Arc::new(std::sync::Mutex::new(stats::empty())),
+        failed: Arc::default(),
+        done: Arc::default(),
+        progress,
+    };
     let mut readers = tokio::task::JoinSet::new();
-    for _ in 0..STREAMS {
-        let (req_tx, req_rx) = tokio::sync::mpsc::channel(limit);
-        let (fifo_tx, mut fifo_rx) = tokio::sync::mpsc::unbounded_channel::<InFlight>();
-        let mut responses = match log.append_stream(req_rx).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not open an append stream");
-                continue;
-            }
-        };
-        streams.push((req_tx, fifo_tx));
-        let (hist, failed, done, progress) =
-            (hist.clone(), failed.clone(), done.clone(), progress.clone());
-        readers.spawn(async move {
-            loop {
-                match responses.message().await {
-                    Ok(Some(_)) => {
-                        let Some((t0, permit)) = fifo_rx.recv().await else {
-                            return;
-                        };
-                        let dt = now_micros().saturating_sub(t0).max(1);
-                        if let Ok(mut h) = hist.lock() {
-                            h.saturating_record(dt);
-                        }
-                        done.fetch_add(1, Ordering::Relaxed);
-                        if let Some(p) = &progress {
-                            p.fetch_add(1, Ordering::Relaxed);
-                        }
-                        drop(permit);
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::warn!(%status, "append stream failed");
-                        break;
-                    }
-                }
-            }
-            // Whatever is still in flight on a broken stream was not acknowledged.
-            fifo_rx.close();
-            while let Some(_unanswered) = fifo_rx.recv().await {
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
+    let mut streams = open_streams(log, limit, &tally, &mut readers).await;
     let start = Instant::now();
     let mut sent = 0u64;
     let mut next_stream = 0usize;
@@ -132,21 +164,20 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
         let Ok(permit) = sem.clone().acquire_owned().await else {
             break;
         };
-        let mutations = workload.next_txn();
         sent += 1;
         let i = next_stream % streams.len();
         next_stream += 1;
         let t0 = now_micros();
         let (req_tx, fifo_tx) = &streams[i];
         let request = crate::proto::AppendRequest {
-            mutations,
+            mutations: workload.next_txn(),
             append_start_micros: t0,
             ..Default::default()
         };
         // The FIFO entry goes first so the reader always finds it. If the stream broke, the
         // reader counts what it never answered (this one included) as failed.
         if fifo_tx.send((t0, permit)).is_err() {
-            failed.fetch_add(1, Ordering::Relaxed);
+            tally.failed.fetch_add(1, Ordering::Relaxed);
             streams.swap_remove(i);
         } else if req_tx.send(request).await.is_err() {
             streams.swap_remove(i);
@@ -155,14 +186,15 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
     drop(streams); // ends the request streams; the readers finish with the last responses
     while readers.join_next().await.is_some() {}
     let seconds = start.elapsed().as_secs_f64();
-    let h = hist
+    let h = tally
+        .hist
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| stats::empty());
-    let appended = done.load(Ordering::Relaxed);
+    let appended = tally.done.load(Ordering::Relaxed);
     LoadReport {
         appended,
-        failed: failed.load(Ordering::Relaxed),
+        failed: tally.failed.load(Ordering::Relaxed),
         seconds,
         rate: appended as f64 / seconds.max(1e-9),
         append_p50_us: h.value_at_quantile(0.5),
