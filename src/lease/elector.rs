@@ -65,6 +65,63 @@ pub async fn run_elector_with_resign(
     shutdown: CancellationToken,
     resign: Arc<Notify>,
 ) -> Result<(), LeaseError> {
+    check_config(backend.as_ref(), &cfg)?;
+    set_role(&role_tx, Role::Standby);
+    let mut e = Elector {
+        id: backend.identity().to_owned(),
+        role_tx,
+        leader_epoch: None,
+        deadline: Instant::now(),
+        observed: None,
+    };
+    let mut ticker = tokio::time::interval(cfg.retry_period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            () = resign.notified() => {
+                let was = e.leader_epoch;
+                e.step_down("resign requested");
+                release_bounded(backend.as_ref(), cfg.renew_deadline).await;
+                tracing::info!(identity = %e.id, was_leader_epoch = ?was, backoff = ?cfg.lease_duration, "resigned; sitting out one lease duration");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(cfg.lease_duration) => {}
+                }
+                ticker.reset_immediately();
+                continue;
+            }
+            () = tokio::time::sleep_until(e.deadline), if e.leader_epoch.is_some() => {
+                e.step_down("no renewal within renew_deadline");
+                continue;
+            }
+            _ = ticker.tick() => {}
+        }
+        let started = Instant::now();
+        let budget = match e.leader_epoch {
+            Some(_) => e.deadline.saturating_duration_since(started),
+            None => cfg.renew_deadline,
+        };
+        let outcome = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            r = tokio::time::timeout(budget, backend.try_acquire_or_renew()) => r,
+        };
+        e.handle(outcome, started, budget, &cfg);
+    }
+    let was_leader = e.leader_epoch.is_some();
+    e.step_down("shutdown");
+    set_role(&e.role_tx, Role::Standby);
+    if was_leader {
+        release_bounded(backend.as_ref(), cfg.renew_deadline).await;
+        tracing::info!(identity = %e.id, "shut down; lease released (best effort)");
+    }
+    Ok(())
+}
+
+/// The config must be valid and the renew deadline shorter than the backend's lease.
+fn check_config(backend: &dyn LeaseBackend, cfg: &LeaseConfig) -> Result<(), LeaseError> {
     cfg.validate()?;
     if cfg.renew_deadline >= backend.lease_duration() {
         return Err(LeaseError::Config {
@@ -74,99 +131,69 @@ pub async fn run_elector_with_resign(
             retry_period: cfg.retry_period,
         });
     }
-    let id = backend.identity().to_owned();
-    set_role(&role_tx, Role::Standby);
+    Ok(())
+}
 
-    let mut leader_epoch: Option<u64> = None;
-    // While leading: when we must stop, unless a renewal succeeds first.
-    let mut deadline = Instant::now();
-    let mut observed: Option<(String, u64)> = None;
-    let mut ticker = tokio::time::interval(cfg.retry_period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+/// The elector's state between attempts.
+struct Elector {
+    id: String,
+    role_tx: watch::Sender<Role>,
+    /// The epoch of the term we lead, if we lead.
+    leader_epoch: Option<u64>,
+    /// While leading: when we must stop, unless a renewal succeeds first.
+    deadline: Instant,
+    /// The other holder last logged, so a standby logs each new leader once.
+    observed: Option<(String, u64)>,
+}
 
-    let step_down = |leader_epoch: &mut Option<u64>, why: &str| {
-        if let Some(epoch) = leader_epoch.take() {
-            set_role(&role_tx, Role::Standby);
-            tracing::warn!(identity = %id, epoch, reason = why, "stepped down from leader");
+impl Elector {
+    fn step_down(&mut self, why: &str) {
+        if let Some(epoch) = self.leader_epoch.take() {
+            set_role(&self.role_tx, Role::Standby);
+            tracing::warn!(identity = %self.id, epoch, reason = why, "stepped down from leader");
         }
-    };
+    }
 
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            () = resign.notified() => {
-                let was = leader_epoch;
-                step_down(&mut leader_epoch, "resign requested");
-                release_bounded(backend.as_ref(), cfg.renew_deadline).await;
-                tracing::info!(identity = %id, was_leader_epoch = ?was, backoff = ?cfg.lease_duration, "resigned; sitting out one lease duration");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(cfg.lease_duration) => {}
-                }
-                ticker.reset_immediately();
-                continue;
-            }
-            () = tokio::time::sleep_until(deadline), if leader_epoch.is_some() => {
-                step_down(&mut leader_epoch, "no renewal within renew_deadline");
-                continue;
-            }
-            _ = ticker.tick() => {}
-        }
-
-        let started = Instant::now();
-        let budget = match leader_epoch {
-            Some(_) => deadline.saturating_duration_since(started),
-            None => cfg.renew_deadline,
-        };
-        let outcome = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            r = tokio::time::timeout(budget, backend.try_acquire_or_renew()) => r,
-        };
+    /// Acts on one attempt that started at `started` with `budget` to finish.
+    fn handle(
+        &mut self,
+        outcome: Result<Result<LeaseState, LeaseError>, tokio::time::error::Elapsed>,
+        started: Instant,
+        budget: Duration,
+        cfg: &LeaseConfig,
+    ) {
         match outcome {
             Ok(Ok(LeaseState::Held { epoch })) => {
-                deadline = started + cfg.renew_deadline;
-                if leader_epoch != Some(epoch) {
-                    leader_epoch = Some(epoch);
-                    set_role(&role_tx, Role::Leader { epoch });
-                    tracing::info!(identity = %id, epoch, "became leader");
+                self.deadline = started + cfg.renew_deadline;
+                if self.leader_epoch != Some(epoch) {
+                    self.leader_epoch = Some(epoch);
+                    set_role(&self.role_tx, Role::Leader { epoch });
+                    tracing::info!(identity = %self.id, epoch, "became leader");
                 }
-                observed = None;
+                self.observed = None;
             }
             Ok(Ok(LeaseState::Other { holder, epoch })) => {
-                step_down(&mut leader_epoch, "lease held by another");
+                self.step_down("lease held by another");
                 let seen = Some((holder, epoch));
-                if observed != seen {
+                if self.observed != seen {
                     if let Some((holder, epoch)) = &seen {
-                        tracing::info!(identity = %id, leader = %holder, epoch, "observed leader");
+                        tracing::info!(identity = %self.id, leader = %holder, epoch, "observed leader");
                     }
-                    observed = seen;
+                    self.observed = seen;
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(identity = %id, error = %e, "lease attempt failed");
-                if leader_epoch.is_some() && Instant::now() >= deadline {
-                    step_down(&mut leader_epoch, "no renewal within renew_deadline");
+                tracing::warn!(identity = %self.id, error = %e, "lease attempt failed");
+                if self.leader_epoch.is_some() && Instant::now() >= self.deadline {
+                    self.step_down("no renewal within renew_deadline");
                 }
             }
             Err(_) => {
-                tracing::warn!(identity = %id, timeout = ?budget, "lease attempt timed out");
-                if leader_epoch.is_some() {
-                    step_down(&mut leader_epoch, "no renewal within renew_deadline");
-                }
+                tracing::warn!(identity = %self.id, timeout = ?budget, "lease attempt timed out");
+                self.step_down("no renewal within renew_deadline");
             }
         }
     }
-
-    let was_leader = leader_epoch.is_some();
-    step_down(&mut leader_epoch, "shutdown");
-    set_role(&role_tx, Role::Standby);
-    if was_leader {
-        release_bounded(backend.as_ref(), cfg.renew_deadline).await;
-        tracing::info!(identity = %id, "shut down; lease released (best effort)");
-    }
-    Ok(())
 }
 
 /// Best-effort release, logged, never longer than `limit`.
