@@ -361,6 +361,57 @@ impl Writer {
         }
     }
 
+    /// The answer for an append whose `(writer, sequence)` was seen before: the original
+    /// index for a retry of the last sequence, a refusal for an older one; `None` for a new
+    /// sequence (or no writer id), which is written.
+    fn seen_before(
+        &self,
+        writer: Option<&(String, u64)>,
+    ) -> Option<Result<Appended, LogStoreError>> {
+        let (id, seq) = writer?;
+        let &(last_seq, last_index) = self.writers.get(id)?;
+        if *seq == last_seq {
+            return Some(Ok(Appended {
+                index: last_index,
+                duplicate: true,
+            }));
+        }
+        (*seq < last_seq).then(|| {
+            Err(LogStoreError::StaleSequence {
+                writer: id.clone(),
+                sequence: *seq,
+                last: last_seq,
+                index: last_index,
+            })
+        })
+    }
+
+    /// Writes and fsyncs one group's records (indexes from `first`), then caches the entries
+    /// and publishes the new head.
+    fn persist(
+        &mut self,
+        first: u64,
+        payloads: &[Vec<u8>],
+        entries: Vec<Entry>,
+    ) -> Result<(), LogStoreError> {
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        let assigned = self.wal.append_batch(&refs)?;
+        debug_assert_eq!(assigned, first, "WAL assigned an unexpected index");
+        if assigned != first {
+            return Err(LogStoreError::Invalid(format!(
+                "WAL assigned index {assigned}, expected {first}"
+            )));
+        }
+        let last = first + payloads.len() as u64 - 1;
+        if let Ok(mut cache) = self.cache.write() {
+            for e in entries {
+                cache.push(e);
+            }
+        }
+        let _ = self.head.send(last);
+        Ok(())
+    }
+
     /// Assigns indexes, writes and fsyncs one group, publishes the head, then replies.
     fn commit_group(&mut self, group: Vec<Job>) -> Result<(), LogStoreError> {
         let first = self.wal.last_index() + 1;
@@ -380,31 +431,9 @@ impl Writer {
                     start_micros,
                     reply,
                 } => {
-                    if let Some((id, seq)) = &writer
-                        && let Some(&(last_seq, last_index)) = self.writers.get(id)
-                    {
-                        if *seq == last_seq {
-                            replies.push((
-                                reply,
-                                Ok(Appended {
-                                    index: last_index,
-                                    duplicate: true,
-                                }),
-                            ));
-                            continue;
-                        }
-                        if *seq < last_seq {
-                            replies.push((
-                                reply,
-                                Err(LogStoreError::StaleSequence {
-                                    writer: id.clone(),
-                                    sequence: *seq,
-                                    last: last_seq,
-                                    index: last_index,
-                                }),
-                            ));
-                            continue;
-                        }
+                    if let Some(answer) = self.seen_before(writer.as_ref()) {
+                        replies.push((reply, answer));
+                        continue;
                     }
                     let index = next;
                     next += 1;
@@ -434,33 +463,16 @@ impl Writer {
                 }
             }
         }
-        if !payloads.is_empty() {
-            let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
-            match self.wal.append_batch(&refs) {
-                Ok(assigned) => {
-                    debug_assert_eq!(assigned, first, "WAL assigned an unexpected index");
-                    if assigned != first {
-                        return Err(LogStoreError::Invalid(format!(
-                            "WAL assigned index {assigned}, expected {first}"
-                        )));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for (reply, _) in replies {
-                        let _ = reply.send(Err(LogStoreError::Invalid(format!(
-                            "append not durable: {msg}"
-                        ))));
-                    }
-                    return Err(e.into());
-                }
+        if !payloads.is_empty()
+            && let Err(e) = self.persist(first, &payloads, entries)
+        {
+            let msg = e.to_string();
+            for (reply, _) in replies {
+                let _ = reply.send(Err(LogStoreError::Invalid(format!(
+                    "append not durable: {msg}"
+                ))));
             }
-            if let Ok(mut cache) = self.cache.write() {
-                for e in entries {
-                    cache.push(e);
-                }
-            }
-            let _ = self.head.send(next - 1);
+            return Err(e);
         }
         for (reply, result) in replies {
             let _ = reply.send(result);
