@@ -84,7 +84,6 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -284,40 +283,9 @@ impl Wal {
                     ));
                 }
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(is_last)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            let scan = scan_segment(&path, &file, is_last, config.max_record_bytes)?;
-            let mut end = scan.end;
-            if let Some(torn) = scan.torn {
-                let cut = torn.file_len - scan.end;
-                if torn.rewrite_header {
-                    file.set_len(0).map_err(io_err(&path))?;
-                    file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
-                    end = SEGMENT_HEADER_LEN;
-                } else {
-                    file.set_len(scan.end).map_err(io_err(&path))?;
-                }
-                file.sync_all().map_err(io_err(&path))?;
-                torn_bytes_truncated += cut;
-                tracing::warn!(
-                    path = %path.display(),
-                    good_end = scan.end,
-                    file_len = torn.file_len,
-                    bytes_cut = cut,
-                    reason = %torn.reason,
-                    "WAL: truncated torn tail of last segment"
-                );
-            }
-            segments.push(Segment {
-                path: Arc::from(path),
-                first_index,
-                offsets: scan.offsets,
-                end,
-                file: Arc::new(file),
-            });
+            let (segment, cut) = open_segment(path, first_index, is_last, config.max_record_bytes)?;
+            torn_bytes_truncated += cut;
+            segments.push(segment);
         }
 
         let shared = Shared { segments };

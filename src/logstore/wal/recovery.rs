@@ -2,12 +2,16 @@
 //! telling a torn tail (cut back) from corruption anywhere else (an error naming the file
 //! and byte offset).
 
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::segment::Segment;
 use super::{
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, WalError, corruption, io_err, record_crc,
 };
-use std::fs::File;
-use std::io::{BufReader, Read};
-use std::path::Path;
 
 pub(super) struct Scan {
     pub(super) offsets: Vec<u32>,
@@ -22,22 +26,19 @@ pub(super) struct Torn {
     pub(super) rewrite_header: bool,
 }
 
-/// Verifies a whole segment. A damaged tail of the last segment is reported
-/// as `torn`; any other damage is an error.
-pub(super) fn scan_segment(
+/// Checks the segment's 8-byte magic. A last segment whose header was cut short is a torn
+/// tail (`Some`, to be rewritten); any other bad header is corruption.
+fn check_header(
     path: &Path,
-    file: &File,
+    reader: &mut impl Read,
+    file_len: u64,
     is_last: bool,
-    max: u32,
-) -> Result<Scan, WalError> {
-    let file_len = file.metadata().map_err(io_err(path))?.len();
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
-
+) -> Result<Option<Scan>, WalError> {
     if file_len < SEGMENT_HEADER_LEN {
         let mut partial = vec![0u8; file_len as usize];
         reader.read_exact(&mut partial).map_err(io_err(path))?;
         if is_last && SEGMENT_MAGIC.starts_with(&partial) {
-            return Ok(Scan {
+            return Ok(Some(Scan {
                 offsets: Vec::new(),
                 end: 0,
                 torn: Some(Torn {
@@ -45,7 +46,7 @@ pub(super) fn scan_segment(
                     reason: format!("incomplete segment header ({file_len} of 8 bytes)"),
                     rewrite_header: true,
                 }),
-            });
+            }));
         }
         return Err(corruption(
             path,
@@ -63,6 +64,23 @@ pub(super) fn scan_segment(
         ));
     }
 
+    Ok(None)
+}
+
+/// Verifies a whole segment. A damaged tail of the last segment is reported
+/// as `torn`; any other damage is an error.
+pub(super) fn scan_segment(
+    path: &Path,
+    file: &File,
+    is_last: bool,
+    max: u32,
+) -> Result<Scan, WalError> {
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+
+    if let Some(torn_header) = check_header(path, &mut reader, file_len, is_last)? {
+        return Ok(torn_header);
+    }
     let mut offsets = Vec::new();
     let mut pos = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();
@@ -139,4 +157,49 @@ pub(super) fn scan_segment(
         end: pos,
         torn: None,
     })
+}
+
+/// Opens one segment found at open (writable when it is the last), scans it, and cuts a
+/// torn tail back; returns the segment and the bytes cut.
+pub(super) fn open_segment(
+    path: PathBuf,
+    first_index: u64,
+    is_last: bool,
+    max_record_bytes: u32,
+) -> Result<(Segment, u64), WalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(is_last)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let scan = scan_segment(&path, &file, is_last, max_record_bytes)?;
+    let mut end = scan.end;
+    let mut cut = 0;
+    if let Some(torn) = scan.torn {
+        cut = torn.file_len - scan.end;
+        if torn.rewrite_header {
+            file.set_len(0).map_err(io_err(&path))?;
+            file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
+            end = SEGMENT_HEADER_LEN;
+        } else {
+            file.set_len(scan.end).map_err(io_err(&path))?;
+        }
+        file.sync_all().map_err(io_err(&path))?;
+        tracing::warn!(
+            path = %path.display(),
+            good_end = scan.end,
+            file_len = torn.file_len,
+            bytes_cut = cut,
+            reason = %torn.reason,
+            "WAL: truncated torn tail of last segment"
+        );
+    }
+    let segment = Segment {
+        path: Arc::from(path),
+        first_index,
+        offsets: scan.offsets,
+        end,
+        file: Arc::new(file),
+    };
+    Ok((segment, cut))
 }
