@@ -37,6 +37,42 @@ async fn lost(role: &mut watch::Receiver<Role>, epoch: u64) {
     }
 }
 
+/// Waits until this replica leads (its epoch) or shutdown / the elector's end (`None`).
+async fn wait_to_lead(
+    role: &mut watch::Receiver<Role>,
+    shutdown: &CancellationToken,
+) -> Option<u64> {
+    loop {
+        if let Role::Leader { epoch } = *role.borrow_and_update() {
+            return Some(epoch);
+        }
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() { return None },
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Shows the cursors the last leader saved as each shard's acked index, until the shard
+/// answers (its own applied index, asked next by `Player::start`, stays the truth).
+async fn show_saved_cursors(config: &ReplicaConfig, stats: &PlayerStats) {
+    let Some(store) = &config.cursors else {
+        return;
+    };
+    let m = &stats.metrics;
+    match store.load().await {
+        Ok(saved) => {
+            tracing::info!(saved_by_epoch = saved.epoch, cursors = ?saved.acked, "read the ack cursors");
+            for (shard, index) in &saved.acked {
+                m.acked
+                    .get_or_create(&crate::player::metrics::Metrics::shard(shard))
+                    .set(*index as i64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the ack cursors"),
+    }
+}
+
 /// Runs a replica until `shutdown`; returns an error only for a problem no other replica
 /// could get past either (a bad setting, a log that lost entries a shard needs).
 pub async fn run(
@@ -61,35 +97,13 @@ pub async fn run(
         m.leader.set(0);
         m.set_ready(true);
         // Standby: wait for the lease.
-        let epoch = loop {
-            if let Role::Leader { epoch } = *role.borrow_and_update() {
-                break Some(epoch);
-            }
-            tokio::select! {
-                changed = role.changed() => if changed.is_err() { break None },
-                _ = shutdown.cancelled() => break None,
-            }
-        };
+        let epoch = wait_to_lead(&mut role, &shutdown).await;
         let Some(epoch) = epoch else { break Ok(()) };
         m.leader.set(1);
         m.epoch.set(epoch as i64);
         m.failovers.inc();
         tracing::info!(epoch, identity = backend.identity(), "leading");
-        // The cursors the last leader saved: they show each shard's progress until it answers
-        // (its own applied index, asked next by `Player::start`, stays the truth).
-        if let Some(store) = &config.cursors {
-            match store.load().await {
-                Ok(saved) => {
-                    tracing::info!(epoch, saved_by_epoch = saved.epoch, cursors = ?saved.acked, "read the ack cursors");
-                    for (shard, index) in &saved.acked {
-                        m.acked
-                            .get_or_create(&crate::player::metrics::Metrics::shard(shard))
-                            .set(*index as i64);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not read the ack cursors"),
-            }
-        }
+        show_saved_cursors(&config, &stats).await;
         let term = shutdown.child_token();
         let mut player_config = config.player.clone();
         player_config.epoch = epoch;

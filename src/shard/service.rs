@@ -152,6 +152,27 @@ impl<S: ShardStore> ShardService<S> {
         rx
     }
 
+    /// Counts and logs why a batch was refused, at the level it deserves: an expected
+    /// fencing is INFO, a failed commit is ERROR.
+    fn note_refusal(&self, e: &ShardError) {
+        match e {
+            ShardError::Gap { .. } => {
+                self.stats.gap();
+                tracing::warn!(shard = %self.id, error = %e, "refused a gap");
+            }
+            ShardError::Fenced { .. } => {
+                self.stats.fenced();
+                tracing::info!(shard = %self.id, error = %e, "fenced a stale sender")
+            }
+            ShardError::Store(_) => {
+                tracing::error!(shard = %self.id, error = %e, "commit failed")
+            }
+            ShardError::Malformed(_) => {
+                tracing::warn!(shard = %self.id, error = %e, "malformed batch")
+            }
+        }
+    }
+
     /// Commits what the reader hands over (coalescing whatever has already arrived into one
     /// durable write), and acks cumulatively. Ends on end of stream, refusal or shutdown.
     async fn stream_loop(
@@ -221,22 +242,7 @@ impl<S: ShardStore> ShardService<S> {
                         }
                     }
                     Err(e) => {
-                        match &e {
-                            ShardError::Gap { .. } => {
-                                self.stats.gap();
-                                tracing::warn!(shard = %self.id, error = %e, "refused a gap");
-                            }
-                            ShardError::Fenced { .. } => {
-                                self.stats.fenced();
-                                tracing::info!(shard = %self.id, error = %e, "fenced a stale sender")
-                            }
-                            ShardError::Store(_) => {
-                                tracing::error!(shard = %self.id, error = %e, "commit failed")
-                            }
-                            ShardError::Malformed(_) => {
-                                tracing::warn!(shard = %self.id, error = %e, "malformed batch")
-                            }
-                        }
+                        self.note_refusal(&e);
                         // Whatever was valid before the refusal is durable: tell the sender.
                         let ack = DeliverResponse {
                             msg: Some(deliver_response::Msg::Ack(Ack {

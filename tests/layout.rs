@@ -1,0 +1,169 @@
+//! The shape of the source tree, checked: no source file over 1,000 lines, no non-test
+//! function over 100 lines, no function with more than 7 parameters, every module opening
+//! with a `//!` doc, and the product's folders never importing the tooling that drives
+//! them (`src/harness/`). See ARCHITECTURE.md for why each rule exists.
+
+use std::path::{Path, PathBuf};
+
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+
+const MAX_FILE_LINES: usize = 1000;
+const MAX_FN_LINES: usize = 100;
+const MAX_PARAMS: usize = 7;
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn sources() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect()
+}
+
+/// `#[test]`, `#[tokio::test]` or `#[cfg(test)]`.
+fn is_test_attr(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().segments.last().is_some_and(|s| s.ident == "test")
+            || match &a.meta {
+                syn::Meta::List(l) if a.path().is_ident("cfg") => {
+                    l.tokens.to_string().contains("test")
+                }
+                _ => false,
+            }
+    })
+}
+
+struct Functions<'a> {
+    file: &'a Path,
+    in_test: bool,
+    problems: Vec<String>,
+}
+
+impl Functions<'_> {
+    fn check(&mut self, name: &syn::Ident, sig: &syn::Signature, span: proc_macro2::Span) {
+        let lines = span.end().line - span.start().line + 1;
+        if !self.in_test && lines > MAX_FN_LINES {
+            self.problems.push(format!(
+                "{}:{}: fn {name} has {lines} lines (at most {MAX_FN_LINES})",
+                self.file.display(),
+                span.start().line
+            ));
+        }
+        if sig.inputs.len() > MAX_PARAMS {
+            self.problems.push(format!(
+                "{}:{}: fn {name} has {} parameters (at most {MAX_PARAMS})",
+                self.file.display(),
+                span.start().line,
+                sig.inputs.len()
+            ));
+        }
+    }
+}
+
+impl<'ast> Visit<'ast> for Functions<'_> {
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        let was = self.in_test;
+        self.in_test |= is_test_attr(&m.attrs);
+        syn::visit::visit_item_mod(self, m);
+        self.in_test = was;
+    }
+    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+        let was = self.in_test;
+        self.in_test |= is_test_attr(&f.attrs);
+        self.check(&f.sig.ident, &f.sig, f.span());
+        syn::visit::visit_item_fn(self, f);
+        self.in_test = was;
+    }
+    fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
+        let was = self.in_test;
+        self.in_test |= is_test_attr(&f.attrs);
+        self.check(&f.sig.ident, &f.sig, f.span());
+        syn::visit::visit_impl_item_fn(self, f);
+        self.in_test = was;
+    }
+}
+
+/// Files that hold only unit tests (a module's sibling `tests.rs`, or a `tests/` folder).
+fn is_test_file(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "tests.rs")
+        || path.components().any(|c| c.as_os_str() == "tests")
+}
+
+#[test]
+fn no_source_file_is_over_a_thousand_lines() {
+    let long: Vec<String> = sources()
+        .iter()
+        .filter(|(_, text)| text.lines().count() > MAX_FILE_LINES)
+        .map(|(p, text)| format!("{}: {} lines", p.display(), text.lines().count()))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn functions_stay_short_and_take_few_parameters() {
+    let mut problems = Vec::new();
+    for (path, text) in sources() {
+        let file = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut v = Functions {
+            file: &path,
+            in_test: is_test_file(&path),
+            problems: Vec::new(),
+        };
+        v.visit_file(&file);
+        problems.extend(v.problems);
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_module_opens_with_a_doc_saying_what_it_owns() {
+    let bare: Vec<String> = sources()
+        .iter()
+        .filter(|(_, text)| !text.trim_start().starts_with("//!"))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert!(
+        bare.is_empty(),
+        "modules without a //! doc:\n{}",
+        bare.join("\n")
+    );
+}
+
+#[test]
+fn the_product_never_imports_the_harness() {
+    let offenders: Vec<String> = sources()
+        .iter()
+        .filter(|(p, _)| {
+            let p = p.to_string_lossy();
+            !p.contains("/src/harness/") && !p.ends_with("/src/main.rs") && !p.contains("/src/cli/")
+        })
+        .filter(|(_, text)| text.contains("crate::harness") || text.contains("harness::"))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "product modules that import src/harness/:\n{}",
+        offenders.join("\n")
+    );
+}
