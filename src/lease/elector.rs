@@ -16,7 +16,7 @@ pub enum Role {
     Standby,
     /// Leading: send, stamping everything with `epoch`.
     Leader {
-        /// The fencing epoch of this term.
+        /// The fencing epoch this replica leads under.
         epoch: u64,
     },
 }
@@ -42,8 +42,8 @@ fn set_role(role_tx: &watch::Sender<Role>, role: Role) -> bool {
 /// Drives `backend` until `shutdown`, publishing this replica's [`Role`] on `role_tx`.
 ///
 /// Every `retry_period` it calls [`LeaseBackend::try_acquire_or_renew`]:
-/// - `Held { epoch }`: [`Role::Leader`] with that epoch (a new epoch after a lapse is a new
-///   term and is published as such).
+/// - `Held { epoch }`: [`Role::Leader`] with that epoch (a new epoch after a lapse is published as a
+///   new leadership).
 /// - `Other`: step down at once.
 /// - an error or an attempt that hangs: keep leading only until `renew_deadline` has passed
 ///   since the start of the last successful renewal, then step down. The deadline is
@@ -138,7 +138,7 @@ fn check_config(backend: &dyn LeaseBackend, cfg: &LeaseConfig) -> Result<(), Lea
 struct Elector {
     id: String,
     role_tx: watch::Sender<Role>,
-    /// The epoch of the term we lead, if we lead.
+    /// The epoch we lead under, if we lead.
     leader_epoch: Option<u64>,
     /// While leading: when we must stop, unless a renewal succeeds first.
     deadline: Instant,

@@ -82,8 +82,8 @@ pub(crate) struct FileInner {
     prefix: String,
     identity: String,
     lease_duration_ms: u64,
-    /// The epoch of the term this instance holds; 0 when it holds none.
-    term: AtomicU64,
+    /// The epoch this instance won and holds; 0 when it holds none.
+    held_epoch: AtomicU64,
 }
 
 /// Digits of a version number in a file name (zero-padded, so names sort as numbers).
@@ -138,7 +138,7 @@ impl FileLease {
                 path,
                 identity,
                 lease_duration_ms,
-                term: AtomicU64::new(0),
+                held_epoch: AtomicU64::new(0),
             }),
             serial: Arc::default(),
         })
@@ -310,10 +310,10 @@ impl FileInner {
             rec.holder.as_deref(),
             rec.epoch,
             rec.expired(now),
-            self.term.load(Ordering::Acquire),
+            self.held_epoch.load(Ordering::Acquire),
         ) {
             Decision::Other { holder, epoch } => {
-                self.term.store(0, Ordering::Release);
+                self.held_epoch.store(0, Ordering::Release);
                 return Ok(LeaseState::Other { holder, epoch });
             }
             Decision::Renew { epoch } => epoch,
@@ -335,7 +335,7 @@ impl FileInner {
             },
         )?;
         if !won {
-            self.term.store(0, Ordering::Release);
+            self.held_epoch.store(0, Ordering::Release);
             let (_, now_rec) = self.latest()?;
             return Ok(LeaseState::Other {
                 holder: now_rec.holder.unwrap_or_default(),
@@ -345,12 +345,12 @@ impl FileInner {
         if epoch != rec.epoch {
             tracing::debug!(path = %self.path.display(), identity = %self.identity, epoch, "acquired file lease");
         }
-        self.term.store(epoch, Ordering::Release);
+        self.held_epoch.store(epoch, Ordering::Release);
         Ok(LeaseState::Held { epoch })
     }
 
     fn release(&self) -> Result<(), LeaseError> {
-        self.term.store(0, Ordering::Release);
+        self.held_epoch.store(0, Ordering::Release);
         let (seq, rec) = self.latest()?;
         if rec.holder.as_deref() != Some(self.identity.as_str()) {
             return Ok(());

@@ -25,7 +25,7 @@ const KUBE_ATTEMPTS: usize = 2;
 /// `leaseDurationSeconds` is the duration rounded up to whole seconds. Release clears
 /// `holderIdentity` and keeps `leaseTransitions`. The rules match client-go's Lease lock
 /// (an empty holder is free), except that the first acquisition is transition 1, not 0, so
-/// that no term has epoch 0, and that re-acquiring our own expired lease is a transition.
+/// that no leadership has epoch 0, and that re-acquiring our own expired lease is a transition.
 ///
 /// Hand-written because the crates on crates.io do not fit these rules:
 /// `kube-leader-election` (0.44, on kube 4) writes with merge patches that carry no
@@ -40,8 +40,8 @@ pub struct KubeLease {
     name: String,
     identity: String,
     duration_secs: i32,
-    /// The epoch of the term this instance holds; 0 when it holds none.
-    pub(crate) term: Arc<AtomicU64>,
+    /// The epoch this instance won and holds; 0 when it holds none.
+    pub(crate) held_epoch: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for KubeLease {
@@ -86,7 +86,7 @@ impl KubeLease {
             name,
             identity,
             duration_secs,
-            term: Arc::default(),
+            held_epoch: Arc::default(),
         })
     }
 
@@ -175,7 +175,7 @@ impl LeaseBackend for KubeLease {
                 {
                     Ok(_) => {
                         tracing::debug!(lease = %self.lease, identity = %self.identity, epoch = 1, "created kubernetes lease");
-                        self.term.store(1, Ordering::Release);
+                        self.held_epoch.store(1, Ordering::Release);
                         return Ok(LeaseState::Held { epoch: 1 });
                     }
                     // AlreadyExists: somebody else created it first; read it and decide again.
@@ -186,10 +186,10 @@ impl LeaseBackend for KubeLease {
             let (holder, seen_epoch) = self.view(&lease)?;
             let expired = Self::expired(lease.spec.as_ref(), now);
             let mut spec = lease.spec.take().unwrap_or_default();
-            let ours = self.term.load(Ordering::Acquire);
+            let ours = self.held_epoch.load(Ordering::Acquire);
             let epoch = match decide(&self.identity, holder.as_deref(), seen_epoch, expired, ours) {
                 Decision::Other { holder, epoch } => {
-                    self.term.store(0, Ordering::Release);
+                    self.held_epoch.store(0, Ordering::Release);
                     return Ok(LeaseState::Other { holder, epoch });
                 }
                 Decision::Renew { epoch } => epoch,
@@ -215,7 +215,7 @@ impl LeaseBackend for KubeLease {
                     if epoch != seen_epoch {
                         tracing::debug!(lease = %self.lease, identity = %self.identity, epoch, "acquired kubernetes lease");
                     }
-                    self.term.store(epoch, Ordering::Release);
+                    self.held_epoch.store(epoch, Ordering::Release);
                     return Ok(LeaseState::Held { epoch });
                 }
                 // Conflict: somebody wrote since our read; this round is theirs.
@@ -232,7 +232,7 @@ impl LeaseBackend for KubeLease {
     }
 
     async fn release(&self) -> Result<(), LeaseError> {
-        self.term.store(0, Ordering::Release);
+        self.held_epoch.store(0, Ordering::Release);
         let mut last_conflict = None;
         for _ in 0..KUBE_ATTEMPTS {
             let Some(mut lease) = self.get().await? else {

@@ -114,7 +114,7 @@ pub enum LeaseError {
 pub enum LeaseState {
     /// We hold the lease for this epoch (just acquired, or renewed).
     Held {
-        /// The fencing epoch of our term.
+        /// The fencing epoch we hold.
         epoch: u64,
     },
     /// We do not hold the lease.
@@ -138,7 +138,7 @@ pub enum LeaseState {
 #[async_trait]
 pub trait LeaseBackend: Send + Sync {
     /// Acquire if free or expired, renew if already ours. Never lets two holders win the same
-    /// term: each epoch is won by exactly one identity (see the module docs).
+    /// acquisition: each epoch is won by exactly one identity (see the module docs).
     async fn try_acquire_or_renew(&self) -> Result<LeaseState, LeaseError>;
     /// Give the lease up (graceful shutdown) so a standby can take it at once: clears the
     /// holder and keeps the epoch. Does nothing when somebody else holds the lease.
@@ -165,13 +165,13 @@ enum Decision {
 /// `holder` is `None` for a free lease; `expired` is judged by the caller's clock; `ours` is
 /// the epoch this backend instance holds (0 when none).
 ///
-/// Only the instance that won a term renews it. A lease that names our identity but not our
-/// term was held by an earlier incarnation of this replica (a restarted process, a pod whose
-/// container the kubelet restarted with the same name); taking it over is a new term with a
+/// Only the instance that won an epoch renews it. A lease that names our identity but not our
+/// epoch was held by an earlier incarnation of this replica (a restarted process, a pod whose
+/// container the kubelet restarted with the same name); taking it over is an acquisition with a
 /// new epoch, so the shards can tell the new process from the old one.
 fn decide(me: &str, holder: Option<&str>, epoch: u64, expired: bool, ours: u64) -> Decision {
     match holder {
-        // epoch 0 is never a term, so a holder at epoch 0 (only a foreign writer could leave
+        // epoch 0 is never won, so a holder at epoch 0 (only a foreign writer could leave
         // that) is taken over through an acquisition to epoch 1.
         Some(h) if h == me && !expired && epoch > 0 && epoch == ours => Decision::Renew { epoch },
         Some(h) if h != me && !expired => Decision::Other {

@@ -113,13 +113,13 @@ async fn file_first_acquire_renew_other_expiry() {
             epoch: 2
         }
     );
-    // The same identity re-acquiring after its own lease expired is a new term.
+    // The same identity re-acquiring after its own lease expired is a new epoch.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(3));
 }
 
 /// A restarted replica (same identity, new process) never renews its predecessor's
-/// term: it takes the lease as a new term, so shards can fence the old process.
+/// epoch: it takes the lease as a new epoch, so shards can fence the old process.
 #[tokio::test]
 async fn file_a_restarted_replica_starts_a_new_term() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,7 +129,7 @@ async fn file_a_restarted_replica_starts_a_new_term() {
     let after = lease_at(&dir, "a", Duration::from_secs(60));
     assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
     assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
-    // The old incarnation, were it still alive, sees its term gone.
+    // The old incarnation, were it still alive, sees its epoch gone.
     assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(3));
 }
 
@@ -251,7 +251,7 @@ fn file_a_frozen_writer_blocks_nobody() {
 
 /// Every epoch is won by at most one identity, across tasks and threads. An epoch can be
 /// skipped, rarely: a writer whose version was superseded before it could confirm it was
-/// the newest reports the round lost (conservatively: it never acts on a term it cannot
+/// the newest reports the round lost (conservatively: it never acts on an epoch it cannot
 /// confirm), although a reader saw its record and took over from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_concurrent_contenders_never_share_an_epoch() {
@@ -671,8 +671,8 @@ mod kube_mock {
     #[tokio::test]
     async fn renewing_keeps_transitions_and_acquire_time() {
         let (lease, handle) = backend();
-        // This instance won term 7 earlier.
-        lease.term.store(7, Ordering::Release);
+        // This instance won epoch 7 earlier.
+        lease.held_epoch.store(7, Ordering::Release);
         let state = run(
             lease,
             handle,
@@ -695,7 +695,7 @@ mod kube_mock {
     }
 
     /// A live lease naming us that this instance never won (a restarted process with
-    /// the same pod name) is taken over as a new term, never renewed at the old epoch.
+    /// the same pod name) is taken over as a new epoch, never renewed at the old epoch.
     #[tokio::test]
     async fn a_live_lease_of_an_earlier_incarnation_is_a_new_term() {
         let (lease, handle) = backend();

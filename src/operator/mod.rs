@@ -136,8 +136,8 @@ pub async fn run(
         }
         metrics.leader.set(1);
         tracing::info!(identity = %config.identity, "operator leading");
-        let term = shutdown.child_token();
-        let controllers = tokio::spawn(run_controllers(ctx.clone(), term.clone()));
+        let leading = shutdown.child_token();
+        let controllers = tokio::spawn(run_controllers(ctx.clone(), leading.clone()));
         loop {
             if !matches!(*role.borrow_and_update(), LeaseRole::Leader { .. }) {
                 break;
@@ -147,7 +147,7 @@ pub async fn run(
                 _ = shutdown.cancelled() => break,
             }
         }
-        term.cancel();
+        leading.cancel();
         let _ = controllers.await;
         metrics.leader.set(0);
         tracing::info!("operator stopped leading");

@@ -16,7 +16,7 @@ use crate::player::cursor::CursorStore;
 
 /// A replica's settings.
 pub struct ReplicaConfig {
-    /// The delivery settings; `epoch` is replaced by each term's lease epoch.
+    /// The delivery settings; `epoch` is replaced by each epoch the lease gives it.
     pub player: PlayerConfig,
     pub lease: LeaseConfig,
     pub cursors: Option<Arc<dyn CursorStore>>,
@@ -104,10 +104,10 @@ pub async fn run(
         m.failovers.inc();
         tracing::info!(epoch, identity = backend.identity(), "leading");
         show_saved_cursors(&config, &stats).await;
-        let term = shutdown.child_token();
+        let leading = shutdown.child_token();
         let mut player_config = config.player.clone();
         player_config.epoch = epoch;
-        let player = match Player::start(player_config, stats.clone(), term.clone()).await {
+        let player = match Player::start(player_config, stats.clone(), leading.clone()).await {
             Ok(p) => p,
             Err(e) => break Err(e),
         };
@@ -132,7 +132,7 @@ pub async fn run(
             Some(r) => r,
             None => {
                 // Lost the lease or shutting down: stop sending now, drain acks briefly.
-                term.cancel();
+                leading.cancel();
                 run.await
             }
         };
