@@ -3,17 +3,15 @@
 //! fenced; a shard restarts in the middle of a failover. After each run every shard's state
 //! must equal what the log implies, and every new epoch must exceed the one before.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{assert_exactly_once, load_spec, servers, start_load};
 use logplayer::client::{Log, ShardConn};
-use logplayer::harness::bench::{LoadReport, LoadSpec, drive};
-use logplayer::harness::check::check;
+use logplayer::harness::bench::LoadReport;
 use logplayer::harness::cluster::Cluster;
 use logplayer::harness::failover::{Takedown, take_down_leader, wait_for_leader};
-
-fn bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))
-}
 
 /// Shorter than the defaults so 20 failovers fit in a test; the bench measures the defaults.
 const FAST_LEASE: &[&str] = &[
@@ -32,40 +30,14 @@ async fn cluster(shards: usize) -> (tempfile::TempDir, Cluster, Log) {
 }
 
 async fn cluster_with(shards: usize, args: &[&str]) -> (tempfile::TempDir, Cluster, Log) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &bin(), shards).await.unwrap();
+    let (dir, mut c, log) = servers(shards).await;
     c.start_replicas(3, args).await.unwrap();
     wait_for_leader(&c, TAKEOVER).await.unwrap();
-    let log = Log::connect(c.logstore.addr()).await.unwrap();
     (dir, c, log)
 }
 
 fn load(log: &Log, seconds: u64, seed: u64) -> tokio::task::JoinHandle<LoadReport> {
-    let spec = LoadSpec {
-        rate: 400,
-        duration: Duration::from_secs(seconds),
-        count: 0,
-        concurrency: 32,
-        keys_per_txn: 6,
-        key_space: 300,
-        txn_bytes: 300,
-        seed,
-    };
-    let log = log.clone();
-    tokio::spawn(async move { drive(&log, &spec, None).await })
-}
-
-async fn assert_exactly_once(c: &Cluster, log: &Log, report: &LoadReport) {
-    assert_eq!(report.failed, 0, "appends failed");
-    let result = check(log, &c.shard_map(), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(
-        result.pass,
-        "exactly-once violated:\n{result}\n{}",
-        c.logs()
-    );
-    assert!(result.entries >= report.appended);
+    start_load(log, load_spec(400, seconds, seed))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

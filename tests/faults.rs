@@ -3,16 +3,11 @@
 //! SIGKILLed and restarted while the load runs. After each run the checker compares every
 //! shard's state with what the log implies (counters exact, append lists in log order).
 
+mod common;
+
 use std::time::Duration;
 
-use logplayer::client::Log;
-use logplayer::harness::bench::{LoadSpec, drive};
-use logplayer::harness::check::check;
-use logplayer::harness::cluster::Cluster;
-
-fn bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))
-}
+use common::{assert_exactly_once, load_spec, servers, start_load};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Victim {
@@ -22,24 +17,9 @@ enum Victim {
 }
 
 async fn run(victim: Victim, kills: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &bin(), 3).await.unwrap();
+    let (_dir, mut c, log) = servers(3).await;
     c.start_player(&[]).await.unwrap();
-    let log = Log::connect(c.logstore.addr()).await.unwrap();
-    let spec = LoadSpec {
-        rate: 500,
-        duration: Duration::from_secs(kills as u64 + 2),
-        count: 0,
-        concurrency: 32,
-        keys_per_txn: 6,
-        key_space: 300,
-        txn_bytes: 300,
-        seed: kills as u64,
-    };
-    let load = {
-        let (log, spec) = (log.clone(), spec.clone());
-        tokio::spawn(async move { drive(&log, &spec, None).await })
-    };
+    let load = start_load(&log, load_spec(500, kills as u64 + 2, kills as u64));
     for k in 0..kills {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let s = k % c.shards.len();
@@ -58,21 +38,12 @@ async fn run(victim: Victim, kills: usize) {
         }
     }
     let report = load.await.unwrap();
-    assert_eq!(report.failed, 0, "appends failed");
     assert!(
         report.appended > 500,
         "too little load: {}",
         report.appended
     );
-    let result = check(&log, &c.shard_map(), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(
-        result.pass,
-        "exactly-once violated:\n{result}\n{}",
-        c.logs()
-    );
-    assert!(result.entries >= report.appended);
+    assert_exactly_once(&c, &log, &report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

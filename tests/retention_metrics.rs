@@ -3,16 +3,14 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{bin, free_port, load_spec, start_load};
 use logplayer::client::{Log, ShardConn};
-use logplayer::harness::bench::{LoadSpec, drive};
 use logplayer::harness::cluster::Cluster;
 use logplayer::harness::failover::wait_for_leader;
 use logplayer::player::cursor::{CursorStore, FileCursors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))
-}
 
 /// `GET path` over plain HTTP/1.0; returns (status code, body).
 async fn get(addr: &str, path: &str) -> (u16, String) {
@@ -29,14 +27,6 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (code, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,22 +51,10 @@ async fn cursors_bound_retention_and_metrics_report_the_leader() {
     .unwrap();
     wait_for_leader(&c, Duration::from_secs(20)).await.unwrap();
     let log = Log::connect(c.logstore.addr()).await.unwrap();
-    let spec = LoadSpec {
-        rate: 1000,
-        duration: Duration::from_secs(3),
-        count: 0,
-        concurrency: 32,
-        keys_per_txn: 4,
-        key_space: 100,
-        txn_bytes: 400,
-        seed: 5,
-    };
+    let spec = load_spec(1000, 3, 5);
     // Freeze shard s1 for most of the load, so that its cursor lags far behind the others:
     // retention must stop at it.
-    let load = {
-        let (log, spec) = (log.clone(), spec.clone());
-        tokio::spawn(async move { drive(&log, &spec, None).await })
-    };
+    let load = start_load(&log, spec);
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.shards[1].stop().unwrap();
     let report = load.await.unwrap();

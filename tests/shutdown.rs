@@ -5,38 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use logplayer::client::Log;
-use logplayer::harness::bench::{LoadSpec, drive};
-use logplayer::harness::check::check;
-use logplayer::harness::cluster::Cluster;
-use logplayer::proto::{Mutation, mutation::Op};
+mod common;
 
-fn bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))
-}
+use common::{assert_exactly_once, load_spec, servers, start_load};
+use logplayer::client::Log;
+use logplayer::proto::{Mutation, mutation::Op};
 
 const GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn player_and_shard_exit_zero_on_sigterm_and_delivery_stays_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &bin(), 2).await.unwrap();
+    let (_dir, mut c, log) = servers(2).await;
     c.start_player(&[]).await.unwrap();
-    let log = Log::connect(c.logstore.addr()).await.unwrap();
-    let spec = LoadSpec {
-        rate: 400,
-        duration: Duration::from_secs(5),
-        count: 0,
-        concurrency: 32,
-        keys_per_txn: 5,
-        key_space: 200,
-        txn_bytes: 200,
-        seed: 7,
-    };
-    let load = {
-        let (log, spec) = (log.clone(), spec.clone());
-        tokio::spawn(async move { drive(&log, &spec, None).await })
-    };
+    let load = start_load(&log, load_spec(400, 5, 7));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         c.players[0].terminate(GRACE).await,
@@ -54,23 +35,12 @@ async fn player_and_shard_exit_zero_on_sigterm_and_delivery_stays_exactly_once()
     );
     c.shards[0].restart().await.unwrap();
     let report = load.await.unwrap();
-    assert_eq!(report.failed, 0);
-    let result = check(&log, &c.shard_map(), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(
-        result.pass,
-        "exactly-once violated:\n{result}\n{}",
-        c.logs()
-    );
-    assert!(result.entries >= report.appended);
+    assert_exactly_once(&c, &log, &report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logstore_sigterm_keeps_every_acknowledged_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &bin(), 1).await.unwrap();
-    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let (_dir, mut c, log) = servers(1).await;
     let highest_acked = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,76 @@
+//! What the integration tests share: the binary under test, a cluster of our servers as
+//! real processes on loopback, the standard load (the harness's witness workload), a free
+//! port, and the exactly-once assertion every run ends with. Each test binary uses a part
+//! of it, hence `dead_code` is allowed here only.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use logplayer::client::Log;
+use logplayer::harness::bench::{LoadReport, LoadSpec, drive};
+use logplayer::harness::check::check;
+use logplayer::harness::cluster::Cluster;
+
+/// The `logplayer` binary cargo built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_logplayer"))
+}
+
+/// A LogStore and `shards` shards (no player yet), in a temporary directory kept alive by
+/// the returned guard, and a client of the LogStore.
+pub async fn servers(shards: usize) -> (tempfile::TempDir, Cluster, Log) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let c = Cluster::start(dir.path(), &bin(), shards)
+        .await
+        .expect("LogStore and shards start");
+    let log = Log::connect(c.logstore.addr())
+        .await
+        .expect("the LogStore answers");
+    (dir, c, log)
+}
+
+/// The standard test load: `rate` transactions/s for `seconds`, 6 keys of ~50 bytes each
+/// over 300 keys, non-idempotent ops only (see `harness::workload`).
+pub fn load_spec(rate: u64, seconds: u64, seed: u64) -> LoadSpec {
+    LoadSpec {
+        rate,
+        duration: Duration::from_secs(seconds),
+        count: 0,
+        concurrency: 32,
+        keys_per_txn: 6,
+        key_space: 300,
+        txn_bytes: 300,
+        seed,
+    }
+}
+
+/// Drives `spec` in the background.
+pub fn start_load(log: &Log, spec: LoadSpec) -> tokio::task::JoinHandle<LoadReport> {
+    let log = log.clone();
+    tokio::spawn(async move { drive(&log, &spec, None).await })
+}
+
+/// No append failed, and every shard holds exactly what the log implies (counters exact,
+/// every token once, lists in log order); on failure, prints the checker's findings and
+/// every process's log tail.
+pub async fn assert_exactly_once(c: &Cluster, log: &Log, report: &LoadReport) {
+    assert_eq!(report.failed, 0, "appends failed\n{}", c.logs());
+    let result = check(log, &c.shard_map(), Duration::from_secs(60))
+        .await
+        .expect("the checker reads the log and every shard");
+    assert!(
+        result.pass,
+        "exactly-once violated:\n{result}\n{}",
+        c.logs()
+    );
+    assert!(result.entries >= report.appended);
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
