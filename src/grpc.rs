@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
@@ -76,6 +77,36 @@ pub fn server() -> Server {
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// A server with our settings, `grpc.health.v1` reporting `service` as serving, and
+/// reflection; the caller adds its own service and hands the router to [`serve`].
+pub async fn router(service: &str) -> Result<tonic::transport::server::Router, GrpcError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(service, tonic_health::ServingStatus::Serving)
+        .await;
+    Ok(server()
+        .add_service(health_service)
+        .add_service(reflection()?))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled; `what` names the server in
+/// errors.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    what: &str,
+) -> Result<(), GrpcError> {
+    let addr = listener.local_addr().map_err(|source| GrpcError::Bind {
+        addr: format!("{what} listener"),
+        source,
+    })?;
+    router
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
+        .await
+        .map_err(|source| GrpcError::Serve { addr, source })
 }
 
 /// The reflection service for our protocol (plus health).

@@ -218,28 +218,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
-    let addr = listener.local_addr().map_err(|source| GrpcError::Bind {
-        addr: "logstore listener".into(),
-        source,
-    })?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(
-            "logplayer.v1.LogStore",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
     let svc = LogStoreServer::new(Service {
         log,
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
-    grpc::server()
-        .add_service(health_service)
-        .add_service(grpc::reflection()?)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
-        .await
-        .map_err(|source| GrpcError::Serve { addr, source })
+    let router = grpc::router("logplayer.v1.LogStore").await?.add_service(svc);
+    grpc::serve(router, listener, shutdown, "logstore").await
 }

@@ -365,23 +365,10 @@ pub async fn serve<S: ShardStore>(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
-    let addr = listener.local_addr().map_err(|source| GrpcError::Bind {
-        addr: "shard listener".into(),
-        source,
-    })?;
     let service = ShardService::new(id, core, shutdown.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("logplayer.v1.Shard", tonic_health::ServingStatus::Serving)
-        .await;
     let shard = ShardServer::new(service)
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
-    grpc::server()
-        .add_service(health_service)
-        .add_service(grpc::reflection()?)
-        .add_service(shard)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown.cancelled_owned())
-        .await
-        .map_err(|source| GrpcError::Serve { addr, source })
+    let router = grpc::router("logplayer.v1.Shard").await?.add_service(shard);
+    grpc::serve(router, listener, shutdown, "shard").await
 }

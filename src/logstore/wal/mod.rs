@@ -82,7 +82,7 @@
 //! (unlinking an open file is fine on Unix).
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -470,13 +470,7 @@ impl Wal {
     }
 
     fn create_segment(&mut self, first_index: u64) -> Result<Staged, WalError> {
-        let path = segment_path(&self.config.dir, first_index);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let (path, file) = new_segment_file(&self.config.dir, first_index)?;
         tracing::debug!(path = %path.display(), first_index, "WAL: new segment");
         Ok(Staged {
             path: Arc::from(path),

@@ -166,7 +166,8 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError>
     Ok(out)
 }
 
-pub(super) fn create_first_segment(dir: &Path, first_index: u64) -> Result<Segment, WalError> {
+/// Creates the file of a new segment starting at `first_index` (it must not exist).
+pub(super) fn new_segment_file(dir: &Path, first_index: u64) -> Result<(PathBuf, File), WalError> {
     let path = segment_path(dir, first_index);
     let file = OpenOptions::new()
         .read(true)
@@ -174,6 +175,11 @@ pub(super) fn create_first_segment(dir: &Path, first_index: u64) -> Result<Segme
         .create_new(true)
         .open(&path)
         .map_err(io_err(&path))?;
+    Ok((path, file))
+}
+
+pub(super) fn create_first_segment(dir: &Path, first_index: u64) -> Result<Segment, WalError> {
+    let (path, file) = new_segment_file(dir, first_index)?;
     file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
     file.sync_data().map_err(io_err(&path))?;
     sync_dir(dir).map_err(io_err(dir))?;
