@@ -224,6 +224,8 @@ pub async fn serve(
     })
     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
-    let router = grpc::router("logplayer.v1.LogStore").await?.add_service(svc);
+    let router = grpc::router("logplayer.v1.LogStore")
+        .await?
+        .add_service(svc);
     grpc::serve(router, listener, shutdown, "logstore").await
 }

@@ -65,6 +65,11 @@ pub fn installed_binaries() -> Option<PathBuf> {
 }
 
 /// True when `LOGPLAYER_REQUIRE_E2E=1`: a missing control plane fails instead of skipping.
+/// Whether the control-plane binaries are installed (`tests/e2e/install.sh`).
+pub fn installed() -> bool {
+    installed_binaries().is_some()
+}
+
 pub fn required() -> bool {
     std::env::var("LOGPLAYER_REQUIRE_E2E").is_ok_and(|v| v == "1")
 }

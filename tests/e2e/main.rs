@@ -1,7 +1,7 @@
 //! End-to-end tests on a real Kubernetes control plane (etcd, kube-apiserver with RBAC,
 //! kube-controller-manager; see tests/e2e/README.md), with the harness standing in for the
-//! kubelet (node.rs). The scenarios run in order in one test, each asserting on what the
-//! API server returns:
+//! kubelet (node.rs). The scenarios run in order, each asserting on what the API server
+//! returns:
 //!
 //! a. the CRDs apply and `kubectl explain` shows their field descriptions;
 //! b. the Helm chart installs, its operator pods run with the chart's ServiceAccount, and
@@ -22,8 +22,11 @@
 //! h. deleting the LogPlayer garbage-collects what the operator made; `helm uninstall` removes
 //!    the operator and keeps the CRDs (resources.rs).
 //!
-//! Without the control-plane binaries the test prints why it skipped and passes, unless
-//! `LOGPLAYER_REQUIRE_E2E=1`. `LOGPLAYER_E2E_KEEP=1` keeps the control plane's directory.
+//! Each scenario is its own test, `e2e::a_crds` to `e2e::h_cleanup` (a libtest-mimic harness:
+//! `cargo test --test e2e -- e2e::c` runs a to c), on one control plane started by the first
+//! and stopped after the last. Without the control-plane binaries the scenarios are reported
+//! as ignored, unless `LOGPLAYER_REQUIRE_E2E=1`, which fails. `LOGPLAYER_E2E_KEEP=1` keeps the
+//! control plane's directory.
 
 mod cluster;
 mod failover;
@@ -55,6 +58,31 @@ const SECOND: Duration = Duration::from_secs(1);
 /// One scenario: runs against the shared harness.
 type Scenario = fn(&Harness) -> futures::future::BoxFuture<'_, anyhow::Result<()>>;
 
+/// The scenarios, in the order they build on each other. Each is its own test (named
+/// `e2e::<letter>_<what>`); running one runs the ones before it first, on the same control
+/// plane.
+const SCENARIOS: [(&str, Scenario); 9] = [
+    ("e2e::a_crds", |h| Box::pin(crds(h))),
+    ("e2e::b_helm_chart_and_operator_rbac", |h| Box::pin(helm(h))),
+    ("e2e::c_the_example_logplayer", |h| Box::pin(example(h))),
+    ("e2e::d_leader_sigkilled_under_load", |h| {
+        Box::pin(failover(h))
+    }),
+    ("e2e::e_frozen_leader", |h| {
+        Box::pin(failover::frozen_leader(h))
+    }),
+    ("e2e::f_failover_time_over_repeated_kills", |h| {
+        Box::pin(failover::failover_times(h))
+    }),
+    ("e2e::g_invalid_resources", |h| {
+        Box::pin(resources::invalid_resources(h))
+    }),
+    ("e2e::i_operator_failover", |h| {
+        Box::pin(operator::operator_failover(h))
+    }),
+    ("e2e::h_cleanup", |h| Box::pin(resources::cleanup(h))),
+];
+
 struct Harness {
     cp: ControlPlane,
     node: StandIn,
@@ -62,48 +90,93 @@ struct Harness {
     _root: tempfile::TempDir,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e() {
-    let cp = match ControlPlane::start() {
-        Ok(Some(cp)) => cp,
-        Ok(None) => {
-            let msg = "skipped: control plane not installed; run tests/e2e/install.sh";
-            if cluster::required() {
-                panic!("LOGPLAYER_REQUIRE_E2E=1 but {msg}");
-            }
-            eprintln!("{msg}");
-            return;
+/// The suite's shared state: the harness once started, and how far the scenarios got.
+#[derive(Default)]
+struct Suite {
+    harness: Option<Harness>,
+    /// Scenarios that passed, by index into [`SCENARIOS`].
+    passed: Vec<usize>,
+    /// The scenario that failed (later ones are not run) or why setup failed.
+    failed: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    // The scenarios build on each other on one control plane: one at a time, in order.
+    args.test_threads = Some(1);
+    let installed = cluster::installed();
+    if !installed {
+        let msg = "control plane not installed; run tests/e2e/install.sh";
+        if cluster::required() {
+            eprintln!("LOGPLAYER_REQUIRE_E2E=1 but {msg}");
+            return std::process::ExitCode::FAILURE;
         }
-        Err(e) => panic!("starting the control plane: {e:#}"),
+        eprintln!("e2e scenarios ignored: {msg}");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => std::sync::Arc::new(rt),
+        Err(e) => {
+            eprintln!("starting a tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
-    let t = Instant::now();
-    let h = match setup(cp).await {
-        Ok(h) => h,
-        Err(e) => panic!("setting up: {e:#}"),
-    };
-    let mut h = h;
-    let scenarios: [(&str, Scenario); 9] = [
-        ("a. CRDs", |h| Box::pin(crds(h))),
-        ("b. Helm chart and operator RBAC", |h| Box::pin(helm(h))),
-        ("c. the example LogPlayer", |h| Box::pin(example(h))),
-        ("d. leader SIGKILLed under load", |h| Box::pin(failover(h))),
-        ("e. frozen leader", |h| Box::pin(failover::frozen_leader(h))),
-        ("f. failover time over repeated kills", |h| {
-            Box::pin(failover::failover_times(h))
-        }),
-        ("g. invalid resources", |h| {
-            Box::pin(resources::invalid_resources(h))
-        }),
-        ("i. operator failover", |h| {
-            Box::pin(operator::operator_failover(h))
-        }),
-        ("h. cleanup", |h| Box::pin(resources::cleanup(h))),
-    ];
-    let mut durations = Vec::new();
-    for (name, f) in scenarios {
+    let suite = std::sync::Arc::new(std::sync::Mutex::new(Suite::default()));
+    let trials = SCENARIOS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let (rt, suite) = (rt.clone(), suite.clone());
+            libtest_mimic::Trial::test(*name, move || run_through(&rt, &suite, i))
+                .with_ignored_flag(!installed)
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    let mut suite = suite.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(mut h) = suite.harness.take() {
+        rt.block_on(h.node.shutdown());
+        // Dropping the control plane stops etcd, the API server and the controller manager.
+    }
+    conclusion.exit_code()
+}
+
+/// Runs scenario `last` on the shared control plane, first starting it and running every
+/// earlier scenario that has not run (a filtered run of one scenario still sets it up).
+fn run_through(
+    rt: &tokio::runtime::Runtime,
+    suite: &std::sync::Mutex<Suite>,
+    last: usize,
+) -> Result<(), libtest_mimic::Failed> {
+    let mut suite = suite.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(failed) = &suite.failed {
+        return Err(format!("not run: {failed}").into());
+    }
+    if suite.harness.is_none() {
+        let started = rt.block_on(async {
+            let cp = ControlPlane::start()?.context("control plane not installed")?;
+            setup(cp).await
+        });
+        match started {
+            Ok(h) => suite.harness = Some(h),
+            Err(e) => {
+                suite.failed = Some(format!("the control plane did not start: {e:#}"));
+                return Err(format!("starting the control plane: {e:#}").into());
+            }
+        }
+    }
+    for (i, &(name, scenario)) in SCENARIOS.iter().enumerate().take(last + 1) {
+        if suite.passed.contains(&i) {
+            continue;
+        }
+        let Some(h) = suite.harness.as_ref() else {
+            return Err("no harness".into());
+        };
         eprintln!("[e2e] ===== scenario {name}");
         let s = Instant::now();
-        if let Err(e) = f(&h).await {
+        if let Err(e) = rt.block_on(scenario(h)) {
             eprintln!("{}", h.node.log_tails(40));
             eprintln!("{}", h.cp.log_tails(20));
             eprintln!(
@@ -111,18 +184,13 @@ async fn e2e() {
                 h.cp.kubectl(&["get", "pods,events", "-A", "-o", "wide"])
                     .unwrap_or_default()
             );
-            h.node.shutdown().await;
-            panic!("scenario {name} failed after {:.1?}: {e:#}", s.elapsed());
+            suite.failed = Some(format!("scenario {name} failed earlier"));
+            return Err(format!("scenario {name} failed after {:.1?}: {e:#}", s.elapsed()).into());
         }
         eprintln!("[e2e] ===== scenario {name} passed in {:.1?}", s.elapsed());
-        durations.push(format!("{name}: {:.1?}", s.elapsed()));
+        suite.passed.push(i);
     }
-    h.node.shutdown().await;
-    eprintln!(
-        "[e2e] all scenarios passed in {:.1?}:\n  {}",
-        t.elapsed(),
-        durations.join("\n  ")
-    );
+    Ok(())
 }
 
 async fn setup(cp: ControlPlane) -> anyhow::Result<Harness> {
