@@ -106,11 +106,10 @@ impl KubeLease {
 
     /// `None` when the Lease does not exist.
     async fn get(&self) -> Result<Option<Lease>, LeaseError> {
-        match self.api.get(&self.name).await {
-            Ok(l) => Ok(Some(l)),
-            Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 404 => Ok(None),
-            Err(e) => Err(self.kube_err(e)),
-        }
+        self.api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.kube_err(e))
     }
 
     /// (holder, epoch) of a Lease we read; an empty holder is no holder.

@@ -67,7 +67,7 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     match api.delete(name, &Default::default()).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -390,7 +390,7 @@ impl CursorStore for KubeCursors {
             {
                 Ok(_) => {}
                 // A shard in the map without a resource (yet): nothing to record it in.
-                Err(kube::Error::Api(s)) if s.code == 404 => {
+                Err(kube::Error::Api(s)) if s.is_not_found() => {
                     tracing::debug!(shard = %shard, "no Shard resource for this cursor")
                 }
                 Err(e) => return Err(Self::err(e)),

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -212,14 +211,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn backoff(config: &PlayerConfig, attempt: u32) -> Duration {
-    let base = config
-        .backoff_min
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(config.backoff_max);
-    // Full jitter between half and all of the step.
-    let ms = base.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+/// Waits between retries: exponential from `backoff_min` to `backoff_max`, with jitter so
+/// that many shards reconnecting at once spread out; never gives up (the loops using it
+/// stop on shutdown). A loop takes a new one after a success.
+fn backoff(config: &PlayerConfig) -> Backoff {
+    use backon::BackoffBuilder as _;
+    Backoff {
+        delays: backon::ExponentialBuilder::default()
+            .with_min_delay(config.backoff_min)
+            .with_max_delay(config.backoff_max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build(),
+        max: config.backoff_max,
+    }
+}
+
+/// The delays of one retry loop.
+struct Backoff {
+    delays: backon::ExponentialBackoff,
+    max: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max)
+    }
 }
 
 impl Shared {
@@ -314,7 +332,7 @@ impl Shared {
         let target = &self.targets[t];
         let (mut from, mut to) = (rec.from, rec.to);
         let mut prev = from - 1;
-        let mut attempt = 0;
+        let mut retry = backoff(&self.config);
         tracing::info!(shard = %target.id, term = rec.term, from, to, "recovery started");
         loop {
             if self.shutdown.is_cancelled() {
@@ -334,12 +352,11 @@ impl Shared {
                         return;
                     }
                     tracing::warn!(shard = %target.id, %status, "recovery read failed; retrying");
-                    tokio::time::sleep(backoff(&self.config, attempt)).await;
-                    attempt += 1;
+                    tokio::time::sleep(retry.next()).await;
                     continue;
                 }
             }
-            attempt = 0;
+            retry = backoff(&self.config);
             // The range is read: close it with a watermark at `to`.
             let wm = ShardEntry {
                 index: to,
@@ -454,10 +471,10 @@ impl Shared {
     /// Keeps one shard's delivery stream up for the life of the player.
     async fn sender(self: Arc<Self>, t: usize) {
         let target = &self.targets[t];
-        let mut attempt = 0u32;
+        let mut retry = backoff(&self.config);
         while !self.shutdown.is_cancelled() {
             match self.deliver_session(t).await {
-                Ok(()) => attempt = 0,
+                Ok(()) => retry = backoff(&self.config),
                 Err(SessionEnd::Fenced(message)) => {
                     self.fail(PlayerError::Fenced {
                         shard: target.id.clone(),
@@ -480,8 +497,7 @@ impl Shared {
                 .reconnects
                 .get_or_create(&Metrics::shard(&target.id))
                 .inc();
-            let wait = backoff(&self.config, attempt);
-            attempt = attempt.saturating_add(1);
+            let wait = retry.next();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.cancelled() => return,
@@ -727,7 +743,7 @@ impl Shared {
 
     /// The main stream, for the life of the player (reconnecting as needed).
     async fn fetcher(self: Arc<Self>) {
-        let mut attempt = 0;
+        let mut retry = backoff(&self.config);
         while !self.shutdown.is_cancelled() {
             let from = lock(&self.dispatch).current_index + 1;
             let result: Result<(), tonic::Status> = async {
@@ -747,7 +763,7 @@ impl Shared {
                         _ = self.shutdown.cancelled() => return Ok(()),
                     };
                     let Some(resp) = msg else { return Ok(()) };
-                    attempt = 0;
+                    retry = backoff(&self.config);
                     for entry in resp.entries {
                         self.dispatch(entry);
                     }
@@ -769,8 +785,7 @@ impl Shared {
                     tracing::warn!(%status, from, "main stream failed; reconnecting");
                 }
             }
-            let wait = backoff(&self.config, attempt);
-            attempt += 1;
+            let wait = retry.next();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.cancelled() => return,
@@ -844,17 +859,16 @@ impl Player {
                 // No shard answered: start at the log's head; each shard catches up by a
                 // recovery stream when it connects.
                 let mut log = log.clone();
-                let mut attempt = 0;
+                let mut retry = backoff(&config);
                 loop {
                     match log.bounds(BoundsRequest {}).await {
                         Ok(b) => break b.into_inner().last + 1,
                         Err(status) => {
                             tracing::warn!(%status, "LogStore not answering yet");
                             tokio::select! {
-                                _ = tokio::time::sleep(backoff(&config, attempt)) => {}
+                                _ = tokio::time::sleep(retry.next()) => {}
                                 _ = shutdown.cancelled() => break 1,
                             }
-                            attempt += 1;
                         }
                     }
                 }
