@@ -129,9 +129,7 @@ impl PlayerArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let argv = std::iter::once(std::ffi::OsString::from("player"))
-            .chain(args.into_iter().map(Into::into));
-        <PlayerCommand as clap::Parser>::try_parse_from(argv).map(|c| c.args)
+        <PlayerCommand as clap::Parser>::try_parse_from(argv(args)).map(|c| c.args)
     }
 
     /// Parses the flags ignoring the environment: what the operator starts from, since its
@@ -141,11 +139,9 @@ impl PlayerArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let argv = std::iter::once(std::ffi::OsString::from("player"))
-            .chain(args.into_iter().map(Into::into));
         let matches = PlayerCommand::command()
             .mut_args(|a| a.env(None::<&str>))
-            .try_get_matches_from(argv)?;
+            .try_get_matches_from(argv(args))?;
         <PlayerArgs as clap::FromArgMatches>::from_arg_matches(&matches)
     }
 
@@ -223,6 +219,15 @@ impl PlayerArgs {
             retry_period: self.retry_period,
         }
     }
+}
+
+/// The command line of `player` with these flags.
+fn argv<I, T>(args: I) -> impl Iterator<Item = std::ffi::OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString>,
+{
+    std::iter::once(std::ffi::OsString::from("player")).chain(args.into_iter().map(Into::into))
 }
 
 /// Whether two flag values mean the same (`1500ms` and `1s 500ms` do).
