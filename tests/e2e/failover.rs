@@ -15,7 +15,8 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::{
-    DEMO_NS, Harness, SECOND, condition, demo_log, get_json, lease_of, ready_pods, wait_ready_pods,
+    DEMO_NS, Harness, SECOND, condition, demo_log, get_json, lease_of, new_leader, ready_pods,
+    wait_ready_pods,
 };
 use crate::cluster::wait_for;
 
@@ -196,20 +197,8 @@ pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
     h.node.signal(DEMO_NS, &old, Signal::SIGSTOP)?;
     // Whatever happens while it is frozen, resume it before returning.
     let frozen = async {
-        let (new, new_epoch) = wait_for(
-            &format!("a standby to take the Lease from the frozen {old} (epoch {old_epoch})"),
-            30 * SECOND,
-            Duration::from_millis(100),
-            || async {
-                let (holder, epoch) = lease_of(h).await.map_err(|e| e.to_string())?;
-                if !holder.is_empty() && holder != old && epoch > old_epoch {
-                    Ok(Some((holder, epoch)))
-                } else {
-                    Err(format!("holder {holder:?} leaseTransitions {epoch}"))
-                }
-            },
-        )
-        .await?;
+        let what = format!("a standby to take the Lease from the frozen {old} (epoch {old_epoch})");
+        let (new, new_epoch) = new_leader(h, &what, &old, old_epoch).await?;
         eprintln!(
             "[e2e] Lease: frozen {old} (epoch {old_epoch}) -> {new} (epoch {new_epoch}) after {:.1?}",
             t.elapsed()

@@ -741,6 +741,25 @@ async fn lease_of(h: &Harness) -> anyhow::Result<(String, i32)> {
     ))
 }
 
+/// Waits until a player other than `old` holds the players' Lease at an epoch above
+/// `old_epoch`; returns (holder, epoch).
+async fn new_leader(
+    h: &Harness,
+    what: &str,
+    old: &str,
+    old_epoch: i32,
+) -> anyhow::Result<(String, i32)> {
+    wait_for(what, 30 * SECOND, Duration::from_millis(100), || async {
+        let (holder, epoch) = lease_of(h).await.map_err(|e| e.to_string())?;
+        if !holder.is_empty() && holder != old && epoch > old_epoch {
+            Ok(Some((holder, epoch)))
+        } else {
+            Err(format!("holder {holder:?} leaseTransitions {epoch}"))
+        }
+    })
+    .await
+}
+
 /// A client of the demo's LogStore (by its Service name, as the players reach it) and the
 /// shard map the operator wrote for the players.
 async fn demo_log(
@@ -797,18 +816,11 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
     // identity) before any standby may take it; hold its restart past the lease duration.
     h.node.hold_next_restart(DEMO_NS, &old, 6 * SECOND)?;
     h.node.signal(DEMO_NS, &old, Signal::SIGKILL)?;
-    let (new, new_epoch) = wait_for(
+    let (new, new_epoch) = new_leader(
+        h,
         "a standby to take the Lease demo-player",
-        30 * SECOND,
-        Duration::from_millis(100),
-        || async {
-            let (holder, epoch) = lease_of(h).await.map_err(|e| e.to_string())?;
-            if !holder.is_empty() && holder != old && epoch > old_epoch {
-                Ok(Some((holder, epoch)))
-            } else {
-                Err(format!("holder {holder} epoch {epoch}"))
-            }
-        },
+        &old,
+        old_epoch,
     )
     .await?;
     eprintln!(
