@@ -69,10 +69,11 @@ async fn raw_append(addr: &str, body: Vec<u8>) -> tonic::Status {
     .unwrap_err()
 }
 
-fn add(key: &str) -> Vec<Mutation> {
+/// An append of one mutation: `op` on `key`.
+fn one(key: &str, op: Option<Op>) -> Vec<Mutation> {
     vec![Mutation {
         key: key.as_bytes().to_vec().into(),
-        op: Some(Op::Add(1)),
+        op,
     }]
 }
 
@@ -95,15 +96,16 @@ async fn malformed_and_oversized_messages_get_a_clear_status_and_the_server_keep
 
     // Well-formed but invalid: a mutation without an op.
     let log = Log::connect(&addr).await.unwrap();
-    let bad = vec![Mutation {
-        key: b"k".to_vec().into(),
-        op: None,
-    }];
-    let err = log.append(bad, None, 0).await.unwrap_err().to_string();
+    let err = log
+        .append(one("k", None), None, 0)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("mutation 0") && err.contains("no op"), "{err}");
 
     // Still serving, and nothing was written by the bad requests.
-    assert_eq!(log.append(add("k"), None, 0).await.unwrap(), 1);
+    let add = one("k", Some(Op::Add(1)));
+    assert_eq!(log.append(add, None, 0).await.unwrap(), 1);
     assert_eq!(log.bounds().await.unwrap(), (1, 1));
 
     // The shard next to it is unaffected.

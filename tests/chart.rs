@@ -390,6 +390,23 @@ fn of_kind<'a>(objects: &'a BTreeMap<String, Value>, kind: &str) -> Vec<&'a Valu
         .collect()
 }
 
+/// The strings of the sequence `v`.
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// The ids (see `object_id`) of the objects of `kind`.
+fn ids_of_kind(objects: &BTreeMap<String, Value>, kind: &str) -> Vec<String> {
+    of_kind(objects, kind)
+        .iter()
+        .map(|o| object_id(o))
+        .collect()
+}
+
 #[test]
 fn helm_lint_strict_is_clean() {
     let Some(helm) = helm("helm_lint_strict_is_clean") else {
@@ -578,10 +595,7 @@ fn helm_template_crd_switches() {
         return;
     };
     let without = helm.render(&["crds.install=false"]);
-    let crds: Vec<String> = of_kind(&without, "CustomResourceDefinition")
-        .iter()
-        .map(|o| object_id(o))
-        .collect();
+    let crds = ids_of_kind(&without, "CustomResourceDefinition");
     assert!(
         crds.is_empty(),
         "with crds.install=false the chart still renders {crds:?}"
@@ -628,12 +642,7 @@ fn helm_template_follows_values() {
         .get(&id)
         .unwrap_or_else(|| panic!("no {id} rendered"));
     let container = &at(deployment, "spec.template.spec.containers").unwrap()[0];
-    let args: Vec<&str> = container["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = strings(&container["args"]);
     assert_eq!(
         args,
         [
@@ -674,10 +683,7 @@ fn helm_template_follows_values() {
         "ClusterRoleBinding",
         "ServiceAccount",
     ] {
-        let found: Vec<String> = of_kind(&objects, kind)
-            .iter()
-            .map(|o| object_id(o))
-            .collect();
+        let found = ids_of_kind(&objects, kind);
         assert!(
             found.is_empty(),
             "with replicaCount=1, rbac.create=false and serviceAccount.create=false the chart renders {found:?}"
@@ -699,12 +705,7 @@ fn helm_template_follows_values() {
         "leaderElection.renewDeadline=20s",
         "leaderElection.retryPeriod=3s",
     ]);
-    let args: Vec<&str> = at(&tuned[&id], "spec.template.spec.containers").unwrap()[0]["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = strings(&at(&tuned[&id], "spec.template.spec.containers").unwrap()[0]["args"]);
     assert_eq!(
         args[args.len() - 8..],
         [

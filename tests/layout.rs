@@ -75,28 +75,32 @@ impl Functions<'_> {
             ));
         }
     }
+
+    /// Runs `visit` inside an item with `attrs`: counted as test code from there on if they
+    /// make it a test, as before once it returns.
+    fn within(&mut self, attrs: &[syn::Attribute], visit: impl FnOnce(&mut Self)) {
+        let was = self.in_test;
+        self.in_test |= is_test_attr(attrs);
+        visit(self);
+        self.in_test = was;
+    }
 }
 
 impl<'ast> Visit<'ast> for Functions<'_> {
     fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
-        let was = self.in_test;
-        self.in_test |= is_test_attr(&m.attrs);
-        syn::visit::visit_item_mod(self, m);
-        self.in_test = was;
+        self.within(&m.attrs, |v| syn::visit::visit_item_mod(v, m));
     }
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-        let was = self.in_test;
-        self.in_test |= is_test_attr(&f.attrs);
-        self.check(&f.sig.ident, &f.sig, f.span());
-        syn::visit::visit_item_fn(self, f);
-        self.in_test = was;
+        self.within(&f.attrs, |v| {
+            v.check(&f.sig.ident, &f.sig, f.span());
+            syn::visit::visit_item_fn(v, f);
+        });
     }
     fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
-        let was = self.in_test;
-        self.in_test |= is_test_attr(&f.attrs);
-        self.check(&f.sig.ident, &f.sig, f.span());
-        syn::visit::visit_impl_item_fn(self, f);
-        self.in_test = was;
+        self.within(&f.attrs, |v| {
+            v.check(&f.sig.ident, &f.sig, f.span());
+            syn::visit::visit_impl_item_fn(v, f);
+        });
     }
 }
 
@@ -106,18 +110,23 @@ fn is_test_file(path: &Path) -> bool {
         || path.components().any(|c| c.as_os_str() == "tests")
 }
 
+/// Fails unless `bad` picks out no source file (path, text); it says how to list a file it
+/// picks, and those are listed under `heading`.
+#[track_caller]
+fn assert_no_source(heading: &str, bad: impl Fn(&Path, &str) -> Option<String>) {
+    let found: Vec<String> = sources()
+        .iter()
+        .filter_map(|(p, text)| bad(p, text))
+        .collect();
+    assert!(found.is_empty(), "{heading}:\n{}", found.join("\n"));
+}
+
 #[test]
 fn no_source_file_is_over_a_thousand_lines() {
-    let long: Vec<String> = sources()
-        .iter()
-        .filter(|(_, text)| text.lines().count() > MAX_FILE_LINES)
-        .map(|(p, text)| format!("{}: {} lines", p.display(), text.lines().count()))
-        .collect();
-    assert!(
-        long.is_empty(),
-        "files over {MAX_FILE_LINES} lines:\n{}",
-        long.join("\n")
-    );
+    assert_no_source(&format!("files over {MAX_FILE_LINES} lines"), |p, text| {
+        let lines = text.lines().count();
+        (lines > MAX_FILE_LINES).then(|| format!("{}: {lines} lines", p.display()))
+    });
 }
 
 #[test]
@@ -138,32 +147,19 @@ fn functions_stay_short_and_take_few_parameters() {
 
 #[test]
 fn every_module_opens_with_a_doc_saying_what_it_owns() {
-    let bare: Vec<String> = sources()
-        .iter()
-        .filter(|(_, text)| !text.trim_start().starts_with("//!"))
-        .map(|(p, _)| p.display().to_string())
-        .collect();
-    assert!(
-        bare.is_empty(),
-        "modules without a //! doc:\n{}",
-        bare.join("\n")
-    );
+    assert_no_source("modules without a //! doc", |p, text| {
+        (!text.trim_start().starts_with("//!")).then(|| p.display().to_string())
+    });
 }
 
 #[test]
 fn the_product_never_imports_the_harness() {
-    let offenders: Vec<String> = sources()
-        .iter()
-        .filter(|(p, _)| {
-            let p = p.to_string_lossy();
-            !p.contains("/src/harness/") && !p.ends_with("/src/main.rs") && !p.contains("/src/cli/")
-        })
-        .filter(|(_, text)| text.contains("crate::harness") || text.contains("harness::"))
-        .map(|(p, _)| p.display().to_string())
-        .collect();
-    assert!(
-        offenders.is_empty(),
-        "product modules that import src/harness/:\n{}",
-        offenders.join("\n")
-    );
+    assert_no_source("product modules that import src/harness/", |p, text| {
+        let name = p.to_string_lossy();
+        let product = !name.contains("/src/harness/")
+            && !name.ends_with("/src/main.rs")
+            && !name.contains("/src/cli/");
+        let imports = text.contains("crate::harness") || text.contains("harness::");
+        (product && imports).then(|| p.display().to_string())
+    });
 }

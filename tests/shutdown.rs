@@ -9,9 +9,17 @@ mod common;
 
 use common::{assert_exactly_once, load_spec, servers, start_load};
 use logplayer::client::Log;
+use logplayer::harness::cluster::{Cluster, Proc};
 use logplayer::proto::{Mutation, mutation::Op};
 
 const GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERMs the process `pick` chooses (`what` names it) and asserts that it exits 0
+/// within `GRACE`.
+async fn sigterm_exits_zero(c: &mut Cluster, what: &str, pick: fn(&mut Cluster) -> &mut Proc) {
+    let code = pick(c).terminate(GRACE).await;
+    assert_eq!(code, Some(0), "{what} exit code\n{}", c.logs());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn player_and_shard_exit_zero_on_sigterm_and_delivery_stays_exactly_once() {
@@ -19,20 +27,10 @@ async fn player_and_shard_exit_zero_on_sigterm_and_delivery_stays_exactly_once()
     c.start_player(&[]).await.unwrap();
     let load = start_load(&log, load_spec(400, 5, 7));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        c.players[0].terminate(GRACE).await,
-        Some(0),
-        "player exit code\n{}",
-        c.logs()
-    );
+    sigterm_exits_zero(&mut c, "player", |c| &mut c.players[0]).await;
     c.players[0].restart().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        c.shards[0].terminate(GRACE).await,
-        Some(0),
-        "shard exit code\n{}",
-        c.logs()
-    );
+    sigterm_exits_zero(&mut c, "shard", |c| &mut c.shards[0]).await;
     c.shards[0].restart().await.unwrap();
     let report = load.await.unwrap();
     assert_exactly_once(&c, &log, &report).await;
@@ -75,12 +73,7 @@ async fn logstore_sigterm_keeps_every_acknowledged_append() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        c.logstore.terminate(GRACE).await,
-        Some(0),
-        "logstore exit code\n{}",
-        c.logs()
-    );
+    sigterm_exits_zero(&mut c, "logstore", |c| &mut c.logstore).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();

@@ -183,6 +183,26 @@ async fn wait_status_leader(h: &Harness, leader: &str, epoch: i32) -> anyhow::Re
 
 // ---- e. frozen leader --------------------------------------------------------------------
 
+/// Waits (up to 30 s) until the player pod `name` is Ready per the API server if `ready`,
+/// or not Ready if not.
+async fn wait_player_readiness(
+    h: &Harness,
+    what: &str,
+    name: &str,
+    ready: bool,
+) -> anyhow::Result<()> {
+    wait_for(what, 30 * SECOND, SECOND / 2, || async {
+        let pods = ready_pods(&h.client, DEMO_NS, PLAYERS).await?;
+        let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        if names.iter().any(|n| n == name) == ready {
+            Ok(Some(()))
+        } else {
+            Err(format!("ready players {names:?}"))
+        }
+    })
+    .await
+}
+
 pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
     let (log, map) = demo_log(h).await?;
     let shards = Shards::connect(&map).await?;
@@ -232,21 +252,8 @@ pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
         wait_status_leader(h, &new, new_epoch).await?;
         // Frozen, it fails its readiness probe: stay frozen until the API server shows it
         // not Ready, so that its return to Ready below is the resumed process's doing.
-        wait_for(
-            &format!("the frozen {old} to be not Ready"),
-            30 * SECOND,
-            SECOND / 2,
-            || async {
-                let ready = ready_pods(&h.client, DEMO_NS, PLAYERS).await?;
-                let names: Vec<String> = ready.iter().map(|p| p.name_any()).collect();
-                if names.contains(&old) {
-                    Err(format!("ready players {names:?}"))
-                } else {
-                    Ok(Some(()))
-                }
-            },
-        )
-        .await?;
+        let what = format!("the frozen {old} to be not Ready");
+        wait_player_readiness(h, &what, &old, false).await?;
         Ok::<_, anyhow::Error>((new, new_epoch))
     }
     .await;
@@ -271,21 +278,8 @@ pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
     }
     // It is a Ready standby again (per the API server: its readiness probe passes again),
     // and says so itself.
-    wait_for(
-        &format!("the resumed {old} to be a Ready pod"),
-        30 * SECOND,
-        SECOND / 2,
-        || async {
-            let ready = ready_pods(&h.client, DEMO_NS, PLAYERS).await?;
-            let names: Vec<String> = ready.iter().map(|p| p.name_any()).collect();
-            if names.contains(&old) {
-                Ok(Some(()))
-            } else {
-                Err(format!("ready players {names:?}"))
-            }
-        },
-    )
-    .await?;
+    let what = format!("the resumed {old} to be a Ready pod");
+    wait_player_readiness(h, &what, &old, true).await?;
     wait_for(
         &format!("the resumed {old} to report logplayer_player_leader 0"),
         10 * SECOND,

@@ -145,6 +145,17 @@ want() { [[ " $MISSING " == *" $1 "* ]]; }
 # Read "Field": "value" from `go mod download -json` output / .info files.
 json_field() { sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" | head -n1; }
 
+# Create the work module directory $WORK/<dir> and `go mod download -json` <module@version>
+# from it. Sets M (that directory), t0 (when the fetch started) and DL (the JSON).
+fetch_module() { # dir module@version [what of it, for the log]
+	M=$WORK/$1
+	mkdir -p "$M"
+	t0=$(now)
+	log "fetching $2${3:+ $3}"
+	DL=$(cd "$M" && "$GO" mod download -json "$2") ||
+		die "go mod download $2 failed: $DL"
+}
+
 # --- kube-apiserver, kube-controller-manager, kubectl -------------------------------
 KUBE_PKGS=()
 for n in kube-apiserver kube-controller-manager kubectl; do
@@ -152,12 +163,7 @@ for n in kube-apiserver kube-controller-manager kubectl; do
 done
 
 if [ ${#KUBE_PKGS[@]} -gt 0 ]; then
-	M=$WORK/kube
-	mkdir -p "$M"
-	t0=$(now)
-	log "fetching k8s.io/kubernetes@$K8S_VERSION go.mod"
-	DL=$(cd "$M" && "$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION") ||
-		die "go mod download k8s.io/kubernetes@$K8S_VERSION failed: $DL"
+	fetch_module kube "k8s.io/kubernetes@$K8S_VERSION" "go.mod"
 	KMOD=$(json_field GoMod <<<"$DL")
 	KINFO=$(json_field Info <<<"$DL")
 	[ -f "$KMOD" ] || die "no go.mod for k8s.io/kubernetes@$K8S_VERSION"
@@ -222,12 +228,7 @@ fi
 
 # --- etcd -------------------------------------------------------------------------
 if want etcd; then
-	M=$WORK/etcd
-	mkdir -p "$M"
-	t0=$(now)
-	log "fetching go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-	DL=$(cd "$M" && "$GO" mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION") ||
-		die "go mod download go.etcd.io/etcd/server/v3@$ETCD_VERSION failed: $DL"
+	fetch_module etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
 	EMOD=$(json_field GoMod <<<"$DL")
 	EINFO=$(json_field Info <<<"$DL")
 	ETCD_SHA=$( { [ -f "$EINFO" ] && json_field Hash <"$EINFO"; } || true)

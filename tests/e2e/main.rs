@@ -453,25 +453,12 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
     }
     let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
     // One of them leads: it holds the operator Lease (written with its ServiceAccount token).
-    let leases: Api<Lease> = Api::namespaced(h.client.clone(), OPERATOR_NS);
-    let holder = wait_for(
+    let holder = wait_lease_held(
+        h,
         "the operator Lease held by an operator pod",
-        60 * SECOND,
-        SECOND,
-        || async {
-            let l = leases
-                .get_opt("logplayer-operator")
-                .await
-                .map_err(|e| e.to_string())?;
-            let holder = l
-                .as_ref()
-                .and_then(|l| l.spec.as_ref())
-                .and_then(|s| s.holder_identity.clone());
-            match holder {
-                Some(x) if names.contains(&x) => Ok(Some(x)),
-                other => Err(format!("holder {other:?}, pods {names:?}")),
-            }
-        },
+        OPERATOR_NS,
+        "logplayer-operator",
+        &names,
     )
     .await?;
     eprintln!("[e2e] operator leader: {holder}");
@@ -521,6 +508,30 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits (up to a minute) until one of the pods `names` holds the Lease `ns`/`lease`;
+/// returns the holder.
+async fn wait_lease_held(
+    h: &Harness,
+    what: &str,
+    ns: &str,
+    lease: &str,
+    names: &[String],
+) -> anyhow::Result<String> {
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), ns);
+    wait_for(what, 60 * SECOND, SECOND, || async {
+        let l = leases.get_opt(lease).await.map_err(|e| e.to_string())?;
+        let holder = l
+            .as_ref()
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.holder_identity.clone());
+        match holder {
+            Some(x) if names.contains(&x) => Ok(Some(x)),
+            other => Err(format!("holder {other:?}, pods {names:?}")),
+        }
+    })
+    .await
 }
 
 // ---- c. the example ----------------------------------------------------------------------
@@ -648,26 +659,13 @@ async fn example(h: &Harness) -> anyhow::Result<()> {
     );
 
     // The players' Lease: created by a player (its ServiceAccount may create Leases).
-    let leases: Api<Lease> = Api::namespaced(h.client.clone(), DEMO_NS);
     let names: Vec<String> = players.iter().map(|p| p.name_any()).collect();
-    wait_for(
+    wait_lease_held(
+        h,
         "the Lease demo-player held by a player pod",
-        60 * SECOND,
-        SECOND,
-        || async {
-            let l = leases
-                .get_opt("demo-player")
-                .await
-                .map_err(|e| e.to_string())?;
-            let holder = l
-                .as_ref()
-                .and_then(|l| l.spec.as_ref())
-                .and_then(|s| s.holder_identity.clone());
-            match holder {
-                Some(x) if names.contains(&x) => Ok(Some(())),
-                other => Err(format!("holder {other:?}")),
-            }
-        },
+        DEMO_NS,
+        "demo-player",
+        &names,
     )
     .await?;
 

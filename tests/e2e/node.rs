@@ -86,6 +86,17 @@ struct PodEntry {
     hold: Arc<Mutex<Option<Duration>>>,
 }
 
+impl PodEntry {
+    /// Cancels the pod's `stop` and SIGKILLs its current process, if it has one.
+    fn kill_now(&self) {
+        self.stop.cancel();
+        let pid = self.pid.load(std::sync::atomic::Ordering::SeqCst);
+        if pid > 0 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// By pod uid.
@@ -94,6 +105,16 @@ struct State {
     service_ips: BTreeMap<(String, String), Ipv4Addr>,
     next_service: u32,
     next_pod: u32,
+}
+
+impl State {
+    /// The entry of pod `ns/name`.
+    fn pod(&self, ns: &str, name: &str) -> anyhow::Result<&PodEntry> {
+        self.pods
+            .values()
+            .find(|e| e.ns == ns && e.name == name)
+            .with_context(|| format!("the stand-in runs no pod {ns}/{name}"))
+    }
 }
 
 struct Inner {
@@ -125,6 +146,17 @@ fn now() -> Time {
 
 fn micro_now() -> MicroTime {
     MicroTime(Timestamp::now())
+}
+
+/// Server-side applies `obj` (forcing, as the stand-in's field manager) to the object
+/// named `NODE_NAME` in `api`.
+async fn apply_as_standin<K, P>(api: &Api<K>, obj: &P) -> kube::Result<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    P: serde::Serialize + std::fmt::Debug,
+{
+    let pp = PatchParams::apply("logplayer-e2e-standin").force();
+    api.patch(NODE_NAME, &pp, &Patch::Apply(obj)).await
 }
 
 impl StandIn {
@@ -166,11 +198,7 @@ impl StandIn {
     /// Sends `sig` to the current process of pod `ns/name`; returns its pid.
     pub fn signal(&self, ns: &str, name: &str, sig: Signal) -> anyhow::Result<i32> {
         let st = self.inner.state.lock().unwrap();
-        let e = st
-            .pods
-            .values()
-            .find(|e| e.ns == ns && e.name == name)
-            .with_context(|| format!("the stand-in runs no pod {ns}/{name}"))?;
+        let e = st.pod(ns, name)?;
         let pid = e.pid.load(std::sync::atomic::Ordering::SeqCst);
         anyhow::ensure!(pid > 0, "pod {ns}/{name} has no process right now");
         kill(Pid::from_raw(pid), sig).with_context(|| format!("kill -{sig} {pid}"))?;
@@ -183,11 +211,7 @@ impl StandIn {
     /// wants a standby to take over holds the restart past the lease duration).
     pub fn hold_next_restart(&self, ns: &str, name: &str, backoff: Duration) -> anyhow::Result<()> {
         let st = self.inner.state.lock().unwrap();
-        let e = st
-            .pods
-            .values()
-            .find(|e| e.ns == ns && e.name == name)
-            .with_context(|| format!("the stand-in runs no pod {ns}/{name}"))?;
+        let e = st.pod(ns, name)?;
         *e.hold.lock().unwrap() = Some(backoff);
         Ok(())
     }
@@ -240,11 +264,7 @@ impl StandIn {
     fn kill_all(&self) {
         let st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         for e in st.pods.values() {
-            e.stop.cancel();
-            let pid = e.pid.load(std::sync::atomic::Ordering::SeqCst);
-            if pid > 0 {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            e.kill_now();
         }
     }
 }
@@ -273,12 +293,7 @@ impl Inner {
                 "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"},
             },
         }))?;
-        nodes
-            .patch(
-                NODE_NAME,
-                &PatchParams::apply("logplayer-e2e-standin").force(),
-                &Patch::Apply(&node),
-            )
+        apply_as_standin(&nodes, &node)
             .await
             .context("creating the Node")?;
         self.node_heartbeat().await?;
@@ -325,12 +340,7 @@ impl Inner {
         let mut lease_json = serde_json::to_value(&lease)?;
         lease_json["apiVersion"] = json!("coordination.k8s.io/v1");
         lease_json["kind"] = json!("Lease");
-        leases
-            .patch(
-                NODE_NAME,
-                &PatchParams::apply("logplayer-e2e-standin").force(),
-                &Patch::Apply(&lease_json),
-            )
+        apply_as_standin(&leases, &lease_json)
             .await
             .context("renewing the node Lease")?;
         Ok(())
@@ -371,11 +381,7 @@ impl Inner {
                     let uid = p.uid().unwrap_or_default();
                     let st = self.state.lock().unwrap();
                     if let Some(e) = st.pods.get(&uid) {
-                        e.stop.cancel();
-                        let pid = e.pid.load(std::sync::atomic::Ordering::SeqCst);
-                        if pid > 0 {
-                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                        }
+                        e.kill_now();
                     }
                 }
                 Some(Ok(_)) => {}
@@ -811,11 +817,7 @@ impl Inner {
             let mut successes = 0;
             let mut failures = 0;
             let exit = loop {
-                let period = probe
-                    .as_ref()
-                    .and_then(|p| p.period_seconds)
-                    .unwrap_or(10)
-                    .max(1) as u64;
+                let period = probe_setting(&probe, |p| p.period_seconds, 10).max(1) as u64;
                 let wait = if probe.is_some() && !status.ready && successes == 0 {
                     // Probe quickly until the first success.
                     Duration::from_millis(500)
@@ -835,20 +837,13 @@ impl Inner {
                 if ok {
                     successes += 1;
                     failures = 0;
-                    let need = probe
-                        .as_ref()
-                        .and_then(|p| p.success_threshold)
-                        .unwrap_or(1);
-                    if successes >= need {
+                    if successes >= probe_setting(&probe, |p| p.success_threshold, 1) {
                         status.ready = true;
                     }
                 } else {
                     failures += 1;
                     successes = 0;
-                    let need = probe
-                        .as_ref()
-                        .and_then(|p| p.failure_threshold)
-                        .unwrap_or(3);
+                    let need = probe_setting(&probe, |p| p.failure_threshold, 3);
                     if failures >= need || !status.ready {
                         status.ready = false;
                     }
@@ -1103,6 +1098,11 @@ fn probe_port(port: &IntOrString, c: &Container) -> Option<u16> {
             .find(|p| p.name.as_deref() == Some(name.as_str()))
             .map(|p| p.container_port as u16),
     }
+}
+
+/// The setting `field` of `probe`, or its `default` without a probe or a value.
+fn probe_setting(probe: &Option<Probe>, field: fn(&Probe) -> Option<i32>, default: i32) -> i32 {
+    probe.as_ref().and_then(field).unwrap_or(default)
 }
 
 async fn run_probe(p: &Probe, c: &Container, ip: Ipv4Addr) -> bool {

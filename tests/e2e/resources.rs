@@ -21,6 +21,36 @@ fn apply(h: &Harness, ns: &str, file: &str, yaml: &str) -> anyhow::Result<std::p
     h.cp.kubectl_raw(&["-n", ns, "apply", "-f", &path])
 }
 
+/// `apply`, failing with `failure` and kubectl's output unless it succeeds.
+fn apply_ok(h: &Harness, ns: &str, file: &str, yaml: &str, failure: &str) -> anyhow::Result<()> {
+    let out = apply(h, ns, file, yaml)?;
+    ensure!(out.status.success(), "{failure}:\n{}", output_text(&out));
+    Ok(())
+}
+
+/// Waits (up to a minute) until LogPlayer `ns/name` is Degraded=True for `reason`, naming
+/// every one of `words`; returns the message.
+async fn wait_degraded(
+    h: &Harness,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    words: &[&str],
+) -> anyhow::Result<String> {
+    let want = ("True", reason);
+    wait_condition(h, ns, name, "Degraded", want, words, 60 * SECOND).await
+}
+
+/// Waits until the demo LogPlayer has condition `ty` with (status, reason) `want`.
+async fn wait_demo(
+    h: &Harness,
+    ty: &str,
+    want: (&str, &str),
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    wait_condition(h, DEMO_NS, "demo", ty, want, &[], timeout).await
+}
+
 fn shard_yaml(name: &str, labels: &str, slots: &[(i64, i64)], endpoint: &str) -> String {
     let slots: String = slots
         .iter()
@@ -137,47 +167,21 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
         &[(100, 200)],
         "s0-shard.demo.svc:7100",
     );
-    let out = apply(h, DEMO_NS, "twin.yaml", &yaml)?;
-    ensure!(
-        out.status.success(),
-        "a Shard overlapping another was refused:\n{}",
-        output_text(&out)
-    );
-    let msg = wait_condition(
+    apply_ok(
         h,
         DEMO_NS,
-        "demo",
-        "Degraded",
-        ("True", "SlotsOverlap"),
-        &["twin", "s0"],
-        60 * SECOND,
-    )
-    .await?;
+        "twin.yaml",
+        &yaml,
+        "a Shard overlapping another was refused",
+    )?;
+    let msg = wait_degraded(h, DEMO_NS, "demo", "SlotsOverlap", &["twin", "s0"]).await?;
     eprintln!(
         "[e2e] Degraded SlotsOverlap after {:.1?}: {msg}",
         t.elapsed()
     );
     h.cp.kubectl(&["-n", DEMO_NS, "delete", "shard", "twin"])?;
-    wait_condition(
-        h,
-        DEMO_NS,
-        "demo",
-        "Degraded",
-        ("False", "AsExpected"),
-        &[],
-        60 * SECOND,
-    )
-    .await?;
-    wait_condition(
-        h,
-        DEMO_NS,
-        "demo",
-        "Ready",
-        ("True", "Delivering"),
-        &[],
-        60 * SECOND,
-    )
-    .await?;
+    wait_demo(h, "Degraded", ("False", "AsExpected"), 60 * SECOND).await?;
+    wait_demo(h, "Ready", ("True", "Delivering"), 60 * SECOND).await?;
 
     // A Shard nobody listens for, in a LogPlayer of its own (reading the demo's LogStore;
     // it never trims it: retainLog is false).
@@ -194,22 +198,14 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             "127.0.0.1:9",
         )
         .replace("logPlayer: demo", "logPlayer: lonely");
-    let out = apply(h, LONELY_NS, "lonely.yaml", &lonely)?;
-    ensure!(
-        out.status.success(),
-        "applying the lonely LogPlayer:\n{}",
-        output_text(&out)
-    );
-    let msg = wait_condition(
+    apply_ok(
         h,
         LONELY_NS,
-        "lonely",
-        "Degraded",
-        ("True", "ShardUnreachable"),
-        &["far"],
-        60 * SECOND,
-    )
-    .await?;
+        "lonely.yaml",
+        &lonely,
+        "applying the lonely LogPlayer",
+    )?;
+    let msg = wait_degraded(h, LONELY_NS, "lonely", "ShardUnreachable", &["far"]).await?;
     eprintln!("[e2e] Degraded ShardUnreachable: {msg}");
     let far = get(h, LONELY_NS, "shard", "far").map_err(anyhow::Error::msg)?;
     let ready = condition(&far, "Ready").unwrap_or_default();
@@ -235,16 +231,7 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
     )
     .await?;
     // The demo is untouched.
-    wait_condition(
-        h,
-        DEMO_NS,
-        "demo",
-        "Ready",
-        ("True", "Delivering"),
-        &[],
-        30 * SECOND,
-    )
-    .await?;
+    wait_demo(h, "Ready", ("True", "Delivering"), 30 * SECOND).await?;
     Ok(())
 }
 
