@@ -23,6 +23,23 @@ pub enum ClientError {
     },
 }
 
+/// Names the call and the address in an RPC's error.
+fn rpc_err(addr: &str, what: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
+    let addr = addr.to_owned();
+    move |status| ClientError::Rpc { what, addr, status }
+}
+
+/// Awaits one call, naming it and the address in its error.
+async fn call<T>(
+    addr: &str,
+    what: &'static str,
+    rpc: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ClientError> {
+    rpc.await
+        .map(tonic::Response::into_inner)
+        .map_err(rpc_err(addr, what))
+}
+
 /// A LogStore client.
 #[derive(Clone)]
 pub struct Log {
@@ -39,14 +56,6 @@ impl Log {
                 .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
         })
-    }
-
-    fn err(&self, what: &'static str) -> impl FnOnce(tonic::Status) -> ClientError + '_ {
-        move |status| ClientError::Rpc {
-            what,
-            addr: self.addr.clone(),
-            status,
-        }
     }
 
     pub async fn append(
@@ -66,7 +75,7 @@ impl Log {
                 append_start_micros: start_micros,
             })
             .await
-            .map_err(self.err("append"))?;
+            .map_err(rpc_err(&self.addr, "append"))?;
         Ok(r.into_inner().index)
     }
 
@@ -81,19 +90,18 @@ impl Log {
             .clone()
             .append_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
             .await
-            .map_err(self.err("append stream"))?;
+            .map_err(rpc_err(&self.addr, "append stream"))?;
         Ok(r.into_inner())
     }
 
     /// `(first, last)`.
     pub async fn bounds(&self) -> Result<(u64, u64), ClientError> {
-        let b = self
-            .client
-            .clone()
-            .bounds(BoundsRequest {})
-            .await
-            .map_err(self.err("bounds"))?
-            .into_inner();
+        let b = call(
+            &self.addr,
+            "bounds",
+            self.client.clone().bounds(BoundsRequest {}),
+        )
+        .await?;
         Ok((b.first, b.last))
     }
 
@@ -103,18 +111,17 @@ impl Log {
         if to < from {
             return Ok(out);
         }
-        let mut stream = self
-            .client
-            .clone()
-            .read(ReadRequest {
-                from,
-                to,
-                max_batch_bytes: 0,
-            })
+        let request = ReadRequest {
+            from,
+            to,
+            max_batch_bytes: 0,
+        };
+        let mut stream = call(&self.addr, "read", self.client.clone().read(request)).await?;
+        while let Some(r) = stream
+            .message()
             .await
-            .map_err(self.err("read"))?
-            .into_inner();
-        while let Some(r) = stream.message().await.map_err(self.err("read"))? {
+            .map_err(rpc_err(&self.addr, "read"))?
+        {
             out.extend(r.entries);
         }
         Ok(out)
@@ -137,47 +144,32 @@ impl ShardConn {
         })
     }
 
-    fn err(&self, what: &'static str) -> impl FnOnce(tonic::Status) -> ClientError + '_ {
-        move |status| ClientError::Rpc {
-            what,
-            addr: self.addr.clone(),
-            status,
-        }
-    }
-
     pub async fn applied(&self) -> Result<AppliedResponse, ClientError> {
-        Ok(self
-            .client
-            .clone()
-            .applied(AppliedRequest {})
-            .await
-            .map_err(self.err("applied"))?
-            .into_inner())
+        call(
+            &self.addr,
+            "applied",
+            self.client.clone().applied(AppliedRequest {}),
+        )
+        .await
     }
 
     /// The shard's state as JSON lines.
     pub async fn dump(&self) -> Result<Vec<String>, ClientError> {
-        let mut stream = self
-            .client
-            .clone()
-            .dump(DumpRequest {})
-            .await
-            .map_err(self.err("dump"))?
-            .into_inner();
+        let mut client = self.client.clone();
+        let mut stream = call(&self.addr, "dump", client.dump(DumpRequest {})).await?;
         let mut out = Vec::new();
-        while let Some(r) = stream.message().await.map_err(self.err("dump"))? {
+        while let Some(r) = stream
+            .message()
+            .await
+            .map_err(rpc_err(&self.addr, "dump"))?
+        {
             out.push(r.json);
         }
         Ok(out)
     }
 
     pub async fn stats(&self, reset: bool) -> Result<StatsResponse, ClientError> {
-        Ok(self
-            .client
-            .clone()
-            .stats(StatsRequest { reset })
-            .await
-            .map_err(self.err("stats"))?
-            .into_inner())
+        let request = StatsRequest { reset };
+        call(&self.addr, "stats", self.client.clone().stats(request)).await
     }
 }

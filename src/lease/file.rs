@@ -1,7 +1,7 @@
 //! The file lease: versioned JSON files on one filesystem, compare-and-set by `link(2)`
 //! without locks, so a frozen replica never blocks the others (single-machine use).
 
-use super::{Decision, LeaseBackend, LeaseError, LeaseState, check_identity, decide};
+use super::{Decision, LeaseBackend, LeaseError, LeaseState, check_identity, decide, whole_units};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -110,14 +110,10 @@ impl FileLease {
         let path = path.into();
         let identity = identity.into();
         check_identity(&identity)?;
-        let ms = lease_duration.as_micros().div_ceil(1000);
-        let lease_duration_ms = u64::try_from(ms)
-            .ok()
-            .filter(|ms| (1..=u64::MAX / 1000).contains(ms))
-            .ok_or_else(|| LeaseError::InvalidArgument {
-                what: "lease_duration",
-                reason: format!("{lease_duration:?} is zero or too large"),
-            })?;
+        let ms = Duration::from_millis(1);
+        // Bounded by u64::MAX / 1000, so the cast and the micros below cannot overflow.
+        let lease_duration_ms =
+            whole_units(lease_duration, ms, u128::from(u64::MAX / 1000))? as u64;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

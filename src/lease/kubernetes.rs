@@ -1,7 +1,7 @@
 //! The Kubernetes lease: a `coordination.k8s.io/v1` `Lease`, compare-and-set through the
 //! API server's `resourceVersion`; the epoch is `spec.leaseTransitions`.
 
-use super::{Decision, LeaseBackend, LeaseError, LeaseState, check_identity, decide};
+use super::{Decision, LeaseBackend, LeaseError, LeaseState, check_identity, decide, whole_units};
 use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -72,14 +72,9 @@ impl KubeLease {
         let name = name.into();
         let identity = identity.into();
         check_identity(&identity)?;
-        let secs = lease_duration.as_nanos().div_ceil(1_000_000_000);
-        let duration_secs = i32::try_from(secs)
-            .ok()
-            .filter(|s| *s >= 1)
-            .ok_or_else(|| LeaseError::InvalidArgument {
-                what: "lease_duration",
-                reason: format!("{lease_duration:?} is zero or too large"),
-            })?;
+        let second = Duration::from_secs(1);
+        // Bounded by i32::MAX, so the cast cannot overflow.
+        let duration_secs = whole_units(lease_duration, second, i32::MAX as u128)? as i32;
         Ok(Self {
             api: Api::namespaced(client, &namespace),
             lease: format!("{namespace}/{name}"),

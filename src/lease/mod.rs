@@ -165,6 +165,19 @@ enum Decision {
 /// `holder` is `None` for a free lease; `expired` is judged by the caller's clock; `ours` is
 /// the epoch this backend instance holds (0 when none).
 ///
+/// `duration` in whole `unit`s, rounded up; an error naming it unless that is 1 to `max`.
+fn whole_units(duration: Duration, unit: Duration, max: u128) -> Result<u128, LeaseError> {
+    let n = duration.as_nanos().div_ceil(unit.as_nanos().max(1));
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(LeaseError::InvalidArgument {
+            what: "lease_duration",
+            reason: format!("{duration:?} is zero or too large"),
+        })
+    }
+}
+
 /// Only the instance that won an epoch renews it. A lease that names our identity but not our
 /// epoch was held by an earlier incarnation of this replica (a restarted process, a pod whose
 /// container the kubelet restarted with the same name); taking it over is an acquisition with a

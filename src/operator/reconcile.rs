@@ -26,25 +26,23 @@ pub(super) async fn reconcile_logplayer(
     lp: Arc<LogPlayer>,
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
-    let (name, namespace) = (lp.name_any(), lp.namespace().unwrap_or_default());
     measured(
         &ctx,
         "LogPlayer",
-        &name,
-        &namespace,
+        &*lp,
         reconcile_logplayer_inner(&lp, &ctx),
     )
     .await
 }
 
-/// Runs one reconciliation inside a tracing span, counting it and timing it.
+/// Runs one reconciliation of `obj` inside a tracing span, counting it and timing it.
 async fn measured(
     ctx: &Context,
     kind: &'static str,
-    name: &str,
-    namespace: &str,
+    obj: &impl ResourceExt,
     reconcile: impl std::future::Future<Output = Result<Action, OperatorError>>,
 ) -> Result<Action, OperatorError> {
+    let (name, namespace) = (obj.name_any(), obj.namespace().unwrap_or_default());
     let started = Instant::now();
     let label = KindLabel { kind: kind.into() };
     ctx.metrics.reconciliations.get_or_create(&label).inc();
@@ -144,15 +142,7 @@ pub(super) async fn reconcile_shard(
     shard: Arc<Shard>,
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
-    let (name, namespace) = (shard.name_any(), shard.namespace().unwrap_or_default());
-    measured(
-        &ctx,
-        "Shard",
-        &name,
-        &namespace,
-        reconcile_shard_inner(&shard, &ctx),
-    )
-    .await
+    measured(&ctx, "Shard", &*shard, reconcile_shard_inner(&shard, &ctx)).await
 }
 
 async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, OperatorError> {
