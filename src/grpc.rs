@@ -70,6 +70,10 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
         .with_keepalive(Some(Duration::from_secs(30)))
 }
 
+/// Metadata key carrying the machine-readable reason of a refusal (`fenced`, `gap`, ...),
+/// part of the wire protocol.
+pub const ERROR_KEY: &str = "logplayer-error";
+
 /// A server builder with our window sizes and keepalives.
 pub fn server() -> Server {
     Server::builder()

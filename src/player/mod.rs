@@ -802,7 +802,7 @@ enum SessionEnd {
 fn classify(status: tonic::Status) -> SessionEnd {
     let fenced = status
         .metadata()
-        .get(crate::shard::service::ERROR_KEY)
+        .get(grpc::ERROR_KEY)
         .is_some_and(|v| v == "fenced");
     if fenced {
         SessionEnd::Fenced(status.message().to_owned())

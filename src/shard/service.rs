@@ -38,8 +38,6 @@ const ACK_CHANNEL: usize = 16;
 const MAX_COALESCED_ENTRIES: usize = 4096;
 /// Batches read ahead of the committer (the sender's window bounds this in practice).
 const INBOUND_CHANNEL: usize = 64;
-/// Metadata key carrying the machine-readable reason of a refusal.
-pub const ERROR_KEY: &str = "logplayer-error";
 
 /// The gRPC service of one shard.
 pub struct ShardService<S: ShardStore> {
@@ -66,7 +64,7 @@ impl<S: ShardStore> Clone for ShardService<S> {
 
 fn with_reason(mut status: Status, reason: &'static str) -> Status {
     status.metadata_mut().insert(
-        ERROR_KEY,
+        grpc::ERROR_KEY,
         tonic::metadata::MetadataValue::from_static(reason),
     );
     status
