@@ -163,3 +163,65 @@ fn the_product_never_imports_the_harness() {
         (product && imports).then(|| p.display().to_string())
     });
 }
+
+/// The layers ARCHITECTURE.md says a folder of `src/` must not import.
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    (
+        "/src/logstore/",
+        &[
+            "crate::shard",
+            "crate::player",
+            "crate::operator",
+            "crate::lease",
+        ],
+    ),
+    (
+        "/src/shard/",
+        &[
+            "crate::logstore",
+            "crate::player",
+            "crate::operator",
+            "crate::lease",
+        ],
+    ),
+    (
+        "/src/lease/",
+        &[
+            "crate::player",
+            "crate::operator",
+            "crate::shard",
+            "crate::logstore",
+        ],
+    ),
+    (
+        "/src/routing/",
+        &[
+            "crate::player",
+            "crate::operator",
+            "crate::crd",
+            "crate::lease",
+        ],
+    ),
+    (
+        "/src/player/",
+        &["crate::shard", "crate::logstore", "crate::operator"],
+    ),
+    ("/src/operator/", &["crate::shard", "crate::logstore"]),
+];
+
+#[test]
+fn layers_import_only_what_architecture_md_allows() {
+    assert_no_source(
+        "imports across layers ARCHITECTURE.md forbids",
+        |p, text| {
+            let name = p.to_string_lossy();
+            let (_, banned) = FORBIDDEN.iter().find(|(dir, _)| name.contains(dir))?;
+            let found: Vec<&str> = banned
+                .iter()
+                .copied()
+                .filter(|b| text.contains(b))
+                .collect();
+            (!found.is_empty()).then(|| format!("{}: {}", p.display(), found.join(", ")))
+        },
+    );
+}
