@@ -142,6 +142,21 @@ fn generated_crds_are_structural_and_describe_every_field() {
     }
 }
 
+/// (name, `field`) of every printer column of a CRD's first version.
+fn printer_columns<'a>(crd: &'a Value, field: &str) -> Vec<(&'a str, &'a str)> {
+    crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or(""),
+                c[field].as_str().unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn crds_have_names_scope_status_subresource_and_printer_columns() {
     let lp = crd_json(&LogPlayer::crd());
@@ -158,25 +173,16 @@ fn crds_have_names_scope_status_subresource_and_printer_columns() {
         lp["spec"]["versions"][0]["subresources"]["scale"]["specReplicasPath"],
         ".spec.replicas"
     );
-    let cols: Vec<(String, String)> = lp["spec"]["versions"][0]["additionalPrinterColumns"]
-        .as_array()
-        .expect("LogPlayer printer columns")
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap_or("").into(),
-                c["jsonPath"].as_str().unwrap_or("").into(),
-            )
-        })
-        .collect();
-    let want = [
-        ("Leader", ".status.leader"),
-        ("Epoch", ".status.epoch"),
-        ("Ready", ".status.readyReplicas"),
-        ("Lag", ".status.lag"),
-        ("Age", ".metadata.creationTimestamp"),
-    ];
-    assert_eq!(cols, want.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    assert_eq!(
+        printer_columns(&lp, "jsonPath"),
+        [
+            ("Leader", ".status.leader"),
+            ("Epoch", ".status.epoch"),
+            ("Ready", ".status.readyReplicas"),
+            ("Lag", ".status.lag"),
+            ("Age", ".metadata.creationTimestamp"),
+        ]
+    );
 
     let shard = crd_json(&Shard::crd());
     assert_eq!(shard["metadata"]["name"], "shards.logplayer.io");
@@ -189,25 +195,16 @@ fn crds_have_names_scope_status_subresource_and_printer_columns() {
         shard["spec"]["versions"][0]["selectableFields"],
         json!([{"jsonPath": ".spec.logPlayer"}])
     );
-    let cols: Vec<(String, String)> = shard["spec"]["versions"][0]["additionalPrinterColumns"]
-        .as_array()
-        .expect("Shard printer columns")
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap_or("").into(),
-                c["type"].as_str().unwrap_or("").into(),
-            )
-        })
-        .collect();
-    let want = [
-        ("LogPlayer", "string"),
-        ("Acked", "integer"),
-        ("Lag", "integer"),
-        ("Ready", "boolean"),
-        ("Age", "date"),
-    ];
-    assert_eq!(cols, want.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    assert_eq!(
+        printer_columns(&shard, "type"),
+        [
+            ("LogPlayer", "string"),
+            ("Acked", "integer"),
+            ("Lag", "integer"),
+            ("Ready", "boolean"),
+            ("Age", "date"),
+        ]
+    );
 }
 
 #[test]

@@ -18,8 +18,20 @@ fn lease_at(dir: &tempfile::TempDir, id: &str, dur: Duration) -> FileLease {
     FileLease::new(dir.path().join("leader.json"), id, dur).unwrap()
 }
 
+/// Leases of "a" and "b" on the same file.
+fn two_leases(dir: &tempfile::TempDir, dur: Duration) -> (FileLease, FileLease) {
+    (lease_at(dir, "a", dur), lease_at(dir, "b", dur))
+}
+
 fn held(epoch: u64) -> LeaseState {
     LeaseState::Held { epoch }
+}
+
+fn other(holder: &str, epoch: u64) -> LeaseState {
+    LeaseState::Other {
+        holder: holder.into(),
+        epoch,
+    }
 }
 
 // ---- config ----
@@ -82,17 +94,10 @@ async fn file_first_acquire_renew_other_expiry() {
     // Durations long enough that a loaded machine does not expire a lease between two
     // back-to-back calls.
     let dir = tempfile::tempdir().unwrap();
-    let a = lease_at(&dir, "a", Duration::from_millis(1000));
-    let b = lease_at(&dir, "b", Duration::from_millis(1000));
+    let (a, b) = two_leases(&dir, Duration::from_millis(1000));
     assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
     assert_eq!(a.try_acquire_or_renew().await.unwrap(), held(1));
-    assert_eq!(
-        b.try_acquire_or_renew().await.unwrap(),
-        LeaseState::Other {
-            holder: "a".into(),
-            epoch: 1
-        }
-    );
+    assert_eq!(b.try_acquire_or_renew().await.unwrap(), other("a", 1));
     // The newest version is what the docs say.
     let newest = *a.inner.versions().unwrap().last().unwrap();
     let v: serde_json::Value =
@@ -106,13 +111,7 @@ async fn file_first_acquire_renew_other_expiry() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(2));
     assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(2));
-    assert_eq!(
-        a.try_acquire_or_renew().await.unwrap(),
-        LeaseState::Other {
-            holder: "b".into(),
-            epoch: 2
-        }
-    );
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), other("b", 2));
     // The same identity re-acquiring after its own lease expired is a new epoch.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(b.try_acquire_or_renew().await.unwrap(), held(3));
@@ -136,8 +135,7 @@ async fn file_a_restarted_replica_starts_a_new_term() {
 #[tokio::test]
 async fn file_release_then_reacquire_bumps_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let a = lease_at(&dir, "a", Duration::from_secs(60));
-    let b = lease_at(&dir, "b", Duration::from_secs(60));
+    let (a, b) = two_leases(&dir, Duration::from_secs(60));
     // Releasing a lease that does not exist, or is not ours, changes nothing.
     a.release().await.unwrap();
     assert!(a.inner.versions().unwrap().is_empty());
@@ -188,31 +186,29 @@ async fn file_io_error_names_the_path() {
     }
 }
 
+/// A record of a 60 s lease renewed now by `holder`, at its `epoch`th transition.
+fn fresh_record(holder: &str, epoch: u64) -> FileRecord {
+    FileRecord {
+        holder: Some(holder.into()),
+        epoch,
+        renew_time_micros: now_micros(),
+        lease_duration_ms: 60_000,
+        transitions: epoch,
+    }
+}
+
 /// A writer that decided on a version somebody else has since replaced loses, whether
 /// its version number is taken or was already collected; it never shares an epoch.
 #[test]
 fn file_a_writer_that_slept_after_reading_loses() {
     let dir = tempfile::tempdir().unwrap();
-    let a = lease_at(&dir, "a", Duration::from_secs(60));
-    let b = lease_at(&dir, "b", Duration::from_secs(60));
+    let (a, b) = two_leases(&dir, Duration::from_secs(60));
     assert_eq!(a.inner.try_acquire_or_renew().unwrap(), held(1));
     // a reads version 1, then "sleeps"; b releases nothing but the lease expires...
     let (seq, _) = a.inner.latest().unwrap();
-    let stale = FileRecord {
-        holder: Some("a".into()),
-        epoch: 1,
-        renew_time_micros: now_micros(),
-        lease_duration_ms: 60_000,
-        transitions: 1,
-    };
+    let stale = fresh_record("a", 1);
     // ...and meanwhile b writes the next version: a's link finds it taken.
-    let taken = FileRecord {
-        holder: Some("b".into()),
-        epoch: 2,
-        renew_time_micros: now_micros(),
-        lease_duration_ms: 60_000,
-        transitions: 2,
-    };
+    let taken = fresh_record("b", 2);
     assert!(b.inner.write(seq + 1, &taken).unwrap());
     assert!(!a.inner.write(seq + 1, &stale).unwrap(), "version taken");
     // Several more versions later, a's number is collected: its link succeeds but lands
@@ -240,8 +236,7 @@ fn file_a_writer_that_slept_after_reading_loses() {
 #[test]
 fn file_a_frozen_writer_blocks_nobody() {
     let dir = tempfile::tempdir().unwrap();
-    let a = lease_at(&dir, "a", Duration::from_millis(5));
-    let b = lease_at(&dir, "b", Duration::from_millis(5));
+    let (a, b) = two_leases(&dir, Duration::from_millis(5));
     assert_eq!(a.inner.try_acquire_or_renew().unwrap(), held(1));
     // a's half-written temporary file, as if frozen mid-write.
     std::fs::write(dir.path().join("leader.json.vtmp-1-1"), b"{\"hol").unwrap();
@@ -622,294 +617,240 @@ mod kube_mock {
         out
     }
 
+    /// One acquire-or-renew by `lease` against the scripted `server`.
+    async fn acquire_on(
+        lease: KubeLease,
+        handle: Handle,
+        server: impl AsyncFnOnce(&mut Handle),
+    ) -> LeaseState {
+        let client = async |l: &KubeLease| l.try_acquire_or_renew().await.unwrap();
+        run(lease, handle, client, server).await
+    }
+
+    /// One acquire-or-renew by a new backend against the scripted `server`.
+    async fn acquire(server: impl AsyncFnOnce(&mut Handle)) -> LeaseState {
+        let (lease, handle) = backend();
+        acquire_on(lease, handle, server).await
+    }
+
+    /// One acquire-or-renew by a new backend that the scripted `server` makes fail.
+    async fn acquire_err(server: impl AsyncFnOnce(&mut Handle)) -> LeaseError {
+        let (lease, handle) = backend();
+        let client = async |l: &KubeLease| l.try_acquire_or_renew().await.unwrap_err();
+        run(lease, handle, client, server).await
+    }
+
+    /// One release by a new backend against the scripted `server`.
+    async fn release(server: impl AsyncFnOnce(&mut Handle)) {
+        let (lease, handle) = backend();
+        run(lease, handle, async |l| l.release().await.unwrap(), server).await;
+    }
+
+    /// Scripts the next request: a GET of the lease, answered with `lease`.
+    async fn get_answers(h: &mut Handle, lease: Value) {
+        let (_, send) = expect(h, Method::GET, PATH).await;
+        reply(send, 200, &lease);
+    }
+
+    /// Scripts the next request: `method` on `path`, failing with `code` and `reason`.
+    async fn refuse(h: &mut Handle, method: Method, path: &str, code: u16, reason: &str) {
+        let (_, send) = expect(h, method, path).await;
+        reply(send, code, &status(code, reason));
+    }
+
+    /// Scripts the next request: a GET of the lease, failing with `code` and `reason`.
+    async fn get_fails(h: &mut Handle, code: u16, reason: &str) {
+        refuse(h, Method::GET, PATH, code, reason).await;
+    }
+
+    /// Takes the next request as a PUT of the lease with resource version `rv` and
+    /// `transitions`; returns its body and the way to answer it.
+    async fn expect_put(
+        h: &mut Handle,
+        rv: &str,
+        transitions: i32,
+    ) -> (Value, SendResponse<Response<Body>>) {
+        let (body, send) = expect(h, Method::PUT, PATH).await;
+        assert_eq!(body["metadata"]["resourceVersion"], rv);
+        assert_eq!(body["spec"]["leaseTransitions"], transitions);
+        (body, send)
+    }
+
+    /// [`expect_put`] of a lease naming us as its holder for 2 s.
+    async fn expect_put_by_me(
+        h: &mut Handle,
+        rv: &str,
+        transitions: i32,
+    ) -> (Value, SendResponse<Response<Body>>) {
+        let (body, send) = expect_put(h, rv, transitions).await;
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 2);
+        (body, send)
+    }
+
+    /// Scripts the next request: a PUT by us as [`expect_put_by_me`], accepted as sent.
+    async fn put_by_me_accepted(h: &mut Handle, rv: &str, transitions: i32) -> Value {
+        let (body, send) = expect_put_by_me(h, rv, transitions).await;
+        reply(send, 200, &body);
+        body
+    }
+
+    /// Scripts the next request: a PUT by us as [`expect_put_by_me`], losing to a
+    /// concurrent write.
+    async fn put_by_me_conflicts(h: &mut Handle, rv: &str, transitions: i32) {
+        let (_, send) = expect_put_by_me(h, rv, transitions).await;
+        reply(send, 409, &status(409, "Conflict"));
+    }
+
+    /// One acquire by a new backend, prepared by `setup`, that reads `current` and writes
+    /// it back as ours with `transitions`, accepted: checks that it then holds epoch
+    /// `transitions` and returns the lease it wrote.
+    async fn acquire_writing(
+        setup: impl FnOnce(&KubeLease),
+        current: Value,
+        transitions: i32,
+    ) -> Value {
+        let (lease, handle) = backend();
+        setup(&lease);
+        let rv = current["metadata"]["resourceVersion"].clone();
+        let rv = rv.as_str().expect("resourceVersion");
+        let mut written = Value::Null;
+        let state = acquire_on(lease, handle, async |h| {
+            get_answers(h, current).await;
+            written = put_by_me_accepted(h, rv, transitions).await;
+        })
+        .await;
+        assert_eq!(state, held(transitions.try_into().unwrap()));
+        written
+    }
+
     #[tokio::test]
     async fn acquiring_a_free_lease_puts_with_resource_version_and_bumps_transitions() {
-        let (lease, handle) = backend();
-        assert_eq!(lease.lease_duration(), Duration::from_secs(2));
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(None, 3, &ts(-1), "100"));
-                let (body, send) = expect(h, Method::PUT, PATH).await;
-                assert_eq!(body["metadata"]["resourceVersion"], "100");
-                assert_eq!(body["spec"]["leaseTransitions"], 4);
-                assert_eq!(body["spec"]["holderIdentity"], "me");
-                assert_eq!(body["spec"]["leaseDurationSeconds"], 2);
-                assert_ne!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
-                assert_eq!(body["spec"]["acquireTime"], body["spec"]["renewTime"]);
-                reply(send, 200, &body);
-            },
-        )
-        .await;
-        assert_eq!(state, held(4));
+        let free = lease_json(None, 3, &ts(-1), "100");
+        let setup = |l: &KubeLease| assert_eq!(l.lease_duration(), Duration::from_secs(2));
+        let body = acquire_writing(setup, free, 4).await;
+        assert_ne!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
+        assert_eq!(body["spec"]["acquireTime"], body["spec"]["renewTime"]);
     }
 
     #[tokio::test]
     async fn taking_over_an_expired_lease_bumps_transitions() {
-        let (lease, handle) = backend();
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("old"), 9, &ts(-10), "7"));
-                let (body, send) = expect(h, Method::PUT, PATH).await;
-                assert_eq!(body["metadata"]["resourceVersion"], "7");
-                assert_eq!(body["spec"]["leaseTransitions"], 10);
-                assert_eq!(body["spec"]["holderIdentity"], "me");
-                reply(send, 200, &body);
-            },
-        )
-        .await;
-        assert_eq!(state, held(10));
+        acquire_writing(|_| {}, lease_json(Some("old"), 9, &ts(-10), "7"), 10).await;
     }
 
     #[tokio::test]
     async fn renewing_keeps_transitions_and_acquire_time() {
-        let (lease, handle) = backend();
+        let old_renew = ts(-1);
+        let mine = lease_json(Some("me"), 7, &old_renew, "55");
         // This instance won epoch 7 earlier.
-        lease.held_epoch.store(7, Ordering::Release);
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let old_renew = ts(-1);
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("me"), 7, &old_renew, "55"));
-                let (body, send) = expect(h, Method::PUT, PATH).await;
-                assert_eq!(body["metadata"]["resourceVersion"], "55");
-                assert_eq!(body["spec"]["leaseTransitions"], 7);
-                assert_eq!(body["spec"]["holderIdentity"], "me");
-                assert_eq!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
-                assert_ne!(body["spec"]["renewTime"], old_renew.as_str());
-                reply(send, 200, &body);
-            },
-        )
-        .await;
-        assert_eq!(state, held(7));
+        let setup = |l: &KubeLease| l.held_epoch.store(7, Ordering::Release);
+        let body = acquire_writing(setup, mine, 7).await;
+        assert_eq!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
+        assert_ne!(body["spec"]["renewTime"], old_renew.as_str());
     }
 
     /// A live lease naming us that this instance never won (a restarted process with
     /// the same pod name) is taken over as a new epoch, never renewed at the old epoch.
     #[tokio::test]
     async fn a_live_lease_of_an_earlier_incarnation_is_a_new_term() {
-        let (lease, handle) = backend();
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("me"), 7, &ts(-1), "55"));
-                let (body, send) = expect(h, Method::PUT, PATH).await;
-                assert_eq!(body["metadata"]["resourceVersion"], "55");
-                assert_eq!(body["spec"]["leaseTransitions"], 8);
-                assert_eq!(body["spec"]["holderIdentity"], "me");
-                assert_ne!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
-                reply(send, 200, &body);
-            },
-        )
-        .await;
-        assert_eq!(state, held(8));
+        let mine = lease_json(Some("me"), 7, &ts(-1), "55");
+        let body = acquire_writing(|_| {}, mine, 8).await;
+        assert_ne!(body["spec"]["acquireTime"], "2020-01-01T00:00:00.000000Z");
     }
 
     #[tokio::test]
     async fn a_live_lease_of_another_is_only_read() {
-        let (lease, handle) = backend();
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("other"), 4, &ts(0), "1"));
-            },
-        )
-        .await;
-        assert_eq!(
-            state,
-            LeaseState::Other {
-                holder: "other".into(),
-                epoch: 4
-            }
-        );
+        let live = lease_json(Some("other"), 4, &ts(0), "1");
+        let state = acquire(async |h| get_answers(h, live).await).await;
+        assert_eq!(state, other("other", 4));
     }
 
     #[tokio::test]
     async fn conflict_on_put_is_not_held() {
-        let (lease, handle) = backend();
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(None, 3, &ts(-1), "100"));
-                let (body, send) = expect(h, Method::PUT, PATH).await;
-                assert_eq!(body["spec"]["leaseTransitions"], 4);
-                reply(send, 409, &status(409, "Conflict"));
-                // The next round reads the winner's write and backs off.
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("other"), 4, &ts(0), "101"));
-            },
-        )
+        let state = acquire(async |h| {
+            get_answers(h, lease_json(None, 3, &ts(-1), "100")).await;
+            put_by_me_conflicts(h, "100", 4).await;
+            // The next round reads the winner's write and backs off.
+            get_answers(h, lease_json(Some("other"), 4, &ts(0), "101")).await;
+        })
         .await;
-        assert_eq!(
-            state,
-            LeaseState::Other {
-                holder: "other".into(),
-                epoch: 4
-            }
-        );
+        assert_eq!(state, other("other", 4));
     }
 
     #[tokio::test]
     async fn conflicts_every_round_are_never_held() {
-        let (lease, handle) = backend();
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                for rv in ["1", "2"] {
-                    let (_, send) = expect(h, Method::GET, PATH).await;
-                    reply(send, 200, &lease_json(Some("me"), 2, &ts(0), rv));
-                    let (body, send) = expect(h, Method::PUT, PATH).await;
-                    assert_eq!(body["metadata"]["resourceVersion"], rv);
-                    reply(send, 409, &status(409, "Conflict"));
-                }
-            },
-        )
+        let state = acquire(async |h| {
+            for rv in ["1", "2"] {
+                get_answers(h, lease_json(Some("me"), 2, &ts(0), rv)).await;
+                put_by_me_conflicts(h, rv, 3).await;
+            }
+        })
         .await;
         assert!(matches!(state, LeaseState::Other { .. }), "{state:?}");
     }
 
     #[tokio::test]
     async fn missing_lease_is_created_at_transition_one() {
-        let (lease, handle) = backend();
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 404, &status(404, "NotFound"));
-                let (body, send) = expect(h, Method::POST, COLLECTION).await;
-                assert_eq!(body["metadata"]["name"], "lp");
-                assert_eq!(body["spec"]["leaseTransitions"], 1);
-                assert_eq!(body["spec"]["holderIdentity"], "me");
-                assert_eq!(body["spec"]["leaseDurationSeconds"], 2);
-                assert!(body["spec"]["acquireTime"].is_string());
-                assert!(body["spec"]["renewTime"].is_string());
-                let mut created = body.clone();
-                created["metadata"]["resourceVersion"] = json!("1");
-                reply(send, 201, &created);
-            },
-        )
+        let state = acquire(async |h| {
+            get_fails(h, 404, "NotFound").await;
+            let (body, send) = expect(h, Method::POST, COLLECTION).await;
+            assert_eq!(body["metadata"]["name"], "lp");
+            assert_eq!(body["spec"]["leaseTransitions"], 1);
+            assert_eq!(body["spec"]["holderIdentity"], "me");
+            assert_eq!(body["spec"]["leaseDurationSeconds"], 2);
+            assert!(body["spec"]["acquireTime"].is_string());
+            assert!(body["spec"]["renewTime"].is_string());
+            let mut created = body.clone();
+            created["metadata"]["resourceVersion"] = json!("1");
+            reply(send, 201, &created);
+        })
         .await;
         assert_eq!(state, held(1));
     }
 
     #[tokio::test]
     async fn losing_the_create_race_observes_the_winner() {
-        let (lease, handle) = backend();
-        let state = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 404, &status(404, "NotFound"));
-                let (_, send) = expect(h, Method::POST, COLLECTION).await;
-                reply(send, 409, &status(409, "AlreadyExists"));
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("other"), 1, &ts(0), "1"));
-            },
-        )
+        let state = acquire(async |h| {
+            get_fails(h, 404, "NotFound").await;
+            refuse(h, Method::POST, COLLECTION, 409, "AlreadyExists").await;
+            get_answers(h, lease_json(Some("other"), 1, &ts(0), "1")).await;
+        })
         .await;
-        assert_eq!(
-            state,
-            LeaseState::Other {
-                holder: "other".into(),
-                epoch: 1
-            }
-        );
+        assert_eq!(state, other("other", 1));
     }
 
     #[tokio::test]
     async fn release_clears_holder_and_keeps_transitions() {
-        let (lease, handle) = backend();
-        run(
-            lease,
-            handle,
-            async |l| l.release().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("me"), 6, &ts(0), "9"));
-                let (body, send) = expect(h, Method::PUT, PATH).await;
-                assert_eq!(body["metadata"]["resourceVersion"], "9");
-                assert!(
-                    body["spec"]
-                        .get("holderIdentity")
-                        .is_none_or(Value::is_null)
-                );
-                assert_eq!(body["spec"]["leaseTransitions"], 6);
-                reply(send, 200, &body);
-            },
-        )
+        release(async |h| {
+            get_answers(h, lease_json(Some("me"), 6, &ts(0), "9")).await;
+            let (body, send) = expect_put(h, "9", 6).await;
+            assert!(
+                body["spec"]
+                    .get("holderIdentity")
+                    .is_none_or(Value::is_null)
+            );
+            reply(send, 200, &body);
+        })
         .await;
     }
 
     #[tokio::test]
     async fn release_of_anothers_lease_writes_nothing() {
-        let (lease, handle) = backend();
-        run(
-            lease,
-            handle,
-            async |l| l.release().await.unwrap(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(Some("other"), 6, &ts(0), "9"));
-            },
-        )
-        .await;
+        let live = lease_json(Some("other"), 6, &ts(0), "9");
+        release(async |h| get_answers(h, live).await).await;
     }
 
     #[tokio::test]
     async fn other_api_errors_are_kube_errors_naming_the_lease() {
-        let (lease, handle) = backend();
-        let err = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap_err(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 403, &status(403, "Forbidden"));
-            },
-        )
-        .await;
+        let err = acquire_err(async |h| get_fails(h, 403, "Forbidden").await).await;
         assert!(matches!(err, LeaseError::Kube { .. }), "{err:?}");
         assert!(err.to_string().contains("default/lp"), "{err}");
     }
 
     #[tokio::test]
     async fn negative_transitions_are_rejected() {
-        let (lease, handle) = backend();
-        let err = run(
-            lease,
-            handle,
-            async |l| l.try_acquire_or_renew().await.unwrap_err(),
-            async |h| {
-                let (_, send) = expect(h, Method::GET, PATH).await;
-                reply(send, 200, &lease_json(None, -1, &ts(0), "9"));
-            },
-        )
-        .await;
+        let bad = lease_json(None, -1, &ts(0), "9");
+        let err = acquire_err(async |h| get_answers(h, bad).await).await;
         assert!(
             matches!(err, LeaseError::InvalidKubeLease { .. }),
             "{err:?}"

@@ -333,11 +333,21 @@ mod tests {
         }
     }
 
-    fn q() -> TargetQueue {
+    fn queue(normal_bytes: usize, catchup_bytes: usize) -> TargetQueue {
         TargetQueue::new(QueueLimits {
-            normal_bytes: 1 << 20,
-            catchup_bytes: 1 << 20,
+            normal_bytes,
+            catchup_bytes,
         })
+    }
+
+    fn q() -> TargetQueue {
+        queue(1 << 20, 1 << 20)
+    }
+
+    /// Suspends `q` and checks that it is suspended with both queues empty.
+    fn suspend_empties(q: &mut TargetQueue) {
+        q.suspend();
+        assert_eq!((q.state(), q.len()), (Suspended, 0));
     }
 
     fn indexes(batch: &[ShardEntry]) -> Vec<u64> {
@@ -366,8 +376,7 @@ mod tests {
         let mut q = q();
         q.resume(0, 0);
         q.push_normal(e(1));
-        q.suspend();
-        assert_eq!((q.state(), q.len()), (Suspended, 0));
+        suspend_empties(&mut q);
     }
 
     #[test]
@@ -415,14 +424,12 @@ mod tests {
         let mut q = q();
         q.resume(0, 5);
         q.push_catchup(1, e(1));
-        q.suspend();
-        assert_eq!((q.state(), q.len()), (Suspended, 0));
+        suspend_empties(&mut q);
         q.resume(0, 5);
         q.push_catchup(2, e(1));
         q.read_done(2, 5);
         assert_eq!(q.state(), FetchCompleted);
-        q.suspend();
-        assert_eq!((q.state(), q.len()), (Suspended, 0));
+        suspend_empties(&mut q);
     }
 
     #[test]
@@ -450,10 +457,7 @@ mod tests {
 
     #[test]
     fn an_overflowing_normal_queue_switches_to_recovery_from_the_log() {
-        let mut q = TargetQueue::new(QueueLimits {
-            normal_bytes: 8,
-            catchup_bytes: 1 << 20,
-        });
+        let mut q = queue(8, 1 << 20);
         q.resume(0, 0);
         q.push_normal(e(1));
         assert_eq!(indexes(&q.next_batch(1, 1 << 20)), vec![1]);
@@ -484,10 +488,7 @@ mod tests {
 
     #[test]
     fn a_full_catchup_queue_asks_the_reader_to_wait() {
-        let mut q = TargetQueue::new(QueueLimits {
-            normal_bytes: 1 << 20,
-            catchup_bytes: 4,
-        });
+        let mut q = queue(1 << 20, 4);
         q.resume(0, 10);
         assert!(q.catchup_has_room(1));
         q.push_catchup(1, e(1));

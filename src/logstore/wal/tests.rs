@@ -4,6 +4,7 @@
 use super::*;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,19 @@ fn record_size(i: u64) -> u64 {
     RECORD_HEADER_LEN + payload(i).len() as u64
 }
 
+/// Appends payload(i) for every i in `indexes`, as one batch.
+fn append_payloads(wal: &mut Wal, indexes: Range<u64>) -> Result<u64, WalError> {
+    let owned: Vec<Vec<u8>> = indexes.map(payload).collect();
+    let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+    wal.append_batch(&refs)
+}
+
+/// Appends payload(next), checks that it got index `next` and that `first..=next` read back.
+fn append_next(wal: &mut Wal, first: u64, next: u64) {
+    assert_eq!(wal.append_batch(&[&payload(next)]).unwrap(), next);
+    assert_all_payloads(&wal.reader(), first, next);
+}
+
 /// Appends payload(i) for i in `from..from + n`, in batches of 1..=batch.
 fn append_range(wal: &mut Wal, from: u64, n: u64, batch: usize) {
     let mut i = from;
@@ -34,28 +48,20 @@ fn append_range(wal: &mut Wal, from: u64, n: u64, batch: usize) {
     let mut size = 1;
     while i < end {
         let k = (size as u64).min(end - i);
-        let owned: Vec<Vec<u8>> = (i..i + k).map(payload).collect();
-        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-        assert_eq!(wal.append_batch(&refs).unwrap(), i);
+        assert_eq!(append_payloads(wal, i..i + k).unwrap(), i);
         i += k;
         size = size % batch + 1;
     }
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    list_segments(dir)
-        .unwrap()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect()
+    let (_, files): (Vec<u64>, _) = list_segments(dir).unwrap().into_iter().unzip();
+    files
 }
 
 fn segment_firsts(dir: &Path) -> Vec<u64> {
-    list_segments(dir)
-        .unwrap()
-        .into_iter()
-        .map(|(f, _)| f)
-        .collect()
+    let (firsts, _): (_, Vec<PathBuf>) = list_segments(dir).unwrap().into_iter().unzip();
+    firsts
 }
 
 fn assert_all_payloads(reader: &WalReader, first: u64, last: u64) {
@@ -103,10 +109,42 @@ fn expect_corruption(result: Result<(Wal, OpenReport), WalError>) -> (PathBuf, u
     }
 }
 
+fn open_small(dir: &Path) -> (Wal, OpenReport) {
+    Wal::open(small_config(dir)).unwrap()
+}
+
+/// Opening `dir`, expected to fail with corruption.
+fn open_corrupt(dir: &Path) -> (PathBuf, u64, String) {
+    expect_corruption(Wal::open(small_config(dir)))
+}
+
+/// A WAL in `dir` holding records 1..=n, appended in batches of 1..=batch.
+fn filled(dir: &Path, n: u64, batch: usize) -> Wal {
+    let (mut wal, _) = open_small(dir);
+    append_range(&mut wal, 1, n, batch);
+    wal
+}
+
+/// Records 1..=n in three or more segments of a closed WAL; returns the segment paths.
+fn three_or_more_segments(dir: &Path, n: u64) -> Vec<PathBuf> {
+    drop(filled(dir, n, 3));
+    let files = segment_files(dir);
+    assert!(files.len() >= 3);
+    files
+}
+
+/// Closes `wal`, reopens its `dir` and checks that it holds 1..=last intact, with no
+/// torn tail cut.
+fn reopen_intact(wal: Wal, dir: &Path, last: u64) {
+    drop(wal);
+    let (wal, report) = open_small(dir);
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (last, 0));
+    assert_all_payloads(&wal.reader(), 1, last);
+}
+
 /// One segment with records 1..=5; returns the segment path.
 fn five_records(dir: &Path) -> PathBuf {
-    let (mut wal, _) = Wal::open(small_config(dir)).unwrap();
-    append_range(&mut wal, 1, 5, 2);
+    drop(filled(dir, 5, 2));
     let files = segment_files(dir);
     assert_eq!(files.len(), 1);
     files[0].clone()
@@ -143,8 +181,7 @@ fn a_fresh_log_starts_at_index_one_and_is_empty() {
 fn appends_then_reopen_give_dense_indexes_from_one_and_identical_payloads_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
-        append_range(&mut wal, 1, 200, 9);
+        let wal = filled(dir.path(), 200, 9);
         assert_eq!(wal.last_index(), 200);
         assert_all_payloads(&wal.reader(), 1, 200);
     }
@@ -154,7 +191,7 @@ fn appends_then_reopen_give_dense_indexes_from_one_and_identical_payloads_across
         "expected several segments, got {}",
         files.len()
     );
-    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, report) = open_small(dir.path());
     assert_eq!(
         report,
         OpenReport {
@@ -173,21 +210,18 @@ fn appends_then_reopen_give_dense_indexes_from_one_and_identical_payloads_across
         assert!(file_len(path) >= MIN_SEGMENT_BYTES);
     }
     append_range(&mut wal, 201, 20, 4);
-    drop(wal);
-    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
-    assert_eq!(report.last_index, 220);
-    assert_all_payloads(&wal.reader(), 1, 220);
+    reopen_intact(wal, dir.path(), 220);
 }
 
 #[test]
 fn a_single_record_larger_than_a_segment_is_stored_and_the_next_one_starts_a_new_segment() {
     let dir = tempfile::tempdir().unwrap();
     let big = vec![7u8; 3 * MIN_SEGMENT_BYTES as usize];
-    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, _) = open_small(dir.path());
     wal.append_batch(&[b"small", &big, b"after"]).unwrap();
     assert_eq!(segment_firsts(dir.path()), vec![1, 3]);
     drop(wal);
-    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (wal, report) = open_small(dir.path());
     assert_eq!(report.last_index, 3);
     let got = wal.reader().read_range(1, 3, usize::MAX).unwrap();
     assert_eq!(got[1].1, big);
@@ -197,8 +231,7 @@ fn a_single_record_larger_than_a_segment_is_stored_and_the_next_one_starts_a_new
 #[test]
 fn read_range_respects_from_to_and_max_bytes_returns_removed_below_first_and_empty_past_last() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
-    append_range(&mut wal, 1, 100, 5);
+    let mut wal = filled(dir.path(), 100, 5);
     let reader = wal.reader();
 
     let got = reader.read_range(3, 5, usize::MAX).unwrap();
@@ -243,15 +276,12 @@ fn torn_tail_cut_mid_record_is_truncated_reported_and_appending_continues() {
     f.set_len(full - 3).unwrap();
     drop(f);
 
-    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, report) = open_small(dir.path());
     assert_eq!(report.torn_bytes_truncated, record_size(5) - 3);
     assert_eq!((report.last_index, report.entries), (4, 4));
     assert_eq!(file_len(&path), full - record_size(5));
-    assert_eq!(wal.append_batch(&[&payload(5)]).unwrap(), 5);
-    drop(wal);
-    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
-    assert_eq!((report.last_index, report.torn_bytes_truncated), (5, 0));
-    assert_all_payloads(&wal.reader(), 1, 5);
+    append_next(&mut wal, 1, 5);
+    reopen_intact(wal, dir.path(), 5);
 }
 
 #[test]
@@ -261,11 +291,10 @@ fn torn_tail_of_a_partial_record_header_is_truncated() {
     let full = file_len(&path);
     append_bytes(&path, &[0x10, 0, 0, 0, 0x99]);
 
-    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, report) = open_small(dir.path());
     assert_eq!((report.torn_bytes_truncated, report.last_index), (5, 5));
     assert_eq!(file_len(&path), full);
-    assert_eq!(wal.append_batch(&[&payload(6)]).unwrap(), 6);
-    assert_all_payloads(&wal.reader(), 1, 6);
+    append_next(&mut wal, 1, 6);
 }
 
 #[test]
@@ -273,7 +302,7 @@ fn torn_tail_whose_header_claims_more_than_the_file_holds_is_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let path = five_records(dir.path());
     append_bytes(&path, &[0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4, 5, 6]);
-    let (_wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (_wal, report) = open_small(dir.path());
     assert_eq!((report.torn_bytes_truncated, report.last_index), (10, 5));
 }
 
@@ -284,12 +313,11 @@ fn torn_tail_with_a_bad_checksum_in_the_final_record_is_truncated() {
     let full = file_len(&path);
     flip_byte(&path, full - 1);
 
-    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, report) = open_small(dir.path());
     assert_eq!(report.torn_bytes_truncated, record_size(5));
     assert_eq!(report.last_index, 4);
     assert_eq!(file_len(&path), full - record_size(5));
-    assert_eq!(wal.append_batch(&[&payload(5)]).unwrap(), 5);
-    assert_all_payloads(&wal.reader(), 1, 5);
+    append_next(&mut wal, 1, 5);
 }
 
 #[test]
@@ -299,18 +327,17 @@ fn a_zero_length_or_partial_header_last_segment_gets_its_header_rewritten() {
     let empty = segment_path(dir.path(), 6);
     File::create(&empty).unwrap();
 
-    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (wal, report) = open_small(dir.path());
     assert_eq!((report.last_index, report.segments), (5, 2));
     assert_eq!(report.torn_bytes_truncated, 0);
     assert_eq!(fs::read(&empty).unwrap(), SEGMENT_MAGIC);
     drop(wal);
 
     fs::write(&empty, b"LPW").unwrap();
-    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, report) = open_small(dir.path());
     assert_eq!((report.last_index, report.torn_bytes_truncated), (5, 3));
-    assert_eq!(wal.append_batch(&[&payload(6)]).unwrap(), 6);
+    append_next(&mut wal, 1, 6);
     assert_eq!(file_len(&empty), SEGMENT_HEADER_LEN + record_size(6));
-    assert_all_payloads(&wal.reader(), 1, 6);
 }
 
 #[test]
@@ -321,7 +348,7 @@ fn a_corrupt_middle_record_fails_open_naming_the_file_and_byte_offset() {
     let record2 = SEGMENT_HEADER_LEN + record_size(1);
     flip_byte(&path, record2 + RECORD_HEADER_LEN);
 
-    let (err_path, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    let (err_path, offset, text) = open_corrupt(dir.path());
     assert_eq!(err_path, path);
     assert_eq!(offset, record2);
     assert!(text.contains("00000000000000000001.wal"), "{text}");
@@ -348,7 +375,7 @@ fn a_bad_segment_magic_is_corruption_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = five_records(dir.path());
     flip_byte(&path, 0);
-    let (err_path, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    let (err_path, offset, text) = open_corrupt(dir.path());
     assert_eq!((err_path, offset), (path, 0));
     assert!(text.contains("magic"), "{text}");
 }
@@ -356,18 +383,13 @@ fn a_bad_segment_magic_is_corruption_naming_the_file() {
 #[test]
 fn damage_in_a_non_last_segment_is_corruption_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
-        append_range(&mut wal, 1, 80, 3);
-    }
-    let files = segment_files(dir.path());
-    assert!(files.len() >= 3);
+    let files = three_or_more_segments(dir.path(), 80);
     let first = &files[0];
     let len = file_len(first);
 
     // A bad checksum in the final record of a non-last segment.
     flip_byte(first, len - 1);
-    let (err_path, _, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    let (err_path, _, text) = open_corrupt(dir.path());
     assert_eq!(&err_path, first);
     assert!(text.contains("checksum"), "{text}");
     flip_byte(first, len - 1);
@@ -375,7 +397,7 @@ fn damage_in_a_non_last_segment_is_corruption_even_at_its_end() {
     // A non-last segment cut short.
     let f = OpenOptions::new().write(true).open(first).unwrap();
     f.set_len(len - 2).unwrap();
-    let (err_path, _, _) = expect_corruption(Wal::open(small_config(dir.path())));
+    let (err_path, _, _) = open_corrupt(dir.path());
     assert_eq!(&err_path, first);
     assert_eq!(file_len(first), len - 2, "corruption must not truncate");
 }
@@ -383,14 +405,9 @@ fn damage_in_a_non_last_segment_is_corruption_even_at_its_end() {
 #[test]
 fn a_missing_middle_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
-        append_range(&mut wal, 1, 100, 3);
-    }
-    let files = segment_files(dir.path());
-    assert!(files.len() >= 3);
+    let files = three_or_more_segments(dir.path(), 100);
     fs::remove_file(&files[1]).unwrap();
-    let (err_path, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    let (err_path, offset, text) = open_corrupt(dir.path());
     assert_eq!((&err_path, offset), (&files[2], 0));
     assert!(text.contains("missing segment"), "{text}");
 }
@@ -398,8 +415,7 @@ fn a_missing_middle_segment_is_corruption() {
 #[test]
 fn remove_below_removes_only_whole_segments_entirely_below_and_never_the_active_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
-    append_range(&mut wal, 1, 200, 6);
+    let mut wal = filled(dir.path(), 200, 6);
     let firsts = segment_firsts(dir.path());
     assert!(firsts.len() >= 4);
 
@@ -419,11 +435,10 @@ fn remove_below_removes_only_whole_segments_entirely_below_and_never_the_active_
     assert_all_payloads(&wal.reader(), active_first, 200);
     drop(wal);
 
-    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, report) = open_small(dir.path());
     assert_eq!((report.first_index, report.last_index), (active_first, 200));
     assert_eq!(report.entries, 201 - active_first);
-    assert_eq!(wal.append_batch(&[&payload(201)]).unwrap(), 201);
-    assert_all_payloads(&wal.reader(), active_first, 201);
+    append_next(&mut wal, active_first, 201);
 }
 
 #[test]
@@ -431,12 +446,12 @@ fn remove_below_on_an_empty_active_segment_leaves_first_index_past_last_index() 
     let dir = tempfile::tempdir().unwrap();
     five_records(dir.path());
     File::create(segment_path(dir.path(), 6)).unwrap();
-    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, _) = open_small(dir.path());
     assert_eq!(wal.remove_below(6).unwrap(), 1);
     assert_eq!((wal.first_index(), wal.last_index()), (6, 5));
     assert!(wal.reader().read_range(6, 10, 100).unwrap().is_empty());
     drop(wal);
-    let (_, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (_, report) = open_small(dir.path());
     assert_eq!(
         (report.first_index, report.last_index, report.entries),
         (6, 5, 0)
@@ -446,7 +461,7 @@ fn remove_below_on_an_empty_active_segment_leaves_first_index_past_last_index() 
 #[test]
 fn a_concurrent_reader_never_sees_beyond_last_index_and_every_payload_matches() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, _) = open_small(dir.path());
     let reader = wal.reader();
     const TOTAL: u64 = 400;
     thread::scope(|scope| {
@@ -480,8 +495,7 @@ fn a_concurrent_reader_never_sees_beyond_last_index_and_every_payload_matches() 
 #[test]
 fn readers_racing_segment_removal_get_data_or_removed_never_an_io_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
-    append_range(&mut wal, 1, 50, 5);
+    let mut wal = filled(dir.path(), 50, 5);
     let reader = wal.reader();
     let done = AtomicBool::new(false);
     thread::scope(|scope| {
@@ -580,13 +594,25 @@ impl SegmentIo for FaultyIo {
     }
 }
 
-#[test]
-fn a_failed_sync_hides_the_batch_from_readers_and_requires_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+/// A WAL in `dir` writing through a [`FaultyIo`] that fails nothing yet.
+fn faulty(dir: &Path) -> (FaultyIo, Wal) {
     let io = FaultyIo::default();
-    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
+    let (wal, _) = Wal::open_with_io(small_config(dir), Box::new(io.clone())).unwrap();
+    (io, wal)
+}
+
+/// [`faulty`] in a new directory, holding records 1..=3, and a reader of it.
+fn faulty_with_three() -> (tempfile::TempDir, FaultyIo, Wal, WalReader) {
+    let dir = tempfile::tempdir().unwrap();
+    let (io, mut wal) = faulty(dir.path());
     append_range(&mut wal, 1, 3, 3);
     let reader = wal.reader();
+    (dir, io, wal, reader)
+}
+
+#[test]
+fn a_failed_sync_hides_the_batch_from_readers_and_requires_reopen() {
+    let (dir, io, mut wal, reader) = faulty_with_three();
 
     io.fail_sync.store(true, Ordering::SeqCst);
     let err = wal.append_batch(&[&payload(4)]).unwrap_err();
@@ -602,46 +628,38 @@ fn a_failed_sync_hides_the_batch_from_readers_and_requires_reopen() {
     let again = wal.append_batch(&[&payload(4)]).unwrap_err();
     assert!(again.to_string().contains("reopened"), "{again}");
     assert_eq!(reader.last_index(), 3);
-    drop(wal);
 
     // The record was fully written (only its sync failed), so recovery
     // keeps it: it was never acknowledged, its fate is up to the disk.
-    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
-    assert_eq!((report.last_index, report.torn_bytes_truncated), (4, 0));
-    assert_all_payloads(&wal.reader(), 1, 4);
+    reopen_intact(wal, dir.path(), 4);
 }
 
 #[test]
 fn a_half_written_batch_is_invisible_and_cut_as_a_torn_tail_on_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let io = FaultyIo::default();
-    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
-    append_range(&mut wal, 1, 3, 3);
-    let reader = wal.reader();
+    let (dir, io, mut wal, reader) = faulty_with_three();
 
     io.half_write.store(true, Ordering::SeqCst);
-    let batch = [payload(4), payload(5)];
-    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-    assert!(matches!(wal.append_batch(&refs), Err(WalError::Io { .. })));
+    assert!(matches!(
+        append_payloads(&mut wal, 4..6),
+        Err(WalError::Io { .. })
+    ));
     assert_eq!(reader.last_index(), 3);
     assert_all_payloads(&reader, 1, 3);
     drop(wal);
 
     let written = (record_size(4) + record_size(5)) / 2;
-    let (mut wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (mut wal, report) = open_small(dir.path());
     let kept = if written >= record_size(4) { 4 } else { 3 };
     assert_eq!(report.last_index, kept);
     let expected_cut = written - if kept == 4 { record_size(4) } else { 0 };
     assert_eq!(report.torn_bytes_truncated, expected_cut);
-    assert_eq!(wal.append_batch(&[&payload(kept + 1)]).unwrap(), kept + 1);
-    assert_all_payloads(&wal.reader(), 1, kept + 1);
+    append_next(&mut wal, 1, kept + 1);
 }
 
 #[test]
 fn a_failed_sync_while_rolling_a_segment_leaves_a_log_that_reopens_contiguously() {
     let dir = tempfile::tempdir().unwrap();
-    let io = FaultyIo::default();
-    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
+    let (io, mut wal) = faulty(dir.path());
     // Fill the first segment to just below the limit.
     let mut i = 1;
     while segment_files(dir.path()).len() == 1
@@ -651,14 +669,12 @@ fn a_failed_sync_while_rolling_a_segment_leaves_a_log_that_reopens_contiguously(
         i += 1;
     }
     io.fail_sync.store(true, Ordering::SeqCst);
-    let batch: Vec<Vec<u8>> = (i..i + 4).map(payload).collect();
-    let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-    assert!(wal.append_batch(&refs).is_err());
+    assert!(append_payloads(&mut wal, i..i + 4).is_err());
     assert_eq!(wal.last_index(), i - 1);
     // The seal failed before the next segment was created.
     assert_eq!(segment_files(dir.path()).len(), 1);
     drop(wal);
-    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    let (wal, report) = open_small(dir.path());
     assert!(report.last_index >= i - 1);
     assert_all_payloads(&wal.reader(), 1, report.last_index);
 }

@@ -107,6 +107,40 @@ fn srm<'a>(conditions: &'a [Condition], type_: &str) -> (&'a str, &'a str, &'a s
     (c.status.as_str(), c.reason.as_str(), c.message.as_str())
 }
 
+/// Checks that Degraded is False, as expected.
+fn assert_not_degraded(conditions: &[Condition]) {
+    assert_eq!(
+        srm(conditions, condition::DEGRADED),
+        ("False", "AsExpected", "")
+    );
+}
+
+/// Checks that Ready is False because no player leads.
+fn assert_unready_without_leader(conditions: &[Condition]) {
+    assert_eq!(
+        srm(conditions, condition::READY),
+        (
+            "False",
+            "NoLeader",
+            "no player leads, so nothing is delivered"
+        )
+    );
+}
+
+/// Checks that Degraded is True for `reason`, with `message`.
+fn assert_degraded(conditions: &[Condition], reason: &str, message: &str) {
+    assert_eq!(
+        srm(conditions, condition::DEGRADED),
+        ("True", reason, message)
+    );
+}
+
+/// Checks that Degraded is True and Ready is False, both for `reason`, with these messages.
+fn assert_degraded_unready(conditions: &[Condition], reason: &str, degraded: &str, ready: &str) {
+    assert_degraded(conditions, reason, degraded);
+    assert_eq!(srm(conditions, condition::READY), ("False", reason, ready));
+}
+
 fn status(obs: &Observed) -> LogPlayerStatus {
     logplayer_status(obs, &LogPlayerStatus::default(), t0())
 }
@@ -230,18 +264,8 @@ fn without_a_lease_there_is_no_leader() {
         srm(&s.conditions, condition::LEADER_ELECTED),
         ("False", "NoLease", "no player has created its Lease yet")
     );
-    assert_eq!(
-        srm(&s.conditions, condition::READY),
-        (
-            "False",
-            "NoLeader",
-            "no player leads, so nothing is delivered"
-        )
-    );
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("False", "AsExpected", "")
-    );
+    assert_unready_without_leader(&s.conditions);
+    assert_not_degraded(&s.conditions);
     assert_eq!((s.leader, s.epoch), (None, None));
 }
 
@@ -266,14 +290,7 @@ fn an_expired_lease_keeps_the_epoch_but_names_no_leader() {
         )
     );
     assert_eq!((s.leader, s.epoch), (None, Some(4)));
-    assert_eq!(
-        srm(&s.conditions, condition::READY),
-        (
-            "False",
-            "NoLeader",
-            "no player leads, so nothing is delivered"
-        )
-    );
+    assert_unready_without_leader(&s.conditions);
 }
 
 #[test]
@@ -305,14 +322,7 @@ fn an_unreachable_shard_degrades_and_unreadies_naming_it() {
         o.shards[1].probe = Probe::Unreachable(S1_DOWN.into())
     }));
     let msg = format!("1 of 3 shards do not answer: shard s1: {S1_DOWN}");
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("True", "ShardUnreachable", msg.as_str())
-    );
-    assert_eq!(
-        srm(&s.conditions, condition::READY),
-        ("False", "ShardUnreachable", msg.as_str())
-    );
+    assert_degraded_unready(&s.conditions, "ShardUnreachable", &msg, &msg);
     // The leader is still there.
     assert_eq!(get(&s.conditions, condition::LEADER_ELECTED).status, "True");
     assert_eq!(s.leader.as_deref(), Some(LEADER));
@@ -322,23 +332,17 @@ fn an_unreachable_shard_degrades_and_unreadies_naming_it() {
         o.shards[0].probe = Probe::Unreachable("a".into());
         o.shards[2].probe = Probe::Unreachable("b".into());
     }));
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        (
-            "True",
-            "ShardUnreachable",
-            "2 of 3 shards do not answer: shard s0: a; shard s2: b"
-        )
+    assert_degraded(
+        &s.conditions,
+        "ShardUnreachable",
+        "2 of 3 shards do not answer: shard s0: a; shard s2: b",
     );
 }
 
 #[test]
 fn an_unknown_shard_probe_is_not_a_problem() {
     let s = status(&healthy_with(|o| o.shards[1].probe = Probe::Unknown));
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("False", "AsExpected", "")
-    );
+    assert_not_degraded(&s.conditions);
     assert_eq!(get(&s.conditions, condition::READY).status, "True");
 }
 
@@ -348,14 +352,8 @@ fn an_unreachable_logstore_degrades() {
         o.logstore = Probe::Unreachable(LOGSTORE_DOWN.into());
         o.head_index = None;
     }));
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("True", "LogStoreUnreachable", LOGSTORE_DOWN)
-    );
-    assert_eq!(
-        srm(&s.conditions, condition::READY),
-        ("False", "LogStoreUnreachable", LOGSTORE_DOWN)
-    );
+    let reason = "LogStoreUnreachable";
+    assert_degraded_unready(&s.conditions, reason, LOGSTORE_DOWN, LOGSTORE_DOWN);
     assert_eq!(s.lag, None);
 }
 
@@ -365,14 +363,7 @@ fn a_pod_that_cannot_start_degrades() {
     let s = status(&healthy_with(|o| {
         o.pod_problem = Some(Problem::new("ImagePullFailed", msg))
     }));
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("True", "ImagePullFailed", msg)
-    );
-    assert_eq!(
-        srm(&s.conditions, condition::READY),
-        ("False", "ImagePullFailed", msg)
-    );
+    assert_degraded_unready(&s.conditions, "ImagePullFailed", msg, msg);
 }
 
 #[test]
@@ -387,28 +378,18 @@ fn a_spec_problem_comes_first_and_every_message_is_joined() {
     }));
     let joined =
         format!("{spec}; {pod}; {LOGSTORE_DOWN}; 1 of 3 shards do not answer: shard s1: {S1_DOWN}");
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("True", "SlotsUnowned", joined.as_str())
-    );
     // Ready names the first problem only.
-    assert_eq!(
-        srm(&s.conditions, condition::READY),
-        ("False", "SlotsUnowned", spec)
-    );
+    assert_degraded_unready(&s.conditions, "SlotsUnowned", &joined, spec);
 
     // Without the spec problem, the pod comes next.
     let s = status(&healthy_with(|o| {
         o.pod_problem = Some(Problem::new("CrashLoopBackOff", pod));
         o.logstore = Probe::Unreachable(LOGSTORE_DOWN.into());
     }));
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        (
-            "True",
-            "CrashLoopBackOff",
-            &*format!("{pod}; {LOGSTORE_DOWN}")
-        )
+    assert_degraded(
+        &s.conditions,
+        "CrashLoopBackOff",
+        &format!("{pod}; {LOGSTORE_DOWN}"),
     );
     // And the LogStore before the shards.
     let s = status(&healthy_with(|o| {
@@ -574,6 +555,11 @@ fn shard_obs() -> ShardObservation {
     }
 }
 
+/// The first status of a shard observed as `obs`, at t0.
+fn first_shard_status(obs: &ShardObservation) -> ShardStatus {
+    shard_status(obs, &ShardStatus::default(), t0())
+}
+
 fn shard_obs_with(f: impl FnOnce(&mut ShardObservation)) -> ShardObservation {
     let mut obs = shard_obs();
     f(&mut obs);
@@ -591,7 +577,7 @@ fn with_cursor() -> ShardStatus {
 
 #[test]
 fn a_reachable_shard_is_ready_and_serving() {
-    let s = shard_status(&shard_obs(), &ShardStatus::default(), t0());
+    let s = first_shard_status(&shard_obs());
     assert_eq!(
         s,
         ShardStatus {
@@ -636,14 +622,7 @@ fn an_unreachable_shard_is_not_ready_and_degraded() {
         &with_cursor(),
         t0(),
     );
-    assert_eq!(
-        srm(&s.conditions, condition::READY),
-        ("False", "ShardUnreachable", why.as_str())
-    );
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("True", "ShardUnreachable", why.as_str())
-    );
+    assert_degraded_unready(&s.conditions, "ShardUnreachable", &why, &why);
     assert_eq!(s.ready, Some(false));
     assert_eq!(s.endpoint.as_deref(), Some(ENDPOINT));
     assert_eq!(s.lag, Some(12));
@@ -651,22 +630,15 @@ fn an_unreachable_shard_is_not_ready_and_degraded() {
 
 #[test]
 fn a_shard_whose_logplayer_is_missing_is_degraded() {
-    let s = shard_status(
-        &shard_obs_with(|o| {
-            o.log_player_found = false;
-            o.lag = None;
-        }),
-        &ShardStatus::default(),
-        t0(),
-    );
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        (
-            "True",
-            "LogPlayerNotFound",
-            "the LogPlayer named in spec.logPlayer does not exist in this namespace, so \
-                 nothing is delivered to this shard"
-        )
+    let s = first_shard_status(&shard_obs_with(|o| {
+        o.log_player_found = false;
+        o.lag = None;
+    }));
+    assert_degraded(
+        &s.conditions,
+        "LogPlayerNotFound",
+        "the LogPlayer named in spec.logPlayer does not exist in this namespace, so \
+                 nothing is delivered to this shard",
     );
     // Its server still answers.
     assert_eq!(get(&s.conditions, condition::READY).reason, "Serving");
@@ -677,49 +649,36 @@ fn a_shard_whose_logplayer_is_missing_is_degraded() {
 fn a_shard_spec_problem_is_not_ready_with_its_reason() {
     let msg = "Shard s0: Shard spec must set exactly one of `external` or `managed`, but \
                    sets neither";
-    let s = shard_status(
-        &shard_obs_with(|o| {
-            o.spec_problem = Some(Problem::new("InvalidShard", msg));
-            o.endpoint = None;
-            o.probe = Probe::Unknown;
-            o.log_player_found = false;
-        }),
-        &ShardStatus::default(),
-        t0(),
-    );
+    let s = first_shard_status(&shard_obs_with(|o| {
+        o.spec_problem = Some(Problem::new("InvalidShard", msg));
+        o.endpoint = None;
+        o.probe = Probe::Unknown;
+        o.log_player_found = false;
+    }));
     assert_eq!(
         srm(&s.conditions, condition::READY),
         ("False", "InvalidShard", msg)
     );
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        (
-            "True",
-            "InvalidShard",
-            &*format!(
-                "{msg}; the LogPlayer named in spec.logPlayer does not exist in this \
+    assert_degraded(
+        &s.conditions,
+        "InvalidShard",
+        &format!(
+            "{msg}; the LogPlayer named in spec.logPlayer does not exist in this \
                      namespace, so nothing is delivered to this shard"
-            )
-        )
+        ),
     );
     assert_eq!((s.ready, s.endpoint), (Some(false), None));
 
     // The spec problem wins over a reachable server in Ready.
-    let s = shard_status(
-        &shard_obs_with(|o| o.spec_problem = Some(Problem::new("InvalidShard", msg))),
-        &ShardStatus::default(),
-        t0(),
-    );
+    let s = first_shard_status(&shard_obs_with(|o| {
+        o.spec_problem = Some(Problem::new("InvalidShard", msg))
+    }));
     assert_eq!(get(&s.conditions, condition::READY).reason, "InvalidShard");
 }
 
 #[test]
 fn an_unprobed_shard_is_not_ready_yet() {
-    let s = shard_status(
-        &shard_obs_with(|o| o.probe = Probe::Unknown),
-        &ShardStatus::default(),
-        t0(),
-    );
+    let s = first_shard_status(&shard_obs_with(|o| o.probe = Probe::Unknown));
     assert_eq!(
         srm(&s.conditions, condition::READY),
         (
@@ -728,16 +687,13 @@ fn an_unprobed_shard_is_not_ready_yet() {
             "the shard server has not been asked yet"
         )
     );
-    assert_eq!(
-        srm(&s.conditions, condition::DEGRADED),
-        ("False", "AsExpected", "")
-    );
+    assert_not_degraded(&s.conditions);
     assert_eq!(s.ready, Some(false));
 }
 
 #[test]
 fn shard_transition_times_change_only_when_a_status_flips() {
-    let first = shard_status(&shard_obs(), &ShardStatus::default(), t0());
+    let first = first_shard_status(&shard_obs());
     let moved = shard_obs_with(|o| {
         o.endpoint = Some("s0.example:7100".into());
         o.lag = Some(99);
@@ -918,12 +874,10 @@ fn becoming_ready_is_a_normal_event() {
 
 #[test]
 fn shard_condition_changes_give_events_too() {
-    let up = shard_status(&shard_obs(), &ShardStatus::default(), t0()).conditions;
-    let down = shard_status(
-        &shard_obs_with(|o| o.probe = Probe::Unreachable("refused".into())),
-        &ShardStatus::default(),
-        t0(),
-    )
+    let up = first_shard_status(&shard_obs()).conditions;
+    let down = first_shard_status(&shard_obs_with(|o| {
+        o.probe = Probe::Unreachable("refused".into())
+    }))
     .conditions;
     assert_eq!(
         events_for(&up, &down),

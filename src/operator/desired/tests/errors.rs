@@ -2,14 +2,34 @@
 
 use super::*;
 
+/// Managed shards, one slot range each.
+fn managed(shards: &[(&str, i32, i32)]) -> Vec<Shard> {
+    shards
+        .iter()
+        .map(|&(name, start, end)| managed_shard(name, &[(start, end)]))
+        .collect()
+}
+
+/// The error for the sample spec with `shards`, checked to carry `reason`.
+fn shards_err(shards: &[Shard], reason: &str) -> DesiredError {
+    let e = err(&logplayer(managed_spec()), shards);
+    assert_eq!(e.reason(), reason, "{e}");
+    e
+}
+
+/// The error for `lp` with the four sample shards, checked to be InvalidSpec.
+fn spec_err(lp: &LogPlayer) -> DesiredError {
+    let e = err(lp, &four_shards());
+    assert_eq!(e.reason(), "InvalidSpec", "{e}");
+    e
+}
+
 #[test]
 fn overlapping_shards_are_slots_overlap_naming_both_and_the_slots() {
-    let shards = vec![
-        managed_shard("alpha", &[(0, 8191)]),
-        managed_shard("beta", &[(8000, 16383)]),
-    ];
-    let e = err(&logplayer(managed_spec()), &shards);
-    assert_eq!(e.reason(), "SlotsOverlap");
+    let e = shards_err(
+        &managed(&[("alpha", 0, 8191), ("beta", 8000, 16383)]),
+        "SlotsOverlap",
+    );
     assert!(
         matches!(&e, DesiredError::Coverage(Coverage(i))
                 if i == &[CoverageIssue::Overlap { from: 8000, to: 8191, a: "alpha".into(), b: "beta".into() }]),
@@ -24,13 +44,8 @@ fn overlapping_shards_are_slots_overlap_naming_both_and_the_slots() {
 
 #[test]
 fn an_overlap_outranks_a_hole_and_both_are_named() {
-    let shards = vec![
-        managed_shard("a", &[(0, 100)]),
-        managed_shard("b", &[(50, 16000)]),
-    ];
-    let e = err(&logplayer(managed_spec()), &shards);
-    assert_eq!(e.reason(), "SlotsOverlap");
-    let m = e.to_string();
+    let shards = managed(&[("a", 0, 100), ("b", 50, 16000)]);
+    let m = shards_err(&shards, "SlotsOverlap").to_string();
     assert!(
         m.contains("slots 50-100 are owned by both shard \"a\" and shard \"b\""),
         "{m}"
@@ -40,12 +55,8 @@ fn an_overlap_outranks_a_hole_and_both_are_named() {
 
 #[test]
 fn a_hole_is_slots_unowned_naming_the_missing_range() {
-    let shards = vec![
-        managed_shard("s0", &[(0, 4095)]),
-        managed_shard("s2", &[(8192, 16383)]),
-    ];
-    let e = err(&logplayer(managed_spec()), &shards);
-    assert_eq!(e.reason(), "SlotsUnowned");
+    let shards = managed(&[("s0", 0, 4095), ("s2", 8192, 16383)]);
+    let e = shards_err(&shards, "SlotsUnowned");
     assert_eq!(
         e.to_string(),
         "shards do not own every slot exactly once: slots 4096-8191 are owned by no shard"
@@ -54,8 +65,7 @@ fn a_hole_is_slots_unowned_naming_the_missing_range() {
 
 #[test]
 fn no_shards_is_no_shards() {
-    let e = err(&logplayer(managed_spec()), &[]);
-    assert_eq!(e.reason(), "NoShards");
+    let e = shards_err(&[], "NoShards");
     assert!(e.to_string().contains("no shards"), "{e}");
     assert!(e.to_string().contains("0-16383"), "{e}");
 }
@@ -68,8 +78,7 @@ fn a_shard_with_both_backends_is_invalid_shard_naming_it() {
         &[(8192, 12287)],
         json!({"external": {"endpoint": "x:1"}, "managed": {"storage": "1Gi"}}),
     );
-    let e = err(&logplayer(managed_spec()), &shards);
-    assert_eq!(e.reason(), "InvalidShard");
+    let e = shards_err(&shards, "InvalidShard");
     assert!(
         matches!(&e, DesiredError::Shard { shard, .. } if shard == "s2"),
         "{e:?}"
@@ -80,8 +89,7 @@ fn a_shard_with_both_backends_is_invalid_shard_naming_it() {
     );
 
     shards[0] = shard("s2", &[(8192, 12287)], json!({}));
-    let e = err(&logplayer(managed_spec()), &shards);
-    assert_eq!(e.reason(), "InvalidShard");
+    let e = shards_err(&shards, "InvalidShard");
     assert!(e.to_string().starts_with("Shard s2: "), "{e}");
     assert!(e.to_string().contains("neither"), "{e}");
 }
@@ -90,8 +98,7 @@ fn a_shard_with_both_backends_is_invalid_shard_naming_it() {
 fn a_shard_with_malformed_ranges_is_invalid_shard_naming_it() {
     let mut shards = four_shards();
     shards[0] = managed_shard("s2", &[(12287, 8192)]);
-    let e = err(&logplayer(managed_spec()), &shards);
-    assert_eq!(e.reason(), "InvalidShard");
+    let e = shards_err(&shards, "InvalidShard");
     assert_eq!(
         e.to_string(),
         "Shard s2: invalid slot ranges: slot range 12287-8192 starts after it ends"
@@ -103,8 +110,7 @@ fn bad_lease_timing_is_invalid_spec() {
     let lp = lp_with(|v| {
         v["lease"] = json!({"leaseDuration": "2s", "renewDeadline": "2s", "retryPeriod": "250ms"});
     });
-    let e = err(&lp, &four_shards());
-    assert_eq!(e.reason(), "InvalidSpec");
+    let e = spec_err(&lp);
     assert!(
         matches!(e, DesiredError::Spec(CrdError::LeaseTiming { .. })),
         "{e:?}"
@@ -116,13 +122,11 @@ fn bad_lease_timing_is_invalid_spec() {
     );
 
     let lp = lp_with(|v| v["lease"]["leaseDuration"] = json!("soon"));
-    let e = err(&lp, &four_shards());
-    assert_eq!(e.reason(), "InvalidSpec");
+    let e = spec_err(&lp);
     assert!(e.to_string().contains("spec.lease.leaseDuration"), "{e}");
 
     let lp = lp_with(|v| v["checkpointInterval"] = json!("0s"));
-    let e = err(&lp, &four_shards());
-    assert_eq!(e.reason(), "InvalidSpec");
+    let e = spec_err(&lp);
     assert!(e.to_string().contains("spec.checkpointInterval"), "{e}");
 }
 
@@ -136,8 +140,7 @@ fn a_logstore_with_neither_or_both_backends_is_invalid_spec() {
         ),
     ] {
         let lp = lp_with(|v| v["logStore"] = log_store);
-        let e = err(&lp, &four_shards());
-        assert_eq!(e.reason(), "InvalidSpec");
+        let e = spec_err(&lp);
         assert_eq!(
             e.to_string(),
             format!(

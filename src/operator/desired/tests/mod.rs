@@ -5,8 +5,10 @@
 pub(super) use super::*;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, Probe, VolumeMount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, PersistentVolumeClaimSpec, PodSpec, Probe, VolumeMount,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -102,6 +104,27 @@ pub(super) fn objects(lp: &LogPlayer, shards: &[Shard]) -> PlayerObjects {
     player_objects(lp, shards, &Defaults::default()).expect("objects build")
 }
 
+/// The objects for `lp` with the four sample shards and these operator defaults.
+pub(super) fn objects_with(lp: &LogPlayer, defaults: &Defaults) -> PlayerObjects {
+    player_objects(lp, &four_shards(), defaults).expect("valid")
+}
+
+/// Operator defaults with the cluster domain "cluster.local".
+pub(super) fn cluster_local() -> Defaults {
+    Defaults {
+        cluster_domain: "cluster.local".into(),
+        ..Defaults::default()
+    }
+}
+
+/// Operator defaults with another default image.
+pub(super) fn default_image(image: &str) -> Defaults {
+    Defaults {
+        image: image.into(),
+        ..Defaults::default()
+    }
+}
+
 pub(super) fn demo() -> PlayerObjects {
     objects(&logplayer(managed_spec()), &four_shards())
 }
@@ -179,6 +202,28 @@ pub(super) fn selector_of(d: &Deployment) -> BTreeMap<String, String> {
         .as_ref()
         .and_then(|s| s.selector.match_labels.clone())
         .expect("selector")
+}
+
+/// Checks that the pods of `spec` carry every label of its `selector`.
+pub(super) fn assert_pods_carry(spec: &StatefulSetSpec, selector: &BTreeMap<String, String>) {
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .expect("pod labels");
+    for (k, v) in selector {
+        assert_eq!(pod_labels.get(k), Some(v));
+    }
+}
+
+/// The storage a volume claim requests.
+pub(super) fn requested_storage(claim: &PersistentVolumeClaimSpec) -> Option<&Quantity> {
+    claim
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
 }
 
 pub(super) fn sts_container(sts: &StatefulSet) -> &Container {

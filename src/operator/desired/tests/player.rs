@@ -278,18 +278,30 @@ fn default_lease_timings_reach_the_players_as_parseable_durations() {
     );
 }
 
+/// (id, address, slot ranges) of every shard in `map`.
+fn map_rows(map: &ShardMap) -> Vec<(&str, &str, Vec<String>)> {
+    map.shards
+        .iter()
+        .map(|s| (s.id.as_str(), s.addr.as_str(), s.slots.clone()))
+        .collect()
+}
+
+/// Checks that `map` routes 2000 sample keys to the shard `want` names for their slot.
+fn assert_routes(map: &ShardMap, mut want: impl FnMut(u16) -> usize) {
+    for k in 0..2000 {
+        let key = format!("key-{k}");
+        let want = want(slot(key.as_bytes()));
+        assert_eq!(map.shard_of(key.as_bytes()), want, "{key}");
+    }
+}
+
 #[test]
 fn the_shard_map_loads_and_routes_every_slot_to_its_shard() {
     let o = demo();
     let map = load_map(&map_text(&o));
     assert_eq!(map.version, 1);
-    let got: Vec<(&str, &str, Vec<String>)> = map
-        .shards
-        .iter()
-        .map(|s| (s.id.as_str(), s.addr.as_str(), s.slots.clone()))
-        .collect();
     assert_eq!(
-        got,
+        map_rows(&map),
         [
             ("s0", "http://s0-shard.ns.svc:7100", s(&["0-4095"])),
             ("s1", "http://s1-shard.ns.svc:7100", s(&["4096-8191"])),
@@ -298,12 +310,11 @@ fn the_shard_map_loads_and_routes_every_slot_to_its_shard() {
         ]
     );
     let mut seen = [false; 4];
-    for k in 0..2000 {
-        let key = format!("key-{k}");
-        let want = usize::from(slot(key.as_bytes()) / 4096);
-        assert_eq!(map.shard_of(key.as_bytes()), want, "{key}");
+    assert_routes(&map, |slot| {
+        let want = usize::from(slot / 4096);
         seen[want] = true;
-    }
+        want
+    });
     assert_eq!(seen, [true; 4], "every shard got some keys");
 }
 
@@ -315,23 +326,14 @@ fn the_shard_map_keeps_external_addresses_and_several_ranges() {
     ];
     let o = objects(&logplayer(managed_spec()), &shards);
     let map = load_map(&map_text(&o));
-    let got: Vec<(&str, &str, Vec<String>)> = map
-        .shards
-        .iter()
-        .map(|s| (s.id.as_str(), s.addr.as_str(), s.slots.clone()))
-        .collect();
     assert_eq!(
-        got,
+        map_rows(&map),
         [
             ("a", "http://a-shard.ns.svc:7100", s(&["0-99", "200-16383"])),
             ("b", "http://b.example:7100", s(&["100-199"])),
         ]
     );
-    for k in 0..2000 {
-        let key = format!("key-{k}");
-        let want = usize::from((100..=199).contains(&slot(key.as_bytes())));
-        assert_eq!(map.shard_of(key.as_bytes()), want, "{key}");
-    }
+    assert_routes(&map, |slot| usize::from((100..=199).contains(&slot)));
 }
 
 #[test]
@@ -383,12 +385,7 @@ fn the_map_hash_follows_slots_and_endpoints_only() {
     assert_ne!(hash(&objects(&lp, &external)), external_hash);
 
     // A cluster domain changes every managed address.
-    let defaults = Defaults {
-        cluster_domain: "cluster.local".into(),
-        ..Defaults::default()
-    };
-    let o = player_objects(&lp, &four_shards(), &defaults).expect("valid");
-    assert_ne!(hash(&o), base);
+    assert_ne!(hash(&objects_with(&lp, &cluster_local())), base);
 }
 
 #[test]
@@ -451,12 +448,8 @@ fn retain_log_adds_its_flag() {
 
 #[test]
 fn image_and_pull_policy_from_the_spec_override_the_defaults() {
-    let defaults = Defaults {
-        image: "example/operator-default:9".into(),
-        ..Defaults::default()
-    };
-    let lp = logplayer(managed_spec());
-    let o = player_objects(&lp, &four_shards(), &defaults).expect("valid");
+    let defaults = default_image("example/operator-default:9");
+    let o = objects_with(&logplayer(managed_spec()), &defaults);
     let ls = o.logstore.as_ref().expect("managed");
     assert_eq!(
         player_container(&o).image.as_deref(),
@@ -471,7 +464,7 @@ fn image_and_pull_policy_from_the_spec_override_the_defaults() {
         v["image"] = json!("registry.example/lp:1.2");
         v["imagePullPolicy"] = json!("IfNotPresent");
     });
-    let o = player_objects(&lp, &four_shards(), &defaults).expect("valid");
+    let o = objects_with(&lp, &defaults);
     let c = player_container(&o);
     assert_eq!(c.image.as_deref(), Some("registry.example/lp:1.2"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
@@ -481,7 +474,7 @@ fn image_and_pull_policy_from_the_spec_override_the_defaults() {
 
     for (policy, want) in [("Always", "Always"), ("Never", "Never")] {
         let lp = lp_with(|v| v["imagePullPolicy"] = json!(policy));
-        let o = player_objects(&lp, &four_shards(), &defaults).expect("valid");
+        let o = objects_with(&lp, &defaults);
         assert_eq!(
             player_container(&o).image_pull_policy.as_deref(),
             Some(want)
@@ -491,12 +484,9 @@ fn image_and_pull_policy_from_the_spec_override_the_defaults() {
 
 #[test]
 fn a_cluster_domain_is_appended_to_service_addresses() {
-    let defaults = Defaults {
-        cluster_domain: "cluster.local".into(),
-        ..Defaults::default()
-    };
+    let defaults = cluster_local();
     let lp = logplayer(managed_spec());
-    let o = player_objects(&lp, &four_shards(), &defaults).expect("valid");
+    let o = objects_with(&lp, &defaults);
     assert_eq!(
         arg_value(&args(&o), "--logstore"),
         "demo-logstore.ns.svc.cluster.local:7000"

@@ -26,29 +26,14 @@ fn a_managed_logstore_is_a_one_pod_statefulset_behind_a_headless_service() {
             .map(String::as_str),
         Some("logstore")
     );
-    let pod_labels = sts
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .expect("pod labels");
-    for (k, v) in selector {
-        assert_eq!(pod_labels.get(k), Some(v));
-    }
+    assert_pods_carry(sts, selector);
     let claims = sts.volume_claim_templates.as_deref().expect("claims");
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
     let claim = claims[0].spec.as_ref().expect("claim spec");
     assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
     assert_eq!(claim.access_modes, Some(s(&["ReadWriteOnce"])));
-    assert_eq!(
-        claim
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|r| r.get("storage")),
-        Some(&Quantity("10Gi".into()))
-    );
+    assert_eq!(requested_storage(claim), Some(&Quantity("10Gi".into())));
     let c = sts_container(&ls.stateful_set);
     assert_eq!(c.name, "logstore");
     assert_eq!(
@@ -145,15 +130,7 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
     assert_eq!(spec.service_name.as_deref(), Some("s0-shard"));
     let selector = spec.selector.match_labels.as_ref().expect("selector");
     assert_eq!(selector.get(SHARD_LABEL).map(String::as_str), Some("s0"));
-    let pod_labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .expect("pod labels");
-    for (k, v) in selector {
-        assert_eq!(pod_labels.get(k), Some(v));
-    }
+    assert_pods_carry(spec, selector);
     let svc = o.service.spec.as_ref().expect("service spec");
     assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
     assert_eq!(svc.selector.as_ref(), Some(selector));
@@ -182,14 +159,7 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
         .and_then(|c| c[0].spec.as_ref())
         .expect("claim");
     assert_eq!(claim.storage_class_name.as_deref(), Some("ssd"));
-    assert_eq!(
-        claim
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|r| r.get("storage")),
-        Some(&Quantity("5Gi".into()))
-    );
+    assert_eq!(requested_storage(claim), Some(&Quantity("5Gi".into())));
 
     // Two shards' pods are told apart by their selectors.
     let s1 = managed_shard("s1", &[(0, 16383)]);
@@ -205,10 +175,7 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
 #[test]
 fn the_image_argument_overrides_the_default_shard_image() {
     let s0 = managed_shard("s0", &[(0, 16383)]);
-    let defaults = Defaults {
-        image: "example/default:1".into(),
-        ..Defaults::default()
-    };
+    let defaults = default_image("example/default:1");
     let image = |arg| {
         let o = shard_objects(&s0, &defaults, arg, None)
             .expect("valid")

@@ -26,8 +26,13 @@ fn the_players_deployment() {
 
 #[test]
 fn the_players_role_and_binding() {
-    let o = sample().0;
-    insta::assert_yaml_snapshot!((o.service_account, o.role, o.role_binding));
+    let PlayerObjects {
+        service_account,
+        role,
+        role_binding,
+        ..
+    } = sample().0;
+    insta::assert_yaml_snapshot!((service_account, role, role_binding));
 }
 
 #[test]
