@@ -40,6 +40,19 @@ async fn call<T>(
         .map_err(rpc_err(addr, what))
 }
 
+/// Hands every message of a server stream to `f`, naming the call in an error.
+async fn each_message<T>(
+    addr: &str,
+    what: &'static str,
+    mut stream: tonic::Streaming<T>,
+    mut f: impl FnMut(T),
+) -> Result<(), ClientError> {
+    while let Some(m) = stream.message().await.map_err(rpc_err(addr, what))? {
+        f(m);
+    }
+    Ok(())
+}
+
 /// A LogStore client.
 #[derive(Clone)]
 pub struct Log {
@@ -116,14 +129,8 @@ impl Log {
             to,
             max_batch_bytes: 0,
         };
-        let mut stream = call(&self.addr, "read", self.client.clone().read(request)).await?;
-        while let Some(r) = stream
-            .message()
-            .await
-            .map_err(rpc_err(&self.addr, "read"))?
-        {
-            out.extend(r.entries);
-        }
+        let stream = call(&self.addr, "read", self.client.clone().read(request)).await?;
+        each_message(&self.addr, "read", stream, |r| out.extend(r.entries)).await?;
         Ok(out)
     }
 }
@@ -156,15 +163,9 @@ impl ShardConn {
     /// The shard's state as JSON lines.
     pub async fn dump(&self) -> Result<Vec<String>, ClientError> {
         let mut client = self.client.clone();
-        let mut stream = call(&self.addr, "dump", client.dump(DumpRequest {})).await?;
+        let stream = call(&self.addr, "dump", client.dump(DumpRequest {})).await?;
         let mut out = Vec::new();
-        while let Some(r) = stream
-            .message()
-            .await
-            .map_err(rpc_err(&self.addr, "dump"))?
-        {
-            out.push(r.json);
-        }
+        each_message(&self.addr, "dump", stream, |r| out.push(r.json)).await?;
         Ok(out)
     }
 

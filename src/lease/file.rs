@@ -1,7 +1,9 @@
 //! The file lease: versioned JSON files on one filesystem, compare-and-set by `link(2)`
 //! without locks, so a frozen replica never blocks the others (single-machine use).
 
-use super::{Decision, LeaseBackend, LeaseError, LeaseState, check_identity, decide, whole_units};
+use super::{
+    Decision, LeaseBackend, LeaseError, LeaseState, checked_identity, decide, whole_units,
+};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -108,8 +110,7 @@ impl FileLease {
         lease_duration: Duration,
     ) -> Result<Self, LeaseError> {
         let path = path.into();
-        let identity = identity.into();
-        check_identity(&identity)?;
+        let identity = checked_identity(identity.into())?;
         let ms = Duration::from_millis(1);
         // Bounded by u64::MAX / 1000, so the cast and the micros below cannot overflow.
         let lease_duration_ms =

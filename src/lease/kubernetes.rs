@@ -1,7 +1,9 @@
 //! The Kubernetes lease: a `coordination.k8s.io/v1` `Lease`, compare-and-set through the
 //! API server's `resourceVersion`; the epoch is `spec.leaseTransitions`.
 
-use super::{Decision, LeaseBackend, LeaseError, LeaseState, check_identity, decide, whole_units};
+use super::{
+    Decision, LeaseBackend, LeaseError, LeaseState, checked_identity, decide, whole_units,
+};
 use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -70,8 +72,7 @@ impl KubeLease {
     ) -> Result<Self, LeaseError> {
         let namespace = namespace.into();
         let name = name.into();
-        let identity = identity.into();
-        check_identity(&identity)?;
+        let identity = checked_identity(identity.into())?;
         let second = Duration::from_secs(1);
         // Bounded by i32::MAX, so the cast cannot overflow.
         let duration_secs = whole_units(lease_duration, second, i32::MAX as u128)? as i32;

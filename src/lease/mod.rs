@@ -195,14 +195,14 @@ fn decide(me: &str, holder: Option<&str>, epoch: u64, expired: bool, ours: u64) 
     }
 }
 
-fn check_identity(identity: &str) -> Result<(), LeaseError> {
+fn checked_identity(identity: String) -> Result<String, LeaseError> {
     if identity.is_empty() {
         return Err(LeaseError::InvalidArgument {
             what: "identity",
             reason: "must not be empty (an empty holder means a free lease)".into(),
         });
     }
-    Ok(())
+    Ok(identity)
 }
 
 /// Timing of leader election.
