@@ -32,7 +32,7 @@ pub struct PlayerArgs {
     #[arg(long, env = "LOGPLAYER_SHARD_MAP")]
     pub shard_map: Option<PathBuf>,
     /// Leader epoch sent to shards (fencing token) when running without a lease. With
-    /// --lease-file or --lease-name, each term's epoch comes from the lease instead.
+    /// --lease-file or --lease-name, the epoch comes from the lease each time it is won.
     #[arg(long, env = "LOGPLAYER_EPOCH", default_value_t = 1, conflicts_with_all = ["lease_file", "lease_name"])]
     pub epoch: u64,
     /// Run as one of several replicas behind a file lease at this path (single machine).

@@ -73,7 +73,7 @@ impl Default for Metrics {
         );
         registry.register(
             "player_epoch",
-            "Leader epoch (fencing token) of this replica's current or last term",
+            "Fencing epoch this replica leads (or last led) under",
             m.epoch.clone(),
         );
         registry.register(
