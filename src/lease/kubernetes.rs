@@ -20,7 +20,7 @@ const KUBE_ATTEMPTS: usize = 2;
 /// A `coordination.k8s.io/v1` `Lease`, compare-and-set through the API server.
 ///
 /// Each round GETs the Lease (creating it, as ours at `leaseTransitions` 1, when it does not
-/// exist), decides like [`FileLease`], and REPLACEs it carrying the `resourceVersion` it read,
+/// exist), decides like [`super::FileLease`], and REPLACEs it carrying the `resourceVersion` it read,
 /// so a concurrent writer makes the API server answer 409 Conflict and the round is lost,
 /// never won twice. The epoch is `spec.leaseTransitions`, incremented on every change of
 /// holder; `acquireTime` is set on acquisition, `renewTime` (MicroTime) on every write,

@@ -120,7 +120,7 @@ pub enum CoverageIssue {
 }
 
 /// Most coverage issues spelled out in one error message.
-const COVERAGE_ISSUES_SHOWN: usize = 10;
+pub const COVERAGE_ISSUES_SHOWN: usize = 10;
 
 /// Every way a set of shards fails to own every slot exactly once; its message lists the
 /// first [`COVERAGE_ISSUES_SHOWN`] of them.

@@ -1,0 +1,125 @@
+//! The leader's monitor: refreshes the per-shard gauges, and every checkpoint interval
+//! saves the ack cursors and lets the LogStore retain only what a shard still needs.
+
+use super::{Shared, lock};
+use crate::player::cursor::{CursorStore, Cursors};
+use crate::player::metrics::Metrics;
+use crate::proto::RetainRequest;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Shared {
+    /// Refreshes the per-shard gauges often, and saves the ack cursors (then lets the
+    /// LogStore drop what every shard has acknowledged, if asked) every checkpoint.
+    pub(super) async fn monitor(self: Arc<Self>, cursors: Option<Arc<dyn CursorStore>>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_checkpoint = tokio::time::Instant::now();
+        let ids: Vec<String> = self.targets.iter().map(|t| t.id.clone()).collect();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            let known = self.refresh_gauges();
+            if let Some(store) = &cursors
+                && last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                last_checkpoint = tokio::time::Instant::now();
+                self.checkpoint(store.as_ref(), known, &ids).await;
+            }
+        }
+        // A last checkpoint on the way out, so a successor starts from fresh cursors.
+        if let Some(store) = &cursors {
+            let known = self.refresh_gauges();
+            self.checkpoint(store.as_ref(), known, &ids).await;
+        }
+    }
+
+    /// Sets the acked-index and lag gauges; returns the cursors that are known: each shard's
+    /// acknowledged index, and the index through which it has everything routed to it.
+    fn refresh_gauges(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let m = &self.stats.metrics;
+        // One snapshot of the dispatcher: the current index and, per shard, the last real
+        // entry dispatched to it up to there.
+        let (current, last_real) = {
+            let d = lock(&self.dispatch);
+            (d.current_index, d.last_real.clone())
+        };
+        m.current_index.set(current as i64);
+        let mut acked = BTreeMap::new();
+        let mut covered = BTreeMap::new();
+        for (t, &real) in self.targets.iter().zip(&last_real) {
+            let last = lock(&t.queue).last_ack();
+            // Everything dispatched to the shard up to `current` is acknowledged: the shard
+            // has every entry for it through `current`.
+            let through = if last >= real {
+                current.max(last)
+            } else {
+                last
+            };
+            let label = Metrics::shard(&t.id);
+            m.acked.get_or_create(&label).set(last as i64);
+            m.lag
+                .get_or_create(&label)
+                .set(current.saturating_sub(through) as i64);
+            if last > 0 {
+                acked.insert(t.id.clone(), last);
+                covered.insert(t.id.clone(), through);
+            }
+        }
+        (acked, covered)
+    }
+
+    async fn checkpoint(
+        &self,
+        store: &dyn CursorStore,
+        (acked, covered): (BTreeMap<String, u64>, BTreeMap<String, u64>),
+        ids: &[String],
+    ) {
+        let cursors = Cursors {
+            epoch: self.config.epoch,
+            acked,
+            covered,
+        };
+        if let Err(e) = store.save(&cursors).await {
+            tracing::warn!(error = %e, "could not save the ack cursors");
+            return;
+        }
+        if !self.config.retain_log {
+            return;
+        }
+        // Only what every shard acknowledged, per the stored (merged) cursors, may go.
+        let lowest = match store.load().await {
+            Ok(saved) => saved.lowest(ids),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the ack cursors back");
+                None
+            }
+        };
+        if let Some(lowest) = lowest
+            && lowest > 0
+        {
+            match self
+                .log
+                .clone()
+                .retain(RetainRequest { below: lowest + 1 })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.segments_removed > 0 {
+                        tracing::info!(
+                            below = lowest + 1,
+                            first = r.first,
+                            removed = r.segments_removed,
+                            "log retention"
+                        );
+                    }
+                }
+                Err(status) => tracing::warn!(%status, "log retention failed"),
+            }
+        }
+    }
+}

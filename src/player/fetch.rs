@@ -1,0 +1,170 @@
+//! The main stream: the fetcher tails the LogStore from `min(applied) + 1`, and the
+//! dispatcher splits each entry by shard, tags each part with the previous index that
+//! touched that shard, and pushes it to the target queues (starting a recovery when a queue
+//! overflows), with a watermark for idle shards every `watermark_every` entries.
+
+use super::queue::{Push, Recovery};
+use super::{PlayerError, Shared, backoff, lock};
+use crate::model::now_micros;
+use crate::player::metrics::Metrics;
+use crate::proto::{Entry, Mutation, ReadRequest, ShardEntry};
+use crate::routing::ShardMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tonic::Code;
+
+impl Shared {
+    /// Dispatches one main-stream entry (called by the fetcher only).
+    fn dispatch(&self, entry: Entry) {
+        let now = now_micros();
+        let parts = split(&self.config.shards, &entry.mutations);
+        let mut d = lock(&self.dispatch);
+        debug_assert!(entry.index > d.current_index, "main stream out of order");
+        for (t, mutations) in parts.into_iter().enumerate() {
+            if mutations.is_empty() {
+                continue;
+            }
+            let prev = d.last_real[t];
+            d.last_real[t] = entry.index;
+            let part = ShardEntry {
+                index: entry.index,
+                prev_index: prev,
+                mutations,
+                append_start_micros: entry.append_start_micros,
+                dispatch_micros: now,
+            };
+            self.push(t, part);
+        }
+        d.current_index = entry.index;
+        d.since_watermark += 1;
+        if d.since_watermark >= self.config.watermark_every {
+            d.since_watermark = 0;
+            let current = d.current_index;
+            for t in 0..self.targets.len() {
+                let behind = lock(&self.targets[t].queue).last_ack()
+                    < current.saturating_sub(self.config.watermark_every);
+                if behind && d.last_real[t] != current {
+                    let wm = ShardEntry {
+                        index: current,
+                        prev_index: d.last_real[t],
+                        dispatch_micros: now,
+                        ..Default::default()
+                    };
+                    if self.push(t, wm) == Push::Queued {
+                        self.stats.watermarks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        self.stats
+            .current_index
+            .store(d.current_index, Ordering::Relaxed);
+        self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+        self.stats.metrics.dispatched.inc();
+    }
+
+    fn push(self: &Shared, t: usize, part: ShardEntry) -> Push {
+        let target = &self.targets[t];
+        let outcome = lock(&target.queue).push_normal(part);
+        match outcome {
+            Push::Queued => target.ready.notify_one(),
+            Push::Overflow(rec) => {
+                self.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(shard = %target.id, from = rec.from, to = rec.to, "queue overflowed; recovering from the log");
+                self.spawn_recovery(t, rec);
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    pub(super) fn spawn_recovery(&self, t: usize, rec: Recovery) {
+        self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .metrics
+            .recoveries
+            .get_or_create(&Metrics::shard(&self.targets[t].id))
+            .inc();
+        if let Some(shared) = self.me.upgrade() {
+            tokio::spawn(async move { shared.recover(t, rec).await });
+        }
+    }
+
+    /// The main stream, for the life of the player (reconnecting as needed).
+    pub(super) async fn fetcher(self: Arc<Self>) {
+        let mut retry = backoff(&self.config);
+        while !self.shutdown.is_cancelled() {
+            let from = lock(&self.dispatch).current_index + 1;
+            let result: Result<(), tonic::Status> = async {
+                let mut stream = self
+                    .log
+                    .clone()
+                    .read(ReadRequest {
+                        from,
+                        to: 0,
+                        max_batch_bytes: 0,
+                    })
+                    .await?
+                    .into_inner();
+                loop {
+                    let msg = tokio::select! {
+                        m = stream.message() => m?,
+                        _ = self.shutdown.cancelled() => return Ok(()),
+                    };
+                    let Some(resp) = msg else { return Ok(()) };
+                    retry = backoff(&self.config);
+                    for entry in resp.entries {
+                        self.dispatch(entry);
+                    }
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => {}
+                Err(status) if status.code() == Code::OutOfRange => {
+                    let first = self.first_index().await.unwrap_or(0);
+                    self.fail(PlayerError::Retention {
+                        shard: "(main stream)".into(),
+                        needed: from,
+                        first,
+                    });
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(%status, from, "main stream failed; reconnecting");
+                }
+            }
+            let wait = retry.next();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Splits an entry's mutations by owning shard (order kept within each shard).
+pub(super) fn split(map: &ShardMap, mutations: &[Mutation]) -> Vec<Vec<Mutation>> {
+    let mut parts: Vec<Vec<Mutation>> = vec![Vec::new(); map.len()];
+    for m in mutations {
+        parts[map.shard_of(&m.key)].push(owned(m));
+    }
+    parts
+}
+
+/// A copy of `m` that owns its bytes. Decoded `Bytes` fields are slices of the whole
+/// response they came in (up to a MiB); queueing a slice for a stalled shard would pin every
+/// such response, so memory would grow with the log rather than with the shard's share.
+pub(super) fn owned(m: &Mutation) -> Mutation {
+    use crate::proto::mutation::Op;
+    use bytes::Bytes;
+    let copy = |b: &Bytes| Bytes::copy_from_slice(b);
+    Mutation {
+        key: copy(&m.key),
+        op: m.op.as_ref().map(|op| match op {
+            Op::Put(b) => Op::Put(copy(b)),
+            Op::Append(b) => Op::Append(copy(b)),
+            other => other.clone(),
+        }),
+    }
+}

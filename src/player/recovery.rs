@@ -1,0 +1,154 @@
+//! Recovery readers: fill a returning (or overflowing) shard's catch-up queue from the log,
+//! tagged with the queue's term, and close each range with a watermark.
+
+use super::fetch::owned;
+use super::queue::{Push, ReadDone, Recovery};
+use super::{PlayerError, Shared, backoff, lock};
+use crate::model::now_micros;
+use crate::proto::{BoundsRequest, Mutation, ReadRequest, ShardEntry};
+use std::sync::Arc;
+use tonic::Code;
+
+impl Shared {
+    /// Reads `[from, to]` (and any extension) for target `t` into its catch-up queue, ending
+    /// each range with a watermark so the shard's applied index reaches the range's end.
+    pub(super) async fn recover(self: Arc<Self>, t: usize, rec: Recovery) {
+        let target = &self.targets[t];
+        let (mut from, mut to) = (rec.from, rec.to);
+        let mut prev = from - 1;
+        let mut retry = backoff(&self.config);
+        tracing::info!(shard = %target.id, term = rec.term, from, to, "recovery started");
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            match self.read_range(t, rec.term, from, to, &mut prev).await {
+                Ok(Some(())) => {}
+                Ok(None) => return, // stale term
+                Err(status) => {
+                    if status.code() == Code::OutOfRange {
+                        let first = self.first_index().await.unwrap_or(0);
+                        self.fail(PlayerError::Retention {
+                            shard: target.id.clone(),
+                            needed: from,
+                            first,
+                        });
+                        return;
+                    }
+                    tracing::warn!(shard = %target.id, %status, "recovery read failed; retrying");
+                    tokio::time::sleep(retry.next()).await;
+                    continue;
+                }
+            }
+            retry = backoff(&self.config);
+            // The range is read: close it with a watermark at `to`.
+            let wm = ShardEntry {
+                index: to,
+                prev_index: prev,
+                dispatch_micros: now_micros(),
+                ..Default::default()
+            };
+            let done = {
+                let mut q = lock(&target.queue);
+                if prev < to {
+                    q.push_catchup(rec.term, wm);
+                }
+                q.read_done(rec.term, to)
+            };
+            match done {
+                ReadDone::Complete => {
+                    target.ready.notify_one();
+                    tracing::info!(shard = %target.id, term = rec.term, to, "recovery read complete");
+                    return;
+                }
+                ReadDone::Continue { from: f, to: t2 } => {
+                    from = f;
+                    to = t2;
+                }
+                ReadDone::Stale => return,
+            }
+        }
+    }
+
+    /// One pass over `[from, to]`; `Ok(None)` when the term expired. Advances `from` past
+    /// what was pushed so a retry resumes there.
+    async fn read_range(
+        &self,
+        t: usize,
+        term: u64,
+        from: u64,
+        to: u64,
+        prev: &mut u64,
+    ) -> Result<Option<()>, tonic::Status> {
+        let target = &self.targets[t];
+        let start = (*prev + 1).max(from);
+        if start > to {
+            return Ok(Some(()));
+        }
+        let mut stream = self
+            .log
+            .clone()
+            .read(ReadRequest {
+                from: start,
+                to,
+                max_batch_bytes: 0,
+            })
+            .await?
+            .into_inner();
+        while let Some(resp) = stream.message().await? {
+            for entry in resp.entries {
+                let mutations: Vec<Mutation> = entry
+                    .mutations
+                    .iter()
+                    .filter(|m| self.config.shards.shard_of(&m.key) == t)
+                    .map(owned)
+                    .collect();
+                if mutations.is_empty() {
+                    continue;
+                }
+                let mut part = Some(ShardEntry {
+                    index: entry.index,
+                    prev_index: *prev,
+                    mutations,
+                    append_start_micros: entry.append_start_micros,
+                    dispatch_micros: now_micros(),
+                });
+                // Wait for room (bounded memory), then push.
+                loop {
+                    let room = target.room.notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    // None: no room yet; Some(pushed?) otherwise.
+                    let outcome = {
+                        let mut q = lock(&target.queue);
+                        if q.catchup_has_room(term) {
+                            part.take().map(|p| q.push_catchup(term, p))
+                        } else {
+                            None
+                        }
+                    };
+                    match outcome {
+                        Some(Push::Queued) => {
+                            target.ready.notify_one();
+                            break;
+                        }
+                        Some(Push::DroppedAcked) => break,
+                        Some(_) => return Ok(None),
+                        None => {}
+                    }
+                    tokio::select! {
+                        _ = room => {}
+                        _ = self.shutdown.cancelled() => return Ok(None),
+                    }
+                }
+                *prev = entry.index;
+            }
+        }
+        Ok(Some(()))
+    }
+
+    pub(super) async fn first_index(&self) -> Option<u64> {
+        let b = self.log.clone().bounds(BoundsRequest {}).await.ok()?;
+        Some(b.into_inner().first)
+    }
+}
