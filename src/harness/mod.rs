@@ -5,7 +5,7 @@
 //! - [`workload`]: transactions whose final state witnesses the whole history.
 //! - [`check`]: the exactly-once oracle (every shard against what the log implies).
 //! - [`failover`]: taking the leader down and timing the takeover.
-//! - [`demo`], [`bench`]: the `demo`, `load` and `bench` subcommands.
+//! - [`demo`], [`bench`](mod@bench): the `demo`, `load` and `bench` subcommands.
 
 pub mod bench;
 pub mod check;
