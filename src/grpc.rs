@@ -90,9 +90,11 @@ pub async fn router(service: &str) -> Result<tonic::transport::server::Router, G
     health
         .set_service_status(service, tonic_health::ServingStatus::Serving)
         .await;
+    let (v1, v1alpha) = reflection(service)?;
     Ok(server()
         .add_service(health_service)
-        .add_service(reflection()?))
+        .add_service(v1)
+        .add_service(v1alpha))
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled; `what` names the server in
@@ -113,17 +115,38 @@ pub async fn serve(
         .map_err(|source| GrpcError::Serve { addr, source })
 }
 
-/// The reflection service for our protocol (plus health).
-pub fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    GrpcError,
-> {
-    Ok(tonic_reflection::server::Builder::configure()
+/// The gRPC health service's name, advertised by every server.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// A reflection builder that advertises only `service` and health (each server lists its
+/// own services, not every service in our proto file).
+fn reflection_builder(service: &str) -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?)
+        .with_service_name(service)
+        .with_service_name(HEALTH_SERVICE)
+}
+
+/// The reflection services for `service` (plus health): v1, and v1alpha for older clients
+/// (grpcurl before 1.9 and several GUI clients still ask for it).
+pub fn reflection(
+    service: &str,
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    GrpcError,
+> {
+    Ok((
+        reflection_builder(service).build_v1()?,
+        reflection_builder(service).build_v1alpha()?,
+    ))
 }
 
 /// A lazily connecting client channel with `TCP_NODELAY` and our window sizes.
