@@ -4,6 +4,6 @@
 #![forbid(unsafe_code)]
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    logplayer::cli::run().await
+async fn main() -> std::process::ExitCode {
+    logplayer::cli::main().await
 }

@@ -76,7 +76,7 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&a.metrics_listen)
         .await
         .with_context(|| format!("binding the metrics address {}", a.metrics_listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    println!("metrics listening on {}", listener.local_addr()?);
     let server = tokio::spawn(crate::metrics::serve(
         metrics.clone(),
         listener,

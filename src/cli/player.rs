@@ -16,7 +16,7 @@ pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        println!("metrics listening on {}", listener.local_addr()?);
         let (m, s) = (stats.metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(m, listener, s).await {

@@ -1,0 +1,63 @@
+//! The command line as a user meets it: a user error is one line on stderr (no backtrace,
+//! whatever `RUST_BACKTRACE` says) with exit code 1, and logs written to a pipe carry no
+//! ANSI colour codes.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn a_user_error_is_one_plain_line_with_exit_code_one() {
+    let out = Command::new(common::bin())
+        .args(["player", "--shard-map", "/nonexistent/map.yaml"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains("/nonexistent/map.yaml"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI codes in a pipe: {stderr:?}"
+    );
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["text", "json"] {
+        // The log opens (and logs so), then the address cannot be bound: exit 1.
+        let out = Command::new(common::bin())
+            .args([
+                "--log-format",
+                format,
+                "logstore",
+                "--listen",
+                "256.0.0.1:0",
+            ])
+            .arg("--data")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "ANSI codes in a pipe: {stderr:?}"
+        );
+        let (logs, errors): (Vec<&str>, Vec<&str>) =
+            stderr.lines().partition(|l| !l.starts_with("error: "));
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(logs.iter().any(|l| l.contains("WAL opened")), "{stderr}");
+        if format == "json" {
+            for line in logs {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+        }
+    }
+}
