@@ -26,6 +26,21 @@ fn a_user_error_is_one_plain_line_with_exit_code_one() {
 }
 
 #[test]
+fn each_cause_of_an_error_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let out = Command::new(common::bin())
+        .args(["shard", "--id", "s0", "--listen", "127.0.0.1:0", "--data"])
+        .arg(file.join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("(os error").count(), 1, "{stderr}");
+}
+
+#[test]
 fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
     let dir = tempfile::tempdir().unwrap();
     for format in ["text", "json"] {

@@ -40,10 +40,18 @@ pub struct Durable {
 /// An error of a storage backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend's error, its message included here (not also as a `source`, so a chain
+    /// of causes names it once).
     #[error("shard store: {0}")]
-    Backend(#[from] Box<dyn std::error::Error + Send + Sync>),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     #[error("shard store holds a corrupt value for key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+impl From<Box<dyn std::error::Error + Send + Sync>> for StoreError {
+    fn from(e: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        StoreError::Backend(e)
+    }
 }
 
 /// Why the shard refused something.
