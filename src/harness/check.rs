@@ -2,9 +2,8 @@
 //! and compares it, key by key, with what each shard actually holds. Counters must be exact
 //! and append lists in log order, so a duplicate, a gap or a reorder fails the check.
 
-use std::time::{Duration, Instant};
-
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, Log, ShardConn};
 use crate::harness::workload::token_of;

@@ -123,15 +123,6 @@ pub enum ArgsError {
 }
 
 impl PlayerArgs {
-    /// Parses the flags (after the program name), as `logplayer player` would.
-    pub fn parse_from<I, T>(args: I) -> Result<PlayerArgs, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        <PlayerCommand as clap::Parser>::try_parse_from(argv(args)).map(|c| c.args)
-    }
-
     /// Parses the flags ignoring the environment: what the operator starts from, since its
     /// own `POD_NAME` or `LOGPLAYER_*` variables must not leak into a player pod's args.
     pub fn parse_without_env<I, T>(args: I) -> Result<PlayerArgs, clap::Error>
@@ -253,7 +244,7 @@ mod tests {
 
     #[test]
     fn rendered_args_parse_back_to_the_same_settings() {
-        let mut a = PlayerArgs::parse_from(["--shard", "s0=h:1"]).unwrap();
+        let mut a = PlayerArgs::parse_without_env(["--shard", "s0=h:1"]).unwrap();
         a.shards = vec!["s0=h:1@0-99".into(), "s1=h:2@100-16383".into()];
         a.lease_name = Some("demo-player".into());
         a.lease_namespace = "payments".into();
@@ -263,7 +254,7 @@ mod tests {
         a.window = 4;
         a.metrics_listen = Some("0.0.0.0:9090".into());
         let args = a.to_args();
-        assert_eq!(PlayerArgs::parse_from(&args).unwrap(), a, "{args:?}");
+        assert_eq!(PlayerArgs::parse_without_env(&args).unwrap(), a, "{args:?}");
     }
 
     #[test]
@@ -275,12 +266,12 @@ mod tests {
 
     #[test]
     fn defaults_are_left_out_and_switches_appear_only_when_set() {
-        let a = PlayerArgs::parse_from(["--shard-map", "/m.yaml"]).unwrap();
+        let a = PlayerArgs::parse_without_env(["--shard-map", "/m.yaml"]).unwrap();
         assert_eq!(a.to_args(), ["--shard-map", "/m.yaml"]);
         let mut b = a.clone();
         b.lease_name = Some("l".into());
         // The epoch (default 1) conflicts with a lease: it must not be rendered.
         assert!(!b.to_args().contains(&"--epoch".to_owned()));
-        assert_eq!(PlayerArgs::parse_from(b.to_args()).unwrap(), b);
+        assert_eq!(PlayerArgs::parse_without_env(b.to_args()).unwrap(), b);
     }
 }
