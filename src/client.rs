@@ -66,8 +66,12 @@ impl Log {
         Ok(Log {
             addr: addr.to_owned(),
             client: LogStoreClient::new(channel)
-                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(crate::limits::message_limit(
+                    crate::limits::MAX_MAX_ENTRY_BYTES,
+                ))
+                .max_encoding_message_size(crate::limits::message_limit(
+                    crate::limits::MAX_MAX_ENTRY_BYTES,
+                )),
         })
     }
 
@@ -128,6 +132,7 @@ impl Log {
             from,
             to,
             max_batch_bytes: 0,
+            follow: false,
         };
         let stream = call(&self.addr, "read", self.client.clone().read(request)).await?;
         each_message(&self.addr, "read", stream, |r| out.extend(r.entries)).await?;
@@ -147,7 +152,9 @@ impl ShardConn {
         let channel = grpc::connect(addr).await?;
         Ok(ShardConn {
             addr: addr.to_owned(),
-            client: ShardClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+            client: ShardClient::new(channel).max_decoding_message_size(
+                crate::limits::message_limit(crate::limits::MAX_MAX_ENTRY_BYTES),
+            ),
         })
     }
 

@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
-/// Largest gRPC message any of our servers or clients decodes. A 10 KB transaction is far
-/// below; batches are capped well below this by their senders.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long a stopping server lets open streams finish after SIGTERM before it closes them:
+/// an idle client (a tailing reader, a delivery stream waiting for entries) must not hold a
+/// shutdown up.
+pub const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
 
 /// HTTP/2 stream window: big enough that one in-flight window of batches (see the player's
 /// `window_bytes`) never waits on a WINDOW_UPDATE round trip.
@@ -73,6 +74,162 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
 /// Metadata key carrying the machine-readable reason of a refusal (`fenced`, `gap`, ...),
 /// part of the wire protocol.
 pub const ERROR_KEY: &str = "logplayer-error";
+/// Metadata key carrying the shard's highest epoch on a `fenced` refusal.
+pub const EPOCH_KEY: &str = "logplayer-highest-epoch";
+
+/// The machine-readable reason of a refusal, sent as [`ERROR_KEY`]. The table of codes and
+/// reasons is in `proto/logplayer.proto` and the README; `tests/status_codes.rs` drives
+/// each over a real socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Invalid,
+    EntryTooLarge,
+    SequenceReused,
+    StaleSequence,
+    Fenced,
+    WrongShard,
+    WrongLog,
+    EntryLimit,
+    Gap,
+    BelowRetention,
+    PastHead,
+    NotDurable,
+    Corrupt,
+    Store,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::Invalid,
+        Reason::EntryTooLarge,
+        Reason::SequenceReused,
+        Reason::StaleSequence,
+        Reason::Fenced,
+        Reason::WrongShard,
+        Reason::WrongLog,
+        Reason::EntryLimit,
+        Reason::Gap,
+        Reason::BelowRetention,
+        Reason::PastHead,
+        Reason::NotDurable,
+        Reason::Corrupt,
+        Reason::Store,
+    ];
+
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Invalid => "invalid",
+            Reason::EntryTooLarge => "entry-too-large",
+            Reason::SequenceReused => "sequence-reused",
+            Reason::StaleSequence => "stale-sequence",
+            Reason::Fenced => "fenced",
+            Reason::WrongShard => "wrong-shard",
+            Reason::WrongLog => "wrong-log",
+            Reason::EntryLimit => "entry-limit",
+            Reason::Gap => "gap",
+            Reason::BelowRetention => "below-retention",
+            Reason::PastHead => "past-head",
+            Reason::NotDurable => "not-durable",
+            Reason::Corrupt => "corrupt",
+            Reason::Store => "store",
+        }
+    }
+
+    /// The one status code that goes with this reason.
+    pub fn code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Reason::Invalid => Code::InvalidArgument,
+            Reason::EntryTooLarge => Code::ResourceExhausted,
+            Reason::SequenceReused => Code::AlreadyExists,
+            Reason::StaleSequence
+            | Reason::Fenced
+            | Reason::WrongShard
+            | Reason::WrongLog
+            | Reason::EntryLimit => Code::FailedPrecondition,
+            Reason::Gap => Code::Aborted,
+            Reason::BelowRetention | Reason::PastHead => Code::OutOfRange,
+            Reason::NotDurable => Code::Unavailable,
+            Reason::Corrupt => Code::DataLoss,
+            Reason::Store => Code::Internal,
+        }
+    }
+
+    /// A status with this reason's code, `message`, and the reason in its metadata.
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        let mut status = tonic::Status::new(self.code(), message);
+        status.metadata_mut().insert(
+            ERROR_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+
+    /// The reason a status carries, if it is one of ours.
+    pub fn of(status: &tonic::Status) -> Option<Reason> {
+        let v = status.metadata().get(ERROR_KEY)?.to_str().ok()?;
+        Reason::ALL.into_iter().find(|r| r.as_str() == v)
+    }
+}
+
+/// tonic refuses a message above a service's decoding limit with `OUT_OF_RANGE` ("decoded
+/// message length too large"), the code that in our protocol means "below retention". This
+/// turns that refusal into `RESOURCE_EXHAUSTED` / `entry-too-large`, naming our flag; other
+/// statuses pass unchanged.
+pub fn size_refusal(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("length too large") {
+        Reason::EntryTooLarge.status(format!(
+            "message too large for this server (raise --max-entry-bytes on every component \
+             to send larger entries): {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
+/// A server layer applying [`size_refusal`] to unary calls, whose decoding fails inside
+/// tonic before our handler runs: rewrites the `grpc-status` header of such a response.
+#[derive(Clone, Copy, Default)]
+pub struct SizeRefusalLayer;
+
+impl<S> tower::Layer<S> for SizeRefusalLayer {
+    type Service = tower::util::MapResponse<
+        S,
+        fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+    >;
+    fn layer(&self, inner: S) -> Self::Service {
+        tower::util::MapResponse::new(inner, rewrite_size_refusal)
+    }
+}
+
+fn rewrite_size_refusal(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    let candidate = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes());
+    if !candidate {
+        return response;
+    }
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    let refused = size_refusal(status);
+    if refused.code() != tonic::Code::OutOfRange {
+        let headers = response.headers_mut();
+        headers.remove("grpc-status");
+        headers.remove("grpc-message");
+        headers.remove("grpc-status-details-bin");
+        if let Err(e) = refused.add_header(headers) {
+            tracing::debug!(error = %e, "could not rewrite a size refusal");
+        }
+    }
+    response
+}
 
 /// A server builder with our window sizes and keepalives.
 pub fn server() -> Server {
@@ -85,34 +242,66 @@ pub fn server() -> Server {
 
 /// A server with our settings, `grpc.health.v1` reporting `service` as serving, and
 /// reflection; the caller adds its own service and hands the router to [`serve`].
-pub async fn router(service: &str) -> Result<tonic::transport::server::Router, GrpcError> {
+pub async fn router(
+    service: &str,
+) -> Result<
+    tonic::transport::server::Router<
+        tower::layer::util::Stack<SizeRefusalLayer, tower::layer::util::Identity>,
+    >,
+    GrpcError,
+> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(service, tonic_health::ServingStatus::Serving)
         .await;
     let (v1, v1alpha) = reflection(service)?;
     Ok(server()
+        .layer(SizeRefusalLayer)
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha))
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled; `what` names the server in
-/// errors.
-pub async fn serve(
-    router: tonic::transport::server::Router,
+/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
+/// gives open streams [`DRAIN_DEADLINE`] to finish before returning anyway (dropping the
+/// connections); `what` names the server in errors.
+pub async fn serve<L>(
+    router: tonic::transport::server::Router<L>,
     listener: TcpListener,
     shutdown: CancellationToken,
     what: &str,
-) -> Result<(), GrpcError> {
+) -> Result<(), GrpcError>
+where
+    L: tower::Layer<tonic::service::Routes> + Clone,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     let addr = listener.local_addr().map_err(|source| GrpcError::Bind {
         addr: format!("{what} listener"),
         source,
     })?;
-    router
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
-        .await
-        .map_err(|source| GrpcError::Serve { addr, source })
+    let server =
+        router.serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());
+    tokio::pin!(server);
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_DEADLINE).await;
+    };
+    tokio::select! {
+        served = &mut server => served.map_err(|source| GrpcError::Serve { addr, source }),
+        _ = deadline => {
+            tracing::info!(server = what, deadline = ?DRAIN_DEADLINE, "closing the streams still open after the drain deadline");
+            Ok(())
+        }
+    }
 }
 
 /// The gRPC health service's name, advertised by every server.

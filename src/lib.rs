@@ -14,6 +14,7 @@
 //! - [`lease`]: leader leases with a fencing epoch (file and Kubernetes backends, elector).
 //! - [`crd`]: the `LogPlayer` and `Shard` custom resources and their generated CRDs.
 //! - [`operator`]: the Kubernetes operator (names, desired objects, apply, observe, status).
+//! - [`limits`]: the one entry-size limit and the message and batch sizes derived from it.
 //! - [`grpc`], [`client`], [`metrics`]: what every gRPC edge shares, clients of our
 //!   services, and the `/metrics` `/healthz` `/readyz` endpoints.
 //! - [`cli`]: the `logplayer` command line (one clap definition per component).
@@ -29,6 +30,7 @@ pub mod crd;
 pub mod grpc;
 pub mod harness;
 pub mod lease;
+pub mod limits;
 pub mod logstore;
 pub mod metrics;
 pub mod model;

@@ -19,6 +19,11 @@ pub trait Exposition: Send + Sync + 'static {
     fn encode(&self) -> String;
     /// What `/readyz` answers.
     fn ready(&self) -> bool;
+    /// Problems that make the component not ready although it runs (a shard refusing the
+    /// player, an entry that cannot be delivered), one line each, shown by `/readyz`.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 type Shared = Arc<dyn Exposition>;
@@ -37,11 +42,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(m): State<Shared>) -> (StatusCode, &'static str) {
-    if m.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn readyz(State(m): State<Shared>) -> (StatusCode, String) {
+    let problems = m.problems();
+    match (m.ready(), problems.is_empty()) {
+        (true, true) => (StatusCode::OK, "ready\n".into()),
+        (_, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", problems.join("\n")),
+        ),
+        (false, true) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
     }
 }
 

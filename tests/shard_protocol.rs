@@ -34,6 +34,9 @@ fn hello(epoch: u64) -> DeliverRequest {
         msg: Some(deliver_request::Msg::Hello(Hello {
             epoch,
             player_id: "test".into(),
+            log_id: "00000000-0000-4000-8000-000000000001".into(),
+            shard_id: "s0".into(),
+            max_entry_bytes: 0,
         })),
     }
 }

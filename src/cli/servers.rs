@@ -1,5 +1,6 @@
-//! `logplayer logstore` and `logplayer shard` (and `shard dump`): the servers of the data
-//! plane, each bound, announced (`listening on ADDR`) and run until SIGTERM.
+//! `logplayer logstore` and `logplayer shard` (and `shard dump`, `shard reset-log`): the
+//! servers of the data plane, each bound, announced (`listening on ADDR`) and run until
+//! SIGTERM.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,18 @@ pub struct LogstoreArgs {
     /// Segment size in bytes before a new segment file is started.
     #[arg(long, env = "LOGPLAYER_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
+    #[command(flatten)]
+    limit: EntryLimit,
+}
+
+/// The one entry-size limit, the same flag on the LogStore, the player and the shards.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct EntryLimit {
+    /// Largest transaction accepted, in bytes (the encoded size of one append's mutations).
+    /// Use the same value on the LogStore, the player and every shard: each checks the
+    /// others' at connection time.
+    #[arg(long, env = "LOGPLAYER_MAX_ENTRY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_ENTRY_BYTES, value_parser = crate::limits::parse_flag)]
+    pub max_entry_bytes: usize,
 }
 
 #[derive(Args)]
@@ -40,6 +53,8 @@ pub struct ShardArgs {
     /// crash can roll the applied index back (the player then redelivers from the log).
     #[arg(long)]
     no_fsync: bool,
+    #[command(flatten)]
+    limit: EntryLimit,
 }
 
 #[derive(Subcommand)]
@@ -53,17 +68,40 @@ pub enum ShardAction {
         #[arg(long)]
         addr: Option<String>,
     },
+    /// Move a stopped shard to another log, deliberately: bind its data directory to
+    /// --log-id and set its applied index to --applied (0 for a new log: every entry of the
+    /// new log will be applied on top of the data the shard holds). The data and the
+    /// highest epoch are kept. Prints what it changed.
+    ResetLog {
+        /// The stopped shard's data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// The new log's id (`logplayer status` or the LogStore's startup line shows it).
+        #[arg(long)]
+        log_id: String,
+        /// The index in the new log that the shard's data already includes.
+        #[arg(long, default_value_t = 0)]
+        applied: u64,
+    },
 }
 
 /// Runs the LogStore.
 pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
-    let (log, summary) = logstore::LogStore::open(a.data.clone(), Some(a.segment_bytes))
+    let config = logstore::LogStoreConfig {
+        dir: a.data.clone(),
+        segment_bytes: Some(a.segment_bytes),
+        max_entry_bytes: a.limit.max_entry_bytes,
+    };
+    let (log, summary) = logstore::LogStore::open(config)
         .with_context(|| format!("opening the log in {}", a.data.display()))?;
     tracing::info!(
+        log_id = %summary.log_id,
+        created = summary.log_id_created,
         first = summary.first,
         last = summary.last,
         torn_bytes = summary.torn_bytes_truncated,
         writers = summary.writers,
+        max_entry_bytes = a.limit.max_entry_bytes,
         "log opened"
     );
     let (listener, addr) = grpc::bind(&a.listen).await?;
@@ -100,6 +138,11 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
+        Some(ShardAction::ResetLog {
+            data,
+            log_id,
+            applied,
+        }) => reset_log(&data, &log_id, applied)?,
         None => {
             let (Some(id), Some(data)) = (a.id, a.data) else {
                 bail!("shard needs --id and --data");
@@ -110,13 +153,49 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
                 tracing::warn!("--no-fsync: commits are not durable until a later sync");
                 store.set_fsync(false);
             }
-            let core = shard::ShardCore::open(store)?;
-            let d = core.durable();
-            tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, "shard opened");
             let (listener, addr) = grpc::bind(&a.listen).await?;
+            let me = shard::ShardSelf {
+                id: id.clone(),
+                addr: addr.to_string(),
+                max_entry_bytes: a.limit.max_entry_bytes as u64,
+            };
+            let core = shard::ShardCore::open(store, me)
+                .with_context(|| format!("opening shard {id:?} in {}", data.display()))?;
+            let d = core.durable();
+            let log_id = core.identity().log_id.clone().unwrap_or_default();
+            tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, %log_id, "shard opened");
             println!("listening on {addr}");
-            shard::service::serve(id, core, listener, on_signal()).await?;
+            shard::service::serve(core, listener, on_signal()).await?;
         }
     }
+    Ok(())
+}
+
+/// `shard reset-log`: rebinds a stopped shard's data to another log, saying what changes.
+fn reset_log(data: &std::path::Path, log_id: &str, applied: u64) -> anyhow::Result<()> {
+    use shard::ShardStore as _;
+    let Some(log_id) = logstore::log_id::parse(log_id) else {
+        bail!("--log-id {log_id:?} is not a log id (a UUID, as `logplayer status` shows it)");
+    };
+    let mut store = shard::store::RedbStore::open_existing(data).with_context(|| {
+        format!(
+            "opening the shard store in {} (is the shard stopped?)",
+            data.display()
+        )
+    })?;
+    let before = store.identity()?;
+    let durable = store.load()?;
+    let keys = store.key_count()?;
+    store.reset_log(&log_id, applied)?;
+    let shard = before.shard_id.as_deref().unwrap_or("(not yet recorded)");
+    let old = before.log_id.as_deref().unwrap_or("(none)");
+    println!("shard {shard} at {}:", data.display());
+    println!("  log id         {old} -> {log_id}");
+    println!("  applied index  {} -> {applied}", durable.applied);
+    println!("  highest epoch  {} (kept)", durable.highest_epoch);
+    println!("  data           {keys} keys (kept)");
+    println!(
+        "the shard will now accept deliveries from log {log_id} only, applying entries above {applied}"
+    );
     Ok(())
 }

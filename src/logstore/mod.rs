@@ -1,12 +1,14 @@
 //! The LogStore: the durable write-ahead log that transaction managers append to and
 //! players read from.
 //!
-//! It owns the append path — validation, per-writer sequence deduplication, group commit
-//! (one writer thread takes every append that is waiting, writes them, and fsyncs once),
-//! publication of the durable head — and the read path (a bounded cache of recent entries
-//! in front of the WAL, so tailing readers never touch the disk). Record storage, checksums
-//! and recovery belong to [`crate::logstore::wal`]; the gRPC edge is [`service`].
+//! It owns the append path — validation (including the entry-size limit), per-writer
+//! sequence deduplication, group commit (one writer thread takes every append that is
+//! waiting, writes them, and fsyncs once), publication of the durable head — the read path
+//! (a bounded cache of recent entries in front of the WAL, so tailing readers never touch
+//! the disk), and the log's identity ([`log_id`]). Record storage, checksums and recovery
+//! belong to [`crate::logstore::wal`]; the gRPC edge is [`service`].
 
+pub mod log_id;
 pub mod service;
 pub mod wal;
 
@@ -37,6 +39,22 @@ pub enum LogStoreError {
     Wal(#[from] WalError),
     #[error("invalid append: {0}")]
     Invalid(String),
+    #[error(
+        "entry of {size} bytes exceeds the limit of {limit} bytes (--max-entry-bytes); split the transaction or raise the limit on every component"
+    )]
+    TooLarge { size: usize, limit: usize },
+    #[error(
+        "writer {writer:?} reused sequence {sequence} for different mutations; the original append is index {index}"
+    )]
+    SequenceReused {
+        writer: String,
+        sequence: u64,
+        index: u64,
+    },
+    #[error("append not durable: {0}; the LogStore refuses appends until restarted")]
+    NotDurable(String),
+    #[error(transparent)]
+    LogId(#[from] log_id::LogIdError),
     #[error(
         "writer {writer:?} sent sequence {sequence}, below its last sequence {last} (index {index}); sequences of one writer must increase"
     )]
@@ -101,6 +119,9 @@ pub struct OpenSummary {
     pub last: u64,
     pub torn_bytes_truncated: u64,
     pub writers: usize,
+    pub log_id: String,
+    /// The id was created by this open (a new log, or one from before log ids existed).
+    pub log_id_created: bool,
 }
 
 /// A handle to a running LogStore (cheap to clone).
@@ -110,10 +131,75 @@ pub struct LogStore {
     reader: WalReader,
     head: watch::Receiver<u64>,
     cache: Arc<RwLock<TailCache>>,
+    log_id: Arc<str>,
+    max_entry_bytes: usize,
 }
 
-/// Validates an append's mutations, naming the first bad one.
-pub fn validate(mutations: &[Mutation]) -> Result<(), LogStoreError> {
+/// How to open a LogStore.
+#[derive(Debug, Clone)]
+pub struct LogStoreConfig {
+    pub dir: PathBuf,
+    /// WAL segment size (`None`: the WAL's default).
+    pub segment_bytes: Option<u64>,
+    /// Largest entry accepted (see [`crate::limits`]).
+    pub max_entry_bytes: usize,
+}
+
+impl LogStoreConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        LogStoreConfig {
+            dir,
+            segment_bytes: None,
+            max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
+        }
+    }
+}
+
+/// Longest accepted writer id.
+pub const MAX_WRITER_ID_BYTES: usize = 256;
+
+/// What the writer table remembers of a writer's last append: its sequence, its index, and
+/// a digest of its mutations (to tell a retry from a reused sequence).
+#[derive(Debug, Clone, Copy)]
+struct LastAppend {
+    sequence: u64,
+    index: u64,
+    digest: u64,
+}
+
+/// A digest of an append's mutations: FNV-1a over their encoding. It only has to tell a
+/// retry from a mistake (a different transaction under a reused sequence), not resist an
+/// adversary; it is rebuilt from the records at startup, so it is never persisted.
+fn digest(mutations: &[Mutation]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    for m in mutations {
+        h.write(&m.encode_to_vec());
+    }
+    h.finish()
+}
+
+/// Validates an append's mutations and writer, naming the first problem.
+pub fn validate(
+    mutations: &[Mutation],
+    writer: Option<&(String, u64)>,
+    max_entry_bytes: usize,
+) -> Result<(), LogStoreError> {
+    if let Some((id, _)) = writer
+        && id.len() > MAX_WRITER_ID_BYTES
+    {
+        return Err(LogStoreError::Invalid(format!(
+            "writer id of {} bytes is longer than {MAX_WRITER_ID_BYTES}",
+            id.len()
+        )));
+    }
+    let size = crate::limits::entry_bytes(mutations);
+    if size > max_entry_bytes {
+        return Err(LogStoreError::TooLarge {
+            size,
+            limit: max_entry_bytes,
+        });
+    }
     if mutations.is_empty() {
         return Err(LogStoreError::Invalid(
             "a transaction needs at least one mutation".into(),
@@ -154,19 +240,25 @@ fn decode_stored(index: u64, bytes: &[u8]) -> Result<StoredEntry, LogStoreError>
 }
 
 impl LogStore {
-    /// Opens the log in `dir` (recovering a torn tail) and starts the writer thread.
-    pub fn open(
-        dir: PathBuf,
-        segment_bytes: Option<u64>,
-    ) -> Result<(LogStore, OpenSummary), LogStoreError> {
-        let mut config = WalConfig::new(dir);
-        if let Some(b) = segment_bytes {
-            config.segment_bytes = b;
+    /// Opens the log in `config.dir` (recovering a torn tail, creating the log id of a new
+    /// log) and starts the writer thread.
+    pub fn open(config: LogStoreConfig) -> Result<(LogStore, OpenSummary), LogStoreError> {
+        crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
+        let mut wal_config = WalConfig::new(config.dir.clone());
+        if let Some(b) = config.segment_bytes {
+            wal_config.segment_bytes = b;
         }
-        let (wal, report) = Wal::open(config)?;
+        // A record is an entry plus its writer id and sequence; never refuse to read back a
+        // record an earlier, larger limit accepted.
+        let record_limit = crate::limits::message_limit(config.max_entry_bytes)
+            .max(wal_config.max_record_bytes as usize);
+        wal_config.max_record_bytes = u32::try_from(record_limit).unwrap_or(u32::MAX);
+        let (wal, report) = Wal::open(wal_config)?;
+        let empty = wal.last_index() == 0 && wal.first_index() <= 1;
+        let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;
         let reader = wal.reader();
         // Rebuild the writers' last sequences (and check every record decodes).
-        let mut writers: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut writers: HashMap<String, LastAppend> = HashMap::new();
         let mut cache = TailCache::default();
         let (first, last) = (reader.first_index(), reader.last_index());
         let mut pos = first;
@@ -175,7 +267,15 @@ impl LogStore {
             for (index, bytes) in chunk {
                 let stored = decode_stored(index, &bytes)?;
                 if !stored.writer_id.is_empty() {
-                    writers.insert(stored.writer_id, (stored.sequence, index));
+                    let mutations = stored.entry.as_ref().map(|e| &e.mutations[..]);
+                    writers.insert(
+                        stored.writer_id,
+                        LastAppend {
+                            sequence: stored.sequence,
+                            index,
+                            digest: digest(mutations.unwrap_or_default()),
+                        },
+                    );
                 }
                 if let Some(e) = stored.entry {
                     cache.push(e);
@@ -188,6 +288,8 @@ impl LogStore {
             last,
             torn_bytes_truncated: report.torn_bytes_truncated,
             writers: writers.len(),
+            log_id: log_id.clone(),
+            log_id_created: created,
         };
         let (jobs_tx, jobs_rx) = mpsc::channel(APPEND_QUEUE);
         let (head_tx, head_rx) = watch::channel(last);
@@ -213,6 +315,8 @@ impl LogStore {
                 reader,
                 head: head_rx,
                 cache,
+                log_id: log_id.into(),
+                max_entry_bytes: config.max_entry_bytes,
             },
             summary,
         ))
@@ -240,7 +344,7 @@ impl LogStore {
         writer: Option<(String, u64)>,
         start_micros: u64,
     ) -> Result<oneshot::Receiver<Result<Appended, LogStoreError>>, LogStoreError> {
-        validate(&mutations)?;
+        validate(&mutations, writer.as_ref(), self.max_entry_bytes)?;
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Append {
@@ -265,6 +369,16 @@ impl LogStore {
         rx.await.map_err(|_| LogStoreError::Stopped)?
     }
 
+    /// The log's id (see [`log_id`]).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The largest entry this log accepts.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_entry_bytes
+    }
+
     /// `(first, last)` durable indexes.
     pub fn bounds(&self) -> (u64, u64) {
         (self.reader.first_index(), *self.head.borrow())
@@ -276,7 +390,7 @@ impl LogStore {
     }
 
     /// Entries `[from, to]` (to clamped to the head), at least one when `from <= head`,
-    /// stopping once `max_bytes` of entries are collected.
+    /// and no more once the next would take the total past `max_bytes`.
     pub fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
         let head = *self.head.borrow();
         let to = to.min(head);
@@ -291,10 +405,11 @@ impl LogStore {
             let mut out = Vec::new();
             let mut bytes = 0;
             for e in cache.entries.range((from - first) as usize..) {
-                if e.index > to || (bytes >= max_bytes && !out.is_empty()) {
+                let len = e.encoded_len();
+                if e.index > to || (bytes + len > max_bytes && !out.is_empty()) {
                     break;
                 }
-                bytes += e.encoded_len();
+                bytes += len;
                 out.push(e.clone());
             }
             return Ok(out);
@@ -316,7 +431,7 @@ impl LogStore {
 
 struct Writer {
     wal: Wal,
-    writers: HashMap<String, (u64, u64)>,
+    writers: HashMap<String, LastAppend>,
     cache: Arc<RwLock<TailCache>>,
     head: watch::Sender<u64>,
 }
@@ -367,10 +482,19 @@ impl Writer {
     fn seen_before(
         &self,
         writer: Option<&(String, u64)>,
+        mutations: &[Mutation],
     ) -> Option<Result<Appended, LogStoreError>> {
         let (id, seq) = writer?;
-        let &(last_seq, last_index) = self.writers.get(id)?;
+        let last = *self.writers.get(id)?;
+        let (last_seq, last_index) = (last.sequence, last.index);
         if *seq == last_seq {
+            if digest(mutations) != last.digest {
+                return Some(Err(LogStoreError::SequenceReused {
+                    writer: id.clone(),
+                    sequence: *seq,
+                    index: last_index,
+                }));
+            }
             return Some(Ok(Appended {
                 index: last_index,
                 duplicate: true,
@@ -431,12 +555,13 @@ impl Writer {
                     start_micros,
                     reply,
                 } => {
-                    if let Some(answer) = self.seen_before(writer.as_ref()) {
+                    if let Some(answer) = self.seen_before(writer.as_ref(), &mutations) {
                         replies.push((reply, answer));
                         continue;
                     }
                     let index = next;
                     next += 1;
+                    let digest = writer.as_ref().map(|_| digest(&mutations));
                     let entry = Entry {
                         index,
                         mutations,
@@ -444,7 +569,14 @@ impl Writer {
                     };
                     let (writer_id, sequence) = writer.clone().unwrap_or_default();
                     if !writer_id.is_empty() {
-                        self.writers.insert(writer_id.clone(), (sequence, index));
+                        self.writers.insert(
+                            writer_id.clone(),
+                            LastAppend {
+                                sequence,
+                                index,
+                                digest: digest.unwrap_or_default(),
+                            },
+                        );
                     }
                     let stored = StoredEntry {
                         entry: Some(entry),
@@ -468,9 +600,7 @@ impl Writer {
         {
             let msg = e.to_string();
             for (reply, _) in replies {
-                let _ = reply.send(Err(LogStoreError::Invalid(format!(
-                    "append not durable: {msg}"
-                ))));
+                let _ = reply.send(Err(LogStoreError::NotDurable(msg.clone())));
             }
             return Err(e);
         }
@@ -509,7 +639,7 @@ mod tests {
     #[tokio::test]
     async fn a_retried_append_with_the_same_sequence_returns_the_original_index() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        let (log, _) = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf())).unwrap();
         let w = |s| Some(("tm-1".to_string(), s));
         let a = log.append(add("k"), w(1), 0).await.unwrap();
         let b = log.append(add("k"), w(1), 0).await.unwrap();
@@ -525,7 +655,7 @@ mod tests {
         assert_eq!(log.bounds(), (1, 2));
         drop(log);
         // The writer table survives a restart.
-        let (log, summary) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        let (log, summary) = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf())).unwrap();
         assert_eq!(summary.writers, 1);
         let again = log.append(add("k"), w(2), 0).await.unwrap();
         assert_eq!((again.index, again.duplicate), (2, true));
@@ -534,7 +664,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_get_dense_indexes() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        let (log, _) = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf())).unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -557,7 +687,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_appends_name_the_bad_mutation() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = LogStore::open(dir.path().to_path_buf(), None).unwrap();
+        let (log, _) = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf())).unwrap();
         let e = log.append(vec![], None, 0).await.unwrap_err();
         assert!(e.to_string().contains("at least one mutation"), "{e}");
         let mut m = add("k");

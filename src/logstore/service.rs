@@ -1,5 +1,6 @@
-//! The LogStore's gRPC edge: `Append`, `Read` (tailing and bounded), `Bounds`, `Retain`,
-//! plus health and reflection. Errors become statuses here and nowhere else.
+//! The LogStore's gRPC edge: `Append`, `AppendStream`, `Read` (bounded, or tailing with
+//! `follow`), `Bounds`, `Retain`, plus health and reflection. Errors become statuses (one
+//! code and `logplayer-error` reason each, see [`grpc::Reason`]) here and nowhere else.
 
 use std::pin::Pin;
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{LogStore, LogStoreError};
-use crate::grpc::{self, GrpcError};
+use crate::grpc::{self, GrpcError, Reason};
 use crate::logstore::wal::WalError;
 use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
 use crate::proto::{
@@ -21,23 +22,55 @@ use crate::proto::{
 
 /// Appends of one `AppendStream` submitted but not yet answered.
 const APPEND_PIPELINE: usize = 1024;
-/// Default and largest size of one `ReadResponse`.
+/// Default size of one `ReadResponse` (clamped to the entry limit, see
+/// [`crate::limits::batch_budget`]).
 const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
-const MAX_READ_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Responses buffered per read stream; a slow reader holds back its own stream only.
 const READ_STREAM_BUFFER: usize = 4;
 
 fn to_status(e: LogStoreError) -> Status {
-    match &e {
-        LogStoreError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        LogStoreError::StaleSequence { .. } => Status::failed_precondition(e.to_string()),
-        LogStoreError::Wal(WalError::Removed { .. }) => Status::out_of_range(e.to_string()),
-        LogStoreError::Stopped => Status::unavailable(e.to_string()),
+    let reason = match &e {
+        LogStoreError::Invalid(_) => Reason::Invalid,
+        LogStoreError::TooLarge { .. } => Reason::EntryTooLarge,
+        LogStoreError::SequenceReused { .. } => Reason::SequenceReused,
+        LogStoreError::StaleSequence { .. } => Reason::StaleSequence,
+        LogStoreError::Wal(WalError::Removed { .. }) => Reason::BelowRetention,
+        LogStoreError::Stopped | LogStoreError::NotDurable(_) => Reason::NotDurable,
         LogStoreError::Wal(WalError::Corruption { .. }) | LogStoreError::Decode { .. } => {
-            Status::data_loss(e.to_string())
+            Reason::Corrupt
         }
-        LogStoreError::Wal(_) => Status::internal(e.to_string()),
+        // Any other WAL failure (IO on read, a record over the WAL's own limit) or id
+        // problem on a running log: the log cannot serve this now.
+        LogStoreError::Wal(_) | LogStoreError::LogId(_) => Reason::NotDurable,
+    };
+    reason.status(e.to_string())
+}
+
+/// Checks a read request against the log's bounds: `from` at least 1 and not below
+/// retention, `to` not below `from`, and (without `follow`) `from` at most `last + 1`.
+fn check_read(r: &ReadRequest, first: u64, last: u64) -> Result<(), Status> {
+    if r.from == 0 {
+        return Err(Reason::Invalid.status("read: `from` must be at least 1"));
     }
+    if r.to != 0 && r.to < r.from {
+        return Err(Reason::Invalid.status(format!(
+            "read: `to` ({}) is below `from` ({})",
+            r.to, r.from
+        )));
+    }
+    if r.from < first {
+        return Err(Reason::BelowRetention.status(format!(
+            "read: entries below {first} were removed by retention; asked from {}",
+            r.from
+        )));
+    }
+    if !r.follow && r.from > last + 1 {
+        return Err(Reason::PastHead.status(format!(
+            "read: from {} is past the last index {last} (set follow to wait for it)",
+            r.from
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -62,6 +95,7 @@ impl LogStoreRpc for Service {
         let (pending_tx, mut pending_rx) = mpsc::channel(APPEND_PIPELINE);
         let (tx, rx) = mpsc::channel(APPEND_PIPELINE);
         let log = self.log.clone();
+        let log_id: std::sync::Arc<str> = self.log.log_id().into();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -77,7 +111,7 @@ impl LogStoreRpc for Service {
                             .map_err(to_status)
                     }
                     Ok(None) => return,
-                    Err(status) => Err(status),
+                    Err(status) => Err(grpc::size_refusal(status)),
                 };
                 let refused = submitted.is_err();
                 if pending_tx.send(submitted).await.is_err() || refused {
@@ -98,6 +132,7 @@ impl LogStoreRpc for Service {
                 let msg = out.map(|a| AppendResponse {
                     index: a.index,
                     duplicate: a.duplicate,
+                    log_id: log_id.to_string(),
                 });
                 if tx.send(msg).await.is_err() || refused {
                     return;
@@ -121,6 +156,7 @@ impl LogStoreRpc for Service {
         Ok(Response::new(AppendResponse {
             index: out.index,
             duplicate: out.duplicate,
+            log_id: self.log.log_id().to_owned(),
         }))
     }
 
@@ -129,38 +165,29 @@ impl LogStoreRpc for Service {
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let r = request.into_inner();
-        if r.from == 0 {
-            return Err(Status::invalid_argument("read: `from` must be at least 1"));
-        }
-        if r.to != 0 && r.to < r.from {
-            return Err(Status::invalid_argument(format!(
-                "read: `to` ({}) is below `from` ({})",
-                r.to, r.from
-            )));
-        }
-        let (first, _) = self.log.bounds();
-        if r.from < first {
-            return Err(Status::out_of_range(format!(
-                "read: entries below {first} were removed by retention; asked from {}",
-                r.from
-            )));
-        }
-        let max = match r.max_batch_bytes as usize {
-            0 => DEFAULT_READ_BATCH_BYTES,
-            n => n.min(MAX_READ_BATCH_BYTES),
-        };
+        let (first, last) = self.log.bounds();
+        check_read(&r, first, last)?;
+        let max = crate::limits::batch_budget(
+            r.max_batch_bytes as usize,
+            DEFAULT_READ_BATCH_BYTES,
+            self.log.max_entry_bytes(),
+        );
         let (tx, rx) = mpsc::channel(READ_STREAM_BUFFER);
         let log = self.log.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut head = log.head();
             let mut pos = r.from;
+            let log_id = log.log_id().to_owned();
             loop {
                 if r.to != 0 && pos > r.to {
-                    return; // bounded read complete: end the stream with OK
+                    return; // the range is complete: end the stream with OK
                 }
                 let available = *head.borrow_and_update();
                 if pos > available {
+                    if !r.follow {
+                        return; // all the log holds was sent: end the stream with OK
+                    }
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
                         _ = shutdown.cancelled() => return,
@@ -185,7 +212,7 @@ impl LogStoreRpc for Service {
                 };
                 pos = last + 1;
                 tokio::select! {
-                    sent = tx.send(Ok(ReadResponse { entries })) => if sent.is_err() { return },
+                    sent = tx.send(Ok(ReadResponse { entries, log_id: log_id.clone() })) => if sent.is_err() { return },
                     _ = shutdown.cancelled() => return,
                 }
             }
@@ -195,7 +222,12 @@ impl LogStoreRpc for Service {
 
     async fn bounds(&self, _r: Request<BoundsRequest>) -> Result<Response<BoundsResponse>, Status> {
         let (first, last) = self.log.bounds();
-        Ok(Response::new(BoundsResponse { first, last }))
+        Ok(Response::new(BoundsResponse {
+            first,
+            last,
+            log_id: self.log.log_id().to_owned(),
+            max_entry_bytes: self.log.max_entry_bytes() as u64,
+        }))
     }
 
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
@@ -212,18 +244,19 @@ impl LogStoreRpc for Service {
 }
 
 /// Serves the LogStore until `shutdown` is cancelled; then stops accepting, ends the read
-/// streams, lets in-flight appends finish, and returns.
+/// streams, lets in-flight appends finish (within [`grpc::DRAIN_DEADLINE`]), and returns.
 pub async fn serve(
     log: LogStore,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
+    let limit = crate::limits::message_limit(log.max_entry_bytes());
     let svc = LogStoreServer::new(Service {
         log,
         shutdown: shutdown.clone(),
     })
-    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
     let router = grpc::router("logplayer.v1.LogStore")
         .await?
         .add_service(svc);

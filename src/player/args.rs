@@ -86,9 +86,13 @@ pub struct PlayerArgs {
     /// Most entries per batch.
     #[arg(long, env = "LOGPLAYER_BATCH_ENTRIES", default_value_t = 512)]
     pub batch_entries: usize,
-    /// Most bytes per batch.
+    /// Most bytes per batch (never above --max-entry-bytes; one larger entry goes alone).
     #[arg(long, env = "LOGPLAYER_BATCH_BYTES", default_value_t = 1024 * 1024)]
     pub batch_bytes: usize,
+    /// Largest transaction, in bytes: the same value as the LogStore's and every shard's
+    /// --max-entry-bytes (the player checks both when it connects).
+    #[arg(long, env = "LOGPLAYER_MAX_ENTRY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_ENTRY_BYTES, value_parser = crate::limits::parse_flag)]
+    pub max_entry_bytes: usize,
     /// Most unacknowledged batches per shard.
     #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = 16)]
     pub window: usize,
@@ -193,6 +197,7 @@ impl PlayerArgs {
         config.epoch = self.epoch;
         config.batch_entries = self.batch_entries;
         config.batch_bytes = self.batch_bytes;
+        config.max_entry_bytes = self.max_entry_bytes;
         config.window_batches = self.window;
         config.queue_bytes = self.queue_bytes;
         config.watermark_every = self.watermark_every;

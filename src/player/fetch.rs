@@ -5,13 +5,13 @@
 
 use super::queue::{Push, Recovery};
 use super::{PlayerError, Shared, backoff, lock};
+use crate::grpc::{self, Reason};
 use crate::model::now_micros;
 use crate::player::metrics::Metrics;
 use crate::proto::{Entry, Mutation, ReadRequest, ShardEntry};
 use crate::routing::ShardMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tonic::Code;
 
 impl Shared {
     /// Dispatches one main-stream entry (called by the fetcher only).
@@ -103,6 +103,7 @@ impl Shared {
                         from,
                         to: 0,
                         max_batch_bytes: 0,
+                        follow: true,
                     })
                     .await?
                     .into_inner();
@@ -112,16 +113,32 @@ impl Shared {
                         _ = self.shutdown.cancelled() => return Ok(()),
                     };
                     let Some(resp) = msg else { return Ok(()) };
+                    if resp.log_id != self.log_id {
+                        self.fail(PlayerError::WrongLog {
+                            addr: self.config.logstore.clone(),
+                            expected: self.log_id.clone(),
+                            found: resp.log_id,
+                        });
+                        return Ok(());
+                    }
                     retry = backoff(&self.config);
+                    if self.stats.metrics.clear_problem(MAIN_STREAM) {
+                        self.stats.metrics.read_stalled.set(0);
+                        tracing::info!("the main stream reads again");
+                    }
                     for entry in resp.entries {
                         self.dispatch(entry);
                     }
                 }
             }
             .await;
-            match result {
-                Ok(()) => {}
-                Err(status) if status.code() == Code::OutOfRange => {
+            let status = match result {
+                Ok(()) => None,
+                Err(status) => Some(grpc::size_refusal(status)),
+            };
+            match status.as_ref().map(|s| (s, Reason::of(s))) {
+                None => {}
+                Some((_, Some(Reason::BelowRetention))) => {
                     let first = self.first_index().await.unwrap_or(0);
                     self.fail(PlayerError::Retention {
                         shard: "(main stream)".into(),
@@ -130,7 +147,15 @@ impl Shared {
                     });
                     return;
                 }
-                Err(status) => {
+                Some((status, Some(reason @ (Reason::EntryTooLarge | Reason::Corrupt)))) => {
+                    // Retrying will not help until somebody acts: say so once, loudly.
+                    let message = format!("cannot read entry {from}: {}", status.message());
+                    self.stats.metrics.read_stalled.set(1);
+                    if self.stats.metrics.set_problem(MAIN_STREAM, &message) {
+                        tracing::error!(index = from, reason = reason.as_str(), %message, "the main stream is stalled; retrying slowly");
+                    }
+                }
+                Some((status, _)) => {
                     tracing::warn!(%status, from, "main stream failed; reconnecting");
                 }
             }
@@ -142,6 +167,9 @@ impl Shared {
         }
     }
 }
+
+/// What `/readyz` lists a main-stream problem under.
+const MAIN_STREAM: &str = "main stream";
 
 /// Splits an entry's mutations by owning shard (order kept within each shard).
 pub(super) fn split(map: &ShardMap, mutations: &[Mutation]) -> Vec<Vec<Mutation>> {

@@ -10,8 +10,15 @@
 //!   routed to it, so a caught-up shard has lag 0 even when the newest entries go elsewhere),
 //! - `delivery_delay_seconds{shard}` (histogram: dispatch to the shard's durable ack),
 //! - `shard_reconnects_total{shard}`, `shard_recoveries_total{shard}` (counters),
-//! - `player_current_index` (gauge), `player_dispatched_entries_total` (counter).
+//! - `player_current_index` (gauge), `player_dispatched_entries_total` (counter),
+//! - `shard_refused{shard,reason}` (gauge: 1 while the shard refuses this player for
+//!   `reason` — `wrong-shard`, `wrong-log`, `entry-limit`, `entry-too-large`, `invalid` —
+//!   and 0 once it accepts again), `player_read_stalled` (gauge: 1 while the main stream
+//!   cannot read the next entry). Each such problem is also listed by `/readyz` and logged
+//!   at ERROR once when it starts.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -25,6 +32,13 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabel {
     pub shard: String,
+}
+
+/// The `shard` and `reason` labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    pub shard: String,
+    pub reason: String,
 }
 
 fn delay_histogram() -> Histogram {
@@ -45,8 +59,12 @@ pub struct Metrics {
     pub recoveries: Family<ShardLabel, Counter>,
     pub current_index: Gauge,
     pub dispatched: Counter,
+    pub refused: Family<RefusalLabel, Gauge>,
+    pub read_stalled: Gauge,
     /// What `/readyz` answers.
     pub ready: AtomicBool,
+    /// Current problems by what they concern (`shard s0`, `main stream`), for `/readyz`.
+    problems: Mutex<BTreeMap<String, String>>,
 }
 
 impl Default for Metrics {
@@ -63,7 +81,10 @@ impl Default for Metrics {
             recoveries: Family::default(),
             current_index: Gauge::default(),
             dispatched: Counter::default(),
+            refused: Family::default(),
+            read_stalled: Gauge::default(),
             ready: AtomicBool::new(false),
+            problems: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,6 +137,16 @@ impl Default for Metrics {
             "Log entries dispatched by this replica",
             m.dispatched.clone(),
         );
+        registry.register(
+            "shard_refused",
+            "1 while the shard refuses this player for the labelled reason (a misconfiguration or an undeliverable entry)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "player_read_stalled",
+            "1 while the main stream cannot read the next entry from the log",
+            m.read_stalled.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -138,6 +169,23 @@ impl Metrics {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
+
+    /// Records a problem concerning `what`; true when it is new or changed (the caller logs
+    /// it at ERROR then, and not again on every retry).
+    pub fn set_problem(&self, what: &str, message: &str) -> bool {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = p.get(what).map(String::as_str) != Some(message);
+        if changed {
+            p.insert(what.to_owned(), message.to_owned());
+        }
+        changed
+    }
+
+    /// Clears the problem concerning `what`; true when there was one.
+    pub fn clear_problem(&self, what: &str) -> bool {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        p.remove(what).is_some()
+    }
 }
 
 impl crate::metrics::Exposition for Metrics {
@@ -146,6 +194,12 @@ impl crate::metrics::Exposition for Metrics {
     }
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+    fn problems(&self) -> Vec<String> {
+        let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        p.iter()
+            .map(|(what, msg)| format!("{what}: {msg}"))
+            .collect()
     }
 }
 

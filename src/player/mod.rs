@@ -52,8 +52,12 @@ pub struct PlayerConfig {
     pub player_id: String,
     /// Most entries in one batch.
     pub batch_entries: usize,
-    /// Most bytes in one batch (a single larger entry still goes alone).
+    /// Most bytes in one batch (a single larger entry still goes alone); never above
+    /// `max_entry_bytes`.
     pub batch_bytes: usize,
+    /// The entry-size limit (see [`crate::limits`]); the LogStore's and the shards' must
+    /// not be larger.
+    pub max_entry_bytes: usize,
     /// Most batches in flight (sent, not acknowledged) per shard.
     pub window_batches: usize,
     /// Byte limit of a shard's normal queue before it switches to recovery from the log.
@@ -81,6 +85,7 @@ impl PlayerConfig {
             player_id: format!("player-{}", std::process::id()),
             batch_entries: 512,
             batch_bytes: 1024 * 1024,
+            max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
             window_batches: 16,
             queue_bytes: 8 * 1024 * 1024,
             catchup_bytes: 4 * 1024 * 1024,
@@ -105,8 +110,11 @@ impl PlayerConfig {
         if self.queue_bytes < 64 * 1024 || self.catchup_bytes < 64 * 1024 {
             return bad("queue and catch-up limits must be at least 64 KiB");
         }
-        if self.batch_bytes > grpc::MAX_MESSAGE_BYTES / 2 {
-            return bad("batch bytes must be at most half the 16 MiB message limit");
+        if let Err(e) = crate::limits::validate(self.max_entry_bytes) {
+            return bad(&e);
+        }
+        if self.batch_bytes == 0 {
+            return bad("batch bytes must be at least 1");
         }
         if self.watermark_every == 0 {
             return bad("watermark interval must be at least 1");
@@ -124,7 +132,32 @@ pub enum PlayerError {
     #[error("invalid player setting: {0}")]
     Config(String),
     #[error("fenced by shard {shard}: {message}")]
-    Fenced { shard: String, message: String },
+    Fenced {
+        shard: String,
+        message: String,
+        /// The shard's highest epoch, when it said.
+        highest: Option<u64>,
+    },
+    #[error(
+        "shard {shard} has seen epoch {seen}, which no lease holder was ever given (this replica holds the lease at epoch {lease_epoch}, its highest): a process outside the lease (a player started by hand with --epoch, or one using another lease) delivered to it. Stop that process, then raise the lease's epoch above {seen}"
+    )]
+    UnknownEpoch {
+        shard: String,
+        seen: u64,
+        lease_epoch: u64,
+    },
+    #[error(
+        "the LogStore at {addr} serves log {found}, but this player started on log {expected}: the log behind the address changed; restart the player against the intended log"
+    )]
+    WrongLog {
+        addr: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "the LogStore at {addr} accepts entries up to {log} bytes but this player was started with --max-entry-bytes {ours}; use the same value on every component"
+    )]
+    EntryLimit { addr: String, log: u64, ours: u64 },
     #[error(
         "the log no longer holds index {needed} (first is {first}); shard {shard} cannot be caught up"
     )]
@@ -170,6 +203,9 @@ struct Dispatch {
 
 struct Shared {
     config: PlayerConfig,
+    /// The log this player delivers (learned from `Bounds` at start) and its entry limit.
+    log_id: String,
+    log_max_entry_bytes: u64,
     targets: Vec<Target>,
     dispatch: Mutex<Dispatch>,
     log: LogStoreClient<Channel>,
@@ -217,7 +253,11 @@ impl Backoff {
 
 impl Shared {
     fn fail(&self, e: PlayerError) {
-        tracing::error!(error = %e, "player stopping");
+        match &e {
+            // A stale leader being fenced is how failover is meant to work.
+            PlayerError::Fenced { .. } => tracing::warn!(error = %e, "player stopping"),
+            _ => tracing::error!(error = %e, "player stopping"),
+        }
         let mut f = lock(&self.fatal);
         if f.is_none() {
             *f = Some(e);
@@ -251,43 +291,30 @@ impl Player {
         shutdown: CancellationToken,
     ) -> Result<Player, PlayerError> {
         config.validate()?;
+        let limit = crate::limits::message_limit(config.max_entry_bytes);
         let channel = grpc::endpoint(&config.logstore)?.connect_lazy();
         let log = LogStoreClient::new(channel)
-            .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
-        let probes = config.shards.shards.iter().map(|s| {
-            let addr = s.addr.clone();
-            let wait = config.startup_probe;
-            async move {
-                let ask = async {
-                    let ch = grpc::connect(&addr).await.ok()?;
-                    let r = ShardClient::new(ch).applied(AppliedRequest {}).await.ok()?;
-                    Some(r.into_inner().applied_index)
-                };
-                tokio::time::timeout(wait, ask).await.ok().flatten()
-            }
-        });
-        let applied: Vec<Option<u64>> = futures::future::join_all(probes).await;
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        let Some(bounds) = log_bounds(&log, &config, &shutdown).await else {
+            return Err(PlayerError::Config(
+                "stopped before the LogStore answered".into(),
+            ));
+        };
+        if bounds.max_entry_bytes > config.max_entry_bytes as u64 {
+            return Err(PlayerError::EntryLimit {
+                addr: config.logstore.clone(),
+                log: bounds.max_entry_bytes,
+                ours: config.max_entry_bytes as u64,
+            });
+        }
+        tracing::info!(log_id = %bounds.log_id, first = bounds.first, last = bounds.last, "LogStore answered");
+        let applied = probe_shards(&config, &bounds.log_id).await;
+        // No shard answered: start at the log's head; each shard catches up by a recovery
+        // stream when it connects.
         let start = match applied.iter().flatten().min() {
             Some(&min) => min + 1,
-            None => {
-                // No shard answered: start at the log's head; each shard catches up by a
-                // recovery stream when it connects.
-                let mut log = log.clone();
-                let mut retry = backoff(&config);
-                loop {
-                    match log.bounds(BoundsRequest {}).await {
-                        Ok(b) => break b.into_inner().last + 1,
-                        Err(status) => {
-                            tracing::warn!(%status, "LogStore not answering yet");
-                            tokio::select! {
-                                _ = tokio::time::sleep(retry.next()) => {}
-                                _ = shutdown.cancelled() => break 1,
-                            }
-                        }
-                    }
-                }
-            }
+            None => bounds.last + 1,
         };
         for (s, a) in config.shards.shards.iter().zip(&applied) {
             match a {
@@ -318,6 +345,8 @@ impl Player {
         stats.current_index.store(start - 1, Ordering::Relaxed);
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
+            log_id: bounds.log_id,
+            log_max_entry_bytes: bounds.max_entry_bytes,
             dispatch: Mutex::new(Dispatch {
                 current_index: start - 1,
                 last_real: vec![start - 1; n],
@@ -361,6 +390,51 @@ impl Player {
     pub fn status(&self) -> Vec<TargetStatus> {
         status_of(&self.shared)
     }
+}
+
+/// The LogStore's bounds, asked until it answers (`None`: shut down first).
+async fn log_bounds(
+    log: &LogStoreClient<Channel>,
+    config: &PlayerConfig,
+    shutdown: &CancellationToken,
+) -> Option<crate::proto::BoundsResponse> {
+    let mut retry = backoff(config);
+    loop {
+        match log.clone().bounds(BoundsRequest {}).await {
+            Ok(b) => return Some(b.into_inner()),
+            Err(status) => {
+                tracing::warn!(%status, addr = %config.logstore, "LogStore not answering yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry.next()) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Asks every shard its applied index (for up to `startup_probe`). A shard that does not
+/// answer, or answers as another shard or for another log, counts as unknown: its sender
+/// sorts it out when it connects.
+async fn probe_shards(config: &PlayerConfig, log_id: &str) -> Vec<Option<u64>> {
+    let probes = config.shards.shards.iter().map(|s| {
+        let wait = config.startup_probe;
+        async move {
+            let ask = async {
+                let ch = grpc::connect(&s.addr).await.ok()?;
+                let r = ShardClient::new(ch).applied(AppliedRequest {}).await.ok()?;
+                Some(r.into_inner())
+            };
+            let r = tokio::time::timeout(wait, ask).await.ok().flatten()?;
+            let other_log = !r.log_id.is_empty() && r.log_id != log_id;
+            if r.shard_id != s.id || other_log {
+                tracing::warn!(shard = %s.id, addr = %s.addr, reported_shard = %r.shard_id, reported_log = %r.log_id, "the shard at this address is not the one the map names, or applies another log; ignoring its applied index");
+                return None;
+            }
+            Some(r.applied_index)
+        }
+    });
+    futures::future::join_all(probes).await
 }
 
 fn status_of(shared: &Shared) -> Vec<TargetStatus> {

@@ -4,10 +4,10 @@
 use super::fetch::owned;
 use super::queue::{Push, ReadDone, Recovery};
 use super::{PlayerError, Shared, backoff, lock};
+use crate::grpc::Reason;
 use crate::model::now_micros;
 use crate::proto::{BoundsRequest, Mutation, ReadRequest, ShardEntry};
 use std::sync::Arc;
-use tonic::Code;
 
 impl Shared {
     /// Reads `[from, to]` (and any extension) for target `t` into its catch-up queue, ending
@@ -26,7 +26,7 @@ impl Shared {
                 Ok(Some(())) => {}
                 Ok(None) => return, // stale term
                 Err(status) => {
-                    if status.code() == Code::OutOfRange {
+                    if Reason::of(&status) == Some(Reason::BelowRetention) {
                         let first = self.first_index().await.unwrap_or(0);
                         self.fail(PlayerError::Retention {
                             shard: target.id.clone(),
@@ -92,10 +92,17 @@ impl Shared {
                 from: start,
                 to,
                 max_batch_bytes: 0,
+                follow: false,
             })
             .await?
             .into_inner();
         while let Some(resp) = stream.message().await? {
+            if resp.log_id != self.log_id {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "the LogStore now serves log {}, not {}",
+                    resp.log_id, self.log_id
+                )));
+            }
             for entry in resp.entries {
                 let mutations: Vec<Mutation> = entry
                     .mutations

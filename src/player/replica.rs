@@ -73,6 +73,19 @@ async fn show_saved_cursors(config: &ReplicaConfig, stats: &PlayerStats) {
     }
 }
 
+/// Whether this replica still holds the lease at `epoch`: then `epoch` is the highest the
+/// lease ever gave (epochs only grow, by acquisition, and nobody acquired since us).
+async fn still_hold(backend: &dyn LeaseBackend, epoch: u64) -> bool {
+    match backend.try_acquire_or_renew().await {
+        Ok(lease::LeaseState::Held { epoch: held }) => held == epoch,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the lease after being fenced");
+            false
+        }
+    }
+}
+
 /// Runs a replica until `shutdown`; returns an error only for a problem no other replica
 /// could get past either (a bad setting, a log that lost entries a shard needs).
 pub async fn run(
@@ -140,6 +153,18 @@ pub async fn run(
         match result {
             Ok(()) if shutdown.is_cancelled() => break Ok(()),
             Ok(()) => tracing::warn!(epoch, "stepped down: lost the lease"),
+            Err(PlayerError::Fenced {
+                shard,
+                highest: Some(seen),
+                ..
+            }) if seen > epoch && still_hold(backend.as_ref(), epoch).await => {
+                // Nobody took the lease from us, so no holder was ever given `seen`.
+                break Err(PlayerError::UnknownEpoch {
+                    shard,
+                    seen,
+                    lease_epoch: epoch,
+                });
+            }
             Err(e @ PlayerError::Fenced { .. }) => {
                 tracing::warn!(epoch, error = %e, "fenced by a newer leader; resigning");
                 resign.notify_one();

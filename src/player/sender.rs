@@ -1,12 +1,16 @@
 //! One sender per shard: keeps a bidirectional `Deliver` stream up (Hello with the epoch,
-//! batches within the in-flight window, cumulative acks), and reconnects with backoff.
+//! the log id, the shard id the map expects and the entry limit; batches within the
+//! in-flight window; cumulative acks), checks the shard's Welcome, and reconnects with
+//! backoff. A shard that refuses this player for a reason that retrying cannot fix (wrong
+//! shard, wrong log, a smaller entry limit, an entry it cannot take) is reported once at
+//! ERROR, in `shard_refused` and in `/readyz`, and retried slowly; the other shards go on.
 
 use super::{PlayerError, Shared, Target, backoff, lock};
-use crate::grpc;
+use crate::grpc::{self, Reason};
 use crate::model::now_micros;
-use crate::player::metrics::Metrics;
+use crate::player::metrics::{Metrics, RefusalLabel};
 use crate::proto::shard_client::ShardClient;
-use crate::proto::{Batch, DeliverRequest, Hello, deliver_request, deliver_response};
+use crate::proto::{Batch, DeliverRequest, Hello, Welcome, deliver_request, deliver_response};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,14 +23,20 @@ impl Shared {
         let target = &self.targets[t];
         let mut retry = backoff(&self.config);
         while !self.shutdown.is_cancelled() {
+            let mut slow = false;
             match self.deliver_session(t).await {
                 Ok(()) => retry = backoff(&self.config),
-                Err(SessionEnd::Fenced(message)) => {
+                Err(SessionEnd::Fenced { message, highest }) => {
                     self.fail(PlayerError::Fenced {
                         shard: target.id.clone(),
                         message,
+                        highest,
                     });
                     return;
+                }
+                Err(SessionEnd::Refused { reason, message }) => {
+                    self.refused(target, reason, &message);
+                    slow = true;
                 }
                 Err(SessionEnd::Broken(reason)) => {
                     tracing::debug!(shard = %target.id, %reason, "delivery stream ended");
@@ -43,7 +53,12 @@ impl Shared {
                 .reconnects
                 .get_or_create(&Metrics::shard(&target.id))
                 .inc();
-            let wait = retry.next();
+            // A refusal will not go away by itself: retry at the slowest pace.
+            let wait = if slow {
+                self.config.backoff_max
+            } else {
+                retry.next()
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.cancelled() => return,
@@ -56,14 +71,18 @@ impl Shared {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
         let channel = grpc::connect(&target.addr).await.map_err(|e| broken(&e))?;
+        let limit = crate::limits::message_limit(self.config.max_entry_bytes);
         let mut client = ShardClient::new(channel)
-            .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
         let (tx, rx) = mpsc::channel(self.config.window_batches + 1);
         let hello = DeliverRequest {
             msg: Some(deliver_request::Msg::Hello(Hello {
                 epoch: self.config.epoch,
                 player_id: self.config.player_id.clone(),
+                log_id: self.log_id.clone(),
+                shard_id: target.id.clone(),
+                max_entry_bytes: self.log_max_entry_bytes,
             })),
         };
         tx.send(hello).await.map_err(|e| broken(&e))?;
@@ -74,7 +93,7 @@ impl Shared {
             .into_inner();
         let applied = match inbound.message().await.map_err(classify)? {
             Some(r) => match r.msg {
-                Some(deliver_response::Msg::Welcome(w)) => w.applied_index,
+                Some(deliver_response::Msg::Welcome(w)) => self.check_welcome(target, &w)?,
                 _ => {
                     return Err(SessionEnd::Broken(
                         "first response was not a Welcome".into(),
@@ -96,18 +115,24 @@ impl Shared {
             self.spawn_recovery(t, rec);
         }
         // (last index, earliest dispatch time) of each batch in flight.
-        let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
+        self.accepted(target);
+        let mut in_flight: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
+        let batch_bytes = crate::limits::batch_budget(
+            self.config.batch_bytes,
+            self.config.batch_bytes,
+            self.config.max_entry_bytes,
+        );
         loop {
             // Fill the window.
             while in_flight.len() < self.config.window_batches {
-                let batch = lock(&target.queue)
-                    .next_batch(self.config.batch_entries, self.config.batch_bytes);
-                let Some(last) = batch.last().map(|e| e.index) else {
+                let batch = lock(&target.queue).next_batch(self.config.batch_entries, batch_bytes);
+                let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                     break;
                 };
+                let (first, last) = (first.index, last.index);
                 let dispatched = batch.iter().map(|e| e.dispatch_micros).min().unwrap_or(0);
                 target.room.notify_waiters();
-                in_flight.push_back((last, dispatched));
+                in_flight.push_back((first, last, dispatched));
                 let msg = DeliverRequest {
                     msg: Some(deliver_request::Msg::Batch(Batch { entries: batch })),
                 };
@@ -133,7 +158,8 @@ impl Shared {
                     return Ok(());
                 }
                 m = inbound.message() => {
-                    match m.map_err(classify)? {
+                    let m = m.map_err(|status| undeliverable(status, in_flight.front()));
+                    match m? {
                         Some(r) => match r.msg {
                             Some(deliver_response::Msg::Ack(a)) => {
                                 self.acked(target, &mut in_flight, a.applied_index);
@@ -153,7 +179,7 @@ impl Shared {
     fn acked(
         &self,
         target: &Target,
-        in_flight: &mut std::collections::VecDeque<(u64, u64)>,
+        in_flight: &mut std::collections::VecDeque<(u64, u64, u64)>,
         applied: u64,
     ) {
         lock(&target.queue).on_ack(applied);
@@ -163,7 +189,7 @@ impl Shared {
             .metrics
             .delivery_delay
             .get_or_create(&Metrics::shard(&target.id));
-        while let Some(&(last, dispatched)) = in_flight.front() {
+        while let Some(&(_, last, dispatched)) = in_flight.front() {
             if last > applied {
                 break;
             }
@@ -175,20 +201,123 @@ impl Shared {
     }
 }
 
-/// How a delivery session ended: fenced (stop) or broken (reconnect).
+impl Shared {
+    /// Checks a shard's Welcome against the map and the log: the shard must be the one the
+    /// map names at this address, bound to this player's log (or to none yet). Returns the
+    /// shard's applied index.
+    fn check_welcome(&self, target: &Target, w: &Welcome) -> Result<u64, SessionEnd> {
+        if w.shard_id != target.id {
+            return Err(SessionEnd::Refused {
+                reason: Reason::WrongShard,
+                message: format!(
+                    "the shard at {} reports id {:?}, but the shard map says {:?} is there; nothing was sent",
+                    target.addr, w.shard_id, target.id
+                ),
+            });
+        }
+        if !w.log_id.is_empty() && w.log_id != self.log_id {
+            return Err(SessionEnd::Refused {
+                reason: Reason::WrongLog,
+                message: format!(
+                    "shard {:?} at {} is bound to log {}, but this player delivers log {}; nothing was sent",
+                    target.id, target.addr, w.log_id, self.log_id
+                ),
+            });
+        }
+        Ok(w.applied_index)
+    }
+
+    /// Reports a refusal: the metric and `/readyz` always, the log at ERROR only when it is
+    /// new (not on every retry).
+    fn refused(&self, target: &Target, reason: Reason, message: &str) {
+        let m = &self.stats.metrics;
+        m.refused
+            .get_or_create(&RefusalLabel {
+                shard: target.id.clone(),
+                reason: reason.as_str().to_owned(),
+            })
+            .set(1);
+        let what = format!("shard {}", target.id);
+        if m.set_problem(&what, &format!("{}: {message}", reason.as_str())) {
+            tracing::error!(shard = %target.id, addr = %target.addr, reason = reason.as_str(), %message, "the shard refuses this player; retrying slowly until it is fixed");
+        } else {
+            tracing::debug!(shard = %target.id, reason = reason.as_str(), "still refused");
+        }
+    }
+
+    /// The shard accepted a session: clear any refusal it was reported for.
+    fn accepted(&self, target: &Target) {
+        let m = &self.stats.metrics;
+        if m.clear_problem(&format!("shard {}", target.id)) {
+            for reason in Reason::ALL {
+                let label = RefusalLabel {
+                    shard: target.id.clone(),
+                    reason: reason.as_str().to_owned(),
+                };
+                if m.refused.get(&label).is_some() {
+                    m.refused.get_or_create(&label).set(0);
+                }
+            }
+            tracing::info!(shard = %target.id, "the shard accepts this player again");
+        }
+    }
+}
+
+/// How a delivery session ended: fenced (stop), refused for a reason retrying will not fix
+/// (report, retry slowly), or broken (reconnect).
 pub(super) enum SessionEnd {
-    Fenced(String),
+    Fenced {
+        message: String,
+        highest: Option<u64>,
+    },
+    Refused {
+        reason: Reason,
+        message: String,
+    },
     Broken(String),
 }
 
 pub(super) fn classify(status: tonic::Status) -> SessionEnd {
-    let fenced = status
-        .metadata()
-        .get(grpc::ERROR_KEY)
-        .is_some_and(|v| v == "fenced");
-    if fenced {
-        SessionEnd::Fenced(status.message().to_owned())
-    } else {
-        SessionEnd::Broken(format!("{}: {}", status.code(), status.message()))
+    let status = grpc::size_refusal(status);
+    match Reason::of(&status) {
+        Some(Reason::Fenced) => SessionEnd::Fenced {
+            message: status.message().to_owned(),
+            highest: status
+                .metadata()
+                .get(grpc::EPOCH_KEY)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+        },
+        Some(
+            reason @ (Reason::WrongShard
+            | Reason::WrongLog
+            | Reason::EntryLimit
+            | Reason::EntryTooLarge
+            | Reason::Invalid),
+        ) => SessionEnd::Refused {
+            reason,
+            message: status.message().to_owned(),
+        },
+        _ => SessionEnd::Broken(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+/// A refusal in the middle of a session, naming the entries of the first batch the shard
+/// had not acknowledged (the one it could not take) when the refusal is about an entry.
+fn undeliverable(status: tonic::Status, oldest: Option<&(u64, u64, u64)>) -> SessionEnd {
+    match (classify(status), oldest) {
+        (SessionEnd::Refused { reason, message }, Some(&(first, last, _)))
+            if matches!(reason, Reason::EntryTooLarge | Reason::Invalid) =>
+        {
+            let which = if first == last {
+                format!("entry {first}")
+            } else {
+                format!("the batch of entries {first}..={last}")
+            };
+            SessionEnd::Refused {
+                reason,
+                message: format!("cannot deliver {which}: {message}"),
+            }
+        }
+        (other, _) => other,
     }
 }

@@ -1,8 +1,10 @@
 //! The delivery target: what a shard does with the entries a player sends it.
 //!
-//! [`ShardCore`] holds the protocol rules and nothing else: fencing by leader epoch, skipping
-//! indexes already applied, refusing gaps, and committing each batch through a
-//! [`ShardStore`] in one atomic, durable write together with the new applied index. It knows
+//! [`ShardCore`] holds the protocol rules and nothing else: checking who is talking (the
+//! shard id the sender expects, the log the entries come from, the entry-size limit),
+//! fencing by leader epoch, skipping indexes already applied, refusing gaps, and committing
+//! each batch through a [`ShardStore`] in one atomic, durable write together with the new
+//! applied index. It knows
 //! neither gRPC nor a particular storage engine: `service` is the gRPC edge, `store` the
 //! built-in redb backend, and a user can put their own storage behind [`ShardStore`].
 
@@ -21,6 +23,10 @@ use crate::proto::ShardEntry;
 pub trait ShardStore: Send + 'static {
     /// The durable applied index (0 for a new store) and highest epoch seen.
     fn load(&self) -> Result<Durable, StoreError>;
+    /// Which shard this store belongs to and which log it applies (each `None` until set).
+    fn identity(&self) -> Result<Identity, StoreError>;
+    /// Durably records the identity.
+    fn set_identity(&mut self, identity: &Identity) -> Result<(), StoreError>;
     /// Durably records a new highest epoch.
     fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError>;
     /// Applies `entries` (in index order, all above the current applied index) and sets the
@@ -35,6 +41,27 @@ pub trait ShardStore: Send + 'static {
 pub struct Durable {
     pub applied: u64,
     pub highest_epoch: u64,
+}
+
+/// Whom a shard's data belongs to: its own shard id, and the log its applied index counts
+/// entries of. Both are persisted, so a restart, a swapped address or a different log
+/// behind the LogStore's address cannot make the shard apply somebody else's entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    pub shard_id: Option<String>,
+    pub log_id: Option<String>,
+}
+
+/// What a sender announces at the start of a delivery stream.
+#[derive(Debug, Clone, Default)]
+pub struct HelloInfo {
+    pub epoch: u64,
+    /// The log the entries come from (required).
+    pub log_id: String,
+    /// The shard id the sender expects at this address (empty: not checked).
+    pub shard_id: String,
+    /// The log's entry-size limit (0: not said).
+    pub max_entry_bytes: u64,
 }
 
 /// An error of a storage backend.
@@ -63,6 +90,35 @@ pub enum ShardError {
         "gap: entry {index} names previous index {prev} but this shard has applied only up to {applied}"
     )]
     Gap { index: u64, prev: u64, applied: u64 },
+    #[error(
+        "wrong shard: this is shard {ours:?} (at {addr}), but the sender's shard map expects {expected:?} at this address"
+    )]
+    WrongShard {
+        ours: String,
+        expected: String,
+        addr: String,
+    },
+    #[error(
+        "wrong log: shard {shard:?} (at {addr}) applied entries of log {ours} up to index {applied}; the sender delivers from log {theirs}. If the move to the new log is deliberate, run `logplayer shard reset-log` on this shard's data"
+    )]
+    WrongLog {
+        shard: String,
+        addr: String,
+        ours: String,
+        theirs: String,
+        applied: u64,
+    },
+    #[error(
+        "entry limit: the log accepts entries up to {log} bytes but shard {shard:?} (at {addr}) was started with --max-entry-bytes {ours}; use the same value everywhere"
+    )]
+    EntryLimit {
+        shard: String,
+        addr: String,
+        log: u64,
+        ours: u64,
+    },
+    #[error("data directory belongs to shard {stored:?}, but this shard was started as {given:?}")]
+    NotThisShard { stored: String, given: String },
     #[error("malformed entry: {0}")]
     Malformed(String),
     #[error(transparent)]
@@ -80,33 +136,115 @@ pub struct Applied {
     pub skipped: usize,
 }
 
+/// Who a shard is and where it listens, as its refusals name it.
+#[derive(Debug, Clone)]
+pub struct ShardSelf {
+    pub id: String,
+    pub addr: String,
+    pub max_entry_bytes: u64,
+}
+
 /// The protocol rules of a shard around a store.
 pub struct ShardCore<S: ShardStore> {
     store: S,
     durable: Durable,
+    identity: Identity,
+    me: ShardSelf,
 }
 
 impl<S: ShardStore> ShardCore<S> {
-    pub fn open(store: S) -> Result<Self, ShardError> {
+    /// Opens the rules around `store` for shard `me.id`: a store that belongs to another
+    /// shard is refused; a new one is stamped with this id.
+    pub fn open(mut store: S, me: ShardSelf) -> Result<Self, ShardError> {
         let durable = store.load()?;
-        Ok(ShardCore { store, durable })
+        let mut identity = store.identity()?;
+        match &identity.shard_id {
+            Some(stored) if *stored != me.id => {
+                return Err(ShardError::NotThisShard {
+                    stored: stored.clone(),
+                    given: me.id.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                identity.shard_id = Some(me.id.clone());
+                store.set_identity(&identity)?;
+            }
+        }
+        Ok(ShardCore {
+            store,
+            durable,
+            identity,
+            me,
+        })
     }
 
     pub fn durable(&self) -> Durable {
         self.durable
     }
 
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn me(&self) -> &ShardSelf {
+        &self.me
+    }
+
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    /// A sender announces its epoch. Rejects an epoch below the highest seen; persists a
-    /// higher one before returning, so a restart cannot forget it.
-    pub fn hello(&mut self, epoch: u64) -> Result<Durable, ShardError> {
-        self.check_epoch(epoch)?;
-        if epoch > self.durable.highest_epoch {
-            self.store.set_epoch(epoch)?;
-            self.durable.highest_epoch = epoch;
+    /// A sender announces itself. Refuses a sender that expects another shard here, that
+    /// delivers from another log than the one this shard applied, whose log accepts larger
+    /// entries than this shard, or whose epoch is below the highest seen. Persists the log
+    /// id of the first delivery and a higher epoch before returning, so a restart cannot
+    /// forget either.
+    pub fn hello(&mut self, hello: &HelloInfo) -> Result<Durable, ShardError> {
+        if !hello.shard_id.is_empty() && hello.shard_id != self.me.id {
+            return Err(ShardError::WrongShard {
+                ours: self.me.id.clone(),
+                expected: hello.shard_id.clone(),
+                addr: self.me.addr.clone(),
+            });
+        }
+        if hello.log_id.is_empty() {
+            return Err(ShardError::Malformed(
+                "the Hello names no log id; a sender must say which log it delivers".into(),
+            ));
+        }
+        if let Some(ours) = &self.identity.log_id
+            && *ours != hello.log_id
+        {
+            return Err(ShardError::WrongLog {
+                shard: self.me.id.clone(),
+                addr: self.me.addr.clone(),
+                ours: ours.clone(),
+                theirs: hello.log_id.clone(),
+                applied: self.durable.applied,
+            });
+        }
+        if hello.max_entry_bytes > self.me.max_entry_bytes {
+            return Err(ShardError::EntryLimit {
+                shard: self.me.id.clone(),
+                addr: self.me.addr.clone(),
+                log: hello.max_entry_bytes,
+                ours: self.me.max_entry_bytes,
+            });
+        }
+        self.check_epoch(hello.epoch)?;
+        if self.identity.log_id.is_none() {
+            if self.durable.applied > 0 {
+                tracing::warn!(shard = %self.me.id, applied = self.durable.applied, log_id = %hello.log_id, "this shard applied entries before log ids existed; adopting the sender's log");
+            }
+            let mut identity = self.identity.clone();
+            identity.log_id = Some(hello.log_id.clone());
+            self.store.set_identity(&identity)?;
+            self.identity = identity;
+        }
+        if hello.epoch > self.durable.highest_epoch {
+            self.store.set_epoch(hello.epoch)?;
+            self.durable.highest_epoch = hello.epoch;
         }
         Ok(self.durable)
     }
@@ -186,6 +324,7 @@ impl<S: ShardStore> ShardCore<S> {
 #[derive(Default)]
 pub struct MemStore {
     pub durable: Durable,
+    pub identity: Identity,
     pub state: crate::model::State,
     pub commits: usize,
 }
@@ -193,6 +332,13 @@ pub struct MemStore {
 impl ShardStore for MemStore {
     fn load(&self) -> Result<Durable, StoreError> {
         Ok(self.durable)
+    }
+    fn identity(&self) -> Result<Identity, StoreError> {
+        Ok(self.identity.clone())
+    }
+    fn set_identity(&mut self, identity: &Identity) -> Result<(), StoreError> {
+        self.identity = identity.clone();
+        Ok(())
     }
     fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {
         self.durable.highest_epoch = epoch;
@@ -231,6 +377,101 @@ mod tests {
         }
     }
 
+    const LOG: &str = "11111111-1111-4111-8111-111111111111";
+
+    fn me(id: &str) -> ShardSelf {
+        ShardSelf {
+            id: id.into(),
+            addr: "127.0.0.1:1".into(),
+            max_entry_bytes: 4096,
+        }
+    }
+
+    fn mem() -> ShardCore<MemStore> {
+        ShardCore::open(MemStore::default(), me("s0")).unwrap()
+    }
+
+    fn hi(epoch: u64) -> HelloInfo {
+        HelloInfo {
+            epoch,
+            log_id: LOG.into(),
+            shard_id: "s0".into(),
+            max_entry_bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn a_sender_expecting_another_shard_is_refused_naming_both_ids_and_the_address() {
+        let mut core = mem();
+        let err = core
+            .hello(&HelloInfo {
+                shard_id: "s1".into(),
+                ..hi(1)
+            })
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ShardError::WrongShard { .. }), "{msg}");
+        assert!(
+            msg.contains("\"s0\"") && msg.contains("\"s1\"") && msg.contains("127.0.0.1:1"),
+            "{msg}"
+        );
+        assert_eq!(
+            core.durable().highest_epoch,
+            0,
+            "a refused hello changes nothing"
+        );
+        assert_eq!(core.identity().log_id, None);
+    }
+
+    #[test]
+    fn the_first_log_binds_the_shard_and_another_log_is_refused() {
+        let mut core = mem();
+        core.hello(&hi(1)).unwrap();
+        core.apply(1, &[add(1, 0, "k", 1)]).unwrap();
+        assert_eq!(core.identity().log_id.as_deref(), Some(LOG));
+        let other = HelloInfo {
+            log_id: "22222222-2222-4222-8222-222222222222".into(),
+            ..hi(2)
+        };
+        let err = core.hello(&other).unwrap_err();
+        assert!(
+            matches!(err, ShardError::WrongLog { applied: 1, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(LOG) && err.to_string().contains("2222"),
+            "{err}"
+        );
+        // A hello without a log id is malformed.
+        let anonymous = HelloInfo {
+            log_id: String::new(),
+            ..hi(2)
+        };
+        assert!(matches!(
+            core.hello(&anonymous),
+            Err(ShardError::Malformed(_))
+        ));
+        // The same log is welcome.
+        core.hello(&hi(2)).unwrap();
+    }
+
+    #[test]
+    fn a_store_of_another_shard_does_not_open_and_a_larger_log_limit_is_refused() {
+        let mut core = mem();
+        let store = std::mem::take(&mut core.store);
+        let err = ShardCore::open(store, me("s1")).err().unwrap();
+        assert!(matches!(err, ShardError::NotThisShard { .. }), "{err}");
+        let mut core = mem();
+        let big = HelloInfo {
+            max_entry_bytes: 4097,
+            ..hi(1)
+        };
+        assert!(matches!(
+            core.hello(&big),
+            Err(ShardError::EntryLimit { .. })
+        ));
+    }
+
     fn counter(core: &ShardCore<MemStore>, key: &str) -> Option<i64> {
         match core.store().state.get(key.as_bytes()) {
             Some(Value::Counter(n)) => Some(*n),
@@ -240,19 +481,19 @@ mod tests {
 
     #[test]
     fn an_epoch_below_the_highest_seen_is_rejected() {
-        let mut core = ShardCore::open(MemStore::default()).unwrap();
-        assert_eq!(core.hello(5).unwrap().highest_epoch, 5);
+        let mut core = mem();
+        assert_eq!(core.hello(&hi(5)).unwrap().highest_epoch, 5);
         assert!(matches!(
-            core.hello(4),
+            core.hello(&hi(4)),
             Err(ShardError::Fenced {
                 epoch: 4,
                 highest: 5
             })
         ));
         // An equal epoch is the same leader reconnecting.
-        core.hello(5).unwrap();
+        core.hello(&hi(5)).unwrap();
         // A batch from an old stream is fenced once a newer leader said hello.
-        core.hello(7).unwrap();
+        core.hello(&hi(7)).unwrap();
         let err = core.apply(5, &[add(1, 0, "k", 1)]).unwrap_err();
         assert!(err.to_string().starts_with("fenced"), "{err}");
         assert_eq!(counter(&core, "k"), None);
@@ -260,8 +501,8 @@ mod tests {
 
     #[test]
     fn a_duplicate_index_is_skipped_and_not_applied_twice() {
-        let mut core = ShardCore::open(MemStore::default()).unwrap();
-        core.hello(1).unwrap();
+        let mut core = mem();
+        core.hello(&hi(1)).unwrap();
         core.apply(1, &[add(1, 0, "k", 1), add(3, 1, "k", 10)])
             .unwrap();
         let out = core
@@ -283,8 +524,8 @@ mod tests {
 
     #[test]
     fn a_gap_is_refused_after_committing_the_valid_prefix() {
-        let mut core = ShardCore::open(MemStore::default()).unwrap();
-        core.hello(1).unwrap();
+        let mut core = mem();
+        core.hello(&hi(1)).unwrap();
         // Entry 5 says entry 4 touched this shard too, but 4 never came.
         let err = core
             .apply(1, &[add(1, 0, "k", 1), add(5, 4, "k", 10)])
@@ -306,8 +547,8 @@ mod tests {
 
     #[test]
     fn a_watermark_advances_the_applied_index_without_data() {
-        let mut core = ShardCore::open(MemStore::default()).unwrap();
-        core.hello(1).unwrap();
+        let mut core = mem();
+        core.hello(&hi(1)).unwrap();
         let mut wm = add(50, 0, "k", 0);
         wm.mutations.clear();
         core.apply(1, &[wm]).unwrap();
@@ -319,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_malformed_previous_index_is_refused() {
-        let mut core = ShardCore::open(MemStore::default()).unwrap();
+        let mut core = mem();
         let err = core.apply(0, &[add(3, 3, "k", 1)]).unwrap_err();
         assert!(matches!(err, ShardError::Malformed(_)), "{err}");
         let err = core.apply(0, &[add(0, 0, "k", 1)]).unwrap_err();

@@ -2,12 +2,16 @@
 //! and reflection. It turns [`ShardError`]s into statuses and does nothing else of its own:
 //! the rules live in [`ShardCore`].
 //!
-//! Status codes a sender can rely on:
+//! Status codes a sender can rely on (the whole table is in `proto/logplayer.proto`):
 //! - `FAILED_PRECONDITION` with metadata `logplayer-error: fenced` — the epoch is below the
-//!   highest this shard has seen; the sender must step down.
+//!   highest this shard has seen (sent as `logplayer-highest-epoch`); the sender must step
+//!   down.
+//! - `FAILED_PRECONDITION` with `wrong-shard`, `wrong-log` or `entry-limit` — the sender is
+//!   misconfigured for this shard; nothing was applied.
 //! - `ABORTED` with `logplayer-error: gap` — an entry's previous index is above what the
 //!   shard applied; the sender must reconnect and recover from the applied index.
-//! - `INVALID_ARGUMENT` — a malformed stream (no hello first, bad indexes).
+//! - `RESOURCE_EXHAUSTED` with `entry-too-large` — a message above this shard's limit.
+//! - `INVALID_ARGUMENT` with `invalid` — a malformed stream (no hello first, bad indexes).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::stats::Stats;
-use super::{ShardCore, ShardError, ShardStore};
-use crate::grpc::{self, GrpcError};
+use super::{HelloInfo, ShardCore, ShardError, ShardStore};
+use crate::grpc::{self, GrpcError, Reason};
 use crate::model::{json_line, now_micros};
 use crate::proto::shard_server::{Shard, ShardServer};
 use crate::proto::{
@@ -42,6 +46,8 @@ const INBOUND_CHANNEL: usize = 64;
 /// The gRPC service of one shard.
 pub struct ShardService<S: ShardStore> {
     id: String,
+    max_entry_bytes: u64,
+    log_id: Arc<Mutex<String>>,
     core: Arc<Mutex<ShardCore<S>>>,
     applied: Arc<AtomicU64>,
     highest_epoch: Arc<AtomicU64>,
@@ -53,6 +59,8 @@ impl<S: ShardStore> Clone for ShardService<S> {
     fn clone(&self) -> Self {
         ShardService {
             id: self.id.clone(),
+            max_entry_bytes: self.max_entry_bytes,
+            log_id: self.log_id.clone(),
             core: self.core.clone(),
             applied: self.applied.clone(),
             highest_epoch: self.highest_epoch.clone(),
@@ -62,31 +70,35 @@ impl<S: ShardStore> Clone for ShardService<S> {
     }
 }
 
-fn with_reason(mut status: Status, reason: &'static str) -> Status {
-    status.metadata_mut().insert(
-        grpc::ERROR_KEY,
-        tonic::metadata::MetadataValue::from_static(reason),
-    );
+/// The status a sender sees for a refusal.
+pub fn to_status(e: &ShardError) -> Status {
+    let reason = match e {
+        ShardError::Fenced { .. } => Reason::Fenced,
+        ShardError::WrongShard { .. } | ShardError::NotThisShard { .. } => Reason::WrongShard,
+        ShardError::WrongLog { .. } => Reason::WrongLog,
+        ShardError::EntryLimit { .. } => Reason::EntryLimit,
+        ShardError::Gap { .. } => Reason::Gap,
+        ShardError::Malformed(_) => Reason::Invalid,
+        ShardError::Store(_) => Reason::Store,
+    };
+    let mut status = reason.status(e.to_string());
+    if let ShardError::Fenced { highest, .. } = e
+        && let Ok(v) = tonic::metadata::MetadataValue::try_from(highest.to_string())
+    {
+        status.metadata_mut().insert(grpc::EPOCH_KEY, v);
+    }
     status
 }
 
-/// The status a sender sees for a refusal.
-pub fn to_status(e: &ShardError) -> Status {
-    match e {
-        ShardError::Fenced { .. } => {
-            with_reason(Status::failed_precondition(e.to_string()), "fenced")
-        }
-        ShardError::Gap { .. } => with_reason(Status::aborted(e.to_string()), "gap"),
-        ShardError::Malformed(_) => Status::invalid_argument(e.to_string()),
-        ShardError::Store(_) => Status::internal(e.to_string()),
-    }
-}
-
 impl<S: ShardStore> ShardService<S> {
-    pub fn new(id: String, core: ShardCore<S>, shutdown: CancellationToken) -> Self {
+    pub fn new(core: ShardCore<S>, shutdown: CancellationToken) -> Self {
         let d = core.durable();
         ShardService {
-            id,
+            id: core.me().id.clone(),
+            max_entry_bytes: core.me().max_entry_bytes,
+            log_id: Arc::new(Mutex::new(
+                core.identity().log_id.clone().unwrap_or_default(),
+            )),
             core: Arc::new(Mutex::new(core)),
             applied: Arc::new(AtomicU64::new(d.applied)),
             highest_epoch: Arc::new(AtomicU64::new(d.highest_epoch)),
@@ -137,8 +149,14 @@ impl<S: ShardStore> ShardService<S> {
                     Ok(Some(_)) => Inbound::NotABatch,
                     Ok(None) => Inbound::Closed,
                     Err(status) => {
-                        tracing::debug!(shard = %id, %status, "delivery stream broke");
-                        Inbound::Closed
+                        let status = grpc::size_refusal(status);
+                        if Reason::of(&status) == Some(Reason::EntryTooLarge) {
+                            tracing::error!(shard = %id, %status, "refused a batch above this shard's message limit");
+                            Inbound::Refused(status)
+                        } else {
+                            tracing::debug!(shard = %id, %status, "delivery stream broke");
+                            Inbound::Closed
+                        }
                     }
                 };
                 let last = !matches!(item, Inbound::Batch(..));
@@ -167,6 +185,12 @@ impl<S: ShardStore> ShardService<S> {
             }
             ShardError::Malformed(_) => {
                 tracing::warn!(shard = %self.id, error = %e, "malformed batch")
+            }
+            ShardError::WrongShard { .. }
+            | ShardError::WrongLog { .. }
+            | ShardError::EntryLimit { .. }
+            | ShardError::NotThisShard { .. } => {
+                tracing::error!(shard = %self.id, error = %e, "refused a misconfigured sender")
             }
         }
     }
@@ -197,11 +221,15 @@ impl<S: ShardStore> ShardService<S> {
                     }
                     Inbound::NotABatch => {
                         let _ = tx
-                            .send(Err(Status::invalid_argument(
+                            .send(Err(Reason::Invalid.status(
                                 "only the first message of a Deliver stream may be a Hello; \
                                  later messages must be Batches",
                             )))
                             .await;
+                        return;
+                    }
+                    Inbound::Refused(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                     Inbound::Closed => closed = true,
@@ -266,6 +294,8 @@ enum Inbound {
     Batch(Vec<ShardEntry>, u64),
     /// A Hello (or an empty message) after the first message: a protocol error.
     NotABatch,
+    /// A message this shard refuses to read (above its size limit).
+    Refused(Status),
     /// End of stream or a broken connection.
     Closed,
 }
@@ -282,28 +312,40 @@ impl<S: ShardStore> Shard for ShardService<S> {
         request: Request<Streaming<DeliverRequest>>,
     ) -> Result<Response<Self::DeliverStream>, Status> {
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let hello = match inbound.message().await.map_err(grpc::size_refusal)? {
             Some(DeliverRequest {
                 msg: Some(deliver_request::Msg::Hello(h)),
             }) => h,
             Some(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message of a Deliver stream must be a Hello",
-                ));
+                return Err(
+                    Reason::Invalid.status("the first message of a Deliver stream must be a Hello")
+                );
             }
-            None => return Err(Status::invalid_argument("stream closed before its Hello")),
+            None => return Err(Reason::Invalid.status("stream closed before its Hello")),
         };
         let epoch = hello.epoch;
+        let info = HelloInfo {
+            epoch,
+            log_id: hello.log_id.clone(),
+            shard_id: hello.shard_id.clone(),
+            max_entry_bytes: hello.max_entry_bytes,
+        };
         let durable = self
-            .with_core(move |core| core.hello(epoch))
+            .with_core(move |core| core.hello(&info))
             .await
             .map_err(|e| {
-                if matches!(e, ShardError::Fenced { .. }) {
-                    self.stats.fenced();
+                match e {
+                    ShardError::Fenced { .. } => {
+                        self.stats.fenced();
+                        tracing::info!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello");
+                    }
+                    _ => tracing::warn!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello"),
                 }
-                tracing::info!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello");
                 to_status(&e)
             })?;
+        if let Ok(mut id) = self.log_id.lock() {
+            hello.log_id.clone_into(&mut id);
+        }
         tracing::info!(shard = %self.id, player = %hello.player_id, epoch, applied = durable.applied, "sender connected");
         let (tx, rx) = mpsc::channel(ACK_CHANNEL);
         let welcome = DeliverResponse {
@@ -311,6 +353,8 @@ impl<S: ShardStore> Shard for ShardService<S> {
                 applied_index: durable.applied,
                 highest_epoch: durable.highest_epoch,
                 shard_id: self.id.clone(),
+                log_id: hello.log_id.clone(),
+                max_entry_bytes: self.max_entry_bytes,
             })),
         };
         tx.send(Ok(welcome))
@@ -328,6 +372,8 @@ impl<S: ShardStore> Shard for ShardService<S> {
             applied_index: self.applied.load(Ordering::Acquire),
             highest_epoch: self.highest_epoch.load(Ordering::Acquire),
             shard_id: self.id.clone(),
+            log_id: self.log_id.lock().map(|id| id.clone()).unwrap_or_default(),
+            max_entry_bytes: self.max_entry_bytes,
         }))
     }
 
@@ -356,17 +402,17 @@ impl<S: ShardStore> Shard for ShardService<S> {
 }
 
 /// Serves a shard on `listener` until `shutdown` is cancelled; then stops accepting, lets
-/// each stream finish its current commit, and returns.
+/// each stream finish its current commit (within [`grpc::DRAIN_DEADLINE`]), and returns.
 pub async fn serve<S: ShardStore>(
-    id: String,
     core: ShardCore<S>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
-    let service = ShardService::new(id, core, shutdown.clone());
+    let limit = crate::limits::message_limit(core.me().max_entry_bytes as usize);
+    let service = ShardService::new(core, shutdown.clone());
     let shard = ShardServer::new(service)
-        .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let router = grpc::router("logplayer.v1.Shard").await?.add_service(shard);
     grpc::serve(router, listener, shutdown, "shard").await
 }

@@ -8,16 +8,19 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Durable, ShardStore, StoreError};
+use super::{Durable, Identity, ShardStore, StoreError};
 use crate::model::Value;
 use crate::proto::ShardEntry;
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 const APPLIED: &str = "applied_index";
 const EPOCH: &str = "highest_epoch";
+const SHARD_ID: &str = "shard_id";
+const LOG_ID: &str = "log_id";
 
 /// File name of the shard database inside its data directory.
 pub const DB_FILE: &str = "shard.redb";
@@ -44,6 +47,7 @@ impl RedbStore {
         {
             txn.open_table(DATA).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
+            txn.open_table(IDENTITY).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(RedbStore {
@@ -76,6 +80,28 @@ impl RedbStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The admin's deliberate move to another log (`logplayer shard reset-log`): binds the
+    /// shard to `log_id` and sets its applied index to `applied` (the index in the new log
+    /// from which this shard's state continues; 0 for a new log), in one durable write. The
+    /// data and the highest epoch are kept.
+    pub fn reset_log(&mut self, log_id: &str, applied: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut ids = txn.open_table(IDENTITY).map_err(backend)?;
+            ids.insert(LOG_ID, log_id).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            meta.insert(APPLIED, applied).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
+    }
+
+    /// How many keys the shard holds.
+    pub fn key_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let data = txn.open_table(DATA).map_err(backend)?;
+        data.len().map_err(backend)
+    }
 }
 
 fn decode(key: &[u8], bytes: &[u8]) -> Result<Value, StoreError> {
@@ -100,6 +126,33 @@ impl ShardStore for RedbStore {
             applied: get(APPLIED)?,
             highest_epoch: get(EPOCH)?,
         })
+    }
+
+    fn identity(&self) -> Result<Identity, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let ids = txn.open_table(IDENTITY).map_err(backend)?;
+        let get = |k| -> Result<Option<String>, StoreError> {
+            Ok(ids.get(k).map_err(backend)?.map(|g| g.value().to_owned()))
+        };
+        Ok(Identity {
+            shard_id: get(SHARD_ID)?,
+            log_id: get(LOG_ID)?,
+        })
+    }
+
+    fn set_identity(&mut self, identity: &Identity) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut ids = txn.open_table(IDENTITY).map_err(backend)?;
+            for (key, value) in [(SHARD_ID, &identity.shard_id), (LOG_ID, &identity.log_id)] {
+                match value {
+                    Some(v) => ids.insert(key, v.as_str()).map(drop),
+                    None => ids.remove(key).map(drop),
+                }
+                .map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
     }
 
     fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {

@@ -1,0 +1,121 @@
+//! The one entry-size limit and everything sized from it.
+//!
+//! An **entry's size** is the encoded size of one append's mutations (the `mutations` field
+//! of `AppendRequest`, which is also what a log `Entry` and a `ShardEntry` carry). The
+//! LogStore refuses an append above `--max-entry-bytes` with `RESOURCE_EXHAUSTED`; the
+//! LogStore, the player and the shards take the same flag, and derive their gRPC message
+//! limits and batch sizes from it here, so that every entry the log accepted can be read
+//! and delivered: one entry of exactly the limit travels alone in a message of at most
+//! [`message_limit`] bytes, and batches of smaller entries never grow past that either.
+//!
+//! The parts check each other instead of trusting the configuration: `Bounds` reports the
+//! log's limit, the player refuses to run with a smaller one, and a shard refuses a `Hello`
+//! announcing a larger limit than its own (`entry-limit`).
+
+use prost::Message;
+
+use crate::proto::Mutation;
+
+/// Default `--max-entry-bytes`: 4 MiB.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
+/// Smallest accepted `--max-entry-bytes`.
+pub const MIN_MAX_ENTRY_BYTES: usize = 1024;
+/// Largest accepted `--max-entry-bytes` (a WAL record's length is a u32, and a gRPC
+/// message above 1 GiB is not something any of our peers should have to buffer).
+pub const MAX_MAX_ENTRY_BYTES: usize = 1024 * 1024 * 1024;
+/// Room in one gRPC message beyond the entries' mutations: per-entry fields (index,
+/// previous index, timestamps), the log id, and framing. Generous on purpose: a batch of
+/// many small entries has a few dozen bytes of framing per entry, and batches are cut at
+/// a byte budget below the limit (see [`batch_budget`]).
+pub const ENVELOPE_BYTES: usize = 256 * 1024;
+
+/// The size of an entry: the encoded size of its mutations as one message field.
+pub fn entry_bytes(mutations: &[Mutation]) -> usize {
+    mutations
+        .iter()
+        .map(|m| {
+            let len = m.encoded_len();
+            1 + prost::encoding::encoded_len_varint(len as u64) + len
+        })
+        .sum()
+}
+
+/// The largest gRPC message a LogStore, player or shard sends or accepts with this limit.
+pub fn message_limit(max_entry_bytes: usize) -> usize {
+    max_entry_bytes.saturating_add(ENVELOPE_BYTES)
+}
+
+/// The most entry bytes to put in one batch or read response when asked for `wanted`
+/// (0 = `default`): never above the entry limit, so a batch fits [`message_limit`].
+pub fn batch_budget(wanted: usize, default: usize, max_entry_bytes: usize) -> usize {
+    let wanted = if wanted == 0 { default } else { wanted };
+    wanted.clamp(1, max_entry_bytes)
+}
+
+/// Checks a `--max-entry-bytes` value, naming the bounds.
+pub fn validate(max_entry_bytes: usize) -> Result<(), String> {
+    if (MIN_MAX_ENTRY_BYTES..=MAX_MAX_ENTRY_BYTES).contains(&max_entry_bytes) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--max-entry-bytes {max_entry_bytes} is outside {MIN_MAX_ENTRY_BYTES}..={MAX_MAX_ENTRY_BYTES}"
+        ))
+    }
+}
+
+/// Parses a `--max-entry-bytes` flag value.
+pub fn parse_flag(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
+    validate(n)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{AppendRequest, Entry, ShardEntry, mutation::Op};
+
+    fn append(key: &str, bytes: usize) -> Mutation {
+        Mutation {
+            key: key.as_bytes().to_vec().into(),
+            op: Some(Op::Append(vec![b'x'; bytes].into())),
+        }
+    }
+
+    #[test]
+    fn an_entry_is_measured_as_its_mutations_field_in_every_message() {
+        let m = vec![append("a", 10), append("b", 100_000)];
+        let n = entry_bytes(&m);
+        let req = AppendRequest {
+            mutations: m.clone(),
+            ..Default::default()
+        };
+        assert_eq!(req.encoded_len(), n);
+        let entry = Entry {
+            index: u64::MAX,
+            mutations: m.clone(),
+            append_start_micros: u64::MAX,
+        };
+        assert!(entry.encoded_len() <= n + 32);
+        let part = ShardEntry {
+            index: u64::MAX,
+            prev_index: u64::MAX,
+            mutations: m,
+            append_start_micros: u64::MAX,
+            dispatch_micros: u64::MAX,
+        };
+        assert!(part.encoded_len() <= n + 64);
+    }
+
+    #[test]
+    fn batches_never_exceed_the_entry_limit() {
+        assert_eq!(batch_budget(0, 1 << 20, 4 << 20), 1 << 20);
+        assert_eq!(batch_budget(8 << 20, 1 << 20, 4 << 20), 4 << 20);
+        assert_eq!(batch_budget(0, 1 << 20, 4096), 4096);
+        assert!(validate(DEFAULT_MAX_ENTRY_BYTES).is_ok());
+        assert!(validate(10).unwrap_err().contains("--max-entry-bytes 10"));
+    }
+}
