@@ -174,52 +174,58 @@ impl Reason {
 }
 
 /// tonic refuses a message above a service's decoding limit with `OUT_OF_RANGE` ("decoded
-/// message length too large"), the code that in our protocol means "below retention". This
-/// turns that refusal into `RESOURCE_EXHAUSTED` / `entry-too-large`, naming our flag; other
-/// statuses pass unchanged.
-pub fn size_refusal(status: tonic::Status) -> tonic::Status {
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("length too large") {
+/// message length too large"), the code that in our protocol means "below retention", and
+/// bytes that are not a protobuf with `INTERNAL`, the code of a server fault. This turns the
+/// first into `RESOURCE_EXHAUSTED` / `entry-too-large` naming our flag, and the second into
+/// `INVALID_ARGUMENT` / `invalid`; other statuses pass unchanged.
+pub fn decode_refusal(status: tonic::Status) -> tonic::Status {
+    let message = status.message();
+    if status.code() == tonic::Code::OutOfRange && message.contains("length too large") {
         Reason::EntryTooLarge.status(format!(
-            "message too large for this server (raise --max-entry-bytes on every component \
-             to send larger entries): {}",
-            status.message()
+            "message too large (every component must run with the same --max-entry-bytes; \
+             an entry above it is refused): {message}"
         ))
+    } else if status.code() == tonic::Code::Internal
+        && message.starts_with("failed to decode Protobuf message")
+    {
+        Reason::Invalid.status(format!("malformed request: {message}"))
     } else {
         status
     }
 }
 
-/// A server layer applying [`size_refusal`] to unary calls, whose decoding fails inside
+/// A server layer applying [`decode_refusal`] to unary calls, whose decoding fails inside
 /// tonic before our handler runs: rewrites the `grpc-status` header of such a response.
 #[derive(Clone, Copy, Default)]
-pub struct SizeRefusalLayer;
+pub struct DecodeRefusalLayer;
 
-impl<S> tower::Layer<S> for SizeRefusalLayer {
+impl<S> tower::Layer<S> for DecodeRefusalLayer {
     type Service = tower::util::MapResponse<
         S,
         fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
     >;
     fn layer(&self, inner: S) -> Self::Service {
-        tower::util::MapResponse::new(inner, rewrite_size_refusal)
+        tower::util::MapResponse::new(inner, rewrite_refusal)
     }
 }
 
-fn rewrite_size_refusal(
+fn rewrite_refusal(
     mut response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    let codes = [tonic::Code::OutOfRange, tonic::Code::Internal].map(|c| (c as i32).to_string());
     let candidate = response
         .headers()
         .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes());
+        .is_some_and(|v| codes.iter().any(|c| v.as_bytes() == c.as_bytes()));
     if !candidate {
         return response;
     }
     let Some(status) = tonic::Status::from_header_map(response.headers()) else {
         return response;
     };
-    let refused = size_refusal(status);
-    if refused.code() != tonic::Code::OutOfRange {
+    let code = status.code();
+    let refused = decode_refusal(status);
+    if refused.code() != code {
         let headers = response.headers_mut();
         headers.remove("grpc-status");
         headers.remove("grpc-message");
@@ -246,7 +252,7 @@ pub async fn router(
     service: &str,
 ) -> Result<
     tonic::transport::server::Router<
-        tower::layer::util::Stack<SizeRefusalLayer, tower::layer::util::Identity>,
+        tower::layer::util::Stack<DecodeRefusalLayer, tower::layer::util::Identity>,
     >,
     GrpcError,
 > {
@@ -256,7 +262,7 @@ pub async fn router(
         .await;
     let (v1, v1alpha) = reflection(service)?;
     Ok(server()
-        .layer(SizeRefusalLayer)
+        .layer(DecodeRefusalLayer)
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha))

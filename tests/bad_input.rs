@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use logplayer::client::Log;
+use logplayer::grpc::Reason;
 use logplayer::harness::cluster::Cluster;
 use logplayer::proto::{Mutation, mutation::Op};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -86,13 +87,16 @@ async fn malformed_and_oversized_messages_get_a_clear_status_and_the_server_keep
 
     // Not a protobuf at all (field 15, wire type 7 does not exist).
     let status = raw_append(&addr, vec![0xff, 0xff, 0xff, 0xff]).await;
-    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("decode"), "{status:?}");
+    assert_eq!(Reason::of(&status), Some(Reason::Invalid));
 
-    // Over the 16 MiB message limit.
+    // Far over the message limit (4 MiB entries by default): refused before it is read,
+    // with the size code, not OUT_OF_RANGE (which means "below retention").
     let status = raw_append(&addr, vec![0u8; 17 * 1024 * 1024]).await;
-    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("too large"), "{status:?}");
+    assert_eq!(Reason::of(&status), Some(Reason::EntryTooLarge));
 
     // Well-formed but invalid: a mutation without an op.
     let log = Log::connect(&addr).await.unwrap();

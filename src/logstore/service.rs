@@ -111,7 +111,7 @@ impl LogStoreRpc for Service {
                             .map_err(to_status)
                     }
                     Ok(None) => return,
-                    Err(status) => Err(grpc::size_refusal(status)),
+                    Err(status) => Err(grpc::decode_refusal(status)),
                 };
                 let refused = submitted.is_err();
                 if pending_tx.send(submitted).await.is_err() || refused {

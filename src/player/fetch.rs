@@ -134,7 +134,7 @@ impl Shared {
             .await;
             let status = match result {
                 Ok(()) => None,
-                Err(status) => Some(grpc::size_refusal(status)),
+                Err(status) => Some(grpc::decode_refusal(status)),
             };
             match status.as_ref().map(|s| (s, Reason::of(s))) {
                 None => {}

@@ -66,8 +66,9 @@ impl Shared {
         }
     }
 
-    /// One connection: hello, resume, then batches out and acks in until it breaks.
-    async fn deliver_session(&self, t: usize) -> Result<(), SessionEnd> {
+    /// Opens a delivery stream to target `t`: Hello out, Welcome in and checked. Returns
+    /// the request sender, the response stream and the shard's applied index.
+    async fn open_session(&self, t: usize) -> Result<Session, SessionEnd> {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
         let channel = grpc::connect(&target.addr).await.map_err(|e| broken(&e))?;
@@ -102,6 +103,14 @@ impl Shared {
             },
             None => return Err(SessionEnd::Broken("stream ended before Welcome".into())),
         };
+        Ok((tx, inbound, applied))
+    }
+
+    /// One connection: hello, resume, then batches out and acks in until it breaks.
+    async fn deliver_session(&self, t: usize) -> Result<(), SessionEnd> {
+        let target = &self.targets[t];
+        let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
+        let (tx, mut inbound, applied) = self.open_session(t).await?;
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
         // current_index and the queue's state change.
         let recovery = {
@@ -114,8 +123,8 @@ impl Shared {
         if let Some(rec) = recovery {
             self.spawn_recovery(t, rec);
         }
-        // (last index, earliest dispatch time) of each batch in flight.
         self.accepted(target);
+        // (first index, last index, earliest dispatch time) of each batch in flight.
         let mut in_flight: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
         let batch_bytes = crate::limits::batch_budget(
             self.config.batch_bytes,
@@ -263,6 +272,13 @@ impl Shared {
     }
 }
 
+/// An open delivery stream: requests out, responses in, and the shard's applied index.
+type Session = (
+    mpsc::Sender<DeliverRequest>,
+    tonic::Streaming<crate::proto::DeliverResponse>,
+    u64,
+);
+
 /// How a delivery session ended: fenced (stop), refused for a reason retrying will not fix
 /// (report, retry slowly), or broken (reconnect).
 pub(super) enum SessionEnd {
@@ -278,7 +294,7 @@ pub(super) enum SessionEnd {
 }
 
 pub(super) fn classify(status: tonic::Status) -> SessionEnd {
-    let status = grpc::size_refusal(status);
+    let status = grpc::decode_refusal(status);
     match Reason::of(&status) {
         Some(Reason::Fenced) => SessionEnd::Fenced {
             message: status.message().to_owned(),
