@@ -4,11 +4,13 @@
 //! - [`servers`]: `logstore`, `shard`, `shard dump`.
 //! - [`player`]: `player` (its flags are [`crate::player::args::PlayerArgs`]).
 //! - [`operator`]: `operator`, `crd`.
+//! - [`status`]: `status` (an operator's view of the log and every shard).
 //! - [`tools`]: `demo`, `load`, `bench`, `failover-bench`.
 
 pub mod operator;
 pub mod player;
 pub mod servers;
+pub mod status;
 pub mod tools;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,7 @@ use crate::grpc;
 use crate::player::args::PlayerArgs;
 use operator::{CrdArgs, OperatorArgs};
 use servers::{LogstoreArgs, ShardArgs};
+use status::StatusArgs;
 use tools::{BenchArgs, DemoArgs, FailoverBenchArgs, LoadArgs};
 
 #[derive(Parser)]
@@ -59,6 +62,9 @@ pub enum Command {
     Shard(ShardArgs),
     /// Run the player: read the log, deliver to the shards.
     Player(PlayerArgs),
+    /// Show the log (id, first and last index) and every shard (id, applied index, epoch,
+    /// lag, log, reachability); exit 1 when something is wrong.
+    Status(StatusArgs),
     /// Run everything on this machine with faults injected, and check exactly-once.
     Demo(DemoArgs),
     /// Append generated transactions to a running LogStore.
@@ -143,6 +149,7 @@ pub async fn run() -> anyhow::Result<()> {
         Command::Logstore(a) => servers::run_logstore(a).await,
         Command::Shard(a) => servers::run_shard(a).await,
         Command::Player(a) => player::run_player(a).await,
+        Command::Status(a) => status::run_status(a).await,
         Command::Demo(a) => tools::run_demo(a).await,
         Command::Load(a) => tools::run_load(a).await,
         Command::Bench(a) => tools::run_bench(a).await,

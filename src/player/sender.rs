@@ -211,29 +211,10 @@ impl Shared {
 }
 
 impl Shared {
-    /// Checks a shard's Welcome against the map and the log: the shard must be the one the
-    /// map names at this address, bound to this player's log (or to none yet). Returns the
-    /// shard's applied index.
+    /// Checks a shard's Welcome (see [`check_welcome`]); returns its applied index.
     fn check_welcome(&self, target: &Target, w: &Welcome) -> Result<u64, SessionEnd> {
-        if w.shard_id != target.id {
-            return Err(SessionEnd::Refused {
-                reason: Reason::WrongShard,
-                message: format!(
-                    "the shard at {} reports id {:?}, but the shard map says {:?} is there; nothing was sent",
-                    target.addr, w.shard_id, target.id
-                ),
-            });
-        }
-        if !w.log_id.is_empty() && w.log_id != self.log_id {
-            return Err(SessionEnd::Refused {
-                reason: Reason::WrongLog,
-                message: format!(
-                    "shard {:?} at {} is bound to log {}, but this player delivers log {}; nothing was sent",
-                    target.id, target.addr, w.log_id, self.log_id
-                ),
-            });
-        }
-        Ok(w.applied_index)
+        check_welcome(&target.id, &target.addr, &self.log_id, w)
+            .map_err(|(reason, message)| SessionEnd::Refused { reason, message })
     }
 
     /// Reports a refusal: the metric and `/readyz` always, the log at ERROR only when it is
@@ -270,6 +251,37 @@ impl Shared {
             tracing::info!(shard = %target.id, "the shard accepts this player again");
         }
     }
+}
+
+/// Checks a shard's Welcome against the map and the log, whatever the shard itself checked
+/// (a shard of another implementation may not check the Hello's ids): the shard must be
+/// the one the map names at this address, bound to this player's log (or to none yet).
+/// Returns the shard's applied index, or the refusal.
+pub(super) fn check_welcome(
+    expected: &str,
+    addr: &str,
+    log_id: &str,
+    w: &Welcome,
+) -> Result<u64, (Reason, String)> {
+    if w.shard_id != expected {
+        return Err((
+            Reason::WrongShard,
+            format!(
+                "the shard at {addr} reports id {:?}, but the shard map says {expected:?} is there; nothing was sent",
+                w.shard_id
+            ),
+        ));
+    }
+    if !w.log_id.is_empty() && w.log_id != log_id {
+        return Err((
+            Reason::WrongLog,
+            format!(
+                "shard {expected:?} at {addr} is bound to log {}, but this player delivers log {log_id}; nothing was sent",
+                w.log_id
+            ),
+        ));
+    }
+    Ok(w.applied_index)
 }
 
 /// An open delivery stream: requests out, responses in, and the shard's applied index.
@@ -335,5 +347,31 @@ fn undeliverable(status: tonic::Status, oldest: Option<&(u64, u64, u64)>) -> Ses
             }
         }
         (other, _) => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_welcome_from_another_shard_or_log_is_refused_naming_both() {
+        let w = |shard: &str, log: &str| Welcome {
+            applied_index: 7,
+            shard_id: shard.into(),
+            log_id: log.into(),
+            ..Default::default()
+        };
+        assert_eq!(check_welcome("s0", "h:1", "L", &w("s0", "L")), Ok(7));
+        assert_eq!(check_welcome("s0", "h:1", "L", &w("s0", "")), Ok(7));
+        let (reason, msg) = check_welcome("s0", "h:1", "L", &w("s1", "L")).unwrap_err();
+        assert_eq!(reason, Reason::WrongShard);
+        assert!(
+            msg.contains("\"s1\"") && msg.contains("\"s0\"") && msg.contains("h:1"),
+            "{msg}"
+        );
+        let (reason, msg) = check_welcome("s0", "h:1", "L", &w("s0", "M")).unwrap_err();
+        assert_eq!(reason, Reason::WrongLog);
+        assert!(msg.contains(" M,") && msg.contains("log L"), "{msg}");
     }
 }

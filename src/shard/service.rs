@@ -330,8 +330,11 @@ impl<S: ShardStore> Shard for ShardService<S> {
             shard_id: hello.shard_id.clone(),
             max_entry_bytes: hello.max_entry_bytes,
         };
-        let durable = self
-            .with_core(move |core| core.hello(&info))
+        let (durable, bound_log) = self
+            .with_core(move |core| {
+                let d = core.hello(&info)?;
+                Ok((d, core.identity().log_id.clone().unwrap_or_default()))
+            })
             .await
             .map_err(|e| {
                 match e {
@@ -344,7 +347,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
                 to_status(&e)
             })?;
         if let Ok(mut id) = self.log_id.lock() {
-            hello.log_id.clone_into(&mut id);
+            bound_log.clone_into(&mut id);
         }
         tracing::info!(shard = %self.id, player = %hello.player_id, epoch, applied = durable.applied, "sender connected");
         let (tx, rx) = mpsc::channel(ACK_CHANNEL);
@@ -353,7 +356,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
                 applied_index: durable.applied,
                 highest_epoch: durable.highest_epoch,
                 shard_id: self.id.clone(),
-                log_id: hello.log_id.clone(),
+                log_id: bound_log,
                 max_entry_bytes: self.max_entry_bytes,
             })),
         };

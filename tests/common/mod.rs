@@ -74,3 +74,71 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// `GET path` over plain HTTP/1.0: the status code and the body ((0, "") when nothing
+/// answers). Enough for `/metrics` and `/readyz` without an HTTP client dependency.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw).await;
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_owned())
+}
+
+/// Polls `cond` every 100 ms until it holds or `wait` passes; true when it held.
+pub async fn eventually<F, Fut>(wait: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A player process with explicit shard specs (e.g. deliberately wrong ones) and a metrics
+/// endpoint; returns the process and the metrics address.
+pub async fn start_player_with(
+    c: &Cluster,
+    name: &str,
+    logstore: &str,
+    specs: &[String],
+    extra: &[&str],
+) -> (logplayer::harness::cluster::Proc, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "player".to_string(),
+        "--logstore".into(),
+        logstore.to_owned(),
+        "--metrics-listen".into(),
+        metrics.clone(),
+    ];
+    for s in specs {
+        args.push("--shard".into());
+        args.push(s.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let p = logplayer::harness::cluster::Proc::start(name, &c.bin, args, None, &c.dir)
+        .await
+        .expect("the player starts");
+    (p, metrics)
+}

@@ -1,0 +1,328 @@
+//! `logplayer status`: an operator's view of a running system from the command line — the
+//! log's id, bounds and entry limit, and for each shard in the map its reported id, applied
+//! index, highest epoch, lag, log and reachability — as a table or `--json`. Exits non-zero
+//! (one `error:` line after the table) when something is wrong: an unreachable part, a
+//! shard that reports another id or another log, a shard whose entry limit is below the
+//! log's, or (with `--lease-epoch`) a shard fenced by an epoch the lease never gave.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+
+use crate::proto::log_store_client::LogStoreClient;
+use crate::proto::shard_client::ShardClient;
+use crate::proto::{AppliedRequest, AppliedResponse, BoundsRequest, BoundsResponse};
+use crate::routing::ShardMap;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// LogStore address.
+    #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
+    logstore: String,
+    /// The shard map file (as the player takes it).
+    #[arg(long, env = "LOGPLAYER_SHARD_MAP", conflicts_with = "shards")]
+    shard_map: Option<PathBuf>,
+    /// A shard as `ID=ADDR[@LO-HI,...]` (repeat for each shard).
+    #[arg(long = "shard", value_name = "SPEC")]
+    shards: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The lease's current epoch: a shard that has seen a higher one was fenced by an epoch
+    /// no lease holder was given, which is reported as a problem.
+    #[arg(long)]
+    lease_epoch: Option<u64>,
+    /// How long to wait for each part to answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// The log as `Bounds` reports it.
+#[derive(Debug, Serialize)]
+struct LogView {
+    addr: String,
+    reachable: bool,
+    log_id: String,
+    first: u64,
+    last: u64,
+    max_entry_bytes: u64,
+    error: Option<String>,
+}
+
+/// One shard as it reports itself, and what is wrong with it.
+#[derive(Debug, Serialize)]
+struct ShardView {
+    id: String,
+    addr: String,
+    reachable: bool,
+    reported_id: Option<String>,
+    applied: Option<u64>,
+    epoch: Option<u64>,
+    lag: Option<u64>,
+    log_id: Option<String>,
+    problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct View {
+    log: LogView,
+    shards: Vec<ShardView>,
+    ok: bool,
+}
+
+async fn ask_log(addr: &str, wait: Duration) -> Result<BoundsResponse, String> {
+    let ask = async {
+        let ch = crate::grpc::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = LogStoreClient::new(ch)
+            .bounds(BoundsRequest {})
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        Ok(r.into_inner())
+    };
+    tokio::time::timeout(wait, ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {wait:?}")))
+}
+
+async fn ask_shard(addr: &str, wait: Duration) -> Result<AppliedResponse, String> {
+    let ask = async {
+        let ch = crate::grpc::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = ShardClient::new(ch)
+            .applied(AppliedRequest {})
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        Ok(r.into_inner())
+    };
+    tokio::time::timeout(wait, ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {wait:?}")))
+}
+
+/// What is wrong with a shard's answer, given the log's.
+fn shard_problems(
+    id: &str,
+    r: &AppliedResponse,
+    log: &LogView,
+    lease_epoch: Option<u64>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if r.shard_id != id {
+        problems.push(format!(
+            "wrong shard: reports id {:?}, the map says {id:?}",
+            r.shard_id
+        ));
+    }
+    if log.reachable && !r.log_id.is_empty() && r.log_id != log.log_id {
+        problems.push(format!(
+            "wrong log: bound to log {}, the LogStore serves {}",
+            r.log_id, log.log_id
+        ));
+    }
+    if log.reachable && r.max_entry_bytes > 0 && r.max_entry_bytes < log.max_entry_bytes {
+        problems.push(format!(
+            "entry limit {} is below the log's {}",
+            r.max_entry_bytes, log.max_entry_bytes
+        ));
+    }
+    if let Some(lease) = lease_epoch
+        && r.highest_epoch > lease
+    {
+        problems.push(format!(
+            "fenced by unknown epoch {} (the lease is at {lease})",
+            r.highest_epoch
+        ));
+    }
+    problems
+}
+
+async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
+    let log = match ask_log(&a.logstore, a.timeout).await {
+        Ok(b) => LogView {
+            addr: a.logstore.clone(),
+            reachable: true,
+            log_id: b.log_id,
+            first: b.first,
+            last: b.last,
+            max_entry_bytes: b.max_entry_bytes,
+            error: None,
+        },
+        Err(e) => LogView {
+            addr: a.logstore.clone(),
+            reachable: false,
+            log_id: String::new(),
+            first: 0,
+            last: 0,
+            max_entry_bytes: 0,
+            error: Some(e),
+        },
+    };
+    let answers =
+        futures::future::join_all(map.shards.iter().map(|s| ask_shard(&s.addr, a.timeout))).await;
+    let shards: Vec<ShardView> = map
+        .shards
+        .iter()
+        .zip(answers)
+        .map(|(s, answer)| match answer {
+            Ok(r) => ShardView {
+                problems: shard_problems(&s.id, &r, &log, a.lease_epoch),
+                id: s.id.clone(),
+                addr: s.addr.clone(),
+                reachable: true,
+                lag: log
+                    .reachable
+                    .then(|| log.last.saturating_sub(r.applied_index)),
+                reported_id: Some(r.shard_id),
+                applied: Some(r.applied_index),
+                epoch: Some(r.highest_epoch),
+                log_id: Some(r.log_id).filter(|l| !l.is_empty()),
+            },
+            Err(e) => ShardView {
+                id: s.id.clone(),
+                addr: s.addr.clone(),
+                reachable: false,
+                reported_id: None,
+                applied: None,
+                epoch: None,
+                lag: None,
+                log_id: None,
+                problems: vec![format!("unreachable: {e}")],
+            },
+        })
+        .collect();
+    let ok = log.reachable && shards.iter().all(|s| s.problems.is_empty());
+    View { log, shards, ok }
+}
+
+fn opt(v: Option<impl ToString>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn print_table(v: &View) {
+    let l = &v.log;
+    if l.reachable {
+        println!(
+            "log {}  first {}  last {}  max entry {} bytes  (LogStore at {})",
+            l.log_id, l.first, l.last, l.max_entry_bytes, l.addr
+        );
+    } else {
+        println!(
+            "log UNREACHABLE at {}: {}",
+            l.addr,
+            l.error.as_deref().unwrap_or("")
+        );
+    }
+    let rows: Vec<[String; 8]> = v
+        .shards
+        .iter()
+        .map(|s| {
+            [
+                s.id.clone(),
+                s.addr.clone(),
+                opt(s.reported_id.as_ref()),
+                opt(s.applied),
+                opt(s.epoch),
+                opt(s.lag),
+                opt(s.log_id.as_ref()),
+                if s.problems.is_empty() {
+                    "ok".into()
+                } else {
+                    s.problems.join("; ")
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "SHARD", "ADDRESS", "REPORTS", "APPLIED", "EPOCH", "LAG", "LOG", "STATE",
+    ]
+    .map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// Runs `logplayer status`.
+pub async fn run_status(a: StatusArgs) -> anyhow::Result<()> {
+    let map = match (&a.shard_map, a.shards.is_empty()) {
+        (Some(path), _) => ShardMap::from_file(path)?,
+        (None, false) => ShardMap::from_specs(&a.shards)?,
+        (None, true) => bail!("give the shards: --shard-map FILE or --shard ID=ADDR (repeat)"),
+    };
+    let view = gather(&a, &map).await;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).context("encoding the status as JSON")?
+        );
+    } else {
+        print_table(&view);
+    }
+    if !view.ok {
+        let mut problems: Vec<String> = Vec::new();
+        if !view.log.reachable {
+            problems.push(format!("LogStore at {} unreachable", view.log.addr));
+        }
+        for s in &view.shards {
+            problems.extend(s.problems.iter().map(|p| format!("shard {}: {p}", s.id)));
+        }
+        bail!("{} problem(s): {}", problems.len(), problems.join("; "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> LogView {
+        LogView {
+            addr: "a".into(),
+            reachable: true,
+            log_id: "L".into(),
+            first: 1,
+            last: 10,
+            max_entry_bytes: 100,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_kind_of_mismatch_is_a_problem() {
+        let fine = AppliedResponse {
+            applied_index: 10,
+            highest_epoch: 3,
+            shard_id: "s0".into(),
+            log_id: "L".into(),
+            max_entry_bytes: 100,
+        };
+        assert!(shard_problems("s0", &fine, &log(), Some(3)).is_empty());
+        let bad = AppliedResponse {
+            shard_id: "s1".into(),
+            log_id: "M".into(),
+            max_entry_bytes: 99,
+            highest_epoch: 9,
+            ..fine
+        };
+        let p = shard_problems("s0", &bad, &log(), Some(3)).join("\n");
+        for want in ["wrong shard", "wrong log", "entry limit", "unknown epoch 9"] {
+            assert!(p.contains(want), "{p}");
+        }
+    }
+}

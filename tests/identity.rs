@@ -1,0 +1,259 @@
+//! Identities checked end to end, over real processes: swapped shard addresses are refused
+//! with both ids named and nothing applied; a shard that applied entries of one log refuses
+//! a fresh log and keeps its data until `shard reset-log` moves it deliberately; a player
+//! fenced by an epoch no lease holder was given says so and stops.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bin, eventually, http_get, servers, start_player_with};
+use logplayer::client::ShardConn;
+use logplayer::harness::check::check;
+use logplayer::harness::cluster::Proc;
+use logplayer::proto::{Mutation, mutation::Op};
+
+fn add(key: &str, n: i64) -> Vec<Mutation> {
+    vec![Mutation {
+        key: key.as_bytes().to_vec().into(),
+        op: Some(Op::Add(n)),
+    }]
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[tokio::test]
+async fn swapped_shard_addresses_are_refused_naming_both_ids_and_nothing_is_applied() {
+    let (_dir, mut c, log) = servers(2).await;
+    for i in 0..50 {
+        log.append(add(&format!("c-{i:06}"), 1), None, 0)
+            .await
+            .unwrap();
+    }
+    let (a0, a1) = (c.shards[0].addr().to_owned(), c.shards[1].addr().to_owned());
+    let swapped = [format!("s0={a1}"), format!("s1={a0}")];
+    let (mut player, metrics) =
+        start_player_with(&c, "player-swapped", c.logstore.addr(), &swapped, &[]).await;
+
+    // Both shards are refused and reported: metric, /readyz, and the log.
+    let refused = |shard: &str| {
+        format!("logplayer_shard_refused{{shard=\"{shard}\",reason=\"wrong-shard\"}} 1")
+    };
+    let reported = eventually(Duration::from_secs(20), || async {
+        let (_, m) = http_get(&metrics, "/metrics").await;
+        m.contains(&refused("s0")) && m.contains(&refused("s1"))
+    })
+    .await;
+    assert!(
+        reported,
+        "no wrong-shard refusal reported\n{}",
+        player.log_tail(40)
+    );
+    let (code, ready) = http_get(&metrics, "/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.contains("shard s0: wrong-shard") && ready.contains("shard s1"),
+        "{ready}"
+    );
+    // Let a few retries (2 s apart) happen: the ERROR is logged once per shard, not per retry.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let text = player.log_tail(400);
+    assert_eq!(count(&text, "refuses this player"), 2, "{text}");
+    // The message names both ids and the address.
+    let line = text
+        .lines()
+        .find(|l| l.contains("refuses this player") && l.contains(&a1))
+        .unwrap_or_else(|| panic!("no refusal naming {a1}:\n{text}"));
+    assert!(line.contains("\"s1\"") && line.contains("\"s0\""), "{line}");
+
+    // Nothing was applied anywhere.
+    for s in &c.shards {
+        let conn = ShardConn::connect(s.addr()).await.unwrap();
+        assert_eq!(conn.applied().await.unwrap().applied_index, 0);
+        assert!(conn.dump().await.unwrap().is_empty());
+    }
+
+    // With the map fixed, everything is delivered exactly once.
+    player.terminate(Duration::from_secs(5)).await;
+    c.start_player(&[]).await.unwrap();
+    let report = check(&log, &c.shard_map(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(report.pass, "{report}\n{}", c.logs());
+}
+
+#[tokio::test]
+async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_until_reset() {
+    let (dir, mut c, log) = servers(1).await;
+    for _ in 0..30 {
+        log.append(add("c-000000", 1), None, 0).await.unwrap();
+    }
+    c.start_player(&[]).await.unwrap();
+    let report = check(&log, &c.shard_map(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(report.pass, "{report}");
+    let shard = ShardConn::connect(c.shards[0].addr()).await.unwrap();
+    let before = shard.dump().await.unwrap();
+    let old = shard.applied().await.unwrap();
+    assert_eq!(old.applied_index, 30);
+    let old_log = old.log_id.clone();
+    assert!(!old_log.is_empty());
+
+    // A recreated LogStore (an empty data directory) behind a new address: a new log.
+    for p in &mut c.players {
+        p.terminate(Duration::from_secs(5)).await;
+    }
+    let fresh = Proc::start(
+        "logstore-fresh",
+        &bin(),
+        vec![
+            "logstore".into(),
+            "--data".into(),
+            dir.path().join("fresh-log").display().to_string(),
+        ],
+        Some("127.0.0.1:0"),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let new_log = logplayer::client::Log::connect(fresh.addr()).await.unwrap();
+    for _ in 0..5 {
+        new_log.append(add("c-000000", 100), None, 0).await.unwrap();
+    }
+    let specs = c.shard_specs();
+    let (player, metrics) = start_player_with(&c, "player-fresh", fresh.addr(), &specs, &[]).await;
+    let refused = eventually(Duration::from_secs(20), || async {
+        let (_, m) = http_get(&metrics, "/metrics").await;
+        m.contains("logplayer_shard_refused{shard=\"s0\",reason=\"wrong-log\"} 1")
+    })
+    .await;
+    assert!(refused, "no wrong-log refusal\n{}", player.log_tail(40));
+    let text = player.log_tail(100);
+    assert!(
+        text.contains(&old_log),
+        "the refusal names the shard's log: {text}"
+    );
+    // The shard kept its data and its applied index: nothing of the new log was skipped
+    // as "already applied" and nothing was applied twice.
+    assert_eq!(shard.dump().await.unwrap(), before);
+    let now = shard.applied().await.unwrap();
+    assert_eq!((now.applied_index, now.log_id), (30, old_log.clone()));
+
+    // `logplayer status` shows it and exits non-zero.
+    let out = tokio::process::Command::new(bin())
+        .args(["status", "--logstore", fresh.addr(), "--shard", &specs[0]])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("wrong log") && stderr.contains("wrong log"),
+        "{stdout}{stderr}"
+    );
+
+    // The deliberate move: stop the shard, reset it to the new log, start it again.
+    let (_, new_id) = bounds_of(fresh.addr()).await;
+    c.shards[0].terminate(Duration::from_secs(5)).await;
+    let out = tokio::process::Command::new(bin())
+        .args(["shard", "reset-log", "--data"])
+        .arg(dir.path().join("shard-s0"))
+        .args(["--log-id", &new_id])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&old_log) && said.contains("30 -> 0"),
+        "{said}"
+    );
+    c.shards[0].restart().await.unwrap();
+    let delivered = eventually(Duration::from_secs(20), || async {
+        let Ok(s) = ShardConn::connect(c.shards[0].addr()).await else {
+            return false;
+        };
+        s.applied()
+            .await
+            .map(|a| a.applied_index == 5)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(delivered, "{}", player.log_tail(40));
+    let shard = ShardConn::connect(c.shards[0].addr()).await.unwrap();
+    let dump = shard.dump().await.unwrap();
+    assert_eq!(dump.len(), 1);
+    assert!(
+        dump[0].contains("530"),
+        "30 from the old log + 5 x 100 from the new: {dump:?}"
+    );
+    let (code, _) = http_get(&metrics, "/readyz").await;
+    assert_eq!(code, 200);
+}
+
+/// `(first, log_id)` of a LogStore.
+async fn bounds_of(addr: &str) -> (u64, String) {
+    let ch = logplayer::grpc::connect(addr).await.unwrap();
+    let b = logplayer::proto::log_store_client::LogStoreClient::new(ch)
+        .bounds(logplayer::proto::BoundsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (b.first, b.log_id)
+}
+
+#[tokio::test]
+async fn a_player_fenced_by_an_epoch_the_lease_never_gave_says_so_and_stops() {
+    use logplayer::proto::shard_client::ShardClient;
+    use logplayer::proto::{DeliverRequest, Hello, deliver_request};
+    let (_dir, mut c, log) = servers(1).await;
+    log.append(add("c-000000", 1), None, 0).await.unwrap();
+    let (_, log_id) = bounds_of(c.logstore.addr()).await;
+    // A process outside the lease says hello with epoch 1000.
+    let ch = logplayer::grpc::connect(c.shards[0].addr()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(DeliverRequest {
+        msg: Some(deliver_request::Msg::Hello(Hello {
+            epoch: 1000,
+            player_id: "rogue".into(),
+            log_id,
+            shard_id: "s0".into(),
+            max_entry_bytes: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = ShardClient::new(ch)
+        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().unwrap();
+    drop(tx);
+
+    c.start_replicas(1, &[]).await.unwrap();
+    let stopped = eventually(Duration::from_secs(30), || {
+        let exited = c.players[0].exited();
+        async move { exited.is_some() }
+    })
+    .await;
+    let text = c.players[0].log_tail(40);
+    assert!(stopped, "the replica kept going:\n{text}");
+    assert!(
+        text.contains("epoch 1000, which no lease holder was ever given"),
+        "{text}"
+    );
+    assert_eq!(
+        count(&text, "fenced by a newer leader; resigning"),
+        0,
+        "it must not resign and re-acquire: {text}"
+    );
+}
