@@ -413,9 +413,13 @@ pub async fn serve<S: ShardStore>(
 ) -> Result<(), GrpcError> {
     let limit = crate::limits::message_limit(core.me().max_entry_bytes as usize);
     let service = ShardService::new(core, shutdown.clone());
+    // Decoding is bounded by the entry limit; encoding is not: a `Dump` message carries one
+    // key's whole value, and a list can grow past any one entry.
     let shard = ShardServer::new(service)
         .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        .max_encoding_message_size(crate::limits::message_limit(
+            crate::limits::MAX_MAX_ENTRY_BYTES,
+        ));
     let router = grpc::router("logplayer.v1.Shard").await?.add_service(shard);
     grpc::serve(router, listener, shutdown, "shard").await
 }

@@ -1,0 +1,388 @@
+//! Status codes mean one thing: each refusal a client can provoke over a real socket comes
+//! with its one code and `logplayer-error` reason (the table in `proto/logplayer.proto`
+//! and the README, which this test also checks for completeness). Also: retried appends,
+//! reads that end, and servers that stop within a second with idle streams open.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::servers;
+use logplayer::grpc::Reason;
+use logplayer::harness::cluster::Proc;
+use logplayer::proto::log_store_client::LogStoreClient;
+use logplayer::proto::shard_client::ShardClient;
+use logplayer::proto::{
+    AppendRequest, Batch, BoundsRequest, DeliverRequest, DeliverResponse, Hello, Mutation,
+    ReadRequest, RetainRequest, ShardEntry, deliver_request, mutation::Op,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const LOG_A: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+const LOG_B: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
+
+fn add(key: &str, n: i64) -> Vec<Mutation> {
+    vec![Mutation {
+        key: key.as_bytes().to_vec().into(),
+        op: Some(Op::Add(n)),
+    }]
+}
+
+fn expect(status: &tonic::Status, reason: Reason) {
+    assert_eq!(
+        (status.code(), Reason::of(status)),
+        (reason.code(), Some(reason)),
+        "{status:?}"
+    );
+}
+
+async fn log_client(addr: &str) -> LogStoreClient<tonic::transport::Channel> {
+    LogStoreClient::new(logplayer::grpc::connect(addr).await.unwrap())
+}
+
+fn hello(epoch: u64, log_id: &str, shard_id: &str, max: u64) -> DeliverRequest {
+    DeliverRequest {
+        msg: Some(deliver_request::Msg::Hello(Hello {
+            epoch,
+            player_id: "test".into(),
+            log_id: log_id.into(),
+            shard_id: shard_id.into(),
+            max_entry_bytes: max,
+        })),
+    }
+}
+
+/// Opens a Deliver stream with `first`; returns the sender (kept open) and the response
+/// stream, or the refusal.
+async fn deliver(
+    addr: &str,
+    first: DeliverRequest,
+) -> Result<
+    (
+        mpsc::Sender<DeliverRequest>,
+        tonic::Streaming<DeliverResponse>,
+    ),
+    tonic::Status,
+> {
+    let mut client = ShardClient::new(logplayer::grpc::connect(addr).await.unwrap());
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first).await.unwrap();
+    let mut inbound = client.deliver(ReceiverStream::new(rx)).await?.into_inner();
+    inbound.message().await?;
+    Ok((tx, inbound))
+}
+
+async fn append(
+    log: &mut LogStoreClient<tonic::transport::Channel>,
+    mutations: Vec<Mutation>,
+    writer: &str,
+    sequence: u64,
+) -> Result<logplayer::proto::AppendResponse, tonic::Status> {
+    log.append(AppendRequest {
+        mutations,
+        writer_id: writer.into(),
+        sequence,
+        append_start_micros: 0,
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn every_logstore_refusal_has_its_one_code_and_reason() {
+    let (_dir, c, _) = servers(0).await;
+    let mut log = log_client(c.logstore.addr()).await;
+
+    // invalid
+    let s = append(&mut log, vec![], "", 0).await.unwrap_err();
+    expect(&s, Reason::Invalid);
+    // entry-too-large (a well-formed append one byte over, checked by the LogStore itself)
+    let big = vec![Mutation {
+        key: b"l-000001".to_vec().into(),
+        op: Some(Op::Append(vec![0; 5 * 1024 * 1024].into())),
+    }];
+    expect(
+        &append(&mut log, big, "", 0).await.unwrap_err(),
+        Reason::EntryTooLarge,
+    );
+
+    // A retry with the same content returns the original index; different content fails.
+    let first = append(&mut log, add("c-1", 1), "tm", 1).await.unwrap();
+    let again = append(&mut log, add("c-1", 1), "tm", 1).await.unwrap();
+    assert_eq!((again.index, again.duplicate), (first.index, true));
+    assert!(!first.log_id.is_empty() && again.log_id == first.log_id);
+    let s = append(&mut log, add("c-1", 2), "tm", 1).await.unwrap_err();
+    expect(&s, Reason::SequenceReused);
+    assert!(
+        s.message().contains("\"tm\"") && s.message().contains("sequence 1"),
+        "{s:?}"
+    );
+    assert!(
+        s.message().contains(&format!("index {}", first.index)),
+        "{s:?}"
+    );
+    // stale-sequence
+    append(&mut log, add("c-1", 1), "tm", 2).await.unwrap();
+    expect(
+        &append(&mut log, add("c-1", 1), "tm", 1).await.unwrap_err(),
+        Reason::StaleSequence,
+    );
+
+    let b = log.bounds(BoundsRequest {}).await.unwrap().into_inner();
+    assert_eq!((b.first, b.last), (1, 2));
+    assert_eq!(b.log_id, first.log_id);
+    assert_eq!(
+        b.max_entry_bytes,
+        logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64
+    );
+
+    // invalid read; past-head without follow; a bounded read reaching past the head ends.
+    let read = |from, to, follow| ReadRequest {
+        from,
+        to,
+        max_batch_bytes: 0,
+        follow,
+    };
+    let s = log.read(read(0, 0, false)).await.unwrap_err();
+    expect(&s, Reason::Invalid);
+    let s = log.read(read(4, 0, false)).await.unwrap_err();
+    expect(&s, Reason::PastHead);
+    let mut stream = log.read(read(1, 100, false)).await.unwrap().into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut got = Vec::new();
+        while let Some(r) = stream.message().await.unwrap() {
+            assert_eq!(r.log_id, b.log_id);
+            got.extend(r.entries.into_iter().map(|e| e.index));
+        }
+        got
+    })
+    .await
+    .expect("a bounded read past the head ends");
+    assert_eq!(ended, vec![1, 2]);
+    // The same read with follow waits for more.
+    let mut stream = log.read(read(1, 100, true)).await.unwrap().into_inner();
+    let waited = tokio::time::timeout(Duration::from_millis(500), async {
+        while stream.message().await.unwrap().is_some() {}
+    })
+    .await;
+    assert!(waited.is_err(), "a follow read keeps waiting for entries");
+}
+
+#[tokio::test]
+async fn below_retention_is_the_only_out_of_range_of_an_existing_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--segment-bytes", "4096"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut log = log_client(c.logstore.addr()).await;
+    for i in 0..200 {
+        append(&mut log, add(&format!("c-{i}"), 1), "", 0)
+            .await
+            .unwrap();
+    }
+    let r = log
+        .retain(RetainRequest { below: 200 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.first > 1 && r.segments_removed > 0, "{r:?}");
+    let s = log
+        .read(ReadRequest {
+            from: 1,
+            to: 0,
+            max_batch_bytes: 0,
+            follow: false,
+        })
+        .await
+        .unwrap_err();
+    expect(&s, Reason::BelowRetention);
+}
+
+#[tokio::test]
+async fn every_shard_refusal_has_its_one_code_and_reason() {
+    let (_dir, c, _) = servers(1).await;
+    let addr = c.shards[0].addr().to_owned();
+    // wrong-shard, invalid (no log id), entry-limit: refused before anything is bound.
+    expect(
+        &deliver(&addr, hello(1, LOG_A, "s9", 0)).await.unwrap_err(),
+        Reason::WrongShard,
+    );
+    expect(
+        &deliver(&addr, hello(1, "", "s0", 0)).await.unwrap_err(),
+        Reason::Invalid,
+    );
+    let over = logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64 + 1;
+    expect(
+        &deliver(&addr, hello(1, LOG_A, "s0", over))
+            .await
+            .unwrap_err(),
+        Reason::EntryLimit,
+    );
+    // The first accepted Hello binds the shard to LOG_A; a batch then applies.
+    let (tx, mut inbound) = deliver(&addr, hello(5, LOG_A, "s0", 0)).await.unwrap();
+    let entry = |index, prev| ShardEntry {
+        index,
+        prev_index: prev,
+        mutations: add("c-1", 1),
+        ..Default::default()
+    };
+    let batch = |entries| DeliverRequest {
+        msg: Some(deliver_request::Msg::Batch(Batch { entries })),
+    };
+    tx.send(batch(vec![entry(1, 0)])).await.unwrap();
+    inbound.message().await.unwrap().unwrap();
+    // gap: entry 5 says 4 touched this shard, but the shard applied only 1.
+    tx.send(batch(vec![entry(5, 4)])).await.unwrap();
+    let s = loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without a status"),
+            Err(s) => break s,
+        }
+    };
+    expect(&s, Reason::Gap);
+    // wrong-log, fenced (with the highest epoch in the metadata), an oversized message.
+    expect(
+        &deliver(&addr, hello(6, LOG_B, "s0", 0)).await.unwrap_err(),
+        Reason::WrongLog,
+    );
+    let s = deliver(&addr, hello(3, LOG_A, "s0", 0)).await.unwrap_err();
+    expect(&s, Reason::Fenced);
+    assert_eq!(
+        s.metadata()
+            .get(logplayer::grpc::EPOCH_KEY)
+            .map(|v| v.to_str().unwrap()),
+        Some("5")
+    );
+    let (tx, mut inbound) = deliver(&addr, hello(5, LOG_A, "s0", 0)).await.unwrap();
+    let huge = ShardEntry {
+        index: 2,
+        prev_index: 1,
+        mutations: vec![Mutation {
+            key: b"l-1".to_vec().into(),
+            op: Some(Op::Append(vec![0; 5 * 1024 * 1024].into())),
+        }],
+        ..Default::default()
+    };
+    tx.send(batch(vec![huge])).await.unwrap();
+    let s = inbound.message().await.unwrap_err();
+    expect(&s, Reason::EntryTooLarge);
+    // Nothing of the refused requests was applied.
+    let shard = logplayer::client::ShardConn::connect(&addr).await.unwrap();
+    let a = shard.applied().await.unwrap();
+    assert_eq!((a.applied_index, a.log_id.as_str()), (1, LOG_A));
+}
+
+#[test]
+fn the_table_in_the_proto_and_the_readme_lists_every_reason_with_its_code() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["proto/logplayer.proto", "README.md"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        for r in Reason::ALL {
+            let code = format!("{:?}", r.code());
+            // `FailedPrecondition` -> `FAILED_PRECONDITION`
+            let mut upper = String::new();
+            for (i, ch) in code.chars().enumerate() {
+                if ch.is_uppercase() && i > 0 {
+                    upper.push('_');
+                }
+                upper.push(ch.to_ascii_uppercase());
+            }
+            let listed = text
+                .lines()
+                .any(|l| l.contains(&upper) && l.contains(&format!(" {} ", r.as_str())));
+            assert!(listed, "{file} does not list {upper} {}", r.as_str());
+        }
+    }
+}
+
+/// Sends SIGTERM and returns how long the process took to exit.
+async fn stop_time(p: &mut Proc) -> Duration {
+    let start = Instant::now();
+    let code = p.terminate(Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    assert!(code.is_some(), "{} did not exit within 10 s", p.name);
+    took
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_shard_and_a_logstore_within_a_second_with_idle_streams_open() {
+    let (_dir, mut c, _) = servers(1).await;
+    let b = log_client(c.logstore.addr())
+        .await
+        .bounds(BoundsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // An idle delivery stream on the shard (its request side stays open)...
+    let (_tx, _inbound) = deliver(c.shards[0].addr(), hello(1, &b.log_id, "s0", 0))
+        .await
+        .unwrap();
+    // ...one that never even sent its Hello...
+    let addr = c.shards[0].addr().to_owned();
+    let (_silent_tx, silent_rx) = mpsc::channel::<DeliverRequest>(1);
+    let silent = tokio::spawn(async move {
+        let mut client = ShardClient::new(logplayer::grpc::connect(&addr).await.unwrap());
+        let _ = client.deliver(ReceiverStream::new(silent_rx)).await;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and an idle tailing read and an idle append stream on the LogStore.
+    let mut log = log_client(c.logstore.addr()).await;
+    let _read = log
+        .read(ReadRequest {
+            from: 1,
+            to: 0,
+            max_batch_bytes: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+    let (_atx, arx) = mpsc::channel::<AppendRequest>(1);
+    let _appends = log.append_stream(ReceiverStream::new(arx)).await.unwrap();
+
+    let shard = stop_time(&mut c.shards[0]).await;
+    let logstore = stop_time(&mut c.logstore).await;
+    assert!(shard < Duration::from_secs(1), "the shard took {shard:?}");
+    assert!(
+        logstore < Duration::from_secs(1),
+        "the LogStore took {logstore:?}"
+    );
+    silent.abort();
+}
+
+#[tokio::test]
+async fn an_oversized_append_on_a_stream_is_resource_exhausted_too() {
+    let (_dir, c, _) = servers(0).await;
+    let mut log = log_client(c.logstore.addr()).await;
+    let (tx, rx) = mpsc::channel::<AppendRequest>(2);
+    let mut responses = log
+        .append_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(AppendRequest {
+        mutations: add("c-1", 1),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(responses.message().await.unwrap().unwrap().index, 1);
+    tx.send(AppendRequest {
+        mutations: vec![Mutation {
+            key: b"l-1".to_vec().into(),
+            op: Some(Op::Append(vec![0; 9 * 1024 * 1024].into())),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let s = responses.message().await.unwrap_err();
+    expect(&s, Reason::EntryTooLarge);
+}
