@@ -113,13 +113,18 @@ impl Log {
 
     /// `(first, last)`.
     pub async fn bounds(&self) -> Result<(u64, u64), ClientError> {
-        let b = call(
+        let b = self.describe().await?;
+        Ok((b.first, b.last))
+    }
+
+    /// Everything `Bounds` says: first and last index, the log id and the entry limit.
+    pub async fn describe(&self) -> Result<crate::proto::BoundsResponse, ClientError> {
+        call(
             &self.addr,
             "bounds",
             self.client.clone().bounds(BoundsRequest {}),
         )
-        .await?;
-        Ok((b.first, b.last))
+        .await
     }
 
     /// Every entry in `[from, to]`.

@@ -90,6 +90,15 @@ fn data_dir(cfg: &DemoConfig) -> Result<(PathBuf, Option<tempfile::TempDir>), De
     }
 }
 
+/// What the shards say about fencing, summed over all of them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Fencing {
+    /// Streams and batches refused because their epoch was below the highest seen.
+    refusals: u64,
+    /// Commits under an epoch below one that had already committed (must stay 0).
+    stale_commits: u64,
+}
+
 /// Runs the demo; returns whether exactly-once held.
 pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     let (dir, _tmp) = data_dir(&cfg)?;
@@ -113,6 +122,8 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         cfg.txn_bytes / cfg.keys_per_txn.max(1)
     );
     let log = Log::connect(cluster.logstore.addr()).await?;
+    let log_id = log.describe().await?.log_id;
+    println!("log id {log_id}");
     let spec = LoadSpec {
         rate: cfg.rate,
         duration: Duration::from_secs(cfg.seconds),
@@ -152,13 +163,21 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     let report = load.await.ok();
     println!("load done; waiting for every shard to catch up and checking...");
     let result = check(&log, &run.cluster.shard_map(), Duration::from_secs(60)).await?;
-    let refusals = run.collect_stats().await;
-    run.print_summary(&result, report.as_ref(), first_epoch, refusals);
+    let fencing = run.collect_stats().await;
+    run.print_summary(&result, report.as_ref(), first_epoch, &log_id, fencing);
     run.stop().await;
     let epochs_increase = run.failovers.iter().all(|f| f.new_epoch > f.old_epoch);
-    let pass = result.pass && epochs_increase;
+    let froze = run.failovers.iter().any(|f| f.takedown == Takedown::Stop);
+    let fenced = !froze || (fencing.refusals > 0 && fencing.stale_commits == 0);
+    let pass = result.pass && epochs_increase && fenced;
     if !epochs_increase {
         println!("an epoch did not increase across a failover");
+    }
+    if !fenced {
+        println!(
+            "the frozen leader was not fenced: {} refusals, {} commits under a stale epoch",
+            fencing.refusals, fencing.stale_commits
+        );
     }
     println!("exactly-once: {}", if pass { "PASS" } else { "FAIL" });
     Ok(pass)
@@ -241,18 +260,19 @@ impl Run {
         Ok(())
     }
 
-    /// Gathers every shard's delays; returns how often shards refused a stale leader.
-    async fn collect_stats(&mut self) -> u64 {
-        let mut refusals = 0;
+    /// Gathers every shard's delays; returns the fencing evidence.
+    async fn collect_stats(&mut self) -> Fencing {
+        let mut f = Fencing::default();
         for s in &self.cluster.shards {
             let _ = self.delays.collect(s.addr()).await;
             if let Ok(c) = ShardConn::connect(s.addr()).await
                 && let Ok(st) = c.stats(false).await
             {
-                refusals += st.fenced_refusals;
+                f.refusals += st.fenced_refusals;
+                f.stale_commits += st.stale_epoch_commits;
             }
         }
-        refusals
+        f
     }
 
     fn print_summary(
@@ -260,10 +280,12 @@ impl Run {
         result: &Report,
         load: Option<&LoadReport>,
         first_epoch: u64,
-        refusals: u64,
+        log_id: &str,
+        fencing: Fencing,
     ) {
         let d = &self.delays;
         println!();
+        println!("log id            {log_id}");
         println!("entries           {}", result.entries);
         if let Some(r) = load {
             println!(
@@ -301,7 +323,22 @@ impl Run {
                 epochs.join(" -> ")
             );
         }
-        println!("fenced            {refusals} stale-leader requests refused by the shards");
+        for f in self
+            .failovers
+            .iter()
+            .filter(|f| f.takedown == Takedown::Stop)
+        {
+            println!(
+                "fenced            the frozen leader player-{} (epoch {}) woke stale: the shards refused {} of its requests, and {} entries were committed under a stale epoch",
+                f.old_leader, f.old_epoch, fencing.refusals, fencing.stale_commits
+            );
+        }
+        if !self.failovers.iter().any(|f| f.takedown == Takedown::Stop) {
+            println!(
+                "fenced            {} stale-leader requests refused by the shards",
+                fencing.refusals
+            );
+        }
         println!("faults injected   {}", self.faults.len());
         for f in &self.faults {
             println!("  {f}");

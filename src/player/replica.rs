@@ -74,7 +74,9 @@ async fn show_saved_cursors(config: &ReplicaConfig, stats: &PlayerStats) {
 }
 
 /// Whether this replica still holds the lease at `epoch`: then `epoch` is the highest the
-/// lease ever gave (epochs only grow, by acquisition, and nobody acquired since us).
+/// lease ever gave (epochs only grow, by acquisition, and nobody acquired since us). Asked
+/// only while the elector still sees this replica leading, so the call renews our own live
+/// lease rather than acquiring a free one.
 async fn still_hold(backend: &dyn LeaseBackend, epoch: u64) -> bool {
     match backend.try_acquire_or_renew().await {
         Ok(lease::LeaseState::Held { epoch: held }) => held == epoch,
@@ -157,7 +159,10 @@ pub async fn run(
                 shard,
                 highest: Some(seen),
                 ..
-            }) if seen > epoch && still_hold(backend.as_ref(), epoch).await => {
+            }) if seen > epoch
+                && *role.borrow() == (Role::Leader { epoch })
+                && still_hold(backend.as_ref(), epoch).await =>
+            {
                 // Nobody took the lease from us, so no holder was ever given `seen`.
                 break Err(PlayerError::UnknownEpoch {
                     shard,
