@@ -187,6 +187,8 @@ async fn below_retention_is_the_only_out_of_range_of_an_existing_log() {
             .await
             .unwrap();
     }
+    let s = log.retain(RetainRequest { below: 202 }).await.unwrap_err();
+    expect(&s, Reason::Invalid);
     let r = log
         .retain(RetainRequest { below: 200 })
         .await

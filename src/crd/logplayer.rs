@@ -221,8 +221,9 @@ pub struct DeliverySettings {
     #[serde(default = "default_batch_entries")]
     #[schemars(range(min = 1))]
     pub batch_entries: i32,
-    /// Most bytes in one batch (a single larger entry still goes alone). 1 to 8 MiB (half the
-    /// 16 MiB gRPC message limit); default 1 MiB (1048576).
+    /// Most bytes in one batch (a single larger entry still goes alone). 1 to 8 MiB; a batch
+    /// never exceeds the entry limit (`--max-entry-bytes`, 4 MiB) whatever this says;
+    /// default 1 MiB (1048576).
     #[serde(default = "default_batch_bytes")]
     #[schemars(range(min = 1, max = 8388608))]
     pub batch_bytes: i64,

@@ -60,7 +60,7 @@ pub fn load_or_create(dir: &Path, empty: bool) -> Result<(String, bool), LogIdEr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = generate();
             if !empty {
-                tracing::warn!(log_id = %id, dir = %dir.display(), "this log has entries but no id (it predates log ids); assigning one — shards that applied from it adopt it on their next delivery");
+                tracing::warn!(log_id = %id, dir = %dir.display(), "this log has entries but no id file; assigning a new id. Shards that applied from it before log ids existed adopt it; shards bound to an earlier id of this log (if the file was removed) refuse it until `shard reset-log`");
             }
             let tmp = dir.join(format!("{LOG_ID_FILE}.tmp"));
             let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;

@@ -231,11 +231,14 @@ impl LogStoreRpc for Service {
     }
 
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
-        let (first, removed) = self
-            .log
-            .retain(r.into_inner().below)
-            .await
-            .map_err(to_status)?;
+        let below = r.into_inner().below;
+        let (_, last) = self.log.bounds();
+        if below > last + 1 {
+            return Err(Reason::Invalid.status(format!(
+                "retain: below {below} is past the last index {last} + 1; entries nobody has read cannot be released"
+            )));
+        }
+        let (first, removed) = self.log.retain(below).await.map_err(to_status)?;
         Ok(Response::new(RetainResponse {
             first,
             segments_removed: removed as u32,
