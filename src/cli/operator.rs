@@ -11,6 +11,15 @@ use super::{default_identity, on_signal};
 
 #[derive(Args)]
 pub struct OperatorArgs {
+    /// Reconcile only LogPlayers and Shards in these namespaces (comma-separated or
+    /// repeated); the operator then needs Roles in those namespaces only. Unset: the whole
+    /// cluster.
+    #[arg(
+        long = "watch-namespace",
+        env = "LOGPLAYER_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "LOGPLAYER_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     metrics_listen: String,
@@ -61,7 +70,14 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
         retry_period: a.retry_period,
     };
     lease.validate()?;
+    let namespaces: Vec<String> = a
+        .watch_namespaces
+        .into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
     let config = operator::OperatorConfig {
+        namespaces,
         lease_name: a.lease_name,
         lease_namespace: a.lease_namespace,
         identity: a.identity.unwrap_or_else(default_identity),

@@ -6,9 +6,51 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use std::path::{Path, PathBuf};
 
-/// The CRDs, in a stable order: LogPlayer, then Shard.
+/// The CRDs, in a stable order: LogPlayer, then Shard, with the quantity checks the
+/// generated schema lacks (see [`check_resource_quantities`]).
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![LogPlayer::crd(), Shard::crd()]
+        .into_iter()
+        .map(check_resource_quantities)
+        .collect()
+}
+
+/// Adds [`super::RESOURCE_QUANTITY_PATTERN`] to every `resources.limits` and
+/// `resources.requests` value in `crd`'s schema. The schema of Kubernetes'
+/// `ResourceRequirements` types quantities as int-or-string without a format, so
+/// `cpu: lots` would pass the CRD and then make the API server refuse every apply of the
+/// pods; a pattern on strings (integers still pass) refuses it at `kubectl apply`.
+fn check_resource_quantities(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        let Some(obj) = v.as_object_mut() else {
+            if let Some(items) = v.as_array_mut() {
+                items.iter_mut().for_each(walk);
+            }
+            return;
+        };
+        if let Some(props) = obj
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("resources"))
+            .and_then(|r| r.get_mut("properties"))
+        {
+            for key in ["limits", "requests"] {
+                if let Some(values) = props
+                    .get_mut(key)
+                    .and_then(|l| l.get_mut("additionalProperties"))
+                    .and_then(|a| a.as_object_mut())
+                {
+                    values.insert("pattern".into(), super::RESOURCE_QUANTITY_PATTERN.into());
+                }
+            }
+        }
+        obj.values_mut().for_each(walk);
+    }
+    let mut json = match serde_json::to_value(&crd) {
+        Ok(j) => j,
+        Err(_) => return crd,
+    };
+    walk(&mut json);
+    serde_json::from_value(json).unwrap_or(crd)
 }
 
 fn crd_name(crd: &CustomResourceDefinition) -> Result<&str, CrdError> {

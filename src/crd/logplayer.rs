@@ -310,9 +310,23 @@ pub struct LogPlayerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub shards: Vec<ShardProgress>,
-    /// Largest lag of any shard, in log entries.
+    /// Largest lag of any shard, in log entries; absent when any is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Everything that is wrong now, most fundamental first (`Degraded` names the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub problems: Vec<StatusProblem>,
+}
+
+/// One thing that is wrong, as a condition reason and a message naming what is at fault.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusProblem {
+    /// CamelCase reason, e.g. `PodsPending` or `ApplyFailed`.
+    pub reason: String,
+    /// What is wrong, naming the objects and values at fault.
+    pub message: String,
 }
 
 /// Delivery progress of one shard.
@@ -326,6 +340,7 @@ pub struct ShardProgress {
     pub acked_index: i64,
     /// Log entries not yet delivered to this shard: the last log index minus the index
     /// through which the shard has every entry routed to it (`coveredIndex` of the Shard).
-    #[serde(default)]
-    pub lag: i64,
+    /// Absent when the LogStore or the shard cannot be asked: unknown, never 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
 }

@@ -57,8 +57,14 @@ pub mod condition {
 /// units `ns`, `us`, `ms`, `s`, `m`, `h`. Both humantime (the player) and CEL's `duration()`
 /// (the API server) read this form the same way.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ns|us|ms|s|m|h))+$";
-/// A storage size in Kubernetes quantity form, e.g. `10Gi` or `500M`.
-pub const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+/// A storage size in Kubernetes quantity form, e.g. `10Gi` or `500M`, and above zero (a
+/// PersistentVolumeClaim of `0` is refused by the API server, so the CRD refuses it first).
+pub const QUANTITY_PATTERN: &str =
+    r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+/// Any non-negative Kubernetes quantity (`500m`, `1.5`, `2Gi`, `1e3`): what a container's
+/// `resources.requests` and `resources.limits` accept. Checked by the CRD, because a value
+/// such as `lots` would otherwise be accepted and then refuse every apply of the pods.
+pub const RESOURCE_QUANTITY_PATTERN: &str = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)))?$";
 /// Longest duration or quantity string (also bounds CEL cost).
 const SHORT_STRING_MAX: u32 = 32;
 

@@ -641,3 +641,30 @@ fn committed_crd_files_match_the_types() {
         }
     }
 }
+
+#[test]
+fn quantity_patterns_refuse_what_the_api_server_would_refuse_later() {
+    let storage = regex::Regex::new(super::QUANTITY_PATTERN).unwrap();
+    for ok in ["1Gi", "10Gi", "500M", "0.5Gi", "1", "100"] {
+        assert!(storage.is_match(ok), "storage {ok} should pass");
+    }
+    for bad in ["0", "0Gi", "0.0", "-1Gi", "lots", "", "1 Gi"] {
+        assert!(!storage.is_match(bad), "storage {bad} should be refused");
+    }
+    let resource = regex::Regex::new(super::RESOURCE_QUANTITY_PATTERN).unwrap();
+    for ok in ["500m", "1", "1.5", "2Gi", "128Mi", "1e3", "0", ".5", "100k"] {
+        assert!(resource.is_match(ok), "resource {ok} should pass");
+    }
+    for bad in ["lots", "-1", "1GB", "", "1.2.3", "m"] {
+        assert!(!resource.is_match(bad), "resource {bad} should be refused");
+    }
+    // The generated CRDs carry the resource pattern on every requests/limits value.
+    let text = super::generate::crds_yaml().unwrap();
+    assert_eq!(
+        text.matches(super::RESOURCE_QUANTITY_PATTERN).count(),
+        // limits and requests of: the player pods and the managed LogStore (LogPlayer), and
+        // a managed shard (Shard).
+        6,
+        "{text}"
+    );
+}

@@ -49,6 +49,13 @@ const RESYNC: Duration = Duration::from_secs(15);
 pub enum OperatorError {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The API server refused to apply one of the objects the operator wants.
+    #[error("applying {kind} {name}: {}", api_message(source))]
+    Apply {
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("{kind} has no namespace")]
     NoNamespace { kind: &'static str },
     #[error("{0}")]
@@ -62,6 +69,7 @@ impl OperatorError {
     fn reason(&self) -> &'static str {
         match self {
             OperatorError::Kube(_) => "KubeApi",
+            OperatorError::Apply { .. } => "ApplyFailed",
             OperatorError::NoNamespace { .. } => "NoNamespace",
             OperatorError::Desired(e) => e.reason(),
             OperatorError::Lease(_) => "Lease",
@@ -69,9 +77,32 @@ impl OperatorError {
     }
 }
 
+/// The API server's own words for a refusal (its `message`), or the client error.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl OperatorError {
+    /// An apply the API server refused, as a status problem (`ApplyFailed`) naming the
+    /// object, the field and the server's words; `None` for any other error (retried).
+    pub(crate) fn as_apply_problem(&self) -> Option<status::Problem> {
+        match self {
+            OperatorError::Apply { .. } => {
+                Some(status::Problem::new("ApplyFailed", self.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Operator settings.
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
+    /// Namespaces to reconcile; empty means the whole cluster.
+    pub namespaces: Vec<String>,
     pub lease_name: String,
     pub lease_namespace: String,
     pub identity: String,
@@ -82,6 +113,8 @@ pub struct OperatorConfig {
 /// What every reconciliation shares.
 pub struct Context {
     pub client: Client,
+    /// Namespaces to reconcile; empty means the whole cluster.
+    pub namespaces: Vec<String>,
     pub defaults: desired::Defaults,
     pub metrics: Arc<OperatorMetrics>,
     pub recorder: Recorder,
@@ -115,6 +148,7 @@ pub async fn run(
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
+        namespaces: config.namespaces.clone(),
         defaults: config.defaults.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client, reporter),

@@ -17,25 +17,35 @@ pub(super) fn paused(lp: &LogPlayer) -> bool {
 }
 
 /// The Shards a LogPlayer drives: same namespace, `spec.logPlayer` naming it, and matching
-/// its `shardSelector`.
+/// its `shardSelector`. A selector that does not parse is a problem with the spec
+/// (`InvalidSpec`, naming it), never "select every Shard".
 pub(super) async fn shards_of(
     client: &Client,
     lp: &LogPlayer,
     ns: &str,
-) -> Result<Vec<Shard>, OperatorError> {
+) -> Result<Result<Vec<Shard>, status::Problem>, OperatorError> {
+    let selector = match kube::core::Selector::try_from(lp.spec.shard_selector.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Err(status::Problem::new(
+                "InvalidSpec",
+                format!(
+                    "invalid LogPlayer spec: shardSelector {}: {e}",
+                    serde_json::to_string(&lp.spec.shard_selector).unwrap_or_default()
+                ),
+            )));
+        }
+    };
     let api: Api<Shard> = Api::namespaced(client.clone(), ns);
-    let mut params = ListParams::default();
-    if let Ok(selector) = kube::core::Selector::try_from(lp.spec.shard_selector.clone()) {
-        params = params.labels_from(&selector);
-    }
+    let params = ListParams::default().labels_from(&selector);
     let name = lp.name_any();
-    Ok(api
+    Ok(Ok(api
         .list(&params)
         .await?
         .items
         .into_iter()
         .filter(|s| s.spec.log_player == name)
-        .collect())
+        .collect()))
 }
 /// Asks a shard server its applied index.
 pub(super) async fn probe_shard(addr: &str) -> status::Probe {
@@ -65,10 +75,12 @@ pub(super) async fn observe(
     ns: &str,
     shards: &[Shard],
     spec_problem: Option<status::Problem>,
+    apply_problems: Vec<status::Problem>,
     paused: bool,
 ) -> Result<status::Observed, OperatorError> {
     let client = &ctx.client;
     let player = desired::player_name(lp);
+    let pods = pods_of(client, ns, &lp.name_any()).await?;
     let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt(&player)
         .await?;
@@ -78,7 +90,10 @@ pub(super) async fn observe(
         .await?
         .map(|l| lease_info(&l, status::now()));
     // The LogStore's head, for lag.
+    let managed_logstore = lp.spec.log_store.managed.is_some();
+    let logstore_down = managed_logstore && !any_running(&component_pods(&pods, "logstore", None));
     let (logstore, head_index) = match desired::logstore_endpoint(lp, ns, &ctx.defaults) {
+        Some(_) if logstore_down => (status::Probe::NotRunning, None),
         Some(addr) => {
             let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
                 let log = crate::client::Log::connect(&addr)
@@ -108,7 +123,11 @@ pub(super) async fn observe(
     sorted.sort_by_key(|s| s.name_any());
     let mut observed_shards = Vec::with_capacity(sorted.len());
     for s in sorted {
+        let name = s.name_any();
+        let managed = s.spec.managed.is_some();
+        let down = managed && !any_running(&component_pods(&pods, "shard", Some(&name)));
         let probe = match desired::shard_endpoint(s, &ctx.defaults) {
+            Some(_) if down => status::Probe::NotRunning,
             Some(addr) => probe_shard(&addr).await,
             None => status::Probe::Unknown,
         };
@@ -119,12 +138,7 @@ pub(super) async fn observe(
             probe,
         });
     }
-    let pod_problem = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&desired::player_pod_selector(lp)))
-        .await?
-        .items
-        .iter()
-        .find_map(pod_problem);
+    let pod_problems = pod_problems(&pods);
     Ok(status::Observed {
         generation: lp.metadata.generation.unwrap_or(0),
         desired_replicas: lp.spec.replicas,
@@ -136,7 +150,8 @@ pub(super) async fn observe(
         head_index,
         logstore,
         spec_problem,
-        pod_problem,
+        apply_problems,
+        pod_problems,
         paused,
     })
 }
@@ -163,9 +178,34 @@ pub fn lease_info(
     }
 }
 
-/// A player pod whose container cannot start, as a problem naming the pod and the reason.
+/// Why a pod cannot run, as a condition reason and a text naming the pod: `PodsPending`
+/// (the scheduler could not place it, e.g. no node has room or a PersistentVolumeClaim is
+/// unbound, in the scheduler's words), `ImagePullFailed`, `CrashLoopBackOff` or
+/// `ContainerCannotStart`. `None` for a pod that runs or is just starting.
 pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
-    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let st = pod.status.as_ref()?;
+    let unscheduled = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if st.phase.as_deref() == Some("Pending")
+        && let Some(c) = unscheduled
+    {
+        return Some(status::Problem::new(
+            "PodsPending",
+            format!(
+                "pod {} cannot be scheduled: {}{}",
+                pod.name_any(),
+                c.reason.as_deref().unwrap_or("Unschedulable"),
+                c.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    let statuses = st.container_statuses.as_ref()?;
     statuses.iter().find_map(|c| {
         let waiting = c.state.as_ref()?.waiting.as_ref()?;
         let reason = match waiting.reason.as_deref()? {
@@ -192,4 +232,65 @@ pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
             ),
         ))
     })
+}
+
+/// The problems of `pods`, one per reason (in the order of [`POD_REASONS`]), each message
+/// naming every pod with that reason.
+pub fn pod_problems(pods: &[Pod]) -> Vec<status::Problem> {
+    let found: Vec<status::Problem> = pods.iter().filter_map(pod_problem).collect();
+    POD_REASONS
+        .iter()
+        .filter_map(|reason| {
+            let texts: Vec<&str> = found
+                .iter()
+                .filter(|p| p.reason == *reason)
+                .map(|p| p.message.as_str())
+                .collect();
+            (!texts.is_empty()).then(|| status::Problem::new(*reason, texts.join("; ")))
+        })
+        .collect()
+}
+
+/// Pod problem reasons, most fundamental first.
+pub const POD_REASONS: [&str; 4] = [
+    "PodsPending",
+    "ImagePullFailed",
+    "ContainerCannotStart",
+    "CrashLoopBackOff",
+];
+
+/// Whether any of `pods` is running (phase `Running`, not being deleted).
+pub fn any_running(pods: &[&Pod]) -> bool {
+    pods.iter().any(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+}
+
+/// The pods of everything the operator runs for the LogPlayer `instance` (players, the
+/// managed LogStore, managed shard servers).
+pub(super) async fn pods_of(
+    client: &Client,
+    ns: &str,
+    instance: &str,
+) -> Result<Vec<Pod>, OperatorError> {
+    let selector = format!(
+        "app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by={}",
+        super::FIELD_MANAGER
+    );
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+/// Pods of one component (`player`, `logstore`, `shard`), and for shards of one Shard.
+pub fn component_pods<'a>(pods: &'a [Pod], component: &str, shard: Option<&str>) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| {
+            let l = p.labels();
+            l.get("app.kubernetes.io/component").map(String::as_str) == Some(component)
+                && shard.is_none_or(|s| l.get(desired::SHARD_LABEL).map(String::as_str) == Some(s))
+        })
+        .collect()
 }

@@ -1,9 +1,11 @@
 //! The controllers: each reconciliation reads, builds the desired objects, applies them,
 //! observes, and writes the status and Events; timed and counted by one helper.
 
-use super::apply::{apply, apply_status, delete_if_present};
+use super::apply::{apply, apply_status, prune};
 use super::metrics::{ErrorLabel, KindLabel};
-use super::observe::{observe, paused, probe_shard, shards_of};
+use super::observe::{
+    any_running, component_pods, observe, paused, pods_of, probe_shard, shards_of,
+};
 use super::{Context, OperatorError, RESYNC, desired, status};
 use crate::crd::{LogPlayer, Shard};
 use futures::StreamExt;
@@ -62,29 +64,52 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
     let ns = lp
         .namespace()
         .ok_or(OperatorError::NoNamespace { kind: "LogPlayer" })?;
-    let shards = shards_of(&ctx.client, lp, &ns).await?;
     let is_paused = paused(lp);
     // A spec a user can fix is reported in the status, not retried as an error: what runs
     // keeps running, and the next change of the LogPlayer or a Shard reconciles again.
-    let spec_problem = match desired::player_objects(lp, &shards, &ctx.defaults) {
-        Ok(objects) => {
+    let (shards, selector_problem) = match shards_of(&ctx.client, lp, &ns).await? {
+        Ok(shards) => (shards, None),
+        Err(problem) => (Vec::new(), Some(problem)),
+    };
+    let mut apply_problems = Vec::new();
+    let spec_problem = match (
+        selector_problem,
+        desired::player_objects(lp, &shards, &ctx.defaults),
+    ) {
+        (Some(p), _) => Some(p),
+        (None, Ok(objects)) => {
             if !is_paused {
-                apply_player_objects(&ctx.client, &ns, lp, objects).await?;
+                apply_problems = apply_player_objects(&ctx.client, &ns, lp, objects).await?;
             }
             None
         }
-        Err(e @ desired::DesiredError::Yaml(_)) => return Err(e.into()),
-        Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
+        (None, Err(e @ desired::DesiredError::Yaml(_))) => return Err(e.into()),
+        (None, Err(e)) => Some(status::Problem::new(e.reason(), e.to_string())),
     };
-    let observed = observe(ctx, lp, &ns, &shards, spec_problem, is_paused).await?;
+    let failed = !apply_problems.is_empty();
+    let observed = observe(
+        ctx,
+        lp,
+        &ns,
+        &shards,
+        spec_problem,
+        apply_problems,
+        is_paused,
+    )
+    .await?;
     let old = lp.status.clone().unwrap_or_default();
     let new = status::logplayer_status(&observed, &old, status::now());
     publish(ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
     if new != old {
         apply_status::<LogPlayer>(&ctx.client, &ns, &lp.name_any(), &new).await?;
     }
-    Ok(Action::requeue(RESYNC))
+    // A refused apply is retried soon (the API server may have been briefly strict, or the
+    // user fixes the spec); the status already says what is wrong.
+    Ok(Action::requeue(if failed { APPLY_RETRY } else { RESYNC }))
 }
+
+/// How soon a reconciliation whose apply was refused runs again.
+const APPLY_RETRY: Duration = Duration::from_secs(5);
 
 /// Publishes the Events for a change of conditions (best effort: a failed Event is logged).
 async fn publish(
@@ -111,31 +136,86 @@ async fn publish(
     }
 }
 
+/// Applies every object (a refused one does not stop the others), then deletes what the
+/// operator made for this LogPlayer and no longer wants. Returns the refusals as
+/// `ApplyFailed` problems; any other error (the API server unreachable) is returned.
 async fn apply_player_objects(
     client: &Client,
     ns: &str,
     lp: &LogPlayer,
     o: desired::PlayerObjects,
-) -> Result<(), OperatorError> {
-    apply(client, ns, &o.service_account).await?;
-    apply(client, ns, &o.role).await?;
-    apply(client, ns, &o.role_binding).await?;
-    apply(client, ns, &o.shard_map).await?;
-    apply(client, ns, &o.metrics_service).await?;
+) -> Result<Vec<status::Problem>, OperatorError> {
+    let mut outcomes = vec![
+        apply(client, ns, &o.service_account).await.map(drop),
+        apply(client, ns, &o.role).await.map(drop),
+        apply(client, ns, &o.role_binding).await.map(drop),
+        apply(client, ns, &o.shard_map).await.map(drop),
+        apply(client, ns, &o.metrics_service).await.map(drop),
+    ];
     if let Some(logstore) = &o.logstore {
-        apply(client, ns, &logstore.service).await?;
-        apply(client, ns, &logstore.stateful_set).await?;
+        outcomes.push(apply(client, ns, &logstore.service).await.map(drop));
+        outcomes.push(apply(client, ns, &logstore.stateful_set).await.map(drop));
     }
-    apply(client, ns, &o.deployment).await?;
-    match &o.pdb {
-        Some(pdb) => {
-            apply(client, ns, pdb).await?;
-        }
-        None => {
-            delete_if_present::<PodDisruptionBudget>(client, ns, &desired::player_name(lp)).await?
+    outcomes.push(apply(client, ns, &o.deployment).await.map(drop));
+    if let Some(pdb) = &o.pdb {
+        outcomes.push(apply(client, ns, pdb).await.map(drop));
+    }
+    let problems = apply_problems(outcomes)?;
+    prune_player_objects(client, ns, lp, &o).await?;
+    Ok(problems)
+}
+
+/// Splits apply outcomes: refusals become `ApplyFailed` problems, other errors are returned.
+fn apply_problems(
+    outcomes: Vec<Result<(), OperatorError>>,
+) -> Result<Vec<status::Problem>, OperatorError> {
+    let mut problems = Vec::new();
+    for outcome in outcomes {
+        if let Err(e) = outcome {
+            match e.as_apply_problem() {
+                Some(p) => {
+                    tracing::warn!(error = %e, "the API server refused an object");
+                    problems.push(p);
+                }
+                None => return Err(e),
+            }
         }
     }
+    Ok(problems)
+}
+
+/// Deletes the LogPlayer's own objects (not its Shards') that `o` no longer contains.
+async fn prune_player_objects(
+    client: &Client,
+    ns: &str,
+    lp: &LogPlayer,
+    o: &desired::PlayerObjects,
+) -> Result<(), OperatorError> {
+    let Some(uid) = lp.metadata.uid.as_deref() else {
+        return Ok(());
+    };
+    let selector = managed_selector(&lp.name_any());
+    let name = |m: &kube::api::ObjectMeta| m.name.clone().unwrap_or_default();
+    let mut sets = o
+        .logstore
+        .iter()
+        .map(|l| name(&l.stateful_set.metadata))
+        .collect::<Vec<_>>();
+    prune::<StatefulSet>(client, ns, &selector, uid, &sets).await?;
+    sets = vec![name(&o.metrics_service.metadata)];
+    sets.extend(o.logstore.iter().map(|l| name(&l.service.metadata)));
+    prune::<Service>(client, ns, &selector, uid, &sets).await?;
+    let pdbs: Vec<String> = o.pdb.iter().map(|p| name(&p.metadata)).collect();
+    prune::<PodDisruptionBudget>(client, ns, &selector, uid, &pdbs).await?;
     Ok(())
+}
+
+/// The label selector of everything the operator made for the LogPlayer `instance`.
+fn managed_selector(instance: &str) -> String {
+    format!(
+        "app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by={}",
+        super::FIELD_MANAGER
+    )
 }
 
 pub(super) async fn reconcile_shard(
@@ -155,34 +235,43 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let image = owner.as_ref().and_then(|lp| lp.spec.image.clone());
     let pull_policy = owner.as_ref().and_then(|lp| lp.spec.image_pull_policy);
     let paused = owner.as_ref().is_some_and(paused);
+    let mut apply_problems = Vec::new();
     let spec_problem =
         match desired::shard_objects(shard, &ctx.defaults, image.as_deref(), pull_policy) {
-            Ok(Some(objects)) => {
+            Ok(objects) => {
                 if !paused {
-                    apply(&ctx.client, &ns, &objects.service).await?;
-                    apply(&ctx.client, &ns, &objects.stateful_set).await?;
+                    apply_problems = apply_shard_objects(&ctx.client, &ns, shard, objects).await?;
                 }
                 None
             }
-            Ok(None) => None,
             Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
         };
+    let name = shard.name_any();
+    let pods = pods_of(&ctx.client, &ns, &shard.spec.log_player).await?;
+    let mine = component_pods(&pods, "shard", Some(&name));
+    let pod_problems = crate::operator::observe::pod_problems(
+        &mine.iter().map(|p| (*p).clone()).collect::<Vec<_>>(),
+    );
+    let down = shard.spec.managed.is_some() && !any_running(&mine);
     let endpoint = desired::shard_endpoint(shard, &ctx.defaults);
     let probe = match &endpoint {
+        Some(_) if down => status::Probe::NotRunning,
         Some(addr) => probe_shard(addr).await,
         None => status::Probe::Unknown,
     };
-    let name = shard.name_any();
     let lag = owner
         .as_ref()
         .and_then(|lp| lp.status.as_ref())
         .and_then(|s| s.shards.iter().find(|p| p.name == name))
-        .map(|p| p.lag);
+        .and_then(|p| p.lag);
+    let failed = !apply_problems.is_empty();
     let observed = status::ShardObservation {
         generation: shard.metadata.generation.unwrap_or(0),
         endpoint,
         probe,
         spec_problem,
+        apply_problems,
+        pod_problems,
         log_player_found: owner.is_some(),
         lag,
     };
@@ -200,7 +289,35 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     if new != mine {
         apply_status::<Shard>(&ctx.client, &ns, &name, &new).await?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if failed { APPLY_RETRY } else { RESYNC }))
+}
+
+/// Applies a managed shard server's objects (or, for an external shard, none) and deletes
+/// the ones the Shard made and no longer wants (after a switch from managed to external).
+async fn apply_shard_objects(
+    client: &Client,
+    ns: &str,
+    shard: &Shard,
+    objects: Option<desired::ServerObjects>,
+) -> Result<Vec<status::Problem>, OperatorError> {
+    let mut outcomes = Vec::new();
+    if let Some(o) = &objects {
+        outcomes.push(apply(client, ns, &o.service).await.map(drop));
+        outcomes.push(apply(client, ns, &o.stateful_set).await.map(drop));
+    }
+    let problems = apply_problems(outcomes)?;
+    if let Some(uid) = shard.metadata.uid.as_deref() {
+        let selector = format!("{}={}", desired::SHARD_LABEL, shard.name_any());
+        let name = |m: &kube::api::ObjectMeta| m.name.clone().unwrap_or_default();
+        let sets: Vec<String> = objects
+            .iter()
+            .map(|o| name(&o.stateful_set.metadata))
+            .collect();
+        let services: Vec<String> = objects.iter().map(|o| name(&o.service.metadata)).collect();
+        prune::<StatefulSet>(client, ns, &selector, uid, &sets).await?;
+        prune::<Service>(client, ns, &selector, uid, &services).await?;
+    }
+    Ok(problems)
 }
 
 pub(super) fn error_policy<K>(
@@ -219,21 +336,56 @@ pub(super) fn error_policy<K>(
     }
 }
 
-/// Runs both controllers until `stop`.
+/// The label every object the operator creates carries; owned kinds are watched through it,
+/// so the operator neither receives nor caches anybody else's ConfigMaps, Services,
+/// Deployments or StatefulSets.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=logplayer-operator";
+
+/// Runs both controllers until `stop`, over the namespaces of `ctx` (none named: the whole
+/// cluster; else one pair of controllers per namespace, so that Roles in those namespaces
+/// are all the operator needs).
 pub(super) async fn run_controllers(ctx: Arc<Context>, stop: CancellationToken) {
+    if ctx.namespaces.is_empty() {
+        run_scope(ctx, None, stop).await;
+    } else {
+        let scopes = ctx
+            .namespaces
+            .clone()
+            .into_iter()
+            .map(|ns| run_scope(ctx.clone(), Some(ns), stop.clone()));
+        futures::future::join_all(scopes).await;
+    }
+}
+
+/// An `Api` over the whole cluster, or one namespace.
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Both controllers over one scope.
+async fn run_scope(ctx: Arc<Context>, ns: Option<String>, stop: CancellationToken) {
     let client = ctx.client.clone();
-    let lps: Api<LogPlayer> = Api::all(client.clone());
-    let shards: Api<Shard> = Api::all(client.clone());
+    let ns = ns.as_deref();
+    let lps: Api<LogPlayer> = api(&client, ns);
+    let shards: Api<Shard> = api(&client, ns);
     let cfg = watcher::Config::default();
-    let logplayers = Controller::new(lps, cfg.clone())
-        .owns(Api::<Deployment>::all(client.clone()), cfg.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), cfg.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), cfg.clone())
-        .owns(Api::<Service>::all(client.clone()), cfg.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), cfg.clone())
-        .owns(Api::<Role>::all(client.clone()), cfg.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), cfg.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone())
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let logplayers = Controller::new(lps.clone(), cfg.clone())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<ServiceAccount>(&client, ns), owned.clone())
+        .owns(api::<Role>(&client, ns), owned.clone())
+        .owns(api::<RoleBinding>(&client, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
         .watches(shards.clone(), cfg.clone(), |s: Shard| {
             s.namespace()
                 .map(|ns| ObjectRef::<LogPlayer>::new(&s.spec.log_player).within(&ns))
@@ -245,9 +397,22 @@ pub(super) async fn run_controllers(ctx: Arc<Context>, stop: CancellationToken) 
                 tracing::debug!(error = %e, "LogPlayer controller");
             }
         });
-    let shard_controller = Controller::new(shards, cfg.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), cfg.clone())
-        .owns(Api::<Service>::all(client.clone()), cfg)
+    let shard_controller = Controller::new(shards, cfg.clone());
+    // A LogPlayer appearing, changing or going away changes its Shards' status (their
+    // `LogPlayerNotFound`, their image): map it to the Shards that name it.
+    let known = shard_controller.store();
+    let shard_controller = shard_controller
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned)
+        .watches(lps, cfg, move |lp: LogPlayer| {
+            let (name, ns) = (lp.name_any(), lp.namespace());
+            known
+                .state()
+                .into_iter()
+                .filter(|s| s.spec.log_player == name && s.namespace() == ns)
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile_shard, error_policy("Shard"), ctx)
         .for_each(|r| async move {

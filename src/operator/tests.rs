@@ -36,6 +36,8 @@ struct Sent {
 struct World {
     objects: HashMap<String, Value>,
     lists: HashMap<String, Vec<Value>>,
+    /// Paths whose apply the API server refuses (422), with its message.
+    refuse: HashMap<String, String>,
 }
 
 fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
@@ -89,6 +91,14 @@ async fn serve(mut handle: Handle, world: World) -> Vec<Sent> {
             }
         } else if method == Method::DELETE {
             respond(send, StatusCode::NOT_FOUND, &not_found(&path));
+        } else if let Some(message) = world.refuse.get(&path) {
+            respond(
+                send,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Invalid", "code": 422,
+                        "message": message}),
+            );
         } else if let Some(parent) = path.strip_suffix("/status") {
             // A status patch answers the whole object with the new status.
             let mut obj = world.objects.get(parent).cloned().unwrap_or(Value::Null);
@@ -153,8 +163,14 @@ fn world(lp: &Value, shards: Vec<Value>) -> World {
         w.objects.insert(format!("{SHARDS_PATH}/{name}"), s.clone());
     }
     w.lists.insert(SHARDS_PATH.into(), shards);
-    w.lists
-        .insert("/api/v1/namespaces/ns/pods".into(), Vec::new());
+    for collection in [
+        "/api/v1/namespaces/ns/pods",
+        "/apis/apps/v1/namespaces/ns/statefulsets",
+        "/api/v1/namespaces/ns/services",
+        "/apis/policy/v1/namespaces/ns/poddisruptionbudgets",
+    ] {
+        w.lists.insert(collection.into(), Vec::new());
+    }
     w.objects.insert(
         "/apis/coordination.k8s.io/v1/namespaces/ns/leases/demo-player".into(),
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -177,6 +193,7 @@ fn context(service: mock::Mock<Request<Body>, Response<Body>>) -> Arc<Context> {
     let client = Client::new(service, "ns");
     Arc::new(Context {
         client: client.clone(),
+        namespaces: Vec::new(),
         defaults: desired::Defaults::default(),
         metrics: Arc::new(OperatorMetrics::default()),
         recorder: Recorder::new(
@@ -299,16 +316,17 @@ async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
     assert_eq!(degraded["reason"], "LogStoreUnreachable");
     let message = degraded["message"].as_str().unwrap_or_default();
     assert!(message.contains(DEAD), "{message}");
+    let shards = &st["problems"][1];
+    assert_eq!(shards["reason"], "ShardUnreachable");
+    let text = shards["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("4 of 4 shards do not answer") && message.contains("shard s3"),
-        "{message}"
+        text.contains("4 of 4 shards do not answer") && text.contains("shard s3"),
+        "{text}"
     );
     assert_eq!(condition(st, "Ready")["status"], "False");
     assert_eq!(condition(st, "Progressing")["reason"], "Complete");
-    assert_eq!(
-        st["shards"][0],
-        json!({"name": "s0", "ackedIndex": 40, "lag": 0})
-    );
+    // Neither the LogStore nor the shard answers: the lag is unknown, not 0.
+    assert_eq!(st["shards"][0], json!({"name": "s0", "ackedIndex": 40}));
     // The problem and the new leader were announced.
     let ev = events(&sent);
     assert!(
@@ -329,7 +347,17 @@ async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
 async fn one_replica_has_no_disruption_budget_and_a_managed_log_gets_a_stateful_set() {
     let mut lp = logplayer(1, false);
     lp["spec"]["logStore"] = json!({"managed": {"storage": "2Gi"}});
-    let (result, sent, _) = reconcile_lp(&lp, world(&lp, four_shards())).await;
+    let mut w = world(&lp, four_shards());
+    w.lists.insert(
+        "/apis/policy/v1/namespaces/ns/poddisruptionbudgets".into(),
+        vec![owned_meta(
+            "PodDisruptionBudget",
+            "policy/v1",
+            "demo-player",
+            "uid-demo",
+        )],
+    );
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
     assert!(result.is_ok(), "{result:?}");
     let applied = applies(&sent);
     assert!(
@@ -459,7 +487,8 @@ async fn a_managed_shard_gets_its_server_and_status_without_touching_the_cursor(
     );
     assert_eq!(st["endpoint"], "s0-shard.ns.svc:7100");
     assert_eq!(st["ready"], false);
-    assert_eq!(condition(st, "Ready")["reason"], "ShardUnreachable");
+    // No pod of the server runs yet: starting, not "unreachable".
+    assert_eq!(condition(st, "Ready")["reason"], "Starting");
 }
 
 #[tokio::test]
@@ -510,4 +539,92 @@ async fn api_errors_are_retried_and_counted() {
     );
     drop(ctx);
     let _ = server.await;
+}
+
+/// A listed object's metadata, controlled by `owner`.
+fn owned_meta(kind: &str, api_version: &str, name: &str, owner: &str) -> Value {
+    json!({"apiVersion": api_version, "kind": kind,
+           "metadata": {"name": name, "namespace": "ns",
+                        "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
+                        "ownerReferences": [{"apiVersion": "logplayer.io/v1alpha1",
+                            "kind": "LogPlayer", "name": "demo", "uid": owner,
+                            "controller": true}]}})
+}
+
+#[tokio::test]
+async fn a_refused_apply_is_reported_in_the_status_and_the_rest_is_still_applied() {
+    let mut lp = logplayer(3, false);
+    lp["spec"]["logStore"] = json!({"managed": {"storage": "2Gi"}});
+    let mut w = world(&lp, four_shards());
+    let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo-logstore";
+    let refusal = "StatefulSet.apps \"demo-logstore\" is invalid: \
+                   spec.volumeClaimTemplates[0].spec.resources[storage]: Invalid value: \"0\": \
+                   must be greater than zero";
+    w.refuse.insert(sts.into(), refusal.into());
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    // Not an error to back off from: the status says it, and the apply is retried soon.
+    assert_eq!(result.ok(), Some(Action::requeue(Duration::from_secs(5))));
+    assert!(
+        applies(&sent).contains(&"/apis/apps/v1/namespaces/ns/deployments/demo-player".into()),
+        "the Deployment is applied after the refused StatefulSet"
+    );
+    let st = &status_patch(&sent).body["status"];
+    assert_eq!(st["observedGeneration"], 3);
+    let degraded = condition(st, "Degraded");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert_eq!(degraded["observedGeneration"], 3);
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("StatefulSet demo-logstore")
+            && message.contains("must be greater than zero"),
+        "{message}"
+    );
+    assert_eq!(condition(st, "Ready")["status"], "False");
+    assert!(
+        events(&sent).contains(&("Warning".into(), "ApplyFailed".into())),
+        "{:?}",
+        events(&sent)
+    );
+}
+
+#[tokio::test]
+async fn a_switch_to_an_external_log_deletes_the_managed_logstore() {
+    let lp = logplayer(3, false);
+    let mut w = world(&lp, four_shards());
+    w.lists.insert(
+        "/apis/apps/v1/namespaces/ns/statefulsets".into(),
+        vec![
+            owned_meta("StatefulSet", "apps/v1", "demo-logstore", "uid-demo"),
+            // Somebody else's: kept.
+            owned_meta("StatefulSet", "apps/v1", "other", "uid-other"),
+        ],
+    );
+    w.lists.insert(
+        "/api/v1/namespaces/ns/services".into(),
+        vec![
+            owned_meta("Service", "v1", "demo-logstore", "uid-demo"),
+            owned_meta("Service", "v1", "demo-player-metrics", "uid-demo"),
+        ],
+    );
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    assert!(result.is_ok(), "{result:?}");
+    let deleted: Vec<&str> = sent
+        .iter()
+        .filter(|s| s.method == Method::DELETE)
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            "/apis/apps/v1/namespaces/ns/statefulsets/demo-logstore",
+            "/api/v1/namespaces/ns/services/demo-logstore",
+        ]
+    );
+    // The lists asked only for the operator's own objects.
+    assert!(
+        sent.iter()
+            .filter(|s| s.method == Method::GET && s.path.ends_with("/statefulsets"))
+            .all(|s| s.query.contains("managed-by")),
+        "{sent:?}"
+    );
 }

@@ -16,7 +16,7 @@ pub struct EventNote {
 }
 
 /// Events for what changed between two condition lists: a `Degraded` problem appearing or
-/// changing (Warning, with its reason), recovering (`Recovered`), a new leader or the loss
+/// changing, its message included (Warning, with its reason), recovering (`Recovered`), a new leader or the loss
 /// of one, and `Ready` turning True.
 pub fn events_for(old: &[Condition], new: &[Condition]) -> Vec<EventNote> {
     let find = |list: &[Condition], t: &str| list.iter().find(|c| c.type_ == t).cloned();
@@ -27,11 +27,12 @@ pub fn events_for(old: &[Condition], new: &[Condition]) -> Vec<EventNote> {
     );
     if let (prev, Some(now)) = degraded {
         let was = prev.as_ref().is_some_and(|c| c.status == "True");
-        // Not on a message change alone: a probe's error text varies from try to try, and
-        // a shard that stays down must not repeat the Warning every resync.
-        let changed = prev
-            .as_ref()
-            .is_none_or(|p| p.status != now.status || p.reason != now.reason);
+        // A changed message is new facts (another object, another field, another pod), so
+        // it is a new Warning; an identical one is not repeated here (and the recorder
+        // aggregates identical events into a series when a problem comes back).
+        let changed = prev.as_ref().is_none_or(|p| {
+            p.status != now.status || p.reason != now.reason || p.message != now.message
+        });
         if now.status == "True" && changed {
             out.push(EventNote {
                 warning: true,

@@ -1,15 +1,18 @@
 //! A LogPlayer's status: its problems in order of what to fix first, and the conditions
 //! `LeaderElected`, `Degraded`, `Progressing`, `Ready` and `ReconciliationPaused`.
 
-use super::{Observed, Probe, Problem, RECONCILIATION_PAUSED, cond, degraded_condition, put};
-use crate::crd::{LogPlayerStatus, ShardProgress, condition};
+use super::{
+    Observed, Probe, Problem, RECONCILIATION_PAUSED, cond, degraded_condition, primary_message, put,
+};
+use crate::crd::{LogPlayerStatus, ShardProgress, StatusProblem, condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// The problems that make a LogPlayer `Degraded`, most fundamental first.
 fn problems(obs: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
     out.extend(obs.spec_problem.clone());
-    out.extend(obs.pod_problem.clone());
+    out.extend(obs.apply_problems.iter().cloned());
+    out.extend(obs.pod_problems.iter().cloned());
     if let Probe::Unreachable(why) = &obs.logstore {
         out.push(Problem::new("LogStoreUnreachable", why.clone()));
     }
@@ -73,7 +76,10 @@ impl Conditions<'_> {
     }
 }
 
-/// Per-shard progress and lag against the log's head, and the largest lag.
+/// Per-shard progress and lag against the log's head, and the largest lag. A lag is known
+/// only when the LogStore told its head and the shard answers (an unreachable shard's
+/// checkpointed cursor says nothing about now): unknown is absent, never 0. The largest
+/// lag is absent when any shard's is.
 fn progress(obs: &Observed) -> (Vec<ShardProgress>, Option<i64>) {
     let shards: Vec<ShardProgress> = obs
         .shards
@@ -81,16 +87,23 @@ fn progress(obs: &Observed) -> (Vec<ShardProgress>, Option<i64>) {
         .map(|s| {
             let acked = s.acked_index.unwrap_or(0);
             let through = s.covered_index.unwrap_or(acked).max(acked);
+            let asked = !matches!(s.probe, Probe::Unreachable(_) | Probe::NotRunning);
             ShardProgress {
                 name: s.name.clone(),
                 acked_index: acked,
-                lag: obs.head_index.map_or(0, |h| (h - through).max(0)),
+                lag: obs
+                    .head_index
+                    .filter(|_| asked)
+                    .map(|h| (h - through).max(0)),
             }
         })
         .collect();
-    let lag = obs
-        .head_index
-        .map(|_| shards.iter().map(|s| s.lag).max().unwrap_or(0));
+    let lag = shards
+        .iter()
+        .map(|s| s.lag)
+        .collect::<Option<Vec<i64>>>()
+        .filter(|_| obs.head_index.is_some())
+        .map(|lags| lags.into_iter().max().unwrap_or(0));
     (shards, lag)
 }
 
@@ -165,7 +178,7 @@ fn progressing(obs: &Observed) -> Verdict {
 /// `Ready`: the first problem, else a missing leader or ready pod, else delivering.
 fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option<i64>) -> Verdict {
     if let Some(first) = problems.first() {
-        verdict(false, &first.reason, first.message.clone())
+        verdict(false, &first.reason, primary_message(problems))
     } else if leader.is_none() {
         verdict(
             false,
@@ -231,5 +244,12 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
         replicas: obs.replicas,
         shards,
         lag,
+        problems: problems
+            .into_iter()
+            .map(|p| StatusProblem {
+                reason: p.reason,
+                message: p.message,
+            })
+            .collect(),
     }
 }

@@ -69,8 +69,11 @@ impl Problem {
 pub enum Probe {
     /// It answered.
     Reachable,
-    /// It did not, and why (naming the address).
+    /// It did not although its pod runs, and why (naming the address).
     Unreachable(String),
+    /// Not asked: the operator runs this server and no pod of it is running (the pod's own
+    /// problem, such as `PodsPending`, says why).
+    NotRunning,
     /// Not asked (no address to ask).
     Unknown,
 }
@@ -123,8 +126,11 @@ pub struct Observed {
     pub logstore: Probe,
     /// A problem with the spec or the selected Shards (from building the desired objects).
     pub spec_problem: Option<Problem>,
-    /// A player pod that cannot start.
-    pub pod_problem: Option<Problem>,
+    /// Objects the API server refused to apply (`ApplyFailed`).
+    pub apply_problems: Vec<Problem>,
+    /// Pods of this LogPlayer (players, managed LogStore, managed shards) that cannot run:
+    /// `PodsPending`, `ImagePullFailed`, `CrashLoopBackOff`, `ContainerCannotStart`.
+    pub pod_problems: Vec<Problem>,
     /// The pause annotation is set.
     pub paused: bool,
 }
@@ -157,19 +163,29 @@ fn cond(
     }
 }
 
-/// `Degraded`: True with the first problem's reason and every problem's message, or False
-/// (`AsExpected`).
+/// The message of a condition that names the first of `problems`: its own message, and
+/// how many more there are (the full list is `status.problems`).
+fn primary_message(problems: &[Problem]) -> String {
+    match problems {
+        [] => String::new(),
+        [only] => only.message.clone(),
+        [first, rest @ ..] => format!(
+            "{} (and {} more: see status.problems)",
+            first.message,
+            rest.len()
+        ),
+    }
+}
+
+/// `Degraded`: True with the first problem's reason and message (and a count of the
+/// others), or False (`AsExpected`).
 fn degraded_condition(problems: &[Problem], generation: i64, now: &Time) -> Condition {
     match problems.first() {
         Some(first) => cond(
             condition::DEGRADED,
             true,
             &first.reason,
-            problems
-                .iter()
-                .map(|p| p.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
+            primary_message(problems),
             generation,
             now,
         ),

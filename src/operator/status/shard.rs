@@ -16,6 +16,10 @@ pub struct ShardObservation {
     pub probe: Probe,
     /// A problem with the Shard's own spec.
     pub spec_problem: Option<Problem>,
+    /// Objects of the shard server the API server refused to apply (`ApplyFailed`).
+    pub apply_problems: Vec<Problem>,
+    /// Pods of the managed shard server that cannot run (`PodsPending`, ...).
+    pub pod_problems: Vec<Problem>,
     /// Whether the LogPlayer named in `spec.logPlayer` exists.
     pub log_player_found: bool,
     /// The shard's lag as its LogPlayer last reported it.
@@ -27,6 +31,10 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
     let g = obs.generation;
     let mut problems = Vec::new();
     problems.extend(obs.spec_problem.clone());
+    problems.extend(obs.apply_problems.iter().cloned());
+    problems.extend(obs.pod_problems.iter().cloned());
+    // What keeps the server itself from serving (the first of these decides `Ready`).
+    let blocking = problems.first().cloned();
     if !obs.log_player_found {
         problems.push(Problem::new(
             "LogPlayerNotFound",
@@ -39,12 +47,20 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
     }
     let mut conditions = Vec::new();
     let serving = obs.probe == Probe::Reachable;
-    let ready = match (&obs.probe, &obs.spec_problem) {
+    let ready = match (&obs.probe, &blocking) {
         (_, Some(p)) => cond(
             condition::READY,
             false,
             &p.reason,
             p.message.clone(),
+            g,
+            &now,
+        ),
+        (Probe::NotRunning, None) => cond(
+            condition::READY,
+            false,
+            "Starting",
+            "no pod of the shard server is running yet".into(),
             g,
             &now,
         ),

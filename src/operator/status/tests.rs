@@ -57,7 +57,8 @@ fn healthy() -> Observed {
         head_index: Some(100),
         logstore: Probe::Reachable,
         spec_problem: None,
-        pod_problem: None,
+        apply_problems: Vec::new(),
+        pod_problems: Vec::new(),
         paused: false,
     }
 }
@@ -72,8 +73,8 @@ fn lag_is_measured_from_the_covered_index() {
         o.shards[2].covered_index = Some(5);
     });
     let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
-    let lags: Vec<(i64, i64)> = st.shards.iter().map(|p| (p.acked_index, p.lag)).collect();
-    assert_eq!(lags, vec![(90, 0), (60, 30), (100, 0)]);
+    let lags: Vec<(i64, Option<i64>)> = st.shards.iter().map(|p| (p.acked_index, p.lag)).collect();
+    assert_eq!(lags, vec![(90, Some(0)), (60, Some(30)), (100, Some(0))]);
     assert_eq!(st.lag, Some(30));
 }
 
@@ -145,11 +146,11 @@ fn status(obs: &Observed) -> LogPlayerStatus {
     logplayer_status(obs, &LogPlayerStatus::default(), t0())
 }
 
-fn progress(name: &str, acked_index: i64, lag: i64) -> ShardProgress {
+fn progress(name: &str, acked_index: i64, lag: impl Into<Option<i64>>) -> ShardProgress {
     ShardProgress {
         name: name.into(),
         acked_index,
-        lag,
+        lag: lag.into(),
     }
 }
 
@@ -194,6 +195,7 @@ fn a_healthy_logplayer_is_ready_and_delivering() {
                 progress("s2", 100, 0)
             ],
             lag: Some(40),
+            problems: Vec::new(),
         }
     );
     assert!(
@@ -242,9 +244,9 @@ fn lag_counts_a_shard_without_a_cursor_from_zero_and_never_goes_negative() {
     assert_eq!(
         s.shards,
         [
-            progress("s0", 90, 0),
-            progress("s1", 60, 0),
-            progress("s2", 100, 0)
+            progress("s0", 90, None),
+            progress("s1", 60, None),
+            progress("s2", 100, None)
         ]
     );
     assert_eq!(
@@ -361,35 +363,52 @@ fn an_unreachable_logstore_degrades() {
 fn a_pod_that_cannot_start_degrades() {
     let msg = "pod demo-player-1 container player (bad:image): ImagePullBackOff";
     let s = status(&healthy_with(|o| {
-        o.pod_problem = Some(Problem::new("ImagePullFailed", msg))
+        o.pod_problems = vec![Problem::new("ImagePullFailed", msg)]
     }));
     assert_degraded_unready(&s.conditions, "ImagePullFailed", msg, msg);
 }
 
 #[test]
-fn a_spec_problem_comes_first_and_every_message_is_joined() {
+fn a_spec_problem_comes_first_and_every_problem_is_listed() {
     let spec = "shards do not own every slot exactly once: slots 0-9 are owned by no shard";
     let pod = "pod demo-player-1 container player (x): CrashLoopBackOff";
     let s = status(&healthy_with(|o| {
         o.spec_problem = Some(Problem::new("SlotsUnowned", spec));
-        o.pod_problem = Some(Problem::new("CrashLoopBackOff", pod));
+        o.pod_problems = vec![Problem::new("CrashLoopBackOff", pod)];
         o.logstore = Probe::Unreachable(LOGSTORE_DOWN.into());
         o.shards[1].probe = Probe::Unreachable(S1_DOWN.into());
     }));
-    let joined =
-        format!("{spec}; {pod}; {LOGSTORE_DOWN}; 1 of 3 shards do not answer: shard s1: {S1_DOWN}");
-    // Ready names the first problem only.
-    assert_degraded_unready(&s.conditions, "SlotsUnowned", &joined, spec);
+    // Degraded and Ready name the first problem only, and count the others.
+    let primary = format!("{spec} (and 3 more: see status.problems)");
+    assert_degraded_unready(&s.conditions, "SlotsUnowned", &primary, &primary);
+    let listed: Vec<(&str, &str)> = s
+        .problems
+        .iter()
+        .map(|p| (p.reason.as_str(), p.message.as_str()))
+        .collect();
+    let shards = format!("1 of 3 shards do not answer: shard s1: {S1_DOWN}");
+    assert_eq!(
+        listed,
+        [
+            ("SlotsUnowned", spec),
+            ("CrashLoopBackOff", pod),
+            ("LogStoreUnreachable", LOGSTORE_DOWN),
+            ("ShardUnreachable", shards.as_str()),
+        ]
+    );
+    // An unreachable shard's lag is unknown, and so is the largest lag.
+    assert_eq!(s.shards[1].lag, None);
+    assert_eq!(s.lag, None);
 
     // Without the spec problem, the pod comes next.
     let s = status(&healthy_with(|o| {
-        o.pod_problem = Some(Problem::new("CrashLoopBackOff", pod));
+        o.pod_problems = vec![Problem::new("CrashLoopBackOff", pod)];
         o.logstore = Probe::Unreachable(LOGSTORE_DOWN.into());
     }));
     assert_degraded(
         &s.conditions,
         "CrashLoopBackOff",
-        &format!("{pod}; {LOGSTORE_DOWN}"),
+        &format!("{pod} (and 1 more: see status.problems)"),
     );
     // And the LogStore before the shards.
     let s = status(&healthy_with(|o| {
@@ -550,6 +569,8 @@ fn shard_obs() -> ShardObservation {
         endpoint: Some(ENDPOINT.into()),
         probe: Probe::Reachable,
         spec_problem: None,
+        apply_problems: Vec::new(),
+        pod_problems: Vec::new(),
         log_player_found: true,
         lag: Some(12),
     }
@@ -662,10 +683,7 @@ fn a_shard_spec_problem_is_not_ready_with_its_reason() {
     assert_degraded(
         &s.conditions,
         "InvalidShard",
-        &format!(
-            "{msg}; the LogPlayer named in spec.logPlayer does not exist in this \
-                     namespace, so nothing is delivered to this shard"
-        ),
+        &format!("{msg} (and 1 more: see status.problems)"),
     );
     assert_eq!((s.ready, s.endpoint), (Some(false), None));
 
@@ -894,4 +912,63 @@ fn shard_condition_changes_give_events_too() {
             ),
         ]
     );
+}
+
+#[test]
+fn a_refused_apply_degrades_with_the_current_generation() {
+    let msg = "applying StatefulSet demo-logstore: StatefulSet.apps \"demo-logstore\" is invalid: \
+               spec.volumeClaimTemplates[0].spec.resources[storage]: Invalid value: \"0\": \
+               must be greater than zero";
+    let s = status(&healthy_with(|o| {
+        o.apply_problems = vec![Problem::new("ApplyFailed", msg)];
+    }));
+    assert_degraded_unready(&s.conditions, "ApplyFailed", msg, msg);
+    assert_eq!(s.observed_generation, Some(GEN));
+    assert!(
+        s.conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(GEN))
+    );
+    let ev = events_for(&status(&healthy()).conditions, &s.conditions);
+    assert!(
+        ev.iter()
+            .any(|e| e.warning && e.reason == "ApplyFailed" && e.note == msg),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn pending_pods_are_named_and_a_server_that_does_not_run_is_not_called_unreachable() {
+    let pending = "pod demo-logstore-0 cannot be scheduled: Unschedulable: 0/1 nodes are \
+                   available: 1 Insufficient cpu.";
+    let s = status(&healthy_with(|o| {
+        o.pod_problems = vec![Problem::new("PodsPending", pending)];
+        o.logstore = Probe::NotRunning;
+        o.head_index = None;
+    }));
+    assert_degraded_unready(&s.conditions, "PodsPending", pending, pending);
+    assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+    assert!(s.shards.iter().all(|p| p.lag.is_none()));
+    assert_eq!(s.lag, None);
+}
+
+#[test]
+fn a_changed_message_is_a_new_warning() {
+    let a = status(&healthy_with(|o| {
+        o.pod_problems = vec![Problem::new("PodsPending", "pod a cannot be scheduled")];
+    }));
+    let b = logplayer_status(
+        &healthy_with(|o| {
+            o.pod_problems = vec![Problem::new("PodsPending", "pod b cannot be scheduled")];
+        }),
+        &a,
+        t0(),
+    );
+    let ev = events_for(&a.conditions, &b.conditions);
+    assert!(
+        ev.iter().any(|e| e.warning && e.note.contains("pod b")),
+        "{ev:?}"
+    );
+    // The same message again is not a new event.
+    assert!(events_for(&b.conditions, &b.conditions).is_empty());
 }
