@@ -39,6 +39,10 @@ pub struct OperatorArgs {
     /// Image of the player, LogStore and shard pods when a LogPlayer sets no spec.image.
     #[arg(long, env = "LOGPLAYER_DEFAULT_IMAGE", default_value = concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")))]
     default_image: String,
+    /// The ClusterRole with the players' permissions (shipped with the operator's RBAC);
+    /// each LogPlayer's players are bound to it in their namespace.
+    #[arg(long, env = "LOGPLAYER_PLAYER_CLUSTER_ROLE", default_value = crate::operator::desired::PLAYER_CLUSTER_ROLE)]
+    player_cluster_role: String,
     /// DNS suffix for Service addresses (`<svc>.<ns>.svc.<domain>`); empty relies on the
     /// pods' DNS search path (`<svc>.<ns>.svc`).
     #[arg(long, env = "LOGPLAYER_CLUSTER_DOMAIN", default_value = "")]
@@ -85,6 +89,7 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
         defaults: operator::desired::Defaults {
             image: a.default_image,
             cluster_domain: a.cluster_domain,
+            player_cluster_role: a.player_cluster_role,
         },
     };
     let metrics = std::sync::Arc::new(operator::OperatorMetrics::default());

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -147,7 +147,6 @@ async fn apply_player_objects(
 ) -> Result<Vec<status::Problem>, OperatorError> {
     let mut outcomes = vec![
         apply(client, ns, &o.service_account).await.map(drop),
-        apply(client, ns, &o.role).await.map(drop),
         apply(client, ns, &o.role_binding).await.map(drop),
         apply(client, ns, &o.shard_map).await.map(drop),
         apply(client, ns, &o.metrics_service).await.map(drop),
@@ -383,7 +382,6 @@ async fn run_scope(ctx: Arc<Context>, ns: Option<String>, stop: CancellationToke
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-        .owns(api::<Role>(&client, ns), owned.clone())
         .owns(api::<RoleBinding>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
         .watches(shards.clone(), cfg.clone(), |s: Shard| {

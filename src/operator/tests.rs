@@ -276,7 +276,6 @@ async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
         applies(&sent),
         vec![
             format!("/api/v1{ns}/serviceaccounts/demo-player"),
-            format!("/apis/rbac.authorization.k8s.io/v1{ns}/roles/demo-player"),
             format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-player"),
             format!("/api/v1{ns}/configmaps/demo-shard-map"),
             format!("/api/v1{ns}/services/demo-player-metrics"),

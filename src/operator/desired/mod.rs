@@ -3,7 +3,9 @@
 //!
 //! For a LogPlayer named `N` in namespace `NS`:
 //! - `N-player`: the players' Deployment (`replicas` pods, spread over nodes), their
-//!   ServiceAccount, Role, RoleBinding and Lease name, and a PodDisruptionBudget
+//!   ServiceAccount, a RoleBinding of it to the players' ClusterRole (shipped with the
+//!   operator, see [`player_rules`]; the operator may only `bind` it, so it needs none of
+//!   the players' permissions itself) and Lease name, and a PodDisruptionBudget
 //!   (`maxUnavailable: 1`) when `replicas > 1`;
 //! - `N-shard-map`: a ConfigMap with the shard map (YAML, as `logplayer player --shard-map`
 //!   reads it) built from the selected Shards; the pods carry a hash of it, so a changed map
@@ -27,7 +29,7 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, Probe, SeccompProfile, SecurityContext, Service, ServiceAccount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
@@ -67,13 +69,21 @@ pub struct Defaults {
     /// DNS suffix of Services: `<svc>.<ns>.svc.<cluster_domain>`; empty gives `<svc>.<ns>.svc`,
     /// which resolves in any cluster through the pods' search path.
     pub cluster_domain: String,
+    /// The ClusterRole holding the players' permissions ([`player_rules`]), which each
+    /// LogPlayer's RoleBinding references.
+    pub player_cluster_role: String,
 }
+
+/// Default [`Defaults::player_cluster_role`], as `deploy/` and the chart (for a release named
+/// `logplayer-operator`) name it.
+pub const PLAYER_CLUSTER_ROLE: &str = "logplayer-operator-player";
 
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
             image: concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")).to_owned(),
             cluster_domain: String::new(),
+            player_cluster_role: PLAYER_CLUSTER_ROLE.to_owned(),
         }
     }
 }
@@ -134,7 +144,6 @@ impl DesiredError {
 #[derive(Debug, Clone)]
 pub struct PlayerObjects {
     pub service_account: ServiceAccount,
-    pub role: Role,
     pub role_binding: RoleBinding,
     pub shard_map: ConfigMap,
     pub metrics_service: Service,

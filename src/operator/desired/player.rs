@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{
     Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -172,11 +172,7 @@ pub fn player_objects(
             automount_service_account_token: Some(true),
             ..ServiceAccount::default()
         },
-        role: Role {
-            metadata: cx.meta(cx.player.clone()),
-            rules: Some(player_rules(&cx.player)),
-        },
-        role_binding: role_binding(&cx),
+        role_binding: role_binding(&cx, &defaults.player_cluster_role),
         shard_map: ConfigMap {
             metadata: cx.meta(shard_map_name(lp)),
             data: Some(BTreeMap::from([(SHARD_MAP_FILE.to_owned(), map.clone())])),
@@ -190,13 +186,13 @@ pub fn player_objects(
 }
 
 /// Binds the players' Role to their ServiceAccount.
-fn role_binding(cx: &PlayerContext) -> RoleBinding {
+fn role_binding(cx: &PlayerContext, cluster_role: &str) -> RoleBinding {
     RoleBinding {
         metadata: cx.meta(cx.player.clone()),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "Role".to_owned(),
-            name: cx.player.clone(),
+            kind: "ClusterRole".to_owned(),
+            name: cluster_role.to_owned(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_owned(),
@@ -355,25 +351,20 @@ fn managed_logstore(cx: &PlayerContext, storage: &ManagedStorage) -> ServerObjec
     )
 }
 
-/// The players' permissions, the least they need: their own Lease (create cannot be limited
-/// to a name), reading Shards (cursors) and patching Shard status (saving cursors).
-pub fn player_rules(lease: &str) -> Vec<PolicyRule> {
-    let rule = |group: &str, resource: &str, names: Option<&str>, verbs: &[&str]| PolicyRule {
+/// The players' permissions, the rules of the ClusterRole `deploy/rbac.yaml` and the chart
+/// ship (`tests/chart.rs` checks they are these): their leader-election Lease (create, get,
+/// update; a ClusterRole cannot name each LogPlayer's Lease, so it is every Lease in the
+/// namespaces where a LogPlayer binds it), and their Shards' ack cursors.
+pub fn player_rules() -> Vec<PolicyRule> {
+    let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_owned()]),
         resources: Some(vec![resource.to_owned()]),
-        resource_names: names.map(|n| vec![n.to_owned()]),
         verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
         ..PolicyRule::default()
     };
     vec![
-        rule("coordination.k8s.io", "leases", None, &["create"]),
-        rule(
-            "coordination.k8s.io",
-            "leases",
-            Some(lease),
-            &["get", "update"],
-        ),
-        rule(crate::crd::GROUP, "shards", None, &["get", "list", "watch"]),
-        rule(crate::crd::GROUP, "shards/status", None, &["get", "patch"]),
+        rule("coordination.k8s.io", "leases", &["get", "create", "update"]),
+        rule(crate::crd::GROUP, "shards", &["get", "list", "watch"]),
+        rule(crate::crd::GROUP, "shards/status", &["get", "patch"]),
     ]
 }

@@ -251,7 +251,6 @@ pub(super) fn expected_owner() -> OwnerReference {
 pub(super) fn all_meta(o: &PlayerObjects) -> Vec<(&'static str, &ObjectMeta)> {
     let mut out = vec![
         ("ServiceAccount", &o.service_account.metadata),
-        ("Role", &o.role.metadata),
         ("RoleBinding", &o.role_binding.metadata),
         ("ConfigMap", &o.shard_map.metadata),
         ("metrics Service", &o.metrics_service.metadata),

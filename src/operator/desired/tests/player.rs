@@ -13,7 +13,6 @@ fn every_player_object_has_its_name_namespace_and_one_controller_owner() {
         names,
         [
             ("ServiceAccount", Some("demo-player")),
-            ("Role", Some("demo-player")),
             ("RoleBinding", Some("demo-player")),
             ("ConfigMap", Some("demo-shard-map")),
             ("metrics Service", Some("demo-player-metrics")),
@@ -507,35 +506,29 @@ fn a_cluster_domain_is_appended_to_service_addresses() {
 }
 
 #[test]
-fn the_role_grants_the_least_the_players_need_and_is_bound_to_their_account() {
+fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they_need() {
     let o = demo();
-    let rule = |group: &str, resource: &str, names: Option<&[&str]>, verbs: &[&str]| PolicyRule {
+    let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(s(&[group])),
         resources: Some(s(&[resource])),
-        resource_names: names.map(s),
+        resource_names: None,
         verbs: s(verbs),
         non_resource_urls: None,
     };
     assert_eq!(
-        o.role.rules,
-        Some(vec![
-            rule("coordination.k8s.io", "leases", None, &["create"]),
-            rule(
-                "coordination.k8s.io",
-                "leases",
-                Some(&["demo-player"]),
-                &["get", "update"]
-            ),
-            rule("logplayer.io", "shards", None, &["get", "list", "watch"]),
-            rule("logplayer.io", "shards/status", None, &["get", "patch"]),
-        ])
+        player_rules(),
+        vec![
+            rule("coordination.k8s.io", "leases", &["get", "create", "update"]),
+            rule("logplayer.io", "shards", &["get", "list", "watch"]),
+            rule("logplayer.io", "shards/status", &["get", "patch"]),
+        ]
     );
     assert_eq!(
         o.role_binding.role_ref,
         RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: "demo-player".into(),
+            kind: "ClusterRole".into(),
+            name: PLAYER_CLUSTER_ROLE.into(),
         }
     );
     assert_eq!(
@@ -547,7 +540,7 @@ fn the_role_grants_the_least_the_players_need_and_is_bound_to_their_account() {
             namespace: Some("ns".into()),
         }])
     );
-    assert_eq!(o.service_account.metadata.name, o.role.metadata.name);
+    assert_eq!(o.service_account.metadata.name, o.role_binding.metadata.name);
     assert_eq!(
         pod_spec(&o.deployment).service_account_name,
         o.service_account.metadata.name

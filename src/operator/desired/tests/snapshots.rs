@@ -25,14 +25,13 @@ fn the_players_deployment() {
 }
 
 #[test]
-fn the_players_role_and_binding() {
+fn the_players_account_and_binding() {
     let PlayerObjects {
         service_account,
-        role,
         role_binding,
         ..
     } = sample().0;
-    insta::assert_yaml_snapshot!((service_account, role, role_binding));
+    insta::assert_yaml_snapshot!((service_account, role_binding));
 }
 
 #[test]
