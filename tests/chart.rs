@@ -363,9 +363,18 @@ impl Helm {
         }
     }
 
-    /// `helm template logplayer-operator CHART --namespace logplayer-system` with `--set`s.
+    /// `helm template logplayer-operator CHART --namespace logplayer-system` with `--set`s,
+    /// for an API server that has ValidatingAdmissionPolicy (Kubernetes 1.30 or later).
     fn template(&self, sets: &[&str]) -> Result<String, String> {
-        let mut args = vec!["template", RELEASE, CHART, "--namespace", NAMESPACE];
+        let mut args = vec![
+            "template",
+            RELEASE,
+            CHART,
+            "--namespace",
+            NAMESPACE,
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
+        ];
         for s in sets {
             args.extend(["--set", s]);
         }
@@ -458,7 +467,7 @@ fn helm_template_matches_deploy() {
         let d = file.as_str();
         let kind = str_at(rendered, &["kind"]).unwrap();
         match kind {
-            "ClusterRole" => {
+            "ClusterRole" | "Role" => {
                 assert_same(
                     id,
                     "rules",
@@ -466,11 +475,20 @@ fn helm_template_matches_deploy() {
                     (d, at(expected, "rules")),
                 );
             }
-            "ClusterRoleBinding" => {
-                for f in ["roleRef", "subjects"] {
+            "ClusterRoleBinding" | "RoleBinding" | "ValidatingAdmissionPolicyBinding" => {
+                for f in ["roleRef", "subjects", "spec"] {
                     assert_same(id, f, (c, at(rendered, f)), (d, at(expected, f)));
                 }
             }
+            "ValidatingAdmissionPolicy" => {
+                assert_same(
+                    id,
+                    "spec",
+                    (c, at(rendered, "spec")),
+                    (d, at(expected, "spec")),
+                );
+            }
+            "Lease" => {}          // name and namespace are in the id; no spec
             "ServiceAccount" => {} // name and namespace are in the id
             "Deployment" => {
                 for f in [
@@ -652,7 +670,9 @@ fn helm_template_follows_values() {
             "--lease-name",
             "my-lease",
             "--default-image",
-            "ghcr.io/logplayer/logplayer:1.2.3"
+            "ghcr.io/logplayer/logplayer:1.2.3",
+            "--player-cluster-role",
+            "logplayer-operator-player"
         ],
         "{id}: container operator args do not follow image.tag, metrics.port and leaseName"
     );
@@ -692,9 +712,15 @@ fn helm_template_follows_values() {
 
     let image = helm.render(&["defaultPlayerImage=example.org/player:7"]);
     let deployment = &image[&id];
-    let args = &at(deployment, "spec.template.spec.containers").unwrap()[0]["args"];
+    let args = strings(&at(deployment, "spec.template.spec.containers").unwrap()[0]["args"]);
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| *a == flag)
+            .and_then(|i| args.get(i + 1))
+            .copied()
+    };
     assert_eq!(
-        args.as_sequence().unwrap().last().and_then(Value::as_str),
+        after("--default-image"),
         Some("example.org/player:7"),
         "{id}: --default-image does not follow defaultPlayerImage"
     );
@@ -757,6 +783,110 @@ fn helm_schema_rejects_bad_values() {
                 e.contains("schema"),
                 "helm template --set {set} failed, but not through the values schema ({why}):\n{e}"
             ),
+        }
+    }
+}
+
+#[test]
+fn helm_template_namespaced_mode_has_roles_in_those_namespaces_only() {
+    let Some(helm) = helm("helm_template_namespaced_mode_has_roles_in_those_namespaces_only")
+    else {
+        return;
+    };
+    let objects = helm.render(&["watchNamespaces={team-a,team-b}"]);
+    let roles = ids_of_kind(&objects, "Role");
+    assert_eq!(
+        roles,
+        [
+            format!("Role {NAMESPACE}/{RELEASE}-lease"),
+            format!("Role team-a/{RELEASE}"),
+            format!("Role team-b/{RELEASE}"),
+        ]
+    );
+    // The only ClusterRole left is the players', which the operator may bind but not use.
+    assert_eq!(
+        ids_of_kind(&objects, "ClusterRole"),
+        [format!("ClusterRole {RELEASE}-player")]
+    );
+    assert!(ids_of_kind(&objects, "ClusterRoleBinding").is_empty());
+    let id = format!("Deployment {NAMESPACE}/{RELEASE}");
+    let args = strings(&at(&objects[&id], "spec.template.spec.containers").unwrap()[0]["args"]);
+    let i = args.iter().position(|a| *a == "--watch-namespace");
+    assert_eq!(
+        i.and_then(|i| args.get(i + 1)).copied(),
+        Some("team-a,team-b")
+    );
+}
+
+#[test]
+fn the_players_cluster_role_has_exactly_the_rules_the_operator_assumes() {
+    let Some(helm) = helm("the_players_cluster_role_has_exactly_the_rules_the_operator_assumes")
+    else {
+        return;
+    };
+    let objects = helm.render(&[]);
+    let role = &objects[&format!("ClusterRole {RELEASE}-player")];
+    let rendered: Vec<k8s_openapi::api::rbac::v1::PolicyRule> =
+        serde_yaml::from_value(at(role, "rules").unwrap().clone()).unwrap();
+    assert_eq!(rendered, logplayer::operator::desired::player_rules());
+    assert_eq!(
+        format!("{RELEASE}-player"),
+        logplayer::operator::desired::PLAYER_CLUSTER_ROLE
+    );
+}
+
+#[test]
+fn helm_and_the_operator_agree_on_leader_election_timing() {
+    let Some(helm) = helm("helm_and_the_operator_agree_on_leader_election_timing") else {
+        return;
+    };
+    let cases = [
+        ("", "", ""),
+        ("5s", "", ""),
+        ("30s", "20s", "3s"),
+        ("10s", "10s", "2s"),
+        ("1m", "59s", "58s"),
+        ("1m30s", "1m", "1500ms"),
+        ("15s", "10s", "10s"),
+        ("15s", "2s", "3s"),
+        ("2s", "1500ms", "250ms"),
+    ];
+    for (lease, renew, retry) in cases {
+        let or =
+            |v: &str, d: &str| humantime::parse_duration(if v.is_empty() { d } else { v }).unwrap();
+        let config = logplayer::lease::LeaseConfig {
+            lease_duration: or(lease, "15s"),
+            renew_deadline: or(renew, "10s"),
+            retry_period: or(retry, "2s"),
+        };
+        let sets = [
+            format!("leaderElection.leaseDuration={lease}"),
+            format!("leaderElection.renewDeadline={renew}"),
+            format!("leaderElection.retryPeriod={retry}"),
+        ];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let chart = helm.template(&sets);
+        match config.validate() {
+            Ok(()) => assert!(
+                chart.is_ok(),
+                "{lease}/{renew}/{retry}: the chart refuses what the operator accepts: {chart:?}"
+            ),
+            Err(e) => {
+                let err = chart.expect_err(&format!(
+                    "{lease}/{renew}/{retry}: the chart accepts what the operator refuses ({e})"
+                ));
+                // The same words as the operator's own refusal.
+                let words = e.to_string();
+                let reason = [
+                    "retry_period must be positive",
+                    "retry_period must be shorter than renew_deadline",
+                    "renew_deadline must be shorter than lease_duration",
+                ]
+                .into_iter()
+                .find(|r| words.contains(r))
+                .unwrap_or_else(|| panic!("unexpected refusal: {words}"));
+                assert!(err.contains(reason), "{lease}/{renew}/{retry}: {err}");
+            }
         }
     }
 }

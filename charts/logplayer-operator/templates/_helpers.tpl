@@ -75,3 +75,102 @@ Image of the pods the operator runs when a LogPlayer sets no spec.image.
 {{- define "logplayer-operator.defaultPlayerImage" -}}
 {{- default (include "logplayer-operator.image" .) .Values.defaultPlayerImage }}
 {{- end }}
+
+{{/*
+The ClusterRole with the players' permissions, which the operator binds for each LogPlayer.
+*/}}
+{{- define "logplayer-operator.playerClusterRole" -}}
+{{- printf "%s-player" (include "logplayer-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The operator's rules: one ClusterRole, or a Role in each of watchNamespaces. Keep them
+identical to deploy/rbac.yaml (tests/chart.rs checks this); the comments there say why each
+verb is needed.
+*/}}
+{{- define "logplayer-operator.rules" }}
+  - apiGroups: ["logplayer.io"]
+    resources: ["logplayers", "shards"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: ["logplayer.io"]
+    resources: ["logplayers/status", "shards/status"]
+    verbs: ["patch"]
+  - apiGroups: ["logplayer.io"]
+    resources: ["logplayers/finalizers", "shards/finalizers"]
+    verbs: ["update"]
+  - apiGroups: ["apps"]
+    resources: ["deployments", "statefulsets"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: [""]
+    resources: ["services"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: [""]
+    resources: ["serviceaccounts", "configmaps"]
+    verbs: ["get", "list", "watch", "create", "patch"]
+  - apiGroups: ["rbac.authorization.k8s.io"]
+    resources: ["rolebindings"]
+    verbs: ["get", "list", "watch", "create", "patch"]
+  - apiGroups: ["rbac.authorization.k8s.io"]
+    resources: ["clusterroles"]
+    verbs: ["bind"]
+    resourceNames: [{{ include "logplayer-operator.playerClusterRole" . | quote }}]
+  - apiGroups: ["policy"]
+    resources: ["poddisruptionbudgets"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["get"]
+{{- end }}
+
+{{/*
+A duration (`15s`, `1m30s`, `1500ms`; the form the schema allows) in nanoseconds.
+*/}}
+{{- define "logplayer-operator.nanos" -}}
+{{- $units := dict "ns" 1 "us" 1000 "ms" 1000000 "s" 1000000000 "m" 60000000000 "h" 3600000000000 -}}
+{{- $total := 0 -}}
+{{- range (regexFindAll "[0-9]+(ns|us|ms|s|m|h)" . -1) -}}
+{{- $n := regexFind "^[0-9]+" . | atoi -}}
+{{- $unit := regexReplaceAll "^[0-9]+" . "" -}}
+{{- $total = add $total (mul $n (get $units $unit)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end }}
+
+{{/*
+The operator's start-up rule for its leader election, checked at install time with the same
+words: 0 < retryPeriod < renewDeadline < leaseDuration (empty values are the operator's
+defaults, 15s, 10s and 2s). tests/chart.rs checks that the chart and the operator agree.
+*/}}
+{{- define "logplayer-operator.checkLeaderElection" -}}
+{{- $e := .Values.leaderElection -}}
+{{- $lease := include "logplayer-operator.nanos" (default "15s" $e.leaseDuration) | atoi -}}
+{{- $renew := include "logplayer-operator.nanos" (default "10s" $e.renewDeadline) | atoi -}}
+{{- $retry := include "logplayer-operator.nanos" (default "2s" $e.retryPeriod) | atoi -}}
+{{- if le $retry 0 -}}
+{{- fail "leaderElection: retry_period must be positive" -}}
+{{- else if ge $retry $renew -}}
+{{- fail "leaderElection: retry_period must be shorter than renew_deadline" -}}
+{{- else if ge $renew $lease -}}
+{{- fail "leaderElection: renew_deadline must be shorter than lease_duration" -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+"true" when the CRD named by the second argument exists in the cluster and belongs to no
+Helm release (applied with kubectl): the chart then leaves it as it is. Always empty in
+`helm template` (no cluster to look at).
+*/}}
+{{- define "logplayer-operator.foreignCrd" -}}
+{{- $root := index . 0 -}}
+{{- $existing := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" (index . 1) -}}
+{{- if $existing -}}
+{{- $owner := dig "metadata" "annotations" "meta.helm.sh/release-name" "" $existing -}}
+{{- if ne $owner $root.Release.Name -}}true{{- end -}}
+{{- end -}}
+{{- end }}

@@ -363,7 +363,11 @@ pub fn player_rules() -> Vec<PolicyRule> {
         ..PolicyRule::default()
     };
     vec![
-        rule("coordination.k8s.io", "leases", &["get", "create", "update"]),
+        rule(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"],
+        ),
         rule(crate::crd::GROUP, "shards", &["get", "list", "watch"]),
         rule(crate::crd::GROUP, "shards/status", &["get", "patch"]),
     ]

@@ -518,7 +518,11 @@ fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they
     assert_eq!(
         player_rules(),
         vec![
-            rule("coordination.k8s.io", "leases", &["get", "create", "update"]),
+            rule(
+                "coordination.k8s.io",
+                "leases",
+                &["get", "create", "update"]
+            ),
             rule("logplayer.io", "shards", &["get", "list", "watch"]),
             rule("logplayer.io", "shards/status", &["get", "patch"]),
         ]
@@ -540,7 +544,10 @@ fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they
             namespace: Some("ns".into()),
         }])
     );
-    assert_eq!(o.service_account.metadata.name, o.role_binding.metadata.name);
+    assert_eq!(
+        o.service_account.metadata.name,
+        o.role_binding.metadata.name
+    );
     assert_eq!(
         pod_spec(&o.deployment).service_account_name,
         o.service_account.metadata.name
