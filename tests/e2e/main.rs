@@ -4,8 +4,10 @@
 //! returns:
 //!
 //! a. the CRDs apply and `kubectl explain` shows their field descriptions;
-//! b. the Helm chart installs, its operator pods run with the chart's ServiceAccount, and
-//!    that ServiceAccount may do what the operator needs and nothing it must not;
+//! b. the Helm chart installs over CRDs applied with kubectl (and takes them over when they
+//!    are handed to it), its operator pods run with the chart's ServiceAccount, that
+//!    ServiceAccount may do what the operator needs and nothing it must not, and the
+//!    admission policy refuses what RBAC alone would allow;
 //! c. the example (a LogPlayer with a managed LogStore and four managed Shards) comes up:
 //!    StatefulSets, Deployment, Services, PDB and Lease with owner references, Ready=True,
 //!    and `kubectl get logplayers,shards` shows the status columns;
@@ -15,12 +17,18 @@
 //!    once SIGCONTed the old leader steps down to a Ready standby (failover.rs);
 //! f. failover time over repeated SIGKILLs of the leader through the real Lease, from the kill
 //!    to the first entry a shard applies from the new leader (failover.rs);
-//! g. invalid LogPlayers and Shards rejected by the API server; Shards that overlap another
-//!    or do not answer degrade the LogPlayer, and it recovers (resources.rs);
+//! g. invalid LogPlayers and Shards rejected by the API server (malformed quantities
+//!    included); Shards that overlap another or do not answer degrade the LogPlayer, and it
+//!    recovers; an apply only the API server refuses is `ApplyFailed` within 5 s, pods that
+//!    cannot be scheduled are `PodsPending` by name, a switch to an external LogStore removes
+//!    the managed one, and a Shard made before its LogPlayer is Ready within 2 s of it
+//!    (resources.rs);
 //! i. the leading operator SIGKILLed and held down past its lease: the standby operator takes
 //!    the operator Lease and reconciles a change of the LogPlayer's replicas (operator.rs);
+//! j. `helm upgrade` to the namespace-scoped install: Roles in `demo` only, `can-i`
+//!    boundaries, and the operator still reconciles the demo (operator.rs);
 //! h. deleting the LogPlayer garbage-collects what the operator made; `helm uninstall` removes
-//!    the operator and keeps the CRDs (resources.rs).
+//!    the operator and its Lease and keeps the CRDs (resources.rs).
 //!
 //! Each scenario is its own test, `e2e::a_crds` to `e2e::h_cleanup` (a libtest-mimic harness:
 //! `cargo test --test e2e -- e2e::c` runs a to c), on one control plane started by the first
@@ -61,7 +69,7 @@ type Scenario = fn(&Harness) -> futures::future::BoxFuture<'_, anyhow::Result<()
 /// The scenarios, in the order they build on each other. Each is its own test (named
 /// `e2e::<letter>_<what>`); running one runs the ones before it first, on the same control
 /// plane.
-const SCENARIOS: [(&str, Scenario); 9] = [
+const SCENARIOS: [(&str, Scenario); 10] = [
     ("e2e::a_crds", |h| Box::pin(crds(h))),
     ("e2e::b_helm_chart_and_operator_rbac", |h| Box::pin(helm(h))),
     ("e2e::c_the_example_logplayer", |h| Box::pin(example(h))),
@@ -79,6 +87,9 @@ const SCENARIOS: [(&str, Scenario); 9] = [
     }),
     ("e2e::i_operator_failover", |h| {
         Box::pin(operator::operator_failover(h))
+    }),
+    ("e2e::j_namespaced_install", |h| {
+        Box::pin(operator::namespaced_install(h))
     }),
     ("e2e::h_cleanup", |h| Box::pin(resources::cleanup(h))),
 ];
@@ -382,14 +393,10 @@ const CRD_NAMES: [&str; 2] = ["logplayers.logplayer.io", "shards.logplayer.io"];
 
 async fn helm(h: &Harness) -> anyhow::Result<()> {
     // Scenario a applied crds/ with kubectl, as `kubectl apply -k deploy/` does. A user who
-    // then installs the chart with its default `crds.install=true` is refused: Helm adopts
-    // no object that lacks its ownership label and annotations. Two ways out: install with
-    // `crds.install=false` (kubectl keeps owning the CRDs; `helm upgrade` never updates them),
-    // or let Helm take the CRDs over with `--take-ownership` (Helm >= 3.17), after which the
-    // chart upgrades them and its `helm.sh/resource-policy: keep` leaves them in place on
-    // `helm uninstall`. The second is what the README's Helm path wants (the chart owns the
-    // CRDs), and it lets scenario h test the keep policy, so it is what we do: first the
-    // refusal, then the adoption.
+    // then installs the chart with its default `crds.install=true` gets a working install:
+    // the chart sees CRDs that belong to no release and leaves them alone, and NOTES says so
+    // and how to hand them to Helm (annotate and label them, then `helm upgrade`), which we
+    // then do, so that scenario h can test the chart's `helm.sh/resource-policy: keep`.
     let install = [
         "install",
         "logplayer-operator",
@@ -403,40 +410,63 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
         "image.tag=standin",
         "--wait=false",
     ];
+    let t = Instant::now();
     let out = run_helm(h, &install)?;
     let text = output_text(&out);
     ensure!(
-        !out.status.success(),
-        "helm install adopted the CRDs that kubectl created:\n{text}"
+        out.status.success(),
+        "helm install after kubectl apply -f crds/ failed ({}):\n{text}",
+        out.status
     );
+    eprintln!("[e2e] helm install took {:.1?}", t.elapsed());
     ensure!(
-        text.contains("logplayers.logplayer.io") && text.contains("cannot be imported"),
-        "helm install over kubectl's CRDs failed, but not by refusing to adopt them:\n{text}"
+        text.contains("applied outside Helm") && text.contains("meta.helm.sh/release-name"),
+        "NOTES do not say that the CRDs were left alone and how to hand them over:\n{text}"
     );
-    let releases = output_text(&run_helm(h, &["list", "-a", "-n", OPERATOR_NS, "-q"])?);
-    ensure!(
-        !releases.contains("logplayer-operator"),
-        "the refused helm install left a release behind: {releases}"
-    );
-
-    let t = Instant::now();
-    let mut adopt = install.to_vec();
-    adopt.push("--take-ownership");
-    let out = run_helm(h, &adopt)?;
+    for crd in CRD_NAMES {
+        let v: Value = serde_json::from_str(&h.cp.kubectl(&["get", "crd", crd, "-o", "json"])?)?;
+        ensure!(
+            v["metadata"]["annotations"]["meta.helm.sh/release-name"].is_null(),
+            "helm install took CRD {crd} over without being asked: {}",
+            v["metadata"]
+        );
+    }
+    // What NOTES says to run to let Helm manage the CRDs.
+    for crd in CRD_NAMES {
+        h.cp.kubectl(&[
+            "annotate",
+            "crd",
+            crd,
+            "meta.helm.sh/release-name=logplayer-operator",
+            &format!("meta.helm.sh/release-namespace={OPERATOR_NS}"),
+        ])?;
+        h.cp.kubectl(&["label", "crd", crd, "app.kubernetes.io/managed-by=Helm"])?;
+    }
+    let out = run_helm(
+        h,
+        &[
+            "upgrade",
+            "logplayer-operator",
+            "charts/logplayer-operator",
+            "-n",
+            OPERATOR_NS,
+            "--reuse-values",
+            "--wait=false",
+        ],
+    )?;
     ensure!(
         out.status.success(),
-        "helm install --take-ownership failed ({}):\n{}",
+        "helm upgrade after handing the CRDs over failed ({}):\n{}",
         out.status,
         output_text(&out)
     );
-    eprintln!("[e2e] helm install took {:.1?}", t.elapsed());
     for crd in CRD_NAMES {
         let v: Value = serde_json::from_str(&h.cp.kubectl(&["get", "crd", crd, "-o", "json"])?)?;
         let ann = &v["metadata"]["annotations"];
         ensure!(
             ann["helm.sh/resource-policy"] == "keep"
                 && ann["meta.helm.sh/release-name"] == "logplayer-operator",
-            "CRD {crd} after helm install --take-ownership: annotations {ann}"
+            "CRD {crd} after the hand-over and helm upgrade: annotations {ann}"
         );
     }
 
@@ -466,8 +496,12 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
     for (args, want) in [
         (&["patch", "statefulsets", "-n", "some-other-ns"][..], true),
         (&["create", "deployments", "-n", DEMO_NS][..], true),
-        (&["create", "leases", "-n", OPERATOR_NS][..], true),
-        (&["update", "leases", "-n", DEMO_NS][..], true),
+        (&["delete", "statefulsets", "-n", DEMO_NS][..], true),
+        (
+            &["update", "leases/logplayer-operator", "-n", OPERATOR_NS][..],
+            true,
+        ),
+        (&["get", "leases", "-n", DEMO_NS][..], true),
         (
             &[
                 "patch",
@@ -479,15 +513,33 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
             true,
         ),
         (
-            &["create", "roles.rbac.authorization.k8s.io", "-n", DEMO_NS][..],
+            &[
+                "bind",
+                "clusterroles.rbac.authorization.k8s.io/logplayer-operator-player",
+            ][..],
             true,
         ),
         (&["watch", "pods", "-A"][..], true),
+        // The boundaries: no Lease but its own, no Roles, no other ClusterRole to bind, no
+        // Secrets, no pods deleted, no spec of a LogPlayer changed.
+        (&["update", "leases", "-n", "kube-system"][..], false),
+        (&["update", "leases", "-n", DEMO_NS][..], false),
+        (&["update", "leases/other", "-n", OPERATOR_NS][..], false),
+        (
+            &["create", "roles.rbac.authorization.k8s.io", "-n", DEMO_NS][..],
+            false,
+        ),
+        (
+            &[
+                "bind",
+                "clusterroles.rbac.authorization.k8s.io/cluster-admin",
+            ][..],
+            false,
+        ),
         (&["delete", "nodes"][..], false),
         (&["get", "secrets", "-n", DEMO_NS][..], false),
         (&["get", "secrets", "-n", OPERATOR_NS][..], false),
         (&["delete", "pods", "-n", DEMO_NS][..], false),
-        (&["delete", "statefulsets", "-n", DEMO_NS][..], false),
         (
             &["patch", "logplayers.logplayer.io", "-n", DEMO_NS][..],
             false,
@@ -506,6 +558,68 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
             if got { "yes" } else { "no" },
             if want { "yes" } else { "no" }
         );
+    }
+    admission_policy_holds(h)?;
+    Ok(())
+}
+
+/// RBAC lets the operator create Deployments anywhere; the chart's ValidatingAdmissionPolicy
+/// refuses, for the operator's ServiceAccount, one in kube-system and one that would run as
+/// another ServiceAccount, and still admits one shaped like the operator's own.
+fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
+    let deployment = |ns: &str, name: &str, sa: &str| {
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"serviceAccountName": sa,
+                                           "containers": [{"name": "c", "image": "e2e.invalid/x"}]}}}
+        })
+        .to_string()
+    };
+    let as_operator = format!("--as={OPERATOR_SA}");
+    let dry = "--dry-run=server";
+    h.cp.kubectl(&["create", "namespace", DEMO_NS]).ok();
+    for (ns, name, sa, allowed, why) in [
+        (
+            "kube-system",
+            "evil-player",
+            "evil-player",
+            false,
+            "never writes into kube-system",
+        ),
+        (
+            DEMO_NS,
+            "evil-player",
+            "default",
+            false,
+            "runs only as the players' ServiceAccount",
+        ),
+        (DEMO_NS, "probe-player", "probe-player", true, ""),
+    ] {
+        let file = h.cp.dir().join(format!("vap-{ns}-{name}-{sa}.json"));
+        std::fs::write(&file, deployment(ns, name, sa))?;
+        let path = file.display().to_string();
+        let out =
+            h.cp.kubectl_raw(&["create", "-f", &path, dry, &as_operator])?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if allowed {
+            ensure!(
+                out.status.success(),
+                "the policy refused the operator's own kind of Deployment: {text}"
+            );
+        } else {
+            ensure!(
+                !out.status.success() && text.contains(why),
+                "a Deployment {ns}/{name} as {sa} with the operator's token was not refused by the admission policy: {text}"
+            );
+        }
     }
     Ok(())
 }

@@ -5,7 +5,10 @@
 //!   (status heartbeat and the `kube-node-lease` Lease every few seconds), so the
 //!   controller manager's node lifecycle controller never marks it unreachable and never
 //!   evicts our pods.
-//! - **Scheduling.** Pending pods are bound to `standin` through `pods/binding`.
+//! - **Scheduling.** Pending pods are bound to `standin` through `pods/binding`, unless their
+//!   containers request more CPU than the node has (`NODE_CPU_MILLIS`): those stay Pending
+//!   with `PodScheduled=False`, reason `Unschedulable` and the scheduler's message
+//!   (`0/1 nodes are available: 1 Insufficient cpu.`), as kube-scheduler would leave them.
 //! - **Networking.** Every pod gets a loopback IP. A pod selected by a headless Service
 //!   (or, before the Service exists, a StatefulSet pod with `spec.subdomain`) gets that
 //!   Service's IP, one per Service from 127.64.0.0/10, so `<svc>.<ns>.svc` names the pod;
@@ -419,6 +422,17 @@ impl Inner {
         {
             return;
         }
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some();
+        if !bound && cpu_requested_millis(&pod) > NODE_CPU_MILLIS {
+            drop(st);
+            let me = self.clone();
+            tokio::spawn(async move { me.unschedulable(&pod).await });
+            return;
+        }
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         // Placeholder IP until the task resolves the Service; fixed below before any use.
@@ -559,6 +573,44 @@ impl Inner {
         let _ = std::fs::remove_file(&tmp);
         std::fs::write(HOSTS, new)?;
         Ok(())
+    }
+
+    /// Leaves a pod that fits no node Pending, as kube-scheduler does, saying why.
+    async fn unschedulable(&self, pod: &Pod) {
+        let said = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+            });
+        if said {
+            return;
+        }
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let status = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                "lastTransitionTime": now(),
+            }]}
+        });
+        if let Err(e) = api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::apply("standin-scheduler").force(),
+                &Patch::Apply(&status),
+            )
+            .await
+        {
+            eprintln!(
+                "[standin] marking pod {} unschedulable: {e}",
+                pod.name_any()
+            );
+        }
     }
 
     async fn bind(&self, pod: &Pod) -> anyhow::Result<()> {
@@ -1002,6 +1054,25 @@ impl ContainerState {
             "lastState": last,
         })
     }
+}
+
+/// CPU the stand-in node offers, in millicores.
+const NODE_CPU_MILLIS: u64 = 64_000;
+
+/// The CPU a pod's containers request, in millicores (unparsable values count as 0).
+fn cpu_requested_millis(pod: &Pod) -> u64 {
+    let quantity = |q: &str| -> u64 {
+        match q.strip_suffix('m') {
+            Some(m) => m.parse().unwrap_or(0),
+            None => q.parse::<f64>().map(|c| (c * 1000.0) as u64).unwrap_or(0),
+        }
+    };
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu"))
+        .map(|q| quantity(&q.0))
+        .sum()
 }
 
 fn exit_code(s: std::process::ExitStatus) -> i32 {

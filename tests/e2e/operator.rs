@@ -240,3 +240,95 @@ pub(crate) async fn operator_failover(h: &Harness) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+/// Scenario j: the namespace-scoped install. `helm upgrade --set watchNamespaces={demo}`
+/// replaces the operator's ClusterRole by a Role in `demo`; the operator then still
+/// reconciles the demo, and its ServiceAccount can do nothing outside `demo` (and its own
+/// Lease).
+pub(crate) async fn namespaced_install(h: &Harness) -> anyhow::Result<()> {
+    let out = super::run_helm(
+        h,
+        &[
+            "upgrade",
+            "logplayer-operator",
+            "charts/logplayer-operator",
+            "-n",
+            OPERATOR_NS,
+            "--reuse-values",
+            "--set",
+            &format!("watchNamespaces={{{DEMO_NS}}}"),
+            "--wait=false",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "helm upgrade to watchNamespaces={{{DEMO_NS}}} failed:\n{}",
+        super::output_text(&out)
+    );
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), OPERATOR_NS);
+    wait_for(
+        "the operator pods restarted with --watch-namespace and ready",
+        120 * SECOND,
+        SECOND,
+        || async {
+            let d = deployments
+                .get("logplayer-operator")
+                .await
+                .map_err(|e| e.to_string())?;
+            let args = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .map(|s| s.containers[0].args.clone().unwrap_or_default())
+                .unwrap_or_default();
+            let st = d.status.unwrap_or_default();
+            let settled = st.updated_replicas == st.replicas && st.ready_replicas == st.replicas;
+            if args.iter().any(|a| a == "--watch-namespace") && settled && st.replicas == Some(2) {
+                Ok(Some(()))
+            } else {
+                Err(format!("args {args:?}; status {st:?}"))
+            }
+        },
+    )
+    .await?;
+    for (args, want) in [
+        (&["create", "deployments", "-n", DEMO_NS][..], true),
+        (
+            &[
+                "patch",
+                "logplayers.logplayer.io",
+                "--subresource=status",
+                "-n",
+                DEMO_NS,
+            ][..],
+            true,
+        ),
+        (
+            &["update", "leases/logplayer-operator", "-n", OPERATOR_NS][..],
+            true,
+        ),
+        (&["create", "deployments", "-n", "default"][..], false),
+        (&["list", "logplayers.logplayer.io", "-A"][..], false),
+        (&["get", "leases", "-n", "kube-system"][..], false),
+        (&["update", "leases", "-n", "kube-system"][..], false),
+        (&["get", "secrets", "-n", DEMO_NS][..], false),
+    ] {
+        let got = super::can_i(h, args)?;
+        ensure!(
+            got == want,
+            "namespace-scoped: kubectl auth can-i {} --as=<operator>: got {got}, want {want}",
+            args.join(" ")
+        );
+    }
+    // It still does its job in demo: a change of replicas is reconciled, then undone.
+    let t = Instant::now();
+    let generation = patch_replicas(h, 2)?;
+    wait_reconciled(h, 2, generation, 90 * SECOND).await?;
+    eprintln!(
+        "[e2e] namespace-scoped operator reconciled replicas 2 in {:.1?}",
+        t.elapsed()
+    );
+    let generation = patch_replicas(h, 3)?;
+    wait_reconciled(h, 3, generation, 90 * SECOND).await?;
+    Ok(())
+}

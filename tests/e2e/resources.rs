@@ -51,6 +51,16 @@ async fn wait_demo(
     wait_condition(h, DEMO_NS, "demo", ty, want, &[], timeout).await
 }
 
+/// A one-replica LogPlayer reading the demo's LogStore, selecting the Shards labelled with
+/// its own name, with `extra` appended to its spec.
+fn logplayer_yaml(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: logplayer.io/v1alpha1\nkind: LogPlayer\nmetadata:\n  name: {name}\n\
+         spec:\n  replicas: 1\n  logStore:\n    external:\n      endpoint: \"demo-logstore.demo.svc:7000\"\n\
+         \u{20} shardSelector:\n    matchLabels:\n      logplayer.io/instance: {name}\n{extra}"
+    )
+}
+
 fn shard_yaml(name: &str, labels: &str, slots: &[(i64, i64)], endpoint: &str) -> String {
     let slots: String = slots
         .iter()
@@ -135,6 +145,23 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             shard_yaml("bad-overlap", "", &[(0, 100), (50, 150)], ep),
             &["spec.slots", "must not overlap"],
         ),
+        (
+            "a LogPlayer whose players request `lots` of CPU",
+            "bad-cpu.yaml",
+            logplayer_yaml("bad-cpu", "  resources:\n    requests:\n      cpu: lots\n"),
+            &["spec.resources.requests.cpu", "should match"],
+        ),
+        (
+            "a LogPlayer with a managed LogStore of size 0",
+            "bad-storage.yaml",
+            zero.replace("replicas: 0", "replicas: 1")
+                .replace("name: zero", "name: bad-storage")
+                .replace(
+                    "external:\n      endpoint: \"x:1\"",
+                    "managed:\n      storage: \"0\"",
+                ),
+            &["spec.logStore.managed.storage", "should match"],
+        ),
     ];
     for (what, file, yaml, words) in &refused {
         let out = apply(h, DEMO_NS, file, yaml)?;
@@ -158,6 +185,7 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
         !names.contains("/zero") && !names.contains("/bad-"),
         "a refused object exists:\n{names}"
     );
+    status_tells_the_truth(h).await?;
 
     // Accepted, but it owns slots of s0: the LogPlayer is Degraded naming both shards.
     let t = Instant::now();
@@ -232,6 +260,192 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
     .await?;
     // The demo is untouched.
     wait_demo(h, "Ready", ("True", "Delivering"), 30 * SECOND).await?;
+    Ok(())
+}
+
+/// Status that tells the truth when something goes wrong: an apply only the API server can
+/// refuse, pods that cannot be scheduled, a switch from a managed to an external LogStore,
+/// and a Shard created before its LogPlayer.
+async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
+    const NS: &str = "truth";
+    h.cp.kubectl(&["create", "namespace", NS])?;
+
+    // Requests above limits: the CRD cannot see it, the API server refuses the Deployment.
+    let t = Instant::now();
+    let strict = logplayer_yaml(
+        "strict",
+        "  resources:\n    requests:\n      cpu: \"2\"\n    limits:\n      cpu: \"1\"\n",
+    );
+    apply_ok(h, NS, "strict.yaml", &strict, "applying LogPlayer strict")?;
+    let msg = wait_condition(
+        h,
+        NS,
+        "strict",
+        "Degraded",
+        ("True", "ApplyFailed"),
+        &["Deployment strict-player", "cpu"],
+        5 * SECOND,
+    )
+    .await?;
+    eprintln!(
+        "[e2e] Degraded ApplyFailed after {:.1?}: {msg}",
+        t.elapsed()
+    );
+    let lp = get(h, NS, "logplayer", "strict").map_err(anyhow::Error::msg)?;
+    let generation = lp["metadata"]["generation"].clone();
+    ensure!(
+        lp["status"]["observedGeneration"] == generation
+            && condition(&lp, "Ready").unwrap_or_default()["status"] == "False",
+        "status of LogPlayer strict: {}",
+        lp["status"]
+    );
+    wait_for(
+        "a Warning Event ApplyFailed on LogPlayer strict",
+        10 * SECOND,
+        SECOND / 2,
+        || async {
+            let events =
+                h.cp.kubectl(&["get", "events.events.k8s.io", "-n", NS, "-o", "json"])
+                    .map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(&events).map_err(|e| e.to_string())?;
+            let found = v["items"].as_array().into_iter().flatten().any(|e| {
+                e["type"] == "Warning"
+                    && e["reason"] == "ApplyFailed"
+                    && e["regarding"]["name"] == "strict"
+            });
+            if found {
+                Ok(Some(()))
+            } else {
+                Err("no such event yet".into())
+            }
+        },
+    )
+    .await?;
+    // Fixed: the status follows the new generation.
+    apply_ok(
+        h,
+        NS,
+        "strict.yaml",
+        &strict.replace("cpu: \"2\"", "cpu: \"1\""),
+        "fixing LogPlayer strict",
+    )?;
+    wait_for(
+        "LogPlayer strict to stop reporting ApplyFailed",
+        20 * SECOND,
+        SECOND / 2,
+        || async {
+            let lp = get(h, NS, "logplayer", "strict")?;
+            let c = condition(&lp, "Degraded").unwrap_or_default();
+            if c["reason"] != "ApplyFailed"
+                && lp["status"]["observedGeneration"] == lp["metadata"]["generation"]
+            {
+                Ok(Some(()))
+            } else {
+                Err(format!("Degraded: {c}"))
+            }
+        },
+    )
+    .await?;
+
+    // More CPU than any node has: the player pod stays Pending, and the status names it.
+    let big = logplayer_yaml("big", "  resources:\n    requests:\n      cpu: \"1000\"\n");
+    apply_ok(h, NS, "big.yaml", &big, "applying LogPlayer big")?;
+    let msg = wait_condition(
+        h,
+        NS,
+        "big",
+        "Degraded",
+        ("True", "PodsPending"),
+        &["big-player-", "Insufficient cpu"],
+        60 * SECOND,
+    )
+    .await?;
+    eprintln!("[e2e] Degraded PodsPending: {msg}");
+
+    // A managed LogStore, then a switch to an external one: its StatefulSet and Service go.
+    let switch = "apiVersion: logplayer.io/v1alpha1\nkind: LogPlayer\nmetadata:\n  name: switch\n\
+                  spec:\n  replicas: 1\n  logStore:\n    managed:\n      storage: 1Gi\n";
+    apply_ok(h, NS, "switch.yaml", switch, "applying LogPlayer switch")?;
+    wait_for(
+        "the managed LogStore of switch",
+        30 * SECOND,
+        SECOND / 2,
+        || async { get(h, NS, "statefulset", "switch-logstore").map(Some) },
+    )
+    .await?;
+    let external = switch.replace(
+        "managed:\n      storage: 1Gi",
+        "external:\n      endpoint: \"demo-logstore.demo.svc:7000\"",
+    );
+    apply_ok(
+        h,
+        NS,
+        "switch.yaml",
+        &external,
+        "switching LogPlayer switch to external",
+    )?;
+    wait_for(
+        "the managed LogStore's StatefulSet and Service to be deleted",
+        30 * SECOND,
+        SECOND / 2,
+        || async {
+            let sts = get(h, NS, "statefulset", "switch-logstore").is_ok();
+            let svc = get(h, NS, "service", "switch-logstore").is_ok();
+            if sts || svc {
+                Err(format!("still there: statefulset {sts}, service {svc}"))
+            } else {
+                Ok(Some(()))
+            }
+        },
+    )
+    .await?;
+
+    // A Shard before its LogPlayer: not Ready (LogPlayerNotFound), then Ready within 2 s of
+    // the LogPlayer appearing. Its endpoint is the demo's s0 server, which answers; the
+    // LogPlayer is paused, so no player of it ever delivers there.
+    let early = shard_yaml(
+        "early",
+        "logplayer.io/instance: late",
+        &[(0, 16383)],
+        "s0-shard.demo.svc:7100",
+    )
+    .replace("logPlayer: demo", "logPlayer: late");
+    apply_ok(h, NS, "early.yaml", &early, "applying Shard early")?;
+    let shard_ready = |want: &'static str| async move {
+        let s = get(h, NS, "shard", "early")?;
+        let c = condition(&s, "Ready").unwrap_or_default();
+        if c["reason"] == want {
+            Ok(Some(()))
+        } else {
+            Err(format!("Ready: {c}"))
+        }
+    };
+    wait_for(
+        "Shard early Ready=False LogPlayerNotFound",
+        30 * SECOND,
+        SECOND / 2,
+        || shard_ready("LogPlayerNotFound"),
+    )
+    .await?;
+    let late = logplayer_yaml("late", "").replace(
+        "metadata:\n  name: late\n",
+        "metadata:\n  name: late\n  annotations:\n    logplayer.io/paused: \"true\"\n",
+    );
+    let t = Instant::now();
+    apply_ok(h, NS, "late.yaml", &late, "applying LogPlayer late")?;
+    wait_for(
+        "Shard early Ready=True within 2 s of its LogPlayer",
+        2 * SECOND,
+        SECOND / 10,
+        || shard_ready("Serving"),
+    )
+    .await?;
+    eprintln!(
+        "[e2e] Shard early Ready {:.1?} after its LogPlayer appeared",
+        t.elapsed()
+    );
+
+    h.cp.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
     Ok(())
 }
 
@@ -324,7 +538,6 @@ pub(crate) async fn cleanup(h: &Harness) -> anyhow::Result<()> {
         "ConfigMap",
         "Deployment",
         "PodDisruptionBudget",
-        "Role",
         "RoleBinding",
         "Service",
         "ServiceAccount",
@@ -367,7 +580,8 @@ pub(crate) async fn cleanup(h: &Harness) -> anyhow::Result<()> {
 
     // The chart's objects.
     let sel = "app.kubernetes.io/instance=logplayer-operator";
-    let ns_kinds = "deployments,serviceaccounts,services,poddisruptionbudgets,pods";
+    let ns_kinds =
+        "deployments,serviceaccounts,services,poddisruptionbudgets,pods,roles,rolebindings,leases";
     let cluster_kinds = "clusterroles,clusterrolebindings";
     let in_ns =
         objects(h, OPERATOR_NS, ns_kinds, Some(sel), |_| true).map_err(anyhow::Error::msg)?;
@@ -377,9 +591,11 @@ pub(crate) async fn cleanup(h: &Harness) -> anyhow::Result<()> {
     let got = kinds_of(&chart);
     for want in [
         "ClusterRole",
-        "ClusterRoleBinding",
         "Deployment",
+        "Lease",
         "Pod",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ] {

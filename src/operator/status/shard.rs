@@ -33,8 +33,6 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
     problems.extend(obs.spec_problem.clone());
     problems.extend(obs.apply_problems.iter().cloned());
     problems.extend(obs.pod_problems.iter().cloned());
-    // What keeps the server itself from serving (the first of these decides `Ready`).
-    let blocking = problems.first().cloned();
     if !obs.log_player_found {
         problems.push(Problem::new(
             "LogPlayerNotFound",
@@ -42,6 +40,9 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
              nothing is delivered to this shard",
         ));
     }
+    // What keeps the shard from doing its job whatever the server says (the first of these
+    // decides `Ready`): a shard nobody delivers to is not ready.
+    let blocking = problems.first().cloned();
     if let Probe::Unreachable(why) = &obs.probe {
         problems.push(Problem::new("ShardUnreachable", why.clone()));
     }

@@ -650,7 +650,7 @@ fn an_unreachable_shard_is_not_ready_and_degraded() {
 }
 
 #[test]
-fn a_shard_whose_logplayer_is_missing_is_degraded() {
+fn a_shard_whose_logplayer_is_missing_is_degraded_and_not_ready() {
     let s = first_shard_status(&shard_obs_with(|o| {
         o.log_player_found = false;
         o.lag = None;
@@ -661,8 +661,12 @@ fn a_shard_whose_logplayer_is_missing_is_degraded() {
         "the LogPlayer named in spec.logPlayer does not exist in this namespace, so \
                  nothing is delivered to this shard",
     );
-    // Its server still answers.
-    assert_eq!(get(&s.conditions, condition::READY).reason, "Serving");
+    // Its server still answers (`status.ready`), but nobody delivers to it: not Ready.
+    let ready = get(&s.conditions, condition::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "LogPlayerNotFound")
+    );
     assert_eq!((s.ready, s.lag), (Some(true), None));
 }
 
