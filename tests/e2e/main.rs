@@ -581,7 +581,8 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
     };
     let as_operator = format!("--as={OPERATOR_SA}");
     let dry = "--dry-run=server";
-    h.cp.kubectl(&["create", "namespace", DEMO_NS]).ok();
+    const PROBE_NS: &str = "vap-probe";
+    h.cp.kubectl(&["create", "namespace", PROBE_NS])?;
     for (ns, name, sa, allowed, why) in [
         (
             "kube-system",
@@ -591,13 +592,13 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
             "never writes into kube-system",
         ),
         (
-            DEMO_NS,
+            PROBE_NS,
             "evil-player",
             "default",
             false,
             "runs only as the players' ServiceAccount",
         ),
-        (DEMO_NS, "probe-player", "probe-player", true, ""),
+        (PROBE_NS, "probe-player", "probe-player", true, ""),
     ] {
         let file = h.cp.dir().join(format!("vap-{ns}-{name}-{sa}.json"));
         std::fs::write(&file, deployment(ns, name, sa))?;
@@ -621,6 +622,7 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
             );
         }
     }
+    h.cp.kubectl(&["delete", "namespace", PROBE_NS, "--wait=false"])?;
     Ok(())
 }
 

@@ -1061,11 +1061,26 @@ const NODE_CPU_MILLIS: u64 = 64_000;
 
 /// The CPU a pod's containers request, in millicores (unparsable values count as 0).
 fn cpu_requested_millis(pod: &Pod) -> u64 {
+    // The API server stores quantities in canonical form (`1000` comes back as `1k`).
     let quantity = |q: &str| -> u64 {
-        match q.strip_suffix('m') {
-            Some(m) => m.parse().unwrap_or(0),
-            None => q.parse::<f64>().map(|c| (c * 1000.0) as u64).unwrap_or(0),
-        }
+        let split = q
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(q.len());
+        let (number, suffix) = q.split_at(split);
+        let scale = match suffix {
+            "" => 1.0,
+            "m" => 0.001,
+            "k" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "Ki" => 1024.0,
+            "Mi" => 1024.0 * 1024.0,
+            _ => 0.0,
+        };
+        number
+            .parse::<f64>()
+            .map(|n| (n * scale * 1000.0) as u64)
+            .unwrap_or(0)
     };
     pod.spec
         .iter()

@@ -51,6 +51,22 @@ async fn wait_demo(
     wait_condition(h, DEMO_NS, "demo", ty, want, &[], timeout).await
 }
 
+/// `logplayer_yaml(name, extra)` and a Shard `<name>-s` owning every slot, at an address
+/// nobody serves (so the LogPlayer has something to build its objects for).
+fn logplayer_with_shard(name: &str, extra: &str) -> String {
+    format!(
+        "{}---\n{}",
+        logplayer_yaml(name, extra),
+        shard_yaml(
+            &format!("{name}-s"),
+            &format!("logplayer.io/instance: {name}"),
+            &[(0, 16383)],
+            "127.0.0.1:9"
+        )
+        .replace("logPlayer: demo", &format!("logPlayer: {name}"))
+    )
+}
+
 /// A one-replica LogPlayer reading the demo's LogStore, selecting the Shards labelled with
 /// its own name, with `extra` appended to its spec.
 fn logplayer_yaml(name: &str, extra: &str) -> String {
@@ -272,7 +288,7 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
 
     // Requests above limits: the CRD cannot see it, the API server refuses the Deployment.
     let t = Instant::now();
-    let strict = logplayer_yaml(
+    let strict = logplayer_with_shard(
         "strict",
         "  resources:\n    requests:\n      cpu: \"2\"\n    limits:\n      cpu: \"1\"\n",
     );
@@ -348,7 +364,7 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
     .await?;
 
     // More CPU than any node has: the player pod stays Pending, and the status names it.
-    let big = logplayer_yaml("big", "  resources:\n    requests:\n      cpu: \"1000\"\n");
+    let big = logplayer_with_shard("big", "  resources:\n    requests:\n      cpu: \"1000\"\n");
     apply_ok(h, NS, "big.yaml", &big, "applying LogPlayer big")?;
     let msg = wait_condition(
         h,
@@ -363,9 +379,11 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
     eprintln!("[e2e] Degraded PodsPending: {msg}");
 
     // A managed LogStore, then a switch to an external one: its StatefulSet and Service go.
-    let switch = "apiVersion: logplayer.io/v1alpha1\nkind: LogPlayer\nmetadata:\n  name: switch\n\
-                  spec:\n  replicas: 1\n  logStore:\n    managed:\n      storage: 1Gi\n";
-    apply_ok(h, NS, "switch.yaml", switch, "applying LogPlayer switch")?;
+    let switch = logplayer_with_shard("switch", "").replace(
+        "external:\n      endpoint: \"demo-logstore.demo.svc:7000\"",
+        "managed:\n      storage: 1Gi",
+    );
+    apply_ok(h, NS, "switch.yaml", &switch, "applying LogPlayer switch")?;
     wait_for(
         "the managed LogStore of switch",
         30 * SECOND,
