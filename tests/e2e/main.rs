@@ -25,7 +25,9 @@
 //!    (resources.rs);
 //! i. the leading operator SIGKILLed and held down past its lease: the standby operator takes
 //!    the operator Lease and reconciles a change of the LogPlayer's replicas (operator.rs);
-//! j. `helm upgrade` to the namespace-scoped install: Roles in `demo` only, `can-i`
+//! j. (with `LOGPLAYER_E2E_BENCH=1` only) the operator's memory and reconcile latency with
+//!    5,000 unrelated ConfigMaps and with 100 LogPlayers x 10 Shards (scale.rs);
+//! k. `helm upgrade` to the namespace-scoped install: Roles in `demo` only, `can-i`
 //!    boundaries, and the operator still reconciles the demo (operator.rs);
 //! h. deleting the LogPlayer garbage-collects what the operator made; `helm uninstall` removes
 //!    the operator and its Lease and keeps the CRDs (resources.rs).
@@ -41,6 +43,7 @@ mod failover;
 mod node;
 mod operator;
 mod resources;
+mod scale;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -69,7 +72,7 @@ type Scenario = fn(&Harness) -> futures::future::BoxFuture<'_, anyhow::Result<()
 /// The scenarios, in the order they build on each other. Each is its own test (named
 /// `e2e::<letter>_<what>`); running one runs the ones before it first, on the same control
 /// plane.
-const SCENARIOS: [(&str, Scenario); 10] = [
+const SCENARIOS: [(&str, Scenario); 11] = [
     ("e2e::a_crds", |h| Box::pin(crds(h))),
     ("e2e::b_helm_chart_and_operator_rbac", |h| Box::pin(helm(h))),
     ("e2e::c_the_example_logplayer", |h| Box::pin(example(h))),
@@ -88,7 +91,10 @@ const SCENARIOS: [(&str, Scenario); 10] = [
     ("e2e::i_operator_failover", |h| {
         Box::pin(operator::operator_failover(h))
     }),
-    ("e2e::j_namespaced_install", |h| {
+    ("e2e::j_operator_scale", |h| {
+        Box::pin(scale::operator_scale(h))
+    }),
+    ("e2e::k_namespaced_install", |h| {
         Box::pin(operator::namespaced_install(h))
     }),
     ("e2e::h_cleanup", |h| Box::pin(resources::cleanup(h))),

@@ -5,7 +5,8 @@
 //!   (status heartbeat and the `kube-node-lease` Lease every few seconds), so the
 //!   controller manager's node lifecycle controller never marks it unreachable and never
 //!   evicts our pods.
-//! - **Scheduling.** Pending pods are bound to `standin` through `pods/binding`, unless their
+//! - **Scheduling.** Pending pods are bound to `standin` through `pods/binding` (except in the
+//!   namespace `scale` of the operator benchmark, whose pods are left alone), unless their
 //!   containers request more CPU than the node has (`NODE_CPU_MILLIS`): those stay Pending
 //!   with `PodScheduled=False`, reason `Unschedulable` and the scheduler's message
 //!   (`0/1 nodes are available: 1 Insufficient cpu.`), as kube-scheduler would leave them.
@@ -228,6 +229,15 @@ impl StandIn {
             .map(|e| e.ip)
     }
 
+    /// The pid of pod `ns/name`'s current process (0 between runs).
+    pub fn pid(&self, ns: &str, name: &str) -> Option<i32> {
+        let st = self.inner.state.lock().unwrap();
+        st.pods
+            .values()
+            .find(|e| e.ns == ns && e.name == name)
+            .map(|e| e.pid.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// The IP given to the headless Service `ns/svc`.
     pub fn service_ip(&self, ns: &str, svc: &str) -> Option<Ipv4Addr> {
         let st = self.inner.state.lock().unwrap();
@@ -420,6 +430,11 @@ impl Inner {
         if let Some(n) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
             && n != NODE_NAME
         {
+            return;
+        }
+        if pod.namespace().as_deref() == Some(UNRUN_NAMESPACE) {
+            // The operator benchmark's pods: the operator's work is what is measured, and a
+            // hundred more processes on this machine would measure the machine instead.
             return;
         }
         let bound = pod
@@ -1055,6 +1070,9 @@ impl ContainerState {
         })
     }
 }
+
+/// Pods in this namespace are left alone (unbound, Pending): the operator benchmark's.
+pub const UNRUN_NAMESPACE: &str = "scale";
 
 /// CPU the stand-in node offers, in millicores.
 const NODE_CPU_MILLIS: u64 = 64_000;

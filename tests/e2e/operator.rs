@@ -241,7 +241,7 @@ pub(crate) async fn operator_failover(h: &Harness) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scenario j: the namespace-scoped install. `helm upgrade --set watchNamespaces={demo}`
+/// Scenario k: the namespace-scoped install. `helm upgrade --set watchNamespaces={demo}`
 /// replaces the operator's ClusterRole by a Role in `demo`; the operator then still
 /// reconciles the demo, and its ServiceAccount can do nothing outside `demo` (and its own
 /// Lease).
