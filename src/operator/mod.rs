@@ -1,15 +1,19 @@
 //! `logplayer operator`: the Kubernetes controllers for `LogPlayer` and `Shard`.
 //!
 //! The operator runs as several replicas behind its own Lease (the same elector the players
-//! use); only the leader reconciles. For a LogPlayer it keeps the objects [`desired`] builds
-//! (player Deployment, ServiceAccount, Role, RoleBinding, shard-map ConfigMap, metrics
-//! Service, a PodDisruptionBudget when replicas > 1, and the managed LogStore StatefulSet and
-//! Service when asked), applied by server-side apply under the field manager
-//! [`FIELD_MANAGER`], owned by the LogPlayer so that deleting it deletes them. It then
-//! observes the Deployment, the players' Lease, the Shards, the LogStore's head and the
-//! player pods, and writes the status [`status`] computes, with Events on condition changes.
-//! For a Shard with a managed server it keeps its StatefulSet and Service. No finalizers:
-//! owner references are all the cleanup there is.
+//! use); only the leader reconciles, over the whole cluster or the namespaces it is given
+//! (`--watch-namespace`). For a LogPlayer it keeps the objects [`desired`] builds (player
+//! Deployment, ServiceAccount, a RoleBinding to the players' ClusterRole, shard-map
+//! ConfigMap, metrics Service, a PodDisruptionBudget when replicas > 1, and the managed
+//! LogStore StatefulSet and Service when asked), applied by server-side apply under the field
+//! manager [`FIELD_MANAGER`], owned by the LogPlayer so that deleting it deletes them; what it
+//! made and no longer wants is deleted after each apply. An object the API server refuses is
+//! a status problem (`ApplyFailed`), not a silent retry. It then observes the Deployment, the
+//! players' Lease, the Shards, the LogStore's head and the pods, and always writes the status
+//! [`status`] computes for the generation it saw, with Events on condition changes. For a
+//! Shard with a managed server it keeps its StatefulSet and Service. Owned kinds are watched
+//! through the `managed-by` label only. No finalizers: owner references and pruning are all
+//! the cleanup there is.
 //!
 //! Pause reconciliation of one LogPlayer with the annotation `logplayer.io/paused: "true"`:
 //! the operator then only reports status (with `ReconciliationPaused`).
