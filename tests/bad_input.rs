@@ -1,6 +1,8 @@
 //! Bad input on the wire: a malformed protobuf, an oversized message and an invalid append
 //! each get a clear status, and the server keeps serving afterwards.
 
+mod common;
+
 use std::time::Duration;
 
 use logplayer::client::Log;
@@ -9,54 +11,6 @@ use logplayer::harness::cluster::Cluster;
 use logplayer::proto::{Mutation, mutation::Op};
 use tonic::codegen::http::uri::PathAndQuery;
 
-/// A codec that sends raw bytes, to put arbitrary garbage in a gRPC frame.
-#[derive(Clone, Default)]
-struct Raw;
-
-struct RawEnc;
-struct RawDec;
-
-impl tonic::codec::Encoder for RawEnc {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawDec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let mut v = vec![0; src.remaining()];
-        src.copy_to_slice(&mut v);
-        Ok(Some(v))
-    }
-}
-
-impl tonic::codec::Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEnc;
-    type Decoder = RawDec;
-    fn encoder(&mut self) -> RawEnc {
-        RawEnc
-    }
-    fn decoder(&mut self) -> RawDec {
-        RawDec
-    }
-}
-
 async fn raw_append(addr: &str, body: Vec<u8>) -> tonic::Status {
     let channel = logplayer::grpc::connect(addr).await.unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -64,7 +18,7 @@ async fn raw_append(addr: &str, body: Vec<u8>) -> tonic::Status {
     grpc.unary(
         tonic::Request::new(body),
         PathAndQuery::from_static("/logplayer.v1.LogStore/Append"),
-        Raw,
+        common::Raw,
     )
     .await
     .unwrap_err()
