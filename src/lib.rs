@@ -18,6 +18,7 @@
 //! - [`grpc`], [`client`], [`metrics`]: what every gRPC edge shares, clients of our
 //!   services, and the `/metrics` `/healthz` `/readyz` endpoints.
 //! - [`cli`]: the `logplayer` command line (one clap definition per component).
+//! - [`mutations`]: safety checks deliberately broken, only with the `mutations` feature.
 //!
 //! The tooling that drives real processes (never imported by the product):
 //! - [`harness`]: the child-process cluster, workload, exactly-once checker, failover
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod logstore;
 pub mod metrics;
 pub mod model;
+pub mod mutations;
 pub mod operator;
 pub mod player;
 pub mod proto;

@@ -46,6 +46,8 @@ pub struct Proc {
     log: PathBuf,
     child: Option<Child>,
     pub starts: u32,
+    /// Environment variables set on the child (on top of this process's).
+    env: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -58,6 +60,18 @@ impl Proc {
         listen: Option<&str>,
         log_dir: &Path,
     ) -> Result<Proc, ClusterError> {
+        Self::start_with_env(name, bin, args, listen, log_dir, &[]).await
+    }
+
+    /// [`Proc::start`] with extra environment variables for the child (and its restarts).
+    pub async fn start_with_env(
+        name: &str,
+        bin: &Path,
+        args: Vec<String>,
+        listen: Option<&str>,
+        log_dir: &Path,
+        env: &[(String, String)],
+    ) -> Result<Proc, ClusterError> {
         let mut p = Proc {
             name: name.to_owned(),
             bin: bin.to_owned(),
@@ -66,6 +80,7 @@ impl Proc {
             log: log_dir.join(format!("{name}.log")),
             child: None,
             starts: 0,
+            env: env.to_vec(),
         };
         p.spawn().await?;
         Ok(p)
@@ -83,6 +98,7 @@ impl Proc {
             .map_err(spawn_err)?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(a) = &self.addr {
             cmd.args(["--listen", a]);
         }
@@ -220,6 +236,8 @@ impl Proc {
 pub struct Cluster {
     pub dir: PathBuf,
     pub bin: PathBuf,
+    /// Environment variables set on every process the cluster starts.
+    pub env: Vec<(String, String)>,
     pub logstore: Proc,
     pub shards: Vec<Proc>,
     pub players: Vec<Proc>,
@@ -240,8 +258,21 @@ impl Cluster {
         logstore_extra: &[&str],
         shard_extra: &[&str],
     ) -> Result<Cluster, ClusterError> {
+        Self::start_with_env(dir, bin, n, logstore_extra, shard_extra, &[]).await
+    }
+
+    /// [`Cluster::start_with`], every process (players started later included) with the
+    /// environment variables `env`.
+    pub async fn start_with_env(
+        dir: &Path,
+        bin: &Path,
+        n: usize,
+        logstore_extra: &[&str],
+        shard_extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Cluster, ClusterError> {
         let d = |s: &str| dir.join(s).display().to_string();
-        let logstore = Proc::start(
+        let logstore = Proc::start_with_env(
             "logstore",
             bin,
             ["logstore".into(), "--data".into(), d("logstore")]
@@ -250,13 +281,14 @@ impl Cluster {
                 .collect(),
             Some("127.0.0.1:0"),
             dir,
+            env,
         )
         .await?;
         let mut shards = Vec::new();
         for i in 0..n {
             let id = format!("s{i}");
             shards.push(
-                Proc::start(
+                Proc::start_with_env(
                     &format!("shard-{id}"),
                     bin,
                     [
@@ -271,6 +303,7 @@ impl Cluster {
                     .collect(),
                     Some("127.0.0.1:0"),
                     dir,
+                    env,
                 )
                 .await?,
             );
@@ -278,6 +311,7 @@ impl Cluster {
         Ok(Cluster {
             dir: dir.to_owned(),
             bin: bin.to_owned(),
+            env: env.to_vec(),
             logstore,
             shards,
             players: Vec::new(),
@@ -311,7 +345,15 @@ impl Cluster {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let n = self.players.len();
-        let p = Proc::start(&format!("player-{n}"), &self.bin, args, None, &self.dir).await?;
+        let p = Proc::start_with_env(
+            &format!("player-{n}"),
+            &self.bin,
+            args,
+            None,
+            &self.dir,
+            &self.env,
+        )
+        .await?;
         self.players.push(p);
         Ok(n)
     }

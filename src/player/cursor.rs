@@ -45,6 +45,22 @@ impl Cursors {
     /// The index below which every shard has acknowledged everything, if every shard in
     /// `shards` has a cursor: retention may remove entries up to it.
     pub fn lowest(&self, shards: &[String]) -> Option<u64> {
+        let shards = if crate::mutations::on(crate::mutations::Mutation::RetentionIgnoresCursor) {
+            // The slowest shard's cursor (a missing one counts as 0) is left out:
+            // retention runs ahead of it.
+            let mut sorted: Vec<(u64, &String)> = shards
+                .iter()
+                .map(|s| (self.acked.get(s).copied().unwrap_or(0), s))
+                .collect();
+            sorted.sort();
+            sorted
+                .iter()
+                .skip(1)
+                .map(|(_, s)| (*s).clone())
+                .collect::<Vec<_>>()
+        } else {
+            shards.to_vec()
+        };
         shards
             .iter()
             .map(|s| self.acked.get(s).copied())

@@ -243,7 +243,9 @@ impl TargetQueue {
 
     /// A recovery-stream push.
     pub fn push_catchup(&mut self, term: u64, entry: ShardEntry) -> Push {
-        if term != self.term || self.state != QueueState::RecoveryFetching {
+        let stale = term != self.term
+            && !crate::mutations::on(crate::mutations::Mutation::QueueIgnoresTerms);
+        if stale || self.state != QueueState::RecoveryFetching {
             return Push::DroppedStale;
         }
         if entry.index <= self.last_ack {

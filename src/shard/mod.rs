@@ -13,6 +13,7 @@ pub mod stats;
 pub mod store;
 
 use crate::model::Value;
+use crate::mutations::{self, Mutation};
 use crate::proto::ShardEntry;
 
 /// What a storage backend must provide to sit behind the shard protocol.
@@ -250,7 +251,7 @@ impl<S: ShardStore> ShardCore<S> {
     }
 
     fn check_epoch(&self, epoch: u64) -> Result<(), ShardError> {
-        if epoch < self.durable.highest_epoch {
+        if epoch < self.durable.highest_epoch && !mutations::on(Mutation::ShardIgnoresEpochs) {
             return Err(ShardError::Fenced {
                 epoch,
                 highest: self.durable.highest_epoch,
@@ -276,10 +277,15 @@ impl<S: ShardStore> ShardCore<S> {
                 break;
             }
             if e.index <= applied {
-                skipped += 1;
+                if mutations::on(Mutation::ShardReapplies) {
+                    take.push(i);
+                } else {
+                    skipped += 1;
+                }
                 continue;
             }
-            if e.prev_index > applied || e.prev_index >= e.index {
+            let missing = e.prev_index > applied && !mutations::on(Mutation::ShardAcceptsGaps);
+            if missing || e.prev_index >= e.index {
                 gap = Some(if e.prev_index >= e.index {
                     ShardError::Malformed(format!(
                         "entry {} names previous index {} which is not below it",

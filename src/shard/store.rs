@@ -104,6 +104,29 @@ impl RedbStore {
     }
 }
 
+/// The `shard-split-commit` mutation: the data in one transaction, the applied index in a
+/// second, with a crash between them one time in 50 (what a one-transaction commit rules out).
+fn split_commit(
+    db: &Database,
+    data: redb::WriteTransaction,
+    applied: u64,
+) -> Result<(), StoreError> {
+    data.commit().map_err(backend)?;
+    if rand::random::<u8>() < 5 {
+        tracing::warn!(
+            applied,
+            "mutation shard-split-commit: crashing between the data and the applied index"
+        );
+        std::process::abort();
+    }
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        meta.insert(APPLIED, applied).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)
+}
+
 fn decode(key: &[u8], bytes: &[u8]) -> Result<Value, StoreError> {
     Value::decode(bytes).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -165,6 +188,7 @@ impl ShardStore for RedbStore {
     }
 
     fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
+        let split = crate::mutations::on(crate::mutations::Mutation::ShardSplitCommit);
         let mut txn = self.db.begin_write().map_err(backend)?;
         if !self.fsync {
             txn.set_durability(redb::Durability::None)
@@ -189,8 +213,13 @@ impl ShardStore for RedbStore {
                     }
                 }
             }
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            meta.insert(APPLIED, applied).map_err(backend)?;
+            if !split {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                meta.insert(APPLIED, applied).map_err(backend)?;
+            }
+        }
+        if split {
+            return split_commit(&self.db, txn, applied);
         }
         txn.commit().map_err(backend)
     }

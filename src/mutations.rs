@@ -1,0 +1,74 @@
+//! Safety checks deliberately broken, to show which test notices: each switch disables or
+//! damages one rule the exactly-once guarantee rests on. They exist only in builds with the
+//! cargo feature `mutations` (never in a release: without it [`on`] is a constant `false`
+//! and the compiler removes every use), and one is turned on per process by the environment
+//! variable `LOGPLAYER_MUTATION=<name>`, so a test can run real processes with a switch on
+//! (`tests/mutations.rs`).
+
+/// One broken rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// The shard accepts any epoch (no fencing).
+    ShardIgnoresEpochs,
+    /// The shard applies an entry whose previous index it has not applied (a gap).
+    ShardAcceptsGaps,
+    /// The shard applies again an entry at or below its applied index.
+    ShardReapplies,
+    /// The shard commits the data and the applied index in two transactions, and may crash
+    /// between them.
+    ShardSplitCommit,
+    /// The player's queue accepts catch-up pushes of an expired term.
+    QueueIgnoresTerms,
+    /// Retention ignores one shard's cursor.
+    RetentionIgnoresCursor,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 6] = [
+        Mutation::ShardIgnoresEpochs,
+        Mutation::ShardAcceptsGaps,
+        Mutation::ShardReapplies,
+        Mutation::ShardSplitCommit,
+        Mutation::QueueIgnoresTerms,
+        Mutation::RetentionIgnoresCursor,
+    ];
+
+    /// The value of `LOGPLAYER_MUTATION` that turns it on.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::ShardIgnoresEpochs => "shard-ignores-epochs",
+            Mutation::ShardAcceptsGaps => "shard-accepts-gaps",
+            Mutation::ShardReapplies => "shard-reapplies",
+            Mutation::ShardSplitCommit => "shard-split-commit",
+            Mutation::QueueIgnoresTerms => "queue-ignores-terms",
+            Mutation::RetentionIgnoresCursor => "retention-ignores-cursor",
+        }
+    }
+}
+
+/// The environment variable naming the switch that is on.
+pub const ENV: &str = "LOGPLAYER_MUTATION";
+
+/// Whether `m` is on in this process.
+#[cfg(feature = "mutations")]
+pub fn on(m: Mutation) -> bool {
+    static ACTIVE: std::sync::OnceLock<Option<Mutation>> = std::sync::OnceLock::new();
+    *ACTIVE.get_or_init(|| {
+        let name = std::env::var(ENV).ok()?;
+        let found = Mutation::ALL.into_iter().find(|m| m.name() == name);
+        match found {
+            Some(m) => tracing::warn!(
+                mutation = m.name(),
+                "a safety check is deliberately broken in this process"
+            ),
+            None => tracing::error!(%name, "unknown {ENV}; no mutation is on"),
+        }
+        found
+    }) == Some(m)
+}
+
+/// Whether `m` is on in this process: never, without the `mutations` feature.
+#[cfg(not(feature = "mutations"))]
+pub const fn on(_m: Mutation) -> bool {
+    false
+}

@@ -1,0 +1,348 @@
+//! Real-process checks that can fail, shown: with each safety check deliberately broken
+//! (`src/mutations.rs`, the `mutations` feature, `LOGPLAYER_MUTATION` on every child
+//! process), a real-process fault scenario must find a violation; the same scenarios pass
+//! with no switch on. Run with
+//!
+//! ```sh
+//! cargo test --features mutations --test mutations -- --test-threads 1
+//! ```
+//!
+//! `.ci/run` does. Each scenario returns `Err(what it saw)` instead of panicking, so that a
+//! test can require a failure.
+#![cfg(feature = "mutations")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bin, load_spec, start_load};
+use logplayer::client::{Log, ShardConn};
+use logplayer::harness::check::check;
+use logplayer::harness::cluster::Cluster;
+use logplayer::harness::failover::{Takedown, take_down_leader, wait_for_leader};
+use logplayer::mutations::{ENV, Mutation};
+
+fn env(m: Option<Mutation>) -> Vec<(String, String)> {
+    m.map(|m| vec![(ENV.to_owned(), m.name().to_owned())])
+        .unwrap_or_default()
+}
+
+async fn cluster(
+    dir: &std::path::Path,
+    m: Option<Mutation>,
+    shards: usize,
+    logstore: &[&str],
+) -> Cluster {
+    Cluster::start_with_env(dir, &bin(), shards, logstore, &[], &env(m))
+        .await
+        .expect("the cluster starts")
+}
+
+/// The exactly-once check as a result.
+async fn verdict(c: &Cluster, log: &Log) -> Result<(), String> {
+    match check(log, &c.shard_map(), Duration::from_secs(20)).await {
+        Ok(r) if r.pass => Ok(()),
+        Ok(r) => Err(format!("exactly-once violated:\n{r}")),
+        Err(e) => Err(format!("the check could not complete: {e}")),
+    }
+}
+
+/// Restarts every shard whose process exited by itself (a crash point of a mutation).
+async fn revive(c: &mut Cluster) {
+    for s in &mut c.shards {
+        if s.exited().is_some() {
+            let _ = s.restart().await;
+        }
+    }
+}
+
+/// Shards and/or the player SIGKILLed under load (as `tests/faults.rs`), crashed shards
+/// restarted, then the exactly-once check.
+async fn kills(m: Option<Mutation>, shards: bool, player: bool) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), m, 3, &[]).await;
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    c.start_player(&[]).await.unwrap();
+    let load = start_load(&log, load_spec(500, 8, 7));
+    for k in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        revive(&mut c).await;
+        let s = k % c.shards.len();
+        if shards {
+            c.shards[s].kill().await;
+        }
+        if player {
+            c.players[0].kill().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if shards {
+            let _ = c.shards[s].restart().await;
+        }
+        if player {
+            let _ = c.players[0].restart().await;
+        }
+    }
+    let _ = load.await;
+    for _ in 0..20 {
+        revive(&mut c).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    verdict(&c, &log).await
+}
+
+/// A leader frozen past its lease wakes and keeps sending (as `tests/failover.rs`): the
+/// shards must refuse it and hold no commit under its stale epoch.
+async fn frozen_leader(m: Option<Mutation>) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), m, 2, &[]).await;
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let lease = [
+        "--lease-duration",
+        "1s",
+        "--renew-deadline",
+        "700ms",
+        "--retry-period",
+        "100ms",
+        "--fault-keep-leading",
+    ];
+    c.start_replicas(2, &lease).await.unwrap();
+    wait_for_leader(&c, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    let load = start_load(&log, load_spec(500, 6, 3));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let f = take_down_leader(&mut c, Takedown::Stop, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = c.players[f.old_leader].cont();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut refusals = 0;
+    for s in &c.shards {
+        let st = ShardConn::connect(s.addr())
+            .await
+            .map_err(|e| e.to_string())?
+            .stats(false)
+            .await
+            .map_err(|e| e.to_string())?;
+        if st.stale_epoch_commits > 0 {
+            return Err(format!(
+                "{} commits under a stale epoch",
+                st.stale_epoch_commits
+            ));
+        }
+        refusals += st.fenced_refusals;
+    }
+    if refusals == 0 {
+        return Err("no shard refused the stale leader".into());
+    }
+    let _ = load.await;
+    verdict(&c, &log).await
+}
+
+/// One shard frozen while retention runs (as `tests/retention_metrics.rs`): the log must
+/// keep what it still needs, and it must catch up and hold what the log implies.
+async fn retention(m: Option<Mutation>) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), m, 2, &["--segment-bytes", "65536"]).await;
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    // A small queue, so that the frozen shard's entries must come back from the log.
+    let args = [
+        "--retain-log",
+        "--checkpoint-interval",
+        "200ms",
+        "--queue-bytes",
+        "65536",
+    ];
+    c.start_replicas(1, &args).await.unwrap();
+    wait_for_leader(&c, Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    let load = start_load(&log, load_spec(1000, 3, 5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.shards[1].stop().map_err(|e| e.to_string())?;
+    let _ = load.await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.shards[1].cont().map_err(|e| e.to_string())?;
+    // The log no longer starts at 1, so the full state cannot be rebuilt: the frozen shard
+    // must catch up to the end instead.
+    let (_, last) = log.bounds().await.map_err(|e| e.to_string())?;
+    let shard = ShardConn::connect(c.shards[1].addr())
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let applied = shard
+            .applied()
+            .await
+            .map_err(|e| e.to_string())?
+            .applied_index;
+        if applied + 1000 >= last {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the frozen shard is stuck at {applied} of {last}: the log released entries it needed"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A sender that skips an entry (a gap) on a real shard process: the shard must refuse it.
+async fn gap(m: Option<Mutation>) -> Result<(), String> {
+    raw_sender(m, false).await
+}
+
+/// A sender that resends entries the shard applied (a retry after a lost ack) on a real
+/// shard process: the shard must apply each once.
+async fn resend(m: Option<Mutation>) -> Result<(), String> {
+    raw_sender(m, true).await
+}
+
+/// A raw sender on a real shard: `resend` sends 1, 2, then 1, 2, 3 (the counter must end at
+/// 3); otherwise 1 then 3 naming 2 as its previous (the shard must refuse 3).
+async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
+    use logplayer::proto::shard_client::ShardClient;
+    use logplayer::proto::{
+        Batch, DeliverRequest, Hello, Mutation as M, ShardEntry, deliver_request, mutation::Op,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), m, 1, &[]).await;
+    let mut client = ShardClient::new(logplayer::grpc::connect(c.shards[0].addr()).await.unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello {
+        epoch: 1,
+        player_id: "gap".into(),
+        log_id: "00000000-0000-4000-8000-0000000000aa".into(),
+        shard_id: "s0".into(),
+        max_entry_bytes: 0,
+    };
+    tx.send(DeliverRequest {
+        msg: Some(deliver_request::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    inbound.message().await.map_err(|e| e.to_string())?;
+    let entry = |index, prev| ShardEntry {
+        index,
+        prev_index: prev,
+        mutations: vec![M {
+            key: b"c-1".to_vec().into(),
+            op: Some(Op::Add(1)),
+        }],
+        ..Default::default()
+    };
+    let batch = |entries| DeliverRequest {
+        msg: Some(deliver_request::Msg::Batch(Batch { entries })),
+    };
+    if resend {
+        tx.send(batch(vec![entry(1, 0), entry(2, 1)]))
+            .await
+            .unwrap();
+        tx.send(batch(vec![entry(1, 0), entry(2, 1), entry(3, 2)]))
+            .await
+            .unwrap();
+        drop(tx);
+        while let Ok(Some(_)) = inbound.message().await {}
+        let dump = ShardConn::connect(c.shards[0].addr())
+            .await
+            .map_err(|e| e.to_string())?
+            .dump()
+            .await
+            .map_err(|e| e.to_string())?;
+        return if dump.iter().any(|l| l.contains("\"counter\":3")) {
+            Ok(())
+        } else {
+            Err(format!("three adds, applied as {dump:?}"))
+        };
+    }
+    tx.send(batch(vec![entry(1, 0), entry(3, 2)]))
+        .await
+        .unwrap();
+    let mut applied = 0;
+    loop {
+        match inbound.message().await {
+            Ok(Some(r)) => {
+                if let Some(logplayer::proto::deliver_response::Msg::Ack(a)) = r.msg {
+                    applied = a.applied_index;
+                }
+            }
+            _ => break,
+        }
+        if applied >= 3 {
+            break;
+        }
+    }
+    if applied >= 3 {
+        Err(format!(
+            "the shard applied entry 3 without entry 2 (applied {applied})"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `scenario` with `m` on and requires it to find a violation.
+async fn caught<F, Fut>(m: Mutation, scenario: F)
+where
+    F: Fn(Option<Mutation>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    match scenario(Some(m)).await {
+        Err(what) => eprintln!(
+            "[mutations] {} caught: {}",
+            m.name(),
+            what.lines().next().unwrap_or("")
+        ),
+        Ok(()) => panic!("with {} on, the scenario found nothing wrong", m.name()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_switch_on_every_scenario_passes() {
+    kills(None, true, true).await.unwrap();
+    frozen_leader(None).await.unwrap();
+    retention(None).await.unwrap();
+    gap(None).await.unwrap();
+    resend(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_ignoring_epochs_are_caught_by_the_frozen_leader() {
+    caught(Mutation::ShardIgnoresEpochs, frozen_leader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_accepting_gaps_are_caught_by_a_gapped_sender() {
+    caught(Mutation::ShardAcceptsGaps, gap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_reapplying_are_caught_by_a_resending_sender() {
+    // Player kills alone do not catch it: a restarted player resumes each shard from its
+    // Welcome and drops what it acknowledged, so it never resends an applied entry; the
+    // shard's dedup is the second line, shown with a sender that does resend.
+    caught(Mutation::ShardReapplies, resend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_commit_is_caught_by_its_crash_point() {
+    caught(Mutation::ShardSplitCommit, |m| kills(m, true, false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_ignoring_a_cursor_is_caught_by_a_frozen_shard() {
+    caught(Mutation::RetentionIgnoresCursor, retention).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not caught yet: the shards' index dedup and gap refusal mask a stale-term push end to end; see the issue 13 note"]
+async fn queues_ignoring_terms_are_caught_by_kills() {
+    caught(Mutation::QueueIgnoresTerms, |m| kills(m, true, true)).await;
+}
