@@ -342,8 +342,8 @@ impl Model for Delivery {
             }
             Action::Checkpoint(p) => {
                 let acked = st.players[p as usize].acked;
-                for s in 0..SHARDS {
-                    st.cursors[s] = st.cursors[s].max(acked[s]);
+                for (cursor, a) in st.cursors.iter_mut().zip(acked) {
+                    *cursor = (*cursor).max(a);
                 }
             }
             Action::Retain => st.first = self.lowest(&st) + 1,
