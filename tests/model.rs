@@ -505,3 +505,89 @@ fn retention_ignoring_a_cursor_is_found() {
         "retention keeps what a shard needs",
     );
 }
+
+/// The model and the code agree: random walks of the model drive the real shard rules
+/// (`ShardCore` over an in-memory store: `hello` for a connection, `apply` for a received
+/// message, a reopen for a crash), and after every step each real shard's applied index and
+/// highest epoch equal the model's.
+#[test]
+fn random_walks_of_the_model_drive_the_real_shard_rules_to_the_same_states() {
+    use logplayer::shard::{HelloInfo, MemStore, ShardCore, ShardSelf};
+    let m = model(None);
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let open = |s: usize, store: MemStore| {
+        let me = ShardSelf {
+            id: format!("s{s}"),
+            addr: "model".into(),
+            max_entry_bytes: 1 << 20,
+        };
+        ShardCore::open(store, me).expect("an in-memory shard opens")
+    };
+    let mut steps = 0;
+    for _walk in 0..400 {
+        let mut st = m.init_states().remove(0);
+        let mut cores: Vec<ShardCore<MemStore>> =
+            (0..SHARDS).map(|s| open(s, MemStore::default())).collect();
+        for _ in 0..60 {
+            let mut actions = Vec::new();
+            m.actions(&st, &mut actions);
+            if actions.is_empty() {
+                break;
+            }
+            let action = actions[(next() % actions.len() as u64) as usize].clone();
+            match &action {
+                Action::Connect(p, s) => {
+                    if let Some(epoch) = st.players[*p as usize].leads {
+                        let hello = HelloInfo {
+                            epoch: u64::from(epoch),
+                            log_id: "model".into(),
+                            shard_id: String::new(),
+                            max_entry_bytes: 0,
+                        };
+                        let _ = cores[*s as usize].hello(&hello);
+                    }
+                }
+                Action::Receive(p, s) => {
+                    if let Some((stream, _)) = &st.players[*p as usize].streams[*s as usize] {
+                        let (epoch, index, prev) = stream.to_shard[0];
+                        let entry = logplayer::proto::ShardEntry {
+                            index: u64::from(index),
+                            prev_index: u64::from(prev),
+                            ..Default::default()
+                        };
+                        let _ = cores[*s as usize].apply(u64::from(epoch), &[entry]);
+                    }
+                }
+                Action::CrashShard(s) => {
+                    let s = *s as usize;
+                    let store = std::mem::replace(&mut cores[s], open(s, MemStore::default()));
+                    cores[s] = open(s, store.into_store());
+                }
+                _ => {}
+            }
+            let Some(after) = m.next_state(&st, action.clone()) else {
+                break;
+            };
+            st = after;
+            steps += 1;
+            for (s, core) in cores.iter().enumerate() {
+                let d = core.durable();
+                assert_eq!(
+                    (d.applied, d.highest_epoch),
+                    (
+                        u64::from(st.shards[s].applied),
+                        u64::from(st.shards[s].highest)
+                    ),
+                    "shard {s} after {action:?}: the code and the model disagree\n{st:#?}"
+                );
+            }
+        }
+    }
+    println!("model and code agree over {steps} steps of 400 random walks");
+}

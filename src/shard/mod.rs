@@ -196,6 +196,11 @@ impl<S: ShardStore> ShardCore<S> {
         &self.store
     }
 
+    /// The store back (to reopen it, as a restart does).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     /// A sender announces itself. Refuses a sender that expects another shard here, that
     /// delivers from another log than the one this shard applied, whose log accepts larger
     /// entries than this shard, or whose epoch is below the highest seen. Persists the log
