@@ -9,7 +9,10 @@
 //! cargo test --release --test model -- --nocapture
 //! ```
 //!
-//! prints `model: <N> states, <M> unique, all properties hold`. Each mutation test breaks
+//! prints `model: <N> states, <M> unique, all properties hold` (default bounds: 4 entries,
+//! 2 epochs, 1 crash, 1 stream break: 14,806,231 states, 1,687,533 unique, about 6 s). A
+//! deeper run, `LOGPLAYER_MODEL_CRASHES=2 LOGPLAYER_MODEL_BREAKS=2 cargo test --release --test
+//! model -- --nocapture`, checked 49,535,089 states, 4,859,886 unique, in 25 s. Each mutation test breaks
 //! one rule of the real code (as `src/mutations.rs` does for the processes) and requires
 //! the checker to find a counterexample, printing its trace: shards ignoring epochs, a
 //! commit split in two with a crash between, retention ignoring a cursor. (Accepting gaps
