@@ -380,11 +380,6 @@ impl Model for Delivery {
                 shard.half = false;
             }
         }
-        for s in &mut st.shards {
-            if !matches!(action, Action::CrashShard(_)) && !self.on(Mutation::SplitCommit) {
-                s.half = false;
-            }
-        }
         Some(st)
     }
 

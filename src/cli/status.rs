@@ -12,9 +12,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 
-use crate::proto::log_store_client::LogStoreClient;
-use crate::proto::shard_client::ShardClient;
-use crate::proto::{AppliedRequest, AppliedResponse, BoundsRequest, BoundsResponse};
+use crate::client::{Log, ShardConn};
+use crate::proto::{AppliedResponse, BoundsResponse};
 use crate::routing::ShardMap;
 
 #[derive(Args)]
@@ -73,36 +72,26 @@ struct View {
     ok: bool,
 }
 
+/// `ask` against the server at `addr`, as text on failure, within `wait`.
+async fn ask<T>(
+    wait: Duration,
+    ask: impl std::future::Future<Output = Result<T, crate::client::ClientError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(wait, ask).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {wait:?}")),
+    }
+}
+
 async fn ask_log(addr: &str, wait: Duration) -> Result<BoundsResponse, String> {
-    let ask = async {
-        let ch = crate::grpc::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let r = LogStoreClient::new(ch)
-            .bounds(BoundsRequest {})
-            .await
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
-        Ok(r.into_inner())
-    };
-    tokio::time::timeout(wait, ask)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {wait:?}")))
+    ask(wait, async { Log::connect(addr).await?.describe().await }).await
 }
 
 async fn ask_shard(addr: &str, wait: Duration) -> Result<AppliedResponse, String> {
-    let ask = async {
-        let ch = crate::grpc::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let r = ShardClient::new(ch)
-            .applied(AppliedRequest {})
-            .await
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
-        Ok(r.into_inner())
-    };
-    tokio::time::timeout(wait, ask)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {wait:?}")))
+    ask(wait, async {
+        ShardConn::connect(addr).await?.applied().await
+    })
+    .await
 }
 
 /// What is wrong with a shard's answer, given the log's.

@@ -93,6 +93,12 @@ pub fn selector_labels(instance: &str, component: &str) -> BTreeMap<String, Stri
     ])
 }
 
+/// The label selector (as a string) of everything the operator made for the LogPlayer
+/// `instance`: its players, its managed LogStore and its managed shard servers.
+pub fn managed_selector(instance: &str) -> String {
+    format!("app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by={FIELD_MANAGER}")
+}
+
 /// The label selector (as a string) of a LogPlayer's player pods.
 pub fn player_pod_selector(lp: &LogPlayer) -> String {
     selector_labels(&lp.name_any(), "player")

@@ -274,10 +274,7 @@ pub(super) async fn pods_of(
     ns: &str,
     instance: &str,
 ) -> Result<Vec<Pod>, OperatorError> {
-    let selector = format!(
-        "app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by={}",
-        super::FIELD_MANAGER
-    );
+    let selector = desired::managed_selector(instance);
     Ok(Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&selector))
         .await?

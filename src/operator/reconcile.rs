@@ -193,7 +193,7 @@ async fn prune_player_objects(
     let Some(uid) = lp.metadata.uid.as_deref() else {
         return Ok(());
     };
-    let selector = managed_selector(&lp.name_any());
+    let selector = desired::managed_selector(&lp.name_any());
     let name = |m: &kube::api::ObjectMeta| m.name.clone().unwrap_or_default();
     let mut sets = o
         .logstore
@@ -207,14 +207,6 @@ async fn prune_player_objects(
     let pdbs: Vec<String> = o.pdb.iter().map(|p| name(&p.metadata)).collect();
     prune::<PodDisruptionBudget>(client, ns, &selector, uid, &pdbs).await?;
     Ok(())
-}
-
-/// The label selector of everything the operator made for the LogPlayer `instance`.
-fn managed_selector(instance: &str) -> String {
-    format!(
-        "app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by={}",
-        super::FIELD_MANAGER
-    )
 }
 
 pub(super) async fn reconcile_shard(
