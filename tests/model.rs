@@ -17,9 +17,12 @@
 //! cargo test --release --test model -- --nocapture
 //! ```
 //!
-//! prints `model: <N> states, <M> unique, all properties hold`. The bounds (entries, lease
-//! epochs, crashes, stream breaks) are `LOGPLAYER_MODEL_{ENTRIES,EPOCHS,CRASHES,BREAKS}`; the
-//! README gives the default and a deeper run with their counts and times.
+//! prints one line per model and then `model: <N> states, <M> unique, all properties hold`
+//! (their sum). The bounds (entries, lease epochs, crashes, stream breaks) are
+//! `LOGPLAYER_MODEL_{ENTRIES,EPOCHS,CRASHES,BREAKS}` for the fencing model and
+//! `LOGPLAYER_QUEUES_{ENTRIES,EPOCHS,CRASHES,BREAKS}` for the queue model
+//! (`LOGPLAYER_QUEUES_LIVENESS_ENTRIES` for the liveness check); the README gives the
+//! defaults and a deeper run with their counts and times.
 //!
 //! Safety is checked in every state; liveness (with faults stopped, every schedule ends with
 //! every shard holding every entry) by `liveness.rs` over the whole state graph. Each mutation
