@@ -7,6 +7,7 @@
 //! plus delayed ACK), and h2's default 64 KiB stream window throttles large batches.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -35,9 +36,9 @@ pub enum GrpcError {
     },
     #[error("invalid address {addr:?}: {reason}")]
     Address { addr: String, reason: String },
-    #[error("serving on {addr}: {source}")]
+    #[error("serving {server}: {source}")]
     Serve {
-        addr: SocketAddr,
+        server: String,
         source: tonic::transport::Error,
     },
     #[error("connecting to {addr}: {source}")]
@@ -268,12 +269,13 @@ pub async fn router(
         .add_service(v1alpha))
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
-/// gives open streams [`DRAIN_DEADLINE`] to finish before returning anyway (dropping the
-/// connections); `what` names the server in errors.
-pub async fn serve<L>(
+/// Serves `router` on `incoming` (accepted connections: [`incoming`] for TCP, or another
+/// transport — the seam where a simulated network or TLS plugs in) until `shutdown` is
+/// cancelled, then stops accepting and gives open streams [`DRAIN_DEADLINE`] to finish
+/// before returning anyway (dropping the connections); `what` names the server in errors.
+pub async fn serve_incoming<L, I, IO, IE>(
     router: tonic::transport::server::Router<L>,
-    listener: TcpListener,
+    incoming: I,
     shutdown: CancellationToken,
     what: &str,
 ) -> Result<(), GrpcError>
@@ -289,20 +291,24 @@ where
     <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
     <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
         Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let addr = listener.local_addr().map_err(|source| GrpcError::Bind {
-        addr: format!("{what} listener"),
-        source,
-    })?;
-    let server =
-        router.serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());
+    let server = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::pin!(server);
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_DEADLINE).await;
     };
     tokio::select! {
-        served = &mut server => served.map_err(|source| GrpcError::Serve { addr, source }),
+        served = &mut server => served.map_err(|source| GrpcError::Serve { server: what.to_owned(), source }),
         _ = deadline => {
             tracing::info!(server = what, deadline = ?DRAIN_DEADLINE, "closing the streams still open after the drain deadline");
             Ok(())
@@ -360,15 +366,69 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, GrpcError> {
         .keep_alive_timeout(Duration::from_secs(20)))
 }
 
+/// A byte stream a client connection runs over.
+pub trait DialedIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> DialedIo for T {}
+
+/// Opens a byte stream to `host:port`.
+pub type Dialer = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, std::io::Result<Box<dyn DialedIo>>>
+        + Send
+        + Sync,
+>;
+
+static DIALER: OnceLock<Dialer> = OnceLock::new();
+
+/// Replaces TCP for every client channel this process opens from now on: the seam where the
+/// deterministic simulation's network (`tests/sim.rs`) plugs in. Set once; `false` if a
+/// dialer was already set.
+pub fn set_dialer(dialer: Dialer) -> bool {
+    DIALER.set(dialer).is_ok()
+}
+
+/// A dialed connection as hyper wants it.
+type Dialed = hyper_util::rt::TokioIo<Box<dyn DialedIo>>;
+
+/// The connector over the dialer.
+fn dialed(
+    dialer: &Dialer,
+) -> impl tower::Service<
+    http::Uri,
+    Response = Dialed,
+    Error = std::io::Error,
+    Future = futures::future::BoxFuture<'static, std::io::Result<Dialed>>,
+> + Clone
++ Send
++ 'static {
+    let dialer = dialer.clone();
+    tower::service_fn(move |uri: http::Uri| {
+        let dialer = dialer.clone();
+        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        Box::pin(async move { Ok(hyper_util::rt::TokioIo::new(dialer(authority).await?)) })
+            as futures::future::BoxFuture<'static, _>
+    })
+}
+
 /// Connects now (fails fast when nothing listens).
 pub async fn connect(addr: &str) -> Result<Channel, GrpcError> {
-    endpoint(addr)?
-        .connect()
-        .await
-        .map_err(|source| GrpcError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })
+    let endpoint = endpoint(addr)?;
+    let connected = match DIALER.get() {
+        Some(dialer) => endpoint.connect_with_connector(dialed(dialer)).await,
+        None => endpoint.connect().await,
+    };
+    connected.map_err(|source| GrpcError::Connect {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// A channel that connects on first use (and reconnects after a failure).
+pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
+    let endpoint = endpoint(addr)?;
+    Ok(match DIALER.get() {
+        Some(dialer) => endpoint.connect_with_connector_lazy(dialed(dialer)),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT.

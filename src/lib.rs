@@ -14,6 +14,7 @@
 //! - [`lease`]: leader leases with a fencing epoch (file and Kubernetes backends, elector).
 //! - [`crd`]: the `LogPlayer` and `Shard` custom resources and their generated CRDs.
 //! - [`operator`]: the Kubernetes operator (names, desired objects, apply, observe, status).
+//! - [`blocking`]: where fsync-bound work runs (own threads, or inline under simulation).
 //! - [`limits`]: the one entry-size limit and the message and batch sizes derived from it.
 //! - [`grpc`], [`client`], [`metrics`]: what every gRPC edge shares, clients of our
 //!   services, and the `/metrics` `/healthz` `/readyz` endpoints.
@@ -25,6 +26,7 @@
 //!   timing, demo and bench.
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 pub mod cli;
 pub mod client;
 pub mod crd;

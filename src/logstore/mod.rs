@@ -300,15 +300,19 @@ impl LogStore {
             cache: cache.clone(),
             head: head_tx,
         };
-        std::thread::Builder::new()
-            .name("wal-writer".into())
-            .spawn(move || writer.run(jobs_rx))
-            .map_err(|source| {
-                LogStoreError::Wal(WalError::Io {
-                    path: PathBuf::from("wal-writer thread"),
-                    source,
-                })
-            })?;
+        if crate::blocking::inline() {
+            tokio::spawn(writer.run_inline(jobs_rx));
+        } else {
+            std::thread::Builder::new()
+                .name("wal-writer".into())
+                .spawn(move || writer.run(jobs_rx))
+                .map_err(|source| {
+                    LogStoreError::Wal(WalError::Io {
+                        path: PathBuf::from("wal-writer thread"),
+                        source,
+                    })
+                })?;
+        }
         Ok((
             LogStore {
                 jobs: jobs_tx,
@@ -439,40 +443,60 @@ struct Writer {
 type AppendReply = oneshot::Sender<Result<Appended, LogStoreError>>;
 
 impl Writer {
+    /// The writer thread: takes each group of waiting jobs and commits it.
     fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut failed: Option<String> = None;
         while let Some(job) = jobs.blocking_recv() {
-            let mut group = vec![job];
-            let mut bytes = 0usize;
-            while group.len() < MAX_GROUP_ENTRIES && bytes < MAX_GROUP_BYTES {
-                match jobs.try_recv() {
-                    Ok(j) => {
-                        if let Job::Append { mutations, .. } = &j {
-                            bytes += mutations.iter().map(|m| m.encoded_len()).sum::<usize>();
-                        }
-                        group.push(j)
+            self.take_group(job, &mut jobs, &mut failed);
+        }
+    }
+
+    /// The writer as a task on the caller's runtime (see [`crate::blocking`]).
+    async fn run_inline(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut failed: Option<String> = None;
+        while let Some(job) = jobs.recv().await {
+            self.take_group(job, &mut jobs, &mut failed);
+        }
+    }
+
+    /// Commits `job` and whatever else is already waiting (group commit); after a WAL
+    /// failure (`failed`), refuses them all.
+    fn take_group(
+        &mut self,
+        job: Job,
+        jobs: &mut mpsc::Receiver<Job>,
+        failed: &mut Option<String>,
+    ) {
+        let mut group = vec![job];
+        let mut bytes = 0usize;
+        while group.len() < MAX_GROUP_ENTRIES && bytes < MAX_GROUP_BYTES {
+            match jobs.try_recv() {
+                Ok(j) => {
+                    if let Job::Append { mutations, .. } = &j {
+                        bytes += mutations.iter().map(|m| m.encoded_len()).sum::<usize>();
                     }
-                    Err(_) => break,
+                    group.push(j)
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = &failed {
+            tracing::debug!(%reason, "refusing jobs after a WAL failure");
+            for job in group {
+                match job {
+                    Job::Append { reply, .. } => {
+                        let _ = reply.send(Err(LogStoreError::Stopped));
+                    }
+                    Job::Retain { reply, .. } => {
+                        let _ = reply.send(Err(LogStoreError::Stopped));
+                    }
                 }
             }
-            if let Some(reason) = &failed {
-                tracing::debug!(%reason, "refusing jobs after a WAL failure");
-                for job in group {
-                    match job {
-                        Job::Append { reply, .. } => {
-                            let _ = reply.send(Err(LogStoreError::Stopped));
-                        }
-                        Job::Retain { reply, .. } => {
-                            let _ = reply.send(Err(LogStoreError::Stopped));
-                        }
-                    }
-                }
-                continue;
-            }
-            if let Err(e) = self.commit_group(group) {
-                tracing::error!(error = %e, "WAL write failed; the LogStore refuses appends until restarted");
-                failed = Some(e.to_string());
-            }
+            return;
+        }
+        if let Err(e) = self.commit_group(group) {
+            tracing::error!(error = %e, "WAL write failed; the LogStore refuses appends until restarted");
+            *failed = Some(e.to_string());
         }
     }
 

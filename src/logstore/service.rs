@@ -253,6 +253,31 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
+    let what = match listener.local_addr() {
+        Ok(addr) => format!("logstore on {addr}"),
+        Err(_) => "logstore".to_owned(),
+    };
+    serve_incoming(log, grpc::incoming(listener), shutdown, &what).await
+}
+
+/// [`serve`] over any stream of accepted connections (see [`grpc::serve_incoming`]).
+pub async fn serve_incoming<I, IO, IE>(
+    log: LogStore,
+    incoming: I,
+    shutdown: CancellationToken,
+    what: &str,
+) -> Result<(), GrpcError>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = crate::limits::message_limit(log.max_entry_bytes());
     let svc = LogStoreServer::new(Service {
         log,
@@ -263,5 +288,5 @@ pub async fn serve(
     let router = grpc::router("logplayer.v1.LogStore")
         .await?
         .add_service(svc);
-    grpc::serve(router, listener, shutdown, "logstore").await
+    grpc::serve_incoming(router, incoming, shutdown, what).await
 }

@@ -292,7 +292,7 @@ impl Player {
     ) -> Result<Player, PlayerError> {
         config.validate()?;
         let limit = crate::limits::message_limit(config.max_entry_bytes);
-        let channel = grpc::endpoint(&config.logstore)?.connect_lazy();
+        let channel = grpc::connect_lazy(&config.logstore)?;
         let log = LogStoreClient::new(channel)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);

@@ -107,7 +107,7 @@ impl<S: ShardStore> ShardService<S> {
         }
     }
 
-    /// Runs `f` on the core on a blocking thread (commits fsync).
+    /// Runs `f` on the core on a blocking thread (commits fsync; see [`crate::blocking`]).
     async fn with_core<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut ShardCore<S>) -> Result<T, ShardError> + Send + 'static,
@@ -115,7 +115,7 @@ impl<S: ShardStore> ShardService<S> {
         let core = self.core.clone();
         let applied = self.applied.clone();
         let highest = self.highest_epoch.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = crate::blocking::run(move || {
             let mut core = core
                 .lock()
                 .map_err(|_| ShardError::Malformed("shard core lock poisoned".into()))?;
@@ -411,6 +411,31 @@ pub async fn serve<S: ShardStore>(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
+    let what = match listener.local_addr() {
+        Ok(addr) => format!("shard on {addr}"),
+        Err(_) => "shard".to_owned(),
+    };
+    serve_incoming(core, grpc::incoming(listener), shutdown, &what).await
+}
+
+/// [`serve`] over any stream of accepted connections (see [`grpc::serve_incoming`]).
+pub async fn serve_incoming<S: ShardStore, I, IO, IE>(
+    core: ShardCore<S>,
+    incoming: I,
+    shutdown: CancellationToken,
+    what: &str,
+) -> Result<(), GrpcError>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = crate::limits::message_limit(core.me().max_entry_bytes as usize);
     let service = ShardService::new(core, shutdown.clone());
     // Decoding is bounded by the entry limit; encoding is not: a `Dump` message carries one
@@ -421,5 +446,5 @@ pub async fn serve<S: ShardStore>(
             crate::limits::MAX_MAX_ENTRY_BYTES,
         ));
     let router = grpc::router("logplayer.v1.Shard").await?.add_service(shard);
-    grpc::serve(router, listener, shutdown, "shard").await
+    grpc::serve_incoming(router, incoming, shutdown, what).await
 }
