@@ -2,8 +2,9 @@
 //! group commit), two real shards (redb), and the real player, each a simulated host running
 //! its real tonic server or client over the simulation's network, with a writer appending
 //! non-idempotent transactions. Each seed drives a fault schedule — partitions between the
-//! player and a shard or the log, shard hosts crashed and restarted, message latency — and
-//! ends with the exactly-once check (every shard's state against what the log implies).
+//! player and a shard or the log, shard hosts crashed and restarted, message latency — until
+//! the writer's appends are in; then faults stop, everything comes back, and the seed ends
+//! with the exactly-once check (every shard's state against what the log implies).
 //!
 //! ```sh
 //! cargo test --release --test sim -- --nocapture                 # seeds 0..500 (CI)
@@ -45,7 +46,9 @@ type HostResult = Result<(), Box<dyn std::error::Error>>;
 const LOG_PORT: u16 = 7000;
 const SHARD_PORT: u16 = 7001;
 const SHARDS: usize = 2;
-const ENTRIES: u64 = 60;
+const ENTRIES: u64 = 150;
+/// Simulation steps between two fault decisions.
+const FAULT_EVERY: u64 = 40;
 
 /// A connection the simulated network accepted, as tonic's server wants it.
 struct Accepted(turmoil::net::TcpStream);
@@ -194,6 +197,10 @@ fn run_seed(seed: u64) -> Result<Run, String> {
         player.run().await?;
         HostResult::Ok(())
     });
+    // Set by the writer once its appends are in: faults stop, and what is down comes back,
+    // before the exactly-once check reads every shard.
+    let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appended = quiet.clone();
     sim.client("writer", async move {
         let log = loop {
             match Log::connect(&format!("log:{LOG_PORT}")).await {
@@ -209,8 +216,10 @@ fn run_seed(seed: u64) -> Result<Run, String> {
                 Ok(_) => i += 1,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        appended.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let report = check(&log, &shard_map(), Duration::from_secs(60)).await?;
         if !report.pass {
             return Err(format!("exactly-once violated:\n{report}").into());
@@ -220,6 +229,7 @@ fn run_seed(seed: u64) -> Result<Run, String> {
     let mut faults = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut down: Option<String> = None;
     let mut run = Run::default();
+    let mut healed = false;
     let mut trace = std::hash::DefaultHasher::new();
     loop {
         use std::hash::{Hash, Hasher};
@@ -234,14 +244,23 @@ fn run_seed(seed: u64) -> Result<Run, String> {
             Err(e) => return Err(e.to_string()),
         }
         run.steps += 1;
-        if run.steps % 200 != 0 {
+        let stop = quiet.load(std::sync::atomic::Ordering::SeqCst);
+        if stop {
+            if let Some(host) = down.take() {
+                sim.bounce(host.as_str());
+            }
+            if !healed {
+                heal(&mut sim);
+                healed = true;
+            }
+            continue;
+        }
+        if run.steps % FAULT_EVERY != 0 {
             continue;
         }
         if let Some(host) = down.take() {
             sim.bounce(host.as_str());
-            sim.repair("player", "s0");
-            sim.repair("player", "s1");
-            sim.repair("player", "log");
+            heal(&mut sim);
             continue;
         }
         let fault = faults.random_range(0..6);
@@ -264,6 +283,13 @@ fn run_seed(seed: u64) -> Result<Run, String> {
             }
             _ => {}
         }
+    }
+}
+
+/// Repairs every partition the schedule can make.
+fn heal(sim: &mut turmoil::Sim<'_>) {
+    for host in ["s0", "s1", "log"] {
+        sim.repair("player", host);
     }
 }
 
