@@ -9,7 +9,7 @@
 //! ```sh
 //! cargo test --release --test sim -- --nocapture                 # seeds 0..500 (CI)
 //! LOGPLAYER_SIM_SEED=17 cargo test --release --test sim -- --nocapture   # one seed
-//! LOGPLAYER_SIM_SEEDS=100000 cargo test --release --test sim     # a long run (~8 h)
+//! LOGPLAYER_SIM_SEEDS=100000 cargo test --release --test sim     # a long run (~7 h)
 //! ```
 //!
 //! Not yet deterministic: the same seed can run differently twice (see the ignored test at
