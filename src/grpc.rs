@@ -269,6 +269,27 @@ pub async fn router(
         .add_service(v1alpha))
 }
 
+/// A connection a server accepted, as tonic serves it: TCP's, or another transport's
+/// (a simulated network, TLS).
+pub trait AcceptedIo:
+    tokio::io::AsyncRead
+    + tokio::io::AsyncWrite
+    + tonic::transport::server::Connected<ConnectInfo: Clone + Send + Sync + 'static>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+impl<T> AcceptedIo for T where
+    T: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected<ConnectInfo: Clone + Send + Sync + 'static>
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// Serves `router` on `incoming` (accepted connections: [`incoming`] for TCP, or another
 /// transport — the seam where a simulated network or TLS plugs in) until `shutdown` is
 /// cancelled, then stops accepting and gives open streams [`DRAIN_DEADLINE`] to finish
@@ -292,13 +313,7 @@ where
     <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
         Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     I: futures::Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IO: AcceptedIo,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let server = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

@@ -427,13 +427,7 @@ pub async fn serve_incoming<S: ShardStore, I, IO, IE>(
 ) -> Result<(), GrpcError>
 where
     I: futures::Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IO: grpc::AcceptedIo,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = crate::limits::message_limit(core.me().max_entry_bytes as usize);
