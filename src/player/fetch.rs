@@ -92,7 +92,7 @@ impl Shared {
 
     /// The main stream, for the life of the player (reconnecting as needed).
     pub(super) async fn fetcher(self: Arc<Self>) {
-        let mut retry = backoff(&self.config);
+        let mut retry = backoff(&self.config, "fetcher");
         while !self.shutdown.is_cancelled() {
             let from = lock(&self.dispatch).current_index + 1;
             let result: Result<(), tonic::Status> = async {
@@ -121,7 +121,7 @@ impl Shared {
                         });
                         return Ok(());
                     }
-                    retry = backoff(&self.config);
+                    retry = backoff(&self.config, "fetcher");
                     if self.stats.metrics.clear_problem(MAIN_STREAM) {
                         self.stats.metrics.read_stalled.set(0);
                         tracing::info!("the main stream reads again");

@@ -74,6 +74,9 @@ pub struct PlayerConfig {
     pub checkpoint_interval: Duration,
     /// After each checkpoint, let the LogStore drop segments below the lowest cursor.
     pub retain_log: bool,
+    /// Seed of the retry loops' jitter, for a run that must replay (a simulation); `None`
+    /// (the default) seeds it at random.
+    pub jitter_seed: Option<u64>,
 }
 
 impl PlayerConfig {
@@ -95,6 +98,7 @@ impl PlayerConfig {
             startup_probe: Duration::from_secs(1),
             checkpoint_interval: Duration::from_secs(1),
             retain_log: false,
+            jitter_seed: None,
         }
     }
 
@@ -225,16 +229,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Waits between retries: exponential from `backoff_min` to `backoff_max`, with jitter so
 /// that many shards reconnecting at once spread out; never gives up (the loops using it
 /// stop on shutdown). A loop takes a new one after a success.
-fn backoff(config: &PlayerConfig) -> Backoff {
+///
+/// `what` names the loop; with [`PlayerConfig::jitter_seed`] set, each loop draws its
+/// jitter from that seed mixed with its name (reproducible, yet not in lockstep).
+fn backoff(config: &PlayerConfig, what: &str) -> Backoff {
     use backon::BackoffBuilder as _;
+    use std::hash::{Hash, Hasher};
+    let mut builder = backon::ExponentialBuilder::default()
+        .with_min_delay(config.backoff_min)
+        .with_max_delay(config.backoff_max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    if let Some(seed) = config.jitter_seed {
+        // SipHash with fixed keys: the same name gives the same salt in every process.
+        let mut salt = std::hash::DefaultHasher::new();
+        what.hash(&mut salt);
+        builder = builder.with_jitter_seed(seed ^ salt.finish());
+    }
     Backoff {
-        delays: backon::ExponentialBuilder::default()
-            .with_min_delay(config.backoff_min)
-            .with_max_delay(config.backoff_max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build(),
+        delays: builder.build(),
         max: config.backoff_max,
     }
 }
@@ -398,7 +412,7 @@ async fn log_bounds(
     config: &PlayerConfig,
     shutdown: &CancellationToken,
 ) -> Option<crate::proto::BoundsResponse> {
-    let mut retry = backoff(config);
+    let mut retry = backoff(config, "bounds");
     loop {
         match log.clone().bounds(BoundsRequest {}).await {
             Ok(b) => return Some(b.into_inner()),

@@ -16,7 +16,7 @@ impl Shared {
         let target = &self.targets[t];
         let (mut from, mut to) = (rec.from, rec.to);
         let mut prev = from - 1;
-        let mut retry = backoff(&self.config);
+        let mut retry = backoff(&self.config, &format!("recovery {}", target.id));
         tracing::info!(shard = %target.id, term = rec.term, from, to, "recovery started");
         loop {
             if self.shutdown.is_cancelled() {
@@ -40,7 +40,7 @@ impl Shared {
                     continue;
                 }
             }
-            retry = backoff(&self.config);
+            retry = backoff(&self.config, &format!("recovery {}", target.id));
             // The range is read: close it with a watermark at `to`.
             let wm = ShardEntry {
                 index: to,

@@ -21,11 +21,11 @@ impl Shared {
     /// Keeps one shard's delivery stream up for the life of the player.
     pub(super) async fn sender(self: Arc<Self>, t: usize) {
         let target = &self.targets[t];
-        let mut retry = backoff(&self.config);
+        let mut retry = backoff(&self.config, &format!("sender {}", target.id));
         while !self.shutdown.is_cancelled() {
             let mut slow = false;
             match self.deliver_session(t).await {
-                Ok(()) => retry = backoff(&self.config),
+                Ok(()) => retry = backoff(&self.config, &format!("sender {}", target.id)),
                 Err(SessionEnd::Fenced { message, highest }) => {
                     self.fail(PlayerError::Fenced {
                         shard: target.id.clone(),
