@@ -30,6 +30,7 @@ pub mod blocking;
 pub mod cli;
 pub mod client;
 pub mod crd;
+pub mod disk;
 pub mod grpc;
 pub mod harness;
 pub mod lease;

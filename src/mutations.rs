@@ -21,16 +21,20 @@ pub enum Mutation {
     QueueIgnoresTerms,
     /// Retention ignores one shard's cursor.
     RetentionIgnoresCursor,
+    /// The WAL acknowledges appends without syncing them (only a power loss shows it: the
+    /// simulated disk of `tests/sim.rs`).
+    LogSkipsFsync,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 6] = [
+    pub const ALL: [Mutation; 7] = [
         Mutation::ShardIgnoresEpochs,
         Mutation::ShardAcceptsGaps,
         Mutation::ShardReapplies,
         Mutation::ShardSplitCommit,
         Mutation::QueueIgnoresTerms,
         Mutation::RetentionIgnoresCursor,
+        Mutation::LogSkipsFsync,
     ];
 
     /// The value of `LOGPLAYER_MUTATION` that turns it on.
@@ -42,6 +46,7 @@ impl Mutation {
             Mutation::ShardSplitCommit => "shard-split-commit",
             Mutation::QueueIgnoresTerms => "queue-ignores-terms",
             Mutation::RetentionIgnoresCursor => "retention-ignores-cursor",
+            Mutation::LogSkipsFsync => "log-skips-fsync",
         }
     }
 }

@@ -2,19 +2,20 @@
 //! group commit), two real shards (redb), and two real player replicas contending for a lease,
 //! each a simulated host running its real tonic server or client over the simulation's
 //! network, with a writer appending non-idempotent transactions. Each seed drives a fault
-//! schedule — partitions between a replica and a shard or the log, shard and replica hosts
-//! crashed and restarted, the leader cut off from the lease store while the other replica
-//! takes over, message latency — until the writer's appends are in; then faults stop,
+//! schedule — partitions between a replica and a shard or the log, the LogStore, shard and
+//! replica hosts crashed and restarted, the leader cut off from the lease store while the
+//! other replica takes over, message latency — until the writer's appends are in; then faults stop,
 //! everything comes back, and the seed ends with the exactly-once check (every shard's state
 //! against what the log implies). Replica `p1` keeps sending after it loses the lease, as a
 //! paused process would, so only the shards' fencing stops it; an observer polls the shards'
 //! statistics and fails the seed if one commits under an epoch below one it has seen.
 //!
 //! ```sh
-//! cargo test --release --test sim -- --nocapture                        # seeds 0..500 (CI)
-//! LOGPLAYER_SIM_SEED=17 cargo test --release --test sim -- --nocapture  # one seed
-//! LOGPLAYER_SIM_SEEDS=100000 cargo test --release --test sim            # a long run (~6 h on 2 cores)
-//! RUST_LOG=info LOGPLAYER_SIM_SEED=17 cargo test --release --test sim -- --nocapture  # what it logs
+//! F="--release --features mutations,sim-disk"
+//! cargo test $F --test sim -- --nocapture                        # seeds 0..500 and the switches (CI)
+//! LOGPLAYER_SIM_SEED=17 cargo test $F --test sim -- --nocapture  # one seed
+//! LOGPLAYER_SIM_SEEDS=100000 cargo test $F --test sim -- --nocapture every_seed   # ~4 h on 2 cores
+//! RUST_LOG=info LOGPLAYER_SIM_SEED=17 cargo test $F --test sim -- --nocapture  # what it logs
 //! ```
 //!
 //! Deterministic: each seed runs in a process of its own (`LOGPLAYER_SIM_JOBS` at a time,
@@ -32,10 +33,15 @@
 //! fencing off and shows that some seed of the CI range fails.
 //!
 //! What is simulated: the network (latency, partitions), the clock (tokio time inside each
-//! host; the lease's expiry), host crashes (a crashed host loses its process state; its
-//! files stay, as after a process crash). Not yet: disk faults (unsynced writes lost on
-//! power loss, torn writes, a full disk), which need the WAL and redb on turmoil's simulated
-//! disk.
+//! host; the lease's expiry), host crashes, and — with the `sim-disk` feature, as in CI —
+//! the disk: the WAL and redb run on turmoil's simulated disk (`logplayer::disk`), where a
+//! crash is a power loss (every write not yet synced is gone; a pending write survives only
+//! as a prefix of whole 512-byte blocks, a torn write). Without the feature a crash keeps
+//! every written byte, as a process crash does. With both features,
+//! `a_log_skipping_fsync_fails_some_seed` shows the simulated disk biting: a WAL that
+//! acknowledges before it syncs fails a seed. Not simulated: I/O errors and a full disk
+//! (after a WAL I/O error the LogStore refuses appends until restarted, which the
+//! simulation would have to do as a supervisor).
 
 use std::io;
 use std::pin::Pin;
@@ -294,12 +300,20 @@ fn run_seed(seed: u64) -> Result<Run, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let events = EventTrace::default();
     let _subscribed = subscribe(&events);
-    let mut sim = turmoil::Builder::new()
+    let mut builder = turmoil::Builder::new();
+    builder
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(300))
         .min_message_latency(Duration::from_micros(100))
-        .max_message_latency(Duration::from_millis(5))
-        .build();
+        .max_message_latency(Duration::from_millis(5));
+    // On the simulated disk, a crash loses every write not yet synced, and a pending write
+    // survives only as a prefix of whole 512-byte blocks (a torn write).
+    #[cfg(feature = "sim-disk")]
+    builder.fs().block_size(512);
+    let mut sim = builder.build();
+    // Dropped before `sim` (declared after it): the hosts' teardown must not reach for a
+    // disk that no longer exists outside the simulation.
+    let _teardown = PowerCutAtEnd;
     let log_dir = dir.path().join("log");
     sim.host("log", move || {
         let dir = log_dir.clone();
@@ -477,12 +491,12 @@ fn run_seed(seed: u64) -> Result<Run, String> {
         match fault {
             0 | 1 => {
                 let host = format!("s{}", faults.random_range(0..SHARDS));
-                sim.crash(host.as_str());
+                crash(&mut sim, host.as_str());
                 down = Some(host);
                 run.crashes += 1;
             }
             2 => {
-                sim.crash(player.as_str());
+                crash(&mut sim, player.as_str());
                 down = Some(player);
                 run.crashes += 1;
             }
@@ -505,6 +519,11 @@ fn run_seed(seed: u64) -> Result<Run, String> {
                     cut_until[p] = run.steps + CUT_STEPS;
                     run.lease_cuts += 1;
                 }
+            }
+            6 => {
+                crash(&mut sim, "log");
+                down = Some("log".to_owned());
+                run.crashes += 1;
             }
             _ => {}
         }
@@ -567,6 +586,26 @@ async fn observe_fencing(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Cuts the simulated disk's power when dropped (see [`logplayer::disk`]).
+struct PowerCutAtEnd;
+
+impl Drop for PowerCutAtEnd {
+    fn drop(&mut self) {
+        #[cfg(feature = "sim-disk")]
+        logplayer::disk::power_cut(true);
+    }
+}
+
+/// Crashes `host` as a power loss would: on the simulated disk (`sim-disk`), what it wrote
+/// but did not sync is gone, and its destructors cannot write on the way down.
+fn crash(sim: &mut turmoil::Sim<'_>, host: &str) {
+    #[cfg(feature = "sim-disk")]
+    logplayer::disk::power_cut(true);
+    sim.crash(host);
+    #[cfg(feature = "sim-disk")]
+    logplayer::disk::power_cut(false);
 }
 
 /// Repairs every partition the schedule can make.
@@ -739,15 +778,23 @@ fn every_seed_ends_exactly_once() {
     let total = match run_seeds(n) {
         Ok(total) => total,
         Err((seed, output)) => {
-            let rerun = match std::env::var(logplayer::mutations::ENV) {
-                Ok(m) => format!(
-                    "{}={m} {SEED_VAR}={seed} cargo test --release --features mutations --test sim -- --nocapture",
-                    logplayer::mutations::ENV
-                ),
-                Err(_) => {
-                    format!("{SEED_VAR}={seed} cargo test --release --test sim -- --nocapture")
-                }
+            let features: Vec<&str> = [
+                (cfg!(feature = "mutations"), "mutations"),
+                (cfg!(feature = "sim-disk"), "sim-disk"),
+            ]
+            .into_iter()
+            .filter_map(|(on, f)| on.then_some(f))
+            .collect();
+            let features = match features.is_empty() {
+                true => String::new(),
+                false => format!(" --features {}", features.join(",")),
             };
+            let mutation = std::env::var(logplayer::mutations::ENV)
+                .map(|m| format!("{}={m} ", logplayer::mutations::ENV))
+                .unwrap_or_default();
+            let rerun = format!(
+                "{mutation}{SEED_VAR}={seed} cargo test --release{features} --test sim -- --nocapture"
+            );
             panic!("seed {seed} failed (rerun: {rerun}):\n{output}")
         }
     };
@@ -766,16 +813,15 @@ fn every_seed_ends_exactly_once() {
     );
 }
 
-/// With the shards' fencing check off (the `shard-ignores-epochs` mutation, which the
-/// children inherit), some seed of the CI range fails: the simulation sees what fencing is
-/// for.
+/// Runs the CI range with `mutation` on (the children inherit it) and returns the line
+/// naming the seed that failed; panics if none did, or if the failure is not one of
+/// `because`.
 #[cfg(feature = "mutations")]
-#[test]
-fn a_shard_ignoring_epochs_fails_some_seed() {
+fn some_seed_fails(mutation: &str, because: &[&str]) -> String {
     let exe = std::env::current_exe().expect("the test binary's path");
     let out = std::process::Command::new(exe)
         .args(["--exact", "every_seed_ends_exactly_once", "--nocapture"])
-        .env(logplayer::mutations::ENV, "shard-ignores-epochs")
+        .env(logplayer::mutations::ENV, mutation)
         .env_remove(SEED_VAR)
         .env("LOGPLAYER_SIM_SEEDS", "500")
         .output()
@@ -788,15 +834,36 @@ fn a_shard_ignoring_epochs_fails_some_seed() {
     let failed = text.lines().find(|l| l.contains("failed (rerun:"));
     assert!(
         !out.status.success() && failed.is_some(),
-        "no seed noticed shards that ignore epochs:\n{text}"
+        "no seed noticed {mutation}:\n{text}"
     );
     assert!(
-        text.contains("under a stale epoch") || text.contains("exactly-once violated"),
-        "a seed failed, but not for the broken fencing:\n{text}"
+        because.iter().any(|b| text.contains(b)),
+        "a seed failed with {mutation} on, but not for it:\n{text}"
     );
-    println!(
-        "sim: with shard-ignores-epochs on, {}",
-        failed.unwrap_or_default()
+    let failed = failed.unwrap_or_default().to_owned();
+    println!("sim: with {mutation} on, {failed}");
+    failed
+}
+
+/// With the shards' fencing check off, some seed of the CI range fails: the simulation sees
+/// what fencing is for.
+#[cfg(feature = "mutations")]
+#[test]
+fn a_shard_ignoring_epochs_fails_some_seed() {
+    some_seed_fails(
+        "shard-ignores-epochs",
+        &["under a stale epoch", "exactly-once violated"],
+    );
+}
+
+/// With the WAL acknowledging appends it has not synced, some seed fails: the simulated
+/// disk loses unsynced writes on a crash, so a shard ends up holding entries the log lost.
+#[cfg(all(feature = "mutations", feature = "sim-disk"))]
+#[test]
+fn a_log_skipping_fsync_fails_some_seed() {
+    some_seed_fails(
+        "log-skips-fsync",
+        &["exactly-once violated", "WAL corruption"],
     );
 }
 

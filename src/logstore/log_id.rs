@@ -49,7 +49,7 @@ pub fn load_or_create(dir: &Path, empty: bool) -> Result<(String, bool), LogIdEr
         let path = path.to_path_buf();
         move |source| LogIdError::Io { path, source }
     };
-    match std::fs::read_to_string(&path) {
+    match crate::disk::read_to_string(&path) {
         Ok(text) => match parse(&text) {
             Some(id) => Ok((id, false)),
             None => Err(LogIdError::Invalid {
@@ -63,14 +63,12 @@ pub fn load_or_create(dir: &Path, empty: bool) -> Result<(String, bool), LogIdEr
                 tracing::warn!(log_id = %id, dir = %dir.display(), "this log has entries but no id file; assigning a new id. Shards that applied from it before log ids existed adopt it; shards bound to an earlier id of this log (if the file was removed) refuse it until `shard reset-log`");
             }
             let tmp = dir.join(format!("{LOG_ID_FILE}.tmp"));
-            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            let mut f = crate::disk::File::create(&tmp).map_err(io(&tmp))?;
             f.write_all(format!("{id}\n").as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io(&path))?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            crate::disk::rename(&tmp, &path).map_err(io(&path))?;
+            crate::disk::sync_dir(dir).map_err(io(dir))?;
             Ok((id, true))
         }
         Err(e) => Err(io(&path)(e)),

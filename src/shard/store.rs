@@ -40,9 +40,9 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        crate::disk::create_dir_all(dir).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(backend)?;
+        let db = crate::disk::open_redb(&path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(DATA).map_err(backend)?;

@@ -4,8 +4,8 @@
 use super::{
     RECORD_HEADER_LEN, Shared, SharedLock, WalError, corruption, io_err, read_lock, record_crc,
 };
+use crate::disk::File;
 use std::fmt;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;

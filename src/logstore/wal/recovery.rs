@@ -2,7 +2,7 @@
 //! telling a torn tail (cut back) from corruption anywhere else (an error naming the file
 //! and byte offset).
 
-use std::fs::{File, OpenOptions};
+use crate::disk::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -76,7 +76,7 @@ pub(super) fn scan_segment(
     max: u32,
 ) -> Result<Scan, WalError> {
     let file_len = file.metadata().map_err(io_err(path))?.len();
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut reader = BufReader::with_capacity(256 * 1024, crate::disk::ReadFrom::start(file));
 
     if let Some(torn_header) = check_header(path, &mut reader, file_len, is_last)? {
         return Ok(torn_header);

@@ -6,7 +6,7 @@ use super::{
     SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, WalError, corruption,
     io_err,
 };
-use std::fs::{self, File, OpenOptions};
+use crate::disk::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -57,8 +57,8 @@ pub(super) fn write_lock(shared: &SharedLock) -> RwLockWriteGuard<'_, Shared> {
 }
 
 /// The seam through which the writer's appends touch the disk, so tests can
-/// inject failures. Segment creation, recovery at open and removal use std
-/// directly.
+/// inject failures. Segment creation, recovery at open and removal use
+/// [`crate::disk`] directly.
 pub(super) trait SegmentIo: Send {
     fn write_all_at(&mut self, file: &File, buf: &[u8], offset: u64) -> io::Result<()>;
     fn sync_data(&mut self, file: &File) -> io::Result<()>;
@@ -82,7 +82,7 @@ impl SegmentIo for StdIo {
 }
 
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    disk::sync_dir(dir)
 }
 
 pub(super) fn record_crc(len_bytes: &[u8], payload: &[u8]) -> u32 {
@@ -136,7 +136,7 @@ impl Staged {
 /// Segment files in `dir`, sorted by first index.
 pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+    for entry in disk::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let path = entry.path();
         let name = entry.file_name();

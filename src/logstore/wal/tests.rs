@@ -574,7 +574,12 @@ struct FaultyIo {
 }
 
 impl SegmentIo for FaultyIo {
-    fn write_all_at(&mut self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_all_at(
+        &mut self,
+        file: &crate::disk::File,
+        buf: &[u8],
+        offset: u64,
+    ) -> io::Result<()> {
         if self.half_write.load(Ordering::SeqCst) {
             file.write_all_at(&buf[..buf.len() / 2], offset)?;
             return Err(io::Error::other("injected write failure"));
@@ -582,7 +587,7 @@ impl SegmentIo for FaultyIo {
         file.write_all_at(buf, offset)
     }
 
-    fn sync_data(&mut self, file: &File) -> io::Result<()> {
+    fn sync_data(&mut self, file: &crate::disk::File) -> io::Result<()> {
         if self.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected sync_data failure"));
         }

@@ -1,0 +1,136 @@
+//! The file system the stores keep their data on: the LogStore's WAL segments and log id, the
+//! shard's redb file. Normally the machine's (`std::fs`). With the cargo feature `sim-disk`,
+//! turmoil's simulated disk instead, for the deterministic simulation (`tests/sim.rs`): there
+//! a host crash loses what was written but not synced, and writes can tear at block
+//! boundaries. That disk exists only inside a simulation (outside one its calls panic), so
+//! the feature is for building that test alone, never a server.
+//!
+//! A compile-time switch rather than a trait object: the stores call these few functions on
+//! every write, and the simulated disk has to look like `std::fs` to redb and the WAL alike.
+
+use std::io;
+use std::path::Path;
+
+#[cfg(not(feature = "sim-disk"))]
+pub use std::fs::{
+    File, OpenOptions, create_dir_all, read_dir, read_to_string, remove_file, rename,
+};
+#[cfg(feature = "sim-disk")]
+pub use turmoil::fs::shim::std::fs::{
+    File, OpenOptions, create_dir_all, read_dir, read_to_string, remove_file, rename,
+};
+
+/// Makes the directory's entries (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(not(feature = "sim-disk"))]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(feature = "sim-disk")]
+    {
+        turmoil::fs::shim::std::fs::sync_dir(dir)
+    }
+}
+
+/// Opens (creating if needed) the redb database at `path` on this disk.
+pub fn open_redb(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    #[cfg(not(feature = "sim-disk"))]
+    {
+        redb::Database::create(path)
+    }
+    #[cfg(feature = "sim-disk")]
+    {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        redb::Builder::new().create_with_backend(sim::RedbFile(file))
+    }
+}
+
+#[cfg(feature = "sim-disk")]
+pub use sim::power_cut;
+
+#[cfg(feature = "sim-disk")]
+mod sim {
+    //! redb's storage backend over a file of the simulated disk (redb's own `FileBackend`
+    //! takes a `std::fs::File`), and the power cut that keeps a crashed host's destructors
+    //! off the disk.
+
+    use redb::StorageBackend;
+    use std::io;
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static POWER_CUT: AtomicBool = AtomicBool::new(false);
+
+    /// While `true`, every redb call on the simulated disk fails without touching it. A
+    /// simulation sets it while it crashes a host (tearing down a host's software runs its
+    /// destructors, and redb's closes the file cleanly, writing and syncing what a crashed
+    /// process never would) and before it drops the simulation (outside one, the disk
+    /// cannot be reached).
+    pub fn power_cut(on: bool) {
+        POWER_CUT.store(on, Ordering::SeqCst);
+    }
+
+    fn powered() -> io::Result<()> {
+        if POWER_CUT.load(Ordering::SeqCst) {
+            return Err(io::Error::other("simulated power cut"));
+        }
+        Ok(())
+    }
+
+    #[derive(Debug)]
+    pub(super) struct RedbFile(pub(super) super::File);
+
+    impl StorageBackend for RedbFile {
+        fn len(&self) -> io::Result<u64> {
+            powered()?;
+            Ok(self.0.metadata()?.len())
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            powered()?;
+            self.0.read_exact_at(out, offset)
+        }
+
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            powered()?;
+            self.0.set_len(len)
+        }
+
+        fn sync_data(&self) -> io::Result<()> {
+            powered()?;
+            self.0.sync_data()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            powered()?;
+            self.0.write_all_at(data, offset)
+        }
+    }
+}
+
+/// Reads a shared file from the start, by position (std's `&File` reads, the simulated
+/// disk's does not; both read at an offset).
+pub struct ReadFrom<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl<'a> ReadFrom<'a> {
+    pub fn start(file: &'a File) -> Self {
+        ReadFrom { file, offset: 0 }
+    }
+}
+
+impl io::Read for ReadFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
