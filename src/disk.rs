@@ -20,6 +20,18 @@ pub use turmoil::fs::shim::std::fs::{
     File, OpenOptions, create_dir_all, read_dir, read_to_string, remove_file, rename,
 };
 
+/// Whether `path` exists.
+pub fn exists(path: &Path) -> io::Result<bool> {
+    #[cfg(not(feature = "sim-disk"))]
+    {
+        std::fs::exists(path)
+    }
+    #[cfg(feature = "sim-disk")]
+    {
+        Ok(turmoil::fs::shim::std::fs::exists(path))
+    }
+}
+
 /// Makes the directory's entries (files created, renamed or removed in it) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(not(feature = "sim-disk"))]

@@ -39,9 +39,10 @@
 //! as a prefix of whole 512-byte blocks, a torn write). Without the feature a crash keeps
 //! every written byte, as a process crash does. With both features,
 //! `a_log_skipping_fsync_fails_some_seed` shows the simulated disk biting: a WAL that
-//! acknowledges before it syncs fails a seed. Not simulated: I/O errors and a full disk
-//! (after a WAL I/O error the LogStore refuses appends until restarted, which the
-//! simulation would have to do as a supervisor).
+//! acknowledges before it syncs fails a seed. Disk I/O errors too (0.05% of the disk's
+//! operations fail): a LogStore whose WAL failed and a shard whose store failed stop with an
+//! error, and each host's software runs under a supervisor that restarts it (and gives up,
+//! failing the seed, after the same error 20 starts in a row). Not simulated: a full disk.
 
 use std::io;
 use std::pin::Pin;
@@ -221,6 +222,8 @@ struct Run {
     crashes: u32,
     partitions: u32,
     lease_cuts: u32,
+    /// Servers that stopped on a disk error and were restarted by their supervisor.
+    restarts: u32,
     /// Stale-epoch requests the shards refused (counted since each shard's last restart).
     fenced: u64,
     /// The lease's last epoch: how many times a replica took the lease.
@@ -309,49 +312,17 @@ fn run_seed(seed: u64) -> Result<Run, String> {
     // On the simulated disk, a crash loses every write not yet synced, and a pending write
     // survives only as a prefix of whole 512-byte blocks (a torn write).
     #[cfg(feature = "sim-disk")]
-    builder.fs().block_size(512);
+    builder.fs().block_size(512).io_error_probability(0.0005);
     let mut sim = builder.build();
     // Dropped before `sim` (declared after it): the hosts' teardown must not reach for a
     // disk that no longer exists outside the simulation.
     let _teardown = PowerCutAtEnd;
     let log_dir = dir.path().join("log");
-    sim.host("log", move || {
-        let dir = log_dir.clone();
-        async move {
-            let (log, _) = LogStore::open(LogStoreConfig::new(dir))?;
-            let incoming = listen(LOG_PORT).await?;
-            logplayer::logstore::service::serve_incoming(
-                log,
-                incoming,
-                CancellationToken::new(),
-                "logstore",
-            )
-            .await?;
-            HostResult::Ok(())
-        }
-    });
+    sim.host("log", move || supervised("log", serve_log(log_dir.clone())));
     for s in 0..SHARDS {
         let shard_dir = dir.path().join(format!("s{s}"));
         sim.host(format!("s{s}"), move || {
-            let dir = shard_dir.clone();
-            async move {
-                let store = RedbStore::open(&dir)?;
-                let me = ShardSelf {
-                    id: format!("s{s}"),
-                    addr: format!("s{s}:{SHARD_PORT}"),
-                    max_entry_bytes: logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
-                };
-                let core = ShardCore::open(store, me)?;
-                let incoming = listen(SHARD_PORT).await?;
-                logplayer::shard::service::serve_incoming(
-                    core,
-                    incoming,
-                    CancellationToken::new(),
-                    "shard",
-                )
-                .await?;
-                HostResult::Ok(())
-            }
+            supervised("shard", serve_shard(s, shard_dir.clone()))
         });
     }
     let record = Arc::new(std::sync::Mutex::new(LeaseRecord::default()));
@@ -451,6 +422,7 @@ fn run_seed(seed: u64) -> Result<Run, String> {
                 }
                 run.trace = trace.finish();
                 run.fenced = fenced.load(std::sync::atomic::Ordering::SeqCst);
+                run.restarts = RESTARTS.load(std::sync::atomic::Ordering::SeqCst);
                 run.epochs = record.lock().map(|r| r.epoch).unwrap_or_default();
                 return Ok(run);
             }
@@ -588,6 +560,96 @@ async fn observe_fencing(
     }
 }
 
+/// The LogStore host's software: open the log, serve it until it stops.
+fn serve_log(
+    dir: std::path::PathBuf,
+) -> impl Fn() -> futures::future::BoxFuture<'static, HostResult> {
+    move || {
+        let dir = dir.clone();
+        Box::pin(async move {
+            let (log, _) = LogStore::open(LogStoreConfig::new(dir))?;
+            let incoming = listen(LOG_PORT).await?;
+            logplayer::logstore::service::serve_incoming(
+                log,
+                incoming,
+                CancellationToken::new(),
+                "logstore",
+            )
+            .await?;
+            HostResult::Ok(())
+        })
+    }
+}
+
+/// Shard `s`'s software: open its store, serve it until it stops.
+fn serve_shard(
+    s: usize,
+    dir: std::path::PathBuf,
+) -> impl Fn() -> futures::future::BoxFuture<'static, HostResult> {
+    move || {
+        let dir = dir.clone();
+        Box::pin(async move {
+            let store = RedbStore::open(&dir)?;
+            let me = ShardSelf {
+                id: format!("s{s}"),
+                addr: format!("s{s}:{SHARD_PORT}"),
+                max_entry_bytes: logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+            };
+            let core = ShardCore::open(store, me)?;
+            let incoming = listen(SHARD_PORT).await?;
+            logplayer::shard::service::serve_incoming(
+                core,
+                incoming,
+                CancellationToken::new(),
+                "shard",
+            )
+            .await?;
+            HostResult::Ok(())
+        })
+    }
+}
+
+/// Starts failing with the same error after which [`supervised`] gives up.
+const GIVE_UP_AFTER: u32 = 20;
+
+/// Each host's last failure and how many starts in a row ended with it.
+static LAST_FAILURE: std::sync::Mutex<std::collections::BTreeMap<&str, (String, u32)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Restarts by [`supervised`] in this process (one seed per process).
+static RESTARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Runs a host's software as its supervisor (Kubernetes) would: when it exits with an
+/// error (a disk error at open, a WAL that failed), it starts again after a pause.
+async fn supervised(
+    what: &'static str,
+    software: impl Fn() -> futures::future::BoxFuture<'static, HostResult>,
+) -> HostResult {
+    loop {
+        match software().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // What restarts do not cure (a corrupt WAL) ends the host, and the seed:
+                // the same error, start after start, across the schedule's crashes too.
+                let message = e.to_string();
+                let same = {
+                    let mut last = LAST_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = last.entry(what).or_default();
+                    entry.1 = if entry.0 == message { entry.1 + 1 } else { 1 };
+                    entry.0 = message;
+                    entry.1
+                };
+                if same >= GIVE_UP_AFTER {
+                    return Err(e);
+                }
+                RESTARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(host = what, error = %e, "exited; restarting it");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Cuts the simulated disk's power when dropped (see [`logplayer::disk`]).
 struct PowerCutAtEnd;
 
@@ -628,10 +690,11 @@ impl Run {
     /// The line a child prints for its parent.
     fn line(&self, seed: u64) -> String {
         format!(
-            "sim-run seed={seed} crashes={} partitions={} lease_cuts={} fenced={} epochs={} steps={} events={} trace={:016x}",
+            "sim-run seed={seed} crashes={} partitions={} lease_cuts={} restarts={} fenced={} epochs={} steps={} events={} trace={:016x}",
             self.crashes,
             self.partitions,
             self.lease_cuts,
+            self.restarts,
             self.fenced,
             self.epochs,
             self.steps,
@@ -651,6 +714,7 @@ impl Run {
             crashes: num("crashes")? as u32,
             partitions: num("partitions")? as u32,
             lease_cuts: num("lease_cuts")? as u32,
+            restarts: num("restarts")? as u32,
             fenced: num("fenced")?,
             epochs: num("epochs")?,
             steps: num("steps")?,
@@ -732,6 +796,7 @@ fn run_seeds(n: u64) -> Result<Run, (u64, String)> {
                             t.crashes += run.crashes;
                             t.partitions += run.partitions;
                             t.lease_cuts += run.lease_cuts;
+                            t.restarts += run.restarts;
                             t.fenced += run.fenced;
                             t.steps += run.steps;
                             t.events += run.events;
@@ -803,10 +868,11 @@ fn every_seed_ends_exactly_once() {
         "the fault schedule injected nothing, or no stale leader ever reached a shard: {total:?}"
     );
     println!(
-        "sim: {n} seeds, {} crashes, {} partitions, {} lease cut-offs, {} stale-epoch requests refused, each ended exactly once ({:.1?}, {} at a time)",
+        "sim: {n} seeds, {} crashes, {} partitions, {} lease cut-offs, {} restarts after disk errors, {} stale-epoch requests refused, each ended exactly once ({:.1?}, {} at a time)",
         total.crashes,
         total.partitions,
         total.lease_cuts,
+        total.restarts,
         total.fenced,
         started.elapsed(),
         jobs()

@@ -51,7 +51,7 @@ pub enum LogStoreError {
         sequence: u64,
         index: u64,
     },
-    #[error("append not durable: {0}; the LogStore refuses appends until restarted")]
+    #[error("append not durable: {0}; the LogStore refuses appends and stops, to be restarted")]
     NotDurable(String),
     #[error(transparent)]
     LogId(#[from] log_id::LogIdError),
@@ -133,6 +133,8 @@ pub struct LogStore {
     cache: Arc<RwLock<TailCache>>,
     log_id: Arc<str>,
     max_entry_bytes: usize,
+    /// Why the WAL failed, once it has (see [`LogStore::wal_failed`]).
+    failed: watch::Receiver<Option<String>>,
 }
 
 /// How to open a LogStore.
@@ -294,11 +296,13 @@ impl LogStore {
         let (jobs_tx, jobs_rx) = mpsc::channel(APPEND_QUEUE);
         let (head_tx, head_rx) = watch::channel(last);
         let cache = Arc::new(RwLock::new(cache));
+        let (failed_tx, failed_rx) = watch::channel(None);
         let writer = Writer {
             wal,
             writers,
             cache: cache.clone(),
             head: head_tx,
+            failed: failed_tx,
         };
         if crate::blocking::inline() {
             tokio::spawn(writer.run_inline(jobs_rx));
@@ -318,6 +322,7 @@ impl LogStore {
                 jobs: jobs_tx,
                 reader,
                 head: head_rx,
+                failed: failed_rx,
                 cache,
                 log_id: log_id.into(),
                 max_entry_bytes: config.max_entry_bytes,
@@ -376,6 +381,24 @@ impl LogStore {
     /// The log's id (see [`log_id`]).
     pub fn log_id(&self) -> &str {
         &self.log_id
+    }
+
+    /// Resolves with the reason once a WAL write has failed. From then on the WAL's state on
+    /// disk is unknown and every append is refused; only reopening (recovery) goes on, so a
+    /// server stops when this resolves. Pending forever if the WAL never fails.
+    pub fn wal_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut failed = self.failed.clone();
+        async move {
+            let reason = match failed.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone(),
+                // The writer is gone without failing: nothing will ever fail.
+                Err(_) => None,
+            };
+            match reason {
+                Some(reason) => reason,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// The largest entry this log accepts.
@@ -438,6 +461,7 @@ struct Writer {
     writers: HashMap<String, LastAppend>,
     cache: Arc<RwLock<TailCache>>,
     head: watch::Sender<u64>,
+    failed: watch::Sender<Option<String>>,
 }
 
 type AppendReply = oneshot::Sender<Result<Appended, LogStoreError>>;
@@ -495,8 +519,9 @@ impl Writer {
             return;
         }
         if let Err(e) = self.commit_group(group) {
-            tracing::error!(error = %e, "WAL write failed; the LogStore refuses appends until restarted");
+            tracing::error!(error = %e, "WAL write failed; the LogStore refuses appends and stops");
             *failed = Some(e.to_string());
+            self.failed.send_replace(Some(e.to_string()));
         }
     }
 

@@ -252,7 +252,7 @@ pub async fn serve(
     log: LogStore,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), GrpcError> {
+) -> Result<(), ServeError> {
     let what = match listener.local_addr() {
         Ok(addr) => format!("logstore on {addr}"),
         Err(_) => "logstore".to_owned(),
@@ -261,26 +261,53 @@ pub async fn serve(
 }
 
 /// [`serve`] over any stream of accepted connections (see [`grpc::serve_incoming`]).
+///
+/// Stops, with [`ServeError::WalFailed`], once a WAL write fails: appends are refused from
+/// then on and only a restart recovers, so the process should exit and its supervisor
+/// (Kubernetes) restart it rather than stay up refusing.
 pub async fn serve_incoming<I, IO, IE>(
     log: LogStore,
     incoming: I,
     shutdown: CancellationToken,
     what: &str,
-) -> Result<(), GrpcError>
+) -> Result<(), ServeError>
 where
     I: futures::Stream<Item = Result<IO, IE>>,
     IO: grpc::AcceptedIo,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = crate::limits::message_limit(log.max_entry_bytes());
+    let wal_failed = log.wal_failed();
+    let stop = shutdown.child_token();
     let svc = LogStoreServer::new(Service {
         log,
-        shutdown: shutdown.clone(),
+        shutdown: stop.clone(),
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
     let router = grpc::router("logplayer.v1.LogStore")
         .await?
         .add_service(svc);
-    grpc::serve_incoming(router, incoming, shutdown, what).await
+    let serve = grpc::serve_incoming(router, incoming, stop.clone(), what);
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => Ok(served?),
+        reason = wal_failed => {
+            tracing::error!(%reason, "the WAL failed: stopping, so that a restart recovers from what is on disk");
+            stop.cancel();
+            serve.await?;
+            Err(ServeError::WalFailed { reason })
+        }
+    }
+}
+
+/// Why a LogStore server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    #[error(
+        "the WAL failed ({reason}); restart the LogStore: opening it recovers from what is on disk"
+    )]
+    WalFailed { reason: String },
 }

@@ -53,6 +53,8 @@ pub struct ShardService<S: ShardStore> {
     highest_epoch: Arc<AtomicU64>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    /// Why the store failed, once it has (see [`ShardService::store_failed`]).
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl<S: ShardStore> Clone for ShardService<S> {
@@ -66,6 +68,7 @@ impl<S: ShardStore> Clone for ShardService<S> {
             highest_epoch: self.highest_epoch.clone(),
             stats: self.stats.clone(),
             shutdown: self.shutdown.clone(),
+            failed: self.failed.clone(),
         }
     }
 }
@@ -104,7 +107,29 @@ impl<S: ShardStore> ShardService<S> {
             highest_epoch: Arc::new(AtomicU64::new(d.highest_epoch)),
             stats: Arc::new(Stats::default()),
             shutdown,
+            failed: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// After a store error, the store's state is in doubt (redb refuses every transaction
+    /// until it is reopened, which repairs it): stop serving, so that the process exits and
+    /// its supervisor restarts it, rather than stay up refusing every batch.
+    fn store_failed(&self, e: &ShardError) {
+        if !matches!(e, ShardError::Store(_)) {
+            return;
+        }
+        if let Ok(mut failed) = self.failed.lock()
+            && failed.is_none()
+        {
+            *failed = Some(e.to_string());
+            tracing::error!(shard = %self.id, error = %e, "the store failed: stopping, so that a restart reopens it");
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Why the store failed, if it has: the server has stopped (or is stopping) because of it.
+    pub fn store_failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
     }
 
     /// Runs `f` on the core on a blocking thread (commits fsync; see [`crate::blocking`]).
@@ -181,7 +206,8 @@ impl<S: ShardStore> ShardService<S> {
                 tracing::info!(shard = %self.id, error = %e, "fenced a stale sender")
             }
             ShardError::Store(_) => {
-                tracing::error!(shard = %self.id, error = %e, "commit failed")
+                tracing::error!(shard = %self.id, error = %e, "commit failed");
+                self.store_failed(e);
             }
             ShardError::Malformed(_) => {
                 tracing::warn!(shard = %self.id, error = %e, "malformed batch")
@@ -342,7 +368,10 @@ impl<S: ShardStore> Shard for ShardService<S> {
                         self.stats.fenced();
                         tracing::info!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello");
                     }
-                    _ => tracing::warn!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello"),
+                    _ => {
+                        tracing::warn!(shard = %self.id, player = %hello.player_id, error = %e, "rejected hello");
+                        self.store_failed(&e);
+                    }
                 }
                 to_status(&e)
             })?;
@@ -410,7 +439,7 @@ pub async fn serve<S: ShardStore>(
     core: ShardCore<S>,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), GrpcError> {
+) -> Result<(), ServeError> {
     let what = match listener.local_addr() {
         Ok(addr) => format!("shard on {addr}"),
         Err(_) => "shard".to_owned(),
@@ -424,14 +453,17 @@ pub async fn serve_incoming<S: ShardStore, I, IO, IE>(
     incoming: I,
     shutdown: CancellationToken,
     what: &str,
-) -> Result<(), GrpcError>
+) -> Result<(), ServeError>
 where
     I: futures::Stream<Item = Result<IO, IE>>,
     IO: grpc::AcceptedIo,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = crate::limits::message_limit(core.me().max_entry_bytes as usize);
-    let service = ShardService::new(core, shutdown.clone());
+    // Cancelled by the caller, or by the service itself when the store fails.
+    let stop = shutdown.child_token();
+    let service = ShardService::new(core, stop.clone());
+    let watch = service.clone();
     // Decoding is bounded by the entry limit; encoding is not: a `Dump` message carries one
     // key's whole value, and a list can grow past any one entry.
     let shard = ShardServer::new(service)
@@ -440,5 +472,18 @@ where
             crate::limits::MAX_MAX_ENTRY_BYTES,
         ));
     let router = grpc::router("logplayer.v1.Shard").await?.add_service(shard);
-    grpc::serve_incoming(router, incoming, shutdown, what).await
+    grpc::serve_incoming(router, incoming, stop, what).await?;
+    match watch.store_failure() {
+        Some(reason) => Err(ServeError::StoreFailed { reason }),
+        None => Ok(()),
+    }
+}
+
+/// Why a shard server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    #[error("the shard store failed ({reason}); restart the shard: opening the store recovers it")]
+    StoreFailed { reason: String },
 }

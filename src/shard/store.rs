@@ -37,19 +37,44 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(Box::new(e.into()))
 }
 
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        txn.open_table(DATA).map_err(backend)?;
+        txn.open_table(META).map_err(backend)?;
+        txn.open_table(IDENTITY).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)
+}
+
+/// Creates the database at `path` as one step: built under a temporary name, its tables
+/// committed (synced), closed, and only then renamed into place. A first start cut short by
+/// a crash or a disk error leaves no half-written database that would never open again
+/// (redb refuses a file without its header), only a temporary file the next start replaces.
+fn create(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Backend(Box::new(e));
+    let tmp = dir.join(format!("{DB_FILE}.creating"));
+    // Left by an interrupted creation, if anything; if it cannot be removed, creating over
+    // it fails below with the reason.
+    let _ = crate::disk::remove_file(&tmp);
+    {
+        let db = crate::disk::open_redb(&tmp).map_err(backend)?;
+        create_tables(&db)?;
+    }
+    crate::disk::rename(&tmp, path).map_err(io)?;
+    crate::disk::sync_dir(dir).map_err(io)
+}
+
 impl RedbStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
         crate::disk::create_dir_all(dir).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let path = dir.join(DB_FILE);
-        let db = crate::disk::open_redb(&path).map_err(backend)?;
-        let txn = db.begin_write().map_err(backend)?;
-        {
-            txn.open_table(DATA).map_err(backend)?;
-            txn.open_table(META).map_err(backend)?;
-            txn.open_table(IDENTITY).map_err(backend)?;
+        if !crate::disk::exists(&path).map_err(|e| StoreError::Backend(Box::new(e)))? {
+            create(dir, &path)?;
         }
-        txn.commit().map_err(backend)?;
+        let db = crate::disk::open_redb(&path).map_err(backend)?;
+        create_tables(&db)?;
         Ok(RedbStore {
             db,
             path,
