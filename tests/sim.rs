@@ -309,8 +309,9 @@ fn run_seed(seed: u64) -> Result<Run, String> {
         .simulation_duration(Duration::from_secs(300))
         .min_message_latency(Duration::from_micros(100))
         .max_message_latency(Duration::from_millis(5));
-    // On the simulated disk, a crash loses every write not yet synced, and a pending write
-    // survives only as a prefix of whole 512-byte blocks (a torn write).
+    // On the simulated disk, a crash loses every write not yet synced, a pending write
+    // survives only as a prefix of whole 512-byte blocks (a torn write), and now and then
+    // an operation fails.
     #[cfg(feature = "sim-disk")]
     builder.fs().block_size(512).io_error_probability(0.0005);
     let mut sim = builder.build();
@@ -325,155 +326,199 @@ fn run_seed(seed: u64) -> Result<Run, String> {
             supervised("shard", serve_shard(s, shard_dir.clone()))
         });
     }
-    let record = Arc::new(std::sync::Mutex::new(LeaseRecord::default()));
+    let lease = Arc::new(std::sync::Mutex::new(LeaseRecord::default()));
     let cuts: Vec<_> = (0..PLAYERS)
         .map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)))
         .collect();
     for (p, cut) in cuts.iter().enumerate() {
-        let (record, cut) = (record.clone(), cut.clone());
-        sim.host(format!("p{p}"), move || {
-            let backend = Arc::new(SimLease {
-                record: record.clone(),
-                me: format!("p{p}"),
-                cut: cut.clone(),
-            });
-            async move {
-                let mut player = PlayerConfig::new(format!("log:{LOG_PORT}"), shard_map());
-                player.player_id = format!("p{p}");
-                player.jitter_seed = Some(seed ^ p as u64);
-                let config = ReplicaConfig {
-                    player,
-                    lease: LeaseConfig {
-                        lease_duration: LEASE,
-                        renew_deadline: Duration::from_millis(350),
-                        retry_period: Duration::from_millis(50),
-                    },
-                    cursors: None,
-                    // p1 is a leader that keeps sending after its lease is gone, as a
-                    // paused process would (`--fault-keep-leading`): only the shards'
-                    // fencing stops it.
-                    keep_leading_after_loss: p == 1,
-                };
-                let stats = Arc::new(PlayerStats::default());
-                logplayer::player::replica::run(config, backend, stats, CancellationToken::new())
-                    .await?;
-                HostResult::Ok(())
-            }
-        });
+        sim.host(
+            format!("p{p}"),
+            replica(seed, p, lease.clone(), cut.clone()),
+        );
     }
     // Set by the writer once its appends are in: faults stop, and what is down comes back,
     // before the exactly-once check reads every shard.
     let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let appended = quiet.clone();
     let checked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fenced = Arc::new(std::sync::atomic::AtomicU64::new(0));
     sim.client("observer", observe_fencing(checked.clone(), fenced.clone()));
-    let check_done = checked.clone();
-    sim.client("writer", async move {
-        let log = loop {
-            match Log::connect(&format!("log:{LOG_PORT}")).await {
-                Ok(log) => break log,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
-        let writer = format!("writer-{seed}");
-        let mut i = 1;
-        while i <= ENTRIES {
-            // A retry after a lost reply reuses the sequence: appended once either way.
-            match log.append(txn(i), Some((&writer, i)), 0).await {
-                Ok(_) => i += 1,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        appended.store(true, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let report = check(&log, &shard_map(), Duration::from_secs(60)).await?;
-        if !report.pass {
-            return Err(format!("exactly-once violated:\n{report}").into());
-        }
-        check_done.store(true, std::sync::atomic::Ordering::SeqCst);
-        HostResult::Ok(())
-    });
-    let mut faults = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let mut down: Option<String> = None;
+    sim.client("writer", write_and_check(seed, quiet.clone(), checked));
+    let mut schedule = Schedule {
+        faults: StdRng::seed_from_u64(seed ^ 0x5eed),
+        down: None,
+        healed: false,
+        cut_until: [0; PLAYERS],
+        trace: std::hash::DefaultHasher::new(),
+        lease: lease.clone(),
+        cuts,
+    };
     let mut run = Run::default();
-    let mut healed = false;
-    let mut cut_until = [0u64; PLAYERS];
-    let mut trace = std::hash::DefaultHasher::new();
     loop {
-        use std::hash::{Hash, Hasher};
         match sim.step() {
-            Ok(true) => {
-                sim.elapsed().hash(&mut trace);
-                run.steps.hash(&mut trace);
-                let logged = events.lines();
-                logged.hash(&mut trace);
-                run.events = logged.len() as u64;
-                if let Some(path) = std::env::var_os("LOGPLAYER_SIM_TRACE") {
-                    // Appended: two runs in one process land one after the other.
-                    use std::io::Write as _;
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .map_err(|e| e.to_string())?;
-                    let _ = writeln!(f, "=== seed {seed}\n{}", logged.join("\n"));
-                }
-                run.trace = trace.finish();
-                run.fenced = fenced.load(std::sync::atomic::Ordering::SeqCst);
-                run.restarts = RESTARTS.load(std::sync::atomic::Ordering::SeqCst);
-                run.epochs = record.lock().map(|r| r.epoch).unwrap_or_default();
-                return Ok(run);
-            }
+            Ok(true) => break,
             Ok(false) => {}
             Err(e) => return Err(e.to_string()),
         }
         run.steps += 1;
         let stop = quiet.load(std::sync::atomic::Ordering::SeqCst);
-        for (p, until) in cut_until.iter_mut().enumerate() {
+        schedule.step(&mut sim, &mut run, stop);
+    }
+    use std::hash::{Hash, Hasher};
+    let mut trace = schedule.trace;
+    sim.elapsed().hash(&mut trace);
+    run.steps.hash(&mut trace);
+    let logged = events.lines();
+    logged.hash(&mut trace);
+    run.events = logged.len() as u64;
+    if let Some(path) = std::env::var_os("LOGPLAYER_SIM_TRACE") {
+        // Appended: a run per process, several processes.
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+        let _ = writeln!(f, "=== seed {seed}\n{}", logged.join("\n"));
+    }
+    run.trace = trace.finish();
+    run.fenced = fenced.load(std::sync::atomic::Ordering::SeqCst);
+    run.restarts = RESTARTS.load(std::sync::atomic::Ordering::SeqCst);
+    run.epochs = lease.lock().map(|r| r.epoch).unwrap_or_default();
+    Ok(run)
+}
+
+/// Replica `p`'s software: the real `player::replica::run` over the shared lease record.
+fn replica(
+    seed: u64,
+    p: usize,
+    lease: Arc<std::sync::Mutex<LeaseRecord>>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+) -> impl Fn() -> futures::future::BoxFuture<'static, HostResult> {
+    move || {
+        let backend = Arc::new(SimLease {
+            record: lease.clone(),
+            me: format!("p{p}"),
+            cut: cut.clone(),
+        });
+        Box::pin(async move {
+            let mut player = PlayerConfig::new(format!("log:{LOG_PORT}"), shard_map());
+            player.player_id = format!("p{p}");
+            player.jitter_seed = Some(seed ^ p as u64);
+            let config = ReplicaConfig {
+                player,
+                lease: LeaseConfig {
+                    lease_duration: LEASE,
+                    renew_deadline: Duration::from_millis(350),
+                    retry_period: Duration::from_millis(50),
+                },
+                cursors: None,
+                // p1 is a leader that keeps sending after its lease is gone, as a paused
+                // process would (`--fault-keep-leading`): only the shards' fencing stops it.
+                keep_leading_after_loss: p == 1,
+            };
+            let stats = Arc::new(PlayerStats::default());
+            logplayer::player::replica::run(config, backend, stats, CancellationToken::new())
+                .await?;
+            HostResult::Ok(())
+        })
+    }
+}
+
+/// The writer: appends `ENTRIES` transactions (retrying with their sequence), sets
+/// `appended` so faults stop, then runs the exactly-once check and sets `checked`.
+async fn write_and_check(
+    seed: u64,
+    appended: Arc<std::sync::atomic::AtomicBool>,
+    checked: Arc<std::sync::atomic::AtomicBool>,
+) -> HostResult {
+    let log = loop {
+        match Log::connect(&format!("log:{LOG_PORT}")).await {
+            Ok(log) => break log,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let writer = format!("writer-{seed}");
+    let mut i = 1;
+    while i <= ENTRIES {
+        // A retry after a lost reply reuses the sequence: appended once either way.
+        match log.append(txn(i), Some((&writer, i)), 0).await {
+            Ok(_) => i += 1,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    appended.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = check(&log, &shard_map(), Duration::from_secs(60)).await?;
+    if !report.pass {
+        return Err(format!("exactly-once violated:\n{report}").into());
+    }
+    checked.store(true, std::sync::atomic::Ordering::SeqCst);
+    HostResult::Ok(())
+}
+
+/// The fault schedule: every `FAULT_EVERY` steps, restores what the last fault took down or
+/// injects a new one, drawn from its own seeded RNG; once the writer is done, restores
+/// everything and injects nothing.
+struct Schedule {
+    faults: StdRng,
+    /// The host the last fault crashed, restarted at the next decision.
+    down: Option<String>,
+    healed: bool,
+    /// Per replica: the step its cut-off from the lease store ends (0: not cut off).
+    cut_until: [u64; PLAYERS],
+    /// Each fault with its step.
+    trace: std::hash::DefaultHasher,
+    lease: Arc<std::sync::Mutex<LeaseRecord>>,
+    cuts: Vec<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Schedule {
+    fn step(&mut self, sim: &mut turmoil::Sim<'_>, run: &mut Run, stop: bool) {
+        use std::hash::Hash;
+        for (p, until) in self.cut_until.iter_mut().enumerate() {
             if *until != 0 && (stop || run.steps >= *until) {
-                cuts[p].store(false, std::sync::atomic::Ordering::SeqCst);
+                self.cuts[p].store(false, std::sync::atomic::Ordering::SeqCst);
                 *until = 0;
             }
         }
         if stop {
-            if let Some(host) = down.take() {
+            if let Some(host) = self.down.take() {
                 sim.bounce(host.as_str());
             }
-            if !healed {
-                heal(&mut sim);
-                healed = true;
+            if !self.healed {
+                heal(sim);
+                self.healed = true;
             }
-            continue;
+            return;
         }
-        if run.steps % FAULT_EVERY != 0 {
-            continue;
+        if !run.steps.is_multiple_of(FAULT_EVERY) {
+            return;
         }
-        if let Some(host) = down.take() {
+        if let Some(host) = self.down.take() {
             tracing::info!(step = run.steps, host, "restart and heal");
             sim.bounce(host.as_str());
-            heal(&mut sim);
-            continue;
+            heal(sim);
+            return;
         }
-        let fault = faults.random_range(0..8);
-        (run.steps, fault).hash(&mut trace);
-        let player = format!("p{}", faults.random_range(0..PLAYERS));
+        let fault = self.faults.random_range(0..8);
+        (run.steps, fault).hash(&mut self.trace);
+        let player = format!("p{}", self.faults.random_range(0..PLAYERS));
         tracing::info!(step = run.steps, fault, player, "fault");
         match fault {
             0 | 1 => {
-                let host = format!("s{}", faults.random_range(0..SHARDS));
-                crash(&mut sim, host.as_str());
-                down = Some(host);
+                let host = format!("s{}", self.faults.random_range(0..SHARDS));
+                crash(sim, host.as_str());
+                self.down = Some(host);
                 run.crashes += 1;
             }
             2 => {
-                crash(&mut sim, player.as_str());
-                down = Some(player);
+                crash(sim, player.as_str());
+                self.down = Some(player);
                 run.crashes += 1;
             }
             3 => {
-                let shard = format!("s{}", faults.random_range(0..SHARDS));
+                let shard = format!("s{}", self.faults.random_range(0..SHARDS));
                 sim.partition(player.as_str(), shard.as_str());
                 run.partitions += 1;
             }
@@ -481,23 +526,25 @@ fn run_seed(seed: u64) -> Result<Run, String> {
                 sim.partition(player.as_str(), "log");
                 run.partitions += 1;
             }
-            5 => {
-                // The leader cannot reach the lease store: the other replica takes over
-                // while this one may still be sending (p1 keeps sending until fenced).
-                let holder = record.lock().ok().and_then(|r| r.holder.clone());
-                let leader = holder.and_then(|h| h.strip_prefix('p')?.parse::<usize>().ok());
-                if let Some(p) = leader.filter(|_| cut_until.iter().all(|&u| u == 0)) {
-                    cuts[p].store(true, std::sync::atomic::Ordering::SeqCst);
-                    cut_until[p] = run.steps + CUT_STEPS;
-                    run.lease_cuts += 1;
-                }
-            }
+            5 => self.cut_off_the_leader(run),
             6 => {
-                crash(&mut sim, "log");
-                down = Some("log".to_owned());
+                crash(sim, "log");
+                self.down = Some("log".to_owned());
                 run.crashes += 1;
             }
             _ => {}
+        }
+    }
+
+    /// The leader cannot reach the lease store: the other replica takes over while this one
+    /// may still be sending (p1 keeps sending until fenced).
+    fn cut_off_the_leader(&mut self, run: &mut Run) {
+        let holder = self.lease.lock().ok().and_then(|r| r.holder.clone());
+        let leader = holder.and_then(|h| h.strip_prefix('p')?.parse::<usize>().ok());
+        if let Some(p) = leader.filter(|_| self.cut_until.iter().all(|&u| u == 0)) {
+            self.cuts[p].store(true, std::sync::atomic::Ordering::SeqCst);
+            self.cut_until[p] = run.steps + CUT_STEPS;
+            run.lease_cuts += 1;
         }
     }
 }
