@@ -487,3 +487,83 @@ pub enum ServeError {
     #[error("the shard store failed ({reason}); restart the shard: opening the store recovers it")]
     StoreFailed { reason: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Value;
+    use crate::proto::shard_client::ShardClient;
+    use crate::proto::{DeliverRequest, Hello, ShardEntry, deliver_request};
+    use crate::shard::{Durable, Identity, MemStore, ShardSelf, StoreError};
+    use std::time::Duration;
+
+    /// A store whose epoch writes fail, as on a disk error.
+    struct FailingEpochs(MemStore);
+
+    impl ShardStore for FailingEpochs {
+        fn load(&self) -> Result<Durable, StoreError> {
+            self.0.load()
+        }
+        fn identity(&self) -> Result<Identity, StoreError> {
+            self.0.identity()
+        }
+        fn set_identity(&mut self, identity: &Identity) -> Result<(), StoreError> {
+            self.0.set_identity(identity)
+        }
+        fn set_epoch(&mut self, _: u64) -> Result<(), StoreError> {
+            Err(StoreError::Backend("simulated disk error".into()))
+        }
+        fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
+            self.0.commit(entries, applied)
+        }
+        fn dump(&self, visit: &mut dyn FnMut(&[u8], &Value)) -> Result<(), StoreError> {
+            self.0.dump(visit)
+        }
+    }
+
+    /// A shard whose store failed stops serving, with the reason, so that its process exits
+    /// and a restart reopens the store (redb refuses every transaction after an I/O error
+    /// until then); it used to stay up refusing every sender.
+    #[tokio::test]
+    async fn a_store_failure_stops_the_server_with_the_reason() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let me = ShardSelf {
+            id: "s0".into(),
+            addr: addr.clone(),
+            max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+        };
+        let core = ShardCore::open(FailingEpochs(MemStore::default()), me).unwrap();
+        let server = tokio::spawn(serve(core, listener, CancellationToken::new()));
+        let mut client = ShardClient::new(grpc::connect(&addr).await.unwrap());
+        let (tx, rx) = mpsc::channel(1);
+        let hello = Hello {
+            epoch: 1,
+            player_id: "p".into(),
+            log_id: "00000000-0000-4000-8000-0000000000aa".into(),
+            shard_id: "s0".into(),
+            max_entry_bytes: 0,
+        };
+        tx.send(DeliverRequest {
+            msg: Some(deliver_request::Msg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let refused = match client.deliver(ReceiverStream::new(rx)).await {
+            Err(status) => Some(status),
+            Ok(stream) => stream.into_inner().message().await.err(),
+        };
+        assert!(refused.is_some(), "the hello was not refused");
+        drop((tx, client));
+        let stopped = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops by itself")
+            .expect("no panic");
+        match stopped {
+            Err(ServeError::StoreFailed { reason }) => {
+                assert!(reason.contains("simulated disk error"), "{reason}")
+            }
+            other => panic!("expected StoreFailed, got {other:?}"),
+        }
+    }
+}
