@@ -311,3 +311,54 @@ pub enum ServeError {
     )]
     WalFailed { reason: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logstore::LogStoreConfig;
+    use crate::proto::{Mutation, mutation::Op};
+    use std::time::Duration;
+
+    /// A LogStore whose WAL failed stops serving, with the reason, so that its process exits
+    /// and a restart recovers from the disk; it used to stay up refusing every append while
+    /// its health still said SERVING.
+    #[tokio::test]
+    async fn a_wal_failure_stops_the_server_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = LogStoreConfig::new(dir.path().to_path_buf());
+        config.segment_bytes = Some(crate::logstore::wal::MIN_SEGMENT_BYTES);
+        let (log, _) = LogStore::open(config).unwrap();
+        // Whatever index the next segment starts at, its file cannot be created: a
+        // directory holds its name, so the roll fails as a disk error would.
+        for index in 2..2_000u64 {
+            std::fs::create_dir(dir.path().join(format!("{index:020}.wal"))).unwrap();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(serve(log, listener, CancellationToken::new()));
+        let client = crate::client::Log::connect(&addr).await.unwrap();
+        let entry = || {
+            vec![Mutation {
+                key: b"k".to_vec().into(),
+                op: Some(Op::Put(vec![7; 1024].into())),
+            }]
+        };
+        let mut refused = None;
+        for _ in 0..100 {
+            if let Err(e) = client.append(entry(), None, 0).await {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert!(refused.is_some(), "the WAL never failed");
+        drop(client);
+        let stopped = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops by itself")
+            .expect("no panic");
+        match stopped {
+            Err(ServeError::WalFailed { reason }) => assert!(!reason.is_empty()),
+            other => panic!("expected WalFailed, got {other:?}"),
+        }
+    }
+}
