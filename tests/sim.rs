@@ -566,9 +566,10 @@ impl Counter {
     }
 }
 
-/// Reads every shard's fencing statistics until the check is done: the stale-epoch
-/// requests the shards refused go to `fenced`, and a batch a shard committed under an epoch
-/// lower than one it had committed under fails the seed. Polled, because a shard's
+/// Reads every shard's statistics until the check is done: the stale-epoch requests the
+/// shards refused go to `fenced`; a batch a shard committed under an epoch lower than one it
+/// had committed under fails the seed, and so does a duplicate a shard skipped or a gap it
+/// refused (what a stream that carries each entry once, in order, never causes). Polled, because a shard's
 /// statistics do not survive its crash.
 async fn observe_fencing(
     checked: Arc<std::sync::atomic::AtomicBool>,
@@ -576,6 +577,8 @@ async fn observe_fencing(
 ) -> HostResult {
     let mut refused: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
     let mut stale: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
+    let mut skipped: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
+    let mut gaps: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
     let mut conns: Vec<Option<logplayer::client::ShardConn>> = (0..SHARDS).map(|_| None).collect();
     loop {
         let last_round = checked.load(std::sync::atomic::Ordering::SeqCst);
@@ -592,6 +595,18 @@ async fn observe_fencing(
             };
             refused[s].see(stats.fenced_refusals);
             let commits = stale[s].see(stats.stale_epoch_commits);
+            let (dups, holes) = (
+                skipped[s].see(stats.duplicates_skipped),
+                gaps[s].see(stats.gaps_refused),
+            );
+            // A current-epoch stream carries each entry once, in order (the queue model's
+            // property): a shard never has to skip a duplicate or refuse a gap.
+            if dups + holes > 0 {
+                return Err(format!(
+                    "shard s{s} skipped {dups} duplicates and refused {holes} gaps"
+                )
+                .into());
+            }
             if commits > 0 {
                 return Err(
                     format!("shard s{s} committed {commits} batches under a stale epoch").into(),
@@ -963,10 +978,20 @@ fn some_seed_fails(mutation: &str, because: &[&str]) -> String {
 #[cfg(feature = "mutations")]
 #[test]
 fn a_shard_ignoring_epochs_fails_some_seed() {
+    // The stale leader's stream gets through: its entries commit under the stale epoch, or
+    // arrive twice and are skipped as duplicates.
     some_seed_fails(
         "shard-ignores-epochs",
-        &["under a stale epoch", "exactly-once violated"],
+        &["under a stale epoch", "skipped", "exactly-once violated"],
     );
+}
+
+/// With the player's queues accepting pushes of an expired term, some seed fails: a stale
+/// recovery reader's entries reach a shard that already has them.
+#[cfg(feature = "mutations")]
+#[test]
+fn a_queue_ignoring_terms_fails_some_seed() {
+    some_seed_fails("queue-ignores-terms", &["skipped", "exactly-once violated"]);
 }
 
 /// With the WAL acknowledging appends it has not synced, some seed fails: the simulated
