@@ -341,7 +341,7 @@ fn run_seed(seed: u64) -> Result<Run, String> {
     let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fenced = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    sim.client("observer", observe_fencing(checked.clone(), fenced.clone()));
+    sim.client("observer", observe_shards(checked.clone(), fenced.clone()));
     sim.client("writer", write_and_check(seed, quiet.clone(), checked));
     let mut schedule = Schedule {
         faults: StdRng::seed_from_u64(seed ^ 0x5eed),
@@ -571,7 +571,7 @@ impl Counter {
 /// had committed under fails the seed, and so does a duplicate a shard skipped or a gap it
 /// refused (what a stream that carries each entry once, in order, never causes). Polled, because a shard's
 /// statistics do not survive its crash.
-async fn observe_fencing(
+async fn observe_shards(
     checked: Arc<std::sync::atomic::AtomicBool>,
     fenced: Arc<std::sync::atomic::AtomicU64>,
 ) -> HostResult {

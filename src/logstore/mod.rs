@@ -469,28 +469,21 @@ type AppendReply = oneshot::Sender<Result<Appended, LogStoreError>>;
 impl Writer {
     /// The writer thread: takes each group of waiting jobs and commits it.
     fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut failed: Option<String> = None;
         while let Some(job) = jobs.blocking_recv() {
-            self.take_group(job, &mut jobs, &mut failed);
+            self.take_group(job, &mut jobs);
         }
     }
 
     /// The writer as a task on the caller's runtime (see [`crate::blocking`]).
     async fn run_inline(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut failed: Option<String> = None;
         while let Some(job) = jobs.recv().await {
-            self.take_group(job, &mut jobs, &mut failed);
+            self.take_group(job, &mut jobs);
         }
     }
 
     /// Commits `job` and whatever else is already waiting (group commit); after a WAL
-    /// failure (`failed`), refuses them all.
-    fn take_group(
-        &mut self,
-        job: Job,
-        jobs: &mut mpsc::Receiver<Job>,
-        failed: &mut Option<String>,
-    ) {
+    /// failure (published on `self.failed`), refuses them all.
+    fn take_group(&mut self, job: Job, jobs: &mut mpsc::Receiver<Job>) {
         let mut group = vec![job];
         let mut bytes = 0usize;
         while group.len() < MAX_GROUP_ENTRIES && bytes < MAX_GROUP_BYTES {
@@ -504,7 +497,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        if let Some(reason) = &failed {
+        if let Some(reason) = self.failed.borrow().clone() {
             tracing::debug!(%reason, "refusing jobs after a WAL failure");
             for job in group {
                 match job {
@@ -520,7 +513,6 @@ impl Writer {
         }
         if let Err(e) = self.commit_group(group) {
             tracing::error!(error = %e, "WAL write failed; the LogStore refuses appends and stops");
-            *failed = Some(e.to_string());
             self.failed.send_replace(Some(e.to_string()));
         }
     }
