@@ -53,26 +53,170 @@ async fn each_message<T>(
     Ok(())
 }
 
-/// A LogStore client.
+/// The metadata key a replica that does not lead names the leader's address under.
+pub const LEADER_KEY: &str = "logplayer-leader";
+
+/// How long a call looks for a leader (elections, restarts) before giving up.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A LogStore client: one address, or every replica of a replicated LogStore as a
+/// comma-separated list. Reads go to the replica in use; appends and `Retain` follow the
+/// leader (a replica that does not lead names it), and move to another replica when the one
+/// in use is down. An append is sent again only when that cannot write it twice: it was
+/// refused before being proposed (`not-leader`), or it carries a `(writer_id, sequence)`,
+/// which makes a retry return the original index.
 #[derive(Clone)]
 pub struct Log {
+    addrs: std::sync::Arc<[String]>,
+    current: std::sync::Arc<std::sync::RwLock<Conn>>,
+}
+
+#[derive(Clone)]
+struct Conn {
     addr: String,
     client: LogStoreClient<Channel>,
 }
 
+fn log_client(channel: Channel) -> LogStoreClient<Channel> {
+    let limit = crate::limits::message_limit(crate::limits::MAX_MAX_ENTRY_BYTES);
+    LogStoreClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
+}
+
+/// What to do after a refused call.
+enum Next {
+    /// Send it to this address (the leader, named by a follower).
+    To(String),
+    /// Try the next address after a pause (no leader known, or the replica is down).
+    Rotate,
+    /// Give up: the refusal is the answer.
+    Fail,
+}
+
 impl Log {
-    pub async fn connect(addr: &str) -> Result<Log, ClientError> {
-        let channel = grpc::connect(addr).await?;
-        Ok(Log {
-            addr: addr.to_owned(),
-            client: LogStoreClient::new(channel)
-                .max_decoding_message_size(crate::limits::message_limit(
-                    crate::limits::MAX_MAX_ENTRY_BYTES,
-                ))
-                .max_encoding_message_size(crate::limits::message_limit(
-                    crate::limits::MAX_MAX_ENTRY_BYTES,
-                )),
+    /// Connects to the first reachable address of `addrs` (one, or a comma-separated list).
+    pub async fn connect(addrs: &str) -> Result<Log, ClientError> {
+        let list: Vec<String> = addrs
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut last_err = None;
+        for a in &list {
+            match grpc::connect(a).await {
+                Ok(channel) => {
+                    return Ok(Log {
+                        current: std::sync::Arc::new(std::sync::RwLock::new(Conn {
+                            addr: a.clone(),
+                            client: log_client(channel),
+                        })),
+                        addrs: list.into(),
+                    });
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(match last_err {
+            Some(e) => ClientError::Connect(e),
+            None => ClientError::Connect(grpc::GrpcError::Address {
+                addr: addrs.to_owned(),
+                reason: "no address given".into(),
+            }),
         })
+    }
+
+    fn conn(&self) -> Conn {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The address calls go to now.
+    pub fn addr(&self) -> String {
+        self.conn().addr
+    }
+
+    async fn switch(&self, addr: &str) {
+        let client = match grpc::connect_lazy(addr) {
+            Ok(channel) => log_client(channel),
+            Err(_) => return,
+        };
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Conn {
+            addr: addr.to_owned(),
+            client,
+        };
+    }
+
+    async fn rotate(&self, from: &str) {
+        let i = self.addrs.iter().position(|a| a == from).unwrap_or(0);
+        let next = self.addrs[(i + 1) % self.addrs.len()].clone();
+        self.switch(&next).await;
+    }
+
+    /// What a refusal of a call means for a retry. `written_twice_ok`: sending it again
+    /// cannot duplicate anything (a read, or an append with a writer id).
+    fn next(&self, status: &tonic::Status, written_twice_ok: bool) -> Next {
+        match grpc::Reason::of(status) {
+            Some(grpc::Reason::NotLeader) => match status
+                .metadata()
+                .get(LEADER_KEY)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(leader) => Next::To(leader.to_owned()),
+                None => Next::Rotate,
+            },
+            Some(grpc::Reason::Unavailable) => Next::Rotate,
+            Some(grpc::Reason::NotDurable) if written_twice_ok && self.addrs.len() > 1 => {
+                Next::Rotate
+            }
+            Some(_) => Next::Fail,
+            // No reason of ours: the transport (a replica down or restarting).
+            None if status.code() == tonic::Code::Unavailable
+                && (written_twice_ok || self.addrs.len() > 1) =>
+            {
+                Next::Rotate
+            }
+            None => Next::Fail,
+        }
+    }
+
+    /// Runs `call` against the replica in use, following the leader and moving past
+    /// replicas that are down, for up to [`LEADER_WAIT`].
+    async fn with_leader<T, F, Fut>(
+        &self,
+        what: &'static str,
+        written_twice_ok: bool,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(LogStoreClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let conn = self.conn();
+            let status = match call(conn.client.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => status,
+            };
+            let next = self.next(&status, written_twice_ok);
+            if matches!(next, Next::Fail) || tokio::time::Instant::now() >= deadline {
+                return Err(rpc_err(&conn.addr, what)(status));
+            }
+            match next {
+                Next::To(leader) if leader != conn.addr => self.switch(&leader).await,
+                _ => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    self.rotate(&conn.addr).await;
+                }
+            }
+        }
     }
 
     pub async fn append(
@@ -82,33 +226,71 @@ impl Log {
         start_micros: u64,
     ) -> Result<u64, ClientError> {
         let (writer_id, sequence) = writer.map(|(w, s)| (w.to_owned(), s)).unwrap_or_default();
+        let request = AppendRequest {
+            mutations,
+            writer_id,
+            sequence,
+            append_start_micros: start_micros,
+        };
+        let idempotent = writer.is_some();
         let r = self
-            .client
-            .clone()
-            .append(AppendRequest {
-                mutations,
-                writer_id,
-                sequence,
-                append_start_micros: start_micros,
+            .with_leader("append", idempotent, |mut c| {
+                let request = request.clone();
+                async move { c.append(request).await }
             })
-            .await
-            .map_err(rpc_err(&self.addr, "append"))?;
-        Ok(r.into_inner().index)
+            .await?;
+        Ok(r.index)
     }
 
-    /// Opens a pipelined append stream: requests go in through `requests`; one response
-    /// comes back per request, in order, once it is durable.
+    /// Opens a pipelined append stream on the leader: requests go in through `requests`;
+    /// one response comes back per request, in order, once it is durable (committed). The
+    /// stream ends at the first refusal, a leader change included.
     pub async fn append_stream(
         &self,
         requests: tokio::sync::mpsc::Receiver<AppendRequest>,
     ) -> Result<tonic::Streaming<crate::proto::AppendResponse>, ClientError> {
-        let r = self
+        // Find the leader first (a cheap call that a follower refuses naming it).
+        self.retain_probe().await;
+        let conn = self.conn();
+        let r = conn
             .client
             .clone()
             .append_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
             .await
-            .map_err(rpc_err(&self.addr, "append stream"))?;
+            .map_err(rpc_err(&conn.addr, "append stream"))?;
         Ok(r.into_inner())
+    }
+
+    /// Moves to the leader if the replica in use knows another one (no call if it leads).
+    async fn retain_probe(&self) {
+        if self.addrs.len() < 2 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let conn = self.conn();
+            if let Ok(b) = conn.client.clone().bounds(BoundsRequest {}).await {
+                match b.into_inner().replica {
+                    Some(r) if r.role == "leader" => return,
+                    Some(r) if !r.leader_addr.is_empty() && r.leader_addr != conn.addr => {
+                        self.switch(&r.leader_addr).await;
+                        continue;
+                    }
+                    None => return,
+                    Some(_) => {}
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.rotate(&conn.addr).await;
+        }
+    }
+
+    /// Releases entries below `below` (on the leader).
+    pub async fn retain(&self, below: u64) -> Result<crate::proto::RetainResponse, ClientError> {
+        self.with_leader("retain", true, |mut c| async move {
+            c.retain(crate::proto::RetainRequest { below }).await
+        })
+        .await
     }
 
     /// `(first, last)`.
@@ -117,12 +299,14 @@ impl Log {
         Ok((b.first, b.last))
     }
 
-    /// Everything `Bounds` says: first and last index, the log id and the entry limit.
+    /// Everything `Bounds` says: first and last index, the log id, the entry limit and, on
+    /// a replica, where it stands in its group.
     pub async fn describe(&self) -> Result<crate::proto::BoundsResponse, ClientError> {
+        let conn = self.conn();
         call(
-            &self.addr,
+            &conn.addr,
             "bounds",
-            self.client.clone().bounds(BoundsRequest {}),
+            conn.client.clone().bounds(BoundsRequest {}),
         )
         .await
     }
@@ -139,8 +323,9 @@ impl Log {
             max_batch_bytes: 0,
             follow: false,
         };
-        let stream = call(&self.addr, "read", self.client.clone().read(request)).await?;
-        each_message(&self.addr, "read", stream, |r| out.extend(r.entries)).await?;
+        let conn = self.conn();
+        let stream = call(&conn.addr, "read", conn.client.clone().read(request)).await?;
+        each_message(&conn.addr, "read", stream, |r| out.extend(r.entries)).await?;
         Ok(out)
     }
 }

@@ -13,11 +13,11 @@ use std::path::Path;
 
 #[cfg(not(feature = "sim-disk"))]
 pub use std::fs::{
-    File, OpenOptions, create_dir_all, read_dir, read_to_string, remove_file, rename,
+    File, OpenOptions, create_dir_all, read, read_dir, read_to_string, remove_file, rename,
 };
 #[cfg(feature = "sim-disk")]
 pub use turmoil::fs::shim::std::fs::{
-    File, OpenOptions, create_dir_all, read_dir, read_to_string, remove_file, rename,
+    File, OpenOptions, create_dir_all, read, read_dir, read_to_string, remove_file, rename,
 };
 
 /// Whether `path` exists.
@@ -41,6 +41,28 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(feature = "sim-disk")]
     {
         turmoil::fs::shim::std::fs::sync_dir(dir)
+    }
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves either the old or the new
+/// file whole: written to `path.tmp`, fsynced, renamed over `path`, the directory fsynced.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_all()?;
+    drop(file);
+    rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => Ok(()),
     }
 }
 

@@ -97,10 +97,13 @@ pub enum Reason {
     NotDurable,
     Corrupt,
     Store,
+    WrongPeer,
+    NotLeader,
+    Unavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Invalid,
         Reason::EntryTooLarge,
         Reason::SequenceReused,
@@ -115,6 +118,9 @@ impl Reason {
         Reason::NotDurable,
         Reason::Corrupt,
         Reason::Store,
+        Reason::WrongPeer,
+        Reason::NotLeader,
+        Reason::Unavailable,
     ];
 
     /// The wire value.
@@ -134,6 +140,9 @@ impl Reason {
             Reason::NotDurable => "not-durable",
             Reason::Corrupt => "corrupt",
             Reason::Store => "store",
+            Reason::WrongPeer => "wrong-peer",
+            Reason::NotLeader => "not-leader",
+            Reason::Unavailable => "unavailable",
         }
     }
 
@@ -148,10 +157,11 @@ impl Reason {
             | Reason::Fenced
             | Reason::WrongShard
             | Reason::WrongLog
-            | Reason::EntryLimit => Code::FailedPrecondition,
+            | Reason::EntryLimit
+            | Reason::WrongPeer => Code::FailedPrecondition,
             Reason::Gap => Code::Aborted,
             Reason::BelowRetention | Reason::PastHead => Code::OutOfRange,
-            Reason::NotDurable => Code::Unavailable,
+            Reason::NotDurable | Reason::NotLeader | Reason::Unavailable => Code::Unavailable,
             Reason::Corrupt => Code::DataLoss,
             Reason::Store => Code::Internal,
         }

@@ -23,6 +23,55 @@ pub struct LogstoreArgs {
     segment_bytes: u64,
     #[command(flatten)]
     limit: EntryLimit,
+    /// This replica's id, a key of --peers (a replicated LogStore). Without --id and --peers
+    /// the LogStore runs as a single node.
+    #[arg(long, env = "LOGPLAYER_REPLICA_ID", requires = "peers")]
+    id: Option<u64>,
+    /// Every replica of the group, this one included, as ID=HOST:PORT,... — the same list on
+    /// every replica. Peers replicate to, and clients dial, these addresses.
+    #[arg(long, env = "LOGPLAYER_PEERS", requires = "id", value_parser = parse_peers)]
+    peers: Option<Peers>,
+}
+
+/// The `--peers` list: replica id → address.
+#[derive(Clone, Debug)]
+pub struct Peers(pub std::collections::BTreeMap<u64, String>);
+
+/// Parses `1=HOST:PORT,2=HOST:PORT,...`, naming the first bad item.
+pub fn parse_peers(s: &str) -> Result<Peers, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            return Err(format!("{item:?} is not ID=HOST:PORT"));
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{item:?}: the id {id:?} is not a number"))?;
+        if id == 0 {
+            return Err(format!("{item:?}: replica ids start at 1"));
+        }
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(format!("{item:?}: {addr:?} is not HOST:PORT"));
+        }
+        if out.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("replica id {id} appears twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("no replicas listed".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for addr in out.values() {
+        if !seen.insert(addr) {
+            return Err(format!("address {addr} is given to two replicas"));
+        }
+    }
+    Ok(Peers(out))
 }
 
 /// The one entry-size limit, the same flag on the LogStore, the player and the shards.
@@ -85,8 +134,11 @@ pub enum ShardAction {
     },
 }
 
-/// Runs the LogStore.
+/// Runs the LogStore: a single node, or one replica of a Raft group with --id and --peers.
 pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
+    if let (Some(id), Some(peers)) = (a.id, a.peers.clone()) {
+        return run_replica(a, id, peers).await;
+    }
     let config = logstore::LogStoreConfig {
         dir: a.data.clone(),
         segment_bytes: Some(a.segment_bytes),
@@ -107,6 +159,28 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     let (listener, addr) = grpc::bind(&a.listen).await?;
     println!("listening on {addr}");
     logstore::service::serve(log, listener, on_signal()).await?;
+    Ok(())
+}
+
+async fn run_replica(a: LogstoreArgs, id: u64, peers: Peers) -> anyhow::Result<()> {
+    let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, a.data.clone());
+    config.segment_bytes = Some(a.segment_bytes);
+    config.max_entry_bytes = a.limit.max_entry_bytes;
+    // Bound first, so that peers can reach this replica as soon as Raft starts.
+    let (listener, addr) = grpc::bind(&a.listen).await?;
+    let replica = logstore::raft::node::Replica::start(config)
+        .await
+        .with_context(|| format!("starting replica {id} in {}", a.data.display()))?;
+    let (first, last) = replica.machine().bounds();
+    tracing::info!(
+        replica = id,
+        first,
+        last,
+        max_entry_bytes = a.limit.max_entry_bytes,
+        "replica started"
+    );
+    println!("listening on {addr}");
+    logstore::service::serve(replica, listener, on_signal()).await?;
     Ok(())
 }
 

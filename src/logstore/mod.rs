@@ -8,11 +8,14 @@
 //! the disk), and the log's identity ([`log_id`]). Record storage, checksums and recovery
 //! belong to [`crate::logstore::wal`]; the gRPC edge is [`service`].
 
+pub mod dedupe;
 pub mod log_id;
+pub mod raft;
+pub mod served;
 pub mod service;
 pub mod wal;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -68,6 +71,14 @@ pub enum LogStoreError {
     Stopped,
     #[error("record {index} does not decode: {reason}")]
     Decode { index: u64, reason: String },
+    #[error("this replica does not lead the log{}; nothing was written", .leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_else(|| ": no leader is known yet".into()))]
+    NotLeader { leader: Option<String> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(
+        "outcome unknown: {0}; a retry with the same (writer_id, sequence) returns the original index if it was written"
+    )]
+    Unknown(String),
 }
 
 /// Result of an append.
@@ -90,17 +101,38 @@ enum Job {
     },
 }
 
+/// Recent entries in memory, so that tailing readers never touch the disk.
 #[derive(Default)]
-struct TailCache {
+pub(crate) struct TailCache {
     entries: VecDeque<Entry>,
     bytes: usize,
 }
 
 impl TailCache {
+    /// Entries `[from, to]` from the cache, if it holds `from`: at least one, and no more
+    /// once the next would take the total past `max_bytes`.
+    pub(crate) fn read(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        let first = self.first()?;
+        if from < first || ((from - first) as usize) >= self.entries.len() {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in self.entries.range((from - first) as usize..) {
+            let len = e.encoded_len();
+            if e.index > to || (bytes + len > max_bytes && !out.is_empty()) {
+                break;
+            }
+            bytes += len;
+            out.push(e.clone());
+        }
+        Some(out)
+    }
+
     fn first(&self) -> Option<u64> {
         self.entries.front().map(|e| e.index)
     }
-    fn push(&mut self, e: Entry) {
+    pub(crate) fn push(&mut self, e: Entry) {
         self.bytes += e.encoded_len();
         self.entries.push_back(e);
         while self.bytes > TAIL_CACHE_BYTES {
@@ -160,26 +192,7 @@ impl LogStoreConfig {
 /// Longest accepted writer id.
 pub const MAX_WRITER_ID_BYTES: usize = 256;
 
-/// What the writer table remembers of a writer's last append: its sequence, its index, and
-/// a digest of its mutations (to tell a retry from a reused sequence).
-#[derive(Debug, Clone, Copy)]
-struct LastAppend {
-    sequence: u64,
-    index: u64,
-    digest: u64,
-}
-
-/// A digest of an append's mutations: FNV-1a over their encoding. It only has to tell a
-/// retry from a mistake (a different transaction under a reused sequence), not resist an
-/// adversary; it is rebuilt from the records at startup, so it is never persisted.
-fn digest(mutations: &[Mutation]) -> u64 {
-    use std::hash::Hasher;
-    let mut h = fnv::FnvHasher::default();
-    for m in mutations {
-        h.write(&m.encode_to_vec());
-    }
-    h.finish()
-}
+use dedupe::{LastAppend, Writers, digest};
 
 /// Validates an append's mutations and writer, naming the first problem.
 pub fn validate(
@@ -260,7 +273,8 @@ impl LogStore {
         let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;
         let reader = wal.reader();
         // Rebuild the writers' last sequences (and check every record decodes).
-        let mut writers: HashMap<String, LastAppend> = HashMap::new();
+        // (The single-node table is rebuilt from the records at startup, never persisted.)
+        let mut writers = Writers::new();
         let mut cache = TailCache::default();
         let (first, last) = (reader.first_index(), reader.last_index());
         let mut pos = first;
@@ -425,21 +439,9 @@ impl LogStore {
             return Ok(Vec::new());
         }
         if let Ok(cache) = self.cache.read()
-            && let Some(first) = cache.first()
-            && from >= first
-            && ((from - first) as usize) < cache.entries.len()
+            && let Some(hit) = cache.read(from, to, max_bytes)
         {
-            let mut out = Vec::new();
-            let mut bytes = 0;
-            for e in cache.entries.range((from - first) as usize..) {
-                let len = e.encoded_len();
-                if e.index > to || (bytes + len > max_bytes && !out.is_empty()) {
-                    break;
-                }
-                bytes += len;
-                out.push(e.clone());
-            }
-            return Ok(out);
+            return Ok(hit);
         }
         let records = self.reader.read_range(from, to, max_bytes)?;
         records
@@ -458,7 +460,7 @@ impl LogStore {
 
 struct Writer {
     wal: Wal,
-    writers: HashMap<String, LastAppend>,
+    writers: Writers,
     cache: Arc<RwLock<TailCache>>,
     head: watch::Sender<u64>,
     failed: watch::Sender<Option<String>>,
@@ -517,40 +519,6 @@ impl Writer {
         }
     }
 
-    /// The answer for an append whose `(writer, sequence)` was seen before: the original
-    /// index for a retry of the last sequence, a refusal for an older one; `None` for a new
-    /// sequence (or no writer id), which is written.
-    fn seen_before(
-        &self,
-        writer: Option<&(String, u64)>,
-        mutations: &[Mutation],
-    ) -> Option<Result<Appended, LogStoreError>> {
-        let (id, seq) = writer?;
-        let last = *self.writers.get(id)?;
-        let (last_seq, last_index) = (last.sequence, last.index);
-        if *seq == last_seq {
-            if digest(mutations) != last.digest {
-                return Some(Err(LogStoreError::SequenceReused {
-                    writer: id.clone(),
-                    sequence: *seq,
-                    index: last_index,
-                }));
-            }
-            return Some(Ok(Appended {
-                index: last_index,
-                duplicate: true,
-            }));
-        }
-        (*seq < last_seq).then(|| {
-            Err(LogStoreError::StaleSequence {
-                writer: id.clone(),
-                sequence: *seq,
-                last: last_seq,
-                index: last_index,
-            })
-        })
-    }
-
     /// Writes and fsyncs one group's records (indexes from `first`), then caches the entries
     /// and publishes the new head.
     fn persist(
@@ -596,7 +564,9 @@ impl Writer {
                     start_micros,
                     reply,
                 } => {
-                    if let Some(answer) = self.seen_before(writer.as_ref(), &mutations) {
+                    if let Some(answer) =
+                        dedupe::seen_before(&self.writers, writer.as_ref(), &mutations)
+                    {
                         replies.push((reply, answer));
                         continue;
                     }
@@ -608,17 +578,13 @@ impl Writer {
                         mutations,
                         append_start_micros: start_micros,
                     };
-                    let (writer_id, sequence) = writer.clone().unwrap_or_default();
-                    if !writer_id.is_empty() {
-                        self.writers.insert(
-                            writer_id.clone(),
-                            LastAppend {
-                                sequence,
-                                index,
-                                digest: digest.unwrap_or_default(),
-                            },
-                        );
-                    }
+                    dedupe::record(
+                        &mut self.writers,
+                        writer.as_ref(),
+                        index,
+                        digest.unwrap_or_default(),
+                    );
+                    let (writer_id, sequence) = writer.unwrap_or_default();
                     let stored = StoredEntry {
                         entry: Some(entry),
                         writer_id,

@@ -11,7 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{LogStore, LogStoreError};
+use super::LogStoreError;
+use super::served::ServedLog;
 use crate::grpc::{self, GrpcError, Reason};
 use crate::logstore::wal::WalError;
 use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
@@ -42,6 +43,17 @@ fn to_status(e: LogStoreError) -> Status {
         // Any other WAL failure (IO on read, a record over the WAL's own limit) or id
         // problem on a running log: the log cannot serve this now.
         LogStoreError::Wal(_) | LogStoreError::LogId(_) => Reason::NotDurable,
+        LogStoreError::Unknown(_) => Reason::NotDurable,
+        LogStoreError::Unavailable(_) => Reason::Unavailable,
+        LogStoreError::NotLeader { leader } => {
+            let mut status = Reason::NotLeader.status(e.to_string());
+            if let Some(addr) = leader
+                && let Ok(v) = addr.parse()
+            {
+                status.metadata_mut().insert(crate::client::LEADER_KEY, v);
+            }
+            return status;
+        }
     };
     reason.status(e.to_string())
 }
@@ -75,7 +87,7 @@ fn check_read(r: &ReadRequest, first: u64, last: u64) -> Result<(), Status> {
 
 #[derive(Clone)]
 struct Service {
-    log: LogStore,
+    log: ServedLog,
     shutdown: CancellationToken,
 }
 
@@ -95,7 +107,7 @@ impl LogStoreRpc for Service {
         let (pending_tx, mut pending_rx) = mpsc::channel(APPEND_PIPELINE);
         let (tx, rx) = mpsc::channel(APPEND_PIPELINE);
         let log = self.log.clone();
-        let log_id: std::sync::Arc<str> = self.log.log_id().into();
+        let log_id: std::sync::Arc<str> = self.log.log_id().map_err(to_status)?.into();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -156,7 +168,7 @@ impl LogStoreRpc for Service {
         Ok(Response::new(AppendResponse {
             index: out.index,
             duplicate: out.duplicate,
-            log_id: self.log.log_id().to_owned(),
+            log_id: self.log.log_id().map_err(to_status)?,
         }))
     }
 
@@ -167,6 +179,7 @@ impl LogStoreRpc for Service {
         let r = request.into_inner();
         let (first, last) = self.log.bounds();
         check_read(&r, first, last)?;
+        let log_id = self.log.log_id().map_err(to_status)?;
         let max = crate::limits::batch_budget(
             r.max_batch_bytes as usize,
             DEFAULT_READ_BATCH_BYTES,
@@ -178,7 +191,6 @@ impl LogStoreRpc for Service {
         tokio::spawn(async move {
             let mut head = log.head();
             let mut pos = r.from;
-            let log_id = log.log_id().to_owned();
             loop {
                 if r.to != 0 && pos > r.to {
                     return; // the range is complete: end the stream with OK
@@ -222,11 +234,27 @@ impl LogStoreRpc for Service {
 
     async fn bounds(&self, _r: Request<BoundsRequest>) -> Result<Response<BoundsResponse>, Status> {
         let (first, last) = self.log.bounds();
+        let replica = match &self.log {
+            ServedLog::Replica(r) => {
+                let s = r.status();
+                Some(crate::proto::ReplicaStatus {
+                    id: s.id,
+                    role: s.role,
+                    term: s.term,
+                    leader: s.leader.unwrap_or(0),
+                    leader_addr: r.leader_addr().unwrap_or_default(),
+                    last_log: s.last_log.unwrap_or(0),
+                    applied: s.applied.unwrap_or(0),
+                })
+            }
+            ServedLog::Single(_) => None,
+        };
         Ok(Response::new(BoundsResponse {
             first,
             last,
-            log_id: self.log.log_id().to_owned(),
+            log_id: self.log.log_id().map_err(to_status)?,
             max_entry_bytes: self.log.max_entry_bytes() as u64,
+            replica,
         }))
     }
 
@@ -249,7 +277,7 @@ impl LogStoreRpc for Service {
 /// Serves the LogStore until `shutdown` is cancelled; then stops accepting, ends the read
 /// streams, lets in-flight appends finish (within [`grpc::DRAIN_DEADLINE`]), and returns.
 pub async fn serve(
-    log: LogStore,
+    log: impl Into<ServedLog>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -266,7 +294,7 @@ pub async fn serve(
 /// then on and only a restart recovers, so the process should exit and its supervisor
 /// (Kubernetes) restart it rather than stay up refusing.
 pub async fn serve_incoming<I, IO, IE>(
-    log: LogStore,
+    log: impl Into<ServedLog>,
     incoming: I,
     shutdown: CancellationToken,
     what: &str,
@@ -276,8 +304,23 @@ where
     IO: grpc::AcceptedIo,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let log: ServedLog = log.into();
     let limit = crate::limits::message_limit(log.max_entry_bytes());
-    let wal_failed = log.wal_failed();
+    let wal_failed = log.failed();
+    let replication = match &log {
+        ServedLog::Replica(r) => Some(
+            crate::proto::replication_server::ReplicationServer::new(
+                crate::logstore::raft::network::ReplicationService {
+                    me: r.id(),
+                    raft: r.raft().clone(),
+                    machine: r.machine().clone(),
+                },
+            )
+            .max_decoding_message_size(crate::logstore::raft::network::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::logstore::raft::network::MAX_MESSAGE_BYTES),
+        ),
+        ServedLog::Single(_) => None,
+    };
     let stop = shutdown.child_token();
     let svc = LogStoreServer::new(Service {
         log,
@@ -287,7 +330,8 @@ where
     .max_encoding_message_size(limit);
     let router = grpc::router("logplayer.v1.LogStore")
         .await?
-        .add_service(svc);
+        .add_service(svc)
+        .add_optional_service(replication);
     let serve = grpc::serve_incoming(router, incoming, stop.clone(), what);
     tokio::pin!(serve);
     tokio::select! {
@@ -315,7 +359,7 @@ pub enum ServeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logstore::LogStoreConfig;
+    use crate::logstore::{LogStore, LogStoreConfig};
     use crate::proto::{Mutation, mutation::Op};
     use std::time::Duration;
 

@@ -87,6 +87,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+mod cut;
 mod segment;
 use segment::*;
 mod read;

@@ -1,0 +1,505 @@
+//! The replicated LogStore's state machine: what applying the committed Raft log decides,
+//! and the client's view of the log (dense client indexes, reads, bounds) built from it.
+//!
+//! Applying is deterministic over the Raft log, so every replica decides the same: an
+//! append's verdict (new, or a retry answered with its original index — see
+//! [`crate::logstore::dedupe`]), its client index (the next one; Raft's blank and membership
+//! entries take none), the retention point and the log's id. Reads see applied entries only:
+//! an entry is deliverable once it is committed, never while it could still be cut.
+//!
+//! The state is small ([`Base`]: indexes, the writer table, the membership, the log id) and
+//! lives in memory; what a restart needs is the [`Base`] at the last purge point (a file,
+//! which is also the snapshot openraft sends a replica that fell behind the purge) plus the
+//! WAL after it, which openraft applies again. The snapshot is taken *at the purge point*,
+//! not at the last applied entry, so that a replica brought up by it holds every entry that
+//! is still retained elsewhere.
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Command, Entry, LogId, Membership, Reply, StorageError, TypeConfig, Verdict};
+use crate::logstore::dedupe::{self, Writers};
+use crate::logstore::wal::{WalError, WalReader};
+use crate::logstore::{LogStoreError, TailCache};
+use crate::proto::{AppendGroup, Entry as LogEntry};
+
+/// The file holding the [`Base`] (written whole, fsynced, renamed into place).
+const BASE_FILE: &str = "raft-base";
+
+/// The state machine's state after some prefix of the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    /// The last Raft entry applied.
+    pub applied: Option<LogId>,
+    pub membership: Membership,
+    /// The client index the next new append gets.
+    pub next: u64,
+    /// The first client index retained (everything below was released by `Retain`).
+    pub first: u64,
+    pub writers: Writers,
+    /// The log's id, once its first leader established it.
+    pub log_id: Option<String>,
+}
+
+impl Default for Base {
+    fn default() -> Self {
+        Base {
+            applied: None,
+            membership: Membership::default(),
+            next: 1,
+            first: 1,
+            writers: Writers::new(),
+            log_id: None,
+        }
+    }
+}
+
+/// Where client entries come from: Raft entry `raft_index` holds the group whose new
+/// appends are client indexes `first..first + count` (members at `skipped` positions were
+/// retries or refusals and took no index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    first: u64,
+    count: u64,
+    raft_index: u64,
+    skipped: Vec<u32>,
+}
+
+/// What applying one Raft entry produced.
+struct Applied {
+    reply: Reply,
+    run: Option<Run>,
+    entries: Vec<LogEntry>,
+}
+
+fn apply_error(log_id: LogId, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string())).into()
+}
+
+impl Base {
+    /// Applies one Raft entry: the one rule every replica follows.
+    fn apply(&mut self, entry: &Entry) -> Result<Applied, StorageError> {
+        self.applied = Some(entry.log_id);
+        let mut out = Applied {
+            reply: Reply::Internal,
+            run: None,
+            entries: Vec::new(),
+        };
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(m) => {
+                self.membership = Membership::new(Some(entry.log_id), m.clone());
+            }
+            EntryPayload::Normal(Command::Appends(bytes)) => {
+                let group = AppendGroup::decode(&bytes[..])
+                    .map_err(|e| apply_error(entry.log_id, format!("append group: {e}")))?;
+                let first = self.next;
+                let mut verdicts = Vec::with_capacity(group.appends.len());
+                let mut skipped = Vec::new();
+                for (pos, stored) in group.appends.into_iter().enumerate() {
+                    let writer = (!stored.writer_id.is_empty())
+                        .then(|| (stored.writer_id.clone(), stored.sequence));
+                    let e = stored.entry.unwrap_or_default();
+                    let verdict =
+                        match dedupe::seen_before(&self.writers, writer.as_ref(), &e.mutations) {
+                            Some(Ok(original)) => Verdict::Duplicate(original.index),
+                            Some(Err(LogStoreError::SequenceReused { index, .. })) => {
+                                Verdict::Reused { index }
+                            }
+                            Some(Err(LogStoreError::StaleSequence { last, index, .. })) => {
+                                Verdict::Stale { last, index }
+                            }
+                            Some(Err(other)) => return Err(apply_error(entry.log_id, other)),
+                            None => {
+                                let index = self.next;
+                                self.next += 1;
+                                let d = dedupe::digest(&e.mutations);
+                                dedupe::record(&mut self.writers, writer.as_ref(), index, d);
+                                out.entries.push(LogEntry { index, ..e });
+                                Verdict::New(index)
+                            }
+                        };
+                    if !matches!(verdict, Verdict::New(_)) {
+                        skipped.push(pos as u32);
+                    }
+                    verdicts.push(verdict);
+                }
+                if self.next > first {
+                    out.run = Some(Run {
+                        first,
+                        count: self.next - first,
+                        raft_index: entry.log_id.index,
+                        skipped,
+                    });
+                }
+                out.reply = Reply::Appends(verdicts);
+            }
+            EntryPayload::Normal(Command::Retain { below }) => {
+                self.first = self.first.max((*below).min(self.next));
+                out.reply = Reply::Retained { first: self.first };
+            }
+            EntryPayload::Normal(Command::Establish { log_id }) => {
+                let id = self.log_id.get_or_insert_with(|| log_id.clone());
+                out.reply = Reply::Established { log_id: id.clone() };
+            }
+        }
+        Ok(out)
+    }
+
+    fn load(dir: &Path) -> Result<Option<Base>, std::io::Error> {
+        let path = dir.join(BASE_FILE);
+        match crate::disk::read(&path) {
+            Ok(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} does not decode: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), std::io::Error> {
+        let bytes = postcard::to_allocvec(self).map_err(std::io::Error::other)?;
+        crate::disk::write_durably(&dir.join(BASE_FILE), &bytes)
+    }
+}
+
+/// The running state: the base at the purge point, the state now, and the client view.
+struct State {
+    base: Base,
+    now: Base,
+    runs: VecDeque<Run>,
+    cache: TailCache,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    dir: PathBuf,
+    reader: WalReader,
+    head: watch::Sender<u64>,
+    /// Raft entries whose client entries are all below `first` that trigger a new base
+    /// (a snapshot, after which openraft purges the log up to it).
+    rebase_every: u64,
+    /// Raised when enough of the log is releasable for a new base: the node then asks
+    /// openraft for a snapshot.
+    rebase_wanted: watch::Sender<u64>,
+}
+
+/// The state machine (cheap to clone: every clone is the same machine).
+#[derive(Clone)]
+pub struct Machine {
+    shared: Arc<Shared>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn snapshot_of(base: &Base) -> Option<Snapshot<TypeConfig>> {
+    let applied = base.applied?;
+    let data = postcard::to_allocvec(base).ok()?;
+    Some(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: Some(applied),
+            last_membership: base.membership.clone(),
+            snapshot_id: format!("{}-{}", applied.leader_id, applied.index),
+        },
+        snapshot: Box::new(Cursor::new(data)),
+    })
+}
+
+impl Machine {
+    /// The machine of the replica in `dir`: its base from the last purge (or a new log's).
+    pub fn open(
+        dir: &Path,
+        reader: WalReader,
+        rebase_every: u64,
+    ) -> Result<Machine, LogStoreError> {
+        let base = Base::load(dir)
+            .map_err(|source| WalError::Io {
+                path: dir.join(BASE_FILE),
+                source,
+            })?
+            .unwrap_or_default();
+        let (head, _) = watch::channel(base.next - 1);
+        let (rebase_wanted, _) = watch::channel(0);
+        Ok(Machine {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    now: base.clone(),
+                    base,
+                    runs: VecDeque::new(),
+                    cache: TailCache::default(),
+                }),
+                dir: dir.to_path_buf(),
+                reader,
+                head,
+                rebase_every: rebase_every.max(1),
+                rebase_wanted,
+            }),
+        })
+    }
+
+    /// The log's id, once established.
+    pub fn log_id(&self) -> Option<String> {
+        lock(&self.shared.state).now.log_id.clone()
+    }
+
+    /// A watch of the last applied client index.
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    /// Bumped each time enough of the log is releasable that a snapshot should be taken.
+    pub fn rebase_wanted(&self) -> watch::Receiver<u64> {
+        self.shared.rebase_wanted.subscribe()
+    }
+
+    /// `(first, last)` client indexes this replica can serve: retention's first, or the first
+    /// it holds if it was brought up by a snapshot after that.
+    pub fn bounds(&self) -> (u64, u64) {
+        let st = lock(&self.shared.state);
+        let held = st.runs.front().map_or(st.now.next, |r| r.first);
+        (st.now.first.max(held), st.now.next - 1)
+    }
+
+    /// The last applied Raft entry and the membership (for `status`).
+    pub fn applied(&self) -> Option<LogId> {
+        lock(&self.shared.state).now.applied
+    }
+
+    /// Client entries `[from, to]` (to clamped to the head), at least one when `from <= head`,
+    /// and no more once the next would take the total past `max_bytes`.
+    pub fn read(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, LogStoreError> {
+        let (first, last) = self.bounds();
+        let to = to.min(last);
+        if from > to {
+            return Ok(Vec::new());
+        }
+        if from < first {
+            return Err(LogStoreError::Wal(WalError::Removed { index: from, first }));
+        }
+        let runs: Vec<Run> = {
+            let st = lock(&self.shared.state);
+            if let Some(hit) = st.cache.read(from, to, max_bytes) {
+                return Ok(hit);
+            }
+            // The run holding `from`, and those after it up to `to`.
+            let at = st.runs.partition_point(|r| r.first + r.count <= from);
+            st.runs
+                .range(at..)
+                .take_while(|r| r.first <= to)
+                .cloned()
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for run in runs {
+            let wal = super::wal_index(run.raft_index);
+            let records = self.shared.reader.read_range(wal, wal, usize::MAX)?;
+            let Some((_, record)) = records.into_iter().next() else {
+                break;
+            };
+            for e in client_entries(&run, &record)? {
+                if e.index < from {
+                    continue;
+                }
+                let len = e.encoded_len();
+                if e.index > to || (bytes + len > max_bytes && !out.is_empty()) {
+                    return Ok(out);
+                }
+                bytes += len;
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn save_base(&self, base: &Base) -> Result<(), StorageError> {
+        base.save(&self.shared.dir)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+/// The client entries of one run, from its Raft entry's WAL record.
+fn client_entries(run: &Run, record: &[u8]) -> Result<Vec<LogEntry>, LogStoreError> {
+    let bad = |reason: String| LogStoreError::Decode {
+        index: run.first,
+        reason,
+    };
+    let entry = super::decode_entry(record).map_err(|e| bad(format!("raft entry: {e}")))?;
+    let EntryPayload::Normal(Command::Appends(bytes)) = entry.payload else {
+        return Err(bad(format!(
+            "raft entry {} holds no appends",
+            run.raft_index
+        )));
+    };
+    let group = AppendGroup::decode(&bytes[..]).map_err(|e| bad(format!("append group: {e}")))?;
+    let mut index = run.first;
+    let mut out = Vec::with_capacity(run.count as usize);
+    for (pos, stored) in group.appends.into_iter().enumerate() {
+        if run.skipped.contains(&(pos as u32)) {
+            continue;
+        }
+        let e = stored.entry.unwrap_or_default();
+        out.push(LogEntry { index, ..e });
+        index += 1;
+    }
+    Ok(out)
+}
+
+impl State {
+    /// The Raft index up to which every client entry is released (the new base point), if
+    /// that is at least `every` Raft entries past the current base.
+    fn rebase_point(&self, every: u64) -> Option<u64> {
+        let released = self
+            .runs
+            .iter()
+            .take_while(|r| r.first + r.count <= self.now.first)
+            .last()?;
+        let base = self.base.applied.map_or(0, |l| l.index);
+        (released.raft_index >= base + every).then_some(released.raft_index)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for Machine {
+    type SnapshotBuilder = Machine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let st = lock(&self.shared.state);
+        Ok((st.now.applied, st.now.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut st = lock(&self.shared.state);
+        for entry in entries {
+            let applied = st.now.apply(&entry)?;
+            if let Some(run) = applied.run {
+                st.runs.push_back(run);
+            }
+            for e in applied.entries {
+                st.cache.push(e);
+            }
+            replies.push(applied.reply);
+        }
+        let head = st.now.next - 1;
+        let rebase = st.rebase_point(self.shared.rebase_every);
+        drop(st);
+        self.shared.head.send_replace(head);
+        if rebase.is_some() {
+            self.shared.rebase_wanted.send_modify(|n| *n += 1);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Machine {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, super::Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let base: Base = postcard::from_bytes(snapshot.get_ref()).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
+        })?;
+        self.save_base(&base)?;
+        tracing::info!(applied = ?base.applied, next = base.next, first = base.first, "installed a snapshot from the leader");
+        let head = base.next - 1;
+        {
+            let mut st = lock(&self.shared.state);
+            st.now = base.clone();
+            st.base = base;
+            st.runs.clear();
+            st.cache = TailCache::default();
+        }
+        self.shared.head.send_replace(head);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(snapshot_of(&lock(&self.shared.state).base))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Machine {
+    /// Moves the base to the rebase point (replaying the WAL from the old base through it),
+    /// saves it, and offers it as the snapshot; openraft then purges the log up to it.
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (mut base, target) = {
+            let st = lock(&self.shared.state);
+            (st.base.clone(), st.rebase_point(1))
+        };
+        if let Some(target) = target {
+            let from = base.applied.map_or(0, |l| l.index + 1);
+            let read_err = |e: WalError| StorageError::from(StorageIOError::read_logs(&e));
+            let mut at = from;
+            while at <= target {
+                let records = self
+                    .shared
+                    .reader
+                    .read_range(super::wal_index(at), super::wal_index(target), 8 << 20)
+                    .map_err(read_err)?;
+                if records.is_empty() {
+                    break;
+                }
+                for (wal, bytes) in records {
+                    let entry = super::decode_entry(&bytes).map_err(|e| {
+                        StorageError::from(StorageIOError::<u64>::read_logs(
+                            openraft::AnyError::error(e),
+                        ))
+                    })?;
+                    base.apply(&entry)?;
+                    at = super::raft_index(wal) + 1;
+                }
+            }
+            self.save_base(&base)?;
+            let mut st = lock(&self.shared.state);
+            let point = base.applied.map_or(0, |l| l.index);
+            while st.runs.front().is_some_and(|r| r.raft_index <= point) {
+                st.runs.pop_front();
+            }
+            st.base = base;
+            tracing::info!(
+                point,
+                first = st.base.first,
+                "log base moved: entries up to it can be purged"
+            );
+        }
+        let st = lock(&self.shared.state);
+        snapshot_of(&st.base).ok_or_else(|| {
+            StorageIOError::write_snapshot(
+                None,
+                openraft::AnyError::error("no base yet: nothing has been released"),
+            )
+            .into()
+        })
+    }
+}

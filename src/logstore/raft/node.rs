@@ -1,0 +1,473 @@
+//! One replica of the replicated LogStore, as its server runs it: the Raft instance over the
+//! WAL-backed [`LogStorage`] and the [`Machine`], the proposer that turns waiting appends into
+//! Raft entries, and the leader's duties (establishing a new log's id, snapshots for purging).
+//!
+//! The proposer groups every append waiting at that moment into one entry (group commit:
+//! one fsync per group on each replica), with at most [`IN_FLIGHT`] groups between proposal
+//! and apply. An append is answered only once its entry is committed and applied, with the
+//! verdict applying decided. A replica that is not the leader refuses appends *before*
+//! proposing them ([`LogStoreError::NotLeader`], naming the leader): nothing was written, a
+//! client can send the same append to the leader. If leadership is lost after proposing,
+//! the outcome is unknown ([`LogStoreError::Unknown`]); a retry with the same
+//! `(writer_id, sequence)` then gets the original index if the first one did commit.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use prost::Message;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use super::machine::Machine;
+use super::network::Network;
+use super::storage::LogStorage;
+use super::{Command, NodeId, Raft, Reply, Verdict};
+use crate::logstore::wal::WalConfig;
+use crate::logstore::{Appended, LogStoreError};
+use crate::proto::{AppendGroup, Entry, Mutation, StoredEntry};
+
+/// Groups proposed but not yet applied. Two lets the next group be written while the
+/// previous one replicates.
+const IN_FLIGHT: usize = 2;
+/// Most appends in one group.
+const MAX_GROUP: usize = 4096;
+/// Most payload bytes in one group.
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Appends waiting for the proposer before appenders wait.
+const QUEUE: usize = 16 * 1024;
+
+/// How to run one replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica's id (a key of `peers`).
+    pub id: NodeId,
+    /// Every replica of the group (this one included): id → address peers and clients dial.
+    pub peers: BTreeMap<NodeId, String>,
+    pub dir: PathBuf,
+    pub segment_bytes: Option<u64>,
+    pub max_entry_bytes: usize,
+    /// Raft entries of released log after which a new base (snapshot) is taken and the log
+    /// purged up to it.
+    pub rebase_every: u64,
+    /// Heartbeat interval; elections start after 5–10 heartbeats without one.
+    pub heartbeat: Duration,
+}
+
+impl ReplicaConfig {
+    pub fn new(id: NodeId, peers: BTreeMap<NodeId, String>, dir: PathBuf) -> Self {
+        ReplicaConfig {
+            id,
+            peers,
+            dir,
+            segment_bytes: None,
+            max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
+            rebase_every: 10_000,
+            heartbeat: Duration::from_millis(100),
+        }
+    }
+}
+
+/// An append waiting for its entry to be applied: its writer, and where its answer goes.
+type Waiting = (
+    Option<(String, u64)>,
+    oneshot::Sender<Result<Appended, LogStoreError>>,
+);
+
+struct Pending {
+    stored: StoredEntry,
+    writer: Option<(String, u64)>,
+    reply: oneshot::Sender<Result<Appended, LogStoreError>>,
+}
+
+/// A running replica (cheap to clone).
+#[derive(Clone)]
+pub struct Replica {
+    raft: Raft,
+    machine: Machine,
+    jobs: mpsc::Sender<Pending>,
+    id: NodeId,
+    peers: Arc<BTreeMap<NodeId, String>>,
+    max_entry_bytes: usize,
+    failed: watch::Receiver<Option<String>>,
+}
+
+/// Where the replica stands, for `status` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub id: NodeId,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+}
+
+fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
+    let hb = c.heartbeat.as_millis().max(10) as u64;
+    openraft::Config {
+        cluster_name: "logplayer".into(),
+        heartbeat_interval: hb,
+        election_timeout_min: hb * 5,
+        election_timeout_max: hb * 10,
+        // Snapshots are taken only at the retention point (see `machine`), and the log is
+        // purged up to each one at once: retention is driven by the players' cursors only.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| LogStoreError::Invalid(format!("raft config: {e}")))
+}
+
+impl Replica {
+    /// Opens the replica's log in `config.dir`, starts Raft and, on a new group, proposes
+    /// the membership of `config.peers` (every replica does; the same entry each time).
+    pub async fn start(config: ReplicaConfig) -> Result<Replica, LogStoreError> {
+        crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
+        if !config.peers.contains_key(&config.id) {
+            return Err(LogStoreError::Invalid(format!(
+                "--id {} is not in --peers ({})",
+                config.id,
+                config
+                    .peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )));
+        }
+        let mut wal = WalConfig::new(config.dir.clone());
+        if let Some(b) = config.segment_bytes {
+            wal.segment_bytes = b;
+        }
+        // A record is a group of appends: room for a full group of the largest entries.
+        wal.max_record_bytes = u32::MAX;
+        let storage = LogStorage::open(wal).map_err(|e| LogStoreError::Invalid(e.to_string()))?;
+        let failed = storage.failed();
+        let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
+        let network = Network {
+            me: config.id,
+            machine: machine.clone(),
+        };
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config(&config)?),
+            network,
+            storage,
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| LogStoreError::Invalid(format!("raft: {e}")))?;
+        let initialized = raft.is_initialized().await.unwrap_or(true);
+        if !initialized {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "the group was already initialized");
+            }
+        }
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let replica = Replica {
+            raft,
+            machine,
+            jobs,
+            id: config.id,
+            peers: Arc::new(config.peers),
+            max_entry_bytes: config.max_entry_bytes,
+            failed,
+        };
+        tokio::spawn(replica.clone().propose(rx));
+        tokio::spawn(replica.clone().leader_duties());
+        tokio::spawn(replica.clone().snapshots());
+        Ok(replica)
+    }
+
+    /// The Raft instance (for the replication service).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_entry_bytes
+    }
+
+    /// The leader's address, if one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.peers.get(&leader).cloned()
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        ReplicaStatus {
+            id: self.id,
+            role: format!("{:?}", m.state).to_lowercase(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log: m.last_log_index,
+            applied: m.last_applied.map(|l| l.index),
+        }
+    }
+
+    fn not_leader(&self) -> LogStoreError {
+        LogStoreError::NotLeader {
+            leader: self.leader_addr(),
+        }
+    }
+
+    /// The log's id, once established by the group's first leader.
+    pub fn log_id(&self) -> Result<String, LogStoreError> {
+        self.machine.log_id().ok_or_else(|| {
+            LogStoreError::Unavailable(
+                "the log has no id yet: it is new and waits for its first leader".into(),
+            )
+        })
+    }
+
+    /// Queues one append; the receiver gets its verdict once its entry is applied.
+    pub async fn submit(
+        &self,
+        mutations: Vec<Mutation>,
+        writer: Option<(String, u64)>,
+        start_micros: u64,
+    ) -> Result<oneshot::Receiver<Result<Appended, LogStoreError>>, LogStoreError> {
+        crate::logstore::validate(&mutations, writer.as_ref(), self.max_entry_bytes)?;
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let (reply, rx) = oneshot::channel();
+        let (writer_id, sequence) = writer.clone().unwrap_or_default();
+        let stored = StoredEntry {
+            entry: Some(Entry {
+                index: 0,
+                mutations,
+                append_start_micros: start_micros,
+            }),
+            writer_id,
+            sequence,
+        };
+        self.jobs
+            .send(Pending {
+                stored,
+                writer,
+                reply,
+            })
+            .await
+            .map_err(|_| LogStoreError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Releases client entries below `below` (through the log, so every replica does).
+    pub async fn retain(&self, below: u64) -> Result<u64, LogStoreError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        match self.raft.client_write(Command::Retain { below }).await {
+            Ok(r) => match r.data {
+                Reply::Retained { first } => Ok(first),
+                other => Err(LogStoreError::Invalid(format!(
+                    "unexpected reply {other:?}"
+                ))),
+            },
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    fn write_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, super::Node>>,
+    ) -> LogStoreError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LogStoreError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            other => LogStoreError::Unknown(other.to_string()),
+        }
+    }
+
+    /// Resolves with the reason once the replica's log has failed (the server then stops).
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut failed = self.failed.clone();
+        let mut metrics = self.raft.metrics();
+        let wal = async move {
+            let reason = failed
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|r| r.clone());
+            match reason {
+                Some(r) => r,
+                None => std::future::pending().await,
+            }
+        };
+        // Raft's core stopped (a storage error it cannot go on from).
+        let core = async move {
+            while metrics.changed().await.is_ok() {}
+            "the Raft core stopped".to_string()
+        };
+        async move {
+            tokio::select! {
+                r = wal => r,
+                r = core => r,
+            }
+        }
+    }
+
+    /// The proposer: one Raft entry per group of waiting appends.
+    async fn propose(self, mut rx: mpsc::Receiver<Pending>) {
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let mut bytes = first.stored.encoded_len();
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.stored.encoded_len();
+                        group.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            if !self.is_leader() {
+                for p in group {
+                    let _ = p.reply.send(Err(self.not_leader()));
+                }
+                continue;
+            }
+            let mut appends = Vec::with_capacity(group.len());
+            let mut waiting = Vec::with_capacity(group.len());
+            for p in group {
+                appends.push(p.stored);
+                waiting.push((p.writer, p.reply));
+            }
+            let cmd = Command::Appends(AppendGroup { appends }.encode_to_vec());
+            let replica = self.clone();
+            tokio::spawn(async move {
+                let out = replica.raft.client_write(cmd).await;
+                drop(permit);
+                replica.answer(waiting, out);
+            });
+        }
+    }
+
+    fn answer(
+        &self,
+        waiting: Vec<Waiting>,
+        out: Result<
+            openraft::raft::ClientWriteResponse<super::TypeConfig>,
+            RaftError<NodeId, ClientWriteError<NodeId, super::Node>>,
+        >,
+    ) {
+        let verdicts = match out {
+            Ok(r) => match r.data {
+                Reply::Appends(v) if v.len() == waiting.len() => v,
+                other => {
+                    let e = format!("unexpected reply {other:?}");
+                    for (_, reply) in waiting {
+                        let _ = reply.send(Err(LogStoreError::Invalid(e.clone())));
+                    }
+                    return;
+                }
+            },
+            Err(e) => {
+                // Proposed, then leadership moved (or Raft stopped): the entry may still
+                // commit, so the outcome is unknown whatever the error says.
+                let e = match self.write_error(e) {
+                    LogStoreError::NotLeader { .. } => {
+                        "leadership moved while the append was being replicated".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(LogStoreError::Unknown(e.clone())));
+                }
+                return;
+            }
+        };
+        for ((writer, reply), v) in waiting.into_iter().zip(verdicts) {
+            let (id, sequence) = writer.unwrap_or_default();
+            let r = match v {
+                Verdict::New(index) => Ok(Appended {
+                    index,
+                    duplicate: false,
+                }),
+                Verdict::Duplicate(index) => Ok(Appended {
+                    index,
+                    duplicate: true,
+                }),
+                Verdict::Reused { index } => Err(LogStoreError::SequenceReused {
+                    writer: id,
+                    sequence,
+                    index,
+                }),
+                Verdict::Stale { last, index } => Err(LogStoreError::StaleSequence {
+                    writer: id,
+                    sequence,
+                    last,
+                    index,
+                }),
+            };
+            let _ = reply.send(r);
+        }
+    }
+
+    /// A new leader of a new log establishes its id.
+    async fn leader_duties(self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if self.is_leader() && self.machine.log_id().is_none() {
+                let id = uuid::Uuid::new_v4().to_string();
+                match self
+                    .raft
+                    .client_write(Command::Establish { log_id: id })
+                    .await
+                {
+                    Ok(r) => {
+                        if let Reply::Established { log_id } = r.data {
+                            tracing::info!(%log_id, "the log's id is established");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "establishing the log id; will retry"),
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Takes a snapshot (a new base, and a purge up to it) whenever enough is released.
+    async fn snapshots(self) {
+        let mut wanted = self.machine.rebase_wanted();
+        while wanted.changed().await.is_ok() {
+            if let Err(e) = self.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "could not ask for a snapshot");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! openraft's log storage on our segment WAL: each Raft entry is one WAL record (written and
+//! fsynced once, with the WAL's checksums and torn-tail recovery), the vote and the purge
+//! point live in a small file replaced durably, and a follower's conflicting suffix is cut
+//! with [`Wal::truncate_from`].
+//!
+//! Appends run on the blocking pool (or inline under simulation, see [`crate::blocking`]);
+//! openraft 0.9 waits for each one, so the node groups client appends into one entry first.
+//! After any WAL failure every later call fails: the replica must restart (crash-only), and
+//! the reason is published for the server to stop on.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Entry, LogId, NodeId, StorageError, TypeConfig, raft_index, wal_index};
+use crate::logstore::wal::{Wal, WalConfig, WalError, WalReader};
+
+/// The file holding the vote and the purge point. Its presence also marks the directory as
+/// a replica's (a directory with WAL segments and no such file holds a single-node log).
+pub const STATE_FILE: &str = "raft-state";
+
+/// What must survive a restart besides the entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Durable {
+    vote: Option<Vote<NodeId>>,
+    purged: Option<LogId>,
+}
+
+/// Errors opening a replica's log.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(
+        "{} holds a single-node log (WAL segments without {STATE_FILE}); a replica of a Raft group cannot adopt it. Run it without --peers, or give this replica an empty directory",
+        .0.display()
+    )]
+    SingleNodeLog(PathBuf),
+    #[error("{}: {reason}", .path.display())]
+    State { path: PathBuf, reason: String },
+}
+
+fn io_error(e: impl std::error::Error + 'static) -> AnyError {
+    AnyError::new(&e)
+}
+
+/// Reads Raft entries from the WAL (cloned into each replication task).
+#[derive(Clone)]
+pub struct LogReader {
+    reader: WalReader,
+}
+
+impl LogReader {
+    fn entries(&self, from: u64, to_inclusive: u64) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at <= to_inclusive {
+            let records = self
+                .reader
+                .read_range(wal_index(at), wal_index(to_inclusive), 16 << 20)
+                .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+            if records.is_empty() {
+                break;
+            }
+            for (wal, bytes) in records {
+                let e = super::decode_entry(&bytes)
+                    .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+                if e.log_id.index != raft_index(wal) {
+                    return Err(StorageIOError::read_logs(AnyError::error(format!(
+                        "WAL record {wal} holds Raft entry {}, expected {}",
+                        e.log_id.index,
+                        raft_index(wal)
+                    )))
+                    .into());
+                }
+                at = e.log_id.index + 1;
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn last(&self) -> Result<Option<LogId>, StorageError> {
+        let (first, last) = (self.reader.first_index(), self.reader.last_index());
+        if last < first {
+            return Ok(None);
+        }
+        Ok(self
+            .entries(raft_index(last), raft_index(last))?
+            .pop()
+            .map(|e| e.log_id))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => raft_index(self.reader.first_index()),
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(i) => i - 1,
+            Bound::Unbounded => raft_index(self.reader.last_index()),
+        };
+        self.entries(from, to)
+    }
+}
+
+/// A replica's Raft log.
+pub struct LogStorage {
+    wal: Arc<Mutex<Wal>>,
+    reader: LogReader,
+    dir: PathBuf,
+    durable: Durable,
+    failed: watch::Sender<Option<String>>,
+}
+
+impl LogStorage {
+    /// Opens the replica's log in `config.dir` (a new directory becomes a replica's).
+    pub fn open(config: WalConfig) -> Result<LogStorage, OpenError> {
+        let dir = config.dir.clone();
+        crate::disk::create_dir_all(&dir).map_err(|source| WalError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let state_path = dir.join(STATE_FILE);
+        let durable = match crate::disk::read(&state_path) {
+            Ok(bytes) => postcard::from_bytes(&bytes).map_err(|e| OpenError::State {
+                path: state_path.clone(),
+                reason: format!("does not decode: {e}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Durable::default(),
+            Err(source) => {
+                return Err(WalError::Io {
+                    path: state_path,
+                    source,
+                }
+                .into());
+            }
+        };
+        let marked = crate::disk::exists(&state_path).unwrap_or(false);
+        let (mut wal, report) = Wal::open(config)?;
+        if !marked {
+            if report.last_index >= report.first_index {
+                return Err(OpenError::SingleNodeLog(dir));
+            }
+            save(&dir, &durable)?;
+        }
+        // A purge past the last entry leaves an empty WAL that must go on after the purge
+        // point (a crash can fall between removing the old segments and starting anew).
+        if let Some(p) = durable.purged
+            && wal.last_index() < wal.first_index()
+            && wal.first_index() != wal_index(p.index) + 1
+        {
+            wal.restart_at(wal_index(p.index) + 1)?;
+        }
+        let reader = LogReader {
+            reader: wal.reader(),
+        };
+        let (failed, _) = watch::channel(None);
+        Ok(LogStorage {
+            wal: Arc::new(Mutex::new(wal)),
+            reader,
+            dir,
+            durable,
+            failed,
+        })
+    }
+
+    /// The WAL's reader, for the state machine's reads of client entries.
+    pub fn wal_reader(&self) -> WalReader {
+        self.reader.reader.clone()
+    }
+
+    /// A watch that holds why the log failed, once it has.
+    pub fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
+    fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> StorageError {
+        let reason = format!("{what}: {e}");
+        tracing::error!(%reason, "replica log failed; the LogStore stops");
+        self.failed.send_replace(Some(reason.clone()));
+        StorageIOError::write_logs(AnyError::error(reason)).into()
+    }
+
+    /// Runs `f` on the WAL on the blocking pool (or inline under simulation).
+    async fn with_wal<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Wal) -> Result<T, WalError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        if let Some(reason) = self.failed.borrow().clone() {
+            return Err(StorageIOError::write_logs(AnyError::error(reason)).into());
+        }
+        let wal = self.wal.clone();
+        let out = crate::blocking::run(move || {
+            let mut wal = wal.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut wal)
+        })
+        .await;
+        match out {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.fail(what, &e)),
+            Err(e) => Err(self.fail(what, &e)),
+        }
+    }
+
+    fn save_durable(&self) -> Result<(), StorageError> {
+        save(&self.dir, &self.durable).map_err(|e| self.fail("saving the vote", &e))
+    }
+}
+
+fn save(dir: &Path, durable: &Durable) -> Result<(), OpenError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = postcard::to_allocvec(durable).map_err(|e| OpenError::State {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    crate::disk::write_durably(&path, &bytes).map_err(|source| WalError::Io { path, source }.into())
+}
+
+impl RaftLogReader<TypeConfig> for LogStorage {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStorage {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let purged = self.durable.purged;
+        let last = match self.reader.last()? {
+            Some(l) if Some(l) > purged => Some(l),
+            _ => purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.durable.vote = Some(*vote);
+        self.save_durable()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        Ok(self.durable.vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        let mut first = None;
+        for e in entries {
+            first.get_or_insert(e.log_id.index);
+            records.push(super::encode_entry(&e).map_err(|e| self.fail("encoding an entry", &e))?);
+        }
+        let Some(first) = first else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let expected = wal_index(first);
+        let result = self
+            .with_wal("appending", move |wal| {
+                if wal.last_index() + 1 != expected {
+                    return Err(WalError::InvalidConfig(format!(
+                        "Raft appends at WAL index {expected}, but the WAL ends at {}",
+                        wal.last_index()
+                    )));
+                }
+                let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                wal.append_batch(&refs).map(|_| ())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::info!(
+            from = log_id.index,
+            "cutting a conflicting suffix of the log"
+        );
+        let at = wal_index(log_id.index);
+        self.with_wal("truncating", move |wal| wal.truncate_from(at))
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.durable.purged = Some(log_id);
+        self.save_durable()?;
+        let below = wal_index(log_id.index) + 1;
+        let removed = self
+            .with_wal("purging", move |wal| {
+                if wal.last_index() < below {
+                    wal.restart_at(below)
+                } else {
+                    wal.remove_below(below)
+                }
+            })
+            .await?;
+        tracing::info!(upto = log_id.index, removed, "purged the log");
+        Ok(())
+    }
+}
