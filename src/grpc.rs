@@ -447,8 +447,19 @@ pub async fn connect(addr: &str) -> Result<Channel, GrpcError> {
     })
 }
 
-/// A channel that connects on first use (and reconnects after a failure).
+/// A channel that connects on first use (and reconnects after a failure). A comma-separated
+/// list (the replicas of a replicated LogStore) gives a channel that spreads calls over
+/// the addresses that answer.
 pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
+    if addr.contains(',') {
+        let endpoints = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Channel::balance_list(endpoints.into_iter()));
+    }
     let endpoint = endpoint(addr)?;
     Ok(match DIALER.get() {
         Some(dialer) => endpoint.connect_with_connector_lazy(dialed(dialer)),

@@ -263,3 +263,98 @@ async fn killing_the_leader_loses_no_acknowledged_append_and_writes_no_retry_twi
         );
     }
 }
+
+/// The whole system on a replicated log: a player delivering to three shards while writers
+/// append (each retrying with its `(writer_id, sequence)` until acknowledged), the log's
+/// leader SIGKILLed again and again and a follower frozen. Every shard must end equal to
+/// what the log implies, and the log must hold each acknowledged append exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_end_exactly_once_while_the_log_leader_is_killed() {
+    use logplayer::harness::check::check;
+    use logplayer::harness::cluster::Cluster;
+    use logplayer::harness::workload::Workload;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_replicated(dir.path(), &bin(), 3, 3, &[])
+        .await
+        .unwrap();
+    let log = Log::connect(&c.logstore_addrs()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.log_leader().await.is_none() {
+        assert!(Instant::now() < deadline, "no log leader:\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.start_player(&[]).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let log = log.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut workload = Workload::new(6, 300, 300, 100 + w);
+            let id = format!("tm-{w}");
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                seq += 1;
+                let txn = workload.next_txn();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while let Err(e) = log.append(txn.clone(), Some((&id, seq)), 0).await {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{id} {seq} never acknowledged: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            seq
+        }));
+    }
+    for k in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let Some(l) = c.log_leader().await else {
+            continue;
+        };
+        if k == 3 {
+            // A follower frozen past several election timeouts, then back.
+            let f = (l + 1) % 3;
+            c.log_replicas()[f].stop().unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.log_replicas()[f].cont().unwrap();
+            continue;
+        }
+        c.log_replicas()[l].kill().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.log_replicas()[l].restart().await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acked = 0;
+    for w in writers {
+        acked += w.await.unwrap();
+    }
+    let result = check(&log, &c.shard_map(), Duration::from_secs(60))
+        .await
+        .expect("the checker reads the log and every shard");
+    let (_, last) = log.bounds().await.unwrap();
+    if !result.pass {
+        // Which replica disagrees, and where.
+        let mut views = Vec::new();
+        for p in c.log_replicas() {
+            let l = Log::connect(p.addr()).await.unwrap();
+            views.push(l.read_range(1, last).await.unwrap());
+        }
+        for (r, v) in views.iter().enumerate().skip(1) {
+            if let Some(i) = (0..v.len().min(views[0].len())).find(|&i| v[i] != views[0][i]) {
+                eprintln!(
+                    "replica {} differs from replica 1 first at index {}",
+                    r + 1,
+                    i + 1
+                );
+            }
+        }
+        panic!("exactly-once violated:\n{result}\n{}", c.logs());
+    }
+    assert_eq!(
+        last, acked,
+        "the log holds each acknowledged append once, and nothing else"
+    );
+    eprintln!("{acked} appends through 5 leader kills and a frozen follower; {result}");
+}

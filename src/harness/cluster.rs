@@ -28,6 +28,14 @@ pub enum ClusterError {
     Signal { name: String, source: nix::Error },
 }
 
+/// A loopback port free right now (for a server whose address must be known before it
+/// starts, such as a replica its peers dial).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The `logplayer` binary to run: `$LOGPLAYER_BIN`, else this executable.
 pub fn binary() -> PathBuf {
     std::env::var_os("LOGPLAYER_BIN")
@@ -238,7 +246,10 @@ pub struct Cluster {
     pub bin: PathBuf,
     /// Environment variables set on every process the cluster starts.
     pub env: Vec<(String, String)>,
+    /// The LogStore (replica 1 of a replicated one).
     pub logstore: Proc,
+    /// The other replicas of a replicated LogStore (ids 2, 3, ...); empty for a single node.
+    pub log_peers: Vec<Proc>,
     pub shards: Vec<Proc>,
     pub players: Vec<Proc>,
 }
@@ -284,6 +295,110 @@ impl Cluster {
             env,
         )
         .await?;
+        let shards = Self::start_shards(dir, bin, n, shard_extra, env).await?;
+        Ok(Cluster {
+            dir: dir.to_owned(),
+            bin: bin.to_owned(),
+            env: env.to_vec(),
+            logstore,
+            log_peers: Vec::new(),
+            shards,
+            players: Vec::new(),
+        })
+    }
+
+    /// A LogStore replicated by a Raft group of `replicas` processes (ids 1..=replicas, each
+    /// on a loopback port picked now and kept across restarts) and `n` shards.
+    pub async fn start_replicated(
+        dir: &Path,
+        bin: &Path,
+        n: usize,
+        replicas: usize,
+        env: &[(String, String)],
+    ) -> Result<Cluster, ClusterError> {
+        let addrs: Vec<String> = (0..replicas.max(1))
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_, _>>()
+            .map_err(|source| ClusterError::Spawn {
+                name: "logstore".into(),
+                source,
+            })?;
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut procs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = (i + 1).to_string();
+            let data = dir.join(format!("logstore-{id}")).display().to_string();
+            let args = ["logstore", "--id", &id, "--peers", &peers, "--data", &data];
+            procs.push(
+                Proc::start_with_env(
+                    &format!("logstore-{id}"),
+                    bin,
+                    args.iter().map(|s| s.to_string()).collect(),
+                    Some(addr),
+                    dir,
+                    env,
+                )
+                .await?,
+            );
+        }
+        let logstore = procs.remove(0);
+        let shards = Self::start_shards(dir, bin, n, &[], env).await?;
+        Ok(Cluster {
+            dir: dir.to_owned(),
+            bin: bin.to_owned(),
+            env: env.to_vec(),
+            logstore,
+            log_peers: procs,
+            shards,
+            players: Vec::new(),
+        })
+    }
+
+    /// Every LogStore replica (one for a single node).
+    pub fn log_replicas(&mut self) -> Vec<&mut Proc> {
+        std::iter::once(&mut self.logstore)
+            .chain(self.log_peers.iter_mut())
+            .collect()
+    }
+
+    /// The address clients use: every replica's, comma-separated.
+    pub fn logstore_addrs(&self) -> String {
+        std::iter::once(&self.logstore)
+            .chain(&self.log_peers)
+            .map(|p| p.addr().to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The LogStore replica that says it leads (as an index of [`Cluster::log_replicas`]).
+    pub async fn log_leader(&self) -> Option<usize> {
+        for (i, p) in std::iter::once(&self.logstore)
+            .chain(&self.log_peers)
+            .enumerate()
+        {
+            if let Ok(log) = crate::client::Log::connect(p.addr()).await
+                && let Ok(d) = log.describe().await
+                && d.replica.is_some_and(|r| r.role == "leader")
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    async fn start_shards(
+        dir: &Path,
+        bin: &Path,
+        n: usize,
+        shard_extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Vec<Proc>, ClusterError> {
+        let d = |s: &str| dir.join(s).display().to_string();
         let mut shards = Vec::new();
         for i in 0..n {
             let id = format!("s{i}");
@@ -308,14 +423,7 @@ impl Cluster {
                 .await?,
             );
         }
-        Ok(Cluster {
-            dir: dir.to_owned(),
-            bin: bin.to_owned(),
-            env: env.to_vec(),
-            logstore,
-            shards,
-            players: Vec::new(),
-        })
+        Ok(shards)
     }
 
     /// `ID=ADDR` specs of the shards (even slot split).
@@ -337,7 +445,7 @@ impl Cluster {
         let mut args = vec![
             "player".to_string(),
             "--logstore".into(),
-            self.logstore.addr().to_owned(),
+            self.logstore_addrs(),
         ];
         for s in self.shard_specs() {
             args.push("--shard".into());
@@ -403,6 +511,7 @@ impl Cluster {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for p in std::iter::once(&self.logstore)
+            .chain(&self.log_peers)
             .chain(&self.shards)
             .chain(&self.players)
         {

@@ -16,7 +16,8 @@ use crate::routing::{RoutingError, ShardMap};
 
 #[derive(Args, Debug, Clone, PartialEq, Serialize)]
 pub struct PlayerArgs {
-    /// LogStore address.
+    /// LogStore address; for a replicated LogStore, every replica's, comma-separated (reads
+    /// spread over them, retention follows the leader).
     #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
     pub logstore: String,
     /// A shard: ID=ADDR, or ID=ADDR@LO-HI[,LO-HI...] to name its slots (of 16384).

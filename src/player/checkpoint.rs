@@ -101,12 +101,7 @@ impl Shared {
         if let Some(lowest) = lowest
             && lowest > 0
         {
-            match self
-                .log
-                .clone()
-                .retain(RetainRequest { below: lowest + 1 })
-                .await
-            {
+            match self.retain_on_leader(lowest + 1).await {
                 Ok(r) => {
                     let r = r.into_inner();
                     if r.segments_removed > 0 {
@@ -121,5 +116,34 @@ impl Shared {
                 Err(status) => tracing::warn!(%status, "log retention failed"),
             }
         }
+    }
+
+    /// `Retain` on the LogStore; a replica that does not lead names the leader, and the call
+    /// goes there (retention is written through the replicated log).
+    async fn retain_on_leader(
+        &self,
+        below: u64,
+    ) -> Result<tonic::Response<crate::proto::RetainResponse>, tonic::Status> {
+        let status = match self.log.clone().retain(RetainRequest { below }).await {
+            Ok(r) => return Ok(r),
+            Err(status) => status,
+        };
+        let leader = (crate::grpc::Reason::of(&status) == Some(crate::grpc::Reason::NotLeader))
+            .then(|| {
+                status
+                    .metadata()
+                    .get(crate::client::LEADER_KEY)?
+                    .to_str()
+                    .ok()
+            })
+            .flatten();
+        let Some(leader) = leader else {
+            return Err(status);
+        };
+        let channel = crate::grpc::connect_lazy(leader)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        crate::proto::log_store_client::LogStoreClient::new(channel)
+            .retain(RetainRequest { below })
+            .await
     }
 }

@@ -96,6 +96,8 @@ impl Shared {
             })
             .await?
             .into_inner();
+        // The highest index the stream delivered, for this shard or not.
+        let mut seen_to = start - 1;
         while let Some(resp) = stream.message().await? {
             if resp.log_id != self.log_id {
                 return Err(tonic::Status::failed_precondition(format!(
@@ -104,6 +106,7 @@ impl Shared {
                 )));
             }
             for entry in resp.entries {
+                seen_to = seen_to.max(entry.index);
                 let mutations: Vec<Mutation> = entry
                     .mutations
                     .iter()
@@ -150,6 +153,14 @@ impl Shared {
                 }
                 *prev = entry.index;
             }
+        }
+        // A read without `follow` ends at the server's last index: a replica of a
+        // replicated log that is behind ends the range early. Closing it with a watermark
+        // would skip what that replica did not have yet, so read again instead.
+        if seen_to < to {
+            return Err(tonic::Status::unavailable(format!(
+                "the LogStore served the range only up to {seen_to} of {to} (a replica behind the leader); reading it again"
+            )));
         }
         Ok(Some(()))
     }
