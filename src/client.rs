@@ -58,6 +58,12 @@ pub const LEADER_KEY: &str = "logplayer-leader";
 
 /// How long a call looks for a leader (elections, restarts) before giving up.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// With several replicas, how long one attempt waits for a replica before trying another
+/// (a replica frozen with its sockets open never answers, and TCP keepalive takes far
+/// longer to notice).
+const ATTEMPT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long `Bounds` waits for its answer.
+const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A LogStore client: one address, or every replica of a replicated LogStore as a
 /// comma-separated list. Reads go to the replica in use; appends and `Retain` follow the
@@ -176,9 +182,11 @@ impl Log {
                 Next::Rotate
             }
             Some(_) => Next::Fail,
-            // No reason of ours: the transport (a replica down or restarting).
-            None if status.code() == tonic::Code::Unavailable
-                && (written_twice_ok || self.addrs.len() > 1) =>
+            // No reason of ours: the transport (a replica down, restarting or frozen).
+            None if matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) && (written_twice_ok || self.addrs.len() > 1) =>
             {
                 Next::Rotate
             }
@@ -201,7 +209,19 @@ impl Log {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             let conn = self.conn();
-            let status = match call(conn.client.clone()).await {
+            let attempt = call(conn.client.clone());
+            let answer = if self.addrs.len() > 1 {
+                tokio::time::timeout(ATTEMPT_WAIT, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded(format!(
+                            "no answer within {ATTEMPT_WAIT:?}"
+                        )))
+                    })
+            } else {
+                attempt.await
+            };
+            let status = match answer {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(status) => status,
             };
@@ -269,7 +289,9 @@ impl Log {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         while tokio::time::Instant::now() < deadline {
             let conn = self.conn();
-            if let Ok(b) = conn.client.clone().bounds(BoundsRequest {}).await {
+            let mut client = conn.client.clone();
+            let bounds = client.bounds(BoundsRequest {});
+            if let Ok(Ok(b)) = tokio::time::timeout(ATTEMPT_WAIT, bounds).await {
                 match b.into_inner().replica {
                     Some(r) if r.role == "leader" => return,
                     Some(r) if !r.leader_addr.is_empty() && r.leader_addr != conn.addr => {
@@ -303,12 +325,15 @@ impl Log {
     /// a replica, where it stands in its group.
     pub async fn describe(&self) -> Result<crate::proto::BoundsResponse, ClientError> {
         let conn = self.conn();
-        call(
-            &conn.addr,
-            "bounds",
-            conn.client.clone().bounds(BoundsRequest {}),
-        )
-        .await
+        let mut client = conn.client.clone();
+        let bounds = call(&conn.addr, "bounds", client.bounds(BoundsRequest {}));
+        tokio::time::timeout(BOUNDS_WAIT, bounds)
+            .await
+            .unwrap_or_else(|_| {
+                Err(rpc_err(&conn.addr, "bounds")(
+                    tonic::Status::deadline_exceeded(format!("no answer within {BOUNDS_WAIT:?}")),
+                ))
+            })
     }
 
     /// Every entry in `[from, to]`.

@@ -358,3 +358,117 @@ async fn shards_end_exactly_once_while_the_log_leader_is_killed() {
     );
     eprintln!("{acked} appends through 5 leader kills and a frozen follower; {result}");
 }
+
+/// Appends `n` entries as writer `id` (sequences from `from`), each retried until
+/// acknowledged; returns `(sequence, index)` of each.
+async fn write(log: &Log, id: &str, from: u64, n: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for seq in from..from + n {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match log
+                .append(add(format!("{id}-{seq}")), Some((id, seq)), 0)
+                .await
+            {
+                Ok(index) => {
+                    out.push((seq, index));
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{id} {seq}: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each acknowledged `(sequence, index)` of writer `id` is in every replica's log at that
+/// index, and the replicas agree on every entry.
+async fn assert_acked_everywhere(g: &Group, acked: &[(&str, Vec<(u64, u64)>)]) {
+    let last = acked
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|(_, i)| *i))
+        .max()
+        .unwrap_or(0);
+    let each = g.entries_of_each(last).await;
+    for (r, entries) in each.iter().enumerate() {
+        assert_eq!(entries, &each[0], "replica {} serves another log", r + 1);
+        for (id, v) in acked {
+            for (seq, index) in v {
+                let e = &entries[(*index - 1) as usize];
+                assert_eq!(
+                    e.mutations[0].key,
+                    format!("{id}-{seq}").into_bytes(),
+                    "{id} {seq} was acknowledged at {index} (replica {})",
+                    r + 1
+                );
+            }
+        }
+    }
+}
+
+/// A leader frozen (SIGSTOP) past the election timeout while a client waits on it, then
+/// woken: the others elect a new leader and go on; whatever the old leader answers after
+/// waking must be true of the final log (it must not acknowledge what it cannot commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_term_acknowledges_nothing_it_did_not_commit() {
+    let g = Group::start(3, &[]).await;
+    let l = g.leader(Duration::from_secs(20)).await;
+    let all = Log::connect(&g.all()).await.unwrap();
+    let mut acked = vec![("before", write(&all, "before", 1, 50).await)];
+    // A client bound to the old leader alone, appending while it is frozen.
+    let stuck = Log::connect(&g.addrs[l]).await.unwrap();
+    g.procs[l].stop().unwrap();
+    let pending = tokio::spawn(async move {
+        let mut answered = Vec::new();
+        for seq in 1..=5u64 {
+            if let Ok(index) = stuck
+                .append(add(format!("frozen-{seq}")), Some(("frozen", seq)), 0)
+                .await
+            {
+                answered.push((seq, index));
+            }
+        }
+        answered
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The other two elected a leader among themselves and accept appends.
+    acked.push(("during", write(&all, "during", 1, 50).await));
+    g.procs[l].cont().unwrap();
+    acked.push(("frozen", pending.await.unwrap()));
+    acked.push(("after", write(&all, "after", 1, 20).await));
+    assert_acked_everywhere(&g, &acked).await;
+    let new = g.leader(Duration::from_secs(10)).await;
+    eprintln!(
+        "old leader {} woke up; leader now {}; the frozen client got {} answers",
+        l + 1,
+        new + 1,
+        acked[2].1.len()
+    );
+}
+
+/// All three replicas SIGKILLed at once and restarted: every acknowledged append is still
+/// there, on every replica, and appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_replicas_killed_at_once_lose_no_acknowledged_append() {
+    let mut g = Group::start(3, &[]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    let writer = tokio::spawn({
+        let log = log.clone();
+        async move { write(&log, "w", 1, 400).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for p in &mut g.procs {
+        p.kill().await;
+    }
+    for p in &mut g.procs {
+        p.restart().await.unwrap();
+    }
+    let mut acked = vec![("w", writer.await.unwrap())];
+    g.leader(Duration::from_secs(20)).await;
+    acked.push(("again", write(&log, "again", 1, 20).await));
+    assert_acked_everywhere(&g, &acked).await;
+}

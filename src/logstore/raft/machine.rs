@@ -503,3 +503,125 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logstore::wal::{Wal, WalConfig};
+    use crate::proto::{Mutation, StoredEntry, mutation::Op};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn add(key: &str) -> Vec<Mutation> {
+        vec![Mutation {
+            key: key.as_bytes().to_vec().into(),
+            op: Some(Op::Add(1)),
+        }]
+    }
+
+    fn stored(writer: &str, seq: u64, key: &str) -> StoredEntry {
+        StoredEntry {
+            entry: Some(LogEntry {
+                index: 0,
+                mutations: add(key),
+                append_start_micros: 0,
+            }),
+            writer_id: writer.into(),
+            sequence: seq,
+        }
+    }
+
+    fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    fn group(appends: Vec<StoredEntry>) -> EntryPayload<TypeConfig> {
+        EntryPayload::Normal(Command::Appends(AppendGroup { appends }.encode_to_vec()))
+    }
+
+    /// A Raft log in which a retried append landed twice (the first leader wrote it, lost
+    /// leadership before answering, and the writer retried at the next one), plus Raft's
+    /// own entries.
+    fn log_with_a_retry() -> Vec<Entry> {
+        vec![
+            entry(0, EntryPayload::Blank),
+            entry(1, group(vec![stored("w", 1, "a"), stored("", 0, "b")])),
+            entry(2, EntryPayload::Blank),
+            entry(
+                3,
+                group(vec![
+                    stored("w", 1, "a"),
+                    stored("w", 2, "c"),
+                    stored("w", 2, "x"),
+                ]),
+            ),
+            entry(4, group(vec![stored("w", 1, "a")])),
+        ]
+    }
+
+    #[test]
+    fn a_retry_that_landed_twice_gets_the_original_index_and_raft_entries_take_none() {
+        let mut base = Base::default();
+        let replies: Vec<Reply> = log_with_a_retry()
+            .iter()
+            .map(|e| base.apply(e).unwrap().reply)
+            .collect();
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Internal,
+                Reply::Appends(vec![Verdict::New(1), Verdict::New(2)]),
+                Reply::Internal,
+                Reply::Appends(vec![
+                    Verdict::Duplicate(1),
+                    Verdict::New(3),
+                    Verdict::Reused { index: 3 },
+                ]),
+                Reply::Appends(vec![Verdict::Stale { last: 2, index: 3 }]),
+            ]
+        );
+        assert_eq!(base.next, 4, "three entries, dense");
+        // Every replica applying the same log decides the same.
+        let mut again = Base::default();
+        for e in log_with_a_retry() {
+            again.apply(&e).unwrap();
+        }
+        assert_eq!(again, base);
+    }
+
+    #[tokio::test]
+    async fn reads_serve_only_new_appends_in_order_from_the_cache_and_from_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let log = log_with_a_retry();
+        let records: Vec<Vec<u8>> = log
+            .iter()
+            .map(|e| super::super::encode_entry(e).unwrap())
+            .collect();
+        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        wal.append_batch(&refs).unwrap();
+        let mut m = Machine::open(dir.path(), wal.reader(), 10).unwrap();
+        m.apply(log).await.unwrap();
+        let keys = |entries: Vec<LogEntry>| -> Vec<(u64, String)> {
+            entries
+                .into_iter()
+                .map(|e| {
+                    (
+                        e.index,
+                        String::from_utf8_lossy(&e.mutations[0].key).into_owned(),
+                    )
+                })
+                .collect()
+        };
+        let want = vec![(1, "a".to_string()), (2, "b".into()), (3, "c".into())];
+        assert_eq!(keys(m.read(1, 10, usize::MAX).unwrap()), want);
+        assert_eq!(m.bounds(), (1, 3));
+        // Without the cache, the same entries come back from the WAL records.
+        lock(&m.shared.state).cache = TailCache::default();
+        assert_eq!(keys(m.read(1, 10, usize::MAX).unwrap()), want);
+        assert_eq!(keys(m.read(2, 2, usize::MAX).unwrap()), want[1..2].to_vec());
+        assert_eq!(keys(m.read(3, 10, usize::MAX).unwrap()), want[2..].to_vec());
+    }
+}

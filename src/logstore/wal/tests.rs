@@ -683,3 +683,52 @@ fn a_failed_sync_while_rolling_a_segment_leaves_a_log_that_reopens_contiguously(
     assert!(report.last_index >= i - 1);
     assert_all_payloads(&wal.reader(), 1, report.last_index);
 }
+
+#[test]
+fn a_cut_suffix_is_gone_after_reopening_and_appends_go_on_from_the_cut() {
+    for cut in [1u64, 2, 57, 150, 299, 300, 301] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = filled(dir.path(), 300, 7);
+        assert!(segment_files(dir.path()).len() > 3);
+        wal.truncate_from(cut).unwrap();
+        let last = cut.min(301) - 1;
+        assert_eq!(wal.last_index(), last, "cut at {cut}");
+        if last >= 1 {
+            assert_all_payloads(&wal.reader(), 1, last);
+        }
+        // Appends go on from the cut, and what follows it reads back, across a reopen.
+        append_range(&mut wal, cut, 20, 3);
+        drop(wal);
+        let (wal, report) = open_small(dir.path());
+        assert_eq!(report.torn_bytes_truncated, 0, "the cut left no torn tail");
+        assert_eq!(wal.last_index(), cut + 19);
+        assert_all_payloads(&wal.reader(), 1, cut + 19);
+    }
+}
+
+#[test]
+fn a_cut_below_the_first_index_held_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = filled(dir.path(), 300, 5);
+    wal.remove_below(200).unwrap();
+    let first = wal.first_index();
+    assert!(first > 1);
+    let e = wal.truncate_from(first - 1).unwrap_err();
+    assert!(matches!(e, WalError::Removed { .. }), "{e}");
+    assert_eq!(wal.last_index(), 300, "nothing was cut");
+}
+
+#[test]
+fn a_restart_drops_every_record_and_goes_on_after_the_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = filled(dir.path(), 120, 4);
+    let removed = wal.restart_at(1001).unwrap();
+    assert!(removed >= 1);
+    assert_eq!((wal.first_index(), wal.last_index()), (1001, 1000));
+    assert_eq!(segment_firsts(dir.path()), vec![1001]);
+    append_range(&mut wal, 1001, 10, 2);
+    drop(wal);
+    let (wal, _) = open_small(dir.path());
+    assert_eq!((wal.first_index(), wal.last_index()), (1001, 1010));
+    assert_all_payloads(&wal.reader(), 1001, 1010);
+}
