@@ -472,3 +472,94 @@ async fn all_replicas_killed_at_once_lose_no_acknowledged_append() {
     acked.push(("again", write(&log, "again", 1, 20).await));
     assert_acked_everywhere(&g, &acked).await;
 }
+
+fn segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Retention goes through the log: every replica drops the same released prefix (whole
+/// segments below it), and a replica that was down while that happened is brought up by a
+/// snapshot taken *at the retention point*, so it still holds every retained entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_every_replica_and_a_replica_behind_it_still_serves_what_is_retained() {
+    let mut g = Group::start(3, &["--segment-bytes", "4096", "--snapshot-every", "20"]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    write(&log, "w", 1, 50).await;
+    // Replica 3 goes down; the others go on, then release most of the log.
+    let down = 2;
+    if g.leader(Duration::from_secs(5)).await == down {
+        g.procs[down].kill().await;
+        g.leader(Duration::from_secs(20)).await;
+    } else {
+        g.procs[down].kill().await;
+    }
+    let acked = write(&log, "w", 51, 650).await;
+    let last = acked.last().unwrap().1;
+    let dir = |i: usize| g._dir.path().join(format!("replica-{}", i + 1));
+    let up = |i: &usize| *i != down;
+    let before: Vec<usize> = (0..3).filter(up).map(|i| segments(&dir(i))).collect();
+    assert!(
+        before.iter().all(|&n| n > 3),
+        "several segments: {before:?}"
+    );
+    let r = log.retain(600).await.unwrap();
+    assert_eq!(r.first, 600);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now: Vec<usize> = (0..3).filter(up).map(|i| segments(&dir(i))).collect();
+        if now.iter().zip(&before).all(|(n, b)| n < b) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segments not purged: {now:?} (before: {before:?})\n{}",
+            g.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The replica that was down comes back behind the purge point.
+    g.procs[down].restart().await.unwrap();
+    let lagging = Log::connect(&g.addrs[down]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (first, l) = lagging.bounds().await.unwrap_or((0, 0));
+        if l >= last {
+            assert!(
+                first <= 600,
+                "replica {} lost retained entries: it starts at {first}",
+                down + 1
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {} stuck at {l} of {last}\n{}",
+            down + 1,
+            g.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let its_log = std::fs::read_to_string(g.procs[down].log_path()).unwrap_or_default();
+    assert!(
+        its_log.contains("installed a snapshot from the leader"),
+        "the replica was not brought up by a snapshot, so this proves nothing"
+    );
+    let from_lagging = lagging.read_range(600, last).await.unwrap();
+    let from_leader = log.read_range(600, last).await.unwrap();
+    assert_eq!(from_lagging.len() as u64, last - 599);
+    assert_eq!(from_lagging, from_leader, "the same retained entries");
+    let e = lagging.read_range(10, 20).await.unwrap_err();
+    assert!(
+        e.to_string().contains("below"),
+        "released entries are refused: {e}"
+    );
+}

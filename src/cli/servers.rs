@@ -31,6 +31,15 @@ pub struct LogstoreArgs {
     /// every replica. Peers replicate to, and clients dial, these addresses.
     #[arg(long, env = "LOGPLAYER_PEERS", requires = "id", value_parser = parse_peers)]
     peers: Option<Peers>,
+    /// (Replicated) Raft entries released by retention before the replica takes a snapshot
+    /// at the retention point and drops the log's segments below it.
+    #[arg(
+        long,
+        env = "LOGPLAYER_SNAPSHOT_EVERY",
+        default_value_t = 10_000,
+        requires = "peers"
+    )]
+    snapshot_every: u64,
 }
 
 /// The `--peers` list: replica id → address.
@@ -166,6 +175,7 @@ async fn run_replica(a: LogstoreArgs, id: u64, peers: Peers) -> anyhow::Result<(
     let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, a.data.clone());
     config.segment_bytes = Some(a.segment_bytes);
     config.max_entry_bytes = a.limit.max_entry_bytes;
+    config.rebase_every = a.snapshot_every;
     // Bound first, so that peers can reach this replica as soon as Raft starts.
     let (listener, addr) = grpc::bind(&a.listen).await?;
     let replica = logstore::raft::node::Replica::start(config)
