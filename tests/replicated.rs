@@ -563,3 +563,116 @@ async fn retention_purges_every_replica_and_a_replica_behind_it_still_serves_wha
         "released entries are refused: {e}"
     );
 }
+
+/// Waits until `p`'s log contains `text`.
+async fn log_says(p: &Proc, text: &str, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(p.log_path()).is_ok_and(|l| l.contains(text)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A replica whose `--peers` maps ids to the wrong addresses reaches the wrong replicas:
+/// they refuse its messages by name instead of letting Raft mix them up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_swapped_peers_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = |order: [usize; 3]| {
+        order
+            .iter()
+            .enumerate()
+            .map(|(id, &a)| format!("{}={}", id + 1, addrs[a]))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut procs = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        // Replica 3 believes 1 and 2 are at each other's address.
+        let list = if i == 2 {
+            peers([1, 0, 2])
+        } else {
+            peers([0, 1, 2])
+        };
+        let data = dir.path().join(format!("r{i}"));
+        let args = [
+            "logstore",
+            "--id",
+            &(i + 1).to_string(),
+            "--peers",
+            &list,
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        procs.push(
+            Proc::start(
+                &format!("replica-{}", i + 1),
+                &bin(),
+                args.iter().map(|s| s.to_string()).collect(),
+                Some(addr),
+                dir.path(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    assert!(
+        log_says(&procs[2], "meant for replica", Duration::from_secs(20)).await,
+        "replica 3 was not told its peers are wrong:\n{}",
+        procs[2].log_tail(30)
+    );
+    // Replicas 1 and 2 still form a majority and serve.
+    let log = Log::connect(&format!("{},{}", addrs[0], addrs[1]))
+        .await
+        .unwrap();
+    write(&log, "w", 1, 10).await;
+}
+
+/// A replica of another log (its directory holds log B) started among log A's replicas is
+/// refused by both sides, naming both logs, and log A goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_another_log_is_refused_by_name() {
+    let mut a = Group::start(3, &[]).await;
+    let b = Group::start(3, &[]).await;
+    let log_a = Log::connect(&a.all()).await.unwrap();
+    let log_b = Log::connect(&b.all()).await.unwrap();
+    write(&log_a, "a", 1, 5).await;
+    write(&log_b, "b", 1, 5).await;
+    // Replica 3 of A is replaced by a copy of B's replica 3 directory.
+    a.procs[2].kill().await;
+    let b3 = b._dir.path().join("replica-3");
+    let a3 = a._dir.path().join("replica-3");
+    std::fs::remove_dir_all(&a3).unwrap();
+    std::fs::create_dir_all(&a3).unwrap();
+    for f in std::fs::read_dir(&b3).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), a3.join(f.file_name())).unwrap();
+    }
+    a.procs[2].restart().await.unwrap();
+    assert!(
+        log_says(
+            &a.procs[2],
+            "belong to different logs",
+            Duration::from_secs(20)
+        )
+        .await,
+        "the replica of log B was not told:\n{}",
+        a.logs()
+    );
+    write(&log_a, "a", 6, 5).await;
+    // Nothing of log A was written over log B's replica.
+    let id_b = log_b.describe().await.unwrap().log_id;
+    let stray = Log::connect(&a.addrs[2]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stray.describe().await.unwrap().log_id, id_b);
+    assert!(
+        stray.bounds().await.unwrap().1 <= 5,
+        "it holds log B's 5 entries at most"
+    );
+}

@@ -310,11 +310,11 @@ where
     let replication = match &log {
         ServedLog::Replica(r) => Some(
             crate::proto::replication_server::ReplicationServer::new(
-                crate::logstore::raft::network::ReplicationService {
-                    me: r.id(),
-                    raft: r.raft().clone(),
-                    machine: r.machine().clone(),
-                },
+                crate::logstore::raft::network::ReplicationService::new(
+                    r.id(),
+                    r.raft().clone(),
+                    r.machine().clone(),
+                ),
             )
             .max_decoding_message_size(crate::logstore::raft::network::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::logstore::raft::network::MAX_MESSAGE_BYTES),

@@ -35,6 +35,9 @@ use crate::proto::{AppendGroup, Entry as LogEntry};
 
 /// The file holding the [`Base`] (written whole, fsynced, renamed into place).
 const BASE_FILE: &str = "raft-base";
+/// The log's id once applied, so that a restarted replica knows which log it belongs to
+/// before it has applied anything again (and refuses another log's replicas at once).
+const LOG_ID_FILE: &str = "raft-log-id";
 
 /// The state machine's state after some prefix of the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,12 +236,28 @@ impl Machine {
                 source,
             })?
             .unwrap_or_default();
+        let mut now = base.clone();
+        let id_path = dir.join(LOG_ID_FILE);
+        match crate::disk::read_to_string(&id_path) {
+            Ok(id) if !id.trim().is_empty() => {
+                now.log_id.get_or_insert_with(|| id.trim().to_owned());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(WalError::Io {
+                    path: id_path,
+                    source,
+                }
+                .into());
+            }
+        }
         let (head, _) = watch::channel(base.next - 1);
         let (rebase_wanted, _) = watch::channel(0);
         Ok(Machine {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    now: base.clone(),
+                    now,
                     base,
                     runs: VecDeque::new(),
                     cache: TailCache::default(),
@@ -394,6 +413,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
     {
         let mut replies = Vec::new();
         let mut st = lock(&self.shared.state);
+        let had_id = st.now.log_id.is_some();
         for entry in entries {
             let applied = st.now.apply(&entry)?;
             if let Some(run) = applied.run {
@@ -406,7 +426,12 @@ impl RaftStateMachine<TypeConfig> for Machine {
         }
         let head = st.now.next - 1;
         let rebase = st.rebase_point(self.shared.rebase_every);
+        let new_id = st.now.log_id.clone().filter(|_| !had_id);
         drop(st);
+        if let Some(id) = new_id {
+            crate::disk::write_durably(&self.shared.dir.join(LOG_ID_FILE), id.as_bytes())
+                .map_err(|e| StorageIOError::write_state_machine(openraft::AnyError::new(&e)))?;
+        }
         self.shared.head.send_replace(head);
         if rebase.is_some() {
             self.shared.rebase_wanted.send_modify(|n| *n += 1);

@@ -47,10 +47,40 @@ pub struct ReplicationService {
     pub me: NodeId,
     pub raft: Raft,
     pub machine: Machine,
+    /// When a refusal was last logged (refusals repeat at the heartbeat rate).
+    pub last_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ReplicationService {
+    pub fn new(me: NodeId, raft: Raft, machine: Machine) -> Self {
+        ReplicationService {
+            me,
+            raft,
+            machine,
+            last_warned: std::sync::Mutex::new(None),
+        }
+    }
+
     fn check(&self, m: &RaftMessage) -> Result<(), Status> {
+        let refusal = self.refusal(m);
+        if let Err(status) = &refusal {
+            let mut last = self
+                .last_warned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(
+                    from = m.from,
+                    message = status.message(),
+                    "refused a replication message"
+                );
+            }
+        }
+        refusal
+    }
+
+    fn refusal(&self, m: &RaftMessage) -> Result<(), Status> {
         if m.to != self.me {
             return Err(Reason::WrongPeer.status(format!(
                 "replica {} got a message from replica {} meant for replica {}: the sender's --peers maps {} to this replica's address",
