@@ -676,3 +676,51 @@ async fn a_replica_of_another_log_is_refused_by_name() {
         "it holds log B's 5 entries at most"
     );
 }
+
+/// The load driver (`load`, `bench`, `demo`) keeps pipelined append streams: when the log
+/// leader is killed, each stream opens again on the new leader and resends what was not
+/// answered with the same `(writer_id, sequence)`. Every transaction must end in the log
+/// exactly once and none may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_driver_resends_across_leader_kills_and_appends_each_transaction_once() {
+    use logplayer::harness::bench::{LoadSpec, drive};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("logplayer=info")
+        .with_test_writer()
+        .try_init();
+    let mut g = Group::start(3, &[]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    let spec = LoadSpec {
+        rate: 800,
+        duration: Duration::from_secs(6),
+        count: 0,
+        concurrency: 32,
+        keys_per_txn: 4,
+        key_space: 200,
+        txn_bytes: 200,
+        seed: 3,
+    };
+    let load = tokio::spawn({
+        let log = log.clone();
+        async move { drive(&log, &spec, None).await }
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let l = g.leader(Duration::from_secs(20)).await;
+        g.procs[l].kill().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        g.procs[l].restart().await.unwrap();
+    }
+    let report = load.await.unwrap();
+    eprintln!("{report:?}");
+    assert_eq!(report.failed, 0, "appends failed:\n{}", g.logs());
+    assert!(report.appended > 2000, "the load ran: {report:?}");
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last < report.appended && Instant::now() < deadline {
+        last = log.bounds().await.map(|b| b.1).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, report.appended, "each transaction once in the log");
+}

@@ -122,10 +122,10 @@ async fn every_logstore_refusal_has_its_one_code_and_reason() {
         s.message().contains(&format!("index {}", first.index)),
         "{s:?}"
     );
-    // stale-sequence
+    // stale-sequence: below the writer's last and not one of its recent appends
     append(&mut log, add("c-1", 1), "tm", 2).await.unwrap();
     expect(
-        &append(&mut log, add("c-1", 1), "tm", 1).await.unwrap_err(),
+        &append(&mut log, add("c-1", 1), "tm", 0).await.unwrap_err(),
         Reason::StaleSequence,
     );
 

@@ -1,5 +1,6 @@
 //! `logplayer status`: an operator's view of a running system from the command line — the
-//! log's id, bounds and entry limit, and for each shard in the map its reported id, applied
+//! log's id, bounds and entry limit, each log replica's role, Raft term and progress (for a
+//! replicated LogStore: an unreachable replica or no leader is a problem), and for each shard in the map its reported id, applied
 //! index, highest epoch, lag, log and reachability — as a table or `--json`. Exits non-zero
 //! (one `error:` line after the table) when something is wrong: an unreachable part, a
 //! shard that reports another id or another log, a shard whose entry limit is below the
@@ -18,7 +19,8 @@ use crate::routing::ShardMap;
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// LogStore address.
+    /// LogStore address; for a replicated LogStore, every replica's, comma-separated (each
+    /// is asked where it stands in the group).
     #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
     logstore: String,
     /// The shard map file (as the player takes it).
@@ -65,11 +67,93 @@ struct ShardView {
     problems: Vec<String>,
 }
 
+/// One replica of a replicated LogStore as it reports itself.
+#[derive(Debug, Serialize)]
+struct ReplicaView {
+    addr: String,
+    reachable: bool,
+    id: Option<u64>,
+    role: Option<String>,
+    raft_term: Option<u64>,
+    /// The last index it serves (applied).
+    last: Option<u64>,
+    /// Its Raft log's last index and the last it applied.
+    raft_last: Option<u64>,
+    raft_applied: Option<u64>,
+    problems: Vec<String>,
+}
+
 #[derive(Debug, Serialize)]
 struct View {
     log: LogView,
+    /// Empty for a single-node LogStore.
+    replicas: Vec<ReplicaView>,
     shards: Vec<ShardView>,
     ok: bool,
+}
+
+/// Each address of a replicated LogStore, asked on its own.
+async fn gather_replicas(a: &StatusArgs, log: &LogView) -> Vec<ReplicaView> {
+    let addrs: Vec<&str> = a
+        .logstore
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let answers =
+        futures::future::join_all(addrs.iter().map(|addr| ask_log(addr, a.timeout))).await;
+    if addrs.len() < 2
+        && answers
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|b| b.replica.is_none()))
+    {
+        return Vec::new();
+    }
+    let mut views: Vec<ReplicaView> = addrs
+        .iter()
+        .zip(answers)
+        .map(|(addr, answer)| match answer {
+            Ok(b) => {
+                let r = b.replica.unwrap_or_default();
+                let mut problems = Vec::new();
+                if log.reachable && b.log_id != log.log_id {
+                    problems.push(format!("serves log {}, not {}", b.log_id, log.log_id));
+                }
+                ReplicaView {
+                    addr: addr.to_string(),
+                    reachable: true,
+                    id: Some(r.id),
+                    role: Some(r.role),
+                    raft_term: Some(r.raft_term),
+                    last: Some(b.last),
+                    raft_last: Some(r.last_log),
+                    raft_applied: Some(r.applied),
+                    problems,
+                }
+            }
+            Err(e) => ReplicaView {
+                addr: addr.to_string(),
+                reachable: false,
+                id: None,
+                role: None,
+                raft_term: None,
+                last: None,
+                raft_last: None,
+                raft_applied: None,
+                problems: vec![format!("unreachable: {e}")],
+            },
+        })
+        .collect();
+    let leaders = views
+        .iter()
+        .filter(|v| v.role.as_deref() == Some("leader"))
+        .count();
+    if leaders == 0
+        && let Some(first) = views.first_mut()
+    {
+        first.problems.push("no replica leads the log".into());
+    }
+    views
 }
 
 /// `ask` against the server at `addr`, as text on failure, within `wait`.
@@ -152,6 +236,7 @@ async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
             error: Some(e),
         },
     };
+    let replicas = gather_replicas(a, &log).await;
     let answers =
         futures::future::join_all(map.shards.iter().map(|s| ask_shard(&s.addr, a.timeout))).await;
     let shards: Vec<ShardView> = map
@@ -185,8 +270,15 @@ async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
             },
         })
         .collect();
-    let ok = log.reachable && shards.iter().all(|s| s.problems.is_empty());
-    View { log, shards, ok }
+    let ok = log.reachable
+        && shards.iter().all(|s| s.problems.is_empty())
+        && replicas.iter().all(|r| r.problems.is_empty());
+    View {
+        log,
+        replicas,
+        shards,
+        ok,
+    }
 }
 
 fn opt(v: Option<impl ToString>) -> String {
@@ -207,11 +299,40 @@ fn print_table(v: &View) {
             l.error.as_deref().unwrap_or("")
         );
     }
-    let rows: Vec<[String; 8]> = v
+    if !v.replicas.is_empty() {
+        let rows: Vec<Vec<String>> = v
+            .replicas
+            .iter()
+            .map(|r| {
+                vec![
+                    opt(r.id),
+                    r.addr.clone(),
+                    opt(r.role.as_ref()),
+                    opt(r.raft_term),
+                    opt(r.last),
+                    opt(r.raft_last),
+                    opt(r.raft_applied),
+                    state(&r.problems),
+                ]
+            })
+            .collect();
+        let header = [
+            "REPLICA",
+            "ADDRESS",
+            "ROLE",
+            "RAFT TERM",
+            "LAST",
+            "RAFT LAST",
+            "RAFT APPLIED",
+            "STATE",
+        ];
+        print_rows(&header, &rows);
+    }
+    let rows: Vec<Vec<String>> = v
         .shards
         .iter()
         .map(|s| {
-            [
+            vec![
                 s.id.clone(),
                 s.addr.clone(),
                 opt(s.reported_id.as_ref()),
@@ -219,28 +340,37 @@ fn print_table(v: &View) {
                 opt(s.epoch),
                 opt(s.lag),
                 opt(s.log_id.as_ref()),
-                if s.problems.is_empty() {
-                    "ok".into()
-                } else {
-                    s.problems.join("; ")
-                },
+                state(&s.problems),
             ]
         })
         .collect();
     let header = [
         "SHARD", "ADDRESS", "REPORTS", "APPLIED", "EPOCH", "LAG", "LOG", "STATE",
-    ]
-    .map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
+    ];
+    print_rows(&header, &rows);
+}
+
+fn state(problems: &[String]) -> String {
+    if problems.is_empty() {
+        "ok".into()
+    } else {
+        problems.join("; ")
+    }
+}
+
+/// Prints a table with columns as wide as their widest cell.
+fn print_rows(header: &[&str], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    for r in std::iter::once(&header).chain(&rows) {
+    for r in std::iter::once(&header).chain(rows) {
         let line: Vec<String> = r
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         println!("{}", line.join("  ").trim_end());
@@ -267,6 +397,13 @@ pub async fn run_status(a: StatusArgs) -> anyhow::Result<()> {
         let mut problems: Vec<String> = Vec::new();
         if !view.log.reachable {
             problems.push(format!("LogStore at {} unreachable", view.log.addr));
+        }
+        for r in &view.replicas {
+            problems.extend(
+                r.problems
+                    .iter()
+                    .map(|p| format!("log replica at {}: {p}", r.addr)),
+            );
         }
         for s in &view.shards {
             problems.extend(s.problems.iter().map(|p| format!("shard {}: {p}", s.id)));

@@ -51,9 +51,6 @@ pub struct LoadReport {
 /// Append streams one driver keeps open (appends are pipelined on each).
 pub const STREAMS: usize = 4;
 
-/// What each stream's response reader needs to account for one request.
-type InFlight = (u64, tokio::sync::OwnedSemaphorePermit);
-
 /// What the response readers of one drive count, shared with the sender.
 #[derive(Clone)]
 struct Tally {
@@ -63,68 +60,152 @@ struct Tally {
     progress: Option<Arc<AtomicU64>>,
 }
 
-/// One open append stream: where requests go, and the FIFO its reader matches answers to.
-type Stream = (
-    tokio::sync::mpsc::Sender<crate::proto::AppendRequest>,
-    tokio::sync::mpsc::UnboundedSender<InFlight>,
-);
+/// A request waiting for its answer: when it was sent, its permit, and the request itself
+/// (sent again, with the same writer id and sequence, if its stream breaks).
+struct Unanswered {
+    t0: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    request: crate::proto::AppendRequest,
+}
 
-/// Reads one stream's answers in order, timing each against its FIFO entry; whatever is
-/// still in flight when the stream breaks was not acknowledged and counts as failed.
-async fn read_answers(
-    mut responses: tonic::Streaming<crate::proto::AppendResponse>,
-    mut fifo: tokio::sync::mpsc::UnboundedReceiver<InFlight>,
+/// Whether a stream that ended with `status` should be opened again with every unanswered
+/// request resent (a leader change, a replica down or frozen), or whether the request at its
+/// head was refused for itself (the ones after it were not appended and go again).
+fn resend_all(status: &tonic::Status) -> bool {
+    use crate::grpc::Reason;
+    match Reason::of(status) {
+        Some(Reason::NotLeader | Reason::Unavailable | Reason::NotDurable) => true,
+        Some(_) => false,
+        None => !matches!(
+            status.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::AlreadyExists
+        ),
+    }
+}
+
+/// One append stream with its own writer id: sends what the driver hands it, numbering each
+/// request; when the stream breaks (a leader change of a replicated log) it opens a new one,
+/// on the leader, and sends every unanswered request again with the same `(writer_id,
+/// sequence)`, which the LogStore answers with the original index if it was appended. Gives
+/// up (counting what is unanswered as failed) if no stream opens within the client's wait.
+async fn stream_worker(
+    log: Log,
+    writer: String,
+    mut requests: tokio::sync::mpsc::Receiver<(
+        u64,
+        tokio::sync::OwnedSemaphorePermit,
+        crate::proto::AppendRequest,
+    )>,
     tally: Tally,
 ) {
-    loop {
-        match responses.message().await {
-            Ok(Some(_)) => {
-                let Some((t0, permit)) = fifo.recv().await else {
-                    return;
-                };
-                let dt = now_micros().saturating_sub(t0).max(1);
-                if let Ok(mut h) = tally.hist.lock() {
-                    h.saturating_record(dt);
-                }
-                tally.done.fetch_add(1, Ordering::Relaxed);
-                if let Some(p) = &tally.progress {
-                    p.fetch_add(1, Ordering::Relaxed);
-                }
-                drop(permit);
+    let mut unanswered: std::collections::VecDeque<Unanswered> = std::collections::VecDeque::new();
+    let mut sequence = 0u64;
+    let mut open = true; // the driver may still send
+    while open || !unanswered.is_empty() {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT + 1);
+        let mut responses = match log.append_stream(rx).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, writer, "no append stream opens; giving up on this one");
+                break;
             }
-            Ok(None) => break,
-            Err(status) => {
-                tracing::warn!(%status, "append stream failed");
+        };
+        for u in &unanswered {
+            if tx.send(u.request.clone()).await.is_err() {
                 break;
             }
         }
+        let mut tx = Some(tx);
+        if !open {
+            tx = None; // nothing new will come: end the request stream after the resends
+        }
+        let ended = loop {
+            tokio::select! {
+                next = requests.recv(), if open => match next {
+                    Some((t0, permit, mut request)) => {
+                        sequence += 1;
+                        request.writer_id = writer.clone();
+                        request.sequence = sequence;
+                        if let Some(t) = &tx {
+                            let _ = t.send(request.clone()).await;
+                        }
+                        unanswered.push_back(Unanswered { t0, permit, request });
+                    }
+                    None => {
+                        open = false;
+                        tx = None;
+                    }
+                },
+                answer = responses.message() => match answer {
+                    Ok(Some(_)) => {
+                        let Some(u) = unanswered.pop_front() else { break None };
+                        let dt = now_micros().saturating_sub(u.t0).max(1);
+                        if let Ok(mut h) = tally.hist.lock() {
+                            h.saturating_record(dt);
+                        }
+                        tally.done.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = &tally.progress {
+                            p.fetch_add(1, Ordering::Relaxed);
+                        }
+                        drop(u.permit);
+                    }
+                    Ok(None) => break None,
+                    Err(status) => break Some(status),
+                },
+            }
+        };
+        match ended {
+            None if !open && unanswered.is_empty() => return,
+            None => {}
+            Some(status) if resend_all(&status) => {
+                tracing::info!(%status, writer, unanswered = unanswered.len(), "append stream broke; resending on a new one");
+            }
+            Some(status) => {
+                tracing::warn!(%status, writer, "an append was refused");
+                if unanswered.pop_front().is_some() {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
-    fifo.close();
-    while let Some(_unanswered) = fifo.recv().await {
+    tally
+        .failed
+        .fetch_add(unanswered.len() as u64, Ordering::Relaxed);
+    // Whatever the driver still sends here is refused too.
+    requests.close();
+    while requests.recv().await.is_some() {
         tally.failed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Opens up to [`STREAMS`] append streams, each with its reader in `readers`.
-async fn open_streams(
+/// Starts [`STREAMS`] stream workers, each with a writer id of its own.
+fn start_streams(
     log: &Log,
-    limit: usize,
     tally: &Tally,
-    readers: &mut tokio::task::JoinSet<()>,
-) -> Vec<Stream> {
-    let mut streams = Vec::new();
-    for _ in 0..STREAMS {
-        let (req_tx, req_rx) = tokio::sync::mpsc::channel(limit);
-        let (fifo_tx, fifo_rx) = tokio::sync::mpsc::unbounded_channel::<InFlight>();
-        match log.append_stream(req_rx).await {
-            Ok(responses) => {
-                streams.push((req_tx, fifo_tx));
-                readers.spawn(read_answers(responses, fifo_rx, tally.clone()));
-            }
-            Err(e) => tracing::warn!(error = %e, "could not open an append stream"),
-        }
-    }
-    streams
+    workers: &mut tokio::task::JoinSet<()>,
+) -> Vec<
+    tokio::sync::mpsc::Sender<(
+        u64,
+        tokio::sync::OwnedSemaphorePermit,
+        crate::proto::AppendRequest,
+    )>,
+> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    (0..STREAMS)
+        .map(|i| {
+            let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT);
+            workers.spawn(stream_worker(
+                log.clone(),
+                format!("load-{run}-{i}"),
+                rx,
+                tally.clone(),
+            ));
+            tx
+        })
+        .collect()
 }
 
 /// Appends per `spec` over [`STREAMS`] pipelined append streams; `progress` (if any) is
@@ -143,8 +224,8 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
         done: Arc::default(),
         progress,
     };
-    let mut readers = tokio::task::JoinSet::new();
-    let mut streams = open_streams(log, limit, &tally, &mut readers).await;
+    let mut workers = tokio::task::JoinSet::new();
+    let mut streams = start_streams(log, &tally, &mut workers);
     let start = Instant::now();
     let mut sent = 0u64;
     let mut next_stream = 0usize;
@@ -168,23 +249,20 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
         let i = next_stream % streams.len();
         next_stream += 1;
         let t0 = now_micros();
-        let (req_tx, fifo_tx) = &streams[i];
         let request = crate::proto::AppendRequest {
             mutations: workload.next_txn(),
             append_start_micros: t0,
             ..Default::default()
         };
-        // The FIFO entry goes first so the reader always finds it. If the stream broke, the
-        // reader counts what it never answered (this one included) as failed.
-        if fifo_tx.send((t0, permit)).is_err() {
+        if let Err(e) = streams[i].send((t0, permit, request)).await {
+            // The worker gave up: count this one, stop using it.
+            drop(e);
             tally.failed.fetch_add(1, Ordering::Relaxed);
-            streams.swap_remove(i);
-        } else if req_tx.send(request).await.is_err() {
             streams.swap_remove(i);
         }
     }
-    drop(streams); // ends the request streams; the readers finish with the last responses
-    while readers.join_next().await.is_some() {}
+    drop(streams); // ends the request streams; the workers finish with the last answers
+    while workers.join_next().await.is_some() {}
     let seconds = start.elapsed().as_secs_f64();
     let h = tally
         .hist

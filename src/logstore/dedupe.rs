@@ -1,8 +1,14 @@
 //! The retried-append rule, in one place for the single-node writer and the replicated state
-//! machine: what the writer table remembers of each writer's last append, and the verdict on
-//! an append whose `(writer_id, sequence)` was seen before.
+//! machine: what the writer table remembers of each writer's recent appends, and the verdict
+//! on an append whose `(writer_id, sequence)` was seen before.
+//!
+//! A writer may have many appends in flight (a pipelined `AppendStream`); when its stream
+//! breaks — a leader change of a replicated log — it sends every unanswered one again. So the
+//! table remembers each writer's last [`WINDOW`] appends, not just the last: a retry of any
+//! of them gets its original index. Once all of a writer's appends are below the retention
+//! point, only its last is kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -19,8 +25,23 @@ pub struct LastAppend {
     pub digest: u64,
 }
 
-/// The writer table: each writer's last append.
-pub type Writers = HashMap<String, LastAppend>;
+/// How many of a writer's last appends a retry is recognized for (the most a client should
+/// have in flight per writer id).
+pub const WINDOW: usize = 4096;
+
+/// A writer's last appends, oldest first, sequences increasing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recent(VecDeque<LastAppend>);
+
+impl Recent {
+    /// The writer's last append.
+    pub fn last(&self) -> Option<&LastAppend> {
+        self.0.back()
+    }
+}
+
+/// The writer table: each writer's recent appends.
+pub type Writers = HashMap<String, Recent>;
 
 /// A digest of an append's mutations: FNV-1a over their encoding. It only has to tell a
 /// retry from a mistake (a different transaction under a reused sequence), not resist an
@@ -43,27 +64,32 @@ pub fn seen_before(
     mutations: &[Mutation],
 ) -> Option<Result<Appended, LogStoreError>> {
     let (id, seq) = writer?;
-    let last = *writers.get(id)?;
-    if *seq == last.sequence {
-        if digest(mutations) != last.digest {
-            return Some(Err(LogStoreError::SequenceReused {
-                writer: id.clone(),
-                sequence: *seq,
-                index: last.index,
-            }));
-        }
-        return Some(Ok(Appended {
-            index: last.index,
-            duplicate: true,
-        }));
+    let recent = writers.get(id)?;
+    let last = *recent.last()?;
+    if *seq > last.sequence {
+        return None;
     }
-    (*seq < last.sequence).then(|| {
-        Err(LogStoreError::StaleSequence {
+    let found = recent
+        .0
+        .binary_search_by_key(seq, |a| a.sequence)
+        .ok()
+        .and_then(|i| recent.0.get(i));
+    Some(match found {
+        Some(a) if digest(mutations) == a.digest => Ok(Appended {
+            index: a.index,
+            duplicate: true,
+        }),
+        Some(a) => Err(LogStoreError::SequenceReused {
+            writer: id.clone(),
+            sequence: *seq,
+            index: a.index,
+        }),
+        None => Err(LogStoreError::StaleSequence {
             writer: id.clone(),
             sequence: *seq,
             last: last.sequence,
             index: last.index,
-        })
+        }),
     })
 }
 
@@ -72,13 +98,87 @@ pub fn record(writers: &mut Writers, writer: Option<&(String, u64)>, index: u64,
     if let Some((id, sequence)) = writer
         && !id.is_empty()
     {
-        writers.insert(
-            id.clone(),
-            LastAppend {
-                sequence: *sequence,
-                index,
-                digest,
-            },
+        let recent = &mut writers.entry(id.clone()).or_default().0;
+        recent.push_back(LastAppend {
+            sequence: *sequence,
+            index,
+            digest,
+        });
+        if recent.len() > WINDOW {
+            recent.pop_front();
+        }
+    }
+}
+
+/// Retention released every index below `first`: a writer whose appends are all below it
+/// keeps only its last (enough to refuse an older sequence), so the table does not grow
+/// with every writer that ever wrote.
+pub fn release(writers: &mut Writers, first: u64) {
+    for recent in writers.values_mut() {
+        if recent.last().is_some_and(|l| l.index < first) && recent.0.len() > 1 {
+            let last = recent.0.pop_back();
+            recent.0.clear();
+            recent.0.extend(last);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mutation::Op;
+
+    fn m(i: u64) -> Vec<Mutation> {
+        vec![Mutation {
+            key: format!("k{i}").into_bytes().into(),
+            op: Some(Op::Add(1)),
+        }]
+    }
+
+    #[test]
+    fn a_retry_of_any_append_in_the_window_gets_its_index_and_older_ones_are_stale() {
+        let mut w = Writers::new();
+        let id = |s| Some(("w".to_string(), s));
+        let n = WINDOW as u64 + 10;
+        for s in 1..=n {
+            assert!(seen_before(&w, id(s).as_ref(), &m(s)).is_none());
+            record(&mut w, id(s).as_ref(), s * 10, digest(&m(s)));
+        }
+        let last_in = n - WINDOW as u64 + 1;
+        for s in [last_in, n / 2 + 7, n] {
+            let a = seen_before(&w, id(s).as_ref(), &m(s)).unwrap().unwrap();
+            assert_eq!((a.index, a.duplicate), (s * 10, true));
+        }
+        let e = seen_before(&w, id(last_in).as_ref(), &m(0))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(e, LogStoreError::SequenceReused { index, .. } if index == last_in * 10),
+            "{e}"
         );
+        let e = seen_before(&w, id(last_in - 1).as_ref(), &m(last_in - 1))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(e, LogStoreError::StaleSequence { last, .. } if last == n),
+            "{e}"
+        );
+        assert!(
+            seen_before(&w, id(n + 1).as_ref(), &m(n + 1)).is_none(),
+            "a new sequence"
+        );
+    }
+
+    #[test]
+    fn release_keeps_only_the_last_append_of_writers_wholly_below_retention() {
+        let mut w = Writers::new();
+        for s in 1..=5 {
+            record(&mut w, Some(&("a".to_string(), s)), s, digest(&m(s)));
+            record(&mut w, Some(&("b".to_string(), s)), 100 + s, digest(&m(s)));
+        }
+        release(&mut w, 50);
+        assert_eq!(w["a"].0.len(), 1, "a's appends are all released");
+        assert_eq!(w["a"].last().map(|l| l.sequence), Some(5));
+        assert_eq!(w["b"].0.len(), 5, "b's are retained");
     }
 }

@@ -59,7 +59,7 @@ pub enum LogStoreError {
     #[error(transparent)]
     LogId(#[from] log_id::LogIdError),
     #[error(
-        "writer {writer:?} sent sequence {sequence}, below its last sequence {last} (index {index}); sequences of one writer must increase"
+        "writer {writer:?} sent sequence {sequence}, below its last sequence {last} (index {index}) and not one of its recent appends; sequences of one writer must increase"
     )]
     StaleSequence {
         writer: String,
@@ -192,7 +192,7 @@ impl LogStoreConfig {
 /// Longest accepted writer id.
 pub const MAX_WRITER_ID_BYTES: usize = 256;
 
-use dedupe::{LastAppend, Writers, digest};
+use dedupe::{Writers, digest};
 
 /// Validates an append's mutations and writer, naming the first problem.
 pub fn validate(
@@ -284,14 +284,9 @@ impl LogStore {
                 let stored = decode_stored(index, &bytes)?;
                 if !stored.writer_id.is_empty() {
                     let mutations = stored.entry.as_ref().map(|e| &e.mutations[..]);
-                    writers.insert(
-                        stored.writer_id,
-                        LastAppend {
-                            sequence: stored.sequence,
-                            index,
-                            digest: digest(mutations.unwrap_or_default()),
-                        },
-                    );
+                    let d = digest(mutations.unwrap_or_default());
+                    let writer = (stored.writer_id, stored.sequence);
+                    dedupe::record(&mut writers, Some(&writer), index, d);
                 }
                 if let Some(e) = stored.entry {
                     cache.push(e);
@@ -620,6 +615,9 @@ impl Writer {
                 .remove_below(below)
                 .map(|n| (self.wal.first_index(), n))
                 .map_err(LogStoreError::from);
+            if let Ok((first, _)) = &out {
+                dedupe::release(&mut self.writers, *first);
+            }
             if let Ok((first, removed)) = &out
                 && *removed > 0
             {
@@ -654,7 +652,10 @@ mod tests {
         assert_eq!((b.index, b.duplicate), (1, true));
         let c = log.append(add("k"), w(2), 0).await.unwrap();
         assert_eq!(c.index, 2);
-        let stale = log.append(add("k"), w(1), 0).await.unwrap_err();
+        // A retry of an earlier append still in flight when its stream broke.
+        let older = log.append(add("k"), w(1), 0).await.unwrap();
+        assert_eq!((older.index, older.duplicate), (1, true));
+        let stale = log.append(add("k"), w(0), 0).await.unwrap_err();
         assert!(
             matches!(stale, LogStoreError::StaleSequence { .. }),
             "{stale}"

@@ -240,7 +240,7 @@ impl LogStoreRpc for Service {
                 Some(crate::proto::ReplicaStatus {
                     id: s.id,
                     role: s.role,
-                    term: s.term,
+                    raft_term: s.raft_term,
                     leader: s.leader.unwrap_or(0),
                     leader_addr: r.leader_addr().unwrap_or_default(),
                     last_log: s.last_log.unwrap_or(0),

@@ -149,6 +149,7 @@ impl Base {
             }
             EntryPayload::Normal(Command::Retain { below }) => {
                 self.first = self.first.max((*below).min(self.next));
+                dedupe::release(&mut self.writers, self.first);
                 out.reply = Reply::Retained { first: self.first };
             }
             EntryPayload::Normal(Command::Establish { log_id }) => {
@@ -582,7 +583,7 @@ mod tests {
                     stored("w", 2, "x"),
                 ]),
             ),
-            entry(4, group(vec![stored("w", 1, "a")])),
+            entry(4, group(vec![stored("w", 1, "a"), stored("w", 0, "z")])),
         ]
     }
 
@@ -604,7 +605,12 @@ mod tests {
                     Verdict::New(3),
                     Verdict::Reused { index: 3 },
                 ]),
-                Reply::Appends(vec![Verdict::Stale { last: 2, index: 3 }]),
+                // A retry of an older append of the window still gets its index; a
+                // sequence the writer never used below its last is refused.
+                Reply::Appends(vec![
+                    Verdict::Duplicate(1),
+                    Verdict::Stale { last: 2, index: 3 },
+                ]),
             ]
         );
         assert_eq!(base.next, 4, "three entries, dense");

@@ -99,7 +99,7 @@ pub struct Replica {
 pub struct ReplicaStatus {
     pub id: NodeId,
     pub role: String,
-    pub term: u64,
+    pub raft_term: u64,
     pub leader: Option<NodeId>,
     pub last_log: Option<u64>,
     pub applied: Option<u64>,
@@ -223,7 +223,7 @@ impl Replica {
         ReplicaStatus {
             id: self.id,
             role: format!("{:?}", m.state).to_lowercase(),
-            term: m.current_term,
+            raft_term: m.current_term,
             leader: m.current_leader,
             last_log: m.last_log_index,
             applied: m.last_applied.map(|l| l.index),
@@ -365,9 +365,22 @@ impl Replica {
                 waiting.push((p.writer, p.reply));
             }
             let cmd = Command::Appends(AppendGroup { appends }.encode_to_vec());
+            // Handed to Raft here, in order (a stream's appends must stay in the order they
+            // were sent); only the wait for the outcome runs apart.
+            let answer = match self.raft.client_write_ff(cmd).await {
+                Ok(rx) => rx,
+                Err(fatal) => {
+                    self.answer(waiting, Err(RaftError::Fatal(fatal)));
+                    continue;
+                }
+            };
             let replica = self.clone();
             tokio::spawn(async move {
-                let out = replica.raft.client_write(cmd).await;
+                let out = match answer.await {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(RaftError::APIError(e)),
+                    Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+                };
                 drop(permit);
                 replica.answer(waiting, out);
             });
