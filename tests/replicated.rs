@@ -724,3 +724,67 @@ async fn the_load_driver_resends_across_leader_kills_and_appends_each_transactio
     }
     assert_eq!(last, report.appended, "each transaction once in the log");
 }
+
+/// A single-node LogStore's directory and a log replica's are not interchangeable: each is
+/// refused by the other mode, naming the flags that fit, and nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_and_replica_directories_are_refused_by_the_other_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("single");
+    let mut p = Proc::start(
+        "single",
+        &bin(),
+        vec![
+            "logstore".into(),
+            "--data".into(),
+            single.display().to_string(),
+        ],
+        Some("127.0.0.1:0"),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let log = Log::connect(p.addr()).await.unwrap();
+    log.append(add("k".into()), None, 0).await.unwrap();
+    p.kill().await;
+    let port = free_port();
+    let out = std::process::Command::new(bin())
+        .args([
+            "logstore",
+            "--id",
+            "1",
+            "--peers",
+            &format!("1=127.0.0.1:{port}"),
+        ])
+        .args([
+            "--data",
+            single.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("single-node log"),
+        "{err}"
+    );
+    let g = Group::start(1, &[]).await;
+    drop(g.procs);
+    let replica = g._dir.path().join("replica-1");
+    let out = std::process::Command::new(bin())
+        .args([
+            "logstore",
+            "--data",
+            replica.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--id and --peers"),
+        "{err}"
+    );
+}

@@ -259,6 +259,14 @@ impl LogStore {
     /// log) and starts the writer thread.
     pub fn open(config: LogStoreConfig) -> Result<(LogStore, OpenSummary), LogStoreError> {
         crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
+        let marker = config.dir.join(raft::storage::STATE_FILE);
+        if crate::disk::exists(&marker).unwrap_or(false) {
+            return Err(LogStoreError::Invalid(format!(
+                "{} holds a log replica of a replicated LogStore ({} exists); run it with the --id and --peers it was created with",
+                config.dir.display(),
+                marker.display()
+            )));
+        }
         let mut wal_config = WalConfig::new(config.dir.clone());
         if let Some(b) = config.segment_bytes {
             wal_config.segment_bytes = b;
