@@ -40,6 +40,10 @@ pub struct LogstoreArgs {
         requires = "peers"
     )]
     snapshot_every: u64,
+    /// (Replicated) How often the log leader sends heartbeats; a follower starts an election
+    /// after 5-10 heartbeats without one. Use the same value on every replica.
+    #[arg(long, env = "LOGPLAYER_HEARTBEAT", default_value = "50ms", value_parser = humantime::parse_duration, requires = "peers")]
+    heartbeat: std::time::Duration,
 }
 
 /// The `--peers` list: replica id → address.
@@ -176,6 +180,7 @@ async fn run_replica(a: LogstoreArgs, id: u64, peers: Peers) -> anyhow::Result<(
     config.segment_bytes = Some(a.segment_bytes);
     config.max_entry_bytes = a.limit.max_entry_bytes;
     config.rebase_every = a.snapshot_every;
+    config.heartbeat = a.heartbeat;
     // Bound first, so that peers can reach this replica as soon as Raft starts.
     let (listener, addr) = grpc::bind(&a.listen).await?;
     let replica = logstore::raft::node::Replica::start(config)

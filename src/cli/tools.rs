@@ -46,7 +46,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2000)]
     rate: u64,
     /// Length of the load phase.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 16)]
     seconds: u64,
     /// Bytes per transaction.
     #[arg(long, default_value_t = 1024)]
@@ -54,6 +54,10 @@ pub struct DemoArgs {
     /// Keys per transaction.
     #[arg(long, default_value_t = 10)]
     keys: usize,
+    /// Log replicas: 3 runs the LogStore as a Raft group (and kills its leader and freezes
+    /// a follower among the faults); 1 runs the single-node LogStore.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    logstore_replicas: u64,
 }
 
 #[derive(Args, Clone)]
@@ -126,6 +130,7 @@ pub async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
         seconds: a.seconds,
         txn_bytes: a.txn_bytes,
         keys_per_txn: a.keys,
+        logstore_replicas: a.logstore_replicas as usize,
     })
     .await?;
     if !pass {

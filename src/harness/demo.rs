@@ -1,10 +1,10 @@
-//! `logplayer demo`: the whole system on one machine. Starts a LogStore, shards and three
-//! player replicas behind a file lease as child processes, drives multi-shard `add`/`append`
-//! transactions, and mid-run SIGKILLs and restarts shards, SIGKILLs the leader, freezes the
-//! next leader (SIGSTOP past its lease, then SIGCONT so it wakes stale and is fenced), and
-//! kills a shard and the leader at once. It prints each failover's duration and epochs,
-//! checks every shard against the state the log implies, and ends with
-//! `exactly-once: PASS` or `FAIL`.
+//! `logplayer demo`: the whole system on one machine. Starts a LogStore (three log replicas
+//! by default), shards and three player replicas behind a file lease as child processes,
+//! drives multi-shard `add`/`append` transactions, and mid-run SIGKILLs and restarts shards,
+//! SIGKILLs the leader, freezes the next leader (SIGSTOP past its lease, then SIGCONT so it
+//! wakes stale and is fenced), kills a shard and the leader at once, SIGKILLs the log leader
+//! and freezes a log follower. It prints each failover's duration and epochs, checks every
+//! shard against the state the log implies, and ends with `exactly-once: PASS` or `FAIL`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +28,10 @@ enum Fault {
     KillLeader,
     StopLeader,
     ShardAndLeader,
+    /// SIGKILL the log leader (replicated log only).
+    KillLogLeader,
+    /// SIGSTOP a log follower for a few seconds (replicated log only).
+    FreezeLogFollower,
 }
 
 /// Demo settings.
@@ -39,6 +43,8 @@ pub struct DemoConfig {
     pub seconds: u64,
     pub txn_bytes: usize,
     pub keys_per_txn: usize,
+    /// 1: the single-node LogStore; more: a Raft group of that many log replicas.
+    pub logstore_replicas: usize,
 }
 
 /// Errors that stop the demo before it can judge.
@@ -56,13 +62,15 @@ pub enum DemoError {
     Dir(std::io::Error),
 }
 
-/// The fault schedule, as fractions of the run.
-const SCHEDULE: [(f64, Fault); 5] = [
-    (0.15, Fault::Shard),
-    (0.3, Fault::KillLeader),
-    (0.5, Fault::StopLeader),
-    (0.7, Fault::ShardAndLeader),
-    (0.85, Fault::Shard),
+/// The fault schedule, as fractions of the run (the log faults only with log replicas).
+const SCHEDULE: [(f64, Fault); 7] = [
+    (0.1, Fault::Shard),
+    (0.22, Fault::KillLeader),
+    (0.35, Fault::KillLogLeader),
+    (0.48, Fault::StopLeader),
+    (0.62, Fault::FreezeLogFollower),
+    (0.75, Fault::ShardAndLeader),
+    (0.88, Fault::Shard),
 ];
 
 /// What the run has done so far.
@@ -71,6 +79,10 @@ struct Run {
     delays: Delays,
     faults: Vec<String>,
     failovers: Vec<Failover>,
+    /// Log leader failovers: SIGKILL to the first acknowledged append after it, in ms.
+    log_failovers: Vec<f64>,
+    /// Appends acknowledged so far (the load's progress).
+    appended: Arc<AtomicU64>,
 }
 
 /// Where the demo keeps its data: `--data`, or a temporary directory removed at the end.
@@ -104,7 +116,12 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     let (dir, _tmp) = data_dir(&cfg)?;
     println!("LogPlayer demo: data and logs in {}", dir.display());
     let bin = crate::harness::cluster::binary();
-    let mut cluster = Cluster::start(&dir, &bin, cfg.shards).await?;
+    let replicated = cfg.logstore_replicas > 1;
+    let mut cluster = if replicated {
+        Cluster::start_replicated(&dir, &bin, cfg.shards, cfg.logstore_replicas, &[]).await?
+    } else {
+        Cluster::start(&dir, &bin, cfg.shards).await?
+    };
     // The replicas keep delivering after losing the lease, as a leader paused between its
     // lease check and its send would: the frozen leader below is stopped by the shards'
     // fencing alone, and the summary counts the refusals.
@@ -113,15 +130,20 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         .await?;
     let (first_leader, first_epoch) = wait_for_leader(&cluster, Duration::from_secs(30)).await?;
     println!(
-        "started LogStore at {}, {} shards, {REPLICAS} player replicas (player-{first_leader} leads, epoch {first_epoch}); {} s of {} txn/s, {} keys x {} B each",
-        cluster.logstore.addr(),
+        "started LogStore at {} ({}), {} shards, {REPLICAS} player replicas (player-{first_leader} leads, epoch {first_epoch}); {} s of {} txn/s, {} keys x {} B each",
+        cluster.logstore_addrs(),
+        if replicated {
+            format!("{} log replicas, Raft", cfg.logstore_replicas)
+        } else {
+            "single node".to_string()
+        },
         cfg.shards,
         cfg.seconds,
         cfg.rate,
         cfg.keys_per_txn,
         cfg.txn_bytes / cfg.keys_per_txn.max(1)
     );
-    let log = Log::connect(cluster.logstore.addr()).await?;
+    let log = Log::connect(&cluster.logstore_addrs()).await?;
     let log_id = log.describe().await?.log_id;
     println!("log id {log_id}");
     let spec = LoadSpec {
@@ -144,6 +166,8 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         delays: Delays::default(),
         faults: Vec::new(),
         failovers: Vec::new(),
+        log_failovers: Vec::new(),
+        appended: appended.clone(),
     };
     let started = Instant::now();
     let mut next = 0;
@@ -152,7 +176,11 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = started.elapsed().as_secs_f64();
         if next < SCHEDULE.len() && t >= SCHEDULE[next].0 * cfg.seconds as f64 {
-            run.inject(SCHEDULE[next].1, next % cfg.shards, t).await?;
+            let fault = SCHEDULE[next].1;
+            let log_fault = matches!(fault, Fault::KillLogLeader | Fault::FreezeLogFollower);
+            if replicated || !log_fault {
+                run.inject(fault, next % cfg.shards, t).await?;
+            }
             next += 1;
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
@@ -219,6 +247,8 @@ impl Run {
             Fault::KillLeader | Fault::ShardAndLeader => Some(Takedown::Kill),
             Fault::StopLeader => Some(Takedown::Stop),
             Fault::Shard => None,
+            Fault::KillLogLeader => return self.kill_log_leader(t).await,
+            Fault::FreezeLogFollower => return self.freeze_log_follower(t).await,
         };
         if hit_shard && takedown.is_none() {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -232,6 +262,57 @@ impl Run {
         if let Some(how) = takedown {
             self.take_down_leader(how, t).await?;
         }
+        Ok(())
+    }
+
+    /// SIGKILLs the log leader and times the failover: until the load's next acknowledged
+    /// append (the new leader took over, and the writers' streams followed it).
+    async fn kill_log_leader(&mut self, t: f64) -> Result<(), DemoError> {
+        let Some(l) = self.cluster.log_leader().await else {
+            println!("  fault: t={t:.1}s no log leader to kill");
+            return Ok(());
+        };
+        let name = self.cluster.log_replicas()[l].name.clone();
+        self.cluster.log_replicas()[l].kill().await;
+        let killed = Instant::now();
+        let before = self.appended.load(Ordering::Relaxed);
+        let mut ms = None;
+        while killed.elapsed() < Duration::from_secs(30) {
+            if self.appended.load(Ordering::Relaxed) > before {
+                ms = Some(killed.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.cluster.log_replicas()[l].restart().await?;
+        let what = match ms {
+            Some(ms) => {
+                self.log_failovers.push(ms);
+                format!(
+                    "t={t:.1}s SIGKILL log leader {name}: first acknowledged append after {ms:.0} ms; restarted it as a follower"
+                )
+            }
+            None => {
+                format!("t={t:.1}s SIGKILL log leader {name}: no append acknowledged within 30 s")
+            }
+        };
+        println!("  fault: {what}");
+        self.faults.push(what);
+        Ok(())
+    }
+
+    /// Freezes a log follower (SIGSTOP) past several election timeouts, then wakes it.
+    async fn freeze_log_follower(&mut self, t: f64) -> Result<(), DemoError> {
+        let n = self.cluster.log_replicas().len();
+        let leader = self.cluster.log_leader().await.unwrap_or(0);
+        let f = (leader + 1) % n;
+        let name = self.cluster.log_replicas()[f].name.clone();
+        self.cluster.log_replicas()[f].stop()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.cluster.log_replicas()[f].cont()?;
+        let what = format!("t={t:.1}s SIGSTOP log follower {name} for 2 s, then SIGCONT");
+        println!("  fault: {what}");
+        self.faults.push(what);
         Ok(())
     }
 
@@ -339,6 +420,18 @@ impl Run {
                 fencing.refusals
             );
         }
+        if !self.log_failovers.is_empty() {
+            let ms: Vec<String> = self
+                .log_failovers
+                .iter()
+                .map(|m| format!("{m:.0}"))
+                .collect();
+            println!(
+                "log failovers     {}  (SIGKILL of the log leader -> next acknowledged append: {} ms)",
+                self.log_failovers.len(),
+                ms.join(", ")
+            );
+        }
         println!("faults injected   {}", self.faults.len());
         for f in &self.faults {
             println!("  {f}");
@@ -353,9 +446,8 @@ impl Run {
         for s in self.cluster.shards.iter_mut() {
             s.terminate(Duration::from_secs(5)).await;
         }
-        self.cluster
-            .logstore
-            .terminate(Duration::from_secs(5))
-            .await;
+        for r in self.cluster.log_replicas() {
+            r.terminate(Duration::from_secs(5)).await;
+        }
     }
 }

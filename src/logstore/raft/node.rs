@@ -65,7 +65,7 @@ impl ReplicaConfig {
             segment_bytes: None,
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
             rebase_every: 10_000,
-            heartbeat: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(50),
         }
     }
 }
