@@ -274,7 +274,7 @@ async fn shards_end_exactly_once_while_the_log_leader_is_killed() {
     use logplayer::harness::cluster::Cluster;
     use logplayer::harness::workload::Workload;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start_replicated(dir.path(), &bin(), 3, 3, &[])
+    let mut c = Cluster::start_replicated(dir.path(), &bin(), (3, &[]), 3, &[])
         .await
         .unwrap();
     let log = Log::connect(&c.logstore_addrs()).await.unwrap();

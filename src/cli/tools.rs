@@ -21,6 +21,10 @@ pub struct FailoverBenchArgs {
     /// Player replicas.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// Take down the log leader of a LogStore of this many log replicas instead of the
+    /// player leader: time from SIGKILL to the next acknowledged append.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(3..=7))]
+    log_replicas: Option<u64>,
     /// Shards.
     #[arg(long, default_value_t = 4)]
     shards: usize,
@@ -98,6 +102,10 @@ pub struct BenchArgs {
     /// Transaction sizes in bytes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1024,10240")]
     sizes: Vec<usize>,
+    /// Log replicas to measure, comma separated: 1 is the single-node LogStore, 3 a Raft
+    /// group of three on this machine (sharing its disk).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    logstore_replicas: Vec<usize>,
     #[command(flatten)]
     load: LoadFlags,
     /// Where to keep data and logs (default: a temporary directory).
@@ -148,8 +156,111 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `failover-bench --log-replicas N`: the log leader SIGKILLed `--takedowns` times under
+/// load (a player delivering to the shards), each timed from the SIGKILL to the next
+/// acknowledged append; then the exactly-once check.
+async fn run_log_failover_bench(a: &FailoverBenchArgs, replicas: usize) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let tmp = tempfile::Builder::new()
+        .prefix("logplayer-log-failover-")
+        .tempdir()?;
+    let dir = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let mut c = cluster::Cluster::start_replicated(
+        &dir,
+        &cluster::binary(),
+        (a.shards, &[]),
+        replicas,
+        &[],
+    )
+    .await?;
+    c.start_player(&[]).await?;
+    let log = client::Log::connect(&c.logstore_addrs()).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.log_leader().await.is_none() {
+        if std::time::Instant::now() > deadline {
+            bail!("no log leader within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut spec = load_spec(
+        &LoadFlags {
+            rate: a.rate,
+            seconds: 24 * 3600,
+            concurrency: 64,
+            keys: 10,
+            key_space: 10_000,
+        },
+        1024,
+    );
+    spec.seed = 11;
+    let appended = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (log, appended) = (log.clone(), appended.clone());
+        tokio::spawn(async move { bench::drive(&log, &spec, Some(appended)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ms = Vec::new();
+    println!("takedown,old_leader,new_leader,first_ack_ms");
+    for _ in 0..a.takedowns {
+        let Some(l) = c.log_leader().await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let before = appended.load(Ordering::Relaxed);
+        c.log_replicas()[l].kill().await;
+        let killed = std::time::Instant::now();
+        while appended.load(Ordering::Relaxed) == before {
+            if killed.elapsed() > Duration::from_secs(30) {
+                bail!("no append acknowledged within 30 s of killing the log leader");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let took = killed.elapsed().as_secs_f64() * 1000.0;
+        let new = c
+            .log_leader()
+            .await
+            .map(|i| (i + 1).to_string())
+            .unwrap_or("?".into());
+        println!("kill,{},{new},{took:.1}", l + 1);
+        ms.push(took);
+        c.log_replicas()[l].restart().await?;
+        // Let it catch up as a follower before the next takedown.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    load.abort();
+    ms.sort_by(f64::total_cmp);
+    let q = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+    if !ms.is_empty() {
+        println!(
+            "{} log leader kills ({replicas} log replicas): first acknowledged append after p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            ms.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
+    }
+    let check = crate::harness::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
+    print!("{check}");
+    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
+        p.terminate(Duration::from_secs(5)).await;
+    }
+    for r in c.log_replicas() {
+        r.terminate(Duration::from_secs(5)).await;
+    }
+    if !check.pass {
+        bail!("exactly-once check failed");
+    }
+    println!("exactly-once: PASS");
+    Ok(())
+}
+
 pub async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
     use crate::harness::failover::{Takedown, take_down_leader, wait_for_leader};
+    if let Some(r) = a.log_replicas {
+        return run_log_failover_bench(&a, r as usize).await;
+    }
     let tmp = tempfile::Builder::new()
         .prefix("logplayer-failover-")
         .tempdir()?;
@@ -222,14 +333,18 @@ async fn bench_once(
     a: &BenchArgs,
     dir: &std::path::Path,
     bin: &std::path::Path,
-    n: usize,
+    (n, replicas): (usize, usize),
     size: usize,
     run: u32,
     shard_extra: &[&str],
 ) -> anyhow::Result<bench::BenchRow> {
-    let mut c = cluster::Cluster::start_with(dir, bin, n, &[], shard_extra).await?;
+    let mut c = if replicas > 1 {
+        cluster::Cluster::start_replicated(dir, bin, (n, shard_extra), replicas, &[]).await?
+    } else {
+        cluster::Cluster::start_with(dir, bin, n, &[], shard_extra).await?
+    };
     c.start_player(&[]).await?;
-    let log = client::Log::connect(c.logstore.addr()).await?;
+    let log = client::Log::connect(&c.logstore_addrs()).await?;
     // Warm up (connections, page cache), then measure from clean histograms.
     let mut warm = load_spec(&a.load, size);
     warm.duration = Duration::from_secs(1);
@@ -259,11 +374,21 @@ async fn bench_once(
     for s in &c.shards {
         delays.collect(s.addr()).await?;
     }
-    let row = bench::BenchRow::from(n, &spec, run, &load, &delays, peak, a.stall_seconds);
+    let row = bench::BenchRow::from(
+        (n, replicas),
+        &spec,
+        run,
+        &load,
+        &delays,
+        peak,
+        a.stall_seconds,
+    );
     for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
         p.terminate(Duration::from_secs(5)).await;
     }
-    c.logstore.terminate(Duration::from_secs(5)).await;
+    for r in c.log_replicas() {
+        r.terminate(Duration::from_secs(5)).await;
+    }
     if !check.pass {
         bail!("exactly-once check failed during the bench:\n{check}");
     }
@@ -304,13 +429,17 @@ pub async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!("{}", bench::BenchRow::csv_header());
-    for &n in &a.shards {
+    for (&n, &replicas) in a
+        .shards
+        .iter()
+        .flat_map(|n| a.logstore_replicas.iter().map(move |r| (n, r)))
+    {
         for &size in &a.sizes {
             let mut runs = Vec::new();
             for run in 1..=a.runs {
-                let dir = root.join(format!("s{n}-b{size}-r{}-{run}", a.load.rate));
+                let dir = root.join(format!("s{n}-l{replicas}-b{size}-r{}-{run}", a.load.rate));
                 std::fs::create_dir_all(&dir)?;
-                let row = bench_once(&a, &dir, &bin, n, size, run, shard_extra).await?;
+                let row = bench_once(&a, &dir, &bin, (n, replicas), size, run, shard_extra).await?;
                 println!("{}", row.csv());
                 runs.push(row);
             }

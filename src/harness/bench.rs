@@ -321,6 +321,8 @@ pub fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
     pub shards: usize,
+    /// Log replicas (1: the single-node LogStore).
+    pub log_replicas: usize,
     pub txn_bytes: usize,
     pub target_rate: u64,
     /// Run number from 1, or "median" for the median of the runs of one configuration.
@@ -355,12 +357,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 impl BenchRow {
     pub fn csv_header() -> &'static str {
-        "shards,txn_bytes,target_rate,run,achieved_rate,transactions,player_p50_ms,player_p99_ms,apply_p50_ms,apply_p99_ms,durable_p50_ms,durable_p99_ms,append_p50_ms,append_p99_ms,player_peak_rss_mib,stall_seconds,samples"
+        "shards,log_replicas,txn_bytes,target_rate,run,achieved_rate,transactions,player_p50_ms,player_p99_ms,apply_p50_ms,apply_p99_ms,durable_p50_ms,durable_p99_ms,append_p50_ms,append_p99_ms,player_peak_rss_mib,stall_seconds,samples"
     }
     pub fn csv(&self) -> String {
         format!(
-            "{},{},{},{},{:.0},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{},{}",
+            "{},{},{},{},{},{:.0},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{},{}",
             self.shards,
+            self.log_replicas,
             self.txn_bytes,
             self.target_rate,
             self.run,
@@ -381,7 +384,7 @@ impl BenchRow {
     }
     #[allow(clippy::too_many_arguments)]
     pub fn from(
-        shards: usize,
+        (shards, log_replicas): (usize, usize),
         spec: &LoadSpec,
         run: u32,
         load: &LoadReport,
@@ -391,6 +394,7 @@ impl BenchRow {
     ) -> BenchRow {
         BenchRow {
             shards,
+            log_replicas,
             txn_bytes: spec.txn_bytes,
             target_rate: spec.rate,
             run: run.to_string(),

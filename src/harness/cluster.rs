@@ -312,7 +312,7 @@ impl Cluster {
     pub async fn start_replicated(
         dir: &Path,
         bin: &Path,
-        n: usize,
+        (n, shard_extra): (usize, &[&str]),
         replicas: usize,
         env: &[(String, String)],
     ) -> Result<Cluster, ClusterError> {
@@ -347,7 +347,7 @@ impl Cluster {
             );
         }
         let logstore = procs.remove(0);
-        let shards = Self::start_shards(dir, bin, n, &[], env).await?;
+        let shards = Self::start_shards(dir, bin, n, shard_extra, env).await?;
         Ok(Cluster {
             dir: dir.to_owned(),
             bin: bin.to_owned(),

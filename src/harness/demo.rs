@@ -118,7 +118,7 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     let bin = crate::harness::cluster::binary();
     let replicated = cfg.logstore_replicas > 1;
     let mut cluster = if replicated {
-        Cluster::start_replicated(&dir, &bin, cfg.shards, cfg.logstore_replicas, &[]).await?
+        Cluster::start_replicated(&dir, &bin, (cfg.shards, &[]), cfg.logstore_replicas, &[]).await?
     } else {
         Cluster::start(&dir, &bin, cfg.shards).await?
     };
