@@ -160,8 +160,6 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
 /// load (a player delivering to the shards), each timed from the SIGKILL to the next
 /// acknowledged append; then the exactly-once check.
 async fn run_log_failover_bench(a: &FailoverBenchArgs, replicas: usize) -> anyhow::Result<()> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
     let tmp = tempfile::Builder::new()
         .prefix("logplayer-log-failover-")
         .tempdir()?;
@@ -195,27 +193,38 @@ async fn run_log_failover_bench(a: &FailoverBenchArgs, replicas: usize) -> anyho
         1024,
     );
     spec.seed = 11;
-    let appended = Arc::new(AtomicU64::new(0));
     let load = {
-        let (log, appended) = (log.clone(), appended.clone());
-        tokio::spawn(async move { bench::drive(&log, &spec, Some(appended)).await })
+        let log = log.clone();
+        tokio::spawn(async move { bench::drive(&log, &spec, None).await })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut ms = Vec::new();
+    let mut probe = crate::harness::workload::Workload::new(10, 10_000, 1024, 12);
+    let mut probe_seq = 0u64;
     println!("takedown,old_leader,new_leader,first_ack_ms");
     for _ in 0..a.takedowns {
-        let Some(l) = c.log_leader().await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
+        let mut leader = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while leader.is_none() && std::time::Instant::now() < deadline {
+            leader = c.log_leader().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some(l) = leader else {
+            bail!("no log leader within 30 s");
         };
-        let before = appended.load(Ordering::Relaxed);
         c.log_replicas()[l].kill().await;
         let killed = std::time::Instant::now();
-        while appended.load(Ordering::Relaxed) == before {
+        // A probe writer that starts after the SIGKILL, so that no answer already on its way
+        // from the old leader counts: its first acknowledged append ends the failover.
+        probe_seq += 1;
+        let txn = probe.next_txn();
+        while let Err(e) = log
+            .append(txn.clone(), Some(("failover-probe", probe_seq)), 0)
+            .await
+        {
             if killed.elapsed() > Duration::from_secs(30) {
-                bail!("no append acknowledged within 30 s of killing the log leader");
+                bail!("no append acknowledged within 30 s of killing the log leader: {e}");
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let took = killed.elapsed().as_secs_f64() * 1000.0;
         let new = c
