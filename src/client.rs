@@ -53,8 +53,7 @@ async fn each_message<T>(
     Ok(())
 }
 
-/// The metadata key a replica that does not lead names the leader's address under.
-pub const LEADER_KEY: &str = "logplayer-leader";
+pub use crate::grpc::LEADER_KEY;
 
 /// How long a call looks for a leader (elections, restarts) before giving up.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);

@@ -78,6 +78,10 @@ pub const ERROR_KEY: &str = "logplayer-error";
 /// Metadata key carrying the shard's highest epoch on a `fenced` refusal.
 pub const EPOCH_KEY: &str = "logplayer-highest-epoch";
 
+/// The metadata key under which a log replica that does not lead names the leader's
+/// address (with [`Reason::NotLeader`]).
+pub const LEADER_KEY: &str = "logplayer-leader";
+
 /// The machine-readable reason of a refusal, sent as [`ERROR_KEY`]. The table of codes and
 /// reasons is in `proto/logplayer.proto` and the README; `tests/status_codes.rs` drives
 /// each over a real socket.

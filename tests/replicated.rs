@@ -25,12 +25,7 @@ impl Group {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = logplayer::harness::cluster::peers_flag(&addrs);
         let mut procs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let data = dir.path().join(format!("replica-{}", i + 1));

@@ -156,6 +156,27 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The failover benches' background load: `rate` 1 KB transactions/s until aborted.
+fn background_load(
+    log: &client::Log,
+    rate: u64,
+    seed: u64,
+) -> tokio::task::JoinHandle<bench::LoadReport> {
+    let mut spec = load_spec(
+        &LoadFlags {
+            rate,
+            seconds: 24 * 3600,
+            concurrency: 64,
+            keys: 10,
+            key_space: 10_000,
+        },
+        1024,
+    );
+    spec.seed = seed;
+    let log = log.clone();
+    tokio::spawn(async move { bench::drive(&log, &spec, None).await })
+}
+
 /// `failover-bench --log-replicas N`: the log leader SIGKILLed `--takedowns` times under
 /// load (a player delivering to the shards), each timed from the SIGKILL to the next
 /// acknowledged append; then the exactly-once check.
@@ -182,21 +203,7 @@ async fn run_log_failover_bench(a: &FailoverBenchArgs, replicas: usize) -> anyho
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut spec = load_spec(
-        &LoadFlags {
-            rate: a.rate,
-            seconds: 24 * 3600,
-            concurrency: 64,
-            keys: 10,
-            key_space: 10_000,
-        },
-        1024,
-    );
-    spec.seed = 11;
-    let load = {
-        let log = log.clone();
-        tokio::spawn(async move { bench::drive(&log, &spec, None).await })
-    };
+    let load = background_load(&log, a.rate, 11);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut ms = Vec::new();
     let mut probe = crate::harness::workload::Workload::new(10, 10_000, 1024, 12);
@@ -280,21 +287,7 @@ pub async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
     c.start_replicas(a.replicas, &extra).await?;
     wait_for_leader(&c, Duration::from_secs(30)).await?;
     let log = client::Log::connect(c.logstore.addr()).await?;
-    let mut spec = load_spec(
-        &LoadFlags {
-            rate: a.rate,
-            seconds: 24 * 3600,
-            concurrency: 64,
-            keys: 10,
-            key_space: 10_000,
-        },
-        1024,
-    );
-    spec.seed = 9;
-    let load = {
-        let log = log.clone();
-        tokio::spawn(async move { bench::drive(&log, &spec, None).await })
-    };
+    let load = background_load(&log, a.rate, 9);
     let how = if a.graceful {
         Takedown::Term
     } else {

@@ -36,6 +36,16 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// The `--peers` value for log replicas at `addrs` (ids 1, 2, ... in that order).
+pub fn peers_flag(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The `logplayer` binary to run: `$LOGPLAYER_BIN`, else this executable.
 pub fn binary() -> PathBuf {
     std::env::var_os("LOGPLAYER_BIN")
@@ -323,12 +333,7 @@ impl Cluster {
                 name: "logstore".into(),
                 source,
             })?;
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers_flag(&addrs);
         let mut procs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let id = (i + 1).to_string();

@@ -81,6 +81,20 @@ pub enum LogStoreError {
     Unknown(String),
 }
 
+/// Resolves with the reason once `failed` holds one; pending forever if its sender goes
+/// away without failing (nothing will ever fail then).
+pub(crate) async fn failure(mut failed: watch::Receiver<Option<String>>) -> String {
+    let reason = failed
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|r| r.clone());
+    match reason {
+        Some(reason) => reason,
+        None => std::future::pending().await,
+    }
+}
+
 /// Result of an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -404,18 +418,7 @@ impl LogStore {
     /// disk is unknown and every append is refused; only reopening (recovery) goes on, so a
     /// server stops when this resolves. Pending forever if the WAL never fails.
     pub fn wal_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
-        let mut failed = self.failed.clone();
-        async move {
-            let reason = match failed.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone(),
-                // The writer is gone without failing: nothing will ever fail.
-                Err(_) => None,
-            };
-            match reason {
-                Some(reason) => reason,
-                None => std::future::pending().await,
-            }
-        }
+        failure(self.failed.clone())
     }
 
     /// The largest entry this log accepts.

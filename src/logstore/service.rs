@@ -50,7 +50,7 @@ fn to_status(e: LogStoreError) -> Status {
             if let Some(addr) = leader
                 && let Ok(v) = addr.parse()
             {
-                status.metadata_mut().insert(crate::client::LEADER_KEY, v);
+                status.metadata_mut().insert(crate::grpc::LEADER_KEY, v);
             }
             return status;
         }

@@ -132,7 +132,7 @@ impl Shared {
             .then(|| {
                 status
                     .metadata()
-                    .get(crate::client::LEADER_KEY)?
+                    .get(crate::grpc::LEADER_KEY)?
                     .to_str()
                     .ok()
             })

@@ -308,19 +308,8 @@ impl Replica {
 
     /// Resolves with the reason once the replica's log has failed (the server then stops).
     pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
-        let mut failed = self.failed.clone();
         let mut metrics = self.raft.metrics();
-        let wal = async move {
-            let reason = failed
-                .wait_for(Option::is_some)
-                .await
-                .ok()
-                .and_then(|r| r.clone());
-            match reason {
-                Some(r) => r,
-                None => std::future::pending().await,
-            }
-        };
+        let wal = crate::logstore::failure(self.failed.clone());
         // Raft's core stopped (a storage error it cannot go on from).
         let core = async move {
             while metrics.changed().await.is_ok() {}
