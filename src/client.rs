@@ -185,7 +185,7 @@ impl Log {
             None if matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-            ) && (written_twice_ok || self.addrs.len() > 1) =>
+            ) && written_twice_ok =>
             {
                 Next::Rotate
             }

@@ -634,12 +634,15 @@ async fn a_replica_with_swapped_peers_is_refused_by_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_of_another_log_is_refused_by_name() {
     let mut a = Group::start(3, &[]).await;
-    let b = Group::start(3, &[]).await;
+    let mut b = Group::start(3, &[]).await;
     let log_a = Log::connect(&a.all()).await.unwrap();
     let log_b = Log::connect(&b.all()).await.unwrap();
     write(&log_a, "a", 1, 5).await;
     write(&log_b, "b", 1, 5).await;
-    // Replica 3 of A is replaced by a copy of B's replica 3 directory.
+    // Replica 3 of A is replaced by a copy of B's replica 3 directory, once that one has
+    // applied log B's entries (so it knows its log's id) and is stopped.
+    b.entries_of_each(5).await;
+    b.procs[2].kill().await;
     a.procs[2].kill().await;
     let b3 = b._dir.path().join("replica-3");
     let a3 = a._dir.path().join("replica-3");
@@ -662,7 +665,13 @@ async fn a_replica_of_another_log_is_refused_by_name() {
     );
     write(&log_a, "a", 6, 5).await;
     // Nothing of log A was written over log B's replica.
-    let id_b = log_b.describe().await.unwrap().log_id;
+    let id_b = Log::connect(&b.addrs[0])
+        .await
+        .unwrap()
+        .describe()
+        .await
+        .unwrap()
+        .log_id;
     let stray = Log::connect(&a.addrs[2]).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(stray.describe().await.unwrap().log_id, id_b);

@@ -199,6 +199,12 @@ struct Shared {
     /// Raised when enough of the log is releasable for a new base: the node then asks
     /// openraft for a snapshot.
     rebase_wanted: watch::Sender<u64>,
+    /// Held while the base moves (a snapshot built here, or one installed from the leader):
+    /// openraft runs the two in different tasks, and the older must not overwrite the newer.
+    moving: Mutex<()>,
+    /// The Raft index of the base saved on disk: the log is purged only up to it, so that a
+    /// crash never leaves a purged log behind the saved state.
+    saved: watch::Sender<Option<u64>>,
 }
 
 /// The state machine (cheap to clone: every clone is the same machine).
@@ -255,6 +261,7 @@ impl Machine {
         }
         let (head, _) = watch::channel(base.next - 1);
         let (rebase_wanted, _) = watch::channel(0);
+        let (saved, _) = watch::channel(base.applied.map(|l| l.index));
         Ok(Machine {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -268,6 +275,8 @@ impl Machine {
                 head,
                 rebase_every: rebase_every.max(1),
                 rebase_wanted,
+                moving: Mutex::new(()),
+                saved,
             }),
         })
     }
@@ -280,6 +289,11 @@ impl Machine {
     /// A watch of the last applied client index.
     pub fn head(&self) -> watch::Receiver<u64> {
         self.shared.head.subscribe()
+    }
+
+    /// The Raft index of the base saved on disk (see [`super::storage::LogStorage::purge`]).
+    pub fn saved_base(&self) -> watch::Receiver<Option<u64>> {
+        self.shared.saved.subscribe()
     }
 
     /// Bumped each time enough of the log is releasable that a snapshot should be taken.
@@ -354,7 +368,11 @@ impl Machine {
 
     fn save_base(&self, base: &Base) -> Result<(), StorageError> {
         base.save(&self.shared.dir)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        self.shared
+            .saved
+            .send_replace(base.applied.map(|l| l.index));
+        Ok(())
     }
 }
 
@@ -456,6 +474,11 @@ impl RaftStateMachine<TypeConfig> for Machine {
         let base: Base = postcard::from_bytes(snapshot.get_ref()).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
         })?;
+        let _moving = self
+            .shared
+            .moving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.save_base(&base)?;
         tracing::info!(applied = ?base.applied, next = base.next, first = base.first, "installed a snapshot from the leader");
         let head = base.next - 1;
@@ -479,6 +502,11 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
     /// Moves the base to the rebase point (replaying the WAL from the old base through it),
     /// saves it, and offers it as the snapshot; openraft then purges the log up to it.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _moving = self
+            .shared
+            .moving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (mut base, target) = {
             let st = lock(&self.shared.state);
             (st.base.clone(), st.rebase_point(1))

@@ -34,8 +34,9 @@ use crate::proto::{AppendGroup, Entry, Mutation, StoredEntry};
 const IN_FLIGHT: usize = 2;
 /// Most appends in one group.
 const MAX_GROUP: usize = 4096;
-/// Most payload bytes in one group.
-const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Most payload bytes in one group (one Raft entry: followers must receive and fsync it
+/// within a heartbeat; a single larger append still goes alone).
+const MAX_GROUP_BYTES: usize = 1024 * 1024;
 /// Appends waiting for the proposer before appenders wait.
 const QUEUE: usize = 16 * 1024;
 
@@ -116,6 +117,8 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
         // purged up to each one at once: retention is driven by the players' cursors only.
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 0,
+        // With the byte limit of `storage`, keeps each AppendEntries within a heartbeat.
+        max_payload_entries: 64,
         ..Default::default()
     }
     .validate()
@@ -145,9 +148,11 @@ impl Replica {
         }
         // A record is a group of appends: room for a full group of the largest entries.
         wal.max_record_bytes = u32::MAX;
-        let storage = LogStorage::open(wal).map_err(|e| LogStoreError::Invalid(e.to_string()))?;
+        let mut storage =
+            LogStorage::open(wal).map_err(|e| LogStoreError::Invalid(e.to_string()))?;
         let failed = storage.failed();
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
+        storage.set_saved_base(machine.saved_base());
         let network = Network {
             me: config.id,
             machine: machine.clone(),

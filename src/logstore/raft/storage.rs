@@ -25,6 +25,11 @@ use crate::logstore::wal::{Wal, WalConfig, WalError, WalReader};
 /// a replica's (a directory with WAL segments and no such file holds a single-node log).
 pub const STATE_FILE: &str = "raft-state";
 
+/// Most bytes of entries one AppendEntries carries. openraft 0.9 gives an AppendEntries one
+/// heartbeat interval to complete (the follower's fsync included), so a catch-up batch must
+/// stay small; a single larger entry still goes alone.
+const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+
 /// What must survive a restart besides the entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Durable {
@@ -58,18 +63,32 @@ pub struct LogReader {
 
 impl LogReader {
     fn entries(&self, from: u64, to_inclusive: u64) -> Result<Vec<Entry>, StorageError> {
+        self.entries_within(from, to_inclusive, usize::MAX)
+    }
+
+    /// Entries `[from, to_inclusive]`, stopping once `max_bytes` of records were read (at
+    /// least one entry).
+    fn entries_within(
+        &self,
+        from: u64,
+        to_inclusive: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::new();
         let mut at = from;
-        while at <= to_inclusive {
+        let mut bytes = 0usize;
+        while at <= to_inclusive && (out.is_empty() || bytes < max_bytes) {
+            let budget = max_bytes.saturating_sub(bytes).clamp(1, 16 << 20);
             let records = self
                 .reader
-                .read_range(wal_index(at), wal_index(to_inclusive), 16 << 20)
+                .read_range(wal_index(at), wal_index(to_inclusive), budget)
                 .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
             if records.is_empty() {
                 break;
             }
-            for (wal, bytes) in records {
-                let e = super::decode_entry(&bytes)
+            for (wal, record) in records {
+                bytes += record.len();
+                let e = super::decode_entry(&record)
                     .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
                 if e.log_id.index != raft_index(wal) {
                     return Err(StorageIOError::read_logs(AnyError::error(format!(
@@ -116,6 +135,18 @@ impl RaftLogReader<TypeConfig> for LogReader {
         };
         self.entries(from, to)
     }
+
+    /// What one AppendEntries carries: at most [`REPLICATION_BATCH_BYTES`] of `[start, end)`.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        self.entries_within(start, end - 1, REPLICATION_BATCH_BYTES)
+    }
 }
 
 /// A replica's Raft log.
@@ -125,6 +156,8 @@ pub struct LogStorage {
     dir: PathBuf,
     durable: Durable,
     failed: watch::Sender<Option<String>>,
+    /// The Raft index of the state machine's saved base (see [`LogStorage::purge`]).
+    saved_base: Option<watch::Receiver<Option<u64>>>,
 }
 
 impl LogStorage {
@@ -160,8 +193,10 @@ impl LogStorage {
         }
         // A purge past the last entry leaves an empty WAL that must go on after the purge
         // point (a crash can fall between removing the old segments and starting anew).
+        // A crash inside a purge past the end can also leave old records that all lie at or
+        // below the purge point: start after it too.
         if let Some(p) = durable.purged
-            && wal.last_index() < wal.first_index()
+            && wal.last_index() <= wal_index(p.index)
             && wal.first_index() != wal_index(p.index) + 1
         {
             wal.restart_at(wal_index(p.index) + 1)?;
@@ -176,7 +211,13 @@ impl LogStorage {
             dir,
             durable,
             failed,
+            saved_base: None,
         })
+    }
+
+    /// The state machine's saved-base watch: [`LogStorage::purge`] waits for it.
+    pub fn set_saved_base(&mut self, saved: watch::Receiver<Option<u64>>) {
+        self.saved_base = Some(saved);
     }
 
     /// The WAL's reader, for the state machine's reads of client entries.
@@ -324,6 +365,17 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // openraft purges a follower's log as soon as it hands an installed snapshot to the
+        // state machine, without waiting for it to be saved: purge only once the saved base
+        // covers the point, or a crash in between would leave a log with neither.
+        if let Some(saved) = &mut self.saved_base
+            && saved
+                .wait_for(|b| b.is_some_and(|b| b >= log_id.index))
+                .await
+                .is_err()
+        {
+            return Err(self.fail("purging", &"the state machine is gone"));
+        }
         self.durable.purged = Some(log_id);
         self.save_durable()?;
         let below = wal_index(log_id.index) + 1;

@@ -73,6 +73,14 @@ impl Wal {
             .segments
             .last_mut()
             .ok_or_else(|| WalError::InvalidConfig("no segment left".into()))?;
+        // Segments that were not the last at open were opened read-only: this one is written
+        // to from now on.
+        let writable = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg.path)
+            .map_err(io_err(&seg.path))?;
+        seg.file = std::sync::Arc::new(writable);
         if from < seg.next_index() {
             let keep = (from - seg.first_index) as usize;
             let cut_at = seg.offsets.get(keep).map_or(seg.end, |&o| u64::from(o));

@@ -732,3 +732,27 @@ fn a_restart_drops_every_record_and_goes_on_after_the_point() {
     assert_eq!((wal.first_index(), wal.last_index()), (1001, 1010));
     assert_all_payloads(&wal.reader(), 1001, 1010);
 }
+
+/// A follower restarted with several segments cuts a suffix that begins inside an older
+/// segment (opened read-only at open) and appends after the cut.
+#[test]
+fn a_cut_into_an_older_segment_after_reopening_can_be_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(dir.path(), 300, 7);
+    drop(wal);
+    let (mut wal, _) = open_small(dir.path());
+    let firsts = segment_firsts(dir.path());
+    assert!(firsts.len() > 3);
+    // Exactly at the start of the third segment, then inside the second.
+    for cut in [firsts[2], firsts[1] + 2] {
+        wal.truncate_from(cut).unwrap();
+        append_range(&mut wal, cut, 5, 2);
+        assert_all_payloads(&wal.reader(), 1, cut + 4);
+    }
+    let last = wal.last_index();
+    drop(wal);
+    let (wal, report) = open_small(dir.path());
+    assert_eq!(report.torn_bytes_truncated, 0);
+    assert_eq!(wal.last_index(), last);
+    assert_all_payloads(&wal.reader(), 1, last);
+}
