@@ -156,6 +156,33 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `p50 X ms, p99 Y ms, max Z ms` of `ms` (sorted in place).
+fn percentiles(ms: &mut [f64]) -> String {
+    if ms.is_empty() {
+        return "no samples".into();
+    }
+    ms.sort_by(f64::total_cmp);
+    let q = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    )
+}
+
+/// The failover benches' end: the exactly-once check, every process stopped.
+async fn check_and_stop(c: &mut cluster::Cluster, log: &client::Log) -> anyhow::Result<()> {
+    let check = crate::harness::check::check(log, &c.shard_map(), Duration::from_secs(60)).await?;
+    print!("{check}");
+    c.stop().await;
+    if !check.pass {
+        bail!("exactly-once check failed");
+    }
+    println!("exactly-once: PASS");
+    Ok(())
+}
+
 /// The failover benches' background load: `rate` 1 KB transactions/s until aborted.
 fn background_load(
     log: &client::Log,
@@ -246,30 +273,12 @@ async fn run_log_failover_bench(a: &FailoverBenchArgs, replicas: usize) -> anyho
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     load.abort();
-    ms.sort_by(f64::total_cmp);
-    let q = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
-    if !ms.is_empty() {
-        println!(
-            "{} log leader kills ({replicas} log replicas): first acknowledged append after p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            ms.len(),
-            q(0.5),
-            q(0.99),
-            q(1.0)
-        );
-    }
-    let check = crate::harness::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
-    print!("{check}");
-    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
-        p.terminate(Duration::from_secs(5)).await;
-    }
-    for r in c.log_replicas() {
-        r.terminate(Duration::from_secs(5)).await;
-    }
-    if !check.pass {
-        bail!("exactly-once check failed");
-    }
-    println!("exactly-once: PASS");
-    Ok(())
+    println!(
+        "{} log leader kills ({replicas} log replicas): first acknowledged append after {}",
+        ms.len(),
+        percentiles(&mut ms)
+    );
+    check_and_stop(&mut c, &log).await
 }
 
 pub async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
@@ -308,26 +317,12 @@ pub async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
     }
     load.abort();
     // Appends the aborted load had in flight may still land; the checker waits for a quiet log.
-    ms.sort_by(f64::total_cmp);
-    let q = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
     println!(
-        "{} {how} takedowns: takeover p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "{} {how} takedowns: takeover {}",
         ms.len(),
-        q(0.5),
-        q(0.99),
-        q(1.0)
+        percentiles(&mut ms)
     );
-    let check = crate::harness::check::check(&log, &c.shard_map(), Duration::from_secs(60)).await?;
-    print!("{check}");
-    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
-        p.terminate(Duration::from_secs(5)).await;
-    }
-    c.logstore.terminate(Duration::from_secs(5)).await;
-    if !check.pass {
-        bail!("exactly-once check failed");
-    }
-    println!("exactly-once: PASS");
-    Ok(())
+    check_and_stop(&mut c, &log).await
 }
 
 /// One measured run of one bench configuration, on a fresh cluster in `dir`.
@@ -385,12 +380,7 @@ async fn bench_once(
         peak,
         a.stall_seconds,
     );
-    for p in c.players.iter_mut().chain(c.shards.iter_mut()) {
-        p.terminate(Duration::from_secs(5)).await;
-    }
-    for r in c.log_replicas() {
-        r.terminate(Duration::from_secs(5)).await;
-    }
+    c.stop().await;
     if !check.pass {
         bail!("exactly-once check failed during the bench:\n{check}");
     }

@@ -364,6 +364,16 @@ impl Cluster {
         })
     }
 
+    /// SIGTERMs every process: players first, then shards, then the log (5 s each to exit).
+    pub async fn stop(&mut self) {
+        for p in self.players.iter_mut().chain(self.shards.iter_mut()) {
+            p.terminate(Duration::from_secs(5)).await;
+        }
+        for r in self.log_replicas() {
+            r.terminate(Duration::from_secs(5)).await;
+        }
+    }
+
     /// Every LogStore replica (one for a single node).
     pub fn log_replicas(&mut self) -> Vec<&mut Proc> {
         std::iter::once(&mut self.logstore)

@@ -440,14 +440,6 @@ impl Run {
     }
 
     async fn stop(&mut self) {
-        for p in self.cluster.players.iter_mut() {
-            p.terminate(Duration::from_secs(5)).await;
-        }
-        for s in self.cluster.shards.iter_mut() {
-            s.terminate(Duration::from_secs(5)).await;
-        }
-        for r in self.cluster.log_replicas() {
-            r.terminate(Duration::from_secs(5)).await;
-        }
+        self.cluster.stop().await;
     }
 }
