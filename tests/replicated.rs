@@ -571,11 +571,9 @@ async fn log_says(p: &Proc, text: &str, wait: Duration) -> bool {
     false
 }
 
-/// A replica whose `--peers` maps ids to the wrong addresses reaches the wrong replicas:
-/// they refuse its messages by name instead of letting Raft mix them up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_with_swapped_peers_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts replicas 1–3 on fresh addresses; replica `wrong` gets a `--peers` list with the
+/// addresses of its two peers swapped. Returns the addresses and the processes.
+async fn start_with_swapped_peers(dir: &std::path::Path, wrong: usize) -> (Vec<String>, Vec<Proc>) {
     let addrs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -589,13 +587,13 @@ async fn a_replica_with_swapped_peers_is_refused_by_name() {
     };
     let mut procs = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        // Replica 3 believes 1 and 2 are at each other's address.
-        let list = if i == 2 {
-            peers([1, 0, 2])
-        } else {
-            peers([0, 1, 2])
+        let list = match (i == wrong, i) {
+            (true, 0) => peers([0, 2, 1]),
+            (true, 1) => peers([2, 1, 0]),
+            (true, _) => peers([1, 0, 2]),
+            (false, _) => peers([0, 1, 2]),
         };
-        let data = dir.path().join(format!("r{i}"));
+        let data = dir.join(format!("r{i}"));
         let args = [
             "logstore",
             "--id",
@@ -611,22 +609,64 @@ async fn a_replica_with_swapped_peers_is_refused_by_name() {
                 &bin(),
                 args.iter().map(|s| s.to_string()).collect(),
                 Some(addr),
-                dir.path(),
+                dir,
             )
             .await
             .unwrap(),
         );
     }
+    (addrs, procs)
+}
+
+/// Replica 1 starts a new group with a `--peers` list that maps ids 2 and 3 to each other's
+/// address: they refuse its messages by name instead of letting Raft mix them up, and no
+/// group forms around the wrong membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_started_with_swapped_peers_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addrs, procs) = start_with_swapped_peers(dir.path(), 0).await;
+    for (p, meant) in [(&procs[2], 2), (&procs[1], 3)] {
+        assert!(
+            log_says(
+                p,
+                &format!("meant for replica {meant}"),
+                Duration::from_secs(20)
+            )
+            .await,
+            "replica 1's message to {meant} was not refused by name:\n{}",
+            p.log_tail(30)
+        );
+    }
+    let log = Log::connect(&addrs.join(",")).await.unwrap();
+    let e = log
+        .append(add("never".into()), Some(("w", 1)), 0)
+        .await
+        .expect_err("no group formed, yet an append was acknowledged");
+    assert!(e.to_string().contains("no leader"), "{e}");
+}
+
+/// A replica whose `--peers` swaps its peers' addresses joins a group another replica
+/// started: it follows the group's membership (the addresses replicas dial), warns about
+/// its flag, and every address serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_swapped_peers_follows_the_membership_and_is_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addrs, procs) = start_with_swapped_peers(dir.path(), 2).await;
+    let log = Log::connect(&addrs.join(",")).await.unwrap();
+    write(&log, "w", 1, 10).await;
     assert!(
-        log_says(&procs[2], "meant for replica", Duration::from_secs(20)).await,
-        "replica 3 was not told its peers are wrong:\n{}",
+        log_says(
+            &procs[2],
+            "--peers differ from the group's membership",
+            Duration::from_secs(10)
+        )
+        .await,
+        "replica 3 did not warn about its --peers:\n{}",
         procs[2].log_tail(30)
     );
-    // Replicas 1 and 2 still form a majority and serve.
-    let log = Log::connect(&format!("{},{}", addrs[0], addrs[1]))
-        .await
-        .unwrap();
-    write(&log, "w", 1, 10).await;
+    // Replica 3 alone, asked for the leader, names the right address.
+    let only3 = Log::connect(&addrs[2]).await.unwrap();
+    write(&only3, "w3", 1, 3).await;
 }
 
 /// A replica of another log (its directory holds log B) started among log A's replicas is

@@ -28,7 +28,10 @@ pub struct LogstoreArgs {
     #[arg(long, env = "LOGPLAYER_REPLICA_ID", requires = "peers")]
     id: Option<u64>,
     /// Every replica of the group, this one included, as ID=HOST:PORT,... — the same list on
-    /// every replica. Peers replicate to, and clients dial, these addresses.
+    /// every replica. It seeds a new group: the replica with the lowest id proposes it as the
+    /// group's membership, which the others learn from it (so that replica must be up on the
+    /// group's first start). From then on the membership, changed with `logstore members`,
+    /// says where replicas are; a list that disagrees with it is warned about.
     #[arg(long, env = "LOGPLAYER_PEERS", requires = "id", value_parser = parse_peers)]
     peers: Option<Peers>,
     /// (Replicated) Raft entries released by retention before the replica takes a snapshot

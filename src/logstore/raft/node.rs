@@ -126,8 +126,8 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
 }
 
 impl Replica {
-    /// Opens the replica's log in `config.dir`, starts Raft and, on a new group, proposes
-    /// the membership of `config.peers` (every replica does; the same entry each time).
+    /// Opens the replica's log in `config.dir` and starts Raft. On a new group, the replica
+    /// with the lowest id of `config.peers` proposes their membership; the others wait for it.
     pub async fn start(config: ReplicaConfig) -> Result<Replica, LogStoreError> {
         crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
         if !config.peers.contains_key(&config.id) {
@@ -166,8 +166,13 @@ impl Replica {
         )
         .await
         .map_err(|e| LogStoreError::Invalid(format!("raft: {e}")))?;
+        // Only the lowest id of `--peers` starts a new group. Were every replica to do it, a
+        // replica with a wrong `--peers` would hold a membership of its own at index 0, and
+        // its failed elections would keep disrupting the others'. Every other replica learns
+        // the membership (with the addresses it dials) from the leader.
+        let bootstraps = config.peers.keys().next() == Some(&config.id);
         let initialized = raft.is_initialized().await.unwrap_or(true);
-        if !initialized {
+        if !initialized && bootstraps {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .peers
                 .iter()
@@ -210,10 +215,50 @@ impl Replica {
         self.max_entry_bytes
     }
 
-    /// The leader's address, if one is known.
+    /// The leader's address, if one is known (from the group's membership, which is what
+    /// the replicas dial; `--peers` only seeds a new group).
     pub fn leader_addr(&self) -> Option<String> {
-        let leader = self.raft.metrics().borrow().current_leader?;
-        self.peers.get(&leader).cloned()
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Warns when this replica's `--peers` disagree with the membership it follows (once per
+    /// membership): the membership wins, but a wrong flag is worth knowing about.
+    fn check_peers(&self, warned: &mut Option<openraft::LogId<NodeId>>) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let stored = &m.membership_config;
+        let Some(at) = *stored.log_id() else {
+            return;
+        };
+        if warned.is_some_and(|w| w == at) {
+            return;
+        }
+        *warned = Some(at);
+        let members: BTreeMap<NodeId, String> = stored
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let differ = self
+            .peers
+            .iter()
+            .filter(|(id, addr)| members.get(id).is_some_and(|a| a != *addr))
+            .map(|(id, addr)| format!("{id}={addr} (membership: {})", members[id]))
+            .collect::<Vec<_>>();
+        if !differ.is_empty() {
+            tracing::warn!(
+                replica = self.id,
+                differ = differ.join(", "),
+                "--peers differ from the group's membership, which this replica follows \
+                 (--peers only seeds a new group; change members with `logstore members`)"
+            );
+        }
     }
 
     fn is_leader(&self) -> bool {
@@ -442,10 +487,13 @@ impl Replica {
         }
     }
 
-    /// A new leader of a new log establishes its id.
+    /// A new leader of a new log establishes its id; every replica checks its `--peers`
+    /// against each membership it learns.
     async fn leader_duties(self) {
         let mut metrics = self.raft.metrics();
+        let mut checked = None;
         loop {
+            self.check_peers(&mut checked);
             if self.is_leader() && self.machine.log_id().is_none() {
                 let id = uuid::Uuid::new_v4().to_string();
                 match self
