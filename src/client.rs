@@ -199,6 +199,23 @@ impl Log {
         &self,
         what: &'static str,
         written_twice_ok: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(LogStoreClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.with_leader_for(what, written_twice_ok, ATTEMPT_WAIT, call)
+            .await
+    }
+
+    /// [`with_leader`](Self::with_leader) with attempts of up to `attempt_wait` (a call the
+    /// server itself may take long to answer).
+    async fn with_leader_for<T, F, Fut>(
+        &self,
+        what: &'static str,
+        written_twice_ok: bool,
+        attempt_wait: std::time::Duration,
         mut call: F,
     ) -> Result<T, ClientError>
     where
@@ -210,11 +227,11 @@ impl Log {
             let conn = self.conn();
             let attempt = call(conn.client.clone());
             let answer = if self.addrs.len() > 1 {
-                tokio::time::timeout(ATTEMPT_WAIT, attempt)
+                tokio::time::timeout(attempt_wait, attempt)
                     .await
                     .unwrap_or_else(|_| {
                         Err(tonic::Status::deadline_exceeded(format!(
-                            "no answer within {ATTEMPT_WAIT:?}"
+                            "no answer within {attempt_wait:?}"
                         )))
                     })
             } else {
@@ -310,6 +327,60 @@ impl Log {
     pub async fn retain(&self, below: u64) -> Result<crate::proto::RetainResponse, ClientError> {
         self.with_leader("retain", true, |mut c| async move {
             c.retain(crate::proto::RetainRequest { below }).await
+        })
+        .await
+    }
+
+    /// The group's membership, as the leader knows it (a replica that does not lead
+    /// answers when no leader is known).
+    pub async fn members(&self) -> Result<crate::proto::MembersResponse, ClientError> {
+        self.retain_probe().await;
+        let conn = self.conn();
+        let mut client = conn.client.clone();
+        let members = call(
+            &conn.addr,
+            "members",
+            client.members(crate::proto::MembersRequest {}),
+        );
+        tokio::time::timeout(BOUNDS_WAIT, members)
+            .await
+            .unwrap_or_else(|_| {
+                Err(rpc_err(&conn.addr, "members")(
+                    tonic::Status::deadline_exceeded(format!("no answer within {BOUNDS_WAIT:?}")),
+                ))
+            })
+    }
+
+    /// Adds replica `id` at `addr` (on the leader), waiting up to `catch_up` for it to catch
+    /// up. Safe to send again: adding a voter again changes nothing.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+        catch_up: std::time::Duration,
+    ) -> Result<crate::proto::MembersResponse, ClientError> {
+        let request = crate::proto::AddMemberRequest {
+            id,
+            addr: addr.to_owned(),
+            catch_up_ms: catch_up.as_millis().clamp(1, u32::MAX.into()) as u32,
+        };
+        let wait = catch_up + std::time::Duration::from_secs(10);
+        self.with_leader_for("add member", true, wait, |mut c| {
+            let request = request.clone();
+            async move { c.add_member(request).await }
+        })
+        .await
+    }
+
+    /// Removes replica `id` (on the leader). Safe to send again.
+    pub async fn remove_member(
+        &self,
+        id: u64,
+    ) -> Result<crate::proto::MembersResponse, ClientError> {
+        let wait = std::time::Duration::from_secs(30);
+        self.with_leader_for("remove member", true, wait, |mut c| async move {
+            c.remove_member(crate::proto::RemoveMemberRequest { id })
+                .await
         })
         .await
     }

@@ -104,10 +104,11 @@ pub enum Reason {
     WrongPeer,
     NotLeader,
     Unavailable,
+    Membership,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Invalid,
         Reason::EntryTooLarge,
         Reason::SequenceReused,
@@ -125,6 +126,7 @@ impl Reason {
         Reason::WrongPeer,
         Reason::NotLeader,
         Reason::Unavailable,
+        Reason::Membership,
     ];
 
     /// The wire value.
@@ -147,6 +149,7 @@ impl Reason {
             Reason::WrongPeer => "wrong-peer",
             Reason::NotLeader => "not-leader",
             Reason::Unavailable => "unavailable",
+            Reason::Membership => "membership",
         }
     }
 
@@ -162,7 +165,8 @@ impl Reason {
             | Reason::WrongShard
             | Reason::WrongLog
             | Reason::EntryLimit
-            | Reason::WrongPeer => Code::FailedPrecondition,
+            | Reason::WrongPeer
+            | Reason::Membership => Code::FailedPrecondition,
             Reason::Gap => Code::Aborted,
             Reason::BelowRetention | Reason::PastHead => Code::OutOfRange,
             Reason::NotDurable | Reason::NotLeader | Reason::Unavailable => Code::Unavailable,

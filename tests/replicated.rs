@@ -7,123 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::group::{Group, add, log_says, write};
 use common::{bin, free_port};
 use logplayer::client::Log;
 use logplayer::harness::cluster::Proc;
-use logplayer::proto::{Entry, Mutation, mutation::Op};
-
-/// Three (or `n`) replicas, each in its own directory, started with the same `--peers`.
-struct Group {
-    _dir: tempfile::TempDir,
-    procs: Vec<Proc>,
-    addrs: Vec<String>,
-}
-
-impl Group {
-    async fn start(n: usize, extra: &[&str]) -> Group {
-        let dir = tempfile::tempdir().unwrap();
-        let addrs: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let peers = logplayer::harness::cluster::peers_flag(&addrs);
-        let mut procs = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let data = dir.path().join(format!("replica-{}", i + 1));
-            let mut args: Vec<String> = [
-                "logstore",
-                "--id",
-                &(i + 1).to_string(),
-                "--peers",
-                &peers,
-                "--data",
-                data.to_str().unwrap(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let p = Proc::start(
-                &format!("replica-{}", i + 1),
-                &bin(),
-                args,
-                Some(addr),
-                dir.path(),
-            )
-            .await
-            .expect("a replica starts");
-            procs.push(p);
-        }
-        Group {
-            _dir: dir,
-            procs,
-            addrs,
-        }
-    }
-
-    fn all(&self) -> String {
-        self.addrs.join(",")
-    }
-
-    /// The replica that says it leads, once one does.
-    async fn leader(&self, wait: Duration) -> usize {
-        let deadline = Instant::now() + wait;
-        loop {
-            for (i, a) in self.addrs.iter().enumerate() {
-                if let Ok(log) = Log::connect(a).await
-                    && let Ok(d) = log.describe().await
-                    && let Some(r) = d.replica
-                    && r.role == "leader"
-                {
-                    return i;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within {wait:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| format!("--- {} ---\n{}", p.name, p.log_tail(40)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Every replica's entries `1..=last` once each has applied them.
-    async fn entries_of_each(&self, last: u64) -> Vec<Vec<Entry>> {
-        let mut out = Vec::new();
-        for a in &self.addrs {
-            let log = Log::connect(a).await.unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let (_, l) = log.bounds().await.unwrap_or((0, 0));
-                if l >= last {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "replica {a} stuck at {l} of {last}:\n{}",
-                    self.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            out.push(log.read_range(1, last).await.unwrap());
-        }
-        out
-    }
-}
-
-fn add(key: String) -> Vec<Mutation> {
-    vec![Mutation {
-        key: key.into_bytes().into(),
-        op: Some(Op::Add(1)),
-    }]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_serve_one_dense_log_from_every_address() {
@@ -354,31 +241,6 @@ async fn shards_end_exactly_once_while_the_log_leader_is_killed() {
     eprintln!("{acked} appends through 5 leader kills and a frozen follower; {result}");
 }
 
-/// Appends `n` entries as writer `id` (sequences from `from`), each retried until
-/// acknowledged; returns `(sequence, index)` of each.
-async fn write(log: &Log, id: &str, from: u64, n: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for seq in from..from + n {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match log
-                .append(add(format!("{id}-{seq}")), Some((id, seq)), 0)
-                .await
-            {
-                Ok(index) => {
-                    out.push((seq, index));
-                    break;
-                }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "{id} {seq}: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Each acknowledged `(sequence, index)` of writer `id` is in every replica's log at that
 /// index, and the replicas agree on every entry.
 async fn assert_acked_everywhere(g: &Group, acked: &[(&str, Vec<(u64, u64)>)]) {
@@ -557,18 +419,6 @@ async fn retention_purges_every_replica_and_a_replica_behind_it_still_serves_wha
         e.to_string().contains("below"),
         "released entries are refused: {e}"
     );
-}
-
-/// Waits until `p`'s log contains `text`.
-async fn log_says(p: &Proc, text: &str, wait: Duration) -> bool {
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(p.log_path()).is_ok_and(|l| l.contains(text)) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 /// Starts replicas 1–3 on fresh addresses; replica `wrong` gets a `--peers` list with the

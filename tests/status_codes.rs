@@ -167,6 +167,17 @@ async fn every_logstore_refusal_has_its_one_code_and_reason() {
     })
     .await;
     assert!(waited.is_err(), "a follow read keeps waiting for entries");
+
+    // membership: a single-node LogStore has no members to change.
+    let s = log
+        .add_member(logplayer::proto::AddMemberRequest {
+            id: 2,
+            addr: "127.0.0.1:1".into(),
+            catch_up_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    expect(&s, Reason::Membership);
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! - [`status`]: `status` (an operator's view of the log and every shard).
 //! - [`tools`]: `demo`, `load`, `bench`, `failover-bench`.
 
+pub mod members;
 pub mod operator;
 pub mod player;
 pub mod servers;

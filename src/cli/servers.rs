@@ -1,5 +1,5 @@
-//! `logplayer logstore` and `logplayer shard` (and `shard dump`, `shard reset-log`): the
-//! servers of the data plane, each bound, announced (`listening on ADDR`) and run until
+//! `logplayer logstore` and `logplayer shard` (and `shard dump`, `shard reset-log`; the
+//! `logstore members` admin command lives in `members`): the servers of the data plane, each bound, announced (`listening on ADDR`) and run until
 //! SIGTERM.
 
 use std::path::PathBuf;
@@ -11,10 +11,13 @@ use super::on_signal;
 use crate::{client, grpc, logstore, shard};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LogstoreArgs {
+    #[command(subcommand)]
+    action: Option<LogstoreAction>,
     /// Directory of the WAL segments.
-    #[arg(long, env = "LOGPLAYER_DATA")]
-    data: PathBuf,
+    #[arg(long, env = "LOGPLAYER_DATA", required = true)]
+    data: Option<PathBuf>,
     /// Address to listen on (port 0 picks one; the bound address is printed).
     #[arg(long, env = "LOGPLAYER_LISTEN", default_value = "127.0.0.1:7000")]
     listen: String,
@@ -49,6 +52,13 @@ pub struct LogstoreArgs {
     heartbeat: std::time::Duration,
 }
 
+#[derive(Subcommand)]
+pub enum LogstoreAction {
+    /// List, add or remove the replicas of a replicated LogStore (changes go to its leader,
+    /// through Raft's joint consensus).
+    Members(super::members::MembersArgs),
+}
+
 /// The `--peers` list: replica id → address.
 #[derive(Clone, Debug)]
 pub struct Peers(pub std::collections::BTreeMap<u64, String>);
@@ -57,24 +67,8 @@ pub struct Peers(pub std::collections::BTreeMap<u64, String>);
 pub fn parse_peers(s: &str) -> Result<Peers, String> {
     let mut out = std::collections::BTreeMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let Some((id, addr)) = item.split_once('=') else {
-            return Err(format!("{item:?} is not ID=HOST:PORT"));
-        };
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("{item:?}: the id {id:?} is not a number"))?;
-        if id == 0 {
-            return Err(format!("{item:?}: replica ids start at 1"));
-        }
-        let addr = addr.trim();
-        if addr
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
-            return Err(format!("{item:?}: {addr:?} is not HOST:PORT"));
-        }
-        if out.insert(id, addr.to_owned()).is_some() {
+        let (id, addr) = logstore::raft::members::parse_member(item)?;
+        if out.insert(id, addr).is_some() {
             return Err(format!("replica id {id} appears twice"));
         }
     }
@@ -152,16 +146,20 @@ pub enum ShardAction {
 
 /// Runs the LogStore: a single node, or one replica of a Raft group with --id and --peers.
 pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
+    if let Some(LogstoreAction::Members(m)) = a.action {
+        return super::members::run(m).await;
+    }
+    let data = a.data.clone().context("logstore needs --data")?;
     if let (Some(id), Some(peers)) = (a.id, a.peers.clone()) {
-        return run_replica(a, id, peers).await;
+        return run_replica(a, data, id, peers).await;
     }
     let config = logstore::LogStoreConfig {
-        dir: a.data.clone(),
+        dir: data.clone(),
         segment_bytes: Some(a.segment_bytes),
         max_entry_bytes: a.limit.max_entry_bytes,
     };
     let (log, summary) = logstore::LogStore::open(config)
-        .with_context(|| format!("opening the log in {}", a.data.display()))?;
+        .with_context(|| format!("opening the log in {}", data.display()))?;
     tracing::info!(
         log_id = %summary.log_id,
         created = summary.log_id_created,
@@ -178,8 +176,8 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_replica(a: LogstoreArgs, id: u64, peers: Peers) -> anyhow::Result<()> {
-    let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, a.data.clone());
+async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> anyhow::Result<()> {
+    let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, data.clone());
     config.segment_bytes = Some(a.segment_bytes);
     config.max_entry_bytes = a.limit.max_entry_bytes;
     config.rebase_every = a.snapshot_every;
@@ -188,7 +186,7 @@ async fn run_replica(a: LogstoreArgs, id: u64, peers: Peers) -> anyhow::Result<(
     let (listener, addr) = grpc::bind(&a.listen).await?;
     let replica = logstore::raft::node::Replica::start(config)
         .await
-        .with_context(|| format!("starting replica {id} in {}", a.data.display()))?;
+        .with_context(|| format!("starting replica {id} in {}", data.display()))?;
     let (first, last) = replica.machine().bounds();
     tracing::info!(
         replica = id,

@@ -79,6 +79,8 @@ pub enum LogStoreError {
         "outcome unknown: {0}; a retry with the same (writer_id, sequence) returns the original index if it was written"
     )]
     Unknown(String),
+    #[error("membership change refused: {0}")]
+    Membership(String),
 }
 
 /// Resolves with the reason once `failed` holds one; pending forever if its sender goes

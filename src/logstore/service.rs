@@ -1,5 +1,6 @@
 //! The LogStore's gRPC edge: `Append`, `AppendStream`, `Read` (bounded, or tailing with
-//! `follow`), `Bounds`, `Retain`, plus health and reflection. Errors become statuses (one
+//! `follow`), `Bounds`, `Retain`, the membership calls of a replica (`Members`,
+//! `AddMember`, `RemoveMember`), plus health and reflection. Errors become statuses (one
 //! code and `logplayer-error` reason each, see [`grpc::Reason`]) here and nowhere else.
 
 use std::pin::Pin;
@@ -12,13 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::LogStoreError;
+use super::raft::members::Members;
+use super::raft::node::Replica;
 use super::served::ServedLog;
 use crate::grpc::{self, GrpcError, Reason};
 use crate::logstore::wal::WalError;
 use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
 use crate::proto::{
-    AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, ReadRequest, ReadResponse,
-    RetainRequest, RetainResponse,
+    AddMemberRequest, AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, Member,
+    MembersRequest, MembersResponse, ReadRequest, ReadResponse, RemoveMemberRequest, RetainRequest,
+    RetainResponse,
 };
 
 /// Appends of one `AppendStream` submitted but not yet answered.
@@ -45,6 +49,7 @@ fn to_status(e: LogStoreError) -> Status {
         LogStoreError::Wal(_) | LogStoreError::LogId(_) => Reason::NotDurable,
         LogStoreError::Unknown(_) => Reason::NotDurable,
         LogStoreError::Unavailable(_) => Reason::Unavailable,
+        LogStoreError::Membership(_) => Reason::Membership,
         LogStoreError::NotLeader { leader } => {
             let mut status = Reason::NotLeader.status(e.to_string());
             if let Some(addr) = leader
@@ -92,6 +97,40 @@ struct Service {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// How long `AddMember` waits for a new replica to catch up when the request does not say.
+const DEFAULT_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Service {
+    /// The replica served, for the membership calls (a single node has no membership).
+    fn replica(&self) -> Result<&Replica, Status> {
+        match &self.log {
+            ServedLog::Replica(r) => Ok(r),
+            ServedLog::Single(_) => Err(Reason::Membership.status(
+                "this is a single-node LogStore: it has no members to list or change \
+                 (a replicated LogStore runs each replica with --id and --peers)",
+            )),
+        }
+    }
+}
+
+fn members_response(m: Members) -> Response<MembersResponse> {
+    Response::new(MembersResponse {
+        members: m
+            .members
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                addr: m.addr,
+                voter: m.voter,
+                matched: m.matched.unwrap_or(0),
+            })
+            .collect(),
+        leader: m.leader.unwrap_or(0),
+        joint: m.joint,
+        last_log: m.last_log.unwrap_or(0),
+    })
+}
 
 #[tonic::async_trait]
 impl LogStoreRpc for Service {
@@ -256,6 +295,41 @@ impl LogStoreRpc for Service {
             max_entry_bytes: self.log.max_entry_bytes() as u64,
             replica,
         }))
+    }
+
+    async fn members(
+        &self,
+        _r: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(members_response(self.replica()?.members()))
+    }
+
+    async fn add_member(
+        &self,
+        r: Request<AddMemberRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let replica = self.replica()?;
+        let r = r.into_inner();
+        let catch_up = match r.catch_up_ms {
+            0 => DEFAULT_CATCH_UP,
+            ms => std::time::Duration::from_millis(ms.into()),
+        };
+        replica
+            .add_member(r.id, r.addr, catch_up)
+            .await
+            .map(members_response)
+            .map_err(to_status)
+    }
+
+    async fn remove_member(
+        &self,
+        r: Request<RemoveMemberRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        self.replica()?
+            .remove_member(r.into_inner().id)
+            .await
+            .map(members_response)
+            .map_err(to_status)
     }
 
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {

@@ -4,6 +4,8 @@
 //! of it, hence `dead_code` is allowed here only.
 #![allow(dead_code)]
 
+pub mod group;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

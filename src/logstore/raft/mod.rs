@@ -23,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod machine;
+pub mod members;
 pub mod network;
 pub mod node;
 pub mod storage;

@@ -71,6 +71,38 @@ impl ReplicaConfig {
     }
 }
 
+/// Whether a peer of `--peers` already serves a group's log. The lowest id asks before it
+/// seeds a new group: were its directory lost, it would otherwise start a second group of
+/// its own beside the first. A peer that is down, or up but not yet in a group (the group's
+/// first start), does not count.
+async fn joined_elsewhere(config: &ReplicaConfig) -> bool {
+    use crate::proto::BoundsRequest;
+    use crate::proto::log_store_client::LogStoreClient;
+    for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
+        let ask = async {
+            let channel = crate::grpc::connect(addr).await.ok()?;
+            let b = LogStoreClient::new(channel)
+                .bounds(BoundsRequest {})
+                .await
+                .ok()?;
+            Some(b.into_inner().log_id)
+        };
+        if let Ok(Some(log_id)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+            tracing::warn!(
+                replica = config.id,
+                peer = id,
+                %addr,
+                %log_id,
+                "this replica's directory holds no log, but its peers already form a group: \
+                 not seeding a new one. Add it to the group with `logstore members add` \
+                 (after removing its old self with `logstore members remove`)"
+            );
+            return true;
+        }
+    }
+    false
+}
+
 /// An append waiting for its entry to be applied: its writer, and where its answer goes.
 type Waiting = (
     Option<(String, u64)>,
@@ -172,7 +204,7 @@ impl Replica {
         // the membership (with the addresses it dials) from the leader.
         let bootstraps = config.peers.keys().next() == Some(&config.id);
         let initialized = raft.is_initialized().await.unwrap_or(true);
-        if !initialized && bootstraps {
+        if !initialized && bootstraps && !joined_elsewhere(&config).await {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .peers
                 .iter()

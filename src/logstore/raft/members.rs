@@ -1,0 +1,242 @@
+//! The group's membership at runtime: listing the replicas, adding one (it catches up as a
+//! learner, then becomes a voter) and removing one, both through openraft's joint consensus
+//! on the leader. `logplayer logstore members` and the `Members` / `AddMember` /
+//! `RemoveMember` RPCs come here.
+//!
+//! Every change is idempotent: adding a voter again at the same address, or removing a
+//! replica that is not a member, changes nothing and answers the membership. So a client
+//! may send a change again after losing the answer.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+
+use super::NodeId;
+use super::node::Replica;
+use crate::logstore::LogStoreError;
+
+/// One replica of the membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+    /// A voter counts toward the majority; a learner only receives the log.
+    pub voter: bool,
+    /// The last Raft index the leader knows this replica holds (on the leader only).
+    pub matched: Option<u64>,
+}
+
+/// The membership as one replica knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    pub members: Vec<Member>,
+    pub leader: Option<NodeId>,
+    /// A change is under way (joint consensus: two voter sets).
+    pub joint: bool,
+    /// The leader's last Raft index, when this replica is the leader.
+    pub last_log: Option<u64>,
+}
+
+impl Members {
+    fn get(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+fn refused(what: String) -> LogStoreError {
+    LogStoreError::Membership(what)
+}
+
+impl Replica {
+    /// The membership this replica follows.
+    pub fn members(&self) -> Members {
+        let m = self.raft().metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        let is_leader = m.current_leader == Some(self.id());
+        Members {
+            members: membership
+                .nodes()
+                .map(|(id, n)| Member {
+                    id: *id,
+                    addr: n.addr.clone(),
+                    voter: voters.contains(id),
+                    matched: if *id == self.id() && is_leader {
+                        m.last_log_index
+                    } else {
+                        matched.get(id).copied().flatten().map(|l| l.index)
+                    },
+                })
+                .collect(),
+            leader: m.current_leader,
+            joint: membership.get_joint_config().len() > 1,
+            last_log: if is_leader { m.last_log_index } else { None },
+        }
+    }
+
+    /// Adds replica `id` at `addr`: as a learner first, until it holds the leader's log
+    /// (waiting up to `catch_up`), then as a voter. A replica that does not catch up in
+    /// time stays a learner (add it again to go on waiting, or remove it).
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        addr: String,
+        catch_up: Duration,
+    ) -> Result<Members, LogStoreError> {
+        self.lead()?;
+        if id == 0 {
+            return Err(LogStoreError::Invalid("replica ids start at 1".into()));
+        }
+        check_addr(&addr).map_err(LogStoreError::Invalid)?;
+        let now = self.members();
+        if let Some(other) = now.members.iter().find(|m| m.addr == addr && m.id != id) {
+            return Err(refused(format!(
+                "{addr} is replica {}'s address; one address serves one replica",
+                other.id
+            )));
+        }
+        match now.get(id) {
+            Some(m) if m.addr != addr => {
+                return Err(refused(format!(
+                    "replica {id} is already a member at {}; remove it first to move it to {addr}",
+                    m.addr
+                )));
+            }
+            Some(m) if m.voter => return Ok(now),
+            _ => {}
+        }
+        tracing::info!(replica = id, %addr, "adding a replica: it catches up as a learner first");
+        self.raft()
+            .add_learner(id, BasicNode::new(addr.clone()), false)
+            .await
+            .map_err(|e| self.change_error(e))?;
+        self.wait_caught_up(id, &addr, catch_up).await?;
+        self.raft()
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| self.change_error(e))?;
+        tracing::info!(replica = id, %addr, "the replica is a voter");
+        Ok(self.members())
+    }
+
+    /// Waits until the leader knows `id` holds its log up to where it was when asked.
+    async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        addr: &str,
+        catch_up: Duration,
+    ) -> Result<(), LogStoreError> {
+        let target = self.raft().metrics().borrow().last_log_index.unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + catch_up;
+        let mut metrics = self.raft().metrics();
+        loop {
+            let matched = self.members().get(id).and_then(|m| m.matched).unwrap_or(0);
+            if matched >= target {
+                return Ok(());
+            }
+            self.lead()?;
+            let changed = tokio::time::timeout_at(deadline, metrics.changed()).await;
+            match changed {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(LogStoreError::Stopped),
+                Err(_) => {
+                    return Err(refused(format!(
+                        "replica {id} at {addr} has not caught up within {catch_up:?} (it holds \
+                         Raft index {matched} of {target}); it stays a learner. Check that it \
+                         runs with --id {id}, that {addr} reaches it, and its log; then add it \
+                         again to go on, or remove it"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Removes replica `id` from the group (voter or learner). Refuses to remove the last
+    /// voter.
+    pub async fn remove_member(&self, id: NodeId) -> Result<Members, LogStoreError> {
+        self.lead()?;
+        let now = self.members();
+        let Some(m) = now.get(id) else {
+            return Ok(now);
+        };
+        let change = if m.voter {
+            let voters = now.members.iter().filter(|m| m.voter).count();
+            if voters == 1 {
+                return Err(refused(format!(
+                    "replica {id} is the group's only voter; a group needs one"
+                )));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        tracing::info!(replica = id, "removing a replica");
+        self.raft()
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.change_error(e))?;
+        Ok(self.members())
+    }
+
+    fn lead(&self) -> Result<(), LogStoreError> {
+        let m = self.raft().metrics();
+        let leads = m.borrow().current_leader == Some(self.id());
+        if leads {
+            Ok(())
+        } else {
+            Err(LogStoreError::NotLeader {
+                leader: self.leader_addr(),
+            })
+        }
+    }
+
+    fn change_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, super::Node>>,
+    ) -> LogStoreError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LogStoreError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+                ChangeMembershipError::InProgress(p) => refused(format!(
+                    "another membership change is under way ({p}); try again once it is done"
+                )),
+                other => refused(other.to_string()),
+            },
+            other => LogStoreError::Unknown(other.to_string()),
+        }
+    }
+}
+
+/// Checks that `addr` is `HOST:PORT`.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(format!("{addr:?} is not HOST:PORT"));
+    }
+    Ok(())
+}
+
+/// Parses one replica as `ID=HOST:PORT` (an item of `--peers`, or `members add`).
+pub fn parse_member(item: &str) -> Result<(NodeId, String), String> {
+    let Some((id, addr)) = item.split_once('=') else {
+        return Err(format!("{item:?} is not ID=HOST:PORT"));
+    };
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{item:?}: the id {id:?} is not a number"))?;
+    if id == 0 {
+        return Err(format!("{item:?}: replica ids start at 1"));
+    }
+    let addr = addr.trim();
+    check_addr(addr).map_err(|e| format!("{item:?}: {e}"))?;
+    Ok((id, addr.to_owned()))
+}

@@ -1,0 +1,185 @@
+//! The membership of a replicated LogStore changed at runtime with the real CLI
+//! (`logplayer logstore members`): a replica added while the log is purged is brought up by a
+//! snapshot and votes; a removed one no longer counts; a wiped replica comes back by being
+//! removed and added again; and wrong changes are refused by name, leaving the group as it was.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::bin;
+use common::group::{Group, log_says, write};
+use logplayer::client::Log;
+
+/// Runs `logplayer logstore members ARGS --logstore ADDRS --json`; returns its JSON on
+/// success, its stderr on failure.
+async fn members(addrs: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = tokio::process::Command::new(bin())
+        .args(["logstore", "members"])
+        .args(args)
+        .args(["--logstore", addrs, "--json"])
+        .output()
+        .await
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The voters' ids in a `members --json` answer.
+fn voters(m: &serde_json::Value) -> Vec<u64> {
+    m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["voter"].as_bool() == Some(true))
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Waits until the replica at `addr` serves entries up to `last`, then returns them from
+/// `from`.
+async fn served(addr: &str, from: u64, last: u64) -> Vec<logplayer::proto::Entry> {
+    let log = Log::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log.bounds().await.unwrap_or((0, 0)).1 < last {
+        assert!(Instant::now() < deadline, "{addr} did not reach {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    log.read_range(from, last).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
+    let mut g = Group::start(3, &["--segment-bytes", "4096", "--snapshot-every", "20"]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    write(&log, "w", 1, 300).await;
+    // Most of the log is released, so a new replica can only start from a snapshot.
+    log.retain(250).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 3 -> 4: replica 4 catches up as a learner (through a snapshot), then votes.
+    let (id4, addr4) = g.start_another().await;
+    let m = members(&g.all(), &["add", &format!("{id4}={addr4}")])
+        .await
+        .unwrap_or_else(|e| panic!("add: {e}\n{}", g.logs()));
+    assert_eq!(voters(&m), vec![1, 2, 3, 4]);
+    assert!(
+        log_says(
+            &g.procs[3],
+            "installed a snapshot from the leader",
+            Duration::from_secs(5)
+        )
+        .await,
+        "replica 4 was not brought up by a snapshot, so this proves less than it says"
+    );
+    let last = write(&log, "w", 301, 20).await.last().unwrap().1;
+    let reference = served(&g.addrs[0], 250, last).await;
+    assert_eq!(served(&addr4, 250, last).await, reference, "replica 4");
+
+    // With four voters, two down is one too many; removing one of them makes the other
+    // three a group of three again, which goes on with one of them down.
+    let listed = members(&g.all(), &["list"]).await.unwrap();
+    assert_eq!(voters(&listed), vec![1, 2, 3, 4]);
+    g.procs[1].kill().await;
+    let m = members(&g.all(), &["remove", "2"])
+        .await
+        .unwrap_or_else(|e| panic!("remove: {e}\n{}", g.logs()));
+    assert_eq!(voters(&m), vec![1, 3, 4]);
+    let again = members(&g.all(), &["remove", "2"]).await.unwrap();
+    assert_eq!(
+        voters(&again),
+        vec![1, 3, 4],
+        "removing again changes nothing"
+    );
+    let last = write(&log, "w", 321, 20).await.last().unwrap().1;
+
+    // A wiped replica comes back by being removed and added again: replica 1, the one that
+    // seeded the group, loses its directory and restarts with its old flags. It must not
+    // seed a second group.
+    members(&g.all(), &["remove", "1"])
+        .await
+        .unwrap_or_else(|e| panic!("remove 1: {e}\n{}", g.logs()));
+    g.procs[0].kill().await;
+    std::fs::remove_dir_all(g.data(1)).unwrap();
+    g.procs[0].restart().await.unwrap();
+    assert!(
+        log_says(
+            &g.procs[0],
+            "not seeding a new one",
+            Duration::from_secs(10)
+        )
+        .await,
+        "{}",
+        g.procs[0].log_tail(20)
+    );
+    let m = members(&g.all(), &["add", &format!("1={}", g.addrs[0])])
+        .await
+        .unwrap_or_else(|e| panic!("re-add: {e}\n{}", g.logs()));
+    assert_eq!(voters(&m), vec![1, 3, 4]);
+    let last = write(&log, "w", 341, 20).await.last().unwrap().1.max(last);
+    let reference = served(&g.addrs[2], 250, last).await;
+    for a in [&g.addrs[0], &addr4] {
+        assert_eq!(served(a, 250, last).await, reference, "{a}");
+    }
+    assert_eq!(reference.len() as u64, last - 249, "dense, nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_membership_changes_are_refused_by_name() {
+    let mut g = Group::start(3, &[]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let all = g.all();
+    let e = members(&all, &["add", &format!("4={}", g.addrs[2])])
+        .await
+        .unwrap_err();
+    assert!(e.contains("is replica 3's address"), "{e}");
+    let e = members(&all, &["add", &format!("2={}", g.addrs[2])])
+        .await
+        .unwrap_err();
+    assert!(e.contains("is replica 3's address"), "{e}");
+    let e = members(&all, &["add", "4=nohost"]).await.unwrap_err();
+    assert!(e.contains("not HOST:PORT"), "{e}");
+
+    // The process that is replica 4 gets what the leader sends to a replica 5 given its
+    // address: it refuses by name, the add gives up and leaves 5 a learner, and removing
+    // it restores the group.
+    let (id, addr) = g.start_another().await;
+    let wrong = id + 1;
+    let e = members(
+        &all,
+        &["add", &format!("{wrong}={addr}"), "--catch-up", "3s"],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("has not caught up"), "{e}");
+    assert!(
+        log_says(
+            &g.procs[3],
+            &format!("meant for replica {wrong}"),
+            Duration::from_secs(5)
+        )
+        .await,
+        "the wrong process did not refuse by name:\n{}",
+        g.procs[3].log_tail(20)
+    );
+    let m = members(&all, &["list"]).await.unwrap();
+    assert_eq!(voters(&m), vec![1, 2, 3], "{wrong} is a learner only");
+    assert_eq!(m["members"].as_array().unwrap().len(), 4);
+    let m = members(&all, &["remove", &wrong.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(m["members"].as_array().unwrap().len(), 3);
+    let log = Log::connect(&all).await.unwrap();
+    write(&log, "w", 1, 5).await;
+
+    // A single-node LogStore has no members.
+    let (_dir, single, _) = common::servers(0).await;
+    let e = members(single.logstore.addr(), &["list"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("single-node"), "{e}");
+}
