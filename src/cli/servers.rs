@@ -35,8 +35,12 @@ pub struct LogstoreArgs {
     /// group's membership, which the others learn from it (so that replica must be up on the
     /// group's first start). From then on the membership, changed with `logstore members`,
     /// says where replicas are; a list that disagrees with it is warned about.
-    #[arg(long, env = "LOGPLAYER_PEERS", requires = "id", value_parser = parse_peers)]
+    #[arg(long, env = "LOGPLAYER_PEERS", value_parser = parse_peers)]
     peers: Option<Peers>,
+    /// (Replicated, as a StatefulSet pod) Without --id, the replica's id is the ordinal at
+    /// the end of this pod name plus one: pod `x-logstore-0` is replica 1.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// (Replicated) Raft entries released by retention before the replica takes a snapshot
     /// at the retention point and drops the log's segments below it.
     #[arg(
@@ -144,13 +148,31 @@ pub enum ShardAction {
     },
 }
 
+/// A StatefulSet pod's replica id: the ordinal its name ends with, plus one.
+fn replica_id_of_pod(pod: &str) -> anyhow::Result<u64> {
+    let ordinal = pod
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .with_context(|| {
+            format!("pod name {pod:?} does not end with a StatefulSet ordinal (-0, -1, ...); give --id")
+        })?;
+    Ok(ordinal + 1)
+}
+
 /// Runs the LogStore: a single node, or one replica of a Raft group with --id and --peers.
 pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     if let Some(LogstoreAction::Members(m)) = a.action {
         return super::members::run(m).await;
     }
     let data = a.data.clone().context("logstore needs --data")?;
-    if let (Some(id), Some(peers)) = (a.id, a.peers.clone()) {
+    if let Some(peers) = a.peers.clone() {
+        let id = match (a.id, &a.pod_name) {
+            (Some(id), _) => id,
+            (None, Some(pod)) => replica_id_of_pod(pod)?,
+            (None, None) => bail!(
+                "--peers needs this replica's --id (or, in a StatefulSet pod, its name in --pod-name / POD_NAME)"
+            ),
+        };
         return run_replica(a, data, id, peers).await;
     }
     let config = logstore::LogStoreConfig {

@@ -267,9 +267,29 @@ pub struct LogSource {
     /// Connect to a LogStore someone else runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalEndpoint>,
-    /// Have the operator run the LogStore as a StatefulSet with a persistent volume.
+    /// Have the operator run the LogStore: a StatefulSet of log replicas (a Raft group),
+    /// each with its own persistent volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed: Option<ManagedStorage>,
+    pub managed: Option<ManagedLogStore>,
+}
+
+/// A LogStore the operator runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedLogStore {
+    #[serde(flatten)]
+    pub storage: ManagedStorage,
+    /// Log replicas: 3 (the default) is a Raft group that keeps every acknowledged entry
+    /// and keeps taking appends through the loss of one pod, disk or node; 5 survives two;
+    /// 1 is a single node, with no copy beyond its one volume. Changing it changes the
+    /// group's membership one replica at a time.
+    #[serde(default = "default_log_replicas")]
+    #[schemars(range(min = 1, max = 7))]
+    pub replicas: i32,
+}
+
+fn default_log_replicas() -> i32 {
+    3
 }
 
 impl LogSource {
@@ -278,7 +298,7 @@ impl LogSource {
         backend(
             "LogPlayer spec.logStore",
             self.external.as_ref(),
-            self.managed.as_ref(),
+            self.managed.as_ref().map(|m| &m.storage),
         )
     }
 }

@@ -369,6 +369,7 @@ spec:
     managed:
       storage: 20Gi
       storageClassName: fast-ssd
+      replicas: 3
       resources:
         requests:
           cpu: "1"

@@ -129,6 +129,7 @@ fn members_response(m: Members) -> Response<MembersResponse> {
         leader: m.leader.unwrap_or(0),
         joint: m.joint,
         last_log: m.last_log.unwrap_or(0),
+        raft_term: m.raft_term,
     })
 }
 

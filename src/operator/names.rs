@@ -22,9 +22,33 @@ pub fn metrics_service_name(lp: &LogPlayer) -> String {
     format!("{}-player-metrics", lp.name_any())
 }
 
-/// Name of a managed LogStore's Service and StatefulSet.
+/// Name of a managed LogStore's headless Service (the replicas' own DNS names), its
+/// StatefulSet and its PodDisruptionBudget.
 pub fn logstore_name(lp: &LogPlayer) -> String {
     format!("{}-logstore", lp.name_any())
+}
+
+/// Name of a managed LogStore's client Service (any ready replica; one that does not lead
+/// names the leader).
+pub fn logstore_client_name(lp: &LogPlayer) -> String {
+    format!("{}-logstore-client", lp.name_any())
+}
+
+/// The log replicas a managed LogStore should have (`logStore.managed.replicas`); 0 when
+/// the LogStore is not managed.
+pub fn log_replicas(lp: &LogPlayer) -> i32 {
+    lp.spec.log_store.managed.as_ref().map_or(0, |m| m.replicas)
+}
+
+/// The address replica `id` (pod ordinal `id - 1`) of a managed LogStore is dialed at, by
+/// its peers and by clients: its own DNS name under the headless Service.
+pub fn log_replica_addr(lp: &LogPlayer, ns: &str, defaults: &Defaults, id: u64) -> String {
+    let name = logstore_name(lp);
+    format!(
+        "{name}-{}.{}:{LOGSTORE_PORT}",
+        id.saturating_sub(1),
+        service_host(&name, ns, defaults)
+    )
 }
 
 /// Name of a managed shard server's Service and StatefulSet.
@@ -40,15 +64,18 @@ fn service_host(name: &str, ns: &str, defaults: &Defaults) -> String {
     }
 }
 
-/// The LogStore address the players use: the external endpoint, or the managed LogStore's
-/// Service. `None` when the spec names both or neither.
+/// The LogStore address the players use: the external endpoint, or every replica of the
+/// managed LogStore, comma-separated (the client follows the leader among them). `None`
+/// when the spec names both or neither.
 pub fn logstore_endpoint(lp: &LogPlayer, ns: &str, defaults: &Defaults) -> Option<String> {
     match lp.spec.log_store.backend().ok()? {
         Backend::External(e) => Some(e.endpoint.clone()),
-        Backend::Managed(_) => Some(format!(
-            "{}:{LOGSTORE_PORT}",
-            service_host(&logstore_name(lp), ns, defaults)
-        )),
+        Backend::Managed(_) => Some(
+            (1..=log_replicas(lp).max(1) as u64)
+                .map(|id| log_replica_addr(lp, ns, defaults, id))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
     }
 }
 

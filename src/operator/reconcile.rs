@@ -152,8 +152,10 @@ async fn apply_player_objects(
         apply(client, ns, &o.metrics_service).await.map(drop),
     ];
     if let Some(logstore) = &o.logstore {
-        outcomes.push(apply(client, ns, &logstore.service).await.map(drop));
-        outcomes.push(apply(client, ns, &logstore.stateful_set).await.map(drop));
+        outcomes.push(apply(client, ns, &logstore.server.service).await.map(drop));
+        outcomes.push(apply(client, ns, &logstore.client_service).await.map(drop));
+        outcomes.push(apply(client, ns, &logstore.server.stateful_set).await.map(drop));
+        outcomes.push(apply(client, ns, &logstore.pdb).await.map(drop));
     }
     outcomes.push(apply(client, ns, &o.deployment).await.map(drop));
     if let Some(pdb) = &o.pdb {
@@ -198,13 +200,17 @@ async fn prune_player_objects(
     let mut sets = o
         .logstore
         .iter()
-        .map(|l| name(&l.stateful_set.metadata))
+        .map(|l| name(&l.server.stateful_set.metadata))
         .collect::<Vec<_>>();
     prune::<StatefulSet>(client, ns, &selector, uid, &sets).await?;
     sets = vec![name(&o.metrics_service.metadata)];
-    sets.extend(o.logstore.iter().map(|l| name(&l.service.metadata)));
+    if let Some(l) = &o.logstore {
+        sets.push(name(&l.server.service.metadata));
+        sets.push(name(&l.client_service.metadata));
+    }
     prune::<Service>(client, ns, &selector, uid, &sets).await?;
-    let pdbs: Vec<String> = o.pdb.iter().map(|p| name(&p.metadata)).collect();
+    let mut pdbs: Vec<String> = o.pdb.iter().map(|p| name(&p.metadata)).collect();
+    pdbs.extend(o.logstore.iter().map(|l| name(&l.pdb.metadata)));
     prune::<PodDisruptionBudget>(client, ns, &selector, uid, &pdbs).await?;
     Ok(())
 }

@@ -367,7 +367,17 @@ async fn one_replica_has_no_disruption_budget_and_a_managed_log_gets_a_stateful_
         applied.contains(&"/api/v1/namespaces/ns/services/demo-logstore".into()),
         "{applied:?}"
     );
-    assert!(!applied.iter().any(|p| p.contains("poddisruptionbudgets")));
+    // The players' budget is gone with one player; the log replicas keep theirs.
+    assert!(
+        !applied
+            .iter()
+            .any(|p| p.contains("poddisruptionbudgets/demo-player")),
+        "{applied:?}"
+    );
+    assert!(
+        applied.contains(&"/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo-logstore".into()),
+        "{applied:?}"
+    );
     // A budget left from when replicas was > 1 is deleted.
     assert!(sent.iter().any(|s| s.method == Method::DELETE
         && s.path == "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo-player"));

@@ -37,6 +37,8 @@ pub struct Members {
     pub joint: bool,
     /// The leader's last Raft index, when this replica is the leader.
     pub last_log: Option<u64>,
+    /// This replica's Raft term.
+    pub raft_term: u64,
 }
 
 impl Members {
@@ -75,6 +77,7 @@ impl Replica {
             leader: m.current_leader,
             joint: membership.get_joint_config().len() > 1,
             last_log: if is_leader { m.last_log_index } else { None },
+            raft_term: m.current_term,
         }
     }
 

@@ -163,16 +163,14 @@ impl Replica {
     pub async fn start(config: ReplicaConfig) -> Result<Replica, LogStoreError> {
         crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
         if !config.peers.contains_key(&config.id) {
-            return Err(LogStoreError::Invalid(format!(
-                "--id {} is not in --peers ({})",
-                config.id,
-                config
-                    .peers
-                    .keys()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )));
+            // A replica that joins an existing group (a StatefulSet scaled up): it seeds
+            // nothing and serves once the leader adds it.
+            tracing::info!(
+                replica = config.id,
+                peers = ?config.peers.keys().collect::<Vec<_>>(),
+                "this replica is not in --peers: it waits to be added to the group \
+                 (`logstore members add`)"
+            );
         }
         let mut wal = WalConfig::new(config.dir.clone());
         if let Some(b) = config.segment_bytes {

@@ -11,8 +11,14 @@
 //!   reads it) built from the selected Shards; the pods carry a hash of it, so a changed map
 //!   restarts them;
 //! - `N-player-metrics`: a Service in front of the players' `/metrics`;
-//! - with `logStore.managed`: `N-logstore`, a headless Service and a one-pod StatefulSet
-//!   with a PersistentVolumeClaim.
+//! - with `logStore.managed`: `N-logstore`, a StatefulSet of `logStore.managed.replicas`
+//!   log replicas (pods started in parallel, spread over nodes, a PersistentVolumeClaim
+//!   each), the headless Service that gives each replica its DNS name (ready or not: the
+//!   replicas must reach each other to become ready), a PodDisruptionBudget
+//!   (`maxUnavailable: 1`), and `N-logstore-client`, a Service for writers. Replica `i + 1`
+//!   is pod ordinal `i`; pod 0 seeds the Raft group alone and the operator adds the others
+//!   (and removes those scaled away) through the LogStore's membership calls
+//!   (`operator::log_members`).
 //!
 //! For a Shard named `S` with `managed`: `S-shard`, a headless Service and a one-pod
 //! StatefulSet with a PersistentVolumeClaim, running `logplayer shard --id S`.
@@ -148,7 +154,7 @@ pub struct PlayerObjects {
     pub shard_map: ConfigMap,
     pub metrics_service: Service,
     /// Only with `logStore.managed`.
-    pub logstore: Option<ServerObjects>,
+    pub logstore: Option<LogStoreObjects>,
     pub deployment: Deployment,
     /// Only with `replicas > 1`.
     pub pdb: Option<PodDisruptionBudget>,
@@ -159,6 +165,43 @@ pub struct PlayerObjects {
 pub struct ServerObjects {
     pub service: Service,
     pub stateful_set: StatefulSet,
+}
+
+/// A managed LogStore: its replicas' headless Service and StatefulSet, a client Service,
+/// and a PodDisruptionBudget (one replica down at a time).
+#[derive(Debug, Clone)]
+pub struct LogStoreObjects {
+    pub server: ServerObjects,
+    pub client_service: Service,
+    pub pdb: PodDisruptionBudget,
+}
+
+/// Pods selected by `selector` preferably on different nodes (a node loss then takes one);
+/// preferred, so a one-node cluster still runs them all.
+fn spread_over_nodes(selector: &BTreeMap<String, String>) -> k8s_openapi::api::core::v1::Affinity {
+    use k8s_openapi::api::core::v1::{
+        Affinity, PodAffinityTerm, PodAntiAffinity, WeightedPodAffinityTerm,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector.clone()),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
 }
 
 fn meta(

@@ -2,22 +2,21 @@
 //! [`PlayerArgs`]), ServiceAccount, Role and RoleBinding, the shard-map ConfigMap, the
 //! metrics Service, the PodDisruptionBudget, and the managed LogStore's objects.
 
-use super::ServerObjects;
 use super::servers::ServerSpec;
 use super::{
-    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, PlayerObjects, SHARD_MAP_DIR, SHARD_MAP_FILE,
-    SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security, http_probe, labels,
-    logstore_endpoint, logstore_name, meta, metrics_service_name, owner_of, player_name, pod_env,
-    pod_security, pull_policy_name, selector_labels, server_objects, shard_endpoint,
-    shard_map_name,
+    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, LogStoreObjects, PlayerObjects,
+    SHARD_MAP_DIR, SHARD_MAP_FILE, SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security,
+    http_probe, labels, log_replica_addr, log_replicas, logstore_client_name, logstore_endpoint,
+    logstore_name, meta, metrics_service_name, owner_of, player_name, pod_env, pod_security,
+    pull_policy_name, selector_labels, server_objects, shard_endpoint, shard_map_name,
+    spread_over_nodes,
 };
 use crate::crd::{Backend, CrdError, LogPlayer, ManagedStorage, Shard};
 use crate::player::args::PlayerArgs;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodAffinityTerm,
-    PodAntiAffinity, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort, ServiceSpec,
-    Volume, VolumeMount, WeightedPodAffinityTerm,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSpec, PodTemplateSpec,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleBinding, RoleRef, Subject};
@@ -164,7 +163,7 @@ pub fn player_objects(
     };
     let logstore = match backend {
         Backend::External(_) => None,
-        Backend::Managed(storage) => Some(managed_logstore(&cx, storage)),
+        Backend::Managed(storage) => Some(managed_logstore(&cx, storage, defaults)),
     };
     Ok(PlayerObjects {
         service_account: ServiceAccount {
@@ -251,27 +250,6 @@ fn player_container(cx: &PlayerContext, args: Vec<String>) -> Container {
     }
 }
 
-/// A standby must be on another node than the leader for a node loss to be survivable;
-/// preferred, so a one-node cluster still runs every replica.
-fn spread_over_nodes(cx: &PlayerContext) -> Affinity {
-    Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        label_selector: Some(cx.selector()),
-                        topology_key: "kubernetes.io/hostname".to_owned(),
-                        ..PodAffinityTerm::default()
-                    },
-                },
-            ]),
-            ..PodAntiAffinity::default()
-        }),
-        ..Affinity::default()
-    }
-}
-
 /// The players' Deployment; its pods carry a hash of the shard map, so a new map rolls them.
 fn deployment(cx: &PlayerContext, args: Vec<String>, map: &str) -> Deployment {
     let template = PodTemplateSpec {
@@ -286,7 +264,7 @@ fn deployment(cx: &PlayerContext, args: Vec<String>, map: &str) -> Deployment {
         spec: Some(PodSpec {
             service_account_name: Some(cx.player.clone()),
             security_context: Some(pod_security()),
-            affinity: Some(spread_over_nodes(cx)),
+            affinity: Some(spread_over_nodes(&cx.selector)),
             // The leader releases its lease on SIGTERM; a few seconds covers the drain.
             termination_grace_period_seconds: Some(10),
             containers: vec![player_container(cx, args)],
@@ -326,20 +304,30 @@ fn pdb(cx: &PlayerContext) -> PodDisruptionBudget {
     }
 }
 
-/// The managed LogStore's Service and StatefulSet.
-fn managed_logstore(cx: &PlayerContext, storage: &ManagedStorage) -> ServerObjects {
+/// The managed LogStore: `logStore.managed.replicas` log replicas. Each gets its id from its
+/// pod's name; `--peers` names replica 1 alone, which seeds a new group by itself; the
+/// operator adds the others.
+fn managed_logstore(
+    cx: &PlayerContext,
+    storage: &ManagedStorage,
+    defaults: &Defaults,
+) -> LogStoreObjects {
     let instance = cx.lp.name_any();
-    server_objects(
+    let labels = labels(&instance, "logstore");
+    let selector = selector_labels(&instance, "logstore");
+    let server = server_objects(
         &ServerSpec {
             kind: ServerKind::LogStore,
             name: logstore_name(cx.lp),
             ns: &cx.ns,
-            labels: labels(&instance, "logstore"),
-            selector: selector_labels(&instance, "logstore"),
+            labels: labels.clone(),
+            selector: selector.clone(),
             owner: &cx.owner,
             storage,
             image: cx.image.clone(),
             image_pull_policy: pull_policy_name(cx.lp.spec.image_pull_policy),
+            pods: log_replicas(cx.lp).max(1),
+            replicated: true,
         },
         vec![
             "logstore".into(),
@@ -347,8 +335,43 @@ fn managed_logstore(cx: &PlayerContext, storage: &ManagedStorage) -> ServerObjec
             DATA_DIR.into(),
             "--listen".into(),
             format!("0.0.0.0:{LOGSTORE_PORT}"),
+            "--peers".into(),
+            format!("1={}", log_replica_addr(cx.lp, &cx.ns, defaults, 1)),
         ],
-    )
+    );
+    let client_service = Service {
+        metadata: meta(logstore_client_name(cx.lp), &cx.ns, labels.clone(), &cx.owner),
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc".to_owned()),
+                port: LOGSTORE_PORT,
+                target_port: Some(IntOrString::String("grpc".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                app_protocol: Some("kubernetes.io/h2c".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(logstore_name(cx.lp), &cx.ns, labels, &cx.owner),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+    LogStoreObjects {
+        server,
+        client_service,
+        pdb,
+    }
 }
 
 /// The players' permissions, the rules of the ClusterRole `deploy/rbac.yaml` and the chart

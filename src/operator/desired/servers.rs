@@ -1,5 +1,6 @@
-//! The objects of a managed server (LogStore or shard): a headless Service and a one-pod
-//! StatefulSet with a PersistentVolumeClaim.
+//! The objects of a managed server (LogStore or shard): a headless Service and a
+//! StatefulSet with a PersistentVolumeClaim per pod (one pod for a shard, one per log
+//! replica for a LogStore).
 
 use super::{
     DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, SHARD_LABEL, SHARD_PORT, ServerObjects,
@@ -36,6 +37,11 @@ pub(super) struct ServerSpec<'a> {
     pub(super) storage: &'a ManagedStorage,
     pub(super) image: String,
     pub(super) image_pull_policy: Option<String>,
+    /// Pods of the StatefulSet (1 for a shard server).
+    pub(super) pods: i32,
+    /// Replicas of one group that must reach each other before any is ready: pods start
+    /// in parallel, spread over nodes, and get DNS names before they are ready.
+    pub(super) replicated: bool,
 }
 
 impl ServerKind {
@@ -58,6 +64,7 @@ fn headless_service(s: &ServerSpec) -> Service {
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
             selector: Some(s.selector.clone()),
+            publish_not_ready_addresses: s.replicated.then_some(true),
             ports: Some(vec![ServicePort {
                 name: Some("grpc".to_owned()),
                 port,
@@ -126,8 +133,10 @@ pub(super) fn server_objects(s: &ServerSpec, args: Vec<String>) -> ServerObjects
     let stateful_set = StatefulSet {
         metadata: meta(s.name.clone(), s.ns, s.labels.clone(), s.owner),
         spec: Some(StatefulSetSpec {
-            // One writer per data directory: the WAL and the shard database are not shared.
-            replicas: Some(1),
+            // One writer per data directory: the WAL and the shard database are not shared
+            // (a LogStore's replicas each have their own).
+            replicas: Some(s.pods),
+            pod_management_policy: s.replicated.then(|| "Parallel".to_owned()),
             service_name: Some(s.name.clone()),
             selector: LabelSelector {
                 match_labels: Some(s.selector.clone()),
@@ -144,6 +153,7 @@ pub(super) fn server_objects(s: &ServerSpec, args: Vec<String>) -> ServerObjects
                     security_context: Some(pod_security()),
                     termination_grace_period_seconds: Some(30),
                     containers: vec![server_container(s, args)],
+                    affinity: s.replicated.then(|| super::spread_over_nodes(&s.selector)),
                     ..PodSpec::default()
                 }),
             },
@@ -204,6 +214,8 @@ pub fn shard_objects(
         storage,
         image: image.map_or_else(|| defaults.image.clone(), str::to_owned),
         image_pull_policy: pull_policy_name(pull_policy),
+        pods: 1,
+        replicated: false,
     };
     Ok(Some(server_objects(
         &server,

@@ -257,8 +257,10 @@ pub(super) fn all_meta(o: &PlayerObjects) -> Vec<(&'static str, &ObjectMeta)> {
         ("Deployment", &o.deployment.metadata),
     ];
     if let Some(ls) = &o.logstore {
-        out.push(("LogStore Service", &ls.service.metadata));
-        out.push(("LogStore StatefulSet", &ls.stateful_set.metadata));
+        out.push(("LogStore Service", &ls.server.service.metadata));
+        out.push(("LogStore client Service", &ls.client_service.metadata));
+        out.push(("LogStore StatefulSet", &ls.server.stateful_set.metadata));
+        out.push(("LogStore PodDisruptionBudget", &ls.pdb.metadata));
     }
     if let Some(pdb) = &o.pdb {
         out.push(("PodDisruptionBudget", &pdb.metadata));

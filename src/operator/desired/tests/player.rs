@@ -18,7 +18,9 @@ fn every_player_object_has_its_name_namespace_and_one_controller_owner() {
             ("metrics Service", Some("demo-player-metrics")),
             ("Deployment", Some("demo-player")),
             ("LogStore Service", Some("demo-logstore")),
+            ("LogStore client Service", Some("demo-logstore-client")),
             ("LogStore StatefulSet", Some("demo-logstore")),
+            ("LogStore PodDisruptionBudget", Some("demo-logstore")),
             ("PodDisruptionBudget", Some("demo-player")),
         ]
     );
@@ -134,7 +136,12 @@ fn deployment_runs_the_players_with_the_spec_settings() {
     // The args are the player's own flags, parsed back by the player's parser.
     assert_eq!(args(&o)[0], "player");
     let p = parsed_args(&o);
-    assert_eq!(p.logstore, "demo-logstore.ns.svc:7000");
+    assert_eq!(
+        p.logstore,
+        "demo-logstore-0.demo-logstore.ns.svc:7000,demo-logstore-1.demo-logstore.ns.svc:7000,\
+         demo-logstore-2.demo-logstore.ns.svc:7000",
+        "every log replica: the client follows the leader among them"
+    );
     assert_eq!(
         p.shard_map.as_deref(),
         Some(std::path::Path::new("/etc/logplayer/shard-map.yaml"))
@@ -455,7 +462,7 @@ fn image_and_pull_policy_from_the_spec_override_the_defaults() {
         Some("example/operator-default:9")
     );
     assert_eq!(
-        sts_container(&ls.stateful_set).image.as_deref(),
+        sts_container(&ls.server.stateful_set).image.as_deref(),
         Some("example/operator-default:9")
     );
 
@@ -467,7 +474,7 @@ fn image_and_pull_policy_from_the_spec_override_the_defaults() {
     let c = player_container(&o);
     assert_eq!(c.image.as_deref(), Some("registry.example/lp:1.2"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
-    let ls = sts_container(&o.logstore.as_ref().expect("managed").stateful_set);
+    let ls = sts_container(&o.logstore.as_ref().expect("managed").server.stateful_set);
     assert_eq!(ls.image.as_deref(), Some("registry.example/lp:1.2"));
     assert_eq!(ls.image_pull_policy.as_deref(), Some("IfNotPresent"));
 
@@ -487,12 +494,14 @@ fn a_cluster_domain_is_appended_to_service_addresses() {
     let lp = logplayer(managed_spec());
     let o = objects_with(&lp, &defaults);
     assert_eq!(
-        arg_value(&args(&o), "--logstore"),
-        "demo-logstore.ns.svc.cluster.local:7000"
+        arg_value(&args(&o), "--logstore").split(',').next(),
+        Some("demo-logstore-0.demo-logstore.ns.svc.cluster.local:7000")
     );
     assert_eq!(
-        logstore_endpoint(&lp, "ns", &defaults).as_deref(),
-        Some("demo-logstore.ns.svc.cluster.local:7000")
+        logstore_endpoint(&lp, "ns", &defaults)
+            .as_deref()
+            .and_then(|l| l.split(',').nth(2)),
+        Some("demo-logstore-2.demo-logstore.ns.svc.cluster.local:7000")
     );
     let map = load_map(&map_text(&o));
     assert_eq!(

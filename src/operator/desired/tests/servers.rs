@@ -3,11 +3,16 @@
 use super::*;
 
 #[test]
-fn a_managed_logstore_is_a_one_pod_statefulset_behind_a_headless_service() {
+fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_service() {
     let o = demo();
     let ls = o.logstore.as_ref().expect("managed LogStore objects");
-    let svc = ls.service.spec.as_ref().expect("service spec");
+    let svc = ls.server.service.spec.as_ref().expect("service spec");
     assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(
+        svc.publish_not_ready_addresses,
+        Some(true),
+        "replicas must reach each other before any is ready"
+    );
     let ports = svc.ports.as_deref().expect("ports");
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].port, 7000);
@@ -15,8 +20,18 @@ fn a_managed_logstore_is_a_one_pod_statefulset_behind_a_headless_service() {
         ports[0].target_port,
         Some(IntOrString::String("grpc".into()))
     );
-    let sts = ls.stateful_set.spec.as_ref().expect("statefulset spec");
-    assert_eq!(sts.replicas, Some(1));
+    let sts = ls.server.stateful_set.spec.as_ref().expect("statefulset spec");
+    assert_eq!(sts.replicas, Some(3), "the default: three log replicas");
+    assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
+    let spread = sts
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.affinity.as_ref())
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .expect("log replicas are spread over nodes");
+    assert_eq!(spread[0].pod_affinity_term.topology_key, "kubernetes.io/hostname");
     assert_eq!(sts.service_name.as_deref(), Some("demo-logstore"));
     let selector = sts.selector.match_labels.as_ref().expect("selector");
     assert_eq!(svc.selector.as_ref(), Some(selector));
@@ -34,8 +49,9 @@ fn a_managed_logstore_is_a_one_pod_statefulset_behind_a_headless_service() {
     assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
     assert_eq!(claim.access_modes, Some(s(&["ReadWriteOnce"])));
     assert_eq!(requested_storage(claim), Some(&Quantity("10Gi".into())));
-    let c = sts_container(&ls.stateful_set);
+    let c = sts_container(&ls.server.stateful_set);
     assert_eq!(c.name, "logstore");
+    // Each replica's id comes from its pod name (POD_NAME); replica 1 alone seeds the group.
     assert_eq!(
         c.args,
         Some(s(&[
@@ -43,8 +59,31 @@ fn a_managed_logstore_is_a_one_pod_statefulset_behind_a_headless_service() {
             "--data",
             "/data",
             "--listen",
-            "0.0.0.0:7000"
+            "0.0.0.0:7000",
+            "--peers",
+            "1=demo-logstore-0.demo-logstore.ns.svc:7000",
         ]))
+    );
+    assert!(
+        c.env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "POD_NAME"),
+        "the replica id comes from the pod name"
+    );
+    // Writers use the client Service; one replica down at a time.
+    let client = ls.client_service.spec.as_ref().expect("client service spec");
+    assert_eq!(client.cluster_ip, None, "a virtual IP in front of the ready replicas");
+    assert_eq!(client.selector.as_ref(), Some(selector));
+    assert_eq!(
+        ls.client_service.metadata.name.as_deref(),
+        Some("demo-logstore-client")
+    );
+    let pdb = ls.pdb.spec.as_ref().expect("pdb spec");
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(
+        pdb.selector.as_ref().and_then(|s| s.match_labels.as_ref()),
+        Some(selector)
     );
     assert_eq!(c.image.as_deref(), Some(Defaults::default().image.as_str()));
     assert_eq!(

@@ -48,7 +48,12 @@ fn the_metrics_service_and_pdb() {
 #[test]
 fn the_managed_logstore() {
     let ls = sample().0.logstore.expect("a managed LogStore");
-    insta::assert_yaml_snapshot!((ls.service, ls.stateful_set));
+    insta::assert_yaml_snapshot!((
+        ls.server.service,
+        ls.server.stateful_set,
+        ls.client_service,
+        ls.pdb
+    ));
 }
 
 #[test]
