@@ -154,7 +154,9 @@ fn replica_id_of_pod(pod: &str) -> anyhow::Result<u64> {
         .rsplit_once('-')
         .and_then(|(_, n)| n.parse::<u64>().ok())
         .with_context(|| {
-            format!("pod name {pod:?} does not end with a StatefulSet ordinal (-0, -1, ...); give --id")
+            format!(
+                "pod name {pod:?} does not end with a StatefulSet ordinal (-0, -1, ...); give --id"
+            )
         })?;
     Ok(ordinal + 1)
 }

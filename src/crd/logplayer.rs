@@ -337,6 +337,46 @@ pub struct LogPlayerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub problems: Vec<StatusProblem>,
+    /// A managed LogStore's log replicas, as its log leader reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_store: Option<LogStoreStatus>,
+}
+
+/// A managed LogStore's Raft group.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStoreStatus {
+    /// Log replicas wanted (`spec.logStore.managed.replicas`).
+    pub replicas: i32,
+    /// Log replicas that vote in the group now.
+    pub voters: i32,
+    /// Pod of the log leader; absent when no leader is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The group's Raft term (not a lease epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_term: Option<i64>,
+    /// The log leader's last Raft index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_index: Option<i64>,
+    /// Each member of the group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<LogReplicaStatus>,
+}
+
+/// One member of a managed LogStore's Raft group.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogReplicaStatus {
+    /// Replica id (pod ordinal + 1).
+    pub id: i64,
+    /// Its pod.
+    pub pod: String,
+    /// `leader`, `voter` or `learner`.
+    pub role: String,
+    /// Raft entries it is behind the leader; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<i64>,
 }
 
 /// One thing that is wrong, as a condition reason and a message naming what is at fault.

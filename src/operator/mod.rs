@@ -20,6 +20,7 @@
 
 mod apply;
 pub mod desired;
+pub mod log_members;
 mod metrics;
 pub mod names;
 mod observe;

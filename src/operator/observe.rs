@@ -153,6 +153,7 @@ pub(super) async fn observe(
         apply_problems,
         pod_problems,
         paused,
+        log_members: None,
     })
 }
 

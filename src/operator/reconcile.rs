@@ -6,7 +6,7 @@ use super::metrics::{ErrorLabel, KindLabel};
 use super::observe::{
     any_running, component_pods, observe, paused, pods_of, probe_shard, shards_of,
 };
-use super::{Context, OperatorError, RESYNC, desired, status};
+use super::{Context, OperatorError, RESYNC, desired, log_members, status};
 use crate::crd::{LogPlayer, Shard};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -72,14 +72,17 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         Err(problem) => (Vec::new(), Some(problem)),
     };
     let mut apply_problems = Vec::new();
+    let mut log_seen = None;
     let spec_problem = match (
         selector_problem,
         desired::player_objects(lp, &shards, &ctx.defaults),
     ) {
         (Some(p), _) => Some(p),
-        (None, Ok(objects)) => {
+        (None, Ok(mut objects)) => {
             if !is_paused {
+                let members = log_members_before(ctx, lp, &ns, &mut objects).await;
                 apply_problems = apply_player_objects(&ctx.client, &ns, lp, objects).await?;
+                log_seen = members_step(ctx, lp, &ns, members).await?;
             }
             None
         }
@@ -87,7 +90,13 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         (None, Err(e)) => Some(status::Problem::new(e.reason(), e.to_string())),
     };
     let failed = !apply_problems.is_empty();
-    let observed = observe(
+    let converging = log_seen.as_ref().is_some_and(|s: &log_members::Seen| {
+        s.members
+            .as_ref()
+            .is_none_or(|m| log_members::next_change(m, s.want, &s.running).is_some())
+            || s.change.is_some()
+    });
+    let mut observed = observe(
         ctx,
         lp,
         &ns,
@@ -97,6 +106,7 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         is_paused,
     )
     .await?;
+    observed.log_members = log_seen;
     let old = lp.status.clone().unwrap_or_default();
     let new = status::logplayer_status(&observed, &old, status::now());
     publish(ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
@@ -105,7 +115,76 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
     }
     // A refused apply is retried soon (the API server may have been briefly strict, or the
     // user fixes the spec); the status already says what is wrong.
-    Ok(Action::requeue(if failed { APPLY_RETRY } else { RESYNC }))
+    Ok(Action::requeue(if failed || converging {
+        APPLY_RETRY
+    } else {
+        RESYNC
+    }))
+}
+
+/// A managed LogStore's membership before its objects are applied (from its leader), and
+/// the StatefulSet sized to keep every pod whose replica is still in the group.
+async fn log_members_before(
+    ctx: &Context,
+    lp: &LogPlayer,
+    ns: &str,
+    objects: &mut desired::PlayerObjects,
+) -> Option<(String, Result<crate::proto::MembersResponse, String>)> {
+    let want = desired::log_replicas(lp);
+    let ls = objects.logstore.as_mut()?;
+    let addrs = desired::logstore_endpoint(lp, ns, &ctx.defaults)?;
+    let members = log_members::ask(&addrs).await;
+    let keep = log_members::pods_to_keep(members.as_ref().ok(), want.max(1));
+    if let Some(spec) = ls.server.stateful_set.spec.as_mut() {
+        spec.replicas = Some(keep);
+    }
+    Some((addrs, members))
+}
+
+/// Makes the next membership change of a managed LogStore, if one is due (see
+/// `log_members`), and returns what was seen and done.
+async fn members_step(
+    ctx: &Context,
+    lp: &LogPlayer,
+    ns: &str,
+    before: Option<(String, Result<crate::proto::MembersResponse, String>)>,
+) -> Result<Option<log_members::Seen>, OperatorError> {
+    let Some((addrs, members)) = before else {
+        return Ok(None);
+    };
+    let pods = pods_of(&ctx.client, ns, &lp.name_any()).await?;
+    let running = component_pods(&pods, "logstore", None)
+        .into_iter()
+        .filter(|p| any_running(&[*p]))
+        .filter_map(|p| log_members::replica_of_pod(&p.name_any()))
+        .collect();
+    let mut seen = log_members::Seen {
+        stateful_set: desired::logstore_name(lp),
+        want: u64::try_from(desired::log_replicas(lp)).unwrap_or(1).max(1),
+        members: members.ok(),
+        running,
+        change: None,
+    };
+    let Some(m) = &seen.members else {
+        return Ok(Some(seen));
+    };
+    if let Some(change) = log_members::next_change(m, seen.want, &seen.running) {
+        let id = match change {
+            log_members::Change::Add(id) | log_members::Change::Remove(id) => id,
+        };
+        let addr = desired::log_replica_addr(lp, ns, &ctx.defaults, id);
+        match log_members::make(&addrs, change, &addr).await {
+            Ok(after) => {
+                seen.members = Some(after);
+                seen.change = Some(Ok(change));
+            }
+            Err(e) => {
+                tracing::warn!(?change, error = %e, "a log membership change failed; retrying soon");
+                seen.change = Some(Err(format!("{change:?}: {e}")));
+            }
+        }
+    }
+    Ok(Some(seen))
 }
 
 /// How soon a reconciliation whose apply was refused runs again.
@@ -154,7 +233,11 @@ async fn apply_player_objects(
     if let Some(logstore) = &o.logstore {
         outcomes.push(apply(client, ns, &logstore.server.service).await.map(drop));
         outcomes.push(apply(client, ns, &logstore.client_service).await.map(drop));
-        outcomes.push(apply(client, ns, &logstore.server.stateful_set).await.map(drop));
+        outcomes.push(
+            apply(client, ns, &logstore.server.stateful_set)
+                .await
+                .map(drop),
+        );
         outcomes.push(apply(client, ns, &logstore.pdb).await.map(drop));
     }
     outcomes.push(apply(client, ns, &o.deployment).await.map(drop));

@@ -375,7 +375,8 @@ async fn one_replica_has_no_disruption_budget_and_a_managed_log_gets_a_stateful_
         "{applied:?}"
     );
     assert!(
-        applied.contains(&"/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo-logstore".into()),
+        applied
+            .contains(&"/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo-logstore".into()),
         "{applied:?}"
     );
     // A budget left from when replicas was > 1 is deleted.

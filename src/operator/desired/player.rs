@@ -4,19 +4,18 @@
 
 use super::servers::ServerSpec;
 use super::{
-    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, LogStoreObjects, PlayerObjects,
-    SHARD_MAP_DIR, SHARD_MAP_FILE, SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security,
-    http_probe, labels, log_replica_addr, log_replicas, logstore_client_name, logstore_endpoint,
-    logstore_name, meta, metrics_service_name, owner_of, player_name, pod_env, pod_security,
-    pull_policy_name, selector_labels, server_objects, shard_endpoint, shard_map_name,
-    spread_over_nodes,
+    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, LogStoreObjects, PlayerObjects, SHARD_MAP_DIR,
+    SHARD_MAP_FILE, SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security, http_probe, labels,
+    log_replica_addr, log_replicas, logstore_client_name, logstore_endpoint, logstore_name, meta,
+    metrics_service_name, owner_of, player_name, pod_env, pod_security, pull_policy_name,
+    selector_labels, server_objects, shard_endpoint, shard_map_name, spread_over_nodes,
 };
 use crate::crd::{Backend, CrdError, LogPlayer, ManagedStorage, Shard};
 use crate::player::args::PlayerArgs;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSpec, PodTemplateSpec,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSpec, PodTemplateSpec, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleBinding, RoleRef, Subject};
@@ -340,7 +339,12 @@ fn managed_logstore(
         ],
     );
     let client_service = Service {
-        metadata: meta(logstore_client_name(cx.lp), &cx.ns, labels.clone(), &cx.owner),
+        metadata: meta(
+            logstore_client_name(cx.lp),
+            &cx.ns,
+            labels.clone(),
+            &cx.owner,
+        ),
         spec: Some(ServiceSpec {
             selector: Some(selector.clone()),
             ports: Some(vec![ServicePort {

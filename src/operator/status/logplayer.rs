@@ -4,7 +4,10 @@
 use super::{
     Observed, Probe, Problem, RECONCILIATION_PAUSED, cond, degraded_condition, primary_message, put,
 };
-use crate::crd::{LogPlayerStatus, ShardProgress, StatusProblem, condition};
+use crate::crd::{
+    LogPlayerStatus, LogReplicaStatus, LogStoreStatus, ShardProgress, StatusProblem, condition,
+};
+use crate::operator::log_members::{self, Seen};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// The problems that make a LogPlayer `Degraded`, most fundamental first.
@@ -15,6 +18,9 @@ fn problems(obs: &Observed) -> Vec<Problem> {
     out.extend(obs.pod_problems.iter().cloned());
     if let Probe::Unreachable(why) = &obs.logstore {
         out.push(Problem::new("LogStoreUnreachable", why.clone()));
+    }
+    if let Some(seen) = &obs.log_members {
+        out.extend(log_problems(seen));
     }
     let down: Vec<String> = obs
         .shards
@@ -36,6 +42,80 @@ fn problems(obs: &Observed) -> Vec<Problem> {
         ));
     }
     out
+}
+
+/// What is wrong with a managed LogStore's group: no leader, wanted replicas that vote but
+/// whose pod does not run (fewer copies of the log), a membership change that failed.
+fn log_problems(seen: &Seen) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(Err(e)) = &seen.change {
+        out.push(Problem::new(
+            "LogMembershipFailed",
+            format!("changing the log replicas failed: {e}"),
+        ));
+    }
+    let Some(m) = &seen.members else {
+        return out;
+    };
+    if m.leader == 0 {
+        out.push(Problem::new(
+            "NoLogLeader",
+            "no log replica leads: appends wait for an election",
+        ));
+    }
+    let voters = log_members::voters(m);
+    let down: Vec<String> = voters
+        .iter()
+        .filter(|id| !seen.running.contains(id))
+        .map(|id| format!("replica {id} (pod {})", seen.pod(*id)))
+        .collect();
+    if !down.is_empty() {
+        out.push(Problem::new(
+            "LogReplicaDown",
+            format!(
+                "{} of {} voting log replicas do not run: {}; the log keeps fewer copies \
+                 until they are back",
+                down.len(),
+                voters.len(),
+                down.join(", ")
+            ),
+        ));
+    }
+    out
+}
+
+/// `status.logStore` from what the log leader said.
+fn log_store_status(seen: &Seen) -> LogStoreStatus {
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let Some(m) = &seen.members else {
+        return LogStoreStatus {
+            replicas: i32::try_from(seen.want).unwrap_or(i32::MAX),
+            ..LogStoreStatus::default()
+        };
+    };
+    let leads = m.last_log > 0;
+    LogStoreStatus {
+        replicas: i32::try_from(seen.want).unwrap_or(i32::MAX),
+        voters: i32::try_from(log_members::voters(m).len()).unwrap_or(i32::MAX),
+        leader: (m.leader != 0).then(|| seen.pod(m.leader)),
+        raft_term: Some(to_i64(m.raft_term)),
+        last_index: leads.then(|| to_i64(m.last_log)),
+        members: m
+            .members
+            .iter()
+            .map(|r| LogReplicaStatus {
+                id: to_i64(r.id),
+                pod: seen.pod(r.id),
+                role: match (r.id == m.leader, r.voter) {
+                    (true, _) => "leader",
+                    (false, true) => "voter",
+                    (false, false) => "learner",
+                }
+                .to_owned(),
+                behind: leads.then(|| to_i64(m.last_log.saturating_sub(r.matched))),
+            })
+            .collect(),
+    }
 }
 
 /// A condition's verdict before it is stamped with the generation and time.
@@ -166,6 +246,8 @@ fn progressing(obs: &Observed) -> Verdict {
                 obs.ready_replicas, obs.updated_replicas, obs.replicas
             ),
         )
+    } else if let Some(v) = obs.log_members.as_ref().and_then(log_membership_changing) {
+        v
     } else {
         verdict(
             false,
@@ -173,6 +255,20 @@ fn progressing(obs: &Observed) -> Verdict {
             format!("all {want} player pods are ready and up to date"),
         )
     }
+}
+
+/// `Progressing` while a managed LogStore's voters are not yet replicas `1..=want`.
+fn log_membership_changing(seen: &Seen) -> Option<Verdict> {
+    let m = seen.members.as_ref()?;
+    let voters = log_members::voters(m);
+    let wanted: std::collections::BTreeSet<u64> = (1..=seen.want).collect();
+    (voters != wanted).then(|| {
+        verdict(
+            true,
+            "LogReplicasChanging",
+            format!("log replicas voting: {voters:?}; wanted: {wanted:?} (one change at a time)"),
+        )
+    })
 }
 
 /// `Ready`: the first problem, else a missing leader or ready pod, else delivering.
@@ -251,5 +347,6 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
                 message: p.message,
             })
             .collect(),
+        log_store: obs.log_members.as_ref().map(log_store_status),
     }
 }

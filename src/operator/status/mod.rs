@@ -104,7 +104,7 @@ pub struct ShardObserved {
 }
 
 /// Everything a LogPlayer's status is computed from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     /// `metadata.generation`.
     pub generation: i64,
@@ -133,6 +133,9 @@ pub struct Observed {
     pub pod_problems: Vec<Problem>,
     /// The pause annotation is set.
     pub paused: bool,
+    /// A managed LogStore's membership, and the change made to it (none when the LogStore
+    /// is external or reconciliation is paused).
+    pub log_members: Option<crate::operator::log_members::Seen>,
 }
 
 /// Sets `new` into `conditions`, keeping `lastTransitionTime` when the status is unchanged.

@@ -20,7 +20,12 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
         ports[0].target_port,
         Some(IntOrString::String("grpc".into()))
     );
-    let sts = ls.server.stateful_set.spec.as_ref().expect("statefulset spec");
+    let sts = ls
+        .server
+        .stateful_set
+        .spec
+        .as_ref()
+        .expect("statefulset spec");
     assert_eq!(sts.replicas, Some(3), "the default: three log replicas");
     assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
     let spread = sts
@@ -29,9 +34,15 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
         .as_ref()
         .and_then(|p| p.affinity.as_ref())
         .and_then(|a| a.pod_anti_affinity.as_ref())
-        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
         .expect("log replicas are spread over nodes");
-    assert_eq!(spread[0].pod_affinity_term.topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        spread[0].pod_affinity_term.topology_key,
+        "kubernetes.io/hostname"
+    );
     assert_eq!(sts.service_name.as_deref(), Some("demo-logstore"));
     let selector = sts.selector.match_labels.as_ref().expect("selector");
     assert_eq!(svc.selector.as_ref(), Some(selector));
@@ -65,15 +76,19 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
         ]))
     );
     assert!(
-        c.env
-            .iter()
-            .flatten()
-            .any(|e| e.name == "POD_NAME"),
+        c.env.iter().flatten().any(|e| e.name == "POD_NAME"),
         "the replica id comes from the pod name"
     );
     // Writers use the client Service; one replica down at a time.
-    let client = ls.client_service.spec.as_ref().expect("client service spec");
-    assert_eq!(client.cluster_ip, None, "a virtual IP in front of the ready replicas");
+    let client = ls
+        .client_service
+        .spec
+        .as_ref()
+        .expect("client service spec");
+    assert_eq!(
+        client.cluster_ip, None,
+        "a virtual IP in front of the ready replicas"
+    );
     assert_eq!(client.selector.as_ref(), Some(selector));
     assert_eq!(
         ls.client_service.metadata.name.as_deref(),

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{LogPlayerStatus, ShardProgress, ShardStatus, condition};
 
+mod log;
 mod snapshots;
 
 const GEN: i64 = 7;
@@ -41,6 +42,7 @@ fn shard(name: &str, acked: Option<i64>, probe: Probe) -> ShardObserved {
 /// reachable shards at 90, 60 and 100 of a log whose head is 100.
 fn healthy() -> Observed {
     Observed {
+        log_members: None,
         generation: GEN,
         desired_replicas: 3,
         replicas: 3,
@@ -198,6 +200,7 @@ fn a_healthy_logplayer_is_ready_and_delivering() {
             ],
             lag: Some(40),
             problems: Vec::new(),
+            log_store: None,
         }
     );
     assert!(

@@ -1,0 +1,205 @@
+//! Keeps a managed LogStore's Raft membership equal to `logStore.managed.replicas`: replica
+//! `i + 1` is pod ordinal `i`. Pod 0 seeds the group alone (its `--peers` names only
+//! itself); the operator adds the others, and removes those a smaller count leaves out,
+//! through the LogStore's membership calls on the log leader.
+//!
+//! One change per reconciliation, so the group changes one replica at a time through
+//! joint consensus: first the lowest missing replica whose pod runs (it catches up as a
+//! learner, then votes), else the highest replica past the count. The StatefulSet keeps a
+//! pod until its replica has left the group ([`pods_to_keep`]): scaling 3 → 1 by deleting
+//! two pods first would leave the group without a majority to remove them with.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::client::Log;
+use crate::proto::MembersResponse;
+
+/// How long asking for the membership may take.
+const ASK_WAIT: Duration = Duration::from_secs(3);
+/// How long an added replica may take to catch up before the reconciliation gives up (it
+/// stays a learner; the next one goes on).
+pub const CATCH_UP: Duration = Duration::from_secs(20);
+
+/// One membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Add(u64),
+    Remove(u64),
+}
+
+/// What the operator saw of a managed LogStore's membership.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    /// The StatefulSet (its pods are `NAME-ORDINAL`).
+    pub stateful_set: String,
+    /// Replicas wanted.
+    pub want: u64,
+    /// The membership the leader reported; `None` when no replica could say.
+    pub members: Option<MembersResponse>,
+    /// Replicas whose pod runs.
+    pub running: BTreeSet<u64>,
+    /// The change made this time, or why it failed.
+    pub change: Option<Result<Change, String>>,
+}
+
+impl Seen {
+    /// The pod of replica `id`.
+    pub fn pod(&self, id: u64) -> String {
+        format!("{}-{}", self.stateful_set, id.saturating_sub(1))
+    }
+}
+
+/// The voters of `m`.
+pub fn voters(m: &MembersResponse) -> BTreeSet<u64> {
+    m.members.iter().filter(|r| r.voter).map(|r| r.id).collect()
+}
+
+/// The next change toward replicas `1..=want`, if any: nothing without a leader or while a
+/// change is under way; an add only for a replica whose pod runs.
+pub fn next_change(m: &MembersResponse, want: u64, running: &BTreeSet<u64>) -> Option<Change> {
+    if m.leader == 0 || m.joint {
+        return None;
+    }
+    let voters = voters(m);
+    if let Some(id) = (1..=want).find(|id| !voters.contains(id) && running.contains(id)) {
+        return Some(Change::Add(id));
+    }
+    // Past the count: voters first (highest first), then leftover learners.
+    let past = |voter: bool| {
+        m.members
+            .iter()
+            .filter(|r| r.id > want && r.voter == voter)
+            .map(|r| r.id)
+            .max()
+    };
+    past(true).or_else(|| past(false)).map(Change::Remove)
+}
+
+/// Pods the StatefulSet must keep: the count wanted, and every replica still in the group.
+pub fn pods_to_keep(m: Option<&MembersResponse>, want: i32) -> i32 {
+    let highest = m
+        .and_then(|m| m.members.iter().map(|r| r.id).max())
+        .map_or(0, |id| i32::try_from(id).unwrap_or(i32::MAX));
+    want.max(highest)
+}
+
+/// The ordinal at the end of a StatefulSet pod's name, as a replica id (ordinal + 1).
+pub fn replica_of_pod(pod: &str) -> Option<u64> {
+    let (_, n) = pod.rsplit_once('-')?;
+    n.parse::<u64>().ok().map(|o| o + 1)
+}
+
+/// Asks the LogStore at `addrs` (every replica, comma-separated) for its membership, from
+/// its leader when one is known.
+pub async fn ask(addrs: &str) -> Result<MembersResponse, String> {
+    let asked = tokio::time::timeout(ASK_WAIT, async {
+        let log = Log::connect(addrs).await.map_err(|e| e.to_string())?;
+        log.members().await.map_err(|e| e.to_string())
+    })
+    .await;
+    asked.unwrap_or_else(|_| Err(format!("no answer within {ASK_WAIT:?}")))
+}
+
+/// Makes `change` on the log leader; `addr` is where the replica to add is dialed.
+pub async fn make(addrs: &str, change: Change, addr: &str) -> Result<MembersResponse, String> {
+    let log = Log::connect(addrs).await.map_err(|e| e.to_string())?;
+    match change {
+        Change::Add(id) => {
+            tracing::info!(replica = id, %addr, "adding a log replica to the group");
+            log.add_member(id, addr, CATCH_UP).await
+        }
+        Change::Remove(id) => {
+            tracing::info!(replica = id, "removing a log replica from the group");
+            log.remove_member(id).await
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Member;
+
+    fn group(voters: &[u64], learners: &[u64], leader: u64) -> MembersResponse {
+        let member = |id: u64, voter: bool| Member {
+            id,
+            addr: format!("r{id}:7000"),
+            voter,
+            matched: 0,
+        };
+        MembersResponse {
+            members: voters
+                .iter()
+                .map(|&id| member(id, true))
+                .chain(learners.iter().map(|&id| member(id, false)))
+                .collect(),
+            leader,
+            joint: false,
+            last_log: 0,
+            raft_term: 1,
+        }
+    }
+
+    fn running(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_new_group_grows_one_running_replica_at_a_time_lowest_first() {
+        let m = group(&[1], &[], 1);
+        assert_eq!(
+            next_change(&m, 3, &running(&[1, 2, 3])),
+            Some(Change::Add(2))
+        );
+        assert_eq!(
+            next_change(&m, 3, &running(&[1, 3])),
+            Some(Change::Add(3)),
+            "a replica whose pod does not run yet is skipped, not waited for"
+        );
+        assert_eq!(next_change(&m, 3, &running(&[1])), None);
+        let full = group(&[1, 2, 3], &[], 2);
+        assert_eq!(next_change(&full, 3, &running(&[1, 2, 3])), None);
+    }
+
+    #[test]
+    fn a_smaller_count_removes_the_highest_voter_then_leftover_learners() {
+        let m = group(&[1, 2, 3, 4, 5], &[], 1);
+        assert_eq!(
+            next_change(&m, 3, &running(&[1, 2, 3, 4, 5])),
+            Some(Change::Remove(5))
+        );
+        let m = group(&[1, 2, 3], &[4], 1);
+        assert_eq!(
+            next_change(&m, 3, &running(&[1, 2, 3])),
+            Some(Change::Remove(4))
+        );
+        // Adding a wanted replica comes before removing an unwanted one.
+        let m = group(&[1, 3, 4], &[], 1);
+        assert_eq!(
+            next_change(&m, 3, &running(&[1, 2, 3, 4])),
+            Some(Change::Add(2))
+        );
+    }
+
+    #[test]
+    fn nothing_changes_without_a_leader_or_while_a_change_is_under_way() {
+        let m = group(&[1], &[], 0);
+        assert_eq!(next_change(&m, 3, &running(&[1, 2, 3])), None);
+        let mut m = group(&[1, 2], &[], 1);
+        m.joint = true;
+        assert_eq!(next_change(&m, 3, &running(&[1, 2, 3])), None);
+    }
+
+    #[test]
+    fn pods_stay_until_their_replica_left_the_group() {
+        let m = group(&[1, 2, 3], &[], 1);
+        assert_eq!(pods_to_keep(Some(&m), 1), 3);
+        assert_eq!(pods_to_keep(Some(&m), 5), 5);
+        assert_eq!(pods_to_keep(None, 3), 3);
+        assert_eq!(replica_of_pod("demo-logstore-0"), Some(1));
+        assert_eq!(replica_of_pod("demo-logstore-12"), Some(13));
+        assert_eq!(replica_of_pod("nothing"), None);
+    }
+}

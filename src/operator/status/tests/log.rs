@@ -1,0 +1,104 @@
+//! A managed LogStore's group in the status: `status.logStore`, a voting replica whose pod
+//! does not run (`LogReplicaDown`), a failed membership change (`LogMembershipFailed`), no
+//! log leader (`NoLogLeader`), and a membership still changing (`Progressing`).
+
+use super::*;
+use crate::operator::log_members::{Change, Seen};
+use crate::proto::{Member, MembersResponse};
+
+fn group(voters: &[u64], learners: &[u64], leader: u64, running: &[u64]) -> Seen {
+    let member = |id: u64, voter: bool| Member {
+        id,
+        addr: format!("demo-logstore-{}:7000", id - 1),
+        voter,
+        matched: 90 + id,
+    };
+    Seen {
+        stateful_set: "demo-logstore".into(),
+        want: 3,
+        members: Some(MembersResponse {
+            members: voters
+                .iter()
+                .map(|&id| member(id, true))
+                .chain(learners.iter().map(|&id| member(id, false)))
+                .collect(),
+            leader,
+            joint: false,
+            last_log: if leader == 0 { 0 } else { 100 },
+            raft_term: 7,
+        }),
+        running: running.iter().copied().collect(),
+        change: None,
+    }
+}
+
+#[test]
+fn a_full_group_is_reported_member_by_member_and_nothing_is_wrong() {
+    let obs = healthy_with(|o| o.log_members = Some(group(&[1, 2, 3], &[], 2, &[1, 2, 3])));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    assert_not_degraded(&st.conditions);
+    assert_eq!(srm(&st.conditions, condition::PROGRESSING).0, "False");
+    let log = st.log_store.expect("status.logStore");
+    assert_eq!((log.replicas, log.voters), (3, 3));
+    assert_eq!(log.leader.as_deref(), Some("demo-logstore-1"));
+    assert_eq!((log.raft_term, log.last_index), (Some(7), Some(100)));
+    let rows: Vec<(i64, &str, &str, Option<i64>)> = log
+        .members
+        .iter()
+        .map(|m| (m.id, m.pod.as_str(), m.role.as_str(), m.behind))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (1, "demo-logstore-0", "voter", Some(9)),
+            (2, "demo-logstore-1", "leader", Some(8)),
+            (3, "demo-logstore-2", "voter", Some(7)),
+        ]
+    );
+}
+
+#[test]
+fn a_voting_replica_whose_pod_does_not_run_degrades_by_name() {
+    let obs = healthy_with(|o| o.log_members = Some(group(&[1, 2, 3], &[], 1, &[1, 2])));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let (status, reason, message) = srm(&st.conditions, condition::DEGRADED);
+    assert_eq!((status, reason), ("True", "LogReplicaDown"));
+    assert!(
+        message.contains("replica 3 (pod demo-logstore-2)") && message.contains("1 of 3"),
+        "{message}"
+    );
+}
+
+#[test]
+fn no_log_leader_and_a_failed_change_degrade() {
+    let mut seen = group(&[1, 2, 3], &[], 0, &[1, 2, 3]);
+    seen.change = Some(Err("Add(4): not caught up".into()));
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let reasons: Vec<&str> = st.problems.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(reasons, ["LogMembershipFailed", "NoLogLeader"]);
+    assert_eq!(st.log_store.and_then(|l| l.leader), None);
+}
+
+#[test]
+fn a_group_still_growing_or_shrinking_is_progressing_and_stays_ready() {
+    let mut seen = group(&[1], &[2], 1, &[1, 2, 3]);
+    seen.change = Some(Ok(Change::Add(2)));
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let (status, reason, message) = srm(&st.conditions, condition::PROGRESSING);
+    assert_eq!((status, reason), ("True", "LogReplicasChanging"));
+    assert!(
+        message.contains("{1}") && message.contains("{1, 2, 3}"),
+        "{message}"
+    );
+    assert_eq!(srm(&st.conditions, condition::READY).0, "True");
+    assert_not_degraded(&st.conditions);
+    let shrinking =
+        healthy_with(|o| o.log_members = Some(group(&[1, 2, 3, 4, 5], &[], 1, &[1, 2, 3, 4, 5])));
+    let st = logplayer_status(&shrinking, &LogPlayerStatus::default(), now());
+    assert_eq!(
+        srm(&st.conditions, condition::PROGRESSING).1,
+        "LogReplicasChanging"
+    );
+}
