@@ -8,11 +8,17 @@
 //!    are handed to it), its operator pods run with the chart's ServiceAccount, that
 //!    ServiceAccount may do what the operator needs and nothing it must not, and the
 //!    admission policy refuses what RBAC alone would allow;
-//! c. the example (a LogPlayer with a managed LogStore and four managed Shards) comes up:
+//! c. the example (a LogPlayer with a managed LogStore of three log replicas and four
+//!    managed Shards) comes up, the operator growing the log's Raft group to three voters:
 //!    StatefulSets, Deployment, Services, PDB and Lease with owner references, Ready=True,
 //!    and `kubectl get logplayers,shards` shows the status columns;
 //! d. load through the LogStore, SIGKILL the leading player: a standby takes the Lease with
-//!    a higher epoch, the status names it, and every shard holds exactly what the log implies;
+//!    a higher epoch, the status names it; then SIGKILL the log leader's pod: another log
+//!    replica leads, `status.logStore` names it; and every shard holds exactly what the log
+//!    implies;
+//! l. the log replicas scaled 3 -> 5 -> 3 under load: the operator adds and removes
+//!    replicas of the Raft group one at a time, `status.logStore` follows, every replica
+//!    serves the same log, and delivery stays exactly-once (log_replicas.rs);
 //! e. the leader SIGSTOPped past its lease under load: a standby takes over and delivers, and
 //!    once SIGCONTed the old leader steps down to a Ready standby (failover.rs);
 //! f. failover time over repeated SIGKILLs of the leader through the real Lease, from the kill
@@ -40,6 +46,7 @@
 
 mod cluster;
 mod failover;
+mod log_replicas;
 mod node;
 mod operator;
 mod resources;
@@ -72,12 +79,15 @@ type Scenario = fn(&Harness) -> futures::future::BoxFuture<'_, anyhow::Result<()
 /// The scenarios, in the order they build on each other. Each is its own test (named
 /// `e2e::<letter>_<what>`); running one runs the ones before it first, on the same control
 /// plane.
-const SCENARIOS: [(&str, Scenario); 11] = [
+const SCENARIOS: [(&str, Scenario); 12] = [
     ("e2e::a_crds", |h| Box::pin(crds(h))),
     ("e2e::b_helm_chart_and_operator_rbac", |h| Box::pin(helm(h))),
     ("e2e::c_the_example_logplayer", |h| Box::pin(example(h))),
     ("e2e::d_leader_sigkilled_under_load", |h| {
         Box::pin(failover(h))
+    }),
+    ("e2e::l_log_replicas_scaled_3_5_3", |h| {
+        Box::pin(log_replicas::log_replicas_scaled(h))
     }),
     ("e2e::e_frozen_leader", |h| {
         Box::pin(failover::frozen_leader(h))
@@ -718,8 +728,10 @@ async fn example(h: &Harness) -> anyhow::Result<()> {
             ("Shard", s.trim_end_matches("-shard"))
         };
         let sts: StatefulSet = wait_owned(h, s, owner.0, owner.1).await?;
+        // Three log replicas (the default), one pod per shard server.
+        let pods = if s == "demo-logstore" { 3 } else { 1 };
         ensure!(
-            sts.spec.as_ref().and_then(|s| s.replicas) == Some(1),
+            sts.spec.as_ref().and_then(|s| s.replicas) == Some(pods),
             "StatefulSet {s}: {:?}",
             sts.spec.as_ref().map(|s| s.replicas)
         );
@@ -729,6 +741,8 @@ async fn example(h: &Harness) -> anyhow::Result<()> {
             "Service {s} is not headless"
         );
     }
+    let _: Service = wait_owned(h, "demo-logstore-client", "LogPlayer", "demo").await?;
+    let _: PodDisruptionBudget = wait_owned(h, "demo-logstore", "LogPlayer", "demo").await?;
     let d: Deployment = wait_owned(h, "demo-player", "LogPlayer", "demo").await?;
     ensure!(d.spec.as_ref().and_then(|s| s.replicas) == Some(3));
     let _: PodDisruptionBudget = wait_owned(h, "demo-player", "LogPlayer", "demo").await?;
@@ -748,8 +762,26 @@ async fn example(h: &Harness) -> anyhow::Result<()> {
         h,
         DEMO_NS,
         "app.kubernetes.io/instance=demo,app.kubernetes.io/component=logstore",
-        1,
+        3,
         90 * SECOND,
+    )
+    .await?;
+    // Replica 1 seeded the group alone; the operator added the other two.
+    wait_for(
+        "the LogStore's three replicas to vote, with a leader",
+        90 * SECOND,
+        SECOND,
+        || async {
+            let lp = get_json(h, "logplayer", "demo").await?;
+            let log = lp.pointer("/status/logStore").cloned().unwrap_or_default();
+            let voters = log.get("voters").and_then(Value::as_i64);
+            let leader = log.get("leader").and_then(Value::as_str);
+            if voters == Some(3) && leader.is_some_and(|l| l.starts_with("demo-logstore-")) {
+                Ok(Some(()))
+            } else {
+                Err(format!("status.logStore {log}"))
+            }
+        },
     )
     .await?;
     let players = wait_ready_pods(
@@ -880,8 +912,36 @@ async fn new_leader(
     .await
 }
 
-/// A client of the demo's LogStore (by its Service name, as the players reach it) and the
-/// shard map the operator wrote for the players.
+/// The demo LogStore's first `n` replicas' addresses, comma-separated.
+fn log_replicas(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("demo-logstore-{i}.demo-logstore.{DEMO_NS}.svc:7000"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The pod that leads the demo's log, as `status.logStore` names it.
+async fn log_leader(h: &Harness, not: Option<&str>) -> anyhow::Result<String> {
+    wait_for(
+        "a log leader in status.logStore",
+        60 * SECOND,
+        SECOND / 2,
+        || async {
+            let lp = get_json(h, "logplayer", "demo").await?;
+            match lp
+                .pointer("/status/logStore/leader")
+                .and_then(Value::as_str)
+            {
+                Some(l) if Some(l) != not => Ok(Some(l.to_owned())),
+                other => Err(format!("status.logStore.leader {other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// A client of the demo's LogStore (every replica by name, as the players reach them) and
+/// the shard map the operator wrote for the players.
 async fn demo_log(
     h: &Harness,
 ) -> anyhow::Result<(logplayer::client::Log, logplayer::routing::ShardMap)> {
@@ -891,10 +951,10 @@ async fn demo_log(
         .service_ip(DEMO_NS, "demo-logstore")
         .context("no IP for the LogStore")?;
     let addr = format!("{ip}:7000");
-    // The name the players use resolves to the same place.
-    let log = Log::connect("demo-logstore.demo.svc:7000")
+    // Every log replica by its own name, as the players reach them.
+    let log = Log::connect(&log_replicas(3))
         .await
-        .context("connecting to the LogStore by its Service name")?;
+        .context("connecting to the LogStore's replicas by their names")?;
     Log::connect(&addr).await?;
     let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), DEMO_NS);
     let map_text = cms
@@ -926,7 +986,7 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
         seed,
     };
     let l2 = log.clone();
-    let running = tokio::spawn(async move { drive(&l2, &spec(12, 1), None).await });
+    let running = tokio::spawn(async move { drive(&l2, &spec(20, 1), None).await });
     tokio::time::sleep(3 * SECOND).await;
 
     let (old, old_epoch) = lease_of(h).await?;
@@ -963,6 +1023,17 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
         },
     )
     .await?;
+
+    // The log leader's pod is killed under the same load: another replica leads, the
+    // client resends what was not answered, and nothing is lost or applied twice.
+    let log_old = log_leader(h, None).await?;
+    let t = Instant::now();
+    h.node.signal(DEMO_NS, &log_old, Signal::SIGKILL)?;
+    let log_new = log_leader(h, Some(&log_old)).await?;
+    eprintln!(
+        "[e2e] log leader: {log_old} -> {log_new} in {:.1?} (as the status shows it)",
+        t.elapsed()
+    );
 
     let report = running.await?;
     ensure!(report.failed == 0, "{} appends failed", report.failed);

@@ -13,7 +13,9 @@
 //! - **Networking.** Every pod gets a loopback IP. A pod selected by a headless Service
 //!   (or, before the Service exists, a StatefulSet pod with `spec.subdomain`) gets that
 //!   Service's IP, one per Service from 127.64.0.0/10, so `<svc>.<ns>.svc` names the pod;
-//!   other pods get a fresh IP from 127.32.0.0/16. Headless Services are written into
+//!   a StatefulSet pod past ordinal 0 under it (several log replicas) gets an IP of its own
+//!   from the same range, so `<pod>.<svc>.<ns>.svc` names each one (ordinal 0 keeps the
+//!   Service's); other pods get a fresh IP from 127.32.0.0/16. Headless Services are written into
 //!   `/etc/hosts` as `IP <svc>.<ns>.svc <svc>.<ns>.svc.cluster.local  # <tag>` (glibc reads
 //!   the file on every lookup, so the operator and players resolve them too); lines carry a
 //!   per-run tag and are removed exactly on shutdown.
@@ -107,6 +109,9 @@ struct State {
     pods: HashMap<String, PodEntry>,
     /// (namespace, service) -> IP.
     service_ips: BTreeMap<(String, String), Ipv4Addr>,
+    /// (namespace, service, pod hostname) -> IP of a StatefulSet pod under its headless
+    /// Service (`<pod>.<svc>.<ns>.svc`); ordinal 0 has the Service's own IP.
+    member_ips: BTreeMap<(String, String, String), Ipv4Addr>,
     next_service: u32,
     next_pod: u32,
 }
@@ -520,9 +525,26 @@ impl Inner {
         if svc_name.is_none() {
             svc_name = pod.spec.as_ref().and_then(|s| s.subdomain.clone());
         }
+        let hostname = pod.spec.as_ref().and_then(|s| s.hostname.clone());
         let mut st = self.state.lock().unwrap();
         if let Some(svc) = svc_name {
-            let key = (ns, svc.clone());
+            // A StatefulSet pod past ordinal 0 gets an IP of its own (its own DNS name);
+            // ordinal 0 and a lone pod get the Service's.
+            let member = hostname.filter(|h| !h.ends_with("-0"));
+            let key = (ns.clone(), svc.clone());
+            if let Some(h) = member {
+                let mkey = (ns, svc.clone(), h);
+                if let Some(ip) = st.member_ips.get(&mkey) {
+                    return Ok((*ip, Some(svc)));
+                }
+                st.next_service += 1;
+                let n = st.next_service;
+                let ip = Ipv4Addr::new(127, 64, (n >> 8) as u8, (n & 0xff) as u8);
+                st.member_ips.insert(mkey, ip);
+                drop(st);
+                self.write_hosts();
+                return Ok((ip, Some(svc)));
+            }
             if let Some(ip) = st.service_ips.get(&key) {
                 return Ok((*ip, Some(svc)));
             }
@@ -547,15 +569,21 @@ impl Inner {
         let _g = self.hosts_lock.lock().unwrap_or_else(|e| e.into_inner());
         let ours: Vec<String> = {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.service_ips
-                .iter()
-                .map(|((ns, svc), ip)| {
-                    format!(
-                        "{ip} {svc}.{ns}.svc {svc}.{ns}.svc.cluster.local # {}",
-                        self.tag
-                    )
-                })
-                .collect()
+            let services = st.service_ips.iter().map(|((ns, svc), ip)| {
+                // The Service's name, and ordinal 0's own name under it.
+                format!(
+                    "{ip} {svc}.{ns}.svc {svc}.{ns}.svc.cluster.local {svc}-0.{svc}.{ns}.svc \
+                     {svc}-0.{svc}.{ns}.svc.cluster.local # {}",
+                    self.tag
+                )
+            });
+            let members = st.member_ips.iter().map(|((ns, svc, host), ip)| {
+                format!(
+                    "{ip} {host}.{svc}.{ns}.svc {host}.{svc}.{ns}.svc.cluster.local # {}",
+                    self.tag
+                )
+            });
+            services.chain(members).collect()
         };
         if let Err(e) = self.rewrite_hosts(&ours) {
             eprintln!("[standin] writing {HOSTS}: {e:#}");
