@@ -13,9 +13,9 @@
 //!    StatefulSets, Deployment, Services, PDB and Lease with owner references, Ready=True,
 //!    and `kubectl get logplayers,shards` shows the status columns;
 //! d. load through the LogStore, SIGKILL the leading player: a standby takes the Lease with
-//!    a higher epoch, the status names it; then SIGKILL the log leader's pod: another log
-//!    replica leads, `status.logStore` names it; and every shard holds exactly what the log
-//!    implies;
+//!    a higher epoch, the status names it; then SIGKILL the log leader's pod: a log replica
+//!    leads in a later Raft term and `status.logStore` shows it; and every shard holds
+//!    exactly what the log implies;
 //! l. the log replicas scaled 3 -> 5 -> 3 under load: the operator adds and removes
 //!    replicas of the Raft group one at a time, `status.logStore` follows, every replica
 //!    serves the same log, and delivery stays exactly-once (log_replicas.rs);
@@ -920,20 +920,24 @@ fn log_replicas(n: usize) -> String {
         .join(",")
 }
 
-/// The pod that leads the demo's log, as `status.logStore` names it.
-async fn log_leader(h: &Harness, not: Option<&str>) -> anyhow::Result<String> {
+/// The pod that leads the demo's log and the Raft term, as `status.logStore` names them,
+/// once the term is above `after`.
+async fn log_leader(h: &Harness, after: i64) -> anyhow::Result<(String, i64)> {
     wait_for(
         "a log leader in status.logStore",
         60 * SECOND,
         SECOND / 2,
         || async {
             let lp = get_json(h, "logplayer", "demo").await?;
-            match lp
+            let leader = lp
                 .pointer("/status/logStore/leader")
-                .and_then(Value::as_str)
-            {
-                Some(l) if Some(l) != not => Ok(Some(l.to_owned())),
-                other => Err(format!("status.logStore.leader {other:?}")),
+                .and_then(Value::as_str);
+            let term = lp
+                .pointer("/status/logStore/raftTerm")
+                .and_then(Value::as_i64);
+            match (leader, term) {
+                (Some(l), Some(t)) if t > after => Ok(Some((l.to_owned(), t))),
+                other => Err(format!("status.logStore (leader, raftTerm) {other:?}")),
             }
         },
     )
@@ -1026,12 +1030,15 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
 
     // The log leader's pod is killed under the same load: another replica leads, the
     // client resends what was not answered, and nothing is lost or applied twice.
-    let log_old = log_leader(h, None).await?;
+    // (The killed pod restarts within seconds and may win the next election itself: the
+    // status must show a later term, whoever leads it.)
+    let (log_old, term) = log_leader(h, 0).await?;
     let t = Instant::now();
     h.node.signal(DEMO_NS, &log_old, Signal::SIGKILL)?;
-    let log_new = log_leader(h, Some(&log_old)).await?;
+    let (log_new, new_term) = log_leader(h, term).await?;
     eprintln!(
-        "[e2e] log leader: {log_old} -> {log_new} in {:.1?} (as the status shows it)",
+        "[e2e] log leader: {log_old} (term {term}) -> {log_new} (term {new_term}) in {:.1?} \
+         (as the status shows it)",
         t.elapsed()
     );
 
