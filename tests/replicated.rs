@@ -148,7 +148,7 @@ async fn killing_the_leader_loses_no_acknowledged_append_and_writes_no_retry_twi
 
 /// The whole system on a replicated log: a player delivering to three shards while writers
 /// append (each retrying with its `(writer_id, sequence)` until acknowledged), the log's
-/// leader SIGKILLed again and again and a follower frozen. Every shard must end equal to
+/// leader SIGKILLed 20 times, a follower frozen and another SIGKILLed. Every shard must end equal to
 /// what the log implies, and the log must hold each acknowledged append exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_end_exactly_once_while_the_log_leader_is_killed() {
@@ -190,20 +190,36 @@ async fn shards_end_exactly_once_while_the_log_leader_is_killed() {
             seq
         }));
     }
-    for k in 0..6 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    // 20 leader kills, with a follower frozen past several election timeouts after the 5th
+    // and a follower SIGKILLed after the 10th.
+    let mut kills = 0;
+    let mut rounds = 0;
+    while kills < 20 {
+        rounds += 1;
+        assert!(
+            rounds < 80,
+            "only {kills} leader kills in {rounds} rounds:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(l) = c.log_leader().await else {
             continue;
         };
-        if k == 3 {
-            // A follower frozen past several election timeouts, then back.
-            let f = (l + 1) % 3;
+        let f = (l + 1) % 3;
+        if rounds == 6 {
             c.log_replicas()[f].stop().unwrap();
             tokio::time::sleep(Duration::from_secs(2)).await;
             c.log_replicas()[f].cont().unwrap();
             continue;
         }
+        if rounds == 12 {
+            c.log_replicas()[f].kill().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            c.log_replicas()[f].restart().await.unwrap();
+            continue;
+        }
         c.log_replicas()[l].kill().await;
+        kills += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.log_replicas()[l].restart().await.unwrap();
     }
@@ -238,7 +254,23 @@ async fn shards_end_exactly_once_while_the_log_leader_is_killed() {
         last, acked,
         "the log holds each acknowledged append once, and nothing else"
     );
-    eprintln!("{acked} appends through 5 leader kills and a frozen follower; {result}");
+    // No index holds two different entries on any two replicas.
+    let mut views = Vec::new();
+    for p in c.log_replicas() {
+        let one = Log::connect(p.addr()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while one.bounds().await.unwrap_or((0, 0)).1 < last {
+            assert!(Instant::now() < deadline, "{} stuck behind {last}", p.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        views.push(one.read_range(1, last).await.unwrap());
+    }
+    for (r, v) in views.iter().enumerate().skip(1) {
+        assert!(v == &views[0], "replica {} serves another log", r + 1);
+    }
+    eprintln!(
+        "{acked} appends through {kills} leader kills, a frozen and a killed follower; {result}"
+    );
 }
 
 /// Each acknowledged `(sequence, index)` of writer `id` is in every replica's log at that
