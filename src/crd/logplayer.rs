@@ -359,6 +359,9 @@ pub struct LogStoreStatus {
     /// The log leader's last Raft index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_index: Option<i64>,
+    /// The Raft index the log leader has committed and applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_index: Option<i64>,
     /// Each member of the group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<LogReplicaStatus>,

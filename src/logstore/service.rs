@@ -130,6 +130,7 @@ fn members_response(m: Members) -> Response<MembersResponse> {
         joint: m.joint,
         last_log: m.last_log.unwrap_or(0),
         raft_term: m.raft_term,
+        applied: m.applied.unwrap_or(0),
     })
 }
 

@@ -21,6 +21,10 @@ const ASK_WAIT: Duration = Duration::from_secs(3);
 /// stays a learner; the next one goes on).
 pub const CATCH_UP: Duration = Duration::from_secs(20);
 
+/// Raft entries a voter may be behind the log leader before the status calls it behind.
+/// An entry is a group of appends (up to 1 MiB), so this is seconds of load, not a hiccup.
+pub const BEHIND: u64 = 1_000;
+
 /// One membership change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -139,6 +143,7 @@ mod tests {
             joint: false,
             last_log: 0,
             raft_term: 1,
+            applied: 0,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Members {
     pub last_log: Option<u64>,
     /// This replica's Raft term.
     pub raft_term: u64,
+    /// The last Raft index this replica applied (the commit index, on the leader).
+    pub applied: Option<u64>,
 }
 
 impl Members {
@@ -78,6 +80,7 @@ impl Replica {
             joint: membership.get_joint_config().len() > 1,
             last_log: if is_leader { m.last_log_index } else { None },
             raft_term: m.current_term,
+            applied: m.last_applied.map(|l| l.index),
         }
     }
 

@@ -81,6 +81,29 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
             ),
         ));
     }
+    let behind: Vec<String> = m
+        .members
+        .iter()
+        .filter(|r| r.voter && seen.running.contains(&r.id) && m.last_log > 0)
+        .filter(|r| m.last_log.saturating_sub(r.matched) > log_members::BEHIND)
+        .map(|r| {
+            format!(
+                "replica {} (pod {}) is {} Raft entries behind",
+                r.id,
+                seen.pod(r.id),
+                m.last_log.saturating_sub(r.matched)
+            )
+        })
+        .collect();
+    if !behind.is_empty() {
+        out.push(Problem::new(
+            "LogReplicaBehind",
+            format!(
+                "{}; it catches up by itself unless it keeps falling behind (a slow disk)",
+                behind.join(", ")
+            ),
+        ));
+    }
     out
 }
 
@@ -100,6 +123,7 @@ fn log_store_status(seen: &Seen) -> LogStoreStatus {
         leader: (m.leader != 0).then(|| seen.pod(m.leader)),
         raft_term: Some(to_i64(m.raft_term)),
         last_index: leads.then(|| to_i64(m.last_log)),
+        commit_index: leads.then(|| to_i64(m.applied)),
         members: m
             .members
             .iter()

@@ -26,6 +26,7 @@ fn group(voters: &[u64], learners: &[u64], leader: u64, running: &[u64]) -> Seen
             joint: false,
             last_log: if leader == 0 { 0 } else { 100 },
             raft_term: 7,
+            applied: if leader == 0 { 0 } else { 99 },
         }),
         running: running.iter().copied().collect(),
         change: None,
@@ -41,7 +42,10 @@ fn a_full_group_is_reported_member_by_member_and_nothing_is_wrong() {
     let log = st.log_store.expect("status.logStore");
     assert_eq!((log.replicas, log.voters), (3, 3));
     assert_eq!(log.leader.as_deref(), Some("demo-logstore-1"));
-    assert_eq!((log.raft_term, log.last_index), (Some(7), Some(100)));
+    assert_eq!(
+        (log.raft_term, log.last_index, log.commit_index),
+        (Some(7), Some(100), Some(99))
+    );
     let rows: Vec<(i64, &str, &str, Option<i64>)> = log
         .members
         .iter()
@@ -65,6 +69,25 @@ fn a_voting_replica_whose_pod_does_not_run_degrades_by_name() {
     assert_eq!((status, reason), ("True", "LogReplicaDown"));
     assert!(
         message.contains("replica 3 (pod demo-logstore-2)") && message.contains("1 of 3"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_voting_replica_far_behind_the_leader_degrades_by_name() {
+    let mut seen = group(&[1, 2, 3], &[], 1, &[1, 2, 3]);
+    if let Some(m) = seen.members.as_mut() {
+        m.last_log = 5_000;
+        m.members[1].matched = 3_000;
+        m.members[0].matched = 5_000;
+        m.members[2].matched = 4_990;
+    }
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let (status, reason, message) = srm(&st.conditions, condition::DEGRADED);
+    assert_eq!((status, reason), ("True", "LogReplicaBehind"));
+    assert!(
+        message.contains("replica 2 (pod demo-logstore-1) is 2000 Raft entries behind"),
         "{message}"
     );
 }
