@@ -51,7 +51,8 @@ pub struct LogstoreArgs {
     )]
     snapshot_every: u64,
     /// (Replicated) How often the log leader sends heartbeats; a follower starts an election
-    /// after 5-10 heartbeats without one. Use the same value on every replica.
+    /// after 9-12 heartbeats without one (openraft's leader lease of 6, then an election
+    /// timeout of 3-6). Use the same value on every replica.
     #[arg(long, env = "LOGPLAYER_HEARTBEAT", default_value = "50ms", value_parser = humantime::parse_duration, requires = "peers")]
     heartbeat: std::time::Duration,
 }

@@ -227,6 +227,16 @@ impl Peer {
                 if Reason::of(&status).is_some() {
                     tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
                 }
+                // An answer later than the RPC's deadline (openraft gives an AppendEntries one
+                // heartbeat) comes from a peer that is up but slow, e.g. in an fsync: retried
+                // at the next heartbeat, not backed off. Anything else (refused, reset, no
+                // route) makes openraft back off per [`Peer::backoff`].
+                if matches!(
+                    status.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) {
+                    return Err(NetworkError::new(&status).into());
+                }
                 self.client = None;
                 return Err(Unreachable::new(&status).into());
             }
@@ -237,6 +247,21 @@ impl Peer {
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
+    /// How long replication to an unreachable peer pauses before each retry: from 20 ms,
+    /// doubling up to 500 ms (openraft's default is 500 ms from the first failure, which
+    /// holds a peer that was only restarting out of the majority for half a second).
+    fn backoff(&self) -> openraft::network::Backoff {
+        use backon::BackoffBuilder as _;
+        openraft::network::Backoff::new(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(20))
+                .with_max_delay(Duration::from_millis(500))
+                .with_factor(2.0)
+                .without_max_times()
+                .build(),
+        )
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -53,7 +53,8 @@ pub struct ReplicaConfig {
     /// Raft entries of released log after which a new base (snapshot) is taken and the log
     /// purged up to it.
     pub rebase_every: u64,
-    /// Heartbeat interval; elections start after 5–10 heartbeats without one.
+    /// Heartbeat interval; a follower starts an election after 6 + 3..6 heartbeats without
+    /// one (the leader lease plus the election timeout).
     pub heartbeat: Duration,
 }
 
@@ -143,8 +144,11 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
     openraft::Config {
         cluster_name: "logplayer".into(),
         heartbeat_interval: hb,
-        election_timeout_min: hb * 5,
-        election_timeout_max: hb * 10,
+        // A follower that heard from its leader starts an election only after the leader
+        // lease (openraft 0.9: election_timeout_max) plus a random election timeout, so a
+        // dead leader is replaced after 6 + 3..6 heartbeats (450-600 ms at 50 ms).
+        election_timeout_min: hb * 3,
+        election_timeout_max: hb * 6,
         // Snapshots are taken only at the retention point (see `machine`), and the log is
         // purged up to each one at once: retention is driven by the players' cursors only.
         snapshot_policy: openraft::SnapshotPolicy::Never,
