@@ -26,6 +26,8 @@ pub enum ClusterError {
     NoListen { name: String, log: String },
     #[error("signalling {name}: {source}")]
     Signal { name: String, source: nix::Error },
+    #[error("the replicated log at {addrs} did not elect its first leader within 30 s: {last}")]
+    NoLogLeader { addrs: String, last: String },
 }
 
 /// A loopback port free right now (for a server whose address must be known before it
@@ -34,6 +36,28 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Waits until a new replicated log answers `Bounds`: its first leader is elected and has
+/// established the log's id (clients are refused with `unavailable` until then).
+async fn wait_for_log_id(addrs: &str) -> Result<(), ClusterError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match crate::client::Log::connect(addrs).await {
+            Ok(log) => match log.describe().await {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(ClusterError::NoLogLeader {
+                addrs: addrs.to_owned(),
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The `--peers` value for log replicas at `addrs` (ids 1, 2, ... in that order).
@@ -351,6 +375,7 @@ impl Cluster {
                 .await?,
             );
         }
+        wait_for_log_id(&addrs.join(",")).await?;
         let logstore = procs.remove(0);
         let shards = Self::start_shards(dir, bin, n, shard_extra, env).await?;
         Ok(Cluster {
