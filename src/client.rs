@@ -372,6 +372,25 @@ impl Log {
         .await
     }
 
+    /// Seeds a new group of the replica at this client's (first) address alone; changes
+    /// nothing on a replica already in a group.
+    pub async fn seed(&self) -> Result<crate::proto::MembersResponse, ClientError> {
+        let conn = self.conn();
+        let mut client = conn.client.clone();
+        let seed = call(
+            &conn.addr,
+            "seed",
+            client.seed(crate::proto::SeedRequest {}),
+        );
+        tokio::time::timeout(BOUNDS_WAIT, seed)
+            .await
+            .unwrap_or_else(|_| {
+                Err(rpc_err(&conn.addr, "seed")(
+                    tonic::Status::deadline_exceeded(format!("no answer within {BOUNDS_WAIT:?}")),
+                ))
+            })
+    }
+
     /// Removes replica `id` (on the leader). Safe to send again.
     pub async fn remove_member(
         &self,

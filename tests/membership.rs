@@ -183,3 +183,60 @@ async fn wrong_membership_changes_are_refused_by_name() {
         .unwrap_err();
     assert!(e.contains("single-node"), "{e}");
 }
+
+/// A replica that lost its disk must not help elect a leader that lacks what it had itself
+/// acknowledged. Entries are committed by the leader and one follower while the other
+/// follower is frozen; the leader is killed and the follower that acknowledged them loses
+/// its directory. Were the empty replica to vote, the frozen one (behind) would win once
+/// woken, and the acknowledged entries would be cut from the log when the old leader came
+/// back. It refuses until it caught up, so they survive on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_disk_does_not_vote_until_it_caught_up() {
+    let mut g = Group::start(3, &[]).await;
+    let l = g.leader(Duration::from_secs(20)).await;
+    let (w, f) = ((l + 1) % 3, (l + 2) % 3);
+    let log = Log::connect(&g.all()).await.unwrap();
+    write(&log, "before", 1, 5).await;
+    g.procs[f].stop().unwrap();
+    let acked = write(&log, "w", 1, 30).await;
+    let last = acked.last().unwrap().1;
+    g.procs[l].kill().await;
+    g.procs[w].kill().await;
+    std::fs::remove_dir_all(g.data(w + 1)).unwrap();
+    g.procs[w].restart().await.unwrap();
+    g.procs[f].cont().unwrap();
+    // Give the behind replica time to ask the empty one for its vote.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    g.procs[l].restart().await.unwrap();
+    let entries = served_by_all(&g, last).await;
+    for (seq, index) in &acked {
+        for (r, e) in entries.iter().enumerate() {
+            assert_eq!(
+                e[(*index - 1) as usize].mutations[0].key,
+                format!("w-{seq}").into_bytes(),
+                "acknowledged w-{seq} at {index} is gone from replica {}",
+                r + 1
+            );
+        }
+    }
+    // It was asked, and refused.
+    assert!(
+        log_says(
+            &g.procs[w],
+            "started on an empty log",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the empty replica did not refuse a vote:\n{}",
+        g.logs()
+    );
+}
+
+/// Every replica's entries `1..=last`, once each serves them.
+async fn served_by_all(g: &Group, last: u64) -> Vec<Vec<logplayer::proto::Entry>> {
+    let mut out = Vec::new();
+    for a in &g.addrs {
+        out.push(served(a, 1, last).await);
+    }
+    out
+}

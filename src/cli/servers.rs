@@ -37,6 +37,11 @@ pub struct LogstoreArgs {
     /// says where replicas are; a list that disagrees with it is warned about.
     #[arg(long, env = "LOGPLAYER_PEERS", value_parser = parse_peers)]
     peers: Option<Peers>,
+    /// (Replicated) Never seed a new group from --peers, even as its lowest id: wait to be
+    /// added to a group (`logstore members add`), or seeded through the `Seed` call. The
+    /// operator runs every log replica so and seeds the first itself, once.
+    #[arg(long, env = "LOGPLAYER_JOIN", requires = "peers")]
+    join: bool,
     /// (Replicated, as a StatefulSet pod) Without --id, the replica's id is the ordinal at
     /// the end of this pod name plus one: pod `x-logstore-0` is replica 1.
     #[arg(long, env = "POD_NAME")]
@@ -207,6 +212,7 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
     config.max_entry_bytes = a.limit.max_entry_bytes;
     config.rebase_every = a.snapshot_every;
     config.heartbeat = a.heartbeat;
+    config.join = a.join;
     // Bound first, so that peers can reach this replica as soon as Raft starts.
     let (listener, addr) = grpc::bind(&a.listen).await?;
     let replica = logstore::raft::node::Replica::start(config)

@@ -350,6 +350,10 @@ pub struct LogStoreStatus {
     pub replicas: i32,
     /// Log replicas that vote in the group now.
     pub voters: i32,
+    /// The log's id, once its group established one. The operator seeds a group only while
+    /// this is unset: a replica back on an empty volume rejoins the group instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_id: Option<String>,
     /// Pod of the log leader; absent when no leader is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,

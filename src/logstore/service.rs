@@ -22,7 +22,7 @@ use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
 use crate::proto::{
     AddMemberRequest, AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, Member,
     MembersRequest, MembersResponse, ReadRequest, ReadResponse, RemoveMemberRequest, RetainRequest,
-    RetainResponse,
+    RetainResponse, SeedRequest,
 };
 
 /// Appends of one `AppendStream` submitted but not yet answered.
@@ -131,6 +131,7 @@ fn members_response(m: Members) -> Response<MembersResponse> {
         last_log: m.last_log.unwrap_or(0),
         raft_term: m.raft_term,
         applied: m.applied.unwrap_or(0),
+        log_id: m.log_id.unwrap_or_default(),
     })
 }
 
@@ -334,6 +335,14 @@ impl LogStoreRpc for Service {
             .map_err(to_status)
     }
 
+    async fn seed(&self, _r: Request<SeedRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.replica()?
+            .seed()
+            .await
+            .map(members_response)
+            .map_err(to_status)
+    }
+
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
         let below = r.into_inner().below;
         let (_, last) = self.log.bounds();
@@ -390,6 +399,7 @@ where
                     r.id(),
                     r.raft().clone(),
                     r.machine().clone(),
+                    r.catching_up(),
                 ),
             )
             .max_decoding_message_size(crate::logstore::raft::network::MAX_MESSAGE_BYTES)

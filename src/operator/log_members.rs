@@ -28,6 +28,8 @@ pub const BEHIND: u64 = 1_000;
 /// One membership change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
+    /// Start the group with replica 1 alone (once, when none exists).
+    Seed,
     Add(u64),
     Remove(u64),
 }
@@ -41,6 +43,8 @@ pub struct Seen {
     pub want: u64,
     /// The membership the leader reported; `None` when no replica could say.
     pub members: Option<MembersResponse>,
+    /// Why the membership is unknown (no leader, nobody answers).
+    pub unknown: Option<String>,
     /// Replicas whose pod runs.
     pub running: BTreeSet<u64>,
     /// The change made this time, or why it failed.
@@ -60,7 +64,8 @@ pub fn voters(m: &MembersResponse) -> BTreeSet<u64> {
 }
 
 /// The next change toward replicas `1..=want`, if any: nothing without a leader or while a
-/// change is under way; an add only for a replica whose pod runs.
+/// change is under way; an add only for a replica whose pod runs; a voter's removal only
+/// while every voter that stays runs.
 pub fn next_change(m: &MembersResponse, want: u64, running: &BTreeSet<u64>) -> Option<Change> {
     if m.leader == 0 || m.joint {
         return None;
@@ -69,7 +74,9 @@ pub fn next_change(m: &MembersResponse, want: u64, running: &BTreeSet<u64>) -> O
     if let Some(id) = (1..=want).find(|id| !voters.contains(id) && running.contains(id)) {
         return Some(Change::Add(id));
     }
-    // Past the count: voters first (highest first), then leftover learners.
+    // Past the count: voters first (highest first), then leftover learners. A voter only
+    // while every voter that stays runs: the joint configuration needs a majority of the
+    // new voters too, and a change that cannot commit would stop the log until they return.
     let past = |voter: bool| {
         m.members
             .iter()
@@ -77,7 +84,14 @@ pub fn next_change(m: &MembersResponse, want: u64, running: &BTreeSet<u64>) -> O
             .map(|r| r.id)
             .max()
     };
-    past(true).or_else(|| past(false)).map(Change::Remove)
+    if let Some(id) = past(true) {
+        let staying_run = voters
+            .iter()
+            .filter(|v| **v != id)
+            .all(|v| running.contains(v));
+        return staying_run.then_some(Change::Remove(id));
+    }
+    past(false).map(Change::Remove)
 }
 
 /// Pods the StatefulSet must keep: the count wanted, and every replica still in the group.
@@ -105,10 +119,23 @@ pub async fn ask(addrs: &str) -> Result<MembersResponse, String> {
     asked.unwrap_or_else(|_| Err(format!("no answer within {ASK_WAIT:?}")))
 }
 
-/// Makes `change` on the log leader; `addr` is where the replica to add is dialed.
+/// Whether to seed: no group answers, replica 1's pod runs, and no log was ever established
+/// for this LogPlayer (`known_log_id`, from its status: a pod 0 back on an empty volume must
+/// rejoin the group, not start another).
+pub fn should_seed(seen: &Seen, known_log_id: Option<&str>) -> bool {
+    seen.members.is_none() && seen.running.contains(&1) && known_log_id.is_none()
+}
+
+/// Makes `change`: a seed on replica 1 (at `addr`), anything else on the log leader; `addr`
+/// is where the replica to add or seed is dialed.
 pub async fn make(addrs: &str, change: Change, addr: &str) -> Result<MembersResponse, String> {
-    let log = Log::connect(addrs).await.map_err(|e| e.to_string())?;
+    let target = if change == Change::Seed { addr } else { addrs };
+    let log = Log::connect(target).await.map_err(|e| e.to_string())?;
     match change {
+        Change::Seed => {
+            tracing::info!(%addr, "seeding the log's group with replica 1");
+            log.seed().await
+        }
         Change::Add(id) => {
             tracing::info!(replica = id, %addr, "adding a log replica to the group");
             log.add_member(id, addr, CATCH_UP).await
@@ -144,6 +171,7 @@ mod tests {
             last_log: 0,
             raft_term: 1,
             applied: 0,
+            log_id: "log-a".into(),
         }
     }
 
@@ -180,6 +208,9 @@ mod tests {
             next_change(&m, 3, &running(&[1, 2, 3])),
             Some(Change::Remove(4))
         );
+        // Not while a voter that stays is down: the change could not commit.
+        let m5 = group(&[1, 2, 3, 4, 5], &[], 1);
+        assert_eq!(next_change(&m5, 3, &running(&[1, 3, 4, 5])), None);
         // Adding a wanted replica comes before removing an unwanted one.
         let m = group(&[1, 3, 4], &[], 1);
         assert_eq!(
@@ -195,6 +226,25 @@ mod tests {
         let mut m = group(&[1, 2], &[], 1);
         m.joint = true;
         assert_eq!(next_change(&m, 3, &running(&[1, 2, 3])), None);
+    }
+
+    #[test]
+    fn a_group_is_seeded_only_when_none_answers_pod_0_runs_and_no_log_was_ever_known() {
+        let seen = |members: Option<MembersResponse>, running: &[u64]| Seen {
+            stateful_set: "demo-logstore".into(),
+            want: 3,
+            members,
+            unknown: None,
+            running: running.iter().copied().collect(),
+            change: None,
+        };
+        assert!(should_seed(&seen(None, &[1, 2, 3]), None));
+        assert!(
+            !should_seed(&seen(None, &[1, 2, 3]), Some("log-a")),
+            "a pod 0 back on an empty volume must rejoin, not start a second group"
+        );
+        assert!(!should_seed(&seen(None, &[2, 3]), None));
+        assert!(!should_seed(&seen(Some(group(&[1], &[], 1)), &[1]), None));
     }
 
     #[test]

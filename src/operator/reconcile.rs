@@ -134,7 +134,19 @@ async fn log_members_before(
     let ls = objects.logstore.as_mut()?;
     let addrs = desired::logstore_endpoint(lp, ns, &ctx.defaults)?;
     let members = log_members::ask(&addrs).await;
-    let keep = log_members::pods_to_keep(members.as_ref().ok(), want.max(1));
+    // Unknown membership (no leader, or nobody answers): keep the pods that run now, so
+    // that no voter loses its pod while nobody can tell who votes.
+    let current = match &members {
+        Ok(_) => 0,
+        Err(_) => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&desired::logstore_name(lp))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.spec.and_then(|s| s.replicas))
+            .unwrap_or(0),
+    };
+    let keep = log_members::pods_to_keep(members.as_ref().ok(), want.max(1)).max(current);
     if let Some(spec) = ls.server.stateful_set.spec.as_mut() {
         spec.replicas = Some(keep);
     }
@@ -158,18 +170,30 @@ async fn members_step(
         .filter(|p| any_running(&[*p]))
         .filter_map(|p| log_members::replica_of_pod(&p.name_any()))
         .collect();
+    let (members, unknown) = match members {
+        Ok(m) => (Some(m), None),
+        Err(e) => (None, Some(e)),
+    };
     let mut seen = log_members::Seen {
         stateful_set: desired::logstore_name(lp),
         want: u64::try_from(desired::log_replicas(lp)).unwrap_or(1).max(1),
-        members: members.ok(),
+        members,
+        unknown,
         running,
         change: None,
     };
-    let Some(m) = &seen.members else {
-        return Ok(Some(seen));
+    let known_log_id = lp
+        .status
+        .as_ref()
+        .and_then(|s| s.log_store.as_ref())
+        .and_then(|l| l.log_id.as_deref());
+    let change = match &seen.members {
+        Some(m) => log_members::next_change(m, seen.want, &seen.running),
+        None => log_members::should_seed(&seen, known_log_id).then_some(log_members::Change::Seed),
     };
-    if let Some(change) = log_members::next_change(m, seen.want, &seen.running) {
+    if let Some(change) = change {
         let id = match change {
+            log_members::Change::Seed => 1,
             log_members::Change::Add(id) | log_members::Change::Remove(id) => id,
         };
         let addr = desired::log_replica_addr(lp, ns, &ctx.defaults, id);

@@ -41,6 +41,8 @@ pub struct Members {
     pub raft_term: u64,
     /// The last Raft index this replica applied (the commit index, on the leader).
     pub applied: Option<u64>,
+    /// The log's id, once established.
+    pub log_id: Option<String>,
 }
 
 impl Members {
@@ -81,6 +83,7 @@ impl Replica {
             last_log: if is_leader { m.last_log_index } else { None },
             raft_term: m.current_term,
             applied: m.last_applied.map(|l| l.index),
+            log_id: self.machine().log_id(),
         }
     }
 
@@ -185,6 +188,27 @@ impl Replica {
             .change_membership(change, false)
             .await
             .map_err(|e| self.change_error(e))?;
+        Ok(self.members())
+    }
+
+    /// Starts a new group of this replica alone (see `Seed` in the proto). Changes nothing
+    /// on a replica already in a group.
+    pub async fn seed(&self) -> Result<Members, LogStoreError> {
+        if self.raft().is_initialized().await.unwrap_or(true) {
+            return Ok(self.members());
+        }
+        let Some(addr) = self.own_addr() else {
+            return Err(refused(format!(
+                "replica {} has no address of its own in --peers to seed a group at",
+                self.id()
+            )));
+        };
+        tracing::info!(replica = self.id(), %addr, "seeding a new group of this one replica");
+        let members = std::collections::BTreeMap::from([(self.id(), BasicNode::new(addr))]);
+        self.raft()
+            .initialize(members)
+            .await
+            .map_err(|e| refused(format!("seeding: {e}")))?;
         Ok(self.members())
     }
 

@@ -42,6 +42,54 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
         .map_err(|e| Reason::Invalid.status(format!("replication message does not decode: {e}")))
 }
 
+/// Whether a replica that started on an empty directory still catches up. Until it holds
+/// what the leader had committed when it first heard from one, it refuses to vote for a
+/// candidate of a group that has entries: were it a replica that lost its disk, it could
+/// otherwise vote a second time in a term it already voted in, or help elect a leader that
+/// lacks entries it had itself acknowledged before the loss. (Raft assumes a voter's log
+/// and vote survive; this is the rule for when they did not.) A new group's first election,
+/// whose candidate holds only the membership, is not held back.
+#[derive(Default)]
+pub struct CatchingUp {
+    /// `None`: caught up (or never empty). `Some(None)`: empty, no leader heard yet.
+    /// `Some(Some(i))`: must apply Raft index `i` first.
+    state: std::sync::Mutex<Option<Option<u64>>>,
+}
+
+impl CatchingUp {
+    /// For a replica that starts on an empty directory.
+    pub fn empty() -> Self {
+        CatchingUp {
+            state: std::sync::Mutex::new(Some(None)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Option<u64>>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A leader's AppendEntries with its commit index was received.
+    fn heard(&self, leader_commit: Option<u64>) {
+        let mut st = self.lock();
+        if let Some(None) = *st {
+            *st = Some(Some(leader_commit.unwrap_or(0)));
+        }
+    }
+
+    /// What is still missing, given what the replica applied; `None` once caught up.
+    fn missing(&self, applied: u64) -> Option<Option<u64>> {
+        let mut st = self.lock();
+        if let Some(Some(need)) = *st
+            && applied >= need
+        {
+            *st = None;
+        }
+        *st
+    }
+}
+
 /// The server half: hands each checked message to the local Raft.
 pub struct ReplicationService {
     pub me: NodeId,
@@ -49,35 +97,78 @@ pub struct ReplicationService {
     pub machine: Machine,
     /// When a refusal was last logged (refusals repeat at the heartbeat rate).
     pub last_warned: std::sync::Mutex<Option<std::time::Instant>>,
+    pub catching_up: std::sync::Arc<CatchingUp>,
 }
 
 impl ReplicationService {
-    pub fn new(me: NodeId, raft: Raft, machine: Machine) -> Self {
+    pub fn new(
+        me: NodeId,
+        raft: Raft,
+        machine: Machine,
+        catching_up: std::sync::Arc<CatchingUp>,
+    ) -> Self {
         ReplicationService {
             me,
             raft,
             machine,
             last_warned: std::sync::Mutex::new(None),
+            catching_up,
         }
+    }
+
+    fn applied(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Refuses a vote while this replica catches up after starting empty (see
+    /// [`CatchingUp`]).
+    fn may_vote(&self, req: &VoteRequest<NodeId>) -> Result<(), Status> {
+        let Some(missing) = self.catching_up.missing(self.applied()) else {
+            return Ok(());
+        };
+        if req.last_log_id.is_none_or(|l| l.index == 0) {
+            return Ok(());
+        }
+        let what = match missing {
+            Some(need) => format!(
+                "has not yet applied Raft index {need}, which the leader had committed when it first heard from one"
+            ),
+            None => "has not heard from a leader yet".to_owned(),
+        };
+        let status = Reason::Unavailable.status(format!(
+            "replica {} started on an empty log and {what}: it does not vote until then",
+            self.me
+        ));
+        self.note_refusal(req.vote.leader_id().voted_for().unwrap_or(0), &status);
+        Err(status)
     }
 
     fn check(&self, m: &RaftMessage) -> Result<(), Status> {
         let refusal = self.refusal(m);
         if let Err(status) = &refusal {
-            let mut last = self
-                .last_warned
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                *last = Some(std::time::Instant::now());
-                tracing::warn!(
-                    from = m.from,
-                    message = status.message(),
-                    "refused a replication message"
-                );
-            }
+            self.note_refusal(m.from, status);
         }
         refusal
+    }
+
+    /// Logs a refusal, at most once every 10 s (refusals repeat at the heartbeat rate).
+    fn note_refusal(&self, from: NodeId, status: &Status) {
+        let mut last = self
+            .last_warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                from,
+                message = status.message(),
+                "refused a replication message"
+            );
+        }
     }
 
     fn refusal(&self, m: &RaftMessage) -> Result<(), Status> {
@@ -118,6 +209,7 @@ impl Replication for ReplicationService {
         let m = request.into_inner();
         self.check(&m)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
+        self.catching_up.heard(req.leader_commit.map(|l| l.index));
         let res = self.raft.append_entries(req).await;
         self.reply(m.from, &res)
     }
@@ -126,6 +218,7 @@ impl Replication for ReplicationService {
         let m = request.into_inner();
         self.check(&m)?;
         let req: VoteRequest<NodeId> = decode(&m.payload)?;
+        self.may_vote(&req)?;
         let res = self.raft.vote(req).await;
         self.reply(m.from, &res)
     }

@@ -56,6 +56,8 @@ pub struct ReplicaConfig {
     /// Heartbeat interval; a follower starts an election after 6 + 3..6 heartbeats without
     /// one (the leader lease plus the election timeout).
     pub heartbeat: Duration,
+    /// Never seed a new group from `peers`: wait to be added, or seeded by `Seed`.
+    pub join: bool,
 }
 
 impl ReplicaConfig {
@@ -68,6 +70,7 @@ impl ReplicaConfig {
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
             rebase_every: 10_000,
             heartbeat: Duration::from_millis(50),
+            join: false,
         }
     }
 }
@@ -126,6 +129,9 @@ pub struct Replica {
     peers: Arc<BTreeMap<NodeId, String>>,
     max_entry_bytes: usize,
     failed: watch::Receiver<Option<String>>,
+    catching_up: Arc<super::network::CatchingUp>,
+    /// This replica's address in `--peers`, if listed there.
+    own_addr: Option<String>,
 }
 
 /// Where the replica stands, for `status` and the metrics.
@@ -204,9 +210,10 @@ impl Replica {
         // replica with a wrong `--peers` would hold a membership of its own at index 0, and
         // its failed elections would keep disrupting the others'. Every other replica learns
         // the membership (with the addresses it dials) from the leader.
-        let bootstraps = config.peers.keys().next() == Some(&config.id);
+        let bootstraps = !config.join && config.peers.keys().next() == Some(&config.id);
         let initialized = raft.is_initialized().await.unwrap_or(true);
-        if !initialized && bootstraps && !joined_elsewhere(&config).await {
+        let seeds = !initialized && bootstraps && !joined_elsewhere(&config).await;
+        if seeds {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .peers
                 .iter()
@@ -222,14 +229,30 @@ impl Replica {
             machine,
             jobs,
             id: config.id,
+            own_addr: config.peers.get(&config.id).cloned(),
             peers: Arc::new(config.peers),
             max_entry_bytes: config.max_entry_bytes,
             failed,
+            catching_up: Arc::new(if initialized || seeds {
+                super::network::CatchingUp::default()
+            } else {
+                super::network::CatchingUp::empty()
+            }),
         };
         tokio::spawn(replica.clone().propose(rx));
         tokio::spawn(replica.clone().leader_duties());
         tokio::spawn(replica.clone().snapshots());
         Ok(replica)
+    }
+
+    /// This replica's address in `--peers`, if listed there.
+    pub fn own_addr(&self) -> Option<String> {
+        self.own_addr.clone()
+    }
+
+    /// Whether this replica, started empty, still catches up (for the replication service).
+    pub fn catching_up(&self) -> Arc<super::network::CatchingUp> {
+        self.catching_up.clone()
     }
 
     /// The Raft instance (for the replication service).

@@ -304,8 +304,8 @@ fn pdb(cx: &PlayerContext) -> PodDisruptionBudget {
 }
 
 /// The managed LogStore: `logStore.managed.replicas` log replicas. Each gets its id from its
-/// pod's name; `--peers` names replica 1 alone, which seeds a new group by itself; the
-/// operator adds the others.
+/// pod's name and runs with `--join`; the operator seeds replica 1 (named in `--peers`)
+/// and adds the others.
 fn managed_logstore(
     cx: &PlayerContext,
     storage: &ManagedStorage,
@@ -336,6 +336,9 @@ fn managed_logstore(
             format!("0.0.0.0:{LOGSTORE_PORT}"),
             "--peers".into(),
             format!("1={}", log_replica_addr(cx.lp, &cx.ns, defaults, 1)),
+            // No replica seeds a group by itself: a pod 0 back on an empty volume would
+            // start a second one. The operator seeds replica 1 once, when no group exists.
+            "--join".into(),
         ],
     );
     let client_service = Service {

@@ -55,6 +55,13 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
         ));
     }
     let Some(m) = &seen.members else {
+        // Not asked while no replica runs: the pods' own problems say why.
+        if let Some(why) = seen.unknown.as_ref().filter(|_| !seen.running.is_empty()) {
+            out.push(Problem::new(
+                "NoLogLeader",
+                format!("no log replica could name a leader with the group's members: {why}"),
+            ));
+        }
         return out;
     };
     if m.leader == 0 {
@@ -84,7 +91,7 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
     let behind: Vec<String> = m
         .members
         .iter()
-        .filter(|r| r.voter && seen.running.contains(&r.id) && m.last_log > 0)
+        .filter(|r| r.voter && seen.running.contains(&r.id) && m.last_log > 0 && r.matched > 0)
         .filter(|r| m.last_log.saturating_sub(r.matched) > log_members::BEHIND)
         .map(|r| {
             format!(
@@ -107,8 +114,17 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
     out
 }
 
-/// `status.logStore` from what the log leader said.
-fn log_store_status(seen: &Seen) -> LogStoreStatus {
+/// `status.logStore` from what the log leader said; the log id, once known, is kept from
+/// `old` while nobody can tell it (it decides whether the operator may seed a group).
+fn log_store_status(seen: &Seen, old: Option<&LogStoreStatus>) -> LogStoreStatus {
+    let mut st = log_store_now(seen);
+    if st.log_id.is_none() {
+        st.log_id = old.and_then(|o| o.log_id.clone());
+    }
+    st
+}
+
+fn log_store_now(seen: &Seen) -> LogStoreStatus {
     let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let Some(m) = &seen.members else {
         return LogStoreStatus {
@@ -120,6 +136,7 @@ fn log_store_status(seen: &Seen) -> LogStoreStatus {
     LogStoreStatus {
         replicas: i32::try_from(seen.want).unwrap_or(i32::MAX),
         voters: i32::try_from(log_members::voters(m).len()).unwrap_or(i32::MAX),
+        log_id: Some(m.log_id.clone()).filter(|id| !id.is_empty()),
         leader: (m.leader != 0).then(|| seen.pod(m.leader)),
         raft_term: Some(to_i64(m.raft_term)),
         last_index: leads.then(|| to_i64(m.last_log)),
@@ -136,7 +153,9 @@ fn log_store_status(seen: &Seen) -> LogStoreStatus {
                     (false, false) => "learner",
                 }
                 .to_owned(),
-                behind: leads.then(|| to_i64(m.last_log.saturating_sub(r.matched))),
+                // A leader that does not know a member's progress says 0: unknown.
+                behind: (leads && r.matched > 0)
+                    .then(|| to_i64(m.last_log.saturating_sub(r.matched))),
             })
             .collect(),
     }
@@ -371,6 +390,9 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
                 message: p.message,
             })
             .collect(),
-        log_store: obs.log_members.as_ref().map(log_store_status),
+        log_store: obs
+            .log_members
+            .as_ref()
+            .map(|seen| log_store_status(seen, old.log_store.as_ref())),
     }
 }

@@ -62,7 +62,7 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
     assert_eq!(requested_storage(claim), Some(&Quantity("10Gi".into())));
     let c = sts_container(&ls.server.stateful_set);
     assert_eq!(c.name, "logstore");
-    // Each replica's id comes from its pod name (POD_NAME); replica 1 alone seeds the group.
+    // Each replica's id comes from its pod name (POD_NAME); none seeds a group by itself.
     assert_eq!(
         c.args,
         Some(s(&[
@@ -73,6 +73,7 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
             "0.0.0.0:7000",
             "--peers",
             "1=demo-logstore-0.demo-logstore.ns.svc:7000",
+            "--join",
         ]))
     );
     assert!(

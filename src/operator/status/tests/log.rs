@@ -27,7 +27,9 @@ fn group(voters: &[u64], learners: &[u64], leader: u64, running: &[u64]) -> Seen
             last_log: if leader == 0 { 0 } else { 100 },
             raft_term: 7,
             applied: if leader == 0 { 0 } else { 99 },
+            log_id: "log-a".into(),
         }),
+        unknown: None,
         running: running.iter().copied().collect(),
         change: None,
     }
@@ -123,5 +125,54 @@ fn a_group_still_growing_or_shrinking_is_progressing_and_stays_ready() {
     assert_eq!(
         srm(&st.conditions, condition::PROGRESSING).1,
         "LogReplicasChanging"
+    );
+}
+
+#[test]
+fn a_membership_nobody_can_tell_is_no_log_leader_and_unknown_progress_is_not_behind() {
+    let mut seen = group(&[1, 2, 3], &[], 1, &[1, 2, 3]);
+    seen.members = None;
+    seen.unknown = Some("no answer within 3s".into());
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let (status, reason, message) = srm(&st.conditions, condition::DEGRADED);
+    assert_eq!((status, reason), ("True", "NoLogLeader"));
+    assert!(message.contains("no answer within 3s"), "{message}");
+
+    let mut seen = group(&[1, 2, 3], &[], 1, &[1, 2, 3]);
+    if let Some(m) = seen.members.as_mut() {
+        m.last_log = 5_000;
+        m.members[0].matched = 5_000;
+        m.members[1].matched = 0;
+        m.members[2].matched = 5_000;
+    }
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    assert_not_degraded(&st.conditions);
+    let behind: Vec<Option<i64>> = st
+        .log_store
+        .expect("status.logStore")
+        .members
+        .iter()
+        .map(|m| m.behind)
+        .collect();
+    assert_eq!(behind, [Some(0), None, Some(0)]);
+}
+
+#[test]
+fn the_log_id_once_known_stays_in_the_status_while_nobody_can_tell_it() {
+    let obs = healthy_with(|o| o.log_members = Some(group(&[1, 2, 3], &[], 1, &[1, 2, 3])));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let known = st.log_store.as_ref().and_then(|l| l.log_id.clone());
+    assert_eq!(known.as_deref(), Some("log-a"));
+    let mut seen = group(&[1, 2, 3], &[], 1, &[1, 2, 3]);
+    seen.members = None;
+    seen.unknown = Some("no answer".into());
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &st, now());
+    assert_eq!(
+        st.log_store.and_then(|l| l.log_id).as_deref(),
+        Some("log-a"),
+        "the operator must not seed a second group after a status without it"
     );
 }
