@@ -26,8 +26,8 @@ pub struct LogstoreArgs {
     segment_bytes: u64,
     #[command(flatten)]
     limit: EntryLimit,
-    /// This replica's id, a key of --peers (a replicated LogStore). Without --id and --peers
-    /// the LogStore runs as a single node.
+    /// This replica's id, a key of --peers (or, with --join, any id: the replica waits to be
+    /// added). Without --id and --peers the LogStore runs as a single node.
     #[arg(long, env = "LOGPLAYER_REPLICA_ID", requires = "peers")]
     id: Option<u64>,
     /// Every replica of the group, this one included, as ID=HOST:PORT,... — the same list on

@@ -274,15 +274,17 @@ pub struct LogSource {
 }
 
 /// A LogStore the operator runs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.replicas % 2 == 1")
+    .message("logStore.managed.replicas must be odd (1, 3, 5 or 7): an even count of log replicas survives no more failures than one fewer"))]
 pub struct ManagedLogStore {
     #[serde(flatten)]
     pub storage: ManagedStorage,
     /// Log replicas: 3 (the default) is a Raft group that keeps every acknowledged entry
     /// and keeps taking appends through the loss of one pod, disk or node; 5 survives two;
-    /// 1 is a single node, with no copy beyond its one volume. Changing it changes the
-    /// group's membership one replica at a time.
+    /// 1 is one replica, with no copy beyond its one volume (still a Raft group, so it can
+    /// grow). Odd only. Changing it changes the group's membership one replica at a time.
     #[serde(default = "default_log_replicas")]
     #[schemars(range(min = 1, max = 7))]
     pub replicas: i32,

@@ -124,6 +124,20 @@ fn rules(node: &Value) -> Vec<String> {
 }
 
 #[test]
+fn log_replicas_default_to_three_and_must_be_odd() {
+    let crd = serde_json::to_value(LogPlayer::crd()).expect("the CRD serializes");
+    let managed = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["logStore"]["properties"]["managed"];
+    assert_eq!(rules(managed), ["self.replicas % 2 == 1"]);
+    let replicas = &managed["properties"]["replicas"];
+    assert_eq!(replicas["default"], 3);
+    assert_eq!(
+        (replicas["minimum"].as_f64(), replicas["maximum"].as_f64()),
+        (Some(1.0), Some(7.0))
+    );
+}
+
+#[test]
 fn generated_crds_are_structural_and_describe_every_field() {
     for crd in all_crds() {
         let mut violations = Vec::new();
@@ -273,7 +287,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 9, "{found:#?}");
+    assert_eq!(found.len(), 10, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

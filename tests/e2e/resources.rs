@@ -178,6 +178,17 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
                 ),
             &["spec.logStore.managed.storage", "should match"],
         ),
+        (
+            "a LogPlayer with two log replicas",
+            "even-log.yaml",
+            zero.replace("replicas: 0", "replicas: 1")
+                .replace("name: zero", "name: even-log")
+                .replace(
+                    "external:\n      endpoint: \"x:1\"",
+                    "managed:\n      storage: 1Gi\n      replicas: 2",
+                ),
+            &["spec.logStore.managed", "must be odd"],
+        ),
     ];
     for (what, file, yaml, words) in &refused {
         let out = apply(h, DEMO_NS, file, yaml)?;

@@ -172,6 +172,19 @@ impl Replica {
     /// with the lowest id of `config.peers` proposes their membership; the others wait for it.
     pub async fn start(config: ReplicaConfig) -> Result<Replica, LogStoreError> {
         crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
+        if !config.peers.contains_key(&config.id) && !config.join {
+            return Err(LogStoreError::Invalid(format!(
+                "--id {} is not in --peers ({}): list it with its address, or pass --join to \
+                 wait to be added to a group",
+                config.id,
+                config
+                    .peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )));
+        }
         if !config.peers.contains_key(&config.id) {
             // A replica that joins an existing group (a StatefulSet scaled up): it seeds
             // nothing and serves once the leader adds it.
