@@ -55,9 +55,10 @@ pub struct LogstoreArgs {
         requires = "peers"
     )]
     snapshot_every: u64,
-    /// (Replicated) How often the log leader sends heartbeats; a follower starts an election
-    /// after 9-12 heartbeats without one (openraft's leader lease of 6, then an election
-    /// timeout of 3-6). Use the same value on every replica.
+    /// (Replicated) How often the log leader sends heartbeats; a follower asks for votes
+    /// (pre-vote first) after 3-6 heartbeats without one, and a replica votes for nobody
+    /// within 6 heartbeats of hearing from its leader (the leader lease). Use the same value
+    /// on every replica.
     #[arg(long, env = "LOGPLAYER_HEARTBEAT", default_value = "50ms", value_parser = humantime::parse_duration, requires = "peers")]
     heartbeat: std::time::Duration,
 }

@@ -43,16 +43,20 @@ impl Recent {
 /// The writer table: each writer's recent appends.
 pub type Writers = HashMap<String, Recent>;
 
-/// A digest of an append's mutations: FNV-1a over their encoding. It only has to tell a
+/// A digest of an append's mutations: XXH3 over their encoding. It only has to tell a
 /// retry from a mistake (a different transaction under a reused sequence), not resist an
-/// adversary.
+/// adversary; it runs on every append of every replica, so it must be cheap (FNV-1a, byte
+/// by byte over a fresh encoding, took a tenth of a log replica's CPU at 20 MB/s).
 pub fn digest(mutations: &[Mutation]) -> u64 {
-    use std::hash::Hasher;
-    let mut h = fnv::FnvHasher::default();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = Vec::new();
     for m in mutations {
-        h.write(&m.encode_to_vec());
+        buf.clear();
+        // Encoding into a Vec cannot fail (it grows as needed).
+        let _ = m.encode(&mut buf);
+        h.update(&buf);
     }
-    h.finish()
+    h.digest()
 }
 
 /// The answer for an append whose `(writer, sequence)` was seen before: the original index

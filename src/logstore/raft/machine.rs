@@ -19,15 +19,15 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
-};
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Command, Entry, LogId, Membership, Reply, StorageError, TypeConfig, Verdict};
+use super::{Command, Entry, LogId, Membership, Reply, SnapshotData, TypeConfig, Verdict};
 use crate::logstore::dedupe::{self, Writers};
 use crate::logstore::wal::{WalError, WalReader};
 use crate::logstore::{LogStoreError, TailCache};
@@ -85,13 +85,16 @@ struct Applied {
     entries: Vec<LogEntry>,
 }
 
-fn apply_error(log_id: LogId, e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string())).into()
+/// A snapshot as openraft sees it.
+type Snapshot = SnapshotOf<TypeConfig, SnapshotData>;
+
+fn apply_error(log_id: LogId, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("applying Raft entry {log_id}: {e}"))
 }
 
 impl Base {
     /// Applies one Raft entry: the one rule every replica follows.
-    fn apply(&mut self, entry: &Entry) -> Result<Applied, StorageError> {
+    fn apply(&mut self, entry: &Entry) -> Result<Applied, std::io::Error> {
         self.applied = Some(entry.log_id);
         let mut out = Applied {
             reply: Reply::Internal,
@@ -217,16 +220,15 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn snapshot_of(base: &Base) -> Option<Snapshot<TypeConfig>> {
+fn snapshot_of(base: &Base) -> Option<Snapshot> {
     let applied = base.applied?;
     let data = postcard::to_allocvec(base).ok()?;
     Some(Snapshot {
-        meta: SnapshotMeta {
+        meta: SnapshotMetaOf::<TypeConfig> {
             last_log_id: Some(applied),
             last_membership: base.membership.clone(),
-            snapshot_id: format!("{}-{}", applied.leader_id, applied.index),
         },
-        snapshot: Box::new(Cursor::new(data)),
+        snapshot: Cursor::new(data),
     })
 }
 
@@ -366,9 +368,9 @@ impl Machine {
         Ok(out)
     }
 
-    fn save_base(&self, base: &Base) -> Result<(), StorageError> {
+    fn save_base(&self, base: &Base) -> Result<(), std::io::Error> {
         base.save(&self.shared.dir)
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+            .map_err(|e| std::io::Error::other(format!("saving the log's base: {e}")))?;
         self.shared
             .saved
             .send_replace(base.applied.map(|l| l.index));
@@ -418,22 +420,26 @@ impl State {
 }
 
 impl RaftStateMachine<TypeConfig> for Machine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Machine;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), std::io::Error> {
         let st = lock(&self.shared.state);
         Ok((st.now.applied, st.now.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    async fn apply<S>(&mut self, entries: S) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
     {
-        let mut replies = Vec::new();
+        let started = std::time::Instant::now();
+        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let mut answers = Vec::with_capacity(entries.len());
         let mut st = lock(&self.shared.state);
         let had_id = st.now.log_id.is_some();
-        for entry in entries {
+        for (entry, responder) in entries {
             let applied = st.now.apply(&entry)?;
             if let Some(run) = applied.run {
                 st.runs.push_back(run);
@@ -441,38 +447,46 @@ impl RaftStateMachine<TypeConfig> for Machine {
             for e in applied.entries {
                 st.cache.push(e);
             }
-            replies.push(applied.reply);
+            if let Some(r) = responder {
+                answers.push((r, applied.reply));
+            }
         }
         let head = st.now.next - 1;
         let rebase = st.rebase_point(self.shared.rebase_every);
         let new_id = st.now.log_id.clone().filter(|_| !had_id);
         drop(st);
         if let Some(id) = new_id {
-            crate::disk::write_durably(&self.shared.dir.join(LOG_ID_FILE), id.as_bytes())
-                .map_err(|e| StorageIOError::write_state_machine(openraft::AnyError::new(&e)))?;
+            crate::disk::write_durably(&self.shared.dir.join(LOG_ID_FILE), id.as_bytes())?;
         }
         self.shared.head.send_replace(head);
+        tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            answered = answers.len(),
+            "applied Raft entries"
+        );
+        for (r, reply) in answers {
+            r.send(reply);
+        }
         if rebase.is_some() {
             self.shared.rebase_wanted.send_modify(|n| *n += 1);
         }
-        Ok(replies)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Machine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, super::Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
+    ) -> Result<(), std::io::Error> {
         let base: Base = postcard::from_bytes(snapshot.get_ref()).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
+            std::io::Error::other(format!(
+                "the snapshot at {:?} does not decode: {e}",
+                meta.last_log_id
+            ))
         })?;
         let _moving = self
             .shared
@@ -493,15 +507,17 @@ impl RaftStateMachine<TypeConfig> for Machine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         Ok(snapshot_of(&lock(&self.shared.state).base))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Machine {
+    type SnapshotData = SnapshotData;
+
     /// Moves the base to the rebase point (replaying the WAL from the old base through it),
     /// saves it, and offers it as the snapshot; openraft then purges the log up to it.
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let _moving = self
             .shared
             .moving
@@ -513,7 +529,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
         };
         if let Some(target) = target {
             let from = base.applied.map_or(0, |l| l.index + 1);
-            let read_err = |e: WalError| StorageError::from(StorageIOError::read_logs(&e));
+            let read_err = |e: WalError| std::io::Error::other(format!("reading the log: {e}"));
             let mut at = from;
             while at <= target {
                 let records = self
@@ -525,11 +541,8 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
                     break;
                 }
                 for (wal, bytes) in records {
-                    let entry = super::decode_entry(&bytes).map_err(|e| {
-                        StorageError::from(StorageIOError::<u64>::read_logs(
-                            openraft::AnyError::error(e),
-                        ))
-                    })?;
+                    let entry = super::decode_entry(&bytes)
+                        .map_err(|e| std::io::Error::other(format!("reading the log: {e}")))?;
                     base.apply(&entry)?;
                     at = super::raft_index(wal) + 1;
                 }
@@ -548,22 +561,17 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
             );
         }
         let st = lock(&self.shared.state);
-        snapshot_of(&st.base).ok_or_else(|| {
-            StorageIOError::write_snapshot(
-                None,
-                openraft::AnyError::error("no base yet: nothing has been released"),
-            )
-            .into()
-        })
+        snapshot_of(&st.base)
+            .ok_or_else(|| std::io::Error::other("no base yet: nothing has been released"))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::Payload;
     use super::*;
     use crate::logstore::wal::{Wal, WalConfig};
     use crate::proto::{Mutation, StoredEntry, mutation::Op};
-    use openraft::{CommittedLeaderId, EntryPayload};
 
     fn add(key: &str) -> Vec<Mutation> {
         vec![Mutation {
@@ -584,14 +592,20 @@ mod tests {
         }
     }
 
-    fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+    fn entry(index: u64, payload: Payload) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(
+                openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ),
             payload,
         }
     }
 
-    fn group(appends: Vec<StoredEntry>) -> EntryPayload<TypeConfig> {
+    fn group(appends: Vec<StoredEntry>) -> Payload {
         EntryPayload::Normal(Command::Appends(AppendGroup { appends }.encode_to_vec()))
     }
 
@@ -662,7 +676,8 @@ mod tests {
         let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         wal.append_batch(&refs).unwrap();
         let mut m = Machine::open(dir.path(), wal.reader(), 10).unwrap();
-        m.apply(log).await.unwrap();
+        let stream = futures::stream::iter(log.into_iter().map(|e| Ok((e, None))));
+        m.apply(stream).await.unwrap();
         let keys = |entries: Vec<LogEntry>| -> Vec<(u64, String)> {
             entries
                 .into_iter()

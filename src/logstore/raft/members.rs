@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
@@ -59,7 +60,7 @@ impl Replica {
     /// The membership this replica follows.
     pub fn members(&self) -> Members {
         let m = self.raft().metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let matched = m.replication.clone().unwrap_or_default();
@@ -139,7 +140,12 @@ impl Replica {
         addr: &str,
         catch_up: Duration,
     ) -> Result<(), LogStoreError> {
-        let target = self.raft().metrics().borrow().last_log_index.unwrap_or(0);
+        let target = self
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0);
         let deadline = tokio::time::Instant::now() + catch_up;
         let mut metrics = self.raft().metrics();
         loop {
@@ -214,7 +220,7 @@ impl Replica {
 
     fn lead(&self) -> Result<(), LogStoreError> {
         let m = self.raft().metrics();
-        let leads = m.borrow().current_leader == Some(self.id());
+        let leads = m.borrow_watched().current_leader == Some(self.id());
         if leads {
             Ok(())
         } else {
@@ -226,7 +232,7 @@ impl Replica {
 
     fn change_error(
         &self,
-        e: RaftError<NodeId, ClientWriteError<NodeId, super::Node>>,
+        e: RaftError<super::TypeConfig, ClientWriteError<super::TypeConfig>>,
     ) -> LogStoreError {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LogStoreError::NotLeader {

@@ -8,21 +8,23 @@
 
 use std::time::Duration;
 
+use openraft::OptionalSend;
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use serde::Serialize;
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::machine::Machine;
-use super::{Node, NodeId, Raft, TypeConfig};
+use super::{Node, NodeId, Raft, SnapshotData, TypeConfig, Vote};
 use crate::grpc::Reason;
 use crate::proto::RaftMessage;
 use crate::proto::replication_client::ReplicationClient;
@@ -119,14 +121,14 @@ impl ReplicationService {
     fn applied(&self) -> u64 {
         self.raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .last_applied
             .map_or(0, |l| l.index)
     }
 
     /// Refuses a vote while this replica catches up after starting empty (see
     /// [`CatchingUp`]).
-    fn may_vote(&self, req: &VoteRequest<NodeId>) -> Result<(), Status> {
+    fn may_vote(&self, req: &VoteRequest<TypeConfig>) -> Result<(), Status> {
         let Some(missing) = self.catching_up.missing(self.applied()) else {
             return Ok(());
         };
@@ -143,7 +145,7 @@ impl ReplicationService {
             "replica {} started on an empty log and {what}: it does not vote until then",
             self.me
         ));
-        self.note_refusal(req.vote.leader_id().voted_for().unwrap_or(0), &status);
+        self.note_refusal(req.vote.leader_id.node_id, &status);
         Err(status)
     }
 
@@ -217,9 +219,21 @@ impl Replication for ReplicationService {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
         self.check(&m)?;
-        let req: VoteRequest<NodeId> = decode(&m.payload)?;
+        let req: VoteRequest<TypeConfig> = decode(&m.payload)?;
         self.may_vote(&req)?;
         let res = self.raft.vote(req).await;
+        self.reply(m.from, &res)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let m = request.into_inner();
+        self.check(&m)?;
+        let req: VoteRequest<TypeConfig> = decode(&m.payload)?;
+        self.may_vote(&req)?;
+        let res = self.raft.pre_vote(req).await;
         self.reply(m.from, &res)
     }
 
@@ -229,10 +243,28 @@ impl Replication for ReplicationService {
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
         self.check(&m)?;
-        let req: InstallSnapshotRequest<TypeConfig> = decode(&m.payload)?;
-        let res = self.raft.install_snapshot(req).await;
+        let req: FullSnapshot = decode(&m.payload)?;
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: req.meta,
+            snapshot: std::io::Cursor::new(req.data),
+        };
+        let res = self
+            .raft
+            .install_full_snapshot(req.vote, snapshot)
+            .await
+            .map_err(RaftError::<TypeConfig>::Fatal);
         self.reply(m.from, &res)
     }
+}
+
+/// A whole snapshot in one message (a [`super::machine::Base`]: indexes and the writer
+/// table, never entries, so it stays small).
+#[derive(Serialize, Deserialize)]
+struct FullSnapshot {
+    vote: Vote,
+    meta: SnapshotMetaOf<TypeConfig>,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
 }
 
 /// The client half: one [`Peer`] per target, connected lazily.
@@ -268,11 +300,12 @@ pub struct Peer {
 enum Rpc {
     Append,
     Vote,
+    PreVote,
     Snapshot,
 }
 
 impl Peer {
-    fn client(&mut self) -> Result<ReplicationClient<Channel>, Unreachable> {
+    fn client(&mut self) -> Result<ReplicationClient<Channel>, Unreachable<TypeConfig>> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -287,16 +320,17 @@ impl Peer {
         Ok(c)
     }
 
-    async fn call<Req, Resp, E>(
+    /// Sends one message; the peer's answer is the result of its Raft's handler, whose only
+    /// error is that its Raft stopped (counted as an unreachable peer).
+    async fn call<Req, Resp>(
         &mut self,
         rpc: Rpc,
         req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, Node, E>>
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
         let mut client = self.client()?;
         let payload = encode(req).map_err(|s| NetworkError::new(&s))?;
@@ -306,10 +340,11 @@ impl Peer {
             from: self.me,
             to: self.target,
         });
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(timeout);
         let out = match rpc {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
+            Rpc::PreVote => client.pre_vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let m = match out {
@@ -320,10 +355,9 @@ impl Peer {
                 if Reason::of(&status).is_some() {
                     tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
                 }
-                // An answer later than the RPC's deadline (openraft gives an AppendEntries one
-                // heartbeat) comes from a peer that is up but slow, e.g. in an fsync: retried
-                // at the next heartbeat, not backed off. Anything else (refused, reset, no
-                // route) makes openraft back off per [`Peer::backoff`].
+                // An answer later than the RPC's deadline comes from a peer that is up but
+                // slow, e.g. in an fsync: retried at once, not backed off. Anything else
+                // (refused, reset, no route) makes openraft back off (`Config::backoff`).
                 if matches!(
                     status.code(),
                     tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
@@ -334,51 +368,57 @@ impl Peer {
                 return Err(Unreachable::new(&status).into());
             }
         };
-        let res: Result<Resp, E> = decode(&m.payload).map_err(|s| NetworkError::new(&s))?;
-        res.map_err(|e| RemoteError::new(self.target, e).into())
+        let res: Result<Resp, RaftError<TypeConfig>> =
+            decode(&m.payload).map_err(|s| NetworkError::new(&s))?;
+        res.map_err(|e| Unreachable::new(&e).into())
     }
 }
 
-impl RaftNetwork<TypeConfig> for Peer {
-    /// How long replication to an unreachable peer pauses before each retry: from 20 ms,
-    /// doubling up to 500 ms (openraft's default is 500 ms from the first failure, which
-    /// holds a peer that was only restarting out of the majority for half a second).
-    fn backoff(&self) -> openraft::network::Backoff {
-        use backon::BackoffBuilder as _;
-        openraft::network::Backoff::new(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(20))
-                .with_max_delay(Duration::from_millis(500))
-                .with_factor(2.0)
-                .without_max_times()
-                .build(),
-        )
-    }
+impl RaftNetworkV2<TypeConfig> for Peer {
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::PreVote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = FullSnapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        let timeout = option.hard_ttl().max(Duration::from_secs(10));
+        tokio::select! {
+            closed = cancel => Err(closed.into()),
+            r = self.call::<_, SnapshotResponse<TypeConfig>>(Rpc::Snapshot, &req, timeout) => {
+                r.map_err(StreamingError::from)
+            }
+        }
     }
 }

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, ServerState};
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -24,14 +27,14 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use super::machine::Machine;
 use super::network::Network;
 use super::storage::LogStorage;
-use super::{Command, NodeId, Raft, Reply, Verdict};
+use super::{Command, NodeId, Raft, Reply, TypeConfig, Verdict};
 use crate::logstore::wal::WalConfig;
 use crate::logstore::{Appended, LogStoreError};
 use crate::proto::{AppendGroup, Entry, Mutation, StoredEntry};
 
-/// Groups proposed but not yet applied. Two lets the next group be written while the
-/// previous one replicates.
-const IN_FLIGHT: usize = 2;
+/// Groups proposed but not yet applied. openraft replicates a group while the leader's own
+/// fsync runs, and the next groups are written meanwhile.
+const IN_FLIGHT: usize = 4;
 /// Most appends in one group.
 const MAX_GROUP: usize = 4096;
 /// Most payload bytes in one group (one Raft entry: followers must receive and fsync it
@@ -53,8 +56,8 @@ pub struct ReplicaConfig {
     /// Raft entries of released log after which a new base (snapshot) is taken and the log
     /// purged up to it.
     pub rebase_every: u64,
-    /// Heartbeat interval; a follower starts an election after 6 + 3..6 heartbeats without
-    /// one (the leader lease plus the election timeout).
+    /// Heartbeat interval; a follower asks for votes (pre-vote first) after 3..6 heartbeats
+    /// without one, and grants none before 6 (the leader lease).
     pub heartbeat: Duration,
     /// Never seed a new group from `peers`: wait to be added, or seeded by `Seed`.
     pub join: bool,
@@ -114,6 +117,8 @@ type Waiting = (
 );
 
 struct Pending {
+    /// When it was queued (for the debug log).
+    queued: std::time::Instant,
     stored: StoredEntry,
     writer: Option<(String, u64)>,
     reply: oneshot::Sender<Result<Appended, LogStoreError>>,
@@ -150,16 +155,28 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
     openraft::Config {
         cluster_name: "logplayer".into(),
         heartbeat_interval: hb,
-        // A follower that heard from its leader starts an election only after the leader
-        // lease (openraft 0.9: election_timeout_max) plus a random election timeout, so a
-        // dead leader is replaced after 6 + 3..6 heartbeats (450-600 ms at 50 ms).
+        // A follower that heard nothing for 3..6 heartbeats stands (150-300 ms at 50 ms); a
+        // replica grants no vote within the leader lease (election_timeout_max) of hearing
+        // from its leader.
         election_timeout_min: hb * 3,
         election_timeout_max: hb * 6,
+        // A candidate first asks whether a majority would vote for it, without raising the
+        // term: one whose log is behind, or that was frozen or cut off, cannot disturb the
+        // group, and does not hold up the election of one that can win.
+        enable_pre_vote: Some(true),
+        // A restarted leader does not resume its term: it stands for election like any
+        // replica. Its entries go to the followers before its own fsync ends, so it may come
+        // back without entries of its term that a follower holds; were it to go on in that
+        // term, it would write different entries under the same Raft ids.
+        enable_leader_restore: Some(false),
+        // An unreachable peer is retried after 20 ms, doubling up to 500 ms (a peer that is
+        // only restarting rejoins the majority quickly).
+        backoff: "20ms 40ms ...500ms".into(),
         // Snapshots are taken only at the retention point (see `machine`), and the log is
         // purged up to each one at once: retention is driven by the players' cursors only.
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 0,
-        // With the byte limit of `storage`, keeps each AppendEntries within a heartbeat.
+        // With the byte limit of `storage`, keeps each AppendEntries small.
         max_payload_entries: 64,
         ..Default::default()
     }
@@ -289,7 +306,7 @@ impl Replica {
     /// the replicas dial; `--peers` only seeds a new group).
     pub fn leader_addr(&self) -> Option<String> {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let leader = m.current_leader?;
         m.membership_config
             .membership()
@@ -299,9 +316,9 @@ impl Replica {
 
     /// Warns when this replica's `--peers` disagree with the membership it follows (once per
     /// membership): the membership wins, but a wrong flag is worth knowing about.
-    fn check_peers(&self, warned: &mut Option<openraft::LogId<NodeId>>) {
+    fn check_peers(&self, warned: &mut Option<super::LogId>) {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let stored = &m.membership_config;
         let Some(at) = *stored.log_id() else {
             return;
@@ -333,13 +350,13 @@ impl Replica {
 
     fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
     pub fn status(&self) -> ReplicaStatus {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         ReplicaStatus {
             id: self.id,
             role: format!("{:?}", m.state).to_lowercase(),
@@ -389,6 +406,7 @@ impl Replica {
         };
         self.jobs
             .send(Pending {
+                queued: std::time::Instant::now(),
                 stored,
                 writer,
                 reply,
@@ -414,10 +432,7 @@ impl Replica {
         }
     }
 
-    fn write_error(
-        &self,
-        e: RaftError<NodeId, ClientWriteError<NodeId, super::Node>>,
-    ) -> LogStoreError {
+    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> LogStoreError {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LogStoreError::NotLeader {
                 leader: f.leader_node.map(|n| n.addr),
@@ -458,6 +473,13 @@ impl Replica {
                     Err(_) => break,
                 }
             }
+            // Timings for the debug log: how long the first append waited for the proposer,
+            // the group for a slot in flight, and the group to commit.
+            let taken = std::time::Instant::now();
+            let queued_micros = group
+                .first()
+                .map_or(0, |p| (taken - p.queued).as_micros() as u64);
+            let group_len = group.len();
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
@@ -476,13 +498,12 @@ impl Replica {
             let cmd = Command::Appends(AppendGroup { appends }.encode_to_vec());
             // Handed to Raft here, in order (a stream's appends must stay in the order they
             // were sent); only the wait for the outcome runs apart.
-            let answer = match self.raft.client_write_ff(cmd).await {
-                Ok(rx) => rx,
-                Err(fatal) => {
-                    self.answer(waiting, Err(RaftError::Fatal(fatal)));
-                    continue;
-                }
-            };
+            let proposed = std::time::Instant::now();
+            let (responder, answer) = ProgressResponder::complete_only();
+            if let Err(fatal) = self.raft.client_write_ff(cmd, Some(responder)).await {
+                self.answer(waiting, Err(RaftError::Fatal(fatal)));
+                continue;
+            }
             let replica = self.clone();
             tokio::spawn(async move {
                 let out = match answer.await {
@@ -491,6 +512,14 @@ impl Replica {
                     Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
                 };
                 drop(permit);
+                tracing::debug!(
+                    appends = group_len,
+                    bytes,
+                    queued_micros,
+                    waited_micros = (proposed - taken).as_micros() as u64,
+                    commit_micros = proposed.elapsed().as_micros() as u64,
+                    "group committed"
+                );
                 replica.answer(waiting, out);
             });
         }
@@ -500,8 +529,8 @@ impl Replica {
         &self,
         waiting: Vec<Waiting>,
         out: Result<
-            openraft::raft::ClientWriteResponse<super::TypeConfig>,
-            RaftError<NodeId, ClientWriteError<NodeId, super::Node>>,
+            ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
         >,
     ) {
         let verdicts = match out {

@@ -3,37 +3,40 @@
 //! point live in a small file replaced durably, and a follower's conflicting suffix is cut
 //! with [`Wal::truncate_from`].
 //!
-//! Appends run on the blocking pool (or inline under simulation, see [`crate::blocking`]);
-//! openraft 0.9 waits for each one, so the node groups client appends into one entry first.
+//! An append writes its records on the blocking pool and returns (openraft reads them back
+//! at once to replicate them); the fsync runs on a thread of its own ([`sync_loop`]), one
+//! for every append waiting at that moment (group commit), while the next appends are
+//! written, and each append's [`IOFlushed`] is reported only once its records are durable.
 //! After any WAL failure every later call fails: the replica must restart (crash-only), and
 //! the reason is published for the server to stop on.
 
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Entry, LogId, NodeId, StorageError, TypeConfig, raft_index, wal_index};
+use super::{Entry, LogId, TypeConfig, Vote, raft_index, wal_index};
 use crate::logstore::wal::{Wal, WalConfig, WalError, WalReader};
 
 /// The file holding the vote and the purge point. Its presence also marks the directory as
 /// a replica's (a directory with WAL segments and no such file holds a single-node log).
 pub const STATE_FILE: &str = "raft-state";
 
-/// Most bytes of entries one AppendEntries carries. openraft 0.9 gives an AppendEntries one
-/// heartbeat interval to complete (the follower's fsync included), so a catch-up batch must
-/// stay small; a single larger entry still goes alone.
+/// Most bytes of entries one AppendEntries carries (a catch-up batch stays small enough to
+/// be received and fsynced well within an election timeout; a single larger entry still goes
+/// alone).
 const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
 
 /// What must survive a restart besides the entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Durable {
-    vote: Option<Vote<NodeId>>,
+    vote: Option<Vote>,
     purged: Option<LogId>,
 }
 
@@ -51,18 +54,19 @@ pub enum OpenError {
     State { path: PathBuf, reason: String },
 }
 
-fn io_error(e: impl std::error::Error + 'static) -> AnyError {
-    AnyError::new(&e)
+fn read_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("reading the Raft log: {e}"))
 }
 
-/// Reads Raft entries from the WAL (cloned into each replication task).
+/// Reads Raft entries from the WAL (cloned into each replication task), and the vote.
 #[derive(Clone)]
 pub struct LogReader {
     reader: WalReader,
+    vote: Arc<Mutex<Option<Vote>>>,
 }
 
 impl LogReader {
-    fn entries(&self, from: u64, to_inclusive: u64) -> Result<Vec<Entry>, StorageError> {
+    fn entries(&self, from: u64, to_inclusive: u64) -> Result<Vec<Entry>, io::Error> {
         self.entries_within(from, to_inclusive, usize::MAX)
     }
 
@@ -73,7 +77,7 @@ impl LogReader {
         from: u64,
         to_inclusive: u64,
         max_bytes: usize,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, io::Error> {
         let mut out = Vec::new();
         let mut at = from;
         let mut bytes = 0usize;
@@ -82,21 +86,19 @@ impl LogReader {
             let records = self
                 .reader
                 .read_range(wal_index(at), wal_index(to_inclusive), budget)
-                .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+                .map_err(read_error)?;
             if records.is_empty() {
                 break;
             }
             for (wal, record) in records {
                 bytes += record.len();
-                let e = super::decode_entry(&record)
-                    .map_err(|e| StorageIOError::read_logs(io_error(e)))?;
+                let e = super::decode_entry(&record).map_err(read_error)?;
                 if e.log_id.index != raft_index(wal) {
-                    return Err(StorageIOError::read_logs(AnyError::error(format!(
+                    return Err(read_error(format!(
                         "WAL record {wal} holds Raft entry {}, expected {}",
                         e.log_id.index,
                         raft_index(wal)
-                    )))
-                    .into());
+                    )));
                 }
                 at = e.log_id.index + 1;
                 out.push(e);
@@ -105,7 +107,7 @@ impl LogReader {
         Ok(out)
     }
 
-    fn last(&self) -> Result<Option<LogId>, StorageError> {
+    fn last(&self) -> Result<Option<LogId>, io::Error> {
         let (first, last) = (self.reader.first_index(), self.reader.last_index());
         if last < first {
             return Ok(None);
@@ -121,7 +123,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, io::Error> {
         let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
@@ -141,11 +143,58 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         start: u64,
         end: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, io::Error> {
         if end <= start {
             return Ok(Vec::new());
         }
         self.entries_within(start, end - 1, REPLICATION_BATCH_BYTES)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(*self.vote.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// One append waiting for its records to be durable.
+struct Flush {
+    callback: IOFlushed<TypeConfig>,
+}
+
+/// Syncs the WAL for every append waiting (one `sync_data` for all of them), then reports
+/// each flushed. Runs on a thread of its own so that a sync never holds the writer's lock:
+/// the next appends are written meanwhile. After a failed sync every append is refused.
+fn sync_loop(
+    wal: Arc<Mutex<Wal>>,
+    waiting: std::sync::mpsc::Receiver<Flush>,
+    failed: Arc<watch::Sender<Option<String>>>,
+) {
+    while let Ok(first) = waiting.recv() {
+        let mut batch = vec![first];
+        batch.extend(waiting.try_iter());
+        let point = wal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sync_point();
+        let started = std::time::Instant::now();
+        let result = match failed.borrow().clone() {
+            Some(reason) => Err(reason),
+            None => point.sync().map_err(|e| format!("syncing the log: {e}")),
+        };
+        tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            appends = batch.len(),
+            "synced the Raft log"
+        );
+        if let Err(reason) = &result
+            && failed.borrow().is_none()
+        {
+            tracing::error!(%reason, "replica log failed; the LogStore stops");
+            failed.send_replace(Some(reason.clone()));
+        }
+        for f in batch {
+            let r = result.clone().map_err(io::Error::other);
+            f.callback.io_completed(r);
+        }
     }
 }
 
@@ -155,7 +204,9 @@ pub struct LogStorage {
     reader: LogReader,
     dir: PathBuf,
     durable: Durable,
-    failed: watch::Sender<Option<String>>,
+    failed: Arc<watch::Sender<Option<String>>>,
+    /// Appends waiting for [`sync_loop`].
+    flushes: std::sync::mpsc::Sender<Flush>,
     /// The Raft index of the state machine's saved base (see [`LogStorage::purge`]).
     saved_base: Option<watch::Receiver<Option<u64>>>,
 }
@@ -203,14 +254,26 @@ impl LogStorage {
         }
         let reader = LogReader {
             reader: wal.reader(),
+            vote: Arc::new(Mutex::new(durable.vote)),
         };
-        let (failed, _) = watch::channel(None);
+        let failed = Arc::new(watch::channel(None).0);
+        let wal = Arc::new(Mutex::new(wal));
+        let (flushes, waiting) = std::sync::mpsc::channel();
+        let (w, f) = (wal.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop(w, waiting, f))
+            .map_err(|source| WalError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         Ok(LogStorage {
-            wal: Arc::new(Mutex::new(wal)),
+            wal,
             reader,
             dir,
             durable,
             failed,
+            flushes,
             saved_base: None,
         })
     }
@@ -230,11 +293,11 @@ impl LogStorage {
         self.failed.subscribe()
     }
 
-    fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> StorageError {
+    fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> io::Error {
         let reason = format!("{what}: {e}");
         tracing::error!(%reason, "replica log failed; the LogStore stops");
         self.failed.send_replace(Some(reason.clone()));
-        StorageIOError::write_logs(AnyError::error(reason)).into()
+        io::Error::other(reason)
     }
 
     /// Runs `f` on the WAL on the blocking pool (or inline under simulation).
@@ -242,9 +305,9 @@ impl LogStorage {
         &self,
         what: &'static str,
         f: impl FnOnce(&mut Wal) -> Result<T, WalError> + Send + 'static,
-    ) -> Result<T, StorageError> {
+    ) -> Result<T, io::Error> {
         if let Some(reason) = self.failed.borrow().clone() {
-            return Err(StorageIOError::write_logs(AnyError::error(reason)).into());
+            return Err(io::Error::other(reason));
         }
         let wal = self.wal.clone();
         let out = crate::blocking::run(move || {
@@ -259,7 +322,7 @@ impl LogStorage {
         }
     }
 
-    fn save_durable(&self) -> Result<(), StorageError> {
+    fn save_durable(&self) -> Result<(), io::Error> {
         save(&self.dir, &self.durable).map_err(|e| self.fail("saving the vote", &e))
     }
 }
@@ -277,15 +340,19 @@ impl RaftLogReader<TypeConfig> for LogStorage {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, io::Error> {
         self.reader.try_get_log_entries(range).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.durable.vote)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStorage {
     type LogReader = LogReader;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let purged = self.durable.purged;
         let last = match self.reader.last()? {
             Some(l) if Some(l) > purged => Some(l),
@@ -301,20 +368,22 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
         self.reader.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.durable.vote = Some(*vote);
-        self.save_durable()
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        Ok(self.durable.vote)
+        self.save_durable()?;
+        *self
+            .reader
+            .vote
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(*vote);
+        Ok(())
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -326,10 +395,12 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
             records.push(super::encode_entry(&e).map_err(|e| self.fail("encoding an entry", &e))?);
         }
         let Some(first) = first else {
-            callback.log_io_completed(Ok(()));
+            callback.io_completed(Ok(()));
             return Ok(());
         };
         let expected = wal_index(first);
+        let started = std::time::Instant::now();
+        let entries = records.len();
         let result = self
             .with_wal("appending", move |wal| {
                 if wal.last_index() + 1 != expected {
@@ -339,32 +410,37 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                     )));
                 }
                 let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-                wal.append_batch(&refs).map(|_| ())
+                wal.append_batch_unsynced(&refs).map(|_| ())
             })
             .await;
+        tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            entries,
+            "wrote Raft entries"
+        );
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if self.flushes.send(Flush { callback }).is_err() {
+                    return Err(self.fail("appending", &"the log's sync thread is gone"));
+                }
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                callback.io_completed(Err(io::Error::other(e.to_string())));
                 Err(e)
             }
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        tracing::info!(
-            from = log_id.index,
-            "cutting a conflicting suffix of the log"
-        );
-        let at = wal_index(log_id.index);
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        let from = last.map_or(0, |l| l.index + 1);
+        tracing::info!(from, "cutting a conflicting suffix of the log");
+        let at = wal_index(from);
         self.with_wal("truncating", move |wal| wal.truncate_from(at))
             .await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // openraft purges a follower's log as soon as it hands an installed snapshot to the
         // state machine, without waiting for it to be saved: purge only once the saved base
         // covers the point, or a crash in between would leave a log with neither.

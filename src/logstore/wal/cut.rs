@@ -14,7 +14,7 @@ use crate::disk as fs;
 use std::io;
 
 impl Wal {
-    fn refuse_if_failed(&self) -> Result<(), WalError> {
+    pub(super) fn refuse_if_failed(&self) -> Result<(), WalError> {
         if self.failed {
             return Err(WalError::Io {
                 path: self.active.path.to_path_buf(),

@@ -66,6 +66,9 @@
 //! unless its predecessor is complete; recovery can therefore treat any
 //! damage in a non-last segment as corruption.
 //!
+//! [`Wal::append_batch_unsynced`] (the Raft log's) publishes before the sync, which the
+//! caller runs through [`Wal::sync_point`] off the writer's lock and reports on its own.
+//!
 //! After any IO error from `append_batch` the state on disk is unknown (the
 //! records of the failed batch may or may not be there after a restart; they
 //! were never acknowledged). The [`Wal`] then refuses further appends: the
@@ -223,6 +226,29 @@ pub struct OpenReport {
     pub segments: usize,
 }
 
+/// A sync of the records written up to [`SyncPoint::last_index`] (see [`Wal::sync_point`]).
+pub struct SyncPoint {
+    file: Arc<fs::File>,
+    path: Arc<Path>,
+    last_index: u64,
+    sync: bool,
+}
+
+impl SyncPoint {
+    /// The last index this sync makes durable.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Runs the sync.
+    pub fn sync(&self) -> Result<(), WalError> {
+        if self.sync && !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync) {
+            self.file.sync_data().map_err(io_err(&self.path))?;
+        }
+        Ok(())
+    }
+}
+
 /// The single writer of the log. Not `Sync`; `Send` so it can live on a
 /// dedicated thread.
 pub struct Wal {
@@ -335,7 +361,8 @@ impl Wal {
         read_lock(&self.shared).first_index()
     }
 
-    /// Last durable index: 0 for a fresh log, `first_index - 1` when empty.
+    /// Last index written (durable, unless written by [`Wal::append_batch_unsynced`] and not
+    /// yet synced): 0 for a fresh log, `first_index - 1` when empty.
     pub fn last_index(&self) -> u64 {
         read_lock(&self.shared).last_index()
     }
@@ -368,7 +395,7 @@ impl Wal {
         if payloads.is_empty() {
             return Ok(first);
         }
-        match self.append_inner(payloads) {
+        match self.append_inner(payloads, true) {
             Ok(()) => Ok(first),
             Err(err) => {
                 self.failed = true;
@@ -378,7 +405,46 @@ impl Wal {
         }
     }
 
-    fn append_inner(&mut self, payloads: &[&[u8]]) -> Result<(), WalError> {
+    /// Appends like [`Wal::append_batch`], but leaves the final `sync_data` to the caller,
+    /// through [`Wal::sync_point`]: the records are visible to readers *before* they are
+    /// durable. For the Raft log, whose library reads entries back as soon as they are
+    /// written and learns separately when they are flushed (so that the leader's fsync runs
+    /// while the entries are already on their way to the followers). A batch that starts a
+    /// new segment is still synced here (a segment never exists before its predecessor is
+    /// durable).
+    pub fn append_batch_unsynced(&mut self, payloads: &[&[u8]]) -> Result<u64, WalError> {
+        self.refuse_if_failed()?;
+        let max = self.config.max_record_bytes;
+        if let Some(p) = payloads.iter().find(|p| p.len() > max as usize) {
+            return Err(WalError::RecordTooLarge { len: p.len(), max });
+        }
+        let first = self.active.next_index();
+        if payloads.is_empty() {
+            return Ok(first);
+        }
+        match self.append_inner(payloads, false) {
+            Ok(()) => Ok(first),
+            Err(err) => {
+                self.failed = true;
+                tracing::error!(error = %err, first_index = first, "WAL append failed; reopen required");
+                Err(err)
+            }
+        }
+    }
+
+    /// What makes every record written so far durable: a sync of the active segment (each
+    /// earlier segment was synced when it was sealed). Taken under the writer's lock, run
+    /// outside it, so that the next batch is written while this one syncs.
+    pub fn sync_point(&self) -> SyncPoint {
+        SyncPoint {
+            file: self.active.file.clone(),
+            path: self.active.path.clone(),
+            last_index: self.last_index(),
+            sync: self.config.sync,
+        }
+    }
+
+    fn append_inner(&mut self, payloads: &[&[u8]], sync_last: bool) -> Result<(), WalError> {
         let estimate: usize = payloads
             .iter()
             .map(|p| p.len() + RECORD_HEADER_LEN as usize)
@@ -417,13 +483,15 @@ impl Wal {
             cur.offsets.push(offset);
         }
 
+        let new_segment = staged.len() > 1;
         let last = staged.last_mut().expect("staged is never empty");
         self.flush(last)?;
-        let sync =
-            self.config.sync && !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
+        let sync = self.config.sync
+            && !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync)
+            && (sync_last || new_segment);
         if sync {
             self.io.sync_data(&last.file).map_err(io_err(&last.path))?;
-            if staged.len() > 1 {
+            if new_segment {
                 let dir = self.config.dir.as_path();
                 self.io.sync_dir(dir).map_err(io_err(dir))?;
             }
