@@ -756,3 +756,60 @@ fn a_cut_into_an_older_segment_after_reopening_can_be_appended_to() {
     assert_eq!(wal.last_index(), last);
     assert_all_payloads(&wal.reader(), 1, last);
 }
+
+/// Counts the writer's syncs.
+#[derive(Clone, Default)]
+struct CountingIo {
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SegmentIo for CountingIo {
+    fn write_all_at(
+        &mut self,
+        file: &crate::disk::File,
+        buf: &[u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&mut self, file: &crate::disk::File) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        file.sync_data()
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        sync_dir(dir)
+    }
+}
+
+#[test]
+fn an_unsynced_append_is_readable_at_once_and_synced_by_its_sync_point_or_when_it_starts_a_segment()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let io = CountingIo::default();
+    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
+    let owned: Vec<Vec<u8>> = (1..4).map(payload).collect();
+    let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+    assert_eq!(wal.append_batch_unsynced(&refs).unwrap(), 1);
+    // Written and readable (the Raft reader replicates it), not synced by the writer.
+    assert_eq!(io.syncs.load(Ordering::SeqCst), 0);
+    assert_all_payloads(&wal.reader(), 1, 3);
+    let point = wal.sync_point();
+    assert_eq!(point.last_index(), 3);
+    point.sync().unwrap();
+    // A batch that fills the segment seals it (synced) before its successor exists.
+    let many: Vec<Vec<u8>> = (4..60).map(payload).collect();
+    let refs: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+    wal.append_batch_unsynced(&refs).unwrap();
+    assert!(segment_files(dir.path()).len() > 1);
+    assert!(
+        io.syncs.load(Ordering::SeqCst) >= 2,
+        "the sealed segment and the new one"
+    );
+    wal.sync_point().sync().unwrap();
+    drop(wal);
+    let (wal, report) = open_small(dir.path());
+    assert_eq!(report.last_index, 59);
+    assert_all_payloads(&wal.reader(), 1, 59);
+}
