@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::client;
-use crate::harness::{bench, cluster, demo};
+use crate::harness::{bench, cluster, demo, floor};
 
 #[derive(Args)]
 pub struct FailoverBenchArgs {
@@ -353,6 +353,14 @@ async fn bench_once(
         warmup.collect(s.addr()).await?;
     }
     let spec = load_spec(&a.load, size);
+    let idle = floor::probe(dir, &log).await;
+    let pids = c.component_pids();
+    let usage = || pids.clone().map(|p| floor::Usage::of_all(&p));
+    let before = usage();
+    let loaded = async {
+        tokio::time::sleep(spec.duration / 2).await;
+        floor::probe(dir, &log).await
+    };
     let stall = async {
         if a.stall_seconds > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -362,8 +370,18 @@ async fn bench_once(
         }
         Ok::<_, cluster::ClusterError>(())
     };
-    let (load, stalled) = tokio::join!(bench::drive(&log, &spec, None), stall);
+    let (load, stalled, loaded) = tokio::join!(bench::drive(&log, &spec, None), stall, loaded);
     stalled?;
+    let after = usage();
+    let cost = |i: usize| {
+        let payload = load.appended * spec.txn_bytes as u64;
+        floor::Cost::of(after[i].since(before[i]), load.appended, payload)
+    };
+    let costs = bench::Costs {
+        logstore: cost(0),
+        shards: cost(1),
+        player: cost(2),
+    };
     let peak = c.players[0].peak_rss_mib().unwrap_or(0.0);
     let check =
         crate::harness::check::check(&log, &c.shard_map(), Duration::from_secs(120)).await?;
@@ -379,7 +397,9 @@ async fn bench_once(
         &delays,
         peak,
         a.stall_seconds,
-    );
+    )
+    .with_floor(&bench::Floors { idle, loaded }, &costs);
+    eprintln!("{}", row.summary());
     c.stop().await;
     if !check.pass {
         bail!("exactly-once check failed during the bench:\n{check}");

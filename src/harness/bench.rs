@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::client::{ClientError, Log, ShardConn};
+use crate::harness::floor::{Cost, Probe};
 use crate::harness::workload::Workload;
 use crate::model::now_micros;
 use crate::shard::stats;
@@ -318,7 +319,7 @@ pub fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 /// One row of bench output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchRow {
     pub shards: usize,
     /// Log replicas (1: the single-node LogStore).
@@ -343,6 +344,47 @@ pub struct BenchRow {
     /// Seconds shard s0 was frozen during the run.
     pub stall_seconds: u64,
     pub samples: u64,
+    /// The floor, probed in the same run (see [`crate::harness::floor`]), p50 in ms: F (10 KB
+    /// append + fdatasync) and H (one loopback gRPC hop), idle and under the load.
+    pub f_idle_ms: f64,
+    pub f_loaded_ms: f64,
+    pub h_idle_ms: f64,
+    pub h_loaded_ms: f64,
+    /// Each p50 delay's floor from the loaded probes, and the p50 measured ÷ that floor.
+    pub append_floor_ms: f64,
+    pub append_ratio: f64,
+    pub player_floor_ms: f64,
+    pub player_ratio: f64,
+    pub apply_floor_ms: f64,
+    pub apply_ratio: f64,
+    pub durable_floor_ms: f64,
+    pub durable_ratio: f64,
+    /// CPU milliseconds per 1,000 transactions, per component (all log replicas together).
+    pub logstore_cpu_ms_per_1k: f64,
+    pub shards_cpu_ms_per_1k: f64,
+    pub player_cpu_ms_per_1k: f64,
+    /// Bytes written to disk per byte of payload, per component.
+    pub logstore_write_amp: f64,
+    pub shards_write_amp: f64,
+    /// Context switches per transaction, per component.
+    pub logstore_cs_per_txn: f64,
+    pub shards_cs_per_txn: f64,
+    pub player_cs_per_txn: f64,
+}
+
+/// The floor probes of one run: (F, H), idle and under load.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Floors {
+    pub idle: (Probe, Probe),
+    pub loaded: (Probe, Probe),
+}
+
+/// What each component cost over one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Costs {
+    pub logstore: Cost,
+    pub shards: Cost,
+    pub player: Cost,
 }
 
 /// Median of `xs` (the mean of the middle two for an even count).
@@ -357,11 +399,37 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 impl BenchRow {
     pub fn csv_header() -> &'static str {
-        "shards,log_replicas,txn_bytes,target_rate,run,achieved_rate,transactions,player_p50_ms,player_p99_ms,apply_p50_ms,apply_p99_ms,durable_p50_ms,durable_p99_ms,append_p50_ms,append_p99_ms,player_peak_rss_mib,stall_seconds,samples"
+        "shards,log_replicas,txn_bytes,target_rate,run,achieved_rate,transactions,player_p50_ms,player_p99_ms,apply_p50_ms,apply_p99_ms,durable_p50_ms,durable_p99_ms,append_p50_ms,append_p99_ms,player_peak_rss_mib,stall_seconds,samples,f_idle_ms,f_loaded_ms,h_idle_ms,h_loaded_ms,append_floor_ms,append_ratio,player_floor_ms,player_ratio,apply_floor_ms,apply_ratio,durable_floor_ms,durable_ratio,logstore_cpu_ms_per_1k,shards_cpu_ms_per_1k,player_cpu_ms_per_1k,logstore_write_amp,shards_write_amp,logstore_cs_per_txn,shards_cs_per_txn,player_cs_per_txn"
     }
     pub fn csv(&self) -> String {
+        let floor = [
+            self.f_idle_ms,
+            self.f_loaded_ms,
+            self.h_idle_ms,
+            self.h_loaded_ms,
+            self.append_floor_ms,
+            self.append_ratio,
+            self.player_floor_ms,
+            self.player_ratio,
+            self.apply_floor_ms,
+            self.apply_ratio,
+            self.durable_floor_ms,
+            self.durable_ratio,
+            self.logstore_cpu_ms_per_1k,
+            self.shards_cpu_ms_per_1k,
+            self.player_cpu_ms_per_1k,
+            self.logstore_write_amp,
+            self.shards_write_amp,
+            self.logstore_cs_per_txn,
+            self.shards_cs_per_txn,
+            self.player_cs_per_txn,
+        ]
+        .iter()
+        .map(|x| format!("{x:.3}"))
+        .collect::<Vec<_>>()
+        .join(",");
         format!(
-            "{},{},{},{},{},{:.0},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{},{}",
+            "{},{},{},{},{},{:.0},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{},{},{floor}",
             self.shards,
             self.log_replicas,
             self.txn_bytes,
@@ -411,7 +479,74 @@ impl BenchRow {
             player_peak_rss_mib,
             stall_seconds,
             samples: d.player.len(),
+            ..BenchRow::default()
         }
+    }
+
+    /// Adds the run's floor (each p50 beside its floor) and the components' costs.
+    pub fn with_floor(self, floors: &Floors, costs: &Costs) -> BenchRow {
+        let (f, h) = (floors.loaded.0.p50_ms, floors.loaded.1.p50_ms);
+        let ratio = |measured: f64, floor: f64| {
+            if floor > 0.0 { measured / floor } else { 0.0 }
+        };
+        let append_floor = 2.0 * h + f;
+        let apply_floor = append_floor + 2.0 * h;
+        let durable_floor = apply_floor + f;
+        BenchRow {
+            f_idle_ms: floors.idle.0.p50_ms,
+            f_loaded_ms: f,
+            h_idle_ms: floors.idle.1.p50_ms,
+            h_loaded_ms: h,
+            append_floor_ms: append_floor,
+            append_ratio: ratio(self.append_p50_ms, append_floor),
+            player_floor_ms: h,
+            player_ratio: ratio(self.player_p50_ms, h),
+            apply_floor_ms: apply_floor,
+            apply_ratio: ratio(self.apply_p50_ms, apply_floor),
+            durable_floor_ms: durable_floor,
+            durable_ratio: ratio(self.durable_p50_ms, durable_floor),
+            logstore_cpu_ms_per_1k: costs.logstore.cpu_ms_per_1k,
+            shards_cpu_ms_per_1k: costs.shards.cpu_ms_per_1k,
+            player_cpu_ms_per_1k: costs.player.cpu_ms_per_1k,
+            logstore_write_amp: costs.logstore.write_amplification,
+            shards_write_amp: costs.shards.write_amplification,
+            logstore_cs_per_txn: costs.logstore.context_switches_per_txn,
+            shards_cs_per_txn: costs.shards.context_switches_per_txn,
+            player_cs_per_txn: costs.player.context_switches_per_txn,
+            ..self
+        }
+    }
+
+    /// One line for people: each p50 beside its floor, and what each component cost.
+    pub fn summary(&self) -> String {
+        format!(
+            "floor (p50, loaded): F {:.2} ms (idle {:.2}), H {:.3} ms (idle {:.3}); \
+             append {:.2} ms = {:.1}x its floor {:.2}; LogPlayer delay {:.2} = {:.1}x {:.3}; \
+             apply {:.2} = {:.1}x {:.2}; durable apply {:.2} = {:.1}x {:.2}; \
+             CPU ms per 1,000 txn: logstore {:.0}, shards {:.0}, player {:.0}; \
+             disk bytes per payload byte: logstore {:.1}, shards {:.1}",
+            self.f_loaded_ms,
+            self.f_idle_ms,
+            self.h_loaded_ms,
+            self.h_idle_ms,
+            self.append_p50_ms,
+            self.append_ratio,
+            self.append_floor_ms,
+            self.player_p50_ms,
+            self.player_ratio,
+            self.player_floor_ms,
+            self.apply_p50_ms,
+            self.apply_ratio,
+            self.apply_floor_ms,
+            self.durable_p50_ms,
+            self.durable_ratio,
+            self.durable_floor_ms,
+            self.logstore_cpu_ms_per_1k,
+            self.shards_cpu_ms_per_1k,
+            self.player_cpu_ms_per_1k,
+            self.logstore_write_amp,
+            self.shards_write_amp,
+        )
     }
 
     /// The per-column median of several runs of one configuration.
@@ -432,6 +567,26 @@ impl BenchRow {
             append_p99_ms: m(|r| r.append_p99_ms),
             player_peak_rss_mib: m(|r| r.player_peak_rss_mib),
             samples: m(|r| r.samples as f64) as u64,
+            f_idle_ms: m(|r| r.f_idle_ms),
+            f_loaded_ms: m(|r| r.f_loaded_ms),
+            h_idle_ms: m(|r| r.h_idle_ms),
+            h_loaded_ms: m(|r| r.h_loaded_ms),
+            append_floor_ms: m(|r| r.append_floor_ms),
+            append_ratio: m(|r| r.append_ratio),
+            player_floor_ms: m(|r| r.player_floor_ms),
+            player_ratio: m(|r| r.player_ratio),
+            apply_floor_ms: m(|r| r.apply_floor_ms),
+            apply_ratio: m(|r| r.apply_ratio),
+            durable_floor_ms: m(|r| r.durable_floor_ms),
+            durable_ratio: m(|r| r.durable_ratio),
+            logstore_cpu_ms_per_1k: m(|r| r.logstore_cpu_ms_per_1k),
+            shards_cpu_ms_per_1k: m(|r| r.shards_cpu_ms_per_1k),
+            player_cpu_ms_per_1k: m(|r| r.player_cpu_ms_per_1k),
+            logstore_write_amp: m(|r| r.logstore_write_amp),
+            shards_write_amp: m(|r| r.shards_write_amp),
+            logstore_cs_per_txn: m(|r| r.logstore_cs_per_txn),
+            shards_cs_per_txn: m(|r| r.shards_cs_per_txn),
+            player_cs_per_txn: m(|r| r.player_cs_per_txn),
             ..first.clone()
         })
     }

@@ -184,6 +184,11 @@ impl Proc {
         Ok(())
     }
 
+    /// The running process's id (for reading its usage from `/proc`).
+    pub fn os_pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     fn pid(&self) -> Option<Pid> {
         self.child
             .as_ref()
@@ -404,6 +409,16 @@ impl Cluster {
         std::iter::once(&mut self.logstore)
             .chain(self.log_peers.iter_mut())
             .collect()
+    }
+
+    /// The process ids of the LogStore replicas, the shards and the players.
+    pub fn component_pids(&self) -> [Vec<u32>; 3] {
+        let ids = |ps: &mut dyn Iterator<Item = &Proc>| ps.filter_map(Proc::os_pid).collect();
+        [
+            ids(&mut std::iter::once(&self.logstore).chain(&self.log_peers)),
+            ids(&mut self.shards.iter()),
+            ids(&mut self.players.iter()),
+        ]
     }
 
     /// The address clients use: every replica's, comma-separated.

@@ -12,4 +12,5 @@ pub mod check;
 pub mod cluster;
 pub mod demo;
 pub mod failover;
+pub mod floor;
 pub mod workload;
