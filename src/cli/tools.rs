@@ -353,13 +353,13 @@ async fn bench_once(
         warmup.collect(s.addr()).await?;
     }
     let spec = load_spec(&a.load, size);
-    let idle = floor::probe(dir, &log).await;
+    let idle = floor::probe(dir).await;
     let pids = c.component_pids();
     let usage = || pids.clone().map(|p| floor::Usage::of_all(&p));
     let before = usage();
     let loaded = async {
         tokio::time::sleep(spec.duration / 2).await;
-        floor::probe(dir, &log).await
+        floor::probe(dir).await
     };
     let stall = async {
         if a.stall_seconds > 0 {

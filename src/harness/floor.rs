@@ -3,8 +3,9 @@
 //!
 //! - **F**: one 10 KB `write` + `fdatasync` on a preallocated (zero-filled, synced) file in the
 //!   run's data directory: the least a durable append can cost on this disk.
-//! - **H**: one loopback gRPC hop, half the round trip of the LogStore's cheapest call
-//!   (`Bounds`): the least a message between two of our processes can cost.
+//! - **H**: one loopback gRPC hop, half the round trip of a gRPC health check between two
+//!   threads (each with a runtime of its own): the least a message between two of our
+//!   processes can cost, on the machine as loaded as it is.
 //!
 //! Both are probed idle (before the load) and under the run's load. The floor of each measure
 //! is then: append ≈ 2H + F (request, fsync, answer), LogPlayer delay ≈ H, apply ≈ append +
@@ -17,8 +18,6 @@
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-use crate::client::Log;
 
 /// Bytes of one F probe write (the paper's transaction size).
 const PROBE_BYTES: usize = 10 * 1024;
@@ -75,35 +74,92 @@ pub fn fsync_probe(dir: &Path, n: usize) -> std::io::Result<Probe> {
     Ok(quantiles(samples))
 }
 
-/// H: half the round trip of `n` `Bounds` calls to the log, one after the other.
-pub async fn hop_probe(log: &Log, n: usize) -> Probe {
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        if log.bounds().await.is_ok() {
-            samples.push(t.elapsed() / 2);
-        }
-    }
-    quantiles(samples)
+/// A runtime of its own on the calling thread (the probe's threads must not wait for the
+/// load generator's tasks).
+fn own_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
-/// Both probes, F on the blocking pool.
-pub async fn probe(dir: &Path, log: &Log) -> (Probe, Probe) {
+/// Serves gRPC health checks on `listener` until `stop` fires.
+fn ping_server(
+    listener: std::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    own_runtime()?.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (_reporter, service) = tonic_health::server::health_reporter();
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop.await;
+                },
+            )
+            .await
+            .map_err(std::io::Error::other)
+    })
+}
+
+/// H: half the round trip of `n` gRPC health checks over loopback between two threads of
+/// this process, each with a runtime of its own: one hop of our gRPC stack and the kernel's
+/// loopback, on a machine as loaded as it is at the moment. Blocking.
+pub fn hop_probe(n: usize) -> std::io::Result<Probe> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = std::thread::spawn(move || ping_server(listener, stopped));
+    let samples = own_runtime()?.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(std::io::Error::other)?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut client = HealthClient::new(channel);
+        let mut samples = Vec::with_capacity(n);
+        // The first calls warm the connection up and are not counted.
+        for i in 0..n + 20 {
+            let t = Instant::now();
+            let _ = client.check(HealthCheckRequest::default()).await;
+            if i >= 20 {
+                samples.push(t.elapsed() / 2);
+            }
+        }
+        Ok::<_, std::io::Error>(samples)
+    });
+    let _ = stop.send(());
+    let served = server
+        .join()
+        .map_err(|_| std::io::Error::other("the ping server panicked"))?;
+    served?;
+    Ok(quantiles(samples?))
+}
+
+/// Both probes (F, H), each on threads of its own.
+pub async fn probe(dir: &Path) -> (Probe, Probe) {
     let d = dir.to_owned();
-    let f = tokio::task::spawn_blocking(move || fsync_probe(&d, 200));
-    let h = hop_probe(log, 500).await;
-    let f = match f.await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the fsync probe failed; F is reported as 0");
-            Probe::default()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the fsync probe failed; F is reported as 0");
-            Probe::default()
-        }
-    };
-    (f, h)
+    let run = tokio::task::spawn_blocking(move || {
+        // One after the other (each would load the other), on threads outside this runtime.
+        let f = std::thread::spawn(move || fsync_probe(&d, 200)).join();
+        let h = std::thread::spawn(|| hop_probe(500)).join();
+        let join = |r: std::thread::Result<std::io::Result<Probe>>, what: &str| match r
+            .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, probe = what, "a floor probe failed; it is reported as 0");
+                Probe::default()
+            }
+        };
+        (join(f, "F"), join(h, "H"))
+    });
+    run.await.unwrap_or_default()
 }
 
 /// What one component's processes used, summed.
@@ -214,13 +270,15 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_used_some_cpu_and_the_fsync_probe_runs() {
+    fn this_process_has_used_some_cpu_and_both_probes_run() {
         let me = Usage::of(std::process::id());
         assert!(me.context_switches > 0, "{me:?}");
         let dir = tempfile::tempdir().unwrap();
         let f = fsync_probe(dir.path(), 5).unwrap();
         assert!(f.p50_ms > 0.0 && f.p99_ms >= f.p50_ms, "{f:?}");
         assert!(!dir.path().join("floor-probe").exists());
+        let h = hop_probe(5).unwrap();
+        assert!(h.p50_ms > 0.0 && h.p99_ms >= h.p50_ms, "{h:?}");
     }
 
     #[test]
