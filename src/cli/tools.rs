@@ -344,8 +344,15 @@ async fn bench_once(
     let log = client::Log::connect(&c.logstore_addrs()).await?;
     // Warm up (connections, page cache), then measure from clean histograms.
     let mut warm = load_spec(&a.load, size);
-    warm.duration = Duration::from_secs(1);
-    bench::drive(&log, &warm, None).await;
+    warm.duration = Duration::from_secs(2);
+    let idle = floor::probe(dir).await;
+    // The floor under load is probed during the warm-up, at the run's rate, so that the
+    // probe's own fsyncs and pings do not land in the measured window.
+    let loaded = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        floor::probe(dir).await
+    };
+    let (_, loaded) = tokio::join!(bench::drive(&log, &warm, None), loaded);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Reading with reset discards the warm-up samples.
     let mut warmup = bench::Delays::default();
@@ -353,14 +360,9 @@ async fn bench_once(
         warmup.collect(s.addr()).await?;
     }
     let spec = load_spec(&a.load, size);
-    let idle = floor::probe(dir).await;
     let pids = c.component_pids();
     let usage = || pids.clone().map(|p| floor::Usage::of_all(&p));
     let before = usage();
-    let loaded = async {
-        tokio::time::sleep(spec.duration / 2).await;
-        floor::probe(dir).await
-    };
     let stall = async {
         if a.stall_seconds > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -370,12 +372,15 @@ async fn bench_once(
         }
         Ok::<_, cluster::ClusterError>(())
     };
-    let (load, stalled, loaded) = tokio::join!(bench::drive(&log, &spec, None), stall, loaded);
+    let (load, stalled) = tokio::join!(bench::drive(&log, &spec, None), stall);
     stalled?;
     let after = usage();
     let cost = |i: usize| {
-        let payload = load.appended * spec.txn_bytes as u64;
-        floor::Cost::of(after[i].since(before[i]), load.appended, payload)
+        floor::Cost::of(
+            after[i].since(before[i]),
+            load.appended,
+            load.appended_bytes,
+        )
     };
     let costs = bench::Costs {
         logstore: cost(0),

@@ -8,8 +8,9 @@
 //!   processes can cost, on the machine as loaded as it is.
 //!
 //! Both are probed idle (before the load) and under the run's load. The floor of each measure
-//! is then: append ≈ 2H + F (request, fsync, answer), LogPlayer delay ≈ H, apply ≈ append +
-//! 2H (the player reads, then sends), durable apply ≈ apply + F (the shard's own sync).
+//! is then: append ≈ 2H + F (request, fsync, answer; 4H + F with log replicas: the leader's
+//! round trip to a follower, whose fsync runs beside its own), LogPlayer delay ≈ H, apply ≈
+//! append + 2H (the player reads, then sends), durable apply ≈ apply + F (the shard's sync).
 //!
 //! Per component (the LogStore replicas, the shards, the player), from `/proc`: CPU time,
 //! bytes written to disk (`/proc/PID/io` `write_bytes`) and context switches (every thread's

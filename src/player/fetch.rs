@@ -90,6 +90,39 @@ impl Shared {
         }
     }
 
+    /// The client the main stream reads from: the log leader's, when the LogStore is a
+    /// replicated one whose leader is one of the configured addresses (a follower learns that
+    /// an entry is committed a replication round after the leader does, which would add that
+    /// round to every delivery); otherwise the client over every address. Asked again at each
+    /// reconnection.
+    async fn main_stream_log(
+        &self,
+    ) -> crate::proto::log_store_client::LogStoreClient<tonic::transport::Channel> {
+        let addrs = &self.config.logstore;
+        if !addrs.contains(',') {
+            return self.log.clone();
+        }
+        let mut log = self.log.clone();
+        let ask = log.bounds(crate::proto::BoundsRequest {});
+        let leader = match tokio::time::timeout(std::time::Duration::from_secs(1), ask).await {
+            Ok(Ok(b)) => b.into_inner().replica.map(|r| r.leader_addr),
+            _ => None,
+        };
+        let Some(leader) = leader.filter(|l| addrs.split(',').any(|a| a.trim() == l)) else {
+            return self.log.clone();
+        };
+        match grpc::connect_lazy(&leader) {
+            Ok(channel) => {
+                let limit = crate::limits::message_limit(self.config.max_entry_bytes);
+                tracing::debug!(%leader, "the main stream reads from the log leader");
+                crate::proto::log_store_client::LogStoreClient::new(channel)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit)
+            }
+            Err(_) => self.log.clone(),
+        }
+    }
+
     /// The main stream, for the life of the player (reconnecting as needed).
     pub(super) async fn fetcher(self: Arc<Self>) {
         let mut retry = backoff(&self.config, "fetcher");
@@ -97,8 +130,8 @@ impl Shared {
             let from = lock(&self.dispatch).current_index + 1;
             let result: Result<(), tonic::Status> = async {
                 let mut stream = self
-                    .log
-                    .clone()
+                    .main_stream_log()
+                    .await
                     .read(ReadRequest {
                         from,
                         to: 0,
