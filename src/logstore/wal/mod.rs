@@ -379,30 +379,7 @@ impl Wal {
     /// A payload over `max_record_bytes` is rejected up front with
     /// [`WalError::RecordTooLarge`] and leaves the `Wal` usable.
     pub fn append_batch(&mut self, payloads: &[&[u8]]) -> Result<u64, WalError> {
-        if self.failed {
-            return Err(WalError::Io {
-                path: self.active.path.to_path_buf(),
-                source: io::Error::other(
-                    "WAL is unusable after an earlier I/O error; it must be reopened",
-                ),
-            });
-        }
-        let max = self.config.max_record_bytes;
-        if let Some(p) = payloads.iter().find(|p| p.len() > max as usize) {
-            return Err(WalError::RecordTooLarge { len: p.len(), max });
-        }
-        let first = self.active.next_index();
-        if payloads.is_empty() {
-            return Ok(first);
-        }
-        match self.append_inner(payloads, true) {
-            Ok(()) => Ok(first),
-            Err(err) => {
-                self.failed = true;
-                tracing::error!(error = %err, first_index = first, "WAL append failed; reopen required");
-                Err(err)
-            }
-        }
+        self.append_checked(payloads, true)
     }
 
     /// Appends like [`Wal::append_batch`], but leaves the final `sync_data` to the caller,
@@ -413,6 +390,11 @@ impl Wal {
     /// new segment is still synced here (a segment never exists before its predecessor is
     /// durable).
     pub fn append_batch_unsynced(&mut self, payloads: &[&[u8]]) -> Result<u64, WalError> {
+        self.append_checked(payloads, false)
+    }
+
+    /// The checks both appends share, then the append; any IO error marks the `Wal` failed.
+    fn append_checked(&mut self, payloads: &[&[u8]], sync_last: bool) -> Result<u64, WalError> {
         self.refuse_if_failed()?;
         let max = self.config.max_record_bytes;
         if let Some(p) = payloads.iter().find(|p| p.len() > max as usize) {
@@ -422,7 +404,7 @@ impl Wal {
         if payloads.is_empty() {
             return Ok(first);
         }
-        match self.append_inner(payloads, false) {
+        match self.append_inner(payloads, sync_last) {
             Ok(()) => Ok(first),
             Err(err) => {
                 self.failed = true;
