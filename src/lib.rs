@@ -6,8 +6,10 @@
 //! - [`proto`]: the generated wire protocol (`proto/logplayer.proto`).
 //! - [`model`]: values, op semantics, JSON lines, the state a log implies.
 //! - [`routing`]: key -> slot -> shard; slot ranges and their coverage rule.
-//! - [`logstore`]: the log: the segment WAL ([`logstore::wal`]), group commit and writer
-//!   dedup, and the LogStore gRPC service.
+//! - [`wal`]: the segment write-ahead log of opaque records (the LogStore's log and the
+//!   shard's journal).
+//! - [`logstore`]: the log: group commit and writer dedup on the [`wal`], the replicated
+//!   log, and the LogStore gRPC service.
 //! - [`player`]: fetcher, dispatcher, target queues, senders, recovery readers, replicas
 //!   that lead or stand by under a lease, ack cursors and the player's metrics.
 //! - [`shard`]: the delivery target (fencing, dedup, gap refusal, atomic durable apply).
@@ -44,3 +46,4 @@ pub mod player;
 pub mod proto;
 pub mod routing;
 pub mod shard;
+pub mod wal;

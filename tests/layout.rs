@@ -207,6 +207,17 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &["crate::shard", "crate::logstore", "crate::operator"],
     ),
     ("/src/operator/", &["crate::shard", "crate::logstore"]),
+    (
+        "/src/wal/",
+        &[
+            "crate::shard",
+            "crate::logstore",
+            "crate::player",
+            "crate::operator",
+            "crate::proto",
+            "crate::grpc",
+        ],
+    ),
 ];
 
 #[test]

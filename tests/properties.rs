@@ -10,9 +10,9 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
-use logplayer::logstore::wal::{Wal, WalConfig};
 use logplayer::routing::ShardMap;
 use logplayer::routing::slots::{SlotRange, check_coverage, validate_ranges};
+use logplayer::wal::{Wal, WalConfig};
 use proptest::prelude::*;
 
 const SEGMENT_HEADER: u64 = 8;

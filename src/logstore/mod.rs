@@ -6,14 +6,13 @@
 //! waiting, writes them, and fsyncs once), publication of the durable head — the read path
 //! (a bounded cache of recent entries in front of the WAL, so tailing readers never touch
 //! the disk), and the log's identity ([`log_id`]). Record storage, checksums and recovery
-//! belong to [`crate::logstore::wal`]; the gRPC edge is [`service`].
+//! belong to [`crate::wal`]; the gRPC edge is [`service`].
 
 pub mod dedupe;
 pub mod log_id;
 pub mod raft;
 pub mod served;
 pub mod service;
-pub mod wal;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -22,8 +21,8 @@ use std::sync::{Arc, RwLock};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::logstore::wal::{Wal, WalConfig, WalError, WalReader};
 use crate::proto::{Entry, Mutation, StoredEntry};
+use crate::wal::{Wal, WalConfig, WalError, WalReader};
 
 /// Appends waiting for the writer thread. Past this, appenders wait (back-pressure) instead
 /// of queueing without bound.
@@ -292,6 +291,7 @@ impl LogStore {
         let record_limit = crate::limits::message_limit(config.max_entry_bytes)
             .max(wal_config.max_record_bytes as usize);
         wal_config.max_record_bytes = u32::try_from(record_limit).unwrap_or(u32::MAX);
+        wal_config.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         let (wal, report) = Wal::open(wal_config)?;
         let empty = wal.last_index() == 0 && wal.first_index() <= 1;
         let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;

@@ -17,13 +17,13 @@ use super::raft::members::Members;
 use super::raft::node::Replica;
 use super::served::ServedLog;
 use crate::grpc::{self, GrpcError, Reason};
-use crate::logstore::wal::WalError;
 use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
 use crate::proto::{
     AddMemberRequest, AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, Member,
     MembersRequest, MembersResponse, ReadRequest, ReadResponse, RemoveMemberRequest, RetainRequest,
     RetainResponse, SeedRequest,
 };
+use crate::wal::WalError;
 
 /// Appends of one `AppendStream` submitted but not yet answered.
 const APPEND_PIPELINE: usize = 1024;
@@ -456,7 +456,7 @@ mod tests {
     async fn a_wal_failure_stops_the_server_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = LogStoreConfig::new(dir.path().to_path_buf());
-        config.segment_bytes = Some(crate::logstore::wal::MIN_SEGMENT_BYTES);
+        config.segment_bytes = Some(crate::wal::MIN_SEGMENT_BYTES);
         let (log, _) = LogStore::open(config).unwrap();
         // Whatever index the next segment starts at, its file cannot be created: a
         // directory holds its name, so the roll fails as a disk error would.

@@ -29,9 +29,9 @@ use tokio::sync::watch;
 
 use super::{Command, Entry, LogId, Membership, Reply, SnapshotData, TypeConfig, Verdict};
 use crate::logstore::dedupe::{self, Writers};
-use crate::logstore::wal::{WalError, WalReader};
 use crate::logstore::{LogStoreError, TailCache};
 use crate::proto::{AppendGroup, Entry as LogEntry};
+use crate::wal::{WalError, WalReader};
 
 /// The file holding the [`Base`] (written whole, fsynced, renamed into place).
 const BASE_FILE: &str = "raft-base";
@@ -570,8 +570,8 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
 mod tests {
     use super::super::Payload;
     use super::*;
-    use crate::logstore::wal::{Wal, WalConfig};
     use crate::proto::{Mutation, StoredEntry, mutation::Op};
+    use crate::wal::{Wal, WalConfig};
 
     fn add(key: &str) -> Vec<Mutation> {
         vec![Mutation {

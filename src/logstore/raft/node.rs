@@ -28,9 +28,9 @@ use super::machine::Machine;
 use super::network::Network;
 use super::storage::LogStorage;
 use super::{Command, NodeId, Raft, Reply, TypeConfig, Verdict};
-use crate::logstore::wal::WalConfig;
 use crate::logstore::{Appended, LogStoreError};
 use crate::proto::{AppendGroup, Entry, Mutation, StoredEntry};
+use crate::wal::WalConfig;
 
 /// Groups proposed but not yet applied. openraft replicates a group while the leader's own
 /// fsync runs, and the next groups are written meanwhile.
@@ -218,6 +218,7 @@ impl Replica {
         }
         // A record is a group of appends: room for a full group of the largest entries.
         wal.max_record_bytes = u32::MAX;
+        wal.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         let mut storage =
             LogStorage::open(wal).map_err(|e| LogStoreError::Invalid(e.to_string()))?;
         let failed = storage.failed();

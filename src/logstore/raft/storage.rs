@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{Entry, LogId, TypeConfig, Vote, raft_index, wal_index};
-use crate::logstore::wal::{Wal, WalConfig, WalError, WalReader};
+use crate::wal::{Wal, WalConfig, WalError, WalReader};
 
 /// The file holding the vote and the purge point. Its presence also marks the directory as
 /// a replica's (a directory with WAL segments and no such file holds a single-node log).

@@ -242,7 +242,7 @@ impl SyncPoint {
 
     /// Runs the sync.
     pub fn sync(&self) -> Result<(), WalError> {
-        if self.sync && !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync) {
+        if self.sync {
             self.file.sync_data().map_err(io_err(&self.path))?;
         }
         Ok(())
@@ -468,9 +468,7 @@ impl Wal {
         let new_segment = staged.len() > 1;
         let last = staged.last_mut().expect("staged is never empty");
         self.flush(last)?;
-        let sync = self.config.sync
-            && !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync)
-            && (sync_last || new_segment);
+        let sync = self.config.sync && (sync_last || new_segment);
         if sync {
             self.io.sync_data(&last.file).map_err(io_err(&last.path))?;
             if new_segment {
