@@ -58,7 +58,7 @@ use logplayer::player::replica::ReplicaConfig;
 use logplayer::player::{PlayerConfig, PlayerStats};
 use logplayer::proto::{Mutation, mutation::Op};
 use logplayer::routing::ShardMap;
-use logplayer::shard::store::RedbStore;
+use logplayer::shard::journal::JournalStore;
 use logplayer::shard::{ShardCore, ShardSelf};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -651,7 +651,7 @@ fn serve_shard(
     move || {
         let dir = dir.clone();
         Box::pin(async move {
-            let store = RedbStore::open(&dir)?;
+            let store = JournalStore::open(&dir)?;
             let me = ShardSelf {
                 id: format!("s{s}"),
                 addr: format!("s{s}:{SHARD_PORT}"),

@@ -123,6 +123,11 @@ pub struct ShardArgs {
     /// crash can roll the applied index back (the player then redelivers from the log).
     #[arg(long)]
     no_fsync: bool,
+    /// The store: `journal` (commits appended to a journal, the state in memory, snapshots
+    /// now and then), `redb` (a B-tree file, for data larger than memory), or `auto`
+    /// (whichever the data directory holds; the journal for a new one).
+    #[arg(long, env = "LOGPLAYER_SHARD_STORE", value_enum, default_value_t = shard::any::StoreKind::Auto)]
+    store: shard::any::StoreKind,
     #[command(flatten)]
     limit: EntryLimit,
 }
@@ -238,7 +243,7 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
         Some(ShardAction::Dump {
             data: Some(dir), ..
         }) => {
-            let store = shard::store::RedbStore::open_existing(&dir)?;
+            let store = shard::any::AnyStore::open_existing(&dir)?;
             let mut out = std::io::stdout().lock();
             let mut err = None;
             shard::ShardStore::dump(&store, &mut |k, v| {
@@ -269,7 +274,7 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             let (Some(id), Some(data)) = (a.id, a.data) else {
                 bail!("shard needs --id and --data");
             };
-            let mut store = shard::store::RedbStore::open(&data)
+            let mut store = shard::any::AnyStore::open(&data, a.store)
                 .with_context(|| format!("opening shard store in {}", data.display()))?;
             if a.no_fsync {
                 tracing::warn!("--no-fsync: commits are not durable until a later sync");
@@ -285,7 +290,8 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("opening shard {id:?} in {}", data.display()))?;
             let d = core.durable();
             let log_id = core.identity().log_id.clone().unwrap_or_default();
-            tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, %log_id, "shard opened");
+            let store = shard::any::name(core.store().kind());
+            tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, %log_id, store, "shard opened");
             println!("listening on {addr}");
             shard::service::serve(core, listener, on_signal()).await?;
         }
@@ -299,7 +305,7 @@ fn reset_log(data: &std::path::Path, log_id: &str, applied: u64) -> anyhow::Resu
     let Some(log_id) = logstore::log_id::parse(log_id) else {
         bail!("--log-id {log_id:?} is not a log id (a UUID, as `logplayer status` shows it)");
     };
-    let mut store = shard::store::RedbStore::open_existing(data).with_context(|| {
+    let mut store = shard::any::AnyStore::open_existing(data).with_context(|| {
         format!(
             "opening the shard store in {} (is the shard stopped?)",
             data.display()

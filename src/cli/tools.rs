@@ -127,6 +127,10 @@ pub struct BenchArgs {
     /// Start the shards with --no-fsync (isolates the player's cost from the disk).
     #[arg(long)]
     shard_no_fsync: bool,
+    /// The shards' store (`journal`, `redb`; `auto` is the journal for the bench's new
+    /// directories): to compare them on the same load.
+    #[arg(long, value_enum, default_value_t = crate::shard::any::StoreKind::Auto)]
+    shard_store: crate::shard::any::StoreKind,
 }
 
 /// Runs the demo; exits 1 when the exactly-once check fails.
@@ -433,11 +437,11 @@ pub async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     let root = a.data.clone().unwrap_or_else(|| tmp.path().to_owned());
     let bin = cluster::binary();
     let mut rows = Vec::new();
-    let shard_extra: &[&str] = if a.shard_no_fsync {
-        &["--no-fsync"]
-    } else {
-        &[]
-    };
+    let mut shard_extra = vec!["--store", crate::shard::any::name(a.shard_store)];
+    if a.shard_no_fsync {
+        shard_extra.push("--no-fsync");
+    }
+    let shard_extra = &shard_extra[..];
     if a.stall_seconds > 0 && a.stall_seconds + 1 >= a.load.seconds {
         bail!(
             "--stall-seconds ({}) must end before the run does (--seconds {})",

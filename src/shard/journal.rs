@@ -1,0 +1,662 @@
+//! The shard's default store: a **journal** of commits on the segment WAL ([`crate::wal`]),
+//! the whole state in memory, and a **snapshot** of that state now and then so the journal
+//! can be cut.
+//!
+//! # Why not a B-tree
+//! A copy-on-write B-tree (redb, [`super::store`]) rewrites every page a commit touches —
+//! leaves, branches, its allocator state — and a list value whole on every `append`: at the
+//! bench's shape the shards wrote 13–20 bytes to disk per byte delivered. A commit here is
+//! one WAL record (the mutations as received, plus the new applied index) and one
+//! `fdatasync`: each delivered byte is written once, plus the snapshots.
+//!
+//! # What it costs
+//! The state lives in memory (like Redis with its append-only file), so a shard's data must
+//! fit in its RAM; a shard whose data does not fit runs with `--store redb`. Opening replays
+//! the journal written since the last snapshot.
+//!
+//! # Snapshots
+//! When the journal written since the last snapshot reaches [`SNAPSHOT_MIN_BYTES`] and the
+//! size of the last snapshot (Redis's rewrite rule at 100%), the state is encoded on the
+//! commit thread and written on a thread of its own (`snapshot.tmp`, fsync, rename, directory
+//! fsync: a crash leaves the old snapshot or the new one, whole); once it is durable, the
+//! journal's segments before it are removed. Disk use stays within about twice the state
+//! plus [`SNAPSHOT_MIN_BYTES`]; bytes written per byte delivered stay at 1 while the
+//! journal since the last snapshot is below [`SNAPSHOT_MIN_BYTES`], about 2 for a state of
+//! steady size, and below 3 for a state that only grows.
+//!
+//! # On disk
+//! ```text
+//! DIR/journal/*.wal   WAL segments; record = protobuf `Record` (mutations, applied index,
+//!                     highest epoch, identity: whichever changed)
+//! DIR/snapshot        [magic "LPSNAP\0\x01"] frame* ; frame = [len u32 LE][crc32c u32 LE][payload]
+//!                     first frame: protobuf `SnapshotHeader` (applied, epoch, identity,
+//!                     the journal index it covers up to, the key count); then one frame per
+//!                     key: [key len u32 LE][key][value as `Value::encode`]
+//! ```
+//! Every frame and record is checksummed; a torn journal tail is cut at open (it was never
+//! acknowledged), anything else that does not check is refused with the file and place.
+
+use std::collections::btree_map::Entry;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use super::{Durable, Identity, ShardStore, StoreError};
+use crate::model::{State, Value};
+use crate::proto::{Mutation, ShardEntry, mutation::Op};
+use crate::wal::{Wal, WalConfig, WalError};
+
+/// The journal's folder inside the shard's data directory.
+pub const JOURNAL_DIR: &str = "journal";
+/// The snapshot's file name inside the shard's data directory.
+pub const SNAPSHOT_FILE: &str = "snapshot";
+/// The journal written since the last snapshot that triggers the next one, at least.
+pub const SNAPSHOT_MIN_BYTES: u64 = 64 * 1024 * 1024;
+const SNAPSHOT_MAGIC: &[u8; 8] = b"LPSNAP\0\x01";
+/// Journal segments: small enough that a snapshot frees space soon after it is written.
+const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// Journal bytes read per step while replaying at open.
+const REPLAY_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+
+/// What can go wrong with the journal or the snapshot; each names its file.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("snapshot {path} is corrupt at byte {offset}: {reason}")]
+    Snapshot {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("journal record {index} in {dir} is corrupt: {reason}")]
+    Record {
+        dir: PathBuf,
+        index: u64,
+        reason: String,
+    },
+    #[error(
+        "the journal in {dir} holds records {first}..={last}, but the snapshot needs every record from {needed} on: records are missing"
+    )]
+    Missing {
+        dir: PathBuf,
+        first: u64,
+        last: u64,
+        needed: u64,
+    },
+    #[error("writing the snapshot stopped: {0}")]
+    SnapshotThread(String),
+}
+
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// One journal record: whatever a write changed.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Record {
+    #[prost(uint64, optional, tag = "1")]
+    applied: Option<u64>,
+    #[prost(message, repeated, tag = "2")]
+    mutations: Vec<Mutation>,
+    #[prost(uint64, optional, tag = "3")]
+    highest_epoch: Option<u64>,
+    #[prost(message, optional, tag = "4")]
+    identity: Option<IdentityRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct IdentityRecord {
+    #[prost(string, optional, tag = "1")]
+    shard_id: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    log_id: Option<String>,
+}
+
+impl From<&Identity> for IdentityRecord {
+    fn from(i: &Identity) -> Self {
+        IdentityRecord {
+            shard_id: i.shard_id.clone(),
+            log_id: i.log_id.clone(),
+        }
+    }
+}
+
+impl From<IdentityRecord> for Identity {
+    fn from(i: IdentityRecord) -> Self {
+        Identity {
+            shard_id: i.shard_id,
+            log_id: i.log_id,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotHeader {
+    #[prost(uint64, tag = "1")]
+    applied: u64,
+    #[prost(uint64, tag = "2")]
+    highest_epoch: u64,
+    #[prost(message, optional, tag = "3")]
+    identity: Option<IdentityRecord>,
+    /// The first journal index this snapshot does not contain.
+    #[prost(uint64, tag = "4")]
+    next_record: u64,
+    #[prost(uint64, tag = "5")]
+    keys: u64,
+}
+
+/// A snapshot on its way to disk.
+struct Writing {
+    next_record: u64,
+    thread: std::thread::JoinHandle<Result<u64, JournalError>>,
+}
+
+/// The journal store of one shard.
+pub struct JournalStore {
+    dir: PathBuf,
+    wal: Wal,
+    state: State,
+    durable: Durable,
+    identity: Identity,
+    /// Journal bytes written since the last snapshot was taken.
+    since_snapshot: u64,
+    /// The least of those that triggers a snapshot ([`SNAPSHOT_MIN_BYTES`]; tests lower it).
+    snapshot_min_bytes: u64,
+    /// Size of the last snapshot written (0: none).
+    snapshot_bytes: u64,
+    writing: Option<Writing>,
+    /// Whether snapshots are written on the commit thread (under simulation, and in tests).
+    inline_snapshots: bool,
+    /// Whether commits fsync (see [`JournalStore::set_fsync`]).
+    fsync: bool,
+    /// The record being encoded (reused).
+    buf: Vec<u8>,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Applies one op to the state, in place when the value already has the op's kind (a list
+/// grows by one item, a counter adds) and through [`Value::apply`] otherwise: the same
+/// semantics either way.
+fn apply_op(state: &mut State, key: &[u8], op: &Op) {
+    if let Some(value) = state.get_mut(key) {
+        match (value, op) {
+            (Value::List(items), Op::Append(item)) => return items.push(item.to_vec()),
+            (Value::Counter(n), Op::Add(delta)) => return *n = n.wrapping_add(*delta),
+            _ => {}
+        }
+    }
+    match state.entry(key.to_vec()) {
+        Entry::Occupied(slot) => {
+            let (key, current) = slot.remove_entry();
+            if let Some(v) = Value::apply(Some(current), op) {
+                state.insert(key, v);
+            }
+        }
+        Entry::Vacant(slot) => {
+            if let Some(v) = Value::apply(None, op) {
+                slot.insert(v);
+            }
+        }
+    }
+}
+
+fn apply_mutations<'a>(state: &mut State, mutations: impl IntoIterator<Item = &'a Mutation>) {
+    for m in mutations {
+        if let Some(op) = &m.op {
+            apply_op(state, &m.key, op);
+        }
+    }
+}
+
+impl JournalStore {
+    /// Opens (or creates) the store in `dir`: reads the snapshot, then replays the journal
+    /// after it.
+    pub fn open(dir: &Path) -> Result<JournalStore, StoreError> {
+        crate::disk::create_dir_all(dir).map_err(io_at(dir))?;
+        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let mut config = WalConfig::new(dir.join(JOURNAL_DIR));
+        config.segment_bytes = SEGMENT_BYTES;
+        // A record is one commit: a group of batches, each within the message limit.
+        config.max_record_bytes = u32::MAX;
+        let (wal, _) = Wal::open(config).map_err(JournalError::from)?;
+        let (mut state, mut durable, mut identity, next, snapshot_bytes) = match snapshot {
+            Some(s) => s,
+            None => (State::new(), Durable::default(), Identity::default(), 1, 0),
+        };
+        let (first, last) = (wal.first_index(), wal.last_index());
+        if first > next || last + 1 < next {
+            return Err(JournalError::Missing {
+                dir: dir.join(JOURNAL_DIR),
+                first,
+                last,
+                needed: next,
+            }
+            .into());
+        }
+        let mut since_snapshot = 0;
+        let reader = wal.reader();
+        let mut from = next;
+        while from <= last {
+            let records = reader
+                .read_range(from, last, REPLAY_CHUNK_BYTES)
+                .map_err(JournalError::from)?;
+            for (index, payload) in &records {
+                let record = Record::decode(&payload[..]).map_err(|e| JournalError::Record {
+                    dir: dir.join(JOURNAL_DIR),
+                    index: *index,
+                    reason: e.to_string(),
+                })?;
+                since_snapshot += payload.len() as u64;
+                replay(record, &mut state, &mut durable, &mut identity);
+                from = index + 1;
+            }
+        }
+        tracing::debug!(dir = %dir.display(), keys = state.len(), replayed = last + 1 - next, "journal opened");
+        Ok(JournalStore {
+            dir: dir.to_owned(),
+            wal,
+            state,
+            durable,
+            identity,
+            since_snapshot,
+            snapshot_min_bytes: SNAPSHOT_MIN_BYTES,
+            snapshot_bytes,
+            writing: None,
+            inline_snapshots: crate::blocking::inline(),
+            fsync: true,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Opens an existing store (offline `shard dump`, `shard reset-log`).
+    pub fn open_existing(dir: &Path) -> Result<JournalStore, StoreError> {
+        if !Self::is_in(dir) {
+            return Err(StoreError::Backend(
+                format!(
+                    "no shard journal in {} (neither {JOURNAL_DIR}/ nor {SNAPSHOT_FILE})",
+                    dir.display()
+                )
+                .into(),
+            ));
+        }
+        Self::open(dir)
+    }
+
+    /// Whether `dir` holds a journal store.
+    pub fn is_in(dir: &Path) -> bool {
+        [JOURNAL_DIR, SNAPSHOT_FILE]
+            .iter()
+            .any(|name| crate::disk::exists(&dir.join(name)).unwrap_or(false))
+    }
+
+    /// With `false`, commits are written but not fsynced (the next synced write, or the
+    /// kernel, makes them durable). Still atomic and exactly-once: a crash loses a suffix
+    /// of whole commits, with their applied index. For benchmarks only.
+    pub fn set_fsync(&mut self, fsync: bool) {
+        self.fsync = fsync;
+    }
+
+    /// See [`super::store::RedbStore::reset_log`].
+    pub fn reset_log(&mut self, log_id: &str, applied: u64) -> Result<(), StoreError> {
+        let mut identity = self.identity.clone();
+        identity.log_id = Some(log_id.to_owned());
+        self.write(
+            Record {
+                applied: Some(applied),
+                identity: Some((&identity).into()),
+                ..Default::default()
+            },
+            true,
+        )?;
+        self.identity = identity;
+        self.durable.applied = applied;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn blocking_snapshots_for_test(&mut self) {
+        self.inline_snapshots = true;
+    }
+
+    /// How many keys the shard holds.
+    pub fn key_count(&self) -> Result<u64, StoreError> {
+        Ok(self.state.len() as u64)
+    }
+
+    /// Appends one record that is not a commit of entries.
+    fn write(&mut self, record: Record, sync: bool) -> Result<(), StoreError> {
+        self.buf.clear();
+        record
+            .encode(&mut self.buf)
+            .map_err(|e| StoreError::Backend(format!("encoding a journal record: {e}").into()))?;
+        self.append(sync)
+    }
+
+    /// Appends `self.buf` as one record.
+    fn append(&mut self, sync: bool) -> Result<(), StoreError> {
+        let wrote = if sync {
+            self.wal.append_batch(&[&self.buf])
+        } else {
+            self.wal.append_batch_unsynced(&[&self.buf])
+        };
+        wrote.map_err(JournalError::from)?;
+        self.since_snapshot += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Encodes a commit of `entries` (and `applied`, unless `None`) into `self.buf`, field
+    /// by field, so the mutations are not copied into a `Record` first.
+    fn encode_commit(&mut self, entries: &[ShardEntry], applied: Option<u64>) {
+        self.buf.clear();
+        if let Some(a) = applied {
+            prost::encoding::uint64::encode(1, &a, &mut self.buf);
+        }
+        for e in entries {
+            for m in &e.mutations {
+                prost::encoding::message::encode(2, m, &mut self.buf);
+            }
+        }
+    }
+
+    /// The `shard-split-commit` mutation: the data in one record, the applied index in a
+    /// second, with a crash between them one time in 50.
+    fn split_commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
+        self.encode_commit(entries, None);
+        self.append(self.fsync)?;
+        apply_mutations(&mut self.state, entries.iter().flat_map(|e| &e.mutations));
+        if rand::random::<u8>() < 5 {
+            tracing::warn!(
+                applied,
+                "mutation shard-split-commit: crashing between the data and the applied index"
+            );
+            std::process::abort();
+        }
+        self.write(
+            Record {
+                applied: Some(applied),
+                ..Default::default()
+            },
+            self.fsync,
+        )?;
+        self.durable.applied = applied;
+        Ok(())
+    }
+
+    /// Finishes a snapshot written in the background, and starts the next one when the
+    /// journal since the last has grown enough (see the module docs).
+    fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+        if let Some(w) = self.writing.take_if(|w| w.thread.is_finished()) {
+            self.finish_snapshot(w)?;
+        }
+        if self.writing.is_some()
+            || self.since_snapshot < self.snapshot_min_bytes.max(self.snapshot_bytes)
+        {
+            return Ok(());
+        }
+        if !self.fsync {
+            // The snapshot says which records it covers: they must not be lost after it.
+            self.wal.sync_point().sync().map_err(JournalError::from)?;
+        }
+        let next_record = self.wal.last_index() + 1;
+        let started = std::time::Instant::now();
+        let bytes = encode_snapshot(&self.state, self.durable, &self.identity, next_record);
+        tracing::info!(
+            dir = %self.dir.display(),
+            bytes = bytes.len(),
+            keys = self.state.len(),
+            encode_ms = started.elapsed().as_millis() as u64,
+            "writing a snapshot"
+        );
+        self.since_snapshot = 0;
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let write = move || {
+            crate::disk::write_durably(&path, &bytes).map_err(io_at(&path))?;
+            Ok(bytes.len() as u64)
+        };
+        if self.inline_snapshots {
+            let len = write()?;
+            return self.snapshot_written(next_record, len);
+        }
+        let thread = std::thread::Builder::new()
+            .name("shard-snapshot".into())
+            .spawn(write)
+            .map_err(io_at(&self.dir))?;
+        self.writing = Some(Writing {
+            next_record,
+            thread,
+        });
+        Ok(())
+    }
+
+    fn finish_snapshot(&mut self, w: Writing) -> Result<(), StoreError> {
+        let len = w
+            .thread
+            .join()
+            .map_err(|_| JournalError::SnapshotThread("the thread panicked".into()))??;
+        self.snapshot_written(w.next_record, len)
+    }
+
+    /// The snapshot covering the journal before `next_record` is durable: those records
+    /// are no longer needed.
+    fn snapshot_written(&mut self, next_record: u64, len: u64) -> Result<(), StoreError> {
+        self.snapshot_bytes = len;
+        let removed = self
+            .wal
+            .remove_below(next_record)
+            .map_err(JournalError::from)?;
+        tracing::info!(dir = %self.dir.display(), bytes = len, next_record, removed_segments = removed, "snapshot written");
+        Ok(())
+    }
+}
+
+/// Applies one replayed record.
+fn replay(record: Record, state: &mut State, durable: &mut Durable, identity: &mut Identity) {
+    apply_mutations(state, &record.mutations);
+    if let Some(a) = record.applied {
+        durable.applied = a;
+    }
+    if let Some(e) = record.highest_epoch {
+        durable.highest_epoch = e;
+    }
+    if let Some(i) = record.identity {
+        *identity = i.into();
+    }
+}
+
+fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn encode_snapshot(state: &State, durable: Durable, identity: &Identity, next: u64) -> Vec<u8> {
+    let header = SnapshotHeader {
+        applied: durable.applied,
+        highest_epoch: durable.highest_epoch,
+        identity: Some(identity.into()),
+        next_record: next,
+        keys: state.len() as u64,
+    };
+    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 64);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    push_frame(&mut out, &header.encode_to_vec());
+    let mut row = Vec::new();
+    for (key, value) in state {
+        row.clear();
+        row.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        row.extend_from_slice(key);
+        row.extend_from_slice(&value.encode());
+        push_frame(&mut out, &row);
+    }
+    out
+}
+
+/// What a snapshot holds: the state, its bookkeeping, the first journal index it does not
+/// contain, and its size.
+type Snapshot = (State, Durable, Identity, u64, u64);
+
+/// Reads and checks the snapshot at `path` (`None`: there is none).
+fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, JournalError> {
+    let bytes = match crate::disk::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    let bad = |offset: usize, reason: &str| JournalError::Snapshot {
+        path: path.to_owned(),
+        offset: offset as u64,
+        reason: reason.to_owned(),
+    };
+    if !bytes.starts_with(SNAPSHOT_MAGIC) {
+        return Err(bad(0, "not a shard snapshot (bad magic)"));
+    }
+    let mut frames = Frames {
+        bytes: &bytes,
+        at: SNAPSHOT_MAGIC.len(),
+    };
+    let (at, first) = frames.next().ok_or_else(|| bad(frames.at, "no header"))?;
+    let header = SnapshotHeader::decode(first.map_err(|r| bad(at, r))?)
+        .map_err(|e| bad(at, &format!("header: {e}")))?;
+    let mut state = State::new();
+    for (at, frame) in &mut frames {
+        let row = frame.map_err(|r| bad(at, r))?;
+        let (key, value) = split_row(row).ok_or_else(|| bad(at, "row shorter than its key"))?;
+        let value = Value::decode(value).map_err(|e| bad(at, &e.to_string()))?;
+        state.insert(key.to_vec(), value);
+    }
+    if state.len() as u64 != header.keys {
+        return Err(bad(
+            bytes.len(),
+            &format!(
+                "holds {} keys, its header says {}",
+                state.len(),
+                header.keys
+            ),
+        ));
+    }
+    let durable = Durable {
+        applied: header.applied,
+        highest_epoch: header.highest_epoch,
+    };
+    let identity = header.identity.map(Identity::from).unwrap_or_default();
+    Ok(Some((
+        state,
+        durable,
+        identity,
+        header.next_record,
+        bytes.len() as u64,
+    )))
+}
+
+fn split_row(row: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(row.get(..4)?.try_into().ok()?) as usize;
+    let rest = &row[4..];
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// The checked frames of a snapshot, each with its offset.
+struct Frames<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = (usize, Result<&'a [u8], &'static str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let at = self.at;
+        let rest = &self.bytes[at..];
+        if rest.is_empty() {
+            return None;
+        }
+        let frame = || -> Result<(&'a [u8], usize), &'static str> {
+            let head = rest.get(..8).ok_or("truncated frame header")?;
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let payload = rest.get(8..8 + len).ok_or("truncated frame")?;
+            if crc32c::crc32c(payload) != crc {
+                return Err("checksum mismatch");
+            }
+            Ok((payload, 8 + len))
+        };
+        match frame() {
+            Ok((payload, used)) => {
+                self.at += used;
+                Some((at, Ok(payload)))
+            }
+            Err(reason) => {
+                self.at = self.bytes.len();
+                Some((at, Err(reason)))
+            }
+        }
+    }
+}
+
+impl ShardStore for JournalStore {
+    fn load(&self) -> Result<Durable, StoreError> {
+        Ok(self.durable)
+    }
+
+    fn identity(&self) -> Result<Identity, StoreError> {
+        Ok(self.identity.clone())
+    }
+
+    fn set_identity(&mut self, identity: &Identity) -> Result<(), StoreError> {
+        self.write(
+            Record {
+                identity: Some(identity.into()),
+                ..Default::default()
+            },
+            true,
+        )?;
+        self.identity = identity.clone();
+        Ok(())
+    }
+
+    fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {
+        self.write(
+            Record {
+                highest_epoch: Some(epoch),
+                ..Default::default()
+            },
+            true,
+        )?;
+        self.durable.highest_epoch = epoch;
+        Ok(())
+    }
+
+    fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
+        if crate::mutations::on(crate::mutations::Mutation::ShardSplitCommit) {
+            self.split_commit(entries, applied)?;
+        } else {
+            self.encode_commit(entries, Some(applied));
+            self.append(self.fsync)?;
+            apply_mutations(&mut self.state, entries.iter().flat_map(|e| &e.mutations));
+            self.durable.applied = applied;
+        }
+        self.maybe_snapshot()
+    }
+
+    fn dump(&self, visit: &mut dyn FnMut(&[u8], &Value)) -> Result<(), StoreError> {
+        for (k, v) in &self.state {
+            visit(k, v);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "journal_tests.rs"]
+mod tests;

@@ -1,0 +1,213 @@
+//! Unit tests of the journal store: reopening, snapshots, refusals of missing or damaged
+//! files, bytes written per byte committed, and the in-place ops against the model.
+
+use super::*;
+use crate::proto::{Delete, Mutation, mutation::Op};
+use proptest::prelude::*;
+
+fn m(key: &str, op: Op) -> Mutation {
+    Mutation {
+        key: key.as_bytes().to_vec().into(),
+        op: Some(op),
+    }
+}
+
+fn entry(index: u64, mutations: Vec<Mutation>) -> ShardEntry {
+    ShardEntry {
+        index,
+        prev_index: index.saturating_sub(1),
+        mutations,
+        ..Default::default()
+    }
+}
+
+fn dump(s: &JournalStore) -> Vec<(Vec<u8>, Value)> {
+    let mut rows = Vec::new();
+    s.dump(&mut |k, v| rows.push((k.to_vec(), v.clone())))
+        .unwrap();
+    rows
+}
+
+/// `n` commits of one entry each: an append to a list, an add to a counter.
+fn commit_many(s: &mut JournalStore, from: u64, n: u64, pad: usize) {
+    for i in from..from + n {
+        let item = format!("{i}:{}", "~".repeat(pad)).into_bytes();
+        let e = entry(
+            i,
+            vec![
+                m("l", Op::Append(item.into())),
+                m(&format!("c{}", i % 7), Op::Add(i as i64)),
+            ],
+        );
+        s.commit(&[e], i).unwrap();
+    }
+}
+
+#[test]
+fn commits_epoch_and_identity_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity {
+        shard_id: Some("s0".into()),
+        log_id: Some("log-a".into()),
+    };
+    {
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        s.set_identity(&identity).unwrap();
+        s.set_epoch(3).unwrap();
+        let e = entry(
+            7,
+            vec![
+                m("c", Op::Add(2)),
+                m("l", Op::Append(b"x".to_vec().into())),
+                m("p", Op::Put(b"v".to_vec().into())),
+                m("gone", Op::Put(b"v".to_vec().into())),
+            ],
+        );
+        s.commit(std::slice::from_ref(&e), 7).unwrap();
+        let again = entry(
+            8,
+            vec![m("gone", Op::Delete(Delete {})), m("c", Op::Add(2))],
+        );
+        s.commit(&[e, again], 8).unwrap();
+    }
+    let s = JournalStore::open_existing(dir.path()).unwrap();
+    assert_eq!(
+        s.load().unwrap(),
+        Durable {
+            applied: 8,
+            highest_epoch: 3
+        }
+    );
+    assert_eq!(s.identity().unwrap(), identity);
+    assert_eq!(
+        dump(&s),
+        vec![
+            (b"c".to_vec(), Value::Counter(6)),
+            (
+                b"l".to_vec(),
+                Value::List(vec![b"x".to_vec(), b"x".to_vec()])
+            ),
+            (b"p".to_vec(), Value::Bytes(b"v".to_vec())),
+        ]
+    );
+}
+
+#[test]
+fn a_snapshot_and_the_journal_after_it_give_back_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        s.snapshot_min_bytes = 4 * 1024;
+        s.set_epoch(2).unwrap();
+        commit_many(&mut s, 1, 200, 100);
+        // Let the background write finish, then take it in.
+        while s.writing.as_ref().is_some_and(|w| !w.thread.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        commit_many(&mut s, 201, 1, 100);
+        assert!(s.snapshot_bytes > 0, "a snapshot was written");
+        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        (dump(&s), s.load().unwrap())
+    };
+    let s = JournalStore::open(dir.path()).unwrap();
+    assert_eq!((dump(&s), s.load().unwrap()), before);
+    assert_eq!(s.load().unwrap().applied, 201);
+    assert_eq!(s.load().unwrap().highest_epoch, 2);
+}
+
+#[test]
+fn a_snapshot_whose_journal_records_are_gone_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        s.snapshot_min_bytes = 1024;
+        s.blocking_snapshots_for_test();
+        commit_many(&mut s, 1, 50, 100);
+    }
+    std::fs::remove_dir_all(dir.path().join(JOURNAL_DIR)).unwrap();
+    let err = JournalStore::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("records are missing"), "{err}");
+    assert!(err.contains(JOURNAL_DIR), "{err}");
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_with_its_path_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        s.snapshot_min_bytes = 1024;
+        s.blocking_snapshots_for_test();
+        commit_many(&mut s, 1, 50, 100);
+    }
+    let path = dir.path().join(SNAPSHOT_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = JournalStore::open(dir.path()).err().unwrap().to_string();
+    assert!(
+        err.contains("snapshot") && err.contains("corrupt at byte"),
+        "{err}"
+    );
+    assert!(err.contains("checksum mismatch"), "{err}");
+}
+
+#[test]
+fn a_commit_writes_about_the_bytes_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = JournalStore::open(dir.path()).unwrap();
+    let payload: usize = 1000 * 1024;
+    let item = vec![b'x'; 1024];
+    for i in 1..=1000 {
+        let e = entry(i, vec![m("l", Op::Append(item.clone().into()))]);
+        s.commit(&[e], i).unwrap();
+    }
+    let on_disk: u64 = std::fs::read_dir(dir.path().join(JOURNAL_DIR))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    let amplification = on_disk as f64 / payload as f64;
+    assert!(amplification < 1.05, "{on_disk} bytes for {payload}");
+}
+
+#[derive(Debug, Clone)]
+enum TestOp {
+    Put(u8),
+    Delete,
+    Add(i64),
+    Append(u8),
+}
+
+fn op_strategy() -> impl Strategy<Value = (u8, TestOp)> {
+    let op = prop_oneof![
+        any::<u8>().prop_map(TestOp::Put),
+        Just(TestOp::Delete),
+        any::<i64>().prop_map(TestOp::Add),
+        any::<u8>().prop_map(TestOp::Append),
+    ];
+    (0u8..4, op)
+}
+
+fn to_mutation((key, op): &(u8, TestOp)) -> Mutation {
+    let op = match op {
+        TestOp::Put(b) => Op::Put(vec![*b].into()),
+        TestOp::Delete => Op::Delete(Delete {}),
+        TestOp::Add(d) => Op::Add(*d),
+        TestOp::Append(b) => Op::Append(vec![*b].into()),
+    };
+    m(&format!("k{key}"), op)
+}
+
+proptest! {
+    /// The in-place fast paths give what the model's op semantics give, for any mix of
+    /// kinds on the same keys.
+    #[test]
+    fn applying_in_place_matches_the_model(ops in proptest::collection::vec(op_strategy(), 0..60)) {
+        let mutations: Vec<Mutation> = ops.iter().map(to_mutation).collect();
+        let mut model = State::new();
+        crate::model::apply_all(&mut model, &mutations);
+        let mut ours = State::new();
+        apply_mutations(&mut ours, &mutations);
+        prop_assert_eq!(ours, model);
+    }
+}
