@@ -3,7 +3,8 @@
 //!
 //! It owns the append path — validation (including the entry-size limit), per-writer
 //! sequence deduplication, group commit (one writer thread takes every append that is
-//! waiting, writes them, and fsyncs once), publication of the durable head — the read path
+//! waiting, writes them, and fsyncs once, pipelined: [`writer`]), publication of the durable
+//! head — the read path
 //! (a bounded cache of recent entries in front of the WAL, so tailing readers never touch
 //! the disk), and the log's identity ([`log_id`]). Record storage, checksums and recovery
 //! belong to [`crate::wal`]; the gRPC edge is [`service`].
@@ -13,6 +14,7 @@ pub mod log_id;
 pub mod raft;
 pub mod served;
 pub mod service;
+mod writer;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -28,9 +30,9 @@ use crate::wal::{Wal, WalConfig, WalError, WalReader};
 /// of queueing without bound.
 const APPEND_QUEUE: usize = 16 * 1024;
 /// Most entries fsynced as one group: bounds the latency of the first append of a group.
-const MAX_GROUP_ENTRIES: usize = 4096;
+pub(crate) const MAX_GROUP_ENTRIES: usize = 4096;
 /// Most payload bytes in one group.
-const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Recent entries kept in memory for tailing readers.
 const TAIL_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -103,7 +105,7 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
-enum Job {
+pub(crate) enum Job {
     Append {
         mutations: Vec<Mutation>,
         writer: Option<(String, u64)>,
@@ -330,12 +332,15 @@ impl LogStore {
         let (head_tx, head_rx) = watch::channel(last);
         let cache = Arc::new(RwLock::new(cache));
         let (failed_tx, failed_rx) = watch::channel(None);
-        let writer = Writer {
+        let writer = writer::Writer {
             wal,
             writers,
-            cache: cache.clone(),
-            head: head_tx,
-            failed: failed_tx,
+            publish: writer::Publish {
+                cache: cache.clone(),
+                head: Arc::new(head_tx),
+                failed: Arc::new(failed_tx),
+            },
+            synced: None,
         };
         if crate::blocking::inline() {
             tokio::spawn(writer.run_inline(jobs_rx));
@@ -463,182 +468,6 @@ impl LogStore {
                     })
             })
             .collect()
-    }
-}
-
-struct Writer {
-    wal: Wal,
-    writers: Writers,
-    cache: Arc<RwLock<TailCache>>,
-    head: watch::Sender<u64>,
-    failed: watch::Sender<Option<String>>,
-}
-
-type AppendReply = oneshot::Sender<Result<Appended, LogStoreError>>;
-
-impl Writer {
-    /// The writer thread: takes each group of waiting jobs and commits it.
-    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(job) = jobs.blocking_recv() {
-            self.take_group(job, &mut jobs);
-        }
-    }
-
-    /// The writer as a task on the caller's runtime (see [`crate::blocking`]).
-    async fn run_inline(mut self, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(job) = jobs.recv().await {
-            self.take_group(job, &mut jobs);
-        }
-    }
-
-    /// Commits `job` and whatever else is already waiting (group commit); after a WAL
-    /// failure (published on `self.failed`), refuses them all.
-    fn take_group(&mut self, job: Job, jobs: &mut mpsc::Receiver<Job>) {
-        let mut group = vec![job];
-        let mut bytes = 0usize;
-        while group.len() < MAX_GROUP_ENTRIES && bytes < MAX_GROUP_BYTES {
-            match jobs.try_recv() {
-                Ok(j) => {
-                    if let Job::Append { mutations, .. } = &j {
-                        bytes += mutations.iter().map(|m| m.encoded_len()).sum::<usize>();
-                    }
-                    group.push(j)
-                }
-                Err(_) => break,
-            }
-        }
-        if let Some(reason) = self.failed.borrow().clone() {
-            tracing::debug!(%reason, "refusing jobs after a WAL failure");
-            for job in group {
-                match job {
-                    Job::Append { reply, .. } => {
-                        let _ = reply.send(Err(LogStoreError::Stopped));
-                    }
-                    Job::Retain { reply, .. } => {
-                        let _ = reply.send(Err(LogStoreError::Stopped));
-                    }
-                }
-            }
-            return;
-        }
-        if let Err(e) = self.commit_group(group) {
-            tracing::error!(error = %e, "WAL write failed; the LogStore refuses appends and stops");
-            self.failed.send_replace(Some(e.to_string()));
-        }
-    }
-
-    /// Writes and fsyncs one group's records (indexes from `first`), then caches the entries
-    /// and publishes the new head.
-    fn persist(
-        &mut self,
-        first: u64,
-        payloads: &[Vec<u8>],
-        entries: Vec<Entry>,
-    ) -> Result<(), LogStoreError> {
-        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
-        let assigned = self.wal.append_batch(&refs)?;
-        debug_assert_eq!(assigned, first, "WAL assigned an unexpected index");
-        if assigned != first {
-            return Err(LogStoreError::Invalid(format!(
-                "WAL assigned index {assigned}, expected {first}"
-            )));
-        }
-        let last = first + payloads.len() as u64 - 1;
-        if let Ok(mut cache) = self.cache.write() {
-            for e in entries {
-                cache.push(e);
-            }
-        }
-        let _ = self.head.send(last);
-        Ok(())
-    }
-
-    /// Assigns indexes, writes and fsyncs one group, publishes the head, then replies.
-    fn commit_group(&mut self, group: Vec<Job>) -> Result<(), LogStoreError> {
-        let first = self.wal.last_index() + 1;
-        let mut next = first;
-        let mut payloads: Vec<Vec<u8>> = Vec::new();
-        let mut entries: Vec<Entry> = Vec::new();
-        // Replies to send after the sync: (reply, index, duplicate).
-        let mut replies: Vec<(AppendReply, Result<Appended, LogStoreError>)> = Vec::new();
-        let mut retains = Vec::new();
-        // Sequences assigned in this group, so a retry inside the same group also dedups.
-        for job in group {
-            match job {
-                Job::Retain { below, reply } => retains.push((below, reply)),
-                Job::Append {
-                    mutations,
-                    writer,
-                    start_micros,
-                    reply,
-                } => {
-                    if let Some(answer) =
-                        dedupe::seen_before(&self.writers, writer.as_ref(), &mutations)
-                    {
-                        replies.push((reply, answer));
-                        continue;
-                    }
-                    let index = next;
-                    next += 1;
-                    let digest = writer.as_ref().map(|_| digest(&mutations));
-                    let entry = Entry {
-                        index,
-                        mutations,
-                        append_start_micros: start_micros,
-                    };
-                    dedupe::record(
-                        &mut self.writers,
-                        writer.as_ref(),
-                        index,
-                        digest.unwrap_or_default(),
-                    );
-                    let (writer_id, sequence) = writer.unwrap_or_default();
-                    let stored = StoredEntry {
-                        entry: Some(entry),
-                        writer_id,
-                        sequence,
-                    };
-                    payloads.push(stored.encode_to_vec());
-                    entries.push(stored.entry.unwrap_or_default());
-                    replies.push((
-                        reply,
-                        Ok(Appended {
-                            index,
-                            duplicate: false,
-                        }),
-                    ));
-                }
-            }
-        }
-        if !payloads.is_empty()
-            && let Err(e) = self.persist(first, &payloads, entries)
-        {
-            let msg = e.to_string();
-            for (reply, _) in replies {
-                let _ = reply.send(Err(LogStoreError::NotDurable(msg.clone())));
-            }
-            return Err(e);
-        }
-        for (reply, result) in replies {
-            let _ = reply.send(result);
-        }
-        for (below, reply) in retains {
-            let out = self
-                .wal
-                .remove_below(below)
-                .map(|n| (self.wal.first_index(), n))
-                .map_err(LogStoreError::from);
-            if let Ok((first, _)) = &out {
-                dedupe::release(&mut self.writers, *first);
-            }
-            if let Ok((first, removed)) = &out
-                && *removed > 0
-            {
-                tracing::info!(below, first, removed, "removed old segments");
-            }
-            let _ = reply.send(out);
-        }
-        Ok(())
     }
 }
 

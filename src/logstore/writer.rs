@@ -1,0 +1,415 @@
+//! The single-node LogStore's write path: group commit, pipelined.
+//!
+//! The writer thread takes every append waiting, decides each one's verdict (new, or a
+//! retry of an earlier one), assigns indexes and writes the group to the WAL without
+//! syncing it; it then goes straight on to the next group. The sync thread makes what has
+//! been written durable with one `fdatasync` for all the groups written meanwhile, and only
+//! then publishes them to readers (tail cache, durable head) and answers their appends, in
+//! order. So the next group is written while the previous one syncs, and an fsync covers
+//! as many groups as arrived during the last one (etcd's and Pebble's pipelined commit).
+//!
+//! Every answer goes through the sync thread, a retry's too: a retry's original may be in a
+//! group still syncing, and it must not be acknowledged before that group is durable.
+//! Under simulation ([`crate::blocking::inline`]) there is no second thread: each group is
+//! written and synced before the next, on the calling task.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, RwLock};
+
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::dedupe::{self, Writers, digest};
+use super::{Appended, Job, LogStoreError, MAX_GROUP_BYTES, MAX_GROUP_ENTRIES, TailCache};
+use crate::proto::{Entry, StoredEntry};
+use crate::wal::{SyncPoint, Wal};
+
+/// Groups written and waiting for their sync: past this, the writer waits for the syncs.
+const GROUPS_IN_FLIGHT: usize = 8;
+
+type AppendReply = oneshot::Sender<Result<Appended, LogStoreError>>;
+/// A retention asked for: below which index, and where to answer.
+type RetainAsk = (u64, oneshot::Sender<Result<(u64, usize), LogStoreError>>);
+
+/// What a group leaves for the sync thread.
+pub(super) struct Written {
+    /// Makes the group durable (`None`: the group wrote nothing; its answers wait only for
+    /// the groups before it).
+    point: Option<SyncPoint>,
+    /// The entries written, to publish once durable.
+    entries: Vec<Entry>,
+    replies: Vec<(AppendReply, Result<Appended, LogStoreError>)>,
+}
+
+/// Where the durable head and the tail cache are published, and a WAL failure reported.
+#[derive(Clone)]
+pub(super) struct Publish {
+    pub cache: Arc<RwLock<TailCache>>,
+    pub head: Arc<watch::Sender<u64>>,
+    pub failed: Arc<watch::Sender<Option<String>>>,
+}
+
+impl Publish {
+    fn entries(&self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        if let Ok(mut cache) = self.cache.write() {
+            for e in entries {
+                cache.push(e);
+            }
+        }
+        self.head.send_replace(last);
+    }
+
+    fn fail(&self, reason: &str) {
+        if self.failed.borrow().is_none() {
+            tracing::error!(error = %reason, "WAL write failed; the LogStore refuses appends and stops");
+            self.failed.send_replace(Some(reason.to_owned()));
+        }
+    }
+}
+
+pub(super) struct Writer {
+    pub wal: Wal,
+    pub writers: Writers,
+    pub publish: Publish,
+    /// The sync thread's queue (`None`: each group is synced inline).
+    pub synced: Option<SyncSender<Written>>,
+}
+
+impl Writer {
+    /// Starts the sync thread and runs the writer on this thread until every sender of
+    /// `jobs` is gone.
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let (tx, rx) = sync_channel(GROUPS_IN_FLIGHT);
+        let publish = self.publish.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || sync_loop(rx, publish, |p| p.sync().map_err(|e| e.to_string())));
+        match spawned {
+            Ok(_) => self.synced = Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "no sync thread: each group syncs before the next")
+            }
+        }
+        while let Some(job) = jobs.blocking_recv() {
+            self.take_group(job, &mut jobs);
+        }
+    }
+
+    /// The writer as a task on the caller's runtime (see [`crate::blocking`]).
+    pub async fn run_inline(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            self.take_group(job, &mut jobs);
+        }
+    }
+
+    /// Commits `job` and whatever else is already waiting (group commit); after a WAL
+    /// failure (published on `failed`), refuses them all.
+    fn take_group(&mut self, job: Job, jobs: &mut mpsc::Receiver<Job>) {
+        let mut group = vec![job];
+        let mut bytes = 0usize;
+        while group.len() < MAX_GROUP_ENTRIES && bytes < MAX_GROUP_BYTES {
+            match jobs.try_recv() {
+                Ok(j) => {
+                    if let Job::Append { mutations, .. } = &j {
+                        bytes += mutations.iter().map(|m| m.encoded_len()).sum::<usize>();
+                    }
+                    group.push(j)
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = self.publish.failed.borrow().clone() {
+            tracing::debug!(%reason, "refusing jobs after a WAL failure");
+            for job in group {
+                match job {
+                    Job::Append { reply, .. } => {
+                        let _ = reply.send(Err(LogStoreError::Stopped));
+                    }
+                    Job::Retain { reply, .. } => {
+                        let _ = reply.send(Err(LogStoreError::Stopped));
+                    }
+                }
+            }
+            return;
+        }
+        if let Err(e) = self.commit_group(group) {
+            self.publish.fail(&e.to_string());
+        }
+    }
+
+    /// Decides each append's verdict and assigns indexes; returns the records to write,
+    /// the entries they hold, the answers, and the retentions asked for.
+    #[allow(clippy::type_complexity)]
+    fn verdicts(
+        &mut self,
+        group: Vec<Job>,
+    ) -> (
+        Vec<Vec<u8>>,
+        Vec<Entry>,
+        Vec<(AppendReply, Result<Appended, LogStoreError>)>,
+        Vec<RetainAsk>,
+    ) {
+        let mut next = self.wal.last_index() + 1;
+        let (mut payloads, mut entries, mut replies, mut retains) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for job in group {
+            match job {
+                Job::Retain { below, reply } => retains.push((below, reply)),
+                Job::Append {
+                    mutations,
+                    writer,
+                    start_micros,
+                    reply,
+                } => {
+                    // The table holds this group's earlier appends too, so a retry inside
+                    // the same group also dedups.
+                    if let Some(answer) =
+                        dedupe::seen_before(&self.writers, writer.as_ref(), &mutations)
+                    {
+                        replies.push((reply, answer));
+                        continue;
+                    }
+                    let index = next;
+                    next += 1;
+                    let digest = writer.as_ref().map(|_| digest(&mutations));
+                    dedupe::record(
+                        &mut self.writers,
+                        writer.as_ref(),
+                        index,
+                        digest.unwrap_or_default(),
+                    );
+                    let (writer_id, sequence) = writer.unwrap_or_default();
+                    let stored = StoredEntry {
+                        entry: Some(Entry {
+                            index,
+                            mutations,
+                            append_start_micros: start_micros,
+                        }),
+                        writer_id,
+                        sequence,
+                    };
+                    payloads.push(stored.encode_to_vec());
+                    entries.push(stored.entry.unwrap_or_default());
+                    let appended = Appended {
+                        index,
+                        duplicate: false,
+                    };
+                    replies.push((reply, Ok(appended)));
+                }
+            }
+        }
+        (payloads, entries, replies, retains)
+    }
+
+    /// Writes one group and hands it to the sync thread (or syncs, publishes and answers it
+    /// here, inline); then runs the retentions asked for.
+    fn commit_group(&mut self, group: Vec<Job>) -> Result<(), LogStoreError> {
+        let first = self.wal.last_index() + 1;
+        let (payloads, entries, mut replies, retains) = self.verdicts(group);
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        let written = if payloads.is_empty() {
+            Ok(first)
+        } else if self.synced.is_some() {
+            self.wal.append_batch_unsynced(&refs)
+        } else {
+            self.wal.append_batch(&refs)
+        };
+        let assigned = match written {
+            Ok(a) => a,
+            Err(e) => {
+                let msg = e.to_string();
+                for (reply, _) in replies.drain(..) {
+                    let _ = reply.send(Err(LogStoreError::NotDurable(msg.clone())));
+                }
+                return Err(e.into());
+            }
+        };
+        if assigned != first {
+            return Err(LogStoreError::Invalid(format!(
+                "WAL assigned index {assigned}, expected {first}"
+            )));
+        }
+        let written = Written {
+            point: (!payloads.is_empty()).then(|| self.wal.sync_point()),
+            entries,
+            replies,
+        };
+        match &self.synced {
+            Some(tx) => {
+                if let Err(unsent) = tx.send(written) {
+                    // The sync thread is gone (it only ends when this sender is dropped).
+                    answer(unsent.0.replies, Some("the WAL sync thread stopped"));
+                    return Err(LogStoreError::Stopped);
+                }
+            }
+            None => {
+                self.publish.entries(written.entries);
+                answer(written.replies, None);
+            }
+        }
+        self.retain(retains);
+        Ok(())
+    }
+
+    fn retain(&mut self, retains: Vec<RetainAsk>) {
+        for (below, reply) in retains {
+            let out = self
+                .wal
+                .remove_below(below)
+                .map(|n| (self.wal.first_index(), n))
+                .map_err(LogStoreError::from);
+            if let Ok((first, _)) = &out {
+                dedupe::release(&mut self.writers, *first);
+            }
+            if let Ok((first, removed)) = &out
+                && *removed > 0
+            {
+                tracing::info!(below, first, removed, "removed old segments");
+            }
+            let _ = reply.send(out);
+        }
+    }
+}
+
+/// Sends each answer, or the failure instead of it.
+fn answer(replies: Vec<(AppendReply, Result<Appended, LogStoreError>)>, failed: Option<&str>) {
+    for (reply, result) in replies {
+        let result = match failed {
+            Some(reason) => Err(LogStoreError::NotDurable(reason.to_owned())),
+            None => result,
+        };
+        let _ = reply.send(result);
+    }
+}
+
+/// The sync thread: one `fdatasync` for every group written since the last one, then their
+/// publication and answers, in order. After a failed sync, nothing more is published: each
+/// later group is answered with the failure.
+fn sync_loop(
+    groups: Receiver<Written>,
+    publish: Publish,
+    sync: impl Fn(&SyncPoint) -> Result<(), String>,
+) {
+    while let Ok(first) = groups.recv() {
+        let mut batch = vec![first];
+        batch.extend(groups.try_iter());
+        let failed = publish.failed.borrow().clone();
+        let result = match (failed, batch.iter().rev().find_map(|w| w.point.as_ref())) {
+            (Some(reason), _) => Err(reason),
+            (None, Some(point)) => sync(point),
+            (None, None) => Ok(()),
+        };
+        if let Err(reason) = &result {
+            publish.fail(reason);
+        }
+        for w in batch {
+            match &result {
+                Ok(()) => {
+                    publish.entries(w.entries);
+                    answer(w.replies, None);
+                }
+                Err(reason) => answer(w.replies, Some(reason)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalConfig;
+    use std::sync::mpsc::channel;
+
+    fn setup() -> (tempfile::TempDir, Wal, Publish, watch::Receiver<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let (head, head_rx) = watch::channel(0);
+        let publish = Publish {
+            cache: Default::default(),
+            head: Arc::new(head),
+            failed: Arc::new(watch::channel(None).0),
+        };
+        (dir, wal, publish, head_rx)
+    }
+
+    fn group(
+        wal: &mut Wal,
+        index: u64,
+    ) -> (Written, oneshot::Receiver<Result<Appended, LogStoreError>>) {
+        wal.append_batch_unsynced(&[b"x"]).unwrap();
+        let (reply, answer) = oneshot::channel();
+        let appended = Appended {
+            index,
+            duplicate: false,
+        };
+        let entry = Entry {
+            index,
+            ..Default::default()
+        };
+        let written = Written {
+            point: Some(wal.sync_point()),
+            entries: vec![entry],
+            replies: vec![(reply, Ok(appended))],
+        };
+        (written, answer)
+    }
+
+    /// Nothing is published or answered before its sync has returned.
+    #[test]
+    fn a_group_is_published_and_answered_only_after_its_sync() {
+        let (_dir, mut wal, publish, head) = setup();
+        let (tx, rx) = sync_channel(4);
+        let (release_tx, release_rx) = channel::<()>();
+        let (synced_tx, synced_rx) = channel::<()>();
+        let release = std::sync::Mutex::new(release_rx);
+        let p = publish.clone();
+        let thread = std::thread::spawn(move || {
+            sync_loop(rx, p, |_| {
+                synced_tx.send(()).unwrap();
+                release.lock().unwrap().recv().unwrap();
+                Ok(())
+            })
+        });
+        let (written, mut answer) = group(&mut wal, 1);
+        tx.send(written).unwrap();
+        synced_rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(*head.borrow(), 0, "published while its sync was running");
+        assert!(
+            answer.try_recv().is_err(),
+            "answered while its sync was running"
+        );
+        release_tx.send(()).unwrap();
+        drop(tx);
+        thread.join().unwrap();
+        assert_eq!(*head.borrow(), 1);
+        assert_eq!(answer.try_recv().unwrap().unwrap().index, 1);
+    }
+
+    /// A failed sync publishes nothing, answers with the failure, and fails what follows.
+    #[test]
+    fn a_failed_sync_is_never_acknowledged() {
+        let (_dir, mut wal, publish, head) = setup();
+        let (tx, rx) = sync_channel(4);
+        let (first, mut first_answer) = group(&mut wal, 1);
+        let (second, mut second_answer) = group(&mut wal, 2);
+        tx.send(first).unwrap();
+        drop(tx);
+        let p = publish.clone();
+        sync_loop(rx, p, |_| Err("disk on fire".into()));
+        assert_eq!(*head.borrow(), 0);
+        let err = first_answer.try_recv().unwrap().unwrap_err().to_string();
+        assert!(err.contains("disk on fire"), "{err}");
+        assert!(publish.failed.borrow().is_some());
+        // A group after the failure is refused even if its own sync would succeed.
+        let (tx, rx) = sync_channel(4);
+        tx.send(second).unwrap();
+        drop(tx);
+        sync_loop(rx, publish, |_| Ok(()));
+        assert_eq!(*head.borrow(), 0);
+        assert!(second_answer.try_recv().unwrap().is_err());
+    }
+}
