@@ -341,6 +341,7 @@ impl LogStore {
                 failed: Arc::new(failed_tx),
             },
             synced: None,
+            in_flight: Default::default(),
         };
         if crate::blocking::inline() {
             tokio::spawn(writer.run_inline(jobs_rx));

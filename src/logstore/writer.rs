@@ -8,11 +8,15 @@
 //! order. So the next group is written while the previous one syncs, and an fsync covers
 //! as many groups as arrived during the last one (etcd's and Pebble's pipelined commit).
 //!
-//! Every answer goes through the sync thread, a retry's too: a retry's original may be in a
+//! A small group (under 32 entries) with nothing syncing is written, synced and answered by
+//! the writer itself, as before pipelining: at the paper's 2,000 appends/s the hop to the
+//! sync thread cost more (append p50 3.5 vs 2.9 ms, p99 9.9 vs 7.1) than the overlap saved.
+//! Once a group is syncing, every group goes through the sync thread, a retry's too: a retry's original may be in a
 //! group still syncing, and it must not be acknowledged before that group is durable.
 //! Under simulation ([`crate::blocking::inline`]) there is no second thread: each group is
 //! written and synced before the next, on the calling task.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, RwLock};
 
@@ -26,6 +30,10 @@ use crate::wal::{SyncPoint, Wal};
 
 /// Groups written and waiting for their sync: past this, the writer waits for the syncs.
 const GROUPS_IN_FLIGHT: usize = 8;
+/// A group of at least this many entries is handed to the sync thread even when nothing is
+/// syncing; a smaller one, with nothing syncing, is synced and answered by the writer itself
+/// (one thread hop less: at 2,000 appends/s a hop cost more than the overlap saved).
+const PIPELINE_MIN_ENTRIES: usize = 32;
 
 type AppendReply = oneshot::Sender<Result<Appended, LogStoreError>>;
 /// A retention asked for: below which index, and where to answer.
@@ -76,6 +84,8 @@ pub(super) struct Writer {
     pub publish: Publish,
     /// The sync thread's queue (`None`: each group is synced inline).
     pub synced: Option<SyncSender<Written>>,
+    /// Groups handed to the sync thread and not yet published.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -84,9 +94,14 @@ impl Writer {
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let (tx, rx) = sync_channel(GROUPS_IN_FLIGHT);
         let publish = self.publish.clone();
+        let in_flight = self.in_flight.clone();
         let spawned = std::thread::Builder::new()
             .name("wal-sync".into())
-            .spawn(move || sync_loop(rx, publish, |p| p.sync().map_err(|e| e.to_string())));
+            .spawn(move || {
+                sync_loop(rx, publish, &in_flight, |p| {
+                    p.sync().map_err(|e| e.to_string())
+                })
+            });
         match spawned {
             Ok(_) => self.synced = Some(tx),
             Err(e) => {
@@ -210,9 +225,13 @@ impl Writer {
         let first = self.wal.last_index() + 1;
         let (payloads, entries, mut replies, retains) = self.verdicts(group);
         let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        // Handed over while anything is syncing (so answers keep their order), or when big.
+        let hand_over = self.synced.is_some()
+            && (self.in_flight.load(Ordering::Acquire) > 0
+                || payloads.len() >= PIPELINE_MIN_ENTRIES);
         let written = if payloads.is_empty() {
             Ok(first)
-        } else if self.synced.is_some() {
+        } else if hand_over {
             self.wal.append_batch_unsynced(&refs)
         } else {
             self.wal.append_batch(&refs)
@@ -237,8 +256,9 @@ impl Writer {
             entries,
             replies,
         };
-        match &self.synced {
+        match self.synced.as_ref().filter(|_| hand_over) {
             Some(tx) => {
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
                 if let Err(unsent) = tx.send(written) {
                     // The sync thread is gone (it only ends when this sender is dropped).
                     answer(unsent.0.replies, Some("the WAL sync thread stopped"));
@@ -291,6 +311,7 @@ fn answer(replies: Vec<(AppendReply, Result<Appended, LogStoreError>)>, failed: 
 fn sync_loop(
     groups: Receiver<Written>,
     publish: Publish,
+    in_flight: &AtomicUsize,
     sync: impl Fn(&SyncPoint) -> Result<(), String>,
 ) {
     while let Ok(first) = groups.recv() {
@@ -313,6 +334,7 @@ fn sync_loop(
                 }
                 Err(reason) => answer(w.replies, Some(reason)),
             }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -367,7 +389,7 @@ mod tests {
         let release = std::sync::Mutex::new(release_rx);
         let p = publish.clone();
         let thread = std::thread::spawn(move || {
-            sync_loop(rx, p, |_| {
+            sync_loop(rx, p, &AtomicUsize::new(1), |_| {
                 synced_tx.send(()).unwrap();
                 release.lock().unwrap().recv().unwrap();
                 Ok(())
@@ -399,7 +421,7 @@ mod tests {
         tx.send(first).unwrap();
         drop(tx);
         let p = publish.clone();
-        sync_loop(rx, p, |_| Err("disk on fire".into()));
+        sync_loop(rx, p, &AtomicUsize::new(1), |_| Err("disk on fire".into()));
         assert_eq!(*head.borrow(), 0);
         let err = first_answer.try_recv().unwrap().unwrap_err().to_string();
         assert!(err.contains("disk on fire"), "{err}");
@@ -408,7 +430,7 @@ mod tests {
         let (tx, rx) = sync_channel(4);
         tx.send(second).unwrap();
         drop(tx);
-        sync_loop(rx, publish, |_| Ok(()));
+        sync_loop(rx, publish, &AtomicUsize::new(1), |_| Ok(()));
         assert_eq!(*head.borrow(), 0);
         assert!(second_answer.try_recv().unwrap().is_err());
     }
