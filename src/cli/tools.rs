@@ -131,6 +131,10 @@ pub struct BenchArgs {
     /// directories): to compare them on the same load.
     #[arg(long, value_enum, default_value_t = crate::shard::any::StoreKind::Auto)]
     shard_store: crate::shard::any::StoreKind,
+    /// Fail (exit 1) when any run's shard write amplification (bytes the shards write to
+    /// disk per byte of payload) is above this: the guard `.ci/run` uses.
+    #[arg(long)]
+    max_shard_write_amp: Option<f64>,
 }
 
 /// Runs the demo; exits 1 when the exactly-once check fails.
@@ -485,5 +489,30 @@ pub async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    if let Some(max) = a.max_shard_write_amp {
+        check_write_amp(&rows, max)?;
+    }
+    Ok(())
+}
+
+/// `--max-shard-write-amp`: every run (not the medians) within the bound.
+fn check_write_amp(rows: &[bench::BenchRow], max: f64) -> anyhow::Result<()> {
+    let over: Vec<String> = rows
+        .iter()
+        .filter(|r| r.run != "median" && (r.shards_write_amp.is_nan() || r.shards_write_amp > max))
+        .map(|r| {
+            format!(
+                "{} shards x {} B, run {}: {:.2}",
+                r.shards, r.txn_bytes, r.run, r.shards_write_amp
+            )
+        })
+        .collect();
+    if !over.is_empty() {
+        bail!(
+            "shard write amplification above --max-shard-write-amp {max}: {}",
+            over.join("; ")
+        );
+    }
+    println!("shard write amplification within {max} in every run");
     Ok(())
 }

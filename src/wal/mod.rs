@@ -574,6 +574,17 @@ impl Wal {
         Ok(removed.len())
     }
 
+    /// Where in its segment file the next record's header will start (a new segment's, past
+    /// the magic, when the active one is full): for a caller that pads its records to end on
+    /// a page boundary, so that the next sync does not rewrite a page already written.
+    pub fn next_record_offset(&self) -> u64 {
+        if self.active.len >= self.config.segment_bytes && self.active.count > 0 {
+            SEGMENT_HEADER_LEN
+        } else {
+            self.active.len
+        }
+    }
+
     /// A cheap, cloneable read handle usable from other threads.
     pub fn reader(&self) -> WalReader {
         WalReader {
