@@ -66,6 +66,36 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// The file whose lock says a directory is in use ([`lock_dir`]).
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Locks `dir` for this process: an exclusive `flock` on `dir/LOCK`, held while the returned
+/// file stays open and released by the kernel when the process ends, however it ends. A
+/// second locker (another process, or another open in this one) gets
+/// [`io::ErrorKind::WouldBlock`]. Two servers on one data directory would both append to
+/// the same segments (and cut each other's records as torn tails at open). On the simulated
+/// disk there are no processes to exclude: `None`.
+pub fn lock_dir(dir: &Path) -> io::Result<Option<std::fs::File>> {
+    #[cfg(not(feature = "sim-disk"))]
+    {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+    #[cfg(feature = "sim-disk")]
+    {
+        let _ = dir;
+        Ok(None)
+    }
+}
+
 /// Opens (creating if needed) the redb database at `path` on this disk.
 pub fn open_redb(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     #[cfg(not(feature = "sim-disk"))]

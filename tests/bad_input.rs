@@ -73,3 +73,58 @@ async fn malformed_and_oversized_messages_get_a_clear_status_and_the_server_keep
     assert_eq!(shard.applied().await.unwrap().applied_index, 0);
     c.logstore.terminate(Duration::from_secs(5)).await;
 }
+
+/// A second server started on a data directory a running one holds is refused with the
+/// reason, before it reads or cuts anything: for the LogStore, a shard on the journal, and
+/// the offline `shard dump` of a running shard.
+#[tokio::test]
+async fn a_second_server_on_a_data_directory_in_use_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::bin();
+    let mut c = Cluster::start(dir.path(), &bin, 1).await.unwrap();
+    let data = |s: &str| dir.path().join(s).display().to_string();
+    let attempts: [Vec<String>; 3] = [
+        [
+            "logstore",
+            "--data",
+            &data("logstore"),
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        [
+            "shard",
+            "--id",
+            "s0",
+            "--data",
+            &data("shard-s0"),
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ["shard", "dump", "--data", &data("shard-s0")]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for args in attempts {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(&bin)
+                .args(&args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the second server exits")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is in use by another process"),
+            "{args:?}: {stderr}"
+        );
+    }
+    c.stop().await;
+}

@@ -117,6 +117,12 @@ const SEGMENT_NAME_DIGITS: usize = 20;
 /// Errors of the WAL. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// Another process (or another open in this one) has the directory.
+    #[error(
+        "{} is in use by another process (is a second server running on the same data directory?): each data directory belongs to one server at a time",
+        .dir.display()
+    )]
+    InUse { dir: PathBuf },
     /// An operating-system IO error on `path`.
     #[error("WAL I/O error on {}: {source}", .path.display())]
     Io {
@@ -258,6 +264,9 @@ pub struct Wal {
     io: Box<dyn SegmentIo>,
     /// Set after an IO error in `append_batch`: the WAL must be reopened.
     failed: bool,
+    /// The directory's lock, held for as long as this `Wal` lives (`None` on the simulated
+    /// disk).
+    _lock: Option<std::fs::File>,
 }
 
 impl fmt::Debug for Wal {
@@ -285,6 +294,13 @@ impl Wal {
         config.validate()?;
         let dir = config.dir.as_path();
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Before anything is read or cut: a torn tail may be another writer's record.
+        let lock = crate::disk::lock_dir(dir).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => WalError::InUse {
+                dir: dir.to_owned(),
+            },
+            _ => io_err(&dir.join(crate::disk::LOCK_FILE))(e),
+        })?;
         let names = list_segments(dir)?;
         let mut torn_bytes_truncated = 0;
         let mut segments: Vec<Segment> = Vec::with_capacity(names.len().max(1));
@@ -347,6 +363,7 @@ impl Wal {
             active,
             io,
             failed: false,
+            _lock: lock,
         };
         Ok((wal, report))
     }

@@ -813,3 +813,17 @@ fn an_unsynced_append_is_readable_at_once_and_synced_by_its_sync_point_or_when_i
     assert_eq!(report.last_index, 59);
     assert_all_payloads(&wal.reader(), 1, 59);
 }
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_while_the_first_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let err = Wal::open(WalConfig::new(dir.path())).unwrap_err();
+    assert!(matches!(err, WalError::InUse { .. }), "{err}");
+    assert!(
+        err.to_string().contains("is in use by another process"),
+        "{err}"
+    );
+    drop(wal);
+    Wal::open(WalConfig::new(dir.path())).unwrap();
+}
