@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_exactly_once, load_spec, servers, start_load};
+use common::{assert_exactly_once, load_spec, servers_with, start_load};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Victim {
@@ -17,7 +17,12 @@ enum Victim {
 }
 
 async fn run(victim: Victim, kills: usize) {
-    let (_dir, mut c, log) = servers(3).await;
+    run_on(victim, kills, "auto").await;
+}
+
+/// [`run`] with the shards on `store` (`--store`).
+async fn run_on(victim: Victim, kills: usize, store: &str) {
+    let (_dir, mut c, log) = servers_with(3, &["--store", store]).await;
     c.start_player(&[]).await.unwrap();
     let load = start_load(&log, load_spec(500, kills as u64 + 2, kills as u64));
     for k in 0..kills {
@@ -49,6 +54,13 @@ async fn run(victim: Victim, kills: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_killed_ten_times_under_load_end_with_the_state_the_log_implies() {
     run(Victim::Shard, 10).await;
+}
+
+/// The same on the redb store, which no other crash test runs since the journal became the
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_on_redb_killed_ten_times_under_load_end_with_the_state_the_log_implies() {
+    run_on(Victim::Shard, 10, "redb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -477,6 +477,21 @@ mod tests {
     use super::*;
     use crate::proto::mutation::Op;
 
+    /// Opens `dir` again once the dropped handle's writer thread has let go of its lock.
+    fn reopen(dir: &std::path::Path) -> (LogStore, OpenSummary) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match LogStore::open(LogStoreConfig::new(dir.to_path_buf())) {
+                Err(LogStoreError::Wal(WalError::InUse { .. }))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     fn add(key: &str) -> Vec<Mutation> {
         vec![Mutation {
             key: key.as_bytes().to_vec().into(),
@@ -506,7 +521,7 @@ mod tests {
         assert_eq!(log.bounds(), (1, 2));
         drop(log);
         // The writer table survives a restart.
-        let (log, summary) = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf())).unwrap();
+        let (log, summary) = reopen(dir.path());
         assert_eq!(summary.writers, 1);
         let again = log.append(add("k"), w(2), 0).await.unwrap();
         assert_eq!((again.index, again.duplicate), (2, true));

@@ -22,8 +22,16 @@ pub fn bin() -> PathBuf {
 /// A LogStore and `shards` shards (no player yet), in a temporary directory kept alive by
 /// the returned guard, and a client of the LogStore.
 pub async fn servers(shards: usize) -> (tempfile::TempDir, Cluster, Log) {
+    servers_with(shards, &[]).await
+}
+
+/// [`servers`] with extra arguments for every shard (e.g. `--store redb`).
+pub async fn servers_with(
+    shards: usize,
+    shard_extra: &[&str],
+) -> (tempfile::TempDir, Cluster, Log) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let c = Cluster::start(dir.path(), &bin(), shards)
+    let c = Cluster::start_with(dir.path(), &bin(), shards, &[], shard_extra)
         .await
         .expect("LogStore and shards start");
     let log = Log::connect(c.logstore.addr())
