@@ -8,7 +8,7 @@
 //! bench's shape the shards wrote 13–20 bytes to disk per byte delivered. A commit here is
 //! one WAL record (the mutations as received, plus the new applied index) and one
 //! `fdatasync`: each delivered byte is written once, plus the padding that ends a commit on
-//! a page (see [`pad_to_page`]) and the snapshots.
+//! a page (`pad_to_page`) and the snapshots.
 //!
 //! # What it costs
 //! The state lives in memory (like Redis with its append-only file), so a shard's data must
