@@ -3,10 +3,11 @@
 //! know which; only a replica can answer "not the leader" or "not yet established".
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
 
-use super::raft::node::Replica;
+use super::raft::node::{Replica, StreamOrder};
 use super::{Appended, LogStore, LogStoreError};
 use crate::proto::{Entry, Mutation};
 
@@ -33,16 +34,18 @@ type Pending = oneshot::Receiver<Result<Appended, LogStoreError>>;
 
 impl ServedLog {
     /// Queues one append; the receiver gets its outcome once it is durable (single node) or
-    /// committed and applied (replica).
+    /// committed and applied (replica). `stream` keeps one append stream's appends in order
+    /// across a leader change (a single node writes what is submitted in order anyway).
     pub async fn submit(
         &self,
         mutations: Vec<Mutation>,
         writer: Option<(String, u64)>,
         start_micros: u64,
+        stream: Option<&Arc<StreamOrder>>,
     ) -> Result<Pending, LogStoreError> {
         match self {
             ServedLog::Single(l) => l.submit(mutations, writer, start_micros).await,
-            ServedLog::Replica(r) => r.submit(mutations, writer, start_micros).await,
+            ServedLog::Replica(r) => r.submit(mutations, writer, start_micros, stream).await,
         }
     }
 
@@ -53,7 +56,7 @@ impl ServedLog {
         writer: Option<(String, u64)>,
         start_micros: u64,
     ) -> Result<Appended, LogStoreError> {
-        self.submit(mutations, writer, start_micros)
+        self.submit(mutations, writer, start_micros, None)
             .await?
             .await
             .map_err(|_| LogStoreError::Stopped)?

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::LogStoreError;
 use super::raft::members::Members;
-use super::raft::node::Replica;
+use super::raft::node::{Replica, StreamOrder};
 use super::served::ServedLog;
 use crate::grpc::{self, GrpcError, Reason};
 use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
@@ -151,6 +151,7 @@ impl LogStoreRpc for Service {
         let log = self.log.clone();
         let log_id: std::sync::Arc<str> = self.log.log_id().map_err(to_status)?.into();
         let shutdown = self.shutdown.clone();
+        let order = std::sync::Arc::new(StreamOrder::default());
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -160,7 +161,7 @@ impl LogStoreRpc for Service {
                 let submitted = match msg {
                     Ok(Some(r)) => {
                         let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
-                        log.submit(r.mutations, writer, r.append_start_micros)
+                        log.submit(r.mutations, writer, r.append_start_micros, Some(&order))
                             .await
                             .map_err(to_status)
                     }

@@ -9,11 +9,15 @@
 //! proposing them ([`LogStoreError::NotLeader`], naming the leader): nothing was written, a
 //! client can send the same append to the leader. If leadership is lost after proposing,
 //! the outcome is unknown ([`LogStoreError::Unknown`]); a retry with the same
-//! `(writer_id, sequence)` then gets the original index if the first one did commit.
+//! `(writer_id, sequence)` then gets the original index if the first one did commit. The
+//! appends of one stream are written only in the term of its first and never after one of
+//! them was refused ([`StreamOrder`]), so a client's resend from its first unanswered append
+//! never finds a later one already written.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver as _;
@@ -122,6 +126,48 @@ struct Pending {
     stored: StoredEntry,
     writer: Option<(String, u64)>,
     reply: oneshot::Sender<Result<Appended, LogStoreError>>,
+    /// The append stream it came on (none for a unary append).
+    stream: Option<Arc<StreamOrder>>,
+}
+
+/// One append stream's place in the log's order.
+///
+/// A stream's appends are proposed in the order sent. If one of them is refused before it
+/// is proposed (this replica is not, or no longer, the leader), or proposed in a term whose
+/// leadership is then lost, none after it may be written in a later term: the client
+/// resends every unanswered append from the first, and a later one already in the log
+/// would put that first one below the writer's last sequence, where it is refused as stale
+/// — lost. (Within one term, Raft keeps the leader's entries in order and a later one cannot
+/// commit without the earlier.) So a stream is pinned to the term of its first proposal,
+/// and once one of its appends is refused, it refuses the rest; the client opens a new one.
+#[derive(Debug, Default)]
+pub struct StreamOrder {
+    /// The term its appends are proposed in (0: none yet; a leader's term is at least 1).
+    term: AtomicU64,
+    broken: AtomicBool,
+}
+
+impl StreamOrder {
+    /// Whether an append of this stream may be proposed by this replica leading `term`
+    /// (`None`: not the leader). Once it may not, it never may again.
+    pub fn admit(&self, term: Option<u64>) -> bool {
+        if self.broken.load(Ordering::Acquire) {
+            return false;
+        }
+        let ok = term.is_some_and(|t| {
+            match self
+                .term
+                .compare_exchange(0, t, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => true,
+                Err(pinned) => pinned == t,
+            }
+        });
+        if !ok {
+            self.broken.store(true, Ordering::Release);
+        }
+        ok
+    }
 }
 
 /// A running replica (cheap to clone).
@@ -350,9 +396,15 @@ impl Replica {
     }
 
     fn is_leader(&self) -> bool {
+        self.leader_term().is_some()
+    }
+
+    /// The term this replica leads, if it is the leader.
+    fn leader_term(&self) -> Option<u64> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id))
+            .then_some(m.current_term)
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -383,15 +435,21 @@ impl Replica {
         })
     }
 
-    /// Queues one append; the receiver gets its verdict once its entry is applied.
+    /// Queues one append; the receiver gets its verdict once its entry is applied. An
+    /// append of a stream (`stream`) is proposed only in the stream's term and not after
+    /// another of the stream was refused (see [`StreamOrder`]).
     pub async fn submit(
         &self,
         mutations: Vec<Mutation>,
         writer: Option<(String, u64)>,
         start_micros: u64,
+        stream: Option<&Arc<StreamOrder>>,
     ) -> Result<oneshot::Receiver<Result<Appended, LogStoreError>>, LogStoreError> {
         crate::logstore::validate(&mutations, writer.as_ref(), self.max_entry_bytes)?;
         if !self.is_leader() {
+            if let Some(s) = stream {
+                s.admit(None);
+            }
             return Err(self.not_leader());
         }
         let (reply, rx) = oneshot::channel();
@@ -411,6 +469,7 @@ impl Replica {
                 stored,
                 writer,
                 reply,
+                stream: stream.cloned(),
             })
             .await
             .map_err(|_| LogStoreError::Stopped)?;
@@ -484,17 +543,30 @@ impl Replica {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
-            if !self.is_leader() {
-                for p in group {
-                    let _ = p.reply.send(Err(self.not_leader()));
-                }
-                continue;
-            }
+            let term = self.leader_term();
             let mut appends = Vec::with_capacity(group.len());
             let mut waiting = Vec::with_capacity(group.len());
             for p in group {
-                appends.push(p.stored);
-                waiting.push((p.writer, p.reply));
+                let admitted = match &p.stream {
+                    Some(s) => s.admit(term),
+                    None => term.is_some(),
+                };
+                if admitted {
+                    appends.push(p.stored);
+                    waiting.push((p.writer, p.reply));
+                } else if term.is_none() {
+                    let _ = p.reply.send(Err(self.not_leader()));
+                } else {
+                    let _ = p.reply.send(Err(LogStoreError::Unavailable(
+                        "an earlier append of this stream was refused or its leadership lost; \
+                         nothing after it is written on this stream: open a new one and resend \
+                         from the first unanswered append"
+                            .into(),
+                    )));
+                }
+            }
+            if appends.is_empty() {
+                continue;
             }
             let cmd = Command::Appends(AppendGroup { appends }.encode_to_vec());
             // Handed to Raft here, in order (a stream's appends must stay in the order they
@@ -624,5 +696,82 @@ impl Replica {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Replica, ReplicaConfig, StreamOrder};
+    use crate::logstore::LogStoreError;
+    use crate::proto::{Mutation, mutation::Op};
+
+    fn add() -> Vec<Mutation> {
+        vec![Mutation {
+            key: b"k".to_vec().into(),
+            op: Some(Op::Add(1)),
+        }]
+    }
+
+    async fn leading(r: &Replica) -> u64 {
+        for _ in 0..200 {
+            if let Some(t) = r.leader_term() {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no leader: {:?}", r.status());
+    }
+
+    /// A stream's appends are never written in another term than its first: a stream whose
+    /// appends were proposed under another leadership (here pinned to another term, as after
+    /// a leader change and a re-election) has its next append refused with nothing written,
+    /// and a new stream appends it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_stream_is_not_written_in_a_later_term_than_its_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+        let r = Replica::start(ReplicaConfig::new(1, peers, dir.path().into()))
+            .await
+            .unwrap();
+        let t = leading(&r).await;
+        let w = |s| Some(("w".to_string(), s));
+        let same = Arc::new(StreamOrder::default());
+        let first = r.submit(add(), w(1), 0, Some(&same)).await.unwrap();
+        let first = first.await.unwrap().unwrap();
+        let earlier = Arc::new(StreamOrder::default());
+        assert!(earlier.admit(Some(t + 1)));
+        let refused = r.submit(add(), w(2), 0, Some(&earlier)).await.unwrap();
+        let refused = refused.await.unwrap();
+        assert!(
+            matches!(refused, Err(LogStoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        let again = r.submit(add(), w(2), 0, Some(&same)).await.unwrap();
+        let again = again.await.unwrap().unwrap();
+        assert!(!again.duplicate, "the refused append was not written");
+        assert_eq!(again.index, first.index + 1, "nothing was written between");
+    }
+
+    #[test]
+    fn a_stream_is_pinned_to_the_term_of_its_first_proposal() {
+        let s = StreamOrder::default();
+        assert!(s.admit(Some(3)));
+        assert!(s.admit(Some(3)));
+        assert!(!s.admit(Some(5)), "a later term of the same leader");
+        assert!(!s.admit(Some(3)), "broken for good");
+    }
+
+    #[test]
+    fn a_refusal_refuses_the_rest_of_the_stream() {
+        let s = StreamOrder::default();
+        assert!(s.admit(Some(2)));
+        assert!(!s.admit(None), "not the leader");
+        assert!(!s.admit(Some(2)), "leader of the same term again");
+        let s = StreamOrder::default();
+        assert!(!s.admit(None));
+        assert!(!s.admit(Some(4)), "refused before the first proposal");
     }
 }
