@@ -105,10 +105,11 @@ pub enum Reason {
     NotLeader,
     Unavailable,
     Membership,
+    Forbidden,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Invalid,
         Reason::EntryTooLarge,
         Reason::SequenceReused,
@@ -127,6 +128,7 @@ impl Reason {
         Reason::NotLeader,
         Reason::Unavailable,
         Reason::Membership,
+        Reason::Forbidden,
     ];
 
     /// The wire value.
@@ -150,6 +152,7 @@ impl Reason {
             Reason::NotLeader => "not-leader",
             Reason::Unavailable => "unavailable",
             Reason::Membership => "membership",
+            Reason::Forbidden => "forbidden",
         }
     }
 
@@ -172,6 +175,7 @@ impl Reason {
             Reason::NotDurable | Reason::NotLeader | Reason::Unavailable => Code::Unavailable,
             Reason::Corrupt => Code::DataLoss,
             Reason::Store => Code::Internal,
+            Reason::Forbidden => Code::PermissionDenied,
         }
     }
 
@@ -265,16 +269,15 @@ pub fn server() -> Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
 
+/// The layers of every server: refusals rewritten, then each call authorized.
+pub type Layers = tower::layer::util::Stack<
+    crate::tls::authz::AuthzLayer,
+    tower::layer::util::Stack<DecodeRefusalLayer, tower::layer::util::Identity>,
+>;
+
 /// A server with our settings, `grpc.health.v1` reporting `service` as serving, and
 /// reflection; the caller adds its own service and hands the router to [`serve`].
-pub async fn router(
-    service: &str,
-) -> Result<
-    tonic::transport::server::Router<
-        tower::layer::util::Stack<DecodeRefusalLayer, tower::layer::util::Identity>,
-    >,
-    GrpcError,
-> {
+pub async fn router(service: &str) -> Result<tonic::transport::server::Router<Layers>, GrpcError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(service, tonic_health::ServingStatus::Serving)
@@ -282,6 +285,7 @@ pub async fn router(
     let (v1, v1alpha) = reflection(service)?;
     Ok(server()
         .layer(DecodeRefusalLayer)
+        .layer(crate::tls::authz::AuthzLayer)
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha))
@@ -442,12 +446,26 @@ fn dialed(
     })
 }
 
-/// Connects now (fails fast when nothing listens).
+/// Connects now (fails fast when nothing listens), over TLS when this process runs it
+/// ([`crate::tls::install`]).
 pub async fn connect(addr: &str) -> Result<Channel, GrpcError> {
+    connect_with(addr, crate::tls::process()).await
+}
+
+/// [`connect`] with the given TLS identity (`None`: plaintext), whatever the process's.
+pub async fn connect_with(
+    addr: &str,
+    tls: Option<&Arc<crate::tls::Tls>>,
+) -> Result<Channel, GrpcError> {
     let endpoint = endpoint(addr)?;
-    let connected = match DIALER.get() {
-        Some(dialer) => endpoint.connect_with_connector(dialed(dialer)).await,
-        None => endpoint.connect().await,
+    let connected = match (DIALER.get(), tls) {
+        (Some(dialer), _) => endpoint.connect_with_connector(dialed(dialer)).await,
+        (None, Some(tls)) => {
+            endpoint
+                .connect_with_connector(crate::tls::client::connector(tls.clone()))
+                .await
+        }
+        (None, None) => endpoint.connect().await,
     };
     connected.map_err(|source| GrpcError::Connect {
         addr: addr.to_owned(),
@@ -458,21 +476,44 @@ pub async fn connect(addr: &str) -> Result<Channel, GrpcError> {
 /// A channel that connects on first use (and reconnects after a failure). A comma-separated
 /// list (the replicas of a replicated LogStore) gives a channel that spreads calls over
 /// the addresses that answer.
+///
+/// Over TLS (when this process runs it), a list gives a channel that connects to one
+/// address at a time, the next that answers when its connection breaks (tonic's balanced
+/// channel cannot take the TLS connector).
 pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
+    let tls = crate::tls::process();
     if addr.contains(',') {
-        let endpoints = addr
+        let addrs: Vec<&str> = addr
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
-            .map(endpoint)
+            .collect();
+        let endpoints = addrs
+            .iter()
+            .map(|a| endpoint(a))
             .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(tls), None, Some(first)) = (tls, DIALER.get(), endpoints.first()) {
+            let authorities = endpoints
+                .iter()
+                .filter_map(|e| e.uri().authority().map(|a| a.to_string()))
+                .collect();
+            let connector = crate::tls::client::failover_connector(tls.clone(), authorities);
+            return Ok(first.clone().connect_with_connector_lazy(connector));
+        }
         return Ok(Channel::balance_list(endpoints.into_iter()));
     }
-    let endpoint = endpoint(addr)?;
-    Ok(match DIALER.get() {
-        Some(dialer) => endpoint.connect_with_connector_lazy(dialed(dialer)),
-        None => endpoint.connect_lazy(),
-    })
+    Ok(lazy(endpoint(addr)?))
+}
+
+/// A lazily connecting channel on `endpoint`, over the simulated network, TLS, or TCP.
+pub fn lazy(endpoint: Endpoint) -> Channel {
+    match (DIALER.get(), crate::tls::process()) {
+        (Some(dialer), _) => endpoint.connect_with_connector_lazy(dialed(dialer)),
+        (None, Some(tls)) => {
+            endpoint.connect_with_connector_lazy(crate::tls::client::connector(tls.clone()))
+        }
+        (None, None) => endpoint.connect_lazy(),
+    }
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT.

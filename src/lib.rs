@@ -46,4 +46,5 @@ pub mod player;
 pub mod proto;
 pub mod routing;
 pub mod shard;
+pub mod tls;
 pub mod wal;

@@ -112,6 +112,7 @@ async fn a_second_server_on_a_data_directory_in_use_is_refused_by_name() {
         let out = tokio::time::timeout(
             Duration::from_secs(30),
             tokio::process::Command::new(&bin)
+                .env("LOGPLAYER_INSECURE", "true")
                 .args(&args)
                 .kill_on_drop(true)
                 .output(),

@@ -9,6 +9,7 @@ use std::process::Command;
 #[test]
 fn a_user_error_is_one_plain_line_with_exit_code_one() {
     let out = Command::new(common::bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args(["player", "--shard-map", "/nonexistent/map.yaml"])
         .env("RUST_BACKTRACE", "1")
         .output()
@@ -31,6 +32,7 @@ fn each_cause_of_an_error_is_named_once() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
     let out = Command::new(common::bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args(["shard", "--id", "s0", "--listen", "127.0.0.1:0", "--data"])
         .arg(file.join("data"))
         .output()
@@ -46,6 +48,7 @@ fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
     for format in ["text", "json"] {
         // The log opens (and logs so), then the address cannot be bound: exit 1.
         let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
             .args([
                 "--log-format",
                 format,

@@ -144,6 +144,7 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
 
     // `logplayer status` shows it and exits non-zero.
     let out = tokio::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args(["status", "--logstore", fresh.addr(), "--shard", &specs[0]])
         .output()
         .await
@@ -160,6 +161,7 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
     let (_, new_id) = bounds_of(fresh.addr()).await;
     c.shards[0].terminate(Duration::from_secs(5)).await;
     let out = tokio::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args(["shard", "reset-log", "--data"])
         .arg(dir.path().join("shard-s0"))
         .args(["--log-id", &new_id])

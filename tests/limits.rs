@@ -143,6 +143,7 @@ async fn a_shard_with_a_smaller_limit_is_refused_by_name_and_the_others_go_on() 
 async fn a_player_with_a_smaller_limit_than_the_log_refuses_to_start() {
     let (_dir, c, _log) = servers(1).await;
     let out = tokio::process::Command::new(common::bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args(["player", "--logstore", c.logstore.addr(), "--shard"])
         .arg(format!("s0={}", c.shards[0].addr()))
         .args(["--max-entry-bytes", "65536"])

@@ -15,6 +15,7 @@ use logplayer::client::Log;
 /// success, its stderr on failure.
 async fn members(addrs: &str, args: &[&str]) -> Result<serde_json::Value, String> {
     let out = tokio::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args(["logstore", "members"])
         .args(args)
         .args(["--logstore", addrs, "--json"])

@@ -675,6 +675,7 @@ async fn single_node_and_replica_directories_are_refused_by_the_other_mode() {
     p.kill().await;
     let port = free_port();
     let out = std::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args([
             "logstore",
             "--id",
@@ -699,6 +700,7 @@ async fn single_node_and_replica_directories_are_refused_by_the_other_mode() {
     drop(g.procs);
     let replica = g._dir.path().join("replica-1");
     let out = std::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
         .args([
             "logstore",
             "--data",

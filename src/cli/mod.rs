@@ -46,6 +46,77 @@ pub struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How a command's gRPC connections are secured (every command that serves or dials).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// This process's certificate chain (PEM, leaf first). Its roles are `logplayer://ROLE/NAME`
+    /// URI subject alternative names: writer, player, replica, admin. The three files are
+    /// read again when they change: new connections use the new ones.
+    #[arg(long, global = true, env = "LOGPLAYER_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// This process's private key (PEM).
+    #[arg(long, global = true, env = "LOGPLAYER_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA certificate(s) (PEM) every peer's certificate must chain to.
+    #[arg(long, global = true, env = "LOGPLAYER_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Plaintext gRPC: nobody is authenticated and anyone who reaches a port may make every
+    /// call (append, deliver, retain, dump). Only for a network you trust entirely.
+    #[arg(
+        long,
+        global = true,
+        env = "LOGPLAYER_INSECURE",
+        conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"]
+    )]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    /// The security these flags ask for; neither TLS files nor `--insecure` is refused.
+    pub fn security(&self) -> anyhow::Result<crate::tls::Security> {
+        use anyhow::Context as _;
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca, self.insecure) {
+            (Some(cert), Some(key), Some(ca), false) => {
+                let files = crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: ca.clone(),
+                };
+                let tls = crate::tls::Tls::load(files)
+                    .context("loading --tls-cert/--tls-key/--tls-ca")?;
+                Ok(crate::tls::Security::Tls(tls))
+            }
+            (None, None, None, true) => Ok(crate::tls::Security::Insecure),
+            _ => anyhow::bail!(
+                "no TLS configured: give --tls-cert, --tls-key and --tls-ca (PEM files; the \
+                 CA verifies every peer, roles come from the certificates), or --insecure \
+                 for plaintext with no authentication"
+            ),
+        }
+    }
+
+    /// Sets this process's security from the flags (see [`crate::tls::install`]); plaintext
+    /// is warned about once.
+    pub fn install(&self) -> anyhow::Result<()> {
+        let security = self.security()?;
+        if matches!(security, crate::tls::Security::Insecure) {
+            tracing::warn!(
+                "--insecure: gRPC is plaintext and unauthenticated; anyone who reaches a port \
+                 may append, deliver, retain and read everything"
+            );
+        }
+        crate::tls::install(security);
+        Ok(())
+    }
+
+    /// Whether `--insecure` was given.
+    pub fn insecure(&self) -> bool {
+        self.insecure
+    }
 }
 
 /// How logs are written.
@@ -150,15 +221,26 @@ pub(crate) fn default_identity() -> String {
 pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    // Every command that serves or dials gRPC runs TLS or, explicitly, plaintext. `demo`,
+    // `bench` and `failover-bench` issue their own certificates; the operator (until it
+    // issues certificates itself) runs its pods and its own client with --insecure.
+    let dials = match &cli.command {
+        Command::Logstore(_) | Command::Player(_) | Command::Status(_) | Command::Load(_) => true,
+        Command::Shard(a) => a.dials(),
+        _ => false,
+    };
+    if dials {
+        cli.tls.install()?;
+    }
     match cli.command {
         Command::Logstore(a) => servers::run_logstore(a).await,
         Command::Shard(a) => servers::run_shard(a).await,
         Command::Player(a) => player::run_player(a).await,
         Command::Status(a) => status::run_status(a).await,
-        Command::Demo(a) => tools::run_demo(a).await,
+        Command::Demo(a) => tools::run_demo(a, &cli.tls).await,
         Command::Load(a) => tools::run_load(a).await,
-        Command::Bench(a) => tools::run_bench(a).await,
-        Command::FailoverBench(a) => tools::run_failover_bench(a).await,
+        Command::Bench(a) => tools::run_bench(a, &cli.tls).await,
+        Command::FailoverBench(a) => tools::run_failover_bench(a, &cli.tls).await,
         Command::Crd(a) => operator::run_crd(a),
         Command::Operator(a) => operator::run_operator(a).await,
     }

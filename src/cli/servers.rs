@@ -132,6 +132,17 @@ pub struct ShardArgs {
     limit: EntryLimit,
 }
 
+impl ShardArgs {
+    /// Whether this command talks gRPC (serving, or `dump --addr`), not only to a directory.
+    pub fn dials(&self) -> bool {
+        match &self.action {
+            None => true,
+            Some(ShardAction::Dump { addr, .. }) => addr.is_some(),
+            Some(_) => false,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum ShardAction {
     /// Print a shard's state as JSON lines: offline from --data, or online from --addr.

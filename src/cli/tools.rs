@@ -137,8 +137,34 @@ pub struct BenchArgs {
     max_shard_write_amp: Option<f64>,
 }
 
+/// The security of a command that runs the whole system on this machine: mutual TLS with
+/// certificates it issues into `dir` (a CA, and one per component), or `--insecure`. The
+/// returned directory lives as long as the run needs the files.
+fn local_security(tls: &super::TlsArgs) -> anyhow::Result<Option<tempfile::TempDir>> {
+    if tls.insecure() {
+        tls.install()?;
+        return Ok(None);
+    }
+    if tls.security().is_ok() {
+        anyhow::bail!(
+            "this command issues its own certificates: leave out --tls-cert/--tls-key/--tls-ca \
+             (or pass --insecure to run plaintext)"
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("logplayer-tls-")
+        .tempdir()?;
+    let certs = crate::tls::issue::issue_local(dir.path())?;
+    let client = crate::tls::Tls::load(certs.client.clone())?;
+    crate::tls::install(crate::tls::Security::Tls(client));
+    cluster::use_tls(certs);
+    tracing::info!(dir = %dir.path().display(), "mutual TLS with certificates issued for this run");
+    Ok(Some(dir))
+}
+
 /// Runs the demo; exits 1 when the exactly-once check fails.
-pub async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
+pub async fn run_demo(a: DemoArgs, tls: &super::TlsArgs) -> anyhow::Result<()> {
+    let _certs = local_security(tls)?;
     let pass = demo::run(demo::DemoConfig {
         data: a.data,
         shards: a.shards,
@@ -289,7 +315,8 @@ async fn run_log_failover_bench(a: &FailoverBenchArgs, replicas: usize) -> anyho
     check_and_stop(&mut c, &log).await
 }
 
-pub async fn run_failover_bench(a: FailoverBenchArgs) -> anyhow::Result<()> {
+pub async fn run_failover_bench(a: FailoverBenchArgs, tls: &super::TlsArgs) -> anyhow::Result<()> {
+    let _certs = local_security(tls)?;
     use crate::harness::failover::{Takedown, take_down_leader, wait_for_leader};
     if let Some(r) = a.log_replicas {
         return run_log_failover_bench(&a, r as usize).await;
@@ -434,7 +461,8 @@ fn load_spec(l: &LoadFlags, txn_bytes: usize) -> bench::LoadSpec {
     }
 }
 
-pub async fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+pub async fn run_bench(a: BenchArgs, tls: &super::TlsArgs) -> anyhow::Result<()> {
+    let _certs = local_security(tls)?;
     let tmp = tempfile::Builder::new()
         .prefix("logplayer-bench-")
         .tempdir()?;

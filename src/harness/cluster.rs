@@ -128,6 +128,30 @@ impl Proc {
         Ok(p)
     }
 
+    /// The TLS flags for this process (see [`use_tls`]), or `LOGPLAYER_INSECURE` in its
+    /// environment, unless its arguments already choose.
+    fn security(&self, cmd: &mut Command) {
+        if self
+            .args
+            .iter()
+            .any(|a| a == "--insecure" || a == "--tls-cert")
+        {
+            return;
+        }
+        let Some(certs) = CERTS.get() else {
+            cmd.env("LOGPLAYER_INSECURE", "true");
+            return;
+        };
+        let arg = |i: usize| self.args.get(i).map(String::as_str);
+        let files = match (arg(0), arg(1)) {
+            (Some("logstore"), next) if next != Some("members") => &certs.logstore,
+            (Some("shard"), next) if next.is_none_or(|n| n.starts_with("--")) => &certs.shard,
+            (Some("player"), _) => &certs.player,
+            _ => &certs.client,
+        };
+        cmd.args(files.flags());
+    }
+
     async fn spawn(&mut self) -> Result<(), ClusterError> {
         let spawn_err = |source| ClusterError::Spawn {
             name: self.name.clone(),
@@ -141,6 +165,7 @@ impl Proc {
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        self.security(&mut cmd);
         if let Some(a) = &self.addr {
             cmd.args(["--listen", a]);
         }
@@ -277,6 +302,16 @@ impl Proc {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+static CERTS: std::sync::OnceLock<crate::tls::issue::LocalCerts> = std::sync::OnceLock::new();
+
+/// Runs every process this process starts from now on over mutual TLS with `certs` (the
+/// LogStore with its replica certificate, shards with theirs, players with the player's,
+/// anything else with the client's); without it they run `--insecure`. Set once; `false`
+/// if already set.
+pub fn use_tls(certs: crate::tls::issue::LocalCerts) -> bool {
+    CERTS.set(certs).is_ok()
 }
 
 /// A LogStore, shards and a player on this machine.

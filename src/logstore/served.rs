@@ -30,7 +30,7 @@ impl From<Replica> for ServedLog {
     }
 }
 
-type Pending = oneshot::Receiver<Result<Appended, LogStoreError>>;
+pub type Pending = oneshot::Receiver<Result<Appended, LogStoreError>>;
 
 impl ServedLog {
     /// Queues one append; the receiver gets its outcome once it is durable (single node) or

@@ -63,6 +63,20 @@ fn to_status(e: LogStoreError) -> Status {
     reason.status(e.to_string())
 }
 
+/// Submits one append of a stream, once the caller may write as its writer id.
+async fn submit(
+    log: &ServedLog,
+    peer: Option<&crate::tls::identity::Peer>,
+    r: AppendRequest,
+    order: &std::sync::Arc<StreamOrder>,
+) -> Result<super::served::Pending, Status> {
+    crate::tls::authz::check_writer(peer, &r.writer_id)?;
+    let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
+    log.submit(r.mutations, writer, r.append_start_micros, Some(order))
+        .await
+        .map_err(to_status)
+}
+
 /// Checks a read request against the log's bounds: `from` at least 1 and not below
 /// retention, `to` not below `from`, and (without `follow`) `from` at most `last + 1`.
 fn check_read(r: &ReadRequest, first: u64, last: u64) -> Result<(), Status> {
@@ -144,6 +158,7 @@ impl LogStoreRpc for Service {
         &self,
         request: Request<tonic::Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let peer = crate::tls::authz::peer_of(&request);
         let mut inbound = request.into_inner();
         // Submitted appends awaiting durability, in request order.
         let (pending_tx, mut pending_rx) = mpsc::channel(APPEND_PIPELINE);
@@ -159,12 +174,7 @@ impl LogStoreRpc for Service {
                     _ = shutdown.cancelled() => return,
                 };
                 let submitted = match msg {
-                    Ok(Some(r)) => {
-                        let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
-                        log.submit(r.mutations, writer, r.append_start_micros, Some(&order))
-                            .await
-                            .map_err(to_status)
-                    }
+                    Ok(Some(r)) => submit(&log, peer.as_ref(), r, &order).await,
                     Ok(None) => return,
                     Err(status) => Err(grpc::decode_refusal(status)),
                 };
@@ -201,7 +211,9 @@ impl LogStoreRpc for Service {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
+        let peer = crate::tls::authz::peer_of(&request);
         let r = request.into_inner();
+        crate::tls::authz::check_writer(peer.as_ref(), &r.writer_id)?;
         let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
         let out = self
             .log
@@ -371,7 +383,13 @@ pub async fn serve(
         Ok(addr) => format!("logstore on {addr}"),
         Err(_) => "logstore".to_owned(),
     };
-    serve_incoming(log, grpc::incoming(listener), shutdown, &what).await
+    match crate::tls::process() {
+        Some(tls) => {
+            let incoming = crate::tls::server::incoming(listener, tls.clone());
+            serve_incoming(log, incoming, shutdown, &what).await
+        }
+        None => serve_incoming(log, grpc::incoming(listener), shutdown, &what).await,
+    }
 }
 
 /// [`serve`] over any stream of accepted connections (see [`grpc::serve_incoming`]).

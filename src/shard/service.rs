@@ -444,7 +444,13 @@ pub async fn serve<S: ShardStore>(
         Ok(addr) => format!("shard on {addr}"),
         Err(_) => "shard".to_owned(),
     };
-    serve_incoming(core, grpc::incoming(listener), shutdown, &what).await
+    match crate::tls::process() {
+        Some(tls) => {
+            let incoming = crate::tls::server::incoming(listener, tls.clone());
+            serve_incoming(core, incoming, shutdown, &what).await
+        }
+        None => serve_incoming(core, grpc::incoming(listener), shutdown, &what).await,
+    }
 }
 
 /// [`serve`] over any stream of accepted connections (see [`grpc::serve_incoming`]).

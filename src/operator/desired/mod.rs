@@ -255,6 +255,13 @@ fn pod_env() -> Vec<EnvVar> {
     vec![
         env_from_field("POD_NAME", "metadata.name"),
         env_from_field("POD_NAMESPACE", "metadata.namespace"),
+        // The pods run plaintext gRPC (`--insecure`) until the operator issues their
+        // certificates; every command refuses to start without choosing.
+        EnvVar {
+            name: "LOGPLAYER_INSECURE".to_owned(),
+            value: Some("true".to_owned()),
+            ..EnvVar::default()
+        },
     ]
 }
 

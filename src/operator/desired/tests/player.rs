@@ -117,7 +117,7 @@ fn deployment_runs_the_players_with_the_spec_settings() {
     assert_eq!(c.image.as_deref(), Some(Defaults::default().image.as_str()));
     assert_eq!(c.image_pull_policy, None);
     let env = c.env.as_deref().expect("env");
-    assert_eq!(env.len(), 2, "{env:?}");
+    assert_eq!(env.len(), 3, "{env:?}");
     let field = |i: usize| {
         env[i]
             .value_from
@@ -132,6 +132,10 @@ fn deployment_runs_the_players_with_the_spec_settings() {
     assert_eq!(
         (env[1].name.as_str(), field(1), env[1].value.as_deref()),
         ("POD_NAMESPACE", Some("metadata.namespace"), None)
+    );
+    assert_eq!(
+        (env[2].name.as_str(), env[2].value.as_deref()),
+        ("LOGPLAYER_INSECURE", Some("true"))
     );
     // The args are the player's own flags, parsed back by the player's parser.
     assert_eq!(args(&o)[0], "player");

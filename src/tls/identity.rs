@@ -1,0 +1,169 @@
+//! Who a peer is: the roles and names its certificate carries, as subject alternative
+//! names of the form `logplayer://ROLE/NAME` (a URI SAN; a certificate may carry several).
+//!
+//! | role | may |
+//! |---|---|
+//! | `writer` | append, with the writer ids its certificate names (`NAME`, or a prefix `NAME*`) |
+//! | `player` | read the log, retain, deliver to shards and ask them where they are |
+//! | `replica` | speak Raft to the other log replicas |
+//! | `admin` | dump, check, status and the membership commands |
+//!
+//! A certificate with no such name (a shard's, which only serves) may call nothing but
+//! health and reflection.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// A role a certificate grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Writer,
+    Player,
+    Replica,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Writer, Role::Player, Role::Replica, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Writer => "writer",
+            Role::Player => "player",
+            Role::Replica => "replica",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The URI that grants this role to `name`.
+    pub fn uri(self, name: &str) -> String {
+        format!("{SCHEME}{}/{name}", self.as_str())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The URI scheme of a role name.
+pub const SCHEME: &str = "logplayer://";
+
+/// A verified peer: what its certificate names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Every `(role, name)` its certificate carries.
+    pub grants: Vec<(Role, String)>,
+    /// The certificate's subject (for messages).
+    pub subject: String,
+}
+
+impl Peer {
+    /// The peer a certificate (DER) names. A certificate that does not parse names nobody
+    /// (it was verified against the CA already, so this does not happen with ours).
+    pub fn from_der(der: &[u8]) -> Peer {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            return Peer::default();
+        };
+        let mut grants = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let GeneralName::URI(uri) = name
+                    && let Some(g) = parse_uri(uri)
+                {
+                    grants.push(g);
+                }
+            }
+        }
+        Peer {
+            grants,
+            subject: cert.subject().to_string(),
+        }
+    }
+
+    pub fn roles(&self) -> BTreeSet<Role> {
+        self.grants.iter().map(|(r, _)| *r).collect()
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.grants.iter().any(|(r, _)| *r == role)
+    }
+
+    /// Whether this peer may append as `writer_id`: one of its `writer` names is that id,
+    /// or ends in `*` and is a prefix of it. An append without a writer id names nobody
+    /// and needs only the role.
+    pub fn may_write_as(&self, writer_id: &str) -> bool {
+        writer_id.is_empty()
+            || self.grants.iter().any(|(r, name)| {
+                *r == Role::Writer
+                    && match name.strip_suffix('*') {
+                        Some(prefix) => writer_id.starts_with(prefix),
+                        None => name == writer_id,
+                    }
+            })
+    }
+
+    /// The peer in messages: its names, or its subject when it has none.
+    pub fn describe(&self) -> String {
+        if self.grants.is_empty() {
+            return format!("{:?} (no logplayer:// role)", self.subject);
+        }
+        self.grants
+            .iter()
+            .map(|(r, n)| r.uri(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `logplayer://ROLE/NAME` → `(role, NAME)`; anything else (another scheme, an unknown
+/// role) grants nothing.
+pub fn parse_uri(uri: &str) -> Option<(Role, String)> {
+    let rest = uri.strip_prefix(SCHEME)?;
+    let (role, name) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((Role::parse(role)?, name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uris: &[&str]) -> Peer {
+        Peer {
+            grants: uris.iter().filter_map(|u| parse_uri(u)).collect(),
+            subject: "t".into(),
+        }
+    }
+
+    #[test]
+    fn role_names_parse_from_uris() {
+        assert_eq!(
+            parse_uri("logplayer://writer/tm-1"),
+            Some((Role::Writer, "tm-1".into()))
+        );
+        assert_eq!(
+            parse_uri("logplayer://admin"),
+            Some((Role::Admin, "".into()))
+        );
+        assert_eq!(parse_uri("logplayer://root/x"), None);
+        assert_eq!(parse_uri("spiffe://writer/x"), None);
+    }
+
+    #[test]
+    fn a_writer_uses_only_the_ids_its_certificate_names() {
+        let p = peer(&["logplayer://writer/tm-1", "logplayer://writer/load-*"]);
+        assert!(p.may_write_as("tm-1"));
+        assert!(!p.may_write_as("tm-10"));
+        assert!(!p.may_write_as("tm-2"));
+        assert!(p.may_write_as("load-abc-0"));
+        assert!(p.may_write_as(""), "no writer id: nobody to impersonate");
+        let admin = peer(&["logplayer://admin/a"]);
+        assert!(!admin.may_write_as("a"));
+    }
+}

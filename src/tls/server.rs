@@ -1,0 +1,142 @@
+//! Accepting TLS connections for tonic: each accepted TCP connection's handshake runs on a
+//! task of its own (bounded by [`HANDSHAKE_TIMEOUT`], so a client that stalls cannot hold
+//! up the others), with the configuration current at that moment (so a rotated certificate
+//! is used from the next connection on), and the verified peer's identity is parsed once per
+//! connection and handed to every request on it ([`Conn`] in the request extensions).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::Tls;
+use super::identity::Peer;
+
+/// Longest a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; past this, accepting waits.
+const HANDSHAKES: usize = 256;
+
+/// What every request on a TLS connection knows about it.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub remote: Option<SocketAddr>,
+    pub peer: Arc<Peer>,
+}
+
+/// An accepted, handshaken TLS connection.
+pub struct TlsConn {
+    io: tokio_rustls::server::TlsStream<TcpStream>,
+    conn: Conn,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = Conn;
+    fn connect_info(&self) -> Conn {
+        self.conn.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// The TLS connections accepted on `listener`, for tonic's `serve_with_incoming`. A failed
+/// handshake (no certificate, one from another CA, an expired one) is logged and dropped;
+/// the stream goes on.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+) -> ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let permits = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, then go on.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().server.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(io)) => {
+                        let peer = io
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| Peer::from_der(c))
+                            .unwrap_or_default();
+                        let conn = Conn {
+                            remote: Some(remote),
+                            peer: Arc::new(peer),
+                        };
+                        let _ = tx.send(Ok(TlsConn { io, conn })).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%remote, error = %e, "refused a connection: TLS handshake failed");
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote, timeout = ?HANDSHAKE_TIMEOUT, "refused a connection: no TLS handshake in time");
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,310 @@
+//! Mutual TLS and roles over real sockets: every process of these tests runs with
+//! certificates from one CA issued for this test binary (the harness passes each its own),
+//! and hostile callers — no certificate, one from another CA, one without the role, a
+//! writer with another writer's id — are refused every call and change nothing. A
+//! certificate rotated on disk is used for new connections while delivery goes on.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use logplayer::grpc::Reason;
+use logplayer::proto::log_store_client::LogStoreClient;
+use logplayer::proto::shard_client::ShardClient;
+use logplayer::proto::{
+    AddMemberRequest, AppendRequest, AppliedRequest, BoundsRequest, DeliverRequest, DumpRequest,
+    Hello, MembersRequest, Mutation, ReadRequest, RemoveMemberRequest, RetainRequest, SeedRequest,
+    StatsRequest, deliver_request, mutation::Op,
+};
+use logplayer::tls::identity::Role;
+use logplayer::tls::issue::{Ca, DEMO_VALIDITY, issue_local};
+use logplayer::tls::{Security, Tls, TlsFiles};
+use tonic::transport::Channel;
+
+/// The directory of this binary's certificates (kept for the process's life).
+fn certs_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("logplayer-tls-test-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let certs = issue_local(&dir).unwrap();
+        std::fs::write(dir.join("ca.key"), &certs.ca.pem.key).unwrap();
+        let ca = Ca::from_pem(certs.ca.pem.clone()).unwrap();
+        ca.write_leaf(&dir, "tm1", &[(Role::Writer, "tm-1")], DEMO_VALIDITY)
+            .unwrap();
+        ca.write_leaf(&dir, "norole", &[], DEMO_VALIDITY).unwrap();
+        let other = dir.join("other");
+        let stranger = Ca::new("another CA", DEMO_VALIDITY).unwrap();
+        let all = Role::ALL.map(|r| (r, "*"));
+        stranger
+            .write_leaf(&other, "stranger", &all, DEMO_VALIDITY)
+            .unwrap();
+        let client = Tls::load(certs.client.clone()).unwrap();
+        logplayer::tls::install(Security::Tls(client));
+        logplayer::harness::cluster::use_tls(certs);
+        dir
+    })
+}
+
+fn identity(name: &str) -> Arc<Tls> {
+    Tls::load(TlsFiles::in_dir(certs_dir(), name)).unwrap()
+}
+
+fn stranger() -> Arc<Tls> {
+    Tls::load(TlsFiles::in_dir(&certs_dir().join("other"), "stranger")).unwrap()
+}
+
+async fn channel(addr: &str, tls: Option<&Arc<Tls>>) -> Result<Channel, String> {
+    logplayer::grpc::connect_with(addr, tls)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn add(key: &str, n: i64) -> Vec<Mutation> {
+    vec![Mutation {
+        key: key.as_bytes().to_vec().into(),
+        op: Some(Op::Add(n)),
+    }]
+}
+
+fn append_req(writer: &str, sequence: u64) -> AppendRequest {
+    AppendRequest {
+        mutations: add("k", 1_000_000),
+        writer_id: writer.into(),
+        sequence,
+        append_start_micros: 0,
+    }
+}
+
+fn hello(epoch: u64, log_id: &str) -> DeliverRequest {
+    DeliverRequest {
+        msg: Some(deliver_request::Msg::Hello(Hello {
+            epoch,
+            player_id: "hostile".into(),
+            log_id: log_id.into(),
+            shard_id: "s0".into(),
+            max_entry_bytes: 0,
+        })),
+    }
+}
+
+fn forbidden(r: Result<impl std::fmt::Debug, tonic::Status>, call: &str) {
+    match r {
+        Err(s) => assert_eq!(
+            (s.code(), Reason::of(&s)),
+            (tonic::Code::PermissionDenied, Some(Reason::Forbidden)),
+            "{call}: {s:?}"
+        ),
+        Ok(v) => panic!("{call} was allowed: {v:?}"),
+    }
+}
+
+/// Every call of both services, as `who` on `log`/`shard`, each expected refused.
+async fn every_call_is_forbidden(log: Channel, shard: Channel, log_id: &str, can_write: bool) {
+    let mut l = LogStoreClient::new(log);
+    let mut s = ShardClient::new(shard);
+    if !can_write {
+        forbidden(l.append(append_req("", 0)).await, "Append");
+        let one = tokio_stream::iter(vec![append_req("", 0)]);
+        match l.append_stream(one).await {
+            Ok(r) => forbidden(r.into_inner().message().await, "AppendStream"),
+            Err(e) => forbidden(Err::<(), _>(e), "AppendStream"),
+        }
+        forbidden(l.bounds(BoundsRequest {}).await, "Bounds");
+    }
+    let read = ReadRequest {
+        from: 1,
+        ..Default::default()
+    };
+    match l.read(read).await {
+        Ok(r) => forbidden(r.into_inner().message().await, "Read"),
+        Err(e) => forbidden(Err::<(), _>(e), "Read"),
+    }
+    forbidden(l.retain(RetainRequest { below: 1_000 }).await, "Retain");
+    forbidden(l.members(MembersRequest {}).await, "Members");
+    let add = AddMemberRequest {
+        id: 9,
+        addr: "127.0.0.1:1".into(),
+        ..Default::default()
+    };
+    forbidden(l.add_member(add).await, "AddMember");
+    forbidden(
+        l.remove_member(RemoveMemberRequest { id: 1 }).await,
+        "RemoveMember",
+    );
+    forbidden(l.seed(SeedRequest {}).await, "Seed");
+    let stream = tokio_stream::iter(vec![hello(1_000_000, log_id)]);
+    match s.deliver(stream).await {
+        Ok(r) => forbidden(r.into_inner().message().await, "Deliver"),
+        Err(e) => forbidden(Err::<(), _>(e), "Deliver"),
+    }
+    forbidden(s.applied(AppliedRequest {}).await, "Applied");
+    forbidden(s.stats(StatsRequest::default()).await, "Stats");
+    match s.dump(DumpRequest {}).await {
+        Ok(r) => forbidden(r.into_inner().message().await, "Dump"),
+        Err(e) => forbidden(Err::<(), _>(e), "Dump"),
+    }
+}
+
+/// Callers without a certificate from the CA do not get a connection; callers with one but
+/// without the role are refused every call with `PERMISSION_DENIED`, and nothing changes:
+/// a writer's `Deliver` with a huge epoch leaves the shard's epoch, a writer's `Retain`
+/// deletes nothing, and a writer cannot append under another writer's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
+    certs_dir();
+    let (_dir, mut c, log) = common::servers(1).await;
+    c.start_player(&[]).await.unwrap();
+    let report = common::start_load(&log, common::load_spec(200, 2, 1))
+        .await
+        .unwrap();
+    common::assert_exactly_once(&c, &log, &report).await;
+    let log_addr = c.logstore.addr().to_owned();
+    let shard_addr = c.shards[0].addr().to_owned();
+    let log_id = log.describe().await.unwrap().log_id;
+    let admin = identity("client");
+    let mut admin_shard = ShardClient::new(channel(&shard_addr, Some(&admin)).await.unwrap());
+    let before = admin_shard
+        .applied(AppliedRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let bounds = log.bounds().await.unwrap();
+
+    // No certificate, or one from another CA: no connection, so no call at all.
+    for (who, tls) in [("no certificate", None), ("another CA", Some(stranger()))] {
+        match channel(&log_addr, tls.as_ref()).await {
+            Err(_) => {}
+            Ok(ch) => {
+                let r = LogStoreClient::new(ch).bounds(BoundsRequest {}).await;
+                assert!(r.is_err(), "{who}: Bounds answered {r:?}");
+            }
+        }
+    }
+    // A certificate from the CA without a role: every call refused.
+    let norole = identity("norole");
+    every_call_is_forbidden(
+        channel(&log_addr, Some(&norole)).await.unwrap(),
+        channel(&shard_addr, Some(&norole)).await.unwrap(),
+        &log_id,
+        false,
+    )
+    .await;
+    // A writer: it may append (as its own id) and ask for the bounds, nothing else.
+    let tm1 = identity("tm1");
+    every_call_is_forbidden(
+        channel(&log_addr, Some(&tm1)).await.unwrap(),
+        channel(&shard_addr, Some(&tm1)).await.unwrap(),
+        &log_id,
+        true,
+    )
+    .await;
+    let mut writer = LogStoreClient::new(channel(&log_addr, Some(&tm1)).await.unwrap());
+    forbidden(
+        writer.append(append_req("load-someone-else", 1)).await,
+        "Append as another writer",
+    );
+    let own = writer.append(append_req("tm-1", 1)).await.unwrap();
+    assert_eq!(own.into_inner().index, bounds.1 + 1);
+
+    let after = admin_shard
+        .applied(AppliedRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        after.highest_epoch, before.highest_epoch,
+        "the shard's epoch moved"
+    );
+    assert_eq!(
+        log.bounds().await.unwrap().0,
+        bounds.0,
+        "a writer's Retain deleted entries"
+    );
+    // The player goes on delivering (its epoch was not fenced by anyone else's Hello).
+    let report = common::start_load(&log, common::load_spec(200, 1, 2))
+        .await
+        .unwrap();
+    common::assert_exactly_once(&c, &log, &report).await;
+}
+
+/// The server certificate each new connection to `addr` is shown.
+async fn served_cert(addr: &str) -> Vec<u8> {
+    let client = identity("client");
+    let io = logplayer::tls::client::dial(&client, addr).await.unwrap();
+    let (_, conn) = io.inner().get_ref();
+    conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The LogStore's and a shard's certificates are replaced on disk under load: new
+/// connections are shown the new ones within the reload period, the player's established
+/// streams go on, and every shard ends exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_delivery_continues() {
+    let dir = certs_dir();
+    // The servers of this test read copies, so rotating them leaves the other test alone.
+    let own = tempfile::tempdir().unwrap();
+    for f in [
+        "logstore.crt",
+        "logstore.key",
+        "shard.crt",
+        "shard.key",
+        "ca.crt",
+    ] {
+        std::fs::copy(dir.join(f), own.path().join(f)).unwrap();
+    }
+    let flags = |name: &str| TlsFiles::in_dir(own.path(), name).flags();
+    let data = tempfile::tempdir().unwrap();
+    let bin = common::bin();
+    let mut c = logplayer::harness::cluster::Cluster::start_with(
+        data.path(),
+        &bin,
+        1,
+        &flags("logstore")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &flags("shard")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let log = logplayer::client::Log::connect(c.logstore.addr())
+        .await
+        .unwrap();
+    c.start_player(&[]).await.unwrap();
+    let load = common::start_load(&log, common::load_spec(300, 6, 3));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old_log = served_cert(c.logstore.addr()).await;
+    let old_shard = served_cert(c.shards[0].addr()).await;
+    let certs = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let key = std::fs::read_to_string(dir.join("ca.key")).unwrap_or_default();
+    let ca = Ca::from_pem(logplayer::tls::issue::Pem { cert: certs, key }).unwrap();
+    ca.write_leaf(
+        own.path(),
+        "logstore",
+        &[(Role::Replica, "logstore")],
+        DEMO_VALIDITY,
+    )
+    .unwrap();
+    ca.write_leaf(own.path(), "shard", &[], DEMO_VALIDITY)
+        .unwrap();
+    let renewed = common::eventually(Duration::from_secs(10), || async {
+        served_cert(c.logstore.addr()).await != old_log
+            && served_cert(c.shards[0].addr()).await != old_shard
+    })
+    .await;
+    assert!(
+        renewed,
+        "the rotated certificates were not used for new connections"
+    );
+    let report = load.await.unwrap();
+    common::assert_exactly_once(&c, &log, &report).await;
+}
