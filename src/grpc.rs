@@ -106,10 +106,11 @@ pub enum Reason {
     Unavailable,
     Membership,
     Forbidden,
+    Busy,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Invalid,
         Reason::EntryTooLarge,
         Reason::SequenceReused,
@@ -129,6 +130,7 @@ impl Reason {
         Reason::Unavailable,
         Reason::Membership,
         Reason::Forbidden,
+        Reason::Busy,
     ];
 
     /// The wire value.
@@ -153,6 +155,7 @@ impl Reason {
             Reason::Unavailable => "unavailable",
             Reason::Membership => "membership",
             Reason::Forbidden => "forbidden",
+            Reason::Busy => "busy",
         }
     }
 
@@ -161,7 +164,7 @@ impl Reason {
         use tonic::Code;
         match self {
             Reason::Invalid => Code::InvalidArgument,
-            Reason::EntryTooLarge => Code::ResourceExhausted,
+            Reason::EntryTooLarge | Reason::Busy => Code::ResourceExhausted,
             Reason::SequenceReused => Code::AlreadyExists,
             Reason::StaleSequence
             | Reason::Fenced
@@ -260,9 +263,10 @@ fn rewrite_refusal(
     response
 }
 
-/// A server builder with our window sizes and keepalives.
+/// A server builder with our window sizes, keepalives and streams per connection.
 pub fn server() -> Server {
     Server::builder()
+        .max_concurrent_streams(crate::serving::limits().max_streams_per_connection)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -338,6 +342,7 @@ where
     IO: AcceptedIo,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let incoming = crate::serving::counted(incoming);
     let server = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::pin!(server);
     let deadline = async {

@@ -45,6 +45,7 @@ pub mod operator;
 pub mod player;
 pub mod proto;
 pub mod routing;
+pub mod serving;
 pub mod shard;
 pub mod tls;
 pub mod wal;

@@ -26,6 +26,8 @@ pub struct LogstoreArgs {
     segment_bytes: u64,
     #[command(flatten)]
     limit: EntryLimit,
+    #[command(flatten)]
+    callers: CallerLimits,
     /// This replica's id, a key of --peers (or, with --join, any id: the replica waits to be
     /// added). Without --id and --peers the LogStore runs as a single node.
     #[arg(long, env = "LOGPLAYER_REPLICA_ID", requires = "peers")]
@@ -105,6 +107,40 @@ pub struct EntryLimit {
     pub max_entry_bytes: usize,
 }
 
+/// What bounds the callers of a server (see `serving`).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct CallerLimits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    #[arg(long, env = "LOGPLAYER_MAX_CONNECTIONS", default_value_t = crate::serving::ServerLimits::default().max_connections)]
+    max_connections: usize,
+    /// HTTP/2 streams (calls) open at once on one connection; a client waits for a slot.
+    #[arg(long, env = "LOGPLAYER_MAX_STREAMS_PER_CONNECTION", default_value_t = crate::serving::ServerLimits::default().max_streams_per_connection)]
+    max_streams_per_connection: u32,
+    /// (LogStore) `Read` streams open at once over every caller; one more is refused
+    /// (RESOURCE_EXHAUSTED, busy). Each holds at most 2 responses ahead of its reader.
+    #[arg(long, env = "LOGPLAYER_MAX_READ_STREAMS", default_value_t = crate::serving::ServerLimits::default().max_read_streams)]
+    max_read_streams: usize,
+}
+
+impl CallerLimits {
+    fn install(self) -> anyhow::Result<()> {
+        if self.max_connections == 0
+            || self.max_streams_per_connection == 0
+            || self.max_read_streams == 0
+        {
+            bail!(
+                "--max-connections, --max-streams-per-connection and --max-read-streams must be at least 1"
+            );
+        }
+        crate::serving::install(crate::serving::ServerLimits {
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_read_streams: self.max_read_streams,
+        });
+        Ok(())
+    }
+}
+
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ShardArgs {
@@ -130,6 +166,8 @@ pub struct ShardArgs {
     store: shard::any::StoreKind,
     #[command(flatten)]
     limit: EntryLimit,
+    #[command(flatten)]
+    callers: CallerLimits,
 }
 
 impl ShardArgs {
@@ -189,6 +227,7 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     if let Some(LogstoreAction::Members(m)) = a.action {
         return super::members::run(m).await;
     }
+    a.callers.install()?;
     let data = a.data.clone().context("logstore needs --data")?;
     if let Some(peers) = a.peers.clone() {
         let id = match (a.id, &a.pod_name) {
@@ -285,6 +324,7 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             let (Some(id), Some(data)) = (a.id, a.data) else {
                 bail!("shard needs --id and --data");
             };
+            a.callers.install()?;
             let mut store = shard::any::AnyStore::open(&data, a.store)
                 .with_context(|| format!("opening shard store in {}", data.display()))?;
             if a.no_fsync {

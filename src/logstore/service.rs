@@ -30,8 +30,6 @@ const APPEND_PIPELINE: usize = 1024;
 /// Default size of one `ReadResponse` (clamped to the entry limit, see
 /// [`crate::limits::batch_budget`]).
 const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
-/// Responses buffered per read stream; a slow reader holds back its own stream only.
-const READ_STREAM_BUFFER: usize = 4;
 
 fn to_status(e: LogStoreError) -> Status {
     let reason = match &e {
@@ -234,16 +232,23 @@ impl LogStoreRpc for Service {
         let r = request.into_inner();
         let (first, last) = self.log.bounds();
         check_read(&r, first, last)?;
+        let Some(slot) = crate::serving::read_slot() else {
+            let max = crate::serving::limits().max_read_streams;
+            return Err(Reason::Busy.status(format!(
+                "{max} Read streams are open (--max-read-streams); try again later"
+            )));
+        };
         let log_id = self.log.log_id().map_err(to_status)?;
         let max = crate::limits::batch_budget(
             r.max_batch_bytes as usize,
             DEFAULT_READ_BATCH_BYTES,
             self.log.max_entry_bytes(),
         );
-        let (tx, rx) = mpsc::channel(READ_STREAM_BUFFER);
+        let (tx, rx) = mpsc::channel(crate::serving::READ_STREAM_BUFFER);
         let log = self.log.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut head = log.head();
             let mut pos = r.from;
             loop {

@@ -1,0 +1,161 @@
+//! What bounds the callers of a server, so that no caller can grow a LogStore's or a
+//! shard's memory without bound: connections open at once, HTTP/2 streams per connection,
+//! and the LogStore's `Read` streams open at once. Each is a named setting
+//! (`--max-connections`, `--max-streams-per-connection`, `--max-read-streams`), set once
+//! per process ([`install`]); a process that never sets them (a test) gets the defaults.
+//!
+//! A reader that does not read is paused, not buffered: its `Read` stream stops reading the
+//! log once [`READ_STREAM_BUFFER`] responses wait for it, on top of what HTTP/2 holds (one
+//! encoded response and hyper's send buffer of 400 KiB at most), so the `Read` streams hold
+//! at most [`ServerLimits::read_memory_bound`]. Connections whose peer is gone are closed by
+//! the HTTP/2 keepalive (a ping every 10 s, 20 s to answer).
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use futures::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Responses a `Read` stream queues ahead of its reader.
+pub const READ_STREAM_BUFFER: usize = 2;
+/// What hyper buffers per HTTP/2 stream at most before it stops taking data (its default).
+pub const HYPER_SEND_BUFFER: usize = 400 * 1024;
+
+/// The settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls) open at once on one connection; a client waits for a slot.
+    pub max_streams_per_connection: u32,
+    /// The LogStore's `Read` streams open at once, over every caller; one more is refused
+    /// (`RESOURCE_EXHAUSTED` / `busy`).
+    pub max_read_streams: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 1024,
+            max_streams_per_connection: 128,
+            max_read_streams: 64,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// The most memory the `Read` streams can hold beyond the tail cache, in bytes, when
+    /// a response is at most `response_bytes` (the batch size, or one entry when an entry
+    /// is larger): per stream, its queued responses and one being encoded, and hyper's send
+    /// buffer. With the defaults and 1 MiB batches, 64 × 3.4 MiB ≈ 218 MiB; with 4 MiB
+    /// entries (the default entry limit), ≈ 794 MiB.
+    pub fn read_memory_bound(&self, response_bytes: usize) -> usize {
+        self.max_read_streams * ((READ_STREAM_BUFFER + 1) * response_bytes + HYPER_SEND_BUFFER)
+    }
+}
+
+static LIMITS: OnceLock<ServerLimits> = OnceLock::new();
+static READS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+static CONNECTIONS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+
+/// Sets this process's limits, once, before it serves; `false` if already set.
+pub fn install(limits: ServerLimits) -> bool {
+    LIMITS.set(limits).is_ok()
+}
+
+/// This process's limits.
+pub fn limits() -> ServerLimits {
+    *LIMITS.get_or_init(ServerLimits::default)
+}
+
+/// A slot for one `Read` stream, held while it is open; `None` when
+/// [`ServerLimits::max_read_streams`] are open.
+pub fn read_slot() -> Option<OwnedSemaphorePermit> {
+    READS
+        .get_or_init(|| Arc::new(Semaphore::new(limits().max_read_streams)))
+        .clone()
+        .try_acquire_owned()
+        .ok()
+}
+
+/// An accepted connection counted against [`ServerLimits::max_connections`] while open.
+pub struct Counted<T> {
+    io: T,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// `incoming`, with each connection beyond [`ServerLimits::max_connections`] closed at once
+/// (and warned about).
+pub fn counted<S, T, E>(incoming: S) -> impl futures::Stream<Item = Result<Counted<T>, E>>
+where
+    S: futures::Stream<Item = Result<T, E>>,
+{
+    let slots = CONNECTIONS
+        .get_or_init(|| Arc::new(Semaphore::new(limits().max_connections)))
+        .clone();
+    incoming.filter_map(move |accepted| {
+        let out = match accepted {
+            Err(e) => Some(Err(e)),
+            Ok(io) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(Ok(Counted { io, _slot: slot })),
+                Err(_) => {
+                    tracing::warn!(
+                        max = limits().max_connections,
+                        "closed a new connection: --max-connections are open"
+                    );
+                    None
+                }
+            },
+        };
+        std::future::ready(out)
+    })
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Counted<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> T::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

@@ -1,0 +1,96 @@
+//! No caller can grow a server's memory without bound: 600 tailing `Read` streams that are
+//! never read, from ten connections, leave the LogStore within the bound `serving`
+//! documents for its `--max-read-streams` (64 by default; the rest are refused
+//! `RESOURCE_EXHAUSTED` / `busy`), and once they go, reads are served again.
+
+mod common;
+
+use std::time::Duration;
+
+use logplayer::grpc::Reason;
+use logplayer::proto::ReadRequest;
+use logplayer::proto::log_store_client::LogStoreClient;
+use logplayer::serving::ServerLimits;
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_unread_tailing_reads_stay_within_the_documented_bound() {
+    let (_dir, c, log) = common::servers(0).await;
+    // 20 MB in the log, so that every stream has more to send than its reader takes.
+    let mut spec = common::load_spec(2_000, 1, 1);
+    spec.txn_bytes = 10_000;
+    let report = common::start_load(&log, spec).await.unwrap();
+    assert_eq!(report.failed, 0);
+    let pid = c.logstore.os_pid().unwrap();
+    let before = rss_bytes(pid);
+
+    let mut held = Vec::new();
+    let mut clients = Vec::new();
+    let mut busy = 0;
+    for _ in 0..10 {
+        let mut client =
+            LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+        for _ in 0..60 {
+            let read = ReadRequest {
+                from: 1,
+                follow: true,
+                ..Default::default()
+            };
+            match client.read(read).await {
+                Ok(stream) => held.push(stream.into_inner()),
+                Err(s) => {
+                    assert_eq!(Reason::of(&s), Some(Reason::Busy), "{s:?}");
+                    busy += 1;
+                }
+            }
+        }
+        clients.push(client);
+    }
+    let limits = ServerLimits::default();
+    assert_eq!(
+        busy,
+        600 - limits.max_read_streams,
+        "Read streams past the limit"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = rss_bytes(pid).saturating_sub(before) as usize;
+    // Responses of the default 1 MiB batches (the entries are 10 KB).
+    let bound = limits.read_memory_bound(1024 * 1024);
+    eprintln!(
+        "LogStore RSS grew {} MiB with 600 unread Read streams (bound {} MiB)",
+        grown >> 20,
+        bound >> 20
+    );
+    assert!(grown <= bound, "grew {grown} bytes, bound {bound}");
+
+    // Once the unread streams go, a reader is served again.
+    drop(held);
+    drop(clients);
+    let served = common::eventually(Duration::from_secs(10), || async {
+        let mut client =
+            LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+        let read = ReadRequest {
+            from: 1,
+            to: 1,
+            ..Default::default()
+        };
+        match client.read(read).await {
+            Ok(s) => s.into_inner().message().await.is_ok_and(|m| m.is_some()),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        served,
+        "reads are refused after the unread streams went away"
+    );
+}
