@@ -308,3 +308,25 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
     let report = load.await.unwrap();
     common::assert_exactly_once(&c, &log, &report).await;
 }
+
+/// `demo` runs the whole system over mutual TLS with certificates it issues, faults and
+/// all, and ends exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_over_mutual_tls_and_passes() {
+    let out = tokio::process::Command::new(common::bin())
+        .args(["demo", "--rate", "500"])
+        .env_remove("LOGPLAYER_INSECURE")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("exactly-once: PASS"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("mutual TLS with certificates issued"),
+        "{stderr}"
+    );
+}
