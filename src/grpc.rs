@@ -463,19 +463,23 @@ pub async fn connect_with(
     tls: Option<&Arc<crate::tls::Tls>>,
 ) -> Result<Channel, GrpcError> {
     let endpoint = endpoint(addr)?;
-    let connected = match (DIALER.get(), tls) {
-        (Some(dialer), _) => endpoint.connect_with_connector(dialed(dialer)).await,
-        (None, Some(tls)) => {
-            endpoint
-                .connect_with_connector(crate::tls::client::connector(tls.clone()))
-                .await
-        }
-        (None, None) => endpoint.connect().await,
+    let connected = match dialer(tls) {
+        Some(dialer) => endpoint.connect_with_connector(dialed(&dialer)).await,
+        None => endpoint.connect().await,
     };
     connected.map_err(|source| GrpcError::Connect {
         addr: addr.to_owned(),
         source,
     })
+}
+
+/// What a client connection runs over: the simulated network's dialer when set, else TLS
+/// with `tls`, else plain TCP (`None`).
+fn dialer(tls: Option<&Arc<crate::tls::Tls>>) -> Option<Dialer> {
+    DIALER
+        .get()
+        .cloned()
+        .or_else(|| tls.map(|t| crate::tls::client::dialer(t.clone())))
 }
 
 /// A channel that connects on first use (and reconnects after a failure). A comma-separated
@@ -486,38 +490,32 @@ pub async fn connect_with(
 /// address at a time, the next that answers when its connection breaks (tonic's balanced
 /// channel cannot take the TLS connector).
 pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
-    let tls = crate::tls::process();
-    if addr.contains(',') {
-        let addrs: Vec<&str> = addr
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .collect();
-        let endpoints = addrs
-            .iter()
-            .map(|a| endpoint(a))
-            .collect::<Result<Vec<_>, _>>()?;
-        if let (Some(tls), None, Some(first)) = (tls, DIALER.get(), endpoints.first()) {
-            let authorities = endpoints
-                .iter()
-                .filter_map(|e| e.uri().authority().map(|a| a.to_string()))
-                .collect();
-            let connector = crate::tls::client::failover_connector(tls.clone(), authorities);
-            return Ok(first.clone().connect_with_connector_lazy(connector));
-        }
-        return Ok(Channel::balance_list(endpoints.into_iter()));
+    if !addr.contains(',') {
+        return Ok(lazy(endpoint(addr)?));
     }
-    Ok(lazy(endpoint(addr)?))
+    let endpoints = addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(endpoint)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let (Some(tls), None, Some(first)) = (crate::tls::process(), DIALER.get(), endpoints.first())
+    {
+        let authorities = endpoints
+            .iter()
+            .filter_map(|e| e.uri().authority().map(|a| a.to_string()))
+            .collect();
+        let dialer = crate::tls::client::failover_dialer(tls.clone(), authorities);
+        return Ok(first.clone().connect_with_connector_lazy(dialed(&dialer)));
+    }
+    Ok(Channel::balance_list(endpoints.into_iter()))
 }
 
 /// A lazily connecting channel on `endpoint`, over the simulated network, TLS, or TCP.
 pub fn lazy(endpoint: Endpoint) -> Channel {
-    match (DIALER.get(), crate::tls::process()) {
-        (Some(dialer), _) => endpoint.connect_with_connector_lazy(dialed(dialer)),
-        (None, Some(tls)) => {
-            endpoint.connect_with_connector_lazy(crate::tls::client::connector(tls.clone()))
-        }
-        (None, None) => endpoint.connect_lazy(),
+    match dialer(crate::tls::process()) {
+        Some(dialer) => endpoint.connect_with_connector_lazy(dialed(&dialer)),
+        None => endpoint.connect_lazy(),
     }
 }
 

@@ -80,17 +80,35 @@ pub fn read_slot() -> Option<OwnedSemaphorePermit> {
         .ok()
 }
 
-/// An accepted connection counted against [`ServerLimits::max_connections`] while open.
-pub struct Counted<T> {
+/// An accepted connection as tonic serves it: its byte stream, what every request on it
+/// is handed (`info`, in the request extensions), and, while it is open, its slot among
+/// [`ServerLimits::max_connections`].
+pub struct Accepted<T, C> {
     io: T,
-    _slot: OwnedSemaphorePermit,
+    // Boxed so that the connection is `Unpin` whatever `C` is.
+    info: Box<C>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl<T, C> Accepted<T, C> {
+    /// A connection handing `info` to its requests (not counted: [`counted`] does that).
+    pub fn new(io: T, info: C) -> Self {
+        Accepted {
+            io,
+            info: Box::new(info),
+            _slot: None,
+        }
+    }
 }
 
 /// `incoming`, with each connection beyond [`ServerLimits::max_connections`] closed at once
 /// (and warned about).
-pub fn counted<S, T, E>(incoming: S) -> impl futures::Stream<Item = Result<Counted<T>, E>>
+pub fn counted<S, T, E>(
+    incoming: S,
+) -> impl futures::Stream<Item = Result<Accepted<T, T::ConnectInfo>, E>>
 where
     S: futures::Stream<Item = Result<T, E>>,
+    T: tonic::transport::server::Connected,
 {
     let slots = CONNECTIONS
         .get_or_init(|| Arc::new(Semaphore::new(limits().max_connections)))
@@ -99,7 +117,11 @@ where
         let out = match accepted {
             Err(e) => Some(Err(e)),
             Ok(io) => match slots.clone().try_acquire_owned() {
-                Ok(slot) => Some(Ok(Counted { io, _slot: slot })),
+                Ok(slot) => Some(Ok(Accepted {
+                    info: Box::new(io.connect_info()),
+                    io,
+                    _slot: Some(slot),
+                })),
                 Err(_) => {
                     tracing::warn!(
                         max = limits().max_connections,
@@ -113,14 +135,14 @@ where
     })
 }
 
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Counted<T> {
-    type ConnectInfo = T::ConnectInfo;
-    fn connect_info(&self) -> T::ConnectInfo {
-        self.io.connect_info()
+impl<T, C: Clone + Send + Sync + 'static> tonic::transport::server::Connected for Accepted<T, C> {
+    type ConnectInfo = C;
+    fn connect_info(&self) -> C {
+        (*self.info).clone()
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl<T: AsyncRead + Unpin, C> AsyncRead for Accepted<T, C> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -130,7 +152,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl<T: AsyncWrite + Unpin, C> AsyncWrite for Accepted<T, C> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -94,3 +94,47 @@ async fn six_hundred_unread_tailing_reads_stay_within_the_documented_bound() {
         "reads are refused after the unread streams went away"
     );
 }
+
+/// `--max-connections`: a connection past the limit is closed at once, and one is accepted
+/// again when another goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_max_connections_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--max-connections", "2"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let addr = c.logstore.addr().to_owned();
+    let bounds = |ch: tonic::transport::Channel| async move {
+        LogStoreClient::new(ch)
+            .bounds(logplayer::proto::BoundsRequest {})
+            .await
+    };
+    let first = logplayer::grpc::connect(&addr).await.unwrap();
+    let second = logplayer::grpc::connect(&addr).await.unwrap();
+    assert!(bounds(first.clone()).await.is_ok());
+    assert!(bounds(second.clone()).await.is_ok());
+    let third = match logplayer::grpc::connect(&addr).await {
+        Ok(ch) => bounds(ch).await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !third,
+        "a third connection was served with --max-connections 2"
+    );
+    drop(first);
+    let served = common::eventually(Duration::from_secs(10), || async {
+        match logplayer::grpc::connect(&addr).await {
+            Ok(ch) => bounds(ch).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(served, "no connection accepted after one went away");
+    drop(second);
+}

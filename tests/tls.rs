@@ -237,7 +237,7 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
 async fn served_cert(addr: &str) -> Vec<u8> {
     let client = identity("client");
     let io = logplayer::tls::client::dial(&client, addr).await.unwrap();
-    let (_, conn) = io.inner().get_ref();
+    let (_, conn) = io.get_ref();
     conn.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -285,7 +285,7 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
     let old_log = served_cert(c.logstore.addr()).await;
     let old_shard = served_cert(c.shards[0].addr()).await;
     let certs = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
-    let key = std::fs::read_to_string(dir.join("ca.key")).unwrap_or_default();
+    let key = std::fs::read_to_string(dir.join("ca.key")).unwrap();
     let ca = Ca::from_pem(logplayer::tls::issue::Pem { cert: certs, key }).unwrap();
     ca.write_leaf(
         own.path(),

@@ -117,6 +117,11 @@ impl TlsArgs {
     pub fn insecure(&self) -> bool {
         self.insecure
     }
+
+    /// Whether any of the TLS files was given.
+    pub fn files_given(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some()
+    }
 }
 
 /// How logs are written.

@@ -138,14 +138,14 @@ pub struct BenchArgs {
 }
 
 /// The security of a command that runs the whole system on this machine: mutual TLS with
-/// certificates it issues into `dir` (a CA, and one per component), or `--insecure`. The
-/// returned directory lives as long as the run needs the files.
+/// certificates it issues into a temporary directory (a CA, and one per component), or
+/// `--insecure`. The returned directory lives as long as the run needs the files.
 fn local_security(tls: &super::TlsArgs) -> anyhow::Result<Option<tempfile::TempDir>> {
     if tls.insecure() {
         tls.install()?;
         return Ok(None);
     }
-    if tls.security().is_ok() {
+    if tls.files_given() {
         anyhow::bail!(
             "this command issues its own certificates: leave out --tls-cert/--tls-key/--tls-ca \
              (or pass --insecure to run plaintext)"

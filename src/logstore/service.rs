@@ -172,7 +172,7 @@ impl LogStoreRpc for Service {
                     _ = shutdown.cancelled() => return,
                 };
                 let submitted = match msg {
-                    Ok(Some(r)) => submit(&log, peer.as_ref(), r, &order).await,
+                    Ok(Some(r)) => submit(&log, peer.as_deref(), r, &order).await,
                     Ok(None) => return,
                     Err(status) => Err(grpc::decode_refusal(status)),
                 };
@@ -211,7 +211,7 @@ impl LogStoreRpc for Service {
     ) -> Result<Response<AppendResponse>, Status> {
         let peer = crate::tls::authz::peer_of(&request);
         let r = request.into_inner();
-        crate::tls::authz::check_writer(peer.as_ref(), &r.writer_id)?;
+        crate::tls::authz::check_writer(peer.as_deref(), &r.writer_id)?;
         let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
         let out = self
             .log

@@ -82,11 +82,11 @@ pub fn check_writer(peer: Option<&Peer>, writer_id: &str) -> Result<(), tonic::S
 }
 
 /// The TLS peer of a request, if the server runs TLS.
-pub fn peer_of<T>(request: &tonic::Request<T>) -> Option<Peer> {
+pub fn peer_of<T>(request: &tonic::Request<T>) -> Option<std::sync::Arc<Peer>> {
     request
         .extensions()
         .get::<super::server::Conn>()
-        .map(|c| (*c.peer).clone())
+        .map(|c| c.peer.clone())
 }
 
 /// The server layer applying [`check`] to every request that came over TLS (a plaintext
@@ -152,14 +152,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::identity::parse_uri;
-
-    fn peer(uris: &[&str]) -> Peer {
-        Peer {
-            grants: uris.iter().filter_map(|u| parse_uri(u)).collect(),
-            subject: "t".into(),
-        }
-    }
+    use crate::tls::identity::peer_with as peer;
 
     #[test]
     fn each_role_makes_only_its_calls() {

@@ -122,6 +122,15 @@ impl Peer {
     }
 }
 
+/// A peer whose certificate carries `uris` (for tests of the rules).
+#[cfg(test)]
+pub(crate) fn peer_with(uris: &[&str]) -> Peer {
+    Peer {
+        grants: uris.iter().filter_map(|u| parse_uri(u)).collect(),
+        subject: "test".into(),
+    }
+}
+
 /// `logplayer://ROLE/NAME` → `(role, NAME)`; anything else (another scheme, an unknown
 /// role) grants nothing.
 pub fn parse_uri(uri: &str) -> Option<(Role, String)> {
@@ -134,12 +143,7 @@ pub fn parse_uri(uri: &str) -> Option<(Role, String)> {
 mod tests {
     use super::*;
 
-    fn peer(uris: &[&str]) -> Peer {
-        Peer {
-            grants: uris.iter().filter_map(|u| parse_uri(u)).collect(),
-            subject: "t".into(),
-        }
-    }
+    use peer_with as peer;
 
     #[test]
     fn role_names_parse_from_uris() {

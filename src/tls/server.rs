@@ -5,12 +5,9 @@
 //! connection and handed to every request on it ([`Conn`] in the request extensions).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -30,57 +27,7 @@ pub struct Conn {
 }
 
 /// An accepted, handshaken TLS connection.
-pub struct TlsConn {
-    io: tokio_rustls::server::TlsStream<TcpStream>,
-    conn: Conn,
-}
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = Conn;
-    fn connect_info(&self) -> Conn {
-        self.conn.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
+pub type TlsConn = crate::serving::Accepted<tokio_rustls::server::TlsStream<TcpStream>, Conn>;
 
 /// The TLS connections accepted on `listener`, for tonic's `serve_with_incoming`. A failed
 /// handshake (no certificate, one from another CA, an expired one) is logged and dropped;
@@ -126,7 +73,7 @@ pub fn incoming(
                             remote: Some(remote),
                             peer: Arc::new(peer),
                         };
-                        let _ = tx.send(Ok(TlsConn { io, conn })).await;
+                        let _ = tx.send(Ok(TlsConn::new(io, conn))).await;
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(%remote, error = %e, "refused a connection: TLS handshake failed");
