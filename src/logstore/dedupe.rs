@@ -7,6 +7,17 @@
 //! table remembers each writer's last [`WINDOW`] appends, not just the last: a retry of any
 //! of them gets its original index. Once all of a writer's appends are below the retention
 //! point, only its last is kept.
+//!
+//! A stream's appends must also be written in the order sent, with none missing: were a
+//! later one written while an earlier one was not, the client's resend from its first
+//! unanswered append would find that earlier sequence below the writer's last, refused as
+//! stale — lost. A replicated log can get there: its leader refuses one group (its lease ran
+//! out while its followers were slow) and accepts the next in the same term, or loses a group
+//! with its term while the next goes to a later one. So each append of a stream names the
+//! sequence its writer sent just before on it (`follows`), and is written only if that one
+//! was ([`LogStoreError::Gap`] otherwise). The replicated log decides this when it applies
+//! the entry, the same on every replica, so no race between proposing and Raft's own refusals
+//! can break the order.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -60,18 +71,36 @@ pub fn digest(mutations: &[Mutation]) -> u64 {
 }
 
 /// The answer for an append whose `(writer, sequence)` was seen before: the original index
-/// for a retry of the last sequence, a refusal for an older one or for the last sequence
-/// with different mutations; `None` for a new sequence (or no writer id), which is written.
+/// for a retry of a recent sequence, a refusal for an older one or for a recent sequence
+/// with different mutations. For a new sequence: a refusal if it `follows` (non-zero) a
+/// sequence of its stream that was not written, else `None` — it is written. No writer id:
+/// `None`.
 pub fn seen_before(
     writers: &Writers,
     writer: Option<&(String, u64)>,
+    follows: u64,
     mutations: &[Mutation],
 ) -> Option<Result<Appended, LogStoreError>> {
     let (id, seq) = writer?;
-    let recent = writers.get(id)?;
-    let last = *recent.last()?;
+    let gap = || {
+        Some(Err(LogStoreError::Gap {
+            writer: id.clone(),
+            sequence: *seq,
+            follows,
+        }))
+    };
+    let Some(recent) = writers.get(id) else {
+        return if follows == 0 { None } else { gap() };
+    };
+    let Some(last) = recent.last().copied() else {
+        return if follows == 0 { None } else { gap() };
+    };
     if *seq > last.sequence {
-        return None;
+        return if follows == 0 || written(recent, follows) {
+            None
+        } else {
+            gap()
+        };
     }
     let found = recent
         .0
@@ -95,6 +124,18 @@ pub fn seen_before(
             index: last.index,
         }),
     })
+}
+
+/// Whether the writer's append with `sequence` was written: one of its recent appends, or
+/// below them all (older than the window, or released by retention).
+fn written(recent: &Recent, sequence: u64) -> bool {
+    match recent.0.front() {
+        Some(oldest) if sequence < oldest.sequence => true,
+        _ => recent
+            .0
+            .binary_search_by_key(&sequence, |a| a.sequence)
+            .is_ok(),
+    }
 }
 
 /// Records a new append of `writer` at `index` (no-op without a writer id).
@@ -145,22 +186,22 @@ mod tests {
         let id = |s| Some(("w".to_string(), s));
         let n = WINDOW as u64 + 10;
         for s in 1..=n {
-            assert!(seen_before(&w, id(s).as_ref(), &m(s)).is_none());
+            assert!(seen_before(&w, id(s).as_ref(), 0, &m(s)).is_none());
             record(&mut w, id(s).as_ref(), s * 10, digest(&m(s)));
         }
         let last_in = n - WINDOW as u64 + 1;
         for s in [last_in, n / 2 + 7, n] {
-            let a = seen_before(&w, id(s).as_ref(), &m(s)).unwrap().unwrap();
+            let a = seen_before(&w, id(s).as_ref(), 0, &m(s)).unwrap().unwrap();
             assert_eq!((a.index, a.duplicate), (s * 10, true));
         }
-        let e = seen_before(&w, id(last_in).as_ref(), &m(0))
+        let e = seen_before(&w, id(last_in).as_ref(), 0, &m(0))
             .unwrap()
             .unwrap_err();
         assert!(
             matches!(e, LogStoreError::SequenceReused { index, .. } if index == last_in * 10),
             "{e}"
         );
-        let e = seen_before(&w, id(last_in - 1).as_ref(), &m(last_in - 1))
+        let e = seen_before(&w, id(last_in - 1).as_ref(), 0, &m(last_in - 1))
             .unwrap()
             .unwrap_err();
         assert!(
@@ -168,9 +209,54 @@ mod tests {
             "{e}"
         );
         assert!(
-            seen_before(&w, id(n + 1).as_ref(), &m(n + 1)).is_none(),
+            seen_before(&w, id(n + 1).as_ref(), 0, &m(n + 1)).is_none(),
             "a new sequence"
         );
+    }
+
+    #[test]
+    fn an_append_that_follows_one_not_written_is_refused_as_a_gap() {
+        let mut w = Writers::new();
+        let a = |s: u64| Some(("a".to_string(), s));
+        // A first append following one never written: refused, whatever the table holds.
+        let e = seen_before(&w, a(5).as_ref(), 4, &m(5))
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, LogStoreError::Gap { follows: 4, .. }), "{e}");
+        for s in 1..=3 {
+            record(&mut w, a(s).as_ref(), s, digest(&m(s)));
+        }
+        assert!(
+            seen_before(&w, a(4).as_ref(), 3, &m(4)).is_none(),
+            "3 was written"
+        );
+        assert!(
+            seen_before(&w, a(4).as_ref(), 0, &m(4)).is_none(),
+            "first of its stream"
+        );
+        let e = seen_before(&w, a(6).as_ref(), 5, &m(6))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LogStoreError::Gap {
+                    sequence: 6,
+                    follows: 5,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A retry is answered as one, whatever it follows.
+        let d = seen_before(&w, a(2).as_ref(), 9, &m(2)).unwrap().unwrap();
+        assert_eq!((d.index, d.duplicate), (2, true));
+        // Older than the window counts as written.
+        for s in 4..=(WINDOW as u64 + 10) {
+            record(&mut w, a(s).as_ref(), s, digest(&m(s)));
+        }
+        let n = WINDOW as u64 + 11;
+        assert!(seen_before(&w, a(n).as_ref(), 1, &m(n)).is_none());
     }
 
     #[test]

@@ -68,6 +68,14 @@ pub enum LogStoreError {
         last: u64,
         index: u64,
     },
+    #[error(
+        "writer {writer:?} sent sequence {sequence} after {follows} on its append stream, and {follows} was not written; nothing after it on that stream is written: resend from the first unanswered append on a new stream"
+    )]
+    Gap {
+        writer: String,
+        sequence: u64,
+        follows: u64,
+    },
     #[error("the log writer has stopped after an earlier IO error; restart the LogStore")]
     Stopped,
     #[error("record {index} does not decode: {reason}")]
@@ -109,6 +117,8 @@ pub(crate) enum Job {
     Append {
         mutations: Vec<Mutation>,
         writer: Option<(String, u64)>,
+        /// The sequence its writer sent just before on the same stream (see `dedupe`).
+        follows: u64,
         start_micros: u64,
         reply: oneshot::Sender<Result<Appended, LogStoreError>>,
     },
@@ -377,7 +387,7 @@ impl LogStore {
         writer: Option<(String, u64)>,
         start_micros: u64,
     ) -> Result<Appended, LogStoreError> {
-        self.submit(mutations, writer, start_micros)
+        self.submit(mutations, writer, 0, start_micros)
             .await?
             .await
             .map_err(|_| LogStoreError::Stopped)?
@@ -390,6 +400,7 @@ impl LogStore {
         &self,
         mutations: Vec<Mutation>,
         writer: Option<(String, u64)>,
+        follows: u64,
         start_micros: u64,
     ) -> Result<oneshot::Receiver<Result<Appended, LogStoreError>>, LogStoreError> {
         validate(&mutations, writer.as_ref(), self.max_entry_bytes)?;
@@ -398,6 +409,7 @@ impl LogStore {
             .send(Job::Append {
                 mutations,
                 writer,
+                follows,
                 start_micros,
                 reply,
             })

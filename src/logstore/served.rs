@@ -32,19 +32,32 @@ impl From<Replica> for ServedLog {
 
 pub type Pending = oneshot::Receiver<Result<Appended, LogStoreError>>;
 
+/// Where an append stands on its append stream.
+#[derive(Clone, Copy)]
+pub struct OnStream<'a> {
+    /// The stream's place in a replicated log's order (see [`StreamOrder`]).
+    pub order: &'a Arc<StreamOrder>,
+    /// The sequence its writer sent just before on this stream (0: none); it is written
+    /// only if that one was (see `dedupe`).
+    pub follows: u64,
+}
+
 impl ServedLog {
     /// Queues one append; the receiver gets its outcome once it is durable (single node) or
-    /// committed and applied (replica). `stream` keeps one append stream's appends in order
-    /// across a leader change (a single node writes what is submitted in order anyway).
+    /// committed and applied (replica). `stream` (none for a unary append) keeps one append
+    /// stream's appends in order, with none missing, across a leader change.
     pub async fn submit(
         &self,
         mutations: Vec<Mutation>,
         writer: Option<(String, u64)>,
         start_micros: u64,
-        stream: Option<&Arc<StreamOrder>>,
+        stream: Option<OnStream<'_>>,
     ) -> Result<Pending, LogStoreError> {
         match self {
-            ServedLog::Single(l) => l.submit(mutations, writer, start_micros).await,
+            ServedLog::Single(l) => {
+                let follows = stream.map_or(0, |s| s.follows);
+                l.submit(mutations, writer, follows, start_micros).await
+            }
             ServedLog::Replica(r) => r.submit(mutations, writer, start_micros, stream).await,
         }
     }

@@ -46,7 +46,7 @@ fn to_status(e: LogStoreError) -> Status {
         // problem on a running log: the log cannot serve this now.
         LogStoreError::Wal(_) | LogStoreError::LogId(_) => Reason::NotDurable,
         LogStoreError::Unknown(_) => Reason::NotDurable,
-        LogStoreError::Unavailable(_) => Reason::Unavailable,
+        LogStoreError::Unavailable(_) | LogStoreError::Gap { .. } => Reason::Unavailable,
         LogStoreError::Membership(_) => Reason::Membership,
         LogStoreError::NotLeader { leader } => {
             let mut status = Reason::NotLeader.status(e.to_string());
@@ -61,19 +61,45 @@ fn to_status(e: LogStoreError) -> Status {
     reason.status(e.to_string())
 }
 
+/// One append stream as the server sees it: its place in a replicated log's order, and the
+/// last sequence each of its writers sent on it (what the next one `follows`).
+#[derive(Default)]
+struct StreamState {
+    order: std::sync::Arc<StreamOrder>,
+    sent: std::collections::HashMap<String, u64>,
+}
+
 /// Submits one append of a stream, once the caller may write as its writer id.
 async fn submit(
     log: &ServedLog,
     peer: Option<&crate::tls::identity::Peer>,
     r: AppendRequest,
-    order: &std::sync::Arc<StreamOrder>,
+    stream: &mut StreamState,
 ) -> Result<super::served::Pending, Status> {
     crate::tls::authz::check_writer(peer, &r.writer_id)?;
+    let follows = if r.writer_id.is_empty() {
+        0
+    } else {
+        let before = stream.sent.get(&r.writer_id).copied().unwrap_or(0);
+        // Kept only while it is the stream's one writer id or one of a few (a client that
+        // cycles through ids on one stream gets no gap check past that, never a wrong one).
+        if stream.sent.len() < MAX_WRITERS_PER_STREAM || before != 0 {
+            stream.sent.insert(r.writer_id.clone(), r.sequence);
+        }
+        before
+    };
     let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
-    log.submit(r.mutations, writer, r.append_start_micros, Some(order))
+    let on = super::served::OnStream {
+        order: &stream.order,
+        follows,
+    };
+    log.submit(r.mutations, writer, r.append_start_micros, Some(on))
         .await
         .map_err(to_status)
 }
+
+/// Writer ids of one append stream whose order the server keeps (see [`StreamState`]).
+const MAX_WRITERS_PER_STREAM: usize = 64;
 
 /// Checks a read request against the log's bounds: `from` at least 1 and not below
 /// retention, `to` not below `from`, and (without `follow`) `from` at most `last + 1`.
@@ -164,7 +190,7 @@ impl LogStoreRpc for Service {
         let log = self.log.clone();
         let log_id: std::sync::Arc<str> = self.log.log_id().map_err(to_status)?.into();
         let shutdown = self.shutdown.clone();
-        let order = std::sync::Arc::new(StreamOrder::default());
+        let mut stream = StreamState::default();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -172,7 +198,7 @@ impl LogStoreRpc for Service {
                     _ = shutdown.cancelled() => return,
                 };
                 let submitted = match msg {
-                    Ok(Some(r)) => submit(&log, peer.as_deref(), r, &order).await,
+                    Ok(Some(r)) => submit(&log, peer.as_deref(), r, &mut stream).await,
                     Ok(None) => return,
                     Err(status) => Err(grpc::decode_refusal(status)),
                 };

@@ -176,13 +176,14 @@ impl Writer {
                 Job::Append {
                     mutations,
                     writer,
+                    follows,
                     start_micros,
                     reply,
                 } => {
                     // The table holds this group's earlier appends too, so a retry inside
                     // the same group also dedups.
                     if let Some(answer) =
-                        dedupe::seen_before(&self.writers, writer.as_ref(), &mutations)
+                        dedupe::seen_before(&self.writers, writer.as_ref(), follows, &mutations)
                     {
                         replies.push((reply, answer));
                         continue;
@@ -205,6 +206,7 @@ impl Writer {
                         }),
                         writer_id,
                         sequence,
+                        follows: 0,
                     };
                     payloads.push(stored.encode_to_vec());
                     entries.push(stored.entry.unwrap_or_default());

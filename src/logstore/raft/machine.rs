@@ -116,25 +116,30 @@ impl Base {
                     let writer = (!stored.writer_id.is_empty())
                         .then(|| (stored.writer_id.clone(), stored.sequence));
                     let e = stored.entry.unwrap_or_default();
-                    let verdict =
-                        match dedupe::seen_before(&self.writers, writer.as_ref(), &e.mutations) {
-                            Some(Ok(original)) => Verdict::Duplicate(original.index),
-                            Some(Err(LogStoreError::SequenceReused { index, .. })) => {
-                                Verdict::Reused { index }
-                            }
-                            Some(Err(LogStoreError::StaleSequence { last, index, .. })) => {
-                                Verdict::Stale { last, index }
-                            }
-                            Some(Err(other)) => return Err(apply_error(entry.log_id, other)),
-                            None => {
-                                let index = self.next;
-                                self.next += 1;
-                                let d = dedupe::digest(&e.mutations);
-                                dedupe::record(&mut self.writers, writer.as_ref(), index, d);
-                                out.entries.push(LogEntry { index, ..e });
-                                Verdict::New(index)
-                            }
-                        };
+                    let verdict = match dedupe::seen_before(
+                        &self.writers,
+                        writer.as_ref(),
+                        stored.follows,
+                        &e.mutations,
+                    ) {
+                        Some(Ok(original)) => Verdict::Duplicate(original.index),
+                        Some(Err(LogStoreError::Gap { follows, .. })) => Verdict::Gap { follows },
+                        Some(Err(LogStoreError::SequenceReused { index, .. })) => {
+                            Verdict::Reused { index }
+                        }
+                        Some(Err(LogStoreError::StaleSequence { last, index, .. })) => {
+                            Verdict::Stale { last, index }
+                        }
+                        Some(Err(other)) => return Err(apply_error(entry.log_id, other)),
+                        None => {
+                            let index = self.next;
+                            self.next += 1;
+                            let d = dedupe::digest(&e.mutations);
+                            dedupe::record(&mut self.writers, writer.as_ref(), index, d);
+                            out.entries.push(LogEntry { index, ..e });
+                            Verdict::New(index)
+                        }
+                    };
                     if !matches!(verdict, Verdict::New(_)) {
                         skipped.push(pos as u32);
                     }
@@ -589,6 +594,7 @@ mod tests {
             }),
             writer_id: writer.into(),
             sequence: seq,
+            follows: 0,
         }
     }
 

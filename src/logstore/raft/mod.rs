@@ -105,6 +105,8 @@ pub enum Verdict {
     Reused { index: u64 },
     /// Below the writer's last sequence `last` (at `index`).
     Stale { last: u64, index: u64 },
+    /// Follows an append of its stream that was not written (see `dedupe`): not written.
+    Gap { follows: u64 },
 }
 
 /// Raft index → WAL index: the WAL numbers from 1, openraft from 0.

@@ -9,10 +9,10 @@
 //! proposing them ([`LogStoreError::NotLeader`], naming the leader): nothing was written, a
 //! client can send the same append to the leader. If leadership is lost after proposing,
 //! the outcome is unknown ([`LogStoreError::Unknown`]); a retry with the same
-//! `(writer_id, sequence)` then gets the original index if the first one did commit. The
-//! appends of one stream are written only in the term of its first and never after one of
-//! them was refused ([`StreamOrder`]), so a client's resend from its first unanswered append
-//! never finds a later one already written.
+//! `(writer_id, sequence)` then gets the original index if the first one did commit. An
+//! append of a stream is written only if the one its stream sent before it was (decided when
+//! applied, see `dedupe`), so a client's resend from its first unanswered append never finds
+//! a later one already written; [`StreamOrder`] refuses the rest of a broken stream early.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -130,16 +130,14 @@ struct Pending {
     stream: Option<Arc<StreamOrder>>,
 }
 
-/// One append stream's place in the log's order.
+/// One append stream's place in the log's order: what the proposer can see of it.
 ///
-/// A stream's appends are proposed in the order sent. If one of them is refused before it
-/// is proposed (this replica is not, or no longer, the leader), or proposed in a term whose
-/// leadership is then lost, none after it may be written in a later term: the client
-/// resends every unanswered append from the first, and a later one already in the log
-/// would put that first one below the writer's last sequence, where it is refused as stale
-/// — lost. (Within one term, Raft keeps the leader's entries in order and a later one cannot
-/// commit without the earlier.) So a stream is pinned to the term of its first proposal,
-/// and once one of its appends is refused, it refuses the rest; the client opens a new one.
+/// A stream's appends are proposed in the order sent. Once one of them is refused before it
+/// is proposed (this replica is not, or no longer, the leader), or the stream's term is over,
+/// the rest of it is refused here too, before anything is written; the client opens a new
+/// one and resends. This is only the early part: Raft itself can still refuse one group and
+/// take the next (a leader whose lease ran out), which the proposer cannot see in time; the
+/// rule that holds whatever Raft does is applied with the entry (`follows`, see `dedupe`).
 #[derive(Debug, Default)]
 pub struct StreamOrder {
     /// The term its appends are proposed in (0: none yet; a leader's term is at least 1).
@@ -443,12 +441,12 @@ impl Replica {
         mutations: Vec<Mutation>,
         writer: Option<(String, u64)>,
         start_micros: u64,
-        stream: Option<&Arc<StreamOrder>>,
+        stream: Option<crate::logstore::served::OnStream<'_>>,
     ) -> Result<oneshot::Receiver<Result<Appended, LogStoreError>>, LogStoreError> {
         crate::logstore::validate(&mutations, writer.as_ref(), self.max_entry_bytes)?;
         if !self.is_leader() {
             if let Some(s) = stream {
-                s.admit(None);
+                s.order.admit(None);
             }
             return Err(self.not_leader());
         }
@@ -462,6 +460,7 @@ impl Replica {
             }),
             writer_id,
             sequence,
+            follows: stream.map_or(0, |s| s.follows),
         };
         self.jobs
             .send(Pending {
@@ -469,7 +468,7 @@ impl Replica {
                 stored,
                 writer,
                 reply,
-                stream: stream.cloned(),
+                stream: stream.map(|s| s.order.clone()),
             })
             .await
             .map_err(|_| LogStoreError::Stopped)?;
@@ -654,6 +653,20 @@ impl Replica {
                     last,
                     index,
                 }),
+                Verdict::Gap { follows } => {
+                    tracing::info!(
+                        writer = %id,
+                        sequence,
+                        follows,
+                        "an append of a stream follows one that was not written: refused, \
+                         the client resends from its first unanswered append"
+                    );
+                    Err(LogStoreError::Gap {
+                        writer: id,
+                        sequence,
+                        follows,
+                    })
+                }
             };
             let _ = reply.send(r);
         }
@@ -706,6 +719,7 @@ mod tests {
 
     use super::{Replica, ReplicaConfig, StreamOrder};
     use crate::logstore::LogStoreError;
+    use crate::logstore::served::OnStream;
     use crate::proto::{Mutation, mutation::Op};
 
     fn add() -> Vec<Mutation> {
@@ -739,20 +753,72 @@ mod tests {
         let t = leading(&r).await;
         let w = |s| Some(("w".to_string(), s));
         let same = Arc::new(StreamOrder::default());
-        let first = r.submit(add(), w(1), 0, Some(&same)).await.unwrap();
+        let on = |order, follows| Some(OnStream { order, follows });
+        let first = r.submit(add(), w(1), 0, on(&same, 0)).await.unwrap();
         let first = first.await.unwrap().unwrap();
         let earlier = Arc::new(StreamOrder::default());
         assert!(earlier.admit(Some(t + 1)));
-        let refused = r.submit(add(), w(2), 0, Some(&earlier)).await.unwrap();
+        let refused = r.submit(add(), w(2), 0, on(&earlier, 1)).await.unwrap();
         let refused = refused.await.unwrap();
         assert!(
             matches!(refused, Err(LogStoreError::Unavailable(_))),
             "{refused:?}"
         );
-        let again = r.submit(add(), w(2), 0, Some(&same)).await.unwrap();
+        let again = r.submit(add(), w(2), 0, on(&same, 1)).await.unwrap();
         let again = again.await.unwrap().unwrap();
         assert!(!again.duplicate, "the refused append was not written");
         assert_eq!(again.index, first.index + 1, "nothing was written between");
+    }
+
+    /// However Raft takes a stream's groups (here the one holding sequence 3 never reached
+    /// it, as when the leader refuses a group while its lease is out and takes the next), an
+    /// append is written only if the one its stream sent before it was: sequence 4 after a
+    /// missing 3 is refused and nothing is written, so the client's resend from 3 is not
+    /// stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_after_one_of_its_stream_that_was_not_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+        let r = Replica::start(ReplicaConfig::new(1, peers, dir.path().into()))
+            .await
+            .unwrap();
+        leading(&r).await;
+        let w = |s| Some(("w".to_string(), s));
+        let order = Arc::new(StreamOrder::default());
+        let on = |follows| {
+            Some(OnStream {
+                order: &order,
+                follows,
+            })
+        };
+        for s in 1..=2 {
+            let a = r.submit(add(), w(s), 0, on(s - 1)).await.unwrap();
+            a.await.unwrap().unwrap();
+        }
+        let after_lost = r.submit(add(), w(4), 0, on(3)).await.unwrap();
+        let after_lost = after_lost.await.unwrap();
+        assert!(
+            matches!(after_lost, Err(LogStoreError::Gap { follows: 3, .. })),
+            "{after_lost:?}"
+        );
+        assert_eq!(r.machine().bounds().1, 2, "nothing was written");
+        let resend = Arc::new(StreamOrder::default());
+        for s in 3..=4 {
+            let a = r
+                .submit(
+                    add(),
+                    w(s),
+                    0,
+                    Some(OnStream {
+                        order: &resend,
+                        follows: if s == 3 { 0 } else { 3 },
+                    }),
+                )
+                .await
+                .unwrap();
+            let a = a.await.unwrap().unwrap();
+            assert_eq!((a.index, a.duplicate), (s, false), "the resend is written");
+        }
     }
 
     #[test]
