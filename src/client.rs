@@ -74,6 +74,8 @@ const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Log {
     addrs: std::sync::Arc<[String]>,
     current: std::sync::Arc<std::sync::RwLock<Conn>>,
+    /// The TLS identity it dials with (`None`: plaintext).
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
 
 #[derive(Clone)]
@@ -100,8 +102,18 @@ enum Next {
 }
 
 impl Log {
-    /// Connects to the first reachable address of `addrs` (one, or a comma-separated list).
+    /// Connects to the first reachable address of `addrs` (one, or a comma-separated list),
+    /// with this process's TLS identity if it runs TLS.
     pub async fn connect(addrs: &str) -> Result<Log, ClientError> {
+        Log::connect_with(addrs, crate::tls::process().cloned()).await
+    }
+
+    /// [`Log::connect`] with the given TLS identity (`None`: plaintext), as the operator
+    /// dials each LogPlayer's log with that LogPlayer's admin certificate.
+    pub async fn connect_with(
+        addrs: &str,
+        tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    ) -> Result<Log, ClientError> {
         let list: Vec<String> = addrs
             .split(',')
             .map(str::trim)
@@ -110,7 +122,7 @@ impl Log {
             .collect();
         let mut last_err = None;
         for a in &list {
-            match grpc::connect(a).await {
+            match grpc::connect_with(a, tls.as_ref()).await {
                 Ok(channel) => {
                     return Ok(Log {
                         current: std::sync::Arc::new(std::sync::RwLock::new(Conn {
@@ -118,6 +130,7 @@ impl Log {
                             client: log_client(channel),
                         })),
                         addrs: list.into(),
+                        tls,
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -145,7 +158,7 @@ impl Log {
     }
 
     async fn switch(&self, addr: &str) {
-        let client = match grpc::connect_lazy(addr) {
+        let client = match grpc::connect_lazy_with(addr, self.tls.as_ref()) {
             Ok(channel) => log_client(channel),
             Err(_) => return,
         };
@@ -453,7 +466,15 @@ pub struct ShardConn {
 
 impl ShardConn {
     pub async fn connect(addr: &str) -> Result<ShardConn, ClientError> {
-        let channel = grpc::connect(addr).await?;
+        ShardConn::connect_with(addr, crate::tls::process()).await
+    }
+
+    /// [`ShardConn::connect`] with the given TLS identity (`None`: plaintext).
+    pub async fn connect_with(
+        addr: &str,
+        tls: Option<&std::sync::Arc<crate::tls::Tls>>,
+    ) -> Result<ShardConn, ClientError> {
+        let channel = grpc::connect_with(addr, tls).await?;
         Ok(ShardConn {
             addr: addr.to_owned(),
             client: ShardClient::new(channel).max_decoding_message_size(

@@ -490,8 +490,16 @@ fn dialer(tls: Option<&Arc<crate::tls::Tls>>) -> Option<Dialer> {
 /// address at a time, the next that answers when its connection breaks (tonic's balanced
 /// channel cannot take the TLS connector).
 pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
+    connect_lazy_with(addr, crate::tls::process())
+}
+
+/// [`connect_lazy`] with the given TLS identity (`None`: plaintext), whatever the process's.
+pub fn connect_lazy_with(
+    addr: &str,
+    tls: Option<&Arc<crate::tls::Tls>>,
+) -> Result<Channel, GrpcError> {
     if !addr.contains(',') {
-        return Ok(lazy(endpoint(addr)?));
+        return Ok(lazy_with(endpoint(addr)?, tls));
     }
     let endpoints = addr
         .split(',')
@@ -499,8 +507,7 @@ pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
         .filter(|a| !a.is_empty())
         .map(endpoint)
         .collect::<Result<Vec<_>, _>>()?;
-    if let (Some(tls), None, Some(first)) = (crate::tls::process(), DIALER.get(), endpoints.first())
-    {
+    if let (Some(tls), None, Some(first)) = (tls, DIALER.get(), endpoints.first()) {
         let authorities = endpoints
             .iter()
             .filter_map(|e| e.uri().authority().map(|a| a.to_string()))
@@ -513,7 +520,11 @@ pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
 
 /// A lazily connecting channel on `endpoint`, over the simulated network, TLS, or TCP.
 pub fn lazy(endpoint: Endpoint) -> Channel {
-    match dialer(crate::tls::process()) {
+    lazy_with(endpoint, crate::tls::process())
+}
+
+fn lazy_with(endpoint: Endpoint, tls: Option<&Arc<crate::tls::Tls>>) -> Channel {
+    match dialer(tls) {
         Some(dialer) => endpoint.connect_with_connector_lazy(dialed(&dialer)),
         None => endpoint.connect_lazy(),
     }

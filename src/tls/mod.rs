@@ -99,15 +99,17 @@ struct State {
     checked: Instant,
 }
 
-/// A TLS identity from files, read again when they change (cheap to share).
+/// A TLS identity from files, read again when they change, or from PEM text held in
+/// memory (cheap to share).
 pub struct Tls {
-    files: TlsFiles,
+    /// The files it reads again; `None` for PEM text given once ([`Tls::from_pem`]).
+    files: Option<TlsFiles>,
     state: Mutex<State>,
 }
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("files", &self.files).finish()
+        f.debug_struct("Tls").field("files", &self.files).finish_non_exhaustive()
     }
 }
 
@@ -144,7 +146,7 @@ impl Tls {
         let contents = [read(&files.cert)?, read(&files.key)?, read(&files.ca)?];
         let loaded = Arc::new(build(&files, &contents)?);
         Ok(Arc::new(Tls {
-            files,
+            files: Some(files),
             state: Mutex::new(State {
                 loaded,
                 contents,
@@ -153,8 +155,29 @@ impl Tls {
         }))
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
+    /// An identity from PEM text (a certificate chain, its key, the CA certificates), as the
+    /// operator reads it from a Secret; `what` names its source in errors. Not read again.
+    pub fn from_pem(what: &str, cert: &str, key: &str, ca: &str) -> Result<Arc<Tls>, TlsError> {
+        let named = TlsFiles {
+            cert: PathBuf::from(format!("{what}: tls.crt")),
+            key: PathBuf::from(format!("{what}: tls.key")),
+            ca: PathBuf::from(format!("{what}: ca.crt")),
+        };
+        let contents = [cert.into(), key.into(), ca.into()];
+        let loaded = Arc::new(build(&named, &contents)?);
+        Ok(Arc::new(Tls {
+            files: None,
+            state: Mutex::new(State {
+                loaded,
+                contents,
+                checked: Instant::now(),
+            }),
+        }))
+    }
+
+    /// The files it reads (`None`: PEM text given once).
+    pub fn files(&self) -> Option<&TlsFiles> {
+        self.files.as_ref()
     }
 
     /// The configurations to use for a new connection: the files are read again at most
@@ -164,21 +187,20 @@ impl Tls {
         // A panic while the lock was held cannot have left a half-made state: each field is
         // replaced whole.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(files) = &self.files else {
+            return state.loaded.clone();
+        };
         if state.checked.elapsed() < RELOAD_EVERY {
             return state.loaded.clone();
         }
         state.checked = Instant::now();
         let read_all = || -> Result<[Vec<u8>; 3], TlsError> {
-            Ok([
-                read(&self.files.cert)?,
-                read(&self.files.key)?,
-                read(&self.files.ca)?,
-            ])
+            Ok([read(&files.cert)?, read(&files.key)?, read(&files.ca)?])
         };
         match read_all() {
-            Ok(contents) if contents != state.contents => match build(&self.files, &contents) {
+            Ok(contents) if contents != state.contents => match build(files, &contents) {
                 Ok(loaded) => {
-                    tracing::info!(cert = %self.files.cert.display(), "TLS files changed: new connections use them");
+                    tracing::info!(cert = %files.cert.display(), "TLS files changed: new connections use them");
                     state.loaded = Arc::new(loaded);
                     state.contents = contents;
                 }
