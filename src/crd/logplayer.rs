@@ -104,6 +104,70 @@ pub struct LogPlayerSpec {
     #[serde(default = "default_metrics_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub metrics_port: i32,
+    /// How every gRPC connection of this LogPlayer (players, log replicas, its Shards'
+    /// servers, writers) is secured. Default: mutual TLS with certificates the operator
+    /// issues and renews.
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// Mutual TLS for a LogPlayer. In `Operator` mode the operator keeps a CA in `caSecret` and
+/// issues, into Secrets of type `kubernetes.io/tls` (`tls.crt`, `tls.key`, `ca.crt`), one
+/// certificate per component and role: `<name>-logstore-tls` (log replicas, role
+/// `replica`), `<name>-player-tls` (`player`), `<S>-shard-tls` for each managed Shard `S`,
+/// `<name>-writer-tls` for your writers (`writer`, for `writerIds`) and `<name>-admin-tls`
+/// (`admin`: `logplayer status`, `dump`, `logstore members`; the operator uses it too).
+/// Each is valid 90 days and issued again 30 days before it expires, or at once when it was
+/// not signed by the current CA. Pods read renewed files without a restart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSettings {
+    /// `Operator` (default): mutual TLS with the certificates above. `Insecure`: plaintext
+    /// gRPC and no authentication (every pod runs with `--insecure`): only on a network
+    /// where every pod that can connect is trusted.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// Secret holding the CA certificate and key (`tls.crt`, `tls.key`, PEM). The operator
+    /// creates it (a CA valid 10 years) when it does not exist; to bring your own CA, or one
+    /// cert-manager keeps (a `Certificate` with `isCA: true` writes such a Secret), create it
+    /// first. Default `<name>-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_secret: Option<String>,
+    /// Writer ids the writer certificate may append as; `PREFIX*` allows every id starting
+    /// with `PREFIX`. Default `["*"]` (any id).
+    #[serde(default = "default_writer_ids")]
+    #[schemars(length(min = 1, max = 32))]
+    pub writer_ids: Vec<WriterId>,
+}
+
+/// A writer id the writer certificate grants, or `PREFIX*` for every id with that prefix.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct WriterId(#[schemars(length(min = 1, max = 253))] pub String);
+
+fn default_writer_ids() -> Vec<WriterId> {
+    vec![WriterId("*".to_owned())]
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            mode: TlsMode::default(),
+            ca_secret: None,
+            writer_ids: default_writer_ids(),
+        }
+    }
+}
+
+/// How a LogPlayer's connections are secured (see `tls`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    /// Mutual TLS with certificates the operator issues from the CA in `caSecret`.
+    #[default]
+    Operator,
+    /// Plaintext, nobody authenticated.
+    Insecure,
 }
 
 fn default_replicas() -> i32 {

@@ -51,6 +51,9 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// A player replica holds the lease (LogPlayer only).
     pub const LEADER_ELECTED: &str = "LeaderElected";
+    /// Every certificate of the LogPlayer is issued from its CA and not about to expire
+    /// (LogPlayer only).
+    pub const CERTIFICATES_READY: &str = "CertificatesReady";
 }
 
 /// Durations are written like `2s`, `1500ms` or `1m30s`: one or more integer-unit pairs with

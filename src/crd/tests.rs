@@ -379,6 +379,11 @@ spec:
   shardSelector:
     matchLabels:
       logplayer.io/player: orders
+  tls:
+    mode: Operator
+    caSecret: orders-ca
+    writerIds:
+      - orders-tm-*
   logStore:
     managed:
       storage: 20Gi

@@ -10,10 +10,12 @@
 //! two pods first would leave the group without a majority to remove them with.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::Log;
 use crate::proto::MembersResponse;
+use crate::tls::Tls;
 
 /// How long asking for the membership may take.
 const ASK_WAIT: Duration = Duration::from_secs(3);
@@ -110,9 +112,11 @@ pub fn replica_of_pod(pod: &str) -> Option<u64> {
 
 /// Asks the LogStore at `addrs` (every replica, comma-separated) for its membership, from
 /// its leader when one is known.
-pub async fn ask(addrs: &str) -> Result<MembersResponse, String> {
+pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, String> {
     let asked = tokio::time::timeout(ASK_WAIT, async {
-        let log = Log::connect(addrs).await.map_err(|e| e.to_string())?;
+        let log = Log::connect_with(addrs, tls)
+            .await
+            .map_err(|e| e.to_string())?;
         log.members().await.map_err(|e| e.to_string())
     })
     .await;
@@ -128,9 +132,16 @@ pub fn should_seed(seen: &Seen, known_log_id: Option<&str>) -> bool {
 
 /// Makes `change`: a seed on replica 1 (at `addr`), anything else on the log leader; `addr`
 /// is where the replica to add or seed is dialed.
-pub async fn make(addrs: &str, change: Change, addr: &str) -> Result<MembersResponse, String> {
+pub async fn make(
+    addrs: &str,
+    change: Change,
+    addr: &str,
+    tls: Option<Arc<Tls>>,
+) -> Result<MembersResponse, String> {
     let target = if change == Change::Seed { addr } else { addrs };
-    let log = Log::connect(target).await.map_err(|e| e.to_string())?;
+    let log = Log::connect_with(target, tls)
+        .await
+        .map_err(|e| e.to_string())?;
     match change {
         Change::Seed => {
             tracing::info!(%addr, "seeding the log's group with replica 1");

@@ -19,6 +19,7 @@
 //! the operator then only reports status (with `ReconciliationPaused`).
 
 mod apply;
+pub mod certs;
 pub mod desired;
 pub mod log_members;
 mod metrics;

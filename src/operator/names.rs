@@ -56,6 +56,26 @@ pub fn shard_server_name(shard: &Shard) -> String {
     format!("{}-shard", shard.name_any())
 }
 
+/// Name of a managed shard server's certificate Secret.
+pub fn shard_tls_secret(shard: &Shard) -> String {
+    format!("{}-shard-tls", shard.name_any())
+}
+
+/// Name of a LogPlayer's CA Secret (`spec.tls.caSecret`, default `<name>-ca`).
+pub fn ca_secret(lp: &LogPlayer) -> String {
+    lp.spec
+        .tls
+        .ca_secret
+        .clone()
+        .unwrap_or_else(|| format!("{}-ca", lp.name_any()))
+}
+
+/// Name of one of a LogPlayer's certificate Secrets: `<name>-<what>-tls` (`what`: logstore,
+/// player, writer, admin).
+pub fn tls_secret(lp: &LogPlayer, what: &str) -> String {
+    format!("{}-{what}-tls", lp.name_any())
+}
+
 fn service_host(name: &str, ns: &str, defaults: &Defaults) -> String {
     if defaults.cluster_domain.is_empty() {
         format!("{name}.{ns}.svc")

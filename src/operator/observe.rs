@@ -47,10 +47,14 @@ pub(super) async fn shards_of(
         .filter(|s| s.spec.log_player == name)
         .collect()))
 }
-/// Asks a shard server its applied index.
-pub(super) async fn probe_shard(addr: &str) -> status::Probe {
+/// Asks a shard server its applied index, dialing with `tls` (the LogPlayer's admin
+/// certificate; `None`: plaintext).
+pub(super) async fn probe_shard(
+    addr: &str,
+    tls: Option<&std::sync::Arc<crate::tls::Tls>>,
+) -> status::Probe {
     let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
-        let conn = crate::client::ShardConn::connect(addr)
+        let conn = crate::client::ShardConn::connect_with(addr, tls)
             .await
             .map_err(|e| e.to_string())?;
         conn.applied().await.map_err(|e| e.to_string())
@@ -68,15 +72,51 @@ pub(super) async fn probe_shard(addr: &str) -> status::Probe {
 /// How long a probe of a shard or the LogStore may take before it counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a LogPlayer's reconciliation found before observing, for its status.
+pub(super) struct Found {
+    pub spec_problem: Option<status::Problem>,
+    pub apply_problems: Vec<status::Problem>,
+    pub paused: bool,
+    /// The identity the operator dials the LogPlayer's servers with (its admin certificate).
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    pub certificates: crate::operator::certs::CertState,
+}
+
+/// Asks the LogStore at `addr` its bounds: whether it answers, and its last index.
+async fn probe_log(
+    addr: &str,
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
+) -> (status::Probe, Option<i64>) {
+    let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let log = crate::client::Log::connect_with(addr, tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        log.bounds().await.map_err(|e| e.to_string())
+    })
+    .await;
+    match asked {
+        Ok(Ok((_, last))) => (status::Probe::Reachable, i64::try_from(last).ok()),
+        Ok(Err(e)) => (
+            status::Probe::Unreachable(format!("LogStore at {addr} does not answer: {e}")),
+            None,
+        ),
+        Err(_) => (
+            status::Probe::Unreachable(format!(
+                "LogStore at {addr} did not answer within {}",
+                humantime::format_duration(PROBE_TIMEOUT)
+            )),
+            None,
+        ),
+    }
+}
+
 /// Looks at everything a LogPlayer's status reports.
 pub(super) async fn observe(
     ctx: &Context,
     lp: &LogPlayer,
     ns: &str,
     shards: &[Shard],
-    spec_problem: Option<status::Problem>,
-    apply_problems: Vec<status::Problem>,
-    paused: bool,
+    found: Found,
 ) -> Result<status::Observed, OperatorError> {
     let client = &ctx.client;
     let player = desired::player_name(lp);
@@ -94,29 +134,7 @@ pub(super) async fn observe(
     let logstore_down = managed_logstore && !any_running(&component_pods(&pods, "logstore", None));
     let (logstore, head_index) = match desired::logstore_endpoint(lp, ns, &ctx.defaults) {
         Some(_) if logstore_down => (status::Probe::NotRunning, None),
-        Some(addr) => {
-            let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
-                let log = crate::client::Log::connect(&addr)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                log.bounds().await.map_err(|e| e.to_string())
-            })
-            .await;
-            match asked {
-                Ok(Ok((_, last))) => (status::Probe::Reachable, i64::try_from(last).ok()),
-                Ok(Err(e)) => (
-                    status::Probe::Unreachable(format!("LogStore at {addr} does not answer: {e}")),
-                    None,
-                ),
-                Err(_) => (
-                    status::Probe::Unreachable(format!(
-                        "LogStore at {addr} did not answer within {}",
-                        humantime::format_duration(PROBE_TIMEOUT)
-                    )),
-                    None,
-                ),
-            }
-        }
+        Some(addr) => probe_log(&addr, found.tls.clone()).await,
         None => (status::Probe::Unknown, None),
     };
     let mut sorted: Vec<&Shard> = shards.iter().collect();
@@ -128,7 +146,7 @@ pub(super) async fn observe(
         let down = managed && !any_running(&component_pods(&pods, "shard", Some(&name)));
         let probe = match desired::shard_endpoint(s, &ctx.defaults) {
             Some(_) if down => status::Probe::NotRunning,
-            Some(addr) => probe_shard(&addr).await,
+            Some(addr) => probe_shard(&addr, found.tls.as_ref()).await,
             None => status::Probe::Unknown,
         };
         observed_shards.push(status::ShardObserved {
@@ -149,11 +167,12 @@ pub(super) async fn observe(
         shards: observed_shards,
         head_index,
         logstore,
-        spec_problem,
-        apply_problems,
+        spec_problem: found.spec_problem,
+        apply_problems: found.apply_problems,
         pod_problems,
-        paused,
+        paused: found.paused,
         log_members: None,
+        certificates: found.certificates,
     })
 }
 

@@ -4,9 +4,9 @@
 use super::apply::{apply, apply_status, prune};
 use super::metrics::{ErrorLabel, KindLabel};
 use super::observe::{
-    any_running, component_pods, observe, paused, pods_of, probe_shard, shards_of,
+    Found, any_running, component_pods, observe, paused, pods_of, probe_shard, shards_of,
 };
-use super::{Context, OperatorError, RESYNC, desired, log_members, status};
+use super::{Context, OperatorError, RESYNC, certs, desired, log_members, status};
 use crate::crd::{LogPlayer, Shard};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -73,6 +73,7 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
     };
     let mut apply_problems = Vec::new();
     let mut log_seen = None;
+    let mut certificates = certs::CertState::NotChecked;
     let spec_problem = match (
         selector_problem,
         desired::player_objects(lp, &shards, &ctx.defaults),
@@ -80,9 +81,12 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         (Some(p), _) => Some(p),
         (None, Ok(mut objects)) => {
             if !is_paused {
-                let members = log_members_before(ctx, lp, &ns, &mut objects).await;
+                let leaves = certs::leaves(lp, &ns, &shards);
+                certificates = certs::keep(&ctx.client, &ns, lp, &leaves).await?;
+                let tls = certs::admin_identity(&ctx.client, &ns, Some(lp)).await?;
+                let members = log_members_before(ctx, lp, &ns, &mut objects, tls.clone()).await;
                 apply_problems = apply_player_objects(&ctx.client, &ns, lp, objects).await?;
-                log_seen = members_step(ctx, lp, &ns, members).await?;
+                log_seen = members_step(ctx, lp, &ns, members, tls).await?;
             }
             None
         }
@@ -96,16 +100,14 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
             .is_none_or(|m| log_members::next_change(m, s.want, &s.running).is_some())
             || s.change.is_some()
     });
-    let mut observed = observe(
-        ctx,
-        lp,
-        &ns,
-        &shards,
+    let found = Found {
         spec_problem,
         apply_problems,
-        is_paused,
-    )
-    .await?;
+        paused: is_paused,
+        tls: certs::admin_identity(&ctx.client, &ns, Some(lp)).await?,
+        certificates,
+    };
+    let mut observed = observe(ctx, lp, &ns, &shards, found).await?;
     observed.log_members = log_seen;
     let old = lp.status.clone().unwrap_or_default();
     let new = status::logplayer_status(&observed, &old, status::now());
@@ -129,11 +131,12 @@ async fn log_members_before(
     lp: &LogPlayer,
     ns: &str,
     objects: &mut desired::PlayerObjects,
+    tls: Option<Arc<crate::tls::Tls>>,
 ) -> Option<(String, Result<crate::proto::MembersResponse, String>)> {
     let want = desired::log_replicas(lp);
     let ls = objects.logstore.as_mut()?;
     let addrs = desired::logstore_endpoint(lp, ns, &ctx.defaults)?;
-    let members = log_members::ask(&addrs).await;
+    let members = log_members::ask(&addrs, tls).await;
     // Unknown membership (no leader, or nobody answers): keep the pods that run now, so
     // that no voter loses its pod while nobody can tell who votes.
     let current = match &members {
@@ -160,6 +163,7 @@ async fn members_step(
     lp: &LogPlayer,
     ns: &str,
     before: Option<(String, Result<crate::proto::MembersResponse, String>)>,
+    tls: Option<Arc<crate::tls::Tls>>,
 ) -> Result<Option<log_members::Seen>, OperatorError> {
     let Some((addrs, members)) = before else {
         return Ok(None);
@@ -197,7 +201,7 @@ async fn members_step(
             log_members::Change::Add(id) | log_members::Change::Remove(id) => id,
         };
         let addr = desired::log_replica_addr(lp, ns, &ctx.defaults, id);
-        match log_members::make(&addrs, change, &addr).await {
+        match log_members::make(&addrs, change, &addr, tls).await {
             Ok(after) => {
                 seen.members = Some(after);
                 seen.change = Some(Ok(change));
@@ -340,16 +344,21 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let pull_policy = owner.as_ref().and_then(|lp| lp.spec.image_pull_policy);
     let paused = owner.as_ref().is_some_and(paused);
     let mut apply_problems = Vec::new();
-    let spec_problem =
-        match desired::shard_objects(shard, &ctx.defaults, image.as_deref(), pull_policy) {
-            Ok(objects) => {
-                if !paused {
-                    apply_problems = apply_shard_objects(&ctx.client, &ns, shard, objects).await?;
-                }
-                None
+    let spec_problem = match desired::shard_objects(
+        shard,
+        &ctx.defaults,
+        image.as_deref(),
+        pull_policy,
+        desired::shard_tls(shard, owner.as_ref()),
+    ) {
+        Ok(objects) => {
+            if !paused {
+                apply_problems = apply_shard_objects(&ctx.client, &ns, shard, objects).await?;
             }
-            Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
-        };
+            None
+        }
+        Err(e) => Some(status::Problem::new(e.reason(), e.to_string())),
+    };
     let name = shard.name_any();
     let pods = pods_of(&ctx.client, &ns, &shard.spec.log_player).await?;
     let mine = component_pods(&pods, "shard", Some(&name));
@@ -360,7 +369,10 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let endpoint = desired::shard_endpoint(shard, &ctx.defaults);
     let probe = match &endpoint {
         Some(_) if down => status::Probe::NotRunning,
-        Some(addr) => probe_shard(addr).await,
+        Some(addr) => {
+            let tls = certs::admin_identity(&ctx.client, &ns, owner.as_ref()).await?;
+            probe_shard(addr, tls.as_ref()).await
+        }
         None => status::Probe::Unknown,
     };
     let lag = owner

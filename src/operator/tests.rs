@@ -275,6 +275,9 @@ async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
     assert_eq!(
         applies(&sent),
         vec![
+            format!("/api/v1{ns}/secrets/demo-player-tls"),
+            format!("/api/v1{ns}/secrets/demo-writer-tls"),
+            format!("/api/v1{ns}/secrets/demo-admin-tls"),
             format!("/api/v1{ns}/serviceaccounts/demo-player"),
             format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-player"),
             format!("/api/v1{ns}/configmaps/demo-shard-map"),

@@ -537,7 +537,7 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
         ),
         (&["watch", "pods", "-A"][..], true),
         // The boundaries: no Lease but its own, no Roles, no other ClusterRole to bind, no
-        // Secrets, no pods deleted, no spec of a LogPlayer changed.
+        // Secrets listed, no pods deleted, no spec of a LogPlayer changed.
         (&["update", "leases", "-n", "kube-system"][..], false),
         (&["update", "leases", "-n", DEMO_NS][..], false),
         (&["update", "leases/other", "-n", OPERATOR_NS][..], false),
@@ -553,8 +553,12 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
             false,
         ),
         (&["delete", "nodes"][..], false),
-        (&["get", "secrets", "-n", DEMO_NS][..], false),
-        (&["get", "secrets", "-n", OPERATOR_NS][..], false),
+        // Secrets only by name (the LogPlayers' CAs and certificates): never listed,
+        // watched or deleted.
+        (&["get", "secrets", "-n", DEMO_NS][..], true),
+        (&["list", "secrets", "-n", DEMO_NS][..], false),
+        (&["watch", "secrets", "-A"][..], false),
+        (&["delete", "secrets", "-n", DEMO_NS][..], false),
         (&["delete", "pods", "-n", DEMO_NS][..], false),
         (
             &["patch", "logplayers.logplayer.io", "-n", DEMO_NS][..],
@@ -878,6 +882,79 @@ async fn example(h: &Harness) -> anyhow::Result<()> {
         table.contains(leader),
         "the leader {leader} is not in:\n{table}"
     );
+    demo_tls(h, &lp).await
+}
+
+/// The demo runs mutual TLS with certificates the operator issued: `CertificatesReady`, a
+/// `kubernetes.io/tls` Secret per component and role signed by `demo-ca`, no pod plaintext,
+/// and a client without a certificate gets nothing from the LogStore. The test process then
+/// dials the demo with a certificate of its own from that CA (writer of any id, admin), as
+/// an operator of the cluster holding the CA could.
+async fn demo_tls(h: &Harness, lp: &Value) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let c = condition(lp, "CertificatesReady").context("no CertificatesReady condition")?;
+    ensure!(c["status"] == "True", "CertificatesReady {c}");
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), DEMO_NS);
+    let text = |s: &Secret, k: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let ca = secrets.get("demo-ca").await?;
+    for name in [
+        "demo-player-tls",
+        "demo-logstore-tls",
+        "demo-writer-tls",
+        "demo-admin-tls",
+        "s0-shard-tls",
+    ] {
+        let s = secrets.get(name).await?;
+        ensure!(
+            s.type_.as_deref() == Some("kubernetes.io/tls")
+                && text(&s, "ca.crt") == text(&ca, "tls.crt"),
+            "Secret {name} is not a certificate from demo-ca"
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), DEMO_NS);
+    for p in pods.list(&ListParams::default()).await? {
+        let env: Vec<String> = p
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.env.iter().flatten())
+            .map(|e| e.name.clone())
+            .collect();
+        ensure!(
+            env.iter().any(|e| e == "LOGPLAYER_TLS_CERT")
+                && !env.iter().any(|e| e == "LOGPLAYER_INSECURE"),
+            "pod {} does not run mutual TLS: env {env:?}",
+            p.name_any()
+        );
+    }
+    let stranger = async {
+        let log = logplayer::client::Log::connect_with(&log_replicas(1), None).await?;
+        log.bounds().await
+    };
+    let refused = tokio::time::timeout(10 * SECOND, stranger).await;
+    ensure!(
+        !matches!(refused, Ok(Ok(_))),
+        "a plaintext client without a certificate read the LogStore's bounds"
+    );
+    let issuer = logplayer::tls::issue::Ca::from_pem(logplayer::tls::issue::Pem {
+        cert: text(&ca, "tls.crt"),
+        key: text(&ca, "tls.key"),
+    })?;
+    use logplayer::tls::identity::Role;
+    let me = issuer.leaf(
+        "e2e",
+        &[(Role::Writer, "*"), (Role::Admin, "e2e")],
+        &[],
+        Duration::from_secs(24 * 3600),
+    )?;
+    let tls = logplayer::tls::Tls::from_pem("e2e", &me.cert, &me.key, &text(&ca, "tls.crt"))?;
+    logplayer::tls::install(logplayer::tls::Security::Tls(tls));
     Ok(())
 }
 

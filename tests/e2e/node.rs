@@ -21,8 +21,9 @@
 //!   per-run tag and are removed exactly on shutdown.
 //! - **Containers.** Each container is a real process of our binary (the image's entrypoint
 //!   `/usr/local/bin/logplayer`), with `command`/`args` from the pod spec, `0.0.0.0:` rewritten
-//!   to `<podIP>:` and mount paths rewritten to host directories: a configMap volume becomes
-//!   files in a per-pod directory, a persistentVolumeClaim (or volumeClaimTemplate) a
+//!   to `<podIP>:` and mount paths (in args and env values) rewritten to host directories: a
+//!   configMap volume becomes files in a per-pod directory, a secret volume too (the pod
+//!   waits for the Secret, and its files follow changes of it, as the kubelet's do), a persistentVolumeClaim (or volumeClaimTemplate) a
 //!   directory per (namespace, pod name, volume) that survives pod restarts and re-creation.
 //!   The environment is built from scratch: the container's `env` (values and the fieldRefs
 //!   metadata.name, metadata.namespace, status.podIP), `PATH`, `RUST_LOG`, and, when the pod
@@ -54,7 +55,7 @@ use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Node as K8sNode, Pod, Probe, Service, ServiceAccount,
+    ConfigMap, Container, Node as K8sNode, Pod, Probe, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -735,6 +736,52 @@ impl Inner {
         Ok(Some((path, token)))
     }
 
+    /// A secret volume, as the kubelet keeps it: the pod waits until the Secret exists
+    /// (up to 2 minutes), then its keys are files, written again whenever the Secret changes
+    /// (checked every 2 s while the directory exists), each file replaced whole.
+    async fn secret_volume(&self, ns: &str, name: &str, d: &Path) -> anyhow::Result<()> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let write = |secret: &Secret, d: &Path| -> std::io::Result<()> {
+            for (k, v) in secret.data.iter().flatten() {
+                let tmp = d.join(format!(".{k}.tmp"));
+                std::fs::write(&tmp, &v.0)?;
+                std::fs::rename(&tmp, d.join(k))?;
+            }
+            Ok(())
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let secret = loop {
+            if let Some(s) = api.get_opt(name).await? {
+                break s;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "Secret {ns}/{name} of a secret volume did not appear within 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        write(&secret, d)?;
+        let (d, mut version) = (d.to_owned(), secret.metadata.resource_version.clone());
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            while d.exists() {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Ok(Some(s)) = api.get_opt(&name).await
+                    && s.metadata.resource_version != version
+                {
+                    if write(&s, &d).is_ok() {
+                        eprintln!(
+                            "[standin] secret volume {}: Secret {name} changed",
+                            d.display()
+                        );
+                    }
+                    version = s.metadata.resource_version.clone();
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// Writes the pod's volumes; returns mount path -> host path for the container.
     async fn volumes(
         &self,
@@ -804,13 +851,19 @@ impl Inner {
                     }
                 }
                 d
+            } else if let Some(secret) = &vol.secret {
+                let name = secret.secret_name.clone().unwrap_or_default();
+                let d = dir.join("volumes").join(&vol.name);
+                std::fs::create_dir_all(&d)?;
+                self.secret_volume(&ns, &name, &d).await?;
+                d
             } else if vol.empty_dir.is_some() {
                 let d = dir.join("volumes").join(&vol.name);
                 std::fs::create_dir_all(&d)?;
                 d
             } else {
                 anyhow::bail!(
-                    "volume {} of pod {ns}/{}: only configMap, persistentVolumeClaim and emptyDir are supported",
+                    "volume {} of pod {ns}/{}: only configMap, secret, persistentVolumeClaim and emptyDir are supported",
                     vol.name,
                     pod.name_any()
                 );
@@ -873,7 +926,10 @@ impl Inner {
             .await?;
         let kubeconfig = sa.map(|(p, _)| p);
         let argv = command_line(&c, ip, &mounts)?;
-        let env = environment(&pod, &c, ip, kubeconfig.as_deref(), &self.rust_log);
+        let env = environment(&pod, &c, ip, kubeconfig.as_deref(), &self.rust_log)
+            .into_iter()
+            .map(|(k, v)| (k, under_mounts(&v, &mounts)))
+            .collect::<Vec<_>>();
         let start_time = now();
         let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64;
         let mut status = ContainerState::new(&c);
@@ -1160,18 +1216,21 @@ fn command_line(
     argv.extend(c.args.iter().flatten().cloned());
     Ok(argv
         .into_iter()
-        .map(|a| {
-            let a = a.replace("0.0.0.0:", &format!("{ip}:"));
-            for (mount, host) in mounts {
-                if let Some(rest) = a.strip_prefix(mount.as_str())
-                    && (rest.is_empty() || rest.starts_with('/'))
-                {
-                    return format!("{}{rest}", host.display());
-                }
-            }
-            a
-        })
+        .map(|a| under_mounts(&a.replace("0.0.0.0:", &format!("{ip}:")), mounts))
         .collect())
+}
+
+/// A path in the container (an argument or an environment value) as the host path of the
+/// mount it is under; anything else unchanged.
+fn under_mounts(a: &str, mounts: &[(String, PathBuf)]) -> String {
+    for (mount, host) in mounts {
+        if let Some(rest) = a.strip_prefix(mount.as_str())
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            return format!("{}{rest}", host.display());
+        }
+    }
+    a.to_owned()
 }
 
 fn environment(

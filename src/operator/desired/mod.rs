@@ -32,7 +32,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, Probe, SeccompProfile, SecurityContext, Service, ServiceAccount,
+    PodSecurityContext, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -219,7 +220,7 @@ fn meta(
     }
 }
 
-fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> OwnerReference {
+pub(super) fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> OwnerReference {
     // `controller_owner_ref` is None only without a name or uid; objects read from the API
     // server always have both, and a spec-only object in a test gets empty strings. It
     // leaves blockOwnerDeletion unset; set it, so foreground deletion waits for the objects.
@@ -251,18 +252,82 @@ fn env_from_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn pod_env() -> Vec<EnvVar> {
-    vec![
+/// How a pod's gRPC connections are secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodTls {
+    /// Mutual TLS with the certificate in this Secret (type `kubernetes.io/tls`, mounted at
+    /// [`TLS_DIR`]); the pod reads a renewed one without a restart.
+    Secret(String),
+    /// Plaintext (`spec.tls.mode: Insecure`).
+    Insecure,
+}
+
+impl PodTls {
+    /// The Secret volume and its mount, with TLS.
+    fn volume(&self) -> Option<(Volume, VolumeMount)> {
+        let PodTls::Secret(secret) = self else {
+            return None;
+        };
+        let volume = Volume {
+            name: "tls".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                // Readable by the pods' group (fsGroup) only.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        let mount = VolumeMount {
+            name: "tls".to_owned(),
+            mount_path: TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        };
+        Some((volume, mount))
+    }
+
+    /// A server's probe: `grpc.health.v1` in plaintext; with TLS (which the kubelet's gRPC
+    /// probe cannot speak) a TCP connect to the port.
+    fn server_probe(&self, port: i32, period: i32, failures: i32) -> Probe {
+        match self {
+            PodTls::Insecure => grpc_probe(port, period, failures),
+            PodTls::Secret(_) => Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::Int(port),
+                    ..TCPSocketAction::default()
+                }),
+                period_seconds: Some(period),
+                timeout_seconds: Some(2),
+                failure_threshold: Some(failures),
+                ..Probe::default()
+            },
+        }
+    }
+}
+
+/// Where a pod's certificate Secret is mounted.
+pub const TLS_DIR: &str = "/etc/logplayer-tls";
+
+fn pod_env(tls: &PodTls) -> Vec<EnvVar> {
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let mut env = vec![
         env_from_field("POD_NAME", "metadata.name"),
         env_from_field("POD_NAMESPACE", "metadata.namespace"),
-        // The pods run plaintext gRPC (`--insecure`) until the operator issues their
-        // certificates; every command refuses to start without choosing.
-        EnvVar {
-            name: "LOGPLAYER_INSECURE".to_owned(),
-            value: Some("true".to_owned()),
-            ..EnvVar::default()
-        },
-    ]
+    ];
+    match tls {
+        PodTls::Secret(_) => {
+            env.push(value("LOGPLAYER_TLS_CERT", format!("{TLS_DIR}/tls.crt")));
+            env.push(value("LOGPLAYER_TLS_KEY", format!("{TLS_DIR}/tls.key")));
+            env.push(value("LOGPLAYER_TLS_CA", format!("{TLS_DIR}/ca.crt")));
+        }
+        PodTls::Insecure => env.push(value("LOGPLAYER_INSECURE", "true".to_owned())),
+    }
+    env
 }
 
 fn pod_security() -> PodSecurityContext {

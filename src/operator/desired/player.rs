@@ -2,13 +2,14 @@
 //! [`PlayerArgs`]), ServiceAccount, Role and RoleBinding, the shard-map ConfigMap, the
 //! metrics Service, the PodDisruptionBudget, and the managed LogStore's objects.
 
+use super::PodTls;
 use super::servers::ServerSpec;
 use super::{
     DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, LogStoreObjects, PlayerObjects, SHARD_MAP_DIR,
     SHARD_MAP_FILE, SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security, http_probe, labels,
     log_replica_addr, log_replicas, logstore_client_name, logstore_endpoint, logstore_name, meta,
     metrics_service_name, owner_of, player_name, pod_env, pod_security, pull_policy_name,
-    selector_labels, server_objects, shard_endpoint, shard_map_name, spread_over_nodes,
+    selector_labels, server_objects, shard_endpoint, shard_map_name, spread_over_nodes, tls_secret,
 };
 use crate::crd::{Backend, CrdError, LogPlayer, ManagedStorage, Shard};
 use crate::player::args::PlayerArgs;
@@ -117,9 +118,20 @@ struct PlayerContext<'a> {
     selector: BTreeMap<String, String>,
     owner: OwnerReference,
     image: String,
+    /// Whether the LogPlayer runs mutual TLS (`spec.tls.mode`).
+    tls: bool,
 }
 
 impl PlayerContext<'_> {
+    /// How the pods of `what` (player, logstore) are secured.
+    fn pod_tls(&self, what: &str) -> PodTls {
+        if self.tls {
+            PodTls::Secret(tls_secret(self.lp, what))
+        } else {
+            PodTls::Insecure
+        }
+    }
+
     fn meta(&self, name: String) -> ObjectMeta {
         meta(name, &self.ns, self.labels.clone(), &self.owner)
     }
@@ -159,6 +171,7 @@ pub fn player_objects(
         owner: owner_of(lp),
         image: spec.image.clone().unwrap_or_else(|| defaults.image.clone()),
         ns,
+        tls: spec.tls.mode == crate::crd::TlsMode::Operator,
     };
     let logstore = match backend {
         Backend::External(_) => None,
@@ -228,7 +241,7 @@ fn player_container(cx: &PlayerContext, args: Vec<String>) -> Container {
         image: Some(cx.image.clone()),
         image_pull_policy: pull_policy_name(spec.image_pull_policy),
         args: Some(args),
-        env: Some(pod_env()),
+        env: Some(pod_env(&cx.pod_tls("player"))),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".to_owned()),
             container_port: spec.metrics_port,
@@ -239,12 +252,16 @@ fn player_container(cx: &PlayerContext, args: Vec<String>) -> Container {
         readiness_probe: Some(http_probe("/readyz", 2, 2)),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "shard-map".to_owned(),
-            mount_path: SHARD_MAP_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "shard-map".to_owned(),
+                mount_path: SHARD_MAP_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            })
+            .chain(cx.pod_tls("player").volume().map(|(_, m)| m))
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -267,14 +284,18 @@ fn deployment(cx: &PlayerContext, args: Vec<String>, map: &str) -> Deployment {
             // The leader releases its lease on SIGTERM; a few seconds covers the drain.
             termination_grace_period_seconds: Some(10),
             containers: vec![player_container(cx, args)],
-            volumes: Some(vec![Volume {
-                name: "shard-map".to_owned(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: shard_map_name(cx.lp),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]),
+            volumes: Some(
+                std::iter::once(Volume {
+                    name: "shard-map".to_owned(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: shard_map_name(cx.lp),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                })
+                .chain(cx.pod_tls("player").volume().map(|(v, _)| v))
+                .collect(),
+            ),
             ..PodSpec::default()
         }),
     };
@@ -327,6 +348,7 @@ fn managed_logstore(
             image_pull_policy: pull_policy_name(cx.lp.spec.image_pull_policy),
             pods: log_replicas(cx.lp).max(1),
             replicated: true,
+            tls: cx.pod_tls("logstore"),
         },
         vec![
             "logstore".into(),

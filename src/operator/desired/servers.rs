@@ -3,9 +3,9 @@
 //! replica for a LogStore).
 
 use super::{
-    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, SHARD_LABEL, SHARD_PORT, ServerObjects,
-    container_security, grpc_probe, labels, meta, owner_of, pod_env, pod_security,
-    pull_policy_name, selector_labels, shard_server_name,
+    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, PodTls, SHARD_LABEL, SHARD_PORT,
+    ServerObjects, container_security, labels, meta, owner_of, pod_env, pod_security,
+    pull_policy_name, selector_labels, shard_server_name, shard_tls_secret,
 };
 use crate::crd::{Backend, ImagePullPolicy, ManagedStorage, Shard};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
@@ -42,6 +42,7 @@ pub(super) struct ServerSpec<'a> {
     /// Replicas of one group that must reach each other before any is ready: pods start
     /// in parallel, spread over nodes, and get DNS names before they are ready.
     pub(super) replicated: bool,
+    pub(super) tls: PodTls,
 }
 
 impl ServerKind {
@@ -87,22 +88,26 @@ fn server_container(s: &ServerSpec, args: Vec<String>) -> Container {
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
         args: Some(args),
-        env: Some(pod_env()),
+        env: Some(pod_env(&s.tls)),
         ports: Some(vec![ContainerPort {
             name: Some("grpc".to_owned()),
             container_port: port,
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(grpc_probe(port, 10, 3)),
-        readiness_probe: Some(grpc_probe(port, 2, 2)),
+        liveness_probe: Some(s.tls.server_probe(port, 10, 3)),
+        readiness_probe: Some(s.tls.server_probe(port, 2, 2)),
         resources: s.storage.resources.clone(),
         security_context: Some(container_security()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".to_owned(),
-            mount_path: DATA_DIR.to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "data".to_owned(),
+                mount_path: DATA_DIR.to_owned(),
+                ..VolumeMount::default()
+            })
+            .chain(s.tls.volume().map(|(_, m)| m))
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -153,6 +158,7 @@ pub(super) fn server_objects(s: &ServerSpec, args: Vec<String>) -> ServerObjects
                     security_context: Some(pod_security()),
                     termination_grace_period_seconds: Some(30),
                     containers: vec![server_container(s, args)],
+                    volumes: s.tls.volume().map(|(v, _)| vec![v]),
                     affinity: s.replicated.then(|| super::spread_over_nodes(&s.selector)),
                     ..PodSpec::default()
                 }),
@@ -168,13 +174,24 @@ pub(super) fn server_objects(s: &ServerSpec, args: Vec<String>) -> ServerObjects
     }
 }
 
+/// How a Shard's server is secured: as its LogPlayer says (`None`: not found yet, which
+/// means the default, mutual TLS; the pod waits for its Secret).
+pub fn shard_tls(shard: &Shard, log_player: Option<&crate::crd::LogPlayer>) -> PodTls {
+    match log_player.map(|lp| lp.spec.tls.mode) {
+        Some(crate::crd::TlsMode::Insecure) => PodTls::Insecure,
+        _ => PodTls::Secret(shard_tls_secret(shard)),
+    }
+}
+
 /// The objects for a Shard: `Some` only for a managed shard server.
-/// `image` and `pull_policy` come from the Shard's LogPlayer when it sets them.
+/// `image` and `pull_policy` come from the Shard's LogPlayer when it sets them, and so does
+/// `tls` (see [`shard_tls`]).
 pub fn shard_objects(
     shard: &Shard,
     defaults: &Defaults,
     image: Option<&str>,
     pull_policy: Option<ImagePullPolicy>,
+    tls: PodTls,
 ) -> Result<Option<ServerObjects>, DesiredError> {
     let name = shard.name_any();
     let ns = shard.namespace().ok_or_else(|| DesiredError::NoNamespace {
@@ -216,6 +233,7 @@ pub fn shard_objects(
         image_pull_policy: pull_policy_name(pull_policy),
         pods: 1,
         replicated: false,
+        tls,
     };
     Ok(Some(server_objects(
         &server,

@@ -7,6 +7,7 @@ use super::{
 use crate::crd::{
     LogPlayerStatus, LogReplicaStatus, LogStoreStatus, ShardProgress, StatusProblem, condition,
 };
+use crate::operator::certs::CertState;
 use crate::operator::log_members::{self, Seen};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -15,6 +16,9 @@ fn problems(obs: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
     out.extend(obs.spec_problem.clone());
     out.extend(obs.apply_problems.iter().cloned());
+    if let CertState::Problem(p) = &obs.certificates {
+        out.push(p.clone());
+    }
     out.extend(obs.pod_problems.iter().cloned());
     if let Probe::Unreachable(why) = &obs.logstore {
         out.push(Problem::new("LogStoreUnreachable", why.clone()));
@@ -276,6 +280,33 @@ fn leader_elected(obs: &Observed) -> (Option<String>, Option<i64>, Verdict) {
     }
 }
 
+/// `CertificatesReady`, unless the certificates were not looked at.
+fn certificates_ready(obs: &Observed) -> Option<Verdict> {
+    Some(match &obs.certificates {
+        CertState::NotChecked => return None,
+        CertState::Insecure => verdict(
+            false,
+            "Insecure",
+            "spec.tls.mode is Insecure: gRPC is plaintext and nobody is authenticated".into(),
+        ),
+        CertState::Problem(p) => verdict(false, &p.reason, p.message.clone()),
+        CertState::Ready {
+            count,
+            first_expiry,
+        } => verdict(
+            true,
+            "Issued",
+            format!(
+                "{count} certificates issued from the CA; the first to expire does at {}, \
+                 each is issued again 30 days before",
+                k8s_openapi::jiff::Timestamp::from_second(*first_expiry)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| first_expiry.to_string())
+            ),
+        ),
+    })
+}
+
 /// `Progressing`: player pods being created or rolled.
 fn progressing(obs: &Observed) -> Verdict {
     let want = obs.desired_replicas;
@@ -360,6 +391,9 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
         degraded_condition(&problems, g, &now),
     );
     c.set(condition::PROGRESSING, progressing(obs));
+    if let Some(v) = certificates_ready(obs) {
+        c.set(condition::CERTIFICATES_READY, v);
+    }
     c.set(
         condition::READY,
         ready(obs, &problems, leader.as_deref(), lag),

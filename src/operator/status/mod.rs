@@ -136,6 +136,8 @@ pub struct Observed {
     /// A managed LogStore's membership, and the change made to it (none when the LogStore
     /// is external or reconciliation is paused).
     pub log_members: Option<crate::operator::log_members::Seen>,
+    /// What keeping the certificates found (`CertificatesReady`).
+    pub certificates: crate::operator::certs::CertState,
 }
 
 /// Sets `new` into `conditions`, keeping `lastTransitionTime` when the status is unchanged.

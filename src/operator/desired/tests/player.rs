@@ -68,7 +68,7 @@ fn owner_references_block_owner_deletion() {
         );
     }
     let s0 = managed_shard("s0", &[(0, 16383)]);
-    let server = shard_objects(&s0, &Defaults::default(), None, None)
+    let server = shard_objects(&s0, &Defaults::default(), None, None, shard_tls(&s0, None))
         .expect("valid")
         .expect("managed");
     for m in [&server.service.metadata, &server.stateful_set.metadata] {
@@ -117,7 +117,7 @@ fn deployment_runs_the_players_with_the_spec_settings() {
     assert_eq!(c.image.as_deref(), Some(Defaults::default().image.as_str()));
     assert_eq!(c.image_pull_policy, None);
     let env = c.env.as_deref().expect("env");
-    assert_eq!(env.len(), 3, "{env:?}");
+    assert_eq!(env.len(), 5, "{env:?}");
     let field = |i: usize| {
         env[i]
             .value_from
@@ -133,10 +133,27 @@ fn deployment_runs_the_players_with_the_spec_settings() {
         (env[1].name.as_str(), field(1), env[1].value.as_deref()),
         ("POD_NAMESPACE", Some("metadata.namespace"), None)
     );
+    // Mutual TLS by default, with the certificate the operator issues, mounted.
+    let tls: Vec<(&str, Option<&str>)> = env[2..]
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect();
     assert_eq!(
-        (env[2].name.as_str(), env[2].value.as_deref()),
-        ("LOGPLAYER_INSECURE", Some("true"))
+        tls,
+        [
+            ("LOGPLAYER_TLS_CERT", Some("/etc/logplayer-tls/tls.crt")),
+            ("LOGPLAYER_TLS_KEY", Some("/etc/logplayer-tls/tls.key")),
+            ("LOGPLAYER_TLS_CA", Some("/etc/logplayer-tls/ca.crt")),
+        ]
     );
+    let secret = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find_map(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.as_deref());
+    assert_eq!(secret, Some("demo-player-tls"));
     // The args are the player's own flags, parsed back by the player's parser.
     assert_eq!(args(&o)[0], "player");
     let p = parsed_args(&o);
@@ -249,15 +266,23 @@ fn deployment_runs_the_players_with_the_spec_settings() {
     // The shard map is mounted from the ConfigMap, and its hash is on the template.
     assert_eq!(
         c.volume_mounts,
-        Some(vec![VolumeMount {
-            name: "shard-map".into(),
-            mount_path: "/etc/logplayer".into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }])
+        Some(vec![
+            VolumeMount {
+                name: "shard-map".into(),
+                mount_path: "/etc/logplayer".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tls".into(),
+                mount_path: "/etc/logplayer-tls".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }
+        ])
     );
     let volumes = pod.volumes.as_deref().expect("volumes");
-    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes.len(), 2, "the shard map and the certificate");
     assert_eq!(volumes[0].name, "shard-map");
     assert_eq!(
         volumes[0].config_map.as_ref().map(|c| c.name.as_str()),

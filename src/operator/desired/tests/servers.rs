@@ -114,12 +114,13 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
             .map(|p| (p[0].name.as_deref(), p[0].container_port)),
         Some((Some("grpc"), 7000))
     );
+    // The kubelet's gRPC probe cannot speak TLS: a TCP connect to the port.
     assert_eq!(
         c.readiness_probe
             .as_ref()
-            .and_then(|p| p.grpc.as_ref())
-            .map(|g| g.port),
-        Some(7000)
+            .and_then(|p| p.tcp_socket.as_ref())
+            .map(|t| t.port.clone()),
+        Some(IntOrString::Int(7000))
     );
     assert_eq!(
         c.security_context
@@ -133,9 +134,15 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
 fn an_external_shard_has_no_objects() {
     let s0 = external_shard("s0", &[(0, 16383)], "shard0.example:7100");
     assert!(
-        shard_objects(&s0, &Defaults::default(), Some("img:1"), None)
-            .expect("valid")
-            .is_none()
+        shard_objects(
+            &s0,
+            &Defaults::default(),
+            Some("img:1"),
+            None,
+            shard_tls(&s0, None)
+        )
+        .expect("valid")
+        .is_none()
     );
 }
 
@@ -146,7 +153,7 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
         &[(0, 16383)],
         json!({"managed": {"storage": "5Gi", "storageClassName": "ssd"}}),
     );
-    let o = shard_objects(&s0, &Defaults::default(), None, None)
+    let o = shard_objects(&s0, &Defaults::default(), None, None, shard_tls(&s0, None))
         .expect("valid")
         .expect("managed shard objects");
     let sts = &o.stateful_set;
@@ -218,7 +225,7 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
 
     // Two shards' pods are told apart by their selectors.
     let s1 = managed_shard("s1", &[(0, 16383)]);
-    let o1 = shard_objects(&s1, &Defaults::default(), None, None)
+    let o1 = shard_objects(&s1, &Defaults::default(), None, None, shard_tls(&s1, None))
         .expect("valid")
         .expect("managed");
     assert_ne!(
@@ -232,7 +239,7 @@ fn the_image_argument_overrides_the_default_shard_image() {
     let s0 = managed_shard("s0", &[(0, 16383)]);
     let defaults = default_image("example/default:1");
     let image = |arg| {
-        let o = shard_objects(&s0, &defaults, arg, None)
+        let o = shard_objects(&s0, &defaults, arg, None, shard_tls(&s0, None))
             .expect("valid")
             .expect("managed");
         sts_container(&o.stateful_set).image.clone()
@@ -248,7 +255,14 @@ fn a_shard_with_both_backends_has_no_objects_but_an_invalid_shard_error() {
         &[(0, 16383)],
         json!({"external": {"endpoint": "x:1"}, "managed": {"storage": "1Gi"}}),
     );
-    let e = shard_objects(&both, &Defaults::default(), None, None).expect_err("both");
+    let e = shard_objects(
+        &both,
+        &Defaults::default(),
+        None,
+        None,
+        shard_tls(&both, None),
+    )
+    .expect_err("both");
     assert_eq!(e.reason(), "InvalidShard");
     assert!(e.to_string().starts_with("Shard s0: "), "{e}");
 }
@@ -281,4 +295,40 @@ fn shard_endpoints() {
         json!({"external": {"endpoint": "x:1"}, "managed": {"storage": "1Gi"}}),
     );
     assert_eq!(shard_endpoint(&both, &d), None);
+}
+
+/// `spec.tls.mode: Insecure` runs every pod plaintext, said in the environment, with the
+/// kubelet's gRPC probe and no certificate volume; a Shard follows its LogPlayer.
+#[test]
+fn insecure_mode_runs_plaintext_pods_without_certificates() {
+    let lp = lp_with(|s| s["tls"] = json!({"mode": "Insecure"}));
+    let o = objects(&lp, &four_shards());
+    let ls = o.logstore.as_ref().expect("managed");
+    let pod = ls
+        .server
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.volumes, None, "no certificate volume");
+    let c = &pod.containers[0];
+    let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(env.contains(&"LOGPLAYER_INSECURE"), "{env:?}");
+    assert!(
+        !env.iter().any(|e| e.starts_with("LOGPLAYER_TLS")),
+        "{env:?}"
+    );
+    assert!(
+        c.readiness_probe
+            .as_ref()
+            .and_then(|p| p.grpc.as_ref())
+            .is_some()
+    );
+    let s0 = managed_shard("s0", &[(0, 16383)]);
+    assert_eq!(shard_tls(&s0, Some(&lp)), PodTls::Insecure);
+    assert_eq!(shard_tls(&s0, None), PodTls::Secret("s0-shard-tls".into()));
 }

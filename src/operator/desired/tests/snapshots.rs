@@ -11,7 +11,7 @@ fn sample() -> (PlayerObjects, Vec<ServerObjects>) {
     let servers = shards
         .iter()
         .filter_map(|s| {
-            shard_objects(s, &Defaults::default(), None, None)
+            shard_objects(s, &Defaults::default(), None, None, shard_tls(s, None))
                 .ok()
                 .flatten()
         })

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{LogPlayerStatus, ShardProgress, ShardStatus, condition};
 
+mod certs;
 mod log;
 mod snapshots;
 
@@ -64,6 +65,7 @@ fn healthy() -> Observed {
         apply_problems: Vec::new(),
         pod_problems: Vec::new(),
         paused: false,
+        certificates: crate::operator::certs::CertState::NotChecked,
     }
 }
 

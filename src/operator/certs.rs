@@ -1,0 +1,506 @@
+//! The certificates of a LogPlayer in `spec.tls.mode: Operator`: its CA, kept in a Secret
+//! (created when absent; a user's own, or cert-manager's, when it exists), and one leaf
+//! certificate per component and role in Secrets of type `kubernetes.io/tls` that the pods
+//! mount (see `crd::TlsSettings` for the list). A leaf is issued again
+//! [`RENEW_BEFORE`] before it expires, when it was signed by another CA than the current
+//! one, or when the roles it should grant changed; otherwise it is left alone (its key is
+//! never rotated for nothing). The operator dials the LogPlayer's servers with the admin
+//! certificate ([`admin_identity`]).
+//!
+//! Written here rather than left to cert-manager: the operator must work in a cluster
+//! without it, and what it needs (a CA, a few leaves with URI names, renewal by date) is a
+//! few calls of rcgen, the crate `demo` already issues its certificates with.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+use super::apply::apply;
+use super::desired::{self, ca_secret, labels, shard_server_name, shard_tls_secret, tls_secret};
+use super::status::Problem;
+use super::{FIELD_MANAGER, OperatorError};
+use crate::crd::{LogPlayer, Shard, TlsMode};
+use crate::tls::Tls;
+use crate::tls::identity::Role;
+use crate::tls::issue::{Ca, Pem};
+
+/// How long a leaf certificate is valid.
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// A leaf is issued again when it expires within this; the CA is reported as expiring.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a CA the operator creates is valid.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Annotation of a leaf Secret: the names its certificate grants (to issue it again when
+/// they change).
+pub const GRANTS_ANNOTATION: &str = "logplayer.io/grants";
+
+/// One leaf certificate to keep in a Secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaf {
+    /// The Secret's name (also the certificate's common name).
+    pub secret: String,
+    pub grants: Vec<(Role, String)>,
+    /// DNS names it carries (for tools that check them; ours do not).
+    pub hosts: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub owner: OwnerReference,
+}
+
+impl Leaf {
+    /// The grants as the annotation writes them (`logplayer://ROLE/NAME`, comma-separated).
+    fn grants_text(&self) -> String {
+        self.grants
+            .iter()
+            .map(|(role, name)| role.uri(name))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The leaves of a LogPlayer in Operator mode: its players, its managed LogStore, the
+/// writers, the admin, and each managed Shard it drives.
+pub fn leaves(lp: &LogPlayer, ns: &str, shards: &[Shard]) -> Vec<Leaf> {
+    let name = lp.name_any();
+    let owner = desired::owner_of(lp);
+    let leaf = |what: &str, grants: Vec<(Role, String)>, hosts: Vec<String>| Leaf {
+        secret: tls_secret(lp, what),
+        grants,
+        hosts,
+        labels: labels(&name, what),
+        owner: owner.clone(),
+    };
+    let mut out = vec![
+        leaf("player", vec![(Role::Player, name.clone())], vec![]),
+        leaf(
+            "writer",
+            lp.spec
+                .tls
+                .writer_ids
+                .iter()
+                .map(|id| (Role::Writer, id.0.clone()))
+                .collect(),
+            vec![],
+        ),
+        leaf("admin", vec![(Role::Admin, name.clone())], vec![]),
+    ];
+    if lp.spec.log_store.managed.is_some() {
+        let service = desired::logstore_name(lp);
+        let client = desired::logstore_client_name(lp);
+        out.push(leaf(
+            "logstore",
+            vec![(Role::Replica, service.clone())],
+            vec![
+                format!("*.{service}.{ns}.svc"),
+                format!("{service}.{ns}.svc"),
+                format!("{client}.{ns}.svc"),
+            ],
+        ));
+    }
+    for s in shards.iter().filter(|s| s.spec.managed.is_some()) {
+        let service = shard_server_name(s);
+        out.push(Leaf {
+            secret: shard_tls_secret(s),
+            grants: vec![],
+            hosts: vec![format!("{service}.{ns}.svc")],
+            labels: labels(&name, "shard"),
+            owner: desired::owner_of(s),
+        });
+    }
+    out
+}
+
+/// Why a leaf Secret must be issued (again), or `None` to leave it.
+pub fn why_issue(
+    existing: Option<&Secret>,
+    ca_cert: &str,
+    leaf: &Leaf,
+    now: i64,
+) -> Option<String> {
+    let Some(secret) = existing else {
+        return Some("it does not exist".into());
+    };
+    let text = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    if text("ca.crt").as_deref() != Some(ca_cert) {
+        return Some("it was not signed by the current CA".into());
+    }
+    let grants = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(GRANTS_ANNOTATION));
+    if grants.map(String::as_str) != Some(leaf.grants_text().as_str()) {
+        return Some("the names it should grant changed".into());
+    }
+    match text("tls.crt").as_deref().and_then(not_after) {
+        None => Some("its certificate does not parse".into()),
+        Some(t) if t - now < RENEW_BEFORE.as_secs() as i64 => {
+            Some(format!("it expires at {} (unix time)", t))
+        }
+        Some(_) => None,
+    }
+}
+
+/// When the first certificate of `pem` expires (unix seconds).
+pub fn not_after(pem: &str) -> Option<i64> {
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = der.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// The Secret holding `leaf`, freshly issued by `ca`.
+pub fn leaf_secret(leaf: &Leaf, ns: &str, ca: &Ca) -> Result<Secret, crate::tls::TlsError> {
+    let grants: Vec<(Role, &str)> = leaf.grants.iter().map(|(r, n)| (*r, n.as_str())).collect();
+    let hosts: Vec<&str> = leaf.hosts.iter().map(String::as_str).collect();
+    let pem = ca.leaf(&leaf.secret, &grants, &hosts, LEAF_VALIDITY)?;
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(leaf.secret.clone()),
+            namespace: Some(ns.to_owned()),
+            labels: Some(leaf.labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                GRANTS_ANNOTATION.to_owned(),
+                leaf.grants_text(),
+            )])),
+            owner_references: Some(vec![leaf.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_owned(), ByteString(pem.cert.into_bytes())),
+            ("tls.key".to_owned(), ByteString(pem.key.into_bytes())),
+            (
+                "ca.crt".to_owned(),
+                ByteString(ca.pem.cert.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    })
+}
+
+/// What keeping a LogPlayer's certificates found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CertState {
+    /// Not looked at (reconciliation paused, or the spec is invalid).
+    NotChecked,
+    /// `spec.tls.mode: Insecure`.
+    Insecure,
+    /// Every leaf is current; the first of them (or the CA) to expire, as unix seconds.
+    Ready { count: usize, first_expiry: i64 },
+    /// Something to fix (an unusable CA, one expiring soon, a leaf that could not be issued).
+    Problem(Problem),
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// The LogPlayer's CA: read from its Secret, or created there when absent.
+async fn ca(
+    client: &Client,
+    ns: &str,
+    lp: &LogPlayer,
+) -> Result<Result<Ca, Problem>, OperatorError> {
+    let name = ca_secret(lp);
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if let Some(secret) = api.get_opt(&name).await? {
+        let (Some(cert), Some(key)) = (
+            secret_text(&secret, "tls.crt"),
+            secret_text(&secret, "tls.key"),
+        ) else {
+            return Ok(Err(Problem::new(
+                "CaInvalid",
+                format!("the CA Secret {name} lacks tls.crt or tls.key (PEM)"),
+            )));
+        };
+        return Ok(Ca::from_pem(Pem { cert, key }).map_err(|e| {
+            Problem::new(
+                "CaInvalid",
+                format!("the CA Secret {name} does not hold a usable CA: {e}"),
+            )
+        }));
+    }
+    let ca = match Ca::new(&format!("logplayer {ns}/{} CA", lp.name_any()), CA_VALIDITY) {
+        Ok(ca) => ca,
+        Err(e) => return Ok(Err(Problem::new("CertificateIssueFailed", e.to_string()))),
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_owned()),
+            labels: Some(labels(&lp.name_any(), "ca")),
+            owner_references: Some(vec![desired::owner_of(lp)]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_owned(),
+                ByteString(ca.pem.cert.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_owned(),
+                ByteString(ca.pem.key.clone().into_bytes()),
+            ),
+            (
+                "ca.crt".to_owned(),
+                ByteString(ca.pem.cert.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    // Created, never applied over: a CA someone made meanwhile wins (the create fails and
+    // the next reconciliation reads it).
+    let created = api
+        .create(
+            &kube::api::PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..Default::default()
+            },
+            &secret,
+        )
+        .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(secret = %name, "created the LogPlayer's CA");
+            Ok(Ok(ca))
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Err(Problem::new(
+            "CaInvalid",
+            format!(
+                "the CA Secret {name} appeared while it was being created; reading it next time"
+            ),
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Keeps the certificates of `lp` (its `leaves`): issues each that is missing, expiring,
+/// or from another CA. What the API server refuses (RBAC without Secrets, an admission
+/// policy) is a problem in the status, not an error that would stop the reconciliation.
+pub async fn keep(
+    client: &Client,
+    ns: &str,
+    lp: &LogPlayer,
+    leaves: &[Leaf],
+) -> Result<CertState, OperatorError> {
+    if lp.spec.tls.mode == TlsMode::Insecure {
+        return Ok(CertState::Insecure);
+    }
+    match keep_issued(client, ns, lp, leaves).await {
+        Ok(state) => Ok(state),
+        Err(e) => match e.as_apply_problem() {
+            Some(p) => Ok(CertState::Problem(Problem::new(
+                "CertificateIssueFailed",
+                p.message,
+            ))),
+            None => match e {
+                OperatorError::Kube(kube::Error::Api(status)) => {
+                    Ok(CertState::Problem(Problem::new(
+                        "CertificateIssueFailed",
+                        format!("the API server refused a Secret call: {}", status.message),
+                    )))
+                }
+                other => Err(other),
+            },
+        },
+    }
+}
+
+async fn keep_issued(
+    client: &Client,
+    ns: &str,
+    lp: &LogPlayer,
+    leaves: &[Leaf],
+) -> Result<CertState, OperatorError> {
+    let ca = match ca(client, ns, lp).await? {
+        Ok(ca) => ca,
+        Err(problem) => return Ok(CertState::Problem(problem)),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ca_expiry = not_after(&ca.pem.cert).unwrap_or(0);
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut first_expiry = ca_expiry;
+    for leaf in leaves {
+        let existing = api.get_opt(&leaf.secret).await?;
+        let expiry = match why_issue(existing.as_ref(), &ca.pem.cert, leaf, now) {
+            None => existing
+                .as_ref()
+                .and_then(|s| secret_text(s, "tls.crt"))
+                .and_then(|c| not_after(&c))
+                .unwrap_or(0),
+            Some(why) => {
+                let secret = match leaf_secret(leaf, ns, &ca) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return Ok(CertState::Problem(Problem::new(
+                            "CertificateIssueFailed",
+                            format!("issuing {}: {e}", leaf.secret),
+                        )));
+                    }
+                };
+                apply(client, ns, &secret).await?;
+                tracing::info!(secret = %leaf.secret, reason = %why, "issued a certificate");
+                now + LEAF_VALIDITY.as_secs() as i64
+            }
+        };
+        first_expiry = first_expiry.min(expiry);
+    }
+    if ca_expiry - now < RENEW_BEFORE.as_secs() as i64 {
+        return Ok(CertState::Problem(Problem::new(
+            "CaExpiringSoon",
+            format!(
+                "the CA in Secret {} expires at {} (unix time): replace it (tls.crt, tls.key) \
+                 and every certificate is issued again from the new one",
+                ca_secret(lp),
+                ca_expiry
+            ),
+        )));
+    }
+    Ok(CertState::Ready {
+        count: leaves.len(),
+        first_expiry,
+    })
+}
+
+/// The identity the operator dials `lp`'s servers with: its admin certificate (`None` in
+/// Insecure mode, or before it exists: then the calls go plaintext and are refused).
+pub async fn admin_identity(
+    client: &Client,
+    ns: &str,
+    lp: Option<&LogPlayer>,
+) -> Result<Option<Arc<Tls>>, OperatorError> {
+    let Some(lp) = lp.filter(|lp| lp.spec.tls.mode == TlsMode::Operator) else {
+        return Ok(None);
+    };
+    let name = tls_secret(lp, "admin");
+    let Some(secret) = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key), Some(ca)) = (
+        secret_text(&secret, "tls.crt"),
+        secret_text(&secret, "tls.key"),
+        secret_text(&secret, "ca.crt"),
+    ) else {
+        return Ok(None);
+    };
+    match Tls::from_pem(&format!("Secret {ns}/{name}"), &cert, &key, &ca) {
+        Ok(tls) => Ok(Some(tls)),
+        Err(e) => {
+            tracing::warn!(error = %e, "the admin certificate does not load");
+            Ok(None)
+        }
+    }
+}
+
+/// Whether an object is one of ours (for tests of [`leaf_secret`]).
+#[cfg(test)]
+fn managed(secret: &Secret) -> bool {
+    use kube::Resource as _;
+    secret
+        .meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|v| v == FIELD_MANAGER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lp() -> LogPlayer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "logplayer.io/v1alpha1",
+            "kind": "LogPlayer",
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u1"},
+            "spec": {"logStore": {"managed": {"storage": "1Gi"}}, "tls": {"writerIds": ["app-*"]}}
+        }))
+        .expect("a LogPlayer")
+    }
+
+    fn leaf_named(leaves: &[Leaf], secret: &str) -> Leaf {
+        leaves
+            .iter()
+            .find(|l| l.secret == secret)
+            .cloned()
+            .unwrap_or_else(|| panic!("no leaf {secret}"))
+    }
+
+    #[test]
+    fn a_logplayer_gets_one_certificate_per_component_and_role() {
+        let leaves = leaves(&lp(), "ns", &[]);
+        let names: Vec<&str> = leaves.iter().map(|l| l.secret.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "demo-player-tls",
+                "demo-writer-tls",
+                "demo-admin-tls",
+                "demo-logstore-tls"
+            ]
+        );
+        let writer = leaf_named(&leaves, "demo-writer-tls");
+        assert_eq!(writer.grants, vec![(Role::Writer, "app-*".to_owned())]);
+        assert_eq!(
+            leaf_named(&leaves, "demo-logstore-tls").grants,
+            vec![(Role::Replica, "demo-logstore".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_leaf_is_issued_again_only_when_missing_expiring_from_another_ca_or_regranted() {
+        let leaves = leaves(&lp(), "ns", &[]);
+        let player = leaf_named(&leaves, "demo-player-tls");
+        let ca = Ca::new("test CA", CA_VALIDITY).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(why_issue(None, &ca.pem.cert, &player, now).is_some());
+        let secret = leaf_secret(&player, "ns", &ca).unwrap();
+        assert!(managed(&secret));
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(why_issue(Some(&secret), &ca.pem.cert, &player, now), None);
+        // 61 days on, 29 are left: renewed.
+        let later = now + 61 * 24 * 3600;
+        let why = why_issue(Some(&secret), &ca.pem.cert, &player, later).unwrap();
+        assert!(why.contains("expires"), "{why}");
+        let other = Ca::new("another CA", CA_VALIDITY).unwrap();
+        let why = why_issue(Some(&secret), &other.pem.cert, &player, now).unwrap();
+        assert!(why.contains("current CA"), "{why}");
+        let mut regranted = player.clone();
+        regranted.grants = vec![(Role::Player, "other".into())];
+        assert!(why_issue(Some(&secret), &ca.pem.cert, &regranted, now).is_some());
+    }
+
+    #[test]
+    fn an_issued_leaf_loads_and_carries_its_role() {
+        let leaves = leaves(&lp(), "ns", &[]);
+        let ca = Ca::new("test CA", CA_VALIDITY).unwrap();
+        let secret = leaf_secret(&leaf_named(&leaves, "demo-admin-tls"), "ns", &ca).unwrap();
+        let cert = secret_text(&secret, "tls.crt").unwrap();
+        let key = secret_text(&secret, "tls.key").unwrap();
+        let ca_pem = secret_text(&secret, "ca.crt").unwrap();
+        Tls::from_pem("test", &cert, &key, &ca_pem).expect("loads");
+        let (_, der) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        let peer = crate::tls::identity::Peer::from_der(&der.contents);
+        assert!(peer.has(Role::Admin), "{peer:?}");
+        assert!(!peer.has(Role::Writer), "{peer:?}");
+    }
+}

@@ -1,0 +1,54 @@
+//! `CertificatesReady` and certificate problems in a LogPlayer's status.
+
+use super::*;
+
+/// Certificates in order are `CertificatesReady=True`; a certificate problem (a CA that
+/// does not load, one about to expire) is `False` with its reason and degrades the
+/// LogPlayer; Insecure mode says so; not looked at (paused) is no condition at all.
+#[test]
+fn certificate_problems_are_a_condition_and_degrade() {
+    use crate::operator::certs::CertState;
+    let cond_of = |obs: &Observed| {
+        logplayer_status(obs, &LogPlayerStatus::default(), now())
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "CertificatesReady")
+    };
+    assert_eq!(cond_of(&healthy()), None);
+    let ready = healthy_with(|o| {
+        o.certificates = CertState::Ready {
+            count: 5,
+            first_expiry: 1_900_000_000,
+        }
+    });
+    let c = cond_of(&ready).expect("a condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Issued"));
+    assert!(c.message.contains("2030-03-17"), "{}", c.message);
+    let bad = healthy_with(|o| {
+        o.certificates = CertState::Problem(Problem::new(
+            "CaInvalid",
+            "the CA Secret demo-ca lacks tls.key",
+        ))
+    });
+    let st = logplayer_status(&bad, &LogPlayerStatus::default(), now());
+    let c = cond_of(&bad).expect("a condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "CaInvalid")
+    );
+    let degraded = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "CaInvalid")
+    );
+    let insecure = healthy_with(|o| o.certificates = CertState::Insecure);
+    let c = cond_of(&insecure).expect("a condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "Insecure")
+    );
+}
