@@ -75,6 +75,11 @@ pub fn incoming(
                         };
                         let _ = tx.send(Ok(TlsConn::new(io, conn))).await;
                     }
+                    // Closed before saying anything: a TCP probe (the kubelet's, on
+                    // Kubernetes), not an attempt worth a warning.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%remote, "a connection closed before its TLS handshake");
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(%remote, error = %e, "refused a connection: TLS handshake failed");
                     }
