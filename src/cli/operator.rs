@@ -80,6 +80,7 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .collect();
+    let operator_namespace = a.lease_namespace.clone();
     let config = operator::OperatorConfig {
         namespaces,
         lease_name: a.lease_name,
@@ -90,6 +91,7 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
             image: a.default_image,
             cluster_domain: a.cluster_domain,
             player_cluster_role: a.player_cluster_role,
+            operator_namespace,
         },
     };
     let metrics = std::sync::Arc::new(operator::OperatorMetrics::default());

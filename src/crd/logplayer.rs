@@ -109,6 +109,56 @@ pub struct LogPlayerSpec {
     /// issues and renews.
     #[serde(default)]
     pub tls: TlsSettings,
+    /// Which pods may connect to this LogPlayer's pods: NetworkPolicies the operator keeps.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySettings,
+}
+
+/// NetworkPolicies (effective with a network plugin that enforces them): the log replicas
+/// accept gRPC only from the players, each other, the operator and the `writers`; each
+/// managed Shard's server only from the players and the operator; the players' metrics port
+/// only from the namespaces `metricsNamespaceSelector` selects. Everything else is denied.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySettings {
+    /// Keep the NetworkPolicies (default true); false deletes them.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Pods that may append to a managed LogStore, each a pod selector and an optional
+    /// namespace selector (absent: this namespace). Default: the pods of this namespace
+    /// labelled `logplayer.io/writer: <name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub writers: Option<Vec<PeerSelector>>,
+    /// Namespaces whose pods may scrape the players' `/metrics`. Default: this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_namespace_selector: Option<LabelSelector>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for NetworkPolicySettings {
+    fn default() -> Self {
+        NetworkPolicySettings {
+            enabled: true,
+            writers: None,
+            metrics_namespace_selector: None,
+        }
+    }
+}
+
+/// Pods, by labels, in the namespaces a selector picks (absent: the LogPlayer's namespace).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSelector {
+    /// The pods (empty: every pod of the namespaces).
+    #[serde(default)]
+    pub pod_selector: LabelSelector,
+    /// The namespaces; absent means the LogPlayer's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 /// Mutual TLS for a LogPlayer. In `Operator` mode the operator keeps a CA in `caSecret` and

@@ -384,6 +384,18 @@ spec:
     caSecret: orders-ca
     writerIds:
       - orders-tm-*
+  networkPolicy:
+    enabled: true
+    writers:
+      - podSelector:
+          matchLabels:
+            app: orders-tm
+        namespaceSelector:
+          matchLabels:
+            team: payments
+    metricsNamespaceSelector:
+      matchLabels:
+        monitoring: "true"
   logStore:
     managed:
       storage: 20Gi

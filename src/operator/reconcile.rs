@@ -11,6 +11,7 @@ use crate::crd::{LogPlayer, Shard};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
@@ -272,6 +273,9 @@ async fn apply_player_objects(
     if let Some(pdb) = &o.pdb {
         outcomes.push(apply(client, ns, pdb).await.map(drop));
     }
+    for p in &o.network_policies {
+        outcomes.push(apply(client, ns, p).await.map(drop));
+    }
     let problems = apply_problems(outcomes)?;
     prune_player_objects(client, ns, lp, &o).await?;
     Ok(problems)
@@ -323,6 +327,12 @@ async fn prune_player_objects(
     let mut pdbs: Vec<String> = o.pdb.iter().map(|p| name(&p.metadata)).collect();
     pdbs.extend(o.logstore.iter().map(|l| name(&l.pdb.metadata)));
     prune::<PodDisruptionBudget>(client, ns, &selector, uid, &pdbs).await?;
+    let policies: Vec<String> = o
+        .network_policies
+        .iter()
+        .map(|p| name(&p.metadata))
+        .collect();
+    prune::<NetworkPolicy>(client, ns, &selector, uid, &policies).await?;
     Ok(())
 }
 
@@ -353,7 +363,9 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     ) {
         Ok(objects) => {
             if !paused {
-                apply_problems = apply_shard_objects(&ctx.client, &ns, shard, objects).await?;
+                let policy = desired::shard_network_policy(shard, owner.as_ref(), &ctx.defaults);
+                apply_problems =
+                    apply_shard_objects(&ctx.client, &ns, shard, objects, policy).await?;
             }
             None
         }
@@ -415,11 +427,15 @@ async fn apply_shard_objects(
     ns: &str,
     shard: &Shard,
     objects: Option<desired::ServerObjects>,
+    policy: Option<NetworkPolicy>,
 ) -> Result<Vec<status::Problem>, OperatorError> {
     let mut outcomes = Vec::new();
     if let Some(o) = &objects {
         outcomes.push(apply(client, ns, &o.service).await.map(drop));
         outcomes.push(apply(client, ns, &o.stateful_set).await.map(drop));
+    }
+    if let Some(p) = &policy {
+        outcomes.push(apply(client, ns, p).await.map(drop));
     }
     let problems = apply_problems(outcomes)?;
     if let Some(uid) = shard.metadata.uid.as_deref() {
@@ -432,6 +448,8 @@ async fn apply_shard_objects(
         let services: Vec<String> = objects.iter().map(|o| name(&o.service.metadata)).collect();
         prune::<StatefulSet>(client, ns, &selector, uid, &sets).await?;
         prune::<Service>(client, ns, &selector, uid, &services).await?;
+        let policies: Vec<String> = policy.iter().map(|p| name(&p.metadata)).collect();
+        prune::<NetworkPolicy>(client, ns, &selector, uid, &policies).await?;
     }
     Ok(problems)
 }

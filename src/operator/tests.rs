@@ -168,6 +168,7 @@ fn world(lp: &Value, shards: Vec<Value>) -> World {
         "/apis/apps/v1/namespaces/ns/statefulsets",
         "/api/v1/namespaces/ns/services",
         "/apis/policy/v1/namespaces/ns/poddisruptionbudgets",
+        "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies",
     ] {
         w.lists.insert(collection.into(), Vec::new());
     }
@@ -284,6 +285,7 @@ async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
             format!("/api/v1{ns}/services/demo-player-metrics"),
             format!("/apis/apps/v1{ns}/deployments/demo-player"),
             format!("/apis/policy/v1{ns}/poddisruptionbudgets/demo-player"),
+            format!("/apis/networking.k8s.io/v1{ns}/networkpolicies/demo-player"),
         ]
     );
     for s in sent.iter().filter(|s| s.method == Method::PATCH) {
@@ -487,6 +489,7 @@ async fn a_managed_shard_gets_its_server_and_status_without_touching_the_cursor(
         vec![
             "/api/v1/namespaces/ns/services/s0-shard".to_owned(),
             "/apis/apps/v1/namespaces/ns/statefulsets/s0-shard".to_owned(),
+            "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/s0-shard".to_owned(),
         ]
     );
     let sts = &sent[2].body;

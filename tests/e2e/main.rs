@@ -892,6 +892,11 @@ async fn example(h: &Harness) -> anyhow::Result<()> {
 /// an operator of the cluster holding the CA could.
 async fn demo_tls(h: &Harness, lp: &Value) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    // Who may connect: the log replicas, each shard server and the players' metrics.
+    let _: NetworkPolicy = wait_owned(h, "demo-logstore", "LogPlayer", "demo").await?;
+    let _: NetworkPolicy = wait_owned(h, "demo-player", "LogPlayer", "demo").await?;
+    let _: NetworkPolicy = wait_owned(h, "s0-shard", "Shard", "s0").await?;
     let c = condition(lp, "CertificatesReady").context("no CertificatesReady condition")?;
     ensure!(c["status"] == "True", "CertificatesReady {c}");
     let secrets: Api<Secret> = Api::namespaced(h.client.clone(), DEMO_NS);

@@ -35,6 +35,7 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
     ServiceAccount, TCPSocketAction, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -48,6 +49,8 @@ mod player;
 pub use player::*;
 mod servers;
 pub use servers::*;
+mod network;
+pub use network::*;
 #[cfg(test)]
 mod tests;
 
@@ -79,6 +82,8 @@ pub struct Defaults {
     /// The ClusterRole holding the players' permissions ([`player_rules`]), which each
     /// LogPlayer's RoleBinding references.
     pub player_cluster_role: String,
+    /// The operator's own namespace: its pods may reach the servers (NetworkPolicies).
+    pub operator_namespace: String,
 }
 
 /// Default [`Defaults::player_cluster_role`], as `deploy/` and the chart (for a release named
@@ -91,6 +96,7 @@ impl Default for Defaults {
             image: concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")).to_owned(),
             cluster_domain: String::new(),
             player_cluster_role: PLAYER_CLUSTER_ROLE.to_owned(),
+            operator_namespace: "logplayer-system".to_owned(),
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct PlayerObjects {
     pub deployment: Deployment,
     /// Only with `replicas > 1`.
     pub pdb: Option<PodDisruptionBudget>,
+    /// The players' and (managed) log replicas' NetworkPolicies, unless disabled.
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 /// A managed server: its headless Service and its StatefulSet.

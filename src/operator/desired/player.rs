@@ -193,6 +193,7 @@ pub fn player_objects(
         logstore,
         deployment: deployment(&cx, args, &map),
         pdb: (spec.replicas > 1).then(|| pdb(&cx)),
+        network_policies: super::player_network_policies(lp, &cx.ns, defaults),
     })
 }
 

@@ -22,6 +22,7 @@ use crate::routing::{ShardMap, slot};
 use serde_json::{Value, json};
 
 mod errors;
+mod network;
 mod player;
 mod servers;
 mod snapshots;
