@@ -379,12 +379,16 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     );
     let down = shard.spec.managed.is_some() && !any_running(&mine);
     let endpoint = desired::shard_endpoint(shard, &ctx.defaults);
+    let tls = certs::admin_identity(&ctx.client, &ns, owner.as_ref()).await?;
+    // Its LogPlayer runs TLS but has not issued the admin certificate yet (it was just
+    // created): look again soon rather than at the next resync.
+    let no_identity_yet = tls.is_none()
+        && owner
+            .as_ref()
+            .is_some_and(|lp| lp.spec.tls.mode == crate::crd::TlsMode::Operator);
     let probe = match &endpoint {
         Some(_) if down => status::Probe::NotRunning,
-        Some(addr) => {
-            let tls = certs::admin_identity(&ctx.client, &ns, owner.as_ref()).await?;
-            probe_shard(addr, tls.as_ref()).await
-        }
+        Some(addr) => probe_shard(addr, tls.as_ref()).await,
         None => status::Probe::Unknown,
     };
     let lag = owner
@@ -417,7 +421,11 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     if new != mine {
         apply_status::<Shard>(&ctx.client, &ns, &name, &new).await?;
     }
-    Ok(Action::requeue(if failed { APPLY_RETRY } else { RESYNC }))
+    Ok(Action::requeue(if failed || no_identity_yet {
+        APPLY_RETRY
+    } else {
+        RESYNC
+    }))
 }
 
 /// Applies a managed shard server's objects (or, for an external shard, none) and deletes

@@ -88,6 +88,16 @@ fn shard_yaml(name: &str, labels: &str, slots: &[(i64, i64)], endpoint: &str) ->
     )
 }
 
+/// A child process, killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `kubectl get KIND NAME -n NS -o json`, parsed.
 fn get(h: &Harness, ns: &str, kind: &str, name: &str) -> Result<Value, String> {
     let mut args = vec!["get", kind, name, "-o", "json"];
@@ -430,13 +440,26 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
     .await?;
 
     // A Shard before its LogPlayer: not Ready (LogPlayerNotFound), then Ready within 2 s of
-    // the LogPlayer appearing. Its endpoint is the demo's s0 server, which answers; the
-    // LogPlayer is paused, so no player of it ever delivers there.
+    // the LogPlayer appearing. Its endpoint is a plaintext shard server this test runs (the
+    // demo's servers take only certificates from the demo's CA); the LogPlayer runs
+    // `tls.mode: Insecure` and is paused, so no player of it ever delivers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let data = h.cp.dir().join("early-shard");
+    let _server = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_logplayer"))
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(["shard", "--id", "early", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data")
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
     let early = shard_yaml(
         "early",
         "logplayer.io/instance: late",
         &[(0, 16383)],
-        "s0-shard.demo.svc:7100",
+        &format!("127.0.0.1:{port}"),
     )
     .replace("logPlayer: demo", "logPlayer: late");
     apply_ok(h, NS, "early.yaml", &early, "applying Shard early")?;
@@ -456,7 +479,7 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
         || shard_ready("LogPlayerNotFound"),
     )
     .await?;
-    let late = logplayer_yaml("late", "").replace(
+    let late = logplayer_yaml("late", "  tls:\n    mode: Insecure\n").replace(
         "metadata:\n  name: late\n",
         "metadata:\n  name: late\n  annotations:\n    logplayer.io/paused: \"true\"\n",
     );
