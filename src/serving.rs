@@ -33,6 +33,9 @@ pub struct ServerLimits {
     /// The LogStore's `Read` streams open at once, over every caller; one more is refused
     /// (`RESOURCE_EXHAUSTED` / `busy`).
     pub max_read_streams: usize,
+    /// A `Read` stream whose reader has taken nothing for this long while responses wait
+    /// for it is ended (`RESOURCE_EXHAUSTED` / `busy`), freeing its slot.
+    pub read_stall_timeout: std::time::Duration,
 }
 
 impl Default for ServerLimits {
@@ -41,6 +44,7 @@ impl Default for ServerLimits {
             max_connections: 1024,
             max_streams_per_connection: 128,
             max_read_streams: 64,
+            read_stall_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

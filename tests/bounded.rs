@@ -138,3 +138,84 @@ async fn a_connection_past_max_connections_is_closed() {
     assert!(served, "no connection accepted after one went away");
     drop(second);
 }
+
+/// `--read-stall-timeout`: a `Read` stream whose reader takes nothing while responses wait is
+/// ended with `busy`, naming the index to read again from, and its slot serves another
+/// reader; without it, unread streams would hold every slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_read_stream_is_ended_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--max-read-streams", "2", "--read-stall-timeout", "2s"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let log = logplayer::client::Log::connect(c.logstore.addr())
+        .await
+        .unwrap();
+    // ~48 MB: more than a stream's HTTP/2 window (8 MiB) and queues hold.
+    let mut spec = common::load_spec(2_000, 4, 1);
+    spec.txn_bytes = 10_000;
+    let report = common::start_load(&log, spec).await.unwrap();
+    assert_eq!(report.failed, 0);
+    let mut client =
+        LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+    let tail = || ReadRequest {
+        from: 1,
+        follow: true,
+        ..Default::default()
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(client.read(tail()).await.unwrap().into_inner());
+    }
+    let refused = client.read(tail()).await.unwrap_err();
+    assert_eq!(Reason::of(&refused), Some(Reason::Busy), "{refused:?}");
+    // Past the stall timeout, the slots are free again.
+    let served = common::eventually(Duration::from_secs(15), || async {
+        let mut client =
+            LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+        let once = ReadRequest {
+            from: 1,
+            to: 1,
+            ..Default::default()
+        };
+        match client.read(once).await {
+            Ok(s) => s.into_inner().message().await.is_ok_and(|m| m.is_some()),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        served,
+        "the stalled streams still hold every slot ({report:?})\n{}",
+        c.logs()
+    );
+    // A stalled stream delivers what was queued, then the refusal: dense up to where it says
+    // to read again from.
+    let mut stream = held.remove(0);
+    let mut next = 1;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(r)) => {
+                for e in r.entries {
+                    assert_eq!(e.index, next, "dense");
+                    next += 1;
+                }
+            }
+            Ok(None) => panic!("a stalled tailing stream ended without saying why"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(Reason::of(&end), Some(Reason::Busy), "{end:?}");
+    assert!(
+        end.message()
+            .contains(&format!("read again from index {next}")),
+        "{} (next is {next})",
+        end.message()
+    );
+}

@@ -120,6 +120,11 @@ pub struct CallerLimits {
     /// (RESOURCE_EXHAUSTED, busy). Each holds at most 2 responses ahead of its reader.
     #[arg(long, env = "LOGPLAYER_MAX_READ_STREAMS", default_value_t = crate::serving::ServerLimits::default().max_read_streams)]
     max_read_streams: usize,
+    /// (LogStore) A `Read` stream whose reader took nothing for this long while responses
+    /// wait for it is ended (RESOURCE_EXHAUSTED, busy), freeing its slot; a tailing reader
+    /// with nothing new to read is not stalled.
+    #[arg(long, env = "LOGPLAYER_READ_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    read_stall_timeout: std::time::Duration,
 }
 
 impl CallerLimits {
@@ -132,10 +137,14 @@ impl CallerLimits {
                 "--max-connections, --max-streams-per-connection and --max-read-streams must be at least 1"
             );
         }
+        if self.read_stall_timeout.is_zero() {
+            bail!("--read-stall-timeout must be above zero");
+        }
         crate::serving::install(crate::serving::ServerLimits {
             max_connections: self.max_connections,
             max_streams_per_connection: self.max_streams_per_connection,
             max_read_streams: self.max_read_streams,
+            read_stall_timeout: self.read_stall_timeout,
         });
         Ok(())
     }

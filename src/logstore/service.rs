@@ -101,6 +101,42 @@ async fn submit(
 /// Writer ids of one append stream whose order the server keeps (see [`StreamState`]).
 const MAX_WRITERS_PER_STREAM: usize = 64;
 
+/// Queues one response of a `Read` stream (its first entry is `first`); `false` once the
+/// stream is over: its reader is gone, or it took nothing for `--read-stall-timeout` (then
+/// the stream ends with `busy`, naming where to read from again: every earlier entry is
+/// queued before the refusal). The queue never fills its last slot with a response, so that
+/// refusal always fits.
+async fn send_read(
+    tx: &mpsc::Sender<Result<ReadResponse, Status>>,
+    response: ReadResponse,
+    first: u64,
+) -> bool {
+    let stall = crate::serving::limits().read_stall_timeout;
+    match tokio::time::timeout(stall, tx.reserve_many(2)).await {
+        Ok(Ok(mut permits)) => {
+            if let Some(p) = permits.next() {
+                p.send(Ok(response));
+            }
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::info!(
+                stall = ?stall,
+                next = first,
+                "a Read stream's reader took nothing for --read-stall-timeout: ending it"
+            );
+            let _ = tx.try_send(Err(Reason::Busy.status(format!(
+                "this Read stream's reader took nothing for {} (--read-stall-timeout): ended to \
+                 free its slot; read again from index {}",
+                humantime::format_duration(stall),
+                first
+            ))));
+            false
+        }
+    }
+}
+
 /// Checks a read request against the log's bounds: `from` at least 1 and not below
 /// retention, `to` not below `from`, and (without `follow`) `from` at most `last + 1`.
 fn check_read(r: &ReadRequest, first: u64, last: u64) -> Result<(), Status> {
@@ -270,7 +306,9 @@ impl LogStoreRpc for Service {
             DEFAULT_READ_BATCH_BYTES,
             self.log.max_entry_bytes(),
         );
-        let (tx, rx) = mpsc::channel(crate::serving::READ_STREAM_BUFFER);
+        // One slot more than the responses it queues: room for the refusal that ends a
+        // stalled stream (`send_read`).
+        let (tx, rx) = mpsc::channel(crate::serving::READ_STREAM_BUFFER + 1);
         let log = self.log.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -308,9 +346,14 @@ impl LogStoreRpc for Service {
                 let Some(last) = entries.last().map(|e| e.index) else {
                     return;
                 };
+                let first = pos;
                 pos = last + 1;
+                let response = ReadResponse {
+                    entries,
+                    log_id: log_id.clone(),
+                };
                 tokio::select! {
-                    sent = tx.send(Ok(ReadResponse { entries, log_id: log_id.clone() })) => if sent.is_err() { return },
+                    sent = send_read(&tx, response, first) => if !sent { return },
                     _ = shutdown.cancelled() => return,
                 }
             }

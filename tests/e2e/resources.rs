@@ -68,13 +68,37 @@ fn logplayer_with_shard(name: &str, extra: &str) -> String {
 }
 
 /// A one-replica LogPlayer reading the demo's LogStore, selecting the Shards labelled with
-/// its own name, with `extra` appended to its spec.
+/// its own name, with `extra` appended to its spec. Its certificates come from the demo's
+/// CA (copied into its namespace by [`borrow_demo_ca`]), which the demo's LogStore trusts.
 fn logplayer_yaml(name: &str, extra: &str) -> String {
     format!(
         "apiVersion: logplayer.io/v1alpha1\nkind: LogPlayer\nmetadata:\n  name: {name}\n\
          spec:\n  replicas: 1\n  logStore:\n    external:\n      endpoint: \"demo-logstore.demo.svc:7000\"\n\
-         \u{20} shardSelector:\n    matchLabels:\n      logplayer.io/instance: {name}\n{extra}"
+         \u{20} shardSelector:\n    matchLabels:\n      logplayer.io/instance: {name}\n\
+         \u{20} tls:\n    caSecret: demo-ca\n{extra}"
     )
+}
+
+/// Copies the demo's CA Secret into `ns` (bring-your-own-CA: the LogPlayers there issue
+/// their certificates from it, so the demo's servers accept them).
+async fn borrow_demo_ca(h: &Harness, ns: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let demo = kube::api::Api::<Secret>::namespaced(h.client.clone(), DEMO_NS)
+        .get("demo-ca")
+        .await?;
+    let copy = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("demo-ca".into()),
+            ..Default::default()
+        },
+        type_: demo.type_,
+        data: demo.data,
+        ..Default::default()
+    };
+    kube::api::Api::<Secret>::namespaced(h.client.clone(), ns)
+        .create(&Default::default(), &copy)
+        .await?;
+    Ok(())
 }
 
 fn shard_yaml(name: &str, labels: &str, slots: &[(i64, i64)], endpoint: &str) -> String {
@@ -251,10 +275,11 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
     // A Shard nobody listens for, in a LogPlayer of its own (reading the demo's LogStore;
     // it never trims it: retainLog is false).
     h.cp.kubectl(&["create", "namespace", LONELY_NS])?;
+    borrow_demo_ca(h, LONELY_NS).await?;
     let lonely = "apiVersion: logplayer.io/v1alpha1\nkind: LogPlayer\nmetadata:\n  name: lonely\n\
                   spec:\n  replicas: 1\n  retainLog: false\n  logStore:\n    external:\n      \
                   endpoint: \"demo-logstore.demo.svc:7000\"\n  shardSelector:\n    matchLabels:\n      \
-                  logplayer.io/instance: lonely\n---\n"
+                  logplayer.io/instance: lonely\n  tls:\n    caSecret: demo-ca\n---\n"
         .to_owned()
         + &shard_yaml(
             "far",
@@ -306,6 +331,7 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
 async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
     const NS: &str = "truth";
     h.cp.kubectl(&["create", "namespace", NS])?;
+    borrow_demo_ca(h, NS).await?;
 
     // Requests above limits: the CRD cannot see it, the API server refuses the Deployment.
     let t = Instant::now();
@@ -441,14 +467,22 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
 
     // A Shard before its LogPlayer: not Ready (LogPlayerNotFound), then Ready within 2 s of
     // the LogPlayer appearing. Its endpoint is a plaintext shard server this test runs (the
-    // demo's servers take only certificates from the demo's CA); the LogPlayer runs
-    // `tls.mode: Insecure` and is paused, so no player of it ever delivers there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // demo's servers take only certificates of the demo's CA, and the paused LogPlayer issues
+    // none); no player of it ever delivers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let data = h.cp.dir().join("early-shard");
     let _server = Killed(
         std::process::Command::new(env!("CARGO_BIN_EXE_logplayer"))
             .env("LOGPLAYER_INSECURE", "true")
-            .args(["shard", "--id", "early", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "shard",
+                "--id",
+                "early",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .arg("--data")
             .arg(&data)
             .stdout(std::process::Stdio::null())
@@ -479,7 +513,7 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
         || shard_ready("LogPlayerNotFound"),
     )
     .await?;
-    let late = logplayer_yaml("late", "  tls:\n    mode: Insecure\n").replace(
+    let late = logplayer_yaml("late", "").replace(
         "metadata:\n  name: late\n",
         "metadata:\n  name: late\n  annotations:\n    logplayer.io/paused: \"true\"\n",
     );
