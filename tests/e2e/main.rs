@@ -129,6 +129,15 @@ struct Suite {
 
 fn main() -> std::process::ExitCode {
     let mut args = libtest_mimic::Arguments::from_args();
+    // What this process's own clients (the load driver, the checker) say when a call is
+    // refused or retried; RUST_LOG overrides.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("logplayer=info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     // The scenarios build on each other on one control plane: one at a time, in order.
     args.test_threads = Some(1);
     let installed = cluster::installed();

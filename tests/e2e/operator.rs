@@ -311,7 +311,11 @@ pub(crate) async fn namespaced_install(h: &Harness) -> anyhow::Result<()> {
         (&["list", "logplayers.logplayer.io", "-A"][..], false),
         (&["get", "leases", "-n", "kube-system"][..], false),
         (&["update", "leases", "-n", "kube-system"][..], false),
-        (&["get", "secrets", "-n", DEMO_NS][..], false),
+        // Secrets by name in the watched namespace (the LogPlayers' certificates), none
+        // elsewhere, and never listed.
+        (&["get", "secrets", "-n", DEMO_NS][..], true),
+        (&["get", "secrets", "-n", "default"][..], false),
+        (&["list", "secrets", "-n", DEMO_NS][..], false),
     ] {
         let got = super::can_i(h, args)?;
         ensure!(
