@@ -90,11 +90,42 @@ fn resend_all(status: &tonic::Status) -> bool {
     }
 }
 
+/// How long a stream worker tries to open a stream (through elections and restarts of the
+/// replica it reaches) before it gives up.
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens an append stream, trying again (a replica that was just killed or restarts
+/// refuses the connection while the others elect) for up to [`OPEN_WAIT`].
+#[allow(clippy::type_complexity)]
+async fn open_stream(
+    log: &Log,
+    writer: &str,
+) -> Option<(
+    tokio::sync::mpsc::Sender<crate::proto::AppendRequest>,
+    tonic::Streaming<crate::proto::AppendResponse>,
+)> {
+    let deadline = Instant::now() + OPEN_WAIT;
+    loop {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT + 1);
+        match log.append_stream(rx).await {
+            Ok(r) => return Some((tx, r)),
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, writer, "no append stream opens yet; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writer, "no append stream opens; giving up on this one");
+                return None;
+            }
+        }
+    }
+}
+
 /// One append stream with its own writer id: sends what the driver hands it, numbering each
 /// request; when the stream breaks (a leader change of a replicated log) it opens a new one,
 /// on the leader, and sends every unanswered request again with the same `(writer_id,
 /// sequence)`, which the LogStore answers with the original index if it was appended. Gives
-/// up (counting what is unanswered as failed) if no stream opens within the client's wait.
+/// up (counting what is unanswered as failed) if no stream opens within [`OPEN_WAIT`].
 async fn stream_worker(
     log: Log,
     writer: String,
@@ -109,13 +140,8 @@ async fn stream_worker(
     let mut sequence = 0u64;
     let mut open = true; // the driver may still send
     while open || !unanswered.is_empty() {
-        let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT + 1);
-        let mut responses = match log.append_stream(rx).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, writer, "no append stream opens; giving up on this one");
-                break;
-            }
+        let Some((tx, mut responses)) = open_stream(&log, &writer).await else {
+            break;
         };
         for u in &unanswered {
             if tx.send(u.request.clone()).await.is_err() {
