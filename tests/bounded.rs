@@ -22,6 +22,24 @@ fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// Whether the LogStore at `addr` serves a one-entry `Read` on a new connection within
+/// `wait`.
+async fn serves_a_read(addr: &str, wait: Duration) -> bool {
+    common::eventually(wait, || async {
+        let mut client = LogStoreClient::new(logplayer::grpc::connect(addr).await.unwrap());
+        let once = ReadRequest {
+            from: 1,
+            to: 1,
+            ..Default::default()
+        };
+        match client.read(once).await {
+            Ok(s) => s.into_inner().message().await.is_ok_and(|m| m.is_some()),
+            Err(_) => false,
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_unread_tailing_reads_stay_within_the_documented_bound() {
     let (_dir, c, log) = common::servers(0).await;
@@ -75,20 +93,7 @@ async fn six_hundred_unread_tailing_reads_stay_within_the_documented_bound() {
     // Once the unread streams go, a reader is served again.
     drop(held);
     drop(clients);
-    let served = common::eventually(Duration::from_secs(10), || async {
-        let mut client =
-            LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
-        let read = ReadRequest {
-            from: 1,
-            to: 1,
-            ..Default::default()
-        };
-        match client.read(read).await {
-            Ok(s) => s.into_inner().message().await.is_ok_and(|m| m.is_some()),
-            Err(_) => false,
-        }
-    })
-    .await;
+    let served = serves_a_read(c.logstore.addr(), Duration::from_secs(10)).await;
     assert!(
         served,
         "reads are refused after the unread streams went away"
@@ -176,20 +181,7 @@ async fn a_stalled_read_stream_is_ended_and_frees_its_slot() {
     let refused = client.read(tail()).await.unwrap_err();
     assert_eq!(Reason::of(&refused), Some(Reason::Busy), "{refused:?}");
     // Past the stall timeout, the slots are free again.
-    let served = common::eventually(Duration::from_secs(15), || async {
-        let mut client =
-            LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
-        let once = ReadRequest {
-            from: 1,
-            to: 1,
-            ..Default::default()
-        };
-        match client.read(once).await {
-            Ok(s) => s.into_inner().message().await.is_ok_and(|m| m.is_some()),
-            Err(_) => false,
-        }
-    })
-    .await;
+    let served = serves_a_read(c.logstore.addr(), Duration::from_secs(15)).await;
     assert!(
         served,
         "the stalled streams still hold every slot ({report:?})\n{}",

@@ -80,13 +80,17 @@ async fn submit(
     let follows = if r.writer_id.is_empty() {
         0
     } else {
-        let before = stream.sent.get(&r.writer_id).copied().unwrap_or(0);
-        // Kept only while it is the stream's one writer id or one of a few (a client that
-        // cycles through ids on one stream gets no gap check past that, never a wrong one).
-        if stream.sent.len() < MAX_WRITERS_PER_STREAM || before != 0 {
-            stream.sent.insert(r.writer_id.clone(), r.sequence);
+        match stream.sent.get_mut(&r.writer_id) {
+            Some(last) => std::mem::replace(last, r.sequence),
+            None => {
+                // Kept for the stream's first few writer ids (a client that cycles through
+                // ids on one stream gets no gap check past that, never a wrong one).
+                if stream.sent.len() < MAX_WRITERS_PER_STREAM {
+                    stream.sent.insert(r.writer_id.clone(), r.sequence);
+                }
+                0
+            }
         }
-        before
     };
     let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
     let on = super::served::OnStream {

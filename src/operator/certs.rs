@@ -125,13 +125,7 @@ pub fn why_issue(
     let Some(secret) = existing else {
         return Some("it does not exist".into());
     };
-    let text = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .and_then(|b| String::from_utf8(b.0.clone()).ok())
-    };
+    let text = |key: &str| secret_text(secret, key);
     if text("ca.crt").as_deref() != Some(ca_cert) {
         return Some("it was not signed by the current CA".into());
     }
@@ -177,14 +171,7 @@ pub fn leaf_secret(leaf: &Leaf, ns: &str, ca: &Ca) -> Result<Secret, crate::tls:
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(BTreeMap::from([
-            ("tls.crt".to_owned(), ByteString(pem.cert.into_bytes())),
-            ("tls.key".to_owned(), ByteString(pem.key.into_bytes())),
-            (
-                "ca.crt".to_owned(),
-                ByteString(ca.pem.cert.clone().into_bytes()),
-            ),
-        ])),
+        data: Some(tls_data(&pem.cert, &pem.key, &ca.pem.cert)),
         ..Secret::default()
     })
 }
@@ -202,12 +189,39 @@ pub enum CertState {
     Problem(Problem),
 }
 
+/// The data of a `kubernetes.io/tls` Secret: `tls.crt`, `tls.key` and `ca.crt`.
+fn tls_data(cert: &str, key: &str, ca: &str) -> BTreeMap<String, ByteString> {
+    [("tls.crt", cert), ("tls.key", key), ("ca.crt", ca)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+        .collect()
+}
+
 fn secret_text(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
         .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// The CA in the Secret `name` (`tls.crt`, `tls.key`), or why it is unusable.
+fn read_ca(secret: &Secret, name: &str) -> Result<Ca, Problem> {
+    let (Some(cert), Some(key)) = (
+        secret_text(secret, "tls.crt"),
+        secret_text(secret, "tls.key"),
+    ) else {
+        return Err(Problem::new(
+            "CaInvalid",
+            format!("the CA Secret {name} lacks tls.crt or tls.key (PEM)"),
+        ));
+    };
+    Ca::from_pem(Pem { cert, key }).map_err(|e| {
+        Problem::new(
+            "CaInvalid",
+            format!("the CA Secret {name} does not hold a usable CA: {e}"),
+        )
+    })
 }
 
 /// The LogPlayer's CA: read from its Secret, or created there when absent.
@@ -219,21 +233,7 @@ async fn ca(
     let name = ca_secret(lp);
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     if let Some(secret) = api.get_opt(&name).await? {
-        let (Some(cert), Some(key)) = (
-            secret_text(&secret, "tls.crt"),
-            secret_text(&secret, "tls.key"),
-        ) else {
-            return Ok(Err(Problem::new(
-                "CaInvalid",
-                format!("the CA Secret {name} lacks tls.crt or tls.key (PEM)"),
-            )));
-        };
-        return Ok(Ca::from_pem(Pem { cert, key }).map_err(|e| {
-            Problem::new(
-                "CaInvalid",
-                format!("the CA Secret {name} does not hold a usable CA: {e}"),
-            )
-        }));
+        return Ok(read_ca(&secret, &name));
     }
     let ca = match Ca::new(&format!("logplayer {ns}/{} CA", lp.name_any()), CA_VALIDITY) {
         Ok(ca) => ca,
@@ -248,24 +248,11 @@ async fn ca(
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(BTreeMap::from([
-            (
-                "tls.crt".to_owned(),
-                ByteString(ca.pem.cert.clone().into_bytes()),
-            ),
-            (
-                "tls.key".to_owned(),
-                ByteString(ca.pem.key.clone().into_bytes()),
-            ),
-            (
-                "ca.crt".to_owned(),
-                ByteString(ca.pem.cert.clone().into_bytes()),
-            ),
-        ])),
+        data: Some(tls_data(&ca.pem.cert, &ca.pem.key, &ca.pem.cert)),
         ..Secret::default()
     };
     // Created, never applied over: a CA someone made meanwhile wins (the create fails and
-    // the next reconciliation reads it).
+    // that one is read).
     let created = api
         .create(
             &kube::api::PostParams {
@@ -280,12 +267,7 @@ async fn ca(
             tracing::info!(secret = %name, "created the LogPlayer's CA");
             Ok(Ok(ca))
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Err(Problem::new(
-            "CaInvalid",
-            format!(
-                "the CA Secret {name} appeared while it was being created; reading it next time"
-            ),
-        ))),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(read_ca(&api.get(&name).await?, &name)),
         Err(e) => Err(e.into()),
     }
 }

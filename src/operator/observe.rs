@@ -53,20 +53,31 @@ pub(super) async fn probe_shard(
     addr: &str,
     tls: Option<&std::sync::Arc<crate::tls::Tls>>,
 ) -> status::Probe {
-    let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
+    let asked = within(addr, async {
         let conn = crate::client::ShardConn::connect_with(addr, tls)
             .await
             .map_err(|e| e.to_string())?;
         conn.applied().await.map_err(|e| e.to_string())
     })
     .await;
-    match asked {
-        Ok(Ok(_)) => status::Probe::Reachable,
-        Ok(Err(e)) => status::Probe::Unreachable(format!("{addr} does not answer: {e}")),
-        Err(_) => status::Probe::Unreachable(format!(
-            "{addr} did not answer within {}",
+    asked.map_or_else(|unreachable| unreachable, |_| status::Probe::Reachable)
+}
+
+/// Runs a probe's `call` for at most [`PROBE_TIMEOUT`]; a failure is `Unreachable`, naming
+/// `what` was asked.
+async fn within<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, status::Probe> {
+    match tokio::time::timeout(PROBE_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(status::Probe::Unreachable(format!(
+            "{what} does not answer: {e}"
+        ))),
+        Err(_) => Err(status::Probe::Unreachable(format!(
+            "{what} did not answer within {}",
             humantime::format_duration(PROBE_TIMEOUT)
-        )),
+        ))),
     }
 }
 /// How long a probe of a shard or the LogStore may take before it counts as unreachable.
@@ -87,7 +98,7 @@ async fn probe_log(
     addr: &str,
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
 ) -> (status::Probe, Option<i64>) {
-    let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
+    let asked = within(&format!("LogStore at {addr}"), async {
         let log = crate::client::Log::connect_with(addr, tls)
             .await
             .map_err(|e| e.to_string())?;
@@ -95,18 +106,8 @@ async fn probe_log(
     })
     .await;
     match asked {
-        Ok(Ok((_, last))) => (status::Probe::Reachable, i64::try_from(last).ok()),
-        Ok(Err(e)) => (
-            status::Probe::Unreachable(format!("LogStore at {addr} does not answer: {e}")),
-            None,
-        ),
-        Err(_) => (
-            status::Probe::Unreachable(format!(
-                "LogStore at {addr} did not answer within {}",
-                humantime::format_duration(PROBE_TIMEOUT)
-            )),
-            None,
-        ),
+        Ok((_, last)) => (status::Probe::Reachable, i64::try_from(last).ok()),
+        Err(unreachable) => (unreachable, None),
     }
 }
 

@@ -75,6 +75,9 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
     let mut apply_problems = Vec::new();
     let mut log_seen = None;
     let mut certificates = certs::CertState::NotChecked;
+    // The admin identity, once read (after the certificates are kept, so a new LogPlayer's
+    // first reconciliation has it).
+    let mut identity = None;
     let spec_problem = match (
         selector_problem,
         desired::player_objects(lp, &shards, &ctx.defaults),
@@ -85,6 +88,7 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
                 let leaves = certs::leaves(lp, &ns, &shards);
                 certificates = certs::keep(&ctx.client, &ns, lp, &leaves).await?;
                 let tls = certs::admin_identity(&ctx.client, &ns, Some(lp)).await?;
+                identity = Some(tls.clone());
                 let members = log_members_before(ctx, lp, &ns, &mut objects, tls.clone()).await;
                 apply_problems = apply_player_objects(&ctx.client, &ns, lp, objects).await?;
                 log_seen = members_step(ctx, lp, &ns, members, tls).await?;
@@ -105,7 +109,10 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         spec_problem,
         apply_problems,
         paused: is_paused,
-        tls: certs::admin_identity(&ctx.client, &ns, Some(lp)).await?,
+        tls: match identity {
+            Some(tls) => tls,
+            None => certs::admin_identity(&ctx.client, &ns, Some(lp)).await?,
+        },
         certificates,
     };
     let mut observed = observe(ctx, lp, &ns, &shards, found).await?;

@@ -146,15 +146,7 @@ impl Tls {
     /// Reads the files (a missing or malformed one is refused by name).
     pub fn load(files: TlsFiles) -> Result<Arc<Tls>, TlsError> {
         let contents = [read(&files.cert)?, read(&files.key)?, read(&files.ca)?];
-        let loaded = Arc::new(build(&files, &contents)?);
-        Ok(Arc::new(Tls {
-            files: Some(files),
-            state: Mutex::new(State {
-                loaded,
-                contents,
-                checked: Instant::now(),
-            }),
-        }))
+        Tls::built(&files, contents, Some(files.clone()))
     }
 
     /// An identity from PEM text (a certificate chain, its key, the CA certificates), as the
@@ -165,10 +157,18 @@ impl Tls {
             key: PathBuf::from(format!("{what}: tls.key")),
             ca: PathBuf::from(format!("{what}: ca.crt")),
         };
-        let contents = [cert.into(), key.into(), ca.into()];
-        let loaded = Arc::new(build(&named, &contents)?);
+        Tls::built(&named, [cert.into(), key.into(), ca.into()], None)
+    }
+
+    /// The identity `contents` make (`named` names them in errors); `files` are read again.
+    fn built(
+        named: &TlsFiles,
+        contents: [Vec<u8>; 3],
+        files: Option<TlsFiles>,
+    ) -> Result<Arc<Tls>, TlsError> {
+        let loaded = Arc::new(build(named, &contents)?);
         Ok(Arc::new(Tls {
-            files: None,
+            files,
             state: Mutex::new(State {
                 loaded,
                 contents,
