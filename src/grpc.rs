@@ -273,10 +273,14 @@ pub fn server() -> Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
 
-/// The layers of every server: refusals rewritten, then each call authorized.
+/// The layers of every server: each call counted as open on its connection, refusals
+/// rewritten, then each call authorized.
 pub type Layers = tower::layer::util::Stack<
     crate::tls::authz::AuthzLayer,
-    tower::layer::util::Stack<DecodeRefusalLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        DecodeRefusalLayer,
+        tower::layer::util::Stack<crate::serving::idle::IdleLayer, tower::layer::util::Identity>,
+    >,
 >;
 
 /// A server with our settings, `grpc.health.v1` reporting `service` as serving, and
@@ -288,6 +292,7 @@ pub async fn router(service: &str) -> Result<tonic::transport::server::Router<La
         .await;
     let (v1, v1alpha) = reflection(service)?;
     Ok(server()
+        .layer(crate::serving::idle::IdleLayer)
         .layer(DecodeRefusalLayer)
         .layer(crate::tls::authz::AuthzLayer)
         .add_service(health_service)

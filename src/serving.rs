@@ -8,7 +8,10 @@
 //! log once [`READ_STREAM_BUFFER`] responses wait for it, on top of what HTTP/2 holds (one
 //! encoded response and hyper's send buffer of 400 KiB at most), so the `Read` streams hold
 //! at most [`ServerLimits::read_memory_bound`]. Connections whose peer is gone are closed by
-//! the HTTP/2 keepalive (a ping every 10 s, 20 s to answer).
+//! the HTTP/2 keepalive (a ping every 10 s, 20 s to answer); connections with no call open
+//! for `--idle-connection-timeout` are closed too ([`idle`]).
+
+pub mod idle;
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -36,6 +39,8 @@ pub struct ServerLimits {
     /// A `Read` stream whose reader has taken nothing for this long while responses wait
     /// for it is ended (`RESOURCE_EXHAUSTED` / `busy`), freeing its slot.
     pub read_stall_timeout: std::time::Duration,
+    /// A connection with no call open for this long is closed.
+    pub idle_connection_timeout: std::time::Duration,
 }
 
 impl Default for ServerLimits {
@@ -45,6 +50,7 @@ impl Default for ServerLimits {
             max_streams_per_connection: 128,
             max_read_streams: 64,
             read_stall_timeout: std::time::Duration::from_secs(60),
+            idle_connection_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -84,35 +90,41 @@ pub fn read_slot() -> Option<OwnedSemaphorePermit> {
         .ok()
 }
 
-/// An accepted connection as tonic serves it: its byte stream, what every request on it
-/// is handed (`info`, in the request extensions), and, while it is open, its slot among
-/// [`ServerLimits::max_connections`].
+/// An accepted connection of a transport of ours (TLS): its byte stream, and what every
+/// request on it is handed (`info`, in the request extensions).
 pub struct Accepted<T, C> {
     io: T,
     // Boxed so that the connection is `Unpin` whatever `C` is.
     info: Box<C>,
-    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<T, C> Accepted<T, C> {
-    /// A connection handing `info` to its requests (not counted: [`counted`] does that).
+    /// A connection handing `info` to its requests.
     pub fn new(io: T, info: C) -> Self {
         Accepted {
             io,
             info: Box::new(info),
-            _slot: None,
         }
     }
 }
 
+/// A connection as a server serves it ([`counted`]): its byte stream, which ends once no
+/// call has been open on it for [`ServerLimits::idle_connection_timeout`], and, while it is
+/// open, its slot among [`ServerLimits::max_connections`].
+pub struct Served<T> {
+    io: T,
+    linked: idle::Linked,
+    idle: idle::IdleTimer,
+    _slot: OwnedSemaphorePermit,
+}
+
 /// `incoming`, with each connection beyond [`ServerLimits::max_connections`] closed at once
-/// (and warned about).
-pub fn counted<S, T, E>(
-    incoming: S,
-) -> impl futures::Stream<Item = Result<Accepted<T, T::ConnectInfo>, E>>
+/// (and warned about), and each idle one closed after
+/// [`ServerLimits::idle_connection_timeout`].
+pub fn counted<S, T, E>(incoming: S) -> impl futures::Stream<Item = Result<Served<T>, E>>
 where
     S: futures::Stream<Item = Result<T, E>>,
-    T: tonic::transport::server::Connected,
+    T: tonic::transport::server::Connected<ConnectInfo: Clone + Send + Sync + 'static>,
 {
     let slots = CONNECTIONS
         .get_or_init(|| Arc::new(Semaphore::new(limits().max_connections)))
@@ -121,11 +133,24 @@ where
         let out = match accepted {
             Err(e) => Some(Err(e)),
             Ok(io) => match slots.clone().try_acquire_owned() {
-                Ok(slot) => Some(Ok(Accepted {
-                    info: Box::new(io.connect_info()),
-                    io,
-                    _slot: Some(slot),
-                })),
+                Ok(slot) => {
+                    let info = io.connect_info();
+                    let activity = idle::Activity::new();
+                    Some(Ok(Served {
+                        io,
+                        idle: idle::IdleTimer::new(
+                            activity.clone(),
+                            limits().idle_connection_timeout,
+                        ),
+                        linked: idle::Linked {
+                            activity,
+                            restore: Arc::new(move |extensions| {
+                                extensions.insert(info.clone());
+                            }),
+                        },
+                        _slot: slot,
+                    }))
+                }
                 Err(_) => {
                     tracing::warn!(
                         max = limits().max_connections,
@@ -146,6 +171,34 @@ impl<T, C: Clone + Send + Sync + 'static> tonic::transport::server::Connected fo
     }
 }
 
+impl<T> tonic::transport::server::Connected for Served<T> {
+    type ConnectInfo = idle::Linked;
+    fn connect_info(&self) -> idle::Linked {
+        self.linked.clone()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Served<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Pending if this.idle.expired(cx) => {
+                // End of file: hyper closes the connection (no call is open on it).
+                tracing::debug!(
+                    timeout = ?limits().idle_connection_timeout,
+                    "closing a connection with no call open"
+                );
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin, C> AsyncRead for Accepted<T, C> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -156,32 +209,39 @@ impl<T: AsyncRead + Unpin, C> AsyncRead for Accepted<T, C> {
     }
 }
 
-impl<T: AsyncWrite + Unpin, C> AsyncWrite for Accepted<T, C> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
+/// Writing to a connection is writing to its byte stream (`io`).
+macro_rules! write_through {
+    ($($generics:ident),* ; $ty:ty) => {
+        impl<T: AsyncWrite + Unpin, $($generics),*> AsyncWrite for $ty {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                Pin::new(&mut self.io).poll_write(cx, buf)
+            }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.io).poll_flush(cx)
+            }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+            fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.io).poll_shutdown(cx)
+            }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
+            fn poll_write_vectored(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> Poll<std::io::Result<usize>> {
+                Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+            }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
+            fn is_write_vectored(&self) -> bool {
+                self.io.is_write_vectored()
+            }
+        }
+    };
 }
+write_through!(C; Accepted<T, C>);
+write_through!(; Served<T>);

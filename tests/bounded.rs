@@ -211,3 +211,72 @@ async fn a_stalled_read_stream_is_ended_and_frees_its_slot() {
         end.message()
     );
 }
+
+/// `--idle-connection-timeout`: a connection with no call open is closed once the timeout
+/// passes, while one with a quiet call open (a tailing `Read` with nothing new) is kept and
+/// still delivers what is appended later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_a_quiet_call_keeps_one_open() {
+    use tokio::io::AsyncReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--idle-connection-timeout", "1s"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let addr = c.logstore.addr().to_owned();
+    // A connection that never makes a call: the server's HTTP/2 settings, then the end.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an idle connection was still open after 6 s"
+    );
+    // A tailing read, quiet for three timeouts, then an append: delivered on the same call.
+    let mut client = LogStoreClient::new(logplayer::grpc::connect(&addr).await.unwrap());
+    let mut tail = client
+        .read(ReadRequest {
+            from: 1,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = logplayer::client::Log::connect(&addr).await.unwrap();
+    let report = common::start_load(&log, common::load_spec(10, 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 0);
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tail.message().await {
+                Ok(Some(r)) if r.entries.is_empty() => continue,
+                Ok(Some(r)) => return Ok(r.entries[0].index),
+                Ok(None) => return Err("ended".to_owned()),
+                Err(s) => return Err(format!("{s:?}")),
+            }
+        }
+    })
+    .await
+    .expect("the tailing read delivered nothing");
+    assert_eq!(
+        first,
+        Ok(1),
+        "the tailing read's connection was closed as idle"
+    );
+}

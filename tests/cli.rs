@@ -1,6 +1,6 @@
 //! The command line as a user meets it: a user error is one line on stderr (no backtrace,
 //! whatever `RUST_BACKTRACE` says) with exit code 1, and logs written to a pipe carry no
-//! ANSI colour codes.
+//! ANSI colour codes; `LOGPLAYER_INSECURE` reads as a boolean does elsewhere.
 
 mod common;
 
@@ -79,4 +79,28 @@ fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
             }
         }
     }
+}
+
+/// `LOGPLAYER_INSECURE` takes the usual spellings of a boolean (`1`, `yes`, `on`, `true` and
+/// their opposites); anything else is refused naming the flag.
+#[test]
+fn the_insecure_variable_takes_the_usual_booleans() {
+    let run = |value: &str| {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", value)
+            .args(["player", "--shard-map", "/nonexistent/map.yaml"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for yes in ["1", "yes", "on", "true"] {
+        let stderr = run(yes);
+        assert!(stderr.contains("/nonexistent/map.yaml"), "{yes}: {stderr}");
+    }
+    for no in ["0", "no", "off", "false"] {
+        let stderr = run(no);
+        assert!(stderr.contains("no TLS configured"), "{no}: {stderr}");
+    }
+    let stderr = run("maybe");
+    assert!(stderr.contains("'--insecure'"), "{stderr}");
 }

@@ -70,6 +70,8 @@ pub struct TlsArgs {
         long,
         global = true,
         env = "LOGPLAYER_INSECURE",
+        // `1`, `yes`, `on` as well as `true` (and their opposites), as in most tools.
+        value_parser = clap::builder::BoolishValueParser::new(),
         conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"]
     )]
     insecure: bool,

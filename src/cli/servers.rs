@@ -125,6 +125,10 @@ pub struct CallerLimits {
     /// with nothing new to read is not stalled.
     #[arg(long, env = "LOGPLAYER_READ_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     read_stall_timeout: std::time::Duration,
+    /// A connection with no call open for this long is closed (a client reconnects on its
+    /// next call).
+    #[arg(long, env = "LOGPLAYER_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_connection_timeout: std::time::Duration,
 }
 
 impl CallerLimits {
@@ -140,11 +144,15 @@ impl CallerLimits {
         if self.read_stall_timeout.is_zero() {
             bail!("--read-stall-timeout must be above zero");
         }
+        if self.idle_connection_timeout.is_zero() {
+            bail!("--idle-connection-timeout must be above zero");
+        }
         crate::serving::install(crate::serving::ServerLimits {
             max_connections: self.max_connections,
             max_streams_per_connection: self.max_streams_per_connection,
             max_read_streams: self.max_read_streams,
             read_stall_timeout: self.read_stall_timeout,
+            idle_connection_timeout: self.idle_connection_timeout,
         });
         Ok(())
     }
