@@ -62,3 +62,11 @@ fn a_managed_shard_server() {
     let first = servers.into_iter().next().expect("a managed shard");
     insta::assert_yaml_snapshot!((first.service, first.stateful_set));
 }
+
+#[test]
+fn the_network_policies() {
+    let lp = logplayer(managed_spec());
+    let shards = four_shards();
+    let shard = shard_network_policy(&shards[0], Some(&lp), &Defaults::default());
+    insta::assert_yaml_snapshot!((objects(&lp, &shards).network_policies, shard));
+}
