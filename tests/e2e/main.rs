@@ -44,6 +44,7 @@
 //! as ignored, unless `LOGPLAYER_REQUIRE_E2E=1`, which fails. `LOGPLAYER_E2E_KEEP=1` keeps the
 //! control plane's directory.
 
+mod certs;
 mod cluster;
 mod failover;
 mod log_replicas;
@@ -709,6 +710,38 @@ where
     .await
 }
 
+/// Labels `ns` to enforce the `restricted` Pod Security Standard, then checks the API
+/// server's PodSecurity admission refuses there a pod that breaks it (so that every pod the
+/// operator's workloads create in `ns` afterwards is known to satisfy it).
+fn restricted_namespace(h: &Harness, ns: &str) -> anyhow::Result<()> {
+    h.cp.kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    ])?;
+    let file = h.cp.dir().join("unrestricted-pod.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "unrestricted", "namespace": ns},
+            "spec": {"containers": [{"name": "c", "image": "e2e.invalid/x"}]}
+        })
+        .to_string(),
+    )?;
+    let path = file.display().to_string();
+    let out =
+        h.cp.kubectl_raw(&["create", "-f", &path, "--dry-run=server"])?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && text.contains("violates PodSecurity \"restricted"),
+        "namespace {ns} admitted a pod that breaks the restricted Pod Security Standard: {text}"
+    );
+    Ok(())
+}
+
 fn condition(obj: &Value, ty: &str) -> Option<Value> {
     obj.pointer("/status/conditions")?
         .as_array()?
@@ -726,6 +759,7 @@ async fn get_json(h: &Harness, kind: &str, name: &str) -> Result<Value, String> 
 
 async fn example(h: &Harness) -> anyhow::Result<()> {
     h.cp.kubectl(&["create", "namespace", DEMO_NS])?;
+    restricted_namespace(h, DEMO_NS)?;
     h.cp.kubectl(&["-n", DEMO_NS, "apply", "-f", "deploy/example/"])?;
 
     for s in [
@@ -968,8 +1002,8 @@ async fn demo_tls(h: &Harness, lp: &Value) -> anyhow::Result<()> {
         Duration::from_secs(24 * 3600),
     )?;
     let tls = logplayer::tls::Tls::from_pem("e2e", &me.cert, &me.key, &text(&ca, "tls.crt"))?;
-    logplayer::tls::install(logplayer::tls::Security::Tls(tls));
-    Ok(())
+    logplayer::tls::install(logplayer::tls::Security::Tls(tls.clone()));
+    certs::a_certificate_nearing_expiry_is_renewed_and_served(h, &issuer, &tls).await
 }
 
 // ---- d. failover -------------------------------------------------------------------------
