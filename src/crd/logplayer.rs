@@ -168,15 +168,25 @@ pub struct PeerSelector {
 /// `<name>-writer-tls` for your writers (`writer`, for `writerIds`) and `<name>-admin-tls`
 /// (`admin`: `logplayer status`, `dump`, `logstore members`; the operator uses it too).
 /// Each is valid 90 days and issued again 30 days before it expires, or at once when it was
-/// not signed by the current CA. Pods read renewed files without a restart.
+/// not signed by the current CA. Pods read renewed files without a restart. In `CertManager`
+/// mode cert-manager issues and renews the same Secrets instead, from `issuerRef`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'CertManager' || has(self.issuerRef)")
+    .message("tls.mode CertManager needs tls.issuerRef (the cert-manager issuer to sign with)"))]
 pub struct TlsSettings {
-    /// `Operator` (default): mutual TLS with the certificates above. `Insecure`: plaintext
+    /// `Operator` (default): mutual TLS with the certificates above, issued by the operator.
+    /// `CertManager`: the same certificates, as cert-manager `Certificate`s the operator
+    /// creates (signed by `issuerRef`; cert-manager renews them). `Insecure`: plaintext
     /// gRPC and no authentication (every pod runs with `--insecure`): only on a network
     /// where every pod that can connect is trusted.
     #[serde(default)]
     pub mode: TlsMode,
+    /// (`mode: CertManager`) The cert-manager issuer that signs every certificate: one that
+    /// writes `ca.crt` into the Secrets and allows URI names (a `CA` or `Vault` issuer, or an
+    /// external one such as AWS Private CA); ACME issuers cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
     /// Secret holding the CA certificate and key (`tls.crt`, `tls.key`, PEM). The operator
     /// creates it (a CA valid 10 years) when it does not exist; to bring your own CA, or one
     /// cert-manager keeps (a `Certificate` with `isCA: true` writes such a Secret), create it
@@ -189,6 +199,31 @@ pub struct TlsSettings {
     #[serde(default = "default_writer_ids")]
     #[schemars(length(min = 1, max = 32))]
     pub writer_ids: Vec<WriterId>,
+}
+
+/// A cert-manager issuer (`cert-manager.io/v1` `issuerRef`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The issuer's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (default; in the LogPlayer's namespace), `ClusterIssuer`, or an external
+    /// issuer's kind.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// The issuer's API group. Default `cert-manager.io`.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_owned()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_owned()
 }
 
 /// A writer id the writer certificate grants, or `PREFIX*` for every id with that prefix.
@@ -205,6 +240,7 @@ impl Default for TlsSettings {
         TlsSettings {
             mode: TlsMode::default(),
             ca_secret: None,
+            issuer_ref: None,
             writer_ids: default_writer_ids(),
         }
     }
@@ -216,6 +252,8 @@ pub enum TlsMode {
     /// Mutual TLS with certificates the operator issues from the CA in `caSecret`.
     #[default]
     Operator,
+    /// Mutual TLS with the same certificates, issued by cert-manager from `issuerRef`.
+    CertManager,
     /// Plaintext, nobody authenticated.
     Insecure,
 }

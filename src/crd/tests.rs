@@ -229,6 +229,10 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         rules(&spec["properties"]["logStore"]),
         ["has(self.external) != has(self.managed)"]
     );
+    assert_eq!(
+        rules(&spec["properties"]["tls"]),
+        ["!has(self.mode) || self.mode != 'CertManager' || has(self.issuerRef)"]
+    );
     let lease_rules = rules(&spec["properties"]["lease"]);
     assert_eq!(lease_rules.len(), 2, "{lease_rules:?}");
     assert!(lease_rules.iter().all(|r| r.contains("duration(")));
@@ -287,7 +291,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 10, "{found:#?}");
+    assert_eq!(found.len(), 11, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

@@ -5,7 +5,8 @@
 //! [`RENEW_BEFORE`] before it expires, when it was signed by another CA than the current
 //! one, or when the roles it should grant changed; otherwise it is left alone (its key is
 //! never rotated for nothing). The operator dials the LogPlayer's servers with the admin
-//! certificate ([`admin_identity`]).
+//! certificate ([`admin_identity`]). In `CertManager` mode the same leaves are cert-manager
+//! `Certificate`s instead (`super::cert_manager`).
 //!
 //! Written here rather than left to cert-manager: the operator must work in a cluster
 //! without it, and what it needs (a CA, a few leaves with URI names, renewal by date) is a
@@ -54,7 +55,7 @@ pub struct Leaf {
 
 impl Leaf {
     /// The grants as the annotation writes them (`logplayer://ROLE/NAME`, comma-separated).
-    fn grants_text(&self) -> String {
+    pub fn grants_text(&self) -> String {
         self.grants
             .iter()
             .map(|(role, name)| role.uri(name))
@@ -184,7 +185,12 @@ pub enum CertState {
     /// `spec.tls.mode: Insecure`.
     Insecure,
     /// Every leaf is current; the first of them (or the CA) to expire, as unix seconds.
-    Ready { count: usize, first_expiry: i64 },
+    /// `issuer` names the cert-manager issuer in `CertManager` mode.
+    Ready {
+        count: usize,
+        first_expiry: i64,
+        issuer: Option<String>,
+    },
     /// Something to fix (an unusable CA, one expiring soon, a leaf that could not be issued).
     Problem(Problem),
 }
@@ -281,10 +287,14 @@ pub async fn keep(
     lp: &LogPlayer,
     leaves: &[Leaf],
 ) -> Result<CertState, OperatorError> {
-    if lp.spec.tls.mode == TlsMode::Insecure {
-        return Ok(CertState::Insecure);
-    }
-    match keep_issued(client, ns, lp, leaves).await {
+    let kept = match lp.spec.tls.mode {
+        TlsMode::Insecure => return Ok(CertState::Insecure),
+        TlsMode::CertManager => {
+            return super::cert_manager::keep(client, ns, lp, leaves).await;
+        }
+        TlsMode::Operator => keep_issued(client, ns, lp, leaves).await,
+    };
+    match kept {
         Ok(state) => Ok(state),
         Err(e) => match e.as_apply_problem() {
             Some(p) => Ok(CertState::Problem(Problem::new(
@@ -357,6 +367,7 @@ async fn keep_issued(
     Ok(CertState::Ready {
         count: leaves.len(),
         first_expiry,
+        issuer: None,
     })
 }
 
@@ -367,7 +378,7 @@ pub async fn admin_identity(
     ns: &str,
     lp: Option<&LogPlayer>,
 ) -> Result<Option<Arc<Tls>>, OperatorError> {
-    let Some(lp) = lp.filter(|lp| lp.spec.tls.mode == TlsMode::Operator) else {
+    let Some(lp) = lp.filter(|lp| lp.spec.tls.mode != TlsMode::Insecure) else {
         return Ok(None);
     };
     let name = tls_secret(lp, "admin");

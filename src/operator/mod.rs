@@ -19,6 +19,7 @@
 //! the operator then only reports status (with `ReconciliationPaused`).
 
 mod apply;
+pub mod cert_manager;
 pub mod certs;
 pub mod desired;
 pub mod log_members;

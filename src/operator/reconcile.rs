@@ -392,7 +392,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let no_identity_yet = tls.is_none()
         && owner
             .as_ref()
-            .is_some_and(|lp| lp.spec.tls.mode == crate::crd::TlsMode::Operator);
+            .is_some_and(|lp| lp.spec.tls.mode != crate::crd::TlsMode::Insecure);
     let probe = match &endpoint {
         Some(_) if down => status::Probe::NotRunning,
         Some(addr) => probe_shard(addr, tls.as_ref()).await,

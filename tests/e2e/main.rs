@@ -80,7 +80,7 @@ type Scenario = fn(&Harness) -> futures::future::BoxFuture<'_, anyhow::Result<()
 /// The scenarios, in the order they build on each other. Each is its own test (named
 /// `e2e::<letter>_<what>`); running one runs the ones before it first, on the same control
 /// plane.
-const SCENARIOS: [(&str, Scenario); 12] = [
+const SCENARIOS: [(&str, Scenario); 13] = [
     ("e2e::a_crds", |h| Box::pin(crds(h))),
     ("e2e::b_helm_chart_and_operator_rbac", |h| Box::pin(helm(h))),
     ("e2e::c_the_example_logplayer", |h| Box::pin(example(h))),
@@ -98,6 +98,9 @@ const SCENARIOS: [(&str, Scenario); 12] = [
     }),
     ("e2e::g_invalid_resources", |h| {
         Box::pin(resources::invalid_resources(h))
+    }),
+    ("e2e::m_cert_manager_certificates", |h| {
+        Box::pin(certs::cert_manager_certificates(h))
     }),
     ("e2e::i_operator_failover", |h| {
         Box::pin(operator::operator_failover(h))

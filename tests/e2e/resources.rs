@@ -223,6 +223,12 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
                 ),
             &["spec.logStore.managed", "must be odd"],
         ),
+        (
+            "a LogPlayer in CertManager mode without an issuer",
+            "no-issuer.yaml",
+            logplayer_yaml("no-issuer", "    mode: CertManager\n"),
+            &["spec.tls", "needs tls.issuerRef"],
+        ),
     ];
     for (what, file, yaml, words) in &refused {
         let out = apply(h, DEMO_NS, file, yaml)?;

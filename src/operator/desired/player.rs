@@ -171,7 +171,7 @@ pub fn player_objects(
         owner: owner_of(lp),
         image: spec.image.clone().unwrap_or_else(|| defaults.image.clone()),
         ns,
-        tls: spec.tls.mode == crate::crd::TlsMode::Operator,
+        tls: spec.tls.mode != crate::crd::TlsMode::Insecure,
     };
     let logstore = match backend {
         Backend::External(_) => None,

@@ -293,12 +293,17 @@ fn certificates_ready(obs: &Observed) -> Option<Verdict> {
         CertState::Ready {
             count,
             first_expiry,
+            issuer,
         } => verdict(
             true,
             "Issued",
             format!(
-                "{count} certificates issued from the CA; the first to expire does at {}, \
+                "{count} certificates issued {}; the first to expire does at {}, \
                  each is issued again 30 days before",
+                match issuer {
+                    Some(issuer) => format!("by cert-manager ({issuer})"),
+                    None => "from the CA".to_owned(),
+                },
                 k8s_openapi::jiff::Timestamp::from_second(*first_expiry)
                     .map(|t| t.to_string())
                     .unwrap_or_else(|_| first_expiry.to_string())

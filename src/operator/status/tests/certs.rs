@@ -19,11 +19,27 @@ fn certificate_problems_are_a_condition_and_degrade() {
         o.certificates = CertState::Ready {
             count: 5,
             first_expiry: 1_900_000_000,
+            issuer: None,
         }
     });
     let c = cond_of(&ready).expect("a condition");
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Issued"));
     assert!(c.message.contains("2030-03-17"), "{}", c.message);
+    assert!(c.message.contains("from the CA"), "{}", c.message);
+    let by_cert_manager = healthy_with(|o| {
+        o.certificates = CertState::Ready {
+            count: 5,
+            first_expiry: 1_900_000_000,
+            issuer: Some("ClusterIssuer corp-ca".into()),
+        }
+    });
+    let c = cond_of(&by_cert_manager).expect("a condition");
+    assert!(
+        c.message
+            .contains("by cert-manager (ClusterIssuer corp-ca)"),
+        "{}",
+        c.message
+    );
     let bad = healthy_with(|o| {
         o.certificates = CertState::Problem(Problem::new(
             "CaInvalid",
