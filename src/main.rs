@@ -3,7 +3,12 @@
 //! variable), sets up logging and runs the command.
 #![forbid(unsafe_code)]
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    logplayer::cli::main().await
+fn main() -> std::process::ExitCode {
+    match logplayer::cli::runtime() {
+        Ok(runtime) => runtime.block_on(logplayer::cli::main()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

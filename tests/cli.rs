@@ -1,6 +1,7 @@
 //! The command line as a user meets it: a user error is one line on stderr (no backtrace,
 //! whatever `RUST_BACKTRACE` says) with exit code 1, and logs written to a pipe carry no
-//! ANSI colour codes; `LOGPLAYER_INSECURE` reads as a boolean does elsewhere.
+//! ANSI colour codes; `LOGPLAYER_INSECURE` reads as a boolean does elsewhere, and
+//! `LOGPLAYER_RUNTIME` takes one of two runtimes.
 
 mod common;
 
@@ -103,4 +104,33 @@ fn the_insecure_variable_takes_the_usual_booleans() {
     }
     let stderr = run("maybe");
     assert!(stderr.contains("'--insecure'"), "{stderr}");
+}
+
+/// `LOGPLAYER_RUNTIME` picks the async runtime; a value that is neither is refused before
+/// anything runs, naming the variable and the choices.
+#[test]
+fn the_runtime_variable_takes_two_values() {
+    let run = |value: &str| {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_RUNTIME", value)
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(["player", "--shard-map", "/nonexistent/map.yaml"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for ok in ["current-thread", "multi-thread"] {
+        let (code, stderr) = run(ok);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("/nonexistent/map.yaml"), "{ok}: {stderr}");
+    }
+    let (code, stderr) = run("green-threads");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("LOGPLAYER_RUNTIME") && stderr.contains("current-thread"),
+        "{stderr}"
+    );
 }

@@ -181,6 +181,26 @@ fn init_tracing(format: LogFormat) {
 
 /// Runs the command line and turns an error into one line on stderr (its causes joined,
 /// never a backtrace, whatever `RUST_BACKTRACE` says) and exit code 1.
+/// The async runtime every command runs on: tokio's multi-threaded one (one worker per
+/// core, or `TOKIO_WORKER_THREADS`), or with `LOGPLAYER_RUNTIME=current-thread` a single
+/// thread (fsync-bound work keeps its own threads either way; see `blocking`). Read from
+/// the environment, not a flag, because the runtime exists before the flags are parsed.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = match std::env::var("LOGPLAYER_RUNTIME").as_deref() {
+        Err(_) | Ok("") | Ok("multi-thread") => tokio::runtime::Builder::new_multi_thread(),
+        Ok("current-thread") => tokio::runtime::Builder::new_current_thread(),
+        Ok(other) => {
+            return Err(format!(
+                "LOGPLAYER_RUNTIME is {other:?}: use multi-thread (the default) or current-thread"
+            ));
+        }
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))
+}
+
 pub async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
