@@ -32,7 +32,9 @@ use tools::{BenchArgs, DemoArgs, FailoverBenchArgs, LoadArgs};
     about = "Exactly-once, in-order delivery of a write-ahead log to storage shards",
     long_about = "LogPlayer delivers every entry of a write-ahead log to the shards that own its \
 keys, exactly once and in log order per shard, through shard crashes, player crashes and \
-disconnects.\n\nStart here: `logplayer demo` runs everything on this machine and checks it."
+disconnects.\n\nStart here: `logplayer demo` runs everything on this machine and checks it.",
+    after_long_help = "Environment: LOGPLAYER_RUNTIME=current-thread runs the process on one \
+thread (default multi-thread, one worker per core; TOKIO_WORKER_THREADS=N sets the count)."
 )]
 pub struct Cli {
     #[command(subcommand)]
