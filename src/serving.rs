@@ -41,6 +41,9 @@ pub struct ServerLimits {
     pub read_stall_timeout: std::time::Duration,
     /// A connection with no call open for this long is closed.
     pub idle_connection_timeout: std::time::Duration,
+    /// The LogStore's `AppendStream` with no append for this long is ended
+    /// (`UNAVAILABLE` / `unavailable`, after the answers to every earlier append).
+    pub idle_stream_timeout: std::time::Duration,
 }
 
 impl Default for ServerLimits {
@@ -51,6 +54,7 @@ impl Default for ServerLimits {
             max_read_streams: 64,
             read_stall_timeout: std::time::Duration::from_secs(60),
             idle_connection_timeout: std::time::Duration::from_secs(300),
+            idle_stream_timeout: std::time::Duration::from_secs(600),
         }
     }
 }

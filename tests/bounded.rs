@@ -280,3 +280,55 @@ async fn an_idle_connection_is_closed_and_a_quiet_call_keeps_one_open() {
         "the tailing read's connection was closed as idle"
     );
 }
+
+/// `--idle-stream-timeout`: an `AppendStream` with no append for that long is ended
+/// `unavailable` after the answer to its last append (nothing left to resend), while one that
+/// keeps appending is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_stream_with_no_append_is_ended_after_the_idle_stream_timeout() {
+    use logplayer::proto::mutation::Op;
+    use logplayer::proto::{AppendRequest, Mutation};
+    let dir = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--idle-stream-timeout", "1s"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut client =
+        LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+    let add = |n| AppendRequest {
+        mutations: vec![Mutation {
+            key: b"c-1".to_vec().into(),
+            op: Some(Op::Add(n)),
+        }],
+        ..Default::default()
+    };
+    // Busy: an append every 300 ms for 3 s, every one answered on the same stream.
+    let (tx, rx) = tokio::sync::mpsc::channel::<AppendRequest>(2);
+    let mut busy = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 1..=10u64 {
+        tx.send(add(1)).await.unwrap();
+        let r = busy.message().await.unwrap().expect("an answer");
+        assert_eq!(r.index, i, "append {i} on a busy stream");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Idle: nothing sent after the last answer; the stream ends within a few seconds.
+    let ended = tokio::time::timeout(Duration::from_secs(5), busy.message())
+        .await
+        .expect("an idle append stream was still open after 5 s");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(Reason::of(&status), Some(Reason::Unavailable), "{status:?}");
+    assert!(
+        status.message().contains("--idle-stream-timeout"),
+        "{status:?}"
+    );
+    drop(tx);
+}

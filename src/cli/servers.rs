@@ -129,6 +129,11 @@ pub struct CallerLimits {
     /// next call).
     #[arg(long, env = "LOGPLAYER_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     idle_connection_timeout: std::time::Duration,
+    /// (LogStore) An `AppendStream` with no append for this long is ended (UNAVAILABLE,
+    /// unavailable) after the answers to all its earlier appends; the writer opens a new one
+    /// for its next append.
+    #[arg(long, env = "LOGPLAYER_IDLE_STREAM_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    idle_stream_timeout: std::time::Duration,
 }
 
 impl CallerLimits {
@@ -144,8 +149,8 @@ impl CallerLimits {
         if self.read_stall_timeout.is_zero() {
             bail!("--read-stall-timeout must be above zero");
         }
-        if self.idle_connection_timeout.is_zero() {
-            bail!("--idle-connection-timeout must be above zero");
+        if self.idle_connection_timeout.is_zero() || self.idle_stream_timeout.is_zero() {
+            bail!("--idle-connection-timeout and --idle-stream-timeout must be above zero");
         }
         crate::serving::install(crate::serving::ServerLimits {
             max_connections: self.max_connections,
@@ -153,6 +158,7 @@ impl CallerLimits {
             max_read_streams: self.max_read_streams,
             read_stall_timeout: self.read_stall_timeout,
             idle_connection_timeout: self.idle_connection_timeout,
+            idle_stream_timeout: self.idle_stream_timeout,
         });
         Ok(())
     }

@@ -231,16 +231,23 @@ impl LogStoreRpc for Service {
         let log_id: std::sync::Arc<str> = self.log.log_id().map_err(to_status)?.into();
         let shutdown = self.shutdown.clone();
         let mut stream = StreamState::default();
+        let idle = crate::serving::limits().idle_stream_timeout;
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
-                    m = inbound.message() => m,
+                    m = tokio::time::timeout(idle, inbound.message()) => m,
                     _ = shutdown.cancelled() => return,
                 };
                 let submitted = match msg {
-                    Ok(Some(r)) => submit(&log, peer.as_deref(), r, &mut stream).await,
-                    Ok(None) => return,
-                    Err(status) => Err(grpc::decode_refusal(status)),
+                    Ok(Ok(Some(r))) => submit(&log, peer.as_deref(), r, &mut stream).await,
+                    Ok(Ok(None)) => return,
+                    Ok(Err(status)) => Err(grpc::decode_refusal(status)),
+                    // Answered after every earlier append of the stream (the replies go out
+                    // in order), so the writer has nothing left to resend.
+                    Err(_) => Err(grpc::Reason::Unavailable.status(format!(
+                        "no append on this stream for {idle:?} (--idle-stream-timeout): \
+                         open a new stream for the next one"
+                    ))),
                 };
                 let refused = submitted.is_err();
                 if pending_tx.send(submitted).await.is_err() || refused {
