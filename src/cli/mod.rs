@@ -181,8 +181,6 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Runs the command line and turns an error into one line on stderr (its causes joined,
-/// never a backtrace, whatever `RUST_BACKTRACE` says) and exit code 1.
 /// The async runtime every command runs on: tokio's multi-threaded one (one worker per
 /// core, or `TOKIO_WORKER_THREADS`), or with `LOGPLAYER_RUNTIME=current-thread` a single
 /// thread (fsync-bound work keeps its own threads either way; see `blocking`). Read from
@@ -203,6 +201,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("starting the async runtime: {e}"))
 }
 
+/// Runs the command line and turns an error into one line on stderr (its causes joined,
+/// never a backtrace, whatever `RUST_BACKTRACE` says) and exit code 1.
 pub async fn main() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
