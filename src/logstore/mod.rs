@@ -304,6 +304,8 @@ impl LogStore {
             .max(wal_config.max_record_bytes as usize);
         wal_config.max_record_bytes = u32::try_from(record_limit).unwrap_or(u32::MAX);
         wal_config.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
+        // Zero-filled ahead of the writer: an append's fsync then flushes data, not a new size.
+        wal_config.preallocate = true;
         let (wal, report) = Wal::open(wal_config)?;
         let empty = wal.last_index() == 0 && wal.first_index() <= 1;
         let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;

@@ -47,6 +47,9 @@ impl Wal {
     }
 
     fn truncate_inner(&mut self, from: u64) -> Result<(), WalError> {
+        // Nothing is zero-filled while files are removed and cut; the active segment is filled
+        // again from its new end.
+        self.prealloc.paused(|| ());
         let dir = self.config.dir.clone();
         let mut unlinked = false;
         loop {
@@ -96,6 +99,9 @@ impl Wal {
             len: seg.end,
             count: seg.offsets.len() as u64,
         };
+        drop(shared);
+        self.prealloc
+            .fill_from(&self.active.file, &self.active.path, self.active.len);
         tracing::info!(from, last_index = from - 1, "WAL: cut a suffix");
         Ok(())
     }
@@ -107,6 +113,7 @@ impl Wal {
         if next == 0 {
             return Err(WalError::InvalidConfig("indexes start at 1".into()));
         }
+        self.prealloc.paused(|| ());
         let dir = self.config.dir.clone();
         let mut shared = write_lock(&self.shared);
         let removed = shared.segments.len();
@@ -135,6 +142,9 @@ impl Wal {
             count: 0,
         };
         shared.segments = vec![seg];
+        drop(shared);
+        self.prealloc
+            .fill_from(&self.active.file, &self.active.path, self.active.len);
         tracing::info!(next, removed, "WAL: restarted after a snapshot");
         Ok(removed)
     }

@@ -91,12 +91,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 mod cut;
+mod prealloc;
+use prealloc::Prealloc;
 mod segment;
 use segment::*;
 mod read;
 pub use read::WalReader;
 mod recovery;
 use recovery::*;
+#[cfg(test)]
+mod prealloc_tests;
 #[cfg(test)]
 mod tests;
 
@@ -176,6 +180,11 @@ pub struct WalConfig {
     /// `true` (default): `sync_data` after every `append_batch`. `false`
     /// trades durability for speed (records are visible once written).
     pub sync: bool,
+    /// Keep the active segment zero-filled ahead of its end, on a thread of its own, so that
+    /// a sync flushes data and no size change (see `prealloc.rs`). Off by default: the zeros
+    /// are written in addition to the records (the LogStore turns it on; a shard's journal,
+    /// whose bytes written per byte received are a goal of their own, does not).
+    pub preallocate: bool,
 }
 
 impl WalConfig {
@@ -187,6 +196,7 @@ impl WalConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             sync: true,
+            preallocate: false,
         }
     }
 
@@ -264,6 +274,9 @@ pub struct Wal {
     io: Box<dyn SegmentIo>,
     /// Set after an IO error in `append_batch`: the WAL must be reopened.
     failed: bool,
+    /// Zero-fills the active segment ahead of the writer (dropped, its thread joined, before
+    /// the directory's lock is released).
+    prealloc: Prealloc,
     /// The directory's lock, held for as long as this `Wal` lives (`None` on the simulated
     /// disk).
     _lock: Option<std::fs::File>,
@@ -357,12 +370,15 @@ impl Wal {
             torn_bytes_truncated,
             "WAL opened"
         );
+        let prealloc = Prealloc::start(config.preallocate, config.segment_bytes);
+        prealloc.fill_from(&active.file, &active.path, active.len);
         let wal = Wal {
             config,
             shared: Arc::new(RwLock::new(shared)),
             active,
             io,
             failed: false,
+            prealloc,
             _lock: lock,
         };
         Ok((wal, report))
@@ -464,8 +480,13 @@ impl Wal {
             if cur.len() >= self.config.segment_bytes && cur.count() > 0 {
                 // Seal the full segment before its successor exists.
                 self.flush(cur)?;
+                let end = cur.len();
+                self.prealloc
+                    .seal(&cur.file, end)
+                    .map_err(io_err(&cur.path))?;
                 self.io.sync_data(&cur.file).map_err(io_err(&cur.path))?;
                 let new = self.create_segment(next)?;
+                self.prealloc.fill_from(&new.file, &new.path, 0);
                 staged.push(new);
             }
             let cur = staged.last_mut().expect("staged is never empty");
@@ -528,8 +549,8 @@ impl Wal {
 
     fn flush(&mut self, staged: &mut Staged) -> Result<(), WalError> {
         if !staged.buf.is_empty() {
-            self.io
-                .write_all_at(&staged.file, &staged.buf, staged.base_len)
+            self.prealloc
+                .write(&mut *self.io, &staged.file, &staged.buf, staged.base_len)
                 .map_err(io_err(&staged.path))?;
             staged.base_len += staged.buf.len() as u64;
             staged.buf.clear();

@@ -114,6 +114,11 @@ pub(super) fn scan_segment(
         }
         let mut header = [0u8; 8];
         reader.read_exact(&mut header).map_err(io_err(path))?;
+        if header == [0; 8] {
+            // No record has an all-zero header (the checksum of a length is never 0): this is
+            // where the records end and the zeros written ahead of them begin.
+            return zero_tail(path, &mut reader, offsets, pos, file_len, is_last);
+        }
         let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(len_bytes);
         let stored_crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
@@ -143,6 +148,14 @@ pub(super) fn scan_segment(
             if end == file_len {
                 return tail(offsets, pos, format!("{reason} in the final record"));
             }
+            if zeros_to_end(path, &mut reader, file_len - end)? {
+                // A record torn while written over the zero-filled tail.
+                return tail(
+                    offsets,
+                    pos,
+                    format!("{reason} in the final record, zeros after it"),
+                );
+            }
             return Err(corruption(
                 path,
                 pos,
@@ -151,6 +164,58 @@ pub(super) fn scan_segment(
         }
         offsets.push(offset);
         pos = end;
+    }
+    Ok(Scan {
+        offsets,
+        end: pos,
+        torn: None,
+    })
+}
+
+/// Whether the next `n` bytes of `reader` are all zero.
+fn zeros_to_end(path: &Path, reader: &mut impl Read, n: u64) -> Result<bool, WalError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        reader.read_exact(&mut buf[..k]).map_err(io_err(path))?;
+        if buf[..k].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        left -= k as u64;
+    }
+    Ok(true)
+}
+
+/// An all-zero record header at `pos`: the end of the records when zeros follow it to the end
+/// of the last segment (its preallocated tail, kept for the writer). Anything else is
+/// corruption: a record zeroed with others after it, or a zero-filled tail in a sealed segment
+/// (one is cut to its last record before its successor exists).
+fn zero_tail(
+    path: &Path,
+    reader: &mut impl Read,
+    offsets: Vec<u32>,
+    pos: u64,
+    file_len: u64,
+    is_last: bool,
+) -> Result<Scan, WalError> {
+    let after = pos + RECORD_HEADER_LEN;
+    if !zeros_to_end(path, reader, file_len - after)? {
+        return Err(corruption(
+            path,
+            pos,
+            "an all-zero record header with non-zero bytes after it",
+        ));
+    }
+    if !is_last {
+        return Err(corruption(
+            path,
+            pos,
+            format!(
+                "{} zero bytes after the last record of a non-last segment",
+                file_len - pos
+            ),
+        ));
     }
     Ok(Scan {
         offsets,

@@ -263,6 +263,8 @@ impl Replica {
         // A record is a group of appends: room for a full group of the largest entries.
         wal.max_record_bytes = u32::MAX;
         wal.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
+        // Zero-filled ahead of the writer: an append's fsync then flushes data, not a new size.
+        wal.preallocate = true;
         let mut storage =
             LogStorage::open(wal).map_err(|e| LogStoreError::Invalid(e.to_string()))?;
         let failed = storage.failed();
