@@ -1,7 +1,7 @@
 //! The command line as a user meets it: a user error is one line on stderr (no backtrace,
 //! whatever `RUST_BACKTRACE` says) with exit code 1, and logs written to a pipe carry no
 //! ANSI colour codes; `LOGPLAYER_INSECURE` reads as a boolean does elsewhere, and
-//! `LOGPLAYER_RUNTIME` takes one of two runtimes.
+//! `LOGPLAYER_RUNTIME` takes one of two runtimes; `--preallocate` reaches the WAL.
 
 mod common;
 
@@ -133,4 +133,56 @@ fn the_runtime_variable_takes_two_values() {
         stderr.contains("LOGPLAYER_RUNTIME") && stderr.contains("current-thread"),
         "{stderr}"
     );
+}
+
+/// `--preallocate` (`LOGPLAYER_PREALLOCATE`) reaches the LogStore's WAL: on by default the
+/// fresh segment is zero-filled 4 MiB ahead, with `false` it holds only its header; a value
+/// that is not a boolean is refused naming the flag.
+#[test]
+fn the_preallocate_flag_reaches_the_wal() {
+    use std::io::{BufRead, BufReader};
+    let segment_len = |value: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(common::bin());
+        cmd.env("LOGPLAYER_INSECURE", "true")
+            .args(["logstore", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(v) = value {
+            cmd.env("LOGPLAYER_PREALLOCATE", v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening on"), "{line}");
+        let segment = dir.path().join("00000000000000000001.wal");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut len = std::fs::metadata(&segment).unwrap().len();
+        while value.is_none() && len < 4 << 20 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            len = std::fs::metadata(&segment).unwrap().len();
+        }
+        // Long enough for a filler that should not run to have run.
+        if value.is_some() {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            len = std::fs::metadata(&segment).unwrap().len();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        len
+    };
+    assert_eq!(segment_len(None), 8 + (4 << 20));
+    assert_eq!(segment_len(Some("false")), 8);
+
+    let out = Command::new(common::bin())
+        .env("LOGPLAYER_PREALLOCATE", "maybe")
+        .args(["logstore", "--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--preallocate"), "{stderr}");
 }

@@ -24,6 +24,12 @@ pub struct LogstoreArgs {
     /// Segment size in bytes before a new segment file is started.
     #[arg(long, env = "LOGPLAYER_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
+    /// Keep the active segment zero-filled 4 MiB ahead of the writer, so that an append's
+    /// fdatasync flushes data and no change of the file's size (about half the sync time on
+    /// ext4, for twice the bytes written). `false` on a copy-on-write file system (btrfs,
+    /// ZFS), where writing over zeros saves nothing.
+    #[arg(long, env = "LOGPLAYER_PREALLOCATE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    preallocate: bool,
     #[command(flatten)]
     limit: EntryLimit,
     #[command(flatten)]
@@ -266,6 +272,7 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
         dir: data.clone(),
         segment_bytes: Some(a.segment_bytes),
         max_entry_bytes: a.limit.max_entry_bytes,
+        preallocate: a.preallocate,
     };
     let (log, summary) = logstore::LogStore::open(config)
         .with_context(|| format!("opening the log in {}", data.display()))?;
@@ -289,6 +296,7 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
     let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, data.clone());
     config.segment_bytes = Some(a.segment_bytes);
     config.max_entry_bytes = a.limit.max_entry_bytes;
+    config.preallocate = a.preallocate;
     config.rebase_every = a.snapshot_every;
     config.heartbeat = a.heartbeat;
     config.join = a.join;

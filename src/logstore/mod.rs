@@ -204,6 +204,9 @@ pub struct LogStoreConfig {
     pub segment_bytes: Option<u64>,
     /// Largest entry accepted (see [`crate::limits`]).
     pub max_entry_bytes: usize,
+    /// Keep the WAL's active segment zero-filled ahead of the writer (see
+    /// [`crate::wal::WalConfig::preallocate`]).
+    pub preallocate: bool,
 }
 
 impl LogStoreConfig {
@@ -212,6 +215,7 @@ impl LogStoreConfig {
             dir,
             segment_bytes: None,
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
+            preallocate: true,
         }
     }
 }
@@ -304,8 +308,7 @@ impl LogStore {
             .max(wal_config.max_record_bytes as usize);
         wal_config.max_record_bytes = u32::try_from(record_limit).unwrap_or(u32::MAX);
         wal_config.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
-        // Zero-filled ahead of the writer: an append's fsync then flushes data, not a new size.
-        wal_config.preallocate = true;
+        wal_config.preallocate = config.preallocate;
         let (wal, report) = Wal::open(wal_config)?;
         let empty = wal.last_index() == 0 && wal.first_index() <= 1;
         let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;

@@ -26,6 +26,7 @@
 //! ```text
 //! [magic: 8 bytes = b"LPWAL\0\0\x01"]
 //! [record]*
+//! [zero bytes]*        (the last segment only, when preallocated)
 //! record = [len: u32 LE][crc32c: u32 LE][payload: len bytes]
 //! ```
 //!
@@ -42,16 +43,21 @@
 //!
 //! Every record of every segment is checksummed at open.
 //!
+//! * **Zero-filled tail** (last segment only; [`WalConfig::preallocate`]): an all-zero
+//!   record header followed only by zeros to the end of the file is where the records end.
+//!   The zeros are kept for the writer. No record has an all-zero header (the checksum of a
+//!   length is never 0).
 //! * **Torn tail** (last segment only): the final record is incomplete (its
 //!   header or payload runs past the end of the file), or its checksum fails
-//!   and it ends exactly at the end of the file. Such a write was never
+//!   and it ends exactly at the end of the file or only zeros follow it. Such a write was never
 //!   acknowledged, so the file is truncated back to the end of the last good
 //!   record and fsynced; [`OpenReport::torn_bytes_truncated`] says how much
 //!   was cut and a `tracing::warn!` is logged. A last segment shorter than
 //!   the 8-byte magic whose bytes are a prefix of the magic (crash right after
 //!   creating it) gets its header rewritten.
 //! * **Corruption**: anything else — a bad checksum followed by more bytes, an
-//!   impossible header, a bad record anywhere in a non-last segment, a bad
+//!   impossible header, an all-zero header with non-zero bytes after it, zeros after the
+//!   last record of a non-last segment, a bad record anywhere in a non-last segment, a bad
 //!   magic, a missing segment — is [`WalError::Corruption`] naming the file and
 //!   byte offset. Nothing is skipped or truncated in that case.
 //!

@@ -41,6 +41,12 @@ use super::segment::SegmentIo;
 pub(super) const CHUNK: u64 = 1024 * 1024;
 /// How far past the writer's end the filler keeps the file zero-filled.
 pub(super) const AHEAD: u64 = 4 * 1024 * 1024;
+/// Zeros written per `write` call. A page, not the whole chunk at once: Linux (ext4 since
+/// 6.16) caches a file in folios as large as the writes that created them, and a later small
+/// write into a large folio dirties all of it — `/proc/PID/io` then counts (measured here:
+/// 103 bytes per byte for 1 MiB zero writes, 2.4 for 16 KiB, 1.2 for 4 KiB, as many as a file
+/// that grows as written) and the page cache tracks the whole folio.
+const ZERO_WRITE: u64 = 4096;
 
 /// The file being filled (`None`: paused).
 struct Target {
@@ -211,9 +217,22 @@ impl Drop for Prealloc {
     }
 }
 
+/// Writes `len` zeros at `at`, a page per call (see [`ZERO_WRITE`]).
+fn zero(file: &File, at: u64, len: u64) -> io::Result<()> {
+    static ZEROS: [u8; ZERO_WRITE as usize] = [0; ZERO_WRITE as usize];
+    let mut done = 0;
+    while done < len {
+        // Up to the next page boundary first, so that every later write is page-aligned.
+        let pos = at + done;
+        let k = (ZERO_WRITE - pos % ZERO_WRITE).min(len - done);
+        file.write_all_at(&ZEROS[..k as usize], pos)?;
+        done += k;
+    }
+    Ok(())
+}
+
 /// The filler's thread: waits for work, fills one chunk at a time, stops on a failure.
 fn fill(filler: &Filler) {
-    static ZEROS: [u8; CHUNK as usize] = [0; CHUNK as usize];
     loop {
         let mut target = filler.lock();
         while !filler.stop.load(Ordering::Acquire)
@@ -237,7 +256,7 @@ fn fill(filler: &Filler) {
         if len == 0 {
             continue;
         }
-        let written = file.write_all_at(&ZEROS[..len as usize], at);
+        let written = zero(&file, at, len);
         if written.is_ok() {
             filler.zeroed.store(at + len, Ordering::Release);
         }

@@ -145,22 +145,14 @@ pub(super) fn scan_segment(
         if crc != stored_crc {
             let reason =
                 format!("checksum mismatch (stored {stored_crc:#010x}, computed {crc:#010x})");
-            if end == file_len {
-                return tail(offsets, pos, format!("{reason} in the final record"));
-            }
-            if zeros_to_end(path, &mut reader, file_len - end)? {
-                // A record torn while written over the zero-filled tail.
-                return tail(
-                    offsets,
+            return match torn_final(path, &mut reader, end, file_len)? {
+                Some(after) => tail(offsets, pos, format!("{reason} in the final record{after}")),
+                None => Err(corruption(
+                    path,
                     pos,
-                    format!("{reason} in the final record, zeros after it"),
-                );
-            }
-            return Err(corruption(
-                path,
-                pos,
-                format!("{reason}; {} more bytes follow", file_len - end),
-            ));
+                    format!("{reason}; {} more bytes follow", file_len - end),
+                )),
+            };
         }
         offsets.push(offset);
         pos = end;
@@ -170,6 +162,21 @@ pub(super) fn scan_segment(
         end: pos,
         torn: None,
     })
+}
+
+/// Whether a record that fails its checksum and ends at `end` is the final one, torn: it ends
+/// the file, or only zeros (a preallocated tail the write did not reach) follow it. `Some`
+/// says which, for the warning.
+fn torn_final(
+    path: &Path,
+    reader: &mut impl Read,
+    end: u64,
+    file_len: u64,
+) -> Result<Option<&'static str>, WalError> {
+    if end == file_len {
+        return Ok(Some(""));
+    }
+    Ok(zeros_to_end(path, reader, file_len - end)?.then_some(", zeros after it"))
 }
 
 /// Whether the next `n` bytes of `reader` are all zero.

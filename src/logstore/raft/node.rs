@@ -57,6 +57,9 @@ pub struct ReplicaConfig {
     pub dir: PathBuf,
     pub segment_bytes: Option<u64>,
     pub max_entry_bytes: usize,
+    /// Keep the WAL's active segment zero-filled ahead of the writer (see
+    /// [`crate::wal::WalConfig::preallocate`]).
+    pub preallocate: bool,
     /// Raft entries of released log after which a new base (snapshot) is taken and the log
     /// purged up to it.
     pub rebase_every: u64,
@@ -75,6 +78,7 @@ impl ReplicaConfig {
             dir,
             segment_bytes: None,
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
+            preallocate: true,
             rebase_every: 10_000,
             heartbeat: Duration::from_millis(50),
             join: false,
@@ -263,8 +267,7 @@ impl Replica {
         // A record is a group of appends: room for a full group of the largest entries.
         wal.max_record_bytes = u32::MAX;
         wal.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
-        // Zero-filled ahead of the writer: an append's fsync then flushes data, not a new size.
-        wal.preallocate = true;
+        wal.preallocate = config.preallocate;
         let mut storage =
             LogStorage::open(wal).map_err(|e| LogStoreError::Invalid(e.to_string()))?;
         let failed = storage.failed();
