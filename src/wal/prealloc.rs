@@ -141,7 +141,10 @@ impl Prealloc {
     fn want(&self, filler: &Filler, end: u64) {
         let wanted = (end + AHEAD).min(self.segment_bytes);
         filler.wanted.store(wanted, Ordering::Release);
-        if wanted > filler.zeroed.load(Ordering::Acquire) {
+        // Woken once a whole chunk is missing (or the segment's last one), not after every
+        // group: each wake-up ends in a sync of its own.
+        let zeroed = filler.zeroed.load(Ordering::Acquire);
+        if wanted >= zeroed + CHUNK || (wanted == self.segment_bytes && wanted > zeroed) {
             filler.wake.notify_one();
         }
     }
@@ -190,6 +193,8 @@ impl Prealloc {
         let Some(filler) = &self.filler else { return };
         for _ in 0..2000 {
             let paused = filler.lock().file.is_none();
+            // Less than a chunk missing does not wake the filler on its own.
+            filler.wake.notify_one();
             if paused
                 || filler.zeroed.load(Ordering::Acquire) >= filler.wanted.load(Ordering::Acquire)
             {
