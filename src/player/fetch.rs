@@ -14,68 +14,104 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 impl Shared {
-    /// Dispatches one main-stream entry (called by the fetcher only).
-    fn dispatch(&self, entry: Entry) {
+    /// Dispatches the main-stream entries of one response, in order (called by the fetcher
+    /// only). Each shard's parts (and watermarks) are collected first and then pushed under
+    /// one lock of its queue, with one wake-up of its sender: at high rates a response holds
+    /// many entries, and a lock, a wake-up and a metric update per entry per shard were a
+    /// large part of the player's CPU. The dispatcher's lock is held throughout, so a queue
+    /// resumed meanwhile sees `current_index` and its pushes agree, as with one entry.
+    fn dispatch(&self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        let count = entries.len() as u64;
         let now = now_micros();
-        let parts = split(&self.config.shards, &entry.mutations);
         let mut d = lock(&self.dispatch);
-        debug_assert!(entry.index > d.current_index, "main stream out of order");
-        for (t, mutations) in parts.into_iter().enumerate() {
-            if mutations.is_empty() {
-                continue;
+        let mut parts: Vec<Vec<ShardEntry>> = vec![Vec::new(); self.targets.len()];
+        for entry in entries {
+            debug_assert!(entry.index > d.current_index, "main stream out of order");
+            for (t, mutations) in split(&self.config.shards, &entry.mutations)
+                .into_iter()
+                .enumerate()
+            {
+                if mutations.is_empty() {
+                    continue;
+                }
+                let prev = d.last_real[t];
+                d.last_real[t] = entry.index;
+                parts[t].push(ShardEntry {
+                    index: entry.index,
+                    prev_index: prev,
+                    mutations,
+                    append_start_micros: entry.append_start_micros,
+                    dispatch_micros: now,
+                });
             }
-            let prev = d.last_real[t];
-            d.last_real[t] = entry.index;
-            let part = ShardEntry {
-                index: entry.index,
-                prev_index: prev,
-                mutations,
-                append_start_micros: entry.append_start_micros,
-                dispatch_micros: now,
-            };
-            self.push(t, part);
-        }
-        d.current_index = entry.index;
-        d.since_watermark += 1;
-        if d.since_watermark >= self.config.watermark_every {
-            d.since_watermark = 0;
-            let current = d.current_index;
-            for t in 0..self.targets.len() {
-                let behind = lock(&self.targets[t].queue).last_ack()
-                    < current.saturating_sub(self.config.watermark_every);
-                if behind && d.last_real[t] != current {
-                    let wm = ShardEntry {
-                        index: current,
-                        prev_index: d.last_real[t],
-                        dispatch_micros: now,
-                        ..Default::default()
-                    };
-                    if self.push(t, wm) == Push::Queued {
-                        self.stats.watermarks.fetch_add(1, Ordering::Relaxed);
+            d.current_index = entry.index;
+            d.since_watermark += 1;
+            if d.since_watermark >= self.config.watermark_every {
+                d.since_watermark = 0;
+                let current = d.current_index;
+                for (t, target) in self.targets.iter().enumerate() {
+                    let behind = lock(&target.queue).last_ack()
+                        < current.saturating_sub(self.config.watermark_every);
+                    if behind && d.last_real[t] != current {
+                        parts[t].push(ShardEntry {
+                            index: current,
+                            prev_index: d.last_real[t],
+                            dispatch_micros: now,
+                            ..Default::default()
+                        });
                     }
                 }
             }
         }
-        self.stats
-            .current_index
-            .store(d.current_index, Ordering::Relaxed);
-        self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-        self.stats.metrics.dispatched.inc();
+        for (t, parts) in parts.into_iter().enumerate() {
+            if !parts.is_empty() {
+                self.push(t, parts);
+            }
+        }
+        debug_assert_eq!(d.current_index, last);
+        self.stats.current_index.store(last, Ordering::Relaxed);
+        self.stats.dispatched.fetch_add(count, Ordering::Relaxed);
+        self.stats.metrics.dispatched.inc_by(count);
     }
 
-    fn push(self: &Shared, t: usize, part: ShardEntry) -> Push {
+    /// Pushes one shard's parts, in order, under one lock of its queue; wakes its sender
+    /// once, and starts a recovery for each overflow. A watermark is the part with no
+    /// mutations (a real part always has some); those queued are counted.
+    fn push(&self, t: usize, parts: Vec<ShardEntry>) {
         let target = &self.targets[t];
-        let outcome = lock(&target.queue).push_normal(part);
-        match outcome {
-            Push::Queued => target.ready.notify_one(),
-            Push::Overflow(rec) => {
-                self.stats.overflows.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(shard = %target.id, from = rec.from, to = rec.to, "queue overflowed; recovering from the log");
-                self.spawn_recovery(t, rec);
+        let mut queued = false;
+        let mut recoveries = Vec::new();
+        let mut watermarks_queued = 0;
+        {
+            let mut queue = lock(&target.queue);
+            for part in parts {
+                let watermark = part.mutations.is_empty();
+                match queue.push_normal(part) {
+                    Push::Queued => {
+                        queued = true;
+                        watermarks_queued += u64::from(watermark);
+                    }
+                    Push::Overflow(rec) => recoveries.push(rec),
+                    _ => {}
+                }
             }
-            _ => {}
         }
-        outcome
+        if watermarks_queued > 0 {
+            self.stats
+                .watermarks
+                .fetch_add(watermarks_queued, Ordering::Relaxed);
+        }
+        if queued {
+            target.ready.notify_one();
+        }
+        for rec in recoveries {
+            self.stats.overflows.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(shard = %target.id, from = rec.from, to = rec.to, "queue overflowed; recovering from the log");
+            self.spawn_recovery(t, rec);
+        }
     }
 
     pub(super) fn spawn_recovery(&self, t: usize, rec: Recovery) {
@@ -159,9 +195,7 @@ impl Shared {
                         self.stats.metrics.read_stalled.set(0);
                         tracing::info!("the main stream reads again");
                     }
-                    for entry in resp.entries {
-                        self.dispatch(entry);
-                    }
+                    self.dispatch(resp.entries);
                 }
             }
             .await;
