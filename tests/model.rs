@@ -47,9 +47,9 @@ fn bound(name: &str, default: u8) -> u8 {
         .unwrap_or(default)
 }
 
-/// `.ci/run` checks this file in a release build (~30 s) next to the simulation and sets
-/// `LOGPLAYER_MODEL_IN_RELEASE=1` for its debug `cargo test`, where the same checks take
-/// ~400 s: there each test returns at once, saying so. Without the variable (a plain
+/// `.ci/run` checks this file in a release build next to the simulation (110-180 s for the
+/// whole file on this VM) and sets `LOGPLAYER_MODEL_IN_RELEASE=1` for its debug
+/// `cargo test`, where the same checks took ~400 s: there each test returns at once, saying so. Without the variable (a plain
 /// `cargo test`) every model is checked, in whichever build runs it.
 fn checked_in_release_instead(test: &str) -> bool {
     let skip = cfg!(debug_assertions)
