@@ -14,9 +14,9 @@ pub mod log_id;
 pub mod raft;
 pub mod served;
 pub mod service;
+pub(crate) mod tail;
 mod writer;
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::proto::{Entry, Mutation, StoredEntry};
 use crate::wal::{Wal, WalConfig, WalError, WalReader};
+use tail::TailCache;
 
 /// Appends waiting for the writer thread. Past this, appenders wait (back-pressure) instead
 /// of queueing without bound.
@@ -34,7 +35,7 @@ pub(crate) const MAX_GROUP_ENTRIES: usize = 4096;
 /// Most payload bytes in one group.
 pub(crate) const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Recent entries kept in memory for tailing readers.
-const TAIL_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const TAIL_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Errors of the LogStore.
 #[derive(Debug, thiserror::Error)]
@@ -128,49 +129,6 @@ pub(crate) enum Job {
     },
 }
 
-/// Recent entries in memory, so that tailing readers never touch the disk.
-#[derive(Default)]
-pub(crate) struct TailCache {
-    entries: VecDeque<Entry>,
-    bytes: usize,
-}
-
-impl TailCache {
-    /// Entries `[from, to]` from the cache, if it holds `from`: at least one, and no more
-    /// once the next would take the total past `max_bytes`.
-    pub(crate) fn read(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<Entry>> {
-        let first = self.first()?;
-        if from < first || ((from - first) as usize) >= self.entries.len() {
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for e in self.entries.range((from - first) as usize..) {
-            let len = e.encoded_len();
-            if e.index > to || (bytes + len > max_bytes && !out.is_empty()) {
-                break;
-            }
-            bytes += len;
-            out.push(e.clone());
-        }
-        Some(out)
-    }
-
-    fn first(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.index)
-    }
-    pub(crate) fn push(&mut self, e: Entry) {
-        self.bytes += e.encoded_len();
-        self.entries.push_back(e);
-        while self.bytes > TAIL_CACHE_BYTES {
-            match self.entries.pop_front() {
-                Some(old) => self.bytes -= old.encoded_len(),
-                None => break,
-            }
-        }
-    }
-}
-
 /// What opening the log found, for the startup log line.
 #[derive(Debug, Clone)]
 pub struct OpenSummary {
@@ -189,7 +147,7 @@ pub struct LogStore {
     jobs: mpsc::Sender<Job>,
     reader: WalReader,
     head: watch::Receiver<u64>,
-    cache: Arc<RwLock<TailCache>>,
+    cache: Arc<RwLock<TailCache<Entry>>>,
     log_id: Arc<str>,
     max_entry_bytes: usize,
     /// Why the WAL failed, once it has (see [`LogStore::wal_failed`]).
@@ -316,7 +274,7 @@ impl LogStore {
         // Rebuild the writers' last sequences (and check every record decodes).
         // (The single-node table is rebuilt from the records at startup, never persisted.)
         let mut writers = Writers::new();
-        let mut cache = TailCache::default();
+        let mut cache = TailCache::new(TAIL_CACHE_BYTES);
         let (first, last) = (reader.first_index(), reader.last_index());
         let mut pos = first;
         while pos <= last {
@@ -330,7 +288,8 @@ impl LogStore {
                     dedupe::record(&mut writers, Some(&writer), index, d);
                 }
                 if let Some(e) = stored.entry {
-                    cache.push(e);
+                    let len = e.encoded_len();
+                    cache.push(e, len);
                 }
                 pos = index + 1;
             }

@@ -52,7 +52,7 @@ pub(super) struct Written {
 /// Where the durable head and the tail cache are published, and a WAL failure reported.
 #[derive(Clone)]
 pub(super) struct Publish {
-    pub cache: Arc<RwLock<TailCache>>,
+    pub cache: Arc<RwLock<TailCache<Entry>>>,
     pub head: Arc<watch::Sender<u64>>,
     pub failed: Arc<watch::Sender<Option<String>>>,
 }
@@ -64,7 +64,8 @@ impl Publish {
         };
         if let Ok(mut cache) = self.cache.write() {
             for e in entries {
-                cache.push(e);
+                let len = e.encoded_len();
+                cache.push(e, len);
             }
         }
         self.head.send_replace(last);
@@ -343,6 +344,7 @@ fn sync_loop(
 
 #[cfg(test)]
 mod tests {
+    use super::super::TAIL_CACHE_BYTES;
     use super::*;
     use crate::wal::WalConfig;
     use std::sync::mpsc::channel;
@@ -352,7 +354,7 @@ mod tests {
         let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
         let (head, head_rx) = watch::channel(0);
         let publish = Publish {
-            cache: Default::default(),
+            cache: Arc::new(RwLock::new(TailCache::new(TAIL_CACHE_BYTES))),
             head: Arc::new(head),
             failed: Arc::new(watch::channel(None).0),
         };

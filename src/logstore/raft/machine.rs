@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::{Command, Entry, LogId, Membership, Reply, SnapshotData, TypeConfig, Verdict};
 use crate::logstore::dedupe::{self, Writers};
-use crate::logstore::{LogStoreError, TailCache};
+use crate::logstore::{LogStoreError, TAIL_CACHE_BYTES, TailCache};
 use crate::proto::{AppendGroup, Entry as LogEntry};
 use crate::wal::{WalError, WalReader};
 
@@ -193,7 +193,7 @@ struct State {
     base: Base,
     now: Base,
     runs: VecDeque<Run>,
-    cache: TailCache,
+    cache: TailCache<LogEntry>,
 }
 
 struct Shared {
@@ -275,7 +275,7 @@ impl Machine {
                     now,
                     base,
                     runs: VecDeque::new(),
-                    cache: TailCache::default(),
+                    cache: TailCache::new(TAIL_CACHE_BYTES),
                 }),
                 dir: dir.to_path_buf(),
                 reader,
@@ -450,7 +450,8 @@ impl RaftStateMachine<TypeConfig> for Machine {
                 st.runs.push_back(run);
             }
             for e in applied.entries {
-                st.cache.push(e);
+                let len = e.encoded_len();
+                st.cache.push(e, len);
             }
             if let Some(r) = responder {
                 answers.push((r, applied.reply));
@@ -506,7 +507,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
             st.now = base.clone();
             st.base = base;
             st.runs.clear();
-            st.cache = TailCache::default();
+            st.cache = TailCache::new(TAIL_CACHE_BYTES);
         }
         self.shared.head.send_replace(head);
         Ok(())
@@ -699,7 +700,7 @@ mod tests {
         assert_eq!(keys(m.read(1, 10, usize::MAX).unwrap()), want);
         assert_eq!(m.bounds(), (1, 3));
         // Without the cache, the same entries come back from the WAL records.
-        lock(&m.shared.state).cache = TailCache::default();
+        lock(&m.shared.state).cache = TailCache::new(TAIL_CACHE_BYTES);
         assert_eq!(keys(m.read(1, 10, usize::MAX).unwrap()), want);
         assert_eq!(keys(m.read(2, 2, usize::MAX).unwrap()), want[1..2].to_vec());
         assert_eq!(keys(m.read(3, 10, usize::MAX).unwrap()), want[2..].to_vec());
