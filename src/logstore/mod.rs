@@ -5,7 +5,7 @@
 //! sequence deduplication, group commit (one writer thread takes every append that is
 //! waiting, writes them, and fsyncs once, pipelined: [`writer`]), publication of the durable
 //! head — the read path
-//! (a bounded cache of recent entries in front of the WAL, so tailing readers never touch
+//! (the [`tail`] cache of recent entries in front of the WAL, so tailing readers never touch
 //! the disk), and the log's identity ([`log_id`]). Record storage, checksums and recovery
 //! belong to [`crate::wal`]; the gRPC edge is [`service`].
 
