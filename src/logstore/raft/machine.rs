@@ -107,7 +107,8 @@ impl Base {
                 self.membership = Membership::new(Some(entry.log_id), m.clone());
             }
             EntryPayload::Normal(Command::Appends(bytes)) => {
-                let group = AppendGroup::decode(&bytes[..])
+                // Decoded from the shared buffer: the mutations' keys and values point into it.
+                let group = AppendGroup::decode(bytes.clone())
                     .map_err(|e| apply_error(entry.log_id, format!("append group: {e}")))?;
                 let first = self.next;
                 let mut verdicts = Vec::with_capacity(group.appends.len());
@@ -396,7 +397,7 @@ fn client_entries(run: &Run, record: &[u8]) -> Result<Vec<LogEntry>, LogStoreErr
             run.raft_index
         )));
     };
-    let group = AppendGroup::decode(&bytes[..]).map_err(|e| bad(format!("append group: {e}")))?;
+    let group = AppendGroup::decode(bytes).map_err(|e| bad(format!("append group: {e}")))?;
     let mut index = run.first;
     let mut out = Vec::with_capacity(run.count as usize);
     for (pos, stored) in group.appends.into_iter().enumerate() {
@@ -613,7 +614,9 @@ mod tests {
     }
 
     fn group(appends: Vec<StoredEntry>) -> Payload {
-        EntryPayload::Normal(Command::Appends(AppendGroup { appends }.encode_to_vec()))
+        EntryPayload::Normal(Command::Appends(
+            AppendGroup { appends }.encode_to_vec().into(),
+        ))
     }
 
     /// A Raft log in which a retried append landed twice (the first leader wrote it, lost

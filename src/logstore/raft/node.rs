@@ -572,7 +572,7 @@ impl Replica {
             if appends.is_empty() {
                 continue;
             }
-            let cmd = Command::Appends(AppendGroup { appends }.encode_to_vec());
+            let cmd = Command::Appends(AppendGroup { appends }.encode_to_vec().into());
             // Handed to Raft here, in order (a stream's appends must stay in the order they
             // were sent); only the wait for the outcome runs apart.
             let proposed = std::time::Instant::now();
