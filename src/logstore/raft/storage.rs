@@ -6,9 +6,10 @@
 //! An append writes its records on the blocking pool, keeps the entries in a tail cache
 //! ([`RAFT_TAIL_BYTES`]) and returns: openraft reads them back at once, to replicate them and
 //! to apply them, and finds them in memory instead of reading and decoding the WAL again (a
-//! follower that fell further behind is served from the WAL). The fsync runs on a thread of its own ([`sync_loop`]), one
-//! for every append waiting at that moment (group commit), while the next appends are
-//! written, and each append's [`IOFlushed`] is reported only once its records are durable.
+//! follower that fell further behind is served from the WAL). The fsync runs on a thread of
+//! its own ([`sync_loop`]), one for every append waiting at that moment (group commit), while
+//! the next appends are written, and each append's [`IOFlushed`] is reported only once its
+//! records are durable.
 //! After any WAL failure every later call fails: the replica must restart (crash-only), and
 //! the reason is published for the server to stop on.
 
