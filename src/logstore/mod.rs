@@ -288,8 +288,7 @@ impl LogStore {
                     dedupe::record(&mut writers, Some(&writer), index, d);
                 }
                 if let Some(e) = stored.entry {
-                    let len = e.encoded_len();
-                    cache.push(e, len);
+                    cache.push_entry(e);
                 }
                 pos = index + 1;
             }

@@ -32,6 +32,14 @@ pub(crate) struct TailCache<E> {
     limit: usize,
 }
 
+impl TailCache<crate::proto::Entry> {
+    /// Adds a client entry, measured by its encoded size.
+    pub(crate) fn push_entry(&mut self, e: crate::proto::Entry) {
+        let len = prost::Message::encoded_len(&e);
+        self.push(e, len);
+    }
+}
+
 impl<E: Indexed> TailCache<E> {
     /// An empty cache that keeps at most `limit` bytes of entries.
     pub(crate) fn new(limit: usize) -> Self {

@@ -64,8 +64,7 @@ impl Publish {
         };
         if let Ok(mut cache) = self.cache.write() {
             for e in entries {
-                let len = e.encoded_len();
-                cache.push(e, len);
+                cache.push_entry(e);
             }
         }
         self.head.send_replace(last);

@@ -451,8 +451,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
                 st.runs.push_back(run);
             }
             for e in applied.entries {
-                let len = e.encoded_len();
-                st.cache.push(e, len);
+                st.cache.push_entry(e);
             }
             if let Some(r) = responder {
                 answers.push((r, applied.reply));
@@ -508,7 +507,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
             st.now = base.clone();
             st.base = base;
             st.runs.clear();
-            st.cache = TailCache::new(TAIL_CACHE_BYTES);
+            st.cache.clear();
         }
         self.shared.head.send_replace(head);
         Ok(())
@@ -703,7 +702,7 @@ mod tests {
         assert_eq!(keys(m.read(1, 10, usize::MAX).unwrap()), want);
         assert_eq!(m.bounds(), (1, 3));
         // Without the cache, the same entries come back from the WAL records.
-        lock(&m.shared.state).cache = TailCache::new(TAIL_CACHE_BYTES);
+        lock(&m.shared.state).cache.clear();
         assert_eq!(keys(m.read(1, 10, usize::MAX).unwrap()), want);
         assert_eq!(keys(m.read(2, 2, usize::MAX).unwrap()), want[1..2].to_vec());
         assert_eq!(keys(m.read(3, 10, usize::MAX).unwrap()), want[2..].to_vec());

@@ -554,6 +554,10 @@ mod tests {
             .collect()
     }
 
+    async fn read_from(r: &LogReader, from: u64) -> Vec<(u64, u64)> {
+        terms(r.clone().try_get_log_entries(from..).await.unwrap())
+    }
+
     async fn append(log: &mut LogStorage, entries: Vec<Entry>) {
         use openraft::type_config::TypeConfigExt;
         let (tx, rx) = TypeConfig::oneshot();
@@ -570,15 +574,7 @@ mod tests {
         let mut log = LogStorage::open(WalConfig::new(dir.path())).unwrap();
         append(&mut log, (0..6).map(|i| entry(1, i)).collect()).await;
         let mut reader = log.get_log_reader().await;
-        let whole = |r: &mut LogReader| {
-            let r = r.clone();
-            async move { terms(r.clone().try_get_log_entries(..).await.unwrap()) }
-        };
-        let above = |r: &mut LogReader, from: u64| {
-            let r = r.clone();
-            async move { terms(r.clone().try_get_log_entries(from..).await.unwrap()) }
-        };
-        assert_eq!(whole(&mut reader).await.len(), 6);
+        assert_eq!(read_from(&reader, 0).await.len(), 6);
 
         // A new leader's log disagrees from index 3: cut there.
         log.truncate_after(Some(entry(1, 2).log_id)).await.unwrap();
@@ -589,7 +585,7 @@ mod tests {
         );
         append(&mut log, (3..5).map(|i| entry(2, i)).collect()).await;
         let expected = vec![(0, 1), (1, 1), (2, 1), (3, 2), (4, 2)];
-        assert_eq!(whole(&mut reader).await, expected);
+        assert_eq!(read_from(&reader, 0).await, expected);
         assert_eq!(
             terms(reader.limited_get_log_entries(3, 5).await.unwrap()),
             vec![(3, 2), (4, 2)]
@@ -600,9 +596,9 @@ mod tests {
         log.purge(entry(1, 1).log_id).await.unwrap();
         assert_eq!(log.tail().first(), Some(2));
         let expected = vec![(2, 1), (3, 2), (4, 2)];
-        assert_eq!(above(&mut reader, 2).await, expected);
+        assert_eq!(read_from(&reader, 2).await, expected);
         // The same from the WAL alone (the cache emptied).
         log.tail().clear();
-        assert_eq!(above(&mut reader, 2).await, expected);
+        assert_eq!(read_from(&reader, 2).await, expected);
     }
 }
