@@ -310,11 +310,13 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
 }
 
 /// `demo` runs the whole system over mutual TLS with certificates it issues, faults and
-/// all, and ends exactly once.
+/// all, and ends exactly once. Its load is shorter than its faults take (three takeovers
+/// each wait out a lease), so this also checks that the load goes on until the last fault
+/// is in: a leader killed after the load ended would have nothing to deliver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_over_mutual_tls_and_passes() {
     let out = tokio::process::Command::new(common::bin())
-        .args(["demo", "--rate", "500"])
+        .args(["demo", "--rate", "500", "--seconds", "6"])
         .env_remove("LOGPLAYER_INSECURE")
         .output()
         .await
@@ -325,6 +327,7 @@ async fn the_demo_runs_over_mutual_tls_and_passes() {
         out.status.success() && stdout.contains("exactly-once: PASS"),
         "{stdout}\n{stderr}"
     );
+    assert!(stdout.contains("last fault in; the load, held past 6s"), "{stdout}");
     assert!(
         stderr.contains("mutual TLS with certificates issued"),
         "{stderr}"

@@ -49,7 +49,7 @@ pub struct DemoArgs {
     /// Transactions per second.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
-    /// Length of the load phase.
+    /// Length of the load phase; it goes on past this until the last fault is injected.
     #[arg(long, default_value_t = 16)]
     seconds: u64,
     /// Bytes per transaction.

@@ -7,7 +7,7 @@
 //! reads the three delay histograms from the shards.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -244,6 +244,18 @@ fn start_streams(
 /// Appends per `spec` over [`STREAMS`] pipelined append streams; `progress` (if any) is
 /// bumped per durable append.
 pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>) -> LoadReport {
+    drive_holding(log, spec, progress, &AtomicBool::new(false)).await
+}
+
+/// [`drive`], except that past `spec.duration` the load goes on for as long as `hold` is
+/// set: the demo holds it until its last fault is in, so every takeover it measures has
+/// entries to deliver however late a slow machine runs the schedule.
+pub async fn drive_holding(
+    log: &Log,
+    spec: &LoadSpec,
+    progress: Option<Arc<AtomicU64>>,
+    hold: &AtomicBool,
+) -> LoadReport {
     let mut workload = Workload::new(spec.keys_per_txn, spec.key_space, spec.txn_bytes, spec.seed);
     let limit = if spec.rate == 0 {
         spec.concurrency.max(1)
@@ -265,7 +277,8 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
     let mut next_stream = 0usize;
     while !streams.is_empty() {
         let elapsed = start.elapsed();
-        if elapsed >= spec.duration || (spec.count > 0 && sent >= spec.count) {
+        let over = elapsed >= spec.duration && !hold.load(Ordering::Relaxed);
+        if over || (spec.count > 0 && sent >= spec.count) {
             break;
         }
         if spec.rate > 0 {

@@ -8,11 +8,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, Log, ShardConn};
-use crate::harness::bench::{Delays, LoadReport, LoadSpec, drive, ms};
+use crate::harness::bench::{Delays, LoadReport, LoadSpec, drive_holding, ms};
 use crate::harness::check::{Report, check};
 use crate::harness::cluster::{Cluster, ClusterError};
 use crate::harness::failover::{
@@ -111,6 +111,15 @@ struct Fencing {
     stale_commits: u64,
 }
 
+/// Lets the load stop past its duration when dropped (see [`drive_holding`]).
+struct Release(Arc<AtomicBool>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Runs the demo; returns whether exactly-once held.
 pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     let (dir, _tmp) = data_dir(&cfg)?;
@@ -157,9 +166,14 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         seed: 42,
     };
     let appended = Arc::new(AtomicU64::new(0));
+    // The load outlasts `seconds` until the schedule's last fault is in: a fault that runs
+    // late (each takeover waits out a lease) must still find entries for its new leader to
+    // deliver. Released on every way out of this function, errors included.
+    let hold = Release(Arc::new(AtomicBool::new(true)));
     let load = {
         let (log, spec, appended) = (log.clone(), spec.clone(), appended.clone());
-        tokio::spawn(async move { drive(&log, &spec, Some(appended)).await })
+        let hold = hold.0.clone();
+        tokio::spawn(async move { drive_holding(&log, &spec, Some(appended), &hold).await })
     };
     let mut run = Run {
         cluster,
@@ -182,6 +196,15 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
                 run.inject(fault, next % cfg.shards, t).await?;
             }
             next += 1;
+            if next == SCHEDULE.len() {
+                hold.0.store(false, Ordering::Relaxed);
+                if t > cfg.seconds as f64 {
+                    println!(
+                        "  t={t:.1}s last fault in; the load, held past {}s for it, ends",
+                        cfg.seconds
+                    );
+                }
+            }
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
