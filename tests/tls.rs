@@ -327,7 +327,10 @@ async fn the_demo_runs_over_mutual_tls_and_passes() {
         out.status.success() && stdout.contains("exactly-once: PASS"),
         "{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("last fault in; the load, held past 6s"), "{stdout}");
+    assert!(
+        stdout.contains("last fault in; the load, held past 6s"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("mutual TLS with certificates issued"),
         "{stderr}"
