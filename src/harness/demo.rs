@@ -183,34 +183,8 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         log_failovers: Vec::new(),
         appended: appended.clone(),
     };
-    let started = Instant::now();
-    let mut next = 0;
-    let mut last_print = Instant::now();
-    while !load.is_finished() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let t = started.elapsed().as_secs_f64();
-        if next < SCHEDULE.len() && t >= SCHEDULE[next].0 * cfg.seconds as f64 {
-            let fault = SCHEDULE[next].1;
-            let log_fault = matches!(fault, Fault::KillLogLeader | Fault::FreezeLogFollower);
-            if replicated || !log_fault {
-                run.inject(fault, next % cfg.shards, t).await?;
-            }
-            next += 1;
-            if next == SCHEDULE.len() {
-                hold.0.store(false, Ordering::Relaxed);
-                if t > cfg.seconds as f64 {
-                    println!(
-                        "  t={t:.1}s last fault in; the load, held past {}s for it, ends",
-                        cfg.seconds
-                    );
-                }
-            }
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            print_progress(&run.cluster, appended.load(Ordering::Relaxed), t).await;
-        }
-    }
+    run.follow_schedule(&cfg, replicated, &load, &hold.0)
+        .await?;
     let report = load.await.ok();
     println!("load done; waiting for every shard to catch up and checking...");
     let result = check(&log, &run.cluster.shard_map(), Duration::from_secs(60)).await?;
@@ -259,6 +233,46 @@ async fn print_progress(cluster: &Cluster, appended: u64, t: f64) {
 }
 
 impl Run {
+    /// Injects the schedule's faults while the load runs, printing progress each second;
+    /// releases `hold` (the load past its duration) once the last fault is in.
+    async fn follow_schedule<T>(
+        &mut self,
+        cfg: &DemoConfig,
+        replicated: bool,
+        load: &tokio::task::JoinHandle<T>,
+        hold: &AtomicBool,
+    ) -> Result<(), DemoError> {
+        let started = Instant::now();
+        let mut next = 0;
+        let mut last_print = Instant::now();
+        while !load.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t = started.elapsed().as_secs_f64();
+            if next < SCHEDULE.len() && t >= SCHEDULE[next].0 * cfg.seconds as f64 {
+                let fault = SCHEDULE[next].1;
+                let log_fault = matches!(fault, Fault::KillLogLeader | Fault::FreezeLogFollower);
+                if replicated || !log_fault {
+                    self.inject(fault, next % cfg.shards, t).await?;
+                }
+                next += 1;
+                if next == SCHEDULE.len() {
+                    hold.store(false, Ordering::Relaxed);
+                    if t > cfg.seconds as f64 {
+                        println!(
+                            "  t={t:.1}s last fault in; the load, held past {}s for it, ends",
+                            cfg.seconds
+                        );
+                    }
+                }
+            }
+            if last_print.elapsed() >= Duration::from_secs(1) {
+                last_print = Instant::now();
+                print_progress(&self.cluster, self.appended.load(Ordering::Relaxed), t).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Injects one fault at `t` seconds into the run.
     async fn inject(&mut self, fault: Fault, shard: usize, t: f64) -> Result<(), DemoError> {
         let hit_shard = matches!(fault, Fault::Shard | Fault::ShardAndLeader);
