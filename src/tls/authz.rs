@@ -31,6 +31,7 @@ pub const POLICY: &[(&str, &[Role])] = &[
     ("/logplayer.v1.Shard/Stats", &[Role::Player, Role::Admin]),
     ("/logplayer.v1.Shard/Dump", &[Role::Admin]),
     ("/logplayer.v1.Replication/AppendEntries", &[Role::Replica]),
+    ("/logplayer.v1.Replication/AppendStream", &[Role::Replica]),
     ("/logplayer.v1.Replication/Vote", &[Role::Replica]),
     ("/logplayer.v1.Replication/PreVote", &[Role::Replica]),
     (

@@ -5,23 +5,33 @@
 //! and both replica ids. A replica refuses a message addressed to another id (a `--peers`
 //! list that maps an id to the wrong address) and one from a replica of another log (two
 //! groups wired together by mistake): both would otherwise let Raft mix two logs.
+//!
+//! The leader's AppendEntries to a follower go on one gRPC stream per replication session
+//! (`AppendStream`): each is sent as soon as openraft has it, while the follower still writes
+//! the ones before (openraft's `stream_append`, pipelined on both sides), instead of one call
+//! waiting for the answer to the previous. Votes and snapshots are single calls.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use openraft::OptionalSend;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use openraft::async_runtime::WatchReceiver as _;
+use openraft::base::BoxFuture;
 use openraft::error::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+use openraft::{AnyError, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::machine::Machine;
 use super::{Node, NodeId, Raft, SnapshotData, TypeConfig, Vote};
@@ -37,6 +47,10 @@ fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, Status> {
     postcard::to_allocvec(v)
         .map(bytes::Bytes::from)
         .map_err(|e| Status::internal(format!("encoding a replication message: {e}")))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
@@ -66,15 +80,9 @@ impl CatchingUp {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Option<u64>>> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// A leader's AppendEntries with its commit index was received.
     fn heard(&self, leader_commit: Option<u64>) {
-        let mut st = self.lock();
+        let mut st = lock(&self.state);
         if let Some(None) = *st {
             *st = Some(Some(leader_commit.unwrap_or(0)));
         }
@@ -82,7 +90,7 @@ impl CatchingUp {
 
     /// What is still missing, given what the replica applied; `None` once caught up.
     fn missing(&self, applied: u64) -> Option<Option<u64>> {
-        let mut st = self.lock();
+        let mut st = lock(&self.state);
         if let Some(Some(need)) = *st
             && applied >= need
         {
@@ -92,63 +100,17 @@ impl CatchingUp {
     }
 }
 
-/// The server half: hands each checked message to the local Raft.
-pub struct ReplicationService {
-    pub me: NodeId,
-    pub raft: Raft,
-    pub machine: Machine,
+/// What a replica checks on every message it receives: that it is addressed to this replica
+/// and comes from a replica of the same log. Cloned into each append stream.
+#[derive(Clone)]
+struct Gate {
+    me: NodeId,
+    machine: Machine,
     /// When a refusal was last logged (refusals repeat at the heartbeat rate).
-    pub last_warned: std::sync::Mutex<Option<std::time::Instant>>,
-    pub catching_up: std::sync::Arc<CatchingUp>,
+    last_warned: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
-impl ReplicationService {
-    pub fn new(
-        me: NodeId,
-        raft: Raft,
-        machine: Machine,
-        catching_up: std::sync::Arc<CatchingUp>,
-    ) -> Self {
-        ReplicationService {
-            me,
-            raft,
-            machine,
-            last_warned: std::sync::Mutex::new(None),
-            catching_up,
-        }
-    }
-
-    fn applied(&self) -> u64 {
-        self.raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .map_or(0, |l| l.index)
-    }
-
-    /// Refuses a vote while this replica catches up after starting empty (see
-    /// [`CatchingUp`]).
-    fn may_vote(&self, req: &VoteRequest<TypeConfig>) -> Result<(), Status> {
-        let Some(missing) = self.catching_up.missing(self.applied()) else {
-            return Ok(());
-        };
-        if req.last_log_id.is_none_or(|l| l.index == 0) {
-            return Ok(());
-        }
-        let what = match missing {
-            Some(need) => format!(
-                "has not yet applied Raft index {need}, which the leader had committed when it first heard from one"
-            ),
-            None => "has not heard from a leader yet".to_owned(),
-        };
-        let status = Reason::Unavailable.status(format!(
-            "replica {} started on an empty log and {what}: it does not vote until then",
-            self.me
-        ));
-        self.note_refusal(req.vote.leader_id.node_id, &status);
-        Err(status)
-    }
-
+impl Gate {
     fn check(&self, m: &RaftMessage) -> Result<(), Status> {
         let refusal = self.refusal(m);
         if let Err(status) = &refusal {
@@ -159,10 +121,7 @@ impl ReplicationService {
 
     /// Logs a refusal, at most once every 10 s (refusals repeat at the heartbeat rate).
     fn note_refusal(&self, from: NodeId, status: &Status) {
-        let mut last = self
-            .last_warned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = lock(&self.last_warned);
         if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
             *last = Some(std::time::Instant::now());
             tracing::warn!(
@@ -192,13 +151,75 @@ impl ReplicationService {
         Ok(())
     }
 
-    fn reply<T: Serialize>(&self, from: NodeId, v: &T) -> Result<Response<RaftMessage>, Status> {
-        Ok(Response::new(RaftMessage {
+    /// An answer to replica `to`.
+    fn message<T: Serialize>(&self, to: NodeId, v: &T) -> Result<RaftMessage, Status> {
+        Ok(RaftMessage {
             payload: encode(v)?,
             log_id: self.machine.log_id().unwrap_or_default(),
             from: self.me,
-            to: from,
-        }))
+            to,
+        })
+    }
+}
+
+/// The server half: hands each checked message to the local Raft.
+pub struct ReplicationService {
+    gate: Gate,
+    raft: Raft,
+    catching_up: std::sync::Arc<CatchingUp>,
+}
+
+impl ReplicationService {
+    pub fn new(
+        me: NodeId,
+        raft: Raft,
+        machine: Machine,
+        catching_up: std::sync::Arc<CatchingUp>,
+    ) -> Self {
+        ReplicationService {
+            gate: Gate {
+                me,
+                machine,
+                last_warned: Default::default(),
+            },
+            raft,
+            catching_up,
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Refuses a vote while this replica catches up after starting empty (see
+    /// [`CatchingUp`]).
+    fn may_vote(&self, req: &VoteRequest<TypeConfig>) -> Result<(), Status> {
+        let Some(missing) = self.catching_up.missing(self.applied()) else {
+            return Ok(());
+        };
+        if req.last_log_id.is_none_or(|l| l.index == 0) {
+            return Ok(());
+        }
+        let what = match missing {
+            Some(need) => format!(
+                "has not yet applied Raft index {need}, which the leader had committed when it first heard from one"
+            ),
+            None => "has not heard from a leader yet".to_owned(),
+        };
+        let status = Reason::Unavailable.status(format!(
+            "replica {} started on an empty log and {what}: it does not vote until then",
+            self.gate.me
+        ));
+        self.gate.note_refusal(req.vote.leader_id.node_id, &status);
+        Err(status)
+    }
+
+    fn reply<T: Serialize>(&self, from: NodeId, v: &T) -> Result<Response<RaftMessage>, Status> {
+        self.gate.message(from, v).map(Response::new)
     }
 }
 
@@ -209,16 +230,58 @@ impl Replication for ReplicationService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        self.check(&m)?;
+        self.gate.check(&m)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
         self.catching_up.heard(req.leader_commit.map(|l| l.index));
         let res = self.raft.append_entries(req).await;
         self.reply(m.from, &res)
     }
 
+    type AppendStreamStream = BoxStream<'static, Result<RaftMessage, Status>>;
+
+    /// The leader's AppendEntries to this replica, pipelined: each message is checked and
+    /// handed to Raft as it arrives, and the answers go back in order. A refused or broken
+    /// message ends the stream, after the answers to those before it, with its status.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let (gate, catching_up) = (self.gate.clone(), self.catching_up.clone());
+        let ended = std::sync::Arc::new(std::sync::Mutex::new(None::<Status>));
+        let leader = std::sync::Arc::new(AtomicU64::new(0));
+        let requests = {
+            let (gate, ended, leader) = (gate.clone(), ended.clone(), leader.clone());
+            request.into_inner().scan((), move |_, m| {
+                let req = m.and_then(|m| {
+                    gate.check(&m)?;
+                    leader.store(m.from, Ordering::Relaxed);
+                    decode::<AppendEntriesRequest<TypeConfig>>(&m.payload)
+                });
+                futures::future::ready(match req {
+                    Ok(req) => {
+                        catching_up.heard(req.leader_commit.map(|l| l.index));
+                        Some(req)
+                    }
+                    Err(status) => {
+                        *lock(&ended) = Some(status);
+                        None
+                    }
+                })
+            })
+        };
+        let answers = self.raft.stream_append(requests).map(move |res| {
+            let res = res.map_err(RaftError::<TypeConfig>::Fatal);
+            gate.message(leader.load(Ordering::Relaxed), &res)
+        });
+        let why = futures::stream::once(async move { lock(&ended).take().map(Err) });
+        Ok(Response::new(Box::pin(
+            answers.chain(why.filter_map(futures::future::ready)),
+        )))
+    }
+
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        self.check(&m)?;
+        self.gate.check(&m)?;
         let req: VoteRequest<TypeConfig> = decode(&m.payload)?;
         self.may_vote(&req)?;
         let res = self.raft.vote(req).await;
@@ -230,7 +293,7 @@ impl Replication for ReplicationService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        self.check(&m)?;
+        self.gate.check(&m)?;
         let req: VoteRequest<TypeConfig> = decode(&m.payload)?;
         self.may_vote(&req)?;
         let res = self.raft.pre_vote(req).await;
@@ -242,7 +305,7 @@ impl Replication for ReplicationService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
-        self.check(&m)?;
+        self.gate.check(&m)?;
         let req: FullSnapshot = decode(&m.payload)?;
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta: req.meta,
@@ -283,6 +346,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             machine: self.machine.clone(),
             client: None,
+            unary_only: false,
         }
     }
 }
@@ -294,6 +358,9 @@ pub struct Peer {
     addr: String,
     machine: Machine,
     client: Option<ReplicationClient<Channel>>,
+    /// The peer has no `AppendStream` (an older version, during a rolling upgrade): each
+    /// AppendEntries goes as its own call, one at a time.
+    unary_only: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -349,28 +416,153 @@ impl Peer {
         };
         let m = match out {
             Ok(r) => r.into_inner(),
-            Err(status) => {
-                // A refusal by the peer itself (wrong peer, wrong log) is worth a warning; a
-                // peer that is down is routine while it restarts.
-                if Reason::of(&status).is_some() {
-                    tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
-                }
-                // An answer later than the RPC's deadline comes from a peer that is up but
-                // slow, e.g. in an fsync: retried at once, not backed off. Anything else
-                // (refused, reset, no route) makes openraft back off (`Config::backoff`).
-                if matches!(
-                    status.code(),
-                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-                ) {
-                    return Err(NetworkError::new(&status).into());
-                }
-                self.client = None;
-                return Err(Unreachable::new(&status).into());
-            }
+            Err(status) => return Err(self.failed(status)),
         };
         let res: Result<Resp, RaftError<TypeConfig>> =
             decode(&m.payload).map_err(|s| NetworkError::new(&s))?;
         res.map_err(|e| Unreachable::new(&e).into())
+    }
+
+    /// What a failed call or stream means to openraft.
+    fn failed(&mut self, status: Status) -> RPCError<TypeConfig> {
+        // A refusal by the peer itself (wrong peer, wrong log) is worth a warning; a peer
+        // that is down is routine while it restarts.
+        if Reason::of(&status).is_some() {
+            tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
+        }
+        // An answer later than the RPC's deadline comes from a peer that is up but slow, e.g.
+        // in an fsync: retried at once, not backed off. Anything else (refused, reset, no
+        // route) makes openraft back off (`Config::backoff`).
+        if matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ) {
+            return NetworkError::new(&status).into();
+        }
+        self.client = None;
+        Unreachable::new(&status).into()
+    }
+
+    /// What a failed append stream means; a peer without one is sent single calls from then
+    /// on.
+    fn stream_failed(&mut self, status: Status) -> RPCError<TypeConfig> {
+        if status.code() != tonic::Code::Unimplemented {
+            return self.failed(status);
+        }
+        tracing::info!(peer = self.target, addr = %self.addr, "the peer has no append stream (an older version): sending it one AppendEntries at a time");
+        self.unary_only = true;
+        NetworkError::new(&status).into()
+    }
+
+    /// Opens an append stream to the peer: every request `input` yields is sent at once,
+    /// without waiting for the answers to those before it (which the peer's Raft returns in
+    /// order). A stream with a request unanswered for [`STREAM_STALL`] is given up (a peer
+    /// that went silent without a reset); openraft then opens another.
+    async fn open_stream<S>(&mut self, input: S) -> Result<AppendStream<'_>, RPCError<TypeConfig>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static,
+    {
+        let mut client = self.client()?;
+        let unanswered = std::sync::Arc::new(AtomicU64::new(0));
+        let (me, to, machine, sent) = (
+            self.me,
+            self.target,
+            self.machine.clone(),
+            unanswered.clone(),
+        );
+        let outbound = input.scan((), move |_, req| {
+            let m = encode(&req).map(|payload| RaftMessage {
+                payload,
+                log_id: machine.log_id().unwrap_or_default(),
+                from: me,
+                to,
+            });
+            futures::future::ready(match m {
+                Ok(m) => {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    Some(m)
+                }
+                Err(status) => {
+                    // Ends the stream; openraft resends from what the peer acknowledged.
+                    tracing::error!(peer = to, %status, "an AppendEntries does not encode");
+                    None
+                }
+            })
+        });
+        let opened = tokio::time::timeout(STREAM_STALL, client.append_stream(outbound)).await;
+        let answers = match opened {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(self.stream_failed(status)),
+            Err(_) => {
+                let e = NetworkError::new(&AnyError::error(format!(
+                    "the peer did not open an append stream within {STREAM_STALL:?}"
+                )));
+                return Err(e.into());
+            }
+        };
+        Ok(AppendStream {
+            peer: self,
+            answers,
+            unanswered,
+        })
+    }
+}
+
+/// How long an append stream may leave a request unanswered before it is given up.
+const STREAM_STALL: Duration = Duration::from_secs(1);
+
+/// Answers to a stream of AppendEntries, as openraft takes them.
+type Answers<'a> =
+    openraft::base::BoxStream<'a, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+/// The answering half of an open append stream.
+struct AppendStream<'a> {
+    peer: &'a mut Peer,
+    answers: Streaming<RaftMessage>,
+    /// Requests sent and not yet answered.
+    unanswered: std::sync::Arc<AtomicU64>,
+}
+
+impl AppendStream<'_> {
+    /// The next answer, in the order of the requests; `None` once the stream ended.
+    async fn next(
+        &mut self,
+    ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        loop {
+            let m = match tokio::time::timeout(STREAM_STALL, self.answers.message()).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => return None,
+                Ok(Err(status)) => return Some(Err(self.peer.stream_failed(status))),
+                // Nothing asked, nothing owed: an idle stream waits on.
+                Err(_) if self.unanswered.load(Ordering::Relaxed) == 0 => continue,
+                Err(_) => {
+                    let e = NetworkError::new(&AnyError::error(format!(
+                        "replica {} left an AppendEntries unanswered for {STREAM_STALL:?}",
+                        self.peer.target
+                    )));
+                    return Some(Err(e.into()));
+                }
+            };
+            self.unanswered.fetch_sub(1, Ordering::Relaxed);
+            let res: Result<StreamAppendResult<TypeConfig>, RaftError<TypeConfig>> =
+                match decode(&m.payload) {
+                    Ok(r) => r,
+                    Err(s) => return Some(Err(NetworkError::new(&s).into())),
+                };
+            return Some(res.map_err(|e| Unreachable::new(&e).into()));
+        }
+    }
+}
+
+impl<'a> AppendStream<'a> {
+    /// As openraft wants it: ends after the first error or refused append.
+    fn into_stream(self) -> Answers<'a> {
+        Box::pin(futures::stream::unfold(Some(self), |st| async move {
+            let mut st = st?;
+            let answer = st.next().await?;
+            let go_on = matches!(answer, Ok(Ok(_)));
+            Some((answer, go_on.then_some(st)))
+        }))
     }
 }
 
@@ -383,6 +575,25 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Rpc::Append, &rpc, option.hard_ttl()).await
+    }
+
+    /// AppendEntries pipelined on one gRPC stream per session (see [`Peer::open_stream`]);
+    /// one call at a time to a peer without it.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<Answers<'s>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        if self.unary_only {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move { Ok(self.open_stream(input).await?.into_stream()) })
     }
 
     async fn vote(
