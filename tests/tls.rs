@@ -336,3 +336,25 @@ async fn the_demo_runs_over_mutual_tls_and_passes() {
         "{stderr}"
     );
 }
+
+/// `failover-bench --log-replicas 3` runs over mutual TLS with the certificates it issues:
+/// its probe writer appends under an id the run's client certificate names (it was refused
+/// once, and the bench waited out 30 s of refusals before saying so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_failover_bench_runs_over_mutual_tls_and_passes() {
+    let out = tokio::process::Command::new(common::bin())
+        .args(["failover-bench", "--log-replicas", "3", "--takedowns", "2"])
+        .args(["--rate", "200"])
+        .env_remove("LOGPLAYER_INSECURE")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stdout.contains("2 log leader kills")
+            && stdout.contains("exactly-once: PASS"),
+        "{stdout}\n{stderr}"
+    );
+}
