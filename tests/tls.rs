@@ -309,22 +309,28 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
     common::assert_exactly_once(&c, &log, &report).await;
 }
 
+/// Runs the binary with `args` and without `LOGPLAYER_INSECURE`: whether it succeeded, its
+/// stdout and its stderr.
+async fn run_secure(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(common::bin())
+        .args(args)
+        .env_remove("LOGPLAYER_INSECURE")
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 /// `demo` runs the whole system over mutual TLS with certificates it issues, faults and
 /// all, and ends exactly once. Its load is shorter than its faults take (three takeovers
 /// each wait out a lease), so this also checks that the load goes on until the last fault
 /// is in: a leader killed after the load ended would have nothing to deliver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_over_mutual_tls_and_passes() {
-    let out = tokio::process::Command::new(common::bin())
-        .args(["demo", "--rate", "500", "--seconds", "6"])
-        .env_remove("LOGPLAYER_INSECURE")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stdout, stderr) = run_secure(&["demo", "--rate", "500", "--seconds", "6"]).await;
     assert!(
-        out.status.success() && stdout.contains("exactly-once: PASS"),
+        ok && stdout.contains("exactly-once: PASS"),
         "{stdout}\n{stderr}"
     );
     assert!(
@@ -342,19 +348,18 @@ async fn the_demo_runs_over_mutual_tls_and_passes() {
 /// once, and the bench waited out 30 s of refusals before saying so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_failover_bench_runs_over_mutual_tls_and_passes() {
-    let out = tokio::process::Command::new(common::bin())
-        .args(["failover-bench", "--log-replicas", "3", "--takedowns", "2"])
-        .args(["--rate", "200"])
-        .env_remove("LOGPLAYER_INSECURE")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let args = [
+        "failover-bench",
+        "--log-replicas",
+        "3",
+        "--takedowns",
+        "2",
+        "--rate",
+        "200",
+    ];
+    let (ok, stdout, stderr) = run_secure(&args).await;
     assert!(
-        out.status.success()
-            && stdout.contains("2 log leader kills")
-            && stdout.contains("exactly-once: PASS"),
+        ok && stdout.contains("2 log leader kills") && stdout.contains("exactly-once: PASS"),
         "{stdout}\n{stderr}"
     );
 }
