@@ -49,6 +49,21 @@ fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, Status> {
         .map_err(|e| Status::internal(format!("encoding a replication message: {e}")))
 }
 
+/// One openraft message from replica `from` to replica `to`, with the sender's log id.
+fn envelope<T: Serialize>(
+    v: &T,
+    machine: &Machine,
+    from: NodeId,
+    to: NodeId,
+) -> Result<RaftMessage, Status> {
+    Ok(RaftMessage {
+        payload: encode(v)?,
+        log_id: machine.log_id().unwrap_or_default(),
+        from,
+        to,
+    })
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -153,12 +168,7 @@ impl Gate {
 
     /// An answer to replica `to`.
     fn message<T: Serialize>(&self, to: NodeId, v: &T) -> Result<RaftMessage, Status> {
-        Ok(RaftMessage {
-            payload: encode(v)?,
-            log_id: self.machine.log_id().unwrap_or_default(),
-            from: self.me,
-            to,
-        })
+        envelope(v, &self.machine, self.me, to)
     }
 }
 
@@ -400,13 +410,9 @@ impl Peer {
         Resp: DeserializeOwned,
     {
         let mut client = self.client()?;
-        let payload = encode(req).map_err(|s| NetworkError::new(&s))?;
-        let mut request = Request::new(RaftMessage {
-            payload,
-            log_id: self.machine.log_id().unwrap_or_default(),
-            from: self.me,
-            to: self.target,
-        });
+        let m = envelope(req, &self.machine, self.me, self.target)
+            .map_err(|s| NetworkError::new(&s))?;
+        let mut request = Request::new(m);
         request.set_timeout(timeout);
         let out = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -471,12 +477,7 @@ impl Peer {
             unanswered.clone(),
         );
         let outbound = input.scan((), move |_, req| {
-            let m = encode(&req).map(|payload| RaftMessage {
-                payload,
-                log_id: machine.log_id().unwrap_or_default(),
-                from: me,
-                to,
-            });
+            let m = envelope(&req, &machine, me, to);
             futures::future::ready(match m {
                 Ok(m) => {
                     sent.fetch_add(1, Ordering::Relaxed);
@@ -523,7 +524,7 @@ struct AppendStream<'a> {
     unanswered: std::sync::Arc<AtomicU64>,
 }
 
-impl AppendStream<'_> {
+impl<'a> AppendStream<'a> {
     /// The next answer, in the order of the requests; `None` once the stream ended.
     async fn next(
         &mut self,
@@ -552,9 +553,7 @@ impl AppendStream<'_> {
             return Some(res.map_err(|e| Unreachable::new(&e).into()));
         }
     }
-}
 
-impl<'a> AppendStream<'a> {
     /// As openraft wants it: ends after the first error or refused append.
     fn into_stream(self) -> Answers<'a> {
         Box::pin(futures::stream::unfold(Some(self), |st| async move {
