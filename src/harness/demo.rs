@@ -73,6 +73,9 @@ const SCHEDULE: [(f64, Fault); 7] = [
     (0.88, Fault::Shard),
 ];
 
+/// How long the demo waits for the shards to refuse a woken stale leader.
+const WOKEN_WATCH: Duration = Duration::from_secs(10);
+
 /// What the run has done so far.
 struct Run {
     cluster: Cluster,
@@ -83,6 +86,9 @@ struct Run {
     log_failovers: Vec<f64>,
     /// Appends acknowledged so far (the load's progress).
     appended: Arc<AtomicU64>,
+    /// What the shards counted in the seconds after the frozen leader woke. Read then, not
+    /// at the end: a shard restarted by a later fault starts its counters again.
+    woken: Fencing,
 }
 
 /// Where the demo keeps its data: `--data`, or a temporary directory removed at the end.
@@ -182,6 +188,7 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         failovers: Vec::new(),
         log_failovers: Vec::new(),
         appended: appended.clone(),
+        woken: Fencing::default(),
     };
     run.follow_schedule(&cfg, replicated, &load, &hold.0)
         .await?;
@@ -193,15 +200,18 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     run.stop().await;
     let epochs_increase = run.failovers.iter().all(|f| f.new_epoch > f.old_epoch);
     let froze = run.failovers.iter().any(|f| f.takedown == Takedown::Stop);
-    let fenced = !froze || (fencing.refusals > 0 && fencing.stale_commits == 0);
+    let woken = run.woken;
+    let fenced =
+        !froze || (woken.refusals > 0 && woken.stale_commits == 0 && fencing.stale_commits == 0);
     let pass = result.pass && epochs_increase && fenced;
     if !epochs_increase {
         println!("an epoch did not increase across a failover");
     }
     if !fenced {
         println!(
-            "the frozen leader was not fenced: {} refusals, {} commits under a stale epoch",
-            fencing.refusals, fencing.stale_commits
+            "the frozen leader was not fenced: {} refusals after it woke, {} commits under a stale epoch",
+            woken.refusals,
+            woken.stale_commits.max(fencing.stale_commits)
         );
     }
     println!("exactly-once: {}", if pass { "PASS" } else { "FAIL" });
@@ -362,10 +372,15 @@ impl Run {
         if how == Takedown::Stop {
             // Let it sleep past its lease, then wake it: it must be fenced.
             tokio::time::sleep(Duration::from_millis(1500)).await;
+            let before = self.fencing_now().await;
             self.cluster.players[f.old_leader].cont()?;
+            let woke = Instant::now();
+            self.woken = self.watch_woken(before).await;
             println!(
-                "  fault: {what}; SIGCONT player-{} (now stale)",
-                f.old_leader
+                "  fault: {what}; SIGCONT player-{} (now stale): the shards refused {} of its requests in the {:.1} s after",
+                f.old_leader,
+                self.woken.refusals,
+                woke.elapsed().as_secs_f64()
             );
         } else {
             println!(
@@ -378,11 +393,10 @@ impl Run {
         Ok(())
     }
 
-    /// Gathers every shard's delays; returns the fencing evidence.
-    async fn collect_stats(&mut self) -> Fencing {
+    /// What the shards up now have counted about fencing, summed.
+    async fn fencing_now(&self) -> Fencing {
         let mut f = Fencing::default();
         for s in &self.cluster.shards {
-            let _ = self.delays.collect(s.addr()).await;
             if let Ok(c) = ShardConn::connect(s.addr()).await
                 && let Ok(st) = c.stats(false).await
             {
@@ -391,6 +405,30 @@ impl Run {
             }
         }
         f
+    }
+
+    /// Watches the shards after the frozen leader woke: until they refused it (up to
+    /// [`WOKEN_WATCH`]), then a little longer for any commit it got through. Returns what
+    /// they counted since `before`.
+    async fn watch_woken(&self, before: Fencing) -> Fencing {
+        let since = |now: Fencing| Fencing {
+            refusals: now.refusals.saturating_sub(before.refusals),
+            stale_commits: now.stale_commits.saturating_sub(before.stale_commits),
+        };
+        let woke = Instant::now();
+        while woke.elapsed() < WOKEN_WATCH && since(self.fencing_now().await).refusals == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        since(self.fencing_now().await)
+    }
+
+    /// Gathers every shard's delays; returns the fencing evidence.
+    async fn collect_stats(&mut self) -> Fencing {
+        for s in &self.cluster.shards {
+            let _ = self.delays.collect(s.addr()).await;
+        }
+        self.fencing_now().await
     }
 
     fn print_summary(
@@ -447,8 +485,12 @@ impl Run {
             .filter(|f| f.takedown == Takedown::Stop)
         {
             println!(
-                "fenced            the frozen leader player-{} (epoch {}) woke stale: the shards refused {} of its requests, and {} entries were committed under a stale epoch",
-                f.old_leader, f.old_epoch, fencing.refusals, fencing.stale_commits
+                "fenced            the frozen leader player-{} (epoch {}) woke stale: the shards refused {} of its requests after it woke ({} counted by the shards at the end, since their last restart), and {} entries were committed under a stale epoch",
+                f.old_leader,
+                f.old_epoch,
+                self.woken.refusals,
+                fencing.refusals,
+                self.woken.stale_commits.max(fencing.stale_commits)
             );
         }
         if !self.failovers.iter().any(|f| f.takedown == Takedown::Stop) {
