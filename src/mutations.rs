@@ -24,10 +24,12 @@ pub enum Mutation {
     /// The WAL acknowledges appends without syncing them (only a power loss shows it: the
     /// simulated disk of `tests/sim.rs`).
     LogSkipsFsync,
+    /// A log replica takes replication messages from a replica of another log.
+    ReplicaIgnoresLogId,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 7] = [
+    pub const ALL: [Mutation; 8] = [
         Mutation::ShardIgnoresEpochs,
         Mutation::ShardAcceptsGaps,
         Mutation::ShardReapplies,
@@ -35,6 +37,7 @@ impl Mutation {
         Mutation::QueueIgnoresTerms,
         Mutation::RetentionIgnoresCursor,
         Mutation::LogSkipsFsync,
+        Mutation::ReplicaIgnoresLogId,
     ];
 
     /// The value of `LOGPLAYER_MUTATION` that turns it on.
@@ -47,6 +50,7 @@ impl Mutation {
             Mutation::QueueIgnoresTerms => "queue-ignores-terms",
             Mutation::RetentionIgnoresCursor => "retention-ignores-cursor",
             Mutation::LogSkipsFsync => "log-skips-fsync",
+            Mutation::ReplicaIgnoresLogId => "replica-ignores-log-id",
         }
     }
 }

@@ -381,6 +381,15 @@ async fn with_no_switch_on_every_scenario_passes() {
     gap(None).await.unwrap();
     resend(None).await.unwrap();
     stale_reader(None).await.unwrap();
+    common::group::stray_replica(&[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_ignoring_the_log_id_are_caught_by_a_replica_of_another_log() {
+    caught(Mutation::ReplicaIgnoresLogId, |m| async move {
+        common::group::stray_replica(&env(m)).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

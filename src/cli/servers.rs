@@ -69,6 +69,11 @@ pub struct LogstoreArgs {
     /// on every replica.
     #[arg(long, env = "LOGPLAYER_HEARTBEAT", default_value = "50ms", value_parser = humantime::parse_duration, requires = "peers")]
     heartbeat: std::time::Duration,
+    /// FAULT INJECTION, for tests only: answer the leader's `AppendStream` with
+    /// UNIMPLEMENTED, as a replica of a version without it would during a rolling upgrade.
+    /// The leader must fall back to single `AppendEntries` calls.
+    #[arg(long, hide = true, requires = "peers")]
+    fault_no_append_stream: bool,
 }
 
 #[derive(Subcommand)]
@@ -300,6 +305,7 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
     config.rebase_every = a.snapshot_every;
     config.heartbeat = a.heartbeat;
     config.join = a.join;
+    config.serve_append_stream = !a.fault_no_append_stream;
     // Bound first, so that peers can reach this replica as soon as Raft starts.
     let (listener, addr) = grpc::bind(&a.listen).await?;
     let replica = logstore::raft::node::Replica::start(config)

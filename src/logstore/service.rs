@@ -504,7 +504,8 @@ where
                     r.raft().clone(),
                     r.machine().clone(),
                     r.catching_up(),
-                ),
+                )
+                .serving_append_stream(r.serves_append_stream()),
             )
             .max_decoding_message_size(crate::logstore::raft::network::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::logstore::raft::network::MAX_MESSAGE_BYTES),

@@ -15,11 +15,18 @@ pub struct Group {
     pub procs: Vec<Proc>,
     pub addrs: Vec<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// Starts replica `id` on `addr` with `--peers peers` and `extra` flags, its data in
 /// `dir/replica-ID`.
-async fn spawn(dir: &std::path::Path, id: usize, addr: &str, peers: &str, extra: &[&str]) -> Proc {
+async fn spawn(
+    dir: &std::path::Path,
+    (id, addr): (usize, &str),
+    peers: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Proc {
     let data = dir.join(format!("replica-{id}"));
     let mut args: Vec<String> = [
         "logstore",
@@ -34,13 +41,18 @@ async fn spawn(dir: &std::path::Path, id: usize, addr: &str, peers: &str, extra:
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    Proc::start(&format!("replica-{id}"), &bin(), args, Some(addr), dir)
+    Proc::start_with_env(&format!("replica-{id}"), &bin(), args, Some(addr), dir, env)
         .await
         .expect("a replica starts")
 }
 
 impl Group {
     pub async fn start(n: usize, extra: &[&str]) -> Group {
+        Self::start_with_env(n, extra, &[]).await
+    }
+
+    /// [`Group::start`] with environment variables for every replica (and its restarts).
+    pub async fn start_with_env(n: usize, extra: &[&str], env: &[(String, String)]) -> Group {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -48,13 +60,14 @@ impl Group {
         let peers = logplayer::harness::cluster::peers_flag(&addrs);
         let mut procs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
-            procs.push(spawn(dir.path(), i + 1, addr, &peers, extra).await);
+            procs.push(spawn(dir.path(), (i + 1, addr), &peers, extra, env).await);
         }
         Group {
             _dir: dir,
             procs,
             addrs,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.to_vec(),
         }
     }
 
@@ -68,7 +81,7 @@ impl Group {
         let peers = logplayer::harness::cluster::peers_flag(&all);
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         self.procs
-            .push(spawn(self._dir.path(), id, &addr, &peers, &extra).await);
+            .push(spawn(self._dir.path(), (id, &addr), &peers, &extra, &self.env).await);
         self.addrs.push(addr.clone());
         (id as u64, addr)
     }
@@ -147,6 +160,13 @@ pub fn add(key: String) -> Vec<Mutation> {
 /// Appends `n` entries as writer `id` (sequences from `from`), each retried until
 /// acknowledged; returns `(sequence, index)` of each.
 pub async fn write(log: &Log, id: &str, from: u64, n: u64) -> Vec<(u64, u64)> {
+    try_write(log, id, from, n)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`write`], saying which append was still refused after 30 s instead of panicking.
+pub async fn try_write(log: &Log, id: &str, from: u64, n: u64) -> Result<Vec<(u64, u64)>, String> {
     let mut out = Vec::new();
     for seq in from..from + n {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -159,14 +179,69 @@ pub async fn write(log: &Log, id: &str, from: u64, n: u64) -> Vec<(u64, u64)> {
                     out.push((seq, index));
                     break;
                 }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "{id} {seq}: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                Err(e) if Instant::now() >= deadline => return Err(format!("{id} {seq}: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     }
-    out
+    Ok(out)
+}
+
+/// A replica of another log (its directory holds log B's five entries) started among log
+/// A's replicas, in place of A's replica 3, with `env` on every replica. It must be refused
+/// by name, log A must go on, and nothing of log A may be written over log B's replica.
+/// Returns what went wrong, if anything (`tests/replicated.rs` requires nothing; with the
+/// log-id check broken, `tests/mutations.rs` requires something).
+pub async fn stray_replica(env: &[(String, String)]) -> Result<(), String> {
+    let mut a = Group::start_with_env(3, &[], env).await;
+    let b = Group::start_with_env(3, &[], env).await;
+    let log_a = Log::connect(&a.all()).await.unwrap();
+    let log_b = Log::connect(&b.all()).await.unwrap();
+    try_write(&log_a, "a", 1, 5).await?;
+    try_write(&log_b, "b", 1, 5).await?;
+    // Once B's replica 3 has applied log B's entries (so it knows its log's id), it is
+    // stopped and its directory copied over A's replica 3's.
+    b.entries_of_each(5).await;
+    let mut b = b;
+    b.procs[2].kill().await;
+    a.procs[2].kill().await;
+    let (b3, a3) = (b.data(3), a.data(3));
+    std::fs::remove_dir_all(&a3).unwrap();
+    std::fs::create_dir_all(&a3).unwrap();
+    for f in std::fs::read_dir(&b3).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), a3.join(f.file_name())).unwrap();
+    }
+    a.procs[2].restart().await.unwrap();
+    let told = log_says(
+        &a.procs[2],
+        "belong to different logs",
+        Duration::from_secs(20),
+    )
+    .await;
+    try_write(&log_a, "a", 6, 5)
+        .await
+        .map_err(|e| format!("log A stopped taking appends with log B's replica among it: {e}"))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id_b = Log::connect(&b.addrs[0])
+        .await
+        .unwrap()
+        .describe()
+        .await
+        .unwrap()
+        .log_id;
+    let stray = Log::connect(&a.addrs[2]).await.unwrap();
+    let id = stray.describe().await.map(|d| d.log_id).unwrap_or_default();
+    let (_, last) = stray.bounds().await.unwrap_or((0, 0));
+    if id != id_b || last > 5 {
+        return Err(format!(
+            "log A was written over log B's replica: it says log {id:?} (B is {id_b:?}) and holds entries up to {last} (B has 5)"
+        ));
+    }
+    if !told {
+        return Err(format!("the replica of log B was not told:\n{}", a.logs()));
+    }
+    Ok(())
 }
 
 /// Waits until `p`'s log contains `text`.

@@ -154,7 +154,9 @@ impl Gate {
                 self.me, m.from, m.to, m.to
             )));
         }
+        let ignore = crate::mutations::on(crate::mutations::Mutation::ReplicaIgnoresLogId);
         if let Some(mine) = self.machine.log_id()
+            && !ignore
             && !m.log_id.is_empty()
             && m.log_id != mine
         {
@@ -177,6 +179,8 @@ pub struct ReplicationService {
     gate: Gate,
     raft: Raft,
     catching_up: std::sync::Arc<CatchingUp>,
+    /// False: `AppendStream` is answered UNIMPLEMENTED, as by an older version.
+    append_stream: bool,
 }
 
 impl ReplicationService {
@@ -194,7 +198,15 @@ impl ReplicationService {
             },
             raft,
             catching_up,
+            append_stream: true,
         }
+    }
+
+    /// Answers `AppendStream` UNIMPLEMENTED when `serve` is false (a test of the leader's
+    /// fallback to single calls, for a peer of a version without the stream).
+    pub fn serving_append_stream(mut self, serve: bool) -> Self {
+        self.append_stream = serve;
+        self
     }
 
     fn applied(&self) -> u64 {
@@ -256,6 +268,11 @@ impl Replication for ReplicationService {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        if !self.append_stream {
+            return Err(Status::unimplemented(
+                "AppendStream is not served by this replica (--fault-no-append-stream)",
+            ));
+        }
         let (gate, catching_up) = (self.gate.clone(), self.catching_up.clone());
         let ended = std::sync::Arc::new(std::sync::Mutex::new(None::<Status>));
         let leader = std::sync::Arc::new(AtomicU64::new(0));

@@ -68,6 +68,9 @@ pub struct ReplicaConfig {
     pub heartbeat: Duration,
     /// Never seed a new group from `peers`: wait to be added, or seeded by `Seed`.
     pub join: bool,
+    /// Serve the leader's `AppendStream` (false only to test the fallback to single calls
+    /// that a peer of an older version needs).
+    pub serve_append_stream: bool,
 }
 
 impl ReplicaConfig {
@@ -82,6 +85,7 @@ impl ReplicaConfig {
             rebase_every: 10_000,
             heartbeat: Duration::from_millis(50),
             join: false,
+            serve_append_stream: true,
         }
     }
 }
@@ -183,6 +187,7 @@ pub struct Replica {
     max_entry_bytes: usize,
     failed: watch::Receiver<Option<String>>,
     catching_up: Arc<super::network::CatchingUp>,
+    serve_append_stream: bool,
     /// This replica's address in `--peers`, if listed there.
     own_addr: Option<String>,
 }
@@ -318,6 +323,7 @@ impl Replica {
             } else {
                 super::network::CatchingUp::empty()
             }),
+            serve_append_stream: config.serve_append_stream,
         };
         tokio::spawn(replica.clone().propose(rx));
         tokio::spawn(replica.clone().leader_duties());
@@ -333,6 +339,11 @@ impl Replica {
     /// Whether this replica, started empty, still catches up (for the replication service).
     pub fn catching_up(&self) -> Arc<super::network::CatchingUp> {
         self.catching_up.clone()
+    }
+
+    /// Whether the leader's `AppendStream` is served (see [`ReplicaConfig`]).
+    pub fn serves_append_stream(&self) -> bool {
+        self.serve_append_stream
     }
 
     /// The Raft instance (for the replication service).
