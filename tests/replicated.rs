@@ -84,6 +84,51 @@ async fn a_leader_sends_single_calls_to_replicas_without_the_append_stream() {
     );
 }
 
+/// A follower that is down (connections refused) is dialed at openraft's backoff pace, and
+/// said once: the leader once dialed it ~13,000 times a second, two WARN lines each, and
+/// openraft's heartbeat warned 20 times a second besides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_is_down_is_retried_at_the_backoff_pace_and_said_once() {
+    let mut g = Group::start(3, &[]).await;
+    let leader = g.leader(Duration::from_secs(20)).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    write(&log, "w", 1, 10).await;
+    let follower = (leader + 1) % 3;
+    g.procs[follower].kill().await;
+    let warnings = |g: &Group| {
+        std::fs::read_to_string(g.procs[leader].log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .count()
+    };
+    let before = warnings(&g);
+    // Three seconds of appends, each committed by the leader and the other follower.
+    let started = Instant::now();
+    let mut seq = 11;
+    while started.elapsed() < Duration::from_secs(3) {
+        write(&log, "w", seq, 10).await;
+        seq += 10;
+    }
+    let after = warnings(&g);
+    assert!(
+        after - before < 100,
+        "{} WARN lines in 3 s with a follower down:\n{}",
+        after - before,
+        g.procs[leader].log_tail(20)
+    );
+    assert!(
+        log_says(
+            &g.procs[leader],
+            "a peer is unreachable",
+            Duration::from_secs(1)
+        )
+        .await,
+        "the leader did not say the follower is unreachable:\n{}",
+        g.procs[leader].log_tail(20)
+    );
+}
+
 /// A writer appends sequences 1..N, each retried with the same `(writer_id, sequence)` until
 /// acknowledged, while the leader is SIGKILLed and restarted again and again. Every sequence
 /// must be in the log exactly once, at the index it was acknowledged with, on every replica.

@@ -168,10 +168,15 @@ pub enum Command {
     Operator(OperatorArgs),
 }
 
+/// What is logged when `RUST_LOG` is not set.
+const DEFAULT_LOG_FILTER: &str = "info,openraft::core::heartbeat=error";
+
 fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal as _;
+    // openraft warns at every failed heartbeat (every 50 ms while a replica is down); the
+    // log replica says it once every 10 s instead (`logstore::raft::network`).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -374,6 +374,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             machine: self.machine.clone(),
             client: None,
             unary_only: false,
+            last_unreachable: None,
         }
     }
 }
@@ -388,6 +389,8 @@ pub struct Peer {
     /// The peer has no `AppendStream` (an older version, during a rolling upgrade): each
     /// AppendEntries goes as its own call, one at a time.
     unary_only: bool,
+    /// When this peer was last logged as unreachable (see [`Peer::failed`]).
+    last_unreachable: Option<std::time::Instant>,
 }
 
 #[derive(Clone, Copy)]
@@ -452,6 +455,15 @@ impl Peer {
         // that is down is routine while it restarts.
         if Reason::of(&status).is_some() {
             tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
+        } else if status.code() == tonic::Code::Unavailable
+            && self
+                .last_unreachable
+                .is_none_or(|t| t.elapsed() > UNREACHABLE_LOG_EVERY)
+        {
+            // Said once every 10 s per connection while it lasts: openraft's own heartbeat
+            // warning, at every heartbeat (~20/s), is filtered out by default (`cli`).
+            self.last_unreachable = Some(std::time::Instant::now());
+            tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer is unreachable (said again every 10 s while it stays so)");
         }
         // An answer later than the RPC's deadline comes from a peer that is up but slow, e.g.
         // in an fsync: retried at once, not backed off. Anything else (refused, reset, no
@@ -525,6 +537,9 @@ impl Peer {
         })
     }
 }
+
+/// How often a peer that stays unreachable is logged again.
+const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long an append stream may leave a request unanswered before it is given up.
 const STREAM_STALL: Duration = Duration::from_secs(1);
@@ -609,7 +624,18 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         if self.unary_only {
             return stream_append_sequential(self, input, option);
         }
-        Box::pin(async move { Ok(self.open_stream(input).await?.into_stream()) })
+        Box::pin(async move {
+            // The first request is taken before dialing: openraft waits out its backoff
+            // (after errors from this peer) while it produces a request, so a peer refusing
+            // connections is dialed at the backoff's pace. Dialing first made a retry loop of
+            // ~13,000 attempts (and two WARN lines each) per second while a follower was down.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as Answers<'s>);
+            };
+            let input = futures::stream::once(futures::future::ready(first)).chain(input);
+            Ok(self.open_stream(input).await?.into_stream())
+        })
     }
 
     async fn vote(
