@@ -360,15 +360,20 @@ impl LeaseSettings {
     }
 }
 
-/// Batching and flow control toward each shard (the player's `--window`, `--batch-entries`,
-/// `--batch-bytes` and `--queue-bytes`).
+/// Batching and flow control toward each shard (the player's `--window`, `--window-bytes`,
+/// `--batch-entries`, `--batch-bytes` and `--queue-bytes`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverySettings {
-    /// Most batches in flight (sent, not yet acknowledged) per shard. 1 to 1024; default 16.
+    /// Most batches in flight (sent, not yet acknowledged) per shard. 1 to 1024; default 64.
     #[serde(default = "default_window")]
     #[schemars(range(min = 1, max = 1024))]
     pub window: i32,
+    /// Most bytes of entries in flight per shard (a batch still goes when none is in
+    /// flight). 1 to 1 GiB; default 16 MiB (16777216).
+    #[serde(default = "default_window_bytes")]
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub window_bytes: i64,
     /// Most entries in one batch. At least 1; default 512.
     #[serde(default = "default_batch_entries")]
     #[schemars(range(min = 1))]
@@ -387,7 +392,10 @@ pub struct DeliverySettings {
 }
 
 fn default_window() -> i32 {
-    16
+    64
+}
+fn default_window_bytes() -> i64 {
+    16 * 1024 * 1024
 }
 fn default_batch_entries() -> i32 {
     512
@@ -403,6 +411,7 @@ impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
             window: default_window(),
+            window_bytes: default_window_bytes(),
             batch_entries: default_batch_entries(),
             batch_bytes: default_batch_bytes(),
             queue_bytes: default_queue_bytes(),

@@ -315,11 +315,12 @@ fn schema_carries_the_defaults_and_bounds() {
     );
     assert_eq!(
         p["delivery"]["default"],
-        json!({"window": 16, "batchEntries": 512, "batchBytes": 1048576, "queueBytes": 8388608})
+        json!({"window": 64, "windowBytes": 16777216, "batchEntries": 512, "batchBytes": 1048576, "queueBytes": 8388608})
     );
     let d = &p["delivery"]["properties"];
     assert_eq!(d["window"]["minimum"], 1.0);
     assert_eq!(d["window"]["maximum"], 1024.0);
+    assert_eq!(d["windowBytes"]["minimum"], 1.0);
     assert_eq!(d["batchBytes"]["maximum"], 8388608.0);
     assert_eq!(d["queueBytes"]["minimum"], 65536.0);
     assert_eq!(
@@ -377,6 +378,7 @@ spec:
   retainLog: true
   delivery:
     window: 32
+    windowBytes: 4194304
     batchEntries: 1024
     batchBytes: 2097152
     queueBytes: 16777216

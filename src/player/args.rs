@@ -94,9 +94,15 @@ pub struct PlayerArgs {
     /// --max-entry-bytes (the player checks both when it connects).
     #[arg(long, env = "LOGPLAYER_MAX_ENTRY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_ENTRY_BYTES, value_parser = crate::limits::parse_flag)]
     pub max_entry_bytes: usize,
-    /// Most unacknowledged batches per shard.
-    #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = 16)]
+    /// Most unacknowledged batches per shard (a shard acknowledges once a commit is
+    /// durable; with small batches, a window of few batches stalls delivery behind one slow
+    /// commit).
+    #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = 64)]
     pub window: usize,
+    /// Most unacknowledged bytes of entries per shard (a batch still goes when nothing is
+    /// in flight).
+    #[arg(long, env = "LOGPLAYER_WINDOW_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub window_bytes: usize,
     /// Per-shard queue limit in bytes; past it the shard catches up from the log.
     #[arg(long, env = "LOGPLAYER_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub queue_bytes: usize,
@@ -200,6 +206,7 @@ impl PlayerArgs {
         config.batch_bytes = self.batch_bytes;
         config.max_entry_bytes = self.max_entry_bytes;
         config.window_batches = self.window;
+        config.window_bytes = self.window_bytes;
         config.queue_bytes = self.queue_bytes;
         config.watermark_every = self.watermark_every;
         config.checkpoint_interval = self.checkpoint_interval;

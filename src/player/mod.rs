@@ -60,6 +60,10 @@ pub struct PlayerConfig {
     pub max_entry_bytes: usize,
     /// Most batches in flight (sent, not acknowledged) per shard.
     pub window_batches: usize,
+    /// Most bytes of entries in flight per shard (a batch still goes when none is in
+    /// flight). Bounds a shard's read-ahead however large batches are, so that the batch
+    /// count can be high enough to keep small batches flowing through a slow commit.
+    pub window_bytes: usize,
     /// Byte limit of a shard's normal queue before it switches to recovery from the log.
     pub queue_bytes: usize,
     /// Byte limit of a shard's catch-up queue (the recovery reader waits beyond it).
@@ -89,7 +93,8 @@ impl PlayerConfig {
             batch_entries: 512,
             batch_bytes: 1024 * 1024,
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
-            window_batches: 16,
+            window_batches: 64,
+            window_bytes: 16 * 1024 * 1024,
             queue_bytes: 8 * 1024 * 1024,
             catchup_bytes: 4 * 1024 * 1024,
             watermark_every: 1000,
@@ -110,6 +115,9 @@ impl PlayerConfig {
         }
         if self.window_batches == 0 {
             return bad("window batches must be at least 1");
+        }
+        if self.window_bytes == 0 {
+            return bad("window bytes must be at least 1");
         }
         if self.queue_bytes < 64 * 1024 || self.catchup_bytes < 64 * 1024 {
             return bad("queue and catch-up limits must be at least 64 KiB");

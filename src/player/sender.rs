@@ -124,8 +124,7 @@ impl Shared {
             self.spawn_recovery(t, rec);
         }
         self.accepted(target);
-        // (first index, last index, earliest dispatch time) of each batch in flight.
-        let mut in_flight: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
+        let mut in_flight = InFlight::default();
         let batch_bytes = crate::limits::batch_budget(
             self.config.batch_bytes,
             self.config.batch_bytes,
@@ -133,7 +132,7 @@ impl Shared {
         );
         loop {
             // Fill the window.
-            while in_flight.len() < self.config.window_batches {
+            while in_flight.has_room(&self.config) {
                 let batch = lock(&target.queue).next_batch(self.config.batch_entries, batch_bytes);
                 let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                     break;
@@ -141,7 +140,13 @@ impl Shared {
                 let (first, last) = (first.index, last.index);
                 let dispatched = batch.iter().map(|e| e.dispatch_micros).min().unwrap_or(0);
                 target.room.notify_waiters();
-                in_flight.push_back((first, last, dispatched));
+                let bytes = batch.iter().map(prost::Message::encoded_len).sum();
+                in_flight.push(Sent {
+                    first,
+                    last,
+                    dispatched,
+                    bytes,
+                });
                 let msg = DeliverRequest {
                     msg: Some(deliver_request::Msg::Batch(Batch { entries: batch })),
                 };
@@ -178,19 +183,14 @@ impl Shared {
                         None => return Err(SessionEnd::Broken("shard closed the stream".into())),
                     }
                 }
-                _ = target.ready.notified(), if in_flight.len() < self.config.window_batches => {}
+                _ = target.ready.notified(), if in_flight.has_room(&self.config) => {}
             }
         }
     }
 
     /// A cumulative ack: record it, observe the delivery delay of the batches it covers,
     /// and free their window slots.
-    fn acked(
-        &self,
-        target: &Target,
-        in_flight: &mut std::collections::VecDeque<(u64, u64, u64)>,
-        applied: u64,
-    ) {
+    fn acked(&self, target: &Target, in_flight: &mut InFlight, applied: u64) {
         lock(&target.queue).on_ack(applied);
         let now = now_micros();
         let delay = self
@@ -198,15 +198,68 @@ impl Shared {
             .metrics
             .delivery_delay
             .get_or_create(&Metrics::shard(&target.id));
-        while let Some(&(_, last, dispatched)) = in_flight.front() {
-            if last > applied {
+        for sent in in_flight.acked(applied) {
+            if sent.dispatched > 0 {
+                delay.observe(now.saturating_sub(sent.dispatched) as f64 / 1e6);
+            }
+        }
+    }
+}
+
+/// One batch sent and not yet acknowledged.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    first: u64,
+    last: u64,
+    /// The earliest dispatch time of its entries (wall-clock microseconds).
+    dispatched: u64,
+    /// Its entries' encoded bytes.
+    bytes: usize,
+}
+
+/// The batches in flight to one shard, oldest first, and their bytes: the window is full
+/// at `window_batches` batches or `window_bytes` bytes (a batch always goes when none is in
+/// flight, so one batch may take it past the byte limit).
+#[derive(Debug, Default)]
+struct InFlight {
+    batches: std::collections::VecDeque<Sent>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn has_room(&self, config: &super::PlayerConfig) -> bool {
+        self.room_within(config.window_batches, config.window_bytes)
+    }
+
+    fn room_within(&self, batches: usize, bytes: usize) -> bool {
+        self.batches.is_empty() || (self.batches.len() < batches && self.bytes < bytes)
+    }
+
+    fn push(&mut self, sent: Sent) {
+        self.bytes += sent.bytes;
+        self.batches.push_back(sent);
+    }
+
+    /// Removes and returns the batches a cumulative ack of `applied` covers.
+    fn acked(&mut self, applied: u64) -> Vec<Sent> {
+        let mut out = Vec::new();
+        while let Some(&sent) = self.batches.front() {
+            if sent.last > applied {
                 break;
             }
-            if dispatched > 0 {
-                delay.observe(now.saturating_sub(dispatched) as f64 / 1e6);
-            }
-            in_flight.pop_front();
+            self.bytes -= sent.bytes;
+            out.push(sent);
+            self.batches.pop_front();
         }
+        out
+    }
+
+    fn front(&self) -> Option<&Sent> {
+        self.batches.front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
     }
 }
 
@@ -331,9 +384,9 @@ pub(super) fn classify(status: tonic::Status) -> SessionEnd {
 
 /// A refusal in the middle of a session, naming the entries of the first batch the shard
 /// had not acknowledged (the one it could not take) when the refusal is about an entry.
-fn undeliverable(status: tonic::Status, oldest: Option<&(u64, u64, u64)>) -> SessionEnd {
-    match (classify(status), oldest) {
-        (SessionEnd::Refused { reason, message }, Some(&(first, last, _)))
+fn undeliverable(status: tonic::Status, oldest: Option<&Sent>) -> SessionEnd {
+    match (classify(status), oldest.map(|s| (s.first, s.last))) {
+        (SessionEnd::Refused { reason, message }, Some((first, last)))
             if matches!(reason, Reason::EntryTooLarge | Reason::Invalid) =>
         {
             let which = if first == last {
@@ -353,6 +406,33 @@ fn undeliverable(status: tonic::Status, oldest: Option<&(u64, u64, u64)>) -> Ses
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_is_full_at_its_batch_count_or_its_bytes_and_an_ack_frees_what_it_covers() {
+        let sent = |first, last, bytes| Sent {
+            first,
+            last,
+            dispatched: 0,
+            bytes,
+        };
+        let mut w = InFlight::default();
+        w.push(sent(1, 1, 5000));
+        assert!(!w.room_within(3, 1000), "one batch past the bytes fills it");
+        assert_eq!(w.acked(1).len(), 1);
+        assert!(w.room_within(3, 1000) && w.bytes == 0);
+        for i in 2..5 {
+            w.push(sent(i, i, 10));
+        }
+        assert!(!w.room_within(3, 1000), "three batches fill it");
+        let freed: Vec<u64> = w.acked(3).iter().map(|s| s.last).collect();
+        assert_eq!(
+            freed,
+            [2, 3],
+            "a cumulative ack frees what it covers, oldest first"
+        );
+        assert!(w.room_within(3, 1000));
+        assert_eq!((w.front().map(|s| s.first), w.bytes), (Some(4), 10));
+    }
 
     #[test]
     fn a_welcome_from_another_shard_or_log_is_refused_naming_both() {

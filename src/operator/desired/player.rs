@@ -100,6 +100,7 @@ fn player_args(
     a.retain_log = spec.retain_log;
     a.metrics_listen = Some(format!("0.0.0.0:{}", spec.metrics_port));
     a.window = count("spec.delivery.window", i64::from(d.window))?;
+    a.window_bytes = count("spec.delivery.windowBytes", d.window_bytes)?;
     a.batch_entries = count("spec.delivery.batchEntries", i64::from(d.batch_entries))?;
     a.batch_bytes = count("spec.delivery.batchBytes", d.batch_bytes)?;
     a.queue_bytes = count("spec.delivery.queueBytes", d.queue_bytes)?;

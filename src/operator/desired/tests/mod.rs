@@ -45,6 +45,7 @@ pub(super) fn managed_spec() -> Value {
         "checkpointInterval": "2s",
         "delivery": {
             "window": 32,
+            "windowBytes": 4_194_304,
             "batchEntries": 256,
             "batchBytes": 2_097_152,
             "queueBytes": 16_777_216

@@ -176,8 +176,14 @@ fn deployment_runs_the_players_with_the_spec_settings() {
     assert_eq!(p.checkpoint_interval, std::time::Duration::from_secs(2));
     assert_eq!(p.metrics_listen.as_deref(), Some("0.0.0.0:9090"));
     assert_eq!(
-        (p.window, p.batch_entries, p.batch_bytes, p.queue_bytes),
-        (32, 256, 2_097_152, 16_777_216)
+        (
+            p.window,
+            p.window_bytes,
+            p.batch_entries,
+            p.batch_bytes,
+            p.queue_bytes
+        ),
+        (32, 4_194_304, 256, 2_097_152, 16_777_216)
     );
     assert_eq!(p.identity, None, "the pod's POD_NAME names it");
     assert_eq!(
@@ -303,8 +309,14 @@ fn default_lease_timings_reach_the_players_as_parseable_durations() {
     assert_eq!(p.retry_period, std::time::Duration::from_millis(250));
     assert_eq!(p.checkpoint_interval, std::time::Duration::from_secs(1));
     assert_eq!(
-        (p.window, p.batch_entries, p.batch_bytes, p.queue_bytes),
-        (16, 512, 1_048_576, 8_388_608)
+        (
+            p.window,
+            p.window_bytes,
+            p.batch_entries,
+            p.batch_bytes,
+            p.queue_bytes
+        ),
+        (64, 16_777_216, 512, 1_048_576, 8_388_608)
     );
     assert_eq!(
         o.deployment.spec.as_ref().and_then(|s| s.replicas),
