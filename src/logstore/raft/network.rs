@@ -12,6 +12,7 @@
 //! waiting for the answer to the previous. Votes and snapshots are single calls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -359,8 +360,21 @@ struct FullSnapshot {
 
 /// The client half: one [`Peer`] per target, connected lazily.
 pub struct Network {
-    pub me: NodeId,
-    pub machine: Machine,
+    me: NodeId,
+    machine: Machine,
+    /// When each target was last logged as unreachable, shared by every [`Peer`] openraft
+    /// makes for it (its heartbeat and each replication session have their own).
+    unreachable: std::collections::HashMap<NodeId, Arc<Mutex<Option<std::time::Instant>>>>,
+}
+
+impl Network {
+    pub fn new(me: NodeId, machine: Machine) -> Self {
+        Network {
+            me,
+            machine,
+            unreachable: Default::default(),
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -374,7 +388,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             machine: self.machine.clone(),
             client: None,
             unary_only: false,
-            last_unreachable: None,
+            last_unreachable: self.unreachable.entry(target).or_default().clone(),
         }
     }
 }
@@ -389,8 +403,8 @@ pub struct Peer {
     /// The peer has no `AppendStream` (an older version, during a rolling upgrade): each
     /// AppendEntries goes as its own call, one at a time.
     unary_only: bool,
-    /// When this peer was last logged as unreachable (see [`Peer::failed`]).
-    last_unreachable: Option<std::time::Instant>,
+    /// When this target was last logged as unreachable (see [`Peer::failed`]).
+    last_unreachable: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -455,14 +469,7 @@ impl Peer {
         // that is down is routine while it restarts.
         if Reason::of(&status).is_some() {
             tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
-        } else if status.code() == tonic::Code::Unavailable
-            && self
-                .last_unreachable
-                .is_none_or(|t| t.elapsed() > UNREACHABLE_LOG_EVERY)
-        {
-            // Said once every 10 s per connection while it lasts: openraft's own heartbeat
-            // warning, at every heartbeat (~20/s), is filtered out by default (`cli`).
-            self.last_unreachable = Some(std::time::Instant::now());
+        } else if status.code() == tonic::Code::Unavailable && self.first_unreachable_in_a_while() {
             tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer is unreachable (said again every 10 s while it stays so)");
         }
         // An answer later than the RPC's deadline comes from a peer that is up but slow, e.g.
@@ -476,6 +483,18 @@ impl Peer {
         }
         self.client = None;
         Unreachable::new(&status).into()
+    }
+
+    /// Whether this target's unreachability is to be said now: once every
+    /// [`UNREACHABLE_LOG_EVERY`] while it lasts (openraft's own warning, at every heartbeat,
+    /// ~20/s, is filtered out by default in `cli`).
+    fn first_unreachable_in_a_while(&self) -> bool {
+        let mut last = lock(&self.last_unreachable);
+        if last.is_some_and(|t| t.elapsed() <= UNREACHABLE_LOG_EVERY) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
     }
 
     /// What a failed append stream means; a peer without one is sent single calls from then

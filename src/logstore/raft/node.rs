@@ -278,10 +278,7 @@ impl Replica {
         let failed = storage.failed();
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
         storage.set_saved_base(machine.saved_base());
-        let network = Network {
-            me: config.id,
-            machine: machine.clone(),
-        };
+        let network = Network::new(config.id, machine.clone());
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config(&config)?),
