@@ -194,7 +194,7 @@ pub async fn try_write(log: &Log, id: &str, from: u64, n: u64) -> Result<Vec<(u6
 /// log-id check broken, `tests/mutations.rs` requires something).
 pub async fn stray_replica(env: &[(String, String)]) -> Result<(), String> {
     let mut a = Group::start_with_env(3, &[], env).await;
-    let b = Group::start_with_env(3, &[], env).await;
+    let mut b = Group::start_with_env(3, &[], env).await;
     let log_a = Log::connect(&a.all()).await.unwrap();
     let log_b = Log::connect(&b.all()).await.unwrap();
     try_write(&log_a, "a", 1, 5).await?;
@@ -202,7 +202,6 @@ pub async fn stray_replica(env: &[(String, String)]) -> Result<(), String> {
     // Once B's replica 3 has applied log B's entries (so it knows its log's id), it is
     // stopped and its directory copied over A's replica 3's.
     b.entries_of_each(5).await;
-    let mut b = b;
     b.procs[2].kill().await;
     a.procs[2].kill().await;
     let (b3, a3) = (b.data(3), a.data(3));

@@ -137,9 +137,7 @@ impl Gate {
 
     /// Logs a refusal, at most once every 10 s (refusals repeat at the heartbeat rate).
     fn note_refusal(&self, from: NodeId, status: &Status) {
-        let mut last = lock(&self.last_warned);
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            *last = Some(std::time::Instant::now());
+        if due(&self.last_warned, SAY_AGAIN_EVERY) {
             tracing::warn!(
                 from,
                 message = status.message(),
@@ -469,7 +467,11 @@ impl Peer {
         // that is down is routine while it restarts.
         if Reason::of(&status).is_some() {
             tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
-        } else if status.code() == tonic::Code::Unavailable && self.first_unreachable_in_a_while() {
+        } else if status.code() == tonic::Code::Unavailable
+            && due(&self.last_unreachable, SAY_AGAIN_EVERY)
+        {
+            // openraft's own warning, at every heartbeat (~20/s), is filtered out by default
+            // in `cli`.
             tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer is unreachable (said again every 10 s while it stays so)");
         }
         // An answer later than the RPC's deadline comes from a peer that is up but slow, e.g.
@@ -483,18 +485,6 @@ impl Peer {
         }
         self.client = None;
         Unreachable::new(&status).into()
-    }
-
-    /// Whether this target's unreachability is to be said now: once every
-    /// [`UNREACHABLE_LOG_EVERY`] while it lasts (openraft's own warning, at every heartbeat,
-    /// ~20/s, is filtered out by default in `cli`).
-    fn first_unreachable_in_a_while(&self) -> bool {
-        let mut last = lock(&self.last_unreachable);
-        if last.is_some_and(|t| t.elapsed() <= UNREACHABLE_LOG_EVERY) {
-            return false;
-        }
-        *last = Some(std::time::Instant::now());
-        true
     }
 
     /// What a failed append stream means; a peer without one is sent single calls from then
@@ -557,8 +547,18 @@ impl Peer {
     }
 }
 
-/// How often a peer that stays unreachable is logged again.
-const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often a condition that persists (a refused peer, an unreachable one) is logged again.
+const SAY_AGAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether something last said at `*last` is to be said again now (then records now).
+fn due(last: &Mutex<Option<std::time::Instant>>, every: Duration) -> bool {
+    let mut last = lock(last);
+    if last.is_some_and(|t| t.elapsed() <= every) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
 
 /// How long an append stream may leave a request unanswered before it is given up.
 const STREAM_STALL: Duration = Duration::from_secs(1);
