@@ -663,6 +663,7 @@ fn serve_shard(
                 core,
                 incoming,
                 CancellationToken::new(),
+                logplayer::shard::gather::DEFAULT_COMMIT_DELAY,
                 "shard",
             )
             .await?;

@@ -5,11 +5,12 @@
 //! fencing by leader epoch, skipping indexes already applied, refusing gaps, and committing
 //! each batch through a [`ShardStore`] in one atomic, durable write together with the new
 //! applied index. It knows
-//! neither gRPC nor a particular storage engine: `service` is the gRPC edge, `journal` the
+//! neither gRPC nor a particular storage engine: `service` is the gRPC edge, `gather` how it groups batches into commits, `journal` the
 //! default store (a journal of commits, the state in memory), `store` the redb one, `any`
 //! the choice between them, and a user can put their own storage behind [`ShardStore`].
 
 pub mod any;
+pub mod gather;
 pub mod journal;
 pub mod service;
 pub mod stats;

@@ -16,14 +16,17 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::gather::{End, Gatherer, Group, Inbound};
 use super::stats::Stats;
 use super::{HelloInfo, ShardCore, ShardError, ShardStore};
 use crate::grpc::{self, GrpcError, Reason};
@@ -31,15 +34,12 @@ use crate::model::{json_line, now_micros};
 use crate::proto::shard_server::{Shard, ShardServer};
 use crate::proto::{
     Ack, AppliedRequest, AppliedResponse, DeliverRequest, DeliverResponse, DumpRequest,
-    DumpResponse, ShardEntry, StatsRequest, StatsResponse, Welcome, deliver_request,
-    deliver_response,
+    DumpResponse, StatsRequest, StatsResponse, Welcome, deliver_request, deliver_response,
 };
 
 /// Responses queued per stream before the shard stops reading (acks are tiny and one per
 /// commit, so a handful is plenty).
 const ACK_CHANNEL: usize = 16;
-/// Most entries coalesced into one durable commit: bounds a commit's size and latency.
-const MAX_COALESCED_ENTRIES: usize = 4096;
 /// Batches read ahead of the committer (the sender's window bounds this in practice).
 const INBOUND_CHANNEL: usize = 64;
 
@@ -55,6 +55,8 @@ pub struct ShardService<S: ShardStore> {
     shutdown: CancellationToken,
     /// Why the store failed, once it has (see [`ShardService::store_failed`]).
     failed: Arc<Mutex<Option<String>>>,
+    /// How long a commit may wait for more batches (see [`super::gather`]).
+    commit_delay: Duration,
 }
 
 impl<S: ShardStore> Clone for ShardService<S> {
@@ -69,6 +71,7 @@ impl<S: ShardStore> Clone for ShardService<S> {
             stats: self.stats.clone(),
             shutdown: self.shutdown.clone(),
             failed: self.failed.clone(),
+            commit_delay: self.commit_delay,
         }
     }
 }
@@ -108,7 +111,14 @@ impl<S: ShardStore> ShardService<S> {
             stats: Arc::new(Stats::default()),
             shutdown,
             failed: Arc::new(Mutex::new(None)),
+            commit_delay: super::gather::DEFAULT_COMMIT_DELAY,
         }
+    }
+
+    /// Sets the commit delay (see [`super::gather`]); zero commits whatever has arrived.
+    pub fn with_commit_delay(mut self, delay: Duration) -> Self {
+        self.commit_delay = delay;
+        self
     }
 
     /// After a store error, the store's state is in doubt (redb refuses every transaction
@@ -170,7 +180,7 @@ impl<S: ShardStore> ShardService<S> {
                 let item = match msg {
                     Ok(Some(DeliverRequest {
                         msg: Some(deliver_request::Msg::Batch(b)),
-                    })) => Inbound::Batch(b.entries, now_micros()),
+                    })) => Inbound::Batch(b.entries, now_micros(), Instant::now()),
                     Ok(Some(_)) => Inbound::NotABatch,
                     Ok(None) => Inbound::Closed,
                     Err(status) => {
@@ -221,56 +231,32 @@ impl<S: ShardStore> ShardService<S> {
         }
     }
 
-    /// Commits what the reader hands over (coalescing whatever has already arrived into one
-    /// durable write), and acks cumulatively. Ends on end of stream, refusal or shutdown.
+    /// Commits what the reader hands over, grouped by [`Gatherer`] (whatever has already
+    /// arrived, and more within the commit delay when that fills the commit's pages), and
+    /// acks cumulatively. Ends on end of stream, refusal or shutdown.
     async fn stream_loop(
         self,
         inbound: Streaming<DeliverRequest>,
         tx: mpsc::Sender<Result<DeliverResponse, Status>>,
         epoch: u64,
     ) {
-        let mut rx = self.spawn_reader(inbound);
-        loop {
-            let first = tokio::select! {
-                m = rx.recv() => m,
-                _ = self.shutdown.cancelled() => break,
-            };
-            let mut entries: Vec<ShardEntry> = Vec::new();
-            let mut received: Vec<u64> = Vec::new();
-            let mut next = first.or(Some(Inbound::Closed));
-            let mut closed = false;
-            while let Some(item) = next.take() {
-                match item {
-                    Inbound::Batch(batch, at) => {
-                        received.extend(std::iter::repeat_n(at, batch.len()));
-                        entries.extend(batch);
-                    }
-                    Inbound::NotABatch => {
-                        let _ = tx
-                            .send(Err(Reason::Invalid.status(
-                                "only the first message of a Deliver stream may be a Hello; \
-                                 later messages must be Batches",
-                            )))
-                            .await;
-                        return;
-                    }
-                    Inbound::Refused(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                    Inbound::Closed => closed = true,
-                }
-                if !closed && entries.len() < MAX_COALESCED_ENTRIES {
-                    next = rx.try_recv().ok();
-                }
+        let mut groups = Gatherer::new(self.spawn_reader(inbound), self.commit_delay);
+        while let Some(group) = groups.next(&self.shutdown).await {
+            let Group {
+                entries,
+                received,
+                end,
+            } = group;
+            if let End::Stop(status) = end {
+                let _ = tx.send(Err(status)).await;
+                return;
             }
             if !entries.is_empty() {
                 let before = self.applied.load(Ordering::Acquire);
-                let batch = std::mem::take(&mut entries);
                 let result = self
                     .with_core(move |core| {
-                        let out = core.apply(epoch, &batch);
-                        out.map(|a| (a, batch))
+                        let out = core.apply(epoch, &entries);
+                        out.map(|a| (a, entries))
                     })
                     .await;
                 match result {
@@ -307,23 +293,11 @@ impl<S: ShardStore> ShardService<S> {
                     }
                 }
             }
-            if closed {
+            if matches!(end, End::Closed) {
                 break;
             }
         }
     }
-}
-
-/// What the reader task hands the committer.
-enum Inbound {
-    /// A batch and the time it arrived.
-    Batch(Vec<ShardEntry>, u64),
-    /// A Hello (or an empty message) after the first message: a protocol error.
-    NotABatch,
-    /// A message this shard refuses to read (above its size limit).
-    Refused(Status),
-    /// End of stream or a broken connection.
-    Closed,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -439,6 +413,7 @@ pub async fn serve<S: ShardStore>(
     core: ShardCore<S>,
     listener: TcpListener,
     shutdown: CancellationToken,
+    commit_delay: Duration,
 ) -> Result<(), ServeError> {
     let what = match listener.local_addr() {
         Ok(addr) => format!("shard on {addr}"),
@@ -447,9 +422,12 @@ pub async fn serve<S: ShardStore>(
     match crate::tls::process() {
         Some(tls) => {
             let incoming = crate::tls::server::incoming(listener, tls.clone());
-            serve_incoming(core, incoming, shutdown, &what).await
+            serve_incoming(core, incoming, shutdown, commit_delay, &what).await
         }
-        None => serve_incoming(core, grpc::incoming(listener), shutdown, &what).await,
+        None => {
+            let incoming = grpc::incoming(listener);
+            serve_incoming(core, incoming, shutdown, commit_delay, &what).await
+        }
     }
 }
 
@@ -458,6 +436,7 @@ pub async fn serve_incoming<S: ShardStore, I, IO, IE>(
     core: ShardCore<S>,
     incoming: I,
     shutdown: CancellationToken,
+    commit_delay: Duration,
     what: &str,
 ) -> Result<(), ServeError>
 where
@@ -468,7 +447,7 @@ where
     let limit = crate::limits::message_limit(core.me().max_entry_bytes as usize);
     // Cancelled by the caller, or by the service itself when the store fails.
     let stop = shutdown.child_token();
-    let service = ShardService::new(core, stop.clone());
+    let service = ShardService::new(core, stop.clone()).with_commit_delay(commit_delay);
     let watch = service.clone();
     // Decoding is bounded by the entry limit; encoding is not: a `Dump` message carries one
     // key's whole value, and a list can grow past any one entry.
@@ -501,7 +480,6 @@ mod tests {
     use crate::proto::shard_client::ShardClient;
     use crate::proto::{DeliverRequest, Hello, ShardEntry, deliver_request};
     use crate::shard::{Durable, Identity, MemStore, ShardSelf, StoreError};
-    use std::time::Duration;
 
     /// A store whose epoch writes fail, as on a disk error.
     struct FailingEpochs(MemStore);
@@ -540,7 +518,12 @@ mod tests {
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
         };
         let core = ShardCore::open(FailingEpochs(MemStore::default()), me).unwrap();
-        let server = tokio::spawn(serve(core, listener, CancellationToken::new()));
+        let server = tokio::spawn(serve(
+            core,
+            listener,
+            CancellationToken::new(),
+            Duration::ZERO,
+        ));
         let mut client = ShardClient::new(grpc::connect(&addr).await.unwrap());
         let (tx, rx) = mpsc::channel(1);
         let hello = Hello {
