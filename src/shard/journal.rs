@@ -24,9 +24,10 @@
 //! plus [`SNAPSHOT_MIN_BYTES`] (the padding counts toward the journal's size). Snapshots add
 //! nothing to the bytes written per byte delivered while the journal since the last one is
 //! below [`SNAPSHOT_MIN_BYTES`], about 1 more for a state of steady size, and below 2 more
-//! for a state that only grows; the journal itself writes whole pages per commit (1.9 bytes
-//! per byte delivered at the bench's 10 shards x 10 KB x 2,000/s, where commits average
-//! 2.4 KB).
+//! for a state that only grows; the journal itself writes whole pages per commit (1.9-2.9
+//! bytes per byte delivered at the bench's 10 shards x 10 KB x 2,000/s when each commit took
+//! what had arrived; 1.6 since a commit on a busy stream waits for its pages to fill, see
+//! [`super::gather`]).
 //!
 //! # On disk
 //! ```text
