@@ -210,16 +210,12 @@ pub struct ShardArgs {
     callers: CallerLimits,
 }
 
-/// The most a commit may wait: longer adds delay without saving writes (a page fills far
-/// sooner at any rate where waiting pays).
-const MAX_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
-
 fn parse_commit_delay(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d > MAX_COMMIT_DELAY {
+    if d > shard::gather::MAX_COMMIT_DELAY {
         return Err(format!(
             "{s} is above the most a commit may wait ({})",
-            humantime::format_duration(MAX_COMMIT_DELAY)
+            humantime::format_duration(shard::gather::MAX_COMMIT_DELAY)
         ));
     }
     Ok(d)

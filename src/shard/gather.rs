@@ -29,10 +29,13 @@ use crate::proto::ShardEntry;
 /// The default commit delay (see the module doc): at the bench's busiest shape a shard's
 /// commit fills most of a page in about that time.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
+/// The most a commit may wait: longer adds delay without saving writes (a page fills far
+/// sooner at any rate where waiting pays).
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
 /// Most entries coalesced into one durable commit: bounds a commit's size and latency.
-pub const MAX_COALESCED_ENTRIES: usize = 4096;
-/// The page a commit's `fdatasync` writes whole.
-pub const PAGE: usize = 4096;
+const MAX_COALESCED_ENTRIES: usize = 4096;
+/// The page a commit's `fdatasync` writes whole (the journal's).
+const PAGE: usize = super::journal::PAGE as usize;
 /// Bytes a journal record adds to its entries' (WAL header, applied index, field tags).
 const RECORD_OVERHEAD: usize = 32;
 
@@ -121,7 +124,9 @@ impl Gatherer {
                             deadline = Some(busy.then(|| arrived + self.delay));
                         }
                         self.last_arrival = Some(arrived);
-                        bytes += batch.iter().map(Message::encoded_len).sum::<usize>();
+                        if matches!(deadline, Some(Some(_))) {
+                            bytes += batch.iter().map(Message::encoded_len).sum::<usize>();
+                        }
                         group.received.extend(std::iter::repeat_n(at, batch.len()));
                         group.entries.extend(batch);
                     }
@@ -183,6 +188,12 @@ mod tests {
         assert!(tx.try_send(item).is_ok());
     }
 
+    /// A gatherer with `delay`, the sender feeding it and a shutdown token.
+    fn gatherer(delay: Duration) -> (mpsc::Sender<Inbound>, Gatherer, CancellationToken) {
+        let (tx, rx) = mpsc::channel(64);
+        (tx, Gatherer::new(rx, delay), CancellationToken::new())
+    }
+
     fn indexes(g: &Group) -> Vec<u64> {
         g.entries.iter().map(|e| e.index).collect()
     }
@@ -224,9 +235,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_busy_stream_of_small_batches_is_grouped_until_its_pages_fill() {
         let delay = Duration::from_millis(20);
-        let (tx, rx) = mpsc::channel(64);
-        let mut g = Gatherer::new(rx, delay);
-        let stop = CancellationToken::new();
+        let (tx, mut g, stop) = gatherer(delay);
         send(&tx, 1, 500);
         assert_eq!(indexes(&g.next(&stop).await.unwrap()), vec![1]);
         let producer = produce(tx, 2, Duration::from_millis(1));
@@ -243,9 +252,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_commit_waits_at_most_the_delay_from_its_first_batch() {
         let delay = Duration::from_millis(5);
-        let (tx, rx) = mpsc::channel(64);
-        let mut g = Gatherer::new(rx, delay);
-        let stop = CancellationToken::new();
+        let (tx, mut g, stop) = gatherer(delay);
         send(&tx, 1, 500);
         assert_eq!(indexes(&g.next(&stop).await.unwrap()), vec![1]);
         let producer = produce(tx, 2, Duration::from_millis(3));
@@ -264,9 +271,7 @@ mod tests {
     /// A batch on a quiet stream is committed at once: nothing else is likely to come.
     #[tokio::test(start_paused = true)]
     async fn an_isolated_batch_is_committed_at_once() {
-        let (tx, rx) = mpsc::channel(64);
-        let mut g = Gatherer::new(rx, Duration::from_millis(2));
-        let stop = CancellationToken::new();
+        let (tx, mut g, stop) = gatherer(Duration::from_millis(2));
         send(&tx, 1, 100);
         assert_eq!(indexes(&g.next(&stop).await.unwrap()), vec![1]);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -279,9 +284,7 @@ mod tests {
     /// A commit that already fills its pages does not wait, however busy the stream.
     #[tokio::test(start_paused = true)]
     async fn a_commit_that_fills_its_pages_does_not_wait() {
-        let (tx, rx) = mpsc::channel(64);
-        let mut g = Gatherer::new(rx, Duration::from_millis(2));
-        let stop = CancellationToken::new();
+        let (tx, mut g, stop) = gatherer(Duration::from_millis(2));
         send(&tx, 1, 100);
         send(&tx, 2, 3500);
         let started = Instant::now();
@@ -294,9 +297,7 @@ mod tests {
     /// With a commit delay of zero, a commit takes what has arrived and never waits.
     #[tokio::test(start_paused = true)]
     async fn a_zero_delay_never_waits() {
-        let (tx, rx) = mpsc::channel(64);
-        let mut g = Gatherer::new(rx, Duration::ZERO);
-        let stop = CancellationToken::new();
+        let (tx, mut g, stop) = gatherer(Duration::ZERO);
         send(&tx, 1, 100);
         send(&tx, 2, 100);
         let started = Instant::now();
@@ -310,9 +311,7 @@ mod tests {
     /// stops; a protocol error stops it without a commit of what follows.
     #[tokio::test(start_paused = true)]
     async fn the_stream_ending_while_waiting_ends_the_group() {
-        let (tx, rx) = mpsc::channel(64);
-        let mut g = Gatherer::new(rx, Duration::from_millis(2));
-        let stop = CancellationToken::new();
+        let (tx, mut g, stop) = gatherer(Duration::from_millis(2));
         send(&tx, 1, 100);
         g.next(&stop).await.unwrap();
         send(&tx, 2, 100);
@@ -325,8 +324,7 @@ mod tests {
         assert!(matches!(group.end, End::Closed), "{:?}", group.end);
         closer.await.unwrap();
 
-        let (tx, rx) = mpsc::channel(64);
-        let mut g = Gatherer::new(rx, Duration::from_millis(2));
+        let (tx, mut g, stop) = gatherer(Duration::from_millis(2));
         send(&tx, 1, 100);
         assert!(tx.try_send(Inbound::NotABatch).is_ok());
         let group = g.next(&stop).await.unwrap();

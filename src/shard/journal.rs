@@ -117,7 +117,7 @@ struct Record {
 }
 
 /// The page size commits are aligned to.
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 /// The padding field's tag: wire type 2 (bytes), field 15, as one byte.
 const PAD_TAG: u8 = (15 << 3) | 2;
 
