@@ -1,9 +1,14 @@
 //! The generated protobuf messages and gRPC stubs of `proto/logplayer.proto`, and the
-//! descriptor set that server reflection serves. Message types are plain prost structs and
-//! may be used by the protocol logic; the client/server stubs are for the gRPC edges only.
+//! descriptor set that server reflection serves. One message is written by hand,
+//! `ReadResponse` (`read_response.rs`: a LogStore sends the entries it holds encoded). Message
+//! types are plain prost structs and may be used by the protocol logic; the client/server stubs
+//! are for the gRPC edges only.
 #![allow(clippy::all, missing_docs)]
 
 tonic::include_proto!("logplayer.v1");
+
+mod read_response;
+pub use read_response::{EncodedEntry, ReadResponse};
 
 /// Encoded `FileDescriptorSet` of the protocol, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::proto::{Entry, Mutation, StoredEntry};
+use crate::proto::{EncodedEntry, Mutation, StoredEntry};
 use crate::wal::{Wal, WalConfig, WalError, WalReader};
 use tail::TailCache;
 
@@ -147,7 +147,7 @@ pub struct LogStore {
     jobs: mpsc::Sender<Job>,
     reader: WalReader,
     head: watch::Receiver<u64>,
-    cache: Arc<RwLock<TailCache<Entry>>>,
+    cache: Arc<RwLock<TailCache<EncodedEntry>>>,
     log_id: Arc<str>,
     max_entry_bytes: usize,
     /// Why the WAL failed, once it has (see [`LogStore::wal_failed`]).
@@ -288,7 +288,7 @@ impl LogStore {
                     dedupe::record(&mut writers, Some(&writer), index, d);
                 }
                 if let Some(e) = stored.entry {
-                    cache.push_entry(e);
+                    cache.push_entry(EncodedEntry::new(&e));
                 }
                 pos = index + 1;
             }
@@ -421,7 +421,12 @@ impl LogStore {
 
     /// Entries `[from, to]` (to clamped to the head), at least one when `from <= head`,
     /// and no more once the next would take the total past `max_bytes`.
-    pub fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
+    pub fn read(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<EncodedEntry>, LogStoreError> {
         let head = *self.head.borrow();
         let to = to.min(head);
         if from > to {
@@ -438,6 +443,7 @@ impl LogStore {
             .map(|(index, bytes)| {
                 decode_stored(index, &bytes)?
                     .entry
+                    .map(|e| EncodedEntry::new(&e))
                     .ok_or(LogStoreError::Decode {
                         index,
                         reason: "record holds no entry".into(),

@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::raft::node::{Replica, StreamOrder};
 use super::{Appended, LogStore, LogStoreError};
-use crate::proto::{Entry, Mutation};
+use crate::proto::{EncodedEntry, Mutation};
 
 /// What a LogStore server serves.
 #[derive(Clone)]
@@ -106,8 +106,14 @@ impl ServedLog {
         }
     }
 
-    /// Entries `[from, to]`, bounded by `max_bytes` (at least one when any is available).
-    pub fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
+    /// Entries `[from, to]`, encoded, bounded by `max_bytes` (at least one when any is
+    /// available).
+    pub fn read(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<EncodedEntry>, LogStoreError> {
         match self {
             ServedLog::Single(l) => l.read(from, to, max_bytes),
             ServedLog::Replica(r) => r.machine().read(from, to, max_bytes),

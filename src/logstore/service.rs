@@ -360,8 +360,9 @@ impl LogStoreRpc for Service {
                 let first = pos;
                 pos = last + 1;
                 let response = ReadResponse {
-                    entries,
+                    encoded: entries.into_iter().map(|e| e.bytes).collect(),
                     log_id: log_id.clone(),
+                    ..Default::default()
                 };
                 tokio::select! {
                     sent = send_read(&tx, response, first) => if !sent { return },

@@ -1,7 +1,8 @@
 //! The tail cache: a log's most recent entries kept in memory, bounded in bytes, so that
 //! readers of the tail never touch the disk. One type serves both logs: the client entries a
-//! player tails ([`crate::proto::Entry`], single node and replicated state machine alike),
-//! and the Raft entries a replica just wrote, which its leader replicates and its state
+//! player tails, kept encoded so that a read sends their bytes as they are
+//! ([`crate::proto::EncodedEntry`], single node and replicated state machine alike), and the
+//! Raft entries a replica just wrote, which its leader replicates and its state
 //! machine applies at once ([`super::raft::Entry`]).
 //!
 //! It holds a contiguous run of indexes ending at the last entry pushed. Its owner keeps it a
@@ -18,7 +19,7 @@ pub(crate) trait Indexed: Clone {
     fn index(&self) -> u64;
 }
 
-impl Indexed for crate::proto::Entry {
+impl Indexed for crate::proto::EncodedEntry {
     fn index(&self) -> u64 {
         self.index
     }
@@ -32,10 +33,10 @@ pub(crate) struct TailCache<E> {
     limit: usize,
 }
 
-impl TailCache<crate::proto::Entry> {
+impl TailCache<crate::proto::EncodedEntry> {
     /// Adds a client entry, measured by its encoded size.
-    pub(crate) fn push_entry(&mut self, e: crate::proto::Entry) {
-        let len = prost::Message::encoded_len(&e);
+    pub(crate) fn push_entry(&mut self, e: crate::proto::EncodedEntry) {
+        let len = e.bytes.len();
         self.push(e, len);
     }
 }

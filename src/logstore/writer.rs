@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::dedupe::{self, Writers, digest};
 use super::{Appended, Job, LogStoreError, MAX_GROUP_BYTES, MAX_GROUP_ENTRIES, TailCache};
-use crate::proto::{Entry, StoredEntry};
+use crate::proto::{EncodedEntry, Entry, StoredEntry};
 use crate::wal::{SyncPoint, Wal};
 
 /// Groups written and waiting for their sync: past this, the writer waits for the syncs.
@@ -45,20 +45,20 @@ pub(super) struct Written {
     /// the groups before it).
     point: Option<SyncPoint>,
     /// The entries written, to publish once durable.
-    entries: Vec<Entry>,
+    entries: Vec<EncodedEntry>,
     replies: Vec<(AppendReply, Result<Appended, LogStoreError>)>,
 }
 
 /// Where the durable head and the tail cache are published, and a WAL failure reported.
 #[derive(Clone)]
 pub(super) struct Publish {
-    pub cache: Arc<RwLock<TailCache<Entry>>>,
+    pub cache: Arc<RwLock<TailCache<EncodedEntry>>>,
     pub head: Arc<watch::Sender<u64>>,
     pub failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Publish {
-    fn entries(&self, entries: Vec<Entry>) {
+    fn entries(&self, entries: Vec<EncodedEntry>) {
         let Some(last) = entries.last().map(|e| e.index) else {
             return;
         };
@@ -163,7 +163,7 @@ impl Writer {
         group: Vec<Job>,
     ) -> (
         Vec<Vec<u8>>,
-        Vec<Entry>,
+        Vec<EncodedEntry>,
         Vec<(AppendReply, Result<Appended, LogStoreError>)>,
         Vec<RetainAsk>,
     ) {
@@ -198,18 +198,13 @@ impl Writer {
                         digest.unwrap_or_default(),
                     );
                     let (writer_id, sequence) = writer.unwrap_or_default();
-                    let stored = StoredEntry {
-                        entry: Some(Entry {
-                            index,
-                            mutations,
-                            append_start_micros: start_micros,
-                        }),
-                        writer_id,
-                        sequence,
-                        follows: 0,
-                    };
-                    payloads.push(stored.encode_to_vec());
-                    entries.push(stored.entry.unwrap_or_default());
+                    let entry = EncodedEntry::new(&Entry {
+                        index,
+                        mutations,
+                        append_start_micros: start_micros,
+                    });
+                    payloads.push(stored_record(&entry, writer_id, sequence));
+                    entries.push(entry);
                     let appended = Appended {
                         index,
                         duplicate: false,
@@ -296,6 +291,23 @@ impl Writer {
     }
 }
 
+/// The WAL record of an entry: its `StoredEntry`, built around the entry's encoding (the
+/// entry is encoded once, for the record and the tail cache alike). Byte for byte what
+/// encoding the whole `StoredEntry` gives: prost writes fields in tag order, the entry first.
+fn stored_record(entry: &EncodedEntry, writer_id: String, sequence: u64) -> Vec<u8> {
+    let rest = StoredEntry {
+        entry: None,
+        writer_id,
+        sequence,
+        follows: 0,
+    };
+    let mut record = Vec::with_capacity(entry.bytes.len() + 16 + rest.encoded_len());
+    prost::encoding::bytes::encode(1, &entry.bytes, &mut record);
+    // Encoding into a Vec cannot fail (it grows as needed).
+    let _ = rest.encode(&mut record);
+    record
+}
+
 /// Sends each answer, or the failure instead of it.
 fn answer(replies: Vec<(AppendReply, Result<Appended, LogStoreError>)>, failed: Option<&str>) {
     for (reply, result) in replies {
@@ -370,10 +382,10 @@ mod tests {
             index,
             duplicate: false,
         };
-        let entry = Entry {
+        let entry = EncodedEntry::new(&Entry {
             index,
             ..Default::default()
-        };
+        });
         let written = Written {
             point: Some(wal.sync_point()),
             entries: vec![entry],
@@ -383,6 +395,35 @@ mod tests {
     }
 
     /// Nothing is published or answered before its sync has returned.
+    /// A record built around the entry's encoding is the whole `StoredEntry` encoded.
+    #[test]
+    fn a_record_is_its_stored_entry_encoded() {
+        use crate::proto::{Mutation, mutation::Op};
+        let entry = Entry {
+            index: 42,
+            mutations: vec![Mutation {
+                key: bytes::Bytes::from_static(b"l-000001"),
+                op: Some(Op::Append(bytes::Bytes::from(vec![7u8; 1000]))),
+            }],
+            append_start_micros: 1_700_000_000_000_000,
+        };
+        for (writer, sequence) in [("w-1", 9), ("", 0)] {
+            let want = StoredEntry {
+                entry: Some(entry.clone()),
+                writer_id: writer.into(),
+                sequence,
+                follows: 0,
+            }
+            .encode_to_vec();
+            let got = stored_record(&EncodedEntry::new(&entry), writer.into(), sequence);
+            assert_eq!(got, want, "writer {writer:?}");
+            assert_eq!(
+                super::super::decode_stored(42, &got).unwrap().entry,
+                Some(entry.clone())
+            );
+        }
+    }
+
     #[test]
     fn a_group_is_published_and_answered_only_after_its_sync() {
         let (_dir, mut wal, publish, head) = setup();

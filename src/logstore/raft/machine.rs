@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use super::{Command, Entry, LogId, Membership, Reply, SnapshotData, TypeConfig, Verdict};
 use crate::logstore::dedupe::{self, Writers};
 use crate::logstore::{LogStoreError, TAIL_CACHE_BYTES, TailCache};
-use crate::proto::{AppendGroup, Entry as LogEntry};
+use crate::proto::{AppendGroup, EncodedEntry, Entry as LogEntry};
 use crate::wal::{WalError, WalReader};
 
 /// The file holding the [`Base`] (written whole, fsynced, renamed into place).
@@ -194,7 +194,7 @@ struct State {
     base: Base,
     now: Base,
     runs: VecDeque<Run>,
-    cache: TailCache<LogEntry>,
+    cache: TailCache<EncodedEntry>,
 }
 
 struct Shared {
@@ -329,7 +329,7 @@ impl Machine {
         from: u64,
         to: u64,
         max_bytes: usize,
-    ) -> Result<Vec<LogEntry>, LogStoreError> {
+    ) -> Result<Vec<EncodedEntry>, LogStoreError> {
         let (first, last) = self.bounds();
         let to = to.min(last);
         if from > to {
@@ -363,8 +363,12 @@ impl Machine {
                 if e.index < from {
                     continue;
                 }
-                let len = e.encoded_len();
-                if e.index > to || (bytes + len > max_bytes && !out.is_empty()) {
+                if e.index > to {
+                    return Ok(out);
+                }
+                let e = EncodedEntry::new(&e);
+                let len = e.bytes.len();
+                if bytes + len > max_bytes && !out.is_empty() {
                     return Ok(out);
                 }
                 bytes += len;
@@ -451,7 +455,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
                 st.runs.push_back(run);
             }
             for e in applied.entries {
-                st.cache.push_entry(e);
+                st.cache.push_entry(EncodedEntry::new(&e));
             }
             if let Some(r) = responder {
                 answers.push((r, applied.reply));
@@ -687,10 +691,11 @@ mod tests {
         let mut m = Machine::open(dir.path(), wal.reader(), 10).unwrap();
         let stream = futures::stream::iter(log.into_iter().map(|e| Ok((e, None))));
         m.apply(stream).await.unwrap();
-        let keys = |entries: Vec<LogEntry>| -> Vec<(u64, String)> {
+        let keys = |entries: Vec<EncodedEntry>| -> Vec<(u64, String)> {
             entries
                 .into_iter()
                 .map(|e| {
+                    let e = e.decode().unwrap();
                     (
                         e.index,
                         String::from_utf8_lossy(&e.mutations[0].key).into_owned(),
