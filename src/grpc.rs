@@ -284,7 +284,7 @@ pub type Layers = tower::layer::util::Stack<
 >;
 
 /// A server with our settings, `grpc.health.v1` reporting `service` as serving, and
-/// reflection; the caller adds its own service and hands the router to [`serve`].
+/// reflection; the caller adds its own service and hands the router to [`serve_incoming`].
 pub async fn router(service: &str) -> Result<tonic::transport::server::Router<Layers>, GrpcError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health

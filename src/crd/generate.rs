@@ -7,7 +7,7 @@ use kube::CustomResourceExt;
 use std::path::{Path, PathBuf};
 
 /// The CRDs, in a stable order: LogPlayer, then Shard, with the quantity checks the
-/// generated schema lacks (see [`check_resource_quantities`]).
+/// generated schema lacks (see `check_resource_quantities`).
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![LogPlayer::crd(), Shard::crd()]
         .into_iter()

@@ -3,9 +3,9 @@
 //!
 //! It owns the append path — validation (including the entry-size limit), per-writer
 //! sequence deduplication, group commit (one writer thread takes every append that is
-//! waiting, writes them, and fsyncs once, pipelined: [`writer`]), publication of the durable
+//! waiting, writes them, and fsyncs once, pipelined: `writer`), publication of the durable
 //! head — the read path
-//! (the [`tail`] cache of recent entries in front of the WAL, so tailing readers never touch
+//! (the `tail` cache of recent entries in front of the WAL, so tailing readers never touch
 //! the disk), and the log's identity ([`log_id`]). Record storage, checksums and recovery
 //! belong to [`crate::wal`]; the gRPC edge is [`service`].
 

@@ -1,5 +1,5 @@
 //! The certificates of a LogPlayer in `spec.tls.mode: CertManager`: the same leaves as
-//! `Operator` mode ([`certs::leaves`]: same Secrets, roles and names), each as a
+//! `Operator` mode ([`super::certs::leaves`]: same Secrets, roles and names), each as a
 //! cert-manager `Certificate` signed by `spec.tls.issuerRef`. cert-manager issues them into
 //! the Secrets the pods mount and renews them (90 days, renewed 30 before the end, a new
 //! key each time); the operator only applies the `Certificate`s and reads back whether

@@ -299,7 +299,7 @@ impl Machine {
         self.shared.head.subscribe()
     }
 
-    /// The Raft index of the base saved on disk (see [`super::storage::LogStorage::purge`]).
+    /// The Raft index of the base saved on disk (see `purge` in `super::storage::LogStorage`).
     pub fn saved_base(&self) -> watch::Receiver<Option<u64>> {
         self.shared.saved.subscribe()
     }

@@ -627,7 +627,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         self.call(Rpc::Append, &rpc, option.hard_ttl()).await
     }
 
-    /// AppendEntries pipelined on one gRPC stream per session (see [`Peer::open_stream`]);
+    /// AppendEntries pipelined on one gRPC stream per session (see `Peer::open_stream`);
     /// one call at a time to a peer without it.
     fn stream_append<'s, S>(
         &'s mut self,

@@ -3,7 +3,7 @@
 //! Raft entries, and the leader's duties (establishing a new log's id, snapshots for purging).
 //!
 //! The proposer groups every append waiting at that moment into one entry (group commit:
-//! one fsync per group on each replica), with at most [`IN_FLIGHT`] groups between proposal
+//! one fsync per group on each replica), with at most `IN_FLIGHT` groups between proposal
 //! and apply. An append is answered only once its entry is committed and applied, with the
 //! verdict applying decided. A replica that is not the leader refuses appends *before*
 //! proposing them ([`LogStoreError::NotLeader`], naming the leader): nothing was written, a

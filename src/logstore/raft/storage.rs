@@ -4,10 +4,10 @@
 //! with [`Wal::truncate_from`].
 //!
 //! An append writes its records on the blocking pool, keeps the entries in a tail cache
-//! ([`RAFT_TAIL_BYTES`]) and returns: openraft reads them back at once, to replicate them and
+//! (`RAFT_TAIL_BYTES`) and returns: openraft reads them back at once, to replicate them and
 //! to apply them, and finds them in memory instead of reading and decoding the WAL again (a
 //! follower that fell further behind is served from the WAL). The fsync runs on a thread of
-//! its own ([`sync_loop`]), one for every append waiting at that moment (group commit), while
+//! its own (`sync_loop`), one for every append waiting at that moment (group commit), while
 //! the next appends are written, and each append's [`IOFlushed`] is reported only once its
 //! records are durable.
 //! After any WAL failure every later call fails: the replica must restart (crash-only), and
@@ -181,7 +181,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         self.entries(from, to)
     }
 
-    /// What one AppendEntries carries: at most [`REPLICATION_BATCH_BYTES`] of `[start, end)`.
+    /// What one AppendEntries carries: at most `REPLICATION_BATCH_BYTES` of `[start, end)`.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
