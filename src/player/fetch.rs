@@ -10,6 +10,7 @@ use crate::model::now_micros;
 use crate::player::metrics::Metrics;
 use crate::proto::{Entry, Mutation, ReadRequest, ShardEntry};
 use crate::routing::ShardMap;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -28,12 +29,10 @@ impl Shared {
         let now = now_micros();
         let mut d = lock(&self.dispatch);
         let mut parts: Vec<Vec<ShardEntry>> = vec![Vec::new(); self.targets.len()];
-        for entry in entries {
+        let split = split(&self.config.shards, &entries);
+        for (entry, split) in entries.into_iter().zip(split) {
             debug_assert!(entry.index > d.current_index, "main stream out of order");
-            for (t, mutations) in split(&self.config.shards, &entry.mutations)
-                .into_iter()
-                .enumerate()
-            {
+            for (t, mutations) in split.into_iter().enumerate() {
                 if mutations.is_empty() {
                     continue;
                 }
@@ -239,28 +238,176 @@ impl Shared {
 /// What `/readyz` lists a main-stream problem under.
 const MAIN_STREAM: &str = "main stream";
 
-/// Splits an entry's mutations by owning shard (order kept within each shard).
-pub(super) fn split(map: &ShardMap, mutations: &[Mutation]) -> Vec<Vec<Mutation>> {
-    let mut parts: Vec<Vec<Mutation>> = vec![Vec::new(); map.len()];
-    for m in mutations {
-        parts[map.shard_of(&m.key)].push(owned(m));
+/// Each entry's mutations split by owning shard (`[entry][shard]`, order kept within each
+/// shard), copied ([`Copies`]) into chunks that hold one shard's mutations each.
+pub(super) fn split(map: &ShardMap, entries: &[Entry]) -> Vec<Vec<Vec<Mutation>>> {
+    let routes: Vec<usize> = entries
+        .iter()
+        .flat_map(|e| &e.mutations)
+        .map(|m| map.shard_of(&m.key))
+        .collect();
+    let mut sizes = vec![0usize; map.len()];
+    for (m, &t) in entries.iter().flat_map(|e| &e.mutations).zip(&routes) {
+        sizes[t] += Copies::len_of(m);
     }
-    parts
+    let mut copies: Vec<Copies> = sizes.into_iter().map(Copies::with_capacity).collect();
+    let mut route = routes.iter();
+    entries
+        .iter()
+        .map(|e| {
+            let mut parts: Vec<Vec<Mutation>> = vec![Vec::new(); map.len()];
+            for (m, &t) in e.mutations.iter().zip(route.by_ref()) {
+                parts[t].push(copies[t].copy(m));
+            }
+            parts
+        })
+        .collect()
 }
 
-/// A copy of `m` that owns its bytes. Decoded `Bytes` fields are slices of the whole
-/// response they came in (up to a MiB); queueing a slice for a stalled shard would pin every
-/// such response, so memory would grow with the log rather than with the shard's share.
-pub(super) fn owned(m: &Mutation) -> Mutation {
+/// Copies of mutations that own their bytes, in buffers of at most [`COPY_CHUNK`] bytes.
+/// Decoded `Bytes` fields are slices of the whole response they came in (up to a MiB);
+/// queueing a slice for a stalled shard would pin every such response, so memory would grow
+/// with the log rather than with the shard's share. A chunk holds one shard's mutations
+/// only, so what a queue pins is its own share plus at most a chunk; it costs one allocation
+/// per chunk instead of two per mutation, and its slices are encoded without the allocation
+/// a `Bytes` of its own makes on its first clone (prost clones every `Bytes` field it
+/// encodes).
+pub(super) struct Copies {
+    buf: BytesMut,
+    /// Bytes still to copy, as sized when made (the last chunk is no larger than needed).
+    left: usize,
+}
+
+/// The most one chunk of [`Copies`] holds (a larger key or value gets a chunk of its own).
+/// Small enough that a chunk pinned by one queued entry costs little and stays out of the
+/// allocator's huge-allocation path; large enough for hundreds of 100-byte mutations.
+const COPY_CHUNK: usize = 64 * 1024;
+
+impl Copies {
+    /// Chunks for `bytes` bytes of keys and values (more are copied too, in new chunks).
+    pub(super) fn with_capacity(bytes: usize) -> Self {
+        Copies {
+            buf: BytesMut::new(),
+            left: bytes,
+        }
+    }
+
+    /// The bytes a copy of `m` takes.
+    pub(super) fn len_of(m: &Mutation) -> usize {
+        use crate::proto::mutation::Op;
+        m.key.len()
+            + match &m.op {
+                Some(Op::Put(b) | Op::Append(b)) => b.len(),
+                _ => 0,
+            }
+    }
+
+    fn copy_bytes(&mut self, b: &Bytes) -> Bytes {
+        if self.buf.capacity() < b.len() {
+            self.buf = BytesMut::with_capacity(b.len().max(self.left.min(COPY_CHUNK)));
+        }
+        self.left = self.left.saturating_sub(b.len());
+        self.buf.extend_from_slice(b);
+        self.buf.split().freeze()
+    }
+
+    /// A copy of `m` whose bytes are in this buffer's chunks.
+    pub(super) fn copy(&mut self, m: &Mutation) -> Mutation {
+        use crate::proto::mutation::Op;
+        Mutation {
+            key: self.copy_bytes(&m.key),
+            op: m.op.as_ref().map(|op| match op {
+                Op::Put(b) => Op::Put(self.copy_bytes(b)),
+                Op::Append(b) => Op::Append(self.copy_bytes(b)),
+                other => other.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
     use crate::proto::mutation::Op;
-    use bytes::Bytes;
-    let copy = |b: &Bytes| Bytes::copy_from_slice(b);
-    Mutation {
-        key: copy(&m.key),
-        op: m.op.as_ref().map(|op| match op {
-            Op::Put(b) => Op::Put(copy(b)),
-            Op::Append(b) => Op::Append(copy(b)),
-            other => other.clone(),
-        }),
+    use prost::Message;
+
+    fn entry(index: u64, keys: std::ops::Range<u32>) -> Entry {
+        Entry {
+            index,
+            mutations: keys
+                .map(|k| Mutation {
+                    key: Bytes::from(format!("key-{k}")),
+                    op: Some(if k % 3 == 0 {
+                        Op::Add(k as i64)
+                    } else {
+                        Op::Append(Bytes::from(vec![k as u8; 100 + k as usize]))
+                    }),
+                })
+                .collect(),
+            append_start_micros: index,
+        }
+    }
+
+    /// An entry with a value larger than a chunk of copies, between two small ones.
+    fn big(index: u64) -> Entry {
+        let mut e = entry(index, 1..3);
+        e.mutations.insert(
+            1,
+            Mutation {
+                key: Bytes::from_static(b"key-big"),
+                op: Some(Op::Put(Bytes::from(vec![9u8; 3 * COPY_CHUNK]))),
+            },
+        );
+        e
+    }
+
+    /// Whether `inner` lies within `outer`'s memory.
+    fn within(inner: &[u8], outer: &[u8]) -> bool {
+        let (o, i) = (outer.as_ptr_range(), inner.as_ptr_range());
+        !inner.is_empty() && o.start <= i.start && i.end <= o.end
+    }
+
+    #[test]
+    fn entries_split_by_shard_in_order_into_copies_that_do_not_pin_the_response() {
+        let map =
+            ShardMap::from_specs(&["a=127.0.0.1:1", "b=127.0.0.1:2", "c=127.0.0.1:3"]).unwrap();
+        // Decoded from one buffer, as a response is: every field is a slice of it.
+        let sent = crate::proto::ReadResponse {
+            entries: vec![entry(1, 0..10), entry(2, 10..13), entry(3, 13..30), big(4)],
+            ..Default::default()
+        };
+        let wire = Bytes::from(sent.encode_to_vec());
+        let got = crate::proto::ReadResponse::decode(wire.clone()).unwrap();
+        let parts = split(&map, &got.entries);
+        assert_eq!(parts.len(), 4);
+        for (e, parts) in got.entries.iter().zip(&parts) {
+            assert_eq!(parts.len(), map.len());
+            // Each shard's part is that shard's mutations, in the entry's order.
+            for (t, part) in parts.iter().enumerate() {
+                let want: Vec<&Mutation> = e
+                    .mutations
+                    .iter()
+                    .filter(|m| map.shard_of(&m.key) == t)
+                    .collect();
+                assert_eq!(
+                    part.iter().collect::<Vec<_>>(),
+                    want,
+                    "entry {} shard {t}",
+                    e.index
+                );
+                for m in part {
+                    assert!(
+                        !within(&m.key, &wire),
+                        "a key still points into the response"
+                    );
+                    if let Some(Op::Append(v)) = &m.op {
+                        assert!(!within(v, &wire), "a value still points into the response");
+                    }
+                }
+            }
+        }
+        // Every mutation went somewhere.
+        let total: usize = parts.iter().flatten().map(Vec::len).sum();
+        assert_eq!(total, 33);
     }
 }

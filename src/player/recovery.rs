@@ -1,7 +1,7 @@
 //! Recovery readers: fill a returning (or overflowing) shard's catch-up queue from the log,
 //! tagged with the queue's term, and close each range with a watermark.
 
-use super::fetch::owned;
+use super::fetch::Copies;
 use super::queue::{Push, ReadDone, Recovery};
 use super::{PlayerError, Shared, backoff, lock};
 use crate::grpc::Reason;
@@ -105,13 +105,16 @@ impl Shared {
                     resp.log_id, self.log_id
                 )));
             }
+            let ours = |m: &&Mutation| self.config.shards.shard_of(&m.key) == t;
+            let bytes = resp.entries.iter().flat_map(|e| &e.mutations).filter(ours);
+            let mut copies = Copies::with_capacity(bytes.map(Copies::len_of).sum());
             for entry in resp.entries {
                 seen_to = seen_to.max(entry.index);
                 let mutations: Vec<Mutation> = entry
                     .mutations
                     .iter()
-                    .filter(|m| self.config.shards.shard_of(&m.key) == t)
-                    .map(owned)
+                    .filter(ours)
+                    .map(|m| copies.copy(m))
                     .collect();
                 if mutations.is_empty() {
                     continue;
