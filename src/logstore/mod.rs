@@ -437,6 +437,9 @@ impl LogStore {
         {
             return Ok(hit);
         }
+        // The budget counts whole stored records, each its entry framed as in a response
+        // (field 1 of `StoredEntry`, as of `ReadResponse`) and more: the response stays
+        // within it.
         let records = self.reader.read_range(from, to, max_bytes)?;
         records
             .into_iter()

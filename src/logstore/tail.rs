@@ -34,9 +34,9 @@ pub(crate) struct TailCache<E> {
 }
 
 impl TailCache<crate::proto::EncodedEntry> {
-    /// Adds a client entry, measured by its encoded size.
+    /// Adds a client entry, measured by the bytes it takes in a read response.
     pub(crate) fn push_entry(&mut self, e: crate::proto::EncodedEntry) {
-        let len = e.bytes.len();
+        let len = e.framed_len();
         self.push(e, len);
     }
 }
@@ -191,4 +191,43 @@ mod tests {
         c.drop_below(4);
         assert_eq!((c.first(), c.bytes), (None, 0));
     }
+
+    /// A read of the smallest entries with the largest budget a client may ask for (the
+    /// entry limit) fits in one message: the budget counts each entry's framing too (2 bytes
+    /// on an 11-byte entry; counting only the entries let such a response grow ~750 KB past
+    /// the message limit, and the server failed the stream every time it was asked again).
+    #[test]
+    fn a_read_of_the_smallest_entries_fits_the_message_limit() {
+        use crate::proto::{EncodedEntry, Entry, Mutation, ReadResponse};
+        use prost::Message;
+        let limit = crate::limits::DEFAULT_MAX_ENTRY_BYTES;
+        let mut c = TailCache::new(2 * limit);
+        let mut index = 1;
+        while c.bytes < limit + limit / 4 {
+            c.push_entry(EncodedEntry::new(&Entry {
+                index,
+                mutations: vec![Mutation {
+                    key: bytes::Bytes::from_static(b"k"),
+                    op: Some(crate::proto::mutation::Op::Add(1)),
+                }],
+                append_start_micros: 0,
+            }));
+            index += 1;
+        }
+        let budget = crate::limits::batch_budget(usize::MAX, 1 << 20, limit);
+        let read = c.read(1, u64::MAX, budget).unwrap_or_default();
+        assert!(read.len() > 100_000, "{} entries", read.len());
+        let response = ReadResponse {
+            encoded: read.into_iter().map(|e| e.bytes).collect(),
+            log_id: "a".repeat(64),
+            ..Default::default()
+        };
+        assert!(
+            response.encoded_len() <= crate::limits::message_limit(limit),
+            "{} bytes > {}",
+            response.encoded_len(),
+            crate::limits::message_limit(limit)
+        );
+    }
 }
+

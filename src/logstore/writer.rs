@@ -394,7 +394,6 @@ mod tests {
         (written, answer)
     }
 
-    /// Nothing is published or answered before its sync has returned.
     /// A record built around the entry's encoding is the whole `StoredEntry` encoded.
     #[test]
     fn a_record_is_its_stored_entry_encoded() {
@@ -424,6 +423,7 @@ mod tests {
         }
     }
 
+    /// Nothing is published or answered before its sync has returned.
     #[test]
     fn a_group_is_published_and_answered_only_after_its_sync() {
         let (_dir, mut wal, publish, head) = setup();

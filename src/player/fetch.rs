@@ -31,7 +31,6 @@ impl Shared {
         let mut parts: Vec<Vec<ShardEntry>> = vec![Vec::new(); self.targets.len()];
         let split = split(&self.config.shards, &entries);
         for (entry, split) in entries.into_iter().zip(split) {
-            debug_assert!(entry.index > d.current_index, "main stream out of order");
             for (t, mutations) in split.into_iter().enumerate() {
                 if mutations.is_empty() {
                     continue;
@@ -195,6 +194,8 @@ impl Shared {
                         self.stats.metrics.read_stalled.set(0);
                         tracing::info!("the main stream reads again");
                     }
+                    let next = lock(&self.dispatch).current_index + 1;
+                    in_order(next, u64::MAX, &resp.entries)?;
                     self.dispatch(resp.entries);
                 }
             }
@@ -233,6 +234,29 @@ impl Shared {
             }
         }
     }
+}
+
+/// Checks that a response of a read that has delivered everything below `next` holds
+/// `next`, `next + 1`, ... in order, none past `to`. The player tags each shard's part with
+/// the previous index it saw for that shard, so an index the LogStore skipped would never be
+/// asked for (its mutations lost without a gap any shard could see) and one sent twice would
+/// be sent to the shards twice. Our LogStore never does either; a wrong peer, or a bug in
+/// one, stops the read (`corrupt`, retried slowly) instead of losing or repeating data.
+pub(super) fn in_order(next: u64, to: u64, entries: &[Entry]) -> Result<(), tonic::Status> {
+    for (expected, e) in (next..).zip(entries) {
+        if e.index != expected || e.index > to {
+            return Err(Reason::Corrupt.status(format!(
+                "the LogStore sent entry {} where {expected} was next{} (a log's indexes are dense and increasing); nothing of this response was delivered",
+                e.index,
+                if to == u64::MAX {
+                    String::new()
+                } else {
+                    format!(" of a read up to {to}")
+                },
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What `/readyz` lists a main-stream problem under.
@@ -303,6 +327,9 @@ impl Copies {
     }
 
     fn copy_bytes(&mut self, b: &Bytes) -> Bytes {
+        if b.is_empty() {
+            return Bytes::new(); // pins no chunk
+        }
         if self.buf.capacity() < b.len() {
             self.buf = BytesMut::with_capacity(b.len().max(self.left.min(COPY_CHUNK)));
         }
@@ -400,7 +427,7 @@ mod tests {
                         !within(&m.key, &wire),
                         "a key still points into the response"
                     );
-                    if let Some(Op::Append(v)) = &m.op {
+                    if let Some(Op::Append(v) | Op::Put(v)) = &m.op {
                         assert!(!within(v, &wire), "a value still points into the response");
                     }
                 }
@@ -409,5 +436,24 @@ mod tests {
         // Every mutation went somewhere.
         let total: usize = parts.iter().flatten().map(Vec::len).sum();
         assert_eq!(total, 33);
+    }
+
+    #[test]
+    fn a_response_must_continue_the_log_densely_and_stay_in_its_range() {
+        let run = |indexes: &[u64]| -> Vec<Entry> { indexes.iter().map(|&i| entry(i, 0..1)).collect() };
+        assert!(in_order(5, u64::MAX, &run(&[5, 6, 7])).is_ok());
+        assert!(in_order(5, 7, &run(&[5, 6, 7])).is_ok());
+        assert!(in_order(5, u64::MAX, &[]).is_ok());
+        for (next, to, indexes, says) in [
+            (5, u64::MAX, &[6, 7][..], "entry 6 where 5 was next"),
+            (5, u64::MAX, &[5, 7], "entry 7 where 6 was next"),
+            (5, u64::MAX, &[5, 5], "entry 5 where 6 was next"),
+            (5, u64::MAX, &[4, 5], "entry 4 where 5 was next"),
+            (5, 6, &[5, 6, 7], "entry 7 where 7 was next of a read up to 6"),
+        ] {
+            let status = in_order(next, to, &run(indexes)).unwrap_err();
+            assert_eq!(Reason::of(&status), Some(Reason::Corrupt), "{indexes:?}");
+            assert!(status.message().contains(says), "{indexes:?}: {}", status.message());
+        }
     }
 }

@@ -105,6 +105,7 @@ impl Shared {
                     resp.log_id, self.log_id
                 )));
             }
+            super::fetch::in_order(seen_to + 1, to, &resp.entries)?;
             let ours = |m: &&Mutation| self.config.shards.shard_of(&m.key) == t;
             let bytes = resp.entries.iter().flat_map(|e| &e.mutations).filter(ours);
             let mut copies = Copies::with_capacity(bytes.map(Copies::len_of).sum());

@@ -33,6 +33,14 @@ impl EncodedEntry {
         }
     }
 
+    /// The bytes this entry takes in a [`ReadResponse`]: its encoding and the field's tag and
+    /// length. What a read's byte budget counts, so that a response of many small entries
+    /// stays within the message limit (their framing is 2-6 bytes each, a sixth of an
+    /// 11-byte entry).
+    pub fn framed_len(&self) -> usize {
+        encoding::bytes::encoded_len(ENTRIES, &self.bytes)
+    }
+
     /// The entry back (for tests and tools; servers send the bytes).
     pub fn decode(&self) -> Result<Entry, DecodeError> {
         Entry::decode(self.bytes.clone())
@@ -143,6 +151,41 @@ mod tests {
             ],
             append_start_micros: 1_700_000_000_000_000 + index,
         }
+    }
+
+    /// The hand-written message and the reference above are the schema's `ReadResponse`:
+    /// a field added to or renumbered in `proto/logplayer.proto` fails here rather than
+    /// being dropped by this side without a word.
+    #[test]
+    fn the_schema_s_read_response_has_the_fields_written_here() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the schema's descriptors decode");
+        let message = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "logplayer.v1")
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == "ReadResponse")
+            .expect("ReadResponse is in the schema");
+        let fields: Vec<(i32, &str, Label, Type, &str)> = message
+            .field
+            .iter()
+            .map(|f| (f.number(), f.name(), f.label(), f.r#type(), f.type_name()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (
+                    ENTRIES as i32,
+                    "entries",
+                    Label::Repeated,
+                    Type::Message,
+                    ".logplayer.v1.Entry"
+                ),
+                (LOG_ID as i32, "log_id", Label::Optional, Type::String, ""),
+            ]
+        );
     }
 
     #[test]

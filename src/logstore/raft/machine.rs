@@ -367,7 +367,7 @@ impl Machine {
                     return Ok(out);
                 }
                 let e = EncodedEntry::new(&e);
-                let len = e.bytes.len();
+                let len = e.framed_len();
                 if bytes + len > max_bytes && !out.is_empty() {
                     return Ok(out);
                 }
