@@ -440,7 +440,8 @@ mod tests {
 
     #[test]
     fn a_response_must_continue_the_log_densely_and_stay_in_its_range() {
-        let run = |indexes: &[u64]| -> Vec<Entry> { indexes.iter().map(|&i| entry(i, 0..1)).collect() };
+        let run =
+            |indexes: &[u64]| -> Vec<Entry> { indexes.iter().map(|&i| entry(i, 0..1)).collect() };
         assert!(in_order(5, u64::MAX, &run(&[5, 6, 7])).is_ok());
         assert!(in_order(5, 7, &run(&[5, 6, 7])).is_ok());
         assert!(in_order(5, u64::MAX, &[]).is_ok());
@@ -449,11 +450,20 @@ mod tests {
             (5, u64::MAX, &[5, 7], "entry 7 where 6 was next"),
             (5, u64::MAX, &[5, 5], "entry 5 where 6 was next"),
             (5, u64::MAX, &[4, 5], "entry 4 where 5 was next"),
-            (5, 6, &[5, 6, 7], "entry 7 where 7 was next of a read up to 6"),
+            (
+                5,
+                6,
+                &[5, 6, 7],
+                "entry 7 where 7 was next of a read up to 6",
+            ),
         ] {
             let status = in_order(next, to, &run(indexes)).unwrap_err();
             assert_eq!(Reason::of(&status), Some(Reason::Corrupt), "{indexes:?}");
-            assert!(status.message().contains(says), "{indexes:?}: {}", status.message());
+            assert!(
+                status.message().contains(says),
+                "{indexes:?}: {}",
+                status.message()
+            );
         }
     }
 }
