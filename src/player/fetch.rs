@@ -21,13 +21,15 @@ impl Shared {
     /// many entries; per entry, each shard cost a lock and a wake-up — the saving is not yet
     /// measured). The dispatcher's lock is held throughout, so a queue
     /// resumed meanwhile sees `current_index` and its pushes agree, as with one entry.
-    fn dispatch(&self, entries: Vec<Entry>) {
+    /// A response that does not continue the main stream ([`in_order`]) is refused whole.
+    fn dispatch(&self, entries: Vec<Entry>) -> Result<(), tonic::Status> {
         if entries.is_empty() {
-            return;
+            return Ok(());
         }
         let count = entries.len() as u64;
         let now = now_micros();
         let mut d = lock(&self.dispatch);
+        in_order(d.current_index + 1, u64::MAX, &entries)?;
         let mut parts: Vec<Vec<ShardEntry>> = vec![Vec::new(); self.targets.len()];
         let split = split(&self.config.shards, &entries);
         for (entry, split) in entries.into_iter().zip(split) {
@@ -74,6 +76,7 @@ impl Shared {
             .store(d.current_index, Ordering::Relaxed);
         self.stats.dispatched.fetch_add(count, Ordering::Relaxed);
         self.stats.metrics.dispatched.inc_by(count);
+        Ok(())
     }
 
     /// Pushes one shard's parts, in order, under one lock of its queue; wakes its sender
@@ -194,9 +197,7 @@ impl Shared {
                         self.stats.metrics.read_stalled.set(0);
                         tracing::info!("the main stream reads again");
                     }
-                    let next = lock(&self.dispatch).current_index + 1;
-                    in_order(next, u64::MAX, &resp.entries)?;
-                    self.dispatch(resp.entries);
+                    self.dispatch(resp.entries)?;
                 }
             }
             .await;
