@@ -1,7 +1,8 @@
 //! Identities checked end to end, over real processes: swapped shard addresses are refused
 //! with both ids named and nothing applied; a shard that applied entries of one log refuses
-//! a fresh log and keeps its data until `shard reset-log` moves it deliberately; a player
-//! fenced by an epoch no lease holder was given says so and stops.
+//! a fresh log and keeps its data until `shard reset-log` moves it deliberately; a log
+//! replaced at the same address under a running player stops the player before any shard
+//! applies it; a player fenced by an epoch no lease holder was given says so and stops.
 
 mod common;
 
@@ -199,6 +200,70 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
     );
     let (code, _) = http_get(&metrics, "/readyz").await;
     assert_eq!(code, 200);
+}
+
+/// The LogStore is replaced by a fresh, empty one at the same address while the player
+/// runs. The player's main stream reconnects and reads the new log's entries 1, 2, ...; the
+/// shards, which know the player's Hello (still the old log's id), would take every entry
+/// above what they applied. Only the player's check of each response's log id stands in the
+/// way: it stops, naming both logs, and no shard applies anything of the new log.
+#[tokio::test]
+async fn a_log_replaced_under_a_running_player_is_refused_and_nothing_of_it_is_applied() {
+    let (dir, mut c, log) = servers(1).await;
+    for _ in 0..10 {
+        log.append(add("c-000000", 1), None, 0).await.unwrap();
+    }
+    c.start_player(&[]).await.unwrap();
+    let report = check(&log, &c.shard_map(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(report.pass, "{report}");
+    let shard = ShardConn::connect(c.shards[0].addr()).await.unwrap();
+    let before = shard.dump().await.unwrap();
+    let old = shard.applied().await.unwrap();
+    assert_eq!(old.applied_index, 10);
+    drop(log);
+
+    let addr = c.logstore.addr().to_owned();
+    c.logstore.terminate(Duration::from_secs(5)).await;
+    let fresh = Proc::start(
+        "logstore-same-address",
+        &bin(),
+        vec![
+            "logstore".into(),
+            "--data".into(),
+            dir.path().join("fresh-log").display().to_string(),
+        ],
+        Some(&addr),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh.addr(), addr);
+    let new_log = logplayer::client::Log::connect(fresh.addr()).await.unwrap();
+    // Past the shard's applied index: entries 11..15 of the new log would be applied.
+    for _ in 0..15 {
+        new_log.append(add("c-000000", 100), None, 0).await.unwrap();
+    }
+    let (_, new_id) = bounds_of(fresh.addr()).await;
+    assert_ne!(new_id, old.log_id);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.players[0].exited().is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = c.players[0].exited().is_some();
+    let text = c.players[0].log_tail(60);
+    assert!(stopped, "the player still runs:\n{text}");
+    assert!(
+        text.contains(&format!("serves log {new_id}")) && text.contains(&old.log_id),
+        "the player names both logs:\n{text}"
+    );
+    // Give a delivery that slipped through the time to land, then compare.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(shard.dump().await.unwrap(), before, "{text}");
+    let now = shard.applied().await.unwrap();
+    assert_eq!((now.applied_index, now.log_id), (10, old.log_id));
 }
 
 /// `(first, log_id)` of a LogStore.

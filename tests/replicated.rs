@@ -59,6 +59,76 @@ async fn three_replicas_serve_one_dense_log_from_every_address() {
     );
 }
 
+/// The replicated log checks an append as the single-node one does, before proposing it:
+/// one byte over the entry limit, an empty transaction, an empty key, a mutation without an
+/// op and an overlong writer id are each refused with their reason, and nothing reaches the
+/// Raft log (the next valid append gets index 1 on every replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_log_refuses_invalid_and_oversized_appends_and_writes_nothing() {
+    use logplayer::grpc::Reason;
+    use logplayer::limits::{DEFAULT_MAX_ENTRY_BYTES, entry_bytes};
+    use logplayer::proto::{Mutation, mutation::Op};
+
+    let g = Group::start(3, &[]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    let over = {
+        let with = |n: usize| {
+            vec![Mutation {
+                key: b"l".to_vec().into(),
+                op: Some(Op::Append(vec![b'x'; n].into())),
+            }]
+        };
+        let mut n = DEFAULT_MAX_ENTRY_BYTES;
+        while entry_bytes(&with(n)) > DEFAULT_MAX_ENTRY_BYTES + 1 {
+            n -= 1;
+        }
+        with(n)
+    };
+    assert!(entry_bytes(&over) > DEFAULT_MAX_ENTRY_BYTES);
+    let no_op = vec![Mutation {
+        key: b"k".to_vec().into(),
+        op: None,
+    }];
+    let empty_key = vec![Mutation {
+        key: Vec::new().into(),
+        op: Some(Op::Add(1)),
+    }];
+    let long_writer = "w".repeat(logplayer::logstore::MAX_WRITER_ID_BYTES + 1);
+    let cases: Vec<(&str, Vec<Mutation>, Option<(&str, u64)>, Reason, &str)> = vec![
+        ("one byte over", over, None, Reason::EntryTooLarge, "bytes"),
+        (
+            "empty",
+            vec![],
+            None,
+            Reason::Invalid,
+            "at least one mutation",
+        ),
+        ("no op", no_op, None, Reason::Invalid, "has no op"),
+        ("empty key", empty_key, None, Reason::Invalid, "empty key"),
+        (
+            "long writer id",
+            add("k".into()),
+            Some((long_writer.as_str(), 1)),
+            Reason::Invalid,
+            "writer id",
+        ),
+    ];
+    for (what, mutations, writer, reason, says) in cases {
+        let err = log.append(mutations, writer, 0).await.unwrap_err();
+        let logplayer::client::ClientError::Rpc { status, .. } = &err else {
+            panic!("{what}: {err}")
+        };
+        assert_eq!(Reason::of(status), Some(reason), "{what}: {status:?}");
+        assert!(status.message().contains(says), "{what}: {status:?}");
+    }
+    assert_eq!(log.append(add("k".into()), None, 0).await.unwrap(), 1);
+    let each = g.entries_of_each(1).await;
+    for (i, entries) in each.iter().enumerate() {
+        assert_eq!(entries.len(), 1, "replica {}: {entries:?}", i + 1);
+    }
+}
+
 /// Replicas that answer the leader's `AppendStream` UNIMPLEMENTED (as a version without it
 /// would, during a rolling upgrade) are sent single `AppendEntries` calls instead: the
 /// leader says so, and every replica ends with the same log.

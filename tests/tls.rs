@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use logplayer::grpc::Reason;
 use logplayer::proto::log_store_client::LogStoreClient;
+use logplayer::proto::replication_client::ReplicationClient;
 use logplayer::proto::shard_client::ShardClient;
 use logplayer::proto::{
     AddMemberRequest, AppendRequest, AppliedRequest, BoundsRequest, DeliverRequest, DumpRequest,
-    Hello, MembersRequest, Mutation, ReadRequest, RemoveMemberRequest, RetainRequest, SeedRequest,
-    StatsRequest, deliver_request, mutation::Op,
+    Hello, MembersRequest, Mutation, RaftMessage, ReadRequest, RemoveMemberRequest, RetainRequest,
+    SeedRequest, StatsRequest, deliver_request, mutation::Op,
 };
 use logplayer::tls::identity::Role;
 use logplayer::tls::issue::{Ca, DEMO_VALIDITY, issue_local};
@@ -106,6 +107,21 @@ fn forbidden(r: Result<impl std::fmt::Debug, tonic::Status>, call: &str) {
 
 /// Every call of both services, as `who` on `log`/`shard`, each expected refused.
 async fn every_call_is_forbidden(log: Channel, shard: Channel, log_id: &str, can_write: bool) {
+    // The replicas' own service (refused by the role check before any routing, so a
+    // single-node LogStore, which does not serve it, tests the rule as well).
+    let mut r = ReplicationClient::new(log.clone());
+    let msg = RaftMessage::default();
+    forbidden(
+        r.append_entries(msg.clone()).await,
+        "Replication/AppendEntries",
+    );
+    match r.append_stream(tokio_stream::iter(vec![msg.clone()])).await {
+        Ok(s) => forbidden(s.into_inner().message().await, "Replication/AppendStream"),
+        Err(e) => forbidden(Err::<(), _>(e), "Replication/AppendStream"),
+    }
+    forbidden(r.vote(msg.clone()).await, "Replication/Vote");
+    forbidden(r.pre_vote(msg.clone()).await, "Replication/PreVote");
+    forbidden(r.install_snapshot(msg).await, "Replication/InstallSnapshot");
     let mut l = LogStoreClient::new(log);
     let mut s = ShardClient::new(shard);
     if !can_write {
@@ -209,6 +225,14 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
         writer.append(append_req("load-someone-else", 1)).await,
         "Append as another writer",
     );
+    let as_another = tokio_stream::iter(vec![append_req("load-someone-else", 1)]);
+    match writer.append_stream(as_another).await {
+        Ok(s) => forbidden(
+            s.into_inner().message().await,
+            "AppendStream as another writer",
+        ),
+        Err(e) => forbidden(Err::<(), _>(e), "AppendStream as another writer"),
+    }
     let own = writer.append(append_req("tm-1", 1)).await.unwrap();
     assert_eq!(own.into_inner().index, bounds.1 + 1);
 

@@ -113,6 +113,16 @@ pub enum CrdError {
         /// Field path.
         field: &'static str,
     },
+    /// A duration is above the most its field allows.
+    #[error("{field} = {value:?} is above the most it may be ({max:?})")]
+    DurationAbove {
+        /// Field path.
+        field: &'static str,
+        /// The duration as parsed.
+        value: Duration,
+        /// The largest allowed.
+        max: Duration,
+    },
     /// The lease durations are out of order.
     #[error(
         "lease timing needs 0 < retryPeriod < renewDeadline < leaseDuration, got retryPeriod \

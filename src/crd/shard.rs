@@ -1,8 +1,11 @@
 //! The `Shard` resource: the LogPlayer it belongs to, its slot ranges and its backend, with
 //! its status (the operator's conditions and the leading player's `ackedIndex`).
 
+use std::time::Duration;
+
 use super::{
-    Backend, CrdError, ExternalEndpoint, ManagedStorage, SlotRange, backend, validate_ranges,
+    Backend, CrdError, DURATION_PATTERN, ExternalEndpoint, ManagedStorage, SHORT_STRING_MAX,
+    SlotRange, backend, parse_duration, validate_ranges,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -54,8 +57,12 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.external) != has(self.managed)")
-    .message("set exactly one of external or managed"))]
+#[x_kube(
+    validation = Rule::new("has(self.external) != has(self.managed)")
+        .message("set exactly one of external or managed"),
+    validation = Rule::new("!has(self.commitDelay) || has(self.managed)")
+        .message("commitDelay applies to a managed shard only (an external shard server takes --commit-delay)")
+)]
 pub struct ShardSpec {
     /// Name of the LogPlayer (in this namespace) that delivers to this shard. Cannot change.
     #[schemars(length(min = 1, max = 253))]
@@ -78,12 +85,40 @@ pub struct ShardSpec {
     /// Have the operator run the shard server as a StatefulSet with a persistent volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedStorage>,
+    /// How long a managed shard server's commit may wait for more batches on a busy stream
+    /// (`logplayer shard --commit-delay`): a duration such as `2ms`, at most `100ms`; `0s`
+    /// commits whatever has arrived. Longer means fewer, fuller commits (fewer bytes written
+    /// to disk) for up to this much more delay. Unset uses the server's default, `2ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('100ms')")
+        .message("commitDelay must be at most 100ms"))]
+    pub commit_delay: Option<String>,
 }
 
 impl ShardSpec {
     /// Checks the slot ranges (see [`validate_ranges`]).
     pub fn validate_slots(&self) -> Result<(), CrdError> {
         Ok(validate_ranges(&self.slots)?)
+    }
+
+    /// The commit delay the spec sets, checked: parsed, and no longer than a shard server
+    /// allows ([`crate::shard::gather::MAX_COMMIT_DELAY`], which the CRD's rule repeats).
+    pub fn commit_delay(&self) -> Result<Option<Duration>, CrdError> {
+        const FIELD: &str = "spec.commitDelay";
+        let Some(text) = &self.commit_delay else {
+            return Ok(None);
+        };
+        let value = parse_duration(FIELD, text)?;
+        let max = crate::shard::gather::MAX_COMMIT_DELAY;
+        if value > max {
+            return Err(CrdError::DurationAbove {
+                field: FIELD,
+                value,
+                max,
+            });
+        }
+        Ok(Some(value))
     }
 
     /// The one backend this shard names.

@@ -249,8 +249,24 @@ fn cel_rules_sit_where_the_spec_needs_them() {
 
     let shard = schema(&Shard::crd());
     let spec = &shard["properties"]["spec"];
-    assert_eq!(rules(spec), ["has(self.external) != has(self.managed)"]);
+    assert_eq!(
+        rules(spec),
+        [
+            "has(self.external) != has(self.managed)",
+            "!has(self.commitDelay) || has(self.managed)"
+        ]
+    );
     assert_eq!(spec["required"], json!(["logPlayer", "slots"]));
+    let commit_delay = &spec["properties"]["commitDelay"];
+    assert_eq!(commit_delay["pattern"], DURATION_PATTERN);
+    // The CRD's bound is the shard server's: one number, written twice (CEL and Rust).
+    assert_eq!(
+        rules(commit_delay),
+        [format!(
+            "duration(self) <= duration('{}')",
+            humantime::format_duration(crate::shard::gather::MAX_COMMIT_DELAY)
+        )]
+    );
     assert_eq!(rules(&spec["properties"]["logPlayer"]), ["self == oldSelf"]);
     assert_eq!(spec["properties"]["logPlayer"]["minLength"], 1);
     let slots = &spec["properties"]["slots"];

@@ -547,6 +547,25 @@ mod tests {
         });
         let e = log.append(m, None, 0).await.unwrap_err();
         assert!(e.to_string().contains("mutation 1"), "{e}");
+        let mut m = add("k");
+        m.push(Mutation {
+            key: Vec::new().into(),
+            op: Some(crate::proto::mutation::Op::Add(1)),
+        });
+        let e = log.append(m, None, 0).await.unwrap_err();
+        assert!(e.to_string().contains("mutation 1 has an empty key"), "{e}");
+        let long = "w".repeat(MAX_WRITER_ID_BYTES + 1);
+        let e = log.append(add("k"), Some((long, 1)), 0).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("writer id of 257 bytes is longer than 256"),
+            "{e}"
+        );
         assert_eq!(log.bounds(), (1, 0), "nothing was written");
+        let longest = "w".repeat(MAX_WRITER_ID_BYTES);
+        assert_eq!(
+            log.append(add("k"), Some((longest, 1)), 0).await.unwrap(),
+            1
+        );
     }
 }

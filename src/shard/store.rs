@@ -314,6 +314,30 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_survives_reopening_and_a_cleared_part_stays_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let both = Identity {
+            shard_id: Some("s3".into()),
+            log_id: Some("log-a".into()),
+        };
+        {
+            let mut s = RedbStore::open(dir.path()).unwrap();
+            assert_eq!(s.identity().unwrap(), Identity::default(), "a new store");
+            s.set_identity(&both).unwrap();
+        }
+        let mut s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.identity().unwrap(), both);
+        let shard_only = Identity {
+            log_id: None,
+            ..both
+        };
+        s.set_identity(&shard_only).unwrap();
+        drop(s);
+        let s = RedbStore::open_existing(dir.path()).unwrap();
+        assert_eq!(s.identity().unwrap(), shard_only);
+    }
+
+    #[test]
     fn opening_a_missing_database_for_dump_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let err = RedbStore::open_existing(&dir.path().join("nope"))

@@ -172,6 +172,27 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("player") && e.message().contains("writer/w"));
         assert!(check(&player, "/logplayer.v1.Shard/Unknown").is_err());
+        // Only a replica takes part in the log's Raft group: anybody else could vote, or
+        // overwrite a follower's log with AppendEntries.
+        let replica = peer(&["logplayer://replica/2"]);
+        let admin = peer(&["logplayer://admin/a"]);
+        for call in [
+            "AppendEntries",
+            "AppendStream",
+            "Vote",
+            "PreVote",
+            "InstallSnapshot",
+        ] {
+            let path = format!("/logplayer.v1.Replication/{call}");
+            assert!(check(&replica, &path).is_ok(), "{path}");
+            for other in [&writer, &player, &admin, &none] {
+                assert!(
+                    check(other, &path).is_err(),
+                    "{path} as {}",
+                    other.describe()
+                );
+            }
+        }
     }
 
     #[test]

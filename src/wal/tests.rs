@@ -357,6 +357,50 @@ fn a_corrupt_middle_record_fails_open_naming_the_file_and_byte_offset() {
 }
 
 #[test]
+fn a_record_damaged_after_open_is_refused_by_the_read_naming_the_file_and_offset() {
+    // Open scans every record once; a read checks each record again, so damage that happens
+    // while the log is open (bit rot, a stray write) is refused, never served.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = filled(dir.path(), 5, 2);
+    let path = segment_files(dir.path())[0].clone();
+    let reader = wal.reader();
+    assert_all_payloads(&reader, 1, 5);
+    let record2 = SEGMENT_HEADER_LEN + record_size(1);
+    let record3 = record2 + record_size(2);
+
+    flip_byte(&path, record2 + RECORD_HEADER_LEN);
+    let err = reader
+        .read_range(1, 5, usize::MAX)
+        .expect_err("damaged payload");
+    let text = err.to_string();
+    let WalError::Corruption {
+        path: at, offset, ..
+    } = err
+    else {
+        panic!("expected Corruption, got {text}");
+    };
+    assert_eq!((at, offset), (path.clone(), record2), "{text}");
+    assert!(text.contains("checksum mismatch"), "{text}");
+    // Reads that do not touch the damaged record still work.
+    assert_eq!(
+        reader.read_range(1, 1, usize::MAX).unwrap(),
+        vec![(1, payload(1))]
+    );
+    flip_byte(&path, record2 + RECORD_HEADER_LEN);
+
+    flip_byte(&path, record3); // the length's low byte
+    let err = reader
+        .read_range(3, 5, usize::MAX)
+        .expect_err("damaged length");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, WalError::Corruption { offset, .. } if *offset == record3),
+        "{text}"
+    );
+    assert!(text.contains("does not match the index"), "{text}");
+}
+
+#[test]
 fn an_impossible_record_length_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let path = five_records(dir.path());

@@ -196,6 +196,21 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.slots", "must not overlap"],
         ),
         (
+            "a Shard whose commit may wait 200ms",
+            "bad-delay.yaml",
+            shard_yaml("bad-delay", "", &[(0, 99)], ep).replace(
+                "  external:\n    endpoint: \"nobody.invalid:1\"\n",
+                "  managed:\n    storage: 1Gi\n  commitDelay: 200ms\n",
+            ),
+            &["spec.commitDelay", "at most 100ms"],
+        ),
+        (
+            "an external Shard with a commit delay",
+            "bad-external-delay.yaml",
+            shard_yaml("bad-external-delay", "", &[(0, 99)], ep) + "  commitDelay: 5ms\n",
+            &["spec", "commitDelay applies to a managed shard only"],
+        ),
+        (
             "a LogPlayer whose players request `lots` of CPU",
             "bad-cpu.yaml",
             logplayer_yaml("bad-cpu", "  resources:\n    requests:\n      cpu: lots\n"),

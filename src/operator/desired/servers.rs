@@ -205,6 +205,13 @@ pub fn shard_objects(
             shard: name.clone(),
             source,
         })?;
+    let commit_delay = shard
+        .spec
+        .commit_delay()
+        .map_err(|source| DesiredError::Shard {
+            shard: name.clone(),
+            source,
+        })?;
     let storage = match shard.spec.backend() {
         Ok(Backend::Managed(storage)) => storage,
         Ok(Backend::External(_)) => return Ok(None),
@@ -235,16 +242,18 @@ pub fn shard_objects(
         replicated: false,
         tls,
     };
-    Ok(Some(server_objects(
-        &server,
-        vec![
-            "shard".into(),
-            "--id".into(),
-            name,
-            "--data".into(),
-            DATA_DIR.into(),
-            "--listen".into(),
-            format!("0.0.0.0:{SHARD_PORT}"),
-        ],
-    )))
+    let mut args: Vec<String> = vec![
+        "shard".into(),
+        "--id".into(),
+        name,
+        "--data".into(),
+        DATA_DIR.into(),
+        "--listen".into(),
+        format!("0.0.0.0:{SHARD_PORT}"),
+    ];
+    if let Some(delay) = commit_delay {
+        args.push("--commit-delay".into());
+        args.push(humantime::format_duration(delay).to_string());
+    }
+    Ok(Some(server_objects(&server, args)))
 }

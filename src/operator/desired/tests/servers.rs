@@ -249,6 +249,47 @@ fn the_image_argument_overrides_the_default_shard_image() {
 }
 
 #[test]
+fn a_shard_s_commit_delay_reaches_its_server_s_arguments() {
+    let args = |backend: serde_json::Value| {
+        let s0 = shard("s0", &[(0, 16383)], backend);
+        shard_objects(&s0, &Defaults::default(), None, None, shard_tls(&s0, None)).map(|o| {
+            o.map(|o| {
+                sts_container(&o.stateful_set)
+                    .args
+                    .clone()
+                    .unwrap_or_default()
+            })
+        })
+    };
+    let delay = |args: &[String]| {
+        args.iter()
+            .position(|a| a == "--commit-delay")
+            .map(|i| args[i + 1].clone())
+    };
+    let unset = args(json!({"managed": {"storage": "1Gi"}}))
+        .expect("valid")
+        .expect("managed");
+    assert_eq!(delay(&unset), None, "unset leaves the server's default");
+    for (written, passed) in [("5ms", "5ms"), ("0s", "0s"), ("1500us", "1ms 500us")] {
+        let set = args(json!({"managed": {"storage": "1Gi"}, "commitDelay": written}))
+            .expect("valid")
+            .expect("managed");
+        assert_eq!(delay(&set).as_deref(), Some(passed), "{written}");
+    }
+    for (bad, says) in [
+        (
+            "101ms",
+            "spec.commitDelay = 101ms is above the most it may be (100ms)",
+        ),
+        ("soon", "spec.commitDelay = \"soon\" is not a duration"),
+    ] {
+        let e = args(json!({"managed": {"storage": "1Gi"}, "commitDelay": bad})).expect_err(bad);
+        assert_eq!(e.reason(), "InvalidShard");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
+#[test]
 fn a_shard_with_both_backends_has_no_objects_but_an_invalid_shard_error() {
     let both = shard(
         "s0",
