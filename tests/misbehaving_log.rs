@@ -15,7 +15,6 @@ mod common;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use common::{assert_exactly_once, free_port, load_spec, servers, start_load, start_player_with};
 use futures::{Stream, StreamExt as _};
@@ -67,24 +66,23 @@ impl LogStore for Proxy {
         &self,
         r: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let requests = r.into_inner().filter_map(|m| async move { m.ok() });
+        let requests = r
+            .into_inner()
+            .filter_map(|m| futures::future::ready(m.ok()));
         let answers = self.up.clone().append_stream(requests).await?.into_inner();
         Ok(Response::new(Box::pin(answers)))
     }
 
     async fn read(&self, r: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
         let req = r.into_inner();
-        let mut up = self.up.clone().read(req.clone()).await?.into_inner();
+        let mut up = self.up.clone().read(req).await?.into_inner();
         if req.follow {
             let damage = self.damage.clone();
             let stream = up.enumerate().filter_map(move |(i, item)| {
-                let damage = damage.clone();
-                async move {
-                    match item {
-                        Ok(r) if i >= 3 && !r.entries.is_empty() && take(&damage.drop_main) => None,
-                        other => Some(other),
-                    }
-                }
+                futures::future::ready(match item {
+                    Ok(r) if i >= 3 && !r.entries.is_empty() && take(&damage.drop_main) => None,
+                    other => Some(other),
+                })
             });
             return Ok(Response::new(Box::pin(stream)));
         }

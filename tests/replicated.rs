@@ -95,7 +95,15 @@ async fn a_replicated_log_refuses_invalid_and_oversized_appends_and_writes_nothi
         op: Some(Op::Add(1)),
     }];
     let long_writer = "w".repeat(logplayer::logstore::MAX_WRITER_ID_BYTES + 1);
-    let cases: Vec<(&str, Vec<Mutation>, Option<(&str, u64)>, Reason, &str)> = vec![
+    // (what, the append, its writer, the reason expected, words of the message)
+    type Case<'a> = (
+        &'a str,
+        Vec<Mutation>,
+        Option<(&'a str, u64)>,
+        Reason,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         ("one byte over", over, None, Reason::EntryTooLarge, "bytes"),
         (
             "empty",

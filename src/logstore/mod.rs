@@ -564,7 +564,10 @@ mod tests {
         assert_eq!(log.bounds(), (1, 0), "nothing was written");
         let longest = "w".repeat(MAX_WRITER_ID_BYTES);
         assert_eq!(
-            log.append(add("k"), Some((longest, 1)), 0).await.unwrap(),
+            log.append(add("k"), Some((longest, 1)), 0)
+                .await
+                .unwrap()
+                .index,
             1
         );
     }
