@@ -153,6 +153,47 @@ fn a_damaged_snapshot_is_refused_with_its_path_and_offset() {
 }
 
 #[test]
+fn a_snapshot_cut_at_a_row_or_without_its_magic_is_refused() {
+    // Every frame's checksum can be right and the snapshot still wrong: cut after a whole
+    // row (a short copy), it would give back a state without the rows that followed.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        s.snapshot_min_bytes = 1024;
+        s.blocking_snapshots_for_test();
+        commit_many(&mut s, 1, 50, 100);
+    }
+    let path = dir.path().join(SNAPSHOT_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    let frames = Frames {
+        bytes: &whole,
+        at: SNAPSHOT_MAGIC.len(),
+    };
+    let starts: Vec<usize> = frames.map(|(at, f)| f.map(|_| at).unwrap()).collect();
+    assert!(starts.len() >= 3, "a header and rows: {starts:?}");
+    let last_row = *starts.last().unwrap();
+    std::fs::write(&path, &whole[..last_row]).unwrap();
+    let err = JournalStore::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("its header says"), "{err}");
+
+    let mut no_magic = whole.clone();
+    no_magic[0] ^= 0xff;
+    std::fs::write(&path, &no_magic).unwrap();
+    let err = JournalStore::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("bad magic"), "{err}");
+
+    std::fs::write(&path, &whole).unwrap();
+    assert_eq!(
+        JournalStore::open(dir.path())
+            .unwrap()
+            .load()
+            .unwrap()
+            .applied,
+        50
+    );
+}
+
+#[test]
 fn commits_end_on_page_boundaries_and_never_rewrite_what_came_before() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = JournalStore::open(dir.path()).unwrap();
