@@ -115,15 +115,19 @@ fn a_snapshot_and_the_journal_after_it_give_back_the_same_state() {
     assert_eq!(s.load().unwrap().highest_epoch, 2);
 }
 
+/// A closed journal store of entries 1..=50 whose state went into a snapshot.
+fn snapshotted_50() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = JournalStore::open(dir.path()).unwrap();
+    s.snapshot_min_bytes = 1024;
+    s.blocking_snapshots_for_test();
+    commit_many(&mut s, 1, 50, 100);
+    dir
+}
+
 #[test]
 fn a_snapshot_whose_journal_records_are_gone_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = JournalStore::open(dir.path()).unwrap();
-        s.snapshot_min_bytes = 1024;
-        s.blocking_snapshots_for_test();
-        commit_many(&mut s, 1, 50, 100);
-    }
+    let dir = snapshotted_50();
     std::fs::remove_dir_all(dir.path().join(JOURNAL_DIR)).unwrap();
     let err = JournalStore::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("records are missing"), "{err}");
@@ -132,13 +136,7 @@ fn a_snapshot_whose_journal_records_are_gone_is_refused_by_name() {
 
 #[test]
 fn a_damaged_snapshot_is_refused_with_its_path_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = JournalStore::open(dir.path()).unwrap();
-        s.snapshot_min_bytes = 1024;
-        s.blocking_snapshots_for_test();
-        commit_many(&mut s, 1, 50, 100);
-    }
+    let dir = snapshotted_50();
     let path = dir.path().join(SNAPSHOT_FILE);
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 3;
@@ -156,13 +154,7 @@ fn a_damaged_snapshot_is_refused_with_its_path_and_offset() {
 fn a_snapshot_cut_at_a_row_or_without_its_magic_is_refused() {
     // Every frame's checksum can be right and the snapshot still wrong: cut after a whole
     // row (a short copy), it would give back a state without the rows that followed.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = JournalStore::open(dir.path()).unwrap();
-        s.snapshot_min_bytes = 1024;
-        s.blocking_snapshots_for_test();
-        commit_many(&mut s, 1, 50, 100);
-    }
+    let dir = snapshotted_50();
     let path = dir.path().join(SNAPSHOT_FILE);
     let whole = std::fs::read(&path).unwrap();
     let frames = Frames {
