@@ -511,6 +511,59 @@ mod tests {
         assert_eq!((again.index, again.duplicate), (2, true));
     }
 
+    /// A record whose entry names another index than its place in the log (a file copied
+    /// from another log, or a bug in the writer) stops the open, naming both indexes: the
+    /// player would otherwise deliver it under the wrong index. So does a record without
+    /// an entry.
+    #[tokio::test]
+    async fn a_record_that_names_another_index_than_its_place_is_refused_at_open() {
+        use crate::proto::Entry;
+        for (case, entry) in [
+            (
+                "misplaced",
+                Some(Entry {
+                    index: 2,
+                    mutations: add("k"),
+                    append_start_micros: 0,
+                }),
+            ),
+            ("empty", None),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, _) = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf())).unwrap();
+            log.append(add("a"), None, 0).await.unwrap();
+            log.append(add("b"), None, 0).await.unwrap();
+            drop(log);
+            // Once the writer thread has let go of the log, write index 3 by hand.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut wal = loop {
+                match Wal::open(WalConfig::new(dir.path())) {
+                    Err(WalError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    other => break other.unwrap().0,
+                }
+            };
+            let record = StoredEntry {
+                entry,
+                writer_id: String::new(),
+                sequence: 0,
+                follows: 0,
+            }
+            .encode_to_vec();
+            assert_eq!(wal.append_batch(&[&record]).unwrap(), 3);
+            drop(wal);
+            let err = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf()))
+                .err()
+                .unwrap_or_else(|| panic!("{case}: a misplaced record was accepted"));
+            let want = match case {
+                "misplaced" => "record 3 does not decode: record says it is index 2",
+                _ => "record 3 does not decode: record holds no entry",
+            };
+            assert_eq!(err.to_string(), want, "{case}");
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_appends_get_dense_indexes() {
         let dir = tempfile::tempdir().unwrap();

@@ -555,6 +555,68 @@ mod tests {
     use crate::proto::{Mutation, mutation::Op};
     use std::time::Duration;
 
+    /// The server tells the log which sequence each append of a stream follows (the last one
+    /// its writer sent on the stream): an append after one of its stream that was sent but
+    /// never written (lost with a leader change) is refused with nothing written, so the
+    /// writer's resend of the lost one is not refused as stale. Here the stream's state
+    /// says sequence 3 was sent, but only 1 and 2 reached the log; on both kinds of log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_stream_says_what_each_append_follows() {
+        let single_dir = tempfile::tempdir().unwrap();
+        let (single, _) =
+            LogStore::open(LogStoreConfig::new(single_dir.path().to_path_buf())).unwrap();
+        let replica_dir = tempfile::tempdir().unwrap();
+        let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+        let replica = crate::logstore::raft::node::Replica::start(
+            crate::logstore::raft::node::ReplicaConfig::new(1, peers, replica_dir.path().into()),
+        )
+        .await
+        .unwrap();
+        for _ in 0..250 {
+            if replica.is_leader() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (kind, log) in [
+            ("single", ServedLog::from(single)),
+            ("replica", replica.into()),
+        ] {
+            let request = |writer: &str, sequence| AppendRequest {
+                mutations: vec![Mutation {
+                    key: b"k".to_vec().into(),
+                    op: Some(Op::Add(1)),
+                }],
+                writer_id: writer.into(),
+                sequence,
+                append_start_micros: 0,
+            };
+            let mut stream = StreamState::default();
+            let send = async |stream: &mut StreamState, writer: &str, sequence| {
+                let pending = submit(&log, None, request(writer, sequence), stream).await;
+                pending.unwrap().await.unwrap()
+            };
+            for s in 1..=2 {
+                assert_eq!(send(&mut stream, "w", s).await.unwrap().index, s, "{kind}");
+            }
+            let written = log.bounds().1;
+            stream.sent.insert("w".into(), 3);
+            let after_lost = send(&mut stream, "w", 4).await;
+            assert!(
+                matches!(after_lost, Err(LogStoreError::Gap { follows: 3, .. })),
+                "{kind}: {after_lost:?}"
+            );
+            assert_eq!(log.bounds().1, written, "{kind}: nothing was written");
+            // Another writer's first append on the same stream follows nothing of its own.
+            let other = send(&mut stream, "v", 7).await.unwrap();
+            assert_eq!(
+                (other.index, other.duplicate),
+                (written + 1, false),
+                "{kind}"
+            );
+        }
+    }
+
     /// A LogStore whose WAL failed stops serving, with the reason, so that its process exits
     /// and a restart recovers from the disk; it used to stay up refusing every append while
     /// its health still said SERVING.

@@ -694,3 +694,90 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::logstore::raft::node::{Replica, ReplicaConfig};
+    use crate::proto::{Mutation, mutation::Op};
+
+    /// A one-replica group that leads and has its log id.
+    async fn established(dir: &std::path::Path) -> Replica {
+        let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+        let r = Replica::start(ReplicaConfig::new(1, peers, dir.into()))
+            .await
+            .unwrap();
+        for _ in 0..250 {
+            if r.is_leader() && r.machine().log_id().is_some() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no established leader: {:?}", r.status());
+    }
+
+    /// A snapshot from a replica of another log (two groups wired together by mistake) is
+    /// refused before Raft sees it, naming both logs, and so is one addressed to another
+    /// replica id: installed, it would replace this replica's log by the other's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
+        let (mine_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mine = established(mine_dir.path()).await;
+        let other = established(other_dir.path()).await;
+        for _ in 0..5 {
+            let m = vec![Mutation {
+                key: b"k".to_vec().into(),
+                op: Some(Op::Add(1)),
+            }];
+            other
+                .submit(m, None, 0, None)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        other.retain(4).await.unwrap();
+        other.raft().trigger().snapshot().await.unwrap();
+        let snapshot = loop {
+            if let Some(s) = other.raft().get_snapshot().await.unwrap() {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let vote = other
+            .raft()
+            .with_raft_state(|s| *s.vote_ref())
+            .await
+            .unwrap();
+        let full = FullSnapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        let service = ReplicationService::new(
+            1,
+            mine.raft().clone(),
+            mine.machine().clone(),
+            mine.catching_up(),
+        );
+        let (my_log, their_log) = (mine.machine().log_id(), other.machine().log_id());
+        let bounds = mine.machine().bounds();
+        for (to, want) in [
+            (1, "they belong to different logs"),
+            (2, "meant for replica 2"),
+        ] {
+            let m = envelope(&full, other.machine(), 1, to).unwrap();
+            let refused = service
+                .install_snapshot(Request::new(m))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("a snapshot of another log to replica {to} was taken"));
+            assert!(refused.message().contains(want), "{}", refused.message());
+        }
+        assert_eq!(mine.machine().log_id(), my_log, "{their_log:?}");
+        assert_eq!(mine.machine().bounds(), bounds);
+    }
+}

@@ -406,7 +406,7 @@ impl Replica {
         }
     }
 
-    fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.leader_term().is_some()
     }
 
