@@ -64,7 +64,10 @@ async fn cursors_bound_retention_and_metrics_report_the_leader() {
     let (first, last) = log.bounds().await.unwrap();
     let cursors = FileCursors::new(c.cursor_path()).load().await.unwrap();
     let ids: Vec<String> = (0..2).map(|i| format!("s{i}")).collect();
-    let lowest = cursors.lowest(&ids).expect("a cursor for every shard");
+    let log_id = log.describe().await.unwrap().log_id;
+    let lowest = cursors
+        .lowest(&ids, &log_id)
+        .expect("a cursor for every shard, in this log");
     assert!(
         lowest + 1000 < last,
         "s1's cursor {lowest} should lag the log's end {last}"

@@ -72,9 +72,10 @@ pub struct TlsArgs {
         long,
         global = true,
         env = "LOGPLAYER_INSECURE",
-        // `1`, `yes`, `on` as well as `true` (and their opposites), as in most tools.
-        value_parser = clap::builder::BoolishValueParser::new(),
-        conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"]
+        // `1`, `yes`, `on` as well as `true` (and their opposites), as in most tools. Not a
+        // clap conflict with the TLS flags: clap counts `LOGPLAYER_INSECURE=false` as given;
+        // `security` refuses the two together only when it is true.
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
     insecure: bool,
 }
@@ -95,6 +96,12 @@ impl TlsArgs {
                 Ok(crate::tls::Security::Tls(tls))
             }
             (None, None, None, true) => Ok(crate::tls::Security::Insecure),
+            (cert, key, ca, true) if cert.is_some() || key.is_some() || ca.is_some() => {
+                anyhow::bail!(
+                    "--insecure (or LOGPLAYER_INSECURE) cannot be used with --tls-cert, \
+                     --tls-key or --tls-ca: give the TLS files, or plaintext, not both"
+                )
+            }
             _ => anyhow::bail!(
                 "no TLS configured: give --tls-cert, --tls-key and --tls-ca (PEM files; the \
                  CA verifies every peer, roles come from the certificates), or --insecure \

@@ -187,6 +187,14 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
     let spec = load_spec(&a.load, a.txn_bytes);
     let r = bench::drive(&log, &spec, None).await;
     println!("{}", serde_json::to_string(&r)?);
+    // The report says how many; the exit status says whether any failed.
+    if r.failed > 0 {
+        bail!(
+            "{} of {} appends failed (see the LogStore's logs and the report above)",
+            r.failed,
+            r.failed + r.appended
+        );
+    }
     Ok(())
 }
 

@@ -145,6 +145,10 @@ pub struct ShardStatus {
     /// Epoch of the leader that checkpointed `ackedIndex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_epoch: Option<i64>,
+    /// The log `ackedIndex` counts in (its log id): a cursor of another log (the LogStore
+    /// was replaced) never bounds this log's retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_log_id: Option<String>,
     /// Log index through which every entry for this shard is acknowledged, counting the
     /// entries that do not touch it (at least `ackedIndex`); lag is measured from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,7 +161,8 @@ pub struct ShardStatus {
     /// server's Service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Whether the shard server is serving.
+    /// Whether the Shard is ready, as its `Ready` condition says: its server answers and
+    /// nothing keeps it from being delivered to (a missing LogPlayer, a refused apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
 }

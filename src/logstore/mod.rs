@@ -44,6 +44,10 @@ pub enum LogStoreError {
     Wal(#[from] WalError),
     #[error("invalid append: {0}")]
     Invalid(String),
+    /// A setting the LogStore cannot start with (a flag, or a data directory of another
+    /// kind); never the answer to a client's call.
+    #[error("invalid LogStore setting: {0}")]
+    Config(String),
     #[error(
         "entry of {size} bytes exceeds the limit of {limit} bytes (--max-entry-bytes); split the transaction or raise the limit on every component"
     )]
@@ -247,10 +251,10 @@ impl LogStore {
     /// Opens the log in `config.dir` (recovering a torn tail, creating the log id of a new
     /// log) and starts the writer thread.
     pub fn open(config: LogStoreConfig) -> Result<(LogStore, OpenSummary), LogStoreError> {
-        crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
+        crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
         let marker = config.dir.join(raft::storage::STATE_FILE);
         if crate::disk::exists(&marker).unwrap_or(false) {
-            return Err(LogStoreError::Invalid(format!(
+            return Err(LogStoreError::Config(format!(
                 "{} holds a log replica of a replicated LogStore ({} exists); run it with the --id and --peers it was created with",
                 config.dir.display(),
                 marker.display()
@@ -261,9 +265,10 @@ impl LogStore {
             wal_config.segment_bytes = b;
         }
         // A record is an entry plus its writer id and sequence; never refuse to read back a
-        // record an earlier, larger limit accepted.
-        let record_limit = crate::limits::message_limit(config.max_entry_bytes)
-            .max(wal_config.max_record_bytes as usize);
+        // record an earlier, larger limit accepted (whatever `--max-entry-bytes` was then:
+        // a lowered limit must not make a healthy log read as corrupt). Appends are held to
+        // the current limit before they reach the WAL.
+        let record_limit = crate::limits::message_limit(crate::limits::MAX_MAX_ENTRY_BYTES);
         wal_config.max_record_bytes = u32::try_from(record_limit).unwrap_or(u32::MAX);
         wal_config.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         wal_config.preallocate = config.preallocate;
@@ -562,6 +567,27 @@ mod tests {
             };
             assert_eq!(err.to_string(), want, "{case}");
         }
+    }
+
+    /// An entry a larger `--max-entry-bytes` accepted is read back after a restart with a
+    /// smaller one (larger than the WAL's default record bound, 64 MiB): the log opened as
+    /// "corrupt" before.
+    #[tokio::test]
+    async fn an_entry_a_larger_limit_accepted_opens_under_a_smaller_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = LogStoreConfig::new(dir.path().to_path_buf());
+        config.max_entry_bytes = 80 * 1024 * 1024;
+        let (log, _) = LogStore::open(config).unwrap();
+        let big = vec![Mutation {
+            key: b"k".to_vec().into(),
+            op: Some(Op::Put(vec![7u8; 65 * 1024 * 1024].into())),
+        }];
+        assert_eq!(log.append(big, None, 0).await.unwrap().index, 1);
+        drop(log);
+        let (log, summary) = reopen(dir.path());
+        assert_eq!((summary.first, summary.last), (1, 1));
+        let back = log.read(1, 1, usize::MAX).unwrap();
+        assert_eq!(back.len(), 1);
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
 
 fn to_status(e: LogStoreError) -> Status {
     let reason = match &e {
-        LogStoreError::Invalid(_) => Reason::Invalid,
+        LogStoreError::Invalid(_) | LogStoreError::Config(_) => Reason::Invalid,
         LogStoreError::TooLarge { .. } => Reason::EntryTooLarge,
         LogStoreError::SequenceReused { .. } => Reason::SequenceReused,
         LogStoreError::StaleSequence { .. } => Reason::StaleSequence,
@@ -501,7 +501,10 @@ where
         ServedLog::Replica(r) => Some(
             crate::proto::replication_server::ReplicationServer::new(
                 crate::logstore::raft::network::ReplicationService::new(
-                    r.id(),
+                    crate::logstore::raft::network::Sender {
+                        id: r.id(),
+                        max_entry_bytes: r.max_entry_bytes() as u64,
+                    },
                     r.raft().clone(),
                     r.machine().clone(),
                     r.catching_up(),

@@ -137,7 +137,20 @@ pub async fn keep(
                 continue;
             }
         }
-        let has_ca = secrets.get_opt(&leaf.secret).await?.is_some_and(|s| {
+        let secret = match secrets.get_opt(&leaf.secret).await {
+            Ok(secret) => secret,
+            Err(kube::Error::Api(e)) => {
+                return Ok(CertState::Problem(Problem::new(
+                    "CertificateIssueFailed",
+                    format!(
+                        "the API server refused to read Secret {}: {}",
+                        leaf.secret, e.message
+                    ),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let has_ca = secret.is_some_and(|s| {
             s.data
                 .as_ref()
                 .and_then(|d| d.get("ca.crt"))

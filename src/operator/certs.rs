@@ -382,11 +382,20 @@ pub async fn admin_identity(
         return Ok(None);
     };
     let name = tls_secret(lp, "admin");
-    let Some(secret) = Api::<Secret>::namespaced(client.clone(), ns)
+    let secret = match Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&name)
-        .await?
-    else {
-        return Ok(None);
+        .await
+    {
+        Ok(Some(secret)) => secret,
+        Ok(None) => return Ok(None),
+        // Refused (RBAC without Secrets): keeping the certificates reports it in the
+        // status; the probes go plaintext and are refused, which the status says too. An
+        // error here would stop the reconciliation before any status is written.
+        Err(kube::Error::Api(status)) => {
+            tracing::warn!(secret = %name, message = %status.message, "the admin certificate cannot be read");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
     };
     let (Some(cert), Some(key), Some(ca)) = (
         secret_text(&secret, "tls.crt"),

@@ -125,6 +125,10 @@ pub(super) async fn observe(
     let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt(&player)
         .await?;
+    let deployment_current = deployment.as_ref().is_some_and(|d| {
+        let seen = d.status.as_ref().and_then(|s| s.observed_generation);
+        seen.is_some() && seen >= d.metadata.generation
+    });
     let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
     let lease = Api::<Lease>::namespaced(client.clone(), ns)
         .get_opt(&player)
@@ -164,6 +168,7 @@ pub(super) async fn observe(
         replicas: dstatus.replicas.unwrap_or(0),
         ready_replicas: dstatus.ready_replicas.unwrap_or(0),
         updated_replicas: dstatus.updated_replicas.unwrap_or(0),
+        deployment_current,
         lease,
         shards: observed_shards,
         head_index,

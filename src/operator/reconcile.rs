@@ -29,13 +29,40 @@ pub(super) async fn reconcile_logplayer(
     lp: Arc<LogPlayer>,
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
-    measured(
+    let result = measured(
         &ctx,
         "LogPlayer",
         &*lp,
         reconcile_logplayer_inner(&lp, &ctx),
     )
-    .await
+    .await;
+    if let (Err(e), Some(ns)) = (&result, lp.namespace()) {
+        let old = lp.status.clone().unwrap_or_default();
+        let generation = lp.metadata.generation.unwrap_or(0);
+        let new = status::failed_logplayer_status(&old, generation, &e.to_string(), status::now());
+        if new != old && report_failure::<LogPlayer>(&ctx, &ns, &lp.name_any(), &new).await {
+            publish(&ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
+        }
+    }
+    result
+}
+
+/// Writes the status of a resource whose reconciliation failed (best effort: the API
+/// server may be what failed); whether it was written.
+async fn report_failure<K>(ctx: &Context, ns: &str, name: &str, new: &impl serde::Serialize) -> bool
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match apply_status::<K>(&ctx.client, ns, name, new).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not write the status of a failed reconciliation");
+            false
+        }
+    }
 }
 
 /// Runs one reconciliation of `obj` inside a tracing span, counting it and timing it.
@@ -89,40 +116,53 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
                 certificates = certs::keep(&ctx.client, &ns, lp, &leaves).await?;
                 let tls = certs::admin_identity(&ctx.client, &ns, Some(lp)).await?;
                 identity = Some(tls.clone());
-                let members = log_members_before(ctx, lp, &ns, &mut objects, tls.clone()).await;
+                let members = log_members_before(ctx, lp, &ns, &mut objects, tls.clone()).await?;
                 apply_problems = apply_player_objects(&ctx.client, &ns, lp, objects).await?;
-                log_seen = members_step(ctx, lp, &ns, members, tls).await?;
+                log_seen = members_step(ctx, lp, &ns, members, tls, true).await?;
             }
             None
         }
         (None, Err(e @ desired::DesiredError::Yaml(_))) => return Err(e.into()),
         (None, Err(e)) => Some(status::Problem::new(e.reason(), e.to_string())),
     };
+    if identity.is_none() {
+        identity = Some(certs::admin_identity(&ctx.client, &ns, Some(lp)).await?);
+    }
+    let tls = identity.clone().flatten();
+    // Paused, or a spec that does not build: a managed LogStore's group is still asked and
+    // reported (never changed), so its leader, term and log id stay in the status.
+    if log_seen.is_none()
+        && lp.spec.log_store.managed.is_some()
+        && let Some(addrs) = desired::logstore_endpoint(lp, &ns, &ctx.defaults)
+    {
+        let members = log_members::ask(&addrs, tls.clone()).await;
+        log_seen = members_step(ctx, lp, &ns, Some((addrs, members)), tls, false).await?;
+    }
     let failed = !apply_problems.is_empty();
-    let converging = log_seen.as_ref().is_some_and(|s: &log_members::Seen| {
-        s.members
-            .as_ref()
-            .is_none_or(|m| log_members::next_change(m, s.want, &s.running).is_some())
-            || s.change.is_some()
-    });
+    let converging = !is_paused
+        && log_seen.as_ref().is_some_and(|s: &log_members::Seen| {
+            s.members
+                .as_ref()
+                .is_none_or(|m| log_members::next_change(m, s.want, &s.running).is_some())
+                || s.change.is_some()
+        });
     let found = Found {
         spec_problem,
         apply_problems,
         paused: is_paused,
-        tls: match identity {
-            Some(tls) => tls,
-            None => certs::admin_identity(&ctx.client, &ns, Some(lp)).await?,
-        },
+        tls: identity.flatten(),
         certificates,
     };
     let mut observed = observe(ctx, lp, &ns, &shards, found).await?;
     observed.log_members = log_seen;
     let old = lp.status.clone().unwrap_or_default();
     let new = status::logplayer_status(&observed, &old, status::now());
-    publish(ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
     if new != old {
         apply_status::<LogPlayer>(&ctx.client, &ns, &lp.name_any(), &new).await?;
     }
+    // After the status is stored: a status that could not be written is retried, and its
+    // Events with it, never sent once per attempt.
+    publish(ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
     // A refused apply is retried soon (the API server may have been briefly strict, or the
     // user fixes the spec); the status already says what is wrong.
     Ok(Action::requeue(if failed || converging {
@@ -140,20 +180,24 @@ async fn log_members_before(
     ns: &str,
     objects: &mut desired::PlayerObjects,
     tls: Option<Arc<crate::tls::Tls>>,
-) -> Option<(String, Result<crate::proto::MembersResponse, String>)> {
+) -> Result<Option<(String, Result<crate::proto::MembersResponse, String>)>, OperatorError> {
     let want = desired::log_replicas(lp);
-    let ls = objects.logstore.as_mut()?;
-    let addrs = desired::logstore_endpoint(lp, ns, &ctx.defaults)?;
+    let Some(ls) = objects.logstore.as_mut() else {
+        return Ok(None);
+    };
+    let Some(addrs) = desired::logstore_endpoint(lp, ns, &ctx.defaults) else {
+        return Ok(None);
+    };
     let members = log_members::ask(&addrs, tls).await;
     // Unknown membership (no leader, or nobody answers): keep the pods that run now, so
-    // that no voter loses its pod while nobody can tell who votes.
+    // that no voter loses its pod while nobody can tell who votes. A StatefulSet that
+    // cannot be read is an error (retried), never "0 pods run": applied with fewer
+    // replicas, it would delete voters' pods.
     let current = match &members {
         Ok(_) => 0,
         Err(_) => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
             .get_opt(&desired::logstore_name(lp))
-            .await
-            .ok()
-            .flatten()
+            .await?
             .and_then(|s| s.spec.and_then(|s| s.replicas))
             .unwrap_or(0),
     };
@@ -161,17 +205,19 @@ async fn log_members_before(
     if let Some(spec) = ls.server.stateful_set.spec.as_mut() {
         spec.replicas = Some(keep);
     }
-    Some((addrs, members))
+    Ok(Some((addrs, members)))
 }
 
 /// Makes the next membership change of a managed LogStore, if one is due (see
-/// `log_members`), and returns what was seen and done.
+/// `log_members`) and `may_change` (false while paused or while the spec does not build:
+/// only what was seen), and returns what was seen and done.
 async fn members_step(
     ctx: &Context,
     lp: &LogPlayer,
     ns: &str,
     before: Option<(String, Result<crate::proto::MembersResponse, String>)>,
     tls: Option<Arc<crate::tls::Tls>>,
+    may_change: bool,
 ) -> Result<Option<log_members::Seen>, OperatorError> {
     let Some((addrs, members)) = before else {
         return Ok(None);
@@ -200,6 +246,7 @@ async fn members_step(
         .and_then(|s| s.log_store.as_ref())
         .and_then(|l| l.log_id.as_deref());
     let change = match &seen.members {
+        _ if !may_change => None,
         Some(m) => log_members::next_change(m, seen.want, &seen.running),
         None => log_members::should_seed(&seen, known_log_id).then_some(log_members::Change::Seed),
     };
@@ -347,7 +394,29 @@ pub(super) async fn reconcile_shard(
     shard: Arc<Shard>,
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
-    measured(&ctx, "Shard", &*shard, reconcile_shard_inner(&shard, &ctx)).await
+    let result = measured(&ctx, "Shard", &*shard, reconcile_shard_inner(&shard, &ctx)).await;
+    if let (Err(e), Some(ns)) = (&result, shard.namespace()) {
+        let old = shard.status.clone().unwrap_or_default();
+        let generation = shard.metadata.generation.unwrap_or(0);
+        let new = status::failed_shard_status(&old, generation, &e.to_string(), status::now());
+        let mine = crate::crd::ShardStatus {
+            acked_index: None,
+            acked_epoch: None,
+            acked_log_id: None,
+            covered_index: None,
+            ..old.clone()
+        };
+        if new != mine && report_failure::<Shard>(&ctx, &ns, &shard.name_any(), &new).await {
+            publish(
+                &ctx,
+                shard.object_ref(&()),
+                &old.conditions,
+                &new.conditions,
+            )
+            .await;
+        }
+    }
+    result
 }
 
 async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, OperatorError> {
@@ -416,18 +485,20 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     };
     let old = shard.status.clone().unwrap_or_default();
     let new = status::shard_status(&observed, &old, status::now());
-    publish(ctx, shard.object_ref(&()), &old.conditions, &new.conditions).await;
     // Compare only the operator's fields: the player owns the cursor fields, which
     // `shard_status` leaves unset.
     let mine = crate::crd::ShardStatus {
         acked_index: None,
         acked_epoch: None,
+        acked_log_id: None,
         covered_index: None,
         ..old.clone()
     };
     if new != mine {
         apply_status::<Shard>(&ctx.client, &ns, &name, &new).await?;
     }
+    // After the status is stored (see the LogPlayer's).
+    publish(ctx, shard.object_ref(&()), &old.conditions, &new.conditions).await;
     Ok(Action::requeue(if failed || no_identity_yet {
         APPLY_RETRY
     } else {

@@ -183,9 +183,10 @@ fn world(lp: &Value, shards: Vec<Value>) -> World {
     w.objects.insert(
         "/apis/apps/v1/namespaces/ns/deployments/demo-player".into(),
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                   "metadata": {"name": "demo-player", "namespace": "ns"},
+                   "metadata": {"name": "demo-player", "namespace": "ns", "generation": 2},
                    "spec": {"selector": {}, "template": {}},
-                   "status": {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3}}),
+                   "status": {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+                              "observedGeneration": 2}}),
     );
     w
 }

@@ -78,10 +78,15 @@ impl Shared {
         (acked, covered): (BTreeMap<String, u64>, BTreeMap<String, u64>),
         ids: &[String],
     ) {
+        let log_ids = acked
+            .keys()
+            .map(|shard| (shard.clone(), self.log_id.clone()))
+            .collect();
         let cursors = Cursors {
             epoch: self.config.epoch,
             acked,
             covered,
+            log_ids,
         };
         if let Err(e) = store.save(&cursors).await {
             tracing::warn!(error = %e, "could not save the ack cursors");
@@ -92,7 +97,7 @@ impl Shared {
         }
         // Only what every shard acknowledged, per the stored (merged) cursors, may go.
         let lowest = match store.load().await {
-            Ok(saved) => saved.lowest(ids),
+            Ok(saved) => saved.lowest(ids, &self.log_id),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the ack cursors back");
                 None

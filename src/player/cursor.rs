@@ -39,12 +39,18 @@ pub struct Cursors {
     /// elsewhere. Informational; retention uses `acked`.
     #[serde(default)]
     pub covered: BTreeMap<String, u64>,
+    /// Shard id → the log (its id) that shard's cursor counts in. A cursor of another log
+    /// (the LogStore was replaced, or the shard moved to a new log) is never merged with
+    /// this log's, nor bounds its retention. Absent in files of older versions: such a
+    /// cursor counts in no log until this log's next checkpoint replaces it.
+    #[serde(default)]
+    pub log_ids: BTreeMap<String, String>,
 }
 
 impl Cursors {
     /// The index below which every shard has acknowledged everything, if every shard in
-    /// `shards` has a cursor: retention may remove entries up to it.
-    pub fn lowest(&self, shards: &[String]) -> Option<u64> {
+    /// `shards` has a cursor in the log `log_id`: retention may remove entries up to it.
+    pub fn lowest(&self, shards: &[String], log_id: &str) -> Option<u64> {
         let shards = if crate::mutations::on(crate::mutations::Mutation::RetentionIgnoresCursor) {
             // The slowest shard's cursor (a missing one counts as 0) is left out:
             // retention runs ahead of it.
@@ -63,7 +69,10 @@ impl Cursors {
         };
         shards
             .iter()
-            .map(|s| self.acked.get(s).copied())
+            .map(|s| {
+                let this_log = self.log_ids.get(s).is_some_and(|id| id == log_id);
+                self.acked.get(s).copied().filter(|_| this_log)
+            })
             .collect::<Option<Vec<u64>>>()?
             .into_iter()
             .min()
@@ -134,10 +143,19 @@ impl FileCursors {
     }
 }
 
-/// `old` with `new` merged in: per shard the higher cursor, and the higher epoch.
+/// `old` with `new` merged in: per shard the higher cursor, and the higher epoch; a
+/// shard whose cursor in `new` counts in another log than the one in `old` takes the new
+/// one whole (indexes of two logs are not comparable).
 pub fn merge(old: &Cursors, new: &Cursors) -> Cursors {
     let mut out = old.clone();
     out.epoch = old.epoch.max(new.epoch);
+    for (shard, log_id) in &new.log_ids {
+        if old.log_ids.get(shard) != Some(log_id) {
+            out.acked.remove(shard);
+            out.covered.remove(shard);
+            out.log_ids.insert(shard.clone(), log_id.clone());
+        }
+    }
     for (shard, &index) in &new.acked {
         let e = out.acked.entry(shard.clone()).or_insert(0);
         *e = (*e).max(index);
@@ -173,12 +191,55 @@ impl CursorStore for FileCursors {
 mod tests {
     use super::*;
 
+    /// The log every cursor of [`cursors`] counts in.
+    const LOG: &str = "log-1";
+
     fn cursors(epoch: u64, acked: &[(&str, u64)]) -> Cursors {
+        in_log(LOG, epoch, acked)
+    }
+
+    fn in_log(log_id: &str, epoch: u64, acked: &[(&str, u64)]) -> Cursors {
         Cursors {
             covered: BTreeMap::new(),
             epoch,
             acked: acked.iter().map(|(s, i)| (s.to_string(), *i)).collect(),
+            log_ids: acked
+                .iter()
+                .map(|(s, _)| (s.to_string(), log_id.to_string()))
+                .collect(),
         }
+    }
+
+    /// Cursors saved for another log (the LogStore was replaced: its indexes start again
+    /// from 1) are not merged with this log's, nor bound its retention: a shard of the old
+    /// log at 150 says nothing about the new one, and would let retention remove entries
+    /// another shard of the new log never received.
+    #[tokio::test]
+    async fn a_cursor_of_another_log_is_replaced_and_never_bounds_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileCursors::new(dir.path().join("c.json"));
+        store
+            .save(&in_log("old", 3, &[("a", 150), ("b", 150)]))
+            .await
+            .unwrap();
+        let shards = vec!["a".to_string(), "b".to_string()];
+        let saved = store.load().await.unwrap();
+        assert_eq!(
+            saved.lowest(&shards, "new"),
+            None,
+            "b has no cursor in the new log"
+        );
+        // The new log's leader has heard from a only.
+        store.save(&in_log("new", 4, &[("a", 3)])).await.unwrap();
+        let saved = store.load().await.unwrap();
+        assert_eq!(saved.acked.get("a"), Some(&3), "replaced, not max(150, 3)");
+        assert_eq!(saved.lowest(&shards, "new"), None);
+        store.save(&in_log("new", 4, &[("b", 2)])).await.unwrap();
+        assert_eq!(store.load().await.unwrap().lowest(&shards, "new"), Some(2));
+        // A file of an older version (no log ids) counts in no log.
+        let mut old = cursors(1, &[("a", 10), ("b", 10)]);
+        old.log_ids.clear();
+        assert_eq!(old.lowest(&shards, LOG), None);
     }
 
     #[tokio::test]
@@ -221,8 +282,9 @@ mod tests {
     fn lowest_needs_every_shard() {
         let c = cursors(1, &[("a", 10), ("b", 5)]);
         let shards = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(c.lowest(&shards(&["a", "b"])), Some(5));
-        assert_eq!(c.lowest(&shards(&["a", "b", "c"])), None);
+        assert_eq!(c.lowest(&shards(&["a", "b"]), LOG), Some(5));
+        assert_eq!(c.lowest(&shards(&["a", "b", "c"]), LOG), None);
+        assert_eq!(c.lowest(&shards(&["a", "b"]), "another log"), None);
     }
 
     mod kube_mock {
@@ -241,7 +303,7 @@ mod tests {
                 "metadata": {"name": name, "namespace": "ns"},
                 "spec": {"logPlayer": "lp", "slots": [{"start": 0, "end": 16383}],
                          "external": {"endpoint": "x:1"}},
-                "status": {"ackedIndex": acked},
+                "status": {"ackedIndex": acked, "ackedLogId": super::LOG},
             })
         }
 
@@ -289,7 +351,8 @@ mod tests {
                         .unwrap();
                 assert_eq!(
                     body["status"],
-                    json!({"ackedIndex": 90, "ackedEpoch": 4, "coveredIndex": 90})
+                    json!({"ackedIndex": 90, "ackedEpoch": 4, "coveredIndex": 90,
+                           "ackedLogId": super::LOG})
                 );
                 reply(send, &shard("b", Some(90)));
             };
@@ -362,6 +425,9 @@ impl CursorStore for KubeCursors {
             if let Some(index) = status.covered_index.and_then(|i| u64::try_from(i).ok()) {
                 out.covered.insert(name.clone(), index);
             }
+            if let Some(log_id) = &status.acked_log_id {
+                out.log_ids.insert(name.clone(), log_id.clone());
+            }
             if let Some(index) = status.acked_index.and_then(|i| u64::try_from(i).ok()) {
                 out.acked.insert(name, index);
             }
@@ -386,18 +452,25 @@ impl CursorStore for KubeCursors {
                 .max(index);
             let stored_acked = stored.acked.get(shard).copied();
             let stored_covered = stored.covered.get(shard).copied().or(stored_acked);
-            let unchanged = stored_acked == Some(index) && stored_covered == Some(covered);
+            let log_id = merged.log_ids.get(shard);
+            let unchanged = stored_acked == Some(index)
+                && stored_covered == Some(covered)
+                && stored.log_ids.get(shard) == log_id;
             if unchanged || !cursors.acked.contains_key(shard) {
                 continue;
+            }
+            let mut status = serde_json::json!({
+                "ackedIndex": index,
+                "ackedEpoch": cursors.epoch,
+                "coveredIndex": covered,
+            });
+            if let Some(log_id) = log_id {
+                status["ackedLogId"] = log_id.clone().into();
             }
             let patch = serde_json::json!({
                 "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
                 "kind": "Shard",
-                "status": {
-                    "ackedIndex": index,
-                    "ackedEpoch": cursors.epoch,
-                    "coveredIndex": covered,
-                }
+                "status": status,
             });
             match self
                 .api

@@ -45,6 +45,15 @@ pub enum RoutingError {
     Coverage(#[from] slots::Coverage),
     #[error("shard id {0:?} appears twice")]
     DuplicateId(String),
+    #[error(
+        "shards {first:?} and {second:?} have the same address {addr}: each shard is its own \
+         server (the one at {addr} would refuse every entry meant for the other as wrong-shard)"
+    )]
+    DuplicateAddr {
+        first: String,
+        second: String,
+        addr: String,
+    },
     #[error("shard id must be non-empty and use only [A-Za-z0-9._-], got {0:?}")]
     BadId(String),
     #[error("reading shard map {path}: {source}")]
@@ -216,6 +225,19 @@ fn check_ids(shards: &[MapEntry]) -> Result<(), RoutingError> {
             return Err(RoutingError::DuplicateId(s.id.clone()));
         }
     }
+    // One address per shard, compared without its scheme (`http://h:1` and `h:1` are one).
+    let mut addrs = std::collections::HashMap::new();
+    for s in shards {
+        let addr = s.addr.split_once("://").map_or(&*s.addr, |(_, rest)| rest);
+        let addr = addr.trim_end_matches('/').to_ascii_lowercase();
+        if let Some(first) = addrs.insert(addr.clone(), s.id.clone()) {
+            return Err(RoutingError::DuplicateAddr {
+                first,
+                second: s.id.clone(),
+                addr,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -255,12 +277,12 @@ mod tests {
 
     #[test]
     fn overlapping_missing_and_malformed_ranges_are_named() {
-        let e = ShardMap::from_specs(&["a=h@0-100", "b=h@100-16383"]).unwrap_err();
+        let e = ShardMap::from_specs(&["a=h@0-100", "b=hb@100-16383"]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "shards do not own every slot exactly once: slots 100-100 are owned by both shard \"a\" and shard \"b\""
         );
-        let e = ShardMap::from_specs(&["a=h@0-100", "b=h@200-16383"]).unwrap_err();
+        let e = ShardMap::from_specs(&["a=h@0-100", "b=hb@200-16383"]).unwrap_err();
         assert!(
             e.to_string()
                 .ends_with("slots 101-199 are owned by no shard"),
@@ -277,9 +299,20 @@ mod tests {
         let e = ShardMap::from_specs(&["a=h@x-3"]).unwrap_err();
         assert!(e.to_string().contains("\"x\" is not a slot number"), "{e}");
         // Ranges of a map may come in any order.
-        ShardMap::from_specs(&["a=h@200-16383,0-99", "b=h@100-199"]).unwrap();
+        ShardMap::from_specs(&["a=h@200-16383,0-99", "b=hb@100-199"]).unwrap();
         let e = ShardMap::from_specs(&["a=h", "a=h"]).unwrap_err();
         assert!(matches!(e, RoutingError::DuplicateId(_)));
+        for (a, b) in [
+            ("a=127.0.0.1:7101", "b=127.0.0.1:7101"),
+            ("c=http://h:1", "d=h:1"),
+        ] {
+            let e = ShardMap::from_specs(&[a, b]).unwrap_err();
+            assert!(
+                matches!(e, RoutingError::DuplicateAddr { .. })
+                    && e.to_string().contains("same address"),
+                "{e}"
+            );
+        }
         let e = ShardMap::from_specs(&["noequals"]).unwrap_err();
         assert!(e.to_string().contains("missing '='"), "{e}");
         assert!(ShardMap::from_specs::<&str>(&[]).is_err());

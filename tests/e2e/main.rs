@@ -566,6 +566,8 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
             false,
         ),
         (&["delete", "nodes"][..], false),
+        // The players' Deployment goes only with its LogPlayer (owner references).
+        (&["delete", "deployments", "-n", DEMO_NS][..], false),
         // Secrets only by name (the LogPlayers' CAs and certificates): never listed,
         // watched or deleted.
         (&["get", "secrets", "-n", DEMO_NS][..], true),
@@ -598,7 +600,8 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
 
 /// RBAC lets the operator create Deployments anywhere; the chart's ValidatingAdmissionPolicy
 /// refuses, for the operator's ServiceAccount, one in kube-system and one that would run as
-/// another ServiceAccount, and still admits one shaped like the operator's own.
+/// another ServiceAccount, and still admits one shaped like the operator's own. It also
+/// refuses to label someone else's object as the operator's, or to delete one.
 fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
     let deployment = |ns: &str, name: &str, sa: &str| {
         serde_json::json!({
@@ -654,6 +657,68 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
                 "a Deployment {ns}/{name} as {sa} with the operator's token was not refused by the admission policy: {text}"
             );
         }
+    }
+    // Someone else's object cannot be taken over by adding the label, nor deleted; one of
+    // the operator's own (labelled when it was made) still can.
+    h.cp.kubectl(&["create", "configmap", "theirs", "-n", PROBE_NS])?;
+    h.cp.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "theirs",
+        "--tcp=80",
+        "-n",
+        PROBE_NS,
+    ])?;
+    h.cp.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "ours",
+        "--tcp=80",
+        "-n",
+        PROBE_NS,
+    ])?;
+    h.cp.kubectl(&[
+        "label",
+        "service",
+        "ours",
+        "app.kubernetes.io/managed-by=logplayer-operator",
+        "-n",
+        PROBE_NS,
+    ])?;
+    let why = "only changes or deletes objects that already carry";
+    for (args, allowed) in [
+        (
+            &[
+                "label",
+                "configmap",
+                "theirs",
+                "app.kubernetes.io/managed-by=logplayer-operator",
+            ][..],
+            false,
+        ),
+        (&["delete", "service", "theirs"][..], false),
+        (&["delete", "service", "ours"][..], true),
+    ] {
+        let mut call = args.to_vec();
+        call.extend(["-n", PROBE_NS, dry, &as_operator]);
+        let out = h.cp.kubectl_raw(&call)?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success() == allowed && (allowed || text.contains(why)),
+            "kubectl {} as the operator: want {}, got: {text}",
+            args.join(" "),
+            if allowed {
+                "allowed"
+            } else {
+                "refused by the admission policy"
+            }
+        );
     }
     h.cp.kubectl(&["delete", "namespace", PROBE_NS, "--wait=false"])?;
     Ok(())

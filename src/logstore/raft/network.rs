@@ -54,15 +54,23 @@ fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, Status> {
 fn envelope<T: Serialize>(
     v: &T,
     machine: &Machine,
-    from: NodeId,
+    from: Sender,
     to: NodeId,
 ) -> Result<RaftMessage, Status> {
     Ok(RaftMessage {
         payload: encode(v)?,
         log_id: machine.log_id().unwrap_or_default(),
-        from,
+        from: from.id,
         to,
+        max_entry_bytes: from.max_entry_bytes,
     })
+}
+
+/// Who sends a replication message: this replica's id and its `--max-entry-bytes`.
+#[derive(Clone, Copy, Debug)]
+pub struct Sender {
+    pub id: NodeId,
+    pub max_entry_bytes: u64,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,6 +129,8 @@ impl CatchingUp {
 #[derive(Clone)]
 struct Gate {
     me: NodeId,
+    /// This replica's `--max-entry-bytes`.
+    max_entry_bytes: u64,
     machine: Machine,
     /// When a refusal was last logged (refusals repeat at the heartbeat rate).
     last_warned: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -153,6 +163,14 @@ impl Gate {
                 self.me, m.from, m.to, m.to
             )));
         }
+        if m.max_entry_bytes != 0 && m.max_entry_bytes != self.max_entry_bytes {
+            return Err(Reason::EntryLimit.status(format!(
+                "replica {} has --max-entry-bytes {} and replica {} {}: every replica of a log \
+                 must have the same limit (an entry one accepts, a player reading another \
+                 could not take); restart them with one value",
+                self.me, self.max_entry_bytes, m.from, m.max_entry_bytes
+            )));
+        }
         let ignore = crate::mutations::on(crate::mutations::Mutation::ReplicaIgnoresLogId);
         if let Some(mine) = self.machine.log_id()
             && !ignore
@@ -169,7 +187,11 @@ impl Gate {
 
     /// An answer to replica `to`.
     fn message<T: Serialize>(&self, to: NodeId, v: &T) -> Result<RaftMessage, Status> {
-        envelope(v, &self.machine, self.me, to)
+        let me = Sender {
+            id: self.me,
+            max_entry_bytes: self.max_entry_bytes,
+        };
+        envelope(v, &self.machine, me, to)
     }
 }
 
@@ -184,14 +206,15 @@ pub struct ReplicationService {
 
 impl ReplicationService {
     pub fn new(
-        me: NodeId,
+        me: Sender,
         raft: Raft,
         machine: Machine,
         catching_up: std::sync::Arc<CatchingUp>,
     ) -> Self {
         ReplicationService {
             gate: Gate {
-                me,
+                me: me.id,
+                max_entry_bytes: me.max_entry_bytes,
                 machine,
                 last_warned: Default::default(),
             },
@@ -358,7 +381,7 @@ struct FullSnapshot {
 
 /// The client half: one [`Peer`] per target, connected lazily.
 pub struct Network {
-    me: NodeId,
+    me: Sender,
     machine: Machine,
     /// When each target was last logged as unreachable, shared by every [`Peer`] openraft
     /// makes for it (its heartbeat and each replication session have their own).
@@ -366,7 +389,7 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(me: NodeId, machine: Machine) -> Self {
+    pub fn new(me: Sender, machine: Machine) -> Self {
         Network {
             me,
             machine,
@@ -393,7 +416,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// A connection to one peer.
 pub struct Peer {
-    me: NodeId,
+    me: Sender,
     target: NodeId,
     addr: String,
     machine: Machine,
@@ -720,7 +743,8 @@ mod tests {
 
     /// A snapshot from a replica of another log (two groups wired together by mistake) is
     /// refused before Raft sees it, naming both logs, and so is one addressed to another
-    /// replica id: installed, it would replace this replica's log by the other's.
+    /// replica id, or from a replica with another entry limit: installed, it would replace
+    /// this replica's log by the other's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
         let (mine_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -757,19 +781,33 @@ mod tests {
             meta: snapshot.meta,
             data: snapshot.snapshot.into_inner(),
         };
+        let limit = crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64;
+        let me = Sender {
+            id: 1,
+            max_entry_bytes: limit,
+        };
         let service = ReplicationService::new(
-            1,
+            me,
             mine.raft().clone(),
             mine.machine().clone(),
             mine.catching_up(),
         );
         let (my_log, their_log) = (mine.machine().log_id(), other.machine().log_id());
         let bounds = mine.machine().bounds();
-        for (to, want) in [
-            (1, "they belong to different logs"),
-            (2, "meant for replica 2"),
+        for (to, limit, want) in [
+            (1, limit, "they belong to different logs"),
+            (2, limit, "meant for replica 2"),
+            (
+                1,
+                limit * 2,
+                "replica 1 has --max-entry-bytes 4194304 and replica 1 8388608",
+            ),
         ] {
-            let m = envelope(&full, other.machine(), 1, to).unwrap();
+            let from = Sender {
+                id: 1,
+                max_entry_bytes: limit,
+            };
+            let m = envelope(&full, other.machine(), from, to).unwrap();
             let refused = service
                 .install_snapshot(Request::new(m))
                 .await

@@ -234,27 +234,49 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
         ..Default::default()
     }
     .validate()
-    .map_err(|e| LogStoreError::Invalid(format!("raft config: {e}")))
+    .map_err(|e| LogStoreError::Config(format!("raft config: {e}")))
+}
+
+/// Refuses a replica's settings it cannot start with, naming the flag.
+fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
+    crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
+    // One entry travels to the followers in one replication message: an entry that
+    // cannot fit would be accepted, never replicated, and hold up every later one.
+    let replicable = super::network::MAX_MESSAGE_BYTES - crate::limits::ENVELOPE_BYTES;
+    if config.max_entry_bytes > replicable {
+        return Err(LogStoreError::Config(format!(
+            "--max-entry-bytes {} is more than a replicated log can carry in one \
+             replication message ({replicable} bytes); lower it, or run a single-node \
+             LogStore (no --peers)",
+            config.max_entry_bytes
+        )));
+    }
+    if config.id == 0 {
+        return Err(LogStoreError::Config(
+            "--id 0: replica ids start at 1".into(),
+        ));
+    }
+    if !config.peers.contains_key(&config.id) && !config.join {
+        return Err(LogStoreError::Config(format!(
+            "--id {} is not in --peers ({}): list it with its address, or pass --join to \
+             wait to be added to a group",
+            config.id,
+            config
+                .peers
+                .keys()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )));
+    }
+    Ok(())
 }
 
 impl Replica {
     /// Opens the replica's log in `config.dir` and starts Raft. On a new group, the replica
     /// with the lowest id of `config.peers` proposes their membership; the others wait for it.
     pub async fn start(config: ReplicaConfig) -> Result<Replica, LogStoreError> {
-        crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Invalid)?;
-        if !config.peers.contains_key(&config.id) && !config.join {
-            return Err(LogStoreError::Invalid(format!(
-                "--id {} is not in --peers ({}): list it with its address, or pass --join to \
-                 wait to be added to a group",
-                config.id,
-                config
-                    .peers
-                    .keys()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )));
-        }
+        check_config(&config)?;
         if !config.peers.contains_key(&config.id) {
             // A replica that joins an existing group (a StatefulSet scaled up): it seeds
             // nothing and serves once the leader adds it.
@@ -274,11 +296,17 @@ impl Replica {
         wal.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         wal.preallocate = config.preallocate;
         let mut storage =
-            LogStorage::open(wal).map_err(|e| LogStoreError::Invalid(e.to_string()))?;
+            LogStorage::open(wal).map_err(|e| LogStoreError::Config(e.to_string()))?;
         let failed = storage.failed();
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
         storage.set_saved_base(machine.saved_base());
-        let network = Network::new(config.id, machine.clone());
+        let network = Network::new(
+            super::network::Sender {
+                id: config.id,
+                max_entry_bytes: config.max_entry_bytes as u64,
+            },
+            machine.clone(),
+        );
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config(&config)?),
@@ -287,7 +315,7 @@ impl Replica {
             machine.clone(),
         )
         .await
-        .map_err(|e| LogStoreError::Invalid(format!("raft: {e}")))?;
+        .map_err(|e| LogStoreError::Config(format!("raft: {e}")))?;
         // Only the lowest id of `--peers` starts a new group. Were every replica to do it, a
         // replica with a wrong `--peers` would hold a membership of its own at index 0, and
         // its failed elections would keep disrupting the others'. Every other replica learns
@@ -832,6 +860,33 @@ mod tests {
             let a = a.await.unwrap().unwrap();
             assert_eq!((a.index, a.duplicate), (s, false), "the resend is written");
         }
+    }
+
+    /// Settings a replica cannot run with are refused at start, naming the flag: an entry
+    /// limit larger than one replication message carries (such an entry would be accepted
+    /// and never replicated, holding up every later one) and replica id 0.
+    #[test]
+    fn a_replica_refuses_a_limit_it_cannot_replicate_and_id_0() {
+        let peers = |ids: &[u64]| ids.iter().map(|&i| (i, format!("127.0.0.1:{i}"))).collect();
+        let config = |id, max_entry_bytes| {
+            let mut c = ReplicaConfig::new(id, peers(&[1, 2, 3]), "/nonexistent".into());
+            c.max_entry_bytes = max_entry_bytes;
+            c
+        };
+        let big = crate::limits::MAX_MAX_ENTRY_BYTES;
+        let e = super::check_config(&config(1, big))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid LogStore setting: --max-entry-bytes 1073741824 is more than a replicated log can carry"),
+            "{e}"
+        );
+        let most = super::super::network::MAX_MESSAGE_BYTES - crate::limits::ENVELOPE_BYTES;
+        assert!(super::check_config(&config(1, most)).is_ok());
+        let mut zero = config(0, crate::limits::DEFAULT_MAX_ENTRY_BYTES);
+        zero.join = true;
+        let e = super::check_config(&zero).unwrap_err().to_string();
+        assert!(e.contains("--id 0: replica ids start at 1"), "{e}");
     }
 
     #[test]

@@ -206,7 +206,8 @@ impl Conditions<'_> {
 /// Per-shard progress and lag against the log's head, and the largest lag. A lag is known
 /// only when the LogStore told its head and the shard answers (an unreachable shard's
 /// checkpointed cursor says nothing about now): unknown is absent, never 0. The largest
-/// lag is absent when any shard's is.
+/// lag is absent when any shard's is, and when no shard is known (none selected, or a
+/// selector that does not parse while the old players still deliver).
 fn progress(obs: &Observed) -> (Vec<ShardProgress>, Option<i64>) {
     let shards: Vec<ShardProgress> = obs
         .shards
@@ -230,7 +231,7 @@ fn progress(obs: &Observed) -> (Vec<ShardProgress>, Option<i64>) {
         .map(|s| s.lag)
         .collect::<Option<Vec<i64>>>()
         .filter(|_| obs.head_index.is_some())
-        .map(|lags| lags.into_iter().max().unwrap_or(0));
+        .and_then(|lags| lags.into_iter().max());
     (shards, lag)
 }
 
@@ -316,7 +317,14 @@ fn certificates_ready(obs: &Observed) -> Option<Verdict> {
 fn progressing(obs: &Observed) -> Verdict {
     let want = obs.desired_replicas;
     let rolling = obs.updated_replicas < want || obs.ready_replicas < want || obs.replicas > want;
-    if rolling {
+    if !obs.deployment_current {
+        // Its replica counts still describe the template before the last apply.
+        verdict(
+            true,
+            "RollingOut",
+            "the player Deployment's controller has not yet seen its latest change".into(),
+        )
+    } else if rolling {
         verdict(
             true,
             "RollingOut",
@@ -362,6 +370,16 @@ fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option
         )
     } else if obs.ready_replicas < 1 {
         verdict(false, "NoReadyReplicas", "no player pod is ready".into())
+    } else if obs.logstore == Probe::NotRunning {
+        // No pod problem names why (a pod being created, deleted, or waiting for its
+        // volume): not degraded yet, but nothing is delivered.
+        verdict(
+            false,
+            "LogStoreNotRunning",
+            "no pod of the managed LogStore is running, so nothing is appended or delivered".into(),
+        )
+    } else if let Some(down) = not_running(obs) {
+        verdict(false, "ShardNotRunning", down)
     } else {
         verdict(
             true,
@@ -375,6 +393,24 @@ fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option
             ),
         )
     }
+}
+
+/// Which managed shards have no running pod, if any.
+fn not_running(obs: &Observed) -> Option<String> {
+    let down: Vec<&str> = obs
+        .shards
+        .iter()
+        .filter(|s| s.probe == Probe::NotRunning)
+        .map(|s| s.name.as_str())
+        .collect();
+    (!down.is_empty()).then(|| {
+        format!(
+            "{} of {} shards have no running pod ({}): nothing is delivered to them",
+            down.len(),
+            obs.shards.len(),
+            down.join(", ")
+        )
+    })
 }
 
 /// The LogPlayer status for what was observed; `old` supplies transition times.
@@ -433,5 +469,38 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
             .log_members
             .as_ref()
             .map(|seen| log_store_status(seen, old.log_store.as_ref())),
+    }
+}
+
+/// The LogPlayer status after a reconciliation that failed (see [`failed_conditions`]):
+/// what was last observed, with `Ready`/`Degraded` naming the failure, it as the one
+/// problem, and lag unknown (it can no longer be told).
+pub fn failed_logplayer_status(
+    old: &LogPlayerStatus,
+    generation: i64,
+    why: &str,
+    now: Time,
+) -> LogPlayerStatus {
+    let conditions = super::failed_conditions(&old.conditions, generation, why, &now);
+    let problem = conditions
+        .iter()
+        .find(|c| c.type_ == condition::DEGRADED)
+        .map(|c| StatusProblem {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        });
+    LogPlayerStatus {
+        conditions,
+        problems: problem.into_iter().collect(),
+        lag: None,
+        shards: old
+            .shards
+            .iter()
+            .map(|s| ShardProgress {
+                lag: None,
+                ..s.clone()
+            })
+            .collect(),
+        ..old.clone()
     }
 }

@@ -15,8 +15,12 @@
 //!   `SlotsUnowned`), a pod that cannot start (`ImagePullFailed`, `CrashLoopBackOff`),
 //!   `LogStoreUnreachable`, `ShardUnreachable`; else `AsExpected`.
 //! - `Progressing`: player pods being created or rolled (`RollingOut`), else `Complete`.
-//! - `Ready`: a leader is elected, at least one player pod is ready and nothing is degraded
-//!   (`Delivering`); else the reason of what is missing.
+//! - `Ready`: a leader is elected, at least one player pod is ready, every managed server
+//!   has a running pod and nothing is degraded (`Delivering`); else the reason of what is
+//!   missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).
+//!
+//! A reconciliation that fails before it has looked at everything sets `Ready` False and
+//! `Degraded` True with reason `ReconcileFailed` ([`failed_conditions`]).
 //! - `ReconciliationPaused`: only while the pause annotation is set (`PauseAnnotation`).
 //!
 //! Shard conditions: `Ready` (the shard server answers: `Serving`, else the problem) and
@@ -116,6 +120,9 @@ pub struct Observed {
     pub ready_replicas: i32,
     /// Player pods running the current template.
     pub updated_replicas: i32,
+    /// The Deployment's controller has seen its latest generation (so the counts above
+    /// describe the current template); false while it has not, or there is no Deployment.
+    pub deployment_current: bool,
     /// The players' Lease; `None` before any player created it.
     pub lease: Option<LeaseInfo>,
     /// The driven shards, in name order.
@@ -134,10 +141,57 @@ pub struct Observed {
     /// The pause annotation is set.
     pub paused: bool,
     /// A managed LogStore's membership, and the change made to it (none when the LogStore
-    /// is external or reconciliation is paused).
+    /// is external; no change while reconciliation is paused).
     pub log_members: Option<crate::operator::log_members::Seen>,
     /// What keeping the certificates found (`CertificatesReady`).
     pub certificates: crate::operator::certs::CertState,
+}
+
+/// The reason `Ready` and `Degraded` give when a reconciliation failed before it could
+/// look at everything (the API server unreachable, or a call the operator may not make).
+pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+
+/// The conditions after a failed reconciliation: `old`, except that `Ready` is False and
+/// `Degraded` True, both naming the failure (`why`), so that a status nobody could refresh
+/// never keeps saying all is well. The other conditions keep what was last observed.
+pub fn failed_conditions(
+    old: &[Condition],
+    generation: i64,
+    why: &str,
+    now: &Time,
+) -> Vec<Condition> {
+    let message =
+        format!("the operator could not reconcile this resource: {why}; it tries again every 5 s");
+    let failed = |type_: &str, status: bool| {
+        let mut c = cond(
+            type_,
+            status,
+            RECONCILE_FAILED,
+            message.clone(),
+            generation,
+            now,
+        );
+        if let Some(prev) = old.iter().find(|p| p.type_ == type_)
+            && prev.status == c.status
+        {
+            c.last_transition_time = prev.last_transition_time.clone();
+        }
+        c
+    };
+    let mut out: Vec<Condition> = old
+        .iter()
+        .map(|c| match c.type_.as_str() {
+            condition::READY => failed(condition::READY, false),
+            condition::DEGRADED => failed(condition::DEGRADED, true),
+            _ => c.clone(),
+        })
+        .collect();
+    for (type_, status) in [(condition::READY, false), (condition::DEGRADED, true)] {
+        if !out.iter().any(|c| c.type_ == type_) {
+            out.push(failed(type_, status));
+        }
+    }
+    out
 }
 
 /// Sets `new` into `conditions`, keeping `lastTransitionTime` when the status is unchanged.

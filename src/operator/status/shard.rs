@@ -47,7 +47,6 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         problems.push(Problem::new("ShardUnreachable", why.clone()));
     }
     let mut conditions = Vec::new();
-    let serving = obs.probe == Probe::Reachable;
     let ready = match (&obs.probe, &blocking) {
         (_, Some(p)) => cond(
             condition::READY,
@@ -93,6 +92,8 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
             &now,
         ),
     };
+    // `status.ready` (the READY column) says what the condition says.
+    let is_ready = ready.status == "True";
     put(&mut conditions, &old.conditions, ready);
     let degraded = degraded_condition(&problems, g, &now);
     put(&mut conditions, &old.conditions, degraded);
@@ -101,9 +102,29 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         conditions,
         acked_index: None,
         acked_epoch: None,
+        acked_log_id: None,
         covered_index: None,
         lag: obs.lag,
         endpoint: obs.endpoint.clone(),
-        ready: Some(serving),
+        ready: Some(is_ready),
+    }
+}
+
+/// The operator's part of a Shard's status after a reconciliation that failed (see
+/// [`super::failed_conditions`]): not ready, degraded, naming the failure.
+pub fn failed_shard_status(
+    old: &ShardStatus,
+    generation: i64,
+    why: &str,
+    now: Time,
+) -> ShardStatus {
+    ShardStatus {
+        conditions: super::failed_conditions(&old.conditions, generation, why, &now),
+        acked_index: None,
+        acked_epoch: None,
+        acked_log_id: None,
+        covered_index: None,
+        ready: Some(false),
+        ..old.clone()
     }
 }

@@ -7,6 +7,7 @@ use crate::crd::{LogPlayerStatus, ShardProgress, ShardStatus, condition};
 
 mod certs;
 mod log;
+mod not_ready;
 mod snapshots;
 
 const GEN: i64 = 7;
@@ -49,6 +50,7 @@ fn healthy() -> Observed {
         replicas: 3,
         ready_replicas: 3,
         updated_replicas: 3,
+        deployment_current: true,
         lease: Some(LeaseInfo {
             holder: Some(LEADER.into()),
             transitions: 4,
@@ -599,6 +601,7 @@ fn with_cursor() -> ShardStatus {
     ShardStatus {
         acked_index: Some(1234),
         acked_epoch: Some(3),
+        acked_log_id: Some("log-1".into()),
         ..ShardStatus::default()
     }
 }
@@ -622,6 +625,7 @@ fn a_reachable_shard_is_ready_and_serving() {
             ],
             acked_index: None,
             acked_epoch: None,
+            acked_log_id: None,
             covered_index: None,
             lag: Some(12),
             endpoint: Some(ENDPOINT.into()),
@@ -638,7 +642,11 @@ fn the_operator_never_writes_the_players_cursor() {
         shard_obs_with(|o| o.spec_problem = Some(Problem::new("InvalidShard", "bad"))),
     ] {
         let s = shard_status(&obs, &with_cursor(), t0());
-        assert_eq!((s.acked_index, s.acked_epoch), (None, None), "{obs:?}");
+        assert_eq!(
+            (s.acked_index, s.acked_epoch, s.acked_log_id),
+            (None, None, None),
+            "{obs:?}"
+        );
     }
 }
 
@@ -668,13 +676,14 @@ fn a_shard_whose_logplayer_is_missing_is_degraded_and_not_ready() {
         "the LogPlayer named in spec.logPlayer does not exist in this namespace, so \
                  nothing is delivered to this shard",
     );
-    // Its server still answers (`status.ready`), but nobody delivers to it: not Ready.
+    // Its server still answers, but nobody delivers to it: not Ready, and the READY
+    // column (`status.ready`) says so too.
     let ready = get(&s.conditions, condition::READY);
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "LogPlayerNotFound")
     );
-    assert_eq!((s.ready, s.lag), (Some(true), None));
+    assert_eq!((s.ready, s.lag), (Some(false), None));
 }
 
 #[test]

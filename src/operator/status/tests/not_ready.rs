@@ -1,0 +1,107 @@
+//! What is not ready although the players may say otherwise: a Deployment whose controller
+//! has not seen the change, a managed server without a running pod, no known shard, and
+//! a reconciliation that failed before it could look (`ReconcileFailed`).
+
+use super::*;
+
+/// Counts the Deployment's controller has not yet updated for the latest template say
+/// nothing about it: right after a change of the image they still read "all up to date".
+#[test]
+fn a_deployment_whose_controller_has_not_seen_the_change_is_progressing() {
+    let s = status(&healthy_with(|o| o.deployment_current = false));
+    assert_eq!(
+        srm(&s.conditions, condition::PROGRESSING),
+        (
+            "True",
+            "RollingOut",
+            "the player Deployment's controller has not yet seen its latest change"
+        )
+    );
+}
+
+/// A managed LogStore or shard with no running pod and no pod problem naming why (a pod
+/// just deleted, or waiting minutes for its volume) is not delivering, whatever the
+/// players say; it used to read `Ready=True Delivering`.
+#[test]
+fn a_managed_server_without_a_running_pod_is_not_ready() {
+    let s = status(&healthy_with(|o| {
+        o.logstore = Probe::NotRunning;
+        o.head_index = None;
+    }));
+    let (st, reason, _) = srm(&s.conditions, condition::READY);
+    assert_eq!((st, reason), ("False", "LogStoreNotRunning"));
+    let s = status(&healthy_with(|o| {
+        o.shards[1].probe = Probe::NotRunning;
+        o.shards[2].probe = Probe::NotRunning;
+    }));
+    assert_eq!(
+        srm(&s.conditions, condition::READY),
+        (
+            "False",
+            "ShardNotRunning",
+            "2 of 3 shards have no running pod (s1, s2): nothing is delivered to them"
+        )
+    );
+}
+
+/// With no shard known (a selector that does not parse empties the list while the old
+/// players go on delivering) the largest lag is unknown, not 0.
+#[test]
+fn the_largest_lag_of_no_known_shard_is_unknown() {
+    let s = status(&healthy_with(|o| {
+        o.shards.clear();
+        o.spec_problem = Some(Problem::new("InvalidSpec", "shardSelector: bad"));
+    }));
+    assert_eq!(s.lag, None);
+}
+
+/// A reconciliation that fails before it can look (the API server refuses to list pods,
+/// say) no longer leaves `Ready=True` from the last good one: `Ready` and `Degraded` name
+/// the failure, lag becomes unknown, and what else was observed stays. A later good
+/// reconciliation writes the whole status again.
+#[test]
+fn a_failed_reconciliation_is_not_ready_and_names_the_failure() {
+    let good = status(&healthy());
+    assert_eq!(get(&good.conditions, condition::READY).status, "True");
+    let why = "kubernetes API: pods is forbidden";
+    let failed = failed_logplayer_status(&good, GEN + 1, why, t1());
+    let (st, reason, message) = srm(&failed.conditions, condition::READY);
+    assert_eq!((st, reason), ("False", RECONCILE_FAILED));
+    assert!(message.contains(why), "{message}");
+    let degraded = get(&failed.conditions, condition::DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.observed_generation),
+        ("True", Some(GEN + 1))
+    );
+    assert_eq!(degraded.last_transition_time, t1(), "it changed");
+    assert_eq!(
+        get(&failed.conditions, condition::LEADER_ELECTED),
+        get(&good.conditions, condition::LEADER_ELECTED),
+        "what it could not look at again stays as last observed"
+    );
+    assert_eq!(failed.problems.len(), 1);
+    assert_eq!(failed.problems[0].reason, RECONCILE_FAILED);
+    assert_eq!(failed.lag, None);
+    assert!(failed.shards.iter().all(|s| s.lag.is_none()));
+    assert_eq!(failed.leader, good.leader);
+    // Failing again keeps the transition time; events only for the first failure.
+    let again = failed_logplayer_status(&failed, GEN + 1, why, at(1_700_000_120));
+    assert_eq!(
+        get(&again.conditions, condition::READY).last_transition_time,
+        t1()
+    );
+    assert!(events_for(&failed.conditions, &again.conditions).is_empty());
+    assert!(
+        events_for(&good.conditions, &failed.conditions)
+            .iter()
+            .any(|e| e.warning && e.reason == RECONCILE_FAILED)
+    );
+    // And a Shard: not ready, degraded; the player's cursor fields are never written.
+    let shard = failed_shard_status(&with_cursor(), GEN, why, t1());
+    assert_eq!(shard.ready, Some(false));
+    assert_eq!(srm(&shard.conditions, condition::READY).1, RECONCILE_FAILED);
+    assert_eq!(
+        (shard.acked_index, shard.acked_epoch, shard.acked_log_id),
+        (None, None, None)
+    );
+}
