@@ -158,3 +158,57 @@ async fn a_player_with_a_smaller_limit_than_the_log_refuses_to_start() {
         "{stderr}"
     );
 }
+
+/// A player with a larger limit than the log (allowed: it reads whatever the log holds)
+/// keeps its batches within the log's limit, which is all the shards promise to take: with
+/// a shard frozen while entries of 3 MiB pile up, the batches that catch it up used to be
+/// sized by the player's 16 MiB and refused by the shard as `entry-too-large`.
+#[tokio::test]
+async fn a_player_with_a_larger_limit_batches_within_the_logs() {
+    let (_dir, mut c, log) = servers(1).await;
+    let big = (16 * 1024 * 1024).to_string();
+    let batch = (8 * 1024 * 1024).to_string();
+    c.start_player(&[
+        "--max-entry-bytes",
+        &big,
+        "--batch-bytes",
+        &batch,
+        "--window",
+        "1",
+    ])
+    .await
+    .unwrap();
+    log.append(exactly("l-000001", 1024, b'a'), None, 0)
+        .await
+        .unwrap();
+    let shard = logplayer::client::ShardConn::connect(c.shards[0].addr())
+        .await
+        .unwrap();
+    let applied = |n: u64| {
+        let shard = shard.clone();
+        async move {
+            shard
+                .applied()
+                .await
+                .map(|a| a.applied_index >= n)
+                .unwrap_or(false)
+        }
+    };
+    assert!(eventually(Duration::from_secs(20), || applied(1)).await);
+    c.shards[0].stop().unwrap();
+    for i in 0..4u8 {
+        log.append(exactly("l-000001", 3 * 1024 * 1024, b'b' + i), None, 0)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.shards[0].cont().unwrap();
+    let caught_up = eventually(Duration::from_secs(30), || applied(5)).await;
+    let text = c.players[0].log_tail(200);
+    assert!(caught_up, "{text}");
+    assert!(!text.contains("entry-too-large"), "{text}");
+    let verdict = check(&log, &c.shard_map(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(verdict.pass, "{verdict}");
+}

@@ -125,10 +125,17 @@ impl Shared {
         }
         self.accepted(target);
         let mut in_flight = InFlight::default();
+        // Batches within the log's limit too: a shard takes messages up to its own limit,
+        // which its Hello check holds at or above the log's, not at the player's (which may
+        // be larger).
+        let log_limit = usize::try_from(self.log_max_entry_bytes).unwrap_or(usize::MAX);
         let batch_bytes = crate::limits::batch_budget(
             self.config.batch_bytes,
             self.config.batch_bytes,
-            self.config.max_entry_bytes,
+            match log_limit {
+                0 => self.config.max_entry_bytes,
+                log => log.min(self.config.max_entry_bytes),
+            },
         );
         loop {
             // Fill the window.
