@@ -293,7 +293,7 @@ async fn a_player_fenced_by_an_epoch_the_lease_never_gave_says_so_and_stops() {
             player_id: "rogue".into(),
             log_id,
             shard_id: "s0".into(),
-            max_entry_bytes: 0,
+            max_entry_bytes: 4 * 1024 * 1024,
         })),
     })
     .await

@@ -36,7 +36,7 @@ fn hello(epoch: u64) -> DeliverRequest {
             player_id: "test".into(),
             log_id: "00000000-0000-4000-8000-000000000001".into(),
             shard_id: "s0".into(),
-            max_entry_bytes: 0,
+            max_entry_bytes: 4 * 1024 * 1024,
         })),
     }
 }

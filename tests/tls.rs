@@ -89,7 +89,7 @@ fn hello(epoch: u64, log_id: &str) -> DeliverRequest {
             player_id: "hostile".into(),
             log_id: log_id.into(),
             shard_id: "s0".into(),
-            max_entry_bytes: 0,
+            max_entry_bytes: 4 * 1024 * 1024,
         })),
     }
 }

@@ -211,7 +211,21 @@ impl<S: ShardStore> ShardCore<S> {
     /// id of the first delivery and a higher epoch before returning, so a restart cannot
     /// forget either.
     pub fn hello(&mut self, hello: &HelloInfo) -> Result<Durable, ShardError> {
-        if !hello.shard_id.is_empty() && hello.shard_id != self.me.id {
+        // Every field of the Hello is checked, so each must be said: a sender that leaves
+        // one out would skip its check (the wrong shard, a larger entry limit).
+        if hello.shard_id.is_empty() {
+            return Err(ShardError::Malformed(
+                "the Hello names no shard id; a sender must say which shard it delivers to".into(),
+            ));
+        }
+        if hello.max_entry_bytes == 0 {
+            return Err(ShardError::Malformed(
+                "the Hello names no entry limit (max_entry_bytes 0); a sender must say its \
+                 log's --max-entry-bytes"
+                    .into(),
+            ));
+        }
+        if hello.shard_id != self.me.id {
             return Err(ShardError::WrongShard {
                 ours: self.me.id.clone(),
                 expected: hello.shard_id.clone(),
@@ -457,15 +471,37 @@ mod tests {
             err.to_string().contains(LOG) && err.to_string().contains("2222"),
             "{err}"
         );
-        // A hello without a log id is malformed.
-        let anonymous = HelloInfo {
-            log_id: String::new(),
-            ..hi(2)
-        };
-        assert!(matches!(
-            core.hello(&anonymous),
-            Err(ShardError::Malformed(_))
-        ));
+        // A hello without a log id, a shard id or an entry limit is malformed: each would
+        // skip its check.
+        for (what, unsaid) in [
+            (
+                "no log id",
+                HelloInfo {
+                    log_id: String::new(),
+                    ..hi(2)
+                },
+            ),
+            (
+                "no shard id",
+                HelloInfo {
+                    shard_id: String::new(),
+                    ..hi(2)
+                },
+            ),
+            (
+                "no entry limit",
+                HelloInfo {
+                    max_entry_bytes: 0,
+                    ..hi(2)
+                },
+            ),
+        ] {
+            let refused = core.hello(&unsaid);
+            assert!(
+                matches!(&refused, Err(ShardError::Malformed(m)) if m.contains(what)),
+                "{refused:?}"
+            );
+        }
         // The same log is welcome.
         core.hello(&hi(2)).unwrap();
     }

@@ -531,7 +531,7 @@ mod tests {
             player_id: "p".into(),
             log_id: "00000000-0000-4000-8000-0000000000aa".into(),
             shard_id: "s0".into(),
-            max_entry_bytes: 0,
+            max_entry_bytes: 4 * 1024 * 1024,
         };
         tx.send(DeliverRequest {
             msg: Some(deliver_request::Msg::Hello(hello)),

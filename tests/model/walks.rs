@@ -145,8 +145,8 @@ impl Real {
         let hello = HelloInfo {
             epoch: u64::from(epoch),
             log_id: "model".into(),
-            shard_id: String::new(),
-            max_entry_bytes: 0,
+            shard_id: format!("s{s}"),
+            max_entry_bytes: 1 << 20,
         };
         match self.shards[s].hello(&hello) {
             Err(_) => self.queues[p] = queues(), // fenced: the replica steps down
@@ -263,8 +263,8 @@ pub fn run_fencing(m: &Fencing, walks: usize, length: usize) -> usize {
                         let hello = HelloInfo {
                             epoch: u64::from(epoch),
                             log_id: "model".into(),
-                            shard_id: String::new(),
-                            max_entry_bytes: 0,
+                            shard_id: format!("s{s}"),
+                            max_entry_bytes: 1 << 20,
                         };
                         let _ = cores[*s as usize].hello(&hello);
                     }

@@ -472,7 +472,7 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
     }
 }
 
-/// The LogPlayer status after a reconciliation that failed (see [`failed_conditions`]):
+/// The LogPlayer status after a reconciliation that failed (see [`super::failed_conditions`]):
 /// what was last observed, with `Ready`/`Degraded` naming the failure, it as the one
 /// problem, and lag unknown (it can no longer be told).
 pub fn failed_logplayer_status(
