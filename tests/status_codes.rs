@@ -41,6 +41,9 @@ async fn log_client(addr: &str) -> LogStoreClient<tonic::transport::Channel> {
     LogStoreClient::new(logplayer::grpc::connect(addr).await.unwrap())
 }
 
+/// The entry limit a `Hello` names (every Hello must name one).
+const DEFAULT_MAX: u64 = logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64;
+
 fn hello(epoch: u64, log_id: &str, shard_id: &str, max: u64) -> DeliverRequest {
     DeliverRequest {
         msg: Some(deliver_request::Msg::Hello(Hello {
@@ -224,11 +227,15 @@ async fn every_shard_refusal_has_its_one_code_and_reason() {
     let addr = c.shards[0].addr().to_owned();
     // wrong-shard, invalid (no log id), entry-limit: refused before anything is bound.
     expect(
-        &deliver(&addr, hello(1, LOG_A, "s9", 0)).await.unwrap_err(),
+        &deliver(&addr, hello(1, LOG_A, "s9", DEFAULT_MAX))
+            .await
+            .unwrap_err(),
         Reason::WrongShard,
     );
     expect(
-        &deliver(&addr, hello(1, "", "s0", 0)).await.unwrap_err(),
+        &deliver(&addr, hello(1, "", "s0", DEFAULT_MAX))
+            .await
+            .unwrap_err(),
         Reason::Invalid,
     );
     let over = logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64 + 1;
@@ -239,7 +246,9 @@ async fn every_shard_refusal_has_its_one_code_and_reason() {
         Reason::EntryLimit,
     );
     // The first accepted Hello binds the shard to LOG_A; a batch then applies.
-    let (tx, mut inbound) = deliver(&addr, hello(5, LOG_A, "s0", 0)).await.unwrap();
+    let (tx, mut inbound) = deliver(&addr, hello(5, LOG_A, "s0", DEFAULT_MAX))
+        .await
+        .unwrap();
     let entry = |index, prev| ShardEntry {
         index,
         prev_index: prev,
@@ -263,10 +272,14 @@ async fn every_shard_refusal_has_its_one_code_and_reason() {
     expect(&s, Reason::Gap);
     // wrong-log, fenced (with the highest epoch in the metadata), an oversized message.
     expect(
-        &deliver(&addr, hello(6, LOG_B, "s0", 0)).await.unwrap_err(),
+        &deliver(&addr, hello(6, LOG_B, "s0", DEFAULT_MAX))
+            .await
+            .unwrap_err(),
         Reason::WrongLog,
     );
-    let s = deliver(&addr, hello(3, LOG_A, "s0", 0)).await.unwrap_err();
+    let s = deliver(&addr, hello(3, LOG_A, "s0", DEFAULT_MAX))
+        .await
+        .unwrap_err();
     expect(&s, Reason::Fenced);
     assert_eq!(
         s.metadata()
@@ -274,7 +287,9 @@ async fn every_shard_refusal_has_its_one_code_and_reason() {
             .map(|v| v.to_str().unwrap()),
         Some("5")
     );
-    let (tx, mut inbound) = deliver(&addr, hello(5, LOG_A, "s0", 0)).await.unwrap();
+    let (tx, mut inbound) = deliver(&addr, hello(5, LOG_A, "s0", DEFAULT_MAX))
+        .await
+        .unwrap();
     let huge = ShardEntry {
         index: 2,
         prev_index: 1,
@@ -335,7 +350,7 @@ async fn sigterm_stops_a_shard_and_a_logstore_within_a_second_with_idle_streams_
         .unwrap()
         .into_inner();
     // An idle delivery stream on the shard (its request side stays open)...
-    let (_tx, _inbound) = deliver(c.shards[0].addr(), hello(1, &b.log_id, "s0", 0))
+    let (_tx, _inbound) = deliver(c.shards[0].addr(), hello(1, &b.log_id, "s0", DEFAULT_MAX))
         .await
         .unwrap();
     // ...one that never even sent its Hello...

@@ -139,7 +139,7 @@ pub async fn keep(
         }
         let secret = match secrets.get_opt(&leaf.secret).await {
             Ok(secret) => secret,
-            Err(kube::Error::Api(e)) => {
+            Err(kube::Error::Api(e)) if e.is_forbidden() => {
                 return Ok(CertState::Problem(Problem::new(
                     "CertificateIssueFailed",
                     format!(

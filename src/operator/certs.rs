@@ -388,10 +388,11 @@ pub async fn admin_identity(
     {
         Ok(Some(secret)) => secret,
         Ok(None) => return Ok(None),
-        // Refused (RBAC without Secrets): keeping the certificates reports it in the
+        // Forbidden (RBAC without Secrets): keeping the certificates reports it in the
         // status; the probes go plaintext and are refused, which the status says too. An
-        // error here would stop the reconciliation before any status is written.
-        Err(kube::Error::Api(status)) => {
+        // error here would stop the reconciliation before any status is written. Any other
+        // error (the API server unavailable) is one, retried.
+        Err(kube::Error::Api(status)) if status.is_forbidden() => {
             tracing::warn!(secret = %name, message = %status.message, "the admin certificate cannot be read");
             return Ok(None);
         }

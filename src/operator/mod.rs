@@ -125,6 +125,10 @@ pub struct Context {
     pub defaults: desired::Defaults,
     pub metrics: Arc<OperatorMetrics>,
     pub recorder: Recorder,
+    /// Failed reconciliations in a row, per resource (`kind/namespace/name`): a failure is
+    /// written into the status only once it repeats (one 429 or a brief outage of the API
+    /// server does not flip `Ready`).
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// Runs the operator: contends for its lease; while leading, runs the controllers.
@@ -159,6 +163,7 @@ pub async fn run(
         defaults: config.defaults.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client, reporter),
+        failures: Default::default(),
     });
     metrics.ready.store(true, Ordering::Relaxed);
     loop {

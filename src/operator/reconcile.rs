@@ -36,7 +36,7 @@ pub(super) async fn reconcile_logplayer(
         reconcile_logplayer_inner(&lp, &ctx),
     )
     .await;
-    if let (Err(e), Some(ns)) = (&result, lp.namespace()) {
+    if let (Err(e), Some(ns)) = (&result, failing(&ctx, "LogPlayer", &*lp, result.is_ok())) {
         let old = lp.status.clone().unwrap_or_default();
         let generation = lp.metadata.generation.unwrap_or(0);
         let new = status::failed_logplayer_status(&old, generation, &e.to_string(), status::now());
@@ -45,6 +45,32 @@ pub(super) async fn reconcile_logplayer(
         }
     }
     result
+}
+
+/// Reconciliations in a row that must fail before the failure is written into the status.
+const FAILURES_BEFORE_REPORTING: u32 = 3;
+
+/// Counts `obj`'s failed reconciliations in a row (`ok` resets the count); its namespace
+/// once the failure is to be reported in its status.
+pub(super) fn failing(
+    ctx: &Context,
+    kind: &str,
+    obj: &impl ResourceExt,
+    ok: bool,
+) -> Option<String> {
+    let ns = obj.namespace()?;
+    let key = format!("{kind}/{ns}/{}", obj.name_any());
+    let mut failures = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if ok {
+        failures.remove(&key);
+        return None;
+    }
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    (*n >= FAILURES_BEFORE_REPORTING).then_some(ns)
 }
 
 /// Writes the status of a resource whose reconciliation failed (best effort: the API
@@ -395,7 +421,7 @@ pub(super) async fn reconcile_shard(
     ctx: Arc<Context>,
 ) -> Result<Action, OperatorError> {
     let result = measured(&ctx, "Shard", &*shard, reconcile_shard_inner(&shard, &ctx)).await;
-    if let (Err(e), Some(ns)) = (&result, shard.namespace()) {
+    if let (Err(e), Some(ns)) = (&result, failing(&ctx, "Shard", &*shard, result.is_ok())) {
         let old = shard.status.clone().unwrap_or_default();
         let generation = shard.metadata.generation.unwrap_or(0);
         let new = status::failed_shard_status(&old, generation, &e.to_string(), status::now());

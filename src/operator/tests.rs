@@ -1,7 +1,7 @@
 //! Reconciliations against kube's mock service: a scripted API server answers every
 //! request and records it, and the tests check what was asked, in what order, with
 //! which field manager and body.
-use super::reconcile::{error_policy, reconcile_logplayer, reconcile_shard};
+use super::reconcile::{error_policy, failing, reconcile_logplayer, reconcile_shard};
 use super::*;
 
 use std::sync::Arc;
@@ -134,7 +134,8 @@ fn shard(name: &str, start: i32, end: i32, managed: bool) -> Value {
     let backend = if managed {
         json!({"managed": {"storage": "1Gi"}})
     } else {
-        json!({"external": {"endpoint": DEAD}})
+        // A port nothing listens on, one per shard (a map may not give two one address).
+        json!({"external": {"endpoint": format!("127.0.0.{}:1", 2 + start / 4096)}})
     };
     let mut s = json!({
         "apiVersion": "logplayer.io/v1alpha1", "kind": "Shard",
@@ -205,6 +206,7 @@ fn context(service: mock::Mock<Request<Body>, Response<Body>>) -> Arc<Context> {
                 instance: Some("test".into()),
             },
         ),
+        failures: Default::default(),
     })
 }
 
@@ -556,6 +558,21 @@ async fn api_errors_are_retried_and_counted() {
     );
     drop(ctx);
     let _ = server.await;
+}
+
+/// One failed reconciliation (a 429, a brief outage of the API server) is not written into
+/// the status; the third in a row is, and a success starts the count again.
+#[tokio::test]
+async fn a_failure_is_reported_in_the_status_only_once_it_repeats() {
+    let (service, _handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(service);
+    let lp: LogPlayer = serde_json::from_value(logplayer(3, false)).expect("a LogPlayer");
+    let reported = |ok| failing(&ctx, "LogPlayer", &lp, ok);
+    assert_eq!((reported(false), reported(false)), (None, None));
+    assert_eq!(reported(false).as_deref(), Some("ns"));
+    assert_eq!(reported(false).as_deref(), Some("ns"));
+    assert_eq!(reported(true), None);
+    assert_eq!(reported(false), None, "counted again from the success");
 }
 
 /// A listed object's metadata, controlled by `owner`.

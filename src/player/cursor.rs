@@ -370,6 +370,26 @@ mod tests {
             );
         }
 
+        /// An API server whose Shard CRD predates `ackedLogId` drops it from the patch:
+        /// the save fails naming what to do, instead of cursors that count in no log and
+        /// a retention that waits forever without a word.
+        #[tokio::test]
+        async fn a_crd_without_the_log_id_field_is_an_error_naming_the_fix() {
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let store = KubeCursors::new(kube::Client::new(service, "ns"), "ns");
+            let new = super::cursors(4, &[("b", 90)]);
+            let server = async {
+                list(&mut handle, vec![shard("b", Some(50))]).await;
+                let (_, send) = handle.next_request().await.expect("a patch");
+                let mut old_crd = shard("b", Some(90));
+                old_crd["status"] = json!({"ackedIndex": 90});
+                reply(send, &old_crd);
+            };
+            let (saved, ()) = tokio::join!(store.save(&new), server);
+            let e = saved.unwrap_err().to_string();
+            assert!(e.contains("apply the CRDs again"), "{e}");
+        }
+
         #[tokio::test]
         async fn loads_cursors_from_shard_status() {
             let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -477,6 +497,23 @@ impl CursorStore for KubeCursors {
                 .patch_status(shard, &params, &kube::api::Patch::Apply(&patch))
                 .await
             {
+                // An API server whose Shard CRD predates `ackedLogId` drops the field
+                // silently: every cursor would count in no log and retention would wait
+                // forever without a word.
+                Ok(applied)
+                    if log_id.is_some()
+                        && applied
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.acked_log_id.as_ref())
+                            .is_none() =>
+                {
+                    return Err(CursorError::Backend(format!(
+                        "Shard {shard}: the API server dropped status.ackedLogId, so its Shard \
+                         CRD is older than this player; apply the CRDs again (`kubectl apply \
+                         -f crds/`, or the chart's); until then log retention waits"
+                    )));
+                }
                 Ok(_) => {}
                 // A shard in the map without a resource (yet): nothing to record it in.
                 Err(kube::Error::Api(s)) if s.is_not_found() => {

@@ -225,7 +225,11 @@ fn check_ids(shards: &[MapEntry]) -> Result<(), RoutingError> {
             return Err(RoutingError::DuplicateId(s.id.clone()));
         }
     }
-    // One address per shard, compared without its scheme (`http://h:1` and `h:1` are one).
+    check_addrs(shards)
+}
+
+/// One address per shard, compared without its scheme (`http://h:1` and `h:1` are one).
+pub fn check_addrs(shards: &[MapEntry]) -> Result<(), RoutingError> {
     let mut addrs = std::collections::HashMap::new();
     for s in shards {
         let addr = s.addr.split_once("://").map_or(&*s.addr, |(_, rest)| rest);

@@ -121,6 +121,9 @@ pub enum DesiredError {
     /// The selected Shards do not own every slot exactly once.
     #[error("{0}")]
     Coverage(#[source] crate::routing::slots::Coverage),
+    /// Two selected Shards have one address.
+    #[error("{0}")]
+    SharedAddress(#[source] crate::routing::RoutingError),
     /// The player's args did not parse (a bug, not user input).
     #[error("building the player's args: {0}")]
     Args(String),
@@ -135,7 +138,7 @@ impl DesiredError {
         match self {
             DesiredError::NoNamespace { .. } => "NoNamespace",
             DesiredError::Spec(_) => "InvalidSpec",
-            DesiredError::Shard { .. } => "InvalidShard",
+            DesiredError::Shard { .. } | DesiredError::SharedAddress(_) => "InvalidShard",
             DesiredError::Coverage(crate::routing::slots::Coverage(issues)) => {
                 use crate::crd::CoverageIssue as C;
                 if issues.iter().any(|i| matches!(i, C::NoShards)) {

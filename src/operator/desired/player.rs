@@ -55,6 +55,8 @@ pub fn shard_map_yaml(shards: &[Shard], defaults: &Defaults) -> Result<String, D
         .map(|s| (s.name_any(), s.spec.slots.clone()))
         .collect();
     crate::routing::slots::check_coverage(&coverage).map_err(DesiredError::Coverage)?;
+    // The players refuse a map with two shards at one address; say which, here.
+    crate::routing::check_addrs(&entries).map_err(DesiredError::SharedAddress)?;
     Ok(serde_yaml::to_string(&crate::routing::MapFile {
         version: 1,
         shards: entries,

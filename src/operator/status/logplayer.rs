@@ -333,7 +333,12 @@ fn progressing(obs: &Observed) -> Verdict {
                 obs.ready_replicas, obs.updated_replicas, obs.replicas
             ),
         )
-    } else if let Some(v) = obs.log_members.as_ref().and_then(log_membership_changing) {
+    } else if let Some(v) = obs
+        .log_members
+        .as_ref()
+        .filter(|_| !obs.paused)
+        .and_then(log_membership_changing)
+    {
         v
     } else {
         verdict(

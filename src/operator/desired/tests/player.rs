@@ -607,3 +607,21 @@ fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they
         Some(true)
     );
 }
+
+/// Two Shards at one address (two external endpoints that name one server) make a map
+/// every player refuses to load; the operator says so, naming both, instead of rolling
+/// out players that crash-loop.
+#[test]
+fn two_shards_at_one_address_are_an_invalid_shard() {
+    let shards = [
+        external_shard("s0", &[(0, 8191)], "shards.example:7100"),
+        external_shard("s1", &[(8192, 16383)], "http://shards.example:7100"),
+    ];
+    let e = err(&logplayer(external_spec()), &shards);
+    assert_eq!(e.reason(), "InvalidShard");
+    let text = e.to_string();
+    assert!(
+        text.contains("\"s0\"") && text.contains("\"s1\"") && text.contains("same address"),
+        "{text}"
+    );
+}
