@@ -90,3 +90,18 @@ async fn logstore_sigterm_keeps_every_acknowledged_append() {
     // Dense indexes and every ack above zero: at least as many entries as acks.
     assert!(last >= acked.load(Ordering::Relaxed));
 }
+
+/// A player stopped while it still waits for its LogStore (here frozen) is a clean stop:
+/// exit 0, as after it started; it used to exit 1 naming an "invalid player setting".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_stopped_before_the_logstore_answers_exits_zero() {
+    let (_dir, c, _log) = servers(1).await;
+    c.logstore.stop().unwrap();
+    let specs = [format!("s0={}", c.shards[0].addr())];
+    let (mut player, _) =
+        common::start_player_with(&c, "player-waiting", c.logstore.addr(), &specs, &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let code = player.terminate(GRACE).await;
+    c.logstore.cont().unwrap();
+    assert_eq!(code, Some(0), "{}", player.log_tail(20));
+}

@@ -79,7 +79,12 @@ pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
             stats.metrics.leader.set(1);
             stats.metrics.epoch.set(config.epoch as i64);
             stats.metrics.set_ready(true);
-            let mut p = player::Player::start(config, stats, shutdown).await?;
+            let mut p = match player::Player::start(config, stats, shutdown).await {
+                Ok(p) => p,
+                // SIGTERM while it waited for the LogStore: a clean stop, exit 0.
+                Err(player::PlayerError::Stopped) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
             if let Some(c) = cursors {
                 p = p.with_cursors(c);
             }

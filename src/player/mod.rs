@@ -143,6 +143,9 @@ impl PlayerConfig {
 pub enum PlayerError {
     #[error("invalid player setting: {0}")]
     Config(String),
+    /// Asked to stop (SIGTERM) before it could start: not a failure.
+    #[error("stopped before the LogStore answered")]
+    Stopped,
     #[error("fenced by shard {shard}: {message}")]
     Fenced {
         shard: String,
@@ -319,9 +322,7 @@ impl Player {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
         let Some(bounds) = log_bounds(&log, &config, &shutdown).await else {
-            return Err(PlayerError::Config(
-                "stopped before the LogStore answered".into(),
-            ));
+            return Err(PlayerError::Stopped);
         };
         if bounds.max_entry_bytes > config.max_entry_bytes as u64 {
             return Err(PlayerError::EntryLimit {
@@ -415,6 +416,9 @@ impl Player {
 }
 
 /// The LogStore's bounds, asked until it answers (`None`: shut down first).
+/// How long one `Bounds` call at start may take before it is tried again.
+const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn log_bounds(
     log: &LogStoreClient<Channel>,
     config: &PlayerConfig,
@@ -422,7 +426,16 @@ async fn log_bounds(
 ) -> Option<crate::proto::BoundsResponse> {
     let mut retry = backoff(config, "bounds");
     loop {
-        match log.clone().bounds(BoundsRequest {}).await {
+        // A LogStore that accepts the connection and never answers (frozen, or a half-dead
+        // host) must neither hold up a shutdown nor the next try.
+        let mut request = tonic::Request::new(BoundsRequest {});
+        request.set_timeout(BOUNDS_WAIT);
+        let mut client = log.clone();
+        let asked = tokio::select! {
+            r = client.bounds(request) => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        match asked {
             Ok(b) => return Some(b.into_inner()),
             Err(status) => {
                 tracing::warn!(%status, addr = %config.logstore, "LogStore not answering yet");

@@ -124,6 +124,8 @@ pub async fn run(
         player_config.epoch = epoch;
         let player = match Player::start(player_config, stats.clone(), leading.clone()).await {
             Ok(p) => p,
+            // Shut down while it waited for the LogStore: a clean stop.
+            Err(PlayerError::Stopped) => break Ok(()),
             Err(e) => break Err(e),
         };
         let player = match &config.cursors {

@@ -424,7 +424,8 @@ pub fn player_rules() -> Vec<PolicyRule> {
             "leases",
             &["get", "create", "update"],
         ),
-        rule(crate::crd::GROUP, "shards", &["get", "list", "watch"]),
-        rule(crate::crd::GROUP, "shards/status", &["get", "patch"]),
+        // The cursor store lists the Shards and patches their status; nothing else.
+        rule(crate::crd::GROUP, "shards", &["list"]),
+        rule(crate::crd::GROUP, "shards/status", &["patch"]),
     ]
 }

@@ -573,8 +573,8 @@ fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they
                 "leases",
                 &["get", "create", "update"]
             ),
-            rule("logplayer.io", "shards", &["get", "list", "watch"]),
-            rule("logplayer.io", "shards/status", &["get", "patch"]),
+            rule("logplayer.io", "shards", &["list"]),
+            rule("logplayer.io", "shards/status", &["patch"]),
         ]
     );
     assert_eq!(
