@@ -105,3 +105,32 @@ async fn a_player_stopped_before_the_logstore_answers_exits_zero() {
     c.logstore.cont().unwrap();
     assert_eq!(code, Some(0), "{}", player.log_tail(20));
 }
+
+/// A running player whose LogStore froze (it accepts connections and answers nothing)
+/// still stops on SIGTERM within the grace period and exits 0: its checkpoint's `Retain`
+/// is bounded, and nothing on the way out waits for the LogStore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_whose_logstore_froze_stops_on_sigterm() {
+    let (_dir, mut c, log) = servers(1).await;
+    let cursors = c.cursor_path().display().to_string();
+    c.start_player(&[
+        "--cursor-file",
+        &cursors,
+        "--retain-log",
+        "--checkpoint-interval",
+        "200ms",
+    ])
+    .await
+    .unwrap();
+    let m = vec![Mutation {
+        key: b"c-000000".to_vec().into(),
+        op: Some(Op::Add(1)),
+    }];
+    log.append(m, None, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.logstore.stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let code = c.players[0].terminate(GRACE).await;
+    c.logstore.cont().unwrap();
+    assert_eq!(code, Some(0), "{}", c.players[0].log_tail(30));
+}

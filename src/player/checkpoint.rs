@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long one `Retain` may take before the checkpoint gives up on it (the next one
+/// asks again).
+const RETAIN_WAIT: Duration = Duration::from_secs(5);
+
 impl Shared {
     /// Refreshes the per-shard gauges often, and saves the ack cursors (then lets the
     /// LogStore drop what every shard has acknowledged, if asked) every checkpoint.
@@ -129,7 +133,14 @@ impl Shared {
         &self,
         below: u64,
     ) -> Result<tonic::Response<crate::proto::RetainResponse>, tonic::Status> {
-        let status = match self.log.clone().retain(RetainRequest { below }).await {
+        // Bounded: a LogStore that accepts and never answers (frozen) must not stall the
+        // monitor's gauges, nor the last checkpoint on the way out.
+        let request = || {
+            let mut r = tonic::Request::new(RetainRequest { below });
+            r.set_timeout(RETAIN_WAIT);
+            r
+        };
+        let status = match self.log.clone().retain(request()).await {
             Ok(r) => return Ok(r),
             Err(status) => status,
         };
@@ -148,7 +159,7 @@ impl Shared {
         let channel = crate::grpc::connect_lazy(leader)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         crate::proto::log_store_client::LogStoreClient::new(channel)
-            .retain(RetainRequest { below })
+            .retain(request())
             .await
     }
 }
