@@ -425,13 +425,7 @@ pub(super) async fn reconcile_shard(
         let old = shard.status.clone().unwrap_or_default();
         let generation = shard.metadata.generation.unwrap_or(0);
         let new = status::failed_shard_status(&old, generation, &e.to_string(), status::now());
-        let mine = crate::crd::ShardStatus {
-            acked_index: None,
-            acked_epoch: None,
-            acked_log_id: None,
-            covered_index: None,
-            ..old.clone()
-        };
+        let mine = status::operators_part(&old);
         if new != mine && report_failure::<Shard>(&ctx, &ns, &shard.name_any(), &new).await {
             publish(
                 &ctx,
@@ -513,13 +507,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let new = status::shard_status(&observed, &old, status::now());
     // Compare only the operator's fields: the player owns the cursor fields, which
     // `shard_status` leaves unset.
-    let mine = crate::crd::ShardStatus {
-        acked_index: None,
-        acked_epoch: None,
-        acked_log_id: None,
-        covered_index: None,
-        ..old.clone()
-    };
+    let mine = status::operators_part(&old);
     if new != mine {
         apply_status::<Shard>(&ctx.client, &ns, &name, &new).await?;
     }

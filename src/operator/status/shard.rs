@@ -110,6 +110,18 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
     }
 }
 
+/// `status` without the fields the leading player owns (its cursor): what the operator
+/// writes and compares.
+pub fn operators_part(status: &ShardStatus) -> ShardStatus {
+    ShardStatus {
+        acked_index: None,
+        acked_epoch: None,
+        acked_log_id: None,
+        covered_index: None,
+        ..status.clone()
+    }
+}
+
 /// The operator's part of a Shard's status after a reconciliation that failed (see
 /// [`super::failed_conditions`]): not ready, degraded, naming the failure.
 pub fn failed_shard_status(
@@ -120,11 +132,7 @@ pub fn failed_shard_status(
 ) -> ShardStatus {
     ShardStatus {
         conditions: super::failed_conditions(&old.conditions, generation, why, &now),
-        acked_index: None,
-        acked_epoch: None,
-        acked_log_id: None,
-        covered_index: None,
         ready: Some(false),
-        ..old.clone()
+        ..operators_part(old)
     }
 }
