@@ -122,7 +122,7 @@ impl Log {
             .collect();
         let mut last_err = None;
         for a in &list {
-            match grpc::connect_with(a, tls.as_ref()).await {
+            match grpc::connect_with(a, &grpc::Expected::Log, tls.as_ref()).await {
                 Ok(channel) => {
                     return Ok(Log {
                         current: std::sync::Arc::new(std::sync::RwLock::new(Conn {
@@ -158,7 +158,7 @@ impl Log {
     }
 
     async fn switch(&self, addr: &str) {
-        let client = match grpc::connect_lazy_with(addr, self.tls.as_ref()) {
+        let client = match grpc::connect_lazy_with(addr, &grpc::Expected::Log, self.tls.as_ref()) {
             Ok(channel) => log_client(channel),
             Err(_) => return,
         };
@@ -465,16 +465,22 @@ pub struct ShardConn {
 }
 
 impl ShardConn {
-    pub async fn connect(addr: &str) -> Result<ShardConn, ClientError> {
-        ShardConn::connect_with(addr, crate::tls::process()).await
+    /// Connects to the shard `id` at `addr` (`None`: whichever shard serves there), with
+    /// this process's TLS identity if it runs TLS.
+    pub async fn connect(addr: &str, id: Option<&str>) -> Result<ShardConn, ClientError> {
+        ShardConn::connect_with(addr, id, crate::tls::process()).await
     }
 
     /// [`ShardConn::connect`] with the given TLS identity (`None`: plaintext).
     pub async fn connect_with(
         addr: &str,
+        id: Option<&str>,
         tls: Option<&std::sync::Arc<crate::tls::Tls>>,
     ) -> Result<ShardConn, ClientError> {
-        let channel = grpc::connect_with(addr, tls).await?;
+        let expected = id.map_or(grpc::Expected::AnyShard, |id| {
+            grpc::Expected::Shard(id.to_owned())
+        });
+        let channel = grpc::connect_with(addr, &expected, tls).await?;
         Ok(ShardConn {
             addr: addr.to_owned(),
             client: ShardClient::new(channel).max_decoding_message_size(

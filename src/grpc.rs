@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
+pub use crate::tls::identity::Expected;
+
 /// How long a stopping server lets open streams finish after SIGTERM before it closes them:
 /// an idle client (a tailing reader, a delivery stream waiting for entries) must not hold a
 /// shutdown up.
@@ -41,7 +43,7 @@ pub enum GrpcError {
         server: String,
         source: tonic::transport::Error,
     },
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}: {}", one_line(source))]
     Connect {
         addr: String,
         source: tonic::transport::Error,
@@ -397,6 +399,23 @@ pub fn reflection(
     ))
 }
 
+/// An error and its causes on one line, each cause once: a cause whose text an outer
+/// message already includes (errors that print their source) is not repeated. (A failed
+/// connection's own text is only "transport error"; the reason is in its causes.)
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
 /// A lazily connecting client channel with `TCP_NODELAY` and our window sizes.
 pub fn endpoint(addr: &str) -> Result<Endpoint, GrpcError> {
     let addr = crate::routing::normalize_addr(addr);
@@ -456,19 +475,20 @@ fn dialed(
     })
 }
 
-/// Connects now (fails fast when nothing listens), over TLS when this process runs it
-/// ([`crate::tls::install`]).
-pub async fn connect(addr: &str) -> Result<Channel, GrpcError> {
-    connect_with(addr, crate::tls::process()).await
+/// Connects now (fails fast when nothing listens) to `server`, over TLS when this process
+/// runs it ([`crate::tls::install`]; then the server's certificate must be `server`'s).
+pub async fn connect(addr: &str, server: &Expected) -> Result<Channel, GrpcError> {
+    connect_with(addr, server, crate::tls::process()).await
 }
 
 /// [`connect`] with the given TLS identity (`None`: plaintext), whatever the process's.
 pub async fn connect_with(
     addr: &str,
+    server: &Expected,
     tls: Option<&Arc<crate::tls::Tls>>,
 ) -> Result<Channel, GrpcError> {
     let endpoint = endpoint(addr)?;
-    let connected = match dialer(tls) {
+    let connected = match dialer(tls, server) {
         Some(dialer) => endpoint.connect_with_connector(dialed(&dialer)).await,
         None => endpoint.connect().await,
     };
@@ -478,33 +498,34 @@ pub async fn connect_with(
     })
 }
 
-/// What a client connection runs over: the simulated network's dialer when set, else TLS
-/// with `tls`, else plain TCP (`None`).
-fn dialer(tls: Option<&Arc<crate::tls::Tls>>) -> Option<Dialer> {
+/// What a client connection to `server` runs over: the simulated network's dialer when
+/// set, else TLS with `tls`, else plain TCP (`None`).
+fn dialer(tls: Option<&Arc<crate::tls::Tls>>, server: &Expected) -> Option<Dialer> {
     DIALER
         .get()
         .cloned()
-        .or_else(|| tls.map(|t| crate::tls::client::dialer(t.clone())))
+        .or_else(|| tls.map(|t| crate::tls::client::dialer(t.clone(), server.clone())))
 }
 
-/// A channel that connects on first use (and reconnects after a failure). A comma-separated
-/// list (the replicas of a replicated LogStore) gives a channel that spreads calls over
-/// the addresses that answer.
+/// A channel to `server` that connects on first use (and reconnects after a failure). A
+/// comma-separated list (the replicas of a replicated LogStore) gives a channel that
+/// spreads calls over the addresses that answer.
 ///
 /// Over TLS (when this process runs it), a list gives a channel that connects to one
 /// address at a time, the next that answers when its connection breaks (tonic's balanced
 /// channel cannot take the TLS connector).
-pub fn connect_lazy(addr: &str) -> Result<Channel, GrpcError> {
-    connect_lazy_with(addr, crate::tls::process())
+pub fn connect_lazy(addr: &str, server: &Expected) -> Result<Channel, GrpcError> {
+    connect_lazy_with(addr, server, crate::tls::process())
 }
 
 /// [`connect_lazy`] with the given TLS identity (`None`: plaintext), whatever the process's.
 pub fn connect_lazy_with(
     addr: &str,
+    server: &Expected,
     tls: Option<&Arc<crate::tls::Tls>>,
 ) -> Result<Channel, GrpcError> {
     if !addr.contains(',') {
-        return Ok(lazy_with(endpoint(addr)?, tls));
+        return Ok(lazy_with(endpoint(addr)?, server, tls));
     }
     let endpoints = addr
         .split(',')
@@ -523,13 +544,14 @@ pub fn connect_lazy_with(
     Ok(Channel::balance_list(endpoints.into_iter()))
 }
 
-/// A lazily connecting channel on `endpoint`, over the simulated network, TLS, or TCP.
-pub fn lazy(endpoint: Endpoint) -> Channel {
-    lazy_with(endpoint, crate::tls::process())
+/// A lazily connecting channel on `endpoint` to `server`, over the simulated network, TLS,
+/// or TCP.
+pub fn lazy(endpoint: Endpoint, server: &Expected) -> Channel {
+    lazy_with(endpoint, server, crate::tls::process())
 }
 
-fn lazy_with(endpoint: Endpoint, tls: Option<&Arc<crate::tls::Tls>>) -> Channel {
-    match dialer(tls) {
+fn lazy_with(endpoint: Endpoint, server: &Expected, tls: Option<&Arc<crate::tls::Tls>>) -> Channel {
+    match dialer(tls, server) {
         Some(dialer) => endpoint.connect_with_connector_lazy(dialed(&dialer)),
         None => endpoint.connect_lazy(),
     }

@@ -12,7 +12,9 @@ use logplayer::proto::{Mutation, mutation::Op};
 use tonic::codegen::http::uri::PathAndQuery;
 
 async fn raw_append(addr: &str, body: Vec<u8>) -> tonic::Status {
-    let channel = logplayer::grpc::connect(addr).await.unwrap();
+    let channel = logplayer::grpc::connect(addr, &logplayer::grpc::Expected::Log)
+        .await
+        .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     grpc.unary(
@@ -67,7 +69,7 @@ async fn malformed_and_oversized_messages_get_a_clear_status_and_the_server_keep
     assert_eq!(log.bounds().await.unwrap(), (1, 1));
 
     // The shard next to it is unaffected.
-    let shard = logplayer::client::ShardConn::connect(c.shards[0].addr())
+    let shard = logplayer::client::ShardConn::connect(c.shards[0].addr(), None)
         .await
         .unwrap();
     assert_eq!(shard.applied().await.unwrap().applied_index, 0);

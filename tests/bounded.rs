@@ -26,7 +26,11 @@ fn rss_bytes(pid: u32) -> u64 {
 /// `wait`.
 async fn serves_a_read(addr: &str, wait: Duration) -> bool {
     common::eventually(wait, || async {
-        let mut client = LogStoreClient::new(logplayer::grpc::connect(addr).await.unwrap());
+        let mut client = LogStoreClient::new(
+            logplayer::grpc::connect(addr, &logplayer::grpc::Expected::Log)
+                .await
+                .unwrap(),
+        );
         let once = ReadRequest {
             from: 1,
             to: 1,
@@ -55,8 +59,11 @@ async fn six_hundred_unread_tailing_reads_stay_within_the_documented_bound() {
     let mut clients = Vec::new();
     let mut busy = 0;
     for _ in 0..10 {
-        let mut client =
-            LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+        let mut client = LogStoreClient::new(
+            logplayer::grpc::connect(c.logstore.addr(), &logplayer::grpc::Expected::Log)
+                .await
+                .unwrap(),
+        );
         for _ in 0..60 {
             let read = ReadRequest {
                 from: 1,
@@ -120,11 +127,15 @@ async fn a_connection_past_max_connections_is_closed() {
             .bounds(logplayer::proto::BoundsRequest {})
             .await
     };
-    let first = logplayer::grpc::connect(&addr).await.unwrap();
-    let second = logplayer::grpc::connect(&addr).await.unwrap();
+    let first = logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::Log)
+        .await
+        .unwrap();
+    let second = logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::Log)
+        .await
+        .unwrap();
     assert!(bounds(first.clone()).await.is_ok());
     assert!(bounds(second.clone()).await.is_ok());
-    let third = match logplayer::grpc::connect(&addr).await {
+    let third = match logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::Log).await {
         Ok(ch) => bounds(ch).await.is_ok(),
         Err(_) => false,
     };
@@ -134,7 +145,7 @@ async fn a_connection_past_max_connections_is_closed() {
     );
     drop(first);
     let served = common::eventually(Duration::from_secs(10), || async {
-        match logplayer::grpc::connect(&addr).await {
+        match logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::Log).await {
             Ok(ch) => bounds(ch).await.is_ok(),
             Err(_) => false,
         }
@@ -167,8 +178,11 @@ async fn a_stalled_read_stream_is_ended_and_frees_its_slot() {
     spec.txn_bytes = 10_000;
     let report = common::start_load(&log, spec).await.unwrap();
     assert_eq!(report.failed, 0);
-    let mut client =
-        LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+    let mut client = LogStoreClient::new(
+        logplayer::grpc::connect(c.logstore.addr(), &logplayer::grpc::Expected::Log)
+            .await
+            .unwrap(),
+    );
     let tail = || ReadRequest {
         from: 1,
         follow: true,
@@ -246,7 +260,11 @@ async fn an_idle_connection_is_closed_and_a_quiet_call_keeps_one_open() {
         "an idle connection was still open after 6 s"
     );
     // A tailing read, quiet for three timeouts, then an append: delivered on the same call.
-    let mut client = LogStoreClient::new(logplayer::grpc::connect(&addr).await.unwrap());
+    let mut client = LogStoreClient::new(
+        logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::Log)
+            .await
+            .unwrap(),
+    );
     let mut tail = client
         .read(ReadRequest {
             from: 1,
@@ -298,8 +316,11 @@ async fn an_append_stream_with_no_append_is_ended_after_the_idle_stream_timeout(
     )
     .await
     .unwrap();
-    let mut client =
-        LogStoreClient::new(logplayer::grpc::connect(c.logstore.addr()).await.unwrap());
+    let mut client = LogStoreClient::new(
+        logplayer::grpc::connect(c.logstore.addr(), &logplayer::grpc::Expected::Log)
+            .await
+            .unwrap(),
+    );
     let add = |n| AppendRequest {
         mutations: vec![Mutation {
             key: b"c-1".to_vec().into(),

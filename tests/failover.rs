@@ -87,7 +87,7 @@ async fn a_frozen_leader_wakes_stale_and_is_fenced_without_applying_anything() {
     // leader did try: a shard refused it, so the check above is not vacuous.
     let mut refusals = 0;
     for s in &c.shards {
-        let st = ShardConn::connect(s.addr())
+        let st = ShardConn::connect(s.addr(), None)
             .await
             .unwrap()
             .stats(false)

@@ -71,7 +71,7 @@ async fn swapped_shard_addresses_are_refused_naming_both_ids_and_nothing_is_appl
 
     // Nothing was applied anywhere.
     for s in &c.shards {
-        let conn = ShardConn::connect(s.addr()).await.unwrap();
+        let conn = ShardConn::connect(s.addr(), None).await.unwrap();
         assert_eq!(conn.applied().await.unwrap().applied_index, 0);
         assert!(conn.dump().await.unwrap().is_empty());
     }
@@ -96,7 +96,7 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
         .await
         .unwrap();
     assert!(report.pass, "{report}");
-    let shard = ShardConn::connect(c.shards[0].addr()).await.unwrap();
+    let shard = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
     let before = shard.dump().await.unwrap();
     let old = shard.applied().await.unwrap();
     assert_eq!(old.applied_index, 30);
@@ -181,7 +181,7 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
     );
     c.shards[0].restart().await.unwrap();
     let delivered = eventually(Duration::from_secs(20), || async {
-        let Ok(s) = ShardConn::connect(c.shards[0].addr()).await else {
+        let Ok(s) = ShardConn::connect(c.shards[0].addr(), None).await else {
             return false;
         };
         s.applied()
@@ -191,7 +191,7 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
     })
     .await;
     assert!(delivered, "{}", player.log_tail(40));
-    let shard = ShardConn::connect(c.shards[0].addr()).await.unwrap();
+    let shard = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
     let dump = shard.dump().await.unwrap();
     assert_eq!(dump.len(), 1);
     assert!(
@@ -218,7 +218,7 @@ async fn a_log_replaced_under_a_running_player_is_refused_and_nothing_of_it_is_a
         .await
         .unwrap();
     assert!(report.pass, "{report}");
-    let shard = ShardConn::connect(c.shards[0].addr()).await.unwrap();
+    let shard = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
     let before = shard.dump().await.unwrap();
     let old = shard.applied().await.unwrap();
     assert_eq!(old.applied_index, 10);
@@ -268,7 +268,9 @@ async fn a_log_replaced_under_a_running_player_is_refused_and_nothing_of_it_is_a
 
 /// `(first, log_id)` of a LogStore.
 async fn bounds_of(addr: &str) -> (u64, String) {
-    let ch = logplayer::grpc::connect(addr).await.unwrap();
+    let ch = logplayer::grpc::connect(addr, &logplayer::grpc::Expected::Log)
+        .await
+        .unwrap();
     let b = logplayer::proto::log_store_client::LogStoreClient::new(ch)
         .bounds(logplayer::proto::BoundsRequest {})
         .await
@@ -285,7 +287,9 @@ async fn a_player_fenced_by_an_epoch_the_lease_never_gave_says_so_and_stops() {
     log.append(add("c-000000", 1), None, 0).await.unwrap();
     let (_, log_id) = bounds_of(c.logstore.addr()).await;
     // A process outside the lease says hello with epoch 1000.
-    let ch = logplayer::grpc::connect(c.shards[0].addr()).await.unwrap();
+    let ch = logplayer::grpc::connect(c.shards[0].addr(), &logplayer::grpc::Expected::AnyShard)
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(DeliverRequest {
         msg: Some(deliver_request::Msg::Hello(Hello {

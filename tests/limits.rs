@@ -126,7 +126,7 @@ async fn a_shard_with_a_smaller_limit_is_refused_by_name_and_the_others_go_on() 
         "{text}"
     );
     // s0 still gets its entries.
-    let s0 = logplayer::client::ShardConn::connect(c.shards[0].addr())
+    let s0 = logplayer::client::ShardConn::connect(c.shards[0].addr(), None)
         .await
         .unwrap();
     let going = eventually(Duration::from_secs(20), || async {
@@ -181,7 +181,7 @@ async fn a_player_with_a_larger_limit_batches_within_the_logs() {
     log.append(exactly("l-000001", 1024, b'a'), None, 0)
         .await
         .unwrap();
-    let shard = logplayer::client::ShardConn::connect(c.shards[0].addr())
+    let shard = logplayer::client::ShardConn::connect(c.shards[0].addr(), None)
         .await
         .unwrap();
     let applied = |n: u64| {

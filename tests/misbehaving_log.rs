@@ -146,7 +146,11 @@ impl LogStore for Proxy {
 
 /// Starts the proxy in front of `upstream`; returns its address.
 async fn proxy(upstream: &str, damage: Arc<Damage>) -> String {
-    let up = LogStoreClient::new(logplayer::grpc::connect(upstream).await.unwrap());
+    let up = LogStoreClient::new(
+        logplayer::grpc::connect(upstream, &logplayer::grpc::Expected::Log)
+            .await
+            .unwrap(),
+    );
     let addr = format!("127.0.0.1:{}", free_port());
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

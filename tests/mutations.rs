@@ -120,7 +120,7 @@ async fn frozen_leader(m: Option<Mutation>) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut refusals = 0;
     for s in &c.shards {
-        let st = ShardConn::connect(s.addr())
+        let st = ShardConn::connect(s.addr(), None)
             .await
             .map_err(|e| e.to_string())?
             .stats(false)
@@ -170,7 +170,7 @@ async fn retention(m: Option<Mutation>) -> Result<(), String> {
     // The log no longer starts at 1, so the full state cannot be rebuilt: the frozen shard
     // must catch up to the end instead.
     let (_, last) = log.bounds().await.map_err(|e| e.to_string())?;
-    let shard = ShardConn::connect(c.shards[1].addr())
+    let shard = ShardConn::connect(c.shards[1].addr(), None)
         .await
         .map_err(|e| e.to_string())?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -245,7 +245,7 @@ async fn stale_reader(m: Option<Mutation>) -> Result<(), String> {
             c.logs()
         );
     }
-    let shard = ShardConn::connect(c.shards[0].addr())
+    let shard = ShardConn::connect(c.shards[0].addr(), None)
         .await
         .map_err(|e| e.to_string())?;
     let stats = shard.stats(false).await.map_err(|e| e.to_string())?;
@@ -278,7 +278,11 @@ async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
     };
     let dir = tempfile::tempdir().unwrap();
     let c = cluster(dir.path(), m, 1, &[]).await;
-    let mut client = ShardClient::new(logplayer::grpc::connect(c.shards[0].addr()).await.unwrap());
+    let mut client = ShardClient::new(
+        logplayer::grpc::connect(c.shards[0].addr(), &logplayer::grpc::Expected::AnyShard)
+            .await
+            .unwrap(),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = Hello {
         epoch: 1,
@@ -319,7 +323,7 @@ async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
             .unwrap();
         drop(tx);
         while let Ok(Some(_)) = inbound.message().await {}
-        let dump = ShardConn::connect(c.shards[0].addr())
+        let dump = ShardConn::connect(c.shards[0].addr(), None)
             .await
             .map_err(|e| e.to_string())?
             .dump()

@@ -372,8 +372,12 @@ fn every_rpc_answers_arbitrary_bytes_with_a_clear_status_and_keeps_serving() {
     let (log_addr, shard_addr) = (c.logstore.addr().to_owned(), c.shards[0].addr().to_owned());
     let channels = rt.block_on(async {
         (
-            logplayer::grpc::connect(&log_addr).await.unwrap(),
-            logplayer::grpc::connect(&shard_addr).await.unwrap(),
+            logplayer::grpc::connect(&log_addr, &logplayer::grpc::Expected::Log)
+                .await
+                .unwrap(),
+            logplayer::grpc::connect(&shard_addr, &logplayer::grpc::Expected::AnyShard)
+                .await
+                .unwrap(),
         )
     });
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
@@ -404,7 +408,7 @@ fn every_rpc_answers_arbitrary_bytes_with_a_clear_status_and_keeps_serving() {
     rt.block_on(async {
         let log = logplayer::client::Log::connect(&log_addr).await.unwrap();
         log.bounds().await.unwrap();
-        let shard = logplayer::client::ShardConn::connect(&shard_addr)
+        let shard = logplayer::client::ShardConn::connect(&shard_addr, None)
             .await
             .unwrap();
         shard.applied().await.unwrap();

@@ -7,12 +7,12 @@ mod common;
 use common::servers;
 use tonic_reflection::pb::{v1, v1alpha};
 
-/// `async fn $name(addr) -> Vec<String>`: the services `addr` lists, sorted, through the
+/// `async fn $name(addr, server) -> Vec<String>`: the services `addr` lists, sorted, through the
 /// reflection protocol version `$v` (the two versions' generated types differ only by module).
 macro_rules! list_services {
     ($name:ident, $v:ident) => {
-        async fn $name(addr: &str) -> Vec<String> {
-            let channel = logplayer::grpc::connect(addr).await.unwrap();
+        async fn $name(addr: &str, server: logplayer::grpc::Expected) -> Vec<String> {
+            let channel = logplayer::grpc::connect(addr, &server).await.unwrap();
             let mut client = $v::server_reflection_client::ServerReflectionClient::new(channel);
             let list = $v::server_reflection_request::MessageRequest::ListServices(String::new());
             let request = $v::ServerReflectionRequest {
@@ -44,8 +44,20 @@ async fn each_server_lists_only_its_own_service_in_both_reflection_versions() {
     let (_dir, c, _log) = servers(1).await;
     let logstore = ["grpc.health.v1.Health", "logplayer.v1.LogStore"];
     let shard = ["grpc.health.v1.Health", "logplayer.v1.Shard"];
-    assert_eq!(list_v1(c.logstore.addr()).await, logstore);
-    assert_eq!(list_v1alpha(c.logstore.addr()).await, logstore);
-    assert_eq!(list_v1(c.shards[0].addr()).await, shard);
-    assert_eq!(list_v1alpha(c.shards[0].addr()).await, shard);
+    assert_eq!(
+        list_v1(c.logstore.addr(), logplayer::grpc::Expected::Log).await,
+        logstore
+    );
+    assert_eq!(
+        list_v1alpha(c.logstore.addr(), logplayer::grpc::Expected::Log).await,
+        logstore
+    );
+    assert_eq!(
+        list_v1(c.shards[0].addr(), logplayer::grpc::Expected::AnyShard).await,
+        shard
+    );
+    assert_eq!(
+        list_v1alpha(c.shards[0].addr(), logplayer::grpc::Expected::AnyShard).await,
+        shard
+    );
 }

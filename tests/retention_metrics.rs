@@ -83,7 +83,7 @@ async fn cursors_bound_retention_and_metrics_report_the_leader() {
     );
     // The frozen shard wakes and catches up from what the log kept.
     c.shards[1].cont().unwrap();
-    let conn = ShardConn::connect(c.shards[1].addr()).await.unwrap();
+    let conn = ShardConn::connect(c.shards[1].addr(), None).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let applied = conn.applied().await.unwrap().applied_index;

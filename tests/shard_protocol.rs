@@ -56,7 +56,9 @@ async fn a_real_shard_skips_resent_entries_refuses_gaps_and_fences_stale_epochs(
         .await
         .unwrap();
     let addr = c.shards[0].addr().to_owned();
-    let channel = logplayer::grpc::connect(&addr).await.unwrap();
+    let channel = logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::AnyShard)
+        .await
+        .unwrap();
     let mut client = ShardClient::new(channel);
 
     let (tx, rx) = mpsc::channel(8);
@@ -91,7 +93,7 @@ async fn a_real_shard_skips_resent_entries_refuses_gaps_and_fences_stale_epochs(
         "{status:?}"
     );
 
-    let state = logplayer::client::ShardConn::connect(&addr)
+    let state = logplayer::client::ShardConn::connect(&addr, None)
         .await
         .unwrap()
         .dump()

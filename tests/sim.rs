@@ -584,9 +584,10 @@ async fn observe_shards(
         let last_round = checked.load(std::sync::atomic::Ordering::SeqCst);
         for s in 0..SHARDS {
             if conns[s].is_none() {
-                conns[s] = logplayer::client::ShardConn::connect(&format!("s{s}:{SHARD_PORT}"))
-                    .await
-                    .ok();
+                conns[s] =
+                    logplayer::client::ShardConn::connect(&format!("s{s}:{SHARD_PORT}"), None)
+                        .await
+                        .ok();
             }
             let Some(conn) = &conns[s] else { continue };
             let Ok(stats) = conn.stats(false).await else {

@@ -38,7 +38,11 @@ fn expect(status: &tonic::Status, reason: Reason) {
 }
 
 async fn log_client(addr: &str) -> LogStoreClient<tonic::transport::Channel> {
-    LogStoreClient::new(logplayer::grpc::connect(addr).await.unwrap())
+    LogStoreClient::new(
+        logplayer::grpc::connect(addr, &logplayer::grpc::Expected::Log)
+            .await
+            .unwrap(),
+    )
 }
 
 /// The entry limit a `Hello` names (every Hello must name one).
@@ -68,7 +72,11 @@ async fn deliver(
     ),
     tonic::Status,
 > {
-    let mut client = ShardClient::new(logplayer::grpc::connect(addr).await.unwrap());
+    let mut client = ShardClient::new(
+        logplayer::grpc::connect(addr, &logplayer::grpc::Expected::AnyShard)
+            .await
+            .unwrap(),
+    );
     let (tx, rx) = mpsc::channel(4);
     tx.send(first).await.unwrap();
     let mut inbound = client.deliver(ReceiverStream::new(rx)).await?.into_inner();
@@ -303,7 +311,9 @@ async fn every_shard_refusal_has_its_one_code_and_reason() {
     let s = inbound.message().await.unwrap_err();
     expect(&s, Reason::EntryTooLarge);
     // Nothing of the refused requests was applied.
-    let shard = logplayer::client::ShardConn::connect(&addr).await.unwrap();
+    let shard = logplayer::client::ShardConn::connect(&addr, None)
+        .await
+        .unwrap();
     let a = shard.applied().await.unwrap();
     assert_eq!((a.applied_index, a.log_id.as_str()), (1, LOG_A));
 }
@@ -357,7 +367,11 @@ async fn sigterm_stops_a_shard_and_a_logstore_within_a_second_with_idle_streams_
     let addr = c.shards[0].addr().to_owned();
     let (_silent_tx, silent_rx) = mpsc::channel::<DeliverRequest>(1);
     let silent = tokio::spawn(async move {
-        let mut client = ShardClient::new(logplayer::grpc::connect(&addr).await.unwrap());
+        let mut client = ShardClient::new(
+            logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::AnyShard)
+                .await
+                .unwrap(),
+        );
         let _ = client.deliver(ReceiverStream::new(silent_rx)).await;
     });
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,8 +1,11 @@
 //! Mutual TLS and roles over real sockets: every process of these tests runs with
 //! certificates from one CA issued for this test binary (the harness passes each its own),
 //! and hostile callers — no certificate, one from another CA, one without the role, a
-//! writer with another writer's id — are refused every call and change nothing. A
-//! certificate rotated on disk is used for new connections while delivery goes on.
+//! writer with another writer's id — are refused every call and change nothing. Clients
+//! check servers too: a server from the CA that is not the log or the shard expected at an
+//! address gets no call, and a server refuses to start with a certificate that does not name
+//! what it serves. A certificate rotated on disk is used for new connections while delivery
+//! goes on (and one that does not name the server is not used).
 
 mod common;
 
@@ -10,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use logplayer::grpc::Reason;
+use logplayer::grpc::{Expected, Reason};
 use logplayer::proto::log_store_client::LogStoreClient;
 use logplayer::proto::replication_client::ReplicationClient;
 use logplayer::proto::shard_client::ShardClient;
@@ -34,6 +37,7 @@ fn certs_dir() -> &'static PathBuf {
             .unwrap()
             .keep();
         let certs = issue_local(&dir).unwrap();
+        certs.shard("s0").unwrap();
         std::fs::write(dir.join("ca.key"), &certs.ca.pem.key).unwrap();
         let ca = Ca::from_pem(certs.ca.pem.clone()).unwrap();
         ca.write_leaf(&dir, "tm1", &[(Role::Writer, "tm-1")], DEMO_VALIDITY)
@@ -60,8 +64,8 @@ fn stranger() -> Arc<Tls> {
     Tls::load(TlsFiles::in_dir(&certs_dir().join("other"), "stranger")).unwrap()
 }
 
-async fn channel(addr: &str, tls: Option<&Arc<Tls>>) -> Result<Channel, String> {
-    logplayer::grpc::connect_with(addr, tls)
+async fn channel(addr: &str, server: Expected, tls: Option<&Arc<Tls>>) -> Result<Channel, String> {
+    logplayer::grpc::connect_with(addr, &server, tls)
         .await
         .map_err(|e| e.to_string())
 }
@@ -184,7 +188,11 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
     let shard_addr = c.shards[0].addr().to_owned();
     let log_id = log.describe().await.unwrap().log_id;
     let admin = identity("client");
-    let mut admin_shard = ShardClient::new(channel(&shard_addr, Some(&admin)).await.unwrap());
+    let mut admin_shard = ShardClient::new(
+        channel(&shard_addr, Expected::AnyShard, Some(&admin))
+            .await
+            .unwrap(),
+    );
     let before = admin_shard
         .applied(AppliedRequest {})
         .await
@@ -194,7 +202,7 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
 
     // No certificate, or one from another CA: no connection, so no call at all.
     for (who, tls) in [("no certificate", None), ("another CA", Some(stranger()))] {
-        match channel(&log_addr, tls.as_ref()).await {
+        match channel(&log_addr, Expected::Log, tls.as_ref()).await {
             Err(_) => {}
             Ok(ch) => {
                 let r = LogStoreClient::new(ch).bounds(BoundsRequest {}).await;
@@ -205,8 +213,12 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
     // A certificate from the CA without a role: every call refused.
     let norole = identity("norole");
     every_call_is_forbidden(
-        channel(&log_addr, Some(&norole)).await.unwrap(),
-        channel(&shard_addr, Some(&norole)).await.unwrap(),
+        channel(&log_addr, Expected::Log, Some(&norole))
+            .await
+            .unwrap(),
+        channel(&shard_addr, Expected::AnyShard, Some(&norole))
+            .await
+            .unwrap(),
         &log_id,
         false,
     )
@@ -214,13 +226,16 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
     // A writer: it may append (as its own id) and ask for the bounds, nothing else.
     let tm1 = identity("tm1");
     every_call_is_forbidden(
-        channel(&log_addr, Some(&tm1)).await.unwrap(),
-        channel(&shard_addr, Some(&tm1)).await.unwrap(),
+        channel(&log_addr, Expected::Log, Some(&tm1)).await.unwrap(),
+        channel(&shard_addr, Expected::AnyShard, Some(&tm1))
+            .await
+            .unwrap(),
         &log_id,
         true,
     )
     .await;
-    let mut writer = LogStoreClient::new(channel(&log_addr, Some(&tm1)).await.unwrap());
+    let mut writer =
+        LogStoreClient::new(channel(&log_addr, Expected::Log, Some(&tm1)).await.unwrap());
     forbidden(
         writer.append(append_req("load-someone-else", 1)).await,
         "Append as another writer",
@@ -257,10 +272,140 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
     common::assert_exactly_once(&c, &log, &report).await;
 }
 
-/// The server certificate each new connection to `addr` is shown.
-async fn served_cert(addr: &str) -> Vec<u8> {
+/// A server from our CA that is not the one a client expects at an address gets no call:
+/// a shard server presenting a writer's certificate (this process's) behind the address the
+/// player's map gives for `s0` is reported as refused (`wrong-shard`, naming what the
+/// certificate grants) and is delivered nothing, though it answers as shard `s0` on the
+/// right log; as a LogStore it is refused too, and the real LogStore is no shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_certificate_is_not_the_expected_one_gets_no_call() {
+    certs_dir();
+    let (_dir, c, log) = common::servers(1).await;
+    for i in 0..20 {
+        log.append(add(&format!("k-{i}"), 1), None, 0)
+            .await
+            .unwrap();
+    }
+    // The impostor: a real shard server in this process, which serves with this process's
+    // certificate (writer and admin, no shard name).
+    let data = tempfile::tempdir().unwrap();
+    let store = logplayer::shard::any::AnyStore::open(data.path(), Default::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let me = logplayer::shard::ShardSelf {
+        id: "s0".into(),
+        addr: addr.clone(),
+        max_entry_bytes: 4 * 1024 * 1024,
+    };
+    let core = logplayer::shard::ShardCore::open(store, me).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(logplayer::shard::service::serve(
+        core,
+        listener,
+        stop.clone(),
+        Duration::ZERO,
+    ));
+
+    let (mut player, metrics) = common::start_player_with(
+        &c,
+        "player-impostor",
+        c.logstore.addr(),
+        &[format!("s0={addr}")],
+        &[],
+    )
+    .await;
+    let refused = "logplayer_shard_refused{shard=\"s0\",reason=\"wrong-shard\"} 1";
+    let reported = common::eventually(Duration::from_secs(20), || async {
+        common::http_get(&metrics, "/metrics")
+            .await
+            .1
+            .contains(refused)
+    })
+    .await;
+    assert!(reported, "not reported\n{}", player.log_tail(40));
+    let (code, ready) = common::http_get(&metrics, "/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.contains("shard s0: wrong-shard") && ready.contains("logplayer://writer/load-*"),
+        "{ready}"
+    );
+    // Clients of the log refuse it too, and a shard's client refuses the log.
+    let e = logplayer::client::Log::connect(&addr).await.err().unwrap();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("refused the server at {addr}"))
+            && text.contains("not logplayer://replica/* (a log replica)"),
+        "{text}"
+    );
+    let e = logplayer::client::ShardConn::connect(c.logstore.addr(), Some("s0"))
+        .await
+        .err()
+        .unwrap();
+    let wrong = logplayer::tls::client::wrong_server(&e).expect("a WrongServer cause");
+    assert!(
+        wrong.reason.contains("logplayer://replica/logstore"),
+        "{wrong}"
+    );
+    player.kill().await;
+    stop.cancel();
+    served.await.unwrap().unwrap();
+    let store = logplayer::shard::any::AnyStore::open(data.path(), Default::default()).unwrap();
+    let applied = logplayer::shard::ShardStore::load(&store).unwrap().applied;
+    assert_eq!(applied, 0, "the impostor was delivered entries");
+}
+
+/// A server refuses to start with a certificate that does not name what it serves: a shard
+/// with another shard's, a LogStore with a shard's, each naming the certificate and the
+/// name it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refuses_to_start_with_a_certificate_that_does_not_name_it() {
+    let dir = certs_dir();
+    let data = tempfile::tempdir().unwrap();
+    let tls = |name: &str| TlsFiles::in_dir(dir, name).flags();
+    let d = data.path().display().to_string();
+    let shard: Vec<String> = [
+        "shard",
+        "--id",
+        "s1",
+        "--data",
+        &d,
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(tls("shard-s0"))
+    .collect();
+    let logstore: Vec<String> = ["logstore", "--data", &d, "--listen", "127.0.0.1:0"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(tls("shard-s0"))
+        .collect();
+    for (args, lacks) in [
+        (shard, "cannot serve as logplayer://shard/s1 (shard s1)"),
+        (
+            logstore,
+            "cannot serve as logplayer://replica/* (a log replica)",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, stderr) = run_secure(&args).await;
+        assert!(!ok, "{args:?} started");
+        assert!(
+            stderr.contains(lacks)
+                && stderr.contains("shard-s0.crt")
+                && stderr.contains("logplayer://shard/s0"),
+            "{stderr}"
+        );
+    }
+}
+
+/// The server certificate each new connection to `server` at `addr` is shown.
+async fn served_cert(addr: &str, server: Expected) -> Vec<u8> {
     let client = identity("client");
-    let io = logplayer::tls::client::dial(&client, addr).await.unwrap();
+    let io = logplayer::tls::client::dial(&client, addr, &server)
+        .await
+        .unwrap();
     let (_, conn) = io.get_ref();
     conn.peer_certificates().unwrap()[0].to_vec()
 }
@@ -276,8 +421,8 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
     for f in [
         "logstore.crt",
         "logstore.key",
-        "shard.crt",
-        "shard.key",
+        "shard-s0.crt",
+        "shard-s0.key",
         "ca.crt",
     ] {
         std::fs::copy(dir.join(f), own.path().join(f)).unwrap();
@@ -293,7 +438,7 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
-        &flags("shard")
+        &flags("shard-s0")
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -306,8 +451,8 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
     c.start_player(&[]).await.unwrap();
     let load = common::start_load(&log, common::load_spec(300, 6, 3));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let old_log = served_cert(c.logstore.addr()).await;
-    let old_shard = served_cert(c.shards[0].addr()).await;
+    let old_log = served_cert(c.logstore.addr(), Expected::Log).await;
+    let old_shard = served_cert(c.shards[0].addr(), Expected::AnyShard).await;
     let certs = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
     let key = std::fs::read_to_string(dir.join("ca.key")).unwrap();
     let ca = Ca::from_pem(logplayer::tls::issue::Pem { cert: certs, key }).unwrap();
@@ -318,16 +463,44 @@ async fn a_certificate_rotated_on_disk_is_used_for_new_connections_while_deliver
         DEMO_VALIDITY,
     )
     .unwrap();
-    ca.write_leaf(own.path(), "shard", &[], DEMO_VALIDITY)
-        .unwrap();
+    ca.write_leaf(
+        own.path(),
+        "shard-s0",
+        &[(Role::Shard, "s0")],
+        DEMO_VALIDITY,
+    )
+    .unwrap();
     let renewed = common::eventually(Duration::from_secs(10), || async {
-        served_cert(c.logstore.addr()).await != old_log
-            && served_cert(c.shards[0].addr()).await != old_shard
+        served_cert(c.logstore.addr(), Expected::Log).await != old_log
+            && served_cert(c.shards[0].addr(), Expected::AnyShard).await != old_shard
     })
     .await;
     assert!(
         renewed,
         "the rotated certificates were not used for new connections"
+    );
+    // A rotation to a certificate that does not name the shard (a writer's) is not used:
+    // its clients would refuse every new connection.
+    let current = served_cert(c.shards[0].addr(), Expected::AnyShard).await;
+    ca.write_leaf(
+        own.path(),
+        "shard-s0",
+        &[(Role::Writer, "s0")],
+        DEMO_VALIDITY,
+    )
+    .unwrap();
+    tokio::time::sleep(logplayer::tls::RELOAD_EVERY * 2).await;
+    assert_eq!(
+        served_cert(c.shards[0].addr(), Expected::Shard("s0".into())).await,
+        current,
+        "the shard serves a certificate that does not name it"
+    );
+    assert!(
+        c.shards[0]
+            .log_tail(50)
+            .contains("cannot serve as logplayer://shard/s0"),
+        "{}",
+        c.shards[0].log_tail(50)
     );
     let report = load.await.unwrap();
     common::assert_exactly_once(&c, &log, &report).await;

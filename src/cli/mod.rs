@@ -225,18 +225,9 @@ pub async fn main() -> std::process::ExitCode {
     }
 }
 
-/// An error and its causes on one line, each cause once: a cause whose text an outer
-/// message already includes (errors that print their source) is not repeated.
+/// An error and its causes on one line (see [`crate::grpc::one_line`]).
 fn one_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
+    crate::grpc::one_line(e.as_ref())
 }
 
 /// A token cancelled on SIGTERM or SIGINT.

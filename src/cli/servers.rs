@@ -273,12 +273,22 @@ fn replica_id_of_pod(pod: &str) -> anyhow::Result<u64> {
     Ok(ordinal + 1)
 }
 
+/// Refuses to serve as `expected` over TLS with a certificate that does not name it
+/// (every client would refuse the server).
+fn serve_as(expected: crate::grpc::Expected) -> anyhow::Result<()> {
+    match crate::tls::process() {
+        Some(tls) => Ok(tls.serve_as(expected)?),
+        None => Ok(()),
+    }
+}
+
 /// Runs the LogStore: a single node, or one replica of a Raft group with --id and --peers.
 pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     if let Some(LogstoreAction::Members(m)) = a.action {
         return super::members::run(m).await;
     }
     a.callers.install()?;
+    serve_as(crate::grpc::Expected::Log)?;
     let data = a.data.clone().context("logstore needs --data")?;
     if let Some(peers) = a.peers.clone() {
         let id = match (a.id, &a.pod_name) {
@@ -365,7 +375,11 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
         }
         Some(ShardAction::Dump { addr, .. }) => {
             let addr = addr.context("give --data DIR or --addr ADDR")?;
-            for line in client::ShardConn::connect(&addr).await?.dump().await? {
+            for line in client::ShardConn::connect(&addr, None)
+                .await?
+                .dump()
+                .await?
+            {
                 println!("{line}");
             }
         }
@@ -379,6 +393,7 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
                 bail!("shard needs --id and --data");
             };
             a.callers.install()?;
+            serve_as(crate::grpc::Expected::Shard(id.clone()))?;
             let mut store = shard::any::AnyStore::open(&data, a.store)
                 .with_context(|| format!("opening shard store in {}", data.display()))?;
             if a.no_fsync {

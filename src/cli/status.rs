@@ -173,7 +173,7 @@ async fn ask_log(addr: &str, wait: Duration) -> Result<BoundsResponse, String> {
 
 async fn ask_shard(addr: &str, wait: Duration) -> Result<AppliedResponse, String> {
     ask(wait, async {
-        ShardConn::connect(addr).await?.applied().await
+        ShardConn::connect(addr, None).await?.applied().await
     })
     .await
 }

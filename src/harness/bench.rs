@@ -349,7 +349,7 @@ impl Default for Delays {
 impl Delays {
     /// Reads (and resets) a shard's histograms into these.
     pub async fn collect(&mut self, addr: &str) -> Result<(), ClientError> {
-        let s = ShardConn::connect(addr).await?.stats(true).await?;
+        let s = ShardConn::connect(addr, None).await?.stats(true).await?;
         stats::merge(&mut self.player, &stats::decode_histogram(&s.player_delay));
         stats::merge(&mut self.apply, &stats::decode_histogram(&s.apply_delay));
         stats::merge(

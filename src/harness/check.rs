@@ -139,7 +139,7 @@ fn expected_states(entries: &[Entry], map: &ShardMap) -> (Vec<State>, Vec<u64>) 
 
 async fn connect_until(addr: &str, deadline: Instant) -> Result<ShardConn, CheckError> {
     loop {
-        match ShardConn::connect(addr).await {
+        match ShardConn::connect(addr, None).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -143,10 +143,28 @@ impl Proc {
             return;
         };
         let arg = |i: usize| self.args.get(i).map(String::as_str);
-        let files = match (arg(0), arg(1)) {
-            (Some("logstore"), next) if next != Some("members") => &certs.logstore,
-            (Some("shard"), next) if next.is_none_or(|n| n.starts_with("--")) => &certs.shard,
-            (Some("player"), _) => &certs.player,
+        let id = self
+            .args
+            .iter()
+            .position(|a| a == "--id")
+            .and_then(|i| arg(i + 1));
+        let shard;
+        let files = match (arg(0), arg(1), id) {
+            (Some("logstore"), next, _) if next != Some("members") => &certs.logstore,
+            (Some("shard"), next, Some(id)) if next.is_none_or(|n| n.starts_with("--")) => {
+                match certs.shard(id) {
+                    Ok(f) => {
+                        shard = f;
+                        &shard
+                    }
+                    // It starts without TLS files and says why: no TLS configured.
+                    Err(e) => {
+                        tracing::error!(shard = id, error = %e, "cannot issue the shard's certificate");
+                        return;
+                    }
+                }
+            }
+            (Some("player"), ..) => &certs.player,
             _ => &certs.client,
         };
         cmd.args(files.flags());
@@ -307,7 +325,7 @@ impl Proc {
 static CERTS: std::sync::OnceLock<crate::tls::issue::LocalCerts> = std::sync::OnceLock::new();
 
 /// Runs every process this process starts from now on over mutual TLS with `certs` (the
-/// LogStore with its replica certificate, shards with theirs, players with the player's,
+/// LogStore with its replica certificate, each shard with its own, players with the player's,
 /// anything else with the client's); without it they run `--insecure`. Set once; `false`
 /// if already set.
 pub fn use_tls(certs: crate::tls::issue::LocalCerts) -> bool {

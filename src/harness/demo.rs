@@ -222,7 +222,7 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
 async fn print_progress(cluster: &Cluster, appended: u64, t: f64) {
     let mut applied = Vec::new();
     for s in &cluster.shards {
-        let a = match ShardConn::connect(s.addr()).await {
+        let a = match ShardConn::connect(s.addr(), None).await {
             Ok(c) => c
                 .applied()
                 .await
@@ -397,7 +397,7 @@ impl Run {
     async fn fencing_now(&self) -> Fencing {
         let mut f = Fencing::default();
         for s in &self.cluster.shards {
-            if let Ok(c) = ShardConn::connect(s.addr()).await
+            if let Ok(c) = ShardConn::connect(s.addr(), None).await
                 && let Ok(st) = c.stats(false).await
             {
                 f.refusals += st.fenced_refusals;

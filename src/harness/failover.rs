@@ -78,7 +78,7 @@ pub async fn wait_for_leader(
 async fn first_commit_above(c: &Cluster, epoch: u64) -> Option<(u64, u64)> {
     let mut best: Option<(u64, u64)> = None;
     for s in &c.shards {
-        let Ok(conn) = ShardConn::connect(s.addr()).await else {
+        let Ok(conn) = ShardConn::connect(s.addr(), None).await else {
             continue;
         };
         let Ok(st) = conn.stats(false).await else {

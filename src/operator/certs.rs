@@ -107,7 +107,7 @@ pub fn leaves(lp: &LogPlayer, ns: &str, shards: &[Shard]) -> Vec<Leaf> {
         let service = shard_server_name(s);
         out.push(Leaf {
             secret: shard_tls_secret(s),
-            grants: vec![],
+            grants: vec![(Role::Shard, s.name_any())],
             hosts: vec![format!("{service}.{ns}.svc")],
             labels: labels(&name, "shard"),
             owner: desired::owner_of(s),
@@ -466,6 +466,20 @@ mod tests {
         assert_eq!(
             leaf_named(&leaves, "demo-logstore-tls").grants,
             vec![(Role::Replica, "demo-logstore".to_owned())]
+        );
+        // A managed shard's certificate names it: its clients accept no other server there.
+        let s0: Shard = serde_json::from_value(serde_json::json!({
+            "apiVersion": "logplayer.io/v1alpha1",
+            "kind": "Shard",
+            "metadata": {"name": "s0", "namespace": "ns", "uid": "u2"},
+            "spec": {"logPlayer": "demo", "slots": [{"start": 0, "end": 16383}],
+                     "managed": {"storage": "1Gi"}}
+        }))
+        .expect("a Shard");
+        let with_shard = super::leaves(&lp(), "ns", &[s0]);
+        assert_eq!(
+            leaf_named(&with_shard, "s0-shard-tls").grants,
+            vec![(Role::Shard, "s0".to_owned())]
         );
     }
 

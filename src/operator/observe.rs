@@ -47,14 +47,15 @@ pub(super) async fn shards_of(
         .filter(|s| s.spec.log_player == name)
         .collect()))
 }
-/// Asks a shard server its applied index, dialing with `tls` (the LogPlayer's admin
-/// certificate; `None`: plaintext).
+/// Asks the shard `id`'s server its applied index, dialing with `tls` (the LogPlayer's
+/// admin certificate; `None`: plaintext).
 pub(super) async fn probe_shard(
     addr: &str,
+    id: &str,
     tls: Option<&std::sync::Arc<crate::tls::Tls>>,
 ) -> status::Probe {
     let asked = within(addr, async {
-        let conn = crate::client::ShardConn::connect_with(addr, tls)
+        let conn = crate::client::ShardConn::connect_with(addr, Some(id), tls)
             .await
             .map_err(|e| e.to_string())?;
         conn.applied().await.map_err(|e| e.to_string())
@@ -151,7 +152,7 @@ pub(super) async fn observe(
         let down = managed && !any_running(&component_pods(&pods, "shard", Some(&name)));
         let probe = match desired::shard_endpoint(s, &ctx.defaults) {
             Some(_) if down => status::Probe::NotRunning,
-            Some(addr) => probe_shard(&addr, found.tls.as_ref()).await,
+            Some(addr) => probe_shard(&addr, &name, found.tls.as_ref()).await,
             None => status::Probe::Unknown,
         };
         observed_shards.push(status::ShardObserved {

@@ -484,7 +484,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
             .is_some_and(|lp| lp.spec.tls.mode != crate::crd::TlsMode::Insecure);
     let probe = match &endpoint {
         Some(_) if down => status::Probe::NotRunning,
-        Some(addr) => probe_shard(addr, tls.as_ref()).await,
+        Some(addr) => probe_shard(addr, &shard.name_any(), tls.as_ref()).await,
         None => status::Probe::Unknown,
     };
     let lag = owner

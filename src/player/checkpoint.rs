@@ -156,7 +156,7 @@ impl Shared {
         let Some(leader) = leader else {
             return Err(status);
         };
-        let channel = crate::grpc::connect_lazy(leader)
+        let channel = crate::grpc::connect_lazy(leader, &crate::grpc::Expected::Log)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         crate::proto::log_store_client::LogStoreClient::new(channel)
             .retain(request())

@@ -149,7 +149,7 @@ impl Shared {
         let Some(leader) = leader.filter(|l| addrs.split(',').any(|a| a.trim() == l)) else {
             return self.log.clone();
         };
-        match grpc::connect_lazy(&leader) {
+        match grpc::connect_lazy(&leader, &grpc::Expected::Log) {
             Ok(channel) => {
                 let limit = crate::limits::message_limit(self.config.max_entry_bytes);
                 tracing::debug!(%leader, "the main stream reads from the log leader");

@@ -317,7 +317,7 @@ impl Player {
     ) -> Result<Player, PlayerError> {
         config.validate()?;
         let limit = crate::limits::message_limit(config.max_entry_bytes);
-        let channel = grpc::connect_lazy(&config.logstore)?;
+        let channel = grpc::connect_lazy(&config.logstore, &grpc::Expected::Log)?;
         let log = LogStoreClient::new(channel)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -415,10 +415,10 @@ impl Player {
     }
 }
 
-/// The LogStore's bounds, asked until it answers (`None`: shut down first).
 /// How long one `Bounds` call at start may take before it is tried again.
 const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The LogStore's bounds, asked until it answers (`None`: shut down first).
 async fn log_bounds(
     log: &LogStoreClient<Channel>,
     config: &PlayerConfig,
@@ -456,7 +456,9 @@ async fn probe_shards(config: &PlayerConfig, log_id: &str) -> Vec<Option<u64>> {
         let wait = config.startup_probe;
         async move {
             let ask = async {
-                let ch = grpc::connect(&s.addr).await.ok()?;
+                let ch = grpc::connect(&s.addr, &grpc::Expected::Shard(s.id.clone()))
+                    .await
+                    .ok()?;
                 let r = ShardClient::new(ch).applied(AppliedRequest {}).await.ok()?;
                 Some(r.into_inner())
             };

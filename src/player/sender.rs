@@ -71,7 +71,9 @@ impl Shared {
     async fn open_session(&self, t: usize) -> Result<Session, SessionEnd> {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
-        let channel = grpc::connect(&target.addr).await.map_err(|e| broken(&e))?;
+        let channel = grpc::connect(&target.addr, &grpc::Expected::Shard(target.id.clone()))
+            .await
+            .map_err(|e| connect_failed(&e))?;
         let limit = crate::limits::message_limit(self.config.max_entry_bytes);
         let mut client = ShardClient::new(channel)
             .max_decoding_message_size(limit)
@@ -386,6 +388,19 @@ pub(super) fn classify(status: tonic::Status) -> SessionEnd {
             message: status.message().to_owned(),
         },
         _ => SessionEnd::Broken(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+/// A connection that failed: a server that is not the shard expected at the address (its
+/// certificate names another) is a refusal, which retrying does not fix; anything else is
+/// a broken stream.
+fn connect_failed(e: &grpc::GrpcError) -> SessionEnd {
+    match crate::tls::client::wrong_server(e) {
+        Some(w) => SessionEnd::Refused {
+            reason: Reason::WrongShard,
+            message: w.to_string(),
+        },
+        None => SessionEnd::Broken(e.to_string()),
     }
 }
 

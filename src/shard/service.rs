@@ -524,7 +524,11 @@ mod tests {
             CancellationToken::new(),
             Duration::ZERO,
         ));
-        let mut client = ShardClient::new(grpc::connect(&addr).await.unwrap());
+        let mut client = ShardClient::new(
+            grpc::connect(&addr, &grpc::Expected::AnyShard)
+                .await
+                .unwrap(),
+        );
         let (tx, rx) = mpsc::channel(1);
         let hello = Hello {
             epoch: 1,

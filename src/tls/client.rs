@@ -3,6 +3,10 @@
 //! certificate is used from the next connection on. It is a [`crate::grpc::Dialer`], the
 //! same seam the simulated network plugs into; the URI stays `http://`, tonic speaks HTTP/2
 //! over the stream it returns.
+//!
+//! Each dialer knows whom it dials ([`Expected`]): after the handshake the server's
+//! certificate must carry that name, or the connection is closed with a [`WrongServer`]
+//! error before any call goes out (the chain alone only says the CA signed it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,12 +15,49 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::Tls;
+use super::identity::{Expected, Peer};
 use crate::grpc::{DialedIo, Dialer};
 
-/// Dials `host:port` and completes the TLS handshake.
+/// The server at an address presented a certificate from our CA that is not the one the
+/// client expected there.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused the server at {addr}: {reason} (another part of the system, or someone holding \
+     one of its certificates, answers at this address)"
+)]
+pub struct WrongServer {
+    pub addr: String,
+    pub expected: Expected,
+    pub reason: String,
+}
+
+/// The [`WrongServer`] an error (a failed connection, as tonic or hyper wrap it) comes
+/// from, if any.
+pub fn wrong_server<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a WrongServer> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(w) = e.downcast_ref::<WrongServer>() {
+            return Some(w);
+        }
+        // `io::Error::source` skips the error it wraps; look inside it here.
+        if let Some(w) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<WrongServer>())
+        {
+            return Some(w);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// Dials `host:port`, completes the TLS handshake and checks that the server's certificate
+/// is `expected`'s.
 pub async fn dial(
     tls: &Tls,
     authority: &str,
+    expected: &Expected,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(authority).await?;
     tcp.set_nodelay(true)?;
@@ -31,21 +72,42 @@ pub async fn dial(
         .or_else(|_| ServerName::try_from("logplayer".to_owned()))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let connector = tokio_rustls::TlsConnector::from(tls.current().client.clone());
-    connector.connect(name, tcp).await
+    let io = connector.connect(name, tcp).await?;
+    let peer = io
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Peer::from_der(c))
+        .unwrap_or_default();
+    match expected.check(&peer) {
+        Ok(()) => Ok(io),
+        Err(reason) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            WrongServer {
+                addr: authority.to_owned(),
+                expected: expected.clone(),
+                reason,
+            },
+        )),
+    }
 }
 
-/// The dialer of `tls`'s connections.
-pub fn dialer(tls: Arc<Tls>) -> Dialer {
+/// The dialer of `tls`'s connections to `expected`.
+pub fn dialer(tls: Arc<Tls>, expected: Expected) -> Dialer {
+    let expected = Arc::new(expected);
     Arc::new(move |authority: String| {
-        let tls = tls.clone();
-        Box::pin(async move { Ok(Box::new(dial(&tls, &authority).await?) as Box<dyn DialedIo>) })
+        let (tls, expected) = (tls.clone(), expected.clone());
+        Box::pin(async move {
+            Ok(Box::new(dial(&tls, &authority, &expected).await?) as Box<dyn DialedIo>)
+        })
     })
 }
 
 /// A dialer that ignores the address it is asked for and dials the first of `authorities`
 /// that answers, starting with the one that answered last: a channel over several log
 /// replicas under TLS (tonic's balanced channel cannot take a connector). Each connection
-/// goes to one replica; when it breaks, the next one is dialed.
+/// goes to one replica; when it breaks, the next one is dialed. Each must be a log replica.
 pub fn failover_dialer(tls: Arc<Tls>, authorities: Vec<String>) -> Dialer {
     let next = Arc::new(AtomicUsize::new(0));
     let authorities = Arc::new(authorities);
@@ -57,7 +119,7 @@ pub fn failover_dialer(tls: Arc<Tls>, authorities: Vec<String>) -> Dialer {
             let mut last = std::io::Error::other("no address to dial");
             for k in (0..n).map(|i| (start + i) % n) {
                 let Some(a) = authorities.get(k) else { break };
-                match dial(&tls, a).await {
+                match dial(&tls, a, &Expected::Log).await {
                     Ok(io) => {
                         next.store(k, Ordering::Relaxed);
                         return Ok(Box::new(io) as Box<dyn DialedIo>);

@@ -7,9 +7,14 @@
 //! | `player` | read the log, retain, deliver to shards and ask them where they are |
 //! | `replica` | speak Raft to the other log replicas |
 //! | `admin` | dump, check, status and the membership commands |
+//! | `shard` | serve as the shard `NAME` (it calls nothing) |
 //!
-//! A certificate with no such name (a shard's, which only serves) may call nothing but
-//! health and reflection.
+//! A certificate with no such name, or only a `shard` name, may call nothing but health
+//! and reflection.
+//!
+//! Clients check servers too ([`Expected`]): a log replica must present a `replica` name
+//! and the shard a player delivers to a `shard` name with that shard's id, so another
+//! certificate from the same CA (a writer's) cannot pose as either.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -21,10 +26,18 @@ pub enum Role {
     Player,
     Replica,
     Admin,
+    /// Serves a shard (`NAME` is its id); grants no call.
+    Shard,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Writer, Role::Player, Role::Replica, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Writer,
+        Role::Player,
+        Role::Replica,
+        Role::Admin,
+        Role::Shard,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,6 +45,7 @@ impl Role {
             Role::Player => "player",
             Role::Replica => "replica",
             Role::Admin => "admin",
+            Role::Shard => "shard",
         }
     }
 
@@ -122,6 +136,50 @@ impl Peer {
     }
 }
 
+/// Whom a client expects behind an address it dials: the server's certificate must carry
+/// this name, checked after the handshake, before any call is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// A replica of the log (a `replica` name).
+    Log,
+    /// The shard with this id (`shard/ID`).
+    Shard(String),
+    /// Some shard (a tool given an address and no id).
+    AnyShard,
+}
+
+impl Expected {
+    /// Whether `peer` (the server's certificate) is what was expected; the refusal names
+    /// both.
+    pub fn check(&self, peer: &Peer) -> Result<(), String> {
+        let ok = match self {
+            Expected::Log => peer.has(Role::Replica),
+            Expected::Shard(id) => peer
+                .grants
+                .iter()
+                .any(|(r, n)| *r == Role::Shard && n == id),
+            Expected::AnyShard => peer.has(Role::Shard),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(format!(
+            "the certificate grants {}, not {self}",
+            peer.describe()
+        ))
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expected::Log => write!(f, "{SCHEME}replica/* (a log replica)"),
+            Expected::Shard(id) => write!(f, "{} (shard {id})", Role::Shard.uri(id)),
+            Expected::AnyShard => write!(f, "{SCHEME}shard/* (a shard)"),
+        }
+    }
+}
+
 /// A peer whose certificate carries `uris` (for tests of the rules).
 #[cfg(test)]
 pub(crate) fn peer_with(uris: &[&str]) -> Peer {
@@ -169,5 +227,29 @@ mod tests {
         assert!(p.may_write_as(""), "no writer id: nobody to impersonate");
         let admin = peer(&["logplayer://admin/a"]);
         assert!(!admin.may_write_as("a"));
+    }
+
+    #[test]
+    fn a_client_accepts_only_the_server_it_expects() {
+        let replica = peer(&["logplayer://replica/demo-logstore"]);
+        let shard = peer(&["logplayer://shard/s1"]);
+        let writer = peer(&["logplayer://writer/*", "logplayer://admin/a"]);
+        let nobody = peer(&[]);
+        assert!(Expected::Log.check(&replica).is_ok());
+        assert!(Expected::Shard("s1".into()).check(&shard).is_ok());
+        assert!(Expected::AnyShard.check(&shard).is_ok());
+        for p in [&shard, &writer, &nobody] {
+            assert!(Expected::Log.check(p).is_err(), "{}", p.describe());
+        }
+        for p in [&replica, &writer, &nobody] {
+            assert!(Expected::AnyShard.check(p).is_err(), "{}", p.describe());
+        }
+        let e = Expected::Shard("s2".into()).check(&shard).unwrap_err();
+        assert!(
+            e.contains("logplayer://shard/s1") && e.contains("shard s2"),
+            "{e}"
+        );
+        // A shard name grants no call.
+        assert!(crate::tls::authz::check(&shard, "/logplayer.v1.Shard/Dump").is_err());
     }
 }

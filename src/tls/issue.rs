@@ -164,8 +164,9 @@ fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
 pub const DEMO_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The certificates of a system on one machine (`demo`, `bench`, tests), in `dir`: one CA,
-/// and a leaf per component: `logstore` (replica), `shard` (serves only), `player`,
-/// `client` (writer of any `load-` id, and admin: the load driver and the checker).
+/// and a leaf per component: `logstore` (replica), `player`, `client` (writer of any
+/// `load-` id, and admin: the load driver and the checker), and one per shard, issued when
+/// it is first asked for ([`LocalCerts::shard`]).
 pub fn issue_local(dir: &Path) -> Result<LocalCerts, TlsError> {
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
         path: dir.to_owned(),
@@ -175,7 +176,6 @@ pub fn issue_local(dir: &Path) -> Result<LocalCerts, TlsError> {
     let v = DEMO_VALIDITY;
     Ok(LocalCerts {
         logstore: ca.write_leaf(dir, "logstore", &[(Role::Replica, "logstore")], v)?,
-        shard: ca.write_leaf(dir, "shard", &[], v)?,
         player: ca.write_leaf(dir, "player", &[(Role::Player, "player")], v)?,
         client: ca.write_leaf(
             dir,
@@ -184,6 +184,8 @@ pub fn issue_local(dir: &Path) -> Result<LocalCerts, TlsError> {
             v,
         )?,
         ca,
+        dir: dir.to_owned(),
+        issuing: std::sync::Mutex::new(()),
     })
 }
 
@@ -191,7 +193,31 @@ pub fn issue_local(dir: &Path) -> Result<LocalCerts, TlsError> {
 pub struct LocalCerts {
     pub ca: Ca,
     pub logstore: TlsFiles,
-    pub shard: TlsFiles,
     pub player: TlsFiles,
     pub client: TlsFiles,
+    dir: std::path::PathBuf,
+    /// One leaf written at a time (a shard's files are written once, by whoever asks first).
+    issuing: std::sync::Mutex<()>,
+}
+
+impl LocalCerts {
+    /// The certificate of the shard `id` (`logplayer://shard/ID`, serving only), issued on
+    /// first use as `shard-ID`.
+    pub fn shard(&self, id: &str) -> Result<TlsFiles, TlsError> {
+        let _one = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
+        let file: String = id
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
+                _ => '_',
+            })
+            .collect();
+        let name = format!("shard-{file}");
+        let files = TlsFiles::in_dir(&self.dir, &name);
+        if files.cert.exists() && files.key.exists() {
+            return Ok(files);
+        }
+        self.ca
+            .write_leaf(&self.dir, &name, &[(Role::Shard, id)], DEMO_VALIDITY)
+    }
 }

@@ -50,6 +50,15 @@ pub enum TlsError {
     },
     #[error("issuing a certificate: {0}")]
     Issue(String),
+    #[error(
+        "{cert}: cannot serve as {expected}: {reason}; its clients would refuse it (issue it \
+         with that name)"
+    )]
+    NotServer {
+        cert: PathBuf,
+        expected: identity::Expected,
+        reason: String,
+    },
 }
 
 /// The three PEM files of a TLS identity.
@@ -97,6 +106,9 @@ struct State {
     /// The files' contents it was built from.
     contents: [Vec<u8>; 3],
     checked: Instant,
+    /// What this process serves as ([`Tls::serve_as`]): a rotated certificate that does
+    /// not say so is not used.
+    serves_as: Option<identity::Expected>,
 }
 
 /// A TLS identity from files, read again when they change, or from PEM text held in
@@ -173,8 +185,27 @@ impl Tls {
                 loaded,
                 contents,
                 checked: Instant::now(),
+                serves_as: None,
             }),
         }))
+    }
+
+    /// Checks that this identity's certificate names what this process serves as (a log
+    /// replica, the shard with its id): clients refuse a server whose certificate does not.
+    /// From then on a rotated certificate that does not is warned about and not used.
+    pub fn serve_as(&self, expected: identity::Expected) -> Result<(), TlsError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let cert = self.cert_name();
+        serves(&cert, &state.contents[0], &expected)?;
+        state.serves_as = Some(expected);
+        Ok(())
+    }
+
+    /// The certificate file (or Secret) in messages.
+    fn cert_name(&self) -> PathBuf {
+        self.files
+            .as_ref()
+            .map_or_else(|| PathBuf::from("the certificate"), |f| f.cert.clone())
     }
 
     /// The files it reads (`None`: PEM text given once).
@@ -200,16 +231,21 @@ impl Tls {
             Ok([read(&files.cert)?, read(&files.key)?, read(&files.ca)?])
         };
         match read_all() {
-            Ok(contents) if contents != state.contents => match build(files, &contents) {
-                Ok(loaded) => {
-                    tracing::info!(cert = %files.cert.display(), "TLS files changed: new connections use them");
-                    state.loaded = Arc::new(loaded);
-                    state.contents = contents;
+            Ok(contents) if contents != state.contents => {
+                match build(files, &contents).and_then(|loaded| match &state.serves_as {
+                    Some(expected) => serves(&files.cert, &contents[0], expected).map(|()| loaded),
+                    None => Ok(loaded),
+                }) {
+                    Ok(loaded) => {
+                        tracing::info!(cert = %files.cert.display(), "TLS files changed: new connections use them");
+                        state.loaded = Arc::new(loaded);
+                        state.contents = contents;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS files changed but do not load; keeping the previous ones");
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS files changed but do not load; keeping the previous ones");
-                }
-            },
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "TLS files cannot be read; keeping the previous ones");
@@ -217,6 +253,20 @@ impl Tls {
         }
         state.loaded.clone()
     }
+}
+
+/// Whether the leaf of the PEM chain `pem` (from `cert`) names `expected`.
+fn serves(cert: &Path, pem: &[u8], expected: &identity::Expected) -> Result<(), TlsError> {
+    let leaf = certs(cert, pem)?;
+    let peer = leaf
+        .first()
+        .map(|c| identity::Peer::from_der(c))
+        .unwrap_or_default();
+    expected.check(&peer).map_err(|reason| TlsError::NotServer {
+        cert: cert.to_owned(),
+        expected: expected.clone(),
+        reason,
+    })
 }
 
 /// Builds both configurations from the files' contents.

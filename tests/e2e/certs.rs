@@ -52,7 +52,8 @@ pub async fn a_certificate_nearing_expiry_is_renewed_and_served(
     use logplayer::operator::certs::{RENEW_BEFORE, not_after};
     let secrets: Api<Secret> = Api::namespaced(h.client.clone(), DEMO_NS);
     let week = Duration::from_secs(7 * 24 * 3600);
-    let short = issuer.leaf(SECRET, &[], &["s0-shard.demo.svc"], week)?;
+    let names = [(logplayer::tls::identity::Role::Shard, "s0")];
+    let short = issuer.leaf(SECRET, &names, &["s0-shard.demo.svc"], week)?;
     secrets
         .patch(
             SECRET,

@@ -84,7 +84,7 @@ impl Shards {
     async fn connect(map: &ShardMap) -> anyhow::Result<Shards> {
         let mut conns = Vec::new();
         for s in &map.shards {
-            let c = ShardConn::connect(&s.addr)
+            let c = ShardConn::connect(&s.addr, None)
                 .await
                 .with_context(|| format!("connecting to shard {} at {}", s.id, s.addr))?;
             conns.push((s.id.clone(), c));

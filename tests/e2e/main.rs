@@ -548,9 +548,16 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
             ][..],
             true,
         ),
-        (&["watch", "pods", "-A"][..], true),
+        (&["list", "pods", "-A"][..], true),
         // The boundaries: no Lease but its own, no Roles, no other ClusterRole to bind, no
-        // Secrets listed, no pods deleted, no spec of a LogPlayer changed.
+        // Secrets listed, no pods deleted or watched, nothing read that it only applies,
+        // no spec of a LogPlayer changed.
+        (&["watch", "pods", "-A"][..], false),
+        (&["get", "services", "-n", DEMO_NS][..], false),
+        (
+            &["watch", "networkpolicies.networking.k8s.io", "-A"][..],
+            false,
+        ),
         (&["update", "leases", "-n", "kube-system"][..], false),
         (&["update", "leases", "-n", DEMO_NS][..], false),
         (&["update", "leases/other", "-n", OPERATOR_NS][..], false),
@@ -687,14 +694,28 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
         "-n",
         PROBE_NS,
     ])?;
+    let takeover = h.cp.dir().join("vap-takeover.json");
+    std::fs::write(
+        &takeover,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "theirs", "namespace": PROBE_NS,
+                         "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}}
+        })
+        .to_string(),
+    )?;
+    let takeover = takeover.display().to_string();
     let why = "only changes or deletes objects that already carry";
     for (args, allowed) in [
+        // A server-side apply, as the operator's writes are (`kubectl label` or `patch`
+        // would read the object first, which the operator may not).
         (
             &[
-                "label",
-                "configmap",
-                "theirs",
-                "app.kubernetes.io/managed-by=logplayer-operator",
+                "apply",
+                "--server-side",
+                "--field-manager=logplayer-operator",
+                "-f",
+                &takeover,
             ][..],
             false,
         ),

@@ -1322,7 +1322,11 @@ async fn run_probe(p: &Probe, c: &Container, ip: Ipv4Addr) -> bool {
         } else if let Some(g) = &p.grpc {
             use tonic_health::pb::health_client::HealthClient;
             use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-            let ch = logplayer::grpc::connect(&format!("{ip}:{}", g.port))
+            let server = match g.service.as_deref() {
+                Some(s) if s.contains("Shard") => logplayer::grpc::Expected::AnyShard,
+                _ => logplayer::grpc::Expected::Log,
+            };
+            let ch = logplayer::grpc::connect(&format!("{ip}:{}", g.port), &server)
                 .await
                 .ok()?;
             let r = HealthClient::new(ch)

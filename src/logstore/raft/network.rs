@@ -445,7 +445,7 @@ impl Peer {
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
-        let c = ReplicationClient::new(crate::grpc::lazy(endpoint))
+        let c = ReplicationClient::new(crate::grpc::lazy(endpoint, &crate::grpc::Expected::Log))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         self.client = Some(c.clone());

@@ -99,7 +99,9 @@ async fn joined_elsewhere(config: &ReplicaConfig) -> bool {
     use crate::proto::log_store_client::LogStoreClient;
     for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
         let ask = async {
-            let channel = crate::grpc::connect(addr).await.ok()?;
+            let channel = crate::grpc::connect(addr, &crate::grpc::Expected::Log)
+                .await
+                .ok()?;
             let b = LogStoreClient::new(channel)
                 .bounds(BoundsRequest {})
                 .await
