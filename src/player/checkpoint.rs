@@ -31,13 +31,19 @@ impl Shared {
                 && last_checkpoint.elapsed() >= self.config.checkpoint_interval
             {
                 last_checkpoint = tokio::time::Instant::now();
-                self.checkpoint(store.as_ref(), known, &ids).await;
+                // A stop does not wait for it: the last checkpoint below saves again.
+                tokio::select! {
+                    () = self.checkpoint(store.as_ref(), known, &ids, true) => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
             }
         }
-        // A last checkpoint on the way out, so a successor starts from fresh cursors.
+        // A last checkpoint on the way out, so a successor starts from fresh cursors. It
+        // leaves retention to the successor: a LogStore that does not answer would hold up
+        // the stop for a whole `RETAIN_WAIT`.
         if let Some(store) = &cursors {
             let known = self.refresh_gauges();
-            self.checkpoint(store.as_ref(), known, &ids).await;
+            self.checkpoint(store.as_ref(), known, &ids, false).await;
         }
     }
 
@@ -76,11 +82,14 @@ impl Shared {
         (acked, covered)
     }
 
+    /// Saves the cursors, then (with `--retain-log`, and `retain`) lets the LogStore drop
+    /// what every shard acknowledged.
     async fn checkpoint(
         &self,
         store: &dyn CursorStore,
         (acked, covered): (BTreeMap<String, u64>, BTreeMap<String, u64>),
         ids: &[String],
+        retain: bool,
     ) {
         let log_ids = acked
             .keys()
@@ -96,7 +105,7 @@ impl Shared {
             tracing::warn!(error = %e, "could not save the ack cursors");
             return;
         }
-        if !self.config.retain_log {
+        if !self.config.retain_log || !retain {
             return;
         }
         // Only what every shard acknowledged, per the stored (merged) cursors, may go.
