@@ -1,7 +1,8 @@
 //! The command line as a user meets it: a user error is one line on stderr (no backtrace,
 //! whatever `RUST_BACKTRACE` says) with exit code 1, and logs written to a pipe carry no
 //! ANSI colour codes; `LOGPLAYER_INSECURE` reads as a boolean does elsewhere, and
-//! `LOGPLAYER_RUNTIME` takes one of two runtimes; `--preallocate` reaches the WAL.
+//! `LOGPLAYER_RUNTIME` takes one of two runtimes; `--preallocate` reaches the WAL; an address
+//! or id that cannot work stops a process at start.
 
 mod common;
 
@@ -26,6 +27,57 @@ fn a_user_error_is_one_plain_line_with_exit_code_one() {
         !stderr.contains('\u{1b}'),
         "ANSI codes in a pipe: {stderr:?}"
     );
+}
+
+/// Addresses nobody can dial and ids a map would refuse stop a process at start, naming
+/// the value (they used to start and retry forever, or serve under an id no map can name).
+#[test]
+fn an_address_or_id_that_cannot_work_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d").display().to_string();
+    for (args, says) in [
+        (
+            vec![
+                "player",
+                "--logstore",
+                "127.0.0.1:99999",
+                "--shard",
+                "s0=127.0.0.1:7100",
+            ],
+            "LogStore address \"127.0.0.1:99999\"",
+        ),
+        (
+            vec![
+                "player",
+                "--logstore",
+                "127.0.0.1:7000",
+                "--shard",
+                "s0=localhost",
+            ],
+            "shard s0: address",
+        ),
+        (
+            vec![
+                "shard",
+                "--id",
+                "a/b",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                &data,
+            ],
+            "shard id must be non-empty",
+        ),
+    ] {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -354,50 +354,119 @@ async fn a_server_whose_certificate_is_not_the_expected_one_gets_no_call() {
     assert_eq!(applied, 0, "the impostor was delivered entries");
 }
 
-/// A server refuses to start with a certificate that does not name what it serves: a shard
-/// with another shard's, a LogStore with a shard's, each naming the certificate and the
-/// name it lacks.
+/// A process refuses to start with a certificate its peers would refuse, naming the file
+/// and what is wrong: a shard with another shard's, a LogStore with a shard's, a player
+/// without the player role, an expired certificate, a CA file that did not issue it (a
+/// leaf given as the CA).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_refuses_to_start_with_a_certificate_that_does_not_name_it() {
+async fn a_process_refuses_to_start_with_a_certificate_its_peers_would_refuse() {
     let dir = certs_dir();
     let data = tempfile::tempdir().unwrap();
-    let tls = |name: &str| TlsFiles::in_dir(dir, name).flags();
     let d = data.path().display().to_string();
-    let shard: Vec<String> = [
-        "shard",
-        "--id",
-        "s1",
-        "--data",
-        &d,
-        "--listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(tls("shard-s0"))
-    .collect();
-    let logstore: Vec<String> = ["logstore", "--data", &d, "--listen", "127.0.0.1:0"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(tls("shard-s0"))
-        .collect();
-    for (args, lacks) in [
-        (shard, "cannot serve as logplayer://shard/s1 (shard s1)"),
+    let ca = Ca::from_pem(logplayer::tls::issue::Pem {
+        cert: std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        key: std::fs::read_to_string(dir.join("ca.key")).unwrap(),
+    })
+    .unwrap();
+    let own = tempfile::tempdir().unwrap();
+    let expired = ca
+        .write_leaf(
+            own.path(),
+            "expired",
+            &[(Role::Shard, "s0")],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut leaf_as_ca = TlsFiles::in_dir(dir, "shard-s0");
+    leaf_as_ca.ca = dir.join("player.crt");
+    let files = |name: &str| TlsFiles::in_dir(dir, name);
+    let shard = |id: &'static str| {
+        vec![
+            "shard",
+            "--id",
+            id,
+            "--data",
+            d.as_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ]
+    };
+    let logstore = vec!["logstore", "--data", &d, "--listen", "127.0.0.1:0"];
+    let player = vec![
+        "player",
+        "--logstore",
+        "127.0.0.1:1",
+        "--shard",
+        "s0=127.0.0.1:2",
+    ];
+    for (args, tls, says) in [
         (
-            logstore,
-            "cannot serve as logplayer://replica/* (a log replica)",
+            shard("s1"),
+            files("shard-s0"),
+            vec![
+                "cannot serve as logplayer://shard/s1 (shard s1)",
+                "grants logplayer://shard/s0",
+            ],
+        ),
+        (
+            logstore.clone(),
+            files("shard-s0"),
+            vec![
+                "cannot serve as logplayer://replica/* (a log replica)",
+                "shard-s0.crt",
+            ],
+        ),
+        (
+            player,
+            files("client"),
+            vec![
+                "cannot act as a player (logplayer://player/NAME)",
+                "client.crt",
+            ],
+        ),
+        (
+            shard("s0"),
+            expired,
+            vec!["expired.crt", "certificate expired"],
+        ),
+        (
+            shard("s0"),
+            leaf_as_ca,
+            vec!["not issued by a CA in the CA file", "player.crt"],
         ),
     ] {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, _, stderr) = run_secure(&args).await;
-        assert!(!ok, "{args:?} started");
-        assert!(
-            stderr.contains(lacks)
-                && stderr.contains("shard-s0.crt")
-                && stderr.contains("logplayer://shard/s0"),
-            "{stderr}"
-        );
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(tls.flags());
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (ok, _, stderr) = run_secure(&all).await;
+        assert!(!ok, "{all:?} started");
+        for s in says {
+            assert!(stderr.contains(s), "{all:?}: no {s:?} in\n{stderr}");
+        }
     }
+}
+
+/// A TLS client dialing a server that speaks plaintext is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dialing_a_plaintext_server_is_told_so() {
+    certs_dir();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            // What an HTTP/2 server sends first: a SETTINGS frame, not a TLS record.
+            let _ = tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let e = logplayer::client::Log::connect(&addr).await.err().unwrap();
+    assert!(
+        e.to_string()
+            .contains("does not speak TLS (does it run --insecure?)"),
+        "{e}"
+    );
 }
 
 /// The server certificate each new connection to `server` at `addr` is shown.

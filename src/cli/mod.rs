@@ -56,8 +56,10 @@ pub struct Cli {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TlsArgs {
     /// This process's certificate chain (PEM, leaf first). Its roles are `logplayer://ROLE/NAME`
-    /// URI subject alternative names: writer, player, replica, admin. The three files are
-    /// read again when they change: new connections use the new ones.
+    /// URI subject alternative names: writer, player, replica (every LogStore), admin, shard
+    /// (`shard/ID`, each shard server). It must verify against --tls-ca and name what the
+    /// process is. The three files are read again when they change: new connections use the
+    /// new ones.
     #[arg(long, global = true, env = "LOGPLAYER_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
     tls_cert: Option<std::path::PathBuf>,
     /// This process's private key (PEM).
@@ -228,6 +230,15 @@ pub async fn main() -> std::process::ExitCode {
 /// An error and its causes on one line (see [`crate::grpc::one_line`]).
 fn one_line(e: &anyhow::Error) -> String {
     crate::grpc::one_line(e.as_ref())
+}
+
+/// Refuses to run over TLS with a certificate that does not name what this process is
+/// (see [`crate::tls::Tls::require`]); nothing to check in plaintext.
+pub(crate) fn require(needed: crate::tls::identity::Fit) -> anyhow::Result<()> {
+    match crate::tls::process() {
+        Some(tls) => Ok(tls.require(needed)?),
+        None => Ok(()),
+    }
 }
 
 /// A token cancelled on SIGTERM or SIGINT.

@@ -8,8 +8,15 @@ use crate::player::{self, args::PlayerArgs};
 
 /// Runs a player until SIGTERM.
 pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
+    // A player without the role would take the lease and deliver nothing: every log and
+    // shard call it makes needs it.
+    super::require(crate::tls::identity::Fit::Act(
+        crate::tls::identity::Role::Player,
+    ))?;
     let identity = a.identity.clone().unwrap_or_else(default_identity);
     let config = a.player_config(a.shard_map()?, &identity);
+    // Before the metrics port and the lease: a setting that cannot work stops it here.
+    config.validate()?;
     let stats = std::sync::Arc::new(player::PlayerStats::default());
     let shutdown = on_signal();
     if let Some(addr) = &a.metrics_listen {

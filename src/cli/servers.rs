@@ -276,10 +276,7 @@ fn replica_id_of_pod(pod: &str) -> anyhow::Result<u64> {
 /// Refuses to serve as `expected` over TLS with a certificate that does not name it
 /// (every client would refuse the server).
 fn serve_as(expected: crate::grpc::Expected) -> anyhow::Result<()> {
-    match crate::tls::process() {
-        Some(tls) => Ok(tls.serve_as(expected)?),
-        None => Ok(()),
-    }
+    super::require(crate::tls::identity::Fit::Serve(expected))
 }
 
 /// Runs the LogStore: a single node, or one replica of a Raft group with --id and --peers.
@@ -392,6 +389,7 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             let (Some(id), Some(data)) = (a.id, a.data) else {
                 bail!("shard needs --id and --data");
             };
+            crate::routing::check_id(&id).context("--id")?;
             a.callers.install()?;
             serve_as(crate::grpc::Expected::Shard(id.clone()))?;
             let mut store = shard::any::AnyStore::open(&data, a.store)

@@ -12,7 +12,7 @@
 //! - `shard_reconnects_total{shard}`, `shard_recoveries_total{shard}` (counters),
 //! - `player_current_index` (gauge), `player_dispatched_entries_total` (counter),
 //! - `shard_refused{shard,reason}` (gauge: 1 while the shard refuses this player for
-//!   `reason` — `wrong-shard`, `wrong-log`, `entry-limit`, `entry-too-large`, `invalid` —
+//!   `reason` — `wrong-shard`, `wrong-log`, `entry-limit`, `entry-too-large`, `invalid`, `forbidden` —
 //!   and 0 once it accepts again), `player_read_stalled` (gauge: 1 while the main stream
 //!   cannot read the next entry). Each such problem is also listed by `/readyz` and logged
 //!   at ERROR once when it starts.

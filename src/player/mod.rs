@@ -134,6 +134,11 @@ impl PlayerConfig {
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad("backoff must be positive and max >= min");
         }
+        for addr in self.logstore.split(',').map(str::trim) {
+            if let Err(e) = crate::routing::check_addr(addr) {
+                return bad(&format!("LogStore address {addr:?} is not HOST:PORT ({e})"));
+            }
+        }
         Ok(())
     }
 }
@@ -332,18 +337,19 @@ impl Player {
             });
         }
         tracing::info!(log_id = %bounds.log_id, first = bounds.first, last = bounds.last, "LogStore answered");
-        let applied = probe_shards(&config, &bounds.log_id).await;
+        let probed = probe_shards(&config, &bounds.log_id).await;
+        let applied: Vec<Option<u64>> = probed.iter().map(|p| p.as_ref().ok().copied()).collect();
         // No shard answered: start at the log's head; each shard catches up by a recovery
         // stream when it connects.
         let start = match applied.iter().flatten().min() {
             Some(&min) => min + 1,
             None => bounds.last + 1,
         };
-        for (s, a) in config.shards.shards.iter().zip(&applied) {
-            match a {
-                Some(a) => tracing::info!(shard = %s.id, applied = a, "shard reported"),
-                None => {
-                    tracing::warn!(shard = %s.id, "shard did not answer at startup; it will catch up when it connects")
+        for (s, p) in config.shards.shards.iter().zip(&probed) {
+            match p {
+                Ok(a) => tracing::info!(shard = %s.id, applied = a, "shard reported"),
+                Err(reason) => {
+                    tracing::warn!(shard = %s.id, addr = %s.addr, %reason, "shard's applied index unknown at startup; it will catch up when it connects")
                 }
             }
         }
@@ -449,26 +455,34 @@ async fn log_bounds(
 }
 
 /// Asks every shard its applied index (for up to `startup_probe`). A shard that does not
-/// answer, or answers as another shard or for another log, counts as unknown: its sender
-/// sorts it out when it connects.
-async fn probe_shards(config: &PlayerConfig, log_id: &str) -> Vec<Option<u64>> {
+/// answer, or answers as another shard or for another log, counts as unknown (`Err` says
+/// why): its sender sorts it out when it connects.
+async fn probe_shards(config: &PlayerConfig, log_id: &str) -> Vec<Result<u64, String>> {
     let probes = config.shards.shards.iter().map(|s| {
         let wait = config.startup_probe;
         async move {
             let ask = async {
                 let ch = grpc::connect(&s.addr, &grpc::Expected::Shard(s.id.clone()))
                     .await
-                    .ok()?;
-                let r = ShardClient::new(ch).applied(AppliedRequest {}).await.ok()?;
-                Some(r.into_inner())
+                    .map_err(|e| e.to_string())?;
+                let r = ShardClient::new(ch)
+                    .applied(AppliedRequest {})
+                    .await
+                    .map_err(|st| format!("{}: {}", st.code(), st.message()))?;
+                Ok::<_, String>(r.into_inner())
             };
-            let r = tokio::time::timeout(wait, ask).await.ok().flatten()?;
+            let r = tokio::time::timeout(wait, ask)
+                .await
+                .map_err(|_| format!("no answer within {wait:?}"))??;
             let other_log = !r.log_id.is_empty() && r.log_id != log_id;
             if r.shard_id != s.id || other_log {
-                tracing::warn!(shard = %s.id, addr = %s.addr, reported_shard = %r.shard_id, reported_log = %r.log_id, "the shard at this address is not the one the map names, or applies another log; ignoring its applied index");
-                return None;
+                return Err(format!(
+                    "the shard at this address reports shard {:?} of log {:?}, not the one the \
+                     map names, or applies another log",
+                    r.shard_id, r.log_id
+                ));
             }
-            Some(r.applied_index)
+            Ok(r.applied_index)
         }
     });
     futures::future::join_all(probes).await

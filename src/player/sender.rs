@@ -22,10 +22,16 @@ impl Shared {
     pub(super) async fn sender(self: Arc<Self>, t: usize) {
         let target = &self.targets[t];
         let mut retry = backoff(&self.config, &format!("sender {}", target.id));
+        // The last reason a stream broke, reported at WARN once (again only when it
+        // changes), so that an unreachable shard says why without a line per retry.
+        let mut last_broken: Option<String> = None;
         while !self.shutdown.is_cancelled() {
             let mut slow = false;
             match self.deliver_session(t).await {
-                Ok(()) => retry = backoff(&self.config, &format!("sender {}", target.id)),
+                Ok(()) => {
+                    retry = backoff(&self.config, &format!("sender {}", target.id));
+                    last_broken = None;
+                }
                 Err(SessionEnd::Fenced { message, highest }) => {
                     self.fail(PlayerError::Fenced {
                         shard: target.id.clone(),
@@ -39,7 +45,12 @@ impl Shared {
                     slow = true;
                 }
                 Err(SessionEnd::Broken(reason)) => {
-                    tracing::debug!(shard = %target.id, %reason, "delivery stream ended");
+                    if last_broken.as_deref() == Some(reason.as_str()) {
+                        tracing::debug!(shard = %target.id, %reason, "delivery stream ended");
+                    } else {
+                        tracing::warn!(shard = %target.id, addr = %target.addr, %reason, "no delivery stream to the shard; retrying");
+                        last_broken = Some(reason);
+                    }
                 }
             }
             lock(&target.queue).suspend();
@@ -382,7 +393,8 @@ pub(super) fn classify(status: tonic::Status) -> SessionEnd {
             | Reason::WrongLog
             | Reason::EntryLimit
             | Reason::EntryTooLarge
-            | Reason::Invalid),
+            | Reason::Invalid
+            | Reason::Forbidden),
         ) => SessionEnd::Refused {
             reason,
             message: status.message().to_owned(),

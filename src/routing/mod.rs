@@ -56,6 +56,12 @@ pub enum RoutingError {
     },
     #[error("shard id must be non-empty and use only [A-Za-z0-9._-], got {0:?}")]
     BadId(String),
+    #[error("shard {shard}: address {addr:?} is not HOST:PORT ({reason})")]
+    BadAddr {
+        shard: String,
+        addr: String,
+        reason: String,
+    },
     #[error("reading shard map {path}: {source}")]
     Read {
         path: String,
@@ -68,8 +74,10 @@ pub enum RoutingError {
     },
 }
 
-/// One shard as a map declares it.
+/// One shard as a map declares it. A field it does not know (`slot:` for `slots:`) is an
+/// error, not ignored: ignored, it would route keys to other shards than intended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MapEntry {
     pub id: String,
     pub addr: String,
@@ -78,8 +86,9 @@ pub struct MapEntry {
     pub slots: Vec<String>,
 }
 
-/// A shard map file: the YAML form of a map.
+/// A shard map file: the YAML form of a map (unknown fields refused, as in [`MapEntry`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MapFile {
     #[serde(default = "one")]
     pub version: u64,
@@ -210,22 +219,65 @@ impl ShardMap {
     }
 }
 
-/// Every id non-empty, of `[A-Za-z0-9._-]`, and unique.
+/// A shard id: non-empty, of `[A-Za-z0-9._-]` (the map's, and a shard server's `--id`).
+pub fn check_id(id: &str) -> Result<(), RoutingError> {
+    let valid = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(RoutingError::BadId(id.to_owned()))
+    }
+}
+
+/// Every id valid and unique; every address valid and unique.
 fn check_ids(shards: &[MapEntry]) -> Result<(), RoutingError> {
     let mut seen = std::collections::HashSet::new();
     for s in shards {
-        let valid = !s.id.is_empty()
-            && s.id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if !valid {
-            return Err(RoutingError::BadId(s.id.clone()));
-        }
+        check_id(&s.id)?;
         if !seen.insert(s.id.clone()) {
             return Err(RoutingError::DuplicateId(s.id.clone()));
         }
+        check_addr(&s.addr).map_err(|reason| RoutingError::BadAddr {
+            shard: s.id.clone(),
+            addr: s.addr.clone(),
+            reason,
+        })?;
     }
     check_addrs(shards)
+}
+
+/// Whether `addr` (`HOST:PORT`, or `http://HOST:PORT`) is an address a client can dial: a
+/// host, and a port from 1 to 65535. Checked when a configuration is read, so that a typo
+/// is an error at start rather than a connection that fails forever.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let bare = match addr.split_once("://") {
+        Some(("http" | "https", rest)) => rest,
+        Some((scheme, _)) => return Err(format!("scheme {scheme:?}: use http:// or none")),
+        None => addr,
+    };
+    let bare = bare.trim_end_matches('/');
+    if bare.contains(['/', ',', '?', '#']) || bare.chars().any(char::is_whitespace) {
+        return Err("it holds a path, a comma or a space: give one address".into());
+    }
+    let Some((host, port)) = bare.rsplit_once(':') else {
+        return Err("no port".into());
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        return Err("more than one ':' (an IPv6 host goes in brackets: [::1]:7000)".into());
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("port {port:?} is not a number from 1 to 65535")),
+    }
+    http::Uri::try_from(normalize_addr(bare)).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// One address per shard, compared without its scheme (`http://h:1` and `h:1` are one).
@@ -259,6 +311,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_address_a_client_cannot_dial_is_refused_when_the_map_is_read() {
+        for good in [
+            "h:1",
+            "127.0.0.1:7100",
+            "http://s0-shard.demo.svc:7100",
+            "[::1]:7000",
+        ] {
+            assert!(check_addr(good).is_ok(), "{good}");
+        }
+        for (bad, says) in [
+            ("127.0.0.1:99999", "1 to 65535"),
+            ("127.0.0.1:0", "1 to 65535"),
+            ("localhost", "no port"),
+            ("127.0.0.1:7100:5", "more than one ':'"),
+            ("h:1,h:2", "a comma"),
+            ("not an address:1", "a space"),
+            ("grpc://h:1", "scheme"),
+            (":7100", "no host"),
+        ] {
+            let e = check_addr(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = ShardMap::from_specs(&["a=h:1", "b=localhost"]).unwrap_err();
+        assert!(e.to_string().contains("shard b: address"), "{e}");
+    }
+
+    #[test]
+    fn a_map_field_it_does_not_know_is_an_error_not_an_even_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map.yaml");
+        std::fs::write(
+            &path,
+            "shards:\n  - id: a\n    addr: h:1\n    slot: [\"0-1000\"]\n  - id: b\n    addr: h:2\n",
+        )
+        .unwrap();
+        let e = ShardMap::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("unknown field `slot`"), "{e}");
+    }
+
+    #[test]
     fn even_split_covers_every_slot_once() {
         let m = ShardMap::from_specs(&["a=h:1", "b=h:2", "c=h:3"]).unwrap();
         assert_eq!(m.shards[0].slots, vec!["0-5460"]);
@@ -281,30 +373,30 @@ mod tests {
 
     #[test]
     fn overlapping_missing_and_malformed_ranges_are_named() {
-        let e = ShardMap::from_specs(&["a=h@0-100", "b=hb@100-16383"]).unwrap_err();
+        let e = ShardMap::from_specs(&["a=h:1@0-100", "b=hb:2@100-16383"]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "shards do not own every slot exactly once: slots 100-100 are owned by both shard \"a\" and shard \"b\""
         );
-        let e = ShardMap::from_specs(&["a=h@0-100", "b=hb@200-16383"]).unwrap_err();
+        let e = ShardMap::from_specs(&["a=h:1@0-100", "b=hb:2@200-16383"]).unwrap_err();
         assert!(
             e.to_string()
                 .ends_with("slots 101-199 are owned by no shard"),
             "{e}"
         );
-        let e = ShardMap::from_specs(&["a=h@5-1"]).unwrap_err();
+        let e = ShardMap::from_specs(&["a=h:1@5-1"]).unwrap_err();
         assert!(
             e.to_string()
                 .contains("slot range 5-1 starts after it ends"),
             "{e}"
         );
-        let e = ShardMap::from_specs(&["a=h@0-16384"]).unwrap_err();
+        let e = ShardMap::from_specs(&["a=h:1@0-16384"]).unwrap_err();
         assert!(e.to_string().contains("slots go from 0 to 16383"), "{e}");
-        let e = ShardMap::from_specs(&["a=h@x-3"]).unwrap_err();
+        let e = ShardMap::from_specs(&["a=h:1@x-3"]).unwrap_err();
         assert!(e.to_string().contains("\"x\" is not a slot number"), "{e}");
         // Ranges of a map may come in any order.
-        ShardMap::from_specs(&["a=h@200-16383,0-99", "b=hb@100-199"]).unwrap();
-        let e = ShardMap::from_specs(&["a=h", "a=h"]).unwrap_err();
+        ShardMap::from_specs(&["a=h:1@200-16383,0-99", "b=hb:2@100-199"]).unwrap();
+        let e = ShardMap::from_specs(&["a=h:1", "a=h:1"]).unwrap_err();
         assert!(matches!(e, RoutingError::DuplicateId(_)));
         for (a, b) in [
             ("a=127.0.0.1:7101", "b=127.0.0.1:7101"),

@@ -72,7 +72,18 @@ pub async fn dial(
         .or_else(|_| ServerName::try_from("logplayer".to_owned()))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let connector = tokio_rustls::TlsConnector::from(tls.current().client.clone());
-    let io = connector.connect(name, tcp).await?;
+    let io = connector.connect(name, tcp).await.map_err(|e| {
+        if super::is_plaintext_peer(&e) {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}: the server at {authority} does not speak TLS (does it run --insecure?)"
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     let peer = io
         .get_ref()
         .1

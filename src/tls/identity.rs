@@ -180,6 +180,39 @@ impl fmt::Display for Expected {
     }
 }
 
+/// What this process's own certificate must name (checked at start and on every rotation,
+/// see `Tls::require`): a server must be what its clients expect, a client must hold the
+/// role its calls need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fit {
+    /// Serve as this (a log replica, the shard with its id).
+    Serve(Expected),
+    /// Call with this role (a player).
+    Act(Role),
+}
+
+impl Fit {
+    pub fn check(&self, me: &Peer) -> Result<(), String> {
+        match self {
+            Fit::Serve(expected) => expected.check(me),
+            Fit::Act(role) if me.has(*role) => Ok(()),
+            Fit::Act(role) => Err(format!(
+                "the certificate grants {}, no {role} name",
+                me.describe()
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Fit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fit::Serve(expected) => write!(f, "serve as {expected}"),
+            Fit::Act(role) => write!(f, "act as a {role} ({})", role.uri("NAME")),
+        }
+    }
+}
+
 /// A peer whose certificate carries `uris` (for tests of the rules).
 #[cfg(test)]
 pub(crate) fn peer_with(uris: &[&str]) -> Peer {

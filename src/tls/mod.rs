@@ -51,12 +51,11 @@ pub enum TlsError {
     #[error("issuing a certificate: {0}")]
     Issue(String),
     #[error(
-        "{cert}: cannot serve as {expected}: {reason}; its clients would refuse it (issue it \
-         with that name)"
+        "{cert}: cannot {needed}: {reason}; its peers would refuse it (issue it with that name)"
     )]
-    NotServer {
+    Unfit {
         cert: PathBuf,
-        expected: identity::Expected,
+        needed: identity::Fit,
         reason: String,
     },
 }
@@ -106,9 +105,9 @@ struct State {
     /// The files' contents it was built from.
     contents: [Vec<u8>; 3],
     checked: Instant,
-    /// What this process serves as ([`Tls::serve_as`]): a rotated certificate that does
-    /// not say so is not used.
-    serves_as: Option<identity::Expected>,
+    /// What this process's certificate must name ([`Tls::require`]): a rotated certificate
+    /// that does not is not used.
+    needed: Option<identity::Fit>,
 }
 
 /// A TLS identity from files, read again when they change, or from PEM text held in
@@ -185,19 +184,19 @@ impl Tls {
                 loaded,
                 contents,
                 checked: Instant::now(),
-                serves_as: None,
+                needed: None,
             }),
         }))
     }
 
-    /// Checks that this identity's certificate names what this process serves as (a log
-    /// replica, the shard with its id): clients refuse a server whose certificate does not.
-    /// From then on a rotated certificate that does not is warned about and not used.
-    pub fn serve_as(&self, expected: identity::Expected) -> Result<(), TlsError> {
+    /// Checks that this identity's certificate names what this process is (a log replica,
+    /// the shard with its id, a player): its peers refuse it otherwise. From then on a
+    /// rotated certificate that does not is warned about and not used.
+    pub fn require(&self, needed: identity::Fit) -> Result<(), TlsError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let cert = self.cert_name();
-        serves(&cert, &state.contents[0], &expected)?;
-        state.serves_as = Some(expected);
+        fits(&cert, &state.contents[0], &needed)?;
+        state.needed = Some(needed);
         Ok(())
     }
 
@@ -232,8 +231,8 @@ impl Tls {
         };
         match read_all() {
             Ok(contents) if contents != state.contents => {
-                match build(files, &contents).and_then(|loaded| match &state.serves_as {
-                    Some(expected) => serves(&files.cert, &contents[0], expected).map(|()| loaded),
+                match build(files, &contents).and_then(|loaded| match &state.needed {
+                    Some(needed) => fits(&files.cert, &contents[0], needed).map(|()| loaded),
                     None => Ok(loaded),
                 }) {
                     Ok(loaded) => {
@@ -255,16 +254,16 @@ impl Tls {
     }
 }
 
-/// Whether the leaf of the PEM chain `pem` (from `cert`) names `expected`.
-fn serves(cert: &Path, pem: &[u8], expected: &identity::Expected) -> Result<(), TlsError> {
+/// Whether the leaf of the PEM chain `pem` (from `cert`) names what is `needed`.
+fn fits(cert: &Path, pem: &[u8], needed: &identity::Fit) -> Result<(), TlsError> {
     let leaf = certs(cert, pem)?;
     let peer = leaf
         .first()
         .map(|c| identity::Peer::from_der(c))
         .unwrap_or_default();
-    expected.check(&peer).map_err(|reason| TlsError::NotServer {
+    needed.check(&peer).map_err(|reason| TlsError::Unfit {
         cert: cert.to_owned(),
-        expected: expected.clone(),
+        needed: needed.clone(),
         reason,
     })
 }
@@ -275,7 +274,12 @@ fn build(files: &TlsFiles, contents: &[Vec<u8>; 3]) -> Result<Loaded, TlsError> 
     let chain = certs(&files.cert, cert)?;
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
         path: files.key.clone(),
-        reason: format!("no private key: {e}"),
+        reason: if key.windows(9).any(|w| w == b"ENCRYPTED") {
+            "the private key is encrypted; give it unencrypted (PEM, PKCS#8, PKCS#1 or SEC1)"
+                .to_owned()
+        } else {
+            format!("no private key: {e}")
+        },
     })?;
     let mut roots = RootCertStore::empty();
     for c in certs(&files.ca, ca)? {
@@ -295,18 +299,34 @@ fn build(files: &TlsFiles, contents: &[Vec<u8>; 3]) -> Result<Loaded, TlsError> 
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|e| config_err(&e))?;
+    let verifier_for_self = verifier.clone();
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| config_err(&e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|e| config_err(&e))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => config_err(
+                &"the key is not the key of the first certificate in the certificate file (is it \
+                  this certificate's key? the chain file must list its own certificate first, \
+                  then any intermediates)",
+            ),
+            e => config_err(&e),
+        })?;
     server.alpn_protocols = vec![b"h2".to_vec()];
     let ca_only = CaOnly(
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| config_err(&e))?,
     );
+    own_chain_verifies(&ca_only, verifier_for_self.as_ref(), &chain).map_err(|reason| {
+        TlsError::Config {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            ca: files.ca.clone(),
+            reason,
+        }
+    })?;
     let mut client = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| config_err(&e))?
@@ -319,6 +339,61 @@ fn build(files: &TlsFiles, contents: &[Vec<u8>; 3]) -> Result<Loaded, TlsError> 
         server: Arc::new(server),
         client: Arc::new(client),
     })
+}
+
+/// Whether a failed handshake is the peer speaking plaintext (its first bytes are not a
+/// TLS record): a process run with `--insecure` on the other side.
+pub(crate) fn is_plaintext_peer(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        })
+}
+
+/// Whether this process's own chain verifies against its own CA file, as its peers will
+/// check it: a certificate that expired or is not yet valid, or a CA file that did not
+/// issue it (a leaf given as the CA, another CA), would otherwise start and then fail every
+/// handshake with a message on the peer's side only. A certificate is accepted if it
+/// verifies as a server's or as a client's (one made for a single purpose is fine).
+fn own_chain_verifies(
+    as_server: &CaOnly,
+    as_client: &dyn rustls::server::danger::ClientCertVerifier,
+    chain: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err("the certificate file holds no certificate".into());
+    };
+    let now = UnixTime::now();
+    let name = ServerName::try_from("logplayer").map_err(|e| e.to_string())?;
+    let server = as_server.verify_server_cert(leaf, intermediates, &name, &[], now);
+    let client = as_client.verify_client_cert(leaf, intermediates, now);
+    let purpose = |e: &rustls::Error| {
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
+            )
+        )
+    };
+    match (server, client) {
+        (Ok(_), _) | (_, Ok(_)) => Ok(()),
+        // Made for one purpose: the other check's complaint is the one that matters.
+        (Err(s), Err(c)) => Err(match if purpose(&s) { c } else { s } {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                "this process's certificate was not issued by a CA in the CA file (is --tls-ca \
+                 the CA that issued it? a leaf certificate given as the CA does not count)"
+                    .to_owned()
+            }
+            rustls::Error::InvalidCertificate(e) => {
+                format!("this process's certificate does not verify against the CA file: {e}")
+            }
+            e => format!("this process's certificate does not verify against the CA file: {e}"),
+        }),
+    }
 }
 
 /// Verifies a server's chain against the CA, signatures and validity included, and ignores

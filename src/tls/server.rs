@@ -80,6 +80,9 @@ pub fn incoming(
                     Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         tracing::debug!(%remote, "a connection closed before its TLS handshake");
                     }
+                    Ok(Err(e)) if super::is_plaintext_peer(&e) => {
+                        tracing::warn!(%remote, error = %e, "refused a connection: the client does not speak TLS (does it run --insecure?)");
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(%remote, error = %e, "refused a connection: TLS handshake failed");
                     }
