@@ -180,7 +180,8 @@ impl CallerLimits {
 pub struct ShardArgs {
     #[command(subcommand)]
     action: Option<ShardAction>,
-    /// Shard id (as in the player's shard map).
+    /// Shard id (as in the player's shard map: [A-Za-z0-9._-]). Over TLS the certificate
+    /// must name it (logplayer://shard/ID).
     #[arg(long, env = "LOGPLAYER_SHARD_ID", required = true)]
     id: Option<String>,
     /// Directory of the shard's database.
