@@ -356,7 +356,7 @@ async fn a_server_whose_certificate_is_not_the_expected_one_gets_no_call() {
 
 /// A process refuses to start with a certificate its peers would refuse, naming the file
 /// and what is wrong: a shard with another shard's, a LogStore with a shard's, a player
-/// without the player role, an expired certificate, a CA file that did not issue it (a
+/// without the player role, `load` without a writer name for its ids, an expired certificate, a CA file that did not issue it (a
 /// leaf given as the CA).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_refuses_to_start_with_a_certificate_its_peers_would_refuse() {
@@ -423,6 +423,14 @@ async fn a_process_refuses_to_start_with_a_certificate_its_peers_would_refuse() 
             vec![
                 "cannot act as a player (logplayer://player/NAME)",
                 "client.crt",
+            ],
+        ),
+        (
+            vec!["load", "--logstore", "127.0.0.1:1"],
+            files("tm1"),
+            vec![
+                "cannot append as writer ids load-... (logplayer://writer/load-*)",
+                "tm1.crt",
             ],
         ),
         (

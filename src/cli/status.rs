@@ -171,9 +171,9 @@ async fn ask_log(addr: &str, wait: Duration) -> Result<BoundsResponse, String> {
     ask(wait, async { Log::connect(addr).await?.describe().await }).await
 }
 
-async fn ask_shard(addr: &str, wait: Duration) -> Result<AppliedResponse, String> {
+async fn ask_shard(addr: &str, id: &str, wait: Duration) -> Result<AppliedResponse, String> {
     ask(wait, async {
-        ShardConn::connect(addr, None).await?.applied().await
+        ShardConn::connect(addr, Some(id)).await?.applied().await
     })
     .await
 }
@@ -237,8 +237,12 @@ async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
         },
     };
     let replicas = gather_replicas(a, &log).await;
-    let answers =
-        futures::future::join_all(map.shards.iter().map(|s| ask_shard(&s.addr, a.timeout))).await;
+    let answers = futures::future::join_all(
+        map.shards
+            .iter()
+            .map(|s| ask_shard(&s.addr, &s.id, a.timeout)),
+    )
+    .await;
     let shards: Vec<ShardView> = map
         .shards
         .iter()

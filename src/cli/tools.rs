@@ -183,6 +183,9 @@ pub async fn run_demo(a: DemoArgs, tls: &super::TlsArgs) -> anyhow::Result<()> {
 
 /// Appends generated transactions and prints what the drive did as JSON.
 pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
+    // Its writer ids are `load-RUN-N`: a certificate that cannot append as them would have
+    // every append refused.
+    super::require(crate::tls::identity::Fit::WriteAs("load-".into()))?;
     let log = client::Log::connect(&a.logstore).await?;
     let spec = load_spec(&a.load, a.txn_bytes);
     let r = bench::drive(&log, &spec, None).await;

@@ -89,6 +89,13 @@ pub enum CrdError {
         /// `both` or `neither`.
         found: &'static str,
     },
+    /// An external endpoint is not an address a client can dial.
+    #[error("{what}.external.endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        what: &'static str,
+        endpoint: String,
+        reason: String,
+    },
     /// A duration field does not parse.
     #[error("{field} = {value:?} is not a duration like 2s, 1500ms or 1m30s: {source}")]
     Duration {
@@ -177,8 +184,11 @@ pub enum ImagePullPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalEndpoint {
-    /// gRPC address of the server, `host:port` or `http://host:port`
-    /// (for example `logstore.logs.svc:7000`).
+    /// gRPC address of the server, `host:port` or `http://host:port` with a port from 1 to
+    /// 65535 (for example `logstore.logs.svc:7000`; a replicated LogStore's replicas
+    /// comma-separated). Over TLS the server's certificate must name it: a
+    /// `logplayer://replica/...` name for a LogStore, `logplayer://shard/NAME` (the Shard's
+    /// name) for a shard.
     #[schemars(length(min = 1, max = 512), pattern(r"^\S+$"))]
     pub endpoint: String,
 }
@@ -213,7 +223,23 @@ fn backend<'a>(
     managed: Option<&'a ManagedStorage>,
 ) -> Result<Backend<'a>, CrdError> {
     match (external, managed) {
-        (Some(e), None) => Ok(Backend::External(e)),
+        (Some(e), None) => {
+            // A LogStore's may list its replicas; a shard is one server.
+            let many = what.starts_with("LogPlayer");
+            let items: Vec<&str> = if many {
+                e.endpoint.split(',').map(str::trim).collect()
+            } else {
+                vec![e.endpoint.as_str()]
+            };
+            for item in items {
+                crate::routing::check_addr(item).map_err(|reason| CrdError::Endpoint {
+                    what,
+                    endpoint: e.endpoint.clone(),
+                    reason: format!("{item:?} is not HOST:PORT ({reason})"),
+                })?;
+            }
+            Ok(Backend::External(e))
+        }
         (None, Some(m)) => Ok(Backend::Managed(m)),
         (Some(_), Some(_)) => Err(CrdError::Backend {
             what,

@@ -623,6 +623,35 @@ fn a_source_must_name_exactly_one_backend() {
     );
 }
 
+/// An external endpoint nobody can dial is refused when the spec is read (the players would
+/// otherwise refuse the whole shard map and stop delivering to every shard).
+#[test]
+fn an_external_endpoint_must_be_host_and_port() {
+    let log = |endpoint: &str| -> LogSource {
+        serde_json::from_value(json!({"external": {"endpoint": endpoint}})).expect("parses")
+    };
+    assert!(
+        log("log-0.logs.svc:7000,log-1.logs.svc:7000")
+            .backend()
+            .is_ok()
+    );
+    let e = log("logs.svc").backend().unwrap_err().to_string();
+    assert!(
+        e.contains("spec.logStore.external.endpoint") && e.contains("no port"),
+        "{e}"
+    );
+    let shard = |endpoint: &str| -> ShardSpec {
+        serde_json::from_value(json!({"logPlayer": "p", "slots": [{"start": 0, "end": 1}],
+                                      "external": {"endpoint": endpoint}}))
+        .expect("parses")
+    };
+    assert!(shard("http://s0.example:7100").backend().is_ok());
+    for bad in ["s0.example", "h:0", "a:1,b:2"] {
+        let e = shard(bad).backend().unwrap_err().to_string();
+        assert!(e.contains("Shard spec.external.endpoint"), "{bad}: {e}");
+    }
+}
+
 #[test]
 fn crds_yaml_is_a_stable_multi_document_stream() {
     let text = crds_yaml().expect("yaml");

@@ -91,7 +91,7 @@ async fn check_once(log: &Log, map: &ShardMap, wait: Duration) -> Result<Report,
     let deadline = Instant::now() + wait;
     let mut shards = Vec::new();
     for (t, spec) in map.shards.iter().enumerate() {
-        let conn = connect_until(&spec.addr, deadline).await?;
+        let conn = connect_until(&spec.addr, &spec.id, deadline).await?;
         let applied = applied_at_least(&conn, last_touching[t], deadline).await?;
         let actual = conn.dump().await?;
         let mut mismatches = Vec::new();
@@ -137,9 +137,9 @@ fn expected_states(entries: &[Entry], map: &ShardMap) -> (Vec<State>, Vec<u64>) 
     (expected, last_touching)
 }
 
-async fn connect_until(addr: &str, deadline: Instant) -> Result<ShardConn, CheckError> {
+async fn connect_until(addr: &str, id: &str, deadline: Instant) -> Result<ShardConn, CheckError> {
     loop {
-        match ShardConn::connect(addr, None).await {
+        match ShardConn::connect(addr, Some(id)).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -21,7 +21,8 @@ pub struct PlayerArgs {
     #[arg(long, env = "LOGPLAYER_LOGSTORE", default_value = "127.0.0.1:7000")]
     pub logstore: String,
     /// A shard: ID=ADDR, or ID=ADDR@LO-HI[,LO-HI...] to name its slots (of 16384).
-    /// Repeat per shard; without slots, slots are split evenly in the order given.
+    /// Repeat per shard, or give several separated by spaces (as LOGPLAYER_SHARDS does);
+    /// without slots, slots are split evenly in the order given.
     #[arg(
         long = "shard",
         env = "LOGPLAYER_SHARDS",

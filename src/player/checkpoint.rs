@@ -31,11 +31,7 @@ impl Shared {
                 && last_checkpoint.elapsed() >= self.config.checkpoint_interval
             {
                 last_checkpoint = tokio::time::Instant::now();
-                // A stop does not wait for it: the last checkpoint below saves again.
-                tokio::select! {
-                    () = self.checkpoint(store.as_ref(), known, &ids, true) => {}
-                    _ = self.shutdown.cancelled() => break,
-                }
+                self.checkpoint(store.as_ref(), known, &ids, true).await;
             }
         }
         // A last checkpoint on the way out, so a successor starts from fresh cursors. It
@@ -119,7 +115,13 @@ impl Shared {
         if let Some(lowest) = lowest
             && lowest > 0
         {
-            match self.retain_on_leader(lowest + 1).await {
+            // A stop does not wait for it (a save is never cut short: a cancelled save could
+            // land after the last one and move a cursor back).
+            let retained = tokio::select! {
+                r = self.retain_on_leader(lowest + 1) => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            match retained {
                 Ok(r) => {
                     let r = r.into_inner();
                     if r.segments_removed > 0 {

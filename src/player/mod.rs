@@ -134,7 +134,16 @@ impl PlayerConfig {
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad("backoff must be positive and max >= min");
         }
-        for addr in self.logstore.split(',').map(str::trim) {
+        if self.logstore.split(',').all(|a| a.trim().is_empty()) {
+            return bad("no LogStore address");
+        }
+        // Empty items (a trailing comma) are skipped, as the channel skips them.
+        for addr in self
+            .logstore
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
             if let Err(e) = crate::routing::check_addr(addr) {
                 return bad(&format!("LogStore address {addr:?} is not HOST:PORT ({e})"));
             }

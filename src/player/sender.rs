@@ -27,11 +27,14 @@ impl Shared {
         let mut last_broken: Option<String> = None;
         while !self.shutdown.is_cancelled() {
             let mut slow = false;
-            match self.deliver_session(t).await {
-                Ok(()) => {
-                    retry = backoff(&self.config, &format!("sender {}", target.id));
-                    last_broken = None;
-                }
+            let mut opened = false;
+            let ended = self.deliver_session(t, &mut opened).await;
+            if opened {
+                // A stream was up: the next break is news, whatever its reason.
+                last_broken = None;
+            }
+            match ended {
+                Ok(()) => retry = backoff(&self.config, &format!("sender {}", target.id)),
                 Err(SessionEnd::Fenced { message, highest }) => {
                     self.fail(PlayerError::Fenced {
                         shard: target.id.clone(),
@@ -120,10 +123,12 @@ impl Shared {
     }
 
     /// One connection: hello, resume, then batches out and acks in until it breaks.
-    async fn deliver_session(&self, t: usize) -> Result<(), SessionEnd> {
+    /// `opened` is set once the shard has welcomed the stream.
+    async fn deliver_session(&self, t: usize, opened: &mut bool) -> Result<(), SessionEnd> {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
         let (tx, mut inbound, applied) = self.open_session(t).await?;
+        *opened = true;
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
         // current_index and the queue's state change.
         let recovery = {

@@ -189,6 +189,8 @@ pub enum Fit {
     Serve(Expected),
     /// Call with this role (a player).
     Act(Role),
+    /// Append as writer ids starting with this prefix (`load`'s `load-RUN-N`).
+    WriteAs(String),
 }
 
 impl Fit {
@@ -200,6 +202,11 @@ impl Fit {
                 "the certificate grants {}, no {role} name",
                 me.describe()
             )),
+            Fit::WriteAs(prefix) if me.may_write_as(prefix) => Ok(()),
+            Fit::WriteAs(_) => Err(format!(
+                "the certificate grants {}, no writer name covering them",
+                me.describe()
+            )),
         }
     }
 }
@@ -209,6 +216,11 @@ impl fmt::Display for Fit {
         match self {
             Fit::Serve(expected) => write!(f, "serve as {expected}"),
             Fit::Act(role) => write!(f, "act as a {role} ({})", role.uri("NAME")),
+            Fit::WriteAs(prefix) => write!(
+                f,
+                "append as writer ids {prefix}... ({})",
+                Role::Writer.uri(&format!("{prefix}*"))
+            ),
         }
     }
 }

@@ -208,7 +208,7 @@ impl LocalCerts {
         let file: String = id
             .chars()
             .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
                 _ => '_',
             })
             .collect();
