@@ -188,3 +188,24 @@ fn reasons_of_the_remaining_errors() {
     ]));
     assert_eq!(no_shards_first.reason(), "NoShards");
 }
+
+/// An external endpoint the players could not dial is the Shard's (or the LogPlayer's) own
+/// error, naming it: left to the players, it would make them refuse the whole shard map.
+#[test]
+fn an_external_endpoint_that_is_not_host_and_port_is_named() {
+    let shards = vec![
+        managed_shard("s0", &[(0, 8191)]),
+        external_shard("s1", &[(8192, 16383)], "s1.example"),
+    ];
+    let e = shards_err(&shards, "InvalidShard");
+    assert!(
+        e.to_string().contains("Shard s1") && e.to_string().contains("\"s1.example\""),
+        "{e}"
+    );
+    let lp = lp_with(|spec| {
+        spec["logStore"] = serde_json::json!({"external": {"endpoint": "logs.example:0"}});
+    });
+    let e = err(&lp, &four_shards());
+    assert_eq!(e.reason(), "InvalidSpec", "{e}");
+    assert!(e.to_string().contains("logs.example:0"), "{e}");
+}
