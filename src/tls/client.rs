@@ -84,13 +84,7 @@ pub async fn dial(
             e
         }
     })?;
-    let peer = io
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| Peer::from_der(c))
-        .unwrap_or_default();
+    let peer = Peer::of_chain(io.get_ref().1.peer_certificates());
     match expected.check(&peer) {
         Ok(()) => Ok(io),
         Err(reason) => Err(std::io::Error::new(

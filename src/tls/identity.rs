@@ -101,6 +101,14 @@ impl Peer {
         }
     }
 
+    /// The peer a certificate chain names: its leaf's names (nobody for no chain).
+    pub fn of_chain(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Peer {
+        chain
+            .and_then(|c| c.first())
+            .map(|c| Peer::from_der(c))
+            .unwrap_or_default()
+    }
+
     pub fn roles(&self) -> BTreeSet<Role> {
         self.grants.iter().map(|(r, _)| *r).collect()
     }

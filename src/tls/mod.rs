@@ -256,11 +256,7 @@ impl Tls {
 
 /// Whether the leaf of the PEM chain `pem` (from `cert`) names what is `needed`.
 fn fits(cert: &Path, pem: &[u8], needed: &identity::Fit) -> Result<(), TlsError> {
-    let leaf = certs(cert, pem)?;
-    let peer = leaf
-        .first()
-        .map(|c| identity::Peer::from_der(c))
-        .unwrap_or_default();
+    let peer = identity::Peer::of_chain(Some(&certs(cert, pem)?));
     needed.check(&peer).map_err(|reason| TlsError::Unfit {
         cert: cert.to_owned(),
         needed: needed.clone(),

@@ -62,13 +62,7 @@ pub fn incoming(
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => {
-                        let peer = io
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| Peer::from_der(c))
-                            .unwrap_or_default();
+                        let peer = Peer::of_chain(io.get_ref().1.peer_certificates());
                         let conn = Conn {
                             remote: Some(remote),
                             peer: Arc::new(peer),
