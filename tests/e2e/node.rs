@@ -18,7 +18,8 @@
 //!   Service's); other pods get a fresh IP from 127.32.0.0/16. Headless Services are written into
 //!   `/etc/hosts` as `IP <svc>.<ns>.svc <svc>.<ns>.svc.cluster.local  # <tag>` (glibc reads
 //!   the file on every lookup, so the operator and players resolve them too); lines carry a
-//!   per-run tag and are removed exactly on shutdown.
+//!   per-run tag and are removed exactly on shutdown; ours come first, and lines of a run
+//!   that was killed before its shutdown are dropped (they would shadow ours).
 //! - **Containers.** Each container is a real process of our binary (the image's entrypoint
 //!   `/usr/local/bin/logplayer`), with `command`/`args` from the pod spec, `0.0.0.0:` rewritten
 //!   to `<podIP>:` and mount paths (in args and env values) rewritten to host directories: a
@@ -565,7 +566,7 @@ impl Inner {
         ))
     }
 
-    /// Rewrites /etc/hosts: everything but our tagged lines, then ours.
+    /// Rewrites /etc/hosts: the machine's lines, ours, then other live runs' lines.
     fn write_hosts(&self) {
         let _g = self.hosts_lock.lock().unwrap_or_else(|e| e.into_inner());
         let ours: Vec<String> = {
@@ -600,9 +601,25 @@ impl Inner {
 
     fn rewrite_hosts(&self, ours: &[String]) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(HOSTS)?;
-        let marker = format!("# {}", self.tag);
-        let mut out: Vec<&str> = text.lines().filter(|l| !l.ends_with(&marker)).collect();
+        // Ours first, after the machine's own lines: glibc answers a name with the first
+        // line that has it. Lines left by a run that was killed before its shutdown (its
+        // process is gone) would otherwise send our names to that run's addresses (a
+        // replica's name to another replica): they are dropped. A live run's lines stay,
+        // after ours.
+        let mut out: Vec<&str> = Vec::new();
+        let mut live_runs: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            match hosts_line_run(line) {
+                None => out.push(line),
+                Some(pid) if pid == std::process::id() => {}
+                Some(pid) if e2e_process_lives(pid) => live_runs.push(line),
+                Some(pid) => eprintln!(
+                    "[standin] dropping {HOSTS} line of a run that is gone (pid {pid}): {line}"
+                ),
+            }
+        }
         out.extend(ours.iter().map(String::as_str));
+        out.extend(live_runs);
         let mut new = out.join("\n");
         new.push('\n');
         if new == text {
@@ -618,7 +635,22 @@ impl Inner {
         std::fs::write(HOSTS, new)?;
         Ok(())
     }
+}
 
+/// The process id in the tag of a line our stand-ins write into /etc/hosts
+/// (`... # logplayer-e2e-PID`), or `None` for any other line.
+fn hosts_line_run(line: &str) -> Option<u32> {
+    let (_, tag) = line.rsplit_once("# logplayer-e2e-")?;
+    tag.trim().parse().ok()
+}
+
+/// Whether process `pid` is alive and an e2e test binary (a reused pid of another program
+/// does not keep a dead run's lines).
+fn e2e_process_lives(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with("e2e"))
+}
+
+impl Inner {
     /// Leaves a pod that fits no node Pending, as kube-scheduler does, saying why.
     async fn unschedulable(&self, pod: &Pod) {
         let said = pod
