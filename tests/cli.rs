@@ -2,7 +2,7 @@
 //! whatever `RUST_BACKTRACE` says) with exit code 1, and logs written to a pipe carry no
 //! ANSI colour codes; `LOGPLAYER_INSECURE` reads as a boolean does elsewhere, and
 //! `LOGPLAYER_RUNTIME` takes one of two runtimes; `--preallocate` reaches the WAL; an address
-//! or id that cannot work stops a process at start.
+//! or id that cannot work stops a process at start; a shard takes only its own flags.
 
 mod common;
 
@@ -78,6 +78,44 @@ fn an_address_or_id_that_cannot_work_is_refused_at_start() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// The LogStore's stream limits are not a shard's flags: a shard serves no `Read` or
+/// `AppendStream`, so `shard --max-read-streams` would be accepted and do nothing.
+#[test]
+fn a_shard_refuses_the_log_stores_stream_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d").display().to_string();
+    for flag in [
+        "--max-read-streams=2",
+        "--read-stall-timeout=1s",
+        "--idle-stream-timeout=1s",
+    ] {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args([
+                "shard",
+                "--id",
+                "s0",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                &data,
+                flag,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("unexpected argument"), "{flag}: {stderr}");
+    }
+    let help = Command::new(common::bin())
+        .args(["shard", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--max-connections"), "{help}");
+    assert!(!help.contains("--max-read-streams"), "{help}");
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct LogstoreArgs {
     limit: EntryLimit,
     #[command(flatten)]
     callers: CallerLimits,
+    #[command(flatten)]
+    streams: StreamLimits,
     /// This replica's id, a key of --peers (or, with --join, any id: the replica waits to be
     /// added). Without --id and --peers the LogStore runs as a single node.
     #[arg(long, env = "LOGPLAYER_REPLICA_ID", requires = "peers")]
@@ -118,7 +120,7 @@ pub struct EntryLimit {
     pub max_entry_bytes: usize,
 }
 
-/// What bounds the callers of a server (see `serving`).
+/// What bounds the callers of either server (see `serving`).
 #[derive(Args, Clone, Copy, Debug)]
 pub struct CallerLimits {
     /// Connections open at once; one more is closed as soon as it is accepted.
@@ -127,50 +129,60 @@ pub struct CallerLimits {
     /// HTTP/2 streams (calls) open at once on one connection; a client waits for a slot.
     #[arg(long, env = "LOGPLAYER_MAX_STREAMS_PER_CONNECTION", default_value_t = crate::serving::ServerLimits::default().max_streams_per_connection)]
     max_streams_per_connection: u32,
-    /// (LogStore) `Read` streams open at once over every caller; one more is refused
-    /// (RESOURCE_EXHAUSTED, busy). Each holds at most 2 responses ahead of its reader.
-    #[arg(long, env = "LOGPLAYER_MAX_READ_STREAMS", default_value_t = crate::serving::ServerLimits::default().max_read_streams)]
-    max_read_streams: usize,
-    /// (LogStore) A `Read` stream whose reader took nothing for this long while responses
-    /// wait for it is ended (RESOURCE_EXHAUSTED, busy), freeing its slot; a tailing reader
-    /// with nothing new to read is not stalled.
-    #[arg(long, env = "LOGPLAYER_READ_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    read_stall_timeout: std::time::Duration,
     /// A connection with no call open for this long is closed (a client reconnects on its
     /// next call).
     #[arg(long, env = "LOGPLAYER_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     idle_connection_timeout: std::time::Duration,
-    /// (LogStore) An `AppendStream` with no append for this long is ended (UNAVAILABLE,
-    /// unavailable) after the answers to all its earlier appends; the writer opens a new one
-    /// for its next append.
+}
+
+/// What bounds the LogStore's streams (a shard has neither: `shard` does not take these).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// `Read` streams open at once over every caller; one more is refused
+    /// (RESOURCE_EXHAUSTED, busy). Each holds at most 2 responses ahead of its reader.
+    #[arg(long, env = "LOGPLAYER_MAX_READ_STREAMS", default_value_t = crate::serving::ServerLimits::default().max_read_streams)]
+    max_read_streams: usize,
+    /// A `Read` stream whose reader took nothing for this long while responses wait for it
+    /// is ended (RESOURCE_EXHAUSTED, busy), freeing its slot; a tailing reader with nothing
+    /// new to read is not stalled.
+    #[arg(long, env = "LOGPLAYER_READ_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    read_stall_timeout: std::time::Duration,
+    /// An `AppendStream` with no append for this long is ended (UNAVAILABLE, unavailable)
+    /// after the answers to all its earlier appends; the writer opens a new one for its
+    /// next append.
     #[arg(long, env = "LOGPLAYER_IDLE_STREAM_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     idle_stream_timeout: std::time::Duration,
 }
 
 impl CallerLimits {
-    fn install(self) -> anyhow::Result<()> {
-        if self.max_connections == 0
-            || self.max_streams_per_connection == 0
-            || self.max_read_streams == 0
-        {
-            bail!(
-                "--max-connections, --max-streams-per-connection and --max-read-streams must be at least 1"
-            );
+    /// Installs the limits of a server; `streams` only for the LogStore (a shard serves no
+    /// `Read` or `AppendStream`, and keeps their defaults, unused).
+    fn install(self, streams: Option<StreamLimits>) -> anyhow::Result<()> {
+        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+            bail!("--max-connections and --max-streams-per-connection must be at least 1");
         }
-        if self.read_stall_timeout.is_zero() {
-            bail!("--read-stall-timeout must be above zero");
+        if self.idle_connection_timeout.is_zero() {
+            bail!("--idle-connection-timeout must be above zero");
         }
-        if self.idle_connection_timeout.is_zero() || self.idle_stream_timeout.is_zero() {
-            bail!("--idle-connection-timeout and --idle-stream-timeout must be above zero");
-        }
-        crate::serving::install(crate::serving::ServerLimits {
+        let defaults = crate::serving::ServerLimits::default();
+        let mut limits = crate::serving::ServerLimits {
             max_connections: self.max_connections,
             max_streams_per_connection: self.max_streams_per_connection,
-            max_read_streams: self.max_read_streams,
-            read_stall_timeout: self.read_stall_timeout,
             idle_connection_timeout: self.idle_connection_timeout,
-            idle_stream_timeout: self.idle_stream_timeout,
-        });
+            ..defaults
+        };
+        if let Some(s) = streams {
+            if s.max_read_streams == 0 {
+                bail!("--max-read-streams must be at least 1");
+            }
+            if s.read_stall_timeout.is_zero() || s.idle_stream_timeout.is_zero() {
+                bail!("--read-stall-timeout and --idle-stream-timeout must be above zero");
+            }
+            limits.max_read_streams = s.max_read_streams;
+            limits.read_stall_timeout = s.read_stall_timeout;
+            limits.idle_stream_timeout = s.idle_stream_timeout;
+        }
+        crate::serving::install(limits);
         Ok(())
     }
 }
@@ -285,7 +297,7 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     if let Some(LogstoreAction::Members(m)) = a.action {
         return super::members::run(m).await;
     }
-    a.callers.install()?;
+    a.callers.install(Some(a.streams))?;
     serve_as(crate::grpc::Expected::Log)?;
     let data = a.data.clone().context("logstore needs --data")?;
     if let Some(peers) = a.peers.clone() {
@@ -391,7 +403,7 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
                 bail!("shard needs --id and --data");
             };
             crate::routing::check_id(&id).context("--id")?;
-            a.callers.install()?;
+            a.callers.install(None)?;
             serve_as(crate::grpc::Expected::Shard(id.clone()))?;
             let mut store = shard::any::AnyStore::open(&data, a.store)
                 .with_context(|| format!("opening shard store in {}", data.display()))?;

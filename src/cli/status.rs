@@ -251,7 +251,7 @@ async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
             Ok(r) => ShardView {
                 problems: shard_problems(&s.id, &r, &log, a.lease_epoch),
                 id: s.id.clone(),
-                addr: s.addr.clone(),
+                addr: crate::routing::bare_addr(&s.addr).to_owned(),
                 reachable: true,
                 lag: log
                     .reachable
@@ -263,7 +263,7 @@ async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
             },
             Err(e) => ShardView {
                 id: s.id.clone(),
-                addr: s.addr.clone(),
+                addr: crate::routing::bare_addr(&s.addr).to_owned(),
                 reachable: false,
                 reported_id: None,
                 applied: None,

@@ -96,11 +96,7 @@ pub fn leaves(lp: &LogPlayer, ns: &str, shards: &[Shard]) -> Vec<Leaf> {
         out.push(leaf(
             "logstore",
             vec![(Role::Replica, service.clone())],
-            vec![
-                format!("*.{service}.{ns}.svc"),
-                format!("{service}.{ns}.svc"),
-                format!("{client}.{ns}.svc"),
-            ],
+            service_names(&[&format!("*.{service}"), &service, &client], ns),
         ));
     }
     for s in shards.iter().filter(|s| s.spec.managed.is_some()) {
@@ -108,12 +104,27 @@ pub fn leaves(lp: &LogPlayer, ns: &str, shards: &[Shard]) -> Vec<Leaf> {
         out.push(Leaf {
             secret: shard_tls_secret(s),
             grants: vec![(Role::Shard, s.name_any())],
-            hosts: vec![format!("{service}.{ns}.svc")],
+            hosts: service_names(&[&format!("*.{service}"), &service], ns),
             labels: labels(&name, "shard"),
             owner: desired::owner_of(s),
         });
     }
     out
+}
+
+/// The DNS names of Services (and `*.SERVICE` for their pods) in `ns`, short and with
+/// Kubernetes' default domain: for third-party clients, which check the name they dialed
+/// against the certificate (ours check the `logplayer://` names instead).
+fn service_names(services: &[&str], ns: &str) -> Vec<String> {
+    services
+        .iter()
+        .flat_map(|s| {
+            [
+                format!("{s}.{ns}.svc"),
+                format!("{s}.{ns}.svc.cluster.local"),
+            ]
+        })
+        .collect()
 }
 
 /// Why a leaf Secret must be issued (again), or `None` to leave it.
@@ -477,10 +488,28 @@ mod tests {
         }))
         .expect("a Shard");
         let with_shard = super::leaves(&lp(), "ns", &[s0]);
-        assert_eq!(
-            leaf_named(&with_shard, "s0-shard-tls").grants,
-            vec![(Role::Shard, "s0".to_owned())]
+        let shard = leaf_named(&with_shard, "s0-shard-tls");
+        assert_eq!(shard.grants, vec![(Role::Shard, "s0".to_owned())]);
+        // DNS names for third-party clients, which check the name they dialed: each Service
+        // and its pods, short and with the default domain.
+        assert!(
+            shard
+                .hosts
+                .contains(&"s0-shard.ns.svc.cluster.local".to_owned())
         );
+        assert!(shard.hosts.contains(&"*.s0-shard.ns.svc".to_owned()));
+        let log = leaf_named(&leaves, "demo-logstore-tls");
+        for name in [
+            "demo-logstore-client.ns.svc",
+            "demo-logstore-client.ns.svc.cluster.local",
+            "*.demo-logstore.ns.svc.cluster.local",
+        ] {
+            assert!(
+                log.hosts.contains(&name.to_owned()),
+                "{name}: {:?}",
+                log.hosts
+            );
+        }
     }
 
     #[test]

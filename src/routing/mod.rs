@@ -297,6 +297,12 @@ pub fn check_addrs(shards: &[MapEntry]) -> Result<(), RoutingError> {
     Ok(())
 }
 
+/// `host:port` of a shard's address, without the `http://` [`normalize_addr`] adds (which
+/// only tonic needs: under TLS the connection is not plaintext HTTP, whatever it says).
+pub fn bare_addr(addr: &str) -> &str {
+    addr.strip_prefix("http://").unwrap_or(addr)
+}
+
 /// Adds `http://` to a bare `host:port`.
 pub fn normalize_addr(addr: &str) -> String {
     if addr.contains("://") {
@@ -348,6 +354,13 @@ mod tests {
         .unwrap();
         let e = ShardMap::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("unknown field `slot`"), "{e}");
+    }
+
+    #[test]
+    fn an_address_is_shown_without_the_scheme_tonic_needs() {
+        let m = ShardMap::from_specs(&["a=h:1"]).unwrap();
+        assert_eq!(bare_addr(&m.shards[0].addr), "h:1");
+        assert_eq!(bare_addr("h:1"), "h:1");
     }
 
     #[test]
