@@ -8,7 +8,9 @@
 //! shard), a retry with the same `(writer_id, sequence)` is answered with the first index and
 //! adds nothing, the same pair with other mutations is `AlreadyExists`, a writer appending as
 //! another writer's id and a player appending at all are `PermissionDenied`, and a client
-//! without a certificate gets no call.
+//! without a certificate gets no call. Against a replicated LogStore, a follower refuses
+//! an append naming the leader in the `logplayer-leader` trailer, which is all a client
+//! needs to find it.
 //!
 //! grpcurl is `$LOGPLAYER_GRPCURL`, else `~/.cache/logplayer/bin/grpcurl` (or under
 //! `$XDG_CACHE_HOME` / `$LOGPLAYER_BIN_DIR`); without it the test is skipped with a notice,
@@ -18,6 +20,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use logplayer::harness::cluster::Cluster;
@@ -60,6 +63,30 @@ fn grpcurl() -> Option<PathBuf> {
     found
 }
 
+/// The certificates of this test binary, issued once (the harness takes one set per
+/// process): the local set, shard `s0`'s, and `tm1`, a writer of the id `tm-1` only. This
+/// process dials with the local set's client certificate.
+fn certs_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("logplayer-grpcurl-test-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let certs = issue_local(&dir).unwrap();
+        certs.shard("s0").unwrap();
+        let ca = Ca::from_pem(certs.ca.pem.clone()).unwrap();
+        ca.write_leaf(&dir, "tm1", &[(Role::Writer, "tm-1")], DEMO_VALIDITY)
+            .unwrap();
+        // This process (the harness finding the log's leader) dials as the client.
+        let client = logplayer::tls::Tls::load(certs.client.clone()).unwrap();
+        logplayer::tls::install(logplayer::tls::Security::Tls(client));
+        logplayer::harness::cluster::use_tls(certs);
+        dir
+    })
+}
+
 /// What one grpcurl call printed.
 struct Answer {
     ok: bool,
@@ -70,7 +97,21 @@ struct Answer {
 /// grpcurl with the identity `who` (a certificate in `dir`, or none) calling `method` on
 /// `addr` with `data` (JSON) as the request.
 fn call(bin: &Path, dir: &Path, who: Option<&str>, addr: &str, method: &str, data: &str) -> Answer {
+    call_with(bin, dir, who, &[], addr, method, data)
+}
+
+/// [`call`] with more flags (`-v` prints the response's trailers).
+fn call_with(
+    bin: &Path,
+    dir: &Path,
+    who: Option<&str>,
+    flags: &[&str],
+    addr: &str,
+    method: &str,
+    data: &str,
+) -> Answer {
     let mut c = Command::new(bin);
+    c.args(flags);
     c.arg("-cacert").arg(dir.join("ca.crt"));
     if let Some(who) = who {
         c.arg("-cert").arg(dir.join(format!("{who}.crt")));
@@ -128,17 +169,11 @@ fn dumped(out: &str) -> Vec<serde_json::Value> {
 async fn grpcurl_appends_exactly_once_and_is_held_to_its_identity() {
     let Some(bin) = grpcurl() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("certs");
-    let certs = issue_local(&dir).unwrap();
-    certs.shard("s0").unwrap();
-    let ca = Ca::from_pem(certs.ca.pem.clone()).unwrap();
-    ca.write_leaf(&dir, "tm1", &[(Role::Writer, "tm-1")], DEMO_VALIDITY)
-        .unwrap();
-    logplayer::harness::cluster::use_tls(certs);
+    let dir = certs_dir();
     let mut c = Cluster::start(tmp.path(), &common::bin(), 1).await.unwrap();
     let (log, shard) = (c.logstore.addr().to_owned(), c.shards[0].addr().to_owned());
     let run = |who: Option<&str>, addr: &str, method: &str, data: &str| {
-        call(&bin, &dir, who, addr, method, data)
+        call(&bin, dir, who, addr, method, data)
     };
 
     // Reflection: each server lists its own service (and health), as a stranger would find it.
@@ -262,5 +297,70 @@ async fn grpcurl_appends_exactly_once_and_is_held_to_its_identity() {
         "not 5 + 11: {}",
         dump.out
     );
+    c.stop().await;
+}
+
+/// Leader discovery as the README documents it for any client: a follower answers an append
+/// `UNAVAILABLE` with the leader's address in the `logplayer-leader` trailer, and the append
+/// sent there is acknowledged (and the retry of it, sent to the follower again, is still
+/// refused rather than appended twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_finds_the_log_leader_from_a_followers_answer() {
+    let Some(bin) = grpcurl() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = certs_dir();
+    let mut c = Cluster::start_replicated(tmp.path(), &common::bin(), (0, &[]), 3, &[])
+        .await
+        .unwrap();
+    let mut leader = None;
+    for _ in 0..100 {
+        leader = c.log_leader().await;
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = leader.expect("the group elects a leader");
+    let addrs: Vec<String> = c
+        .log_replicas()
+        .iter()
+        .map(|p| p.addr().to_owned())
+        .collect();
+    let follower = &addrs[(leader + 1) % addrs.len()];
+    let refused = call_with(
+        &bin,
+        dir,
+        Some("tm1"),
+        &["-v"],
+        follower,
+        "logplayer.v1.LogStore/Append",
+        &append("tm-1", 1, 5),
+    );
+    assert!(!refused.ok, "a follower appended: {}", refused.out);
+    let said = format!("{}{}", refused.out, refused.err);
+    assert!(said.contains("Unavailable"), "{said}");
+    let named = said
+        .lines()
+        .find_map(|l| l.strip_prefix("logplayer-leader: "))
+        .unwrap_or_else(|| panic!("no logplayer-leader trailer: {said}"))
+        .trim()
+        .to_owned();
+    assert_eq!(named, addrs[leader], "{said}");
+    let run = |addr: &str, seq: u64| {
+        call(
+            &bin,
+            dir,
+            Some("tm1"),
+            addr,
+            "logplayer.v1.LogStore/Append",
+            &append("tm-1", seq, 5),
+        )
+    };
+    let appended = json(&run(&named, 1));
+    let index = appended["index"].clone();
+    assert_ne!(index, serde_json::Value::Null, "{appended}");
+    let retried = json(&run(&named, 1));
+    assert_eq!(retried["index"], index, "{retried}");
+    assert_eq!(retried["duplicate"], true, "{retried}");
     c.stop().await;
 }
