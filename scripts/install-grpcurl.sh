@@ -34,7 +34,8 @@ mkdir -p "$BIN_DIR"
 echo "install-grpcurl.sh: building grpcurl $GRPCURL_VERSION with $(go version) into $BIN_DIR" >&2
 # Build into a temporary directory and move into place, so an interrupted build never leaves
 # a half-written binary behind. The version is stamped as grpcurl's Makefile does.
-tmp="$(mktemp -d)"
+# The temporary directory is in the cache's directory, so the move is a rename.
+tmp="$(mktemp -d "$BIN_DIR/.grpcurl.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" go install \
     -ldflags "-s -w -X main.version=$GRPCURL_VERSION" \

@@ -48,7 +48,8 @@ k8s_major=1
 k8s_minor="${BASH_REMATCH[1]}"
 # Build into a temporary directory and move into place, so an interrupted build never leaves
 # a half-written binary behind. Version metadata is stamped the way helm's Makefile does.
-tmp="$(mktemp -d)"
+# The temporary directory is in the cache's directory, so the move is a rename.
+tmp="$(mktemp -d "$BIN_DIR/.helm.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" go install \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean \

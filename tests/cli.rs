@@ -93,10 +93,12 @@ fn a_shard_refuses_the_log_stores_stream_limits() {
     ] {
         let out = Command::new(common::bin())
             .env("LOGPLAYER_INSECURE", "true")
+            // An id no map can name: were the flag taken, the shard would stop at start
+            // (exit 1) rather than serve, and the test fail rather than hang.
             .args([
                 "shard",
                 "--id",
-                "s0",
+                "a/b",
                 "--listen",
                 "127.0.0.1:0",
                 "--data",

@@ -18,6 +18,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -58,7 +59,8 @@ fn grpcurl() -> Option<PathBuf> {
         if std::env::var("LOGPLAYER_REQUIRE_GRPCURL").as_deref() == Ok("1") {
             panic!("{why} (LOGPLAYER_REQUIRE_GRPCURL=1 makes this a failure)");
         }
-        eprintln!("third_party: skipped: {why}");
+        // Past libtest's capture (as `tests/chart.rs` does): a skip must be seen.
+        let _ = writeln!(std::io::stderr(), "third_party: skipped: {why}");
     }
     found
 }
@@ -253,15 +255,18 @@ async fn grpcurl_appends_exactly_once_and_is_held_to_its_identity() {
         &append("", 0, 1),
     );
     assert!(
-        !as_player.ok && as_player.err.contains("PermissionDenied"),
+        !as_player.ok
+            && as_player.err.contains("PermissionDenied")
+            && as_player.err.contains("writer"),
         "{}{}",
         as_player.err,
         as_player.out
     );
     let anonymous = run(None, &log, "logplayer.v1.LogStore/Bounds", "{}");
     assert!(
-        !anonymous.ok,
-        "a client without a certificate got an answer: {}",
+        !anonymous.ok && anonymous.err.contains("certificate required"),
+        "a client without a certificate was not refused at the handshake: {}{}",
+        anonymous.err,
         anonymous.out
     );
     let bounds = json(&run(
@@ -301,9 +306,8 @@ async fn grpcurl_appends_exactly_once_and_is_held_to_its_identity() {
 }
 
 /// Leader discovery as the README documents it for any client: a follower answers an append
-/// `UNAVAILABLE` with the leader's address in the `logplayer-leader` trailer, and the append
-/// sent there is acknowledged (and the retry of it, sent to the follower again, is still
-/// refused rather than appended twice).
+/// `UNAVAILABLE` with the leader's address in the `logplayer-leader` trailer, the append
+/// sent there is acknowledged, and its retry there is answered with the same index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_finds_the_log_leader_from_a_followers_answer() {
     let Some(bin) = grpcurl() else { return };
@@ -320,32 +324,44 @@ async fn grpcurl_finds_the_log_leader_from_a_followers_answer() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let leader = leader.expect("the group elects a leader");
+    leader.expect("the group elects a leader");
     let addrs: Vec<String> = c
         .log_replicas()
         .iter()
         .map(|p| p.addr().to_owned())
         .collect();
-    let follower = &addrs[(leader + 1) % addrs.len()];
-    let refused = call_with(
-        &bin,
-        dir,
-        Some("tm1"),
-        &["-v"],
-        follower,
-        "logplayer.v1.LogStore/Append",
-        &append("tm-1", 1, 5),
-    );
-    assert!(!refused.ok, "a follower appended: {}", refused.out);
-    let said = format!("{}{}", refused.out, refused.err);
-    assert!(said.contains("Unavailable"), "{said}");
-    let named = said
-        .lines()
-        .find_map(|l| l.strip_prefix("logplayer-leader: "))
-        .unwrap_or_else(|| panic!("no logplayer-leader trailer: {said}"))
-        .trim()
-        .to_owned();
-    assert_eq!(named, addrs[leader], "{said}");
+    // A follower's answer, with its trailer naming the replica that leads. Asked again when
+    // the leadership moved in between (the follower appended, or knew no leader yet, or
+    // named another): on two loaded cores an election can come at any time.
+    let mut named = None;
+    for attempt in 0..20 {
+        let Some(leader) = c.log_leader().await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let follower = &addrs[(leader + 1) % addrs.len()];
+        let refused = call_with(
+            &bin,
+            dir,
+            Some("tm1"),
+            &["-v"],
+            follower,
+            "logplayer.v1.LogStore/Append",
+            &append("tm-1", 100 + attempt, 5),
+        );
+        let said = format!("{}{}", refused.out, refused.err);
+        let trailer = said
+            .lines()
+            .find_map(|l| l.strip_prefix("logplayer-leader: "))
+            .map(|a| a.trim().to_owned());
+        if !refused.ok && said.contains("Unavailable") && trailer.as_ref() == Some(&addrs[leader]) {
+            named = trailer;
+            break;
+        }
+        eprintln!("attempt {attempt}: replica {leader} led; the follower said: {said}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let named = named.expect("a follower names the leader in its logplayer-leader trailer");
     let run = |addr: &str, seq: u64| {
         call(
             &bin,
@@ -356,10 +372,10 @@ async fn grpcurl_finds_the_log_leader_from_a_followers_answer() {
             &append("tm-1", seq, 5),
         )
     };
-    let appended = json(&run(&named, 1));
+    let appended = json(&run(&named, 1000));
     let index = appended["index"].clone();
     assert_ne!(index, serde_json::Value::Null, "{appended}");
-    let retried = json(&run(&named, 1));
+    let retried = json(&run(&named, 1000));
     assert_eq!(retried["index"], index, "{retried}");
     assert_eq!(retried["duplicate"], true, "{retried}");
     c.stop().await;

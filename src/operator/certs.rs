@@ -149,13 +149,42 @@ pub fn why_issue(
     if grants.map(String::as_str) != Some(leaf.grants_text().as_str()) {
         return Some("the names it should grant changed".into());
     }
-    match text("tls.crt").as_deref().and_then(not_after) {
-        None => Some("its certificate does not parse".into()),
-        Some(t) if t - now < RENEW_BEFORE.as_secs() as i64 => {
-            Some(format!("it expires at {} (unix time)", t))
-        }
-        Some(_) => None,
+    let cert = text("tls.crt");
+    let Some(expiry) = cert.as_deref().and_then(not_after) else {
+        return Some("its certificate does not parse".into());
+    };
+    if expiry - now < RENEW_BEFORE.as_secs() as i64 {
+        return Some(format!("it expires at {expiry} (unix time)"));
     }
+    // The DNS names are for third-party clients (ours check the grants); a certificate
+    // issued before a name was added (an upgrade) gets it now, not at its renewal.
+    let mut want: Vec<&str> = leaf.hosts.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    let mut has = cert.as_deref().map(dns_names).unwrap_or_default();
+    has.sort_unstable();
+    (has != want).then(|| "the DNS names it should carry changed".into())
+}
+
+/// The DNS names of the first certificate of `pem` (empty if it does not parse).
+fn dns_names(pem: &str) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, der)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return Vec::new();
+    };
+    let Ok(cert) = der.parse_x509() else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// When the first certificate of `pem` expires (unix seconds).
@@ -513,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn a_leaf_is_issued_again_only_when_missing_expiring_from_another_ca_or_regranted() {
+    fn a_leaf_is_issued_again_only_when_missing_expiring_from_another_ca_regranted_or_renamed() {
         let leaves = leaves(&lp(), "ns", &[]);
         let player = leaf_named(&leaves, "demo-player-tls");
         let ca = Ca::new("test CA", CA_VALIDITY).unwrap();
@@ -533,6 +562,16 @@ mod tests {
         let mut regranted = player.clone();
         regranted.grants = vec![(Role::Player, "other".into())];
         assert!(why_issue(Some(&secret), &ca.pem.cert, &regranted, now).is_some());
+        // A server's certificate issued before a DNS name was added gets it now.
+        let log = leaf_named(&leaves, "demo-logstore-tls");
+        let mut before = log.clone();
+        before.hosts.retain(|h| !h.ends_with(".cluster.local"));
+        let old = leaf_secret(&before, "ns", &ca).unwrap();
+        assert_eq!(why_issue(Some(&old), &ca.pem.cert, &before, now), None);
+        let why = why_issue(Some(&old), &ca.pem.cert, &log, now).unwrap();
+        assert!(why.contains("DNS names"), "{why}");
+        let current = leaf_secret(&log, "ns", &ca).unwrap();
+        assert_eq!(why_issue(Some(&current), &ca.pem.cert, &log, now), None);
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!   `/etc/hosts` as `IP <svc>.<ns>.svc <svc>.<ns>.svc.cluster.local  # <tag>` (glibc reads
 //!   the file on every lookup, so the operator and players resolve them too); lines carry a
 //!   per-run tag and are removed exactly on shutdown; ours come first, and lines of a run
-//!   that was killed before its shutdown are dropped (they would shadow ours).
+//!   that was killed before its shutdown are dropped (they would shadow ours). Two live runs
+//!   on one machine are not supported (they share names and addresses).
 //! - **Containers.** Each container is a real process of our binary (the image's entrypoint
 //!   `/usr/local/bin/logplayer`), with `command`/`args` from the pod spec, `0.0.0.0:` rewritten
 //!   to `<podIP>:` and mount paths (in args and env values) rewritten to host directories: a
