@@ -455,6 +455,50 @@ async fn a_process_refuses_to_start_with_a_certificate_its_peers_would_refuse() 
     }
 }
 
+/// `load` appends as the writer ids its certificate grants when told their prefix: a
+/// transaction manager's certificate (`app-*`) serves `load --writer-prefix app`, and
+/// without the flag `load` stops at start naming what it would need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_appends_as_the_writer_ids_its_certificate_grants() {
+    let dir = certs_dir();
+    let ca = Ca::from_pem(logplayer::tls::issue::Pem {
+        cert: std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        key: std::fs::read_to_string(dir.join("ca.key")).unwrap(),
+    })
+    .unwrap();
+    let own = tempfile::tempdir().unwrap();
+    let app = ca
+        .write_leaf(own.path(), "app", &[(Role::Writer, "app-*")], DEMO_VALIDITY)
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start(data.path(), &common::bin(), 0)
+        .await
+        .unwrap();
+    let load = |prefix: Option<&str>| {
+        let mut args: Vec<String> = ["load", "--logstore", c.logstore.addr()]
+            .into_iter()
+            .chain(["--rate", "50", "--seconds", "1", "--concurrency", "4"])
+            .map(str::to_owned)
+            .collect();
+        if let Some(p) = prefix {
+            args.extend(["--writer-prefix".to_owned(), p.to_owned()]);
+        }
+        args.extend(app.flags());
+        args
+    };
+    let args = load(None);
+    let (ok, _, stderr) = run_secure(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(!ok, "load started as load-... with an app-* certificate");
+    assert!(stderr.contains("logplayer://writer/load-*"), "{stderr}");
+    let args = load(Some("app"));
+    let (ok, stdout, stderr) =
+        run_secure(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(report["appended"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+}
+
 /// A TLS client dialing a server that speaks plaintext is told so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dialing_a_plaintext_server_is_told_so() {

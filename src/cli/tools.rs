@@ -92,6 +92,23 @@ pub struct LoadArgs {
     /// Bytes per transaction.
     #[arg(long, default_value_t = 1024)]
     txn_bytes: usize,
+    /// Writer ids are PREFIX-RUN-N (RUN new each run, N each append stream): the
+    /// certificate must grant writing as them (`logplayer://writer/PREFIX-*`, as the
+    /// operator's `demo-writer-tls` does for a `writerIds` entry `PREFIX-*`).
+    #[arg(long, env = "LOGPLAYER_WRITER_PREFIX", default_value = crate::harness::bench::WRITER_PREFIX, value_parser = parse_writer_prefix)]
+    writer_prefix: String,
+}
+
+/// A writer-id prefix: letters, digits, `.`, `_` and `-` (the ids it makes are written in
+/// the log and matched against certificates' writer names).
+fn parse_writer_prefix(s: &str) -> Result<String, String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty() || s.len() > 64 || !s.chars().all(ok) {
+        return Err(format!(
+            "{s:?}: 1 to 64 of letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 #[derive(Args)]
@@ -183,12 +200,15 @@ pub async fn run_demo(a: DemoArgs, tls: &super::TlsArgs) -> anyhow::Result<()> {
 
 /// Appends generated transactions and prints what the drive did as JSON.
 pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
-    // Its writer ids are `load-RUN-N`: a certificate that cannot append as them would have
-    // every append refused.
-    super::require(crate::tls::identity::Fit::WriteAs("load-".into()))?;
+    // Its writer ids are `PREFIX-RUN-N`: a certificate that cannot append as them would
+    // have every append refused.
+    super::require(crate::tls::identity::Fit::WriteAs(format!(
+        "{}-",
+        a.writer_prefix
+    )))?;
     let log = client::Log::connect(&a.logstore).await?;
     let spec = load_spec(&a.load, a.txn_bytes);
-    let r = bench::drive(&log, &spec, None).await;
+    let r = bench::drive_as(&log, &spec, &a.writer_prefix).await;
     println!("{}", serde_json::to_string(&r)?);
     // The report says how many; the exit status says whether any failed.
     if r.failed > 0 {

@@ -214,11 +214,13 @@ async fn stream_worker(
     }
 }
 
-/// Starts [`STREAMS`] stream workers, each with a writer id of its own.
+/// Starts [`STREAMS`] stream workers, each with a writer id of its own:
+/// `{writer_prefix}-{run}-{i}`.
 fn start_streams(
     log: &Log,
     tally: &Tally,
     workers: &mut tokio::task::JoinSet<()>,
+    writer_prefix: &str,
 ) -> Vec<
     tokio::sync::mpsc::Sender<(
         u64,
@@ -232,7 +234,7 @@ fn start_streams(
             let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT);
             workers.spawn(stream_worker(
                 log.clone(),
-                format!("load-{run}-{i}"),
+                format!("{writer_prefix}-{run}-{i}"),
                 rx,
                 tally.clone(),
             ));
@@ -247,6 +249,14 @@ pub async fn drive(log: &Log, spec: &LoadSpec, progress: Option<Arc<AtomicU64>>)
     drive_holding(log, spec, progress, &AtomicBool::new(false)).await
 }
 
+/// The writer ids' prefix of [`drive`] and [`drive_holding`] (ids `load-RUN-N`).
+pub const WRITER_PREFIX: &str = "load";
+
+/// [`drive`] with writer ids `{writer_prefix}-RUN-N` (`logplayer load --writer-prefix`).
+pub async fn drive_as(log: &Log, spec: &LoadSpec, writer_prefix: &str) -> LoadReport {
+    drive_inner(log, spec, None, &AtomicBool::new(false), writer_prefix).await
+}
+
 /// [`drive`], except that past `spec.duration` the load goes on for as long as `hold` is
 /// set: the demo holds it until its last fault is in, so every takeover it measures has
 /// entries to deliver however late a slow machine runs the schedule.
@@ -255,6 +265,16 @@ pub async fn drive_holding(
     spec: &LoadSpec,
     progress: Option<Arc<AtomicU64>>,
     hold: &AtomicBool,
+) -> LoadReport {
+    drive_inner(log, spec, progress, hold, WRITER_PREFIX).await
+}
+
+async fn drive_inner(
+    log: &Log,
+    spec: &LoadSpec,
+    progress: Option<Arc<AtomicU64>>,
+    hold: &AtomicBool,
+    writer_prefix: &str,
 ) -> LoadReport {
     let mut workload = Workload::new(spec.keys_per_txn, spec.key_space, spec.txn_bytes, spec.seed);
     let limit = if spec.rate == 0 {
@@ -271,7 +291,7 @@ pub async fn drive_holding(
         progress,
     };
     let mut workers = tokio::task::JoinSet::new();
-    let mut streams = start_streams(log, &tally, &mut workers);
+    let mut streams = start_streams(log, &tally, &mut workers, writer_prefix);
     let start = Instant::now();
     let mut sent = 0u64;
     let mut next_stream = 0usize;
