@@ -8,9 +8,10 @@
 //! shard), a retry with the same `(writer_id, sequence)` is answered with the first index and
 //! adds nothing, the same pair with other mutations is `AlreadyExists`, a writer appending as
 //! another writer's id and a player appending at all are `PermissionDenied`, and a client
-//! without a certificate gets no call. Against a replicated LogStore, a follower refuses
-//! an append naming the leader in the `logplayer-leader` trailer, which is all a client
-//! needs to find it.
+//! without a certificate gets no call. After an `AppendStream` ends at a refusal decided as
+//! the entry was written, resending what followed it appends nothing twice. Against a
+//! replicated LogStore, a follower refuses an append naming the leader in the
+//! `logplayer-leader` trailer, which is all a client needs to find it.
 //!
 //! grpcurl is `$LOGPLAYER_GRPCURL`, else `~/.cache/logplayer/bin/grpcurl` (or under
 //! `$XDG_CACHE_HOME` / `$LOGPLAYER_BIN_DIR`); without it the test is skipped with a notice,
@@ -378,5 +379,51 @@ async fn grpcurl_finds_the_log_leader_from_a_followers_answer() {
     let retried = json(&run(&named, 1000));
     assert_eq!(retried["index"], index, "{retried}");
     assert_eq!(retried["duplicate"], true, "{retried}");
+    c.stop().await;
+}
+
+/// The `AppendStream` contract for a refusal decided as the entry is written (a stale
+/// sequence): what was sent after it may have been appended, and resending it with its
+/// `(writer_id, sequence)` tells, without appending anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_append_on_a_stream_resends_append_nothing_twice() {
+    let Some(bin) = grpcurl() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = certs_dir();
+    let mut c = Cluster::start(tmp.path(), &common::bin(), 0).await.unwrap();
+    let log = c.logstore.addr().to_owned();
+    let run = |method: &str, data: &str| call(&bin, dir, Some("tm1"), &log, method, data);
+    let first = json(&run("logplayer.v1.LogStore/Append", &append("tm-1", 2, 1)));
+    assert_eq!(first["index"], "1", "{first}");
+    // Sequence 1 is below the writer's last (2) and not among its appends: stale. The two
+    // after it are pipelined behind it.
+    let stream = [
+        append("tm-1", 1, 10),
+        append("tm-1", 3, 30),
+        append("tm-1", 4, 40),
+    ]
+    .join(" ");
+    let refused = run("logplayer.v1.LogStore/AppendStream", &stream);
+    assert!(
+        !refused.ok && refused.err.contains("FailedPrecondition"),
+        "{}{}",
+        refused.err,
+        refused.out
+    );
+    // Resent, each is appended once: new, or answered with the index the stream gave it.
+    let mut indexes = Vec::new();
+    for (seq, n) in [(3, 30), (4, 40)] {
+        let r = json(&run(
+            "logplayer.v1.LogStore/Append",
+            &append("tm-1", seq, n),
+        ));
+        indexes.push(r["index"].clone());
+    }
+    assert_eq!(indexes, ["2", "3"], "{indexes:?}");
+    let bounds = json(&run("logplayer.v1.LogStore/Bounds", "{}"));
+    assert_eq!(
+        bounds["last"], "3",
+        "something was appended twice or lost: {bounds}"
+    );
     c.stop().await;
 }

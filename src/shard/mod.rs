@@ -126,6 +126,11 @@ pub enum ShardError {
     NotThisShard { stored: String, given: String },
     #[error("malformed entry: {0}")]
     Malformed(String),
+    #[error(
+        "entry {index} is {size} bytes, above this shard's --max-entry-bytes {limit} (the log \
+         accepts no such entry: the sender is not a player delivering a log of this limit)"
+    )]
+    TooLarge { index: u64, size: usize, limit: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -292,11 +297,31 @@ impl<S: ShardStore> ShardCore<S> {
         let mut skipped = 0;
         let mut take = Vec::new();
         let mut gap = None;
+        let mut last = 0;
         for (i, e) in entries.iter().enumerate() {
             if e.index == 0 {
                 gap = Some(ShardError::Malformed(format!(
                     "entry {i} of the batch has index 0"
                 )));
+                break;
+            }
+            // A batch holds a run of the log in order: an index that does not increase would
+            // otherwise be skipped as already applied, and its mutations silently lost.
+            if e.index <= last {
+                gap = Some(ShardError::Malformed(format!(
+                    "entry {} follows entry {last} in one batch: indexes must increase",
+                    e.index
+                )));
+                break;
+            }
+            last = e.index;
+            let size = crate::limits::entry_bytes(&e.mutations);
+            if size as u64 > self.me.max_entry_bytes {
+                gap = Some(ShardError::TooLarge {
+                    index: e.index,
+                    size,
+                    limit: self.me.max_entry_bytes,
+                });
                 break;
             }
             if e.index <= applied {
@@ -616,5 +641,46 @@ mod tests {
         assert!(matches!(err, ShardError::Malformed(_)), "{err}");
         let err = core.apply(0, &[add(0, 0, "k", 1)]).unwrap_err();
         assert!(matches!(err, ShardError::Malformed(_)), "{err}");
+    }
+
+    /// Indexes that go down within a batch are a sender's mistake: refused, not skipped as
+    /// already applied (the entry's mutations would be lost without a word).
+    #[test]
+    fn a_batch_whose_indexes_do_not_increase_is_refused_after_its_valid_prefix() {
+        let mut core = mem();
+        core.hello(&hi(1)).unwrap();
+        let err = core
+            .apply(
+                1,
+                &[add(1, 0, "k", 1), add(3, 1, "k", 3), add(2, 1, "k", 2)],
+            )
+            .unwrap_err();
+        assert!(matches!(err, ShardError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("indexes must increase"), "{err}");
+        assert_eq!(core.durable().applied, 3, "the prefix before it is applied");
+        assert_eq!(counter(&core, "k"), Some(4));
+    }
+
+    /// An entry above the shard's limit is refused as too large, whatever the Hello said:
+    /// the log accepts no such entry, so its sender is not delivering the log.
+    #[test]
+    fn an_entry_above_the_shards_limit_is_refused() {
+        let mut core = mem();
+        core.hello(&hi(1)).unwrap();
+        let mut big = add(1, 0, "k", 0);
+        big.mutations[0].op = Some(Op::Put(vec![b'v'; 5000].into()));
+        let err = core.apply(1, &[big]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ShardError::TooLarge {
+                    index: 1,
+                    limit: 4096,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(core.durable().applied, 0);
     }
 }

@@ -85,6 +85,7 @@ pub fn to_status(e: &ShardError) -> Status {
         ShardError::EntryLimit { .. } => Reason::EntryLimit,
         ShardError::Gap { .. } => Reason::Gap,
         ShardError::Malformed(_) => Reason::Invalid,
+        ShardError::TooLarge { .. } => Reason::EntryTooLarge,
         ShardError::Store(_) => Reason::Store,
     };
     let mut status = reason.status(e.to_string());
@@ -219,7 +220,7 @@ impl<S: ShardStore> ShardService<S> {
                 tracing::error!(shard = %self.id, error = %e, "commit failed");
                 self.store_failed(e);
             }
-            ShardError::Malformed(_) => {
+            ShardError::Malformed(_) | ShardError::TooLarge { .. } => {
                 tracing::warn!(shard = %self.id, error = %e, "malformed batch")
             }
             ShardError::WrongShard { .. }
