@@ -297,7 +297,9 @@ impl<S: ShardStore> ShardCore<S> {
         let mut skipped = 0;
         let mut take = Vec::new();
         let mut gap = None;
-        let mut last = 0;
+        let before = applied;
+        // The indexes this call applies, increasing (see the skip below).
+        let mut taken_indexes: Vec<u64> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             if e.index == 0 {
                 gap = Some(ShardError::Malformed(format!(
@@ -305,16 +307,21 @@ impl<S: ShardStore> ShardCore<S> {
                 )));
                 break;
             }
-            // A batch holds a run of the log in order: an index that does not increase would
-            // otherwise be skipped as already applied, and its mutations silently lost.
-            if e.index <= last {
+            // A resent entry (at or below the applied index) is skipped. But one above what
+            // was applied before this call that this call did not apply was passed over by
+            // the entry before it (which named an earlier previous index): a sender's
+            // mistake, refused rather than skipped with its mutations lost.
+            if e.index <= applied
+                && e.index > before
+                && taken_indexes.binary_search(&e.index).is_err()
+            {
                 gap = Some(ShardError::Malformed(format!(
-                    "entry {} follows entry {last} in one batch: indexes must increase",
+                    "entry {} comes after entry {applied}, which named an earlier previous \
+                     index: indexes of one shard's entries must increase",
                     e.index
                 )));
                 break;
             }
-            last = e.index;
             let size = crate::limits::entry_bytes(&e.mutations);
             if size as u64 > self.me.max_entry_bytes {
                 gap = Some(ShardError::TooLarge {
@@ -349,6 +356,7 @@ impl<S: ShardStore> ShardCore<S> {
                 break;
             }
             applied = e.index;
+            taken_indexes.push(e.index);
             take.push(i);
         }
         let new = take.len();
@@ -643,10 +651,11 @@ mod tests {
         assert!(matches!(err, ShardError::Malformed(_)), "{err}");
     }
 
-    /// Indexes that go down within a batch are a sender's mistake: refused, not skipped as
-    /// already applied (the entry's mutations would be lost without a word).
+    /// An entry the one before it passed over (5 naming 3 as its previous, then 4) is a
+    /// sender's mistake: refused, not skipped as already applied (its mutations would be
+    /// lost without a word). A resend of what was applied is still skipped.
     #[test]
-    fn a_batch_whose_indexes_do_not_increase_is_refused_after_its_valid_prefix() {
+    fn an_entry_passed_over_by_the_one_before_it_is_refused_after_the_valid_prefix() {
         let mut core = mem();
         core.hello(&hi(1)).unwrap();
         let err = core
@@ -656,9 +665,26 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, ShardError::Malformed(_)), "{err}");
-        assert!(err.to_string().contains("indexes must increase"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("indexes of one shard's entries must increase"),
+            "{err}"
+        );
         assert_eq!(core.durable().applied, 3, "the prefix before it is applied");
         assert_eq!(counter(&core, "k"), Some(4));
+        // A resend within what one call holds (two batches of one stream, gathered) is not
+        // that: what this call applied is skipped.
+        let mut core = mem();
+        core.hello(&hi(1)).unwrap();
+        let resent = [
+            add(1, 0, "k", 1),
+            add(2, 1, "k", 1),
+            add(1, 0, "k", 1),
+            add(2, 1, "k", 1),
+            add(3, 2, "k", 1),
+        ];
+        core.apply(1, &resent).unwrap();
+        assert_eq!(counter(&core, "k"), Some(3));
     }
 
     /// An entry above the shard's limit is refused as too large, whatever the Hello said:
