@@ -278,3 +278,40 @@ fn the_preallocate_flag_reaches_the_wal() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--preallocate"), "{stderr}");
 }
+
+/// Counts that make no sense are refused by name before anything starts: `bench --shards 0`
+/// used to panic, `failover-bench --replicas 1` to wait a minute for a takeover no standby
+/// could make, `demo --shards 0` to blame the lease, and `--keys 0` to be taken as 1.
+#[test]
+fn counts_that_cannot_work_are_refused_by_name() {
+    for (args, flag, least) in [
+        (&["bench", "--shards", "2,0"][..], "--shards", 1),
+        (
+            &["bench", "--logstore-replicas", "0"],
+            "--logstore-replicas",
+            1,
+        ),
+        (&["bench", "--keys", "0"], "--keys", 1),
+        (&["load", "--key-space", "0"], "--key-space", 1),
+        (&["load", "--concurrency", "0"], "--concurrency", 1),
+        (&["failover-bench", "--replicas", "1"], "--replicas", 2),
+        (&["failover-bench", "--takedowns", "0"], "--takedowns", 1),
+        (&["failover-bench", "--shards", "0"], "--shards", 1),
+        (&["demo", "--shards", "0"], "--shards", 1),
+        (&["demo", "--keys", "0"], "--keys", 1),
+        (&["demo", "--rounds", "0"], "--rounds", 1),
+    ] {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("for '{flag} <"))
+                && stderr.contains(&format!("must be at least {least}")),
+            "{args:?}: {stderr}"
+        );
+    }
+}

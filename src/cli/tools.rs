@@ -13,20 +13,20 @@ use crate::harness::{bench, cluster, demo, floor};
 #[derive(Args)]
 pub struct FailoverBenchArgs {
     /// Leader takedowns to measure.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least::<1>)]
     takedowns: usize,
     /// SIGTERM (graceful: the leader releases its lease) instead of SIGKILL.
     #[arg(long)]
     graceful: bool,
-    /// Player replicas.
-    #[arg(long, default_value_t = 3)]
+    /// Player replicas (at least 2: a leader and a standby to take over).
+    #[arg(long, default_value_t = 3, value_parser = at_least::<2>)]
     replicas: usize,
     /// Take down the log leader of a LogStore of this many log replicas instead of the
     /// player leader: time from SIGKILL to the next acknowledged append.
     #[arg(long, value_parser = clap::value_parser!(u64).range(3..=7))]
     log_replicas: Option<u64>,
     /// Shards.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least::<1>)]
     shards: usize,
     /// Background load in transactions per second.
     #[arg(long, default_value_t = 1000)]
@@ -44,19 +44,24 @@ pub struct DemoArgs {
     /// Keep data and logs here instead of a temporary directory.
     #[arg(long, env = "LOGPLAYER_DEMO_DATA")]
     data: Option<PathBuf>,
-    #[arg(long, default_value_t = 4)]
+    /// Shards.
+    #[arg(long, default_value_t = 4, value_parser = at_least::<1>)]
     shards: usize,
-    /// Transactions per second.
+    /// Transactions per second (0 = as fast as 64 appenders can).
     #[arg(long, default_value_t = 2000)]
     rate: u64,
     /// Length of the load phase; it goes on past this until the last fault is injected.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Times the fault schedule runs, spread evenly over --seconds (a soak: e.g.
+    /// `--seconds 600 --rounds 20` injects 140 faults in ten minutes).
+    #[arg(long, default_value_t = 1, value_parser = at_least::<1>)]
+    rounds: usize,
     /// Bytes per transaction.
     #[arg(long, default_value_t = 1024)]
     txn_bytes: usize,
     /// Keys per transaction.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least::<1>)]
     keys: usize,
     /// Log replicas: 3 runs the LogStore as a Raft group (and kills its leader and freezes
     /// a follower among the faults); 1 runs the single-node LogStore.
@@ -73,13 +78,13 @@ pub struct LoadFlags {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Appenders in flight when --rate is 0.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least::<1>)]
     concurrency: usize,
     /// Keys per transaction.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least::<1>)]
     keys: usize,
     /// Distinct keys to draw from.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = at_least::<1>)]
     key_space: usize,
 }
 
@@ -99,6 +104,15 @@ pub struct LoadArgs {
     writer_prefix: String,
 }
 
+/// A count that must be at least `N` (clap's ranged parsers are for fixed-width integers).
+fn at_least<const N: usize>(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= N => Ok(n),
+        Ok(_) => Err(format!("must be at least {N}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A writer-id prefix: letters, digits, `.`, `_` and `-` (the ids it makes are written in
 /// the log and matched against certificates' writer names).
 fn parse_writer_prefix(s: &str) -> Result<String, String> {
@@ -114,14 +128,14 @@ fn parse_writer_prefix(s: &str) -> Result<String, String> {
 #[derive(Args)]
 pub struct BenchArgs {
     /// Shard counts to measure, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "2,10,20")]
+    #[arg(long, value_delimiter = ',', default_value = "2,10,20", value_parser = at_least::<1>)]
     shards: Vec<usize>,
     /// Transaction sizes in bytes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1024,10240")]
     sizes: Vec<usize>,
     /// Log replicas to measure, comma separated: 1 is the single-node LogStore, 3 a Raft
     /// group of three on this machine (sharing its disk).
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = at_least::<1>)]
     logstore_replicas: Vec<usize>,
     #[command(flatten)]
     load: LoadFlags,
@@ -190,6 +204,7 @@ pub async fn run_demo(a: DemoArgs, tls: &super::TlsArgs) -> anyhow::Result<()> {
         txn_bytes: a.txn_bytes,
         keys_per_txn: a.keys,
         logstore_replicas: a.logstore_replicas as usize,
+        rounds: a.rounds,
     })
     .await?;
     if !pass {

@@ -3,8 +3,9 @@
 //! drives multi-shard `add`/`append` transactions, and mid-run SIGKILLs and restarts shards,
 //! SIGKILLs the leader, freezes the next leader (SIGSTOP past its lease, then SIGCONT so it
 //! wakes stale and is fenced), kills a shard and the leader at once, SIGKILLs the log leader
-//! and freezes a log follower. It prints each failover's duration and epochs, checks every
-//! shard against the state the log implies, and ends with `exactly-once: PASS` or `FAIL`.
+//! and freezes a log follower (that schedule `rounds` times over the run). It prints each
+//! failover's duration and epochs, checks every shard against the state the log implies, and
+//! ends with `exactly-once: PASS` or `FAIL`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct DemoConfig {
     pub keys_per_txn: usize,
     /// 1: the single-node LogStore; more: a Raft group of that many log replicas.
     pub logstore_replicas: usize,
+    /// Times the fault schedule runs, spread evenly over `seconds` (at least 1).
+    pub rounds: usize,
 }
 
 /// Errors that stop the demo before it can judge.
@@ -62,7 +65,8 @@ pub enum DemoError {
     Dir(std::io::Error),
 }
 
-/// The fault schedule, as fractions of the run (the log faults only with log replicas).
+/// The fault schedule, as fractions of a round (the log faults only with log replicas); a
+/// run is `rounds` of them.
 const SCHEDULE: [(f64, Fault); 7] = [
     (0.1, Fault::Shard),
     (0.22, Fault::KillLeader),
@@ -86,9 +90,9 @@ struct Run {
     log_failovers: Vec<f64>,
     /// Appends acknowledged so far (the load's progress).
     appended: Arc<AtomicU64>,
-    /// What the shards counted in the seconds after the frozen leader woke. Read then, not
+    /// What the shards counted in the seconds after each frozen leader woke. Read then, not
     /// at the end: a shard restarted by a later fault starts its counters again.
-    woken: Fencing,
+    woken: Vec<Fencing>,
 }
 
 /// Where the demo keeps its data: `--data`, or a temporary directory removed at the end.
@@ -188,7 +192,7 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
         failovers: Vec::new(),
         log_failovers: Vec::new(),
         appended: appended.clone(),
-        woken: Fencing::default(),
+        woken: Vec::new(),
     };
     run.follow_schedule(&cfg, replicated, &load, &hold.0)
         .await?;
@@ -200,18 +204,21 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     run.stop().await;
     let epochs_increase = run.failovers.iter().all(|f| f.new_epoch > f.old_epoch);
     let froze = run.failovers.iter().any(|f| f.takedown == Takedown::Stop);
-    let woken = run.woken;
-    let fenced =
-        !froze || (woken.refusals > 0 && woken.stale_commits == 0 && fencing.stale_commits == 0);
+    let woken = &run.woken;
+    let stale_commits = woken
+        .iter()
+        .map(|w| w.stale_commits)
+        .fold(fencing.stale_commits, u64::max);
+    let fenced = !froze || (woken.iter().all(|w| w.refusals > 0) && stale_commits == 0);
     let pass = result.pass && epochs_increase && fenced;
     if !epochs_increase {
         println!("an epoch did not increase across a failover");
     }
     if !fenced {
+        let refusals: Vec<String> = woken.iter().map(|w| w.refusals.to_string()).collect();
         println!(
-            "the frozen leader was not fenced: {} refusals after it woke, {} commits under a stale epoch",
-            woken.refusals,
-            woken.stale_commits.max(fencing.stale_commits)
+            "a frozen leader was not fenced: refusals after each woke {}, {stale_commits} commits under a stale epoch",
+            refusals.join(", ")
         );
     }
     println!("exactly-once: {}", if pass { "PASS" } else { "FAIL" });
@@ -253,19 +260,29 @@ impl Run {
         hold: &AtomicBool,
     ) -> Result<(), DemoError> {
         let started = Instant::now();
+        let rounds = cfg.rounds.max(1);
+        let total = SCHEDULE.len() * rounds;
+        // The k-th fault: round k / len, at its fraction of that round.
+        let due = |k: usize| {
+            let (round, (frac, fault)) = (k / SCHEDULE.len(), SCHEDULE[k % SCHEDULE.len()]);
+            (
+                (round as f64 + frac) / rounds as f64 * cfg.seconds as f64,
+                fault,
+            )
+        };
         let mut next = 0;
         let mut last_print = Instant::now();
         while !load.is_finished() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let t = started.elapsed().as_secs_f64();
-            if next < SCHEDULE.len() && t >= SCHEDULE[next].0 * cfg.seconds as f64 {
-                let fault = SCHEDULE[next].1;
+            if next < total && t >= due(next).0 {
+                let fault = due(next).1;
                 let log_fault = matches!(fault, Fault::KillLogLeader | Fault::FreezeLogFollower);
                 if replicated || !log_fault {
-                    self.inject(fault, next % cfg.shards, t).await?;
+                    self.inject(fault, next % cfg.shards.max(1), t).await?;
                 }
                 next += 1;
-                if next == SCHEDULE.len() {
+                if next == total {
                     hold.store(false, Ordering::Relaxed);
                     if t > cfg.seconds as f64 {
                         println!(
@@ -375,11 +392,12 @@ impl Run {
             let before = self.fencing_now().await;
             self.cluster.players[f.old_leader].cont()?;
             let woke = Instant::now();
-            self.woken = self.watch_woken(before).await;
+            let woken = self.watch_woken(before).await;
+            self.woken.push(woken);
             println!(
                 "  fault: {what}; SIGCONT player-{} (now stale): the shards refused {} of its requests in the {:.1} s after",
                 f.old_leader,
-                self.woken.refusals,
+                woken.refusals,
                 woke.elapsed().as_secs_f64()
             );
         } else {
@@ -479,18 +497,18 @@ impl Run {
                 epochs.join(" -> ")
             );
         }
-        for f in self
+        let stopped = self
             .failovers
             .iter()
-            .filter(|f| f.takedown == Takedown::Stop)
-        {
+            .filter(|f| f.takedown == Takedown::Stop);
+        for (f, woken) in stopped.zip(&self.woken) {
             println!(
                 "fenced            the frozen leader player-{} (epoch {}) woke stale: the shards refused {} of its requests after it woke ({} counted by the shards at the end, since their last restart), and {} entries were committed under a stale epoch",
                 f.old_leader,
                 f.old_epoch,
-                self.woken.refusals,
+                woken.refusals,
                 fencing.refusals,
-                self.woken.stale_commits.max(fencing.stale_commits)
+                woken.stale_commits.max(fencing.stale_commits)
             );
         }
         if !self.failovers.iter().any(|f| f.takedown == Takedown::Stop) {
