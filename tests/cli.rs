@@ -315,3 +315,38 @@ fn counts_that_cannot_work_are_refused_by_name() {
         );
     }
 }
+
+/// The player's delivery limits are the CRD's (`delivery.*`, `lease.leaseDuration`): one
+/// bound for each, so the API server never accepts what the pods then refuse, and a value
+/// past it is refused by name at start.
+#[test]
+fn the_players_limits_are_the_crds() {
+    let base = [
+        "player",
+        "--logstore",
+        "127.0.0.1:7000",
+        "--shard",
+        "s0=127.0.0.1:7100",
+    ];
+    for (flag, says, code) in [
+        ("--window=1025", "window batches must be 1 to 1024", 1),
+        (
+            "--window-bytes=1073741825",
+            "window bytes must be 1 to 1 GiB",
+            1,
+        ),
+        ("--batch-bytes=8388609", "batch bytes must be 1 to 8 MiB", 1),
+        ("--queue-bytes=1073741825", "64 KiB to 1 GiB", 1),
+        ("--lease-duration=61m", "must be above 0 and at most 1h", 2),
+    ] {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(base)
+            .arg(flag)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{flag}: {stderr}");
+        assert!(stderr.contains(says), "{flag}: {stderr}");
+    }
+}

@@ -2,8 +2,11 @@
 //! shard selector and the log source, with its status.
 
 use super::{
-    Backend, CrdError, DURATION_PATTERN, ExternalEndpoint, ImagePullPolicy, ManagedStorage,
-    SHORT_STRING_MAX, backend, parse_duration,
+    Backend, CrdError, DNS_SUBDOMAIN_PATTERN, DURATION_PATTERN, ExternalEndpoint, ImagePullPolicy,
+    ManagedStorage, SHORT_STRING_MAX, backend, parse_duration,
+};
+use crate::player::{
+    MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_QUEUE_BYTES,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
@@ -23,6 +26,8 @@ use std::time::Duration;
     version = "v1alpha1",
     kind = "LogPlayer",
     namespaced,
+    validation = Rule::new("self.metadata.name.size() <= 43")
+        .message("a LogPlayer's name is at most 43 characters (its log replicas' pods carry the label NAME-logstore-HASH, at most 63)"),
     shortname = "lp",
     doc = "A LogPlayer delivers the entries of one LogStore (a write-ahead log) to the Shards it \
            selects, exactly once and in order, with one leading replica and hot standbys.",
@@ -192,10 +197,12 @@ pub struct TlsSettings {
     /// cert-manager keeps (a `Certificate` with `isCA: true` writes such a Secret), create it
     /// first. Default `<name>-ca`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(DNS_SUBDOMAIN_PATTERN))]
     pub ca_secret: Option<String>,
     /// Writer ids the writer certificate may append as; `PREFIX*` allows every id starting
-    /// with `PREFIX`. Default `["*"]` (any id).
+    /// with `PREFIX`. Default `["*"]` (any id). Letters, digits, `.`, `_`, `~` and `-` (each
+    /// becomes a URI name `logplayer://writer/ID` in the certificate), at most 256, and `*`
+    /// only at the end.
     #[serde(default = "default_writer_ids")]
     #[schemars(length(min = 1, max = 32))]
     pub writer_ids: Vec<WriterId>,
@@ -206,7 +213,7 @@ pub struct TlsSettings {
 #[serde(rename_all = "camelCase")]
 pub struct IssuerRef {
     /// The issuer's name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// `Issuer` (default; in the LogPlayer's namespace), `ClusterIssuer`, or an external
     /// issuer's kind.
@@ -229,7 +236,11 @@ fn default_issuer_group() -> String {
 /// A writer id the writer certificate grants, or `PREFIX*` for every id with that prefix.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
-pub struct WriterId(#[schemars(length(min = 1, max = 253))] pub String);
+pub struct WriterId(#[schemars(length(min = 1, max = 257), pattern(WRITER_ID_PATTERN))] pub String);
+
+/// A writer id as a certificate grants it: URI-safe characters (RFC 3986's unreserved ones),
+/// at most [`crate::logstore::MAX_WRITER_ID_BYTES`] of them, optionally followed by `*`.
+pub(crate) const WRITER_ID_PATTERN: &str = r"^([A-Za-z0-9._~-]{1,256}\*?|\*)$";
 
 fn default_writer_ids() -> Vec<WriterId> {
     vec![WriterId("*".to_owned())]
@@ -289,7 +300,9 @@ impl LogPlayerSpec {
     validation = Rule::new("duration(self.retryPeriod) > duration('0s') && duration(self.retryPeriod) < duration(self.renewDeadline)")
         .message("lease timing needs 0 < retryPeriod < renewDeadline"),
     validation = Rule::new("duration(self.renewDeadline) < duration(self.leaseDuration)")
-        .message("lease timing needs renewDeadline < leaseDuration")
+        .message("lease timing needs renewDeadline < leaseDuration"),
+    validation = Rule::new("duration(self.leaseDuration) <= duration('1h')")
+        .message("leaseDuration is at most 1h")
 )]
 pub struct LeaseSettings {
     /// How long a lease lasts without renewal; a standby takes over after this. Default `2s`.
@@ -349,6 +362,7 @@ impl LeaseSettings {
         if t.retry_period.is_zero()
             || t.retry_period >= t.renew_deadline
             || t.renew_deadline >= t.lease_duration
+            || t.lease_duration > crate::lease::MAX_LEASE_DURATION
         {
             return Err(CrdError::LeaseTiming {
                 retry_period: t.retry_period,
@@ -367,12 +381,12 @@ impl LeaseSettings {
 pub struct DeliverySettings {
     /// Most batches in flight (sent, not yet acknowledged) per shard. 1 to 1024; default 64.
     #[serde(default = "default_window")]
-    #[schemars(range(min = 1, max = 1024))]
+    #[schemars(range(min = 1, max = MAX_WINDOW))]
     pub window: i32,
     /// Most bytes of entries in flight per shard (a batch still goes when none is in
     /// flight). 1 to 1 GiB; default 16 MiB (16777216).
     #[serde(default = "default_window_bytes")]
-    #[schemars(range(min = 1, max = 1073741824))]
+    #[schemars(range(min = 1, max = MAX_WINDOW_BYTES))]
     pub window_bytes: i64,
     /// Most entries in one batch. At least 1; default 512.
     #[serde(default = "default_batch_entries")]
@@ -382,12 +396,12 @@ pub struct DeliverySettings {
     /// never exceeds the entry limit (`--max-entry-bytes`, 4 MiB) whatever this says;
     /// default 1 MiB (1048576).
     #[serde(default = "default_batch_bytes")]
-    #[schemars(range(min = 1, max = 8388608))]
+    #[schemars(range(min = 1, max = MAX_BATCH_BYTES))]
     pub batch_bytes: i64,
     /// Per-shard queue limit in bytes; past it the shard catches up by reading the log
-    /// instead. At least 64 KiB (65536); default 8 MiB (8388608).
+    /// instead. 64 KiB (65536) to 1 GiB; default 8 MiB (8388608).
     #[serde(default = "default_queue_bytes")]
-    #[schemars(range(min = 65536))]
+    #[schemars(range(min = MIN_QUEUE_BYTES, max = MAX_QUEUE_BYTES))]
     pub queue_bytes: i64,
 }
 

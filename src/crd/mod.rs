@@ -68,6 +68,22 @@ pub const QUANTITY_PATTERN: &str =
 /// `resources.requests` and `resources.limits` accept. Checked by the CRD, because a value
 /// such as `lots` would otherwise be accepted and then refuse every apply of the pods.
 pub const RESOURCE_QUANTITY_PATTERN: &str = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)))?$";
+/// A DNS-1123 subdomain: what a Secret's (or an issuer's) name must be. Checked by the CRD,
+/// because a name such as `Bad Name` is otherwise accepted and fails every reconciliation
+/// with an error about a URI.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A DNS-1123 label: what a LogPlayer's name is (a Shard's `spec.logPlayer` names one, and
+/// becomes a label value).
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// The longest LogPlayer name: its log replicas' StatefulSet `NAME-logstore` gives each pod a
+/// `controller-revision-hash` label `NAME-logstore-HASH` (a hash of up to 10 characters), and
+/// a label value is at most 63 characters; longer, the pods could never be created. Every
+/// other name the operator derives is shorter (`names.rs` tests it).
+pub const MAX_LOGPLAYER_NAME: u32 = 43;
+/// The longest Shard name, for the same reason: a managed shard's pods carry
+/// `NAME-shard-HASH`.
+pub const MAX_SHARD_NAME: u32 = 46;
 /// Longest duration or quantity string (also bounds CEL cost).
 const SHORT_STRING_MAX: u32 = 32;
 
@@ -132,7 +148,7 @@ pub enum CrdError {
     },
     /// The lease durations are out of order.
     #[error(
-        "lease timing needs 0 < retryPeriod < renewDeadline < leaseDuration, got retryPeriod \
+        "lease timing needs 0 < retryPeriod < renewDeadline < leaseDuration <= 1h, got retryPeriod \
          {retry_period:?}, renewDeadline {renew_deadline:?}, leaseDuration {lease_duration:?}"
     )]
     LeaseTiming {

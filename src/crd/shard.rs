@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    Backend, CrdError, DURATION_PATTERN, ExternalEndpoint, ManagedStorage, SHORT_STRING_MAX,
-    SlotRange, backend, parse_duration, validate_ranges,
+    Backend, CrdError, DNS_LABEL_PATTERN, DURATION_PATTERN, ExternalEndpoint, ManagedStorage,
+    SHORT_STRING_MAX, SlotRange, backend, parse_duration, validate_ranges,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "Shard",
     namespaced,
+    validation = Rule::new("self.metadata.name.size() <= 46")
+        .message("a Shard's name is at most 46 characters (a managed shard's pods carry the label NAME-shard-HASH, at most 63)"),
     doc = "A Shard owns ranges of the 16384 hash slots and applies, in log order, the entries \
            of its LogPlayer's log that touch them.",
     status = "ShardStatus",
@@ -65,7 +67,7 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct ShardSpec {
     /// Name of the LogPlayer (in this namespace) that delivers to this shard. Cannot change.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 43), pattern(DNS_LABEL_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("logPlayer cannot change"))]
     pub log_player: String,
     /// Inclusive hash-slot ranges this shard owns, in ascending order and not overlapping

@@ -234,7 +234,27 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         ["!has(self.mode) || self.mode != 'CertManager' || has(self.issuerRef)"]
     );
     let lease_rules = rules(&spec["properties"]["lease"]);
-    assert_eq!(lease_rules.len(), 2, "{lease_rules:?}");
+    assert_eq!(lease_rules.len(), 3, "{lease_rules:?}");
+    // The CRD's longest lease is the player's: one number, written twice (CEL and Rust).
+    assert!(lease_rules.contains(&format!(
+        "duration(self.leaseDuration) <= duration('{}')",
+        humantime::format_duration(crate::lease::MAX_LEASE_DURATION)
+    )));
+    // The longest names, likewise (see `MAX_LOGPLAYER_NAME`).
+    assert_eq!(
+        rules(&lp),
+        [format!(
+            "self.metadata.name.size() <= {}",
+            super::MAX_LOGPLAYER_NAME
+        )]
+    );
+    assert_eq!(
+        rules(&schema(&Shard::crd())),
+        [format!(
+            "self.metadata.name.size() <= {}",
+            super::MAX_SHARD_NAME
+        )]
+    );
     assert!(lease_rules.iter().all(|r| r.contains("duration(")));
     assert_eq!(
         rules(&spec["properties"]["checkpointInterval"]),
@@ -269,6 +289,14 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     );
     assert_eq!(rules(&spec["properties"]["logPlayer"]), ["self == oldSelf"]);
     assert_eq!(spec["properties"]["logPlayer"]["minLength"], 1);
+    assert_eq!(
+        spec["properties"]["logPlayer"]["maxLength"],
+        super::MAX_LOGPLAYER_NAME
+    );
+    assert_eq!(
+        spec["properties"]["logPlayer"]["pattern"],
+        super::DNS_LABEL_PATTERN
+    );
     let slots = &spec["properties"]["slots"];
     assert_eq!(slots["minItems"], 1);
     assert_eq!(slots["maxItems"], MAX_SLOT_RANGES);
@@ -307,7 +335,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 13, "{found:#?}");
+    assert_eq!(found.len(), 16, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -333,12 +361,24 @@ fn schema_carries_the_defaults_and_bounds() {
         p["delivery"]["default"],
         json!({"window": 64, "windowBytes": 16777216, "batchEntries": 512, "batchBytes": 1048576, "queueBytes": 8388608})
     );
+    // The bounds are the player's own (`PlayerConfig::validate`), so that nothing the API
+    // server accepts is refused by the pods it runs.
     let d = &p["delivery"]["properties"];
+    let f = |n: usize| n as f64;
+    use crate::player::{MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES};
     assert_eq!(d["window"]["minimum"], 1.0);
-    assert_eq!(d["window"]["maximum"], 1024.0);
+    assert_eq!(d["window"]["maximum"], f(MAX_WINDOW));
     assert_eq!(d["windowBytes"]["minimum"], 1.0);
-    assert_eq!(d["batchBytes"]["maximum"], 8388608.0);
+    assert_eq!(d["windowBytes"]["maximum"], f(MAX_WINDOW_BYTES));
+    assert_eq!(d["batchBytes"]["maximum"], f(MAX_BATCH_BYTES));
     assert_eq!(d["queueBytes"]["minimum"], 65536.0);
+    assert_eq!(d["queueBytes"]["maximum"], f(MAX_QUEUE_BYTES));
+    let tls = &p["tls"]["properties"];
+    assert_eq!(tls["caSecret"]["pattern"], super::DNS_SUBDOMAIN_PATTERN);
+    assert_eq!(
+        tls["issuerRef"]["properties"]["name"]["pattern"],
+        super::DNS_SUBDOMAIN_PATTERN
+    );
     assert_eq!(
         p["imagePullPolicy"]["enum"],
         json!(["Always", "IfNotPresent", "Never"])
@@ -740,6 +780,20 @@ fn quantity_patterns_refuse_what_the_api_server_would_refuse_later() {
     }
     for bad in ["lots", "-1", "1GB", "", "1.2.3", "m"] {
         assert!(!resource.is_match(bad), "resource {bad} should be refused");
+    }
+    let writer = regex::Regex::new(super::logplayer::WRITER_ID_PATTERN).unwrap();
+    for ok in ["*", "app-*", "tm-1", "a.b_c~d", &"w".repeat(256)] {
+        assert!(writer.is_match(ok), "writer id {ok} should pass");
+    }
+    for bad in ["a b", "x/y", "*a*", "a?b#c", "a**", "", &"w".repeat(257)] {
+        assert!(!writer.is_match(bad), "writer id {bad} should be refused");
+    }
+    let secret = regex::Regex::new(super::DNS_SUBDOMAIN_PATTERN).unwrap();
+    for ok in ["demo-ca", "a", "ca.example-1"] {
+        assert!(secret.is_match(ok), "secret name {ok} should pass");
+    }
+    for bad in ["Bad Name", "-a", "a-", "a..b", "UPPER", ""] {
+        assert!(!secret.is_match(bad), "secret name {bad} should be refused");
     }
     // The generated CRDs carry the resource pattern on every requests/limits value.
     let text = super::generate::crds_yaml().unwrap();

@@ -151,6 +151,21 @@ pub trait LeaseBackend: Send + Sync {
     fn lease_duration(&self) -> Duration;
 }
 
+/// The longest lease (`--lease-duration`, the CRD's `spec.lease.leaseDuration`): a standby
+/// waits this long before it takes over from a leader that died, and a Kubernetes Lease
+/// holds it in whole seconds as an `i32`. An hour is past any pause a lease is meant to
+/// ride out.
+pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
+
+/// Parses `--lease-duration`: a duration above zero and at most [`MAX_LEASE_DURATION`].
+pub fn parse_lease_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > MAX_LEASE_DURATION {
+        return Err(format!("{s}: must be above 0 and at most 1h"));
+    }
+    Ok(d)
+}
+
 /// What to do with a lease given what it holds now. Shared by both backends so they agree.
 #[derive(Debug, PartialEq, Eq)]
 enum Decision {

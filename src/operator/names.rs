@@ -154,3 +154,42 @@ pub fn player_pod_selector(lp: &LogPlayer) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{LogPlayerSpec, MAX_LOGPLAYER_NAME, MAX_SHARD_NAME, ShardSpec};
+    use serde_json::json;
+
+    /// A Service's name and a label's value are at most 63 characters, and a StatefulSet's
+    /// pods carry `controller-revision-hash: STATEFULSET-HASH` (a hash of up to 10).
+    const LABEL_MAX: usize = 63;
+    const REVISION_SUFFIX: usize = 1 + 10;
+
+    /// The CRDs' longest names are exactly what the derived names allow: at those lengths
+    /// every Service name and pod label fits, and the StatefulSets' revision label is what
+    /// bounds them (one character more and their pods could never be created).
+    #[test]
+    fn the_longest_names_the_crds_allow_fit_every_derived_name() {
+        let spec: LogPlayerSpec =
+            serde_json::from_value(json!({"logStore": {"managed": {"storage": "1Gi"}}})).unwrap();
+        let lp = LogPlayer::new(&"l".repeat(MAX_LOGPLAYER_NAME as usize), spec);
+        for service in [
+            player_name(&lp),
+            metrics_service_name(&lp),
+            logstore_name(&lp),
+            logstore_client_name(&lp),
+        ] {
+            assert!(service.len() <= LABEL_MAX, "{service}");
+        }
+        assert_eq!(logstore_name(&lp).len() + REVISION_SUFFIX, LABEL_MAX);
+        let spec: ShardSpec = serde_json::from_value(json!({
+            "logPlayer": "demo",
+            "slots": [{"start": 0, "end": 16383}],
+            "managed": {"storage": "1Gi"}
+        }))
+        .unwrap();
+        let shard = Shard::new(&"s".repeat(MAX_SHARD_NAME as usize), spec);
+        assert_eq!(shard_server_name(&shard).len() + REVISION_SUFFIX, LABEL_MAX);
+    }
+}

@@ -51,7 +51,7 @@ pub struct PlayerArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// How long a lease lasts without renewal; a standby takes over after this.
-    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "2s", value_parser = crate::lease::parse_lease_duration)]
     #[serde(with = "humantime_serde")]
     pub lease_duration: Duration,
     /// A leader that could not renew for this long stops sending (must be below
@@ -88,23 +88,25 @@ pub struct PlayerArgs {
     /// Most entries per batch.
     #[arg(long, env = "LOGPLAYER_BATCH_ENTRIES", default_value_t = 512)]
     pub batch_entries: usize,
-    /// Most bytes per batch (never above --max-entry-bytes; one larger entry goes alone).
+    /// Most bytes per batch, up to 8 MiB (never above --max-entry-bytes; one larger entry
+    /// goes alone).
     #[arg(long, env = "LOGPLAYER_BATCH_BYTES", default_value_t = 1024 * 1024)]
     pub batch_bytes: usize,
     /// Largest transaction, in bytes: the same value as the LogStore's and every shard's
     /// --max-entry-bytes (the player checks both when it connects).
     #[arg(long, env = "LOGPLAYER_MAX_ENTRY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_ENTRY_BYTES, value_parser = crate::limits::parse_flag)]
     pub max_entry_bytes: usize,
-    /// Most unacknowledged batches per shard (a shard acknowledges once a commit is
-    /// durable; with small batches, a window of few batches stalls delivery behind one slow
-    /// commit).
+    /// Most unacknowledged batches per shard, 1 to 1024 (a shard acknowledges once a commit
+    /// is durable; with small batches, a window of few batches stalls delivery behind one
+    /// slow commit).
     #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = 64)]
     pub window: usize,
-    /// Most unacknowledged bytes of entries per shard (a batch still goes when nothing is
-    /// in flight).
+    /// Most unacknowledged bytes of entries per shard, up to 1 GiB (a batch still goes when
+    /// nothing is in flight).
     #[arg(long, env = "LOGPLAYER_WINDOW_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub window_bytes: usize,
-    /// Per-shard queue limit in bytes; past it the shard catches up from the log.
+    /// Per-shard queue limit in bytes, 64 KiB to 1 GiB; past it the shard catches up from
+    /// the log.
     #[arg(long, env = "LOGPLAYER_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub queue_bytes: usize,
     /// Watermark interval in entries for idle shards.

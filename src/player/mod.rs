@@ -42,6 +42,18 @@ use crate::proto::{AppliedRequest, BoundsRequest};
 use crate::routing::ShardMap;
 use queue::{QueueLimits, QueueState, TargetQueue};
 
+/// The most batches in flight per shard (`--window`, the CRD's `delivery.window`).
+pub const MAX_WINDOW: usize = 1024;
+/// The most bytes in flight per shard (`--window-bytes`, `delivery.windowBytes`): 1 GiB.
+pub const MAX_WINDOW_BYTES: usize = 1 << 30;
+/// The most bytes in a batch (`--batch-bytes`, `delivery.batchBytes`): 8 MiB.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// The least and the most bytes a shard's queue holds (`--queue-bytes`,
+/// `delivery.queueBytes`): 64 KiB to 1 GiB.
+pub const MIN_QUEUE_BYTES: usize = 64 << 10;
+/// See [`MIN_QUEUE_BYTES`].
+pub const MAX_QUEUE_BYTES: usize = 1 << 30;
+
 /// Player settings; every field has a default (see [`PlayerConfig::new`]).
 #[derive(Debug, Clone)]
 pub struct PlayerConfig {
@@ -113,20 +125,22 @@ impl PlayerConfig {
         if self.batch_entries == 0 {
             return bad("batch entries must be at least 1");
         }
-        if self.window_batches == 0 {
-            return bad("window batches must be at least 1");
+        if !(1..=MAX_WINDOW).contains(&self.window_batches) {
+            return bad("window batches must be 1 to 1024");
         }
-        if self.window_bytes == 0 {
-            return bad("window bytes must be at least 1");
+        if !(1..=MAX_WINDOW_BYTES).contains(&self.window_bytes) {
+            return bad("window bytes must be 1 to 1 GiB");
         }
-        if self.queue_bytes < 64 * 1024 || self.catchup_bytes < 64 * 1024 {
-            return bad("queue and catch-up limits must be at least 64 KiB");
+        if !(MIN_QUEUE_BYTES..=MAX_QUEUE_BYTES).contains(&self.queue_bytes)
+            || !(MIN_QUEUE_BYTES..=MAX_QUEUE_BYTES).contains(&self.catchup_bytes)
+        {
+            return bad("queue and catch-up limits must be 64 KiB to 1 GiB");
         }
         if let Err(e) = crate::limits::validate(self.max_entry_bytes) {
             return bad(&e);
         }
-        if self.batch_bytes == 0 {
-            return bad("batch bytes must be at least 1");
+        if !(1..=MAX_BATCH_BYTES).contains(&self.batch_bytes) {
+            return bad("batch bytes must be 1 to 8 MiB");
         }
         if self.watermark_every == 0 {
             return bad("watermark interval must be at least 1");

@@ -244,6 +244,55 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             logplayer_yaml("no-issuer", "    mode: CertManager\n"),
             &["spec.tls", "needs tls.issuerRef"],
         ),
+        (
+            "a LogPlayer whose name is 44 characters",
+            "long-name.yaml",
+            logplayer_yaml(&"l".repeat(44), ""),
+            &["at most 43 characters", "NAME-logstore-HASH"],
+        ),
+        (
+            "a Shard whose name is 47 characters",
+            "long-shard.yaml",
+            shard_yaml(&"s".repeat(47), "", &[(0, 99)], ep),
+            &["at most 46 characters", "NAME-shard-HASH"],
+        ),
+        (
+            "a Shard naming a LogPlayer no name can be",
+            "bad-owner.yaml",
+            shard_yaml("bad-owner", "", &[(0, 99)], ep)
+                .replace("logPlayer: demo", "logPlayer: Demo"),
+            &["spec.logPlayer", "should match"],
+        ),
+        (
+            "a LogPlayer whose CA Secret is named `Bad Name`",
+            "bad-ca.yaml",
+            logplayer_yaml("bad-ca", "").replace("caSecret: demo-ca", "caSecret: \"Bad Name\""),
+            &["spec.tls.caSecret", "should match"],
+        ),
+        (
+            "a LogPlayer granting the writer id `a b` (no URI can name it)",
+            "bad-writer.yaml",
+            logplayer_yaml("bad-writer", "    writerIds: [\"a b\"]\n"),
+            &["spec.tls.writerIds[0]", "should match"],
+        ),
+        (
+            "a LogPlayer whose lease lasts 2h",
+            "bad-lease.yaml",
+            logplayer_yaml(
+                "bad-lease",
+                "  lease:\n    leaseDuration: 2h\n    renewDeadline: 1s\n    retryPeriod: 250ms\n",
+            ),
+            &["spec.lease", "leaseDuration is at most 1h"],
+        ),
+        (
+            "a LogPlayer whose queue per shard is 2 GiB",
+            "bad-queue.yaml",
+            logplayer_yaml("bad-queue", "  delivery:\n    queueBytes: 2147483648\n"),
+            &[
+                "spec.delivery.queueBytes",
+                "less than or equal to 1073741824",
+            ],
+        ),
     ];
     for (what, file, yaml, words) in &refused {
         let out = apply(h, DEMO_NS, file, yaml)?;
@@ -264,7 +313,7 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
     let names =
         h.cp.kubectl(&["-n", DEMO_NS, "get", "logplayers,shards", "-o", "name"])?;
     ensure!(
-        !names.contains("/zero") && !names.contains("/bad-"),
+        !names.contains("/zero") && !names.contains("/bad-") && !names.contains("/lll"),
         "a refused object exists:\n{names}"
     );
     status_tells_the_truth(h).await?;

@@ -479,7 +479,9 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
 
 /// The LogPlayer status after a reconciliation that failed (see [`super::failed_conditions`]):
 /// what was last observed, with `Ready`/`Degraded` naming the failure, it as the one
-/// problem, and lag unknown (it can no longer be told).
+/// problem, and lag unknown (it can no longer be told). `observedGeneration` is the
+/// generation that failed: a client waiting for it to catch up (`kubectl wait`, kstatus)
+/// then reads the failure instead of waiting for a status that never comes.
 pub fn failed_logplayer_status(
     old: &LogPlayerStatus,
     generation: i64,
@@ -495,6 +497,7 @@ pub fn failed_logplayer_status(
             message: c.message.clone(),
         });
     LogPlayerStatus {
+        observed_generation: Some(generation),
         conditions,
         problems: problem.into_iter().collect(),
         lag: None,

@@ -123,7 +123,8 @@ pub fn operators_part(status: &ShardStatus) -> ShardStatus {
 }
 
 /// The operator's part of a Shard's status after a reconciliation that failed (see
-/// [`super::failed_conditions`]): not ready, degraded, naming the failure.
+/// [`super::failed_conditions`]): not ready, degraded, naming the failure, for the
+/// generation that failed.
 pub fn failed_shard_status(
     old: &ShardStatus,
     generation: i64,
@@ -131,6 +132,7 @@ pub fn failed_shard_status(
     now: Time,
 ) -> ShardStatus {
     ShardStatus {
+        observed_generation: Some(generation),
         conditions: super::failed_conditions(&old.conditions, generation, why, &now),
         ready: Some(false),
         ..operators_part(old)

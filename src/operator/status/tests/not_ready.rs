@@ -79,6 +79,11 @@ fn a_failed_reconciliation_is_not_ready_and_names_the_failure() {
         get(&good.conditions, condition::LEADER_ELECTED),
         "what it could not look at again stays as last observed"
     );
+    assert_eq!(
+        failed.observed_generation,
+        Some(GEN + 1),
+        "the status is for the generation that failed, not frozen at the last good one"
+    );
     assert_eq!(failed.problems.len(), 1);
     assert_eq!(failed.problems[0].reason, RECONCILE_FAILED);
     assert_eq!(failed.lag, None);
@@ -97,8 +102,9 @@ fn a_failed_reconciliation_is_not_ready_and_names_the_failure() {
             .any(|e| e.warning && e.reason == RECONCILE_FAILED)
     );
     // And a Shard: not ready, degraded; the player's cursor fields are never written.
-    let shard = failed_shard_status(&with_cursor(), GEN, why, t1());
+    let shard = failed_shard_status(&with_cursor(), GEN + 1, why, t1());
     assert_eq!(shard.ready, Some(false));
+    assert_eq!(shard.observed_generation, Some(GEN + 1));
     assert_eq!(srm(&shard.conditions, condition::READY).1, RECONCILE_FAILED);
     assert_eq!(
         (shard.acked_index, shard.acked_epoch, shard.acked_log_id),
