@@ -130,6 +130,11 @@ pub(super) async fn observe(
         let seen = d.status.as_ref().and_then(|s| s.observed_generation);
         seen.is_some() && seen >= d.metadata.generation
     });
+    let deployment_found = deployment.is_some();
+    let deployment_problems = deployment
+        .as_ref()
+        .map(|d| deployment_problems(ns, d))
+        .unwrap_or_default();
     let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
     let lease = Api::<Lease>::namespaced(client.clone(), ns)
         .get_opt(&player)
@@ -162,7 +167,11 @@ pub(super) async fn observe(
             probe,
         });
     }
-    let pod_problems = pod_problems(&pods);
+    // What keeps the Deployment from making pods comes before what is wrong with a pod.
+    let pod_problems = deployment_problems
+        .into_iter()
+        .chain(pod_problems(&pods))
+        .collect();
     Ok(status::Observed {
         generation: lp.metadata.generation.unwrap_or(0),
         desired_replicas: lp.spec.replicas,
@@ -170,6 +179,7 @@ pub(super) async fn observe(
         ready_replicas: dstatus.ready_replicas.unwrap_or(0),
         updated_replicas: dstatus.updated_replicas.unwrap_or(0),
         deployment_current,
+        deployment_found,
         lease,
         shards: observed_shards,
         head_index,
@@ -278,6 +288,34 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<status::Problem> {
         .collect()
 }
 
+/// What the players' Deployment says keeps it from its pods: `PodsNotCreated` when its
+/// ReplicaSet's pods are refused (`ReplicaFailure`: a quota, a pod security level, a field the
+/// API server refuses in the pod), `RolloutStalled` when it gave up waiting for them
+/// (`ProgressDeadlineExceeded`). Neither shows on any pod, since the pods never exist.
+pub fn deployment_problems(ns: &str, d: &Deployment) -> Vec<status::Problem> {
+    let name = d.metadata.name.as_deref().unwrap_or_default();
+    let conditions = d.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let mut out = Vec::new();
+    for c in conditions.into_iter().flatten() {
+        let message = c.message.as_deref().unwrap_or_default();
+        if c.type_ == "ReplicaFailure" && c.status == "True" {
+            out.push(status::Problem::new(
+                "PodsNotCreated",
+                format!("Deployment {ns}/{name} cannot create its pods: {message}"),
+            ));
+        } else if c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        {
+            out.push(status::Problem::new(
+                "RolloutStalled",
+                format!("Deployment {ns}/{name} stopped waiting for its pods: {message}"),
+            ));
+        }
+    }
+    out
+}
+
 /// Pod problem reasons, most fundamental first.
 pub const POD_REASONS: [&str; 4] = [
     "PodsPending",
@@ -317,4 +355,41 @@ pub fn component_pods<'a>(pods: &'a [Pod], component: &str, shard: Option<&str>)
                 && shard.is_none_or(|s| l.get(desired::SHARD_LABEL).map(String::as_str) == Some(s))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(conditions: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-player"},
+            "status": {"conditions": conditions}
+        }))
+        .unwrap()
+    }
+
+    /// Pods the API server refuses never exist, so no pod names the cause: the Deployment's
+    /// conditions do, and the status carries them (it used to say only "0 of 1 pods ready").
+    #[test]
+    fn a_deployment_that_cannot_create_its_pods_is_a_problem() {
+        let refused = "pods \"demo-player-5d8\" is forbidden: exceeded quota: compute";
+        let d = deployment(serde_json::json!([
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused},
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+             "message": "ReplicaSet \"demo-player-5d8\" has timed out progressing."}
+        ]));
+        let found = deployment_problems("ns", &d);
+        let reasons: Vec<&str> = found.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons, ["PodsNotCreated", "RolloutStalled"]);
+        assert!(found[0].message.contains("Deployment ns/demo-player"));
+        assert!(found[0].message.contains(refused), "{}", found[0].message);
+        // A Deployment making progress, or one that has recovered, has none.
+        let fine = deployment(serde_json::json!([
+            {"type": "ReplicaFailure", "status": "False", "reason": "FailedCreate"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
+        ]));
+        assert!(deployment_problems("ns", &fine).is_empty());
+    }
 }

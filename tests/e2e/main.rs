@@ -606,31 +606,51 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
 }
 
 /// RBAC lets the operator create Deployments anywhere; the chart's ValidatingAdmissionPolicy
-/// refuses, for the operator's ServiceAccount, one in kube-system and one that would run as
-/// another ServiceAccount, and still admits one shaped like the operator's own. It also
-/// refuses to label someone else's object as the operator's, or to delete one.
+/// refuses, for the operator's ServiceAccount, one in kube-system, one that would run as
+/// another ServiceAccount, and pods that could reach the node (privileged, a host path, the
+/// host's network), and still admits one shaped like the operator's own. It also refuses to
+/// label someone else's object as the operator's, or to delete one.
 fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
-    let deployment = |ns: &str, name: &str, sa: &str| {
-        serde_json::json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": ns,
-                         "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"serviceAccountName": sa,
-                                           "containers": [{"name": "c", "image": "e2e.invalid/x"}]}}}
-        })
-        .to_string()
-    };
+    use serde_json::json;
+    // Shaped like the operator's pods (`desired::pod_security`, `container_security`), with
+    // `pod` merged into the pod's spec and `container` into its container.
+    let deployment =
+        |ns: &str, name: &str, sa: &str, pod: &serde_json::Value, container: &serde_json::Value| {
+            let mut c = json!({"name": "c", "image": "e2e.invalid/x",
+                           "securityContext": {"allowPrivilegeEscalation": false,
+                                               "capabilities": {"drop": ["ALL"]}}});
+            let mut spec = json!({"serviceAccountName": sa,
+                              "securityContext": {"runAsNonRoot": true}});
+            for (to, from) in [(&mut c, container), (&mut spec, pod)] {
+                for (k, v) in from.as_object().into_iter().flatten() {
+                    to[k] = v.clone();
+                }
+            }
+            spec["containers"] = json!([c]);
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": ns,
+                             "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}
+            })
+            .to_string()
+        };
     let as_operator = format!("--as={OPERATOR_SA}");
     let dry = "--dry-run=server";
     const PROBE_NS: &str = "vap-probe";
     h.cp.kubectl(&["create", "namespace", PROBE_NS])?;
-    for (ns, name, sa, allowed, why) in [
+    let none = json!({});
+    let privileged = json!({"securityContext": {"privileged": true}});
+    let host_path = json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]});
+    let host_network = json!({"hostNetwork": true});
+    let as_root = json!({"securityContext": {"runAsNonRoot": false}});
+    for (ns, name, sa, (pod, container), allowed, why) in [
         (
             "kube-system",
             "evil-player",
             "evil-player",
+            (&none, &none),
             false,
             "never writes into kube-system",
         ),
@@ -638,13 +658,53 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
             PROBE_NS,
             "evil-player",
             "default",
+            (&none, &none),
             false,
             "runs only as the players' ServiceAccount",
         ),
-        (PROBE_NS, "probe-player", "probe-player", true, ""),
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (&none, &privileged),
+            false,
+            "its containers unprivileged",
+        ),
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (&as_root, &none),
+            false,
+            "runs as non-root",
+        ),
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (&host_path, &none),
+            false,
+            "mounts only Secrets and ConfigMaps",
+        ),
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (&host_network, &none),
+            false,
+            "shares no host namespace",
+        ),
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (&none, &none),
+            true,
+            "",
+        ),
     ] {
         let file = h.cp.dir().join(format!("vap-{ns}-{name}-{sa}.json"));
-        std::fs::write(&file, deployment(ns, name, sa))?;
+        std::fs::write(&file, deployment(ns, name, sa, pod, container))?;
         let path = file.display().to_string();
         let out =
             h.cp.kubectl_raw(&["create", "-f", &path, dry, &as_operator])?;
@@ -661,7 +721,7 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
         } else {
             ensure!(
                 !out.status.success() && text.contains(why),
-                "a Deployment {ns}/{name} as {sa} with the operator's token was not refused by the admission policy: {text}"
+                "a Deployment {ns}/{name} as {sa} (pod {pod}, container {container}) with the operator's token was not refused by the admission policy for {why:?}: {text}"
             );
         }
     }

@@ -313,11 +313,29 @@ fn certificates_ready(obs: &Observed) -> Option<Verdict> {
     })
 }
 
-/// `Progressing`: player pods being created or rolled.
+/// `Progressing`: player pods being created or rolled. Nothing is while there is no
+/// Deployment to roll (the spec does not build, or its apply failed: `Degraded` says which)
+/// or while reconciliation is paused (the Deployment is left as it is, whatever the spec).
 fn progressing(obs: &Observed) -> Verdict {
     let want = obs.desired_replicas;
     let rolling = obs.updated_replicas < want || obs.ready_replicas < want || obs.replicas > want;
-    if !obs.deployment_current {
+    if obs.paused {
+        verdict(
+            false,
+            "Paused",
+            format!(
+                "reconciliation is paused: nothing is rolled out ({} player pods ready, {} exist)",
+                obs.ready_replicas, obs.replicas
+            ),
+        )
+    } else if !obs.deployment_found {
+        verdict(
+            false,
+            "NoDeployment",
+            "the player Deployment does not exist: nothing rolls out until what Degraded names is fixed"
+                .into(),
+        )
+    } else if !obs.deployment_current {
         // Its replica counts still describe the template before the last apply.
         verdict(
             true,

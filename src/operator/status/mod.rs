@@ -123,6 +123,9 @@ pub struct Observed {
     /// The Deployment's controller has seen its latest generation (so the counts above
     /// describe the current template); false while it has not, or there is no Deployment.
     pub deployment_current: bool,
+    /// The players' Deployment exists (it is not applied while the spec does not build,
+    /// while reconciliation is paused before it was first made, or when its apply fails).
+    pub deployment_found: bool,
     /// The players' Lease; `None` before any player created it.
     pub lease: Option<LeaseInfo>,
     /// The driven shards, in name order.

@@ -51,6 +51,7 @@ fn healthy() -> Observed {
         ready_replicas: 3,
         updated_replicas: 3,
         deployment_current: true,
+        deployment_found: true,
         lease: Some(LeaseInfo {
             holder: Some(LEADER.into()),
             transitions: 4,

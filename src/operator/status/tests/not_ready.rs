@@ -8,6 +8,20 @@ use super::*;
 /// nothing about it: right after a change of the image they still read "all up to date".
 #[test]
 fn a_deployment_whose_controller_has_not_seen_the_change_is_progressing() {
+    // Without a Deployment (the spec does not build), or paused, nothing is rolling out
+    // (both used to read `RollingOut`).
+    let s = status(&healthy_with(|o| {
+        o.deployment_found = false;
+        o.deployment_current = false;
+    }));
+    let (st, reason, _) = srm(&s.conditions, condition::PROGRESSING);
+    assert_eq!((st, reason), ("False", "NoDeployment"));
+    let s = status(&healthy_with(|o| {
+        o.paused = true;
+        o.desired_replicas = 2;
+    }));
+    let (st, reason, _) = srm(&s.conditions, condition::PROGRESSING);
+    assert_eq!((st, reason), ("False", "Paused"));
     let s = status(&healthy_with(|o| o.deployment_current = false));
     assert_eq!(
         srm(&s.conditions, condition::PROGRESSING),
