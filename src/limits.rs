@@ -117,5 +117,11 @@ mod tests {
         assert_eq!(batch_budget(0, 1 << 20, 4096), 4096);
         assert!(validate(DEFAULT_MAX_ENTRY_BYTES).is_ok());
         assert!(validate(10).unwrap_err().contains("--max-entry-bytes 10"));
+        // Both ends: a limit above the largest would make gRPC messages past what every
+        // layer is built for; each bound is itself allowed.
+        assert!(validate(MIN_MAX_ENTRY_BYTES).is_ok() && validate(MAX_MAX_ENTRY_BYTES).is_ok());
+        assert!(validate(MIN_MAX_ENTRY_BYTES - 1).is_err());
+        assert!(validate(MAX_MAX_ENTRY_BYTES + 1).is_err());
+        assert!(parse_flag(&(MAX_MAX_ENTRY_BYTES + 1).to_string()).is_err());
     }
 }

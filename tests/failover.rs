@@ -135,3 +135,49 @@ async fn a_shard_restart_during_a_failover_still_ends_exactly_once() {
     let report = running.await.unwrap();
     assert_exactly_once(&c, &log, &report).await;
 }
+
+/// A leader that can no longer renew its lease stops delivering by itself once its renew
+/// deadline passes, before anyone else could hold the lease: nobody else can here (the lease
+/// file is damaged, which the file lease refuses to reset), so only the leader's own check
+/// stops it. With `--fault-keep-leading`, which removes that check, delivery goes on and
+/// this test fails; the shards' fencing cannot see it (no newer epoch exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_stops_delivering_by_its_renew_deadline() {
+    let (_dir, mut c, log) = servers(1).await;
+    c.start_replicas(1, FAST_LEASE).await.unwrap();
+    wait_for_leader(&c, TAKEOVER).await.unwrap();
+    let running = load(&log, 6, 5);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shard = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
+    let delivering = shard.applied().await.unwrap().applied_index;
+    assert!(
+        delivering > 0,
+        "nothing was delivered before the lease broke"
+    );
+    // The newest version of the lease file (see `lease::file`) does not parse.
+    let newest = format!("{}.v{:020}", c.lease_path().display(), u64::MAX / 2);
+    std::fs::write(newest, b"not a lease").unwrap();
+    // The renew deadline is 700 ms; leave room for the last batches in flight.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopped = shard.applied().await.unwrap().applied_index;
+    let log_then = log.bounds().await.unwrap().1;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = shard.applied().await.unwrap().applied_index;
+    assert!(
+        log.bounds().await.unwrap().1 > log_then,
+        "the load stopped: nothing to deliver, so the check above says nothing"
+    );
+    assert_eq!(
+        later,
+        stopped,
+        "the leader kept delivering without a lease\n{}",
+        c.logs()
+    );
+    let text = std::fs::read_to_string(c.players[0].log_path()).unwrap_or_default();
+    assert!(
+        text.contains("stepped down"),
+        "the player did not say it stepped down:\n{}",
+        c.players[0].log_tail(20)
+    );
+    running.abort();
+}

@@ -3,7 +3,9 @@
 //! are real processes; only the proxy is in-process) and damages what it forwards, once:
 //! - it drops one response of the player's main stream, so the next one skips indexes;
 //! - it ends recovery reads (`follow: false`) three entries short of the range asked for,
-//!   as a replica of a replicated log that is behind its leader does.
+//!   as a replica of a replicated log that is behind its leader does;
+//! - it leaves an entry out of the middle of a recovery read, and answers another with
+//!   another log's id.
 //!
 //! The player must refuse the skipping response and read the range again, and must not
 //! close a short recovery read with a watermark at its end (which would advance the shard
@@ -37,9 +39,16 @@ struct Damage {
     drop_main: AtomicU32,
     /// Recovery reads still to end short.
     cut_recovery: AtomicU32,
+    /// Recovery reads still to leave an entry out of (from a response of 3 or more).
+    skip_recovery: AtomicU32,
+    /// Recovery reads still to answer under another log's id.
+    foreign_recovery: AtomicU32,
     /// Recovery reads seen, damaged or not.
     recovery_reads: AtomicU32,
 }
+
+/// The id the proxy gives a recovery read it answers as another log.
+const FOREIGN_LOG: &str = "ffffffff-ffff-4fff-8fff-ffffffffffff";
 
 struct Proxy {
     up: LogStoreClient<Channel>,
@@ -103,6 +112,15 @@ impl LogStore for Proxy {
                 if last.entries.is_empty() {
                     all.pop();
                 }
+            }
+        }
+        if let Some(i) = all.iter().position(|r| r.entries.len() >= 3)
+            && take(&self.damage.skip_recovery)
+        {
+            all[i].entries.remove(1);
+        } else if !all.is_empty() && take(&self.damage.foreign_recovery) {
+            for r in &mut all {
+                r.log_id = FOREIGN_LOG.into();
             }
         }
         Ok(Response::new(Box::pin(futures::stream::iter(
@@ -205,6 +223,37 @@ async fn a_log_that_skips_or_cuts_a_read_short_is_not_believed_and_delivery_stay
     assert!(
         text.contains("served the range only up to"),
         "the player did not say it read a short range again:\n{}",
+        player.log_tail(40)
+    );
+
+    // A recovery read leaves out an entry in its middle (its mutations would be lost with
+    // no gap a shard could see: the player sets each entry's previous index), and the next
+    // one is another log's.
+    let was_next = text.matches("was next").count();
+    damage.skip_recovery.store(1, Ordering::SeqCst);
+    damage.foreign_recovery.store(1, Ordering::SeqCst);
+    c.shards[1].kill().await;
+    let report = start_load(&log, load_spec(300, 3, 3)).await.unwrap();
+    c.shards[1].restart().await.unwrap();
+    assert_exactly_once(&c, &log, &report).await;
+    assert_eq!(
+        (
+            damage.skip_recovery.load(Ordering::SeqCst),
+            damage.foreign_recovery.load(Ordering::SeqCst)
+        ),
+        (0, 0),
+        "the proxy did not damage two recovery reads: the scenario did not run\n{}",
+        player.log_tail(40)
+    );
+    let text = std::fs::read_to_string(player.log_path()).unwrap_or_default();
+    assert!(
+        text.matches("was next").count() > was_next,
+        "the player did not refuse a recovery read that left an entry out:\n{}",
+        player.log_tail(40)
+    );
+    assert!(
+        text.contains(&format!("serves log {FOREIGN_LOG}")),
+        "the player did not refuse a recovery read from another log:\n{}",
         player.log_tail(40)
     );
     drop(player);

@@ -428,3 +428,41 @@ async fn an_oversized_append_on_a_stream_is_resource_exhausted_too() {
     let s = responses.message().await.unwrap_err();
     expect(&s, Reason::EntryTooLarge);
 }
+
+/// A stream stops at an append refused on receipt: what was pipelined behind it is not
+/// appended, so a writer without writer ids that resends it appends it once (the contract
+/// in the proto). Were the stream to go on reading, the third append below would be in the
+/// log while the writer saw only the refusal.
+#[tokio::test]
+async fn an_append_stream_stops_at_an_append_refused_on_receipt() {
+    let (_dir, c, _) = servers(0).await;
+    let mut log = log_client(c.logstore.addr()).await;
+    let (tx, rx) = mpsc::channel::<AppendRequest>(4);
+    for mutations in [add("c-1", 1), Vec::new(), add("c-1", 2)] {
+        tx.send(AppendRequest {
+            mutations,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut responses = log
+        .append_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(responses.message().await.unwrap().unwrap().index, 1);
+    let s = responses.message().await.unwrap_err();
+    expect(&s, Reason::Invalid);
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bounds = log
+        .bounds(BoundsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        bounds.last, 1,
+        "nothing after the refused append was appended"
+    );
+}

@@ -49,6 +49,14 @@ fn certs_dir() -> &'static PathBuf {
         stranger
             .write_leaf(&other, "stranger", &all, DEMO_VALIDITY)
             .unwrap();
+        // The stranger trusts our CA as well as its own: it accepts our servers, so only
+        // the servers' check of its certificate can keep it out.
+        let theirs = std::fs::read_to_string(other.join("ca.crt")).unwrap();
+        std::fs::write(
+            other.join("ca.crt"),
+            format!("{theirs}{}", certs.ca.pem.cert),
+        )
+        .unwrap();
         let client = Tls::load(certs.client.clone()).unwrap();
         logplayer::tls::install(Security::Tls(client));
         logplayer::harness::cluster::use_tls(certs);
@@ -200,7 +208,8 @@ async fn strangers_and_wrong_roles_are_refused_every_call_and_change_nothing() {
         .into_inner();
     let bounds = log.bounds().await.unwrap();
 
-    // No certificate, or one from another CA: no connection, so no call at all.
+    // No certificate, or one from another CA (whose holder trusts our servers): no
+    // connection, so no call at all.
     for (who, tls) in [("no certificate", None), ("another CA", Some(stranger()))] {
         match channel(&log_addr, Expected::Log, tls.as_ref()).await {
             Err(_) => {}

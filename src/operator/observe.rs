@@ -165,6 +165,7 @@ pub(super) async fn observe(
             acked_index: s.status.as_ref().and_then(|st| st.acked_index),
             covered_index: s.status.as_ref().and_then(|st| st.covered_index),
             probe,
+            degraded: shard_degraded(s),
         });
     }
     // What keeps the Deployment from making pods comes before what is wrong with a pod.
@@ -286,6 +287,21 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<status::Problem> {
             (!texts.is_empty()).then(|| status::Problem::new(*reason, texts.join("; ")))
         })
         .collect()
+}
+
+/// The reasons of a Shard's own `Degraded` that its LogPlayer reports as `ShardDegraded`: what
+/// only the Shard's reconciliation sees (its pods, its address and its spec the LogPlayer
+/// observes for itself).
+const SHARD_OWN_REASONS: [&str; 3] = ["ApplyFailed", "CertificateIssueFailed", "ReconcileFailed"];
+
+/// A Shard's own `Degraded=True`, when its reason is one of [`SHARD_OWN_REASONS`].
+fn shard_degraded(s: &Shard) -> Option<(String, String)> {
+    let conditions = s.status.as_ref().map(|st| st.conditions.as_slice())?;
+    conditions
+        .iter()
+        .find(|c| c.type_ == crate::crd::condition::DEGRADED && c.status == "True")
+        .filter(|c| SHARD_OWN_REASONS.contains(&c.reason.as_str()))
+        .map(|c| (c.reason.clone(), c.message.clone()))
 }
 
 /// What the players' Deployment says keeps it from its pods: `PodsNotCreated` when its

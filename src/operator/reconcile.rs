@@ -313,9 +313,9 @@ async fn publish(
             } else {
                 EventType::Normal
             },
+            action: status::event_action(&e.note),
             reason: e.reason,
             note: Some(e.note),
-            action: "Reconcile".into(),
             secondary: None,
         };
         if let Err(error) = ctx.recorder.publish(&event, &reference).await {

@@ -582,6 +582,35 @@ mod tests {
         assert_eq!(counter(&core, "k"), None);
     }
 
+    /// What a Hello taught the shard (the highest epoch, the log it applies) is in its store
+    /// before the Hello is answered: a shard restarted right after still fences the old
+    /// leader and refuses another log. Kept in memory only, both would be forgotten.
+    #[test]
+    fn the_epoch_and_the_log_survive_a_restart() {
+        let mut core = mem();
+        core.hello(&hi(5)).unwrap();
+        let restarted = ShardCore::open(core.into_store(), me("s0")).unwrap();
+        let mut core = restarted;
+        assert!(
+            matches!(
+                core.hello(&hi(3)),
+                Err(ShardError::Fenced {
+                    epoch: 3,
+                    highest: 5
+                })
+            ),
+            "the old leader is fenced after a restart"
+        );
+        let other = HelloInfo {
+            log_id: "22222222-2222-4222-8222-222222222222".into(),
+            ..hi(6)
+        };
+        assert!(
+            matches!(core.hello(&other), Err(ShardError::WrongLog { .. })),
+            "another log is refused after a restart"
+        );
+    }
+
     #[test]
     fn a_duplicate_index_is_skipped_and_not_applied_twice() {
         let mut core = mem();

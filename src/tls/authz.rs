@@ -195,6 +195,57 @@ mod tests {
         }
     }
 
+    /// The whole table, written out once more as the contract (the README's "Security"
+    /// section): a right added to or taken from any role, or a check that lets a call
+    /// through, fails here. `w p r a` = writer, player, replica, admin; `-` = nobody else.
+    #[test]
+    fn the_role_table_is_exactly_the_contract() {
+        let contract = [
+            ("LogStore/Append", "w---"),
+            ("LogStore/AppendStream", "w---"),
+            ("LogStore/Read", "-p-a"),
+            ("LogStore/Bounds", "wpra"),
+            ("LogStore/Retain", "-p--"),
+            ("LogStore/Members", "-pra"),
+            ("LogStore/AddMember", "---a"),
+            ("LogStore/RemoveMember", "---a"),
+            ("LogStore/Seed", "---a"),
+            ("Shard/Deliver", "-p--"),
+            ("Shard/Applied", "-p-a"),
+            ("Shard/Stats", "-p-a"),
+            ("Shard/Dump", "---a"),
+            ("Replication/AppendEntries", "--r-"),
+            ("Replication/AppendStream", "--r-"),
+            ("Replication/Vote", "--r-"),
+            ("Replication/PreVote", "--r-"),
+            ("Replication/InstallSnapshot", "--r-"),
+        ];
+        assert_eq!(
+            contract.len(),
+            POLICY.len(),
+            "a call was added: add it here"
+        );
+        let peers = [
+            ('w', peer(&["logplayer://writer/*"])),
+            ('p', peer(&["logplayer://player/p"])),
+            ('r', peer(&["logplayer://replica/2"])),
+            ('a', peer(&["logplayer://admin/a"])),
+        ];
+        let none = peer(&[]);
+        for (call, roles) in contract {
+            let path = format!("/logplayer.v1.{call}");
+            for (letter, who) in &peers {
+                assert_eq!(
+                    check(who, &path).is_ok(),
+                    roles.contains(*letter),
+                    "{path} as {}",
+                    who.describe()
+                );
+            }
+            assert!(check(&none, &path).is_err(), "{path} without a role");
+        }
+    }
+
     #[test]
     fn every_call_of_our_services_is_in_the_policy() {
         let proto = include_str!("../../proto/logplayer.proto");

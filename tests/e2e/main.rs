@@ -10,7 +10,7 @@
 //!    admission policy refuses what RBAC alone would allow;
 //! c. the example (a LogPlayer with a managed LogStore of three log replicas and four
 //!    managed Shards) comes up, the operator growing the log's Raft group to three voters:
-//!    StatefulSets, Deployment, Services, PDB and Lease with owner references, Ready=True,
+//!    StatefulSets, Deployment, Services and PDB with owner references, the players' Lease, Ready=True,
 //!    and `kubectl get logplayers,shards` shows the status columns;
 //! d. load through the LogStore, SIGKILL the leading player: a standby takes the Lease with
 //!    a higher epoch, the status names it; then SIGKILL the log leader's pod: a log replica

@@ -19,6 +19,17 @@ fn problems(obs: &Observed) -> Vec<Problem> {
     if let CertState::Problem(p) = &obs.certificates {
         out.push(p.clone());
     }
+    let shards: Vec<String> = obs
+        .shards
+        .iter()
+        .filter_map(|s| {
+            let (reason, message) = s.degraded.as_ref()?;
+            Some(format!("Shard {}: {reason}: {message}", s.name))
+        })
+        .collect();
+    if !shards.is_empty() {
+        out.push(Problem::new("ShardDegraded", shards.join("; ")));
+    }
     out.extend(obs.pod_problems.iter().cloned());
     if let Probe::Unreachable(why) = &obs.logstore {
         out.push(Problem::new("LogStoreUnreachable", why.clone()));

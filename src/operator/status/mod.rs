@@ -105,6 +105,10 @@ pub struct ShardObserved {
     pub covered_index: Option<i64>,
     /// Whether its server answered.
     pub probe: Probe,
+    /// What its own status says is wrong that the LogPlayer cannot see by itself (its
+    /// objects refused: `ApplyFailed`, `CertificateIssueFailed`, `ReconcileFailed`), as
+    /// `(reason, message)`.
+    pub degraded: Option<(String, String)>,
 }
 
 /// Everything a LogPlayer's status is computed from.

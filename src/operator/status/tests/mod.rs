@@ -37,6 +37,7 @@ fn shard(name: &str, acked: Option<i64>, probe: Probe) -> ShardObserved {
         acked_index: acked,
         covered_index: None,
         probe,
+        degraded: None,
     }
 }
 

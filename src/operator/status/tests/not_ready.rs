@@ -125,3 +125,27 @@ fn a_failed_reconciliation_is_not_ready_and_names_the_failure() {
         (None, None, None)
     );
 }
+
+/// A Shard whose own objects were refused (its StatefulSet, its certificate) says so on its
+/// status; its LogPlayer, which delivers to it, is Degraded naming the Shard and the words,
+/// not merely "unreachable" (what it used to say, if anything).
+#[test]
+fn a_shard_degraded_by_its_own_objects_degrades_its_logplayer() {
+    let why = "StatefulSet ns/s1-shard: spec.volumeClaimTemplates: Forbidden";
+    let s = status(&healthy_with(|o| {
+        o.shards[1].degraded = Some(("ApplyFailed".into(), why.into()));
+    }));
+    let degraded = get(&s.conditions, condition::DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ShardDegraded")
+    );
+    let name = &healthy().shards[1].name;
+    assert!(
+        degraded
+            .message
+            .contains(&format!("Shard {name}: ApplyFailed: {why}")),
+        "{}",
+        degraded.message
+    );
+}
