@@ -338,6 +338,11 @@ fn the_players_limits_are_the_crds() {
         ("--batch-bytes=8388609", "batch bytes must be 1 to 8 MiB", 1),
         ("--queue-bytes=1073741825", "64 KiB to 1 GiB", 1),
         ("--lease-duration=61m", "must be above 0 and at most 1h", 2),
+        (
+            "--checkpoint-interval=0s",
+            "checkpoint interval must be above 0",
+            1,
+        ),
     ] {
         let out = Command::new(common::bin())
             .env("LOGPLAYER_INSECURE", "true")

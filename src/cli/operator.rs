@@ -47,8 +47,8 @@ pub struct OperatorArgs {
     /// pods' DNS search path (`<svc>.<ns>.svc`).
     #[arg(long, env = "LOGPLAYER_CLUSTER_DOMAIN", default_value = "")]
     cluster_domain: String,
-    /// How long the operator's Lease lasts without renewal.
-    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    /// How long the operator's Lease lasts without renewal (at most 1h).
+    #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "15s", value_parser = crate::lease::parse_lease_duration)]
     lease_duration: Duration,
     /// The leader stops reconciling when it could not renew for this long.
     #[arg(long, env = "LOGPLAYER_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]

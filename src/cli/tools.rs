@@ -53,8 +53,8 @@ pub struct DemoArgs {
     /// Length of the load phase; it goes on past this until the last fault is injected.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
-    /// Times the fault schedule runs, spread evenly over --seconds (a soak: e.g.
-    /// `--seconds 600 --rounds 20` injects 140 faults in ten minutes).
+    /// Times the fault schedule (seven faults; five with one log replica) runs, spread evenly
+    /// over --seconds: a soak, e.g. `--seconds 600 --rounds 20`.
     #[arg(long, default_value_t = 1, value_parser = at_least::<1>)]
     rounds: usize,
     /// Bytes per transaction.

@@ -26,8 +26,9 @@ use std::time::Duration;
     version = "v1alpha1",
     kind = "LogPlayer",
     namespaced,
-    validation = Rule::new("self.metadata.name.size() <= 43")
-        .message("a LogPlayer's name is at most 43 characters (its log replicas' pods carry the label NAME-logstore-HASH, at most 63)"),
+    validation = Rule::new("oldSelf.hasValue() || (self.metadata.name.size() <= (has(self.spec.logStore.managed) ? 43 : 48) && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))")
+        .optional_old_self(true)
+        .message("a LogPlayer's name starts with a letter and has no dot (its Services are named after it), and is at most 43 characters with a managed LogStore (its replicas' pods carry the label NAME-logstore-HASH, at most 63), 48 with an external one (its Service NAME-player-metrics)"),
     shortname = "lp",
     doc = "A LogPlayer delivers the entries of one LogStore (a write-ahead log) to the Shards it \
            selects, exactly once and in order, with one leading replica and hot standbys.",
@@ -200,9 +201,9 @@ pub struct TlsSettings {
     #[schemars(length(min = 1, max = 253), pattern(DNS_SUBDOMAIN_PATTERN))]
     pub ca_secret: Option<String>,
     /// Writer ids the writer certificate may append as; `PREFIX*` allows every id starting
-    /// with `PREFIX`. Default `["*"]` (any id). Letters, digits, `.`, `_`, `~` and `-` (each
-    /// becomes a URI name `logplayer://writer/ID` in the certificate), at most 256, and `*`
-    /// only at the end.
+    /// with `PREFIX`. Default `["*"]` (any id). Up to 256 of letters, digits and
+    /// `.` `_` `~` `-` `!` `$` `&` `'` `(` `)` `+` `,` `;` `=` `:` `@` (each id becomes a URI
+    /// name `logplayer://writer/ID` in the certificate), and `*` only at the end.
     #[serde(default = "default_writer_ids")]
     #[schemars(length(min = 1, max = 32))]
     pub writer_ids: Vec<WriterId>,
@@ -238,9 +239,12 @@ fn default_issuer_group() -> String {
 #[serde(transparent)]
 pub struct WriterId(#[schemars(length(min = 1, max = 257), pattern(WRITER_ID_PATTERN))] pub String);
 
-/// A writer id as a certificate grants it: URI-safe characters (RFC 3986's unreserved ones),
-/// at most [`crate::logstore::MAX_WRITER_ID_BYTES`] of them, optionally followed by `*`.
-pub(crate) const WRITER_ID_PATTERN: &str = r"^([A-Za-z0-9._~-]{1,256}\*?|\*)$";
+/// A writer id as a certificate grants it: characters a URI path takes as they are (RFC
+/// 3986's unreserved ones and the sub-delimiters but `*`, with `:` and `@`), at most
+/// [`crate::logstore::MAX_WRITER_ID_BYTES`] of them, optionally followed by `*` (a prefix).
+/// A space, `/`, `?`, `#` or `%` would make the certificate's `logplayer://writer/ID` no URI
+/// (or another one).
+pub(crate) const WRITER_ID_PATTERN: &str = r"^([A-Za-z0-9._~!$&'()+,;=:@-]{1,256}\*?|\*)$";
 
 fn default_writer_ids() -> Vec<WriterId> {
     vec![WriterId("*".to_owned())]

@@ -73,16 +73,21 @@ pub const RESOURCE_QUANTITY_PATTERN: &str = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KM
 /// with an error about a URI.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// A DNS-1123 label: what a LogPlayer's name is (a Shard's `spec.logPlayer` names one, and
-/// becomes a label value).
-pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-/// The longest LogPlayer name: its log replicas' StatefulSet `NAME-logstore` gives each pod a
-/// `controller-revision-hash` label `NAME-logstore-HASH` (a hash of up to 10 characters), and
-/// a label value is at most 63 characters; longer, the pods could never be created. Every
-/// other name the operator derives is shorter (`names.rs` tests it).
+/// A DNS-1035 label: what a Service's name must be, so what a LogPlayer's name (its Services
+/// `NAME-player-metrics`, `NAME-logstore`, ...) and a managed Shard's (`NAME-shard`) must be;
+/// a Shard's `spec.logPlayer` names a LogPlayer.
+pub const DNS_1035_LABEL_PATTERN: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// The longest name of a LogPlayer with a managed LogStore: its log replicas' StatefulSet
+/// `NAME-logstore` gives each pod a `controller-revision-hash` label `NAME-logstore-HASH` (a
+/// hash of up to 10 characters), and a label value is at most 63 characters; longer, the pods
+/// could never be created. Every other name the operator derives is shorter (`names.rs` tests
+/// it).
 pub const MAX_LOGPLAYER_NAME: u32 = 43;
-/// The longest Shard name, for the same reason: a managed shard's pods carry
-/// `NAME-shard-HASH`.
+/// The longest name of a LogPlayer with an external LogStore: its Service
+/// `NAME-player-metrics`, at most 63.
+pub const MAX_LOGPLAYER_NAME_EXTERNAL: u32 = 48;
+/// The longest name of a managed Shard, for the same reason: its pods carry
+/// `NAME-shard-HASH`. An external one's name is a label value: at most 63.
 pub const MAX_SHARD_NAME: u32 = 46;
 /// Longest duration or quantity string (also bounds CEL cost).
 const SHORT_STRING_MAX: u32 = 32;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{
-    Backend, CrdError, DNS_LABEL_PATTERN, DURATION_PATTERN, ExternalEndpoint, ManagedStorage,
+    Backend, CrdError, DNS_1035_LABEL_PATTERN, DURATION_PATTERN, ExternalEndpoint, ManagedStorage,
     SHORT_STRING_MAX, SlotRange, backend, parse_duration, validate_ranges,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "Shard",
     namespaced,
-    validation = Rule::new("self.metadata.name.size() <= 46")
-        .message("a Shard's name is at most 46 characters (a managed shard's pods carry the label NAME-shard-HASH, at most 63)"),
+    validation = Rule::new("oldSelf.hasValue() || (has(self.spec.managed) ? self.metadata.name.size() <= 46 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') : self.metadata.name.size() <= 63)")
+        .optional_old_self(true)
+        .message("a Shard's name is at most 46 characters when managed, and starts with a letter with no dot (its pods carry the label NAME-shard-HASH, at most 63, and its Service is NAME-shard); at most 63 when external (it is a label value)"),
     doc = "A Shard owns ranges of the 16384 hash slots and applies, in log order, the entries \
            of its LogPlayer's log that touch them.",
     status = "ShardStatus",
@@ -67,7 +68,7 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct ShardSpec {
     /// Name of the LogPlayer (in this namespace) that delivers to this shard. Cannot change.
-    #[schemars(length(min = 1, max = 43), pattern(DNS_LABEL_PATTERN))]
+    #[schemars(length(min = 1, max = 48), pattern(DNS_1035_LABEL_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("logPlayer cannot change"))]
     pub log_player: String,
     /// Inclusive hash-slot ranges this shard owns, in ascending order and not overlapping

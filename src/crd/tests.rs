@@ -240,20 +240,30 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         "duration(self.leaseDuration) <= duration('{}')",
         humantime::format_duration(crate::lease::MAX_LEASE_DURATION)
     )));
-    // The longest names, likewise (see `MAX_LOGPLAYER_NAME`).
-    assert_eq!(
-        rules(&lp),
-        [format!(
-            "self.metadata.name.size() <= {}",
-            super::MAX_LOGPLAYER_NAME
-        )]
+    // The longest names, likewise (see `MAX_LOGPLAYER_NAME`), and a Service's pattern,
+    // checked at creation only (`oldSelf` is optional: an object of an earlier CRD with a
+    // name these refuse can still be updated, and deleted).
+    let names = |crd: &Value| {
+        let r = &crd["x-kubernetes-validations"][0];
+        assert_eq!(r["optionalOldSelf"], true, "{r}");
+        r["rule"].as_str().unwrap_or_default().to_owned()
+    };
+    let pattern_in_cel = format!("matches('{}')", super::DNS_1035_LABEL_PATTERN);
+    let rule = names(&lp);
+    assert!(rule.starts_with("oldSelf.hasValue() || "), "{rule}");
+    assert!(
+        rule.contains(&format!(
+            "size() <= (has(self.spec.logStore.managed) ? {} : {})",
+            super::MAX_LOGPLAYER_NAME,
+            super::MAX_LOGPLAYER_NAME_EXTERNAL
+        )) && rule.contains(&pattern_in_cel),
+        "{rule}"
     );
-    assert_eq!(
-        rules(&schema(&Shard::crd())),
-        [format!(
-            "self.metadata.name.size() <= {}",
-            super::MAX_SHARD_NAME
-        )]
+    let rule = names(&schema(&Shard::crd()));
+    assert!(
+        rule.contains(&format!("size() <= {}", super::MAX_SHARD_NAME))
+            && rule.contains(&pattern_in_cel),
+        "{rule}"
     );
     assert!(lease_rules.iter().all(|r| r.contains("duration(")));
     assert_eq!(
@@ -291,11 +301,11 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     assert_eq!(spec["properties"]["logPlayer"]["minLength"], 1);
     assert_eq!(
         spec["properties"]["logPlayer"]["maxLength"],
-        super::MAX_LOGPLAYER_NAME
+        super::MAX_LOGPLAYER_NAME_EXTERNAL
     );
     assert_eq!(
         spec["properties"]["logPlayer"]["pattern"],
-        super::DNS_LABEL_PATTERN
+        super::DNS_1035_LABEL_PATTERN
     );
     let slots = &spec["properties"]["slots"];
     assert_eq!(slots["minItems"], 1);
@@ -782,10 +792,38 @@ fn quantity_patterns_refuse_what_the_api_server_would_refuse_later() {
         assert!(!resource.is_match(bad), "resource {bad} should be refused");
     }
     let writer = regex::Regex::new(super::logplayer::WRITER_ID_PATTERN).unwrap();
-    for ok in ["*", "app-*", "tm-1", "a.b_c~d", &"w".repeat(256)] {
+    // The longest id is the LogStore's (one number, written twice: Rust and the pattern).
+    let max = crate::logstore::MAX_WRITER_ID_BYTES;
+    assert!(
+        super::logplayer::WRITER_ID_PATTERN.contains(&format!("{{1,{max}}}")),
+        "the pattern's bound is not MAX_WRITER_ID_BYTES"
+    );
+    let lp = schema(&LogPlayer::crd());
+    assert_eq!(
+        lp["properties"]["spec"]["properties"]["tls"]["properties"]["writerIds"]["items"]["maxLength"],
+        max + 1
+    );
+    for ok in [
+        "*",
+        "app-*",
+        "tm-1",
+        "a.b_c~d",
+        "tenant:1",
+        "svc@eu",
+        &"w".repeat(256),
+    ] {
         assert!(writer.is_match(ok), "writer id {ok} should pass");
     }
-    for bad in ["a b", "x/y", "*a*", "a?b#c", "a**", "", &"w".repeat(257)] {
+    for bad in [
+        "a b",
+        "x/y",
+        "*a*",
+        "a?b#c",
+        "a**",
+        "50%",
+        "",
+        &"w".repeat(257),
+    ] {
         assert!(!writer.is_match(bad), "writer id {bad} should be refused");
     }
     let secret = regex::Regex::new(super::DNS_SUBDOMAIN_PATTERN).unwrap();

@@ -205,10 +205,13 @@ pub async fn run(cfg: DemoConfig) -> Result<bool, DemoError> {
     let epochs_increase = run.failovers.iter().all(|f| f.new_epoch > f.old_epoch);
     let froze = run.failovers.iter().any(|f| f.takedown == Takedown::Stop);
     let woken = &run.woken;
+    // Each watch counted its own stale commits; the shards' own counters (since their last
+    // restart) may hold more.
     let stale_commits = woken
         .iter()
         .map(|w| w.stale_commits)
-        .fold(fencing.stale_commits, u64::max);
+        .sum::<u64>()
+        .max(fencing.stale_commits);
     let fenced = !froze || (woken.iter().all(|w| w.refusals > 0) && stale_commits == 0);
     let pass = result.pass && epochs_increase && fenced;
     if !epochs_increase {
@@ -503,12 +506,14 @@ impl Run {
             .filter(|f| f.takedown == Takedown::Stop);
         for (f, woken) in stopped.zip(&self.woken) {
             println!(
-                "fenced            the frozen leader player-{} (epoch {}) woke stale: the shards refused {} of its requests after it woke ({} counted by the shards at the end, since their last restart), and {} entries were committed under a stale epoch",
-                f.old_leader,
-                f.old_epoch,
-                woken.refusals,
-                fencing.refusals,
-                woken.stale_commits.max(fencing.stale_commits)
+                "fenced            the frozen leader player-{} (epoch {}) woke stale: the shards refused {} of its requests after it woke, and committed {} entries under a stale epoch",
+                f.old_leader, f.old_epoch, woken.refusals, woken.stale_commits
+            );
+        }
+        if !self.woken.is_empty() {
+            println!(
+                "                  (the shards counted {} refusals and {} stale commits at the end, since their last restart)",
+                fencing.refusals, fencing.stale_commits
             );
         }
         if !self.failovers.iter().any(|f| f.takedown == Takedown::Stop) {

@@ -158,7 +158,9 @@ pub fn player_pod_selector(lp: &LogPlayer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{LogPlayerSpec, MAX_LOGPLAYER_NAME, MAX_SHARD_NAME, ShardSpec};
+    use crate::crd::{
+        LogPlayerSpec, MAX_LOGPLAYER_NAME, MAX_LOGPLAYER_NAME_EXTERNAL, MAX_SHARD_NAME, ShardSpec,
+    };
     use serde_json::json;
 
     /// A Service's name and a label's value are at most 63 characters, and a StatefulSet's
@@ -183,6 +185,13 @@ mod tests {
             assert!(service.len() <= LABEL_MAX, "{service}");
         }
         assert_eq!(logstore_name(&lp).len() + REVISION_SUFFIX, LABEL_MAX);
+        // Without a managed LogStore, the metrics Service is the longest name.
+        let spec: LogPlayerSpec =
+            serde_json::from_value(json!({"logStore": {"external": {"endpoint": "l:7000"}}}))
+                .unwrap();
+        let lp = LogPlayer::new(&"l".repeat(MAX_LOGPLAYER_NAME_EXTERNAL as usize), spec);
+        assert_eq!(metrics_service_name(&lp).len(), LABEL_MAX);
+        assert!(player_name(&lp).len() <= LABEL_MAX);
         let spec: ShardSpec = serde_json::from_value(json!({
             "logPlayer": "demo",
             "slots": [{"start": 0, "end": 16383}],

@@ -3,7 +3,7 @@
 
 use super::{Context, OperatorError, PAUSE_ANNOTATION, desired, status};
 use crate::crd::{LogPlayer, Shard};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -131,10 +131,16 @@ pub(super) async fn observe(
         seen.is_some() && seen >= d.metadata.generation
     });
     let deployment_found = deployment.is_some();
-    let deployment_problems = deployment
+    // Pods the API server refuses to create: of the players' Deployment, of the log's
+    // StatefulSet.
+    let mut not_created: Vec<status::Problem> = deployment
         .as_ref()
         .map(|d| deployment_problems(ns, d))
         .unwrap_or_default();
+    if lp.spec.log_store.managed.is_some() {
+        let sts = desired::logstore_name(lp);
+        not_created.extend(pods_not_created(client, ns, &sts).await?);
+    }
     let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
     let lease = Api::<Lease>::namespaced(client.clone(), ns)
         .get_opt(&player)
@@ -168,11 +174,8 @@ pub(super) async fn observe(
             degraded: shard_degraded(s),
         });
     }
-    // What keeps the Deployment from making pods comes before what is wrong with a pod.
-    let pod_problems = deployment_problems
-        .into_iter()
-        .chain(pod_problems(&pods))
-        .collect();
+    // What keeps pods from being made comes before what is wrong with a pod.
+    let pod_problems = not_created.into_iter().chain(pod_problems(&pods)).collect();
     Ok(status::Observed {
         generation: lp.metadata.generation.unwrap_or(0),
         desired_replicas: lp.spec.replicas,
@@ -289,10 +292,87 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<status::Problem> {
         .collect()
 }
 
+/// How long a StatefulSet's `FailedCreate` Event counts as the reason its pods are missing
+/// (the controller repeats it at every retry, backing off to minutes).
+const FAILED_CREATE_FRESH: Duration = Duration::from_secs(15 * 60);
+
+/// Why the StatefulSet `name` (a managed log or shard server) has fewer pods than it wants:
+/// its newest `FailedCreate` Event, as `PodsNotCreated` (a quota, a pod security level, a pod
+/// field the API server refuses). A StatefulSet has no condition for it, unlike a
+/// Deployment's `ReplicaFailure`, and the pods never exist, so nothing else names the cause.
+/// `None` when it has its pods, when no such Event is fresh, or when the Events cannot be
+/// read (an RBAC from before the operator listed them: it says so at DEBUG).
+pub(super) async fn pods_not_created(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<status::Problem>, OperatorError> {
+    let Some(sts) = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let have = sts.status.as_ref().map_or(0, |s| s.replicas);
+    if have >= want {
+        return Ok(None);
+    }
+    let fields = format!("regarding.kind=StatefulSet,regarding.name={name},reason=FailedCreate");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().fields(&fields))
+        .await;
+    match events {
+        Ok(list) => Ok(failed_create(ns, name, &list.items, status::now())),
+        Err(error) => {
+            tracing::debug!(%error, statefulset = name, "could not list its FailedCreate events");
+            Ok(None)
+        }
+    }
+}
+
+/// The newest of `events` (a StatefulSet's `FailedCreate`), if fresh at `now`, as a problem.
+fn failed_create(
+    ns: &str,
+    name: &str,
+    events: &[k8s_openapi::api::events::v1::Event],
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<status::Problem> {
+    let when = |e: &k8s_openapi::api::events::v1::Event| {
+        [
+            e.series.as_ref().map(|s| s.last_observed_time.0),
+            e.deprecated_last_timestamp.as_ref().map(|t| t.0),
+            e.event_time.as_ref().map(|t| t.0),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    };
+    let newest = events
+        .iter()
+        .filter_map(|e| Some((when(e)?, e)))
+        .max_by_key(|(t, _)| *t)?;
+    let age = now.0.duration_since(newest.0);
+    if age.as_secs_f64() > FAILED_CREATE_FRESH.as_secs_f64() {
+        return None;
+    }
+    Some(status::Problem::new(
+        "PodsNotCreated",
+        format!(
+            "StatefulSet {ns}/{name} cannot create its pods: {}",
+            newest.1.note.as_deref().unwrap_or("FailedCreate")
+        ),
+    ))
+}
+
 /// The reasons of a Shard's own `Degraded` that its LogPlayer reports as `ShardDegraded`: what
 /// only the Shard's reconciliation sees (its pods, its address and its spec the LogPlayer
 /// observes for itself).
-const SHARD_OWN_REASONS: [&str; 3] = ["ApplyFailed", "CertificateIssueFailed", "ReconcileFailed"];
+const SHARD_OWN_REASONS: [&str; 3] = [
+    "ApplyFailed",
+    "CertificateIssueFailed",
+    status::RECONCILE_FAILED,
+];
 
 /// A Shard's own `Degraded=True`, when its reason is one of [`SHARD_OWN_REASONS`].
 fn shard_degraded(s: &Shard) -> Option<(String, String)> {
@@ -407,5 +487,32 @@ mod tests {
             {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
         ]));
         assert!(deployment_problems("ns", &fine).is_empty());
+    }
+
+    /// A StatefulSet's pods refused by the API server are named by its newest fresh
+    /// `FailedCreate` Event; an old one says nothing.
+    #[test]
+    fn a_statefulset_that_cannot_create_its_pods_is_named_by_its_newest_event() {
+        let at = |s: i64| k8s_openapi::jiff::Timestamp::from_second(s).unwrap();
+        let event = |note: &str, last: i64| -> k8s_openapi::api::events::v1::Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "e"},
+                "eventTime": null,
+                "note": note,
+                "deprecatedLastTimestamp": at(last).to_string(),
+            }))
+            .unwrap()
+        };
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(10_000));
+        let quota = "pods \"demo-logstore-0\" is forbidden: exceeded quota: none";
+        let events = [event("an older refusal", 9_000), event(quota, 9_990)];
+        let p = failed_create("ns", "demo-logstore", &events, now.clone()).unwrap();
+        assert_eq!(p.reason, "PodsNotCreated");
+        assert_eq!(
+            p.message,
+            format!("StatefulSet ns/demo-logstore cannot create its pods: {quota}")
+        );
+        let stale = [event(quota, 10_000 - 16 * 60)];
+        assert_eq!(failed_create("ns", "demo-logstore", &stale, now), None);
     }
 }

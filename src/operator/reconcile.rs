@@ -470,9 +470,15 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let name = shard.name_any();
     let pods = pods_of(&ctx.client, &ns, &shard.spec.log_player).await?;
     let mine = component_pods(&pods, "shard", Some(&name));
-    let pod_problems = crate::operator::observe::pod_problems(
+    let mut pod_problems = Vec::new();
+    if shard.spec.managed.is_some() {
+        let sts = desired::shard_server_name(shard);
+        pod_problems
+            .extend(crate::operator::observe::pods_not_created(&ctx.client, &ns, &sts).await?);
+    }
+    pod_problems.extend(crate::operator::observe::pod_problems(
         &mine.iter().map(|p| (*p).clone()).collect::<Vec<_>>(),
-    );
+    ));
     let down = shard.spec.managed.is_some() && !any_running(&mine);
     let endpoint = desired::shard_endpoint(shard, &ctx.defaults);
     let tls = certs::admin_identity(&ctx.client, &ns, owner.as_ref()).await?;

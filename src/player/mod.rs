@@ -142,6 +142,9 @@ impl PlayerConfig {
         if !(1..=MAX_BATCH_BYTES).contains(&self.batch_bytes) {
             return bad("batch bytes must be 1 to 8 MiB");
         }
+        if self.checkpoint_interval.is_zero() {
+            return bad("checkpoint interval must be above 0");
+        }
         if self.watermark_every == 0 {
             return bad("watermark interval must be at least 1");
         }

@@ -230,6 +230,8 @@ mod tests {
             ('p', peer(&["logplayer://player/p"])),
             ('r', peer(&["logplayer://replica/2"])),
             ('a', peer(&["logplayer://admin/a"])),
+            // A shard server's name says what it is, not what it may call.
+            ('s', peer(&["logplayer://shard/s0"])),
         ];
         let none = peer(&[]);
         for (call, roles) in contract {

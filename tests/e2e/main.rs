@@ -607,13 +607,14 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
 
 /// RBAC lets the operator create Deployments anywhere; the chart's ValidatingAdmissionPolicy
 /// refuses, for the operator's ServiceAccount, one in kube-system, one that would run as
-/// another ServiceAccount, and pods that could reach the node (privileged, a host path, the
-/// host's network), and still admits one shaped like the operator's own. It also refuses to
-/// label someone else's object as the operator's, or to delete one.
+/// another ServiceAccount, and pods that could reach the node (privilege escalation, root, a
+/// capability added, a host path, the host's network), and still admits one shaped like the
+/// operator's own. It also refuses to label someone else's object as the operator's, or to
+/// delete one.
 fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
     use serde_json::json;
     // Shaped like the operator's pods (`desired::pod_security`, `container_security`), with
-    // `pod` merged into the pod's spec and `container` into its container.
+    // `pod` merged into the pod's spec and `container` into its container's securityContext.
     let deployment =
         |ns: &str, name: &str, sa: &str, pod: &serde_json::Value, container: &serde_json::Value| {
             let mut c = json!({"name": "c", "image": "e2e.invalid/x",
@@ -621,7 +622,7 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
                                                "capabilities": {"drop": ["ALL"]}}});
             let mut spec = json!({"serviceAccountName": sa,
                               "securityContext": {"runAsNonRoot": true}});
-            for (to, from) in [(&mut c, container), (&mut spec, pod)] {
+            for (to, from) in [(&mut c["securityContext"], container), (&mut spec, pod)] {
                 for (k, v) in from.as_object().into_iter().flatten() {
                     to[k] = v.clone();
                 }
@@ -641,7 +642,9 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
     const PROBE_NS: &str = "vap-probe";
     h.cp.kubectl(&["create", "namespace", PROBE_NS])?;
     let none = json!({});
-    let privileged = json!({"securityContext": {"privileged": true}});
+    let escalates = json!({"allowPrivilegeEscalation": true});
+    let root_container = json!({"runAsUser": 0});
+    let adds = json!({"capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}});
     let host_path = json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]});
     let host_network = json!({"hostNetwork": true});
     let as_root = json!({"securityContext": {"runAsNonRoot": false}});
@@ -666,9 +669,25 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
             PROBE_NS,
             "probe-player",
             "probe-player",
-            (&none, &privileged),
+            (&none, &escalates),
             false,
-            "its containers unprivileged",
+            "without privilege escalation",
+        ),
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (&none, &root_container),
+            false,
+            "runs as non-root",
+        ),
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (&none, &adds),
+            false,
+            "add none",
         ),
         (
             PROBE_NS,

@@ -245,16 +245,39 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.tls", "needs tls.issuerRef"],
         ),
         (
-            "a LogPlayer whose name is 44 characters",
+            "a LogPlayer of an external LogStore whose name is 49 characters",
             "long-name.yaml",
-            logplayer_yaml(&"l".repeat(44), ""),
-            &["at most 43 characters", "NAME-logstore-HASH"],
+            logplayer_yaml(&"l".repeat(49), ""),
+            &["48 with an external one", "NAME-player-metrics"],
         ),
         (
-            "a Shard whose name is 47 characters",
+            "a LogPlayer of a managed LogStore whose name is 44 characters",
+            "long-managed.yaml",
+            zero.replace("replicas: 0", "replicas: 1")
+                .replace("name: zero", &format!("name: {}", "l".repeat(44)))
+                .replace(
+                    "external:\n      endpoint: \"x:1\"",
+                    "managed:\n      storage: 1Gi",
+                ),
+            &[
+                "at most 43 characters with a managed LogStore",
+                "NAME-logstore-HASH",
+            ],
+        ),
+        (
+            "a LogPlayer whose name starts with a digit (no Service can be named after it)",
+            "digit.yaml",
+            logplayer_yaml("1digit", ""),
+            &["starts with a letter"],
+        ),
+        (
+            "a managed Shard whose name is 47 characters",
             "long-shard.yaml",
-            shard_yaml(&"s".repeat(47), "", &[(0, 99)], ep),
-            &["at most 46 characters", "NAME-shard-HASH"],
+            shard_yaml(&"s".repeat(47), "", &[(0, 99)], ep).replace(
+                "  external:\n    endpoint: \"nobody.invalid:1\"\n",
+                "  managed:\n    storage: 1Gi\n",
+            ),
+            &["at most 46 characters when managed", "NAME-shard-HASH"],
         ),
         (
             "a Shard naming a LogPlayer no name can be",
@@ -313,10 +336,14 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
     let names =
         h.cp.kubectl(&["-n", DEMO_NS, "get", "logplayers,shards", "-o", "name"])?;
     ensure!(
-        !names.contains("/zero") && !names.contains("/bad-") && !names.contains("/lll"),
+        !names.contains("/zero")
+            && !names.contains("/bad-")
+            && !names.contains("/lll")
+            && !names.contains("/1digit"),
         "a refused object exists:\n{names}"
     );
     status_tells_the_truth(h).await?;
+    pods_the_api_server_refuses(h).await?;
 
     // Accepted, but it owns slots of s0: the LogPlayer is Degraded naming both shards.
     let t = Instant::now();
@@ -392,6 +419,57 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
     .await?;
     // The demo is untouched.
     wait_demo(h, "Ready", ("True", "Delivering"), 30 * SECOND).await?;
+    Ok(())
+}
+
+/// Pods the API server refuses (a ResourceQuota of no pods) never exist, so no pod can name
+/// the cause: the LogPlayer is Degraded `PodsNotCreated` with the quota's words, from its
+/// Deployment's `ReplicaFailure` and its log's StatefulSet's `FailedCreate` Event (it used to
+/// say only "0 of 1 pods ready" and "not running").
+async fn pods_the_api_server_refuses(h: &Harness) -> anyhow::Result<()> {
+    const NS: &str = "capped";
+    h.cp.kubectl(&["create", "namespace", NS])?;
+    h.cp.kubectl(&["create", "quota", "no-pods", "--hard=pods=0", "-n", NS])?;
+    borrow_demo_ca(h, NS).await?;
+    let t = Instant::now();
+    let capped = logplayer_with_shard("capped", "").replace(
+        "external:\n      endpoint: \"demo-logstore.demo.svc:7000\"",
+        "managed:\n      storage: 1Gi\n      replicas: 1",
+    );
+    apply_ok(h, NS, "capped.yaml", &capped, "applying LogPlayer capped")?;
+    let msg = wait_condition(
+        h,
+        NS,
+        "capped",
+        "Degraded",
+        ("True", "PodsNotCreated"),
+        &["cannot create its pods", "quota"],
+        60 * SECOND,
+    )
+    .await?;
+    eprintln!(
+        "[e2e] Degraded PodsNotCreated after {:.1?}: {msg}",
+        t.elapsed()
+    );
+    // The StatefulSet's Event triggers no reconciliation: it shows by the next resync (15 s).
+    wait_for(
+        "status.problems of capped to name the Deployment and the StatefulSet",
+        40 * SECOND,
+        SECOND,
+        || async {
+            let lp = get(h, NS, "logplayer", "capped")?;
+            let problems = lp["status"]["problems"].to_string();
+            if problems.contains("Deployment capped/capped-player")
+                && problems.contains("StatefulSet capped/capped-logstore")
+            {
+                Ok(Some(()))
+            } else {
+                Err(problems)
+            }
+        },
+    )
+    .await?;
+    h.cp.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
     Ok(())
 }
 
