@@ -155,6 +155,54 @@ async fn a_connection_past_max_connections_is_closed() {
     drop(second);
 }
 
+/// `--max-streams-per-connection`: past it, a call on the same connection waits (HTTP/2's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`) until a stream ends; without the setting one caller
+/// could open streams without limit on a single connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_max_streams_per_connection_waits_for_a_stream_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--max-streams-per-connection", "2"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let ch = logplayer::grpc::connect(c.logstore.addr(), &logplayer::grpc::Expected::Log)
+        .await
+        .unwrap();
+    let tail = ReadRequest {
+        from: 1,
+        follow: true,
+        ..Default::default()
+    };
+    let mut client = LogStoreClient::new(ch.clone());
+    let first = client.read(tail).await.unwrap();
+    let second = client.read(tail).await.unwrap();
+    let third = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.bounds(logplayer::proto::BoundsRequest {}),
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "a third stream on one connection was served with --max-streams-per-connection 2"
+    );
+    drop(first);
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.bounds(logplayer::proto::BoundsRequest {}),
+    )
+    .await;
+    assert!(
+        matches!(served, Ok(Ok(_))),
+        "no call served after a stream ended: {served:?}"
+    );
+    drop(second);
+}
+
 /// `--read-stall-timeout`: a `Read` stream whose reader takes nothing while responses wait is
 /// ended with `busy`, naming the index to read again from, and its slot serves another
 /// reader; without it, unread streams would hold every slot for good.

@@ -144,6 +144,13 @@ async fn wrong_membership_changes_are_refused_by_name() {
     assert!(e.contains("is replica 3's address"), "{e}");
     let e = members(&all, &["add", "4=nohost"]).await.unwrap_err();
     assert!(e.contains("not HOST:PORT"), "{e}");
+    // A member at another, unused address: moving it is a remove and an add (an add would
+    // leave the group pointing the old id at a process that may be someone else).
+    let unused = format!("127.0.0.1:{}", common::free_port());
+    let e = members(&all, &["add", &format!("2={unused}")])
+        .await
+        .unwrap_err();
+    assert!(e.contains("remove it first"), "{e}");
 
     // The process that is replica 4 gets what the leader sends to a replica 5 given its
     // address: it refuses by name, the add gives up and leaves 5 a learner, and removing

@@ -409,20 +409,21 @@ pub struct DeliverySettings {
     pub queue_bytes: i64,
 }
 
+// The player's own defaults (each fits its field: the bounds above are far below i32::MAX).
 fn default_window() -> i32 {
-    64
+    crate::player::DEFAULT_WINDOW as i32
 }
 fn default_window_bytes() -> i64 {
-    16 * 1024 * 1024
+    crate::player::DEFAULT_WINDOW_BYTES as i64
 }
 fn default_batch_entries() -> i32 {
-    512
+    crate::player::DEFAULT_BATCH_ENTRIES as i32
 }
 fn default_batch_bytes() -> i64 {
-    1024 * 1024
+    crate::player::DEFAULT_BATCH_BYTES as i64
 }
 fn default_queue_bytes() -> i64 {
-    8 * 1024 * 1024
+    crate::player::DEFAULT_QUEUE_BYTES as i64
 }
 
 impl Default for DeliverySettings {

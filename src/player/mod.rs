@@ -42,6 +42,18 @@ use crate::proto::{AppliedRequest, BoundsRequest};
 use crate::routing::ShardMap;
 use queue::{QueueLimits, QueueState, TargetQueue};
 
+/// The defaults of the delivery settings: the player's flags, [`PlayerConfig::new`] and the
+/// CRD's `delivery.*` take them from here. Batches in flight per shard (`--window`).
+pub const DEFAULT_WINDOW: usize = 64;
+/// Bytes in flight per shard (`--window-bytes`): 16 MiB.
+pub const DEFAULT_WINDOW_BYTES: usize = 16 << 20;
+/// Entries per batch (`--batch-entries`).
+pub const DEFAULT_BATCH_ENTRIES: usize = 512;
+/// Bytes per batch (`--batch-bytes`): 1 MiB.
+pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
+/// Bytes a shard's queue holds (`--queue-bytes`): 8 MiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+
 /// The most batches in flight per shard (`--window`, the CRD's `delivery.window`).
 pub const MAX_WINDOW: usize = 1024;
 /// The most bytes in flight per shard (`--window-bytes`, `delivery.windowBytes`): 1 GiB.
@@ -102,12 +114,12 @@ impl PlayerConfig {
             shards,
             epoch: 1,
             player_id: format!("player-{}", std::process::id()),
-            batch_entries: 512,
-            batch_bytes: 1024 * 1024,
+            batch_entries: DEFAULT_BATCH_ENTRIES,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
-            window_batches: 64,
-            window_bytes: 16 * 1024 * 1024,
-            queue_bytes: 8 * 1024 * 1024,
+            window_batches: DEFAULT_WINDOW,
+            window_bytes: DEFAULT_WINDOW_BYTES,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             catchup_bytes: 4 * 1024 * 1024,
             watermark_every: 1000,
             backoff_min: Duration::from_millis(50),
