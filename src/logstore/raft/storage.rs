@@ -601,4 +601,26 @@ mod tests {
         log.tail().clear();
         assert_eq!(read_from(&reader, 2).await, expected);
     }
+
+    /// openraft purges a follower's log as soon as it hands an installed snapshot to the state
+    /// machine: the purge waits until the state machine has saved a base that covers it, or
+    /// a crash in between would leave a replica with neither the entries nor the base.
+    #[tokio::test]
+    async fn a_purge_waits_for_the_saved_base_to_cover_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStorage::open(WalConfig::new(dir.path())).unwrap();
+        append(&mut log, (0..6).map(|i| entry(1, i)).collect()).await;
+        let (saved, base) = watch::channel(Some(1));
+        log.set_saved_base(base);
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            log.purge(entry(1, 4).log_id),
+        )
+        .await;
+        assert!(early.is_err(), "purged past the saved base: {early:?}");
+        assert_eq!(log.tail().first(), Some(0), "nothing was purged meanwhile");
+        saved.send_replace(Some(4));
+        log.purge(entry(1, 4).log_id).await.unwrap();
+        assert_eq!(log.tail().first(), Some(5));
+    }
 }
