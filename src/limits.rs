@@ -1,4 +1,5 @@
-//! The one entry-size limit and everything sized from it.
+//! The one entry-size limit and everything sized from it; and the bounds and defaults of
+//! the player's delivery settings, which its flags, its config and the CRD share.
 //!
 //! An **entry's size** is the encoded size of one append's mutations (the `mutations` field
 //! of `AppendRequest`, which is also what a log `Entry` and a `ShardEntry` carry). The
@@ -39,6 +40,30 @@ pub fn entry_bytes(mutations: &[Mutation]) -> usize {
         })
         .sum()
 }
+
+/// The defaults of the delivery settings: the player's flags, `PlayerConfig::new` and the
+/// CRD's `delivery.*` take them from here. Batches in flight per shard (`--window`).
+pub const DEFAULT_WINDOW: usize = 64;
+/// Bytes in flight per shard (`--window-bytes`): 16 MiB.
+pub const DEFAULT_WINDOW_BYTES: usize = 16 << 20;
+/// Entries per batch (`--batch-entries`).
+pub const DEFAULT_BATCH_ENTRIES: usize = 512;
+/// Bytes per batch (`--batch-bytes`): 1 MiB.
+pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
+/// Bytes a shard's queue holds (`--queue-bytes`): 8 MiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
+
+/// The most batches in flight per shard (`--window`, the CRD's `delivery.window`).
+pub const MAX_WINDOW: usize = 1024;
+/// The most bytes in flight per shard (`--window-bytes`, `delivery.windowBytes`): 1 GiB.
+pub const MAX_WINDOW_BYTES: usize = 1 << 30;
+/// The most bytes in a batch (`--batch-bytes`, `delivery.batchBytes`): 8 MiB.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// The least and the most bytes a shard's queue holds (`--queue-bytes`,
+/// `delivery.queueBytes`): 64 KiB to 1 GiB.
+pub const MIN_QUEUE_BYTES: usize = 64 << 10;
+/// See [`MIN_QUEUE_BYTES`].
+pub const MAX_QUEUE_BYTES: usize = 1 << 30;
 
 /// The largest gRPC message a LogStore, player or shard sends or accepts with this limit.
 pub fn message_limit(max_entry_bytes: usize) -> usize {

@@ -355,3 +355,34 @@ fn the_players_limits_are_the_crds() {
         assert!(stderr.contains(says), "{flag}: {stderr}");
     }
 }
+
+/// The operator issues each LogPlayer's certificates and dials with them: the global TLS
+/// flags would do nothing there, so they are refused by name instead of ignored.
+#[test]
+fn the_operator_refuses_tls_flags_it_would_ignore() {
+    for args in [
+        &["operator", "--insecure"][..],
+        &[
+            "--tls-cert",
+            "/x.crt",
+            "--tls-key",
+            "/x.key",
+            "--tls-ca",
+            "/ca.crt",
+            "operator",
+        ],
+        &["crd", "--insecure"],
+    ] {
+        let out = Command::new(common::bin())
+            .env_remove("LOGPLAYER_INSECURE")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("do nothing for this command"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

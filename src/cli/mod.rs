@@ -265,8 +265,18 @@ pub async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     // Every command that serves or dials gRPC runs TLS or, explicitly, plaintext. `demo`,
-    // `bench` and `failover-bench` issue their own certificates; the operator (until it
-    // issues certificates itself) runs its pods and its own client with --insecure.
+    // `bench` and `failover-bench` issue their own certificates; the operator issues each
+    // LogPlayer's (its `spec.tls`) and dials with that LogPlayer's admin certificate, so the
+    // flags would do nothing there: refused rather than ignored.
+    if matches!(cli.command, Command::Operator(_) | Command::Crd(_))
+        && (cli.tls.files_given() || cli.tls.insecure())
+    {
+        anyhow::bail!(
+            "--tls-cert, --tls-key, --tls-ca and --insecure (or their LOGPLAYER_* variables) \
+             do nothing for this command: the operator issues each LogPlayer's certificates \
+             (its spec.tls) and dials with them; leave them out"
+        );
+    }
     let dials = match &cli.command {
         Command::Logstore(_) | Command::Player(_) | Command::Status(_) | Command::Load(_) => true,
         Command::Shard(a) => a.dials(),

@@ -5,7 +5,7 @@ use super::{
     Backend, CrdError, DNS_SUBDOMAIN_PATTERN, DURATION_PATTERN, ExternalEndpoint, ImagePullPolicy,
     ManagedStorage, SHORT_STRING_MAX, backend, parse_duration,
 };
-use crate::player::{
+use crate::limits::{
     MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_QUEUE_BYTES,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -411,19 +411,19 @@ pub struct DeliverySettings {
 
 // The player's own defaults (each fits its field: the bounds above are far below i32::MAX).
 fn default_window() -> i32 {
-    crate::player::DEFAULT_WINDOW as i32
+    crate::limits::DEFAULT_WINDOW as i32
 }
 fn default_window_bytes() -> i64 {
-    crate::player::DEFAULT_WINDOW_BYTES as i64
+    crate::limits::DEFAULT_WINDOW_BYTES as i64
 }
 fn default_batch_entries() -> i32 {
-    crate::player::DEFAULT_BATCH_ENTRIES as i32
+    crate::limits::DEFAULT_BATCH_ENTRIES as i32
 }
 fn default_batch_bytes() -> i64 {
-    crate::player::DEFAULT_BATCH_BYTES as i64
+    crate::limits::DEFAULT_BATCH_BYTES as i64
 }
 fn default_queue_bytes() -> i64 {
-    crate::player::DEFAULT_QUEUE_BYTES as i64
+    crate::limits::DEFAULT_QUEUE_BYTES as i64
 }
 
 impl Default for DeliverySettings {

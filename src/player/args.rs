@@ -79,7 +79,8 @@ pub struct PlayerArgs {
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
     /// After each checkpoint, let the LogStore remove segments every shard has acknowledged
-    /// (needs --cursor-file). A shard added later can then only start from what is left.
+    /// (needs --cursor-file or --cursor-shard-status). A shard added later can then only
+    /// start from what is left.
     #[arg(long, env = "LOGPLAYER_RETAIN_LOG")]
     pub retain_log: bool,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address.
