@@ -371,11 +371,11 @@ fn schema_carries_the_defaults_and_bounds() {
         p["delivery"]["default"],
         json!({"window": 64, "windowBytes": 16777216, "batchEntries": 512, "batchBytes": 1048576, "queueBytes": 8388608})
     );
-    // The bounds are the player's own (`PlayerConfig::validate`), so that nothing the API
-    // server accepts is refused by the pods it runs.
+    // The bounds are the player's own (`limits`, checked by `PlayerConfig::validate`), so
+    // that nothing the API server accepts is refused by the pods it runs.
     let d = &p["delivery"]["properties"];
     let f = |n: usize| n as f64;
-    use crate::player::{MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES};
+    use crate::limits::{MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES};
     assert_eq!(d["window"]["minimum"], 1.0);
     assert_eq!(d["window"]["maximum"], f(MAX_WINDOW));
     assert_eq!(d["windowBytes"]["minimum"], 1.0);

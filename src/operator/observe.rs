@@ -292,6 +292,9 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<status::Problem> {
         .collect()
 }
 
+/// The reason for pods the API server refuses to create (a Deployment's or a StatefulSet's).
+const PODS_NOT_CREATED: &str = "PodsNotCreated";
+
 /// How long a StatefulSet's `FailedCreate` Event counts as the reason its pods are missing
 /// (the controller repeats it at every retry, backing off to minutes).
 const FAILED_CREATE_FRESH: Duration = Duration::from_secs(15 * 60);
@@ -357,7 +360,7 @@ fn failed_create(
         return None;
     }
     Some(status::Problem::new(
-        "PodsNotCreated",
+        PODS_NOT_CREATED,
         format!(
             "StatefulSet {ns}/{name} cannot create its pods: {}",
             newest.1.note.as_deref().unwrap_or("FailedCreate")
@@ -396,7 +399,7 @@ pub fn deployment_problems(ns: &str, d: &Deployment) -> Vec<status::Problem> {
         let message = c.message.as_deref().unwrap_or_default();
         if c.type_ == "ReplicaFailure" && c.status == "True" {
             out.push(status::Problem::new(
-                "PodsNotCreated",
+                PODS_NOT_CREATED,
                 format!("Deployment {ns}/{name} cannot create its pods: {message}"),
             ));
         } else if c.type_ == "Progressing"

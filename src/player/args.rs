@@ -87,11 +87,11 @@ pub struct PlayerArgs {
     #[arg(long, env = "LOGPLAYER_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Most entries per batch.
-    #[arg(long, env = "LOGPLAYER_BATCH_ENTRIES", default_value_t = super::DEFAULT_BATCH_ENTRIES)]
+    #[arg(long, env = "LOGPLAYER_BATCH_ENTRIES", default_value_t = crate::limits::DEFAULT_BATCH_ENTRIES)]
     pub batch_entries: usize,
     /// Most bytes per batch, up to 8 MiB (never above --max-entry-bytes; one larger entry
     /// goes alone).
-    #[arg(long, env = "LOGPLAYER_BATCH_BYTES", default_value_t = super::DEFAULT_BATCH_BYTES)]
+    #[arg(long, env = "LOGPLAYER_BATCH_BYTES", default_value_t = crate::limits::DEFAULT_BATCH_BYTES)]
     pub batch_bytes: usize,
     /// Largest transaction, in bytes: the same value as the LogStore's and every shard's
     /// --max-entry-bytes (the player checks both when it connects).
@@ -100,15 +100,15 @@ pub struct PlayerArgs {
     /// Most unacknowledged batches per shard, 1 to 1024 (a shard acknowledges once a commit
     /// is durable; with small batches, a window of few batches stalls delivery behind one
     /// slow commit).
-    #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = super::DEFAULT_WINDOW)]
+    #[arg(long, env = "LOGPLAYER_WINDOW", default_value_t = crate::limits::DEFAULT_WINDOW)]
     pub window: usize,
     /// Most unacknowledged bytes of entries per shard, up to 1 GiB (a batch still goes when
     /// nothing is in flight).
-    #[arg(long, env = "LOGPLAYER_WINDOW_BYTES", default_value_t = super::DEFAULT_WINDOW_BYTES)]
+    #[arg(long, env = "LOGPLAYER_WINDOW_BYTES", default_value_t = crate::limits::DEFAULT_WINDOW_BYTES)]
     pub window_bytes: usize,
     /// Per-shard queue limit in bytes, 64 KiB to 1 GiB; past it the shard catches up from
     /// the log.
-    #[arg(long, env = "LOGPLAYER_QUEUE_BYTES", default_value_t = super::DEFAULT_QUEUE_BYTES)]
+    #[arg(long, env = "LOGPLAYER_QUEUE_BYTES", default_value_t = crate::limits::DEFAULT_QUEUE_BYTES)]
     pub queue_bytes: usize,
     /// Watermark interval in entries for idle shards.
     #[arg(long, env = "LOGPLAYER_WATERMARK_EVERY", default_value_t = 1000)]

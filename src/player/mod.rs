@@ -42,7 +42,7 @@ use crate::proto::{AppliedRequest, BoundsRequest};
 use crate::routing::ShardMap;
 use queue::{QueueLimits, QueueState, TargetQueue};
 
-pub use crate::limits::{
+use crate::limits::{
     DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES, DEFAULT_QUEUE_BYTES, DEFAULT_WINDOW,
     DEFAULT_WINDOW_BYTES, MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES,
     MIN_QUEUE_BYTES,

@@ -589,8 +589,7 @@ mod tests {
     fn the_epoch_and_the_log_survive_a_restart() {
         let mut core = mem();
         core.hello(&hi(5)).unwrap();
-        let restarted = ShardCore::open(core.into_store(), me("s0")).unwrap();
-        let mut core = restarted;
+        let mut core = ShardCore::open(core.into_store(), me("s0")).unwrap();
         assert!(
             matches!(
                 core.hello(&hi(3)),
