@@ -286,11 +286,6 @@ fn the_preallocate_flag_reaches_the_wal() {
 fn counts_that_cannot_work_are_refused_by_name() {
     for (args, flag, least) in [
         (&["bench", "--shards", "2,0"][..], "--shards", 1),
-        (
-            &["bench", "--logstore-replicas", "0"],
-            "--logstore-replicas",
-            1,
-        ),
         (&["bench", "--keys", "0"], "--keys", 1),
         (&["load", "--key-space", "0"], "--key-space", 1),
         (&["load", "--concurrency", "0"], "--concurrency", 1),
@@ -311,6 +306,25 @@ fn counts_that_cannot_work_are_refused_by_name() {
         assert!(
             stderr.contains(&format!("for '{flag} <"))
                 && stderr.contains(&format!("must be at least {least}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Log replicas: odd, 1 to 7, as the CRD's `logStore.managed.replicas`.
+    for args in [
+        &["bench", "--logstore-replicas", "1,0"][..],
+        &["bench", "--logstore-replicas", "2"],
+        &["demo", "--logstore-replicas", "4"],
+        &["demo", "--logstore-replicas", "9"],
+    ] {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("for '--logstore-replicas <") && stderr.contains("must be odd, 1 to 7"),
             "{args:?}: {stderr}"
         );
     }

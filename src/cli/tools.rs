@@ -64,9 +64,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 10, value_parser = at_least::<1>)]
     keys: usize,
     /// Log replicas: 3 runs the LogStore as a Raft group (and kills its leader and freezes
-    /// a follower among the faults); 1 runs the single-node LogStore.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
-    logstore_replicas: u64,
+    /// a follower among the faults); 1 runs the single-node LogStore. Odd, 1 to 7.
+    #[arg(long, default_value_t = 3, value_parser = log_replicas)]
+    logstore_replicas: usize,
 }
 
 #[derive(Args, Clone)]
@@ -113,6 +113,19 @@ fn at_least<const N: usize>(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A count of log replicas: odd, 1 to 7 (the CRD's rule: an even group survives no more
+/// failures than one fewer, and a tool run on one machine gains nothing past seven).
+fn log_replicas(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=7).contains(&n) && n % 2 == 1 => Ok(n),
+        Ok(_) => Err(
+            "must be odd, 1 to 7 (an even count of log replicas survives no more failures than one fewer)"
+                .to_owned(),
+        ),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A writer-id prefix: letters, digits, `.`, `_` and `-` (the ids it makes are written in
 /// the log and matched against certificates' writer names).
 fn parse_writer_prefix(s: &str) -> Result<String, String> {
@@ -134,8 +147,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1024,10240")]
     sizes: Vec<usize>,
     /// Log replicas to measure, comma separated: 1 is the single-node LogStore, 3 a Raft
-    /// group of three on this machine (sharing its disk).
-    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = at_least::<1>)]
+    /// group of three on this machine (sharing its disk). Each odd, 1 to 7.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = log_replicas)]
     logstore_replicas: Vec<usize>,
     #[command(flatten)]
     load: LoadFlags,
@@ -203,7 +216,7 @@ pub async fn run_demo(a: DemoArgs, tls: &super::TlsArgs) -> anyhow::Result<()> {
         seconds: a.seconds,
         txn_bytes: a.txn_bytes,
         keys_per_txn: a.keys,
-        logstore_replicas: a.logstore_replicas as usize,
+        logstore_replicas: a.logstore_replicas,
         rounds: a.rounds,
     })
     .await?;
