@@ -295,16 +295,20 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<status::Problem> {
 /// The reason for pods the API server refuses to create (a Deployment's or a StatefulSet's).
 const PODS_NOT_CREATED: &str = "PodsNotCreated";
 
-/// How long a StatefulSet's `FailedCreate` Event counts as the reason its pods are missing
-/// (the controller repeats it at every retry, backing off to minutes).
-const FAILED_CREATE_FRESH: Duration = Duration::from_secs(15 * 60);
+/// How long a StatefulSet's `FailedCreate` Event can name the cause of its missing pods: the
+/// API server's default Event lifetime. The controller repeats the Event at every retry,
+/// backing off to about 17 minutes between them, and the Event recorder lets at most one a
+/// source and object through every 5 minutes once it has sent a burst, so a window shorter
+/// than that lost the cause of a refusal that lasted.
+const FAILED_CREATE_FRESH: Duration = Duration::from_secs(60 * 60);
 
 /// Why the StatefulSet `name` (a managed log or shard server) has fewer pods than it wants:
 /// its newest `FailedCreate` Event, as `PodsNotCreated` (a quota, a pod security level, a pod
-/// field the API server refuses). A StatefulSet has no condition for it, unlike a
-/// Deployment's `ReplicaFailure`, and the pods never exist, so nothing else names the cause.
-/// `None` when it has its pods, when no such Event is fresh, or when the Events cannot be
-/// read (an RBAC from before the operator listed them: it says so at DEBUG).
+/// field the API server refuses), when its last word on creating pods was that failure. A
+/// StatefulSet has no condition for it, unlike a Deployment's `ReplicaFailure`, and the pods
+/// never exist, so nothing else names the cause. `None` when it has its pods, when a pod was
+/// created after the last refusal, or when the Events cannot be read (an RBAC from before the
+/// operator listed them: it says so at DEBUG).
 pub(super) async fn pods_not_created(
     client: &Client,
     ns: &str,
@@ -321,7 +325,8 @@ pub(super) async fn pods_not_created(
     if have >= want {
         return Ok(None);
     }
-    let fields = format!("regarding.kind=StatefulSet,regarding.name={name},reason=FailedCreate");
+    // Every Event about it (one field selector cannot name two reasons): a few.
+    let fields = format!("regarding.kind=StatefulSet,regarding.name={name}");
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default().fields(&fields))
         .await;
@@ -334,7 +339,8 @@ pub(super) async fn pods_not_created(
     }
 }
 
-/// The newest of `events` (a StatefulSet's `FailedCreate`), if fresh at `now`, as a problem.
+/// The newest `FailedCreate` of `events` (a StatefulSet's), as a problem, if it is newer than
+/// its newest `SuccessfulCreate` and fresh at `now`.
 fn failed_create(
     ns: &str,
     name: &str,
@@ -351,11 +357,18 @@ fn failed_create(
         .flatten()
         .max()
     };
-    let newest = events
-        .iter()
-        .filter_map(|e| Some((when(e)?, e)))
-        .max_by_key(|(t, _)| *t)?;
-    let age = now.0.duration_since(newest.0);
+    let newest = |reason: &str| {
+        events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| Some((when(e)?, e)))
+            .max_by_key(|(t, _)| *t)
+    };
+    let failed = newest("FailedCreate")?;
+    if newest("SuccessfulCreate").is_some_and(|(t, _)| t >= failed.0) {
+        return None;
+    }
+    let age = now.0.duration_since(failed.0);
     if age.as_secs_f64() > FAILED_CREATE_FRESH.as_secs_f64() {
         return None;
     }
@@ -363,7 +376,7 @@ fn failed_create(
         PODS_NOT_CREATED,
         format!(
             "StatefulSet {ns}/{name} cannot create its pods: {}",
-            newest.1.note.as_deref().unwrap_or("FailedCreate")
+            failed.1.note.as_deref().unwrap_or("FailedCreate")
         ),
     ))
 }
@@ -492,15 +505,17 @@ mod tests {
         assert!(deployment_problems("ns", &fine).is_empty());
     }
 
-    /// A StatefulSet's pods refused by the API server are named by its newest fresh
-    /// `FailedCreate` Event; an old one says nothing.
+    /// A StatefulSet's pods refused by the API server are named by its newest `FailedCreate`
+    /// Event, also after the controller has backed off to minutes between retries; a pod
+    /// created since, or an Event older than Events live, says nothing.
     #[test]
     fn a_statefulset_that_cannot_create_its_pods_is_named_by_its_newest_event() {
         let at = |s: i64| k8s_openapi::jiff::Timestamp::from_second(s).unwrap();
-        let event = |note: &str, last: i64| -> k8s_openapi::api::events::v1::Event {
+        let event = |reason: &str, note: &str, last: i64| -> k8s_openapi::api::events::v1::Event {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "e"},
                 "eventTime": null,
+                "reason": reason,
                 "note": note,
                 "deprecatedLastTimestamp": at(last).to_string(),
             }))
@@ -508,14 +523,30 @@ mod tests {
         };
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(10_000));
         let quota = "pods \"demo-logstore-0\" is forbidden: exceeded quota: none";
-        let events = [event("an older refusal", 9_000), event(quota, 9_990)];
+        let events = [
+            event("SuccessfulCreate", "create Pod demo-logstore-0", 8_000),
+            event("FailedCreate", "an older refusal", 9_000),
+            event("FailedCreate", quota, 9_990),
+        ];
         let p = failed_create("ns", "demo-logstore", &events, now.clone()).unwrap();
         assert_eq!(p.reason, "PodsNotCreated");
         assert_eq!(
             p.message,
             format!("StatefulSet ns/demo-logstore cannot create its pods: {quota}")
         );
-        let stale = [event(quota, 10_000 - 16 * 60)];
+        // 17 minutes after the last retry (the controller's longest backoff): still named.
+        let backed_off = [event("FailedCreate", quota, 10_000 - 17 * 60)];
+        assert!(failed_create("ns", "demo-logstore", &backed_off, now.clone()).is_some());
+        // A pod created after the refusal: the refusal no longer explains anything.
+        let created = [
+            event("FailedCreate", quota, 9_000),
+            event("SuccessfulCreate", "create Pod demo-logstore-1", 9_500),
+        ];
+        assert_eq!(
+            failed_create("ns", "demo-logstore", &created, now.clone()),
+            None
+        );
+        let stale = [event("FailedCreate", quota, 10_000 - 61 * 60)];
         assert_eq!(failed_create("ns", "demo-logstore", &stale, now), None);
     }
 }
