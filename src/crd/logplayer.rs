@@ -2,8 +2,8 @@
 //! shard selector and the log source, with its status.
 
 use super::{
-    Backend, CrdError, DNS_SUBDOMAIN_PATTERN, DURATION_PATTERN, ExternalEndpoint, ImagePullPolicy,
-    ManagedStorage, SHORT_STRING_MAX, backend, parse_duration,
+    Backend, CrdError, DNS_SUBDOMAIN_PATTERN, DURATION_MAX_LENGTH, DURATION_PATTERN,
+    ExternalEndpoint, ImagePullPolicy, ManagedStorage, backend, parse_duration,
 };
 use crate::limits::{
     MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_QUEUE_BYTES,
@@ -89,7 +89,7 @@ pub struct LogPlayerSpec {
     /// How often the leader saves each shard's acknowledged index into the Shard's status
     /// (a duration such as `1s`). Default `1s`.
     #[serde(default = "default_checkpoint_interval")]
-    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    #[schemars(length(min = 1, max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')")
         .message("checkpointInterval must be greater than zero"))]
     pub checkpoint_interval: String,
@@ -311,16 +311,16 @@ impl LogPlayerSpec {
 pub struct LeaseSettings {
     /// How long a lease lasts without renewal; a standby takes over after this. Default `2s`.
     #[serde(default = "default_lease_duration")]
-    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    #[schemars(length(min = 1, max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     pub lease_duration: String,
     /// A leader that could not renew for this long stops sending; below `leaseDuration`, the
     /// difference absorbing clock skew and scheduling delay. Default `1500ms`.
     #[serde(default = "default_renew_deadline")]
-    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    #[schemars(length(min = 1, max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     pub renew_deadline: String,
     /// How often replicas try to acquire or renew the lease. Default `250ms`.
     #[serde(default = "default_retry_period")]
-    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    #[schemars(length(min = 1, max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     pub retry_period: String,
 }
 

@@ -58,8 +58,13 @@ pub mod condition {
 
 /// Durations are written like `2s`, `1500ms` or `1m30s`: one or more integer-unit pairs with
 /// units `ns`, `us`, `ms`, `s`, `m`, `h`. Both humantime (the player) and CEL's `duration()`
-/// (the API server) read this form the same way.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(ns|us|ms|s|m|h))+$";
+/// (the API server) read this form the same way. At most six digits a pair and
+/// [`DURATION_MAX_LENGTH`] characters, so no value the pattern admits overflows the API
+/// server's duration (Go's, ~2.5 million hours): a larger one would pass the pattern and
+/// then fail every CEL rule with "type conversion error" instead of naming the field's form.
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,6}(ns|us|ms|s|m|h))+$";
+/// The longest duration string (see [`DURATION_PATTERN`]).
+pub const DURATION_MAX_LENGTH: u32 = 20;
 /// A storage size in Kubernetes quantity form, e.g. `10Gi` or `500M`, and above zero (a
 /// PersistentVolumeClaim of `0` is refused by the API server, so the CRD refuses it first).
 pub const QUANTITY_PATTERN: &str =

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    Backend, CrdError, DNS_1035_LABEL_PATTERN, DURATION_PATTERN, ExternalEndpoint, ManagedStorage,
-    SHORT_STRING_MAX, SlotRange, backend, parse_duration, validate_ranges,
+    Backend, CrdError, DNS_1035_LABEL_PATTERN, DURATION_MAX_LENGTH, DURATION_PATTERN,
+    ExternalEndpoint, ManagedStorage, SlotRange, backend, parse_duration, validate_ranges,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -93,7 +93,7 @@ pub struct ShardSpec {
     /// commits whatever has arrived. Longer means fewer, fuller commits (fewer bytes written
     /// to disk) for up to this much more delay. Unset uses the server's default, `2ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(DURATION_PATTERN))]
+    #[schemars(length(min = 1, max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('100ms')")
         .message("commitDelay must be at most 100ms"))]
     pub commit_delay: Option<String>,

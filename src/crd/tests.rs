@@ -843,3 +843,27 @@ fn quantity_patterns_refuse_what_the_api_server_would_refuse_later() {
         "{text}"
     );
 }
+
+/// The largest duration the CRD's pattern and length admit still fits the API server's
+/// duration (Go's `time.Duration`, int64 nanoseconds), so CEL's `duration()` can read every
+/// value the pattern lets through and its rules name the bound instead of failing with
+/// "type conversion error".
+#[test]
+fn every_duration_the_pattern_admits_fits_the_api_servers() {
+    let pattern = regex::Regex::new(DURATION_PATTERN).unwrap();
+    let max = DURATION_MAX_LENGTH as usize;
+    // The largest: as many `999999h` as fit, the rest one more pair with the digits left.
+    let full = "999999h".repeat(max / 7);
+    let rest = max % 7;
+    let largest = if rest >= 2 {
+        format!("{full}{}h", "9".repeat(rest - 1))
+    } else {
+        full
+    };
+    assert_eq!(largest.len(), max);
+    assert!(pattern.is_match(&largest), "{largest}");
+    let d = humantime::parse_duration(&largest).unwrap();
+    assert!(d.as_nanos() <= i64::MAX as u128, "{largest} = {d:?}");
+    // One digit more in a pair is refused by the pattern.
+    assert!(!pattern.is_match("9999999h"));
+}

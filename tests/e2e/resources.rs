@@ -308,6 +308,15 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.lease", "leaseDuration is at most 1h"],
         ),
         (
+            "a LogPlayer whose lease lasts 99999999h (past any duration the API server reads)",
+            "huge-lease.yaml",
+            logplayer_yaml(
+                "huge-lease",
+                "  lease:\n    leaseDuration: 99999999h\n    renewDeadline: 1s\n    retryPeriod: 250ms\n",
+            ),
+            &["spec.lease.leaseDuration", "should match"],
+        ),
+        (
             "a LogPlayer whose queue per shard is 2 GiB",
             "bad-queue.yaml",
             logplayer_yaml("bad-queue", "  delivery:\n    queueBytes: 2147483648\n"),
