@@ -104,6 +104,15 @@ pub fn pods_to_keep(m: Option<&MembersResponse>, want: i32) -> i32 {
     want.max(highest)
 }
 
+/// Whether a managed LogStore's group never formed, when nobody can tell its membership:
+/// no log id was ever recorded and no replica's pod runs. Then no pod holds a voter, and
+/// the StatefulSet may shrink to the count wanted (a LogStore scaled from 5 to 1 because its
+/// pods could not be created kept five unschedulable pods). A group that formed recorded
+/// its log id in the status in the reconciliation that first saw it.
+pub fn never_formed(known_log_id: Option<&str>, any_running: bool) -> bool {
+    known_log_id.is_none() && !any_running
+}
+
 /// The ordinal at the end of a StatefulSet pod's name, as a replica id (ordinal + 1).
 pub fn replica_of_pod(pod: &str) -> Option<u64> {
     let (_, n) = pod.rsplit_once('-')?;

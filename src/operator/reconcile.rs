@@ -215,23 +215,42 @@ async fn log_members_before(
         return Ok(None);
     };
     let members = log_members::ask(&addrs, tls).await;
-    // Unknown membership (no leader, or nobody answers): keep the pods that run now, so
-    // that no voter loses its pod while nobody can tell who votes. A StatefulSet that
-    // cannot be read is an error (retried), never "0 pods run": applied with fewer
-    // replicas, it would delete voters' pods.
+    // Unknown membership (no leader, or nobody answers): keep the pods the StatefulSet has
+    // now, so that no voter loses its pod while nobody can tell who votes, unless no group
+    // ever formed (see `log_members::never_formed`). A StatefulSet that cannot be read is
+    // an error (retried), never "0 pods run": applied with fewer replicas, it would delete
+    // voters' pods.
     let current = match &members {
         Ok(_) => 0,
-        Err(_) => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-            .get_opt(&desired::logstore_name(lp))
-            .await?
-            .and_then(|s| s.spec.and_then(|s| s.replicas))
-            .unwrap_or(0),
+        Err(_) => {
+            let pods = pods_of(&ctx.client, ns, &lp.name_any()).await?;
+            let any_running = component_pods(&pods, "logstore", None)
+                .into_iter()
+                .any(|p| any_running(&[p]));
+            if log_members::never_formed(known_log_id(lp), any_running) {
+                0
+            } else {
+                Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&desired::logstore_name(lp))
+                    .await?
+                    .and_then(|s| s.spec.and_then(|s| s.replicas))
+                    .unwrap_or(0)
+            }
+        }
     };
     let keep = log_members::pods_to_keep(members.as_ref().ok(), want.max(1)).max(current);
     if let Some(spec) = ls.server.stateful_set.spec.as_mut() {
         spec.replicas = Some(keep);
     }
     Ok(Some((addrs, members)))
+}
+
+/// The id of the log a managed LogStore's group established, as its status last recorded.
+fn known_log_id(lp: &LogPlayer) -> Option<&str> {
+    lp.status
+        .as_ref()
+        .and_then(|s| s.log_store.as_ref())
+        .and_then(|l| l.log_id.as_deref())
 }
 
 /// Makes the next membership change of a managed LogStore, if one is due (see
@@ -266,15 +285,12 @@ async fn members_step(
         running,
         change: None,
     };
-    let known_log_id = lp
-        .status
-        .as_ref()
-        .and_then(|s| s.log_store.as_ref())
-        .and_then(|l| l.log_id.as_deref());
     let change = match &seen.members {
         _ if !may_change => None,
         Some(m) => log_members::next_change(m, seen.want, &seen.running),
-        None => log_members::should_seed(&seen, known_log_id).then_some(log_members::Change::Seed),
+        None => {
+            log_members::should_seed(&seen, known_log_id(lp)).then_some(log_members::Change::Seed)
+        }
     };
     if let Some(change) = change {
         let id = match change {

@@ -434,7 +434,9 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
 /// Pods the API server refuses (a ResourceQuota of no pods) never exist, so no pod can name
 /// the cause: the LogPlayer is Degraded `PodsNotCreated` with the quota's words, from its
 /// Deployment's `ReplicaFailure` and its log's StatefulSet's `FailedCreate` Event (it used to
-/// say only "0 of 1 pods ready" and "not running").
+/// say only "0 of 1 pods ready" and "not running"). Scaled down then, its log's StatefulSet
+/// shrinks at once (it kept its pods while nobody could tell the membership, even though no
+/// group ever formed).
 async fn pods_the_api_server_refuses(h: &Harness) -> anyhow::Result<()> {
     const NS: &str = "capped";
     h.cp.kubectl(&["create", "namespace", NS])?;
@@ -443,7 +445,7 @@ async fn pods_the_api_server_refuses(h: &Harness) -> anyhow::Result<()> {
     let t = Instant::now();
     let capped = logplayer_with_shard("capped", "").replace(
         "external:\n      endpoint: \"demo-logstore.demo.svc:7000\"",
-        "managed:\n      storage: 1Gi\n      replicas: 1",
+        "managed:\n      storage: 1Gi\n      replicas: 3",
     );
     apply_ok(h, NS, "capped.yaml", &capped, "applying LogPlayer capped")?;
     let msg = wait_condition(
@@ -474,6 +476,31 @@ async fn pods_the_api_server_refuses(h: &Harness) -> anyhow::Result<()> {
                 Ok(Some(()))
             } else {
                 Err(problems)
+            }
+        },
+    )
+    .await?;
+    // Scaled down before its group ever formed (no pod ran, no log id): the StatefulSet
+    // shrinks at once; there is no voter whose pod it could take away.
+    h.cp.kubectl(&[
+        "patch",
+        "logplayer",
+        "capped",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"logStore":{"managed":{"replicas":1}}}}"#,
+    ])?;
+    wait_for(
+        "StatefulSet capped-logstore to shrink to 1 (its group never formed)",
+        30 * SECOND,
+        SECOND,
+        || async {
+            let sts = get(h, NS, "statefulset", "capped-logstore")?;
+            match sts["spec"]["replicas"].as_i64() {
+                Some(1) => Ok(Some(())),
+                other => Err(format!("spec.replicas {other:?}")),
             }
         },
     )
