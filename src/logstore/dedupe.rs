@@ -49,6 +49,11 @@ impl Recent {
     pub fn last(&self) -> Option<&LastAppend> {
         self.0.back()
     }
+
+    /// The writer's remembered appends, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &LastAppend> {
+        self.0.iter()
+    }
 }
 
 /// The writer table: each writer's recent appends.

@@ -12,12 +12,13 @@
 pub mod dedupe;
 pub mod log_id;
 pub mod raft;
+pub mod released;
 pub mod served;
 pub mod service;
 pub(crate) mod tail;
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use prost::Message;
@@ -95,6 +96,8 @@ pub enum LogStoreError {
     Unknown(String),
     #[error("membership change refused: {0}")]
     Membership(String),
+    #[error(transparent)]
+    Released(#[from] released::ReleasedError),
 }
 
 /// Resolves with the reason once `failed` holds one; pending forever if its sender goes
@@ -247,6 +250,38 @@ fn decode_stored(index: u64, bytes: &[u8]) -> Result<StoredEntry, LogStoreError>
     }
 }
 
+/// The writer table and the tail cache of the log in `dir`, rebuilt at open: what retention
+/// removed, from its file (see [`released`]), then every record's writer and sequence
+/// (checking each record decodes).
+fn replay(
+    dir: &Path,
+    reader: &WalReader,
+) -> Result<(Writers, TailCache<EncodedEntry>), LogStoreError> {
+    let mut writers = Writers::new();
+    let mut cache = TailCache::new(TAIL_CACHE_BYTES);
+    let (first, last) = (reader.first_index(), reader.last_index());
+    released::load(dir, first, &mut writers)?;
+    let mut pos = first;
+    while pos <= last {
+        let chunk = reader.read_range(pos, last, 8 * 1024 * 1024)?;
+        for (index, bytes) in chunk {
+            let stored = decode_stored(index, &bytes)?;
+            if !stored.writer_id.is_empty() {
+                let mutations = stored.entry.as_ref().map(|e| &e.mutations[..]);
+                let d = digest(mutations.unwrap_or_default());
+                let writer = (stored.writer_id, stored.sequence);
+                dedupe::record(&mut writers, Some(&writer), index, d);
+            }
+            if let Some(e) = stored.entry {
+                cache.push_entry(EncodedEntry::new(&e));
+            }
+            pos = index + 1;
+        }
+    }
+    dedupe::release(&mut writers, first);
+    Ok((writers, cache))
+}
+
 impl LogStore {
     /// Opens the log in `config.dir` (recovering a torn tail, creating the log id of a new
     /// log) and starts the writer thread.
@@ -276,28 +311,8 @@ impl LogStore {
         let empty = wal.last_index() == 0 && wal.first_index() <= 1;
         let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;
         let reader = wal.reader();
-        // Rebuild the writers' last sequences (and check every record decodes).
-        // (The single-node table is rebuilt from the records at startup, never persisted.)
-        let mut writers = Writers::new();
-        let mut cache = TailCache::new(TAIL_CACHE_BYTES);
         let (first, last) = (reader.first_index(), reader.last_index());
-        let mut pos = first;
-        while pos <= last {
-            let chunk = reader.read_range(pos, last, 8 * 1024 * 1024)?;
-            for (index, bytes) in chunk {
-                let stored = decode_stored(index, &bytes)?;
-                if !stored.writer_id.is_empty() {
-                    let mutations = stored.entry.as_ref().map(|e| &e.mutations[..]);
-                    let d = digest(mutations.unwrap_or_default());
-                    let writer = (stored.writer_id, stored.sequence);
-                    dedupe::record(&mut writers, Some(&writer), index, d);
-                }
-                if let Some(e) = stored.entry {
-                    cache.push_entry(EncodedEntry::new(&e));
-                }
-                pos = index + 1;
-            }
-        }
+        let (writers, cache) = replay(&config.dir, &reader)?;
         let summary = OpenSummary {
             first,
             last,
@@ -514,6 +529,70 @@ mod tests {
         assert_eq!(summary.writers, 1);
         let again = log.append(add("k"), w(2), 0).await.unwrap();
         assert_eq!((again.index, again.duplicate), (2, true));
+    }
+
+    /// Retention removes records the writer table was rebuilt from: what it remembered of
+    /// them survives a restart (it used to be forgotten, and a retry of an append below the
+    /// retention point was written a second time).
+    #[tokio::test]
+    async fn the_writer_table_survives_retention_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = || {
+            let mut c = LogStoreConfig::new(dir.path().to_path_buf());
+            c.segment_bytes = Some(crate::wal::MIN_SEGMENT_BYTES);
+            c
+        };
+        let (log, _) = LogStore::open(small()).unwrap();
+        let w = |id: &str, s| Some((id.to_string(), s));
+        // `once` wrote long ago; `later` wrote 1 long ago and 2 recently.
+        assert_eq!(
+            log.append(add("k"), w("once", 7), 0).await.unwrap().index,
+            1
+        );
+        assert_eq!(
+            log.append(add("k"), w("later", 1), 0).await.unwrap().index,
+            2
+        );
+        for i in 0..200 {
+            log.append(add(&format!("fill-{i}")), None, 0)
+                .await
+                .unwrap();
+        }
+        let recent = log.append(add("k"), w("later", 2), 0).await.unwrap().index;
+        let (first, removed) = log.retain(recent).await.unwrap();
+        assert!(removed > 0 && first > 2, "first {first}, removed {removed}");
+        let check = |log: LogStore| async move {
+            let again = log.append(add("k"), w("once", 7), 0).await.unwrap();
+            assert_eq!(
+                (again.index, again.duplicate),
+                (1, true),
+                "a retry of once/7"
+            );
+            let stale = log.append(add("k"), w("once", 5), 0).await.unwrap_err();
+            assert!(
+                matches!(stale, LogStoreError::StaleSequence { .. }),
+                "{stale}"
+            );
+            let early = log.append(add("k"), w("later", 1), 0).await.unwrap();
+            assert_eq!(
+                (early.index, early.duplicate),
+                (2, true),
+                "a retry of later/1"
+            );
+            log
+        };
+        let log = check(log).await;
+        drop(log);
+        let (log, _) = loop {
+            match LogStore::open(small()) {
+                Err(LogStoreError::Wal(WalError::InUse { .. })) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let log = check(log).await;
+        assert_eq!(log.bounds().1, recent, "nothing was written again");
     }
 
     /// A record whose entry names another index than its place in the log (a file copied

@@ -44,7 +44,9 @@ fn to_status(e: LogStoreError) -> Status {
         }
         // Any other WAL failure (IO on read, a record over the WAL's own limit) or id
         // problem on a running log: the log cannot serve this now.
-        LogStoreError::Wal(_) | LogStoreError::LogId(_) => Reason::NotDurable,
+        LogStoreError::Wal(_) | LogStoreError::LogId(_) | LogStoreError::Released(_) => {
+            Reason::NotDurable
+        }
         LogStoreError::Unknown(_) => Reason::NotDurable,
         LogStoreError::Unavailable(_) | LogStoreError::Gap { .. } => Reason::Unavailable,
         LogStoreError::Membership(_) => Reason::Membership,

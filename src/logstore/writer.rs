@@ -273,11 +273,21 @@ impl Writer {
 
     fn retain(&mut self, retains: Vec<RetainAsk>) {
         for (below, reply) in retains {
-            let out = self
-                .wal
-                .remove_below(below)
-                .map(|n| (self.wal.first_index(), n))
-                .map_err(LogStoreError::from);
+            // What the writer table remembers of the records about to go is kept first
+            // (see `released`): a restart cannot read it back from them.
+            let first = self.wal.first_after_removing_below(below);
+            let saved = if first > self.wal.first_index() {
+                super::released::save(self.wal.dir(), &self.writers, first)
+                    .map_err(LogStoreError::from)
+            } else {
+                Ok(())
+            };
+            let out = saved.and_then(|()| {
+                self.wal
+                    .remove_below(below)
+                    .map(|n| (self.wal.first_index(), n))
+                    .map_err(LogStoreError::from)
+            });
             if let Ok((first, _)) = &out {
                 dedupe::release(&mut self.writers, *first);
             }

@@ -589,10 +589,7 @@ impl Wal {
     pub fn remove_below(&mut self, below: u64) -> Result<usize, WalError> {
         let removed: Vec<Segment> = {
             let mut shared = write_lock(&self.shared);
-            let segs = &shared.segments;
-            let k = (0..segs.len() - 1)
-                .take_while(|&i| segs[i + 1].first_index <= below)
-                .count();
+            let k = removable(&shared.segments, below);
             shared.segments.drain(..k).collect()
         };
         if removed.is_empty() {
@@ -618,6 +615,23 @@ impl Wal {
         Ok(removed.len())
     }
 
+    /// The first index [`Wal::remove_below`]`(below)` would leave (the current first index
+    /// when it would remove nothing): for a caller that must save what it derived from the
+    /// records before they go.
+    pub fn first_after_removing_below(&self, below: u64) -> u64 {
+        let shared = read_lock(&self.shared);
+        let k = removable(&shared.segments, below);
+        match shared.segments.get(k) {
+            Some(seg) if k > 0 => seg.first_index,
+            _ => shared.first_index(),
+        }
+    }
+
+    /// The directory of its segments.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
     /// Where in its segment file the next record's header will start (a new segment's, past
     /// the magic, when the active one is full): for a caller that pads its records to end on
     /// a page boundary, so that the next sync does not rewrite a page already written.
@@ -635,4 +649,12 @@ impl Wal {
             shared: self.shared.clone(),
         }
     }
+}
+
+/// How many of `segments` (oldest first) hold only indexes below `below`: all but the last
+/// (the active one) whose successor starts at or below it.
+fn removable(segments: &[Segment], below: u64) -> usize {
+    (0..segments.len().saturating_sub(1))
+        .take_while(|&i| segments[i + 1].first_index <= below)
+        .count()
 }
