@@ -336,10 +336,18 @@ impl Log {
         }
     }
 
-    /// Releases entries below `below` (on the leader).
-    pub async fn retain(&self, below: u64) -> Result<crate::proto::RetainResponse, ClientError> {
+    /// Releases entries below `below` (on the leader), if the log is `log_id` (empty: any).
+    pub async fn retain(
+        &self,
+        below: u64,
+        log_id: &str,
+    ) -> Result<crate::proto::RetainResponse, ClientError> {
         self.with_leader("retain", true, |mut c| async move {
-            c.retain(crate::proto::RetainRequest { below }).await
+            c.retain(crate::proto::RetainRequest {
+                below,
+                log_id: log_id.to_owned(),
+            })
+            .await
         })
         .await
     }

@@ -328,3 +328,80 @@ async fn a_player_fenced_by_an_epoch_the_lease_never_gave_says_so_and_stops() {
         "it must not resign and re-acquire: {text}"
     );
 }
+
+/// The same swap with log retention on: the player's checkpoint asks the log behind its
+/// address to release entries below its cursors. Those are the old log's cursors, so the
+/// new log must release nothing: its `Retain` names the player's log and the new log refuses
+/// it (`wrong-log`). Without that, the new log lost its first segments before the player
+/// noticed the swap and stopped.
+#[tokio::test]
+async fn a_replaced_log_releases_nothing_for_the_old_logs_cursors() {
+    let (dir, mut c, log) = servers(1).await;
+    for _ in 0..400 {
+        log.append(add("c-000000", 1), None, 0).await.unwrap();
+    }
+    let cursors = dir.path().join("cursors.json");
+    c.start_player(&[
+        "--cursor-file",
+        &cursors.display().to_string(),
+        "--retain-log",
+        "--checkpoint-interval",
+        "100ms",
+    ])
+    .await
+    .unwrap();
+    let report = check(&log, &c.shard_map(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(report.pass, "{report}");
+    drop(log);
+
+    // Another log, filled beforehand in small segments: the old cursors (400) are past many.
+    let other = dir.path().join("other-log");
+    let data = |p: &std::path::Path| {
+        vec![
+            "logstore".to_string(),
+            "--data".into(),
+            p.display().to_string(),
+            "--segment-bytes".into(),
+            "4096".into(),
+        ]
+    };
+    let mut filling = Proc::start(
+        "other-log-filling",
+        &bin(),
+        data(&other),
+        Some("127.0.0.1:0"),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let filler = logplayer::client::Log::connect(filling.addr())
+        .await
+        .unwrap();
+    for _ in 0..1_000 {
+        filler.append(add("c-000000", 100), None, 0).await.unwrap();
+    }
+    drop(filler);
+    filling.terminate(Duration::from_secs(5)).await;
+
+    let addr = c.logstore.addr().to_owned();
+    c.logstore.terminate(Duration::from_secs(5)).await;
+    // Down a while, as in a restart: the player's main stream backs off between attempts
+    // while its checkpoints go on, so a checkpoint can reach the other log first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fresh = Proc::start("other-log", &bin(), data(&other), Some(&addr), dir.path())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.players[0].exited().is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = c.players[0].log_tail(60);
+    assert!(
+        c.players[0].exited().is_some(),
+        "the player still runs:\n{text}"
+    );
+    let (first, _) = bounds_of(fresh.addr()).await;
+    assert_eq!(first, 1, "the other log released entries:\n{text}");
+}

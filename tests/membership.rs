@@ -59,7 +59,7 @@ async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
     let log = Log::connect(&g.all()).await.unwrap();
     write(&log, "w", 1, 300).await;
     // Most of the log is released, so a new replica can only start from a snapshot.
-    log.retain(250).await.unwrap();
+    log.retain(250, "").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 3 -> 4: replica 4 catches up as a learner (through a snapshot), then votes.

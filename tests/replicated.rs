@@ -553,7 +553,7 @@ async fn retention_purges_every_replica_and_a_replica_behind_it_still_serves_wha
         before.iter().all(|&n| n > 3),
         "several segments: {before:?}"
     );
-    let r = log.retain(600).await.unwrap();
+    let r = log.retain(600, "").await.unwrap();
     assert_eq!(r.first, 600);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

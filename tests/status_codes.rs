@@ -209,10 +209,32 @@ async fn below_retention_is_the_only_out_of_range_of_an_existing_log() {
             .await
             .unwrap();
     }
-    let s = log.retain(RetainRequest { below: 202 }).await.unwrap_err();
+    let s = log
+        .retain(RetainRequest {
+            below: 202,
+            log_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     expect(&s, Reason::Invalid);
+    // Cursors of another log release nothing here (a player whose address now reaches
+    // another log): refused by name, the first index unchanged.
+    let s = log
+        .retain(RetainRequest {
+            below: 200,
+            log_id: "another-log".into(),
+        })
+        .await
+        .unwrap_err();
+    expect(&s, Reason::WrongLog);
+    assert!(s.message().contains("another-log"), "{}", s.message());
+    let bounds = log.bounds(BoundsRequest {}).await.unwrap().into_inner();
+    assert_eq!(bounds.first, 1);
     let r = log
-        .retain(RetainRequest { below: 200 })
+        .retain(RetainRequest {
+            below: 200,
+            log_id: bounds.log_id,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -153,7 +153,14 @@ async fn every_call_is_forbidden(log: Channel, shard: Channel, log_id: &str, can
         Ok(r) => forbidden(r.into_inner().message().await, "Read"),
         Err(e) => forbidden(Err::<(), _>(e), "Read"),
     }
-    forbidden(l.retain(RetainRequest { below: 1_000 }).await, "Retain");
+    forbidden(
+        l.retain(RetainRequest {
+            below: 1_000,
+            log_id: String::new(),
+        })
+        .await,
+        "Retain",
+    );
     forbidden(l.members(MembersRequest {}).await, "Members");
     let add = AddMemberRequest {
         id: 9,

@@ -445,7 +445,15 @@ impl LogStoreRpc for Service {
     }
 
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
-        let below = r.into_inner().below;
+        let RetainRequest { below, log_id } = r.into_inner();
+        if !log_id.is_empty() {
+            let ours = self.log.log_id().map_err(to_status)?;
+            if log_id != ours {
+                return Err(Reason::WrongLog.status(format!(
+                    "retain: the caller's cursors are of log {log_id}, and this LogStore serves log {ours}; nothing was released"
+                )));
+            }
+        }
         let (_, last) = self.log.bounds();
         if below > last + 1 {
             return Err(Reason::Invalid.status(format!(

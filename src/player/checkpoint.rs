@@ -147,7 +147,10 @@ impl Shared {
         // Bounded: a LogStore that accepts and never answers (frozen) must not stall the
         // monitor's gauges, nor the last checkpoint on the way out.
         let request = || {
-            let mut r = tonic::Request::new(RetainRequest { below });
+            let mut r = tonic::Request::new(RetainRequest {
+                below,
+                log_id: self.log_id.clone(),
+            });
             r.set_timeout(RETAIN_WAIT);
             r
         };
