@@ -824,3 +824,44 @@ async fn single_node_and_replica_directories_are_refused_by_the_other_mode() {
         "{err}"
     );
 }
+
+/// Two replicas restarted on each other's directories (or one with another `--id`) would
+/// run on another replica's vote and log, and nothing else notices: the messages they get
+/// are addressed to the ids they now claim. A directory is bound to its replica's id at
+/// first start, and another id on it is refused, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_on_another_replicas_directory_is_refused_naming_both() {
+    let g = Group::start(3, &[]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let peers: Vec<String> = g
+        .addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let addrs = g.addrs.clone();
+    drop(g.procs);
+    let replica2 = g._dir.path().join("replica-2");
+    let mut child = tokio::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .args(["logstore", "--id", "3", "--peers", &peers.join(",")])
+        .args(["--data", replica2.to_str().unwrap(), "--listen", &addrs[2]])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let Ok(status) = status else {
+        panic!("replica 3 runs on replica 2's directory");
+    };
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt as _;
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).await.unwrap();
+    }
+    assert!(
+        !status.unwrap().success() && err.contains("of replica 2") && err.contains("--id 3"),
+        "{err}"
+    );
+}

@@ -274,6 +274,39 @@ fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
     Ok(())
 }
 
+/// The file naming the replica whose vote and log a directory holds.
+pub const REPLICA_ID_FILE: &str = "raft-replica-id";
+
+/// Binds `dir` to replica `id`: written the first time (also on a directory from before the
+/// file existed), checked every time after. Raft's safety rests on each voter keeping its
+/// own vote and log; two replicas restarted on each other's directories (or one with
+/// another `--id`) would run on another's promises, and nothing else notices: the messages
+/// they get are addressed to the id they now claim.
+fn bind_replica_id(dir: &std::path::Path, id: u64) -> Result<(), LogStoreError> {
+    let path = dir.join(REPLICA_ID_FILE);
+    let io = |e: std::io::Error| LogStoreError::Config(format!("{}: {e}", path.display()));
+    match crate::disk::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(held) if held == id => Ok(()),
+            Ok(held) => Err(LogStoreError::Config(format!(
+                "{} holds the vote and log of replica {held} ({}), not of replica {id} (--id {id}): a replica must keep its own. Start replica {held} on it, and replica {id} on its own directory (or on an empty one, to be added anew)",
+                dir.display(),
+                path.display()
+            ))),
+            Err(_) => Err(LogStoreError::Config(format!(
+                "{} does not name a replica (found {:?}); it holds the id of the replica this directory belongs to",
+                path.display(),
+                text.chars().take(40).collect::<String>()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::disk::create_dir_all(dir).map_err(io)?;
+            crate::disk::write_durably(&path, format!("{id}\n").as_bytes()).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
 impl Replica {
     /// Opens the replica's log in `config.dir` and starts Raft. On a new group, the replica
     /// with the lowest id of `config.peers` proposes their membership; the others wait for it.
@@ -299,6 +332,7 @@ impl Replica {
         wal.preallocate = config.preallocate;
         let mut storage =
             LogStorage::open(wal).map_err(|e| LogStoreError::Config(e.to_string()))?;
+        bind_replica_id(&config.dir, config.id)?;
         let failed = storage.failed();
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
         storage.set_saved_base(machine.saved_base());
