@@ -488,3 +488,87 @@ async fn an_append_stream_stops_at_an_append_refused_on_receipt() {
         "nothing after the refused append was appended"
     );
 }
+
+/// A `Deliver` stream's entries must increase over the whole stream, and each mutation
+/// needs a key and an op, as every entry of the log has. Refused on arrival as `invalid`,
+/// with nothing of the batch applied: an entry sent after a later one used to be skipped as
+/// a resend once that one was committed (its mutations lost, the stream going on), and a
+/// mutation without a key was applied.
+#[tokio::test]
+async fn a_deliver_stream_refuses_an_entry_after_a_later_one_and_mutations_the_log_refuses() {
+    const LOG: &str = "00000000-0000-4000-8000-00000000000c";
+    let (_dir, c, _) = servers(1).await;
+    let addr = c.shards[0].addr().to_owned();
+    let entry = |index, prev, mutations| ShardEntry {
+        index,
+        prev_index: prev,
+        mutations,
+        ..Default::default()
+    };
+    let batch = |entries| DeliverRequest {
+        msg: Some(deliver_request::Msg::Batch(Batch { entries })),
+    };
+    let refusal = |mut inbound: tonic::Streaming<DeliverResponse>| async move {
+        let refused = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("stream ended without a status"),
+                    Err(s) => break s,
+                }
+            }
+        });
+        refused
+            .await
+            .expect("the stream goes on: nothing was refused")
+    };
+    let (tx, mut inbound) = deliver(&addr, hello(1, LOG, "s0", DEFAULT_MAX))
+        .await
+        .unwrap();
+    tx.send(batch(vec![entry(2, 0, add("c-1", 1))]))
+        .await
+        .unwrap();
+    let ack = inbound.message().await.unwrap().unwrap();
+    assert!(format!("{ack:?}").contains("applied_index: 2"), "{ack:?}");
+    // Committed on its own (no batch to coalesce with), then an earlier index.
+    tx.send(batch(vec![entry(1, 0, add("c-1", 10))]))
+        .await
+        .unwrap();
+    let s = refusal(inbound).await;
+    expect(&s, Reason::Invalid);
+    assert!(
+        s.message().contains("entry 1 comes after entry 2"),
+        "{}",
+        s.message()
+    );
+    for (what, bad) in [
+        (
+            "an empty key",
+            Mutation {
+                key: Vec::new().into(),
+                op: Some(Op::Add(1)),
+            },
+        ),
+        (
+            "no op",
+            Mutation {
+                key: b"c-1".to_vec().into(),
+                op: None,
+            },
+        ),
+    ] {
+        let (tx, inbound) = deliver(&addr, hello(1, LOG, "s0", DEFAULT_MAX))
+            .await
+            .unwrap();
+        tx.send(batch(vec![entry(3, 2, vec![bad])])).await.unwrap();
+        let s = refusal(inbound).await;
+        expect(&s, Reason::Invalid);
+        assert!(s.message().contains(what), "{what}: {}", s.message());
+    }
+    let shard = logplayer::client::ShardConn::connect(&addr, None)
+        .await
+        .unwrap();
+    assert_eq!(shard.applied().await.unwrap().applied_index, 2);
+    let dump = format!("{:?}", shard.dump().await.unwrap());
+    assert!(dump.contains("c-1") && !dump.contains("11"), "{dump}");
+}

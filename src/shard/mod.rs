@@ -381,6 +381,39 @@ impl<S: ShardStore> ShardCore<S> {
     }
 }
 
+/// Checks a batch as it arrives on a `Deliver` stream, before anything of it is applied:
+/// its entries' indexes increase over the whole stream (`last` is the stream's highest so
+/// far, updated), and every mutation has a key and an op, as every entry of the log has. A
+/// player never sends otherwise; a sender that does is refused by name, rather than have an
+/// entry passed over (skipped as a resend once a later one was committed) or a mutation the
+/// log would refuse applied.
+pub fn check_arriving(entries: &[ShardEntry], last: &mut u64) -> Result<(), ShardError> {
+    for e in entries {
+        if e.index <= *last {
+            return Err(ShardError::Malformed(format!(
+                "entry {} comes after entry {} on this stream: indexes on one stream must increase",
+                e.index, *last
+            )));
+        }
+        *last = e.index;
+        for (i, m) in e.mutations.iter().enumerate() {
+            if m.key.is_empty() {
+                return Err(ShardError::Malformed(format!(
+                    "entry {}: mutation {i} has an empty key",
+                    e.index
+                )));
+            }
+            if m.op.is_none() {
+                return Err(ShardError::Malformed(format!(
+                    "entry {}: mutation {i} has no op",
+                    e.index
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An in-memory [`ShardStore`] for unit tests of the protocol rules (not durable).
 #[derive(Default)]
 pub struct MemStore {

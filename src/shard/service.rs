@@ -172,6 +172,7 @@ impl<S: ShardStore> ShardService<S> {
         let shutdown = self.shutdown.clone();
         let id = self.id.clone();
         tokio::spawn(async move {
+            let mut last_index = 0;
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -181,7 +182,13 @@ impl<S: ShardStore> ShardService<S> {
                 let item = match msg {
                     Ok(Some(DeliverRequest {
                         msg: Some(deliver_request::Msg::Batch(b)),
-                    })) => Inbound::Batch(b.entries, now_micros(), Instant::now()),
+                    })) => match super::check_arriving(&b.entries, &mut last_index) {
+                        Ok(()) => Inbound::Batch(b.entries, now_micros(), Instant::now()),
+                        Err(e) => {
+                            tracing::warn!(shard = %id, error = %e, "malformed batch");
+                            Inbound::Refused(Reason::Invalid.status(e.to_string()))
+                        }
+                    },
                     Ok(Some(_)) => Inbound::NotABatch,
                     Ok(None) => Inbound::Closed,
                     Err(status) => {
