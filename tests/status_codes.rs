@@ -572,3 +572,44 @@ async fn a_deliver_stream_refuses_an_entry_after_a_later_one_and_mutations_the_l
     let dump = format!("{:?}", shard.dump().await.unwrap());
     assert!(dump.contains("c-1") && !dump.contains("11"), "{dump}");
 }
+
+/// A writer's sequence going back on one `AppendStream` (5, then 4, then 6) is refused on
+/// receipt, so nothing after it on the stream is written: 4 used to be refused as stale
+/// when written while 6, pipelined behind it and following it, was written anyway.
+#[tokio::test]
+async fn a_sequence_going_back_on_an_append_stream_is_refused_and_nothing_after_it_is_written() {
+    let (_dir, c, _) = servers(0).await;
+    let mut log = log_client(c.logstore.addr()).await;
+    let (tx, rx) = mpsc::channel::<AppendRequest>(4);
+    for (sequence, n) in [(5, 1), (4, 2), (6, 3)] {
+        tx.send(AppendRequest {
+            mutations: add("c-1", n),
+            writer_id: "w".into(),
+            sequence,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut responses = log
+        .append_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(responses.message().await.unwrap().unwrap().index, 1);
+    let s = responses.message().await.unwrap_err();
+    expect(&s, Reason::Invalid);
+    assert!(
+        s.message().contains("sequence 4 after 5"),
+        "{}",
+        s.message()
+    );
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bounds = log
+        .bounds(BoundsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bounds.last, 1, "6 was written after 4 was refused");
+}

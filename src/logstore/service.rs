@@ -83,6 +83,15 @@ async fn submit(
         0
     } else {
         match stream.sent.get_mut(&r.writer_id) {
+            // Going back on one stream: refused on receipt, so nothing after it on the
+            // stream is written either (a later sequence following one refused as stale
+            // was otherwise written, and a resend found its own earlier one refused).
+            Some(last) if r.sequence < *last => {
+                return Err(Reason::Invalid.status(format!(
+                    "writer {:?} sent sequence {} after {} on this stream: a writer's sequences on one stream must not go back; resend unanswered appends on a new stream",
+                    r.writer_id, r.sequence, *last
+                )));
+            }
             Some(last) => std::mem::replace(last, r.sequence),
             None => {
                 // Kept for the stream's first few writer ids (a client that cycles through
