@@ -20,6 +20,24 @@ pub use turmoil::fs::shim::std::fs::{
     File, OpenOptions, create_dir_all, read, read_dir, read_to_string, remove_file, rename,
 };
 
+/// What a LogStore (single node or replica) keeps in its data directory and a shard never
+/// does, and the reverse: a server refuses a directory holding the other kind's by name.
+/// A LogStore started on a shard's data (or the reverse) used to start a new log or store
+/// beside it. The names are the owners' (`logstore::log_id`, `logstore::raft`,
+/// `shard::journal`, `shard::store`), written here because neither may import the other; a
+/// test keeps them equal.
+pub const LOG_MARKERS: [&str; 3] = ["log-id", "raft-state", "raft-replica-id"];
+/// See [`LOG_MARKERS`].
+pub const SHARD_MARKERS: [&str; 3] = ["journal", "snapshot", "shard.redb"];
+
+/// The first of `markers` that `dir` holds.
+pub fn holds_any(dir: &Path, markers: &[&'static str]) -> Option<&'static str> {
+    markers
+        .iter()
+        .copied()
+        .find(|m| exists(&dir.join(m)).unwrap_or(false))
+}
+
 /// Whether `path` exists.
 pub fn exists(path: &Path) -> io::Result<bool> {
     #[cfg(not(feature = "sim-disk"))]
@@ -196,5 +214,28 @@ impl io::Read for ReadFrom<'_> {
         let n = self.file.read_at(buf, self.offset)?;
         self.offset += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    #[test]
+    fn the_markers_are_the_names_their_owners_write() {
+        assert_eq!(
+            super::LOG_MARKERS,
+            [
+                crate::logstore::log_id::LOG_ID_FILE,
+                crate::logstore::raft::storage::STATE_FILE,
+                crate::logstore::raft::node::REPLICA_ID_FILE,
+            ]
+        );
+        assert_eq!(
+            super::SHARD_MARKERS,
+            [
+                crate::shard::journal::JOURNAL_DIR,
+                crate::shard::journal::SNAPSHOT_FILE,
+                crate::shard::store::DB_FILE,
+            ]
+        );
     }
 }

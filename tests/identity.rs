@@ -405,3 +405,68 @@ async fn a_replaced_log_releases_nothing_for_the_old_logs_cursors() {
     let (first, _) = bounds_of(fresh.addr()).await;
     assert_eq!(first, 1, "the other log released entries:\n{text}");
 }
+
+/// A LogStore given a shard's directory, or a shard a LogStore's, is refused by name
+/// before it writes anything there: each used to start a new log or store beside the other.
+#[tokio::test]
+async fn a_log_and_a_shard_refuse_each_others_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard_dir, log_dir) = (dir.path().join("shard"), dir.path().join("log"));
+    let start = |name: &str, args: Vec<String>| {
+        let dir = dir.path().to_owned();
+        let name = name.to_owned();
+        async move {
+            Proc::start(&name, &bin(), args, Some("127.0.0.1:0"), &dir)
+                .await
+                .unwrap()
+        }
+    };
+    let path = |p: &std::path::Path| p.display().to_string();
+    let shard_args = |data: &std::path::Path| {
+        vec![
+            "shard".into(),
+            "--id".into(),
+            "s0".into(),
+            "--data".into(),
+            path(data),
+        ]
+    };
+    let log_args = |data: &std::path::Path| vec!["logstore".into(), "--data".into(), path(data)];
+    let mut shard = start("shard", shard_args(&shard_dir)).await;
+    shard.terminate(Duration::from_secs(5)).await;
+    let mut log = start("log", log_args(&log_dir)).await;
+    logplayer::client::Log::connect(log.addr())
+        .await
+        .unwrap()
+        .append(add("c-1", 1), None, 0)
+        .await
+        .unwrap();
+    log.terminate(Duration::from_secs(5)).await;
+    let before: Vec<_> = std::fs::read_dir(&shard_dir).unwrap().collect();
+    for (args, says) in [
+        (log_args(&shard_dir), "holds a shard's store"),
+        (shard_args(&log_dir), "holds a LogStore's data"),
+    ] {
+        let run = tokio::process::Command::new(bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0"])
+            .kill_on_drop(true)
+            .output();
+        let Ok(out) = tokio::time::timeout(Duration::from_secs(10), run).await else {
+            panic!("{args:?} runs");
+        };
+        let out = out.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let after: Vec<_> = std::fs::read_dir(&shard_dir).unwrap().collect();
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "nothing was written to the shard's directory"
+    );
+}

@@ -295,6 +295,12 @@ impl LogStore {
                 marker.display()
             )));
         }
+        if let Some(m) = crate::disk::holds_any(&config.dir, &crate::disk::SHARD_MARKERS) {
+            return Err(LogStoreError::Config(format!(
+                "{} holds a shard's store ({m}), not a log; give the LogStore its own directory",
+                config.dir.display()
+            )));
+        }
         let mut wal_config = WalConfig::new(config.dir.clone());
         if let Some(b) = config.segment_bytes {
             wal_config.segment_bytes = b;

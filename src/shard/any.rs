@@ -50,6 +50,15 @@ fn found(dir: &Path) -> Result<Option<StoreKind>, StoreError> {
 impl AnyStore {
     /// Opens (or creates) the store of `kind` in `dir`.
     pub fn open(dir: &Path, kind: StoreKind) -> Result<AnyStore, StoreError> {
+        if let Some(m) = crate::disk::holds_any(dir, &crate::disk::LOG_MARKERS) {
+            return Err(StoreError::Backend(
+                format!(
+                    "{} holds a LogStore's data ({m}), not a shard's; give the shard its own directory",
+                    dir.display()
+                )
+                .into(),
+            ));
+        }
         let kind = match (kind, found(dir)?) {
             (StoreKind::Auto, Some(k)) => k,
             (StoreKind::Auto, None) => StoreKind::Journal,

@@ -322,6 +322,12 @@ impl Replica {
                  (`logstore members add`)"
             );
         }
+        if let Some(m) = crate::disk::holds_any(&config.dir, &crate::disk::SHARD_MARKERS) {
+            return Err(LogStoreError::Config(format!(
+                "{} holds a shard's store ({m}), not a log replica's; give the replica its own directory",
+                config.dir.display()
+            )));
+        }
         let mut wal = WalConfig::new(config.dir.clone());
         if let Some(b) = config.segment_bytes {
             wal.segment_bytes = b;
