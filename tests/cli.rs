@@ -400,3 +400,34 @@ fn the_operator_refuses_tls_flags_it_would_ignore() {
         );
     }
 }
+
+/// `--heartbeat` out of 10ms..10s is refused at start (it used to be raised to 10 ms
+/// silently below, and taken above: one replica at 1h kept refusing votes for an hour after
+/// its leader died).
+#[test]
+fn a_replica_heartbeat_out_of_range_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for hb in ["0s", "5ms", "1h"] {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args([
+                "logstore",
+                "--id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:1",
+                "--heartbeat",
+                hb,
+            ])
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join(hb))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains(&format!("--heartbeat {hb} is outside 10ms to 10s")),
+            "{hb}: {stderr}"
+        );
+    }
+}

@@ -67,8 +67,8 @@ pub struct LogstoreArgs {
     snapshot_every: u64,
     /// (Replicated) How often the log leader sends heartbeats; a follower asks for votes
     /// (pre-vote first) after 3-6 heartbeats without one, and a replica votes for nobody
-    /// within 6 heartbeats of hearing from its leader (the leader lease). Use the same value
-    /// on every replica.
+    /// within 6 heartbeats of hearing from its leader (the leader lease). 10ms to 10s; the
+    /// same value on every replica (a replica refuses messages from one with another).
     #[arg(long, env = "LOGPLAYER_HEARTBEAT", default_value = "50ms", value_parser = humantime::parse_duration, requires = "peers")]
     heartbeat: std::time::Duration,
     /// FAULT INJECTION, for tests only: answer the leader's `AppendStream` with

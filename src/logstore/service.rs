@@ -520,10 +520,7 @@ where
         ServedLog::Replica(r) => Some(
             crate::proto::replication_server::ReplicationServer::new(
                 crate::logstore::raft::network::ReplicationService::new(
-                    crate::logstore::raft::network::Sender {
-                        id: r.id(),
-                        max_entry_bytes: r.max_entry_bytes() as u64,
-                    },
+                    r.sender(),
                     r.raft().clone(),
                     r.machine().clone(),
                     r.catching_up(),

@@ -63,14 +63,17 @@ fn envelope<T: Serialize>(
         from: from.id,
         to,
         max_entry_bytes: from.max_entry_bytes,
+        heartbeat_millis: from.heartbeat_millis,
     })
 }
 
-/// Who sends a replication message: this replica's id and its `--max-entry-bytes`.
+/// Who sends a replication message: this replica's id, its `--max-entry-bytes` and its
+/// `--heartbeat` (ms), which every replica of the log must share.
 #[derive(Clone, Copy, Debug)]
 pub struct Sender {
     pub id: NodeId,
     pub max_entry_bytes: u64,
+    pub heartbeat_millis: u64,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -131,6 +134,8 @@ struct Gate {
     me: NodeId,
     /// This replica's `--max-entry-bytes`.
     max_entry_bytes: u64,
+    /// This replica's `--heartbeat` (ms).
+    heartbeat_millis: u64,
     machine: Machine,
     /// When a refusal was last logged (refusals repeat at the heartbeat rate).
     last_warned: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -171,6 +176,14 @@ impl Gate {
                 self.me, self.max_entry_bytes, m.from, m.max_entry_bytes
             )));
         }
+        if m.heartbeat_millis != 0 && m.heartbeat_millis != self.heartbeat_millis {
+            return Err(Reason::WrongPeer.status(format!(
+                "replica {} has --heartbeat {}ms and replica {} {}ms: every replica of a log \
+                 must have the same (a replica with a longer one keeps a longer leader lease and \
+                 refuses votes long after the leader is gone); restart them with one value",
+                self.me, self.heartbeat_millis, m.from, m.heartbeat_millis
+            )));
+        }
         let ignore = crate::mutations::on(crate::mutations::Mutation::ReplicaIgnoresLogId);
         if let Some(mine) = self.machine.log_id()
             && !ignore
@@ -190,6 +203,7 @@ impl Gate {
         let me = Sender {
             id: self.me,
             max_entry_bytes: self.max_entry_bytes,
+            heartbeat_millis: self.heartbeat_millis,
         };
         envelope(v, &self.machine, me, to)
     }
@@ -215,6 +229,7 @@ impl ReplicationService {
             gate: Gate {
                 me: me.id,
                 max_entry_bytes: me.max_entry_bytes,
+                heartbeat_millis: me.heartbeat_millis,
                 machine,
                 last_warned: Default::default(),
             },
@@ -785,6 +800,7 @@ mod tests {
         let me = Sender {
             id: 1,
             max_entry_bytes: limit,
+            heartbeat_millis: 50,
         };
         let service = ReplicationService::new(
             me,
@@ -794,18 +810,26 @@ mod tests {
         );
         let (my_log, their_log) = (mine.machine().log_id(), other.machine().log_id());
         let bounds = mine.machine().bounds();
-        for (to, limit, want) in [
-            (1, limit, "they belong to different logs"),
-            (2, limit, "meant for replica 2"),
+        for (to, limit, heartbeat, want) in [
+            (1, limit, 50, "they belong to different logs"),
+            (2, limit, 50, "meant for replica 2"),
             (
                 1,
                 limit * 2,
+                50,
                 "replica 1 has --max-entry-bytes 4194304 and replica 1 8388608",
+            ),
+            (
+                1,
+                limit,
+                3_600_000,
+                "replica 1 has --heartbeat 50ms and replica 1 3600000ms",
             ),
         ] {
             let from = Sender {
                 id: 1,
                 max_entry_bytes: limit,
+                heartbeat_millis: heartbeat,
             };
             let m = envelope(&full, other.machine(), from, to).unwrap();
             let refused = service

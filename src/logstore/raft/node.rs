@@ -187,6 +187,8 @@ pub struct Replica {
     id: NodeId,
     peers: Arc<BTreeMap<NodeId, String>>,
     max_entry_bytes: usize,
+    /// `--heartbeat`, in ms (what replication messages carry).
+    heartbeat_millis: u64,
     failed: watch::Receiver<Option<String>>,
     catching_up: Arc<super::network::CatchingUp>,
     serve_append_stream: bool,
@@ -205,8 +207,18 @@ pub struct ReplicaStatus {
     pub applied: Option<u64>,
 }
 
+/// The shortest `--heartbeat`.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+/// The longest `--heartbeat`.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The heartbeat openraft runs with, in ms (it counts whole milliseconds).
+fn heartbeat_millis(c: &ReplicaConfig) -> u64 {
+    u64::try_from(c.heartbeat.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
-    let hb = c.heartbeat.as_millis().max(10) as u64;
+    let hb = heartbeat_millis(c);
     openraft::Config {
         cluster_name: "logplayer".into(),
         heartbeat_interval: hb,
@@ -257,6 +269,17 @@ fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
         return Err(LogStoreError::Config(
             "--id 0: replica ids start at 1".into(),
         ));
+    }
+    if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&config.heartbeat) {
+        return Err(LogStoreError::Config(format!(
+            "--heartbeat {} is outside {} to {}: elections wait 3-6 heartbeats, so a longer one \
+             leaves the log without a leader for that long after a crash (openraft counts \
+             whole milliseconds, and below {} a busy machine misses them)",
+            humantime::format_duration(config.heartbeat),
+            humantime::format_duration(MIN_HEARTBEAT),
+            humantime::format_duration(MAX_HEARTBEAT),
+            humantime::format_duration(MIN_HEARTBEAT),
+        )));
     }
     if !config.peers.contains_key(&config.id) && !config.join {
         return Err(LogStoreError::Config(format!(
@@ -346,6 +369,7 @@ impl Replica {
             super::network::Sender {
                 id: config.id,
                 max_entry_bytes: config.max_entry_bytes as u64,
+                heartbeat_millis: heartbeat_millis(&config),
             },
             machine.clone(),
         );
@@ -376,6 +400,7 @@ impl Replica {
             }
         }
         let (jobs, rx) = mpsc::channel(QUEUE);
+        let heartbeat = heartbeat_millis(&config);
         let replica = Replica {
             raft,
             machine,
@@ -384,6 +409,7 @@ impl Replica {
             own_addr: config.peers.get(&config.id).cloned(),
             peers: Arc::new(config.peers),
             max_entry_bytes: config.max_entry_bytes,
+            heartbeat_millis: heartbeat,
             failed,
             catching_up: Arc::new(if initialized || seeds {
                 super::network::CatchingUp::default()
@@ -428,6 +454,15 @@ impl Replica {
 
     pub fn max_entry_bytes(&self) -> usize {
         self.max_entry_bytes
+    }
+
+    /// Who this replica is on replication messages (see [`super::network::Sender`]).
+    pub fn sender(&self) -> super::network::Sender {
+        super::network::Sender {
+            id: self.id,
+            max_entry_bytes: self.max_entry_bytes as u64,
+            heartbeat_millis: self.heartbeat_millis,
+        }
     }
 
     /// The leader's address, if one is known (from the group's membership, which is what
