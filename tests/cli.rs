@@ -431,3 +431,38 @@ fn a_replica_heartbeat_out_of_range_is_refused_by_name() {
         );
     }
 }
+
+/// Settings read before the flags are refused by name: a worker count tokio cannot use
+/// (it panicked) and a replica address no one can dial (port 0 was accepted in `--peers`).
+#[test]
+fn settings_that_cannot_work_are_refused_naming_them() {
+    for n in ["0", "abc"] {
+        let out = Command::new(common::bin())
+            .env("TOKIO_WORKER_THREADS", n)
+            .args(["logstore", "--help"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{n}: {stderr}");
+        assert!(
+            stderr.contains("TOKIO_WORKER_THREADS is") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+    let out = Command::new(common::bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .args([
+            "logstore",
+            "--id",
+            "1",
+            "--peers",
+            "1=127.0.0.1:0",
+            "--data",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("port 0 cannot be dialed"), "{stderr}");
+}

@@ -269,8 +269,9 @@ async fn resend(m: Option<Mutation>) -> Result<(), String> {
     raw_sender(m, true).await
 }
 
-/// A raw sender on a real shard: `resend` sends 1, 2, then 1, 2, 3 (the counter must end at
-/// 3); otherwise 1 then 3 naming 2 as its previous (the shard must refuse 3).
+/// A raw sender on a real shard: `resend` sends 1, 2, then 1, 2, 3 on a new stream (the
+/// counter must end at 3); otherwise 1 then 3 naming 2 as its previous (the shard must
+/// refuse 3).
 async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
     use logplayer::proto::shard_client::ShardClient;
     use logplayer::proto::{
@@ -278,12 +279,11 @@ async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
     };
     let dir = tempfile::tempdir().unwrap();
     let c = cluster(dir.path(), m, 1, &[]).await;
-    let mut client = ShardClient::new(
+    let client = ShardClient::new(
         logplayer::grpc::connect(c.shards[0].addr(), &logplayer::grpc::Expected::AnyShard)
             .await
             .unwrap(),
     );
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = Hello {
         epoch: 1,
         player_id: "gap".into(),
@@ -291,17 +291,26 @@ async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
         shard_id: "s0".into(),
         max_entry_bytes: 4 * 1024 * 1024,
     };
-    tx.send(DeliverRequest {
-        msg: Some(deliver_request::Msg::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    inbound.message().await.map_err(|e| e.to_string())?;
+    // A Deliver stream, its Hello sent and the Welcome read.
+    let open = || {
+        let hello = hello.clone();
+        let mut client = client.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(DeliverRequest {
+                msg: Some(deliver_request::Msg::Hello(hello)),
+            })
+            .await
+            .unwrap();
+            let mut inbound = client
+                .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            inbound.message().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((tx, inbound))
+        }
+    };
     let entry = |index, prev| ShardEntry {
         index,
         prev_index: prev,
@@ -315,9 +324,14 @@ async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
         msg: Some(deliver_request::Msg::Batch(Batch { entries })),
     };
     if resend {
+        // As a player resends: on a new stream, after the first one's acks.
+        let (tx, mut inbound) = open().await?;
         tx.send(batch(vec![entry(1, 0), entry(2, 1)]))
             .await
             .unwrap();
+        inbound.message().await.map_err(|e| e.to_string())?;
+        drop((tx, inbound));
+        let (tx, mut inbound) = open().await?;
         tx.send(batch(vec![entry(1, 0), entry(2, 1), entry(3, 2)]))
             .await
             .unwrap();
@@ -335,6 +349,7 @@ async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
             Err(format!("three adds, applied as {dump:?}"))
         };
     }
+    let (tx, mut inbound) = open().await?;
     tx.send(batch(vec![entry(1, 0), entry(3, 2)]))
         .await
         .unwrap();

@@ -77,7 +77,17 @@ async fn a_real_shard_skips_resent_entries_refuses_gaps_and_fences_stale_epochs(
         .await
         .unwrap();
     assert_eq!(ack(&mut inbound).await, 2);
-    // A resend of 1 and 2 plus a new 3: only 3 applies.
+    // A resend of 1 and 2 plus a new 3, on a new stream as a player resends: only 3
+    // applies. (On the same stream an index going back is refused: see status_codes.rs.)
+    drop((tx, inbound));
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(hello(2)).await.unwrap();
+    let mut inbound = client
+        .deliver(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().unwrap();
     tx.send(batch(vec![add(1, 0, 1), add(2, 1, 10), add(3, 2, 100)]))
         .await
         .unwrap();

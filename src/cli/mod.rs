@@ -200,6 +200,14 @@ fn init_tracing(format: LogFormat) {
 /// thread (fsync-bound work keeps its own threads either way; see `blocking`). Read from
 /// the environment, not a flag, because the runtime exists before the flags are parsed.
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    // tokio panics on a worker count it cannot use; say which variable instead.
+    if let Ok(n) = std::env::var("TOKIO_WORKER_THREADS")
+        && !n.parse::<usize>().is_ok_and(|n| n > 0)
+    {
+        return Err(format!(
+            "TOKIO_WORKER_THREADS is {n:?}: a number of worker threads, at least 1 (or unset: one per core)"
+        ));
+    }
     let mut builder = match std::env::var("LOGPLAYER_RUNTIME").as_deref() {
         Err(_) | Ok("") | Ok("multi-thread") => tokio::runtime::Builder::new_multi_thread(),
         Ok("current-thread") => tokio::runtime::Builder::new_current_thread(),

@@ -45,6 +45,10 @@ pub enum LogStoreError {
     Wal(#[from] WalError),
     #[error("invalid append: {0}")]
     Invalid(String),
+    /// A membership call naming a replica no group can have (id 0, an address no one can
+    /// dial).
+    #[error("invalid replica: {0}")]
+    InvalidMember(String),
     /// A setting the LogStore cannot start with (a flag, or a data directory of another
     /// kind); never the answer to a client's call.
     #[error("invalid LogStore setting: {0}")]

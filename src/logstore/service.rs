@@ -33,7 +33,9 @@ const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
 
 fn to_status(e: LogStoreError) -> Status {
     let reason = match &e {
-        LogStoreError::Invalid(_) | LogStoreError::Config(_) => Reason::Invalid,
+        LogStoreError::Invalid(_) | LogStoreError::InvalidMember(_) | LogStoreError::Config(_) => {
+            Reason::Invalid
+        }
         LogStoreError::TooLarge { .. } => Reason::EntryTooLarge,
         LogStoreError::SequenceReused { .. } => Reason::SequenceReused,
         LogStoreError::StaleSequence { .. } => Reason::StaleSequence,

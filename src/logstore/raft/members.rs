@@ -99,9 +99,11 @@ impl Replica {
     ) -> Result<Members, LogStoreError> {
         self.lead()?;
         if id == 0 {
-            return Err(LogStoreError::Invalid("replica ids start at 1".into()));
+            return Err(LogStoreError::InvalidMember(
+                "replica ids start at 1".into(),
+            ));
         }
-        check_addr(&addr).map_err(LogStoreError::Invalid)?;
+        check_addr(&addr).map_err(LogStoreError::InvalidMember)?;
         let now = self.members();
         if let Some(other) = now.members.iter().find(|m| m.addr == addr && m.id != id) {
             return Err(refused(format!(
@@ -251,13 +253,16 @@ impl Replica {
 
 /// Checks that `addr` is `HOST:PORT`.
 pub fn check_addr(addr: &str) -> Result<(), String> {
-    if addr
-        .rsplit_once(':')
-        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
-        return Err(format!("{addr:?} is not HOST:PORT"));
+    match addr.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
+            Ok(0) => Err(format!(
+                "{addr:?}: port 0 cannot be dialed (a replica's address is where the others reach it)"
+            )),
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("{addr:?} is not HOST:PORT")),
+        },
+        _ => Err(format!("{addr:?} is not HOST:PORT")),
     }
-    Ok(())
 }
 
 /// Parses one replica as `ID=HOST:PORT` (an item of `--peers`, or `members add`).

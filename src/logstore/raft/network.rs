@@ -162,6 +162,12 @@ impl Gate {
     }
 
     fn refusal(&self, m: &RaftMessage) -> Result<(), Status> {
+        if m.from == 0 || m.to == 0 {
+            return Err(Reason::Invalid.status(format!(
+                "a replication message names replica {} as its sender and {} as its receiver: replica ids start at 1",
+                m.from, m.to
+            )));
+        }
         if m.to != self.me {
             return Err(Reason::WrongPeer.status(format!(
                 "replica {} got a message from replica {} meant for replica {}: the sender's --peers maps {} to this replica's address",
