@@ -291,8 +291,9 @@ impl LogStore {
     /// log) and starts the writer thread.
     pub fn open(config: LogStoreConfig) -> Result<(LogStore, OpenSummary), LogStoreError> {
         crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
-        let marker = config.dir.join(raft::storage::STATE_FILE);
-        if crate::disk::exists(&marker).unwrap_or(false) {
+        let replica = [raft::storage::STATE_FILE, raft::node::REPLICA_ID_FILE];
+        if let Some(marker) = crate::disk::holds_any(&config.dir, &replica) {
+            let marker = config.dir.join(marker);
             return Err(LogStoreError::Config(format!(
                 "{} holds a log replica of a replicated LogStore ({} exists); run it with the --id and --peers it was created with",
                 config.dir.display(),

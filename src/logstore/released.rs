@@ -38,6 +38,8 @@ pub enum ReleasedError {
         "{path}: the writer table kept at retention does not read ({reason}); without it a retry of an append below the retention point would be written again. Restore the file from a backup of this directory"
     )]
     Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: encoding the writer table kept at retention: {reason}")]
+    Encode { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -67,7 +69,7 @@ pub fn save(dir: &Path, writers: &Writers, first: u64) -> Result<(), ReleasedErr
         first,
         writers: kept,
     })
-    .map_err(|e| ReleasedError::Corrupt {
+    .map_err(|e| ReleasedError::Encode {
         path: path.clone(),
         reason: e.to_string(),
     })?;
@@ -75,18 +77,28 @@ pub fn save(dir: &Path, writers: &Writers, first: u64) -> Result<(), ReleasedErr
 }
 
 /// Records into `writers` (empty, before the WAL's records are replayed) the appends the
-/// file keeps below `wal_first`, the WAL's first index. No file: nothing was ever removed.
+/// file keeps below `wal_first`, the WAL's first index. No file and nothing removed: a new
+/// log. A log whose records were removed without the file keeping them (by a version
+/// before it, or by hand) is opened with a warning naming what retries are not recognized.
 pub fn load(dir: &Path, wal_first: u64, writers: &mut Writers) -> Result<(), ReleasedError> {
     let path = dir.join(FILE);
     let bytes = match crate::disk::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if wal_first > 1 {
+                unkept(&path, 1, wal_first);
+            }
+            return Ok(());
+        }
         Err(source) => return Err(ReleasedError::Io { path, source }),
     };
     let released: Released = postcard::from_bytes(&bytes).map_err(|e| ReleasedError::Corrupt {
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    if released.first < wal_first {
+        unkept(&path, released.first, wal_first);
+    }
     for (id, appends) in released.writers {
         let writer = |a: &LastAppend| Some((id.clone(), a.sequence));
         for a in appends.iter().filter(|a| a.index < wal_first) {
@@ -94,6 +106,21 @@ pub fn load(dir: &Path, wal_first: u64, writers: &mut Writers) -> Result<(), Rel
         }
     }
     Ok(())
+}
+
+/// Warns that the records of `[from, to)` were removed and the file does not keep what the
+/// writer table knew of them.
+fn unkept(path: &Path, from: u64, to: u64) {
+    tracing::warn!(
+        file = %path.display(),
+        from,
+        to,
+        "records {from} to {} were removed without {FILE} keeping their writers' sequences \
+         (removed by a version before it, or by hand): a retry of one of those appends, from \
+         a writer with no later append in the log, is not recognized and would be written \
+         again",
+        to - 1
+    );
 }
 
 #[cfg(test)]

@@ -365,7 +365,9 @@ fn failed_create(
             .max_by_key(|(t, _)| *t)
     };
     let failed = newest("FailedCreate")?;
-    if newest("SuccessfulCreate").is_some_and(|(t, _)| t >= failed.0) {
+    // A pod created in the same second as the refusal (Events are stamped to the second;
+    // the log's pods are created in parallel) does not hide it: a failure wins a tie.
+    if newest("SuccessfulCreate").is_some_and(|(t, _)| t > failed.0) {
         return None;
     }
     let age = now.0.duration_since(failed.0);

@@ -300,17 +300,17 @@ fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
 /// The file naming the replica whose vote and log a directory holds.
 pub const REPLICA_ID_FILE: &str = "raft-replica-id";
 
-/// Binds `dir` to replica `id`: written the first time (also on a directory from before the
-/// file existed), checked every time after. Raft's safety rests on each voter keeping its
-/// own vote and log; two replicas restarted on each other's directories (or one with
-/// another `--id`) would run on another's promises, and nothing else notices: the messages
-/// they get are addressed to the id they now claim.
-fn bind_replica_id(dir: &std::path::Path, id: u64) -> Result<(), LogStoreError> {
+/// Which replica's vote and log `dir` holds (`None`: none yet, or a directory from before
+/// the file existed). Checked before the replica opens anything there and written once it
+/// has ([`bind_replica_id`]). Raft's safety rests on each voter keeping its own vote and
+/// log; two replicas restarted on each other's directories (or one with another `--id`)
+/// would run on another's promises, and nothing else notices: the messages they get are
+/// addressed to the id they now claim.
+fn replica_id_of(dir: &std::path::Path, id: u64) -> Result<Option<u64>, LogStoreError> {
     let path = dir.join(REPLICA_ID_FILE);
-    let io = |e: std::io::Error| LogStoreError::Config(format!("{}: {e}", path.display()));
     match crate::disk::read_to_string(&path) {
         Ok(text) => match text.trim().parse::<u64>() {
-            Ok(held) if held == id => Ok(()),
+            Ok(held) if held == id => Ok(Some(held)),
             Ok(held) => Err(LogStoreError::Config(format!(
                 "{} holds the vote and log of replica {held} ({}), not of replica {id} (--id {id}): a replica must keep its own. Start replica {held} on it, and replica {id} on its own directory (or on an empty one, to be added anew)",
                 dir.display(),
@@ -322,12 +322,16 @@ fn bind_replica_id(dir: &std::path::Path, id: u64) -> Result<(), LogStoreError> 
                 text.chars().take(40).collect::<String>()
             ))),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::disk::create_dir_all(dir).map_err(io)?;
-            crate::disk::write_durably(&path, format!("{id}\n").as_bytes()).map_err(io)
-        }
-        Err(e) => Err(io(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogStoreError::Config(format!("{}: {e}", path.display()))),
     }
+}
+
+/// Binds `dir` to replica `id` (see [`replica_id_of`]), once the replica's storage opened.
+fn bind_replica_id(dir: &std::path::Path, id: u64) -> Result<(), LogStoreError> {
+    let path = dir.join(REPLICA_ID_FILE);
+    crate::disk::write_durably(&path, format!("{id}\n").as_bytes())
+        .map_err(|e| LogStoreError::Config(format!("{}: {e}", path.display())))
 }
 
 impl Replica {
@@ -359,9 +363,12 @@ impl Replica {
         wal.max_record_bytes = u32::MAX;
         wal.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         wal.preallocate = config.preallocate;
+        let bound = replica_id_of(&config.dir, config.id)?;
         let mut storage =
             LogStorage::open(wal).map_err(|e| LogStoreError::Config(e.to_string()))?;
-        bind_replica_id(&config.dir, config.id)?;
+        if bound.is_none() {
+            bind_replica_id(&config.dir, config.id)?;
+        }
         let failed = storage.failed();
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
         storage.set_saved_base(machine.saved_base());
