@@ -222,7 +222,30 @@ pub fn decode_refusal(status: tonic::Status) -> tonic::Status {
     }
 }
 
-/// A server layer applying [`decode_refusal`] to unary calls, whose decoding fails inside
+/// [`decode_refusal`] for a server reading a request: also the framing errors tonic answers
+/// with `INTERNAL` (a truncated frame, a compressed flag without an encoding, an unknown
+/// flag, a unary call without its message), which are the client's mistakes, not a server
+/// fault: `INVALID_ARGUMENT` / `invalid`. Server side only: a client seeing the same words
+/// from a server that died mid-message has a broken stream to retry, not a refusal.
+pub fn request_refusal(status: tonic::Status) -> tonic::Status {
+    let status = decode_refusal(status);
+    let message = status.message();
+    let framing = [
+        "Unexpected EOF decoding stream",
+        "Missing request message",
+        "protocol error: received message with",
+    ];
+    if status.code() == tonic::Code::Internal
+        && Reason::of(&status).is_none()
+        && framing.iter().any(|f| message.starts_with(f))
+    {
+        Reason::Invalid.status(format!("malformed request: {message}"))
+    } else {
+        status
+    }
+}
+
+/// A server layer applying [`request_refusal`] to unary calls, whose decoding fails inside
 /// tonic before our handler runs: rewrites the `grpc-status` header of such a response.
 #[derive(Clone, Copy, Default)]
 pub struct DecodeRefusalLayer;
@@ -252,7 +275,7 @@ fn rewrite_refusal(
         return response;
     };
     let code = status.code();
-    let refused = decode_refusal(status);
+    let refused = request_refusal(status);
     if refused.code() != code {
         let headers = response.headers_mut();
         headers.remove("grpc-status");

@@ -131,3 +131,68 @@ async fn a_second_server_on_a_data_directory_in_use_is_refused_by_name() {
     }
     c.stop().await;
 }
+
+/// gRPC framing a client got wrong (a frame shorter than its length prefix, a compressed
+/// flag without an encoding, a unary call without its message) is the client's mistake:
+/// `INVALID_ARGUMENT` / `invalid` naming it, not tonic's `INTERNAL`, the code of a server
+/// fault. Sent as raw HTTP/2 requests, as a hand-made client would.
+#[tokio::test]
+async fn broken_grpc_framing_is_invalid_not_internal() {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"));
+    let c = Cluster::start(dir.path(), &bin, 0).await.unwrap();
+    let addr = c.logstore.addr().to_owned();
+    let channel = logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::Log)
+        .await
+        .unwrap();
+    let truncated = [&[0u8, 0, 0, 0, 100][..], &[1, 2, 3]].concat();
+    let flagged = [&[1u8, 0, 0, 0, 2][..], &[8, 1]].concat();
+    for (what, path, body) in [
+        (
+            "a truncated frame",
+            "/logplayer.v1.LogStore/Append",
+            truncated.clone(),
+        ),
+        (
+            "a compressed flag",
+            "/logplayer.v1.LogStore/Append",
+            flagged,
+        ),
+        ("no message", "/logplayer.v1.LogStore/Bounds", Vec::new()),
+        (
+            "a truncated frame on a stream",
+            "/logplayer.v1.LogStore/AppendStream",
+            truncated,
+        ),
+    ] {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(
+                http_body_util::Full::new(bytes::Bytes::from(body)).map_err(|e| match e {}),
+            ))
+            .unwrap();
+        let response = channel.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let mut headers = parts.headers;
+        let collected = body.collect().await.unwrap();
+        if let Some(trailers) = collected.trailers() {
+            headers.extend(trailers.clone());
+        }
+        let status = tonic::Status::from_header_map(&headers).expect("a grpc-status");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        assert_eq!(
+            Reason::of(&status),
+            Some(Reason::Invalid),
+            "{what}: {status:?}"
+        );
+    }
+}

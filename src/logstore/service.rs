@@ -254,7 +254,7 @@ impl LogStoreRpc for Service {
                 let submitted = match msg {
                     Ok(Ok(Some(r))) => submit(&log, peer.as_deref(), r, &mut stream).await,
                     Ok(Ok(None)) => return,
-                    Ok(Err(status)) => Err(grpc::decode_refusal(status)),
+                    Ok(Err(status)) => Err(grpc::request_refusal(status)),
                     // Answered after every earlier append of the stream (the replies go out
                     // in order), so the writer has nothing left to resend.
                     Err(_) => Err(grpc::Reason::Unavailable.status(format!(

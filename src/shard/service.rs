@@ -192,8 +192,11 @@ impl<S: ShardStore> ShardService<S> {
                     Ok(Some(_)) => Inbound::NotABatch,
                     Ok(None) => Inbound::Closed,
                     Err(status) => {
-                        let status = grpc::decode_refusal(status);
-                        if Reason::of(&status) == Some(Reason::EntryTooLarge) {
+                        let status = grpc::request_refusal(status);
+                        if Reason::of(&status) == Some(Reason::Invalid) {
+                            tracing::warn!(shard = %id, %status, "refused a malformed message");
+                            Inbound::Refused(status)
+                        } else if Reason::of(&status) == Some(Reason::EntryTooLarge) {
                             tracing::error!(shard = %id, %status, "refused a batch above this shard's message limit");
                             Inbound::Refused(status)
                         } else {
@@ -320,7 +323,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
         request: Request<Streaming<DeliverRequest>>,
     ) -> Result<Response<Self::DeliverStream>, Status> {
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await.map_err(grpc::decode_refusal)? {
+        let hello = match inbound.message().await.map_err(grpc::request_refusal)? {
             Some(DeliverRequest {
                 msg: Some(deliver_request::Msg::Hello(h)),
             }) => h,
