@@ -466,3 +466,44 @@ fn settings_that_cannot_work_are_refused_naming_them() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("port 0 cannot be dialed"), "{stderr}");
 }
+
+/// A player's cursor file that does not parse, or a lease file in a directory that does not
+/// exist, is refused at start naming it: the player used to deliver while warning at every
+/// checkpoint that it could not save, or warn at every lease attempt and never lead.
+#[test]
+fn a_player_refuses_a_cursor_file_it_cannot_read_and_a_lease_file_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("cursors.json");
+    std::fs::write(&garbage, "not json").unwrap();
+    let base = [
+        "player",
+        "--logstore",
+        "127.0.0.1:1",
+        "--shard",
+        "s0=127.0.0.1:2",
+    ];
+    let cases: [(Vec<String>, &str); 2] = [
+        (
+            vec!["--cursor-file".into(), garbage.display().to_string()],
+            "reading the cursor file",
+        ),
+        (
+            vec![
+                "--lease-file".into(),
+                dir.path().join("nowhere/lease").display().to_string(),
+            ],
+            "does not exist",
+        ),
+    ];
+    for (extra, says) in cases {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(base)
+            .args(&extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}

@@ -36,9 +36,15 @@ pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
     }
     let cursors: Option<std::sync::Arc<dyn crate::player::cursor::CursorStore>> =
         match (&a.cursor_file, a.cursor_shard_status) {
-            (Some(p), _) => Some(std::sync::Arc::new(
-                crate::player::cursor::FileCursors::new(p),
-            )),
+            (Some(p), _) => {
+                // Read once now: a file that does not parse would otherwise only warn at
+                // every checkpoint, while the player delivers without saving a cursor.
+                let file = crate::player::cursor::FileCursors::new(p);
+                crate::player::cursor::CursorStore::load(&file)
+                    .await
+                    .with_context(|| format!("reading the cursor file {}", p.display()))?;
+                Some(std::sync::Arc::new(file))
+            }
             (None, true) => {
                 let client = kube::Client::try_default()
                     .await

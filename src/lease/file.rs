@@ -119,6 +119,19 @@ impl FileLease {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // Not created here: every player of a log must name the same lease file, and a
+        // directory that is not there is more likely a mistyped path (a player that leads
+        // alone on its own lease) than one to make.
+        if !dir.is_dir() {
+            return Err(LeaseError::InvalidArgument {
+                what: "--lease-file",
+                reason: format!(
+                    "the directory {} does not exist: every player of a log names the same \
+                     lease file, on a file system they share; create the directory first",
+                    dir.display()
+                ),
+            });
+        }
         let prefix = match path.file_name().and_then(|n| n.to_str()) {
             Some(name) => format!("{name}.v"),
             None => {

@@ -175,11 +175,23 @@ async fn file_corrupt_is_an_error_naming_the_path_and_is_left_alone() {
     }
 }
 
+/// A lease file in a directory that does not exist is refused at once, naming it (a
+/// player used to warn at every attempt and never lead); one that goes away later fails
+/// each attempt naming it.
 #[tokio::test]
 async fn file_io_error_names_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let missing_dir = dir.path().join("no-such-dir");
+    let e = FileLease::new(missing_dir.join("leader.json"), "a", Duration::from_secs(1))
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("no-such-dir") && e.to_string().contains("does not exist"),
+        "{e}"
+    );
+    std::fs::create_dir(&missing_dir).unwrap();
     let a = FileLease::new(missing_dir.join("leader.json"), "a", Duration::from_secs(1)).unwrap();
+    std::fs::remove_dir(&missing_dir).unwrap();
     match a.try_acquire_or_renew().await {
         Err(LeaseError::Io { path, .. }) => assert_eq!(path, missing_dir),
         other => panic!("expected Io, got {other:?}"),
