@@ -470,3 +470,39 @@ async fn a_log_and_a_shard_refuse_each_others_directories() {
         "nothing was written to the shard's directory"
     );
 }
+
+/// `--logstore` listing the addresses of two logs is refused at start naming each (the
+/// player used to run on whichever answered first).
+#[tokio::test]
+async fn a_player_given_the_addresses_of_two_logs_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut logs = Vec::new();
+    for name in ["log-a", "log-b"] {
+        let data = dir.path().join(name).display().to_string();
+        let args = vec!["logstore".into(), "--data".into(), data];
+        let p = Proc::start(name, &bin(), args, Some("127.0.0.1:0"), dir.path())
+            .await
+            .unwrap();
+        logs.push(p);
+    }
+    let addrs = format!("{},{}", logs[0].addr(), logs[1].addr());
+    let run = tokio::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .args(["player", "--logstore", &addrs, "--shard", "s0=127.0.0.1:1"])
+        .kill_on_drop(true)
+        .output();
+    let Ok(out) = tokio::time::timeout(Duration::from_secs(20), run).await else {
+        panic!("the player runs on two logs");
+    };
+    let out = out.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, a) = bounds_of(logs[0].addr()).await;
+    let (_, b) = bounds_of(logs[1].addr()).await;
+    assert!(
+        !out.status.success()
+            && err.contains("serve different logs")
+            && err.contains(&a)
+            && err.contains(&b),
+        "{err}"
+    );
+}

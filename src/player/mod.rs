@@ -195,6 +195,10 @@ pub enum PlayerError {
         found: String,
     },
     #[error(
+        "the --logstore addresses serve different logs ({found}): list the replicas of one log"
+    )]
+    MixedLogs { found: String },
+    #[error(
         "the LogStore at {addr} accepts entries up to {log} bytes but this player was started with --max-entry-bytes {ours}; use the same value on every component"
     )]
     EntryLimit { addr: String, log: u64, ours: u64 },
@@ -357,6 +361,7 @@ impl Player {
             });
         }
         tracing::info!(log_id = %bounds.log_id, first = bounds.first, last = bounds.last, "LogStore answered");
+        same_log_everywhere(&config.logstore, &bounds.log_id, limit).await?;
         let probed = probe_shards(&config, &bounds.log_id).await;
         let applied: Vec<Option<u64>> = probed.iter().map(|p| p.as_ref().ok().copied()).collect();
         // No shard answered: start at the log's head; each shard catches up by a recovery
@@ -472,6 +477,42 @@ async fn log_bounds(
             }
         }
     }
+}
+
+/// With several `--logstore` addresses (the replicas of one log), asks each that answers
+/// within [`BOUNDS_WAIT`] which log it serves: addresses of two logs are refused at start,
+/// naming each (the player used to run on whichever answered, and stop only once a call
+/// reached the other). An address that does not answer is left to the client's failover.
+async fn same_log_everywhere(addrs: &str, log_id: &str, limit: usize) -> Result<(), PlayerError> {
+    if !addrs.contains(',') {
+        return Ok(());
+    }
+    let asks = addrs.split(',').map(str::trim).map(|addr| async move {
+        let channel = grpc::connect_lazy(addr, &grpc::Expected::Log).ok()?;
+        let mut client = LogStoreClient::new(channel).max_decoding_message_size(limit);
+        let mut request = tonic::Request::new(BoundsRequest {});
+        request.set_timeout(BOUNDS_WAIT);
+        let b = tokio::time::timeout(BOUNDS_WAIT, client.bounds(request))
+            .await
+            .ok()?
+            .ok()?;
+        Some((addr.to_owned(), b.into_inner().log_id))
+    });
+    let answers: Vec<(String, String)> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|(_, id)| !id.is_empty())
+        .collect();
+    if answers.iter().all(|(_, id)| id == log_id) {
+        return Ok(());
+    }
+    let found = answers
+        .iter()
+        .map(|(addr, id)| format!("{addr} serves {id}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(PlayerError::MixedLogs { found })
 }
 
 /// Asks every shard its applied index (for up to `startup_probe`). A shard that does not
