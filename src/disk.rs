@@ -226,7 +226,7 @@ mod marker_tests {
             [
                 crate::logstore::log_id::LOG_ID_FILE,
                 crate::logstore::raft::storage::STATE_FILE,
-                crate::logstore::raft::node::REPLICA_ID_FILE,
+                crate::logstore::raft::dir::REPLICA_ID_FILE,
             ]
         );
         assert_eq!(

@@ -865,3 +865,41 @@ async fn a_replica_started_on_another_replicas_directory_is_refused_naming_both(
         "{err}"
     );
 }
+
+/// A replica that is not the lowest id of `--peers`, whose seeding replica never comes,
+/// says what it waits for (it used to log that it started, then nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_a_leader_says_what_it_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let data = dir.path().join("replica-3").display().to_string();
+    let args = vec![
+        "logstore".into(),
+        "--id".into(),
+        "3".into(),
+        "--peers".into(),
+        peers.join(","),
+        "--data".into(),
+        data,
+    ];
+    let addr = format!("127.0.0.1:{}", ports[2]);
+    let p = Proc::start("replica-3", &bin(), args, Some(&addr), dir.path())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let text = p.log_tail(40);
+        if text.contains("no leader known")
+            && text.contains(&format!("replica 1 at 127.0.0.1:{}", ports[0]))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing said:\n{text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -291,7 +291,7 @@ impl LogStore {
     /// log) and starts the writer thread.
     pub fn open(config: LogStoreConfig) -> Result<(LogStore, OpenSummary), LogStoreError> {
         crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
-        let replica = [raft::storage::STATE_FILE, raft::node::REPLICA_ID_FILE];
+        let replica = [raft::storage::STATE_FILE, raft::dir::REPLICA_ID_FILE];
         if let Some(marker) = crate::disk::holds_any(&config.dir, &replica) {
             let marker = config.dir.join(marker);
             return Err(LogStoreError::Config(format!(

@@ -56,7 +56,51 @@ fn refused(what: String) -> LogStoreError {
     LogStoreError::Membership(what)
 }
 
+/// How long a replica goes without a known leader before it says so, and again after.
+const LEADERLESS_NOTICE: Duration = Duration::from_secs(30);
+
 impl Replica {
+    /// Says at WARN, every [`LEADERLESS_NOTICE`] while no leader is known, what this
+    /// replica waits for: a new replica that does not seed waits, silently otherwise, for
+    /// the group's lowest id to seed it or for a leader to add it, and a group that lost its
+    /// majority elects nobody. Ends with the replica.
+    pub(super) async fn say_while_leaderless(self) {
+        let mut metrics = self.raft().metrics();
+        let mut since = tokio::time::Instant::now();
+        loop {
+            let leader = metrics.borrow_watched().current_leader;
+            if leader.is_some() {
+                since = tokio::time::Instant::now();
+            } else if since.elapsed() >= LEADERLESS_NOTICE {
+                let members: Vec<String> = self
+                    .members()
+                    .members
+                    .iter()
+                    .map(|m| format!("{}={}", m.id, m.addr))
+                    .collect();
+                let seeder = self.peers().iter().next();
+                tracing::warn!(
+                    replica = self.id(),
+                    seconds = since.elapsed().as_secs(),
+                    ?members,
+                    "no leader known: a group elects one among a majority of its voters; a new \
+                     replica waits for the lowest id of --peers to seed the group{} or for a \
+                     leader to add it (`logstore members add`). Check that the others run and \
+                     that --peers names their addresses",
+                    seeder
+                        .map(|(id, addr)| format!(" (replica {id} at {addr})"))
+                        .unwrap_or_default()
+                );
+                since = tokio::time::Instant::now();
+            }
+            let tick = tokio::time::sleep(Duration::from_secs(1));
+            tokio::select! {
+                _ = tick => {}
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     /// The membership this replica follows.
     pub fn members(&self) -> Members {
         let m = self.raft().metrics();

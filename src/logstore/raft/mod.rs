@@ -12,6 +12,7 @@
 //!   a replica of another log, or a misaddressed one, is refused.
 //! - [`node`]: the replicated LogStore a server runs: groups waiting appends into one Raft
 //!   entry (one flush per group on each replica), answers the service's calls.
+//! - [`dir`]: which replica a directory belongs to; [`members`]: membership changes.
 //!
 //! Why the openraft 0.10 pre-release (pinned exactly) and not the 0.9 line: 0.9's core waits
 //! for each log flush before it sends the entries to the followers, so every append paid the
@@ -20,6 +21,7 @@
 //! has pre-vote: a replica whose log is behind no longer bumps the term and holds up the
 //! election of one that is not. README "A replicated log" has the numbers of both.
 
+pub mod dir;
 pub mod machine;
 pub mod members;
 pub mod network;

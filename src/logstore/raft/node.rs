@@ -297,43 +297,6 @@ fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
     Ok(())
 }
 
-/// The file naming the replica whose vote and log a directory holds.
-pub const REPLICA_ID_FILE: &str = "raft-replica-id";
-
-/// Which replica's vote and log `dir` holds (`None`: none yet, or a directory from before
-/// the file existed). Checked before the replica opens anything there and written once it
-/// has ([`bind_replica_id`]). Raft's safety rests on each voter keeping its own vote and
-/// log; two replicas restarted on each other's directories (or one with another `--id`)
-/// would run on another's promises, and nothing else notices: the messages they get are
-/// addressed to the id they now claim.
-fn replica_id_of(dir: &std::path::Path, id: u64) -> Result<Option<u64>, LogStoreError> {
-    let path = dir.join(REPLICA_ID_FILE);
-    match crate::disk::read_to_string(&path) {
-        Ok(text) => match text.trim().parse::<u64>() {
-            Ok(held) if held == id => Ok(Some(held)),
-            Ok(held) => Err(LogStoreError::Config(format!(
-                "{} holds the vote and log of replica {held} ({}), not of replica {id} (--id {id}): a replica must keep its own. Start replica {held} on it, and replica {id} on its own directory (or on an empty one, to be added anew)",
-                dir.display(),
-                path.display()
-            ))),
-            Err(_) => Err(LogStoreError::Config(format!(
-                "{} does not name a replica (found {:?}); it holds the id of the replica this directory belongs to",
-                path.display(),
-                text.chars().take(40).collect::<String>()
-            ))),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(LogStoreError::Config(format!("{}: {e}", path.display()))),
-    }
-}
-
-/// Binds `dir` to replica `id` (see [`replica_id_of`]), once the replica's storage opened.
-fn bind_replica_id(dir: &std::path::Path, id: u64) -> Result<(), LogStoreError> {
-    let path = dir.join(REPLICA_ID_FILE);
-    crate::disk::write_durably(&path, format!("{id}\n").as_bytes())
-        .map_err(|e| LogStoreError::Config(format!("{}: {e}", path.display())))
-}
-
 impl Replica {
     /// Opens the replica's log in `config.dir` and starts Raft. On a new group, the replica
     /// with the lowest id of `config.peers` proposes their membership; the others wait for it.
@@ -363,11 +326,11 @@ impl Replica {
         wal.max_record_bytes = u32::MAX;
         wal.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         wal.preallocate = config.preallocate;
-        let bound = replica_id_of(&config.dir, config.id)?;
+        let bound = super::dir::replica_id_of(&config.dir, config.id)?;
         let mut storage =
             LogStorage::open(wal).map_err(|e| LogStoreError::Config(e.to_string()))?;
         if bound.is_none() {
-            bind_replica_id(&config.dir, config.id)?;
+            super::dir::bind_replica_id(&config.dir, config.id)?;
         }
         let failed = storage.failed();
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
@@ -428,7 +391,13 @@ impl Replica {
         tokio::spawn(replica.clone().propose(rx));
         tokio::spawn(replica.clone().leader_duties());
         tokio::spawn(replica.clone().snapshots());
+        tokio::spawn(replica.clone().say_while_leaderless());
         Ok(replica)
+    }
+
+    /// `--peers`, as given.
+    pub fn peers(&self) -> &BTreeMap<NodeId, String> {
+        &self.peers
     }
 
     /// This replica's address in `--peers`, if listed there.
