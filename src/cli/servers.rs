@@ -298,7 +298,11 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
         return super::members::run(m).await;
     }
     a.callers.install(Some(a.streams))?;
-    serve_as(crate::grpc::Expected::Log)?;
+    if a.peers.is_some() {
+        super::require(crate::tls::identity::Fit::Replica)?;
+    } else {
+        serve_as(crate::grpc::Expected::Log)?;
+    }
     let data = a.data.clone().context("logstore needs --data")?;
     if let Some(peers) = a.peers.clone() {
         let id = match (a.id, &a.pod_name) {

@@ -101,6 +101,16 @@ impl Peer {
         }
     }
 
+    /// What a certificate (DER) may authenticate as `(server, client)` by its extended key
+    /// usage; `None` without one (any purpose) or when it does not parse.
+    pub fn purposes_of(der: &[u8]) -> Option<(bool, bool)> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let eku = cert.extended_key_usage().ok()??;
+        let e = eku.value;
+        Some((e.any || e.server_auth, e.any || e.client_auth))
+    }
+
     /// The peer a certificate chain names: its leaf's names (nobody for no chain).
     pub fn of_chain(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Peer {
         chain
@@ -193,8 +203,10 @@ impl fmt::Display for Expected {
 /// role its calls need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fit {
-    /// Serve as this (a log replica, the shard with its id).
+    /// Serve as this (a single-node LogStore, the shard with its id).
     Serve(Expected),
+    /// A replica of a replicated log: serve as the log, and dial the other replicas.
+    Replica,
     /// Call with this role (a player).
     Act(Role),
     /// Append as writer ids starting with this prefix (`load`'s `load-RUN-N`).
@@ -202,9 +214,20 @@ pub enum Fit {
 }
 
 impl Fit {
+    /// Whether the certificate must allow server and client authentication: a server is
+    /// dialed, a client (a player, a writer) dials, a replica does both.
+    pub fn purposes(&self) -> (bool, bool) {
+        match self {
+            Fit::Serve(_) => (true, false),
+            Fit::Replica => (true, true),
+            Fit::Act(_) | Fit::WriteAs(_) => (false, true),
+        }
+    }
+
     pub fn check(&self, me: &Peer) -> Result<(), String> {
         match self {
             Fit::Serve(expected) => expected.check(me),
+            Fit::Replica => Expected::Log.check(me),
             Fit::Act(role) if me.has(*role) => Ok(()),
             Fit::Act(role) => Err(format!(
                 "the certificate grants {}, no {role} name",
@@ -223,6 +246,7 @@ impl fmt::Display for Fit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fit::Serve(expected) => write!(f, "serve as {expected}"),
+            Fit::Replica => write!(f, "serve and dial as {}", Expected::Log),
             Fit::Act(role) => write!(f, "act as a {role} ({})", role.uri("NAME")),
             Fit::WriteAs(prefix) => write!(
                 f,

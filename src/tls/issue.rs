@@ -79,6 +79,22 @@ impl Ca {
         hosts: &[&str],
         valid_for: Duration,
     ) -> Result<Pem, TlsError> {
+        let both = [
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.leaf_for(common_name, grants, hosts, valid_for, &both)
+    }
+
+    /// [`Ca::leaf`] valid only for `purposes` (a certificate a stricter CA issues).
+    pub fn leaf_for(
+        &self,
+        common_name: &str,
+        grants: &[(Role, &str)],
+        hosts: &[&str],
+        valid_for: Duration,
+        purposes: &[ExtendedKeyUsagePurpose],
+    ) -> Result<Pem, TlsError> {
         let key = KeyPair::generate().map_err(err)?;
         let mut params =
             CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
@@ -92,10 +108,7 @@ impl Ca {
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = purposes.to_vec();
         validity(&mut params, valid_for);
         let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
         Ok(Pem {
@@ -219,5 +232,45 @@ impl LocalCerts {
         }
         self.ca
             .write_leaf(&self.dir, &name, &[(Role::Shard, id)], DEMO_VALIDITY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::Expected;
+    use crate::tls::Tls;
+    use crate::tls::identity::Fit;
+
+    /// A certificate made for one purpose where the process needs another is refused at
+    /// start, naming the purpose (a replica with a server-only certificate started, and
+    /// every peer then refused its handshakes with the reason on their side only).
+    #[test]
+    fn a_certificate_without_the_purpose_a_process_needs_is_refused_naming_it() {
+        let ca = Ca::new("test CA", DEMO_VALIDITY).unwrap();
+        let replica = [(Role::Replica, "log")];
+        let identity = |purposes: &[ExtendedKeyUsagePurpose]| {
+            let leaf = ca
+                .leaf_for("r", &replica, &["127.0.0.1"], DEMO_VALIDITY, purposes)
+                .unwrap();
+            Tls::from_pem("test", &leaf.cert, &leaf.key, &ca.pem.cert).unwrap()
+        };
+        let server_only = identity(&[ExtendedKeyUsagePurpose::ServerAuth]);
+        let e = server_only.require(Fit::Replica).unwrap_err().to_string();
+        assert!(e.contains("does not allow client authentication"), "{e}");
+        // Enough for a single-node LogStore, which dials nobody.
+        server_only.require(Fit::Serve(Expected::Log)).unwrap();
+        let client_only = identity(&[ExtendedKeyUsagePurpose::ClientAuth]);
+        let e = client_only
+            .require(Fit::Serve(Expected::Log))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not allow server authentication"), "{e}");
+        identity(&[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ])
+        .require(Fit::Replica)
+        .unwrap();
     }
 }

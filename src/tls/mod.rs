@@ -256,12 +256,38 @@ impl Tls {
 
 /// Whether the leaf of the PEM chain `pem` (from `cert`) names what is `needed`.
 fn fits(cert: &Path, pem: &[u8], needed: &identity::Fit) -> Result<(), TlsError> {
-    let peer = identity::Peer::of_chain(Some(&certs(cert, pem)?));
-    needed.check(&peer).map_err(|reason| TlsError::Unfit {
+    let chain = certs(cert, pem)?;
+    let unfit = |reason| TlsError::Unfit {
         cert: cert.to_owned(),
         needed: needed.clone(),
         reason,
-    })
+    };
+    needed
+        .check(&identity::Peer::of_chain(Some(&chain)))
+        .map_err(unfit)?;
+    // A certificate made for one purpose where this process needs both (a replica serves
+    // and dials) loads, and then every peer refuses the handshake with the reason on its
+    // side only.
+    let (server, client) = needed.purposes();
+    let allowed = chain.first().and_then(|c| identity::Peer::purposes_of(c));
+    if let Some((can_serve, can_dial)) = allowed {
+        let missing = [
+            (
+                server && !can_serve,
+                "server authentication (TLS Web Server Authentication)",
+            ),
+            (
+                client && !can_dial,
+                "client authentication (TLS Web Client Authentication)",
+            ),
+        ];
+        if let Some((_, what)) = missing.iter().find(|(m, _)| *m) {
+            return Err(unfit(format!(
+                "its extended key usage does not allow {what}, which this process needs"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Builds both configurations from the files' contents.
