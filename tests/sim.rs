@@ -568,8 +568,9 @@ impl Counter {
 
 /// Reads every shard's statistics until the check is done: the stale-epoch requests the
 /// shards refused go to `fenced`; a batch a shard committed under an epoch lower than one it
-/// had committed under fails the seed, and so does a duplicate a shard skipped or a gap it
-/// refused (what a stream that carries each entry once, in order, never causes). Polled, because a shard's
+/// had committed under fails the seed, and so does a duplicate a shard skipped, a gap it
+/// refused or a batch it refused as malformed (what a stream that carries each entry once,
+/// in order, never causes). Polled, because a shard's
 /// statistics do not survive its crash.
 async fn observe_shards(
     checked: Arc<std::sync::atomic::AtomicBool>,
@@ -579,6 +580,7 @@ async fn observe_shards(
     let mut stale: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
     let mut skipped: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
     let mut gaps: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
+    let mut malformed: Vec<Counter> = (0..SHARDS).map(|_| Counter::default()).collect();
     let mut conns: Vec<Option<logplayer::client::ShardConn>> = (0..SHARDS).map(|_| None).collect();
     loop {
         let last_round = checked.load(std::sync::atomic::Ordering::SeqCst);
@@ -602,9 +604,10 @@ async fn observe_shards(
             );
             // A current-epoch stream carries each entry once, in order (the queue model's
             // property): a shard never has to skip a duplicate or refuse a gap.
-            if dups + holes > 0 {
+            let bad = malformed[s].see(stats.malformed_refused);
+            if dups + holes + bad > 0 {
                 return Err(format!(
-                    "shard s{s} skipped {dups} duplicates and refused {holes} gaps"
+                    "shard s{s} skipped {dups} duplicates, refused {holes} gaps and {bad} malformed batches"
                 )
                 .into());
             }
@@ -994,6 +997,8 @@ fn a_shard_ignoring_epochs_fails_some_seed() {
 #[test]
 fn a_queue_ignoring_terms_fails_some_seed() {
     some_seed_fails("queue-ignores-terms", &["skipped", "exactly-once violated"]);
+    // (The shards refuse what such a queue sends out of order on a stream as malformed;
+    // "skipped" names that count too.)
 }
 
 /// With the WAL acknowledging appends it has not synced, some seed fails: the simulated

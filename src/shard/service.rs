@@ -171,6 +171,7 @@ impl<S: ShardStore> ShardService<S> {
         let (tx, rx) = mpsc::channel(INBOUND_CHANNEL);
         let shutdown = self.shutdown.clone();
         let id = self.id.clone();
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             let mut last_index = 0;
             loop {
@@ -186,6 +187,7 @@ impl<S: ShardStore> ShardService<S> {
                         Ok(()) => Inbound::Batch(b.entries, now_micros(), Instant::now()),
                         Err(e) => {
                             tracing::warn!(shard = %id, error = %e, "malformed batch");
+                            stats.malformed();
                             Inbound::Refused(Reason::Invalid.status(e.to_string()))
                         }
                     },
@@ -230,7 +232,11 @@ impl<S: ShardStore> ShardService<S> {
                 tracing::error!(shard = %self.id, error = %e, "commit failed");
                 self.store_failed(e);
             }
-            ShardError::Malformed(_) | ShardError::TooLarge { .. } => {
+            ShardError::Malformed(_) => {
+                self.stats.malformed();
+                tracing::warn!(shard = %self.id, error = %e, "malformed batch")
+            }
+            ShardError::TooLarge { .. } => {
                 tracing::warn!(shard = %self.id, error = %e, "malformed batch")
             }
             ShardError::WrongShard { .. }

@@ -34,6 +34,7 @@ struct Inner {
     epoch_first_commit: u64,
     fenced: u64,
     stale_commits: u64,
+    malformed: u64,
 }
 
 impl Default for Stats {
@@ -50,6 +51,7 @@ impl Default for Stats {
                 epoch_first_commit: 0,
                 fenced: 0,
                 stale_commits: 0,
+                malformed: 0,
             }),
         }
     }
@@ -108,6 +110,13 @@ impl Stats {
         }
     }
 
+    /// A batch refused as malformed (see `StatsResponse.malformed_refused`).
+    pub fn malformed(&self) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.malformed += 1;
+        }
+    }
+
     /// Serializes the histograms (and clears them when `reset`).
     pub fn snapshot(&self, reset: bool) -> StatsResponse {
         let Ok(mut s) = self.inner.lock() else {
@@ -129,6 +138,7 @@ impl Stats {
             epoch_first_commit_micros: s.epoch_first_commit,
             fenced_refusals: s.fenced,
             stale_epoch_commits: s.stale_commits,
+            malformed_refused: s.malformed,
         };
         if reset {
             s.player.reset();
