@@ -507,3 +507,31 @@ fn a_player_refuses_a_cursor_file_it_cannot_read_and_a_lease_file_nowhere() {
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
 }
+
+/// A data directory that is a file is named as such (it was "File exists (os error 17)").
+#[test]
+fn a_data_directory_that_is_a_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let file = file.display().to_string();
+    for replica in [false, true] {
+        let mut cmd = Command::new(common::bin());
+        cmd.env("LOGPLAYER_INSECURE", "true").args([
+            "logstore",
+            "--data",
+            &file,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        if replica {
+            cmd.args(["--id", "1", "--peers", "1=127.0.0.1:1"]);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("is a file, not a directory"),
+            "replica {replica}: {stderr}"
+        );
+    }
+}
