@@ -535,3 +535,31 @@ fn a_data_directory_that_is_a_file_is_named() {
         );
     }
 }
+
+/// A value refused that came from an environment variable names the variable too (clap
+/// names only the flag, which is nowhere in the command typed); one typed on the command
+/// line does not.
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .envs(env.iter().copied())
+            .args(["logstore", "--data", "/nonexistent"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = run(&[("LOGPLAYER_MAX_ENTRY_BYTES", "abc")], &[]);
+    assert!(
+        said.contains("--max-entry-bytes")
+            && said.contains("environment variable LOGPLAYER_MAX_ENTRY_BYTES"),
+        "{said}"
+    );
+    let said = run(&[("LOGPLAYER_IDLE_CONNECTION_TIMEOUT", "5")], &[]);
+    assert!(said.contains("LOGPLAYER_IDLE_CONNECTION_TIMEOUT"), "{said}");
+    let said = run(&[], &["--max-entry-bytes", "abc"]);
+    assert!(!said.contains("environment variable"), "{said}");
+}

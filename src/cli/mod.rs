@@ -268,9 +268,45 @@ pub(crate) fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// Parses the command line. A value refused that came from an environment variable rather
+/// than the command line is named with its variable too (clap names only the flag, and the
+/// flag is nowhere in the command a user typed).
+fn parse_cli() -> Cli {
+    use clap::CommandFactory as _;
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    let flag = match e.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(s)) => {
+            s.split_whitespace().next().unwrap_or_default().to_owned()
+        }
+        _ => String::new(),
+    };
+    let typed = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let var = flag
+        .strip_prefix("--")
+        .filter(|_| !typed)
+        .and_then(|long| env_of(&Cli::command(), long))
+        .filter(|var| std::env::var_os(var).is_some());
+    let Some(var) = var else { e.exit() };
+    let _ = e.print();
+    eprintln!("note: the value of {flag} came from the environment variable {var}");
+    std::process::exit(e.exit_code())
+}
+
+/// The environment variable of the flag `--long` in `cmd` or any of its subcommands.
+fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|c| env_of(c, long)))
+}
+
 /// Parses the command line and runs the command.
 pub async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_tracing(cli.log_format);
     // Every command that serves or dials gRPC runs TLS or, explicitly, plaintext. `demo`,
     // `bench` and `failover-bench` issue their own certificates; the operator issues each
