@@ -1,5 +1,5 @@
 //! Which replica a directory belongs to: the replica id written at its first start
-//! (`raft-replica-id`), checked at every start after (see [`replica_id_of`]).
+//! (`raft-replica-id`), checked at every start after, before the storage opens.
 
 use super::NodeId;
 use crate::logstore::LogStoreError;
