@@ -38,6 +38,23 @@ pub fn holds_any(dir: &Path, markers: &[&'static str]) -> Option<&'static str> {
         .find(|m| exists(&dir.join(m)).unwrap_or(false))
 }
 
+/// Refuses a data directory that is something else (a file): opening or creating it
+/// would otherwise fail with "File exists" or "Not a directory". (On the simulated disk
+/// data directories are never files: not checked.)
+pub fn data_dir_not_a_file(dir: &Path) -> Result<(), String> {
+    #[cfg(not(feature = "sim-disk"))]
+    let is_file = std::fs::metadata(dir).is_ok_and(|m| !m.is_dir());
+    #[cfg(feature = "sim-disk")]
+    let is_file = false;
+    if is_file {
+        return Err(format!(
+            "the data directory {} is a file, not a directory",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` exists.
 pub fn exists(path: &Path) -> io::Result<bool> {
     #[cfg(not(feature = "sim-disk"))]

@@ -8,6 +8,19 @@ mod common;
 
 use std::process::Command;
 
+/// Runs the binary plaintext with `args`: its exit code and stderr.
+fn insecure<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
+    let out = Command::new(common::bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_user_error_is_one_plain_line_with_exit_code_one() {
     let out = Command::new(common::bin())
@@ -316,13 +329,8 @@ fn counts_that_cannot_work_are_refused_by_name() {
         &["demo", "--logstore-replicas", "4"],
         &["demo", "--logstore-replicas", "9"],
     ] {
-        let out = Command::new(common::bin())
-            .env("LOGPLAYER_INSECURE", "true")
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let (code, stderr) = insecure(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains("for '--logstore-replicas <") && stderr.contains("must be odd, 1 to 7"),
             "{args:?}: {stderr}"
@@ -408,25 +416,22 @@ fn the_operator_refuses_tls_flags_it_would_ignore() {
 fn a_replica_heartbeat_out_of_range_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     for hb in ["0s", "5ms", "1h"] {
-        let out = Command::new(common::bin())
-            .env("LOGPLAYER_INSECURE", "true")
-            .args([
-                "logstore",
-                "--id",
-                "1",
-                "--peers",
-                "1=127.0.0.1:1",
-                "--heartbeat",
-                hb,
-            ])
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join(hb))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let data = dir.path().join(hb).display().to_string();
+        let (code, stderr) = insecure(&[
+            "logstore",
+            "--id",
+            "1",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--heartbeat",
+            hb,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &data,
+        ]);
         assert!(
-            !out.status.success()
-                && stderr.contains(&format!("--heartbeat {hb} is outside 10ms to 10s")),
+            code != Some(0) && stderr.contains(&format!("--heartbeat {hb} is outside 10ms to 10s")),
             "{hb}: {stderr}"
         );
     }
@@ -449,21 +454,16 @@ fn settings_that_cannot_work_are_refused_naming_them() {
             "{stderr}"
         );
     }
-    let out = Command::new(common::bin())
-        .env("LOGPLAYER_INSECURE", "true")
-        .args([
-            "logstore",
-            "--id",
-            "1",
-            "--peers",
-            "1=127.0.0.1:0",
-            "--data",
-            "/nonexistent",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = insecure(&[
+        "logstore",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:0",
+        "--data",
+        "/nonexistent",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("port 0 cannot be dialed"), "{stderr}");
 }
 
@@ -496,14 +496,13 @@ fn a_player_refuses_a_cursor_file_it_cannot_read_and_a_lease_file_nowhere() {
         ),
     ];
     for (extra, says) in cases {
-        let out = Command::new(common::bin())
-            .env("LOGPLAYER_INSECURE", "true")
-            .args(base)
-            .args(&extra)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        let args: Vec<String> = base
+            .iter()
+            .map(|a| a.to_string())
+            .chain(extra.clone())
+            .collect();
+        let (code, stderr) = insecure(&args);
+        assert_eq!(code, Some(1), "{extra:?}: {stderr}");
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
 }
@@ -515,23 +514,13 @@ fn a_data_directory_that_is_a_file_is_named() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let file = file.display().to_string();
-    for replica in [false, true] {
-        let mut cmd = Command::new(common::bin());
-        cmd.env("LOGPLAYER_INSECURE", "true").args([
-            "logstore",
-            "--data",
-            &file,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        if replica {
-            cmd.args(["--id", "1", "--peers", "1=127.0.0.1:1"]);
-        }
-        let out = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    let single = ["logstore", "--data", &file, "--listen", "127.0.0.1:0"];
+    let replica = [&single[..], &["--id", "1", "--peers", "1=127.0.0.1:1"]].concat();
+    for args in [&single[..], &replica] {
+        let (code, stderr) = insecure(args);
         assert!(
-            !out.status.success() && stderr.contains("is a file, not a directory"),
-            "replica {replica}: {stderr}"
+            code != Some(0) && stderr.contains("is a file, not a directory"),
+            "{args:?}: {stderr}"
         );
     }
 }

@@ -447,21 +447,13 @@ async fn a_log_and_a_shard_refuse_each_others_directories() {
         (log_args(&shard_dir), "holds a shard's store"),
         (shard_args(&log_dir), "holds a LogStore's data"),
     ] {
-        let run = tokio::process::Command::new(bin())
-            .env("LOGPLAYER_INSECURE", "true")
-            .args(&args)
-            .args(["--listen", "127.0.0.1:0"])
-            .kill_on_drop(true)
-            .output();
-        let Ok(out) = tokio::time::timeout(Duration::from_secs(10), run).await else {
+        let listen = ["--listen".to_string(), "127.0.0.1:0".into()];
+        let Some((status, err)) =
+            common::ends_within(&[&args[..], &listen].concat(), Duration::from_secs(10)).await
+        else {
             panic!("{args:?} runs");
         };
-        let out = out.unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(says),
-            "{args:?}: {err}"
-        );
+        assert!(!status.success() && err.contains(says), "{args:?}: {err}");
     }
     let after: Vec<_> = std::fs::read_dir(&shard_dir).unwrap().collect();
     assert_eq!(
@@ -486,20 +478,14 @@ async fn a_player_given_the_addresses_of_two_logs_is_refused_naming_both() {
         logs.push(p);
     }
     let addrs = format!("{},{}", logs[0].addr(), logs[1].addr());
-    let run = tokio::process::Command::new(bin())
-        .env("LOGPLAYER_INSECURE", "true")
-        .args(["player", "--logstore", &addrs, "--shard", "s0=127.0.0.1:1"])
-        .kill_on_drop(true)
-        .output();
-    let Ok(out) = tokio::time::timeout(Duration::from_secs(20), run).await else {
+    let args = ["player", "--logstore", &addrs, "--shard", "s0=127.0.0.1:1"];
+    let Some((status, err)) = common::ends_within(&args, Duration::from_secs(20)).await else {
         panic!("the player runs on two logs");
     };
-    let out = out.unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
     let (_, a) = bounds_of(logs[0].addr()).await;
     let (_, b) = bounds_of(logs[1].addr()).await;
     assert!(
-        !out.status.success()
+        !status.success()
             && err.contains("serve different logs")
             && err.contains(&a)
             && err.contains(&b),

@@ -842,26 +842,14 @@ async fn a_replica_started_on_another_replicas_directory_is_refused_naming_both(
     let addrs = g.addrs.clone();
     drop(g.procs);
     let replica2 = g._dir.path().join("replica-2");
-    let mut child = tokio::process::Command::new(bin())
-        .env("LOGPLAYER_INSECURE", "true")
-        .args(["logstore", "--id", "3", "--peers", &peers.join(",")])
-        .args(["--data", replica2.to_str().unwrap(), "--listen", &addrs[2]])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    let Ok(status) = status else {
+    let (peers, data) = (peers.join(","), replica2.display().to_string());
+    let args = ["logstore", "--id", "3", "--peers", &peers, "--data", &data];
+    let args = [&args[..], &["--listen", &addrs[2]]].concat();
+    let Some((status, err)) = common::ends_within(&args, Duration::from_secs(10)).await else {
         panic!("replica 3 runs on replica 2's directory");
     };
-    let mut err = String::new();
-    use tokio::io::AsyncReadExt as _;
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut err).await.unwrap();
-    }
     assert!(
-        !status.unwrap().success() && err.contains("of replica 2") && err.contains("--id 3"),
+        !status.success() && err.contains("of replica 2") && err.contains("--id 3"),
         "{err}"
     );
 }

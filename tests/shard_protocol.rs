@@ -59,15 +59,23 @@ async fn a_real_shard_skips_resent_entries_refuses_gaps_and_fences_stale_epochs(
     let channel = logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::AnyShard)
         .await
         .unwrap();
-    let mut client = ShardClient::new(channel);
+    let client = ShardClient::new(channel);
+    // A Deliver stream opened with an epoch-2 Hello.
+    let open = || {
+        let mut client = client.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(8);
+            tx.send(hello(2)).await.unwrap();
+            let inbound = client
+                .deliver(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            (tx, inbound)
+        }
+    };
 
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(hello(2)).await.unwrap();
-    let mut inbound = client
-        .deliver(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = open().await;
     let welcome = inbound.message().await.unwrap().unwrap();
     assert!(matches!(
         welcome.msg,
@@ -80,13 +88,7 @@ async fn a_real_shard_skips_resent_entries_refuses_gaps_and_fences_stale_epochs(
     // A resend of 1 and 2 plus a new 3, on a new stream as a player resends: only 3
     // applies. (On the same stream an index going back is refused: see status_codes.rs.)
     drop((tx, inbound));
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(hello(2)).await.unwrap();
-    let mut inbound = client
-        .deliver(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = open().await;
     inbound.message().await.unwrap().unwrap();
     tx.send(batch(vec![add(1, 0, 1), add(2, 1, 10), add(3, 2, 100)]))
         .await
@@ -114,7 +116,11 @@ async fn a_real_shard_skips_resent_entries_refuses_gaps_and_fences_stale_epochs(
     // An older epoch is fenced, with the reason the player steps down on.
     let (tx, rx) = mpsc::channel(1);
     tx.send(hello(1)).await.unwrap();
-    let status = client.deliver(ReceiverStream::new(rx)).await.unwrap_err();
+    let status = client
+        .clone()
+        .deliver(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert_eq!(status.metadata().get("logplayer-error").unwrap(), "fenced");
 }

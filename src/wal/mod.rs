@@ -312,12 +312,7 @@ impl Wal {
     ) -> Result<(Wal, OpenReport), WalError> {
         config.validate()?;
         let dir = config.dir.as_path();
-        if dir.exists() && !dir.is_dir() {
-            return Err(WalError::InvalidConfig(format!(
-                "the data directory {} is a file, not a directory",
-                dir.display()
-            )));
-        }
+        fs::data_dir_not_a_file(dir).map_err(WalError::InvalidConfig)?;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         // Before anything is read or cut: a torn tail may be another writer's record.
         let lock = crate::disk::lock_dir(dir).map_err(|e| match e.kind() {

@@ -77,6 +77,26 @@ pub async fn assert_exactly_once(c: &Cluster, log: &Log, report: &LoadReport) {
     assert!(result.entries >= report.appended);
 }
 
+/// Runs the binary plaintext with `args` and waits up to `within` for it to end (it is
+/// killed past that): its exit status and stderr, or `None` if it still ran. For a command
+/// that must refuse to start, whose test would otherwise hang when it does not.
+pub async fn ends_within<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    within: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let run = tokio::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(within, run).await.ok()?.ok()?;
+    Some((
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -17,12 +17,7 @@ pub(super) fn replica_id_of(
     dir: &std::path::Path,
     id: NodeId,
 ) -> Result<Option<u64>, LogStoreError> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(LogStoreError::Config(format!(
-            "the data directory {} is a file, not a directory",
-            dir.display()
-        )));
-    }
+    crate::disk::data_dir_not_a_file(dir).map_err(LogStoreError::Config)?;
     let path = dir.join(REPLICA_ID_FILE);
     match crate::disk::read_to_string(&path) {
         Ok(text) => match text.trim().parse::<u64>() {

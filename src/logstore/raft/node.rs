@@ -335,11 +335,12 @@ impl Replica {
         let failed = storage.failed();
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
         storage.set_saved_base(machine.saved_base());
+        let heartbeat = heartbeat_millis(&config);
         let network = Network::new(
             super::network::Sender {
                 id: config.id,
                 max_entry_bytes: config.max_entry_bytes as u64,
-                heartbeat_millis: heartbeat_millis(&config),
+                heartbeat_millis: heartbeat,
             },
             machine.clone(),
         );
@@ -370,7 +371,6 @@ impl Replica {
             }
         }
         let (jobs, rx) = mpsc::channel(QUEUE);
-        let heartbeat = heartbeat_millis(&config);
         let replica = Replica {
             raft,
             machine,
