@@ -1,6 +1,6 @@
 //! The `logplayer` binary: everything it does lives in the library's [`logplayer::cli`],
-//! which parses the flags (each with a default or required, each with an environment
-//! variable), sets up logging and runs the command.
+//! which parses the flags (each with a default or required; the servers', the player's and
+//! the operator's each with an environment variable), sets up logging and runs the command.
 #![forbid(unsafe_code)]
 
 /// mimalloc instead of glibc's malloc: under load glibc's allocator was about a tenth of all

@@ -44,7 +44,14 @@ pub struct ServerLimits {
     /// The LogStore's `AppendStream` with no append for this long is ended
     /// (`UNAVAILABLE` / `unavailable`, after the answers to every earlier append).
     pub idle_stream_timeout: std::time::Duration,
+    /// The LogStore's writer table: the most writer ids it remembers (`--max-writers`).
+    pub max_writers: usize,
 }
+
+/// The most writers the LogStore's writer table holds by default (`--max-writers`): each
+/// costs about 150 bytes once retention released its appends, up to 100 KiB while it has
+/// 4,096 retained.
+pub const DEFAULT_MAX_WRITERS: usize = 100_000;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -55,6 +62,7 @@ impl Default for ServerLimits {
             read_stall_timeout: std::time::Duration::from_secs(60),
             idle_connection_timeout: std::time::Duration::from_secs(300),
             idle_stream_timeout: std::time::Duration::from_secs(600),
+            max_writers: DEFAULT_MAX_WRITERS,
         }
     }
 }

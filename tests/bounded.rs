@@ -401,3 +401,74 @@ async fn an_append_stream_with_no_append_is_ended_after_the_idle_stream_timeout(
     );
     drop(tx);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_table_forgets_only_released_writers_and_refuses_a_new_one_otherwise() {
+    use logplayer::proto::mutation::Op;
+    use logplayer::proto::{AppendRequest, BoundsRequest, Mutation, RetainRequest};
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of 4 KiB and appends of 5 KB: each record is a segment of its own, so
+    // retention can release one append at a time.
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--max-writers", "3", "--segment-bytes", "4096"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut client = LogStoreClient::new(
+        logplayer::grpc::connect(c.logstore.addr(), &logplayer::grpc::Expected::Log)
+            .await
+            .unwrap(),
+    );
+    let append = |writer: &str| AppendRequest {
+        mutations: vec![Mutation {
+            key: format!("l-{writer}").into_bytes().into(),
+            op: Some(Op::Append(vec![b'x'; 5000].into())),
+        }],
+        writer_id: writer.to_string(),
+        sequence: 1,
+        ..Default::default()
+    };
+    for (i, w) in ["w1", "w2", "w3"].into_iter().enumerate() {
+        let r = client.append(append(w)).await.unwrap().into_inner();
+        assert_eq!(r.index, i as u64 + 1, "{w}");
+    }
+    let refused = |status: tonic::Status, what: &str| {
+        assert_eq!(
+            Reason::of(&status),
+            Some(Reason::Busy),
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().contains("--max-writers"),
+            "{what}: {status:?}"
+        );
+    };
+    let e = client.append(append("w4")).await.unwrap_err();
+    refused(e, "a fourth writer while the three have retained appends");
+    // Retention releases w1's append: the fourth writer is taken, w1 forgotten.
+    let log_id = client
+        .bounds(BoundsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .log_id;
+    let retained = client
+        .retain(RetainRequest { below: 2, log_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retained.first, 2);
+    let r = client.append(append("w4")).await.unwrap().into_inner();
+    assert_eq!(r.index, 4, "w4 once w1's append was released");
+    // w2, w3 and w4 have retained appends: none of them is forgotten for a fifth.
+    let e = client.append(append("w5")).await.unwrap_err();
+    refused(e, "a fifth writer");
+    let retry = client.append(append("w3")).await.unwrap().into_inner();
+    assert_eq!(retry.index, 3, "w3's retry is still recognized");
+    let bounds = client.bounds(BoundsRequest {}).await.unwrap().into_inner();
+    assert_eq!(bounds.last, 4, "nothing refused was written");
+}

@@ -1,7 +1,7 @@
 //! The `logplayer` command line: one clap definition per component, each run by its own
 //! module. `anyhow` lives here, at the edge, and nowhere else.
 //!
-//! - [`servers`]: `logstore`, `shard`, `shard dump`.
+//! - [`servers`]: `logstore`, `shard`, `shard dump`, `shard reset-log`.
 //! - [`player`]: `player` (its flags are [`crate::player::args::PlayerArgs`]).
 //! - [`operator`]: `operator`, `crd`.
 //! - [`status`]: `status` (an operator's view of the log and every shard).
@@ -148,7 +148,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the LogStore: the durable write-ahead log server.
     Logstore(LogstoreArgs),
-    /// Run a shard server (a delivery target), or `shard dump` its state.
+    /// Run a shard server (a delivery target), `shard dump` its state, or `shard reset-log`
+    /// it to another log.
     Shard(ShardArgs),
     /// Run the player: read the log, deliver to the shards.
     Player(PlayerArgs),

@@ -152,6 +152,12 @@ pub struct StreamLimits {
     /// next append.
     #[arg(long, env = "LOGPLAYER_IDLE_STREAM_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     idle_stream_timeout: std::time::Duration,
+    /// Writer ids the log remembers (to recognize their retries). When it holds this many,
+    /// a new writer id makes it forget the writers whose appends were all released by
+    /// retention longest ago, or is refused (RESOURCE_EXHAUSTED, busy) if none was. A
+    /// replicated log's leader decides with its own value.
+    #[arg(long, env = "LOGPLAYER_MAX_WRITERS", default_value_t = crate::serving::ServerLimits::default().max_writers)]
+    max_writers: usize,
 }
 
 impl CallerLimits {
@@ -172,8 +178,8 @@ impl CallerLimits {
             ..defaults
         };
         if let Some(s) = streams {
-            if s.max_read_streams == 0 {
-                bail!("--max-read-streams must be at least 1");
+            if s.max_read_streams == 0 || s.max_writers == 0 {
+                bail!("--max-read-streams and --max-writers must be at least 1");
             }
             if s.read_stall_timeout.is_zero() || s.idle_stream_timeout.is_zero() {
                 bail!("--read-stall-timeout and --idle-stream-timeout must be above zero");
@@ -181,6 +187,7 @@ impl CallerLimits {
             limits.max_read_streams = s.max_read_streams;
             limits.read_stall_timeout = s.read_stall_timeout;
             limits.idle_stream_timeout = s.idle_stream_timeout;
+            limits.max_writers = s.max_writers;
         }
         crate::serving::install(limits);
         Ok(())

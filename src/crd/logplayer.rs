@@ -74,10 +74,12 @@ pub struct LogPlayerSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1))]
     pub replicas: i32,
-    /// Container image of the player; unset uses the operator's own image.
+    /// Container image of the player, log-replica and managed shard pods; unset uses the
+    /// operator's `--default-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Image pull policy of the player pods; unset leaves Kubernetes' default.
+    /// Image pull policy of the player, log-replica and managed shard pods; unset leaves
+    /// Kubernetes' default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// CPU and memory for each player container.
@@ -492,7 +494,8 @@ pub struct LogPlayerStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded` and `LeaderElected`, with reasons and messages.
+    /// `Ready`, `Progressing`, `Degraded`, `LeaderElected`, `CertificatesReady` and
+    /// `ReconciliationPaused`, with reasons and messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

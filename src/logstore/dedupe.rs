@@ -18,6 +18,12 @@
 //! was ([`LogStoreError::Gap`] otherwise). The replicated log decides this when it applies
 //! the entry, the same on every replica, so no race between proposing and Raft's own refusals
 //! can break the order.
+//!
+//! The table holds at most `--max-writers` writers ([`admit`]): a writer id is not forgotten
+//! because it went quiet, only when the table is full, and then only if all its appends were
+//! released by retention (delivered everywhere), those released longest ago first; with
+//! none such, a new writer is refused. So a client minting writer ids cannot grow the
+//! log's memory without bound, nor push out the writers whose appends are still retained.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -149,27 +155,95 @@ pub fn record(writers: &mut Writers, writer: Option<&(String, u64)>, index: u64,
         && !id.is_empty()
     {
         let recent = &mut writers.entry(id.clone()).or_default().0;
+        // Room made before the push: a full window stays at its capacity (pushing first
+        // would double it, for good, to twice the window).
+        if recent.len() >= WINDOW {
+            recent.pop_front();
+        }
         recent.push_back(LastAppend {
             sequence: *sequence,
             index,
             digest,
         });
-        if recent.len() > WINDOW {
-            recent.pop_front();
-        }
     }
 }
 
 /// Retention released every index below `first`: a writer whose appends are all below it
-/// keeps only its last (enough to refuse an older sequence), so the table does not grow
-/// with every writer that ever wrote.
+/// keeps only its last (enough to refuse an older sequence), and its memory goes with the
+/// rest (a full window held 4,096 appends).
 pub fn release(writers: &mut Writers, first: u64) {
     for recent in writers.values_mut() {
-        if recent.last().is_some_and(|l| l.index < first) && recent.0.len() > 1 {
-            let last = recent.0.pop_back();
-            recent.0.clear();
-            recent.0.extend(last);
+        if recent.0.len() > 1
+            && let Some(last) = recent.last().copied().filter(|l| l.index < first)
+        {
+            recent.0 = VecDeque::from([last]);
         }
+    }
+}
+
+/// The most writers the table holds by default (`logstore --max-writers`).
+pub use crate::serving::DEFAULT_MAX_WRITERS;
+
+/// Writers forgotten at once when the table is full: a share of it, so that the scan that
+/// finds them (the whole table) runs once per that many new writers, not once per append.
+const FORGET_SHARE: usize = 16;
+
+/// Makes room in the table for the first append of a writer it does not hold, when it holds
+/// `max` writers already: it forgets the writers whose appends are all below the retention
+/// point `first`, those whose last append is oldest first (a share of `max` at once). A writer
+/// only forgotten this way is one whose every append was delivered and released, and which
+/// wrote nothing while `max` others did; were it to send a retry of one of those appends, it
+/// would be written again (the table is what recognizes a retry). With no such writer the
+/// new one is refused, and nothing is forgotten or written.
+///
+/// Deterministic (the order is the appends' indexes, each held by one writer), so every
+/// replica of a replicated log forgets the same writers when it applies the same entry.
+pub fn admit(
+    writers: &mut Writers,
+    writer: Option<&(String, u64)>,
+    first: u64,
+    max: usize,
+) -> Result<(), LogStoreError> {
+    let Some((id, _)) = writer else {
+        return Ok(());
+    };
+    if id.is_empty() || writers.len() < max || writers.contains_key(id) {
+        return Ok(());
+    }
+    let mut released: Vec<(u64, &String)> = writers
+        .iter()
+        .filter_map(|(w, recent)| {
+            recent
+                .last()
+                .filter(|l| l.index < first)
+                .map(|l| (l.index, w))
+        })
+        .collect();
+    let want = (writers.len() + 1 - max).max(max / FORGET_SHARE).max(1);
+    let forget: Vec<String> = if released.len() > want {
+        released.select_nth_unstable(want - 1);
+        released[..want].iter().map(|(_, w)| (*w).clone()).collect()
+    } else {
+        released.into_iter().map(|(_, w)| w.clone()).collect()
+    };
+    for w in &forget {
+        writers.remove(w);
+    }
+    if !forget.is_empty() {
+        tracing::info!(
+            forgotten = forget.len(),
+            max,
+            "the writer table was full: forgot the writers whose appends were all released \
+             longest ago (--max-writers)"
+        );
+    }
+    if writers.len() < max {
+        Ok(())
+    } else {
+        Err(LogStoreError::TooManyWriters {
+            writer: id.clone(),
+            max,
+        })
     }
 }
 
@@ -262,6 +336,60 @@ mod tests {
         }
         let n = WINDOW as u64 + 11;
         assert!(seen_before(&w, a(n).as_ref(), 1, &m(n)).is_none());
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_writers_released_longest_ago_and_refuses_when_none_is() {
+        let mut w = Writers::new();
+        let id = |n: u64| Some((format!("w{n}"), 1));
+        // 32 writers, writer n's one append at index n.
+        for n in 1..=32 {
+            admit(&mut w, id(n).as_ref(), 1, 32).unwrap();
+            record(&mut w, id(n).as_ref(), n, digest(&m(n)));
+        }
+        // Full, nothing released: a new writer is refused and nothing is forgotten.
+        let e = admit(&mut w, id(33).as_ref(), 1, 32).unwrap_err();
+        assert!(
+            matches!(e, LogStoreError::TooManyWriters { max: 32, .. }),
+            "{e}"
+        );
+        assert_eq!(w.len(), 32);
+        // A known writer is never refused.
+        admit(&mut w, id(7).as_ref(), 1, 32).unwrap();
+        // Indexes below 10 released: a new writer forgets the two released longest ago
+        // (a sixteenth of 32), not the others.
+        release(&mut w, 10);
+        admit(&mut w, id(33).as_ref(), 10, 32).unwrap();
+        let mut gone: Vec<u64> = (1..=32)
+            .filter(|n| !w.contains_key(&format!("w{n}")))
+            .collect();
+        gone.sort();
+        assert_eq!(gone, vec![1, 2]);
+        // Writers with retained appends are never forgotten.
+        for n in 33..=34 {
+            admit(&mut w, id(n).as_ref(), 10, 32).unwrap();
+            record(&mut w, id(n).as_ref(), 100 + n, digest(&m(n)));
+        }
+        for n in 35..=41 {
+            admit(&mut w, id(n).as_ref(), 10, 32).unwrap();
+            record(&mut w, id(n).as_ref(), 100 + n, digest(&m(n)));
+        }
+        assert!((10..=32).all(|n| w.contains_key(&format!("w{n}"))));
+        let e = admit(&mut w, id(42).as_ref(), 10, 32).unwrap_err();
+        assert!(matches!(e, LogStoreError::TooManyWriters { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_full_window_keeps_its_capacity_and_release_frees_it() {
+        let mut w = Writers::new();
+        let a = |s: u64| Some(("a".to_string(), s));
+        for s in 1..=(2 * WINDOW as u64) {
+            record(&mut w, a(s).as_ref(), s, 0);
+        }
+        assert_eq!(w["a"].0.len(), WINDOW);
+        assert!(w["a"].0.capacity() < 2 * WINDOW, "{}", w["a"].0.capacity());
+        release(&mut w, u64::MAX);
+        assert!(w["a"].0.capacity() < 8, "{}", w["a"].0.capacity());
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub enum LogStoreError {
         sequence: u64,
         follows: u64,
     },
+    #[error(
+        "writer {writer:?} is new and the writer table is full: {max} writers (--max-writers) each have appends above the retention point; nothing was written. Try again once retention releases some (the players' --retain-log), or raise --max-writers"
+    )]
+    TooManyWriters { writer: String, max: usize },
     #[error("the log writer has stopped after an earlier IO error; restart the LogStore")]
     Stopped,
     #[error("record {index} does not decode: {reason}")]

@@ -52,6 +52,7 @@ fn to_status(e: LogStoreError) -> Status {
         LogStoreError::Unknown(_) => Reason::NotDurable,
         LogStoreError::Unavailable(_) | LogStoreError::Gap { .. } => Reason::Unavailable,
         LogStoreError::Membership(_) => Reason::Membership,
+        LogStoreError::TooManyWriters { .. } => Reason::Busy,
         LogStoreError::NotLeader { leader } => {
             let mut status = Reason::NotLeader.status(e.to_string());
             if let Some(addr) = leader

@@ -188,6 +188,12 @@ impl Writer {
                         replies.push((reply, answer));
                         continue;
                     }
+                    let max = crate::serving::limits().max_writers;
+                    let first = self.wal.first_index();
+                    if let Err(e) = dedupe::admit(&mut self.writers, writer.as_ref(), first, max) {
+                        replies.push((reply, Err(e)));
+                        continue;
+                    }
                     let index = next;
                     next += 1;
                     let digest = writer.as_ref().map(|_| digest(&mutations));

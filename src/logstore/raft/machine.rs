@@ -111,6 +111,10 @@ impl Base {
                 let group = AppendGroup::decode(bytes.clone())
                     .map_err(|e| apply_error(entry.log_id, format!("append group: {e}")))?;
                 let first = self.next;
+                let max_writers = match group.max_writers {
+                    0 => dedupe::DEFAULT_MAX_WRITERS,
+                    m => usize::try_from(m).unwrap_or(usize::MAX),
+                };
                 let mut verdicts = Vec::with_capacity(group.appends.len());
                 let mut skipped = Vec::new();
                 for (pos, stored) in group.appends.into_iter().enumerate() {
@@ -132,6 +136,18 @@ impl Base {
                             Verdict::Stale { last, index }
                         }
                         Some(Err(other)) => return Err(apply_error(entry.log_id, other)),
+                        None if dedupe::admit(
+                            &mut self.writers,
+                            writer.as_ref(),
+                            self.first,
+                            max_writers,
+                        )
+                        .is_err() =>
+                        {
+                            Verdict::TooManyWriters {
+                                max: max_writers as u64,
+                            }
+                        }
                         None => {
                             let index = self.next;
                             self.next += 1;
@@ -618,7 +634,12 @@ mod tests {
 
     fn group(appends: Vec<StoredEntry>) -> Payload {
         EntryPayload::Normal(Command::Appends(
-            AppendGroup { appends }.encode_to_vec().into(),
+            AppendGroup {
+                appends,
+                max_writers: 0,
+            }
+            .encode_to_vec()
+            .into(),
         ))
     }
 
@@ -675,6 +696,50 @@ mod tests {
             again.apply(&e).unwrap();
         }
         assert_eq!(again, base);
+    }
+
+    #[test]
+    fn a_full_writer_table_is_decided_by_the_bound_the_entry_carries() {
+        let capped = |appends, max_writers| {
+            EntryPayload::Normal(Command::Appends(
+                AppendGroup {
+                    appends,
+                    max_writers,
+                }
+                .encode_to_vec()
+                .into(),
+            ))
+        };
+        let log = [
+            entry(1, capped(vec![stored("a", 1, "x"), stored("b", 1, "x")], 2)),
+            // Full at 2, nothing released: c is refused, takes no index, b is still known.
+            entry(2, capped(vec![stored("c", 1, "x"), stored("b", 2, "x")], 2)),
+            // Retention releases a's append: c takes its place.
+            entry(3, EntryPayload::Normal(Command::Retain { below: 2 })),
+            entry(4, capped(vec![stored("c", 1, "x")], 2)),
+            // A later entry under a larger bound (another leader's) takes d beside them.
+            entry(5, capped(vec![stored("d", 1, "x")], 3)),
+        ];
+        let mut base = Base::default();
+        let replies: Vec<Reply> = log.iter().map(|e| base.apply(e).unwrap().reply).collect();
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Appends(vec![Verdict::New(1), Verdict::New(2)]),
+                Reply::Appends(vec![Verdict::TooManyWriters { max: 2 }, Verdict::New(3)]),
+                Reply::Retained { first: 2 },
+                Reply::Appends(vec![Verdict::New(4)]),
+                Reply::Appends(vec![Verdict::New(5)]),
+            ]
+        );
+        let mut known: Vec<&String> = base.writers.keys().collect();
+        known.sort();
+        assert_eq!(known, ["b", "c", "d"], "a was forgotten once released");
+        let mut again = Base::default();
+        for e in &log {
+            again.apply(e).unwrap();
+        }
+        assert_eq!(again, base, "every replica decides the same");
     }
 
     #[tokio::test]

@@ -128,6 +128,9 @@ pub enum Verdict {
     Stale { last: u64, index: u64 },
     /// Follows an append of its stream that was not written (see `dedupe`): not written.
     Gap { follows: u64 },
+    /// A new writer while the writer table holds `max` writers, none of them wholly
+    /// released (see `dedupe::admit`): not written.
+    TooManyWriters { max: u64 },
 }
 
 /// Raft index → WAL index: the WAL numbers from 1, openraft from 0.

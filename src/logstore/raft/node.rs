@@ -661,7 +661,12 @@ impl Replica {
             if appends.is_empty() {
                 continue;
             }
-            let cmd = Command::Appends(AppendGroup { appends }.encode_to_vec().into());
+            let max_writers = crate::serving::limits().max_writers as u64;
+            let group = AppendGroup {
+                appends,
+                max_writers,
+            };
+            let cmd = Command::Appends(group.encode_to_vec().into());
             // Handed to Raft here, in order (a stream's appends must stay in the order they
             // were sent); only the wait for the outcome runs apart.
             let proposed = std::time::Instant::now();
@@ -746,6 +751,10 @@ impl Replica {
                     sequence,
                     last,
                     index,
+                }),
+                Verdict::TooManyWriters { max } => Err(LogStoreError::TooManyWriters {
+                    writer: id,
+                    max: usize::try_from(max).unwrap_or(usize::MAX),
                 }),
                 Verdict::Gap { follows } => {
                     tracing::info!(
