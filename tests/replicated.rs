@@ -891,3 +891,34 @@ async fn a_replica_without_a_leader_says_what_it_waits_for() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A restarted leader stands for election instead of resuming its term (openraft's
+/// `enable_leader_restore` is off): its entries reach the followers before its own fsync
+/// ends, so it may come back without some of its term's entries, and going on in that term
+/// would write different entries under the same Raft ids. A group of one shows it: the
+/// replica can only lead again, and must do so in a new term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_stands_for_election_instead_of_resuming_its_term() {
+    let mut g = Group::start(1, &[]).await;
+    g.leader(Duration::from_secs(20)).await;
+    let term = |g: &Group| {
+        let addr = g.addrs[0].clone();
+        async move {
+            let log = Log::connect(&addr).await.unwrap();
+            log.describe().await.unwrap().replica.unwrap().raft_term
+        }
+    };
+    let log = Log::connect(&g.all()).await.unwrap();
+    write(&log, "w", 1, 3).await;
+    let before = term(&g).await;
+    g.procs[0].kill().await;
+    g.procs[0].restart().await.unwrap();
+    g.leader(Duration::from_secs(20)).await;
+    let after = term(&g).await;
+    assert!(
+        after > before,
+        "the restarted leader leads in term {after}, the one it had before ({before}):\n{}",
+        g.logs()
+    );
+    write(&log, "w", 4, 1).await;
+}
