@@ -443,11 +443,19 @@ async fn a_log_and_a_shard_refuse_each_others_directories() {
         .unwrap();
     log.terminate(Duration::from_secs(5)).await;
     let before: Vec<_> = std::fs::read_dir(&shard_dir).unwrap().collect();
+    let port = common::free_port();
+    let replica_args = [
+        log_args(&shard_dir),
+        vec!["--id".into(), "1".into(), "--peers".into()],
+        vec![format!("1=127.0.0.1:{port}")],
+    ]
+    .concat();
     for (args, says) in [
         (log_args(&shard_dir), "holds a shard's store"),
+        (replica_args, "not a log replica's"),
         (shard_args(&log_dir), "holds a LogStore's data"),
     ] {
-        let listen = ["--listen".to_string(), "127.0.0.1:0".into()];
+        let listen = ["--listen".to_string(), format!("127.0.0.1:{port}")];
         let Some((status, err)) =
             common::ends_within(&[&args[..], &listen].concat(), Duration::from_secs(10)).await
         else {

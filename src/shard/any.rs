@@ -219,6 +219,22 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_holding_both_stores_is_refused_whatever_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(AnyStore::open(dir.path(), StoreKind::Journal).unwrap());
+        drop(RedbStore::open(dir.path()).unwrap());
+        for kind in [StoreKind::Auto, StoreKind::Journal, StoreKind::Redb] {
+            let err = AnyStore::open(dir.path(), kind).err().unwrap().to_string();
+            assert!(
+                err.contains("holds both a journal and a redb store"),
+                "{kind:?}: {err}"
+            );
+        }
+        let err = AnyStore::open_existing(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("holds both"), "{err}");
+    }
+
+    #[test]
     fn an_empty_directory_has_nothing_to_dump() {
         let dir = tempfile::tempdir().unwrap();
         let err = AnyStore::open_existing(dir.path())
