@@ -89,6 +89,26 @@ fn constructor_rejects_bad_arguments() {
 
 // ---- file backend ----
 
+/// A lease naming our identity at epoch 0 (left so by another tool: client-go's elector
+/// starts its transitions at 0) is acquired to epoch 1, never renewed at 0: epoch 0 is never
+/// won, and two processes both "renewing" it would be fenced by no shard.
+#[test]
+fn a_lease_held_at_epoch_zero_is_acquired_not_renewed() {
+    assert_eq!(
+        decide("me", Some("me"), 0, false, 0),
+        Decision::Acquire { prev_epoch: 0 }
+    );
+    assert_eq!(
+        decide("me", Some("me"), 4, false, 4),
+        Decision::Renew { epoch: 4 }
+    );
+    assert_eq!(
+        decide("me", Some("me"), 4, false, 3),
+        Decision::Acquire { prev_epoch: 4 },
+        "an earlier incarnation's epoch"
+    );
+}
+
 #[tokio::test]
 async fn file_first_acquire_renew_other_expiry() {
     // Durations long enough that a loaded machine does not expire a lease between two
