@@ -110,3 +110,56 @@ async fn cursors_bound_retention_and_metrics_report_the_leader() {
     assert_eq!(get(&metrics_addr, "/healthz").await.0, 200);
     assert_eq!(get(&metrics_addr, "/readyz").await.0, 200);
 }
+
+/// Waits up to `wait` for player `n` to exit; returns its exit code and its log.
+async fn player_exit(c: &mut Cluster, n: usize, wait: Duration) -> Option<(Option<i32>, String)> {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        if let Some(code) = c.players[n].exited() {
+            return Some((code, c.players[n].log_tail(40)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// A shard whose next entry retention already released cannot be caught up from the log:
+/// the player stops with an error naming the index and the shard, on its main stream and on
+/// a recovery stream alike, instead of retrying a read that can never succeed while it
+/// reports itself ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_behind_the_retention_point_stops_the_player_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_with(dir.path(), &bin(), 1, &["--segment-bytes", "4096"], &[])
+        .await
+        .unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let report = start_load(&log, load_spec(300, 1, 7)).await.unwrap();
+    assert_eq!(report.failed, 0);
+    let (_, last) = log.bounds().await.unwrap();
+    let log_id = log.describe().await.unwrap().log_id;
+    let first = log.retain(last - 20, &log_id).await.unwrap().first;
+    assert!(first > 1, "retention removed nothing (first {first})");
+    // Main stream: the shard applied nothing, so the player starts reading at 1.
+    let n = c.start_player(&[]).await.unwrap();
+    let Some((code, out)) = player_exit(&mut c, n, Duration::from_secs(20)).await else {
+        panic!("the player runs on:\n{}", c.logs());
+    };
+    assert!(
+        code != Some(0) && out.contains("no longer holds index 1") && out.contains("(main stream)"),
+        "{code:?}: {out}"
+    );
+    // Recovery: the shard is down when the player starts (so it starts at the log's head),
+    // then comes back needing entry 1.
+    c.shards[0].kill().await;
+    let n = c.start_player(&[]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.shards[0].restart().await.unwrap();
+    let Some((code, out)) = player_exit(&mut c, n, Duration::from_secs(30)).await else {
+        panic!("the player runs on:\n{}", c.logs());
+    };
+    assert!(
+        code != Some(0) && out.contains("shard s0 cannot be caught up"),
+        "{code:?}: {out}"
+    );
+}

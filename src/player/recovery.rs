@@ -19,7 +19,10 @@ impl Shared {
         let mut retry = backoff(&self.config, &format!("recovery {}", target.id));
         tracing::info!(shard = %target.id, term = rec.term, from, to, "recovery started");
         loop {
-            if self.shutdown.is_cancelled() {
+            // A recovery of an expired term (its shard reconnected and a newer one started)
+            // stops retrying: during a LogStore outage, each reconnect would otherwise leave
+            // one more behind, all opening `Read` streams at once when the log returns.
+            if self.shutdown.is_cancelled() || lock(&target.queue).term() != rec.term {
                 return;
             }
             match self.read_range(t, rec.term, from, to, &mut prev).await {

@@ -230,7 +230,10 @@ mod tests {
                 "{kind:?}: {err}"
             );
         }
-        let err = AnyStore::open_existing(dir.path()).err().unwrap().to_string();
+        let err = AnyStore::open_existing(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("holds both"), "{err}");
     }
 
