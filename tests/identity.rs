@@ -500,3 +500,71 @@ async fn a_player_given_the_addresses_of_two_logs_is_refused_naming_both() {
         "{err}"
     );
 }
+
+/// At startup the player asks every shard its applied index and starts its main stream past
+/// the lowest. A shard at a map's address that answers as another shard (here a fresh one,
+/// applied 0) does not count: taken at its word, it would start the main stream at 1, below
+/// the log's retention point, and the player would stop for every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_answering_under_another_id_does_not_set_where_the_player_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &bin(),
+        2,
+        &["--segment-bytes", "4096"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let log = logplayer::client::Log::connect(c.logstore.addr())
+        .await
+        .unwrap();
+    let report = common::start_load(&log, common::load_spec(300, 1, 9))
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 0);
+    let (_, last) = log.bounds().await.unwrap();
+    c.start_player(&[]).await.unwrap();
+    let applied = |addr: String| async move {
+        match ShardConn::connect(&addr, None).await {
+            Ok(s) => s.applied().await.map(|a| a.applied_index).unwrap_or(0),
+            Err(_) => 0,
+        }
+    };
+    let delivered = eventually(Duration::from_secs(20), || async {
+        applied(c.shards[0].addr().to_owned()).await >= last
+            && applied(c.shards[1].addr().to_owned()).await >= last
+    })
+    .await;
+    assert!(delivered, "not delivered:\n{}", c.logs());
+    c.players[0].kill().await;
+    let log_id = log.describe().await.unwrap().log_id;
+    let first = log.retain(last - 20, &log_id).await.unwrap().first;
+    assert!(first > 1, "retention removed nothing");
+    let stranger_dir = dir.path().join("stranger");
+    let args = ["shard", "--id", "stranger", "--data"]
+        .map(String::from)
+        .to_vec();
+    let args = [args, vec![stranger_dir.display().to_string()]].concat();
+    let _stranger = Proc::start("stranger", &bin(), args, Some("127.0.0.1:0"), dir.path())
+        .await
+        .unwrap();
+    let specs = [
+        format!("s0={}", c.shards[0].addr()),
+        format!("s1={}", _stranger.addr()),
+    ];
+    let (mut player, _) =
+        start_player_with(&c, "player-stranger", c.logstore.addr(), &specs, &[]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(player.exited(), None, "{}", player.log_tail(40));
+    for i in 0..10 {
+        log.append(add("c-000000", i + 1), None, 0).await.unwrap();
+    }
+    let s0 = c.shards[0].addr().to_owned();
+    let reached = eventually(Duration::from_secs(20), || async {
+        applied(s0.clone()).await >= last + 10
+    })
+    .await;
+    assert!(reached, "s0 got nothing new:\n{}", player.log_tail(40));
+}
