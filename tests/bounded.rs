@@ -472,3 +472,75 @@ async fn a_full_writer_table_forgets_only_released_writers_and_refuses_a_new_one
     let bounds = client.bounds(BoundsRequest {}).await.unwrap().into_inner();
     assert_eq!(bounds.last, 4, "nothing refused was written");
 }
+
+/// A writer that appends on an `AppendStream` and never reads the answers: once the answers
+/// waiting for it have waited `--read-stall-timeout`, the stream is ended `busy` after them
+/// (it used to hold its two tasks and its queued answers for as long as the connection
+/// stayed open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_stream_whose_writer_reads_no_answer_is_ended_after_the_stall_timeout() {
+    use logplayer::proto::mutation::Op;
+    use logplayer::proto::{AppendRequest, Mutation};
+    let dir = tempfile::tempdir().unwrap();
+    let c = logplayer::harness::cluster::Cluster::start_with(
+        dir.path(),
+        &common::bin(),
+        0,
+        &["--read-stall-timeout", "1s"],
+        &[],
+    )
+    .await
+    .unwrap();
+    // A small window on the client, so that unread answers soon stop the server's sends.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.logstore.addr()))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = LogStoreClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<AppendRequest>(20_000);
+    for _ in 0..20_000 {
+        tx.send(AppendRequest {
+            mutations: vec![Mutation {
+                key: b"c-1".to_vec().into(),
+                op: Some(Op::Add(1)),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut answers = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut answered = 0u64;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match answers.message().await {
+                Ok(Some(r)) => {
+                    answered += 1;
+                    assert_eq!(r.index, answered, "answers in order");
+                }
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream of a writer that read no answer was still open after 20 s");
+    let status = ended.expect("ended with a status");
+    assert_eq!(Reason::of(&status), Some(Reason::Busy), "{status:?}");
+    assert!(
+        status.message().contains("--read-stall-timeout"),
+        "{status:?}"
+    );
+    assert!(
+        answered > 0 && answered < 20_000,
+        "{answered} answers before the end"
+    );
+    drop(tx);
+}

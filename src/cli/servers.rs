@@ -144,7 +144,8 @@ pub struct StreamLimits {
     max_read_streams: usize,
     /// A `Read` stream whose reader took nothing for this long while responses wait for it
     /// is ended (RESOURCE_EXHAUSTED, busy), freeing its slot; a tailing reader with nothing
-    /// new to read is not stalled.
+    /// new to read is not stalled. The same for an `AppendStream` whose writer took no
+    /// answer for this long while answers wait for it.
     #[arg(long, env = "LOGPLAYER_READ_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     read_stall_timeout: std::time::Duration,
     /// An `AppendStream` with no append for this long is ended (UNAVAILABLE, unavailable)

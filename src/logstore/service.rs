@@ -155,6 +155,42 @@ async fn send_read(
     }
 }
 
+/// Queues one answer of an `AppendStream`; false when the stream is over: the writer went
+/// away, or took no answer for `--read-stall-timeout` while answers waited for it (then the
+/// stream is ended `busy`, after the answers it holds, and its appends' answers are
+/// dropped: the appends still are, or are not, written, and a resend with the same
+/// `(writer_id, sequence)` tells which). As for `Read`, the last slot of the queue is kept
+/// for that refusal. Without this, a writer that appends and never reads held the stream's
+/// two tasks and its queued answers for as long as its connection stayed open.
+async fn send_answer(
+    tx: &mpsc::Sender<Result<AppendResponse, Status>>,
+    answer: Result<AppendResponse, Status>,
+) -> bool {
+    let stall = crate::serving::limits().read_stall_timeout;
+    match tokio::time::timeout(stall, tx.reserve_many(2)).await {
+        Ok(Ok(mut permits)) => {
+            if let Some(p) = permits.next() {
+                p.send(answer);
+            }
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::info!(
+                stall = ?stall,
+                "an AppendStream's writer took no answer for --read-stall-timeout: ending it"
+            );
+            let _ = tx.try_send(Err(Reason::Busy.status(format!(
+                "this AppendStream's writer took no answer for {} (--read-stall-timeout): \
+                 ended; resend the unanswered appends with their (writer_id, sequence) on a \
+                 new stream",
+                humantime::format_duration(stall)
+            ))));
+            false
+        }
+    }
+}
+
 /// Checks a read request against the log's bounds: `from` at least 1 and not below
 /// retention, `to` not below `from`, and (without `follow`) `from` at most `last + 1`.
 fn check_read(r: &ReadRequest, first: u64, last: u64) -> Result<(), Status> {
@@ -284,7 +320,7 @@ impl LogStoreRpc for Service {
                     duplicate: a.duplicate,
                     log_id: log_id.to_string(),
                 });
-                if tx.send(msg).await.is_err() || refused {
+                if !send_answer(&tx, msg).await || refused {
                     return;
                 }
             }
