@@ -416,13 +416,13 @@ async fn a_full_writer_table_forgets_only_released_writers_and_refuses_a_new_one
     use logplayer::proto::mutation::Op;
     use logplayer::proto::{AppendRequest, BoundsRequest, Mutation, RetainRequest};
     let dir = tempfile::tempdir().unwrap();
-    // Segments of 4 KiB and appends of 5 KB: each record is a segment of its own, so
-    // retention can release one append at a time.
+    // One segment holds the whole log: retention removes no file, yet what `Retain`
+    // released counts as released for the writer table.
     let c = logplayer::harness::cluster::Cluster::start_with(
         dir.path(),
         &common::bin(),
         0,
-        &["--max-writers", "3", "--segment-bytes", "4096"],
+        &["--max-writers", "3"],
         &[],
     )
     .await
@@ -435,7 +435,7 @@ async fn a_full_writer_table_forgets_only_released_writers_and_refuses_a_new_one
     let append = |writer: &str| AppendRequest {
         mutations: vec![Mutation {
             key: format!("l-{writer}").into_bytes().into(),
-            op: Some(Op::Append(vec![b'x'; 5000].into())),
+            op: Some(Op::Append(vec![b'x'; 100].into())),
         }],
         writer_id: writer.to_string(),
         sequence: 1,
@@ -465,12 +465,10 @@ async fn a_full_writer_table_forgets_only_released_writers_and_refuses_a_new_one
         .unwrap()
         .into_inner()
         .log_id;
-    let retained = client
+    client
         .retain(RetainRequest { below: 2, log_id })
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(retained.first, 2);
+        .unwrap();
     let r = client.append(append("w4")).await.unwrap().into_inner();
     assert_eq!(r.index, 4, "w4 once w1's append was released");
     // w2, w3 and w4 have retained appends: none of them is forgotten for a fifth.

@@ -153,7 +153,11 @@ async fn a_shard_behind_the_retention_point_stops_the_player_naming_it() {
     // then comes back needing entry 1.
     c.shards[0].kill().await;
     let n = c.start_player(&[]).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = common::eventually(Duration::from_secs(20), || async {
+        c.players[n].log_tail(40).contains("main stream starts")
+    })
+    .await;
+    assert!(started, "{}", c.players[n].log_tail(40));
     c.shards[0].restart().await.unwrap();
     let Some((code, out)) = player_exit(&mut c, n, Duration::from_secs(30)).await else {
         panic!("the player runs on:\n{}", c.logs());

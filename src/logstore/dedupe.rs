@@ -155,6 +155,12 @@ pub fn record(writers: &mut Writers, writer: Option<&(String, u64)>, index: u64,
         && !id.is_empty()
     {
         let recent = &mut writers.entry(id.clone()).or_default().0;
+        // A sequence at or below the last one recorded: a writer the table forgot, back
+        // under the same id, seen again when a restart reads back what was kept of it. Its
+        // new life replaces the old one (the appends stay in increasing order).
+        if recent.back().is_some_and(|l| l.sequence >= *sequence) {
+            recent.clear();
+        }
         // Room made before the push: a full window stays at its capacity (pushing first
         // would double it, for good, to twice the window).
         if recent.len() >= WINDOW {
@@ -188,18 +194,36 @@ pub use crate::serving::DEFAULT_MAX_WRITERS;
 /// finds them (the whole table) runs once per that many new writers, not once per append.
 const FORGET_SHARE: usize = 16;
 
+/// The retention point at which [`admit`]'s last scan left no released writer in the table:
+/// until the point moves, no writer can be released (a writer recorded since has its last
+/// append above it, and a writer's last append only moves up), so a full table refuses a
+/// new writer without scanning again. A cache of what the table already says: two tables
+/// that differ only in it are equal, and it is never saved (a replica without it scans once
+/// and finds the same).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NothingReleased(Option<u64>);
+
+impl PartialEq for NothingReleased {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for NothingReleased {}
+
 /// Makes room in the table for the first append of a writer it does not hold, when it holds
 /// `max` writers already: it forgets the writers whose appends are all below the retention
 /// point `first`, those whose last append is oldest first (a share of `max` at once). A writer
 /// only forgotten this way is one whose every append was delivered and released, and which
-/// wrote nothing while `max` others did; were it to send a retry of one of those appends, it
-/// would be written again (the table is what recognizes a retry). With no such writer the
-/// new one is refused, and nothing is forgotten or written.
+/// wrote nothing while that many others did; were it to send a retry of one of those
+/// appends, it would be written again (the table is what recognizes a retry). If the table
+/// is still full the new writer is refused, and nothing of it is written.
 ///
 /// Deterministic (the order is the appends' indexes, each held by one writer), so every
 /// replica of a replicated log forgets the same writers when it applies the same entry.
 pub fn admit(
     writers: &mut Writers,
+    scanned: &mut NothingReleased,
     writer: Option<&(String, u64)>,
     first: u64,
     max: usize,
@@ -210,6 +234,21 @@ pub fn admit(
     if id.is_empty() || writers.len() < max || writers.contains_key(id) {
         return Ok(());
     }
+    if scanned.0 != Some(first) {
+        forget_released(writers, scanned, first, max);
+    }
+    if writers.len() < max {
+        Ok(())
+    } else {
+        Err(LogStoreError::TooManyWriters {
+            writer: id.clone(),
+            max,
+        })
+    }
+}
+
+/// [`admit`]'s scan: forgets the writers released longest ago, and notes when none is left.
+fn forget_released(writers: &mut Writers, scanned: &mut NothingReleased, first: u64, max: usize) {
     let mut released: Vec<(u64, &String)> = writers
         .iter()
         .filter_map(|(w, recent)| {
@@ -219,11 +258,15 @@ pub fn admit(
                 .map(|l| (l.index, w))
         })
         .collect();
-    let want = (writers.len() + 1 - max).max(max / FORGET_SHARE).max(1);
+    let want = (writers.len() + 1)
+        .saturating_sub(max)
+        .max(max / FORGET_SHARE)
+        .max(1);
     let forget: Vec<String> = if released.len() > want {
         released.select_nth_unstable(want - 1);
         released[..want].iter().map(|(_, w)| (*w).clone()).collect()
     } else {
+        scanned.0 = Some(first);
         released.into_iter().map(|(_, w)| w.clone()).collect()
     };
     for w in &forget {
@@ -236,14 +279,6 @@ pub fn admit(
             "the writer table was full: forgot the writers whose appends were all released \
              longest ago (--max-writers)"
         );
-    }
-    if writers.len() < max {
-        Ok(())
-    } else {
-        Err(LogStoreError::TooManyWriters {
-            writer: id.clone(),
-            max,
-        })
     }
 }
 
@@ -341,25 +376,26 @@ mod tests {
     #[test]
     fn a_full_table_forgets_the_writers_released_longest_ago_and_refuses_when_none_is() {
         let mut w = Writers::new();
+        let mut memo = NothingReleased::default();
         let id = |n: u64| Some((format!("w{n}"), 1));
         // 32 writers, writer n's one append at index n.
         for n in 1..=32 {
-            admit(&mut w, id(n).as_ref(), 1, 32).unwrap();
+            admit(&mut w, &mut memo, id(n).as_ref(), 1, 32).unwrap();
             record(&mut w, id(n).as_ref(), n, digest(&m(n)));
         }
         // Full, nothing released: a new writer is refused and nothing is forgotten.
-        let e = admit(&mut w, id(33).as_ref(), 1, 32).unwrap_err();
+        let e = admit(&mut w, &mut memo, id(33).as_ref(), 1, 32).unwrap_err();
         assert!(
             matches!(e, LogStoreError::TooManyWriters { max: 32, .. }),
             "{e}"
         );
         assert_eq!(w.len(), 32);
         // A known writer is never refused.
-        admit(&mut w, id(7).as_ref(), 1, 32).unwrap();
+        admit(&mut w, &mut memo, id(7).as_ref(), 1, 32).unwrap();
         // Indexes below 10 released: a new writer forgets the two released longest ago
         // (a sixteenth of 32), not the others.
         release(&mut w, 10);
-        admit(&mut w, id(33).as_ref(), 10, 32).unwrap();
+        admit(&mut w, &mut memo, id(33).as_ref(), 10, 32).unwrap();
         let mut gone: Vec<u64> = (1..=32)
             .filter(|n| !w.contains_key(&format!("w{n}")))
             .collect();
@@ -367,16 +403,33 @@ mod tests {
         assert_eq!(gone, vec![1, 2]);
         // Writers with retained appends are never forgotten.
         for n in 33..=34 {
-            admit(&mut w, id(n).as_ref(), 10, 32).unwrap();
+            admit(&mut w, &mut memo, id(n).as_ref(), 10, 32).unwrap();
             record(&mut w, id(n).as_ref(), 100 + n, digest(&m(n)));
         }
         for n in 35..=41 {
-            admit(&mut w, id(n).as_ref(), 10, 32).unwrap();
+            admit(&mut w, &mut memo, id(n).as_ref(), 10, 32).unwrap();
             record(&mut w, id(n).as_ref(), 100 + n, digest(&m(n)));
         }
         assert!((10..=32).all(|n| w.contains_key(&format!("w{n}"))));
-        let e = admit(&mut w, id(42).as_ref(), 10, 32).unwrap_err();
+        let e = admit(&mut w, &mut memo, id(42).as_ref(), 10, 32).unwrap_err();
         assert!(matches!(e, LogStoreError::TooManyWriters { .. }), "{e}");
+        // Once retention moves, the table is scanned again.
+        release(&mut w, 20);
+        admit(&mut w, &mut memo, id(42).as_ref(), 20, 32).unwrap();
+        assert!(!w.contains_key("w10") && !w.contains_key("w11") && w.contains_key("w12"));
+    }
+
+    #[test]
+    fn a_forgotten_writer_back_under_its_id_starts_a_new_window() {
+        let mut w = Writers::new();
+        let a = |s: u64| Some(("a".to_string(), s));
+        record(&mut w, a(1000).as_ref(), 5, digest(&m(1000)));
+        // Read back at a restart: its old last append, then its new life from 1.
+        record(&mut w, a(1).as_ref(), 900, digest(&m(1)));
+        record(&mut w, a(2).as_ref(), 901, digest(&m(2)));
+        let d = seen_before(&w, a(1).as_ref(), 0, &m(1)).unwrap().unwrap();
+        assert_eq!((d.index, d.duplicate), (900, true));
+        assert!(seen_before(&w, a(3).as_ref(), 2, &m(3)).is_none());
     }
 
     #[test]

@@ -350,6 +350,8 @@ impl LogStore {
             },
             synced: None,
             in_flight: Default::default(),
+            released: 0,
+            scanned: Default::default(),
         };
         if crate::blocking::inline() {
             tokio::spawn(writer.run_inline(jobs_rx));

@@ -86,6 +86,12 @@ pub(super) struct Writer {
     pub synced: Option<SyncSender<Written>>,
     /// Groups handed to the sync thread and not yet published.
     pub in_flight: Arc<AtomicUsize>,
+    /// The highest point `Retain` released below (segments go whole, so the WAL's first
+    /// index can stay far below it): what the writer table counts as released. In memory
+    /// only: after a restart, the WAL's first index (the records above it are read back).
+    pub released: u64,
+    /// See [`dedupe::NothingReleased`].
+    pub scanned: dedupe::NothingReleased,
 }
 
 impl Writer {
@@ -168,6 +174,8 @@ impl Writer {
         Vec<RetainAsk>,
     ) {
         let mut next = self.wal.last_index() + 1;
+        let released = self.released.max(self.wal.first_index());
+        let max_writers = crate::serving::limits().max_writers;
         let (mut payloads, mut entries, mut replies, mut retains) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for job in group {
@@ -188,9 +196,13 @@ impl Writer {
                         replies.push((reply, answer));
                         continue;
                     }
-                    let max = crate::serving::limits().max_writers;
-                    let first = self.wal.first_index();
-                    if let Err(e) = dedupe::admit(&mut self.writers, writer.as_ref(), first, max) {
+                    if let Err(e) = dedupe::admit(
+                        &mut self.writers,
+                        &mut self.scanned,
+                        writer.as_ref(),
+                        released,
+                        max_writers,
+                    ) {
                         replies.push((reply, Err(e)));
                         continue;
                     }
@@ -295,7 +307,9 @@ impl Writer {
                     .map_err(LogStoreError::from)
             });
             if let Ok((first, _)) = &out {
-                dedupe::release(&mut self.writers, *first);
+                // `below` was checked against the log's end by the service.
+                self.released = self.released.max(below.min(self.wal.last_index() + 1));
+                dedupe::release(&mut self.writers, self.released.max(*first));
             }
             if let Ok((first, removed)) = &out
                 && *removed > 0

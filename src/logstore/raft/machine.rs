@@ -52,6 +52,9 @@ pub struct Base {
     pub writers: Writers,
     /// The log's id, once its first leader established it.
     pub log_id: Option<String>,
+    /// A cache of the writer table's (see [`dedupe::NothingReleased`]); never saved.
+    #[serde(skip)]
+    pub scanned: dedupe::NothingReleased,
 }
 
 impl Default for Base {
@@ -63,6 +66,7 @@ impl Default for Base {
             first: 1,
             writers: Writers::new(),
             log_id: None,
+            scanned: dedupe::NothingReleased::default(),
         }
     }
 }
@@ -111,8 +115,10 @@ impl Base {
                 let group = AppendGroup::decode(bytes.clone())
                     .map_err(|e| apply_error(entry.log_id, format!("append group: {e}")))?;
                 let first = self.next;
+                // 0: proposed by a leader of a version without the bound, which applied it
+                // with none; so must every replica, or they would decide differently.
                 let max_writers = match group.max_writers {
-                    0 => dedupe::DEFAULT_MAX_WRITERS,
+                    0 => usize::MAX,
                     m => usize::try_from(m).unwrap_or(usize::MAX),
                 };
                 let mut verdicts = Vec::with_capacity(group.appends.len());
@@ -138,6 +144,7 @@ impl Base {
                         Some(Err(other)) => return Err(apply_error(entry.log_id, other)),
                         None if dedupe::admit(
                             &mut self.writers,
+                            &mut self.scanned,
                             writer.as_ref(),
                             self.first,
                             max_writers,
@@ -719,6 +726,9 @@ mod tests {
             entry(4, capped(vec![stored("c", 1, "x")], 2)),
             // A later entry under a larger bound (another leader's) takes d beside them.
             entry(5, capped(vec![stored("d", 1, "x")], 3)),
+            // One without a bound (from a leader of a version before it, which applied it
+            // with none) is applied with none.
+            entry(6, capped(vec![stored("e", 1, "x")], 0)),
         ];
         let mut base = Base::default();
         let replies: Vec<Reply> = log.iter().map(|e| base.apply(e).unwrap().reply).collect();
@@ -730,11 +740,12 @@ mod tests {
                 Reply::Retained { first: 2 },
                 Reply::Appends(vec![Verdict::New(4)]),
                 Reply::Appends(vec![Verdict::New(5)]),
+                Reply::Appends(vec![Verdict::New(6)]),
             ]
         );
         let mut known: Vec<&String> = base.writers.keys().collect();
         known.sort();
-        assert_eq!(known, ["b", "c", "d"], "a was forgotten once released");
+        assert_eq!(known, ["b", "c", "d", "e"], "a was forgotten once released");
         let mut again = Base::default();
         for e in &log {
             again.apply(e).unwrap();
