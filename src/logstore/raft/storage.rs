@@ -602,6 +602,37 @@ mod tests {
         assert_eq!(read_from(&reader, 2).await, expected);
     }
 
+    /// A crash between saving a purge point past the log's end (an installed snapshot) and
+    /// starting the WAL anew leaves old records all at or below that point: reopened, the
+    /// log goes on right after the point, so the next entry the leader sends fits.
+    #[tokio::test]
+    async fn a_log_reopened_after_a_purge_past_its_end_goes_on_after_the_purge_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStorage::open(WalConfig::new(dir.path())).unwrap();
+        append(&mut log, (0..3).map(|i| entry(1, i)).collect()).await;
+        log.durable.purged = Some(entry(1, 10).log_id);
+        log.save_durable().unwrap();
+        drop(log);
+        // The sync thread lets the directory go once it sees the log dropped.
+        let mut reopened = None;
+        for _ in 0..100 {
+            match LogStorage::open(WalConfig::new(dir.path())) {
+                Ok(l) => {
+                    reopened = Some(l);
+                    break;
+                }
+                Err(OpenError::Wal(WalError::InUse { .. })) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let mut log = reopened.expect("the directory is let go within 2 s");
+        append(&mut log, vec![entry(1, 11)]).await;
+        let reader = log.get_log_reader().await;
+        assert_eq!(read_from(&reader, 11).await, vec![(11, 1)]);
+    }
+
     /// openraft purges a follower's log as soon as it hands an installed snapshot to the state
     /// machine: the purge waits until the state machine has saved a base that covers it, or
     /// a crash in between would leave a replica with neither the entries nor the base.
