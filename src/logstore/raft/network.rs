@@ -747,6 +747,27 @@ mod tests {
     use crate::logstore::raft::node::{Replica, ReplicaConfig};
     use crate::proto::{Mutation, mutation::Op};
 
+    /// A replica started empty waits to hear a leader, then to apply what that leader had
+    /// committed, and from then on votes again (for good: a later leader's commit index
+    /// does not hold it back).
+    #[test]
+    fn a_replica_started_empty_votes_again_once_it_applied_what_the_leader_had_committed() {
+        let gate = CatchingUp::empty();
+        assert_eq!(gate.missing(0), Some(None), "no leader heard yet");
+        gate.heard(Some(5));
+        assert_eq!(gate.missing(3), Some(Some(5)));
+        gate.heard(Some(9));
+        assert_eq!(
+            gate.missing(4),
+            Some(Some(5)),
+            "the first leader's commit counts"
+        );
+        assert_eq!(gate.missing(5), None, "caught up");
+        gate.heard(Some(20));
+        assert_eq!(gate.missing(6), None, "and stays so");
+        assert_eq!(CatchingUp::default().missing(0), None, "never empty");
+    }
+
     /// A one-replica group that leads and has its log id.
     async fn established(dir: &std::path::Path) -> Replica {
         let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
