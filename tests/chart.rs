@@ -774,6 +774,29 @@ fn helm_schema_rejects_bad_values() {
             "clusterDomain=Bad_Domain",
             "clusterDomain is not a DNS name",
         ),
+        ("replicaCount=100", "replicaCount is above 16"),
+        (
+            "fullnameOverride=MyOperator",
+            "fullnameOverride is not a DNS label",
+        ),
+        ("nameOverride=a.b", "nameOverride is not a DNS label"),
+        (
+            "fullnameOverride=abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij",
+            "fullnameOverride leaves no room for the chart's suffixes",
+        ),
+        (
+            "image.repository=ghcr.io/x/y@sha256:aa",
+            "image.repository carries a digest (image.digest holds it)",
+        ),
+        (
+            "image.repository=ghcr.io/x/y:2.0",
+            "image.repository carries a tag (image.tag holds it)",
+        ),
+        ("image.digest=latest", "image.digest is not sha256:<64 hex>"),
+        (
+            "leaderElection.leaseDuration=3000000h",
+            "leaderElection.leaseDuration is over the bound the chart can add up",
+        ),
     ] {
         match helm.template(&[set]) {
             Ok(_) => panic!(
@@ -888,5 +911,62 @@ fn helm_and_the_operator_agree_on_leader_election_timing() {
                 assert!(err.contains(reason), "{lease}/{renew}/{retry}: {err}");
             }
         }
+    }
+    // The operator's --lease-duration is at most 1h; the chart refuses a longer one with the
+    // same words (it used to install an operator that could not start).
+    for lease in ["1h", "61m", "2h", "999999h"] {
+        let chart = helm.template(&[&format!("leaderElection.leaseDuration={lease}")]);
+        match logplayer::lease::parse_lease_duration(lease) {
+            Ok(_) => assert!(chart.is_ok(), "{lease}: the chart refuses it: {chart:?}"),
+            Err(e) => {
+                let err = chart.expect_err(&format!("{lease}: the chart accepts it ({e})"));
+                assert!(
+                    err.contains("must be above 0 and at most 1h"),
+                    "{lease}: {err}"
+                );
+            }
+        }
+    }
+}
+
+/// Values the schema cannot judge alone: labels the chart sets itself, an image pinned by
+/// digest, and a release name long enough that the names made from it would collide or
+/// pass 63 characters.
+#[test]
+fn helm_refuses_what_would_break_the_install_and_keeps_names_apart() {
+    let Some(helm) = helm("helm_refuses_what_would_break_the_install_and_keeps_names_apart") else {
+        return;
+    };
+    let err = helm
+        .template(&["podLabels.app\\.kubernetes\\.io/name=x"])
+        .expect_err("a pod label replacing the selector's is refused");
+    assert!(err.contains("podLabels: app.kubernetes.io/name"), "{err}");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let objects = helm.render(&[
+        "image.repository=registry.local:5000/team/logplayer",
+        &format!("image.digest={digest}"),
+    ]);
+    let deployment = of_kind(&objects, "Deployment")[0];
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        image,
+        format!("registry.local:5000/team/logplayer@{digest}")
+    );
+    // A release name of 53 characters (Helm's longest).
+    let release = "r".repeat(53);
+    let text = helm
+        .run(&["template", &release, CHART, "--namespace", NAMESPACE])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let objects = parse_documents(&text, "helm template output");
+    let mut seen = std::collections::BTreeSet::new();
+    for o in &objects {
+        let (kind, name) = (
+            str_at(o, &["kind"]).unwrap_or_default(),
+            str_at(o, &["metadata", "name"]).unwrap_or_default(),
+        );
+        assert!(name.len() <= 63, "{kind} {name} is longer than 63");
+        assert!(seen.insert((kind, name)), "two {kind}s are named {name}");
     }
 }

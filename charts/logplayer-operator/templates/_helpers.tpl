@@ -8,17 +8,18 @@ Chart name, truncated to 63 characters (the limit of a label value).
 {{/*
 Full name of the resources: the release name, plus the chart name unless the release name
 already contains it. A release named "logplayer-operator" gives "logplayer-operator", the
-names deploy/ uses.
+names deploy/ uses. At most 55 characters, so that the names made from it ("-metrics",
+"-player", "-lease") stay within the 63 of a Kubernetes name and apart from each other.
 */}}
 {{- define "logplayer-operator.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 55 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 55 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 55 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -63,10 +64,15 @@ Name of the operator's ServiceAccount.
 {{- end }}
 
 {{/*
-The operator image, repository:tag; the tag defaults to the chart's appVersion.
+The operator image: repository@digest when image.digest is set, else repository:tag (the tag
+defaults to the chart's appVersion).
 */}}
 {{- define "logplayer-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -159,7 +165,7 @@ A duration (`15s`, `1m30s`, `1500ms`; the form the schema allows) in nanoseconds
 
 {{/*
 The operator's start-up rule for its leader election, checked at install time with the same
-words: 0 < retryPeriod < renewDeadline < leaseDuration (empty values are the operator's
+words: 0 < retryPeriod < renewDeadline < leaseDuration <= 1h (empty values are the operator's
 defaults, 15s, 10s and 2s). tests/chart.rs checks that the chart and the operator agree.
 */}}
 {{- define "logplayer-operator.checkLeaderElection" -}}
@@ -167,7 +173,9 @@ defaults, 15s, 10s and 2s). tests/chart.rs checks that the chart and the operato
 {{- $lease := include "logplayer-operator.nanos" (default "15s" $e.leaseDuration) | atoi -}}
 {{- $renew := include "logplayer-operator.nanos" (default "10s" $e.renewDeadline) | atoi -}}
 {{- $retry := include "logplayer-operator.nanos" (default "2s" $e.retryPeriod) | atoi -}}
-{{- if le $retry 0 -}}
+{{- if gt $lease 3600000000000 -}}
+{{- fail (printf "leaderElection.leaseDuration %s: must be above 0 and at most 1h" $e.leaseDuration) -}}
+{{- else if le $retry 0 -}}
 {{- fail "leaderElection: retry_period must be positive" -}}
 {{- else if ge $retry $renew -}}
 {{- fail "leaderElection: retry_period must be shorter than renew_deadline" -}}
@@ -188,4 +196,16 @@ Helm release (applied with kubectl): the chart then leaves it as it is. Always e
 {{- $owner := dig "metadata" "annotations" "meta.helm.sh/release-name" "" $existing -}}
 {{- if ne $owner $root.Release.Name -}}true{{- end -}}
 {{- end -}}
+{{- end }}
+
+{{/*
+Refuses podLabels that would replace the labels the operator's selector, its Service and
+the NetworkPolicies it writes for the players rely on.
+*/}}
+{{- define "logplayer-operator.checkPodLabels" -}}
+{{- range $k, $_ := .Values.podLabels }}
+{{- if has $k (list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/part-of") }}
+{{- fail (printf "podLabels: %s is set by the chart (the pod selector and the players' NetworkPolicies rely on it); use another label" $k) }}
+{{- end }}
+{{- end }}
 {{- end }}
