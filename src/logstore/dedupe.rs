@@ -240,10 +240,30 @@ pub fn admit(
     if writers.len() < max {
         Ok(())
     } else {
+        say_full(max);
         Err(LogStoreError::TooManyWriters {
             writer: id.clone(),
             max,
         })
+    }
+}
+
+/// Warns that new writers are refused, at most once a minute (a refusal can come with every
+/// append of every new writer).
+fn say_full(max: usize) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60)) {
+        *last = Some(now);
+        tracing::warn!(
+            max,
+            "the writer table is full and none of its writers' appends are all released: \
+             appends of new writer ids are refused (busy) until retention releases some \
+             (the players' --retain-log) or --max-writers is raised"
+        );
     }
 }
 
