@@ -17,7 +17,8 @@ pub enum Mutation {
     /// The shard commits the data and the applied index in two transactions, and may crash
     /// between them.
     ShardSplitCommit,
-    /// The player's queue accepts catch-up pushes of an expired term.
+    /// The player's queue accepts catch-up pushes of an expired term (and a recovery of an
+    /// expired term goes on retrying its reads, as it did before it stopped on one).
     QueueIgnoresTerms,
     /// Retention ignores one shard's cursor.
     RetentionIgnoresCursor,

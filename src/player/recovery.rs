@@ -22,7 +22,10 @@ impl Shared {
             // A recovery of an expired term (its shard reconnected and a newer one started)
             // stops retrying: during a LogStore outage, each reconnect would otherwise leave
             // one more behind, all opening `Read` streams at once when the log returns.
-            if self.shutdown.is_cancelled() || lock(&target.queue).term() != rec.term {
+            let ignore_terms = crate::mutations::on(crate::mutations::Mutation::QueueIgnoresTerms);
+            if self.shutdown.is_cancelled()
+                || (!ignore_terms && lock(&target.queue).term() != rec.term)
+            {
                 return;
             }
             match self.read_range(t, rec.term, from, to, &mut prev).await {
