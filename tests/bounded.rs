@@ -478,6 +478,11 @@ async fn a_full_writer_table_forgets_only_released_writers_and_refuses_a_new_one
     assert_eq!(retry.index, 3, "w3's retry is still recognized");
     let bounds = client.bounds(BoundsRequest {}).await.unwrap().into_inner();
     assert_eq!(bounds.last, 4, "nothing refused was written");
+    assert_eq!(
+        (bounds.writers, bounds.max_writers),
+        (3, 3),
+        "Bounds says how full"
+    );
 }
 
 /// A writer that appends on an `AppendStream` and never reads the answers: once the answers

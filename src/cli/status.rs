@@ -50,6 +50,9 @@ struct LogView {
     first: u64,
     last: u64,
     max_entry_bytes: u64,
+    /// Writer ids the log remembers, and the most it holds (`--max-writers`).
+    writers: u64,
+    max_writers: u64,
     error: Option<String>,
 }
 
@@ -224,6 +227,8 @@ async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
             first: b.first,
             last: b.last,
             max_entry_bytes: b.max_entry_bytes,
+            writers: b.writers,
+            max_writers: b.max_writers,
             error: None,
         },
         Err(e) => LogView {
@@ -233,6 +238,8 @@ async fn gather(a: &StatusArgs, map: &ShardMap) -> View {
             first: 0,
             last: 0,
             max_entry_bytes: 0,
+            writers: 0,
+            max_writers: 0,
             error: Some(e),
         },
     };
@@ -293,8 +300,8 @@ fn print_table(v: &View) {
     let l = &v.log;
     if l.reachable {
         println!(
-            "log {}  first {}  last {}  max entry {} bytes  (LogStore at {})",
-            l.log_id, l.first, l.last, l.max_entry_bytes, l.addr
+            "log {}  first {}  last {}  max entry {} bytes  writers {} of {}  (LogStore at {})",
+            l.log_id, l.first, l.last, l.max_entry_bytes, l.writers, l.max_writers, l.addr
         );
     } else {
         println!(
@@ -429,6 +436,8 @@ mod tests {
             first: 1,
             last: 10,
             max_entry_bytes: 100,
+            writers: 0,
+            max_writers: 0,
             error: None,
         }
     }

@@ -167,6 +167,8 @@ pub struct LogStore {
     max_entry_bytes: usize,
     /// Why the WAL failed, once it has (see [`LogStore::wal_failed`]).
     failed: watch::Receiver<Option<String>>,
+    /// How many writers the writer table holds (the writer thread's count, for `Bounds`).
+    writers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How to open a LogStore.
@@ -340,6 +342,7 @@ impl LogStore {
         let (head_tx, head_rx) = watch::channel(last);
         let cache = Arc::new(RwLock::new(cache));
         let (failed_tx, failed_rx) = watch::channel(None);
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(writers.len()));
         let writer = writer::Writer {
             wal,
             writers,
@@ -352,6 +355,7 @@ impl LogStore {
             in_flight: Default::default(),
             released: 0,
             scanned: Default::default(),
+            count: count.clone(),
         };
         if crate::blocking::inline() {
             tokio::spawn(writer.run_inline(jobs_rx));
@@ -375,6 +379,7 @@ impl LogStore {
                 cache,
                 log_id: log_id.into(),
                 max_entry_bytes: config.max_entry_bytes,
+                writers: count,
             },
             summary,
         ))
@@ -449,6 +454,11 @@ impl LogStore {
     /// `(first, last)` durable indexes.
     pub fn bounds(&self) -> (u64, u64) {
         (self.reader.first_index(), *self.head.borrow())
+    }
+
+    /// How many writers the writer table holds.
+    pub fn writers(&self) -> usize {
+        self.writers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A watch of the durable head.

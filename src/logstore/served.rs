@@ -90,6 +90,14 @@ impl ServedLog {
         }
     }
 
+    /// How many writers the writer table holds.
+    pub fn writers(&self) -> usize {
+        match self {
+            ServedLog::Single(l) => l.writers(),
+            ServedLog::Replica(r) => r.machine().writers(),
+        }
+    }
+
     /// `(first, last)` indexes this server can serve.
     pub fn bounds(&self) -> (u64, u64) {
         match self {

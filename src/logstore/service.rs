@@ -446,6 +446,8 @@ impl LogStoreRpc for Service {
             log_id: self.log.log_id().map_err(to_status)?,
             max_entry_bytes: self.log.max_entry_bytes() as u64,
             replica,
+            writers: self.log.writers() as u64,
+            max_writers: crate::serving::limits().max_writers as u64,
         }))
     }
 

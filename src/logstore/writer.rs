@@ -92,6 +92,8 @@ pub(super) struct Writer {
     pub released: u64,
     /// See [`dedupe::NothingReleased`].
     pub scanned: dedupe::NothingReleased,
+    /// `writers.len()`, for `Bounds` (read by other threads).
+    pub count: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -286,6 +288,7 @@ impl Writer {
             }
         }
         self.retain(retains);
+        self.count.store(self.writers.len(), Ordering::Relaxed);
         Ok(())
     }
 

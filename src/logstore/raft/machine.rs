@@ -340,6 +340,11 @@ impl Machine {
         (st.now.first.max(held), st.now.next - 1)
     }
 
+    /// How many writers the writer table holds.
+    pub fn writers(&self) -> usize {
+        lock(&self.shared.state).now.writers.len()
+    }
+
     /// The last applied Raft entry and the membership (for `status`).
     pub fn applied(&self) -> Option<LogId> {
         lock(&self.shared.state).now.applied
