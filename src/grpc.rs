@@ -288,6 +288,122 @@ fn rewrite_refusal(
     response
 }
 
+/// The methods of ours whose request is a stream of messages; every other one takes exactly
+/// one.
+const STREAMED_REQUESTS: [&str; 3] = [
+    "/logplayer.v1.LogStore/AppendStream",
+    "/logplayer.v1.Shard/Deliver",
+    "/logplayer.v1.Replication/AppendStream",
+];
+
+/// A server layer refusing a call of one of our methods that takes one message when its
+/// request carries a second: tonic answers the first and drops the rest unread (a unary
+/// `Append` with two transactions appended one and said nothing of the other; grpc-java and
+/// grpc-go refuse such a call). The request body fails, as the second message starts, with
+/// `INVALID_ARGUMENT` / `invalid`, before the handler runs.
+#[derive(Clone, Copy, Default)]
+pub struct OneMessageLayer;
+
+type RequestMap = fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>;
+
+impl<S> tower::Layer<S> for OneMessageLayer {
+    type Service = tower::util::MapRequest<S, RequestMap>;
+    fn layer(&self, inner: S) -> Self::Service {
+        tower::util::MapRequest::new(inner, one_message as RequestMap)
+    }
+}
+
+fn one_message(request: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+    let path = request.uri().path();
+    if !path.starts_with("/logplayer.v1.") || STREAMED_REQUESTS.contains(&path) {
+        return request;
+    }
+    request.map(|body| tonic::body::Body::new(OneMessage::new(body)))
+}
+
+/// A request body that counts the gRPC messages it carries (5-byte prefix: a flag and a
+/// big-endian length) and fails once a second one starts. Written by hand: it is a few
+/// lines of gRPC's framing, which no middleware crate exposes.
+struct OneMessage {
+    inner: tonic::body::Body,
+    /// The prefix of the message being read, and how many of its bytes came.
+    prefix: [u8; 5],
+    have: usize,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+    messages: u32,
+}
+
+impl OneMessage {
+    fn new(inner: tonic::body::Body) -> Self {
+        OneMessage {
+            inner,
+            prefix: [0; 5],
+            have: 0,
+            remaining: 0,
+            messages: 0,
+        }
+    }
+
+    fn count(&mut self, data: &[u8]) -> Result<(), tonic::Status> {
+        let mut i = 0;
+        while i < data.len() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len() - i);
+                self.remaining -= n;
+                i += n;
+                continue;
+            }
+            if self.have == 0 {
+                self.messages += 1;
+                if self.messages > 1 {
+                    return Err(Reason::Invalid.status(
+                        "malformed request: a second message on a call that takes one \
+                         (send each request as its own call, or use a streaming method)",
+                    ));
+                }
+            }
+            self.prefix[self.have] = data[i];
+            self.have += 1;
+            i += 1;
+            if self.have == self.prefix.len() {
+                let [_, a, b, c, d] = self.prefix;
+                self.remaining = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.have = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for OneMessage {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+            && let Err(status) = this.count(data)
+        {
+            return std::task::Poll::Ready(Some(Err(status)));
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A server builder with our window sizes, keepalives and streams per connection.
 pub fn server() -> Server {
     Server::builder()
@@ -299,12 +415,18 @@ pub fn server() -> Server {
 }
 
 /// The layers of every server: each call counted as open on its connection, refusals
-/// rewritten, then each call authorized.
+/// rewritten, each call authorized, then a second message refused where one is taken.
 pub type Layers = tower::layer::util::Stack<
-    crate::tls::authz::AuthzLayer,
+    OneMessageLayer,
     tower::layer::util::Stack<
-        DecodeRefusalLayer,
-        tower::layer::util::Stack<crate::serving::idle::IdleLayer, tower::layer::util::Identity>,
+        crate::tls::authz::AuthzLayer,
+        tower::layer::util::Stack<
+            DecodeRefusalLayer,
+            tower::layer::util::Stack<
+                crate::serving::idle::IdleLayer,
+                tower::layer::util::Identity,
+            >,
+        >,
     >,
 >;
 
@@ -320,6 +442,7 @@ pub async fn router(service: &str) -> Result<tonic::transport::server::Router<La
         .layer(crate::serving::idle::IdleLayer)
         .layer(DecodeRefusalLayer)
         .layer(crate::tls::authz::AuthzLayer)
+        .layer(OneMessageLayer)
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha))

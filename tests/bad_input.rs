@@ -196,3 +196,76 @@ async fn broken_grpc_framing_is_invalid_not_internal() {
         );
     }
 }
+
+/// A call that takes one message, sent two (raw HTTP/2: our clients and the usual ones
+/// cannot): refused `invalid`, and neither is appended. tonic used to append the first,
+/// answer it, and drop the second unread.
+#[tokio::test]
+async fn a_second_message_on_a_call_that_takes_one_is_refused_and_nothing_is_appended() {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    use tower::ServiceExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"));
+    let c = Cluster::start(dir.path(), &bin, 0).await.unwrap();
+    let addr = c.logstore.addr().to_owned();
+    let channel = logplayer::grpc::connect(&addr, &logplayer::grpc::Expected::Log)
+        .await
+        .unwrap();
+    let framed = |m: &logplayer::proto::AppendRequest| {
+        let body = m.encode_to_vec();
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    };
+    let append = |key: &str| logplayer::proto::AppendRequest {
+        mutations: vec![logplayer::proto::Mutation {
+            key: key.as_bytes().to_vec().into(),
+            op: Some(logplayer::proto::mutation::Op::Add(1)),
+        }],
+        ..Default::default()
+    };
+    let two = [framed(&append("c-1")), framed(&append("c-2"))].concat();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/logplayer.v1.LogStore/Append"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(
+            http_body_util::Full::new(bytes::Bytes::from(two)).map_err(|e| match e {}),
+        ))
+        .unwrap();
+    let response = channel.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let mut headers = parts.headers;
+    let collected = body.collect().await.unwrap();
+    if let Some(trailers) = collected.trailers() {
+        headers.extend(trailers.clone());
+    }
+    let status = tonic::Status::from_header_map(&headers).expect("a grpc-status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(Reason::of(&status), Some(Reason::Invalid), "{status:?}");
+    let log = logplayer::client::Log::connect(&addr).await.unwrap();
+    assert_eq!(log.bounds().await.unwrap().1, 0, "nothing was appended");
+    // One message still works.
+    let one = framed(&append("c-3"));
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/logplayer.v1.LogStore/Append"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(
+            http_body_util::Full::new(bytes::Bytes::from(one)).map_err(|e| match e {}),
+        ))
+        .unwrap();
+    let response = channel.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let mut headers = parts.headers;
+    if let Some(trailers) = body.collect().await.unwrap().trailers() {
+        headers.extend(trailers.clone());
+    }
+    let status = tonic::Status::from_header_map(&headers).expect("a grpc-status");
+    assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
+    assert_eq!(log.bounds().await.unwrap().1, 1);
+}
