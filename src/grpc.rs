@@ -721,3 +721,40 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// [`STREAMED_REQUESTS`] is kept by hand: it must name every method of ours whose
+    /// client sends a stream, or [`OneMessageLayer`] would refuse its second message.
+    #[test]
+    fn the_streamed_request_methods_are_those_the_proto_declares() {
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("our descriptor set decodes");
+        let mut declared: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| {
+                f.service.iter().flat_map(move |s| {
+                    s.method
+                        .iter()
+                        .filter(|m| m.client_streaming.unwrap_or(false))
+                        .map(move |m| {
+                            format!(
+                                "/{}.{}/{}",
+                                f.package.as_deref().unwrap_or_default(),
+                                s.name.as_deref().unwrap_or_default(),
+                                m.name.as_deref().unwrap_or_default()
+                            )
+                        })
+                })
+            })
+            .collect();
+        declared.sort();
+        let mut ours: Vec<String> = STREAMED_REQUESTS.iter().map(|s| s.to_string()).collect();
+        ours.sort();
+        assert_eq!(ours, declared);
+    }
+}

@@ -789,6 +789,10 @@ fn helm_schema_rejects_bad_values() {
             "image.repository carries a digest (image.digest holds it)",
         ),
         (
+            "image.repository=x/y@abc",
+            "image.repository carries a digest",
+        ),
+        (
             "image.repository=ghcr.io/x/y:2.0",
             "image.repository carries a tag (image.tag holds it)",
         ),
@@ -914,7 +918,7 @@ fn helm_and_the_operator_agree_on_leader_election_timing() {
     }
     // The operator's --lease-duration is at most 1h; the chart refuses a longer one with the
     // same words (it used to install an operator that could not start).
-    for lease in ["1h", "61m", "2h", "999999h"] {
+    for lease in ["1h", "61m", "2h", "999999h", "0s"] {
         let chart = helm.template(&[&format!("leaderElection.leaseDuration={lease}")]);
         match logplayer::lease::parse_lease_duration(lease) {
             Ok(_) => assert!(chart.is_ok(), "{lease}: the chart refuses it: {chart:?}"),

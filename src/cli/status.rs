@@ -300,8 +300,18 @@ fn print_table(v: &View) {
     let l = &v.log;
     if l.reachable {
         println!(
-            "log {}  first {}  last {}  max entry {} bytes  writers {} of {}  (LogStore at {})",
-            l.log_id, l.first, l.last, l.max_entry_bytes, l.writers, l.max_writers, l.addr
+            "log {}  first {}  last {}  max entry {} bytes  writers {}  (LogStore at {})",
+            l.log_id,
+            l.first,
+            l.last,
+            l.max_entry_bytes,
+            // An older server reports neither.
+            if l.max_writers == 0 {
+                "-".to_string()
+            } else {
+                format!("{} of {}", l.writers, l.max_writers)
+            },
+            l.addr
         );
     } else {
         println!(

@@ -161,7 +161,9 @@ async fn send_read(
 /// dropped: the appends still are, or are not, written, and a resend with the same
 /// `(writer_id, sequence)` tells which). As for `Read`, the last slot of the queue is kept
 /// for that refusal. Without this, a writer that appends and never reads held the stream's
-/// two tasks and its queued answers for as long as its connection stayed open.
+/// two tasks and its pending appends' answers for as long as its connection stayed open (the
+/// answers already queued stay with the response until the writer reads them or the
+/// connection closes).
 async fn send_answer(
     tx: &mpsc::Sender<Result<AppendResponse, Status>>,
     answer: Result<AppendResponse, Status>,

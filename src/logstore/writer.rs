@@ -241,6 +241,7 @@ impl Writer {
     fn commit_group(&mut self, group: Vec<Job>) -> Result<(), LogStoreError> {
         let first = self.wal.last_index() + 1;
         let (payloads, entries, mut replies, retains) = self.verdicts(group);
+        self.count.store(self.writers.len(), Ordering::Relaxed);
         let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
         // Handed over while anything is syncing (so answers keep their order), or when big.
         let hand_over = self.synced.is_some()
@@ -288,7 +289,6 @@ impl Writer {
             }
         }
         self.retain(retains);
-        self.count.store(self.writers.len(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -319,6 +319,7 @@ impl Writer {
             {
                 tracing::info!(below, first, removed, "removed old segments");
             }
+            self.count.store(self.writers.len(), Ordering::Relaxed);
             let _ = reply.send(out);
         }
     }

@@ -173,7 +173,7 @@ defaults, 15s, 10s and 2s). tests/chart.rs checks that the chart and the operato
 {{- $lease := include "logplayer-operator.nanos" (default "15s" $e.leaseDuration) | atoi -}}
 {{- $renew := include "logplayer-operator.nanos" (default "10s" $e.renewDeadline) | atoi -}}
 {{- $retry := include "logplayer-operator.nanos" (default "2s" $e.retryPeriod) | atoi -}}
-{{- if gt $lease 3600000000000 -}}
+{{- if or (le $lease 0) (gt $lease 3600000000000) -}}
 {{- fail (printf "leaderElection.leaseDuration %s: must be above 0 and at most 1h" $e.leaseDuration) -}}
 {{- else if le $retry 0 -}}
 {{- fail "leaderElection: retry_period must be positive" -}}

@@ -615,7 +615,7 @@ mod tests {
         drop(log);
         // The sync thread lets the directory go once it sees the log dropped.
         let mut reopened = None;
-        for _ in 0..100 {
+        for _ in 0..500 {
             match LogStorage::open(WalConfig::new(dir.path())) {
                 Ok(l) => {
                     reopened = Some(l);
@@ -627,7 +627,7 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        let mut log = reopened.expect("the directory is let go within 2 s");
+        let mut log = reopened.expect("the directory is let go within 10 s");
         append(&mut log, vec![entry(1, 11)]).await;
         let reader = log.get_log_reader().await;
         assert_eq!(read_from(&reader, 11).await, vec![(11, 1)]);
