@@ -179,8 +179,11 @@ impl CallerLimits {
             ..defaults
         };
         if let Some(s) = streams {
-            if s.max_read_streams == 0 || s.max_writers == 0 {
-                bail!("--max-read-streams and --max-writers must be at least 1");
+            if s.max_read_streams == 0 {
+                bail!("--max-read-streams must be at least 1");
+            }
+            if s.max_writers == 0 {
+                bail!("--max-writers must be at least 1");
             }
             if s.read_stall_timeout.is_zero() || s.idle_stream_timeout.is_zero() {
                 bail!("--read-stall-timeout and --idle-stream-timeout must be above zero");
