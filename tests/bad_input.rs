@@ -132,14 +132,40 @@ async fn a_second_server_on_a_data_directory_in_use_is_refused_by_name() {
     c.stop().await;
 }
 
+/// One gRPC call sent as raw HTTP/2 (`body` framed by the caller, however wrongly); the
+/// status it ends with, from its headers or trailers.
+async fn raw_call(
+    channel: &tonic::transport::Channel,
+    addr: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> tonic::Status {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(
+            http_body_util::Full::new(bytes::Bytes::from(body)).map_err(|e| match e {}),
+        ))
+        .unwrap();
+    let response = channel.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let mut headers = parts.headers;
+    if let Some(trailers) = body.collect().await.unwrap().trailers() {
+        headers.extend(trailers.clone());
+    }
+    tonic::Status::from_header_map(&headers).expect("a grpc-status")
+}
+
 /// gRPC framing a client got wrong (a frame shorter than its length prefix, a compressed
 /// flag without an encoding, a unary call without its message) is the client's mistake:
 /// `INVALID_ARGUMENT` / `invalid` naming it, not tonic's `INTERNAL`, the code of a server
 /// fault. Sent as raw HTTP/2 requests, as a hand-made client would.
 #[tokio::test]
 async fn broken_grpc_framing_is_invalid_not_internal() {
-    use http_body_util::BodyExt as _;
-    use tower::ServiceExt as _;
     let dir = tempfile::tempdir().unwrap();
     let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"));
     let c = Cluster::start(dir.path(), &bin, 0).await.unwrap();
@@ -167,23 +193,7 @@ async fn broken_grpc_framing_is_invalid_not_internal() {
             truncated,
         ),
     ] {
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(tonic::body::Body::new(
-                http_body_util::Full::new(bytes::Bytes::from(body)).map_err(|e| match e {}),
-            ))
-            .unwrap();
-        let response = channel.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let mut headers = parts.headers;
-        let collected = body.collect().await.unwrap();
-        if let Some(trailers) = collected.trailers() {
-            headers.extend(trailers.clone());
-        }
-        let status = tonic::Status::from_header_map(&headers).expect("a grpc-status");
+        let status = raw_call(&channel, &addr, path, body).await;
         assert_eq!(
             status.code(),
             tonic::Code::InvalidArgument,
@@ -202,9 +212,7 @@ async fn broken_grpc_framing_is_invalid_not_internal() {
 /// answer it, and drop the second unread.
 #[tokio::test]
 async fn a_second_message_on_a_call_that_takes_one_is_refused_and_nothing_is_appended() {
-    use http_body_util::BodyExt as _;
     use prost::Message as _;
-    use tower::ServiceExt as _;
     let dir = tempfile::tempdir().unwrap();
     let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_logplayer"));
     let c = Cluster::start(dir.path(), &bin, 0).await.unwrap();
@@ -227,45 +235,15 @@ async fn a_second_message_on_a_call_that_takes_one_is_refused_and_nothing_is_app
         ..Default::default()
     };
     let two = [framed(&append("c-1")), framed(&append("c-2"))].concat();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/logplayer.v1.LogStore/Append"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(
-            http_body_util::Full::new(bytes::Bytes::from(two)).map_err(|e| match e {}),
-        ))
-        .unwrap();
-    let response = channel.clone().oneshot(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let mut headers = parts.headers;
-    let collected = body.collect().await.unwrap();
-    if let Some(trailers) = collected.trailers() {
-        headers.extend(trailers.clone());
-    }
-    let status = tonic::Status::from_header_map(&headers).expect("a grpc-status");
+    let append_path = "/logplayer.v1.LogStore/Append";
+    let status = raw_call(&channel, &addr, append_path, two).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert_eq!(Reason::of(&status), Some(Reason::Invalid), "{status:?}");
     let log = logplayer::client::Log::connect(&addr).await.unwrap();
     assert_eq!(log.bounds().await.unwrap().1, 0, "nothing was appended");
     // One message still works.
     let one = framed(&append("c-3"));
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/logplayer.v1.LogStore/Append"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(
-            http_body_util::Full::new(bytes::Bytes::from(one)).map_err(|e| match e {}),
-        ))
-        .unwrap();
-    let response = channel.clone().oneshot(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let mut headers = parts.headers;
-    if let Some(trailers) = body.collect().await.unwrap().trailers() {
-        headers.extend(trailers.clone());
-    }
-    let status = tonic::Status::from_header_map(&headers).expect("a grpc-status");
+    let status = raw_call(&channel, &addr, append_path, one).await;
     assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
     assert_eq!(log.bounds().await.unwrap().1, 1);
 }
