@@ -187,8 +187,6 @@ pub fn release(writers: &mut Writers, first: u64) {
     }
 }
 
-/// The most writers the table holds by default (`logstore --max-writers`).
-pub use crate::serving::DEFAULT_MAX_WRITERS;
 
 /// Writers forgotten at once when the table is full: a share of it, so that the scan that
 /// finds them (the whole table) runs once per that many new writers, not once per append.
