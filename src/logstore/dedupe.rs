@@ -187,7 +187,6 @@ pub fn release(writers: &mut Writers, first: u64) {
     }
 }
 
-
 /// Writers forgotten at once when the table is full: a share of it, so that the scan that
 /// finds them (the whole table) runs once per that many new writers, not once per append.
 const FORGET_SHARE: usize = 16;
