@@ -615,7 +615,12 @@ fn dialed(
     let dialer = dialer.clone();
     tower::service_fn(move |uri: http::Uri| {
         let dialer = dialer.clone();
-        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        // Without a port, HTTP's (as tonic's own connector would dial).
+        let authority = match uri.authority() {
+            Some(a) if a.port().is_none() => format!("{}:80", a.host()),
+            Some(a) => a.to_string(),
+            None => String::new(),
+        };
         Box::pin(async move { Ok(hyper_util::rt::TokioIo::new(dialer(authority).await?)) })
             as futures::future::BoxFuture<'static, _>
     })
@@ -634,10 +639,9 @@ pub async fn connect_with(
     tls: Option<&Arc<crate::tls::Tls>>,
 ) -> Result<Channel, GrpcError> {
     let endpoint = endpoint(addr)?;
-    let connected = match dialer(tls, server) {
-        Some(dialer) => endpoint.connect_with_connector(dialed(&dialer)).await,
-        None => endpoint.connect().await,
-    };
+    let connected = endpoint
+        .connect_with_connector(dialed(&dialer(tls, server)))
+        .await;
     connected.map_err(|source| GrpcError::Connect {
         addr: addr.to_owned(),
         source,
@@ -645,12 +649,12 @@ pub async fn connect_with(
 }
 
 /// What a client connection to `server` runs over: the simulated network's dialer when
-/// set, else TLS with `tls`, else plain TCP (`None`).
-fn dialer(tls: Option<&Arc<crate::tls::Tls>>, server: &Expected) -> Option<Dialer> {
-    DIALER
-        .get()
-        .cloned()
-        .or_else(|| tls.map(|t| crate::tls::client::dialer(t.clone(), server.clone())))
+/// set, else TLS with `tls`, else plain TCP that recognizes a TLS server.
+fn dialer(tls: Option<&Arc<crate::tls::Tls>>, server: &Expected) -> Dialer {
+    DIALER.get().cloned().unwrap_or_else(|| match tls {
+        Some(t) => crate::tls::client::dialer(t.clone(), server.clone()),
+        None => crate::tls::client::plaintext_dialer(),
+    })
 }
 
 /// A channel to `server` that connects on first use (and reconnects after a failure). A
@@ -697,10 +701,7 @@ pub fn lazy(endpoint: Endpoint, server: &Expected) -> Channel {
 }
 
 fn lazy_with(endpoint: Endpoint, server: &Expected, tls: Option<&Arc<crate::tls::Tls>>) -> Channel {
-    match dialer(tls, server) {
-        Some(dialer) => endpoint.connect_with_connector_lazy(dialed(&dialer)),
-        None => endpoint.connect_lazy(),
-    }
+    endpoint.connect_with_connector_lazy(dialed(&dialer(tls, server)))
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT.

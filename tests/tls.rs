@@ -537,6 +537,35 @@ async fn a_client_dialing_a_plaintext_server_is_told_so() {
     );
 }
 
+/// A plaintext client (`--insecure`) dialing a LogStore that runs TLS is told that the
+/// server speaks TLS and which flags it lacks, instead of "connection closed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_dialing_a_tls_server_is_told_so() {
+    certs_dir();
+    let (_dir, c, _log) = common::servers(1).await;
+    let addr = c.logstore.addr().to_owned();
+    let ch = channel(&addr, Expected::Log, None).await.unwrap();
+    let e = LogStoreClient::new(ch)
+        .bounds(BoundsRequest {})
+        .await
+        .err()
+        .unwrap();
+    let text = logplayer::grpc::one_line(&e);
+    assert!(
+        text.contains(&format!("the server at {addr} speaks TLS")) && text.contains("--tls-cert"),
+        "{text}"
+    );
+    let out = tokio::process::Command::new(common::bin())
+        .args(["--insecure", "status", "--logstore", &addr])
+        .args(["--shard", &format!("s0={}", c.shards[0].addr())])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("speaks TLS"), "{stdout}");
+}
+
 /// The server certificate each new connection to `server` at `addr` is shown.
 async fn served_cert(addr: &str, server: Expected) -> Vec<u8> {
     let client = identity("client");

@@ -109,6 +109,102 @@ pub fn dialer(tls: Arc<Tls>, expected: Expected) -> Dialer {
     })
 }
 
+/// The dialer of a process without TLS: plain TCP with `TCP_NODELAY`, whose first bytes
+/// from the server are checked. A TLS server answers the HTTP/2 preface with a TLS record
+/// (an alert); an HTTP/2 server's first frame is a SETTINGS frame, whose first byte (the top
+/// of a 24-bit length) is 0. Without this check the client's call fails as "operation was
+/// canceled: connection closed", which names neither side's configuration.
+pub fn plaintext_dialer() -> Dialer {
+    Arc::new(move |authority: String| {
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&authority).await?;
+            tcp.set_nodelay(true)?;
+            Ok(Box::new(TlsSniff {
+                inner: tcp,
+                authority,
+                checked: false,
+            }) as Box<dyn DialedIo>)
+        })
+    })
+}
+
+/// A plaintext stream that fails its first read when the server speaks TLS.
+struct TlsSniff {
+    inner: TcpStream,
+    authority: String,
+    checked: bool,
+}
+
+/// First byte of a TLS record: alert (21) or handshake (22).
+fn is_tls_record_start(b: u8) -> bool {
+    b == 21 || b == 22
+}
+
+impl tokio::io::AsyncRead for TlsSniff {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled
+            && !this.checked
+            && let Some(&first) = buf.filled().get(before)
+        {
+            this.checked = true;
+            if is_tls_record_start(first) {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the server at {} speaks TLS, and this process plaintext (--insecure): \
+                         give it --tls-cert, --tls-key and --tls-ca instead",
+                        this.authority
+                    ),
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsSniff {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// A dialer that ignores the address it is asked for and dials the first of `authorities`
 /// that answers, starting with the one that answered last: a channel over several log
 /// replicas under TLS (tonic's balanced channel cannot take a connector). Each connection
