@@ -139,6 +139,45 @@ async fn a_shard_with_a_smaller_limit_is_refused_by_name_and_the_others_go_on() 
     assert!(going, "{}", player.log_tail(40));
 }
 
+/// An entry written under a larger `--max-entry-bytes` than the LogStore now runs with is
+/// refused on read by name (`entry-too-large`, its index and both sizes), and the player
+/// reports its main stream stalled at it, instead of reads ended `OUT_OF_RANGE` ("encoded
+/// message length too large", a position outside the log in our protocol).
+#[tokio::test]
+async fn an_entry_above_a_lowered_log_limit_is_refused_on_read_by_name() {
+    let (_dir, mut c, log) = servers(1).await;
+    let size = 2 * 1024 * 1024;
+    log.append(exactly("l-000001", size, b'a'), None, 0)
+        .await
+        .unwrap();
+    c.logstore.add_args(&["--max-entry-bytes", "1048576"]);
+    c.logstore.restart().await.unwrap();
+    let err = log.read_range(1, 1).await.unwrap_err();
+    let logplayer::client::ClientError::Rpc { status, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        Reason::of(status),
+        Some(Reason::EntryTooLarge),
+        "{status:?}"
+    );
+    let msg = status.message();
+    assert!(
+        msg.contains("entry 1 ") && msg.contains(&size.to_string()) && msg.contains("1048576"),
+        "{msg}"
+    );
+    let specs = [format!("s0={}", c.shards[0].addr())];
+    let (player, metrics) =
+        start_player_with(&c, "player-lowered", c.logstore.addr(), &specs, &[]).await;
+    let stalled = eventually(Duration::from_secs(20), || async {
+        let (_, m) = http_get(&metrics, "/metrics").await;
+        m.lines().any(|l| l == "logplayer_player_read_stalled 1")
+    })
+    .await;
+    assert!(stalled, "{}", player.log_tail(40));
+    assert!(player.log_tail(100).contains("cannot read entry 1"));
+}
+
 #[tokio::test]
 async fn a_player_with_a_smaller_limit_than_the_log_refuses_to_start() {
     let (_dir, c, _log) = servers(1).await;

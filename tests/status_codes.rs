@@ -150,11 +150,15 @@ async fn every_logstore_refusal_has_its_one_code_and_reason() {
         "{s:?}"
     );
     // stale-sequence: below the writer's last and not one of its recent appends
-    append(&mut log, add("c-1", 1), "tm", 2).await.unwrap();
+    append(&mut log, add("c-1", 1), "tm", 3).await.unwrap();
     expect(
-        &append(&mut log, add("c-1", 1), "tm", 0).await.unwrap_err(),
+        &append(&mut log, add("c-1", 1), "tm", 2).await.unwrap_err(),
         Reason::StaleSequence,
     );
+    // invalid: a writer id with sequence 0 (sequences start at 1), nothing appended
+    let s = append(&mut log, add("c-1", 1), "tm0", 0).await.unwrap_err();
+    expect(&s, Reason::Invalid);
+    assert!(s.message().contains("sequence 0"), "{s:?}");
 
     let b = log.bounds(BoundsRequest {}).await.unwrap().into_inner();
     assert_eq!((b.first, b.last), (1, 2));

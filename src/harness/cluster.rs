@@ -294,6 +294,11 @@ impl Proc {
         self.signal(Signal::SIGCONT)
     }
 
+    /// Adds arguments for the next start (and those after it).
+    pub fn add_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|a| (*a).to_owned()));
+    }
+
     /// Starts again with the same arguments (and address).
     pub async fn restart(&mut self) -> Result<(), ClusterError> {
         self.kill().await;

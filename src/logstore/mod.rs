@@ -214,6 +214,16 @@ pub fn validate(
             id.len()
         )));
     }
+    // 0 is "no earlier append on this stream" to the gap check (`StoredEntry.follows`): an
+    // append following a sequence 0 that was lost in a leader change would be written, and
+    // the resend of 0 refused as stale. Refused on receipt only, never when an entry is
+    // applied, so replicas still apply what an older leader accepted.
+    if let Some((id, 0)) = writer {
+        return Err(LogStoreError::Invalid(format!(
+            "writer {id:?} sent sequence 0: a writer's sequences start at 1 (an empty writer id \
+             appends without deduplication)"
+        )));
+    }
     let size = crate::limits::entry_bytes(mutations);
     if size > max_entry_bytes {
         return Err(LogStoreError::TooLarge {
@@ -535,16 +545,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = LogStore::open(LogStoreConfig::new(dir.path().to_path_buf())).unwrap();
         let w = |s| Some(("tm-1".to_string(), s));
-        let a = log.append(add("k"), w(1), 0).await.unwrap();
-        let b = log.append(add("k"), w(1), 0).await.unwrap();
+        let a = log.append(add("k"), w(2), 0).await.unwrap();
+        let b = log.append(add("k"), w(2), 0).await.unwrap();
         assert_eq!((a.index, a.duplicate), (1, false));
         assert_eq!((b.index, b.duplicate), (1, true));
-        let c = log.append(add("k"), w(2), 0).await.unwrap();
+        let c = log.append(add("k"), w(3), 0).await.unwrap();
         assert_eq!(c.index, 2);
         // A retry of an earlier append still in flight when its stream broke.
-        let older = log.append(add("k"), w(1), 0).await.unwrap();
+        let older = log.append(add("k"), w(2), 0).await.unwrap();
         assert_eq!((older.index, older.duplicate), (1, true));
-        let stale = log.append(add("k"), w(0), 0).await.unwrap_err();
+        let stale = log.append(add("k"), w(1), 0).await.unwrap_err();
         assert!(
             matches!(stale, LogStoreError::StaleSequence { .. }),
             "{stale}"
@@ -554,7 +564,7 @@ mod tests {
         // The writer table survives a restart.
         let (log, summary) = reopen(dir.path());
         assert_eq!(summary.writers, 1);
-        let again = log.append(add("k"), w(2), 0).await.unwrap();
+        let again = log.append(add("k"), w(3), 0).await.unwrap();
         assert_eq!((again.index, again.duplicate), (2, true));
     }
 

@@ -19,9 +19,9 @@ use super::served::ServedLog;
 use crate::grpc::{self, GrpcError, Reason};
 use crate::proto::log_store_server::{LogStore as LogStoreRpc, LogStoreServer};
 use crate::proto::{
-    AddMemberRequest, AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, Member,
-    MembersRequest, MembersResponse, ReadRequest, ReadResponse, RemoveMemberRequest, RetainRequest,
-    RetainResponse, SeedRequest,
+    AddMemberRequest, AppendRequest, AppendResponse, BoundsRequest, BoundsResponse, EncodedEntry,
+    Member, MembersRequest, MembersResponse, ReadRequest, ReadResponse, RemoveMemberRequest,
+    RetainRequest, RetainResponse, SeedRequest,
 };
 use crate::wal::WalError;
 
@@ -118,6 +118,33 @@ async fn submit(
 
 /// Writer ids of one append stream whose order the server keeps (see [`StreamState`]).
 const MAX_WRITERS_PER_STREAM: usize = 64;
+
+/// `entries`, unless one is above the LogStore's `--max-entry-bytes` now: written under a
+/// larger limit, it is still on disk, but no message within this limit carries it (tonic
+/// would end the stream `OUT_OF_RANGE`, "encoded message length too large", which in our
+/// protocol means a position outside the log), and shards held to this limit might refuse
+/// it. Refused by name (`entry-too-large`: the player reports its main stream stalled at
+/// that index) so that the limit is raised again.
+fn within_limit(entries: Vec<EncodedEntry>, limit: usize) -> Result<Vec<EncodedEntry>, Status> {
+    for e in &entries {
+        // An entry's mutations are part of its encoding: a short encoding is within.
+        if e.bytes.len() <= limit {
+            continue;
+        }
+        let size = e
+            .decode()
+            .map_or(e.bytes.len(), |d| crate::limits::entry_bytes(&d.mutations));
+        if size > limit {
+            return Err(Reason::EntryTooLarge.status(format!(
+                "entry {} is {size} bytes, above this LogStore's --max-entry-bytes {limit} \
+                 (it was written under a larger limit): run the LogStore with \
+                 --max-entry-bytes {size} or more while the log holds it",
+                e.index
+            )));
+        }
+    }
+    Ok(entries)
+}
 
 /// Queues one response of a `Read` stream (its first entry is `first`); `false` once the
 /// stream is over: its reader is gone, or it took nothing for `--read-stall-timeout` (then
@@ -399,10 +426,14 @@ impl LogStoreRpc for Service {
                 } else {
                     r.to.min(available)
                 };
-                let entries = match log.read(pos, to, max) {
+                let entries = match log
+                    .read(pos, to, max)
+                    .map_err(to_status)
+                    .and_then(|e| within_limit(e, log.max_entry_bytes()))
+                {
                     Ok(e) => e,
-                    Err(e) => {
-                        let _ = tx.send(Err(to_status(e))).await;
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
