@@ -290,10 +290,11 @@ fn rewrite_refusal(
 
 /// The methods of ours whose request is a stream of messages; every other one takes exactly
 /// one.
-const STREAMED_REQUESTS: [&str; 3] = [
+const STREAMED_REQUESTS: [&str; 4] = [
     "/logplayer.v1.LogStore/AppendStream",
     "/logplayer.v1.Shard/Deliver",
     "/logplayer.v1.Replication/AppendStream",
+    "/logplayer.v1.Replication/InstallSnapshotStream",
 ];
 
 /// A server layer refusing a call of one of our methods that takes one message when its

@@ -54,10 +54,25 @@ async fn served(addr: &str, from: u64, last: u64) -> Vec<logplayer::proto::Entry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
-    let mut g = Group::start(3, &["--segment-bytes", "4096", "--snapshot-every", "20"]).await;
+    let mut g = Group::start(
+        3,
+        &[
+            "--segment-bytes",
+            "4096",
+            "--snapshot-every",
+            "20",
+            "--snapshot-chunk-bytes",
+            "4096",
+        ],
+    )
+    .await;
     g.leader(Duration::from_secs(20)).await;
     let log = Log::connect(&g.all()).await.unwrap();
-    write(&log, "w", 1, 300).await;
+    // 250 writers, so that the writer table makes a snapshot of several 4 KiB pieces.
+    for i in 0..250 {
+        write(&log, &format!("x{i}"), 1, 1).await;
+    }
+    write(&log, "w", 251, 50).await;
     // Most of the log is released, so a new replica can only start from a snapshot.
     log.retain(250, "").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -77,6 +92,28 @@ async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
         .await,
         "replica 4 was not brought up by a snapshot, so this proves less than it says"
     );
+    assert!(
+        log_says(
+            &g.procs[3],
+            "received a snapshot in pieces",
+            Duration::from_secs(1)
+        )
+        .await,
+        "the snapshot came in one message: the pieces are not tested"
+    );
+    // The writer table came with it: replica 4 remembers every writer the leader does.
+    let leader = log.describe().await.unwrap().writers;
+    let replica4 = Log::connect(&addr4).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica4.describe().await.map(|b| b.writers).ok() != Some(leader) {
+        assert!(
+            Instant::now() < deadline,
+            "replica 4's writer table: {:?}, the leader's {leader}",
+            replica4.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(leader, 251, "x0..x249 and w");
     let last = write(&log, "w", 301, 20).await.last().unwrap().1;
     let reference = served(&g.addrs[0], 250, last).await;
     assert_eq!(served(&addr4, 250, last).await, reference, "replica 4");

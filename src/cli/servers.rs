@@ -65,6 +65,18 @@ pub struct LogstoreArgs {
         requires = "peers"
     )]
     snapshot_every: u64,
+    /// (Replicated) A snapshot larger than this goes to a replica that needs one (it lags
+    /// behind the retention point, or was added) as a stream of pieces this large, so a
+    /// snapshot's size is not bound by one message's (256 MiB). 4096 to 255 MiB; the
+    /// receiver takes at most 16 GiB.
+    #[arg(
+        long,
+        env = "LOGPLAYER_SNAPSHOT_CHUNK_BYTES",
+        default_value_t = logstore::raft::network::DEFAULT_SNAPSHOT_CHUNK_BYTES,
+        value_parser = parse_snapshot_chunk,
+        requires = "peers"
+    )]
+    snapshot_chunk_bytes: usize,
     /// (Replicated) How often the log leader sends heartbeats; a follower asks for votes
     /// (pre-vote first) after 3-6 heartbeats without one, and a replica votes for nobody
     /// within 6 heartbeats of hearing from its leader (the leader lease). 10ms to 10s; the
@@ -83,6 +95,21 @@ pub enum LogstoreAction {
     /// List, add or remove the replicas of a replicated LogStore (changes go to its leader,
     /// through Raft's joint consensus).
     Members(super::members::MembersArgs),
+}
+
+/// `--snapshot-chunk-bytes`, within its bounds.
+fn parse_snapshot_chunk(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let range = logstore::raft::network::SNAPSHOT_CHUNK_BYTES_RANGE;
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is outside {}..={} bytes",
+            range.start(),
+            range.end()
+        ))
+    }
 }
 
 /// The `--peers` list: replica id → address.
@@ -355,6 +382,7 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
     config.max_entry_bytes = a.limit.max_entry_bytes;
     config.preallocate = a.preallocate;
     config.rebase_every = a.snapshot_every;
+    config.snapshot_chunk_bytes = a.snapshot_chunk_bytes;
     config.heartbeat = a.heartbeat;
     config.join = a.join;
     config.serve_append_stream = !a.fault_no_append_stream;

@@ -38,6 +38,10 @@ pub const POLICY: &[(&str, &[Role])] = &[
         "/logplayer.v1.Replication/InstallSnapshot",
         &[Role::Replica],
     ),
+    (
+        "/logplayer.v1.Replication/InstallSnapshotStream",
+        &[Role::Replica],
+    ),
 ];
 
 /// Services every verified peer may call.
@@ -182,6 +186,7 @@ mod tests {
             "Vote",
             "PreVote",
             "InstallSnapshot",
+            "InstallSnapshotStream",
         ] {
             let path = format!("/logplayer.v1.Replication/{call}");
             assert!(check(&replica, &path).is_ok(), "{path}");
@@ -219,6 +224,7 @@ mod tests {
             ("Replication/Vote", "--r-"),
             ("Replication/PreVote", "--r-"),
             ("Replication/InstallSnapshot", "--r-"),
+            ("Replication/InstallSnapshotStream", "--r-"),
         ];
         assert_eq!(
             contract.len(),

@@ -43,6 +43,17 @@ use crate::proto::replication_server::Replication;
 
 /// Largest replication message (a batch of entries or a snapshot chunk).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Default `--snapshot-chunk-bytes`: a snapshot larger than this goes in pieces of it.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024 * 1024;
+/// Bounds of `--snapshot-chunk-bytes`: 4 KiB, and a message's limit less room for its
+/// envelope.
+pub const SNAPSHOT_CHUNK_BYTES_RANGE: std::ops::RangeInclusive<usize> =
+    4096..=MAX_MESSAGE_BYTES - 1024 * 1024;
+/// The largest snapshot a replica takes in pieces (the writer table is bounded by
+/// `--max-writers`, each with at most 4,096 remembered appends of ~17 bytes).
+pub const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024 * 1024;
+/// How fast a snapshot in pieces is assumed to travel at the least, for its deadline.
+const SNAPSHOT_BYTES_PER_SEC: usize = 8 * 1024 * 1024;
 
 fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, Status> {
     postcard::to_allocvec(v)
@@ -57,14 +68,25 @@ fn envelope<T: Serialize>(
     from: Sender,
     to: NodeId,
 ) -> Result<RaftMessage, Status> {
-    Ok(RaftMessage {
-        payload: encode(v)?,
+    Ok(envelope_bytes(encode(v)?, machine, from, to))
+}
+
+/// A message from replica `from` to replica `to` carrying `payload` (encoded already, or a
+/// piece of an encoded snapshot).
+fn envelope_bytes(
+    payload: bytes::Bytes,
+    machine: &Machine,
+    from: Sender,
+    to: NodeId,
+) -> RaftMessage {
+    RaftMessage {
+        payload,
         log_id: machine.log_id().unwrap_or_default(),
         from: from.id,
         to,
         max_entry_bytes: from.max_entry_bytes,
         heartbeat_millis: from.heartbeat_millis,
-    })
+    }
 }
 
 /// Who sends a replication message: this replica's id, its `--max-entry-bytes` and its
@@ -376,7 +398,56 @@ impl Replication for ReplicationService {
     ) -> Result<Response<RaftMessage>, Status> {
         let m = request.into_inner();
         self.gate.check(&m)?;
-        let req: FullSnapshot = decode(&m.payload)?;
+        self.install(m.from, decode(&m.payload)?).await
+    }
+
+    /// Gathers the pieces (each message checked as a single one is) and installs the
+    /// snapshot they make once the stream ends.
+    async fn install_snapshot_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut pieces = request.into_inner();
+        let (mut data, mut from, mut count) = (Vec::new(), None, 0usize);
+        while let Some(m) = pieces.message().await? {
+            self.gate.check(&m)?;
+            if *from.get_or_insert(m.from) != m.from {
+                return Err(Reason::Invalid.status(format!(
+                    "pieces of one snapshot from replicas {} and {}",
+                    from.unwrap_or_default(),
+                    m.from
+                )));
+            }
+            if data.len() + m.payload.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Reason::Invalid.status(format!(
+                    "a snapshot of more than {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&m.payload);
+            count += 1;
+        }
+        let Some(from) = from else {
+            return Err(Reason::Invalid.status("a snapshot stream without a piece"));
+        };
+        tracing::info!(
+            from,
+            pieces = count,
+            bytes = data.len(),
+            "received a snapshot in pieces"
+        );
+        let req = decode(&data)?;
+        drop(data);
+        self.install(from, req).await
+    }
+}
+
+impl ReplicationService {
+    /// Hands a snapshot from replica `from` to Raft and answers with its verdict.
+    async fn install(
+        &self,
+        from: NodeId,
+        req: FullSnapshot,
+    ) -> Result<Response<RaftMessage>, Status> {
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta: req.meta,
             snapshot: std::io::Cursor::new(req.data),
@@ -386,7 +457,7 @@ impl Replication for ReplicationService {
             .install_full_snapshot(req.vote, snapshot)
             .await
             .map_err(RaftError::<TypeConfig>::Fatal);
-        self.reply(m.from, &res)
+        self.reply(from, &res)
     }
 }
 
@@ -404,16 +475,19 @@ struct FullSnapshot {
 pub struct Network {
     me: Sender,
     machine: Machine,
+    /// A snapshot larger than this goes in pieces of this size (`--snapshot-chunk-bytes`).
+    snapshot_chunk: usize,
     /// When each target was last logged as unreachable, shared by every [`Peer`] openraft
     /// makes for it (its heartbeat and each replication session have their own).
     unreachable: std::collections::HashMap<NodeId, Arc<Mutex<Option<std::time::Instant>>>>,
 }
 
 impl Network {
-    pub fn new(me: Sender, machine: Machine) -> Self {
+    pub fn new(me: Sender, machine: Machine, snapshot_chunk: usize) -> Self {
         Network {
             me,
             machine,
+            snapshot_chunk,
             unreachable: Default::default(),
         }
     }
@@ -428,6 +502,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             machine: self.machine.clone(),
+            snapshot_chunk: self.snapshot_chunk,
             client: None,
             unary_only: false,
             last_unreachable: self.unreachable.entry(target).or_default().clone(),
@@ -441,6 +516,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     machine: Machine,
+    snapshot_chunk: usize,
     client: Option<ReplicationClient<Channel>>,
     /// The peer has no `AppendStream` (an older version, during a rolling upgrade): each
     /// AppendEntries goes as its own call, one at a time.
@@ -454,7 +530,6 @@ enum Rpc {
     Append,
     Vote,
     PreVote,
-    Snapshot,
 }
 
 impl Peer {
@@ -494,13 +569,55 @@ impl Peer {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::PreVote => client.pre_vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let m = match out {
             Ok(r) => r.into_inner(),
             Err(status) => return Err(self.failed(status)),
         };
         let res: Result<Resp, RaftError<TypeConfig>> =
+            decode(&m.payload).map_err(|s| NetworkError::new(&s))?;
+        res.map_err(|e| Unreachable::new(&e).into())
+    }
+
+    /// Sends an encoded snapshot: in one message (as a replica of an older version takes it)
+    /// when it fits in `snapshot_chunk`, else as a stream of pieces of that size, which no
+    /// longer caps a snapshot at one message's limit (a writer table grows with the appends
+    /// retention has not released yet, and a replica that needed a larger snapshot could
+    /// never catch up).
+    async fn send_snapshot(
+        &mut self,
+        encoded: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<SnapshotResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let pieces: Vec<RaftMessage> = (0..encoded.len())
+            .step_by(self.snapshot_chunk.max(1))
+            .map(|at| {
+                let end = (at + self.snapshot_chunk).min(encoded.len());
+                envelope_bytes(encoded.slice(at..end), &self.machine, self.me, self.target)
+            })
+            .collect();
+        let out = if pieces.len() <= 1 {
+            let m = envelope_bytes(encoded, &self.machine, self.me, self.target);
+            let mut request = Request::new(m);
+            request.set_timeout(timeout);
+            client.install_snapshot(request).await
+        } else {
+            tracing::info!(
+                peer = self.target,
+                bytes = encoded.len(),
+                pieces = pieces.len(),
+                "sending a snapshot in pieces"
+            );
+            let mut request = Request::new(futures::stream::iter(pieces));
+            request.set_timeout(timeout);
+            client.install_snapshot_stream(request).await
+        };
+        let m = match out {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Err(self.failed(status)),
+        };
+        let res: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
             decode(&m.payload).map_err(|s| NetworkError::new(&s))?;
         res.map_err(|e| Unreachable::new(&e).into())
     }
@@ -729,12 +846,13 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             meta: snapshot.meta,
             data: snapshot.snapshot.into_inner(),
         };
-        let timeout = option.hard_ttl().max(Duration::from_secs(10));
+        let encoded = encode(&req).map_err(|s| NetworkError::new(&s))?;
+        drop(req);
+        let timeout = option.hard_ttl().max(Duration::from_secs(10))
+            + Duration::from_secs((encoded.len() / SNAPSHOT_BYTES_PER_SEC) as u64);
         tokio::select! {
             closed = cancel => Err(closed.into()),
-            r = self.call::<_, SnapshotResponse<TypeConfig>>(Rpc::Snapshot, &req, timeout) => {
-                r.map_err(StreamingError::from)
-            }
+            r = self.send_snapshot(encoded, timeout) => r.map_err(StreamingError::from),
         }
     }
 }

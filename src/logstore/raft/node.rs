@@ -71,6 +71,8 @@ pub struct ReplicaConfig {
     /// Serve the leader's `AppendStream` (false only to test the fallback to single calls
     /// that a peer of an older version needs).
     pub serve_append_stream: bool,
+    /// A snapshot larger than this goes to a replica in pieces of this size.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl ReplicaConfig {
@@ -86,6 +88,7 @@ impl ReplicaConfig {
             heartbeat: Duration::from_millis(50),
             join: false,
             serve_append_stream: true,
+            snapshot_chunk_bytes: super::network::DEFAULT_SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -343,6 +346,7 @@ impl Replica {
                 heartbeat_millis: heartbeat,
             },
             machine.clone(),
+            config.snapshot_chunk_bytes,
         );
         let raft = Raft::new(
             config.id,
