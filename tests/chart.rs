@@ -607,6 +607,30 @@ fn helm_template_matches_deploy() {
     }
 }
 
+/// `helm template` knows no cluster: the admission policy follows `--kube-version` (1.30 or
+/// later serves it), never silently dropped from a manifest rendered for such a cluster.
+#[test]
+fn helm_template_renders_the_admission_policy_for_a_server_that_serves_it() {
+    let Some(helm) = helm("helm_template_renders_the_admission_policy") else {
+        return;
+    };
+    for (kube, want) in [
+        (None, true),
+        (Some("1.30.0"), true),
+        (Some("1.29.9"), false),
+    ] {
+        let mut args = vec!["template", RELEASE, CHART, "--namespace", NAMESPACE];
+        args.extend(kube.iter().flat_map(|k| ["--kube-version", k]));
+        let text = helm.run(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let objects = by_id(parse_documents(&text, "helm template"), "helm template");
+        let has = !of_kind(&objects, "ValidatingAdmissionPolicy").is_empty();
+        assert_eq!(
+            has, want,
+            "helm {args:?}: the admission policy rendered: {has}"
+        );
+    }
+}
+
 #[test]
 fn helm_template_crd_switches() {
     let Some(helm) = helm("helm_template_crd_switches") else {

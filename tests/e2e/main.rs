@@ -417,6 +417,58 @@ fn output_text(out: &std::process::Output) -> String {
     )
 }
 
+/// With `crds.keep=false` the CRDs lose the keep annotation; an upgrade with
+/// `crds.install=false` would then make Helm delete them, and every LogPlayer and Shard with
+/// them: the chart refuses it, naming the CRD, and they stay. `crds.keep=true` is restored.
+fn crds_outlive_an_upgrade_that_stops_installing_them(h: &Harness) -> anyhow::Result<()> {
+    let upgrade = |set: &str| {
+        run_helm(
+            h,
+            &[
+                "upgrade",
+                "logplayer-operator",
+                "charts/logplayer-operator",
+                "-n",
+                OPERATOR_NS,
+                "--reuse-values",
+                "--wait=false",
+                "--set",
+                set,
+            ],
+        )
+    };
+    let out = upgrade("crds.keep=false")?;
+    ensure!(
+        out.status.success(),
+        "helm upgrade --set crds.keep=false failed:\n{}",
+        output_text(&out)
+    );
+    let out = upgrade("crds.install=false")?;
+    let text = output_text(&out);
+    ensure!(
+        !out.status.success()
+            && text.contains("crds.install=false")
+            && text.contains("crds.keep=true"),
+        "helm upgrade --set crds.install=false over CRDs without the keep annotation was not \
+         refused naming crds.keep ({}):\n{text}",
+        out.status
+    );
+    for crd in CRD_NAMES {
+        let v: Value = serde_json::from_str(&h.cp.kubectl(&["get", "crd", crd, "-o", "json"])?)?;
+        ensure!(
+            v["metadata"]["deletionTimestamp"].is_null(),
+            "CRD {crd} is being deleted after the refused upgrade"
+        );
+    }
+    let out = upgrade("crds.keep=true")?;
+    ensure!(
+        out.status.success(),
+        "helm upgrade --set crds.keep=true failed:\n{}",
+        output_text(&out)
+    );
+    Ok(())
+}
+
 /// The CRDs of the chart.
 const CRD_NAMES: [&str; 2] = ["logplayers.logplayer.io", "shards.logplayer.io"];
 
@@ -498,6 +550,7 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
             "CRD {crd} after the hand-over and helm upgrade: annotations {ann}"
         );
     }
+    crds_outlive_an_upgrade_that_stops_installing_them(h)?;
 
     let sel =
         "app.kubernetes.io/instance=logplayer-operator,app.kubernetes.io/name=logplayer-operator";
