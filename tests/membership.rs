@@ -214,6 +214,29 @@ async fn wrong_membership_changes_are_refused_by_name() {
     let m = members(&all, &["list"]).await.unwrap();
     assert_eq!(voters(&m), vec![1, 2, 3], "{wrong} is a learner only");
     assert_eq!(m["members"].as_array().unwrap().len(), 4);
+    // A caller's deadline (here 4 s, below the default 60 s catch-up) bounds the wait: the
+    // answer is the `membership` refusal that says the replica stays a learner, not a
+    // deadline that says nothing of it.
+    let leader = g.leader(Duration::from_secs(10)).await;
+    let mut raw = logplayer::proto::log_store_client::LogStoreClient::connect(format!(
+        "http://{}",
+        g.addrs[leader]
+    ))
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(logplayer::proto::AddMemberRequest {
+        id: wrong,
+        addr: addr.clone(),
+        catch_up_ms: 0,
+    });
+    request.set_timeout(Duration::from_secs(4));
+    let status = raw.add_member(request).await.unwrap_err();
+    assert_eq!(
+        logplayer::grpc::Reason::of(&status),
+        Some(logplayer::grpc::Reason::Membership),
+        "{status:?}"
+    );
+    assert!(status.message().contains("has not caught up"), "{status:?}");
     let m = members(&all, &["remove", &wrong.to_string()])
         .await
         .unwrap();

@@ -116,6 +116,23 @@ async fn submit(
         .map_err(to_status)
 }
 
+/// A `grpc-timeout` header's duration (gRPC over HTTP/2: up to 8 digits and a unit, `H`,
+/// `M`, `S`, `m`, `u` or `n`).
+fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let unit = v.chars().last()?;
+    let n: u64 = v.get(..v.len() - 1)?.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(n.saturating_mul(3600)),
+        'M' => Duration::from_secs(n.saturating_mul(60)),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Writer ids of one append stream whose order the server keeps (see [`StreamState`]).
 const MAX_WRITERS_PER_STREAM: usize = 64;
 
@@ -496,11 +513,22 @@ impl LogStoreRpc for Service {
         r: Request<AddMemberRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
         let replica = self.replica()?;
+        let deadline = r
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
         let r = r.into_inner();
-        let catch_up = match r.catch_up_ms {
+        let mut catch_up = match r.catch_up_ms {
             0 => DEFAULT_CATCH_UP,
             ms => std::time::Duration::from_millis(ms.into()),
         };
+        // Within the caller's deadline, with a second to answer: a call cut short by its
+        // deadline would leave the replica a learner without the `membership` refusal
+        // that says so.
+        if let Some(d) = deadline {
+            catch_up = catch_up.min(d.saturating_sub(std::time::Duration::from_secs(1)));
+        }
         replica
             .add_member(r.id, r.addr, catch_up)
             .await
@@ -643,6 +671,25 @@ pub enum ServeError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grpc_timeout_headers_are_read_in_every_unit() {
+        use std::time::Duration;
+        for (v, want) in [
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("10S", Some(Duration::from_secs(10))),
+            ("59999m", Some(Duration::from_millis(59_999))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("9n", Some(Duration::from_nanos(9))),
+            ("10", None),
+            ("S", None),
+            ("x1S", None),
+            ("", None),
+        ] {
+            assert_eq!(super::grpc_timeout(v), want, "{v:?}");
+        }
+    }
     use super::*;
     use crate::logstore::{LogStore, LogStoreConfig};
     use crate::proto::{Mutation, mutation::Op};
