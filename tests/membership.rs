@@ -166,6 +166,53 @@ async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
     assert_eq!(reference.len() as u64, last - 249, "dense, nothing lost");
 }
 
+/// A replica of an older version has no `InstallSnapshotStream` (`--fault-no-append-stream`
+/// makes one answer as it would): a snapshot larger than `--snapshot-chunk-bytes` that fits
+/// one message is then sent to it in one, and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_the_snapshot_stream_is_sent_the_snapshot_in_one_message() {
+    let mut g = Group::start(
+        3,
+        &[
+            "--segment-bytes",
+            "4096",
+            "--snapshot-every",
+            "20",
+            "--snapshot-chunk-bytes",
+            "4096",
+            "--fault-no-append-stream",
+        ],
+    )
+    .await;
+    let leader = g.leader(Duration::from_secs(20)).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    for i in 0..250 {
+        write(&log, &format!("x{i}"), 1, 1).await;
+    }
+    write(&log, "w", 1, 50).await;
+    log.retain(250, "").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (id4, addr4) = g.start_another().await;
+    members(&g.all(), &["add", &format!("{id4}={addr4}")])
+        .await
+        .unwrap_or_else(|e| panic!("add: {e}\n{}", g.logs()));
+    assert!(
+        log_says(
+            &g.procs[leader],
+            "takes no snapshot in pieces",
+            Duration::from_secs(1)
+        )
+        .await,
+        "the leader did not fall back to one message:\n{}",
+        g.procs[leader].log_tail(30)
+    );
+    let last = write(&log, "w", 51, 5).await.last().unwrap().1;
+    assert_eq!(
+        served(&addr4, 250, last).await,
+        served(&g.addrs[leader], 250, last).await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_membership_changes_are_refused_by_name() {
     let mut g = Group::start(3, &[]).await;

@@ -68,7 +68,8 @@ pub struct LogstoreArgs {
     /// (Replicated) A snapshot larger than this goes to a replica that needs one (it lags
     /// behind the retention point, or was added) as a stream of pieces this large, so a
     /// snapshot's size is not bound by one message's (256 MiB). 4096 to 255 MiB; the
-    /// receiver takes at most 16 GiB.
+    /// receiver takes a snapshot of at most 16 GiB (holding it about twice in memory while it
+    /// installs it).
     #[arg(
         long,
         env = "LOGPLAYER_SNAPSHOT_CHUNK_BYTES",
@@ -83,9 +84,9 @@ pub struct LogstoreArgs {
     /// same value on every replica (a replica refuses messages from one with another).
     #[arg(long, env = "LOGPLAYER_HEARTBEAT", default_value = "50ms", value_parser = humantime::parse_duration, requires = "peers")]
     heartbeat: std::time::Duration,
-    /// FAULT INJECTION, for tests only: answer the leader's `AppendStream` with
-    /// UNIMPLEMENTED, as a replica of a version without it would during a rolling upgrade.
-    /// The leader must fall back to single `AppendEntries` calls.
+    /// FAULT INJECTION, for tests only: answer the leader's `AppendStream` and
+    /// `InstallSnapshotStream` with UNIMPLEMENTED, as a replica of a version without them
+    /// would during a rolling upgrade. The leader must fall back to single calls.
     #[arg(long, hide = true, requires = "peers")]
     fault_no_append_stream: bool,
 }

@@ -18,6 +18,7 @@ impl Shared {
         let mut prev = from - 1;
         let mut retry = backoff(&self.config, &format!("recovery {}", target.id));
         tracing::info!(shard = %target.id, term = rec.term, from, to, "recovery started");
+        let problem = format!("recovery of shard {}", target.id);
         loop {
             // A recovery of an expired term (its shard reconnected and a newer one started)
             // stops retrying: during a LogStore outage, each reconnect would otherwise leave
@@ -32,20 +33,37 @@ impl Shared {
                 Ok(Some(())) => {}
                 Ok(None) => return, // stale term
                 Err(status) => {
-                    if Reason::of(&status) == Some(Reason::BelowRetention) {
-                        let first = self.first_index().await.unwrap_or(0);
-                        self.fail(PlayerError::Retention {
-                            shard: target.id.clone(),
-                            needed: from,
-                            first,
-                        });
-                        return;
+                    match Reason::of(&status) {
+                        Some(Reason::BelowRetention) => {
+                            let first = self.first_index().await.unwrap_or(0);
+                            self.fail(PlayerError::Retention {
+                                shard: target.id.clone(),
+                                needed: from,
+                                first,
+                            });
+                            return;
+                        }
+                        Some(reason @ (Reason::EntryTooLarge | Reason::Corrupt)) => {
+                            // As on the main stream: retrying will not help until somebody
+                            // acts, so say it once, loudly, and in `/readyz`.
+                            let message = format!(
+                                "cannot read the log for shard {}: {}",
+                                target.id,
+                                status.message()
+                            );
+                            if self.stats.metrics.set_problem(&problem, &message) {
+                                tracing::error!(shard = %target.id, reason = reason.as_str(), %message, "a recovery read is stalled; retrying slowly");
+                            }
+                        }
+                        _ => {
+                            tracing::warn!(shard = %target.id, %status, "recovery read failed; retrying")
+                        }
                     }
-                    tracing::warn!(shard = %target.id, %status, "recovery read failed; retrying");
                     tokio::time::sleep(retry.next()).await;
                     continue;
                 }
             }
+            self.stats.metrics.clear_problem(&problem);
             retry = backoff(&self.config, &format!("recovery {}", target.id));
             // The range is read: close it with a watermark at `to`.
             let wm = ShardEntry {

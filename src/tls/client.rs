@@ -110,10 +110,11 @@ pub fn dialer(tls: Arc<Tls>, expected: Expected) -> Dialer {
 }
 
 /// The dialer of a process without TLS: plain TCP with `TCP_NODELAY`, whose first bytes
-/// from the server are checked. A TLS server answers the HTTP/2 preface with a TLS record
-/// (an alert); an HTTP/2 server's first frame is a SETTINGS frame, whose first byte (the top
-/// of a 24-bit length) is 0. Without this check the client's call fails as "operation was
-/// canceled: connection closed", which names neither side's configuration.
+/// from the server are checked. A rustls server (ours) answers the HTTP/2 preface with a TLS
+/// record (an alert); an HTTP/2 server's first frame is a SETTINGS frame, whose first byte
+/// (the top of a 24-bit length) is 0. Without this check the client's call fails as
+/// "operation was canceled: connection closed", which names neither side's configuration.
+/// (A server that closes without an alert, as Go's TLS does, still reads as that.)
 pub fn plaintext_dialer() -> Dialer {
     Arc::new(move |authority: String| {
         Box::pin(async move {

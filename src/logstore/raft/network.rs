@@ -9,7 +9,8 @@
 //! The leader's AppendEntries to a follower go on one gRPC stream per replication session
 //! (`AppendStream`): each is sent as soon as openraft has it, while the follower still writes
 //! the ones before (openraft's `stream_append`, pipelined on both sides), instead of one call
-//! waiting for the answer to the previous. Votes and snapshots are single calls.
+//! waiting for the answer to the previous. Votes are single calls; a snapshot is one call, or
+//! a stream of pieces when it is larger than `--snapshot-chunk-bytes`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,8 +53,9 @@ pub const SNAPSHOT_CHUNK_BYTES_RANGE: std::ops::RangeInclusive<usize> =
 /// The largest snapshot a replica takes in pieces (the writer table is bounded by
 /// `--max-writers`, each with at most 4,096 remembered appends of ~17 bytes).
 pub const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024 * 1024;
-/// How fast a snapshot in pieces is assumed to travel at the least, for its deadline.
-const SNAPSHOT_BYTES_PER_SEC: usize = 8 * 1024 * 1024;
+/// How fast a snapshot is assumed to travel (and be installed) at the least, for its
+/// deadline: 512 s more per GiB.
+const SNAPSHOT_BYTES_PER_SEC: usize = 2 * 1024 * 1024;
 
 fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, Status> {
     postcard::to_allocvec(v)
@@ -86,6 +88,7 @@ fn envelope_bytes(
         to,
         max_entry_bytes: from.max_entry_bytes,
         heartbeat_millis: from.heartbeat_millis,
+        snapshot_bytes: 0,
     }
 }
 
@@ -242,7 +245,8 @@ pub struct ReplicationService {
     gate: Gate,
     raft: Raft,
     catching_up: std::sync::Arc<CatchingUp>,
-    /// False: `AppendStream` is answered UNIMPLEMENTED, as by an older version.
+    /// False: `AppendStream` and `InstallSnapshotStream` are answered UNIMPLEMENTED, as by
+    /// an older version.
     append_stream: bool,
 }
 
@@ -267,8 +271,9 @@ impl ReplicationService {
         }
     }
 
-    /// Answers `AppendStream` UNIMPLEMENTED when `serve` is false (a test of the leader's
-    /// fallback to single calls, for a peer of a version without the stream).
+    /// Answers `AppendStream` and `InstallSnapshotStream` UNIMPLEMENTED when `serve` is
+    /// false (a test of the leader's fallback to single calls, for a peer of a version
+    /// without the streams).
     pub fn serving_append_stream(mut self, serve: bool) -> Self {
         self.append_stream = serve;
         self
@@ -407,10 +412,21 @@ impl Replication for ReplicationService {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        if !self.append_stream {
+            return Err(Status::unimplemented(
+                "InstallSnapshotStream is not served by this replica (--fault-no-append-stream)",
+            ));
+        }
         let mut pieces = request.into_inner();
         let (mut data, mut from, mut count) = (Vec::new(), None, 0usize);
         while let Some(m) = pieces.message().await? {
             self.gate.check(&m)?;
+            let total = usize::try_from(m.snapshot_bytes).unwrap_or(usize::MAX);
+            if total > MAX_SNAPSHOT_BYTES {
+                return Err(Reason::Invalid.status(format!(
+                    "a snapshot of {total} bytes, above the {MAX_SNAPSHOT_BYTES} a replica takes"
+                )));
+            }
             if *from.get_or_insert(m.from) != m.from {
                 return Err(Reason::Invalid.status(format!(
                     "pieces of one snapshot from replicas {} and {}",
@@ -418,11 +434,12 @@ impl Replication for ReplicationService {
                     m.from
                 )));
             }
-            if data.len() + m.payload.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Reason::Invalid.status(format!(
-                    "a snapshot of more than {MAX_SNAPSHOT_BYTES} bytes"
-                )));
+            if data.len() + m.payload.len() > total {
+                return Err(Reason::Invalid
+                    .status(format!("pieces of a snapshot of {total} bytes carry more")));
             }
+            // Exactly: the snapshot is held twice at most, here and decoded.
+            data.reserve_exact(total - data.len());
             data.extend_from_slice(&m.payload);
             count += 1;
         }
@@ -503,6 +520,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             machine: self.machine.clone(),
             snapshot_chunk: self.snapshot_chunk,
+            no_snapshot_stream: false,
             client: None,
             unary_only: false,
             last_unreachable: self.unreachable.entry(target).or_default().clone(),
@@ -517,6 +535,8 @@ pub struct Peer {
     addr: String,
     machine: Machine,
     snapshot_chunk: usize,
+    /// The peer answered a snapshot in pieces as a version without them would.
+    no_snapshot_stream: bool,
     client: Option<ReplicationClient<Channel>>,
     /// The peer has no `AppendStream` (an older version, during a rolling upgrade): each
     /// AppendEntries goes as its own call, one at a time.
@@ -590,19 +610,21 @@ impl Peer {
         timeout: Duration,
     ) -> Result<SnapshotResponse<TypeConfig>, RPCError<TypeConfig>> {
         let mut client = self.client()?;
-        let pieces: Vec<RaftMessage> = (0..encoded.len())
-            .step_by(self.snapshot_chunk.max(1))
-            .map(|at| {
-                let end = (at + self.snapshot_chunk).min(encoded.len());
-                envelope_bytes(encoded.slice(at..end), &self.machine, self.me, self.target)
-            })
-            .collect();
-        let out = if pieces.len() <= 1 {
-            let m = envelope_bytes(encoded, &self.machine, self.me, self.target);
-            let mut request = Request::new(m);
-            request.set_timeout(timeout);
-            client.install_snapshot(request).await
-        } else {
+        // One message fits what the replication limit allows (less room for its envelope).
+        let fits_one = encoded.len() <= *SNAPSHOT_CHUNK_BYTES_RANGE.end();
+        let mut out = None;
+        if encoded.len() > self.snapshot_chunk && !(fits_one && self.no_snapshot_stream) {
+            let total = encoded.len() as u64;
+            let pieces: Vec<RaftMessage> = (0..encoded.len())
+                .step_by(self.snapshot_chunk.max(1))
+                .map(|at| {
+                    let end = (at + self.snapshot_chunk).min(encoded.len());
+                    let piece = encoded.slice(at..end);
+                    let mut m = envelope_bytes(piece, &self.machine, self.me, self.target);
+                    m.snapshot_bytes = total;
+                    m
+                })
+                .collect();
             tracing::info!(
                 peer = self.target,
                 bytes = encoded.len(),
@@ -611,7 +633,29 @@ impl Peer {
             );
             let mut request = Request::new(futures::stream::iter(pieces));
             request.set_timeout(timeout);
-            client.install_snapshot_stream(request).await
+            match client.install_snapshot_stream(request).await {
+                // A replica of an older version has no stream (plaintext: UNIMPLEMENTED; over
+                // TLS its authorization refuses a method it does not know): a snapshot that
+                // fits one message goes as one, to this peer from now on.
+                Err(s)
+                    if fits_one
+                        && (s.code() == tonic::Code::Unimplemented
+                            || Reason::of(&s) == Some(Reason::Forbidden)) =>
+                {
+                    tracing::info!(peer = self.target, addr = %self.addr, "the peer takes no snapshot in pieces (an older version): sending it in one message");
+                    self.no_snapshot_stream = true;
+                }
+                other => out = Some(other),
+            }
+        }
+        let out = match out {
+            Some(out) => out,
+            None => {
+                let m = envelope_bytes(encoded, &self.machine, self.me, self.target);
+                let mut request = Request::new(m);
+                request.set_timeout(timeout);
+                client.install_snapshot(request).await
+            }
         };
         let m = match out {
             Ok(r) => r.into_inner(),
@@ -850,10 +894,18 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         drop(req);
         let timeout = option.hard_ttl().max(Duration::from_secs(10))
             + Duration::from_secs((encoded.len() / SNAPSHOT_BYTES_PER_SEC) as u64);
-        tokio::select! {
-            closed = cancel => Err(closed.into()),
-            r = self.send_snapshot(encoded, timeout) => r.map_err(StreamingError::from),
+        let (bytes, started) = (encoded.len(), std::time::Instant::now());
+        let sent = tokio::select! {
+            closed = cancel => return Err(closed.into()),
+            r = self.send_snapshot(encoded, timeout) => r,
+        };
+        if let Err(e) = &sent {
+            // openraft tries again from the first byte; a snapshot that keeps failing (one
+            // too large for the peer, a link too slow for its deadline) must not do so
+            // without a word.
+            tracing::warn!(peer = self.target, bytes, elapsed = ?started.elapsed(), ?timeout, error = %e, "sending a snapshot failed; it is sent again");
         }
+        sent.map_err(StreamingError::from)
     }
 }
 

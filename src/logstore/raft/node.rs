@@ -68,8 +68,8 @@ pub struct ReplicaConfig {
     pub heartbeat: Duration,
     /// Never seed a new group from `peers`: wait to be added, or seeded by `Seed`.
     pub join: bool,
-    /// Serve the leader's `AppendStream` (false only to test the fallback to single calls
-    /// that a peer of an older version needs).
+    /// Serve the leader's `AppendStream` and `InstallSnapshotStream` (false only to test the
+    /// fallback to single calls that a peer of an older version needs).
     pub serve_append_stream: bool,
     /// A snapshot larger than this goes to a replica in pieces of this size.
     pub snapshot_chunk_bytes: usize,
