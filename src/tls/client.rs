@@ -59,8 +59,7 @@ pub async fn dial(
     authority: &str,
     expected: &Expected,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(authority).await?;
-    tcp.set_nodelay(true)?;
+    let tcp = tcp_connect(authority).await?;
     let host = authority
         .rsplit_once(':')
         .map_or(authority, |(h, _)| h)
@@ -109,6 +108,30 @@ pub fn dialer(tls: Arc<Tls>, expected: Expected) -> Dialer {
     })
 }
 
+/// Opens TCP to `host:port` as tonic's own connector does (hyper's): every address the name
+/// resolves to, IPv6 and IPv4 raced (happy eyeballs), each given its share of the time, with
+/// `TCP_NODELAY`. (`TcpStream::connect` tries the addresses one after another, so one that
+/// does not answer, a stale pod address, takes the whole connect timeout.)
+pub async fn tcp_connect(authority: &str) -> std::io::Result<TcpStream> {
+    use tower::ServiceExt as _;
+    let uri: http::Uri = format!("http://{authority}").parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("address {authority:?}: {e}"),
+        )
+    })?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let io = http.oneshot(uri).await.map_err(|e| {
+        let kind = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+        std::io::Error::new(kind, e)
+    })?;
+    Ok(io.into_inner())
+}
+
 /// The dialer of a process without TLS: plain TCP with `TCP_NODELAY`, whose first bytes
 /// from the server are checked. A rustls server (ours) answers the HTTP/2 preface with a TLS
 /// record (an alert); an HTTP/2 server's first frame is a SETTINGS frame, whose first byte
@@ -118,8 +141,7 @@ pub fn dialer(tls: Arc<Tls>, expected: Expected) -> Dialer {
 pub fn plaintext_dialer() -> Dialer {
     Arc::new(move |authority: String| {
         Box::pin(async move {
-            let tcp = TcpStream::connect(&authority).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = tcp_connect(&authority).await?;
             Ok(Box::new(TlsSniff {
                 inner: tcp,
                 authority,
