@@ -257,6 +257,15 @@ impl LeaseBackend for KubeLease {
         }
     }
 
+    fn raise_epoch_hint(&self, seen: u64) -> String {
+        let (ns, name) = self.lease.split_once('/').unwrap_or(("", &self.lease));
+        format!(
+            "raise the Lease's epoch above {seen}: kubectl -n {ns} patch lease {name} --type \
+             merge -p '{{\"spec\":{{\"leaseTransitions\":{}}}}}'",
+            seen.saturating_add(1)
+        )
+    }
+
     fn identity(&self) -> &str {
         &self.identity
     }

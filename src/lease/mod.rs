@@ -145,6 +145,11 @@ pub trait LeaseBackend: Send + Sync {
     async fn release(&self) -> Result<(), LeaseError>;
     /// Who we are in the lease.
     fn identity(&self) -> &str;
+    /// How an operator raises this lease's epoch above `seen` (after the lease was deleted
+    /// or reset, a shard may have seen a higher epoch than the lease now counts).
+    fn raise_epoch_hint(&self, seen: u64) -> String {
+        format!("raise the lease's epoch above {seen}")
+    }
     /// How long a lease written by this backend stays valid without a renewal, as others
     /// will judge it (after any rounding the store imposes). [`run_elector`] checks that its
     /// `renew_deadline` is shorter.

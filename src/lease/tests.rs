@@ -577,6 +577,20 @@ mod kube_mock {
         (lease, handle)
     }
 
+    /// The remedy a player names when fenced by an epoch no holder was given (the Lease was
+    /// deleted or reset) is a command that raises this Lease's epoch above it.
+    #[tokio::test]
+    async fn the_raise_epoch_hint_is_a_command_for_this_lease() {
+        let (lease, _handle) = backend();
+        let hint = lease.raise_epoch_hint(41);
+        assert!(
+            hint.contains(
+                r#"kubectl -n default patch lease lp --type merge -p '{"spec":{"leaseTransitions":42}}'"#
+            ),
+            "{hint}"
+        );
+    }
+
     fn ts(offset_secs: i64) -> String {
         Timestamp::now()
             .checked_add(SignedDuration::from_secs(offset_secs))

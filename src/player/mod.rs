@@ -179,12 +179,14 @@ pub enum PlayerError {
         highest: Option<u64>,
     },
     #[error(
-        "shard {shard} has seen epoch {seen}, which no lease holder was ever given (this replica holds the lease at epoch {lease_epoch}, its highest): a process outside the lease (a player started by hand with --epoch, or one using another lease) delivered to it. Stop that process, then raise the lease's epoch above {seen}"
+        "shard {shard} has seen epoch {seen}, which no lease holder was ever given (this replica holds the lease at epoch {lease_epoch}, its highest): a process outside the lease (a player started by hand with --epoch, or one using another lease) delivered to it, or the lease was deleted or reset and counts from 1 again. Stop any such process, then {remedy}"
     )]
     UnknownEpoch {
         shard: String,
         seen: u64,
         lease_epoch: u64,
+        /// How to raise this lease's epoch (see [`crate::lease::LeaseBackend::raise_epoch_hint`]).
+        remedy: String,
     },
     #[error(
         "the LogStore at {addr} serves log {found}, but this player started on log {expected}: the log behind the address changed; restart the player against the intended log"

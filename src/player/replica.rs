@@ -170,6 +170,7 @@ pub async fn run(
                     shard,
                     seen,
                     lease_epoch: epoch,
+                    remedy: backend.raise_epoch_hint(seen),
                 });
             }
             Err(e @ PlayerError::Fenced { .. }) => {
