@@ -464,7 +464,17 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         .await?;
     let image = owner.as_ref().and_then(|lp| lp.spec.image.clone());
     let pull_policy = owner.as_ref().and_then(|lp| lp.spec.image_pull_policy);
-    let paused = owner.as_ref().is_some_and(paused);
+    // A managed Shard whose LogPlayer is gone keeps the server it runs, untouched: rebuilt
+    // without its LogPlayer (the default image, TLS files nobody issues, no NetworkPolicy
+    // choice) it would roll onto pods that cannot start. A new Shard whose LogPlayer does
+    // not exist yet still gets its server.
+    let orphaned = owner.is_none()
+        && shard.spec.managed.is_some()
+        && Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&desired::shard_server_name(shard))
+            .await?
+            .is_some();
+    let paused = owner.as_ref().is_some_and(paused) || orphaned;
     let mut apply_problems = Vec::new();
     let spec_problem = match desired::shard_objects(
         shard,

@@ -524,6 +524,29 @@ async fn a_shard_whose_logplayer_is_missing_says_so() {
     assert_eq!(degraded["reason"], "LogPlayerNotFound");
 }
 
+/// A managed Shard whose LogPlayer was deleted keeps its running server as it is: nothing
+/// is applied to it (rebuilt without its LogPlayer, with the default image and TLS files
+/// nobody issues, it would roll onto pods that cannot start).
+#[tokio::test]
+async fn a_managed_shard_whose_logplayer_is_gone_keeps_its_server_untouched() {
+    let s0 = shard("s0", 0, 16383, true);
+    let parsed: Shard = serde_json::from_value(s0.clone()).expect("a Shard");
+    let sts = desired::shard_server_name(&parsed);
+    let mut w = world(&logplayer(3, false), vec![s0.clone()]);
+    w.objects.remove(LP_PATH);
+    w.objects.insert(
+        format!("/apis/apps/v1/namespaces/ns/statefulsets/{sts}"),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+               "metadata": {"name": sts, "namespace": "ns"},
+               "spec": {"replicas": 1, "selector": {}, "serviceName": sts, "template": {}}}),
+    );
+    let (result, sent) = reconcile_one_shard(&s0, w).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(applies(&sent), Vec::<String>::new());
+    let st = &status_patch(&sent).body["status"];
+    assert_eq!(condition(st, "Degraded")["reason"], "LogPlayerNotFound");
+}
+
 #[tokio::test]
 async fn api_errors_are_retried_and_counted() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
