@@ -81,6 +81,20 @@ fn an_address_or_id_that_cannot_work_is_refused_at_start() {
             ],
             "shard id must be non-empty",
         ),
+        (
+            vec![
+                "logstore",
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:17201",
+                "--peers",
+                "1=127.0.0.1:17209,2=127.0.0.1:17201,3=127.0.0.1:17203",
+                "--data",
+                &data,
+            ],
+            "is replica 2's address in --peers",
+        ),
     ] {
         let out = Command::new(common::bin())
             .env("LOGPLAYER_INSECURE", "true")
@@ -153,7 +167,7 @@ fn each_cause_of_an_error_is_named_once() {
 fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
     let dir = tempfile::tempdir().unwrap();
     for format in ["text", "json"] {
-        // The log opens (and logs so), then the address cannot be bound: exit 1.
+        // It warns that it runs plaintext, then the address cannot be bound: exit 1.
         let out = Command::new(common::bin())
             .env("LOGPLAYER_INSECURE", "true")
             .args([
@@ -176,7 +190,7 @@ fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
         let (logs, errors): (Vec<&str>, Vec<&str>) =
             stderr.lines().partition(|l| !l.starts_with("error: "));
         assert_eq!(errors.len(), 1, "{stderr}");
-        assert!(logs.iter().any(|l| l.contains("WAL opened")), "{stderr}");
+        assert!(logs.iter().any(|l| l.contains("plaintext")), "{stderr}");
         if format == "json" {
             for line in logs {
                 let v: serde_json::Value =
@@ -184,6 +198,28 @@ fn logs_to_a_pipe_have_no_colour_and_json_logs_are_json() {
                 assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
             }
         }
+    }
+}
+
+/// A server that cannot bind its `--listen` leaves no new log or store behind (a log id
+/// created for nothing, in a directory the next start would then take as this log).
+#[test]
+fn a_server_that_cannot_listen_creates_no_data() {
+    let dir = tempfile::tempdir().unwrap();
+    for (what, extra) in [("logstore", vec![]), ("shard", vec!["--id", "s0"])] {
+        let data = dir.path().join(what);
+        let out = Command::new(common::bin())
+            .env("LOGPLAYER_INSECURE", "true")
+            .args([what, "--listen", "256.0.0.1:0"])
+            .args(extra)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("256.0.0.1:0"), "{stderr}");
+        assert!(!data.exists(), "{what} created {}", data.display());
     }
 }
 

@@ -353,6 +353,8 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
         };
         return run_replica(a, data, id, peers).await;
     }
+    // Bound first: a taken or mistyped --listen must not leave a new log (and its id) behind.
+    let (listener, addr) = grpc::bind(&a.listen).await?;
     let config = logstore::LogStoreConfig {
         dir: data.clone(),
         segment_bytes: Some(a.segment_bytes),
@@ -371,13 +373,26 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
         max_entry_bytes = a.limit.max_entry_bytes,
         "log opened"
     );
-    let (listener, addr) = grpc::bind(&a.listen).await?;
     println!("listening on {addr}");
     logstore::service::serve(log, listener, on_signal()).await?;
     Ok(())
 }
 
 async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> anyhow::Result<()> {
+    // Listening on another replica's address: every message the others send that replica
+    // would come here, refused one by one as meant for another id, while this one starts.
+    let bare = |x: &str| x.trim().trim_end_matches('/').to_ascii_lowercase();
+    if let Some((other, addr)) = peers
+        .0
+        .iter()
+        .find(|(p, addr)| **p != id && bare(addr) == bare(&a.listen))
+    {
+        bail!(
+            "--listen {} is replica {other}'s address in --peers ({addr}), and this is replica \
+             {id}: give it the --id that --peers maps to its address, or fix --peers",
+            a.listen
+        );
+    }
     let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, data.clone());
     config.segment_bytes = Some(a.segment_bytes);
     config.max_entry_bytes = a.limit.max_entry_bytes;
@@ -449,13 +464,14 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             crate::routing::check_id(&id).context("--id")?;
             a.callers.install(None)?;
             serve_as(crate::grpc::Expected::Shard(id.clone()))?;
+            // Bound first: a taken or mistyped --listen must not leave a new store behind.
+            let (listener, addr) = grpc::bind(&a.listen).await?;
             let mut store = shard::any::AnyStore::open(&data, a.store)
                 .with_context(|| format!("opening shard store in {}", data.display()))?;
             if a.no_fsync {
                 tracing::warn!("--no-fsync: commits are not durable until a later sync");
                 store.set_fsync(false);
             }
-            let (listener, addr) = grpc::bind(&a.listen).await?;
             let me = shard::ShardSelf {
                 id: id.clone(),
                 addr: addr.to_string(),

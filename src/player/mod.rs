@@ -158,9 +158,35 @@ impl PlayerConfig {
             if let Err(e) = crate::routing::check_addr(addr) {
                 return bad(&format!("LogStore address {addr:?} is not HOST:PORT ({e})"));
             }
+            // A shard at the LogStore's address would never take a delivery: its slots
+            // would wait forever while the player looks healthy.
+            if let Some(s) = self.shards.shards.iter().find(|s| same_addr(&s.addr, addr)) {
+                return bad(&format!(
+                    "shard {} is at {addr}, which --logstore names as the LogStore's address",
+                    s.id
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// Whether a failed call says that one side speaks TLS and the other plaintext (the words
+/// of `tls::client`'s dialers).
+fn tls_mismatch(text: &str) -> bool {
+    text.contains("speaks TLS, and this process plaintext") || text.contains("does not speak TLS")
+}
+
+/// Whether two addresses name the same `host:port` (scheme, case and a trailing `/` aside).
+fn same_addr(a: &str, b: &str) -> bool {
+    let bare = |x: &str| {
+        x.trim()
+            .split_once("://")
+            .map_or(x.trim(), |(_, rest)| rest)
+            .trim_end_matches('/')
+            .to_ascii_lowercase()
+    };
+    bare(a) == bare(b)
 }
 
 /// Why the player stopped.
@@ -352,7 +378,7 @@ impl Player {
         let log = LogStoreClient::new(channel)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let Some(bounds) = log_bounds(&log, &config, &shutdown).await else {
+        let Some(bounds) = log_bounds(&log, &config, &shutdown).await? else {
             return Err(PlayerError::Stopped);
         };
         if bounds.max_entry_bytes > config.max_entry_bytes as u64 {
@@ -451,12 +477,14 @@ impl Player {
 /// How long one `Bounds` call at start may take before it is tried again.
 const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The LogStore's bounds, asked until it answers (`None`: shut down first).
+/// The LogStore's bounds, asked until it answers (`None`: shut down first). An answer that
+/// retrying cannot change stops the player naming it: a server without the LogStore API
+/// (`--logstore` names a shard's address), or one whose TLS this process does not speak.
 async fn log_bounds(
     log: &LogStoreClient<Channel>,
     config: &PlayerConfig,
     shutdown: &CancellationToken,
-) -> Option<crate::proto::BoundsResponse> {
+) -> Result<Option<crate::proto::BoundsResponse>, PlayerError> {
     let mut retry = backoff(config, "bounds");
     loop {
         // A LogStore that accepts the connection and never answers (frozen, or a half-dead
@@ -466,15 +494,27 @@ async fn log_bounds(
         let mut client = log.clone();
         let asked = tokio::select! {
             r = client.bounds(request) => r,
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
         };
         match asked {
-            Ok(b) => return Some(b.into_inner()),
+            Ok(b) => return Ok(Some(b.into_inner())),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                return Err(PlayerError::Config(format!(
+                    "the server at {} does not serve the LogStore API (Bounds answered \
+                     UNIMPLEMENTED: {}): is it a shard's address? --logstore takes the \
+                     LogStore's",
+                    config.logstore,
+                    status.message()
+                )));
+            }
+            Err(status) if tls_mismatch(&grpc::one_line(&status)) => {
+                return Err(PlayerError::Config(grpc::one_line(&status)));
+            }
             Err(status) => {
                 tracing::warn!(%status, addr = %config.logstore, "LogStore not answering yet");
                 tokio::select! {
                     _ = tokio::time::sleep(retry.next()) => {}
-                    _ = shutdown.cancelled() => return None,
+                    _ = shutdown.cancelled() => return Ok(None),
                 }
             }
         }
