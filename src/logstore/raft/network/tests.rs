@@ -1,0 +1,131 @@
+//! Unit tests of the replication network: the catching-up gate and the checks on
+//! messages (another log, another replica).
+
+use std::time::Duration;
+
+use super::*;
+use crate::logstore::raft::node::{Replica, ReplicaConfig};
+use crate::proto::{Mutation, mutation::Op};
+
+/// A replica started empty waits to hear a leader, then to apply what that leader had
+/// committed, and from then on votes again (for good: a later leader's commit index
+/// does not hold it back).
+#[test]
+fn a_replica_started_empty_votes_again_once_it_applied_what_the_leader_had_committed() {
+    let gate = CatchingUp::empty();
+    assert_eq!(gate.missing(0), Some(None), "no leader heard yet");
+    gate.heard(Some(5));
+    assert_eq!(gate.missing(3), Some(Some(5)));
+    gate.heard(Some(9));
+    assert_eq!(
+        gate.missing(4),
+        Some(Some(5)),
+        "the first leader's commit counts"
+    );
+    assert_eq!(gate.missing(5), None, "caught up");
+    gate.heard(Some(20));
+    assert_eq!(gate.missing(6), None, "and stays so");
+    assert_eq!(CatchingUp::default().missing(0), None, "never empty");
+}
+
+/// A one-replica group that leads and has its log id.
+async fn established(dir: &std::path::Path) -> Replica {
+    let peers = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+    let r = Replica::start(ReplicaConfig::new(1, peers, dir.into()))
+        .await
+        .unwrap();
+    for _ in 0..250 {
+        if r.is_leader() && r.machine().log_id().is_some() {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no established leader: {:?}", r.status());
+}
+
+/// A snapshot from a replica of another log (two groups wired together by mistake) is
+/// refused before Raft sees it, naming both logs, and so is one addressed to another
+/// replica id, or from a replica with another entry limit: installed, it would replace
+/// this replica's log by the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
+    let (mine_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mine = established(mine_dir.path()).await;
+    let other = established(other_dir.path()).await;
+    for _ in 0..5 {
+        let m = vec![Mutation {
+            key: b"k".to_vec().into(),
+            op: Some(Op::Add(1)),
+        }];
+        other
+            .submit(m, None, 0, None)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    other.retain(4).await.unwrap();
+    other.raft().trigger().snapshot().await.unwrap();
+    let snapshot = loop {
+        if let Some(s) = other.raft().get_snapshot().await.unwrap() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let vote = other
+        .raft()
+        .with_raft_state(|s| *s.vote_ref())
+        .await
+        .unwrap();
+    let full = FullSnapshot {
+        vote,
+        meta: snapshot.meta,
+        data: snapshot.snapshot.into_inner(),
+    };
+    let limit = crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64;
+    let me = Sender {
+        id: 1,
+        max_entry_bytes: limit,
+        heartbeat_millis: 50,
+    };
+    let service = ReplicationService::new(
+        me,
+        mine.raft().clone(),
+        mine.machine().clone(),
+        mine.catching_up(),
+    );
+    let (my_log, their_log) = (mine.machine().log_id(), other.machine().log_id());
+    let bounds = mine.machine().bounds();
+    for (to, limit, heartbeat, want) in [
+        (1, limit, 50, "they belong to different logs"),
+        (2, limit, 50, "meant for replica 2"),
+        (
+            1,
+            limit * 2,
+            50,
+            "replica 1 has --max-entry-bytes 4194304 and replica 1 8388608",
+        ),
+        (
+            1,
+            limit,
+            3_600_000,
+            "replica 1 has --heartbeat 50ms and replica 1 3600000ms",
+        ),
+    ] {
+        let from = Sender {
+            id: 1,
+            max_entry_bytes: limit,
+            heartbeat_millis: heartbeat,
+        };
+        let m = envelope(&full, other.machine(), from, to).unwrap();
+        let refused = service
+            .install_snapshot(Request::new(m))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a snapshot of another log to replica {to} was taken"));
+        assert!(refused.message().contains(want), "{}", refused.message());
+    }
+    assert_eq!(mine.machine().log_id(), my_log, "{their_log:?}");
+    assert_eq!(mine.machine().bounds(), bounds);
+}
