@@ -89,6 +89,8 @@ pub(super) struct Found {
     pub spec_problem: Option<status::Problem>,
     pub apply_problems: Vec<status::Problem>,
     pub paused: bool,
+    /// See [`status::Observed::deleting`].
+    pub deleting: Option<String>,
     /// The identity the operator dials the LogPlayer's servers with (its admin certificate).
     pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
     pub certificates: crate::operator::certs::CertState,
@@ -192,6 +194,7 @@ pub(super) async fn observe(
         apply_problems: found.apply_problems,
         pod_problems,
         paused: found.paused,
+        deleting: found.deleting,
         log_members: None,
         certificates: found.certificates,
     })

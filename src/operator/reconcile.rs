@@ -119,6 +119,15 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         .namespace()
         .ok_or(OperatorError::NoNamespace { kind: "LogPlayer" })?;
     let is_paused = paused(lp);
+    // Being deleted: nothing is applied or pruned (a foreground deletion removes the
+    // dependents first, which applying would make again, a new CA among them).
+    let deleting = lp.metadata.deletion_timestamp.as_ref().map(|_| {
+        match lp.metadata.finalizers.as_deref().unwrap_or_default() {
+            [] => "waiting for its dependents to go".to_owned(),
+            f => format!("finalizers: {}", f.join(", ")),
+        }
+    });
+    let hold = is_paused || deleting.is_some();
     // A spec a user can fix is reported in the status, not retried as an error: what runs
     // keeps running, and the next change of the LogPlayer or a Shard reconciles again.
     let (shards, selector_problem) = match shards_of(&ctx.client, lp, &ns).await? {
@@ -137,7 +146,7 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
     ) {
         (Some(p), _) => Some(p),
         (None, Ok(mut objects)) => {
-            if !is_paused {
+            if !hold {
                 let leaves = certs::leaves(lp, &ns, &shards);
                 certificates = certs::keep(&ctx.client, &ns, lp, &leaves).await?;
                 let tls = certs::admin_identity(&ctx.client, &ns, Some(lp)).await?;
@@ -165,7 +174,7 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         log_seen = members_step(ctx, lp, &ns, Some((addrs, members)), tls, false).await?;
     }
     let failed = !apply_problems.is_empty();
-    let converging = !is_paused
+    let converging = !hold
         && log_seen.as_ref().is_some_and(|s: &log_members::Seen| {
             s.members
                 .as_ref()
@@ -176,6 +185,7 @@ async fn reconcile_logplayer_inner(lp: &LogPlayer, ctx: &Context) -> Result<Acti
         spec_problem,
         apply_problems,
         paused: is_paused,
+        deleting,
         tls: identity.flatten(),
         certificates,
     };

@@ -524,6 +524,37 @@ async fn a_shard_whose_logplayer_is_missing_says_so() {
     assert_eq!(degraded["reason"], "LogPlayerNotFound");
 }
 
+/// A LogPlayer being deleted (a foreground deletion, or a finalizer of someone else's) gets
+/// nothing applied or pruned, no certificate written: applying would make again what the
+/// garbage collector removes, a new CA among them. Its status says so.
+#[tokio::test]
+async fn a_logplayer_being_deleted_gets_nothing_applied_and_says_so() {
+    let mut lp = logplayer(3, false);
+    lp["metadata"]["deletionTimestamp"] = json!("2026-12-05T08:00:00Z");
+    lp["metadata"]["finalizers"] = json!(["example.com/backup"]);
+    let (result, sent, _) = reconcile_lp(&lp, world(&lp, four_shards())).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(applies(&sent), Vec::<String>::new());
+    assert!(
+        !sent.iter().any(|s| s.method == Method::DELETE
+            || s.method == Method::POST && s.path.contains("/secrets")),
+        "{sent:#?}"
+    );
+    let st = &status_patch(&sent).body["status"];
+    let ready = condition(st, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("Deleting"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("example.com/backup"),
+        "{ready}"
+    );
+}
+
 /// A managed Shard whose LogPlayer was deleted keeps its running server as it is: nothing
 /// is applied to it (rebuilt without its LogPlayer, with the default image and TLS files
 /// nobody issues, it would roll onto pods that cannot start).

@@ -394,7 +394,13 @@ fn log_membership_changing(seen: &Seen) -> Option<Verdict> {
 
 /// `Ready`: the first problem, else a missing leader or ready pod, else delivering.
 fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option<i64>) -> Verdict {
-    if let Some(first) = problems.first() {
+    if let Some(holds) = &obs.deleting {
+        verdict(
+            false,
+            "Deleting",
+            format!("the LogPlayer is being deleted ({holds}): the operator changes nothing"),
+        )
+    } else if let Some(first) = problems.first() {
         verdict(false, &first.reason, primary_message(problems))
     } else if leader.is_none() {
         verdict(

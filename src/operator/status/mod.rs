@@ -147,6 +147,9 @@ pub struct Observed {
     pub pod_problems: Vec<Problem>,
     /// The pause annotation is set.
     pub paused: bool,
+    /// The LogPlayer is being deleted (its `deletionTimestamp` is set): what holds it (its
+    /// finalizers, or the dependents a foreground deletion waits for).
+    pub deleting: Option<String>,
     /// A managed LogStore's membership, and the change made to it (none when the LogStore
     /// is external; no change while reconciliation is paused).
     pub log_members: Option<crate::operator::log_members::Seen>,

@@ -69,6 +69,7 @@ fn healthy() -> Observed {
         apply_problems: Vec::new(),
         pod_problems: Vec::new(),
         paused: false,
+        deleting: None,
         certificates: crate::operator::certs::CertState::NotChecked,
     }
 }
