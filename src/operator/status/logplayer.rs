@@ -324,6 +324,16 @@ fn certificates_ready(obs: &Observed) -> Option<Verdict> {
     })
 }
 
+/// What keeps the players' Deployment from the latest spec: a spec that does not build, or
+/// the Deployment's own apply refused.
+fn blocked(obs: &Observed) -> Option<&Problem> {
+    obs.spec_problem.as_ref().or_else(|| {
+        obs.apply_problems
+            .iter()
+            .find(|p| p.message.starts_with("applying Deployment "))
+    })
+}
+
 /// `Progressing`: player pods being created or rolled. Nothing is while there is no
 /// Deployment to roll (the spec does not build, or its apply failed: `Degraded` says which)
 /// or while reconciliation is paused (the Deployment is left as it is, whatever the spec).
@@ -345,6 +355,18 @@ fn progressing(obs: &Observed) -> Verdict {
             "NoDeployment",
             "the player Deployment does not exist: nothing rolls out until what Degraded names is fixed"
                 .into(),
+        )
+    } else if let Some(p) = blocked(obs) {
+        // The Deployment was not brought to this spec: its counts compare the new replica
+        // count with the old template (`RollingOut` forever, or `Complete` for a template
+        // that was never applied).
+        verdict(
+            false,
+            "Blocked",
+            format!(
+                "the player Deployment is not brought to the latest spec ({}: see Degraded); {} player pods ready, {} exist",
+                p.reason, obs.ready_replicas, obs.replicas
+            ),
         )
     } else if !obs.deployment_current {
         // Its replica counts still describe the template before the last apply.

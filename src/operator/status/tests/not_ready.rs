@@ -22,6 +22,27 @@ fn a_deployment_whose_controller_has_not_seen_the_change_is_progressing() {
     }));
     let (st, reason, _) = srm(&s.conditions, condition::PROGRESSING);
     assert_eq!((st, reason), ("False", "Paused"));
+    // A Deployment that exists but is not brought to a spec that does not build, or whose
+    // apply was refused: nothing rolls (it read `RollingOut` for a count never applied).
+    for problem in [
+        Problem::new("SlotsOverlap", "shards a and b both own slot 7"),
+        Problem::new(
+            "ApplyFailed",
+            "applying Deployment demo-player: exceeded quota",
+        ),
+    ] {
+        let s = status(&healthy_with(|o| {
+            o.desired_replicas = 3;
+            if problem.reason == "ApplyFailed" {
+                o.apply_problems = vec![problem.clone()];
+            } else {
+                o.spec_problem = Some(problem.clone());
+            }
+        }));
+        let (st, reason, message) = srm(&s.conditions, condition::PROGRESSING);
+        assert_eq!((st, reason), ("False", "Blocked"), "{message}");
+        assert!(message.contains(&problem.reason), "{message}");
+    }
     let s = status(&healthy_with(|o| o.deployment_current = false));
     assert_eq!(
         srm(&s.conditions, condition::PROGRESSING),
