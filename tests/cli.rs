@@ -587,4 +587,23 @@ fn a_bad_value_from_the_environment_names_its_variable() {
     assert!(said.contains("LOGPLAYER_IDLE_CONNECTION_TIMEOUT"), "{said}");
     let said = run(&[], &["--max-entry-bytes", "abc"]);
     assert!(!said.contains("environment variable"), "{said}");
+    // Two flags in conflict, one of them from the environment: that one is named.
+    let out = Command::new(common::bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .env("LOGPLAYER_SHARDS", "s0=127.0.0.1:1")
+        .args([
+            "player",
+            "--logstore",
+            "127.0.0.1:2",
+            "--shard-map",
+            "/x.yaml",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("the value of --shard came from the environment variable LOGPLAYER_SHARDS"),
+        "{said}"
+    );
 }

@@ -278,21 +278,40 @@ fn parse_cli() -> Cli {
         Ok(cli) => return cli,
         Err(e) => e,
     };
-    let flag = match e.get(clap::error::ContextKind::InvalidArg) {
-        Some(clap::error::ContextValue::String(s)) => {
-            s.split_whitespace().next().unwrap_or_default().to_owned()
+    // The flag refused and, for two that conflict, the one before it.
+    let mut flags = Vec::new();
+    for kind in [
+        clap::error::ContextKind::InvalidArg,
+        clap::error::ContextKind::PriorArg,
+    ] {
+        match e.get(kind) {
+            Some(clap::error::ContextValue::String(s)) => flags.push(s.clone()),
+            Some(clap::error::ContextValue::Strings(v)) => flags.extend(v.iter().cloned()),
+            _ => {}
         }
-        _ => String::new(),
-    };
-    let typed = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
-    let var = flag
-        .strip_prefix("--")
-        .filter(|_| !typed)
-        .and_then(|long| env_of(&Cli::command(), long))
-        .filter(|var| std::env::var_os(var).is_some());
-    let Some(var) = var else { e.exit() };
+    }
+    let notes: Vec<String> = flags
+        .iter()
+        .filter_map(|f| {
+            let flag = f.split_whitespace().next().unwrap_or_default();
+            let typed = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            let var = flag
+                .strip_prefix("--")
+                .filter(|_| !typed)
+                .and_then(|long| env_of(&Cli::command(), long))
+                .filter(|var| std::env::var_os(var).is_some())?;
+            Some(format!(
+                "note: the value of {flag} came from the environment variable {var}"
+            ))
+        })
+        .collect();
+    if notes.is_empty() {
+        e.exit()
+    }
     let _ = e.print();
-    eprintln!("note: the value of {flag} came from the environment variable {var}");
+    for note in notes {
+        eprintln!("{note}");
+    }
     std::process::exit(e.exit_code())
 }
 
