@@ -344,6 +344,32 @@ fn counts_that_cannot_work_are_refused_by_name() {
         (&["demo", "--shards", "0"], "--shards", 1),
         (&["demo", "--keys", "0"], "--keys", 1),
         (&["demo", "--rounds", "0"], "--rounds", 1),
+        (
+            &[
+                "player",
+                "--logstore",
+                "a:1",
+                "--shard",
+                "s0=b:1",
+                "--epoch",
+                "0",
+            ],
+            "--epoch",
+            1,
+        ),
+        (
+            &[
+                "logstore",
+                "--id",
+                "1",
+                "--peers",
+                "1=a:1",
+                "--snapshot-every",
+                "0",
+            ],
+            "--snapshot-every",
+            1,
+        ),
     ] {
         let out = Command::new(common::bin())
             .env("LOGPLAYER_INSECURE", "true")
@@ -358,6 +384,23 @@ fn counts_that_cannot_work_are_refused_by_name() {
             "{args:?}: {stderr}"
         );
     }
+    // An empty namespace would have meant the whole cluster.
+    let out = Command::new(common::bin())
+        .args(["operator", "--watch-namespace", ""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--watch-namespace: an empty namespace name"),
+        "{stderr}"
+    );
+    let (code, stderr) = insecure(&["status", "--logstore", "a:1", "--timeout", "0s"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--timeout <") && stderr.contains("must be above 0"),
+        "{stderr}"
+    );
     // Log replicas: odd, 1 to 7, as the CRD's `logStore.managed.replicas`.
     for args in [
         &["bench", "--logstore-replicas", "1,0"][..],

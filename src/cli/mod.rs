@@ -269,6 +269,16 @@ pub(crate) fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// A number that must be at least 1 (epochs, snapshot intervals), refused in the words of
+/// the tools' counts.
+pub(crate) fn at_least_one(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Parses the command line. A value refused that came from an environment variable rather
 /// than the command line is named with its variable too (clap names only the flag, and the
 /// flag is nowhere in the command a user typed).

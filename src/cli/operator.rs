@@ -74,12 +74,22 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
         retry_period: a.retry_period,
     };
     lease.validate()?;
+    let given = a.watch_namespaces.len();
     let namespaces: Vec<String> = a
         .watch_namespaces
         .into_iter()
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .collect();
+    // An empty name (`--watch-namespace ""`, an empty LOGPLAYER_WATCH_NAMESPACES) would
+    // otherwise leave no namespace named: the whole cluster, which a namespace-scoped
+    // install has no permissions for.
+    if namespaces.len() != given {
+        anyhow::bail!(
+            "--watch-namespace: an empty namespace name; name each namespace, or leave the \
+             flag (and LOGPLAYER_WATCH_NAMESPACES) out to watch the whole cluster"
+        );
+    }
     let operator_namespace = a.lease_namespace.clone();
     let config = operator::OperatorConfig {
         namespaces,

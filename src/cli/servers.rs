@@ -62,6 +62,7 @@ pub struct LogstoreArgs {
         long,
         env = "LOGPLAYER_SNAPSHOT_EVERY",
         default_value_t = 10_000,
+        value_parser = super::at_least_one,
         requires = "peers"
     )]
     snapshot_every: u64,

@@ -36,9 +36,18 @@ pub struct StatusArgs {
     /// no lease holder was given, which is reported as a problem.
     #[arg(long)]
     lease_epoch: Option<u64>,
-    /// How long to wait for each part to answer.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// How long to wait for each part to answer (above 0).
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
     timeout: Duration,
+}
+
+/// A duration above zero (`status --timeout 0s` would report every part unreachable).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The log as `Bounds` reports it.

@@ -35,7 +35,8 @@ pub struct PlayerArgs {
     pub shard_map: Option<PathBuf>,
     /// Leader epoch sent to shards (fencing token) when running without a lease. With
     /// --lease-file or --lease-name, the epoch comes from the lease each time it is won.
-    #[arg(long, env = "LOGPLAYER_EPOCH", default_value_t = 1, conflicts_with_all = ["lease_file", "lease_name"])]
+    /// Epochs start at 1 (a lease's first holder has 1).
+    #[arg(long, env = "LOGPLAYER_EPOCH", default_value_t = 1, value_parser = crate::cli::at_least_one, conflicts_with_all = ["lease_file", "lease_name"])]
     pub epoch: u64,
     /// Run as one of several replicas behind a file lease at this path (single machine).
     #[arg(long, env = "LOGPLAYER_LEASE_FILE", conflicts_with = "lease_name")]
