@@ -430,18 +430,26 @@ fn the_players_limits_are_the_crds() {
         "s0=127.0.0.1:7100",
     ];
     for (flag, says, code) in [
-        ("--window=1025", "window batches must be 1 to 1024", 1),
+        ("--window=1025", "--window must be 1 to 1024, not 1025", 1),
         (
             "--window-bytes=1073741825",
-            "window bytes must be 1 to 1 GiB",
+            "--window-bytes must be 1 to 1 GiB, not 1073741825",
             1,
         ),
-        ("--batch-bytes=8388609", "batch bytes must be 1 to 8 MiB", 1),
-        ("--queue-bytes=1073741825", "64 KiB to 1 GiB", 1),
+        (
+            "--batch-bytes=8388609",
+            "--batch-bytes must be 1 to 8 MiB, not 8388609",
+            1,
+        ),
+        (
+            "--queue-bytes=1073741825",
+            "--queue-bytes (and the catch-up queue) must be 64 KiB to 1 GiB, not 1073741825",
+            1,
+        ),
         ("--lease-duration=61m", "must be above 0 and at most 1h", 2),
         (
             "--checkpoint-interval=0s",
-            "checkpoint interval must be above 0",
+            "--checkpoint-interval must be above 0",
             1,
         ),
     ] {

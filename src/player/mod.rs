@@ -117,27 +117,39 @@ impl PlayerConfig {
     pub fn validate(&self) -> Result<(), PlayerError> {
         let bad = |what: &str| Err(PlayerError::Config(what.to_owned()));
         if self.batch_entries == 0 {
-            return bad("batch entries must be at least 1");
+            return bad("--batch-entries must be at least 1");
         }
         if !(1..=MAX_WINDOW).contains(&self.window_batches) {
-            return bad("window batches must be 1 to 1024");
+            return bad(&format!(
+                "--window must be 1 to {MAX_WINDOW}, not {}",
+                self.window_batches
+            ));
         }
         if !(1..=MAX_WINDOW_BYTES).contains(&self.window_bytes) {
-            return bad("window bytes must be 1 to 1 GiB");
+            return bad(&format!(
+                "--window-bytes must be 1 to 1 GiB, not {}",
+                self.window_bytes
+            ));
         }
         if !(MIN_QUEUE_BYTES..=MAX_QUEUE_BYTES).contains(&self.queue_bytes)
             || !(MIN_QUEUE_BYTES..=MAX_QUEUE_BYTES).contains(&self.catchup_bytes)
         {
-            return bad("queue and catch-up limits must be 64 KiB to 1 GiB");
+            return bad(&format!(
+                "--queue-bytes (and the catch-up queue) must be 64 KiB to 1 GiB, not {} (catch-up {})",
+                self.queue_bytes, self.catchup_bytes
+            ));
         }
         if let Err(e) = crate::limits::validate(self.max_entry_bytes) {
             return bad(&e);
         }
         if !(1..=MAX_BATCH_BYTES).contains(&self.batch_bytes) {
-            return bad("batch bytes must be 1 to 8 MiB");
+            return bad(&format!(
+                "--batch-bytes must be 1 to 8 MiB, not {}",
+                self.batch_bytes
+            ));
         }
         if self.checkpoint_interval.is_zero() {
-            return bad("checkpoint interval must be above 0");
+            return bad("--checkpoint-interval must be above 0");
         }
         if self.watermark_every == 0 {
             return bad("watermark interval must be at least 1");
