@@ -144,38 +144,50 @@ pub(super) async fn observe(
         not_created.extend(pods_not_created(client, ns, &sts).await?);
     }
     let dstatus = deployment.and_then(|d| d.status).unwrap_or_default();
-    let lease = Api::<Lease>::namespaced(client.clone(), ns)
-        .get_opt(&player)
-        .await?
-        .map(|l| lease_info(&l, status::now()));
-    // The LogStore's head, for lag.
+    // The LogStore's head (for lag) and every shard, asked at once: one at a time, N shards
+    // that do not answer took N probe timeouts, and the status that long to change.
     let managed_logstore = lp.spec.log_store.managed.is_some();
     let logstore_down = managed_logstore && !any_running(&component_pods(&pods, "logstore", None));
-    let (logstore, head_index) = match desired::logstore_endpoint(lp, ns, &ctx.defaults) {
-        Some(_) if logstore_down => (status::Probe::NotRunning, None),
-        Some(addr) => probe_log(&addr, found.tls.clone()).await,
-        None => (status::Probe::Unknown, None),
+    let log_probe = async {
+        match desired::logstore_endpoint(lp, ns, &ctx.defaults) {
+            Some(_) if logstore_down => (status::Probe::NotRunning, None),
+            Some(addr) => probe_log(&addr, found.tls.clone()).await,
+            None => (status::Probe::Unknown, None),
+        }
     };
     let mut sorted: Vec<&Shard> = shards.iter().collect();
     sorted.sort_by_key(|s| s.name_any());
-    let mut observed_shards = Vec::with_capacity(sorted.len());
-    for s in sorted {
+    let shard_probes = futures::future::join_all(sorted.iter().map(|s| {
         let name = s.name_any();
-        let managed = s.spec.managed.is_some();
-        let down = managed && !any_running(&component_pods(&pods, "shard", Some(&name)));
-        let probe = match desired::shard_endpoint(s, &ctx.defaults) {
-            Some(_) if down => status::Probe::NotRunning,
-            Some(addr) => probe_shard(&addr, &name, found.tls.as_ref()).await,
-            None => status::Probe::Unknown,
-        };
-        observed_shards.push(status::ShardObserved {
+        let down =
+            s.spec.managed.is_some() && !any_running(&component_pods(&pods, "shard", Some(&name)));
+        let endpoint = desired::shard_endpoint(s, &ctx.defaults);
+        let tls = found.tls.clone();
+        async move {
+            match endpoint {
+                Some(_) if down => status::Probe::NotRunning,
+                Some(addr) => probe_shard(&addr, &name, tls.as_ref()).await,
+                None => status::Probe::Unknown,
+            }
+        }
+    }));
+    let ((logstore, head_index), probes) = tokio::join!(log_probe, shard_probes);
+    let observed_shards = sorted
+        .iter()
+        .zip(probes)
+        .map(|(s, probe)| status::ShardObserved {
             name: s.name_any(),
             acked_index: s.status.as_ref().and_then(|st| st.acked_index),
             covered_index: s.status.as_ref().and_then(|st| st.covered_index),
             probe,
             degraded: shard_degraded(s),
-        });
-    }
+        })
+        .collect();
+    // Read last, so that its freshness is judged when the status is written.
+    let lease = Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt(&player)
+        .await?
+        .map(|l| lease_info(&l, status::now()));
     // What keeps pods from being made comes before what is wrong with a pod.
     let pod_problems = not_created.into_iter().chain(pod_problems(&pods)).collect();
     Ok(status::Observed {

@@ -40,7 +40,10 @@ pub(super) async fn reconcile_logplayer(
         let old = lp.status.clone().unwrap_or_default();
         let generation = lp.metadata.generation.unwrap_or(0);
         let new = status::failed_logplayer_status(&old, generation, &e.to_string(), status::now());
-        if new != old && report_failure::<LogPlayer>(&ctx, &ns, &lp.name_any(), &new).await {
+        if new != old
+            && report_failure::<LogPlayer>(&ctx, lp.object_ref(&()), &ns, &lp.name_any(), &new)
+                .await
+        {
             publish(&ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
         }
     }
@@ -74,8 +77,16 @@ pub(super) fn failing(
 }
 
 /// Writes the status of a resource whose reconciliation failed (best effort: the API
-/// server may be what failed); whether it was written.
-async fn report_failure<K>(ctx: &Context, ns: &str, name: &str, new: &impl serde::Serialize) -> bool
+/// server may be what failed); whether it was written. One that cannot be written (the API
+/// server refuses the status itself: RBAC, an admission policy) is said in a Warning Event
+/// on the resource, else its status would stay as it last was without a word.
+async fn report_failure<K>(
+    ctx: &Context,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    ns: &str,
+    name: &str,
+    new: &impl serde::Serialize,
+) -> bool
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -86,6 +97,19 @@ where
         Ok(()) => true,
         Err(e) => {
             tracing::debug!(error = %e, "could not write the status of a failed reconciliation");
+            let event = Event {
+                type_: EventType::Warning,
+                action: "WriteStatus".into(),
+                reason: "StatusWriteFailed".into(),
+                note: Some(format!(
+                    "the operator cannot write this resource's status ({e}): it shows what was \
+                     last written"
+                )),
+                secondary: None,
+            };
+            if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+                tracing::debug!(%error, "could not publish an event");
+            }
             false
         }
     }
@@ -452,7 +476,10 @@ pub(super) async fn reconcile_shard(
         let generation = shard.metadata.generation.unwrap_or(0);
         let new = status::failed_shard_status(&old, generation, &e.to_string(), status::now());
         let mine = status::operators_part(&old);
-        if new != mine && report_failure::<Shard>(&ctx, &ns, &shard.name_any(), &new).await {
+        if new != mine
+            && report_failure::<Shard>(&ctx, shard.object_ref(&()), &ns, &shard.name_any(), &new)
+                .await
+        {
             publish(
                 &ctx,
                 shard.object_ref(&()),

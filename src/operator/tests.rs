@@ -524,6 +524,36 @@ async fn a_shard_whose_logplayer_is_missing_says_so() {
     assert_eq!(degraded["reason"], "LogPlayerNotFound");
 }
 
+/// A status the API server refuses to store (RBAC, an admission policy) is said in a Warning
+/// Event once the failure repeats: the status itself can only show what was last written.
+#[tokio::test]
+async fn a_status_the_api_server_refuses_is_said_in_an_event() {
+    let lp = logplayer(3, false);
+    let mut w = world(&lp, four_shards());
+    w.refuse
+        .insert(format!("{LP_PATH}/status"), "denied by a policy".into());
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, w));
+    let ctx = context(service);
+    let obj: Arc<LogPlayer> = Arc::new(serde_json::from_value(lp).expect("a LogPlayer"));
+    for _ in 0..3 {
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            reconcile_logplayer(obj.clone(), ctx.clone()),
+        )
+        .await
+        .expect("the reconciliation finishes");
+        assert!(result.is_err(), "{result:?}");
+    }
+    drop(ctx);
+    let sent = server.await.expect("the scripted server");
+    let events = events(&sent);
+    assert!(
+        events.contains(&("Warning".to_owned(), "StatusWriteFailed".to_owned())),
+        "{events:?}"
+    );
+}
+
 /// A LogPlayer being deleted (a foreground deletion, or a finalizer of someone else's) gets
 /// nothing applied or pruned, no certificate written: applying would make again what the
 /// garbage collector removes, a new CA among them. Its status says so.
