@@ -570,6 +570,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         apply_problems,
         pod_problems,
         log_player_found: owner.is_some(),
+        not_selected: owner.as_ref().and_then(|lp| not_selected(lp, shard)),
         lag,
     };
     let old = shard.status.clone().unwrap_or_default();
@@ -587,6 +588,24 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     } else {
         RESYNC
     }))
+}
+
+/// Why `lp` delivers nothing to `shard` although the Shard names it: its `shardSelector`
+/// does not match the Shard's labels (an invalid selector is the LogPlayer's own problem).
+fn not_selected(lp: &LogPlayer, shard: &Shard) -> Option<status::Problem> {
+    use kube::core::SelectorExt as _;
+    let selector = kube::core::Selector::try_from(lp.spec.shard_selector.clone()).ok()?;
+    (!selector.matches(shard.labels())).then(|| {
+        status::Problem::new(
+            "NotSelected",
+            format!(
+                "LogPlayer {} does not select this Shard (its shardSelector {} does not match \
+                 the Shard's labels), so nothing is delivered to it",
+                lp.name_any(),
+                serde_json::to_string(&lp.spec.shard_selector).unwrap_or_default()
+            ),
+        )
+    })
 }
 
 /// Applies a managed shard server's objects (or, for an external shard, none) and deletes

@@ -585,6 +585,30 @@ async fn a_logplayer_being_deleted_gets_nothing_applied_and_says_so() {
     );
 }
 
+/// A Shard that names a LogPlayer whose shardSelector does not select it is not Ready: it
+/// read `Serving` while nothing was delivered to it.
+#[tokio::test]
+async fn a_shard_its_logplayer_does_not_select_says_so() {
+    let mut lp = logplayer(3, false);
+    lp["spec"]["shardSelector"] = json!({"matchLabels": {"tier": "hot"}});
+    let s0 = shard("s0", 0, 16383, false);
+    let (result, sent) = reconcile_one_shard(&s0, world(&lp, vec![s0.clone()])).await;
+    assert!(result.is_ok(), "{result:?}");
+    let st = &status_patch(&sent).body["status"];
+    let ready = condition(st, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("NotSelected"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tier"),
+        "{ready}"
+    );
+}
+
 /// A managed Shard whose LogPlayer was deleted keeps its running server as it is: nothing
 /// is applied to it (rebuilt without its LogPlayer, with the default image and TLS files
 /// nobody issues, it would roll onto pods that cannot start).

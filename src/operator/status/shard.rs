@@ -22,6 +22,8 @@ pub struct ShardObservation {
     pub pod_problems: Vec<Problem>,
     /// Whether the LogPlayer named in `spec.logPlayer` exists.
     pub log_player_found: bool,
+    /// It exists, but its `shardSelector` does not select this Shard (`NotSelected`).
+    pub not_selected: Option<Problem>,
     /// The shard's lag as its LogPlayer last reported it.
     pub lag: Option<i64>,
 }
@@ -40,6 +42,7 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
              nothing is delivered to this shard",
         ));
     }
+    problems.extend(obs.not_selected.clone());
     // What keeps the shard from doing its job whatever the server says (the first of these
     // decides `Ready`): a shard nobody delivers to is not ready.
     let blocking = problems.first().cloned();

@@ -584,6 +584,7 @@ fn shard_obs() -> ShardObservation {
         apply_problems: Vec::new(),
         pod_problems: Vec::new(),
         log_player_found: true,
+        not_selected: None,
         lag: Some(12),
     }
 }
