@@ -81,10 +81,10 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .collect();
-    // An empty name (`--watch-namespace ""`, an empty LOGPLAYER_WATCH_NAMESPACES) would
+    // Only empty names (`--watch-namespace ""`, an empty LOGPLAYER_WATCH_NAMESPACES) would
     // otherwise leave no namespace named: the whole cluster, which a namespace-scoped
-    // install has no permissions for.
-    if namespaces.len() != given {
+    // install has no permissions for. (An empty item in a list, `a,b,`, is skipped.)
+    if given > 0 && namespaces.is_empty() {
         anyhow::bail!(
             "--watch-namespace: an empty namespace name; name each namespace, or leave the \
              flag (and LOGPLAYER_WATCH_NAMESPACES) out to watch the whole cluster"

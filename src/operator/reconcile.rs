@@ -41,8 +41,15 @@ pub(super) async fn reconcile_logplayer(
         let generation = lp.metadata.generation.unwrap_or(0);
         let new = status::failed_logplayer_status(&old, generation, &e.to_string(), status::now());
         if new != old
-            && report_failure::<LogPlayer>(&ctx, lp.object_ref(&()), &ns, &lp.name_any(), &new)
-                .await
+            && report_failure::<LogPlayer>(
+                &ctx,
+                lp.object_ref(&()),
+                &failure_key("LogPlayer", &*lp).unwrap_or_default(),
+                &ns,
+                &lp.name_any(),
+                &new,
+            )
+            .await
         {
             publish(&ctx, lp.object_ref(&()), &old.conditions, &new.conditions).await;
         }
@@ -62,7 +69,7 @@ pub(super) fn failing(
     ok: bool,
 ) -> Option<String> {
     let ns = obj.namespace()?;
-    let key = format!("{kind}/{ns}/{}", obj.name_any());
+    let key = failure_key(kind, obj)?;
     let mut failures = ctx
         .failures
         .lock()
@@ -76,6 +83,21 @@ pub(super) fn failing(
     (*n >= FAILURES_BEFORE_REPORTING).then_some(ns)
 }
 
+/// The key of `obj` in [`Context::failures`].
+fn failure_key(kind: &str, obj: &impl ResourceExt) -> Option<String> {
+    Some(format!("{kind}/{}/{}", obj.namespace()?, obj.name_any()))
+}
+
+/// How many reconciliations of the resource `key` failed in a row.
+fn failures_in_a_row(ctx: &Context, key: &str) -> u32 {
+    ctx.failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(key)
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Writes the status of a resource whose reconciliation failed (best effort: the API
 /// server may be what failed); whether it was written. One that cannot be written (the API
 /// server refuses the status itself: RBAC, an admission policy) is said in a Warning Event
@@ -83,6 +105,7 @@ pub(super) fn failing(
 async fn report_failure<K>(
     ctx: &Context,
     reference: k8s_openapi::api::core::v1::ObjectReference,
+    key: &str,
     ns: &str,
     name: &str,
     new: &impl serde::Serialize,
@@ -97,6 +120,10 @@ where
         Ok(()) => true,
         Err(e) => {
             tracing::debug!(error = %e, "could not write the status of a failed reconciliation");
+            // Said once per run of failures, not at every retry (every 5 s).
+            if failures_in_a_row(ctx, key) != FAILURES_BEFORE_REPORTING {
+                return false;
+            }
             let event = Event {
                 type_: EventType::Warning,
                 action: "WriteStatus".into(),
@@ -477,8 +504,15 @@ pub(super) async fn reconcile_shard(
         let new = status::failed_shard_status(&old, generation, &e.to_string(), status::now());
         let mine = status::operators_part(&old);
         if new != mine
-            && report_failure::<Shard>(&ctx, shard.object_ref(&()), &ns, &shard.name_any(), &new)
-                .await
+            && report_failure::<Shard>(
+                &ctx,
+                shard.object_ref(&()),
+                &failure_key("Shard", &*shard).unwrap_or_default(),
+                &ns,
+                &shard.name_any(),
+                &new,
+            )
+            .await
         {
             publish(
                 &ctx,

@@ -183,12 +183,6 @@ impl PlayerConfig {
     }
 }
 
-/// Whether a failed call says that one side speaks TLS and the other plaintext (the words
-/// of `tls::client`'s dialers).
-fn tls_mismatch(text: &str) -> bool {
-    text.contains("speaks TLS, and this process plaintext") || text.contains("does not speak TLS")
-}
-
 /// Whether two addresses name the same `host:port` (scheme, case and a trailing `/` aside).
 fn same_addr(a: &str, b: &str) -> bool {
     let bare = |x: &str| {
@@ -489,9 +483,10 @@ impl Player {
 /// How long one `Bounds` call at start may take before it is tried again.
 const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The LogStore's bounds, asked until it answers (`None`: shut down first). An answer that
-/// retrying cannot change stops the player naming it: a server without the LogStore API
-/// (`--logstore` names a shard's address), or one whose TLS this process does not speak.
+/// The LogStore's bounds, asked until it answers (`None`: shut down first). A server without
+/// the LogStore API (`--logstore` names a shard's address) stops the player naming it:
+/// retrying cannot change that answer. (A TLS mismatch is retried, saying so: while a
+/// LogPlayer's `tls.mode` changes, its LogStore and players roll at the same time.)
 async fn log_bounds(
     log: &LogStoreClient<Channel>,
     config: &PlayerConfig,
@@ -510,7 +505,12 @@ async fn log_bounds(
         };
         match asked {
             Ok(b) => return Ok(Some(b.into_inner())),
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
+            // tonic maps a proxy's HTTP 404 (a mesh sidecar still warming up) to
+            // UNIMPLEMENTED too: that one is retried.
+            Err(status)
+                if status.code() == tonic::Code::Unimplemented
+                    && !status.message().contains("HTTP status code") =>
+            {
                 return Err(PlayerError::Config(format!(
                     "the server at {} does not serve the LogStore API (Bounds answered \
                      UNIMPLEMENTED: {}): is it a shard's address? --logstore takes the \
@@ -518,9 +518,6 @@ async fn log_bounds(
                     config.logstore,
                     status.message()
                 )));
-            }
-            Err(status) if tls_mismatch(&grpc::one_line(&status)) => {
-                return Err(PlayerError::Config(grpc::one_line(&status)));
             }
             Err(status) => {
                 tracing::warn!(%status, addr = %config.logstore, "LogStore not answering yet");

@@ -123,6 +123,10 @@ pub async fn tcp_connect(authority: &str) -> std::io::Result<TcpStream> {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    // Shared between a name's addresses (without it each could take the system's whole
+    // connect timeout, and they would be tried one after another); the channel bounds the
+    // whole connect as well.
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
     let io = http.oneshot(uri).await.map_err(|e| {
         let kind = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<std::io::Error>())
