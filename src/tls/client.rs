@@ -182,17 +182,51 @@ impl tokio::io::AsyncRead for TlsSniff {
         {
             this.checked = true;
             if is_tls_record_start(first) {
-                return std::task::Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "the server at {} speaks TLS, and this process plaintext (--insecure): \
-                         give it --tls-cert, --tls-key and --tls-ca instead",
-                        this.authority
-                    ),
-                )));
+                return std::task::Poll::Ready(Err(this.speaks_tls()));
             }
         }
         polled
+    }
+}
+
+impl TlsSniff {
+    fn speaks_tls(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the server at {} speaks TLS, and this process plaintext (--insecure): give it \
+                 --tls-cert, --tls-key and --tls-ca instead",
+                self.authority
+            ),
+        )
+    }
+
+    /// A failed write before anything was read: a TLS server answers the HTTP/2 preface
+    /// with an alert and closes, and the client's next write can fail (broken pipe) before
+    /// its read sees the alert. The alert is still in the socket's receive queue: look.
+    fn failed_write(&mut self, e: std::io::Error) -> std::io::Error {
+        if self.checked {
+            return e;
+        }
+        let mut first = [0u8; 1];
+        match self.inner.try_read(&mut first) {
+            Ok(1) if is_tls_record_start(first[0]) => {
+                self.checked = true;
+                self.speaks_tls()
+            }
+            _ => e,
+        }
+    }
+}
+
+/// A write's outcome, a failure named by [`TlsSniff::failed_write`].
+fn written<T>(
+    sniff: &mut TlsSniff,
+    polled: std::task::Poll<std::io::Result<T>>,
+) -> std::task::Poll<std::io::Result<T>> {
+    match polled {
+        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(sniff.failed_write(e))),
+        other => other,
     }
 }
 
@@ -202,7 +236,8 @@ impl tokio::io::AsyncWrite for TlsSniff {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        written(&mut self, polled)
     }
 
     fn poll_write_vectored(
@@ -210,7 +245,8 @@ impl tokio::io::AsyncWrite for TlsSniff {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        written(&mut self, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -221,7 +257,8 @@ impl tokio::io::AsyncWrite for TlsSniff {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        written(&mut self, polled)
     }
 
     fn poll_shutdown(
