@@ -52,30 +52,34 @@ async fn served(addr: &str, from: u64, last: u64) -> Vec<logplayer::proto::Entry
     log.read_range(from, last).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
-    let mut g = Group::start(
-        3,
-        &[
-            "--segment-bytes",
-            "4096",
-            "--snapshot-every",
-            "20",
-            "--snapshot-chunk-bytes",
-            "4096",
-        ],
-    )
-    .await;
-    g.leader(Duration::from_secs(20)).await;
+/// A group of three (with `extra` flags) whose log holds 300 entries, 250 of them released:
+/// a replica added now can only start from a snapshot, and 250 writers (`x0`..`x249`, then
+/// `w` 251..300) make it several 4 KiB pieces. Returns the group, its leader and a client.
+async fn released_group(extra: &[&str]) -> (Group, usize, Log) {
+    let mut args = vec![
+        "--segment-bytes",
+        "4096",
+        "--snapshot-every",
+        "20",
+        "--snapshot-chunk-bytes",
+        "4096",
+    ];
+    args.extend_from_slice(extra);
+    let g = Group::start(3, &args).await;
+    let leader = g.leader(Duration::from_secs(20)).await;
     let log = Log::connect(&g.all()).await.unwrap();
-    // 250 writers, so that the writer table makes a snapshot of several 4 KiB pieces.
     for i in 0..250 {
         write(&log, &format!("x{i}"), 1, 1).await;
     }
     write(&log, "w", 251, 50).await;
-    // Most of the log is released, so a new replica can only start from a snapshot.
     log.retain(250, "").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    (g, leader, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
+    let (mut g, _, log) = released_group(&[]).await;
 
     // 3 -> 4: replica 4 catches up as a learner (through a snapshot), then votes.
     let (id4, addr4) = g.start_another().await;
@@ -171,27 +175,7 @@ async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
 /// one message is then sent to it in one, and it catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_the_snapshot_stream_is_sent_the_snapshot_in_one_message() {
-    let mut g = Group::start(
-        3,
-        &[
-            "--segment-bytes",
-            "4096",
-            "--snapshot-every",
-            "20",
-            "--snapshot-chunk-bytes",
-            "4096",
-            "--fault-no-append-stream",
-        ],
-    )
-    .await;
-    let leader = g.leader(Duration::from_secs(20)).await;
-    let log = Log::connect(&g.all()).await.unwrap();
-    for i in 0..250 {
-        write(&log, &format!("x{i}"), 1, 1).await;
-    }
-    write(&log, "w", 1, 50).await;
-    log.retain(250, "").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut g, leader, log) = released_group(&["--fault-no-append-stream"]).await;
     let (id4, addr4) = g.start_another().await;
     members(&g.all(), &["add", &format!("{id4}={addr4}")])
         .await
@@ -206,7 +190,7 @@ async fn a_replica_without_the_snapshot_stream_is_sent_the_snapshot_in_one_messa
         "the leader did not fall back to one message:\n{}",
         g.procs[leader].log_tail(30)
     );
-    let last = write(&log, "w", 51, 5).await.last().unwrap().1;
+    let last = write(&log, "w", 301, 5).await.last().unwrap().1;
     assert_eq!(
         served(&addr4, 250, last).await,
         served(&g.addrs[leader], 250, last).await

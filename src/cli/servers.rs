@@ -382,11 +382,11 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
 async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> anyhow::Result<()> {
     // Listening on another replica's address: every message the others send that replica
     // would come here, refused one by one as meant for another id, while this one starts.
-    let bare = |x: &str| x.trim().trim_end_matches('/').to_ascii_lowercase();
+    let listen = crate::routing::addr_key(&a.listen);
     if let Some((other, addr)) = peers
         .0
         .iter()
-        .find(|(p, addr)| **p != id && bare(addr) == bare(&a.listen))
+        .find(|(p, addr)| **p != id && crate::routing::addr_key(addr) == listen)
     {
         bail!(
             "--listen {} is replica {other}'s address in --peers ({addr}), and this is replica \

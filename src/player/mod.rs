@@ -172,7 +172,13 @@ impl PlayerConfig {
             }
             // A shard at the LogStore's address would never take a delivery: its slots
             // would wait forever while the player looks healthy.
-            if let Some(s) = self.shards.shards.iter().find(|s| same_addr(&s.addr, addr)) {
+            let key = crate::routing::addr_key(addr);
+            if let Some(s) = self
+                .shards
+                .shards
+                .iter()
+                .find(|s| crate::routing::addr_key(&s.addr) == key)
+            {
                 return bad(&format!(
                     "shard {} is at {addr}, which --logstore names as the LogStore's address",
                     s.id
@@ -181,18 +187,6 @@ impl PlayerConfig {
         }
         Ok(())
     }
-}
-
-/// Whether two addresses name the same `host:port` (scheme, case and a trailing `/` aside).
-fn same_addr(a: &str, b: &str) -> bool {
-    let bare = |x: &str| {
-        x.trim()
-            .split_once("://")
-            .map_or(x.trim(), |(_, rest)| rest)
-            .trim_end_matches('/')
-            .to_ascii_lowercase()
-    };
-    bare(a) == bare(b)
 }
 
 /// Why the player stopped.

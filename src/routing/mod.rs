@@ -284,8 +284,7 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
 pub fn check_addrs(shards: &[MapEntry]) -> Result<(), RoutingError> {
     let mut addrs = std::collections::HashMap::new();
     for s in shards {
-        let addr = s.addr.split_once("://").map_or(&*s.addr, |(_, rest)| rest);
-        let addr = addr.trim_end_matches('/').to_ascii_lowercase();
+        let addr = addr_key(&s.addr);
         if let Some(first) = addrs.insert(addr.clone(), s.id.clone()) {
             return Err(RoutingError::DuplicateAddr {
                 first,
@@ -295,6 +294,14 @@ pub fn check_addrs(shards: &[MapEntry]) -> Result<(), RoutingError> {
         }
     }
     Ok(())
+}
+
+/// An address as compared with another: `host:port` without a scheme or a trailing `/`, in
+/// lower case.
+pub fn addr_key(addr: &str) -> String {
+    let addr = addr.trim();
+    let addr = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    addr.trim_end_matches('/').to_ascii_lowercase()
 }
 
 /// `host:port` of a shard's address, without the `http://` [`normalize_addr`] adds (which
