@@ -30,6 +30,7 @@ mod reconcile;
 pub mod status;
 #[cfg(test)]
 mod tests;
+mod triggers;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

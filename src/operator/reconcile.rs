@@ -6,7 +6,7 @@ use super::metrics::{ErrorLabel, KindLabel};
 use super::observe::{
     Found, any_running, component_pods, observe, paused, pods_of, probe_shard, shards_of,
 };
-use super::{Context, OperatorError, RESYNC, certs, desired, log_members, status};
+use super::{Context, OperatorError, RESYNC, certs, desired, log_members, status, triggers};
 use crate::crd::{LogPlayer, Shard};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -17,8 +17,8 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -725,41 +725,61 @@ where
     }
 }
 
-/// Both controllers over one scope.
+/// Both controllers over one scope. Each watch wakes a reconciliation only for the changes
+/// [`triggers`] passes on; owned objects wake their owner on any change (their status, such
+/// as ready replicas, is what the owner reports).
 async fn run_scope(ctx: Arc<Context>, ns: Option<String>, stop: CancellationToken) {
     let client = ctx.client.clone();
     let ns = ns.as_deref();
-    let lps: Api<LogPlayer> = api(&client, ns);
-    let shards: Api<Shard> = api(&client, ns);
     let cfg = watcher::Config::default();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    let logplayers = Controller::new(lps.clone(), cfg.clone())
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-        .owns(api::<RoleBinding>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .watches(shards.clone(), cfg.clone(), |s: Shard| {
+    let (lp_store, lp_writer) = reflector::store::<LogPlayer>();
+    let lp_events = reflector(lp_writer, watcher(api(&client, ns), cfg.clone()));
+    let logplayers = Controller::for_stream(
+        triggers::changes(lp_events, triggers::spec_and_meta::<LogPlayer>),
+        lp_store,
+    )
+    .owns(api::<Deployment>(&client, ns), owned.clone())
+    .owns(api::<StatefulSet>(&client, ns), owned.clone())
+    .owns(api::<ConfigMap>(&client, ns), owned.clone())
+    .owns(api::<Service>(&client, ns), owned.clone())
+    .owns(api::<ServiceAccount>(&client, ns), owned.clone())
+    .owns(api::<RoleBinding>(&client, ns), owned.clone())
+    .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
+    .watches_stream(
+        triggers::changes(
+            watcher(api::<Shard>(&client, ns), cfg.clone()),
+            triggers::shard_as_member,
+        ),
+        |s: Shard| {
             s.namespace()
                 .map(|ns| ObjectRef::<LogPlayer>::new(&s.spec.log_player).within(&ns))
-        })
-        .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(reconcile_logplayer, error_policy("LogPlayer"), ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "LogPlayer controller");
-            }
-        });
-    let shard_controller = Controller::new(shards, cfg.clone());
+        },
+    )
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(reconcile_logplayer, error_policy("LogPlayer"), ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "LogPlayer controller");
+        }
+    });
+    let (shard_store, shard_writer) = reflector::store::<Shard>();
+    let shard_events = reflector(shard_writer, watcher(api(&client, ns), cfg.clone()));
     // A LogPlayer appearing, changing or going away changes its Shards' status (their
     // `LogPlayerNotFound`, their image): map it to the Shards that name it.
-    let known = shard_controller.store();
-    let shard_controller = shard_controller
-        .owns(api::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned)
-        .watches(lps, cfg, move |lp: LogPlayer| {
+    let known = shard_store.clone();
+    let shard_controller = Controller::for_stream(
+        triggers::changes(shard_events, triggers::spec_and_meta::<Shard>),
+        shard_store,
+    )
+    .owns(api::<StatefulSet>(&client, ns), owned.clone())
+    .owns(api::<Service>(&client, ns), owned)
+    .watches_stream(
+        triggers::changes(
+            watcher(api::<LogPlayer>(&client, ns), cfg.clone()),
+            triggers::spec_and_meta::<LogPlayer>,
+        ),
+        move |lp: LogPlayer| {
             let (name, ns) = (lp.name_any(), lp.namespace());
             known
                 .state()
@@ -767,13 +787,14 @@ async fn run_scope(ctx: Arc<Context>, ns: Option<String>, stop: CancellationToke
                 .filter(|s| s.spec.log_player == name && s.namespace() == ns)
                 .map(|s| ObjectRef::from_obj(&*s))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile_shard, error_policy("Shard"), ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "Shard controller");
-            }
-        });
+        },
+    )
+    .graceful_shutdown_on(stop.cancelled_owned())
+    .run(reconcile_shard, error_policy("Shard"), ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "Shard controller");
+        }
+    });
     tokio::join!(logplayers, shard_controller);
 }

@@ -1320,6 +1320,26 @@ async fn demo_log(
     Ok((log, map))
 }
 
+/// Under steady load nothing about the example changes but its live numbers (cursors, lag,
+/// the log's commit index): the operator refreshes them on its resync and does not chase its
+/// own status writes, nor the players' cursor writes, in a loop.
+async fn operator_at_rest_under_load(h: &Harness) -> anyhow::Result<()> {
+    const WINDOW: Duration = Duration::from_secs(10);
+    // One LogPlayer and four Shards, each resynced every 15 s, plus slack for a Deployment
+    // or a pod still settling: a loop runs several a second.
+    const MOST: f64 = 10.0;
+    let before = scale::footprint(h).await?.reconciles;
+    tokio::time::sleep(WINDOW).await;
+    let ran = scale::footprint(h).await?.reconciles - before;
+    eprintln!("[e2e] reconciliations in {WINDOW:?} of steady load: {ran}");
+    ensure!(
+        ran <= MOST,
+        "the operator ran {ran} reconciliations in {WINDOW:?} of steady load (at most {MOST}): \
+         it chases status writes"
+    );
+    Ok(())
+}
+
 async fn failover(h: &Harness) -> anyhow::Result<()> {
     use logplayer::harness::bench::{LoadSpec, drive};
 
@@ -1336,8 +1356,9 @@ async fn failover(h: &Harness) -> anyhow::Result<()> {
         seed,
     };
     let l2 = log.clone();
-    let running = tokio::spawn(async move { drive(&l2, &spec(20, 1), None).await });
+    let running = tokio::spawn(async move { drive(&l2, &spec(30, 1), None).await });
     tokio::time::sleep(3 * SECOND).await;
+    operator_at_rest_under_load(h).await?;
 
     let (old, old_epoch) = lease_of(h).await?;
     ensure!(!old.is_empty(), "the Lease demo-player has no holder");

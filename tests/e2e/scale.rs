@@ -32,10 +32,11 @@ const CONFIGMAPS: usize = 5_000;
 
 /// One measurement of the leading operator.
 #[derive(Debug)]
-struct Footprint {
+pub(crate) struct Footprint {
     rss_mib: f64,
     peak_mib: f64,
-    reconciles: f64,
+    /// Reconciliations of every kind since the operator started.
+    pub(crate) reconciles: f64,
     mean_reconcile_ms: f64,
 }
 
@@ -74,7 +75,7 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-async fn footprint(h: &Harness) -> anyhow::Result<Footprint> {
+pub(crate) async fn footprint(h: &Harness) -> anyhow::Result<Footprint> {
     let pod = leader(h)?;
     let pid = h
         .node

@@ -1,0 +1,222 @@
+//! What wakes a reconciliation: the changes of each watched kind that can change what the
+//! operator does or reports, without the churn of live numbers.
+//!
+//! Under load a LogPlayer's status changes at every look (each shard's `ackedIndex` and lag,
+//! the log's commit index), and the leading player writes every Shard's cursor once per
+//! checkpoint. Woken by every such write, the controllers would chase their own status writes
+//! and the players' in a loop: each LogPlayer status write wakes its Shards, each Shard
+//! write wakes its LogPlayer, every look probing every server and applying every object. So
+//! each watch passes an object on only when the part of it the operator acts on changed
+//! ([`spec_and_meta`], [`shard_as_member`]), and always when it is deleted; the live numbers
+//! are refreshed on the resync (`RESYNC`).
+//!
+//! Written here rather than with kube's `predicate_filter`: that filter works on objects
+//! after the event is decoded, so an unchanged deleted object is filtered out and a deleted
+//! Shard would stay in its LogPlayer's status until the resync.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use futures::{Stream, StreamExt, stream};
+use kube::Resource;
+use kube::runtime::watcher;
+
+use crate::crd::Shard;
+
+fn hash<T: Hash + ?Sized>(t: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// An object's identity across its events (a recreated object is another one).
+type Id = (Option<String>, Option<String>, Option<String>);
+
+fn id<K: Resource>(o: &K) -> Id {
+    let m = o.meta();
+    (m.namespace.clone(), m.name.clone(), m.uid.clone())
+}
+
+/// What the operator acts on in any object it reconciles: its spec (through the
+/// generation), its labels and annotations (selectors, the pause annotation), its finalizers
+/// and whether it is being deleted. Not its status.
+pub fn spec_and_meta<K: Resource>(o: &K) -> u64 {
+    let m = o.meta();
+    hash(&(
+        m.generation,
+        &m.labels,
+        &m.annotations,
+        &m.finalizers,
+        m.deletion_timestamp.is_some(),
+    ))
+}
+
+/// What a LogPlayer's status takes from one of its Shards: [`spec_and_meta`], the Shard's
+/// conditions (a Shard degraded by its own objects degrades its LogPlayer), its address and
+/// readiness, and the epoch and log of the cursor the leading player wrote (a new epoch is
+/// a new leader). Not the cursor's index, nor the lag.
+pub fn shard_as_member(s: &Shard) -> u64 {
+    let status = s.status.as_ref().map(|st| {
+        let conditions: Vec<_> = st
+            .conditions
+            .iter()
+            .map(|c| (&c.type_, &c.status, &c.reason, &c.message))
+            .collect();
+        (
+            conditions,
+            &st.endpoint,
+            st.ready,
+            st.acked_epoch,
+            &st.acked_log_id,
+        )
+    });
+    hash(&(spec_and_meta(s), status))
+}
+
+/// The objects of a watch worth waking a reconciliation for: one whose `key` changed since
+/// it was last passed on (or that is new), and every deleted one. Errors pass through (the
+/// controller backs off on them). After a relist, objects that did not come back are
+/// forgotten.
+pub fn changes<K, S>(
+    events: S,
+    key: impl Fn(&K) -> u64 + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let mut seen: HashMap<Id, u64> = HashMap::new();
+    let mut listed: HashSet<Id> = HashSet::new();
+    events.flat_map(move |event| {
+        let out = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Init) => {
+                listed.clear();
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                seen.retain(|k, _| listed.contains(k));
+                listed.clear();
+                None
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                listed.insert(id(&o));
+                changed(&mut seen, o, &key).map(Ok)
+            }
+            Ok(watcher::Event::Apply(o)) => changed(&mut seen, o, &key).map(Ok),
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(&id(&o));
+                Some(Ok(o))
+            }
+        };
+        stream::iter(out)
+    })
+}
+
+fn changed<K: Resource>(seen: &mut HashMap<Id, u64>, o: K, key: impl Fn(&K) -> u64) -> Option<K> {
+    let k = key(&o);
+    (seen.insert(id(&o), k) != Some(k)).then_some(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ShardSpec, ShardStatus};
+    use futures::executor::block_on;
+    use watcher::Event;
+
+    fn shard(name: &str, generation: i64, acked: i64, epoch: i64) -> Shard {
+        let spec = ShardSpec {
+            log_player: "lp".into(),
+            slots: Vec::new(),
+            external: None,
+            managed: None,
+            commit_delay: None,
+        };
+        let mut s = Shard::new(name, spec);
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata.generation = Some(generation);
+        s.status = Some(ShardStatus {
+            acked_index: Some(acked),
+            acked_epoch: Some(epoch),
+            lag: Some(acked),
+            ..ShardStatus::default()
+        });
+        s
+    }
+
+    fn passed(events: Vec<Event<Shard>>, key: fn(&Shard) -> u64) -> Vec<(String, i64)> {
+        let out =
+            block_on(changes(stream::iter(events.into_iter().map(Ok)), key).collect::<Vec<_>>());
+        out.into_iter()
+            .map(|r| {
+                let s = r.unwrap();
+                let acked = s.status.and_then(|st| st.acked_index).unwrap_or(0);
+                (s.metadata.name.unwrap_or_default(), acked)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_numbers_do_not_wake_and_spec_changes_and_deletions_do() {
+        let events = vec![
+            Event::Init,
+            Event::InitApply(shard("a", 1, 1, 1)),
+            Event::InitApply(shard("b", 1, 1, 1)),
+            Event::InitDone,
+            // Cursor and lag writes: nothing the operator acts on.
+            Event::Apply(shard("a", 1, 2, 1)),
+            Event::Apply(shard("a", 1, 3, 1)),
+            // A spec change.
+            Event::Apply(shard("a", 2, 4, 1)),
+            Event::Apply(shard("b", 1, 5, 1)),
+            // Deleted unchanged: still passed on.
+            Event::Delete(shard("b", 1, 5, 1)),
+        ];
+        assert_eq!(
+            passed(events, spec_and_meta::<Shard>),
+            [("a", 1), ("b", 1), ("a", 4), ("b", 5)].map(|(n, i)| (n.to_owned(), i))
+        );
+    }
+
+    #[test]
+    fn a_shard_wakes_its_logplayer_on_a_new_epoch_or_condition_but_not_on_its_index() {
+        let mut degraded = shard("a", 1, 4, 2);
+        if let Some(st) = degraded.status.as_mut() {
+            st.ready = Some(false);
+        }
+        let events = vec![
+            Event::Apply(shard("a", 1, 1, 1)),
+            Event::Apply(shard("a", 1, 2, 1)),
+            // A new leader's first cursor.
+            Event::Apply(shard("a", 1, 3, 2)),
+            Event::Apply(degraded),
+        ];
+        assert_eq!(
+            passed(events, shard_as_member),
+            [("a", 1), ("a", 3), ("a", 4)].map(|(n, i)| (n.to_owned(), i))
+        );
+    }
+
+    #[test]
+    fn a_relist_forgets_what_did_not_come_back_and_a_recreated_object_is_new() {
+        let mut again = shard("a", 1, 9, 1);
+        again.metadata.uid = Some("uid-a2".into());
+        let events = vec![
+            Event::Apply(shard("a", 1, 1, 1)),
+            Event::Apply(shard("b", 1, 1, 1)),
+            Event::Init,
+            Event::InitApply(shard("a", 1, 2, 1)),
+            Event::InitDone,
+            // b was deleted while the watch was down: back later, it is new.
+            Event::Apply(shard("b", 1, 7, 1)),
+            Event::Apply(again),
+        ];
+        assert_eq!(
+            passed(events, spec_and_meta::<Shard>),
+            [("a", 1), ("b", 1), ("b", 7), ("a", 9)].map(|(n, i)| (n.to_owned(), i))
+        );
+    }
+}
