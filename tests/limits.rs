@@ -251,3 +251,27 @@ async fn a_player_with_a_larger_limit_batches_within_the_logs() {
         .unwrap();
     assert!(verdict.pass, "{verdict}");
 }
+
+/// `logplayer load` whose transactions the LogStore would refuse stops before its first
+/// append, naming both sizes and the flags, instead of counting every append failed.
+#[tokio::test]
+async fn a_load_larger_than_the_log_limit_is_refused_before_appending() {
+    let (_dir, c, log) = servers(1).await;
+    let out = tokio::process::Command::new(common::bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .args(["load", "--logstore", c.logstore.addr(), "--seconds", "1"])
+        .args(["--txn-bytes", &(2 * DEFAULT_MAX_ENTRY_BYTES).to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("--txn-bytes")
+            && last.contains(&DEFAULT_MAX_ENTRY_BYTES.to_string()),
+        "{stderr}"
+    );
+    assert_eq!(log.bounds().await.unwrap().1, 0, "something was appended");
+}

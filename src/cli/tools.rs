@@ -236,6 +236,7 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
     )))?;
     let log = client::Log::connect(&a.logstore).await?;
     let spec = load_spec(&a.load, a.txn_bytes);
+    fits_the_log(&log, &spec, &a.logstore).await?;
     let r = bench::drive_as(&log, &spec, &a.writer_prefix).await;
     println!("{}", serde_json::to_string(&r)?);
     // The report says how many; the exit status says whether any failed.
@@ -244,6 +245,30 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
             "{} of {} appends failed (see the LogStore's logs and the report above)",
             r.failed,
             r.failed + r.appended
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a load whose largest transaction the LogStore at `addr` would refuse
+/// (`entry-too-large` on every append otherwise, each one counted failed).
+async fn fits_the_log(log: &client::Log, spec: &bench::LoadSpec, addr: &str) -> anyhow::Result<()> {
+    let limit = log.describe().await?.max_entry_bytes;
+    let w = crate::harness::workload::Workload::new(
+        spec.keys_per_txn,
+        spec.key_space,
+        spec.txn_bytes,
+        0,
+    );
+    let size = crate::limits::entry_bytes(&w.largest_txn()) as u64;
+    // 0: a LogStore too old to say its limit.
+    if limit > 0 && size > limit {
+        bail!(
+            "--txn-bytes {} with --keys {} makes entries of up to {size} bytes, above the \
+             --max-entry-bytes {limit} of the LogStore at {addr}: lower --txn-bytes, or raise \
+             the LogStore's limit",
+            spec.txn_bytes,
+            spec.keys_per_txn
         );
     }
     Ok(())

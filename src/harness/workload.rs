@@ -78,6 +78,21 @@ impl Workload {
         }
     }
 
+    /// The largest transaction [`Workload::next_txn`] can make: every mutation an `append`
+    /// on the longest key name, with a token at its longest (the seed and sequence at their
+    /// largest). What a LogStore's `--max-entry-bytes` must admit.
+    pub fn largest_txn(&self) -> Vec<Mutation> {
+        let per_key = self.txn_bytes / self.keys_per_txn;
+        let last = self.keys_per_txn.saturating_sub(1);
+        let token = format!("t{}.{}.{last}", u64::MAX, u64::MAX).len();
+        (0..self.keys_per_txn)
+            .map(|_| Mutation {
+                key: key_name(self.key_space).into_bytes().into(),
+                op: Some(Op::Append(vec![PAD; per_key.max(token)].into())),
+            })
+            .collect()
+    }
+
     /// The next transaction: an `append` of a unique token first, then a random mix of
     /// `add`s and `append`s, each on a key of its kind (plus padding to reach `txn_bytes`).
     pub fn next_txn(&mut self) -> Vec<Mutation> {
@@ -130,6 +145,17 @@ mod tests {
                     }
                     other => panic!("unexpected op {other:?}"),
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn no_transaction_is_larger_than_the_largest() {
+        for (keys, space, bytes) in [(1, 2, 0), (10, 100_000, 1024), (4, 1_000_000, 100_000)] {
+            let mut w = Workload::new(keys, space, bytes, u64::MAX - 1);
+            let most = crate::limits::entry_bytes(&w.largest_txn());
+            for _ in 0..200 {
+                assert!(crate::limits::entry_bytes(&w.next_txn()) <= most);
             }
         }
     }
