@@ -27,10 +27,13 @@ pub enum Mutation {
     LogSkipsFsync,
     /// A log replica takes replication messages from a replica of another log.
     ReplicaIgnoresLogId,
+    /// The shard store acknowledges commits, epochs and its identity without syncing them
+    /// (only a power loss shows it: the simulated disk of `tests/power_loss.rs`).
+    ShardSkipsFsync,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 8] = [
+    pub const ALL: [Mutation; 9] = [
         Mutation::ShardIgnoresEpochs,
         Mutation::ShardAcceptsGaps,
         Mutation::ShardReapplies,
@@ -39,6 +42,7 @@ impl Mutation {
         Mutation::RetentionIgnoresCursor,
         Mutation::LogSkipsFsync,
         Mutation::ReplicaIgnoresLogId,
+        Mutation::ShardSkipsFsync,
     ];
 
     /// The value of `LOGPLAYER_MUTATION` that turns it on.
@@ -52,6 +56,7 @@ impl Mutation {
             Mutation::RetentionIgnoresCursor => "retention-ignores-cursor",
             Mutation::LogSkipsFsync => "log-skips-fsync",
             Mutation::ReplicaIgnoresLogId => "replica-ignores-log-id",
+            Mutation::ShardSkipsFsync => "shard-skips-fsync",
         }
     }
 }

@@ -380,6 +380,7 @@ impl JournalStore {
 
     /// Appends `self.buf` as one record, padded to end on a page boundary.
     fn append(&mut self, sync: bool) -> Result<(), StoreError> {
+        let sync = sync && !crate::mutations::on(crate::mutations::Mutation::ShardSkipsFsync);
         pad_to_page(&mut self.buf, self.wal.next_record_offset());
         let wrote = if sync {
             self.wal.append_batch(&[&self.buf])

@@ -37,6 +37,17 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(Box::new(e.into()))
 }
 
+/// A write transaction, durable when it commits (unless `durable` is false, or the
+/// `shard-skips-fsync` mutation is on).
+fn begin(db: &Database, durable: bool) -> Result<redb::WriteTransaction, StoreError> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    if !durable || crate::mutations::on(crate::mutations::Mutation::ShardSkipsFsync) {
+        txn.set_durability(redb::Durability::None)
+            .map_err(backend)?;
+    }
+    Ok(txn)
+}
+
 fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(backend)?;
     {
@@ -189,7 +200,7 @@ impl ShardStore for RedbStore {
     }
 
     fn set_identity(&mut self, identity: &Identity) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
+        let txn = begin(&self.db, true)?;
         {
             let mut ids = txn.open_table(IDENTITY).map_err(backend)?;
             for (key, value) in [(SHARD_ID, &identity.shard_id), (LOG_ID, &identity.log_id)] {
@@ -204,7 +215,7 @@ impl ShardStore for RedbStore {
     }
 
     fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
+        let txn = begin(&self.db, true)?;
         {
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert(EPOCH, epoch).map_err(backend)?;
@@ -214,11 +225,7 @@ impl ShardStore for RedbStore {
 
     fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
         let split = crate::mutations::on(crate::mutations::Mutation::ShardSplitCommit);
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        if !self.fsync {
-            txn.set_durability(redb::Durability::None)
-                .map_err(backend)?;
-        }
+        let txn = begin(&self.db, self.fsync)?;
         {
             let mut data = txn.open_table(DATA).map_err(backend)?;
             for e in entries {

@@ -1,0 +1,217 @@
+//! A shard's promises through a power loss, on turmoil's simulated disk (the `sim-disk`
+//! feature, as CI builds it): what a shard acknowledged (its applied index, the data with
+//! it) and the highest epoch it welcomed survive a crash that loses every write not yet
+//! synced. SIGKILL cannot show this (the kernel keeps a killed process's writes), so the
+//! real-process fault tests would stay green with the shard's fsync gone; here the shard
+//! store, behind the real protocol rules (`ShardCore`), is crashed as a host whose power
+//! went out, and reopened.
+//!
+//! ```sh
+//! cargo test --release --features mutations,sim-disk --test power_loss
+//! ```
+//!
+//! With the `mutations` feature, `a_shard_skipping_fsync_forgets_through_a_power_loss`
+//! turns the shard's syncs off (`shard-skips-fsync`) and shows this test failing.
+#![cfg(feature = "sim-disk")]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logplayer::proto::{Mutation, ShardEntry, mutation::Op};
+use logplayer::shard::journal::JournalStore;
+use logplayer::shard::store::RedbStore;
+use logplayer::shard::{HelloInfo, ShardCore, ShardError, ShardSelf, ShardStore};
+
+type HostResult = Result<(), Box<dyn std::error::Error>>;
+
+const LOG_ID: &str = "log-power-loss";
+const EPOCH: u64 = 5;
+const ENTRIES: u64 = 10;
+
+fn hello(epoch: u64) -> HelloInfo {
+    HelloInfo {
+        epoch,
+        log_id: LOG_ID.into(),
+        shard_id: "s0".into(),
+        max_entry_bytes: logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+    }
+}
+
+fn entry(index: u64) -> ShardEntry {
+    ShardEntry {
+        index,
+        prev_index: index - 1,
+        mutations: vec![Mutation {
+            key: b"c-000000".to_vec().into(),
+            op: Some(Op::Add(1)),
+        }],
+        ..Default::default()
+    }
+}
+
+/// What the reopened shard says after the power loss.
+#[derive(Debug, Default)]
+struct After {
+    applied: u64,
+    highest_epoch: u64,
+    log_id: Option<String>,
+    /// The counter every acknowledged entry added 1 to.
+    counter: Option<String>,
+    /// What a Hello of the epoch before got.
+    stale_hello: Option<String>,
+    /// Why the store did not open again, if it did not.
+    reopen_error: Option<String>,
+}
+
+/// The shard's software on its host: before the crash, welcome epoch [`EPOCH`] and apply
+/// [`ENTRIES`] entries (each acknowledged when `apply` returns), then wait to lose power;
+/// after it, reopen and report.
+async fn shard<S: ShardStore>(
+    open: fn(&std::path::Path) -> Result<S, logplayer::shard::StoreError>,
+    dir: std::path::PathBuf,
+    acknowledged: Arc<AtomicBool>,
+    after: Arc<Mutex<Option<After>>>,
+) -> HostResult {
+    let me = ShardSelf {
+        id: "s0".into(),
+        addr: "s0:7001".into(),
+        max_entry_bytes: logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+    };
+    if !acknowledged.load(Ordering::SeqCst) {
+        let mut core = ShardCore::open(open(&dir)?, me.clone())?;
+        core.hello(&hello(EPOCH))?;
+        for i in 1..=ENTRIES {
+            core.apply(EPOCH, &[entry(i)])?;
+        }
+        acknowledged.store(true, Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
+    let reopened = open(&dir)
+        .map_err(ShardError::from)
+        .and_then(|store| ShardCore::open(store, me));
+    let mut core = match reopened {
+        Ok(core) => core,
+        Err(e) => {
+            let reopen_error = Some(e.to_string());
+            *after.lock().unwrap_or_else(|p| p.into_inner()) = Some(After {
+                reopen_error,
+                ..After::default()
+            });
+            return Ok(());
+        }
+    };
+    let durable = core.durable();
+    let mut counter = None;
+    core.store().dump(&mut |k, v| {
+        if k == b"c-000000" {
+            counter = Some(format!("{v:?}"));
+        }
+    })?;
+    let stale_hello = match core.hello(&hello(EPOCH - 1)) {
+        Ok(d) => Some(format!("welcomed ({d:?})")),
+        Err(ShardError::Fenced { .. }) => None,
+        Err(e) => Some(format!("refused otherwise: {e}")),
+    };
+    *after.lock().unwrap_or_else(|p| p.into_inner()) = Some(After {
+        applied: durable.applied,
+        highest_epoch: durable.highest_epoch,
+        log_id: core.identity().log_id.clone(),
+        counter,
+        stale_hello,
+        reopen_error: None,
+    });
+    Ok(())
+}
+
+/// Runs the shard on a simulated host, cuts its power once it has acknowledged, restarts it,
+/// and returns what it says.
+fn through_a_power_loss<S: ShardStore>(
+    open: fn(&std::path::Path) -> Result<S, logplayer::shard::StoreError>,
+) -> After {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut builder = turmoil::Builder::new();
+    builder.simulation_duration(Duration::from_secs(60));
+    builder.fs().block_size(512);
+    let mut sim = builder.build();
+    let acknowledged = Arc::new(AtomicBool::new(false));
+    let after = Arc::new(Mutex::new(None));
+    let (a, r, path) = (acknowledged.clone(), after.clone(), dir.path().join("s0"));
+    sim.host("s0", move || {
+        shard(open, path.clone(), a.clone(), r.clone())
+    });
+    while !acknowledged.load(Ordering::SeqCst) {
+        sim.step().expect("the shard runs");
+    }
+    logplayer::disk::power_cut(true);
+    sim.crash("s0");
+    logplayer::disk::power_cut(false);
+    sim.bounce("s0");
+    while after.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        sim.step().expect("the shard reopens");
+    }
+    // The disk exists only inside the simulation: no teardown may reach for it after.
+    logplayer::disk::power_cut(true);
+    drop(sim);
+    let got = after.lock().unwrap_or_else(|p| p.into_inner()).take();
+    got.unwrap_or_default()
+}
+
+fn keeps_its_promises(after: &After) {
+    if let Some(e) = &after.reopen_error {
+        panic!("the shard forgot everything: its store does not open after the power loss: {e}");
+    }
+    assert_eq!(
+        (after.applied, after.highest_epoch, after.log_id.as_deref()),
+        (ENTRIES, EPOCH, Some(LOG_ID)),
+        "the shard forgot what it acknowledged or the epoch it welcomed: {after:?}"
+    );
+    assert_eq!(after.stale_hello, None, "a stale sender got in: {after:?}");
+    assert!(
+        after
+            .counter
+            .as_deref()
+            .is_some_and(|c| c.contains(&ENTRIES.to_string())),
+        "the acknowledged data is not all there: {after:?}"
+    );
+}
+
+#[test]
+fn the_journal_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss() {
+    keeps_its_promises(&through_a_power_loss(JournalStore::open));
+}
+
+#[test]
+fn redb_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss() {
+    keeps_its_promises(&through_a_power_loss(RedbStore::open));
+}
+
+/// With the shard's syncs off, the tests above fail: a power loss takes back an applied
+/// index the player was told, and the epoch that fenced the last stale leader.
+#[cfg(feature = "mutations")]
+#[test]
+fn a_shard_skipping_fsync_forgets_through_a_power_loss() {
+    if std::env::var_os(logplayer::mutations::ENV).is_some() {
+        return; // the child below
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    for test in [
+        "the_journal_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss",
+        "redb_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss",
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args(["--exact", test, "--nocapture"])
+            .env(logplayer::mutations::ENV, "shard-skips-fsync")
+            .output()
+            .expect("the test binary runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() && text.contains("the shard forgot"),
+            "{test} passed with shard-skips-fsync on:\n{text}"
+        );
+    }
+}
