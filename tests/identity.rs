@@ -595,3 +595,120 @@ async fn a_player_given_a_shard_for_its_logstore_or_the_logstore_for_a_shard_sto
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// A shard server of another implementation that checks nothing in a Hello: it answers
+/// every sender as shard `s9` of no log, and counts the batches it is sent.
+struct LaxShard {
+    batches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+type Stream<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl logplayer::proto::shard_server::Shard for LaxShard {
+    type DeliverStream = Stream<logplayer::proto::DeliverResponse>;
+    type DumpStream = Stream<logplayer::proto::DumpResponse>;
+
+    async fn deliver(
+        &self,
+        request: tonic::Request<tonic::Streaming<logplayer::proto::DeliverRequest>>,
+    ) -> Result<tonic::Response<Self::DeliverStream>, tonic::Status> {
+        use futures::StreamExt as _;
+        use logplayer::proto::{deliver_request, deliver_response};
+        let mut inbound = request.into_inner();
+        let batches = self.batches.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = inbound.next().await {
+                match m.msg {
+                    Some(deliver_request::Msg::Hello(h)) => {
+                        let welcome = logplayer::proto::Welcome {
+                            highest_epoch: h.epoch,
+                            shard_id: "s9".into(),
+                            max_entry_bytes: h.max_entry_bytes,
+                            ..Default::default()
+                        };
+                        let msg = Some(deliver_response::Msg::Welcome(welcome));
+                        let _ = tx.send(Ok(logplayer::proto::DeliverResponse { msg })).await;
+                    }
+                    Some(deliver_request::Msg::Batch(_)) => {
+                        batches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    None => {}
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn applied(
+        &self,
+        _: tonic::Request<logplayer::proto::AppliedRequest>,
+    ) -> Result<tonic::Response<logplayer::proto::AppliedResponse>, tonic::Status> {
+        Ok(tonic::Response::new(logplayer::proto::AppliedResponse {
+            shard_id: "s9".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn dump(
+        &self,
+        _: tonic::Request<logplayer::proto::DumpRequest>,
+    ) -> Result<tonic::Response<Self::DumpStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not this shard"))
+    }
+
+    async fn stats(
+        &self,
+        _: tonic::Request<logplayer::proto::StatsRequest>,
+    ) -> Result<tonic::Response<logplayer::proto::StatsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not this shard"))
+    }
+}
+
+/// The player checks the shard's Welcome itself: a shard server that takes any Hello (one
+/// of another implementation, not ours) at the address the map gives `s1`, but answering
+/// as `s9`, is sent nothing, and the player says why; `s0` is delivered to meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_checks_no_hello_but_welcomes_as_another_is_sent_nothing() {
+    let (_dir, c, log) = servers(1).await;
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let batches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lax = LaxShard {
+        batches: batches.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(logplayer::proto::shard_server::ShardServer::new(lax))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let specs = [format!("s0={}", c.shards[0].addr()), format!("s1={addr}")];
+    let (player, _) = start_player_with(&c, "player-lax", c.logstore.addr(), &specs, &[]).await;
+    // Keys on both halves of the slot space: every entry is for both shards.
+    let keys: Vec<Mutation> = (0..20).flat_map(|k| add(&format!("c-{k:06}"), 1)).collect();
+    for _ in 0..20 {
+        log.append(keys.clone(), None, 0).await.unwrap();
+    }
+    let s0 = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
+    let reached = eventually(Duration::from_secs(20), || async {
+        s0.applied().await.is_ok_and(|a| a.applied_index >= 20)
+    })
+    .await;
+    assert!(reached, "s0 got nothing:\n{}", player.log_tail(40));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        batches.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the shard answering as s9 was sent batches meant for s1:\n{}",
+        player.log_tail(40)
+    );
+    assert!(
+        player.log_tail(200).contains("reports id \"s9\""),
+        "{}",
+        player.log_tail(40)
+    );
+}
