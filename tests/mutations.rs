@@ -208,6 +208,9 @@ async fn retention_on(m: Option<Mutation>, replicas: usize) -> Result<(), String
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| format!("no cursor for the down shard in {saved}"))?;
     let (first, _) = log.bounds().await.map_err(|e| e.to_string())?;
+    if first == 1 {
+        return Err("retention released nothing while the shard was down".into());
+    }
     if first > cursor + 1 {
         return Err(format!(
             "the log starts at {first}, but the down shard acknowledged only through {cursor}"

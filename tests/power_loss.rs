@@ -129,6 +129,10 @@ async fn shard<S: ShardStore>(
 fn through_a_power_loss<S: ShardStore>(
     open: fn(&std::path::Path) -> Result<S, logplayer::shard::StoreError>,
 ) -> After {
+    // The power switch is one per process: one simulation at a time.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    logplayer::disk::power_cut(false);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut builder = turmoil::Builder::new();
     builder.simulation_duration(Duration::from_secs(60));

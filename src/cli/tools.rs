@@ -258,9 +258,9 @@ async fn fits_the_log(log: &client::Log, spec: &bench::LoadSpec, addr: &str) -> 
         spec.keys_per_txn,
         spec.key_space,
         spec.txn_bytes,
-        0,
+        spec.seed,
     );
-    let size = crate::limits::entry_bytes(&w.largest_txn()) as u64;
+    let size = w.largest_txn_bytes() as u64;
     // 0: a LogStore too old to say its limit.
     if limit > 0 && size > limit {
         bail!(

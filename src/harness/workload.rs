@@ -78,19 +78,21 @@ impl Workload {
         }
     }
 
-    /// The largest transaction [`Workload::next_txn`] can make: every mutation an `append`
-    /// on the longest key name, with a token at its longest (the seed and sequence at their
-    /// largest). What a LogStore's `--max-entry-bytes` must admit.
-    pub fn largest_txn(&self) -> Vec<Mutation> {
+    /// The size ([`crate::limits::entry_bytes`]) of the largest transaction
+    /// [`Workload::next_txn`] can make: every mutation an `append` on the longest key name,
+    /// with a token at its longest (the sequence at its largest). What a LogStore's
+    /// `--max-entry-bytes` must admit. Computed, not built: a mistyped `--txn-bytes` of
+    /// gigabytes must be refused, not allocated.
+    pub fn largest_txn_bytes(&self) -> usize {
+        use prost::encoding::encoded_len_varint as varint;
         let per_key = self.txn_bytes / self.keys_per_txn;
         let last = self.keys_per_txn.saturating_sub(1);
-        let token = format!("t{}.{}.{last}", u64::MAX, u64::MAX).len();
-        (0..self.keys_per_txn)
-            .map(|_| Mutation {
-                key: key_name(self.key_space).into_bytes().into(),
-                op: Some(Op::Append(vec![PAD; per_key.max(token)].into())),
-            })
-            .collect()
+        let token = format!("t{}.{}.{last}", self.seed, u64::MAX).len();
+        let key = key_name(self.key_space).len();
+        let value = per_key.max(token);
+        // Field 1 (key) and field 5 (append), each a one-byte tag, a length and the bytes.
+        let mutation = 1 + varint(key as u64) + key + 1 + varint(value as u64) + value;
+        self.keys_per_txn * (1 + varint(mutation as u64) + mutation)
     }
 
     /// The next transaction: an `append` of a unique token first, then a random mix of
@@ -153,7 +155,16 @@ mod tests {
     fn no_transaction_is_larger_than_the_largest() {
         for (keys, space, bytes) in [(1, 2, 0), (10, 100_000, 1024), (4, 1_000_000, 100_000)] {
             let mut w = Workload::new(keys, space, bytes, u64::MAX - 1);
-            let most = crate::limits::entry_bytes(&w.largest_txn());
+            let most = w.largest_txn_bytes();
+            // The same sum over the largest transaction built.
+            let token = format!("t{}.{}.{}", w.seed, u64::MAX, keys - 1).len();
+            let built: Vec<Mutation> = (0..keys)
+                .map(|_| Mutation {
+                    key: key_name(space).into_bytes().into(),
+                    op: Some(Op::Append(vec![PAD; (bytes / keys).max(token)].into())),
+                })
+                .collect();
+            assert_eq!(most, crate::limits::entry_bytes(&built));
             for _ in 0..200 {
                 assert!(crate::limits::entry_bytes(&w.next_txn()) <= most);
             }

@@ -7,8 +7,8 @@
 //! and the players' in a loop: each LogPlayer status write wakes its Shards, each Shard
 //! write wakes its LogPlayer, every look probing every server and applying every object. So
 //! each watch passes an object on only when the part of it the operator acts on changed
-//! ([`spec_and_meta`], [`shard_as_member`]), and always when it is deleted; the live numbers
-//! are refreshed on the resync (`RESYNC`).
+//! ([`spec_and_meta`], [`shard_as_member`]), and always when it is deleted while watched;
+//! the live numbers are refreshed on the resync (`RESYNC`).
 //!
 //! Written here rather than with kube's `predicate_filter`: that filter works on objects
 //! after the event is decoded, so an unchanged deleted object is filtered out and a deleted
@@ -75,9 +75,11 @@ pub fn shard_as_member(s: &Shard) -> u64 {
 }
 
 /// The objects of a watch worth waking a reconciliation for: one whose `key` changed since
-/// it was last passed on (or that is new), and every deleted one. Errors pass through (the
-/// controller backs off on them). After a relist, objects that did not come back are
-/// forgotten.
+/// it was last passed on (or that is new), and every one deleted while watched. Errors pass
+/// through (the controller backs off on them). A relist's changed objects are passed on
+/// together when it is complete, as the reflector's store takes them then (passed on one by
+/// one, a reconciliation could run against the store before the relist); objects that did
+/// not come back are forgotten, and what they were in is corrected on its resync.
 pub fn changes<K, S>(
     events: S,
     key: impl Fn(&K) -> u64 + Send + 'static,
@@ -88,26 +90,31 @@ where
 {
     let mut seen: HashMap<Id, u64> = HashMap::new();
     let mut listed: HashSet<Id> = HashSet::new();
+    let mut relisted: Vec<K> = Vec::new();
     events.flat_map(move |event| {
-        let out = match event {
-            Err(e) => Some(Err(e)),
+        let out: Vec<Result<K, watcher::Error>> = match event {
+            Err(e) => vec![Err(e)],
             Ok(watcher::Event::Init) => {
                 listed.clear();
-                None
+                relisted.clear();
+                Vec::new()
             }
             Ok(watcher::Event::InitDone) => {
                 seen.retain(|k, _| listed.contains(k));
                 listed.clear();
-                None
+                relisted.drain(..).map(Ok).collect()
             }
             Ok(watcher::Event::InitApply(o)) => {
                 listed.insert(id(&o));
-                changed(&mut seen, o, &key).map(Ok)
+                relisted.extend(changed(&mut seen, o, &key));
+                Vec::new()
             }
-            Ok(watcher::Event::Apply(o)) => changed(&mut seen, o, &key).map(Ok),
+            Ok(watcher::Event::Apply(o)) => {
+                changed(&mut seen, o, &key).map(Ok).into_iter().collect()
+            }
             Ok(watcher::Event::Delete(o)) => {
                 seen.remove(&id(&o));
-                Some(Ok(o))
+                vec![Ok(o)]
             }
         };
         stream::iter(out)
@@ -197,6 +204,33 @@ mod tests {
         assert_eq!(
             passed(events, shard_as_member),
             [("a", 1), ("a", 3), ("a", 4)].map(|(n, i)| (n.to_owned(), i))
+        );
+    }
+
+    #[test]
+    fn a_relists_changes_are_passed_on_when_it_is_complete() {
+        let events = vec![
+            Ok(Event::Apply(shard("a", 1, 1, 1))),
+            Ok(Event::Init),
+            Ok(Event::InitApply(shard("a", 2, 1, 1))),
+            Ok(Event::InitApply(shard("b", 1, 1, 1))),
+            Ok(Event::InitDone),
+        ];
+        let mut out = changes(stream::iter(events), spec_and_meta::<Shard>);
+        let mut names = Vec::new();
+        block_on(async {
+            while let Some(r) = out.next().await {
+                names.push(r.unwrap().metadata.name.unwrap_or_default());
+            }
+        });
+        assert_eq!(names, ["a", "a", "b"]);
+        // Nothing of the relist before its end: the first item is the plain Apply's, and
+        // the relist's two come after InitDone (checked by order of a stream cut short).
+        let events = vec![Ok(Event::Init), Ok(Event::InitApply(shard("a", 1, 1, 1)))];
+        let passed = block_on(changes(stream::iter(events), spec_and_meta::<Shard>).count());
+        assert_eq!(
+            passed, 0,
+            "a relist's objects were passed on before InitDone"
         );
     }
 
