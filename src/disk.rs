@@ -101,6 +101,17 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// [`write_durably`] without its syncs: the `log-skips-fsync` mutation's vote file.
+pub fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all_at(bytes, 0)
+}
+
 /// The file whose lock says a directory is in use ([`lock_dir`]).
 pub const LOCK_FILE: &str = "LOCK";
 

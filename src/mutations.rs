@@ -22,8 +22,9 @@ pub enum Mutation {
     QueueIgnoresTerms,
     /// Retention ignores one shard's cursor.
     RetentionIgnoresCursor,
-    /// The WAL acknowledges appends without syncing them (only a power loss shows it: the
-    /// simulated disk of `tests/sim.rs`).
+    /// The WAL acknowledges appends without syncing them, and a log replica saves its vote
+    /// without syncing it (only a power loss shows it: the simulated disk of `tests/sim.rs`
+    /// and `tests/power_loss.rs`).
     LogSkipsFsync,
     /// A log replica takes replication messages from a replica of another log.
     ReplicaIgnoresLogId,

@@ -1,17 +1,19 @@
-//! A shard's promises through a power loss, on turmoil's simulated disk (the `sim-disk`
-//! feature, as CI builds it): what a shard acknowledged (its applied index, the data with
-//! it) and the highest epoch it welcomed survive a crash that loses every write not yet
-//! synced. SIGKILL cannot show this (the kernel keeps a killed process's writes), so the
-//! real-process fault tests would stay green with the shard's fsync gone; here the shard
-//! store, behind the real protocol rules (`ShardCore`), is crashed as a host whose power
-//! went out, and reopened.
+//! Promises through a power loss, on turmoil's simulated disk (the `sim-disk` feature, as CI
+//! builds it), where a crash loses every write not yet synced. SIGKILL cannot show these (the
+//! kernel keeps a killed process's writes), so the real-process fault tests would stay green
+//! with the syncs gone:
+//! - a shard keeps what it acknowledged (its applied index, the data with it) and the highest
+//!   epoch it welcomed: its store, behind the real protocol rules (`ShardCore`), is crashed as
+//!   a host whose power went out, and reopened;
+//! - a log replica keeps its vote and every entry it reported flushed to openraft (its
+//!   storage, syncing inline as under the simulation).
 //!
 //! ```sh
 //! cargo test --release --features mutations,sim-disk --test power_loss
 //! ```
 //!
-//! With the `mutations` feature, `a_shard_skipping_fsync_forgets_through_a_power_loss`
-//! turns the shard's syncs off (`shard-skips-fsync`) and shows this test failing.
+//! With the `mutations` feature, the `..._skipping_fsync_forgets_...` tests turn the syncs off
+//! (`shard-skips-fsync`, `log-skips-fsync`) and show the tests above failing.
 #![cfg(feature = "sim-disk")]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,14 +200,38 @@ fn a_shard_skipping_fsync_forgets_through_a_power_loss() {
     if std::env::var_os(logplayer::mutations::ENV).is_some() {
         return; // the child below
     }
+    forgets_with(
+        "shard-skips-fsync",
+        &[
+            "the_journal_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss",
+            "redb_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss",
+        ],
+        "the shard forgot",
+    );
+}
+
+/// With the log's syncs off (`log-skips-fsync`), the replica's test fails.
+#[cfg(feature = "mutations")]
+#[test]
+fn a_log_replica_skipping_fsync_forgets_through_a_power_loss() {
+    if std::env::var_os(logplayer::mutations::ENV).is_some() {
+        return; // the child below
+    }
+    forgets_with(
+        "log-skips-fsync",
+        &["a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss"],
+        "the log replica forgot",
+    );
+}
+
+/// Runs each of `tests` in a child with `mutation` on, and requires it to fail saying `why`.
+#[cfg(feature = "mutations")]
+fn forgets_with(mutation: &str, tests: &[&str], why: &str) {
     let exe = std::env::current_exe().expect("the test binary's path");
-    for test in [
-        "the_journal_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss",
-        "redb_keeps_what_it_acknowledged_and_its_epoch_through_a_power_loss",
-    ] {
+    for test in tests {
         let out = std::process::Command::new(&exe)
             .args(["--exact", test, "--nocapture"])
-            .env(logplayer::mutations::ENV, "shard-skips-fsync")
+            .env(logplayer::mutations::ENV, mutation)
             .output()
             .expect("the test binary runs");
         let text = format!(
@@ -214,8 +240,123 @@ fn a_shard_skipping_fsync_forgets_through_a_power_loss() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            !out.status.success() && text.contains("the shard forgot"),
-            "{test} passed with shard-skips-fsync on:\n{text}"
+            !out.status.success() && text.contains(why),
+            "{test} passed with {mutation} on:\n{text}"
         );
     }
+}
+
+/// What a reopened log replica's storage says after the power loss.
+#[derive(Debug, Default)]
+struct ReplicaAfter {
+    vote: Option<String>,
+    last_index: Option<u64>,
+    reopen_error: Option<String>,
+}
+
+const VOTE_TERM: u64 = 3;
+const VOTED_FOR: u64 = 2;
+const RAFT_ENTRIES: u64 = 10;
+
+fn raft_entry(index: u64) -> logplayer::logstore::raft::Entry {
+    logplayer::logstore::raft::Entry {
+        log_id: openraft::LogId::new(
+            openraft::impls::leader_id_adv::LeaderId {
+                term: VOTE_TERM,
+                node_id: VOTED_FOR,
+            },
+            index,
+        ),
+        payload: openraft::EntryPayload::Normal(logplayer::logstore::raft::Command::Retain {
+            below: index,
+        }),
+    }
+}
+
+/// A log replica's storage on its host: before the crash, save a vote and append
+/// [`RAFT_ENTRIES`] entries, each acknowledged once openraft is told they are flushed; after
+/// it, reopen and report.
+async fn replica_log(
+    dir: std::path::PathBuf,
+    acknowledged: Arc<AtomicBool>,
+    after: Arc<Mutex<Option<ReplicaAfter>>>,
+) -> HostResult {
+    use logplayer::logstore::raft::TypeConfig;
+    use logplayer::logstore::raft::storage::LogStorage;
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::type_config::TypeConfigExt;
+    use openraft::{RaftLogReader, Vote};
+    logplayer::blocking::run_inline();
+    let config = logplayer::wal::WalConfig::new(dir.clone());
+    if !acknowledged.load(Ordering::SeqCst) {
+        let mut log = LogStorage::open(config.clone())?;
+        log.save_vote(&Vote::new(VOTE_TERM, VOTED_FOR)).await?;
+        for i in 0..RAFT_ENTRIES {
+            let (tx, rx) = TypeConfig::oneshot();
+            log.append(vec![raft_entry(i)], IOFlushed::signal(tx))
+                .await?;
+            rx.await??;
+        }
+        acknowledged.store(true, Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
+    let report = match LogStorage::open(config) {
+        Ok(mut log) => ReplicaAfter {
+            vote: log.read_vote().await?.map(|v| format!("{v}")),
+            last_index: log.get_log_state().await?.last_log_id.map(|l| l.index),
+            reopen_error: None,
+        },
+        Err(e) => ReplicaAfter {
+            reopen_error: Some(e.to_string()),
+            ..ReplicaAfter::default()
+        },
+    };
+    *after.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    Ok(())
+}
+
+/// A log replica keeps its vote and every entry it reported flushed through a power loss:
+/// one that forgot its vote could vote twice in a term, and one that forgot entries it
+/// acknowledged could let a leader without them be elected.
+#[test]
+fn a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss() {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    logplayer::disk::power_cut(false);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut builder = turmoil::Builder::new();
+    builder.simulation_duration(Duration::from_secs(60));
+    builder.fs().block_size(512);
+    let mut sim = builder.build();
+    let acknowledged = Arc::new(AtomicBool::new(false));
+    let after = Arc::new(Mutex::new(None));
+    let (a, r, path) = (acknowledged.clone(), after.clone(), dir.path().join("r1"));
+    sim.host("r1", move || {
+        replica_log(path.clone(), a.clone(), r.clone())
+    });
+    while !acknowledged.load(Ordering::SeqCst) {
+        sim.step().expect("the replica runs");
+    }
+    logplayer::disk::power_cut(true);
+    sim.crash("r1");
+    logplayer::disk::power_cut(false);
+    sim.bounce("r1");
+    while after.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        sim.step().expect("the replica reopens");
+    }
+    logplayer::disk::power_cut(true);
+    drop(sim);
+    let got = after.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let got = got.unwrap_or_default();
+    let want_vote = format!(
+        "{}",
+        logplayer::logstore::raft::Vote::new(VOTE_TERM, VOTED_FOR)
+    );
+    assert!(
+        got.reopen_error.is_none()
+            && got.vote.as_deref() == Some(want_vote.as_str())
+            && got.last_index == Some(RAFT_ENTRIES - 1),
+        "the log replica forgot its vote or what it flushed: {got:?} (want vote {want_vote}, last index {})",
+        RAFT_ENTRIES - 1
+    );
 }

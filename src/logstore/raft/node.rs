@@ -327,7 +327,6 @@ impl Replica {
         }
         // A record is a group of appends: room for a full group of the largest entries.
         wal.max_record_bytes = u32::MAX;
-        wal.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         wal.preallocate = config.preallocate;
         let bound = super::dir::replica_id_of(&config.dir, config.id)?;
         let mut storage =

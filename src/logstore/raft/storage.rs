@@ -9,7 +9,8 @@
 //! follower that fell further behind is served from the WAL). The fsync runs on a thread of
 //! its own (`sync_loop`), one for every append waiting at that moment (group commit), while
 //! the next appends are written, and each append's [`IOFlushed`] is reported only once its
-//! records are durable.
+//! records are durable (under a simulation, `crate::blocking::inline`, each append syncs
+//! before it returns).
 //! After any WAL failure every later call fails: the replica must restart (crash-only), and
 //! the reason is published for the server to stop on.
 
@@ -214,30 +215,35 @@ fn sync_loop(
     while let Ok(first) = waiting.recv() {
         let mut batch = vec![first];
         batch.extend(waiting.try_iter());
-        let point = wal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sync_point();
-        let started = std::time::Instant::now();
-        let result = match failed.borrow().clone() {
-            Some(reason) => Err(reason),
-            None => point.sync().map_err(|e| format!("syncing the log: {e}")),
-        };
-        tracing::debug!(
-            micros = started.elapsed().as_micros() as u64,
-            appends = batch.len(),
-            "synced the Raft log"
-        );
-        if let Err(reason) = &result
-            && failed.borrow().is_none()
-        {
-            tracing::error!(%reason, "replica log failed; the LogStore stops");
-            failed.send_replace(Some(reason.clone()));
-        }
-        for f in batch {
-            let r = result.clone().map_err(io::Error::other);
-            f.callback.io_completed(r);
-        }
+        sync_batch(&wal, batch, &failed);
+    }
+}
+
+/// One sync for every append in `batch`, then each reported flushed (or failed).
+fn sync_batch(wal: &Mutex<Wal>, batch: Vec<Flush>, failed: &watch::Sender<Option<String>>) {
+    let point = wal
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .sync_point();
+    let started = std::time::Instant::now();
+    let result = match failed.borrow().clone() {
+        Some(reason) => Err(reason),
+        None => point.sync().map_err(|e| format!("syncing the log: {e}")),
+    };
+    tracing::debug!(
+        micros = started.elapsed().as_micros() as u64,
+        appends = batch.len(),
+        "synced the Raft log"
+    );
+    if let Err(reason) = &result
+        && failed.borrow().is_none()
+    {
+        tracing::error!(%reason, "replica log failed; the LogStore stops");
+        failed.send_replace(Some(reason.clone()));
+    }
+    for f in batch {
+        let r = result.clone().map_err(io::Error::other);
+        f.callback.io_completed(r);
     }
 }
 
@@ -259,7 +265,8 @@ pub struct LogStorage {
 
 impl LogStorage {
     /// Opens the replica's log in `config.dir` (a new directory becomes a replica's).
-    pub fn open(config: WalConfig) -> Result<LogStorage, OpenError> {
+    pub fn open(mut config: WalConfig) -> Result<LogStorage, OpenError> {
+        config.sync &= !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         let dir = config.dir.clone();
         crate::disk::create_dir_all(&dir).map_err(|source| WalError::Io {
             path: dir.clone(),
@@ -307,14 +314,17 @@ impl LogStorage {
         let failed = Arc::new(watch::channel(None).0);
         let wal = Arc::new(Mutex::new(wal));
         let (flushes, waiting) = std::sync::mpsc::channel();
-        let (w, f) = (wal.clone(), failed.clone());
-        std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || sync_loop(w, waiting, f))
-            .map_err(|source| WalError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+        // Under a simulation each append syncs inline instead (see `crate::blocking`).
+        if !crate::blocking::inline() {
+            let (w, f) = (wal.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("raft-log-sync".into())
+                .spawn(move || sync_loop(w, waiting, f))
+                .map_err(|source| WalError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
         Ok(LogStorage {
             wal,
             reader,
@@ -386,7 +396,12 @@ fn save(dir: &Path, durable: &Durable) -> Result<(), OpenError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    crate::disk::write_durably(&path, &bytes).map_err(|source| WalError::Io { path, source }.into())
+    let written = if crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync) {
+        crate::disk::write_unsynced(&path, &bytes)
+    } else {
+        crate::disk::write_durably(&path, &bytes)
+    };
+    written.map_err(|source| WalError::Io { path, source }.into())
 }
 
 impl RaftLogReader<TypeConfig> for LogStorage {
@@ -479,6 +494,10 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                     tail.push(e, len);
                 }
                 drop(tail);
+                if crate::blocking::inline() {
+                    sync_batch(&self.wal, vec![Flush { callback }], &self.failed);
+                    return Ok(());
+                }
                 if self.flushes.send(Flush { callback }).is_err() {
                     return Err(self.fail("appending", &"the log's sync thread is gone"));
                 }
