@@ -28,6 +28,9 @@ use logplayer::shard::{HelloInfo, ShardCore, ShardError, ShardSelf, ShardStore};
 type HostResult = Result<(), Box<dyn std::error::Error>>;
 
 const LOG_ID: &str = "log-power-loss";
+
+/// The simulated disk's power switch is one per process: one simulation at a time.
+static POWER: Mutex<()> = Mutex::new(());
 const EPOCH: u64 = 5;
 const ENTRIES: u64 = 10;
 
@@ -131,9 +134,7 @@ async fn shard<S: ShardStore>(
 fn through_a_power_loss<S: ShardStore>(
     open: fn(&std::path::Path) -> Result<S, logplayer::shard::StoreError>,
 ) -> After {
-    // The power switch is one per process: one simulation at a time.
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = POWER.lock().unwrap_or_else(|p| p.into_inner());
     logplayer::disk::power_cut(false);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut builder = turmoil::Builder::new();
@@ -219,7 +220,10 @@ fn a_log_replica_skipping_fsync_forgets_through_a_power_loss() {
     }
     forgets_with(
         "log-skips-fsync",
-        &["a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss"],
+        &[
+            "a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss",
+            "a_log_replica_keeps_its_vote_through_a_power_loss",
+        ],
         "the log replica forgot",
     );
 }
@@ -273,10 +277,11 @@ fn raft_entry(index: u64) -> logplayer::logstore::raft::Entry {
     }
 }
 
-/// A log replica's storage on its host: before the crash, save a vote and append
-/// [`RAFT_ENTRIES`] entries, each acknowledged once openraft is told they are flushed; after
+/// A log replica's storage on its host: before the crash, save a vote and append `entries`
+/// entries, each acknowledged once openraft is told they are flushed; after
 /// it, reopen and report.
 async fn replica_log(
+    entries: u64,
     dir: std::path::PathBuf,
     acknowledged: Arc<AtomicBool>,
     after: Arc<Mutex<Option<ReplicaAfter>>>,
@@ -291,7 +296,7 @@ async fn replica_log(
     if !acknowledged.load(Ordering::SeqCst) {
         let mut log = LogStorage::open(config.clone())?;
         log.save_vote(&Vote::new(VOTE_TERM, VOTED_FOR)).await?;
-        for i in 0..RAFT_ENTRIES {
+        for i in 0..entries {
             let (tx, rx) = TypeConfig::oneshot();
             log.append(vec![raft_entry(i)], IOFlushed::signal(tx))
                 .await?;
@@ -315,13 +320,10 @@ async fn replica_log(
     Ok(())
 }
 
-/// A log replica keeps its vote and every entry it reported flushed through a power loss:
-/// one that forgot its vote could vote twice in a term, and one that forgot entries it
-/// acknowledged could let a leader without them be elected.
-#[test]
-fn a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss() {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+/// Runs a log replica's storage on a simulated host with `entries` appended, cuts its power
+/// once they are flushed, restarts it, and returns what it says.
+fn replica_through_a_power_loss(entries: u64) -> ReplicaAfter {
+    let _one = POWER.lock().unwrap_or_else(|p| p.into_inner());
     logplayer::disk::power_cut(false);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut builder = turmoil::Builder::new();
@@ -332,7 +334,7 @@ fn a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss() {
     let after = Arc::new(Mutex::new(None));
     let (a, r, path) = (acknowledged.clone(), after.clone(), dir.path().join("r1"));
     sim.host("r1", move || {
-        replica_log(path.clone(), a.clone(), r.clone())
+        replica_log(entries, path.clone(), a.clone(), r.clone())
     });
     while !acknowledged.load(Ordering::SeqCst) {
         sim.step().expect("the replica runs");
@@ -347,7 +349,10 @@ fn a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss() {
     logplayer::disk::power_cut(true);
     drop(sim);
     let got = after.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let got = got.unwrap_or_default();
+    got.unwrap_or_default()
+}
+
+fn keeps(got: &ReplicaAfter, last_index: Option<u64>) {
     let want_vote = format!(
         "{}",
         logplayer::logstore::raft::Vote::new(VOTE_TERM, VOTED_FOR)
@@ -355,8 +360,24 @@ fn a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss() {
     assert!(
         got.reopen_error.is_none()
             && got.vote.as_deref() == Some(want_vote.as_str())
-            && got.last_index == Some(RAFT_ENTRIES - 1),
-        "the log replica forgot its vote or what it flushed: {got:?} (want vote {want_vote}, last index {})",
-        RAFT_ENTRIES - 1
+            && got.last_index == last_index,
+        "the log replica forgot its vote or what it flushed: {got:?} (want vote {want_vote}, \
+         last index {last_index:?})"
     );
+}
+
+/// A log replica keeps its vote and every entry it reported flushed through a power loss:
+/// one that forgot entries it acknowledged could let a leader without them be elected.
+#[test]
+fn a_log_replica_keeps_its_vote_and_what_it_flushed_through_a_power_loss() {
+    keeps(
+        &replica_through_a_power_loss(RAFT_ENTRIES),
+        Some(RAFT_ENTRIES - 1),
+    );
+}
+
+/// The vote alone (its own file): one that forgot it could vote twice in a term.
+#[test]
+fn a_log_replica_keeps_its_vote_through_a_power_loss() {
+    keeps(&replica_through_a_power_loss(0), None);
 }
