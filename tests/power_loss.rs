@@ -129,11 +129,15 @@ async fn shard<S: ShardStore>(
     Ok(())
 }
 
-/// Runs the shard on a simulated host, cuts its power once it has acknowledged, restarts it,
-/// and returns what it says.
-fn through_a_power_loss<S: ShardStore>(
-    open: fn(&std::path::Path) -> Result<S, logplayer::shard::StoreError>,
-) -> After {
+/// Runs `software` on a simulated host with a data directory; once it has set its
+/// `acknowledged` flag, cuts the host's power, restarts it, and returns what the second run
+/// put in `after`.
+fn through_power_loss<A, F, Fut>(software: F) -> A
+where
+    A: Default + 'static,
+    F: Fn(std::path::PathBuf, Arc<AtomicBool>, Arc<Mutex<Option<A>>>) -> Fut + 'static,
+    Fut: std::future::Future<Output = HostResult> + 'static,
+{
     let _one = POWER.lock().unwrap_or_else(|p| p.into_inner());
     logplayer::disk::power_cut(false);
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -143,25 +147,30 @@ fn through_a_power_loss<S: ShardStore>(
     let mut sim = builder.build();
     let acknowledged = Arc::new(AtomicBool::new(false));
     let after = Arc::new(Mutex::new(None));
-    let (a, r, path) = (acknowledged.clone(), after.clone(), dir.path().join("s0"));
-    sim.host("s0", move || {
-        shard(open, path.clone(), a.clone(), r.clone())
-    });
+    let (a, r, path) = (acknowledged.clone(), after.clone(), dir.path().join("data"));
+    sim.host("host", move || software(path.clone(), a.clone(), r.clone()));
     while !acknowledged.load(Ordering::SeqCst) {
-        sim.step().expect("the shard runs");
+        sim.step().expect("the host runs");
     }
     logplayer::disk::power_cut(true);
-    sim.crash("s0");
+    sim.crash("host");
     logplayer::disk::power_cut(false);
-    sim.bounce("s0");
+    sim.bounce("host");
     while after.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-        sim.step().expect("the shard reopens");
+        sim.step().expect("the host restarts");
     }
     // The disk exists only inside the simulation: no teardown may reach for it after.
     logplayer::disk::power_cut(true);
     drop(sim);
     let got = after.lock().unwrap_or_else(|p| p.into_inner()).take();
     got.unwrap_or_default()
+}
+
+/// The shard through a power loss ([`through_power_loss`]).
+fn through_a_power_loss<S: ShardStore>(
+    open: fn(&std::path::Path) -> Result<S, logplayer::shard::StoreError>,
+) -> After {
+    through_power_loss(move |dir, a, r| shard(open, dir, a, r))
 }
 
 fn keeps_its_promises(after: &After) {
@@ -320,36 +329,9 @@ async fn replica_log(
     Ok(())
 }
 
-/// Runs a log replica's storage on a simulated host with `entries` appended, cuts its power
-/// once they are flushed, restarts it, and returns what it says.
+/// A log replica's storage with `entries` appended, through a power loss.
 fn replica_through_a_power_loss(entries: u64) -> ReplicaAfter {
-    let _one = POWER.lock().unwrap_or_else(|p| p.into_inner());
-    logplayer::disk::power_cut(false);
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut builder = turmoil::Builder::new();
-    builder.simulation_duration(Duration::from_secs(60));
-    builder.fs().block_size(512);
-    let mut sim = builder.build();
-    let acknowledged = Arc::new(AtomicBool::new(false));
-    let after = Arc::new(Mutex::new(None));
-    let (a, r, path) = (acknowledged.clone(), after.clone(), dir.path().join("r1"));
-    sim.host("r1", move || {
-        replica_log(entries, path.clone(), a.clone(), r.clone())
-    });
-    while !acknowledged.load(Ordering::SeqCst) {
-        sim.step().expect("the replica runs");
-    }
-    logplayer::disk::power_cut(true);
-    sim.crash("r1");
-    logplayer::disk::power_cut(false);
-    sim.bounce("r1");
-    while after.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-        sim.step().expect("the replica reopens");
-    }
-    logplayer::disk::power_cut(true);
-    drop(sim);
-    let got = after.lock().unwrap_or_else(|p| p.into_inner()).take();
-    got.unwrap_or_default()
+    through_power_loss(move |dir, a, r| replica_log(entries, dir, a, r))
 }
 
 fn keeps(got: &ReplicaAfter, last_index: Option<u64>) {
