@@ -21,7 +21,7 @@ pub struct LogstoreArgs {
     /// Address to listen on (port 0 picks one; the bound address is printed).
     #[arg(long, env = "LOGPLAYER_LISTEN", default_value = "127.0.0.1:7000")]
     listen: String,
-    /// Segment size in bytes before a new segment file is started.
+    /// Segment size in bytes before a new segment file is started (4 KiB to 1 GiB).
     #[arg(long, env = "LOGPLAYER_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
     /// Keep the active segment zero-filled 4 MiB ahead of the writer, so that an append's

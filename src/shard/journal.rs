@@ -263,7 +263,7 @@ impl JournalStore {
         let mut config = WalConfig::new(dir.join(JOURNAL_DIR));
         config.segment_bytes = SEGMENT_BYTES;
         // A record is one commit: a group of batches, each within the message limit.
-        config.max_record_bytes = u32::MAX;
+        config.max_record_bytes = crate::wal::MAX_RECORD_BYTES;
         let (wal, _) = Wal::open(config).map_err(JournalError::from)?;
         let (mut state, mut durable, mut identity, next, snapshot_bytes) = match snapshot {
             Some(s) => s,

@@ -8,8 +8,10 @@
 //! first before creating the new first segment (an empty directory opens as a new log; the
 //! caller, which knows the point, restarts it again).
 
-use super::segment::{Active, create_first_segment, read_lock, sync_dir, write_lock};
-use super::{Wal, WalError, io_err};
+use super::segment::{
+    Active, SyncedEnd, create_first_segment, lock_synced, read_lock, sync_dir, write_lock,
+};
+use super::{SEGMENT_HEADER_LEN, Wal, WalError, io_err};
 use crate::disk as fs;
 use std::io;
 
@@ -24,6 +26,22 @@ impl Wal {
             });
         }
         Ok(())
+    }
+
+    /// After a cut (synced, like everything before it): the synced end is the active
+    /// segment's new end, under a new generation, so that no sync planned before the cut
+    /// moves it past bytes written after it.
+    fn restart_synced(&self) {
+        let mut s = lock_synced(&self.synced);
+        *s = SyncedEnd {
+            generation: s.generation + 1,
+            segment: self.active.first_index,
+            end: if self.config.sync {
+                self.active.len
+            } else {
+                SEGMENT_HEADER_LEN
+            },
+        };
     }
 
     /// Removes every record with index `>= from` (nothing if `from` is past the end). `from`
@@ -86,7 +104,7 @@ impl Wal {
         seg.file = std::sync::Arc::new(writable);
         if from < seg.next_index() {
             let keep = (from - seg.first_index) as usize;
-            let cut_at = seg.offsets.get(keep).map_or(seg.end, |&o| u64::from(o));
+            let cut_at = seg.cut_offset(keep);
             seg.file.set_len(cut_at).map_err(io_err(&seg.path))?;
             seg.file.sync_all().map_err(io_err(&seg.path))?;
             seg.offsets.truncate(keep);
@@ -100,6 +118,7 @@ impl Wal {
             count: seg.offsets.len() as u64,
         };
         drop(shared);
+        self.restart_synced();
         self.prealloc
             .fill_from(&self.active.file, &self.active.path, self.active.len);
         tracing::info!(from, last_index = from - 1, "WAL: cut a suffix");
@@ -127,7 +146,7 @@ impl Wal {
                 }
             }
         }
-        let seg = match create_first_segment(&dir, next) {
+        let seg = match create_first_segment(&dir, next, self.config.marks) {
             Ok(seg) => seg,
             Err(e) => {
                 self.failed = true;
@@ -143,6 +162,7 @@ impl Wal {
         };
         shared.segments = vec![seg];
         drop(shared);
+        self.restart_synced();
         self.prealloc
             .fill_from(&self.active.file, &self.active.path, self.active.len);
         tracing::info!(next, removed, "WAL: restarted after a snapshot");

@@ -24,14 +24,21 @@
 //! Each segment is:
 //!
 //! ```text
-//! [magic: 8 bytes = b"LPWAL\0\0\x01"]
+//! [magic: 8 bytes = b"LPWAL\0\0\x01", or b"LPWAL\0\0\x02" when created with marks]
 //! [record]*
 //! [zero bytes]*        (the last segment only, when preallocated)
 //! record = [len: u32 LE][crc32c: u32 LE][payload: len bytes]
+//! mark   = [0x8000_0008: u32 LE][crc32c: u32 LE][synced end: u64 LE]
 //! ```
 //!
 //! `crc32c` covers the 4 `len` bytes followed by the payload. A record's index
 //! is implied by its position: segment first index + ordinal in the segment.
+//! A payload is shorter than 2 GiB, so a length with its top bit set is never a record's.
+//!
+//! With [`WalConfig::marks`] (the LogStore's and a log replica's), each group an append
+//! writes starts, in each segment it touches, with a **mark**: the byte offset in that
+//! segment up to which the writer knew the file was synced when it wrote the group. Marks
+//! take no index; they are what tells a power loss from corruption at open (below).
 //! A new segment is started once the current one has reached
 //! [`WalConfig::segment_bytes`] (a single record may exceed it). A payload is
 //! at most [`WalConfig::max_record_bytes`] long.
@@ -55,6 +62,13 @@
 //!   was cut and a `tracing::warn!` is logged. A last segment shorter than
 //!   the 8-byte magic whose bytes are a prefix of the magic (crash right after
 //!   creating it) gets its header rewritten.
+//! * **Writes in flight at a power loss** (last segment, after a mark): a damaged record
+//!   with more bytes after it. A power loss can keep a later page of unsynced writes and lose
+//!   an earlier one (the LogStore writes groups ahead of their sync; a disk cache reorders
+//!   the pages of one write). If no valid mark after the damage says the file was synced
+//!   past it, nothing from the damage on was ever acknowledged (an append is answered only
+//!   after its sync): it is cut like a torn tail. If one does, synced bytes were damaged:
+//!   corruption, naming the mark.
 //! * **Corruption**: anything else — a bad checksum followed by more bytes, an
 //!   impossible header, an all-zero header with non-zero bytes after it, zeros after the
 //!   last record of a non-last segment, a bad record anywhere in a non-last segment, a bad
@@ -94,7 +108,7 @@ use crate::disk as fs;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 mod cut;
 mod prealloc;
@@ -106,21 +120,46 @@ pub use read::WalReader;
 mod recovery;
 use recovery::*;
 #[cfg(test)]
+mod marks_tests;
+#[cfg(test)]
 mod prealloc_tests;
 #[cfg(test)]
 mod tests;
 
-/// The 8 bytes every segment file starts with.
+/// The 8 bytes a segment file without marks starts with.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LPWAL\0\0\x01";
+/// The 8 bytes a segment file written with marks ([`WalConfig::marks`]) starts with.
+pub const SEGMENT_MAGIC_MARKED: &[u8; 8] = b"LPWAL\0\0\x02";
+
+/// The magic of a segment created with (or without) marks.
+fn magic(marks: bool) -> &'static [u8; 8] {
+    if marks {
+        SEGMENT_MAGIC_MARKED
+    } else {
+        SEGMENT_MAGIC
+    }
+}
 /// Smallest accepted [`WalConfig::segment_bytes`].
 pub const MIN_SEGMENT_BYTES: u64 = 4 * 1024;
 /// Default [`WalConfig::segment_bytes`] (64 MiB).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Default [`WalConfig::max_record_bytes`] (64 MiB).
 pub const DEFAULT_MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
+/// Largest accepted [`WalConfig::max_record_bytes`] (2 GiB - 1): a length with its top bit set
+/// is a mark's.
+pub const MAX_RECORD_BYTES: u32 = (1 << 31) - 1;
+/// Largest accepted [`WalConfig::segment_bytes`] (1 GiB): a record's offset in its segment
+/// keeps its top bit for "a mark comes before it".
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
 const SEGMENT_HEADER_LEN: u64 = SEGMENT_MAGIC.len() as u64;
 const RECORD_HEADER_LEN: u64 = 8;
+/// A mark's header `len`: top bit set, then the length of its payload (the synced end).
+const MARK_TAG: u32 = (1 << 31) | 8;
+/// A mark's size on disk: header and payload.
+const MARK_LEN: u64 = 16;
+/// In a segment's offsets: a mark comes right before this record.
+const MARKED: u32 = 1 << 31;
 const SEGMENT_SUFFIX: &str = ".wal";
 const SEGMENT_NAME_DIGITS: usize = 20;
 
@@ -179,9 +218,10 @@ pub struct WalConfig {
     /// Directory holding the segment files; created if missing.
     pub dir: PathBuf,
     /// A new segment is started once the active one is at least this long.
-    /// At least [`MIN_SEGMENT_BYTES`], at most `u32::MAX`.
+    /// At least [`MIN_SEGMENT_BYTES`], at most [`MAX_SEGMENT_BYTES`].
     pub segment_bytes: u64,
-    /// Largest payload accepted (and believed when reading a header).
+    /// Largest payload accepted (and believed when reading a header); at most
+    /// [`MAX_RECORD_BYTES`].
     pub max_record_bytes: u32,
     /// `true` (default): `sync_data` after every `append_batch`. `false`
     /// trades durability for speed (records are visible once written).
@@ -191,6 +231,11 @@ pub struct WalConfig {
     /// are written in addition to the records (the LogStore turns it on; a shard's journal,
     /// whose bytes written per byte received are a goal of their own, does not).
     pub preallocate: bool,
+    /// Start each group with a mark holding the synced end (see the module docs), so that a
+    /// power loss that kept later unsynced writes and lost earlier ones opens as a cut
+    /// tail, not as corruption. Off by default (a shard's journal writes and syncs one
+    /// page-aligned record at a time and counts its pages).
+    pub marks: bool,
 }
 
 impl WalConfig {
@@ -203,6 +248,7 @@ impl WalConfig {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             sync: true,
             preallocate: false,
+            marks: false,
         }
     }
 
@@ -217,17 +263,22 @@ impl WalConfig {
                 self.segment_bytes
             )));
         }
-        if self.segment_bytes > u64::from(u32::MAX) {
+        if self.segment_bytes > MAX_SEGMENT_BYTES {
             return Err(WalError::InvalidConfig(format!(
-                "segment_bytes {} is above the maximum of {} (offsets are u32)",
+                "segment_bytes {} is above the maximum of {MAX_SEGMENT_BYTES} (1 GiB)",
                 self.segment_bytes,
-                u32::MAX
             )));
         }
         if self.max_record_bytes == 0 {
             return Err(WalError::InvalidConfig(
                 "max_record_bytes must be at least 1".into(),
             ));
+        }
+        if self.max_record_bytes > MAX_RECORD_BYTES {
+            return Err(WalError::InvalidConfig(format!(
+                "max_record_bytes {} is above the maximum of {MAX_RECORD_BYTES} (2 GiB - 1)",
+                self.max_record_bytes
+            )));
         }
         Ok(())
     }
@@ -254,6 +305,9 @@ pub struct SyncPoint {
     path: Arc<Path>,
     last_index: u64,
     sync: bool,
+    /// Where the synced end goes once this sync is done, and what it becomes.
+    synced: SyncedLock,
+    at: SyncedEnd,
 }
 
 impl SyncPoint {
@@ -266,6 +320,7 @@ impl SyncPoint {
     pub fn sync(&self) -> Result<(), WalError> {
         if self.sync {
             self.file.sync_data().map_err(io_err(&self.path))?;
+            advance(&self.synced, self.at);
         }
         Ok(())
     }
@@ -283,6 +338,8 @@ pub struct Wal {
     /// Zero-fills the active segment ahead of the writer (dropped, its thread joined, before
     /// the directory's lock is released).
     prealloc: Prealloc,
+    /// How far the active segment is known synced: what the next group's mark says.
+    synced: SyncedLock,
     /// The directory's lock, held for as long as this `Wal` lives (`None` on the simulated
     /// disk).
     _lock: Option<std::fs::File>,
@@ -326,7 +383,7 @@ impl Wal {
         let mut segments: Vec<Segment> = Vec::with_capacity(names.len().max(1));
 
         if names.is_empty() {
-            segments.push(create_first_segment(dir, 1)?);
+            segments.push(create_first_segment(dir, 1, config.marks)?);
         }
         let count = names.len();
         for (i, (first_index, path)) in names.into_iter().enumerate() {
@@ -346,7 +403,13 @@ impl Wal {
                     ));
                 }
             }
-            let (segment, cut) = open_segment(path, first_index, is_last, config.max_record_bytes)?;
+            let (segment, cut) = open_segment(
+                path,
+                first_index,
+                is_last,
+                config.max_record_bytes,
+                config.marks,
+            )?;
             torn_bytes_truncated += cut;
             segments.push(segment);
         }
@@ -362,6 +425,19 @@ impl Wal {
             segments: shared.segments.len(),
         };
         let last = shared.segments.last().expect("segment list is never empty");
+        // What recovery kept may still be only in the page cache (a process crash): synced
+        // here, so that the first group's mark may say so.
+        let synced_end = if config.marks && config.sync {
+            last.file.sync_data().map_err(io_err(&last.path))?;
+            last.end
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        let synced = Arc::new(Mutex::new(SyncedEnd {
+            generation: 0,
+            segment: last.first_index,
+            end: synced_end,
+        }));
         let active = Active {
             path: last.path.clone(),
             first_index: last.first_index,
@@ -386,6 +462,7 @@ impl Wal {
             io,
             failed: false,
             prealloc,
+            synced,
             _lock: lock,
         };
         Ok((wal, report))
@@ -463,6 +540,12 @@ impl Wal {
             path: self.active.path.clone(),
             last_index: self.last_index(),
             sync: self.config.sync,
+            synced: self.synced.clone(),
+            at: SyncedEnd {
+                generation: lock_synced(&self.synced).generation,
+                segment: self.active.first_index,
+                end: self.active.len,
+            },
         }
     }
 
@@ -497,10 +580,25 @@ impl Wal {
                 staged.push(new);
             }
             let cur = staged.last_mut().expect("staged is never empty");
-            let offset = u32::try_from(cur.len()).map_err(|_| WalError::Io {
-                path: cur.path.to_path_buf(),
-                source: io::Error::other("segment grew beyond 4 GiB"),
-            })?;
+            let marked = self.config.marks && cur.offsets.is_empty();
+            if marked {
+                // The group's first record in this segment: the mark before it says how far
+                // the segment was synced (nothing of a new one).
+                let end = if cur.is_new {
+                    SEGMENT_HEADER_LEN
+                } else {
+                    synced_in(&self.synced, cur.first_index)
+                };
+                cur.buf.extend_from_slice(&mark(end));
+            }
+            let offset = u32::try_from(cur.len())
+                .ok()
+                .filter(|o| o & MARKED == 0)
+                .ok_or_else(|| WalError::Io {
+                    path: cur.path.to_path_buf(),
+                    source: io::Error::other("segment grew beyond 2 GiB"),
+                })?;
+            let offset = if marked { offset | MARKED } else { offset };
             // Checked against max_record_bytes (a u32) in append_batch.
             let len_bytes = (payload.len() as u32).to_le_bytes();
             let crc = record_crc(&len_bytes, payload);
@@ -520,6 +618,12 @@ impl Wal {
                 let dir = self.config.dir.as_path();
                 self.io.sync_dir(dir).map_err(io_err(dir))?;
             }
+            let at = SyncedEnd {
+                generation: lock_synced(&self.synced).generation,
+                segment: last.first_index,
+                end: last.len(),
+            };
+            advance(&self.synced, at);
         }
 
         // Durable: publish to readers.
@@ -573,7 +677,7 @@ impl Wal {
             first_index,
             file: Arc::new(file),
             base_len: 0,
-            buf: SEGMENT_MAGIC.to_vec(),
+            buf: magic(self.config.marks).to_vec(),
             prior_count: 0,
             offsets: Vec::new(),
             is_new: true,

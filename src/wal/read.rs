@@ -2,7 +2,8 @@
 //! back, checking its checksum.
 
 use super::{
-    RECORD_HEADER_LEN, Shared, SharedLock, WalError, corruption, io_err, read_lock, record_crc,
+    MARK_LEN, RECORD_HEADER_LEN, Shared, SharedLock, WalError, corruption, io_err, read_lock,
+    read_mark, record_crc,
 };
 use crate::disk::File;
 use std::fmt;
@@ -31,6 +32,8 @@ pub(super) struct Chunk {
     pub(super) file: Arc<File>,
     pub(super) first_index: u64,
     pub(super) start: u64,
+    /// End of the last record (marks between the records are read and skipped).
+    pub(super) end: u64,
     pub(super) payload_lens: Vec<u32>,
 }
 
@@ -93,23 +96,21 @@ fn plan_read(shared: &Shared, from: u64, to: u64, max_bytes: u64) -> Vec<Chunk> 
         let mut ord = (index - seg.first_index) as usize;
         let mut chunk: Option<Chunk> = None;
         while index <= to && ord < seg.offsets.len() {
-            let start = u64::from(seg.offsets[ord]);
-            let end = seg.offsets.get(ord + 1).map_or(seg.end, |&o| u64::from(o));
-            let len = end - start - RECORD_HEADER_LEN;
+            let (start, len) = seg.record(ord);
             if index > from && total + len > max_bytes {
                 full = true;
                 break;
             }
-            chunk
-                .get_or_insert_with(|| Chunk {
-                    path: seg.path.clone(),
-                    file: seg.file.clone(),
-                    first_index: index,
-                    start,
-                    payload_lens: Vec::new(),
-                })
-                .payload_lens
-                .push(len as u32);
+            let c = chunk.get_or_insert_with(|| Chunk {
+                path: seg.path.clone(),
+                file: seg.file.clone(),
+                first_index: index,
+                start,
+                end: start,
+                payload_lens: Vec::new(),
+            });
+            c.payload_lens.push(len as u32);
+            c.end = start + RECORD_HEADER_LEN + len;
             total += len;
             index += 1;
             ord += 1;
@@ -121,18 +122,16 @@ fn plan_read(shared: &Shared, from: u64, to: u64, max_bytes: u64) -> Vec<Chunk> 
 }
 
 fn read_chunk(chunk: &Chunk, out: &mut Vec<(u64, Vec<u8>)>) -> Result<(), WalError> {
-    let total: u64 = chunk
-        .payload_lens
-        .iter()
-        .map(|&l| u64::from(l) + RECORD_HEADER_LEN)
-        .sum();
-    let mut buf = vec![0u8; total as usize];
+    let mut buf = vec![0u8; (chunk.end - chunk.start) as usize];
     chunk
         .file
         .read_exact_at(&mut buf, chunk.start)
         .map_err(io_err(&chunk.path))?;
     let mut pos = 0usize;
     for (i, &expected) in chunk.payload_lens.iter().enumerate() {
+        if i > 0 && read_mark(&buf[pos..]).is_some() {
+            pos += MARK_LEN as usize;
+        }
         let offset = chunk.start + pos as u64;
         let header = &buf[pos..pos + RECORD_HEADER_LEN as usize];
         let len_bytes = &header[..4];

@@ -8,9 +8,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::segment::Segment;
+use super::segment::{Segment, read_mark};
 use super::{
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, WalError, corruption, io_err, record_crc,
+    MARK_LEN, MARK_TAG, MARKED, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    SEGMENT_MAGIC_MARKED, WalError, corruption, io_err, record_crc,
 };
 
 pub(super) struct Scan {
@@ -26,19 +27,22 @@ pub(super) struct Torn {
     pub(super) rewrite_header: bool,
 }
 
-/// Checks the segment's 8-byte magic. A last segment whose header was cut short is a torn
-/// tail (`Some`, to be rewritten); any other bad header is corruption.
+/// Checks the segment's 8-byte magic: `Ok(Err(marked))` says whether it was created with
+/// marks. A last segment whose header was cut short is a torn tail (`Ok(Ok(scan))`, to be
+/// rewritten); any other bad header is corruption.
 fn check_header(
     path: &Path,
     reader: &mut impl Read,
     file_len: u64,
     is_last: bool,
-) -> Result<Option<Scan>, WalError> {
+) -> Result<Result<Scan, bool>, WalError> {
     if file_len < SEGMENT_HEADER_LEN {
         let mut partial = vec![0u8; file_len as usize];
         reader.read_exact(&mut partial).map_err(io_err(path))?;
-        if is_last && SEGMENT_MAGIC.starts_with(&partial) {
-            return Ok(Some(Scan {
+        if is_last
+            && (SEGMENT_MAGIC.starts_with(&partial) || SEGMENT_MAGIC_MARKED.starts_with(&partial))
+        {
+            return Ok(Ok(Scan {
                 offsets: Vec::new(),
                 end: 0,
                 torn: Some(Torn {
@@ -56,6 +60,9 @@ fn check_header(
     }
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic).map_err(io_err(path))?;
+    if &magic == SEGMENT_MAGIC_MARKED {
+        return Ok(Err(true));
+    }
     if &magic != SEGMENT_MAGIC {
         return Err(corruption(
             path,
@@ -63,8 +70,7 @@ fn check_header(
             format!("bad segment magic \"{}\"", magic.escape_ascii()),
         ));
     }
-
-    Ok(None)
+    Ok(Err(false))
 }
 
 /// Verifies a whole segment. A damaged tail of the last segment is reported
@@ -78,67 +84,82 @@ pub(super) fn scan_segment(
     let file_len = file.metadata().map_err(io_err(path))?.len();
     let mut reader = BufReader::with_capacity(256 * 1024, crate::disk::ReadFrom::start(file));
 
-    if let Some(torn_header) = check_header(path, &mut reader, file_len, is_last)? {
-        return Ok(torn_header);
-    }
-    let mut offsets = Vec::new();
+    let marked_magic = match check_header(path, &mut reader, file_len, is_last)? {
+        Ok(torn_header) => return Ok(torn_header),
+        Err(marked) => marked,
+    };
+    let mut scan = Scanning {
+        path,
+        file,
+        file_len,
+        is_last,
+        offsets: Vec::new(),
+        records_end: SEGMENT_HEADER_LEN,
+        marked: false,
+        seen_mark: marked_magic,
+    };
     let mut pos = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();
-    let tail = |offsets: Vec<u32>, pos: u64, reason: String| {
-        if is_last {
-            Ok(Scan {
-                offsets,
-                end: pos,
-                torn: Some(Torn {
-                    file_len,
-                    reason,
-                    rewrite_header: false,
-                }),
-            })
-        } else {
-            Err(corruption(
-                path,
-                pos,
-                format!("{reason} in a non-last segment"),
-            ))
-        }
-    };
     while pos < file_len {
         let remaining = file_len - pos;
         if remaining < RECORD_HEADER_LEN {
-            return tail(
-                offsets,
-                pos,
-                format!("incomplete record header ({remaining} of 8 bytes)"),
-            );
+            return scan.tail(format!("incomplete record header ({remaining} of 8 bytes)"));
         }
         let mut header = [0u8; 8];
         reader.read_exact(&mut header).map_err(io_err(path))?;
         if header == [0; 8] {
             // No record has an all-zero header (the checksum of a length is never 0): this is
             // where the records end and the zeros written ahead of them begin.
-            return zero_tail(path, &mut reader, offsets, pos, file_len, is_last);
+            let after = pos + RECORD_HEADER_LEN;
+            if !zeros_to_end(path, &mut reader, file_len - after)? {
+                return scan.damaged(
+                    pos,
+                    "an all-zero record header with non-zero bytes after it",
+                );
+            }
+            return scan.zero_tail(pos);
         }
         let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(len_bytes);
+        if len == MARK_TAG {
+            if remaining < MARK_LEN {
+                return scan.tail(format!("incomplete group mark ({remaining} of 16 bytes)"));
+            }
+            let mut mark = [0u8; MARK_LEN as usize];
+            mark[..8].copy_from_slice(&header);
+            reader.read_exact(&mut mark[8..]).map_err(io_err(path))?;
+            match read_mark(&mark) {
+                Some(end) if end <= pos && !scan.marked => {
+                    scan.marked = true;
+                    scan.seen_mark = true;
+                    pos += MARK_LEN;
+                    continue;
+                }
+                Some(end) if end > pos => {
+                    return scan
+                        .damaged(pos, format!("a group mark saying byte {end}, past itself"));
+                }
+                Some(_) => return scan.damaged(pos, "two group marks in a row"),
+                None => return scan.damaged(pos, "a group mark whose checksum fails"),
+            }
+        }
         let stored_crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         let end = pos + RECORD_HEADER_LEN + u64::from(len);
         if end > file_len {
-            return tail(
-                offsets,
-                pos,
-                format!("record of {len} bytes runs past the end of the file ({file_len} bytes)"),
-            );
-        }
-        if len > max {
-            return Err(corruption(
-                path,
-                pos,
-                format!("record length {len} exceeds max_record_bytes {max}"),
+            return scan.tail(format!(
+                "record of {len} bytes runs past the end of the file ({file_len} bytes)"
             ));
         }
+        if len > max {
+            return scan.damaged(
+                pos,
+                format!("record length {len} exceeds max_record_bytes {max}"),
+            );
+        }
         let offset = u32::try_from(pos)
-            .map_err(|_| corruption(path, pos, "record offset beyond 4 GiB in one segment"))?;
+            .ok()
+            .filter(|o| o & MARKED == 0)
+            .ok_or_else(|| corruption(path, pos, "record offset beyond 2 GiB in one segment"))?;
         payload.resize(len as usize, 0);
         reader.read_exact(&mut payload).map_err(io_err(path))?;
         let crc = record_crc(&len_bytes, &payload);
@@ -146,22 +167,165 @@ pub(super) fn scan_segment(
             let reason =
                 format!("checksum mismatch (stored {stored_crc:#010x}, computed {crc:#010x})");
             return match torn_final(path, &mut reader, end, file_len)? {
-                Some(after) => tail(offsets, pos, format!("{reason} in the final record{after}")),
-                None => Err(corruption(
-                    path,
+                Some(after) => scan.tail(format!("{reason} in the final record{after}")),
+                None => scan.damaged(
                     pos,
                     format!("{reason}; {} more bytes follow", file_len - end),
-                )),
+                ),
             };
         }
-        offsets.push(offset);
+        scan.offsets
+            .push(if scan.marked { offset | MARKED } else { offset });
+        scan.marked = false;
+        scan.records_end = end;
         pos = end;
     }
+    if scan.marked {
+        return scan.tail("a group mark with no record after it".into());
+    }
     Ok(Scan {
-        offsets,
+        offsets: scan.offsets,
         end: pos,
         torn: None,
     })
+}
+
+/// A segment being scanned: the records found so far, and what the marks said.
+struct Scanning<'a> {
+    path: &'a Path,
+    file: &'a File,
+    file_len: u64,
+    is_last: bool,
+    offsets: Vec<u32>,
+    /// End of the last good record (or of the header): where a cut leaves the file, a mark
+    /// after it going with the records it announced.
+    records_end: u64,
+    /// A mark was just read: the next record is its group's first.
+    marked: bool,
+    /// This segment has been written with marks: from its creation (its magic), or from the
+    /// first mark on (a segment from before marks, written on after an upgrade).
+    seen_mark: bool,
+}
+
+impl Scanning<'_> {
+    /// The records end here, the rest of the last segment is to be cut (a torn tail) —
+    /// unless a mark in what would be cut says the segment was synced past its start (a
+    /// damaged length can make a synced record look like one running past the end).
+    fn tail(self, reason: String) -> Result<Scan, WalError> {
+        if !self.is_last {
+            return Err(corruption(
+                self.path,
+                self.records_end,
+                format!("{reason} in a non-last segment"),
+            ));
+        }
+        self.refuse_if_synced(self.records_end, &reason)?;
+        Ok(self.cut(reason))
+    }
+
+    /// The scan so far, with the rest of the file to be cut.
+    fn cut(self, reason: String) -> Scan {
+        Scan {
+            offsets: self.offsets,
+            end: self.records_end,
+            torn: Some(Torn {
+                file_len: self.file_len,
+                reason,
+                rewrite_header: false,
+            }),
+        }
+    }
+
+    /// Corruption if a valid mark after `pos` says the segment was synced past it.
+    fn refuse_if_synced(&self, pos: u64, reason: &str) -> Result<(), WalError> {
+        match synced_past(self.path, self.file, pos, self.file_len)? {
+            Some((at, synced)) => Err(corruption(
+                self.path,
+                pos,
+                format!(
+                    "{reason}, and the group mark at byte {at} says the segment was synced \
+                     through byte {synced}: synced bytes are damaged"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Damage at `pos` with more bytes after it. After a mark, in the last segment, it is a
+    /// power loss's (cut) unless a valid mark further on says the segment was synced past
+    /// it; anywhere else it is corruption.
+    fn damaged(self, pos: u64, reason: impl Into<String>) -> Result<Scan, WalError> {
+        let reason = reason.into();
+        if !self.is_last {
+            return Err(corruption(self.path, pos, reason));
+        }
+        self.refuse_if_synced(pos, &reason)?;
+        if !self.seen_mark {
+            // Written without marks (a journal, or a log from before them): nothing tells a
+            // power loss from damage.
+            return Err(corruption(self.path, pos, reason));
+        }
+        Ok(self.cut(format!(
+            "{reason}; no later group mark says it was synced (writes in flight at a power \
+             loss)"
+        )))
+    }
+
+    /// An all-zero header at `pos` with only zeros after it: the end of the records of the
+    /// last segment (its preallocated tail, kept for the writer). In a sealed segment (one is
+    /// cut to its last record before its successor exists) it is corruption.
+    fn zero_tail(self, pos: u64) -> Result<Scan, WalError> {
+        if !self.is_last {
+            return Err(corruption(
+                self.path,
+                pos,
+                format!(
+                    "{} zero bytes after the last record of a non-last segment",
+                    self.file_len - pos
+                ),
+            ));
+        }
+        // A mark whose group's records never reached the disk is left for the writer to
+        // write over, like the zeros.
+        Ok(Scan {
+            offsets: self.offsets,
+            end: self.records_end,
+            torn: None,
+        })
+    }
+}
+
+/// The first valid mark in `file` after byte `pos` that says the file was synced past
+/// `pos`, as (where it is, what it says). A damaged record's length cannot be trusted, so
+/// every byte offset is tried: a mark is its tag and a checksum over it and its value (a
+/// payload forging one can only make an open refuse, never cut).
+fn synced_past(
+    path: &Path,
+    file: &File,
+    pos: u64,
+    file_len: u64,
+) -> Result<Option<(u64, u64)>, WalError> {
+    const BLOCK: u64 = 1 << 20;
+    let tag = MARK_TAG.to_le_bytes();
+    let mut buf = vec![0u8; (BLOCK + MARK_LEN) as usize];
+    let mut base = pos + 1;
+    while base < file_len {
+        let n = (file_len - base).min(BLOCK + MARK_LEN) as usize;
+        file.read_exact_at(&mut buf[..n], base)
+            .map_err(io_err(path))?;
+        let starts = n.saturating_sub(MARK_LEN as usize - 1);
+        for i in 0..starts.min(BLOCK as usize) {
+            if buf[i..i + 4] == tag
+                && let Some(synced) = read_mark(&buf[i..n])
+                && synced > pos
+                && synced <= base + i as u64
+            {
+                return Ok(Some((base + i as u64, synced)));
+            }
+        }
+        base += BLOCK;
+    }
+    Ok(None)
 }
 
 /// Whether a record that fails its checksum and ends at `end` is the final one, torn: it ends
@@ -194,43 +358,6 @@ fn zeros_to_end(path: &Path, reader: &mut impl Read, n: u64) -> Result<bool, Wal
     Ok(true)
 }
 
-/// An all-zero record header at `pos`: the end of the records when zeros follow it to the end
-/// of the last segment (its preallocated tail, kept for the writer). Anything else is
-/// corruption: a record zeroed with others after it, or a zero-filled tail in a sealed segment
-/// (one is cut to its last record before its successor exists).
-fn zero_tail(
-    path: &Path,
-    reader: &mut impl Read,
-    offsets: Vec<u32>,
-    pos: u64,
-    file_len: u64,
-    is_last: bool,
-) -> Result<Scan, WalError> {
-    let after = pos + RECORD_HEADER_LEN;
-    if !zeros_to_end(path, reader, file_len - after)? {
-        return Err(corruption(
-            path,
-            pos,
-            "an all-zero record header with non-zero bytes after it",
-        ));
-    }
-    if !is_last {
-        return Err(corruption(
-            path,
-            pos,
-            format!(
-                "{} zero bytes after the last record of a non-last segment",
-                file_len - pos
-            ),
-        ));
-    }
-    Ok(Scan {
-        offsets,
-        end: pos,
-        torn: None,
-    })
-}
-
 /// Opens one segment found at open (writable when it is the last), scans it, and cuts a
 /// torn tail back; returns the segment and the bytes cut.
 pub(super) fn open_segment(
@@ -238,6 +365,7 @@ pub(super) fn open_segment(
     first_index: u64,
     is_last: bool,
     max_record_bytes: u32,
+    marks: bool,
 ) -> Result<(Segment, u64), WalError> {
     let file = OpenOptions::new()
         .read(true)
@@ -251,7 +379,8 @@ pub(super) fn open_segment(
         cut = torn.file_len - scan.end;
         if torn.rewrite_header {
             file.set_len(0).map_err(io_err(&path))?;
-            file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
+            file.write_all_at(super::magic(marks), 0)
+                .map_err(io_err(&path))?;
             end = SEGMENT_HEADER_LEN;
         } else {
             file.set_len(scan.end).map_err(io_err(&path))?;

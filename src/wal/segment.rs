@@ -3,20 +3,21 @@
 //! record checksum and segment naming.
 
 use super::{
-    SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_NAME_DIGITS, SEGMENT_SUFFIX, WalError, corruption,
-    io_err,
+    MARK_LEN, MARK_TAG, MARKED, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_NAME_DIGITS,
+    SEGMENT_SUFFIX, WalError, corruption, io_err,
 };
 use crate::disk::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One segment as seen by readers: only durable records are listed.
 pub(super) struct Segment {
     pub(super) path: Arc<Path>,
     pub(super) first_index: u64,
-    /// Byte offset of each durable record in the file.
+    /// Byte offset of each durable record in the file, with [`MARKED`] set when a mark
+    /// comes right before it (see [`record_start`]).
     pub(super) offsets: Vec<u32>,
     /// End of the last durable record (file offset).
     pub(super) end: u64,
@@ -27,6 +28,91 @@ impl Segment {
     pub(super) fn next_index(&self) -> u64 {
         self.first_index + self.offsets.len() as u64
     }
+
+    /// Where the record at ordinal `ord` starts and how long its payload is.
+    pub(super) fn record(&self, ord: usize) -> (u64, u64) {
+        let start = record_start(self.offsets[ord]);
+        let end = self
+            .offsets
+            .get(ord + 1)
+            .map_or(self.end, |&o| group_start(o));
+        (start, end - start - RECORD_HEADER_LEN)
+    }
+
+    /// Where cutting the records from ordinal `ord` on leaves the file: before the mark of
+    /// the record's group, when it is its first (no mark is left without a record after it).
+    pub(super) fn cut_offset(&self, ord: usize) -> u64 {
+        self.offsets.get(ord).map_or(self.end, |&o| group_start(o))
+    }
+}
+
+/// Where a record starts, from its entry in [`Segment::offsets`].
+pub(super) fn record_start(offset: u32) -> u64 {
+    u64::from(offset & !MARKED)
+}
+
+/// Where a record starts, its mark included when it has one.
+fn group_start(offset: u32) -> u64 {
+    if offset & MARKED != 0 {
+        record_start(offset) - MARK_LEN
+    } else {
+        record_start(offset)
+    }
+}
+
+/// How far the writer knows the active segment is synced (see `WalConfig::marks`): its first
+/// index and a byte offset, under a generation that a cut bumps (a sync planned before a cut
+/// must not say anything of the bytes written after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SyncedEnd {
+    pub(super) generation: u64,
+    pub(super) segment: u64,
+    pub(super) end: u64,
+}
+
+pub(super) type SyncedLock = Arc<Mutex<SyncedEnd>>;
+
+pub(super) fn lock_synced(synced: &SyncedLock) -> MutexGuard<'_, SyncedEnd> {
+    synced.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records a finished sync, unless a later one (or a cut) got there first.
+pub(super) fn advance(synced: &SyncedLock, at: SyncedEnd) {
+    let mut s = lock_synced(synced);
+    if at.generation == s.generation && (at.segment, at.end) > (s.segment, s.end) {
+        *s = at;
+    }
+}
+
+/// The synced end of segment `first_index` (only its header when the writer knows nothing
+/// synced in it).
+pub(super) fn synced_in(synced: &SyncedLock, first_index: u64) -> u64 {
+    let s = lock_synced(synced);
+    if s.segment == first_index {
+        s.end
+    } else {
+        SEGMENT_HEADER_LEN
+    }
+}
+
+/// A mark saying the segment is synced up to byte `end`.
+pub(super) fn mark(end: u64) -> [u8; MARK_LEN as usize] {
+    let tag = MARK_TAG.to_le_bytes();
+    let value = end.to_le_bytes();
+    let mut out = [0u8; MARK_LEN as usize];
+    out[..4].copy_from_slice(&tag);
+    out[4..8].copy_from_slice(&record_crc(&tag, &value).to_le_bytes());
+    out[8..].copy_from_slice(&value);
+    out
+}
+
+/// The synced end a mark at the start of `bytes` holds, if they are one (tag and checksum).
+pub(super) fn read_mark(bytes: &[u8]) -> Option<u64> {
+    let bytes: &[u8; MARK_LEN as usize] = bytes.get(..MARK_LEN as usize)?.try_into().ok()?;
+    let (tag, rest) = bytes.split_at(4);
+    let (crc, value) = rest.split_at(4);
+    (tag == MARK_TAG.to_le_bytes() && crc == record_crc(tag, value).to_le_bytes())
+        .then(|| u64::from_le_bytes(value.try_into().unwrap_or_default()))
 }
 
 /// State shared by the writer and its readers. `segments` is never empty.
@@ -178,9 +264,14 @@ pub(super) fn new_segment_file(dir: &Path, first_index: u64) -> Result<(PathBuf,
     Ok((path, file))
 }
 
-pub(super) fn create_first_segment(dir: &Path, first_index: u64) -> Result<Segment, WalError> {
+pub(super) fn create_first_segment(
+    dir: &Path,
+    first_index: u64,
+    marks: bool,
+) -> Result<Segment, WalError> {
     let (path, file) = new_segment_file(dir, first_index)?;
-    file.write_all_at(SEGMENT_MAGIC, 0).map_err(io_err(&path))?;
+    file.write_all_at(super::magic(marks), 0)
+        .map_err(io_err(&path))?;
     file.sync_data().map_err(io_err(&path))?;
     sync_dir(dir).map_err(io_err(dir))?;
     Ok(Segment {

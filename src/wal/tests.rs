@@ -11,15 +11,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
-fn small_config(dir: &Path) -> WalConfig {
+thread_local! {
+    /// Set by [`plain`]: this test's logs have no marks.
+    static PLAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The calling test works on logs without marks (a shard's journal's format), whose byte
+/// offsets it counts record by record.
+pub(super) fn plain() {
+    PLAIN.with(|p| p.set(true));
+}
+
+/// Small segments, with marks (the LogStore's and a log replica's format) unless the test
+/// called [`plain`].
+pub(super) fn small_config(dir: &Path) -> WalConfig {
     WalConfig {
         segment_bytes: MIN_SEGMENT_BYTES,
+        marks: !PLAIN.with(|p| p.get()),
         ..WalConfig::new(dir)
     }
 }
 
 /// Deterministic payload for index `i`, 1..=300 bytes.
-fn payload(i: u64) -> Vec<u8> {
+pub(super) fn payload(i: u64) -> Vec<u8> {
     let n = (i * 37 % 300) as usize + 1;
     (0..n).map(|j| (i as usize * 31 + j) as u8).collect()
 }
@@ -29,7 +43,7 @@ fn record_size(i: u64) -> u64 {
 }
 
 /// Appends payload(i) for every i in `indexes`, as one batch.
-fn append_payloads(wal: &mut Wal, indexes: Range<u64>) -> Result<u64, WalError> {
+pub(super) fn append_payloads(wal: &mut Wal, indexes: Range<u64>) -> Result<u64, WalError> {
     let owned: Vec<Vec<u8>> = indexes.map(payload).collect();
     let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
     wal.append_batch(&refs)
@@ -54,7 +68,7 @@ fn append_range(wal: &mut Wal, from: u64, n: u64, batch: usize) {
     }
 }
 
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let (_, files): (Vec<u64>, _) = list_segments(dir).unwrap().into_iter().unzip();
     files
 }
@@ -64,7 +78,7 @@ fn segment_firsts(dir: &Path) -> Vec<u64> {
     firsts
 }
 
-fn assert_all_payloads(reader: &WalReader, first: u64, last: u64) {
+pub(super) fn assert_all_payloads(reader: &WalReader, first: u64, last: u64) {
     let got = reader.read_range(first, u64::MAX, usize::MAX).unwrap();
     assert_eq!(got.len() as u64, last + 1 - first);
     for (k, (index, data)) in got.iter().enumerate() {
@@ -79,7 +93,7 @@ fn append_bytes(path: &Path, bytes: &[u8]) {
     f.write_all(bytes).unwrap();
 }
 
-fn flip_byte(path: &Path, offset: u64) {
+pub(super) fn flip_byte(path: &Path, offset: u64) {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -91,11 +105,13 @@ fn flip_byte(path: &Path, offset: u64) {
     f.write_all_at(&b, offset).unwrap();
 }
 
-fn file_len(path: &Path) -> u64 {
+pub(super) fn file_len(path: &Path) -> u64 {
     fs::metadata(path).unwrap().len()
 }
 
-fn expect_corruption(result: Result<(Wal, OpenReport), WalError>) -> (PathBuf, u64, String) {
+pub(super) fn expect_corruption(
+    result: Result<(Wal, OpenReport), WalError>,
+) -> (PathBuf, u64, String) {
     match result {
         Err(err @ WalError::Corruption { .. }) => {
             let text = err.to_string();
@@ -109,7 +125,7 @@ fn expect_corruption(result: Result<(Wal, OpenReport), WalError>) -> (PathBuf, u
     }
 }
 
-fn open_small(dir: &Path) -> (Wal, OpenReport) {
+pub(super) fn open_small(dir: &Path) -> (Wal, OpenReport) {
     Wal::open(small_config(dir)).unwrap()
 }
 
@@ -172,7 +188,7 @@ fn a_fresh_log_starts_at_index_one_and_is_empty() {
     let files = segment_files(&path);
     assert_eq!(files.len(), 1);
     assert!(files[0].ends_with("00000000000000000001.wal"));
-    assert_eq!(fs::read(&files[0]).unwrap(), SEGMENT_MAGIC);
+    assert_eq!(fs::read(&files[0]).unwrap(), SEGMENT_MAGIC_MARKED);
     assert_eq!(wal.append_batch(&[b"a", b""]).unwrap(), 1);
     assert_eq!(reader.read_range(1, 2, usize::MAX).unwrap()[1], (2, vec![]));
 }
@@ -269,6 +285,7 @@ fn read_range_respects_from_to_and_max_bytes_returns_removed_below_first_and_emp
 
 #[test]
 fn torn_tail_cut_mid_record_is_truncated_reported_and_appending_continues() {
+    plain();
     let dir = tempfile::tempdir().unwrap();
     let path = five_records(dir.path());
     let full = file_len(&path);
@@ -308,6 +325,7 @@ fn torn_tail_whose_header_claims_more_than_the_file_holds_is_truncated() {
 
 #[test]
 fn torn_tail_with_a_bad_checksum_in_the_final_record_is_truncated() {
+    plain();
     let dir = tempfile::tempdir().unwrap();
     let path = five_records(dir.path());
     let full = file_len(&path);
@@ -322,6 +340,7 @@ fn torn_tail_with_a_bad_checksum_in_the_final_record_is_truncated() {
 
 #[test]
 fn a_zero_length_or_partial_header_last_segment_gets_its_header_rewritten() {
+    plain();
     let dir = tempfile::tempdir().unwrap();
     five_records(dir.path());
     let empty = segment_path(dir.path(), 6);
@@ -342,6 +361,7 @@ fn a_zero_length_or_partial_header_last_segment_gets_its_header_rewritten() {
 
 #[test]
 fn a_corrupt_middle_record_fails_open_naming_the_file_and_byte_offset() {
+    plain();
     let dir = tempfile::tempdir().unwrap();
     let path = five_records(dir.path());
     let full = file_len(&path);
@@ -358,6 +378,7 @@ fn a_corrupt_middle_record_fails_open_naming_the_file_and_byte_offset() {
 
 #[test]
 fn a_record_damaged_after_open_is_refused_by_the_read_naming_the_file_and_offset() {
+    plain();
     // Open scans every record once; a read checks each record again, so damage that happens
     // while the log is open (bit rot, a stray write) is refused, never served.
     let dir = tempfile::tempdir().unwrap();
@@ -402,6 +423,7 @@ fn a_record_damaged_after_open_is_refused_by_the_read_naming_the_file_and_offset
 
 #[test]
 fn an_impossible_record_length_is_corruption() {
+    plain();
     let dir = tempfile::tempdir().unwrap();
     let path = five_records(dir.path());
     let mut config = small_config(dir.path());
@@ -575,10 +597,12 @@ fn an_invalid_config_is_rejected() {
         Wal::open(config.clone()),
         Err(WalError::InvalidConfig(_))
     ));
-    config.segment_bytes = u64::from(u32::MAX) + 1;
+    config.segment_bytes = MAX_SEGMENT_BYTES + 1;
     assert!(matches!(config.validate(), Err(WalError::InvalidConfig(_))));
     config.segment_bytes = MIN_SEGMENT_BYTES;
     config.max_record_bytes = 0;
+    assert!(matches!(config.validate(), Err(WalError::InvalidConfig(_))));
+    config.max_record_bytes = MAX_RECORD_BYTES + 1;
     assert!(matches!(config.validate(), Err(WalError::InvalidConfig(_))));
     assert!(WalConfig::new(dir.path()).validate().is_ok());
     assert!(matches!(
@@ -685,6 +709,7 @@ fn a_failed_sync_hides_the_batch_from_readers_and_requires_reopen() {
 
 #[test]
 fn a_half_written_batch_is_invisible_and_cut_as_a_torn_tail_on_reopen() {
+    plain();
     let (dir, io, mut wal, reader) = faulty_with_three();
 
     io.half_write.store(true, Ordering::SeqCst);

@@ -326,7 +326,8 @@ impl Replica {
             wal.segment_bytes = b;
         }
         // A record is a group of appends: room for a full group of the largest entries.
-        wal.max_record_bytes = u32::MAX;
+        wal.max_record_bytes = crate::wal::MAX_RECORD_BYTES;
+        wal.marks = true;
         wal.preallocate = config.preallocate;
         let bound = super::dir::replica_id_of(&config.dir, config.id)?;
         let mut storage =
