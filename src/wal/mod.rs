@@ -425,19 +425,7 @@ impl Wal {
             segments: shared.segments.len(),
         };
         let last = shared.segments.last().expect("segment list is never empty");
-        // What recovery kept may still be only in the page cache (a process crash): synced
-        // here, so that the first group's mark may say so.
-        let synced_end = if config.marks && config.sync {
-            last.file.sync_data().map_err(io_err(&last.path))?;
-            last.end
-        } else {
-            SEGMENT_HEADER_LEN
-        };
-        let synced = Arc::new(Mutex::new(SyncedEnd {
-            generation: 0,
-            segment: last.first_index,
-            end: synced_end,
-        }));
+        let synced = synced_at_open(&config, last)?;
         let active = Active {
             path: last.path.clone(),
             first_index: last.first_index,
@@ -580,32 +568,7 @@ impl Wal {
                 staged.push(new);
             }
             let cur = staged.last_mut().expect("staged is never empty");
-            let marked = self.config.marks && cur.offsets.is_empty();
-            if marked {
-                // The group's first record in this segment: the mark before it says how far
-                // the segment was synced (nothing of a new one).
-                let end = if cur.is_new {
-                    SEGMENT_HEADER_LEN
-                } else {
-                    synced_in(&self.synced, cur.first_index)
-                };
-                cur.buf.extend_from_slice(&mark(end));
-            }
-            let offset = u32::try_from(cur.len())
-                .ok()
-                .filter(|o| o & MARKED == 0)
-                .ok_or_else(|| WalError::Io {
-                    path: cur.path.to_path_buf(),
-                    source: io::Error::other("segment grew beyond 2 GiB"),
-                })?;
-            let offset = if marked { offset | MARKED } else { offset };
-            // Checked against max_record_bytes (a u32) in append_batch.
-            let len_bytes = (payload.len() as u32).to_le_bytes();
-            let crc = record_crc(&len_bytes, payload);
-            cur.buf.extend_from_slice(&len_bytes);
-            cur.buf.extend_from_slice(&crc.to_le_bytes());
-            cur.buf.extend_from_slice(payload);
-            cur.offsets.push(offset);
+            stage_record(cur, payload, self.config.marks, &self.synced)?;
         }
 
         let new_segment = staged.len() > 1;
@@ -754,6 +717,57 @@ impl Wal {
             shared: self.shared.clone(),
         }
     }
+}
+
+/// Adds `payload`'s record to `cur`, after a mark when it is the group's first in the segment
+/// and `marks` are on: how far the segment was synced (nothing of a new one).
+fn stage_record(
+    cur: &mut Staged,
+    payload: &[u8],
+    marks: bool,
+    synced: &SyncedLock,
+) -> Result<(), WalError> {
+    let marked = marks && cur.offsets.is_empty();
+    if marked {
+        let end = if cur.is_new {
+            SEGMENT_HEADER_LEN
+        } else {
+            synced_in(synced, cur.first_index)
+        };
+        cur.buf.extend_from_slice(&mark(end));
+    }
+    let offset = u32::try_from(cur.len())
+        .ok()
+        .filter(|o| o & MARKED == 0)
+        .ok_or_else(|| WalError::Io {
+            path: cur.path.to_path_buf(),
+            source: io::Error::other("segment grew beyond 2 GiB"),
+        })?;
+    // Checked against max_record_bytes (a u32) in append_batch.
+    let len_bytes = (payload.len() as u32).to_le_bytes();
+    let crc = record_crc(&len_bytes, payload);
+    cur.buf.extend_from_slice(&len_bytes);
+    cur.buf.extend_from_slice(&crc.to_le_bytes());
+    cur.buf.extend_from_slice(payload);
+    cur.offsets
+        .push(if marked { offset | MARKED } else { offset });
+    Ok(())
+}
+
+/// The synced end at open: what recovery kept may still be only in the page cache (a process
+/// crash), so with marks it is synced here, and the first group's mark may say so.
+fn synced_at_open(config: &WalConfig, last: &Segment) -> Result<SyncedLock, WalError> {
+    let end = if config.marks && config.sync {
+        last.file.sync_data().map_err(io_err(&last.path))?;
+        last.end
+    } else {
+        SEGMENT_HEADER_LEN
+    };
+    Ok(Arc::new(Mutex::new(SyncedEnd {
+        generation: 0,
+        segment: last.first_index,
+        end,
+    })))
 }
 
 /// How many of `segments` (oldest first) hold only indexes below `below`: all but the last

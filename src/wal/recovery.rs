@@ -122,25 +122,13 @@ pub(super) fn scan_segment(
         let len_bytes: [u8; 4] = header[..4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(len_bytes);
         if len == MARK_TAG {
-            if remaining < MARK_LEN {
-                return scan.tail(format!("incomplete group mark ({remaining} of 16 bytes)"));
-            }
-            let mut mark = [0u8; MARK_LEN as usize];
-            mark[..8].copy_from_slice(&header);
-            reader.read_exact(&mut mark[8..]).map_err(io_err(path))?;
-            match read_mark(&mark) {
-                Some(end) if end <= pos && !scan.marked => {
-                    scan.marked = true;
-                    scan.seen_mark = true;
+            match scan.read_mark(&mut reader, header, pos)? {
+                MarkRead::Good => {
                     pos += MARK_LEN;
                     continue;
                 }
-                Some(end) if end > pos => {
-                    return scan
-                        .damaged(pos, format!("a group mark saying byte {end}, past itself"));
-                }
-                Some(_) => return scan.damaged(pos, "two group marks in a row"),
-                None => return scan.damaged(pos, "a group mark whose checksum fails"),
+                MarkRead::Torn(reason) => return scan.tail(reason),
+                MarkRead::Damaged(reason) => return scan.damaged(pos, reason),
             }
         }
         let stored_crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
@@ -180,14 +168,14 @@ pub(super) fn scan_segment(
         scan.records_end = end;
         pos = end;
     }
-    if scan.marked {
-        return scan.tail("a group mark with no record after it".into());
-    }
-    Ok(Scan {
-        offsets: scan.offsets,
-        end: pos,
-        torn: None,
-    })
+    scan.finish()
+}
+
+/// What a mark's header began: a good mark, one cut short, or a damaged one.
+enum MarkRead {
+    Good,
+    Torn(String),
+    Damaged(String),
 }
 
 /// A segment being scanned: the records found so far, and what the marks said.
@@ -208,6 +196,50 @@ struct Scanning<'a> {
 }
 
 impl Scanning<'_> {
+    /// Reads the rest of a mark whose header is at `pos`.
+    fn read_mark(
+        &mut self,
+        reader: &mut impl Read,
+        header: [u8; 8],
+        pos: u64,
+    ) -> Result<MarkRead, WalError> {
+        let remaining = self.file_len - pos;
+        if remaining < MARK_LEN {
+            return Ok(MarkRead::Torn(format!(
+                "incomplete group mark ({remaining} of 16 bytes)"
+            )));
+        }
+        let mut mark = [0u8; MARK_LEN as usize];
+        mark[..8].copy_from_slice(&header);
+        reader
+            .read_exact(&mut mark[8..])
+            .map_err(io_err(self.path))?;
+        Ok(match read_mark(&mark) {
+            Some(end) if end <= pos && !self.marked => {
+                self.marked = true;
+                self.seen_mark = true;
+                MarkRead::Good
+            }
+            Some(end) if end > pos => {
+                MarkRead::Damaged(format!("a group mark saying byte {end}, past itself"))
+            }
+            Some(_) => MarkRead::Damaged("two group marks in a row".into()),
+            None => MarkRead::Damaged("a group mark whose checksum fails".into()),
+        })
+    }
+
+    /// The end of the file reached: every record read (a mark left last goes, cut).
+    fn finish(self) -> Result<Scan, WalError> {
+        if self.marked {
+            return self.tail("a group mark with no record after it".into());
+        }
+        Ok(Scan {
+            end: self.records_end,
+            offsets: self.offsets,
+            torn: None,
+        })
+    }
+
     /// The records end here, the rest of the last segment is to be cut (a torn tail) —
     /// unless a mark in what would be cut says the segment was synced past its start (a
     /// damaged length can make a synced record look like one running past the end).
