@@ -61,9 +61,11 @@
 //!   record and fsynced; [`OpenReport::torn_bytes_truncated`] says how much
 //!   was cut and a `tracing::warn!` is logged. A last segment shorter than
 //!   the 8-byte magic whose bytes are a prefix of the magic (crash right after
-//!   creating it) gets its header rewritten.
-//! * **Writes in flight at a power loss** (last segment, after a mark): a damaged record
-//!   with more bytes after it. A power loss can keep a later page of unsynced writes and lose
+//!   creating it) gets its header rewritten. A torn tail with a valid mark in it that says
+//!   the segment was synced past its start (a synced length damaged into one that runs past
+//!   the end) is corruption instead.
+//! * **Writes in flight at a power loss** (last segment, created with marks or after its
+//!   first mark): a damaged record with more bytes after it. A power loss can keep a later page of unsynced writes and lose
 //!   an earlier one (the LogStore writes groups ahead of their sync; a disk cache reorders
 //!   the pages of one write). If no valid mark after the damage says the file was synced
 //!   past it, nothing from the damage on was ever acknowledged (an append is answered only
@@ -704,10 +706,16 @@ impl Wal {
     /// the magic, when the active one is full): for a caller that pads its records to end on
     /// a page boundary, so that the next sync does not rewrite a page already written.
     pub fn next_record_offset(&self) -> u64 {
-        if self.active.len >= self.config.segment_bytes && self.active.count > 0 {
+        let start = if self.active.len >= self.config.segment_bytes && self.active.count > 0 {
             SEGMENT_HEADER_LEN
         } else {
             self.active.len
+        };
+        // A group's first record comes after its mark.
+        if self.config.marks {
+            start + MARK_LEN
+        } else {
+            start
         }
     }
 
