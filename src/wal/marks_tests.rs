@@ -218,3 +218,56 @@ fn reads_of_every_range_skip_the_marks_between_groups_and_segments() {
     assert_eq!((report.last_index, report.torn_bytes_truncated), (last, 0));
     check(&wal.reader());
 }
+
+#[test]
+fn a_log_from_before_marks_reads_on_and_gets_them_from_its_next_group() {
+    // Written by a build without marks (a segment with the old magic).
+    let dir = tempfile::tempdir().unwrap();
+    plain();
+    let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    append_payloads(&mut wal, 1..4).unwrap();
+    let (start2, _) = record_at(&wal, 2);
+    drop(wal);
+    let path = segment_files(dir.path())[0].clone();
+    let marked = || WalConfig {
+        marks: true,
+        ..small_config(dir.path())
+    };
+
+    // Opened by this one: the records read back, and its groups get marks from now on.
+    let (mut wal, report) = Wal::open(marked()).unwrap();
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (3, 0));
+    append_payloads(&mut wal, 4..7).unwrap();
+    append_unsynced(&mut wal, 7..10);
+    let (start8, _) = record_at(&wal, 8);
+    assert_ne!(
+        read_lock(&wal.shared).segments[0].offsets[3] & MARKED,
+        0,
+        "record 4 has a mark"
+    );
+    drop(wal);
+    assert_eq!(
+        &fs_read(&path)[..8],
+        SEGMENT_MAGIC,
+        "an old segment keeps its magic"
+    );
+    let (wal, report) = Wal::open(marked()).unwrap();
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (9, 0));
+    assert_all_payloads(&wal.reader(), 1, 9);
+    drop(wal);
+
+    // After its first mark, a power loss is told from corruption...
+    zero(&path, start8, 4);
+    let (wal, report) = Wal::open(marked()).unwrap();
+    assert_eq!(report.last_index, 7);
+    assert_all_payloads(&wal.reader(), 1, 7);
+    drop(wal);
+    // ...before it, damage with bytes after it is corruption, as it always was.
+    flip_byte(&path, start2 + RECORD_HEADER_LEN);
+    let (_, offset, text) = expect_corruption(Wal::open(marked()));
+    assert_eq!(offset, start2, "{text}");
+}
+
+fn fs_read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
