@@ -116,6 +116,7 @@ impl Wal {
             file: seg.file.clone(),
             len: seg.end,
             count: seg.offsets.len() as u64,
+            marked: seg.marked,
         };
         drop(shared);
         self.restart_synced();
@@ -159,6 +160,7 @@ impl Wal {
             file: seg.file.clone(),
             len: seg.end,
             count: 0,
+            marked: seg.marked,
         };
         shared.segments = vec![seg];
         drop(shared);

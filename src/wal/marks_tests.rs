@@ -220,52 +220,88 @@ fn reads_of_every_range_skip_the_marks_between_groups_and_segments() {
 }
 
 #[test]
-fn a_log_from_before_marks_reads_on_and_gets_them_from_its_next_group() {
+fn a_log_from_before_marks_reads_on_and_gets_them_from_its_next_segment() {
     // Written by a build without marks (a segment with the old magic).
     let dir = tempfile::tempdir().unwrap();
     plain();
     let (mut wal, _) = Wal::open(small_config(dir.path())).unwrap();
     append_payloads(&mut wal, 1..4).unwrap();
-    let (start2, _) = record_at(&wal, 2);
     drop(wal);
-    let path = segment_files(dir.path())[0].clone();
+    let old = segment_files(dir.path())[0].clone();
     let marked = || WalConfig {
         marks: true,
         ..small_config(dir.path())
     };
 
-    // Opened by this one: the records read back, and its groups get marks from now on.
+    // Opened by this one: the records read back; its old segment gets no marks (a build from
+    // before them would read the first one as a torn tail and cut what follows), the next
+    // segment is created with them.
     let (mut wal, report) = Wal::open(marked()).unwrap();
     assert_eq!((report.last_index, report.torn_bytes_truncated), (3, 0));
     append_payloads(&mut wal, 4..7).unwrap();
-    append_unsynced(&mut wal, 7..10);
-    let (start8, _) = record_at(&wal, 8);
-    assert_ne!(
-        read_lock(&wal.shared).segments[0].offsets[3] & MARKED,
-        0,
-        "record 4 has a mark"
-    );
+    assert_eq!(read_lock(&wal.shared).segments[0].offsets[3] & MARKED, 0);
+    let mut next = 7;
+    while segment_files(dir.path()).len() < 2 {
+        append_payloads(&mut wal, next..next + 3).unwrap();
+        next += 3;
+    }
+    append_unsynced(&mut wal, next..next + 3);
+    let last = next + 2;
+    let new = segment_files(dir.path())[1].clone();
+    let (seg_first, start) = {
+        let shared = read_lock(&wal.shared);
+        let seg = &shared.segments[1];
+        assert_ne!(
+            seg.offsets[0] & MARKED,
+            0,
+            "the new segment's first group has a mark"
+        );
+        let ord = (next + 1 - seg.first_index) as usize;
+        (seg.first_index, seg.record(ord).0)
+    };
     drop(wal);
     assert_eq!(
-        &fs_read(&path)[..8],
+        &fs_read(&old)[..8],
         SEGMENT_MAGIC,
-        "an old segment keeps its magic"
+        "the old segment keeps its magic"
     );
+    assert_eq!(&fs_read(&new)[..8], SEGMENT_MAGIC_MARKED);
     let (wal, report) = Wal::open(marked()).unwrap();
-    assert_eq!((report.last_index, report.torn_bytes_truncated), (9, 0));
-    assert_all_payloads(&wal.reader(), 1, 9);
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (last, 0));
+    assert_all_payloads(&wal.reader(), 1, last);
     drop(wal);
 
-    // After its first mark, a power loss is told from corruption...
-    zero(&path, start8, 4);
+    // In the new segment, a power loss is told from corruption.
+    zero(&new, start, 4);
     let (wal, report) = Wal::open(marked()).unwrap();
-    assert_eq!(report.last_index, 7);
-    assert_all_payloads(&wal.reader(), 1, 7);
+    assert_eq!(report.last_index, next);
+    assert!(seg_first <= next);
+    assert_all_payloads(&wal.reader(), 1, next);
+}
+
+#[test]
+fn a_last_segment_of_zeros_whose_header_never_landed_gets_its_header_written() {
+    // The filler zero-fills a new segment ahead of the writer and may sync that before the
+    // writer's first group (with the magic) is synced: a power loss then leaves zeros only.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open_small(dir.path());
+    append_payloads(&mut wal, 1..4).unwrap();
     drop(wal);
-    // ...before it, damage with bytes after it is corruption, as it always was.
-    flip_byte(&path, start2 + RECORD_HEADER_LEN);
-    let (_, offset, text) = expect_corruption(Wal::open(marked()));
-    assert_eq!(offset, start2, "{text}");
+    let next = segment_path(dir.path(), 4);
+    std::fs::write(&next, vec![0u8; 8192]).unwrap();
+    let (mut wal, report) = open_small(dir.path());
+    assert_eq!((report.last_index, report.segments), (3, 2));
+    assert_eq!(report.torn_bytes_truncated, 8192);
+    append_payloads(&mut wal, 4..6).unwrap();
+    drop(wal);
+    let (wal, report) = open_small(dir.path());
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (5, 0));
+    assert_all_payloads(&wal.reader(), 1, 5);
+    drop(wal);
+    // Zeros in a segment that is not the last stay corruption.
+    std::fs::write(segment_path(dir.path(), 6), vec![0u8; 8192]).unwrap();
+    std::fs::write(segment_path(dir.path(), 7), vec![0u8; 8192]).unwrap();
+    expect_corruption(Wal::open(small_config(dir.path())));
 }
 
 fn fs_read(path: &Path) -> Vec<u8> {

@@ -25,7 +25,7 @@
 //!
 //! ```text
 //! [magic: 8 bytes = b"LPWAL\0\0\x01", or b"LPWAL\0\0\x02" when created with marks]
-//! [record]*
+//! [[mark] record+]*   (a mark starts each group, in a segment created with marks)
 //! [zero bytes]*        (the last segment only, when preallocated)
 //! record = [len: u32 LE][crc32c: u32 LE][payload: len bytes]
 //! mark   = [0x8000_0008: u32 LE][crc32c: u32 LE][synced end: u64 LE]
@@ -35,10 +35,14 @@
 //! is implied by its position: segment first index + ordinal in the segment.
 //! A payload is shorter than 2 GiB, so a length with its top bit set is never a record's.
 //!
-//! With [`WalConfig::marks`] (the LogStore's and a log replica's), each group an append
-//! writes starts, in each segment it touches, with a **mark**: the byte offset in that
-//! segment up to which the writer knew the file was synced when it wrote the group. Marks
-//! take no index; they are what tells a power loss from corruption at open (below).
+//! With [`WalConfig::marks`] (the LogStore's and a log replica's), segments are created with
+//! the second magic, and each group an append writes starts, in each such segment it touches,
+//! with a **mark**: the byte offset in that segment up to which the writer knew the file was
+//! synced when it wrote the group. Marks take no index; they are what tells a power loss from
+//! corruption at open (below). A segment created without marks never gets one (a build from
+//! before them would read it as a torn tail); a log from before marks gets them from its next
+//! segment on.
+//!
 //! A new segment is started once the current one has reached
 //! [`WalConfig::segment_bytes`] (a single record may exceed it). A payload is
 //! at most [`WalConfig::max_record_bytes`] long.
@@ -71,11 +75,15 @@
 //!   past it, nothing from the damage on was ever acknowledged (an append is answered only
 //!   after its sync): it is cut like a torn tail. If one does, synced bytes were damaged:
 //!   corruption, naming the mark.
-//! * **Corruption**: anything else — a bad checksum followed by more bytes, an
-//!   impossible header, an all-zero header with non-zero bytes after it, zeros after the
-//!   last record of a non-last segment, a bad record anywhere in a non-last segment, a bad
-//!   magic, a missing segment — is [`WalError::Corruption`] naming the file and
-//!   byte offset. Nothing is skipped or truncated in that case.
+//!   A mark says what was synced when its group was *written*: a group synced after the
+//!   last group was written (up to 8 in flight) is not vouched for, and damage to it is cut.
+//! * **A segment of zeros** (last segment only): created and zero-filled ahead of the
+//!   writer, its magic never synced; its header is written again.
+//! * **Corruption**: anything else — in a segment without marks, a bad checksum followed by
+//!   more bytes, an impossible header, an all-zero header with non-zero bytes after it; zeros
+//!   after the last record of a non-last segment, a bad record anywhere in a non-last segment,
+//!   a bad magic, a missing segment — is [`WalError::Corruption`] naming the file and byte
+//!   offset. Nothing is skipped or truncated in that case.
 //!
 //! # Durability and visibility
 //!
@@ -434,6 +442,7 @@ impl Wal {
             file: last.file.clone(),
             len: last.end,
             count: last.offsets.len() as u64,
+            marked: last.marked,
         };
         tracing::info!(
             dir = %dir.display(),
@@ -553,6 +562,7 @@ impl Wal {
             prior_count: self.active.count,
             offsets: Vec::new(),
             is_new: false,
+            marked: self.active.marked,
         }];
         let first = self.active.next_index();
         for (next, payload) in (first..).zip(payloads) {
@@ -570,7 +580,7 @@ impl Wal {
                 staged.push(new);
             }
             let cur = staged.last_mut().expect("staged is never empty");
-            stage_record(cur, payload, self.config.marks, &self.synced)?;
+            stage_record(cur, payload, &self.synced)?;
         }
 
         let new_segment = staged.len() > 1;
@@ -603,6 +613,7 @@ impl Wal {
                     offsets: s.offsets,
                     end,
                     file: s.file.clone(),
+                    marked: s.marked,
                 });
             } else {
                 let seg = shared
@@ -618,6 +629,7 @@ impl Wal {
                 file: s.file,
                 len: end,
                 count,
+                marked: s.marked,
             };
         }
         Ok(())
@@ -646,6 +658,7 @@ impl Wal {
             prior_count: 0,
             offsets: Vec::new(),
             is_new: true,
+            marked: self.config.marks,
         })
     }
 
@@ -706,17 +719,14 @@ impl Wal {
     /// the magic, when the active one is full): for a caller that pads its records to end on
     /// a page boundary, so that the next sync does not rewrite a page already written.
     pub fn next_record_offset(&self) -> u64 {
-        let start = if self.active.len >= self.config.segment_bytes && self.active.count > 0 {
-            SEGMENT_HEADER_LEN
-        } else {
-            self.active.len
-        };
+        let (start, marked) =
+            if self.active.len >= self.config.segment_bytes && self.active.count > 0 {
+                (SEGMENT_HEADER_LEN, self.config.marks)
+            } else {
+                (self.active.len, self.active.marked)
+            };
         // A group's first record comes after its mark.
-        if self.config.marks {
-            start + MARK_LEN
-        } else {
-            start
-        }
+        if marked { start + MARK_LEN } else { start }
     }
 
     /// A cheap, cloneable read handle usable from other threads.
@@ -727,15 +737,10 @@ impl Wal {
     }
 }
 
-/// Adds `payload`'s record to `cur`, after a mark when it is the group's first in the segment
-/// and `marks` are on: how far the segment was synced (nothing of a new one).
-fn stage_record(
-    cur: &mut Staged,
-    payload: &[u8],
-    marks: bool,
-    synced: &SyncedLock,
-) -> Result<(), WalError> {
-    let marked = marks && cur.offsets.is_empty();
+/// Adds `payload`'s record to `cur`, after a mark when it is the group's first in a segment
+/// created with marks: how far the segment was synced (nothing of a new one).
+fn stage_record(cur: &mut Staged, payload: &[u8], synced: &SyncedLock) -> Result<(), WalError> {
+    let marked = cur.marked && cur.offsets.is_empty();
     if marked {
         let end = if cur.is_new {
             SEGMENT_HEADER_LEN

@@ -15,6 +15,8 @@ use super::{
 };
 
 pub(super) struct Scan {
+    /// Created with marks (its magic).
+    pub(super) marked: bool,
     pub(super) offsets: Vec<u32>,
     /// End of the last good record (0 when the header itself is torn).
     pub(super) end: u64,
@@ -43,6 +45,7 @@ fn check_header(
             && (SEGMENT_MAGIC.starts_with(&partial) || SEGMENT_MAGIC_MARKED.starts_with(&partial))
         {
             return Ok(Ok(Scan {
+                marked: false,
                 offsets: Vec::new(),
                 end: 0,
                 torn: Some(Torn {
@@ -62,6 +65,20 @@ fn check_header(
     reader.read_exact(&mut magic).map_err(io_err(path))?;
     if &magic == SEGMENT_MAGIC_MARKED {
         return Ok(Err(true));
+    }
+    if is_last && magic == [0; 8] && zeros_to_end(path, reader, file_len - SEGMENT_HEADER_LEN)? {
+        // Created, zero-filled ahead of the writer and synced, its magic not yet: a power
+        // loss right after a segment was started. Nothing in it was ever written.
+        return Ok(Ok(Scan {
+            marked: false,
+            offsets: Vec::new(),
+            end: 0,
+            torn: Some(Torn {
+                file_len,
+                reason: "a segment of zeros, its header never written".into(),
+                rewrite_header: true,
+            }),
+        }));
     }
     if &magic != SEGMENT_MAGIC {
         return Err(corruption(
@@ -96,6 +113,7 @@ pub(super) fn scan_segment(
         offsets: Vec::new(),
         records_end: SEGMENT_HEADER_LEN,
         marked: false,
+        marked_magic,
         seen_mark: marked_magic,
     };
     let mut pos = SEGMENT_HEADER_LEN;
@@ -190,8 +208,10 @@ struct Scanning<'a> {
     records_end: u64,
     /// A mark was just read: the next record is its group's first.
     marked: bool,
-    /// This segment has been written with marks: from its creation (its magic), or from the
-    /// first mark on (a segment from before marks, written on after an upgrade).
+    /// Created with marks (its magic).
+    marked_magic: bool,
+    /// A mark was read, or the segment was created with marks: what follows can be judged
+    /// by them.
     seen_mark: bool,
 }
 
@@ -234,6 +254,7 @@ impl Scanning<'_> {
             return self.tail("a group mark with no record after it".into());
         }
         Ok(Scan {
+            marked: self.marked_magic,
             end: self.records_end,
             offsets: self.offsets,
             torn: None,
@@ -258,6 +279,7 @@ impl Scanning<'_> {
     /// The scan so far, with the rest of the file to be cut.
     fn cut(self, reason: String) -> Scan {
         Scan {
+            marked: self.marked_magic,
             offsets: self.offsets,
             end: self.records_end,
             torn: Some(Torn {
@@ -268,8 +290,12 @@ impl Scanning<'_> {
         }
     }
 
-    /// Corruption if a valid mark after `pos` says the segment was synced past it.
+    /// Corruption if a valid mark after `pos` says the segment was synced past it (in a
+    /// segment written with marks: in one without, a payload could forge one).
     fn refuse_if_synced(&self, pos: u64, reason: &str) -> Result<(), WalError> {
+        if !self.seen_mark {
+            return Ok(());
+        }
         match synced_past(self.path, self.file, pos, self.file_len)? {
             Some((at, synced)) => Err(corruption(
                 self.path,
@@ -291,12 +317,12 @@ impl Scanning<'_> {
         if !self.is_last {
             return Err(corruption(self.path, pos, reason));
         }
-        self.refuse_if_synced(pos, &reason)?;
         if !self.seen_mark {
             // Written without marks (a journal, or a log from before them): nothing tells a
             // power loss from damage.
             return Err(corruption(self.path, pos, reason));
         }
+        self.refuse_if_synced(pos, &reason)?;
         Ok(self.cut(format!(
             "{reason}; no later group mark says it was synced (writes in flight at a power \
              loss)"
@@ -320,6 +346,7 @@ impl Scanning<'_> {
         // A mark whose group's records never reached the disk is left for the writer to
         // write over, like the zeros.
         Ok(Scan {
+            marked: self.marked_magic,
             offsets: self.offsets,
             end: self.records_end,
             torn: None,
@@ -406,6 +433,7 @@ pub(super) fn open_segment(
         .map_err(io_err(&path))?;
     let scan = scan_segment(&path, &file, is_last, max_record_bytes)?;
     let mut end = scan.end;
+    let mut marked = scan.marked;
     let mut cut = 0;
     if let Some(torn) = scan.torn {
         cut = torn.file_len - scan.end;
@@ -414,6 +442,7 @@ pub(super) fn open_segment(
             file.write_all_at(super::magic(marks), 0)
                 .map_err(io_err(&path))?;
             end = SEGMENT_HEADER_LEN;
+            marked = marks;
         } else {
             file.set_len(scan.end).map_err(io_err(&path))?;
         }
@@ -433,6 +462,7 @@ pub(super) fn open_segment(
         offsets: scan.offsets,
         end,
         file: Arc::new(file),
+        marked,
     };
     Ok((segment, cut))
 }

@@ -22,6 +22,9 @@ pub(super) struct Segment {
     /// End of the last durable record (file offset).
     pub(super) end: u64,
     pub(super) file: Arc<File>,
+    /// Created with marks (its magic): the writer marks its groups. A segment from before
+    /// marks gets none (a build from before them would read the first as a torn tail).
+    pub(super) marked: bool,
 }
 
 impl Segment {
@@ -187,6 +190,8 @@ pub(super) struct Active {
     pub(super) file: Arc<File>,
     pub(super) len: u64,
     pub(super) count: u64,
+    /// See [`Segment::marked`].
+    pub(super) marked: bool,
 }
 
 impl Active {
@@ -208,6 +213,8 @@ pub(super) struct Staged {
     /// Offsets of the records added by this batch.
     pub(super) offsets: Vec<u32>,
     pub(super) is_new: bool,
+    /// See [`Segment::marked`].
+    pub(super) marked: bool,
 }
 
 impl Staged {
@@ -280,5 +287,6 @@ pub(super) fn create_first_segment(
         offsets: Vec::new(),
         end: SEGMENT_HEADER_LEN,
         file: Arc::new(file),
+        marked: marks,
     })
 }
