@@ -228,6 +228,10 @@ fn a_log_from_before_marks_reads_on_and_gets_them_from_its_next_segment() {
     append_payloads(&mut wal, 1..4).unwrap();
     drop(wal);
     let old = segment_files(dir.path())[0].clone();
+    let (start2, _) = {
+        let (wal, _) = Wal::open(small_config(dir.path())).unwrap();
+        record_at(&wal, 2)
+    };
     let marked = || WalConfig {
         marks: true,
         ..small_config(dir.path())
@@ -240,6 +244,14 @@ fn a_log_from_before_marks_reads_on_and_gets_them_from_its_next_segment() {
     assert_eq!((report.last_index, report.torn_bytes_truncated), (3, 0));
     append_payloads(&mut wal, 4..7).unwrap();
     assert_eq!(read_lock(&wal.shared).segments[0].offsets[3] & MARKED, 0);
+    drop(wal);
+    // Its old segment, still the last, keeps the strict rule: damage with bytes after it is
+    // corruption.
+    flip_byte(&old, start2 + RECORD_HEADER_LEN);
+    let (_, offset, text) = expect_corruption(Wal::open(marked()));
+    assert_eq!(offset, start2, "{text}");
+    flip_byte(&old, start2 + RECORD_HEADER_LEN);
+    let (mut wal, _) = Wal::open(marked()).unwrap();
     let mut next = 7;
     while segment_files(dir.path()).len() < 2 {
         append_payloads(&mut wal, next..next + 3).unwrap();
@@ -301,7 +313,8 @@ fn a_last_segment_of_zeros_whose_header_never_landed_gets_its_header_written() {
     // Zeros in a segment that is not the last stay corruption.
     std::fs::write(segment_path(dir.path(), 6), vec![0u8; 8192]).unwrap();
     std::fs::write(segment_path(dir.path(), 7), vec![0u8; 8192]).unwrap();
-    expect_corruption(Wal::open(small_config(dir.path())));
+    let (at, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    assert_eq!((at, offset), (segment_path(dir.path(), 6), 0), "{text}");
 }
 
 fn fs_read(path: &Path) -> Vec<u8> {

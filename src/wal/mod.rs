@@ -75,8 +75,8 @@
 //!   past it, nothing from the damage on was ever acknowledged (an append is answered only
 //!   after its sync): it is cut like a torn tail. If one does, synced bytes were damaged:
 //!   corruption, naming the mark.
-//!   A mark says what was synced when its group was *written*: a group synced after the
-//!   last group was written (up to 8 in flight) is not vouched for, and damage to it is cut.
+//!   A mark says what was synced when its group was *written*: a group whose sync ended
+//!   after the last group was written is not vouched for, and damage to it is cut.
 //! * **A segment of zeros** (last segment only): created and zero-filled ahead of the
 //!   writer, its magic never synced; its header is written again.
 //! * **Corruption**: anything else — in a segment without marks, a bad checksum followed by
@@ -241,7 +241,8 @@ pub struct WalConfig {
     /// are written in addition to the records (the LogStore turns it on; a shard's journal,
     /// whose bytes written per byte received are a goal of their own, does not).
     pub preallocate: bool,
-    /// Start each group with a mark holding the synced end (see the module docs), so that a
+    /// Create segments with marks and start each group in them with a mark holding the
+    /// synced end (see the module docs), so that a
     /// power loss that kept later unsynced writes and lost earlier ones opens as a cut
     /// tail, not as corruption. Off by default (a shard's journal writes and syncs one
     /// page-aligned record at a time and counts its pages).

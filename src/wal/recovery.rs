@@ -30,8 +30,9 @@ pub(super) struct Torn {
 }
 
 /// Checks the segment's 8-byte magic: `Ok(Err(marked))` says whether it was created with
-/// marks. A last segment whose header was cut short is a torn tail (`Ok(Ok(scan))`, to be
-/// rewritten); any other bad header is corruption.
+/// marks. A last segment whose header was cut short, or that holds zeros only (its magic
+/// never synced), is a torn tail (`Ok(Ok(scan))`, to be rewritten); any other bad header is
+/// corruption.
 fn check_header(
     path: &Path,
     reader: &mut impl Read,
