@@ -29,6 +29,20 @@ pub(super) struct Torn {
     pub(super) rewrite_header: bool,
 }
 
+/// A last segment with no record and its header to write again.
+fn header_to_rewrite(file_len: u64, reason: String) -> Scan {
+    Scan {
+        marked: false,
+        offsets: Vec::new(),
+        end: 0,
+        torn: Some(Torn {
+            file_len,
+            reason,
+            rewrite_header: true,
+        }),
+    }
+}
+
 /// Checks the segment's 8-byte magic: `Ok(Err(marked))` says whether it was created with
 /// marks. A last segment whose header was cut short, or that holds zeros only (its magic
 /// never synced), is a torn tail (`Ok(Ok(scan))`, to be rewritten); any other bad header is
@@ -45,16 +59,10 @@ fn check_header(
         if is_last
             && (SEGMENT_MAGIC.starts_with(&partial) || SEGMENT_MAGIC_MARKED.starts_with(&partial))
         {
-            return Ok(Ok(Scan {
-                marked: false,
-                offsets: Vec::new(),
-                end: 0,
-                torn: Some(Torn {
-                    file_len,
-                    reason: format!("incomplete segment header ({file_len} of 8 bytes)"),
-                    rewrite_header: true,
-                }),
-            }));
+            return Ok(Ok(header_to_rewrite(
+                file_len,
+                format!("incomplete segment header ({file_len} of 8 bytes)"),
+            )));
         }
         return Err(corruption(
             path,
@@ -70,16 +78,10 @@ fn check_header(
     if is_last && magic == [0; 8] && zeros_to_end(path, reader, file_len - SEGMENT_HEADER_LEN)? {
         // Created, zero-filled ahead of the writer and synced, its magic not yet: a power
         // loss right after a segment was started. Nothing in it was ever written.
-        return Ok(Ok(Scan {
-            marked: false,
-            offsets: Vec::new(),
-            end: 0,
-            torn: Some(Torn {
-                file_len,
-                reason: "a segment of zeros, its header never written".into(),
-                rewrite_header: true,
-            }),
-        }));
+        return Ok(Ok(header_to_rewrite(
+            file_len,
+            "a segment of zeros, its header never written".into(),
+        )));
     }
     if &magic != SEGMENT_MAGIC {
         return Err(corruption(
