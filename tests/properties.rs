@@ -76,6 +76,19 @@ fn write_groups(
     (path, ends)
 }
 
+/// `read` opened and holds at least `at_least` of `written`: an unaltered prefix of it.
+fn an_unaltered_prefix(
+    read: Result<Vec<Vec<u8>>, String>,
+    at_least: usize,
+    written: &[Vec<u8>],
+) -> Result<(), TestCaseError> {
+    prop_assert!(read.is_ok(), "{:?}", read);
+    let read = read.unwrap_or_default();
+    prop_assert!(read.len() >= at_least && read.len() <= written.len());
+    prop_assert_eq!(&read[..], &written[..read.len()]);
+    Ok(())
+}
+
 /// Groups of 1..8 payloads.
 fn groups() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
     prop::collection::vec(
@@ -175,11 +188,7 @@ proptest! {
                 end <= cut
             })
             .count();
-        let read = read_all(dir.path());
-        prop_assert!(read.is_ok(), "{:?}", read);
-        let read = read.unwrap();
-        prop_assert!(read.len() >= whole && read.len() <= payloads.len());
-        prop_assert_eq!(&read[..], &payloads[..read.len()]);
+        an_unaltered_prefix(read_all(dir.path()), whole, &payloads)?;
     }
 
     /// Damage anywhere in a segment with a zero-filled tail is refused, or cut as a torn
@@ -227,11 +236,7 @@ proptest! {
         std::fs::write(&path, &bytes).unwrap();
         let all: Vec<Vec<u8>> = groups.iter().flatten().cloned().collect();
         let kept: usize = groups[..synced].iter().map(Vec::len).sum();
-        let read = read_with(marked(dir.path()));
-        prop_assert!(read.is_ok(), "{:?}", read);
-        let read = read.unwrap();
-        prop_assert!(read.len() >= kept && read.len() <= all.len());
-        prop_assert_eq!(&read[..], &all[..read.len()]);
+        an_unaltered_prefix(read_with(marked(dir.path())), kept, &all)?;
     }
 
     /// A flipped byte in a group that was synced, with a group written after it (whose mark

@@ -332,9 +332,8 @@ impl LogStore {
         // the current limit before they reach the WAL.
         let record_limit = crate::limits::message_limit(crate::limits::MAX_MAX_ENTRY_BYTES);
         wal_config.max_record_bytes = u32::try_from(record_limit)
-            .map_or(crate::wal::MAX_RECORD_BYTES, |l| {
-                l.min(crate::wal::MAX_RECORD_BYTES)
-            });
+            .unwrap_or(u32::MAX)
+            .min(crate::wal::MAX_RECORD_BYTES);
         wal_config.marks = true;
         wal_config.sync = !crate::mutations::on(crate::mutations::Mutation::LogSkipsFsync);
         wal_config.preallocate = config.preallocate;

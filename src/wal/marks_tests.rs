@@ -32,13 +32,19 @@ fn zero(path: &Path, offset: u64, len: u64) {
     f.write_all_at(&vec![0u8; len as usize], offset).unwrap();
 }
 
+/// A log in `dir` with records 1..=3 synced and 4..=6 written after them, not synced.
+fn synced_then_written(dir: &Path) -> Wal {
+    let (mut wal, _) = open_small(dir);
+    append_payloads(&mut wal, 1..4).unwrap();
+    append_unsynced(&mut wal, 4..7);
+    wal
+}
+
 /// Records 1..=3 synced, then 4..=6 and 7..=9 written as two groups that were never
 /// synced, and record 5 lost by a power loss that kept the later ones. Returns the segment
 /// and where record 5 started.
 fn lose_record_5(dir: &Path) -> (std::path::PathBuf, u64) {
-    let (mut wal, _) = open_small(dir);
-    append_payloads(&mut wal, 1..4).unwrap();
-    append_unsynced(&mut wal, 4..7);
+    let mut wal = synced_then_written(dir);
     append_unsynced(&mut wal, 7..10);
     let (start, len) = record_at(&wal, 5);
     drop(wal);
@@ -119,9 +125,7 @@ fn damage_to_bytes_a_later_mark_says_were_synced_is_corruption_naming_the_mark()
 #[test]
 fn a_group_whose_records_never_reached_the_disk_leaves_its_mark_to_be_written_over() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = open_small(dir.path());
-    append_payloads(&mut wal, 1..4).unwrap();
-    append_unsynced(&mut wal, 4..7);
+    let wal = synced_then_written(dir.path());
     let (start4, _) = record_at(&wal, 4);
     drop(wal);
     let path = segment_files(dir.path())[0].clone();
@@ -160,9 +164,7 @@ fn a_group_whose_records_never_reached_the_disk_leaves_its_mark_to_be_written_ov
 #[test]
 fn a_sync_planned_before_a_cut_says_nothing_of_what_is_written_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = open_small(dir.path());
-    append_payloads(&mut wal, 1..4).unwrap();
-    append_unsynced(&mut wal, 4..7);
+    let mut wal = synced_then_written(dir.path());
     let planned = wal.sync_point();
     // A follower's conflicting suffix is cut (synced), and the leader's entries written.
     wal.truncate_from(5).unwrap();

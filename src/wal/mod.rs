@@ -68,10 +68,10 @@
 //!   creating it) gets its header rewritten. A torn tail with a valid mark in it that says
 //!   the segment was synced past its start (a synced length damaged into one that runs past
 //!   the end) is corruption instead.
-//! * **Writes in flight at a power loss** (last segment, created with marks or after its
-//!   first mark): a damaged record with more bytes after it. A power loss can keep a later page of unsynced writes and lose
-//!   an earlier one (the LogStore writes groups ahead of their sync; a disk cache reorders
-//!   the pages of one write). If no valid mark after the damage says the file was synced
+//! * **Writes in flight at a power loss** (last segment, created with marks): a damaged
+//!   record with more bytes after it. A power loss can keep a later page of unsynced writes
+//!   and lose an earlier one (the LogStore writes groups ahead of their sync; a disk cache
+//!   reorders the pages of one write). If no valid mark after the damage says the file was synced
 //!   past it, nothing from the damage on was ever acknowledged (an append is answered only
 //!   after its sync): it is cut like a torn tail. If one does, synced bytes were damaged:
 //!   corruption, naming the mark.
@@ -140,15 +140,6 @@ mod tests;
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LPWAL\0\0\x01";
 /// The 8 bytes a segment file written with marks ([`WalConfig::marks`]) starts with.
 pub const SEGMENT_MAGIC_MARKED: &[u8; 8] = b"LPWAL\0\0\x02";
-
-/// The magic of a segment created with (or without) marks.
-fn magic(marks: bool) -> &'static [u8; 8] {
-    if marks {
-        SEGMENT_MAGIC_MARKED
-    } else {
-        SEGMENT_MAGIC
-    }
-}
 /// Smallest accepted [`WalConfig::segment_bytes`].
 pub const MIN_SEGMENT_BYTES: u64 = 4 * 1024;
 /// Default [`WalConfig::segment_bytes`] (64 MiB).
@@ -172,6 +163,15 @@ const MARK_LEN: u64 = 16;
 const MARKED: u32 = 1 << 31;
 const SEGMENT_SUFFIX: &str = ".wal";
 const SEGMENT_NAME_DIGITS: usize = 20;
+
+/// The magic of a segment created with (or without) marks.
+fn magic(marks: bool) -> &'static [u8; 8] {
+    if marks {
+        SEGMENT_MAGIC_MARKED
+    } else {
+        SEGMENT_MAGIC
+    }
+}
 
 /// Errors of the WAL. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
@@ -242,9 +242,8 @@ pub struct WalConfig {
     /// whose bytes written per byte received are a goal of their own, does not).
     pub preallocate: bool,
     /// Create segments with marks and start each group in them with a mark holding the
-    /// synced end (see the module docs), so that a
-    /// power loss that kept later unsynced writes and lost earlier ones opens as a cut
-    /// tail, not as corruption. Off by default (a shard's journal writes and syncs one
+    /// synced end (see the module docs), so that a power loss that kept later unsynced writes
+    /// and lost earlier ones opens as a cut tail, not as corruption. Off by default (a shard's journal writes and syncs one
     /// page-aligned record at a time and counts its pages).
     pub marks: bool,
 }
@@ -541,11 +540,7 @@ impl Wal {
             last_index: self.last_index(),
             sync: self.config.sync,
             synced: self.synced.clone(),
-            at: SyncedEnd {
-                generation: lock_synced(&self.synced).generation,
-                segment: self.active.first_index,
-                end: self.active.len,
-            },
+            at: synced_now(&self.synced, self.active.first_index, self.active.len),
         }
     }
 
@@ -594,12 +589,12 @@ impl Wal {
                 let dir = self.config.dir.as_path();
                 self.io.sync_dir(dir).map_err(io_err(dir))?;
             }
-            let at = SyncedEnd {
-                generation: lock_synced(&self.synced).generation,
-                segment: last.first_index,
-                end: last.len(),
-            };
-            advance(&self.synced, at);
+            if self.config.marks {
+                advance(
+                    &self.synced,
+                    synced_now(&self.synced, last.first_index, last.len()),
+                );
+            }
         }
 
         // Durable: publish to readers.

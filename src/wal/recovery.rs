@@ -115,9 +115,8 @@ pub(super) fn scan_segment(
         is_last,
         offsets: Vec::new(),
         records_end: SEGMENT_HEADER_LEN,
-        marked: false,
-        marked_magic,
-        seen_mark: marked_magic,
+        after_mark: false,
+        marked: marked_magic,
     };
     let mut pos = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();
@@ -183,9 +182,12 @@ pub(super) fn scan_segment(
                 ),
             };
         }
-        scan.offsets
-            .push(if scan.marked { offset | MARKED } else { offset });
-        scan.marked = false;
+        scan.offsets.push(if scan.after_mark {
+            offset | MARKED
+        } else {
+            offset
+        });
+        scan.after_mark = false;
         scan.records_end = end;
         pos = end;
     }
@@ -210,12 +212,9 @@ struct Scanning<'a> {
     /// after it going with the records it announced.
     records_end: u64,
     /// A mark was just read: the next record is its group's first.
+    after_mark: bool,
+    /// Created with marks (its magic): damage in it is judged by them.
     marked: bool,
-    /// Created with marks (its magic).
-    marked_magic: bool,
-    /// A mark was read, or the segment was created with marks: what follows can be judged
-    /// by them.
-    seen_mark: bool,
 }
 
 impl Scanning<'_> {
@@ -226,6 +225,11 @@ impl Scanning<'_> {
         header: [u8; 8],
         pos: u64,
     ) -> Result<MarkRead, WalError> {
+        if !self.marked {
+            return Ok(MarkRead::Damaged(
+                "a group mark in a segment created without marks".into(),
+            ));
+        }
         let remaining = self.file_len - pos;
         if remaining < MARK_LEN {
             return Ok(MarkRead::Torn(format!(
@@ -238,9 +242,8 @@ impl Scanning<'_> {
             .read_exact(&mut mark[8..])
             .map_err(io_err(self.path))?;
         Ok(match read_mark(&mark) {
-            Some(end) if end <= pos && !self.marked => {
-                self.marked = true;
-                self.seen_mark = true;
+            Some(end) if end <= pos && !self.after_mark => {
+                self.after_mark = true;
                 MarkRead::Good
             }
             Some(end) if end > pos => {
@@ -253,11 +256,11 @@ impl Scanning<'_> {
 
     /// The end of the file reached: every record read (a mark left last goes, cut).
     fn finish(self) -> Result<Scan, WalError> {
-        if self.marked {
+        if self.after_mark {
             return self.tail("a group mark with no record after it".into());
         }
         Ok(Scan {
-            marked: self.marked_magic,
+            marked: self.marked,
             end: self.records_end,
             offsets: self.offsets,
             torn: None,
@@ -282,7 +285,7 @@ impl Scanning<'_> {
     /// The scan so far, with the rest of the file to be cut.
     fn cut(self, reason: String) -> Scan {
         Scan {
-            marked: self.marked_magic,
+            marked: self.marked,
             offsets: self.offsets,
             end: self.records_end,
             torn: Some(Torn {
@@ -296,7 +299,7 @@ impl Scanning<'_> {
     /// Corruption if a valid mark after `pos` says the segment was synced past it (in a
     /// segment written with marks: in one without, a payload could forge one).
     fn refuse_if_synced(&self, pos: u64, reason: &str) -> Result<(), WalError> {
-        if !self.seen_mark {
+        if !self.marked {
             return Ok(());
         }
         match synced_past(self.path, self.file, pos, self.file_len)? {
@@ -312,17 +315,14 @@ impl Scanning<'_> {
         }
     }
 
-    /// Damage at `pos` with more bytes after it. After a mark, in the last segment, it is a
-    /// power loss's (cut) unless a valid mark further on says the segment was synced past
+    /// Damage at `pos` with more bytes after it. In the last segment, created with marks, it
+    /// is a power loss's (cut) unless a valid mark further on says the segment was synced past
     /// it; anywhere else it is corruption.
     fn damaged(self, pos: u64, reason: impl Into<String>) -> Result<Scan, WalError> {
         let reason = reason.into();
-        if !self.is_last {
-            return Err(corruption(self.path, pos, reason));
-        }
-        if !self.seen_mark {
-            // Written without marks (a journal, or a log from before them): nothing tells a
-            // power loss from damage.
+        if !self.is_last || !self.marked {
+            // A sealed segment (synced whole), or one written without marks (a journal, a
+            // log from before them): nothing tells a power loss from damage.
             return Err(corruption(self.path, pos, reason));
         }
         self.refuse_if_synced(pos, &reason)?;
@@ -349,7 +349,7 @@ impl Scanning<'_> {
         // A mark whose group's records never reached the disk is left for the writer to
         // write over, like the zeros.
         Ok(Scan {
-            marked: self.marked_magic,
+            marked: self.marked,
             offsets: self.offsets,
             end: self.records_end,
             torn: None,

@@ -79,6 +79,15 @@ pub(super) fn lock_synced(synced: &SyncedLock) -> MutexGuard<'_, SyncedEnd> {
     synced.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// `segment` synced up to `end`, under the current generation (a sync planned now).
+pub(super) fn synced_now(synced: &SyncedLock, segment: u64, end: u64) -> SyncedEnd {
+    SyncedEnd {
+        generation: lock_synced(synced).generation,
+        segment,
+        end,
+    }
+}
+
 /// Records a finished sync, unless a later one (or a cut) got there first.
 pub(super) fn advance(synced: &SyncedLock, at: SyncedEnd) {
     let mut s = lock_synced(synced);
