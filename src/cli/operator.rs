@@ -39,8 +39,9 @@ pub struct OperatorArgs {
     /// Image of the player, LogStore and shard pods when a LogPlayer sets no spec.image.
     #[arg(long, env = "LOGPLAYER_DEFAULT_IMAGE", default_value = concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")))]
     default_image: String,
-    /// The ClusterRole with the players' permissions (shipped with the operator's RBAC);
-    /// each LogPlayer's players are bound to it in their namespace.
+    /// The ClusterRole with the players' permissions (shipped with the operator's RBAC); the
+    /// operator binds itself to it where it runs players, to write each LogPlayer's narrower
+    /// Role.
     #[arg(long, env = "LOGPLAYER_PLAYER_CLUSTER_ROLE", default_value = crate::operator::desired::PLAYER_CLUSTER_ROLE)]
     player_cluster_role: String,
     /// DNS suffix for Service addresses (`<svc>.<ns>.svc.<domain>`); empty relies on the
@@ -101,6 +102,8 @@ pub async fn run_operator(a: OperatorArgs) -> anyhow::Result<()> {
             image: a.default_image,
             cluster_domain: a.cluster_domain,
             player_cluster_role: a.player_cluster_role,
+            // Asked of the API server at start (`operator::run`).
+            operator_user: None,
             operator_namespace,
         },
     };

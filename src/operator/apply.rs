@@ -1,11 +1,14 @@
 //! Applying what the operator wants: server-side apply of objects and status under
-//! [`FIELD_MANAGER`], and deleting what it no longer wants ([`prune`]).
+//! [`FIELD_MANAGER`], the players' RBAC in the order Kubernetes needs ([`apply_rbac`]), and
+//! deleting what it no longer wants ([`prune`]).
 
 use super::{FIELD_MANAGER, OperatorError};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 /// Server-side applies `obj` (namespaced) under [`FIELD_MANAGER`].
 pub(super) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, OperatorError>
@@ -27,6 +30,63 @@ where
             name,
             source,
         })
+}
+
+/// The players' RBAC, in the order Kubernetes needs: the operator's own binding to the
+/// players' ClusterRole first (a Role may only be written by whoever holds its
+/// permissions), then the players' Role, then their binding to it. One outcome per object.
+pub(super) async fn apply_rbac(
+    client: &Client,
+    ns: &str,
+    operator_binding: Option<&RoleBinding>,
+    role: &Role,
+    binding: &RoleBinding,
+) -> Vec<Result<(), OperatorError>> {
+    let mut outcomes = Vec::new();
+    if let Some(b) = operator_binding {
+        outcomes.push(apply_binding(client, ns, b).await);
+    }
+    outcomes.push(apply_role(client, ns, role).await);
+    outcomes.push(apply_binding(client, ns, binding).await);
+    outcomes
+}
+
+/// Applies a Role, asking again for about two seconds while the API server refuses it as an
+/// escalation: the authorizer may not have seen the operator's just-made binding yet.
+async fn apply_role(client: &Client, ns: &str, role: &Role) -> Result<(), OperatorError> {
+    use backon::{ExponentialBuilder, Retryable};
+    let forbidden = |e: &OperatorError| matches!(e, OperatorError::Apply { source: kube::Error::Api(s), .. } if s.code == 403);
+    (|| async { apply(client, ns, role).await.map(drop) })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(5),
+        )
+        .sleep(tokio::time::sleep)
+        .when(forbidden)
+        .await
+}
+
+/// Applies a RoleBinding; one whose `roleRef` differs (which Kubernetes never lets change,
+/// e.g. the players' binding of an older operator, to the ClusterRole) is deleted and made
+/// again.
+async fn apply_binding(
+    client: &Client,
+    ns: &str,
+    binding: &RoleBinding,
+) -> Result<(), OperatorError> {
+    match apply(client, ns, binding).await {
+        Err(OperatorError::Apply {
+            source: kube::Error::Api(s),
+            name,
+            ..
+        }) if s.code == 422 && s.message.contains("roleRef") => {
+            tracing::info!(%name, role = %binding.role_ref.name, "the RoleBinding refers to another role: deleting it to make it again");
+            delete_if_present::<RoleBinding>(client, ns, &name).await?;
+            apply(client, ns, binding).await.map(drop)
+        }
+        other => other.map(drop),
+    }
 }
 
 /// Server-side applies the status of one of our resources under [`FIELD_MANAGER`].

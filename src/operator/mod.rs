@@ -3,8 +3,9 @@
 //! The operator runs as several replicas behind its own Lease (the same elector the players
 //! use); only the leader reconciles, over the whole cluster or the namespaces it is given
 //! (`--watch-namespace`). For a LogPlayer it keeps the objects [`desired`] builds (player
-//! Deployment, ServiceAccount, a RoleBinding to the players' ClusterRole, shard-map
-//! ConfigMap, metrics Service, a PodDisruptionBudget when replicas > 1, and the managed
+//! Deployment, ServiceAccount, their Role naming their own Lease and Shards and its
+//! RoleBinding, its own binding to the players' ClusterRole that lets it write that Role,
+//! shard-map ConfigMap, metrics Service, a PodDisruptionBudget when replicas > 1, and the managed
 //! LogStore StatefulSet and Service when asked), applied by server-side apply under the field
 //! manager [`FIELD_MANAGER`], owned by the LogPlayer so that deleting it deletes them; what it
 //! made and no longer wants is deleted after each apply. An object the API server refuses is
@@ -132,6 +133,32 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
+/// Who the API server takes the operator for (a SelfSubjectReview, which every
+/// authenticated user may make): the subject of its bindings to the players' ClusterRole.
+/// `None`, with a warning, when the server cannot say (before Kubernetes 1.28); the players'
+/// Roles are then written only if the operator holds their permissions some other way.
+async fn whoami(client: &Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api = kube::Api::<SelfSubjectReview>::all(client.clone());
+    match api
+        .create(&Default::default(), &SelfSubjectReview::default())
+        .await
+    {
+        Ok(review) => {
+            let user = review
+                .status
+                .and_then(|s| s.user_info)
+                .and_then(|u| u.username);
+            tracing::info!(user = ?user, "the API server knows the operator as");
+            user
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not learn who the operator is (SelfSubjectReview); it will not bind itself to the players' ClusterRole, so the players' Roles are written only if it holds their permissions otherwise");
+            None
+        }
+    }
+}
+
 /// Runs the operator: contends for its lease; while leading, runs the controllers.
 pub async fn run(
     config: OperatorConfig,
@@ -139,6 +166,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), OperatorError> {
     let client = Client::try_default().await?;
+    let mut defaults = config.defaults.clone();
+    if defaults.operator_user.is_none() {
+        defaults.operator_user = whoami(&client).await;
+    }
     let backend: Arc<dyn LeaseBackend> = Arc::new(lease::KubeLease::new(
         client.clone(),
         &config.lease_namespace,
@@ -161,7 +192,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         namespaces: config.namespaces.clone(),
-        defaults: config.defaults.clone(),
+        defaults,
         metrics: metrics.clone(),
         recorder: Recorder::new(client, reporter),
         failures: Default::default(),

@@ -12,6 +12,12 @@ pub fn player_name(lp: &LogPlayer) -> String {
     format!("{}-player", lp.name_any())
 }
 
+/// Name of the operator's own RoleBinding (to the players' ClusterRole) in a LogPlayer's
+/// namespace: it may grant the players only what it holds there.
+pub fn operator_binding_name(lp: &LogPlayer) -> String {
+    format!("{}-operator", lp.name_any())
+}
+
 /// Name of the players' shard-map ConfigMap.
 pub fn shard_map_name(lp: &LogPlayer) -> String {
     format!("{}-shard-map", lp.name_any())

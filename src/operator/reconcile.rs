@@ -1,7 +1,7 @@
 //! The controllers: each reconciliation reads, builds the desired objects, applies them,
 //! observes, and writes the status and Events; timed and counted by one helper.
 
-use super::apply::{apply, apply_status, prune};
+use super::apply::{apply, apply_rbac, apply_status, prune};
 use super::metrics::{ErrorLabel, KindLabel};
 use super::observe::{
     Found, any_running, component_pods, observe, paused, pods_of, probe_shard, shards_of,
@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -410,12 +410,21 @@ async fn apply_player_objects(
     lp: &LogPlayer,
     o: desired::PlayerObjects,
 ) -> Result<Vec<status::Problem>, OperatorError> {
-    let mut outcomes = vec![
-        apply(client, ns, &o.service_account).await.map(drop),
-        apply(client, ns, &o.role_binding).await.map(drop),
+    let mut outcomes = vec![apply(client, ns, &o.service_account).await.map(drop)];
+    outcomes.extend(
+        apply_rbac(
+            client,
+            ns,
+            o.operator_binding.as_ref(),
+            &o.role,
+            &o.role_binding,
+        )
+        .await,
+    );
+    outcomes.extend([
         apply(client, ns, &o.shard_map).await.map(drop),
         apply(client, ns, &o.metrics_service).await.map(drop),
-    ];
+    ]);
     if let Some(logstore) = &o.logstore {
         outcomes.push(apply(client, ns, &logstore.server.service).await.map(drop));
         outcomes.push(apply(client, ns, &logstore.client_service).await.map(drop));
@@ -744,6 +753,7 @@ async fn run_scope(ctx: Arc<Context>, ns: Option<String>, stop: CancellationToke
     .owns(api::<ConfigMap>(&client, ns), owned.clone())
     .owns(api::<Service>(&client, ns), owned.clone())
     .owns(api::<ServiceAccount>(&client, ns), owned.clone())
+    .owns(api::<Role>(&client, ns), owned.clone())
     .owns(api::<RoleBinding>(&client, ns), owned.clone())
     .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
     .watches_stream(

@@ -36,8 +36,11 @@ struct Sent {
 struct World {
     objects: HashMap<String, Value>,
     lists: HashMap<String, Vec<Value>>,
-    /// Paths whose apply the API server refuses (422), with its message.
+    /// Paths whose apply the API server refuses (422), with its message, until they are
+    /// deleted.
     refuse: HashMap<String, String>,
+    /// Paths whose apply the API server forbids (403) this many times before accepting it.
+    forbid: HashMap<String, u32>,
 }
 
 fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
@@ -56,7 +59,7 @@ fn not_found(path: &str) -> Value {
 }
 
 /// Serves until the client is dropped; returns every request.
-async fn serve(mut handle: Handle, world: World) -> Vec<Sent> {
+async fn serve(mut handle: Handle, mut world: World) -> Vec<Sent> {
     let mut sent = Vec::new();
     while let Some((req, send)) = handle.next_request().await {
         let method = req.method().clone();
@@ -90,7 +93,24 @@ async fn serve(mut handle: Handle, world: World) -> Vec<Sent> {
                 respond(send, StatusCode::NOT_FOUND, &not_found(&path));
             }
         } else if method == Method::DELETE {
-            respond(send, StatusCode::NOT_FOUND, &not_found(&path));
+            if world.refuse.remove(&path).is_some() {
+                respond(
+                    send,
+                    StatusCode::OK,
+                    &json!({"kind": "Status", "status": "Success"}),
+                );
+            } else {
+                respond(send, StatusCode::NOT_FOUND, &not_found(&path));
+            }
+        } else if let Some(left) = world.forbid.get_mut(&path).filter(|n| **n > 0) {
+            *left -= 1;
+            respond(
+                send,
+                StatusCode::FORBIDDEN,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Forbidden", "code": 403,
+                        "message": format!("{path} is forbidden: user is attempting to grant RBAC permissions not currently held")}),
+            );
         } else if let Some(message) = world.refuse.get(&path) {
             respond(
                 send,
@@ -283,6 +303,9 @@ async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
             format!("/api/v1{ns}/secrets/demo-writer-tls"),
             format!("/api/v1{ns}/secrets/demo-admin-tls"),
             format!("/api/v1{ns}/serviceaccounts/demo-player"),
+            // The operator holds the players' rights before it writes their Role.
+            format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-operator"),
+            format!("/apis/rbac.authorization.k8s.io/v1{ns}/roles/demo-player"),
             format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-player"),
             format!("/api/v1{ns}/configmaps/demo-shard-map"),
             format!("/api/v1{ns}/services/demo-player-metrics"),
@@ -727,6 +750,53 @@ async fn a_refused_apply_is_reported_in_the_status_and_the_rest_is_still_applied
         "{:?}",
         events(&sent)
     );
+}
+
+const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/ns";
+
+/// The API server may not yet count the operator's just-made binding when the players' Role
+/// comes: that refusal (an escalation, 403) is asked again, not reported.
+#[tokio::test]
+async fn the_players_role_is_asked_again_while_the_operators_binding_is_not_counted_yet() {
+    let lp = logplayer(3, false);
+    let mut w = world(&lp, four_shards());
+    let role = format!("{RBAC}/roles/demo-player");
+    w.forbid.insert(role.clone(), 2);
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    assert!(result.is_ok(), "{result:?}");
+    let tries = applies(&sent).iter().filter(|p| **p == role).count();
+    assert_eq!(tries, 3, "two refusals, then applied");
+    let st = &status_patch(&sent).body["status"];
+    assert_ne!(condition(st, "Degraded")["reason"], "ApplyFailed", "{st}");
+}
+
+/// The players' binding of an older operator refers to the ClusterRole, and a roleRef never
+/// changes: it is deleted and made again, referring to the players' Role.
+#[tokio::test]
+async fn a_players_binding_to_another_role_is_made_again() {
+    let lp = logplayer(3, false);
+    let mut w = world(&lp, four_shards());
+    let binding = format!("{RBAC}/rolebindings/demo-player");
+    w.refuse.insert(
+        binding.clone(),
+        "RoleBinding.rbac.authorization.k8s.io \"demo-player\" is invalid: roleRef: Invalid \
+         value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"Role\", \
+         Name:\"demo-player\"}: cannot change roleRef"
+            .into(),
+    );
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    assert!(result.is_ok(), "{result:?}");
+    let on_binding: Vec<&Method> = sent
+        .iter()
+        .filter(|s| s.path == binding)
+        .map(|s| &s.method)
+        .collect();
+    assert_eq!(
+        on_binding,
+        vec![&Method::PATCH, &Method::DELETE, &Method::PATCH]
+    );
+    let st = &status_patch(&sent).body["status"];
+    assert_ne!(condition(st, "Degraded")["reason"], "ApplyFailed", "{st}");
 }
 
 #[tokio::test]

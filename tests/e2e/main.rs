@@ -11,7 +11,8 @@
 //! c. the example (a LogPlayer with a managed LogStore of three log replicas and four
 //!    managed Shards) comes up, the operator growing the log's Raft group to three voters:
 //!    StatefulSets, Deployment, Services and PDB with owner references, the players' Lease, Ready=True,
-//!    and `kubectl get logplayers,shards` shows the status columns;
+//!    and `kubectl get logplayers,shards` shows the status columns; the players may touch
+//!    only their own Lease and their own Shards' status (rbac.rs);
 //! d. load through the LogStore, SIGKILL the leading player: a standby takes the Lease with
 //!    a higher epoch, the status names it; then SIGKILL the log leader's pod: a log replica
 //!    leads in a later Raft term and `status.logStore` shows it; and every shard holds
@@ -50,6 +51,7 @@ mod failover;
 mod log_replicas;
 mod node;
 mod operator;
+mod rbac;
 mod resources;
 mod scale;
 
@@ -376,7 +378,12 @@ async fn wait_ready_pods(
 }
 
 fn can_i(h: &Harness, args: &[&str]) -> anyhow::Result<bool> {
-    let as_flag = format!("--as={OPERATOR_SA}");
+    can_i_as(h, OPERATOR_SA, args)
+}
+
+/// `kubectl auth can-i ARGS --as=WHO`.
+fn can_i_as(h: &Harness, who: &str, args: &[&str]) -> anyhow::Result<bool> {
+    let as_flag = format!("--as={who}");
     let mut all = vec!["auth", "can-i"];
     all.extend_from_slice(args);
     all.push(&as_flag);
@@ -614,8 +621,14 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
         (&["update", "leases", "-n", "kube-system"][..], false),
         (&["update", "leases", "-n", DEMO_NS][..], false),
         (&["update", "leases/other", "-n", OPERATOR_NS][..], false),
+        // The players' Roles: written, never escalated (RBAC lets it write only what it
+        // holds, and it holds the players' rights only where it binds itself to them).
         (
             &["create", "roles.rbac.authorization.k8s.io", "-n", DEMO_NS][..],
+            true,
+        ),
+        (
+            &["delete", "roles.rbac.authorization.k8s.io", "-n", DEMO_NS][..],
             false,
         ),
         (
@@ -873,6 +886,7 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
             }
         );
     }
+    rbac::the_operator_binds_the_cluster_role_to_itself_only(h, PROBE_NS)?;
     h.cp.kubectl(&["delete", "namespace", PROBE_NS, "--wait=false"])?;
     Ok(())
 }
@@ -1136,6 +1150,7 @@ async fn example(h: &Harness) -> anyhow::Result<()> {
         }
     });
     shards_ready.await?;
+    rbac::players_hold_only_their_own(h)?;
 
     let table = h.cp.kubectl(&["-n", DEMO_NS, "get", "logplayers,shards"])?;
     eprintln!("{table}");

@@ -3,10 +3,13 @@
 //!
 //! For a LogPlayer named `N` in namespace `NS`:
 //! - `N-player`: the players' Deployment (`replicas` pods, spread over nodes), their
-//!   ServiceAccount, a RoleBinding of it to the players' ClusterRole (shipped with the
-//!   operator, see [`player_rules`]; the operator may only `bind` it, so it needs none of
-//!   the players' permissions itself) and Lease name, and a PodDisruptionBudget
+//!   ServiceAccount, their Role (their own Lease and their own Shards' status, by name:
+//!   `PlayerObjects::role`) with its RoleBinding, and Lease name, and a PodDisruptionBudget
 //!   (`maxUnavailable: 1`) when `replicas > 1`;
+//! - `N-operator`: a RoleBinding of the operator itself to the players' ClusterRole
+//!   ([`player_rules`], shipped with the operator) in `NS`. Kubernetes lets a Role be
+//!   written only by whoever holds its permissions, so the operator holds them where it
+//!   runs players (and nowhere else), to grant each LogPlayer's players their slice;
 //! - `N-shard-map`: a ConfigMap with the shard map (YAML, as `logplayer player --shard-map`
 //!   reads it) built from the selected Shards; the pods carry a hash of it, so a changed map
 //!   restarts them;
@@ -37,7 +40,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
@@ -79,9 +82,14 @@ pub struct Defaults {
     /// DNS suffix of Services: `<svc>.<ns>.svc.<cluster_domain>`; empty gives `<svc>.<ns>.svc`,
     /// which resolves in any cluster through the pods' search path.
     pub cluster_domain: String,
-    /// The ClusterRole holding the players' permissions ([`player_rules`]), which each
-    /// LogPlayer's RoleBinding references.
+    /// The ClusterRole holding the players' permissions ([`player_rules`]), to which the
+    /// operator binds itself in each namespace where it runs players (`PlayerObjects::operator_binding`).
     pub player_cluster_role: String,
+    /// Who the operator is to the API server (its SelfSubjectReview's username, e.g.
+    /// `system:serviceaccount:logplayer-system:logplayer-operator`): the subject of its
+    /// bindings to [`Defaults::player_cluster_role`]. `None` when it could not be learned;
+    /// then no such binding is made.
+    pub operator_user: Option<String>,
     /// The operator's own namespace: its pods may reach the servers (NetworkPolicies).
     pub operator_namespace: String,
 }
@@ -96,6 +104,9 @@ impl Default for Defaults {
             image: concat!("ghcr.io/logplayer/logplayer:", env!("CARGO_PKG_VERSION")).to_owned(),
             cluster_domain: String::new(),
             player_cluster_role: PLAYER_CLUSTER_ROLE.to_owned(),
+            operator_user: Some(
+                "system:serviceaccount:logplayer-system:logplayer-operator".to_owned(),
+            ),
             operator_namespace: "logplayer-system".to_owned(),
         }
     }
@@ -160,6 +171,13 @@ impl DesiredError {
 #[derive(Debug, Clone)]
 pub struct PlayerObjects {
     pub service_account: ServiceAccount,
+    /// The operator's own binding to the players' ClusterRole in this namespace (applied
+    /// before `role`, which it may only write while it holds the Role's permissions); `None`
+    /// when the operator does not know who it is.
+    pub operator_binding: Option<RoleBinding>,
+    /// The players' permissions: their Lease and their Shards, by name.
+    pub role: Role,
+    /// Binds `role` to the players' ServiceAccount.
     pub role_binding: RoleBinding,
     pub shard_map: ConfigMap,
     pub metrics_service: Service,

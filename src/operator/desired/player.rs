@@ -1,6 +1,7 @@
 //! The objects for a LogPlayer: the players' Deployment (with its args rendered from
-//! [`PlayerArgs`]), ServiceAccount, Role and RoleBinding, the shard-map ConfigMap, the
-//! metrics Service, the PodDisruptionBudget, and the managed LogStore's objects.
+//! [`PlayerArgs`]), ServiceAccount, Role and RoleBinding, the operator's own RoleBinding
+//! that lets it write that Role, the shard-map ConfigMap, the metrics Service, the
+//! PodDisruptionBudget, and the managed LogStore's objects.
 
 use super::PodTls;
 use super::servers::ServerSpec;
@@ -8,8 +9,9 @@ use super::{
     DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, LogStoreObjects, PlayerObjects, SHARD_MAP_DIR,
     SHARD_MAP_FILE, SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security, http_probe, labels,
     log_replica_addr, log_replicas, logstore_client_name, logstore_endpoint, logstore_name, meta,
-    metrics_service_name, owner_of, player_name, pod_env, pod_security, pull_policy_name,
-    selector_labels, server_objects, shard_endpoint, shard_map_name, spread_over_nodes, tls_secret,
+    metrics_service_name, operator_binding_name, owner_of, player_name, pod_env, pod_security,
+    pull_policy_name, selector_labels, server_objects, shard_endpoint, shard_map_name,
+    spread_over_nodes, tls_secret,
 };
 use crate::crd::{Backend, CrdError, LogPlayer, ManagedStorage, Shard};
 use crate::player::args::PlayerArgs;
@@ -19,7 +21,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{PolicyRule, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -186,7 +188,9 @@ pub fn player_objects(
             automount_service_account_token: Some(true),
             ..ServiceAccount::default()
         },
-        role_binding: role_binding(&cx, &defaults.player_cluster_role),
+        operator_binding: operator_binding(&cx, defaults),
+        role: player_role(&cx, shards),
+        role_binding: role_binding(&cx),
         shard_map: ConfigMap {
             metadata: cx.meta(shard_map_name(lp)),
             data: Some(BTreeMap::from([(SHARD_MAP_FILE.to_owned(), map.clone())])),
@@ -200,14 +204,45 @@ pub fn player_objects(
     })
 }
 
+/// The players' Role: [`player_rules`] narrowed to this LogPlayer. Its Lease by name
+/// (`create` cannot be narrowed: RBAC cannot name what does not exist yet, and creating a
+/// Lease changes no existing one), and the status of the selected Shards by name (their
+/// ack cursors; with no Shard selected that rule is left out, as a rule naming nothing
+/// would mean every Shard). Listing Shards cannot be narrowed either (a list has no name).
+fn player_role(cx: &PlayerContext, shards: &[Shard]) -> Role {
+    let rule = |group: &str, resource: &str, verbs: &[&str], names: Vec<String>| PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(vec![resource.to_owned()]),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        resource_names: (!names.is_empty()).then_some(names),
+        ..PolicyRule::default()
+    };
+    let mut names: Vec<String> = shards.iter().map(|s| s.name_any()).collect();
+    names.sort();
+    names.dedup();
+    let lease = "coordination.k8s.io";
+    let mut rules = vec![
+        rule(lease, "leases", &["get", "update"], vec![cx.player.clone()]),
+        rule(lease, "leases", &["create"], Vec::new()),
+        rule(crate::crd::GROUP, "shards", &["list"], Vec::new()),
+    ];
+    if !names.is_empty() {
+        rules.push(rule(crate::crd::GROUP, "shards/status", &["patch"], names));
+    }
+    Role {
+        metadata: cx.meta(cx.player.clone()),
+        rules: Some(rules),
+    }
+}
+
 /// Binds the players' Role to their ServiceAccount.
-fn role_binding(cx: &PlayerContext, cluster_role: &str) -> RoleBinding {
+fn role_binding(cx: &PlayerContext) -> RoleBinding {
     RoleBinding {
         metadata: cx.meta(cx.player.clone()),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "ClusterRole".to_owned(),
-            name: cluster_role.to_owned(),
+            kind: "Role".to_owned(),
+            name: cx.player.clone(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_owned(),
@@ -215,6 +250,44 @@ fn role_binding(cx: &PlayerContext, cluster_role: &str) -> RoleBinding {
             namespace: Some(cx.ns.clone()),
             ..Subject::default()
         }]),
+    }
+}
+
+/// Binds the operator itself ([`Defaults::operator_user`]) to the players' ClusterRole in
+/// the LogPlayer's namespace: Kubernetes lets it write the players' Role only while it
+/// holds every permission in it.
+fn operator_binding(cx: &PlayerContext, defaults: &Defaults) -> Option<RoleBinding> {
+    let user = defaults.operator_user.as_deref()?;
+    Some(RoleBinding {
+        metadata: cx.meta(operator_binding_name(cx.lp)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: defaults.player_cluster_role.clone(),
+        },
+        subjects: Some(vec![subject_of(user)]),
+    })
+}
+
+/// The RBAC subject of a username: a ServiceAccount for `system:serviceaccount:NS:NAME`,
+/// else a User.
+pub fn subject_of(user: &str) -> Subject {
+    let account = user
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'));
+    match account {
+        Some((ns, name)) => Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: name.to_owned(),
+            namespace: Some(ns.to_owned()),
+            ..Subject::default()
+        },
+        None => Subject {
+            kind: "User".to_owned(),
+            name: user.to_owned(),
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            ..Subject::default()
+        },
     }
 }
 
@@ -409,8 +482,10 @@ fn managed_logstore(
 
 /// The players' permissions, the rules of the ClusterRole `deploy/rbac.yaml` and the chart
 /// ship (`tests/chart.rs` checks they are these): their leader-election Lease (create, get,
-/// update; a ClusterRole cannot name each LogPlayer's Lease, so it is every Lease in the
-/// namespaces where a LogPlayer binds it), and their Shards' ack cursors.
+/// update) and their Shards' ack cursors. A ClusterRole cannot name each LogPlayer's Lease
+/// or Shards, so nobody's players are bound to it: the operator binds itself to it in each
+/// namespace where it runs players, which lets it write each LogPlayer's Role (`PlayerObjects::role`),
+/// these rules narrowed to that LogPlayer's names.
 pub fn player_rules() -> Vec<PolicyRule> {
     let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_owned()]),

@@ -556,7 +556,7 @@ fn a_cluster_domain_is_appended_to_service_addresses() {
 }
 
 #[test]
-fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they_need() {
+fn the_players_role_names_their_lease_and_shards_and_the_operator_holds_the_cluster_role() {
     let o = demo();
     let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(s(&[group])),
@@ -577,14 +577,16 @@ fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they
             rule("logplayer.io", "shards/status", &["patch"]),
         ]
     );
+    // The players are bound to their own Role, never to the ClusterRole.
     assert_eq!(
         o.role_binding.role_ref,
         RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
-            name: PLAYER_CLUSTER_ROLE.into(),
+            kind: "Role".into(),
+            name: "demo-player".into(),
         }
     );
+    assert_eq!(o.role.metadata.name.as_deref(), Some("demo-player"));
     assert_eq!(
         o.role_binding.subjects,
         Some(vec![Subject {
@@ -592,6 +594,50 @@ fn the_players_are_bound_to_the_players_cluster_role_which_grants_the_least_they
             kind: "ServiceAccount".into(),
             name: "demo-player".into(),
             namespace: Some("ns".into()),
+        }])
+    );
+    // Their Role is the ClusterRole's rules narrowed to their own Lease and Shards by name.
+    let named = |group: &str, resource: &str, verbs: &[&str], names: &[&str]| PolicyRule {
+        resource_names: Some(s(names)),
+        ..rule(group, resource, verbs)
+    };
+    assert_eq!(
+        o.role.rules,
+        Some(vec![
+            named(
+                "coordination.k8s.io",
+                "leases",
+                &["get", "update"],
+                &["demo-player"]
+            ),
+            rule("coordination.k8s.io", "leases", &["create"]),
+            rule("logplayer.io", "shards", &["list"]),
+            named(
+                "logplayer.io",
+                "shards/status",
+                &["patch"],
+                &["s0", "s1", "s2", "s3"]
+            ),
+        ])
+    );
+    // The operator holds the ClusterRole in this namespace (so that it may write the Role).
+    let operator = o.operator_binding.as_ref().expect("an operator binding");
+    assert_eq!(operator.metadata.name.as_deref(), Some("demo-operator"));
+    assert_eq!(
+        operator.role_ref,
+        RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: PLAYER_CLUSTER_ROLE.into(),
+        }
+    );
+    assert_eq!(
+        operator.subjects,
+        Some(vec![Subject {
+            api_group: None,
+            kind: "ServiceAccount".into(),
+            name: "logplayer-operator".into(),
+            namespace: Some("logplayer-system".into()),
         }])
     );
     assert_eq!(
@@ -624,4 +670,34 @@ fn two_shards_at_one_address_are_an_invalid_shard() {
         text.contains("\"s0\"") && text.contains("\"s1\"") && text.contains("same address"),
         "{text}"
     );
+}
+
+#[test]
+fn the_operator_binds_itself_as_the_api_server_knows_it_or_not_at_all() {
+    assert_eq!(
+        subject_of("system:serviceaccount:ops:lp-operator"),
+        Subject {
+            api_group: None,
+            kind: "ServiceAccount".into(),
+            name: "lp-operator".into(),
+            namespace: Some("ops".into()),
+        }
+    );
+    // Run by a person (outside the cluster): a User.
+    assert_eq!(
+        subject_of("kubernetes-admin"),
+        Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "User".into(),
+            name: "kubernetes-admin".into(),
+            namespace: None,
+        }
+    );
+    let unknown = Defaults {
+        operator_user: None,
+        ..Defaults::default()
+    };
+    let o = objects_with(&logplayer(managed_spec()), &unknown);
+    assert!(o.operator_binding.is_none());
+    assert_eq!(o.role_binding.role_ref.kind, "Role");
 }

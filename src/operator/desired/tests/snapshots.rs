@@ -25,13 +25,15 @@ fn the_players_deployment() {
 }
 
 #[test]
-fn the_players_account_and_binding() {
+fn the_players_account_role_and_bindings() {
     let PlayerObjects {
         service_account,
+        operator_binding,
+        role,
         role_binding,
         ..
     } = sample().0;
-    insta::assert_yaml_snapshot!((service_account, role_binding));
+    insta::assert_yaml_snapshot!((service_account, operator_binding, role, role_binding));
 }
 
 #[test]
