@@ -9,7 +9,7 @@
 //! caller, which knows the point, restarts it again).
 
 use super::segment::{
-    Active, SyncedEnd, create_first_segment, lock_synced, read_lock, sync_dir, write_lock,
+    Active, SyncedEnd, create_first_segment, lock_synced, read_lock, sync_dir, vouch, write_lock,
 };
 use super::{SEGMENT_HEADER_LEN, Wal, WalError, io_err};
 use crate::disk as fs;
@@ -31,17 +31,26 @@ impl Wal {
     /// After a cut (synced, like everything before it): the synced end is the active
     /// segment's new end, under a new generation, so that no sync planned before the cut
     /// moves it past bytes written after it.
+    /// What is kept is synced, so a tail mark may vouch for it (see `segment::vouch`).
     fn restart_synced(&self) {
-        let mut s = lock_synced(&self.synced);
-        *s = SyncedEnd {
-            generation: s.generation + 1,
-            segment: self.active.first_index,
-            end: if self.config.sync {
-                self.active.len
-            } else {
-                SEGMENT_HEADER_LEN
-            },
+        let at = {
+            let mut s = lock_synced(&self.synced);
+            s.synced = SyncedEnd {
+                generation: s.synced.generation + 1,
+                segment: self.active.first_index,
+                end: if self.config.sync {
+                    self.active.len
+                } else {
+                    SEGMENT_HEADER_LEN
+                },
+            };
+            s.written = (self.config.marks && self.active.marked)
+                .then_some((self.active.first_index, self.active.len));
+            s.synced
         };
+        if self.config.sync {
+            vouch(&self.synced, &self.active.file, at);
+        }
     }
 
     /// Removes every record with index `>= from` (nothing if `from` is past the end). `from`

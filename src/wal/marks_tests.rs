@@ -141,24 +141,38 @@ fn a_group_whose_records_never_reached_the_disk_leaves_its_mark_to_be_written_ov
     assert_all_payloads(&wal.reader(), 1, 7);
     drop(wal);
 
-    // Its mark the last bytes of the file: cut, with the mark.
+    // Its mark the last bytes of the file: one saying the segment was synced up to itself
+    // (all before it was) is left for the writer like a tail mark; one saying less is cut.
     let (mut wal, _) = open_small(dir.path());
     append_unsynced(&mut wal, 8..10);
     let (start8, _) = record_at(&wal, 8);
+    append_unsynced(&mut wal, 10..12);
+    let (start10, _) = record_at(&wal, 10);
     drop(wal);
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(start8)
-        .unwrap();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(start10).unwrap();
+    f.write_all_at(
+        &vec![0; (start10 - start8 + MARK_LEN) as usize],
+        start8 - MARK_LEN,
+    )
+    .unwrap();
+    let (wal, report) = open_small(dir.path());
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (7, 0));
+    assert_all_payloads(&wal.reader(), 1, 7);
+    drop(wal);
+    let (mut wal, _) = open_small(dir.path());
+    append_unsynced(&mut wal, 8..9);
+    append_unsynced(&mut wal, 9..11);
+    let (start9, _) = record_at(&wal, 9);
+    drop(wal);
+    f.set_len(start9).unwrap();
     let (wal, report) = open_small(dir.path());
     assert_eq!(
         (report.last_index, report.torn_bytes_truncated),
-        (7, MARK_LEN)
+        (8, MARK_LEN)
     );
-    assert_eq!(file_len(&path), start8 - MARK_LEN);
-    assert_all_payloads(&wal.reader(), 1, 7);
+    assert_eq!(file_len(&path), start9 - MARK_LEN);
+    assert_all_payloads(&wal.reader(), 1, 8);
 }
 
 #[test]
@@ -169,7 +183,7 @@ fn a_sync_planned_before_a_cut_says_nothing_of_what_is_written_after_it() {
     // A follower's conflicting suffix is cut (synced), and the leader's entries written.
     wal.truncate_from(5).unwrap();
     let (start5, _) = record_at(&wal, 4);
-    let after_cut = lock_synced(&wal.synced).end;
+    let after_cut = lock_synced(&wal.synced).synced.end;
     assert_eq!(
         after_cut,
         start5 + RECORD_HEADER_LEN + payload(4).len() as u64
@@ -177,7 +191,7 @@ fn a_sync_planned_before_a_cut_says_nothing_of_what_is_written_after_it() {
     append_unsynced(&mut wal, 5..8);
     planned.sync().unwrap();
     assert_eq!(
-        lock_synced(&wal.synced).end,
+        lock_synced(&wal.synced).synced.end,
         after_cut,
         "a sync planned before the cut must not vouch for the bytes written after it"
     );
@@ -185,7 +199,7 @@ fn a_sync_planned_before_a_cut_says_nothing_of_what_is_written_after_it() {
     let now = wal.sync_point();
     now.sync().unwrap();
     let (start7, len7) = record_at(&wal, 7);
-    assert_eq!(lock_synced(&wal.synced).end, start7 + len7);
+    assert_eq!(lock_synced(&wal.synced).synced.end, start7 + len7);
 }
 
 #[test]
@@ -321,4 +335,89 @@ fn a_last_segment_of_zeros_whose_header_never_landed_gets_its_header_written() {
 
 fn fs_read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
+}
+
+/// The bytes of `path` from `at`, `len` of them.
+fn bytes_at(path: &Path, at: u64, len: u64) -> Vec<u8> {
+    fs_read(path)[at as usize..(at + len) as usize].to_vec()
+}
+
+#[test]
+fn damage_to_an_idle_logs_last_synced_group_is_refused_naming_its_tail_mark() {
+    // Nothing comes after the last group to vouch for it but the tail mark an idle log
+    // leaves: without it, a flipped byte in the last acknowledged record read as a torn
+    // tail and was cut, acknowledged entries with it.
+    for (pipelined, preallocate) in [(false, false), (true, false), (false, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || WalConfig {
+            preallocate,
+            ..small_config(dir.path())
+        };
+        let (mut wal, _) = Wal::open(config()).unwrap();
+        append_payloads(&mut wal, 1..4).unwrap();
+        if pipelined {
+            append_unsynced(&mut wal, 4..7);
+            wal.sync_point().sync().unwrap();
+        } else {
+            append_payloads(&mut wal, 4..7).unwrap();
+        }
+        let (start6, len6) = record_at(&wal, 6);
+        let end = start6 + len6;
+        drop(wal);
+        let path = segment_files(dir.path())[0].clone();
+        assert_eq!(bytes_at(&path, end, MARK_LEN), mark(end), "the tail mark");
+
+        // Intact, it opens as it was, and the next group is written over it.
+        let (mut wal, report) = Wal::open(config()).unwrap();
+        assert_eq!((report.last_index, report.torn_bytes_truncated), (6, 0));
+        append_payloads(&mut wal, 7..8).unwrap();
+        assert_eq!(record_at(&wal, 7).0, end + MARK_LEN);
+        wal.truncate_from(7).unwrap();
+        drop(wal);
+
+        flip_byte(&path, start6 + RECORD_HEADER_LEN);
+        let before = file_len(&path);
+        let (at, offset, text) = expect_corruption(Wal::open(config()));
+        assert_eq!((at, offset), (path.clone(), start6), "{text}");
+        assert!(
+            text.contains(&format!("group mark at byte {end}")),
+            "pipelined {pipelined}, preallocate {preallocate}: {text}"
+        );
+        assert_eq!(file_len(&path), before, "corruption must not truncate");
+    }
+}
+
+#[test]
+fn a_sync_planned_before_the_next_group_leaves_no_tail_mark_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open_small(dir.path());
+    append_unsynced(&mut wal, 1..4);
+    let planned = wal.sync_point();
+    append_unsynced(&mut wal, 4..7);
+    let (start4, _) = record_at(&wal, 4);
+    let path = segment_files(dir.path())[0].clone();
+    let group = bytes_at(&path, start4 - MARK_LEN, MARK_LEN);
+    planned.sync().unwrap();
+    assert_eq!(
+        bytes_at(&path, start4 - MARK_LEN, MARK_LEN),
+        group,
+        "the next group's mark is left as written"
+    );
+    wal.sync_point().sync().unwrap();
+    drop(wal);
+    let (wal, report) = open_small(dir.path());
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (6, 0));
+    assert_all_payloads(&wal.reader(), 1, 6);
+}
+
+#[test]
+fn a_log_without_marks_leaves_no_tail_mark() {
+    plain();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open_small(dir.path());
+    append_payloads(&mut wal, 1..4).unwrap();
+    let (start3, len3) = record_at(&wal, 3);
+    drop(wal);
+    let path = segment_files(dir.path())[0].clone();
+    assert_eq!(file_len(&path), start3 + len3);
 }

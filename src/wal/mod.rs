@@ -75,8 +75,12 @@
 //!   past it, nothing from the damage on was ever acknowledged (an append is answered only
 //!   after its sync): it is cut like a torn tail. If one does, synced bytes were damaged:
 //!   corruption, naming the mark.
-//!   A mark says what was synced when its group was *written*: a group whose sync ended
-//!   after the last group was written is not vouched for, and damage to it is cut.
+//!   A mark says what was synced when its group was *written*, so a sync that finds nothing
+//!   written since it was planned (an idle log) leaves a *tail mark* after the records,
+//!   saying they are synced: damage to the last groups is then refused too. The next group
+//!   starts at the same byte, its own mark written over it. A group whose sync ended while
+//!   later groups were in flight, with no tail mark after it yet, is not vouched for, and
+//!   damage to it is cut.
 //! * **A segment of zeros** (last segment only): created and zero-filled ahead of the
 //!   writer, its magic never synced; its header is written again.
 //! * **Corruption**: anything else — in a segment without marks, a bad checksum followed by
@@ -331,6 +335,7 @@ impl SyncPoint {
         if self.sync {
             self.file.sync_data().map_err(io_err(&self.path))?;
             advance(&self.synced, self.at);
+            vouch(&self.synced, &self.file, self.at);
         }
         Ok(())
     }
@@ -545,6 +550,10 @@ impl Wal {
     }
 
     fn append_inner(&mut self, payloads: &[&[u8]], sync_last: bool) -> Result<(), WalError> {
+        if self.config.marks {
+            // No tail mark where this group goes, from now on.
+            set_written(&self.synced, None);
+        }
         let estimate: usize = payloads
             .iter()
             .map(|p| p.len() + RECORD_HEADER_LEN as usize)
@@ -582,6 +591,12 @@ impl Wal {
         let new_segment = staged.len() > 1;
         let last = staged.last_mut().expect("staged is never empty");
         self.flush(last)?;
+        if self.config.marks {
+            // A tail mark only in a segment created with marks (in an older one it would be
+            // damage).
+            let written = last.marked.then_some((last.first_index, last.len()));
+            set_written(&self.synced, written);
+        }
         let sync = self.config.sync && (sync_last || new_segment);
         if sync {
             self.io.sync_data(&last.file).map_err(io_err(&last.path))?;
@@ -590,10 +605,11 @@ impl Wal {
                 self.io.sync_dir(dir).map_err(io_err(dir))?;
             }
             if self.config.marks {
-                advance(
-                    &self.synced,
-                    synced_now(&self.synced, last.first_index, last.len()),
-                );
+                let at = synced_now(&self.synced, last.first_index, last.len());
+                advance(&self.synced, at);
+                if sync_last {
+                    vouch(&self.synced, &last.file, at);
+                }
             }
         }
 
@@ -772,10 +788,13 @@ fn synced_at_open(config: &WalConfig, last: &Segment) -> Result<SyncedLock, WalE
     } else {
         SEGMENT_HEADER_LEN
     };
-    Ok(Arc::new(Mutex::new(SyncedEnd {
-        generation: 0,
-        segment: last.first_index,
-        end,
+    Ok(Arc::new(Mutex::new(SyncState {
+        synced: SyncedEnd {
+            generation: 0,
+            segment: last.first_index,
+            end,
+        },
+        written: (config.marks && last.marked).then_some((last.first_index, last.end)),
     })))
 }
 

@@ -108,16 +108,7 @@ pub(super) fn scan_segment(
         Ok(torn_header) => return Ok(torn_header),
         Err(marked) => marked,
     };
-    let mut scan = Scanning {
-        path,
-        file,
-        file_len,
-        is_last,
-        offsets: Vec::new(),
-        records_end: SEGMENT_HEADER_LEN,
-        after_mark: false,
-        marked: marked_magic,
-    };
+    let mut scan = Scanning::new(path, file, file_len, is_last, marked_magic);
     let mut pos = SEGMENT_HEADER_LEN;
     let mut payload = Vec::new();
     while pos < file_len {
@@ -213,11 +204,29 @@ struct Scanning<'a> {
     records_end: u64,
     /// A mark was just read: the next record is its group's first.
     after_mark: bool,
+    /// That mark says the segment is synced through itself: a tail mark (`vouch`), which an
+    /// idle log leaves after its last group.
+    tail_mark: bool,
     /// Created with marks (its magic): damage in it is judged by them.
     marked: bool,
 }
 
-impl Scanning<'_> {
+impl<'a> Scanning<'a> {
+    /// Nothing read yet past the segment's header.
+    fn new(path: &'a Path, file: &'a File, file_len: u64, is_last: bool, marked: bool) -> Self {
+        Scanning {
+            path,
+            file,
+            file_len,
+            is_last,
+            offsets: Vec::new(),
+            records_end: SEGMENT_HEADER_LEN,
+            after_mark: false,
+            tail_mark: false,
+            marked,
+        }
+    }
+
     /// Reads the rest of a mark whose header is at `pos`.
     fn read_mark(
         &mut self,
@@ -244,6 +253,7 @@ impl Scanning<'_> {
         Ok(match read_mark(&mark) {
             Some(end) if end <= pos && !self.after_mark => {
                 self.after_mark = true;
+                self.tail_mark = end == pos;
                 MarkRead::Good
             }
             Some(end) if end > pos => {
@@ -254,11 +264,14 @@ impl Scanning<'_> {
         })
     }
 
-    /// The end of the file reached: every record read (a mark left last goes, cut).
+    /// The end of the file reached: every record read (a mark left last goes, cut, unless it
+    /// is a tail mark).
     fn finish(self) -> Result<Scan, WalError> {
-        if self.after_mark {
+        if self.after_mark && !self.tail_mark {
             return self.tail("a group mark with no record after it".into());
         }
+        // Every record read, maybe a tail mark after them (in the last segment, left for the
+        // writer to write over like the zeros of a preallocated tail).
         Ok(Scan {
             marked: self.marked,
             end: self.records_end,

@@ -73,16 +73,27 @@ pub(super) struct SyncedEnd {
     pub(super) end: u64,
 }
 
-pub(super) type SyncedLock = Arc<Mutex<SyncedEnd>>;
+/// What the writer knows of the active segment, behind one lock: how far it is synced, and
+/// how far written.
+#[derive(Debug)]
+pub(super) struct SyncState {
+    pub(super) synced: SyncedEnd,
+    /// Where the writer's bytes end (segment, byte); `None` while it writes a group, or
+    /// without marks. A sync leaves a tail mark ([`vouch`]) only where nothing was written
+    /// since it was planned.
+    pub(super) written: Option<(u64, u64)>,
+}
 
-pub(super) fn lock_synced(synced: &SyncedLock) -> MutexGuard<'_, SyncedEnd> {
+pub(super) type SyncedLock = Arc<Mutex<SyncState>>;
+
+pub(super) fn lock_synced(synced: &SyncedLock) -> MutexGuard<'_, SyncState> {
     synced.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `segment` synced up to `end`, under the current generation (a sync planned now).
 pub(super) fn synced_now(synced: &SyncedLock, segment: u64, end: u64) -> SyncedEnd {
     SyncedEnd {
-        generation: lock_synced(synced).generation,
+        generation: lock_synced(synced).synced.generation,
         segment,
         end,
     }
@@ -91,19 +102,44 @@ pub(super) fn synced_now(synced: &SyncedLock, segment: u64, end: u64) -> SyncedE
 /// Records a finished sync, unless a later one (or a cut) got there first.
 pub(super) fn advance(synced: &SyncedLock, at: SyncedEnd) {
     let mut s = lock_synced(synced);
-    if at.generation == s.generation && (at.segment, at.end) > (s.segment, s.end) {
-        *s = at;
+    let now = s.synced;
+    if at.generation == now.generation && (at.segment, at.end) > (now.segment, now.end) {
+        s.synced = at;
     }
 }
 
 /// The synced end of segment `first_index` (only its header when the writer knows nothing
 /// synced in it).
 pub(super) fn synced_in(synced: &SyncedLock, first_index: u64) -> u64 {
-    let s = lock_synced(synced);
+    let s = lock_synced(synced).synced;
     if s.segment == first_index {
         s.end
     } else {
         SEGMENT_HEADER_LEN
+    }
+}
+
+/// Where the writer's bytes end, once a group is written (`None` before it writes one:
+/// until then no tail mark may be written where the group goes).
+pub(super) fn set_written(synced: &SyncedLock, written: Option<(u64, u64)>) {
+    lock_synced(synced).written = written;
+}
+
+/// After a sync through `at`, if the writer has written nothing since it was planned (the
+/// log is idle): a tail mark right after the records, saying the segment is synced through
+/// them, and not synced itself. Marks in later groups vouch for the groups before them;
+/// nothing would vouch for the last ones, and damage to them (bit rot, a byte flipped while
+/// the log was stopped) would read as a torn tail and be cut, acknowledged entries with it.
+/// With a tail mark, recovery refuses instead. The next group starts at the same byte with
+/// its own mark, written over this one (under this lock, so never at the same time). Best
+/// effort: a tail mark lost or not written leaves the tail as unvouched as without it.
+pub(super) fn vouch(synced: &SyncedLock, file: &File, at: SyncedEnd) {
+    let s = lock_synced(synced);
+    if s.synced.generation == at.generation
+        && s.written == Some((at.segment, at.end))
+        && let Err(error) = file.write_all_at(&mark(at.end), at.end)
+    {
+        tracing::debug!(%error, end = at.end, "WAL: no tail mark");
     }
 }
 
