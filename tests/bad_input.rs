@@ -277,9 +277,14 @@ async fn a_flipped_byte_in_the_last_acknowledged_entry_is_refused_at_start() {
         .find(|p| p.extension().is_some_and(|e| e == "wal"))
         .expect("a segment");
     let mut bytes = std::fs::read(&segment).unwrap();
-    // The records, then the tail mark (16 bytes), then the preallocated zeros.
-    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
-    bytes[end - 16 - 3] ^= 0x5a;
+    // The records, then the tail mark (16 bytes: its tag 0x80000008, a checksum, the byte it
+    // starts at), then the preallocated zeros.
+    let tag = 0x8000_0008u32.to_le_bytes();
+    let mark = (0..bytes.len() - 16)
+        .rev()
+        .find(|&i| bytes[i..i + 4] == tag && bytes[i + 8..i + 16] == (i as u64).to_le_bytes())
+        .expect("a tail mark after the last record");
+    bytes[mark - 3] ^= 0x5a;
     std::fs::write(&segment, &bytes).unwrap();
 
     let out = tokio::time::timeout(

@@ -67,26 +67,72 @@ async fn apply_role(client: &Client, ns: &str, role: &Role) -> Result<(), Operat
         .await
 }
 
-/// Applies a RoleBinding; one whose `roleRef` differs (which Kubernetes never lets change,
-/// e.g. the players' binding of an older operator, to the ClusterRole) is deleted and made
-/// again.
+/// Applies a RoleBinding; one of ours whose `roleRef` differs (which Kubernetes never lets
+/// change: the players' binding of an older operator, to the ClusterRole) is deleted and made
+/// again. Somebody else's binding of that name is left alone (the refusal is reported).
 async fn apply_binding(
     client: &Client,
     ns: &str,
     binding: &RoleBinding,
 ) -> Result<(), OperatorError> {
-    match apply(client, ns, binding).await {
+    let refused = match apply(client, ns, binding).await {
         Err(OperatorError::Apply {
             source: kube::Error::Api(s),
             name,
-            ..
-        }) if s.code == 422 && s.message.contains("roleRef") => {
-            tracing::info!(%name, role = %binding.role_ref.name, "the RoleBinding refers to another role: deleting it to make it again");
-            delete_if_present::<RoleBinding>(client, ns, &name).await?;
-            apply(client, ns, binding).await.map(drop)
+            kind,
+        }) if s.code == 422 && s.message.contains("cannot change roleRef") => {
+            (name, kind, kube::Error::Api(s))
         }
-        other => other.map(drop),
+        other => return other.map(drop),
+    };
+    let (name, kind, source) = refused;
+    let owner = binding
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    if !ours::<RoleBinding>(client, ns, &name, owner.map(|o| o.uid.as_str())).await? {
+        return Err(OperatorError::Apply { kind, name, source });
     }
+    tracing::info!(%name, role = %binding.role_ref.name, "our RoleBinding refers to another role: deleting it to make it again");
+    delete_if_present::<RoleBinding>(client, ns, &name).await?;
+    apply(client, ns, binding).await.map(drop)
+}
+
+/// Whether the object `name` exists, carries the operator's managed-by label and is
+/// controlled by `owner_uid` (listed by name: the operator has no `get` on what it applies).
+async fn ours<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    owner_uid: Option<&str>,
+) -> Result<bool, OperatorError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let Some(owner_uid) = owner_uid else {
+        return Ok(false);
+    };
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let listed = api
+        .list_metadata(
+            &kube::api::ListParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .labels(super::reconcile::MANAGED_BY_SELECTOR),
+        )
+        .await?;
+    Ok(listed.items.iter().any(|o| {
+        o.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == owner_uid)
+    }))
 }
 
 /// Server-side applies the status of one of our resources under [`FIELD_MANAGER`].

@@ -135,15 +135,31 @@ pub struct Context {
 
 /// Who the API server takes the operator for (a SelfSubjectReview, which every
 /// authenticated user may make): the subject of its bindings to the players' ClusterRole.
-/// `None`, with a warning, when the server cannot say (before Kubernetes 1.28); the players'
-/// Roles are then written only if the operator holds their permissions some other way.
+/// `None`, with a warning, when the server cannot say (before Kubernetes 1.28, or not
+/// answering for about half a minute); the players' Roles are then written only if the
+/// operator holds their permissions some other way.
 async fn whoami(client: &Client) -> Option<String> {
+    use backon::{ExponentialBuilder, Retryable};
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let api = kube::Api::<SelfSubjectReview>::all(client.clone());
-    match api
-        .create(&Default::default(), &SelfSubjectReview::default())
-        .await
-    {
+    // Asked again for about half a minute: the API server may be starting with the operator.
+    let ask = || async {
+        api.create(&Default::default(), &SelfSubjectReview::default())
+            .await
+    };
+    let answer = ask
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(8))
+                .with_max_times(6),
+        )
+        .sleep(tokio::time::sleep)
+        .notify(|error, after| {
+            tracing::info!(%error, ?after, "asking the API server who the operator is, again");
+        })
+        .await;
+    match answer {
         Ok(review) => {
             let user = review
                 .status

@@ -13,9 +13,11 @@ pub fn player_name(lp: &LogPlayer) -> String {
 }
 
 /// Name of the operator's own RoleBinding (to the players' ClusterRole) in a LogPlayer's
-/// namespace: it may grant the players only what it holds there.
+/// namespace: it may grant the players only what it holds there. (Not `<logplayer>-operator`:
+/// the chart's namespaced install has a RoleBinding `logplayer-operator` in each namespace,
+/// which a LogPlayer named `logplayer` would then take for its own.)
 pub fn operator_binding_name(lp: &LogPlayer) -> String {
-    format!("{}-operator", lp.name_any())
+    format!("{}-player-grant", lp.name_any())
 }
 
 /// Name of the players' shard-map ConfigMap.

@@ -304,7 +304,7 @@ async fn applies_every_object_by_server_side_apply_then_reports_what_it_sees() {
             format!("/api/v1{ns}/secrets/demo-admin-tls"),
             format!("/api/v1{ns}/serviceaccounts/demo-player"),
             // The operator holds the players' rights before it writes their Role.
-            format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-operator"),
+            format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-player-grant"),
             format!("/apis/rbac.authorization.k8s.io/v1{ns}/roles/demo-player"),
             format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/demo-player"),
             format!("/api/v1{ns}/configmaps/demo-shard-map"),
@@ -771,32 +771,60 @@ async fn the_players_role_is_asked_again_while_the_operators_binding_is_not_coun
 }
 
 /// The players' binding of an older operator refers to the ClusterRole, and a roleRef never
-/// changes: it is deleted and made again, referring to the players' Role.
+/// changes: ours is deleted and made again, referring to the players' Role; somebody else's
+/// of that name is left alone, and the refusal reported.
 #[tokio::test]
-async fn a_players_binding_to_another_role_is_made_again() {
-    let lp = logplayer(3, false);
-    let mut w = world(&lp, four_shards());
-    let binding = format!("{RBAC}/rolebindings/demo-player");
-    w.refuse.insert(
-        binding.clone(),
-        "RoleBinding.rbac.authorization.k8s.io \"demo-player\" is invalid: roleRef: Invalid \
-         value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"Role\", \
-         Name:\"demo-player\"}: cannot change roleRef"
-            .into(),
-    );
-    let (result, sent, _) = reconcile_lp(&lp, w).await;
-    assert!(result.is_ok(), "{result:?}");
-    let on_binding: Vec<&Method> = sent
-        .iter()
-        .filter(|s| s.path == binding)
-        .map(|s| &s.method)
-        .collect();
-    assert_eq!(
-        on_binding,
-        vec![&Method::PATCH, &Method::DELETE, &Method::PATCH]
-    );
-    let st = &status_patch(&sent).body["status"];
-    assert_ne!(condition(st, "Degraded")["reason"], "ApplyFailed", "{st}");
+async fn a_players_binding_to_another_role_is_made_again_if_it_is_ours() {
+    for (owner, ours) in [("uid-demo", true), ("uid-someone-else", false)] {
+        let lp = logplayer(3, false);
+        let mut w = world(&lp, four_shards());
+        let binding = format!("{RBAC}/rolebindings/demo-player");
+        w.refuse.insert(
+            binding.clone(),
+            "RoleBinding.rbac.authorization.k8s.io \"demo-player\" is invalid: roleRef: \
+             Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", \
+             Kind:\"Role\", Name:\"demo-player\"}: cannot change roleRef"
+                .into(),
+        );
+        w.lists.insert(
+            format!("{RBAC}/rolebindings"),
+            vec![owned_meta(
+                "RoleBinding",
+                "rbac.authorization.k8s.io/v1",
+                "demo-player",
+                owner,
+            )],
+        );
+        let (result, sent, _) = reconcile_lp(&lp, w).await;
+        assert!(result.is_ok(), "{result:?}");
+        let on_binding: Vec<&Method> = sent
+            .iter()
+            .filter(|s| s.path == binding)
+            .map(|s| &s.method)
+            .collect();
+        let asked = sent
+            .iter()
+            .find(|s| s.path == format!("{RBAC}/rolebindings") && s.method == Method::GET)
+            .expect("the binding looked up");
+        assert!(
+            asked
+                .query
+                .contains("fieldSelector=metadata.name%3Ddemo-player"),
+            "{}",
+            asked.query
+        );
+        let st = &status_patch(&sent).body["status"];
+        if ours {
+            assert_eq!(
+                on_binding,
+                vec![&Method::PATCH, &Method::DELETE, &Method::PATCH]
+            );
+            assert_ne!(condition(st, "Degraded")["reason"], "ApplyFailed", "{st}");
+        } else {
+            assert_eq!(on_binding, vec![&Method::PATCH]);
+            assert_eq!(condition(st, "Degraded")["reason"], "ApplyFailed", "{st}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -370,6 +370,45 @@ mod tests {
             );
         }
 
+        /// A Shard the players' Role no longer names (deselected, the players not yet
+        /// replaced): the others are still saved, and the save says which was refused.
+        #[tokio::test]
+        async fn a_shard_not_ours_to_write_does_not_stop_the_others() {
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let store = KubeCursors::new(kube::Client::new(service, "ns"), "ns");
+            let new = super::cursors(4, &[("a", 7), ("b", 90)]);
+            let server = async {
+                list(&mut handle, vec![shard("a", Some(1)), shard("b", Some(50))]).await;
+                let (req, send) = handle.next_request().await.expect("a's patch");
+                assert_eq!(req.uri().path(), format!("{SHARDS}/a/status"));
+                send.send_response(
+                    Response::builder()
+                        .status(403)
+                        .header("content-type", "application/json")
+                        .body(Body::from(
+                            serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1",
+                                "metadata": {}, "status": "Failure", "reason": "Forbidden",
+                                "code": 403, "message": "shards.logplayer.io \"a\" is forbidden"}))
+                            .unwrap(),
+                        ))
+                        .unwrap(),
+                );
+                let (req, send) = handle.next_request().await.expect("b's patch");
+                assert_eq!(req.uri().path(), format!("{SHARDS}/b/status"));
+                reply(send, &shard("b", Some(90)));
+            };
+            let (saved, ()) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                tokio::join!(store.save(&new), server)
+            })
+            .await
+            .expect("client and scripted server disagree");
+            let e = saved.unwrap_err().to_string();
+            assert!(
+                e.contains("Shard a") && e.contains("other cursors were saved"),
+                "{e}"
+            );
+        }
+
         /// An API server whose Shard CRD predates `ackedLogId` drops it from the patch:
         /// the save fails naming what to do, instead of cursors that count in no log and
         /// a retention that waits forever without a word.
@@ -463,6 +502,7 @@ impl CursorStore for KubeCursors {
         let stored = self.load().await?;
         let merged = merge(&stored, cursors);
         let params = kube::api::PatchParams::apply(PLAYER_FIELD_MANAGER).force();
+        let mut forbidden = Vec::new();
         for (shard, &index) in &merged.acked {
             let covered = merged
                 .covered
@@ -519,9 +559,25 @@ impl CursorStore for KubeCursors {
                 Err(kube::Error::Api(s)) if s.is_not_found() => {
                     tracing::debug!(shard = %shard, "no Shard resource for this cursor")
                 }
+                // Not ours to write (any more): the players' Role names the Shards their
+                // LogPlayer selects, and a deselected one leaves it before these players
+                // are replaced with the new map. The other Shards' cursors are still saved;
+                // the save then fails naming it (so retention waits for it).
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    tracing::warn!(shard = %shard, reason = %s.message, "not allowed to record this shard's cursor");
+                    forbidden.push(shard.clone());
+                }
                 Err(e) => return Err(Self::err(e)),
             }
         }
-        Ok(())
+        if forbidden.is_empty() {
+            Ok(())
+        } else {
+            Err(CursorError::Backend(format!(
+                "not allowed to patch the status of Shard {} (the players' Role names only the \
+                 Shards their LogPlayer selects); the other cursors were saved",
+                forbidden.join(", ")
+            )))
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! caller, which knows the point, restarts it again).
 
 use super::segment::{
-    Active, SyncedEnd, create_first_segment, lock_synced, read_lock, sync_dir, vouch, write_lock,
+    Active, SyncedEnd, create_first_segment, forget_syncs_in_flight, lock_synced, read_lock,
+    sync_dir, vouch, write_lock,
 };
 use super::{SEGMENT_HEADER_LEN, Wal, WalError, io_err};
 use crate::disk as fs;
@@ -49,7 +50,12 @@ impl Wal {
             s.synced
         };
         if self.config.sync {
-            vouch(&self.synced, &self.active.file, at);
+            vouch(
+                &self.synced,
+                &self.active.file,
+                at,
+                &self.prealloc.past_end(),
+            );
         }
     }
 
@@ -74,6 +80,7 @@ impl Wal {
     }
 
     fn truncate_inner(&mut self, from: u64) -> Result<(), WalError> {
+        forget_syncs_in_flight(&self.synced);
         // Nothing is zero-filled while files are removed and cut; the active segment is filled
         // again from its new end.
         self.prealloc.paused(|| ());
@@ -142,6 +149,7 @@ impl Wal {
         if next == 0 {
             return Err(WalError::InvalidConfig("indexes start at 1".into()));
         }
+        forget_syncs_in_flight(&self.synced);
         self.prealloc.paused(|| ());
         let dir = self.config.dir.clone();
         let mut shared = write_lock(&self.shared);

@@ -66,7 +66,8 @@ fn a_power_loss_that_kept_later_groups_and_lost_an_earlier_page_opens_cut_at_the
         "records 1..=4 kept, the rest was never acknowledged"
     );
     assert_eq!(report.torn_bytes_truncated, before - start5);
-    assert_eq!(file_len(&path), start5);
+    // Cut there, and the open's tail mark after what it kept.
+    assert_eq!(file_len(&path), start5 + MARK_LEN);
     assert_all_payloads(&wal.reader(), 1, 4);
     // Appends go on from the cut, and everything reads back after a reopen.
     append_payloads(&mut wal, 5..12).unwrap();
@@ -171,7 +172,9 @@ fn a_group_whose_records_never_reached_the_disk_leaves_its_mark_to_be_written_ov
         (report.last_index, report.torn_bytes_truncated),
         (8, MARK_LEN)
     );
-    assert_eq!(file_len(&path), start9 - MARK_LEN);
+    // Cut with the dangling mark; the open's tail mark takes its place.
+    assert_eq!(file_len(&path), start9);
+    assert_eq!(bytes_at(&path, start9 - MARK_LEN, MARK_LEN), mark(start9 - MARK_LEN));
     assert_all_payloads(&wal.reader(), 1, 8);
 }
 
@@ -294,16 +297,13 @@ fn a_log_from_before_marks_reads_on_and_gets_them_from_its_next_segment() {
         "the old segment keeps its magic"
     );
     assert_eq!(&fs_read(&new)[..8], SEGMENT_MAGIC_MARKED);
-    let (wal, report) = Wal::open(marked()).unwrap();
-    assert_eq!((report.last_index, report.torn_bytes_truncated), (last, 0));
-    assert_all_payloads(&wal.reader(), 1, last);
-    drop(wal);
 
-    // In the new segment, a power loss is told from corruption.
+    // In the new segment, a power loss (before any open synced what was written) is told
+    // from corruption.
     zero(&new, start, 4);
     let (wal, report) = Wal::open(marked()).unwrap();
     assert_eq!(report.last_index, next);
-    assert!(seg_first <= next);
+    assert!(seg_first <= next && next < last);
     assert_all_payloads(&wal.reader(), 1, next);
 }
 
@@ -337,9 +337,11 @@ fn fs_read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-/// The bytes of `path` from `at`, `len` of them.
+/// The bytes of `path` from `at`, `len` of them (zeros past its end).
 fn bytes_at(path: &Path, at: u64, len: u64) -> Vec<u8> {
-    fs_read(path)[at as usize..(at + len) as usize].to_vec()
+    let mut bytes: Vec<u8> = fs_read(path).into_iter().skip(at as usize).collect();
+    bytes.resize(len as usize, 0);
+    bytes
 }
 
 #[test]
@@ -388,6 +390,26 @@ fn damage_to_an_idle_logs_last_synced_group_is_refused_naming_its_tail_mark() {
 }
 
 #[test]
+fn an_open_leaves_a_tail_mark_after_what_it_kept() {
+    // A crash under load: the last group written, never synced, no tail mark after it.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = synced_then_written(dir.path());
+    let (start6, len6) = record_at(&wal, 6);
+    let end = start6 + len6;
+    drop(wal);
+    let path = segment_files(dir.path())[0].clone();
+    assert_ne!(bytes_at(&path, end, MARK_LEN), mark(end));
+    // The open syncs what it kept, and says so after it.
+    let (wal, report) = open_small(dir.path());
+    assert_eq!(report.last_index, 6);
+    assert_eq!(bytes_at(&path, end, MARK_LEN), mark(end));
+    drop(wal);
+    flip_byte(&path, start6 + RECORD_HEADER_LEN);
+    let (_, offset, text) = expect_corruption(Wal::open(small_config(dir.path())));
+    assert_eq!(offset, start6, "{text}");
+}
+
+#[test]
 fn a_sync_planned_before_the_next_group_leaves_no_tail_mark_over_it() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = open_small(dir.path());
@@ -420,4 +442,21 @@ fn a_log_without_marks_leaves_no_tail_mark() {
     drop(wal);
     let path = segment_files(dir.path())[0].clone();
     assert_eq!(file_len(&path), start3 + len3);
+}
+
+#[test]
+fn a_sync_in_flight_when_a_cut_begins_leaves_no_tail_mark() {
+    // A replica's sync runs off the writer's lock; a cut may begin while it is under way and
+    // move the end back. Its tail mark would then land past the cut, vouching for whatever
+    // is written there next.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = synced_then_written(dir.path());
+    let planned = wal.sync_point();
+    let (start6, len6) = record_at(&wal, 6);
+    let end = start6 + len6;
+    // What a cut does first (truncate_from, restart_at), before it removes anything.
+    forget_syncs_in_flight(&wal.synced);
+    planned.sync().unwrap();
+    let path = segment_files(dir.path())[0].clone();
+    assert_ne!(bytes_at(&path, end, MARK_LEN), mark(end));
 }

@@ -77,7 +77,8 @@
 //!   corruption, naming the mark.
 //!   A mark says what was synced when its group was *written*, so a sync that finds nothing
 //!   written since it was planned (an idle log) leaves a *tail mark* after the records,
-//!   saying they are synced: damage to the last groups is then refused too. The next group
+//!   saying they are synced (as does an open, once it synced what it kept): damage to the
+//!   last groups is then refused too. The next group
 //!   starts at the same byte, its own mark written over it. A group whose sync ended while
 //!   later groups were in flight, with no tail mark after it yet, is not vouched for, and
 //!   damage to it is cut.
@@ -322,6 +323,8 @@ pub struct SyncPoint {
     /// Where the synced end goes once this sync is done, and what it becomes.
     synced: SyncedLock,
     at: SyncedEnd,
+    /// Where a tail mark is written from here.
+    past_end: prealloc::PastEnd,
 }
 
 impl SyncPoint {
@@ -335,7 +338,7 @@ impl SyncPoint {
         if self.sync {
             self.file.sync_data().map_err(io_err(&self.path))?;
             advance(&self.synced, self.at);
-            vouch(&self.synced, &self.file, self.at);
+            vouch(&self.synced, &self.file, self.at, &self.past_end);
         }
         Ok(())
     }
@@ -546,6 +549,7 @@ impl Wal {
             sync: self.config.sync,
             synced: self.synced.clone(),
             at: synced_now(&self.synced, self.active.first_index, self.active.len),
+            past_end: self.prealloc.past_end(),
         }
     }
 
@@ -608,7 +612,7 @@ impl Wal {
                 let at = synced_now(&self.synced, last.first_index, last.len());
                 advance(&self.synced, at);
                 if sync_last {
-                    vouch(&self.synced, &last.file, at);
+                    vouch(&self.synced, &last.file, at, &self.prealloc.past_end());
                 }
             }
         }
@@ -780,7 +784,8 @@ fn stage_record(cur: &mut Staged, payload: &[u8], synced: &SyncedLock) -> Result
 }
 
 /// The synced end at open: what recovery kept may still be only in the page cache (a process
-/// crash), so with marks it is synced here, and the first group's mark may say so.
+/// crash), so with marks it is synced here, and the first group's mark may say so; so may a
+/// tail mark (the last groups before a crash may have none).
 fn synced_at_open(config: &WalConfig, last: &Segment) -> Result<SyncedLock, WalError> {
     let end = if config.marks && config.sync {
         last.file.sync_data().map_err(io_err(&last.path))?;
@@ -788,14 +793,20 @@ fn synced_at_open(config: &WalConfig, last: &Segment) -> Result<SyncedLock, WalE
     } else {
         SEGMENT_HEADER_LEN
     };
-    Ok(Arc::new(Mutex::new(SyncState {
-        synced: SyncedEnd {
-            generation: 0,
-            segment: last.first_index,
-            end,
-        },
+    let at = SyncedEnd {
+        generation: 0,
+        segment: last.first_index,
+        end,
+    };
+    let synced = Arc::new(Mutex::new(SyncState {
+        synced: at,
         written: (config.marks && last.marked).then_some((last.first_index, last.end)),
-    })))
+    }));
+    if config.marks && config.sync {
+        // Before the filler starts (it then fills from past the end of the file).
+        vouch(&synced, &last.file, at, &prealloc::PastEnd::default());
+    }
+    Ok(synced)
 }
 
 /// How many of `segments` (oldest first) hold only indexes below `below`: all but the last

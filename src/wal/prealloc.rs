@@ -70,6 +70,26 @@ impl Filler {
     }
 }
 
+/// A handle for writing a few bytes past the writer's end from another thread (a tail mark,
+/// `segment::vouch`), keeping clear of the filler like [`Prealloc::write`]: under its lock,
+/// and moving `zeroed` past the write, so that no zeros are written over it.
+#[derive(Clone, Default)]
+pub(super) struct PastEnd(Option<Arc<Filler>>);
+
+impl PastEnd {
+    pub(super) fn write(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        let Some(filler) = &self.0 else {
+            return file.write_all_at(buf, offset);
+        };
+        let _target = filler.lock();
+        file.write_all_at(buf, offset)?;
+        filler
+            .zeroed
+            .fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
 /// The writer's handle on the filler (none when preallocation is off).
 pub(super) struct Prealloc {
     filler: Option<Arc<Filler>>,
@@ -136,6 +156,11 @@ impl Prealloc {
         }
         self.want(filler, end);
         Ok(())
+    }
+
+    /// A handle for writes past the end from other threads.
+    pub(super) fn past_end(&self) -> PastEnd {
+        PastEnd(self.filler.clone())
     }
 
     fn want(&self, filler: &Filler, end: u64) {

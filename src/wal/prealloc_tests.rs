@@ -226,3 +226,32 @@ fn a_cut_and_a_restart_refill_from_the_new_end() {
     assert_eq!(report.torn_bytes_truncated, 0);
     assert_payloads(&wal, 1000, 1049);
 }
+
+#[test]
+fn the_filler_never_writes_zeros_over_a_tail_mark() {
+    // A group that outruns the filler moves `zeroed` to its end; the tail mark after it
+    // must move it past itself, or the filler zero-fills from the group's end, the mark too.
+    let dir = tempfile::tempdir().unwrap();
+    let marked = WalConfig {
+        marks: true,
+        ..config(dir.path(), 64 * 1024 * 1024)
+    };
+    let mut wal = Wal::open(marked.clone()).unwrap().0;
+    let big = vec![7u8; (prealloc::AHEAD + prealloc::CHUNK) as usize];
+    assert_eq!(wal.append_batch(&[&big]).unwrap(), 1);
+    let end = logical_end(&wal);
+    wal.prealloc.settle();
+    let path = last_segment(dir.path());
+    let f = OpenOptions::new().read(true).open(&path).unwrap();
+    let mut tail = [0u8; MARK_LEN as usize];
+    f.read_exact_at(&mut tail, end).unwrap();
+    assert_eq!(
+        tail,
+        segment::mark(end),
+        "the tail mark survives the filler"
+    );
+    drop(wal);
+    let (wal, report) = Wal::open(marked).unwrap();
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (1, 0));
+    drop(wal);
+}

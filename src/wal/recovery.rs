@@ -271,7 +271,10 @@ impl<'a> Scanning<'a> {
             return self.tail("a group mark with no record after it".into());
         }
         // Every record read, maybe a tail mark after them (in the last segment, left for the
-        // writer to write over like the zeros of a preallocated tail).
+        // writer to write over like the zeros of a preallocated tail). The writer never leaves
+        // one in a sealed segment (sealing cuts the file to its last record); should one be
+        // found there, a record lost before it still shows as the next segment not starting
+        // where this one ends.
         Ok(Scan {
             marked: self.marked,
             end: self.records_end,

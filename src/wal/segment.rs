@@ -2,6 +2,7 @@
 //! each segment (offsets and end), the disk seam ([`SegmentIo`]) tests fault through, the
 //! record checksum and segment naming.
 
+use super::prealloc::PastEnd;
 use super::{
     MARK_LEN, MARK_TAG, MARKED, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SEGMENT_NAME_DIGITS,
     SEGMENT_SUFFIX, WalError, corruption, io_err,
@@ -133,14 +134,22 @@ pub(super) fn set_written(synced: &SyncedLock, written: Option<(u64, u64)>) {
 /// With a tail mark, recovery refuses instead. The next group starts at the same byte with
 /// its own mark, written over this one (under this lock, so never at the same time). Best
 /// effort: a tail mark lost or not written leaves the tail as unvouched as without it.
-pub(super) fn vouch(synced: &SyncedLock, file: &File, at: SyncedEnd) {
+pub(super) fn vouch(synced: &SyncedLock, file: &File, at: SyncedEnd, past_end: &PastEnd) {
     let s = lock_synced(synced);
     if s.synced.generation == at.generation
         && s.written == Some((at.segment, at.end))
-        && let Err(error) = file.write_all_at(&mark(at.end), at.end)
+        && let Err(error) = past_end.write(file, &mark(at.end), at.end)
     {
         tracing::debug!(%error, end = at.end, "WAL: no tail mark");
     }
+}
+
+/// Before a cut changes the active segment: no sync planned until now leaves a tail mark
+/// (it could land past the cut, vouching for bytes written there later).
+pub(super) fn forget_syncs_in_flight(synced: &SyncedLock) {
+    let mut s = lock_synced(synced);
+    s.synced.generation += 1;
+    s.written = None;
 }
 
 /// A mark saying the segment is synced up to byte `end`.

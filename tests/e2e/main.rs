@@ -609,9 +609,10 @@ async fn helm(h: &Harness) -> anyhow::Result<()> {
             true,
         ),
         (&["list", "pods", "-A"][..], true),
-        // The boundaries: no Lease but its own, no Roles, no other ClusterRole to bind, no
-        // Secrets listed, no pods deleted or watched, nothing read that it only applies,
-        // no spec of a LogPlayer changed.
+        // The boundaries: no Lease but its own (until it runs players in a namespace and
+        // binds itself to their ClusterRole there: none yet), no Role deleted or escalated,
+        // no other ClusterRole to bind, no Secrets listed, no pods deleted or watched,
+        // nothing read that it only applies, no spec of a LogPlayer changed.
         (&["watch", "pods", "-A"][..], false),
         (&["get", "services", "-n", DEMO_NS][..], false),
         (

@@ -1,6 +1,6 @@
 //! What the players and the operator may do to each other's objects: the players' Role names
 //! their own Lease and Shards, and the operator binds the players' ClusterRole to nobody but
-//! itself (the admission policy).
+//! itself and writes no Role beyond the players' rules (the admission policy).
 
 use anyhow::ensure;
 
@@ -126,6 +126,66 @@ pub fn the_operator_binds_the_cluster_role_to_itself_only(
             out.status.success() == allowed && (allowed || text.contains(why)),
             "binding the players' ClusterRole to {subject_ns}/{subject} as the operator: want \
              {}, got: {text}",
+            if allowed {
+                "allowed"
+            } else {
+                "refused by the admission policy"
+            }
+        );
+    }
+    roles_hold_only_the_players_rules(h, ns)
+}
+
+/// A Role the operator writes holds only the players' rules, whatever else it holds itself
+/// (RBAC would let it write a Role with any of its own rights, Secrets included, and bind it
+/// to a ServiceAccount its Deployment then runs as).
+fn roles_hold_only_the_players_rules(h: &Harness, ns: &str) -> anyhow::Result<()> {
+    let why = "holds only the players' rules";
+    let shards = serde_json::json!({"apiGroups": ["logplayer.io"], "resources": ["shards"],
+                                    "verbs": ["list"]});
+    let status = serde_json::json!({"apiGroups": ["logplayer.io"],
+                                    "resources": ["shards/status"], "verbs": ["patch"],
+                                    "resourceNames": ["s0"]});
+    let secrets = serde_json::json!({"apiGroups": [""], "resources": ["secrets"],
+                                     "verbs": ["get"]});
+    let every_status = serde_json::json!({"apiGroups": ["logplayer.io"],
+                                          "resources": ["shards/status"], "verbs": ["patch"]});
+    for (what, rules, allowed) in [
+        (
+            "shaped like the players'",
+            vec![shards.clone(), status],
+            true,
+        ),
+        ("with Secrets", vec![shards.clone(), secrets], false),
+        ("naming no Shard", vec![shards, every_status], false),
+    ] {
+        let file = h.cp.dir().join("vap-role.json");
+        std::fs::write(
+            &file,
+            serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "x-player", "namespace": ns,
+                             "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
+                "rules": rules
+            })
+            .to_string(),
+        )?;
+        let as_operator = format!("--as={OPERATOR_SA}");
+        let out = h.cp.kubectl_raw(&[
+            "create",
+            "-f",
+            &file.display().to_string(),
+            "--dry-run=server",
+            &as_operator,
+        ])?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success() == allowed && (allowed || text.contains(why)),
+            "a Role {what} as the operator: want {}, got: {text}",
             if allowed {
                 "allowed"
             } else {

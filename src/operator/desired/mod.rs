@@ -6,7 +6,7 @@
 //!   ServiceAccount, their Role (their own Lease and their own Shards' status, by name:
 //!   `PlayerObjects::role`) with its RoleBinding, and Lease name, and a PodDisruptionBudget
 //!   (`maxUnavailable: 1`) when `replicas > 1`;
-//! - `N-operator`: a RoleBinding of the operator itself to the players' ClusterRole
+//! - `N-player-grant`: a RoleBinding of the operator itself to the players' ClusterRole
 //!   ([`player_rules`], shipped with the operator) in `NS`. Kubernetes lets a Role be
 //!   written only by whoever holds its permissions, so the operator holds them where it
 //!   runs players (and nowhere else), to grant each LogPlayer's players their slice;

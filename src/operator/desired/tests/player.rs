@@ -622,7 +622,7 @@ fn the_players_role_names_their_lease_and_shards_and_the_operator_holds_the_clus
     );
     // The operator holds the ClusterRole in this namespace (so that it may write the Role).
     let operator = o.operator_binding.as_ref().expect("an operator binding");
-    assert_eq!(operator.metadata.name.as_deref(), Some("demo-operator"));
+    assert_eq!(operator.metadata.name.as_deref(), Some("demo-player-grant"));
     assert_eq!(
         operator.role_ref,
         RoleRef {
