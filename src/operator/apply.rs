@@ -92,22 +92,41 @@ async fn apply_binding(
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true));
-    if !ours::<RoleBinding>(client, ns, &name, owner.map(|o| o.uid.as_str())).await? {
-        return Err(OperatorError::Apply { kind, name, source });
-    }
+    let uid = match ours::<RoleBinding>(client, ns, &name, owner.map(|o| o.uid.as_str())).await {
+        Ok(Some(uid)) => uid,
+        Ok(None) => return Err(OperatorError::Apply { kind, name, source }),
+        // The refusal is what the status should say; the lookup is tried again next time.
+        Err(error) => {
+            tracing::warn!(%error, %name, "could not tell whose the RoleBinding is");
+            return Err(OperatorError::Apply { kind, name, source });
+        }
+    };
     tracing::info!(%name, role = %binding.role_ref.name, "our RoleBinding refers to another role: deleting it to make it again");
-    delete_if_present::<RoleBinding>(client, ns, &name).await?;
+    // That very object (its uid), not one made in its place since it was looked at.
+    let api: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
     apply(client, ns, binding).await.map(drop)
 }
 
-/// Whether the object `name` exists, carries the operator's managed-by label and is
+/// The uid of the object `name` if it exists, carries the operator's managed-by label and is
 /// controlled by `owner_uid` (listed by name: the operator has no `get` on what it applies).
 async fn ours<K>(
     client: &Client,
     ns: &str,
     name: &str,
     owner_uid: Option<&str>,
-) -> Result<bool, OperatorError>
+) -> Result<Option<String>, OperatorError>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -116,7 +135,7 @@ where
     K::DynamicType: Default,
 {
     let Some(owner_uid) = owner_uid else {
-        return Ok(false);
+        return Ok(None);
     };
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let listed = api
@@ -126,13 +145,17 @@ where
                 .labels(super::reconcile::MANAGED_BY_SELECTOR),
         )
         .await?;
-    Ok(listed.items.iter().any(|o| {
-        o.metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|r| r.controller == Some(true) && r.uid == owner_uid)
-    }))
+    Ok(listed
+        .items
+        .iter()
+        .find(|o| {
+            o.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.controller == Some(true) && r.uid == owner_uid)
+        })
+        .and_then(|o| o.metadata.uid.clone()))
 }
 
 /// Server-side applies the status of one of our resources under [`FIELD_MANAGER`].

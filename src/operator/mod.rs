@@ -71,6 +71,13 @@ pub enum OperatorError {
     Desired(#[from] desired::DesiredError),
     #[error("lease: {0}")]
     Lease(#[from] crate::lease::LeaseError),
+    /// The API server could not say who the operator is (`whoami`).
+    #[error(
+        "could not learn who the operator is from the API server (a SelfSubjectReview, \
+         Kubernetes 1.28 or later): {0}; without it the operator cannot grant the players \
+         their Role"
+    )]
+    WhoAmI(String),
 }
 
 impl OperatorError {
@@ -82,6 +89,7 @@ impl OperatorError {
             OperatorError::NoNamespace { .. } => "NoNamespace",
             OperatorError::Desired(e) => e.reason(),
             OperatorError::Lease(_) => "Lease",
+            OperatorError::WhoAmI(_) => "WhoAmI",
         }
     }
 }
@@ -134,18 +142,25 @@ pub struct Context {
 }
 
 /// Who the API server takes the operator for (a SelfSubjectReview, which every
-/// authenticated user may make): the subject of its bindings to the players' ClusterRole.
-/// `None`, with a warning, when the server cannot say (before Kubernetes 1.28, or not
-/// answering for about half a minute); the players' Roles are then written only if the
-/// operator holds their permissions some other way.
-async fn whoami(client: &Client) -> Option<String> {
+/// authenticated user may make, Kubernetes 1.28 or later): the subject of its bindings to the
+/// players' ClusterRole, without which it cannot write the players' Roles. Asked again for
+/// about half a minute (each ask at most 5 s) while the server does not answer; a refusal
+/// (the API missing, or forbidden) is final. Without an answer the operator stops, saying
+/// why, and its pod is restarted.
+async fn whoami(client: &Client) -> Result<String, OperatorError> {
     use backon::{ExponentialBuilder, Retryable};
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let api = kube::Api::<SelfSubjectReview>::all(client.clone());
-    // Asked again for about half a minute: the API server may be starting with the operator.
     let ask = || async {
-        api.create(&Default::default(), &SelfSubjectReview::default())
-            .await
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            api.create(&Default::default(), &SelfSubjectReview::default()),
+        )
+        .await
+        {
+            Ok(answer) => answer.map_err(|e| (true, e.to_string(), final_refusal(&e))),
+            Err(_) => Err((false, "no answer within 5 s".to_owned(), false)),
+        }
     };
     let answer = ask
         .retry(
@@ -155,24 +170,24 @@ async fn whoami(client: &Client) -> Option<String> {
                 .with_max_times(6),
         )
         .sleep(tokio::time::sleep)
-        .notify(|error, after| {
+        .when(|(_, _, refused)| !refused)
+        .notify(|(_, error, _), after| {
             tracing::info!(%error, ?after, "asking the API server who the operator is, again");
         })
         .await;
-    match answer {
-        Ok(review) => {
-            let user = review
-                .status
-                .and_then(|s| s.user_info)
-                .and_then(|u| u.username);
-            tracing::info!(user = ?user, "the API server knows the operator as");
-            user
-        }
-        Err(error) => {
-            tracing::warn!(%error, "could not learn who the operator is (SelfSubjectReview); it will not bind itself to the players' ClusterRole, so the players' Roles are written only if it holds their permissions otherwise");
-            None
-        }
-    }
+    let user = answer
+        .map_err(|(_, reason, _)| OperatorError::WhoAmI(reason))?
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .ok_or_else(|| OperatorError::WhoAmI("the answer names no user".into()))?;
+    tracing::info!(%user, "the API server knows the operator as");
+    Ok(user)
+}
+
+/// A refusal asking again will not change: the API missing (404) or forbidden (403).
+fn final_refusal(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404 || s.code == 403)
 }
 
 /// Runs the operator: contends for its lease; while leading, runs the controllers.
@@ -184,7 +199,10 @@ pub async fn run(
     let client = Client::try_default().await?;
     let mut defaults = config.defaults.clone();
     if defaults.operator_user.is_none() {
-        defaults.operator_user = whoami(&client).await;
+        defaults.operator_user = Some(tokio::select! {
+            user = whoami(&client) => user?,
+            _ = shutdown.cancelled() => return Ok(()),
+        });
     }
     let backend: Arc<dyn LeaseBackend> = Arc::new(lease::KubeLease::new(
         client.clone(),

@@ -788,12 +788,16 @@ async fn a_players_binding_to_another_role_is_made_again_if_it_is_ours() {
         );
         w.lists.insert(
             format!("{RBAC}/rolebindings"),
-            vec![owned_meta(
-                "RoleBinding",
-                "rbac.authorization.k8s.io/v1",
-                "demo-player",
-                owner,
-            )],
+            vec![{
+                let mut b = owned_meta(
+                    "RoleBinding",
+                    "rbac.authorization.k8s.io/v1",
+                    "demo-player",
+                    owner,
+                );
+                b["metadata"]["uid"] = json!("uid-binding");
+                b
+            }],
         );
         let (result, sent, _) = reconcile_lp(&lp, w).await;
         assert!(result.is_ok(), "{result:?}");
@@ -818,6 +822,15 @@ async fn a_players_binding_to_another_role_is_made_again_if_it_is_ours() {
             assert_eq!(
                 on_binding,
                 vec![&Method::PATCH, &Method::DELETE, &Method::PATCH]
+            );
+            let delete = sent
+                .iter()
+                .find(|s| s.path == binding && s.method == Method::DELETE)
+                .expect("a delete");
+            assert_eq!(
+                delete.body["preconditions"]["uid"], "uid-binding",
+                "that very binding: {}",
+                delete.body
             );
             assert_ne!(condition(st, "Degraded")["reason"], "ApplyFailed", "{st}");
         } else {

@@ -404,7 +404,7 @@ mod tests {
             .expect("client and scripted server disagree");
             let e = saved.unwrap_err().to_string();
             assert!(
-                e.contains("Shard a") && e.contains("other cursors were saved"),
+                e.contains("Shard a") && e.contains("1 other cursor(s) saved"),
                 "{e}"
             );
         }
@@ -456,6 +456,17 @@ pub struct KubeCursors {
 /// The field manager the player writes Shard status with.
 pub const PLAYER_FIELD_MANAGER: &str = "logplayer-player";
 
+/// `e`, naming the Shards whose cursors were refused before it.
+fn with_forbidden(e: CursorError, forbidden: &[String]) -> CursorError {
+    if forbidden.is_empty() {
+        return e;
+    }
+    CursorError::Backend(format!(
+        "{e}; before it, not allowed to patch the status of Shard {}",
+        forbidden.join(", ")
+    ))
+}
+
 impl KubeCursors {
     pub fn new(client: kube::Client, namespace: &str) -> KubeCursors {
         KubeCursors {
@@ -503,6 +514,7 @@ impl CursorStore for KubeCursors {
         let merged = merge(&stored, cursors);
         let params = kube::api::PatchParams::apply(PLAYER_FIELD_MANAGER).force();
         let mut forbidden = Vec::new();
+        let mut saved = 0usize;
         for (shard, &index) in &merged.acked {
             let covered = merged
                 .covered
@@ -566,18 +578,20 @@ impl CursorStore for KubeCursors {
                 Err(kube::Error::Api(s)) if s.code == 403 => {
                     tracing::warn!(shard = %shard, reason = %s.message, "not allowed to record this shard's cursor");
                     forbidden.push(shard.clone());
+                    continue;
                 }
-                Err(e) => return Err(Self::err(e)),
+                Err(e) => return Err(with_forbidden(Self::err(e), &forbidden)),
             }
+            saved += 1;
         }
         if forbidden.is_empty() {
-            Ok(())
-        } else {
-            Err(CursorError::Backend(format!(
-                "not allowed to patch the status of Shard {} (the players' Role names only the \
-                 Shards their LogPlayer selects); the other cursors were saved",
-                forbidden.join(", ")
-            )))
+            return Ok(());
         }
+        Err(CursorError::Backend(format!(
+            "not allowed to patch the status of Shard {} (the players' Role names the Shards \
+             their LogPlayer selects: deselected, or the Role not written yet?); {saved} other \
+             cursor(s) saved",
+            forbidden.join(", ")
+        )))
     }
 }

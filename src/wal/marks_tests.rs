@@ -174,7 +174,10 @@ fn a_group_whose_records_never_reached_the_disk_leaves_its_mark_to_be_written_ov
     );
     // Cut with the dangling mark; the open's tail mark takes its place.
     assert_eq!(file_len(&path), start9);
-    assert_eq!(bytes_at(&path, start9 - MARK_LEN, MARK_LEN), mark(start9 - MARK_LEN));
+    assert_eq!(
+        bytes_at(&path, start9 - MARK_LEN, MARK_LEN),
+        mark(start9 - MARK_LEN)
+    );
     assert_all_payloads(&wal.reader(), 1, 8);
 }
 
@@ -297,6 +300,20 @@ fn a_log_from_before_marks_reads_on_and_gets_them_from_its_next_segment() {
         "the old segment keeps its magic"
     );
     assert_eq!(&fs_read(&new)[..8], SEGMENT_MAGIC_MARKED);
+    // Both segments read back (opened as a copy: an open syncs what it keeps, and the power
+    // loss below must come before any).
+    let copy = tempfile::tempdir().unwrap();
+    for f in segment_files(dir.path()) {
+        std::fs::copy(&f, copy.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let (wal, report) = Wal::open(WalConfig {
+        marks: true,
+        ..small_config(copy.path())
+    })
+    .unwrap();
+    assert_eq!((report.last_index, report.torn_bytes_truncated), (last, 0));
+    assert_all_payloads(&wal.reader(), 1, last);
+    drop(wal);
 
     // In the new segment, a power loss (before any open synced what was written) is told
     // from corruption.

@@ -78,14 +78,19 @@ pub(super) struct PastEnd(Option<Arc<Filler>>);
 
 impl PastEnd {
     pub(super) fn write(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-        let Some(filler) = &self.0 else {
+        let end = offset + buf.len() as u64;
+        let Some(filler) = self
+            .0
+            .as_ref()
+            .filter(|f| end > f.zeroed.load(Ordering::Acquire))
+        else {
+            // No filler, or one already past the write (it only writes at or past `zeroed`):
+            // no need to wait for it.
             return file.write_all_at(buf, offset);
         };
         let _target = filler.lock();
         file.write_all_at(buf, offset)?;
-        filler
-            .zeroed
-            .fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
+        filler.zeroed.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }
 }

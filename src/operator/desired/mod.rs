@@ -87,7 +87,8 @@ pub struct Defaults {
     pub player_cluster_role: String,
     /// Who the operator is to the API server (its SelfSubjectReview's username, e.g.
     /// `system:serviceaccount:logplayer-system:logplayer-operator`): the subject of its
-    /// bindings to [`Defaults::player_cluster_role`]. `None` when it could not be learned;
+    /// bindings to [`Defaults::player_cluster_role`]. The operator learns it at start (it
+    /// stops if it cannot); `None` only where objects are built without an API server, and
     /// then no such binding is made.
     pub operator_user: Option<String>,
     /// The operator's own namespace: its pods may reach the servers (NetworkPolicies).
