@@ -136,7 +136,9 @@ pub(super) fn set_written(synced: &SyncedLock, written: Option<(u64, u64)>) {
 /// effort: a tail mark lost or not written leaves the tail as unvouched as without it.
 pub(super) fn vouch(synced: &SyncedLock, file: &File, at: SyncedEnd, past_end: &PastEnd) {
     let s = lock_synced(synced);
-    if s.synced.generation == at.generation
+    // (A segment with no record yet has nothing to vouch for.)
+    if at.end > SEGMENT_HEADER_LEN
+        && s.synced.generation == at.generation
         && s.written == Some((at.segment, at.end))
         && let Err(error) = past_end.write(file, &mark(at.end), at.end)
     {
