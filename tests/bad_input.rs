@@ -309,3 +309,77 @@ async fn a_flipped_byte_in_the_last_acknowledged_entry_is_refused_at_start() {
     assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing cut");
 }
+
+/// The same for a shard: a byte flipped in the last commit of a stopped shard's journal, a
+/// commit it had acknowledged to the player, is refused at start, naming the file and the
+/// tail mark that vouches for it. Before the journal had marks it read as a torn tail and was
+/// cut: the shard started with an applied index below what it had acknowledged (and the
+/// player's cursor, so retention may already have dropped what it then needed again).
+#[tokio::test]
+async fn a_flipped_byte_in_a_shards_last_acknowledged_commit_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::bin();
+    let mut c = Cluster::start(dir.path(), &bin, 1).await.unwrap();
+    c.start_player(&[]).await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let mut last = 0;
+    for i in 0..20 {
+        last = log
+            .append(one(&format!("k{i}"), Some(Op::Add(i))), None, 0)
+            .await
+            .unwrap();
+    }
+    let shard = logplayer::client::ShardConn::connect(c.shards[0].addr(), None)
+        .await
+        .unwrap();
+    let applied = common::eventually(Duration::from_secs(20), || async {
+        shard.applied().await.is_ok_and(|a| a.applied_index == last)
+    })
+    .await;
+    assert!(applied, "the shard did not apply {last}\n{}", c.logs());
+    drop(shard);
+    c.stop().await;
+    let data = dir.path().join("shard-s0");
+    let mut segments: Vec<_> = std::fs::read_dir(data.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segments.sort();
+    let segment = segments.pop().expect("a journal segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The commits, each a group's mark and one record ending on a page, then the tail mark
+    // (16 bytes: its tag 0x80000008, a checksum, the byte it starts at).
+    let tag = 0x8000_0008u32.to_le_bytes();
+    let tail = bytes.len() - 16;
+    assert!(
+        bytes[tail..tail + 4] == tag && bytes[tail + 8..] == (tail as u64).to_le_bytes(),
+        "no tail mark after the last commit"
+    );
+    // The last commit's record: its header right after its group's mark, a page back.
+    let record = tail - 4096 + 16;
+    bytes[record + 8 + 1] ^= 0x5a;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::process::Command::new(&bin)
+            .env("LOGPLAYER_INSECURE", "true")
+            .args(["shard", "--id", "s0", "--data"])
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the shard should refuse to start; it serves (the damaged commit cut as a torn tail)")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("WAL corruption") && stderr.contains("synced bytes are damaged"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing cut");
+}

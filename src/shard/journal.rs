@@ -31,15 +31,18 @@
 //!
 //! # On disk
 //! ```text
-//! DIR/journal/*.wal   WAL segments; record = protobuf `Record` (mutations, applied index,
-//!                     highest epoch, identity: whichever changed)
+//! DIR/journal/*.wal   WAL segments with marks (see [`crate::wal`]); record = protobuf
+//!                     `Record` (mutations, applied index, highest epoch, identity:
+//!                     whichever changed), one per commit, each in a group of its own
 //! DIR/snapshot        [magic "LPSNAP\0\x01"] frame* ; frame = [len u32 LE][crc32c u32 LE][payload]
 //!                     first frame: protobuf `SnapshotHeader` (applied, epoch, identity,
 //!                     the journal index it covers up to, the key count); then one frame per
 //!                     key: [key len u32 LE][key][value as `Value::encode`]
 //! ```
 //! Every frame and record is checksummed; a torn journal tail is cut at open (it was never
-//! acknowledged), anything else that does not check is refused with the file and place.
+//! acknowledged), anything else that does not check is refused with the file and place: a
+//! damaged commit that a later group's mark, or the tail mark a synced commit leaves after
+//! it, says was synced included.
 
 use std::collections::btree_map::Entry;
 use std::io;
@@ -264,6 +267,11 @@ impl JournalStore {
         config.segment_bytes = SEGMENT_BYTES;
         // A record is one commit: a group of batches, each within the message limit.
         config.max_record_bytes = crate::wal::MAX_RECORD_BYTES;
+        // Marks, as in the log: each synced commit leaves a tail mark after it, so a byte
+        // flipped in an acknowledged commit (the last one included) refuses the open instead
+        // of being cut as a torn tail, which would take back commits the player was told are
+        // applied.
+        config.marks = true;
         let (wal, _) = Wal::open(config).map_err(JournalError::from)?;
         let (mut state, mut durable, mut identity, next, snapshot_bytes) = match snapshot {
             Some(s) => s,

@@ -193,17 +193,65 @@ fn commits_end_on_page_boundaries_and_never_rewrite_what_came_before() {
     for i in 1..=1000 {
         let e = entry(i, vec![m("l", Op::Append(item.clone().into()))]);
         s.commit(&[e], i).unwrap();
-        assert_eq!(s.wal.next_record_offset() % PAGE, 0, "commit {i}");
+        // The next commit: its group's mark on a fresh page, then its record.
+        assert_eq!(s.wal.next_record_offset() % PAGE, 16, "commit {i}");
     }
     // One page per commit of 1 KB: growing the list never rewrites it.
     let on_disk: u64 = std::fs::read_dir(dir.path().join(JOURNAL_DIR))
         .unwrap()
         .map(|f| f.unwrap().metadata().unwrap().len())
         .sum();
-    assert_eq!(on_disk, 1000 * PAGE);
+    // And the tail mark after the last commit (written over by the next one).
+    assert_eq!(on_disk, 1000 * PAGE + 16);
     drop(s);
     let s = JournalStore::open(dir.path()).unwrap();
     assert_eq!(s.load().unwrap().applied, 1000);
+}
+
+/// Damage to an acknowledged commit of a stopped store is refused at open, never cut as a
+/// torn tail (which would take back commits the player was told are applied): a byte flipped
+/// in the last commit (its tail mark vouches for it), or a length flipped so that the last
+/// or a middle commit seems to run past the end of the file (the next mark vouches for it).
+#[test]
+fn damage_to_an_acknowledged_commit_is_refused_not_cut() {
+    // Five commits of one page each: commit k (k >= 1, from 0) is its group's mark at byte
+    // k * PAGE, its record's header (length, checksum), its payload; the tail mark at 5 * PAGE.
+    let cases: [(&str, u64); 3] = [
+        ("a payload byte of the last commit", 4 * PAGE + 16 + 8 + 2),
+        ("the length of the last commit", 4 * PAGE + 16 + 3),
+        ("the length of a middle commit", 2 * PAGE + 16 + 3),
+    ];
+    for (what, at) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        commit_many(&mut s, 1, 5, 100);
+        drop(s);
+        let segment = std::fs::read_dir(dir.path().join(JOURNAL_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .max()
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            5 * PAGE + 16,
+            "five pages and a tail mark: {}",
+            bytes.len()
+        );
+        bytes[at as usize] ^= 0x40;
+        std::fs::write(&segment, &bytes).unwrap();
+        let err = JournalStore::open(dir.path())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened (the damaged commit cut)"))
+            .to_string();
+        assert!(err.contains("synced bytes are damaged"), "{what}: {err}");
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            bytes,
+            "{what}: nothing cut"
+        );
+    }
 }
 
 #[test]
