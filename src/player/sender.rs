@@ -134,6 +134,12 @@ impl Shared {
         let recovery = {
             let d = lock(&self.dispatch);
             let mut q = lock(&target.queue);
+            if applied < q.last_ack() {
+                // The shard acknowledges only what is durable: it lost commits (a damaged
+                // disk, a restore from an older copy). Sent again from the log below, if the
+                // log still holds them; said because the cause is outside LogPlayer.
+                tracing::error!(shard = %target.id, applied, acknowledged = q.last_ack(), "the shard went back below what it had acknowledged: its store lost acknowledged commits (a damaged disk, or a restore from an older copy); sending them again from the log");
+            }
             let rec = q.resume(applied, d.current_index);
             tracing::info!(shard = %target.id, applied, current = d.current_index, term = q.term(), state = q.state().short(), "shard connected");
             rec
