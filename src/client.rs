@@ -520,3 +520,63 @@ impl ShardConn {
         call(&self.addr, "stats", self.client.clone().stats(request)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rule that keeps a retry from writing twice: an append without a writer id is sent
+    //! again only when it was refused before being proposed.
+
+    use super::*;
+    use crate::grpc::Reason;
+
+    fn log_of(replicas: usize) -> Log {
+        let addrs: Vec<String> = (1..=replicas).map(|i| format!("127.0.0.1:{i}")).collect();
+        let channel = grpc::connect_lazy_with(&addrs[0], &grpc::Expected::Log, None).unwrap();
+        Log {
+            current: std::sync::Arc::new(std::sync::RwLock::new(Conn {
+                addr: addrs[0].clone(),
+                client: log_client(channel),
+            })),
+            addrs: addrs.into(),
+            tls: None,
+        }
+    }
+
+    fn kind(next: Next) -> String {
+        match next {
+            Next::To(addr) => format!("to {addr}"),
+            Next::Rotate => "rotate".into(),
+            Next::Fail => "fail".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_without_a_writer_id_is_sent_again_only_if_it_was_never_proposed() {
+        let mut named = Reason::NotLeader.status("not the leader");
+        named
+            .metadata_mut()
+            .insert(LEADER_KEY, "127.0.0.1:2".parse().unwrap());
+        // (what came back, anonymous append, append with a writer id or a read)
+        let cases = [
+            (named, "to 127.0.0.1:2", "to 127.0.0.1:2"),
+            (Reason::NotLeader.status("no leader"), "rotate", "rotate"),
+            // Refused before it was proposed (a stream's order, no term).
+            (Reason::Unavailable.status("refused"), "rotate", "rotate"),
+            // Proposed, outcome unknown (leadership moved while it was replicated).
+            (Reason::NotDurable.status("unknown"), "fail", "rotate"),
+            // The transport: the replica died or froze with the append in hand.
+            (tonic::Status::unavailable("reset"), "fail", "rotate"),
+            (tonic::Status::deadline_exceeded("late"), "fail", "rotate"),
+            (Reason::Invalid.status("bad"), "fail", "fail"),
+        ];
+        let log = log_of(3);
+        for (status, anonymous, idempotent) in cases {
+            assert_eq!(kind(log.next(&status, false)), anonymous, "{status:?}");
+            assert_eq!(kind(log.next(&status, true)), idempotent, "{status:?}");
+        }
+        // One address: nowhere else to go for an unknown outcome.
+        let one = log_of(1);
+        let unknown = Reason::NotDurable.status("unknown");
+        assert_eq!(kind(one.next(&unknown, true)), "fail");
+    }
+}

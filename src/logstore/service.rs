@@ -31,7 +31,7 @@ const APPEND_PIPELINE: usize = 1024;
 /// [`crate::limits::batch_budget`]).
 const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
 
-fn to_status(e: LogStoreError) -> Status {
+pub(crate) fn to_status(e: LogStoreError) -> Status {
     let reason = match &e {
         LogStoreError::Invalid(_) | LogStoreError::InvalidMember(_) | LogStoreError::Config(_) => {
             Reason::Invalid

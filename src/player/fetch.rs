@@ -37,15 +37,8 @@ impl Shared {
                 if mutations.is_empty() {
                     continue;
                 }
-                let prev = d.last_real[t];
-                d.last_real[t] = entry.index;
-                parts[t].push(ShardEntry {
-                    index: entry.index,
-                    prev_index: prev,
-                    mutations,
-                    append_start_micros: entry.append_start_micros,
-                    dispatch_micros: now,
-                });
+                let part = tag(&mut d.last_real[t], &entry, mutations, now);
+                parts[t].push(part);
             }
             d.current_index = entry.index;
             d.since_watermark += 1;
@@ -263,6 +256,21 @@ pub(super) fn in_order(next: u64, to: u64, entries: &[Entry]) -> Result<(), toni
 /// What `/readyz` lists a main-stream problem under.
 const MAIN_STREAM: &str = "main stream";
 
+/// A shard's part of `entry` (its `mutations`), naming the last index before it that touched
+/// the shard (`last_real`, which moves to this entry) as its previous index: the shard
+/// refuses a part whose previous index it has not applied, so an entry lost on the way is a
+/// refusal, never a gap in its state.
+fn tag(last_real: &mut u64, entry: &Entry, mutations: Vec<Mutation>, now: u64) -> ShardEntry {
+    let prev_index = std::mem::replace(last_real, entry.index);
+    ShardEntry {
+        index: entry.index,
+        prev_index,
+        mutations,
+        append_start_micros: entry.append_start_micros,
+        dispatch_micros: now,
+    }
+}
+
 /// Each entry's mutations split by owning shard (`[entry][shard]`, order kept within each
 /// shard), copied ([`Copies`]) into chunks that hold one shard's mutations each.
 pub(super) fn split(map: &ShardMap, entries: &[Entry]) -> Vec<Vec<Vec<Mutation>>> {
@@ -437,6 +445,36 @@ mod tests {
         // Every mutation went somewhere.
         let total: usize = parts.iter().flatten().map(Vec::len).sum();
         assert_eq!(total, 33);
+    }
+
+    /// Each shard's part names the last entry before it that touched that shard, whatever
+    /// touched the others in between (the shard's gap check rests on it).
+    #[test]
+    fn each_part_names_the_last_entry_that_touched_its_shard() {
+        // Entry 1 touches s0 and s1, 2 only s1, 3 only s0, 4 both; the stream started at 1.
+        let touches: [(u64, &[usize]); 4] = [(1, &[0, 1]), (2, &[1]), (3, &[0]), (4, &[0, 1])];
+        let mut last_real = [0u64; 2];
+        let mut named: Vec<(u64, usize, u64)> = Vec::new();
+        for (index, shards) in touches {
+            let e = entry(index, 0..1);
+            for &t in shards {
+                let part = tag(&mut last_real[t], &e, e.mutations.clone(), 0);
+                assert_eq!(part.index, index);
+                named.push((index, t, part.prev_index));
+            }
+        }
+        assert_eq!(
+            named,
+            vec![
+                (1, 0, 0),
+                (1, 1, 0),
+                (2, 1, 1),
+                (3, 0, 1),
+                (4, 0, 3),
+                (4, 1, 2)
+            ]
+        );
+        assert_eq!(last_real, [4, 4]);
     }
 
     #[test]

@@ -88,6 +88,19 @@ async fn still_hold(backend: &dyn LeaseBackend, epoch: u64) -> bool {
     }
 }
 
+/// The player's flags checked, and a warning when a fault is injected.
+fn checked(config: &ReplicaConfig) -> Result<(), PlayerError> {
+    config.player.validate()?;
+    if config.keep_leading_after_loss {
+        tracing::warn!(
+            "FAULT INJECTION (--fault-keep-leading): this replica keeps delivering after it \
+             loses its lease, and only the shards' epoch fencing stops it; for tests and the \
+             demo, never in production"
+        );
+    }
+    Ok(())
+}
+
 /// Runs a replica until `shutdown`; returns an error only for a problem no other replica
 /// could get past either (a bad setting, a log that lost entries a shard needs).
 pub async fn run(
@@ -96,7 +109,7 @@ pub async fn run(
     stats: Arc<PlayerStats>,
     shutdown: CancellationToken,
 ) -> Result<(), PlayerError> {
-    config.player.validate()?;
+    checked(&config)?;
     let (role_tx, mut role) = watch::channel(Role::Standby);
     let elector_stop = CancellationToken::new();
     let resign = Arc::new(tokio::sync::Notify::new());

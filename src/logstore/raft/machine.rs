@@ -710,6 +710,33 @@ mod tests {
         assert_eq!(again, base);
     }
 
+    /// Retention through the log never moves the first index back (a `Retain` below it,
+    /// e.g. from a player whose cursor lags another's) nor past the head (a `Retain` beyond
+    /// the last entry would release entries not yet written): every replica applies the same
+    /// clamp, whatever the service checked before proposing it.
+    #[test]
+    fn retain_through_the_log_never_moves_back_nor_past_the_head() {
+        let retain = |index, below| entry(index, EntryPayload::Normal(Command::Retain { below }));
+        let mut base = Base::default();
+        for e in log_with_a_retry() {
+            base.apply(&e).unwrap();
+        }
+        assert_eq!(base.next, 4);
+        let firsts: Vec<Reply> = [(5, 3), (6, 2), (7, 1000), (8, 0)]
+            .into_iter()
+            .map(|(index, below)| base.apply(&retain(index, below)).unwrap().reply)
+            .collect();
+        assert_eq!(
+            firsts,
+            vec![
+                Reply::Retained { first: 3 },
+                Reply::Retained { first: 3 },
+                Reply::Retained { first: 4 },
+                Reply::Retained { first: 4 },
+            ]
+        );
+    }
+
     #[test]
     fn a_full_writer_table_is_decided_by_the_bound_the_entry_carries() {
         let capped = |appends, max_writers| {

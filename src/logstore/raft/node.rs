@@ -719,20 +719,7 @@ impl Replica {
                     return;
                 }
             },
-            Err(e) => {
-                // Proposed, then leadership moved (or Raft stopped): the entry may still
-                // commit, so the outcome is unknown whatever the error says.
-                let e = match self.write_error(e) {
-                    LogStoreError::NotLeader { .. } => {
-                        "leadership moved while the append was being replicated".to_string()
-                    }
-                    other => other.to_string(),
-                };
-                for (_, reply) in waiting {
-                    let _ = reply.send(Err(LogStoreError::Unknown(e.clone())));
-                }
-                return;
-            }
+            Err(e) => return refuse_proposed(waiting, self.write_error(e)),
         };
         for ((writer, reply), v) in waiting.into_iter().zip(verdicts) {
             let (id, sequence) = writer.unwrap_or_default();
@@ -819,12 +806,48 @@ impl Replica {
     }
 }
 
+/// Raft refused a group after it was handed over (leadership moved, or Raft stopped): its
+/// entries may still commit under the next leader, so each append's outcome is unknown,
+/// whatever the error says. Never `NotLeader`: that tells a client the append was not
+/// proposed and may be sent again, and one without a writer id would be written twice.
+fn refuse_proposed(waiting: Vec<Waiting>, e: LogStoreError) {
+    let why = match e {
+        LogStoreError::NotLeader { .. } => {
+            "leadership moved while the append was being replicated".to_string()
+        }
+        other => other.to_string(),
+    };
+    for (_, reply) in waiting {
+        let _ = reply.send(Err(LogStoreError::Unknown(why.clone())));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
     use super::{Replica, ReplicaConfig, StreamOrder};
+
+    /// A group Raft refused after taking it (leadership moved) is answered `not-durable`
+    /// (only an append with a writer id is sent again), never `not-leader`.
+    #[tokio::test]
+    async fn appends_refused_after_being_proposed_are_unknown_never_not_leader() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (named, unnamed) = tokio::sync::oneshot::channel();
+        let waiting = vec![(None, tx), (Some(("w".to_string(), 1)), named)];
+        let leader = Some("127.0.0.1:2".to_string());
+        super::refuse_proposed(waiting, LogStoreError::NotLeader { leader });
+        for reply in [rx, unnamed] {
+            let e = reply.await.unwrap().unwrap_err();
+            assert!(matches!(e, LogStoreError::Unknown(_)), "{e:?}");
+            let status = crate::logstore::service::to_status(e);
+            assert_eq!(
+                crate::grpc::Reason::of(&status),
+                Some(crate::grpc::Reason::NotDurable)
+            );
+        }
+    }
     use crate::logstore::LogStoreError;
     use crate::logstore::served::OnStream;
     use crate::proto::{Mutation, mutation::Op};

@@ -46,7 +46,8 @@ async fn established(dir: &std::path::Path) -> Replica {
 /// A snapshot from a replica of another log (two groups wired together by mistake) is
 /// refused before Raft sees it, naming both logs, and so is one addressed to another
 /// replica id, or from a replica with another entry limit: installed, it would replace
-/// this replica's log by the other's.
+/// this replica's log by the other's. Whole, in pieces on a real connection, and the same
+/// envelope on AppendEntries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
     let (mine_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -95,6 +96,29 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
         mine.machine().clone(),
         mine.catching_up(),
     );
+    // The same service behind a real server, for the streamed snapshot.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = ReplicationService::new(
+        me,
+        mine.raft().clone(),
+        mine.machine().clone(),
+        mine.catching_up(),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                crate::proto::replication_server::ReplicationServer::new(served)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ReplicationClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (my_log, their_log) = (mine.machine().log_id(), other.machine().log_id());
     let bounds = mine.machine().bounds();
     for (to, limit, heartbeat, want) in [
@@ -120,10 +144,26 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
         };
         let m = envelope(&full, other.machine(), from, to).unwrap();
         let refused = service
-            .install_snapshot(Request::new(m))
+            .install_snapshot(Request::new(m.clone()))
             .await
             .err()
             .unwrap_or_else(|| panic!("a snapshot of another log to replica {to} was taken"));
+        assert!(refused.message().contains(want), "{}", refused.message());
+        // In one piece of a streamed snapshot.
+        let mut piece = m.clone();
+        piece.snapshot_bytes = piece.payload.len() as u64;
+        let refused = client
+            .install_snapshot_stream(tokio_stream::iter(vec![piece]))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a streamed snapshot to replica {to} was taken"));
+        assert!(refused.message().contains(want), "{}", refused.message());
+        // And the same envelope on AppendEntries: refused before its payload is read.
+        let refused = service
+            .append_entries(Request::new(m))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("AppendEntries to replica {to} was taken"));
         assert!(refused.message().contains(want), "{}", refused.message());
     }
     assert_eq!(mine.machine().log_id(), my_log, "{their_log:?}");
