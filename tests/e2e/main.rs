@@ -694,6 +694,10 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
                     to[k] = v.clone();
                 }
             }
+            // A pod's "ports" are its container's (where a host port would be).
+            if let Some(ports) = spec.as_object_mut().and_then(|o| o.remove("ports")) {
+                c["ports"] = ports;
+            }
             spec["containers"] = json!([c]);
             json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
@@ -715,6 +719,26 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
     let host_path = json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]});
     let host_network = json!({"hostNetwork": true});
     let as_root = json!({"securityContext": {"runAsNonRoot": false}});
+    let host_pid = json!({"hostPID": true});
+    let host_ipc = json!({"hostIPC": true});
+    let init = json!({"initContainers": [{"name": "i", "image": "e2e.invalid/x"}]});
+    let host_port = json!({"ports": [{"containerPort": 80, "hostPort": 80}]});
+    let probe = |pod, container, why| {
+        (
+            PROBE_NS,
+            "probe-player",
+            "probe-player",
+            (pod, container),
+            false,
+            why,
+        )
+    };
+    let more = [
+        probe(&host_pid, &none, "shares no host namespace"),
+        probe(&host_ipc, &none, "shares no host namespace"),
+        probe(&init, &none, "has no init containers"),
+        probe(&host_port, &none, "uses no host port"),
+    ];
     for (ns, name, sa, (pod, container), allowed, why) in [
         (
             "kube-system",
@@ -788,7 +812,10 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
             true,
             "",
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(more)
+    {
         let file = h.cp.dir().join(format!("vap-{ns}-{name}-{sa}.json"));
         std::fs::write(&file, deployment(ns, name, sa, pod, container))?;
         let path = file.display().to_string();

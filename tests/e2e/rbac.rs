@@ -150,21 +150,43 @@ fn roles_hold_only_the_players_rules(h: &Harness, ns: &str) -> anyhow::Result<()
                                      "verbs": ["get"]});
     let every_status = serde_json::json!({"apiGroups": ["logplayer.io"],
                                           "resources": ["shards/status"], "verbs": ["patch"]});
-    for (what, rules, allowed) in [
+    let other = "is only the players' Role";
+    for (what, name, rules, allowed, why) in [
         (
             "shaped like the players'",
-            vec![shards.clone(), status],
+            "x-player",
+            vec![shards.clone(), status.clone()],
             true,
+            why,
         ),
-        ("with Secrets", vec![shards.clone(), secrets], false),
-        ("naming no Shard", vec![shards, every_status], false),
+        (
+            "with Secrets",
+            "x-player",
+            vec![shards.clone(), secrets],
+            false,
+            why,
+        ),
+        (
+            "naming no Shard",
+            "x-player",
+            vec![shards.clone(), every_status],
+            false,
+            why,
+        ),
+        (
+            "not named <logplayer>-player",
+            "x",
+            vec![shards, status],
+            false,
+            other,
+        ),
     ] {
         let file = h.cp.dir().join("vap-role.json");
         std::fs::write(
             &file,
             serde_json::json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                "metadata": {"name": "x-player", "namespace": ns,
+                "metadata": {"name": name, "namespace": ns,
                              "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
                 "rules": rules
             })
