@@ -357,6 +357,11 @@ async fn a_flipped_byte_in_a_shards_last_acknowledged_commit_is_refused_at_start
         "no tail mark after the last commit"
     );
     // The last commit's record: its header right after its group's mark, a page back.
+    assert_eq!(
+        bytes[tail - 4096..tail - 4092],
+        tag,
+        "the last commit is not one page"
+    );
     let record = tail - 4096 + 16;
     bytes[record + 8 + 1] ^= 0x5a;
     std::fs::write(&segment, &bytes).unwrap();

@@ -36,8 +36,9 @@ pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
 const MAX_COALESCED_ENTRIES: usize = 4096;
 /// The page a commit's `fdatasync` writes whole (the journal's).
 const PAGE: usize = super::journal::PAGE as usize;
-/// Bytes a journal record adds to its entries' (WAL header, applied index, field tags).
-const RECORD_OVERHEAD: usize = 32;
+/// Bytes a journal commit adds to its entries' (its group's mark, the record's WAL header,
+/// the applied index, field tags).
+const RECORD_OVERHEAD: usize = 48;
 
 /// What the reader task hands the committer.
 pub enum Inbound {
@@ -204,7 +205,9 @@ mod tests {
         assert!(!fills_its_pages(2000));
         assert!(fills_its_pages(3100));
         assert!(fills_its_pages(4000));
-        // Just past one page: the second page is nearly empty.
+        // Just past one page (with the mark and the record's header): the second page is
+        // nearly empty.
+        assert!(!fills_its_pages(4060));
         assert!(!fills_its_pages(4200));
         assert!(fills_its_pages(7200));
         // A large commit's last page, nearly empty, is little beside the rest.

@@ -79,7 +79,7 @@ fn a_power_loss_that_kept_later_groups_and_lost_an_earlier_page_opens_cut_at_the
 
 #[test]
 fn without_marks_the_same_power_loss_reads_as_corruption() {
-    // What the marks are for: a log without them (a shard's journal's format) cannot tell the
+    // What the marks are for: a log without them (the format from before them) cannot tell the
     // lost page from damage to a record it had synced, and refuses to open.
     plain();
     let dir = tempfile::tempdir().unwrap();

@@ -35,7 +35,7 @@
 //! is implied by its position: segment first index + ordinal in the segment.
 //! A payload is shorter than 2 GiB, so a length with its top bit set is never a record's.
 //!
-//! With [`WalConfig::marks`] (the LogStore's and a log replica's), segments are created with
+//! With [`WalConfig::marks`] (the LogStore's, a log replica's and a shard journal's), segments are created with
 //! the second magic, and each group an append writes starts, in each such segment it touches,
 //! with a **mark**: the byte offset in that segment up to which the writer knew the file was
 //! synced when it wrote the group. Marks take no index; they are what tells a power loss from
@@ -248,8 +248,8 @@ pub struct WalConfig {
     pub preallocate: bool,
     /// Create segments with marks and start each group in them with a mark holding the
     /// synced end (see the module docs), so that a power loss that kept later unsynced writes
-    /// and lost earlier ones opens as a cut tail, not as corruption. Off by default (a shard's journal writes and syncs one
-    /// page-aligned record at a time and counts its pages).
+    /// and lost earlier ones opens as a cut tail, not as corruption. Off by default (a WAL
+    /// from before marks, and the tests of that format).
     pub marks: bool,
 }
 

@@ -337,8 +337,8 @@ impl<'a> Scanning<'a> {
     fn damaged(self, pos: u64, reason: impl Into<String>) -> Result<Scan, WalError> {
         let reason = reason.into();
         if !self.is_last || !self.marked {
-            // A sealed segment (synced whole), or one written without marks (a journal, a
-            // log from before them): nothing tells a power loss from damage.
+            // A sealed segment (synced whole), or one written without marks (a log or a
+            // journal from before them): nothing tells a power loss from damage.
             return Err(corruption(self.path, pos, reason));
         }
         self.refuse_if_synced(pos, &reason)?;

@@ -16,7 +16,7 @@ thread_local! {
     static PLAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The calling test works on logs without marks (a shard's journal's format), whose byte
+/// The calling test works on logs without marks (the format from before them), whose byte
 /// offsets it counts record by record.
 pub(super) fn plain() {
     PLAIN.with(|p| p.set(true));
