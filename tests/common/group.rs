@@ -27,6 +27,19 @@ async fn spawn(
     extra: &[&str],
     env: &[(String, String)],
 ) -> Proc {
+    try_spawn(dir, (id, addr), peers, extra, env)
+        .await
+        .expect("a replica starts")
+}
+
+/// [`spawn`], returning its failure (with the replica's log).
+async fn try_spawn(
+    dir: &std::path::Path,
+    (id, addr): (usize, &str),
+    peers: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Result<Proc, String> {
     let data = dir.join(format!("replica-{id}"));
     let mut args: Vec<String> = [
         "logstore",
@@ -43,7 +56,10 @@ async fn spawn(
     args.extend(extra.iter().map(|s| s.to_string()));
     Proc::start_with_env(&format!("replica-{id}"), &bin(), args, Some(addr), dir, env)
         .await
-        .expect("a replica starts")
+        .map_err(|e| {
+            let log = std::fs::read_to_string(dir.join(format!("replica-{id}.log")));
+            format!("{e}: {}", log.unwrap_or_default())
+        })
 }
 
 impl Group {
@@ -53,15 +69,39 @@ impl Group {
 
     /// [`Group::start`] with environment variables for every replica (and its restarts).
     pub async fn start_with_env(n: usize, extra: &[&str], env: &[(String, String)]) -> Group {
-        let dir = tempfile::tempdir().unwrap();
-        let addrs: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let peers = logplayer::harness::cluster::peers_flag(&addrs);
-        let mut procs = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            procs.push(spawn(dir.path(), (i + 1, addr), &peers, extra, env).await);
-        }
+        // A port found free can be taken before the replica binds it (by another test's
+        // server, or as some connection's local port): then the whole group starts again on
+        // new ports, since every replica's --peers names them all.
+        let mut attempt = 0;
+        let (dir, addrs, procs) = loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let addrs: Vec<String> = (0..n)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect();
+            let peers = logplayer::harness::cluster::peers_flag(&addrs);
+            let mut procs = Vec::new();
+            let mut failed = None;
+            for (i, addr) in addrs.iter().enumerate() {
+                match try_spawn(dir.path(), (i + 1, addr), &peers, extra, env).await {
+                    Ok(p) => procs.push(p),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => break (dir, addrs, procs),
+                Some(e) if attempt < 3 && e.contains("in use") => {
+                    eprintln!("a replica's port was taken ({e}); starting the group again");
+                    for p in &mut procs {
+                        p.kill().await;
+                    }
+                }
+                Some(e) => panic!("a replica starts: {e}"),
+            }
+        };
         Group {
             _dir: dir,
             procs,
