@@ -287,27 +287,47 @@ async fn a_flipped_byte_in_the_last_acknowledged_entry_is_refused_at_start() {
     bytes[mark - 3] ^= 0x5a;
     std::fs::write(&segment, &bytes).unwrap();
 
+    let what = format!("entry {last}");
+    refused_naming_the_mark(&bin, &["logstore"], &data, &segment, &bytes, &what).await;
+}
+
+/// Starts `bin command --data data` and requires it to refuse, exit 1, naming `segment` and
+/// the mark that vouches for its damaged bytes, with the segment left as `bytes` (nothing
+/// cut); `what` was damaged.
+async fn refused_naming_the_mark(
+    bin: &std::path::Path,
+    command: &[&str],
+    data: &std::path::Path,
+    segment: &std::path::Path,
+    bytes: &[u8],
+    what: &str,
+) {
     let out = tokio::time::timeout(
         Duration::from_secs(15),
-        tokio::process::Command::new(&bin)
+        tokio::process::Command::new(bin)
             .env("LOGPLAYER_INSECURE", "true")
-            .args(["logstore", "--data"])
-            .arg(&data)
+            .args(command)
+            .arg("--data")
+            .arg(data)
             .args(["--listen", "127.0.0.1:0"])
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .expect("the LogStore should refuse to start; it serves (the damaged entry cut as a torn tail)")
+    .unwrap_or_else(|_| {
+        panic!(
+            "{command:?} should refuse to start; it serves (the damaged {what} cut as a torn tail)"
+        )
+    })
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "entry {last}: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
     assert!(
         stderr.contains("WAL corruption") && stderr.contains("synced bytes are damaged"),
         "{stderr}"
     );
     assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
-    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing cut");
+    assert_eq!(std::fs::read(segment).unwrap(), bytes, "nothing cut");
 }
 
 /// The same for a shard: a byte flipped in the last commit of a stopped shard's journal, a
@@ -366,25 +386,6 @@ async fn a_flipped_byte_in_a_shards_last_acknowledged_commit_is_refused_at_start
     bytes[record + 8 + 1] ^= 0x5a;
     std::fs::write(&segment, &bytes).unwrap();
 
-    let out = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::process::Command::new(&bin)
-            .env("LOGPLAYER_INSECURE", "true")
-            .args(["shard", "--id", "s0", "--data"])
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0"])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the shard should refuse to start; it serves (the damaged commit cut as a torn tail)")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("WAL corruption") && stderr.contains("synced bytes are damaged"),
-        "{stderr}"
-    );
-    assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
-    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing cut");
+    let command = ["shard", "--id", "s0"];
+    refused_naming_the_mark(&bin, &command, &data, &segment, &bytes, "commit").await;
 }

@@ -19,20 +19,7 @@ pub struct Group {
 }
 
 /// Starts replica `id` on `addr` with `--peers peers` and `extra` flags, its data in
-/// `dir/replica-ID`.
-async fn spawn(
-    dir: &std::path::Path,
-    (id, addr): (usize, &str),
-    peers: &str,
-    extra: &[&str],
-    env: &[(String, String)],
-) -> Proc {
-    try_spawn(dir, (id, addr), peers, extra, env)
-        .await
-        .expect("a replica starts")
-}
-
-/// [`spawn`], returning its failure (with the replica's log).
+/// `dir/replica-ID`; its failure comes with the replica's log.
 async fn try_spawn(
     dir: &std::path::Path,
     (id, addr): (usize, &str),
@@ -120,8 +107,11 @@ impl Group {
         all.push(addr.clone());
         let peers = logplayer::harness::cluster::peers_flag(&all);
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        self.procs
-            .push(spawn(self._dir.path(), (id, &addr), &peers, &extra, &self.env).await);
+        self.procs.push(
+            try_spawn(self._dir.path(), (id, &addr), &peers, &extra, &self.env)
+                .await
+                .unwrap_or_else(|e| panic!("a replica starts: {e}")),
+        );
         self.addrs.push(addr.clone());
         (id as u64, addr)
     }

@@ -95,35 +95,18 @@ pub fn the_operator_binds_the_cluster_role_to_itself_only(
         ("x-operator", ns, "someone", false),
         ("x-operator", "kube-system", "default", false),
     ] {
-        let file = h.cp.dir().join(format!("vap-binding-{subject}.json"));
-        std::fs::write(
-            &file,
-            serde_json::json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": name, "namespace": ns,
-                             "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                            "name": "logplayer-operator-player"},
-                "subjects": [{"kind": "ServiceAccount", "name": subject,
-                              "namespace": subject_ns}]
-            })
-            .to_string(),
-        )?;
-        let as_operator = format!("--as={OPERATOR_SA}");
-        let out = h.cp.kubectl_raw(&[
-            "create",
-            "-f",
-            &file.display().to_string(),
-            "--dry-run=server",
-            &as_operator,
-        ])?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "logplayer-operator-player"},
+            "subjects": [{"kind": "ServiceAccount", "name": subject,
+                          "namespace": subject_ns}]
+        });
+        let (created, text) = dry_run_as_operator(h, &format!("vap-binding-{subject}"), binding)?;
         ensure!(
-            out.status.success() == allowed && (allowed || text.contains(why)),
+            created == allowed && (allowed || text.contains(why)),
             "binding the players' ClusterRole to {subject_ns}/{subject} as the operator: want \
              {}, got: {text}",
             if allowed {
@@ -181,32 +164,15 @@ fn roles_hold_only_the_players_rules(h: &Harness, ns: &str) -> anyhow::Result<()
             other,
         ),
     ] {
-        let file = h.cp.dir().join("vap-role.json");
-        std::fs::write(
-            &file,
-            serde_json::json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                "metadata": {"name": name, "namespace": ns,
-                             "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
-                "rules": rules
-            })
-            .to_string(),
-        )?;
-        let as_operator = format!("--as={OPERATOR_SA}");
-        let out = h.cp.kubectl_raw(&[
-            "create",
-            "-f",
-            &file.display().to_string(),
-            "--dry-run=server",
-            &as_operator,
-        ])?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let role = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "logplayer-operator"}},
+            "rules": rules
+        });
+        let (created, text) = dry_run_as_operator(h, "vap-role", role)?;
         ensure!(
-            out.status.success() == allowed && (allowed || text.contains(why)),
+            created == allowed && (allowed || text.contains(why)),
             "a Role {what} as the operator: want {}, got: {text}",
             if allowed {
                 "allowed"
@@ -216,4 +182,29 @@ fn roles_hold_only_the_players_rules(h: &Harness, ns: &str) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// Creates `object` as the operator, server-side dry-run (written to `NAME.json` in the
+/// control plane's directory): whether the API server took it, and what kubectl said.
+fn dry_run_as_operator(
+    h: &Harness,
+    name: &str,
+    object: serde_json::Value,
+) -> anyhow::Result<(bool, String)> {
+    let file = h.cp.dir().join(format!("{name}.json"));
+    std::fs::write(&file, object.to_string())?;
+    let as_operator = format!("--as={OPERATOR_SA}");
+    let out = h.cp.kubectl_raw(&[
+        "create",
+        "-f",
+        &file.display().to_string(),
+        "--dry-run=server",
+        &as_operator,
+    ])?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
 }

@@ -806,10 +806,9 @@ impl Replica {
     }
 }
 
-/// Raft refused a group after it was handed over (leadership moved, or Raft stopped): its
-/// entries may still commit under the next leader, so each append's outcome is unknown,
-/// whatever the error says. Never `NotLeader`: that tells a client the append was not
-/// proposed and may be sent again, and one without a writer id would be written twice.
+/// Raft refused a group it had taken (leadership moved, Raft stopped): it may still commit,
+/// so each outcome is unknown. Never `NotLeader`: that tells a client the append was not
+/// proposed and may be sent again (one without a writer id would be written twice).
 fn refuse_proposed(waiting: Vec<Waiting>, e: LogStoreError) {
     let why = match e {
         LogStoreError::NotLeader { .. } => {
