@@ -21,6 +21,19 @@ pub enum ClientError {
         addr: String,
         status: tonic::Status,
     },
+    /// An answer came from another log than the one this client met first: its addresses
+    /// (the list given, or a leader a replica named) reach more than one log.
+    #[error(
+        "{what} at {addr}: the answer is from log {got}, and this client writes and reads log \
+         {expected} (the first it met); the addresses given, or the leader a replica named, \
+         reach another log"
+    )]
+    WrongLog {
+        what: &'static str,
+        addr: String,
+        expected: String,
+        got: String,
+    },
 }
 
 /// Names the call and the address in an RPC's error.
@@ -70,10 +83,16 @@ const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// in use is down. An append is sent again only when that cannot write it twice: it was
 /// refused before being proposed (`not-leader`), or it carries a `(writer_id, sequence)`,
 /// which makes a retry return the original index.
+///
+/// A client stays with the first log it meets: the first answer that names a log id pins
+/// it, every append names it (a LogStore serving another log refuses, `wrong-log`, and
+/// appends nothing), and an answer from another log fails with [`ClientError::WrongLog`].
 #[derive(Clone)]
 pub struct Log {
     addrs: std::sync::Arc<[String]>,
     current: std::sync::Arc<std::sync::RwLock<Conn>>,
+    /// The id of the first log an answer named (`BoundsResponse.log_id`).
+    log_id: std::sync::Arc<std::sync::OnceLock<String>>,
     /// The TLS identity it dials with (`None`: plaintext).
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
@@ -130,6 +149,7 @@ impl Log {
                             client: log_client(channel),
                         })),
                         addrs: list.into(),
+                        log_id: std::sync::Arc::default(),
                         tls,
                     });
                 }
@@ -155,6 +175,35 @@ impl Log {
     /// The address calls go to now.
     pub fn addr(&self) -> String {
         self.conn().addr
+    }
+
+    /// The id of the log this client met first, once an answer named one.
+    pub fn log_id(&self) -> Option<&str> {
+        self.log_id.get().map(String::as_str)
+    }
+
+    /// Names the log this client met in `request` (see [`Log`]), for a caller that builds
+    /// its own requests for [`Log::append_stream`].
+    pub fn stamp(&self, request: &mut AppendRequest) {
+        request.log_id = self.log_id().unwrap_or_default().to_owned();
+    }
+
+    /// Checks that an answer of `what` from `addr` is from the log this client met first,
+    /// pinning `got` if it met none yet; an empty id (a log that has none yet) passes.
+    pub fn admit(&self, what: &'static str, addr: &str, got: &str) -> Result<(), ClientError> {
+        if got.is_empty() {
+            return Ok(());
+        }
+        let expected = self.log_id.get_or_init(|| got.to_owned());
+        if expected == got {
+            return Ok(());
+        }
+        Err(ClientError::WrongLog {
+            what,
+            addr: addr.to_owned(),
+            expected: expected.clone(),
+            got: got.to_owned(),
+        })
     }
 
     async fn switch(&self, addr: &str) {
@@ -194,10 +243,12 @@ impl Log {
                 Next::Rotate
             }
             Some(_) => Next::Fail,
-            // No reason of ours: the transport (a replica down, restarting or frozen).
+            // No reason of ours: the transport (a replica down, restarting or frozen; a
+            // connection that closed under the call, as a killed replica's does, ends it as
+            // CANCELLED).
             None if matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
             ) && written_twice_ok =>
             {
                 Next::Rotate
@@ -280,14 +331,19 @@ impl Log {
             writer_id,
             sequence,
             append_start_micros: start_micros,
+            log_id: String::new(),
         };
         let idempotent = writer.is_some();
         let r = self
             .with_leader("append", idempotent, |mut c| {
-                let request = request.clone();
+                let mut request = request.clone();
+                self.stamp(&mut request);
                 async move { c.append(request).await }
             })
             .await?;
+        // A LogStore from before `AppendRequest.log_id` ignores it: then this is where
+        // another log is noticed, after the entry was written there.
+        self.admit("append", &self.addr(), &r.log_id)?;
         Ok(r.index)
     }
 
@@ -300,6 +356,10 @@ impl Log {
     ) -> Result<tonic::Streaming<crate::proto::AppendResponse>, ClientError> {
         // Find the leader first (a cheap call that a follower refuses naming it).
         self.retain_probe().await;
+        if self.log_id().is_none() {
+            // Learn the log, so that the caller's requests name it (see `stamp`).
+            self.describe().await?;
+        }
         let conn = self.conn();
         let r = conn
             .client
@@ -437,13 +497,15 @@ impl Log {
         let conn = self.conn();
         let mut client = conn.client.clone();
         let bounds = call(&conn.addr, "bounds", client.bounds(BoundsRequest {}));
-        tokio::time::timeout(BOUNDS_WAIT, bounds)
+        let b = tokio::time::timeout(BOUNDS_WAIT, bounds)
             .await
             .unwrap_or_else(|_| {
                 Err(rpc_err(&conn.addr, "bounds")(
                     tonic::Status::deadline_exceeded(format!("no answer within {BOUNDS_WAIT:?}")),
                 ))
-            })
+            })?;
+        self.admit("bounds", &conn.addr, &b.log_id)?;
+        Ok(b)
     }
 
     /// Every entry in `[from, to]`.
@@ -459,8 +521,15 @@ impl Log {
             follow: false,
         };
         let conn = self.conn();
-        let stream = call(&conn.addr, "read", conn.client.clone().read(request)).await?;
-        each_message(&conn.addr, "read", stream, |r| out.extend(r.entries)).await?;
+        let mut stream = call(&conn.addr, "read", conn.client.clone().read(request)).await?;
+        while let Some(r) = stream
+            .message()
+            .await
+            .map_err(rpc_err(&conn.addr, "read"))?
+        {
+            self.admit("read", &conn.addr, &r.log_id)?;
+            out.extend(r.entries);
+        }
         Ok(out)
     }
 }
@@ -538,6 +607,7 @@ mod tests {
                 client: log_client(channel),
             })),
             addrs: addrs.into(),
+            log_id: std::sync::Arc::default(),
             tls: None,
         }
     }
@@ -567,6 +637,12 @@ mod tests {
             // The transport: the replica died or froze with the append in hand.
             (tonic::Status::unavailable("reset"), "fail", "rotate"),
             (tonic::Status::deadline_exceeded("late"), "fail", "rotate"),
+            // A killed replica's connection closing under the call.
+            (
+                tonic::Status::cancelled("connection closed"),
+                "fail",
+                "rotate",
+            ),
             (Reason::Invalid.status("bad"), "fail", "fail"),
         ];
         let log = log_of(3);
@@ -578,5 +654,36 @@ mod tests {
         let one = log_of(1);
         let unknown = Reason::NotDurable.status("unknown");
         assert_eq!(kind(one.next(&unknown, true)), "fail");
+    }
+
+    /// The first answer naming a log pins it for every clone of the client; an answer from
+    /// another log is refused naming both ids, and an answer naming none passes.
+    #[tokio::test]
+    async fn a_client_stays_with_the_first_log_it_meets() {
+        let log = log_of(2);
+        let clone = log.clone();
+        assert_eq!(log.log_id(), None);
+        log.admit("bounds", "a", "").unwrap();
+        assert_eq!(log.log_id(), None, "an empty id pins nothing");
+        log.admit("bounds", "a", "log-a").unwrap();
+        clone.admit("append", "a", "log-a").unwrap();
+        let mut request = AppendRequest::default();
+        clone.stamp(&mut request);
+        assert_eq!(request.log_id, "log-a");
+        match clone.admit("append", "b", "log-b") {
+            Err(ClientError::WrongLog {
+                expected,
+                got,
+                addr,
+                ..
+            }) => {
+                assert_eq!(
+                    (expected.as_str(), got.as_str(), addr.as_str()),
+                    ("log-a", "log-b", "b")
+                );
+            }
+            other => panic!("expected WrongLog, got {other:?}"),
+        }
+        assert_eq!(log.log_id(), Some("log-a"), "still the first");
     }
 }

@@ -28,13 +28,15 @@ pub enum Mutation {
     LogSkipsFsync,
     /// A log replica takes replication messages from a replica of another log.
     ReplicaIgnoresLogId,
+    /// The LogStore appends an append that names another log (`AppendRequest.log_id`).
+    LogIgnoresAppendLogId,
     /// The shard store acknowledges commits, epochs and its identity without syncing them
     /// (only a power loss shows it: the simulated disk of `tests/power_loss.rs`).
     ShardSkipsFsync,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 10] = [
         Mutation::ShardIgnoresEpochs,
         Mutation::ShardAcceptsGaps,
         Mutation::ShardReapplies,
@@ -43,6 +45,7 @@ impl Mutation {
         Mutation::RetentionIgnoresCursor,
         Mutation::LogSkipsFsync,
         Mutation::ReplicaIgnoresLogId,
+        Mutation::LogIgnoresAppendLogId,
         Mutation::ShardSkipsFsync,
     ];
 
@@ -57,6 +60,7 @@ impl Mutation {
             Mutation::RetentionIgnoresCursor => "retention-ignores-cursor",
             Mutation::LogSkipsFsync => "log-skips-fsync",
             Mutation::ReplicaIgnoresLogId => "replica-ignores-log-id",
+            Mutation::LogIgnoresAppendLogId => "log-ignores-append-log-id",
             Mutation::ShardSkipsFsync => "shard-skips-fsync",
         }
     }

@@ -389,3 +389,10 @@ async fn a_flipped_byte_in_a_shards_last_acknowledged_commit_is_refused_at_start
     let command = ["shard", "--id", "s0"];
     refused_naming_the_mark(&bin, &command, &data, &segment, &bytes, "commit").await;
 }
+
+/// The wrong peer for a writer: a client given two addresses that reach two different
+/// logs stays with the log it met first (see `common::writer_beside_another_log`).
+#[tokio::test]
+async fn a_writer_does_not_go_on_in_another_log_listed_beside_its_own() {
+    common::writer_beside_another_log(&[]).await.unwrap();
+}

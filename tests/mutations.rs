@@ -455,6 +455,15 @@ async fn with_no_switch_on_every_scenario_passes() {
     resend(None).await.unwrap();
     stale_reader(None).await.unwrap();
     common::group::stray_replica(&[]).await.unwrap();
+    common::writer_beside_another_log(&[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_ignoring_an_appends_log_id_is_caught_by_a_writer_beside_another_log() {
+    caught(Mutation::LogIgnoresAppendLogId, |m| async move {
+        common::writer_beside_another_log(&env(m)).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

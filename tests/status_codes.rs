@@ -110,7 +110,7 @@ async fn append(
         mutations,
         writer_id: writer.into(),
         sequence,
-        append_start_micros: 0,
+        ..Default::default()
     })
     .await
     .map(tonic::Response::into_inner)
@@ -475,12 +475,53 @@ async fn an_append_stream_stops_at_an_append_refused_on_receipt() {
         mutations,
         ..Default::default()
     });
-    stream_stopping_at_the_second(appends).await;
+    stream_stopping_at_the_second(appends, Reason::Invalid).await;
 }
 
-/// Sends `appends` (three) on one `AppendStream`: the first is written at index 1, the
-/// second refused as `invalid`, and nothing after it is written. The refusal.
-async fn stream_stopping_at_the_second(appends: [AppendRequest; 3]) -> tonic::Status {
+/// An append naming another log than the LogStore's (`AppendRequest.log_id`: a writer that
+/// a leader hint or a reused address brought to another log) is refused as `wrong-log`
+/// and appends nothing, alone or on a stream (where nothing after it is written either);
+/// naming the LogStore's own log, or none, appends.
+#[tokio::test]
+async fn an_append_naming_another_log_is_refused_and_appends_nothing() {
+    let (_dir, c, _) = servers(0).await;
+    let mut log = log_client(c.logstore.addr()).await;
+    let named = |log_id: &str, n| AppendRequest {
+        mutations: add("c-1", n),
+        log_id: log_id.into(),
+        ..Default::default()
+    };
+    let ours = log
+        .bounds(BoundsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .log_id;
+    let first = log.append(named(&ours, 1)).await.unwrap().into_inner();
+    assert_eq!((first.index, first.log_id.as_str()), (1, ours.as_str()));
+    let s = log.append(named(LOG_B, 2)).await.unwrap_err();
+    expect(&s, Reason::WrongLog);
+    for part in [LOG_B, ours.as_str(), "nothing was appended"] {
+        assert!(s.message().contains(part), "{part:?} in {s:?}");
+    }
+    let b = log.bounds(BoundsRequest {}).await.unwrap().into_inner();
+    assert_eq!(b.last, 1, "the refused append was not written");
+    assert_eq!(
+        log.append(named("", 3)).await.unwrap().into_inner().index,
+        2
+    );
+
+    let appends = [("", 1), (LOG_B, 2), ("", 3)].map(|(log_id, n)| named(log_id, n));
+    let s = stream_stopping_at_the_second(appends, Reason::WrongLog).await;
+    assert!(s.message().contains(LOG_B), "{s:?}");
+}
+
+/// Sends `appends` (three) on one `AppendStream` to a new log: the first is written at
+/// index 1, the second refused with `reason`, and nothing after it is written. The refusal.
+async fn stream_stopping_at_the_second(
+    appends: [AppendRequest; 3],
+    reason: Reason,
+) -> tonic::Status {
     let (_dir, c, _) = servers(0).await;
     let mut log = log_client(c.logstore.addr()).await;
     let (tx, rx) = mpsc::channel::<AppendRequest>(4);
@@ -494,7 +535,7 @@ async fn stream_stopping_at_the_second(appends: [AppendRequest; 3]) -> tonic::St
         .into_inner();
     assert_eq!(responses.message().await.unwrap().unwrap().index, 1);
     let s = responses.message().await.unwrap_err();
-    expect(&s, Reason::Invalid);
+    expect(&s, reason);
     drop(tx);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let bounds = log
@@ -590,7 +631,7 @@ async fn a_sequence_going_back_on_an_append_stream_is_refused_and_nothing_after_
         sequence,
         ..Default::default()
     });
-    let s = stream_stopping_at_the_second(appends).await;
+    let s = stream_stopping_at_the_second(appends, Reason::Invalid).await;
     assert!(
         s.message().contains("sequence 4 after 5"),
         "{}",

@@ -91,6 +91,7 @@ fn append_req(writer: &str, sequence: u64) -> AppendRequest {
         writer_id: writer.into(),
         sequence,
         append_start_micros: 0,
+        ..Default::default()
     }
 }
 

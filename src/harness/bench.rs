@@ -64,11 +64,34 @@ struct Tally {
     progress: Option<Arc<AtomicU64>>,
 }
 
+impl Tally {
+    /// Counts an answered request (its delay, its bytes, the progress); dropping it frees its
+    /// slot.
+    fn answered(&self, u: Unanswered) {
+        let dt = now_micros().saturating_sub(u.t0).max(1);
+        if let Ok(mut h) = self.hist.lock() {
+            h.saturating_record(dt);
+        }
+        self.done.fetch_add(1, Ordering::Relaxed);
+        let bytes: usize = u
+            .request
+            .mutations
+            .iter()
+            .map(prost::Message::encoded_len)
+            .sum();
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A request waiting for its answer: when it was sent, its permit, and the request itself
 /// (sent again, with the same writer id and sequence, if its stream breaks).
 struct Unanswered {
     t0: u64,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    /// Held until the answer comes: dropping it frees the request's slot.
+    _permit: tokio::sync::OwnedSemaphorePermit,
     request: crate::proto::AppendRequest,
 }
 
@@ -109,6 +132,10 @@ async fn open_stream(
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT + 1);
         match log.append_stream(rx).await {
             Ok(r) => return Some((tx, r)),
+            Err(e @ crate::client::ClientError::WrongLog { .. }) => {
+                tracing::error!(error = %e, writer, "the log reached is not the one this load writes to; this stream stops");
+                return None;
+            }
             Err(e) if Instant::now() < deadline => {
                 tracing::info!(error = %e, writer, "no append stream opens yet; trying again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -143,7 +170,8 @@ async fn stream_worker(
         let Some((tx, mut responses)) = open_stream(&log, &writer).await else {
             break;
         };
-        for u in &unanswered {
+        for u in &mut unanswered {
+            log.stamp(&mut u.request);
             if tx.send(u.request.clone()).await.is_err() {
                 break;
             }
@@ -159,10 +187,15 @@ async fn stream_worker(
                         sequence += 1;
                         request.writer_id = writer.clone();
                         request.sequence = sequence;
+                        log.stamp(&mut request);
                         if let Some(t) = &tx {
                             let _ = t.send(request.clone()).await;
                         }
-                        unanswered.push_back(Unanswered { t0, permit, request });
+                        unanswered.push_back(Unanswered {
+                            t0,
+                            _permit: permit,
+                            request,
+                        });
                     }
                     None => {
                         open = false;
@@ -170,20 +203,12 @@ async fn stream_worker(
                     }
                 },
                 answer = responses.message() => match answer {
-                    Ok(Some(_)) => {
+                    Ok(Some(a)) => {
+                        if let Err(e) = log.admit("append", &log.addr(), &a.log_id) {
+                            break Some(crate::grpc::Reason::WrongLog.status(e.to_string()));
+                        }
                         let Some(u) = unanswered.pop_front() else { break None };
-                        let dt = now_micros().saturating_sub(u.t0).max(1);
-                        if let Ok(mut h) = tally.hist.lock() {
-                            h.saturating_record(dt);
-                        }
-                        tally.done.fetch_add(1, Ordering::Relaxed);
-                        let bytes: usize =
-                            u.request.mutations.iter().map(prost::Message::encoded_len).sum();
-                        tally.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                        if let Some(p) = &tally.progress {
-                            p.fetch_add(1, Ordering::Relaxed);
-                        }
-                        drop(u.permit);
+                        tally.answered(u);
                     }
                     Ok(None) => break None,
                     Err(status) => break Some(status),
@@ -193,6 +218,12 @@ async fn stream_worker(
         match ended {
             None if !open && unanswered.is_empty() => return,
             None => {}
+            Some(status)
+                if crate::grpc::Reason::of(&status) == Some(crate::grpc::Reason::WrongLog) =>
+            {
+                tracing::error!(%status, writer, "the log reached is not the one this load writes to; this stream stops");
+                break;
+            }
             Some(status) if resend_all(&status) => {
                 tracing::info!(%status, writer, unanswered = unanswered.len(), "append stream broke; resending on a new one");
             }

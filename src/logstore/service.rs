@@ -75,10 +75,30 @@ struct StreamState {
 }
 
 /// Submits one append of a stream, once the caller may write as its writer id.
+/// Refuses a call that names a log (`meant`, from the caller's `log_id` field) other than
+/// the one this LogStore serves (`ours`); an empty `meant` is not checked.
+fn check_log(call: &str, meant: &str, ours: &str) -> Result<(), Status> {
+    if meant.is_empty() || meant == ours {
+        return Ok(());
+    }
+    if call == "append" && crate::mutations::on(crate::mutations::Mutation::LogIgnoresAppendLogId) {
+        return Ok(());
+    }
+    let effect = if call == "retain" {
+        "nothing was released"
+    } else {
+        "nothing was appended"
+    };
+    Err(Reason::WrongLog.status(format!(
+        "{call}: the caller means log {meant}, and this LogStore serves log {ours}; {effect}"
+    )))
+}
+
 async fn submit(
     log: &ServedLog,
     peer: Option<&crate::tls::identity::Peer>,
     r: AppendRequest,
+    log_id: &str,
     stream: &mut StreamState,
 ) -> Result<super::served::Pending, Status> {
     crate::tls::authz::check_writer(peer, &r.writer_id)?;
@@ -106,6 +126,7 @@ async fn submit(
             }
         }
     };
+    check_log("append", &r.log_id, log_id)?;
     let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
     let on = super::served::OnStream {
         order: &stream.order,
@@ -328,6 +349,7 @@ impl LogStoreRpc for Service {
         let shutdown = self.shutdown.clone();
         let mut stream = StreamState::default();
         let idle = crate::serving::limits().idle_stream_timeout;
+        let ours = log_id.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -335,7 +357,7 @@ impl LogStoreRpc for Service {
                     _ = shutdown.cancelled() => return,
                 };
                 let submitted = match msg {
-                    Ok(Ok(Some(r))) => submit(&log, peer.as_deref(), r, &mut stream).await,
+                    Ok(Ok(Some(r))) => submit(&log, peer.as_deref(), r, &ours, &mut stream).await,
                     Ok(Ok(None)) => return,
                     Ok(Err(status)) => Err(grpc::request_refusal(status)),
                     // Answered after every earlier append of the stream (the replies go out
@@ -381,6 +403,9 @@ impl LogStoreRpc for Service {
         let peer = crate::tls::authz::peer_of(&request);
         let r = request.into_inner();
         crate::tls::authz::check_writer(peer.as_deref(), &r.writer_id)?;
+        if !r.log_id.is_empty() {
+            check_log("append", &r.log_id, &self.log.log_id().map_err(to_status)?)?;
+        }
         let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
         let out = self
             .log
@@ -558,12 +583,7 @@ impl LogStoreRpc for Service {
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
         let RetainRequest { below, log_id } = r.into_inner();
         if !log_id.is_empty() {
-            let ours = self.log.log_id().map_err(to_status)?;
-            if log_id != ours {
-                return Err(Reason::WrongLog.status(format!(
-                    "retain: the caller's cursors are of log {log_id}, and this LogStore serves log {ours}; nothing was released"
-                )));
-            }
+            check_log("retain", &log_id, &self.log.log_id().map_err(to_status)?)?;
         }
         let (_, last) = self.log.bounds();
         if below > last + 1 {
@@ -730,10 +750,11 @@ mod tests {
                 writer_id: writer.into(),
                 sequence,
                 append_start_micros: 0,
+                log_id: String::new(),
             };
             let mut stream = StreamState::default();
             let send = async |stream: &mut StreamState, writer: &str, sequence| {
-                let pending = submit(&log, None, request(writer, sequence), stream).await;
+                let pending = submit(&log, None, request(writer, sequence), "", stream).await;
                 pending.unwrap().await.unwrap()
             };
             for s in 1..=2 {

@@ -220,3 +220,58 @@ impl tonic::codec::Codec for Raw {
         RawDec
     }
 }
+
+/// A writer given two addresses that reach two different logs (a stale replica list, a
+/// leader hint naming a reused address), with `env` on both LogStores: it stays with the
+/// log it met first. When that log goes away, its appends, one at a time and a load's
+/// streams, must be refused by the other log (`wrong-log`) with nothing written there;
+/// before, they went on in the other log, splitting one writer's transactions over two
+/// logs. Returns what went wrong, if anything (`tests/bad_input.rs` requires nothing; with
+/// the LogStore's check broken, `tests/mutations.rs` requires something).
+pub async fn writer_beside_another_log(env: &[(String, String)]) -> Result<(), String> {
+    use logplayer::grpc::Reason;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bin = bin();
+    let mut a = Cluster::start_with_env(a_dir.path(), &bin, 0, &[], &[], env)
+        .await
+        .expect("log A starts");
+    let b = Cluster::start_with_env(b_dir.path(), &bin, 0, &[], &[], env)
+        .await
+        .expect("log B starts");
+    let log = Log::connect(&format!("{},{}", a.logstore.addr(), b.logstore.addr()))
+        .await
+        .unwrap();
+    let add = || group::add("k".into());
+    assert_eq!(log.append(add(), Some(("w", 1)), 0).await.unwrap(), 1);
+    let met = log.log_id().expect("the answer named its log").to_owned();
+    let b_log = Log::connect(b.logstore.addr()).await.unwrap();
+    let b_id = b_log.describe().await.unwrap().log_id;
+    assert_ne!(met, b_id);
+
+    a.logstore.kill().await;
+    let refused = match log.append(add(), Some(("w", 2)), 0).await {
+        Ok(index) => return Err(format!("log B took the append at index {index}")),
+        Err(e) => e,
+    };
+    let msg = refused.to_string();
+    assert!(msg.contains(&met) && msg.contains(&b_id), "{msg}");
+    let spec = load_spec(200, 1, 7);
+    let load = tokio::time::timeout(Duration::from_secs(60), drive(&log, &spec, None));
+    let report = load
+        .await
+        .expect("the load gives up instead of waiting for its log");
+    assert_eq!(report.appended, 0, "{report:?}");
+    assert!(report.failed > 0, "{report:?}");
+    match b_log.bounds().await.unwrap() {
+        (1, 0) => {}
+        (_, last) => return Err(format!("log B holds {last} entries of the writer of log A")),
+    }
+    match refused {
+        logplayer::client::ClientError::Rpc { status, .. }
+            if Reason::of(&status) == Some(Reason::WrongLog) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("log B did not refuse the append itself: {other}")),
+    }
+}
