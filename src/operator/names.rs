@@ -22,7 +22,12 @@ pub fn operator_binding_name(lp: &LogPlayer) -> String {
 
 /// Name of the players' shard-map ConfigMap.
 pub fn shard_map_name(lp: &LogPlayer) -> String {
-    format!("{}-shard-map", lp.name_any())
+    shard_map_name_of(&lp.name_any())
+}
+
+/// [`shard_map_name`] of the LogPlayer named `lp`.
+pub fn shard_map_name_of(lp: &str) -> String {
+    format!("{lp}-shard-map")
 }
 
 /// Name of the players' metrics Service.

@@ -605,6 +605,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         .and_then(|s| s.shards.iter().find(|p| p.name == name))
         .and_then(|p| p.lag);
     let failed = !apply_problems.is_empty();
+    let (not_selected, not_in_map) = not_delivered(ctx, &ns, owner.as_ref(), shard).await?;
     let observed = status::ShardObservation {
         generation: shard.metadata.generation.unwrap_or(0),
         endpoint,
@@ -613,7 +614,8 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         apply_problems,
         pod_problems,
         log_player_found: owner.is_some(),
-        not_selected: owner.as_ref().and_then(|lp| not_selected(lp, shard)),
+        not_selected,
+        not_in_map,
         lag,
     };
     let old = shard.status.clone().unwrap_or_default();
@@ -649,6 +651,58 @@ fn not_selected(lp: &LogPlayer, shard: &Shard) -> Option<status::Problem> {
             ),
         )
     })
+}
+
+/// Why the players of `owner` do not deliver to `shard` as its spec says: not selected, or
+/// not in their map (`ShardObservation::not_selected`, `not_in_map`).
+async fn not_delivered(
+    ctx: &Context,
+    ns: &str,
+    owner: Option<&LogPlayer>,
+    shard: &Shard,
+) -> Result<(Option<status::Problem>, Option<status::Problem>), OperatorError> {
+    let Some(lp) = owner else {
+        return Ok((None, None));
+    };
+    if let Some(p) = not_selected(lp, shard) {
+        return Ok((Some(p), None));
+    }
+    Ok((
+        None,
+        map_problem(&ctx.client, ns, lp, shard, &ctx.defaults).await?,
+    ))
+}
+
+/// Whether the players' shard map (`<lp>-shard-map`) has `shard` as its spec says (see
+/// [`status::map_problem`]). Read with a list by name: the operator may list ConfigMaps
+/// (it watches the ones it owns), and a `get` would be one more permission for this alone.
+async fn map_problem(
+    client: &Client,
+    ns: &str,
+    lp: &LogPlayer,
+    shard: &Shard,
+    defaults: &desired::Defaults,
+) -> Result<Option<status::Problem>, OperatorError> {
+    let name = desired::shard_map_name(lp);
+    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&by_name)
+        .await?;
+    let text = maps
+        .items
+        .iter()
+        .find(|m| m.name_any() == name)
+        .and_then(|m| m.data.as_ref()?.get(desired::SHARD_MAP_FILE));
+    let slots: Vec<String> = shard.spec.slots.iter().map(|r| r.to_string()).collect();
+    let addr = desired::shard_endpoint(shard, defaults).unwrap_or_default();
+    Ok(status::map_problem(
+        &name,
+        &lp.name_any(),
+        text.map(String::as_str),
+        &shard.name_any(),
+        &addr,
+        &slots,
+    ))
 }
 
 /// Applies a managed shard server's objects (or, for an external shard, none) and deletes
@@ -778,12 +832,31 @@ async fn run_scope(ctx: Arc<Context>, ns: Option<String>, stop: CancellationToke
     // A LogPlayer appearing, changing or going away changes its Shards' status (their
     // `LogPlayerNotFound`, their image): map it to the Shards that name it.
     let known = shard_store.clone();
+    // The players' shard map written or rewritten changes whether its Shards are in it
+    // (their `NotInShardMap`, `ShardMapStale`).
+    let in_map = shard_store.clone();
     let shard_controller = Controller::for_stream(
         triggers::changes(shard_events, triggers::spec_and_meta::<Shard>),
         shard_store,
     )
     .owns(api::<StatefulSet>(&client, ns), owned.clone())
-    .owns(api::<Service>(&client, ns), owned)
+    .owns(api::<Service>(&client, ns), owned.clone())
+    .watches_stream(
+        triggers::changes(
+            watcher(api::<ConfigMap>(&client, ns), owned),
+            triggers::config_map_data,
+        ),
+        move |cm: ConfigMap| {
+            let lp = triggers::shard_map_owner(&cm);
+            let ns = cm.namespace();
+            in_map
+                .state()
+                .into_iter()
+                .filter(|s| Some(&s.spec.log_player) == lp.as_ref() && s.namespace() == ns)
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        },
+    )
     .watches_stream(
         triggers::changes(
             watcher(api::<LogPlayer>(&client, ns), cfg.clone()),

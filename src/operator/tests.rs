@@ -176,6 +176,24 @@ fn four_shards() -> Vec<Value> {
         .collect()
 }
 
+const CONFIG_MAPS_PATH: &str = "/api/v1/namespaces/ns/configmaps";
+
+/// The players' shard map ConfigMap as the operator writes it for `shards` (none when they
+/// make no valid map).
+fn shard_map_of(shards: &[Value]) -> Vec<Value> {
+    let shards: Vec<Shard> = shards
+        .iter()
+        .filter_map(|s| serde_json::from_value(s.clone()).ok())
+        .collect();
+    desired::shard_map_yaml(&shards, &desired::Defaults::default())
+        .map(|text| {
+            vec![json!({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "demo-shard-map", "namespace": "ns"},
+                         "data": {desired::SHARD_MAP_FILE: text}})]
+        })
+        .unwrap_or_default()
+}
+
 fn world(lp: &Value, shards: Vec<Value>) -> World {
     let mut w = World::default();
     w.objects.insert(LP_PATH.into(), lp.clone());
@@ -183,6 +201,8 @@ fn world(lp: &Value, shards: Vec<Value>) -> World {
         let name = s["metadata"]["name"].as_str().unwrap_or_default();
         w.objects.insert(format!("{SHARDS_PATH}/{name}"), s.clone());
     }
+    w.lists
+        .insert(CONFIG_MAPS_PATH.into(), shard_map_of(&shards));
     w.lists.insert(SHARDS_PATH.into(), shards);
     for collection in [
         "/api/v1/namespaces/ns/pods",
@@ -630,6 +650,52 @@ async fn a_shard_its_logplayer_does_not_select_says_so() {
             .contains("tier"),
         "{ready}"
     );
+}
+
+/// A Shard its LogPlayer selects but whose players' map does not have it (the map is kept
+/// while the selected Shards' map is refused) is not Ready: it read `Serving` whenever its
+/// server answered. Listed at another address, it is `ShardMapStale`. The map is read with
+/// a list by name (the operator's role has no `get` on ConfigMaps).
+#[tokio::test]
+async fn a_shard_the_players_map_does_not_have_as_its_spec_says_is_not_ready() {
+    let lp = logplayer(3, false);
+    let s0 = shard("s0", 0, 16383, false);
+    let mut moved = s0.clone();
+    moved["spec"]["external"]["endpoint"] = json!("127.0.0.9:1");
+    let twin = shard("twin", 100, 200, false);
+    for (s, map, reason) in [
+        (
+            &twin,
+            shard_map_of(std::slice::from_ref(&s0)),
+            "NotInShardMap",
+        ),
+        (&s0, Vec::new(), "ShardMapPending"),
+        (
+            &moved,
+            shard_map_of(std::slice::from_ref(&s0)),
+            "ShardMapStale",
+        ),
+    ] {
+        let mut w = world(&lp, vec![s0.clone(), s.clone()]);
+        w.lists.insert(CONFIG_MAPS_PATH.into(), map);
+        let (result, sent) = reconcile_one_shard(s, w).await;
+        assert!(result.is_ok(), "{result:?}");
+        let st = &status_patch(&sent).body["status"];
+        let ready = condition(st, "Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("False"), &json!(reason)),
+            "{s}"
+        );
+        let read = sent
+            .iter()
+            .find(|r| r.path == CONFIG_MAPS_PATH)
+            .expect("the map was read");
+        assert!(
+            read.method == Method::GET && read.query.contains("metadata.name%3Ddemo-shard-map"),
+            "{read:?}"
+        );
+    }
 }
 
 /// A managed Shard whose LogPlayer was deleted keeps its running server as it is: nothing

@@ -52,6 +52,24 @@ pub fn spec_and_meta<K: Resource>(o: &K) -> u64 {
     ))
 }
 
+/// What the Shards take from a ConfigMap the operator owns: its data (a shard map's text)
+/// and whether it is being deleted. ConfigMaps have no generation.
+pub fn config_map_data(cm: &k8s_openapi::api::core::v1::ConfigMap) -> u64 {
+    hash(&(&cm.data, cm.metadata.deletion_timestamp.is_some()))
+}
+
+/// The LogPlayer whose players' shard map `cm` is (`<logplayer>-shard-map`, owned by that
+/// LogPlayer); `None` for any other ConfigMap.
+pub fn shard_map_owner(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Option<String> {
+    let name = cm.metadata.name.as_deref()?;
+    cm.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "LogPlayer" && name == super::names::shard_map_name_of(&o.name))
+        .map(|o| o.name.clone())
+}
+
 /// What a LogPlayer's status takes from one of its Shards: [`spec_and_meta`], the Shard's
 /// conditions (a Shard degraded by its own objects degrades its LogPlayer), its address and
 /// readiness, and the epoch and log of the cursor the leading player wrote (a new epoch is
@@ -251,6 +269,42 @@ mod tests {
         assert_eq!(
             passed(events, spec_and_meta::<Shard>),
             [("a", 1), ("b", 1), ("b", 7), ("a", 9)].map(|(n, i)| (n.to_owned(), i))
+        );
+    }
+
+    /// A shard map wakes the Shards of the LogPlayer that owns it, by its name and owner
+    /// together; its data changing passes it on, a label alone does not.
+    #[test]
+    fn a_shard_map_is_told_by_its_name_and_owner_and_passed_on_when_its_text_changes() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let map = |name: &str, owner_kind: &str, text: &str| {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(name.into());
+            cm.metadata.owner_references = Some(vec![OwnerReference {
+                kind: owner_kind.into(),
+                name: "demo".into(),
+                ..OwnerReference::default()
+            }]);
+            cm.data = Some([("shard-map.yaml".to_owned(), text.to_owned())].into());
+            cm
+        };
+        assert_eq!(
+            shard_map_owner(&map("demo-shard-map", "LogPlayer", "a")),
+            Some("demo".into())
+        );
+        assert_eq!(shard_map_owner(&map("demo-other", "LogPlayer", "a")), None);
+        assert_eq!(
+            shard_map_owner(&map("demo-shard-map", "Deployment", "a")),
+            None
+        );
+        let before = map("demo-shard-map", "LogPlayer", "a");
+        let mut labelled = before.clone();
+        labelled.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
+        assert_eq!(config_map_data(&before), config_map_data(&labelled));
+        assert_ne!(
+            config_map_data(&before),
+            config_map_data(&map("demo-shard-map", "LogPlayer", "b"))
         );
     }
 }

@@ -374,6 +374,29 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
         "[e2e] Degraded SlotsOverlap after {:.1?}: {msg}",
         t.elapsed()
     );
+    // The players keep the last valid map, which does not have the twin: it is not Ready,
+    // naming the map, whatever its address answers.
+    let ready = wait_for(
+        "Shard twin: Ready False, NotInShardMap",
+        60 * SECOND,
+        SECOND,
+        || async {
+            let twin = get(h, DEMO_NS, "shard", "twin")?;
+            let ready = condition(&twin, "Ready").unwrap_or_default();
+            if ready["status"] == "False" && ready["reason"] == "NotInShardMap" {
+                Ok(Some(ready))
+            } else {
+                Err(ready.to_string())
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("demo-shard-map")),
+        "{ready}"
+    );
     h.cp.kubectl(&["-n", DEMO_NS, "delete", "shard", "twin"])?;
     wait_demo(h, "Degraded", ("False", "AsExpected"), 60 * SECOND).await?;
     wait_demo(h, "Ready", ("True", "Delivering"), 60 * SECOND).await?;
@@ -649,8 +672,8 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
     )
     .await?;
 
-    // A Shard before its LogPlayer: not Ready (LogPlayerNotFound), then Ready within 2 s of
-    // the LogPlayer appearing. Its endpoint is a plaintext shard server this test runs (the
+    // A Shard before its LogPlayer: not Ready (LogPlayerNotFound), then ShardMapPending
+    // within 2 s of the (paused) LogPlayer appearing, then Ready within 2 s of its map. Its endpoint is a plaintext shard server this test runs (the
     // demo's servers take only certificates of the demo's CA, and the paused LogPlayer issues
     // none); no player of it ever delivers there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -703,15 +726,48 @@ async fn status_tells_the_truth(h: &Harness) -> anyhow::Result<()> {
     );
     let t = Instant::now();
     apply_ok(h, NS, "late.yaml", &late, "applying LogPlayer late")?;
+    // Paused, LogPlayer late writes no shard map: nothing is delivered to early yet.
     wait_for(
-        "Shard early Ready=True within 2 s of its LogPlayer",
+        "Shard early ShardMapPending within 2 s of its LogPlayer",
+        2 * SECOND,
+        SECOND / 10,
+        || shard_ready("ShardMapPending"),
+    )
+    .await?;
+    eprintln!(
+        "[e2e] Shard early ShardMapPending {:.1?} after its LogPlayer appeared",
+        t.elapsed()
+    );
+    // The players' map written (here by hand, as the operator writes it when not paused)
+    // wakes the Shard: Ready within 2 s.
+    let uid = get(h, NS, "logplayer", "late").map_err(anyhow::Error::msg)?["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let map = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: late-shard-map\n  labels:\n    \
+         app.kubernetes.io/managed-by: logplayer-operator\n  ownerReferences:\n  - apiVersion: \
+         logplayer.io/v1alpha1\n    kind: LogPlayer\n    name: late\n    uid: {uid}\ndata:\n  \
+         shard-map.yaml: |\n    version: 1\n    shards:\n    - id: early\n      addr: \
+         127.0.0.1:{port}\n      slots: [0-16383]\n"
+    );
+    let t = Instant::now();
+    apply_ok(
+        h,
+        NS,
+        "late-map.yaml",
+        &map,
+        "writing LogPlayer late's shard map",
+    )?;
+    wait_for(
+        "Shard early Ready=True within 2 s of its map",
         2 * SECOND,
         SECOND / 10,
         || shard_ready("Serving"),
     )
     .await?;
     eprintln!(
-        "[e2e] Shard early Ready {:.1?} after its LogPlayer appeared",
+        "[e2e] Shard early Ready {:.1?} after its map was written",
         t.elapsed()
     );
 

@@ -23,8 +23,11 @@
 //! `Degraded` True with reason `ReconcileFailed` ([`failed_conditions`]).
 //! - `ReconciliationPaused`: only while the pause annotation is set (`PauseAnnotation`).
 //!
-//! Shard conditions: `Ready` (the shard server answers: `Serving`, else the problem) and
-//! `Degraded` (`InvalidShard`, `LogPlayerNotFound`, `ShardUnreachable`, `AsExpected`).
+//! Shard conditions: `Ready` (the shard server answers and the players' shard map has the
+//! Shard as its spec says: `Serving`; else the problem, or `ShardMapPending`, `Starting`,
+//! `NotProbed` while waited for) and `Degraded` (`InvalidShard`,
+//! `LogPlayerNotFound`, `NotSelected`, `NotInShardMap`, `ShardMapStale`,
+//! `ShardUnreachable`, `AsExpected`).
 //!
 //! The operator never writes a Shard's `ackedIndex` or `ackedEpoch`: those belong to the
 //! leading player's field manager.

@@ -24,6 +24,9 @@ pub struct ShardObservation {
     pub log_player_found: bool,
     /// It exists, but its `shardSelector` does not select this Shard (`NotSelected`).
     pub not_selected: Option<Problem>,
+    /// It selects this Shard, but the players' shard map does not have it as its spec
+    /// says (`NotInShardMap`, `ShardMapStale`; see [`map_problem`]).
+    pub not_in_map: Option<Problem>,
     /// The shard's lag as its LogPlayer last reported it.
     pub lag: Option<i64>,
 }
@@ -43,9 +46,16 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         ));
     }
     problems.extend(obs.not_selected.clone());
+    // A map not written yet is waited for, not a problem (as `Starting`): it keeps the
+    // Shard from being ready, but does not degrade it.
+    let (pending, not_in_map) = match &obs.not_in_map {
+        Some(p) if p.reason == MAP_PENDING => (Some(p.clone()), None),
+        other => (None, other.clone()),
+    };
+    problems.extend(not_in_map);
     // What keeps the shard from doing its job whatever the server says (the first of these
     // decides `Ready`): a shard nobody delivers to is not ready.
-    let blocking = problems.first().cloned();
+    let blocking = problems.first().cloned().or(pending);
     if let Probe::Unreachable(why) = &obs.probe {
         problems.push(Problem::new("ShardUnreachable", why.clone()));
     }
@@ -139,5 +149,67 @@ pub fn failed_shard_status(
         conditions: super::failed_conditions(&old.conditions, generation, why, &now),
         ready: Some(false),
         ..operators_part(old)
+    }
+}
+
+/// The reason of a Shard whose players' shard map is not written yet.
+pub const MAP_PENDING: &str = "ShardMapPending";
+
+/// Whether the players deliver to a Shard as its spec says: the players' shard map (the
+/// ConfigMap `map`, whose text is `text`, `None` when it does not exist) must list shard
+/// `id` at `addr` with `slots`. When the selected Shards' map is refused (slots that
+/// overlap or leave a hole, two Shards at one address), LogPlayer `lp` keeps its players on
+/// the last valid map, and a Shard added or changed since is not delivered to as its spec
+/// says, however well its server answers.
+pub fn map_problem(
+    map: &str,
+    lp: &str,
+    text: Option<&str>,
+    id: &str,
+    addr: &str,
+    slots: &[String],
+) -> Option<Problem> {
+    let Some(text) = text else {
+        return Some(Problem::new(
+            MAP_PENDING,
+            format!(
+                "the players' shard map (ConfigMap {map}) is not written yet, so nothing is \
+                 delivered to this shard: LogPlayer {lp} writes it once the Shards it selects \
+                 make a valid map, unless it is paused"
+            ),
+        ));
+    };
+    let why = format!(
+        "LogPlayer {lp} keeps its players on the last valid map while the map of the Shards \
+         it selects is refused (see its Degraded condition)"
+    );
+    let file: crate::routing::MapFile = match serde_yaml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            return Some(Problem::new(
+                "NotInShardMap",
+                format!("the players' shard map (ConfigMap {map}) cannot be read ({e})"),
+            ));
+        }
+    };
+    match file.shards.iter().find(|e| e.id == id) {
+        None => Some(Problem::new(
+            "NotInShardMap",
+            format!(
+                "the players' shard map (ConfigMap {map}) does not list this Shard, so \
+                 nothing is delivered to it: {why}"
+            ),
+        )),
+        Some(e) if e.addr != addr || e.slots != slots => Some(Problem::new(
+            "ShardMapStale",
+            format!(
+                "the players deliver to this shard at {} for slots [{}] (ConfigMap {map}), \
+                 not at {addr} for slots [{}] as its spec says: {why}",
+                e.addr,
+                e.slots.join(","),
+                slots.join(",")
+            ),
+        )),
+        Some(_) => None,
     }
 }

@@ -8,6 +8,7 @@ use crate::crd::{LogPlayerStatus, ShardProgress, ShardStatus, condition};
 mod certs;
 mod log;
 mod not_ready;
+mod shard_map;
 mod snapshots;
 
 const GEN: i64 = 7;
@@ -585,6 +586,7 @@ fn shard_obs() -> ShardObservation {
         pod_problems: Vec::new(),
         log_player_found: true,
         not_selected: None,
+        not_in_map: None,
         lag: Some(12),
     }
 }
