@@ -239,6 +239,9 @@ impl Log {
                 None => Next::Rotate,
             },
             Some(grpc::Reason::Unavailable) => Next::Rotate,
+            // Refused with nothing written: a replica of another log among the addresses
+            // (or behind a leader hint); the others may reach this client's log.
+            Some(grpc::Reason::WrongLog) if self.addrs.len() > 1 => Next::Rotate,
             Some(grpc::Reason::NotDurable) if written_twice_ok && self.addrs.len() > 1 => {
                 Next::Rotate
             }
@@ -287,6 +290,8 @@ impl Log {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        // A refusal by a replica of another log, said at the end if nothing better came.
+        let mut wrong_log = None;
         loop {
             let conn = self.conn();
             let attempt = call(conn.client.clone());
@@ -307,7 +312,10 @@ impl Log {
             };
             let next = self.next(&status, written_twice_ok);
             if matches!(next, Next::Fail) || tokio::time::Instant::now() >= deadline {
-                return Err(rpc_err(&conn.addr, what)(status));
+                return Err(wrong_log.unwrap_or_else(|| rpc_err(&conn.addr, what)(status)));
+            }
+            if grpc::Reason::of(&status) == Some(grpc::Reason::WrongLog) {
+                wrong_log = Some(rpc_err(&conn.addr, what)(status));
             }
             match next {
                 Next::To(leader) if leader != conn.addr => self.switch(&leader).await,
@@ -396,12 +404,17 @@ impl Log {
         }
     }
 
-    /// Releases entries below `below` (on the leader), if the log is `log_id` (empty: any).
+    /// Releases entries below `below` (on the leader), if the log is `log_id` (empty: the
+    /// one this client met, if it met one; else any).
     pub async fn retain(
         &self,
         below: u64,
         log_id: &str,
     ) -> Result<crate::proto::RetainResponse, ClientError> {
+        let log_id = match log_id {
+            "" => self.log_id().unwrap_or_default(),
+            named => named,
+        };
         self.with_leader("retain", true, |mut c| async move {
             c.retain(crate::proto::RetainRequest {
                 below,
@@ -644,6 +657,8 @@ mod tests {
                 "rotate",
             ),
             (Reason::Invalid.status("bad"), "fail", "fail"),
+            // A replica of another log among the addresses: nothing was written.
+            (Reason::WrongLog.status("another log"), "rotate", "rotate"),
         ];
         let log = log_of(3);
         for (status, anonymous, idempotent) in cases {
@@ -654,6 +669,8 @@ mod tests {
         let one = log_of(1);
         let unknown = Reason::NotDurable.status("unknown");
         assert_eq!(kind(one.next(&unknown, true)), "fail");
+        let other = Reason::WrongLog.status("another log");
+        assert_eq!(kind(one.next(&other, true)), "fail");
     }
 
     /// The first answer naming a log pins it for every clone of the client; an answer from

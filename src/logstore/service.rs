@@ -74,7 +74,6 @@ struct StreamState {
     sent: std::collections::HashMap<String, u64>,
 }
 
-/// Submits one append of a stream, once the caller may write as its writer id.
 /// Refuses a call that names a log (`meant`, from the caller's `log_id` field) other than
 /// the one this LogStore serves (`ours`); an empty `meant` is not checked.
 fn check_log(call: &str, meant: &str, ours: &str) -> Result<(), Status> {
@@ -94,6 +93,8 @@ fn check_log(call: &str, meant: &str, ours: &str) -> Result<(), Status> {
     )))
 }
 
+/// Submits one append of a stream, once the caller may write as its writer id and it
+/// names no other log than `log_id` (this LogStore's).
 async fn submit(
     log: &ServedLog,
     peer: Option<&crate::tls::identity::Peer>,

@@ -673,9 +673,10 @@ async fn not_delivered(
     ))
 }
 
-/// Whether the players' shard map (`<lp>-shard-map`) has `shard` as its spec says (see
-/// [`status::map_problem`]). Read with a list by name: the operator may list ConfigMaps
-/// (it watches the ones it owns), and a `get` would be one more permission for this alone.
+/// Whether the players' shard map (`<lp>-shard-map`) has `shard` as its spec says, and if
+/// not, whether that is a problem (see [`status::map_problem`]). The map is read with a list
+/// by name: the operator may list ConfigMaps (it watches the ones it owns), and a `get`
+/// would be one more permission for this alone.
 async fn map_problem(
     client: &Client,
     ns: &str,
@@ -695,14 +696,31 @@ async fn map_problem(
         .and_then(|m| m.data.as_ref()?.get(desired::SHARD_MAP_FILE));
     let slots: Vec<String> = shard.spec.slots.iter().map(|r| r.to_string()).collect();
     let addr = desired::shard_endpoint(shard, defaults).unwrap_or_default();
-    Ok(status::map_problem(
+    let Some(diff) =
+        status::map_difference(text.map(String::as_str), &shard.name_any(), &addr, &slots)
+    else {
+        return Ok(None);
+    };
+    // On its way (the LogPlayer's reconciliation writes it next, or it is paused), or
+    // refused as the LogPlayer's reconciliation would refuse it.
+    let refused = if paused(lp) || lp.metadata.deletion_timestamp.is_some() {
+        None
+    } else {
+        match shards_of(client, lp, ns).await? {
+            Err(problem) => Some(problem.message),
+            Ok(shards) => desired::player_objects(lp, &shards, defaults)
+                .err()
+                .map(|e| e.to_string()),
+        }
+    };
+    Ok(Some(status::map_problem(
         &name,
         &lp.name_any(),
-        text.map(String::as_str),
-        &shard.name_any(),
+        &diff,
+        refused.as_deref(),
         &addr,
         &slots,
-    ))
+    )))
 }
 
 /// Applies a managed shard server's objects (or, for an external shard, none) and deletes

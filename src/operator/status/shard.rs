@@ -152,64 +152,101 @@ pub fn failed_shard_status(
     }
 }
 
-/// The reason of a Shard whose players' shard map is not written yet.
+/// The reason of a Shard whose players' shard map does not have it as its spec says yet
+/// (a map on its way, or a paused LogPlayer): waited for, not a problem.
 pub const MAP_PENDING: &str = "ShardMapPending";
 
-/// Whether the players deliver to a Shard as its spec says: the players' shard map (the
-/// ConfigMap `map`, whose text is `text`, `None` when it does not exist) must list shard
-/// `id` at `addr` with `slots`. When the selected Shards' map is refused (slots that
-/// overlap or leave a hole, two Shards at one address), LogPlayer `lp` keeps its players on
-/// the last valid map, and a Shard added or changed since is not delivered to as its spec
-/// says, however well its server answers.
-pub fn map_problem(
-    map: &str,
-    lp: &str,
+/// How the players' shard map (the ConfigMap `<lp>-shard-map`) differs from what a Shard's
+/// spec says; see [`map_difference`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapDifference {
+    /// The ConfigMap does not exist (or holds no map).
+    NotWritten,
+    /// Its text does not parse.
+    Unreadable(String),
+    /// It does not list the Shard.
+    NotListed,
+    /// It lists the Shard at another address or with other slots.
+    Elsewhere { addr: String, slots: Vec<String> },
+}
+
+/// How the map `text` (`None`: no map) differs from shard `id` at `addr` with `slots`;
+/// `None` when it has the Shard as its spec says.
+pub fn map_difference(
     text: Option<&str>,
     id: &str,
     addr: &str,
     slots: &[String],
-) -> Option<Problem> {
+) -> Option<MapDifference> {
     let Some(text) = text else {
-        return Some(Problem::new(
+        return Some(MapDifference::NotWritten);
+    };
+    let file: crate::routing::MapFile = match serde_yaml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => return Some(MapDifference::Unreadable(e.to_string())),
+    };
+    match file.shards.iter().find(|e| e.id == id) {
+        None => Some(MapDifference::NotListed),
+        Some(e) if e.addr != addr || e.slots != slots => Some(MapDifference::Elsewhere {
+            addr: e.addr.clone(),
+            slots: e.slots.clone(),
+        }),
+        Some(_) => None,
+    }
+}
+
+/// What a Shard's status says about `diff`, the difference between the players' shard map
+/// (ConfigMap `map` of LogPlayer `lp`) and the Shard's spec (`addr`, `slots`). `refused`
+/// is why the LogPlayer refuses the map of the Shards it selects, `None` when that map is
+/// valid. A valid map differing from the ConfigMap is on its way (the LogPlayer writes it
+/// next, or is paused): `ShardMapPending`, not a problem. A refused one keeps the players on
+/// the last valid map, which does not deliver to this Shard as its spec says, however well
+/// its server answers: `NotInShardMap` or `ShardMapStale`.
+pub fn map_problem(
+    map: &str,
+    lp: &str,
+    diff: &MapDifference,
+    refused: Option<&str>,
+    addr: &str,
+    slots: &[String],
+) -> Problem {
+    let Some(refused) = refused else {
+        return Problem::new(
             MAP_PENDING,
             format!(
-                "the players' shard map (ConfigMap {map}) is not written yet, so nothing is \
-                 delivered to this shard: LogPlayer {lp} writes it once the Shards it selects \
-                 make a valid map, unless it is paused"
+                "the players' shard map (ConfigMap {map}) does not have this Shard as its spec \
+                 says yet, so nothing is delivered to it as it says: LogPlayer {lp} writes it \
+                 next, unless it is paused"
             ),
-        ));
+        );
     };
     let why = format!(
         "LogPlayer {lp} keeps its players on the last valid map while the map of the Shards \
-         it selects is refused (see its Degraded condition)"
+         it selects is refused ({refused})"
     );
-    let file: crate::routing::MapFile = match serde_yaml::from_str(text) {
-        Ok(f) => f,
-        Err(e) => {
-            return Some(Problem::new(
-                "NotInShardMap",
-                format!("the players' shard map (ConfigMap {map}) cannot be read ({e})"),
-            ));
-        }
-    };
-    match file.shards.iter().find(|e| e.id == id) {
-        None => Some(Problem::new(
+    match diff {
+        MapDifference::Elsewhere {
+            addr: theirs,
+            slots: their_slots,
+        } => Problem::new(
+            "ShardMapStale",
+            format!(
+                "the players deliver to this shard at {theirs} for slots [{}] (ConfigMap \
+                 {map}), not at {addr} for slots [{}] as its spec says: {why}",
+                their_slots.join(","),
+                slots.join(",")
+            ),
+        ),
+        MapDifference::Unreadable(e) => Problem::new(
+            "NotInShardMap",
+            format!("the players' shard map (ConfigMap {map}) cannot be read ({e}): {why}"),
+        ),
+        MapDifference::NotWritten | MapDifference::NotListed => Problem::new(
             "NotInShardMap",
             format!(
                 "the players' shard map (ConfigMap {map}) does not list this Shard, so \
                  nothing is delivered to it: {why}"
             ),
-        )),
-        Some(e) if e.addr != addr || e.slots != slots => Some(Problem::new(
-            "ShardMapStale",
-            format!(
-                "the players deliver to this shard at {} for slots [{}] (ConfigMap {map}), \
-                 not at {addr} for slots [{}] as its spec says: {why}",
-                e.addr,
-                e.slots.join(","),
-                slots.join(",")
-            ),
-        )),
-        Some(_) => None,
+        ),
     }
 }

@@ -1,5 +1,6 @@
 //! A Shard the players' shard map does not have as its spec says is not ready, whatever
-//! its server answers: nothing is delivered to it (or not as its spec says).
+//! its server answers: nothing is delivered to it (or not as its spec says). A problem only
+//! when the map of the Shards its LogPlayer selects is refused; else the map is on its way.
 
 use super::*;
 
@@ -9,93 +10,112 @@ fn slots(s: &[&str]) -> Vec<String> {
 
 const MAP: &str = "version: 1\nshards:\n- id: s0\n  addr: s0-shard.ns.svc:7100\n  slots: [0-8191]\n- id: s1\n  addr: s1-shard.ns.svc:7100\n  slots: [8192-16383]\n";
 
+const REFUSED: &str = "slots 100-200 are owned by both shard \"s0\" and shard \"twin\"";
+
 #[test]
-fn a_shard_listed_as_its_spec_says_has_no_map_problem() {
-    let p = map_problem(
-        "demo-shard-map",
-        "demo",
-        Some(MAP),
-        "s0",
-        ENDPOINT,
-        &slots(&["0-8191"]),
+fn a_shard_listed_as_its_spec_says_differs_in_nothing() {
+    assert_eq!(
+        map_difference(Some(MAP), "s0", ENDPOINT, &slots(&["0-8191"])),
+        None
     );
-    assert_eq!(p, None);
 }
 
 #[test]
-fn a_shard_missing_from_the_map_or_listed_otherwise_is_named_with_the_reason() {
+fn each_difference_is_told_apart() {
+    let s0 = slots(&["0-8191"]);
+    assert_eq!(
+        map_difference(None, "s0", ENDPOINT, &s0),
+        Some(MapDifference::NotWritten)
+    );
+    assert_eq!(
+        map_difference(Some(MAP), "twin", ENDPOINT, &s0),
+        Some(MapDifference::NotListed)
+    );
+    assert!(matches!(
+        map_difference(Some("shards: 7"), "s0", ENDPOINT, &s0),
+        Some(MapDifference::Unreadable(_))
+    ));
+    let elsewhere = Some(MapDifference::Elsewhere {
+        addr: ENDPOINT.into(),
+        slots: s0.clone(),
+    });
+    assert_eq!(
+        map_difference(Some(MAP), "s0", "elsewhere:7100", &s0),
+        elsewhere
+    );
+    assert_eq!(
+        map_difference(Some(MAP), "s0", ENDPOINT, &slots(&["0-4095"])),
+        elsewhere
+    );
+}
+
+/// With the selected Shards' map refused, each difference is a problem naming the map and
+/// the refusal; with it valid, every difference is a map on its way.
+#[test]
+fn a_difference_is_a_problem_only_while_the_map_is_refused() {
+    let want = slots(&["0-4095"]);
     let cases = [
-        // Not written yet; not listed (the map kept while the selected Shards' map is
-        // refused); unreadable; another address; other slots.
         (
-            None,
-            "s0",
-            ENDPOINT,
-            vec!["0-8191"],
-            MAP_PENDING,
-            "not written yet",
-        ),
-        (
-            Some(MAP),
-            "twin",
-            ENDPOINT,
-            vec!["100-200"],
+            MapDifference::NotWritten,
             "NotInShardMap",
             "does not list this Shard",
         ),
         (
-            Some("shards: 7"),
-            "s0",
-            ENDPOINT,
-            vec!["0-8191"],
+            MapDifference::NotListed,
             "NotInShardMap",
-            "cannot be read",
+            "does not list this Shard",
         ),
         (
-            Some(MAP),
-            "s0",
-            "elsewhere:7100",
-            vec!["0-8191"],
-            "ShardMapStale",
-            "not at elsewhere:7100",
+            MapDifference::Unreadable("bad".into()),
+            "NotInShardMap",
+            "cannot be read (bad)",
         ),
         (
-            Some(MAP),
-            "s0",
-            ENDPOINT,
-            vec!["0-4095"],
+            MapDifference::Elsewhere {
+                addr: ENDPOINT.into(),
+                slots: slots(&["0-8191"]),
+            },
             "ShardMapStale",
-            "for slots [0-8191]",
+            "for slots [0-8191] (ConfigMap demo-shard-map), not at elsewhere:7100 for slots [0-4095]",
         ),
     ];
-    for (text, id, addr, want_slots, reason, words) in cases {
+    for (diff, reason, words) in cases {
         let p = map_problem(
             "demo-shard-map",
             "demo",
-            text,
-            id,
-            addr,
-            &slots(&want_slots),
-        )
-        .unwrap_or_else(|| panic!("{id} {addr} {want_slots:?}: no problem found"));
+            &diff,
+            Some(REFUSED),
+            "elsewhere:7100",
+            &want,
+        );
         assert_eq!(p.reason, reason, "{p:?}");
-        assert!(p.message.contains(words), "{words:?} in {p:?}");
-        assert!(p.message.contains("demo-shard-map"), "{p:?}");
+        for part in [words, "demo-shard-map", REFUSED] {
+            assert!(p.message.contains(part), "{part:?} in {p:?}");
+        }
+        let p = map_problem(
+            "demo-shard-map",
+            "demo",
+            &diff,
+            None,
+            "elsewhere:7100",
+            &want,
+        );
+        assert_eq!(p.reason, MAP_PENDING, "{p:?}");
     }
 }
 
 /// The map's problem decides `Ready` and degrades the Shard although its server answers.
 #[test]
 fn a_reachable_shard_missing_from_the_map_is_not_ready() {
-    let problem = map_problem(
+    let p = map_problem(
         "demo-shard-map",
         "demo",
-        Some(MAP),
-        "twin",
+        &MapDifference::NotListed,
+        Some(REFUSED),
         ENDPOINT,
-        &slots(&["1-2"]),
+        &[],
     );
-    let s = first_shard_status(&shard_obs_with(|o| o.not_in_map = problem.clone()));
+    let s = first_shard_status(&shard_obs_with(|o| o.not_in_map = Some(p)));
     let ready = get(&s.conditions, condition::READY);
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -109,19 +129,19 @@ fn a_reachable_shard_missing_from_the_map_is_not_ready() {
     assert_eq!(s.ready, Some(false));
 }
 
-/// A map not written yet (a new LogPlayer, a paused one) is waited for: not Ready, not
-/// Degraded (no Warning for every Shard of a new install).
+/// A map on its way (a new LogPlayer, a changed Shard, a paused LogPlayer) is waited for:
+/// not Ready, not Degraded (no Warning for every Shard added).
 #[test]
-fn a_shard_map_not_written_yet_is_waited_for_not_a_problem() {
-    let problem = map_problem(
+fn a_shard_map_on_its_way_is_waited_for_not_a_problem() {
+    let pending = map_problem(
         "demo-shard-map",
         "demo",
+        &MapDifference::NotWritten,
         None,
-        "s0",
         ENDPOINT,
-        &slots(&["0-8191"]),
+        &[],
     );
-    let s = first_shard_status(&shard_obs_with(|o| o.not_in_map = problem.clone()));
+    let s = first_shard_status(&shard_obs_with(|o| o.not_in_map = Some(pending.clone())));
     let ready = get(&s.conditions, condition::READY);
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -134,7 +154,7 @@ fn a_shard_map_not_written_yet_is_waited_for_not_a_problem() {
     );
     // Another problem still comes first.
     let s = first_shard_status(&shard_obs_with(|o| {
-        o.not_in_map = problem;
+        o.not_in_map = Some(pending);
         o.spec_problem = Some(Problem::new("InvalidShard", "bad"));
     }));
     assert_eq!(get(&s.conditions, condition::READY).reason, "InvalidShard");
