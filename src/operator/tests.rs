@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use tower_test::mock;
 
+mod shard_map;
+
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
 
 /// One request the operator sent.
@@ -650,76 +652,6 @@ async fn a_shard_its_logplayer_does_not_select_says_so() {
             .contains("tier"),
         "{ready}"
     );
-}
-
-/// A Shard its LogPlayer selects but whose players' map does not have it (the map is kept
-/// while the selected Shards' map is refused) is not Ready: it read `Serving` whenever its
-/// server answered. Listed at another address, it is `ShardMapStale`. While the selected
-/// Shards make a valid map, a difference is a map on its way: `ShardMapPending`, not
-/// degraded. The map is read with a list by name (the operator's role has no `get` on
-/// ConfigMaps).
-#[tokio::test]
-async fn a_shard_the_players_map_does_not_have_as_its_spec_says_is_not_ready() {
-    let lp = logplayer(3, false);
-    let s0 = shard("s0", 0, 16383, false);
-    let mut moved = s0.clone();
-    moved["spec"]["external"]["endpoint"] = json!("127.0.0.9:1");
-    let twin = shard("twin", 100, 200, false);
-    let old_map = || shard_map_of(std::slice::from_ref(&s0));
-    // (the Shard, the Shards selected, the map written, its Ready reason, its Degraded
-    // reason: the probe of a dead address when the map is not the problem)
-    let cases = [
-        (
-            &twin,
-            vec![s0.clone(), twin.clone()],
-            old_map(),
-            "NotInShardMap",
-            "NotInShardMap",
-        ),
-        (
-            &moved,
-            vec![moved.clone(), twin.clone()],
-            old_map(),
-            "ShardMapStale",
-            "ShardMapStale",
-        ),
-        (
-            &s0,
-            vec![s0.clone()],
-            Vec::new(),
-            "ShardMapPending",
-            "ShardUnreachable",
-        ),
-        (
-            &moved,
-            vec![moved.clone()],
-            old_map(),
-            "ShardMapPending",
-            "ShardUnreachable",
-        ),
-    ];
-    for (s, selected, map, reason, degraded) in cases {
-        let mut w = world(&lp, selected);
-        w.lists.insert(CONFIG_MAPS_PATH.into(), map);
-        let (result, sent) = reconcile_one_shard(s, w).await;
-        assert!(result.is_ok(), "{result:?}");
-        let st = &status_patch(&sent).body["status"];
-        let ready = condition(st, "Ready");
-        assert_eq!(
-            (&ready["status"], &ready["reason"]),
-            (&json!("False"), &json!(reason)),
-            "{s}"
-        );
-        assert_eq!(condition(st, "Degraded")["reason"], json!(degraded), "{s}");
-        let read = sent
-            .iter()
-            .find(|r| r.path == CONFIG_MAPS_PATH)
-            .expect("the map was read");
-        assert!(
-            read.method == Method::GET && read.query.contains("metadata.name%3Ddemo-shard-map"),
-            "{read:?}"
-        );
-    }
 }
 
 /// A managed Shard whose LogPlayer was deleted keeps its running server as it is: nothing
