@@ -311,7 +311,12 @@ impl Log {
                 Err(status) => status,
             };
             let next = self.next(&status, written_twice_ok);
-            if matches!(next, Next::Fail) || tokio::time::Instant::now() >= deadline {
+            if matches!(next, Next::Fail) {
+                return Err(rpc_err(&conn.addr, what)(status));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Out of time passing over replicas that were down or of another log: the
+                // other log's refusal (nothing written) says more than the last one down.
                 return Err(wrong_log.unwrap_or_else(|| rpc_err(&conn.addr, what)(status)));
             }
             if grpc::Reason::of(&status) == Some(grpc::Reason::WrongLog) {

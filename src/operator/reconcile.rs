@@ -701,25 +701,61 @@ async fn map_problem(
     else {
         return Ok(None);
     };
-    // On its way (the LogPlayer's reconciliation writes it next, or it is paused), or
-    // refused as the LogPlayer's reconciliation would refuse it.
-    let refused = if paused(lp) || lp.metadata.deletion_timestamp.is_some() {
-        None
-    } else {
-        match shards_of(client, lp, ns).await? {
-            Err(problem) => Some(problem.message),
-            Ok(shards) => desired::player_objects(lp, &shards, defaults)
-                .err()
-                .map(|e| e.to_string()),
-        }
-    };
+    let verdict = map_verdict(client, ns, lp, defaults).await?;
     Ok(Some(status::map_problem(
         &name,
         &lp.name_any(),
         &diff,
-        refused.as_deref(),
+        &verdict,
         &addr,
         &slots,
+    )))
+}
+
+/// Whether `lp`'s reconciliation writes the map of the Shards it selects: refused as that
+/// reconciliation refuses it (the same `desired::player_objects`), or waited for, saying
+/// what for (a pause, a deletion, its next reconciliation, and its Degraded condition if it
+/// is degraded: an apply it keeps failing).
+async fn map_verdict(
+    client: &Client,
+    ns: &str,
+    lp: &LogPlayer,
+    defaults: &desired::Defaults,
+) -> Result<status::MapVerdict, OperatorError> {
+    let name = lp.name_any();
+    if paused(lp) {
+        return Ok(status::MapVerdict::Waiting(format!(
+            "LogPlayer {name} is paused ({}), so it writes no map",
+            super::PAUSE_ANNOTATION
+        )));
+    }
+    if lp.metadata.deletion_timestamp.is_some() {
+        return Ok(status::MapVerdict::Waiting(format!(
+            "LogPlayer {name} is being deleted"
+        )));
+    }
+    let refused = match shards_of(client, lp, ns).await? {
+        Err(problem) => Some(problem.message),
+        Ok(shards) => desired::player_objects(lp, &shards, defaults)
+            .err()
+            .map(|e| e.to_string()),
+    };
+    if let Some(why) = refused {
+        return Ok(status::MapVerdict::Refused(why));
+    }
+    let degraded = lp
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == crate::crd::condition::DEGRADED)
+        })
+        .filter(|c| c.status == "True")
+        .map(|c| format!("; it is Degraded now ({}: {})", c.reason, c.message))
+        .unwrap_or_default();
+    Ok(status::MapVerdict::Waiting(format!(
+        "LogPlayer {name} writes it next{degraded}"
     )))
 }
 

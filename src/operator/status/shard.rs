@@ -46,8 +46,8 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         ));
     }
     problems.extend(obs.not_selected.clone());
-    // A map not written yet is waited for, not a problem (as `Starting`): it keeps the
-    // Shard from being ready, but does not degrade it.
+    // A map on its way is waited for, not a problem (as `Starting`): it keeps the Shard from
+    // being ready, but does not degrade it.
     let (pending, not_in_map) = match &obs.not_in_map {
         Some(p) if p.reason == MAP_PENDING => (Some(p.clone()), None),
         other => (None, other.clone()),
@@ -195,34 +195,43 @@ pub fn map_difference(
     }
 }
 
+/// Whether a LogPlayer writes the players' shard map its Shards make now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapVerdict {
+    /// It does not: its spec or the Shards it selects are refused (why).
+    Refused(String),
+    /// It will, or would (what it waits for: its next reconciliation, a pause lifted).
+    Waiting(String),
+}
+
 /// What a Shard's status says about `diff`, the difference between the players' shard map
-/// (ConfigMap `map` of LogPlayer `lp`) and the Shard's spec (`addr`, `slots`). `refused`
-/// is why the LogPlayer refuses the map of the Shards it selects, `None` when that map is
-/// valid. A valid map differing from the ConfigMap is on its way (the LogPlayer writes it
-/// next, or is paused): `ShardMapPending`, not a problem. A refused one keeps the players on
-/// the last valid map, which does not deliver to this Shard as its spec says, however well
-/// its server answers: `NotInShardMap` or `ShardMapStale`.
+/// (ConfigMap `map` of LogPlayer `lp`) and the Shard's spec (`addr`, `slots`). A map the
+/// LogPlayer would write is on its way: `ShardMapPending`, not a problem. A refused one
+/// keeps the players on the last valid map, which does not deliver to this Shard as its
+/// spec says, however well its server answers: `NotInShardMap` or `ShardMapStale`.
 pub fn map_problem(
     map: &str,
     lp: &str,
     diff: &MapDifference,
-    refused: Option<&str>,
+    verdict: &MapVerdict,
     addr: &str,
     slots: &[String],
 ) -> Problem {
-    let Some(refused) = refused else {
-        return Problem::new(
-            MAP_PENDING,
-            format!(
-                "the players' shard map (ConfigMap {map}) does not have this Shard as its spec \
-                 says yet, so nothing is delivered to it as it says: LogPlayer {lp} writes it \
-                 next, unless it is paused"
-            ),
-        );
+    let refused = match verdict {
+        MapVerdict::Refused(why) => why,
+        MapVerdict::Waiting(what) => {
+            return Problem::new(
+                MAP_PENDING,
+                format!(
+                    "the players' shard map (ConfigMap {map}) does not have this Shard as its \
+                     spec says yet, so nothing is delivered to it as it says: {what}"
+                ),
+            );
+        }
     };
     let why = format!(
-        "LogPlayer {lp} keeps its players on the last valid map while the map of the Shards \
-         it selects is refused ({refused})"
+        "LogPlayer {lp} keeps its players on the last valid map while it refuses its spec or \
+         the Shards it selects ({refused})"
     );
     match diff {
         MapDifference::Elsewhere {

@@ -72,3 +72,40 @@ async fn a_shard_the_players_map_does_not_have_as_its_spec_says_is_not_ready() {
         );
     }
 }
+
+/// A map on its way says what it waits for: a paused LogPlayer, or the next reconciliation
+/// of a LogPlayer whose Degraded condition (an apply it keeps failing) is quoted, so that a
+/// map that never comes is not a silent wait.
+#[tokio::test]
+async fn a_shard_map_on_its_way_says_what_it_waits_for() {
+    let s0 = shard("s0", 0, 16383, false);
+    let mut moved = s0.clone();
+    moved["spec"]["external"]["endpoint"] = json!("127.0.0.9:1");
+    let mut degraded = logplayer(3, false);
+    degraded["status"] = json!({"conditions": [{"type": "Degraded", "status": "True",
+        "reason": "ApplyFailed", "message": "the ConfigMap demo-shard-map was refused",
+        "lastTransitionTime": "2026-12-05T08:00:00Z"}]});
+    for (lp, words) in [
+        (
+            logplayer(3, true),
+            "LogPlayer demo is paused (logplayer.io/paused)",
+        ),
+        (
+            degraded,
+            "LogPlayer demo writes it next; it is Degraded now (ApplyFailed: the ConfigMap \
+             demo-shard-map was refused)",
+        ),
+    ] {
+        let mut w = world(&lp, vec![moved.clone()]);
+        w.lists.insert(
+            CONFIG_MAPS_PATH.into(),
+            shard_map_of(std::slice::from_ref(&s0)),
+        );
+        let (result, sent) = reconcile_one_shard(&moved, w).await;
+        assert!(result.is_ok(), "{result:?}");
+        let ready = condition(&status_patch(&sent).body["status"], "Ready");
+        assert_eq!(ready["reason"], json!("ShardMapPending"), "{ready}");
+        let message = ready["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{words:?} in {message}");
+    }
+}

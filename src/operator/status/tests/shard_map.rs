@@ -84,7 +84,7 @@ fn a_difference_is_a_problem_only_while_the_map_is_refused() {
             "demo-shard-map",
             "demo",
             &diff,
-            Some(REFUSED),
+            &MapVerdict::Refused(REFUSED.into()),
             "elsewhere:7100",
             &want,
         );
@@ -96,11 +96,15 @@ fn a_difference_is_a_problem_only_while_the_map_is_refused() {
             "demo-shard-map",
             "demo",
             &diff,
-            None,
+            &MapVerdict::Waiting("LogPlayer demo writes it next".into()),
             "elsewhere:7100",
             &want,
         );
         assert_eq!(p.reason, MAP_PENDING, "{p:?}");
+        assert!(
+            p.message.ends_with("LogPlayer demo writes it next"),
+            "{p:?}"
+        );
     }
 }
 
@@ -111,7 +115,7 @@ fn a_reachable_shard_missing_from_the_map_is_not_ready() {
         "demo-shard-map",
         "demo",
         &MapDifference::NotListed,
-        Some(REFUSED),
+        &MapVerdict::Refused(REFUSED.into()),
         ENDPOINT,
         &[],
     );
@@ -137,7 +141,7 @@ fn a_shard_map_on_its_way_is_waited_for_not_a_problem() {
         "demo-shard-map",
         "demo",
         &MapDifference::NotWritten,
-        None,
+        &MapVerdict::Waiting("LogPlayer demo is paused".into()),
         ENDPOINT,
         &[],
     );
