@@ -671,28 +671,6 @@ fn an_unreachable_shard_is_not_ready_and_degraded() {
 }
 
 #[test]
-fn a_shard_whose_logplayer_is_missing_is_degraded_and_not_ready() {
-    let s = first_shard_status(&shard_obs_with(|o| {
-        o.log_player_found = false;
-        o.lag = None;
-    }));
-    assert_degraded(
-        &s.conditions,
-        "LogPlayerNotFound",
-        "the LogPlayer named in spec.logPlayer does not exist in this namespace, so \
-                 nothing is delivered to this shard",
-    );
-    // Its server still answers, but nobody delivers to it: not Ready, and the READY
-    // column (`status.ready`) says so too.
-    let ready = get(&s.conditions, condition::READY);
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "LogPlayerNotFound")
-    );
-    assert_eq!((s.ready, s.lag), (Some(false), None));
-}
-
-#[test]
 fn a_shard_spec_problem_is_not_ready_with_its_reason() {
     let msg = "Shard s0: Shard spec must set exactly one of `external` or `managed`, but \
                    sets neither";

@@ -1,6 +1,6 @@
-//! A Shard the players' shard map does not have as its spec says is not ready, whatever
-//! its server answers: nothing is delivered to it (or not as its spec says). A problem only
-//! when the map of the Shards its LogPlayer selects is refused; else the map is on its way.
+//! A Shard nothing is delivered to is not ready, whatever its server answers: its LogPlayer
+//! is missing, or the players' shard map does not have it as its spec says (a problem only
+//! when the map of the Shards its LogPlayer selects is refused; else the map is on its way).
 
 use super::*;
 
@@ -162,4 +162,26 @@ fn a_shard_map_on_its_way_is_waited_for_not_a_problem() {
         o.spec_problem = Some(Problem::new("InvalidShard", "bad"));
     }));
     assert_eq!(get(&s.conditions, condition::READY).reason, "InvalidShard");
+}
+
+#[test]
+fn a_shard_whose_logplayer_is_missing_is_degraded_and_not_ready() {
+    let s = first_shard_status(&shard_obs_with(|o| {
+        o.log_player_found = false;
+        o.lag = None;
+    }));
+    assert_degraded(
+        &s.conditions,
+        "LogPlayerNotFound",
+        "the LogPlayer named in spec.logPlayer does not exist in this namespace, so \
+                 nothing is delivered to this shard",
+    );
+    // Its server still answers, but nobody delivers to it: not Ready, and the READY
+    // column (`status.ready`) says so too.
+    let ready = get(&s.conditions, condition::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "LogPlayerNotFound")
+    );
+    assert_eq!((s.ready, s.lag), (Some(false), None));
 }
