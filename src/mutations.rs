@@ -30,13 +30,16 @@ pub enum Mutation {
     ReplicaIgnoresLogId,
     /// The LogStore appends an append that names another log (`AppendRequest.log_id`).
     LogIgnoresAppendLogId,
+    /// The LogStore writes a retried append again: a `(writer_id, sequence)` it has written
+    /// is taken as new (the writer table's retry verdict is skipped).
+    LogForgetsRetries,
     /// The shard store acknowledges commits, epochs and its identity without syncing them
     /// (only a power loss shows it: the simulated disk of `tests/power_loss.rs`).
     ShardSkipsFsync,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::ShardIgnoresEpochs,
         Mutation::ShardAcceptsGaps,
         Mutation::ShardReapplies,
@@ -46,6 +49,7 @@ impl Mutation {
         Mutation::LogSkipsFsync,
         Mutation::ReplicaIgnoresLogId,
         Mutation::LogIgnoresAppendLogId,
+        Mutation::LogForgetsRetries,
         Mutation::ShardSkipsFsync,
     ];
 
@@ -61,6 +65,7 @@ impl Mutation {
             Mutation::LogSkipsFsync => "log-skips-fsync",
             Mutation::ReplicaIgnoresLogId => "replica-ignores-log-id",
             Mutation::LogIgnoresAppendLogId => "log-ignores-append-log-id",
+            Mutation::LogForgetsRetries => "log-forgets-retries",
             Mutation::ShardSkipsFsync => "shard-skips-fsync",
         }
     }

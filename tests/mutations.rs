@@ -242,6 +242,45 @@ async fn retention_on(m: Option<Mutation>, replicas: usize) -> Result<(), String
     }
 }
 
+/// The log's leader SIGKILLed under load (a three-replica log, a player delivering to two
+/// shards): the load's append streams reopen on the new leader and resend what was not
+/// answered, some of it already committed, which the LogStore must answer with the original
+/// index. The exactly-once check reads the log for a transaction written twice (the shards
+/// would apply it twice too, and agree with the log).
+async fn log_leader_kills(m: Option<Mutation>) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_replicated(dir.path(), &bin(), (2, &[]), 3, &env(m))
+        .await
+        .expect("the cluster starts");
+    let log = Log::connect(&c.logstore_addrs()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.log_leader().await.is_none() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no log leader:\n{}", c.logs()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.start_player(&[]).await.unwrap();
+    let load = start_load(&log, load_spec(800, 6, 13));
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let Some(l) = c.log_leader().await else {
+            continue;
+        };
+        c.log_replicas()[l].kill().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.log_replicas()[l]
+            .restart()
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let report = load.await.map_err(|e| e.to_string())?;
+    if report.failed > 0 {
+        return Err(format!("{} appends failed: {report:?}", report.failed));
+    }
+    verdict(&c, &log).await
+}
+
 /// A recovery reader that outlives its queue's term (the scenario the paper's TLA+ model
 /// found): shard s0 comes back behind while the LogStore is down, so a recovery reader starts
 /// and its read hangs; the shard bounces, so its queue takes a new term and a new reader;
@@ -456,6 +495,12 @@ async fn with_no_switch_on_every_scenario_passes() {
     stale_reader(None).await.unwrap();
     common::group::stray_replica(&[]).await.unwrap();
     common::writer_beside_another_log(&[]).await.unwrap();
+    log_leader_kills(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_writing_a_retry_again_is_caught_by_log_leader_kills() {
+    caught(Mutation::LogForgetsRetries, log_leader_kills).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

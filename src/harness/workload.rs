@@ -3,12 +3,15 @@
 //!
 //! Every key has one kind for its whole life, fixed by its number: even-numbered keys
 //! (`c-NNNNNN`) are counters and only ever get `add` of a positive delta; odd-numbered keys
-//! (`l-NNNNNN`) are lists and only ever get `append` of a token unique to the run's seed,
-//! the transaction and the mutation. Nothing ever resets a value, so a duplicate anywhere in
+//! (`l-NNNNNN`) are lists and only ever get `append` of a token unique to the run (its seed
+//! and a number drawn once per [`Workload`]), the transaction and the mutation. Nothing ever
+//! resets a value, so a duplicate anywhere in
 //! the history adds its delta again or repeats its token, a gap leaves a delta or a token
 //! missing, and a reorder changes a list's order, however early it happened. Every
 //! transaction appends at least one token (its first mutation), so every transaction a
-//! shard receives leaves a mark.
+//! shard receives leaves a mark, and a transaction written twice into the log (a retried
+//! append the LogStore did not recognise) carries its token twice, which the checker finds
+//! ([`parse_token`]) even though the shards then agree with the log.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,6 +34,10 @@ pub struct Workload {
     /// Approximate transaction size in bytes (padding in the appended values).
     pub txn_bytes: usize,
     seed: u64,
+    /// Drawn once per workload, not from the seed: two runs with one seed against one log
+    /// (two `load`s, a test run twice) make different tokens, so one token twice in a log
+    /// is one transaction written twice.
+    run: u32,
     rng: StdRng,
     seq: u64,
 }
@@ -55,6 +62,28 @@ pub fn token_of(value: &[u8]) -> &[u8] {
     &value[..end]
 }
 
+/// The token `t<seed>.<run, 8 hex digits>.<transaction>.<mutation>` of a value a
+/// [`Workload`] appended, or `None` for any other value (another writer's).
+pub fn parse_token(value: &[u8]) -> Option<&str> {
+    let token = std::str::from_utf8(token_of(value)).ok()?;
+    let mut parts = token.strip_prefix('t')?.split('.');
+    let decimal =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok = decimal(parts.next())
+        && parts
+            .next()
+            .is_some_and(|r| r.len() == 8 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+        && decimal(parts.next())
+        && decimal(parts.next())
+        && parts.next().is_none();
+    ok.then_some(token)
+}
+
+/// The token of a run, a transaction and a mutation.
+fn token(seed: u64, run: u32, seq: u64, i: usize) -> String {
+    format!("t{seed}.{run:08x}.{seq}.{i}")
+}
+
 impl Workload {
     pub fn new(keys_per_txn: usize, key_space: usize, txn_bytes: usize, seed: u64) -> Self {
         Workload {
@@ -62,6 +91,7 @@ impl Workload {
             key_space: key_space.max(2),
             txn_bytes,
             seed,
+            run: rand::random(),
             rng: StdRng::seed_from_u64(seed),
             seq: 0,
         }
@@ -87,7 +117,7 @@ impl Workload {
         use prost::encoding::encoded_len_varint as varint;
         let per_key = self.txn_bytes / self.keys_per_txn;
         let last = self.keys_per_txn.saturating_sub(1);
-        let token = format!("t{}.{}.{last}", self.seed, u64::MAX).len();
+        let token = token(self.seed, u32::MAX, u64::MAX, last).len();
         let key = key_name(self.key_space).len();
         let value = per_key.max(token);
         // Field 1 (key) and field 5 (append), each a one-byte tag, a length and the bytes.
@@ -107,7 +137,7 @@ impl Workload {
                 let op = if counter {
                     Op::Add(self.rng.random_range(1..=MAX_DELTA))
                 } else {
-                    let mut value = format!("t{}.{}.{}", self.seed, self.seq, i).into_bytes();
+                    let mut value = token(self.seed, self.run, self.seq, i).into_bytes();
                     if value.len() < per_key {
                         value.resize(per_key, PAD);
                     }
@@ -157,7 +187,7 @@ mod tests {
             let mut w = Workload::new(keys, space, bytes, u64::MAX - 1);
             let most = w.largest_txn_bytes();
             // The same sum over the largest transaction built.
-            let token = format!("t{}.{}.{}", w.seed, u64::MAX, keys - 1).len();
+            let token = token(w.seed, w.run, u64::MAX, keys - 1).len();
             let built: Vec<Mutation> = (0..keys)
                 .map(|_| Mutation {
                     key: key_name(space).into_bytes().into(),
@@ -176,5 +206,44 @@ mod tests {
         let a = Workload::new(1, 10, 0, 1).next_txn();
         let b = Workload::new(1, 10, 0, 2).next_txn();
         assert_ne!(a[0].op, b[0].op);
+    }
+
+    #[test]
+    fn two_runs_with_one_seed_make_other_tokens_and_each_is_read_back() {
+        let (mut a, mut b) = (Workload::new(3, 10, 200, 5), Workload::new(3, 10, 200, 5));
+        b.run = a.run.wrapping_add(1); // drawn: made to differ, not left to chance
+        let (ta, tb) = (a.next_txn(), b.next_txn());
+        let value = |t: &[Mutation]| match &t[0].op {
+            Some(Op::Append(v)) => v.clone(),
+            other => panic!("no token first: {other:?}"),
+        };
+        let (va, vb) = (value(&ta), value(&tb));
+        let (pa, pb) = (parse_token(&va).unwrap(), parse_token(&vb).unwrap());
+        assert_ne!(pa, pb);
+        assert_eq!(pa, token(5, a.run, 1, 0));
+        assert_eq!(ta[0].key, tb[0].key, "the keys follow the seed alone");
+    }
+
+    #[test]
+    fn only_a_workloads_tokens_are_read_as_tokens() {
+        assert_eq!(parse_token(b"t7.00c0ffee.3.0~~~~"), Some("t7.00c0ffee.3.0"));
+        for other in [
+            &b"x"[..],
+            b"t7.3.0",
+            b"t7.c0ffee.3.0",
+            b"t7.00c0ffee.3",
+            b"t7.00c0ffee.3.0.1",
+            b"t.00c0ffee.3.0",
+            b"s7.00c0ffee.3.0",
+            b"t7.00c0ffeg.3.0",
+            b"\xff",
+        ] {
+            assert_eq!(
+                parse_token(other),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 }

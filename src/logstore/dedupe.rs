@@ -113,6 +113,9 @@ pub fn seen_before(
             gap()
         };
     }
+    if crate::mutations::on(crate::mutations::Mutation::LogForgetsRetries) {
+        return None;
+    }
     let found = recent
         .0
         .binary_search_by_key(seq, |a| a.sequence)
