@@ -673,4 +673,45 @@ mod tests {
         log.purge(entry(1, 4).log_id).await.unwrap();
         assert_eq!(log.tail().first(), Some(5));
     }
+
+    /// The Raft log is the WAL record for record: an entry handed over for any index but the
+    /// WAL's next is refused, with nothing written and the log stopped (a replica whose
+    /// indexes drifted from Raft's would serve one entry as another); a record that holds
+    /// another Raft entry than its position says is refused when read, not served.
+    #[tokio::test]
+    async fn an_entry_out_of_place_is_refused_when_written_and_when_read() {
+        use openraft::type_config::TypeConfigExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStorage::open(WalConfig::new(dir.path())).unwrap();
+        append(&mut log, (0..3).map(|i| entry(1, i)).collect()).await;
+        let reader = log.get_log_reader().await;
+        let (tx, rx) = TypeConfig::oneshot();
+        let refused = log
+            .append(vec![entry(1, 5)], IOFlushed::signal(tx))
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("Raft appends at WAL index 6"),
+            "{refused}"
+        );
+        assert!(rx.await.unwrap().is_err(), "its flush is refused too");
+        assert!(log.failed.borrow().is_some(), "the log stops");
+        assert_eq!(read_from(&reader, 0).await, vec![(0, 1), (1, 1), (2, 1)]);
+
+        // Raft entry 5 in the record of Raft index 3 (as a WAL bug would leave it).
+        let record = super::super::encode_entry(&entry(1, 5)).unwrap();
+        log.wal
+            .lock()
+            .unwrap()
+            .append_batch(&[record.as_slice()])
+            .unwrap();
+        log.tail().clear();
+        let refused = reader.clone().try_get_log_entries(3..4).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("WAL record 4 holds Raft entry 5, expected 3"),
+            "{refused}"
+        );
+    }
 }

@@ -47,7 +47,9 @@ async fn established(dir: &std::path::Path) -> Replica {
 /// refused before Raft sees it, naming both logs, and so is one addressed to another
 /// replica id, or from a replica with another entry limit: installed, it would replace
 /// this replica's log by the other's. Whole, in pieces on a real connection, and the same
-/// envelope on AppendEntries.
+/// envelope on AppendEntries, Vote and PreVote (a vote counted from a replica of another
+/// log, or from one replica reached under two ids, could elect a leader without a
+/// majority of its own group).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
     let (mine_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -165,6 +167,27 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
             .err()
             .unwrap_or_else(|| panic!("AppendEntries to replica {to} was taken"));
         assert!(refused.message().contains(want), "{}", refused.message());
+        // A vote and a pre-vote: counted, a replica of another log (or one reached under
+        // another id) would help elect a leader of a group it is not in.
+        let ask = VoteRequest::<TypeConfig>::new(vote, None);
+        let ballot = envelope(&ask, other.machine(), from, to).unwrap();
+        for (call, refused) in [
+            (
+                "Vote",
+                service.vote(Request::new(ballot.clone())).await.err(),
+            ),
+            (
+                "PreVote",
+                service.pre_vote(Request::new(ballot)).await.err(),
+            ),
+        ] {
+            let refused = refused.unwrap_or_else(|| panic!("{call} to replica {to} was answered"));
+            assert!(
+                refused.message().contains(want),
+                "{call}: {}",
+                refused.message()
+            );
+        }
     }
     assert_eq!(mine.machine().log_id(), my_log, "{their_log:?}");
     assert_eq!(mine.machine().bounds(), bounds);
