@@ -1,7 +1,9 @@
 //! A shard whose data directory is put back to an older copy (a restore from backup, or a
 //! disk that lost acknowledged commits another way) is caught up from the log: every entry
 //! it lost is sent again, none twice, and the player says at ERROR that the shard went back
-//! below what it had acknowledged.
+//! below what it had acknowledged. A log put back to an older copy stops the player, which
+//! would otherwise deliver nothing of what is appended next until the log passed the
+//! shards again, and then skip it.
 
 mod common;
 
@@ -105,5 +107,115 @@ async fn a_shard_restored_from_an_older_copy_is_sent_what_it_lost_once() {
         "the player did not say the shard went back:\n{}",
         c.players[0].log_tail(30)
     );
+    c.stop().await;
+}
+
+/// The player's stderr once it has exited (`None` if it is still running after `wait`).
+async fn player_exit(c: &mut Cluster, wait: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        if c.players[0].exited().is_some() {
+            return Some(std::fs::read_to_string(c.players[0].log_path()).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Appends `n` entries from `from`, each adding to a counter on every shard; the last index.
+async fn write_everywhere(c: &Cluster, log: &Log, from: u64, n: u64) -> u64 {
+    let map = c.shard_map();
+    let keys: Vec<Vec<u8>> = (0..map.len())
+        .map(|t| {
+            (0u32..)
+                .map(|k| format!("c{k}").into_bytes())
+                .find(|k| map.shard_of(k) == t)
+                .unwrap()
+        })
+        .collect();
+    let mut last = 0;
+    for i in from..from + n {
+        let m = keys
+            .iter()
+            .map(|k| Mutation {
+                key: k.clone().into(),
+                op: Some(Op::Add(i as i64)),
+            })
+            .collect();
+        last = log.append(m, None, 0).await.unwrap();
+    }
+    last
+}
+
+/// Every shard has applied `last`.
+async fn all_applied(c: &Cluster, last: u64) {
+    for s in &c.shards {
+        let addr = s.addr().to_owned();
+        let reached = eventually(Duration::from_secs(30), || async {
+            match ShardConn::connect(&addr, None).await {
+                Ok(s) => s.applied().await.is_ok_and(|a| a.applied_index == last),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(reached, "{} did not apply {last}\n{}", s.name, c.logs());
+    }
+}
+
+/// The LogStore's directory put back to a copy taken 20 entries ago (the same log id): the
+/// running player's main stream, reconnecting, finds the log ending below what it read and
+/// stops naming both. Then shard s1 is started empty and the player again: it would start
+/// its main stream at 1 for s1, and s0 (which applied 40) would skip what is appended at
+/// 21..40 as applied; the player finds s0 ahead of the log and stops too. Nothing appended
+/// after the restore is delivered as if applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), &bin(), 2).await.unwrap();
+    c.start_player(&[]).await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let copied_at = write_everywhere(&c, &log, 1, 20).await;
+    all_applied(&c, copied_at).await;
+    let data = dir.path().join("logstore");
+    let copy = dir.path().join("logstore-copy");
+    assert_eq!(c.logstore.terminate(Duration::from_secs(10)).await, Some(0));
+    copy_dir(&data, &copy);
+    c.logstore.restart().await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let last = write_everywhere(&c, &log, 21, 20).await;
+    all_applied(&c, last).await;
+    c.logstore.kill().await;
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&copy, &data);
+    c.logstore.restart().await.unwrap();
+    let said = player_exit(&mut c, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("the player runs on over the older log:\n{}", c.logs()));
+    let expect = |said: &str, who: &str| {
+        assert!(
+            said.lines()
+                .any(|l| (l.contains("ERROR") || l.starts_with("error:"))
+                    && l.contains(&format!(
+                        "ends at index {copied_at}, but {who} through {last}"
+                    ))),
+            "the player did not say the log lost entries:\n{said}"
+        );
+    };
+    expect(&said, "this player has read");
+    assert_eq!(
+        c.shards[1].terminate(Duration::from_secs(10)).await,
+        Some(0)
+    );
+    std::fs::remove_dir_all(dir.path().join("shard-s1")).unwrap();
+    c.shards[1].restart().await.unwrap();
+    c.players[0].restart().await.unwrap();
+    let said = player_exit(&mut c, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("a player starts over the older log:\n{}", c.logs()));
+    expect(&said, "shard s0 has applied");
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    write_everywhere(&c, &log, 41, 5).await;
+    let shard = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
+    assert_eq!(shard.applied().await.unwrap().applied_index, last);
     c.stop().await;
 }

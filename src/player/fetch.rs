@@ -159,10 +159,22 @@ impl Shared {
         let mut retry = backoff(&self.config, "fetcher");
         while !self.shutdown.is_cancelled() {
             let from = lock(&self.dispatch).current_index + 1;
+            let log = self.main_stream_log().await;
+            if let Err(last) =
+                super::behind::reaches(&log, &self.log_id, from - 1, &self.shutdown).await
+            {
+                self.fail(PlayerError::LogBehind {
+                    addr: self.config.logstore.clone(),
+                    log_id: self.log_id.clone(),
+                    last,
+                    who: "this player has read".into(),
+                    through: from - 1,
+                });
+                return;
+            }
             let result: Result<(), tonic::Status> = async {
-                let mut stream = self
-                    .main_stream_log()
-                    .await
+                let mut stream = log
+                    .clone()
                     .read(ReadRequest {
                         from,
                         to: 0,

@@ -13,10 +13,12 @@
 //!
 //! Layout: this file holds the settings, the shared state and [`Player`]; `fetch.rs` the
 //! fetcher and dispatcher, `recovery.rs` the recovery readers, `sender.rs` the senders,
-//! `checkpoint.rs` the gauges and cursor checkpoints, [`queue`] the paper's state machine,
+//! `checkpoint.rs` the gauges and cursor checkpoints, `behind.rs` the check that the log
+//! still holds what was delivered from it, [`queue`] the paper's state machine,
 //! [`replica`] leading or standing by, [`args`] the flags, [`cursor`] the cursor stores.
 
 pub mod args;
+mod behind;
 mod checkpoint;
 pub mod cursor;
 mod fetch;
@@ -238,6 +240,17 @@ pub enum PlayerError {
         needed: u64,
         first: u64,
     },
+    #[error(
+        "the log {log_id} at {addr} ends at index {last}, but {who} through {through} from it: the log lost entries that were delivered (its data directory put back to an older copy, or a disk that lost acknowledged writes). Entries appended to it next would take indexes already applied and be skipped by the shards, silently, so the player stops. Restore the shards to a copy taken at or before index {last}, or start the log on a new directory (a new log id) and rebuild the shards from it"
+    )]
+    LogBehind {
+        addr: String,
+        log_id: String,
+        last: u64,
+        /// "shard s0 has applied", "this player has read".
+        who: String,
+        through: u64,
+    },
     #[error(transparent)]
     Grpc(#[from] grpc::GrpcError),
 }
@@ -392,6 +405,18 @@ impl Player {
         same_log_everywhere(&config.logstore, &bounds.log_id, limit).await?;
         let probed = probe_shards(&config, &bounds.log_id).await;
         let applied: Vec<Option<u64>> = probed.iter().map(|p| p.as_ref().ok().copied()).collect();
+        let furthest = config.shards.shards.iter().zip(&applied);
+        if let Some((s, Some(through))) = furthest.max_by_key(|(_, a)| **a)
+            && let Err(last) = behind::reaches(&log, &bounds.log_id, *through, &shutdown).await
+        {
+            return Err(PlayerError::LogBehind {
+                addr: config.logstore.clone(),
+                log_id: bounds.log_id,
+                last,
+                who: format!("shard {} has applied", s.id),
+                through: *through,
+            });
+        }
         // No shard answered: start at the log's head; each shard catches up by a recovery
         // stream when it connects.
         let start = match applied.iter().flatten().min() {
