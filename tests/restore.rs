@@ -149,25 +149,32 @@ async fn write_everywhere(c: &Cluster, log: &Log, from: u64, n: u64) -> u64 {
 
 /// Every shard has applied `last`.
 async fn all_applied(c: &Cluster, last: u64) {
-    for s in &c.shards {
-        let addr = s.addr().to_owned();
-        let reached = eventually(Duration::from_secs(30), || async {
-            match ShardConn::connect(&addr, None).await {
-                Ok(s) => s.applied().await.is_ok_and(|a| a.applied_index == last),
-                Err(_) => false,
-            }
-        })
-        .await;
-        assert!(reached, "{} did not apply {last}\n{}", s.name, c.logs());
+    for t in 0..c.shards.len() {
+        applied_by(c, t, last).await;
     }
+}
+
+/// Shard `t` has applied `last`.
+async fn applied_by(c: &Cluster, t: usize, last: u64) {
+    let s = &c.shards[t];
+    let addr = s.addr().to_owned();
+    let reached = eventually(Duration::from_secs(30), || async {
+        match ShardConn::connect(&addr, None).await {
+            Ok(s) => s.applied().await.is_ok_and(|a| a.applied_index == last),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(reached, "{} did not apply {last}\n{}", s.name, c.logs());
 }
 
 /// The LogStore's directory put back to a copy taken 20 entries ago (the same log id): the
 /// running player's main stream, reconnecting, finds the log ending below what it read and
 /// stops naming both. Then shard s1 is started empty and the player again: it would start
 /// its main stream at 1 for s1, and s0 (which applied 40) would skip what is appended at
-/// 21..40 as applied; the player finds s0 ahead of the log and stops too. Nothing appended
-/// after the restore is delivered as if applied.
+/// 21..40 as applied; the player finds s0 ahead of the log and stops too. Then the player is
+/// started while s0 is down, and s0 comes back once it delivers: the player finds s0 ahead
+/// when it connects. Nothing appended after the restore is delivered as if applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,7 +221,26 @@ async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
         .unwrap_or_else(|| panic!("a player starts over the older log:\n{}", c.logs()));
     expect(&said, "shard s0 has applied");
     let log = Log::connect(c.logstore.addr()).await.unwrap();
-    write_everywhere(&c, &log, 41, 5).await;
+    let now = write_everywhere(&c, &log, 41, 5).await;
+    // s0 down while the player starts (its applied index unknown then), back once the
+    // player delivers: the player finds it ahead of the log when it connects.
+    assert_eq!(
+        c.shards[0].terminate(Duration::from_secs(10)).await,
+        Some(0)
+    );
+    c.players[0].restart().await.unwrap();
+    applied_by(&c, 1, now).await;
+    c.shards[0].restart().await.unwrap();
+    let said = player_exit(&mut c, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("the player delivers on over the older log:\n{}", c.logs()));
+    assert!(
+        said.lines().any(|l| l.contains("ERROR")
+            && l.contains(&format!(
+                "ends at index {now}, but shard s0 has applied through {last}"
+            ))),
+        "the player did not say the log lost entries:\n{said}"
+    );
     let shard = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
     assert_eq!(shard.applied().await.unwrap().applied_index, last);
     c.stop().await;

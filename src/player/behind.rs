@@ -2,8 +2,9 @@
 //! older copy (a restore from backup, a disk that lost acknowledged writes) under the same
 //! log id. The entries appended to it next would take indexes the shards have applied
 //! already, and each shard would skip them as applied, silently. So the player asks, at
-//! start (against the highest index a shard applied) and each time its main stream
-//! (re)connects (against what it has read), whether the log still reaches that far, and
+//! start (against the highest index a shard applied), each time its main stream
+//! (re)connects (against what it has read) and when a shard connects ahead of what it has
+//! read (one that was down at the start), whether the log still reaches that far, and
 //! stops naming both when it does not ([`super::PlayerError::LogBehind`]).
 //!
 //! What it cannot see: a log that has grown back past the shards by the time it is asked

@@ -129,6 +129,21 @@ impl Shared {
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
         let (tx, mut inbound, applied) = self.open_session(t).await?;
         *opened = true;
+        // A shard ahead of what the main stream has read (one that was down when the player
+        // started): the log must still reach what it applied (see `behind`).
+        if applied > lock(&self.dispatch).current_index
+            && let Err(last) =
+                super::behind::reaches(&self.log, &self.log_id, applied, &self.shutdown).await
+        {
+            self.fail(PlayerError::LogBehind {
+                addr: self.config.logstore.clone(),
+                log_id: self.log_id.clone(),
+                last,
+                who: format!("shard {} has applied", target.id),
+                through: applied,
+            });
+            return Ok(());
+        }
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
         // current_index and the queue's state change.
         let recovery = {
