@@ -80,6 +80,28 @@ impl Shared {
         }
     }
 
+    /// Whether the log still reaches `applied`, the index a shard ahead of what the main
+    /// stream has read (one that was down when the player started) says it applied (see
+    /// `behind`); when not, the player stops, naming both.
+    async fn log_reaches(&self, target: &Target, applied: u64) -> bool {
+        if applied <= lock(&self.dispatch).current_index {
+            return true;
+        }
+        let Err(last) =
+            super::behind::reaches(&self.log, &self.log_id, applied, &self.shutdown).await
+        else {
+            return true;
+        };
+        self.fail(PlayerError::LogBehind {
+            addr: self.config.logstore.clone(),
+            log_id: self.log_id.clone(),
+            last,
+            who: format!("shard {} has applied", target.id),
+            through: applied,
+        });
+        false
+    }
+
     /// Opens a delivery stream to target `t`: Hello out, Welcome in and checked. Returns
     /// the request sender, the response stream and the shard's applied index.
     async fn open_session(&self, t: usize) -> Result<Session, SessionEnd> {
@@ -129,20 +151,8 @@ impl Shared {
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
         let (tx, mut inbound, applied) = self.open_session(t).await?;
         *opened = true;
-        // A shard ahead of what the main stream has read (one that was down when the player
-        // started): the log must still reach what it applied (see `behind`).
-        if applied > lock(&self.dispatch).current_index
-            && let Err(last) =
-                super::behind::reaches(&self.log, &self.log_id, applied, &self.shutdown).await
-        {
-            self.fail(PlayerError::LogBehind {
-                addr: self.config.logstore.clone(),
-                log_id: self.log_id.clone(),
-                last,
-                who: format!("shard {} has applied", target.id),
-                through: applied,
-            });
-            return Ok(());
+        if !self.log_reaches(target, applied).await {
+            return Ok(()); // the player stops
         }
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
         // current_index and the queue's state change.
