@@ -43,6 +43,13 @@ async fn three_replicas_serve_one_dense_log_from_every_address() {
         let d = Log::connect(a).await.unwrap().describe().await.unwrap();
         // Every replica applied the same appends: one writer in its table.
         assert_eq!((d.writers, d.max_writers), (1, 100_000), "replica at {a}");
+        // The leader has applied an entry of its own term (what the player takes as its
+        // knowing where the log ends); the replicas agree on the term.
+        let r = d.replica.expect("a replica says where it stands");
+        if r.role == "leader" {
+            assert_eq!(r.applied_term, r.raft_term, "{r:?}");
+        }
+        assert!(r.applied_term > 0 && r.applied_term <= r.raft_term, "{r:?}");
         ids.push(d.log_id);
     }
     assert!(

@@ -512,6 +512,7 @@ impl LogStoreRpc for Service {
                     leader_addr: r.leader_addr().unwrap_or_default(),
                     last_log: s.last_log.unwrap_or(0),
                     applied: s.applied.unwrap_or(0),
+                    applied_term: s.applied_term.unwrap_or(0),
                 })
             }
             ServedLog::Single(_) => None,

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::proto::BoundsRequest;
 use crate::proto::log_store_client::LogStoreClient;
+use crate::proto::{BoundsRequest, BoundsResponse};
 
-/// How long the log may stay below the index before the player concludes it lost entries:
-/// a replicated log's new leader applies what its predecessor committed within
-/// milliseconds of its election, and only a leader's (or a single-node LogStore's) answer
-/// counts, so a replica that lags is never taken for a log that lost entries.
+/// How long the log may stay below the index before the player concludes it lost entries.
+/// Only answers that know the log's end count (a single-node LogStore's, or a leader's
+/// that has applied an entry of its own term, so every entry committed before it led):
+/// what remains is a leader applying what it committed moments ago.
 pub(super) const GRACE: Duration = Duration::from_secs(5);
 
 /// How long one `Bounds` call may take.
@@ -31,14 +31,16 @@ const ASK_WAIT: Duration = Duration::from_secs(1);
 /// One answer about where the log ends.
 enum Answer {
     Reaches,
-    /// It ends at `last`, below the index; `sure` when the answer is a single-node LogStore's
-    /// or its group leader's (a follower may lag).
+    /// It ends at `last`, below the index; `sure` when the answer knows the log's end (see
+    /// [`GRACE`]): a follower may lag, and a leader elected or restarted moments ago may
+    /// still be applying its predecessors' entries (from the start of the log, after a
+    /// restart).
     Below {
         last: u64,
         sure: bool,
     },
-    /// No answer (the LogStore is down: the read that follows fails and is retried), or one
-    /// from another log (the read that follows refuses it by name).
+    /// No answer (the LogStore is down), or one from another log (the read that follows
+    /// refuses it by name).
     None,
 }
 
@@ -54,7 +56,7 @@ async fn ask(log: &LogStoreClient<Channel>, log_id: &str, index: u64) -> Answer 
             } else if b.last >= index {
                 Answer::Reaches
             } else {
-                let sure = b.replica.as_ref().is_none_or(|r| r.role == "leader");
+                let sure = knows_the_end(&b);
                 Answer::Below { last: b.last, sure }
             }
         }
@@ -62,13 +64,34 @@ async fn ask(log: &LogStoreClient<Channel>, log_id: &str, index: u64) -> Answer 
     }
 }
 
-/// `Ok` when the log `log_id` reaches `index` (or cannot be asked, or the player is
-/// stopping); `Err(last)` when sure answers said it ends at `last`, below `index`, for
-/// [`GRACE`].
+/// Whether a `Bounds` answer knows where the log ends: a single-node LogStore's, or a
+/// leader's that has applied an entry of its own term (so every entry committed before it
+/// led; Raft's leader commits one of its term when elected).
+fn knows_the_end(b: &BoundsResponse) -> bool {
+    b.replica
+        .as_ref()
+        .is_none_or(|r| r.role == "leader" && r.raft_term > 0 && r.applied_term == r.raft_term)
+}
+
+/// What to do while the LogStore does not answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unanswered {
+    /// Go on (the main stream: its read fails and is retried, and asks again).
+    GoOn,
+    /// Keep asking until it answers (a start, a shard's connection: nothing else would ask
+    /// again).
+    Wait,
+}
+
+/// `Ok` when the log `log_id` reaches `index` (or answers only unsure for [`GRACE`], or the
+/// player is stopping); `Err(last)` when sure answers said it ends at `last`, below
+/// `index`, for [`GRACE`]. `log` should reach the leader of a replicated log
+/// (`fetch::leader_log`): a follower's answer is never sure.
 pub(super) async fn reaches(
     log: &LogStoreClient<Channel>,
     log_id: &str,
     index: u64,
+    unanswered: Unanswered,
     shutdown: &CancellationToken,
 ) -> Result<(), u64> {
     if index == 0 {
@@ -76,9 +99,20 @@ pub(super) async fn reaches(
     }
     let started = Instant::now();
     let mut below_since: Option<Instant> = None;
+    let mut said_waiting = false;
     loop {
         match ask(log, log_id, index).await {
-            Answer::Reaches | Answer::None => return Ok(()),
+            Answer::Reaches => return Ok(()),
+            Answer::None if unanswered == Unanswered::GoOn => return Ok(()),
+            Answer::None => {
+                if !said_waiting {
+                    said_waiting = true;
+                    tracing::info!(
+                        index,
+                        "waiting for the LogStore to say whether the log reaches what was delivered from it"
+                    );
+                }
+            }
             Answer::Below { last, sure: true } => {
                 let since = *below_since.get_or_insert_with(|| {
                     tracing::info!(
@@ -92,13 +126,42 @@ pub(super) async fn reaches(
                     return Err(last);
                 }
             }
-            // Only a lagging follower answered so far: nothing to conclude.
+            // Only answers that do not know the log's end: nothing to conclude.
             Answer::Below { sure: false, .. } if started.elapsed() >= GRACE => return Ok(()),
             Answer::Below { sure: false, .. } => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ReplicaStatus;
+
+    /// Only a single-node LogStore, or a leader that applied an entry of its own term, knows
+    /// where the log ends: a follower may lag, and a leader restarted moments ago replays
+    /// its log from the start before it applies anything of its term.
+    #[test]
+    fn only_a_caught_up_leader_or_a_single_node_knows_where_the_log_ends() {
+        let replica = |role: &str, raft_term, applied_term| BoundsResponse {
+            replica: Some(ReplicaStatus {
+                role: role.into(),
+                raft_term,
+                applied_term,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(knows_the_end(&BoundsResponse::default()), "single node");
+        assert!(knows_the_end(&replica("leader", 7, 7)));
+        assert!(!knows_the_end(&replica("leader", 7, 6)), "still replaying");
+        assert!(!knows_the_end(&replica("leader", 0, 0)));
+        for role in ["follower", "candidate", "learner"] {
+            assert!(!knows_the_end(&replica(role, 7, 7)), "{role}");
         }
     }
 }

@@ -121,37 +121,12 @@ impl Shared {
         }
     }
 
-    /// The client the main stream reads from: the log leader's, when the LogStore is a
-    /// replicated one whose leader is one of the configured addresses (a follower learns that
-    /// an entry is committed a replication round after the leader does, which would add that
-    /// round to every delivery); otherwise the client over every address. Asked again at each
+    /// The client the main stream reads from: [`leader_log`], asked again at each
     /// reconnection.
-    async fn main_stream_log(
+    pub(super) async fn main_stream_log(
         &self,
     ) -> crate::proto::log_store_client::LogStoreClient<tonic::transport::Channel> {
-        let addrs = &self.config.logstore;
-        if !addrs.contains(',') {
-            return self.log.clone();
-        }
-        let mut log = self.log.clone();
-        let ask = log.bounds(crate::proto::BoundsRequest {});
-        let leader = match tokio::time::timeout(std::time::Duration::from_secs(1), ask).await {
-            Ok(Ok(b)) => b.into_inner().replica.map(|r| r.leader_addr),
-            _ => None,
-        };
-        let Some(leader) = leader.filter(|l| addrs.split(',').any(|a| a.trim() == l)) else {
-            return self.log.clone();
-        };
-        match grpc::connect_lazy(&leader, &grpc::Expected::Log) {
-            Ok(channel) => {
-                let limit = crate::limits::message_limit(self.config.max_entry_bytes);
-                tracing::debug!(%leader, "the main stream reads from the log leader");
-                crate::proto::log_store_client::LogStoreClient::new(channel)
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit)
-            }
-            Err(_) => self.log.clone(),
-        }
+        leader_log(&self.log, &self.config).await
     }
 
     /// The main stream, for the life of the player (reconnecting as needed).
@@ -160,8 +135,14 @@ impl Shared {
         while !self.shutdown.is_cancelled() {
             let from = lock(&self.dispatch).current_index + 1;
             let log = self.main_stream_log().await;
-            if let Err(last) =
-                super::behind::reaches(&log, &self.log_id, from - 1, &self.shutdown).await
+            if let Err(last) = super::behind::reaches(
+                &log,
+                &self.log_id,
+                from - 1,
+                super::behind::Unanswered::GoOn,
+                &self.shutdown,
+            )
+            .await
             {
                 self.fail(PlayerError::LogBehind {
                     addr: self.config.logstore.clone(),
@@ -239,6 +220,39 @@ impl Shared {
                 _ = self.shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+/// The log leader's client, when the LogStore is a replicated one whose leader is one of
+/// the configured addresses (a follower learns that an entry is committed a replication
+/// round after the leader does, which would add that round to every delivery, and only a
+/// leader knows where the log ends); otherwise `log`, the client over every address.
+pub(super) async fn leader_log(
+    log: &crate::proto::log_store_client::LogStoreClient<tonic::transport::Channel>,
+    config: &super::PlayerConfig,
+) -> crate::proto::log_store_client::LogStoreClient<tonic::transport::Channel> {
+    let addrs = &config.logstore;
+    if !addrs.contains(',') {
+        return log.clone();
+    }
+    let mut asking = log.clone();
+    let ask = asking.bounds(crate::proto::BoundsRequest {});
+    let leader = match tokio::time::timeout(std::time::Duration::from_secs(1), ask).await {
+        Ok(Ok(b)) => b.into_inner().replica.map(|r| r.leader_addr),
+        _ => None,
+    };
+    let Some(leader) = leader.filter(|l| addrs.split(',').any(|a| a.trim() == l)) else {
+        return log.clone();
+    };
+    match grpc::connect_lazy(&leader, &grpc::Expected::Log) {
+        Ok(channel) => {
+            let limit = crate::limits::message_limit(config.max_entry_bytes);
+            tracing::debug!(%leader, "asking the log leader");
+            crate::proto::log_store_client::LogStoreClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        }
+        Err(_) => log.clone(),
     }
 }
 

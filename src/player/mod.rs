@@ -407,7 +407,14 @@ impl Player {
         let applied: Vec<Option<u64>> = probed.iter().map(|p| p.as_ref().ok().copied()).collect();
         let furthest = config.shards.shards.iter().zip(&applied);
         if let Some((s, Some(through))) = furthest.max_by_key(|(_, a)| **a)
-            && let Err(last) = behind::reaches(&log, &bounds.log_id, *through, &shutdown).await
+            && let Err(last) = behind::reaches(
+                &fetch::leader_log(&log, &config).await,
+                &bounds.log_id,
+                *through,
+                behind::Unanswered::Wait,
+                &shutdown,
+            )
+            .await
         {
             return Err(PlayerError::LogBehind {
                 addr: config.logstore.clone(),

@@ -87,8 +87,10 @@ impl Shared {
         if applied <= lock(&self.dispatch).current_index {
             return true;
         }
+        let log = self.main_stream_log().await;
+        let wait = super::behind::Unanswered::Wait;
         let Err(last) =
-            super::behind::reaches(&self.log, &self.log_id, applied, &self.shutdown).await
+            super::behind::reaches(&log, &self.log_id, applied, wait, &self.shutdown).await
         else {
             return true;
         };
