@@ -49,18 +49,6 @@ async fn write(log: &Log, from: u64, n: u64) -> u64 {
     last
 }
 
-async fn applied_reaches(c: &Cluster, last: u64) {
-    let addr = c.shards[0].addr().to_owned();
-    let reached = eventually(Duration::from_secs(30), || async {
-        match ShardConn::connect(&addr, None).await {
-            Ok(s) => s.applied().await.is_ok_and(|a| a.applied_index == last),
-            Err(_) => false,
-        }
-    })
-    .await;
-    assert!(reached, "the shard did not apply {last}\n{}", c.logs());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_restored_from_an_older_copy_is_sent_what_it_lost_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,7 +56,7 @@ async fn a_shard_restored_from_an_older_copy_is_sent_what_it_lost_once() {
     c.start_player(&[]).await.unwrap();
     let log = Log::connect(c.logstore.addr()).await.unwrap();
     let first = write(&log, 1, 40).await;
-    applied_reaches(&c, first).await;
+    applied_by(&c, 0, first).await;
     // A copy of the stopped shard's data, then 40 more entries applied after it.
     let data = dir.path().join("shard-s0");
     let copy = dir.path().join("shard-s0-copy");
@@ -79,7 +67,7 @@ async fn a_shard_restored_from_an_older_copy_is_sent_what_it_lost_once() {
     copy_dir(&data, &copy);
     c.shards[0].restart().await.unwrap();
     let last = write(&log, 41, 40).await;
-    applied_reaches(&c, last).await;
+    applied_by(&c, 0, last).await;
     // Put the copy back: the shard restarts having applied only the first 40.
     assert_eq!(
         c.shards[0].terminate(Duration::from_secs(10)).await,
@@ -88,7 +76,7 @@ async fn a_shard_restored_from_an_older_copy_is_sent_what_it_lost_once() {
     std::fs::remove_dir_all(&data).unwrap();
     copy_dir(&copy, &data);
     c.shards[0].restart().await.unwrap();
-    applied_reaches(&c, last).await;
+    applied_by(&c, 0, last).await;
     let report = check(&log, &c.shard_map(), Duration::from_secs(60))
         .await
         .unwrap();
