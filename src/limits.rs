@@ -25,7 +25,7 @@ pub const MIN_MAX_ENTRY_BYTES: usize = 1024;
 /// message above 1 GiB is not something any of our peers should have to buffer).
 pub const MAX_MAX_ENTRY_BYTES: usize = 1024 * 1024 * 1024;
 /// Room in one gRPC message beyond the entries' mutations: per-entry fields (index,
-/// previous index, timestamps), the log id, and framing. Generous on purpose: a batch of
+/// previous index, timestamps, fingerprint), the log id, and framing. Generous on purpose: a batch of
 /// many small entries has a few dozen bytes of framing per entry, and batches are cut at
 /// a byte budget below the limit (see [`batch_budget`]).
 pub const ENVELOPE_BYTES: usize = 256 * 1024;
@@ -131,6 +131,7 @@ mod tests {
             mutations: m,
             append_start_micros: u64::MAX,
             dispatch_micros: u64::MAX,
+            fingerprint: u64::MAX,
         };
         assert!(part.encoded_len() <= n + 64);
     }

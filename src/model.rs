@@ -154,6 +154,43 @@ pub fn apply_all(state: &mut State, mutations: &[Mutation]) {
     }
 }
 
+/// The fingerprint of a log entry: XXH3-64 over its content (the writer's start time and
+/// each mutation's key, op and operand, each length-prefixed), never 0 (0 on the wire means
+/// "not said"). Shards persist the fingerprint of the entry at their applied index, so the
+/// player can tell whether the log still holds, at that index, the entry the shard applied
+/// (not one appended after the log was put back to an older copy). It is persisted, so it
+/// must never change: `fingerprints_are_pinned` holds it. The index is not hashed (it is
+/// compared by position). Fields are hashed in place rather than over an encoding (as
+/// `logstore::dedupe::digest` does): this runs once per entry on the player's dispatch path.
+pub fn fingerprint(entry: &crate::proto::Entry) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let bytes = |h: &mut xxhash_rust::xxh3::Xxh3, b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    h.update(&entry.append_start_micros.to_le_bytes());
+    for m in &entry.mutations {
+        bytes(&mut h, &m.key);
+        match &m.op {
+            None => h.update(&[0]),
+            Some(Op::Put(v)) => {
+                h.update(&[1]);
+                bytes(&mut h, v);
+            }
+            Some(Op::Delete(_)) => h.update(&[2]),
+            Some(Op::Add(d)) => {
+                h.update(&[3]);
+                h.update(&d.to_le_bytes());
+            }
+            Some(Op::Append(v)) => {
+                h.update(&[4]);
+                bytes(&mut h, v);
+            }
+        }
+    }
+    h.digest().max(1)
+}
+
 /// Wall-clock microseconds since the Unix epoch (for delay measurements across processes
 /// on one machine).
 pub fn now_micros() -> u64 {
@@ -166,6 +203,45 @@ pub fn now_micros() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shards persist fingerprints: a change to the function would make every shard
+    /// written before it look like it applied another entry.
+    #[test]
+    fn fingerprints_are_pinned() {
+        use crate::proto::{Delete, Entry};
+        let m = |k: &str, op| Mutation {
+            key: k.as_bytes().to_vec().into(),
+            op: Some(op),
+        };
+        let entry = Entry {
+            index: 7,
+            mutations: vec![
+                m("a", Op::Put(b"x".to_vec().into())),
+                m("b", Op::Delete(Delete {})),
+                m("c", Op::Add(-3)),
+                m("d", Op::Append(b"yz".to_vec().into())),
+            ],
+            append_start_micros: 1_700_000_000_000_000,
+        };
+        let f = fingerprint(&entry);
+        assert_eq!(f, 8_012_818_228_623_625_954, "pinned value");
+        let moved = Entry {
+            index: 8,
+            ..entry.clone()
+        };
+        assert_eq!(fingerprint(&moved), f, "the index is not part of it");
+        let mut other = entry.clone();
+        other.mutations[2] = m("c", Op::Add(3));
+        assert_ne!(fingerprint(&other), f);
+        // The op and the boundaries between fields count, not only the bytes.
+        let mut shifted = entry.clone();
+        shifted.mutations[0] = m("ax", Op::Put(Vec::new().into()));
+        assert_ne!(fingerprint(&shifted), f);
+        let mut op = entry;
+        op.mutations[3] = m("d", Op::Put(b"yz".to_vec().into()));
+        assert_ne!(fingerprint(&op), f);
+        assert_ne!(fingerprint(&Entry::default()), 0);
+    }
 
     #[test]
     fn values_round_trip_through_their_encoding() {

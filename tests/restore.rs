@@ -3,7 +3,8 @@
 //! it lost is sent again, none twice, and the player says at ERROR that the shard went back
 //! below what it had acknowledged. A log put back to an older copy stops the player, which
 //! would otherwise deliver nothing of what is appended next until the log passed the
-//! shards again, and then skip it.
+//! shards again, and then skip it; so does one that has grown past the shards again by the
+//! time the player starts (it holds other entries at the indexes the shards applied).
 
 mod common;
 
@@ -231,5 +232,67 @@ async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
     );
     let shard = ShardConn::connect(c.shards[0].addr(), None).await.unwrap();
     assert_eq!(shard.applied().await.unwrap().applied_index, last);
+    c.stop().await;
+}
+
+/// The LogStore's directory put back to a copy taken 20 entries ago while the player is
+/// down, and 30 other entries appended to it before the player starts again: the log now
+/// reaches past what the shards applied (40), but holds other entries at 21..40. The player
+/// finds, as a shard connects, that the entry the log holds at the shard's applied index is
+/// not the one the shard applied there, and stops naming both; no shard applies anything
+/// of the regrown log (each would skip 21..40 as applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_put_back_and_grown_past_the_shards_stops_the_player_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), &bin(), 2).await.unwrap();
+    c.start_player(&[]).await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let copied_at = write_everywhere(&c, &log, 1, 20).await;
+    all_applied(&c, copied_at).await;
+    let data = dir.path().join("logstore");
+    let copy = dir.path().join("logstore-copy");
+    assert_eq!(c.logstore.terminate(Duration::from_secs(10)).await, Some(0));
+    copy_dir(&data, &copy);
+    c.logstore.restart().await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let last = write_everywhere(&c, &log, 21, 20).await;
+    all_applied(&c, last).await;
+    assert_eq!(
+        c.players[0].terminate(Duration::from_secs(10)).await,
+        Some(0)
+    );
+    c.logstore.kill().await;
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&copy, &data);
+    c.logstore.restart().await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    // Other deltas than 21..40: other entries at the same indexes.
+    let regrown = write_everywhere(&c, &log, 1000, 30).await;
+    assert_eq!(regrown, copied_at + 30);
+    c.players[0].restart().await.unwrap();
+    let said = player_exit(&mut c, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the player delivers the regrown log over what the shards applied:\n{}",
+                c.logs()
+            )
+        });
+    assert!(
+        said.lines()
+            .any(|l| (l.contains("ERROR") || l.starts_with("error:"))
+                && l.contains(&format!(
+                    "holds another entry at index {last} than the one shard s"
+                ))),
+        "the player did not say the log holds other entries:\n{said}"
+    );
+    for t in 0..c.shards.len() {
+        let shard = ShardConn::connect(c.shards[t].addr(), None).await.unwrap();
+        assert_eq!(
+            shard.applied().await.unwrap().applied_index,
+            last,
+            "shard {t} applied entries of the regrown log as if it had the ones before"
+        );
+    }
     c.stop().await;
 }

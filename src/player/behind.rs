@@ -7,17 +7,22 @@
 //! read (one that was down at the start), whether the log still reaches that far, and
 //! stops naming both when it does not ([`super::PlayerError::LogBehind`]).
 //!
-//! What it cannot see: a log that has grown back past the shards by the time it is asked
-//! (the indexes between were skipped by then). Telling that apart needs the content of the
-//! shard's last applied entry, which the delivery protocol does not carry.
+//! A log that has grown back past the shards by the time it is asked reaches every index,
+//! but holds other entries at them. So each shard keeps the fingerprint of the entry at its
+//! applied index ([`crate::model::fingerprint`], carried by every delivered entry), says it
+//! in its Welcome, and the player compares it with the entry the log holds there before it
+//! delivers anything on that stream ([`holds`]); when they differ it stops naming both
+//! ([`super::PlayerError::LogDiverged`]). A log that differs only below a shard's applied
+//! index is not seen (nothing is lost to that shard: what it skips is what it applied).
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::grpc::Reason;
 use crate::proto::log_store_client::LogStoreClient;
-use crate::proto::{BoundsRequest, BoundsResponse};
+use crate::proto::{BoundsRequest, BoundsResponse, ReadRequest};
 
 /// How long the log may stay below the index before the player concludes it lost entries.
 /// Only answers that know the log's end count (a single-node LogStore's, or a leader's
@@ -134,6 +139,66 @@ pub(super) async fn reaches(
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
+    }
+}
+
+/// What the log holds at a shard's applied index, against the entry the shard applied
+/// there.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Held {
+    /// The same entry, or nothing to compare: the shard applied nothing, or does not know
+    /// the fingerprint (an older sender delivered it, or `reset-log`), or the log has
+    /// removed the entry (retention: the recovery that needs it says so).
+    Same,
+    /// Another entry, with this fingerprint.
+    Other(u64),
+    /// The log did not answer, or does not hold the index (yet): ask again later.
+    Unknown(String),
+}
+
+/// Compares the entry `log_id` holds at `index` with `fingerprint`, the one a shard applied
+/// there.
+pub(super) async fn holds(
+    log: &LogStoreClient<Channel>,
+    log_id: &str,
+    index: u64,
+    fingerprint: u64,
+) -> Held {
+    if index == 0 || fingerprint == 0 {
+        return Held::Same;
+    }
+    let mut request = tonic::Request::new(ReadRequest {
+        from: index,
+        to: index,
+        max_batch_bytes: 0,
+        follow: false,
+    });
+    request.set_timeout(ASK_WAIT * 5);
+    let read = async {
+        let mut stream = log.clone().read(request).await?.into_inner();
+        while let Some(response) = stream.message().await? {
+            if response.log_id != log_id {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "the LogStore now serves log {}, not {log_id}",
+                    response.log_id
+                )));
+            }
+            if let Some(entry) = response.entries.iter().find(|e| e.index == index) {
+                return Ok(Some(crate::model::fingerprint(entry)));
+            }
+        }
+        Ok(None)
+    };
+    match tokio::time::timeout(ASK_WAIT * 5, read).await {
+        Ok(Ok(Some(held))) if held == fingerprint => Held::Same,
+        Ok(Ok(Some(held))) => Held::Other(held),
+        Ok(Ok(None)) => Held::Unknown(format!("the log does not hold index {index} (yet)")),
+        Ok(Err(status)) if Reason::of(&status) == Some(Reason::BelowRetention) => Held::Same,
+        Ok(Err(status)) => Held::Unknown(format!("reading index {index} of the log: {status}")),
+        Err(_) => Held::Unknown(format!(
+            "reading index {index} of the log took over {:?}",
+            ASK_WAIT * 5
+        )),
     }
 }
 

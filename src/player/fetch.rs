@@ -33,11 +33,12 @@ impl Shared {
         let mut parts: Vec<Vec<ShardEntry>> = vec![Vec::new(); self.targets.len()];
         let split = split(&self.config.shards, &entries);
         for (entry, split) in entries.into_iter().zip(split) {
+            let fingerprint = crate::model::fingerprint(&entry);
             for (t, mutations) in split.into_iter().enumerate() {
                 if mutations.is_empty() {
                     continue;
                 }
-                let part = tag(&mut d.last_real[t], &entry, mutations, now);
+                let part = tag(&mut d.last_real[t], &entry, mutations, now, fingerprint);
                 parts[t].push(part);
             }
             d.current_index = entry.index;
@@ -53,6 +54,7 @@ impl Shared {
                             index: current,
                             prev_index: d.last_real[t],
                             dispatch_micros: now,
+                            fingerprint,
                             ..Default::default()
                         });
                     }
@@ -286,7 +288,13 @@ const MAIN_STREAM: &str = "main stream";
 /// the shard (`last_real`, which moves to this entry) as its previous index: the shard
 /// refuses a part whose previous index it has not applied, so an entry lost on the way is a
 /// refusal, never a gap in its state.
-fn tag(last_real: &mut u64, entry: &Entry, mutations: Vec<Mutation>, now: u64) -> ShardEntry {
+fn tag(
+    last_real: &mut u64,
+    entry: &Entry,
+    mutations: Vec<Mutation>,
+    now: u64,
+    fingerprint: u64,
+) -> ShardEntry {
     let prev_index = std::mem::replace(last_real, entry.index);
     ShardEntry {
         index: entry.index,
@@ -294,6 +302,7 @@ fn tag(last_real: &mut u64, entry: &Entry, mutations: Vec<Mutation>, now: u64) -
         mutations,
         append_start_micros: entry.append_start_micros,
         dispatch_micros: now,
+        fingerprint,
     }
 }
 
@@ -484,7 +493,7 @@ mod tests {
         for (index, shards) in touches {
             let e = entry(index, 0..1);
             for &t in shards {
-                let part = tag(&mut last_real[t], &e, e.mutations.clone(), 0);
+                let part = tag(&mut last_real[t], &e, e.mutations.clone(), 0, 0);
                 assert_eq!(part.index, index);
                 named.push((index, t, part.prev_index));
             }

@@ -251,6 +251,19 @@ pub enum PlayerError {
         who: String,
         through: u64,
     },
+    #[error(
+        "the log {log_id} at {addr} holds another entry at index {index} than the one shard {shard} applied there (fingerprint {held:016x}, the shard's {applied:016x}): the log was put back to an older copy and has grown past the shard since, or the shard's data comes from another copy of this log. The shard would skip the log's entries up to {index} as applied, silently, so the player stops. Restore the shards to a copy taken at or before the log's copy, or start the log on a new directory (a new log id) and rebuild the shards from it"
+    )]
+    LogDiverged {
+        addr: String,
+        log_id: String,
+        shard: String,
+        index: u64,
+        /// The fingerprint of the entry the log holds at `index`.
+        held: u64,
+        /// The fingerprint of the entry the shard applied there.
+        applied: u64,
+    },
     #[error(transparent)]
     Grpc(#[from] grpc::GrpcError),
 }

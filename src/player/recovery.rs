@@ -16,6 +16,8 @@ impl Shared {
         let target = &self.targets[t];
         let (mut from, mut to) = (rec.from, rec.to);
         let mut prev = from - 1;
+        // The fingerprint of the entry at `to`, once read: the closing watermark carries it.
+        let mut at_to = 0;
         let mut retry = backoff(&self.config, &format!("recovery {}", target.id));
         tracing::info!(shard = %target.id, term = rec.term, from, to, "recovery started");
         let problem = format!("recovery of shard {}", target.id);
@@ -29,7 +31,10 @@ impl Shared {
             {
                 return;
             }
-            match self.read_range(t, rec.term, from, to, &mut prev).await {
+            match self
+                .read_range(t, rec.term, (from, to), &mut prev, &mut at_to)
+                .await
+            {
                 Ok(Some(())) => {}
                 Ok(None) => return, // stale term
                 Err(status) => {
@@ -70,6 +75,7 @@ impl Shared {
                 index: to,
                 prev_index: prev,
                 dispatch_micros: now_micros(),
+                fingerprint: at_to,
                 ..Default::default()
             };
             let done = {
@@ -88,21 +94,23 @@ impl Shared {
                 ReadDone::Continue { from: f, to: t2 } => {
                     from = f;
                     to = t2;
+                    at_to = 0;
                 }
                 ReadDone::Stale => return,
             }
         }
     }
 
-    /// One pass over `[from, to]`; `Ok(None)` when the term expired. Advances `from` past
-    /// what was pushed so a retry resumes there.
+    /// One pass over `[from, to]`; `Ok(None)` when the term expired. Advances `prev` past
+    /// what was pushed so a retry resumes there, and sets `at_to` to the fingerprint of the
+    /// entry at `to` when it reads it.
     async fn read_range(
         &self,
         t: usize,
         term: u64,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
         prev: &mut u64,
+        at_to: &mut u64,
     ) -> Result<Option<()>, tonic::Status> {
         let target = &self.targets[t];
         let start = (*prev + 1).max(from);
@@ -135,6 +143,9 @@ impl Shared {
             let mut copies = Copies::with_capacity(bytes.map(Copies::len_of).sum());
             for entry in resp.entries {
                 seen_to = seen_to.max(entry.index);
+                if entry.index == to {
+                    *at_to = crate::model::fingerprint(&entry);
+                }
                 let mutations: Vec<Mutation> = entry
                     .mutations
                     .iter()
@@ -144,40 +155,16 @@ impl Shared {
                 if mutations.is_empty() {
                     continue;
                 }
-                let mut part = Some(ShardEntry {
+                let part = ShardEntry {
                     index: entry.index,
                     prev_index: *prev,
                     mutations,
                     append_start_micros: entry.append_start_micros,
                     dispatch_micros: now_micros(),
-                });
-                // Wait for room (bounded memory), then push.
-                loop {
-                    let room = target.room.notified();
-                    tokio::pin!(room);
-                    room.as_mut().enable();
-                    // None: no room yet; Some(pushed?) otherwise.
-                    let outcome = {
-                        let mut q = lock(&target.queue);
-                        if q.catchup_has_room(term) {
-                            part.take().map(|p| q.push_catchup(term, p))
-                        } else {
-                            None
-                        }
-                    };
-                    match outcome {
-                        Some(Push::Queued) => {
-                            target.ready.notify_one();
-                            break;
-                        }
-                        Some(Push::DroppedAcked) => break,
-                        Some(_) => return Ok(None),
-                        None => {}
-                    }
-                    tokio::select! {
-                        _ = room => {}
-                        _ = self.shutdown.cancelled() => return Ok(None),
-                    }
+                    fingerprint: crate::model::fingerprint(&entry),
+                };
+                if !self.push_when_room(target, term, part).await {
+                    return Ok(None);
                 }
                 *prev = entry.index;
             }
@@ -191,6 +178,39 @@ impl Shared {
             )));
         }
         Ok(Some(()))
+    }
+
+    /// Waits for room in the catch-up queue (bounded memory), then pushes `part`; `false`
+    /// when the term expired or the player is stopping.
+    async fn push_when_room(&self, target: &super::Target, term: u64, part: ShardEntry) -> bool {
+        let mut part = Some(part);
+        loop {
+            let room = target.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            // None: no room yet; Some(pushed?) otherwise.
+            let outcome = {
+                let mut q = lock(&target.queue);
+                if q.catchup_has_room(term) {
+                    part.take().map(|p| q.push_catchup(term, p))
+                } else {
+                    None
+                }
+            };
+            match outcome {
+                Some(Push::Queued) => {
+                    target.ready.notify_one();
+                    return true;
+                }
+                Some(Push::DroppedAcked) => return true,
+                Some(_) => return false,
+                None => {}
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
     }
 
     pub(super) async fn first_index(&self) -> Option<u64> {

@@ -104,8 +104,52 @@ impl Shared {
         false
     }
 
+    /// Whether the log still has what the shard applied from it: it reaches the shard's
+    /// applied index, and holds there the entry the shard applied. When not, the player
+    /// stops.
+    async fn log_keeps(
+        &self,
+        target: &Target,
+        applied: u64,
+        fingerprint: u64,
+    ) -> Result<bool, SessionEnd> {
+        Ok(self.log_reaches(target, applied).await
+            && self.log_holds(target, applied, fingerprint).await?)
+    }
+
+    /// Whether the log holds, at the shard's applied index, the entry the shard applied
+    /// there (`fingerprint`, see `behind::holds`); when not, the player stops, naming both.
+    /// A log that cannot say yet ends the session (retried), so nothing is delivered
+    /// unchecked.
+    async fn log_holds(
+        &self,
+        target: &Target,
+        applied: u64,
+        fingerprint: u64,
+    ) -> Result<bool, SessionEnd> {
+        let log = self.main_stream_log().await;
+        match super::behind::holds(&log, &self.log_id, applied, fingerprint).await {
+            super::behind::Held::Same => Ok(true),
+            super::behind::Held::Unknown(why) => Err(SessionEnd::Broken(format!(
+                "cannot check the shard's last applied entry against the log: {why}"
+            ))),
+            super::behind::Held::Other(held) => {
+                self.fail(PlayerError::LogDiverged {
+                    addr: self.config.logstore.clone(),
+                    log_id: self.log_id.clone(),
+                    shard: target.id.clone(),
+                    index: applied,
+                    held,
+                    applied: fingerprint,
+                });
+                Ok(false)
+            }
+        }
+    }
+
     /// Opens a delivery stream to target `t`: Hello out, Welcome in and checked. Returns
-    /// the request sender, the response stream and the shard's applied index.
+    /// the request sender, the response stream and the shard's applied index with the
+    /// fingerprint of its entry.
     async fn open_session(&self, t: usize) -> Result<Session, SessionEnd> {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
@@ -151,9 +195,9 @@ impl Shared {
     async fn deliver_session(&self, t: usize, opened: &mut bool) -> Result<(), SessionEnd> {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
-        let (tx, mut inbound, applied) = self.open_session(t).await?;
+        let (tx, mut inbound, (applied, fingerprint)) = self.open_session(t).await?;
         *opened = true;
-        if !self.log_reaches(target, applied).await {
+        if !self.log_keeps(target, applied, fingerprint).await? {
             return Ok(()); // the player stops
         }
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
@@ -322,9 +366,11 @@ impl InFlight {
 }
 
 impl Shared {
-    /// Checks a shard's Welcome (see [`check_welcome`]); returns its applied index.
-    fn check_welcome(&self, target: &Target, w: &Welcome) -> Result<u64, SessionEnd> {
+    /// Checks a shard's Welcome (see [`check_welcome`]); returns its applied index and the
+    /// fingerprint of its entry.
+    fn check_welcome(&self, target: &Target, w: &Welcome) -> Result<(u64, u64), SessionEnd> {
         check_welcome(&target.id, &target.addr, &self.log_id, w)
+            .map(|applied| (applied, w.applied_fingerprint))
             .map_err(|(reason, message)| SessionEnd::Refused { reason, message })
     }
 
@@ -399,7 +445,8 @@ pub(super) fn check_welcome(
 type Session = (
     mpsc::Sender<DeliverRequest>,
     tonic::Streaming<crate::proto::DeliverResponse>,
-    u64,
+    // The shard's applied index and the fingerprint of its entry.
+    (u64, u64),
 );
 
 /// How a delivery session ended: fenced (stop), refused for a reason retrying will not fix

@@ -32,12 +32,14 @@
 //! # On disk
 //! ```text
 //! DIR/journal/*.wal   WAL segments with marks (see [`crate::wal`]); record = protobuf
-//!                     `Record` (mutations, applied index, highest epoch, identity:
-//!                     whichever changed), one per commit, each in a group of its own
+//!                     `Record` (mutations, applied index and the fingerprint of its
+//!                     entry, highest epoch, identity: whichever changed), one per
+//!                     commit, each in a group of its own
 //! DIR/snapshot        [magic "LPSNAP\0\x01"] frame* ; frame = [len u32 LE][crc32c u32 LE][payload]
-//!                     first frame: protobuf `SnapshotHeader` (applied, epoch, identity,
-//!                     the journal index it covers up to, the key count); then one frame per
-//!                     key: [key len u32 LE][key][value as `Value::encode`]
+//!                     first frame: protobuf `SnapshotHeader` (applied and its entry's
+//!                     fingerprint, epoch, identity, the journal index it covers up to, the
+//!                     key count); then one frame per key:
+//!                     [key len u32 LE][key][value as `Value::encode`]
 //! ```
 //! Every frame and record is checksummed; a torn journal tail is cut at open (it was never
 //! acknowledged), anything else that does not check is refused with the file and place: a
@@ -116,6 +118,9 @@ struct Record {
     highest_epoch: Option<u64>,
     #[prost(message, optional, tag = "4")]
     identity: Option<IdentityRecord>,
+    /// The fingerprint of the entry at `applied` (absent: not known); only beside `applied`.
+    #[prost(fixed64, optional, tag = "5")]
+    fingerprint: Option<u64>,
     // Tag 15: padding (bytes), skipped when decoding; see [`pad_to_page`].
 }
 
@@ -186,6 +191,8 @@ struct SnapshotHeader {
     next_record: u64,
     #[prost(uint64, tag = "5")]
     keys: u64,
+    #[prost(fixed64, tag = "6")]
+    fingerprint: u64,
 }
 
 /// A snapshot on its way to disk.
@@ -364,6 +371,8 @@ impl JournalStore {
         )?;
         self.identity = identity;
         self.durable.applied = applied;
+        // The entry at `applied` of the new log was never delivered here.
+        self.durable.fingerprint = 0;
         Ok(())
     }
 
@@ -400,12 +409,17 @@ impl JournalStore {
         Ok(())
     }
 
-    /// Encodes a commit of `entries` (and `applied`, unless `None`) into `self.buf`, field
-    /// by field, so the mutations are not copied into a `Record` first.
+    /// Encodes a commit of `entries` (and `applied` with its fingerprint, unless `None`)
+    /// into `self.buf`, field by field, so the mutations are not copied into a `Record`
+    /// first.
     fn encode_commit(&mut self, entries: &[ShardEntry], applied: Option<u64>) {
         self.buf.clear();
         if let Some(a) = applied {
             prost::encoding::uint64::encode(1, &a, &mut self.buf);
+            let fingerprint = super::fingerprint_at(entries, a);
+            if fingerprint != 0 {
+                prost::encoding::fixed64::encode(5, &fingerprint, &mut self.buf);
+            }
         }
         for e in entries {
             for m in &e.mutations {
@@ -427,14 +441,17 @@ impl JournalStore {
             );
             std::process::abort();
         }
+        let fingerprint = super::fingerprint_at(entries, applied);
         self.write(
             Record {
                 applied: Some(applied),
+                fingerprint: Some(fingerprint).filter(|&f| f != 0),
                 ..Default::default()
             },
             self.fsync,
         )?;
         self.durable.applied = applied;
+        self.durable.fingerprint = fingerprint;
         Ok(())
     }
 
@@ -510,6 +527,7 @@ fn replay(record: Record, state: &mut State, durable: &mut Durable, identity: &m
     apply_mutations(state, &record.mutations);
     if let Some(a) = record.applied {
         durable.applied = a;
+        durable.fingerprint = record.fingerprint.unwrap_or(0);
     }
     if let Some(e) = record.highest_epoch {
         durable.highest_epoch = e;
@@ -532,6 +550,7 @@ fn encode_snapshot(state: &State, durable: Durable, identity: &Identity, next: u
         identity: Some(identity.into()),
         next_record: next,
         keys: state.len() as u64,
+        fingerprint: durable.fingerprint,
     };
     let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 64);
     out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -593,6 +612,7 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, JournalError> {
     let durable = Durable {
         applied: header.applied,
         highest_epoch: header.highest_epoch,
+        fingerprint: header.fingerprint,
     };
     let identity = header.identity.map(Identity::from).unwrap_or_default();
     Ok(Some((
@@ -689,6 +709,7 @@ impl ShardStore for JournalStore {
             self.append(self.fsync)?;
             apply_mutations(&mut self.state, entries.iter().flat_map(|e| &e.mutations));
             self.durable.applied = applied;
+            self.durable.fingerprint = super::fingerprint_at(entries, applied);
         }
         self.maybe_snapshot()
     }

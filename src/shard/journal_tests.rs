@@ -12,11 +12,17 @@ fn m(key: &str, op: Op) -> Mutation {
     }
 }
 
+/// A made-up fingerprint for the entry at `index`.
+fn fp(index: u64) -> u64 {
+    0xf1f1_0000_0000 + index
+}
+
 fn entry(index: u64, mutations: Vec<Mutation>) -> ShardEntry {
     ShardEntry {
         index,
         prev_index: index.saturating_sub(1),
         mutations,
+        fingerprint: fp(index),
         ..Default::default()
     }
 }
@@ -75,7 +81,8 @@ fn commits_epoch_and_identity_survive_reopening() {
         s.load().unwrap(),
         Durable {
             applied: 8,
-            highest_epoch: 3
+            highest_epoch: 3,
+            fingerprint: fp(8),
         }
     );
     assert_eq!(s.identity().unwrap(), identity);
@@ -113,6 +120,29 @@ fn a_snapshot_and_the_journal_after_it_give_back_the_same_state() {
     assert_eq!((dump(&s), s.load().unwrap()), before);
     assert_eq!(s.load().unwrap().applied, 201);
     assert_eq!(s.load().unwrap().highest_epoch, 2);
+    assert_eq!(s.load().unwrap().fingerprint, fp(201));
+}
+
+/// The fingerprint of the applied entry lives in the snapshot too (its journal records are
+/// removed), and `reset-log` forgets it (that entry of the new log was never delivered).
+#[test]
+fn the_applied_entrys_fingerprint_survives_a_snapshot_and_not_a_reset() {
+    let dir = snapshotted_50();
+    let (_, durable, ..) = read_snapshot(&dir.path().join(SNAPSHOT_FILE))
+        .unwrap()
+        .unwrap();
+    assert!(durable.applied > 0);
+    assert_eq!(durable.fingerprint, fp(durable.applied));
+    let mut s = JournalStore::open(dir.path()).unwrap();
+    assert_eq!(s.load().unwrap().fingerprint, fp(50));
+    s.reset_log("log-b", 9).unwrap();
+    assert_eq!(s.load().unwrap().fingerprint, 0);
+    drop(s);
+    let s = JournalStore::open(dir.path()).unwrap();
+    assert_eq!(
+        (s.load().unwrap().applied, s.load().unwrap().fingerprint),
+        (9, 0)
+    );
 }
 
 /// A closed journal store of entries 1..=50 whose state went into a snapshot.

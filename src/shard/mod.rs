@@ -46,6 +46,18 @@ pub trait ShardStore: Send + 'static {
 pub struct Durable {
     pub applied: u64,
     pub highest_epoch: u64,
+    /// The fingerprint of the entry at `applied` as delivered ([`crate::model::fingerprint`];
+    /// 0: not known).
+    pub fingerprint: u64,
+}
+
+/// The fingerprint a commit of `entries` through `applied` leaves: that of the entry at
+/// `applied` (0 when the commit does not end with it, or its sender did not say).
+pub(crate) fn fingerprint_at(entries: &[ShardEntry], applied: u64) -> u64 {
+    entries
+        .last()
+        .filter(|e| e.index == applied)
+        .map_or(0, |e| e.fingerprint)
 }
 
 /// Whom a shard's data belongs to: its own shard id, and the log its applied index counts
@@ -361,14 +373,17 @@ impl<S: ShardStore> ShardCore<S> {
         let new = take.len();
         if new > 0 {
             // Fast path: the whole batch is new and contiguous (the common case).
-            if new == entries.len() {
+            let fingerprint = if new == entries.len() {
                 self.store.commit(entries, applied)?;
+                fingerprint_at(entries, applied)
             } else {
                 let subset: Vec<ShardEntry> = take.iter().map(|&i| entries[i].clone()).collect();
                 self.store.commit(&subset, applied)?;
-            }
+                fingerprint_at(&subset, applied)
+            };
             debug_assert!(applied > self.durable.applied);
             self.durable.applied = applied;
+            self.durable.fingerprint = fingerprint;
         }
         match gap {
             Some(err) => Err(err),

@@ -378,6 +378,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
                 shard_id: self.id.clone(),
                 log_id: bound_log,
                 max_entry_bytes: self.max_entry_bytes,
+                applied_fingerprint: durable.fingerprint,
             })),
         };
         tx.send(Ok(welcome))

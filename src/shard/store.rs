@@ -19,6 +19,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 const APPLIED: &str = "applied_index";
 const EPOCH: &str = "highest_epoch";
+const FINGERPRINT: &str = "applied_fingerprint";
 const SHARD_ID: &str = "shard_id";
 const LOG_ID: &str = "log_id";
 
@@ -128,6 +129,8 @@ impl RedbStore {
             ids.insert(LOG_ID, log_id).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert(APPLIED, applied).map_err(backend)?;
+            // The entry at `applied` of the new log was never delivered here.
+            meta.insert(FINGERPRINT, 0).map_err(backend)?;
         }
         txn.commit().map_err(backend)
     }
@@ -146,6 +149,7 @@ fn split_commit(
     db: &Database,
     data: redb::WriteTransaction,
     applied: u64,
+    fingerprint: u64,
 ) -> Result<(), StoreError> {
     data.commit().map_err(backend)?;
     if rand::random::<u8>() < 5 {
@@ -159,6 +163,7 @@ fn split_commit(
     {
         let mut meta = txn.open_table(META).map_err(backend)?;
         meta.insert(APPLIED, applied).map_err(backend)?;
+        meta.insert(FINGERPRINT, fingerprint).map_err(backend)?;
     }
     txn.commit().map_err(backend)
 }
@@ -184,6 +189,7 @@ impl ShardStore for RedbStore {
         Ok(Durable {
             applied: get(APPLIED)?,
             highest_epoch: get(EPOCH)?,
+            fingerprint: get(FINGERPRINT)?,
         })
     }
 
@@ -224,6 +230,7 @@ impl ShardStore for RedbStore {
     }
 
     fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
+        let fingerprint = super::fingerprint_at(entries, applied);
         let split = crate::mutations::on(crate::mutations::Mutation::ShardSplitCommit);
         let txn = begin(&self.db, self.fsync)?;
         {
@@ -248,10 +255,11 @@ impl ShardStore for RedbStore {
             if !split {
                 let mut meta = txn.open_table(META).map_err(backend)?;
                 meta.insert(APPLIED, applied).map_err(backend)?;
+                meta.insert(FINGERPRINT, fingerprint).map_err(backend)?;
             }
         }
         if split {
-            return split_commit(&self.db, txn, applied);
+            return split_commit(&self.db, txn, applied, fingerprint);
         }
         txn.commit().map_err(backend)
     }
@@ -292,17 +300,24 @@ mod tests {
                         op: Some(Op::Append(b"x".to_vec().into())),
                     },
                 ],
+                fingerprint: 0xf7,
                 ..Default::default()
             };
             s.commit(std::slice::from_ref(&e), 7).unwrap();
-            s.commit(&[ShardEntry { index: 8, ..e }], 8).unwrap();
+            let next = ShardEntry {
+                index: 8,
+                fingerprint: 0xf8,
+                ..e
+            };
+            s.commit(&[next], 8).unwrap();
         }
         let s = RedbStore::open_existing(dir.path()).unwrap();
         assert_eq!(
             s.load().unwrap(),
             Durable {
                 applied: 8,
-                highest_epoch: 3
+                highest_epoch: 3,
+                fingerprint: 0xf8,
             }
         );
         let mut rows = Vec::new();
