@@ -11,9 +11,11 @@
 //! but holds other entries at them. So each shard keeps the fingerprint of the entry at its
 //! applied index ([`crate::model::fingerprint`], carried by every delivered entry), says it
 //! in its Welcome, and the player compares it with the entry the log holds there before it
-//! delivers anything on that stream ([`holds`]); when they differ it stops naming both
-//! ([`super::PlayerError::LogDiverged`]). A log that differs only below a shard's applied
-//! index is not seen (nothing is lost to that shard: what it skips is what it applied).
+//! delivers anything on that stream ([`holds`]); the main stream does the same with the
+//! last entry it read each time it reconnects. When they differ the player stops naming
+//! both ([`super::PlayerError::LogDiverged`]). Not seen: a log that differs only below the
+//! index compared (nothing is lost to that shard: what it skips is what it applied), or
+//! holds there an entry of the same content (same mutations and writer start time).
 
 use std::time::{Duration, Instant};
 
@@ -146,15 +148,21 @@ pub(super) async fn reaches(
 /// there.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Held {
-    /// The same entry, or nothing to compare: the shard applied nothing, or does not know
-    /// the fingerprint (an older sender delivered it, or `reset-log`), or the log has
-    /// removed the entry (retention: the recovery that needs it says so).
+    /// The same entry, or nothing to compare: nothing applied, or a fingerprint not known
+    /// (an older sender delivered the entry, or `reset-log`), or an entry the log has
+    /// removed (retention below the slowest shard's next entry removes its applied one).
     Same,
     /// Another entry, with this fingerprint.
     Other(u64),
     /// The log did not answer, or does not hold the index (yet): ask again later.
     Unknown(String),
+    /// The log cannot serve the entry, and asking again will not change that (it is
+    /// damaged, or above the LogStore's entry limit now): go on unchecked, saying so.
+    Unchecked(String),
 }
+
+/// How long reading one entry for [`holds`] may take (an entry may be up to a GiB).
+const READ_WAIT: Duration = Duration::from_secs(30);
 
 /// Compares the entry `log_id` holds at `index` with `fingerprint`, the one a shard applied
 /// there.
@@ -173,7 +181,7 @@ pub(super) async fn holds(
         max_batch_bytes: 0,
         follow: false,
     });
-    request.set_timeout(ASK_WAIT * 5);
+    request.set_timeout(READ_WAIT);
     let read = async {
         let mut stream = log.clone().read(request).await?.into_inner();
         while let Some(response) = stream.message().await? {
@@ -189,15 +197,19 @@ pub(super) async fn holds(
         }
         Ok(None)
     };
-    match tokio::time::timeout(ASK_WAIT * 5, read).await {
+    match tokio::time::timeout(READ_WAIT, read).await {
         Ok(Ok(Some(held))) if held == fingerprint => Held::Same,
         Ok(Ok(Some(held))) => Held::Other(held),
         Ok(Ok(None)) => Held::Unknown(format!("the log does not hold index {index} (yet)")),
-        Ok(Err(status)) if Reason::of(&status) == Some(Reason::BelowRetention) => Held::Same,
-        Ok(Err(status)) => Held::Unknown(format!("reading index {index} of the log: {status}")),
+        Ok(Err(status)) => match Reason::of(&status) {
+            Some(Reason::BelowRetention) => Held::Same,
+            Some(Reason::Corrupt | Reason::EntryTooLarge) => {
+                Held::Unchecked(format!("reading index {index} of the log: {status}"))
+            }
+            _ => Held::Unknown(format!("reading index {index} of the log: {status}")),
+        },
         Err(_) => Held::Unknown(format!(
-            "reading index {index} of the log took over {:?}",
-            ASK_WAIT * 5
+            "reading index {index} of the log took over {READ_WAIT:?}"
         )),
     }
 }

@@ -42,6 +42,7 @@ impl Shared {
                 parts[t].push(part);
             }
             d.current_index = entry.index;
+            d.current_fingerprint = fingerprint;
             d.since_watermark += 1;
             if d.since_watermark >= self.config.watermark_every {
                 d.since_watermark = 0;
@@ -131,28 +132,53 @@ impl Shared {
         leader_log(&self.log, &self.config).await
     }
 
+    /// Whether the log still reaches `read`, the last index the main stream read, and holds
+    /// there the entry it read (`fingerprint`, see `behind`): asked each time the main
+    /// stream (re)connects. An unanswered question goes on (the read that follows fails and
+    /// is retried, and asks again).
+    async fn log_keeps_what_was_read(
+        &self,
+        log: &crate::proto::log_store_client::LogStoreClient<tonic::transport::Channel>,
+        read: u64,
+        fingerprint: u64,
+    ) -> Result<(), PlayerError> {
+        let go_on = super::behind::Unanswered::GoOn;
+        if let Err(last) =
+            super::behind::reaches(log, &self.log_id, read, go_on, &self.shutdown).await
+        {
+            return Err(PlayerError::LogBehind {
+                addr: self.config.logstore.clone(),
+                log_id: self.log_id.clone(),
+                last,
+                who: "this player has read".into(),
+                through: read,
+            });
+        }
+        match super::behind::holds(log, &self.log_id, read, fingerprint).await {
+            super::behind::Held::Other(held) => Err(PlayerError::LogDiverged {
+                addr: self.config.logstore.clone(),
+                log_id: self.log_id.clone(),
+                who: "this player read".into(),
+                index: read,
+                held,
+                had: fingerprint,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The main stream, for the life of the player (reconnecting as needed).
     pub(super) async fn fetcher(self: Arc<Self>) {
         let mut retry = backoff(&self.config, "fetcher");
         while !self.shutdown.is_cancelled() {
-            let from = lock(&self.dispatch).current_index + 1;
+            let (read, fingerprint) = {
+                let d = lock(&self.dispatch);
+                (d.current_index, d.current_fingerprint)
+            };
+            let from = read + 1;
             let log = self.main_stream_log().await;
-            if let Err(last) = super::behind::reaches(
-                &log,
-                &self.log_id,
-                from - 1,
-                super::behind::Unanswered::GoOn,
-                &self.shutdown,
-            )
-            .await
-            {
-                self.fail(PlayerError::LogBehind {
-                    addr: self.config.logstore.clone(),
-                    log_id: self.log_id.clone(),
-                    last,
-                    who: "this player has read".into(),
-                    through: from - 1,
-                });
+            if let Err(e) = self.log_keeps_what_was_read(&log, read, fingerprint).await {
+                self.fail(e);
                 return;
             }
             let result: Result<(), tonic::Status> = async {

@@ -252,17 +252,18 @@ pub enum PlayerError {
         through: u64,
     },
     #[error(
-        "the log {log_id} at {addr} holds another entry at index {index} than the one shard {shard} applied there (fingerprint {held:016x}, the shard's {applied:016x}): the log was put back to an older copy and has grown past the shard since, or the shard's data comes from another copy of this log. The shard would skip the log's entries up to {index} as applied, silently, so the player stops. Restore the shards to a copy taken at or before the log's copy, or start the log on a new directory (a new log id) and rebuild the shards from it"
+        "the log {log_id} at {addr} holds another entry at index {index} than the one {who} there (fingerprint {held:016x}, against {had:016x}): the log was put back to an older copy and has grown past what was delivered from it since, or the shard's data comes from another copy of this log. The log's entries up to {index} would be skipped as applied, silently, so the player stops. Restore the shards to a copy taken at or before the log's copy, or start the log on a new directory (a new log id) and rebuild the shards from it"
     )]
     LogDiverged {
         addr: String,
         log_id: String,
-        shard: String,
+        /// "shard s0 applied", "this player read".
+        who: String,
         index: u64,
         /// The fingerprint of the entry the log holds at `index`.
         held: u64,
-        /// The fingerprint of the entry the shard applied there.
-        applied: u64,
+        /// The fingerprint of the entry `who` names.
+        had: u64,
     },
     #[error(transparent)]
     Grpc(#[from] grpc::GrpcError),
@@ -297,6 +298,20 @@ struct Dispatch {
     /// Per target, the last log index that touched it (the next part's `prev_index`).
     last_real: Vec<u64>,
     since_watermark: u64,
+    /// The fingerprint of the entry at `current_index` (0 before the first dispatch).
+    current_fingerprint: u64,
+}
+
+impl Dispatch {
+    /// The dispatcher of a main stream that starts at `start`, for `targets` shards.
+    fn before(start: u64, targets: usize) -> Dispatch {
+        Dispatch {
+            current_index: start - 1,
+            last_real: vec![start - 1; targets],
+            since_watermark: 0,
+            current_fingerprint: 0,
+        }
+    }
 }
 
 struct Shared {
@@ -474,11 +489,7 @@ impl Player {
             me: me.clone(),
             log_id: bounds.log_id,
             log_max_entry_bytes: bounds.max_entry_bytes,
-            dispatch: Mutex::new(Dispatch {
-                current_index: start - 1,
-                last_real: vec![start - 1; n],
-                since_watermark: 0,
-            }),
+            dispatch: Mutex::new(Dispatch::before(start, n)),
             config,
             targets,
             log,

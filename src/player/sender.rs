@@ -130,6 +130,10 @@ impl Shared {
         let log = self.main_stream_log().await;
         match super::behind::holds(&log, &self.log_id, applied, fingerprint).await {
             super::behind::Held::Same => Ok(true),
+            super::behind::Held::Unchecked(why) => {
+                tracing::warn!(shard = %target.id, applied, %why, "cannot check the shard's last applied entry against the log; delivering unchecked");
+                Ok(true)
+            }
             super::behind::Held::Unknown(why) => Err(SessionEnd::Broken(format!(
                 "cannot check the shard's last applied entry against the log: {why}"
             ))),
@@ -137,10 +141,10 @@ impl Shared {
                 self.fail(PlayerError::LogDiverged {
                     addr: self.config.logstore.clone(),
                     log_id: self.log_id.clone(),
-                    shard: target.id.clone(),
+                    who: format!("shard {} applied", target.id),
                     index: applied,
                     held,
-                    applied: fingerprint,
+                    had: fingerprint,
                 });
                 Ok(false)
             }
@@ -191,15 +195,16 @@ impl Shared {
     }
 
     /// One connection: hello, resume, then batches out and acks in until it breaks.
-    /// `opened` is set once the shard has welcomed the stream.
+    /// `opened` is set once the shard has welcomed the stream and the log was found to
+    /// still have what it applied.
     async fn deliver_session(&self, t: usize, opened: &mut bool) -> Result<(), SessionEnd> {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
         let (tx, mut inbound, (applied, fingerprint)) = self.open_session(t).await?;
-        *opened = true;
         if !self.log_keeps(target, applied, fingerprint).await? {
             return Ok(()); // the player stops
         }
+        *opened = true;
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
         // current_index and the queue's state change.
         let recovery = {

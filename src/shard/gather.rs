@@ -37,8 +37,8 @@ const MAX_COALESCED_ENTRIES: usize = 4096;
 /// The page a commit's `fdatasync` writes whole (the journal's).
 const PAGE: usize = super::journal::PAGE as usize;
 /// Bytes a journal commit adds to its entries' (its group's mark, the record's WAL header,
-/// the applied index, field tags).
-const RECORD_OVERHEAD: usize = 48;
+/// the applied index and its entry's fingerprint, field tags).
+const RECORD_OVERHEAD: usize = 57;
 
 /// What the reader task hands the committer.
 pub enum Inbound {

@@ -35,7 +35,10 @@ pub trait ShardStore: Send + 'static {
     /// Durably records a new highest epoch.
     fn set_epoch(&mut self, epoch: u64) -> Result<(), StoreError>;
     /// Applies `entries` (in index order, all above the current applied index) and sets the
-    /// applied index to `applied`, atomically and durably.
+    /// applied index to `applied`, atomically and durably, with the fingerprint of the entry
+    /// there ([`fingerprint_at`]), which [`ShardStore::load`] gives back beside it (0 when
+    /// a store cannot keep it: the player then cannot tell whether the log still holds that
+    /// entry, see `player::behind`).
     fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError>;
     /// Visits every key and value in key order.
     fn dump(&self, visit: &mut dyn FnMut(&[u8], &Value)) -> Result<(), StoreError>;
@@ -53,7 +56,7 @@ pub struct Durable {
 
 /// The fingerprint a commit of `entries` through `applied` leaves: that of the entry at
 /// `applied` (0 when the commit does not end with it, or its sender did not say).
-pub(crate) fn fingerprint_at(entries: &[ShardEntry], applied: u64) -> u64 {
+pub fn fingerprint_at(entries: &[ShardEntry], applied: u64) -> u64 {
     entries
         .last()
         .filter(|e| e.index == applied)
@@ -458,6 +461,7 @@ impl ShardStore for MemStore {
             crate::model::apply_all(&mut self.state, &e.mutations);
         }
         self.durable.applied = applied;
+        self.durable.fingerprint = fingerprint_at(entries, applied);
         self.commits += 1;
         Ok(())
     }

@@ -19,7 +19,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 const APPLIED: &str = "applied_index";
 const EPOCH: &str = "highest_epoch";
+/// The fingerprint of the entry at [`FINGERPRINT_AT`]: it counts only while that is the
+/// applied index (an older binary, rolled back to, moves the applied index alone).
 const FINGERPRINT: &str = "applied_fingerprint";
+const FINGERPRINT_AT: &str = "applied_fingerprint_index";
 const SHARD_ID: &str = "shard_id";
 const LOG_ID: &str = "log_id";
 
@@ -131,6 +134,7 @@ impl RedbStore {
             meta.insert(APPLIED, applied).map_err(backend)?;
             // The entry at `applied` of the new log was never delivered here.
             meta.insert(FINGERPRINT, 0).map_err(backend)?;
+            meta.insert(FINGERPRINT_AT, applied).map_err(backend)?;
         }
         txn.commit().map_err(backend)
     }
@@ -164,6 +168,7 @@ fn split_commit(
         let mut meta = txn.open_table(META).map_err(backend)?;
         meta.insert(APPLIED, applied).map_err(backend)?;
         meta.insert(FINGERPRINT, fingerprint).map_err(backend)?;
+        meta.insert(FINGERPRINT_AT, applied).map_err(backend)?;
     }
     txn.commit().map_err(backend)
 }
@@ -186,10 +191,15 @@ impl ShardStore for RedbStore {
                 .map(|g| g.value())
                 .unwrap_or(0))
         };
+        let applied = get(APPLIED)?;
+        let fingerprint = match get(FINGERPRINT_AT)? {
+            at if at == applied => get(FINGERPRINT)?,
+            _ => 0,
+        };
         Ok(Durable {
-            applied: get(APPLIED)?,
+            applied,
             highest_epoch: get(EPOCH)?,
-            fingerprint: get(FINGERPRINT)?,
+            fingerprint,
         })
     }
 
@@ -256,6 +266,7 @@ impl ShardStore for RedbStore {
                 let mut meta = txn.open_table(META).map_err(backend)?;
                 meta.insert(APPLIED, applied).map_err(backend)?;
                 meta.insert(FINGERPRINT, fingerprint).map_err(backend)?;
+                meta.insert(FINGERPRINT_AT, applied).map_err(backend)?;
             }
         }
         if split {
@@ -320,6 +331,12 @@ mod tests {
                 fingerprint: 0xf8,
             }
         );
+        // An older binary (rolled back to) moves the applied index alone: the fingerprint,
+        // of another entry now, no longer counts.
+        let txn = s.db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(APPLIED, 9).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(s.load().unwrap().fingerprint, 0);
         let mut rows = Vec::new();
         s.dump(&mut |k, v| rows.push((k.to_vec(), v.clone())))
             .unwrap();
