@@ -49,6 +49,9 @@ async fn three_replicas_serve_one_dense_log_from_every_address() {
         if r.role == "leader" {
             assert_eq!(r.applied_term, r.raft_term, "{r:?}");
         }
+        if r.role != "leader" {
+            assert!(!r.leads_a_majority, "{r:?}");
+        }
         assert!(r.applied_term > 0 && r.applied_term <= r.raft_term, "{r:?}");
         ids.push(d.log_id);
     }
@@ -888,6 +891,60 @@ async fn a_replica_without_a_leader_says_what_it_waits_for() {
         }
         assert!(Instant::now() < deadline, "nothing said:\n{text}");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A leader cut off from its majority (both followers frozen) keeps its role until it hears
+/// of a higher term, but stops saying it leads a majority within an election timeout: the
+/// player counts only such a leader's `last` as where the log ends (the others may have
+/// elected a leader that committed more). Woken, the group has such a leader again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_majority_does_not_say_it_leads_one() {
+    let g = Group::start(3, &[]).await;
+    let l = g.leader(Duration::from_secs(20)).await;
+    let all = Log::connect(&g.all()).await.unwrap();
+    write(&all, "before", 1, 10).await;
+    let says = |a: String| async move {
+        let d = Log::connect(&a).await.unwrap().describe().await.unwrap();
+        let r = d.replica.expect("a replica says where it stands");
+        (r.role, r.leads_a_majority)
+    };
+    for (i, a) in g.addrs.iter().enumerate().filter(|&(i, _)| i != l) {
+        let (role, leads) = says(a.clone()).await;
+        assert!(!leads, "replica {} ({role})", i + 1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !says(g.addrs[l].clone()).await.1 {
+        assert!(
+            Instant::now() < deadline,
+            "the leader does not say it leads a majority"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let followers: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    for &f in &followers {
+        g.procs[f].stop().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (role, leads) = says(g.addrs[l].clone()).await;
+    for &f in &followers {
+        g.procs[f].cont().unwrap();
+    }
+    assert!(
+        !leads,
+        "a {role} cut off from its majority says it leads one"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = g.leader(Duration::from_secs(20)).await;
+        if says(g.addrs[l].clone()).await.1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader says it leads a majority again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

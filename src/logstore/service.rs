@@ -513,6 +513,7 @@ impl LogStoreRpc for Service {
                     last_log: s.last_log.unwrap_or(0),
                     applied: s.applied.unwrap_or(0),
                     applied_term: s.applied_term.unwrap_or(0),
+                    leads_a_majority: s.leads_a_majority,
                 })
             }
             ServedLog::Single(_) => None,

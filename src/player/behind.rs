@@ -28,7 +28,8 @@ use crate::proto::{BoundsRequest, BoundsResponse, ReadRequest};
 
 /// How long the log may stay below the index before the player concludes it lost entries.
 /// Only answers that know the log's end count (a single-node LogStore's, or a leader's
-/// that has applied an entry of its own term, so every entry committed before it led):
+/// that a majority acknowledged moments ago and that has applied an entry of its own term,
+/// so every entry committed before it led):
 /// what remains is a leader applying what it committed moments ago.
 pub(super) const GRACE: Duration = Duration::from_secs(5);
 
@@ -73,11 +74,13 @@ async fn ask(log: &LogStoreClient<Channel>, log_id: &str, index: u64) -> Answer 
 
 /// Whether a `Bounds` answer knows where the log ends: a single-node LogStore's, or a
 /// leader's that has applied an entry of its own term (so every entry committed before it
-/// led; Raft's leader commits one of its term when elected).
+/// led; Raft's leader commits one of its term when elected) and that a majority
+/// acknowledged moments ago (one cut off from it may have been replaced by a leader that
+/// committed more).
 fn knows_the_end(b: &BoundsResponse) -> bool {
-    b.replica
-        .as_ref()
-        .is_none_or(|r| r.role == "leader" && r.raft_term > 0 && r.applied_term == r.raft_term)
+    b.replica.as_ref().is_none_or(|r| {
+        r.role == "leader" && r.raft_term > 0 && r.applied_term == r.raft_term && r.leads_a_majority
+    })
 }
 
 /// What to do while the LogStore does not answer.
@@ -219,9 +222,10 @@ mod tests {
     use super::*;
     use crate::proto::ReplicaStatus;
 
-    /// Only a single-node LogStore, or a leader that applied an entry of its own term, knows
-    /// where the log ends: a follower may lag, and a leader restarted moments ago replays
-    /// its log from the start before it applies anything of its term.
+    /// Only a single-node LogStore, or a leader that applied an entry of its own term and
+    /// that its majority acknowledged moments ago, knows where the log ends: a follower may
+    /// lag, a leader restarted moments ago replays its log from the start before it applies
+    /// anything of its term, and one cut off from its majority may have been replaced.
     #[test]
     fn only_a_caught_up_leader_or_a_single_node_knows_where_the_log_ends() {
         let replica = |role: &str, raft_term, applied_term| BoundsResponse {
@@ -229,12 +233,19 @@ mod tests {
                 role: role.into(),
                 raft_term,
                 applied_term,
+                leads_a_majority: role == "leader",
                 ..Default::default()
             }),
             ..Default::default()
         };
         assert!(knows_the_end(&BoundsResponse::default()), "single node");
         assert!(knows_the_end(&replica("leader", 7, 7)));
+        let mut cut_off = replica("leader", 7, 7);
+        cut_off.replica.as_mut().unwrap().leads_a_majority = false;
+        assert!(
+            !knows_the_end(&cut_off),
+            "a leader its majority has not acknowledged"
+        );
         assert!(!knows_the_end(&replica("leader", 7, 6)), "still replaying");
         assert!(!knows_the_end(&replica("leader", 0, 0)));
         for role in ["follower", "candidate", "learner"] {

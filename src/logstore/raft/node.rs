@@ -200,7 +200,8 @@ pub struct Replica {
 }
 
 /// Where the replica stands, for `status` and the metrics (`applied_term`: the Raft term of
-/// the last applied entry).
+/// the last applied entry; `leads_a_majority`: the leader, acknowledged by a majority within
+/// the leader lease).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaStatus {
     pub id: NodeId,
@@ -210,7 +211,11 @@ pub struct ReplicaStatus {
     pub last_log: Option<u64>,
     pub applied: Option<u64>,
     pub applied_term: Option<u64>,
+    pub leads_a_majority: bool,
 }
+
+/// The longest election timeout, in heartbeats: the leader lease.
+const ELECTION_MAX_HEARTBEATS: u64 = 6;
 
 /// The shortest `--heartbeat`.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
@@ -231,7 +236,7 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
         // replica grants no vote within the leader lease (election_timeout_max) of hearing
         // from its leader.
         election_timeout_min: hb * 3,
-        election_timeout_max: hb * 6,
+        election_timeout_max: hb * ELECTION_MAX_HEARTBEATS,
         // A candidate first asks whether a majority would vote for it, without raising the
         // term: one whose log is behind, or that was frozen or cut off, cannot disturb the
         // group, and does not hold up the election of one that can win.
@@ -516,7 +521,29 @@ impl Replica {
             last_log: m.last_log_index,
             applied: m.last_applied.map(|l| l.index),
             applied_term: m.last_applied.map(|l| l.leader_id.term),
+            leads_a_majority: self.leads_a_majority(&m),
         }
+    }
+
+    /// Whether this replica is the leader and a majority of the voters acknowledged it
+    /// within the leader lease (the longest election timeout; a sole voter always): a
+    /// replica grants no vote within the lease of hearing from its leader, so no other
+    /// replica can have been elected and committed entries this one does not have. A leader
+    /// cut off from its majority keeps its role until it hears of a higher term; this says
+    /// false for it.
+    fn leads_a_majority(&self, m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+        use openraft::Instant as _;
+        if m.state != ServerState::Leader || m.current_leader != Some(self.id) {
+            return false;
+        }
+        let lease = Duration::from_millis(
+            self.heartbeat_millis
+                .saturating_mul(ELECTION_MAX_HEARTBEATS),
+        );
+        m.membership_config.membership().voter_ids().count() == 1
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|acked| acked.elapsed() < lease)
     }
 
     fn not_leader(&self) -> LogStoreError {
