@@ -192,3 +192,106 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
     assert_eq!(mine.machine().log_id(), my_log, "{their_log:?}");
     assert_eq!(mine.machine().bounds(), bounds);
 }
+
+/// The checks on a snapshot sent in pieces, each of which would otherwise install a
+/// snapshot no replica sent, or hold more memory than any snapshot needs: a stated size
+/// above the largest a replica takes, pieces from two replicas (two leaders' snapshots
+/// interleaved would make one of neither), pieces that carry more than the stated size, and
+/// a stream without a piece are each refused by name, and nothing is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_in_pieces_that_do_not_add_up_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = established(dir.path()).await;
+    for _ in 0..5 {
+        let m = vec![Mutation {
+            key: b"k".to_vec().into(),
+            op: Some(Op::Add(1)),
+        }];
+        mine.submit(m, None, 0, None)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    mine.retain(4).await.unwrap();
+    mine.raft().trigger().snapshot().await.unwrap();
+    let snapshot = loop {
+        if let Some(s) = mine.raft().get_snapshot().await.unwrap() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let vote = mine
+        .raft()
+        .with_raft_state(|s| *s.vote_ref())
+        .await
+        .unwrap();
+    let full = FullSnapshot {
+        vote,
+        meta: snapshot.meta,
+        data: snapshot.snapshot.into_inner(),
+    };
+    let me = Sender {
+        id: 1,
+        max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+        heartbeat_millis: 50,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = ReplicationService::new(
+        me,
+        mine.raft().clone(),
+        mine.machine().clone(),
+        mine.catching_up(),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                crate::proto::replication_server::ReplicationServer::new(served)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ReplicationClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let whole = envelope(&full, mine.machine(), me, 1).unwrap();
+    let total = whole.payload.len();
+    let piece = |from: NodeId, range: std::ops::Range<usize>, stated: u64| {
+        let mut m = whole.clone();
+        m.from = from;
+        m.payload = whole.payload.slice(range);
+        m.snapshot_bytes = stated;
+        m
+    };
+    let half = total / 2;
+    let stated = total as u64;
+    let applied = mine.status().applied;
+    for (pieces, want) in [
+        (
+            vec![piece(1, 0..total, MAX_SNAPSHOT_BYTES as u64 + 1)],
+            "above the",
+        ),
+        (
+            vec![piece(1, 0..half, stated), piece(2, half..total, stated)],
+            "pieces of one snapshot from replicas 1 and 2",
+        ),
+        (
+            vec![piece(1, 0..total, stated), piece(1, 0..1, stated)],
+            "carry more",
+        ),
+        (Vec::new(), "without a piece"),
+    ] {
+        let refused = client
+            .install_snapshot_stream(tokio_stream::iter(pieces))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a snapshot that should say {want:?} was installed"));
+        assert!(refused.message().contains(want), "{}", refused.message());
+    }
+    assert_eq!(mine.status().applied, applied, "nothing was installed");
+}
