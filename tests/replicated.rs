@@ -807,7 +807,10 @@ async fn single_node_and_replica_directories_are_refused_by_the_other_mode() {
         "{err}"
     );
     let g = Group::start(1, &[]).await;
-    drop(g.procs);
+    let mut procs = g.procs;
+    for p in &mut procs {
+        p.kill().await;
+    }
     let replica = g._dir.path().join("replica-1");
     let out = std::process::Command::new(bin())
         .env("LOGPLAYER_INSECURE", "true")
@@ -842,7 +845,11 @@ async fn a_replica_started_on_another_replicas_directory_is_refused_naming_both(
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
     let addrs = g.addrs.clone();
-    drop(g.procs);
+    // Killed and reaped, so that the port below is free again (a drop only signals).
+    let mut procs = g.procs;
+    for p in &mut procs {
+        p.kill().await;
+    }
     let replica2 = g._dir.path().join("replica-2");
     let (peers, data) = (peers.join(","), replica2.display().to_string());
     let args = ["logstore", "--id", "3", "--peers", &peers, "--data", &data];

@@ -95,8 +95,8 @@ pub(super) enum Unanswered {
 
 /// `Ok` when the log `log_id` reaches `index` (or answers only unsure for [`GRACE`], or the
 /// player is stopping); `Err(last)` when sure answers said it ends at `last`, below
-/// `index`, for [`GRACE`]. `log` should reach the leader of a replicated log
-/// (`fetch::leader_log`): a follower's answer is never sure.
+/// `index`, for [`GRACE`] (see [`Below`]). `log` should reach the leader of a replicated
+/// log (`fetch::leader_log`): a follower's answer is never sure.
 pub(super) async fn reaches(
     log: &LogStoreClient<Channel>,
     log_id: &str,
@@ -107,8 +107,7 @@ pub(super) async fn reaches(
     if index == 0 {
         return Ok(());
     }
-    let started = Instant::now();
-    let mut below_since: Option<Instant> = None;
+    let mut below = Below::default();
     let mut said_waiting = false;
     loop {
         match ask(log, log_id, index).await {
@@ -123,27 +122,60 @@ pub(super) async fn reaches(
                     );
                 }
             }
-            Answer::Below { last, sure: true } => {
-                let since = *below_since.get_or_insert_with(|| {
+            Answer::Below { last, sure } => {
+                if sure && below.since.is_none() {
                     tracing::info!(
                         last,
                         index,
                         "the log ends below what was delivered from it; waiting {GRACE:?} for it to reach that far"
                     );
-                    Instant::now()
-                });
-                if since.elapsed() >= GRACE {
-                    return Err(last);
+                }
+                match below.answered(sure, Instant::now()) {
+                    Some(true) => return Err(last),
+                    Some(false) => return Ok(()),
+                    None => {}
                 }
             }
-            // Only answers that do not know the log's end: nothing to conclude.
-            Answer::Below { sure: false, .. } if started.elapsed() >= GRACE => return Ok(()),
-            Answer::Below { sure: false, .. } => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
+    }
+}
+
+/// What the answers that the log ends below the index have said so far. Sure answers
+/// conclude once the first of them is [`GRACE`] old; unsure ones in between (a follower
+/// answering while no leader was known, a leader whose majority acknowledged it late) do not
+/// reset that, as long as a sure one came within [`GRACE`]. Only unsure answers, for
+/// [`GRACE`] from the first answer (time without any answer does not count), conclude
+/// that nothing can be concluded.
+#[derive(Debug, Default)]
+struct Below {
+    first: Option<Instant>,
+    since: Option<Instant>,
+    last_sure: Option<Instant>,
+}
+
+impl Below {
+    /// One more answer below the index: `Some(true)` when the log lost entries, `Some(false)`
+    /// when nothing can be concluded, `None` to ask again.
+    fn answered(&mut self, sure: bool, now: Instant) -> Option<bool> {
+        let first = *self.first.get_or_insert(now);
+        if sure {
+            self.last_sure = Some(now);
+            let since = *self.since.get_or_insert(now);
+            return (now.duration_since(since) >= GRACE).then_some(true);
+        }
+        if self
+            .last_sure
+            .is_some_and(|at| now.duration_since(at) >= GRACE)
+        {
+            // Sure answers stopped coming: start over.
+            self.since = None;
+            self.last_sure = None;
+        }
+        (self.since.is_none() && now.duration_since(first) >= GRACE).then_some(false)
     }
 }
 
@@ -221,6 +253,41 @@ pub(super) async fn holds(
 mod tests {
     use super::*;
     use crate::proto::ReplicaStatus;
+
+    /// Sure answers below the index conclude after GRACE, unsure ones in between do not
+    /// reset them (a leader whose majority acknowledged it late, a follower answering
+    /// while no leader was known), and only unsure answers conclude nothing, after GRACE
+    /// from the first answer.
+    #[test]
+    fn unsure_answers_between_sure_ones_do_not_let_a_lost_log_through() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut b = Below::default();
+        assert_eq!(b.answered(true, at(0)), None);
+        for ms in (200..5_000).step_by(200) {
+            assert_eq!(b.answered(ms % 400 == 0, at(ms)), None, "at {ms} ms");
+        }
+        assert_eq!(
+            b.answered(false, at(5_200)),
+            None,
+            "a sure answer came 200 ms ago"
+        );
+        assert_eq!(b.answered(true, at(5_400)), Some(true));
+        // Only unsure answers: nothing to conclude, after GRACE from the first.
+        let mut b = Below::default();
+        assert_eq!(
+            b.answered(false, at(60_000)),
+            None,
+            "no time without answers counts"
+        );
+        assert_eq!(b.answered(false, at(64_000)), None);
+        assert_eq!(b.answered(false, at(65_000)), Some(false));
+        // A sure answer, then only unsure ones for GRACE: it starts over.
+        let mut b = Below::default();
+        assert_eq!(b.answered(true, at(0)), None);
+        assert_eq!(b.answered(false, at(4_000)), None);
+        assert_eq!(b.answered(false, at(5_000)), Some(false));
+    }
 
     /// Only a single-node LogStore, or a leader that applied an entry of its own term and
     /// that its majority acknowledged moments ago, knows where the log ends: a follower may

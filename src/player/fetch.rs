@@ -134,14 +134,16 @@ impl Shared {
 
     /// Whether the log still reaches `read`, the last index the main stream read, and holds
     /// there the entry it read (`fingerprint`, see `behind`): asked each time the main
-    /// stream (re)connects. An unanswered question goes on (the read that follows fails and
-    /// is retried, and asks again).
+    /// stream (re)connects. `Ok(false)`: the log could not show the entry (it does not hold
+    /// it yet, or did not answer); the main stream must not read on (a follow read past the
+    /// log's end waits for it to grow, and would deliver a regrown log unchecked), so it
+    /// asks again.
     async fn log_keeps_what_was_read(
         &self,
         log: &crate::proto::log_store_client::LogStoreClient<tonic::transport::Channel>,
         read: u64,
         fingerprint: u64,
-    ) -> Result<(), PlayerError> {
+    ) -> Result<bool, PlayerError> {
         let go_on = super::behind::Unanswered::GoOn;
         if let Err(last) =
             super::behind::reaches(log, &self.log_id, read, go_on, &self.shutdown).await
@@ -163,7 +165,11 @@ impl Shared {
                 held,
                 had: fingerprint,
             }),
-            _ => Ok(()),
+            super::behind::Held::Unknown(why) => {
+                tracing::debug!(index = read, %why, "cannot check the last entry read against the log yet; not reading on");
+                Ok(false)
+            }
+            super::behind::Held::Same | super::behind::Held::Unchecked(_) => Ok(true),
         }
     }
 
@@ -177,9 +183,19 @@ impl Shared {
             };
             let from = read + 1;
             let log = self.main_stream_log().await;
-            if let Err(e) = self.log_keeps_what_was_read(&log, read, fingerprint).await {
-                self.fail(e);
-                return;
+            match self.log_keeps_what_was_read(&log, read, fingerprint).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry.next()) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
             }
             let result: Result<(), tonic::Status> = async {
                 let mut stream = log

@@ -540,7 +540,7 @@ impl Replica {
             self.heartbeat_millis
                 .saturating_mul(ELECTION_MAX_HEARTBEATS),
         );
-        m.membership_config.membership().voter_ids().count() == 1
+        m.membership_config.membership().voter_ids().eq([self.id])
             || m.last_quorum_acked
                 .as_ref()
                 .is_some_and(|acked| acked.elapsed() < lease)
