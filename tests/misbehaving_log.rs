@@ -95,6 +95,11 @@ impl LogStore for Proxy {
             });
             return Ok(Response::new(Box::pin(stream)));
         }
+        if req.from == req.to {
+            // The player reading back one entry to compare its fingerprint (a shard's last
+            // applied one): not a recovery read, left alone.
+            return Ok(Response::new(Box::pin(up)));
+        }
         self.damage.recovery_reads.fetch_add(1, Ordering::SeqCst);
         // A bounded read: gather it, and maybe end it short.
         let mut all = Vec::new();

@@ -194,6 +194,8 @@ pub(super) enum Held {
     /// The log cannot serve the entry, and asking again will not change that (it is
     /// damaged, or above the LogStore's entry limit now): go on unchecked, saying so.
     Unchecked(String),
+    /// The LogStore serves another log: go on to the read, which refuses it by name.
+    AnotherLog,
 }
 
 /// How long reading one entry for [`holds`] may take (an entry may be up to a GiB).
@@ -217,25 +219,24 @@ pub(super) async fn holds(
         follow: false,
     });
     request.set_timeout(READ_WAIT);
+    // `Ok(Err(()))`: a response of another log.
     let read = async {
         let mut stream = log.clone().read(request).await?.into_inner();
         while let Some(response) = stream.message().await? {
             if response.log_id != log_id {
-                return Err(tonic::Status::failed_precondition(format!(
-                    "the LogStore now serves log {}, not {log_id}",
-                    response.log_id
-                )));
+                return Ok(Err(()));
             }
             if let Some(entry) = response.entries.iter().find(|e| e.index == index) {
-                return Ok(Some(crate::model::fingerprint(entry)));
+                return Ok(Ok(Some(crate::model::fingerprint(entry))));
             }
         }
-        Ok(None)
+        Ok::<_, tonic::Status>(Ok(None))
     };
     match tokio::time::timeout(READ_WAIT, read).await {
-        Ok(Ok(Some(held))) if held == fingerprint => Held::Same,
-        Ok(Ok(Some(held))) => Held::Other(held),
-        Ok(Ok(None)) => Held::Unknown(format!("the log does not hold index {index} (yet)")),
+        Ok(Ok(Err(()))) => Held::AnotherLog,
+        Ok(Ok(Ok(Some(held)))) if held == fingerprint => Held::Same,
+        Ok(Ok(Ok(Some(held)))) => Held::Other(held),
+        Ok(Ok(Ok(None))) => Held::Unknown(format!("the log does not hold index {index} (yet)")),
         Ok(Err(status)) => match Reason::of(&status) {
             Some(Reason::BelowRetention) => Held::Same,
             Some(Reason::Corrupt | Reason::EntryTooLarge) => {

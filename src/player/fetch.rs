@@ -169,7 +169,9 @@ impl Shared {
                 tracing::debug!(index = read, %why, "cannot check the last entry read against the log yet; not reading on");
                 Ok(false)
             }
-            super::behind::Held::Same | super::behind::Held::Unchecked(_) => Ok(true),
+            super::behind::Held::Same
+            | super::behind::Held::Unchecked(_)
+            | super::behind::Held::AnotherLog => Ok(true),
         }
     }
 

@@ -129,7 +129,8 @@ impl Shared {
     ) -> Result<bool, SessionEnd> {
         let log = self.main_stream_log().await;
         match super::behind::holds(&log, &self.log_id, applied, fingerprint).await {
-            super::behind::Held::Same => Ok(true),
+            // Another log: the main stream refuses it by name and stops the player.
+            super::behind::Held::Same | super::behind::Held::AnotherLog => Ok(true),
             super::behind::Held::Unchecked(why) => {
                 tracing::warn!(shard = %target.id, applied, %why, "cannot check the shard's last applied entry against the log; delivering unchecked");
                 Ok(true)
