@@ -157,23 +157,17 @@ async fn applied_by(c: &Cluster, t: usize, last: u64) {
     assert!(reached, "{} did not apply {last}\n{}", s.name, c.logs());
 }
 
-/// The LogStore's directory put back to a copy taken 20 entries ago (the same log id): the
-/// running player's main stream, reconnecting, finds the log ending below what it read and
-/// stops naming both. Then shard s1 is started empty and the player again: it would start
-/// its main stream at 1 for s1, and s0 (which applied 40) would skip what is appended at
-/// 21..40 as applied; the player finds s0 ahead of the log and stops too. Then the player is
-/// started while s0 is down, and s0 comes back once it delivers: the player finds s0 ahead
-/// when it connects. Nothing appended after the restore is delivered as if applied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &bin(), 2).await.unwrap();
+/// A running player and two shards that applied 40 entries, each adding to a counter on
+/// every shard, from a LogStore whose directory is then put back to a copy taken at 20 (the
+/// same log id) and restarted: the cluster, the copy's last index and the last applied.
+async fn log_put_back(dir: &Path) -> (Cluster, u64, u64) {
+    let mut c = Cluster::start(dir, &bin(), 2).await.unwrap();
     c.start_player(&[]).await.unwrap();
     let log = Log::connect(c.logstore.addr()).await.unwrap();
     let copied_at = write_everywhere(&c, &log, 1, 20).await;
     all_applied(&c, copied_at).await;
-    let data = dir.path().join("logstore");
-    let copy = dir.path().join("logstore-copy");
+    let data = dir.join("logstore");
+    let copy = dir.join("logstore-copy");
     assert_eq!(c.logstore.terminate(Duration::from_secs(10)).await, Some(0));
     copy_dir(&data, &copy);
     c.logstore.restart().await.unwrap();
@@ -184,6 +178,20 @@ async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
     std::fs::remove_dir_all(&data).unwrap();
     copy_dir(&copy, &data);
     c.logstore.restart().await.unwrap();
+    (c, copied_at, last)
+}
+
+/// The LogStore's directory put back to a copy taken 20 entries ago (the same log id): the
+/// running player's main stream, reconnecting, finds the log ending below what it read and
+/// stops naming both. Then shard s1 is started empty and the player again: it would start
+/// its main stream at 1 for s1, and s0 (which applied 40) would skip what is appended at
+/// 21..40 as applied; the player finds s0 ahead of the log and stops too. Then the player is
+/// started while s0 is down, and s0 comes back once it delivers: the player finds s0 ahead
+/// when it connects. Nothing appended after the restore is delivered as if applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, copied_at, last) = log_put_back(dir.path()).await;
     let said = player_exit(&mut c, Duration::from_secs(30))
         .await
         .unwrap_or_else(|| panic!("the player runs on over the older log:\n{}", c.logs()));
@@ -245,23 +253,7 @@ async fn a_log_put_back_to_an_older_copy_stops_the_player_naming_both() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_put_back_and_grown_past_the_shards_stops_the_player_naming_both() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(dir.path(), &bin(), 2).await.unwrap();
-    c.start_player(&[]).await.unwrap();
-    let log = Log::connect(c.logstore.addr()).await.unwrap();
-    let copied_at = write_everywhere(&c, &log, 1, 20).await;
-    all_applied(&c, copied_at).await;
-    let data = dir.path().join("logstore");
-    let copy = dir.path().join("logstore-copy");
-    assert_eq!(c.logstore.terminate(Duration::from_secs(10)).await, Some(0));
-    copy_dir(&data, &copy);
-    c.logstore.restart().await.unwrap();
-    let log = Log::connect(c.logstore.addr()).await.unwrap();
-    let last = write_everywhere(&c, &log, 21, 20).await;
-    all_applied(&c, last).await;
-    c.logstore.kill().await;
-    std::fs::remove_dir_all(&data).unwrap();
-    copy_dir(&copy, &data);
-    c.logstore.restart().await.unwrap();
+    let (mut c, copied_at, last) = log_put_back(dir.path()).await;
     let log = Log::connect(c.logstore.addr()).await.unwrap();
     // Other deltas than 21..40: other entries at the same indexes.
     let regrown = write_everywhere(&c, &log, 1000, 30).await;

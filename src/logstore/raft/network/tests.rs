@@ -43,6 +43,58 @@ async fn established(dir: &std::path::Path) -> Replica {
     panic!("no established leader: {:?}", r.status());
 }
 
+/// Five appends to `r`, retention through 4, and the snapshot `r` then takes, whole.
+async fn snapshot_after_five(r: &Replica) -> FullSnapshot {
+    for _ in 0..5 {
+        let m = vec![Mutation {
+            key: b"k".to_vec().into(),
+            op: Some(Op::Add(1)),
+        }];
+        r.submit(m, None, 0, None)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    r.retain(4).await.unwrap();
+    r.raft().trigger().snapshot().await.unwrap();
+    let snapshot = loop {
+        if let Some(s) = r.raft().get_snapshot().await.unwrap() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let vote = r.raft().with_raft_state(|s| *s.vote_ref()).await.unwrap();
+    FullSnapshot {
+        vote,
+        meta: snapshot.meta,
+        data: snapshot.snapshot.into_inner(),
+    }
+}
+
+/// `r`'s replication service as `me`, behind a real server, and a client of it.
+async fn served(r: &Replica, me: Sender) -> ReplicationClient<tonic::transport::Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service =
+        ReplicationService::new(me, r.raft().clone(), r.machine().clone(), r.catching_up());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                crate::proto::replication_server::ReplicationServer::new(service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ReplicationClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 /// A snapshot from a replica of another log (two groups wired together by mistake) is
 /// refused before Raft sees it, naming both logs, and so is one addressed to another
 /// replica id, or from a replica with another entry limit: installed, it would replace
@@ -55,37 +107,7 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
     let (mine_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mine = established(mine_dir.path()).await;
     let other = established(other_dir.path()).await;
-    for _ in 0..5 {
-        let m = vec![Mutation {
-            key: b"k".to_vec().into(),
-            op: Some(Op::Add(1)),
-        }];
-        other
-            .submit(m, None, 0, None)
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    other.retain(4).await.unwrap();
-    other.raft().trigger().snapshot().await.unwrap();
-    let snapshot = loop {
-        if let Some(s) = other.raft().get_snapshot().await.unwrap() {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let vote = other
-        .raft()
-        .with_raft_state(|s| *s.vote_ref())
-        .await
-        .unwrap();
-    let full = FullSnapshot {
-        vote,
-        meta: snapshot.meta,
-        data: snapshot.snapshot.into_inner(),
-    };
+    let full = snapshot_after_five(&other).await;
     let limit = crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64;
     let me = Sender {
         id: 1,
@@ -99,28 +121,7 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
         mine.catching_up(),
     );
     // The same service behind a real server, for the streamed snapshot.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = ReplicationService::new(
-        me,
-        mine.raft().clone(),
-        mine.machine().clone(),
-        mine.catching_up(),
-    );
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                crate::proto::replication_server::ReplicationServer::new(served)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ReplicationClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = served(&mine, me).await;
     let (my_log, their_log) = (mine.machine().log_id(), other.machine().log_id());
     let bounds = mine.machine().bounds();
     for (to, limit, heartbeat, want) in [
@@ -169,7 +170,7 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
         assert!(refused.message().contains(want), "{}", refused.message());
         // A vote and a pre-vote: counted, a replica of another log (or one reached under
         // another id) would help elect a leader of a group it is not in.
-        let ask = VoteRequest::<TypeConfig>::new(vote, None);
+        let ask = VoteRequest::<TypeConfig>::new(full.vote, None);
         let ballot = envelope(&ask, other.machine(), from, to).unwrap();
         for (call, refused) in [
             (
@@ -202,63 +203,13 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
 async fn a_snapshot_in_pieces_that_do_not_add_up_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let mine = established(dir.path()).await;
-    for _ in 0..5 {
-        let m = vec![Mutation {
-            key: b"k".to_vec().into(),
-            op: Some(Op::Add(1)),
-        }];
-        mine.submit(m, None, 0, None)
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    mine.retain(4).await.unwrap();
-    mine.raft().trigger().snapshot().await.unwrap();
-    let snapshot = loop {
-        if let Some(s) = mine.raft().get_snapshot().await.unwrap() {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let vote = mine
-        .raft()
-        .with_raft_state(|s| *s.vote_ref())
-        .await
-        .unwrap();
-    let full = FullSnapshot {
-        vote,
-        meta: snapshot.meta,
-        data: snapshot.snapshot.into_inner(),
-    };
+    let full = snapshot_after_five(&mine).await;
     let me = Sender {
         id: 1,
         max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
         heartbeat_millis: 50,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = ReplicationService::new(
-        me,
-        mine.raft().clone(),
-        mine.machine().clone(),
-        mine.catching_up(),
-    );
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                crate::proto::replication_server::ReplicationServer::new(served)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ReplicationClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = served(&mine, me).await;
     let whole = envelope(&full, mine.machine(), me, 1).unwrap();
     let total = whole.payload.len();
     let piece = |from: NodeId, range: std::ops::Range<usize>, stated: u64| {
