@@ -202,10 +202,6 @@ impl Shared {
         let target = &self.targets[t];
         let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
         let (tx, mut inbound, (applied, fingerprint)) = self.open_session(t).await?;
-        if !self.log_keeps(target, applied, fingerprint).await? {
-            return Ok(()); // the player stops
-        }
-        *opened = true;
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
         // current_index and the queue's state change.
         let recovery = {
@@ -224,6 +220,13 @@ impl Shared {
         if let Some(rec) = recovery {
             self.spawn_recovery(t, rec);
         }
+        // Checked after the resume, so that the log's answer overlaps the recovery's first
+        // read, and before anything is sent: the check gates delivery, not queueing. On
+        // failure, the session's end suspends the queue, which stops the recovery.
+        if !self.log_keeps(target, applied, fingerprint).await? {
+            return Ok(()); // the player stops
+        }
+        *opened = true;
         self.accepted(target);
         let mut in_flight = InFlight::default();
         // Batches within the log's limit too: a shard takes messages up to its own limit,
