@@ -119,8 +119,8 @@ impl Shared {
 
     /// Whether the log holds, at the shard's applied index, the entry the shard applied
     /// there (`fingerprint`, see `behind::holds`); when not, the player stops, naming both.
-    /// A log that cannot say yet ends the session (retried), so nothing is delivered
-    /// unchecked.
+    /// A log that cannot say yet is `Broken` (asked again, see `wait_until_log_keeps`), so
+    /// nothing is delivered unchecked.
     async fn log_holds(
         &self,
         target: &Target,
@@ -148,6 +148,38 @@ impl Shared {
                     had: fingerprint,
                 });
                 Ok(false)
+            }
+        }
+    }
+
+    /// `log_keeps`, asked again while the log cannot say (unreachable, or a replica
+    /// behind): the shard's stream stays open and its queue keeps filling, but nothing is
+    /// sent until the log answers. `false` when the player stops.
+    async fn wait_until_log_keeps(
+        &self,
+        target: &Target,
+        (applied, fingerprint): (u64, u64),
+        inbound: &mut tonic::Streaming<crate::proto::DeliverResponse>,
+    ) -> Result<bool, SessionEnd> {
+        let mut retry = backoff(&self.config, &format!("log check {}", target.id));
+        let mut said = false;
+        loop {
+            let why = match self.log_keeps(target, applied, fingerprint).await {
+                Err(SessionEnd::Broken(why)) => why,
+                other => return other,
+            };
+            if !said {
+                tracing::warn!(shard = %target.id, applied, %why, "nothing is sent to the shard until the log answers; asking again");
+                said = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(retry.next()) => {}
+                _ = self.shutdown.cancelled() => return Ok(false),
+                m = inbound.message() => return Err(match m {
+                    Ok(Some(_)) => SessionEnd::Broken("unexpected response".into()),
+                    Ok(None) => SessionEnd::Broken("shard closed the stream".into()),
+                    Err(status) => classify(status),
+                }),
             }
         }
     }
@@ -223,8 +255,11 @@ impl Shared {
         // Checked after the resume, so that the log's answer overlaps the recovery's first
         // read, and before anything is sent: the check gates delivery, not queueing. On
         // failure, the session's end suspends the queue, which stops the recovery.
-        if !self.log_keeps(target, applied, fingerprint).await? {
-            return Ok(()); // the player stops
+        if !self
+            .wait_until_log_keeps(target, (applied, fingerprint), &mut inbound)
+            .await?
+        {
+            return Ok(()); // the player stops, or the log holds other entries
         }
         *opened = true;
         self.accepted(target);
