@@ -227,13 +227,10 @@ impl Shared {
         Ok((tx, inbound, applied))
     }
 
-    /// One connection: hello, resume, then batches out and acks in until it breaks.
-    /// `opened` is set once the shard has welcomed the stream and the log was found to
-    /// still have what it applied.
-    async fn deliver_session(&self, t: usize, opened: &mut bool) -> Result<(), SessionEnd> {
+    /// The shard came back with `applied` durable: its queue resumes (see `Queue::resume`),
+    /// and a recovery reads what the main stream has passed since.
+    fn resume(&self, t: usize, applied: u64) {
         let target = &self.targets[t];
-        let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
-        let (tx, mut inbound, (applied, fingerprint)) = self.open_session(t).await?;
         // Resume under the dispatcher's lock: no main-stream push can slip between reading
         // current_index and the queue's state change.
         let recovery = {
@@ -252,6 +249,16 @@ impl Shared {
         if let Some(rec) = recovery {
             self.spawn_recovery(t, rec);
         }
+    }
+
+    /// One connection: hello, resume, then batches out and acks in until it breaks.
+    /// `opened` is set once the shard has welcomed the stream and the log was found to
+    /// still have what it applied.
+    async fn deliver_session(&self, t: usize, opened: &mut bool) -> Result<(), SessionEnd> {
+        let target = &self.targets[t];
+        let broken = |e: &dyn std::fmt::Display| SessionEnd::Broken(e.to_string());
+        let (tx, mut inbound, (applied, fingerprint)) = self.open_session(t).await?;
+        self.resume(t, applied);
         // Checked after the resume, so that the log's answer overlaps the recovery's first
         // read, and before anything is sent: the check gates delivery, not queueing. On
         // failure, the session's end suspends the queue, which stops the recovery.
