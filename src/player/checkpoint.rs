@@ -57,7 +57,12 @@ impl Shared {
         let mut acked = BTreeMap::new();
         let mut covered = BTreeMap::new();
         for (t, &real) in self.targets.iter().zip(&last_real) {
-            let last = lock(&t.queue).last_ack();
+            // A shard whose word the log has not vouched for yet (see `vouch`) keeps the
+            // cursor saved before: a shard ahead of a log put back would otherwise save an
+            // index that lets retention drop what it needs once it is restored.
+            let Some(last) = lock(&t.queue).vouched_ack() else {
+                continue;
+            };
             // Everything dispatched to the shard up to `current` is acknowledged: the shard
             // has every entry for it through `current`.
             let through = if last >= real {

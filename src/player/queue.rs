@@ -108,6 +108,10 @@ pub struct TargetQueue {
     recovery_to: u64,
     last_taken: u64,
     last_ack: u64,
+    /// Whether `last_ack` is vouched for: false from a resume (which takes the shard's word
+    /// for its applied index) until the log was found to still hold what the shard applied
+    /// ([`TargetQueue::vouch`]). Only a vouched-for index is saved as a cursor.
+    vouched: bool,
     limits: QueueLimits,
 }
 
@@ -124,6 +128,7 @@ impl TargetQueue {
             recovery_to: 0,
             last_taken: 0,
             last_ack: 0,
+            vouched: true,
             limits,
         }
     }
@@ -136,6 +141,15 @@ impl TargetQueue {
     }
     pub fn last_ack(&self) -> u64 {
         self.last_ack
+    }
+    /// `last_ack` once vouched for (see [`TargetQueue::vouch`]); `None` between a resume
+    /// and the log's answer.
+    pub fn vouched_ack(&self) -> Option<u64> {
+        self.vouched.then_some(self.last_ack)
+    }
+    /// The log was found to still hold what the shard applied: its applied index counts.
+    pub fn vouch(&mut self) {
+        self.vouched = true;
     }
     pub fn len(&self) -> usize {
         self.normal.len() + self.catchup.len()
@@ -164,6 +178,7 @@ impl TargetQueue {
         self.suspend();
         self.term += 1;
         self.last_ack = applied;
+        self.vouched = false;
         self.last_taken = applied;
         if applied < current {
             self.state = QueueState::RecoveryFetching;
@@ -362,6 +377,22 @@ mod tests {
         assert_eq!(q.state(), Suspended);
         assert_eq!(q.push_normal(e(1)), Push::DroppedSuspended);
         assert!(q.next_batch(10, 1 << 20).is_empty());
+    }
+
+    /// A resumed shard's applied index is its word until the log vouches for it: only then
+    /// is it offered as a cursor.
+    #[test]
+    fn a_resumed_index_counts_as_a_cursor_only_once_vouched_for() {
+        let mut q = q();
+        assert_eq!(q.vouched_ack(), Some(0));
+        q.resume(10, 12);
+        assert_eq!(q.vouched_ack(), None);
+        assert_eq!(q.last_ack(), 10, "the queue still drops what the shard has");
+        q.vouch();
+        assert_eq!(q.vouched_ack(), Some(10));
+        q.suspend();
+        q.resume(40, 40);
+        assert_eq!(q.vouched_ack(), None, "each resume again");
     }
 
     #[test]

@@ -163,8 +163,18 @@ impl Shared {
     ) -> Result<bool, SessionEnd> {
         let mut retry = backoff(&self.config, &format!("log check {}", target.id));
         let mut said = false;
+        let gone = |m: Result<Option<_>, tonic::Status>| match m {
+            Ok(Some(_)) => SessionEnd::Broken("unexpected response".into()),
+            Ok(None) => SessionEnd::Broken("shard closed the stream".into()),
+            Err(status) => classify(status),
+        };
         loop {
-            let why = match self.log_keeps(target, applied, fingerprint).await {
+            // The shard may leave while the log is asked (which can take half a minute).
+            let kept = tokio::select! {
+                kept = self.log_keeps(target, applied, fingerprint) => kept,
+                m = inbound.message() => return Err(gone(m)),
+            };
+            let why = match kept {
                 Err(SessionEnd::Broken(why)) => why,
                 other => return other,
             };
@@ -175,11 +185,7 @@ impl Shared {
             tokio::select! {
                 _ = tokio::time::sleep(retry.next()) => {}
                 _ = self.shutdown.cancelled() => return Ok(false),
-                m = inbound.message() => return Err(match m {
-                    Ok(Some(_)) => SessionEnd::Broken("unexpected response".into()),
-                    Ok(None) => SessionEnd::Broken("shard closed the stream".into()),
-                    Err(status) => classify(status),
-                }),
+                m = inbound.message() => return Err(gone(m)),
             }
         }
     }
@@ -268,6 +274,7 @@ impl Shared {
         {
             return Ok(()); // the player stops, or the log holds other entries
         }
+        lock(&target.queue).vouch();
         *opened = true;
         self.accepted(target);
         let mut in_flight = InFlight::default();
