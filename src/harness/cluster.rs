@@ -413,31 +413,30 @@ impl Cluster {
         replicas: usize,
         env: &[(String, String)],
     ) -> Result<Cluster, ClusterError> {
-        let addrs: Vec<String> = (0..replicas.max(1))
-            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-            .collect::<Result<_, _>>()
-            .map_err(|source| ClusterError::Spawn {
-                name: "logstore".into(),
-                source,
-            })?;
-        let peers = peers_flag(&addrs);
-        let mut procs = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let id = (i + 1).to_string();
-            let data = dir.join(format!("logstore-{id}")).display().to_string();
-            let args = ["logstore", "--id", &id, "--peers", &peers, "--data", &data];
-            procs.push(
-                Proc::start_with_env(
-                    &format!("logstore-{id}"),
-                    bin,
-                    args.iter().map(|s| s.to_string()).collect(),
-                    Some(addr),
-                    dir,
-                    env,
-                )
-                .await?,
-            );
-        }
+        // A port found free can be taken before its replica binds it (by another test's
+        // server, or as some connection's local port): then the group starts again on new
+        // ports, since every replica's --peers names them all.
+        let mut attempt = 0;
+        let (addrs, mut procs) = loop {
+            attempt += 1;
+            match Self::start_log_group(dir, bin, replicas, env).await {
+                Ok(started) => break started,
+                Err((e, mut started)) => {
+                    for p in &mut started {
+                        p.kill().await;
+                    }
+                    let taken = matches!(&e, ClusterError::NoListen { log, .. }
+                        if std::fs::read_to_string(log).is_ok_and(|l| l.contains("in use")));
+                    if !taken || attempt >= 3 {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "a log replica's port was taken; starting the group again");
+                    for i in 1..=replicas.max(1) {
+                        let _ = std::fs::remove_dir_all(dir.join(format!("logstore-{i}")));
+                    }
+                }
+            }
+        };
         wait_for_log_id(&addrs.join(",")).await?;
         let logstore = procs.remove(0);
         let shards = Self::start_shards(dir, bin, n, shard_extra, env).await?;
@@ -450,6 +449,44 @@ impl Cluster {
             shards,
             players: Vec::new(),
         })
+    }
+
+    /// Starts `replicas` log replicas on ports free right now; on failure, the error and
+    /// the replicas already started.
+    async fn start_log_group(
+        dir: &Path,
+        bin: &Path,
+        replicas: usize,
+        env: &[(String, String)],
+    ) -> Result<(Vec<String>, Vec<Proc>), (ClusterError, Vec<Proc>)> {
+        let addrs: Vec<String> = (0..replicas.max(1))
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_, _>>()
+            .map_err(|source| {
+                let name = "logstore".into();
+                (ClusterError::Spawn { name, source }, Vec::new())
+            })?;
+        let peers = peers_flag(&addrs);
+        let mut procs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = (i + 1).to_string();
+            let data = dir.join(format!("logstore-{id}")).display().to_string();
+            let args = ["logstore", "--id", &id, "--peers", &peers, "--data", &data];
+            let started = Proc::start_with_env(
+                &format!("logstore-{id}"),
+                bin,
+                args.iter().map(|s| s.to_string()).collect(),
+                Some(addr),
+                dir,
+                env,
+            )
+            .await;
+            match started {
+                Ok(p) => procs.push(p),
+                Err(e) => return Err((e, procs)),
+            }
+        }
+        Ok((addrs, procs))
     }
 
     /// SIGTERMs every process: players first, then shards, then the log (5 s each to exit).
