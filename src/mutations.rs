@@ -28,6 +28,9 @@ pub enum Mutation {
     LogSkipsFsync,
     /// A log replica takes replication messages from a replica of another log.
     ReplicaIgnoresLogId,
+    /// A log replica takes replication messages from two processes that speak as one
+    /// replica id.
+    ReplicaIgnoresIncarnations,
     /// The LogStore appends an append that names another log (`AppendRequest.log_id`).
     LogIgnoresAppendLogId,
     /// The LogStore writes a retried append again: a `(writer_id, sequence)` it has written
@@ -39,7 +42,7 @@ pub enum Mutation {
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 11] = [
+    pub const ALL: [Mutation; 12] = [
         Mutation::ShardIgnoresEpochs,
         Mutation::ShardAcceptsGaps,
         Mutation::ShardReapplies,
@@ -48,6 +51,7 @@ impl Mutation {
         Mutation::RetentionIgnoresCursor,
         Mutation::LogSkipsFsync,
         Mutation::ReplicaIgnoresLogId,
+        Mutation::ReplicaIgnoresIncarnations,
         Mutation::LogIgnoresAppendLogId,
         Mutation::LogForgetsRetries,
         Mutation::ShardSkipsFsync,
@@ -64,6 +68,7 @@ impl Mutation {
             Mutation::RetentionIgnoresCursor => "retention-ignores-cursor",
             Mutation::LogSkipsFsync => "log-skips-fsync",
             Mutation::ReplicaIgnoresLogId => "replica-ignores-log-id",
+            Mutation::ReplicaIgnoresIncarnations => "replica-ignores-incarnations",
             Mutation::LogIgnoresAppendLogId => "log-ignores-append-log-id",
             Mutation::LogForgetsRetries => "log-forgets-retries",
             Mutation::ShardSkipsFsync => "shard-skips-fsync",

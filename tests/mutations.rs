@@ -529,6 +529,14 @@ async fn replicas_ignoring_the_log_id_are_caught_by_a_replica_of_another_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_ignoring_incarnations_are_caught_by_a_copy_beside_a_replica() {
+    caught(Mutation::ReplicaIgnoresIncarnations, |m| async move {
+        common::group::twin_replica(&env(m)).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_ignoring_epochs_are_caught_by_the_frozen_leader() {
     caught(Mutation::ShardIgnoresEpochs, frozen_leader).await;
 }

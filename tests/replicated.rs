@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::group::{Group, add, log_says, stray_replica, write};
+use common::group::{Group, add, log_says, stray_replica, twin_replica, write};
 use common::{bin, free_port};
 use logplayer::client::Log;
 use logplayer::harness::cluster::Proc;
@@ -711,6 +711,13 @@ async fn a_replica_with_swapped_peers_follows_the_membership_and_is_warned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_of_another_log_is_refused_by_name() {
     stray_replica(&[]).await.unwrap();
+}
+
+/// A copy of a follower's directory started beside it under its id is refused by the
+/// leader, which says so, as the copy is told; the log goes on and stays one log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_speaking_as_a_replica_is_refused_by_name() {
+    twin_replica(&[]).await.unwrap();
 }
 
 /// The load driver (`load`, `bench`, `demo`) keeps pipelined append streams: when the log

@@ -273,6 +273,91 @@ pub async fn stray_replica(env: &[(String, String)]) -> Result<(), String> {
     Ok(())
 }
 
+/// A copy of a follower's directory started beside it under the same `--id` (with `env`
+/// on every replica): the leader, which hears the follower in its answers, must refuse the
+/// copy's vote requests naming the id, the copy must be told, the log must go on, and every
+/// replica must hold one same log. Returns what went wrong, if anything
+/// (`tests/replicated.rs` requires nothing; with the incarnation check broken,
+/// `tests/mutations.rs` requires something).
+pub async fn twin_replica(env: &[(String, String)]) -> Result<(), String> {
+    let mut g = Group::start_with_env(3, &[], env).await;
+    let log = Log::connect(&g.all()).await.unwrap();
+    try_write(&log, "a", 1, 5).await?;
+    g.entries_of_each(5).await;
+    let leader = g.leader(Duration::from_secs(20)).await;
+    let f = (leader + 1) % 3;
+    let id = f + 1;
+    // The follower stopped, its directory copied, and both started.
+    g.procs[f].kill().await;
+    let twin_dir = g._dir.path().join(format!("twin-of-{id}"));
+    std::fs::create_dir_all(&twin_dir).unwrap();
+    for file in std::fs::read_dir(g.data(id)).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), twin_dir.join(file.file_name())).unwrap();
+    }
+    g.procs[f].restart().await.map_err(|e| e.to_string())?;
+    // The follower's restart within 600 ms of its last answer may be said too: only what the
+    // leader says once that has passed counts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader_log = g.procs[leader].log_path();
+    let before = std::fs::read_to_string(leader_log).map_or(0, |l| l.len());
+    let twin_addr = format!("127.0.0.1:{}", free_port());
+    let mut addrs = g.addrs.clone();
+    addrs[f] = twin_addr.clone();
+    let args: Vec<String> = [
+        "logstore",
+        "--id",
+        &id.to_string(),
+        "--peers",
+        &logplayer::harness::cluster::peers_flag(&addrs),
+        "--data",
+        twin_dir.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut twin = Proc::start_with_env(
+        "twin",
+        &bin(),
+        args,
+        Some(twin_addr.as_str()),
+        g._dir.path(),
+        env,
+    )
+    .await
+    .map_err(|e| format!("the copy starts: {e}"))?;
+    let said = format!("two processes speak as replica {id}");
+    let wait = Duration::from_secs(20);
+    let deadline = Instant::now() + wait;
+    let mut leader_told = false;
+    while !leader_told && Instant::now() < deadline {
+        let log = std::fs::read_to_string(leader_log).unwrap_or_default();
+        leader_told = log.get(before..).is_some_and(|l| l.contains(&said));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let twin_told = log_says(&twin, &said, wait).await;
+    let went_on = try_write(&log, "a", 6, 20).await;
+    let twin_log = twin.log_tail(20);
+    twin.kill().await;
+    went_on.map_err(|e| {
+        format!("the log stopped taking appends with a copy of replica {id} beside it: {e}")
+    })?;
+    try_write(&log, "a", 26, 5).await?;
+    let each = g.entries_of_each(30).await;
+    if each.iter().any(|e| *e != each[0]) {
+        return Err(format!(
+            "the replicas hold different logs after a copy of replica {id} ran beside it"
+        ));
+    }
+    if !leader_told || !twin_told {
+        return Err(format!(
+            "a copy of replica {id} ran beside it and nobody said so (leader told: {leader_told}, copy told: {twin_told}):\n{}\n--- twin ---\n{twin_log}",
+            g.logs()
+        ));
+    }
+    Ok(())
+}
+
 /// Waits until `p`'s log contains `text`.
 pub async fn log_says(p: &Proc, text: &str, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;

@@ -192,6 +192,9 @@ pub struct Replica {
     max_entry_bytes: usize,
     /// `--heartbeat`, in ms (what replication messages carry).
     heartbeat_millis: u64,
+    /// This process's incarnation (what replication messages carry), shared with the
+    /// client half (see `network::Speakers`).
+    incarnation: super::network::Incarnation,
     failed: watch::Receiver<Option<String>>,
     catching_up: Arc<super::network::CatchingUp>,
     serve_append_stream: bool,
@@ -215,7 +218,7 @@ pub struct ReplicaStatus {
 }
 
 /// The longest election timeout, in heartbeats: the leader lease.
-const ELECTION_MAX_HEARTBEATS: u64 = 6;
+pub(super) const ELECTION_MAX_HEARTBEATS: u64 = 6;
 
 /// The shortest `--heartbeat`.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
@@ -346,11 +349,13 @@ impl Replica {
         let machine = Machine::open(&config.dir, storage.wal_reader(), config.rebase_every)?;
         storage.set_saved_base(machine.saved_base());
         let heartbeat = heartbeat_millis(&config);
+        let incarnation = super::network::Incarnation::draw();
         let network = Network::new(
             super::network::Sender {
                 id: config.id,
                 max_entry_bytes: config.max_entry_bytes as u64,
                 heartbeat_millis: heartbeat,
+                incarnation: incarnation.clone(),
             },
             machine.clone(),
             config.snapshot_chunk_bytes,
@@ -391,6 +396,7 @@ impl Replica {
             peers: Arc::new(config.peers),
             max_entry_bytes: config.max_entry_bytes,
             heartbeat_millis: heartbeat,
+            incarnation,
             failed,
             catching_up: Arc::new(if initialized || seeds {
                 super::network::CatchingUp::default()
@@ -449,6 +455,7 @@ impl Replica {
             id: self.id,
             max_entry_bytes: self.max_entry_bytes as u64,
             heartbeat_millis: self.heartbeat_millis,
+            incarnation: self.incarnation.clone(),
         }
     }
 

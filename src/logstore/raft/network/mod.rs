@@ -3,8 +3,9 @@
 //!
 //! Each message carries one openraft request or response (postcard), the sender's log id
 //! and both replica ids. A replica refuses a message addressed to another id (a `--peers`
-//! list that maps an id to the wrong address) and one from a replica of another log (two
-//! groups wired together by mistake): both would otherwise let Raft mix two logs.
+//! list that maps an id to the wrong address), one from a replica of another log (two
+//! groups wired together by mistake), and those from an id two processes speak as (see
+//! [`Speakers`]): each would otherwise let Raft mix two logs.
 //!
 //! The leader's AppendEntries to a follower go on one gRPC stream per replication session
 //! (`AppendStream`): each is sent as soon as openraft has it, while the follower still writes
@@ -42,6 +43,10 @@ use crate::proto::RaftMessage;
 use crate::proto::replication_client::ReplicationClient;
 use crate::proto::replication_server::Replication;
 
+mod speakers;
+pub use speakers::Incarnation;
+use speakers::Speakers;
+
 /// Largest replication message (a batch of entries or a snapshot chunk).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Default `--snapshot-chunk-bytes`: a snapshot larger than this goes in pieces of it.
@@ -67,7 +72,7 @@ fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, Status> {
 fn envelope<T: Serialize>(
     v: &T,
     machine: &Machine,
-    from: Sender,
+    from: &Sender,
     to: NodeId,
 ) -> Result<RaftMessage, Status> {
     Ok(envelope_bytes(encode(v)?, machine, from, to))
@@ -78,7 +83,7 @@ fn envelope<T: Serialize>(
 fn envelope_bytes(
     payload: bytes::Bytes,
     machine: &Machine,
-    from: Sender,
+    from: &Sender,
     to: NodeId,
 ) -> RaftMessage {
     RaftMessage {
@@ -89,16 +94,19 @@ fn envelope_bytes(
         max_entry_bytes: from.max_entry_bytes,
         heartbeat_millis: from.heartbeat_millis,
         snapshot_bytes: 0,
+        incarnation: from.incarnation.mine,
     }
 }
 
 /// Who sends a replication message: this replica's id, its `--max-entry-bytes` and its
-/// `--heartbeat` (ms), which every replica of the log must share.
-#[derive(Clone, Copy, Debug)]
+/// `--heartbeat` (ms), which every replica of the log must share, and this process's
+/// [`Incarnation`].
+#[derive(Clone, Debug)]
 pub struct Sender {
     pub id: NodeId,
     pub max_entry_bytes: u64,
     pub heartbeat_millis: u64,
+    pub incarnation: Incarnation,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +169,8 @@ struct Gate {
     max_entry_bytes: u64,
     /// This replica's `--heartbeat` (ms).
     heartbeat_millis: u64,
+    /// This process's incarnation, and who spoke as each id lately.
+    incarnation: Incarnation,
     machine: Machine,
     /// When a refusal was last logged (refusals repeat at the heartbeat rate).
     last_warned: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -226,6 +236,18 @@ impl Gate {
                 self.me, m.from, m.log_id
             )));
         }
+        let ignore = crate::mutations::on(crate::mutations::Mutation::ReplicaIgnoresIncarnations);
+        if !self.incarnation.heard(m, self.heartbeat_millis) && !ignore {
+            let window = humantime::format_duration(Speakers::window(self.heartbeat_millis));
+            return Err(Reason::WrongPeer.status(format!(
+                "replica {} hears two processes speak as replica {} within {window}: two \
+                 replicas started with --id {}, a copy of its directory started beside it, or \
+                 the replica restarted just now (then this passes within {window}); Raft counts \
+                 votes by id and could elect both, so both are refused until one of them has \
+                 been silent for {window}",
+                self.me, m.from, m.from,
+            )));
+        }
         Ok(())
     }
 
@@ -235,8 +257,9 @@ impl Gate {
             id: self.me,
             max_entry_bytes: self.max_entry_bytes,
             heartbeat_millis: self.heartbeat_millis,
+            incarnation: self.incarnation.clone(),
         };
-        envelope(v, &self.machine, me, to)
+        envelope(v, &self.machine, &me, to)
     }
 }
 
@@ -262,6 +285,7 @@ impl ReplicationService {
                 me: me.id,
                 max_entry_bytes: me.max_entry_bytes,
                 heartbeat_millis: me.heartbeat_millis,
+                incarnation: me.incarnation,
                 machine,
                 last_warned: Default::default(),
             },
@@ -515,7 +539,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
         Peer {
-            me: self.me,
+            me: self.me.clone(),
             target,
             addr: node.addr.clone(),
             machine: self.machine.clone(),
@@ -568,6 +592,15 @@ impl Peer {
         Ok(c)
     }
 
+    /// Notes who answered (see [`Speakers`]): a follower speaks only in answers, and a
+    /// second process speaking as it is told apart only against them. Answers are taken
+    /// either way: they come from the address the membership names.
+    fn answered(&self, m: &RaftMessage) {
+        if m.from == self.target {
+            self.me.incarnation.heard(m, self.me.heartbeat_millis);
+        }
+    }
+
     /// Sends one message; the peer's answer is the result of its Raft's handler, whose only
     /// error is that its Raft stopped (counted as an unreachable peer).
     async fn call<Req, Resp>(
@@ -581,7 +614,7 @@ impl Peer {
         Resp: DeserializeOwned,
     {
         let mut client = self.client()?;
-        let m = envelope(req, &self.machine, self.me, self.target)
+        let m = envelope(req, &self.machine, &self.me, self.target)
             .map_err(|s| NetworkError::new(&s))?;
         let mut request = Request::new(m);
         request.set_timeout(timeout);
@@ -594,6 +627,7 @@ impl Peer {
             Ok(r) => r.into_inner(),
             Err(status) => return Err(self.failed(status)),
         };
+        self.answered(&m);
         let res: Result<Resp, RaftError<TypeConfig>> =
             decode(&m.payload).map_err(|s| NetworkError::new(&s))?;
         res.map_err(|e| Unreachable::new(&e).into())
@@ -620,7 +654,7 @@ impl Peer {
                 .map(|at| {
                     let end = (at + self.snapshot_chunk).min(encoded.len());
                     let piece = encoded.slice(at..end);
-                    let mut m = envelope_bytes(piece, &self.machine, self.me, self.target);
+                    let mut m = envelope_bytes(piece, &self.machine, &self.me, self.target);
                     m.snapshot_bytes = total;
                     m
                 })
@@ -651,7 +685,7 @@ impl Peer {
         let out = match out {
             Some(out) => out,
             None => {
-                let m = envelope_bytes(encoded, &self.machine, self.me, self.target);
+                let m = envelope_bytes(encoded, &self.machine, &self.me, self.target);
                 let mut request = Request::new(m);
                 request.set_timeout(timeout);
                 client.install_snapshot(request).await
@@ -661,6 +695,7 @@ impl Peer {
             Ok(r) => r.into_inner(),
             Err(status) => return Err(self.failed(status)),
         };
+        self.answered(&m);
         let res: Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>> =
             decode(&m.payload).map_err(|s| NetworkError::new(&s))?;
         res.map_err(|e| Unreachable::new(&e).into())
@@ -714,13 +749,13 @@ impl Peer {
         let mut client = self.client()?;
         let unanswered = std::sync::Arc::new(AtomicU64::new(0));
         let (me, to, machine, sent) = (
-            self.me,
+            self.me.clone(),
             self.target,
             self.machine.clone(),
             unanswered.clone(),
         );
         let outbound = input.scan((), move |_, req| {
-            let m = envelope(&req, &machine, me, to);
+            let m = envelope(&req, &machine, &me, to);
             futures::future::ready(match m {
                 Ok(m) => {
                     sent.fetch_add(1, Ordering::Relaxed);
@@ -801,6 +836,7 @@ impl<'a> AppendStream<'a> {
                 }
             };
             self.unanswered.fetch_sub(1, Ordering::Relaxed);
+            self.peer.answered(&m);
             let res: Result<StreamAppendResult<TypeConfig>, RaftError<TypeConfig>> =
                 match decode(&m.payload) {
                     Ok(r) => r,

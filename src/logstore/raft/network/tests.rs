@@ -113,9 +113,10 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
         id: 1,
         max_entry_bytes: limit,
         heartbeat_millis: 50,
+        incarnation: Incarnation::draw(),
     };
     let service = ReplicationService::new(
-        me,
+        me.clone(),
         mine.raft().clone(),
         mine.machine().clone(),
         mine.catching_up(),
@@ -144,8 +145,9 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
             id: 1,
             max_entry_bytes: limit,
             heartbeat_millis: heartbeat,
+            incarnation: Incarnation::draw(),
         };
-        let m = envelope(&full, other.machine(), from, to).unwrap();
+        let m = envelope(&full, other.machine(), &from, to).unwrap();
         let refused = service
             .install_snapshot(Request::new(m.clone()))
             .await
@@ -171,7 +173,7 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
         // A vote and a pre-vote: counted, a replica of another log (or one reached under
         // another id) would help elect a leader of a group it is not in.
         let ask = VoteRequest::<TypeConfig>::new(full.vote, None);
-        let ballot = envelope(&ask, other.machine(), from, to).unwrap();
+        let ballot = envelope(&ask, other.machine(), &from, to).unwrap();
         for (call, refused) in [
             (
                 "Vote",
@@ -208,9 +210,10 @@ async fn a_snapshot_in_pieces_that_do_not_add_up_is_refused_by_name() {
         id: 1,
         max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
         heartbeat_millis: 50,
+        incarnation: Incarnation::draw(),
     };
-    let mut client = served(&mine, me).await;
-    let whole = envelope(&full, mine.machine(), me, 1).unwrap();
+    let mut client = served(&mine, me.clone()).await;
+    let whole = envelope(&full, mine.machine(), &me, 1).unwrap();
     let total = whole.payload.len();
     let piece = |from: NodeId, range: std::ops::Range<usize>, stated: u64| {
         let mut m = whole.clone();
@@ -245,4 +248,36 @@ async fn a_snapshot_in_pieces_that_do_not_add_up_is_refused_by_name() {
         assert!(refused.message().contains(want), "{}", refused.message());
     }
     assert_eq!(mine.status().applied, applied, "nothing was installed");
+}
+
+/// Two incarnations of one id heard within the window contest the id: every message from
+/// it is refused (both processes') until one has spoken alone for the window. Another id
+/// is not affected, an older sender (no incarnation) is never refused, and a restart after
+/// a silence longer than the window is not contested.
+#[test]
+fn two_processes_speaking_as_one_id_are_both_refused_until_one_stops() {
+    let window = Duration::from_millis(600);
+    let t0 = std::time::Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let mut s = Speakers::default();
+    assert!(s.spoke(1, 10, at(0), window));
+    assert!(s.spoke(1, 10, at(100), window));
+    assert!(s.spoke(2, 20, at(100), window));
+    assert!(
+        !s.spoke(1, 11, at(200), window),
+        "a second process as replica 1"
+    );
+    assert!(!s.spoke(1, 10, at(300), window), "the first is refused too");
+    assert!(
+        s.spoke(2, 20, at(300), window),
+        "another id is not affected"
+    );
+    assert!(s.spoke(1, 0, at(300), window), "an older version says none");
+    assert!(!s.spoke(1, 11, at(800), window), "both speak on");
+    // The second stops at 800; the first, last contested at 1000, speaks alone from then.
+    assert!(!s.spoke(1, 10, at(1000), window));
+    assert!(!s.spoke(1, 10, at(1500), window));
+    assert!(s.spoke(1, 10, at(1600), window));
+    // A restart after a longer silence than the window.
+    assert!(s.spoke(1, 12, at(2300), window));
 }
