@@ -494,6 +494,7 @@ async fn with_no_switch_on_every_scenario_passes() {
     resend(None).await.unwrap();
     stale_reader(None).await.unwrap();
     common::group::stray_replica(&[]).await.unwrap();
+    common::group::twin_replica(&[]).await.unwrap();
     common::writer_beside_another_log(&[]).await.unwrap();
     log_leader_kills(None).await.unwrap();
 }

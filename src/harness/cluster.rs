@@ -416,6 +416,9 @@ impl Cluster {
         // A port found free can be taken before its replica binds it (by another test's
         // server, or as some connection's local port): then the group starts again on new
         // ports, since every replica's --peers names them all.
+        // Only a group this call creates is started again: the directories of one already
+        // there (a `--data` reused) are never removed.
+        let fresh = (1..=replicas.max(1)).all(|i| !dir.join(format!("logstore-{i}")).exists());
         let mut attempt = 0;
         let (addrs, mut procs) = loop {
             attempt += 1;
@@ -425,14 +428,21 @@ impl Cluster {
                     for p in &mut started {
                         p.kill().await;
                     }
+                    // Only the bind of a port this attempt picked (not, say, a data
+                    // directory another run holds, whose refusal says "in use" too).
                     let taken = matches!(&e, ClusterError::NoListen { log, .. }
-                        if std::fs::read_to_string(log).is_ok_and(|l| l.contains("in use")));
-                    if !taken || attempt >= 3 {
+                    if std::fs::read_to_string(log).is_ok_and(|l| l.lines().any(|l| {
+                        l.contains("binding 127.0.0.1:") && l.contains("in use")
+                    })));
+                    if !taken || !fresh || attempt >= 3 {
                         return Err(e);
                     }
                     tracing::warn!(error = %e, "a log replica's port was taken; starting the group again");
+                    // The attempt's directories and logs (appended to on each start) go, so
+                    // the next attempt starts a new group and its failures read alone.
                     for i in 1..=replicas.max(1) {
                         let _ = std::fs::remove_dir_all(dir.join(format!("logstore-{i}")));
+                        let _ = std::fs::remove_file(dir.join(format!("logstore-{i}.log")));
                     }
                 }
             }

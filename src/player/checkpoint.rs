@@ -57,11 +57,9 @@ impl Shared {
         let mut acked = BTreeMap::new();
         let mut covered = BTreeMap::new();
         for (t, &real) in self.targets.iter().zip(&last_real) {
-            // A shard whose word the log has not vouched for yet (see `vouch`) keeps the
-            // cursor saved before: a shard ahead of a log put back would otherwise save an
-            // index that lets retention drop what it needs once it is restored.
-            let Some(last) = lock(&t.queue).vouched_ack() else {
-                continue;
+            let (last, vouched) = {
+                let q = lock(&t.queue);
+                (q.last_ack(), q.vouched_ack().is_some())
             };
             // Everything dispatched to the shard up to `current` is acknowledged: the shard
             // has every entry for it through `current`.
@@ -75,7 +73,10 @@ impl Shared {
             m.lag
                 .get_or_create(&label)
                 .set(current.saturating_sub(through) as i64);
-            if last > 0 {
+            // A shard whose word the log has not vouched for yet (see `vouch`) keeps the
+            // cursor saved before: a shard ahead of a log put back would otherwise save an
+            // index that lets retention drop what it needs once it is restored.
+            if last > 0 && vouched {
                 acked.insert(t.id.clone(), last);
                 covered.insert(t.id.clone(), through);
             }

@@ -173,6 +173,7 @@ impl Shared {
             let kept = tokio::select! {
                 kept = self.log_keeps(target, applied, fingerprint) => kept,
                 m = inbound.message() => return Err(gone(m)),
+                _ = self.shutdown.cancelled() => return Ok(false),
             };
             let why = match kept {
                 Err(SessionEnd::Broken(why)) => why,

@@ -296,9 +296,10 @@ pub async fn twin_replica(env: &[(String, String)]) -> Result<(), String> {
         std::fs::copy(file.path(), twin_dir.join(file.file_name())).unwrap();
     }
     g.procs[f].restart().await.map_err(|e| e.to_string())?;
-    // The follower's restart within 600 ms of its last answer may be said too: only what the
-    // leader says once that has passed counts.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The follower's restart within 600 ms of its last answer may be said too, for up to
+    // 600 ms from the new process's first answer: only what the leader says once that has
+    // passed counts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let leader_log = g.procs[leader].log_path();
     let before = std::fs::read_to_string(leader_log).map_or(0, |l| l.len());
     let twin_addr = format!("127.0.0.1:{}", free_port());

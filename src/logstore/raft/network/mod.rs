@@ -5,7 +5,7 @@
 //! and both replica ids. A replica refuses a message addressed to another id (a `--peers`
 //! list that maps an id to the wrong address), one from a replica of another log (two
 //! groups wired together by mistake), and those from an id two processes speak as (see
-//! [`Speakers`]): each would otherwise let Raft mix two logs.
+//! `speakers`): each would otherwise let Raft mix two logs.
 //!
 //! The leader's AppendEntries to a follower go on one gRPC stream per replication session
 //! (`AppendStream`): each is sent as soon as openraft has it, while the follower still writes
@@ -241,11 +241,11 @@ impl Gate {
             let window = humantime::format_duration(Speakers::window(self.heartbeat_millis));
             return Err(Reason::WrongPeer.status(format!(
                 "replica {} hears two processes speak as replica {} within {window}: two \
-                 replicas started with --id {}, a copy of its directory started beside it, or \
-                 the replica restarted just now (then this passes within {window}); Raft counts \
-                 votes by id and could elect both, so both are refused until one of them has \
-                 been silent for {window}",
-                self.me, m.from, m.from,
+                 replicas started with --id {}, a copy of replica {}'s directory started beside \
+                 it, or the replica restarted just now (then this passes within {window}); Raft \
+                 counts votes by id and could elect both, so requests from either are refused \
+                 until one of them has been silent for {window}",
+                self.me, m.from, m.from, m.from,
             )));
         }
         Ok(())

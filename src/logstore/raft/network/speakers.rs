@@ -9,7 +9,7 @@ use super::super::NodeId;
 use crate::proto::RaftMessage;
 
 /// The random number this process drew when it started (never 0: 0 on the wire means "not
-/// said"), and what it heard of the other replicas' (see [`Speakers`]), shared by the
+/// said"), and what it heard of the other replicas' (see `Speakers`), shared by the
 /// replica's client and server halves.
 #[derive(Clone, Debug)]
 pub struct Incarnation {
@@ -44,9 +44,10 @@ impl Incarnation {
 /// Two such processes (two replicas started with the same `--id`, or a copy of a replica's
 /// directory started beside it) could both be elected in one term and commit different
 /// entries at one index. Each process draws a random incarnation when it starts and puts it
-/// on every message; a replica that hears two incarnations for one id within
-/// [`Speakers::window`] of each other refuses every message from that id (both processes)
-/// until only one has spoken for that long. A replica restarted within the window of its
+/// on every message; a replica that hears two incarnations for one id (in requests, or in
+/// answers to its own) within [`Speakers::window`] of each other refuses every request from
+/// that id (both processes') until only one has spoken for that long. Answers are not
+/// refused: they come from the address the membership names. A replica restarted within the window of its
 /// previous incarnation's last message is refused too, for up to one window from its first
 /// one (its peers say so, naming the restart as one of the causes).
 ///
