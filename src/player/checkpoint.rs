@@ -59,7 +59,7 @@ impl Shared {
         for (t, &real) in self.targets.iter().zip(&last_real) {
             let (last, vouched) = {
                 let q = lock(&t.queue);
-                (q.last_ack(), q.vouched_ack().is_some())
+                (q.last_ack(), q.is_vouched())
             };
             // Everything dispatched to the shard up to `current` is acknowledged: the shard
             // has every entry for it through `current`.

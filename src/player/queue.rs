@@ -142,10 +142,10 @@ impl TargetQueue {
     pub fn last_ack(&self) -> u64 {
         self.last_ack
     }
-    /// `last_ack` once vouched for (see [`TargetQueue::vouch`]); `None` between a resume
-    /// and the log's answer.
-    pub fn vouched_ack(&self) -> Option<u64> {
-        self.vouched.then_some(self.last_ack)
+    /// Whether `last_ack` is vouched for (see [`TargetQueue::vouch`]); false between a
+    /// resume and the log's answer.
+    pub fn is_vouched(&self) -> bool {
+        self.vouched
     }
     /// The log was found to still hold what the shard applied: its applied index counts.
     pub fn vouch(&mut self) {
@@ -384,15 +384,16 @@ mod tests {
     #[test]
     fn a_resumed_index_counts_as_a_cursor_only_once_vouched_for() {
         let mut q = q();
-        assert_eq!(q.vouched_ack(), Some(0));
+        assert!(q.is_vouched());
         q.resume(10, 12);
-        assert_eq!(q.vouched_ack(), None);
+        assert!(!q.is_vouched());
         assert_eq!(q.last_ack(), 10, "the queue still drops what the shard has");
         q.vouch();
-        assert_eq!(q.vouched_ack(), Some(10));
+        assert!(q.is_vouched());
+        assert_eq!(q.last_ack(), 10);
         q.suspend();
         q.resume(40, 40);
-        assert_eq!(q.vouched_ack(), None, "each resume again");
+        assert!(!q.is_vouched(), "each resume again");
     }
 
     #[test]

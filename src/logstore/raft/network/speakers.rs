@@ -47,9 +47,9 @@ impl Incarnation {
 /// on every message; a replica that hears two incarnations for one id (in requests, or in
 /// answers to its own) within [`Speakers::window`] of each other refuses every request from
 /// that id (both processes') until only one has spoken for that long. Answers are not
-/// refused: they come from the address the membership names. A replica restarted within the window of its
-/// previous incarnation's last message is refused too, for up to one window from its first
-/// one (its peers say so, naming the restart as one of the causes).
+/// refused: they come from the address the membership names. A replica restarted within
+/// the window of its previous incarnation's last message is refused too, for up to one
+/// window from its first one (its peers say so, naming the restart as one of the causes).
 ///
 /// This narrows the danger to the moment before a voter hears the second process (each
 /// candidate asks every voter at once, so that is about one message's flight); it does not
