@@ -509,8 +509,73 @@ async fn a_player_given_the_addresses_of_two_logs_is_refused_naming_both() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_answering_under_another_id_does_not_set_where_the_player_starts() {
     let dir = tempfile::tempdir().unwrap();
+    let (c, log, last) = delivered_and_retained(dir.path()).await;
+    let stranger_dir = dir.path().join("stranger");
+    let args = ["shard", "--id", "stranger", "--data"]
+        .map(String::from)
+        .to_vec();
+    let args = [args, vec![stranger_dir.display().to_string()]].concat();
+    let stranger = Proc::start("stranger", &bin(), args, Some("127.0.0.1:0"), dir.path())
+        .await
+        .unwrap();
+    the_player_starts_past(&c, &log, last, stranger.addr()).await;
+}
+
+/// The same for a shard that answers under the map's id but applies another log (a map
+/// pointing at another deployment's `s1`, applied 10 there). Taken at its word it would
+/// start the main stream at 11, below this log's retention point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_of_another_log_does_not_set_where_the_player_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, log, last) = delivered_and_retained(dir.path()).await;
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let mut other = logplayer::harness::cluster::Cluster::start(&other_dir, &bin(), 2)
+        .await
+        .unwrap();
+    let other_log = logplayer::client::Log::connect(other.logstore.addr())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        other_log
+            .append(add("c-000001", i + 1), None, 0)
+            .await
+            .unwrap();
+    }
+    other.start_player(&[]).await.unwrap();
+    let s1 = other.shards[1].addr().to_owned();
+    let applied = eventually(Duration::from_secs(20), || async {
+        applied_at(s1.clone()).await >= 10
+    })
+    .await;
+    assert!(
+        applied,
+        "the other log's s1 applied nothing:\n{}",
+        other.logs()
+    );
+    other.players[0].kill().await;
+    the_player_starts_past(&c, &log, last, &s1).await;
+}
+
+/// The applied index of the shard at `addr`, 0 when it does not answer.
+async fn applied_at(addr: String) -> u64 {
+    match ShardConn::connect(&addr, None).await {
+        Ok(s) => s.applied().await.map(|a| a.applied_index).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// A cluster of two shards that applied 300 entries, with the log retained up to 20 below
+/// its end and its player stopped; returns it, its log and the log's last index.
+async fn delivered_and_retained(
+    dir: &std::path::Path,
+) -> (
+    logplayer::harness::cluster::Cluster,
+    logplayer::client::Log,
+    u64,
+) {
     let mut c = logplayer::harness::cluster::Cluster::start_with(
-        dir.path(),
+        dir,
         &bin(),
         2,
         &["--segment-bytes", "4096"],
@@ -527,15 +592,9 @@ async fn a_shard_answering_under_another_id_does_not_set_where_the_player_starts
     assert_eq!(report.failed, 0);
     let (_, last) = log.bounds().await.unwrap();
     c.start_player(&[]).await.unwrap();
-    let applied = |addr: String| async move {
-        match ShardConn::connect(&addr, None).await {
-            Ok(s) => s.applied().await.map(|a| a.applied_index).unwrap_or(0),
-            Err(_) => 0,
-        }
-    };
+    let (a0, a1) = (c.shards[0].addr().to_owned(), c.shards[1].addr().to_owned());
     let delivered = eventually(Duration::from_secs(20), || async {
-        applied(c.shards[0].addr().to_owned()).await >= last
-            && applied(c.shards[1].addr().to_owned()).await >= last
+        applied_at(a0.clone()).await >= last && applied_at(a1.clone()).await >= last
     })
     .await;
     assert!(delivered, "not delivered:\n{}", c.logs());
@@ -543,20 +602,23 @@ async fn a_shard_answering_under_another_id_does_not_set_where_the_player_starts
     let log_id = log.describe().await.unwrap().log_id;
     let first = log.retain(last - 20, &log_id).await.unwrap().first;
     assert!(first > 1, "retention removed nothing");
-    let stranger_dir = dir.path().join("stranger");
-    let args = ["shard", "--id", "stranger", "--data"]
-        .map(String::from)
-        .to_vec();
-    let args = [args, vec![stranger_dir.display().to_string()]].concat();
-    let _stranger = Proc::start("stranger", &bin(), args, Some("127.0.0.1:0"), dir.path())
-        .await
-        .unwrap();
+    (c, log, last)
+}
+
+/// Starts a player whose map names `s0` and, as `s1`, the shard at `stranger`; requires that
+/// it keeps running and delivers new entries to `s0`.
+async fn the_player_starts_past(
+    c: &logplayer::harness::cluster::Cluster,
+    log: &logplayer::client::Log,
+    last: u64,
+    stranger: &str,
+) {
     let specs = [
         format!("s0={}", c.shards[0].addr()),
-        format!("s1={}", _stranger.addr()),
+        format!("s1={stranger}"),
     ];
     let (mut player, _) =
-        start_player_with(&c, "player-stranger", c.logstore.addr(), &specs, &[]).await;
+        start_player_with(c, "player-stranger", c.logstore.addr(), &specs, &[]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(player.exited(), None, "{}", player.log_tail(40));
     for i in 0..10 {
@@ -564,7 +626,7 @@ async fn a_shard_answering_under_another_id_does_not_set_where_the_player_starts
     }
     let s0 = c.shards[0].addr().to_owned();
     let reached = eventually(Duration::from_secs(20), || async {
-        applied(s0.clone()).await >= last + 10
+        applied_at(s0.clone()).await >= last + 10
     })
     .await;
     assert!(reached, "s0 got nothing new:\n{}", player.log_tail(40));
