@@ -259,6 +259,20 @@ mod tests {
         assert!(Value::decode(&[3, 5, 0, 0, 0, b'a']).is_err());
     }
 
+    /// A list whose remainder is too short for an item's 4-byte length (a stored value cut
+    /// short, at the start or after a whole item) decodes as `Truncated`: without the check
+    /// the length is split off past the end of the bytes, and reading a damaged store
+    /// panics instead of reporting it.
+    #[test]
+    fn a_list_cut_inside_an_item_length_is_truncated() {
+        for bytes in [&[3u8, 1, 2][..], &[3, 1, 0, 0, 0, b'a', 7][..]] {
+            assert!(
+                matches!(Value::decode(bytes), Err(ValueError::Truncated)),
+                "{bytes:?}"
+            );
+        }
+    }
+
     #[test]
     fn add_and_append_are_not_idempotent() {
         let add = Op::Add(5);

@@ -905,4 +905,23 @@ mod kube_mock {
             "{err:?}"
         );
     }
+
+    /// A Lease read without a resource version is refused, not written: the replace that
+    /// takes it would carry none, and the API server would apply it unconditionally, so two
+    /// candidates could both take the same free Lease (no compare-and-set fencing). Without
+    /// the check the free Lease below is PUT, which the script never answers.
+    #[tokio::test]
+    async fn a_lease_without_a_resource_version_is_rejected() {
+        let mut bad = lease_json(None, 6, &ts(0), "9");
+        let removed = bad["metadata"]
+            .as_object_mut()
+            .and_then(|m| m.remove("resourceVersion"));
+        assert_eq!(removed, Some(json!("9")));
+        let err = acquire_err(async |h| get_answers(h, bad).await).await;
+        assert!(
+            matches!(err, LeaseError::InvalidKubeLease { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("resourceVersion"), "{err}");
+    }
 }

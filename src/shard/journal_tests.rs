@@ -215,6 +215,20 @@ fn a_snapshot_cut_at_a_row_or_without_its_magic_is_refused() {
     );
 }
 
+/// A snapshot row whose key length runs past the row (its frame's checksum right, the row
+/// written wrong) is no row: `None`, which opening reports as "row shorter than its key".
+/// Without the check the key is split off past the end of the row and opening the
+/// snapshot panics instead of refusing it.
+#[test]
+fn a_row_whose_key_length_runs_past_it_is_no_row() {
+    assert_eq!(
+        split_row(&[1, 0, 0, 0, b'k', 1, b'v']),
+        Some((&b"k"[..], &[1, b'v'][..]))
+    );
+    assert_eq!(split_row(&[5, 0, 0, 0, b'k']), None);
+    assert_eq!(split_row(&[1, 0, 0, 0]), None);
+}
+
 #[test]
 fn commits_end_on_page_boundaries_and_never_rewrite_what_came_before() {
     let dir = tempfile::tempdir().unwrap();

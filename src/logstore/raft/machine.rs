@@ -737,6 +737,39 @@ mod tests {
         );
     }
 
+    /// The first `Establish` applied names the log for good: a second one (two leaders of a
+    /// new log each proposed theirs) is answered with the first id and changes nothing.
+    /// Without the rule the later id would replace the earlier: the leader that proposed the
+    /// first was told one id, and the log would go on under another.
+    #[test]
+    fn the_first_establish_applied_wins_and_a_later_one_is_answered_with_it() {
+        let establish = |index, log_id: &str| {
+            entry(
+                index,
+                EntryPayload::Normal(Command::Establish {
+                    log_id: log_id.into(),
+                }),
+            )
+        };
+        let mut base = Base::default();
+        let replies: Vec<Reply> = [establish(1, "log-a"), establish(2, "log-b")]
+            .iter()
+            .map(|e| base.apply(e).unwrap().reply)
+            .collect();
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Established {
+                    log_id: "log-a".into()
+                },
+                Reply::Established {
+                    log_id: "log-a".into()
+                },
+            ]
+        );
+        assert_eq!(base.log_id.as_deref(), Some("log-a"));
+    }
+
     #[test]
     fn a_full_writer_table_is_decided_by_the_bound_the_entry_carries() {
         let capped = |appends, max_writers| {

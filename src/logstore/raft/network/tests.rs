@@ -196,6 +196,54 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
     assert_eq!(mine.machine().bounds(), bounds);
 }
 
+/// A message naming replica 0 as its sender or its receiver is refused as invalid, first:
+/// replica ids start at 1, and 0 is what a message that never said who sent it decodes as.
+/// Without the check a vote "from replica 0" to this replica (same log, same limits, an id
+/// nobody spoke as yet) passes every other check and reaches Raft, which answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_or_to_replica_0_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = established(dir.path()).await;
+    let limit = crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64;
+    let me = Sender {
+        id: 1,
+        max_entry_bytes: limit,
+        heartbeat_millis: 50,
+        incarnation: Incarnation::draw(),
+    };
+    let service = ReplicationService::new(
+        me,
+        mine.raft().clone(),
+        mine.machine().clone(),
+        mine.catching_up(),
+    );
+    let vote = mine
+        .raft()
+        .with_raft_state(|s| *s.vote_ref())
+        .await
+        .unwrap();
+    let ask = VoteRequest::<TypeConfig>::new(vote, None);
+    for (from, to) in [(0, 1), (1, 0)] {
+        let sender = Sender {
+            id: from,
+            max_entry_bytes: limit,
+            heartbeat_millis: 50,
+            incarnation: Incarnation::draw(),
+        };
+        let ballot = envelope(&ask, mine.machine(), &sender, to).unwrap();
+        let refused = service
+            .vote(Request::new(ballot))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a vote from replica {from} to replica {to} was answered"));
+        assert!(
+            refused.message().contains("replica ids start at 1"),
+            "{}",
+            refused.message()
+        );
+    }
+}
+
 /// The checks on a snapshot sent in pieces, each of which would otherwise install a
 /// snapshot no replica sent, or hold more memory than any snapshot needs: a stated size
 /// above the largest a replica takes, pieces from two replicas (two leaders' snapshots
