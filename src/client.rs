@@ -461,9 +461,14 @@ impl Log {
         let request = crate::proto::AddMemberRequest {
             id,
             addr: addr.to_owned(),
-            catch_up_ms: catch_up.as_millis().clamp(1, u32::MAX.into()) as u32,
+            catch_up_ms: catch_up
+                .min(crate::logstore::raft::members::MAX_CATCH_UP)
+                .as_millis()
+                .max(1) as u32,
         };
-        let wait = catch_up + std::time::Duration::from_secs(10);
+        let wait = catch_up
+            .min(crate::logstore::raft::members::MAX_CATCH_UP)
+            .saturating_add(std::time::Duration::from_secs(10));
         self.with_leader_for("add member", true, wait, |mut c| {
             let request = request.clone();
             async move { c.add_member(request).await }

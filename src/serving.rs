@@ -67,7 +67,66 @@ impl Default for ServerLimits {
     }
 }
 
+/// The most `--max-connections`: a connection is a file descriptor, and beyond about a
+/// million no process gets more (tokio's semaphore also cannot hold more than 2^61 permits,
+/// and panicked at a larger value).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// The most `--max-streams-per-connection`.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1 << 16;
+/// The most `--max-read-streams` (each can hold [`ServerLimits::read_memory_bound`]'s share).
+pub const MAX_READ_STREAMS: usize = 1 << 16;
+/// The longest `--read-stall-timeout`, `--idle-stream-timeout` and
+/// `--idle-connection-timeout`: a day. Longer does not bound anything in practice; it only
+/// turns the protection off without saying so.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 impl ServerLimits {
+    /// Checks every setting against its range, naming the flag of the first out of it.
+    pub fn validate(&self) -> Result<(), String> {
+        let counts: [(&str, u64, u64); 4] = [
+            (
+                "--max-connections",
+                self.max_connections as u64,
+                MAX_CONNECTIONS as u64,
+            ),
+            (
+                "--max-streams-per-connection",
+                self.max_streams_per_connection.into(),
+                MAX_STREAMS_PER_CONNECTION.into(),
+            ),
+            (
+                "--max-read-streams",
+                self.max_read_streams as u64,
+                MAX_READ_STREAMS as u64,
+            ),
+            (
+                "--max-writers",
+                self.max_writers as u64,
+                crate::logstore::dedupe::MAX_WRITERS as u64,
+            ),
+        ];
+        for (flag, value, max) in counts {
+            if !(1..=max).contains(&value) {
+                return Err(format!("{flag} must be between 1 and {max}, not {value}"));
+            }
+        }
+        let timeouts = [
+            ("--read-stall-timeout", self.read_stall_timeout),
+            ("--idle-stream-timeout", self.idle_stream_timeout),
+            ("--idle-connection-timeout", self.idle_connection_timeout),
+        ];
+        for (flag, value) in timeouts {
+            if value.is_zero() || value > MAX_TIMEOUT {
+                return Err(format!(
+                    "{flag} must be above zero and at most {}, not {}",
+                    humantime::format_duration(MAX_TIMEOUT),
+                    humantime::format_duration(value)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The most memory the `Read` streams can hold beyond the tail cache, in bytes, when
     /// a response is at most `response_bytes` (the batch size, or one entry when an entry
     /// is larger): per stream, its queued responses and one being encoded, and hyper's send

@@ -452,6 +452,16 @@ fn the_players_limits_are_the_crds() {
             "--checkpoint-interval must be above 0",
             1,
         ),
+        (
+            "--checkpoint-interval=61m",
+            "--checkpoint-interval must be above 0 and at most 1h, not 1h 1m",
+            1,
+        ),
+        (
+            "--watermark-every=1000001",
+            "--watermark-every must be 1 to 1000000, not 1000001",
+            1,
+        ),
     ] {
         let out = Command::new(common::bin())
             .env("LOGPLAYER_INSECURE", "true")
@@ -528,7 +538,7 @@ fn a_replica_heartbeat_out_of_range_is_refused_by_name() {
 /// (it panicked) and a replica address no one can dial (port 0 was accepted in `--peers`).
 #[test]
 fn settings_that_cannot_work_are_refused_naming_them() {
-    for n in ["0", "abc"] {
+    for n in ["0", "abc", "200000"] {
         let out = Command::new(common::bin())
             .env("TOKIO_WORKER_THREADS", n)
             .args(["logstore", "--help"])
@@ -552,6 +562,107 @@ fn settings_that_cannot_work_are_refused_naming_them() {
     ]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("port 0 cannot be dialed"), "{stderr}");
+}
+
+/// A server's limits past what they can mean are refused by name before it binds or
+/// creates anything: `--max-connections` above a semaphore's permits panicked after
+/// "listening" (and left a new data directory behind), a timeout of years turned its
+/// protection off without a word, and `members add --catch-up` of years panicked adding
+/// durations.
+#[test]
+fn limits_past_what_they_can_mean_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("log").display().to_string();
+    let huge = u64::MAX.to_string();
+    for (flag, value, says) in [
+        (
+            "--max-connections",
+            huge.as_str(),
+            "--max-connections must be between 1 and 1048576",
+        ),
+        (
+            "--max-read-streams",
+            "65537",
+            "--max-read-streams must be between 1 and 65536",
+        ),
+        (
+            "--max-streams-per-connection",
+            "65537",
+            "--max-streams-per-connection must be between 1 and 65536",
+        ),
+        (
+            "--max-writers",
+            "1000000",
+            "--max-writers must be between 1 and",
+        ),
+        (
+            "--read-stall-timeout",
+            "25h",
+            "--read-stall-timeout must be above zero and at most 1day",
+        ),
+        (
+            "--idle-stream-timeout",
+            "0s",
+            "--idle-stream-timeout must be above zero",
+        ),
+        (
+            "--idle-connection-timeout",
+            "1000years",
+            "--idle-connection-timeout must be above zero and at most 1day",
+        ),
+    ] {
+        let (code, stderr) = insecure(&[
+            "logstore",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &data,
+            flag,
+            value,
+        ]);
+        assert_eq!(code, Some(1), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(says) && !stderr.contains("panicked"),
+            "{flag} {value}: {stderr}"
+        );
+        assert!(
+            !dir.path().join("log").exists(),
+            "{flag} {value} created its data directory"
+        );
+    }
+    let (code, stderr) = insecure(&[
+        "shard",
+        "--id",
+        "s0",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        &data,
+        "--max-connections",
+        &huge,
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--max-connections must be between 1 and 1048576"),
+        "{stderr}"
+    );
+    for catch_up in ["0s", "25h", "18446744073709551615s"] {
+        let (code, stderr) = insecure(&[
+            "logstore",
+            "members",
+            "--logstore",
+            "127.0.0.1:1",
+            "add",
+            "2=127.0.0.1:2",
+            "--catch-up",
+            catch_up,
+        ]);
+        assert_eq!(code, Some(2), "{catch_up}: {stderr}");
+        assert!(
+            stderr.contains("--catch-up") && !stderr.contains("panicked"),
+            "{catch_up}: {stderr}"
+        );
+    }
 }
 
 /// A player's cursor file that does not parse, or a lease file in a directory that does not

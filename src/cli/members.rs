@@ -40,8 +40,8 @@ enum Change {
         #[arg(value_parser = parse_member)]
         member: (u64, String),
         /// How long to wait for it to catch up before giving up (it then stays a learner:
-        /// add it again to go on waiting, or remove it).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        /// add it again to go on waiting, or remove it); at most a day.
+        #[arg(long, default_value = "60s", value_parser = crate::logstore::raft::members::parse_catch_up)]
         catch_up: Duration,
     },
     /// Remove a replica (voter or learner). Stop it and delete its data afterwards; removing

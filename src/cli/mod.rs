@@ -196,17 +196,24 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The most `TOKIO_WORKER_THREADS`: tokio's own limit on blocking threads, and far more
+/// workers than any machine has cores.
+const MAX_WORKER_THREADS: usize = 512;
+
 /// The async runtime every command runs on: tokio's multi-threaded one (one worker per
 /// core, or `TOKIO_WORKER_THREADS`), or with `LOGPLAYER_RUNTIME=current-thread` a single
 /// thread (fsync-bound work keeps its own threads either way; see `blocking`). Read from
 /// the environment, not a flag, because the runtime exists before the flags are parsed.
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    // tokio panics on a worker count it cannot use; say which variable instead.
+    // tokio panics on a worker count it cannot use, and aborts on one too large to start
+    // (each thread reserves its stack); say which variable instead.
     if let Ok(n) = std::env::var("TOKIO_WORKER_THREADS")
-        && !n.parse::<usize>().is_ok_and(|n| n > 0)
+        && !n
+            .parse::<usize>()
+            .is_ok_and(|n| (1..=MAX_WORKER_THREADS).contains(&n))
     {
         return Err(format!(
-            "TOKIO_WORKER_THREADS is {n:?}: a number of worker threads, at least 1 (or unset: one per core)"
+            "TOKIO_WORKER_THREADS is {n:?}: a number of worker threads, 1 to {MAX_WORKER_THREADS} (or unset: one per core)"
         ));
     }
     let mut builder = match std::env::var("LOGPLAYER_RUNTIME").as_deref() {

@@ -194,12 +194,6 @@ impl CallerLimits {
     /// Installs the limits of a server; `streams` only for the LogStore (a shard serves no
     /// `Read` or `AppendStream`, and keeps their defaults, unused).
     fn install(self, streams: Option<StreamLimits>) -> anyhow::Result<()> {
-        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
-            bail!("--max-connections and --max-streams-per-connection must be at least 1");
-        }
-        if self.idle_connection_timeout.is_zero() {
-            bail!("--idle-connection-timeout must be above zero");
-        }
         let defaults = crate::serving::ServerLimits::default();
         let mut limits = crate::serving::ServerLimits {
             max_connections: self.max_connections,
@@ -208,20 +202,12 @@ impl CallerLimits {
             ..defaults
         };
         if let Some(s) = streams {
-            if s.max_read_streams == 0 {
-                bail!("--max-read-streams must be at least 1");
-            }
-            if s.max_writers == 0 {
-                bail!("--max-writers must be at least 1");
-            }
-            if s.read_stall_timeout.is_zero() || s.idle_stream_timeout.is_zero() {
-                bail!("--read-stall-timeout and --idle-stream-timeout must be above zero");
-            }
             limits.max_read_streams = s.max_read_streams;
             limits.read_stall_timeout = s.read_stall_timeout;
             limits.idle_stream_timeout = s.idle_stream_timeout;
             limits.max_writers = s.max_writers;
         }
+        limits.validate().map_err(anyhow::Error::msg)?;
         crate::serving::install(limits);
         Ok(())
     }

@@ -89,11 +89,11 @@ pub struct LogPlayerSpec {
     #[serde(default)]
     pub lease: LeaseSettings,
     /// How often the leader saves each shard's acknowledged index into the Shard's status
-    /// (a duration such as `1s`). Default `1s`.
+    /// (a duration such as `1s`, above zero and at most `1h`). Default `1s`.
     #[serde(default = "default_checkpoint_interval")]
     #[schemars(length(min = 1, max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')")
-        .message("checkpointInterval must be greater than zero"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('1h')")
+        .message("checkpointInterval must be greater than zero and at most 1h"))]
     pub checkpoint_interval: String,
     /// After each checkpoint, let the LogStore delete log segments that every shard has
     /// acknowledged. A shard added later can then only start from what is left. Default false.
@@ -286,12 +286,21 @@ fn default_metrics_port() -> i32 {
 }
 
 impl LogPlayerSpec {
-    /// `checkpointInterval` as a positive duration.
+    /// `checkpointInterval` as a positive duration, at most
+    /// [`crate::player::MAX_CHECKPOINT_INTERVAL`] (which the CRD's rule repeats).
     pub fn checkpoint_interval(&self) -> Result<Duration, CrdError> {
         let field = "spec.checkpointInterval";
         let d = parse_duration(field, &self.checkpoint_interval)?;
         if d.is_zero() {
             return Err(CrdError::ZeroDuration { field });
+        }
+        let max = crate::player::MAX_CHECKPOINT_INTERVAL;
+        if d > max {
+            return Err(CrdError::DurationAbove {
+                field,
+                value: d,
+                max,
+            });
         }
         Ok(d)
     }

@@ -240,6 +240,14 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         "duration(self.leaseDuration) <= duration('{}')",
         humantime::format_duration(crate::lease::MAX_LEASE_DURATION)
     )));
+    // The longest checkpoint interval, likewise.
+    assert_eq!(
+        rules(&spec["properties"]["checkpointInterval"]),
+        [format!(
+            "duration(self) > duration('0s') && duration(self) <= duration('{}')",
+            humantime::format_duration(crate::player::MAX_CHECKPOINT_INTERVAL)
+        )]
+    );
     // The longest names, likewise (see `MAX_LOGPLAYER_NAME`), and a Service's pattern,
     // checked at creation only (`oldSelf` is optional: an object of an earlier CRD with a
     // name these refuse can still be updated, and deleted).
@@ -266,10 +274,6 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         "{rule}"
     );
     assert!(lease_rules.iter().all(|r| r.contains("duration(")));
-    assert_eq!(
-        rules(&spec["properties"]["checkpointInterval"]),
-        ["duration(self) > duration('0s')"]
-    );
     for f in ["leaseDuration", "renewDeadline", "retryPeriod"] {
         assert_eq!(
             spec["properties"]["lease"]["properties"][f]["pattern"],

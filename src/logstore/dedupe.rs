@@ -46,6 +46,13 @@ pub struct LastAppend {
 /// have in flight per writer id).
 pub const WINDOW: usize = 4096;
 
+/// The most `--max-writers`: as many as the largest snapshot a replica takes can hold at
+/// the worst (each writer with [`WINDOW`] remembered appends of three varints of up to 10
+/// bytes, and an id of the longest), so that a replica behind the purge point can always be
+/// brought up by one. About 139,000; the default is 100,000.
+pub const MAX_WRITERS: usize = crate::logstore::raft::network::MAX_SNAPSHOT_BYTES
+    / (WINDOW * 30 + super::MAX_WRITER_ID_BYTES + 16);
+
 /// A writer's last appends, oldest first, sequences increasing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recent(VecDeque<LastAppend>);

@@ -294,9 +294,6 @@ struct Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// How long `AddMember` waits for a new replica to catch up when the request does not say.
-const DEFAULT_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl Service {
     /// The replica served, for the membership calls (a single node has no membership).
     fn replica(&self) -> Result<&Replica, Status> {
@@ -548,8 +545,10 @@ impl LogStoreRpc for Service {
             .and_then(grpc_timeout);
         let r = r.into_inner();
         let mut catch_up = match r.catch_up_ms {
-            0 => DEFAULT_CATCH_UP,
-            ms => std::time::Duration::from_millis(ms.into()),
+            0 => super::raft::members::DEFAULT_CATCH_UP,
+            ms => {
+                std::time::Duration::from_millis(ms.into()).min(super::raft::members::MAX_CATCH_UP)
+            }
         };
         // Within the caller's deadline, with a second to answer: a call cut short by its
         // deadline would leave the replica a learner without the `membership` refusal

@@ -75,7 +75,8 @@ pub struct PlayerArgs {
     /// --lease-namespace instead (in a cluster; shard ids are the Shard resource names).
     #[arg(long, env = "LOGPLAYER_CURSOR_SHARD_STATUS")]
     pub cursor_shard_status: bool,
-    /// How often the leader saves the ack cursors.
+    /// How often the leader saves the ack cursors (and, with --retain-log, lets the LogStore
+    /// drop what every shard acknowledged); at most 1h.
     #[arg(long, env = "LOGPLAYER_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
@@ -111,7 +112,7 @@ pub struct PlayerArgs {
     /// the log.
     #[arg(long, env = "LOGPLAYER_QUEUE_BYTES", default_value_t = crate::limits::DEFAULT_QUEUE_BYTES)]
     pub queue_bytes: usize,
-    /// Watermark interval in entries for idle shards.
+    /// Watermark interval in entries for idle shards (1 to 1,000,000).
     #[arg(long, env = "LOGPLAYER_WATERMARK_EVERY", default_value_t = 1000)]
     pub watermark_every: u64,
     /// FAULT INJECTION, for tests only: keep delivering after the lease is lost, as a leader

@@ -150,11 +150,19 @@ impl PlayerConfig {
                 self.batch_bytes
             ));
         }
-        if self.checkpoint_interval.is_zero() {
-            return bad("--checkpoint-interval must be above 0");
+        if self.checkpoint_interval.is_zero() || self.checkpoint_interval > MAX_CHECKPOINT_INTERVAL
+        {
+            return bad(&format!(
+                "--checkpoint-interval must be above 0 and at most {}, not {}",
+                humantime::format_duration(MAX_CHECKPOINT_INTERVAL),
+                humantime::format_duration(self.checkpoint_interval)
+            ));
         }
-        if self.watermark_every == 0 {
-            return bad("watermark interval must be at least 1");
+        if !(1..=MAX_WATERMARK_EVERY).contains(&self.watermark_every) {
+            return bad(&format!(
+                "--watermark-every must be 1 to {MAX_WATERMARK_EVERY}, not {}",
+                self.watermark_every
+            ));
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad("backoff must be positive and max >= min");
@@ -190,6 +198,15 @@ impl PlayerConfig {
         Ok(())
     }
 }
+
+/// The longest `--checkpoint-interval` (and the CRD's `checkpointInterval`, whose rule
+/// repeats it): an hour. Cursors are saved, and retention runs, once per interval; a longer
+/// one would leave a successor an hour of the log to replay and hold retention that long.
+pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// The most `--watermark-every`: an idle shard's applied index (and so its cursor, and
+/// retention) moves once per this many entries of the log.
+pub const MAX_WATERMARK_EVERY: u64 = 1_000_000;
 
 /// Why the player stopped.
 #[derive(Debug, thiserror::Error)]

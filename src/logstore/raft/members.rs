@@ -309,6 +309,25 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
     }
 }
 
+/// How long `AddMember` waits for a new replica to catch up when the request does not say.
+pub const DEFAULT_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest `AddMember` waits for a new replica to catch up (`members add --catch-up`):
+/// a day. A replica that needs longer is better brought up again (`add` again goes on
+/// waiting).
+pub const MAX_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Parses `members add --catch-up`: a duration above zero and at most [`MAX_CATCH_UP`].
+pub fn parse_catch_up(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > MAX_CATCH_UP {
+        return Err(format!(
+            "must be above zero and at most {}",
+            humantime::format_duration(MAX_CATCH_UP)
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses one replica as `ID=HOST:PORT` (an item of `--peers`, or `members add`).
 pub fn parse_member(item: &str) -> Result<(NodeId, String), String> {
     let Some((id, addr)) = item.split_once('=') else {
