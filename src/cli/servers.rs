@@ -144,7 +144,9 @@ pub fn parse_peers(s: &str) -> Result<Peers, String> {
 pub struct EntryLimit {
     /// Largest transaction accepted, in bytes (the encoded size of one append's mutations).
     /// Use the same value on the LogStore, the player and every shard: each checks the
-    /// others' at connection time.
+    /// others' at connection time. A replicated LogStore (--peers) takes at most
+    /// 266076160 (253.75 MiB: one replication message less room for what travels beside
+    /// the entry).
     #[arg(long, env = "LOGPLAYER_MAX_ENTRY_BYTES", default_value_t = crate::limits::DEFAULT_MAX_ENTRY_BYTES, value_parser = crate::limits::parse_flag)]
     pub max_entry_bytes: usize,
 }

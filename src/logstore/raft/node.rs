@@ -264,12 +264,24 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
     .map_err(|e| LogStoreError::Config(format!("raft config: {e}")))
 }
 
+/// The largest entry a replicated log takes: the largest replication message less its
+/// envelope and what may travel beside the entry in one AppendEntries. A group of appends
+/// (one Raft entry) is closed once it holds [`MAX_GROUP_BYTES`], so it holds less than
+/// that beside its last append; an AppendEntries is closed once it holds
+/// `REPLICATION_BATCH_BYTES`, so it holds less than that beside its last Raft entry.
+pub fn max_replicable_entry_bytes() -> usize {
+    super::network::MAX_MESSAGE_BYTES
+        - crate::limits::ENVELOPE_BYTES
+        - super::storage::REPLICATION_BATCH_BYTES
+        - MAX_GROUP_BYTES
+}
+
 /// Refuses a replica's settings it cannot start with, naming the flag.
 fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
     crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
-    // One entry travels to the followers in one replication message: an entry that
-    // cannot fit would be accepted, never replicated, and hold up every later one.
-    let replicable = super::network::MAX_MESSAGE_BYTES - crate::limits::ENVELOPE_BYTES;
+    // An entry that cannot fit in a replication message would be accepted, never
+    // replicated, and hold up every later one.
+    let replicable = max_replicable_entry_bytes();
     if config.max_entry_bytes > replicable {
         return Err(LogStoreError::Config(format!(
             "--max-entry-bytes {} is more than a replicated log can carry in one \

@@ -146,8 +146,15 @@ fn a_replica_refuses_a_limit_it_cannot_replicate_and_id_0() {
         e.starts_with("invalid LogStore setting: --max-entry-bytes 1073741824 is more than a replicated log can carry"),
         "{e}"
     );
-    let most = super::super::network::MAX_MESSAGE_BYTES - crate::limits::ENVELOPE_BYTES;
+    // The largest that fits beside a full group and a full batch in one message (the
+    // number `--max-entry-bytes`'s help gives).
+    let most = super::max_replicable_entry_bytes();
+    assert_eq!(most, 266_076_160);
     assert!(super::check_config(&config(1, most)).is_ok());
+    let e = super::check_config(&config(1, most + 1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(266076160 bytes)"), "{e}");
     let mut zero = config(0, crate::limits::DEFAULT_MAX_ENTRY_BYTES);
     zero.join = true;
     let e = super::check_config(&zero).unwrap_err().to_string();

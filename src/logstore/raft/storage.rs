@@ -36,7 +36,7 @@ pub const STATE_FILE: &str = "raft-state";
 /// Most bytes of entries one AppendEntries carries (a catch-up batch stays small enough to
 /// be received and fsynced well within an election timeout; a single larger entry still goes
 /// alone).
-const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+pub(super) const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Most bytes of just-written Raft entries kept in memory: at 2,000 appends of 10 KB a second
 /// that is about 0.8 s of the log, far more than a healthy follower or the state machine lags;

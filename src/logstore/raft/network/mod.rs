@@ -616,8 +616,13 @@ impl Peer {
         let mut client = self.client()?;
         let m = envelope(req, &self.machine, &self.me, self.target)
             .map_err(|s| NetworkError::new(&s))?;
+        // An AppendEntries also gets the time its bytes take (a large entry alone).
+        let carry = match rpc {
+            Rpc::Append => carry_time(m.payload.len()),
+            Rpc::Vote | Rpc::PreVote => Duration::ZERO,
+        };
         let mut request = Request::new(m);
-        request.set_timeout(timeout);
+        request.set_timeout(timeout + carry);
         let out = match rpc {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
@@ -740,14 +745,15 @@ impl Peer {
 
     /// Opens an append stream to the peer: every request `input` yields is sent at once,
     /// without waiting for the answers to those before it (which the peer's Raft returns in
-    /// order). A stream with a request unanswered for [`STREAM_STALL`] is given up (a peer
+    /// order). A stream with a request unanswered for [`STREAM_STALL`] (and its bytes'
+    /// [`carry_time`]) is given up (a peer
     /// that went silent without a reset); openraft then opens another.
     async fn open_stream<S>(&mut self, input: S) -> Result<AppendStream<'_>, RPCError<TypeConfig>>
     where
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static,
     {
         let mut client = self.client()?;
-        let unanswered = std::sync::Arc::new(AtomicU64::new(0));
+        let unanswered = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::new()));
         let (me, to, machine, sent) = (
             self.me.clone(),
             self.target,
@@ -758,7 +764,7 @@ impl Peer {
             let m = envelope(&req, &machine, &me, to);
             futures::future::ready(match m {
                 Ok(m) => {
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    lock(&sent).push_back(m.payload.len());
                     Some(m)
                 }
                 Err(status) => {
@@ -800,8 +806,20 @@ fn due(last: &Mutex<Option<std::time::Instant>>, every: Duration) -> bool {
     true
 }
 
-/// How long an append stream may leave a request unanswered before it is given up.
+/// How long an append stream may leave a request unanswered before it is given up, on top
+/// of the time its bytes take to travel ([`carry_time`]).
 const STREAM_STALL: Duration = Duration::from_secs(1);
+
+/// How fast an AppendEntries is assumed to travel, be written and be fsynced at the least,
+/// for its deadline: a batch of 1 MiB has 31 ms more than [`STREAM_STALL`], one of the
+/// largest entries a replicated log takes (about 254 MiB) 8 s. Without it a large entry
+/// could never be answered in time: each try was given up after 1 s and sent again.
+const REPLICATION_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
+
+/// The time `bytes` of AppendEntries are given to travel beyond the fixed deadline.
+fn carry_time(bytes: usize) -> Duration {
+    Duration::from_millis(bytes as u64 * 1000 / REPLICATION_BYTES_PER_SEC)
+}
 
 /// Answers to a stream of AppendEntries, as openraft takes them.
 type Answers<'a> =
@@ -811,8 +829,8 @@ type Answers<'a> =
 struct AppendStream<'a> {
     peer: &'a mut Peer,
     answers: Streaming<RaftMessage>,
-    /// Requests sent and not yet answered.
-    unanswered: std::sync::Arc<AtomicU64>,
+    /// The payload sizes of the requests sent and not yet answered, oldest first.
+    unanswered: std::sync::Arc<Mutex<std::collections::VecDeque<usize>>>,
 }
 
 impl<'a> AppendStream<'a> {
@@ -821,21 +839,23 @@ impl<'a> AppendStream<'a> {
         &mut self,
     ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
         loop {
-            let m = match tokio::time::timeout(STREAM_STALL, self.answers.message()).await {
+            let owed: usize = lock(&self.unanswered).iter().sum();
+            let stall = STREAM_STALL + carry_time(owed);
+            let m = match tokio::time::timeout(stall, self.answers.message()).await {
                 Ok(Ok(Some(m))) => m,
                 Ok(Ok(None)) => return None,
                 Ok(Err(status)) => return Some(Err(self.peer.stream_failed(status))),
                 // Nothing asked, nothing owed: an idle stream waits on.
-                Err(_) if self.unanswered.load(Ordering::Relaxed) == 0 => continue,
+                Err(_) if lock(&self.unanswered).is_empty() => continue,
                 Err(_) => {
                     let e = NetworkError::new(&AnyError::error(format!(
-                        "replica {} left an AppendEntries unanswered for {STREAM_STALL:?}",
+                        "replica {} left an AppendEntries unanswered for {stall:?}",
                         self.peer.target
                     )));
                     return Some(Err(e.into()));
                 }
             };
-            self.unanswered.fetch_sub(1, Ordering::Relaxed);
+            lock(&self.unanswered).pop_front();
             self.peer.answered(&m);
             let res: Result<StreamAppendResult<TypeConfig>, RaftError<TypeConfig>> =
                 match decode(&m.payload) {
