@@ -155,6 +155,17 @@ fn a_replica_refuses_a_limit_it_cannot_replicate_and_id_0() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("(266076160 bytes)"), "{e}");
+    // The default limit reaches followers well within an election timeout; 64 MiB at the
+    // default heartbeat does not (it is warned of), nor 16 MiB at the shortest heartbeat.
+    let slow = |bytes, heartbeat_ms| {
+        let mut c = config(1, bytes);
+        c.heartbeat = Duration::from_millis(heartbeat_ms);
+        super::slower_than_an_election(&c)
+    };
+    assert_eq!(slow(crate::limits::DEFAULT_MAX_ENTRY_BYTES, 50), None);
+    assert_eq!(slow(64 << 20, 50), Some(Duration::from_millis(250)));
+    assert_eq!(slow(64 << 20, 100), None);
+    assert!(slow(16 << 20, 10).is_some());
     let mut zero = config(0, crate::limits::DEFAULT_MAX_ENTRY_BYTES);
     zero.join = true;
     let e = super::check_config(&zero).unwrap_err().to_string();

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
@@ -753,7 +753,7 @@ impl Peer {
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static,
     {
         let mut client = self.client()?;
-        let unanswered = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let unanswered = std::sync::Arc::new(Mutex::new(Unanswered::default()));
         let (me, to, machine, sent) = (
             self.me.clone(),
             self.target,
@@ -764,7 +764,7 @@ impl Peer {
             let m = envelope(&req, &machine, &me, to);
             futures::future::ready(match m {
                 Ok(m) => {
-                    lock(&sent).push_back(m.payload.len());
+                    lock(&sent).sent(m.payload.len());
                     Some(m)
                 }
                 Err(status) => {
@@ -821,6 +821,41 @@ fn carry_time(bytes: usize) -> Duration {
     Duration::from_millis(bytes as u64 * 1000 / REPLICATION_BYTES_PER_SEC)
 }
 
+/// The requests an append stream sent and was not yet answered, oldest first: when each
+/// was sent and its size. The oldest is due [`STREAM_STALL`] after it was sent, plus the
+/// [`carry_time`] of every request unanswered (the peer answers in order).
+#[derive(Default)]
+struct Unanswered {
+    sent: std::collections::VecDeque<(Instant, usize)>,
+    bytes: usize,
+}
+
+impl Unanswered {
+    fn sent(&mut self, bytes: usize) {
+        self.sent.push_back((Instant::now(), bytes));
+        self.bytes += bytes;
+    }
+
+    fn answered(&mut self) {
+        if let Some((_, b)) = self.sent.pop_front() {
+            self.bytes -= b;
+        }
+    }
+
+    /// When the oldest unanswered request is due; `None` with none unanswered.
+    fn due(&self) -> Option<Instant> {
+        let (at, _) = self.sent.front()?;
+        Some(*at + STREAM_STALL + carry_time(self.bytes))
+    }
+
+    /// How long the oldest request has waited, if it is past due.
+    fn overdue(&self) -> Option<Duration> {
+        let due = self.due()?;
+        let (at, _) = self.sent.front()?;
+        (Instant::now() >= due).then(|| at.elapsed())
+    }
+}
+
 /// Answers to a stream of AppendEntries, as openraft takes them.
 type Answers<'a> =
     openraft::base::BoxStream<'a, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
@@ -829,8 +864,8 @@ type Answers<'a> =
 struct AppendStream<'a> {
     peer: &'a mut Peer,
     answers: Streaming<RaftMessage>,
-    /// The payload sizes of the requests sent and not yet answered, oldest first.
-    unanswered: std::sync::Arc<Mutex<std::collections::VecDeque<usize>>>,
+    /// The requests sent and not yet answered.
+    unanswered: std::sync::Arc<Mutex<Unanswered>>,
 }
 
 impl<'a> AppendStream<'a> {
@@ -839,23 +874,26 @@ impl<'a> AppendStream<'a> {
         &mut self,
     ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
         loop {
-            let owed: usize = lock(&self.unanswered).iter().sum();
-            let stall = STREAM_STALL + carry_time(owed);
-            let m = match tokio::time::timeout(stall, self.answers.message()).await {
+            // Nothing asked, nothing owed: an idle stream waits on (and looks again).
+            let due = lock(&self.unanswered)
+                .due()
+                .unwrap_or_else(|| Instant::now() + STREAM_STALL);
+            let m = match tokio::time::timeout_at(due.into(), self.answers.message()).await {
                 Ok(Ok(Some(m))) => m,
                 Ok(Ok(None)) => return None,
                 Ok(Err(status)) => return Some(Err(self.peer.stream_failed(status))),
-                // Nothing asked, nothing owed: an idle stream waits on.
-                Err(_) if lock(&self.unanswered).is_empty() => continue,
-                Err(_) => {
-                    let e = NetworkError::new(&AnyError::error(format!(
-                        "replica {} left an AppendEntries unanswered for {stall:?}",
-                        self.peer.target
-                    )));
-                    return Some(Err(e.into()));
-                }
+                Err(_) => match lock(&self.unanswered).overdue() {
+                    None => continue,
+                    Some(waited) => {
+                        let e = NetworkError::new(&AnyError::error(format!(
+                            "replica {} left an AppendEntries unanswered for {waited:?}",
+                            self.peer.target
+                        )));
+                        return Some(Err(e.into()));
+                    }
+                },
             };
-            lock(&self.unanswered).pop_front();
+            lock(&self.unanswered).answered();
             self.peer.answered(&m);
             let res: Result<StreamAppendResult<TypeConfig>, RaftError<TypeConfig>> =
                 match decode(&m.payload) {
