@@ -812,7 +812,7 @@ const STREAM_STALL: Duration = Duration::from_secs(1);
 
 /// How fast an AppendEntries is assumed to travel, be written and be fsynced at the least,
 /// for its deadline: a batch of 1 MiB has 31 ms more than [`STREAM_STALL`], one of the
-/// largest entries a replicated log takes (about 254 MiB) 8 s. Without it a large entry
+/// largest entries a replicated log takes (about 254 MiB) 8 s more. Without it a large entry
 /// could never be answered in time: each try was given up after 1 s and sent again.
 const REPLICATION_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
 
@@ -822,37 +822,50 @@ fn carry_time(bytes: usize) -> Duration {
 }
 
 /// The requests an append stream sent and was not yet answered, oldest first: when each
-/// was sent and its size. The oldest is due [`STREAM_STALL`] after it was sent, plus the
-/// [`carry_time`] of every request unanswered (the peer answers in order).
-#[derive(Default)]
+/// was sent and its size. The peer answers in order, so only the oldest is waited on: it is
+/// due [`STREAM_STALL`] and its own [`carry_time`] after it was sent or the answer before it
+/// came, whichever was later (a request sent behind a large one waits for that one first).
 struct Unanswered {
     sent: std::collections::VecDeque<(Instant, usize)>,
-    bytes: usize,
+    last_answer: Instant,
+}
+
+impl Default for Unanswered {
+    fn default() -> Self {
+        Unanswered {
+            sent: std::collections::VecDeque::new(),
+            last_answer: Instant::now(),
+        }
+    }
 }
 
 impl Unanswered {
     fn sent(&mut self, bytes: usize) {
         self.sent.push_back((Instant::now(), bytes));
-        self.bytes += bytes;
     }
 
     fn answered(&mut self) {
-        if let Some((_, b)) = self.sent.pop_front() {
-            self.bytes -= b;
-        }
+        self.sent.pop_front();
+        self.last_answer = Instant::now();
+    }
+
+    /// Since when the oldest unanswered request is waited on, and when it is due; `None`
+    /// with none unanswered.
+    fn waited(&self) -> Option<(Instant, Instant)> {
+        let &(at, bytes) = self.sent.front()?;
+        let since = at.max(self.last_answer);
+        Some((since, since + STREAM_STALL + carry_time(bytes)))
     }
 
     /// When the oldest unanswered request is due; `None` with none unanswered.
     fn due(&self) -> Option<Instant> {
-        let (at, _) = self.sent.front()?;
-        Some(*at + STREAM_STALL + carry_time(self.bytes))
+        self.waited().map(|(_, due)| due)
     }
 
-    /// How long the oldest request has waited, if it is past due.
+    /// How long the oldest request has been waited on, if it is past due.
     fn overdue(&self) -> Option<Duration> {
-        let due = self.due()?;
-        let (at, _) = self.sent.front()?;
-        (Instant::now() >= due).then(|| at.elapsed())
+        let (since, due) = self.waited()?;
+        (Instant::now() >= due).then(|| since.elapsed())
     }
 }
 

@@ -329,3 +329,37 @@ fn two_processes_speaking_as_one_id_are_both_refused_until_one_stops() {
     // A restart after a longer silence than the window.
     assert!(s.spoke(1, 12, at(2300), window));
 }
+
+/// An append stream waits on its oldest unanswered request only: 1 s and its bytes' carry
+/// time from when it was sent or the answer before it came. A request sent behind a large
+/// one is not overdue when that one's answer comes late; a batch sent long after an idle
+/// stream opened is not overdue at once.
+#[test]
+fn an_append_stream_waits_on_its_oldest_request_for_its_own_time() {
+    let mut u = Unanswered::default();
+    assert_eq!(u.due(), None);
+    std::thread::sleep(Duration::from_millis(20));
+    let before = Instant::now();
+    u.sent(32 << 20);
+    u.sent(100);
+    let due = u.due().unwrap();
+    // 1 s, and 1 s for 32 MiB at 32 MiB/s: the small one behind it adds nothing.
+    assert!(due >= before + Duration::from_secs(2), "{:?}", due - before);
+    assert!(due <= Instant::now() + Duration::from_secs(2));
+    assert_eq!(u.overdue(), None);
+    std::thread::sleep(Duration::from_millis(20));
+    let answered = Instant::now();
+    u.answered();
+    let due = u.due().unwrap();
+    assert!(due >= answered + STREAM_STALL, "{:?}", due - answered);
+    assert!(due < answered + STREAM_STALL + Duration::from_millis(10));
+    u.answered();
+    assert_eq!((u.due(), u.overdue()), (None, None));
+    let mut late = Unanswered {
+        sent: [(Instant::now() - Duration::from_secs(2), 100)].into(),
+        last_answer: Instant::now() - Duration::from_secs(3),
+    };
+    assert!(late.overdue().is_some_and(|d| d >= Duration::from_secs(2)));
+    late.answered();
+    assert_eq!(late.overdue(), None);
+}
