@@ -275,7 +275,7 @@ pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
         Some(status::Problem::new(
             reason,
             format!(
-                "pod {} container {} ({}): {}{}",
+                "pod {} container {} ({}): {}{}{}",
                 pod.name_any(),
                 c.name,
                 c.image,
@@ -284,9 +284,37 @@ pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
                     .message
                     .as_deref()
                     .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                last_exit(c).unwrap_or_default()
             ),
         ))
+    })
+}
+
+/// The longest last words of a container the status repeats.
+const LAST_WORDS_BYTES: usize = 300;
+
+/// How a container last ended, when it ended with an error: `; last exit N: LINE`, where
+/// LINE is the last line of its termination message (its last log line, with
+/// `FallbackToLogsOnError`), cut to [`LAST_WORDS_BYTES`].
+fn last_exit(c: &k8s_openapi::api::core::v1::ContainerStatus) -> Option<String> {
+    let ended = c.last_state.as_ref()?.terminated.as_ref()?;
+    if ended.exit_code == 0 {
+        return None;
+    }
+    let line = ended
+        .message
+        .as_deref()
+        .and_then(|m| m.lines().rev().map(str::trim).find(|l| !l.is_empty()))
+        .unwrap_or_default();
+    let mut cut = line.len().min(LAST_WORDS_BYTES);
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let more = if cut < line.len() { "…" } else { "" };
+    Some(match line {
+        "" => format!("; last exit {}", ended.exit_code),
+        _ => format!("; last exit {}: {}{more}", ended.exit_code, &line[..cut]),
     })
 }
 
@@ -520,6 +548,52 @@ mod tests {
             {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
         ]));
         assert!(deployment_problems("ns", &fine).is_empty());
+    }
+
+    /// A container in `CrashLoopBackOff` is reported with why it last exited: the last line
+    /// of its termination message (its last log line), cut to a bounded length; the
+    /// kubelet's back-off text alone ("back-off 40s restarting failed container") says
+    /// nothing of the cause. A clean last exit adds nothing.
+    #[test]
+    fn a_crash_looping_container_is_reported_with_its_last_words() {
+        let pod = |exit_code: i32, message: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "demo-player-1"},
+                "status": {"phase": "Running", "containerStatuses": [{
+                    "name": "player", "image": "x", "ready": false, "restartCount": 3,
+                    "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff",
+                        "message": "back-off 40s restarting failed container"}},
+                    "lastState": {"terminated": {"exitCode": exit_code, "message": message}}
+                }]}
+            }))
+            .unwrap()
+        };
+        let said = "Error: the LogStore at log:7000 accepts entries of 8388608 bytes, larger than this player's --max-entry-bytes 4194304";
+        let logs = format!("2026-12-06T12:00:00Z  INFO logplayer::player: starting\n{said}\n\n");
+        let p = pod_problem(&pod(1, &logs)).unwrap();
+        assert_eq!(p.reason, "CrashLoopBackOff");
+        assert_eq!(
+            p.message,
+            format!(
+                "pod demo-player-1 container player (x): CrashLoopBackOff: back-off 40s \
+                 restarting failed container; last exit 1: {said}"
+            )
+        );
+        let long = "é".repeat(400);
+        let p = pod_problem(&pod(1, &long)).unwrap();
+        assert!(
+            p.message.ends_with('…') && p.message.len() < 500,
+            "{}",
+            p.message
+        );
+        let p = pod_problem(&pod(0, "bye")).unwrap();
+        assert!(
+            p.message.ends_with("restarting failed container"),
+            "{}",
+            p.message
+        );
+        let p = pod_problem(&pod(137, "")).unwrap();
+        assert!(p.message.ends_with("; last exit 137"), "{}", p.message);
     }
 
     /// A StatefulSet's pods refused by the API server are named by its newest `FailedCreate`

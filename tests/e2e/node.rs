@@ -38,6 +38,7 @@
 //!   expecting SERVING; tcpSocket: connect), probed every `periodSeconds` honouring
 //!   `failureThreshold`/`successThreshold`. Liveness probes are not run.
 //! - **Restarts.** A process that exits is recorded (lastState.terminated with its exit code,
+//!   and with `FallbackToLogsOnError` the end of its log as its message,
 //!   restartCount + 1, not ready, waiting `CrashLoopBackOff`) and restarted after a short
 //!   backoff, like restartPolicy Always.
 //! - **Deletion.** A pod with a deletionTimestamp gets SIGTERM, up to
@@ -1072,7 +1073,7 @@ impl Inner {
                     eprintln!(
                         "[standin] pod {ns}/{name} exited with {code}; restarting in {backoff:?}"
                     );
-                    status.exited(code, now());
+                    status.exited(code, now(), &log);
                     self.patch_status(&api, &name, ip, &start_time, &status)
                         .await;
                     tokio::select! {
@@ -1132,6 +1133,10 @@ struct ContainerState {
     running_since: Option<Time>,
     waiting: bool,
     last: Option<(i32, Time, Time)>,
+    /// `terminationMessagePolicy: FallbackToLogsOnError`.
+    logs_on_error: bool,
+    /// The last termination's message.
+    last_message: Option<String>,
 }
 
 impl ContainerState {
@@ -1144,6 +1149,8 @@ impl ContainerState {
             running_since: None,
             waiting: false,
             last: None,
+            logs_on_error: c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"),
+            last_message: None,
         }
     }
 
@@ -1153,9 +1160,20 @@ impl ContainerState {
         self.ready = false;
     }
 
-    fn exited(&mut self, code: i32, t: Time) {
+    /// Records an exit; with `FallbackToLogsOnError` and an error, the message is the end
+    /// of the container's log as the kubelet takes it (at most 2,048 bytes and 80 lines).
+    fn exited(&mut self, code: i32, t: Time, log: &Path) {
         let started = self.running_since.take().unwrap_or_else(|| t.clone());
         self.last = Some((code, started, t));
+        self.last_message = (self.logs_on_error && code != 0)
+            .then(|| std::fs::read(log).ok())
+            .flatten()
+            .map(|bytes| {
+                let tail = &bytes[bytes.len().saturating_sub(2048)..];
+                let text = String::from_utf8_lossy(tail);
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            });
         self.restarts += 1;
         self.ready = false;
         self.waiting = true;
@@ -1171,6 +1189,7 @@ impl ContainerState {
             Some((code, s, f)) => json!({"terminated": {
                 "exitCode": code,
                 "reason": if *code == 0 { "Completed" } else { "Error" },
+                "message": self.last_message,
                 "startedAt": s, "finishedAt": f}}),
             None => json!({}),
         };

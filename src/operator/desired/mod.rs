@@ -375,6 +375,13 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
+/// Every container's `terminationMessagePolicy`: a process that exits with an error says
+/// why on its last log line (the CLI prints one plain line), and without a termination
+/// message file that line becomes the container's `lastState.terminated.message`, which the
+/// status shows beside `CrashLoopBackOff` (the kubelet's back-off text alone says nothing
+/// of the cause).
+const TERMINATION_MESSAGE_POLICY: &str = "FallbackToLogsOnError";
+
 fn container_security() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),

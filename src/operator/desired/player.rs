@@ -329,6 +329,7 @@ fn player_container(cx: &PlayerContext, args: Vec<String>) -> Container {
         readiness_probe: Some(http_probe("/readyz", 2, 2)),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
+        termination_message_policy: Some(super::TERMINATION_MESSAGE_POLICY.to_owned()),
         volume_mounts: Some(
             std::iter::once(VolumeMount {
                 name: "shard-map".to_owned(),

@@ -99,6 +99,7 @@ fn server_container(s: &ServerSpec, args: Vec<String>) -> Container {
         readiness_probe: Some(s.tls.server_probe(port, 2, 2)),
         resources: s.storage.resources.clone(),
         security_context: Some(container_security()),
+        termination_message_policy: Some(super::TERMINATION_MESSAGE_POLICY.to_owned()),
         volume_mounts: Some(
             std::iter::once(VolumeMount {
                 name: "data".to_owned(),
