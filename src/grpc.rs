@@ -22,8 +22,9 @@ pub use crate::tls::identity::Expected;
 /// shutdown up.
 pub const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
 
-/// HTTP/2 stream window: big enough that one in-flight window of batches (see the player's
-/// `window_bytes`) never waits on a WINDOW_UPDATE round trip.
+/// HTTP/2 stream window: half the player's default in-flight window of batches
+/// (`--window-bytes`, 16 MiB), so a full window waits at most one WINDOW_UPDATE round trip
+/// (a loopback hop) rather than double what every receiving stream may buffer.
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// HTTP/2 connection window (all streams of one connection).
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;

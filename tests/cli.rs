@@ -462,6 +462,12 @@ fn the_players_limits_are_the_crds() {
             "--watermark-every must be 1 to 1000000, not 1000001",
             1,
         ),
+        // Without a lease too: a timing that could never work is refused, not ignored.
+        (
+            "--renew-deadline=10s",
+            "invalid lease timing: renew_deadline must be shorter than lease_duration",
+            1,
+        ),
     ] {
         let out = Command::new(common::bin())
             .env("LOGPLAYER_INSECURE", "true")
