@@ -55,10 +55,7 @@ pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
             }
             (None, false) => None,
         };
-    let lease_config = a.lease_config();
-    // Checked with or without a lease: a timing that could never work is refused the same
-    // way whether or not this run happens to lead alone.
-    lease_config.validate()?;
+    let lease_config = a.lease_config()?;
     let backend: Option<std::sync::Arc<dyn crate::lease::LeaseBackend>> =
         match (&a.lease_file, &a.lease_name) {
             (Some(path), _) => Some(std::sync::Arc::new(crate::lease::FileLease::new(

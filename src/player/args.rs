@@ -221,13 +221,16 @@ impl PlayerArgs {
         config
     }
 
-    /// The lease timing.
-    pub fn lease_config(&self) -> LeaseConfig {
-        LeaseConfig {
+    /// The lease timing, checked with or without a lease: a timing that could never work is
+    /// refused the same way whether or not this run happens to lead alone.
+    pub fn lease_config(&self) -> Result<LeaseConfig, crate::lease::LeaseError> {
+        let config = LeaseConfig {
             lease_duration: self.lease_duration,
             renew_deadline: self.renew_deadline,
             retry_period: self.retry_period,
-        }
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 

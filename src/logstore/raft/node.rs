@@ -266,7 +266,7 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
 
 /// The largest entry a replicated log takes: the largest replication message less its
 /// envelope and what may travel beside the entry in one AppendEntries. A group of appends
-/// (one Raft entry) is closed once it holds [`MAX_GROUP_BYTES`], so it holds less than
+/// (one Raft entry) is closed once it holds `MAX_GROUP_BYTES`, so it holds less than
 /// that beside its last append; an AppendEntries is closed once it holds
 /// `REPLICATION_BATCH_BYTES`, so it holds less than that beside its last Raft entry.
 pub fn max_replicable_entry_bytes() -> usize {
@@ -290,8 +290,20 @@ fn slower_than_an_election(config: &ReplicaConfig) -> Option<Duration> {
     (carry > config.heartbeat * 3).then_some(carry)
 }
 
-/// Refuses a replica's settings it cannot start with, naming the flag.
+/// Refuses a replica's settings it cannot start with, naming the flag; warns of an entry
+/// limit that works badly ([`slower_than_an_election`]).
 fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
+    if let Some(carry) = slower_than_an_election(config) {
+        tracing::warn!(
+            max_entry_bytes = config.max_entry_bytes,
+            heartbeat = ?config.heartbeat,
+            "an entry at --max-entry-bytes takes about {carry:?} to reach the followers, \
+             longer than their shortest election timeout ({:?}, 3 heartbeats): while one \
+             replicates they may elect another leader and it is sent again; a lower \
+             --max-entry-bytes or a longer --heartbeat avoids that",
+            config.heartbeat * 3
+        );
+    }
     crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
     // An entry that cannot fit in a replication message would be accepted, never
     // replicated, and hold up every later one.
@@ -341,17 +353,6 @@ impl Replica {
     /// with the lowest id of `config.peers` proposes their membership; the others wait for it.
     pub async fn start(config: ReplicaConfig) -> Result<Replica, LogStoreError> {
         check_config(&config)?;
-        if let Some(carry) = slower_than_an_election(&config) {
-            tracing::warn!(
-                max_entry_bytes = config.max_entry_bytes,
-                heartbeat = ?config.heartbeat,
-                "an entry at --max-entry-bytes takes about {carry:?} to reach the followers, \
-                 longer than their shortest election timeout ({:?}, 3 heartbeats): while one \
-                 replicates they may elect another leader and it is sent again; a lower \
-                 --max-entry-bytes or a longer --heartbeat avoids that",
-                config.heartbeat * 3
-            );
-        }
         if !config.peers.contains_key(&config.id) {
             // A replica that joins an existing group (a StatefulSet scaled up): it seeds
             // nothing and serves once the leader adds it.
