@@ -187,7 +187,8 @@ pub struct StreamLimits {
     /// Writer ids the log remembers (to recognize their retries). When it holds this many,
     /// a new writer id makes it forget the writers whose appends were all released by
     /// retention longest ago, or is refused (RESOURCE_EXHAUSTED, busy) if none was. A
-    /// replicated log's leader decides with its own value.
+    /// replicated log's leader decides with its own value. 1 to 139501 (as many as the
+    /// largest snapshot a replica takes holds at worst).
     #[arg(long, env = "LOGPLAYER_MAX_WRITERS", default_value_t = crate::serving::ServerLimits::default().max_writers)]
     max_writers: usize,
 }

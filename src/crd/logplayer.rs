@@ -89,10 +89,13 @@ pub struct LogPlayerSpec {
     #[serde(default)]
     pub lease: LeaseSettings,
     /// How often the leader saves each shard's acknowledged index into the Shard's status
-    /// (a duration such as `1s`, above zero and at most `1h`). Default `1s`.
+    /// (a duration such as `1s`, above zero and at most `1h`; an object written before the
+    /// upper bound keeps its value through updates, and the operator reports it). Default
+    /// `1s`.
     #[serde(default = "default_checkpoint_interval")]
     #[schemars(length(min = 1, max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('1h')")
+    #[x_kube(validation = Rule::new("(oldSelf.hasValue() && self == oldSelf.value()) || (duration(self) > duration('0s') && duration(self) <= duration('1h'))")
+        .optional_old_self(true)
         .message("checkpointInterval must be greater than zero and at most 1h"))]
     pub checkpoint_interval: String,
     /// After each checkpoint, let the LogStore delete log segments that every shard has

@@ -244,7 +244,8 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     assert_eq!(
         rules(&spec["properties"]["checkpointInterval"]),
         [format!(
-            "duration(self) > duration('0s') && duration(self) <= duration('{}')",
+            "(oldSelf.hasValue() && self == oldSelf.value()) || (duration(self) > duration('0s') \
+             && duration(self) <= duration('{}'))",
             humantime::format_duration(crate::player::MAX_CHECKPOINT_INTERVAL)
         )]
     );

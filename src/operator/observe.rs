@@ -285,7 +285,10 @@ pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
                     .as_deref()
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default(),
-                last_exit(c).unwrap_or_default()
+                (reason == "CrashLoopBackOff")
+                    .then(|| last_exit(c))
+                    .flatten()
+                    .unwrap_or_default()
             ),
         ))
     })

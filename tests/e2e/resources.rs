@@ -308,6 +308,15 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.lease", "leaseDuration is at most 1h"],
         ),
         (
+            "a LogPlayer that saves its cursors every 2h",
+            "slow-checkpoint.yaml",
+            logplayer_yaml("slow-checkpoint", "  checkpointInterval: 2h\n"),
+            &[
+                "spec.checkpointInterval",
+                "checkpointInterval must be greater than zero and at most 1h",
+            ],
+        ),
+        (
             "a LogPlayer whose lease lasts 99999999h (past any duration the API server reads)",
             "huge-lease.yaml",
             logplayer_yaml(

@@ -88,12 +88,66 @@ pub fn events_for(old: &[Condition], new: &[Condition]) -> Vec<EventNote> {
             note: now.message.clone(),
         });
     }
+    for e in &mut out {
+        cut_note(&mut e.note);
+    }
     out
+}
+
+/// The longest Event note the API server takes (`events.k8s.io/v1`), in bytes: a longer one
+/// is refused, and the Event is lost (a Degraded message naming several crash-looping pods
+/// passes it).
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// Cuts `note` to [`MAX_NOTE_BYTES`] at a character boundary, ending it with `…` when cut
+/// (the condition keeps the whole message).
+fn cut_note(note: &mut String) {
+    const MORE: &str = "…";
+    if note.len() <= MAX_NOTE_BYTES {
+        return;
+    }
+    let mut end = MAX_NOTE_BYTES - MORE.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(MORE);
 }
 
 #[cfg(test)]
 mod action_tests {
-    use super::event_action;
+    use super::{MAX_NOTE_BYTES, event_action, events_for};
+
+    /// A Degraded message longer than an Event note may be (several crash-looping pods, each
+    /// with its last words) is cut to fit, at a character boundary; the API server refused
+    /// the whole Event.
+    #[test]
+    fn a_long_message_makes_a_note_the_api_server_takes() {
+        let degraded =
+            |message: String| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: crate::crd::condition::DEGRADED.into(),
+                status: "True".into(),
+                reason: "CrashLoopBackOff".into(),
+                message,
+                observed_generation: Some(1),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+            };
+        for message in ["é".repeat(700), "x".repeat(2000), "short".to_owned()] {
+            let events = events_for(&[], &[degraded(message.clone())]);
+            let note = &events[0].note;
+            assert!(note.len() <= MAX_NOTE_BYTES, "{}", note.len());
+            if message.len() <= MAX_NOTE_BYTES {
+                assert_eq!(note, &message);
+            } else {
+                assert!(
+                    note.ends_with('…') && note.len() > MAX_NOTE_BYTES - 8,
+                    "{note}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn only_the_same_words_share_an_action() {

@@ -352,7 +352,8 @@ fn an_append_stream_waits_on_its_oldest_request_for_its_own_time() {
     u.answered();
     let due = u.due().unwrap();
     assert!(due >= answered + STREAM_STALL, "{:?}", due - answered);
-    assert!(due < answered + STREAM_STALL + Duration::from_millis(10));
+    // Not the large one's carry time (1 s), whatever pause the machine takes.
+    assert!(due < answered + STREAM_STALL + Duration::from_millis(500));
     u.answered();
     assert_eq!((u.due(), u.overdue()), (None, None));
     let mut late = Unanswered {
