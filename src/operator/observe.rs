@@ -305,19 +305,16 @@ fn last_exit(c: &k8s_openapi::api::core::v1::ContainerStatus) -> Option<String> 
     if ended.exit_code == 0 {
         return None;
     }
-    let line = ended
+    let mut line = ended
         .message
         .as_deref()
         .and_then(|m| m.lines().rev().map(str::trim).find(|l| !l.is_empty()))
-        .unwrap_or_default();
-    let mut cut = line.len().min(LAST_WORDS_BYTES);
-    while !line.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let more = if cut < line.len() { "…" } else { "" };
-    Some(match line {
+        .unwrap_or_default()
+        .to_owned();
+    status::cut_text(&mut line, LAST_WORDS_BYTES);
+    Some(match line.as_str() {
         "" => format!("; last exit {}", ended.exit_code),
-        _ => format!("; last exit {}: {}{more}", ended.exit_code, &line[..cut]),
+        _ => format!("; last exit {}: {line}", ended.exit_code),
     })
 }
 

@@ -631,6 +631,11 @@ mod tests {
         }
     }
 
+    /// The replies of applying `log` to `base`, in order.
+    fn replies_of(base: &mut Base, log: &[Entry]) -> Vec<Reply> {
+        log.iter().map(|e| base.apply(e).unwrap().reply).collect()
+    }
+
     fn entry(index: u64, payload: Payload) -> Entry {
         Entry {
             log_id: LogId::new(
@@ -678,10 +683,7 @@ mod tests {
     #[test]
     fn a_retry_that_landed_twice_gets_the_original_index_and_raft_entries_take_none() {
         let mut base = Base::default();
-        let replies: Vec<Reply> = log_with_a_retry()
-            .iter()
-            .map(|e| base.apply(e).unwrap().reply)
-            .collect();
+        let replies = replies_of(&mut base, &log_with_a_retry());
         assert_eq!(
             replies,
             vec![
@@ -752,10 +754,7 @@ mod tests {
             )
         };
         let mut base = Base::default();
-        let replies: Vec<Reply> = [establish(1, "log-a"), establish(2, "log-b")]
-            .iter()
-            .map(|e| base.apply(e).unwrap().reply)
-            .collect();
+        let replies = replies_of(&mut base, &[establish(1, "log-a"), establish(2, "log-b")]);
         assert_eq!(
             replies,
             vec![
@@ -796,7 +795,7 @@ mod tests {
             entry(6, capped(vec![stored("e", 1, "x")], 0)),
         ];
         let mut base = Base::default();
-        let replies: Vec<Reply> = log.iter().map(|e| base.apply(e).unwrap().reply).collect();
+        let replies = replies_of(&mut base, &log);
         assert_eq!(
             replies,
             vec![

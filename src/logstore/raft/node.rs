@@ -217,6 +217,8 @@ pub struct ReplicaStatus {
     pub leads_a_majority: bool,
 }
 
+/// The shortest election timeout, in heartbeats.
+const ELECTION_MIN_HEARTBEATS: u32 = 3;
 /// The longest election timeout, in heartbeats: the leader lease.
 pub(super) const ELECTION_MAX_HEARTBEATS: u64 = 6;
 
@@ -238,7 +240,7 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
         // A follower that heard nothing for 3..6 heartbeats stands (150-300 ms at 50 ms); a
         // replica grants no vote within the leader lease (election_timeout_max) of hearing
         // from its leader.
-        election_timeout_min: hb * 3,
+        election_timeout_min: hb * u64::from(ELECTION_MIN_HEARTBEATS),
         election_timeout_max: hb * ELECTION_MAX_HEARTBEATS,
         // A candidate first asks whether a majority would vote for it, without raising the
         // term: one whose log is behind, or that was frozen or cut off, cannot disturb the
@@ -287,7 +289,7 @@ const ENTRY_BYTES_PER_SEC: u64 = 256 * 1024 * 1024;
 /// large are rare, and each is sent again until it gets through), but said at start.
 fn slower_than_an_election(config: &ReplicaConfig) -> Option<Duration> {
     let carry = Duration::from_millis(config.max_entry_bytes as u64 * 1000 / ENTRY_BYTES_PER_SEC);
-    (carry > config.heartbeat * 3).then_some(carry)
+    (carry > config.heartbeat * ELECTION_MIN_HEARTBEATS).then_some(carry)
 }
 
 /// Refuses a replica's settings it cannot start with, naming the flag; warns of an entry
@@ -298,10 +300,10 @@ fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
             max_entry_bytes = config.max_entry_bytes,
             heartbeat = ?config.heartbeat,
             "an entry at --max-entry-bytes takes about {carry:?} to reach the followers, \
-             longer than their shortest election timeout ({:?}, 3 heartbeats): while one \
-             replicates they may elect another leader and it is sent again; a lower \
-             --max-entry-bytes or a longer --heartbeat avoids that",
-            config.heartbeat * 3
+             longer than their shortest election timeout ({:?}, {ELECTION_MIN_HEARTBEATS} \
+             heartbeats): while one replicates they may elect another leader and it is sent \
+             again; a lower --max-entry-bytes or a longer --heartbeat avoids that",
+            config.heartbeat * ELECTION_MIN_HEARTBEATS
         );
     }
     crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;

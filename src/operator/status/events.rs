@@ -99,19 +99,23 @@ pub fn events_for(old: &[Condition], new: &[Condition]) -> Vec<EventNote> {
 /// passes it).
 pub const MAX_NOTE_BYTES: usize = 1024;
 
-/// Cuts `note` to [`MAX_NOTE_BYTES`] at a character boundary, ending it with `…` when cut
-/// (the condition keeps the whole message).
+/// Cuts `note` to [`MAX_NOTE_BYTES`] (the condition keeps the whole message).
 fn cut_note(note: &mut String) {
+    cut_text(note, MAX_NOTE_BYTES);
+}
+
+/// Cuts `text` to at most `max` bytes at a character boundary, ending it with `…` when cut.
+pub fn cut_text(text: &mut String, max: usize) {
     const MORE: &str = "…";
-    if note.len() <= MAX_NOTE_BYTES {
+    if text.len() <= max {
         return;
     }
-    let mut end = MAX_NOTE_BYTES - MORE.len();
-    while !note.is_char_boundary(end) {
+    let mut end = max.saturating_sub(MORE.len());
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    note.truncate(end);
-    note.push_str(MORE);
+    text.truncate(end);
+    text.push_str(MORE);
 }
 
 #[cfg(test)]

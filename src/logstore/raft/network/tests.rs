@@ -73,12 +73,26 @@ async fn snapshot_after_five(r: &Replica) -> FullSnapshot {
     }
 }
 
+/// Replica `id` at the default entry limit and heartbeat, as a new process.
+fn sender(id: NodeId) -> Sender {
+    Sender {
+        id,
+        max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+        heartbeat_millis: 50,
+        incarnation: Incarnation::draw(),
+    }
+}
+
+/// `r`'s replication service as `me`.
+fn service_of(r: &Replica, me: Sender) -> ReplicationService {
+    ReplicationService::new(me, r.raft().clone(), r.machine().clone(), r.catching_up())
+}
+
 /// `r`'s replication service as `me`, behind a real server, and a client of it.
 async fn served(r: &Replica, me: Sender) -> ReplicationClient<tonic::transport::Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service =
-        ReplicationService::new(me, r.raft().clone(), r.machine().clone(), r.catching_up());
+    let service = service_of(r, me);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
@@ -109,18 +123,8 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
     let other = established(other_dir.path()).await;
     let full = snapshot_after_five(&other).await;
     let limit = crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64;
-    let me = Sender {
-        id: 1,
-        max_entry_bytes: limit,
-        heartbeat_millis: 50,
-        incarnation: Incarnation::draw(),
-    };
-    let service = ReplicationService::new(
-        me.clone(),
-        mine.raft().clone(),
-        mine.machine().clone(),
-        mine.catching_up(),
-    );
+    let me = sender(1);
+    let service = service_of(&mine, me.clone());
     // The same service behind a real server, for the streamed snapshot.
     let mut client = served(&mine, me).await;
     let (my_log, their_log) = (mine.machine().log_id(), other.machine().log_id());
@@ -204,19 +208,7 @@ async fn a_snapshot_from_another_log_or_for_another_replica_is_refused() {
 async fn a_message_from_or_to_replica_0_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mine = established(dir.path()).await;
-    let limit = crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64;
-    let me = Sender {
-        id: 1,
-        max_entry_bytes: limit,
-        heartbeat_millis: 50,
-        incarnation: Incarnation::draw(),
-    };
-    let service = ReplicationService::new(
-        me,
-        mine.raft().clone(),
-        mine.machine().clone(),
-        mine.catching_up(),
-    );
+    let service = service_of(&mine, sender(1));
     let vote = mine
         .raft()
         .with_raft_state(|s| *s.vote_ref())
@@ -224,13 +216,7 @@ async fn a_message_from_or_to_replica_0_is_refused() {
         .unwrap();
     let ask = VoteRequest::<TypeConfig>::new(vote, None);
     for (from, to) in [(0, 1), (1, 0)] {
-        let sender = Sender {
-            id: from,
-            max_entry_bytes: limit,
-            heartbeat_millis: 50,
-            incarnation: Incarnation::draw(),
-        };
-        let ballot = envelope(&ask, mine.machine(), &sender, to).unwrap();
+        let ballot = envelope(&ask, mine.machine(), &sender(from), to).unwrap();
         let refused = service
             .vote(Request::new(ballot))
             .await
@@ -254,12 +240,7 @@ async fn a_snapshot_in_pieces_that_do_not_add_up_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let mine = established(dir.path()).await;
     let full = snapshot_after_five(&mine).await;
-    let me = Sender {
-        id: 1,
-        max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
-        heartbeat_millis: 50,
-        incarnation: Incarnation::draw(),
-    };
+    let me = sender(1);
     let mut client = served(&mine, me.clone()).await;
     let whole = envelope(&full, mine.machine(), &me, 1).unwrap();
     let total = whole.payload.len();
