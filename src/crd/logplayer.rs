@@ -6,8 +6,10 @@ use super::{
     ExternalEndpoint, ImagePullPolicy, ManagedStorage, backend, parse_duration,
 };
 use crate::limits::{
-    MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_QUEUE_BYTES,
+    DEFAULT_MAX_ENTRY_BYTES, MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES,
+    MIN_MAX_ENTRY_BYTES, MIN_QUEUE_BYTES,
 };
+use crate::logstore::raft::node::MAX_REPLICABLE_ENTRY_BYTES;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -105,6 +107,21 @@ pub struct LogPlayerSpec {
     /// Batching and flow control toward each shard.
     #[serde(default)]
     pub delivery: DeliverySettings,
+    /// The entry limit of every part of this LogPlayer: the largest entry (the encoded size
+    /// of one append's mutations) its managed LogStore accepts, its players deliver and its
+    /// managed shards apply (each one's `--max-entry-bytes`). 1 KiB (1024) to 266076160
+    /// (the most one replication message of a log replica carries); default 4 MiB
+    /// (4194304). It may grow and never shrink: the log may hold entries as large as the
+    /// old limit, which players and shards of a smaller one could not take. Growing it
+    /// rolls every pod; a managed log's replicas refuse each other's messages while their
+    /// limits differ, so appends pause while the second replica restarts. An external
+    /// LogStore must accept no larger entries, and an external shard no smaller ones: the
+    /// operator reports one that does (`EntryLimitMismatch`).
+    #[serde(default = "default_max_entry_bytes")]
+    #[schemars(range(min = MIN_MAX_ENTRY_BYTES, max = MAX_REPLICABLE_ENTRY_BYTES))]
+    #[x_kube(validation = Rule::new("self >= oldSelf")
+        .message("maxEntryBytes cannot shrink: the log may hold entries as large as the old limit, which players and shards of a smaller one could not take"))]
+    pub max_entry_bytes: i64,
     /// Which Shard resources in this namespace this LogPlayer drives (a selected Shard must
     /// also name this LogPlayer in `spec.logPlayer`). Empty selects every such Shard.
     #[serde(default)]
@@ -411,8 +428,8 @@ pub struct DeliverySettings {
     #[schemars(range(min = 1))]
     pub batch_entries: i32,
     /// Most bytes in one batch (a single larger entry still goes alone). 1 to 8 MiB; a batch
-    /// never exceeds the entry limit (`--max-entry-bytes`, 4 MiB) whatever this says;
-    /// default 1 MiB (1048576).
+    /// never exceeds the entry limit (`maxEntryBytes`) whatever this says; default 1 MiB
+    /// (1048576).
     #[serde(default = "default_batch_bytes")]
     #[schemars(range(min = 1, max = MAX_BATCH_BYTES))]
     pub batch_bytes: i64,
@@ -421,6 +438,10 @@ pub struct DeliverySettings {
     #[serde(default = "default_queue_bytes")]
     #[schemars(range(min = MIN_QUEUE_BYTES, max = MAX_QUEUE_BYTES))]
     pub queue_bytes: i64,
+}
+
+fn default_max_entry_bytes() -> i64 {
+    DEFAULT_MAX_ENTRY_BYTES as i64
 }
 
 // The player's own defaults (each fits its field: the bounds above are far below i32::MAX).

@@ -249,6 +249,18 @@ fn cel_rules_sit_where_the_spec_needs_them() {
             humantime::format_duration(crate::player::MAX_CHECKPOINT_INTERVAL)
         )]
     );
+    // The entry limit only grows, within what every server takes (the bounds are the
+    // servers' own constants).
+    let limit = &spec["properties"]["maxEntryBytes"];
+    assert_eq!(rules(limit), ["self >= oldSelf"]);
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"], &limit["default"]),
+        (
+            &json!(crate::limits::MIN_MAX_ENTRY_BYTES as f64),
+            &json!(crate::logstore::raft::node::MAX_REPLICABLE_ENTRY_BYTES as f64),
+            &json!(crate::limits::DEFAULT_MAX_ENTRY_BYTES)
+        )
+    );
     // The longest names, likewise (see `MAX_LOGPLAYER_NAME`), and a Service's pattern,
     // checked at creation only (`oldSelf` is optional: an object of an earlier CRD with a
     // name these refuse can still be updated, and deleted).
@@ -350,7 +362,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 16, "{found:#?}");
+    assert_eq!(found.len(), 17, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -483,6 +495,7 @@ spec:
           cpu: "1"
           memory: 1Gi
   metricsPort: 9191
+  maxEntryBytes: 8388608
 status:
   observedGeneration: 4
   conditions:

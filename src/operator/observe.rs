@@ -48,12 +48,12 @@ pub(super) async fn shards_of(
         .collect()))
 }
 /// Asks the shard `id`'s server its applied index, dialing with `tls` (the LogPlayer's
-/// admin certificate; `None`: plaintext).
+/// admin certificate; `None`: plaintext): whether it answers, and its entry limit.
 pub(super) async fn probe_shard(
     addr: &str,
     id: &str,
     tls: Option<&std::sync::Arc<crate::tls::Tls>>,
-) -> status::Probe {
+) -> (status::Probe, Option<u64>) {
     let asked = within(addr, async {
         let conn = crate::client::ShardConn::connect_with(addr, Some(id), tls)
             .await
@@ -61,7 +61,15 @@ pub(super) async fn probe_shard(
         conn.applied().await.map_err(|e| e.to_string())
     })
     .await;
-    asked.map_or_else(|unreachable| unreachable, |_| status::Probe::Reachable)
+    match asked {
+        Ok(a) => (status::Probe::Reachable, said_limit(a.max_entry_bytes)),
+        Err(unreachable) => (unreachable, None),
+    }
+}
+
+/// An entry limit a server reported (0: not said, a version before it did).
+fn said_limit(max_entry_bytes: u64) -> Option<u64> {
+    (max_entry_bytes != 0).then_some(max_entry_bytes)
 }
 
 /// Runs a probe's `call` for at most [`PROBE_TIMEOUT`]; a failure is `Unreachable`, naming
@@ -96,21 +104,26 @@ pub(super) struct Found {
     pub certificates: crate::operator::certs::CertState,
 }
 
-/// Asks the LogStore at `addr` its bounds: whether it answers, and its last index.
+/// Asks the LogStore at `addr` its bounds: whether it answers, its last index and its
+/// entry limit.
 async fn probe_log(
     addr: &str,
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
-) -> (status::Probe, Option<i64>) {
+) -> (status::Probe, Option<i64>, Option<u64>) {
     let asked = within(&format!("LogStore at {addr}"), async {
         let log = crate::client::Log::connect_with(addr, tls)
             .await
             .map_err(|e| e.to_string())?;
-        log.bounds().await.map_err(|e| e.to_string())
+        log.describe().await.map_err(|e| e.to_string())
     })
     .await;
     match asked {
-        Ok((_, last)) => (status::Probe::Reachable, i64::try_from(last).ok()),
-        Err(unreachable) => (unreachable, None),
+        Ok(b) => (
+            status::Probe::Reachable,
+            i64::try_from(b.last).ok(),
+            said_limit(b.max_entry_bytes),
+        ),
+        Err(unreachable) => (unreachable, None, None),
     }
 }
 
@@ -150,39 +163,15 @@ pub(super) async fn observe(
     let logstore_down = managed_logstore && !any_running(&component_pods(&pods, "logstore", None));
     let log_probe = async {
         match desired::logstore_endpoint(lp, ns, &ctx.defaults) {
-            Some(_) if logstore_down => (status::Probe::NotRunning, None),
+            Some(_) if logstore_down => (status::Probe::NotRunning, None, None),
             Some(addr) => probe_log(&addr, found.tls.clone()).await,
-            None => (status::Probe::Unknown, None),
+            None => (status::Probe::Unknown, None, None),
         }
     };
-    let mut sorted: Vec<&Shard> = shards.iter().collect();
-    sorted.sort_by_key(|s| s.name_any());
-    let shard_probes = futures::future::join_all(sorted.iter().map(|s| {
-        let name = s.name_any();
-        let down =
-            s.spec.managed.is_some() && !any_running(&component_pods(&pods, "shard", Some(&name)));
-        let endpoint = desired::shard_endpoint(s, &ctx.defaults);
-        let tls = found.tls.clone();
-        async move {
-            match endpoint {
-                Some(_) if down => status::Probe::NotRunning,
-                Some(addr) => probe_shard(&addr, &name, tls.as_ref()).await,
-                None => status::Probe::Unknown,
-            }
-        }
-    }));
-    let ((logstore, head_index), probes) = tokio::join!(log_probe, shard_probes);
-    let observed_shards = sorted
-        .iter()
-        .zip(probes)
-        .map(|(s, probe)| status::ShardObserved {
-            name: s.name_any(),
-            acked_index: s.status.as_ref().and_then(|st| st.acked_index),
-            covered_index: s.status.as_ref().and_then(|st| st.covered_index),
-            probe,
-            degraded: shard_degraded(s),
-        })
-        .collect();
+    let ((logstore, head_index, log_max_entry_bytes), observed_shards) = tokio::join!(
+        log_probe,
+        observe_shards(ctx, shards, &pods, found.tls.clone())
+    );
     // Read last, so that its freshness is judged when the status is written.
     let lease = Api::<Lease>::namespaced(client.clone(), ns)
         .get_opt(&player)
@@ -202,6 +191,8 @@ pub(super) async fn observe(
         shards: observed_shards,
         head_index,
         logstore,
+        max_entry_bytes: u64::try_from(lp.spec.max_entry_bytes).unwrap_or(0),
+        log_max_entry_bytes,
         spec_problem: found.spec_problem,
         apply_problems: found.apply_problems,
         pod_problems,
@@ -210,6 +201,44 @@ pub(super) async fn observe(
         log_members: None,
         certificates: found.certificates,
     })
+}
+
+/// Every shard of `shards`, in name order, its server asked at once (see [`observe`]).
+async fn observe_shards(
+    ctx: &Context,
+    shards: &[Shard],
+    pods: &[Pod],
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
+) -> Vec<status::ShardObserved> {
+    let mut sorted: Vec<&Shard> = shards.iter().collect();
+    sorted.sort_by_key(|s| s.name_any());
+    let probes = futures::future::join_all(sorted.iter().map(|s| {
+        let name = s.name_any();
+        let down =
+            s.spec.managed.is_some() && !any_running(&component_pods(pods, "shard", Some(&name)));
+        let endpoint = desired::shard_endpoint(s, &ctx.defaults);
+        let tls = tls.clone();
+        async move {
+            match endpoint {
+                Some(_) if down => (status::Probe::NotRunning, None),
+                Some(addr) => probe_shard(&addr, &name, tls.as_ref()).await,
+                None => (status::Probe::Unknown, None),
+            }
+        }
+    }))
+    .await;
+    sorted
+        .iter()
+        .zip(probes)
+        .map(|(s, (probe, max_entry_bytes))| status::ShardObserved {
+            name: s.name_any(),
+            acked_index: s.status.as_ref().and_then(|st| st.acked_index),
+            covered_index: s.status.as_ref().and_then(|st| st.covered_index),
+            probe,
+            max_entry_bytes,
+            degraded: shard_degraded(s),
+        })
+        .collect()
 }
 
 /// Holder, epoch and freshness of the players' Lease at `now`.

@@ -542,8 +542,6 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let owner = Api::<LogPlayer>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&shard.spec.log_player)
         .await?;
-    let image = owner.as_ref().and_then(|lp| lp.spec.image.clone());
-    let pull_policy = owner.as_ref().and_then(|lp| lp.spec.image_pull_policy);
     // A managed Shard whose LogPlayer is gone keeps the server it runs, untouched: rebuilt
     // without its LogPlayer (the default image, TLS files nobody issues, no NetworkPolicy
     // choice) it would roll onto pods that cannot start. A new Shard whose LogPlayer does
@@ -559,8 +557,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let spec_problem = match desired::shard_objects(
         shard,
         &ctx.defaults,
-        image.as_deref(),
-        pull_policy,
+        desired::FromLogPlayer::of(owner.as_ref()),
         desired::shard_tls(shard, owner.as_ref()),
     ) {
         Ok(objects) => {
@@ -596,7 +593,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
             .is_some_and(|lp| lp.spec.tls.mode != crate::crd::TlsMode::Insecure);
     let probe = match &endpoint {
         Some(_) if down => status::Probe::NotRunning,
-        Some(addr) => probe_shard(addr, &shard.name_any(), tls.as_ref()).await,
+        Some(addr) => probe_shard(addr, &shard.name_any(), tls.as_ref()).await.0,
         None => status::Probe::Unknown,
     };
     let lag = owner

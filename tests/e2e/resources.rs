@@ -326,6 +326,12 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.lease.leaseDuration", "should match"],
         ),
         (
+            "a LogPlayer taking entries of 300 MB (more than a log replica carries)",
+            "bad-entry-limit.yaml",
+            logplayer_yaml("bad-entry-limit", "  maxEntryBytes: 300000000\n"),
+            &["spec.maxEntryBytes", "less than or equal to 266076160"],
+        ),
+        (
             "a LogPlayer whose queue per shard is 2 GiB",
             "bad-queue.yaml",
             logplayer_yaml("bad-queue", "  delivery:\n    queueBytes: 2147483648\n"),
@@ -441,6 +447,7 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
         ready["status"] == "False" && ready["reason"] == "ShardUnreachable",
         "Shard lonely/far Ready: {ready}"
     );
+    entry_limits_that_disagree(h).await?;
     h.cp.kubectl(&["delete", "namespace", LONELY_NS, "--wait=false"])?;
     wait_for(
         &format!("the namespace {LONELY_NS} to be deleted"),
@@ -460,6 +467,74 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
     .await?;
     // The demo is untouched.
     wait_demo(h, "Ready", ("True", "Delivering"), 30 * SECOND).await?;
+    Ok(())
+}
+
+/// A LogPlayer whose players take smaller entries than the log it reads (the demo's, 4 MiB)
+/// says so twice: `EntryLimitMismatch`, from what the LogStore reports, and its crash-looping
+/// player's last words; its limit cannot then be made smaller still.
+async fn entry_limits_that_disagree(h: &Harness) -> anyhow::Result<()> {
+    let t = Instant::now();
+    apply_ok(
+        h,
+        LONELY_NS,
+        "narrow.yaml",
+        &logplayer_with_shard("narrow", "  maxEntryBytes: 2097152\n"),
+        "applying a LogPlayer with a 2 MiB entry limit",
+    )?;
+    let words = [
+        (
+            "EntryLimitMismatch",
+            "accepts entries of up to 4194304 bytes, more than spec.maxEntryBytes 2097152",
+        ),
+        (
+            "CrashLoopBackOff",
+            "larger than this player's --max-entry-bytes 2097152",
+        ),
+    ];
+    let problems = wait_for(
+        "LogPlayer lonely/narrow: the mismatch and its player's last words",
+        90 * SECOND,
+        SECOND,
+        || async {
+            let lp = get(h, LONELY_NS, "logplayer", "narrow")?;
+            let problems = lp["status"]["problems"].clone();
+            let has = |(reason, says): &(&str, &str)| {
+                problems.as_array().into_iter().flatten().any(|p| {
+                    p["reason"] == *reason
+                        && p["message"].as_str().is_some_and(|m| m.contains(says))
+                })
+            };
+            if words.iter().all(has) {
+                Ok(Some(problems))
+            } else {
+                Err(problems.to_string())
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "[e2e] entry limits disagree, said after {:.1?}: {problems}",
+        t.elapsed()
+    );
+    let out = h.cp.kubectl_raw(&[
+        "-n",
+        LONELY_NS,
+        "patch",
+        "logplayer",
+        "narrow",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"maxEntryBytes":1048576}}"#,
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("maxEntryBytes cannot shrink"),
+        "a smaller maxEntryBytes was not refused:\n{}",
+        output_text(&out)
+    );
+    eprintln!("[e2e] refused a smaller maxEntryBytes: {}", stderr.trim());
     Ok(())
 }
 

@@ -271,12 +271,11 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
 /// (one Raft entry) is closed once it holds `MAX_GROUP_BYTES`, so it holds less than
 /// that beside its last append; an AppendEntries is closed once it holds
 /// `REPLICATION_BATCH_BYTES`, so it holds less than that beside its last Raft entry.
-pub fn max_replicable_entry_bytes() -> usize {
-    super::network::MAX_MESSAGE_BYTES
-        - crate::limits::ENVELOPE_BYTES
-        - super::storage::REPLICATION_BATCH_BYTES
-        - MAX_GROUP_BYTES
-}
+/// 266,076,160 bytes; the LogPlayer CRD's `maxEntryBytes` is bounded by it.
+pub const MAX_REPLICABLE_ENTRY_BYTES: usize = super::network::MAX_MESSAGE_BYTES
+    - crate::limits::ENVELOPE_BYTES
+    - super::storage::REPLICATION_BATCH_BYTES
+    - MAX_GROUP_BYTES;
 
 /// How fast an entry reaches a follower here at best (measured on a 2-core VM, three
 /// replicas on one disk: 48 MB entries were replicated without an election, 64 MB ones
@@ -309,7 +308,7 @@ fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
     crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
     // An entry that cannot fit in a replication message would be accepted, never
     // replicated, and hold up every later one.
-    let replicable = max_replicable_entry_bytes();
+    let replicable = MAX_REPLICABLE_ENTRY_BYTES;
     if config.max_entry_bytes > replicable {
         return Err(LogStoreError::Config(format!(
             "--max-entry-bytes {} is more than a replicated log can carry in one \

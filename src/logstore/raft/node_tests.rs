@@ -148,7 +148,7 @@ fn a_replica_refuses_a_limit_it_cannot_replicate_and_id_0() {
     );
     // The largest that fits beside a full group and a full batch in one message (the
     // number `--max-entry-bytes`'s help gives).
-    let most = super::max_replicable_entry_bytes();
+    let most = super::MAX_REPLICABLE_ENTRY_BYTES;
     assert_eq!(most, 266_076_160);
     assert!(super::check_config(&config(1, most)).is_ok());
     let e = super::check_config(&config(1, most + 1))

@@ -4,7 +4,7 @@
 //! PodDisruptionBudget, and the managed LogStore's objects.
 
 use super::PodTls;
-use super::servers::ServerSpec;
+use super::servers::{ServerSpec, entry_limit_args};
 use super::{
     DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, LogStoreObjects, PlayerObjects, SHARD_MAP_DIR,
     SHARD_MAP_FILE, SHARD_MAP_HASH_ANNOTATION, ServerKind, container_security, http_probe, labels,
@@ -108,6 +108,7 @@ fn player_args(
     a.batch_entries = count("spec.delivery.batchEntries", i64::from(d.batch_entries))?;
     a.batch_bytes = count("spec.delivery.batchBytes", d.batch_bytes)?;
     a.queue_bytes = count("spec.delivery.queueBytes", d.queue_bytes)?;
+    a.max_entry_bytes = count("spec.maxEntryBytes", spec.max_entry_bytes)?;
     let mut args = vec!["player".to_owned()];
     args.extend(a.to_args());
     Ok(args)
@@ -439,7 +440,10 @@ fn managed_logstore(
             // No replica seeds a group by itself: a pod 0 back on an empty volume would
             // start a second one. The operator seeds replica 1 once, when no group exists.
             "--join".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(entry_limit_args(cx.lp.spec.max_entry_bytes))
+        .collect(),
     );
     let client_service = Service {
         metadata: meta(

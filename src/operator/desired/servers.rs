@@ -184,14 +184,45 @@ pub fn shard_tls(shard: &Shard, log_player: Option<&crate::crd::LogPlayer>) -> P
     }
 }
 
+/// What a managed shard server takes from its Shard's LogPlayer; the default of each when
+/// the LogPlayer is not found (a Shard made before it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromLogPlayer<'a> {
+    /// `spec.image`, when set.
+    pub image: Option<&'a str>,
+    /// `spec.imagePullPolicy`, when set.
+    pub pull_policy: Option<ImagePullPolicy>,
+    /// `spec.maxEntryBytes`.
+    pub max_entry_bytes: Option<i64>,
+}
+
+impl<'a> FromLogPlayer<'a> {
+    /// What `lp` sets.
+    pub fn of(lp: Option<&'a crate::crd::LogPlayer>) -> FromLogPlayer<'a> {
+        FromLogPlayer {
+            image: lp.and_then(|lp| lp.spec.image.as_deref()),
+            pull_policy: lp.and_then(|lp| lp.spec.image_pull_policy),
+            max_entry_bytes: lp.map(|lp| lp.spec.max_entry_bytes),
+        }
+    }
+}
+
+/// A server's `--max-entry-bytes` for the LogPlayer's `maxEntryBytes`: none at the default
+/// (so that operators of older versions and this one render the same pods for it).
+pub(super) fn entry_limit_args(max_entry_bytes: i64) -> Vec<String> {
+    if usize::try_from(max_entry_bytes).ok() == Some(crate::limits::DEFAULT_MAX_ENTRY_BYTES) {
+        Vec::new()
+    } else {
+        vec!["--max-entry-bytes".into(), max_entry_bytes.to_string()]
+    }
+}
+
 /// The objects for a Shard: `Some` only for a managed shard server.
-/// `image` and `pull_policy` come from the Shard's LogPlayer when it sets them, and so does
-/// `tls` (see [`shard_tls`]).
+/// `from` is what its LogPlayer sets, and `tls` comes from it too (see [`shard_tls`]).
 pub fn shard_objects(
     shard: &Shard,
     defaults: &Defaults,
-    image: Option<&str>,
-    pull_policy: Option<ImagePullPolicy>,
+    from: FromLogPlayer,
     tls: PodTls,
 ) -> Result<Option<ServerObjects>, DesiredError> {
     let name = shard.name_any();
@@ -237,8 +268,10 @@ pub fn shard_objects(
         selector,
         owner: &owner,
         storage,
-        image: image.map_or_else(|| defaults.image.clone(), str::to_owned),
-        image_pull_policy: pull_policy_name(pull_policy),
+        image: from
+            .image
+            .map_or_else(|| defaults.image.clone(), str::to_owned),
+        image_pull_policy: pull_policy_name(from.pull_policy),
         pods: 1,
         replicated: false,
         tls,
@@ -255,6 +288,9 @@ pub fn shard_objects(
     if let Some(delay) = commit_delay {
         args.push("--commit-delay".into());
         args.push(humantime::format_duration(delay).to_string());
+    }
+    if let Some(limit) = from.max_entry_bytes {
+        args.extend(entry_limit_args(limit));
     }
     Ok(Some(server_objects(&server, args)))
 }

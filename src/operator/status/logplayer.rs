@@ -37,6 +37,7 @@ fn problems(obs: &Observed) -> Vec<Problem> {
     if let Some(seen) = &obs.log_members {
         out.extend(log_problems(seen));
     }
+    out.extend(entry_limit_problem(obs));
     let down: Vec<String> = obs
         .shards
         .iter()
@@ -57,6 +58,43 @@ fn problems(obs: &Observed) -> Vec<Problem> {
         ));
     }
     out
+}
+
+/// Entry limits that cannot work together, as each server reported its own: a LogStore
+/// that accepts larger entries than the players take (they refuse to start on it), a shard
+/// that takes smaller ones than the LogStore accepts (it refuses every delivery,
+/// `entry-limit`). A managed server shows one while it rolls to a changed `maxEntryBytes`.
+fn entry_limit_problem(obs: &Observed) -> Option<Problem> {
+    let mut found = Vec::new();
+    if let Some(log) = obs.log_max_entry_bytes.filter(|l| *l > obs.max_entry_bytes) {
+        found.push(format!(
+            "the LogStore accepts entries of up to {log} bytes, more than spec.maxEntryBytes \
+             {}: the players refuse to read it; set spec.maxEntryBytes to {log}",
+            obs.max_entry_bytes
+        ));
+    }
+    // A shard must take what the log accepts (unknown while the log does not answer).
+    let log = obs.log_max_entry_bytes;
+    let small: Vec<String> = obs
+        .shards
+        .iter()
+        .filter_map(|s| {
+            let limit = s.max_entry_bytes.filter(|l| Some(*l) < log)?;
+            Some(format!(
+                "shard {} takes entries of up to {limit} bytes",
+                s.name
+            ))
+        })
+        .collect();
+    if !small.is_empty() {
+        found.push(format!(
+            "{}, less than the LogStore's {}: such a shard refuses every delivery; \
+             raise its --max-entry-bytes to that",
+            small.join(", "),
+            log.unwrap_or_default()
+        ));
+    }
+    (!found.is_empty()).then(|| Problem::new("EntryLimitMismatch", found.join("; ")))
 }
 
 /// What is wrong with a managed LogStore's group: no leader, wanted replicas that vote but

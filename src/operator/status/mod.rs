@@ -13,7 +13,7 @@
 //! - `Degraded`: something a user must fix or wait for, the first named in the reason:
 //!   a spec problem (`InvalidSpec`, `InvalidShard`, `NoShards`, `SlotsOverlap`,
 //!   `SlotsUnowned`), a pod that cannot start (`ImagePullFailed`, `CrashLoopBackOff`),
-//!   `LogStoreUnreachable`, `ShardUnreachable`; else `AsExpected`.
+//!   `LogStoreUnreachable`, `EntryLimitMismatch`, `ShardUnreachable`; else `AsExpected`.
 //! - `Progressing`: player pods being created or rolled (`RollingOut`), else `Complete`.
 //! - `Ready`: a leader is elected, at least one player pod is ready, every managed server
 //!   has a running pod and nothing is degraded (`Delivering`); else the reason of what is
@@ -108,6 +108,8 @@ pub struct ShardObserved {
     pub covered_index: Option<i64>,
     /// Whether its server answered.
     pub probe: Probe,
+    /// The entry limit its server reported, when it answered and said one.
+    pub max_entry_bytes: Option<u64>,
     /// What its own status says is wrong that the LogPlayer cannot see by itself (its
     /// objects refused: `ApplyFailed`, `CertificateIssueFailed`, `ReconcileFailed`), as
     /// `(reason, message)`.
@@ -141,6 +143,10 @@ pub struct Observed {
     pub head_index: Option<i64>,
     /// Whether the LogStore answered.
     pub logstore: Probe,
+    /// `spec.maxEntryBytes`: the players' entry limit.
+    pub max_entry_bytes: u64,
+    /// The entry limit the LogStore reported, when it answered and said one.
+    pub log_max_entry_bytes: Option<u64>,
     /// A problem with the spec or the selected Shards (from building the desired objects).
     pub spec_problem: Option<Problem>,
     /// Objects the API server refused to apply (`ApplyFailed`).

@@ -168,8 +168,7 @@ fn no_namespace_is_no_namespace() {
 
     let mut s0 = managed_shard("s0", &[(0, 16383)]);
     s0.metadata.namespace = None;
-    let e = shard_objects(&s0, &Defaults::default(), None, None, shard_tls(&s0, None))
-        .expect_err("no namespace");
+    let e = shard_objects_alone(&s0).expect_err("no namespace");
     assert_eq!(e.reason(), "NoNamespace");
     assert_eq!(e.to_string(), "Shard s0 has no namespace");
 }

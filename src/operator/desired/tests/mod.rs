@@ -102,6 +102,16 @@ pub(super) fn four_shards() -> Vec<Shard> {
     ]
 }
 
+/// The objects of `s` with the operator's defaults and no LogPlayer found.
+pub(super) fn shard_objects_alone(s: &Shard) -> Result<Option<ServerObjects>, DesiredError> {
+    shard_objects(
+        s,
+        &Defaults::default(),
+        FromLogPlayer::default(),
+        shard_tls(s, None),
+    )
+}
+
 pub(super) fn objects(lp: &LogPlayer, shards: &[Shard]) -> PlayerObjects {
     player_objects(lp, shards, &Defaults::default()).expect("objects build")
 }

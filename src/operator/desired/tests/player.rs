@@ -68,9 +68,7 @@ fn owner_references_block_owner_deletion() {
         );
     }
     let s0 = managed_shard("s0", &[(0, 16383)]);
-    let server = shard_objects(&s0, &Defaults::default(), None, None, shard_tls(&s0, None))
-        .expect("valid")
-        .expect("managed");
+    let server = shard_objects_alone(&s0).expect("valid").expect("managed");
     for m in [&server.service.metadata, &server.stateful_set.metadata] {
         assert_eq!(
             m.owner_references

@@ -137,8 +137,10 @@ fn an_external_shard_has_no_objects() {
         shard_objects(
             &s0,
             &Defaults::default(),
-            Some("img:1"),
-            None,
+            FromLogPlayer {
+                image: Some("img:1"),
+                ..FromLogPlayer::default()
+            },
             shard_tls(&s0, None)
         )
         .expect("valid")
@@ -153,7 +155,7 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
         &[(0, 16383)],
         json!({"managed": {"storage": "5Gi", "storageClassName": "ssd"}}),
     );
-    let o = shard_objects(&s0, &Defaults::default(), None, None, shard_tls(&s0, None))
+    let o = shard_objects_alone(&s0)
         .expect("valid")
         .expect("managed shard objects");
     let sts = &o.stateful_set;
@@ -225,9 +227,7 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
 
     // Two shards' pods are told apart by their selectors.
     let s1 = managed_shard("s1", &[(0, 16383)]);
-    let o1 = shard_objects(&s1, &Defaults::default(), None, None, shard_tls(&s1, None))
-        .expect("valid")
-        .expect("managed");
+    let o1 = shard_objects_alone(&s1).expect("valid").expect("managed");
     assert_ne!(
         o1.stateful_set.spec.as_ref().map(|s| &s.selector),
         Some(&spec.selector)
@@ -239,9 +239,17 @@ fn the_image_argument_overrides_the_default_shard_image() {
     let s0 = managed_shard("s0", &[(0, 16383)]);
     let defaults = default_image("example/default:1");
     let image = |arg| {
-        let o = shard_objects(&s0, &defaults, arg, None, shard_tls(&s0, None))
-            .expect("valid")
-            .expect("managed");
+        let o = shard_objects(
+            &s0,
+            &defaults,
+            FromLogPlayer {
+                image: arg,
+                ..FromLogPlayer::default()
+            },
+            shard_tls(&s0, None),
+        )
+        .expect("valid")
+        .expect("managed");
         sts_container(&o.stateful_set).image.clone()
     };
     assert_eq!(image(None).as_deref(), Some("example/default:1"));
@@ -252,7 +260,7 @@ fn the_image_argument_overrides_the_default_shard_image() {
 fn a_shard_s_commit_delay_reaches_its_server_s_arguments() {
     let args = |backend: serde_json::Value| {
         let s0 = shard("s0", &[(0, 16383)], backend);
-        shard_objects(&s0, &Defaults::default(), None, None, shard_tls(&s0, None)).map(|o| {
+        shard_objects_alone(&s0).map(|o| {
             o.map(|o| {
                 sts_container(&o.stateful_set)
                     .args
@@ -296,14 +304,7 @@ fn a_shard_with_both_backends_has_no_objects_but_an_invalid_shard_error() {
         &[(0, 16383)],
         json!({"external": {"endpoint": "x:1"}, "managed": {"storage": "1Gi"}}),
     );
-    let e = shard_objects(
-        &both,
-        &Defaults::default(),
-        None,
-        None,
-        shard_tls(&both, None),
-    )
-    .expect_err("both");
+    let e = shard_objects_alone(&both).expect_err("both");
     assert_eq!(e.reason(), "InvalidShard");
     assert!(e.to_string().starts_with("Shard s0: "), "{e}");
 }
@@ -372,4 +373,67 @@ fn insecure_mode_runs_plaintext_pods_without_certificates() {
     let s0 = managed_shard("s0", &[(0, 16383)]);
     assert_eq!(shard_tls(&s0, Some(&lp)), PodTls::Insecure);
     assert_eq!(shard_tls(&s0, None), PodTls::Secret("s0-shard-tls".into()));
+}
+
+#[test]
+fn max_entry_bytes_reaches_the_players_the_log_replicas_and_the_managed_shards() {
+    let value = |args: &[String]| {
+        args.iter()
+            .position(|a| a == "--max-entry-bytes")
+            .map(|i| args[i + 1].clone())
+    };
+    let s0 = managed_shard("s0", &[(0, 16383)]);
+    let rendered = |lp: &LogPlayer| {
+        let o = objects(lp, std::slice::from_ref(&s0));
+        let log = o.logstore.as_ref().expect("managed LogStore objects");
+        let shard = shard_objects(
+            &s0,
+            &Defaults::default(),
+            FromLogPlayer::of(Some(lp)),
+            shard_tls(&s0, Some(lp)),
+        )
+        .expect("valid")
+        .expect("managed");
+        [
+            value(&args(&o)),
+            value(
+                &sts_container(&log.server.stateful_set)
+                    .args
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+            value(
+                &sts_container(&shard.stateful_set)
+                    .args
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+        ]
+    };
+    // The default is each server's own: nothing rendered, nothing rolled by an upgrade.
+    assert_eq!(rendered(&logplayer(managed_spec())), [None, None, None]);
+    let lp = lp_with(|s| s["maxEntryBytes"] = json!(8_388_608));
+    assert_eq!(rendered(&lp), [(); 3].map(|()| Some("8388608".to_owned())));
+    assert_eq!(
+        parsed_args(&objects(&lp, std::slice::from_ref(&s0))).max_entry_bytes,
+        8_388_608
+    );
+    // A shard whose LogPlayer is not found runs at the default.
+    let alone = shard_objects(
+        &s0,
+        &Defaults::default(),
+        FromLogPlayer::of(None),
+        shard_tls(&s0, None),
+    )
+    .expect("valid")
+    .expect("managed");
+    assert_eq!(
+        value(
+            &sts_container(&alone.stateful_set)
+                .args
+                .clone()
+                .unwrap_or_default()
+        ),
+        None
+    );
 }

@@ -11,9 +11,14 @@ fn sample() -> (PlayerObjects, Vec<ServerObjects>) {
     let servers = shards
         .iter()
         .filter_map(|s| {
-            shard_objects(s, &Defaults::default(), None, None, shard_tls(s, None))
-                .ok()
-                .flatten()
+            shard_objects(
+                s,
+                &Defaults::default(),
+                FromLogPlayer::default(),
+                shard_tls(s, None),
+            )
+            .ok()
+            .flatten()
         })
         .collect();
     (o, servers)

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::crd::{LogPlayerStatus, ShardProgress, ShardStatus, condition};
 
 mod certs;
+mod limits;
 mod log;
 mod not_ready;
 mod shard_map;
@@ -32,12 +33,16 @@ fn t2() -> Time {
     at(1_700_000_120)
 }
 
+/// Every server's entry limit in [`healthy`].
+const LIMIT: u64 = 4 << 20;
+
 fn shard(name: &str, acked: Option<i64>, probe: Probe) -> ShardObserved {
     ShardObserved {
         name: name.into(),
         acked_index: acked,
         covered_index: None,
         probe,
+        max_entry_bytes: Some(LIMIT),
         degraded: None,
     }
 }
@@ -66,6 +71,8 @@ fn healthy() -> Observed {
         ],
         head_index: Some(100),
         logstore: Probe::Reachable,
+        max_entry_bytes: LIMIT,
+        log_max_entry_bytes: Some(LIMIT),
         spec_problem: None,
         apply_problems: Vec::new(),
         pod_problems: Vec::new(),
