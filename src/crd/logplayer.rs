@@ -6,10 +6,9 @@ use super::{
     ExternalEndpoint, ImagePullPolicy, ManagedStorage, backend, parse_duration,
 };
 use crate::limits::{
-    DEFAULT_MAX_ENTRY_BYTES, MAX_BATCH_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW, MAX_WINDOW_BYTES,
-    MIN_MAX_ENTRY_BYTES, MIN_QUEUE_BYTES,
+    DEFAULT_MAX_ENTRY_BYTES, MAX_BATCH_BYTES, MAX_MAX_ENTRY_BYTES, MAX_QUEUE_BYTES, MAX_WINDOW,
+    MAX_WINDOW_BYTES, MIN_MAX_ENTRY_BYTES, MIN_QUEUE_BYTES,
 };
-use crate::logstore::raft::node::MAX_REPLICABLE_ENTRY_BYTES;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -71,6 +70,8 @@ use std::time::Duration;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.logStore.managed) || self.maxEntryBytes <= 266076160")
+    .message("maxEntryBytes is at most 266076160 with a managed LogStore: a log replica carries an entry in one replication message of 256 MiB, beside its framing and what may travel with it"))]
 pub struct LogPlayerSpec {
     /// Number of player pods (one leader, the rest hot standbys). At least 1; 3 by default.
     #[serde(default = "default_replicas")]
@@ -109,16 +110,22 @@ pub struct LogPlayerSpec {
     pub delivery: DeliverySettings,
     /// The entry limit of every part of this LogPlayer: the largest entry (the encoded size
     /// of one append's mutations) its managed LogStore accepts, its players deliver and its
-    /// managed shards apply (each one's `--max-entry-bytes`). 1 KiB (1024) to 266076160
-    /// (the most one replication message of a log replica carries); default 4 MiB
-    /// (4194304). It may grow and never shrink: the log may hold entries as large as the
-    /// old limit, which players and shards of a smaller one could not take. Growing it
-    /// rolls every pod; a managed log's replicas refuse each other's messages while their
-    /// limits differ, so appends pause while the second replica restarts. An external
-    /// LogStore must accept no larger entries, and an external shard no smaller ones: the
-    /// operator reports one that does (`EntryLimitMismatch`).
+    /// managed shards apply (each one's `--max-entry-bytes`). 1 KiB (1024) to 1 GiB
+    /// (1073741824), and at most 266076160 with a managed LogStore (the most one
+    /// replication message of a log replica carries); default 4 MiB (4194304).
+    ///
+    /// It may grow and never shrink: the log may hold entries as large as the old limit,
+    /// which players and shards of a smaller one could not take (a LogPlayer deleted and
+    /// made again keeps its managed log's volumes, and the entries on them: make it again
+    /// with at least the old limit). Growing it rolls every pod; a managed log's replicas
+    /// refuse each other's messages while their limits differ, so appends pause in the
+    /// middle of the roll, from when neither limit is held by a majority of the replicas
+    /// until those of the new one elect a leader.
+    ///
+    /// An external LogStore must accept no larger entries than this, and every shard at
+    /// least those the LogStore accepts: the operator reports either (`EntryLimitMismatch`).
     #[serde(default = "default_max_entry_bytes")]
-    #[schemars(range(min = MIN_MAX_ENTRY_BYTES, max = MAX_REPLICABLE_ENTRY_BYTES))]
+    #[schemars(range(min = MIN_MAX_ENTRY_BYTES, max = MAX_MAX_ENTRY_BYTES))]
     #[x_kube(validation = Rule::new("self >= oldSelf")
         .message("maxEntryBytes cannot shrink: the log may hold entries as large as the old limit, which players and shards of a smaller one could not take"))]
     pub max_entry_bytes: i64,

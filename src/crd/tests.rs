@@ -257,9 +257,18 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         (&limit["minimum"], &limit["maximum"], &limit["default"]),
         (
             &json!(crate::limits::MIN_MAX_ENTRY_BYTES as f64),
-            &json!(crate::logstore::raft::node::MAX_REPLICABLE_ENTRY_BYTES as f64),
+            &json!(crate::limits::MAX_MAX_ENTRY_BYTES as f64),
             &json!(crate::limits::DEFAULT_MAX_ENTRY_BYTES)
         )
+    );
+    // A managed log's replicas take less: the number in CEL is the log replica's own.
+    assert!(
+        rules(spec).contains(&format!(
+            "!has(self.logStore.managed) || self.maxEntryBytes <= {}",
+            crate::logstore::raft::node::MAX_REPLICABLE_ENTRY_BYTES
+        )),
+        "{:?}",
+        rules(spec)
     );
     // The longest names, likewise (see `MAX_LOGPLAYER_NAME`), and a Service's pattern,
     // checked at creation only (`oldSelf` is optional: an object of an earlier CRD with a
@@ -362,7 +371,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 17, "{found:#?}");
+    assert_eq!(found.len(), 18, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

@@ -597,7 +597,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let said = "Error: the LogStore at log:7000 accepts entries of 8388608 bytes, larger than this player's --max-entry-bytes 4194304";
+        let said = "error: the LogStore at log:7000 accepts entries up to 8388608 bytes but this player was started with --max-entry-bytes 4194304; use the same value on every component";
         let logs = format!("2026-12-06T12:00:00Z  INFO logplayer::player: starting\n{said}\n\n");
         let p = pod_problem(&pod(1, &logs)).unwrap();
         assert_eq!(p.reason, "CrashLoopBackOff");

@@ -326,10 +326,22 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.lease.leaseDuration", "should match"],
         ),
         (
+            "a LogPlayer taking entries of 2 GiB",
+            "huge-entry-limit.yaml",
+            logplayer_yaml("huge-entry-limit", "  maxEntryBytes: 2147483648\n"),
+            &["spec.maxEntryBytes", "less than or equal to 1073741824"],
+        ),
+        (
             "a LogPlayer taking entries of 300 MB (more than a log replica carries)",
             "bad-entry-limit.yaml",
-            logplayer_yaml("bad-entry-limit", "  maxEntryBytes: 300000000\n"),
-            &["spec.maxEntryBytes", "less than or equal to 266076160"],
+            logplayer_yaml("bad-entry-limit", "  maxEntryBytes: 300000000\n").replace(
+                "external:\n      endpoint: \"demo-logstore.demo.svc:7000\"",
+                "managed:\n      storage: 1Gi",
+            ),
+            &[
+                "spec",
+                "maxEntryBytes is at most 266076160 with a managed LogStore",
+            ],
         ),
         (
             "a LogPlayer whose queue per shard is 2 GiB",
@@ -489,7 +501,8 @@ async fn entry_limits_that_disagree(h: &Harness) -> anyhow::Result<()> {
         ),
         (
             "CrashLoopBackOff",
-            "larger than this player's --max-entry-bytes 2097152",
+            "accepts entries up to 4194304 bytes but this player was started with \
+             --max-entry-bytes 2097152",
         ),
     ];
     let problems = wait_for(

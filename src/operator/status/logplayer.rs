@@ -89,7 +89,8 @@ fn entry_limit_problem(obs: &Observed) -> Option<Problem> {
     if !small.is_empty() {
         found.push(format!(
             "{}, less than the LogStore's {}: such a shard refuses every delivery; \
-             raise its --max-entry-bytes to that",
+             raise its --max-entry-bytes to that (a managed shard takes spec.maxEntryBytes \
+             when its pod is made again)",
             small.join(", "),
             log.unwrap_or_default()
         ));

@@ -30,7 +30,8 @@ fn entry_limits_that_cannot_work_together_degrade_naming_each() {
         &format!(
             "shard s0 takes entries of up to {} bytes, shard s2 takes entries of up to 1024 \
              bytes, less than the LogStore's {LIMIT}: such a shard refuses every delivery; \
-             raise its --max-entry-bytes to that",
+             raise its --max-entry-bytes to that (a managed shard takes spec.maxEntryBytes \
+             when its pod is made again)",
             LIMIT - 1
         ),
     );
