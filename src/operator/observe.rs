@@ -49,7 +49,7 @@ pub(super) async fn shards_of(
 }
 /// Asks the shard `id`'s server its applied index, dialing with `tls` (the LogPlayer's
 /// admin certificate; `None`: plaintext): whether it answers, and its entry limit.
-pub(super) async fn probe_shard(
+async fn probe_shard(
     addr: &str,
     id: &str,
     tls: Option<&std::sync::Arc<crate::tls::Tls>>,
@@ -125,6 +125,40 @@ async fn probe_log(
         ),
         Err(unreachable) => (unreachable, None, None),
     }
+}
+
+/// Where a Shard's server is and what runs it, for [`probe_shard_and_log`].
+pub(super) struct ShardSeen<'a> {
+    /// The address the players use (none: nothing to ask).
+    pub endpoint: Option<&'a str>,
+    /// Its managed server has no running pod (not asked).
+    pub down: bool,
+    /// Its LogPlayer, when found.
+    pub owner: Option<&'a LogPlayer>,
+    pub ns: &'a str,
+}
+
+/// Asks a Shard's server whether it answers, and its entry limit; and when it said one,
+/// the entry limit of its LogPlayer's LogStore, to compare with (`(shard, log)`).
+pub(super) async fn probe_shard_and_log(
+    ctx: &Context,
+    shard: &Shard,
+    seen: ShardSeen<'_>,
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
+) -> (status::Probe, (Option<u64>, Option<u64>)) {
+    let (probe, limit) = match seen.endpoint {
+        Some(_) if seen.down => (status::Probe::NotRunning, None),
+        Some(addr) => probe_shard(addr, &shard.name_any(), tls.as_ref()).await,
+        None => (status::Probe::Unknown, None),
+    };
+    let log = match (limit, seen.owner) {
+        (Some(_), Some(lp)) => match desired::logstore_endpoint(lp, seen.ns, &ctx.defaults) {
+            Some(addr) => probe_log(&addr, tls).await.2,
+            None => None,
+        },
+        _ => None,
+    };
+    (probe, (limit, log))
 }
 
 /// Looks at everything a LogPlayer's status reports.

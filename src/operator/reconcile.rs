@@ -4,7 +4,8 @@
 use super::apply::{apply, apply_rbac, apply_status, prune};
 use super::metrics::{ErrorLabel, KindLabel};
 use super::observe::{
-    Found, any_running, component_pods, observe, paused, pods_of, probe_shard, shards_of,
+    Found, ShardSeen, any_running, component_pods, observe, paused, pods_of, probe_shard_and_log,
+    shards_of,
 };
 use super::{Context, OperatorError, RESYNC, certs, desired, log_members, status, triggers};
 use crate::crd::{LogPlayer, Shard};
@@ -591,11 +592,13 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         && owner
             .as_ref()
             .is_some_and(|lp| lp.spec.tls.mode != crate::crd::TlsMode::Insecure);
-    let probe = match &endpoint {
-        Some(_) if down => status::Probe::NotRunning,
-        Some(addr) => probe_shard(addr, &shard.name_any(), tls.as_ref()).await.0,
-        None => status::Probe::Unknown,
+    let seen = ShardSeen {
+        endpoint: endpoint.as_deref(),
+        down,
+        owner: owner.as_ref(),
+        ns: &ns,
     };
+    let (probe, entry_limits) = probe_shard_and_log(ctx, shard, seen, tls).await;
     let lag = owner
         .as_ref()
         .and_then(|lp| lp.status.as_ref())
@@ -614,6 +617,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         not_selected,
         not_in_map,
         lag,
+        entry_limits,
     };
     let old = shard.status.clone().unwrap_or_default();
     let new = status::shard_status(&observed, &old, status::now());

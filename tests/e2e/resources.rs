@@ -483,21 +483,31 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
 }
 
 /// A LogPlayer whose players take smaller entries than the log it reads (the demo's, 4 MiB)
-/// says so twice: `EntryLimitMismatch`, from what the LogStore reports, and its crash-looping
-/// player's last words; its limit cannot then be made smaller still.
+/// says so: `EntryLimitMismatch`, from what the LogStore reports, and its crash-looping
+/// player's last words; its managed shard, made with the same smaller limit, is not Ready
+/// for it; and its limit cannot then be made smaller still.
 async fn entry_limits_that_disagree(h: &Harness) -> anyhow::Result<()> {
     let t = Instant::now();
+    let yaml = logplayer_with_shard("narrow", "  maxEntryBytes: 2097152\n").replace(
+        "  external:\n    endpoint: \"127.0.0.1:9\"\n",
+        "  managed:\n    storage: 1Gi\n",
+    );
     apply_ok(
         h,
         LONELY_NS,
         "narrow.yaml",
-        &logplayer_with_shard("narrow", "  maxEntryBytes: 2097152\n"),
+        &yaml,
         "applying a LogPlayer with a 2 MiB entry limit",
     )?;
     let words = [
         (
             "EntryLimitMismatch",
             "accepts entries of up to 4194304 bytes, more than spec.maxEntryBytes 2097152",
+        ),
+        (
+            "EntryLimitMismatch",
+            "shard narrow-s takes entries of up to 2097152 bytes, less than the LogStore's \
+             4194304",
         ),
         (
             "CrashLoopBackOff",
@@ -530,6 +540,26 @@ async fn entry_limits_that_disagree(h: &Harness) -> anyhow::Result<()> {
         "[e2e] entry limits disagree, said after {:.1?}: {problems}",
         t.elapsed()
     );
+    let ready = wait_for(
+        "Shard lonely/narrow-s Ready=False EntryLimitMismatch",
+        30 * SECOND,
+        SECOND / 2,
+        || async {
+            let c =
+                condition(&get(h, LONELY_NS, "shard", "narrow-s")?, "Ready").unwrap_or_default();
+            let says = "up to 2097152 bytes, less than its LogStore's 4194304";
+            if c["status"] == "False"
+                && c["reason"] == "EntryLimitMismatch"
+                && c["message"].as_str().is_some_and(|m| m.contains(says))
+            {
+                Ok(Some(c))
+            } else {
+                Err(format!("Ready: {c}"))
+            }
+        },
+    )
+    .await?;
+    eprintln!("[e2e] Shard lonely/narrow-s: {ready}");
     let out = h.cp.kubectl_raw(&[
         "-n",
         LONELY_NS,

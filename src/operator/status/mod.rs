@@ -26,7 +26,7 @@
 //! Shard conditions: `Ready` (the shard server answers and the players' shard map has the
 //! Shard as its spec says: `Serving`; else the problem, or `ShardMapPending`, `Starting`,
 //! `NotProbed` while waited for) and `Degraded` (`InvalidShard`,
-//! `LogPlayerNotFound`, `NotSelected`, `NotInShardMap`, `ShardMapStale`,
+//! `LogPlayerNotFound`, `NotSelected`, `NotInShardMap`, `ShardMapStale`, `EntryLimitMismatch`,
 //! `ShardUnreachable`, `AsExpected`).
 //!
 //! The operator never writes a Shard's `ackedIndex` or `ackedEpoch`: those belong to the

@@ -29,6 +29,26 @@ pub struct ShardObservation {
     pub not_in_map: Option<Problem>,
     /// The shard's lag as its LogPlayer last reported it.
     pub lag: Option<i64>,
+    /// The entry limits of the shard server and of its LogPlayer's LogStore, as each
+    /// reported it (`None`: not asked, no answer, or a version that does not say).
+    pub entry_limits: (Option<u64>, Option<u64>),
+}
+
+/// A shard that takes smaller entries than its LogStore accepts refuses every delivery
+/// (`entry-limit`), however well it answers.
+fn entry_limit_problem((shard, log): (Option<u64>, Option<u64>)) -> Option<Problem> {
+    let (shard, log) = (shard?, log?);
+    (shard < log).then(|| {
+        Problem::new(
+            "EntryLimitMismatch",
+            format!(
+                "this shard takes entries of up to {shard} bytes, less than its LogStore's \
+                 {log}: it refuses every delivery; raise its --max-entry-bytes to {log} (a \
+                 managed shard takes its LogPlayer's spec.maxEntryBytes when its pod is made \
+                 again)"
+            ),
+        )
+    })
 }
 
 /// The operator's part of a Shard's status (never `ackedIndex`/`ackedEpoch`).
@@ -53,6 +73,7 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         other => (None, other.clone()),
     };
     problems.extend(not_in_map);
+    problems.extend(entry_limit_problem(obs.entry_limits));
     // What keeps the shard from doing its job whatever the server says (the first of these
     // decides `Ready`): a shard nobody delivers to is not ready.
     let blocking = problems.first().cloned().or(pending);

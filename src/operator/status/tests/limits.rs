@@ -60,3 +60,31 @@ fn entry_limits_that_cannot_work_together_degrade_naming_each() {
         );
     }
 }
+
+#[test]
+fn a_shard_taking_smaller_entries_than_its_log_is_not_ready() {
+    let s = first_shard_status(&shard_obs_with(|o| {
+        o.entry_limits = (Some(1024), Some(LIMIT))
+    }));
+    let why = format!(
+        "this shard takes entries of up to 1024 bytes, less than its LogStore's {LIMIT}: it \
+         refuses every delivery; raise its --max-entry-bytes to {LIMIT} (a managed shard \
+         takes its LogPlayer's spec.maxEntryBytes when its pod is made again)"
+    );
+    assert_degraded_unready(&s.conditions, "EntryLimitMismatch", &why, &why);
+    assert_eq!(s.ready, Some(false));
+    // Equal or larger, or either not known: serving.
+    for limits in [
+        (Some(LIMIT), Some(LIMIT)),
+        (Some(LIMIT * 2), Some(LIMIT)),
+        (None, Some(LIMIT)),
+        (Some(1024), None),
+    ] {
+        let s = first_shard_status(&shard_obs_with(|o| o.entry_limits = limits));
+        assert_eq!(
+            get(&s.conditions, condition::READY).reason,
+            "Serving",
+            "{limits:?}"
+        );
+    }
+}

@@ -595,6 +595,7 @@ fn shard_obs() -> ShardObservation {
         not_selected: None,
         not_in_map: None,
         lag: Some(12),
+        entry_limits: (Some(LIMIT), Some(LIMIT)),
     }
 }
 
