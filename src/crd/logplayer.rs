@@ -120,7 +120,10 @@ pub struct LogPlayerSpec {
     /// with at least the old limit). Growing it rolls every pod; a managed log's replicas
     /// refuse each other's messages while their limits differ, so appends pause in the
     /// middle of the roll, from when neither limit is held by a majority of the replicas
-    /// until those of the new one elect a leader.
+    /// until those of the new one elect a leader. Past about 38 MiB the log replicas also
+    /// beat slower (`--heartbeat`), so that an entry at the limit reaches the followers
+    /// within an election timeout; an election after a crash then takes as much longer
+    /// (1-2 s at the largest limit).
     ///
     /// An external LogStore must accept no larger entries than this, and every shard at
     /// least those the LogStore accepts: the operator reports either (`EntryLimitMismatch`).

@@ -490,11 +490,12 @@ fn failed_create(
 }
 
 /// The reasons of a Shard's own `Degraded` that its LogPlayer reports as `ShardDegraded`: what
-/// only the Shard's reconciliation sees (its pods, its address and its spec the LogPlayer
-/// observes for itself).
-const SHARD_OWN_REASONS: [&str; 3] = [
+/// only the Shard's reconciliation sees, including pods its server's StatefulSet cannot
+/// create (its running pods, its address and its spec the LogPlayer observes for itself).
+const SHARD_OWN_REASONS: [&str; 4] = [
     "ApplyFailed",
     "CertificateIssueFailed",
+    "PodsNotCreated",
     status::RECONCILE_FAILED,
 ];
 
@@ -617,6 +618,33 @@ mod tests {
     /// of its termination message (its last log line), cut to a bounded length; the
     /// kubelet's back-off text alone ("back-off 40s restarting failed container") says
     /// nothing of the cause. A clean last exit adds nothing.
+    #[test]
+    fn a_shards_own_problems_reach_its_logplayer_and_those_it_sees_itself_do_not() {
+        let shard = |reason: &str| -> Shard {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "logplayer.io/v1alpha1", "kind": "Shard",
+                "metadata": {"name": "s0", "namespace": "ns"},
+                "spec": {"logPlayer": "demo", "slots": [{"start": 0, "end": 16383}],
+                         "managed": {"storage": "1Gi"}},
+                "status": {"conditions": [{"type": "Degraded", "status": "True",
+                    "reason": reason, "message": "why",
+                    "lastTransitionTime": "2026-12-06T12:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        for own in SHARD_OWN_REASONS {
+            assert_eq!(
+                shard_degraded(&shard(own)),
+                Some((own.to_owned(), "why".to_owned()))
+            );
+        }
+        // A StatefulSet's refused pods exist nowhere else the LogPlayer looks.
+        assert!(SHARD_OWN_REASONS.contains(&"PodsNotCreated"));
+        for seen in ["ShardUnreachable", "PodsPending", "CrashLoopBackOff"] {
+            assert_eq!(shard_degraded(&shard(seen)), None, "{seen}");
+        }
+    }
+
     #[test]
     fn a_crash_looping_container_is_reported_with_its_last_words() {
         let pod = |exit_code: i32, message: &str| -> Pod {

@@ -14,6 +14,7 @@
 //! applied, see `dedupe`), so a client's resend from its first unanswered append never finds
 //! a later one already written; [`StreamOrder`] refuses the rest of a broken stream early.
 
+use crate::limits::{DEFAULT_HEARTBEAT, ELECTION_MIN_HEARTBEATS, carry_time};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,7 +86,7 @@ impl ReplicaConfig {
             max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
             preallocate: true,
             rebase_every: 10_000,
-            heartbeat: Duration::from_millis(50),
+            heartbeat: DEFAULT_HEARTBEAT,
             join: false,
             serve_append_stream: true,
             snapshot_chunk_bytes: super::network::DEFAULT_SNAPSHOT_CHUNK_BYTES,
@@ -217,9 +218,8 @@ pub struct ReplicaStatus {
     pub leads_a_majority: bool,
 }
 
-/// The shortest election timeout, in heartbeats.
-const ELECTION_MIN_HEARTBEATS: u32 = 3;
-/// The longest election timeout, in heartbeats: the leader lease.
+/// The longest election timeout, in heartbeats: the leader lease (the shortest,
+/// `ELECTION_MIN_HEARTBEATS`, is in `limits.rs`, beside the heartbeat an entry limit needs).
 pub(super) const ELECTION_MAX_HEARTBEATS: u64 = 6;
 
 /// The shortest `--heartbeat`.
@@ -277,17 +277,12 @@ pub const MAX_REPLICABLE_ENTRY_BYTES: usize = super::network::MAX_MESSAGE_BYTES
     - super::storage::REPLICATION_BATCH_BYTES
     - MAX_GROUP_BYTES;
 
-/// How fast an entry reaches a follower here at best (measured on a 2-core VM, three
-/// replicas on one disk: 48 MB entries were replicated without an election, 64 MB ones
-/// moved the leadership), for the warning below.
-const ENTRY_BYTES_PER_SEC: u64 = 256 * 1024 * 1024;
-
 /// How long an entry at the limit takes to reach a follower, if that is longer than the
 /// shortest election timeout: followers hear no heartbeat while they receive it (the
 /// heartbeats travel behind it), so they may stand for election. Allowed (entries that
 /// large are rare, and each is sent again until it gets through), but said at start.
 fn slower_than_an_election(config: &ReplicaConfig) -> Option<Duration> {
-    let carry = Duration::from_millis(config.max_entry_bytes as u64 * 1000 / ENTRY_BYTES_PER_SEC);
+    let carry = carry_time(config.max_entry_bytes);
     (carry > config.heartbeat * ELECTION_MIN_HEARTBEATS).then_some(carry)
 }
 

@@ -166,6 +166,32 @@ fn a_replica_refuses_a_limit_it_cannot_replicate_and_id_0() {
     assert_eq!(slow(64 << 20, 50), Some(Duration::from_millis(250)));
     assert_eq!(slow(64 << 20, 100), None);
     assert!(slow(16 << 20, 10).is_some());
+    // The heartbeat the operator gives a limit is the shortest that is not warned of.
+    assert_eq!(
+        crate::limits::heartbeat_for(4 << 20),
+        crate::limits::DEFAULT_HEARTBEAT
+    );
+    assert_eq!(
+        crate::limits::heartbeat_for(64 << 20),
+        Duration::from_millis(84)
+    );
+    for bytes in [
+        4 << 20,
+        38 << 20,
+        39 << 20,
+        64 << 20,
+        super::MAX_REPLICABLE_ENTRY_BYTES,
+    ] {
+        let hb = crate::limits::heartbeat_for(bytes);
+        let ms = u64::try_from(hb.as_millis()).unwrap_or(u64::MAX);
+        assert_eq!(slow(bytes, ms), None, "{bytes}");
+        if hb > crate::limits::DEFAULT_HEARTBEAT {
+            assert!(
+                slow(bytes, ms - 1).is_some(),
+                "{bytes}: {hb:?} is the shortest"
+            );
+        }
+    }
     let mut zero = config(0, crate::limits::DEFAULT_MAX_ENTRY_BYTES);
     zero.join = true;
     let e = super::check_config(&zero).unwrap_err().to_string();

@@ -403,6 +403,22 @@ fn pdb(cx: &PlayerContext) -> PodDisruptionBudget {
     }
 }
 
+/// A log replica's `--heartbeat` for the LogPlayer's `maxEntryBytes`: long enough that an
+/// entry at the limit reaches the followers within their shortest election timeout (none
+/// up to about 38 MiB, where the default is).
+fn heartbeat_args(max_entry_bytes: i64) -> Vec<String> {
+    use crate::limits::{DEFAULT_HEARTBEAT, heartbeat_for};
+    let heartbeat = heartbeat_for(usize::try_from(max_entry_bytes).unwrap_or(0));
+    if heartbeat == DEFAULT_HEARTBEAT {
+        Vec::new()
+    } else {
+        vec![
+            "--heartbeat".into(),
+            humantime::format_duration(heartbeat).to_string(),
+        ]
+    }
+}
+
 /// The managed LogStore: `logStore.managed.replicas` log replicas. Each gets its id from its
 /// pod's name and runs with `--join`; the operator seeds replica 1 (named in `--peers`)
 /// and adds the others.
@@ -443,6 +459,7 @@ fn managed_logstore(
         ]
         .into_iter()
         .chain(entry_limit_args(cx.lp.spec.max_entry_bytes))
+        .chain(heartbeat_args(cx.lp.spec.max_entry_bytes))
         .collect(),
     );
     let client_service = Service {

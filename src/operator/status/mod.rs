@@ -10,11 +10,17 @@
 //! LogPlayer conditions:
 //! - `LeaderElected`: a player holds an unexpired Lease (reasons `LeaseHeld`, `NoLease`,
 //!   `LeaseExpired`, `NoLeader`).
-//! - `Degraded`: something a user must fix or wait for, the first named in the reason:
-//!   a spec problem (`InvalidSpec`, `InvalidShard`, `NoShards`, `SlotsOverlap`,
-//!   `SlotsUnowned`), a pod that cannot start (`ImagePullFailed`, `CrashLoopBackOff`),
-//!   `LogStoreUnreachable`, `EntryLimitMismatch`, `ShardUnreachable`; else `AsExpected`.
-//! - `Progressing`: player pods being created or rolled (`RollingOut`), else `Complete`.
+//! - `Degraded`: something a user must fix or wait for, the first named in the reason, in
+//!   the order of `problems` in `logplayer.rs`: a spec problem (`InvalidSpec`, `InvalidShard`,
+//!   `NoShards`, `SlotsOverlap`, `SlotsUnowned`), `ApplyFailed`, the certificates'
+//!   (`CaInvalid`, `CaExpiringSoon`, ...), `ShardDegraded`, pods that cannot be made or run
+//!   (`PodsNotCreated`, `RolloutStalled`, `PodsPending`, `ImagePullFailed`,
+//!   `ContainerCannotStart`, `CrashLoopBackOff`), `LogStoreUnreachable`, the managed log's
+//!   group (`LogMembershipFailed`, `NoLogLeader`, `LogReplicaDown`, `LogReplicaBehind`),
+//!   `EntryLimitMismatch`, `ShardUnreachable`; else `AsExpected`.
+//! - `Progressing`: player pods being created or rolled (`RollingOut`) or log replicas added
+//!   or removed (`LogReplicasChanging`), else `Complete`, `NoDeployment`, `Blocked` or
+//!   `Paused`.
 //! - `Ready`: a leader is elected, at least one player pod is ready, every managed server
 //!   has a running pod and nothing is degraded (`Delivering`); else the reason of what is
 //!   missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).

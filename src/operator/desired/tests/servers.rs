@@ -414,6 +414,22 @@ fn max_entry_bytes_reaches_the_players_the_log_replicas_and_the_managed_shards()
     assert_eq!(rendered(&logplayer(managed_spec())), [None, None, None]);
     let lp = lp_with(|s| s["maxEntryBytes"] = json!(8_388_608));
     assert_eq!(rendered(&lp), [(); 3].map(|()| Some("8388608".to_owned())));
+    // Past what the default heartbeat carries, the log replicas beat slower (the replica
+    // would warn of elections while a large entry replicates).
+    let heartbeat = |lp: &LogPlayer| {
+        let o = objects(lp, std::slice::from_ref(&s0));
+        let log = o.logstore.expect("managed LogStore objects");
+        let args = sts_container(&log.server.stateful_set)
+            .args
+            .clone()
+            .unwrap_or_default();
+        args.iter()
+            .position(|a| a == "--heartbeat")
+            .map(|i| args[i + 1].clone())
+    };
+    assert_eq!(heartbeat(&lp), None);
+    let big = lp_with(|s| s["maxEntryBytes"] = json!(64 << 20));
+    assert_eq!(heartbeat(&big).as_deref(), Some("84ms"));
     assert_eq!(
         parsed_args(&objects(&lp, std::slice::from_ref(&s0))).max_entry_bytes,
         8_388_608
