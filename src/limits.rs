@@ -84,7 +84,8 @@ pub fn carry_time(bytes: usize) -> std::time::Duration {
 /// within their shortest election timeout (so that the replica does not warn at start),
 /// and never below [`DEFAULT_HEARTBEAT`]: about 38 MiB at the default, 84 ms at 64 MiB,
 /// 331 ms at the most a log replica carries. The operator runs its log replicas with it;
-/// a longer heartbeat delays the election after a crash as much (3-6 heartbeats).
+/// a longer heartbeat delays the election after a crash as much (a follower stands 9-12
+/// heartbeats after the last it heard).
 pub fn heartbeat_for(max_entry_bytes: usize) -> std::time::Duration {
     let carry = u64::try_from(carry_time(max_entry_bytes).as_millis()).unwrap_or(u64::MAX);
     std::time::Duration::from_millis(carry.div_ceil(u64::from(ELECTION_MIN_HEARTBEATS)))

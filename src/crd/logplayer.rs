@@ -122,8 +122,8 @@ pub struct LogPlayerSpec {
     /// middle of the roll, from when neither limit is held by a majority of the replicas
     /// until those of the new one elect a leader. Past about 38 MiB the log replicas also
     /// beat slower (`--heartbeat`), so that an entry at the limit reaches the followers
-    /// within an election timeout; an election after a crash then takes as much longer
-    /// (1-2 s at the largest limit).
+    /// within an election timeout; an election after a crash then waits as much longer
+    /// (3-4 s at the largest limit).
     ///
     /// An external LogStore must accept no larger entries than this, and every shard at
     /// least those the LogStore accepts: the operator reports either (`EntryLimitMismatch`).

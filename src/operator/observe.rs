@@ -495,7 +495,7 @@ fn failed_create(
 const SHARD_OWN_REASONS: [&str; 4] = [
     "ApplyFailed",
     "CertificateIssueFailed",
-    "PodsNotCreated",
+    PODS_NOT_CREATED,
     status::RECONCILE_FAILED,
 ];
 
@@ -614,10 +614,8 @@ mod tests {
         assert!(deployment_problems("ns", &fine).is_empty());
     }
 
-    /// A container in `CrashLoopBackOff` is reported with why it last exited: the last line
-    /// of its termination message (its last log line), cut to a bounded length; the
-    /// kubelet's back-off text alone ("back-off 40s restarting failed container") says
-    /// nothing of the cause. A clean last exit adds nothing.
+    /// What only a Shard's reconciliation sees reaches its LogPlayer as `ShardDegraded`;
+    /// what the LogPlayer observes for itself does not come twice.
     #[test]
     fn a_shards_own_problems_reach_its_logplayer_and_those_it_sees_itself_do_not() {
         let shard = |reason: &str| -> Shard {
@@ -639,12 +637,16 @@ mod tests {
             );
         }
         // A StatefulSet's refused pods exist nowhere else the LogPlayer looks.
-        assert!(SHARD_OWN_REASONS.contains(&"PodsNotCreated"));
+        assert!(SHARD_OWN_REASONS.contains(&PODS_NOT_CREATED));
         for seen in ["ShardUnreachable", "PodsPending", "CrashLoopBackOff"] {
             assert_eq!(shard_degraded(&shard(seen)), None, "{seen}");
         }
     }
 
+    /// A container in `CrashLoopBackOff` is reported with why it last exited: the last line
+    /// of its termination message (its last log line), cut to a bounded length; the
+    /// kubelet's back-off text alone ("back-off 40s restarting failed container") says
+    /// nothing of the cause. A clean last exit adds nothing.
     #[test]
     fn a_crash_looping_container_is_reported_with_its_last_words() {
         let pod = |exit_code: i32, message: &str| -> Pod {

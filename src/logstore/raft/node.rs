@@ -237,9 +237,9 @@ fn raft_config(c: &ReplicaConfig) -> Result<openraft::Config, LogStoreError> {
     openraft::Config {
         cluster_name: "logplayer".into(),
         heartbeat_interval: hb,
-        // A follower that heard nothing for 3..6 heartbeats stands (150-300 ms at 50 ms); a
-        // replica grants no vote within the leader lease (election_timeout_max) of hearing
-        // from its leader.
+        // A follower stands once it heard nothing for the leader lease (election_timeout_max)
+        // and then an election timeout: 9..12 heartbeats (450-600 ms at 50 ms); a replica
+        // grants no vote within the lease of hearing from its leader.
         election_timeout_min: hb * u64::from(ELECTION_MIN_HEARTBEATS),
         election_timeout_max: hb * ELECTION_MAX_HEARTBEATS,
         // A candidate first asks whether a majority would vote for it, without raising the
