@@ -67,6 +67,21 @@ async fn probe_shard(
     }
 }
 
+/// [`probe_shard`] at `endpoint`, unless there is none (`Unknown`) or its managed server
+/// has no running pod (`NotRunning`, not asked).
+async fn probe_shard_if_running(
+    endpoint: Option<&str>,
+    down: bool,
+    id: &str,
+    tls: Option<&std::sync::Arc<crate::tls::Tls>>,
+) -> (status::Probe, Option<u64>) {
+    match endpoint {
+        Some(_) if down => (status::Probe::NotRunning, None),
+        Some(addr) => probe_shard(addr, id, tls).await,
+        None => (status::Probe::Unknown, None),
+    }
+}
+
 /// An entry limit a server reported (0: not said, a version before it did).
 fn said_limit(max_entry_bytes: u64) -> Option<u64> {
     (max_entry_bytes != 0).then_some(max_entry_bytes)
@@ -146,11 +161,8 @@ pub(super) async fn probe_shard_and_log(
     seen: ShardSeen<'_>,
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
 ) -> (status::Probe, (Option<u64>, Option<u64>)) {
-    let (probe, limit) = match seen.endpoint {
-        Some(_) if seen.down => (status::Probe::NotRunning, None),
-        Some(addr) => probe_shard(addr, &shard.name_any(), tls.as_ref()).await,
-        None => (status::Probe::Unknown, None),
-    };
+    let (probe, limit) =
+        probe_shard_if_running(seen.endpoint, seen.down, &shard.name_any(), tls.as_ref()).await;
     let log = match (limit, seen.owner) {
         (Some(_), Some(lp)) => match desired::logstore_endpoint(lp, seen.ns, &ctx.defaults) {
             Some(addr) => probe_log(&addr, tls).await.2,
@@ -246,21 +258,20 @@ async fn observe_shards(
 ) -> Vec<status::ShardObserved> {
     let mut sorted: Vec<&Shard> = shards.iter().collect();
     sorted.sort_by_key(|s| s.name_any());
-    let probes = futures::future::join_all(sorted.iter().map(|s| {
-        let name = s.name_any();
-        let down =
-            s.spec.managed.is_some() && !any_running(&component_pods(pods, "shard", Some(&name)));
-        let endpoint = desired::shard_endpoint(s, &ctx.defaults);
-        let tls = tls.clone();
-        async move {
-            match endpoint {
-                Some(_) if down => (status::Probe::NotRunning, None),
-                Some(addr) => probe_shard(&addr, &name, tls.as_ref()).await,
-                None => (status::Probe::Unknown, None),
-            }
-        }
-    }))
-    .await;
+    let probes =
+        futures::future::join_all(
+            sorted.iter().map(|s| {
+                let name = s.name_any();
+                let down = s.spec.managed.is_some()
+                    && !any_running(&component_pods(pods, "shard", Some(&name)));
+                let endpoint = desired::shard_endpoint(s, &ctx.defaults);
+                let tls = tls.clone();
+                async move {
+                    probe_shard_if_running(endpoint.as_deref(), down, &name, tls.as_ref()).await
+                }
+            }),
+        )
+        .await;
     sorted
         .iter()
         .zip(probes)
