@@ -457,6 +457,54 @@ mod tests {
         }
     }
 
+    /// After a failed sync, the writer refuses the next group: a small group with nothing
+    /// in flight would otherwise be written and synced inline (a retried `fdatasync` can
+    /// succeed) and published on top of the group whose sync failed.
+    #[test]
+    fn after_a_failed_sync_the_writer_writes_nothing_more() {
+        use crate::proto::{Mutation, mutation::Op};
+        let (_dir, wal, publish, head) = setup();
+        let mut writer = Writer {
+            wal,
+            writers: Default::default(),
+            publish: publish.clone(),
+            synced: None,
+            in_flight: Default::default(),
+            released: 0,
+            scanned: Default::default(),
+            count: Default::default(),
+        };
+        let (_jobs_tx, mut jobs) = mpsc::channel(4);
+        let append = || {
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Append {
+                mutations: vec![Mutation {
+                    key: bytes::Bytes::from_static(b"c-000000"),
+                    op: Some(Op::Add(1)),
+                }],
+                writer: None,
+                follows: 0,
+                start_micros: 0,
+                reply,
+            };
+            (job, answer)
+        };
+        let (job, mut answer) = append();
+        writer.take_group(job, &mut jobs);
+        assert_eq!(answer.try_recv().unwrap().unwrap().index, 1);
+        assert_eq!((writer.wal.last_index(), *head.borrow()), (1, 1));
+        // The sync thread's verdict on a later group (see `sync_loop`).
+        publish.fail("disk on fire");
+        let (job, mut answer) = append();
+        writer.take_group(job, &mut jobs);
+        assert!(matches!(
+            answer.try_recv().unwrap(),
+            Err(LogStoreError::Stopped)
+        ));
+        assert_eq!(writer.wal.last_index(), 1, "written after a failed sync");
+        assert_eq!(*head.borrow(), 1, "published after a failed sync");
+    }
+
     /// Nothing is published or answered before its sync has returned.
     #[test]
     fn a_group_is_published_and_answered_only_after_its_sync() {
