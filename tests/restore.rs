@@ -114,9 +114,17 @@ async fn player_exit(c: &mut Cluster, wait: Duration) -> Option<String> {
 
 /// Appends `n` entries from `from`, each adding to a counter on every shard; the last index.
 async fn write_everywhere(c: &Cluster, log: &Log, from: u64, n: u64) -> u64 {
+    let every: Vec<usize> = (0..c.shards.len()).collect();
+    write_on(c, log, &every, from, n).await
+}
+
+/// Appends `n` entries from `from`, each adding to a counter on each of `shards`; the last
+/// index.
+async fn write_on(c: &Cluster, log: &Log, shards: &[usize], from: u64, n: u64) -> u64 {
     let map = c.shard_map();
-    let keys: Vec<Vec<u8>> = (0..map.len())
-        .map(|t| {
+    let keys: Vec<Vec<u8>> = shards
+        .iter()
+        .map(|&t| {
             (0u32..)
                 .map(|k| format!("c{k}").into_bytes())
                 .find(|k| map.shard_of(k) == t)
@@ -306,5 +314,74 @@ async fn a_log_put_back_and_grown_past_the_shards_stops_the_player_naming_both()
             "shard {t} applied entries of the regrown log as if it had the ones before"
         );
     }
+    c.stop().await;
+}
+
+/// A shard whose last applied entry is a watermark (it owns no key of the entries before it)
+/// is checked against the log like one that applied a real entry: the watermark carries the
+/// fingerprint of the entry it stands for. The log is put back to a copy taken before the
+/// watermark and regrown past it; s0 is then emptied (so only s1 has anything to compare)
+/// and the player started again: it finds that the log holds another entry at s1's applied
+/// index, and stops naming s1, which applies nothing of the regrown log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_last_at_a_watermark_is_checked_against_a_regrown_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), &bin(), 2).await.unwrap();
+    c.start_player(&["--watermark-every", "1"]).await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let copied_at = write_everywhere(&c, &log, 1, 20).await;
+    all_applied(&c, copied_at).await;
+    let data = dir.path().join("logstore");
+    let copy = dir.path().join("logstore-copy");
+    assert_eq!(c.logstore.terminate(Duration::from_secs(10)).await, Some(0));
+    copy_dir(&data, &copy);
+    c.logstore.restart().await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let last = write_on(&c, &log, &[0], 21, 20).await;
+    applied_by(&c, 0, last).await;
+    // s1 owns no key of 21..40: it moves on by watermarks alone.
+    let s1 = ShardConn::connect(c.shards[1].addr(), None).await.unwrap();
+    let moved = eventually(Duration::from_secs(30), || async {
+        s1.applied()
+            .await
+            .is_ok_and(|a| a.applied_index > copied_at + 10)
+    })
+    .await;
+    assert!(moved, "no watermark took s1 past 30\n{}", c.logs());
+    c.logstore.kill().await;
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&copy, &data);
+    c.logstore.restart().await.unwrap();
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    write_everywhere(&c, &log, 1000, 30).await;
+    // The running player read 40 and stops on its own (the main stream's check).
+    player_exit(&mut c, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("the player reads on in the regrown log:\n{}", c.logs()));
+    let at = s1.applied().await.unwrap().applied_index;
+    assert_eq!(
+        c.shards[0].terminate(Duration::from_secs(10)).await,
+        Some(0)
+    );
+    std::fs::remove_dir_all(dir.path().join("shard-s0")).unwrap();
+    c.shards[0].restart().await.unwrap();
+    c.players.remove(0);
+    c.start_player(&["--watermark-every", "1"]).await.unwrap();
+    let said = player_exit(&mut c, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the player delivers the regrown log past s1's watermark:\n{}",
+                c.logs()
+            )
+        });
+    assert!(
+        said.lines().any(|l| l.contains("ERROR")
+            && l.contains(&format!(
+                "holds another entry at index {at} than the one shard s1 applied"
+            ))),
+        "the player did not say the log holds another entry than s1's watermark:\n{said}"
+    );
+    assert_eq!(s1.applied().await.unwrap().applied_index, at);
     c.stop().await;
 }
