@@ -206,9 +206,18 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
 /// runs. The player's main stream reconnects and reads the new log's entries 1, 2, ...; the
 /// shards, which know the player's Hello (still the old log's id), would take every entry
 /// above what they applied. Only the player's check of each response's log id stands in the
-/// way: it stops, naming both logs, and no shard applies anything of the new log.
+/// way: it stops, naming both logs, and no shard applies anything of the new log. A new log
+/// shorter than what was read is named as another log too, not as this log gone back.
 #[tokio::test]
 async fn a_log_replaced_under_a_running_player_is_refused_and_nothing_of_it_is_applied() {
+    // Past the shard's applied index (entries 11..15 of the new log would be applied), and
+    // below it.
+    for entries in [15, 5] {
+        a_log_replaced_under_a_running_player(entries).await;
+    }
+}
+
+async fn a_log_replaced_under_a_running_player(entries: usize) {
     let (dir, mut c, log) = servers(1).await;
     for _ in 0..10 {
         log.append(add("c-000000", 1), None, 0).await.unwrap();
@@ -241,8 +250,7 @@ async fn a_log_replaced_under_a_running_player_is_refused_and_nothing_of_it_is_a
     .unwrap();
     assert_eq!(fresh.addr(), addr);
     let new_log = logplayer::client::Log::connect(fresh.addr()).await.unwrap();
-    // Past the shard's applied index: entries 11..15 of the new log would be applied.
-    for _ in 0..15 {
+    for _ in 0..entries {
         new_log.append(add("c-000000", 100), None, 0).await.unwrap();
     }
     let (_, new_id) = bounds_of(fresh.addr()).await;
@@ -254,10 +262,13 @@ async fn a_log_replaced_under_a_running_player_is_refused_and_nothing_of_it_is_a
     }
     let stopped = c.players[0].exited().is_some();
     let text = c.players[0].log_tail(60);
-    assert!(stopped, "the player still runs:\n{text}");
+    assert!(
+        stopped,
+        "the player still runs ({entries} entries):\n{text}"
+    );
     assert!(
         text.contains(&format!("serves log {new_id}")) && text.contains(&old.log_id),
-        "the player names both logs:\n{text}"
+        "the player names both logs ({entries} entries):\n{text}"
     );
     // Give a delivery that slipped through the time to land, then compare.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use super::PlayerError;
 use crate::grpc::Reason;
 use crate::proto::log_store_client::LogStoreClient;
 use crate::proto::{BoundsRequest, BoundsResponse, ReadRequest};
@@ -47,9 +48,42 @@ enum Answer {
         last: u64,
         sure: bool,
     },
-    /// No answer (the LogStore is down), or one from another log (the read that follows
-    /// refuses it by name).
+    /// No answer (the LogStore is down).
     None,
+    /// An answer from another log (its id): the log behind the address was replaced.
+    AnotherLog(String),
+}
+
+/// Why the log does not reach an index (see [`reaches`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Unreached {
+    /// Sure answers said it ends at this index, below the one asked for.
+    Below(u64),
+    /// The LogStore serves another log (its id). Said at once: a follow read of this
+    /// address would wait for the other log to grow, and a short read of it finds nothing,
+    /// so nothing else would name it before it grew past what was read.
+    AnotherLog(String),
+}
+
+impl Unreached {
+    /// What stops the player: `who` went `through` an index that the log `log_id` at
+    /// `addr` no longer reaches.
+    pub(super) fn error(self, addr: &str, log_id: &str, who: String, through: u64) -> PlayerError {
+        match self {
+            Unreached::Below(last) => PlayerError::LogBehind {
+                addr: addr.to_owned(),
+                log_id: log_id.to_owned(),
+                last,
+                who,
+                through,
+            },
+            Unreached::AnotherLog(found) => PlayerError::WrongLog {
+                addr: addr.to_owned(),
+                expected: log_id.to_owned(),
+                found,
+            },
+        }
+    }
 }
 
 async fn ask(log: &LogStoreClient<Channel>, log_id: &str, index: u64) -> Answer {
@@ -60,7 +94,7 @@ async fn ask(log: &LogStoreClient<Channel>, log_id: &str, index: u64) -> Answer 
         Ok(Ok(b)) => {
             let b = b.into_inner();
             if b.log_id != log_id {
-                Answer::None
+                Answer::AnotherLog(b.log_id)
             } else if b.last >= index {
                 Answer::Reaches
             } else {
@@ -94,8 +128,9 @@ pub(super) enum Unanswered {
 }
 
 /// `Ok` when the log `log_id` reaches `index` (or answers only unsure for [`GRACE`], or the
-/// player is stopping); `Err(last)` when sure answers said it ends at `last`, below
-/// `index`, for [`GRACE`] (see [`Below`]). `log` should reach the leader of a replicated
+/// player is stopping); `Err(Below(last))` when sure answers said it ends at `last`, below
+/// `index`, for [`GRACE`] (see [`Below`]); `Err(AnotherLog)` as soon as an answer comes from
+/// another log. `log` should reach the leader of a replicated
 /// log (`fetch::leader_log`): a follower's answer is never sure.
 pub(super) async fn reaches(
     log: &LogStoreClient<Channel>,
@@ -103,7 +138,7 @@ pub(super) async fn reaches(
     index: u64,
     unanswered: Unanswered,
     shutdown: &CancellationToken,
-) -> Result<(), u64> {
+) -> Result<(), Unreached> {
     if index == 0 {
         return Ok(());
     }
@@ -112,6 +147,7 @@ pub(super) async fn reaches(
     loop {
         match ask(log, log_id, index).await {
             Answer::Reaches => return Ok(()),
+            Answer::AnotherLog(found) => return Err(Unreached::AnotherLog(found)),
             Answer::None if unanswered == Unanswered::GoOn => return Ok(()),
             Answer::None => {
                 if !said_waiting {
@@ -131,7 +167,7 @@ pub(super) async fn reaches(
                     );
                 }
                 match below.answered(sure, Instant::now()) {
-                    Some(true) => return Err(last),
+                    Some(true) => return Err(Unreached::Below(last)),
                     Some(false) => return Ok(()),
                     None => {}
                 }

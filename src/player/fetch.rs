@@ -145,16 +145,11 @@ impl Shared {
         fingerprint: u64,
     ) -> Result<bool, PlayerError> {
         let go_on = super::behind::Unanswered::GoOn;
-        if let Err(last) =
+        if let Err(unreached) =
             super::behind::reaches(log, &self.log_id, read, go_on, &self.shutdown).await
         {
-            return Err(PlayerError::LogBehind {
-                addr: self.config.logstore.clone(),
-                log_id: self.log_id.clone(),
-                last,
-                who: "this player has read".into(),
-                through: read,
-            });
+            let who = "this player has read".into();
+            return Err(unreached.error(&self.config.logstore, &self.log_id, who, read));
         }
         match super::behind::holds(log, &self.log_id, read, fingerprint).await {
             super::behind::Held::Other(held) => Err(PlayerError::LogDiverged {

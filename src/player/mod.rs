@@ -452,7 +452,7 @@ impl Player {
         let applied: Vec<Option<u64>> = probed.iter().map(|p| p.as_ref().ok().copied()).collect();
         let furthest = config.shards.shards.iter().zip(&applied);
         if let Some((s, Some(through))) = furthest.max_by_key(|(_, a)| **a)
-            && let Err(last) = behind::reaches(
+            && let Err(unreached) = behind::reaches(
                 &fetch::leader_log(&log, &config).await,
                 &bounds.log_id,
                 *through,
@@ -461,13 +461,8 @@ impl Player {
             )
             .await
         {
-            return Err(PlayerError::LogBehind {
-                addr: config.logstore.clone(),
-                log_id: bounds.log_id,
-                last,
-                who: format!("shard {} has applied", s.id),
-                through: *through,
-            });
+            let who = format!("shard {} has applied", s.id);
+            return Err(unreached.error(&config.logstore, &bounds.log_id, who, *through));
         }
         // No shard answered: start at the log's head; each shard catches up by a recovery
         // stream when it connects.

@@ -89,18 +89,13 @@ impl Shared {
         }
         let log = self.main_stream_log().await;
         let wait = super::behind::Unanswered::Wait;
-        let Err(last) =
+        let Err(unreached) =
             super::behind::reaches(&log, &self.log_id, applied, wait, &self.shutdown).await
         else {
             return true;
         };
-        self.fail(PlayerError::LogBehind {
-            addr: self.config.logstore.clone(),
-            log_id: self.log_id.clone(),
-            last,
-            who: format!("shard {} has applied", target.id),
-            through: applied,
-        });
+        let who = format!("shard {} has applied", target.id);
+        self.fail(unreached.error(&self.config.logstore, &self.log_id, who, applied));
         false
     }
 
