@@ -676,8 +676,9 @@ mod tests {
 
     /// The Raft log is the WAL record for record: an entry handed over for any index but the
     /// WAL's next is refused, with nothing written and the log stopped (a replica whose
-    /// indexes drifted from Raft's would serve one entry as another); a record that holds
-    /// another Raft entry than its position says is refused when read, not served.
+    /// indexes drifted from Raft's would serve one entry as another), and nothing is synced
+    /// or written after that; a record that holds another Raft entry than its position says
+    /// is refused when read, not served.
     #[tokio::test]
     async fn an_entry_out_of_place_is_refused_when_written_and_when_read() {
         use openraft::type_config::TypeConfigExt;
@@ -696,6 +697,21 @@ mod tests {
         );
         assert!(rx.await.unwrap().is_err(), "its flush is refused too");
         assert!(log.failed.borrow().is_some(), "the log stops");
+        // A sync planned before the failure and run after it reports no flush.
+        let (tx, rx) = TypeConfig::oneshot();
+        sync_batch(
+            &log.wal,
+            vec![Flush {
+                callback: IOFlushed::signal(tx),
+            }],
+            &log.failed,
+        );
+        assert!(!matches!(rx.await, Ok(Ok(()))), "a flush after the failure");
+        // The next entry in its place is refused too: nothing is written after a failure.
+        let (tx, rx) = TypeConfig::oneshot();
+        let after = log.append(vec![entry(1, 3)], IOFlushed::signal(tx)).await;
+        assert!(after.is_err(), "an append after the failure was taken");
+        assert!(!matches!(rx.await, Ok(Ok(()))), "flushed after the failure");
         assert_eq!(read_from(&reader, 0).await, vec![(0, 1), (1, 1), (2, 1)]);
 
         // Raft entry 5 in the record of Raft index 3 (as a WAL bug would leave it).
