@@ -44,8 +44,8 @@ fn a_user_error_is_one_plain_line_with_exit_code_one() {
 
 /// Addresses nobody can dial and ids a map would refuse stop a process at start, naming
 /// the value (they used to start and retry forever, or serve under an id no map can name).
-#[test]
-fn an_address_or_id_that_cannot_work_is_refused_at_start() {
+#[tokio::test]
+async fn an_address_or_id_that_cannot_work_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d").display().to_string();
     for (args, says) in [
@@ -95,14 +95,26 @@ fn an_address_or_id_that_cannot_work_is_refused_at_start() {
             ],
             "is replica 2's address in --peers",
         ),
+        (
+            vec![
+                "logstore",
+                "--id",
+                "4",
+                "--listen",
+                "127.0.0.1:0",
+                "--peers",
+                "1=127.0.0.1:17211,2=127.0.0.1:17212,3=127.0.0.1:17213",
+                "--data",
+                &data,
+            ],
+            "--id 4 is not in --peers (1,2,3): list it with its address, or pass --join",
+        ),
     ] {
-        let out = Command::new(common::bin())
-            .env("LOGPLAYER_INSECURE", "true")
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        // A server that took the flags would run on: the test must not wait for it.
+        let (status, stderr) = common::ends_within(&args, std::time::Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{args:?} started"));
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }

@@ -79,9 +79,10 @@ pub struct LogstoreArgs {
         requires = "peers"
     )]
     snapshot_chunk_bytes: usize,
-    /// (Replicated) How often the log leader sends heartbeats; a follower asks for votes
-    /// (pre-vote first) after 3-6 heartbeats without one, and a replica votes for nobody
-    /// within 6 heartbeats of hearing from its leader (the leader lease). 10ms to 10s; the
+    /// (Replicated) How often the log leader sends heartbeats; a replica votes for nobody
+    /// within 6 heartbeats of hearing from its leader (the leader lease), and a follower asks
+    /// for votes (pre-vote first) after 9-12 heartbeats without one (the lease, then a
+    /// random election timeout of 3-6). 10ms to 10s; the
     /// same value on every replica (a replica refuses messages from one with another).
     #[arg(long, env = "LOGPLAYER_HEARTBEAT", default_value = "50ms", value_parser = humantime::parse_duration, requires = "peers")]
     heartbeat: std::time::Duration,

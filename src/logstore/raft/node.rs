@@ -319,8 +319,9 @@ fn check_config(config: &ReplicaConfig) -> Result<(), LogStoreError> {
     }
     if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&config.heartbeat) {
         return Err(LogStoreError::Config(format!(
-            "--heartbeat {} is outside {} to {}: elections wait 3-6 heartbeats, so a longer one \
-             leaves the log without a leader for that long after a crash (openraft counts \
+            "--heartbeat {} is outside {} to {}: a follower stands for election 9-12 heartbeats \
+             after the last it heard, so a longer one leaves the log without a leader for \
+             that long after a crash (openraft counts \
              whole milliseconds, and below {} a busy machine misses them)",
             humantime::format_duration(config.heartbeat),
             humantime::format_duration(MIN_HEARTBEAT),
