@@ -211,6 +211,10 @@ async fn every_logstore_refusal_has_its_one_code_and_reason() {
     expect(&s, Reason::Membership);
 }
 
+/// A retain past the log's end is `invalid`, one naming another log `wrong-log` (nothing
+/// released); a read below what retention removed is `below-retention`, not out of range;
+/// and a read whose `to` is below its `from` is `invalid` (without the check it reads as
+/// nothing).
 #[tokio::test]
 async fn below_retention_is_the_only_out_of_range_of_an_existing_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -269,6 +273,18 @@ async fn below_retention_is_the_only_out_of_range_of_an_existing_log() {
         .await
         .unwrap_err();
     expect(&s, Reason::BelowRetention);
+    // A range that ends before it starts (it would read as nothing).
+    let s = log
+        .read(ReadRequest {
+            from: r.first + 2,
+            to: r.first + 1,
+            max_batch_bytes: 0,
+            follow: false,
+        })
+        .await
+        .unwrap_err();
+    expect(&s, Reason::Invalid);
+    assert!(s.message().contains("is below `from`"), "{}", s.message());
 }
 
 #[tokio::test]
