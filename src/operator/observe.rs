@@ -700,6 +700,46 @@ mod tests {
         assert!(p.message.ends_with("; last exit 137"), "{}", p.message);
     }
 
+    /// Each kubelet waiting reason a container cannot leave on its own maps to one problem
+    /// reason, its message naming the pod, the container, the image and the kubelet's words;
+    /// a container just starting is no problem.
+    #[test]
+    fn a_waiting_container_is_named_by_the_problem_it_has() {
+        let pod = |reason: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "demo-shard-s0-0"},
+                "status": {"phase": "Pending", "containerStatuses": [{
+                    "name": "shard", "image": "logplayer:1", "ready": false,
+                    "restartCount": 0, "imageID": "",
+                    "state": {"waiting": {"reason": reason, "message": "the kubelet's words"}}
+                }]}
+            }))
+            .unwrap()
+        };
+        for (waiting, problem) in [
+            ("ImagePullBackOff", Some("ImagePullFailed")),
+            ("ErrImagePull", Some("ImagePullFailed")),
+            ("InvalidImageName", Some("ImagePullFailed")),
+            ("ErrImageNeverPull", Some("ImagePullFailed")),
+            ("CreateContainerConfigError", Some("ContainerCannotStart")),
+            ("CreateContainerError", Some("ContainerCannotStart")),
+            ("ContainerCreating", None),
+            ("PodInitializing", None),
+        ] {
+            let p = pod_problem(&pod(waiting));
+            assert_eq!(p.as_ref().map(|p| p.reason.as_str()), problem, "{waiting}");
+            if let Some(p) = p {
+                assert_eq!(
+                    p.message,
+                    format!(
+                        "pod demo-shard-s0-0 container shard (logplayer:1): {waiting}: the \
+                         kubelet's words"
+                    )
+                );
+            }
+        }
+    }
+
     /// A StatefulSet's pods refused by the API server are named by its newest `FailedCreate`
     /// Event, also after the controller has backed off to minutes between retries; a pod
     /// created since, or an Event older than Events live, says nothing.
