@@ -102,7 +102,10 @@ pub struct LogPlayerSpec {
         .message("checkpointInterval must be greater than zero and at most 1h"))]
     pub checkpoint_interval: String,
     /// After each checkpoint, let the LogStore delete log segments that every shard has
-    /// acknowledged. A shard added later can then only start from what is left. Default false.
+    /// acknowledged. A Shard added later is delivered the log from its start: once segments
+    /// are gone, the players stop, naming the shard and the first index the log still holds
+    /// (the LogPlayer shows `CrashLoopBackOff` with those words), until that Shard is
+    /// removed. Default false.
     #[serde(default)]
     pub retain_log: bool,
     /// Batching and flow control toward each shard.

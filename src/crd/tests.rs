@@ -324,6 +324,15 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         )]
     );
     assert_eq!(rules(&spec["properties"]["logPlayer"]), ["self == oldSelf"]);
+    // A Shard's slots only shrink: a slot it gained would lack the history another shard
+    // applied.
+    assert!(
+        rules(&spec["properties"]["slots"]).contains(
+            &"self.all(r, oldSelf.exists(o, o.start <= r.start && r.end <= o.end))".into()
+        ),
+        "{:?}",
+        rules(&spec["properties"]["slots"])
+    );
     assert_eq!(spec["properties"]["logPlayer"]["minLength"], 1);
     assert_eq!(
         spec["properties"]["logPlayer"]["maxLength"],
@@ -371,7 +380,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 18, "{found:#?}");
+    assert_eq!(found.len(), 19, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

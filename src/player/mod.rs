@@ -478,6 +478,19 @@ impl Player {
                 }
             }
         }
+        // A shard whose next entry retention removed (a shard added after the log was
+        // trimmed) can never be delivered to: say which, rather than fail the main stream.
+        let shards = config.shards.shards.iter().zip(&applied);
+        if let Some((s, Some(a))) = shards
+            .clone()
+            .find(|(_, a)| a.is_some_and(|a| a + 1 < bounds.first))
+        {
+            return Err(PlayerError::Retention {
+                shard: s.id.clone(),
+                needed: a + 1,
+                first: bounds.first,
+            });
+        }
         tracing::info!(start, epoch = config.epoch, "main stream starts");
         let limits = QueueLimits {
             normal_bytes: config.queue_bytes,

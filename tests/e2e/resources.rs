@@ -424,6 +424,27 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             .is_some_and(|m| m.contains("demo-shard-map")),
         "{ready}"
     );
+    // Its slots may shrink, never grow: a slot it gained would lack what s0 applied of it.
+    let patch_slots = |slots: &str| {
+        let patch = format!(r#"{{"spec":{{"slots":{slots}}}}}"#);
+        h.cp.kubectl_raw(&[
+            "-n", DEMO_NS, "patch", "shard", "twin", "--type", "merge", "-p", &patch,
+        ])
+    };
+    let out = patch_slots(r#"[{"start":100,"end":300}]"#)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("slots can only shrink"),
+        "a Shard's slots grew:\n{}",
+        output_text(&out)
+    );
+    eprintln!("[e2e] refused growing a Shard's slots: {}", stderr.trim());
+    let out = patch_slots(r#"[{"start":100,"end":150},{"start":180,"end":200}]"#)?;
+    ensure!(
+        out.status.success(),
+        "a Shard's slots could not shrink:\n{}",
+        output_text(&out)
+    );
     h.cp.kubectl(&["-n", DEMO_NS, "delete", "shard", "twin"])?;
     wait_demo(h, "Degraded", ("False", "AsExpected"), 60 * SECOND).await?;
     wait_demo(h, "Ready", ("True", "Delivering"), 60 * SECOND).await?;
