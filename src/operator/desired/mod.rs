@@ -136,6 +136,12 @@ pub enum DesiredError {
     /// Two selected Shards have one address.
     #[error("{0}")]
     SharedAddress(#[source] crate::routing::RoutingError),
+    /// A selected Shard's endpoint is the LogStore's address.
+    #[error(
+        "Shard {shard}'s endpoint {addr} is the LogStore's address: the players refuse a shard \
+         there (it would never take a delivery); point the Shard at its own shard server"
+    )]
+    ShardAtLogStore { shard: String, addr: String },
     /// The player's args did not parse (a bug, not user input).
     #[error("building the player's args: {0}")]
     Args(String),
@@ -150,7 +156,9 @@ impl DesiredError {
         match self {
             DesiredError::NoNamespace { .. } => "NoNamespace",
             DesiredError::Spec(_) => "InvalidSpec",
-            DesiredError::Shard { .. } | DesiredError::SharedAddress(_) => "InvalidShard",
+            DesiredError::Shard { .. }
+            | DesiredError::SharedAddress(_)
+            | DesiredError::ShardAtLogStore { .. } => "InvalidShard",
             DesiredError::Coverage(crate::routing::slots::Coverage(issues)) => {
                 use crate::crd::CoverageIssue as C;
                 if issues.iter().any(|i| matches!(i, C::NoShards)) {

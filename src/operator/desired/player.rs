@@ -65,6 +65,28 @@ pub fn shard_map_yaml(shards: &[Shard], defaults: &Defaults) -> Result<String, D
     })?)
 }
 
+/// The players refuse a shard at one of the LogStore's addresses (its slots would wait
+/// forever); say which Shard, here, rather than roll out players that crash-loop.
+fn no_shard_at_the_logstore(
+    shards: &[Shard],
+    logstore: &str,
+    defaults: &Defaults,
+) -> Result<(), DesiredError> {
+    for addr in logstore.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let key = crate::routing::addr_key(addr);
+        let at = |s: &&Shard| {
+            shard_endpoint(s, defaults).is_some_and(|e| crate::routing::addr_key(&e) == key)
+        };
+        if let Some(s) = shards.iter().find(at) {
+            return Err(DesiredError::ShardAtLogStore {
+                shard: s.name_any(),
+                addr: addr.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A short, stable hash of the shard map (FNV-1a, hex), put on the pod template so that a
 /// changed map rolls the players.
 pub(super) fn map_hash(text: &str) -> String {
@@ -168,6 +190,7 @@ pub fn player_objects(
     let backend = spec.log_store.backend().map_err(DesiredError::Spec)?;
     let map = shard_map_yaml(shards, defaults)?;
     let logstore = logstore_endpoint(lp, &ns, defaults).unwrap_or_default();
+    no_shard_at_the_logstore(shards, &logstore, defaults)?;
     let args = player_args(lp, &ns, logstore, &timing, checkpoint)?;
     let cx = PlayerContext {
         lp,

@@ -670,6 +670,23 @@ fn two_shards_at_one_address_are_an_invalid_shard() {
     );
 }
 
+/// A Shard whose endpoint is the LogStore's address makes a map every player refuses; the
+/// operator says which, naming the address, instead of rolling out players that crash-loop.
+#[test]
+fn a_shard_at_the_logstores_address_is_an_invalid_shard() {
+    let shards = [
+        external_shard("s0", &[(0, 8191)], "shards.example:7100"),
+        external_shard("s1", &[(8192, 16383)], "http://LogStore.logs.svc:7000/"),
+    ];
+    let e = err(&logplayer(external_spec()), &shards);
+    assert_eq!(e.reason(), "InvalidShard");
+    let text = e.to_string();
+    assert!(
+        text.contains("Shard s1") && text.contains("logstore.logs.svc:7000"),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_operator_binds_itself_as_the_api_server_knows_it_or_not_at_all() {
     assert_eq!(
