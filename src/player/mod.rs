@@ -204,6 +204,27 @@ impl PlayerConfig {
 /// one would leave a successor an hour of the log to replay and hold retention that long.
 pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
+/// A shard whose next entry retention removed (one added after the log was trimmed) can
+/// never be delivered to: at start, say which, rather than fail the main stream from it.
+fn retained_past(
+    config: &PlayerConfig,
+    applied: &[Option<u64>],
+    first: u64,
+) -> Result<(), PlayerError> {
+    let shards = config.shards.shards.iter().zip(applied);
+    match shards
+        .clone()
+        .find(|(_, a)| a.is_some_and(|a| a + 1 < first))
+    {
+        Some((s, Some(a))) => Err(PlayerError::Retention {
+            shard: s.id.clone(),
+            needed: a + 1,
+            first,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The most `--watermark-every`: an idle shard's applied index (and so its cursor, and
 /// retention) moves once per this many entries of the log.
 pub const MAX_WATERMARK_EVERY: u64 = 1_000_000;
@@ -478,19 +499,7 @@ impl Player {
                 }
             }
         }
-        // A shard whose next entry retention removed (a shard added after the log was
-        // trimmed) can never be delivered to: say which, rather than fail the main stream.
-        let shards = config.shards.shards.iter().zip(&applied);
-        if let Some((s, Some(a))) = shards
-            .clone()
-            .find(|(_, a)| a.is_some_and(|a| a + 1 < bounds.first))
-        {
-            return Err(PlayerError::Retention {
-                shard: s.id.clone(),
-                needed: a + 1,
-                first: bounds.first,
-            });
-        }
+        retained_past(&config, &applied, bounds.first)?;
         tracing::info!(start, epoch = config.epoch, "main stream starts");
         let limits = QueueLimits {
             normal_bytes: config.queue_bytes,
