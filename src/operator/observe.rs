@@ -24,24 +24,32 @@ pub(super) async fn shards_of(
     lp: &LogPlayer,
     ns: &str,
 ) -> Result<Result<Vec<Shard>, status::Problem>, OperatorError> {
+    let invalid = |why: String| {
+        Ok(Err(status::Problem::new(
+            "InvalidSpec",
+            format!(
+                "invalid LogPlayer spec: shardSelector {}: {why}",
+                serde_json::to_string(&lp.spec.shard_selector).unwrap_or_default()
+            ),
+        )))
+    };
     let selector = match kube::core::Selector::try_from(lp.spec.shard_selector.clone()) {
         Ok(s) => s,
-        Err(e) => {
-            return Ok(Err(status::Problem::new(
-                "InvalidSpec",
-                format!(
-                    "invalid LogPlayer spec: shardSelector {}: {e}",
-                    serde_json::to_string(&lp.spec.shard_selector).unwrap_or_default()
-                ),
-            )));
-        }
+        Err(e) => return invalid(e.to_string()),
     };
     let api: Api<Shard> = Api::namespaced(client.clone(), ns);
     let params = ListParams::default().labels_from(&selector);
     let name = lp.name_any();
-    Ok(Ok(api
-        .list(&params)
-        .await?
+    let listed = match api.list(&params).await {
+        Ok(listed) => listed,
+        // A selector kube takes but the API server does not (a label value with a space,
+        // `In` with no values): the spec's fault, not an outage.
+        Err(kube::Error::Api(e)) if e.code == 400 => {
+            return invalid(format!("the API server refuses it: {}", e.message));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Ok(listed
         .items
         .into_iter()
         .filter(|s| s.spec.log_player == name)

@@ -43,6 +43,8 @@ struct World {
     refuse: HashMap<String, String>,
     /// Paths whose apply the API server forbids (403) this many times before accepting it.
     forbid: HashMap<String, u32>,
+    /// Paths whose GET the API server refuses as a bad request (400), with its message.
+    bad_request: HashMap<String, String>,
 }
 
 fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
@@ -83,7 +85,15 @@ async fn serve(mut handle: Handle, mut world: World) -> Vec<Sent> {
             body: body.clone(),
         });
         if method == Method::GET {
-            if let Some(items) = world.lists.get(&path) {
+            if let Some(message) = world.bad_request.get(&path) {
+                respond(
+                    send,
+                    StatusCode::BAD_REQUEST,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "reason": "BadRequest", "code": 400,
+                            "message": message}),
+                );
+            } else if let Some(items) = world.lists.get(&path) {
                 respond(
                     send,
                     StatusCode::OK,
@@ -461,6 +471,33 @@ async fn overlapping_shards_are_reported_and_nothing_is_applied() {
         events(&sent).contains(&("Warning".into(), "SlotsOverlap".into())),
         "{:?}",
         events(&sent)
+    );
+}
+
+/// A shard selector kube takes but the API server refuses (a label value with a space) is
+/// the spec's fault, reported as `InvalidSpec` naming the selector and the API server's
+/// words, not retried as an outage.
+#[tokio::test]
+async fn a_selector_the_api_server_refuses_is_an_invalid_spec() {
+    let mut lp = logplayer(3, false);
+    lp["spec"]["shardSelector"] = json!({"matchLabels": {"team": "a b"}});
+    let mut w = world(&lp, four_shards());
+    w.bad_request.insert(
+        SHARDS_PATH.into(),
+        "unable to parse requirement: values[0][team]: Invalid value: \"a b\"".into(),
+    );
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    assert!(
+        result.is_ok(),
+        "a user's mistake is status, not a retry: {result:?}"
+    );
+    let st = &status_patch(&sent).body["status"];
+    let degraded = condition(st, "Degraded");
+    assert_eq!(degraded["reason"], "InvalidSpec", "{degraded}");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("shardSelector") && message.contains("unable to parse requirement"),
+        "{message}"
     );
 }
 
