@@ -504,8 +504,12 @@ pub struct LogSource {
 /// A LogStore the operator runs.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.replicas % 2 == 1")
-    .message("logStore.managed.replicas must be odd (1, 3, 5 or 7): an even count of log replicas survives no more failures than one fewer"))]
+#[x_kube(
+    validation = Rule::new("self.replicas % 2 == 1")
+        .message("logStore.managed.replicas must be odd (1, 3, 5 or 7): an even count of log replicas survives no more failures than one fewer"),
+    validation = Rule::new("self.storage == oldSelf.storage && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+        .message("logStore.managed.storage and storageClassName cannot change: the log replicas' volume claims are fixed (Kubernetes refuses the StatefulSet's update, which would hold every later change back)")
+)]
 pub struct ManagedLogStore {
     #[serde(flatten)]
     pub storage: ManagedStorage,

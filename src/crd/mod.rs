@@ -223,7 +223,8 @@ pub struct ExternalEndpoint {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedStorage {
-    /// Size of the persistent volume, as a Kubernetes quantity (for example `10Gi`).
+    /// Size of the persistent volume, as a Kubernetes quantity (for example `10Gi`). Cannot
+    /// change, nor can `storageClassName`: a StatefulSet's volume claims are fixed.
     #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(QUANTITY_PATTERN))]
     pub storage: String,
     /// StorageClass of the persistent volume; unset uses the cluster's default class.

@@ -64,7 +64,9 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("has(self.external) != has(self.managed)")
         .message("set exactly one of external or managed"),
     validation = Rule::new("!has(self.commitDelay) || has(self.managed)")
-        .message("commitDelay applies to a managed shard only (an external shard server takes --commit-delay)")
+        .message("commitDelay applies to a managed shard only (an external shard server takes --commit-delay)"),
+    validation = Rule::new("!has(self.managed) || !has(oldSelf.managed) || (self.managed.storage == oldSelf.managed.storage && has(self.managed.storageClassName) == has(oldSelf.managed.storageClassName) && (!has(self.managed.storageClassName) || self.managed.storageClassName == oldSelf.managed.storageClassName))")
+        .message("managed.storage and storageClassName cannot change: the shard server's volume claim is fixed (Kubernetes refuses the StatefulSet's update, which would hold every later change back)")
 )]
 pub struct ShardSpec {
     /// Name of the LogPlayer (in this namespace) that delivers to this shard. Cannot change.

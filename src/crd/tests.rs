@@ -128,7 +128,7 @@ fn log_replicas_default_to_three_and_must_be_odd() {
     let crd = serde_json::to_value(LogPlayer::crd()).expect("the CRD serializes");
     let managed = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["logStore"]["properties"]["managed"];
-    assert_eq!(rules(managed), ["self.replicas % 2 == 1"]);
+    assert_eq!(rules(managed)[0], "self.replicas % 2 == 1");
     let replicas = &managed["properties"]["replicas"];
     assert_eq!(replicas["default"], 3);
     assert_eq!(
@@ -306,13 +306,31 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     let shard = schema(&Shard::crd());
     let spec = &shard["properties"]["spec"];
     assert_eq!(
-        rules(spec),
+        rules(spec)[..2],
         [
             "has(self.external) != has(self.managed)",
             "!has(self.commitDelay) || has(self.managed)"
         ]
     );
     assert_eq!(spec["required"], json!(["logPlayer", "slots"]));
+    // The volumes of a managed server stay as made (a StatefulSet's claims are fixed).
+    assert!(
+        rules(spec).iter().any(
+            |r| r.contains("self.managed.storage == oldSelf.managed.storage")
+                && r.contains("self.managed.storageClassName == oldSelf.managed.storageClassName")
+        ),
+        "{:?}",
+        rules(spec)
+    );
+    let managed_log = &lp["properties"]["spec"]["properties"]["logStore"]["properties"]["managed"];
+    assert!(
+        rules(managed_log)
+            .iter()
+            .any(|r| r.starts_with("self.storage == oldSelf.storage")
+                && r.contains("self.storageClassName == oldSelf.storageClassName")),
+        "{:?}",
+        rules(managed_log)
+    );
     let commit_delay = &spec["properties"]["commitDelay"];
     assert_eq!(commit_delay["pattern"], DURATION_PATTERN);
     // The CRD's bound is the shard server's: one number, written twice (CEL and Rust).
@@ -380,7 +398,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 19, "{found:#?}");
+    assert_eq!(found.len(), 21, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

@@ -599,6 +599,29 @@ async fn entry_limits_that_disagree(h: &Harness) -> anyhow::Result<()> {
         output_text(&out)
     );
     eprintln!("[e2e] refused a smaller maxEntryBytes: {}", stderr.trim());
+    // A managed server's volume stays as made: its StatefulSet's claims cannot change.
+    let out = h.cp.kubectl_raw(&[
+        "-n",
+        LONELY_NS,
+        "patch",
+        "shard",
+        "narrow-s",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"managed":{"storage":"2Gi"}}}"#,
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("managed.storage and storageClassName cannot change"),
+        "a managed Shard's storage changed:\n{}",
+        output_text(&out)
+    );
+    eprintln!(
+        "[e2e] refused a managed Shard's new storage: {}",
+        stderr.trim()
+    );
     Ok(())
 }
 
