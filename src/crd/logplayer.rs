@@ -27,7 +27,7 @@ use std::time::Duration;
     version = "v1alpha1",
     kind = "LogPlayer",
     namespaced,
-    validation = Rule::new("oldSelf.hasValue() || (self.metadata.name.size() <= (has(self.spec.logStore.managed) ? 43 : 48) && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))")
+    validation = Rule::new("(oldSelf.hasValue() && (has(oldSelf.value().spec.logStore.managed) || !has(self.spec.logStore.managed))) || (self.metadata.name.size() <= (has(self.spec.logStore.managed) ? 43 : 48) && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))")
         .optional_old_self(true)
         .message("a LogPlayer's name starts with a letter and has no dot (its Services are named after it), and is at most 43 characters with a managed LogStore (its replicas' pods carry the label NAME-logstore-HASH, at most 63), 48 with an external one (its Service NAME-player-metrics)"),
     shortname = "lp",

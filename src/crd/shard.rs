@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "Shard",
     namespaced,
-    validation = Rule::new("oldSelf.hasValue() || (has(self.spec.managed) ? self.metadata.name.size() <= 46 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') : self.metadata.name.size() <= 63)")
+    validation = Rule::new("(oldSelf.hasValue() && (has(oldSelf.value().spec.managed) || !has(self.spec.managed))) || (has(self.spec.managed) ? self.metadata.name.size() <= 46 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') : self.metadata.name.size() <= 63)")
         .optional_old_self(true)
         .message("a Shard's name is at most 46 characters when managed, and starts with a letter with no dot (its pods carry the label NAME-shard-HASH, at most 63, and its Service is NAME-shard); at most 63 when external (it is a label value)"),
     doc = "A Shard owns ranges of the 16384 hash slots and applies, in log order, the entries \

@@ -271,8 +271,9 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         rules(spec)
     );
     // The longest names, likewise (see `MAX_LOGPLAYER_NAME`), and a Service's pattern,
-    // checked at creation only (`oldSelf` is optional: an object of an earlier CRD with a
-    // name these refuse can still be updated, and deleted).
+    // checked at creation and when a backend becomes managed (`oldSelf` is optional: an
+    // object of an earlier CRD with a name these refuse can still be updated, and deleted,
+    // but not switched to a managed server whose objects could not be named).
     let names = |crd: &Value| {
         let r = &crd["x-kubernetes-validations"][0];
         assert_eq!(r["optionalOldSelf"], true, "{r}");
@@ -280,7 +281,13 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     };
     let pattern_in_cel = format!("matches('{}')", super::DNS_1035_LABEL_PATTERN);
     let rule = names(&lp);
-    assert!(rule.starts_with("oldSelf.hasValue() || "), "{rule}");
+    assert!(
+        rule.starts_with(
+            "(oldSelf.hasValue() && (has(oldSelf.value().spec.logStore.managed) || \
+             !has(self.spec.logStore.managed))) || "
+        ),
+        "{rule}"
+    );
     assert!(
         rule.contains(&format!(
             "size() <= (has(self.spec.logStore.managed) ? {} : {})",
@@ -290,6 +297,13 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         "{rule}"
     );
     let rule = names(&schema(&Shard::crd()));
+    assert!(
+        rule.starts_with(
+            "(oldSelf.hasValue() && (has(oldSelf.value().spec.managed) || \
+             !has(self.spec.managed))) || "
+        ),
+        "{rule}"
+    );
     assert!(
         rule.contains(&format!("size() <= {}", super::MAX_SHARD_NAME))
             && rule.contains(&pattern_in_cel),

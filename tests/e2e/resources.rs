@@ -378,6 +378,38 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             && !names.contains("/1digit"),
         "a refused object exists:\n{names}"
     );
+    // A name fit for an external LogStore only: accepted so, refused when switched to a
+    // managed one (whose pods' labels it would not fit). Paused: only its name matters.
+    let external = zero.replace("replicas: 0", "replicas: 1").replace(
+        "name: zero",
+        &format!(
+            "name: {}\n  annotations:\n    logplayer.io/paused: \"true\"",
+            "l".repeat(44)
+        ),
+    );
+    apply_ok(
+        h,
+        DEMO_NS,
+        "long-external.yaml",
+        &external,
+        "an external LogPlayer of 44 characters was refused",
+    )?;
+    let managed = external.replace(
+        "external:\n      endpoint: \"x:1\"",
+        "managed:\n      storage: 1Gi",
+    );
+    let out = apply(h, DEMO_NS, "long-external.yaml", &managed)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("at most 43 characters with a managed LogStore"),
+        "a LogPlayer of 44 characters was switched to a managed LogStore:\n{}",
+        output_text(&out)
+    );
+    eprintln!(
+        "[e2e] refused switching a long-named LogPlayer to a managed LogStore: {}",
+        stderr.trim()
+    );
+    h.cp.kubectl(&["-n", DEMO_NS, "delete", "logplayer", &"l".repeat(44)])?;
     status_tells_the_truth(h).await?;
     pods_the_api_server_refuses(h).await?;
 
