@@ -75,17 +75,18 @@ pub struct ShardSpec {
     pub log_player: String,
     /// Inclusive hash-slot ranges this shard owns, in ascending order and not overlapping
     /// (1 to 64 ranges). Across the Shards of one LogPlayer, every slot 0-16383 must be owned
-    /// exactly once. They can only shrink: the state of a slot's keys stays on the shard that
-    /// applied them, so a slot moved to another existing shard would leave its history
-    /// behind (that shard would apply only what comes next). Give freed slots to a new
-    /// Shard, which is delivered the log from its start (see `retainLog`).
+    /// exactly once. They can only shrink (ranges may be split or merged): the state of a
+    /// slot's keys stays on the shard that applied them, so a slot moved to another existing
+    /// shard would leave its history behind (that shard would apply only what comes next).
+    /// Give freed slots to a new Shard, which is delivered the log from its start (see
+    /// `retainLog`); to undo a shrink, make the Shard again.
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(
         validation = Rule::new("self.map(r, r.start).isSorted()")
             .message("slot ranges must be listed in ascending order of start"),
         validation = Rule::new("self.all(a, a.start > a.end || self.exists_one(b, b.start <= a.end && a.start <= b.end))")
             .message("slot ranges must not overlap"),
-        validation = Rule::new("self.all(r, oldSelf.exists(o, o.start <= r.start && r.end <= o.end))")
+        validation = Rule::new("self.all(r, oldSelf.filter(o, o.start <= r.end && r.start <= o.end).map(o, (o.end < r.end ? o.end : r.end) - (o.start > r.start ? o.start : r.start) + 1).sum() == r.end - r.start + 1)")
             .message("slots can only shrink: a slot a Shard gains was applied by another shard, whose state does not move; give freed slots to a new Shard (it is delivered the log from its start)")
     )]
     pub slots: Vec<SlotRange>,

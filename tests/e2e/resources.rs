@@ -471,10 +471,25 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
         output_text(&out)
     );
     eprintln!("[e2e] refused growing a Shard's slots: {}", stderr.trim());
-    let out = patch_slots(r#"[{"start":100,"end":150},{"start":180,"end":200}]"#)?;
+    // Split, then merged again (the same slots), then shrunk: each accepted.
+    for slots in [
+        r#"[{"start":100,"end":150},{"start":151,"end":200}]"#,
+        r#"[{"start":100,"end":200}]"#,
+        r#"[{"start":100,"end":150},{"start":180,"end":200}]"#,
+    ] {
+        let out = patch_slots(slots)?;
+        ensure!(
+            out.status.success(),
+            "a Shard's slots could not become {slots}:\n{}",
+            output_text(&out)
+        );
+    }
+    // A slot freed a moment ago is gone for good: it may have been given to another shard.
+    let out = patch_slots(r#"[{"start":100,"end":160},{"start":180,"end":200}]"#)?;
     ensure!(
-        out.status.success(),
-        "a Shard's slots could not shrink:\n{}",
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("slots can only shrink"),
+        "a Shard took back a slot it had freed:\n{}",
         output_text(&out)
     );
     h.cp.kubectl(&["-n", DEMO_NS, "delete", "shard", "twin"])?;
