@@ -58,9 +58,18 @@ fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: &Va
     );
 }
 
-fn not_found(path: &str) -> Value {
+/// The API server's answer to a request it refuses.
+fn failure(code: StatusCode, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "reason": "NotFound", "code": 404, "message": format!("{path} not found")})
+           "reason": reason, "code": code.as_u16(), "message": message})
+}
+
+fn not_found(path: &str) -> Value {
+    failure(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{path} not found"),
+    )
 }
 
 /// Serves until the client is dropped; returns every request.
@@ -87,13 +96,8 @@ async fn serve(mut handle: Handle, mut world: World) -> Vec<Sent> {
         });
         if method == Method::GET {
             if let Some(message) = world.bad_request.get(&path) {
-                respond(
-                    send,
-                    StatusCode::BAD_REQUEST,
-                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                            "status": "Failure", "reason": "BadRequest", "code": 400,
-                            "message": message}),
-                );
+                let code = StatusCode::BAD_REQUEST;
+                respond(send, code, &failure(code, "BadRequest", message));
             } else if let Some(items) = world.lists.get(&path) {
                 respond(
                     send,
@@ -117,21 +121,14 @@ async fn serve(mut handle: Handle, mut world: World) -> Vec<Sent> {
             }
         } else if let Some(left) = world.forbid.get_mut(&path).filter(|n| **n > 0) {
             *left -= 1;
-            respond(
-                send,
-                StatusCode::FORBIDDEN,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                        "status": "Failure", "reason": "Forbidden", "code": 403,
-                        "message": format!("{path} is forbidden: user is attempting to grant RBAC permissions not currently held")}),
+            let code = StatusCode::FORBIDDEN;
+            let message = format!(
+                "{path} is forbidden: user is attempting to grant RBAC permissions not currently held"
             );
+            respond(send, code, &failure(code, "Forbidden", &message));
         } else if let Some(message) = world.refuse.get(&path) {
-            respond(
-                send,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                        "status": "Failure", "reason": "Invalid", "code": 422,
-                        "message": message}),
-            );
+            let code = StatusCode::UNPROCESSABLE_ENTITY;
+            respond(send, code, &failure(code, "Invalid", message));
         } else if let Some(parent) = path.strip_suffix("/status") {
             // A status patch answers the whole object with the new status.
             let mut obj = world.objects.get(parent).cloned().unwrap_or(Value::Null);
