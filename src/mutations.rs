@@ -39,10 +39,13 @@ pub enum Mutation {
     /// The shard store acknowledges commits, epochs and its identity without syncing them
     /// (only a power loss shows it: the simulated disk of `tests/power_loss.rs`).
     ShardSkipsFsync,
+    /// The shard takes a Hello that gives it slots it does not own after it has applied
+    /// entries (it never received their earlier entries).
+    ShardIgnoresSlots,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 13] = [
         Mutation::ShardIgnoresEpochs,
         Mutation::ShardAcceptsGaps,
         Mutation::ShardReapplies,
@@ -55,6 +58,7 @@ impl Mutation {
         Mutation::LogIgnoresAppendLogId,
         Mutation::LogForgetsRetries,
         Mutation::ShardSkipsFsync,
+        Mutation::ShardIgnoresSlots,
     ];
 
     /// The value of `LOGPLAYER_MUTATION` that turns it on.
@@ -72,6 +76,7 @@ impl Mutation {
             Mutation::LogIgnoresAppendLogId => "log-ignores-append-log-id",
             Mutation::LogForgetsRetries => "log-forgets-retries",
             Mutation::ShardSkipsFsync => "shard-skips-fsync",
+            Mutation::ShardIgnoresSlots => "shard-ignores-slots",
         }
     }
 }

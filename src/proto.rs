@@ -13,3 +13,25 @@ pub use read_response::{EncodedEntry, ReadResponse};
 /// Encoded `FileDescriptorSet` of the protocol, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/logplayer_descriptor.bin"));
+
+impl SlotRange {
+    /// Every slot, 0 to 16383: what a Hello gives the one shard of a one-shard map.
+    pub fn all() -> Vec<SlotRange> {
+        vec![SlotRange {
+            start: 0,
+            end: u32::from(crate::routing::SLOTS) - 1,
+        }]
+    }
+
+    /// The ranges of `set`, as a Hello carries them.
+    pub fn of(set: &crate::routing::SlotSet) -> Vec<SlotRange> {
+        set.ranges()
+            .iter()
+            .map(|r| SlotRange {
+                // A set's ranges are within 0..=16383.
+                start: r.start.unsigned_abs(),
+                end: r.end.unsigned_abs(),
+            })
+            .collect()
+    }
+}

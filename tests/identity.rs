@@ -2,7 +2,8 @@
 //! with both ids named and nothing applied; a shard that applied entries of one log refuses
 //! a fresh log and keeps its data until `shard reset-log` moves it deliberately; a log
 //! replaced at the same address under a running player stops the player before any shard
-//! applies it; a player fenced by an epoch no lease holder was given says so and stops.
+//! applies it; a player fenced by an epoch no lease holder was given says so and stops; a
+//! shard that applied entries refuses a map that gives it more slots.
 
 mod common;
 
@@ -83,6 +84,13 @@ async fn swapped_shard_addresses_are_refused_naming_both_ids_and_nothing_is_appl
         .await
         .unwrap();
     assert!(report.pass, "{report}\n{}", c.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_applied_entries_refuses_a_map_giving_it_more_slots_and_applies_nothing() {
+    common::slots_moved_to_a_shard_that_applied(&[])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -309,6 +317,7 @@ async fn a_player_fenced_by_an_epoch_the_lease_never_gave_says_so_and_stops() {
             log_id,
             shard_id: "s0".into(),
             max_entry_bytes: 4 * 1024 * 1024,
+            slots: logplayer::proto::SlotRange::all(),
         })),
     })
     .await

@@ -379,6 +379,7 @@ async fn raw_sender(m: Option<Mutation>, resend: bool) -> Result<(), String> {
         log_id: "00000000-0000-4000-8000-0000000000aa".into(),
         shard_id: "s0".into(),
         max_entry_bytes: 4 * 1024 * 1024,
+        slots: logplayer::proto::SlotRange::all(),
     };
     // A Deliver stream, its Hello sent and the Welcome read.
     let open = || {
@@ -496,7 +497,24 @@ async fn with_no_switch_on_every_scenario_passes() {
     common::group::stray_replica(&[]).await.unwrap();
     common::group::twin_replica(&[]).await.unwrap();
     common::writer_beside_another_log(&[]).await.unwrap();
+    common::slots_moved_to_a_shard_that_applied(&[])
+        .await
+        .unwrap();
     log_leader_kills(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_ignoring_their_slots_are_caught_by_slots_moved_to_a_shard_that_applied() {
+    // Caught by s0 applying entries of the slots it gained, not by a timeout.
+    caught(Mutation::ShardIgnoresSlots, |m| async move {
+        match common::slots_moved_to_a_shard_that_applied(&env(m)).await {
+            Err(what) if !what.contains("s0 applied entries") => {
+                panic!("the scenario failed for another reason: {what}")
+            }
+            other => other,
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,7 @@ fn hello(epoch: u64) -> HelloInfo {
         log_id: LOG_ID.into(),
         shard_id: "s0".into(),
         max_entry_bytes: logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+        slots: vec![logplayer::routing::SlotRange::new(0, 16383)],
     }
 }
 

@@ -37,6 +37,7 @@ fn hello(epoch: u64) -> DeliverRequest {
             log_id: "00000000-0000-4000-8000-000000000001".into(),
             shard_id: "s0".into(),
             max_entry_bytes: 4 * 1024 * 1024,
+            slots: logplayer::proto::SlotRange::all(),
         })),
     }
 }

@@ -56,6 +56,7 @@ fn hello(epoch: u64, log_id: &str, shard_id: &str, max: u64) -> DeliverRequest {
             log_id: log_id.into(),
             shard_id: shard_id.into(),
             max_entry_bytes: max,
+            slots: logplayer::proto::SlotRange::all(),
         })),
     }
 }

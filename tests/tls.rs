@@ -103,6 +103,7 @@ fn hello(epoch: u64, log_id: &str) -> DeliverRequest {
             log_id: log_id.into(),
             shard_id: "s0".into(),
             max_entry_bytes: 4 * 1024 * 1024,
+            slots: logplayer::proto::SlotRange::all(),
         })),
     }
 }

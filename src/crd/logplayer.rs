@@ -167,9 +167,12 @@ pub struct NetworkPolicySettings {
     pub enabled: bool,
     /// Pods that may append to a managed LogStore, each a pod selector and an optional
     /// namespace selector (absent: this namespace). Default: the pods of this namespace
-    /// labelled `logplayer.io/writer: <name>`.
+    /// labelled `logplayer.io/writer: <name>`. An empty list is refused: it would let no
+    /// pod append (`podSelector: {}` lets every pod of the namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("size(self) > 0")
+        .message("writers must list at least one peer: an empty list lets no pod append to the log; omit it for the default (pods labelled logplayer.io/writer), or use podSelector: {} for every pod of the namespace"))]
     pub writers: Option<Vec<PeerSelector>>,
     /// Namespaces whose pods may scrape the players' `/metrics`. Default: this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -79,7 +79,9 @@ pub struct ShardSpec {
     /// slot's keys stays on the shard that applied them, so a slot moved to another existing
     /// shard would leave its history behind (that shard would apply only what comes next).
     /// Give freed slots to a new Shard, which is delivered the log from its start (see
-    /// `retainLog`); to undo a shrink, make the Shard again.
+    /// `retainLog`); to undo a shrink, delete the Shard (and a managed one's volume claim)
+    /// and make it again. The shard server refuses, on its own data, a map that gives it
+    /// more slots once it has applied entries.
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(
         validation = Rule::new("self.map(r, r.start).isSorted()")

@@ -412,7 +412,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 21, "{found:#?}");
+    assert_eq!(found.len(), 22, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

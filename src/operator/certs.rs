@@ -263,9 +263,13 @@ fn read_ca(secret: &Secret, name: &str) -> Result<Ca, Problem> {
         ));
     };
     Ca::from_pem(Pem { cert, key }).map_err(|e| {
+        let why = match e {
+            crate::tls::TlsError::NotACa(why) => why,
+            other => other.to_string(),
+        };
         Problem::new(
             "CaInvalid",
-            format!("the CA Secret {name} does not hold a usable CA: {e}"),
+            format!("the CA Secret {name} does not hold a usable CA: {why}"),
         )
     })
 }
@@ -478,6 +482,30 @@ mod tests {
             "spec": {"logStore": {"managed": {"storage": "1Gi"}}, "tls": {"writerIds": ["app-*"]}}
         }))
         .expect("a LogPlayer")
+    }
+
+    /// A CA Secret holding a certificate that is not a CA's is `CaInvalid`, not `Issued`:
+    /// every pod given a leaf it signed would fail its own chain check and crash-loop.
+    #[test]
+    fn a_ca_secret_holding_a_leaf_is_an_invalid_ca() {
+        let ca = Ca::new("test CA", CA_VALIDITY).unwrap();
+        let secret = |cert: &str, key: &str| Secret {
+            data: Some(tls_data(cert, key, cert)),
+            ..Secret::default()
+        };
+        read_ca(&secret(&ca.pem.cert, &ca.pem.key), "demo-ca").unwrap();
+        let leaf = ca
+            .leaf("not a CA", &[], &["leaf.invalid"], CA_VALIDITY)
+            .unwrap();
+        let problem = read_ca(&secret(&leaf.cert, &leaf.key), "demo-ca")
+            .err()
+            .unwrap();
+        assert_eq!(problem.reason, "CaInvalid");
+        assert!(
+            problem.message.contains("demo-ca") && problem.message.contains("CA:TRUE"),
+            "{}",
+            problem.message
+        );
     }
 
     fn leaf_named(leaves: &[Leaf], secret: &str) -> Leaf {

@@ -323,6 +323,8 @@ pub struct PlayerStats {
 struct Target {
     id: String,
     addr: String,
+    /// The slots the map gives the shard, as its Hello says them.
+    slots: Vec<crate::proto::SlotRange>,
     queue: Mutex<TargetQueue>,
     /// Items arrived (wakes the sender).
     ready: Notify,
@@ -509,9 +511,11 @@ impl Player {
             .shards
             .shards
             .iter()
-            .map(|s| Target {
+            .enumerate()
+            .map(|(i, s)| Target {
                 id: s.id.clone(),
                 addr: s.addr.clone(),
+                slots: crate::proto::SlotRange::of(&config.shards.slots_of(i)),
                 queue: Mutex::new(TargetQueue::new(limits)),
                 ready: Notify::new(),
                 room: Notify::new(),

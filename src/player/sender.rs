@@ -207,6 +207,7 @@ impl Shared {
                 log_id: self.log_id.clone(),
                 shard_id: target.id.clone(),
                 max_entry_bytes: self.log_max_entry_bytes,
+                slots: target.slots.clone(),
             })),
         };
         tx.send(hello).await.map_err(|e| broken(&e))?;

@@ -25,7 +25,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use slots::{SLOTS, SlotRange, slot};
+pub use slots::{SLOTS, SlotRange, SlotSet, slot};
 
 /// Errors in a shard map; each names the shard or range at fault.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +205,25 @@ impl ShardMap {
         })
     }
 
+    /// The slots shard `i` (an index into `shards`) owns.
+    pub fn slots_of(&self, i: usize) -> SlotSet {
+        let mut ranges: Vec<SlotRange> = Vec::new();
+        for (slot, _) in self
+            .owner
+            .iter()
+            .enumerate()
+            .filter(|&(_, &o)| usize::from(o) == i)
+        {
+            let slot = slot as i32;
+            match ranges.last_mut() {
+                Some(last) if last.end + 1 == slot => last.end = slot,
+                _ => ranges.push(SlotRange::new(slot, slot)),
+            }
+        }
+        // Built from the validated owner table: sorted, disjoint and within bounds.
+        SlotSet::from_ranges(ranges).unwrap_or_default()
+    }
+
     /// Index (into `shards`) of the shard that owns a key.
     pub fn shard_of(&self, key: &[u8]) -> usize {
         self.owner[slot(key) as usize] as usize
@@ -322,6 +341,16 @@ pub fn normalize_addr(addr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_maps_slots_of_each_shard_are_what_it_routes_to_that_shard() {
+        let map = ShardMap::from_specs(&["a=h:1@0-99,200-16383", "b=h:2@100-199"]).unwrap();
+        assert_eq!(map.slots_of(0).to_string(), "0-99,200-16383");
+        assert_eq!(map.slots_of(1).to_string(), "100-199");
+        let even = ShardMap::from_specs(&["a=h:1", "b=h:2"]).unwrap();
+        assert_eq!(even.slots_of(0).to_string(), "0-8191");
+        assert_eq!(even.slots_of(1).to_string(), "8192-16383");
+    }
 
     #[test]
     fn an_address_a_client_cannot_dial_is_refused_when_the_map_is_read() {

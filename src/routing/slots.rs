@@ -250,6 +250,109 @@ impl FromStr for SlotRange {
     }
 }
 
+/// A set of slots, kept as sorted, disjoint, non-touching inclusive ranges: what a shard
+/// records it owns (`shard::Identity::slots`), so that a map giving it a slot whose earlier
+/// entries it never received is refused. Its text form is the ranges joined by commas
+/// (`0-99,200-16383`), which [`SlotSet::from_str`] reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotSet(Vec<SlotRange>);
+
+impl SlotSet {
+    /// The slots of `ranges`, given in any order, overlapping or touching or not. Each range
+    /// must be within `0..=16383` with `start <= end`.
+    pub fn from_ranges(ranges: impl IntoIterator<Item = SlotRange>) -> Result<SlotSet, SlotError> {
+        let mut ranges: Vec<SlotRange> = ranges.into_iter().collect();
+        for r in &ranges {
+            r.check_alone()?;
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<SlotRange> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end + 1 => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        Ok(SlotSet(merged))
+    }
+
+    /// The set's ranges, in slot order, none touching another.
+    pub fn ranges(&self) -> &[SlotRange] {
+        &self.0
+    }
+
+    /// Whether the set holds `slot`.
+    pub fn contains(&self, slot: u16) -> bool {
+        let slot = i32::from(slot);
+        let at = self.0.partition_point(|r| r.end < slot);
+        self.0.get(at).is_some_and(|r| r.start <= slot)
+    }
+
+    /// Whether the set holds no slot.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The slots of this set that `other` lacks.
+    pub fn minus(&self, other: &SlotSet) -> SlotSet {
+        let mut out = Vec::new();
+        // Both sets are sorted: `first` is the first range of `other` that does not end
+        // before the current range of this set (nor, then, before any later one).
+        let mut first = 0;
+        for r in &self.0 {
+            while other.0.get(first).is_some_and(|o| o.end < r.start) {
+                first += 1;
+            }
+            let mut start = r.start;
+            for o in other.0[first..].iter().take_while(|o| o.start <= r.end) {
+                if o.start > start {
+                    out.push(SlotRange::new(start, o.start - 1));
+                }
+                start = start.max(o.end + 1);
+            }
+            if start <= r.end {
+                out.push(SlotRange::new(start, r.end));
+            }
+        }
+        SlotSet(out)
+    }
+}
+
+impl fmt::Display for SlotSet {
+    /// The ranges joined by commas (`0-99,200-16383`); `none` for the empty set.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "none");
+        }
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ",")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for SlotSet {
+    type Err = ParseRangeError;
+
+    /// Comma-separated `LO-HI` or `N` ranges, each within bounds, or `none`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "none" {
+            return Ok(SlotSet::default());
+        }
+        let ranges = text
+            .split(',')
+            .map(str::parse::<SlotRange>)
+            .collect::<Result<Vec<_>, _>>()?;
+        SlotSet::from_ranges(ranges).map_err(|e| ParseRangeError {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// Checks that the named shards together own every slot `0..=16383` exactly once. Reports
 /// every problem found, each with the shard names and slot numbers: duplicate names,
 /// malformed ranges, slots owned twice, and slots owned by no one.
@@ -382,6 +485,59 @@ mod tests {
         assert!(m.contains("overlap on slots 0-10"), "{m}");
         let m = msg(vec![r(50, 60), r(0, 100)]);
         assert!(m.contains("overlap on slots 50-60"), "{m}");
+    }
+
+    fn set(ranges: &[(i32, i32)]) -> SlotSet {
+        SlotSet::from_ranges(ranges.iter().map(|&(a, b)| r(a, b))).expect("valid ranges")
+    }
+
+    #[test]
+    fn a_slot_set_merges_its_ranges_and_reads_back_its_text() {
+        let s = set(&[(200, 300), (0, 99), (100, 150), (250, 400), (402, 402)]);
+        assert_eq!(s.ranges(), &[r(0, 150), r(200, 400), r(402, 402)]);
+        assert_eq!(s.to_string(), "0-150,200-400,402-402");
+        assert_eq!(s.to_string().parse::<SlotSet>(), Ok(s.clone()));
+        assert_eq!("7".parse::<SlotSet>(), Ok(set(&[(7, 7)])));
+        assert!("".parse::<SlotSet>().is_err());
+        let e = "0-99,50-16384".parse::<SlotSet>().unwrap_err().to_string();
+        assert!(e.contains("out of bounds"), "{e}");
+        let e = SlotSet::from_ranges([r(9, 3)]).unwrap_err().to_string();
+        assert!(e.contains("starts after it ends"), "{e}");
+        assert_eq!(SlotSet::default().to_string(), "none");
+        assert_eq!("none".parse::<SlotSet>(), Ok(SlotSet::default()));
+        assert!(s.contains(0) && s.contains(150) && s.contains(402));
+        assert!(!s.contains(151) && !s.contains(401) && !s.contains(403));
+    }
+
+    #[test]
+    fn a_slot_set_minus_another_is_what_only_it_holds() {
+        let ours = set(&[(0, 99), (200, 299)]);
+        assert!(set(&[(10, 20), (250, 299)]).minus(&ours).is_empty());
+        assert!(ours.minus(&ours).is_empty());
+        assert_eq!(
+            set(&[(0, 400)]).minus(&ours).ranges(),
+            &[r(100, 199), r(300, 400)]
+        );
+        assert_eq!(
+            ours.minus(&set(&[(50, 250)])).ranges(),
+            &[r(0, 49), r(251, 299)]
+        );
+        assert_eq!(ours.minus(&SlotSet::default()), ours);
+        assert_eq!(
+            set(&[(0, MAX_SLOT)]).minus(&set(&[(5, 5)])).ranges(),
+            &[r(0, 4), r(6, MAX_SLOT)]
+        );
+        // Every slot's membership agrees with a brute-force count.
+        let a = set(&[(0, 10), (20, 30), (35, 35), (40, 100)]);
+        let b = set(&[(5, 22), (25, 25), (30, 41), (99, 200)]);
+        let left = a.minus(&b);
+        for slot in 0..=210u16 {
+            assert_eq!(
+                left.contains(slot),
+                a.contains(slot) && !b.contains(slot),
+                "slot {slot}"
+            );
+        }
     }
 
     fn shards(list: &[(&str, &[(i32, i32)])]) -> Vec<(String, Vec<SlotRange>)> {

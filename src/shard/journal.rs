@@ -55,6 +55,7 @@ use prost::Message;
 use super::{Durable, Identity, ShardStore, StoreError};
 use crate::model::{State, Value};
 use crate::proto::{Mutation, ShardEntry, mutation::Op};
+use crate::routing::SlotSet;
 use crate::wal::{Wal, WalConfig, WalError};
 
 /// The journal's folder inside the shard's data directory.
@@ -158,6 +159,9 @@ struct IdentityRecord {
     shard_id: Option<String>,
     #[prost(string, optional, tag = "2")]
     log_id: Option<String>,
+    /// The slots in their text form ([`SlotSet`]'s `Display`).
+    #[prost(string, optional, tag = "3")]
+    slots: Option<String>,
 }
 
 impl From<&Identity> for IdentityRecord {
@@ -165,16 +169,26 @@ impl From<&Identity> for IdentityRecord {
         IdentityRecord {
             shard_id: i.shard_id.clone(),
             log_id: i.log_id.clone(),
+            slots: i.slots.as_ref().map(ToString::to_string),
         }
     }
 }
 
-impl From<IdentityRecord> for Identity {
-    fn from(i: IdentityRecord) -> Self {
-        Identity {
+impl TryFrom<IdentityRecord> for Identity {
+    /// Why the record does not read (its slots do not parse).
+    type Error = String;
+
+    fn try_from(i: IdentityRecord) -> Result<Self, String> {
+        let slots = i
+            .slots
+            .map(|text| text.parse::<SlotSet>())
+            .transpose()
+            .map_err(|e| format!("the shard identity's slots: {e}"))?;
+        Ok(Identity {
             shard_id: i.shard_id,
             log_id: i.log_id,
-        }
+            slots,
+        })
     }
 }
 
@@ -308,7 +322,13 @@ impl JournalStore {
                     reason: e.to_string(),
                 })?;
                 since_snapshot += payload.len() as u64;
-                replay(record, &mut state, &mut durable, &mut identity);
+                replay(record, &mut state, &mut durable, &mut identity).map_err(|reason| {
+                    JournalError::Record {
+                        dir: dir.join(JOURNAL_DIR),
+                        index: *index,
+                        reason,
+                    }
+                })?;
                 from = index + 1;
             }
         }
@@ -522,8 +542,13 @@ impl JournalStore {
     }
 }
 
-/// Applies one replayed record.
-fn replay(record: Record, state: &mut State, durable: &mut Durable, identity: &mut Identity) {
+/// Applies one replayed record (refused when its identity does not read).
+fn replay(
+    record: Record,
+    state: &mut State,
+    durable: &mut Durable,
+    identity: &mut Identity,
+) -> Result<(), String> {
     apply_mutations(state, &record.mutations);
     if let Some(a) = record.applied {
         durable.applied = a;
@@ -533,8 +558,9 @@ fn replay(record: Record, state: &mut State, durable: &mut Durable, identity: &m
         durable.highest_epoch = e;
     }
     if let Some(i) = record.identity {
-        *identity = i.into();
+        *identity = i.try_into()?;
     }
+    Ok(())
 }
 
 fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
@@ -614,7 +640,12 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, JournalError> {
         highest_epoch: header.highest_epoch,
         fingerprint: header.fingerprint,
     };
-    let identity = header.identity.map(Identity::from).unwrap_or_default();
+    let identity = header
+        .identity
+        .map(Identity::try_from)
+        .transpose()
+        .map_err(|reason| bad(at, &reason))?
+        .unwrap_or_default();
     Ok(Some((
         state,
         durable,

@@ -55,6 +55,7 @@ fn commits_epoch_and_identity_survive_reopening() {
     let identity = Identity {
         shard_id: Some("s0".into()),
         log_id: Some("log-a".into()),
+        slots: Some("0-99,200-300".parse().unwrap()),
     };
     {
         let mut s = JournalStore::open(dir.path()).unwrap();

@@ -19,6 +19,7 @@ pub mod store;
 use crate::model::Value;
 use crate::mutations::{self, Mutation};
 use crate::proto::ShardEntry;
+use crate::routing::{SlotRange, SlotSet};
 
 /// What a storage backend must provide to sit behind the shard protocol.
 ///
@@ -63,13 +64,18 @@ pub fn fingerprint_at(entries: &[ShardEntry], applied: u64) -> u64 {
         .map_or(0, |e| e.fingerprint)
 }
 
-/// Whom a shard's data belongs to: its own shard id, and the log its applied index counts
-/// entries of. Both are persisted, so a restart, a swapped address or a different log
-/// behind the LogStore's address cannot make the shard apply somebody else's entries.
+/// Whom a shard's data belongs to: its own shard id, the log its applied index counts
+/// entries of, and the slots whose entries it has received. All are persisted, so a
+/// restart, a swapped address, a different log behind the LogStore's address or a map that
+/// gives it more slots cannot make the shard apply somebody else's entries, or apply a
+/// slot's entries without that slot's earlier ones.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {
     pub shard_id: Option<String>,
     pub log_id: Option<String>,
+    /// The slots the shard owns (`None` until its first Hello, or for a store written before
+    /// slots were recorded).
+    pub slots: Option<SlotSet>,
 }
 
 /// What a sender announces at the start of a delivery stream.
@@ -82,6 +88,8 @@ pub struct HelloInfo {
     pub shard_id: String,
     /// The log's entry-size limit (0: not said).
     pub max_entry_bytes: u64,
+    /// The slots the sender's map gives this shard (required), as sent.
+    pub slots: Vec<SlotRange>,
 }
 
 /// An error of a storage backend.
@@ -137,6 +145,16 @@ pub enum ShardError {
         log: u64,
         ours: u64,
     },
+    #[error(
+        "slots grew: shard {shard:?} (at {addr}) has applied entries up to index {applied} for slots {ours}, but the sender's shard map also gives it slots {extra}, whose earlier entries it never received; give those slots to a new shard (it is delivered the log from its start), or map this shard back to slots it owns"
+    )]
+    SlotsGrew {
+        shard: String,
+        addr: String,
+        applied: u64,
+        ours: SlotSet,
+        extra: SlotSet,
+    },
     #[error("data directory belongs to shard {stored:?}, but this shard was started as {given:?}")]
     NotThisShard { stored: String, given: String },
     #[error("malformed entry: {0}")]
@@ -175,6 +193,10 @@ pub struct ShardCore<S: ShardStore> {
     durable: Durable,
     identity: Identity,
     me: ShardSelf,
+    /// The slots the current sender's Hello gives this shard (`None` before a Hello):
+    /// recorded with the first entry applied under them, and every key applied must be in
+    /// one of them.
+    offered: Option<SlotSet>,
 }
 
 impl<S: ShardStore> ShardCore<S> {
@@ -201,6 +223,7 @@ impl<S: ShardStore> ShardCore<S> {
             durable,
             identity,
             me,
+            offered: None,
         })
     }
 
@@ -227,9 +250,10 @@ impl<S: ShardStore> ShardCore<S> {
 
     /// A sender announces itself. Refuses a sender that expects another shard here, that
     /// delivers from another log than the one this shard applied, whose log accepts larger
-    /// entries than this shard, or whose epoch is below the highest seen. Persists the log
-    /// id of the first delivery and a higher epoch before returning, so a restart cannot
-    /// forget either.
+    /// entries than this shard, whose epoch is below the highest seen, or whose map gives
+    /// this shard a slot it does not own once it has applied an entry. Persists the log id
+    /// of the first delivery and a higher epoch before returning, so a restart cannot forget
+    /// either; the slots it is given are persisted with the first entry applied under them.
     pub fn hello(&mut self, hello: &HelloInfo) -> Result<Durable, ShardError> {
         // Every field of the Hello is checked, so each must be said: a sender that leaves
         // one out would skip its check (the wrong shard, a larger entry limit).
@@ -277,6 +301,7 @@ impl<S: ShardStore> ShardCore<S> {
             });
         }
         self.check_epoch(hello.epoch)?;
+        let slots = self.check_slots(&hello.slots)?;
         if self.identity.log_id.is_none() {
             if self.durable.applied > 0 {
                 tracing::warn!(shard = %self.me.id, applied = self.durable.applied, log_id = %hello.log_id, "this shard applied entries before log ids existed; adopting the sender's log");
@@ -290,7 +315,90 @@ impl<S: ShardStore> ShardCore<S> {
             self.store.set_epoch(hello.epoch)?;
             self.durable.highest_epoch = hello.epoch;
         }
+        self.offered = Some(slots);
         Ok(self.durable)
+    }
+
+    /// The Hello's slots as a set, refused when malformed or when they give this shard a
+    /// slot it does not own after it has applied an entry: it never received that slot's
+    /// earlier entries, which the sender will not deliver (it resumes from the applied
+    /// index). Before the first entry any slots are taken: everything is still to come.
+    fn check_slots(&self, given: &[SlotRange]) -> Result<SlotSet, ShardError> {
+        if given.is_empty() {
+            return Err(ShardError::Malformed(
+                "the Hello names no slots; a sender must say which slots its shard map gives \
+                 this shard"
+                    .into(),
+            ));
+        }
+        let given = SlotSet::from_ranges(given.iter().copied())
+            .map_err(|e| ShardError::Malformed(format!("the Hello's slots: {e}")))?;
+        if self.durable.applied == 0 || mutations::on(Mutation::ShardIgnoresSlots) {
+            return Ok(given);
+        }
+        if let Some(ours) = &self.identity.slots {
+            let extra = given.minus(ours);
+            if !extra.is_empty() {
+                return Err(ShardError::SlotsGrew {
+                    shard: self.me.id.clone(),
+                    addr: self.me.addr.clone(),
+                    applied: self.durable.applied,
+                    ours: ours.clone(),
+                    extra,
+                });
+            }
+        }
+        Ok(given)
+    }
+
+    /// Records the slots of the current sender's Hello, if they are not what is recorded,
+    /// before the first entry applied under them: from then on the shard lacks the later
+    /// entries of any slot it gave up. Not at the Hello, so a map given by mistake and
+    /// corrected before anything was applied under it leaves no trace.
+    fn record_offered(&mut self) -> Result<(), ShardError> {
+        let Some(offered) = &self.offered else {
+            return Ok(());
+        };
+        if self.identity.slots.as_ref() == Some(offered) {
+            return Ok(());
+        }
+        match &self.identity.slots {
+            None if self.durable.applied > 0 => {
+                tracing::warn!(shard = %self.me.id, applied = self.durable.applied, slots = %offered, "this shard applied entries before it recorded its slots; taking the sender's")
+            }
+            None => {
+                tracing::info!(shard = %self.me.id, slots = %offered, "recorded the slots this shard owns")
+            }
+            Some(before) => {
+                tracing::info!(shard = %self.me.id, %before, now = %offered, "this shard owns fewer slots from now on")
+            }
+        }
+        let mut identity = self.identity.clone();
+        identity.slots = Some(offered.clone());
+        self.store.set_identity(&identity)?;
+        self.identity = identity;
+        Ok(())
+    }
+
+    /// Refuses an entry that changes a key of a slot the sender's Hello did not give this
+    /// shard: the sender routes by another map than it announced.
+    fn check_keys(&self, e: &ShardEntry) -> Result<(), ShardError> {
+        let Some(offered) = &self.offered else {
+            return Ok(());
+        };
+        for m in &e.mutations {
+            let slot = crate::routing::slot(&m.key);
+            if !offered.contains(slot) {
+                return Err(ShardError::Malformed(format!(
+                    "entry {} changes key {:?} of slot {slot}, which the sender's Hello does \
+                     not give this shard (it gives {offered}): the sender routes by another \
+                     map than it said",
+                    e.index,
+                    String::from_utf8_lossy(&m.key)
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn check_epoch(&self, epoch: u64) -> Result<(), ShardError> {
@@ -370,11 +478,16 @@ impl<S: ShardStore> ShardCore<S> {
                 });
                 break;
             }
+            if let Err(refused) = self.check_keys(e) {
+                gap = Some(refused);
+                break;
+            }
             applied = e.index;
             take.push(i);
         }
         let new = take.len();
         if new > 0 {
+            self.record_offered()?;
             // Fast path: the whole batch is new and contiguous (the common case).
             let fingerprint = if new == entries.len() {
                 self.store.commit(entries, applied)?;
@@ -510,7 +623,93 @@ mod tests {
             log_id: LOG.into(),
             shard_id: "s0".into(),
             max_entry_bytes: 4096,
+            slots: vec![SlotRange::new(0, 16383)],
         }
+    }
+
+    /// A Hello of `epoch` giving the shard `slots`.
+    fn with_slots(slots: &[(i32, i32)], epoch: u64) -> HelloInfo {
+        HelloInfo {
+            slots: slots.iter().map(|&(a, b)| SlotRange::new(a, b)).collect(),
+            ..hi(epoch)
+        }
+    }
+
+    fn slots_of(core: &ShardCore<MemStore>) -> Option<String> {
+        core.identity().slots.as_ref().map(ToString::to_string)
+    }
+
+    /// A key whose slot is in `lo..=hi`.
+    fn key_in(lo: u16, hi: u16) -> String {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| (lo..=hi).contains(&crate::routing::slot(k.as_bytes())))
+            .unwrap()
+    }
+
+    #[test]
+    fn once_it_applied_an_entry_a_shard_refuses_slots_it_does_not_own_and_records_fewer() {
+        let mut core = mem();
+        // Before any entry, any slots are taken: everything is still to come. They are
+        // recorded with the first entry applied.
+        core.hello(&with_slots(&[(0, 99)], 1)).unwrap();
+        core.hello(&with_slots(&[(0, 8191)], 1)).unwrap();
+        assert_eq!(slots_of(&core), None);
+        core.apply(1, &[add(1, 0, &key_in(0, 4095), 1)]).unwrap();
+        assert_eq!(slots_of(&core).as_deref(), Some("0-8191"));
+
+        // More slots: refused, naming what it owns and what it would gain; nothing changes.
+        let err = core.hello(&with_slots(&[(0, 9000)], 2)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ShardError::SlotsGrew { applied: 1, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("slots 0-8191") && msg.contains("slots 8192-9000"),
+            "{msg}"
+        );
+        assert_eq!(
+            core.durable().highest_epoch,
+            1,
+            "a refused hello changes nothing"
+        );
+
+        // The same slots in other ranges are welcome. Fewer are taken, and a map given by
+        // mistake can be put back while nothing was applied under it...
+        core.hello(&with_slots(&[(4000, 8191), (0, 3999)], 2))
+            .unwrap();
+        core.hello(&with_slots(&[(0, 4095)], 3)).unwrap();
+        core.hello(&with_slots(&[(0, 8191)], 3)).unwrap();
+        assert_eq!(slots_of(&core).as_deref(), Some("0-8191"));
+        // ...but once an entry was applied under fewer, the freed ones (another shard's
+        // from then on) cannot come back, across a reopen too.
+        core.hello(&with_slots(&[(0, 4095)], 3)).unwrap();
+        core.apply(3, &[add(2, 1, &key_in(0, 4095), 1)]).unwrap();
+        assert_eq!(slots_of(&core).as_deref(), Some("0-4095"));
+        let mut core = ShardCore::open(core.into_store(), me("s0")).unwrap();
+        let err = core.hello(&with_slots(&[(0, 4096)], 4)).unwrap_err();
+        assert!(err.to_string().contains("slots 4096-4096"), "{err}");
+        core.hello(&with_slots(&[(0, 4095)], 4)).unwrap();
+    }
+
+    #[test]
+    fn an_entry_changing_a_key_of_a_slot_the_hello_did_not_give_is_refused() {
+        let mut core = mem();
+        core.hello(&with_slots(&[(0, 8191)], 1)).unwrap();
+        let (ours, theirs) = (key_in(0, 8191), key_in(8192, 16383));
+        core.apply(1, &[add(1, 0, &ours, 1)]).unwrap();
+        let refused = core.apply(1, &[add(2, 1, &ours, 1), add(3, 2, &theirs, 1)]);
+        match refused {
+            Err(ShardError::Malformed(m)) => {
+                assert!(m.contains("entry 3") && m.contains(&theirs), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The entry before it was applied; the other key was not.
+        assert_eq!(core.durable().applied, 2);
+        assert_eq!(counter(&core, &ours), Some(2));
+        assert_eq!(counter(&core, &theirs), None);
     }
 
     #[test]
@@ -555,8 +754,8 @@ mod tests {
             err.to_string().contains(LOG) && err.to_string().contains("2222"),
             "{err}"
         );
-        // A hello without a log id, a shard id or an entry limit is malformed: each would
-        // skip its check.
+        // A hello without a log id, a shard id, an entry limit or slots is malformed: each
+        // would skip its check.
         for (what, unsaid) in [
             (
                 "no log id",
@@ -579,6 +778,9 @@ mod tests {
                     ..hi(2)
                 },
             ),
+            ("no slots", with_slots(&[], 2)),
+            ("out of bounds", with_slots(&[(0, 16384)], 2)),
+            ("starts after it ends", with_slots(&[(9, 3)], 2)),
         ] {
             let refused = core.hello(&unsaid);
             assert!(

@@ -36,6 +36,7 @@ use crate::proto::{
     Ack, AppliedRequest, AppliedResponse, DeliverRequest, DeliverResponse, DumpRequest,
     DumpResponse, StatsRequest, StatsResponse, Welcome, deliver_request, deliver_response,
 };
+use crate::routing::SlotRange;
 
 /// Responses queued per stream before the shard stops reading (acks are tiny and one per
 /// commit, so a handful is plenty).
@@ -76,11 +77,20 @@ impl<S: ShardStore> Clone for ShardService<S> {
     }
 }
 
+/// A slot range as the wire gives it (a number past `i32` stays out of bounds, and is
+/// refused as such).
+fn slot_range(r: &crate::proto::SlotRange) -> SlotRange {
+    let slot = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    SlotRange::new(slot(r.start), slot(r.end))
+}
+
 /// The status a sender sees for a refusal.
 pub fn to_status(e: &ShardError) -> Status {
     let reason = match e {
         ShardError::Fenced { .. } => Reason::Fenced,
-        ShardError::WrongShard { .. } | ShardError::NotThisShard { .. } => Reason::WrongShard,
+        ShardError::WrongShard { .. }
+        | ShardError::SlotsGrew { .. }
+        | ShardError::NotThisShard { .. } => Reason::WrongShard,
         ShardError::WrongLog { .. } => Reason::WrongLog,
         ShardError::EntryLimit { .. } => Reason::EntryLimit,
         ShardError::Gap { .. } => Reason::Gap,
@@ -240,6 +250,7 @@ impl<S: ShardStore> ShardService<S> {
                 tracing::warn!(shard = %self.id, error = %e, "malformed batch")
             }
             ShardError::WrongShard { .. }
+            | ShardError::SlotsGrew { .. }
             | ShardError::WrongLog { .. }
             | ShardError::EntryLimit { .. }
             | ShardError::NotThisShard { .. } => {
@@ -346,6 +357,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
             log_id: hello.log_id.clone(),
             shard_id: hello.shard_id.clone(),
             max_entry_bytes: hello.max_entry_bytes,
+            slots: hello.slots.iter().map(slot_range).collect(),
         };
         let (durable, bound_log) = self
             .with_core(move |core| {
@@ -554,6 +566,7 @@ mod tests {
             log_id: "00000000-0000-4000-8000-0000000000aa".into(),
             shard_id: "s0".into(),
             max_entry_bytes: 4 * 1024 * 1024,
+            slots: crate::proto::SlotRange::all(),
         };
         tx.send(DeliverRequest {
             msg: Some(deliver_request::Msg::Hello(hello)),

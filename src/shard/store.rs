@@ -13,6 +13,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use super::{Durable, Identity, ShardStore, StoreError};
 use crate::model::Value;
 use crate::proto::ShardEntry;
+use crate::routing::SlotSet;
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -25,6 +26,8 @@ const FINGERPRINT: &str = "applied_fingerprint";
 const FINGERPRINT_AT: &str = "applied_fingerprint_index";
 const SHARD_ID: &str = "shard_id";
 const LOG_ID: &str = "log_id";
+/// The slots the shard owns, in [`SlotSet`]'s text form.
+const SLOTS: &str = "slots";
 
 /// File name of the shard database inside its data directory.
 pub const DB_FILE: &str = "shard.redb";
@@ -209,9 +212,17 @@ impl ShardStore for RedbStore {
         let get = |k| -> Result<Option<String>, StoreError> {
             Ok(ids.get(k).map_err(backend)?.map(|g| g.value().to_owned()))
         };
+        let slots = get(SLOTS)?
+            .map(|text| text.parse::<SlotSet>())
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                key: SLOTS.into(),
+                reason: e.to_string(),
+            })?;
         Ok(Identity {
             shard_id: get(SHARD_ID)?,
             log_id: get(LOG_ID)?,
+            slots,
         })
     }
 
@@ -219,7 +230,12 @@ impl ShardStore for RedbStore {
         let txn = begin(&self.db, true)?;
         {
             let mut ids = txn.open_table(IDENTITY).map_err(backend)?;
-            for (key, value) in [(SHARD_ID, &identity.shard_id), (LOG_ID, &identity.log_id)] {
+            let slots = identity.slots.as_ref().map(ToString::to_string);
+            for (key, value) in [
+                (SHARD_ID, &identity.shard_id),
+                (LOG_ID, &identity.log_id),
+                (SLOTS, &slots),
+            ] {
                 match value {
                     Some(v) => ids.insert(key, v.as_str()).map(drop),
                     None => ids.remove(key).map(drop),
@@ -358,6 +374,7 @@ mod tests {
         let both = Identity {
             shard_id: Some("s3".into()),
             log_id: Some("log-a".into()),
+            slots: Some("0-99,200-300".parse().unwrap()),
         };
         {
             let mut s = RedbStore::open(dir.path()).unwrap();
@@ -368,6 +385,7 @@ mod tests {
         assert_eq!(s.identity().unwrap(), both);
         let shard_only = Identity {
             log_id: None,
+            slots: None,
             ..both
         };
         s.set_identity(&shard_only).unwrap();

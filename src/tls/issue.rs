@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 
 use super::identity::Role;
@@ -37,6 +37,47 @@ fn validity(params: &mut CertificateParams, valid_for: Duration) {
     params.not_after = now + valid_for;
 }
 
+/// Checks what neither rcgen nor a peer checks of a CA certificate: rcgen signs under any
+/// certificate with any key, and webpki takes each certificate of the CA file as a trust
+/// anchor by its name and key alone (not its constraints or validity). So a leaf given as
+/// the CA, a key that is not the certificate's, or a CA past its end would be found only by
+/// each process given a leaf it signed, or not at all.
+fn check_ca(cert: &str, key: &KeyPair) -> Result<(), TlsError> {
+    let bad = TlsError::NotACa;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes())
+        .map_err(|e| bad(format!("it is not a PEM certificate ({e})")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| bad(format!("it is not an X.509 certificate ({e})")))?;
+    match cert.basic_constraints() {
+        Ok(Some(c)) if c.value.ca => {}
+        Ok(_) => {
+            return Err(bad(
+                "its basic constraints do not say CA:TRUE (a leaf certificate?)".into(),
+            ));
+        }
+        Err(e) => return Err(bad(format!("its basic constraints do not read ({e})"))),
+    }
+    match cert.key_usage() {
+        Ok(Some(u)) if !u.value.key_cert_sign() => {
+            return Err(bad("its key usage does not include keyCertSign".into()));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(bad(format!("its key usage does not read ({e})"))),
+    }
+    let validity = cert.validity();
+    if !validity.is_valid() {
+        return Err(bad(format!(
+            "it is valid from {} to {}, not now",
+            validity.not_before, validity.not_after
+        )));
+    }
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        return Err(bad("tls.key is not the key of this certificate".into()));
+    }
+    Ok(())
+}
+
 impl Ca {
     /// A new self-signed CA named `name`, valid for `valid_for`.
     pub fn new(name: &str, valid_for: Duration) -> Result<Ca, TlsError> {
@@ -63,9 +104,11 @@ impl Ca {
         })
     }
 
-    /// The CA in `pem` (a certificate and its key), to sign more leaves.
+    /// The CA in `pem` (a certificate and its key), to sign more leaves. Refused, naming
+    /// why, when it cannot be a CA its leaves verify against (see [`check_ca`]).
     pub fn from_pem(pem: Pem) -> Result<Ca, TlsError> {
         let key = KeyPair::from_pem(&pem.key).map_err(err)?;
+        check_ca(&pem.cert, &key)?;
         let issuer = Issuer::from_ca_cert_pem(&pem.cert, key).map_err(err)?;
         Ok(Ca { pem, issuer })
     }
@@ -241,6 +284,33 @@ mod tests {
     use crate::grpc::Expected;
     use crate::tls::Tls;
     use crate::tls::identity::Fit;
+
+    /// A CA whose leaves no process would take is refused when it is read, naming why: a
+    /// leaf given as the CA, a CA's certificate with another key, and a CA past its end.
+    #[test]
+    fn a_certificate_that_cannot_be_a_ca_is_refused_when_read() {
+        let ca = Ca::new("test CA", DEMO_VALIDITY).unwrap();
+        Ca::from_pem(ca.pem.clone()).unwrap();
+        let leaf = ca
+            .leaf("not a CA", &[], &["leaf.invalid"], DEMO_VALIDITY)
+            .unwrap();
+        let other = Ca::new("another CA", DEMO_VALIDITY).unwrap();
+        let mismatched = Pem {
+            cert: ca.pem.cert.clone(),
+            key: other.pem.key.clone(),
+        };
+        // Valid from 5 minutes ago until now: past its end by the time it is read.
+        let ended = Ca::new("ended CA", Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        for (bad, says) in [
+            (leaf, "CA:TRUE"),
+            (mismatched, "tls.key is not the key"),
+            (ended.pem, "not now"),
+        ] {
+            let e = Ca::from_pem(bad).err().unwrap().to_string();
+            assert!(e.contains("not a usable CA") && e.contains(says), "{e}");
+        }
+    }
 
     /// A certificate made for one purpose where the process needs another is refused at
     /// start, naming the purpose (a replica with a server-only certificate started, and

@@ -50,6 +50,9 @@ pub enum TlsError {
     },
     #[error("issuing a certificate: {0}")]
     Issue(String),
+    /// A certificate given as a CA cannot be one (why).
+    #[error("not a usable CA: {0}")]
+    NotACa(String),
     #[error(
         "{cert}: cannot {needed}: {reason}; its peers would refuse it (issue it with that name)"
     )]

@@ -275,3 +275,77 @@ pub async fn writer_beside_another_log(env: &[(String, String)]) -> Result<(), S
         other => Err(format!("log B did not refuse the append itself: {other}")),
     }
 }
+
+/// The applied index of the shard at `addr`, or why it did not answer.
+async fn applied_index(addr: &str) -> Result<u64, String> {
+    let conn = logplayer::client::ShardConn::connect(addr, None)
+        .await
+        .map_err(|e| format!("shard at {addr}: {e}"))?;
+    conn.applied()
+        .await
+        .map(|a| a.applied_index)
+        .map_err(|e| format!("shard at {addr}: {e}"))
+}
+
+/// Slots moved to a shard that has applied entries: two shards applied 200 entries under
+/// the even map (s0 0-8191, s1 8192-16383), then a player starts with a map that gives
+/// s0 slots 8192-12287 of s1's. It resumes s0 from its applied index, so s0 would get
+/// those slots' new entries without their earlier ones: s0 must refuse the player
+/// (`wrong-shard`, naming the slots) and apply nothing more, while s1, which gives the
+/// slots up, goes on. With `env` on the shards. Returns what went wrong, if anything
+/// (`tests/identity.rs` requires nothing; with the shard's check broken,
+/// `tests/mutations.rs` requires something).
+pub async fn slots_moved_to_a_shard_that_applied(env: &[(String, String)]) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_with_env(dir.path(), &bin(), 2, &[], &[], env)
+        .await
+        .expect("LogStore and shards start");
+    let log = Log::connect(c.logstore.addr()).await.unwrap();
+    let add = |i: u32| group::add(format!("k-{i:04}"));
+    for i in 0..200 {
+        log.append(add(i), None, 0).await.unwrap();
+    }
+    c.start_player(&[]).await.unwrap();
+    let report = check(&log, &c.shard_map(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(report.pass, "{report}\n{}", c.logs());
+    c.players[0].terminate(Duration::from_secs(5)).await;
+    let (a0, a1) = (c.shards[0].addr().to_owned(), c.shards[1].addr().to_owned());
+    let before = applied_index(&a0).await?;
+    let before1 = applied_index(&a1).await?;
+
+    let grown = [format!("s0={a0}@0-12287"), format!("s1={a1}@12288-16383")];
+    let (mut player, metrics) =
+        start_player_with(&c, "player-grown", c.logstore.addr(), &grown, &[]).await;
+    for i in 200..400 {
+        log.append(add(i), None, 0).await.unwrap();
+    }
+    let refused = "logplayer_shard_refused{shard=\"s0\",reason=\"wrong-shard\"} 1";
+    // s0 is refused, or applies what it is sent; s1 goes on either way.
+    let settled = eventually(Duration::from_secs(30), || async {
+        let (_, m) = http_get(&metrics, "/metrics").await;
+        (m.contains(refused) || applied_index(&a0).await.is_ok_and(|a| a > before))
+            && applied_index(&a1).await.is_ok_and(|a| a > before1)
+    })
+    .await;
+    let after = applied_index(&a0).await?;
+    let text = player.log_tail(200);
+    player.terminate(Duration::from_secs(5)).await;
+    if after != before {
+        return Err(format!(
+            "s0 applied entries {}..={after} under a map that gave it slots 8192-12287, whose \
+             earlier entries it never received",
+            before + 1
+        ));
+    }
+    if !settled {
+        return Err(format!(
+            "s0 was not reported refused, or s1 applied nothing new\n{text}"
+        ));
+    }
+    match text.lines().find(|l| l.contains("refuses this player")) {
+        Some(l) if l.contains("slots 8192-12287") && l.contains("slots 0-8191") => Ok(()),
+        other => Err(format!("the refusal does not name the slots: {other:?}")),
+    }
+}

@@ -299,6 +299,15 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.tls.writerIds[0]", "should match"],
         ),
         (
+            "a LogPlayer whose writers list is empty (no pod could append)",
+            "no-writers.yaml",
+            logplayer_yaml("no-writers", "  networkPolicy:\n    writers: []\n"),
+            &[
+                "spec.networkPolicy.writers",
+                "an empty list lets no pod append",
+            ],
+        ),
+        (
             "a LogPlayer whose lease lasts 2h",
             "bad-lease.yaml",
             logplayer_yaml(

@@ -147,6 +147,7 @@ impl Real {
             log_id: "model".into(),
             shard_id: format!("s{s}"),
             max_entry_bytes: 1 << 20,
+            slots: vec![logplayer::routing::SlotRange::new(0, 16383)],
         };
         match self.shards[s].hello(&hello) {
             Err(_) => self.queues[p] = queues(), // fenced: the replica steps down
@@ -265,6 +266,7 @@ pub fn run_fencing(m: &Fencing, walks: usize, length: usize) -> usize {
                             log_id: "model".into(),
                             shard_id: format!("s{s}"),
                             max_entry_bytes: 1 << 20,
+                            slots: vec![logplayer::routing::SlotRange::new(0, 16383)],
                         };
                         let _ = cores[*s as usize].hello(&hello);
                     }
