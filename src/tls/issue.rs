@@ -105,7 +105,8 @@ impl Ca {
     }
 
     /// The CA in `pem` (a certificate and its key), to sign more leaves. Refused, naming
-    /// why, when it cannot be a CA its leaves verify against (see [`check_ca`]).
+    /// why, when it cannot be a CA its leaves verify against (its basic constraints, key
+    /// usage, validity and key are checked).
     pub fn from_pem(pem: Pem) -> Result<Ca, TlsError> {
         let key = KeyPair::from_pem(&pem.key).map_err(err)?;
         check_ca(&pem.cert, &key)?;
