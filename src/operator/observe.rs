@@ -231,6 +231,10 @@ pub(super) async fn observe(
         .get_opt(&player)
         .await?
         .map(|l| lease_info(&l, status::now()));
+    let leader_ready = lease
+        .as_ref()
+        .and_then(|l| l.holder.as_deref())
+        .and_then(|holder| pod_ready(&component_pods(&pods, "player", None), holder));
     // What keeps pods from being made comes before what is wrong with a pod.
     let pod_problems = not_created.into_iter().chain(pod_problems(&pods)).collect();
     Ok(status::Observed {
@@ -242,6 +246,7 @@ pub(super) async fn observe(
         deployment_current,
         deployment_found,
         lease,
+        leader_ready,
         shards: observed_shards,
         head_index,
         logstore,
@@ -572,6 +577,20 @@ pub fn any_running(pods: &[&Pod]) -> bool {
     })
 }
 
+/// Whether the pod named `name` among `pods` is ready (its `Ready` condition is True);
+/// `None` when it is not among them.
+pub fn pod_ready(pods: &[&Pod], name: &str) -> Option<bool> {
+    let pod = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))?;
+    Some(
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+    )
+}
+
 /// The pods of everything the operator runs for the LogPlayer `instance` (players, the
 /// managed LogStore, managed shard servers).
 pub(super) async fn pods_of(
@@ -607,6 +626,25 @@ mod tests {
             "status": {"conditions": conditions}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_pod_is_ready_when_its_ready_condition_is_true() {
+        let pod = |name: &str, ready: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "ContainersReady", "status": ready},
+                    {"type": "Ready", "status": ready}
+                ]}
+            }))
+            .unwrap()
+        };
+        let (a, b) = (pod("p-a", "True"), pod("p-b", "False"));
+        let pods = [&a, &b];
+        assert_eq!(pod_ready(&pods, "p-a"), Some(true));
+        assert_eq!(pod_ready(&pods, "p-b"), Some(false));
+        assert_eq!(pod_ready(&pods, "p-c"), None);
     }
 
     /// Pods the API server refuses never exist, so no pod names the cause: the Deployment's

@@ -471,6 +471,18 @@ fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option
         )
     } else if obs.ready_replicas < 1 {
         verdict(false, "NoReadyReplicas", "no player pod is ready".into())
+    } else if obs.leader_ready == Some(false) {
+        // A standby's readiness says nothing of delivery: only the leader delivers.
+        let pod = leader.unwrap_or("?");
+        verdict(
+            false,
+            "LeaderNotReady",
+            format!(
+                "the leading player pod {pod} is not ready: it is starting, or a problem holds \
+                 up delivery (a shard refusing it, its main stream stalled), which its log and \
+                 /readyz name (kubectl logs {pod})"
+            ),
+        )
     } else if obs.logstore == Probe::NotRunning {
         // No pod problem names why (a pod being created, deleted, or waiting for its
         // volume): not degraded yet, but nothing is delivered.

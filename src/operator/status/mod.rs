@@ -21,9 +21,10 @@
 //! - `Progressing`: player pods being created or rolled (`RollingOut`) or log replicas added
 //!   or removed (`LogReplicasChanging`), else `Complete`, `NoDeployment`, `Blocked` or
 //!   `Paused`.
-//! - `Ready`: a leader is elected, at least one player pod is ready, every managed server
-//!   has a running pod and nothing is degraded (`Delivering`); else the reason of what is
-//!   missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).
+//! - `Ready`: a leader is elected, at least one player pod is ready and so is the leader's
+//!   (`LeaderNotReady` when it is not: a shard refuses it, or its main stream is stalled),
+//!   every managed server has a running pod and nothing is degraded (`Delivering`); else the
+//!   reason of what is missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).
 //!
 //! A reconciliation that fails before it has looked at everything sets `Ready` False and
 //! `Degraded` True with reason `ReconcileFailed` ([`failed_conditions`]).
@@ -143,6 +144,10 @@ pub struct Observed {
     pub deployment_found: bool,
     /// The players' Lease; `None` before any player created it.
     pub lease: Option<LeaseInfo>,
+    /// Whether the player pod the Lease names is ready (its `/readyz` answers 200; a
+    /// leader refused by a shard, or whose main stream is stalled, answers 503); `None`
+    /// when no such pod is seen.
+    pub leader_ready: Option<bool>,
     /// The driven shards, in name order.
     pub shards: Vec<ShardObserved>,
     /// The LogStore's last index, when it answered.
