@@ -489,25 +489,6 @@ fn a_leader_without_ready_pods_is_not_ready() {
     assert_eq!(s.ready_replicas, 0);
 }
 
-/// Ready standbys do not make a LogPlayer whose leader is not ready `Delivering`: a shard
-/// refusing the leader makes its `/readyz` fail, and only the leader delivers.
-#[test]
-fn a_leader_whose_pod_is_not_ready_is_not_delivering() {
-    let s = status(&healthy_with(|o| {
-        o.leader_ready = Some(false);
-        o.ready_replicas = 2;
-    }));
-    let (verdict, reason, message) = srm(&s.conditions, condition::READY);
-    assert_eq!((verdict, reason), ("False", "LeaderNotReady"));
-    assert!(
-        message.contains(LEADER) && message.contains("a shard refusing it"),
-        "{message}"
-    );
-    // A leader pod not (yet) seen changes nothing.
-    let s = status(&healthy_with(|o| o.leader_ready = None));
-    assert_eq!(get(&s.conditions, condition::READY).reason, "Delivering");
-}
-
 #[test]
 fn the_pause_annotation_shows_as_a_condition() {
     let s = status(&healthy_with(|o| o.paused = true));

@@ -1,6 +1,7 @@
 //! What is not ready although the players may say otherwise: a Deployment whose controller
-//! has not seen the change, a managed server without a running pod, no known shard, and
-//! a reconciliation that failed before it could look (`ReconcileFailed`).
+//! has not seen the change, a managed server without a running pod, no known shard, a
+//! leader whose pod is not ready beside ready standbys, and a reconciliation that failed
+//! before it could look (`ReconcileFailed`).
 
 use super::*;
 
@@ -169,4 +170,23 @@ fn a_shard_degraded_by_its_own_objects_degrades_its_logplayer() {
         "{}",
         degraded.message
     );
+}
+
+/// Ready standbys do not make a LogPlayer whose leader is not ready `Delivering`: a shard
+/// refusing the leader makes its `/readyz` fail, and only the leader delivers.
+#[test]
+fn a_leader_whose_pod_is_not_ready_is_not_delivering() {
+    let s = status(&healthy_with(|o| {
+        o.leader_ready = Some(false);
+        o.ready_replicas = 2;
+    }));
+    let (verdict, reason, message) = srm(&s.conditions, condition::READY);
+    assert_eq!((verdict, reason), ("False", "LeaderNotReady"));
+    assert!(
+        message.contains(LEADER) && message.contains("a shard refusing it"),
+        "{message}"
+    );
+    // A leader pod not (yet) seen changes nothing.
+    let s = status(&healthy_with(|o| o.leader_ready = None));
+    assert_eq!(get(&s.conditions, condition::READY).reason, "Delivering");
 }
