@@ -578,11 +578,13 @@ pub fn any_running(pods: &[&Pod]) -> bool {
 }
 
 /// Whether the pod named `name` among `pods` is ready (its `Ready` condition is True);
-/// `None` when it is not among them.
+/// `None` when it is not among them or is being deleted (a leader on its way out, whose
+/// successor takes the Lease).
 pub fn pod_ready(pods: &[&Pod], name: &str) -> Option<bool> {
     let pod = pods
         .iter()
-        .find(|p| p.metadata.name.as_deref() == Some(name))?;
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())?;
     Some(
         pod.status
             .as_ref()
@@ -641,10 +643,20 @@ mod tests {
             .unwrap()
         };
         let (a, b) = (pod("p-a", "True"), pod("p-b", "False"));
-        let pods = [&a, &b];
+        let mut leaving = pod("p-d", "False");
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let pods = [&a, &b, &leaving];
         assert_eq!(pod_ready(&pods, "p-a"), Some(true));
         assert_eq!(pod_ready(&pods, "p-b"), Some(false));
         assert_eq!(pod_ready(&pods, "p-c"), None);
+        assert_eq!(
+            pod_ready(&pods, "p-d"),
+            None,
+            "a pod being deleted is not the leader's"
+        );
     }
 
     /// Pods the API server refuses never exist, so no pod names the cause: the Deployment's

@@ -36,7 +36,7 @@ use crate::proto::{
     Ack, AppliedRequest, AppliedResponse, DeliverRequest, DeliverResponse, DumpRequest,
     DumpResponse, StatsRequest, StatsResponse, Welcome, deliver_request, deliver_response,
 };
-use crate::routing::SlotRange;
+use crate::routing::{SlotRange, SlotSet};
 
 /// Responses queued per stream before the shard stops reading (acks are tiny and one per
 /// commit, so a handful is plenty).
@@ -267,6 +267,7 @@ impl<S: ShardStore> ShardService<S> {
         inbound: Streaming<DeliverRequest>,
         tx: mpsc::Sender<Result<DeliverResponse, Status>>,
         epoch: u64,
+        slots: Arc<SlotSet>,
     ) {
         let mut groups = Gatherer::new(self.spawn_reader(inbound), self.commit_delay);
         while let Some(group) = groups.next(&self.shutdown).await {
@@ -282,9 +283,12 @@ impl<S: ShardStore> ShardService<S> {
             if !entries.is_empty() {
                 let before = self.applied.load(Ordering::Acquire);
                 let result = self
-                    .with_core(move |core| {
-                        let out = core.apply(epoch, &entries);
-                        out.map(|a| (a, entries))
+                    .with_core({
+                        let slots = slots.clone();
+                        move |core| {
+                            let out = core.apply_for(epoch, &slots, &entries);
+                            out.map(|a| (a, entries))
+                        }
                     })
                     .await;
                 match result {
@@ -359,10 +363,13 @@ impl<S: ShardStore> Shard for ShardService<S> {
             max_entry_bytes: hello.max_entry_bytes,
             slots: hello.slots.iter().map(slot_range).collect(),
         };
-        let (durable, bound_log) = self
+        let (durable, bound_log, slots) = self
             .with_core(move |core| {
                 let d = core.hello(&info)?;
-                Ok((d, core.identity().log_id.clone().unwrap_or_default()))
+                // The slots this stream's entries are checked against (another stream's
+                // Hello may give others meanwhile).
+                let slots = core.offered().cloned().unwrap_or_default();
+                Ok((d, core.identity().log_id.clone().unwrap_or_default(), slots))
             })
             .await
             .map_err(|e| {
@@ -396,7 +403,10 @@ impl<S: ShardStore> Shard for ShardService<S> {
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("sender went away"))?;
-        tokio::spawn(self.clone().stream_loop(inbound, tx, epoch));
+        tokio::spawn(
+            self.clone()
+                .stream_loop(inbound, tx, epoch, Arc::new(slots)),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

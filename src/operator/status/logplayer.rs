@@ -469,8 +469,6 @@ fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option
             "NoLeader",
             "no player leads, so nothing is delivered".into(),
         )
-    } else if obs.ready_replicas < 1 {
-        verdict(false, "NoReadyReplicas", "no player pod is ready".into())
     } else if obs.leader_ready == Some(false) {
         // A standby's readiness says nothing of delivery: only the leader delivers.
         let pod = leader.unwrap_or("?");
@@ -483,6 +481,8 @@ fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option
                  /readyz name (kubectl logs {pod})"
             ),
         )
+    } else if obs.ready_replicas < 1 {
+        verdict(false, "NoReadyReplicas", "no player pod is ready".into())
     } else if obs.logstore == Probe::NotRunning {
         // No pod problem names why (a pod being created, deleted, or waiting for its
         // volume): not degraded yet, but nothing is delivered.

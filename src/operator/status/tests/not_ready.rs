@@ -186,6 +186,15 @@ fn a_leader_whose_pod_is_not_ready_is_not_delivering() {
         message.contains(LEADER) && message.contains("a shard refusing it"),
         "{message}"
     );
+    // With one player pod, the leader's, this says more than "no player pod is ready".
+    let s = status(&healthy_with(|o| {
+        o.leader_ready = Some(false);
+        o.ready_replicas = 0;
+    }));
+    assert_eq!(
+        get(&s.conditions, condition::READY).reason,
+        "LeaderNotReady"
+    );
     // A leader pod not (yet) seen changes nothing.
     let s = status(&healthy_with(|o| o.leader_ready = None));
     assert_eq!(get(&s.conditions, condition::READY).reason, "Delivering");
