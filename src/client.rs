@@ -120,6 +120,17 @@ enum Next {
     Fail,
 }
 
+/// Whether `status` is the transport failing under a call, which tonic reports as UNKNOWN
+/// when the request was being written to a connection the peer closed (a broken pipe, as
+/// a killed replica leaves): not an answer of the server.
+fn transport_failed(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status.code() == tonic::Code::Unknown
+        && status
+            .source()
+            .is_some_and(|s| s.is::<tonic::transport::Error>())
+}
+
 impl Log {
     /// Connects to the first reachable address of `addrs` (one, or a comma-separated list),
     /// with this process's TLS identity if it runs TLS.
@@ -249,10 +260,11 @@ impl Log {
             // No reason of ours: the transport (a replica down, restarting or frozen; a
             // connection that closed under the call, as a killed replica's does, ends it as
             // CANCELLED).
-            None if matches!(
+            None if (matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) && written_twice_ok =>
+            ) || transport_failed(status))
+                && written_twice_ok =>
             {
                 Next::Rotate
             }
