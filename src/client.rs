@@ -95,6 +95,8 @@ pub struct Log {
     log_id: std::sync::Arc<std::sync::OnceLock<String>>,
     /// The TLS identity it dials with (`None`: plaintext).
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    /// Calls sent again after the transport failed under them (see [`Log::resent`]).
+    resent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -132,6 +134,14 @@ fn transport_failed(status: &tonic::Status) -> bool {
 }
 
 impl Log {
+    /// How many calls (of this client and its clones) were sent again, to the same or
+    /// another replica, after the transport failed under them: a replica killed, frozen or
+    /// unreachable mid-call. Only calls safe to send twice are (appends with a writer id,
+    /// `Retain`, reads).
+    pub fn resent(&self) -> u64 {
+        self.resent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Connects to the first reachable address of `addrs` (one, or a comma-separated list),
     /// with this process's TLS identity if it runs TLS.
     pub async fn connect(addrs: &str) -> Result<Log, ClientError> {
@@ -162,6 +172,7 @@ impl Log {
                         addrs: list.into(),
                         log_id: std::sync::Arc::default(),
                         tls,
+                        resent: std::sync::Arc::default(),
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -331,8 +342,15 @@ impl Log {
                 // other log's refusal (nothing written) says more than the last one down.
                 return Err(wrong_log.unwrap_or_else(|| rpc_err(&conn.addr, what)(status)));
             }
-            if grpc::Reason::of(&status) == Some(grpc::Reason::WrongLog) {
-                wrong_log = Some(rpc_err(&conn.addr, what)(status));
+            match grpc::Reason::of(&status) {
+                Some(grpc::Reason::WrongLog) => wrong_log = Some(rpc_err(&conn.addr, what)(status)),
+                // The transport failed under a call safe to send again: it may have reached
+                // the replica, whose log then decides by its `(writer_id, sequence)`.
+                None => {
+                    self.resent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(_) => {}
             }
             match next {
                 Next::To(leader) if leader != conn.addr => self.switch(&leader).await,
@@ -644,6 +662,7 @@ mod tests {
             addrs: addrs.into(),
             log_id: std::sync::Arc::default(),
             tls: None,
+            resent: std::sync::Arc::default(),
         }
     }
 
