@@ -335,8 +335,15 @@ impl<S: ShardStore> ShardCore<S> {
         }
         let given = SlotSet::from_ranges(given.iter().copied())
             .map_err(|e| ShardError::Malformed(format!("the Hello's slots: {e}")))?;
+        self.refuse_growth(&given)?;
+        Ok(given)
+    }
+
+    /// Refuses `given` when, after this shard applied an entry, it holds a slot the shard
+    /// does not own (see [`ShardCore::hello`]).
+    fn refuse_growth(&self, given: &SlotSet) -> Result<(), ShardError> {
         if self.durable.applied == 0 || mutations::on(Mutation::ShardIgnoresSlots) {
-            return Ok(given);
+            return Ok(());
         }
         if let Some(ours) = &self.identity.slots {
             let extra = given.minus(ours);
@@ -350,7 +357,7 @@ impl<S: ShardStore> ShardCore<S> {
                 });
             }
         }
-        Ok(given)
+        Ok(())
     }
 
     /// The slots the last accepted Hello gave this shard.
@@ -385,21 +392,7 @@ impl<S: ShardStore> ShardCore<S> {
         if self.identity.slots.as_ref() == Some(offered) {
             return Ok(());
         }
-        if let Some(ours) = &self.identity.slots
-            && self.durable.applied > 0
-            && !mutations::on(Mutation::ShardIgnoresSlots)
-        {
-            let extra = offered.minus(ours);
-            if !extra.is_empty() {
-                return Err(ShardError::SlotsGrew {
-                    shard: self.me.id.clone(),
-                    addr: self.me.addr.clone(),
-                    applied: self.durable.applied,
-                    ours: ours.clone(),
-                    extra,
-                });
-            }
-        }
+        self.refuse_growth(offered)?;
         match &self.identity.slots {
             None if self.durable.applied > 0 => {
                 tracing::warn!(shard = %self.me.id, applied = self.durable.applied, slots = %offered, "this shard applied entries before it recorded its slots; taking the sender's")
