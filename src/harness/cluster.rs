@@ -31,11 +31,31 @@ pub enum ClusterError {
 }
 
 /// A loopback port free right now (for a server whose address must be known before it
-/// starts, such as a replica its peers dial).
+/// starts, such as a replica its peers dial), and never one this process was given before.
+///
+/// The kernel may hand the same ephemeral port to two binds in a row once the first
+/// listener is closed (CI run 123 got one port for two replicas of a group). So the ports
+/// given out are remembered, and a port given before is asked for again, a few times.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
+    for _ in 0..64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        // A poisoned lock only means another thread panicked while inserting a port;
+        // the set is still usable.
+        let mut set = given.lock().unwrap_or_else(|p| p.into_inner());
+        if set.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "64 loopback ports in a row had already been given out in this process",
+    ))
 }
 
 /// Waits until a new replicated log answers `Bounds`: its first leader is elected and has
@@ -683,5 +703,21 @@ impl Cluster {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Ports handed out in one process are all different, even when the kernel offers a
+    /// closed one again.
+    #[test]
+    fn free_ports_are_never_given_twice() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..500 {
+            assert!(
+                seen.insert(super::free_port().unwrap()),
+                "a port given twice"
+            );
+        }
     }
 }

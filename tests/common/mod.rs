@@ -97,12 +97,9 @@ pub async fn ends_within<S: AsRef<std::ffi::OsStr>>(
     ))
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, never one this test process was given before.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    logplayer::harness::cluster::free_port().expect("a free loopback port")
 }
 
 /// `GET path` over plain HTTP/1.0: the status code and the body ((0, "") when nothing
