@@ -216,6 +216,12 @@ fn shard_problems(
             r.max_entry_bytes, log.max_entry_bytes
         ));
     }
+    if !r.refused_reason.is_empty() {
+        problems.push(format!(
+            "refuses its players ({}): {}",
+            r.refused_reason, r.refused_message
+        ));
+    }
     if let Some(lease) = lease_epoch
         && r.highest_epoch > lease
     {
@@ -469,6 +475,7 @@ mod tests {
             shard_id: "s0".into(),
             log_id: "L".into(),
             max_entry_bytes: 100,
+            ..Default::default()
         };
         assert!(shard_problems("s0", &fine, &log(), Some(3)).is_empty());
         let bad = AppliedResponse {
@@ -476,10 +483,18 @@ mod tests {
             log_id: "M".into(),
             max_entry_bytes: 99,
             highest_epoch: 9,
+            refused_reason: "wrong-shard".into(),
+            refused_message: "slots grew".into(),
             ..fine
         };
         let p = shard_problems("s0", &bad, &log(), Some(3)).join("\n");
-        for want in ["wrong shard", "wrong log", "entry limit", "unknown epoch 9"] {
+        for want in [
+            "wrong shard",
+            "wrong log",
+            "entry limit",
+            "unknown epoch 9",
+            "refuses its players (wrong-shard): slots grew",
+        ] {
             assert!(p.contains(want), "{p}");
         }
     }

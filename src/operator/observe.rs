@@ -56,12 +56,12 @@ pub(super) async fn shards_of(
         .collect()))
 }
 /// Asks the shard `id`'s server its applied index, dialing with `tls` (the LogPlayer's
-/// admin certificate; `None`: plaintext): whether it answers, and its entry limit.
+/// admin certificate; `None`: plaintext): whether it answers, and what it said.
 async fn probe_shard(
     addr: &str,
     id: &str,
     tls: Option<&std::sync::Arc<crate::tls::Tls>>,
-) -> (status::Probe, Option<u64>) {
+) -> (status::Probe, ShardSaid) {
     let asked = within(addr, async {
         let conn = crate::client::ShardConn::connect_with(addr, Some(id), tls)
             .await
@@ -70,8 +70,26 @@ async fn probe_shard(
     })
     .await;
     match asked {
-        Ok(a) => (status::Probe::Reachable, said_limit(a.max_entry_bytes)),
-        Err(unreachable) => (unreachable, None),
+        Ok(a) => (status::Probe::Reachable, ShardSaid::from(&a)),
+        Err(unreachable) => (unreachable, ShardSaid::default()),
+    }
+}
+
+/// What a shard's server said when asked (nothing, when it was not asked or did not answer).
+#[derive(Debug, Default)]
+pub(super) struct ShardSaid {
+    /// Its entry limit.
+    pub limit: Option<u64>,
+    /// Its last refusal of a sender (`DeliveryRefused`).
+    pub refused: Option<status::Problem>,
+}
+
+impl From<&crate::proto::AppliedResponse> for ShardSaid {
+    fn from(a: &crate::proto::AppliedResponse) -> Self {
+        ShardSaid {
+            limit: said_limit(a.max_entry_bytes),
+            refused: status::delivery_refused(&a.refused_reason, &a.refused_message),
+        }
     }
 }
 
@@ -82,11 +100,11 @@ async fn probe_shard_if_running(
     down: bool,
     id: &str,
     tls: Option<&std::sync::Arc<crate::tls::Tls>>,
-) -> (status::Probe, Option<u64>) {
+) -> (status::Probe, ShardSaid) {
     match endpoint {
-        Some(_) if down => (status::Probe::NotRunning, None),
+        Some(_) if down => (status::Probe::NotRunning, ShardSaid::default()),
         Some(addr) => probe_shard(addr, id, tls).await,
-        None => (status::Probe::Unknown, None),
+        None => (status::Probe::Unknown, ShardSaid::default()),
     }
 }
 
@@ -161,16 +179,22 @@ pub(super) struct ShardSeen<'a> {
     pub ns: &'a str,
 }
 
-/// Asks a Shard's server whether it answers, and its entry limit; and when it said one,
-/// the entry limit of its LogPlayer's LogStore, to compare with (`(shard, log)`).
+/// Asks a Shard's server whether it answers, its entry limit and its last refusal of a
+/// sender; and when it said a limit, the entry limit of its LogPlayer's LogStore, to
+/// compare with (`(shard, log)`).
 pub(super) async fn probe_shard_and_log(
     ctx: &Context,
     shard: &Shard,
     seen: ShardSeen<'_>,
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
-) -> (status::Probe, (Option<u64>, Option<u64>)) {
-    let (probe, limit) =
+) -> (
+    status::Probe,
+    (Option<u64>, Option<u64>),
+    Option<status::Problem>,
+) {
+    let (probe, said) =
         probe_shard_if_running(seen.endpoint, seen.down, &shard.name_any(), tls.as_ref()).await;
+    let ShardSaid { limit, refused } = said;
     let log = match (limit, seen.owner) {
         (Some(_), Some(lp)) => match desired::logstore_endpoint(lp, seen.ns, &ctx.defaults) {
             Some(addr) => probe_log(&addr, tls).await.2,
@@ -178,7 +202,7 @@ pub(super) async fn probe_shard_and_log(
         },
         _ => None,
     };
-    (probe, (limit, log))
+    (probe, (limit, log), refused)
 }
 
 /// Looks at everything a LogPlayer's status reports.
@@ -288,12 +312,12 @@ async fn observe_shards(
     sorted
         .iter()
         .zip(probes)
-        .map(|(s, (probe, max_entry_bytes))| status::ShardObserved {
+        .map(|(s, (probe, said))| status::ShardObserved {
             name: s.name_any(),
             acked_index: s.status.as_ref().and_then(|st| st.acked_index),
             covered_index: s.status.as_ref().and_then(|st| st.covered_index),
             probe,
-            max_entry_bytes,
+            max_entry_bytes: said.limit,
             degraded: shard_degraded(s),
         })
         .collect()

@@ -598,7 +598,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         owner: owner.as_ref(),
         ns: &ns,
     };
-    let (probe, entry_limits) = probe_shard_and_log(ctx, shard, seen, tls).await;
+    let (probe, entry_limits, refused) = probe_shard_and_log(ctx, shard, seen, tls).await;
     let lag = owner
         .as_ref()
         .and_then(|lp| lp.status.as_ref())
@@ -618,6 +618,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         not_in_map,
         lag,
         entry_limits,
+        refused,
     };
     let old = shard.status.clone().unwrap_or_default();
     let new = status::shard_status(&observed, &old, status::now());

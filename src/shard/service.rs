@@ -58,6 +58,47 @@ pub struct ShardService<S: ShardStore> {
     failed: Arc<Mutex<Option<String>>>,
     /// How long a commit may wait for more batches (see [`super::gather`]).
     commit_delay: Duration,
+    /// The last refusal of a sender, said in `Applied` (see [`Refused`]).
+    refused: Arc<Refused>,
+}
+
+/// The last refusal of a sender, kept until a Hello is accepted or a commit applies an
+/// entry, so that `Applied` (the operator's probe, `logplayer status`) can say that this
+/// shard answers but refuses its players. A player refused at its Hello retries with
+/// backoff and is refused again; one refused mid-stream is accepted at its next Hello and
+/// refused again within milliseconds: either way the refusal is what is seen.
+#[derive(Default)]
+struct Refused(Mutex<Option<(Reason, String)>>);
+
+impl Refused {
+    /// Keeps `status` as the last refusal, unless it is a fencing (a stale sender is
+    /// refused by design) or not a refusal at all.
+    fn note(&self, status: &Status) {
+        let Some(reason) = Reason::of(status) else {
+            return;
+        };
+        if matches!(reason, Reason::Fenced | Reason::Store) {
+            return;
+        }
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some((reason, status.message().to_owned()));
+        }
+    }
+
+    /// A sender was accepted, or an entry applied: whatever was refused before is past.
+    fn clear(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = None;
+        }
+    }
+
+    /// The reason's name and the message, or two empty strings.
+    fn said(&self) -> (String, String) {
+        match self.0.lock().ok().and_then(|l| l.clone()) {
+            Some((reason, message)) => (reason.as_str().to_owned(), message),
+            None => (String::new(), String::new()),
+        }
+    }
 }
 
 impl<S: ShardStore> Clone for ShardService<S> {
@@ -73,6 +114,7 @@ impl<S: ShardStore> Clone for ShardService<S> {
             shutdown: self.shutdown.clone(),
             failed: self.failed.clone(),
             commit_delay: self.commit_delay,
+            refused: self.refused.clone(),
         }
     }
 }
@@ -123,6 +165,7 @@ impl<S: ShardStore> ShardService<S> {
             shutdown,
             failed: Arc::new(Mutex::new(None)),
             commit_delay: super::gather::DEFAULT_COMMIT_DELAY,
+            refused: Arc::default(),
         }
     }
 
@@ -277,6 +320,7 @@ impl<S: ShardStore> ShardService<S> {
                 end,
             } = group;
             if let End::Stop(status) = end {
+                self.refused.note(&status);
                 let _ = tx.send(Err(status)).await;
                 return;
             }
@@ -301,6 +345,7 @@ impl<S: ShardStore> ShardService<S> {
                         self.stats.record(fresh, durable, applied.skipped);
                         if applied.applied > before {
                             self.stats.committed_under(epoch, durable);
+                            self.refused.clear();
                         }
                         let ack = DeliverResponse {
                             msg: Some(deliver_response::Msg::Ack(Ack {
@@ -320,7 +365,9 @@ impl<S: ShardStore> ShardService<S> {
                             })),
                         };
                         let _ = tx.send(Ok(ack)).await;
-                        let _ = tx.send(Err(to_status(&e))).await;
+                        let status = to_status(&e);
+                        self.refused.note(&status);
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }
@@ -383,8 +430,11 @@ impl<S: ShardStore> Shard for ShardService<S> {
                         self.store_failed(&e);
                     }
                 }
-                to_status(&e)
+                let status = to_status(&e);
+                self.refused.note(&status);
+                status
             })?;
+        self.refused.clear();
         if let Ok(mut id) = self.log_id.lock() {
             bound_log.clone_into(&mut id);
         }
@@ -414,12 +464,15 @@ impl<S: ShardStore> Shard for ShardService<S> {
         &self,
         _request: Request<AppliedRequest>,
     ) -> Result<Response<AppliedResponse>, Status> {
+        let (refused_reason, refused_message) = self.refused.said();
         Ok(Response::new(AppliedResponse {
             applied_index: self.applied.load(Ordering::Acquire),
             highest_epoch: self.highest_epoch.load(Ordering::Acquire),
             shard_id: self.id.clone(),
             log_id: self.log_id.lock().map(|id| id.clone()).unwrap_or_default(),
             max_entry_bytes: self.max_entry_bytes,
+            refused_reason,
+            refused_message,
         }))
     }
 
@@ -550,39 +603,9 @@ mod tests {
     /// until then); it used to stay up refusing every sender.
     #[tokio::test]
     async fn a_store_failure_stops_the_server_with_the_reason() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let me = ShardSelf {
-            id: "s0".into(),
-            addr: addr.clone(),
-            max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
-        };
-        let core = ShardCore::open(FailingEpochs(MemStore::default()), me).unwrap();
-        let server = tokio::spawn(serve(
-            core,
-            listener,
-            CancellationToken::new(),
-            Duration::ZERO,
-        ));
-        let mut client = ShardClient::new(
-            grpc::connect(&addr, &grpc::Expected::AnyShard)
-                .await
-                .unwrap(),
-        );
+        let (server, mut client) = start(FailingEpochs(MemStore::default())).await;
         let (tx, rx) = mpsc::channel(1);
-        let hello = Hello {
-            epoch: 1,
-            player_id: "p".into(),
-            log_id: "00000000-0000-4000-8000-0000000000aa".into(),
-            shard_id: "s0".into(),
-            max_entry_bytes: 4 * 1024 * 1024,
-            slots: crate::proto::SlotRange::all(),
-        };
-        tx.send(DeliverRequest {
-            msg: Some(deliver_request::Msg::Hello(hello)),
-        })
-        .await
-        .unwrap();
+        tx.send(hello("s0", 1)).await.unwrap();
         let refused = match client.deliver(ReceiverStream::new(rx)).await {
             Err(status) => Some(status),
             Ok(stream) => stream.into_inner().message().await.err(),
@@ -599,5 +622,126 @@ mod tests {
             }
             other => panic!("expected StoreFailed, got {other:?}"),
         }
+    }
+
+    type Server = tokio::task::JoinHandle<Result<(), ServeError>>;
+
+    /// Serves shard `s0` on `store` at a loopback port: the server's task and a client of it.
+    async fn start<S: ShardStore>(store: S) -> (Server, ShardClient<tonic::transport::Channel>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let me = ShardSelf {
+            id: "s0".into(),
+            addr: addr.clone(),
+            max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+        };
+        let core = ShardCore::open(store, me).unwrap();
+        let server = tokio::spawn(serve(
+            core,
+            listener,
+            CancellationToken::new(),
+            Duration::ZERO,
+        ));
+        let client = ShardClient::new(
+            grpc::connect(&addr, &grpc::Expected::AnyShard)
+                .await
+                .unwrap(),
+        );
+        (server, client)
+    }
+
+    /// A Hello from player `p` of log `…aa` for `shard` under `epoch`, giving every slot.
+    fn hello(shard: &str, epoch: u64) -> DeliverRequest {
+        DeliverRequest {
+            msg: Some(deliver_request::Msg::Hello(Hello {
+                epoch,
+                player_id: "p".into(),
+                log_id: "00000000-0000-4000-8000-0000000000aa".into(),
+                shard_id: shard.into(),
+                max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+                slots: crate::proto::SlotRange::all(),
+            })),
+        }
+    }
+
+    type Opened = (
+        mpsc::Sender<DeliverRequest>,
+        Streaming<crate::proto::DeliverResponse>,
+    );
+
+    /// Opens a Deliver stream with `hello`: the stream once welcomed, or the refusal.
+    async fn open(
+        client: &mut ShardClient<tonic::transport::Channel>,
+        hello: DeliverRequest,
+    ) -> Result<Opened, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(hello).await.unwrap();
+        let mut stream = client.deliver(ReceiverStream::new(rx)).await?.into_inner();
+        match stream.message().await? {
+            Some(_) => Ok((tx, stream)),
+            None => Err(Status::aborted("closed without a Welcome")),
+        }
+    }
+
+    /// `Applied`'s refusal fields.
+    async fn said(client: &mut ShardClient<tonic::transport::Channel>) -> (String, String) {
+        let a = client
+            .applied(AppliedRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        (a.refused_reason, a.refused_message)
+    }
+
+    /// `Applied` says the shard's last refusal of a sender (at its Hello or mid-stream) until
+    /// a Hello is accepted or an entry applied, and never a fencing: the operator's probe
+    /// read a shard refusing its players as `Serving`.
+    #[tokio::test]
+    async fn applied_says_the_last_refusal_until_a_sender_is_accepted() {
+        let (_server, mut client) = start(MemStore::default()).await;
+        assert_eq!(said(&mut client).await, (String::new(), String::new()));
+        // Refused at its Hello: another shard's sender.
+        let refused = open(&mut client, hello("s1", 1)).await.err().unwrap();
+        let (reason, message) = said(&mut client).await;
+        assert_eq!(reason, "wrong-shard");
+        assert_eq!(message, refused.message());
+        // Accepted: the refusal is past.
+        let (tx, mut stream) = open(&mut client, hello("s0", 2)).await.unwrap();
+        assert_eq!(said(&mut client).await.0, "");
+        // Refused mid-stream: a mutation without a key.
+        let bad = ShardEntry {
+            index: 1,
+            mutations: vec![crate::proto::Mutation::default()],
+            ..Default::default()
+        };
+        tx.send(DeliverRequest {
+            msg: Some(deliver_request::Msg::Batch(crate::proto::Batch {
+                entries: vec![bad],
+            })),
+        })
+        .await
+        .unwrap();
+        while stream.message().await.is_ok_and(|m| m.is_some()) {}
+        assert_eq!(said(&mut client).await.0, "invalid");
+        // A fencing is not kept: a stale sender is refused by design.
+        assert!(open(&mut client, hello("s0", 1)).await.is_err());
+        assert_eq!(said(&mut client).await.0, "invalid");
+        // An entry applied (a watermark): the refusal is past.
+        let (tx, mut stream) = open(&mut client, hello("s0", 2)).await.unwrap();
+        assert_eq!(said(&mut client).await.0, "");
+        let _ = open(&mut client, hello("s1", 2)).await.err().unwrap();
+        assert_eq!(said(&mut client).await.0, "wrong-shard");
+        tx.send(DeliverRequest {
+            msg: Some(deliver_request::Msg::Batch(crate::proto::Batch {
+                entries: vec![ShardEntry {
+                    index: 1,
+                    ..Default::default()
+                }],
+            })),
+        })
+        .await
+        .unwrap();
+        assert!(stream.message().await.unwrap().is_some(), "acked");
+        assert_eq!(said(&mut client).await, (String::new(), String::new()));
     }
 }

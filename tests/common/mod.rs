@@ -275,12 +275,16 @@ pub async fn writer_beside_another_log(env: &[(String, String)]) -> Result<(), S
 
 /// The applied index of the shard at `addr`, or why it did not answer.
 async fn applied_index(addr: &str) -> Result<u64, String> {
+    applied(addr).await.map(|a| a.applied_index)
+}
+
+/// The shard at `addr`'s answer to `Applied`.
+async fn applied(addr: &str) -> Result<logplayer::proto::AppliedResponse, String> {
     let conn = logplayer::client::ShardConn::connect(addr, None)
         .await
         .map_err(|e| format!("shard at {addr}: {e}"))?;
     conn.applied()
         .await
-        .map(|a| a.applied_index)
         .map_err(|e| format!("shard at {addr}: {e}"))
 }
 
@@ -327,6 +331,8 @@ pub async fn slots_moved_to_a_shard_that_applied(env: &[(String, String)]) -> Re
     })
     .await;
     let after = applied_index(&a0).await?;
+    // What the operator's probe and `logplayer status` read: s0 says it refuses its player.
+    let said = applied(&a0).await?;
     let text = player.log_tail(200);
     player.terminate(Duration::from_secs(5)).await;
     if after != before {
@@ -339,6 +345,12 @@ pub async fn slots_moved_to_a_shard_that_applied(env: &[(String, String)]) -> Re
     if !settled {
         return Err(format!(
             "s0 was not reported refused, or s1 applied nothing new\n{text}"
+        ));
+    }
+    if said.refused_reason != "wrong-shard" || !said.refused_message.contains("8192-12287") {
+        return Err(format!(
+            "s0's Applied does not say it refuses its player: {:?} {:?}",
+            said.refused_reason, said.refused_message
         ));
     }
     match text.lines().find(|l| l.contains("refuses this player")) {

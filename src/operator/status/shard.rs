@@ -32,6 +32,25 @@ pub struct ShardObservation {
     /// The entry limits of the shard server and of its LogPlayer's LogStore, as each
     /// reported it (`None`: not asked, no answer, or a version that does not say).
     pub entry_limits: (Option<u64>, Option<u64>),
+    /// The shard server's last refusal of a sender, as it said it (`DeliveryRefused`; see
+    /// [`delivery_refused`]).
+    pub refused: Option<Problem>,
+}
+
+/// A shard that answers its probe but refuses its players' deliveries (the reason and
+/// message of its last refusal, as `Applied` says them; empty: none) is not Ready: nothing
+/// reaches it. Without this, such a shard read `Serving`.
+pub fn delivery_refused(reason: &str, message: &str) -> Option<Problem> {
+    (!reason.is_empty()).then(|| {
+        Problem::new(
+            "DeliveryRefused",
+            format!(
+                "the shard server refuses its players' deliveries ({reason}): {message}; \
+                 nothing more is applied until the players' configuration or the shard's \
+                 is fixed (see the shard server's log)"
+            ),
+        )
+    })
 }
 
 /// A shard that takes smaller entries than its LogStore accepts refuses every delivery
@@ -74,6 +93,7 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
     };
     problems.extend(not_in_map);
     problems.extend(entry_limit_problem(obs.entry_limits));
+    problems.extend(obs.refused.clone());
     // What keeps the shard from doing its job whatever the server says (the first of these
     // decides `Ready`): a shard nobody delivers to is not ready.
     let blocking = problems.first().cloned().or(pending);

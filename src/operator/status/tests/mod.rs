@@ -597,6 +597,7 @@ fn shard_obs() -> ShardObservation {
         not_in_map: None,
         lag: Some(12),
         entry_limits: (Some(LIMIT), Some(LIMIT)),
+        refused: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! What is not ready although the players may say otherwise: a Deployment whose controller
 //! has not seen the change, a managed server without a running pod, no known shard, a
-//! leader whose pod is not ready beside ready standbys, and a reconciliation that failed
-//! before it could look (`ReconcileFailed`).
+//! leader whose pod is not ready beside ready standbys, a shard server that answers but
+//! refuses its players, and a reconciliation that failed before it could look
+//! (`ReconcileFailed`).
 
 use super::*;
 
@@ -198,4 +199,26 @@ fn a_leader_whose_pod_is_not_ready_is_not_delivering() {
     // A leader pod not (yet) seen changes nothing.
     let s = status(&healthy_with(|o| o.leader_ready = None));
     assert_eq!(get(&s.conditions, condition::READY).reason, "Delivering");
+}
+
+/// A shard server that answers its probe but refused its last sender (its `Applied` says
+/// so) is not Ready, with the refusal's reason and message: it read `Serving` while its
+/// players were refused every delivery.
+#[test]
+fn a_shard_refusing_its_players_is_not_serving() {
+    let refused = delivery_refused(
+        "wrong-shard",
+        "shard s0 owns slots 0-8191 and has applied entries; it refuses slots 8192-12287",
+    );
+    let s = first_shard_status(&shard_obs_with(|o| o.refused = refused.clone()));
+    let why = "the shard server refuses its players' deliveries (wrong-shard): shard s0 owns \
+               slots 0-8191 and has applied entries; it refuses slots 8192-12287; nothing more \
+               is applied until the players' configuration or the shard's is fixed (see the \
+               shard server's log)";
+    assert_degraded_unready(&s.conditions, "DeliveryRefused", why, why);
+    assert_eq!(s.ready, Some(false));
+    // Nothing refused: serving.
+    assert_eq!(delivery_refused("", ""), None);
+    let s = first_shard_status(&shard_obs_with(|o| o.refused = None));
+    assert_eq!(get(&s.conditions, condition::READY).reason, "Serving");
 }
