@@ -14,7 +14,7 @@
 //! - `INVALID_ARGUMENT` with `invalid` — a malformed stream (no hello first, bad indexes).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,11 +64,26 @@ pub struct ShardService<S: ShardStore> {
 
 /// The last refusal of a sender, kept until a Hello is accepted or a commit applies an
 /// entry, so that `Applied` (the operator's probe, `logplayer status`) can say that this
-/// shard answers but refuses its players. A player refused at its Hello retries with
-/// backoff and is refused again; one refused mid-stream is accepted at its next Hello and
-/// refused again within milliseconds: either way the refusal is what is seen.
+/// shard answers but refuses its players. It is said only while no accepted delivery
+/// stream is open: a stray sender refused beside a delivering player (a client of another
+/// log, a hand-made call) says nothing about the player. A player refused at its Hello
+/// retries with backoff and is refused again; one refused mid-stream is accepted at its
+/// next Hello and refused again within milliseconds: either way the refusal is what is seen.
 #[derive(Default)]
-struct Refused(Mutex<Option<(Reason, String)>>);
+struct Refused {
+    last: Mutex<Option<(Reason, String)>>,
+    /// Accepted delivery streams open now.
+    open: AtomicUsize,
+}
+
+/// One accepted delivery stream, open while this lives.
+struct Open(Arc<Refused>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Refused {
     /// Keeps `status` as the last refusal, unless it is a fencing (a stale sender is
@@ -80,21 +95,33 @@ impl Refused {
         if matches!(reason, Reason::Fenced | Reason::Store) {
             return;
         }
-        if let Ok(mut last) = self.0.lock() {
+        if let Ok(mut last) = self.last.lock() {
             *last = Some((reason, status.message().to_owned()));
         }
     }
 
-    /// A sender was accepted, or an entry applied: whatever was refused before is past.
+    /// An entry was applied: whatever was refused before is past.
     fn clear(&self) {
-        if let Ok(mut last) = self.0.lock() {
+        if let Ok(mut last) = self.last.lock() {
             *last = None;
         }
     }
 
+    /// A sender was accepted: whatever was refused before is past, and its stream is open
+    /// until the returned guard is dropped.
+    fn accepted(self: &Arc<Self>) -> Open {
+        self.clear();
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
     /// The reason's name and the message, or two empty strings.
     fn said(&self) -> (String, String) {
-        match self.0.lock().ok().and_then(|l| l.clone()) {
+        let last = match self.open.load(Ordering::Acquire) {
+            0 => self.last.lock().ok().and_then(|l| l.clone()),
+            _ => None,
+        };
+        match last {
             Some((reason, message)) => (reason.as_str().to_owned(), message),
             None => (String::new(), String::new()),
         }
@@ -434,7 +461,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
                 self.refused.note(&status);
                 status
             })?;
-        self.refused.clear();
+        let open = self.refused.accepted();
         if let Ok(mut id) = self.log_id.lock() {
             bound_log.clone_into(&mut id);
         }
@@ -453,10 +480,13 @@ impl<S: ShardStore> Shard for ShardService<S> {
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("sender went away"))?;
-        tokio::spawn(
-            self.clone()
-                .stream_loop(inbound, tx, epoch, Arc::new(slots)),
-        );
+        let service = self.clone();
+        tokio::spawn(async move {
+            service
+                .stream_loop(inbound, tx, epoch, Arc::new(slots))
+                .await;
+            drop(open);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -722,15 +752,16 @@ mod tests {
         .await
         .unwrap();
         while stream.message().await.is_ok_and(|m| m.is_some()) {}
-        assert_eq!(said(&mut client).await.0, "invalid");
+        // Said once the refused stream has ended (just after its sender was told).
+        assert_eq!(said_once_closed(&mut client).await, "invalid");
         // A fencing is not kept: a stale sender is refused by design.
         assert!(open(&mut client, hello("s0", 1)).await.is_err());
         assert_eq!(said(&mut client).await.0, "invalid");
-        // An entry applied (a watermark): the refusal is past.
+        // A stray sender refused beside an open stream is not said while it is open, and an
+        // entry applied after it makes it past.
         let (tx, mut stream) = open(&mut client, hello("s0", 2)).await.unwrap();
-        assert_eq!(said(&mut client).await.0, "");
         let _ = open(&mut client, hello("s1", 2)).await.err().unwrap();
-        assert_eq!(said(&mut client).await.0, "wrong-shard");
+        assert_eq!(said(&mut client).await.0, "");
         tx.send(DeliverRequest {
             msg: Some(deliver_request::Msg::Batch(crate::proto::Batch {
                 entries: vec![ShardEntry {
@@ -742,6 +773,23 @@ mod tests {
         .await
         .unwrap();
         assert!(stream.message().await.unwrap().is_some(), "acked");
-        assert_eq!(said(&mut client).await, (String::new(), String::new()));
+        drop((tx, stream));
+        assert_eq!(said_once_closed(&mut client).await, "");
+        // With no stream open, a refusal is said.
+        let _ = open(&mut client, hello("s1", 2)).await.err().unwrap();
+        assert_eq!(said(&mut client).await.0, "wrong-shard");
+    }
+
+    /// `Applied`'s refusal reason once every delivery stream the shard accepted has ended
+    /// (the shard ends a stream just after its sender sees the end).
+    async fn said_once_closed(client: &mut ShardClient<tonic::transport::Channel>) -> String {
+        for _ in 0..100 {
+            let (reason, _) = said(client).await;
+            if !reason.is_empty() {
+                return reason;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        String::new()
     }
 }
