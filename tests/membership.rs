@@ -275,6 +275,14 @@ async fn wrong_membership_changes_are_refused_by_name() {
     let log = Log::connect(&all).await.unwrap();
     write(&log, "w", 1, 5).await;
 
+    // The only voter of a group is not removed: the group would have none.
+    let mut one = Group::start(1, &[]).await;
+    one.leader(Duration::from_secs(20)).await;
+    let e = members(&one.all(), &["remove", "1"]).await.unwrap_err();
+    assert!(e.contains("only voter; a group needs one"), "{e}");
+    let m = members(&one.all(), &["list"]).await.unwrap();
+    assert_eq!(voters(&m), vec![1]);
+
     // A single-node LogStore has no members.
     let (_dir, single, _) = common::servers(0).await;
     let e = members(single.logstore.addr(), &["list"])
