@@ -212,6 +212,37 @@ async fn wrong_membership_changes_are_refused_by_name() {
     assert!(e.contains("is replica 3's address"), "{e}");
     let e = members(&all, &["add", "4=nohost"]).await.unwrap_err();
     assert!(e.contains("not HOST:PORT"), "{e}");
+    // Replica ids start at 1: refused by the CLI, and by the server from any client.
+    let e = members(&all, &["add", &format!("0={}", g.addrs[0])])
+        .await
+        .unwrap_err();
+    assert!(e.contains("replica ids start at 1"), "{e}");
+    {
+        let leader = g.leader(Duration::from_secs(10)).await;
+        let mut raw = logplayer::proto::log_store_client::LogStoreClient::connect(format!(
+            "http://{}",
+            g.addrs[leader]
+        ))
+        .await
+        .unwrap();
+        let status = raw
+            .add_member(logplayer::proto::AddMemberRequest {
+                id: 0,
+                addr: format!("127.0.0.1:{}", common::free_port()),
+                catch_up_ms: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            logplayer::grpc::Reason::of(&status),
+            Some(logplayer::grpc::Reason::Invalid),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains("replica ids start at 1"),
+            "{status:?}"
+        );
+    }
     // A member at another, unused address: moving it is a remove and an add (an add would
     // leave the group pointing the old id at a process that may be someone else).
     let unused = format!("127.0.0.1:{}", common::free_port());

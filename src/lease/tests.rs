@@ -546,6 +546,102 @@ async fn elector_steps_down_at_renew_deadline_even_if_the_store_hangs() {
     task.await.unwrap().unwrap();
 }
 
+/// A backend that answers from a script, then repeats its last answer (`None`: an error
+/// of the store).
+struct Script {
+    answers: Mutex<std::collections::VecDeque<Option<LeaseState>>>,
+}
+
+impl Script {
+    fn new(answers: Vec<Option<LeaseState>>) -> Arc<Self> {
+        Arc::new(Script {
+            answers: Mutex::new(answers.into()),
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for Script {
+    async fn try_acquire_or_renew(&self) -> Result<LeaseState, LeaseError> {
+        let mut answers = self.answers.lock().unwrap();
+        let answer = match answers.len() {
+            0 => None,
+            1 => answers[0].clone(),
+            _ => answers.pop_front().flatten(),
+        };
+        answer.ok_or_else(|| LeaseError::Io {
+            path: "script".into(),
+            source: std::io::Error::other("the store failed"),
+        })
+    }
+    async fn release(&self) -> Result<(), LeaseError> {
+        Ok(())
+    }
+    fn identity(&self) -> &str {
+        "script"
+    }
+    fn lease_duration(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+/// Runs the elector on `backend` with `cfg` until it has led and stepped down: how long
+/// after the start it stepped down.
+async fn led_then_stepped_down(backend: Arc<Script>, cfg: LeaseConfig) -> Duration {
+    let (tx, mut rx) = watch::channel(Role::Standby);
+    let stop = CancellationToken::new();
+    let t0 = Instant::now();
+    let task = tokio::spawn(run_elector(backend, cfg, tx, stop.clone()));
+    rx.wait_for(|r| *r == Role::Leader { epoch: 1 })
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        rx.wait_for(|r| *r == Role::Standby),
+    )
+    .await
+    .expect("the leader never stepped down")
+    .unwrap();
+    let took = t0.elapsed();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    took
+}
+
+/// A leader that sees another holder in the lease (a clock skew, a hand-edited lease)
+/// steps down at that attempt, not at its renew deadline.
+#[tokio::test(start_paused = true)]
+async fn elector_steps_down_at_once_when_another_holds_the_lease() {
+    let cfg = LeaseConfig {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(100),
+    };
+    let backend = Script::new(vec![Some(held(1)), Some(other("b", 2))]);
+    let took = led_then_stepped_down(backend, cfg).await;
+    assert!(
+        took < Duration::from_millis(300),
+        "stepped down after {took:?}"
+    );
+}
+
+/// A leader whose store answers errors steps down at its renew deadline, not at the first
+/// failed attempt after it (which comes up to a retry period later).
+#[tokio::test(start_paused = true)]
+async fn elector_steps_down_at_renew_deadline_when_the_store_fails() {
+    let cfg = LeaseConfig {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(1400),
+    };
+    let backend = Script::new(vec![Some(held(1)), None]);
+    let took = led_then_stepped_down(backend, cfg).await;
+    assert!(
+        took >= cfg.renew_deadline && took < cfg.renew_deadline + Duration::from_millis(100),
+        "stepped down after {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn elector_rejects_renew_deadline_not_below_backend_lease() {
     let dir = tempfile::tempdir().unwrap();
