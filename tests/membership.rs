@@ -307,7 +307,7 @@ async fn wrong_membership_changes_are_refused_by_name() {
     write(&log, "w", 1, 5).await;
 
     // The only voter of a group is not removed: the group would have none.
-    let mut one = Group::start(1, &[]).await;
+    let one = Group::start(1, &[]).await;
     one.leader(Duration::from_secs(20)).await;
     let e = members(&one.all(), &["remove", "1"]).await.unwrap_err();
     assert!(e.contains("only voter; a group needs one"), "{e}");
