@@ -543,6 +543,49 @@ mod tests {
         }]
     }
 
+    /// The writer writes the next group while the previous one syncs, and the WAL's reader
+    /// sees written records at once: a read must stop at the durable head, or a shard could
+    /// apply an entry a power loss then takes from the log (and the log give its index to
+    /// another entry).
+    #[test]
+    fn a_read_stops_at_the_durable_head_whatever_the_wal_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let record = |index| {
+            StoredEntry {
+                entry: Some(crate::proto::Entry {
+                    index,
+                    mutations: add("k"),
+                    append_start_micros: 0,
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        wal.append_batch(&[&record(1)]).unwrap();
+        wal.append_batch_unsynced(&[&record(2), &record(3)])
+            .unwrap();
+        let (head_tx, head) = watch::channel(1);
+        let log = LogStore {
+            jobs: mpsc::channel(1).0,
+            reader: wal.reader(),
+            head,
+            cache: Arc::new(RwLock::new(TailCache::new(TAIL_CACHE_BYTES))),
+            log_id: "00000000-0000-4000-8000-0000000000aa".into(),
+            max_entry_bytes: crate::limits::DEFAULT_MAX_ENTRY_BYTES,
+            failed: watch::channel(None).1,
+            writers: Default::default(),
+        };
+        let indexes = |from, to| -> Vec<u64> {
+            let read = log.read(from, to, usize::MAX).unwrap();
+            read.iter().map(|e| e.index).collect()
+        };
+        assert_eq!(indexes(1, u64::MAX), [1]);
+        assert_eq!(indexes(2, 3), Vec::<u64>::new());
+        head_tx.send_replace(3);
+        assert_eq!(indexes(1, u64::MAX), [1, 2, 3]);
+    }
+
     #[tokio::test]
     async fn a_retried_append_with_the_same_sequence_returns_the_original_index() {
         let dir = tempfile::tempdir().unwrap();
