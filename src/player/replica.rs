@@ -77,6 +77,19 @@ async fn show_saved_cursors(config: &ReplicaConfig, stats: &PlayerStats) {
 /// lease ever gave (epochs only grow, by acquisition, and nobody acquired since us). Asked
 /// only while the elector still sees this replica leading, so the call renews our own live
 /// lease rather than acquiring a free one.
+/// Whether a fencing by epoch `seen`, while leading under `epoch`, can only be an epoch the
+/// lease never gave: it is above ours, and we still lead and hold the lease (nobody took
+/// it from us, so no holder was given `seen`). Otherwise a newer leader fenced us, as it
+/// should, and we resign.
+async fn never_given(
+    seen: u64,
+    epoch: u64,
+    role: &watch::Receiver<Role>,
+    backend: &dyn LeaseBackend,
+) -> bool {
+    seen > epoch && *role.borrow() == (Role::Leader { epoch }) && still_hold(backend, epoch).await
+}
+
 async fn still_hold(backend: &dyn LeaseBackend, epoch: u64) -> bool {
     match backend.try_acquire_or_renew().await {
         Ok(lease::LeaseState::Held { epoch: held }) => held == epoch,
@@ -174,10 +187,7 @@ pub async fn run(
                 shard,
                 highest: Some(seen),
                 ..
-            }) if seen > epoch
-                && *role.borrow() == (Role::Leader { epoch })
-                && still_hold(backend.as_ref(), epoch).await =>
-            {
+            }) if never_given(seen, epoch, &role, backend.as_ref()).await => {
                 // Nobody took the lease from us, so no holder was ever given `seen`.
                 break Err(PlayerError::UnknownEpoch {
                     shard,
@@ -200,4 +210,56 @@ pub async fn run(
     elector_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lease that answers one state (`None`: an error).
+    struct Answers(Option<lease::LeaseState>);
+
+    #[tonic::async_trait]
+    impl LeaseBackend for Answers {
+        async fn try_acquire_or_renew(&self) -> Result<lease::LeaseState, lease::LeaseError> {
+            self.0.clone().ok_or_else(|| lease::LeaseError::Io {
+                path: "lease".into(),
+                source: std::io::Error::other("the store failed"),
+            })
+        }
+        async fn release(&self) -> Result<(), lease::LeaseError> {
+            Ok(())
+        }
+        fn identity(&self) -> &str {
+            "p"
+        }
+        fn lease_duration(&self) -> Duration {
+            Duration::from_secs(2)
+        }
+    }
+
+    /// A fencing is an epoch the lease never gave only when it is above ours and we still
+    /// lead and hold the lease; a newer leader's fencing (the lease moved on, or our elector
+    /// already stepped down) is a resignation, not a stop telling the operator to raise
+    /// the lease's epoch.
+    #[tokio::test]
+    async fn a_fencing_is_an_unknown_epoch_only_while_we_still_hold_the_lease() {
+        let held = |e| Answers(Some(lease::LeaseState::Held { epoch: e }));
+        let other = Answers(Some(lease::LeaseState::Other {
+            holder: "q".into(),
+            epoch: 6,
+        }));
+        let leading = watch::channel(Role::Leader { epoch: 5 }).1;
+        let standby = watch::channel(Role::Standby).1;
+        assert!(never_given(6, 5, &leading, &held(5)).await);
+        for (seen, role, backend, why) in [
+            (5, &leading, &held(5), "not above ours"),
+            (6, &standby, &held(5), "our elector stepped down"),
+            (6, &leading, &other, "another holds the lease"),
+            (6, &leading, &held(6), "the lease moved on to another term"),
+            (6, &leading, &Answers(None), "the lease cannot be read"),
+        ] {
+            assert!(!never_given(seen, 5, role, backend).await, "{why}");
+        }
+    }
 }
