@@ -73,10 +73,6 @@ async fn show_saved_cursors(config: &ReplicaConfig, stats: &PlayerStats) {
     }
 }
 
-/// Whether this replica still holds the lease at `epoch`: then `epoch` is the highest the
-/// lease ever gave (epochs only grow, by acquisition, and nobody acquired since us). Asked
-/// only while the elector still sees this replica leading, so the call renews our own live
-/// lease rather than acquiring a free one.
 /// Whether a fencing by epoch `seen`, while leading under `epoch`, can only be an epoch the
 /// lease never gave: it is above ours, and we still lead and hold the lease (nobody took
 /// it from us, so no holder was given `seen`). Otherwise a newer leader fenced us, as it
@@ -90,6 +86,10 @@ async fn never_given(
     seen > epoch && *role.borrow() == (Role::Leader { epoch }) && still_hold(backend, epoch).await
 }
 
+/// Whether this replica still holds the lease at `epoch`: then `epoch` is the highest the
+/// lease ever gave (epochs only grow, by acquisition, and nobody acquired since us). Asked
+/// only while the elector still sees this replica leading, so the call renews our own live
+/// lease rather than acquiring a free one.
 async fn still_hold(backend: &dyn LeaseBackend, epoch: u64) -> bool {
     match backend.try_acquire_or_renew().await {
         Ok(lease::LeaseState::Held { epoch: held }) => held == epoch,

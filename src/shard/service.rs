@@ -62,18 +62,38 @@ pub struct ShardService<S: ShardStore> {
     refused: Arc<Refused>,
 }
 
-/// The last refusal of a sender, kept until a Hello is accepted or a commit applies an
-/// entry, so that `Applied` (the operator's probe, `logplayer status`) can say that this
-/// shard answers but refuses its players. It is said only while no accepted delivery
-/// stream is open: a stray sender refused beside a delivering player (a client of another
-/// log, a hand-made call) says nothing about the player. A player refused at its Hello
-/// retries with backoff and is refused again; one refused mid-stream is accepted at its
-/// next Hello and refused again within milliseconds: either way the refusal is what is seen.
+/// How long a refusal is said after it was made: a player refused for real is refused
+/// again at each retry (every `--backoff-max` at most, 2 s by default), so an older one
+/// belongs to a sender that went away.
+const REFUSAL_SAID_FOR: Duration = Duration::from_secs(60);
+
+/// The last refusal of a sender, so that `Applied` (the operator's probe, `logplayer
+/// status`) can say that this shard answers but refuses its players.
+///
+/// Only what the player itself takes as a refusal is kept: `wrong-shard`, `wrong-log`,
+/// `entry-limit`, `entry-too-large` and `invalid`. Not a fencing (a stale sender is
+/// refused by design), a `gap` (the player reconnects and is taken back), a store failure
+/// (the shard stops), nor a stream cut off mid-message (a killed sender leaves one).
+///
+/// A refusal at a Hello is said while no accepted delivery stream is open (a stray client
+/// refused beside a delivering player says nothing about it), until a Hello is accepted. A
+/// refusal on an accepted stream is the player's own, and is said until an entry is
+/// applied, even while the player's next stream is open (which is refused again). Any
+/// refusal is forgotten once an entry is applied, and no longer said after
+/// [`REFUSAL_SAID_FOR`].
 #[derive(Default)]
 struct Refused {
-    last: Mutex<Option<(Reason, String)>>,
+    last: Mutex<Option<Refusal>>,
     /// Accepted delivery streams open now.
     open: AtomicUsize,
+}
+
+struct Refusal {
+    reason: Reason,
+    message: String,
+    at: std::time::Instant,
+    /// Made on an accepted stream (not at a Hello).
+    on_stream: bool,
 }
 
 /// One accepted delivery stream, open while this lives.
@@ -86,44 +106,70 @@ impl Drop for Open {
 }
 
 impl Refused {
-    /// Keeps `status` as the last refusal, unless it is a fencing (a stale sender is
-    /// refused by design) or not a refusal at all.
-    fn note(&self, status: &Status) {
-        let Some(reason) = Reason::of(status) else {
+    /// Keeps `status` as the last refusal, if it is one the player takes as such (see
+    /// [`Refused`]); `on_stream`: made on an accepted stream.
+    fn note(&self, status: &Status, on_stream: bool) {
+        let kept = [
+            Reason::WrongShard,
+            Reason::WrongLog,
+            Reason::EntryLimit,
+            Reason::EntryTooLarge,
+            Reason::Invalid,
+        ];
+        let Some(reason) = Reason::of(status).filter(|r| kept.contains(r)) else {
             return;
         };
-        if matches!(reason, Reason::Fenced | Reason::Store) {
+        // A sender killed mid-message leaves a truncated frame: a broken stream, not a
+        // refusal of the player (see `grpc::request_refusal`).
+        if status.message().contains("Unexpected EOF decoding stream") {
             return;
         }
         if let Ok(mut last) = self.last.lock() {
-            *last = Some((reason, status.message().to_owned()));
+            *last = Some(Refusal {
+                reason,
+                message: status.message().to_owned(),
+                at: std::time::Instant::now(),
+                on_stream,
+            });
         }
     }
 
     /// An entry was applied: whatever was refused before is past.
-    fn clear(&self) {
+    fn applied(&self) {
         if let Ok(mut last) = self.last.lock() {
             *last = None;
         }
     }
 
-    /// A sender was accepted: whatever was refused before is past, and its stream is open
-    /// until the returned guard is dropped.
+    /// A sender was accepted: a refusal at a Hello is past (one on a stream is not: the
+    /// player's next stream is refused the same way), and its stream is open until the
+    /// returned guard is dropped.
     fn accepted(self: &Arc<Self>) -> Open {
-        self.clear();
+        if let Ok(mut last) = self.last.lock()
+            && last.as_ref().is_some_and(|r| !r.on_stream)
+        {
+            *last = None;
+        }
         self.open.fetch_add(1, Ordering::AcqRel);
         Open(self.clone())
     }
 
     /// The reason's name and the message, or two empty strings.
     fn said(&self) -> (String, String) {
-        let last = match self.open.load(Ordering::Acquire) {
-            0 => self.last.lock().ok().and_then(|l| l.clone()),
-            _ => None,
-        };
-        match last {
-            Some((reason, message)) => (reason.as_str().to_owned(), message),
-            None => (String::new(), String::new()),
+        self.said_at(std::time::Instant::now())
+    }
+
+    fn said_at(&self, now: std::time::Instant) -> (String, String) {
+        let open = self.open.load(Ordering::Acquire) > 0;
+        let last = self.last.lock().ok();
+        match last.as_ref().and_then(|l| l.as_ref()) {
+            Some(r)
+                if (r.on_stream || !open)
+                    && now.saturating_duration_since(r.at) < REFUSAL_SAID_FOR =>
+            {
+                (r.reason.as_str().to_owned(), r.message.clone())
+            }
+            _ => (String::new(), String::new()),
         }
     }
 }
@@ -347,7 +393,7 @@ impl<S: ShardStore> ShardService<S> {
                 end,
             } = group;
             if let End::Stop(status) = end {
-                self.refused.note(&status);
+                self.refused.note(&status, true);
                 let _ = tx.send(Err(status)).await;
                 return;
             }
@@ -372,7 +418,7 @@ impl<S: ShardStore> ShardService<S> {
                         self.stats.record(fresh, durable, applied.skipped);
                         if applied.applied > before {
                             self.stats.committed_under(epoch, durable);
-                            self.refused.clear();
+                            self.refused.applied();
                         }
                         let ack = DeliverResponse {
                             msg: Some(deliver_response::Msg::Ack(Ack {
@@ -393,7 +439,7 @@ impl<S: ShardStore> ShardService<S> {
                         };
                         let _ = tx.send(Ok(ack)).await;
                         let status = to_status(&e);
-                        self.refused.note(&status);
+                        self.refused.note(&status, true);
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
@@ -458,7 +504,7 @@ impl<S: ShardStore> Shard for ShardService<S> {
                     }
                 }
                 let status = to_status(&e);
-                self.refused.note(&status);
+                self.refused.note(&status, false);
                 status
             })?;
         let open = self.refused.accepted();
@@ -723,11 +769,19 @@ mod tests {
         (a.refused_reason, a.refused_message)
     }
 
-    /// `Applied` says the shard's last refusal of a sender (at its Hello or mid-stream) until
-    /// a Hello is accepted or an entry applied, and never a fencing: the operator's probe
-    /// read a shard refusing its players as `Serving`.
+    /// A batch of `entries` on a Deliver stream.
+    fn batch(entries: Vec<ShardEntry>) -> DeliverRequest {
+        DeliverRequest {
+            msg: Some(deliver_request::Msg::Batch(crate::proto::Batch { entries })),
+        }
+    }
+
+    /// `Applied` says the shard's last refusal of a sender: one at a Hello until a Hello is
+    /// accepted, one on an accepted stream until an entry is applied; never a fencing or a
+    /// gap, and not a stray's while a player's stream is open. The operator's probe read a
+    /// shard refusing its players as `Serving`.
     #[tokio::test]
-    async fn applied_says_the_last_refusal_until_a_sender_is_accepted() {
+    async fn applied_says_the_last_refusal_of_a_sender() {
         let (_server, mut client) = start(MemStore::default()).await;
         assert_eq!(said(&mut client).await, (String::new(), String::new()));
         // Refused at its Hello: another shard's sender.
@@ -738,58 +792,71 @@ mod tests {
         // Accepted: the refusal is past.
         let (tx, mut stream) = open(&mut client, hello("s0", 2)).await.unwrap();
         assert_eq!(said(&mut client).await.0, "");
-        // Refused mid-stream: a mutation without a key.
+        // Refused on the stream: a mutation without a key.
         let bad = ShardEntry {
             index: 1,
             mutations: vec![crate::proto::Mutation::default()],
             ..Default::default()
         };
-        tx.send(DeliverRequest {
-            msg: Some(deliver_request::Msg::Batch(crate::proto::Batch {
-                entries: vec![bad],
-            })),
-        })
-        .await
-        .unwrap();
+        tx.send(batch(vec![bad])).await.unwrap();
         while stream.message().await.is_ok_and(|m| m.is_some()) {}
-        // Said once the refused stream has ended (just after its sender was told).
-        assert_eq!(said_once_closed(&mut client).await, "invalid");
+        assert_eq!(said(&mut client).await.0, "invalid");
         // A fencing is not kept: a stale sender is refused by design.
         assert!(open(&mut client, hello("s0", 1)).await.is_err());
         assert_eq!(said(&mut client).await.0, "invalid");
-        // A stray sender refused beside an open stream is not said while it is open, and an
-        // entry applied after it makes it past.
+        // The player's next stream is accepted, and the refusal on its stream still said.
         let (tx, mut stream) = open(&mut client, hello("s0", 2)).await.unwrap();
+        assert_eq!(said(&mut client).await.0, "invalid");
+        // An entry applied (a watermark) makes it past.
+        let mark = |index, prev_index| ShardEntry {
+            index,
+            prev_index,
+            ..Default::default()
+        };
+        tx.send(batch(vec![mark(1, 0)])).await.unwrap();
+        assert!(stream.message().await.unwrap().is_some(), "acked");
+        assert_eq!(said(&mut client).await.0, "");
+        // A gap is not kept: the player reconnects and is taken back.
+        tx.send(batch(vec![mark(5, 3)])).await.unwrap();
+        while stream.message().await.is_ok_and(|m| m.is_some()) {}
+        assert_eq!(said(&mut client).await.0, "");
+        // A stray refused at its Hello beside an open stream is not said while it is open...
+        let (tx, stream) = open(&mut client, hello("s0", 2)).await.unwrap();
         let _ = open(&mut client, hello("s1", 2)).await.err().unwrap();
         assert_eq!(said(&mut client).await.0, "");
-        tx.send(DeliverRequest {
-            msg: Some(deliver_request::Msg::Batch(crate::proto::Batch {
-                entries: vec![ShardEntry {
-                    index: 1,
-                    ..Default::default()
-                }],
-            })),
-        })
-        .await
-        .unwrap();
-        assert!(stream.message().await.unwrap().is_some(), "acked");
+        // ...and is once it has closed (the shard ends a stream just after its sender sees
+        // the end).
         drop((tx, stream));
-        assert_eq!(said_once_closed(&mut client).await, "");
-        // With no stream open, a refusal is said.
-        let _ = open(&mut client, hello("s1", 2)).await.err().unwrap();
-        assert_eq!(said(&mut client).await.0, "wrong-shard");
-    }
-
-    /// `Applied`'s refusal reason once every delivery stream the shard accepted has ended
-    /// (the shard ends a stream just after its sender sees the end).
-    async fn said_once_closed(client: &mut ShardClient<tonic::transport::Channel>) -> String {
-        for _ in 0..100 {
-            let (reason, _) = said(client).await;
+        let mut reason = String::new();
+        for _ in 0..250 {
+            reason = said(&mut client).await.0;
             if !reason.is_empty() {
-                return reason;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        String::new()
+        assert_eq!(reason, "wrong-shard");
+    }
+
+    /// A refusal is no longer said once it is older than [`REFUSAL_SAID_FOR`] (its sender
+    /// went away), and an entry applied forgets a stray's refusal made beside an open stream.
+    #[test]
+    fn a_refusal_is_said_for_a_while_and_forgotten_when_an_entry_is_applied() {
+        let refused = Arc::new(Refused::default());
+        refused.note(&Reason::WrongLog.status("another log"), false);
+        let now = std::time::Instant::now();
+        assert_eq!(refused.said_at(now).0, "wrong-log");
+        assert_eq!(refused.said_at(now + REFUSAL_SAID_FOR).0, "");
+        let open = refused.accepted();
+        assert_eq!(refused.said().0, "");
+        refused.note(&Reason::WrongLog.status("a stray"), false);
+        assert_eq!(refused.said().0, "", "a stray beside an open stream");
+        refused.applied();
+        drop(open);
+        assert_eq!(refused.said().0, "", "forgotten when an entry was applied");
+        // A truncated frame is a broken stream, not a refusal.
+        let cut = Reason::Invalid.status("malformed request: Unexpected EOF decoding stream.");
+        refused.note(&cut, true);
+        assert_eq!(refused.said().0, "");
     }
 }
