@@ -319,6 +319,7 @@ async fn observe_shards(
             probe,
             max_entry_bytes: said.limit,
             degraded: shard_degraded(s),
+            refused: said.refused.map(|p| p.message),
         })
         .collect()
 }

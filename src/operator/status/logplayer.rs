@@ -469,6 +469,13 @@ fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option
             "NoLeader",
             "no player leads, so nothing is delivered".into(),
         )
+    } else if let Some((shard, why)) = obs
+        .shards
+        .iter()
+        .find_map(|s| s.refused.as_ref().map(|r| (&s.name, r)))
+    {
+        // The leader's pod fails its readiness for it too, but only once its probe ran.
+        verdict(false, "DeliveryRefused", format!("shard {shard}: {why}"))
     } else if obs.leader_ready == Some(false) {
         // A standby's readiness says nothing of delivery: only the leader delivers.
         let pod = leader.unwrap_or("?");

@@ -23,6 +23,7 @@
 //!   `Paused`.
 //! - `Ready`: a leader is elected, at least one player pod is ready and so is the leader's
 //!   (`LeaderNotReady` when it is not: a shard refuses it, or its main stream is stalled),
+//!   no shard server says it refuses the players (`DeliveryRefused`, naming the shard),
 //!   every managed server has a running pod and nothing is degraded (`Delivering`); else the
 //!   reason of what is missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).
 //!
@@ -121,6 +122,8 @@ pub struct ShardObserved {
     /// objects refused: `ApplyFailed`, `CertificateIssueFailed`, `ReconcileFailed`), as
     /// `(reason, message)`.
     pub degraded: Option<(String, String)>,
+    /// Its server's last refusal of the players, as the Shard's `DeliveryRefused` says it.
+    pub refused: Option<String>,
 }
 
 /// Everything a LogPlayer's status is computed from.

@@ -44,6 +44,7 @@ fn shard(name: &str, acked: Option<i64>, probe: Probe) -> ShardObserved {
         probe,
         max_entry_bytes: Some(LIMIT),
         degraded: None,
+        refused: None,
     }
 }
 

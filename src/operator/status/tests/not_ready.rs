@@ -201,6 +201,29 @@ fn a_leader_whose_pod_is_not_ready_is_not_delivering() {
     assert_eq!(get(&s.conditions, condition::READY).reason, "Delivering");
 }
 
+/// A shard whose server refuses the players makes the LogPlayer not Ready, naming the
+/// shard and the refusal, whether or not the leader's pod has failed its readiness yet.
+#[test]
+fn a_shard_refusing_the_players_makes_the_logplayer_not_ready() {
+    for leader_ready in [Some(true), Some(false)] {
+        let s = status(&healthy_with(|o| {
+            o.leader_ready = leader_ready;
+            o.shards[1].refused = Some(
+                "the shard server refuses its players' deliveries \
+                                        (wrong-log): another log"
+                    .into(),
+            );
+        }));
+        let (verdict, reason, message) = srm(&s.conditions, condition::READY);
+        assert_eq!((verdict, reason), ("False", "DeliveryRefused"));
+        let name = &healthy().shards[1].name;
+        assert!(
+            message.starts_with(&format!("shard {name}: ")) && message.contains("(wrong-log)"),
+            "{message}"
+        );
+    }
+}
+
 /// A shard server that answers its probe but refused its last sender (its `Applied` says
 /// so) is not Ready, with the refusal's reason and message: it read `Serving` while its
 /// players were refused every delivery.
