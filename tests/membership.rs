@@ -197,6 +197,19 @@ async fn a_replica_without_the_snapshot_stream_is_sent_the_snapshot_in_one_messa
     );
 }
 
+/// A raw gRPC client of the group's leader (for requests the CLI would not send).
+async fn leader_client(
+    g: &Group,
+) -> logplayer::proto::log_store_client::LogStoreClient<tonic::transport::Channel> {
+    let leader = g.leader(Duration::from_secs(10)).await;
+    logplayer::proto::log_store_client::LogStoreClient::connect(format!(
+        "http://{}",
+        g.addrs[leader]
+    ))
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_membership_changes_are_refused_by_name() {
     let mut g = Group::start(3, &[]).await;
@@ -217,32 +230,24 @@ async fn wrong_membership_changes_are_refused_by_name() {
         .await
         .unwrap_err();
     assert!(e.contains("replica ids start at 1"), "{e}");
-    {
-        let leader = g.leader(Duration::from_secs(10)).await;
-        let mut raw = logplayer::proto::log_store_client::LogStoreClient::connect(format!(
-            "http://{}",
-            g.addrs[leader]
-        ))
+    let status = leader_client(&g)
         .await
-        .unwrap();
-        let status = raw
-            .add_member(logplayer::proto::AddMemberRequest {
-                id: 0,
-                addr: format!("127.0.0.1:{}", common::free_port()),
-                catch_up_ms: 0,
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            logplayer::grpc::Reason::of(&status),
-            Some(logplayer::grpc::Reason::Invalid),
-            "{status:?}"
-        );
-        assert!(
-            status.message().contains("replica ids start at 1"),
-            "{status:?}"
-        );
-    }
+        .add_member(logplayer::proto::AddMemberRequest {
+            id: 0,
+            addr: format!("127.0.0.1:{}", common::free_port()),
+            catch_up_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        logplayer::grpc::Reason::of(&status),
+        Some(logplayer::grpc::Reason::Invalid),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("replica ids start at 1"),
+        "{status:?}"
+    );
     // A member at another, unused address: moving it is a remove and an add (an add would
     // leave the group pointing the old id at a process that may be someone else).
     let unused = format!("127.0.0.1:{}", common::free_port());
@@ -279,13 +284,7 @@ async fn wrong_membership_changes_are_refused_by_name() {
     // A caller's deadline (here 4 s, below the default 60 s catch-up) bounds the wait: the
     // answer is the `membership` refusal that says the replica stays a learner, not a
     // deadline that says nothing of it.
-    let leader = g.leader(Duration::from_secs(10)).await;
-    let mut raw = logplayer::proto::log_store_client::LogStoreClient::connect(format!(
-        "http://{}",
-        g.addrs[leader]
-    ))
-    .await
-    .unwrap();
+    let mut raw = leader_client(&g).await;
     let mut request = tonic::Request::new(logplayer::proto::AddMemberRequest {
         id: wrong,
         addr: addr.clone(),
