@@ -15,6 +15,7 @@ pub mod raft;
 pub mod released;
 pub mod served;
 pub mod service;
+mod stored;
 pub(crate) mod tail;
 mod writer;
 
@@ -292,9 +293,7 @@ fn replay(
                 let writer = (stored.writer_id, stored.sequence);
                 dedupe::record(&mut writers, Some(&writer), index, d);
             }
-            if let Some(e) = stored.entry {
-                cache.push_entry(EncodedEntry::new(&e));
-            }
+            cache.push_entry(stored::entry(index, bytes)?);
             pos = index + 1;
         }
     }
@@ -503,15 +502,7 @@ impl LogStore {
         let records = self.reader.read_range(from, to, max_bytes)?;
         records
             .into_iter()
-            .map(|(index, bytes)| {
-                decode_stored(index, &bytes)?
-                    .entry
-                    .map(|e| EncodedEntry::new(&e))
-                    .ok_or(LogStoreError::Decode {
-                        index,
-                        reason: "record holds no entry".into(),
-                    })
-            })
+            .map(|(index, record)| stored::entry(index, record))
             .collect()
     }
 }

@@ -328,7 +328,7 @@ impl Writer {
 /// The WAL record of an entry: its `StoredEntry`, built around the entry's encoding (the
 /// entry is encoded once, for the record and the tail cache alike). Byte for byte what
 /// encoding the whole `StoredEntry` gives: prost writes fields in tag order, the entry first.
-fn stored_record(entry: &EncodedEntry, writer_id: String, sequence: u64) -> Vec<u8> {
+pub(super) fn stored_record(entry: &EncodedEntry, writer_id: String, sequence: u64) -> Vec<u8> {
     let rest = StoredEntry {
         entry: None,
         writer_id,
