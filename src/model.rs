@@ -163,32 +163,49 @@ pub fn apply_all(state: &mut State, mutations: &[Mutation]) {
 /// compared by position). Fields are hashed in place rather than over an encoding (as
 /// `logstore::dedupe::digest` does): this runs once per entry on the player's dispatch path.
 pub fn fingerprint(entry: &crate::proto::Entry) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    let bytes = |h: &mut xxhash_rust::xxh3::Xxh3, b: &[u8]| {
-        h.update(&(b.len() as u64).to_le_bytes());
-        h.update(b);
+    // The fields are laid out in one reused buffer and hashed at once: XXH3's streaming
+    // state pays a call and a copy into its own buffer for each of the many small updates
+    // (two per field), and gives the same value as hashing the same bytes at once.
+    thread_local! {
+        static INPUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    INPUT.with_borrow_mut(|input| {
+        input.clear();
+        fingerprint_input(entry, input);
+        let f = xxhash_rust::xxh3::xxh3_64(input).max(1);
+        if input.capacity() > 1024 * 1024 {
+            *input = Vec::new(); // a rare large entry does not stay pinned in every thread
+        }
+        f
+    })
+}
+
+/// What [`fingerprint`] hashes, appended to `out`.
+fn fingerprint_input(entry: &crate::proto::Entry, out: &mut Vec<u8>) {
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
     };
-    h.update(&entry.append_start_micros.to_le_bytes());
+    out.extend_from_slice(&entry.append_start_micros.to_le_bytes());
     for m in &entry.mutations {
-        bytes(&mut h, &m.key);
+        bytes(out, &m.key);
         match &m.op {
-            None => h.update(&[0]),
+            None => out.push(0),
             Some(Op::Put(v)) => {
-                h.update(&[1]);
-                bytes(&mut h, v);
+                out.push(1);
+                bytes(out, v);
             }
-            Some(Op::Delete(_)) => h.update(&[2]),
+            Some(Op::Delete(_)) => out.push(2),
             Some(Op::Add(d)) => {
-                h.update(&[3]);
-                h.update(&d.to_le_bytes());
+                out.push(3);
+                out.extend_from_slice(&d.to_le_bytes());
             }
             Some(Op::Append(v)) => {
-                h.update(&[4]);
-                bytes(&mut h, v);
+                out.push(4);
+                bytes(out, v);
             }
         }
     }
-    h.digest().max(1)
 }
 
 /// Wall-clock microseconds since the Unix epoch (for delay measurements across processes
