@@ -124,6 +124,46 @@ fn a_snapshot_and_the_journal_after_it_give_back_the_same_state() {
     assert_eq!(s.load().unwrap().fingerprint, fp(201));
 }
 
+/// A snapshot is built from the files beside the commits: the one started after a commit
+/// holds exactly the records up to it, whatever is committed while it is built, and the
+/// live state is left as it is.
+#[test]
+fn a_snapshot_built_beside_the_commits_holds_exactly_the_records_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = JournalStore::open(dir.path()).unwrap();
+    s.snapshot_min_bytes = 4 * 1024;
+    let mut committed = 0;
+    while s.writing.is_none() {
+        committed += 1;
+        commit_many(&mut s, committed, 1, 100);
+    }
+    let next = s.writing.as_ref().unwrap().next_record;
+    assert_eq!(next, committed + 1, "it covers every record written");
+    s.snapshot_min_bytes = u64::MAX; // no second one
+    commit_many(&mut s, committed + 1, 30, 100);
+    while s.writing.as_ref().is_some_and(|w| !w.thread.is_finished()) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    commit_many(&mut s, committed + 31, 1, 100); // takes the finished snapshot in
+    assert!(s.writing.is_none());
+    let (state, durable, _, next_record, _) = read_snapshot(&dir.path().join(SNAPSHOT_FILE))
+        .unwrap()
+        .unwrap();
+    assert_eq!((next_record, durable.applied), (next, committed));
+    let expected = {
+        let other = tempfile::tempdir().unwrap();
+        let mut o = JournalStore::open(other.path()).unwrap();
+        commit_many(&mut o, 1, committed, 100);
+        dump(&o)
+    };
+    assert_eq!(state.into_iter().collect::<Vec<_>>(), expected);
+    let live = dump(&s);
+    drop(s);
+    let reopened = JournalStore::open(dir.path()).unwrap();
+    assert_eq!(dump(&reopened), live);
+    assert_eq!(reopened.load().unwrap().applied, committed + 31);
+}
+
 /// The fingerprint of the applied entry lives in the snapshot too (its journal records are
 /// removed), and `reset-log` forgets it (that entry of the new log was never delivered).
 #[test]
