@@ -82,6 +82,11 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Replaces the file at `path` with `bytes` so that a crash leaves either the old or the new
 /// file whole: written to `path.tmp`, fsynced, renamed over `path`, the directory fsynced.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_durably_parts(path, &[bytes])
+}
+
+/// [`write_durably`] of `parts` one after the other (not copied into one buffer first).
+pub fn write_durably_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -91,7 +96,11 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .create(true)
         .truncate(true)
         .open(&tmp)?;
-    file.write_all_at(bytes, 0)?;
+    let mut at = 0;
+    for part in parts {
+        file.write_all_at(part, at)?;
+        at += part.len() as u64;
+    }
     file.sync_all()?;
     drop(file);
     rename(&tmp, path)?;

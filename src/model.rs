@@ -54,27 +54,30 @@ impl Value {
 
     /// Compact binary encoding used by the shard's store: a tag byte then the payload.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`Value::encode`], appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Value::Bytes(b) => {
-                let mut out = Vec::with_capacity(1 + b.len());
+                out.reserve(1 + b.len());
                 out.push(1);
                 out.extend_from_slice(b);
-                out
             }
             Value::Counter(n) => {
-                let mut out = vec![2];
+                out.push(2);
                 out.extend_from_slice(&n.to_le_bytes());
-                out
             }
             Value::List(items) => {
-                let len: usize = items.iter().map(|i| 4 + i.len()).sum();
-                let mut out = Vec::with_capacity(1 + len);
+                out.reserve(1 + items.iter().map(|i| 4 + i.len()).sum::<usize>());
                 out.push(3);
                 for item in items {
                     out.extend_from_slice(&(item.len() as u32).to_le_bytes());
                     out.extend_from_slice(item);
                 }
-                out
             }
         }
     }

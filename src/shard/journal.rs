@@ -17,12 +17,11 @@
 //!
 //! # Snapshots
 //! When the journal written since the last snapshot reaches [`SNAPSHOT_MIN_BYTES`] and the
-//! size of the last snapshot (Redis's rewrite rule at 100%), a thread of its own rebuilds the
-//! state as of the last record written (the last snapshot read back and the journal after it
-//! replayed, as at open: commits go on meanwhile), encodes it and writes it (`snapshot.tmp`,
-//! fsync, rename, directory fsync: a crash leaves the old snapshot or the new one, whole);
-//! once it is durable, the journal's segments before it are removed. While it is built the
-//! shard holds a second copy of its state. Disk use stays within about twice the state plus
+//! size of the last snapshot (Redis's rewrite rule at 100%), the state as of the last record
+//! is encoded a slice per commit while the commits go on (see [`super::taking`]), and
+//! written whole on a thread of its own (`snapshot.tmp`, fsync, rename, directory fsync: a
+//! crash leaves the old snapshot or the new one, whole); once it is durable, the journal's
+//! segments before it are removed. Disk use stays within about twice the state plus
 //! [`SNAPSHOT_MIN_BYTES`] (the padding counts toward the journal's size). Snapshots add
 //! nothing to the bytes written per byte delivered while the journal since the last one is
 //! below [`SNAPSHOT_MIN_BYTES`], about 1 more for a state of steady size, and below 2 more
@@ -51,11 +50,10 @@
 use std::collections::btree_map::Entry;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use prost::Message;
 
+use super::taking::Taking;
 use super::{Durable, Identity, ShardStore, StoreError};
 use crate::model::{State, Value};
 use crate::proto::{Mutation, ShardEntry, mutation::Op};
@@ -68,7 +66,7 @@ pub const JOURNAL_DIR: &str = "journal";
 pub const SNAPSHOT_FILE: &str = "snapshot";
 /// The journal written since the last snapshot that triggers the next one, at least.
 pub const SNAPSHOT_MIN_BYTES: u64 = 64 * 1024 * 1024;
-const SNAPSHOT_MAGIC: &[u8; 8] = b"LPSNAP\0\x01";
+pub(super) const SNAPSHOT_MAGIC: &[u8; 8] = b"LPSNAP\0\x01";
 /// Journal segments: small enough that a snapshot frees space soon after it is written.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Journal bytes read per step while replaying at open.
@@ -197,7 +195,7 @@ impl TryFrom<IdentityRecord> for Identity {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct SnapshotHeader {
+pub(super) struct SnapshotHeader {
     #[prost(uint64, tag = "1")]
     applied: u64,
     #[prost(uint64, tag = "2")]
@@ -206,9 +204,9 @@ struct SnapshotHeader {
     identity: Option<IdentityRecord>,
     /// The first journal index this snapshot does not contain.
     #[prost(uint64, tag = "4")]
-    next_record: u64,
+    pub(super) next_record: u64,
     #[prost(uint64, tag = "5")]
-    keys: u64,
+    pub(super) keys: u64,
     #[prost(fixed64, tag = "6")]
     fingerprint: u64,
 }
@@ -217,17 +215,14 @@ struct SnapshotHeader {
 struct Writing {
     next_record: u64,
     thread: std::thread::JoinHandle<Result<u64, JournalError>>,
-    /// Set when the store is dropped: the thread stops before it writes anything.
-    cancel: Arc<AtomicBool>,
 }
 
 impl Drop for JournalStore {
-    /// Stops and waits for a snapshot being built, so that a store opened again on the same
+    /// Waits for a snapshot being written, so that a store opened again on the same
     /// directory (a shard reopens its store after a failed commit) never sees an older
-    /// snapshot written over its own, or the journal it needs removed under it.
+    /// snapshot written over its own.
     fn drop(&mut self) {
         if let Some(w) = self.writing.take() {
-            w.cancel.store(true, Ordering::Relaxed);
             let _ = w.thread.join();
         }
     }
@@ -247,6 +242,11 @@ pub struct JournalStore {
     /// Size of the last snapshot written (0: none).
     snapshot_bytes: u64,
     writing: Option<Writing>,
+    /// A snapshot being taken, a slice per commit.
+    taking: Option<Taking>,
+    /// Bytes of a snapshot encoded per commit ([`super::taking::STEP_BYTES`]; all at once
+    /// under simulation).
+    snapshot_step_bytes: usize,
     /// Whether snapshots are written on the commit thread (under simulation, and in tests).
     inline_snapshots: bool,
     /// Whether commits fsync (see [`JournalStore::set_fsync`]).
@@ -343,6 +343,12 @@ impl JournalStore {
             snapshot_min_bytes: SNAPSHOT_MIN_BYTES,
             snapshot_bytes,
             writing: None,
+            taking: None,
+            snapshot_step_bytes: if crate::blocking::inline() {
+                usize::MAX
+            } else {
+                super::taking::STEP_BYTES
+            },
             inline_snapshots: crate::blocking::inline(),
             fsync: true,
             buf: Vec::new(),
@@ -399,6 +405,7 @@ impl JournalStore {
     #[cfg(test)]
     fn blocking_snapshots_for_test(&mut self) {
         self.inline_snapshots = true;
+        self.snapshot_step_bytes = usize::MAX;
     }
 
     /// How many keys the shard holds.
@@ -413,6 +420,16 @@ impl JournalStore {
             .encode(&mut self.buf)
             .map_err(|e| StoreError::Backend(format!("encoding a journal record: {e}").into()))?;
         self.append(sync)
+    }
+
+    /// Applies the mutations of a commit to the state, keeping first what a snapshot being
+    /// taken still needs of it.
+    fn apply(&mut self, entries: &[ShardEntry]) {
+        let mutations = || entries.iter().flat_map(|e| &e.mutations);
+        if let Some(taking) = &mut self.taking {
+            taking.keep_before(&self.state, mutations().map(|m| &m.key[..]));
+        }
+        apply_mutations(&mut self.state, mutations());
     }
 
     /// Appends `self.buf` as one record, padded to end on a page boundary.
@@ -453,7 +470,7 @@ impl JournalStore {
     fn split_commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
         self.encode_commit(entries, None);
         self.append(self.fsync)?;
-        apply_mutations(&mut self.state, entries.iter().flat_map(|e| &e.mutations));
+        self.apply(entries);
         if rand::random::<u8>() < 5 {
             tracing::warn!(
                 applied,
@@ -475,39 +492,60 @@ impl JournalStore {
         Ok(())
     }
 
-    /// Finishes a snapshot written in the background, and starts the next one when the
+    /// Finishes a snapshot written in the background; encodes the next slice of the one
+    /// being taken ([`Taking`]), and writes it once whole; starts the next one when the
     /// journal since the last has grown enough (see the module docs).
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         if let Some(w) = self.writing.take_if(|w| w.thread.is_finished()) {
             self.finish_snapshot(w)?;
         }
-        if self.writing.is_some()
-            || self.since_snapshot < self.snapshot_min_bytes.max(self.snapshot_bytes)
-        {
+        if self.taking.is_none() {
+            if self.writing.is_some()
+                || self.since_snapshot < self.snapshot_min_bytes.max(self.snapshot_bytes)
+            {
+                return Ok(());
+            }
+            if !self.fsync {
+                // The snapshot says which records it covers: they must not be lost after it.
+                self.wal.sync_point().sync().map_err(JournalError::from)?;
+            }
+            self.since_snapshot = 0;
+            let next_record = self.wal.last_index() + 1;
+            tracing::info!(dir = %self.dir.display(), keys = self.state.len(), next_record, "taking a snapshot");
+            self.taking = Some(Taking::start(SnapshotHeader {
+                applied: self.durable.applied,
+                highest_epoch: self.durable.highest_epoch,
+                identity: Some((&self.identity).into()),
+                next_record,
+                keys: 0,
+                fingerprint: self.durable.fingerprint,
+            }));
+        }
+        let Some(taking) = &mut self.taking else {
             return Ok(());
-        }
-        if !self.fsync {
-            // The snapshot says which records it covers: they must not be lost after it.
-            self.wal.sync_point().sync().map_err(JournalError::from)?;
-        }
-        let next_record = self.wal.last_index() + 1;
-        self.since_snapshot = 0;
-        let (dir, reader) = (self.dir.clone(), self.wal.reader());
-        let cancel = Arc::new(AtomicBool::new(false));
-        let stop = cancel.clone();
-        let rebuild = move || rebuild_snapshot(&dir, &reader, next_record, &stop);
+        };
+        let Some((head, rows)) = taking.step(&self.state, self.snapshot_step_bytes) else {
+            return Ok(());
+        };
+        let next_record = taking.next_record;
+        self.taking = None;
+        tracing::info!(dir = %self.dir.display(), bytes = head.len() + rows.len(), next_record, "writing a snapshot");
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let write = move || {
+            crate::disk::write_durably_parts(&path, &[&head, &rows]).map_err(io_at(&path))?;
+            Ok((head.len() + rows.len()) as u64)
+        };
         if self.inline_snapshots {
-            let len = rebuild()?;
+            let len = write()?;
             return self.snapshot_written(next_record, len);
         }
         let thread = std::thread::Builder::new()
             .name("shard-snapshot".into())
-            .spawn(rebuild)
+            .spawn(write)
             .map_err(io_at(&self.dir))?;
         self.writing = Some(Writing {
             next_record,
             thread,
-            cancel,
         });
         Ok(())
     }
@@ -554,61 +592,10 @@ fn replay(
     Ok(())
 }
 
-fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
+pub(super) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
-}
-
-/// Builds the snapshot that covers the journal before `next_record` and writes it
-/// durably; returns its size. The state is rebuilt as at open (the last snapshot read back,
-/// the journal after it replayed), on the snapshot's own thread, rather than encoded from
-/// the live state on the commit thread: encoding a 100 MB state there stopped commits for
-/// 1.6 s (`bench --insecure --shards 2 --sizes 1024 --rate 50000`: the player's queues
-/// overflowed and both shards caught up from the log). The price is a second copy of the
-/// state in memory and the journal decoded once more while a snapshot is built.
-fn rebuild_snapshot(
-    dir: &Path,
-    reader: &WalReader,
-    next_record: u64,
-    cancel: &AtomicBool,
-) -> Result<u64, JournalError> {
-    let started = std::time::Instant::now();
-    let cancelled = || JournalError::SnapshotThread("the store was closed".into());
-    let (mut state, mut durable, mut identity, from, _) =
-        read_snapshot(&dir.join(SNAPSHOT_FILE))?.unwrap_or_default();
-    let from = from.max(1);
-    let mut to = from;
-    while to < next_record {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(cancelled());
-        }
-        // A step at a time, so that a store being closed is not kept waiting.
-        let step = (to + 1023).min(next_record - 1);
-        replay_journal(
-            dir,
-            reader,
-            to..=step,
-            (&mut state, &mut durable, &mut identity),
-        )?;
-        to = step + 1;
-    }
-    if cancel.load(Ordering::Relaxed) {
-        return Err(cancelled());
-    }
-    let keys = state.len();
-    let bytes = encode_snapshot(state, durable, &identity, next_record);
-    tracing::info!(
-        dir = %dir.display(),
-        bytes = bytes.len(),
-        keys,
-        replayed = next_record - from,
-        build_ms = started.elapsed().as_millis() as u64,
-        "writing a snapshot"
-    );
-    let path = dir.join(SNAPSHOT_FILE);
-    crate::disk::write_durably(&path, &bytes).map_err(io_at(&path))?;
-    Ok(bytes.len() as u64)
 }
 
 /// Replays the journal's records in `range` onto `into` (state, durable, identity), as
@@ -647,28 +634,17 @@ fn replay_journal(
     Ok(bytes)
 }
 
-fn encode_snapshot(state: State, durable: Durable, identity: &Identity, next: u64) -> Vec<u8> {
-    let header = SnapshotHeader {
-        applied: durable.applied,
-        highest_epoch: durable.highest_epoch,
-        identity: Some(identity.into()),
-        next_record: next,
-        keys: state.len() as u64,
-        fingerprint: durable.fingerprint,
-    };
-    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 64);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    push_frame(&mut out, &header.encode_to_vec());
-    let mut row = Vec::new();
-    // Consumed as it is encoded: the copy's memory goes back while the encoding grows.
-    for (key, value) in state {
-        row.clear();
-        row.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        row.extend_from_slice(&key);
-        row.extend_from_slice(&value.encode());
-        push_frame(&mut out, &row);
-    }
-    out
+/// Appends the frame of one snapshot row: `[key len u32 LE][key][value]`.
+pub(super) fn push_row(out: &mut Vec<u8>, key: &[u8], value: &Value) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 8]); // the frame's length and checksum, below
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key);
+    value.encode_into(out);
+    let payload = &out[at + 8..];
+    let (len, crc) = (payload.len() as u32, crc32c::crc32c(payload));
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// What a snapshot holds: the state, its bookkeeping, the first journal index it does not
@@ -817,7 +793,7 @@ impl ShardStore for JournalStore {
         } else {
             self.encode_commit(entries, Some(applied));
             self.append(self.fsync)?;
-            apply_mutations(&mut self.state, entries.iter().flat_map(|e| &e.mutations));
+            self.apply(entries);
             self.durable.applied = applied;
             self.durable.fingerprint = super::fingerprint_at(entries, applied);
         }

@@ -124,27 +124,34 @@ fn a_snapshot_and_the_journal_after_it_give_back_the_same_state() {
     assert_eq!(s.load().unwrap().fingerprint, fp(201));
 }
 
-/// A snapshot is built from the files beside the commits: the one started after a commit
-/// holds exactly the records up to it, whatever is committed while it is built, and the
-/// live state is left as it is.
+/// A snapshot is taken a slice per commit while the commits go on: the one started after
+/// a commit holds exactly the records up to it, whatever is committed while it is taken,
+/// and the live state is left as it is.
 #[test]
-fn a_snapshot_built_beside_the_commits_holds_exactly_the_records_before_it() {
+fn a_snapshot_taken_beside_the_commits_holds_exactly_the_records_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = JournalStore::open(dir.path()).unwrap();
-    s.snapshot_min_bytes = 4 * 1024;
+    s.snapshot_min_bytes = 50 * 4096; // commits end on a page: after 50 of them
+    s.snapshot_step_bytes = 1; // one key per commit
     let mut committed = 0;
-    while s.writing.is_none() {
+    while s.taking.is_none() {
         committed += 1;
         commit_many(&mut s, committed, 1, 100);
     }
-    let next = s.writing.as_ref().unwrap().next_record;
+    let next = s.taking.as_ref().unwrap().next_record;
     assert_eq!(next, committed + 1, "it covers every record written");
     s.snapshot_min_bytes = u64::MAX; // no second one
-    commit_many(&mut s, committed + 1, 30, 100);
+    let mut slices = 1;
+    while s.taking.is_some() {
+        commit_many(&mut s, committed + slices, 1, 100);
+        slices += 1;
+    }
+    assert_eq!(slices, 8, "one commit per key (l, c0..c6)");
     while s.writing.as_ref().is_some_and(|w| !w.thread.is_finished()) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    commit_many(&mut s, committed + 31, 1, 100); // takes the finished snapshot in
+    let last = committed + slices;
+    commit_many(&mut s, last, 1, 100); // takes the written snapshot in
     assert!(s.writing.is_none());
     let (state, durable, _, next_record, _) = read_snapshot(&dir.path().join(SNAPSHOT_FILE))
         .unwrap()
@@ -161,7 +168,7 @@ fn a_snapshot_built_beside_the_commits_holds_exactly_the_records_before_it() {
     drop(s);
     let reopened = JournalStore::open(dir.path()).unwrap();
     assert_eq!(dump(&reopened), live);
-    assert_eq!(reopened.load().unwrap().applied, committed + 31);
+    assert_eq!(reopened.load().unwrap().applied, last);
 }
 
 /// The fingerprint of the applied entry lives in the snapshot too (its journal records are
@@ -396,5 +403,50 @@ proptest! {
         let mut ours = State::new();
         apply_mutations(&mut ours, &mutations);
         prop_assert_eq!(ours, model);
+    }
+}
+
+fn wide_op_strategy() -> impl Strategy<Value = (u8, TestOp)> {
+    (0u8..40, op_strategy().prop_map(|(_, op)| op))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// A snapshot taken a slice per commit is the state as of its record, whatever the
+    /// commits change while it is taken (keys before and after the slice, deleted,
+    /// created, of another kind), and the store opened again is the live state.
+    #[test]
+    fn a_snapshot_taken_in_slices_is_the_state_as_of_its_record(
+        commits in proptest::collection::vec(proptest::collection::vec(wide_op_strategy(), 1..6), 1..60),
+        step in 1usize..120,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        s.set_fsync(false);
+        s.snapshot_min_bytes = 1;
+        s.inline_snapshots = true; // written once whole, on the commit thread: checked below
+        s.snapshot_step_bytes = step;
+        let mut model = State::new();
+        let mut states = vec![State::new()]; // [i]: the state as of record i
+        let mut seen = 0;
+        for (i, ops) in commits.iter().enumerate() {
+            let index = i as u64 + 1;
+            let mutations: Vec<Mutation> = ops.iter().map(to_mutation).collect();
+            s.commit(&[entry(index, mutations.clone())], index).unwrap();
+            crate::model::apply_all(&mut model, &mutations);
+            states.push(model.clone());
+            if let Some((state, durable, _, next, _)) =
+                read_snapshot(&dir.path().join(SNAPSHOT_FILE)).unwrap()
+                && next != seen
+            {
+                seen = next;
+                prop_assert_eq!(durable.applied, next - 1);
+                prop_assert_eq!(&state, &states[next as usize - 1], "snapshot of record {}", next - 1);
+            }
+        }
+        prop_assert_eq!(&s.state, &model);
+        drop(s);
+        let reopened = JournalStore::open(dir.path()).unwrap();
+        prop_assert_eq!(&reopened.state, &model);
     }
 }

@@ -15,6 +15,7 @@ pub mod journal;
 pub mod service;
 pub mod stats;
 pub mod store;
+mod taking;
 
 use crate::model::Value;
 use crate::mutations::{self, Mutation};
