@@ -71,14 +71,17 @@ impl Value {
                 out.push(2);
                 out.extend_from_slice(&n.to_le_bytes());
             }
-            Value::List(items) => {
-                out.reserve(1 + items.iter().map(|i| 4 + i.len()).sum::<usize>());
-                out.push(3);
-                for item in items {
-                    out.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                    out.extend_from_slice(item);
-                }
-            }
+            Value::List(items) => Value::encode_list_into(items, out),
+        }
+    }
+
+    /// The encoding of a list of `items`, appended to `out`.
+    pub fn encode_list_into(items: &[Vec<u8>], out: &mut Vec<u8>) {
+        out.reserve(1 + items.iter().map(|i| 4 + i.len()).sum::<usize>());
+        out.push(3);
+        for item in items {
+            out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+            out.extend_from_slice(item);
         }
     }
 

@@ -425,11 +425,16 @@ impl JournalStore {
     /// Applies the mutations of a commit to the state, keeping first what a snapshot being
     /// taken still needs of it.
     fn apply(&mut self, entries: &[ShardEntry]) {
-        let mutations = || entries.iter().flat_map(|e| &e.mutations);
-        if let Some(taking) = &mut self.taking {
-            taking.keep_before(&self.state, mutations().map(|m| &m.key[..]));
+        let mutations = entries.iter().flat_map(|e| &e.mutations);
+        let Some(taking) = &mut self.taking else {
+            return apply_mutations(&mut self.state, mutations);
+        };
+        for m in mutations {
+            if let Some(op) = &m.op {
+                taking.keep_before(&self.state, &m.key, op);
+                apply_op(&mut self.state, &m.key, op);
+            }
         }
-        apply_mutations(&mut self.state, mutations());
     }
 
     /// Appends `self.buf` as one record, padded to end on a page boundary.
@@ -634,13 +639,14 @@ fn replay_journal(
     Ok(bytes)
 }
 
-/// Appends the frame of one snapshot row: `[key len u32 LE][key][value]`.
-pub(super) fn push_row(out: &mut Vec<u8>, key: &[u8], value: &Value) {
+/// Appends the frame of one snapshot row: `[key len u32 LE][key][value]`, the value
+/// encoded by `value` (see [`Value::encode`]).
+pub(super) fn push_row(out: &mut Vec<u8>, key: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
     let at = out.len();
     out.extend_from_slice(&[0; 8]); // the frame's length and checksum, below
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
-    value.encode_into(out);
+    value(out);
     let payload = &out[at + 8..];
     let (len, crc) = (payload.len() as u32, crc32c::crc32c(payload));
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());

@@ -11,19 +11,23 @@
 //! no commit waits for more than one slice.
 //!
 //! # How it stays the state as of its record
-//! Keys are encoded in order, from the live state. Before a commit changes a key that is
-//! not encoded yet, [`Taking::keep_before`] keeps the key's value as it was (or that it did
-//! not exist); the slice that reaches the key encodes the kept value instead of the live
-//! one. Keys already encoded may change freely. What is kept is at most the values the
-//! commits change while a snapshot is taken, each once: at worst a second copy of the state.
-//! The operations are not idempotent (an append, an add), so a "fuzzy" snapshot replayed
-//! from its starting record would apply some twice: this is what keeps it exact.
+//! Keys are encoded in order, from the live state. Before an op changes a key that is not
+//! encoded yet, [`Taking::keep_before`] keeps what the key was (that it did not exist, or its
+//! value); the slice that reaches the key encodes what was kept instead of the live value.
+//! A list that is only appended to is kept as its length, not copied: the live list's first
+//! items are what it was (a key's list growing under a snapshot is the common case, and
+//! copying each such list made the snapshot cost twice its encoding). An op that replaces
+//! such a list copies that prefix first. Keys already encoded may change freely. What is
+//! kept is at most the values changed while a snapshot is taken, each once. The ops are not
+//! idempotent (an append, an add), so a "fuzzy" snapshot replayed from its starting record
+//! would apply some twice: this is what keeps it exact.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::journal::{SNAPSHOT_MAGIC, SnapshotHeader, push_frame, push_row};
 use crate::model::{State, Value};
+use crate::proto::mutation::Op;
 
 /// Bytes of rows encoded per commit, at most one row more.
 pub(super) const STEP_BYTES: usize = 256 * 1024;
@@ -35,11 +39,19 @@ pub(super) struct Taking {
     header: SnapshotHeader,
     /// The last key encoded (`None`: none yet).
     last: Option<Vec<u8>>,
-    /// Keys not encoded yet that commits changed: their values as of the snapshot (`None`:
-    /// the key did not exist).
-    before: BTreeMap<Vec<u8>, Option<Value>>,
+    /// Keys not encoded yet that commits changed: what they were as of the snapshot.
+    before: BTreeMap<Vec<u8>, Kept>,
     rows: Vec<u8>,
     keys: u64,
+}
+
+/// What a key was when the snapshot was started.
+enum Kept {
+    /// Its value (`None`: the key did not exist).
+    Value(Option<Value>),
+    /// A list of this many items: the first items of the live list, which has only been
+    /// appended to since.
+    ListOf(usize),
 }
 
 impl Taking {
@@ -56,14 +68,27 @@ impl Taking {
         }
     }
 
-    /// Called before `keys` are changed in `state`: keeps the values, as of the snapshot, of
-    /// those not encoded yet.
-    pub fn keep_before<'a>(&mut self, state: &State, keys: impl Iterator<Item = &'a [u8]>) {
-        for key in keys {
-            let encoded = self.last.as_deref().is_some_and(|last| key <= last);
-            if !encoded && !self.before.contains_key(key) {
-                self.before.insert(key.to_vec(), state.get(key).cloned());
+    /// Called before `op` is applied to `key` in `state`: keeps what the key was as of the
+    /// snapshot, if it is not encoded yet and nothing is kept for it.
+    pub fn keep_before(&mut self, state: &State, key: &[u8], op: &Op) {
+        if self.last.as_deref().is_some_and(|last| key <= last) {
+            return;
+        }
+        let live = state.get(key);
+        let appends = matches!((live, op), (Some(Value::List(_)), Op::Append(_)));
+        match (self.before.get_mut(key), live) {
+            (None, Some(Value::List(items))) if appends => {
+                self.before.insert(key.to_vec(), Kept::ListOf(items.len()));
             }
+            (None, _) => {
+                self.before.insert(key.to_vec(), Kept::Value(live.cloned()));
+            }
+            (Some(kept @ Kept::ListOf(_)), Some(Value::List(items))) if !appends => {
+                if let Kept::ListOf(n) = *kept {
+                    *kept = Kept::Value(Some(Value::List(items[..n].to_vec())));
+                }
+            }
+            (Some(_), _) => {}
         }
     }
 
@@ -93,18 +118,27 @@ impl Taking {
                 break false;
             }
             let (key, value) = if from_kept {
-                let (key, value) = kept.next()?;
-                if live.peek().is_some_and(|(l, _)| *l == key) {
-                    live.next();
+                let (key, kept) = kept.next()?;
+                let now = live.next_if(|(l, _)| *l == key).map(|(_, v)| v);
+                match (kept, now) {
+                    (Kept::Value(v), _) => (key, v.as_ref().map(Row::Value)),
+                    (Kept::ListOf(n), Some(Value::List(items))) => {
+                        (key, items.get(..*n).map(Row::List))
+                    }
+                    // Not reached: a list kept by its length is appended to or copied.
+                    (Kept::ListOf(_), _) => (key, None),
                 }
-                (key, value.as_ref())
             } else {
-                live.next().map(|(k, v)| (k, Some(v)))?
+                live.next().map(|(k, v)| (k, Some(Row::Value(v))))?
             };
-            if let Some(value) = value {
-                push_row(&mut self.rows, key, value);
-                self.keys += 1;
+            match value {
+                Some(Row::Value(v)) => push_row(&mut self.rows, key, |out| v.encode_into(out)),
+                Some(Row::List(items)) => push_row(&mut self.rows, key, |out| {
+                    Value::encode_list_into(items, out)
+                }),
+                None => {}
             }
+            self.keys += u64::from(value.is_some());
             last = Some(key);
         };
         if let Some(last) = last {
@@ -123,4 +157,10 @@ impl Taking {
         push_frame(&mut head, &prost::Message::encode_to_vec(&self.header));
         Some((head, std::mem::take(&mut self.rows)))
     }
+}
+
+/// The value a row is encoded from.
+enum Row<'a> {
+    Value(&'a Value),
+    List(&'a [Vec<u8>]),
 }
