@@ -18,7 +18,7 @@
 //! # Snapshots
 //! When the journal written since the last snapshot reaches [`SNAPSHOT_MIN_BYTES`] and the
 //! size of the last snapshot (Redis's rewrite rule at 100%), the state as of the last record
-//! is encoded a slice per commit while the commits go on (see [`super::taking`]), and
+//! is encoded a slice per commit while the commits go on (see `taking.rs`), and
 //! written whole on a thread of its own (`snapshot.tmp`, fsync, rename, directory fsync: a
 //! crash leaves the old snapshot or the new one, whole); once it is durable, the journal's
 //! segments before it are removed. Disk use stays within about twice the state plus
