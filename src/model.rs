@@ -166,8 +166,9 @@ pub fn apply_all(state: &mut State, mutations: &[Mutation]) {
 /// player can tell whether the log still holds, at that index, the entry the shard applied
 /// (not one appended after the log was put back to an older copy). It is persisted, so it
 /// must never change: `fingerprints_are_pinned` holds it. The index is not hashed (it is
-/// compared by position). Fields are hashed in place rather than over an encoding (as
-/// `logstore::dedupe::digest` does): this runs once per entry on the player's dispatch path.
+/// compared by position). The fields are laid out in a reused buffer (length-prefixed, not
+/// a protobuf encoding as `logstore::dedupe::digest` hashes) and hashed at once: this runs
+/// once per entry on the player's dispatch path.
 pub fn fingerprint(entry: &crate::proto::Entry) -> u64 {
     // The fields are laid out in one reused buffer and hashed at once: XXH3's streaming
     // state pays a call and a copy into its own buffer for each of the many small updates

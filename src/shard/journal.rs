@@ -244,9 +244,14 @@ pub struct JournalStore {
     writing: Option<Writing>,
     /// A snapshot being taken, a slice per commit.
     taking: Option<Taking>,
-    /// Bytes of a snapshot encoded per commit ([`super::taking::STEP_BYTES`]; all at once
-    /// under simulation).
+    /// Bytes of a snapshot encoded per commit, at least ([`super::taking::STEP_BYTES`]; all
+    /// at once under simulation); see [`JournalStore::step_budget`].
     snapshot_step_bytes: usize,
+    /// Whether a step grows with the commit's bytes and the quiet before it (tests turn it
+    /// off to take one key per commit).
+    step_scales: bool,
+    /// When the last commit was made.
+    last_commit: std::time::Instant,
     /// Whether snapshots are written on the commit thread (under simulation, and in tests).
     inline_snapshots: bool,
     /// Whether commits fsync (see [`JournalStore::set_fsync`]).
@@ -349,6 +354,8 @@ impl JournalStore {
             } else {
                 super::taking::STEP_BYTES
             },
+            step_scales: true,
+            last_commit: std::time::Instant::now(),
             inline_snapshots: crate::blocking::inline(),
             fsync: true,
             buf: Vec::new(),
@@ -501,6 +508,8 @@ impl JournalStore {
     /// being taken ([`Taking`]), and writes it once whole; starts the next one when the
     /// journal since the last has grown enough (see the module docs).
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+        let now = std::time::Instant::now();
+        let quiet = now.saturating_duration_since(std::mem::replace(&mut self.last_commit, now));
         if let Some(w) = self.writing.take_if(|w| w.thread.is_finished()) {
             self.finish_snapshot(w)?;
         }
@@ -529,7 +538,11 @@ impl JournalStore {
         let Some(taking) = &mut self.taking else {
             return Ok(());
         };
-        let Some((head, rows)) = taking.step(&self.state, self.snapshot_step_bytes) else {
+        let budget = step_budget(
+            self.snapshot_step_bytes,
+            self.step_scales.then_some((self.buf.len(), quiet)),
+        );
+        let Some((head, rows)) = taking.step(&self.state, budget) else {
             return Ok(());
         };
         let next_record = taking.next_record;
@@ -637,6 +650,20 @@ fn replay_journal(
         }
     }
     Ok(bytes)
+}
+
+/// Bytes of a snapshot encoded after a commit: `step`, and when `scaled` by the commit's
+/// bytes and the quiet before it, at least twice those bytes (so that a snapshot is whole
+/// before the journal has grown by half its size, however large the commits) and 64 KiB per
+/// millisecond of quiet (a shard that commits now and then finishes its snapshot in a few
+/// commits).
+fn step_budget(step: usize, scaled: Option<(usize, std::time::Duration)>) -> usize {
+    let Some((commit_bytes, quiet)) = scaled else {
+        return step;
+    };
+    let quiet_ms = usize::try_from(quiet.as_millis()).unwrap_or(usize::MAX);
+    step.max(commit_bytes.saturating_mul(2))
+        .max(quiet_ms.saturating_mul(64 * 1024))
 }
 
 /// Appends the frame of one snapshot row: `[key len u32 LE][key][value]`, the value

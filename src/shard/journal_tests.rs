@@ -133,6 +133,7 @@ fn a_snapshot_taken_beside_the_commits_holds_exactly_the_records_before_it() {
     let mut s = JournalStore::open(dir.path()).unwrap();
     s.snapshot_min_bytes = 50 * 4096; // commits end on a page: after 50 of them
     s.snapshot_step_bytes = 1; // one key per commit
+    s.step_scales = false;
     let mut committed = 0;
     while s.taking.is_none() {
         committed += 1;
@@ -426,6 +427,7 @@ proptest! {
         s.snapshot_min_bytes = 1;
         s.inline_snapshots = true; // written once whole, on the commit thread: checked below
         s.snapshot_step_bytes = step;
+        s.step_scales = false;
         let mut model = State::new();
         let mut states = vec![State::new()]; // [i]: the state as of record i
         let mut seen = 0;
@@ -449,4 +451,24 @@ proptest! {
         let reopened = JournalStore::open(dir.path()).unwrap();
         prop_assert_eq!(&reopened.state, &model);
     }
+}
+
+/// A step encodes at least twice the commit's bytes, and more after a quiet spell: a
+/// snapshot keeps ahead of large commits, and a shard that commits now and then finishes
+/// it in a few commits.
+#[test]
+fn a_snapshot_step_grows_with_the_commit_and_the_quiet_before_it() {
+    use std::time::Duration;
+    let step = super::super::taking::STEP_BYTES;
+    assert_eq!(step_budget(step, None), step);
+    assert_eq!(step_budget(step, Some((4096, Duration::ZERO))), step);
+    assert_eq!(step_budget(step, Some((1 << 20, Duration::ZERO))), 2 << 20);
+    assert_eq!(
+        step_budget(step, Some((4096, Duration::from_secs(1)))),
+        1000 * 64 * 1024
+    );
+    assert_eq!(
+        step_budget(usize::MAX, Some((1, Duration::MAX))),
+        usize::MAX
+    );
 }
