@@ -245,7 +245,7 @@ pub struct JournalStore {
     /// A snapshot being taken, a slice per commit.
     taking: Option<Taking>,
     /// Bytes of a snapshot encoded per commit, at least ([`super::taking::STEP_BYTES`]; all
-    /// at once under simulation); see [`JournalStore::step_budget`].
+    /// at once under simulation); see [`step_budget`].
     snapshot_step_bytes: usize,
     /// Whether a step grows with the commit's bytes and the quiet before it (tests turn it
     /// off to take one key per commit).
@@ -545,7 +545,7 @@ impl JournalStore {
         let Some((head, rows)) = taking.step(&self.state, budget) else {
             return Ok(());
         };
-        let next_record = taking.next_record;
+        let next_record = taking.next_record();
         self.taking = None;
         tracing::info!(dir = %self.dir.display(), bytes = head.len() + rows.len(), next_record, "writing a snapshot");
         let path = self.dir.join(SNAPSHOT_FILE);
@@ -611,9 +611,18 @@ fn replay(
 }
 
 pub(super) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    push_frame_with(out, |out| out.extend_from_slice(payload));
+}
+
+/// Appends a frame whose payload `payload` appends to `out` in place.
+fn push_frame_with(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 8]); // the frame's length and checksum, below
+    payload(out);
+    let written = &out[at + 8..];
+    let (len, crc) = (written.len() as u32, crc32c::crc32c(written));
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Replays the journal's records in `range` onto `into` (state, durable, identity), as
@@ -669,15 +678,11 @@ fn step_budget(step: usize, scaled: Option<(usize, std::time::Duration)>) -> usi
 /// Appends the frame of one snapshot row: `[key len u32 LE][key][value]`, the value
 /// encoded by `value` (see [`Value::encode`]).
 pub(super) fn push_row(out: &mut Vec<u8>, key: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
-    let at = out.len();
-    out.extend_from_slice(&[0; 8]); // the frame's length and checksum, below
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(key);
-    value(out);
-    let payload = &out[at + 8..];
-    let (len, crc) = (payload.len() as u32, crc32c::crc32c(payload));
-    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    push_frame_with(out, |out| {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        value(out);
+    });
 }
 
 /// What a snapshot holds: the state, its bookkeeping, the first journal index it does not

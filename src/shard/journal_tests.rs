@@ -139,7 +139,7 @@ fn a_snapshot_taken_beside_the_commits_holds_exactly_the_records_before_it() {
         committed += 1;
         commit_many(&mut s, committed, 1, 100);
     }
-    let next = s.taking.as_ref().unwrap().next_record;
+    let next = s.taking.as_ref().unwrap().next_record();
     assert_eq!(next, committed + 1, "it covers every record written");
     s.snapshot_min_bytes = u64::MAX; // no second one
     let mut slices = 1;

@@ -34,8 +34,6 @@ pub(super) const STEP_BYTES: usize = 256 * 1024;
 
 /// A snapshot being taken (see the module docs).
 pub(super) struct Taking {
-    /// The first journal record it does not contain.
-    pub next_record: u64,
     header: SnapshotHeader,
     /// The last key encoded (`None`: none yet).
     last: Option<Vec<u8>>,
@@ -59,13 +57,17 @@ impl Taking {
     /// filled in at the end).
     pub fn start(header: SnapshotHeader) -> Self {
         Taking {
-            next_record: header.next_record,
             header,
             last: None,
             before: BTreeMap::new(),
             rows: Vec::new(),
             keys: 0,
         }
+    }
+
+    /// The first journal record it does not contain.
+    pub fn next_record(&self) -> u64 {
+        self.header.next_record
     }
 
     /// Called before `op` is applied to `key` in `state`: keeps what the key was as of the
@@ -83,7 +85,7 @@ impl Taking {
             (None, _) => {
                 self.before.insert(key.to_vec(), Kept::Value(live.cloned()));
             }
-            (Some(kept @ Kept::ListOf(_)), Some(Value::List(items))) if !appends => {
+            (Some(kept), Some(Value::List(items))) if !appends => {
                 if let Kept::ListOf(n) = *kept {
                     *kept = Kept::Value(Some(Value::List(items[..n].to_vec())));
                 }
