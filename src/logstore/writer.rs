@@ -70,10 +70,35 @@ impl Publish {
         self.head.send_replace(last);
     }
 
+    /// A guard that reports a panic of the thread holding it as a WAL failure, so that the
+    /// LogStore stops (and its supervisor restarts it) instead of staying up with no writer:
+    /// every append refused and [`super::failure`] waiting forever.
+    fn fail_on_panic(&self, thread: &'static str) -> FailOnPanic {
+        FailOnPanic {
+            publish: self.clone(),
+            thread,
+        }
+    }
+
     fn fail(&self, reason: &str) {
         if self.failed.borrow().is_none() {
             tracing::error!(error = %reason, "WAL write failed; the LogStore refuses appends and stops");
             self.failed.send_replace(Some(reason.to_owned()));
+        }
+    }
+}
+
+/// See [`Publish::fail_on_panic`].
+pub(super) struct FailOnPanic {
+    publish: Publish,
+    thread: &'static str,
+}
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.publish
+                .fail(&format!("the WAL's {} thread panicked", self.thread));
         }
     }
 }
@@ -103,9 +128,11 @@ impl Writer {
         let (tx, rx) = sync_channel(GROUPS_IN_FLIGHT);
         let publish = self.publish.clone();
         let in_flight = self.in_flight.clone();
+        let _failing = self.publish.fail_on_panic("writer");
         let spawned = std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
+                let _failing = publish.fail_on_panic("sync");
                 sync_loop(rx, publish, &in_flight, |p| {
                     p.sync().map_err(|e| e.to_string())
                 })
@@ -123,6 +150,7 @@ impl Writer {
 
     /// The writer as a task on the caller's runtime (see [`crate::blocking`]).
     pub async fn run_inline(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let _failing = self.publish.fail_on_panic("writer");
         while let Some(job) = jobs.recv().await {
             self.take_group(job, &mut jobs);
         }
@@ -404,6 +432,32 @@ mod tests {
             failed: Arc::new(watch::channel(None).0),
         };
         (dir, wal, publish, head_rx)
+    }
+
+    /// A panic of the writer's or the sync thread is published as a WAL failure, so the
+    /// LogStore stops; it used to stay up with no writer, refusing every append.
+    #[test]
+    fn a_panic_of_a_wal_thread_is_a_wal_failure() {
+        let (_dir, _wal, publish, _head) = setup();
+        let failed = publish.failed.subscribe();
+        let p = publish.clone();
+        let panicked = std::thread::spawn(move || {
+            let _failing = p.fail_on_panic("sync");
+            panic!("a bug");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(
+            failed.borrow().as_deref(),
+            Some("the WAL's sync thread panicked")
+        );
+        // A thread that ends without panicking reports nothing.
+        let (_dir, _wal, publish, _head) = setup();
+        let failed = publish.failed.subscribe();
+        std::thread::spawn(move || drop(publish.fail_on_panic("writer")))
+            .join()
+            .unwrap();
+        assert_eq!(*failed.borrow(), None);
     }
 
     fn group(

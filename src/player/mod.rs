@@ -367,6 +367,8 @@ struct Shared {
     fatal: Mutex<Option<PlayerError>>,
     /// Itself, for spawning recovery readers from `&self` methods.
     me: std::sync::Weak<Shared>,
+    /// Permits for recovery readers to read at once ([`recovery::MAX_RECOVERY_READERS`]).
+    recovery_readers: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -534,6 +536,7 @@ impl Player {
             stats,
             shutdown,
             fatal: Mutex::new(None),
+            recovery_readers: Arc::new(tokio::sync::Semaphore::new(recovery::MAX_RECOVERY_READERS)),
         });
         Ok(Player {
             shared,

@@ -275,6 +275,8 @@ impl Shared {
         *opened = true;
         self.accepted(target);
         let mut in_flight = InFlight::default();
+        // The highest index the shard can acknowledge on this stream.
+        let mut sent_through = applied;
         // Batches within the log's limit too: a shard takes messages up to its own limit,
         // which its Hello check holds at or above the log's, not at the player's (which may
         // be larger).
@@ -304,6 +306,7 @@ impl Shared {
                     dispatched,
                     bytes,
                 });
+                sent_through = last;
                 let msg = DeliverRequest {
                     msg: Some(deliver_request::Msg::Batch(Batch { entries: batch })),
                 };
@@ -318,8 +321,11 @@ impl Shared {
                     while !in_flight.is_empty() {
                         tokio::select! {
                             m = inbound.message() => match m {
-                                Ok(Some(r)) => if let Some(deliver_response::Msg::Ack(a)) = r.msg {
-                                    self.acked(target, &mut in_flight, a.applied_index);
+                                Ok(Some(r)) => match r.msg {
+                                    Some(deliver_response::Msg::Ack(a)) if a.applied_index <= sent_through => {
+                                        self.acked(target, &mut in_flight, a.applied_index);
+                                    }
+                                    _ => break,
                                 },
                                 _ => break,
                             },
@@ -333,7 +339,8 @@ impl Shared {
                     match m? {
                         Some(r) => match r.msg {
                             Some(deliver_response::Msg::Ack(a)) => {
-                                self.acked(target, &mut in_flight, a.applied_index);
+                                let applied = ack_within(&target.id, a.applied_index, sent_through)?;
+                                self.acked(target, &mut in_flight, applied);
                             }
                             _ => return Err(SessionEnd::Broken("unexpected response".into())),
                         },
@@ -424,7 +431,8 @@ impl Shared {
     /// Checks a shard's Welcome (see [`check_welcome`]); returns its applied index and the
     /// fingerprint of its entry.
     fn check_welcome(&self, target: &Target, w: &Welcome) -> Result<(u64, u64), SessionEnd> {
-        check_welcome(&target.id, &target.addr, &self.log_id, w)
+        let log = (self.log_id.as_str(), self.log_max_entry_bytes);
+        check_welcome(&target.id, &target.addr, log, w)
             .map(|applied| (applied, w.applied_fingerprint))
             .map_err(|(reason, message)| SessionEnd::Refused { reason, message })
     }
@@ -467,12 +475,13 @@ impl Shared {
 
 /// Checks a shard's Welcome against the map and the log, whatever the shard itself checked
 /// (a shard of another implementation may not check the Hello's ids): the shard must be
-/// the one the map names at this address, bound to this player's log (or to none yet).
-/// Returns the shard's applied index, or the refusal.
+/// the one the map names at this address, bound to this player's log (`log`: its id and
+/// entry limit; or to none yet), taking entries as large as the log's (0: a limit not
+/// said). Returns the shard's applied index, or the refusal.
 pub(super) fn check_welcome(
     expected: &str,
     addr: &str,
-    log_id: &str,
+    (log_id, log_limit): (&str, u64),
     w: &Welcome,
 ) -> Result<u64, (Reason, String)> {
     if w.shard_id != expected {
@@ -493,7 +502,37 @@ pub(super) fn check_welcome(
             ),
         ));
     }
+    if w.max_entry_bytes != 0 && log_limit != 0 && w.max_entry_bytes < log_limit {
+        return Err((
+            Reason::EntryLimit,
+            format!(
+                "shard {expected:?} at {addr} takes entries up to {} bytes, but log {log_id} holds entries up to {log_limit}; raise the shard's --max-entry-bytes to at least the log's. Nothing was sent",
+                w.max_entry_bytes
+            ),
+        ));
+    }
     Ok(w.applied_index)
+}
+
+/// An ack of `applied` from shard `shard`, to which this stream has sent entries up to
+/// `sent_through` (or which welcomed it with that applied index): taken only up to there.
+/// An ack past it (a shard of another implementation with a bug, or not a shard at all)
+/// would become the shard's saved cursor, and so let retention remove entries the shard
+/// never received; the stream is broken instead, and the shard's next Welcome says again
+/// what it holds.
+fn ack_within(shard: &str, applied: u64, sent_through: u64) -> Result<u64, SessionEnd> {
+    if applied > sent_through {
+        tracing::warn!(
+            shard,
+            applied,
+            sent_through,
+            "the shard acknowledged entries never sent to it; reconnecting"
+        );
+        return Err(SessionEnd::Broken(format!(
+            "shard {shard:?} acknowledged index {applied}, past the last entry sent to it on this stream ({sent_through})"
+        )));
+    }
+    Ok(applied)
 }
 
 /// An open delivery stream: requests out, responses in, and the shard's applied index.
@@ -616,16 +655,52 @@ mod tests {
             log_id: log.into(),
             ..Default::default()
         };
-        assert_eq!(check_welcome("s0", "h:1", "L", &w("s0", "L")), Ok(7));
-        assert_eq!(check_welcome("s0", "h:1", "L", &w("s0", "")), Ok(7));
-        let (reason, msg) = check_welcome("s0", "h:1", "L", &w("s1", "L")).unwrap_err();
+        let log = ("L", 0);
+        assert_eq!(check_welcome("s0", "h:1", log, &w("s0", "L")), Ok(7));
+        assert_eq!(check_welcome("s0", "h:1", log, &w("s0", "")), Ok(7));
+        let (reason, msg) = check_welcome("s0", "h:1", log, &w("s1", "L")).unwrap_err();
         assert_eq!(reason, Reason::WrongShard);
         assert!(
             msg.contains("\"s1\"") && msg.contains("\"s0\"") && msg.contains("h:1"),
             "{msg}"
         );
-        let (reason, msg) = check_welcome("s0", "h:1", "L", &w("s0", "M")).unwrap_err();
+        let (reason, msg) = check_welcome("s0", "h:1", log, &w("s0", "M")).unwrap_err();
         assert_eq!(reason, Reason::WrongLog);
         assert!(msg.contains(" M,") && msg.contains("log L"), "{msg}");
+    }
+
+    /// An ack past what the stream sent breaks the stream (it would become the saved cursor,
+    /// which bounds retention); an ack up to there is taken.
+    #[test]
+    fn an_ack_past_what_was_sent_is_not_taken() {
+        assert!(matches!(ack_within("s0", 7, 7), Ok(7)));
+        assert!(matches!(ack_within("s0", 3, 7), Ok(3)));
+        match ack_within("s0", 8, 7) {
+            Err(SessionEnd::Broken(m)) => assert!(m.contains("8") && m.contains("(7)"), "{m}"),
+            _ => panic!("an ack past what was sent was taken"),
+        }
+    }
+
+    /// A shard that welcomes a Hello naming a larger entry limit than its own (one that
+    /// does not check it) is refused by the player: an entry between the two limits would
+    /// be refused later, and its delivery stop there.
+    #[test]
+    fn a_welcome_taking_smaller_entries_than_the_log_is_refused_naming_both_limits() {
+        let w = |limit: u64| Welcome {
+            applied_index: 7,
+            shard_id: "s0".into(),
+            max_entry_bytes: limit,
+            ..Default::default()
+        };
+        let log = ("L", 8 << 20);
+        assert_eq!(check_welcome("s0", "h:1", log, &w(8 << 20)), Ok(7));
+        assert_eq!(check_welcome("s0", "h:1", log, &w(16 << 20)), Ok(7));
+        assert_eq!(check_welcome("s0", "h:1", log, &w(0)), Ok(7), "not said");
+        let (reason, msg) = check_welcome("s0", "h:1", log, &w(4 << 20)).unwrap_err();
+        assert_eq!(reason, Reason::EntryLimit);
+        assert!(
+            msg.contains(&(4u64 << 20).to_string()) && msg.contains(&(8u64 << 20).to_string()),
+            "{msg}"
+        );
     }
 }

@@ -34,6 +34,12 @@ pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
 /// Most entries coalesced into one durable commit: bounds a commit's size and latency.
 const MAX_COALESCED_ENTRIES: usize = 4096;
+/// Bytes of entries past which a group takes no more batches: with the batch that crossed
+/// it, a commit stays below the journal's largest record (2 GiB - 1) even at the largest
+/// entry limit (1 GiB, one batch holding about that). Without it, two batches of 1 GiB made
+/// one record the journal refused, the store failed, the shard restarted and was sent the
+/// same batches again.
+pub(super) const MAX_COALESCED_BYTES: usize = 512 * 1024 * 1024;
 /// The page a commit's `fdatasync` writes whole (the journal's).
 const PAGE: usize = super::journal::PAGE as usize;
 /// Bytes a journal commit adds to its entries' (its group's mark, the record's WAL header,
@@ -79,6 +85,8 @@ pub struct Gatherer {
     delay: Duration,
     /// When the last batch taken arrived.
     last_arrival: Option<Instant>,
+    /// [`MAX_COALESCED_BYTES`] (tests lower it).
+    max_bytes: usize,
 }
 
 /// Whether a commit of `bytes` of entries fills at least three quarters of the pages its
@@ -95,6 +103,7 @@ impl Gatherer {
             rx,
             delay,
             last_arrival: None,
+            max_bytes: MAX_COALESCED_BYTES,
         }
     }
 
@@ -110,6 +119,7 @@ impl Gatherer {
             received: Vec::new(),
             end: End::Open,
         };
+        // Bytes of the entries in the group.
         let mut bytes = 0;
         // Set by the group's first batch: until when it may wait, if waiting pays.
         let mut deadline: Option<Option<Instant>> = None;
@@ -125,9 +135,7 @@ impl Gatherer {
                             deadline = Some(busy.then(|| arrived + self.delay));
                         }
                         self.last_arrival = Some(arrived);
-                        if matches!(deadline, Some(Some(_))) {
-                            bytes += batch.iter().map(Message::encoded_len).sum::<usize>();
-                        }
+                        bytes += batch.iter().map(Message::encoded_len).sum::<usize>();
                         group.received.extend(std::iter::repeat_n(at, batch.len()));
                         group.entries.extend(batch);
                     }
@@ -147,7 +155,7 @@ impl Gatherer {
                         return Some(group);
                     }
                 }
-                if group.entries.len() >= MAX_COALESCED_ENTRIES {
+                if group.entries.len() >= MAX_COALESCED_ENTRIES || bytes >= self.max_bytes {
                     return Some(group);
                 }
                 next = self.rx.try_recv().ok();
@@ -212,6 +220,27 @@ mod tests {
         assert!(fills_its_pages(7200));
         // A large commit's last page, nearly empty, is little beside the rest.
         assert!(fills_its_pages(40_960));
+    }
+
+    /// A group takes no more batches once its entries pass the byte bound (with the one that
+    /// crossed it, a commit stays within the journal's largest record), however many have
+    /// arrived.
+    #[tokio::test]
+    async fn a_group_stops_at_its_byte_bound() {
+        let (tx, mut g, stop) = gatherer(Duration::ZERO);
+        g.max_bytes = 2500;
+        for i in 1..=5 {
+            send(&tx, i, 1000);
+        }
+        assert_eq!(indexes(&g.next(&stop).await.unwrap()), vec![1, 2, 3]);
+        assert_eq!(indexes(&g.next(&stop).await.unwrap()), vec![4, 5]);
+        // The real bound: a commit of it plus one batch at the largest entry limit fits a
+        // journal record.
+        let largest_batch = crate::limits::message_limit(crate::limits::MAX_MAX_ENTRY_BYTES);
+        assert!(
+            MAX_COALESCED_BYTES + largest_batch + RECORD_OVERHEAD
+                < crate::wal::MAX_RECORD_BYTES as usize
+        );
     }
 
     /// Sends batches of ~500 bytes numbered `from..` every `every`.

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use super::taking::Taking;
+use super::taking::{Taking, TooLarge};
 use super::{Durable, Identity, ShardStore, StoreError};
 use crate::model::{State, Value};
 use crate::proto::{Mutation, ShardEntry, mutation::Op};
@@ -542,8 +542,16 @@ impl JournalStore {
             self.snapshot_step_bytes,
             self.step_scales.then_some((self.buf.len(), quiet)),
         );
-        let Some((head, rows)) = taking.step(&self.state, budget) else {
-            return Ok(());
+        let (head, rows) = match taking.step(&self.state, budget) {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => return Ok(()),
+            Err(TooLarge { key, bytes }) => {
+                // Given up, not failed: the journal keeps everything since the last
+                // snapshot, and a snapshot is tried again once it has grown as much again.
+                tracing::error!(dir = %self.dir.display(), key = %String::from_utf8_lossy(&key), bytes, "cannot take a snapshot: one key's value is larger than a snapshot row holds (4 GiB); the journal is kept whole (and grows, and the next start replays it) until the value is smaller");
+                self.taking = None;
+                return Ok(());
+            }
         };
         let next_record = taking.next_record();
         self.taking = None;
@@ -610,19 +618,44 @@ fn replay(
     Ok(())
 }
 
-pub(super) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    push_frame_with(out, |out| out.extend_from_slice(payload));
+pub(super) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) -> Result<(), FrameTooLarge> {
+    push_frame_with(out, |out| out.extend_from_slice(payload))
 }
 
-/// Appends a frame whose payload `payload` appends to `out` in place.
-fn push_frame_with(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+/// A frame's payload of this many bytes, more than its length field (`u32`) holds: one
+/// key's value grown past 4 GiB (a list appended to without end; no entry limit bounds
+/// it).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct FrameTooLarge(pub usize);
+
+/// The length field of a frame of `bytes` bytes. The length was cast (`as u32`), which
+/// wrapped: the snapshot was written with a wrong length under a right checksum, its
+/// journal removed, and the shard never opened again.
+fn frame_len(bytes: usize) -> Result<u32, FrameTooLarge> {
+    u32::try_from(bytes).map_err(|_| FrameTooLarge(bytes))
+}
+
+/// Appends a frame whose payload `payload` appends to `out` in place; on
+/// [`FrameTooLarge`], `out` is left as it was.
+fn push_frame_with(
+    out: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), FrameTooLarge> {
     let at = out.len();
     out.extend_from_slice(&[0; 8]); // the frame's length and checksum, below
     payload(out);
     let written = &out[at + 8..];
-    let (len, crc) = (written.len() as u32, crc32c::crc32c(written));
+    let len = match frame_len(written.len()) {
+        Ok(len) => len,
+        Err(e) => {
+            out.truncate(at);
+            return Err(e);
+        }
+    };
+    let crc = crc32c::crc32c(written);
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Replays the journal's records in `range` onto `into` (state, durable, identity), as
@@ -677,12 +710,17 @@ fn step_budget(step: usize, scaled: Option<(usize, std::time::Duration)>) -> usi
 
 /// Appends the frame of one snapshot row: `[key len u32 LE][key][value]`, the value
 /// encoded by `value` (see [`Value::encode`]).
-pub(super) fn push_row(out: &mut Vec<u8>, key: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn push_row(
+    out: &mut Vec<u8>,
+    key: &[u8],
+    value: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), FrameTooLarge> {
+    // A key is at most an entry's size, far below 4 GiB; its frame is checked whole.
     push_frame_with(out, |out| {
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key);
         value(out);
-    });
+    })
 }
 
 /// What a snapshot holds: the state, its bookkeeping, the first journal index it does not

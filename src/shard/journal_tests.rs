@@ -472,3 +472,17 @@ fn a_snapshot_step_grows_with_the_commit_and_the_quiet_before_it() {
         usize::MAX
     );
 }
+
+/// A frame longer than its `u32` length holds is refused, not written with a wrapped
+/// length under a right checksum (a snapshot that never opened again, its journal removed);
+/// a refused frame leaves the buffer as it was.
+#[test]
+fn a_snapshot_frame_past_4_gib_is_refused_not_wrapped() {
+    assert_eq!(frame_len(u32::MAX as usize), Ok(u32::MAX));
+    let past = u32::MAX as usize + 1;
+    assert_eq!(frame_len(past), Err(FrameTooLarge(past)));
+    let mut out = b"before".to_vec();
+    push_frame(&mut out, b"row").unwrap();
+    assert_eq!(out.len(), 6 + 8 + 3);
+    assert_eq!(&out[6..10], &3u32.to_le_bytes());
+}

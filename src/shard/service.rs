@@ -278,9 +278,11 @@ impl<S: ShardStore> ShardService<S> {
         let applied = self.applied.clone();
         let highest = self.highest_epoch.clone();
         let joined = crate::blocking::run(move || {
-            let mut core = core
-                .lock()
-                .map_err(|_| ShardError::Malformed("shard core lock poisoned".into()))?;
+            // Poisoned: a call into the store panicked while it held the core, so the store's
+            // state is in doubt, as after any other store failure.
+            let mut core = core.lock().map_err(|_| {
+                store_panicked("an earlier call into the store panicked; its state is in doubt")
+            })?;
             let out = f(&mut core);
             let d = core.durable();
             applied.store(d.applied, Ordering::Release);
@@ -288,7 +290,11 @@ impl<S: ShardStore> ShardService<S> {
             out
         })
         .await;
-        joined.unwrap_or_else(|e| Err(ShardError::Malformed(format!("apply task failed: {e}"))))
+        joined.unwrap_or_else(|e| {
+            Err(store_panicked(&format!(
+                "a call into the store failed: {e}"
+            )))
+        })
     }
 
     /// Reads the stream on its own task, so a message's receive time is when it arrived and
@@ -633,6 +639,14 @@ where
     }
 }
 
+/// A store failure for a call into the store that panicked (a store of the user's own, or a
+/// bug of ours): answered `store` and stopping the shard ([`ShardService::store_failed`]), as
+/// any store failure does. It was answered as a malformed entry, and the shard stayed up
+/// refusing every batch and Hello as `invalid`.
+fn store_panicked(what: &str) -> ShardError {
+    ShardError::Store(super::StoreError::Backend(what.into()))
+}
+
 /// Why a shard server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -650,28 +664,66 @@ mod tests {
     use crate::proto::{DeliverRequest, Hello, ShardEntry, deliver_request};
     use crate::shard::{Durable, Identity, MemStore, ShardSelf, StoreError};
 
-    /// A store whose epoch writes fail, as on a disk error.
-    struct FailingEpochs(MemStore);
+    /// A store whose epoch writes fail, as on a disk error (`Err`), or panic, as a store of
+    /// the user's own with a bug (`Panic`).
+    enum FailingEpochs {
+        Err(MemStore),
+        Panic(MemStore),
+    }
+
+    impl FailingEpochs {
+        fn inner(&self) -> &MemStore {
+            match self {
+                FailingEpochs::Err(s) | FailingEpochs::Panic(s) => s,
+            }
+        }
+        fn inner_mut(&mut self) -> &mut MemStore {
+            match self {
+                FailingEpochs::Err(s) | FailingEpochs::Panic(s) => s,
+            }
+        }
+    }
 
     impl ShardStore for FailingEpochs {
         fn load(&self) -> Result<Durable, StoreError> {
-            self.0.load()
+            self.inner().load()
         }
         fn identity(&self) -> Result<Identity, StoreError> {
-            self.0.identity()
+            self.inner().identity()
         }
         fn set_identity(&mut self, identity: &Identity) -> Result<(), StoreError> {
-            self.0.set_identity(identity)
+            self.inner_mut().set_identity(identity)
         }
         fn set_epoch(&mut self, _: u64) -> Result<(), StoreError> {
-            Err(StoreError::Backend("simulated disk error".into()))
+            match self {
+                FailingEpochs::Err(_) => Err(StoreError::Backend("simulated disk error".into())),
+                FailingEpochs::Panic(_) => panic!("a store's bug"),
+            }
         }
         fn commit(&mut self, entries: &[ShardEntry], applied: u64) -> Result<(), StoreError> {
-            self.0.commit(entries, applied)
+            self.inner_mut().commit(entries, applied)
         }
         fn dump(&self, visit: &mut dyn FnMut(&[u8], &Value)) -> Result<(), StoreError> {
-            self.0.dump(visit)
+            self.inner().dump(visit)
         }
+    }
+
+    /// A store call that panicked is a store failure: refused `store` (not `invalid`, as a
+    /// malformed entry), and the shard stops with the reason, so its supervisor restarts it.
+    #[tokio::test]
+    async fn a_panic_in_the_store_stops_the_server_as_a_store_failure() {
+        let (server, mut client) = start(FailingEpochs::Panic(MemStore::default())).await;
+        let Err(refused) = open(&mut client, hello("s0", 1)).await else {
+            panic!("the hello was welcomed");
+        };
+        assert_eq!(
+            grpc::Reason::of(&refused),
+            Some(grpc::Reason::Store),
+            "{refused:?}"
+        );
+        drop(client);
+        let reason = store_failed(server).await;
+        assert!(reason.contains("panic"), "{reason}");
     }
 
     /// A shard whose store failed stops serving, with the reason, so that its process exits
@@ -679,7 +731,7 @@ mod tests {
     /// until then); it used to stay up refusing every sender.
     #[tokio::test]
     async fn a_store_failure_stops_the_server_with_the_reason() {
-        let (server, mut client) = start(FailingEpochs(MemStore::default())).await;
+        let (server, mut client) = start(FailingEpochs::Err(MemStore::default())).await;
         let (tx, rx) = mpsc::channel(1);
         tx.send(hello("s0", 1)).await.unwrap();
         let refused = match client.deliver(ReceiverStream::new(rx)).await {
@@ -688,19 +740,23 @@ mod tests {
         };
         assert!(refused.is_some(), "the hello was not refused");
         drop((tx, client));
+        let reason = store_failed(server).await;
+        assert!(reason.contains("simulated disk error"), "{reason}");
+    }
+
+    type Server = tokio::task::JoinHandle<Result<(), ServeError>>;
+
+    /// Waits for `server` to stop by itself with `StoreFailed`; its reason.
+    async fn store_failed(server: Server) -> String {
         let stopped = tokio::time::timeout(Duration::from_secs(30), server)
             .await
             .expect("the server stops by itself")
             .expect("no panic");
         match stopped {
-            Err(ServeError::StoreFailed { reason }) => {
-                assert!(reason.contains("simulated disk error"), "{reason}")
-            }
+            Err(ServeError::StoreFailed { reason }) => reason,
             other => panic!("expected StoreFailed, got {other:?}"),
         }
     }
-
-    type Server = tokio::task::JoinHandle<Result<(), ServeError>>;
 
     /// Serves shard `s0` on `store` at a loopback port: the server's task and a client of it.
     async fn start<S: ShardStore>(store: S) -> (Server, ShardClient<tonic::transport::Channel>) {

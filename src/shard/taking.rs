@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::journal::{SNAPSHOT_MAGIC, SnapshotHeader, push_frame, push_row};
+use super::journal::{FrameTooLarge, SNAPSHOT_MAGIC, SnapshotHeader, push_frame, push_row};
 use crate::model::{State, Value};
 use crate::proto::mutation::Op;
 
@@ -97,7 +97,7 @@ impl Taking {
     /// Encodes the next keys, about `budget` bytes of rows; once every key is encoded,
     /// returns the whole snapshot: its magic and header, and its rows (written one after
     /// the other: the rows are not copied on the commit thread).
-    pub fn step(&mut self, state: &State, budget: usize) -> Option<(Vec<u8>, Vec<u8>)> {
+    pub fn step(&mut self, state: &State, budget: usize) -> Result<Option<Encoded>, TooLarge> {
         let lower = match &self.last {
             Some(last) => Bound::Excluded(last.as_slice()),
             None => Bound::Unbounded,
@@ -120,7 +120,9 @@ impl Taking {
                 break false;
             }
             let (key, value) = if from_kept {
-                let (key, kept) = kept.next()?;
+                let Some((key, kept)) = kept.next() else {
+                    break false; // not reached: peeked above
+                };
                 let now = live.next_if(|(l, _)| *l == key).map(|(_, v)| v);
                 match (kept, now) {
                     (Kept::Value(v), _) => (key, v.as_ref().map(Row::Value)),
@@ -131,14 +133,23 @@ impl Taking {
                     (Kept::ListOf(_), _) => (key, None),
                 }
             } else {
-                live.next().map(|(k, v)| (k, Some(Row::Value(v))))?
+                let Some((k, v)) = live.next() else {
+                    break false; // not reached: peeked above
+                };
+                (k, Some(Row::Value(v)))
             };
-            match value {
+            let pushed = match value {
                 Some(Row::Value(v)) => push_row(&mut self.rows, key, |out| v.encode_into(out)),
                 Some(Row::List(items)) => push_row(&mut self.rows, key, |out| {
                     Value::encode_list_into(items, out)
                 }),
-                None => {}
+                None => Ok(()),
+            };
+            if let Err(FrameTooLarge(bytes)) = pushed {
+                return Err(TooLarge {
+                    key: key.clone(),
+                    bytes,
+                });
             }
             self.keys += u64::from(value.is_some());
             last = Some(key);
@@ -152,13 +163,29 @@ impl Taking {
             self.last = Some(last);
         }
         if !finished {
-            return None;
+            return Ok(None);
         }
         self.header.keys = self.keys;
         let mut head = SNAPSHOT_MAGIC.to_vec();
-        push_frame(&mut head, &prost::Message::encode_to_vec(&self.header));
-        Some((head, std::mem::take(&mut self.rows)))
+        push_frame(&mut head, &prost::Message::encode_to_vec(&self.header)).map_err(
+            |FrameTooLarge(bytes)| TooLarge {
+                key: Vec::new(),
+                bytes,
+            },
+        )?;
+        Ok(Some((head, std::mem::take(&mut self.rows))))
     }
+}
+
+/// A whole snapshot, encoded: its magic and header, and its rows.
+pub type Encoded = (Vec<u8>, Vec<u8>);
+
+/// A key whose row is larger than a snapshot frame holds (see [`FrameTooLarge`]): the
+/// snapshot cannot be taken.
+#[derive(Debug)]
+pub struct TooLarge {
+    pub key: Vec<u8>,
+    pub bytes: usize,
 }
 
 /// The value a row is encoded from.

@@ -465,8 +465,12 @@ impl Replication for ReplicationService {
                 return Err(Reason::Invalid
                     .status(format!("pieces of a snapshot of {total} bytes carry more")));
             }
-            // Exactly: the snapshot is held twice at most, here and decoded.
-            data.reserve_exact(total - data.len());
+            data.reserve_exact(snapshot_room(
+                data.len(),
+                data.capacity(),
+                m.payload.len(),
+                total,
+            ));
             data.extend_from_slice(&m.payload);
             count += 1;
         }
@@ -483,6 +487,19 @@ impl Replication for ReplicationService {
         drop(data);
         self.install(from, req).await
     }
+}
+
+/// How much more to reserve for a snapshot's pieces holding `len` bytes (in `capacity`)
+/// before one of `piece` bytes, of a snapshot whose sender says it has `total`: doubled as
+/// the pieces come, never past `total` (the snapshot is held twice at most, here and
+/// decoded). It used to reserve `total` at the first piece: a peer's claim alone (one byte
+/// said to be the first of 16 GiB) could make the replica allocate that much.
+fn snapshot_room(len: usize, capacity: usize, piece: usize, total: usize) -> usize {
+    let need = len + piece;
+    if need <= capacity {
+        return 0;
+    }
+    need.saturating_mul(2).min(total).max(need) - len
 }
 
 impl ReplicationService {

@@ -345,3 +345,19 @@ fn an_append_stream_waits_on_its_oldest_request_for_its_own_time() {
     late.answered();
     assert_eq!(late.overdue(), None);
 }
+
+/// A snapshot's buffer grows with its pieces, never past the size its sender claims: the
+/// first byte of a claimed 16 GiB reserves two bytes, not 16 GiB; pieces that add up to the
+/// claim end with exactly that reserved.
+#[test]
+fn a_snapshot_claimed_large_reserves_only_what_arrived() {
+    let claimed = 16usize << 30;
+    assert_eq!(snapshot_room(0, 0, 1, claimed), 2);
+    let (mut len, mut capacity) = (0usize, 0usize);
+    for piece in [4usize, 4, 4, 4, 1] {
+        capacity += snapshot_room(len, capacity, piece, 17);
+        len += piece;
+        assert!(capacity >= len && capacity <= 17, "{len} in {capacity}");
+    }
+    assert_eq!((len, capacity), (17, 17));
+}
