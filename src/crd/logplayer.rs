@@ -586,8 +586,10 @@ pub struct LogPlayerStatus {
 pub struct LogStoreStatus {
     /// Log replicas wanted (`spec.logStore.managed.replicas`).
     pub replicas: i32,
-    /// Log replicas that vote in the group now.
-    pub voters: i32,
+    /// Log replicas that vote in the group now; absent while no replica can tell (never 0
+    /// for unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voters: Option<i32>,
     /// The log's id, once its group established one. The operator seeds a group only while
     /// this is unset: a replica back on an empty volume rejoins the group instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]

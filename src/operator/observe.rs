@@ -70,9 +70,25 @@ async fn probe_shard(
     })
     .await;
     match asked {
-        Ok(a) => (status::Probe::Reachable, ShardSaid::from(&a)),
+        Ok(a) => match answered_as(addr, id, &a.shard_id) {
+            Ok(()) => (status::Probe::Reachable, ShardSaid::from(&a)),
+            Err(wrong) => (wrong, ShardSaid::default()),
+        },
         Err(unreachable) => (unreachable, ShardSaid::default()),
     }
+}
+
+/// Whether the server at `addr` answered as shard `id` (it says `said`; empty: a version
+/// before it said). Without TLS nothing else checks it, and a Shard whose endpoint names
+/// another shard's server was shown as reachable, with the other shard's limit and
+/// refusals.
+fn answered_as(addr: &str, id: &str, said: &str) -> Result<(), status::Probe> {
+    if said.is_empty() || said == id {
+        return Ok(());
+    }
+    Err(status::Probe::Unreachable(format!(
+        "the server at {addr} answers as shard {said:?}, not {id:?}: the Shard's endpoint names another shard's server"
+    )))
 }
 
 /// What a shard's server said when asked (nothing, when it was not asked or did not answer).
@@ -618,6 +634,17 @@ pub fn pod_ready(pods: &[&Pod], name: &str) -> Option<bool> {
     )
 }
 
+/// The log replicas (by id, from the pod's ordinal) among the LogStore's `pods` that run and
+/// are ready (their server answers its readiness probe). A replica crash-looping or frozen
+/// keeps its pod's phase Running: counted as running, it let a voter be removed while the
+/// group needed it to commit the change (the log stalled), and was never reported down.
+pub fn serving_replicas(pods: &[&Pod]) -> std::collections::BTreeSet<u64> {
+    pods.iter()
+        .filter(|p| any_running(&[**p]) && pod_ready(&[**p], &p.name_any()) == Some(true))
+        .filter_map(|p| super::log_members::replica_of_pod(&p.name_any()))
+        .collect()
+}
+
 /// The pods of everything the operator runs for the LogPlayer `instance` (players, the
 /// managed LogStore, managed shard servers).
 pub(super) async fn pods_of(
@@ -682,6 +709,52 @@ mod tests {
             None,
             "a pod being deleted is not the leader's"
         );
+    }
+
+    /// A shard's server that answers as another shard is not shown as this one's (its limit
+    /// and refusals would be the other's); one that says no id (an older version) is.
+    #[test]
+    fn a_shard_probe_answered_by_another_shard_is_a_problem() {
+        assert!(answered_as("h:1", "s0", "s0").is_ok());
+        assert!(answered_as("h:1", "s0", "").is_ok());
+        match answered_as("h:1", "s0", "s1") {
+            Err(status::Probe::Unreachable(m)) => {
+                assert!(
+                    m.contains("h:1") && m.contains("\"s1\"") && m.contains("\"s0\""),
+                    "{m}"
+                )
+            }
+            other => panic!("taken as reachable: {other:?}"),
+        }
+    }
+
+    /// A log replica counts as running only while its pod is ready: one crash-looping (or
+    /// frozen) keeps the phase Running, and counted, it let a voter go while the group
+    /// needed it.
+    #[test]
+    fn a_log_replica_crash_looping_is_not_serving() {
+        let pod = |name: &str, ready: &str, waiting: Option<&str>| -> Pod {
+            let state = match waiting {
+                Some(reason) => serde_json::json!({"waiting": {"reason": reason}}),
+                None => serde_json::json!({"running": {}}),
+            };
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "ContainersReady", "status": ready},
+                    {"type": "Ready", "status": ready}
+                ], "containerStatuses": [{
+                    "name": "logstore", "image": "i", "imageID": "", "ready": ready == "True",
+                    "restartCount": 3, "state": state
+                }]}
+            }))
+            .unwrap()
+        };
+        let up = pod("demo-logstore-0", "True", None);
+        let looping = pod("demo-logstore-1", "False", Some("CrashLoopBackOff"));
+        let frozen = pod("demo-logstore-2", "False", None);
+        let running = serving_replicas(&[&up, &looping, &frozen]);
+        assert_eq!(running.into_iter().collect::<Vec<_>>(), [1]);
     }
 
     /// Pods the API server refuses never exist, so no pod names the cause: the Deployment's

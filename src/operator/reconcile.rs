@@ -5,7 +5,7 @@ use super::apply::{apply, apply_rbac, apply_status, prune};
 use super::metrics::{ErrorLabel, KindLabel};
 use super::observe::{
     Found, ShardSeen, any_running, component_pods, observe, paused, pods_of, probe_shard_and_log,
-    shards_of,
+    serving_replicas, shards_of,
 };
 use super::{Context, OperatorError, RESYNC, certs, desired, log_members, status, triggers};
 use crate::crd::{LogPlayer, Shard};
@@ -330,11 +330,7 @@ async fn members_step(
         return Ok(None);
     };
     let pods = pods_of(&ctx.client, ns, &lp.name_any()).await?;
-    let running = component_pods(&pods, "logstore", None)
-        .into_iter()
-        .filter(|p| any_running(&[*p]))
-        .filter_map(|p| log_members::replica_of_pod(&p.name_any()))
-        .collect();
+    let running = serving_replicas(&component_pods(&pods, "logstore", None));
     let (members, unknown) = match members {
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(e)),
@@ -536,6 +532,31 @@ pub(super) async fn reconcile_shard(
     result
 }
 
+/// Why nothing of `shard`'s server is applied now, if so. A managed Shard whose LogPlayer
+/// is gone keeps the server it runs, untouched: rebuilt without its LogPlayer (the default
+/// image, TLS files nobody issues, no NetworkPolicy choice) it would roll onto pods that
+/// cannot start. A new Shard whose LogPlayer does not exist yet still gets its server.
+async fn shard_paused(
+    ctx: &Context,
+    ns: &str,
+    shard: &Shard,
+    owner: Option<&LogPlayer>,
+) -> Result<Option<status::ShardPaused>, OperatorError> {
+    if owner.is_none() && shard.spec.managed.is_some() {
+        let sets = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns);
+        if sets
+            .get_opt(&desired::shard_server_name(shard))
+            .await?
+            .is_some()
+        {
+            return Ok(Some(status::ShardPaused::LogPlayerGone));
+        }
+    }
+    Ok(owner
+        .is_some_and(paused)
+        .then_some(status::ShardPaused::LogPlayerPaused))
+}
+
 async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, OperatorError> {
     let ns = shard
         .namespace()
@@ -543,17 +564,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
     let owner = Api::<LogPlayer>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&shard.spec.log_player)
         .await?;
-    // A managed Shard whose LogPlayer is gone keeps the server it runs, untouched: rebuilt
-    // without its LogPlayer (the default image, TLS files nobody issues, no NetworkPolicy
-    // choice) it would roll onto pods that cannot start. A new Shard whose LogPlayer does
-    // not exist yet still gets its server.
-    let orphaned = owner.is_none()
-        && shard.spec.managed.is_some()
-        && Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&desired::shard_server_name(shard))
-            .await?
-            .is_some();
-    let paused = owner.as_ref().is_some_and(paused) || orphaned;
+    let paused = shard_paused(ctx, &ns, shard, owner.as_ref()).await?;
     let mut apply_problems = Vec::new();
     let spec_problem = match desired::shard_objects(
         shard,
@@ -562,7 +573,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         desired::shard_tls(shard, owner.as_ref()),
     ) {
         Ok(objects) => {
-            if !paused {
+            if paused.is_none() {
                 let policy = desired::shard_network_policy(shard, owner.as_ref(), &ctx.defaults);
                 apply_problems =
                     apply_shard_objects(&ctx.client, &ns, shard, objects, policy).await?;
@@ -619,6 +630,7 @@ async fn reconcile_shard_inner(shard: &Shard, ctx: &Context) -> Result<Action, O
         lag,
         entry_limits,
         refused,
+        paused,
     };
     let old = shard.status.clone().unwrap_or_default();
     let new = status::shard_status(&observed, &old, status::now());

@@ -914,8 +914,101 @@ fn admission_policy_holds(h: &Harness) -> anyhow::Result<()> {
             }
         );
     }
+    the_operator_writes_only_certificates_and_cluster_services(h, PROBE_NS)?;
     rbac::the_operator_binds_the_cluster_role_to_itself_only(h, PROBE_NS)?;
     h.cp.kubectl(&["delete", "namespace", PROBE_NS, "--wait=false"])?;
+    Ok(())
+}
+
+/// The operator's token may write Secrets and Services, labelled as its own; the policy
+/// holds them to what the operator makes: a Secret of a ServiceAccount token (the API server
+/// would fill it with another account's token, which the operator may read) and a Service
+/// reachable from outside the cluster are refused; a certificate's Secret and a ClusterIP
+/// Service are not.
+fn the_operator_writes_only_certificates_and_cluster_services(
+    h: &Harness,
+    ns: &str,
+) -> anyhow::Result<()> {
+    use serde_json::json;
+    let labels = json!({"app.kubernetes.io/managed-by": "logplayer-operator"});
+    let secret = |name: &str, type_: &str, annotations: serde_json::Value, data| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": type_, "data": data,
+               "metadata": {"name": name, "namespace": ns, "labels": labels,
+                            "annotations": annotations}})
+    };
+    let service = |name: &str, spec: serde_json::Value| {
+        let mut spec = spec;
+        spec["ports"] = json!([{"port": 80}]);
+        json!({"apiVersion": "v1", "kind": "Service", "spec": spec,
+               "metadata": {"name": name, "namespace": ns, "labels": labels}})
+    };
+    let certificate = "only a certificate";
+    let inside = "only reachable inside the cluster";
+    for (object, why) in [
+        (
+            secret(
+                "vap-token",
+                "kubernetes.io/service-account-token",
+                json!({"kubernetes.io/service-account.name": "default"}),
+                json!({}),
+            ),
+            Some(certificate),
+        ),
+        (
+            secret("vap-opaque", "Opaque", json!({}), json!({"k": "dg=="})),
+            Some(certificate),
+        ),
+        (
+            secret(
+                "vap-cert",
+                "kubernetes.io/tls",
+                json!({}),
+                json!({"tls.crt": "", "tls.key": ""}),
+            ),
+            None,
+        ),
+        (
+            service("vap-lb", json!({"type": "LoadBalancer"})),
+            Some(inside),
+        ),
+        (service("vap-np", json!({"type": "NodePort"})), Some(inside)),
+        (
+            service("vap-ext", json!({"externalIPs": ["192.0.2.1"]})),
+            Some(inside),
+        ),
+        (service("vap-cluster", json!({})), None),
+        (service("vap-headless", json!({"clusterIP": "None"})), None),
+    ] {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("x")
+            .to_owned();
+        let file = h.cp.dir().join(format!("{name}.json"));
+        std::fs::write(&file, object.to_string())?;
+        let path = file.display().to_string();
+        let out = h.cp.kubectl_raw(&[
+            "create",
+            "-f",
+            &path,
+            "--dry-run=server",
+            &format!("--as={OPERATOR_SA}"),
+        ])?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match why {
+            None => ensure!(
+                out.status.success(),
+                "the policy refused the operator's own kind of object {name}: {text}"
+            ),
+            Some(why) => ensure!(
+                !out.status.success() && text.contains(why),
+                "{name} with the operator's token was not refused by the admission policy for {why:?}: {text}"
+            ),
+        }
+    }
     Ok(())
 }
 

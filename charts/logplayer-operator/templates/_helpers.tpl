@@ -213,13 +213,3 @@ the NetworkPolicies it writes for the players rely on.
 {{- end }}
 {{- end }}
 
-{{/*
-"true" when the API server serves ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1,
-Kubernetes 1.30 or later). The Kubernetes version counts as well as the API list: `helm
-template` knows no cluster, and its API list lacks the policy, so checking the list alone
-would drop the policy from every rendered manifest without a word (`helm template
---kube-version 1.29` renders without it).
-*/}}
-{{- define "logplayer-operator.servesAdmissionPolicy" -}}
-{{- if or (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version) -}}true{{- end -}}
-{{- end }}

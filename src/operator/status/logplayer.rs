@@ -147,12 +147,14 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
         .iter()
         .filter(|r| r.voter && seen.running.contains(&r.id) && m.last_log > 0 && r.matched > 0)
         .filter(|r| m.last_log.saturating_sub(r.matched) > log_members::BEHIND)
+        // The count is in `status.logStore.members`, not here: a message that changed at
+        // every reconciliation made a new Warning Event each time.
         .map(|r| {
             format!(
-                "replica {} (pod {}) is {} Raft entries behind",
+                "replica {} (pod {}) is more than {} Raft entries behind",
                 r.id,
                 seen.pod(r.id),
-                m.last_log.saturating_sub(r.matched)
+                log_members::BEHIND
             )
         })
         .collect();
@@ -189,7 +191,7 @@ fn log_store_now(seen: &Seen) -> LogStoreStatus {
     let leads = m.last_log > 0;
     LogStoreStatus {
         replicas: i32::try_from(seen.want).unwrap_or(i32::MAX),
-        voters: i32::try_from(log_members::voters(m).len()).unwrap_or(i32::MAX),
+        voters: Some(i32::try_from(log_members::voters(m).len()).unwrap_or(i32::MAX)),
         log_id: Some(m.log_id.clone()).filter(|id| !id.is_empty()),
         leader: (m.leader != 0).then(|| seen.pod(m.leader)),
         raft_term: Some(to_i64(m.raft_term)),
@@ -545,7 +547,20 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
     let (shards, lag) = progress(obs);
     let (leader, epoch, elected) = leader_elected(obs);
     c.set(condition::LEADER_ELECTED, elected);
-    let problems = problems(obs);
+    let mut problems = problems(obs);
+    // Certificates not looked at (paused, being deleted, an invalid spec): what was last
+    // found of them stands. Dropped, a CA about to expire vanished from `Degraded` at a
+    // pause, with a `Recovered` Event, and `Ready` could turn True.
+    let unchecked = (obs.certificates == CertState::NotChecked)
+        .then(|| {
+            old.conditions
+                .iter()
+                .find(|c| c.type_ == condition::CERTIFICATES_READY)
+        })
+        .flatten();
+    if let Some(last) = unchecked.filter(|c| c.status == "False" && c.reason != "Insecure") {
+        problems.push(Problem::new(last.reason.clone(), last.message.clone()));
+    }
     put(
         &mut c.out,
         &old.conditions,
@@ -554,6 +569,8 @@ pub fn logplayer_status(obs: &Observed, old: &LogPlayerStatus, now: Time) -> Log
     c.set(condition::PROGRESSING, progressing(obs));
     if let Some(v) = certificates_ready(obs) {
         c.set(condition::CERTIFICATES_READY, v);
+    } else if let Some(last) = unchecked {
+        c.out.push(last.clone());
     }
     c.set(
         condition::READY,

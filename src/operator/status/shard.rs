@@ -3,7 +3,7 @@
 
 use super::{Probe, Problem, cond, degraded_condition, put};
 use crate::crd::{ShardStatus, condition};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Everything a Shard's status is computed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,44 @@ pub struct ShardObservation {
     /// The shard server's last refusal of a sender, as it said it (`DeliveryRefused`; see
     /// [`delivery_refused`]).
     pub refused: Option<Problem>,
+    /// Why nothing of the shard's server is applied, if so: its LogPlayer is paused, or gone
+    /// (the server it runs is kept as it is). `ReconciliationPaused` says it; the status
+    /// said `Starting` for a server whose pods nothing would make again, and took a spec
+    /// change as observed though nothing applied it.
+    pub paused: Option<ShardPaused>,
+}
+
+/// See [`ShardObservation::paused`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardPaused {
+    /// Its LogPlayer carries the pause annotation.
+    LogPlayerPaused,
+    /// Its LogPlayer is gone; the server it ran is kept.
+    LogPlayerGone,
+}
+
+impl ShardPaused {
+    fn reason(&self) -> &'static str {
+        match self {
+            ShardPaused::LogPlayerPaused => "LogPlayerPaused",
+            ShardPaused::LogPlayerGone => "LogPlayerGone",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ShardPaused::LogPlayerPaused => format!(
+                "its LogPlayer carries {}=true: the operator changes nothing of this shard's \
+                 server (spec changes wait) and only reports status",
+                crate::operator::PAUSE_ANNOTATION
+            ),
+            ShardPaused::LogPlayerGone => {
+                "its LogPlayer does not exist: the shard server it ran is \
+                 kept as it is (spec changes wait for a LogPlayer)"
+                    .into()
+            }
+        }
+    }
 }
 
 /// A shard that answers its probe but refuses its players' deliveries (the reason and
@@ -101,56 +139,23 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         problems.push(Problem::new("ShardUnreachable", why.clone()));
     }
     let mut conditions = Vec::new();
-    let ready = match (&obs.probe, &blocking) {
-        (_, Some(p)) => cond(
-            condition::READY,
-            false,
-            &p.reason,
-            p.message.clone(),
-            g,
-            &now,
-        ),
-        (Probe::NotRunning, None) => cond(
-            condition::READY,
-            false,
-            "Starting",
-            "no pod of the shard server is running yet".into(),
-            g,
-            &now,
-        ),
-        (Probe::Reachable, None) => cond(
-            condition::READY,
-            true,
-            "Serving",
-            format!(
-                "the shard server at {} answers",
-                obs.endpoint.as_deref().unwrap_or("?")
-            ),
-            g,
-            &now,
-        ),
-        (Probe::Unreachable(why), None) => cond(
-            condition::READY,
-            false,
-            "ShardUnreachable",
-            why.clone(),
-            g,
-            &now,
-        ),
-        (Probe::Unknown, None) => cond(
-            condition::READY,
-            false,
-            "NotProbed",
-            "the shard server has not been asked yet".into(),
-            g,
-            &now,
-        ),
-    };
+    let ready = shard_ready(obs, blocking.as_ref(), &now);
     // `status.ready` (the READY column) says what the condition says.
     let is_ready = ready.status == "True";
     put(&mut conditions, &old.conditions, ready);
     let degraded = degraded_condition(&problems, g, &now);
     put(&mut conditions, &old.conditions, degraded);
+    if let Some(p) = &obs.paused {
+        let paused = cond(
+            super::RECONCILIATION_PAUSED,
+            true,
+            p.reason(),
+            p.message(),
+            g,
+            &now,
+        );
+        put(&mut conditions, &old.conditions, paused);
+    }
     ShardStatus {
         observed_generation: Some(g),
         conditions,
@@ -161,6 +166,69 @@ pub fn shard_status(obs: &ShardObservation, old: &ShardStatus, now: Time) -> Sha
         lag: obs.lag,
         endpoint: obs.endpoint.clone(),
         ready: Some(is_ready),
+    }
+}
+
+/// A Shard's `Ready`: the first problem `blocking` it, else what its probe found.
+fn shard_ready(obs: &ShardObservation, blocking: Option<&Problem>, now: &Time) -> Condition {
+    let g = obs.generation;
+    match (&obs.probe, blocking) {
+        (_, Some(p)) => cond(
+            condition::READY,
+            false,
+            &p.reason,
+            p.message.clone(),
+            g,
+            now,
+        ),
+        (Probe::NotRunning, None) => match &obs.paused {
+            Some(p) => cond(
+                condition::READY,
+                false,
+                p.reason(),
+                format!(
+                    "no pod of the shard server is running, and none is made while {}",
+                    p.message()
+                ),
+                g,
+                now,
+            ),
+            None => cond(
+                condition::READY,
+                false,
+                "Starting",
+                "no pod of the shard server is running yet".into(),
+                g,
+                now,
+            ),
+        },
+        (Probe::Reachable, None) => cond(
+            condition::READY,
+            true,
+            "Serving",
+            format!(
+                "the shard server at {} answers",
+                obs.endpoint.as_deref().unwrap_or("?")
+            ),
+            g,
+            now,
+        ),
+        (Probe::Unreachable(why), None) => cond(
+            condition::READY,
+            false,
+            "ShardUnreachable",
+            why.clone(),
+            g,
+            now,
+        ),
+        (Probe::Unknown, None) => cond(
+            condition::READY,
+            false,
+            "NotProbed",
+            "the shard server has not been asked yet".into(),
+            g,
+            now,
+        ),
     }
 }
 

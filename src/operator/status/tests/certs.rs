@@ -68,3 +68,32 @@ fn certificate_problems_are_a_condition_and_degrade() {
         ("False", "Insecure")
     );
 }
+
+/// Certificates not looked at (a pause) keep what was last found: a CA about to expire stays
+/// in `CertificatesReady` and `Degraded`, and no `Recovered` Event says otherwise. Dropped,
+/// the pause made a LogPlayer look healthy.
+#[test]
+fn a_pause_keeps_the_last_certificate_problem() {
+    use crate::operator::certs::CertState;
+    let expiring = healthy_with(|o| {
+        o.certificates = CertState::Problem(Problem::new(
+            "CaExpiringSoon",
+            "the CA in Secret demo-ca expires at 1900000000 (unix time): replace it",
+        ))
+    });
+    let before = logplayer_status(&expiring, &LogPlayerStatus::default(), now());
+    let paused = healthy_with(|o| {
+        o.paused = true;
+        o.certificates = CertState::NotChecked;
+    });
+    let after = logplayer_status(&paused, &before, now());
+    for type_ in ["CertificatesReady", "Degraded"] {
+        let (status, reason, _) = srm(&after.conditions, type_);
+        assert_eq!(
+            (type_, status, reason),
+            (type_, srm(&before.conditions, type_).0, "CaExpiringSoon")
+        );
+    }
+    assert_ne!(srm(&after.conditions, condition::READY).0, "True");
+    assert_eq!(events_for(&before.conditions, &after.conditions), []);
+}

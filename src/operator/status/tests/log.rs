@@ -42,7 +42,7 @@ fn a_full_group_is_reported_member_by_member_and_nothing_is_wrong() {
     assert_not_degraded(&st.conditions);
     assert_eq!(srm(&st.conditions, condition::PROGRESSING).0, "False");
     let log = st.log_store.expect("status.logStore");
-    assert_eq!((log.replicas, log.voters), (3, 3));
+    assert_eq!((log.replicas, log.voters), (3, Some(3)));
     assert_eq!(log.leader.as_deref(), Some("demo-logstore-1"));
     assert_eq!(
         (log.raft_term, log.last_index, log.commit_index),
@@ -89,9 +89,38 @@ fn a_voting_replica_far_behind_the_leader_degrades_by_name() {
     let (status, reason, message) = srm(&st.conditions, condition::DEGRADED);
     assert_eq!((status, reason), ("True", "LogReplicaBehind"));
     assert!(
-        message.contains("replica 2 (pod demo-logstore-1) is 2000 Raft entries behind"),
+        message.contains("replica 2 (pod demo-logstore-1) is more than 1000 Raft entries behind"),
         "{message}"
     );
+    assert_eq!(
+        st.log_store
+            .and_then(|l| l.members.get(1).and_then(|r| r.behind)),
+        Some(2_000),
+        "the count is in status.logStore.members"
+    );
+    // Further behind, or less: the same message, so no new Event at each reconciliation.
+    let mut further = group(&[1, 2, 3], &[], 1, &[1, 2, 3]);
+    if let Some(m) = further.members.as_mut() {
+        m.last_log = 6_000;
+        m.members[1].matched = 3_100;
+        m.members[0].matched = 6_000;
+        m.members[2].matched = 5_990;
+    }
+    let obs = healthy_with(|o| o.log_members = Some(further));
+    let later = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    assert_eq!(srm(&later.conditions, condition::DEGRADED).2, message);
+}
+
+/// While no replica can tell the group's members, `voters` is absent, not 0.
+#[test]
+fn voters_unknown_are_absent() {
+    let mut seen = group(&[1, 2, 3], &[], 1, &[1, 2, 3]);
+    seen.members = None;
+    seen.unknown = Some("no replica answers".into());
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let log = st.log_store.expect("status.logStore");
+    assert_eq!((log.replicas, log.voters), (3, None));
 }
 
 #[test]

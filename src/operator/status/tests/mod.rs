@@ -599,6 +599,7 @@ fn shard_obs() -> ShardObservation {
         lag: Some(12),
         entry_limits: (Some(LIMIT), Some(LIMIT)),
         refused: None,
+        paused: None,
     }
 }
 

@@ -245,3 +245,37 @@ fn a_shard_refusing_its_players_is_not_serving() {
     let s = first_shard_status(&shard_obs_with(|o| o.refused = None));
     assert_eq!(get(&s.conditions, condition::READY).reason, "Serving");
 }
+
+/// A Shard of a paused LogPlayer (or of one that is gone) says so: its server without a pod
+/// is not `Starting` (nothing makes one again while paused), and `ReconciliationPaused`
+/// tells that spec changes wait. Unpaused, the condition goes.
+#[test]
+fn a_shard_of_a_paused_log_player_says_nothing_is_applied() {
+    for (paused, reason) in [
+        (ShardPaused::LogPlayerPaused, "LogPlayerPaused"),
+        (ShardPaused::LogPlayerGone, "LogPlayerGone"),
+    ] {
+        let obs = shard_obs_with(|o| {
+            o.probe = Probe::NotRunning;
+            o.paused = Some(paused.clone());
+        });
+        let st = first_shard_status(&obs);
+        let (status, why, message) = srm(&st.conditions, condition::READY);
+        assert_eq!((status, why), ("False", reason), "{message}");
+        assert!(message.contains("none is made while"), "{message}");
+        let (status, why, _) = srm(&st.conditions, RECONCILIATION_PAUSED);
+        assert_eq!((status, why), ("True", reason));
+        // Running and serving while paused: ready, and still saying it is paused.
+        let serving = first_shard_status(&shard_obs_with(|o| o.paused = Some(paused.clone())));
+        assert_eq!(srm(&serving.conditions, condition::READY).1, "Serving");
+        assert_eq!(srm(&serving.conditions, RECONCILIATION_PAUSED).0, "True");
+    }
+    let unpaused = first_shard_status(&shard_obs_with(|o| o.probe = Probe::NotRunning));
+    assert_eq!(srm(&unpaused.conditions, condition::READY).1, "Starting");
+    assert!(
+        !unpaused
+            .conditions
+            .iter()
+            .any(|c| c.type_ == RECONCILIATION_PAUSED)
+    );
+}
