@@ -673,23 +673,41 @@ async fn the_player_starts_past(
     assert!(reached, "s0 got nothing new:\n{}", player.log_tail(40));
 }
 
-/// A player whose `--logstore` is a shard's address stops at once naming it (it retried
-/// `Bounds` forever, warning "not answering yet"), and one whose shard map puts a shard at
+/// A player whose `--logstore` is a shard's address (or names one among the replicas)
+/// stops at once naming it (it retried `Bounds` forever, warning "not answering yet"), and one whose shard map puts a shard at
 /// the LogStore's address is refused before it starts (that shard's slots waited forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_given_a_shard_for_its_logstore_or_the_logstore_for_a_shard_stops_naming_it() {
     let (_dir, c, _log) = common::servers(1).await;
     let (log, shard) = (c.logstore.addr(), c.shards[0].addr());
-    for (logstore, want) in [
-        (shard, "does not serve the LogStore API"),
-        (log, "which --logstore names as the LogStore's address"),
+    // A shard among the replicas' addresses too: refused whichever address the first
+    // `Bounds` reached (the player started or not by chance, then flapped).
+    let both = format!("{log},{shard}");
+    for (logstore, s0, want) in [
+        (shard, log, "does not serve the LogStore API"),
+        (log, log, "which --logstore names as the LogStore's address"),
+        (
+            both.as_str(),
+            "127.0.0.1:9",
+            "does not serve the LogStore API",
+        ),
+        (
+            both.as_str(),
+            "127.0.0.1:9",
+            "does not serve the LogStore API",
+        ),
+        (
+            both.as_str(),
+            "127.0.0.1:9",
+            "does not serve the LogStore API",
+        ),
     ] {
         let args = [
             "player".to_owned(),
             "--logstore".to_owned(),
             logstore.to_owned(),
             "--shard".to_owned(),
-            format!("s0={log}"),
+            format!("s0={s0}"),
         ];
         let Some((status, err)) = common::ends_within(&args, Duration::from_secs(20)).await else {
             panic!("{args:?} kept running");

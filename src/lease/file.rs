@@ -84,8 +84,11 @@ pub(crate) struct FileInner {
     prefix: String,
     identity: String,
     lease_duration_ms: u64,
-    /// The epoch this instance won and holds; 0 when it holds none.
+    /// The epoch this instance won and holds; 0 when it holds none. Kept while a later
+    /// process with this identity holds the lease (see `decide`).
     held_epoch: AtomicU64,
+    /// The epoch such a process was last said to hold (see `stand_by`).
+    twin_said: AtomicU64,
 }
 
 /// Digits of a version number in a file name (zero-padded, so names sort as numbers).
@@ -149,6 +152,7 @@ impl FileLease {
                 identity,
                 lease_duration_ms,
                 held_epoch: AtomicU64::new(0),
+                twin_said: AtomicU64::new(0),
             }),
             serial: Arc::default(),
         })
@@ -323,7 +327,8 @@ impl FileInner {
             self.held_epoch.load(Ordering::Acquire),
         ) {
             Decision::Other { holder, epoch } => {
-                self.held_epoch.store(0, Ordering::Release);
+                let mine = (&self.held_epoch, &self.twin_said);
+                super::stand_by(&self.identity, mine, &holder, epoch);
                 return Ok(LeaseState::Other { holder, epoch });
             }
             Decision::Renew { epoch } => epoch,
@@ -360,9 +365,11 @@ impl FileInner {
     }
 
     fn release(&self) -> Result<(), LeaseError> {
-        self.held_epoch.store(0, Ordering::Release);
+        let held = self.held_epoch.swap(0, Ordering::AcqRel);
         let (seq, rec) = self.latest()?;
-        if rec.holder.as_deref() != Some(self.identity.as_str()) {
+        // Only the epoch this process won: a later process with the same identity holds
+        // its own, which this one's shutdown must not free.
+        if rec.holder.as_deref() != Some(self.identity.as_str()) || rec.epoch != held {
             return Ok(());
         }
         let next = seq

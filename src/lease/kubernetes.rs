@@ -42,8 +42,11 @@ pub struct KubeLease {
     name: String,
     identity: String,
     duration_secs: i32,
-    /// The epoch this instance won and holds; 0 when it holds none.
+    /// The epoch this instance won and holds; 0 when it holds none. Kept while a later
+    /// process with this identity holds the lease (see `decide`).
     pub(crate) held_epoch: Arc<AtomicU64>,
+    /// The epoch such a process was last said to hold (see `stand_by`).
+    twin_said: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for KubeLease {
@@ -83,6 +86,7 @@ impl KubeLease {
             identity,
             duration_secs,
             held_epoch: Arc::default(),
+            twin_said: Arc::default(),
         })
     }
 
@@ -184,7 +188,8 @@ impl LeaseBackend for KubeLease {
             let ours = self.held_epoch.load(Ordering::Acquire);
             let epoch = match decide(&self.identity, holder.as_deref(), seen_epoch, expired, ours) {
                 Decision::Other { holder, epoch } => {
-                    self.held_epoch.store(0, Ordering::Release);
+                    let mine = (&*self.held_epoch, &*self.twin_said);
+                    super::stand_by(&self.identity, mine, &holder, epoch);
                     return Ok(LeaseState::Other { holder, epoch });
                 }
                 Decision::Renew { epoch } => epoch,
@@ -227,14 +232,15 @@ impl LeaseBackend for KubeLease {
     }
 
     async fn release(&self) -> Result<(), LeaseError> {
-        self.held_epoch.store(0, Ordering::Release);
+        let held = self.held_epoch.swap(0, Ordering::AcqRel);
         let mut last_conflict = None;
         for _ in 0..KUBE_ATTEMPTS {
             let Some(mut lease) = self.get().await? else {
                 return Ok(());
             };
-            let (holder, _) = self.view(&lease)?;
-            if holder.as_deref() != Some(self.identity.as_str()) {
+            let (holder, epoch) = self.view(&lease)?;
+            // Only the epoch this process won (see the file backend's).
+            if holder.as_deref() != Some(self.identity.as_str()) || epoch != held {
                 return Ok(());
             }
             let mut spec = lease.spec.take().unwrap_or_default();

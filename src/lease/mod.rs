@@ -201,17 +201,46 @@ fn whole_units(duration: Duration, unit: Duration, max: u128) -> Result<u128, Le
 /// Only the instance that won an epoch renews it. A lease that names our identity but not our
 /// epoch was held by an earlier incarnation of this replica (a restarted process, a pod whose
 /// container the kubelet restarted with the same name); taking it over is an acquisition with a
-/// new epoch, so the shards can tell the new process from the old one.
+/// new epoch, so the shards can tell the new process from the old one. One that names our
+/// identity at an epoch above the one we won was taken by a later process with our identity
+/// (a second process started with the same `--identity`, or this one's replacement while it
+/// was frozen): we stand by, as for another holder. Taking it back, each took it from the
+/// other at every retry, for ever, each fenced in turn.
 fn decide(me: &str, holder: Option<&str>, epoch: u64, expired: bool, ours: u64) -> Decision {
     match holder {
         // epoch 0 is never won, so a holder at epoch 0 (only a foreign writer could leave
         // that) is taken over through an acquisition to epoch 1.
         Some(h) if h == me && !expired && epoch > 0 && epoch == ours => Decision::Renew { epoch },
-        Some(h) if h != me && !expired => Decision::Other {
+        Some(h) if !expired && (h != me || (ours > 0 && epoch > ours)) => Decision::Other {
             holder: h.to_owned(),
             epoch,
         },
         _ => Decision::Acquire { prev_epoch: epoch },
+    }
+}
+
+/// What a backend does with a [`Decision::Other`]: forgets the epoch it won, unless the
+/// holder is its own identity (a later process with it, see [`decide`]), which it says once
+/// per epoch (`said`: the last it said it for); the epoch it won is kept so that it goes on
+/// standing by.
+fn stand_by(
+    me: &str,
+    (held_epoch, said): (&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64),
+    holder: &str,
+    epoch: u64,
+) {
+    use std::sync::atomic::Ordering;
+    if holder != me {
+        held_epoch.store(0, Ordering::Release);
+        return;
+    }
+    if said.swap(epoch, Ordering::AcqRel) != epoch {
+        tracing::warn!(
+            identity = me,
+            epoch,
+            ours = held_epoch.load(Ordering::Acquire),
+            "the lease was taken at a later epoch under this process's own identity: another process runs with it (two started with the same --identity, or this one was replaced while it was stopped); standing by"
+        );
     }
 }
 

@@ -103,9 +103,22 @@ fn a_lease_held_at_epoch_zero_is_acquired_not_renewed() {
         Decision::Renew { epoch: 4 }
     );
     assert_eq!(
-        decide("me", Some("me"), 4, false, 3),
+        decide("me", Some("me"), 4, false, 0),
         Decision::Acquire { prev_epoch: 4 },
-        "an earlier incarnation's epoch"
+        "an earlier incarnation's epoch, seen by a new process"
+    );
+    // A later process with our identity took it from the epoch we won: we stand by until
+    // it expires (taking it back, the two took it from each other for ever).
+    assert_eq!(
+        decide("me", Some("me"), 4, false, 3),
+        Decision::Other {
+            holder: "me".into(),
+            epoch: 4
+        },
+    );
+    assert_eq!(
+        decide("me", Some("me"), 4, true, 3),
+        Decision::Acquire { prev_epoch: 4 }
     );
 }
 
@@ -148,7 +161,16 @@ async fn file_a_restarted_replica_starts_a_new_term() {
     let after = lease_at(&dir, "a", Duration::from_secs(60));
     assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
     assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
-    // The old incarnation, were it still alive, sees its epoch gone.
+    // The old incarnation, were it still alive, sees its epoch gone and stands by: taking
+    // it back, the two took it from each other at every retry, each fenced in turn (two
+    // processes started with one --identity). Its shutdown does not free the later one's.
+    assert_eq!(before.try_acquire_or_renew().await.unwrap(), other("a", 2));
+    assert_eq!(before.try_acquire_or_renew().await.unwrap(), other("a", 2));
+    assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
+    before.release().await.unwrap();
+    assert_eq!(after.try_acquire_or_renew().await.unwrap(), held(2));
+    // Once the later one releases it, the old one may lead again, at a new epoch.
+    after.release().await.unwrap();
     assert_eq!(before.try_acquire_or_renew().await.unwrap(), held(3));
 }
 
@@ -492,9 +514,12 @@ mod kube_mock {
         run(lease, handle, client, server).await
     }
 
-    /// One release by a new backend against the scripted `server`.
-    async fn release(server: impl AsyncFnOnce(&mut Handle)) {
+    /// One release against the scripted `server` by a new backend that won epoch `held`.
+    async fn release(held: u64, server: impl AsyncFnOnce(&mut Handle)) {
         let (lease, handle) = backend();
+        lease
+            .held_epoch
+            .store(held, std::sync::atomic::Ordering::Release);
         run(lease, handle, async |l| l.release().await.unwrap(), server).await;
     }
 
@@ -673,7 +698,7 @@ mod kube_mock {
 
     #[tokio::test]
     async fn release_clears_holder_and_keeps_transitions() {
-        release(async |h| {
+        release(6, async |h| {
             get_answers(h, lease_json(Some("me"), 6, &ts(0), "9")).await;
             let (body, send) = expect_put(h, "9", 6).await;
             assert!(
@@ -689,7 +714,15 @@ mod kube_mock {
     #[tokio::test]
     async fn release_of_anothers_lease_writes_nothing() {
         let live = lease_json(Some("other"), 6, &ts(0), "9");
-        release(async |h| get_answers(h, live).await).await;
+        release(6, async |h| get_answers(h, live).await).await;
+    }
+
+    /// A lease under our identity at an epoch we did not win is a later process's (see
+    /// `decide`): our release leaves it.
+    #[tokio::test]
+    async fn release_of_a_later_process_s_epoch_writes_nothing() {
+        let live = lease_json(Some("me"), 7, &ts(0), "9");
+        release(6, async |h| get_answers(h, live).await).await;
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ pub struct Seen {
     pub members: Option<MembersResponse>,
     /// Why the membership is unknown (no leader, nobody answers).
     pub unknown: Option<String>,
-    /// Replicas whose pod runs.
+    /// Replicas whose pod runs and is ready (`observe::serving_replicas`).
     pub running: BTreeSet<u64>,
     /// The change made this time, or why it failed.
     pub change: Option<Result<Change, String>>,
@@ -66,8 +66,8 @@ pub fn voters(m: &MembersResponse) -> BTreeSet<u64> {
 }
 
 /// The next change toward replicas `1..=want`, if any: nothing without a leader or while a
-/// change is under way; an add only for a replica whose pod runs; a voter's removal only
-/// while every voter that stays runs.
+/// change is under way; an add only for a replica whose pod runs and is ready; a voter's
+/// removal only while every voter that stays does.
 pub fn next_change(m: &MembersResponse, want: u64, running: &BTreeSet<u64>) -> Option<Change> {
     if m.leader == 0 || m.joint {
         return None;

@@ -635,9 +635,11 @@ pub fn pod_ready(pods: &[&Pod], name: &str) -> Option<bool> {
 }
 
 /// The log replicas (by id, from the pod's ordinal) among the LogStore's `pods` that run and
-/// are ready (their server answers its readiness probe). A replica crash-looping or frozen
-/// keeps its pod's phase Running: counted as running, it let a voter be removed while the
-/// group needed it to commit the change (the log stalled), and was never reported down.
+/// are ready (their server answers its readiness probe). A replica crash-looping keeps its
+/// pod's phase Running: counted as running, it let a voter be removed while the group
+/// needed it to commit the change (the log stalled), and was never reported down. (A
+/// frozen process is not caught under TLS, whose probe is a TCP connect the kernel
+/// answers.)
 pub fn serving_replicas(pods: &[&Pod]) -> std::collections::BTreeSet<u64> {
     pods.iter()
         .filter(|p| any_running(&[**p]) && pod_ready(&[**p], &p.name_any()) == Some(true))
@@ -728,9 +730,8 @@ mod tests {
         }
     }
 
-    /// A log replica counts as running only while its pod is ready: one crash-looping (or
-    /// frozen) keeps the phase Running, and counted, it let a voter go while the group
-    /// needed it.
+    /// A log replica counts as running only while its pod is ready: one crash-looping keeps
+    /// the phase Running, and counted, it let a voter go while the group needed it.
     #[test]
     fn a_log_replica_crash_looping_is_not_serving() {
         let pod = |name: &str, ready: &str, waiting: Option<&str>| -> Pod {

@@ -120,15 +120,7 @@ impl Shared {
             .get_or_create(&Metrics::shard(&self.targets[t].id))
             .inc();
         if let Some(shared) = self.me.upgrade() {
-            tokio::spawn(async move {
-                // A reader waits its turn (see `MAX_RECOVERY_READERS`); one whose term
-                // expired meanwhile stops at its first check.
-                let permits = shared.recovery_readers.clone();
-                let Ok(_reading) = permits.acquire_owned().await else {
-                    return; // never closed
-                };
-                shared.recover(t, rec).await
-            });
+            tokio::spawn(async move { shared.recover(t, rec).await });
         }
     }
 

@@ -367,8 +367,6 @@ struct Shared {
     fatal: Mutex<Option<PlayerError>>,
     /// Itself, for spawning recovery readers from `&self` methods.
     me: std::sync::Weak<Shared>,
-    /// Permits for recovery readers to read at once ([`recovery::MAX_RECOVERY_READERS`]).
-    recovery_readers: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -536,7 +534,6 @@ impl Player {
             stats,
             shutdown,
             fatal: Mutex::new(None),
-            recovery_readers: Arc::new(tokio::sync::Semaphore::new(recovery::MAX_RECOVERY_READERS)),
         });
         Ok(Player {
             shared,
@@ -634,18 +631,31 @@ async fn same_log_everywhere(addrs: &str, log_id: &str, limit: usize) -> Result<
         let mut client = LogStoreClient::new(channel).max_decoding_message_size(limit);
         let mut request = tonic::Request::new(BoundsRequest {});
         request.set_timeout(BOUNDS_WAIT);
-        let b = tokio::time::timeout(BOUNDS_WAIT, client.bounds(request))
+        let asked = tokio::time::timeout(BOUNDS_WAIT, client.bounds(request))
             .await
-            .ok()?
             .ok()?;
-        Some((addr.to_owned(), b.into_inner().log_id))
+        Some((addr.to_owned(), asked.map(|b| b.into_inner().log_id)))
     });
-    let answers: Vec<(String, String)> = futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .filter(|(_, id)| !id.is_empty())
-        .collect();
+    let mut answers = Vec::new();
+    for (addr, asked) in futures::future::join_all(asks).await.into_iter().flatten() {
+        match asked {
+            Ok(id) if !id.is_empty() => answers.push((addr, id)),
+            Ok(_) => {}
+            // Not a LogStore at all (a shard): the client balances over every address, so
+            // the player ran or not depending on which one answered first, then flapped.
+            Err(status)
+                if status.code() == tonic::Code::Unimplemented
+                    && !status.message().contains("HTTP status code") =>
+            {
+                return Err(PlayerError::Config(format!(
+                    "the server at {addr} (one of --logstore {addrs}) does not serve the \
+                     LogStore API (Bounds answered UNIMPLEMENTED): is it a shard's address? \
+                     --logstore takes the LogStore's replicas"
+                )));
+            }
+            Err(_) => {} // left to the client's failover
+        }
+    }
     if answers.iter().all(|(_, id)| id == log_id) {
         return Ok(());
     }

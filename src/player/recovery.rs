@@ -9,14 +9,6 @@ use crate::model::now_micros;
 use crate::proto::{BoundsRequest, Mutation, ReadRequest, ShardEntry};
 use std::sync::Arc;
 
-/// Recovery readers reading at once; more wait for a turn. Each holds a `Read` stream on
-/// the LogStore, which serves 64 at once by default (`--max-read-streams`) and refuses more
-/// as busy: with one reader per overflowing shard and no bound, many shards catching up at
-/// once (a slow disk under all of them) took every stream, and the main stream's reads and
-/// a reconnecting shard's checks were refused, so delivery stopped for every shard. A
-/// waiting reader costs nothing: its shard's catch-up queue waits for it.
-pub(super) const MAX_RECOVERY_READERS: usize = 16;
-
 impl Shared {
     /// Reads `[from, to]` (and any extension) for target `t` into its catch-up queue, ending
     /// each range with a watermark so the shard's applied index reaches the range's end.
@@ -224,17 +216,5 @@ impl Shared {
     pub(super) async fn first_index(&self) -> Option<u64> {
         let b = self.log.clone().bounds(BoundsRequest {}).await.ok()?;
         Some(b.into_inner().first)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The recovery readers of two players (a leader and the one taking over, briefly both
-    /// reading) leave room, within the LogStore's default read streams, for their main
-    /// streams and checks.
-    #[test]
-    fn recovery_readers_leave_room_in_the_log_stores_read_streams() {
-        let streams = crate::serving::ServerLimits::default().max_read_streams;
-        assert!(2 * (super::MAX_RECOVERY_READERS + 4) <= streams);
     }
 }

@@ -321,11 +321,8 @@ impl Shared {
                     while !in_flight.is_empty() {
                         tokio::select! {
                             m = inbound.message() => match m {
-                                Ok(Some(r)) => match r.msg {
-                                    Some(deliver_response::Msg::Ack(a)) if a.applied_index <= sent_through => {
-                                        self.acked(target, &mut in_flight, a.applied_index);
-                                    }
-                                    _ => break,
+                                Ok(Some(r)) => if let Some(deliver_response::Msg::Ack(a)) = r.msg {
+                                    self.acked(target, &mut in_flight, ack_within(a.applied_index, sent_through));
                                 },
                                 _ => break,
                             },
@@ -339,7 +336,7 @@ impl Shared {
                     match m? {
                         Some(r) => match r.msg {
                             Some(deliver_response::Msg::Ack(a)) => {
-                                let applied = ack_within(&target.id, a.applied_index, sent_through)?;
+                                let applied = ack_within(a.applied_index, sent_through);
                                 self.acked(target, &mut in_flight, applied);
                             }
                             _ => return Err(SessionEnd::Broken("unexpected response".into())),
@@ -514,25 +511,15 @@ pub(super) fn check_welcome(
     Ok(w.applied_index)
 }
 
-/// An ack of `applied` from shard `shard`, to which this stream has sent entries up to
-/// `sent_through` (or which welcomed it with that applied index): taken only up to there.
-/// An ack past it (a shard of another implementation with a bug, or not a shard at all)
-/// would become the shard's saved cursor, and so let retention remove entries the shard
-/// never received; the stream is broken instead, and the shard's next Welcome says again
-/// what it holds.
-fn ack_within(shard: &str, applied: u64, sent_through: u64) -> Result<u64, SessionEnd> {
-    if applied > sent_through {
-        tracing::warn!(
-            shard,
-            applied,
-            sent_through,
-            "the shard acknowledged entries never sent to it; reconnecting"
-        );
-        return Err(SessionEnd::Broken(format!(
-            "shard {shard:?} acknowledged index {applied}, past the last entry sent to it on this stream ({sent_through})"
-        )));
-    }
-    Ok(applied)
+/// What an ack of `applied` on a stream that has sent entries up to `sent_through` (or
+/// whose shard welcomed it with that applied index) counts for: at most that. A shard acks
+/// its whole applied index, which may be past this stream's entries (a newer leader's, in
+/// the ack before a fencing; an older stream's batches still committing), and a shard of
+/// another implementation may ack anything. Taken as it was, an ack past what this
+/// player knows the shard received became its saved cursor, which lets retention remove
+/// entries; counted up to `sent_through`, the rest is sent again and skipped by the shard.
+fn ack_within(applied: u64, sent_through: u64) -> u64 {
+    applied.min(sent_through)
 }
 
 /// An open delivery stream: requests out, responses in, and the shard's applied index.
@@ -578,6 +565,26 @@ pub(super) fn classify(status: tonic::Status) -> SessionEnd {
             reason,
             message: status.message().to_owned(),
         },
+        // Not a shard at all (a LogStore, another gRPC server): retrying will not fix it.
+        // It was a broken stream, retried quickly for ever with `/readyz` still ready.
+        // (tonic maps a proxy's HTTP 404, a mesh sidecar warming up, to UNIMPLEMENTED too:
+        // that one is retried.)
+        None if status.code() == tonic::Code::Unimplemented
+            && !status.message().contains("HTTP status code") =>
+        {
+            SessionEnd::Refused {
+                reason: Reason::WrongShard,
+                message: format!(
+                    "the server at the shard's address does not serve the Shard API (it answered \
+                 UNIMPLEMENTED{}): is the shard map's address a LogStore's or another \
+                 server's?",
+                    Some(status.message())
+                        .filter(|m| !m.is_empty())
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            }
+        }
         _ => SessionEnd::Broken(format!("{}: {}", status.code(), status.message())),
     }
 }
@@ -669,16 +676,33 @@ mod tests {
         assert!(msg.contains(" M,") && msg.contains("log L"), "{msg}");
     }
 
-    /// An ack past what the stream sent breaks the stream (it would become the saved cursor,
-    /// which bounds retention); an ack up to there is taken.
+    /// A server that does not serve the Shard API is refused (retrying will not fix it, and
+    /// `/readyz` says so), not a broken stream retried for ever.
     #[test]
-    fn an_ack_past_what_was_sent_is_not_taken() {
-        assert!(matches!(ack_within("s0", 7, 7), Ok(7)));
-        assert!(matches!(ack_within("s0", 3, 7), Ok(3)));
-        match ack_within("s0", 8, 7) {
-            Err(SessionEnd::Broken(m)) => assert!(m.contains("8") && m.contains("(7)"), "{m}"),
-            _ => panic!("an ack past what was sent was taken"),
+    fn a_server_without_the_shard_api_is_a_refusal() {
+        match classify(tonic::Status::unimplemented("")) {
+            SessionEnd::Refused { reason, message } => {
+                assert_eq!(reason, Reason::WrongShard);
+                assert!(
+                    message.contains("does not serve the Shard API"),
+                    "{message}"
+                );
+            }
+            _ => panic!("taken as a broken stream"),
         }
+        assert!(matches!(
+            classify(tonic::Status::unavailable("down")),
+            SessionEnd::Broken(_)
+        ));
+    }
+
+    /// An ack counts up to what the stream sent (or the shard's Welcome said), not past
+    /// it: it becomes the saved cursor, which bounds retention.
+    #[test]
+    fn an_ack_counts_up_to_what_was_sent() {
+        assert_eq!(ack_within(7, 7), 7);
+        assert_eq!(ack_within(3, 7), 3);
+        assert_eq!(ack_within(u64::MAX, 7), 7);
     }
 
     /// A shard that welcomes a Hello naming a larger entry limit than its own (one that

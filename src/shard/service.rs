@@ -290,11 +290,18 @@ impl<S: ShardStore> ShardService<S> {
             out
         })
         .await;
-        joined.unwrap_or_else(|e| {
-            Err(store_panicked(&format!(
-                "a call into the store failed: {e}"
-            )))
-        })
+        let out = joined.unwrap_or_else(|e| {
+            Err(store_panicked(&if e.is_panic() {
+                format!("a call into the store panicked: {e}")
+            } else {
+                format!("a call into the store was cancelled (the shard is stopping): {e}")
+            }))
+        });
+        // Here, not at each caller: a store that failed under `Dump` stops the shard too.
+        if let Err(e) = &out {
+            self.store_failed(e);
+        }
+        out
     }
 
     /// Reads the stream on its own task, so a message's receive time is when it arrived and

@@ -295,14 +295,23 @@ impl Replica {
     }
 }
 
-/// Checks that `addr` is `HOST:PORT`.
+/// Checks that `addr` is `HOST:PORT` that a replica can dial: no scheme (the replicas put
+/// `http://` in front: `http://h:7000` became `http://http://h:7000`, host `http`), an IPv6
+/// host in brackets, no path or space, as the players' addresses are checked
+/// ([`crate::routing::check_addr`]). Such an address was taken, and then failed at every
+/// dial without naming it; the group never formed.
 pub fn check_addr(addr: &str) -> Result<(), String> {
+    if addr.contains("://") {
+        return Err(format!(
+            "{addr:?}: give HOST:PORT without a scheme (the replicas speak http://, or https:// with TLS)"
+        ));
+    }
     match addr.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
             Ok(0) => Err(format!(
                 "{addr:?}: port 0 cannot be dialed (a replica's address is where the others reach it)"
             )),
-            Ok(_) => Ok(()),
+            Ok(_) => crate::routing::check_addr(addr).map_err(|e| format!("{addr:?}: {e}")),
             Err(_) => Err(format!("{addr:?} is not HOST:PORT")),
         },
         _ => Err(format!("{addr:?} is not HOST:PORT")),
@@ -343,4 +352,34 @@ pub fn parse_member(item: &str) -> Result<(NodeId, String), String> {
     let addr = addr.trim();
     check_addr(addr).map_err(|e| format!("{item:?}: {e}"))?;
     Ok((id, addr.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica's address is one the others can dial: an unbracketed IPv6 host, a scheme, a
+    /// path or a space is refused when parsed, naming the item (each was taken, and then
+    /// failed at every dial without a word).
+    #[test]
+    fn a_replica_address_that_cannot_be_dialed_is_refused_when_parsed() {
+        assert_eq!(parse_member("2=h:7001"), Ok((2, "h:7001".into())));
+        assert_eq!(parse_member("2=[::1]:7001"), Ok((2, "[::1]:7001".into())));
+        for bad in [
+            "2=::1:7001",
+            "2=http://h:7001",
+            "2=h:7001/x",
+            "2=my host:7001",
+            "2=h:0",
+            "2=h",
+        ] {
+            let e = parse_member(bad).expect_err(bad);
+            assert!(e.contains(bad), "{e}");
+        }
+        assert!(
+            parse_member("2=http://h:7001")
+                .unwrap_err()
+                .contains("scheme")
+        );
+    }
 }

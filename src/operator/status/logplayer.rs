@@ -134,8 +134,8 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
         out.push(Problem::new(
             "LogReplicaDown",
             format!(
-                "{} of {} voting log replicas do not run: {}; the log keeps fewer copies \
-                 until they are back",
+                "{} of {} voting log replicas are not running and ready: {}; the log keeps \
+                 fewer copies until they are back",
                 down.len(),
                 voters.len(),
                 down.join(", ")
