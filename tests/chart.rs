@@ -917,6 +917,8 @@ fn helm_and_the_operator_agree_on_leader_election_timing() {
         ("15s", "10s", "10s"),
         ("15s", "2s", "3s"),
         ("2s", "1500ms", "250ms"),
+        ("2s", "1500ms", "9ms"),
+        ("2s", "1500ms", "10ms"),
     ];
     for (lease, renew, retry) in cases {
         let or =
@@ -945,7 +947,7 @@ fn helm_and_the_operator_agree_on_leader_election_timing() {
                 // The same words as the operator's own refusal.
                 let words = e.to_string();
                 let reason = [
-                    "retry_period must be positive",
+                    "retry_period must be at least 10ms",
                     "retry_period must be shorter than renew_deadline",
                     "renew_deadline must be shorter than lease_duration",
                 ]

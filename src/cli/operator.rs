@@ -54,7 +54,8 @@ pub struct OperatorArgs {
     /// The leader stops reconciling when it could not renew for this long.
     #[arg(long, env = "LOGPLAYER_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
     renew_deadline: Duration,
-    /// How often replicas try to acquire or renew the Lease.
+    /// How often replicas try to acquire or renew the Lease (at least 10ms; below
+    /// --renew-deadline).
     #[arg(long, env = "LOGPLAYER_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
     retry_period: Duration,
 }

@@ -43,6 +43,8 @@ pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
                 crate::player::cursor::CursorStore::load(&file)
                     .await
                     .with_context(|| format!("reading the cursor file {}", p.display()))?;
+                file.check_writable()
+                    .with_context(|| format!("writing the cursor file {}", p.display()))?;
                 Some(std::sync::Arc::new(file))
             }
             (None, true) => {

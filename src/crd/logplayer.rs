@@ -344,12 +344,12 @@ impl LogPlayerSpec {
 
 /// Leader lease timing. The leader stops sending once it could not renew for
 /// `renewDeadline`; a standby takes over once the lease is `leaseDuration` old; everyone
-/// retries every `retryPeriod`. Needs `0 < retryPeriod < renewDeadline < leaseDuration`.
+/// retries every `retryPeriod`. Needs `10ms <= retryPeriod < renewDeadline < leaseDuration`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("duration(self.retryPeriod) > duration('0s') && duration(self.retryPeriod) < duration(self.renewDeadline)")
-        .message("lease timing needs 0 < retryPeriod < renewDeadline"),
+    validation = Rule::new("duration(self.retryPeriod) >= duration('10ms') && duration(self.retryPeriod) < duration(self.renewDeadline)")
+        .message("lease timing needs 10ms <= retryPeriod < renewDeadline"),
     validation = Rule::new("duration(self.renewDeadline) < duration(self.leaseDuration)")
         .message("lease timing needs renewDeadline < leaseDuration"),
     validation = Rule::new("duration(self.leaseDuration) <= duration('1h')")
@@ -403,14 +403,15 @@ pub struct LeaseTiming {
 }
 
 impl LeaseSettings {
-    /// Parses the three durations and checks `0 < retryPeriod < renewDeadline < leaseDuration`.
+    /// Parses the three durations and checks `10ms <= retryPeriod < renewDeadline <
+    /// leaseDuration`.
     pub fn timing(&self) -> Result<LeaseTiming, CrdError> {
         let t = LeaseTiming {
             lease_duration: parse_duration("spec.lease.leaseDuration", &self.lease_duration)?,
             renew_deadline: parse_duration("spec.lease.renewDeadline", &self.renew_deadline)?,
             retry_period: parse_duration("spec.lease.retryPeriod", &self.retry_period)?,
         };
-        if t.retry_period.is_zero()
+        if t.retry_period < crate::lease::MIN_RETRY_PERIOD
             || t.retry_period >= t.renew_deadline
             || t.renew_deadline >= t.lease_duration
             || t.lease_duration > crate::lease::MAX_LEASE_DURATION

@@ -158,7 +158,7 @@ pub enum CrdError {
     },
     /// The lease durations are out of order.
     #[error(
-        "lease timing needs 0 < retryPeriod < renewDeadline < leaseDuration <= 1h, got retryPeriod \
+        "lease timing needs 10ms <= retryPeriod < renewDeadline < leaseDuration <= 1h, got retryPeriod \
          {retry_period:?}, renewDeadline {renew_deadline:?}, leaseDuration {lease_duration:?}"
     )]
     LeaseTiming {

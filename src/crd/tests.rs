@@ -704,7 +704,12 @@ fn lease_timing_and_durations_are_checked() {
         "{e}"
     );
     let e = lease("2s", "1s", "0s").timing().unwrap_err();
-    assert!(e.to_string().contains("0 < retryPeriod"), "{e}");
+    assert!(e.to_string().contains("10ms <= retryPeriod"), "{e}");
+    let e = lease("2s", "1s", "9ms").timing().unwrap_err();
+    assert!(e.to_string().contains("10ms <= retryPeriod"), "{e}");
+    lease("2s", "1s", "10ms")
+        .timing()
+        .expect("the floor is allowed");
     let e = lease("two seconds", "1s", "1ms").timing().unwrap_err();
     assert!(e.to_string().contains("spec.lease.leaseDuration"), "{e}");
     let mut spec: LogPlayerSpec =

@@ -83,10 +83,10 @@ pub enum LeaseError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The timing does not satisfy `0 < retry_period < renew_deadline < lease_duration`.
+    /// The timing does not satisfy `10ms <= retry_period < renew_deadline < lease_duration`.
     #[error(
         "invalid lease timing: {reason} (retry_period {retry_period:?}, renew_deadline \
-         {renew_deadline:?}, lease_duration {lease_duration:?}); need 0 < retry_period < \
+         {renew_deadline:?}, lease_duration {lease_duration:?}); need 10ms <= retry_period < \
          renew_deadline < lease_duration"
     )]
     Config {
@@ -161,6 +161,10 @@ pub trait LeaseBackend: Send + Sync {
 /// holds it in whole seconds as an `i32`. An hour is past any pause a lease is meant to
 /// ride out.
 pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
+/// The shortest retry period: each attempt writes the lease (a file's fsync, or a call to
+/// the API server). A microsecond one wrote at every turn of the loop, flooded the API
+/// server, and with a renew deadline of a few microseconds timed out at every attempt.
+pub const MIN_RETRY_PERIOD: Duration = Duration::from_millis(10);
 
 /// Parses `--lease-duration`: a duration above zero and at most [`MAX_LEASE_DURATION`].
 pub fn parse_lease_duration(s: &str) -> Result<Duration, String> {
@@ -285,10 +289,10 @@ impl Default for LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// Checks `0 < retry_period < renew_deadline < lease_duration`.
+    /// Checks `MIN_RETRY_PERIOD <= retry_period < renew_deadline < lease_duration`.
     pub fn validate(&self) -> Result<(), LeaseError> {
-        let reason = if self.retry_period.is_zero() {
-            "retry_period must be positive"
+        let reason = if self.retry_period < MIN_RETRY_PERIOD {
+            "retry_period must be at least 10ms"
         } else if self.retry_period >= self.renew_deadline {
             "retry_period must be shorter than renew_deadline"
         } else if self.renew_deadline >= self.lease_duration {

@@ -63,6 +63,19 @@ fn config_defaults_validate_and_errors_name_values() {
         ..d
     };
     assert!(matches!(bad.validate(), Err(LeaseError::Config { .. })));
+    // Below the floor: each attempt writes the lease.
+    let tiny = LeaseConfig {
+        retry_period: Duration::from_micros(1),
+        renew_deadline: Duration::from_micros(2),
+        ..d
+    };
+    let msg = tiny.validate().unwrap_err().to_string();
+    assert!(msg.contains("at least 10ms"), "{msg}");
+    let floor = LeaseConfig {
+        retry_period: MIN_RETRY_PERIOD,
+        ..d
+    };
+    assert!(floor.validate().is_ok());
 }
 
 #[test]

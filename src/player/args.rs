@@ -60,7 +60,8 @@ pub struct PlayerArgs {
     #[arg(long, env = "LOGPLAYER_RENEW_DEADLINE", default_value = "1500ms", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub renew_deadline: Duration,
-    /// How often replicas try to acquire or renew the lease.
+    /// How often replicas try to acquire or renew the lease (at least 10ms; below
+    /// --renew-deadline).
     #[arg(long, env = "LOGPLAYER_RETRY_PERIOD", default_value = "250ms", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub retry_period: Duration,

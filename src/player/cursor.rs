@@ -122,12 +122,29 @@ impl FileCursors {
         }
     }
 
-    fn write(&self, merged: &Cursors) -> Result<(), CursorError> {
+    /// The directory the file is written in (created if missing).
+    fn dir(&self) -> Result<PathBuf, CursorError> {
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir).map_err(self.io())?;
+        Ok(dir)
+    }
+
+    /// Checks that the file can be written as [`CursorStore::save`] writes it (a temporary
+    /// file beside it, renamed over it): checked at start, since a file that cannot be
+    /// written only warned at every checkpoint while no cursor was saved, and retention
+    /// (`--retain-log`) never ran.
+    pub fn check_writable(&self) -> Result<(), CursorError> {
+        let dir = self.dir()?;
+        tempfile::NamedTempFile::new_in(&dir)
+            .map(drop)
+            .map_err(self.io())
+    }
+
+    fn write(&self, merged: &Cursors) -> Result<(), CursorError> {
+        let dir = self.dir()?;
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(self.io())?;
         let json = serde_json::to_vec_pretty(merged).map_err(|e| CursorError::Corrupt {
             path: self.path.clone(),
@@ -190,6 +207,29 @@ impl CursorStore for FileCursors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cursor file whose directory cannot be written is found at start, naming the path.
+    #[test]
+    fn a_cursor_file_that_cannot_be_written_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            FileCursors::new(dir.path().join("c.json"))
+                .check_writable()
+                .is_ok()
+        );
+        assert!(
+            FileCursors::new(dir.path().join("new/c.json"))
+                .check_writable()
+                .is_ok()
+        );
+        let e = FileCursors::new("/proc/logplayer-cursors.json")
+            .check_writable()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("/proc/logplayer-cursors.json"),
+            "{e}"
+        );
+    }
 
     /// The log every cursor of [`cursors`] counts in.
     const LOG: &str = "log-1";

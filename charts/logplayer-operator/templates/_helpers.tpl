@@ -168,7 +168,7 @@ A duration (`15s`, `1m30s`, `1500ms`; the form the schema allows) in nanoseconds
 
 {{/*
 The operator's start-up rule for its leader election, checked at install time with the same
-words: 0 < retryPeriod < renewDeadline < leaseDuration <= 1h (empty values are the operator's
+words: 10ms <= retryPeriod < renewDeadline < leaseDuration <= 1h (empty values are the operator's
 defaults, 15s, 10s and 2s). tests/chart.rs checks that the chart and the operator agree.
 */}}
 {{- define "logplayer-operator.checkLeaderElection" -}}
@@ -178,8 +178,8 @@ defaults, 15s, 10s and 2s). tests/chart.rs checks that the chart and the operato
 {{- $retry := include "logplayer-operator.nanos" (default "2s" $e.retryPeriod) | atoi -}}
 {{- if or (le $lease 0) (gt $lease 3600000000000) -}}
 {{- fail (printf "leaderElection.leaseDuration %s: must be above 0 and at most 1h" $e.leaseDuration) -}}
-{{- else if le $retry 0 -}}
-{{- fail "leaderElection: retry_period must be positive" -}}
+{{- else if lt $retry 10000000 -}}
+{{- fail "leaderElection: retry_period must be at least 10ms" -}}
 {{- else if ge $retry $renew -}}
 {{- fail "leaderElection: retry_period must be shorter than renew_deadline" -}}
 {{- else if ge $renew $lease -}}
