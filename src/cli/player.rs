@@ -34,29 +34,7 @@ pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
     if a.retain_log && a.cursor_file.is_none() && !a.cursor_shard_status {
         bail!("--retain-log needs a cursor store: --cursor-file or --cursor-shard-status");
     }
-    let cursors: Option<std::sync::Arc<dyn crate::player::cursor::CursorStore>> =
-        match (&a.cursor_file, a.cursor_shard_status) {
-            (Some(p), _) => {
-                // Read once now: a file that does not parse would otherwise only warn at
-                // every checkpoint, while the player delivers without saving a cursor.
-                let file = crate::player::cursor::FileCursors::new(p);
-                crate::player::cursor::CursorStore::load(&file)
-                    .await
-                    .with_context(|| format!("reading the cursor file {}", p.display()))?;
-                file.check_writable()
-                    .with_context(|| format!("writing the cursor file {}", p.display()))?;
-                Some(std::sync::Arc::new(file))
-            }
-            (None, true) => {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("connecting to Kubernetes for the cursor store")?;
-                Some(std::sync::Arc::new(
-                    crate::player::cursor::KubeCursors::new(client, &a.lease_namespace),
-                ))
-            }
-            (None, false) => None,
-        };
+    let cursors = cursor_store(&a).await?;
     let lease_config = a.lease_config()?;
     let backend: Option<std::sync::Arc<dyn crate::lease::LeaseBackend>> =
         match (&a.lease_file, &a.lease_name) {
@@ -107,4 +85,32 @@ pub async fn run_player(a: PlayerArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cursor store the flags name (`--cursor-file`, `--cursor-shard-status`), checked.
+async fn cursor_store(
+    a: &PlayerArgs,
+) -> anyhow::Result<Option<std::sync::Arc<dyn crate::player::cursor::CursorStore>>> {
+    Ok(match (&a.cursor_file, a.cursor_shard_status) {
+        (Some(p), _) => {
+            // Read once now: a file that does not parse would otherwise only warn at
+            // every checkpoint, while the player delivers without saving a cursor.
+            let file = crate::player::cursor::FileCursors::new(p);
+            crate::player::cursor::CursorStore::load(&file)
+                .await
+                .with_context(|| format!("reading the cursor file {}", p.display()))?;
+            file.check_writable()
+                .with_context(|| format!("writing the cursor file {}", p.display()))?;
+            Some(std::sync::Arc::new(file))
+        }
+        (None, true) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes for the cursor store")?;
+            Some(std::sync::Arc::new(
+                crate::player::cursor::KubeCursors::new(client, &a.lease_namespace),
+            ))
+        }
+        (None, false) => None,
+    })
 }
