@@ -833,3 +833,33 @@ async fn a_shard_that_checks_no_hello_but_welcomes_as_another_is_sent_nothing() 
         player.log_tail(40)
     );
 }
+
+/// A log replica whose `--peers` names a single-node LogStore stops at once naming it: taken
+/// as a replica of a group, it kept the lowest id from ever seeding, and the group waited
+/// for ever ("waits for the lowest id of --peers to seed the group", itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_peers_name_a_single_node_log_store_stops_naming_it() {
+    let (dir, c, _log) = common::servers(1).await;
+    let single = c.logstore.addr().to_owned();
+    let me = format!("127.0.0.1:{}", common::free_port());
+    let third = format!("127.0.0.1:{}", common::free_port());
+    let args = [
+        "logstore".to_owned(),
+        "--id".to_owned(),
+        "1".to_owned(),
+        "--peers".to_owned(),
+        format!("1={me},2={single},3={third}"),
+        "--listen".to_owned(),
+        me.clone(),
+        "--data".to_owned(),
+        dir.path().join("replica-1").display().to_string(),
+    ];
+    let Some((status, err)) = common::ends_within(&args, Duration::from_secs(20)).await else {
+        panic!("{args:?} kept running");
+    };
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("single-node LogStore") && err.contains(&single) && err.contains("peer 2"),
+        "{err}"
+    );
+}

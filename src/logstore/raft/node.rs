@@ -97,8 +97,10 @@ impl ReplicaConfig {
 /// Whether a peer of `--peers` already serves a group's log. The lowest id asks before it
 /// seeds a new group: were its directory lost, it would otherwise start a second group of
 /// its own beside the first. A peer that is down, or up but not yet in a group (the group's
-/// first start), does not count.
-async fn joined_elsewhere(config: &ReplicaConfig) -> bool {
+/// first start), does not count. A peer that is a single-node LogStore is refused, naming
+/// it: taken as a group's replica, it kept the lowest id from ever seeding, and the group
+/// waited for ever.
+async fn joined_elsewhere(config: &ReplicaConfig) -> Result<bool, LogStoreError> {
     use crate::proto::BoundsRequest;
     use crate::proto::log_store_client::LogStoreClient;
     for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
@@ -110,9 +112,16 @@ async fn joined_elsewhere(config: &ReplicaConfig) -> bool {
                 .bounds(BoundsRequest {})
                 .await
                 .ok()?;
-            Some(b.into_inner().log_id)
+            Some(b.into_inner())
         };
-        if let Ok(Some(log_id)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+            let log_id = b.log_id;
+            if b.replica.is_none() {
+                return Err(LogStoreError::Config(format!(
+                    "peer {id} of --peers, at {addr}, is a single-node LogStore (log {log_id}), \
+                     not a log replica: fix --peers"
+                )));
+            }
             tracing::warn!(
                 replica = config.id,
                 peer = id,
@@ -122,10 +131,10 @@ async fn joined_elsewhere(config: &ReplicaConfig) -> bool {
                  not seeding a new one. Add it to the group with `logstore members add` \
                  (after removing its old self with `logstore members remove`)"
             );
-            return true;
+            return Ok(true);
         }
     }
-    false
+    Ok(false)
 }
 
 /// An append waiting for its entry to be applied: its writer, and where its answer goes.
@@ -410,7 +419,7 @@ impl Replica {
         // the membership (with the addresses it dials) from the leader.
         let bootstraps = !config.join && config.peers.keys().next() == Some(&config.id);
         let initialized = raft.is_initialized().await.unwrap_or(true);
-        let seeds = !initialized && bootstraps && !joined_elsewhere(&config).await;
+        let seeds = !initialized && bootstraps && !joined_elsewhere(&config).await?;
         if seeds {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .peers
