@@ -787,3 +787,31 @@ fn a_bad_value_from_the_environment_names_its_variable() {
         "{said}"
     );
 }
+
+/// The bounds `--help` states are the ones the servers enforce (the same constants).
+#[test]
+fn help_states_the_bounds_the_servers_enforce() {
+    let help = |cmd: &str| {
+        let out = Command::new(common::bin())
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let logstore = help("logstore");
+    for want in [
+        format!("(1 to {})", logplayer::serving::MAX_CONNECTIONS),
+        format!("(1 to {})", logplayer::serving::MAX_READ_STREAMS),
+        format!("(1 to {})", logplayer::serving::MAX_STREAMS_PER_CONNECTION),
+    ] {
+        assert!(logstore.contains(&want), "logstore --help lacks {want:?}");
+    }
+    let max_delay = humantime::format_duration(logplayer::shard::gather::MAX_COMMIT_DELAY);
+    assert!(
+        help("shard").contains(&format!("at most {max_delay}")),
+        "shard --help lacks the commit delay's bound {max_delay}"
+    );
+}

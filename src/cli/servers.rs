@@ -155,10 +155,12 @@ pub struct EntryLimit {
 /// What bounds the callers of either server (see `serving`).
 #[derive(Args, Clone, Copy, Debug)]
 pub struct CallerLimits {
-    /// Connections open at once; one more is closed as soon as it is accepted.
+    /// Connections open at once; one more is closed as soon as it is accepted (1 to
+    /// 1048576).
     #[arg(long, env = "LOGPLAYER_MAX_CONNECTIONS", default_value_t = crate::serving::ServerLimits::default().max_connections)]
     max_connections: usize,
-    /// HTTP/2 streams (calls) open at once on one connection; a client waits for a slot.
+    /// HTTP/2 streams (calls) open at once on one connection; a client waits for a slot (1
+    /// to 65536).
     #[arg(long, env = "LOGPLAYER_MAX_STREAMS_PER_CONNECTION", default_value_t = crate::serving::ServerLimits::default().max_streams_per_connection)]
     max_streams_per_connection: u32,
     /// A connection with no call open for this long is closed (a client reconnects on its
@@ -170,8 +172,9 @@ pub struct CallerLimits {
 /// What bounds the LogStore's streams (a shard has neither: `shard` does not take these).
 #[derive(Args, Clone, Copy, Debug)]
 pub struct StreamLimits {
-    /// `Read` streams open at once over every caller; one more is refused
-    /// (RESOURCE_EXHAUSTED, busy). Each holds at most 2 responses ahead of its reader.
+    /// `Read` streams open at once over every caller (1 to 65536); one more is refused
+    /// (RESOURCE_EXHAUSTED, busy). Each holds at most 2 responses ahead of its reader. A
+    /// player holds one for its main stream and one per shard catching up.
     #[arg(long, env = "LOGPLAYER_MAX_READ_STREAMS", default_value_t = crate::serving::ServerLimits::default().max_read_streams)]
     max_read_streams: usize,
     /// A `Read` stream whose reader took nothing for this long while responses wait for it
@@ -244,7 +247,7 @@ pub struct ShardArgs {
     /// How long a commit may wait for more batches, counted from its first batch's arrival:
     /// only on a busy stream, and only while the pages it would write are less than three
     /// quarters full (each commit's fsync writes whole pages). Trades up to this much
-    /// delay for fewer bytes written to disk; 0 commits whatever has arrived.
+    /// delay for fewer bytes written to disk; 0 commits whatever has arrived; at most 100ms.
     #[arg(long, env = "LOGPLAYER_COMMIT_DELAY", default_value = "2ms", value_parser = parse_commit_delay)]
     commit_delay: std::time::Duration,
     #[command(flatten)]
