@@ -123,6 +123,34 @@ pub(crate) async fn failure(mut failed: watch::Receiver<Option<String>>) -> Stri
     }
 }
 
+/// A guard that reports a panic of the thread holding it (a WAL writer's or syncer's, the
+/// single node's or a replica's) as a WAL failure on `failed`, so that the LogStore stops
+/// and its supervisor restarts it, instead of staying up with no writer: every append
+/// refused, and [`failure`] waiting for ever.
+pub(crate) struct FailOnPanic {
+    failed: std::sync::Arc<watch::Sender<Option<String>>>,
+    thread: &'static str,
+}
+
+impl FailOnPanic {
+    pub(crate) fn new(
+        failed: std::sync::Arc<watch::Sender<Option<String>>>,
+        thread: &'static str,
+    ) -> FailOnPanic {
+        FailOnPanic { failed, thread }
+    }
+}
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.failed.borrow().is_none() {
+            let reason = format!("the WAL's {} thread panicked", self.thread);
+            tracing::error!(%reason, "WAL write failed; the LogStore refuses appends and stops");
+            self.failed.send_replace(Some(reason));
+        }
+    }
+}
+
 /// Result of an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {

@@ -70,35 +70,15 @@ impl Publish {
         self.head.send_replace(last);
     }
 
-    /// A guard that reports a panic of the thread holding it as a WAL failure, so that the
-    /// LogStore stops (and its supervisor restarts it) instead of staying up with no writer:
-    /// every append refused and [`super::failure`] waiting forever.
-    fn fail_on_panic(&self, thread: &'static str) -> FailOnPanic {
-        FailOnPanic {
-            publish: self.clone(),
-            thread,
-        }
+    /// See [`super::FailOnPanic`].
+    fn fail_on_panic(&self, thread: &'static str) -> super::FailOnPanic {
+        super::FailOnPanic::new(self.failed.clone(), thread)
     }
 
     fn fail(&self, reason: &str) {
         if self.failed.borrow().is_none() {
             tracing::error!(error = %reason, "WAL write failed; the LogStore refuses appends and stops");
             self.failed.send_replace(Some(reason.to_owned()));
-        }
-    }
-}
-
-/// See [`Publish::fail_on_panic`].
-pub(super) struct FailOnPanic {
-    publish: Publish,
-    thread: &'static str,
-}
-
-impl Drop for FailOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.publish
-                .fail(&format!("the WAL's {} thread panicked", self.thread));
         }
     }
 }

@@ -212,6 +212,7 @@ fn sync_loop(
     waiting: std::sync::mpsc::Receiver<Flush>,
     failed: Arc<watch::Sender<Option<String>>>,
 ) {
+    let _failing = crate::logstore::FailOnPanic::new(failed.clone(), "Raft log sync");
     while let Ok(first) = waiting.recv() {
         let mut batch = vec![first];
         batch.extend(waiting.try_iter());
