@@ -332,9 +332,15 @@ impl FileInner {
                 return Ok(LeaseState::Other { holder, epoch });
             }
             Decision::Renew { epoch } => epoch,
-            Decision::Acquire { prev_epoch } => prev_epoch
-                .checked_add(1)
-                .ok_or_else(|| self.corrupt(&self.version_path(seq), "epoch at u64::MAX"))?,
+            Decision::Acquire { prev_epoch } => {
+                // Forgotten before the write: one that lands unseen (an error after the
+                // link, an attempt timed out) then reads as an earlier incarnation's, taken
+                // again at once, not as a later process's, stood by for a lease duration.
+                self.held_epoch.store(0, Ordering::Release);
+                prev_epoch
+                    .checked_add(1)
+                    .ok_or_else(|| self.corrupt(&self.version_path(seq), "epoch at u64::MAX"))?
+            }
         };
         let next = seq
             .checked_add(1)

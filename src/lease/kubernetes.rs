@@ -167,6 +167,7 @@ impl LeaseBackend for KubeLease {
         for _ in 0..KUBE_ATTEMPTS {
             let now = Timestamp::now();
             let Some(mut lease) = self.get().await? else {
+                self.held_epoch.store(0, Ordering::Release);
                 match self
                     .api
                     .create(&PostParams::default(), &self.new_lease(now))
@@ -194,6 +195,8 @@ impl LeaseBackend for KubeLease {
                 }
                 Decision::Renew { epoch } => epoch,
                 Decision::Acquire { prev_epoch } => {
+                    // Forgotten before the write (see the file lease's).
+                    self.held_epoch.store(0, Ordering::Release);
                     let epoch = prev_epoch + 1;
                     let transitions = i32::try_from(epoch)
                         .map_err(|_| self.invalid("leaseTransitions would overflow"))?;

@@ -141,7 +141,8 @@ pub trait LeaseBackend: Send + Sync {
     /// acquisition: each epoch is won by exactly one identity (see the module docs).
     async fn try_acquire_or_renew(&self) -> Result<LeaseState, LeaseError>;
     /// Give the lease up (graceful shutdown) so a standby can take it at once: clears the
-    /// holder and keeps the epoch. Does nothing when somebody else holds the lease.
+    /// holder and keeps the epoch. Does nothing when somebody else holds the lease, or holds
+    /// it at an epoch this instance did not win (a later process with its identity).
     async fn release(&self) -> Result<(), LeaseError>;
     /// Who we are in the lease.
     fn identity(&self) -> &str;

@@ -709,6 +709,34 @@ mod kube_mock {
         assert_eq!(state, other("other", 1));
     }
 
+    /// An acquisition whose write landed but whose answer was lost (here a 500 after the
+    /// commit) is taken again at once at a new epoch, as an earlier incarnation's would be;
+    /// it is not mistaken for a later process with this identity, which would leave the
+    /// lease unled until it expired.
+    #[tokio::test]
+    async fn an_acquisition_whose_answer_was_lost_is_taken_again() {
+        let (lease, handle) = backend();
+        lease
+            .held_epoch
+            .store(3, std::sync::atomic::Ordering::Release);
+        let client = async |l: &KubeLease| {
+            let first = l.try_acquire_or_renew().await;
+            assert!(first.is_err(), "{first:?}");
+            l.try_acquire_or_renew().await.unwrap()
+        };
+        let state = run(lease, handle, client, async |h| {
+            get_answers(h, lease_json(Some("other"), 3, &ts(-60), "9")).await;
+            let (_, send) = expect_put(h, "9", 4).await;
+            reply(send, 500, &status(500, "InternalError"));
+            // It landed: the next read shows this process at epoch 4.
+            get_answers(h, lease_json(Some("me"), 4, &ts(0), "10")).await;
+            let (body, send) = expect_put(h, "10", 5).await;
+            reply(send, 200, &body);
+        })
+        .await;
+        assert_eq!(state, held(5));
+    }
+
     #[tokio::test]
     async fn release_clears_holder_and_keeps_transitions() {
         release(6, async |h| {
