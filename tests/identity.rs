@@ -718,9 +718,13 @@ async fn a_player_given_a_shard_for_its_logstore_or_the_logstore_for_a_shard_sto
 }
 
 /// A shard server of another implementation that checks nothing in a Hello: it answers
-/// every sender as shard `s9` of no log, and counts the batches it is sent.
+/// every sender as shard `id` (`s9` unless set) of no log, and counts the batches it is
+/// sent; with `ack`, it acknowledges each batch with that applied index, whatever it was
+/// sent.
 struct LaxShard {
     batches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    id: &'static str,
+    ack: Option<u64>,
 }
 
 type Stream<T> =
@@ -738,7 +742,7 @@ impl logplayer::proto::shard_server::Shard for LaxShard {
         use futures::StreamExt as _;
         use logplayer::proto::{deliver_request, deliver_response};
         let mut inbound = request.into_inner();
-        let batches = self.batches.clone();
+        let (batches, id, ack) = (self.batches.clone(), self.id, self.ack);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             while let Some(Ok(m)) = inbound.next().await {
@@ -746,7 +750,7 @@ impl logplayer::proto::shard_server::Shard for LaxShard {
                     Some(deliver_request::Msg::Hello(h)) => {
                         let welcome = logplayer::proto::Welcome {
                             highest_epoch: h.epoch,
-                            shard_id: "s9".into(),
+                            shard_id: id.into(),
                             max_entry_bytes: h.max_entry_bytes,
                             ..Default::default()
                         };
@@ -755,6 +759,11 @@ impl logplayer::proto::shard_server::Shard for LaxShard {
                     }
                     Some(deliver_request::Msg::Batch(_)) => {
                         batches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if let Some(applied_index) = ack {
+                            let a = logplayer::proto::Ack { applied_index };
+                            let msg = Some(deliver_response::Msg::Ack(a));
+                            let _ = tx.send(Ok(logplayer::proto::DeliverResponse { msg })).await;
+                        }
                     }
                     None => {}
                 }
@@ -770,7 +779,7 @@ impl logplayer::proto::shard_server::Shard for LaxShard {
         _: tonic::Request<logplayer::proto::AppliedRequest>,
     ) -> Result<tonic::Response<logplayer::proto::AppliedResponse>, tonic::Status> {
         Ok(tonic::Response::new(logplayer::proto::AppliedResponse {
-            shard_id: "s9".into(),
+            shard_id: self.id.into(),
             ..Default::default()
         }))
     }
@@ -801,6 +810,8 @@ async fn a_shard_that_checks_no_hello_but_welcomes_as_another_is_sent_nothing() 
     let batches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let lax = LaxShard {
         batches: batches.clone(),
+        id: "s9",
+        ack: None,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -861,5 +872,59 @@ async fn a_replica_whose_peers_name_a_single_node_log_store_stops_naming_it() {
     assert!(
         err.contains("single-node LogStore") && err.contains(&single) && err.contains("peer 2"),
         "{err}"
+    );
+}
+
+/// A shard (of another implementation) that acknowledges more than it was sent does not
+/// move its saved cursor past what the player sent it: the cursor bounds the log's
+/// retention, and taken as acknowledged, entries the shard never received could be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_past_what_was_sent_does_not_move_the_saved_cursor_past_it() {
+    let (dir, c, log) = servers(1).await;
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let batches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lax = LaxShard {
+        batches: batches.clone(),
+        id: "s1",
+        ack: Some(1_000_000),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(logplayer::proto::shard_server::ShardServer::new(lax))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let cursors = dir.path().join("cursors.json");
+    let cursor_file = cursors.display().to_string();
+    let specs = [format!("s0={}", c.shards[0].addr()), format!("s1={addr}")];
+    let extra = [
+        "--cursor-file",
+        &cursor_file,
+        "--checkpoint-interval",
+        "100ms",
+    ];
+    let (player, _) =
+        start_player_with(&c, "player-over-ack", c.logstore.addr(), &specs, &extra).await;
+    let keys: Vec<Mutation> = (0..20).flat_map(|k| add(&format!("c-{k:06}"), 1)).collect();
+    for _ in 0..20 {
+        log.append(keys.clone(), None, 0).await.unwrap();
+    }
+    let saved = |path: std::path::PathBuf| async move {
+        let text = tokio::fs::read_to_string(&path).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["acked"]["s1"].as_u64()
+    };
+    let seen = eventually(Duration::from_secs(20), || async {
+        batches.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && saved(cursors.clone()).await.is_some()
+    })
+    .await;
+    assert!(seen, "no cursor saved for s1:\n{}", player.log_tail(40));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cursor = saved(cursors.clone()).await.unwrap_or_default();
+    assert!(
+        cursor <= 20,
+        "s1's saved cursor is {cursor}, past the log's 20 entries:\n{}",
+        player.log_tail(40)
     );
 }
