@@ -928,3 +928,54 @@ async fn an_ack_past_what_was_sent_does_not_move_the_saved_cursor_past_it() {
         player.log_tail(40)
     );
 }
+
+/// A LogStore restarted with a larger entry limit under a leading player: the player tells
+/// each shard the new limit at its next Hello (it told them the limit it read when it
+/// started leading, so a shard below the new one was not refused, `entry-limit`, until an
+/// entry above its limit stopped its delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_store_restarted_with_a_larger_entry_limit_is_said_at_the_next_hello() {
+    let (_dir, mut c, log) = servers(1).await;
+    let specs = [format!("s0={}", c.shards[0].addr())];
+    let extra = ["--max-entry-bytes", "16777216"];
+    let (mut player, _) =
+        start_player_with(&c, "player-limit", c.logstore.addr(), &specs, &extra).await;
+    log.append(add("c-000000", 1), None, 0).await.unwrap();
+    let s0 = c.shards[0].addr().to_owned();
+    let delivered = eventually(Duration::from_secs(20), || async {
+        applied_at(s0.clone()).await >= 1
+    })
+    .await;
+    assert!(delivered, "nothing delivered:\n{}", player.log_tail(40));
+    c.logstore.add_args(&["--max-entry-bytes", "8388608"]);
+    c.logstore.restart().await.unwrap();
+    // The main stream reconnects to the restarted LogStore and reads its limit.
+    let said = eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(player.log_path())
+            .is_ok_and(|l| l.contains("the log's entry limit changed"))
+    })
+    .await;
+    assert!(
+        said,
+        "the player did not read the new limit:\n{}",
+        player.log_tail(40)
+    );
+    // The shard (4 MiB) hears it at its next Hello, and refuses.
+    c.shards[0].restart().await.unwrap();
+    let refused = eventually(Duration::from_secs(20), || async {
+        match ShardConn::connect(&s0, None).await {
+            Ok(s) => s
+                .applied()
+                .await
+                .is_ok_and(|a| a.refused_reason == "entry-limit"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "the shard was not told the log's new limit:\n{}",
+        player.log_tail(40)
+    );
+    assert_eq!(player.exited(), None, "{}", player.log_tail(40));
+}
