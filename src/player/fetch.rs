@@ -144,7 +144,6 @@ impl Shared {
         read: u64,
         fingerprint: u64,
     ) -> Result<bool, PlayerError> {
-        self.log_limit_now(log).await?;
         let go_on = super::behind::Unanswered::GoOn;
         if let Err(unreached) =
             super::behind::reaches(log, &self.log_id, read, go_on, &self.shutdown).await
@@ -169,49 +168,6 @@ impl Shared {
             | super::behind::Held::Unchecked(_)
             | super::behind::Held::AnotherLog => Ok(true),
         }
-    }
-
-    /// The log's entry limit now (asked at each reconnection of the main stream): every
-    /// Hello says it, and a shard checks it against its own. It was read once, when the
-    /// player started leading, so a LogStore restarted with a larger limit under it went
-    /// unnoticed: shards were told the old one, and one below the new limit was not refused
-    /// (`entry-limit`) until an entry above its limit stopped its delivery. Each shard is
-    /// told the new limit at its next Hello. A limit above this player's own
-    /// `--max-entry-bytes` stops it, with the words it would have refused to start with. A
-    /// log that does not answer, or says no limit, leaves the limit as it was.
-    async fn log_limit_now(
-        &self,
-        log: &crate::proto::log_store_client::LogStoreClient<tonic::transport::Channel>,
-    ) -> Result<(), PlayerError> {
-        let mut request = tonic::Request::new(crate::proto::BoundsRequest {});
-        request.set_timeout(std::time::Duration::from_secs(2));
-        let Ok(b) = log
-            .clone()
-            .bounds(request)
-            .await
-            .map(tonic::Response::into_inner)
-        else {
-            return Ok(());
-        };
-        let was = self.log_max_entry_bytes.load(Ordering::Acquire);
-        if b.log_id != self.log_id || b.max_entry_bytes == 0 || b.max_entry_bytes == was {
-            return Ok(());
-        }
-        if b.max_entry_bytes > self.config.max_entry_bytes as u64 {
-            return Err(PlayerError::EntryLimit {
-                addr: self.config.logstore.clone(),
-                log: b.max_entry_bytes,
-                ours: self.config.max_entry_bytes as u64,
-            });
-        }
-        tracing::info!(
-            was,
-            now = b.max_entry_bytes,
-            "the log's entry limit changed; each shard is told at its next Hello"
-        );
-        self.log_max_entry_bytes
-            .store(b.max_entry_bytes, Ordering::Release);
-        Ok(())
     }
 
     /// The main stream, for the life of the player (reconnecting as needed).

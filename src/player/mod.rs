@@ -270,7 +270,6 @@ pub enum PlayerError {
         "the LogStore at {addr} accepts entries up to {log} bytes but this player was started with --max-entry-bytes {ours}; use the same value on every component"
     )]
     EntryLimit { addr: String, log: u64, ours: u64 },
-
     #[error(
         "the log no longer holds index {needed} (first is {first}); shard {shard} cannot be caught up"
     )]
@@ -357,10 +356,9 @@ impl Dispatch {
 
 struct Shared {
     config: PlayerConfig,
-    /// The log this player delivers (learned from `Bounds` at start) and its entry limit
-    /// (asked again at each reconnection of the main stream: see `log_limit_now`).
+    /// The log this player delivers (learned from `Bounds` at start) and its entry limit.
     log_id: String,
-    log_max_entry_bytes: AtomicU64,
+    log_max_entry_bytes: u64,
     targets: Vec<Target>,
     dispatch: Mutex<Dispatch>,
     log: LogStoreClient<Channel>,
@@ -528,7 +526,7 @@ impl Player {
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             log_id: bounds.log_id,
-            log_max_entry_bytes: AtomicU64::new(bounds.max_entry_bytes),
+            log_max_entry_bytes: bounds.max_entry_bytes,
             dispatch: Mutex::new(Dispatch::before(start, n)),
             config,
             targets,

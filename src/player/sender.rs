@@ -206,7 +206,7 @@ impl Shared {
                 player_id: self.config.player_id.clone(),
                 log_id: self.log_id.clone(),
                 shard_id: target.id.clone(),
-                max_entry_bytes: self.log_max_entry_bytes.load(Ordering::Acquire),
+                max_entry_bytes: self.log_max_entry_bytes,
                 slots: target.slots.clone(),
             })),
         };
@@ -280,8 +280,7 @@ impl Shared {
         // Batches within the log's limit too: a shard takes messages up to its own limit,
         // which its Hello check holds at or above the log's, not at the player's (which may
         // be larger).
-        let log_limit = self.log_max_entry_bytes.load(Ordering::Acquire);
-        let log_limit = usize::try_from(log_limit).unwrap_or(usize::MAX);
+        let log_limit = usize::try_from(self.log_max_entry_bytes).unwrap_or(usize::MAX);
         let batch_bytes = crate::limits::batch_budget(
             self.config.batch_bytes,
             self.config.batch_bytes,
@@ -429,10 +428,7 @@ impl Shared {
     /// Checks a shard's Welcome (see [`check_welcome`]); returns its applied index and the
     /// fingerprint of its entry.
     fn check_welcome(&self, target: &Target, w: &Welcome) -> Result<(u64, u64), SessionEnd> {
-        let log = (
-            self.log_id.as_str(),
-            self.log_max_entry_bytes.load(Ordering::Acquire),
-        );
+        let log = (self.log_id.as_str(), self.log_max_entry_bytes);
         check_welcome(&target.id, &target.addr, log, w)
             .map(|applied| (applied, w.applied_fingerprint))
             .map_err(|(reason, message)| SessionEnd::Refused { reason, message })
