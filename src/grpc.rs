@@ -202,6 +202,14 @@ impl Reason {
     }
 }
 
+/// Whether `status` says the server does not serve the API called (UNIMPLEMENTED: the
+/// address is another kind of server, a shard's for a LogStore's or the reverse). tonic
+/// maps a proxy's bare HTTP 404 (a mesh sidecar still warming up) to UNIMPLEMENTED too,
+/// "mapped from HTTP status code": that one is not, and is retried.
+pub fn not_served(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unimplemented && !status.message().contains("HTTP status code")
+}
+
 /// tonic refuses a message above a service's decoding limit with `OUT_OF_RANGE` ("decoded
 /// message length too large"), the code that in our protocol means "below retention", and
 /// bytes that are not a protobuf with `INTERNAL`, the code of a server fault. This turns the

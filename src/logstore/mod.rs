@@ -143,11 +143,21 @@ impl FailOnPanic {
 
 impl Drop for FailOnPanic {
     fn drop(&mut self) {
-        if std::thread::panicking() && self.failed.borrow().is_none() {
-            let reason = format!("the WAL's {} thread panicked", self.thread);
-            tracing::error!(%reason, "WAL write failed; the LogStore refuses appends and stops");
-            self.failed.send_replace(Some(reason));
+        if std::thread::panicking() {
+            fail_wal(
+                &self.failed,
+                &format!("the WAL's {} thread panicked", self.thread),
+            );
         }
+    }
+}
+
+/// Publishes the first WAL failure on `failed` (later ones are only its consequences): the
+/// LogStore refuses appends from then on, and stops.
+pub(crate) fn fail_wal(failed: &watch::Sender<Option<String>>, reason: &str) {
+    if failed.borrow().is_none() {
+        tracing::error!(error = %reason, "WAL write failed; the LogStore refuses appends and stops");
+        failed.send_replace(Some(reason.to_owned()));
     }
 }
 

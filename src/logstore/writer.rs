@@ -76,10 +76,7 @@ impl Publish {
     }
 
     fn fail(&self, reason: &str) {
-        if self.failed.borrow().is_none() {
-            tracing::error!(error = %reason, "WAL write failed; the LogStore refuses appends and stops");
-            self.failed.send_replace(Some(reason.to_owned()));
-        }
+        super::fail_wal(&self.failed, reason);
     }
 }
 

@@ -593,12 +593,8 @@ async fn log_bounds(
         };
         match asked {
             Ok(b) => return Ok(Some(b.into_inner())),
-            // tonic maps a proxy's HTTP 404 (a mesh sidecar still warming up) to
-            // UNIMPLEMENTED too: that one is retried.
-            Err(status)
-                if status.code() == tonic::Code::Unimplemented
-                    && !status.message().contains("HTTP status code") =>
-            {
+            // Not a proxy's 404 (see `grpc::not_served`): that one is retried.
+            Err(status) if grpc::not_served(&status) => {
                 return Err(PlayerError::Config(format!(
                     "the server at {} does not serve the LogStore API (Bounds answered \
                      UNIMPLEMENTED: {}): is it a shard's address? --logstore takes the \
@@ -643,10 +639,7 @@ async fn same_log_everywhere(addrs: &str, log_id: &str, limit: usize) -> Result<
             Ok(_) => {}
             // Not a LogStore at all (a shard): the client balances over every address, so
             // the player ran or not depending on which one answered first, then flapped.
-            Err(status)
-                if status.code() == tonic::Code::Unimplemented
-                    && !status.message().contains("HTTP status code") =>
-            {
+            Err(status) if grpc::not_served(&status) => {
                 return Err(PlayerError::Config(format!(
                     "the server at {addr} (one of --logstore {addrs}) does not serve the \
                      LogStore API (Bounds answered UNIMPLEMENTED): is it a shard's address? \

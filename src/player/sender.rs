@@ -567,24 +567,18 @@ pub(super) fn classify(status: tonic::Status) -> SessionEnd {
         },
         // Not a shard at all (a LogStore, another gRPC server): retrying will not fix it.
         // It was a broken stream, retried quickly for ever with `/readyz` still ready.
-        // (tonic maps a proxy's HTTP 404, a mesh sidecar warming up, to UNIMPLEMENTED too:
-        // that one is retried.)
-        None if status.code() == tonic::Code::Unimplemented
-            && !status.message().contains("HTTP status code") =>
-        {
-            SessionEnd::Refused {
-                reason: Reason::WrongShard,
-                message: format!(
-                    "the server at the shard's address does not serve the Shard API (it answered \
+        None if grpc::not_served(&status) => SessionEnd::Refused {
+            reason: Reason::WrongShard,
+            message: format!(
+                "the server at the shard's address does not serve the Shard API (it answered \
                  UNIMPLEMENTED{}): is the shard map's address a LogStore's or another \
                  server's?",
-                    Some(status.message())
-                        .filter(|m| !m.is_empty())
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                ),
-            }
-        }
+                Some(status.message())
+                    .filter(|m| !m.is_empty())
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        },
         _ => SessionEnd::Broken(format!("{}: {}", status.code(), status.message())),
     }
 }

@@ -236,11 +236,8 @@ fn sync_batch(wal: &Mutex<Wal>, batch: Vec<Flush>, failed: &watch::Sender<Option
         appends = batch.len(),
         "synced the Raft log"
     );
-    if let Err(reason) = &result
-        && failed.borrow().is_none()
-    {
-        tracing::error!(%reason, "replica log failed; the LogStore stops");
-        failed.send_replace(Some(reason.clone()));
+    if let Err(reason) = &result {
+        crate::logstore::fail_wal(failed, reason);
     }
     for f in batch {
         let r = result.clone().map_err(io::Error::other);
@@ -355,8 +352,7 @@ impl LogStorage {
 
     fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> io::Error {
         let reason = format!("{what}: {e}");
-        tracing::error!(%reason, "replica log failed; the LogStore stops");
-        self.failed.send_replace(Some(reason.clone()));
+        crate::logstore::fail_wal(&self.failed, &reason);
         io::Error::other(reason)
     }
 

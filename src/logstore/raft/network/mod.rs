@@ -732,10 +732,7 @@ impl Peer {
         // that is down is routine while it restarts.
         if Reason::of(&status).is_some() {
             tracing::warn!(peer = self.target, addr = %self.addr, %status, "a peer refused replication");
-        } else if status.code() == tonic::Code::Unimplemented
-            && !status.message().contains("HTTP status code")
-            && due(&self.last_unreachable, SAY_AGAIN_EVERY)
-        {
+        } else if crate::grpc::not_served(&status) && due(&self.last_unreachable, SAY_AGAIN_EVERY) {
             // Not a log replica at all (a shard, a single-node LogStore): nothing else says
             // so but openraft's own warning, which names neither the address nor the cause.
             tracing::warn!(peer = self.target, addr = %self.addr, %status, "the server at this peer's address serves no log replication (a shard, or a single-node LogStore?): fix --peers (said again every 10 s)");
