@@ -748,3 +748,88 @@ async fn the_log_failover_bench_runs_over_mutual_tls_and_passes() {
         "{stdout}\n{stderr}"
     );
 }
+
+/// A server's probes under TLS. The kubelet's gRPC probe cannot speak TLS, and a TCP
+/// connect passes on a frozen process (the kernel accepts for it): a SIGSTOPped log replica
+/// stayed Ready that way. `--health-listen` serves `/healthz` and `/readyz` from the process
+/// itself, so a frozen server answers neither while its gRPC port still accepts, and
+/// answers again once it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_fails_its_probes_while_its_port_still_accepts() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::io::AsyncBufReadExt;
+    let dir = certs_dir();
+    for (args, files) in [
+        (vec!["logstore"], TlsFiles::in_dir(dir, "logstore")),
+        (
+            vec!["shard", "--id", "s0"],
+            TlsFiles::in_dir(dir, "shard-s0"),
+        ),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(common::bin())
+            .args(&args)
+            .args(["--data", &data.path().display().to_string()])
+            .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+            .args(files.flags())
+            .env_remove("LOGPLAYER_INSECURE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut grpc, mut health) = (None, None);
+        while grpc.is_none() {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap_or_else(|| panic!("{args:?} ended before it listened"));
+            if let Some(a) = line.strip_prefix("health listening on ") {
+                health = Some(a.trim().to_owned());
+            } else if let Some(a) = line.strip_prefix("listening on ") {
+                grpc = Some(a.trim().to_owned());
+            }
+        }
+        let (grpc, health) = (
+            grpc.unwrap(),
+            health.expect("the health address, said first"),
+        );
+        assert_eq!(
+            common::http_get(&health, "/healthz").await.0,
+            200,
+            "{args:?}"
+        );
+        assert_eq!(
+            common::http_get(&health, "/readyz").await.0,
+            200,
+            "{args:?}"
+        );
+        let pid = Pid::from_raw(child.id().unwrap() as i32);
+        kill(pid, Signal::SIGSTOP).unwrap();
+        let wait = Duration::from_secs(2);
+        let connect = tokio::time::timeout(wait, tokio::net::TcpStream::connect(&grpc)).await;
+        assert!(
+            matches!(connect, Ok(Ok(_))),
+            "{args:?}: a TCP probe would have passed on the frozen process"
+        );
+        for path in ["/healthz", "/readyz"] {
+            let probe = tokio::time::timeout(wait, common::http_get(&health, path)).await;
+            assert!(
+                probe.is_err(),
+                "{args:?}: {path} answered while frozen: {probe:?}"
+            );
+        }
+        kill(pid, Signal::SIGCONT).unwrap();
+        assert!(
+            common::eventually(Duration::from_secs(10), || async {
+                common::http_get(&health, "/readyz").await.0 == 200
+            })
+            .await,
+            "{args:?}: not ready again after SIGCONT"
+        );
+        child.kill().await.unwrap();
+    }
+}

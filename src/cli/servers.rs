@@ -35,6 +35,8 @@ pub struct LogstoreArgs {
     #[command(flatten)]
     callers: CallerLimits,
     #[command(flatten)]
+    health: HealthListen,
+    #[command(flatten)]
     streams: StreamLimits,
     /// This replica's id, a key of --peers (or, with --join, any id: the replica waits to be
     /// added). Without --id and --peers the LogStore runs as a single node.
@@ -152,6 +154,44 @@ pub struct EntryLimit {
     pub max_entry_bytes: usize,
 }
 
+/// Where either server answers its probes (see [`crate::metrics::Serving`]).
+#[derive(Args, Clone, Debug)]
+pub struct HealthListen {
+    /// Also serve plaintext HTTP probes at this address: `/healthz` (the process is up, from
+    /// its start) and `/readyz` (gRPC is served: the data is open). Nothing else is served
+    /// there. For the kubelet: its gRPC probe cannot speak TLS, and a TCP connect succeeds
+    /// on a frozen process.
+    #[arg(long, env = "LOGPLAYER_HEALTH_LISTEN")]
+    health_listen: Option<String>,
+}
+
+impl HealthListen {
+    /// Binds and serves the probes until `shutdown` (nothing without the flag); the
+    /// returned [`crate::metrics::Serving`] is told when gRPC is served. `opening` says
+    /// what the server opens meanwhile.
+    async fn start(
+        &self,
+        opening: String,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<std::sync::Arc<crate::metrics::Serving>> {
+        let serving = crate::metrics::Serving::opening(opening);
+        let Some(addr) = &self.health_listen else {
+            return Ok(serving);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the --health-listen address {addr}"))?;
+        println!("health listening on {}", listener.local_addr()?);
+        let (probes, shutdown) = (serving.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve_probes(probes, listener, shutdown).await {
+                tracing::error!(error = %e, "the health server failed");
+            }
+        });
+        Ok(serving)
+    }
+}
+
 /// What bounds the callers of either server (see `serving`).
 #[derive(Args, Clone, Copy, Debug)]
 pub struct CallerLimits {
@@ -254,6 +294,8 @@ pub struct ShardArgs {
     limit: EntryLimit,
     #[command(flatten)]
     callers: CallerLimits,
+    #[command(flatten)]
+    health: HealthListen,
 }
 
 fn parse_commit_delay(s: &str) -> Result<std::time::Duration, String> {
@@ -349,6 +391,9 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     }
     // Bound first: a taken or mistyped --listen must not leave a new log (and its id) behind.
     let (listener, addr) = grpc::bind(&a.listen).await?;
+    let shutdown = on_signal();
+    let opening = format!("opening the log in {}", data.display());
+    let health = a.health.start(opening, &shutdown).await?;
     let config = logstore::LogStoreConfig {
         dir: data.clone(),
         segment_bytes: Some(a.segment_bytes),
@@ -368,7 +413,8 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
         "log opened"
     );
     println!("listening on {addr}");
-    logstore::service::serve(log, listener, on_signal()).await?;
+    health.set_ready();
+    logstore::service::serve(log, listener, shutdown).await?;
     Ok(())
 }
 
@@ -398,6 +444,9 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
     config.serve_append_stream = !a.fault_no_append_stream;
     // Bound first, so that peers can reach this replica as soon as Raft starts.
     let (listener, addr) = grpc::bind(&a.listen).await?;
+    let shutdown = on_signal();
+    let opening = format!("starting replica {id} in {}", data.display());
+    let health = a.health.start(opening, &shutdown).await?;
     let replica = logstore::raft::node::Replica::start(config)
         .await
         .with_context(|| format!("starting replica {id} in {}", data.display()))?;
@@ -410,7 +459,8 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
         "replica started"
     );
     println!("listening on {addr}");
-    logstore::service::serve(replica, listener, on_signal()).await?;
+    health.set_ready();
+    logstore::service::serve(replica, listener, shutdown).await?;
     Ok(())
 }
 
@@ -460,6 +510,9 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             serve_as(crate::grpc::Expected::Shard(id.clone()))?;
             // Bound first: a taken or mistyped --listen must not leave a new store behind.
             let (listener, addr) = grpc::bind(&a.listen).await?;
+            let shutdown = on_signal();
+            let opening = format!("opening shard {id:?} in {}", data.display());
+            let health = a.health.start(opening, &shutdown).await?;
             let mut store = shard::any::AnyStore::open(&data, a.store)
                 .with_context(|| format!("opening shard store in {}", data.display()))?;
             if a.no_fsync {
@@ -478,7 +531,8 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             let store = shard::any::name(core.store().kind());
             tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, %log_id, store, "shard opened");
             println!("listening on {addr}");
-            shard::service::serve(core, listener, on_signal(), a.commit_delay).await?;
+            health.set_ready();
+            shard::service::serve(core, listener, shutdown, a.commit_delay).await?;
         }
     }
     Ok(())

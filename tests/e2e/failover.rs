@@ -308,6 +308,7 @@ pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
         restart_count(h, &old).await?
     );
 
+    frozen_log_follower(h).await?;
     let (appended, _) = load.finish().await?;
     exactly_once(&log, &map, appended).await?;
     // Nothing the resumed leader sent got through: no shard saw an epoch above the new one,
@@ -321,6 +322,90 @@ pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+const LOG_REPLICAS: &str = "app.kubernetes.io/instance=demo,app.kubernetes.io/component=logstore";
+
+/// A log follower frozen under load: its pod is not Ready (its probes are the process's
+/// own HTTP answers; a TCP connect, which its kernel accepts for it, kept it Ready), and
+/// the LogPlayer is `Degraded` with `LogReplicaDown` naming it; resumed, it is Ready again
+/// and the problem clears.
+async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
+    let leader = super::log_leader(h, 0).await?.0;
+    let follower = (0..3)
+        .map(|i| format!("demo-logstore-{i}"))
+        .find(|p| *p != leader)
+        .context("no log follower")?;
+    let t = Instant::now();
+    h.node.signal(DEMO_NS, &follower, Signal::SIGSTOP)?;
+    let frozen = async {
+        let what = format!("the frozen log follower {follower} to be not Ready");
+        wait_for(&what, 30 * SECOND, SECOND / 2, || async {
+            let pods = ready_pods(&h.client, DEMO_NS, LOG_REPLICAS).await?;
+            let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+            if names.contains(&follower) {
+                Err(format!("ready log replicas {names:?}"))
+            } else {
+                Ok(Some(()))
+            }
+        })
+        .await?;
+        // The log is served by the two others: it must not read as unreachable (the
+        // operator asked the replicas one after the other, and the frozen one took the
+        // whole probe's time).
+        let named = format!("(pod {follower})");
+        let what = format!("status.problems: LogReplicaDown naming {follower}, the log reachable");
+        wait_for(&what, 30 * SECOND, SECOND / 2, || async {
+            let lp = get_json(h, "logplayer", "demo").await?;
+            let problems: Vec<(String, String)> = lp
+                .pointer("/status/problems")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let field = |f: &str| p[f].as_str().unwrap_or_default().to_owned();
+                    (field("reason"), field("message"))
+                })
+                .collect();
+            let down = problems
+                .iter()
+                .any(|(r, m)| r == "LogReplicaDown" && m.contains(&named));
+            let unreachable = problems.iter().any(|(r, _)| r == "LogStoreUnreachable");
+            if down && !unreachable {
+                Ok(Some(()))
+            } else {
+                Err(format!("problems {problems:?}"))
+            }
+        })
+        .await?;
+        eprintln!(
+            "[e2e] frozen log follower {follower}: not Ready and named in status.problems after {:.1?}",
+            t.elapsed()
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    h.node
+        .signal(DEMO_NS, &follower, Signal::SIGCONT)
+        .context("resuming the frozen log follower")?;
+    frozen?;
+    let what = format!("the resumed log follower {follower} to be Ready and no longer down");
+    wait_for(&what, 60 * SECOND, SECOND / 2, || async {
+        let pods = ready_pods(&h.client, DEMO_NS, LOG_REPLICAS).await?;
+        let ready = pods.iter().any(|p| p.name_any() == follower);
+        let lp = get_json(h, "logplayer", "demo").await?;
+        let degraded = condition(&lp, "Degraded");
+        let down = degraded
+            .as_ref()
+            .and_then(|c| c["message"].as_str())
+            .is_some_and(|m| m.contains("not running and ready"));
+        if ready && !down {
+            Ok(Some(()))
+        } else {
+            Err(format!("ready {ready}, Degraded {degraded:?}"))
+        }
+    })
+    .await
 }
 
 // ---- f. failover time -----------------------------------------------------------------------

@@ -1404,7 +1404,7 @@ fn log_replicas(n: usize) -> String {
 
 /// The pod that leads the demo's log and the Raft term, as `status.logStore` names them,
 /// once the term is above `after`.
-async fn log_leader(h: &Harness, after: i64) -> anyhow::Result<(String, i64)> {
+pub(crate) async fn log_leader(h: &Harness, after: i64) -> anyhow::Result<(String, i64)> {
     wait_for(
         "a log leader in status.logStore",
         60 * SECOND,

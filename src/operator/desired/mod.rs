@@ -34,9 +34,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, TCPSocketAction, Volume, VolumeMount,
+    ConfigMap, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -61,6 +61,10 @@ mod tests;
 pub const LOGSTORE_PORT: i32 = 7000;
 /// Port of a managed shard server.
 pub const SHARD_PORT: i32 = 7100;
+/// Port of a managed server's HTTP probes (`--health-listen`).
+pub const HEALTH_PORT: i32 = 8080;
+/// That port's name in the container.
+const HEALTH_PORT_NAME: &str = "health";
 /// Where the players find the shard map.
 pub const SHARD_MAP_DIR: &str = "/etc/logplayer";
 /// File name of the shard map in its ConfigMap and in [`SHARD_MAP_DIR`].
@@ -324,24 +328,6 @@ impl PodTls {
         };
         Some((volume, mount))
     }
-
-    /// A server's probe: `grpc.health.v1` in plaintext; with TLS (which the kubelet's gRPC
-    /// probe cannot speak) a TCP connect to the port.
-    fn server_probe(&self, port: i32, period: i32, failures: i32) -> Probe {
-        match self {
-            PodTls::Insecure => grpc_probe(port, period, failures),
-            PodTls::Secret(_) => Probe {
-                tcp_socket: Some(TCPSocketAction {
-                    port: IntOrString::Int(port),
-                    ..TCPSocketAction::default()
-                }),
-                period_seconds: Some(period),
-                timeout_seconds: Some(2),
-                failure_threshold: Some(failures),
-                ..Probe::default()
-            },
-        }
-    }
 }
 
 /// Where a pod's certificate Secret is mounted.
@@ -415,25 +401,13 @@ fn pull_policy_name(p: Option<ImagePullPolicy>) -> Option<String> {
     })
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// An HTTP GET of `path` on the container's port named `port`.
+fn http_probe(path: &str, port: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String("metrics".to_owned()),
+            port: IntOrString::String(port.to_owned()),
             ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(2),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    }
-}
-
-fn grpc_probe(port: i32, period: i32, failures: i32) -> Probe {
-    Probe {
-        grpc: Some(GRPCAction {
-            port,
-            service: None,
         }),
         period_seconds: Some(period),
         timeout_seconds: Some(2),

@@ -349,8 +349,8 @@ fn player_container(cx: &PlayerContext, args: Vec<String>) -> Container {
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        readiness_probe: Some(http_probe("/readyz", 2, 2)),
+        liveness_probe: Some(http_probe("/healthz", "metrics", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", "metrics", 2, 2)),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
         termination_message_policy: Some(super::TERMINATION_MESSAGE_POLICY.to_owned()),

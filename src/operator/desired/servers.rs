@@ -3,9 +3,9 @@
 //! replica for a LogStore).
 
 use super::{
-    DATA_DIR, Defaults, DesiredError, LOGSTORE_PORT, PodTls, SHARD_LABEL, SHARD_PORT,
-    ServerObjects, container_security, labels, meta, owner_of, pod_env, pod_security,
-    pull_policy_name, selector_labels, shard_server_name, shard_tls_secret,
+    DATA_DIR, Defaults, DesiredError, HEALTH_PORT, HEALTH_PORT_NAME, LOGSTORE_PORT, PodTls,
+    SHARD_LABEL, SHARD_PORT, ServerObjects, container_security, http_probe, labels, meta, owner_of,
+    pod_env, pod_security, pull_policy_name, selector_labels, shard_server_name, shard_tls_secret,
 };
 use crate::crd::{Backend, ImagePullPolicy, ManagedStorage, Shard};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
@@ -87,16 +87,33 @@ fn server_container(s: &ServerSpec, args: Vec<String>) -> Container {
         name: container_name.to_owned(),
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
-        args: Some(args),
+        args: Some(
+            args.into_iter()
+                .chain([
+                    "--health-listen".to_owned(),
+                    format!("0.0.0.0:{HEALTH_PORT}"),
+                ])
+                .collect(),
+        ),
         env: Some(pod_env(&s.tls)),
-        ports: Some(vec![ContainerPort {
-            name: Some("grpc".to_owned()),
-            container_port: port,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
-        liveness_probe: Some(s.tls.server_probe(port, 10, 3)),
-        readiness_probe: Some(s.tls.server_probe(port, 2, 2)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".to_owned()),
+                container_port: port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(HEALTH_PORT_NAME.to_owned()),
+                container_port: HEALTH_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        // The server's own HTTP probes, TLS or not (see `metrics::Serving`): a TCP connect
+        // passes on a frozen process, and the kubelet's gRPC probe cannot speak TLS.
+        liveness_probe: Some(http_probe("/healthz", HEALTH_PORT_NAME, 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", HEALTH_PORT_NAME, 2, 2)),
         resources: s.storage.resources.clone(),
         security_context: Some(container_security()),
         termination_message_policy: Some(super::TERMINATION_MESSAGE_POLICY.to_owned()),

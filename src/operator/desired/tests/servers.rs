@@ -74,6 +74,8 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
             "--peers",
             "1=demo-logstore-0.demo-logstore.ns.svc:7000",
             "--join",
+            "--health-listen",
+            "0.0.0.0:8080",
         ]))
     );
     assert!(
@@ -114,14 +116,30 @@ fn a_managed_logstore_is_a_statefulset_of_three_replicas_behind_a_headless_servi
             .map(|p| (p[0].name.as_deref(), p[0].container_port)),
         Some((Some("grpc"), 7000))
     );
-    // The kubelet's gRPC probe cannot speak TLS: a TCP connect to the port.
+    // The kubelet's gRPC probe cannot speak TLS, and a TCP connect passes on a frozen
+    // process: the server's own HTTP probes, on a port of their own.
     assert_eq!(
-        c.readiness_probe
+        c.ports
             .as_ref()
-            .and_then(|p| p.tcp_socket.as_ref())
-            .map(|t| t.port.clone()),
-        Some(IntOrString::Int(7000))
+            .map(|p| (p[1].name.as_deref(), p[1].container_port)),
+        Some((Some("health"), 8080))
     );
+    let args = c.args.as_deref().unwrap_or_default();
+    let at = args.iter().position(|a| a == "--health-listen");
+    assert_eq!(
+        at.and_then(|i| args.get(i + 1)).map(String::as_str),
+        Some("0.0.0.0:8080")
+    );
+    for (probe, path) in [
+        (&c.readiness_probe, "/readyz"),
+        (&c.liveness_probe, "/healthz"),
+    ] {
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref());
+        assert_eq!(
+            get.map(|g| (g.path.as_deref(), g.port.clone())),
+            Some((Some(path), IntOrString::String("health".into())))
+        );
+    }
     assert_eq!(
         c.security_context
             .as_ref()
@@ -213,7 +231,9 @@ fn a_managed_shard_is_a_one_pod_statefulset_owned_by_its_shard() {
             "--data",
             "/data",
             "--listen",
-            "0.0.0.0:7100"
+            "0.0.0.0:7100",
+            "--health-listen",
+            "0.0.0.0:8080"
         ]))
     );
     assert_eq!(c.image.as_deref(), Some(Defaults::default().image.as_str()));
@@ -364,10 +384,11 @@ fn insecure_mode_runs_plaintext_pods_without_certificates() {
         !env.iter().any(|e| e.starts_with("LOGPLAYER_TLS")),
         "{env:?}"
     );
+    // The same probes as with TLS: the server's own HTTP ones.
     assert!(
         c.readiness_probe
             .as_ref()
-            .and_then(|p| p.grpc.as_ref())
+            .and_then(|p| p.http_get.as_ref())
             .is_some()
     );
     let s0 = managed_shard("s0", &[(0, 16383)]);
