@@ -396,3 +396,73 @@ async fn a_flipped_byte_in_a_shards_last_acknowledged_commit_is_refused_at_start
 async fn a_writer_does_not_go_on_in_another_log_listed_beside_its_own() {
     common::writer_beside_another_log(&[]).await.unwrap();
 }
+
+/// The same for a log replica (one of a Raft group: here a group of one): its WAL holds the
+/// Raft log, with tail marks too. Without them a damaged last entry, one the replica had
+/// acknowledged to its leader, would be cut as a torn tail at restart, and a committed
+/// append that sat on exactly a majority could be lost.
+#[tokio::test]
+async fn a_flipped_byte_in_a_log_replicas_last_acknowledged_entry_is_refused_at_start() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("replica-1");
+    let bin = common::bin();
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let peers = format!("1={addr}");
+    let command = ["logstore", "--id", "1", "--peers", peers.as_str()];
+    let mut replica = tokio::process::Command::new(&bin)
+        .env("LOGPLAYER_INSECURE", "true")
+        .args(command)
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", addr.as_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(replica.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.starts_with("listening on ") {
+            break;
+        }
+    }
+    let log = Log::connect(&addr).await.unwrap();
+    let mut last = 0;
+    for i in 0..20 {
+        let key = format!("k{i}");
+        let appended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match log.append(one(&key, Some(Op::Add(i))), None, 0).await {
+                    Ok(index) => return index,
+                    // Until the group of one has elected itself.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        last = appended.await.expect("the replica appends");
+    }
+    drop(log);
+    let pid = nix::unistd::Pid::from_raw(replica.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), replica.wait()).await;
+    assert!(matches!(stopped, Ok(Ok(s)) if s.success()), "{stopped:?}");
+    let segment = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let tag = 0x8000_0008u32.to_le_bytes();
+    let mark = (0..bytes.len() - 16)
+        .rev()
+        .find(|&i| bytes[i..i + 4] == tag && bytes[i + 8..i + 16] == (i as u64).to_le_bytes())
+        .expect("a tail mark after the last record");
+    bytes[mark - 3] ^= 0x5a;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let what = format!("the Raft entry holding entry {last}");
+    refused_naming_the_mark(&bin, &command, &data, &segment, &bytes, &what).await;
+}

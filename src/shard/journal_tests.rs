@@ -195,6 +195,30 @@ fn the_applied_entrys_fingerprint_survives_a_snapshot_and_not_a_reset() {
 }
 
 /// A closed journal store of entries 1..=50 whose state went into a snapshot.
+/// A snapshot carries the shard's identity: the journal records before it (the one that
+/// set the identity among them) are cut once it is written, so after it the identity comes
+/// from its header alone. Lost there, a reopened shard would forget its id, its log and its
+/// slots, and refuse nothing of another shard's or another log's.
+#[test]
+fn the_identity_survives_a_snapshot_that_cut_the_record_setting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity {
+        shard_id: Some("s0".into()),
+        log_id: Some("log-a".into()),
+        slots: Some("0-99,200-300".parse().unwrap()),
+    };
+    {
+        let mut s = JournalStore::open(dir.path()).unwrap();
+        s.snapshot_min_bytes = 1024;
+        s.blocking_snapshots_for_test();
+        s.set_identity(&identity).unwrap();
+        commit_many(&mut s, 1, 50, 100);
+        assert!(s.snapshot_bytes > 0, "a snapshot was written");
+    }
+    let s = JournalStore::open_existing(dir.path()).unwrap();
+    assert_eq!(s.identity().unwrap(), identity);
+}
+
 fn snapshotted_50() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut s = JournalStore::open(dir.path()).unwrap();
