@@ -899,6 +899,69 @@ fn an_unsynced_append_is_readable_at_once_and_synced_by_its_sync_point_or_when_i
     assert_all_payloads(&wal.reader(), 1, 59);
 }
 
+/// Counts the writer's data and directory syncs.
+#[derive(Clone, Default)]
+struct SyncLog {
+    data: Arc<std::sync::atomic::AtomicU64>,
+    dirs: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SegmentIo for SyncLog {
+    fn write_all_at(
+        &mut self,
+        file: &crate::disk::File,
+        buf: &[u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&mut self, file: &crate::disk::File) -> io::Result<()> {
+        self.data.fetch_add(1, Ordering::SeqCst);
+        file.sync_data()
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        self.dirs.fetch_add(1, Ordering::SeqCst);
+        sync_dir(dir)
+    }
+}
+
+/// A synced batch is one `sync_data` before it returns (what an append's acknowledgement
+/// rests on), and the batch that starts a segment also syncs the directory (the new file's
+/// name). Only a power loss shows a sync left out otherwise (`tests/power_loss.rs`, with the
+/// simulated disk): this counts them in every `cargo test`.
+#[test]
+fn a_synced_batch_is_synced_before_it_returns_and_a_new_segment_syncs_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = SyncLog::default();
+    let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
+    let counts = || {
+        (
+            io.data.load(Ordering::SeqCst),
+            io.dirs.load(Ordering::SeqCst),
+        )
+    };
+    let before = counts();
+    for i in 1..=3u64 {
+        let p = payload(i);
+        wal.append_batch(&[p.as_slice()]).unwrap();
+        assert_eq!(counts().0, before.0 + i, "one sync per synced batch");
+    }
+    let segments = segment_files(dir.path()).len();
+    let dirs = counts().1;
+    let mut next = 4;
+    while segment_files(dir.path()).len() == segments {
+        let p = payload(next);
+        wal.append_batch(&[p.as_slice()]).unwrap();
+        next += 1;
+    }
+    assert!(
+        counts().1 > dirs,
+        "the batch that started a segment synced the directory"
+    );
+}
+
 #[test]
 fn a_second_open_of_the_same_directory_is_refused_while_the_first_lives() {
     let dir = tempfile::tempdir().unwrap();
