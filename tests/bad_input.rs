@@ -276,7 +276,16 @@ async fn a_flipped_byte_in_the_last_acknowledged_entry_is_refused_at_start() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "wal"))
         .expect("a segment");
-    let mut bytes = std::fs::read(&segment).unwrap();
+    let bytes = flip_a_byte_of_the_last_record(&segment);
+
+    let what = format!("entry {last}");
+    refused_naming_the_mark(&bin, &["logstore"], &data, &segment, &bytes, &what).await;
+}
+
+/// Flips a byte of the last record of a WAL `segment`, just before the tail mark that
+/// vouches for it; the segment's bytes after.
+fn flip_a_byte_of_the_last_record(segment: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(segment).unwrap();
     // The records, then the tail mark (16 bytes: its tag 0x80000008, a checksum, the byte it
     // starts at), then the preallocated zeros.
     let tag = 0x8000_0008u32.to_le_bytes();
@@ -285,10 +294,8 @@ async fn a_flipped_byte_in_the_last_acknowledged_entry_is_refused_at_start() {
         .find(|&i| bytes[i..i + 4] == tag && bytes[i + 8..i + 16] == (i as u64).to_le_bytes())
         .expect("a tail mark after the last record");
     bytes[mark - 3] ^= 0x5a;
-    std::fs::write(&segment, &bytes).unwrap();
-
-    let what = format!("entry {last}");
-    refused_naming_the_mark(&bin, &["logstore"], &data, &segment, &bytes, &what).await;
+    std::fs::write(segment, &bytes).unwrap();
+    bytes
 }
 
 /// Starts `bin command --data data` and requires it to refuse, exit 1, naming `segment` and
@@ -454,14 +461,7 @@ async fn a_flipped_byte_in_a_log_replicas_last_acknowledged_entry_is_refused_at_
         .filter(|p| p.extension().is_some_and(|e| e == "wal"))
         .max()
         .expect("a segment");
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let tag = 0x8000_0008u32.to_le_bytes();
-    let mark = (0..bytes.len() - 16)
-        .rev()
-        .find(|&i| bytes[i..i + 4] == tag && bytes[i + 8..i + 16] == (i as u64).to_le_bytes())
-        .expect("a tail mark after the last record");
-    bytes[mark - 3] ^= 0x5a;
-    std::fs::write(&segment, &bytes).unwrap();
+    let bytes = flip_a_byte_of_the_last_record(&segment);
 
     let what = format!("the Raft entry holding entry {last}");
     refused_naming_the_mark(&bin, &command, &data, &segment, &bytes, &what).await;

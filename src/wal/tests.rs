@@ -842,10 +842,11 @@ fn a_cut_into_an_older_segment_after_reopening_can_be_appended_to() {
     assert_all_payloads(&wal.reader(), 1, last);
 }
 
-/// Counts the writer's syncs.
+/// Counts the writer's syncs (of data, and of the directory).
 #[derive(Clone, Default)]
 struct CountingIo {
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    dirs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SegmentIo for CountingIo {
@@ -864,6 +865,7 @@ impl SegmentIo for CountingIo {
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        self.dirs.fetch_add(1, Ordering::SeqCst);
         sync_dir(dir)
     }
 }
@@ -899,34 +901,6 @@ fn an_unsynced_append_is_readable_at_once_and_synced_by_its_sync_point_or_when_i
     assert_all_payloads(&wal.reader(), 1, 59);
 }
 
-/// Counts the writer's data and directory syncs.
-#[derive(Clone, Default)]
-struct SyncLog {
-    data: Arc<std::sync::atomic::AtomicU64>,
-    dirs: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl SegmentIo for SyncLog {
-    fn write_all_at(
-        &mut self,
-        file: &crate::disk::File,
-        buf: &[u8],
-        offset: u64,
-    ) -> io::Result<()> {
-        file.write_all_at(buf, offset)
-    }
-
-    fn sync_data(&mut self, file: &crate::disk::File) -> io::Result<()> {
-        self.data.fetch_add(1, Ordering::SeqCst);
-        file.sync_data()
-    }
-
-    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
-        self.dirs.fetch_add(1, Ordering::SeqCst);
-        sync_dir(dir)
-    }
-}
-
 /// A synced batch is one `sync_data` before it returns (what an append's acknowledgement
 /// rests on), and the batch that starts a segment also syncs the directory (the new file's
 /// name). Only a power loss shows a sync left out otherwise (`tests/power_loss.rs`, with the
@@ -934,11 +908,11 @@ impl SegmentIo for SyncLog {
 #[test]
 fn a_synced_batch_is_synced_before_it_returns_and_a_new_segment_syncs_its_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let io = SyncLog::default();
+    let io = CountingIo::default();
     let (mut wal, _) = Wal::open_with_io(small_config(dir.path()), Box::new(io.clone())).unwrap();
     let counts = || {
         (
-            io.data.load(Ordering::SeqCst),
+            io.syncs.load(Ordering::SeqCst),
             io.dirs.load(Ordering::SeqCst),
         )
     };
