@@ -289,3 +289,58 @@ async fn elector_rejects_renew_deadline_not_below_backend_lease() {
         .unwrap_err();
     assert!(matches!(err, LeaseError::Config { .. }), "{err}");
 }
+
+/// A backend whose first renewal lands but takes a second to answer, and that fails after.
+struct SlowRenewal {
+    calls: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl LeaseBackend for SlowRenewal {
+    async fn try_acquire_or_renew(&self) -> Result<LeaseState, LeaseError> {
+        match self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(held(1)),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(held(1))
+            }
+            _ => Err(LeaseError::Io {
+                path: "slow".into(),
+                source: std::io::Error::other("the store failed"),
+            }),
+        }
+    }
+    async fn release(&self) -> Result<(), LeaseError> {
+        Ok(())
+    }
+    fn identity(&self) -> &str {
+        "slow"
+    }
+    fn lease_duration(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+/// A renewal holds the lease from when it was sent, not from when its answer came: the
+/// store may have written it at once, so the others count the lease from then. Counted
+/// from the answer, a slow renewal (a file's fsync, a busy API server) stretched the
+/// leader's deadline by the answer's delay, past the lease's expiry as the others judge
+/// it, and two players could lead at once.
+#[tokio::test(start_paused = true)]
+async fn a_slow_renewal_counts_its_deadline_from_when_it_was_sent() {
+    let cfg = LeaseConfig {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(100),
+    };
+    let backend = Arc::new(SlowRenewal {
+        calls: Default::default(),
+    });
+    // Renewed by the attempt sent at 0.1 s (answered at 1.1 s): stands down at 1.6 s, not
+    // at 2.6 s.
+    let took = led_then_stepped_down(backend, cfg).await;
+    assert!(
+        took >= Duration::from_millis(1600) && took < Duration::from_millis(1700),
+        "stepped down after {took:?}"
+    );
+}
