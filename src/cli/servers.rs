@@ -166,29 +166,33 @@ pub struct HealthListen {
 }
 
 impl HealthListen {
-    /// Binds and serves the probes until `shutdown` (nothing without the flag); the
-    /// returned [`crate::metrics::Serving`] is told when gRPC is served. `opening` says
-    /// what the server opens meanwhile.
+    /// Binds and serves the probes (nothing without the flag) until the returned guard is
+    /// dropped, when the server stops; the returned [`crate::metrics::Serving`] is told
+    /// when gRPC is served. `opening` says what the server opens meanwhile. The probes do
+    /// not wait for SIGTERM: caught during a long open, it would hold the process up until
+    /// the open ends (uncaught, it stops the process at once, as before the probes).
     async fn start(
         &self,
         opening: String,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<std::sync::Arc<crate::metrics::Serving>> {
+    ) -> anyhow::Result<(
+        std::sync::Arc<crate::metrics::Serving>,
+        tokio_util::sync::DropGuard,
+    )> {
         let serving = crate::metrics::Serving::opening(opening);
-        let Some(addr) = &self.health_listen else {
-            return Ok(serving);
-        };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the --health-listen address {addr}"))?;
-        println!("health listening on {}", listener.local_addr()?);
-        let (probes, shutdown) = (serving.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve_probes(probes, listener, shutdown).await {
-                tracing::error!(error = %e, "the health server failed");
-            }
-        });
-        Ok(serving)
+        let stop = tokio_util::sync::CancellationToken::new();
+        if let Some(addr) = &self.health_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the --health-listen address {addr}"))?;
+            println!("health listening on {}", listener.local_addr()?);
+            let (probes, stop) = (serving.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve_probes(probes, listener, stop).await {
+                    tracing::error!(error = %e, "the health server failed");
+                }
+            });
+        }
+        Ok((serving, stop.drop_guard()))
     }
 }
 
@@ -391,9 +395,8 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
     }
     // Bound first: a taken or mistyped --listen must not leave a new log (and its id) behind.
     let (listener, addr) = grpc::bind(&a.listen).await?;
-    let shutdown = on_signal();
     let opening = format!("opening the log in {}", data.display());
-    let health = a.health.start(opening, &shutdown).await?;
+    let (health, _probes) = a.health.start(opening).await?;
     let config = logstore::LogStoreConfig {
         dir: data.clone(),
         segment_bytes: Some(a.segment_bytes),
@@ -412,9 +415,9 @@ pub async fn run_logstore(a: LogstoreArgs) -> anyhow::Result<()> {
         max_entry_bytes = a.limit.max_entry_bytes,
         "log opened"
     );
-    println!("listening on {addr}");
     health.set_ready();
-    logstore::service::serve(log, listener, shutdown).await?;
+    println!("listening on {addr}");
+    logstore::service::serve(log, listener, on_signal()).await?;
     Ok(())
 }
 
@@ -444,9 +447,8 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
     config.serve_append_stream = !a.fault_no_append_stream;
     // Bound first, so that peers can reach this replica as soon as Raft starts.
     let (listener, addr) = grpc::bind(&a.listen).await?;
-    let shutdown = on_signal();
     let opening = format!("starting replica {id} in {}", data.display());
-    let health = a.health.start(opening, &shutdown).await?;
+    let (health, _probes) = a.health.start(opening).await?;
     let replica = logstore::raft::node::Replica::start(config)
         .await
         .with_context(|| format!("starting replica {id} in {}", data.display()))?;
@@ -458,9 +460,9 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
         max_entry_bytes = a.limit.max_entry_bytes,
         "replica started"
     );
-    println!("listening on {addr}");
     health.set_ready();
-    logstore::service::serve(replica, listener, shutdown).await?;
+    println!("listening on {addr}");
+    logstore::service::serve(replica, listener, on_signal()).await?;
     Ok(())
 }
 
@@ -510,9 +512,8 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             serve_as(crate::grpc::Expected::Shard(id.clone()))?;
             // Bound first: a taken or mistyped --listen must not leave a new store behind.
             let (listener, addr) = grpc::bind(&a.listen).await?;
-            let shutdown = on_signal();
             let opening = format!("opening shard {id:?} in {}", data.display());
-            let health = a.health.start(opening, &shutdown).await?;
+            let (health, _probes) = a.health.start(opening).await?;
             let mut store = shard::any::AnyStore::open(&data, a.store)
                 .with_context(|| format!("opening shard store in {}", data.display()))?;
             if a.no_fsync {
@@ -530,9 +531,9 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
             let log_id = core.identity().log_id.clone().unwrap_or_default();
             let store = shard::any::name(core.store().kind());
             tracing::info!(shard = %id, applied = d.applied, highest_epoch = d.highest_epoch, %log_id, store, "shard opened");
-            println!("listening on {addr}");
             health.set_ready();
-            shard::service::serve(core, listener, shutdown, a.commit_delay).await?;
+            println!("listening on {addr}");
+            shard::service::serve(core, listener, on_signal(), a.commit_delay).await?;
         }
     }
     Ok(())

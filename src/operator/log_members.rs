@@ -120,16 +120,70 @@ pub fn replica_of_pod(pod: &str) -> Option<u64> {
 }
 
 /// Asks the LogStore at `addrs` (every replica, comma-separated) for its membership, from
-/// its leader when one is known.
+/// its leader when one is known; every replica at once, the first answer counts.
 pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, String> {
-    let asked = tokio::time::timeout(ASK_WAIT, async {
-        let log = Log::connect_with(addrs, tls)
-            .await
-            .map_err(|e| e.to_string())?;
-        log.members().await.map_err(|e| e.to_string())
-    })
-    .await;
-    asked.unwrap_or_else(|_| Err(format!("no answer within {ASK_WAIT:?}")))
+    let ask_one = |addr: String| {
+        let tls = tls.clone();
+        async move {
+            let log = Log::connect_with(&addr, tls)
+                .await
+                .map_err(|e| e.to_string())?;
+            log.members().await.map_err(|e| e.to_string())
+        }
+    };
+    let (mut answers, failed) = ask_each(addrs, ASK_WAIT, ask_one, |_| true).await;
+    answers.pop().ok_or_else(|| failed.join("; "))
+}
+
+/// Asks each replica of `addrs` (comma-separated) at once with `ask`, each for at most
+/// `wait`, and collects the answers as they come until one is `enough` (returned at once)
+/// or every replica answered or failed; the failures name their address. Asked one after
+/// the other, a frozen replica (its kernel accepts the connection, nothing answers) took
+/// the whole time of the question, and a log the others serve read as unreachable.
+pub(crate) async fn ask_each<T, F, Fut>(
+    addrs: &str,
+    wait: Duration,
+    ask: F,
+    enough: impl Fn(&T) -> bool,
+) -> (Vec<T>, Vec<String>)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    use futures::StreamExt as _;
+    let mut asks: futures::stream::FuturesUnordered<_> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let asked = tokio::time::timeout(wait, ask(a.to_owned()));
+            async move {
+                match asked.await {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(e)) => Err(format!("{a} does not answer: {e}")),
+                    Err(_) => Err(format!(
+                        "{a} did not answer within {}",
+                        humantime::format_duration(wait)
+                    )),
+                }
+            }
+        })
+        .collect();
+    let (mut answers, mut failed) = (Vec::new(), Vec::new());
+    if asks.is_empty() {
+        failed.push(format!("no address in {addrs:?}"));
+    }
+    while let Some(one) = asks.next().await {
+        match one {
+            Ok(answer) if enough(&answer) => {
+                answers.push(answer);
+                break;
+            }
+            Ok(answer) => answers.push(answer),
+            Err(e) => failed.push(e),
+        }
+    }
+    (answers, failed)
 }
 
 /// Whether to seed: no group answers, replica 1's pod runs, and no log was ever established

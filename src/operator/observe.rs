@@ -132,7 +132,7 @@ fn said_limit(max_entry_bytes: u64) -> Option<u64> {
 /// Runs a probe's `call` for at most [`PROBE_TIMEOUT`]; a failure is `Unreachable`, naming
 /// `what` was asked.
 async fn within<T>(
-    what: impl std::fmt::Display,
+    what: &str,
     call: impl std::future::Future<Output = Result<T, String>>,
 ) -> Result<T, status::Probe> {
     match tokio::time::timeout(PROBE_TIMEOUT, call).await {
@@ -163,55 +163,42 @@ pub(super) struct Found {
 
 /// Asks the LogStore at `addr` (one address, or each replica's, comma-separated) its
 /// bounds: whether it answers, its last index and its entry limit. Every replica is asked
-/// at once and the first answer counts: asked one after the other, a frozen replica (its
-/// kernel accepts the connection, nothing answers) took the whole probe's time, and a log
-/// the other replicas serve read as unreachable.
+/// at once ([`log_members::ask_each`]); the log leader's answer counts (only a leader knows
+/// where the log ends), else the highest end any replica reported.
 async fn probe_log(
     addr: &str,
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
 ) -> (status::Probe, Option<i64>, Option<u64>) {
-    use futures::StreamExt as _;
-    let addrs: Vec<&str> = addr
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .collect();
-    let mut asks: futures::stream::FuturesUnordered<_> = addrs
-        .iter()
-        .map(|a| {
-            let tls = tls.clone();
-            within(format!("LogStore at {a}"), async move {
-                let log = crate::client::Log::connect_with(a, tls)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                log.describe().await.map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    let mut failed = Vec::new();
-    let mut asked = Err(status::Probe::Unreachable(format!(
-        "no LogStore address in {addr:?}"
-    )));
-    while let Some(one) = asks.next().await {
-        match one {
-            Ok(b) => {
-                asked = Ok(b);
-                break;
-            }
-            Err(status::Probe::Unreachable(why)) => failed.push(why),
-            Err(other) => failed.push(format!("{other:?}")),
+    let ask_one = |a: String| {
+        let tls = tls.clone();
+        async move {
+            let log = crate::client::Log::connect_with(&a, tls)
+                .await
+                .map_err(|e| e.to_string())?;
+            log.describe().await.map_err(|e| e.to_string())
         }
-    }
-    if asked.is_err() && !failed.is_empty() {
-        asked = Err(status::Probe::Unreachable(failed.join("; ")));
-    }
-    match asked {
-        Ok(b) => (
+    };
+    let leads = |b: &crate::proto::BoundsResponse| {
+        // A single-node LogStore (no replica status) is the log itself.
+        b.replica.as_ref().is_none_or(|r| r.role == "leader")
+    };
+    let (answers, failed) =
+        crate::operator::log_members::ask_each(addr, PROBE_TIMEOUT, ask_one, leads).await;
+    let best = answers
+        .iter()
+        .find(|b| leads(b))
+        .or_else(|| answers.iter().max_by_key(|b| b.last));
+    match best {
+        Some(b) => (
             status::Probe::Reachable,
             i64::try_from(b.last).ok(),
             said_limit(b.max_entry_bytes),
         ),
-        Err(unreachable) => (unreachable, None, None),
+        None => (
+            status::Probe::Unreachable(format!("LogStore at {}", failed.join("; "))),
+            None,
+            None,
+        ),
     }
 }
 

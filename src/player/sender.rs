@@ -322,7 +322,7 @@ impl Shared {
                         tokio::select! {
                             m = inbound.message() => match m {
                                 Ok(Some(r)) => if let Some(deliver_response::Msg::Ack(a)) = r.msg {
-                                    self.acked(target, &mut in_flight, ack_within(a.applied_index, sent_through));
+                                    self.acked(target, &mut in_flight, a.applied_index, sent_through);
                                 },
                                 _ => break,
                             },
@@ -336,8 +336,7 @@ impl Shared {
                     match m? {
                         Some(r) => match r.msg {
                             Some(deliver_response::Msg::Ack(a)) => {
-                                let applied = ack_within(a.applied_index, sent_through);
-                                self.acked(target, &mut in_flight, applied);
+                                self.acked(target, &mut in_flight, a.applied_index, sent_through);
                             }
                             _ => return Err(SessionEnd::Broken("unexpected response".into())),
                         },
@@ -349,9 +348,12 @@ impl Shared {
         }
     }
 
-    /// A cumulative ack: record it, observe the delivery delay of the batches it covers,
+    /// A cumulative ack of `applied` on a stream that sent up to `sent_through`: record
+    /// what it counts for ([`ack_within`]; one place for the stream's acks and those taken
+    /// while it drains at shutdown), observe the delivery delay of the batches it covers,
     /// and free their window slots.
-    fn acked(&self, target: &Target, in_flight: &mut InFlight, applied: u64) {
+    fn acked(&self, target: &Target, in_flight: &mut InFlight, applied: u64, sent_through: u64) {
+        let applied = ack_within(applied, sent_through);
         lock(&target.queue).on_ack(applied);
         let now = now_micros();
         let delay = self

@@ -194,7 +194,6 @@ fn the_applied_entrys_fingerprint_survives_a_snapshot_and_not_a_reset() {
     );
 }
 
-/// A closed journal store of entries 1..=50 whose state went into a snapshot.
 /// A snapshot carries the shard's identity: the journal records before it (the one that
 /// set the identity among them) are cut once it is written, so after it the identity comes
 /// from its header alone. Lost there, a reopened shard would forget its id, its log and its
@@ -219,6 +218,7 @@ fn the_identity_survives_a_snapshot_that_cut_the_record_setting_it() {
     assert_eq!(s.identity().unwrap(), identity);
 }
 
+/// A closed journal store of entries 1..=50 whose state went into a snapshot.
 fn snapshotted_50() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut s = JournalStore::open(dir.path()).unwrap();

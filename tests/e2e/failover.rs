@@ -326,18 +326,37 @@ pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
 
 const LOG_REPLICAS: &str = "app.kubernetes.io/instance=demo,app.kubernetes.io/component=logstore";
 
-/// A log follower frozen under load: its pod is not Ready (its probes are the process's
-/// own HTTP answers; a TCP connect, which its kernel accepts for it, kept it Ready), and
-/// the LogPlayer is `Degraded` with `LogReplicaDown` naming it; resumed, it is Ready again
-/// and the problem clears.
+/// The demo LogPlayer's `status.problems`, as (reason, message).
+async fn problems(h: &Harness) -> Result<Vec<(String, String)>, String> {
+    let lp = get_json(h, "logplayer", "demo").await?;
+    Ok(lp
+        .pointer("/status/problems")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let field = |f: &str| p[f].as_str().unwrap_or_default().to_owned();
+            (field("reason"), field("message"))
+        })
+        .collect())
+}
+
+/// A log follower frozen under load (pod 0 unless it leads: the first replica the operator
+/// dials): its pod is not Ready (its probes are the process's own HTTP answers; a TCP
+/// connect, which its kernel accepts for it, kept it Ready), `status.problems` names it
+/// `LogReplicaDown` and, at no poll, `LogStoreUnreachable` (the two others serve the log;
+/// asked one replica after the other, the frozen first one took the probe's whole time);
+/// resumed, it is Ready again and no longer down.
 async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
     let leader = super::log_leader(h, 0).await?.0;
     let follower = (0..3)
         .map(|i| format!("demo-logstore-{i}"))
         .find(|p| *p != leader)
         .context("no log follower")?;
+    let named = format!("(pod {follower})");
     let t = Instant::now();
     h.node.signal(DEMO_NS, &follower, Signal::SIGSTOP)?;
+    let unreachable = AtomicBool::new(false);
     let frozen = async {
         let what = format!("the frozen log follower {follower} to be not Ready");
         wait_for(&what, 30 * SECOND, SECOND / 2, || async {
@@ -350,28 +369,16 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
             }
         })
         .await?;
-        // The log is served by the two others: it must not read as unreachable (the
-        // operator asked the replicas one after the other, and the frozen one took the
-        // whole probe's time).
-        let named = format!("(pod {follower})");
-        let what = format!("status.problems: LogReplicaDown naming {follower}, the log reachable");
+        let what = format!("status.problems: LogReplicaDown naming {follower}");
         wait_for(&what, 30 * SECOND, SECOND / 2, || async {
-            let lp = get_json(h, "logplayer", "demo").await?;
-            let problems: Vec<(String, String)> = lp
-                .pointer("/status/problems")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    let field = |f: &str| p[f].as_str().unwrap_or_default().to_owned();
-                    (field("reason"), field("message"))
-                })
-                .collect();
+            let problems = problems(h).await?;
+            if problems.iter().any(|(r, _)| r == "LogStoreUnreachable") {
+                unreachable.store(true, Ordering::SeqCst);
+            }
             let down = problems
                 .iter()
                 .any(|(r, m)| r == "LogReplicaDown" && m.contains(&named));
-            let unreachable = problems.iter().any(|(r, _)| r == "LogStoreUnreachable");
-            if down && !unreachable {
+            if down {
                 Ok(Some(()))
             } else {
                 Err(format!("problems {problems:?}"))
@@ -389,20 +396,22 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
         .signal(DEMO_NS, &follower, Signal::SIGCONT)
         .context("resuming the frozen log follower")?;
     frozen?;
+    ensure!(
+        !unreachable.load(Ordering::SeqCst),
+        "the LogStore read as unreachable while only its follower {follower} was frozen"
+    );
     let what = format!("the resumed log follower {follower} to be Ready and no longer down");
     wait_for(&what, 60 * SECOND, SECOND / 2, || async {
         let pods = ready_pods(&h.client, DEMO_NS, LOG_REPLICAS).await?;
         let ready = pods.iter().any(|p| p.name_any() == follower);
-        let lp = get_json(h, "logplayer", "demo").await?;
-        let degraded = condition(&lp, "Degraded");
-        let down = degraded
-            .as_ref()
-            .and_then(|c| c["message"].as_str())
-            .is_some_and(|m| m.contains("not running and ready"));
+        let problems = problems(h).await?;
+        let down = problems
+            .iter()
+            .any(|(r, m)| r == "LogReplicaDown" && m.contains(&named));
         if ready && !down {
             Ok(Some(()))
         } else {
-            Err(format!("ready {ready}, Degraded {degraded:?}"))
+            Err(format!("ready {ready}, problems {problems:?}"))
         }
     })
     .await

@@ -11,7 +11,8 @@ use crate::crd::{Backend, ImagePullPolicy, ManagedStorage, Shard};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -111,8 +112,13 @@ fn server_container(s: &ServerSpec, args: Vec<String>) -> Container {
             },
         ]),
         // The server's own HTTP probes, TLS or not (see `metrics::Serving`): a TCP connect
-        // passes on a frozen process, and the kubelet's gRPC probe cannot speak TLS.
-        liveness_probe: Some(http_probe("/healthz", HEALTH_PORT_NAME, 10, 3)),
+        // passes on a frozen process, and the kubelet's gRPC probe cannot speak TLS. Not
+        // ready after 2 missed answers; restarted only after a minute without one (5 s
+        // each), so that a server short of CPU under load is not restarted for it.
+        liveness_probe: Some(Probe {
+            timeout_seconds: Some(5),
+            ..http_probe("/healthz", HEALTH_PORT_NAME, 10, 6)
+        }),
         readiness_probe: Some(http_probe("/readyz", HEALTH_PORT_NAME, 2, 2)),
         resources: s.storage.resources.clone(),
         security_context: Some(container_security()),
