@@ -19,6 +19,8 @@ use crate::tls::Tls;
 
 /// How long asking for the membership may take.
 const ASK_WAIT: Duration = Duration::from_secs(3);
+/// How long, of that, asking each replica where it stands may take.
+const STAND_WAIT: Duration = Duration::from_secs(2);
 /// How long an added replica may take to catch up before the reconciliation gives up (it
 /// stays a learner; the next one goes on).
 pub const CATCH_UP: Duration = Duration::from_secs(20);
@@ -120,19 +122,37 @@ pub fn replica_of_pod(pod: &str) -> Option<u64> {
 }
 
 /// Asks the LogStore at `addrs` (every replica, comma-separated) for its membership, from
-/// its leader when one is known; every replica at once, the first answer counts.
+/// its leader: every replica is asked at once where it stands ([`ask_each`]), then the one
+/// that leads for the membership. No leader is an error naming what each replica said (a
+/// group not seeded yet, or electing): only a leader's membership is the group's, and only
+/// it knows how far each replica matched.
 pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, String> {
-    let ask_one = |addr: String| {
+    let stand = |addr: String| {
         let tls = tls.clone();
         async move {
             let log = Log::connect_with(&addr, tls)
                 .await
                 .map_err(|e| e.to_string())?;
-            log.members().await.map_err(|e| e.to_string())
+            let b = log.describe().await.map_err(|e| e.to_string())?;
+            let role = b.replica.map(|r| r.role).unwrap_or_default();
+            Ok((addr, log, role))
         }
     };
-    let (mut answers, failed) = ask_each(addrs, ASK_WAIT, ask_one, |_| true).await;
-    answers.pop().ok_or_else(|| failed.join("; "))
+    let leads = |(_, _, role): &(String, Log, String)| role == "leader";
+    let asked = tokio::time::timeout(ASK_WAIT, async {
+        let (answers, mut failed) = ask_each(addrs, STAND_WAIT, stand, leads).await;
+        if let Some((_, log, _)) = answers.iter().find(|a| leads(a)) {
+            return log.members().await.map_err(|e| e.to_string());
+        }
+        failed.extend(
+            answers
+                .iter()
+                .map(|(a, _, role)| format!("{a} is a {role}")),
+        );
+        Err(format!("no log replica leads: {}", failed.join("; ")))
+    })
+    .await;
+    asked.unwrap_or_else(|_| Err(format!("no answer within {ASK_WAIT:?}")))
 }
 
 /// Asks each replica of `addrs` (comma-separated) at once with `ask`, each for at most
@@ -155,23 +175,25 @@ where
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
-        .map(|a| {
+        .enumerate()
+        .map(|(i, a)| {
             let asked = tokio::time::timeout(wait, ask(a.to_owned()));
             async move {
-                match asked.await {
-                    Ok(Ok(answer)) => Ok(answer),
-                    Ok(Err(e)) => Err(format!("{a} does not answer: {e}")),
-                    Err(_) => Err(format!(
+                let failed = match asked.await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(e)) => format!("{a} does not answer: {e}"),
+                    Err(_) => format!(
                         "{a} did not answer within {}",
                         humantime::format_duration(wait)
-                    )),
-                }
+                    ),
+                };
+                Err((i, failed))
             }
         })
         .collect();
     let (mut answers, mut failed) = (Vec::new(), Vec::new());
     if asks.is_empty() {
-        failed.push(format!("no address in {addrs:?}"));
+        failed.push((0, format!("no address in {addrs:?}")));
     }
     while let Some(one) = asks.next().await {
         match one {
@@ -183,7 +205,10 @@ where
             Err(e) => failed.push(e),
         }
     }
-    (answers, failed)
+    // In the order of `addrs`, whichever failed first: a status message (and its Event)
+    // must not change with the order answers came in.
+    failed.sort();
+    (answers, failed.into_iter().map(|(_, e)| e).collect())
 }
 
 /// Whether to seed: no group answers, replica 1's pod runs, and no log was ever established
