@@ -25,6 +25,9 @@ const STAND_WAIT: Duration = Duration::from_secs(2);
 /// stays a learner; the next one goes on).
 pub const CATCH_UP: Duration = Duration::from_secs(20);
 
+/// How long one membership change may take, its catch-up included.
+const MAKE_WAIT: Duration = Duration::from_secs(CATCH_UP.as_secs() + 10);
+
 /// Raft entries a voter may be behind the log leader before the status calls it behind.
 /// An entry is a group of appends (up to 1 MiB), so this is seconds of load, not a hiccup.
 pub const BEHIND: u64 = 1_000;
@@ -121,11 +124,40 @@ pub fn replica_of_pod(pod: &str) -> Option<u64> {
     n.parse::<u64>().ok().map(|o| o + 1)
 }
 
+/// Where one log replica said it stands, and a client of it.
+struct Stand {
+    addr: String,
+    log: Log,
+    status: crate::proto::ReplicaStatus,
+}
+
+/// The answer of the replica that leads among `answers`: one that leads a majority (a
+/// leader cut off from its majority keeps its role until it hears of a higher term), else
+/// the leader of the highest term.
+pub fn leader_of<T>(
+    answers: &[T],
+    status: impl Fn(&T) -> Option<&crate::proto::ReplicaStatus>,
+) -> Option<&T> {
+    let leads = |a: &&T| status(a).is_some_and(|r| r.role == "leader");
+    answers
+        .iter()
+        .filter(leads)
+        .find(|a| status(a).is_some_and(|r| r.leads_a_majority))
+        .or_else(|| {
+            answers
+                .iter()
+                .filter(leads)
+                .max_by_key(|a| status(a).map(|r| r.raft_term))
+        })
+}
+
 /// Asks the LogStore at `addrs` (every replica, comma-separated) for its membership, from
 /// its leader: every replica is asked at once where it stands ([`ask_each`]), then the one
-/// that leads for the membership. No leader is an error naming what each replica said (a
-/// group not seeded yet, or electing): only a leader's membership is the group's, and only
-/// it knows how far each replica matched.
+/// that leads ([`leader_of`]) for the membership. A leader the others name outside `addrs`
+/// is asked too: while the group shrinks, the replicas past the count wanted still run and
+/// may lead. No leader is an error naming what each replica said (a group not seeded yet,
+/// or electing): only a leader's membership is the group's, and only it knows how far each
+/// replica matched.
 pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, String> {
     let stand = |addr: String| {
         let tls = tls.clone();
@@ -134,22 +166,47 @@ pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, 
                 .await
                 .map_err(|e| e.to_string())?;
             let b = log.describe().await.map_err(|e| e.to_string())?;
-            let role = b.replica.map(|r| r.role).unwrap_or_default();
-            Ok((addr, log, role))
+            let status = b.replica.unwrap_or_default();
+            Ok(Stand { addr, log, status })
         }
     };
-    let leads = |(_, _, role): &(String, Log, String)| role == "leader";
+    let majority = |s: &Stand| s.status.role == "leader" && s.status.leads_a_majority;
     let asked = tokio::time::timeout(ASK_WAIT, async {
-        let (answers, mut failed) = ask_each(addrs, STAND_WAIT, stand, leads).await;
-        if let Some((_, log, _)) = answers.iter().find(|a| leads(a)) {
-            return log.members().await.map_err(|e| e.to_string());
-        }
-        failed.extend(
-            answers
+        let (mut answers, mut failed) = ask_each(addrs, STAND_WAIT, &stand, majority).await;
+        if !answers.iter().any(majority) {
+            let asked: BTreeSet<&str> = addrs.split(',').map(str::trim).collect();
+            let named: BTreeSet<&str> = answers
                 .iter()
-                .map(|(a, _, role)| format!("{a} is a {role}")),
-        );
-        Err(format!("no log replica leads: {}", failed.join("; ")))
+                .map(|s| s.status.leader_addr.as_str())
+                .filter(|a| !a.is_empty() && !asked.contains(a))
+                .collect();
+            if !named.is_empty() {
+                let named = named.into_iter().collect::<Vec<_>>().join(",");
+                let (more, more_failed) = ask_each(&named, STAND_WAIT, &stand, majority).await;
+                answers.extend(more);
+                failed.extend(more_failed);
+            }
+        }
+        let Some(leader) = leader_of(&answers, |s| Some(&s.status)) else {
+            let roles = answers.iter().map(|s| {
+                let role = if s.status.role.is_empty() {
+                    "replica of no group"
+                } else {
+                    &s.status.role
+                };
+                format!("{} is a {role}", s.addr)
+            });
+            failed.extend(roles);
+            return Err(format!("no log replica leads: {}", failed.join("; ")));
+        };
+        let m = leader.log.members().await.map_err(|e| e.to_string())?;
+        if m.leader != leader.status.id {
+            return Err(format!(
+                "{} stopped leading before it told the membership",
+                leader.addr
+            ));
+        }
+        Ok(m)
     })
     .await;
     asked.unwrap_or_else(|_| Err(format!("no answer within {ASK_WAIT:?}")))
@@ -157,10 +214,11 @@ pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, 
 
 /// Asks each replica of `addrs` (comma-separated) at once with `ask`, each for at most
 /// `wait`, and collects the answers as they come until one is `enough` (returned at once)
-/// or every replica answered or failed; the failures name their address. Asked one after
+/// or every replica answered or failed; the failures name their address; both in the
+/// order of `addrs`. Asked one after
 /// the other, a frozen replica (its kernel accepts the connection, nothing answers) took
 /// the whole time of the question, and a log the others serve read as unreachable.
-pub(crate) async fn ask_each<T, F, Fut>(
+pub async fn ask_each<T, F, Fut>(
     addrs: &str,
     wait: Duration,
     ask: F,
@@ -180,7 +238,7 @@ where
             let asked = tokio::time::timeout(wait, ask(a.to_owned()));
             async move {
                 let failed = match asked.await {
-                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Ok(answer)) => return Ok((i, answer)),
                     Ok(Err(e)) => format!("{a} does not answer: {e}"),
                     Err(_) => format!(
                         "{a} did not answer within {}",
@@ -197,18 +255,24 @@ where
     }
     while let Some(one) = asks.next().await {
         match one {
-            Ok(answer) if enough(&answer) => {
-                answers.push(answer);
-                break;
+            Ok((i, answer)) => {
+                let done = enough(&answer);
+                answers.push((i, answer));
+                if done {
+                    break;
+                }
             }
-            Ok(answer) => answers.push(answer),
             Err(e) => failed.push(e),
         }
     }
-    // In the order of `addrs`, whichever failed first: a status message (and its Event)
-    // must not change with the order answers came in.
+    // In the order of `addrs`, whichever came first: a status message (and its Event) must
+    // not change with the order the answers came in.
+    answers.sort_by_key(|(i, _)| *i);
     failed.sort();
-    (answers, failed.into_iter().map(|(_, e)| e).collect())
+    (
+        answers.into_iter().map(|(_, a)| a).collect(),
+        failed.into_iter().map(|(_, e)| e).collect(),
+    )
 }
 
 /// Whether to seed: no group answers, replica 1's pod runs, and no log was ever established
@@ -227,24 +291,31 @@ pub async fn make(
     tls: Option<Arc<Tls>>,
 ) -> Result<MembersResponse, String> {
     let target = if change == Change::Seed { addr } else { addrs };
-    let log = Log::connect_with(target, tls)
-        .await
-        .map_err(|e| e.to_string())?;
-    match change {
-        Change::Seed => {
-            tracing::info!(%addr, "seeding the log's group with replica 1");
-            log.seed().await
+    // Bounded as a whole: a client of one address (a group shrinking to one replica) waits
+    // on each attempt for as long as it takes, and a leader frozen after redirecting it
+    // would hold the reconciliation up for ever.
+    let made = tokio::time::timeout(MAKE_WAIT, async {
+        let log = Log::connect_with(target, tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        match change {
+            Change::Seed => {
+                tracing::info!(%addr, "seeding the log's group with replica 1");
+                log.seed().await
+            }
+            Change::Add(id) => {
+                tracing::info!(replica = id, %addr, "adding a log replica to the group");
+                log.add_member(id, addr, CATCH_UP).await
+            }
+            Change::Remove(id) => {
+                tracing::info!(replica = id, "removing a log replica from the group");
+                log.remove_member(id).await
+            }
         }
-        Change::Add(id) => {
-            tracing::info!(replica = id, %addr, "adding a log replica to the group");
-            log.add_member(id, addr, CATCH_UP).await
-        }
-        Change::Remove(id) => {
-            tracing::info!(replica = id, "removing a log replica from the group");
-            log.remove_member(id).await
-        }
-    }
-    .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
+    });
+    made.await
+        .unwrap_or_else(|_| Err(format!("no answer within {MAKE_WAIT:?}")))
 }
 
 #[cfg(test)]
@@ -355,5 +426,77 @@ mod tests {
         assert_eq!(replica_of_pod("demo-logstore-0"), Some(1));
         assert_eq!(replica_of_pod("demo-logstore-12"), Some(13));
         assert_eq!(replica_of_pod("nothing"), None);
+    }
+
+    fn replica(role: &str, term: u64, majority: bool) -> crate::proto::ReplicaStatus {
+        crate::proto::ReplicaStatus {
+            role: role.into(),
+            raft_term: term,
+            leads_a_majority: majority,
+            ..Default::default()
+        }
+    }
+
+    /// The leader that leads a majority counts; else the leader of the highest term (one
+    /// cut off from its majority keeps its role until it hears of a higher term); never a
+    /// follower.
+    #[test]
+    fn the_leader_is_the_one_that_leads_a_majority() {
+        let cut_off = replica("leader", 3, false);
+        let newer = replica("leader", 4, true);
+        let follower = replica("follower", 4, false);
+        let all = [cut_off.clone(), follower.clone(), newer.clone()];
+        assert_eq!(leader_of(&all, |r| Some(r)), Some(&newer));
+        let no_majority = [
+            cut_off.clone(),
+            replica("leader", 2, false),
+            follower.clone(),
+        ];
+        assert_eq!(leader_of(&no_majority, |r| Some(r)), Some(&cut_off));
+        assert_eq!(leader_of(&[follower], |r| Some(r)), None);
+    }
+
+    /// Answers and failures come in the order of the addresses, whatever order they came
+    /// in (a status message made of them would otherwise change, with an Event each time),
+    /// and the first `enough` answer ends the question at once.
+    #[tokio::test(start_paused = true)]
+    async fn each_replica_is_asked_at_once_and_listed_in_order() {
+        let ask = |a: String| async move {
+            let n: u64 = a.trim_start_matches('r').parse().unwrap_or(0);
+            // r3 answers first, r1 last; r2 fails; r9 never answers.
+            tokio::time::sleep(Duration::from_millis(match n {
+                9 => 60_000,
+                _ => 100 * (4 - n.min(3)),
+            }))
+            .await;
+            if n == 2 {
+                Err("refused".to_owned())
+            } else {
+                Ok(n)
+            }
+        };
+        let t = tokio::time::Instant::now();
+        let (answers, failed) =
+            ask_each("r1,r2,r3,r9", Duration::from_secs(2), ask, |_| false).await;
+        assert_eq!(answers, vec![1, 3]);
+        assert_eq!(
+            failed,
+            vec![
+                "r2 does not answer: refused".to_owned(),
+                "r9 did not answer within 2s".to_owned()
+            ]
+        );
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(2),
+            "r9 was waited for at most 2 s"
+        );
+        let t = tokio::time::Instant::now();
+        let (answers, _) = ask_each("r1,r9,r3", Duration::from_secs(2), ask, |n| *n == 3).await;
+        assert_eq!(answers, vec![3]);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the frozen r9 held it up"
+        );
     }
 }

@@ -163,12 +163,15 @@ pub(super) struct Found {
 
 /// Asks the LogStore at `addr` (one address, or each replica's, comma-separated) its
 /// bounds: whether it answers, its last index and its entry limit. Every replica is asked
-/// at once ([`log_members::ask_each`]); the log leader's answer counts (only a leader knows
-/// where the log ends), else the highest end any replica reported.
+/// at once ([`log_members::ask_each`]). With `from_leader` the log leader's answer counts
+/// ([`log_members::leader_of`]: only a leader knows where the log ends), else the highest
+/// end any replica reported; without, the first answer (all say the same entry limit).
 async fn probe_log(
     addr: &str,
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    from_leader: bool,
 ) -> (status::Probe, Option<i64>, Option<u64>) {
+    use crate::operator::log_members;
     let ask_one = |a: String| {
         let tls = tls.clone();
         async move {
@@ -178,15 +181,18 @@ async fn probe_log(
             log.describe().await.map_err(|e| e.to_string())
         }
     };
-    let leads = |b: &crate::proto::BoundsResponse| {
+    let enough = |b: &crate::proto::BoundsResponse| {
         // A single-node LogStore (no replica status) is the log itself.
-        b.replica.as_ref().is_none_or(|r| r.role == "leader")
+        !from_leader
+            || b.replica
+                .as_ref()
+                .is_none_or(|r| r.role == "leader" && r.leads_a_majority)
     };
-    let (answers, failed) =
-        crate::operator::log_members::ask_each(addr, PROBE_TIMEOUT, ask_one, leads).await;
+    let (answers, failed) = log_members::ask_each(addr, PROBE_TIMEOUT, ask_one, enough).await;
     let best = answers
         .iter()
-        .find(|b| leads(b))
+        .find(|b| b.replica.is_none())
+        .or_else(|| log_members::leader_of(&answers, |b| b.replica.as_ref()))
         .or_else(|| answers.iter().max_by_key(|b| b.last));
     match best {
         Some(b) => (
@@ -231,7 +237,7 @@ pub(super) async fn probe_shard_and_log(
     let ShardSaid { limit, refused } = said;
     let log = match (limit, seen.owner) {
         (Some(_), Some(lp)) => match desired::logstore_endpoint(lp, seen.ns, &ctx.defaults) {
-            Some(addr) => probe_log(&addr, tls).await.2,
+            Some(addr) => probe_log(&addr, tls, false).await.2,
             None => None,
         },
         _ => None,
@@ -276,7 +282,7 @@ pub(super) async fn observe(
     let log_probe = async {
         match desired::logstore_endpoint(lp, ns, &ctx.defaults) {
             Some(_) if logstore_down => (status::Probe::NotRunning, None, None),
-            Some(addr) => probe_log(&addr, found.tls.clone()).await,
+            Some(addr) => probe_log(&addr, found.tls.clone(), true).await,
             None => (status::Probe::Unknown, None, None),
         }
     };

@@ -344,8 +344,9 @@ async fn problems(h: &Harness) -> Result<Vec<(String, String)>, String> {
 /// A log follower frozen under load (pod 0 unless it leads: the first replica the operator
 /// dials): its pod is not Ready (its probes are the process's own HTTP answers; a TCP
 /// connect, which its kernel accepts for it, kept it Ready), `status.problems` names it
-/// `LogReplicaDown` and, at no poll, `LogStoreUnreachable` (the two others serve the log;
-/// asked one replica after the other, the frozen first one took the probe's whole time);
+/// `LogReplicaDown` and, at no poll, `LogStoreUnreachable` or `NoLogLeader` (the two others
+/// serve the log; asked one replica after the other, the frozen first one took the
+/// question's whole time);
 /// resumed, it is Ready again and no longer down.
 async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
     let leader = super::log_leader(h, 0).await?.0;
@@ -356,10 +357,25 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
     let named = format!("(pod {follower})");
     let t = Instant::now();
     h.node.signal(DEMO_NS, &follower, Signal::SIGSTOP)?;
-    let unreachable = AtomicBool::new(false);
+    // What must never show while only a follower is frozen: the log served by the two
+    // others read as unreachable, or as leaderless.
+    let wrong = std::sync::Mutex::new(Vec::new());
+    let note_wrong = |problems: &[(String, String)]| {
+        let seen = problems
+            .iter()
+            .filter(|(r, _)| r == "LogStoreUnreachable" || r == "NoLogLeader");
+        wrong
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(seen.cloned());
+    };
+    if follower != "demo-logstore-0" {
+        eprintln!("[e2e] demo-logstore-0 leads the log: freezing {follower} instead");
+    }
     let frozen = async {
         let what = format!("the frozen log follower {follower} to be not Ready");
         wait_for(&what, 30 * SECOND, SECOND / 2, || async {
+            note_wrong(&problems(h).await?);
             let pods = ready_pods(&h.client, DEMO_NS, LOG_REPLICAS).await?;
             let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
             if names.contains(&follower) {
@@ -372,9 +388,7 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
         let what = format!("status.problems: LogReplicaDown naming {follower}");
         wait_for(&what, 30 * SECOND, SECOND / 2, || async {
             let problems = problems(h).await?;
-            if problems.iter().any(|(r, _)| r == "LogStoreUnreachable") {
-                unreachable.store(true, Ordering::SeqCst);
-            }
+            note_wrong(&problems);
             let down = problems
                 .iter()
                 .any(|(r, m)| r == "LogReplicaDown" && m.contains(&named));
@@ -396,9 +410,12 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
         .signal(DEMO_NS, &follower, Signal::SIGCONT)
         .context("resuming the frozen log follower")?;
     frozen?;
+    let wrong = wrong
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     ensure!(
-        !unreachable.load(Ordering::SeqCst),
-        "the LogStore read as unreachable while only its follower {follower} was frozen"
+        wrong.is_empty(),
+        "while only the log follower {follower} was frozen, status.problems said {wrong:?}"
     );
     let what = format!("the resumed log follower {follower} to be Ready and no longer down");
     wait_for(&what, 60 * SECOND, SECOND / 2, || async {
