@@ -355,6 +355,7 @@ async fn observe_shards(
         .map(|(s, (probe, said))| status::ShardObserved {
             name: s.name_any(),
             acked_index: s.status.as_ref().and_then(|st| st.acked_index),
+            acked_epoch: s.status.as_ref().and_then(|st| st.acked_epoch),
             covered_index: s.status.as_ref().and_then(|st| st.covered_index),
             probe,
             max_entry_bytes: said.limit,
@@ -424,6 +425,11 @@ pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
             "CreateContainerConfigError" | "CreateContainerError" => "ContainerCannotStart",
             _ => return None,
         };
+        // A crash loop's own text ("back-off 40s restarting failed container") changes at
+        // each step of the back-off, and a changed message is a new Warning Event: its
+        // last words say more, and stay the same.
+        let looping = reason == "CrashLoopBackOff";
+        let kubelet_says = waiting.message.as_deref().filter(|_| !looping);
         Some(status::Problem::new(
             reason,
             format!(
@@ -432,22 +438,16 @@ pub fn pod_problem(pod: &Pod) -> Option<status::Problem> {
                 c.name,
                 c.image,
                 waiting.reason.as_deref().unwrap_or_default(),
-                waiting
-                    .message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default(),
-                (reason == "CrashLoopBackOff")
-                    .then(|| last_exit(c))
-                    .flatten()
-                    .unwrap_or_default()
+                kubelet_says.map(|m| format!(": {m}")).unwrap_or_default(),
+                looping.then(|| last_exit(c)).flatten().unwrap_or_default()
             ),
         ))
     })
 }
 
-/// The longest last words of a container the status repeats.
-const LAST_WORDS_BYTES: usize = 300;
+/// The longest last words of a container the status repeats: room for an error and the
+/// command that ends it (a player fenced by an epoch the Lease never gave says both).
+const LAST_WORDS_BYTES: usize = 1_000;
 
 /// How a container last ended, when it ended with an error: `; last exit N: LINE`, where
 /// LINE is the last line of its termination message (its last log line, with
@@ -837,8 +837,8 @@ mod tests {
 
     /// A container in `CrashLoopBackOff` is reported with why it last exited: the last line
     /// of its termination message (its last log line), cut to a bounded length; the
-    /// kubelet's back-off text alone ("back-off 40s restarting failed container") says
-    /// nothing of the cause. A clean last exit adds nothing.
+    /// kubelet's back-off text ("back-off 40s restarting failed container") says nothing of
+    /// the cause, and is left out. A clean last exit adds nothing.
     #[test]
     fn a_crash_looping_container_is_reported_with_its_last_words() {
         let pod = |exit_code: i32, message: &str| -> Pod {
@@ -860,22 +860,22 @@ mod tests {
         assert_eq!(
             p.message,
             format!(
-                "pod demo-player-1 container player (x): CrashLoopBackOff: back-off 40s \
-                 restarting failed container; last exit 1: {said}"
+                "pod demo-player-1 container player (x): CrashLoopBackOff; last exit 1: {said}"
             )
         );
-        let long = "é".repeat(400);
+        let long = "é".repeat(800);
         let p = pod_problem(&pod(1, &long)).unwrap();
         assert!(
-            p.message.ends_with('…') && p.message.len() < 500,
+            p.message.ends_with('…') && p.message.len() < 1_200,
             "{}",
             p.message
         );
+        // A clean last exit adds nothing; nor does the back-off's text, which changes at
+        // each step (a new Event each time).
         let p = pod_problem(&pod(0, "bye")).unwrap();
-        assert!(
-            p.message.ends_with("restarting failed container"),
-            "{}",
-            p.message
+        assert_eq!(
+            p.message,
+            "pod demo-player-1 container player (x): CrashLoopBackOff"
         );
         let p = pod_problem(&pod(137, "")).unwrap();
         assert!(p.message.ends_with("; last exit 137"), "{}", p.message);

@@ -38,6 +38,7 @@ fn problems(obs: &Observed) -> Vec<Problem> {
         out.extend(log_problems(seen));
     }
     out.extend(entry_limit_problem(obs));
+    out.extend(lease_epoch_problem(obs));
     let down: Vec<String> = obs
         .shards
         .iter()
@@ -58,6 +59,36 @@ fn problems(obs: &Observed) -> Vec<Problem> {
         ));
     }
     out
+}
+
+/// The players' Lease counting below an epoch a shard acknowledged (`ackedEpoch`, written
+/// by the leader of that epoch): only a Lease deleted (made again from 1) or reset does
+/// that. Every player it then elects is fenced by the shards and stops, naming the shard
+/// and the command that raises the epoch; the next one is one epoch higher, so it took a
+/// crash loop per epoch to get past, with the command cut from the status. Said here once,
+/// with the epoch to raise it to.
+fn lease_epoch_problem(obs: &Observed) -> Option<Problem> {
+    let lease = obs.lease.as_ref()?;
+    let (shard, acked) = obs
+        .shards
+        .iter()
+        .filter_map(|s| Some((&s.name, s.acked_epoch?)))
+        .max_by_key(|(_, e)| *e)?;
+    (acked > lease.transitions).then(|| {
+        Problem::new(
+            "LeaseEpochBehind",
+            format!(
+                "the players' Lease is at epoch {} but Shard {shard} acknowledged epoch {acked}: \
+                 the Lease was deleted (or reset) and counts again from below, so the shards \
+                 fence every player it elects, and each stops. Raise its \
+                 spec.leaseTransitions to {} (kubectl patch lease NAME-player --type merge -p \
+                 '{{\"spec\":{{\"leaseTransitions\":{}}}}}')",
+                lease.transitions,
+                acked + 1,
+                acked + 1
+            ),
+        )
+    })
 }
 
 /// Entry limits that cannot work together, as each server reported its own: a LogStore

@@ -17,7 +17,7 @@
 //!   (`PodsNotCreated`, `RolloutStalled`, `PodsPending`, `ImagePullFailed`,
 //!   `ContainerCannotStart`, `CrashLoopBackOff`), `LogStoreUnreachable`, the managed log's
 //!   group (`LogMembershipFailed`, `NoLogLeader`, `LogReplicaDown`, `LogReplicaBehind`),
-//!   `EntryLimitMismatch`, `ShardUnreachable`; else `AsExpected`.
+//!   `EntryLimitMismatch`, `LeaseEpochBehind`, `ShardUnreachable`; else `AsExpected`.
 //! - `Progressing`: player pods being created or rolled (`RollingOut`) or log replicas added
 //!   or removed (`LogReplicasChanging`), else `Complete`, `NoDeployment`, `Blocked` or
 //!   `Paused`.
@@ -111,6 +111,8 @@ pub struct ShardObserved {
     pub name: String,
     /// `status.ackedIndex`, as the leader last checkpointed it.
     pub acked_index: Option<i64>,
+    /// `status.ackedEpoch`: the epoch of the leader that checkpointed it.
+    pub acked_epoch: Option<i64>,
     /// `status.coveredIndex`: through which log index the shard has every entry routed to
     /// it. Lag is measured from here (from `acked_index` when absent).
     pub covered_index: Option<i64>,
