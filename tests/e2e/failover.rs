@@ -107,6 +107,10 @@ impl Shards {
     fn id(&self, i: usize) -> &str {
         &self.conns[i].0
     }
+
+    fn len(&self) -> usize {
+        self.conns.len()
+    }
 }
 
 /// One metric's value from pod `name`'s `/metrics` (plain HTTP/1.1 on the pod IP).
@@ -434,6 +438,126 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
     .await
 }
 
+/// The players' Lease deleted by hand under load (`kubectl delete lease`): made again from
+/// epoch 1, every player it elects is fenced by the shards (which saw epoch `epoch`) and
+/// stops. The status says `LeaseEpochBehind` with the epoch to raise it to; raised by hand
+/// (`kubectl patch lease`), a player leads above it and every shard applies again.
+async fn deleted_lease(h: &Harness, shards: &Shards, epoch: i32) -> anyhow::Result<()> {
+    wait_for(
+        &format!("every Shard's ackedEpoch to reach {epoch}"),
+        30 * SECOND,
+        SECOND / 2,
+        || async {
+            let mut seen = Vec::new();
+            for i in 0..shards.len() {
+                let v = get_json(h, "shard", shards.id(i)).await?;
+                seen.push(v.pointer("/status/ackedEpoch").and_then(Value::as_i64));
+            }
+            if seen.iter().all(|e| *e == Some(i64::from(epoch))) {
+                Ok(Some(()))
+            } else {
+                Err(format!("ackedEpoch {seen:?}"))
+            }
+        },
+    )
+    .await?;
+    // Each player fenced stops and is restarted: hold that for a while, so that the crash
+    // loop does not climb past the shards' epoch by itself before the status is read.
+    for p in ready_pods(&h.client, DEMO_NS, PLAYERS)
+        .await
+        .map_err(anyhow::Error::msg)?
+    {
+        h.node
+            .hold_next_restart(DEMO_NS, &p.name_any(), 20 * SECOND)?;
+    }
+    h.cp.kubectl(&["-n", DEMO_NS, "delete", "lease", "demo-player"])?;
+    let raise = wait_for(
+        "status.problems: LeaseEpochBehind, with the epoch to raise the Lease to",
+        60 * SECOND,
+        SECOND / 2,
+        || async {
+            let problems = problems(h).await?;
+            let said = problems
+                .iter()
+                .find(|(r, _)| r == "LeaseEpochBehind")
+                .and_then(|(_, m)| m.split("spec.leaseTransitions to ").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<i32>().ok());
+            match said {
+                Some(n) => Ok(Some(n)),
+                None => Err(format!("problems {problems:?}")),
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        raise == epoch + 1,
+        "LeaseEpochBehind says raise to {raise}, the shards acknowledged {epoch}"
+    );
+    let patch = format!("{{\"spec\":{{\"leaseTransitions\":{raise}}}}}");
+    h.cp.kubectl(&[
+        "-n",
+        DEMO_NS,
+        "patch",
+        "lease",
+        "demo-player",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ])?;
+    let (holder, new_epoch) = wait_for(
+        &format!("a player to lead above epoch {raise}"),
+        90 * SECOND,
+        SECOND / 2,
+        || async {
+            let (holder, e) = lease_of(h).await.map_err(|e| e.to_string())?;
+            if !holder.is_empty() && e > raise {
+                Ok(Some((holder, e)))
+            } else {
+                Err(format!("holder {holder:?} at epoch {e}"))
+            }
+        },
+    )
+    .await?;
+    let base = shards.applied().await.map_err(anyhow::Error::msg)?;
+    wait_for(
+        &format!("every shard to apply entries from {holder} at epoch {new_epoch}"),
+        60 * SECOND,
+        SECOND / 2,
+        || async {
+            let now = shards.applied().await?;
+            let behind: Vec<String> = now
+                .iter()
+                .zip(&base)
+                .enumerate()
+                .filter(|(_, ((a, e), (b, _)))| a <= b || *e != new_epoch as u64)
+                .map(|(i, ((a, e), _))| format!("{}: applied {a} epoch {e}", shards.id(i)))
+                .collect();
+            if behind.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(behind.join("; "))
+            }
+        },
+    )
+    .await?;
+    wait_for(
+        "LeaseEpochBehind to clear",
+        60 * SECOND,
+        SECOND / 2,
+        || async {
+            let problems = problems(h).await?;
+            if problems.iter().any(|(r, _)| r == "LeaseEpochBehind") {
+                Err(format!("problems {problems:?}"))
+            } else {
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
+}
+
 // ---- f. failover time -----------------------------------------------------------------------
 
 /// Nearest-rank percentile of sorted `v`.
@@ -547,6 +671,7 @@ pub(crate) async fn failover_times(h: &Harness) -> anyhow::Result<()> {
     );
     let (leader, e) = lease_of(h).await?;
     wait_status_leader(h, &leader, e).await?;
+    deleted_lease(h, &shards, e).await?;
 
     let (appended, _) = load.finish().await?;
     exactly_once(&log, &map, appended).await?;
