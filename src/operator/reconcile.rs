@@ -407,7 +407,31 @@ async fn apply_player_objects(
     lp: &LogPlayer,
     o: desired::PlayerObjects,
 ) -> Result<Vec<status::Problem>, OperatorError> {
-    let mut outcomes = vec![apply(client, ns, &o.service_account).await.map(drop)];
+    let account = apply(client, ns, &o.service_account).await;
+    // The players' pods name their ServiceAccount's uid (see
+    // `SERVICE_ACCOUNT_UID_ANNOTATION`): the one applied, else (the apply refused) the one
+    // there is, so that a refusal does not roll the players.
+    let uid = match &account {
+        Ok(a) => a.metadata.uid.clone(),
+        Err(_) => {
+            let name = o.service_account.metadata.name.clone().unwrap_or_default();
+            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+                .get_opt(&name)
+                .await?
+                .and_then(|a| a.metadata.uid)
+        }
+    };
+    let mut deployment = o.deployment.clone();
+    let template = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut());
+    if let (Some(uid), Some(meta)) = (uid, template) {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(desired::SERVICE_ACCOUNT_UID_ANNOTATION.to_owned(), uid);
+    }
+    let mut outcomes = vec![account.map(drop)];
     outcomes.extend(
         apply_rbac(
             client,
@@ -432,7 +456,7 @@ async fn apply_player_objects(
         );
         outcomes.push(apply(client, ns, &logstore.pdb).await.map(drop));
     }
-    outcomes.push(apply(client, ns, &o.deployment).await.map(drop));
+    outcomes.push(apply(client, ns, &deployment).await.map(drop));
     if let Some(pdb) = &o.pdb {
         outcomes.push(apply(client, ns, pdb).await.map(drop));
     }

@@ -229,30 +229,7 @@ pub(crate) async fn frozen_leader(h: &Harness) -> anyhow::Result<()> {
         );
         // The new leader delivers while the old one is still frozen: every shard applies
         // entries stamped with the new epoch.
-        let base = shards.applied().await.map_err(anyhow::Error::msg)?;
-        wait_for(
-            &format!("every shard to apply entries from {new} at epoch {new_epoch}"),
-            30 * SECOND,
-            Duration::from_millis(100),
-            || async {
-                let now = shards.applied().await?;
-                let behind: Vec<String> = now
-                    .iter()
-                    .zip(&base)
-                    .enumerate()
-                    .filter(|(_, ((a, e), (b, _)))| a <= b || *e != new_epoch as u64)
-                    .map(|(i, ((a, e), (b, _)))| {
-                        format!("{}: applied {a} (was {b}) epoch {e}", shards.id(i))
-                    })
-                    .collect();
-                if behind.is_empty() {
-                    Ok(Some(()))
-                } else {
-                    Err(behind.join("; "))
-                }
-            },
-        )
-        .await?;
+        every_shard_applies_at(&shards, &new, new_epoch, 30 * SECOND).await?;
         wait_status_leader(h, &new, new_epoch).await?;
         // Frozen, it fails its readiness probe: stay frozen until the API server shows it
         // not Ready, so that its return to Ready below is the resumed process's doing.
@@ -506,42 +483,7 @@ async fn deleted_lease(h: &Harness, shards: &Shards, epoch: i32) -> anyhow::Resu
         "-p",
         &patch,
     ])?;
-    let (holder, new_epoch) = wait_for(
-        &format!("a player to lead above epoch {raise}"),
-        90 * SECOND,
-        SECOND / 2,
-        || async {
-            let (holder, e) = lease_of(h).await.map_err(|e| e.to_string())?;
-            if !holder.is_empty() && e > raise {
-                Ok(Some((holder, e)))
-            } else {
-                Err(format!("holder {holder:?} at epoch {e}"))
-            }
-        },
-    )
-    .await?;
-    let base = shards.applied().await.map_err(anyhow::Error::msg)?;
-    wait_for(
-        &format!("every shard to apply entries from {holder} at epoch {new_epoch}"),
-        60 * SECOND,
-        SECOND / 2,
-        || async {
-            let now = shards.applied().await?;
-            let behind: Vec<String> = now
-                .iter()
-                .zip(&base)
-                .enumerate()
-                .filter(|(_, ((a, e), (b, _)))| a <= b || *e != new_epoch as u64)
-                .map(|(i, ((a, e), _))| format!("{}: applied {a} epoch {e}", shards.id(i)))
-                .collect();
-            if behind.is_empty() {
-                Ok(Some(()))
-            } else {
-                Err(behind.join("; "))
-            }
-        },
-    )
-    .await?;
+    leads_and_delivers_above(h, shards, raise, "a player").await?;
     wait_for(
         "LeaseEpochBehind to clear",
         60 * SECOND,
@@ -556,6 +498,84 @@ async fn deleted_lease(h: &Harness, shards: &Shards, epoch: i32) -> anyhow::Resu
         },
     )
     .await
+}
+
+/// Waits (up to `wait`) until every shard applies entries past what it had applied, at
+/// `epoch`: the leader `holder` delivers.
+async fn every_shard_applies_at(
+    shards: &Shards,
+    holder: &str,
+    epoch: i32,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let base = shards.applied().await.map_err(anyhow::Error::msg)?;
+    wait_for(
+        &format!("every shard to apply entries from {holder} at epoch {epoch}"),
+        wait,
+        Duration::from_millis(100),
+        || async {
+            let now = shards.applied().await?;
+            let behind: Vec<String> = now
+                .iter()
+                .zip(&base)
+                .enumerate()
+                .filter(|(_, ((a, e), (b, _)))| a <= b || *e != epoch as u64)
+                .map(|(i, ((a, e), (b, _)))| {
+                    format!("{}: applied {a} (was {b}) epoch {e}", shards.id(i))
+                })
+                .collect();
+            if behind.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(behind.join("; "))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `who` holds the players' Lease above `epoch` and every shard applies
+/// entries at that epoch; returns (holder, epoch).
+async fn leads_and_delivers_above(
+    h: &Harness,
+    shards: &Shards,
+    epoch: i32,
+    who: &str,
+) -> anyhow::Result<(String, i32)> {
+    let (holder, new_epoch) = wait_for(
+        &format!("{who} to lead above epoch {epoch}"),
+        120 * SECOND,
+        SECOND / 2,
+        || async {
+            let (holder, e) = lease_of(h).await.map_err(|e| e.to_string())?;
+            if !holder.is_empty() && e > epoch {
+                Ok(Some((holder, e)))
+            } else {
+                Err(format!("holder {holder:?} at epoch {e}"))
+            }
+        },
+    )
+    .await?;
+    every_shard_applies_at(shards, &holder, new_epoch, 60 * SECOND).await?;
+    Ok((holder, new_epoch))
+}
+
+/// The players' ServiceAccount deleted by hand under load (`kubectl delete sa`): the
+/// operator makes it again, with a new uid, which invalidates every token the players hold
+/// (the Lease with them) until their kubelet refreshes it, up to an hour. The new uid rolls
+/// the players instead: one of the new pods leads at a higher epoch and every shard
+/// applies again.
+async fn deleted_service_account(h: &Harness, shards: &Shards) -> anyhow::Result<()> {
+    let (_, epoch) = lease_of(h).await?;
+    let t = Instant::now();
+    h.cp.kubectl(&["-n", DEMO_NS, "delete", "serviceaccount", "demo-player"])?;
+    let who = "a player with a token of the new ServiceAccount";
+    let (holder, new_epoch) = leads_and_delivers_above(h, shards, epoch, who).await?;
+    eprintln!(
+        "[e2e] ServiceAccount deleted: {holder} leads at epoch {new_epoch} and delivers after {:.1?}",
+        t.elapsed()
+    );
+    Ok(())
 }
 
 // ---- f. failover time -----------------------------------------------------------------------
@@ -672,6 +692,7 @@ pub(crate) async fn failover_times(h: &Harness) -> anyhow::Result<()> {
     let (leader, e) = lease_of(h).await?;
     wait_status_leader(h, &leader, e).await?;
     deleted_lease(h, &shards, e).await?;
+    deleted_service_account(h, &shards).await?;
 
     let (appended, _) = load.finish().await?;
     exactly_once(&log, &map, appended).await?;

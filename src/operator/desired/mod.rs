@@ -73,6 +73,11 @@ pub const SHARD_MAP_FILE: &str = "shard-map.yaml";
 pub const DATA_DIR: &str = "/data";
 /// Pod-template annotation holding a hash of the shard map.
 pub const SHARD_MAP_HASH_ANNOTATION: &str = "logplayer.io/shard-map-hash";
+/// Pod-template annotation holding the uid of the players' ServiceAccount: a
+/// ServiceAccount deleted (and made again by the operator, with a new uid) makes every
+/// token its pods hold invalid until the kubelet refreshes it (up to an hour), and with
+/// them the Lease; a new uid rolls the pods instead.
+pub const SERVICE_ACCOUNT_UID_ANNOTATION: &str = "logplayer.io/service-account-uid";
 /// Label naming the Shard a managed shard server's objects belong to.
 pub const SHARD_LABEL: &str = "logplayer.io/shard";
 /// The uid and gid every container runs as (distroless `nonroot`).

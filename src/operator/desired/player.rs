@@ -407,6 +407,10 @@ fn deployment(cx: &PlayerContext, args: Vec<String>, map: &str) -> Deployment {
             replicas: Some(cx.lp.spec.replicas),
             selector: cx.selector(),
             template,
+            // Set, so that a `kubectl rollout pause` is undone at the next apply: paused, a
+            // changed shard map would never reach the players (and `Progressing` would say
+            // it rolls out for ever).
+            paused: Some(false),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()

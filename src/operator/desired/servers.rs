@@ -8,7 +8,9 @@ use super::{
     pod_env, pod_security, pull_policy_name, selector_labels, shard_server_name, shard_tls_secret,
 };
 use crate::crd::{Backend, ImagePullPolicy, ManagedStorage, Shard};
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
     PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, VolumeMount,
@@ -166,6 +168,15 @@ pub(super) fn server_objects(s: &ServerSpec, args: Vec<String>) -> ServerObjects
             // (a LogStore's replicas each have their own).
             replicas: Some(s.pods),
             pod_management_policy: s.replicated.then(|| "Parallel".to_owned()),
+            // Set, so that a partition (or `OnDelete`) set by hand is undone at the next
+            // apply: with one, a changed spec would never reach the pods above it.
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(0),
+                    ..RollingUpdateStatefulSetStrategy::default()
+                }),
+            }),
             service_name: Some(s.name.clone()),
             selector: LabelSelector {
                 match_labels: Some(s.selector.clone()),
