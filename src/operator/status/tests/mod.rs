@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::crd::{LogPlayerStatus, ShardProgress, ShardStatus, condition};
 
 mod certs;
+mod lease;
 mod limits;
 mod log;
 mod not_ready;
@@ -98,33 +99,6 @@ fn lag_is_measured_from_the_covered_index() {
     let lags: Vec<(i64, Option<i64>)> = st.shards.iter().map(|p| (p.acked_index, p.lag)).collect();
     assert_eq!(lags, vec![(90, Some(0)), (60, Some(30)), (100, Some(0))]);
     assert_eq!(st.lag, Some(30));
-}
-
-/// A shard that acknowledged an epoch above the Lease's: the Lease was deleted or reset,
-/// and every player it elects is fenced. Said, with the epoch to raise it to; an
-/// acknowledged epoch at or below the Lease's is the normal case.
-#[test]
-fn a_lease_counting_below_an_acknowledged_epoch_is_said_with_the_epoch_to_raise_it_to() {
-    let behind = healthy_with(|o| {
-        o.shards[1].acked_epoch = Some(41);
-        o.shards[2].acked_epoch = Some(4);
-    });
-    let st = logplayer_status(&behind, &LogPlayerStatus::default(), now());
-    let p = st
-        .problems
-        .iter()
-        .find(|p| p.reason == "LeaseEpochBehind")
-        .expect("LeaseEpochBehind");
-    assert!(
-        p.message
-            .contains("at epoch 4 but Shard s1 acknowledged epoch 41")
-            && p.message.contains("spec.leaseTransitions to 42"),
-        "{}",
-        p.message
-    );
-    let fine = healthy_with(|o| o.shards[1].acked_epoch = Some(4));
-    let st = logplayer_status(&fine, &LogPlayerStatus::default(), now());
-    assert!(st.problems.iter().all(|p| p.reason != "LeaseEpochBehind"));
 }
 
 fn healthy_with(f: impl FnOnce(&mut Observed)) -> Observed {
