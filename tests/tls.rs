@@ -809,6 +809,15 @@ async fn a_frozen_server_fails_its_probes_while_its_port_still_accepts() {
         );
         let pid = Pid::from_raw(child.id().unwrap() as i32);
         kill(pid, Signal::SIGSTOP).unwrap();
+        // A stop lands on each thread as it next runs: on a busy machine a request sent
+        // at once could still be answered.
+        assert!(
+            common::eventually(Duration::from_secs(5), || async {
+                all_threads_stopped(child.id().unwrap())
+            })
+            .await,
+            "{args:?}: not stopped"
+        );
         let wait = Duration::from_secs(2);
         let connect = tokio::time::timeout(wait, tokio::net::TcpStream::connect(&grpc)).await;
         assert!(
@@ -832,4 +841,19 @@ async fn a_frozen_server_fails_its_probes_while_its_port_still_accepts() {
         );
         child.kill().await.unwrap();
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // `PID (COMM) STATE ...`: the state follows the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
 }
