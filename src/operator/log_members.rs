@@ -131,8 +131,25 @@ struct Stand {
     status: crate::proto::ReplicaStatus,
 }
 
-/// The answer of the replica that leads among `answers`: one that leads a majority (a
-/// leader cut off from its majority keeps its role until it hears of a higher term), else
+/// Whether a replica that says `r` leads a majority: a leader cut off from its majority
+/// keeps its role until it hears of a higher term, and says so.
+pub fn leads_a_majority(r: &crate::proto::ReplicaStatus) -> bool {
+    r.role == "leader" && r.leads_a_majority
+}
+
+/// A client of the log replica (or single-node LogStore) at `addr`, and where it stands.
+pub async fn describe_at(
+    addr: &str,
+    tls: Option<Arc<Tls>>,
+) -> Result<(Log, crate::proto::BoundsResponse), String> {
+    let log = Log::connect_with(addr, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bounds = log.describe().await.map_err(|e| e.to_string())?;
+    Ok((log, bounds))
+}
+
+/// The answer of the replica that leads among `answers`: one that leads a majority, else
 /// the leader of the highest term.
 pub fn leader_of<T>(
     answers: &[T],
@@ -141,8 +158,7 @@ pub fn leader_of<T>(
     let leads = |a: &&T| status(a).is_some_and(|r| r.role == "leader");
     answers
         .iter()
-        .filter(leads)
-        .find(|a| status(a).is_some_and(|r| r.leads_a_majority))
+        .find(|a| status(a).is_some_and(leads_a_majority))
         .or_else(|| {
             answers
                 .iter()
@@ -162,15 +178,12 @@ pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, 
     let stand = |addr: String| {
         let tls = tls.clone();
         async move {
-            let log = Log::connect_with(&addr, tls)
-                .await
-                .map_err(|e| e.to_string())?;
-            let b = log.describe().await.map_err(|e| e.to_string())?;
+            let (log, b) = describe_at(&addr, tls).await?;
             let status = b.replica.unwrap_or_default();
             Ok(Stand { addr, log, status })
         }
     };
-    let majority = |s: &Stand| s.status.role == "leader" && s.status.leads_a_majority;
+    let majority = |s: &Stand| leads_a_majority(&s.status);
     let asked = tokio::time::timeout(ASK_WAIT, async {
         let (mut answers, mut failed) = ask_each(addrs, STAND_WAIT, &stand, majority).await;
         if !answers.iter().any(majority) {
@@ -215,9 +228,9 @@ pub async fn ask(addrs: &str, tls: Option<Arc<Tls>>) -> Result<MembersResponse, 
 /// Asks each replica of `addrs` (comma-separated) at once with `ask`, each for at most
 /// `wait`, and collects the answers as they come until one is `enough` (returned at once)
 /// or every replica answered or failed; the failures name their address; both in the
-/// order of `addrs`. Asked one after
-/// the other, a frozen replica (its kernel accepts the connection, nothing answers) took
-/// the whole time of the question, and a log the others serve read as unreachable.
+/// order of `addrs`. Asked one after the other, a frozen replica (its kernel accepts the
+/// connection, nothing answers) took the whole time of the question, and a log the others
+/// serve read as unreachable.
 pub async fn ask_each<T, F, Fut>(
     addrs: &str,
     wait: Duration,

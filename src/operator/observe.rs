@@ -174,19 +174,11 @@ async fn probe_log(
     use crate::operator::log_members;
     let ask_one = |a: String| {
         let tls = tls.clone();
-        async move {
-            let log = crate::client::Log::connect_with(&a, tls)
-                .await
-                .map_err(|e| e.to_string())?;
-            log.describe().await.map_err(|e| e.to_string())
-        }
+        async move { Ok(log_members::describe_at(&a, tls).await?.1) }
     };
     let enough = |b: &crate::proto::BoundsResponse| {
         // A single-node LogStore (no replica status) is the log itself.
-        !from_leader
-            || b.replica
-                .as_ref()
-                .is_none_or(|r| r.role == "leader" && r.leads_a_majority)
+        !from_leader || b.replica.as_ref().is_none_or(log_members::leads_a_majority)
     };
     let (answers, failed) = log_members::ask_each(addr, PROBE_TIMEOUT, ask_one, enough).await;
     let best = answers

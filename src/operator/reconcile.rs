@@ -405,7 +405,7 @@ async fn apply_player_objects(
     client: &Client,
     ns: &str,
     lp: &LogPlayer,
-    o: desired::PlayerObjects,
+    mut o: desired::PlayerObjects,
 ) -> Result<Vec<status::Problem>, OperatorError> {
     let account = apply(client, ns, &o.service_account).await;
     // The players' pods name their ServiceAccount's uid (see
@@ -421,8 +421,8 @@ async fn apply_player_objects(
                 .and_then(|a| a.metadata.uid)
         }
     };
-    let mut deployment = o.deployment.clone();
-    let template = deployment
+    let template = o
+        .deployment
         .spec
         .as_mut()
         .and_then(|s| s.template.metadata.as_mut());
@@ -456,7 +456,7 @@ async fn apply_player_objects(
         );
         outcomes.push(apply(client, ns, &logstore.pdb).await.map(drop));
     }
-    outcomes.push(apply(client, ns, &deployment).await.map(drop));
+    outcomes.push(apply(client, ns, &o.deployment).await.map(drop));
     if let Some(pdb) = &o.pdb {
         outcomes.push(apply(client, ns, pdb).await.map(drop));
     }

@@ -49,14 +49,19 @@ fn commit_many(s: &mut JournalStore, from: u64, n: u64, pad: usize) {
     }
 }
 
-#[test]
-fn commits_epoch_and_identity_survive_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = Identity {
+/// Shard s0 of log-a, owning two slot ranges.
+fn identity_s0() -> Identity {
+    Identity {
         shard_id: Some("s0".into()),
         log_id: Some("log-a".into()),
         slots: Some("0-99,200-300".parse().unwrap()),
-    };
+    }
+}
+
+#[test]
+fn commits_epoch_and_identity_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = identity_s0();
     {
         let mut s = JournalStore::open(dir.path()).unwrap();
         s.set_identity(&identity).unwrap();
@@ -201,11 +206,7 @@ fn the_applied_entrys_fingerprint_survives_a_snapshot_and_not_a_reset() {
 #[test]
 fn the_identity_survives_a_snapshot_that_cut_the_record_setting_it() {
     let dir = tempfile::tempdir().unwrap();
-    let identity = Identity {
-        shard_id: Some("s0".into()),
-        log_id: Some("log-a".into()),
-        slots: Some("0-99,200-300".parse().unwrap()),
-    };
+    let identity = identity_s0();
     {
         let mut s = JournalStore::open(dir.path()).unwrap();
         s.snapshot_min_bytes = 1024;
