@@ -15,7 +15,7 @@ use crate::proto::{
 pub enum ClientError {
     #[error(transparent)]
     Connect(#[from] grpc::GrpcError),
-    #[error("{what} at {addr}: {status}")]
+    #[error("{what} at {addr}: {status}{}", not_served_hint(status))]
     Rpc {
         what: &'static str,
         addr: String,
@@ -34,6 +34,43 @@ pub enum ClientError {
         expected: String,
         got: String,
     },
+}
+
+/// What to check when a server answers that it does not serve the call: the address is
+/// another kind of server (a shard's given for a LogStore's, or the reverse).
+fn not_served_hint(status: &tonic::Status) -> &'static str {
+    if grpc::not_served(status) {
+        " (the server at this address does not serve this API: is it another kind of \
+         server, a shard's address where a LogStore's is wanted or the reverse?)"
+    } else {
+        ""
+    }
+}
+
+/// Asks each of the comma-separated `addrs` at once which log it serves (`Bounds`, each
+/// within [`BOUNDS_WAIT`]): the answers, in the order given; an address that does not
+/// answer in time (or cannot be dialed) is left out. For a caller given the replicas of one
+/// log, to refuse a list that reaches two.
+pub async fn log_ids_at(addrs: &str) -> Vec<(String, Result<String, tonic::Status>)> {
+    let asks = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|addr| async move {
+            let channel = grpc::connect_lazy(addr, &grpc::Expected::Log).ok()?;
+            let mut client = LogStoreClient::new(channel);
+            let mut request = tonic::Request::new(BoundsRequest {});
+            request.set_timeout(BOUNDS_WAIT);
+            let asked = tokio::time::timeout(BOUNDS_WAIT, client.bounds(request))
+                .await
+                .ok()?;
+            Some((addr.to_owned(), asked.map(|b| b.into_inner().log_id)))
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Names the call and the address in an RPC's error.
@@ -480,6 +517,16 @@ impl Log {
             })
     }
 
+    /// The log this client changes: the one it met first, asking now if it met none yet
+    /// (empty: a group that has no log id yet). Membership changes name it, so that a
+    /// replica of another log refuses them instead of changing its own group.
+    async fn log_to_change(&self) -> Result<String, ClientError> {
+        if self.log_id().is_none() {
+            self.describe().await?;
+        }
+        Ok(self.log_id().unwrap_or_default().to_owned())
+    }
+
     /// Adds replica `id` at `addr` (on the leader), waiting up to `catch_up` for it to catch
     /// up. Safe to send again: adding a voter again changes nothing.
     pub async fn add_member(
@@ -489,6 +536,7 @@ impl Log {
         catch_up: std::time::Duration,
     ) -> Result<crate::proto::MembersResponse, ClientError> {
         let request = crate::proto::AddMemberRequest {
+            log_id: self.log_to_change().await?,
             id,
             addr: addr.to_owned(),
             catch_up_ms: catch_up
@@ -531,9 +579,13 @@ impl Log {
         id: u64,
     ) -> Result<crate::proto::MembersResponse, ClientError> {
         let wait = std::time::Duration::from_secs(30);
-        self.with_leader_for("remove member", true, wait, |mut c| async move {
-            c.remove_member(crate::proto::RemoveMemberRequest { id })
-                .await
+        let log_id = self.log_to_change().await?;
+        self.with_leader_for("remove member", true, wait, |mut c| {
+            let log_id = log_id.clone();
+            async move {
+                c.remove_member(crate::proto::RemoveMemberRequest { id, log_id })
+                    .await
+            }
         })
         .await
     }

@@ -236,6 +236,7 @@ async fn wrong_membership_changes_are_refused_by_name() {
             id: 0,
             addr: format!("127.0.0.1:{}", common::free_port()),
             catch_up_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -289,6 +290,7 @@ async fn wrong_membership_changes_are_refused_by_name() {
         id: wrong,
         addr: addr.clone(),
         catch_up_ms: 0,
+        ..Default::default()
     });
     request.set_timeout(Duration::from_secs(4));
     let status = raw.add_member(request).await.unwrap_err();
@@ -319,6 +321,80 @@ async fn wrong_membership_changes_are_refused_by_name() {
         .await
         .unwrap_err();
     assert!(e.contains("single-node"), "{e}");
+}
+
+/// A membership change goes to the log its caller means, or nowhere: `members` given the
+/// replicas of two logs (one mistyped address) refuses before changing anything, naming
+/// each log; a change that names another log's id is refused by the replica; and every
+/// answer names its log. Aimed at a shard's address, it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_never_reaches_another_log() {
+    let a = Group::start(3, &[]).await;
+    let b = Group::start(1, &[]).await;
+    a.leader(Duration::from_secs(20)).await;
+    b.leader(Duration::from_secs(20)).await;
+    let a_id = Log::connect(&a.all())
+        .await
+        .unwrap()
+        .describe()
+        .await
+        .unwrap()
+        .log_id;
+    let b_id = Log::connect(&b.all())
+        .await
+        .unwrap()
+        .describe()
+        .await
+        .unwrap()
+        .log_id;
+    assert_ne!(a_id, b_id);
+    // B's address first: the leader it names is B's, whose replica 3 does not exist, or
+    // (as it was) the change went to whichever log answered first.
+    let mixed = format!("{},{}", b.all(), a.all());
+    let e = members(&mixed, &["remove", "3"]).await.unwrap_err();
+    assert!(
+        e.contains("reaches more than one log")
+            && e.contains(&a_id)
+            && e.contains(&b_id)
+            && e.contains("Nothing was changed"),
+        "{e}"
+    );
+    let m = members(&a.all(), &["list"]).await.unwrap();
+    assert_eq!(voters(&m), vec![1, 2, 3]);
+    assert_eq!(m["log_id"].as_str(), Some(a_id.as_str()), "{m}");
+
+    // Any client: a change naming B's log is refused by A's leader.
+    let status = leader_client(&a)
+        .await
+        .remove_member(logplayer::proto::RemoveMemberRequest {
+            id: 3,
+            log_id: b_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        logplayer::grpc::Reason::of(&status),
+        Some(logplayer::grpc::Reason::WrongLog),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("membership is unchanged"),
+        "{status:?}"
+    );
+    assert_eq!(
+        voters(&members(&a.all(), &["list"]).await.unwrap()),
+        vec![1, 2, 3]
+    );
+
+    // A shard's address, alone or among the replicas'.
+    let (_dir, c, _log) = common::servers(1).await;
+    let shard = c.shards[0].addr();
+    let e = members(&format!("{shard},{}", a.all()), &["list"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("does not serve the LogStore API"), "{e}");
+    let e = members(shard, &["list"]).await.unwrap_err();
+    assert!(e.contains("does not serve this API"), "{e}");
 }
 
 /// A replica that lost its disk must not help elect a leader that lacks what it had itself

@@ -206,6 +206,7 @@ async fn every_logstore_refusal_has_its_one_code_and_reason() {
             id: 2,
             addr: "127.0.0.1:1".into(),
             catch_up_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

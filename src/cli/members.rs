@@ -52,8 +52,42 @@ enum Change {
     },
 }
 
+/// Refuses a `--logstore` list whose addresses reach more than one log (or a server that is
+/// not a LogStore), naming each: a change would go to the leader of whichever log answered
+/// first, so one mistyped address could remove a replica of another log.
+async fn one_log(addrs: &str) -> anyhow::Result<()> {
+    if !addrs.contains(',') {
+        return Ok(());
+    }
+    let mut logs = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (addr, asked) in crate::client::log_ids_at(addrs).await {
+        match asked {
+            Ok(id) if !id.is_empty() => logs.entry(id).or_default().push(addr),
+            Ok(_) => {}
+            Err(status) if crate::grpc::not_served(&status) => anyhow::bail!(
+                "{addr} (one of --logstore {addrs}) does not serve the LogStore API: is it a \
+                 shard's address? Nothing was changed"
+            ),
+            Err(_) => {} // down: the client passes over it
+        }
+    }
+    if logs.len() > 1 {
+        let found = logs
+            .iter()
+            .map(|(id, at)| format!("log {id} at {}", at.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        anyhow::bail!(
+            "--logstore {addrs} reaches more than one log ({found}): give the replicas of \
+             the log to change only. Nothing was changed"
+        );
+    }
+    Ok(())
+}
+
 /// Runs `logplayer logstore members`.
 pub async fn run(a: MembersArgs) -> anyhow::Result<()> {
+    one_log(&a.logstore).await?;
     let log = Log::connect(&a.logstore)
         .await
         .with_context(|| format!("connecting to the LogStore at {}", a.logstore))?;
@@ -86,6 +120,7 @@ pub async fn run(a: MembersArgs) -> anyhow::Result<()> {
 
 fn json(m: &MembersResponse) -> serde_json::Value {
     serde_json::json!({
+        "log_id": m.log_id,
         "leader": m.leader,
         "joint": m.joint,
         "last_log": m.last_log,
@@ -99,6 +134,9 @@ fn json(m: &MembersResponse) -> serde_json::Value {
 }
 
 fn print(m: &MembersResponse) {
+    if !m.log_id.is_empty() {
+        println!("log {}", m.log_id);
+    }
     println!(
         "{:<4} {:<24} {:<8} {:<8} BEHIND",
         "ID", "ADDRESS", "ROLE", "MATCHED"

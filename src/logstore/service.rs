@@ -83,10 +83,10 @@ fn check_log(call: &str, meant: &str, ours: &str) -> Result<(), Status> {
     if call == "append" && crate::mutations::on(crate::mutations::Mutation::LogIgnoresAppendLogId) {
         return Ok(());
     }
-    let effect = if call == "retain" {
-        "nothing was released"
-    } else {
-        "nothing was appended"
+    let effect = match call {
+        "retain" => "nothing was released",
+        "append" => "nothing was appended",
+        _ => "the membership is unchanged",
     };
     Err(Reason::WrongLog.status(format!(
         "{call}: the caller means log {meant}, and this LogStore serves log {ours}; {effect}"
@@ -544,6 +544,13 @@ impl LogStoreRpc for Service {
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout);
         let r = r.into_inner();
+        if !r.log_id.is_empty() {
+            check_log(
+                "add member",
+                &r.log_id,
+                &self.log.log_id().map_err(to_status)?,
+            )?;
+        }
         let mut catch_up = match r.catch_up_ms {
             0 => super::raft::members::DEFAULT_CATCH_UP,
             ms => {
@@ -567,8 +574,17 @@ impl LogStoreRpc for Service {
         &self,
         r: Request<RemoveMemberRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        self.replica()?
-            .remove_member(r.into_inner().id)
+        let replica = self.replica()?;
+        let r = r.into_inner();
+        if !r.log_id.is_empty() {
+            check_log(
+                "remove member",
+                &r.log_id,
+                &self.log.log_id().map_err(to_status)?,
+            )?;
+        }
+        replica
+            .remove_member(r.id)
             .await
             .map(members_response)
             .map_err(to_status)

@@ -470,7 +470,7 @@ impl Player {
             });
         }
         tracing::info!(log_id = %bounds.log_id, first = bounds.first, last = bounds.last, "LogStore answered");
-        same_log_everywhere(&config.logstore, &bounds.log_id, limit).await?;
+        same_log_everywhere(&config.logstore, &bounds.log_id).await?;
         let probed = probe_shards(&config, &bounds.log_id).await;
         let applied: Vec<Option<u64>> = probed.iter().map(|p| p.as_ref().ok().copied()).collect();
         let furthest = config.shards.shards.iter().zip(&applied);
@@ -573,7 +573,8 @@ const BOUNDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The LogStore's bounds, asked until it answers (`None`: shut down first). A server without
 /// the LogStore API (`--logstore` names a shard's address) stops the player naming it:
-/// retrying cannot change that answer. (A TLS mismatch is retried, saying so: while a
+/// retrying cannot change that answer, and so does a server whose certificate names another
+/// part. (A TLS mismatch is retried, saying so: while a
 /// LogPlayer's `tls.mode` changes, its LogStore and players roll at the same time.)
 async fn log_bounds(
     log: &LogStoreClient<Channel>,
@@ -603,6 +604,18 @@ async fn log_bounds(
                     status.message()
                 )));
             }
+            // A server whose certificate names another part (a shard's, another role's):
+            // as for UNIMPLEMENTED above, retrying cannot change who answers there.
+            Err(status) if crate::tls::client::wrong_server(&status).is_some() => {
+                let found = crate::tls::client::wrong_server(&status)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                return Err(PlayerError::Config(format!(
+                    "--logstore {}: {found}: is it a shard's address? --logstore takes the \
+                     LogStore's",
+                    config.logstore
+                )));
+            }
             Err(status) => {
                 tracing::warn!(%status, addr = %config.logstore, "LogStore not answering yet");
                 tokio::select! {
@@ -618,22 +631,12 @@ async fn log_bounds(
 /// within [`BOUNDS_WAIT`] which log it serves: addresses of two logs are refused at start,
 /// naming each (the player used to run on whichever answered, and stop only once a call
 /// reached the other). An address that does not answer is left to the client's failover.
-async fn same_log_everywhere(addrs: &str, log_id: &str, limit: usize) -> Result<(), PlayerError> {
+async fn same_log_everywhere(addrs: &str, log_id: &str) -> Result<(), PlayerError> {
     if !addrs.contains(',') {
         return Ok(());
     }
-    let asks = addrs.split(',').map(str::trim).map(|addr| async move {
-        let channel = grpc::connect_lazy(addr, &grpc::Expected::Log).ok()?;
-        let mut client = LogStoreClient::new(channel).max_decoding_message_size(limit);
-        let mut request = tonic::Request::new(BoundsRequest {});
-        request.set_timeout(BOUNDS_WAIT);
-        let asked = tokio::time::timeout(BOUNDS_WAIT, client.bounds(request))
-            .await
-            .ok()?;
-        Some((addr.to_owned(), asked.map(|b| b.into_inner().log_id)))
-    });
     let mut answers = Vec::new();
-    for (addr, asked) in futures::future::join_all(asks).await.into_iter().flatten() {
+    for (addr, asked) in crate::client::log_ids_at(addrs).await {
         match asked {
             Ok(id) if !id.is_empty() => answers.push((addr, id)),
             Ok(_) => {}
@@ -643,6 +646,15 @@ async fn same_log_everywhere(addrs: &str, log_id: &str, limit: usize) -> Result<
                 return Err(PlayerError::Config(format!(
                     "the server at {addr} (one of --logstore {addrs}) does not serve the \
                      LogStore API (Bounds answered UNIMPLEMENTED): is it a shard's address? \
+                     --logstore takes the LogStore's replicas"
+                )));
+            }
+            Err(status) if crate::tls::client::wrong_server(&status).is_some() => {
+                let found = crate::tls::client::wrong_server(&status)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                return Err(PlayerError::Config(format!(
+                    "{addr} (one of --logstore {addrs}): {found}: is it a shard's address? \
                      --logstore takes the LogStore's replicas"
                 )));
             }
