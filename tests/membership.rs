@@ -386,9 +386,30 @@ async fn a_membership_change_never_reaches_another_log() {
         vec![1, 2, 3]
     );
 
-    // A shard's address, alone or among the replicas'.
+    // Adding another log's replica, a single-node LogStore or a shard as a replica of A is
+    // refused by name, and A is unchanged (each was added as a learner that never caught
+    // up, and the change ended at its deadline naming none of them).
     let (_dir, c, _log) = common::servers(1).await;
     let shard = c.shards[0].addr();
+    for (addr, want) in [
+        (
+            b.addrs[0].as_str(),
+            format!("it is a replica of log {b_id}"),
+        ),
+        (c.logstore.addr(), "it is a single-node LogStore".to_owned()),
+        (shard, "does not serve the LogStore API".to_owned()),
+    ] {
+        let e = members(&a.all(), &["add", &format!("4={addr}")]).await;
+        let e = e.unwrap_err();
+        assert!(
+            e.contains(&want) && e.contains("Nothing was changed"),
+            "{addr}: {e}"
+        );
+    }
+    let m = members(&a.all(), &["list"]).await.unwrap();
+    assert_eq!(m["members"].as_array().unwrap().len(), 3, "{m}");
+
+    // A shard's address, alone or among the replicas'.
     let e = members(&format!("{shard},{}", a.all()), &["list"])
         .await
         .unwrap_err();

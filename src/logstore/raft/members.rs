@@ -56,6 +56,57 @@ fn refused(what: String) -> LogStoreError {
     LogStoreError::Membership(what)
 }
 
+/// How long the leader waits for a server to say what it is before adding it.
+const NEWCOMER_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks the server at `addr` what it is before it is added as replica `id` of log `log_id`,
+/// and refuses a server that is not that replica: another kind of server (a shard's address,
+/// a single-node LogStore), a replica of another log, or one of this log that is another
+/// replica (its `--id`).
+/// Each would otherwise be added as a learner that never catches up, and the change would
+/// end only at its catch-up deadline with nothing named. A server that does not answer in
+/// time may still be starting: the catch-up wait decides.
+async fn newcomer(id: NodeId, addr: &str, log_id: &str) -> Result<(), LogStoreError> {
+    use crate::proto::BoundsRequest;
+    use crate::proto::log_store_client::LogStoreClient;
+    let ask = async {
+        let channel = crate::grpc::connect(addr, &crate::grpc::Expected::Log)
+            .await
+            .map_err(|e| crate::tls::client::wrong_server(&e).map(ToString::to_string))?;
+        let mut request = tonic::Request::new(BoundsRequest {});
+        request.set_timeout(NEWCOMER_WAIT);
+        match LogStoreClient::new(channel).bounds(request).await {
+            Ok(b) => Ok(b.into_inner()),
+            Err(s) if crate::grpc::not_served(&s) => Err(Some(
+                "it does not serve the LogStore API (a shard?)".to_owned(),
+            )),
+            // A new replica has no log id yet and says so (UNAVAILABLE); one that is
+            // down or still starting: the catch-up wait decides (a new replica started
+            // with another --id refuses what the leader sends, naming the id it was sent).
+            Err(_) => Err(None),
+        }
+    };
+    let what = match tokio::time::timeout(NEWCOMER_WAIT, ask).await {
+        Ok(Ok(b)) => match b.replica {
+            None => format!(
+                "it is a single-node LogStore (log {}), not a replica",
+                b.log_id
+            ),
+            Some(_) if !b.log_id.is_empty() && !log_id.is_empty() && b.log_id != log_id => format!(
+                "it is a replica of log {}, and this group is log {log_id}",
+                b.log_id
+            ),
+            Some(r) if r.id != id => format!("it is replica {} (its --id), not {id}", r.id),
+            Some(_) => return Ok(()),
+        },
+        Ok(Err(Some(why))) => why,
+        Ok(Err(None)) | Err(_) => return Ok(()),
+    };
+    Err(refused(format!(
+        "not adding replica {id} at {addr}: {what}. Nothing was changed"
+    )))
+}
+
 /// How long a replica goes without a known leader before it says so, and again after.
 const LEADERLESS_NOTICE: Duration = Duration::from_secs(30);
 
@@ -164,6 +215,9 @@ impl Replica {
             }
             Some(m) if m.voter => return Ok(now),
             _ => {}
+        }
+        if now.get(id).is_none() {
+            newcomer(id, &addr, &self.machine().log_id().unwrap_or_default()).await?;
         }
         tracing::info!(replica = id, %addr, "adding a replica: it catches up as a learner first");
         self.raft()
