@@ -218,10 +218,26 @@ pub fn not_served(status: &tonic::Status) -> bool {
 pub fn decode_refusal(status: tonic::Status) -> tonic::Status {
     let message = status.message();
     if status.code() == tonic::Code::OutOfRange && message.contains("length too large") {
-        Reason::EntryTooLarge.status(format!(
-            "message too large (every component must run with the same --max-entry-bytes; \
-             an entry above it is refused): {message}"
-        ))
+        // tonic names the message limit, which is the entry limit plus the envelope: say
+        // the entry limit, the number a flag sets.
+        let limit = message
+            .split("the limit is: ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(|n| n.saturating_sub(crate::limits::ENVELOPE_BYTES));
+        let said = match limit {
+            Some(l) => format!(
+                "message too large for the --max-entry-bytes {l} of the side reading it (an \
+                 entry above it is refused, and a message may carry {} bytes besides its \
+                 entries; every component must run with the same --max-entry-bytes)",
+                crate::limits::ENVELOPE_BYTES
+            ),
+            None => "message too large (every component must run with the same \
+                     --max-entry-bytes; an entry above it is refused)"
+                .to_owned(),
+        };
+        Reason::EntryTooLarge.status(format!("{said}: {message}"))
     } else if status.code() == tonic::Code::Internal
         && message.starts_with("failed to decode Protobuf message")
     {

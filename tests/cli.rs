@@ -427,6 +427,20 @@ fn counts_that_cannot_work_are_refused_by_name() {
             "{args:?}: {stderr}"
         );
     }
+    // Transactions above the entry limit of the servers they start: refused before any
+    // starts (every append failed; the demo's check then passed on an empty log).
+    for args in [
+        &["demo", "--txn-bytes", "8000000", "--seconds", "1"][..],
+        &["bench", "--sizes", "1024,8000000", "--seconds", "1"],
+    ] {
+        let (code, stderr) = insecure(args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(" 8000000 with --keys 10 makes entries of up to")
+                && stderr.contains("--max-entry-bytes 4194304"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 /// The player's delivery limits are the CRD's (`delivery.*`, `lease.leaseDuration`): one

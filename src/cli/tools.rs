@@ -254,24 +254,12 @@ pub async fn run_load(a: LoadArgs) -> anyhow::Result<()> {
 /// (`entry-too-large` on every append otherwise, each one counted failed).
 async fn fits_the_log(log: &client::Log, spec: &bench::LoadSpec, addr: &str) -> anyhow::Result<()> {
     let limit = log.describe().await?.max_entry_bytes;
-    let w = crate::harness::workload::Workload::new(
-        spec.keys_per_txn,
-        spec.key_space,
-        spec.txn_bytes,
-        spec.seed,
-    );
-    let size = w.largest_txn_bytes() as u64;
-    // 0: a LogStore too old to say its limit.
-    if limit > 0 && size > limit {
-        bail!(
-            "--txn-bytes {} with --keys {} makes entries of up to {size} bytes, above the \
-             --max-entry-bytes {limit} of the LogStore at {addr}: lower --txn-bytes, or raise \
-             the LogStore's limit",
-            spec.txn_bytes,
-            spec.keys_per_txn
-        );
-    }
-    Ok(())
+    spec.fits(
+        limit,
+        &format!("the LogStore at {addr} (or raise its limit)"),
+        "--txn-bytes",
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 /// `p50 X ms, p99 Y ms, max Z ms` of `ms` (sorted in place).
@@ -570,6 +558,16 @@ pub async fn run_bench(a: BenchArgs, tls: &super::TlsArgs) -> anyhow::Result<()>
         shard_extra.push("--no-fsync");
     }
     let shard_extra = &shard_extra[..];
+    // Its servers run with the default limit: refused before any starts.
+    for &size in &a.sizes {
+        load_spec(&a.load, size)
+            .fits(
+                crate::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+                "the LogStore bench starts",
+                "--sizes",
+            )
+            .map_err(anyhow::Error::msg)?;
+    }
     if a.stall_seconds > 0 && a.stall_seconds + 1 >= a.load.seconds {
         bail!(
             "--stall-seconds ({}) must end before the run does (--seconds {})",

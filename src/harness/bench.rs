@@ -38,6 +38,29 @@ pub struct LoadSpec {
     pub seed: u64,
 }
 
+impl LoadSpec {
+    /// Refuses a load whose largest transaction a log with entry limit `limit` (0: not
+    /// known, passes) would refuse — every append would fail `entry-too-large` — naming the
+    /// flags that make it (`size_flag` sets the transaction size) and `whose` limit it is.
+    pub fn fits(&self, limit: u64, whose: &str, size_flag: &str) -> Result<(), String> {
+        let w = crate::harness::workload::Workload::new(
+            self.keys_per_txn,
+            self.key_space,
+            self.txn_bytes,
+            self.seed,
+        );
+        let size = w.largest_txn_bytes() as u64;
+        if limit == 0 || size <= limit {
+            return Ok(());
+        }
+        Err(format!(
+            "{size_flag} {} with --keys {} makes entries of up to {size} bytes, above the \
+             --max-entry-bytes {limit} of {whose}: lower {size_flag}",
+            self.txn_bytes, self.keys_per_txn
+        ))
+    }
+}
+
 /// What a drive did.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
