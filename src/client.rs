@@ -520,9 +520,17 @@ impl Log {
     /// The log this client changes: the one it met first, asking now if it met none yet
     /// (empty: a group that has no log id yet). Membership changes name it, so that a
     /// replica of another log refuses them instead of changing its own group.
+    /// Every address is asked: one may be a replica that has no log yet (wiped, to be
+    /// added again), which cannot say.
     async fn log_to_change(&self) -> Result<String, ClientError> {
         if self.log_id().is_none() {
-            self.describe().await?;
+            let answers = log_ids_at(&self.addrs.join(",")).await;
+            if let Some((addr, Ok(id))) = answers
+                .iter()
+                .find(|(_, id)| id.as_ref().is_ok_and(|id| !id.is_empty()))
+            {
+                self.admit("bounds", addr, id)?;
+            }
         }
         Ok(self.log_id().unwrap_or_default().to_owned())
     }

@@ -875,6 +875,39 @@ async fn a_replica_whose_peers_name_a_single_node_log_store_stops_naming_it() {
     );
 }
 
+/// A new group's replica whose `--peers` reaches a replica of another group (a mistyped
+/// address) stops at once naming it: that group answered as "already formed", so this one
+/// never seeded its own and every replica waited for a leader for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_peers_reach_another_group_stops_naming_it() {
+    let other = common::group::Group::start(1, &[]).await;
+    other.leader(Duration::from_secs(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let me = format!("127.0.0.1:{}", common::free_port());
+    let second = format!("127.0.0.1:{}", common::free_port());
+    let theirs = other.addrs[0].clone();
+    let args = [
+        "logstore".to_owned(),
+        "--id".to_owned(),
+        "1".to_owned(),
+        "--peers".to_owned(),
+        format!("1={me},2={second},3={theirs}"),
+        "--listen".to_owned(),
+        me.clone(),
+        "--data".to_owned(),
+        dir.path().join("replica-1").display().to_string(),
+    ];
+    let Some((status, err)) = common::ends_within(&args, Duration::from_secs(20)).await else {
+        panic!("{args:?} kept running");
+    };
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("peer 3 of --peers, at {theirs}"))
+            && err.contains(&format!("has replica 1 at {theirs}, not at {me}")),
+        "{err}"
+    );
+}
+
 /// A shard (of another implementation) that acknowledges more than it was sent does not
 /// move its saved cursor past what the player sent it: the cursor bounds the log's
 /// retention, and taken as acknowledged, entries the shard never received could be removed.

@@ -101,25 +101,46 @@ impl ReplicaConfig {
 /// it: taken as a group's replica, it kept the lowest id from ever seeding, and the group
 /// waited for ever.
 async fn joined_elsewhere(config: &ReplicaConfig) -> Result<bool, LogStoreError> {
-    use crate::proto::BoundsRequest;
     use crate::proto::log_store_client::LogStoreClient;
+    use crate::proto::{BoundsRequest, MembersRequest};
     for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
         let ask = async {
             let channel = crate::grpc::connect(addr, &crate::grpc::Expected::Log)
                 .await
                 .ok()?;
-            let b = LogStoreClient::new(channel)
-                .bounds(BoundsRequest {})
-                .await
-                .ok()?;
-            Some(b.into_inner())
+            let mut client = LogStoreClient::new(channel);
+            let b = client.bounds(BoundsRequest {}).await.ok()?.into_inner();
+            let members = match b.replica {
+                Some(_) => client.members(MembersRequest {}).await.ok()?.into_inner(),
+                None => Default::default(),
+            };
+            Some((b, members))
         };
-        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+        if let Ok(Some((b, members))) = tokio::time::timeout(Duration::from_secs(1), ask).await {
             let log_id = b.log_id;
             if b.replica.is_none() {
                 return Err(LogStoreError::Config(format!(
                     "peer {id} of --peers, at {addr}, is a single-node LogStore (log {log_id}), \
                      not a log replica: fix --peers"
+                )));
+            }
+            // Its group has this replica's id at another address: it is another group (a
+            // --peers address that reaches another log's replica), which would otherwise keep
+            // this one from seeding its own for ever.
+            let mine = config.peers.get(&config.id).map(String::as_str);
+            if let Some(other) = members
+                .members
+                .iter()
+                .find(|m| m.id == config.id && Some(m.addr.as_str()) != mine)
+            {
+                return Err(LogStoreError::Config(format!(
+                    "peer {id} of --peers, at {addr}, is a replica of log {log_id}, whose group \
+                     has replica {} at {}, not at {}: it is another group's replica. Fix \
+                     --peers (or, if this replica moved, remove it from its group and add it \
+                     again at its new address)",
+                    config.id,
+                    other.addr,
+                    mine.unwrap_or("?")
                 )));
             }
             tracing::warn!(
