@@ -52,12 +52,21 @@ fn not_served_hint(status: &tonic::Status) -> &'static str {
 /// answer in time (or cannot be dialed) is left out. For a caller given the replicas of one
 /// log, to refuse a list that reaches two.
 pub async fn log_ids_at(addrs: &str) -> Vec<(String, Result<String, tonic::Status>)> {
+    log_ids_at_with(addrs, crate::tls::process()).await
+}
+
+/// [`log_ids_at`] with the given TLS identity (`None`: plaintext), whatever the process's
+/// (the operator dials each LogPlayer's log with that LogPlayer's certificate).
+pub async fn log_ids_at_with(
+    addrs: &str,
+    tls: Option<&std::sync::Arc<crate::tls::Tls>>,
+) -> Vec<(String, Result<String, tonic::Status>)> {
     let asks = addrs
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .map(|addr| async move {
-            let channel = grpc::connect_lazy(addr, &grpc::Expected::Log).ok()?;
+            let channel = grpc::connect_lazy_with(addr, &grpc::Expected::Log, tls).ok()?;
             let mut client = LogStoreClient::new(channel);
             let mut request = tonic::Request::new(BoundsRequest {});
             request.set_timeout(BOUNDS_WAIT);
@@ -524,7 +533,7 @@ impl Log {
     /// added again), which cannot say.
     async fn log_to_change(&self) -> Result<String, ClientError> {
         if self.log_id().is_none() {
-            let answers = log_ids_at(&self.addrs.join(",")).await;
+            let answers = log_ids_at_with(&self.addrs.join(","), self.tls.as_ref()).await;
             if let Some((addr, Ok(id))) = answers
                 .iter()
                 .find(|(_, id)| id.as_ref().is_ok_and(|id| !id.is_empty()))

@@ -32,7 +32,7 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Errors of the gRPC edge.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
-    #[error("binding {addr}: {source}")]
+    #[error("binding the --listen address {addr}: {source}")]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -220,9 +220,9 @@ pub fn decode_refusal(status: tonic::Status) -> tonic::Status {
     if status.code() == tonic::Code::OutOfRange && message.contains("length too large") {
         // tonic names the message limit, which is the entry limit plus the envelope: say
         // the entry limit, the number a flag sets.
-        let limit = message
-            .split("the limit is: ")
-            .nth(1)
+        let limit = (message.contains("decoded message length too large"))
+            .then_some(message)
+            .and_then(|m| m.split("the limit is: ").nth(1))
             .and_then(|rest| rest.split(' ').next())
             .and_then(|n| n.parse::<usize>().ok())
             .map(|n| n.saturating_sub(crate::limits::ENVELOPE_BYTES));

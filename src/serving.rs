@@ -151,6 +151,39 @@ pub fn limits() -> ServerLimits {
     *LIMITS.get_or_init(ServerLimits::default)
 }
 
+/// Bytes of appends a LogStore holds from receipt until they are answered, over every
+/// caller, at least: [`append_memory_bound`].
+pub const MIN_APPEND_MEMORY: usize = 256 * 1024 * 1024;
+static APPENDS: OnceLock<(usize, Arc<Semaphore>)> = OnceLock::new();
+
+/// The most bytes of appends (their mutations, as measured against the entry limit) a
+/// LogStore holds at once between receiving them and answering them: four of its largest
+/// messages, and at least [`MIN_APPEND_MEMORY`]. Without it, appends waiting for the disk
+/// were bounded by count only (1,024 per stream, 16,384 queued), which at 4 MiB each is
+/// tens of GiB.
+pub fn append_memory_bound(max_entry_bytes: usize) -> usize {
+    crate::limits::message_limit(max_entry_bytes)
+        .saturating_mul(4)
+        .max(MIN_APPEND_MEMORY)
+}
+
+/// Room for an append of `bytes` among those the LogStore holds, waiting while
+/// [`append_memory_bound`] is taken (so a stream whose appends wait stops reading, and
+/// HTTP/2's flow control holds its sender back); held until the append is answered. The
+/// bound is set by the first call of the process.
+pub async fn append_room(bytes: usize, max_entry_bytes: usize) -> OwnedSemaphorePermit {
+    let (bound, room) = APPENDS.get_or_init(|| {
+        let bound = append_memory_bound(max_entry_bytes);
+        (bound, Arc::new(Semaphore::new(bound)))
+    });
+    // An append larger than the whole bound (a limit raised in the same process) takes all.
+    let wanted = u32::try_from(bytes.clamp(1, *bound)).unwrap_or(u32::MAX);
+    room.clone()
+        .acquire_many_owned(wanted)
+        .await
+        .expect("the append room is never closed")
+}
+
 /// A slot for one `Read` stream, held while it is open; `None` when
 /// [`ServerLimits::max_read_streams`] are open.
 pub fn read_slot() -> Option<OwnedSemaphorePermit> {
@@ -316,3 +349,34 @@ macro_rules! write_through {
 }
 write_through!(C; Accepted<T, C>);
 write_through!(; Served<T>);
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Appends wait for room once the bound is taken, and go on as room is released: the
+    /// bound holds however many callers there are.
+    #[tokio::test]
+    async fn appends_wait_for_room_beyond_the_bound() {
+        let max_entry = crate::limits::DEFAULT_MAX_ENTRY_BYTES;
+        assert_eq!(
+            super::append_memory_bound(max_entry),
+            super::MIN_APPEND_MEMORY
+        );
+        let bound = super::append_memory_bound(1024 * 1024 * 1024);
+        assert_eq!(bound, 4 * crate::limits::message_limit(1024 * 1024 * 1024));
+        // The whole room (an append larger than the bound takes all of it).
+        let all = super::append_room(usize::MAX, max_entry).await;
+        let waiting = tokio::spawn(super::append_room(max_entry, max_entry));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "an append got room beyond the bound"
+        );
+        drop(all);
+        let _room = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("room released is taken")
+            .unwrap();
+    }
+}

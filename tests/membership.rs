@@ -408,6 +408,35 @@ async fn a_membership_change_never_reaches_another_log() {
     }
     let m = members(&a.all(), &["list"]).await.unwrap();
     assert_eq!(m["members"].as_array().unwrap().len(), 3, "{m}");
+    // A replica of this log, removed but running, given to the leader under another id.
+    members(&a.all(), &["remove", "3"]).await.unwrap();
+    let e = members(&a.all(), &["add", &format!("4={}", a.addrs[2])])
+        .await
+        .unwrap_err();
+    assert!(e.contains("it is replica 3 (its --id), not 4"), "{e}");
+    members(&a.all(), &["add", &format!("3={}", a.addrs[2])])
+        .await
+        .unwrap();
+    // Any client: an add naming B's log is refused by A's leader.
+    let status = leader_client(&a)
+        .await
+        .add_member(logplayer::proto::AddMemberRequest {
+            id: 4,
+            addr: format!("127.0.0.1:{}", common::free_port()),
+            log_id: b_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        logplayer::grpc::Reason::of(&status),
+        Some(logplayer::grpc::Reason::WrongLog),
+        "{status:?}"
+    );
+    assert_eq!(
+        voters(&members(&a.all(), &["list"]).await.unwrap()),
+        vec![1, 2, 3]
+    );
 
     // A shard's address, alone or among the replicas'.
     let e = members(&format!("{shard},{}", a.all()), &["list"])

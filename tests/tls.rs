@@ -399,6 +399,17 @@ async fn a_player_given_a_shard_for_its_logstore_stops_naming_its_certificate() 
             "{args:?}: {err}"
         );
     }
+    // So does a membership change given it among the replicas, changing nothing.
+    let admin = TlsFiles::in_dir(certs_dir(), "client").flags();
+    let list = format!("{shard},{log}");
+    let mut args = vec!["logstore", "members", "remove", "2", "--logstore", &list];
+    args.extend(admin.iter().map(String::as_str));
+    let ran = tokio::time::timeout(Duration::from_secs(30), run_secure(&args)).await;
+    let (ok, _, err) = ran.unwrap_or_else(|_| panic!("{args:?} kept running"));
+    assert!(
+        !ok && err.contains("is it a shard's address? Nothing was changed"),
+        "{args:?}: {err}"
+    );
 }
 
 /// A process refuses to start with a certificate its peers would refuse, naming the file

@@ -55,9 +55,10 @@ enum Change {
 /// Refuses a `--logstore` list whose addresses reach more than one log (or a server that is
 /// not a LogStore), naming each: a change would go to the leader of whichever log answered
 /// first, so one mistyped address could remove a replica of another log.
-async fn one_log(addrs: &str) -> anyhow::Result<()> {
+/// Returns the log they reach (an address and the id it answered), if any said.
+async fn one_log(addrs: &str) -> anyhow::Result<Option<(String, String)>> {
     if !addrs.contains(',') {
-        return Ok(());
+        return Ok(None);
     }
     let mut logs = std::collections::BTreeMap::<String, Vec<String>>::new();
     for (addr, asked) in crate::client::log_ids_at(addrs).await {
@@ -68,7 +69,17 @@ async fn one_log(addrs: &str) -> anyhow::Result<()> {
                 "{addr} (one of --logstore {addrs}) does not serve the LogStore API: is it a \
                  shard's address? Nothing was changed"
             ),
-            Err(_) => {} // down: the client passes over it
+            // Under TLS: a server whose certificate names another part (a shard's).
+            Err(status) if crate::tls::client::wrong_server(&status).is_some() => {
+                let found = crate::tls::client::wrong_server(&status)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "{addr} (one of --logstore {addrs}): {found}: is it a shard's address? \
+                     Nothing was changed"
+                )
+            }
+            Err(_) => {} // down, or a new replica with no log yet: the client passes over it
         }
     }
     if logs.len() > 1 {
@@ -82,15 +93,22 @@ async fn one_log(addrs: &str) -> anyhow::Result<()> {
              the log to change only. Nothing was changed"
         );
     }
-    Ok(())
+    Ok(logs
+        .into_iter()
+        .next()
+        .and_then(|(id, at)| Some((at.into_iter().next()?, id))))
 }
 
 /// Runs `logplayer logstore members`.
 pub async fn run(a: MembersArgs) -> anyhow::Result<()> {
-    one_log(&a.logstore).await?;
+    let found = one_log(&a.logstore).await?;
     let log = Log::connect(&a.logstore)
         .await
         .with_context(|| format!("connecting to the LogStore at {}", a.logstore))?;
+    // The log a change names, without asking again.
+    if let Some((addr, id)) = found {
+        log.admit("bounds", &addr, &id)?;
+    }
     let members = match a.change.unwrap_or(Change::List) {
         Change::List => log.members().await?,
         Change::Add {

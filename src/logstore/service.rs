@@ -101,7 +101,7 @@ async fn submit(
     r: AppendRequest,
     log_id: &str,
     stream: &mut StreamState,
-) -> Result<super::served::Pending, Status> {
+) -> Result<(super::served::Pending, Room), Status> {
     crate::tls::authz::check_writer(peer, &r.writer_id)?;
     let follows = if r.writer_id.is_empty() {
         0
@@ -128,6 +128,7 @@ async fn submit(
         }
     };
     check_log("append", &r.log_id, log_id)?;
+    let room = room_for(log, &r.mutations).await;
     let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
     let on = super::served::OnStream {
         order: &stream.order,
@@ -135,8 +136,19 @@ async fn submit(
     };
     log.submit(r.mutations, writer, r.append_start_micros, Some(on))
         .await
+        .map(|pending| (pending, room))
         .map_err(to_status)
 }
+
+/// Waits for room to hold an append of `mutations` until it is answered (see
+/// [`crate::serving::append_room`]).
+async fn room_for(log: &ServedLog, mutations: &[crate::proto::Mutation]) -> Room {
+    let bytes = crate::limits::entry_bytes(mutations);
+    crate::serving::append_room(bytes, log.max_entry_bytes()).await
+}
+
+/// An append's room among those the LogStore holds, released when it is answered.
+type Room = tokio::sync::OwnedSemaphorePermit;
 
 /// A `grpc-timeout` header's duration (gRPC over HTTP/2: up to 8 digits and a unit, `H`,
 /// `M`, `S`, `m`, `u` or `n`).
@@ -374,7 +386,7 @@ impl LogStoreRpc for Service {
         tokio::spawn(async move {
             while let Some(submitted) = pending_rx.recv().await {
                 let out = match submitted {
-                    Ok(reply) => match reply.await {
+                    Ok((reply, _room)) => match reply.await {
                         Ok(r) => r.map_err(to_status),
                         Err(_) => Err(to_status(LogStoreError::Stopped)),
                     },
@@ -404,6 +416,7 @@ impl LogStoreRpc for Service {
         if !r.log_id.is_empty() {
             check_log("append", &r.log_id, &self.log.log_id().map_err(to_status)?)?;
         }
+        let _room = room_for(&self.log, &r.mutations).await;
         let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
         let out = self
             .log
@@ -773,7 +786,7 @@ mod tests {
             let mut stream = StreamState::default();
             let send = async |stream: &mut StreamState, writer: &str, sequence| {
                 let pending = submit(&log, None, request(writer, sequence), "", stream).await;
-                pending.unwrap().await.unwrap()
+                pending.unwrap().0.await.unwrap()
             };
             for s in 1..=2 {
                 assert_eq!(send(&mut stream, "w", s).await.unwrap().index, s, "{kind}");

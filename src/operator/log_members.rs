@@ -25,8 +25,9 @@ const STAND_WAIT: Duration = Duration::from_secs(2);
 /// stays a learner; the next one goes on).
 pub const CATCH_UP: Duration = Duration::from_secs(20);
 
-/// How long one membership change may take, its catch-up included.
-const MAKE_WAIT: Duration = Duration::from_secs(CATCH_UP.as_secs() + 10);
+/// How long one membership change may take, its catch-up included (and before it, up to
+/// 5 s to learn the log's id from the replicas, which the change names).
+const MAKE_WAIT: Duration = Duration::from_secs(CATCH_UP.as_secs() + 15);
 
 /// Raft entries a voter may be behind the log leader before the status calls it behind.
 /// An entry is a group of appends (up to 1 MiB), so this is seconds of load, not a hiccup.

@@ -216,9 +216,12 @@ impl Replica {
             Some(m) if m.voter => return Ok(now),
             _ => {}
         }
+        // The probe counts toward the catch-up wait, which a caller's deadline bounds.
+        let asked = tokio::time::Instant::now();
         if now.get(id).is_none() {
             newcomer(id, &addr, &self.machine().log_id().unwrap_or_default()).await?;
         }
+        let catch_up = catch_up.saturating_sub(asked.elapsed());
         tracing::info!(replica = id, %addr, "adding a replica: it catches up as a learner first");
         self.raft()
             .add_learner(id, BasicNode::new(addr.clone()), false)

@@ -99,24 +99,23 @@ impl ReplicaConfig {
 /// its own beside the first. A peer that is down, or up but not yet in a group (the group's
 /// first start), does not count. A peer that is a single-node LogStore is refused, naming
 /// it: taken as a group's replica, it kept the lowest id from ever seeding, and the group
-/// waited for ever.
+/// waited for ever; so is a peer that says it is another replica than `--peers` maps there
+/// (a mistyped address reaching another group's replica).
 async fn joined_elsewhere(config: &ReplicaConfig) -> Result<bool, LogStoreError> {
+    use crate::proto::BoundsRequest;
     use crate::proto::log_store_client::LogStoreClient;
-    use crate::proto::{BoundsRequest, MembersRequest};
     for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
         let ask = async {
             let channel = crate::grpc::connect(addr, &crate::grpc::Expected::Log)
                 .await
                 .ok()?;
-            let mut client = LogStoreClient::new(channel);
-            let b = client.bounds(BoundsRequest {}).await.ok()?.into_inner();
-            let members = match b.replica {
-                Some(_) => client.members(MembersRequest {}).await.ok()?.into_inner(),
-                None => Default::default(),
-            };
-            Some((b, members))
+            let b = LogStoreClient::new(channel)
+                .bounds(BoundsRequest {})
+                .await
+                .ok()?;
+            Some(b.into_inner())
         };
-        if let Ok(Some((b, members))) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
             let log_id = b.log_id;
             if b.replica.is_none() {
                 return Err(LogStoreError::Config(format!(
@@ -124,23 +123,15 @@ async fn joined_elsewhere(config: &ReplicaConfig) -> Result<bool, LogStoreError>
                      not a log replica: fix --peers"
                 )));
             }
-            // Its group has this replica's id at another address: it is another group (a
-            // --peers address that reaches another log's replica), which would otherwise keep
-            // this one from seeding its own for ever.
-            let mine = config.peers.get(&config.id).map(String::as_str);
-            if let Some(other) = members
-                .members
-                .iter()
-                .find(|m| m.id == config.id && Some(m.addr.as_str()) != mine)
-            {
+            // It is another replica than --peers says (of another group, as a --peers
+            // address mistyped to reach another log's replica): taken as this group's, it
+            // kept this one from ever seeding.
+            if let Some(r) = b.replica.as_ref().filter(|r| r.id != *id) {
                 return Err(LogStoreError::Config(format!(
-                    "peer {id} of --peers, at {addr}, is a replica of log {log_id}, whose group \
-                     has replica {} at {}, not at {}: it is another group's replica. Fix \
-                     --peers (or, if this replica moved, remove it from its group and add it \
-                     again at its new address)",
-                    config.id,
-                    other.addr,
-                    mine.unwrap_or("?")
+                    "peer {id} of --peers, at {addr}, is replica {} of log {log_id}: --peers \
+                     maps {id} to another replica's address (of another group, or of this \
+                     one): fix --peers",
+                    r.id
                 )));
             }
             tracing::warn!(
