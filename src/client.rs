@@ -48,7 +48,7 @@ fn not_served_hint(status: &tonic::Status) -> &'static str {
 }
 
 /// Asks each of the comma-separated `addrs` at once which log it serves (`Bounds`, each
-/// within [`BOUNDS_WAIT`]): the answers, in the order given; an address that does not
+/// within 5 s): the answers, in the order given; an address that does not
 /// answer in time (or cannot be dialed) is left out. For a caller given the replicas of one
 /// log, to refuse a list that reaches two.
 pub async fn log_ids_at(addrs: &str) -> Vec<(String, Result<String, tonic::Status>)> {
