@@ -45,6 +45,8 @@ struct Damage {
     foreign_recovery: AtomicU32,
     /// Recovery reads seen, damaged or not.
     recovery_reads: AtomicU32,
+    /// Answer `Bounds` without the entry limit, as a LogStore too old to say it.
+    no_limit: std::sync::atomic::AtomicBool,
 }
 
 /// The id the proxy gives a recovery read it answers as another log.
@@ -134,7 +136,11 @@ impl LogStore for Proxy {
     }
 
     async fn bounds(&self, r: Request<BoundsRequest>) -> Result<Response<BoundsResponse>, Status> {
-        self.up.clone().bounds(r.into_inner()).await
+        let mut b = self.up.clone().bounds(r.into_inner()).await?;
+        if self.damage.no_limit.load(Ordering::SeqCst) {
+            b.get_mut().max_entry_bytes = 0;
+        }
+        Ok(b)
     }
 
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
@@ -261,5 +267,21 @@ async fn a_log_that_skips_or_cuts_a_read_short_is_not_believed_and_delivery_stay
         "the player did not refuse a recovery read from another log:\n{}",
         player.log_tail(40)
     );
+    drop(player);
+}
+
+/// A LogStore too old to say its entry limit (0 in `Bounds`): the player tells the shards
+/// its own limit, and delivers (its Hello said 0, which every shard refused as malformed,
+/// so nothing was ever delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_does_not_say_its_entry_limit_is_still_delivered() {
+    let (_dir, c, log) = servers(2).await;
+    let damage = Arc::new(Damage::default());
+    damage.no_limit.store(true, Ordering::SeqCst);
+    let addr = proxy(c.logstore.addr(), damage.clone()).await;
+    let specs = c.shard_specs();
+    let (player, _metrics) = start_player_with(&c, "player", &addr, &specs, &[]).await;
+    let report = start_load(&log, load_spec(200, 3, 4)).await.unwrap();
+    assert_exactly_once(&c, &log, &report).await;
     drop(player);
 }

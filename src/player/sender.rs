@@ -206,7 +206,12 @@ impl Shared {
                 player_id: self.config.player_id.clone(),
                 log_id: self.log_id.clone(),
                 shard_id: target.id.clone(),
-                max_entry_bytes: self.log_max_entry_bytes,
+                // A LogStore too old to say its limit (0): the player's own, which holds
+                // every entry it decodes (0 in a Hello is refused as malformed).
+                max_entry_bytes: match self.log_max_entry_bytes {
+                    0 => self.config.max_entry_bytes as u64,
+                    log => log,
+                },
                 slots: target.slots.clone(),
             })),
         };
