@@ -47,6 +47,19 @@ fn not_served_hint(status: &tonic::Status) -> &'static str {
     }
 }
 
+/// Why the server that answered a LogStore call with `status` is not a LogStore, when its
+/// answer says so: it does not serve the LogStore API (UNIMPLEMENTED: a shard's address),
+/// or, under TLS, its certificate names another part. Retrying changes neither.
+pub fn not_a_log_store(status: &tonic::Status) -> Option<String> {
+    if grpc::not_served(status) {
+        return Some(format!(
+            "it does not serve the LogStore API (Bounds answered UNIMPLEMENTED: {})",
+            status.message()
+        ));
+    }
+    crate::tls::client::wrong_server(status).map(ToString::to_string)
+}
+
 /// Asks each of the comma-separated `addrs` at once which log it serves (`Bounds`, each
 /// within 5 s): the answers, in the order given; an address that does not
 /// answer in time (or cannot be dialed) is left out. For a caller given the replicas of one

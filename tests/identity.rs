@@ -845,6 +845,16 @@ async fn a_shard_that_checks_no_hello_but_welcomes_as_another_is_sent_nothing() 
     );
 }
 
+/// The flags of log replica 1 listening at `me` with `peers`, its data in `dir`.
+fn replica_1(me: &str, peers: &str, dir: &std::path::Path) -> Vec<String> {
+    let data = dir.join("replica-1").display().to_string();
+    [
+        "logstore", "--id", "1", "--peers", peers, "--listen", me, "--data", &data,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A log replica whose `--peers` names a single-node LogStore stops at once naming it: taken
 /// as a replica of a group, it kept the lowest id from ever seeding, and the group waited
 /// for ever ("waits for the lowest id of --peers to seed the group", itself).
@@ -854,17 +864,7 @@ async fn a_replica_whose_peers_name_a_single_node_log_store_stops_naming_it() {
     let single = c.logstore.addr().to_owned();
     let me = format!("127.0.0.1:{}", common::free_port());
     let third = format!("127.0.0.1:{}", common::free_port());
-    let args = [
-        "logstore".to_owned(),
-        "--id".to_owned(),
-        "1".to_owned(),
-        "--peers".to_owned(),
-        format!("1={me},2={single},3={third}"),
-        "--listen".to_owned(),
-        me.clone(),
-        "--data".to_owned(),
-        dir.path().join("replica-1").display().to_string(),
-    ];
+    let args = replica_1(&me, &format!("1={me},2={single},3={third}"), dir.path());
     let Some((status, err)) = common::ends_within(&args, Duration::from_secs(20)).await else {
         panic!("{args:?} kept running");
     };
@@ -886,17 +886,7 @@ async fn a_replica_whose_peers_reach_another_group_stops_naming_it() {
     let me = format!("127.0.0.1:{}", common::free_port());
     let second = format!("127.0.0.1:{}", common::free_port());
     let theirs = other.addrs[0].clone();
-    let args = [
-        "logstore".to_owned(),
-        "--id".to_owned(),
-        "1".to_owned(),
-        "--peers".to_owned(),
-        format!("1={me},2={second},3={theirs}"),
-        "--listen".to_owned(),
-        me.clone(),
-        "--data".to_owned(),
-        dir.path().join("replica-1").display().to_string(),
-    ];
+    let args = replica_1(&me, &format!("1={me},2={second},3={theirs}"), dir.path());
     let Some((status, err)) = common::ends_within(&args, Duration::from_secs(20)).await else {
         panic!("{args:?} kept running");
     };

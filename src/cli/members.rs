@@ -65,17 +65,10 @@ async fn one_log(addrs: &str) -> anyhow::Result<Option<(String, String)>> {
         match asked {
             Ok(id) if !id.is_empty() => logs.entry(id).or_default().push(addr),
             Ok(_) => {}
-            Err(status) if crate::grpc::not_served(&status) => anyhow::bail!(
-                "{addr} (one of --logstore {addrs}) does not serve the LogStore API: is it a \
-                 shard's address? Nothing was changed"
-            ),
-            // Under TLS: a server whose certificate names another part (a shard's).
-            Err(status) if crate::tls::client::wrong_server(&status).is_some() => {
-                let found = crate::tls::client::wrong_server(&status)
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
+            // A shard's address (under TLS, a certificate of another part).
+            Err(status) if let Some(why) = crate::client::not_a_log_store(&status) => {
                 anyhow::bail!(
-                    "{addr} (one of --logstore {addrs}): {found}: is it a shard's address? \
+                    "{addr} (one of --logstore {addrs}): {why}: is it a shard's address? \
                      Nothing was changed"
                 )
             }

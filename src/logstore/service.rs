@@ -307,6 +307,15 @@ struct Service {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl Service {
+    /// [`check_log`] for a call naming log `meant` (empty: not checked, and this LogStore
+    /// is not asked for its id, which a new replica does not have yet).
+    fn check_meant(&self, call: &str, meant: &str) -> Result<(), Status> {
+        if meant.is_empty() {
+            return Ok(());
+        }
+        check_log(call, meant, &self.log.log_id().map_err(to_status)?)
+    }
+
     /// The replica served, for the membership calls (a single node has no membership).
     fn replica(&self) -> Result<&Replica, Status> {
         match &self.log {
@@ -413,9 +422,7 @@ impl LogStoreRpc for Service {
         let peer = crate::tls::authz::peer_of(&request);
         let r = request.into_inner();
         crate::tls::authz::check_writer(peer.as_deref(), &r.writer_id)?;
-        if !r.log_id.is_empty() {
-            check_log("append", &r.log_id, &self.log.log_id().map_err(to_status)?)?;
-        }
+        self.check_meant("append", &r.log_id)?;
         let _room = room_for(&self.log, &r.mutations).await;
         let writer = (!r.writer_id.is_empty()).then_some((r.writer_id, r.sequence));
         let out = self
@@ -557,13 +564,7 @@ impl LogStoreRpc for Service {
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout);
         let r = r.into_inner();
-        if !r.log_id.is_empty() {
-            check_log(
-                "add member",
-                &r.log_id,
-                &self.log.log_id().map_err(to_status)?,
-            )?;
-        }
+        self.check_meant("add member", &r.log_id)?;
         let mut catch_up = match r.catch_up_ms {
             0 => super::raft::members::DEFAULT_CATCH_UP,
             ms => {
@@ -589,13 +590,7 @@ impl LogStoreRpc for Service {
     ) -> Result<Response<MembersResponse>, Status> {
         let replica = self.replica()?;
         let r = r.into_inner();
-        if !r.log_id.is_empty() {
-            check_log(
-                "remove member",
-                &r.log_id,
-                &self.log.log_id().map_err(to_status)?,
-            )?;
-        }
+        self.check_meant("remove member", &r.log_id)?;
         replica
             .remove_member(r.id)
             .await
@@ -613,9 +608,7 @@ impl LogStoreRpc for Service {
 
     async fn retain(&self, r: Request<RetainRequest>) -> Result<Response<RetainResponse>, Status> {
         let RetainRequest { below, log_id } = r.into_inner();
-        if !log_id.is_empty() {
-            check_log("retain", &log_id, &self.log.log_id().map_err(to_status)?)?;
-        }
+        self.check_meant("retain", &log_id)?;
         let (_, last) = self.log.bounds();
         if below > last + 1 {
             return Err(Reason::Invalid.status(format!(

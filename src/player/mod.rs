@@ -595,23 +595,9 @@ async fn log_bounds(
         match asked {
             Ok(b) => return Ok(Some(b.into_inner())),
             // Not a proxy's 404 (see `grpc::not_served`): that one is retried.
-            Err(status) if grpc::not_served(&status) => {
+            Err(status) if let Some(why) = crate::client::not_a_log_store(&status) => {
                 return Err(PlayerError::Config(format!(
-                    "the server at {} does not serve the LogStore API (Bounds answered \
-                     UNIMPLEMENTED: {}): is it a shard's address? --logstore takes the \
-                     LogStore's",
-                    config.logstore,
-                    status.message()
-                )));
-            }
-            // A server whose certificate names another part (a shard's, another role's):
-            // as for UNIMPLEMENTED above, retrying cannot change who answers there.
-            Err(status) if crate::tls::client::wrong_server(&status).is_some() => {
-                let found = crate::tls::client::wrong_server(&status)
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                return Err(PlayerError::Config(format!(
-                    "--logstore {}: {found}: is it a shard's address? --logstore takes the \
+                    "the server at {}: {why}: is it a shard's address? --logstore takes the \
                      LogStore's",
                     config.logstore
                 )));
@@ -642,20 +628,10 @@ async fn same_log_everywhere(addrs: &str, log_id: &str) -> Result<(), PlayerErro
             Ok(_) => {}
             // Not a LogStore at all (a shard): the client balances over every address, so
             // the player ran or not depending on which one answered first, then flapped.
-            Err(status) if grpc::not_served(&status) => {
+            Err(status) if let Some(why) = crate::client::not_a_log_store(&status) => {
                 return Err(PlayerError::Config(format!(
-                    "the server at {addr} (one of --logstore {addrs}) does not serve the \
-                     LogStore API (Bounds answered UNIMPLEMENTED): is it a shard's address? \
-                     --logstore takes the LogStore's replicas"
-                )));
-            }
-            Err(status) if crate::tls::client::wrong_server(&status).is_some() => {
-                let found = crate::tls::client::wrong_server(&status)
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                return Err(PlayerError::Config(format!(
-                    "{addr} (one of --logstore {addrs}): {found}: is it a shard's address? \
-                     --logstore takes the LogStore's replicas"
+                    "the server at {addr} (one of --logstore {addrs}): {why}: is it a \
+                     shard's address? --logstore takes the LogStore's replicas"
                 )));
             }
             Err(_) => {} // left to the client's failover

@@ -75,16 +75,15 @@ async fn newcomer(id: NodeId, addr: &str, log_id: &str) -> Result<(), LogStoreEr
             .map_err(|e| crate::tls::client::wrong_server(&e).map(ToString::to_string))?;
         let mut request = tonic::Request::new(BoundsRequest {});
         request.set_timeout(NEWCOMER_WAIT);
-        match LogStoreClient::new(channel).bounds(request).await {
-            Ok(b) => Ok(b.into_inner()),
-            Err(s) if crate::grpc::not_served(&s) => Err(Some(
-                "it does not serve the LogStore API (a shard?)".to_owned(),
-            )),
-            // A new replica has no log id yet and says so (UNAVAILABLE); one that is
-            // down or still starting: the catch-up wait decides (a new replica started
-            // with another --id refuses what the leader sends, naming the id it was sent).
-            Err(_) => Err(None),
-        }
+        // Another kind of server says so. A new replica has no log id yet and says so
+        // (UNAVAILABLE); one that is down or still starting: the catch-up wait decides (a
+        // new replica started with another --id refuses what the leader sends, naming the
+        // id it was sent).
+        LogStoreClient::new(channel)
+            .bounds(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| crate::client::not_a_log_store(&s))
     };
     let what = match tokio::time::timeout(NEWCOMER_WAIT, ask).await {
         Ok(Ok(b)) => match b.replica {
