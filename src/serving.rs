@@ -141,6 +141,44 @@ static LIMITS: OnceLock<ServerLimits> = OnceLock::new();
 static READS: OnceLock<Arc<Semaphore>> = OnceLock::new();
 static CONNECTIONS: OnceLock<Arc<Semaphore>> = OnceLock::new();
 
+/// Queues `item` on the response stream `tx`, whose reader may stall; false when the stream
+/// is over: the reader went away, or took nothing for `--read-stall-timeout` while the queue
+/// was full. Then the stream is ended with the status `stalled` makes of that timeout, queued
+/// after what the reader has not taken: the last slot of the queue is kept for it (so `tx`
+/// needs room for two). Without this, a caller that never reads its answers held a server's
+/// tasks, and whatever they hold, for as long as its connection stayed open.
+pub async fn send_or_end<T>(
+    tx: &tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    item: Result<T, tonic::Status>,
+    stalled: impl FnOnce(std::time::Duration) -> tonic::Status,
+) -> bool {
+    let stall = limits().read_stall_timeout;
+    match tokio::time::timeout(stall, tx.reserve_many(2)).await {
+        Ok(Ok(mut permits)) => {
+            if let Some(p) = permits.next() {
+                p.send(item);
+            }
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = tx.try_send(Err(stalled(stall)));
+            false
+        }
+    }
+}
+
+/// Ends a response stream with `status`, queued after what its reader has not taken yet;
+/// waits at most a second for room (a reader that takes nothing meanwhile gets the end of
+/// the stream without it). For a server that stops: a stream it ends with OK would look
+/// complete to its reader.
+pub async fn end_with<T>(
+    tx: &tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    status: tonic::Status,
+) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tx.send(Err(status))).await;
+}
+
 /// Sets this process's limits, once, before it serves; `false` if already set.
 pub fn install(limits: ServerLimits) -> bool {
     LIMITS.set(limits).is_ok()
@@ -169,7 +207,7 @@ pub fn append_memory_bound(max_entry_bytes: usize) -> usize {
 
 /// Room for an append of `bytes` among those the LogStore holds, waiting while
 /// [`append_memory_bound`] is taken (so a stream whose appends wait stops reading, and
-/// HTTP/2's flow control holds its sender back); held until the append is answered. The
+/// HTTP/2's flow control holds its sender back); held until the log answers the append. The
 /// bound is set by the first call of the process.
 pub async fn append_room(bytes: usize, max_entry_bytes: usize) -> OwnedSemaphorePermit {
     let (bound, room) = APPENDS.get_or_init(|| {

@@ -134,3 +134,63 @@ async fn a_player_whose_logstore_froze_stops_on_sigterm() {
     c.logstore.cont().unwrap();
     assert_eq!(code, Some(0), "{}", c.players[0].log_tail(30));
 }
+
+/// A `Read` (here a follower at the head) and an `AppendStream` open when the LogStore stops
+/// end `UNAVAILABLE`, the Read naming the index to read again from, not OK: a client of
+/// another library takes an OK end of a Read without `follow` for the whole range, and of an
+/// AppendStream for an answer to everything it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cut_by_a_sigterm_end_unavailable_not_ok() {
+    use logplayer::proto::log_store_client::LogStoreClient;
+    use logplayer::proto::{AppendRequest, ReadRequest};
+    let (_dir, mut c, log) = servers(1).await;
+    for _ in 0..3 {
+        let m = Mutation {
+            key: b"k".to_vec().into(),
+            op: Some(Op::Add(1)),
+        };
+        log.append(vec![m], None, 0).await.unwrap();
+    }
+    let mut client = LogStoreClient::connect(format!("http://{}", c.logstore.addr()))
+        .await
+        .unwrap();
+    let mut read = client
+        .read(ReadRequest {
+            from: 1,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = read.message().await.unwrap().expect("a first response");
+    assert_eq!(first.entries.len(), 3, "{first:?}");
+    let (appends, to_send) = tokio::sync::mpsc::channel::<AppendRequest>(1);
+    let mut answers = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(to_send))
+        .await
+        .unwrap()
+        .into_inner();
+    sigterm_exits_zero(&mut c, "logstore", |c| &mut c.logstore).await;
+    let mut ended = None;
+    while ended.is_none() {
+        match read.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the Read stream ended OK when its LogStore stopped"),
+            Err(status) => ended = Some(status),
+        }
+    }
+    let status = ended.unwrap_or_else(|| unreachable!());
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("read again from index 4"),
+        "{}",
+        status.message()
+    );
+    let end = answers.message().await;
+    assert!(
+        matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable),
+        "the AppendStream ended {end:?}"
+    );
+    drop(appends);
+}

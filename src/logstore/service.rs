@@ -101,7 +101,7 @@ async fn submit(
     r: AppendRequest,
     log_id: &str,
     stream: &mut StreamState,
-) -> Result<(super::served::Pending, Room), Status> {
+) -> Result<tokio::task::JoinHandle<AppendAnswer>, Status> {
     crate::tls::authz::check_writer(peer, &r.writer_id)?;
     let follows = if r.writer_id.is_empty() {
         0
@@ -134,21 +134,33 @@ async fn submit(
         order: &stream.order,
         follows,
     };
-    log.submit(r.mutations, writer, r.append_start_micros, Some(on))
+    let pending = log
+        .submit(r.mutations, writer, r.append_start_micros, Some(on))
         .await
-        .map(|pending| (pending, room))
-        .map_err(to_status)
+        .map_err(to_status)?;
+    // The room goes once the append is answered by the log, not once its answer is taken
+    // off the stream's queue: answers waiting for a writer that does not read them held it,
+    // and with it every other caller's appends, until --read-stall-timeout ended the stream.
+    Ok(tokio::spawn(async move {
+        let answer = pending.await;
+        drop(room);
+        answer
+    }))
 }
 
-/// Waits for room to hold an append of `mutations` until it is answered (see
+/// Waits for room to hold an append of `mutations` until the log answers it (see
 /// [`crate::serving::append_room`]).
 async fn room_for(log: &ServedLog, mutations: &[crate::proto::Mutation]) -> Room {
     let bytes = crate::limits::entry_bytes(mutations);
     crate::serving::append_room(bytes, log.max_entry_bytes()).await
 }
 
-/// An append's room among those the LogStore holds, released when it is answered.
+/// An append's room among those the LogStore holds, released when the log answers it.
 type Room = tokio::sync::OwnedSemaphorePermit;
+
+/// What the log answers an append submitted on a stream (see [`submit`]).
+type AppendAnswer =
+    Result<Result<super::Appended, LogStoreError>, tokio::sync::oneshot::error::RecvError>;
 
 /// A `grpc-timeout` header's duration (gRPC over HTTP/2: up to 8 digits and a unit, `H`,
 /// `M`, `S`, `m`, `u` or `n`).
@@ -197,6 +209,16 @@ fn within_limit(entries: Vec<EncodedEntry>, limit: usize) -> Result<Vec<EncodedE
     Ok(entries)
 }
 
+/// How a `Read` stream ends when its LogStore stops before the stream is complete: not with
+/// OK, which a reader of a bounded range (or of everything, without `follow`) takes for its
+/// end, but `unavailable`, naming the next index to read from.
+fn stopping(next: u64) -> Status {
+    Reason::Unavailable.status(format!(
+        "the LogStore is stopping: this Read stream ends before index {next}; read again from \
+         index {next} (at another replica, or here once it is back)"
+    ))
+}
+
 /// Queues one response of a `Read` stream (its first entry is `first`); `false` once the
 /// stream is over: its reader is gone, or it took nothing for `--read-stall-timeout` (then
 /// the stream ends with `busy`, naming where to read from again: every earlier entry is
@@ -207,30 +229,20 @@ async fn send_read(
     response: ReadResponse,
     first: u64,
 ) -> bool {
-    let stall = crate::serving::limits().read_stall_timeout;
-    match tokio::time::timeout(stall, tx.reserve_many(2)).await {
-        Ok(Ok(mut permits)) => {
-            if let Some(p) = permits.next() {
-                p.send(Ok(response));
-            }
-            true
-        }
-        Ok(Err(_)) => false,
-        Err(_) => {
-            tracing::info!(
-                stall = ?stall,
-                next = first,
-                "a Read stream's reader took nothing for --read-stall-timeout: ending it"
-            );
-            let _ = tx.try_send(Err(Reason::Busy.status(format!(
-                "this Read stream's reader took nothing for {} (--read-stall-timeout): ended to \
-                 free its slot; read again from index {}",
-                humantime::format_duration(stall),
-                first
-            ))));
-            false
-        }
-    }
+    crate::serving::send_or_end(tx, Ok(response), |stall| {
+        tracing::info!(
+            stall = ?stall,
+            next = first,
+            "a Read stream's reader took nothing for --read-stall-timeout: ending it"
+        );
+        Reason::Busy.status(format!(
+            "this Read stream's reader took nothing for {} (--read-stall-timeout): ended to \
+             free its slot; read again from index {}",
+            humantime::format_duration(stall),
+            first
+        ))
+    })
+    .await
 }
 
 /// Queues one answer of an `AppendStream`; false when the stream is over: the writer went
@@ -246,29 +258,19 @@ async fn send_answer(
     tx: &mpsc::Sender<Result<AppendResponse, Status>>,
     answer: Result<AppendResponse, Status>,
 ) -> bool {
-    let stall = crate::serving::limits().read_stall_timeout;
-    match tokio::time::timeout(stall, tx.reserve_many(2)).await {
-        Ok(Ok(mut permits)) => {
-            if let Some(p) = permits.next() {
-                p.send(answer);
-            }
-            true
-        }
-        Ok(Err(_)) => false,
-        Err(_) => {
-            tracing::info!(
-                stall = ?stall,
-                "an AppendStream's writer took no answer for --read-stall-timeout: ending it"
-            );
-            let _ = tx.try_send(Err(Reason::Busy.status(format!(
-                "this AppendStream's writer took no answer for {} (--read-stall-timeout): \
-                 ended; resend the unanswered appends with their (writer_id, sequence) on a \
-                 new stream",
-                humantime::format_duration(stall)
-            ))));
-            false
-        }
-    }
+    crate::serving::send_or_end(tx, answer, |stall| {
+        tracing::info!(
+            stall = ?stall,
+            "an AppendStream's writer took no answer for --read-stall-timeout: ending it"
+        );
+        Reason::Busy.status(format!(
+            "this AppendStream's writer took no answer for {} (--read-stall-timeout): \
+             ended; resend the unanswered appends with their (writer_id, sequence) on a \
+             new stream",
+            humantime::format_duration(stall)
+        ))
+    })
+    .await
 }
 
 /// Checks a read request against the log's bounds: `from` at least 1 and not below
@@ -373,7 +375,15 @@ impl LogStoreRpc for Service {
             loop {
                 let msg = tokio::select! {
                     m = tokio::time::timeout(idle, inbound.message()) => m,
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // After the answers to what was taken: the rest gets none.
+                        crate::serving::end_with(&pending_tx, Reason::Unavailable.status(
+                            "the LogStore is stopping: appends after the last one answered on \
+                             this stream were not taken; send them again (with their \
+                             (writer_id, sequence)) to another replica or once it is back",
+                        )).await;
+                        return;
+                    }
                 };
                 let submitted = match msg {
                     Ok(Ok(Some(r))) => submit(&log, peer.as_deref(), r, &ours, &mut stream).await,
@@ -395,9 +405,9 @@ impl LogStoreRpc for Service {
         tokio::spawn(async move {
             while let Some(submitted) = pending_rx.recv().await {
                 let out = match submitted {
-                    Ok((reply, _room)) => match reply.await {
-                        Ok(r) => r.map_err(to_status),
-                        Err(_) => Err(to_status(LogStoreError::Stopped)),
+                    Ok(reply) => match reply.await {
+                        Ok(Ok(r)) => r.map_err(to_status),
+                        Ok(Err(_)) | Err(_) => Err(to_status(LogStoreError::Stopped)),
                     },
                     Err(status) => Err(status),
                 };
@@ -475,8 +485,14 @@ impl LogStoreRpc for Service {
                         return; // all the log holds was sent: end the stream with OK
                     }
                     tokio::select! {
-                        changed = head.changed() => if changed.is_err() { return },
-                        _ = shutdown.cancelled() => return,
+                        changed = head.changed() => if changed.is_err() {
+                            crate::serving::end_with(&tx, stopping(pos)).await;
+                            return;
+                        },
+                        _ = shutdown.cancelled() => {
+                            crate::serving::end_with(&tx, stopping(pos)).await;
+                            return;
+                        }
                         _ = tx.closed() => return,
                     }
                     continue;
@@ -509,7 +525,10 @@ impl LogStoreRpc for Service {
                 };
                 tokio::select! {
                     sent = send_read(&tx, response, first) => if !sent { return },
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        crate::serving::end_with(&tx, stopping(first)).await;
+                        return;
+                    }
                 }
             }
         });
@@ -779,7 +798,7 @@ mod tests {
             let mut stream = StreamState::default();
             let send = async |stream: &mut StreamState, writer: &str, sequence| {
                 let pending = submit(&log, None, request(writer, sequence), "", stream).await;
-                pending.unwrap().0.await.unwrap()
+                pending.unwrap().await.unwrap().unwrap()
             };
             for s in 1..=2 {
                 assert_eq!(send(&mut stream, "w", s).await.unwrap().index, s, "{kind}");

@@ -413,13 +413,7 @@ async fn apply_player_objects(
     // there is, so that a refusal does not roll the players.
     let uid = match &account {
         Ok(a) => a.metadata.uid.clone(),
-        Err(_) => {
-            let name = o.service_account.metadata.name.clone().unwrap_or_default();
-            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
-                .get_opt(&name)
-                .await?
-                .and_then(|a| a.metadata.uid)
-        }
+        Err(_) => existing_uid(client, ns, &o.service_account).await,
     };
     let template = o
         .deployment
@@ -466,6 +460,32 @@ async fn apply_player_objects(
     let problems = apply_problems(outcomes)?;
     prune_player_objects(client, ns, lp, &o).await?;
     Ok(problems)
+}
+
+/// The uid of the ServiceAccount `account` names, as it is on the API server, when its apply
+/// was refused: listed by name (the operator has no `get` on what it applies), and `None`
+/// when that fails too, so the refusal is still reported and every other object applied.
+async fn existing_uid(
+    client: &Client,
+    ns: &str,
+    account: &k8s_openapi::api::core::v1::ServiceAccount,
+) -> Option<String> {
+    let name = account.metadata.name.clone().unwrap_or_default();
+    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    match Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+        .list_metadata(&by_name)
+        .await
+    {
+        Ok(listed) => listed
+            .items
+            .into_iter()
+            .find(|a| a.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|a| a.metadata.uid),
+        Err(error) => {
+            tracing::warn!(%error, account = %name, "could not list the players' ServiceAccount");
+            None
+        }
+    }
 }
 
 /// Splits apply outcomes: refusals become `ApplyFailed` problems, other errors are returned.

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use tower_test::mock;
 
+mod refusals;
 mod shard_map;
 mod spec_problems;
 
@@ -46,6 +47,9 @@ struct World {
     forbid: HashMap<String, u32>,
     /// Paths whose GET the API server refuses as a bad request (400), with its message.
     bad_request: HashMap<String, String>,
+    /// Paths whose apply the API server answers 429 (Too Many Requests) this many times
+    /// before accepting it.
+    throttle: HashMap<String, u32>,
 }
 
 fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
@@ -119,6 +123,14 @@ async fn serve(mut handle: Handle, mut world: World) -> Vec<Sent> {
             } else {
                 respond(send, StatusCode::NOT_FOUND, &not_found(&path));
             }
+        } else if let Some(left) = world.throttle.get_mut(&path).filter(|n| **n > 0) {
+            *left -= 1;
+            let code = StatusCode::TOO_MANY_REQUESTS;
+            respond(
+                send,
+                code,
+                &failure(code, "TooManyRequests", "try again later"),
+            );
         } else if let Some(left) = world.forbid.get_mut(&path).filter(|n| **n > 0) {
             *left -= 1;
             let code = StatusCode::FORBIDDEN;
@@ -719,42 +731,6 @@ fn owned_meta(kind: &str, api_version: &str, name: &str, owner: &str) -> Value {
                         "ownerReferences": [{"apiVersion": "logplayer.io/v1alpha1",
                             "kind": "LogPlayer", "name": "demo", "uid": owner,
                             "controller": true}]}})
-}
-
-#[tokio::test]
-async fn a_refused_apply_is_reported_in_the_status_and_the_rest_is_still_applied() {
-    let mut lp = logplayer(3, false);
-    lp["spec"]["logStore"] = json!({"managed": {"storage": "2Gi"}});
-    let mut w = world(&lp, four_shards());
-    let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo-logstore";
-    let refusal = "StatefulSet.apps \"demo-logstore\" is invalid: \
-                   spec.volumeClaimTemplates[0].spec.resources[storage]: Invalid value: \"0\": \
-                   must be greater than zero";
-    w.refuse.insert(sts.into(), refusal.into());
-    let (result, sent, _) = reconcile_lp(&lp, w).await;
-    // Not an error to back off from: the status says it, and the apply is retried soon.
-    assert_eq!(result.ok(), Some(Action::requeue(Duration::from_secs(5))));
-    assert!(
-        applies(&sent).contains(&"/apis/apps/v1/namespaces/ns/deployments/demo-player".into()),
-        "the Deployment is applied after the refused StatefulSet"
-    );
-    let st = &status_patch(&sent).body["status"];
-    assert_eq!(st["observedGeneration"], 3);
-    let degraded = condition(st, "Degraded");
-    assert_eq!(degraded["reason"], "ApplyFailed");
-    assert_eq!(degraded["observedGeneration"], 3);
-    let message = degraded["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("StatefulSet demo-logstore")
-            && message.contains("must be greater than zero"),
-        "{message}"
-    );
-    assert_eq!(condition(st, "Ready")["status"], "False");
-    assert!(
-        events(&sent).contains(&("Warning".into(), "ApplyFailed".into())),
-        "{:?}",
-        events(&sent)
-    );
 }
 
 const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/ns";

@@ -51,8 +51,9 @@ pub enum Inbound {
     /// A batch, the wall-clock time it arrived (µs, for the delay histograms) and the same
     /// moment on the runtime's clock (for the commit delay).
     Batch(Vec<ShardEntry>, u64, Instant),
-    /// A Hello (or an empty message) after the first message: a protocol error.
-    NotABatch,
+    /// A Hello (or an empty message) after the first message, said as `what`: a protocol
+    /// error.
+    NotABatch(&'static str),
     /// A message this shard refuses to read (above its size limit).
     Refused(Status),
     /// End of stream or a broken connection.
@@ -139,11 +140,11 @@ impl Gatherer {
                         group.received.extend(std::iter::repeat_n(at, batch.len()));
                         group.entries.extend(batch);
                     }
-                    Inbound::NotABatch => {
-                        group.end = End::Stop(Reason::Invalid.status(
-                            "only the first message of a Deliver stream may be a Hello; \
-                             later messages must be Batches",
-                        ));
+                    Inbound::NotABatch(what) => {
+                        group.end = End::Stop(Reason::Invalid.status(format!(
+                            "{what} after the Hello: only the first message of a Deliver \
+                             stream may be a Hello; later messages must be Batches",
+                        )));
                         return Some(group);
                     }
                     Inbound::Refused(status) => {
@@ -358,7 +359,7 @@ mod tests {
 
         let (tx, mut g, stop) = gatherer(Duration::from_millis(2));
         send(&tx, 1, 100);
-        assert!(tx.try_send(Inbound::NotABatch).is_ok());
+        assert!(tx.try_send(Inbound::NotABatch("a second Hello")).is_ok());
         let group = g.next(&stop).await.unwrap();
         assert!(matches!(group.end, End::Stop(_)), "{:?}", group.end);
     }

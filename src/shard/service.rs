@@ -330,7 +330,10 @@ impl<S: ShardStore> ShardService<S> {
                             Inbound::Refused(Reason::Invalid.status(e.to_string()))
                         }
                     },
-                    Ok(Some(_)) => Inbound::NotABatch,
+                    Ok(Some(DeliverRequest {
+                        msg: Some(deliver_request::Msg::Hello(_)),
+                    })) => Inbound::NotABatch("a second Hello"),
+                    Ok(Some(_)) => Inbound::NotABatch("a message with neither a Hello nor a Batch"),
                     Ok(None) => Inbound::Closed,
                     Err(status) => {
                         let status = grpc::request_refusal(status);
@@ -388,6 +391,26 @@ impl<S: ShardStore> ShardService<S> {
         }
     }
 
+    /// Queues an ack; false when the stream is over: the sender went away, or took no ack
+    /// for `--read-stall-timeout` (then the stream ends `busy`). Without the timeout a sender
+    /// that never reads its acks stopped the commits of its stream for good while its reader
+    /// went on taking batches ([`INBOUND_CHANNEL`] of them, each up to the message limit).
+    async fn send_ack(
+        &self,
+        tx: &mpsc::Sender<Result<DeliverResponse, Status>>,
+        ack: DeliverResponse,
+    ) -> bool {
+        crate::serving::send_or_end(tx, Ok(ack), |stall| {
+            tracing::info!(shard = %self.id, stall = ?stall, "a delivery stream's sender took no ack for --read-stall-timeout: ending it");
+            Reason::Busy.status(format!(
+                "this Deliver stream's sender took no ack for {} (--read-stall-timeout): ended; \
+                 deliver again from the shard's applied index",
+                humantime::format_duration(stall)
+            ))
+        })
+        .await
+    }
+
     /// Commits what the reader hands over, grouped by [`Gatherer`] (whatever has already
     /// arrived, and more within the commit delay when that fills the commit's pages), and
     /// acks cumulatively. Ends on end of stream, refusal or shutdown.
@@ -396,10 +419,21 @@ impl<S: ShardStore> ShardService<S> {
         inbound: Streaming<DeliverRequest>,
         tx: mpsc::Sender<Result<DeliverResponse, Status>>,
         epoch: u64,
+        log_id: Arc<str>,
         slots: Arc<SlotSet>,
     ) {
         let mut groups = Gatherer::new(self.spawn_reader(inbound), self.commit_delay);
-        while let Some(group) = groups.next(&self.shutdown).await {
+        loop {
+            let Some(group) = groups.next(&self.shutdown).await else {
+                // Not OK: a sender would take that for an end it asked for.
+                let stopping = Reason::Unavailable.status(format!(
+                    "shard {} is stopping: deliver again from its applied index once it is \
+                     back",
+                    self.id
+                ));
+                crate::serving::end_with(&tx, stopping).await;
+                return;
+            };
             let Group {
                 entries,
                 received,
@@ -407,7 +441,7 @@ impl<S: ShardStore> ShardService<S> {
             } = group;
             if let End::Stop(status) = end {
                 self.refused.note(&status, true);
-                let _ = tx.send(Err(status)).await;
+                crate::serving::end_with(&tx, status).await;
                 return;
             }
             if !entries.is_empty() {
@@ -415,8 +449,9 @@ impl<S: ShardStore> ShardService<S> {
                 let result = self
                     .with_core({
                         let slots = slots.clone();
+                        let log_id = log_id.clone();
                         move |core| {
-                            let out = core.apply_for(epoch, &slots, &entries);
+                            let out = core.apply_for(epoch, &log_id, &slots, &entries);
                             out.map(|a| (a, entries))
                         }
                     })
@@ -438,7 +473,7 @@ impl<S: ShardStore> ShardService<S> {
                                 applied_index: applied.applied,
                             })),
                         };
-                        if tx.send(Ok(ack)).await.is_err() {
+                        if !self.send_ack(&tx, ack).await {
                             return;
                         }
                     }
@@ -450,10 +485,11 @@ impl<S: ShardStore> ShardService<S> {
                                 applied_index: self.applied.load(Ordering::Acquire),
                             })),
                         };
-                        let _ = tx.send(Ok(ack)).await;
                         let status = to_status(&e);
                         self.refused.note(&status, true);
-                        let _ = tx.send(Err(status)).await;
+                        if self.send_ack(&tx, ack).await {
+                            crate::serving::end_with(&tx, status).await;
+                        }
                         return;
                     }
                 }
@@ -540,9 +576,10 @@ impl<S: ShardStore> Shard for ShardService<S> {
             .await
             .map_err(|_| Status::cancelled("sender went away"))?;
         let service = self.clone();
+        let stream_log: Arc<str> = hello.log_id.into();
         tokio::spawn(async move {
             service
-                .stream_loop(inbound, tx, epoch, Arc::new(slots))
+                .stream_loop(inbound, tx, epoch, stream_log, Arc::new(slots))
                 .await;
             drop(open);
         });

@@ -362,3 +362,49 @@ fn a_snapshot_claimed_large_reserves_only_what_arrived() {
     }
     assert_eq!((len, capacity), (17, 17));
 }
+
+/// A replica started on an empty log refuses both a Vote and a PreVote from a candidate
+/// whose log has entries, until it caught up: Raft does not promise a PreVote comes before
+/// a Vote, so each is checked on its own (with only one of them checked, the membership
+/// test of a wiped replica still passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_replica_refuses_a_vote_and_a_pre_vote_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = established(dir.path()).await;
+    let vote = mine
+        .raft()
+        .with_raft_state(|s| *s.vote_ref())
+        .await
+        .unwrap();
+    let last = {
+        use openraft::async_runtime::WatchReceiver as _;
+        mine.raft().metrics().borrow_watched().last_applied
+    };
+    assert!(last.is_some_and(|l| l.index > 0), "{last:?}");
+    let ask = VoteRequest::<TypeConfig>::new(vote, last);
+    let ballot = envelope(&ask, mine.machine(), &sender(2), 1).unwrap();
+    let empty = ReplicationService::new(
+        sender(1),
+        mine.raft().clone(),
+        mine.machine().clone(),
+        std::sync::Arc::new(CatchingUp::empty()),
+    );
+    for (call, refused) in [
+        ("Vote", empty.vote(Request::new(ballot.clone())).await.err()),
+        (
+            "PreVote",
+            empty.pre_vote(Request::new(ballot.clone())).await.err(),
+        ),
+    ] {
+        let refused = refused.unwrap_or_else(|| panic!("{call} was answered by an empty replica"));
+        assert!(
+            refused.message().contains("does not vote until then"),
+            "{call}: {}",
+            refused.message()
+        );
+    }
+    // A replica that did not start empty answers both.
+    let full = service_of(&mine, sender(1));
+    assert!(full.vote(Request::new(ballot.clone())).await.is_ok());
+    assert!(full.pre_vote(Request::new(ballot)).await.is_ok());
+}

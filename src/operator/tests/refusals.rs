@@ -1,0 +1,101 @@
+//! Objects the API server refuses to apply, or answers without applying: each refusal is one
+//! among the others (reported in the status, the rest still applied); an apply that was not
+//! answered is no refusal.
+
+use super::*;
+
+#[tokio::test]
+async fn a_refused_apply_is_reported_in_the_status_and_the_rest_is_still_applied() {
+    let mut lp = logplayer(3, false);
+    lp["spec"]["logStore"] = json!({"managed": {"storage": "2Gi"}});
+    let mut w = world(&lp, four_shards());
+    let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo-logstore";
+    let refusal = "StatefulSet.apps \"demo-logstore\" is invalid: \
+                   spec.volumeClaimTemplates[0].spec.resources[storage]: Invalid value: \"0\": \
+                   must be greater than zero";
+    w.refuse.insert(sts.into(), refusal.into());
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    // Not an error to back off from: the status says it, and the apply is retried soon.
+    assert_eq!(result.ok(), Some(Action::requeue(Duration::from_secs(5))));
+    assert!(
+        applies(&sent).contains(&"/apis/apps/v1/namespaces/ns/deployments/demo-player".into()),
+        "the Deployment is applied after the refused StatefulSet"
+    );
+    let st = &status_patch(&sent).body["status"];
+    assert_eq!(st["observedGeneration"], 3);
+    let degraded = condition(st, "Degraded");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert_eq!(degraded["observedGeneration"], 3);
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("StatefulSet demo-logstore")
+            && message.contains("must be greater than zero"),
+        "{message}"
+    );
+    assert_eq!(condition(st, "Ready")["status"], "False");
+    assert!(
+        events(&sent).contains(&("Warning".into(), "ApplyFailed".into())),
+        "{:?}",
+        events(&sent)
+    );
+}
+
+/// A refused ServiceAccount apply is one refusal among the others: the account's uid is
+/// then listed by name (the operator has no `get` on it: a GET is refused), and every other
+/// object is still applied.
+#[tokio::test]
+async fn a_refused_service_account_does_not_stop_the_other_applies() {
+    let lp = logplayer(3, false);
+    let mut w = world(&lp, four_shards());
+    let account = "/api/v1/namespaces/ns/serviceaccounts/demo-player";
+    w.refuse.insert(
+        account.into(),
+        "serviceaccounts \"demo-player\" is forbidden: exceeded quota: sa".into(),
+    );
+    w.bad_request
+        .insert(account.into(), "no get on serviceaccounts".into());
+    let mut listed = owned_meta("ServiceAccount", "v1", "demo-player", "uid-demo");
+    listed["metadata"]["uid"] = json!("uid-account");
+    w.lists
+        .insert("/api/v1/namespaces/ns/serviceaccounts".into(), vec![listed]);
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    assert_eq!(result.ok(), Some(Action::requeue(Duration::from_secs(5))));
+    let deployment = sent
+        .iter()
+        .find(|s| s.path == "/apis/apps/v1/namespaces/ns/deployments/demo-player")
+        .expect("the Deployment is applied after the refused ServiceAccount");
+    assert_eq!(
+        deployment.body["spec"]["template"]["metadata"]["annotations"]
+            [desired::SERVICE_ACCOUNT_UID_ANNOTATION],
+        "uid-account",
+        "the uid of the account there is"
+    );
+    let st = &status_patch(&sent).body["status"];
+    let degraded = condition(st, "Degraded");
+    assert_eq!(degraded["reason"], "ApplyFailed", "{st}");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ServiceAccount demo-player") && message.contains("exceeded quota"),
+        "{message}"
+    );
+}
+
+/// An apply answered 429 (or a 5xx, or not at all) was not refused: it is an error to back
+/// off from and report once it repeats, not `ApplyFailed` at the first one.
+#[tokio::test]
+async fn a_throttled_apply_is_not_a_refusal() {
+    let lp = logplayer(3, false);
+    let mut w = world(&lp, four_shards());
+    w.throttle.insert(
+        "/apis/apps/v1/namespaces/ns/deployments/demo-player".into(),
+        1,
+    );
+    let (result, sent, _) = reconcile_lp(&lp, w).await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        !sent
+            .iter()
+            .any(|s| s.path.ends_with("/status") && s.body.to_string().contains("ApplyFailed")),
+        "no ApplyFailed written for a 429"
+    );
+}
