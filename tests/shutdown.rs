@@ -189,8 +189,59 @@ async fn streams_cut_by_a_sigterm_end_unavailable_not_ok() {
     );
     let end = answers.message().await;
     assert!(
-        matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable),
+        matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable
+            && s.message().contains("the LogStore is stopping")),
         "the AppendStream ended {end:?}"
     );
     drop(appends);
+}
+
+/// A `Deliver` stream open when its shard stops ends `UNAVAILABLE`, not OK, which a sender
+/// would take for an end it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliver_stream_cut_by_a_sigterm_ends_unavailable_not_ok() {
+    use logplayer::proto::log_store_client::LogStoreClient;
+    use logplayer::proto::shard_client::ShardClient;
+    use logplayer::proto::{BoundsRequest, DeliverRequest, Hello, deliver_request};
+    let (_dir, mut c, _log) = servers(1).await;
+    let mut log = LogStoreClient::connect(format!("http://{}", c.logstore.addr()))
+        .await
+        .unwrap();
+    let log_id = log
+        .bounds(BoundsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .log_id;
+    let mut shard = ShardClient::connect(format!("http://{}", c.shards[0].addr()))
+        .await
+        .unwrap();
+    let (to_send, rx) = tokio::sync::mpsc::channel(4);
+    to_send
+        .send(DeliverRequest {
+            msg: Some(deliver_request::Msg::Hello(Hello {
+                epoch: 1,
+                player_id: "test".into(),
+                log_id,
+                shard_id: "s0".into(),
+                max_entry_bytes: logplayer::limits::DEFAULT_MAX_ENTRY_BYTES as u64,
+                slots: logplayer::proto::SlotRange::all(),
+            })),
+        })
+        .await
+        .unwrap();
+    let mut acks = shard
+        .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    acks.message().await.unwrap().expect("a Welcome");
+    sigterm_exits_zero(&mut c, "shard", |c| &mut c.shards[0]).await;
+    let end = acks.message().await;
+    assert!(
+        matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable
+            && s.message().contains("is stopping")),
+        "the Deliver stream ended {end:?}"
+    );
+    drop(to_send);
 }

@@ -243,7 +243,8 @@ pub struct StreamLimits {
 
 impl CallerLimits {
     /// Installs the limits of a server; `streams` only for the LogStore (a shard serves no
-    /// `Read` or `AppendStream`, and keeps their defaults, unused).
+    /// `Read` or `AppendStream`, and keeps their defaults: of those, only the stall timeout is
+    /// used, for a `Deliver` sender that takes no acks).
     fn install(self, streams: Option<StreamLimits>) -> anyhow::Result<()> {
         let defaults = crate::serving::ServerLimits::default();
         let mut limits = crate::serving::ServerLimits {

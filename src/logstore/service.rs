@@ -371,17 +371,16 @@ impl LogStoreRpc for Service {
         let mut stream = StreamState::default();
         let idle = crate::serving::limits().idle_stream_timeout;
         let ours = log_id.clone();
+        // Set when the LogStore stopping ended the reading of the stream.
+        let cut_by_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = cut_by_stop.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
                     m = tokio::time::timeout(idle, inbound.message()) => m,
                     _ = shutdown.cancelled() => {
-                        // After the answers to what was taken: the rest gets none.
-                        crate::serving::end_with(&pending_tx, Reason::Unavailable.status(
-                            "the LogStore is stopping: appends after the last one answered on \
-                             this stream were not taken; send them again (with their \
-                             (writer_id, sequence)) to another replica or once it is back",
-                        )).await;
+                        // Said after the answers to what was taken (below).
+                        cut_by_stop.store(true, std::sync::atomic::Ordering::Release);
                         return;
                     }
                 };
@@ -420,6 +419,15 @@ impl LogStoreRpc for Service {
                 if !send_answer(&tx, msg).await || refused {
                     return;
                 }
+            }
+            // Not OK, which would say every append sent was answered.
+            if cut.load(std::sync::atomic::Ordering::Acquire) {
+                let stopping = Reason::Unavailable.status(
+                    "the LogStore is stopping: appends after the last one answered on this \
+                     stream were not taken; send them again (with their (writer_id, \
+                     sequence)) to another replica or once it is back",
+                );
+                send_answer(&tx, Err(stopping)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -158,6 +158,32 @@ where
         .and_then(|o| o.metadata.uid.clone()))
 }
 
+/// The uid of the ServiceAccount `account` names, as it is on the API server, when its apply
+/// was refused: listed by name (the operator has no `get` on what it applies), and `None`
+/// when that fails too, so the refusal is still reported and every other object applied.
+pub(super) async fn existing_uid(
+    client: &Client,
+    ns: &str,
+    account: &k8s_openapi::api::core::v1::ServiceAccount,
+) -> Option<String> {
+    let name = account.metadata.name.clone().unwrap_or_default();
+    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    match Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+        .list_metadata(&by_name)
+        .await
+    {
+        Ok(listed) => listed
+            .items
+            .into_iter()
+            .find(|a| a.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|a| a.metadata.uid),
+        Err(error) => {
+            tracing::warn!(%error, account = %name, "could not list the players' ServiceAccount");
+            None
+        }
+    }
+}
+
 /// Server-side applies the status of one of our resources under [`FIELD_MANAGER`].
 pub(super) async fn apply_status<K>(
     client: &Client,

@@ -153,6 +153,19 @@ pub fn why_issue(
     let Some(expiry) = cert.as_deref().and_then(not_after) else {
         return Some("its certificate does not parse".into());
     };
+    // A key that is not the certificate's, or a certificate the CA did not sign (another
+    // Secret's copied in, an edit gone wrong), would crash-loop every pod that mounts it and
+    // leave the operator's own calls plaintext, while the status said the certificates
+    // were issued.
+    let key = text("tls.key").unwrap_or_default();
+    if let Err(e) = Tls::from_pem(
+        "the Secret",
+        cert.as_deref().unwrap_or_default(),
+        &key,
+        ca_cert,
+    ) {
+        return Some(format!("it does not load: {e}"));
+    }
     if expiry - now < RENEW_BEFORE.as_secs() as i64 {
         return Some(format!("it expires at {expiry} (unix time)"));
     }
@@ -600,6 +613,27 @@ mod tests {
         assert!(why.contains("DNS names"), "{why}");
         let current = leaf_secret(&log, "ns", &ca).unwrap();
         assert_eq!(why_issue(Some(&current), &ca.pem.cert, &log, now), None);
+        // A key that is not the certificate's, or none, or a certificate of another CA
+        // under this CA's ca.crt: issued again.
+        let mut swapped = secret.clone();
+        let other_key = secret_text(&current, "tls.key").unwrap();
+        swapped.data.as_mut().unwrap().insert(
+            "tls.key".into(),
+            k8s_openapi::ByteString(other_key.into_bytes()),
+        );
+        let why = why_issue(Some(&swapped), &ca.pem.cert, &player, now).unwrap();
+        assert!(why.contains("does not load"), "{why}");
+        let mut keyless = secret.clone();
+        keyless.data.as_mut().unwrap().remove("tls.key");
+        assert!(why_issue(Some(&keyless), &ca.pem.cert, &player, now).is_some());
+        let foreign = leaf_secret(&player, "ns", &other).unwrap();
+        let mut copied = foreign.clone();
+        copied.data.as_mut().unwrap().insert(
+            "ca.crt".into(),
+            k8s_openapi::ByteString(ca.pem.cert.clone().into_bytes()),
+        );
+        let why = why_issue(Some(&copied), &ca.pem.cert, &player, now).unwrap();
+        assert!(why.contains("does not load"), "{why}");
     }
 
     #[test]

@@ -104,16 +104,10 @@ fn api_message(e: &kube::Error) -> String {
 
 impl OperatorError {
     /// An apply the API server refused, as a status problem (`ApplyFailed`) naming the
-    /// object, the field and the server's words; `None` for any other error (retried, and
-    /// written into the status only once it repeats): an apply that failed for want of an
-    /// answer (the connection, a timeout, 429 Too Many Requests, a 5xx) is not a refusal of
-    /// the object, and one of them must not flip `Degraded`.
+    /// object, the field and the server's words; `None` for any other error (retried).
     pub(crate) fn as_apply_problem(&self) -> Option<status::Problem> {
         match self {
-            OperatorError::Apply {
-                source: kube::Error::Api(s),
-                ..
-            } if (400..500).contains(&s.code) && s.code != 429 => {
+            OperatorError::Apply { .. } => {
                 Some(status::Problem::new("ApplyFailed", self.to_string()))
             }
             _ => None,

@@ -413,8 +413,13 @@ async fn apply_player_objects(
     // there is, so that a refusal does not roll the players.
     let uid = match &account {
         Ok(a) => a.metadata.uid.clone(),
-        Err(_) => existing_uid(client, ns, &o.service_account).await,
+        Err(_) => super::apply::existing_uid(client, ns, &o.service_account).await,
     };
+    // Without the uid, the Deployment applied would drop the annotation from the pods'
+    // template and restart every player (and again once the uid is back): it is left as it
+    // is until the account is known (the refusal is reported; with no account at all, the
+    // players' pods could not be made anyway).
+    let keep_deployment = account.is_err() && uid.is_none();
     let template = o
         .deployment
         .spec
@@ -450,7 +455,11 @@ async fn apply_player_objects(
         );
         outcomes.push(apply(client, ns, &logstore.pdb).await.map(drop));
     }
-    outcomes.push(apply(client, ns, &o.deployment).await.map(drop));
+    if keep_deployment {
+        tracing::warn!(ns, deployment = ?o.deployment.metadata.name, "the players' Deployment is left as it is: their ServiceAccount was refused and is not there");
+    } else {
+        outcomes.push(apply(client, ns, &o.deployment).await.map(drop));
+    }
     if let Some(pdb) = &o.pdb {
         outcomes.push(apply(client, ns, pdb).await.map(drop));
     }
@@ -460,32 +469,6 @@ async fn apply_player_objects(
     let problems = apply_problems(outcomes)?;
     prune_player_objects(client, ns, lp, &o).await?;
     Ok(problems)
-}
-
-/// The uid of the ServiceAccount `account` names, as it is on the API server, when its apply
-/// was refused: listed by name (the operator has no `get` on what it applies), and `None`
-/// when that fails too, so the refusal is still reported and every other object applied.
-async fn existing_uid(
-    client: &Client,
-    ns: &str,
-    account: &k8s_openapi::api::core::v1::ServiceAccount,
-) -> Option<String> {
-    let name = account.metadata.name.clone().unwrap_or_default();
-    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
-    match Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
-        .list_metadata(&by_name)
-        .await
-    {
-        Ok(listed) => listed
-            .items
-            .into_iter()
-            .find(|a| a.metadata.name.as_deref() == Some(name.as_str()))
-            .and_then(|a| a.metadata.uid),
-        Err(error) => {
-            tracing::warn!(%error, account = %name, "could not list the players' ServiceAccount");
-            None
-        }
-    }
 }
 
 /// Splits apply outcomes: refusals become `ApplyFailed` problems, other errors are returned.

@@ -47,9 +47,6 @@ struct World {
     forbid: HashMap<String, u32>,
     /// Paths whose GET the API server refuses as a bad request (400), with its message.
     bad_request: HashMap<String, String>,
-    /// Paths whose apply the API server answers 429 (Too Many Requests) this many times
-    /// before accepting it.
-    throttle: HashMap<String, u32>,
 }
 
 fn respond(send: mock::SendResponse<Response<Body>>, code: StatusCode, body: &Value) {
@@ -123,14 +120,6 @@ async fn serve(mut handle: Handle, mut world: World) -> Vec<Sent> {
             } else {
                 respond(send, StatusCode::NOT_FOUND, &not_found(&path));
             }
-        } else if let Some(left) = world.throttle.get_mut(&path).filter(|n| **n > 0) {
-            *left -= 1;
-            let code = StatusCode::TOO_MANY_REQUESTS;
-            respond(
-                send,
-                code,
-                &failure(code, "TooManyRequests", "try again later"),
-            );
         } else if let Some(left) = world.forbid.get_mut(&path).filter(|n| **n > 0) {
             *left -= 1;
             let code = StatusCode::FORBIDDEN;

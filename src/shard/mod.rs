@@ -130,7 +130,7 @@ pub enum ShardError {
         addr: String,
     },
     #[error(
-        "wrong log: shard {shard:?} (at {addr}) applied entries of log {ours} up to index {applied}; the sender delivers from log {theirs}. If the move to the new log is deliberate, run `logplayer shard reset-log` on this shard's data"
+        "wrong log: shard {shard:?} (at {addr}) is bound to log {ours}, its first delivery's (applied through index {applied}); the sender delivers from log {theirs}. If the sender's log is the right one (a deliberate move, or the first delivery came from a LogStore given by mistake), stop the shard and run `logplayer shard reset-log --log-id {theirs}` on its data"
     )]
     WrongLog {
         shard: String,
@@ -255,11 +255,8 @@ impl<S: ShardStore> ShardCore<S> {
     /// delivers from another log than the one this shard applied, whose log accepts larger
     /// entries than this shard, whose epoch is below the highest seen, or whose map gives
     /// this shard a slot it does not own once it has applied an entry. Persists the log id
-    /// and a higher epoch before returning, so a restart cannot forget either; the slots it
-    /// is given are persisted with the first entry applied under them. Until the shard has
-    /// applied an entry, a sender of another log takes it over, with its epoch (epochs are
-    /// per log): a LogStore given by mistake and corrected before anything was applied leaves
-    /// no trace, and a stream of the log left behind is refused at its next batch.
+    /// of the first delivery and a higher epoch before returning, so a restart cannot forget
+    /// either; the slots it is given are persisted with the first entry applied under them.
     pub fn hello(&mut self, hello: &HelloInfo) -> Result<Durable, ShardError> {
         // Every field of the Hello is checked, so each must be said: a sender that leaves
         // one out would skip its check (the wrong shard, a larger entry limit).
@@ -287,17 +284,8 @@ impl<S: ShardStore> ShardCore<S> {
                 "the Hello names no log id; a sender must say which log it delivers".into(),
             ));
         }
-        // Another log than the bound one is refused once this shard applied an entry; before
-        // that it takes the shard over (below): a sender given the wrong LogStore by mistake
-        // and corrected before anything was applied leaves no trace, as with slots.
-        let moves = self
-            .identity
-            .log_id
-            .as_ref()
-            .is_some_and(|ours| *ours != hello.log_id);
         if let Some(ours) = &self.identity.log_id
-            && moves
-            && self.durable.applied > 0
+            && *ours != hello.log_id
         {
             return Err(ShardError::WrongLog {
                 shard: self.me.id.clone(),
@@ -315,28 +303,11 @@ impl<S: ShardStore> ShardCore<S> {
                 ours: self.me.max_entry_bytes,
             });
         }
-        // Epochs are counted per log (each log's players share one lease): the highest one
-        // of the log this shard leaves says nothing about the next one's.
-        if !moves {
-            self.check_epoch(hello.epoch)?;
-        }
+        self.check_epoch(hello.epoch)?;
         let slots = self.check_slots(&hello.slots)?;
-        // Before the log id: a crash between the two leaves the old log's id with the new
-        // log's epoch, which the new log's sender moves again, rather than the new log's id
-        // with the old log's epoch, which could fence the new log's sender for good.
-        if moves && hello.epoch != self.durable.highest_epoch {
-            self.store.set_epoch(hello.epoch)?;
-            self.durable.highest_epoch = hello.epoch;
-        }
-        if self.identity.log_id.as_ref() != Some(&hello.log_id) {
-            match &self.identity.log_id {
-                Some(before) => {
-                    tracing::warn!(shard = %self.me.id, %before, now = %hello.log_id, epoch = hello.epoch, "nothing was applied from the log this shard was bound to: bound to the sender's log instead")
-                }
-                None if self.durable.applied > 0 => {
-                    tracing::warn!(shard = %self.me.id, applied = self.durable.applied, log_id = %hello.log_id, "this shard applied entries before log ids existed; adopting the sender's log")
-                }
-                None => {}
+        if self.identity.log_id.is_none() {
+            if self.durable.applied > 0 {
+                tracing::warn!(shard = %self.me.id, applied = self.durable.applied, log_id = %hello.log_id, "this shard applied entries before log ids existed; adopting the sender's log");
             }
             let mut identity = self.identity.clone();
             identity.log_id = Some(hello.log_id.clone());
@@ -400,23 +371,9 @@ impl<S: ShardStore> ShardCore<S> {
     pub fn apply_for(
         &mut self,
         epoch: u64,
-        log_id: &str,
         slots: &SlotSet,
         entries: &[ShardEntry],
     ) -> Result<Applied, ShardError> {
-        // A stream taken before another log's Hello took this shard over (nothing applied
-        // yet) delivers from a log the shard no longer follows.
-        if let Some(ours) = &self.identity.log_id
-            && ours != log_id
-        {
-            return Err(ShardError::WrongLog {
-                shard: self.me.id.clone(),
-                addr: self.me.addr.clone(),
-                ours: ours.clone(),
-                theirs: log_id.to_owned(),
-                applied: self.durable.applied,
-            });
-        }
         if self.offered.as_ref() != Some(slots) {
             self.offered = Some(slots.clone());
         }

@@ -391,8 +391,19 @@ impl<S: ShardStore> ShardService<S> {
         }
     }
 
+    /// Ends a delivery stream because the shard stops: not with OK, which a sender would take
+    /// for an end it asked for.
+    async fn end_stopping(&self, tx: &mpsc::Sender<Result<DeliverResponse, Status>>) {
+        let stopping = Reason::Unavailable.status(format!(
+            "shard {} is stopping: deliver again from its applied index once it is back",
+            self.id
+        ));
+        crate::serving::end_with(tx, stopping).await;
+    }
+
     /// Queues an ack; false when the stream is over: the sender went away, or took no ack
-    /// for `--read-stall-timeout` (then the stream ends `busy`). Without the timeout a sender
+    /// for the stall timeout (60 s: a shard takes no `--read-stall-timeout`; then the stream
+    /// ends `busy`). Without the timeout a sender
     /// that never reads its acks stopped the commits of its stream for good while its reader
     /// went on taking batches ([`INBOUND_CHANNEL`] of them, each up to the message limit).
     async fn send_ack(
@@ -401,10 +412,10 @@ impl<S: ShardStore> ShardService<S> {
         ack: DeliverResponse,
     ) -> bool {
         crate::serving::send_or_end(tx, Ok(ack), |stall| {
-            tracing::info!(shard = %self.id, stall = ?stall, "a delivery stream's sender took no ack for --read-stall-timeout: ending it");
+            tracing::info!(shard = %self.id, stall = ?stall, "a delivery stream's sender took no ack for that long: ending it");
             Reason::Busy.status(format!(
-                "this Deliver stream's sender took no ack for {} (--read-stall-timeout): ended; \
-                 deliver again from the shard's applied index",
+                "this Deliver stream's sender took no ack for {}: ended; deliver again from \
+                 the shard's applied index",
                 humantime::format_duration(stall)
             ))
         })
@@ -419,19 +430,12 @@ impl<S: ShardStore> ShardService<S> {
         inbound: Streaming<DeliverRequest>,
         tx: mpsc::Sender<Result<DeliverResponse, Status>>,
         epoch: u64,
-        log_id: Arc<str>,
         slots: Arc<SlotSet>,
     ) {
         let mut groups = Gatherer::new(self.spawn_reader(inbound), self.commit_delay);
         loop {
             let Some(group) = groups.next(&self.shutdown).await else {
-                // Not OK: a sender would take that for an end it asked for.
-                let stopping = Reason::Unavailable.status(format!(
-                    "shard {} is stopping: deliver again from its applied index once it is \
-                     back",
-                    self.id
-                ));
-                crate::serving::end_with(&tx, stopping).await;
+                self.end_stopping(&tx).await;
                 return;
             };
             let Group {
@@ -449,9 +453,8 @@ impl<S: ShardStore> ShardService<S> {
                 let result = self
                     .with_core({
                         let slots = slots.clone();
-                        let log_id = log_id.clone();
                         move |core| {
-                            let out = core.apply_for(epoch, &log_id, &slots, &entries);
+                            let out = core.apply_for(epoch, &slots, &entries);
                             out.map(|a| (a, entries))
                         }
                     })
@@ -495,7 +498,11 @@ impl<S: ShardStore> ShardService<S> {
                 }
             }
             if matches!(end, End::Closed) {
-                break;
+                // The reader also ends (its stream seen as closed) when the shard stops.
+                if self.shutdown.is_cancelled() {
+                    self.end_stopping(&tx).await;
+                }
+                return;
             }
         }
     }
@@ -576,10 +583,9 @@ impl<S: ShardStore> Shard for ShardService<S> {
             .await
             .map_err(|_| Status::cancelled("sender went away"))?;
         let service = self.clone();
-        let stream_log: Arc<str> = hello.log_id.into();
         tokio::spawn(async move {
             service
-                .stream_loop(inbound, tx, epoch, stream_log, Arc::new(slots))
+                .stream_loop(inbound, tx, epoch, Arc::new(slots))
                 .await;
             drop(open);
         });

@@ -113,10 +113,10 @@ fn a_sender_taken_before_anything_was_applied_is_checked_again_when_it_applies()
     let set = |hi| SlotSet::from_ranges([SlotRange::new(0, hi)]).unwrap();
     core.hello(&with_slots(&[(0, 16383)], 1)).unwrap();
     core.hello(&with_slots(&[(0, 8191)], 1)).unwrap();
-    core.apply_for(1, LOG, &set(8191), &[add(1, 0, &key_in(0, 8191), 1)])
+    core.apply_for(1, &set(8191), &[add(1, 0, &key_in(0, 8191), 1)])
         .unwrap();
     let err = core
-        .apply_for(1, LOG, &set(16383), &[add(2, 1, &key_in(8192, 16383), 1)])
+        .apply_for(1, &set(16383), &[add(2, 1, &key_in(8192, 16383), 1)])
         .unwrap_err();
     assert!(matches!(err, ShardError::SlotsGrew { .. }), "{err}");
     assert_eq!(core.durable().applied, 1);
@@ -163,54 +163,6 @@ fn a_sender_expecting_another_shard_is_refused_naming_both_ids_and_the_address()
         "a refused hello changes nothing"
     );
     assert_eq!(core.identity().log_id, None);
-}
-
-/// Until a shard applied an entry, a sender of another log takes it over, with its own
-/// epoch (each log's epochs come from its own lease): a player given the wrong LogStore
-/// and corrected before anything was applied leaves no trace. A stream of the log left
-/// behind is refused at its next batch.
-#[test]
-fn a_shard_that_applied_nothing_follows_the_next_log() {
-    let mut core = mem();
-    let wrong = HelloInfo {
-        log_id: "22222222-2222-4222-8222-222222222222".into(),
-        ..hi(9)
-    };
-    core.hello(&wrong).unwrap();
-    assert_eq!(
-        core.identity().log_id.as_deref(),
-        Some(wrong.log_id.as_str())
-    );
-    assert_eq!(core.durable().highest_epoch, 9);
-    let slots = core.offered().cloned().unwrap_or_default();
-    core.hello(&hi(2))
-        .expect("epoch 2 of another log is not fenced by epoch 9");
-    assert_eq!(core.identity().log_id.as_deref(), Some(LOG));
-    assert_eq!(core.durable().highest_epoch, 2);
-    let err = core
-        .apply_for(9, &wrong.log_id, &slots, &[add(1, 0, "k", 1)])
-        .unwrap_err();
-    assert!(
-        matches!(err, ShardError::WrongLog { applied: 0, .. }),
-        "{err}"
-    );
-    core.apply_for(2, LOG, &slots, &[add(1, 0, "k", 1)])
-        .unwrap();
-    // Its epochs are checked as before: 1 is below 2.
-    assert!(matches!(
-        core.hello(&hi(1)).unwrap_err(),
-        ShardError::Fenced { .. }
-    ));
-    // Once an entry is applied, the log is the shard's for good.
-    assert!(matches!(
-        core.hello(&wrong).unwrap_err(),
-        ShardError::WrongLog { applied: 1, .. }
-    ));
-    // And a restart keeps both.
-    let store = core.into_store();
-    let core = ShardCore::open(store, me("s0")).unwrap();
-    assert_eq!(core.identity().log_id.as_deref(), Some(LOG));
-    assert_eq!(core.durable().highest_epoch, 2);
 }
 
 #[test]
@@ -316,13 +268,11 @@ fn an_epoch_below_the_highest_seen_is_rejected() {
 
 /// What a Hello taught the shard (the highest epoch, the log it applies) is in its store
 /// before the Hello is answered: a shard restarted right after still fences the old
-/// leader and, once it applied an entry (before that another log takes it over), refuses
-/// another log. Kept in memory only, both would be forgotten.
+/// leader and refuses another log. Kept in memory only, both would be forgotten.
 #[test]
 fn the_epoch_and_the_log_survive_a_restart() {
     let mut core = mem();
     core.hello(&hi(5)).unwrap();
-    core.apply(5, &[add(1, 0, "k", 1)]).unwrap();
     let mut core = ShardCore::open(core.into_store(), me("s0")).unwrap();
     assert!(
         matches!(

@@ -494,8 +494,13 @@ fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option
             "Deleting",
             format!("the LogPlayer is being deleted ({holds}): the operator changes nothing"),
         )
-    } else if let Some(first) = problems.first() {
-        verdict(false, &first.reason, primary_message(problems))
+    } else if let Some(first) = problems.iter().find(|p| !p.is_warning()) {
+        let blocking: Vec<Problem> = problems
+            .iter()
+            .filter(|p| !p.is_warning())
+            .cloned()
+            .collect();
+        verdict(false, &first.reason, primary_message(&blocking))
     } else if leader.is_none() {
         verdict(
             false,

@@ -77,7 +77,18 @@ impl Problem {
             message: message.into(),
         }
     }
+
+    /// A problem that needs you but does not stop delivery (a CA near its end, a log
+    /// replica behind while a majority keeps up): `Degraded` says it, `Ready` stays True,
+    /// so that `kubectl wait` and deployment tools do not take a working LogPlayer for a
+    /// broken one for up to 30 days.
+    pub fn is_warning(&self) -> bool {
+        WARNINGS.contains(&self.reason.as_str())
+    }
 }
+
+/// The reasons of [`Problem::is_warning`].
+pub const WARNINGS: [&str; 2] = ["CaExpiringSoon", "LogReplicaBehind"];
 
 /// The outcome of asking a server for something small.
 #[derive(Debug, Clone, PartialEq, Eq)]

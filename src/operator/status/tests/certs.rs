@@ -94,6 +94,38 @@ fn a_pause_keeps_the_last_certificate_problem() {
             (type_, srm(&before.conditions, type_).0, "CaExpiringSoon")
         );
     }
-    assert_ne!(srm(&after.conditions, condition::READY).0, "True");
+    assert_eq!(
+        srm(&after.conditions, condition::READY).0,
+        srm(&before.conditions, condition::READY).0
+    );
     assert_eq!(events_for(&before.conditions, &after.conditions), []);
+}
+
+/// A warning (a CA within 30 days of its end, a log replica behind) is `Degraded` but not
+/// a reason for `Ready` False: delivery works, and for up to 30 days `kubectl wait` and
+/// deployment tools took the LogPlayer for a broken one. A blocking problem beside it is
+/// `Ready`'s reason, and a CA that does not work is blocking.
+#[test]
+fn a_warning_is_degraded_but_ready() {
+    use crate::operator::certs::CertState;
+    let problem = |reason: &str| {
+        healthy_with(|o| {
+            o.certificates = CertState::Problem(Problem::new(reason, format!("{reason} here")))
+        })
+    };
+    let expiring = logplayer_status(
+        &problem("CaExpiringSoon"),
+        &LogPlayerStatus::default(),
+        now(),
+    );
+    assert_eq!(srm(&expiring.conditions, condition::READY).0, "True");
+    assert_eq!(
+        srm(&expiring.conditions, condition::DEGRADED),
+        ("True", "CaExpiringSoon", "CaExpiringSoon here")
+    );
+    let invalid = logplayer_status(&problem("CaInvalid"), &LogPlayerStatus::default(), now());
+    assert_eq!(
+        srm(&invalid.conditions, condition::READY),
+        ("False", "CaInvalid", "CaInvalid here")
+    );
 }
