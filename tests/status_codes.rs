@@ -656,3 +656,48 @@ async fn a_sequence_going_back_on_an_append_stream_is_refused_and_nothing_after_
         s.message()
     );
 }
+
+/// Each delivery stream is checked against the slots its own Hello gave: a second stream
+/// whose Hello gives the shard every slot does not widen the first's (half of them), whose
+/// entry changing a key of the other half is refused `invalid`.
+#[tokio::test]
+async fn each_deliver_stream_keeps_the_slots_of_its_own_hello() {
+    const LOG: &str = "00000000-0000-4000-8000-00000000000d";
+    let (_dir, c, _) = servers(1).await;
+    let addr = c.shards[0].addr().to_owned();
+    let mut half = hello(1, LOG, "s0", DEFAULT_MAX);
+    if let Some(deliver_request::Msg::Hello(h)) = &mut half.msg {
+        h.slots = vec![logplayer::proto::SlotRange {
+            start: 0,
+            end: 8191,
+        }];
+    }
+    let (narrow, inbound) = deliver(&addr, half).await.unwrap();
+    let (_wide, _wide_in) = deliver(&addr, hello(1, LOG, "s0", DEFAULT_MAX))
+        .await
+        .unwrap();
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| logplayer::routing::slot(k.as_bytes()) > 8191)
+        .unwrap_or_default();
+    narrow
+        .send(DeliverRequest {
+            msg: Some(deliver_request::Msg::Batch(Batch {
+                entries: vec![ShardEntry {
+                    index: 1,
+                    prev_index: 0,
+                    mutations: add(&key, 1),
+                    ..Default::default()
+                }],
+            })),
+        })
+        .await
+        .unwrap();
+    let s = refusal(inbound).await;
+    expect(&s, Reason::Invalid);
+    assert!(
+        s.message().contains("does not give this shard"),
+        "{}",
+        s.message()
+    );
+}

@@ -80,6 +80,7 @@ pub struct LogPlayerSpec {
     /// Container image of the player, log-replica and managed shard pods; unset uses the
     /// operator's `--default-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), pattern(r"^\S+$"))]
     pub image: Option<String>,
     /// Image pull policy of the player, log-replica and managed shard pods; unset leaves
     /// Kubernetes' default.

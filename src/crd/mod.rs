@@ -227,8 +227,10 @@ pub struct ManagedStorage {
     /// change, nor can `storageClassName`: a StatefulSet's volume claims are fixed.
     #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(QUANTITY_PATTERN))]
     pub storage: String,
-    /// StorageClass of the persistent volume; unset uses the cluster's default class.
+    /// StorageClass of the persistent volume; unset uses the cluster's default class. A
+    /// StorageClass name (a DNS subdomain): checked here, since it cannot change later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(DNS_SUBDOMAIN_PATTERN))]
     pub storage_class_name: Option<String>,
     /// CPU and memory for the server's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

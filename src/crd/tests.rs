@@ -452,6 +452,14 @@ fn schema_carries_the_defaults_and_bounds() {
     assert_eq!(d["queueBytes"]["maximum"], f(MAX_QUEUE_BYTES));
     let tls = &p["tls"]["properties"];
     assert_eq!(tls["caSecret"]["pattern"], super::DNS_SUBDOMAIN_PATTERN);
+    // Fixed once set (a typo could only be undone by deleting the resource), or failing
+    // only at the apply: checked by the API server.
+    let managed = &p["logStore"]["properties"]["managed"]["properties"];
+    assert_eq!(
+        managed["storageClassName"]["pattern"],
+        super::DNS_SUBDOMAIN_PATTERN
+    );
+    assert_eq!(p["image"]["minLength"], 1);
     assert_eq!(
         tls["issuerRef"]["properties"]["name"]["pattern"],
         super::DNS_SUBDOMAIN_PATTERN
