@@ -168,6 +168,27 @@ async fn replicas_are_added_and_removed_at_runtime_and_the_log_goes_on() {
         "{}",
         g.procs[0].log_tail(20)
     );
+    // Nor when asked to (the operator seeds a new group's first replica this way, and takes
+    // a group for gone from its status, which anyone may overwrite).
+    let refused = logplayer::proto::log_store_client::LogStoreClient::connect(format!(
+        "http://{}",
+        g.addrs[0]
+    ))
+    .await
+    .unwrap()
+    .seed(logplayer::proto::SeedRequest {})
+    .await
+    .expect_err("a wiped replica whose peers form a group seeded a second one");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("not seeding a second one"),
+        "{}",
+        refused.message()
+    );
     let m = members(&g.all(), &["add", &format!("1={}", g.addrs[0])])
         .await
         .unwrap_or_else(|e| panic!("re-add: {e}\n{}", g.logs()));

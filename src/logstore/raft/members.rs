@@ -300,10 +300,19 @@ impl Replica {
     }
 
     /// Starts a new group of this replica alone (see `Seed` in the proto). Changes nothing
-    /// on a replica already in a group.
+    /// on a replica already in a group; refused on one whose `--peers` already form a group
+    /// (a replica that lost its directory, seeded by a caller that took the group for gone,
+    /// would start a second log beside the first, as the lowest id at start would).
     pub async fn seed(&self) -> Result<Members, LogStoreError> {
         if self.raft().is_initialized().await.unwrap_or(true) {
             return Ok(self.members());
+        }
+        if super::node::joined_elsewhere(self.id(), self.peers()).await? {
+            return Err(refused(format!(
+                "replica {}'s peers already form a group: not seeding a second one; add this \
+                 replica to it with `logstore members add`",
+                self.id()
+            )));
         }
         let Some(addr) = self.own_addr() else {
             return Err(refused(format!(

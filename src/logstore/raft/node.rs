@@ -101,10 +101,13 @@ impl ReplicaConfig {
 /// it: taken as a group's replica, it kept the lowest id from ever seeding, and the group
 /// waited for ever; so is a peer that says it is another replica than `--peers` maps there
 /// (a mistyped address reaching another group's replica).
-async fn joined_elsewhere(config: &ReplicaConfig) -> Result<bool, LogStoreError> {
+pub(super) async fn joined_elsewhere(
+    me: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+) -> Result<bool, LogStoreError> {
     use crate::proto::BoundsRequest;
     use crate::proto::log_store_client::LogStoreClient;
-    for (id, addr) in config.peers.iter().filter(|(id, _)| **id != config.id) {
+    for (id, addr) in peers.iter().filter(|(id, _)| **id != me) {
         let ask = async {
             let channel = crate::grpc::connect(addr, &crate::grpc::Expected::Log)
                 .await
@@ -135,7 +138,7 @@ async fn joined_elsewhere(config: &ReplicaConfig) -> Result<bool, LogStoreError>
                 )));
             }
             tracing::warn!(
-                replica = config.id,
+                replica = me,
                 peer = id,
                 %addr,
                 %log_id,
@@ -431,7 +434,8 @@ impl Replica {
         // the membership (with the addresses it dials) from the leader.
         let bootstraps = !config.join && config.peers.keys().next() == Some(&config.id);
         let initialized = raft.is_initialized().await.unwrap_or(true);
-        let seeds = !initialized && bootstraps && !joined_elsewhere(&config).await?;
+        let seeds =
+            !initialized && bootstraps && !joined_elsewhere(config.id, &config.peers).await?;
         if seeds {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .peers
