@@ -428,10 +428,9 @@ impl Replica {
         )
         .await
         .map_err(|e| LogStoreError::Config(format!("raft: {e}")))?;
-        // Only the lowest id of `--peers` starts a new group. Were every replica to do it, a
-        // replica with a wrong `--peers` would hold a membership of its own at index 0, and
-        // its failed elections would keep disrupting the others'. Every other replica learns
-        // the membership (with the addresses it dials) from the leader.
+        // Only the lowest id of `--peers` starts a new group: were every replica to, one with
+        // a wrong `--peers` would hold a membership of its own at index 0 and disrupt the
+        // others' elections. The others learn the membership (and addresses) from the leader.
         let bootstraps = !config.join && config.peers.keys().next() == Some(&config.id);
         let initialized = raft.is_initialized().await.unwrap_or(true);
         let seeds =
