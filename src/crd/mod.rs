@@ -78,6 +78,9 @@ pub const RESOURCE_QUANTITY_PATTERN: &str = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KM
 /// with an error about a URI.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A StorageClass name (a DNS-1123 subdomain), or `""`: no class.
+pub const STORAGE_CLASS_PATTERN: &str =
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$";
 /// A DNS-1035 label: what a Service's name must be, so what a LogPlayer's name (its Services
 /// `NAME-player-metrics`, `NAME-logstore`, ...) and a managed Shard's (`NAME-shard`) must be;
 /// a Shard's `spec.logPlayer` names a LogPlayer.
@@ -227,10 +230,11 @@ pub struct ManagedStorage {
     /// change, nor can `storageClassName`: a StatefulSet's volume claims are fixed.
     #[schemars(length(min = 1, max = SHORT_STRING_MAX), pattern(QUANTITY_PATTERN))]
     pub storage: String,
-    /// StorageClass of the persistent volume; unset uses the cluster's default class. A
-    /// StorageClass name (a DNS subdomain): checked here, since it cannot change later.
+    /// StorageClass of the persistent volume; unset uses the cluster's default class, `""`
+    /// none (a volume made beforehand). A StorageClass name (a DNS subdomain): checked
+    /// here, since it cannot change later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), pattern(DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(max = 253), pattern(STORAGE_CLASS_PATTERN))]
     pub storage_class_name: Option<String>,
     /// CPU and memory for the server's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

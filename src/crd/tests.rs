@@ -457,8 +457,17 @@ fn schema_carries_the_defaults_and_bounds() {
     let managed = &p["logStore"]["properties"]["managed"]["properties"];
     assert_eq!(
         managed["storageClassName"]["pattern"],
-        super::DNS_SUBDOMAIN_PATTERN
+        super::STORAGE_CLASS_PATTERN
     );
+    let class = regex::Regex::new(super::STORAGE_CLASS_PATTERN).unwrap();
+    for (name, ok) in [
+        ("", true),
+        ("fast-ssd", true),
+        ("gp3.ebs", true),
+        ("Fast SSD", false),
+    ] {
+        assert_eq!(class.is_match(name), ok, "{name:?}");
+    }
     assert_eq!(p["image"]["minLength"], 1);
     assert_eq!(
         tls["issuerRef"]["properties"]["name"]["pattern"],

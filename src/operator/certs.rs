@@ -403,6 +403,24 @@ async fn keep_issued(
                         )));
                     }
                 };
+                // A CA whose leaves do not verify (a subject rcgen cannot repeat as their
+                // issuer, say) would have every leaf issued again at every reconciliation.
+                let text = |k: &str| secret_text(&secret, k).unwrap_or_default();
+                if let Err(e) = Tls::from_pem(
+                    &leaf.secret,
+                    &text("tls.crt"),
+                    &text("tls.key"),
+                    &ca.pem.cert,
+                ) {
+                    return Ok(CertState::Problem(Problem::new(
+                        "CaInvalid",
+                        format!(
+                            "the CA in Secret {} signs certificates that do not verify against \
+                             it ({e}): replace it (tls.crt, tls.key)",
+                            ca_secret(lp)
+                        ),
+                    )));
+                }
                 apply(client, ns, &secret).await?;
                 tracing::info!(secret = %leaf.secret, reason = %why, "issued a certificate");
                 now + LEAF_VALIDITY.as_secs() as i64

@@ -136,8 +136,9 @@ pub struct Context {
     pub metrics: Arc<OperatorMetrics>,
     pub recorder: Recorder,
     /// Failed reconciliations in a row, per resource (`kind/namespace/name`): a failure is
-    /// written into the status only once it repeats (one 429 or a brief outage of the API
-    /// server does not flip `Ready`).
+    /// written into the status only once it repeats (one 429 on a read or a brief outage of
+    /// the API server does not flip `Ready`). An apply that fails, whatever the cause, is
+    /// `ApplyFailed` at once instead: the reconciliation goes on and the status says it.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 

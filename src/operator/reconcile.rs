@@ -399,8 +399,8 @@ async fn publish(
 }
 
 /// Applies every object (a refused one does not stop the others), then deletes what the
-/// operator made for this LogPlayer and no longer wants. Returns the refusals as
-/// `ApplyFailed` problems; any other error (the API server unreachable) is returned.
+/// operator made for this LogPlayer and no longer wants. Returns the failed applies as
+/// `ApplyFailed` problems; any other error (a prune, a lookup) is returned.
 async fn apply_player_objects(
     client: &Client,
     ns: &str,
@@ -455,8 +455,19 @@ async fn apply_player_objects(
         );
         outcomes.push(apply(client, ns, &logstore.pdb).await.map(drop));
     }
+    let mut kept = None;
     if keep_deployment {
-        tracing::warn!(ns, deployment = ?o.deployment.metadata.name, "the players' Deployment is left as it is: their ServiceAccount was refused and is not there");
+        let name = o.deployment.metadata.name.clone().unwrap_or_default();
+        let account = o.service_account.metadata.name.clone().unwrap_or_default();
+        tracing::warn!(ns, deployment = %name, "the players' Deployment is left as it is: their ServiceAccount was refused and is not there");
+        // Said as the Deployment's own refusal, so that `Progressing` says it is held back.
+        kept = Some(status::Problem::new(
+            "ApplyFailed",
+            format!(
+                "applying Deployment {name}: left as it is while its ServiceAccount {account} \
+                 is refused and not there (applied without it, every player would restart)"
+            ),
+        ));
     } else {
         outcomes.push(apply(client, ns, &o.deployment).await.map(drop));
     }
@@ -466,7 +477,8 @@ async fn apply_player_objects(
     for p in &o.network_policies {
         outcomes.push(apply(client, ns, p).await.map(drop));
     }
-    let problems = apply_problems(outcomes)?;
+    let mut problems = apply_problems(outcomes)?;
+    problems.extend(kept);
     prune_player_objects(client, ns, lp, &o).await?;
     Ok(problems)
 }

@@ -697,7 +697,7 @@ async fn api_errors_are_retried_and_counted() {
     let _ = server.await;
 }
 
-/// One failed reconciliation (a 429, a brief outage of the API server) is not written into
+/// One failed reconciliation (a 429 on a read, a brief outage of the API server) is not written into
 /// the status; the third in a row is, and a success starts the count again.
 #[tokio::test]
 async fn a_failure_is_reported_in_the_status_only_once_it_repeats() {

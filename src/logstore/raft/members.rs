@@ -307,7 +307,12 @@ impl Replica {
         if self.raft().is_initialized().await.unwrap_or(true) {
             return Ok(self.members());
         }
-        if super::node::joined_elsewhere(self.id(), self.peers()).await? {
+        // Its peers' answers decide (a peer that is not a replica of a group, or another
+        // replica than `--peers` says, is refused by name).
+        let elsewhere = super::node::joined_elsewhere(self.id(), self.peers())
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if elsewhere {
             return Err(refused(format!(
                 "replica {}'s peers already form a group: not seeding a second one; add this \
                  replica to it with `logstore members add`",
@@ -322,10 +327,13 @@ impl Replica {
         };
         tracing::info!(replica = self.id(), %addr, "seeding a new group of this one replica");
         let members = std::collections::BTreeMap::from([(self.id(), BasicNode::new(addr))]);
-        self.raft()
-            .initialize(members)
-            .await
-            .map_err(|e| refused(format!("seeding: {e}")))?;
+        if let Err(e) = self.raft().initialize(members).await {
+            // Two Seeds at once: the other one seeded it.
+            if self.raft().is_initialized().await.unwrap_or(false) {
+                return Ok(self.members());
+            }
+            return Err(refused(format!("seeding: {e}")));
+        }
         Ok(self.members())
     }
 

@@ -486,7 +486,8 @@ fn log_membership_changing(seen: &Seen) -> Option<Verdict> {
     })
 }
 
-/// `Ready`: the first problem, else a missing leader or ready pod, else delivering.
+/// `Ready`: the first problem that is not a warning, else a missing leader or ready pod,
+/// else delivering.
 fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option<i64>) -> Verdict {
     if let Some(holds) = &obs.deleting {
         verdict(

@@ -24,8 +24,9 @@
 //! - `Ready`: a leader is elected, at least one player pod is ready and so is the leader's
 //!   (`LeaderNotReady` when it is not: a shard refuses it, or its main stream is stalled),
 //!   no shard server says it refuses the players (`DeliveryRefused`, naming the shard),
-//!   every managed server has a running pod and nothing is degraded (`Delivering`); else the
-//!   reason of what is missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).
+//!   every managed server has a running pod and nothing is degraded but for a warning
+//!   (`CaExpiringSoon`, `LogReplicaBehind`: [`Problem::is_warning`]) (`Delivering`); else
+//!   the reason of what is missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).
 //!
 //! A reconciliation that fails before it has looked at everything sets `Ready` False and
 //! `Degraded` True with reason `ReconcileFailed` ([`failed_conditions`]).
@@ -285,12 +286,17 @@ fn primary_message(problems: &[Problem]) -> String {
 /// `Degraded`: True with the first problem's reason and message (and a count of the
 /// others), or False (`AsExpected`).
 fn degraded_condition(problems: &[Problem], generation: i64, now: &Time) -> Condition {
+    // A warning ranks after every other problem (a CA near its end must not hide a pod
+    // that crash-loops for 30 days).
+    let (blocking, warnings): (Vec<Problem>, Vec<Problem>) =
+        problems.iter().cloned().partition(|p| !p.is_warning());
+    let problems = [blocking, warnings].concat();
     match problems.first() {
         Some(first) => cond(
             condition::DEGRADED,
             true,
             &first.reason,
-            primary_message(problems),
+            primary_message(&problems),
             generation,
             now,
         ),

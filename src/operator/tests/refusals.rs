@@ -63,6 +63,8 @@ async fn a_refused_service_account_does_not_stop_the_other_applies() {
             .any(|p| p.ends_with("/configmaps/demo-shard-map")),
         "{paths:?}"
     );
+    let st = &status_patch(&sent).body["status"];
+    assert_eq!(condition(st, "Progressing")["reason"], "Blocked", "{st}");
     let mut w = world(&lp, four_shards());
     let account = "/api/v1/namespaces/ns/serviceaccounts/demo-player";
     w.refuse.insert(
