@@ -57,6 +57,9 @@ pub struct Seen {
     pub running: BTreeSet<u64>,
     /// The change made this time, or why it failed.
     pub change: Option<Result<Change, String>>,
+    /// The StatefulSet revisions its pods run (`controller-revision-hash`): more than one
+    /// while the replicas are rolled to a new one.
+    pub revisions: BTreeSet<String>,
 }
 
 impl Seen {
@@ -421,6 +424,7 @@ mod tests {
             unknown: None,
             running: running.iter().copied().collect(),
             change: None,
+            revisions: Default::default(),
         };
         assert!(should_seed(&seen(None, &[1, 2, 3]), None));
         assert!(

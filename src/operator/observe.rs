@@ -663,6 +663,14 @@ pub fn serving_replicas(pods: &[&Pod]) -> std::collections::BTreeSet<u64> {
         .collect()
 }
 
+/// The StatefulSet revisions `pods` run (their `controller-revision-hash` label): more than
+/// one while a StatefulSet is rolled.
+pub fn revisions(pods: &[&Pod]) -> std::collections::BTreeSet<String> {
+    pods.iter()
+        .filter_map(|p| p.labels().get("controller-revision-hash").cloned())
+        .collect()
+}
+
 /// The pods of everything the operator runs for the LogPlayer `instance` (players, the
 /// managed LogStore, managed shard servers).
 pub(super) async fn pods_of(

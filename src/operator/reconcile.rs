@@ -330,7 +330,9 @@ async fn members_step(
         return Ok(None);
     };
     let pods = pods_of(&ctx.client, ns, &lp.name_any()).await?;
-    let running = serving_replicas(&component_pods(&pods, "logstore", None));
+    let log_pods = component_pods(&pods, "logstore", None);
+    let running = serving_replicas(&log_pods);
+    let revisions = super::observe::revisions(&log_pods);
     let (members, unknown) = match members {
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(e)),
@@ -342,6 +344,7 @@ async fn members_step(
         unknown,
         running,
         change: None,
+        revisions,
     };
     let change = match &seen.members {
         _ if !may_change => None,

@@ -463,6 +463,19 @@ fn progressing(obs: &Observed) -> Verdict {
         .and_then(log_membership_changing)
     {
         v
+    } else if let Some(seen) = obs.log_members.as_ref().filter(|s| s.revisions.len() > 1) {
+        // A change of the pods' template (`maxEntryBytes`, `image`) rolls the log replicas
+        // one at a time: each restart shows as `LogReplicaDown` meanwhile.
+        verdict(
+            true,
+            "RollingOut",
+            format!(
+                "the log replicas of StatefulSet {} are being rolled to a new revision (their \
+                 pods run {} revisions)",
+                seen.stateful_set,
+                seen.revisions.len()
+            ),
+        )
     } else {
         verdict(
             false,

@@ -18,8 +18,8 @@
 //!   `ContainerCannotStart`, `CrashLoopBackOff`), `LogStoreUnreachable`, the managed log's
 //!   group (`LogMembershipFailed`, `NoLogLeader`, `LogReplicaDown`, `LogReplicaBehind`),
 //!   `EntryLimitMismatch`, `LeaseEpochBehind`, `ShardUnreachable`; else `AsExpected`.
-//! - `Progressing`: player pods being created or rolled (`RollingOut`) or log replicas added
-//!   or removed (`LogReplicasChanging`), else `Complete`, `NoDeployment`, `Blocked` or
+//! - `Progressing`: player pods being created or rolled (`RollingOut`), log replicas added
+//!   or removed (`LogReplicasChanging`) or rolled (`RollingOut`), else `Complete`, `NoDeployment`, `Blocked` or
 //!   `Paused`.
 //! - `Ready`: a leader is elected, at least one player pod is ready and so is the leader's
 //!   (`LeaderNotReady` when it is not: a shard refuses it, or its main stream is stalled),

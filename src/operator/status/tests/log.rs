@@ -32,7 +32,22 @@ fn group(voters: &[u64], learners: &[u64], leader: u64, running: &[u64]) -> Seen
         unknown: None,
         running: running.iter().copied().collect(),
         change: None,
+        revisions: ["rev-1".to_owned()].into(),
     }
+}
+
+/// A change of the log replicas' template rolls them one at a time: while their pods run
+/// two revisions, `Progressing` says so (it said `Complete` while each restart showed as a
+/// replica down).
+#[test]
+fn log_replicas_on_two_revisions_are_rolling_out() {
+    let mut seen = group(&[1, 2, 3], &[], 2, &[1, 2]);
+    seen.revisions = ["rev-1".to_owned(), "rev-2".to_owned()].into();
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let (status, reason, message) = srm(&st.conditions, condition::PROGRESSING);
+    assert_eq!((status, reason), ("True", "RollingOut"), "{message}");
+    assert!(message.contains("demo-logstore"), "{message}");
 }
 
 #[test]
