@@ -137,25 +137,52 @@ where
     let Some(owner_uid) = owner_uid else {
         return Ok(None);
     };
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let listed = api
-        .list_metadata(
-            &kube::api::ListParams::default()
-                .fields(&format!("metadata.name={name}"))
-                .labels(super::reconcile::MANAGED_BY_SELECTOR),
-        )
-        .await?;
+    let listed = named::<K>(
+        client,
+        ns,
+        name,
+        Some(super::reconcile::MANAGED_BY_SELECTOR),
+    )
+    .await?;
     Ok(listed
-        .items
-        .iter()
-        .find(|o| {
-            o.metadata
-                .owner_references
+        .into_iter()
+        .find(|m| {
+            m.owner_references
                 .iter()
                 .flatten()
                 .any(|r| r.controller == Some(true) && r.uid == owner_uid)
         })
-        .and_then(|o| o.metadata.uid.clone()))
+        .and_then(|m| m.uid))
+}
+
+/// The metadata of the object `name` if it exists (and carries `labels`), listed by name:
+/// the operator has no `get` on what it applies.
+async fn named<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    labels: Option<&str>,
+) -> Result<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let mut params = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    if let Some(labels) = labels {
+        params = params.labels(labels);
+    }
+    let listed = Api::<K>::namespaced(client.clone(), ns)
+        .list_metadata(&params)
+        .await?;
+    Ok(listed
+        .items
+        .into_iter()
+        .map(|o| o.metadata)
+        .filter(|m| m.name.as_deref() == Some(name))
+        .collect())
 }
 
 /// The uid of the ServiceAccount `account` names, as it is on the API server, when its apply
@@ -167,16 +194,8 @@ pub(super) async fn existing_uid(
     account: &k8s_openapi::api::core::v1::ServiceAccount,
 ) -> Option<String> {
     let name = account.metadata.name.clone().unwrap_or_default();
-    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
-    match Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
-        .list_metadata(&by_name)
-        .await
-    {
-        Ok(listed) => listed
-            .items
-            .into_iter()
-            .find(|a| a.metadata.name.as_deref() == Some(name.as_str()))
-            .and_then(|a| a.metadata.uid),
+    match named::<k8s_openapi::api::core::v1::ServiceAccount>(client, ns, &name, None).await {
+        Ok(listed) => listed.into_iter().find_map(|m| m.uid),
         Err(error) => {
             tracing::warn!(%error, account = %name, "could not list the players' ServiceAccount");
             None

@@ -502,18 +502,18 @@ fn log_membership_changing(seen: &Seen) -> Option<Verdict> {
 /// `Ready`: the first problem that is not a warning, else a missing leader or ready pod,
 /// else delivering.
 fn ready(obs: &Observed, problems: &[Problem], leader: Option<&str>, lag: Option<i64>) -> Verdict {
+    let blocking: Vec<Problem> = problems
+        .iter()
+        .filter(|p| !p.is_warning())
+        .cloned()
+        .collect();
     if let Some(holds) = &obs.deleting {
         verdict(
             false,
             "Deleting",
             format!("the LogPlayer is being deleted ({holds}): the operator changes nothing"),
         )
-    } else if let Some(first) = problems.iter().find(|p| !p.is_warning()) {
-        let blocking: Vec<Problem> = problems
-            .iter()
-            .filter(|p| !p.is_warning())
-            .cloned()
-            .collect();
+    } else if let Some(first) = blocking.first() {
         verdict(false, &first.reason, primary_message(&blocking))
     } else if leader.is_none() {
         verdict(
