@@ -309,9 +309,12 @@ const LOG_REPLICAS: &str = "app.kubernetes.io/instance=demo,app.kubernetes.io/co
 
 /// The demo LogPlayer's `status.problems`, as (reason, message).
 async fn problems(h: &Harness) -> Result<Vec<(String, String)>, String> {
-    let lp = get_json(h, "logplayer", "demo").await?;
-    Ok(lp
-        .pointer("/status/problems")
+    Ok(problems_in(&get_json(h, "logplayer", "demo").await?))
+}
+
+/// `status.problems` of a LogPlayer read as JSON, as (reason, message).
+fn problems_in(lp: &Value) -> Vec<(String, String)> {
+    lp.pointer("/status/problems")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -319,7 +322,7 @@ async fn problems(h: &Harness) -> Result<Vec<(String, String)>, String> {
             let field = |f: &str| p[f].as_str().unwrap_or_default().to_owned();
             (field("reason"), field("message"))
         })
-        .collect())
+        .collect()
 }
 
 /// A log follower frozen under load (pod 0 unless it leads: the first replica the operator
@@ -327,7 +330,7 @@ async fn problems(h: &Harness) -> Result<Vec<(String, String)>, String> {
 /// connect, which its kernel accepts for it, kept it Ready), `status.problems` names it
 /// `LogReplicaDown` and, at no poll, `LogStoreUnreachable` or `NoLogLeader` (the two others
 /// serve the log; asked one replica after the other, the frozen first one took the
-/// question's whole time);
+/// question's whole time), nor `Ready` False for it (a majority appends and delivers);
 /// resumed, it is Ready again and no longer down.
 async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
     let leader = super::log_leader(h, 0).await?.0;
@@ -339,16 +342,27 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
     let t = Instant::now();
     h.node.signal(DEMO_NS, &follower, Signal::SIGSTOP)?;
     // What must never show while only a follower is frozen: the log served by the two
-    // others read as unreachable, or as leaderless.
+    // others read as unreachable, or as leaderless, or not Ready for it.
     let wrong = std::sync::Mutex::new(Vec::new());
-    let note_wrong = |problems: &[(String, String)]| {
-        let seen = problems
-            .iter()
-            .filter(|(r, _)| r == "LogStoreUnreachable" || r == "NoLogLeader");
+    let note_wrong = |lp: &Value| {
+        let problems = problems_in(lp);
+        let mut seen: Vec<(String, String)> = problems
+            .into_iter()
+            .filter(|(r, _)| r == "LogStoreUnreachable" || r == "NoLogLeader")
+            .collect();
+        if let Some(ready) = condition(lp, "Ready") {
+            let reason = ready["reason"].as_str().unwrap_or_default();
+            if ready["status"] == "False" && reason.starts_with("Log") {
+                seen.push((
+                    format!("Ready False: {reason}"),
+                    ready["message"].to_string(),
+                ));
+            }
+        }
         wrong
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(seen.cloned());
+            .extend(seen);
     };
     if follower != "demo-logstore-0" {
         eprintln!("[e2e] demo-logstore-0 leads the log: freezing {follower} instead");
@@ -356,7 +370,7 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
     let frozen = async {
         let what = format!("the frozen log follower {follower} to be not Ready");
         wait_for(&what, 30 * SECOND, SECOND / 2, || async {
-            note_wrong(&problems(h).await?);
+            note_wrong(&get_json(h, "logplayer", "demo").await?);
             let pods = ready_pods(&h.client, DEMO_NS, LOG_REPLICAS).await?;
             let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
             if names.contains(&follower) {
@@ -368,8 +382,9 @@ async fn frozen_log_follower(h: &Harness) -> anyhow::Result<()> {
         .await?;
         let what = format!("status.problems: LogReplicaDown naming {follower}");
         wait_for(&what, 30 * SECOND, SECOND / 2, || async {
-            let problems = problems(h).await?;
-            note_wrong(&problems);
+            let lp = get_json(h, "logplayer", "demo").await?;
+            note_wrong(&lp);
+            let problems = problems_in(&lp);
             let down = problems
                 .iter()
                 .any(|(r, m)| r == "LogReplicaDown" && m.contains(&named));

@@ -162,11 +162,29 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
         .map(|id| format!("replica {id} (pod {})", seen.pod(*id)))
         .collect();
     if !down.is_empty() {
+        // A majority that runs keeps the log appending and delivering: fewer copies is a
+        // warning (a rolling restart takes one replica at a time). Without one, or while
+        // the group changes (a joint majority is two majorities), it blocks.
+        let majority = voters.len() / 2 + 1;
+        let running = voters.len() - down.len();
+        let (reason, then) = if running >= majority && !m.joint && m.leader != 0 {
+            (
+                "LogReplicaDown",
+                "the log keeps fewer copies until they are back".to_owned(),
+            )
+        } else {
+            (
+                "LogQuorumLost",
+                format!(
+                    "fewer than a majority ({majority}) run, so the log appends nothing until \
+                     they are back"
+                ),
+            )
+        };
         out.push(Problem::new(
-            "LogReplicaDown",
+            reason,
             format!(
-                "{} of {} voting log replicas are not running and ready: {}; the log keeps \
-                 fewer copies until they are back",
+                "{} of {} voting log replicas are not running and ready: {}; {then}",
                 down.len(),
                 voters.len(),
                 down.join(", ")

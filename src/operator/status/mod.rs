@@ -16,7 +16,8 @@
 //!   (`CaInvalid`, `CaExpiringSoon`, ...), `ShardDegraded`, pods that cannot be made or run
 //!   (`PodsNotCreated`, `RolloutStalled`, `PodsPending`, `ImagePullFailed`,
 //!   `ContainerCannotStart`, `CrashLoopBackOff`), `LogStoreUnreachable`, the managed log's
-//!   group (`LogMembershipFailed`, `NoLogLeader`, `LogReplicaDown`, `LogReplicaBehind`),
+//!   group (`LogMembershipFailed`, `NoLogLeader`, `LogQuorumLost`, `LogReplicaDown`,
+//!   `LogReplicaBehind`),
 //!   `EntryLimitMismatch`, `LeaseEpochBehind`, `ShardUnreachable`; else `AsExpected`.
 //! - `Progressing`: player pods being created or rolled (`RollingOut`), log replicas added
 //!   or removed (`LogReplicasChanging`) or rolled (`RollingOut`), else `Complete`, `NoDeployment`, `Blocked` or
@@ -25,7 +26,8 @@
 //!   (`LeaderNotReady` when it is not: a shard refuses it, or its main stream is stalled),
 //!   no shard server says it refuses the players (`DeliveryRefused`, naming the shard),
 //!   every managed server has a running pod and nothing is degraded but for a warning
-//!   (`CaExpiringSoon`, `LogReplicaBehind`: [`Problem::is_warning`]) (`Delivering`); else
+//!   (`CaExpiringSoon`, `LogReplicaDown`, `LogReplicaBehind`: [`Problem::is_warning`])
+//!   (`Delivering`); else
 //!   the reason of what is missing (`LogStoreNotRunning`, `ShardNotRunning`, ...).
 //!
 //! A reconciliation that fails before it has looked at everything sets `Ready` False and
@@ -80,7 +82,8 @@ impl Problem {
     }
 
     /// A problem that needs you but does not stop delivery (a CA near its end, a log
-    /// replica behind while a majority keeps up): `Degraded` says it, `Ready` stays True,
+    /// replica down or behind while a majority runs and keeps up; a majority down is
+    /// `LogQuorumLost`): `Degraded` says it, `Ready` stays True,
     /// so that `kubectl wait` and deployment tools do not take a working LogPlayer for a
     /// broken one for up to 30 days.
     pub fn is_warning(&self) -> bool {
@@ -89,7 +92,7 @@ impl Problem {
 }
 
 /// The reasons of [`Problem::is_warning`].
-pub const WARNINGS: [&str; 2] = ["CaExpiringSoon", "LogReplicaBehind"];
+pub const WARNINGS: [&str; 3] = ["CaExpiringSoon", "LogReplicaBehind", "LogReplicaDown"];
 
 /// The outcome of asking a server for something small.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,6 +88,23 @@ fn a_voting_replica_whose_pod_does_not_run_degrades_by_name() {
         message.contains("replica 3 (pod demo-logstore-2)") && message.contains("1 of 3"),
         "{message}"
     );
+    // Two of three still append and deliver: fewer copies, not a stop (a rolling restart
+    // takes one replica at a time).
+    assert_eq!(srm(&st.conditions, condition::READY).0, "True");
+}
+
+#[test]
+fn a_majority_of_voting_replicas_down_is_a_lost_quorum_and_not_ready() {
+    let obs = healthy_with(|o| o.log_members = Some(group(&[1, 2, 3], &[], 1, &[1])));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let (status, reason, message) = srm(&st.conditions, condition::DEGRADED);
+    assert_eq!((status, reason), ("True", "LogQuorumLost"));
+    assert!(
+        message.contains("2 of 3") && message.contains("fewer than a majority (2)"),
+        "{message}"
+    );
+    let (status, reason, _) = srm(&st.conditions, condition::READY);
+    assert_eq!((status, reason), ("False", "LogQuorumLost"));
 }
 
 #[test]
