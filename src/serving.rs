@@ -75,8 +75,11 @@ pub const MAX_CONNECTIONS: usize = 1 << 20;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1 << 16;
 /// The most `--max-read-streams` (each can hold [`ServerLimits::read_memory_bound`]'s share).
 pub const MAX_READ_STREAMS: usize = 1 << 16;
-/// The longest `--read-stall-timeout`, `--idle-stream-timeout` and
-/// `--idle-connection-timeout`: a day. Longer does not bound anything in practice; it only
+/// The shortest `--read-stall-timeout`, `--idle-stream-timeout` and
+/// `--idle-connection-timeout`: below a second a reader catching up, a writer between
+/// bursts or a connection between calls would be cut as a matter of course (1 ns was taken).
+pub const MIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest of them: a day. Longer does not bound anything in practice; it only
 /// turns the protection off without saying so.
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
@@ -116,9 +119,10 @@ impl ServerLimits {
             ("--idle-connection-timeout", self.idle_connection_timeout),
         ];
         for (flag, value) in timeouts {
-            if value.is_zero() || value > MAX_TIMEOUT {
+            if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&value) {
                 return Err(format!(
-                    "{flag} must be above zero and at most {}, not {}",
+                    "{flag} must be at least {} and at most {}, not {}",
+                    humantime::format_duration(MIN_TIMEOUT),
                     humantime::format_duration(MAX_TIMEOUT),
                     humantime::format_duration(value)
                 ));

@@ -109,6 +109,21 @@ async fn an_address_or_id_that_cannot_work_is_refused_at_start() {
             ],
             "--id 4 is not in --peers (1,2,3): list it with its address, or pass --join",
         ),
+        (
+            vec![
+                "logstore",
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:17221",
+                "--peers",
+                "1=127.0.0.1:17229,2=127.0.0.1:17222,3=127.0.0.1:17223",
+                "--data",
+                &data,
+            ],
+            "--peers gives this replica (1) the address 127.0.0.1:17229, but it listens on \
+             127.0.0.1:17221",
+        ),
     ] {
         // A server that took the flags would run on: the test must not wait for it.
         let (status, stderr) = common::ends_within(&args, std::time::Duration::from_secs(30))
@@ -117,6 +132,25 @@ async fn an_address_or_id_that_cannot_work_is_refused_at_start() {
         assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // Two replicas at one socket, however spelled: refused as the flag is parsed.
+    let (code, stderr) = insecure(&[
+        "logstore",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:17231",
+        "--peers",
+        "1=127.0.0.1:17231,2=LOCALHOST:017231,3=127.0.0.1:17233",
+        "--data",
+        &data,
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "replicas 1 (127.0.0.1:17231) and 2 (LOCALHOST:017231) are given one address"
+        ),
+        "{stderr}"
+    );
 }
 
 /// The LogStore's stream limits are not a shard's flags: a shard serves no `Read` or
@@ -407,6 +441,17 @@ fn counts_that_cannot_work_are_refused_by_name() {
         stderr.contains("--watch-namespace: an empty namespace name"),
         "{stderr}"
     );
+    // A domain the pods' addresses could not carry (the chart's schema refuses it too).
+    let out = Command::new(common::bin())
+        .args(["operator", "--cluster-domain", "cluster.local:443"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"cluster.local:443\" is not a DNS domain"),
+        "{stderr}"
+    );
     let (code, stderr) = insecure(&["status", "--logstore", "a:1", "--timeout", "0s"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
@@ -630,17 +675,17 @@ fn limits_past_what_they_can_mean_are_refused_by_name() {
         (
             "--read-stall-timeout",
             "25h",
-            "--read-stall-timeout must be above zero and at most 1day",
+            "--read-stall-timeout must be at least 1s and at most 1day",
         ),
         (
             "--idle-stream-timeout",
-            "0s",
-            "--idle-stream-timeout must be above zero",
+            "100ms",
+            "--idle-stream-timeout must be at least 1s",
         ),
         (
             "--idle-connection-timeout",
             "1000years",
-            "--idle-connection-timeout must be above zero and at most 1day",
+            "--idle-connection-timeout must be at least 1s and at most 1day",
         ),
     ] {
         let (code, stderr) = insecure(&[

@@ -169,6 +169,21 @@ async fn a_shard_that_applied_one_log_refuses_a_fresh_log_and_keeps_its_data_unt
     // The deliberate move: stop the shard, reset it to the new log, start it again.
     let (_, new_id) = bounds_of(fresh.addr()).await;
     c.shards[0].terminate(Duration::from_secs(5)).await;
+    // Not to the log it is bound to at another index: the 30 entries it applied would be
+    // applied a second time on the data it keeps.
+    let out = tokio::process::Command::new(bin())
+        .env("LOGPLAYER_INSECURE", "true")
+        .args(["shard", "reset-log", "--data"])
+        .arg(dir.path().join("shard-s0"))
+        .args(["--log-id", &old_log])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("apply entries 1..=30 a second time"),
+        "{said}"
+    );
     let out = tokio::process::Command::new(bin())
         .env("LOGPLAYER_INSECURE", "true")
         .args(["shard", "reset-log", "--data"])
@@ -479,6 +494,21 @@ async fn a_log_and_a_shard_refuse_each_others_directories() {
         .unwrap();
     log.terminate(Duration::from_secs(5)).await;
     let before: Vec<_> = std::fs::read_dir(&shard_dir).unwrap().collect();
+    let files_of = |d: &std::path::Path| {
+        let mut names: Vec<(String, u64)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let journal_before = files_of(&shard_dir.join("journal"));
     // (The directory is checked before the replica dials or is dialled: the address in
     // --peers is never used.)
     let replica_args = [
@@ -491,6 +521,9 @@ async fn a_log_and_a_shard_refuse_each_others_directories() {
         (log_args(&shard_dir), "holds a shard's store"),
         (replica_args, "not a log replica's"),
         (shard_args(&log_dir), "holds a LogStore's data"),
+        // One level down: the shard's journal (a segment WAL) given to either.
+        (log_args(&shard_dir.join("journal")), "is a shard's journal"),
+        (shard_args(&shard_dir.join("journal")), "holds WAL segments"),
     ] {
         let listen = ["--listen".to_string(), "127.0.0.1:0".into()];
         let Some((status, err)) =
@@ -505,6 +538,11 @@ async fn a_log_and_a_shard_refuse_each_others_directories() {
         before.len(),
         after.len(),
         "nothing was written to the shard's directory"
+    );
+    assert_eq!(
+        journal_before,
+        files_of(&shard_dir.join("journal")),
+        "nothing was written to the shard's journal"
     );
 }
 

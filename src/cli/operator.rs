@@ -46,7 +46,7 @@ pub struct OperatorArgs {
     player_cluster_role: String,
     /// DNS suffix for Service addresses (`<svc>.<ns>.svc.<domain>`); empty relies on the
     /// pods' DNS search path (`<svc>.<ns>.svc`).
-    #[arg(long, env = "LOGPLAYER_CLUSTER_DOMAIN", default_value = "")]
+    #[arg(long, env = "LOGPLAYER_CLUSTER_DOMAIN", default_value = "", value_parser = parse_cluster_domain)]
     cluster_domain: String,
     /// How long the operator's Lease lasts without renewal (at most 1h).
     #[arg(long, env = "LOGPLAYER_LEASE_DURATION", default_value = "15s", value_parser = crate::lease::parse_lease_duration)]
@@ -141,4 +141,26 @@ pub fn run_crd(a: CrdArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--cluster-domain`: empty, or DNS labels (lower-case letters, digits, inner `-`) joined by
+/// dots, as the chart's schema says: anything else made every address the operator gives its
+/// pods fail their own check, so that every pod crash-looped while the operator ran on.
+fn parse_cluster_domain(s: &str) -> Result<String, String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.is_empty() || (s.len() <= 253 && s.split('.').all(label)) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS domain (lower-case labels of letters, digits and inner '-', \
+             joined by '.', such as cluster.local), nor empty"
+        ))
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use clap::{Args, Subcommand};
 
 use super::on_signal;
@@ -133,10 +133,14 @@ pub fn parse_peers(s: &str) -> Result<Peers, String> {
     if out.is_empty() {
         return Err("no replicas listed".into());
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for addr in out.values() {
-        if !seen.insert(addr) {
-            return Err(format!("address {addr} is given to two replicas"));
+    // Compared as sockets (`localhost:7000` is `127.0.0.1:07000`): two ids at one address
+    // make a group in which a replica is two voters and refuses its own messages.
+    let mut seen = std::collections::BTreeMap::new();
+    for (id, addr) in &out {
+        if let Some((first, first_addr)) = seen.insert(crate::routing::addr_key(addr), (id, addr)) {
+            return Err(format!(
+                "replicas {first} ({first_addr}) and {id} ({addr}) are given one address"
+            ));
         }
     }
     Ok(Peers(out))
@@ -208,7 +212,7 @@ pub struct CallerLimits {
     #[arg(long, env = "LOGPLAYER_MAX_STREAMS_PER_CONNECTION", default_value_t = crate::serving::ServerLimits::default().max_streams_per_connection)]
     max_streams_per_connection: u32,
     /// A connection with no call open for this long is closed (a client reconnects on its
-    /// next call).
+    /// next call). 1s to 1 day.
     #[arg(long, env = "LOGPLAYER_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     idle_connection_timeout: std::time::Duration,
 }
@@ -224,12 +228,12 @@ pub struct StreamLimits {
     /// A `Read` stream whose reader took nothing for this long while responses wait for it
     /// is ended (RESOURCE_EXHAUSTED, busy), freeing its slot; a tailing reader with nothing
     /// new to read is not stalled. The same for an `AppendStream` whose writer took no
-    /// answer for this long while answers wait for it.
+    /// answer for this long while answers wait for it. 1s to 1 day.
     #[arg(long, env = "LOGPLAYER_READ_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     read_stall_timeout: std::time::Duration,
     /// An `AppendStream` with no append for this long is ended (UNAVAILABLE, unavailable)
     /// after the answers to all its earlier appends; the writer opens a new one for its
-    /// next append.
+    /// next append. 1s to 1 day.
     #[arg(long, env = "LOGPLAYER_IDLE_STREAM_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     idle_stream_timeout: std::time::Duration,
     /// Writer ids the log remembers (to recognize their retries). When it holds this many,
@@ -339,7 +343,8 @@ pub enum ShardAction {
     /// Move a stopped shard to another log, deliberately: bind its data directory to
     /// --log-id and set its applied index to --applied (0 for a new log: every entry of the
     /// new log will be applied on top of the data the shard holds). The data and the
-    /// highest epoch are kept. Prints what it changed.
+    /// highest epoch are kept. Prints what it changed. Refused for the log the shard is
+    /// already bound to at another index: its entries would be applied twice, or skipped.
     ResetLog {
         /// The stopped shard's data directory.
         #[arg(long)]
@@ -436,6 +441,9 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
              {id}: give it the --id that --peers maps to its address, or fix --peers",
             a.listen
         );
+    }
+    if let Some(own) = peers.0.get(&id) {
+        check_own_addr(id, own, &a.listen)?;
     }
     let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, data.clone());
     config.segment_bytes = Some(a.segment_bytes);
@@ -540,6 +548,33 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a replica whose own `--peers` address is on this machine's loopback (or is the
+/// very host it listens on) at another port than `--listen`: nothing listens where the
+/// others would send it messages, and where every client it names as the leader would
+/// dial, while the group looks whole. Another host (a container's published port, a
+/// NAT) may map a port, so it is not judged.
+fn check_own_addr(id: u64, own: &str, listen: &str) -> anyhow::Result<()> {
+    use std::net::IpAddr;
+    let split = |a: &str| {
+        let k = crate::routing::addr_key(a);
+        k.rsplit_once(':')
+            .map(|(h, p)| (h.trim_matches(['[', ']']).to_owned(), p.to_owned()))
+    };
+    let (Some((own_host, own_port)), Some((host, port))) = (split(own), split(listen)) else {
+        return Ok(());
+    };
+    let ip = |h: &str| h.parse::<IpAddr>().ok();
+    let own_local = ip(&own_host).is_some_and(|i| i.is_loopback());
+    let here = ip(&host).is_some_and(|i| i.is_loopback() || i.is_unspecified()) || host == own_host;
+    ensure!(
+        port == "0" || own_port == port || !(here && (own_local || host == own_host)),
+        "--peers gives this replica ({id}) the address {own}, but it listens on {listen}: the \
+         other replicas, and every client it names as the log's leader, would dial {own}, where \
+         it does not listen; make the two agree"
+    );
+    Ok(())
+}
+
 /// `shard reset-log`: rebinds a stopped shard's data to another log, saying what changes.
 fn reset_log(data: &std::path::Path, log_id: &str, applied: u64) -> anyhow::Result<()> {
     use shard::ShardStore as _;
@@ -555,6 +590,34 @@ fn reset_log(data: &std::path::Path, log_id: &str, applied: u64) -> anyhow::Resu
     let before = store.identity()?;
     let durable = store.load()?;
     let keys = store.key_count()?;
+    if before.log_id.as_deref() == Some(log_id.as_str()) {
+        // The same log at another index rewinds (every entry after it applied a second time
+        // on the kept data) or skips: never a move. At the same index there is nothing to do.
+        ensure!(
+            applied == durable.applied,
+            "shard {} in {} is already bound to log {log_id} and has applied it up to index {}: \
+             --applied {applied} would {} on the data it keeps; nothing changed (reset-log moves a \
+             shard to another log; to go back in the same log, restore the shard's data from a \
+             copy taken at that index)",
+            before.shard_id.as_deref().unwrap_or("(not yet recorded)"),
+            data.display(),
+            durable.applied,
+            if applied < durable.applied {
+                format!(
+                    "apply entries {}..={} a second time",
+                    applied + 1,
+                    durable.applied
+                )
+            } else {
+                format!("skip entries {}..={applied}", durable.applied + 1)
+            }
+        );
+        println!(
+            "shard at {} is already bound to log {log_id} at applied index {applied}: nothing changed",
+            data.display()
+        );
+        return Ok(());
+    }
     store.reset_log(&log_id, applied)?;
     let shard = before.shard_id.as_deref().unwrap_or("(not yet recorded)");
     let old = before.log_id.as_deref().unwrap_or("(none)");

@@ -231,7 +231,11 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     );
     assert_eq!(
         rules(&spec["properties"]["tls"]),
-        ["!has(self.mode) || self.mode != 'CertManager' || has(self.issuerRef)"]
+        [
+            "!has(self.mode) || self.mode != 'CertManager' || has(self.issuerRef)",
+            "!has(self.issuerRef) || (has(self.mode) && self.mode == 'CertManager')",
+            "!has(self.caSecret) || !has(self.mode) || self.mode == 'Operator'",
+        ]
     );
     let lease_rules = rules(&spec["properties"]["lease"]);
     assert_eq!(lease_rules.len(), 3, "{lease_rules:?}");
@@ -412,7 +416,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 22, "{found:#?}");
+    assert_eq!(found.len(), 24, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

@@ -59,6 +59,37 @@ impl fmt::Debug for KubeLease {
     }
 }
 
+/// A Lease's name (a DNS subdomain: labels joined by `.`) or namespace (one label, at most
+/// 63): refused here, naming the flag's value, rather than by the API server at every retry.
+fn check_name(what: &'static str, s: &str, max: usize, dots: bool) -> Result<(), LeaseError> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && if dots {
+            s.split('.').all(label)
+        } else {
+            label(s)
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(LeaseError::InvalidArgument {
+            what,
+            reason: format!(
+                "{s:?} is not a Kubernetes name: lower-case letters, digits and inner '-'{}, at \
+                 most {max} characters",
+                if dots { " and '.'" } else { "" }
+            ),
+        })
+    }
+}
+
 fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
@@ -75,6 +106,8 @@ impl KubeLease {
     ) -> Result<Self, LeaseError> {
         let namespace = namespace.into();
         let name = name.into();
+        check_name("lease namespace", &namespace, 63, false)?;
+        check_name("lease name", &name, 253, true)?;
         let identity = checked_identity(identity.into())?;
         let second = Duration::from_secs(1);
         // Bounded by i32::MAX, so the cast cannot overflow.

@@ -416,6 +416,39 @@ mod kube_mock {
         (lease, handle)
     }
 
+    /// A Lease name or namespace the API server would refuse at every retry is refused at
+    /// once, naming it.
+    #[tokio::test]
+    async fn a_lease_name_kubernetes_would_refuse_is_refused_by_name() {
+        for (ns, name, says) in [
+            ("default", "LP", "lease name: \"LP\""),
+            ("default", "lp_1", "lease name"),
+            ("default", "", "lease name"),
+            ("my.ns", "lp", "lease namespace: \"my.ns\""),
+            ("-ns", "lp", "lease namespace"),
+        ] {
+            let (service, _handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(service, "default");
+            let err = KubeLease::new(client, ns, name, "me", Duration::from_secs(2))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(says), "{ns}/{name}: {err}");
+        }
+        let (service, _handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        assert!(
+            KubeLease::new(
+                client,
+                "ns-1",
+                "demo.player-1",
+                "me",
+                Duration::from_secs(2)
+            )
+            .is_ok()
+        );
+    }
+
     /// The remedy a player names when fenced by an epoch no holder was given (the Lease was
     /// deleted or reset) is a command that raises this Lease's epoch above it.
     #[tokio::test]

@@ -359,6 +359,19 @@ impl LogStore {
                 config.dir.display()
             )));
         }
+        // A shard's journal is a segment WAL too: opened as a log, its last segment would be
+        // preallocated before its records failed to decode. A log's segments come with its
+        // id file.
+        let journal = std::ffi::OsStr::new(crate::shard::journal::JOURNAL_DIR);
+        if config.dir.file_name() == Some(journal)
+            && crate::wal::holds_segments(&config.dir)
+            && crate::disk::holds_any(&config.dir, &[log_id::LOG_ID_FILE]).is_none()
+        {
+            return Err(LogStoreError::Config(format!(
+                "{} is a shard's journal, not a log; give the LogStore its own directory",
+                config.dir.display()
+            )));
+        }
         let mut wal_config = WalConfig::new(config.dir.clone());
         if let Some(b) = config.segment_bytes {
             wal_config.segment_bytes = b;
@@ -376,10 +389,12 @@ impl LogStore {
         wal_config.preallocate = config.preallocate;
         let (wal, report) = Wal::open(wal_config)?;
         let empty = wal.last_index() == 0 && wal.first_index() <= 1;
-        let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;
         let reader = wal.reader();
         let (first, last) = (reader.first_index(), reader.last_index());
+        // Records that do not decode as entries (not a log) fail here, before an id is
+        // written into the directory.
         let (writers, cache) = replay(&config.dir, &reader)?;
+        let (log_id, created) = log_id::load_or_create(&config.dir, empty)?;
         let summary = OpenSummary {
             first,
             last,

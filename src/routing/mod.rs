@@ -316,11 +316,24 @@ pub fn check_addrs(shards: &[MapEntry]) -> Result<(), RoutingError> {
 }
 
 /// An address as compared with another: `host:port` without a scheme or a trailing `/`, in
-/// lower case.
+/// lower case, its port as a number (`h:07000` is `h:7000`) and `localhost` as `127.0.0.1`
+/// (one socket on this machine either way: two servers cannot both listen there).
 pub fn addr_key(addr: &str) -> String {
     let addr = addr.trim();
     let addr = addr.split_once("://").map_or(addr, |(_, rest)| rest);
-    addr.trim_end_matches('/').to_ascii_lowercase()
+    let addr = addr.trim_end_matches('/').to_ascii_lowercase();
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return addr;
+    };
+    let (Ok(port), false) = (port.parse::<u16>(), host.is_empty()) else {
+        return addr;
+    };
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{port}")
 }
 
 /// `host:port` of a shard's address, without the `http://` [`normalize_addr`] adds (which

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::journal::JournalStore;
+use super::journal::{JOURNAL_DIR, JournalStore};
 use super::store::{DB_FILE, RedbStore};
 use super::{Durable, Identity, ShardStore, StoreError};
 use crate::model::Value;
@@ -59,7 +59,21 @@ impl AnyStore {
                 .into(),
             ));
         }
-        let kind = match (kind, found(dir)?) {
+        let there = found(dir)?;
+        if there.is_none() && crate::wal::holds_segments(dir) {
+            // A new store is never made beside a WAL's segments: this is a shard's journal
+            // (its parent is the shard's directory) or a log's, given by mistake.
+            return Err(StoreError::Backend(
+                format!(
+                    "{} holds WAL segments but no shard store: it is a journal or a log, not a \
+                     shard's directory (a shard's directory holds `{JOURNAL_DIR}`); give the \
+                     shard its own directory",
+                    dir.display()
+                )
+                .into(),
+            ));
+        }
+        let kind = match (kind, there) {
             (StoreKind::Auto, Some(k)) => k,
             (StoreKind::Auto, None) => StoreKind::Journal,
             (asked, Some(there)) if asked != there => {

@@ -178,6 +178,11 @@ fn magic(marks: bool) -> &'static [u8; 8] {
     }
 }
 
+/// Whether `dir` holds segment files (a WAL is there, or was), without opening it.
+pub fn holds_segments(dir: &Path) -> bool {
+    list_segments(dir).is_ok_and(|s| !s.is_empty())
+}
+
 /// Errors of the WAL. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {

@@ -245,6 +245,12 @@ pub(crate) async fn invalid_resources(h: &Harness) -> anyhow::Result<()> {
             &["spec.tls", "needs tls.issuerRef"],
         ),
         (
+            "a LogPlayer with an issuer but not in CertManager mode",
+            "stray-issuer.yaml",
+            logplayer_yaml("stray-issuer", "    issuerRef:\n      name: corp-ca\n"),
+            &["spec.tls", "used only with tls.mode CertManager"],
+        ),
+        (
             "a LogPlayer of an external LogStore whose name is 49 characters",
             "long-name.yaml",
             logplayer_yaml(&"l".repeat(49), ""),
