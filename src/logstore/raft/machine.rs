@@ -19,7 +19,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -457,28 +457,35 @@ impl State {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for Machine {
-    type SnapshotData = SnapshotData;
-    type SnapshotBuilder = Machine;
+/// Raft entries applied under one hold of the state's lock, at most.
+const APPLY_SLICE_ENTRIES: usize = 256;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), std::io::Error> {
-        let st = lock(&self.shared.state);
-        Ok((st.now.applied, st.now.membership.clone()))
-    }
-
-    async fn apply<S>(&mut self, entries: S) -> Result<(), std::io::Error>
-    where
-        S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
-            + Unpin
-            + OptionalSend,
-    {
-        let started = std::time::Instant::now();
-        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
-        let mut answers = Vec::with_capacity(entries.len());
+impl Machine {
+    /// Applies `slice` in order, answers its clients and publishes the new head; how many
+    /// were answered.
+    fn apply_slice(
+        &self,
+        slice: Vec<Result<EntryResponder<TypeConfig>, std::io::Error>>,
+    ) -> Result<usize, std::io::Error> {
+        let mut answers = Vec::with_capacity(slice.len());
         let mut st = lock(&self.shared.state);
         let had_id = st.now.log_id.is_some();
-        for (entry, responder) in entries {
-            let applied = st.now.apply(&entry)?;
+        let mut failed = None;
+        for item in slice {
+            let (entry, responder) = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let applied = match st.now.apply(&entry) {
+                Ok(applied) => applied,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             if let Some(run) = applied.run {
                 st.runs.push_back(run);
             }
@@ -497,17 +504,46 @@ impl RaftStateMachine<TypeConfig> for Machine {
             crate::disk::write_durably(&self.shared.dir.join(LOG_ID_FILE), id.as_bytes())?;
         }
         self.shared.head.send_replace(head);
-        tracing::debug!(
-            micros = started.elapsed().as_micros() as u64,
-            answered = answers.len(),
-            "applied Raft entries"
-        );
+        let answered = answers.len();
         for (r, reply) in answers {
             r.send(reply);
         }
         if rebase.is_some() {
             self.shared.rebase_wanted.send_modify(|n| *n += 1);
         }
+        failed.map_or(Ok(answered), Err)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for Machine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Machine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), std::io::Error> {
+        let st = lock(&self.shared.state);
+        Ok((st.now.applied, st.now.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, entries: S) -> Result<(), std::io::Error>
+    where
+        S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let started = std::time::Instant::now();
+        // The entries come as they are read (a restarted replica's whole log, at times):
+        // applied and answered a slice at a time, the state's lock let go between slices so
+        // that reads and the replication gate are not held up for the whole range.
+        let mut slices = entries.ready_chunks(APPLY_SLICE_ENTRIES);
+        let mut answered = 0;
+        while let Some(slice) = slices.next().await {
+            answered += self.apply_slice(slice)?;
+        }
+        tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            answered,
+            "applied Raft entries"
+        );
         Ok(())
     }
 

@@ -37,6 +37,8 @@ pub const STATE_FILE: &str = "raft-state";
 /// be received and fsynced well within an election timeout; a single larger entry still goes
 /// alone).
 pub(super) const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+/// What [`LogReader`]'s `entries_stream` reads ahead of the state machine.
+const APPLY_READ_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most bytes of just-written Raft entries kept in memory: at 2,000 appends of 10 KB a second
 /// that is about 0.8 s of the log, far more than a healthy follower or the state machine lags;
@@ -163,11 +165,9 @@ impl LogReader {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogReader {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
+impl LogReader {
+    /// `range` as `[from, to]` (`to < from`: empty).
+    fn span<RB: RangeBounds<u64>>(&self, range: &RB) -> (u64, u64) {
         let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
@@ -175,11 +175,66 @@ impl RaftLogReader<TypeConfig> for LogReader {
         };
         let to = match range.end_bound() {
             Bound::Included(i) => *i,
-            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(0) => return (1, 0),
             Bound::Excluded(i) => i - 1,
             Bound::Unbounded => raft_index(self.reader.last_index()),
         };
+        (from, to)
+    }
+
+    /// Entries `[from, to]` as a stream that reads `budget` bytes at a time when polled.
+    fn stream_within(
+        &self,
+        from: u64,
+        to: u64,
+        budget: usize,
+    ) -> impl futures::Stream<Item = Result<Entry, io::Error>> + use<> {
+        use futures::StreamExt;
+        let reader = self.clone();
+        futures::stream::unfold(Some(from), move |at| {
+            let reader = reader.clone();
+            async move {
+                let at = at.filter(|at| *at <= to)?;
+                let chunk = match reader.entries_within(at, to, budget) {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((vec![Err(e)], None)),
+                };
+                let Some(last) = chunk.last().map(|e| e.log_id.index) else {
+                    let gone = read_error(format!("Raft entries {at}..={to} are not in the log"));
+                    return Some((vec![Err(gone)], None));
+                };
+                Some((chunk.into_iter().map(Ok).collect(), Some(last + 1)))
+            }
+        })
+        .flat_map(futures::stream::iter)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (from, to) = self.span(&range);
+        if to < from {
+            return Ok(Vec::new());
+        }
         self.entries(from, to)
+    }
+
+    /// The entries to apply, read [`APPLY_READ_BYTES`] at a time as the state machine takes
+    /// them. openraft's default reads the whole range first: a replica restarted without a
+    /// base applies its whole log in one range, and held all of it in memory at once (1.1 GB
+    /// for a 1.8 GB log in a 20-minute soak).
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl futures::Stream<Item = Result<Entry, io::Error>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        let (from, to) = self.span(&range);
+        self.stream_within(from, to, APPLY_READ_BYTES)
     }
 
     /// What one AppendEntries carries: at most `REPLICATION_BATCH_BYTES` of `[start, end)`.
@@ -616,6 +671,44 @@ mod tests {
         // The same from the WAL alone (the cache emptied).
         log.tail().clear();
         assert_eq!(read_from(&reader, 2).await, expected);
+    }
+
+    /// The entries the state machine applies come a budget at a time, all of them in order
+    /// (from the cache and from the WAL); a range the log does not hold ends in an error,
+    /// never short.
+    #[tokio::test]
+    async fn the_apply_stream_reads_a_budget_at_a_time_and_never_ends_short() {
+        use futures::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStorage::open(WalConfig::new(dir.path())).unwrap();
+        append(&mut log, (0..300).map(|i| entry(1, i)).collect()).await;
+        let mut reader = log.get_log_reader().await;
+        let all: Vec<u64> = (0..300).collect();
+        for cached in [true, false] {
+            if !cached {
+                log.tail().clear();
+            }
+            let got: Vec<Entry> = reader
+                .stream_within(0, 299, 64)
+                .try_collect()
+                .await
+                .unwrap();
+            let got: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+            assert_eq!(got, all, "cached {cached}");
+            let got: Vec<Entry> = reader
+                .entries_stream(10..20)
+                .await
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 10);
+        }
+        let past: Result<Vec<Entry>, _> = reader.stream_within(295, 310, 64).try_collect().await;
+        let past = past.unwrap_err().to_string();
+        assert!(
+            past.contains("Raft entries 300..=310 are not in the log"),
+            "{past}"
+        );
     }
 
     /// A crash between saving a purge point past the log's end (an installed snapshot) and
