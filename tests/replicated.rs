@@ -560,6 +560,24 @@ async fn retention_purges_every_replica_and_a_replica_behind_it_still_serves_wha
     );
     let r = log.retain(600, "").await.unwrap();
     assert_eq!(r.first, 600);
+    // A Retain that releases nothing (the players retain at every checkpoint, moved or not)
+    // answers the point and writes no Raft entry: each would be synced by every replica and
+    // replayed at every restart, and an idle log could never purge them.
+    let raft_last = || async {
+        let d = log.describe().await.unwrap();
+        d.replica.map(|r| (r.last_log, r.id))
+    };
+    // (Asked of one replica: a follower may still be receiving the Retain above.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_noop = raft_last().await;
+    for below in [600, 10, 1] {
+        assert_eq!(log.retain(below, "").await.unwrap().first, 600);
+    }
+    assert_eq!(
+        raft_last().await,
+        before_noop,
+        "a Retain that released nothing wrote an entry"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now: Vec<usize> = (0..3).filter(up).map(|i| segments(&dir(i))).collect();

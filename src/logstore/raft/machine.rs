@@ -340,6 +340,11 @@ impl Machine {
         (st.now.first.max(held), st.now.next - 1)
     }
 
+    /// The first index `Retain` has not released (what a Retain at or below it answers).
+    pub fn retained_first(&self) -> u64 {
+        lock(&self.shared.state).now.first
+    }
+
     /// How many writers the writer table holds.
     pub fn writers(&self) -> usize {
         lock(&self.shared.state).now.writers.len()
