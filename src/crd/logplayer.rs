@@ -106,7 +106,9 @@ pub struct LogPlayerSpec {
     /// acknowledged. A Shard added later is delivered the log from its start: once segments
     /// are gone, the players stop, naming the shard and the first index the log still holds
     /// (the LogPlayer shows `CrashLoopBackOff` with those words), until that Shard is
-    /// removed. Default false.
+    /// removed. Retention is the LogStore's, for every reader: not when another LogPlayer
+    /// reads the same external LogStore (its shards would lose entries not yet delivered to
+    /// them). Default false.
     #[serde(default)]
     pub retain_log: bool,
     /// Batching and flow control toward each shard.

@@ -83,7 +83,8 @@ pub struct PlayerArgs {
     pub checkpoint_interval: Duration,
     /// After each checkpoint, let the LogStore remove segments every shard has acknowledged
     /// (needs --cursor-file or --cursor-shard-status). A shard added later can then only
-    /// start from what is left.
+    /// start from what is left. The removal is for every reader of the log: not when
+    /// another player group, with shards of its own, reads the same LogStore.
     #[arg(long, env = "LOGPLAYER_RETAIN_LOG")]
     pub retain_log: bool,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address.
