@@ -30,6 +30,30 @@ pub const LOG_MARKERS: [&str; 3] = ["log-id", "raft-state", "raft-replica-id"];
 /// See [`LOG_MARKERS`].
 pub const SHARD_MARKERS: [&str; 3] = ["journal", "snapshot", "shard.redb"];
 
+/// Removes the files of `dir` named `prefix...` last changed more than `age` ago: the
+/// temporary files a process writes beside a file and renames (or links) into place, left
+/// behind when it was killed between the two (each SIGKILL at that moment left one, for
+/// good). Younger ones may be another live process's, on its way. Best effort, on the
+/// machine's file system (the lease and cursor files, not a store's); returns how many went.
+pub fn remove_stale_temps(dir: &Path, prefix: &str, age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let stale = |e: &std::fs::DirEntry| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(prefix))
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > age))
+    };
+    entries
+        .flatten()
+        .filter(stale)
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// The first of `markers` that `dir` holds.
 pub fn holds_any(dir: &Path, markers: &[&'static str]) -> Option<&'static str> {
     markers

@@ -78,6 +78,29 @@ fn config_defaults_validate_and_errors_name_values() {
     assert!(floor.validate().is_ok());
 }
 
+/// Writes `name` in `dir`, last changed `ago`.
+fn file_aged(dir: &std::path::Path, name: &str, ago: Duration) {
+    let f = std::fs::File::create(dir.join(name)).unwrap();
+    f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+}
+
+/// A write's temporary file left by a player killed mid-write (one per such kill, never
+/// removed) goes when a player opens the lease; a fresh one, maybe a live player's, stays.
+#[test]
+fn a_killed_writers_temporary_files_go_when_the_lease_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    file_aged(dir.path(), "l.json.vtmp-4242-0", Duration::from_secs(120));
+    file_aged(dir.path(), "l.json.vtmp-4243-7", Duration::ZERO);
+    file_aged(dir.path(), "other.vtmp-1-0", Duration::from_secs(120));
+    FileLease::new(dir.path().join("l.json"), "a", Duration::from_secs(1)).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["l.json.vtmp-4243-7", "other.vtmp-1-0"]);
+}
+
 #[test]
 fn constructor_rejects_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();

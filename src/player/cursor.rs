@@ -136,16 +136,38 @@ impl FileCursors {
     /// file beside it, renamed over it): checked at start, since a file that cannot be
     /// written only warned at every checkpoint while no cursor was saved, and retention
     /// (`--retain-log`) never ran.
+    /// Temporary files a player killed between writing and renaming one left are removed
+    /// here (by their name, which only this file's saves use, once a minute old).
     pub fn check_writable(&self) -> Result<(), CursorError> {
         let dir = self.dir()?;
-        tempfile::NamedTempFile::new_in(&dir)
-            .map(drop)
+        let prefix = self.temp_prefix();
+        let removed =
+            crate::disk::remove_stale_temps(&dir, &prefix, std::time::Duration::from_secs(60));
+        if removed > 0 {
+            tracing::info!(removed, dir = %dir.display(), "removed cursor temporary files a killed player left");
+        }
+        self.temp_in(&dir).map(drop)
+    }
+
+    /// `.<file name>.tmp`: what this file's temporary files are named after.
+    fn temp_prefix(&self) -> String {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        format!(".{}.tmp", name.unwrap_or_default())
+    }
+
+    fn temp_in(&self, dir: &std::path::Path) -> Result<tempfile::NamedTempFile, CursorError> {
+        tempfile::Builder::new()
+            .prefix(&self.temp_prefix())
+            .tempfile_in(dir)
             .map_err(self.io())
     }
 
     fn write(&self, merged: &Cursors) -> Result<(), CursorError> {
         let dir = self.dir()?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(self.io())?;
+        let mut tmp = self.temp_in(&dir)?;
         let json = serde_json::to_vec_pretty(merged).map_err(|e| CursorError::Corrupt {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -207,6 +229,30 @@ impl CursorStore for FileCursors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The temporary files of saves cut short by a kill go at the next start; a fresh one
+    /// (a live player's save), and files of other names, stay.
+    #[tokio::test]
+    async fn a_killed_saves_temporary_files_go_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let aged = |name: &str, ago: u64| {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(ago))
+                .unwrap();
+        };
+        aged(".c.json.tmpAbC123", 120);
+        aged(".c.json.tmpXyZ789", 0);
+        aged(".tmpOther", 120);
+        let store = FileCursors::new(dir.path().join("c.json"));
+        store.check_writable().unwrap();
+        store.save(&Cursors::default()).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".c.json.tmpXyZ789", ".tmpOther", "c.json"]);
+    }
 
     /// A cursor file whose directory cannot be written is found at start, naming the path.
     #[test]
