@@ -443,7 +443,7 @@ async fn run_replica(a: LogstoreArgs, data: PathBuf, id: u64, peers: Peers) -> a
         );
     }
     if let Some(own) = peers.0.get(&id) {
-        check_own_addr(id, own, &a.listen)?;
+        check_own_addr(id, own, &a.listen);
     }
     let mut config = logstore::raft::node::ReplicaConfig::new(id, peers.0, data.clone());
     config.segment_bytes = Some(a.segment_bytes);
@@ -548,12 +548,13 @@ pub async fn run_shard(a: ShardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses a replica whose own `--peers` address is on this machine's loopback (or is the
-/// very host it listens on) at another port than `--listen`: nothing listens where the
-/// others would send it messages, and where every client it names as the leader would
-/// dial, while the group looks whole. Another host (a container's published port, a
-/// NAT) may map a port, so it is not judged.
-fn check_own_addr(id: u64, own: &str, listen: &str) -> anyhow::Result<()> {
+/// Warns about a replica whose own `--peers` address is on this machine's loopback (or is
+/// the very host it listens on) at another port than `--listen`: unless a forwarder
+/// listens there (a proxy in front of it, for fault injection), the others send it
+/// messages, and every client it names as the leader dials, where nothing listens, while
+/// the group looks whole. Not refused, for that forwarder; another host (a container's
+/// published port, a NAT) may map a port, so it is not judged.
+fn check_own_addr(id: u64, own: &str, listen: &str) {
     use std::net::IpAddr;
     let split = |a: &str| {
         let k = crate::routing::addr_key(a);
@@ -561,18 +562,21 @@ fn check_own_addr(id: u64, own: &str, listen: &str) -> anyhow::Result<()> {
             .map(|(h, p)| (h.trim_matches(['[', ']']).to_owned(), p.to_owned()))
     };
     let (Some((own_host, own_port)), Some((host, port))) = (split(own), split(listen)) else {
-        return Ok(());
+        return;
     };
     let ip = |h: &str| h.parse::<IpAddr>().ok();
     let own_local = ip(&own_host).is_some_and(|i| i.is_loopback());
     let here = ip(&host).is_some_and(|i| i.is_loopback() || i.is_unspecified()) || host == own_host;
-    ensure!(
-        port == "0" || own_port == port || !(here && (own_local || host == own_host)),
-        "--peers gives this replica ({id}) the address {own}, but it listens on {listen}: the \
-         other replicas, and every client it names as the log's leader, would dial {own}, where \
-         it does not listen; make the two agree"
-    );
-    Ok(())
+    if port != "0" && own_port != port && here && (own_local || host == own_host) {
+        tracing::warn!(
+            replica = id,
+            peers_addr = own,
+            listen,
+            "--peers gives this replica another port of this host than --listen: the other \
+             replicas, and every client it names as the log's leader, dial the --peers address; \
+             unless something forwards it here, make the two agree"
+        );
+    }
 }
 
 /// `shard reset-log`: rebinds a stopped shard's data to another log, saying what changes.

@@ -223,8 +223,6 @@ pub struct PeerSelector {
     .message("tls.mode CertManager needs tls.issuerRef (the cert-manager issuer to sign with)"))]
 #[x_kube(validation = Rule::new("!has(self.issuerRef) || (has(self.mode) && self.mode == 'CertManager')")
     .message("tls.issuerRef is used only with tls.mode CertManager: set mode: CertManager, or remove issuerRef (in mode Operator the operator signs with its own CA, in caSecret)"))]
-#[x_kube(validation = Rule::new("!has(self.caSecret) || !has(self.mode) || self.mode == 'Operator'")
-    .message("tls.caSecret is used only with tls.mode Operator (cert-manager signs with tls.issuerRef; Insecure has no certificates): remove caSecret"))]
 pub struct TlsSettings {
     /// `Operator` (default): mutual TLS with the certificates above, issued by the operator.
     /// `CertManager`: the same certificates, as cert-manager `Certificate`s the operator

@@ -234,7 +234,6 @@ fn cel_rules_sit_where_the_spec_needs_them() {
         [
             "!has(self.mode) || self.mode != 'CertManager' || has(self.issuerRef)",
             "!has(self.issuerRef) || (has(self.mode) && self.mode == 'CertManager')",
-            "!has(self.caSecret) || !has(self.mode) || self.mode == 'Operator'",
         ]
     );
     let lease_rules = rules(&spec["properties"]["lease"]);
@@ -416,7 +415,7 @@ fn cel_rules_sit_where_the_spec_needs_them() {
     for crd in all_crds() {
         all_rules(&schema(&crd), &mut found);
     }
-    assert_eq!(found.len(), 24, "{found:#?}");
+    assert_eq!(found.len(), 23, "{found:#?}");
     for rule in &found {
         assert!(
             rule["message"].as_str().is_some_and(|m| !m.is_empty()),

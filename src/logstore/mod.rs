@@ -368,7 +368,9 @@ impl LogStore {
             && crate::disk::holds_any(&config.dir, &[log_id::LOG_ID_FILE]).is_none()
         {
             return Err(LogStoreError::Config(format!(
-                "{} is a shard's journal, not a log; give the LogStore its own directory",
+                "{} is a shard's journal, not a log (WAL segments named `journal` without a \
+                 log-id file); give the LogStore its own directory (a log of a version before \
+                 log ids in a directory of that name: rename the directory)",
                 config.dir.display()
             )));
         }

@@ -19,7 +19,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -341,8 +341,18 @@ impl Machine {
     }
 
     /// The first index `Retain` has not released (what a Retain at or below it answers).
+    /// A base that is due is asked for again here: a Retain that releases nothing writes no
+    /// entry, and on an idle log the one that made it due may have been missed (a build
+    /// under way, or the signal sent before the snapshot task listened).
     pub fn retained_first(&self) -> u64 {
-        lock(&self.shared.state).now.first
+        let st = lock(&self.shared.state);
+        let due = st.rebase_point(self.shared.rebase_every).is_some();
+        let first = st.now.first;
+        drop(st);
+        if due {
+            self.shared.rebase_wanted.send_modify(|n| *n += 1);
+        }
+        first
     }
 
     /// How many writers the writer table holds.
@@ -464,6 +474,16 @@ impl State {
 
 /// Raft entries applied under one hold of the state's lock, at most.
 const APPLY_SLICE_ENTRIES: usize = 256;
+/// The appends' bytes a slice stops at (it goes past by one entry at most).
+const APPLY_SLICE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The bytes of the appends an entry carries (what a slice holds in memory).
+fn entry_bytes(e: &super::Entry) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(Command::Appends(b)) => b.len(),
+        _ => 0,
+    }
+}
 
 impl Machine {
     /// Applies `slice` in order, answers its clients and publishes the new head; how many
@@ -537,11 +557,22 @@ impl RaftStateMachine<TypeConfig> for Machine {
     {
         let started = std::time::Instant::now();
         // The entries come as they are read (a restarted replica's whole log, at times):
-        // applied and answered a slice at a time, the state's lock let go between slices so
-        // that reads and the replication gate are not held up for the whole range.
-        let mut slices = entries.ready_chunks(APPLY_SLICE_ENTRIES);
+        // applied and answered a slice at a time (what is read already, up to a count and a
+        // size), the state's lock let go between slices so that reads and the replication
+        // gate are not held up for the whole range, and memory held to a slice.
+        // Fused: a slice that reached the end polls once more to learn it.
+        let mut entries = entries.fuse();
         let mut answered = 0;
-        while let Some(slice) = slices.next().await {
+        while let Some(first) = entries.next().await {
+            let mut bytes = first.as_ref().map_or(0, |(e, _)| entry_bytes(e));
+            let mut slice = vec![first];
+            while slice.len() < APPLY_SLICE_ENTRIES && bytes < APPLY_SLICE_BYTES {
+                let Some(Some(item)) = entries.next().now_or_never() else {
+                    break;
+                };
+                bytes += item.as_ref().map_or(0, |(e, _)| entry_bytes(e));
+                slice.push(item);
+            }
             answered += self.apply_slice(slice)?;
         }
         tracing::debug!(

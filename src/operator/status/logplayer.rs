@@ -167,7 +167,17 @@ fn log_problems(seen: &Seen) -> Vec<Problem> {
         // the group changes (a joint majority is two majorities), it blocks.
         let majority = voters.len() / 2 + 1;
         let running = voters.len() - down.len();
-        let (reason, then) = if running >= majority && !m.joint && m.leader != 0 {
+        let (reason, then) = if m.joint {
+            // Two configurations, each needing its own majority: the union's count says
+            // nothing certain, so it blocks until the change is over.
+            (
+                "LogQuorumLost",
+                "while the group changes, the old and the new voters must each keep a majority; \
+                 appends may wait until they are back"
+                    .to_owned(),
+            )
+        } else if running >= majority {
+            // Without a leader, `NoLogLeader` says so and blocks.
             (
                 "LogReplicaDown",
                 "the log keeps fewer copies until they are back".to_owned(),

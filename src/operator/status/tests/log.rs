@@ -107,6 +107,31 @@ fn a_majority_of_voting_replicas_down_is_a_lost_quorum_and_not_ready() {
     assert_eq!((status, reason), ("False", "LogQuorumLost"));
 }
 
+/// A leader restarting while the two others run: `NoLogLeader` blocks, and the replica
+/// down is a warning beside it, not a lost quorum.
+#[test]
+fn a_leaderless_group_whose_majority_runs_has_not_lost_its_quorum() {
+    let obs = healthy_with(|o| o.log_members = Some(group(&[1, 2, 3], &[], 0, &[1, 2])));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let reasons: Vec<&str> = st.problems.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(reasons, ["NoLogLeader", "LogReplicaDown"]);
+    assert_eq!(srm(&st.conditions, condition::READY).1, "NoLogLeader");
+}
+
+/// While the group changes, one voter down is not judged by the union's count.
+#[test]
+fn a_voter_down_while_the_group_changes_blocks() {
+    let mut seen = group(&[1, 2, 3, 4], &[], 1, &[1, 2, 3]);
+    if let Some(m) = seen.members.as_mut() {
+        m.joint = true;
+    }
+    let obs = healthy_with(|o| o.log_members = Some(seen));
+    let st = logplayer_status(&obs, &LogPlayerStatus::default(), now());
+    let (status, reason, message) = srm(&st.conditions, condition::READY);
+    assert_eq!((status, reason), ("False", "LogQuorumLost"), "{message}");
+    assert!(message.contains("while the group changes"), "{message}");
+}
+
 #[test]
 fn a_voting_replica_far_behind_the_leader_degrades_by_name() {
     let mut seen = group(&[1, 2, 3], &[], 1, &[1, 2, 3]);
