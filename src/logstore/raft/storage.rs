@@ -222,7 +222,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         self.entries(from, to)
     }
 
-    /// The entries to apply, read [`APPLY_READ_BYTES`] at a time as the state machine takes
+    /// The entries to apply, read 8 MiB at a time as the state machine takes
     /// them. openraft's default reads the whole range first: a replica restarted without a
     /// base applies its whole log in one range, and held all of it in memory at once (1.1 GB
     /// for a 1.8 GB log in a 20-minute soak).
