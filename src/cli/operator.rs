@@ -147,15 +147,7 @@ pub fn run_crd(a: CrdArgs) -> anyhow::Result<()> {
 /// dots, as the chart's schema says: anything else made every address the operator gives its
 /// pods fail their own check, so that every pod crash-looped while the operator ran on.
 fn parse_cluster_domain(s: &str) -> Result<String, String> {
-    let label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if s.is_empty() || (s.len() <= 253 && s.split('.').all(label)) {
+    if s.is_empty() || crate::lease::is_dns_name(s, 253, true) {
         Ok(s.to_owned())
     } else {
         Err(format!(

@@ -59,23 +59,30 @@ impl fmt::Debug for KubeLease {
     }
 }
 
-/// A Lease's name (a DNS subdomain: labels joined by `.`) or namespace (one label, at most
-/// 63): refused here, naming the flag's value, rather than by the API server at every retry.
-fn check_name(what: &'static str, s: &str, max: usize, dots: bool) -> Result<(), LeaseError> {
+/// Whether `s` is a Kubernetes name of at most `max` bytes: DNS labels (lower-case letters,
+/// digits, inner `-`; at most 63 each) joined by `.` when `dots` (a subdomain), else one.
+pub fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
     let label = |l: &str| {
         !l.is_empty()
+            && l.len() <= 63
             && l.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
-    let ok = !s.is_empty()
+    !s.is_empty()
         && s.len() <= max
         && if dots {
             s.split('.').all(label)
         } else {
             label(s)
-        };
+        }
+}
+
+/// A Lease's name (a DNS subdomain: labels joined by `.`) or namespace (one label, at most
+/// 63): refused here, naming the flag's value, rather than by the API server at every retry.
+fn check_name(what: &'static str, s: &str, max: usize, dots: bool) -> Result<(), LeaseError> {
+    let ok = is_dns_name(s, max, dots);
     if ok {
         Ok(())
     } else {

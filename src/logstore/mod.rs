@@ -339,41 +339,48 @@ fn replay(
     Ok((writers, cache))
 }
 
+/// Refuses a directory that holds another server's data: a log replica's, a shard's store,
+/// or a shard's journal (a segment WAL too).
+fn refuse_foreign(dir: &Path) -> Result<(), LogStoreError> {
+    let replica = [raft::storage::STATE_FILE, raft::dir::REPLICA_ID_FILE];
+    if let Some(marker) = crate::disk::holds_any(dir, &replica) {
+        let marker = dir.join(marker);
+        return Err(LogStoreError::Config(format!(
+            "{} holds a log replica of a replicated LogStore ({} exists); run it with the --id and --peers it was created with",
+            dir.display(),
+            marker.display()
+        )));
+    }
+    if let Some(m) = crate::disk::holds_any(dir, &crate::disk::SHARD_MARKERS) {
+        return Err(LogStoreError::Config(format!(
+            "{} holds a shard's store ({m}), not a log; give the LogStore its own directory",
+            dir.display()
+        )));
+    }
+    // A shard's journal is a segment WAL too: opened as a log, its last segment would be
+    // preallocated before its records failed to decode. A log's segments come with its
+    // id file.
+    let journal = std::ffi::OsStr::new(crate::disk::SHARD_MARKERS[0]);
+    if dir.file_name() == Some(journal)
+        && crate::wal::holds_segments(dir)
+        && crate::disk::holds_any(dir, &[log_id::LOG_ID_FILE]).is_none()
+    {
+        return Err(LogStoreError::Config(format!(
+            "{} is a shard's journal, not a log (WAL segments named `journal` without a \
+             log-id file); give the LogStore its own directory (a log of a version before \
+             log ids in a directory of that name: rename the directory)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 impl LogStore {
     /// Opens the log in `config.dir` (recovering a torn tail, creating the log id of a new
     /// log) and starts the writer thread.
     pub fn open(config: LogStoreConfig) -> Result<(LogStore, OpenSummary), LogStoreError> {
         crate::limits::validate(config.max_entry_bytes).map_err(LogStoreError::Config)?;
-        let replica = [raft::storage::STATE_FILE, raft::dir::REPLICA_ID_FILE];
-        if let Some(marker) = crate::disk::holds_any(&config.dir, &replica) {
-            let marker = config.dir.join(marker);
-            return Err(LogStoreError::Config(format!(
-                "{} holds a log replica of a replicated LogStore ({} exists); run it with the --id and --peers it was created with",
-                config.dir.display(),
-                marker.display()
-            )));
-        }
-        if let Some(m) = crate::disk::holds_any(&config.dir, &crate::disk::SHARD_MARKERS) {
-            return Err(LogStoreError::Config(format!(
-                "{} holds a shard's store ({m}), not a log; give the LogStore its own directory",
-                config.dir.display()
-            )));
-        }
-        // A shard's journal is a segment WAL too: opened as a log, its last segment would be
-        // preallocated before its records failed to decode. A log's segments come with its
-        // id file.
-        let journal = std::ffi::OsStr::new(crate::shard::journal::JOURNAL_DIR);
-        if config.dir.file_name() == Some(journal)
-            && crate::wal::holds_segments(&config.dir)
-            && crate::disk::holds_any(&config.dir, &[log_id::LOG_ID_FILE]).is_none()
-        {
-            return Err(LogStoreError::Config(format!(
-                "{} is a shard's journal, not a log (WAL segments named `journal` without a \
-                 log-id file); give the LogStore its own directory (a log of a version before \
-                 log ids in a directory of that name: rename the directory)",
-                config.dir.display()
-            )));
-        }
+        refuse_foreign(&config.dir)?;
         let mut wal_config = WalConfig::new(config.dir.clone());
         if let Some(b) = config.segment_bytes {
             wal_config.segment_bytes = b;
