@@ -30,12 +30,16 @@ pub const LOG_MARKERS: [&str; 3] = ["log-id", "raft-state", "raft-replica-id"];
 /// See [`LOG_MARKERS`].
 pub const SHARD_MARKERS: [&str; 3] = ["journal", "snapshot", "shard.redb"];
 
-/// Removes the files of `dir` named `prefix...` last changed more than `age` ago: the
+/// How old a temporary file [`remove_stale_temps`] removes must be: one lives for one
+/// write, so one older than this was left by a process killed in the middle of it.
+pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the files of `dir` named `prefix...` last changed over [`STALE_TEMP_AGE`] ago: the
 /// temporary files a process writes beside a file and renames (or links) into place, left
 /// behind when it was killed between the two (each SIGKILL at that moment left one, for
 /// good). Younger ones may be another live process's, on its way. Best effort, on the
 /// machine's file system (the lease and cursor files, not a store's); returns how many went.
-pub fn remove_stale_temps(dir: &Path, prefix: &str, age: std::time::Duration) -> usize {
+pub fn remove_stale_temps(dir: &Path, prefix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -45,7 +49,7 @@ pub fn remove_stale_temps(dir: &Path, prefix: &str, age: std::time::Duration) ->
             .is_some_and(|n| n.starts_with(prefix))
             && e.metadata()
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > age))
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_TEMP_AGE))
     };
     entries
         .flatten()

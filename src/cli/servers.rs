@@ -566,8 +566,9 @@ fn check_own_addr(id: u64, own: &str, listen: &str) {
     };
     let ip = |h: &str| h.parse::<IpAddr>().ok();
     let own_local = ip(&own_host).is_some_and(|i| i.is_loopback());
-    let here = ip(&host).is_some_and(|i| i.is_loopback() || i.is_unspecified()) || host == own_host;
-    if port != "0" && own_port != port && here && (own_local || host == own_host) {
+    let listens_locally = ip(&host).is_some_and(|i| i.is_loopback() || i.is_unspecified());
+    let this_host = host == own_host || (own_local && listens_locally);
+    if port != "0" && own_port != port && this_host {
         tracing::warn!(
             replica = id,
             peers_addr = own,

@@ -104,10 +104,6 @@ pub(crate) fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// A lease write's temporary file lives for one write: one older than this was left by a
-/// process killed in the middle of it.
-const STALE_TEMP: Duration = Duration::from_secs(60);
-
 impl FileLease {
     /// A lease in the files `<path>.v<seq>`, held as `identity` for `lease_duration`
     /// (rounded up to whole milliseconds) after each renewal.
@@ -148,7 +144,7 @@ impl FileLease {
                 });
             }
         };
-        let removed = crate::disk::remove_stale_temps(&dir, &format!("{prefix}tmp-"), STALE_TEMP);
+        let removed = crate::disk::remove_stale_temps(&dir, &format!("{prefix}tmp-"));
         if removed > 0 {
             tracing::info!(removed, dir = %dir.display(), "removed lease temporary files a killed player left");
         }

@@ -82,8 +82,7 @@ pub fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
 /// A Lease's name (a DNS subdomain: labels joined by `.`) or namespace (one label, at most
 /// 63): refused here, naming the flag's value, rather than by the API server at every retry.
 fn check_name(what: &'static str, s: &str, max: usize, dots: bool) -> Result<(), LeaseError> {
-    let ok = is_dns_name(s, max, dots);
-    if ok {
+    if is_dns_name(s, max, dots) {
         Ok(())
     } else {
         Err(LeaseError::InvalidArgument {

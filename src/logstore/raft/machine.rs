@@ -497,15 +497,9 @@ impl Machine {
         let had_id = st.now.log_id.is_some();
         let mut failed = None;
         for item in slice {
-            let (entry, responder) = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
-            let applied = match st.now.apply(&entry) {
-                Ok(applied) => applied,
+            let step = item.and_then(|(entry, r)| st.now.apply(&entry).map(|a| (a, r)));
+            let (applied, responder) = match step {
+                Ok(step) => step,
                 Err(e) => {
                     failed = Some(e);
                     break;
