@@ -119,7 +119,7 @@ pub async fn keep(
                      cert-manager, or set spec.tls.mode to Operator",
                 )));
             }
-            Err(kube::Error::Api(e)) => {
+            Err(kube::Error::Api(e)) if super::refusal(e.code) => {
                 return Ok(CertState::Problem(Problem::new(
                     "CertificateIssueFailed",
                     format!(

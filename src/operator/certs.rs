@@ -359,7 +359,7 @@ pub async fn keep(
                 p.message,
             ))),
             None => match e {
-                OperatorError::Kube(kube::Error::Api(status)) => {
+                OperatorError::Kube(kube::Error::Api(status)) if super::refusal(status.code) => {
                     Ok(CertState::Problem(Problem::new(
                         "CertificateIssueFailed",
                         format!("the API server refused a Secret call: {}", status.message),

@@ -104,15 +104,33 @@ fn api_message(e: &kube::Error) -> String {
 
 impl OperatorError {
     /// An apply the API server refused, as a status problem (`ApplyFailed`) naming the
-    /// object, the field and the server's words; `None` for any other error (retried).
+    /// object, the field and the server's words; `None` for any other error (retried), an
+    /// apply that failed for the moment among them (see [`refused`]).
     pub(crate) fn as_apply_problem(&self) -> Option<status::Problem> {
         match self {
-            OperatorError::Apply { .. } => {
+            OperatorError::Apply { source, .. } if refused(source) => {
                 Some(status::Problem::new("ApplyFailed", self.to_string()))
             }
             _ => None,
         }
     }
+}
+
+/// Whether the API server answered `e` with a refusal of the request itself (invalid,
+/// forbidden, over a quota, refused by an admission policy), which the status says at once,
+/// rather than with a failure of the moment: throttled (429), a timeout (408, 504), the server
+/// or one it depends on unavailable (500, 502, 503), or no answer at all. Those are retried
+/// like any failed reconciliation, and written into the status only once they repeat
+/// (`reconcile::FAILURES_BEFORE_REPORTING`), so that one throttled apply does not flip
+/// `Ready`.
+pub(crate) fn refused(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if refusal(s.code))
+}
+
+/// Whether an answer with this HTTP status code refuses the request itself (see
+/// [`refused`]).
+pub(crate) fn refusal(code: u16) -> bool {
+    !matches!(code, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// Operator settings.
@@ -137,8 +155,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Failed reconciliations in a row, per resource (`kind/namespace/name`): a failure is
     /// written into the status only once it repeats (one 429 on a read or a brief outage of
-    /// the API server does not flip `Ready`). An apply that fails, whatever the cause, is
-    /// `ApplyFailed` at once instead: the reconciliation goes on and the status says it.
+    /// the API server does not flip `Ready`). An apply the API server refuses ([`refused`])
+    /// is `ApplyFailed` at once instead: the reconciliation goes on and the status says it.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 

@@ -45,6 +45,9 @@ struct World {
     refuse: HashMap<String, String>,
     /// Paths whose apply the API server forbids (403) this many times before accepting it.
     forbid: HashMap<String, u32>,
+    /// Paths whose apply the API server answers with this status code (a failure of the
+    /// moment: 429, 503) every time.
+    fail: HashMap<String, StatusCode>,
     /// Paths whose GET the API server refuses as a bad request (400), with its message.
     bad_request: HashMap<String, String>,
 }
@@ -127,6 +130,13 @@ async fn serve(mut handle: Handle, mut world: World) -> Vec<Sent> {
                 "{path} is forbidden: user is attempting to grant RBAC permissions not currently held"
             );
             respond(send, code, &failure(code, "Forbidden", &message));
+        } else if let Some(code) = world.fail.get(&path).copied() {
+            let message = format!("{path}: {}", code.canonical_reason().unwrap_or_default());
+            let reason = match code {
+                StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+                _ => "ServiceUnavailable",
+            };
+            respond(send, code, &failure(code, reason, &message));
         } else if let Some(message) = world.refuse.get(&path) {
             let code = StatusCode::UNPROCESSABLE_ENTITY;
             respond(send, code, &failure(code, "Invalid", message));

@@ -98,3 +98,37 @@ async fn a_refused_service_account_does_not_stop_the_other_applies() {
         "{message}"
     );
 }
+
+/// An apply that failed for the moment (throttled, the server unavailable) is no refusal: the
+/// reconciliation fails and is retried, its status not written until it has failed three
+/// times in a row (then `ReconcileFailed`), so that one 429 does not flip `Ready` or say
+/// `ApplyFailed`. Every other object is still applied.
+#[tokio::test]
+async fn an_apply_that_failed_for_the_moment_is_retried_not_reported_as_refused() {
+    for code in [
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ] {
+        let mut lp = logplayer(3, false);
+        lp["spec"]["logStore"] = json!({"managed": {"storage": "2Gi"}});
+        let mut w = world(&lp, four_shards());
+        let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo-logstore";
+        w.fail.insert(sts.into(), code);
+        let (result, sent, _) = reconcile_lp(&lp, w).await;
+        let error = result.expect_err("the reconciliation failed, to be retried");
+        assert!(error.as_apply_problem().is_none(), "{code}: {error}");
+        assert!(
+            applies(&sent).contains(&"/apis/apps/v1/namespaces/ns/deployments/demo-player".into()),
+            "{code}: the Deployment is still applied"
+        );
+        assert!(
+            !sent.iter().any(|s| s.path.ends_with("/status")),
+            "{code}: no status written for one failure of the moment"
+        );
+        assert!(
+            !events(&sent).contains(&("Warning".into(), "ApplyFailed".into())),
+            "{code}: {:?}",
+            events(&sent)
+        );
+    }
+}
