@@ -328,6 +328,22 @@ async fn every_shard_refusal_has_its_one_code_and_reason() {
     };
     tx.send(batch(vec![entry(1, 0)])).await.unwrap();
     inbound.message().await.unwrap().unwrap();
+    // invalid: a stream that does not open with a Hello, and a second Hello on a bound
+    // stream (a stream keeps its first Hello's epoch, log and slots); neither applies.
+    expect(
+        &deliver(&addr, batch(vec![entry(2, 1)])).await.unwrap_err(),
+        Reason::Invalid,
+    );
+    {
+        let (tx, inbound) = deliver(&addr, hello(5, LOG_A, "s0", DEFAULT_MAX))
+            .await
+            .unwrap();
+        tx.send(hello(6, LOG_A, "s0", DEFAULT_MAX)).await.unwrap();
+        tx.send(batch(vec![entry(2, 1)])).await.unwrap();
+        let s = refusal(inbound).await;
+        expect(&s, Reason::Invalid);
+        assert!(s.message().contains("a second Hello"), "{s:?}");
+    }
     // gap: entry 5 says 4 touched this shard, but the shard applied only 1.
     tx.send(batch(vec![entry(5, 4)])).await.unwrap();
     let s = refusal(inbound).await;

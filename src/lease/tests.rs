@@ -839,6 +839,20 @@ mod kube_mock {
         );
     }
 
+    /// Taking a free Lease at the last epoch its `leaseTransitions` (an `i32`) can count is
+    /// refused, not written with a wrapped count: a count gone negative is refused at the next
+    /// read, and one cast instead would fence every later leader.
+    #[tokio::test]
+    async fn an_epoch_past_what_lease_transitions_can_hold_is_refused() {
+        let last = lease_json(None, i32::MAX, &ts(-60), "9");
+        let err = acquire_err(async |h| get_answers(h, last).await).await;
+        assert!(
+            matches!(err, LeaseError::InvalidKubeLease { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("overflow"), "{err}");
+    }
+
     /// A Lease read without a resource version is refused, not written: the replace that
     /// takes it would carry none, and the API server would apply it unconditionally, so two
     /// candidates could both take the same free Lease (no compare-and-set fencing). Without

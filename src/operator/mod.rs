@@ -155,7 +155,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// Failed reconciliations in a row, per resource (`kind/namespace/name`): a failure is
     /// written into the status only once it repeats (one 429 on a read or a brief outage of
-    /// the API server does not flip `Ready`). An apply the API server refuses ([`refused`])
+    /// the API server does not flip `Ready`). An apply the API server refuses (`refused`)
     /// is `ApplyFailed` at once instead: the reconciliation goes on and the status says it.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
