@@ -261,7 +261,8 @@ fn check_ids(shards: &[MapEntry]) -> Result<(), RoutingError> {
         }
         check_addr(&s.addr).map_err(|reason| RoutingError::BadAddr {
             shard: s.id.clone(),
-            addr: s.addr.clone(),
+            // As the user wrote it, without the scheme the map adds.
+            addr: bare_addr(&s.addr).to_owned(),
             reason,
         })?;
     }
@@ -390,6 +391,11 @@ mod tests {
         }
         let e = ShardMap::from_specs(&["a=h:1", "b=localhost"]).unwrap_err();
         assert!(e.to_string().contains("shard b: address"), "{e}");
+        // Named as it was written, not with the scheme the map adds for tonic.
+        let e = ShardMap::from_specs(&["a=127.0.0.1:7100x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("address \"127.0.0.1:7100x\""), "{e}");
     }
 
     #[test]
