@@ -26,7 +26,8 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::journal::{FrameTooLarge, SNAPSHOT_MAGIC, SnapshotHeader, push_frame, push_row};
-use crate::model::{State, Value};
+use super::journal::State;
+use crate::model::Value;
 use crate::proto::mutation::Op;
 
 /// Bytes of rows encoded per commit, at most one row more.
@@ -112,7 +113,7 @@ impl Taking {
         let finished = loop {
             let from_kept = match (live.peek(), kept.peek()) {
                 (None, None) => break true,
-                (Some((l, _)), Some((k, _))) => k <= l,
+                (Some((l, _)), Some((k, _))) => k.as_slice() <= l.as_slice(),
                 (None, Some(_)) => true,
                 (Some(_), None) => false,
             };
@@ -123,7 +124,10 @@ impl Taking {
                 let Some((key, kept)) = kept.next() else {
                     break false; // not reached: peeked above
                 };
-                let now = live.next_if(|(l, _)| *l == key).map(|(_, v)| v);
+                let now = live
+                    .next_if(|(l, _)| l.as_slice() == key.as_slice())
+                    .map(|(_, v)| v);
+                let key = key.as_slice();
                 match (kept, now) {
                     (Kept::Value(v), _) => (key, v.as_ref().map(Row::Value)),
                     (Kept::ListOf(n), Some(Value::List(items))) => {
@@ -136,7 +140,7 @@ impl Taking {
                 let Some((k, v)) = live.next() else {
                     break false; // not reached: peeked above
                 };
-                (k, Some(Row::Value(v)))
+                (k.as_slice(), Some(Row::Value(v)))
             };
             let pushed = match value {
                 Some(Row::Value(v)) => push_row(&mut self.rows, key, |out| v.encode_into(out)),
@@ -147,7 +151,7 @@ impl Taking {
             };
             if let Err(FrameTooLarge(bytes)) = pushed {
                 return Err(TooLarge {
-                    key: key.clone(),
+                    key: key.to_vec(),
                     bytes,
                 });
             }
@@ -155,7 +159,7 @@ impl Taking {
             last = Some(key);
         };
         if let Some(last) = last {
-            let last = last.clone();
+            let last = last.to_vec();
             // What is kept for keys now encoded is no longer needed.
             let mut after = self.before.split_off(&last);
             after.remove(&last);
