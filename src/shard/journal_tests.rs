@@ -516,3 +516,63 @@ fn a_snapshot_frame_past_4_gib_is_refused_not_wrapped() {
     assert_eq!(out.len(), 6 + 8 + 3);
     assert_eq!(&out[6..10], &3u32.to_le_bytes());
 }
+
+/// The measurement behind [`Key`] (not a check; run it with `cargo test --release --lib --
+/// --ignored keys_inline_versus_behind_a_pointer --nocapture`): ns per op of random appends
+/// and adds on 5,000 keys of the bench's shape, with 8 MiB of other memory touched between
+/// chunks of 500 ops (as the other processes of a busy machine evict the caches), for keys
+/// held inline and for keys behind a pointer.
+#[test]
+#[ignore]
+fn keys_inline_versus_behind_a_pointer() {
+    use std::collections::BTreeMap;
+    fn measure<K: Ord + std::borrow::Borrow<[u8]>>(
+        keys: &[Vec<u8>],
+        order: &[usize],
+        make: impl Fn(&[u8]) -> K,
+    ) -> f64 {
+        let mut state: BTreeMap<K, Value> = BTreeMap::new();
+        let mut other = vec![0u8; 8 << 20];
+        let mut spent = std::time::Duration::ZERO;
+        for chunk in order.chunks(500) {
+            for i in (0..other.len()).step_by(64) {
+                other[i] = other[i].wrapping_add(1);
+            }
+            let started = std::time::Instant::now();
+            for &k in chunk {
+                let op = if k % 2 == 0 {
+                    Op::Add(1)
+                } else {
+                    Op::Append(vec![7; 100].into())
+                };
+                match (state.get_mut(keys[k].as_slice()), &op) {
+                    (Some(Value::List(items)), Op::Append(item)) => items.push(item.to_vec()),
+                    (Some(Value::Counter(n)), Op::Add(d)) => *n += d,
+                    _ => {
+                        let value = Value::apply(None, &op).unwrap_or(Value::Counter(0));
+                        state.insert(make(&keys[k]), value);
+                    }
+                }
+            }
+            spent += started.elapsed();
+        }
+        spent.as_nanos() as f64 / order.len() as f64
+    }
+    let keys: Vec<Vec<u8>> = (0..5000)
+        .map(|k| crate::harness::workload::key_name(k).into_bytes())
+        .collect();
+    let mut x: u64 = 88_172_645_463_325_252;
+    let order: Vec<usize> = (0..2_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 5000) as usize
+        })
+        .collect();
+    for round in 1..=3 {
+        let behind = measure(&keys, &order, <[u8]>::to_vec);
+        let inline = measure(&keys, &order, Key::from_slice);
+        println!("round {round}: behind a pointer {behind:.0} ns/op, inline {inline:.0} ns/op");
+    }
+}
