@@ -135,8 +135,9 @@ impl FileCursors {
     /// Checks that the file can be written as [`CursorStore::save`] writes it (a temporary
     /// file beside it, renamed over it): checked at start, since a file that cannot be
     /// written only warned at every checkpoint while no cursor was saved, and retention
-    /// (`--retain-log`) never ran. Temporary files a player killed between writing and renaming one left are removed
-    /// here (by their name, which only this file's saves use, once a minute old).
+    /// (`--retain-log`) never ran. Temporary files a player killed between writing and
+    /// renaming one left are removed here (by their name, which only this file's saves use,
+    /// once [`crate::disk::STALE_TEMP_AGE`] old).
     pub fn check_writable(&self) -> Result<(), CursorError> {
         let dir = self.dir()?;
         let removed = crate::disk::remove_stale_temps(&dir, &self.temp_prefix());

@@ -25,8 +25,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::journal::State;
-use super::journal::{FrameTooLarge, SNAPSHOT_MAGIC, SnapshotHeader, push_frame, push_row};
+use super::journal::{FrameTooLarge, SNAPSHOT_MAGIC, SnapshotHeader, State, push_frame, push_row};
 use crate::model::Value;
 use crate::proto::mutation::Op;
 
